@@ -1,0 +1,1201 @@
+#!/usr/bin/env python3
+"""edgeshard benchmark driver (stdlib; matplotlib optional, for the PNG plots).
+
+Subcommands (normally called through the bash wrappers, see loadtest/README.md):
+  matrix      run the benchmark matrix, write raw.csv / env.txt / summary.md / *.png
+  summarize   rebuild summary.md and plots from an existing raw.csv
+  scaling     combine several matrix result dirs (one per shard count) into scaling.md
+  syscalls    strace -c syscalls per request (difference of N and 2N requests)
+  instructions valgrind --tool=callgrind user-space instructions per request (same method)
+
+Every process this script starts is recorded and stopped by PID (SIGTERM, then SIGKILL)
+on exit, on error and on SIGINT/SIGTERM.  Every wait is bounded.
+"""
+import argparse
+import csv
+import datetime
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HOSTS_COUNT = 1000
+HOST_PICK = "h0500.bench.test"  # the route in the middle of the 1,000
+
+# ----------------------------------------------------------------------------------------
+# cells
+
+CELLS = {
+    "ka50":      dict(conns=50,  path="/", desc="keep-alive GET, small body, 50 conns"),
+    "ka256":     dict(conns=256, path="/", desc="keep-alive GET, small body, 256 conns"),
+    "close":     dict(conns=50,  path="/", headers=["Connection: close"],
+                      desc="new connection per request (Connection: close), 50 conns"),
+    "post1k":    dict(conns=50,  path="/", body=1024, desc="keep-alive POST 1 KiB body, 50 conns"),
+    "post64k":   dict(conns=50,  path="/", body=65536, desc="keep-alive POST 64 KiB body, 50 conns"),
+    "get64k":    dict(conns=50,  path="/static/64k.bin", desc="keep-alive GET 64 KiB file, 50 conns"),
+    "get1m":     dict(conns=50,  path="/static/1m.bin", desc="keep-alive GET 1 MiB file, 50 conns"),
+    "hosts1000": dict(conns=50,  path="/", headers=["Host: " + HOST_PICK], variant="hosts",
+                      desc="1,000 host routes, Host of the 500th, keep-alive GET, 50 conns"),
+    "idle10k":   dict(idle=True, desc="10,000 idle keep-alive client connections: proxy RSS per connection"),
+}
+DEFAULT_CELLS = list(CELLS)
+PROXIES = ("edgeshard", "nginx", "floor")
+TARGET_ORDER = ("edgeshard", "nginx", "floor", "direct")
+
+RAW_FIELDS = [
+    "time", "cell", "target", "rep", "conns", "duration_s", "requests", "rps",
+    "lat_p50_us", "lat_p90_us", "lat_p99_us", "lat_p999_us", "lat_mean_us", "lat_max_us",
+    "non2xx", "err_connect", "err_read", "err_write", "err_timeout",
+    "proxy_cpu_s", "cpu_us_per_req", "origin_cpu_us_per_req",
+    "rss_before_kb", "rss_after_kb", "idle_open", "idle_failed", "idle_alive", "bytes_per_idle_conn",
+    "shards", "proxy_cpus", "client_cpus", "engine", "note",
+]
+
+# ----------------------------------------------------------------------------------------
+# process bookkeeping
+
+STARTED = []  # list of Proc
+
+
+def log(msg):
+    sys.stderr.write("[%s] %s\n" % (time.strftime("%H:%M:%S"), msg))
+    sys.stderr.flush()
+
+
+class Proc:
+    def __init__(self, name, argv, stdout_path, env=None, stdin=subprocess.DEVNULL, kind="plain"):
+        self.name = name
+        self.kind = kind
+        self.stdout_path = stdout_path
+        self.out = open(stdout_path, "wb")
+        self.p = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.STDOUT, stdin=stdin,
+                                  env=env, start_new_session=True)
+        self.pid = self.p.pid
+        STARTED.append(self)
+        log("started %s pid=%d: %s" % (name, self.pid, " ".join(argv)))
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def pids(self):
+        """The process plus its direct children (nginx master + workers)."""
+        if not self.alive():
+            return []
+        out = [self.pid]
+        if self.kind == "nginx":
+            out += children(self.pid)
+        return out
+
+    def output(self):
+        try:
+            with open(self.stdout_path, "r", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self, sig=signal.SIGTERM, timeout=15.0):
+        if self.p.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log("%s pid=%d did not exit after %s, SIGKILL" % (self.name, self.pid, sig))
+                kids = children(self.pid)
+                for pid in [self.pid] + kids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                try:
+                    self.p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        # nginx workers exit with the master; make sure nothing we own is left behind
+        if self in STARTED:
+            STARTED.remove(self)
+        self.out.close()
+        return self.p.returncode
+
+
+def children(ppid):
+    kids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        fields = st[st.rfind(")") + 2:].split()
+        if int(fields[1]) == ppid:
+            kids.append(int(d))
+    return kids
+
+
+def stop_all():
+    for p in list(reversed(STARTED)):
+        try:
+            p.stop(timeout=10)
+        except Exception as e:  # keep going, stop the others
+            log("stop %s: %s" % (p.name, e))
+
+
+def _on_signal(signum, frame):
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
+def cpu_ticks(pids):
+    """utime+stime of the whole process (all threads), summed over pids."""
+    total = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                st = f.read()
+        except OSError:
+            continue
+        fields = st[st.rfind(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])  # fields 14, 15 of stat(5)
+    return total
+
+
+def rss_kb(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/status" % pid) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def port_open(port, host="127.0.0.1"):
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port(port, proc, timeout):
+    t = time.monotonic() + timeout
+    while time.monotonic() < t:
+        if proc is not None and not proc.alive():
+            return False
+        if port_open(port):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_line(proc, regex, timeout):
+    t = time.monotonic() + timeout
+    rx = re.compile(regex, re.M)
+    while time.monotonic() < t:
+        m = rx.search(proc.output())
+        if m:
+            return m
+        if not proc.alive():
+            return None
+        time.sleep(0.05)
+    return None
+
+
+def parse_cpus(s):
+    out = []
+    for part in str(s).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-")
+            out += list(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
+def cpus_str(lst):
+    return ",".join(str(c) for c in lst)
+
+
+def nginx_affinity(cpus, workers):
+    if not cpus:
+        return ""
+    width = max(cpus) + 1
+    masks = []
+    for i in range(workers):
+        c = cpus[i % len(cpus)]
+        masks.append("".join("1" if (width - 1 - b) == c else "0" for b in range(width)))
+    return "worker_cpu_affinity %s;" % " ".join(masks)
+
+
+def nofile_hard():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def git_rev():
+    r = run_cmd(["git", "-C", REPO, "rev-parse", "--short", "HEAD"])
+    if not re.match(r"^[0-9a-f]{4,}$", r):
+        return "no commit yet (working tree)"
+    dirty = run_cmd(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"])
+    return r + ("-dirty" if dirty and not dirty.startswith("unavailable") else "")
+
+
+def run_cmd(argv, timeout=30):
+    try:
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+        return r.stdout.decode(errors="replace").strip()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return "unavailable (%s)" % e
+
+
+# ----------------------------------------------------------------------------------------
+# rendering configs
+
+def render(template, values):
+    with open(os.path.join(HERE, template)) as f:
+        text = f.read()
+    for k, v in values.items():
+        text = text.replace("@@%s@@" % k, str(v))
+    left = re.findall(r"@@[A-Z_]+@@", text)
+    if left:
+        raise SystemExit("unrendered placeholders in %s: %s" % (template, left))
+    return text
+
+
+def nginx_proxy_conf(cfg, variant):
+    # listen options (backlog, reuseport) may appear once per address:port: on the first server only
+    first = "listen 127.0.0.1:%d default_server backlog=4096%s;" % (
+        cfg.ports["nginx"], " reuseport" if cfg.shards > 1 else "")
+    plain = "listen 127.0.0.1:%d;" % cfg.ports["nginx"]
+    if variant == "hosts":
+        blocks = []
+        for i in range(HOSTS_COUNT):
+            blocks.append("    server { %s server_name h%04d.bench.test; location / { proxy_pass http://origin; } }"
+                          % (first if i == 0 else plain, i))
+        servers = "\n".join(blocks)
+    else:
+        servers = ("    server {\n        %s\n        server_name _;\n"
+                   "        location / { proxy_pass http://origin; }\n    }" % first)
+    return render("nginx-proxy.conf.tmpl", dict(
+        WORKERS=cfg.shards, AFFINITY=nginx_affinity(cfg.proxy_cpus, cfg.shards),
+        NOFILE=cfg.nofile, WORKER_CONNECTIONS=max(1024, cfg.nofile - 64), PREFIX=cfg.tmp,
+        ORIGIN_PORT=cfg.ports["origin"], KEEPALIVE=cfg.keepalive, SERVERS=servers))
+
+
+def edgeshard_conf(cfg, variant):
+    lines = [
+        "# generated by loadtest/driver.py (variant %s); equivalent nginx config: nginx-proxy.conf.tmpl" % variant,
+        "[server]", 'io_engine = "%s"' % cfg.io_engine, 'shutdown_timeout = "5s"', "",
+        "[[listener]]", 'address = "127.0.0.1:%d"' % cfg.ports["edgeshard"], "",
+        "[timeouts]", 'client_header = "10s"', 'client_idle = "300s"', 'client_body = "30s"',
+        'upstream_connect = "3s"', 'upstream_response = "30s"', "",
+        "[limits]", 'max_body_bytes = "16MiB"', "max_connections_per_shard = 65536", "",
+        "[[upstream]]", 'name = "origin"', 'balance = "round_robin"',
+        'backends = [{ address = "127.0.0.1:%d", weight = 1 }]' % cfg.ports["origin"],
+        "max_idle_per_backend = %d" % cfg.keepalive, 'idle_timeout = "120s"', "",
+    ]
+    if variant == "hosts":
+        for i in range(HOSTS_COUNT):
+            lines += ["[[route]]", 'host = "h%04d.bench.test"' % i, 'upstream = "origin"', ""]
+    else:
+        lines += ["[[route]]", 'path_prefix = "/"', 'upstream = "origin"', ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------
+# starting things
+
+class Env:
+    pass
+
+
+def start_origin(cfg):
+    docroot = os.path.join(cfg.tmp, "docroot")
+    os.makedirs(docroot, exist_ok=True)
+    for name, size in (("64k.bin", 64 * 1024), ("1m.bin", 1024 * 1024)):
+        with open(os.path.join(docroot, name), "wb") as f:
+            f.write(os.urandom(size))
+    os.chmod(docroot, 0o755)
+    conf = os.path.join(cfg.tmp, "origin.conf")
+    with open(conf, "w") as f:
+        f.write(render("nginx-origin.conf.tmpl", dict(
+            WORKERS=len(cfg.origin_cpus), AFFINITY=nginx_affinity(cfg.origin_cpus, len(cfg.origin_cpus)),
+            NOFILE=cfg.nofile, WORKER_CONNECTIONS=max(1024, cfg.nofile - 64), PREFIX=cfg.tmp,
+            PORT=cfg.ports["origin"], REUSEPORT="reuseport" if len(cfg.origin_cpus) > 1 else "",
+            DOCROOT=docroot)))
+    p = Proc("origin", ["taskset", "-c", cpus_str(cfg.origin_cpus), cfg.nginx, "-p", cfg.tmp,
+                        "-e", os.path.join(cfg.tmp, "origin-error.log"), "-c", conf, "-g", "daemon off;"],
+             os.path.join(cfg.tmp, "origin.out"), kind="nginx")
+    if not wait_port(cfg.ports["origin"], p, 15):
+        raise SystemExit("origin nginx did not start:\n" + p.output() + read(os.path.join(cfg.tmp, "origin-error.log")))
+    return p
+
+
+def read(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def start_proxy(cfg, target, variant, extra_prefix=None, single_process=False):
+    """Start one proxy; returns (Proc, engine string)."""
+    pre = ["taskset", "-c", cpus_str(cfg.proxy_cpus)] + (extra_prefix or [])
+    port = cfg.ports[target]
+    if target == "edgeshard":
+        conf = os.path.join(cfg.tmp, "edgeshard-%s.toml" % variant)
+        with open(conf, "w") as f:
+            f.write(edgeshard_conf(cfg, variant))
+        chk = run_cmd([cfg.edgeshard, "check", "--config", conf], timeout=30)
+        argv = pre + [cfg.edgeshard, "run", "--config", conf, "--cpus", cpus_str(cfg.proxy_cpus),
+                      "--shards", str(cfg.shards), "--io-engine", cfg.io_engine]
+        p = Proc("edgeshard", argv, os.path.join(cfg.tmp, "edgeshard-%s.out" % variant))
+        m = wait_line(p, r"^edgeshard: ready shards=(\d+) engine=(\w+)", cfg.ready_timeout)
+        if not m:
+            out = p.output()
+            p.stop(timeout=5)
+            raise RuntimeError("edgeshard did not become ready (check said: %s)\n%s" % (chk, out[-3000:]))
+        if not wait_port(port, p, 10):
+            p.stop(timeout=5)
+            raise RuntimeError("edgeshard ready but port %d closed" % port)
+        return p, m.group(2)
+    if target == "floor":
+        argv = pre + [cfg.floor, "--listen", "127.0.0.1:%d" % port,
+                      "--upstream", "127.0.0.1:%d" % cfg.ports["origin"],
+                      "--shards", str(cfg.shards), "--cpus", cpus_str(cfg.proxy_cpus),
+                      "--io-engine", cfg.io_engine]
+        p = Proc("floor", argv, os.path.join(cfg.tmp, "floor.out"))
+        m = wait_line(p, r"^floor: ready shards=(\d+) engine=(\w+)", cfg.ready_timeout)
+        if not m or not wait_port(port, p, 10):
+            out = p.output()
+            p.stop(timeout=5)
+            raise RuntimeError("floor did not become ready\n" + out[-3000:])
+        return p, m.group(2)
+    if target == "nginx":
+        conf = os.path.join(cfg.tmp, "nginx-proxy-%s.conf" % variant)
+        text = nginx_proxy_conf(cfg, variant)
+        g = "daemon off;"
+        if single_process:
+            g += " master_process off;"
+        with open(conf, "w") as f:
+            f.write(text)
+        argv = pre + [cfg.nginx, "-p", cfg.tmp, "-e", os.path.join(cfg.tmp, "proxy-error.log"),
+                      "-c", conf, "-g", g]
+        p = Proc("nginx", argv, os.path.join(cfg.tmp, "nginx-%s.out" % variant),
+                 kind="plain" if single_process else "nginx")
+        if not wait_port(port, p, cfg.ready_timeout):
+            out = p.output() + read(os.path.join(cfg.tmp, "proxy-error.log"))
+            p.stop(timeout=5)
+            raise RuntimeError("nginx proxy did not start\n" + out[-3000:])
+        if not single_process:
+            t = time.monotonic() + 10
+            while len(children(p.pid)) < cfg.shards and time.monotonic() < t:
+                time.sleep(0.05)
+        return p, "epoll"
+    raise ValueError(target)
+
+
+# ----------------------------------------------------------------------------------------
+# one wrk run
+
+def wrk(cfg, port, cell, duration):
+    c = CELLS[cell]
+    threads = max(1, min(len(cfg.client_cpus), c["conns"]))
+    argv = ["taskset", "-c", cpus_str(cfg.client_cpus), cfg.wrk, "-t", str(threads), "-c", str(c["conns"]),
+            "-d", "%ds" % duration, "--timeout", "5s", "--latency", "-s", os.path.join(HERE, "bench.lua")]
+    for h in c.get("headers", []):
+        argv += ["-H", h]
+    argv.append("http://127.0.0.1:%d%s" % (port, c["path"]))
+    env = dict(os.environ, WRK_BODY_BYTES=str(c.get("body", 0)))
+    try:
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                           timeout=duration + 30, start_new_session=True)
+        out = r.stdout.decode(errors="replace")
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode(errors="replace") + "\nTIMEOUT"
+    m = re.search(r"^RESULT (.*)$", out, re.M)
+    if not m:
+        return None, out
+    res = {}
+    for kv in m.group(1).split():
+        k, v = kv.split("=")
+        res[k] = float(v)
+    return res, out
+
+
+def measured_run(cfg, cell, target, rep, port, proxy, origin, duration, engine):
+    row = {k: "" for k in RAW_FIELDS}
+    row.update(time=datetime.datetime.now().isoformat(timespec="seconds"), cell=cell, target=target, rep=rep,
+               conns=CELLS[cell]["conns"], shards=cfg.shards, proxy_cpus=cpus_str(cfg.proxy_cpus),
+               client_cpus=cpus_str(cfg.client_cpus), engine=engine)
+    ppids = proxy.pids() if proxy else []
+    opids = origin.pids()
+    p0, o0 = cpu_ticks(ppids), cpu_ticks(opids)
+    res, out = wrk(cfg, port, cell, duration)
+    p1, o1 = cpu_ticks(proxy.pids() if proxy else []), cpu_ticks(origin.pids())
+    if res is None:
+        row["note"] = "wrk failed: " + out.strip().replace("\n", " | ")[-300:]
+        log("  %s/%s rep %d: wrk failed: %s" % (cell, target, rep, out[-500:]))
+        return row
+    req = res["requests"]
+    dur = res["duration_us"] / 1e6
+    row.update(duration_s="%.3f" % dur, requests=int(req), rps="%.1f" % (req / dur if dur else 0),
+               lat_p50_us=int(res["lat_p50_us"]), lat_p90_us=int(res["lat_p90_us"]),
+               lat_p99_us=int(res["lat_p99_us"]), lat_p999_us=int(res["lat_p999_us"]),
+               lat_mean_us="%.1f" % res["lat_mean_us"], lat_max_us=int(res["lat_max_us"]),
+               non2xx=int(res["err_status"]), err_connect=int(res["err_connect"]), err_read=int(res["err_read"]),
+               err_write=int(res["err_write"]), err_timeout=int(res["err_timeout"]))
+    if req > 0:
+        if proxy:
+            row["proxy_cpu_s"] = "%.2f" % ((p1 - p0) / CLK_TCK)
+            row["cpu_us_per_req"] = "%.2f" % ((p1 - p0) / CLK_TCK * 1e6 / req)
+        row["origin_cpu_us_per_req"] = "%.2f" % ((o1 - o0) / CLK_TCK * 1e6 / req)
+    if proxy and not proxy.alive():
+        row["note"] = "proxy exited during run"
+    errs = row["non2xx"] + row["err_connect"] + row["err_read"] + row["err_write"] + row["err_timeout"]
+    log("  %-9s %-9s rep %d: %9.0f req/s  p50 %6dus p99 %6dus p99.9 %6dus  cpu %s us/req  errs %d"
+        % (cell, target, rep, req / dur if dur else 0, row["lat_p50_us"], row["lat_p99_us"],
+           row["lat_p999_us"], row["cpu_us_per_req"] or "-", errs))
+    return row
+
+
+def idle_run(cfg, target, rep, port, proxy, engine):
+    row = {k: "" for k in RAW_FIELDS}
+    row.update(time=datetime.datetime.now().isoformat(timespec="seconds"), cell="idle10k", target=target, rep=rep,
+               conns=cfg.idle_conns, shards=cfg.shards, proxy_cpus=cpus_str(cfg.proxy_cpus),
+               client_cpus=cpus_str(cfg.client_cpus), engine=engine)
+    time.sleep(0.5)
+    before = rss_kb(proxy.pids())
+    out_path = os.path.join(cfg.tmp, "idle-%s-%d.out" % (target, rep))
+    cl = Proc("idle_client", ["taskset", "-c", cpus_str(cfg.client_cpus), sys.executable,
+                              os.path.join(HERE, "idle_client.py"), "--port", str(port),
+                              "--conns", str(cfg.idle_conns), "--hold", "120", "--timeout", "90"],
+              out_path, stdin=subprocess.PIPE)
+    try:
+        m = wait_line(cl, r"^READY open=(\d+) ok=(\d+) failed=(\d+)", 100)
+        if not m:
+            row["note"] = "idle client did not finish opening: " + cl.output()[-300:]
+            return row
+        time.sleep(cfg.idle_settle)
+        after = rss_kb(proxy.pids())
+        try:
+            cl.p.stdin.write(b"done\n")
+            cl.p.stdin.flush()
+        except OSError:
+            pass
+        a = wait_line(cl, r"^ALIVE (\d+)", 30)
+        opened = int(m.group(1))
+        row.update(rss_before_kb=before, rss_after_kb=after, idle_open=opened, idle_failed=int(m.group(3)),
+                   idle_alive=int(a.group(1)) if a else "",
+                   bytes_per_idle_conn="%.0f" % ((after - before) * 1024.0 / opened) if opened else "")
+        log("  idle10k   %-9s rep %d: open %d failed %s alive %s  RSS %d -> %d kB  => %s bytes/conn"
+            % (target, rep, opened, m.group(3), row["idle_alive"], before, after, row["bytes_per_idle_conn"]))
+    finally:
+        try:
+            cl.p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        cl.stop(timeout=5)
+    time.sleep(1.0)  # let the proxy reap the closed connections
+    return row
+
+
+# ----------------------------------------------------------------------------------------
+# matrix
+
+def write_env(cfg, path, engines):
+    model = ""
+    ncpu = 0
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("processor"):
+                ncpu += 1
+    sysctls = ["net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.ipv4.ip_local_port_range",
+               "net.ipv4.tcp_tw_reuse", "net.core.rmem_max", "net.core.wmem_max", "net.ipv4.tcp_rmem",
+               "net.ipv4.tcp_wmem", "kernel.io_uring_disabled"]
+    gov = read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").strip() or "n/a"
+    lines = [
+        "date: %s" % datetime.datetime.now().isoformat(timespec="seconds"),
+        "hostname: %s" % socket.gethostname(),
+        "cpu model: %s" % model,
+        "cpus (/proc/cpuinfo processors): %d; online (nproc): %s" % (ncpu, run_cmd(["nproc"])),
+        "memory: %s" % (read("/proc/meminfo").splitlines() or ["?"])[0],
+        "kernel: %s" % run_cmd(["uname", "-srvm"]),
+        "os: %s" % (re.search(r'PRETTY_NAME="?([^"\n]*)', read("/etc/os-release")) or re.match("(.*)", "?")).group(1),
+        "cpu governor (cpu0): %s" % gov,
+        "nginx: %s" % run_cmd([cfg.nginx, "-v"]),
+        "wrk: %s" % run_cmd([cfg.wrk, "-v"]).splitlines()[0],
+        "rustc: %s" % run_cmd(["rustc", "-V"]),
+        "cargo: %s" % run_cmd(["cargo", "-V"]),
+        "edgeshard git: %s" % git_rev(),
+        "edgeshard version: %s" % (run_cmd([cfg.edgeshard, "--version"], 10) if os.path.exists(cfg.edgeshard) else "not built"),
+        "proxy engines reported: %s" % ", ".join("%s=%s" % kv for kv in sorted(engines.items())),
+        "nofile limit used: %d" % cfg.nofile,
+        "",
+        "pinning:",
+        "  proxy CPUs (edgeshard --cpus, nginx worker_cpu_affinity, floor --cpus): %s" % cpus_str(cfg.proxy_cpus),
+        "  shards = nginx workers = floor shards: %d" % cfg.shards,
+        "  client CPUs (wrk, idle client): %s" % cpus_str(cfg.client_cpus),
+        "  origin CPUs (origin nginx workers): %s (workers %d)" % (cpus_str(cfg.origin_cpus), len(cfg.origin_cpus)),
+        "  overlap proxy/client: %s" % bool(set(cfg.proxy_cpus) & (set(cfg.client_cpus) | set(cfg.origin_cpus))),
+        "",
+        "options: duration=%ds reps=%d warmup=%ds cells=%s targets=%s floor_cells=%s direct=%s keepalive=%d "
+        "idle_conns=%d io_engine=%s"
+        % (cfg.duration, cfg.reps, cfg.warmup, ",".join(cfg.cells), ",".join(cfg.targets),
+           ",".join(cfg.floor_cells), cfg.direct, cfg.keepalive, cfg.idle_conns, cfg.io_engine),
+        "",
+        "sysctls:",
+    ] + ["  %s = %s" % (s, read("/proc/sys/" + s.replace(".", "/")).strip().replace("\t", " ")) for s in sysctls]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def cmd_matrix(a):
+    cfg = Env()
+    ncpu = os.cpu_count() or 1
+    cfg.shards = a.shards
+    cfg.proxy_cpus = parse_cpus(a.proxy_cpus) if a.proxy_cpus else list(range(ncpu - cfg.shards, ncpu)) if ncpu > cfg.shards else list(range(ncpu))
+    if len(cfg.proxy_cpus) < cfg.shards:
+        log("warning: %d shards on %d proxy CPUs" % (cfg.shards, len(cfg.proxy_cpus)))
+    rest = [c for c in range(ncpu) if c not in cfg.proxy_cpus] or list(range(ncpu))
+    cfg.client_cpus = parse_cpus(a.client_cpus) if a.client_cpus else rest
+    cfg.origin_cpus = parse_cpus(a.origin_cpus) if a.origin_cpus else cfg.client_cpus
+    if set(cfg.proxy_cpus) & (set(cfg.client_cpus) | set(cfg.origin_cpus)):
+        log("warning: proxy CPUs overlap client/origin CPUs: numbers will include interference")
+    cfg.duration, cfg.reps, cfg.warmup = a.duration, a.reps, a.warmup
+    cfg.cells = [c for c in a.cells.split(",") if c]
+    for c in cfg.cells:
+        if c not in CELLS:
+            raise SystemExit("unknown cell %r (known: %s)" % (c, ", ".join(CELLS)))
+    cfg.targets = [t for t in a.targets.split(",") if t]
+    cfg.floor_cells = [c for c in a.floor_cells.split(",") if c]
+    cfg.direct = a.direct
+    cfg.keepalive = a.keepalive
+    cfg.idle_conns = a.idle_conns
+    cfg.idle_settle = a.idle_settle
+    cfg.io_engine = a.io_engine
+    cfg.ready_timeout = a.ready_timeout
+    cfg.edgeshard, cfg.floor, cfg.nginx, cfg.wrk = a.edgeshard, a.floor, a.nginx_bin, a.wrk
+    base = a.base_port
+    cfg.ports = dict(origin=base, edgeshard=base + 1, nginx=base + 2, floor=base + 3)
+    for name, port in cfg.ports.items():
+        if port_open(port):
+            raise SystemExit("port %d (%s) is already in use; choose another --base-port" % (port, name))
+    cfg.nofile = nofile_hard()
+    if cfg.idle_conns + 512 > cfg.nofile:
+        log("warning: nofile hard limit %d is low for %d idle connections" % (cfg.nofile, cfg.idle_conns))
+    os.makedirs(a.out, exist_ok=True)
+    cfg.tmp = tempfile.mkdtemp(prefix="edgeshard-bench-")
+    os.chmod(cfg.tmp, 0o755)
+    raw_path = os.path.join(a.out, "raw.csv")
+    new = not os.path.exists(raw_path) or a.fresh
+    rawf = open(raw_path, "w" if new else "a", newline="")
+    raw = csv.DictWriter(rawf, fieldnames=RAW_FIELDS)
+    if new:
+        raw.writeheader()
+    engines = {}
+    procs = {}
+    t_start = time.monotonic()
+    try:
+        origin = start_origin(cfg)
+        variant = None
+        for cell in cfg.cells:
+            spec = CELLS[cell]
+            want = spec.get("variant", "default")
+            targets = [t for t in cfg.targets if t != "floor" or cell in cfg.floor_cells]
+            if spec.get("idle"):
+                targets = [t for t in targets if t in ("edgeshard", "nginx")]
+            elif cfg.direct:
+                targets = targets + ["direct"]
+            if want != variant:
+                for p in procs.values():
+                    p.stop()
+                procs.clear()
+                variant = want
+            for t in targets:
+                if t in PROXIES and t not in procs:
+                    procs[t], engines[t] = start_proxy(cfg, t, variant)
+            log("cell %s: %s  [%s]" % (cell, spec["desc"], ", ".join(targets)))
+            # warm-up once per (cell, target): connection pools, page cache, CPU frequency
+            if cfg.warmup > 0 and not spec.get("idle"):
+                for t in targets:
+                    port = cfg.ports["origin" if t == "direct" else t]
+                    wrk(cfg, port, cell, cfg.warmup)
+            for rep in range(cfg.reps):
+                # rotate the order every repetition so slow drift hits every target alike
+                k = rep % len(targets)
+                order = targets[k:] + targets[:k]
+                for t in order:
+                    if t in PROXIES and not procs[t].alive():
+                        log("  %s died (exit %s); restarting" % (t, procs[t].p.returncode))
+                        out = procs[t].output()
+                        procs[t].stop()
+                        log(out[-2000:])
+                        procs[t], engines[t] = start_proxy(cfg, t, variant)
+                    proxy = procs.get(t)
+                    port = cfg.ports["origin" if t == "direct" else t]
+                    if spec.get("idle"):
+                        row = idle_run(cfg, t, rep, port, proxy, engines.get(t, ""))
+                    else:
+                        row = measured_run(cfg, cell, t, rep, port, proxy, origin, cfg.duration,
+                                           engines.get(t, "") if t != "direct" else "")
+                    raw.writerow(row)
+                    rawf.flush()
+    finally:
+        stop_all()
+        rawf.close()
+        for lf in ("origin-error.log", "proxy-error.log"):
+            txt = read(os.path.join(cfg.tmp, lf))
+            if txt.strip():
+                with open(os.path.join(a.out, lf), "w") as f:
+                    f.write(txt[-20000:])
+        for v in ("default", "hosts"):
+            src = os.path.join(cfg.tmp, "edgeshard-%s.toml" % v)
+            if os.path.exists(src) and v == "default":
+                shutil.copy(src, os.path.join(a.out, "edgeshard-%s.toml" % v))
+            src = os.path.join(cfg.tmp, "nginx-proxy-%s.conf" % v)
+            if os.path.exists(src) and v == "default":
+                shutil.copy(src, os.path.join(a.out, "nginx-proxy-%s.conf" % v))
+        if not a.keep_tmp:
+            shutil.rmtree(cfg.tmp, ignore_errors=True)
+        else:
+            log("temp dir kept: %s" % cfg.tmp)
+    write_env(cfg, os.path.join(a.out, "env.txt"), engines)
+    with open(os.path.join(a.out, "env.txt"), "a") as f:
+        f.write("\nmatrix wall time: %.0f s\n" % (time.monotonic() - t_start))
+    summarize(a.out)
+    log("done in %.0f s: %s" % (time.monotonic() - t_start, a.out))
+
+
+# ----------------------------------------------------------------------------------------
+# summary
+
+def fnum(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(v, nd=0):
+    if v is None:
+        return "-"
+    if nd == 0:
+        return "{:,.0f}".format(v)
+    return ("{:,.%df}" % nd).format(v)
+
+
+def fmt_range(vals, nd=0, scale=1.0):
+    vals = [v * scale for v in vals if v is not None]
+    if not vals:
+        return "-"
+    m = statistics.median(vals)
+    if len(vals) == 1:
+        return fmt(m, nd)
+    return "%s (%s–%s)" % (fmt(m, nd), fmt(min(vals), nd), fmt(max(vals), nd))
+
+
+def load_rows(out):
+    with open(os.path.join(out, "raw.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def paired_ratios(rows, cell, num, den, key):
+    """Ratio num/den of `key` per repetition (same rep = adjacent in time), then median/min/max."""
+    by = {}
+    for r in rows:
+        if r["cell"] == cell and r["target"] in (num, den):
+            v = fnum(r[key])
+            if v is not None:
+                by.setdefault(r["rep"], {})[r["target"]] = v
+    ratios = [d[num] / d[den] for d in by.values() if num in d and den in d and d[den]]
+    return ratios
+
+
+def summarize(out):
+    rows = load_rows(out)
+    cells = []
+    for r in rows:
+        if r["cell"] not in cells:
+            cells.append(r["cell"])
+    env = read(os.path.join(out, "env.txt"))
+    L = ["# edgeshard vs nginx: benchmark summary", ""]
+    L.append("Directory: `%s`. Medians over repetitions, (min–max) in brackets. Latencies from wrk "
+             "(`--latency` + bench.lua percentiles, closed-loop: wrk does not correct for coordinated omission). "
+             "CPU-µs/req = (utime+stime of the whole proxy process, all threads / nginx master+workers) "
+             "during the run ÷ requests completed. `direct` is wrk straight at the origin (the ceiling); "
+             "`floor` is the minimal monoio byte relay (loadtest/floor). Errors = non-2xx + socket errors "
+             "(connect/read/write/timeout)." % os.path.basename(os.path.normpath(out)))
+    L.append("")
+    for key in ("cpu model", "kernel", "  proxy CPUs", "  client CPUs", "  origin CPUs", "options",
+                "proxy engines", "edgeshard git", "nginx:", "matrix wall time"):
+        for line in env.splitlines():
+            if line.startswith(key):
+                L.append("- " + line.strip())
+                break
+    L.append("")
+    # headline table
+    L += ["## Headline: edgeshard / nginx (paired per repetition)", "",
+          "| cell | req/s ratio | p99 ratio | CPU-µs/req ratio | edgeshard CPU-µs/req | nginx CPU-µs/req | floor CPU-µs/req | edgeshard/floor CPU |",
+          "|---|---|---|---|---|---|---|---|"]
+    for cell in cells:
+        if cell == "idle10k":
+            continue
+        rr = paired_ratios(rows, cell, "edgeshard", "nginx", "rps")
+        pr = paired_ratios(rows, cell, "edgeshard", "nginx", "lat_p99_us")
+        cr = paired_ratios(rows, cell, "edgeshard", "nginx", "cpu_us_per_req")
+        fr = paired_ratios(rows, cell, "edgeshard", "floor", "cpu_us_per_req")
+        cpu = lambda t: fmt_range([fnum(r["cpu_us_per_req"]) for r in rows if r["cell"] == cell and r["target"] == t], 2)
+        L.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            cell, fmt_range(rr, 2), fmt_range(pr, 2), fmt_range(cr, 2), cpu("edgeshard"), cpu("nginx"),
+            cpu("floor"), fmt_range(fr, 2)))
+    idle = [r for r in rows if r["cell"] == "idle10k"]
+    if idle:
+        br = paired_ratios(rows, "idle10k", "edgeshard", "nginx", "bytes_per_idle_conn")
+        L.append("| idle10k (bytes/conn) | | | | %s | %s | | ratio %s |" % (
+            fmt_range([fnum(r["bytes_per_idle_conn"]) for r in idle if r["target"] == "edgeshard"]),
+            fmt_range([fnum(r["bytes_per_idle_conn"]) for r in idle if r["target"] == "nginx"]),
+            fmt_range(br, 2)))
+    L.append("")
+    L.append("Ratios < 1 are better for edgeshard in the p99 and CPU columns, > 1 better in the req/s column.")
+    L.append("")
+    # per cell detail
+    L.append("## Per cell")
+    for cell in cells:
+        cr = [r for r in rows if r["cell"] == cell]
+        L += ["", "### %s — %s" % (cell, CELLS.get(cell, {}).get("desc", "")), ""]
+        if cell == "idle10k":
+            L += ["| target | runs | open | failed | still open at end | RSS before kB | RSS with conns kB | bytes/conn |",
+                  "|---|---|---|---|---|---|---|---|"]
+            for t in TARGET_ORDER:
+                tr = [r for r in cr if r["target"] == t]
+                if not tr:
+                    continue
+                g = lambda k: [fnum(r[k]) for r in tr]
+                L.append("| %s | %d | %s | %s | %s | %s | %s | %s |" % (
+                    t, len(tr), fmt_range(g("idle_open")), fmt_range(g("idle_failed")), fmt_range(g("idle_alive")),
+                    fmt_range(g("rss_before_kb")), fmt_range(g("rss_after_kb")), fmt_range(g("bytes_per_idle_conn"))))
+            continue
+        L += ["| target | runs | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU-µs/req | origin CPU-µs/req |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for t in TARGET_ORDER:
+            tr = [r for r in cr if r["target"] == t]
+            if not tr:
+                continue
+            g = lambda k: [fnum(r[k]) for r in tr]
+            errs = [sum((fnum(r[k]) or 0) for k in ("non2xx", "err_connect", "err_read", "err_write", "err_timeout"))
+                    for r in tr]
+            failed = sum(1 for r in tr if r["note"])
+            L.append("| %s | %d%s | %s | %s | %s | %s | %s | %s | %s |" % (
+                t, len(tr), " (%d noted)" % failed if failed else "", fmt_range(g("rps")),
+                fmt_range(g("lat_p50_us"), 2, 1e-3), fmt_range(g("lat_p99_us"), 2, 1e-3),
+                fmt_range(g("lat_p999_us"), 2, 1e-3), fmt_range(errs),
+                fmt_range(g("cpu_us_per_req"), 2), fmt_range(g("origin_cpu_us_per_req"), 2)))
+        notes = sorted(set(r["note"] for r in cr if r["note"]))
+        for n in notes:
+            L.append("")
+            L.append("> note: %s" % n[:300])
+    plots = make_plots(out, rows, cells)
+    if plots:
+        L += ["", "## Plots", ""] + ["![%s](%s)" % (p, p) for p in plots]
+    else:
+        L += ["", "(plots skipped: matplotlib not importable by %s)" % sys.executable]
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write("\n".join(L) + "\n")
+    log("wrote %s" % os.path.join(out, "summary.md"))
+
+
+def make_plots(out, rows, cells):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:
+        return []
+    colors = {"edgeshard": "#1f77b4", "nginx": "#2ca02c", "floor": "#7f7f7f", "direct": "#d62728"}
+    cells = [c for c in cells if c != "idle10k"]
+    targets = [t for t in TARGET_ORDER if any(r["target"] == t for r in rows if r["cell"] in cells)]
+    made = []
+
+    def grouped(ax, key, scale, ylabel, log_y=False, only=None):
+        tl = [t for t in targets if only is None or t in only]
+        width = 0.8 / max(1, len(tl))
+        for i, t in enumerate(tl):
+            meds, lo, hi = [], [], []
+            for c in cells:
+                vals = [fnum(r[key]) for r in rows if r["cell"] == c and r["target"] == t]
+                vals = [v * scale for v in vals if v is not None]
+                m = statistics.median(vals) if vals else 0
+                meds.append(m)
+                lo.append(m - min(vals) if vals else 0)
+                hi.append(max(vals) - m if vals else 0)
+            xs = [j + (i - (len(tl) - 1) / 2) * width for j in range(len(cells))]
+            ax.bar(xs, meds, width, yerr=[lo, hi], capsize=2, label=t, color=colors.get(t))
+        ax.set_xticks(range(len(cells)))
+        ax.set_xticklabels(cells, rotation=20)
+        ax.set_ylabel(ylabel)
+        if log_y:
+            ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+
+    if not cells:
+        return made
+    fig, axes = plt.subplots(3, 1, figsize=(max(8, 1.3 * len(cells) + 3), 11), sharex=True)
+    for ax, (key, name) in zip(axes, (("lat_p50_us", "p50"), ("lat_p99_us", "p99"), ("lat_p999_us", "p99.9"))):
+        grouped(ax, key, 1e-3, "%s latency (ms, log)" % name, log_y=True)
+        ax.set_title("%s latency (median of runs, bars = min-max)" % name)
+    axes[0].legend(ncol=4)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "latency.png"), dpi=90)
+    plt.close(fig)
+    made.append("latency.png")
+
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(cells) + 3), 5))
+    grouped(ax, "cpu_us_per_req", 1.0, "proxy CPU-µs per request", only=("edgeshard", "nginx", "floor"))
+    ax.set_title("Proxy CPU time per request (utime+stime / requests)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "cpu_per_request.png"), dpi=90)
+    plt.close(fig)
+    made.append("cpu_per_request.png")
+
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(cells) + 3), 5))
+    grouped(ax, "rps", 1.0, "requests/s (log)", log_y=True)
+    ax.set_title("Throughput")
+    ax.legend(ncol=4)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "rps.png"), dpi=90)
+    plt.close(fig)
+    made.append("rps.png")
+    return made
+
+
+# ----------------------------------------------------------------------------------------
+# scaling: combine matrix outputs for several shard counts
+
+def cmd_scaling(a):
+    rows = []
+    for d in a.dirs:
+        try:
+            rows += load_rows(d)
+        except OSError as e:
+            log("skip %s: %s" % (d, e))
+    shards = sorted(set(int(r["shards"]) for r in rows if r["shards"]))
+    cells = []
+    for r in rows:
+        if r["cell"] not in cells and r["cell"] != "idle10k":
+            cells.append(r["cell"])
+    L = ["# scaling: edgeshard shards vs nginx workers", "",
+         "Median req/s and CPU-µs/req per shard/worker count (proxy CPUs = shard count).", ""]
+    for cell in cells:
+        L += ["### %s" % cell, "", "| shards/workers | edgeshard req/s | nginx req/s | ratio | edgeshard CPU-µs/req | nginx CPU-µs/req |",
+              "|---|---|---|---|---|---|"]
+        for s in shards:
+            sel = [r for r in rows if r["cell"] == cell and r["shards"] == str(s)]
+            g = lambda t, k: med([fnum(r[k]) for r in sel if r["target"] == t])
+            e, n = g("edgeshard", "rps"), g("nginx", "rps")
+            L.append("| %d | %s | %s | %s | %s | %s |" % (s, fmt(e), fmt(n), fmt(e / n, 2) if e and n else "-",
+                                                          fmt(g("edgeshard", "cpu_us_per_req"), 2),
+                                                          fmt(g("nginx", "cpu_us_per_req"), 2)))
+        L.append("")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for cell in cells:
+            for t, style in (("edgeshard", "-o"), ("nginx", "--s")):
+                ys = [med([fnum(r["rps"]) for r in rows if r["cell"] == cell and r["shards"] == str(s)
+                           and r["target"] == t]) or 0 for s in shards]
+                ax.plot(shards, ys, style, label="%s %s" % (t, cell))
+        ax.set_xlabel("shards / workers")
+        ax.set_ylabel("requests/s")
+        ax.set_xticks(shards)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(a.out, "scaling.png"), dpi=90)
+        L += ["![scaling](scaling.png)", ""]
+    except Exception as e:
+        L += ["(plot skipped: %s)" % e]
+    with open(os.path.join(a.out, "scaling.md"), "w") as f:
+        f.write("\n".join(L) + "\n")
+    log("wrote %s" % os.path.join(a.out, "scaling.md"))
+
+
+# ----------------------------------------------------------------------------------------
+# syscalls and instructions per request
+
+def h2load(cfg, port, n, conns, timeout):
+    argv = ["taskset", "-c", cpus_str(cfg.client_cpus), "h2load", "--h1", "-n", str(n), "-c", str(conns),
+            "-t", "1", "http://127.0.0.1:%d/" % port]
+    try:
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+                           start_new_session=True)
+        out = r.stdout.decode(errors="replace")
+    except subprocess.TimeoutExpired as e:
+        return None, (e.stdout or b"").decode(errors="replace") + "\nTIMEOUT"
+    m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
+    if not m:
+        return None, out
+    return dict(total=int(m.group(1)), done=int(m.group(2)), ok=int(m.group(3)), failed=int(m.group(4))), out
+
+
+def base_cfg(a):
+    cfg = Env()
+    ncpu = os.cpu_count() or 1
+    cfg.shards = a.shards
+    cfg.proxy_cpus = parse_cpus(a.proxy_cpus) if a.proxy_cpus else [ncpu - 1]
+    rest = [c for c in range(ncpu) if c not in cfg.proxy_cpus] or list(range(ncpu))
+    cfg.client_cpus = parse_cpus(a.client_cpus) if a.client_cpus else rest
+    cfg.origin_cpus = cfg.client_cpus
+    cfg.keepalive = 1024
+    cfg.io_engine = a.io_engine
+    cfg.ready_timeout = a.ready_timeout
+    cfg.edgeshard, cfg.floor, cfg.nginx, cfg.wrk = a.edgeshard, a.floor, a.nginx_bin, "wrk"
+    cfg.ports = dict(origin=a.base_port, edgeshard=a.base_port + 1, nginx=a.base_port + 2, floor=a.base_port + 3)
+    for name, port in cfg.ports.items():
+        if port_open(port):
+            raise SystemExit("port %d (%s) is already in use; choose another --base-port" % (port, name))
+    cfg.nofile = nofile_hard()
+    cfg.tmp = tempfile.mkdtemp(prefix="edgeshard-prof-")
+    os.chmod(cfg.tmp, 0o755)
+    os.makedirs(a.out, exist_ok=True)
+    return cfg
+
+
+def strace_count(cfg, proc, port, n, conns, tag):
+    tids = []
+    for pid in proc.pids():
+        tids += [int(t) for t in os.listdir("/proc/%d/task" % pid)]
+    outf = os.path.join(cfg.tmp, "strace-%s.txt" % tag)
+    argv = ["strace", "-c", "-f", "-q", "-o", outf]
+    for t in tids:
+        argv += ["-p", str(t)]
+    st = Proc("strace", argv, os.path.join(cfg.tmp, "strace-%s.log" % tag))
+    time.sleep(1.5)  # attach
+    res, out = h2load(cfg, port, n, conns, timeout=300)
+    time.sleep(0.3)
+    st.stop(sig=signal.SIGINT, timeout=30)
+    text = read(outf)
+    m = re.search(r"^\s*100\.00\s+\S+\s+\S+\s+(\d+)\s+(\d*)\s*total", text, re.M)
+    if not m:
+        m = re.search(r"^.*\s(\d+)\s+(\d*)\s*total\s*$", text, re.M)
+    per = {}
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 5 and re.match(r"^\d+\.\d+$", f[0]) and f[-1] != "total":
+            try:
+                per[f[-1]] = int(f[3])
+            except ValueError:
+                pass
+    return (int(m.group(1)) if m else None), per, res, text
+
+
+def cmd_syscalls(a):
+    cfg = base_cfg(a)
+    n = a.requests
+    lines = ["# syscalls per request (strace -c -f, difference of %d and %d requests)" % (n, 2 * n), "",
+             "h2load --h1 -c %d, keep-alive GET / (small body), %d shard(s) on CPUs %s, engine=%s. "
+             "strace makes everything slow: compare counts, not timings." % (
+                 a.conns, cfg.shards, cpus_str(cfg.proxy_cpus), cfg.io_engine), "",
+             "| target | engine | syscalls (N) | syscalls (2N) | syscalls/request | top syscalls per request |",
+             "|---|---|---|---|---|---|"]
+    csv_rows = []
+    try:
+        origin = start_origin(cfg)
+        for t in [x for x in a.targets.split(",") if x]:
+            try:
+                p, engine = start_proxy(cfg, t, "default")
+            except RuntimeError as e:
+                log(str(e))
+                lines.append("| %s | - | failed to start | | | |" % t)
+                continue
+            h2load(cfg, cfg.ports[t], 2000, a.conns, 60)  # warm-up: pools, allocator
+            c1, per1, r1, _ = strace_count(cfg, p, cfg.ports[t], n, a.conns, t + "-n")
+            c2, per2, r2, _ = strace_count(cfg, p, cfg.ports[t], 2 * n, a.conns, t + "-2n")
+            p.stop()
+            ok = r1 and r2 and r1["failed"] == 0 and r2["failed"] == 0 and c1 is not None and c2 is not None
+            spr = (c2 - c1) / float(n) if ok else None
+            top = sorted(((per2.get(k, 0) - per1.get(k, 0)) / float(n), k) for k in set(per1) | set(per2))
+            top = ", ".join("%s %.2f" % (k, v) for v, k in reversed(top[-6:]) if v > 0.005)
+            lines.append("| %s | %s | %s | %s | %s | %s |" % (t, engine, c1, c2, fmt(spr, 2), top))
+            csv_rows.append(dict(target=t, engine=engine, n=n, calls_n=c1, calls_2n=c2,
+                                 syscalls_per_req="%.3f" % spr if spr is not None else ""))
+            log("%s: %s syscalls/request (%s)" % (t, fmt(spr, 2), top))
+    finally:
+        stop_all()
+        shutil.rmtree(cfg.tmp, ignore_errors=True)
+    with open(os.path.join(a.out, "syscalls.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(a.out, "syscalls.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["target", "engine", "n", "calls_n", "calls_2n", "syscalls_per_req"])
+        w.writeheader()
+        w.writerows(csv_rows)
+    print("\n".join(lines))
+
+
+def callgrind_total(path):
+    total = 0
+    found = False
+    for fn in os.listdir(os.path.dirname(path)):
+        full = os.path.join(os.path.dirname(path), fn)
+        if not fn.startswith(os.path.basename(path)):
+            continue
+        for line in read(full).splitlines():
+            if line.startswith("summary:") or line.startswith("totals:"):
+                total += int(line.split()[1])
+                found = True
+                break
+    return total if found else None
+
+
+def cmd_instructions(a):
+    cfg = base_cfg(a)
+    cfg.shards = 1
+    n = a.requests
+    lines = ["# user-space instructions per request (valgrind --tool=callgrind, difference of %d and %d requests)"
+             % (n, 2 * n), "",
+             "Each count is a fresh process under callgrind serving N requests (h2load --h1 -c %d, keep-alive "
+             "GET / small body) then stopped with SIGTERM; (I(2N) - I(N)) / N removes start-up and shutdown. "
+             "1 shard / 1 nginx worker (master_process off), engine=%s. Kernel work is not counted."
+             % (a.conns, cfg.io_engine), "",
+             "| target | instructions (N) | instructions (2N) | instructions/request |", "|---|---|---|---|"]
+    try:
+        origin = start_origin(cfg)
+        cfg.ready_timeout = max(cfg.ready_timeout, 120)
+        for t in [x for x in a.targets.split(",") if x]:
+            counts = []
+            for k in (n, 2 * n):
+                base = os.path.join(cfg.tmp, "cg-%s-%d.out" % (t, k))
+                vg = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + base + ".%p",
+                      "--trace-children=no"]
+                try:
+                    p, engine = start_proxy(cfg, t, "default", extra_prefix=vg, single_process=True)
+                except RuntimeError as e:
+                    log(str(e))
+                    counts.append(None)
+                    continue
+                res, out = h2load(cfg, cfg.ports[t], k, a.conns, timeout=a.timeout)
+                p.stop(sig=signal.SIGTERM, timeout=120)
+                tot = callgrind_total(base)
+                if not res or res["failed"]:
+                    log("%s: h2load problem: %s" % (t, out[-800:]))
+                    tot = None
+                counts.append(tot)
+                log("%s: %d requests -> %s instructions" % (t, k, tot))
+            i1, i2 = (counts + [None, None])[:2]
+            ipr = (i2 - i1) / float(n) if i1 is not None and i2 is not None else None
+            lines.append("| %s | %s | %s | %s |" % (t, fmt(i1), fmt(i2), fmt(ipr)))
+    finally:
+        stop_all()
+        shutil.rmtree(cfg.tmp, ignore_errors=True)
+    with open(os.path.join(a.out, "instructions.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------------------
+
+def main():
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common(p):
+        p.add_argument("--out", required=True)
+        p.add_argument("--shards", type=int, default=1)
+        p.add_argument("--proxy-cpus", default="")
+        p.add_argument("--client-cpus", default="")
+        p.add_argument("--io-engine", default="auto")
+        p.add_argument("--base-port", type=int, default=18080)
+        p.add_argument("--edgeshard", default=os.path.join(REPO, "target/release/edgeshard"))
+        p.add_argument("--floor", default=os.path.join(HERE, "floor/target/release/edgeshard-floor"))
+        p.add_argument("--nginx-bin", default=shutil.which("nginx") or "/usr/sbin/nginx")
+        p.add_argument("--ready-timeout", type=float, default=30)
+
+    m = sub.add_parser("matrix")
+    common(m)
+    m.add_argument("--origin-cpus", default="")
+    m.add_argument("--duration", type=int, default=10)
+    m.add_argument("--reps", type=int, default=3)
+    m.add_argument("--warmup", type=int, default=2)
+    m.add_argument("--cells", default=",".join(DEFAULT_CELLS))
+    m.add_argument("--targets", default="edgeshard,nginx,floor")
+    m.add_argument("--floor-cells", default="ka50,ka256")
+    m.add_argument("--no-direct", dest="direct", action="store_false")
+    m.add_argument("--keepalive", type=int, default=1024)
+    m.add_argument("--idle-conns", type=int, default=10000)
+    m.add_argument("--idle-settle", type=float, default=2.0)
+    m.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    m.add_argument("--fresh", action="store_true", help="overwrite raw.csv instead of appending")
+    m.add_argument("--keep-tmp", action="store_true")
+
+    s = sub.add_parser("summarize")
+    s.add_argument("out")
+
+    sc = sub.add_parser("scaling")
+    sc.add_argument("--out", required=True)
+    sc.add_argument("dirs", nargs="+")
+
+    for name in ("syscalls", "instructions"):
+        p = sub.add_parser(name)
+        common(p)
+        p.add_argument("--targets", default="edgeshard,nginx")
+        p.add_argument("--requests", type=int, default=20000 if name == "syscalls" else 5000)
+        p.add_argument("--conns", type=int, default=16)
+        p.add_argument("--timeout", type=int, default=300)
+
+    a = ap.parse_args()
+    try:
+        if a.cmd == "matrix":
+            cmd_matrix(a)
+        elif a.cmd == "summarize":
+            summarize(a.out)
+        elif a.cmd == "scaling":
+            os.makedirs(a.out, exist_ok=True)
+            cmd_scaling(a)
+        elif a.cmd == "syscalls":
+            cmd_syscalls(a)
+        elif a.cmd == "instructions":
+            cmd_instructions(a)
+    except KeyboardInterrupt as e:
+        log("interrupted (%s); stopping everything" % e)
+        stop_all()
+        sys.exit(130)
+    finally:
+        stop_all()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+# shared helpers for the loadtest/*.sh wrappers (sourced, not executed)
+LOADTEST_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$LOADTEST_DIR/.." && pwd)"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# apt-get install the given packages if the given commands are missing (root only)
+ensure_pkgs() { # ensure_pkgs "cmd:pkg cmd:pkg ..."
+  local missing=() pair
+  for pair in $1; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" = 0 ] || die "missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root"
+  log "installing ${missing[*]} (apt-get)"
+  timeout 300 apt-get update -qq || log "apt-get update failed, trying install anyway"
+  # policy-rc.d style: never let the package start the system nginx service
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 timeout 600 apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    || die "apt-get install ${missing[*]} failed"
+}
+
+# a python3 that can import matplotlib if any can (Debian's python3-matplotlib lives in /usr/bin/python3)
+pick_python() {
+  local p
+  for p in /usr/bin/python3 python3; do
+    if "$p" -c 'import matplotlib' >/dev/null 2>&1; then echo "$p"; return; fi
+  done
+  if [ "${INSTALL_PLOTS:-1}" = 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing python3-matplotlib for the plots (INSTALL_PLOTS=0 to skip)"
+    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq python3-matplotlib >/dev/null 2>&1 || true
+    if /usr/bin/python3 -c 'import matplotlib' >/dev/null 2>&1; then echo /usr/bin/python3; return; fi
+  fi
+  log "matplotlib not available: summary.md without plots"
+  command -v python3 || echo /usr/bin/python3
+}
+
+build_edgeshard() {
+  [ "${SKIP_BUILD:-0}" = 1 ] && return 0
+  log "cargo build --release (edgeshard)"
+  (cd "$REPO_DIR" && timeout "${BUILD_TIMEOUT:-1200}" cargo build --release --bin edgeshard) \
+    || die "edgeshard release build failed"
+}
+
+build_floor() {
+  [ "${SKIP_BUILD:-0}" = 1 ] && return 0
+  log "cargo build --release (loadtest/floor)"
+  (cd "$LOADTEST_DIR/floor" && timeout "${BUILD_TIMEOUT:-1200}" cargo build --release) \
+    || die "floor build failed"
+}
+
+# default output dir: loadtest/results/<YYYY-MM-DD>-<hostname>[-suffix]
+default_out() { echo "$LOADTEST_DIR/results/$(date +%F)-$(hostname -s)${1:+-$1}"; }

@@ -1,0 +1,653 @@
+//! Before the pipeline starts: the TOML file is read into raw structs (serde,
+//! `deny_unknown_fields`) and validated into the typed [`Config`] the shards run on. Every
+//! problem found is reported, not just the first, each naming the file, the key path and what
+//! is wrong, so `edgeshard check` reads like `nginx -t`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::http::parse::MAX_HEADERS_CAP;
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Key path such as `route[2].upstream`; empty for file-level problems.
+    pub path: String,
+    pub message: String,
+}
+
+/// Everything wrong with one configuration file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if issue.path.is_empty() {
+                write!(f, "{}: {}", self.file.display(), issue.message)?;
+            } else {
+                write!(
+                    f,
+                    "{}: {}: {}",
+                    self.file.display(),
+                    issue.path,
+                    issue.message
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoEngine {
+    Auto,
+    Uring,
+    Epoll,
+}
+
+impl IoEngine {
+    pub fn parse(s: &str) -> Option<IoEngine> {
+        match s {
+            "auto" => Some(IoEngine::Auto),
+            "uring" | "io_uring" => Some(IoEngine::Uring),
+            "epoll" | "legacy" => Some(IoEngine::Epoll),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    Weighted,
+}
+
+#[derive(Clone, Debug)]
+pub struct BackendConfig {
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub balance: Balance,
+    pub backends: Vec<BackendConfig>,
+    pub max_idle_per_backend: usize,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostMatch {
+    Any,
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`.
+    Suffix(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    Any,
+    Prefix(String),
+    Exact(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    pub host: HostMatch,
+    pub path: PathMatch,
+    /// Upper-case method names; empty = any.
+    pub methods: Vec<String>,
+    /// Lower-case header names with exact values.
+    pub headers: Vec<(String, String)>,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub client_header: Duration,
+    pub client_idle: Duration,
+    pub client_body: Duration,
+    pub client_send: Duration,
+    pub upstream_connect: Duration,
+    pub upstream_response: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+    pub max_body_bytes: u64,
+    pub max_connections_per_shard: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub io_engine: IoEngine,
+    pub shutdown_timeout: Duration,
+    pub listeners: Vec<SocketAddr>,
+    pub routes: Vec<RouteConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw shapes, exactly as written in the file.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    io_engine: Option<String>,
+    shutdown_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    host: Option<String>,
+    path_prefix: Option<String>,
+    path: Option<String>,
+    methods: Option<Vec<String>>,
+    headers: Option<BTreeMap<String, String>>,
+    upstream: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    address: String,
+    weight: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    balance: Option<String>,
+    backends: Vec<RawBackend>,
+    max_idle_per_backend: Option<usize>,
+    idle_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    client_header: Option<String>,
+    client_idle: Option<String>,
+    client_body: Option<String>,
+    client_send: Option<String>,
+    upstream_connect: Option<String>,
+    upstream_response: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_header_bytes: Option<Size>,
+    max_headers: Option<usize>,
+    max_uri_bytes: Option<Size>,
+    max_body_bytes: Option<Size>,
+    max_connections_per_shard: Option<usize>,
+}
+
+/// A byte size written as an integer or a string such as "16MiB".
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum Size {
+    Int(u64),
+    Text(String),
+}
+
+const TOP_LEVEL: &[&str] = &["server", "listener", "route", "upstream", "timeouts", "limits"];
+
+struct Checker {
+    issues: Vec<ConfigIssue>,
+}
+
+impl Checker {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(ConfigIssue {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Deserializes one value, recording an error with the precise key path on failure.
+    fn section<T: for<'de> Deserialize<'de>>(&mut self, path: &str, value: toml::Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let full = if inner == "." || inner.is_empty() {
+                    path.to_string()
+                } else {
+                    format!("{path}.{inner}")
+                };
+                self.err(full, clean_serde_message(&e.into_inner().to_string()));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, raw: Option<&String>, default: Duration) -> Duration {
+        match raw {
+            None => default,
+            Some(s) => match humantime::parse_duration(s.trim()) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.err(path, "must be greater than zero");
+                    default
+                }
+                Err(e) => {
+                    self.err(path, format!("invalid duration {s:?} ({e}); write e.g. \"10s\" or \"250ms\""));
+                    default
+                }
+            },
+        }
+    }
+
+    fn size(&mut self, path: &str, raw: Option<&Size>, default: u64, min: u64, max: u64) -> u64 {
+        let v = match raw {
+            None => return default,
+            Some(Size::Int(n)) => *n,
+            Some(Size::Text(s)) => match parse_size(s) {
+                Some(n) => n,
+                None => {
+                    self.err(path, format!("invalid size {s:?}; write bytes or e.g. \"64KiB\", \"16MiB\""));
+                    return default;
+                }
+            },
+        };
+        if v < min || v > max {
+            self.err(path, format!("{v} is out of range {min}..={max}"));
+            return default;
+        }
+        v
+    }
+
+    fn count(&mut self, path: &str, raw: Option<usize>, default: usize, min: usize, max: usize) -> usize {
+        match raw {
+            None => default,
+            Some(v) if v < min || v > max => {
+                self.err(path, format!("{v} is out of range {min}..={max}"));
+                default
+            }
+            Some(v) => v,
+        }
+    }
+
+    fn address(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    path,
+                    format!("invalid address {s:?}; write IP:PORT such as \"127.0.0.1:8080\" (host names are not resolved)"),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn clean_serde_message(m: &str) -> String {
+    // serde_path_to_error already carries the path; toml adds a location line we do not need.
+    m.lines().next().unwrap_or(m).trim().to_string()
+}
+
+/// Parses "16384", "64KiB", "16MiB", "1GiB", "10KB", "1MB" (K/M/G are powers of 1024 too).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn array(c: &mut Checker, table: &mut toml::Table, key: &str) -> Vec<toml::Value> {
+    match table.remove(key) {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items,
+        Some(_) => {
+            c.err(key, format!("must be an array of tables: write [[{key}]]"));
+            Vec::new()
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            issues: vec![ConfigIssue {
+                path: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        Config::parse(&text, file)
+    }
+
+    /// Validates configuration text; `file` is only used in messages.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let mut c = Checker { issues: Vec::new() };
+        let fail = |c: Checker| ConfigError {
+            file: file.to_path_buf(),
+            issues: c.issues,
+        };
+        let mut table: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = e.message().to_string();
+                let loc = e
+                    .span()
+                    .map(|s| {
+                        let line = text[..s.start].matches('\n').count() + 1;
+                        format!("line {line}: ")
+                    })
+                    .unwrap_or_default();
+                c.err("", format!("{loc}invalid TOML: {msg}"));
+                return Err(fail(c));
+            }
+        };
+        let unknown: Vec<String> = table
+            .keys()
+            .filter(|k| !TOP_LEVEL.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for k in unknown {
+            c.err(k, format!("unknown key; expected one of: {}", TOP_LEVEL.join(", ")));
+        }
+
+        let server: RawServer = table
+            .remove("server")
+            .and_then(|v| c.section("server", v))
+            .unwrap_or_default();
+        let timeouts: RawTimeouts = table
+            .remove("timeouts")
+            .and_then(|v| c.section("timeouts", v))
+            .unwrap_or_default();
+        let limits: RawLimits = table
+            .remove("limits")
+            .and_then(|v| c.section("limits", v))
+            .unwrap_or_default();
+
+        let io_engine = match server.io_engine.as_deref() {
+            None => IoEngine::Auto,
+            Some(s) => IoEngine::parse(s).unwrap_or_else(|| {
+                c.err("server.io_engine", format!("unknown engine {s:?}; expected auto, uring or epoll"));
+                IoEngine::Auto
+            }),
+        };
+        let shutdown_timeout = c.duration(
+            "server.shutdown_timeout",
+            server.shutdown_timeout.as_ref(),
+            Duration::from_secs(30),
+        );
+
+        let timeouts = Timeouts {
+            client_header: c.duration("timeouts.client_header", timeouts.client_header.as_ref(), Duration::from_secs(10)),
+            client_idle: c.duration("timeouts.client_idle", timeouts.client_idle.as_ref(), Duration::from_secs(60)),
+            client_body: c.duration("timeouts.client_body", timeouts.client_body.as_ref(), Duration::from_secs(30)),
+            client_send: c.duration("timeouts.client_send", timeouts.client_send.as_ref(), Duration::from_secs(60)),
+            upstream_connect: c.duration("timeouts.upstream_connect", timeouts.upstream_connect.as_ref(), Duration::from_secs(3)),
+            upstream_response: c.duration("timeouts.upstream_response", timeouts.upstream_response.as_ref(), Duration::from_secs(30)),
+        };
+        let max_header_bytes = c.size("limits.max_header_bytes", limits.max_header_bytes.as_ref(), 16384, 256, 1 << 20) as usize;
+        let limits = Limits {
+            max_header_bytes,
+            max_headers: c.count("limits.max_headers", limits.max_headers, 100, 1, MAX_HEADERS_CAP),
+            max_uri_bytes: c.size("limits.max_uri_bytes", limits.max_uri_bytes.as_ref(), 8192, 16, max_header_bytes as u64) as usize,
+            max_body_bytes: c.size("limits.max_body_bytes", limits.max_body_bytes.as_ref(), 16 << 20, 0, u64::MAX >> 1),
+            max_connections_per_shard: c.count("limits.max_connections_per_shard", limits.max_connections_per_shard, 65536, 1, 1 << 24),
+        };
+
+        let mut listeners = Vec::new();
+        let raw_listeners = array(&mut c, &mut table, "listener");
+        if raw_listeners.is_empty() {
+            c.err("listener", "at least one [[listener]] with an address is required");
+        }
+        let mut seen_listen = HashSet::new();
+        for (i, v) in raw_listeners.into_iter().enumerate() {
+            let path = format!("listener[{i}]");
+            if let Some(l) = c.section::<RawListener>(&path, v) {
+                if let Some(a) = c.address(&format!("{path}.address"), &l.address) {
+                    if a.port() != 0 && !seen_listen.insert(a) {
+                        c.err(format!("{path}.address"), format!("listening address {a} is already used in the configuration"));
+                    }
+                    listeners.push(a);
+                }
+            }
+        }
+
+        let mut upstreams = Vec::new();
+        let mut names = HashSet::new();
+        for (i, v) in array(&mut c, &mut table, "upstream").into_iter().enumerate() {
+            let path = format!("upstream[{i}]");
+            let Some(u) = c.section::<RawUpstream>(&path, v) else { continue };
+            if u.name.is_empty() {
+                c.err(format!("{path}.name"), "must not be empty");
+            } else if !names.insert(u.name.clone()) {
+                c.err(format!("{path}.name"), format!("upstream {:?} is defined twice", u.name));
+            }
+            let balance = match u.balance.as_deref() {
+                None | Some("round_robin") => Balance::RoundRobin,
+                Some("weighted") => Balance::Weighted,
+                Some(other) => {
+                    c.err(format!("{path}.balance"), format!("unknown algorithm {other:?}; expected round_robin or weighted"));
+                    Balance::RoundRobin
+                }
+            };
+            if u.backends.is_empty() {
+                c.err(format!("{path}.backends"), "at least one backend is required");
+            }
+            let mut backends = Vec::new();
+            for (j, b) in u.backends.iter().enumerate() {
+                let bpath = format!("{path}.backends[{j}]");
+                let weight = b.weight.unwrap_or(1);
+                if weight == 0 || weight > 10_000 {
+                    c.err(format!("{bpath}.weight"), format!("{weight} is out of range 1..=10000"));
+                }
+                if let Some(address) = c.address(&format!("{bpath}.address"), &b.address) {
+                    backends.push(BackendConfig { address, weight: weight.clamp(1, 10_000) });
+                }
+            }
+            upstreams.push(UpstreamConfig {
+                max_idle_per_backend: c.count(&format!("{path}.max_idle_per_backend"), u.max_idle_per_backend, 64, 0, 1 << 16),
+                idle_timeout: c.duration(&format!("{path}.idle_timeout"), u.idle_timeout.as_ref(), Duration::from_secs(60)),
+                name: u.name,
+                balance,
+                backends,
+            });
+        }
+
+        let mut routes = Vec::new();
+        for (i, v) in array(&mut c, &mut table, "route").into_iter().enumerate() {
+            let path = format!("route[{i}]");
+            let Some(r) = c.section::<RawRoute>(&path, v) else { continue };
+            let host = match r.host.as_deref() {
+                None | Some("*") => HostMatch::Any,
+                Some(h) => match h.strip_prefix("*.") {
+                    Some(rest) if valid_host(rest) => HostMatch::Suffix(format!(".{}", rest.to_ascii_lowercase())),
+                    None if valid_host(h) => HostMatch::Exact(h.to_ascii_lowercase()),
+                    _ => {
+                        c.err(format!("{path}.host"), format!("invalid host {h:?}; write \"api.example.com\" or \"*.example.com\""));
+                        HostMatch::Any
+                    }
+                },
+            };
+            let pathm = match (&r.path_prefix, &r.path) {
+                (Some(_), Some(_)) => {
+                    c.err(&path, "set either path_prefix or path, not both");
+                    PathMatch::Any
+                }
+                (Some(p), None) | (None, Some(p)) if !p.starts_with('/') => {
+                    let key = if r.path.is_some() { "path" } else { "path_prefix" };
+                    c.err(format!("{path}.{key}"), format!("{p:?} must start with '/'"));
+                    PathMatch::Any
+                }
+                (Some(p), None) => PathMatch::Prefix(p.clone()),
+                (None, Some(p)) => PathMatch::Exact(p.clone()),
+                (None, None) => PathMatch::Any,
+            };
+            let mut methods = Vec::new();
+            for (j, m) in r.methods.unwrap_or_default().into_iter().enumerate() {
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
+                    c.err(format!("{path}.methods[{j}]"), format!("invalid method {m:?}"));
+                }
+                methods.push(m.to_ascii_uppercase());
+            }
+            let mut headers = Vec::new();
+            for (name, value) in r.headers.unwrap_or_default() {
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+                    c.err(format!("{path}.headers.{name}"), "invalid header name");
+                }
+                headers.push((name.to_ascii_lowercase(), value));
+            }
+            let upstream = match upstreams.iter().position(|u| u.name == r.upstream) {
+                Some(i) => i,
+                None => {
+                    c.err(format!("{path}.upstream"), format!("upstream {:?} is not defined; add an [[upstream]] with name = {:?}", r.upstream, r.upstream));
+                    0
+                }
+            };
+            routes.push(RouteConfig { host, path: pathm, methods, headers, upstream });
+        }
+
+        if !c.issues.is_empty() {
+            return Err(fail(c));
+        }
+        Ok(Config {
+            io_engine,
+            shutdown_timeout,
+            listeners,
+            routes,
+            upstreams,
+            timeouts,
+            limits,
+        })
+    }
+
+    /// A short human summary, printed by `edgeshard check`.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        for l in &self.listeners {
+            s.push_str(&format!("listener {l}\n"));
+        }
+        for u in &self.upstreams {
+            s.push_str(&format!("upstream {} ({:?}, {} backends)\n", u.name, u.balance, u.backends.len()));
+        }
+        s.push_str(&format!("{} routes\n", self.routes.len()));
+        s
+    }
+}
+
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' || b == b':')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    const GOOD: &str = r#"
+[server]
+io_engine = "epoll"
+[[listener]]
+address = "127.0.0.1:0"
+[[route]]
+host = "*.example.com"
+path_prefix = "/v1/"
+methods = ["get"]
+headers = { "X-Canary" = "1" }
+upstream = "api"
+[[upstream]]
+name = "api"
+backends = [{ address = "127.0.0.1:9000", weight = 2 }]
+[limits]
+max_body_bytes = "1MiB"
+[timeouts]
+client_header = "250ms"
+"#;
+
+    #[test]
+    fn good_config_validates() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.io_engine, IoEngine::Epoll);
+        assert_eq!(c.limits.max_body_bytes, 1 << 20);
+        assert_eq!(c.timeouts.client_header, Duration::from_millis(250));
+        assert_eq!(c.routes[0].host, HostMatch::Suffix(".example.com".into()));
+        assert_eq!(c.routes[0].methods, vec!["GET"]);
+        assert_eq!(c.routes[0].headers[0].0, "x-canary");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let text = r#"
+[[listener]]
+address = "not-an-address"
+[[route]]
+upstream = "missing"
+colour = "blue"
+[[route]]
+upstream = "missing"
+[[upstream]]
+name = "api"
+backends = [{ address = "127.0.0.1:1", wieght = 1 }]
+[limits]
+max_body_bytes = "lots"
+"#;
+        let err = parse(text).unwrap_err();
+        let text = err.to_string();
+        let paths: Vec<&str> = err.issues.iter().map(|i| i.path.as_str()).collect();
+        assert!(paths.contains(&"listener[0].address"), "{text}");
+        assert!(paths.contains(&"route[0].colour") || paths.iter().any(|p| p.starts_with("route[0]")), "{text}");
+        assert!(paths.contains(&"route[1].upstream"), "{text}");
+        assert!(paths.iter().any(|p| p.starts_with("upstream[0].backends[0]")), "{text}");
+        assert!(paths.contains(&"limits.max_body_bytes"), "{text}");
+        assert!(text.lines().all(|l| l.starts_with("test.toml: ")), "{text}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16MiB"), Some(16 << 20));
+        assert_eq!(parse_size("64 KiB"), Some(64 << 10));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("1.5MiB"), None);
+        assert_eq!(parse_size("-1"), None);
+    }
+}

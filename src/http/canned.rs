@@ -1,0 +1,76 @@
+//! Stage 7, *respond*, for the proxy's own answers: small, fixed error responses written
+//! straight from static bytes. Each one says whether the connection must close afterwards.
+
+/// A status the proxy itself answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Canned {
+    BadRequest,
+    NotFound,
+    MethodNotAllowed,
+    RequestTimeout,
+    PayloadTooLarge,
+    UriTooLong,
+    ExpectationFailed,
+    HeadersTooLarge,
+    BadGateway,
+    ServiceUnavailable,
+    GatewayTimeout,
+    VersionNotSupported,
+}
+
+// `concat!` cannot compute lengths, so each body is written with its length beside it.
+macro_rules! canned_table {
+    ($( $variant:ident => $code:literal, $reason:literal, $len:literal, $body:literal, $close:literal; )*) => {
+        impl Canned {
+            pub fn status(self) -> u16 {
+                match self { $( Canned::$variant => $code, )* }
+            }
+            /// Whether the connection must close after this response, whatever the client asked.
+            pub fn forces_close(self) -> bool {
+                match self { $( Canned::$variant => $close, )* }
+            }
+            /// The full response; `close` adds `Connection: close`.
+            pub fn bytes(self, close: bool) -> &'static [u8] {
+                match (self, close) {
+                    $(
+                        (Canned::$variant, false) => concat!(
+                            "HTTP/1.1 ", stringify!($code), " ", $reason, "\r\n",
+                            "Content-Type: text/plain\r\nContent-Length: ", stringify!($len), "\r\n\r\n",
+                            $body
+                        ).as_bytes(),
+                        (Canned::$variant, true) => concat!(
+                            "HTTP/1.1 ", stringify!($code), " ", $reason, "\r\n",
+                            "Content-Type: text/plain\r\nContent-Length: ", stringify!($len), "\r\n",
+                            "Connection: close\r\n\r\n",
+                            $body
+                        ).as_bytes(),
+                    )*
+                }
+            }
+            pub const ALL: &'static [Canned] = &[ $( Canned::$variant, )* ];
+        }
+        #[cfg(test)]
+        mod table_tests {
+            use super::*;
+            #[test]
+            fn lengths_match_bodies() {
+                $( assert_eq!($body.len(), $len, stringify!($variant)); )*
+            }
+        }
+    };
+}
+
+canned_table! {
+    BadRequest => 400, "Bad Request", 12, "bad request\n", true;
+    NotFound => 404, "Not Found", 10, "not found\n", false;
+    MethodNotAllowed => 405, "Method Not Allowed", 19, "method not allowed\n", false;
+    RequestTimeout => 408, "Request Timeout", 16, "request timeout\n", true;
+    PayloadTooLarge => 413, "Content Too Large", 18, "content too large\n", true;
+    UriTooLong => 414, "URI Too Long", 13, "uri too long\n", true;
+    ExpectationFailed => 417, "Expectation Failed", 19, "expectation failed\n", true;
+    HeadersTooLarge => 431, "Request Header Fields Too Large", 32, "request header fields too large\n", true;
+    BadGateway => 502, "Bad Gateway", 12, "bad gateway\n", false;
+    ServiceUnavailable => 503, "Service Unavailable", 20, "service unavailable\n", false;
+    GatewayTimeout => 504, "Gateway Timeout", 16, "gateway timeout\n", false;
+    VersionNotSupported => 505, "HTTP Version Not Supported", 27, "http version not supported\n", true;
+}

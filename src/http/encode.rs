@@ -1,0 +1,280 @@
+//! Stage 6 of the pipeline, *forward* (heads): writes the request head sent upstream and the
+//! response head sent to the client, straight from the parsed offsets into an output buffer.
+//! Hop-by-hop fields and every field named in `Connection` are dropped; the proxy writes its
+//! own framing and X-Forwarded-* / Via fields.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use super::parse::{BodyFraming, HeaderKind, RequestHead, ResponseHead};
+
+/// How the body will be written on the outgoing side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutFraming {
+    /// No body follows.
+    None,
+    /// `Content-Length: n`, bytes copied as they are.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, payload re-encoded in chunks.
+    Chunked,
+    /// No framing header; the body ends when the proxy closes the connection.
+    Close,
+}
+
+/// Where the request target and Host come from.
+pub struct Target<'a> {
+    /// origin-form path and query to send (absolute-form is reduced to this).
+    pub path: &'a [u8],
+    /// Authority from an absolute-form target, which overrides Host (RFC 9112 §3.2.2).
+    pub authority: Option<&'a [u8]>,
+}
+
+/// Splits an absolute-form target (`http://host:port/p?q`) into authority and path.
+pub fn split_target(target: &[u8]) -> Target<'_> {
+    let rest = if target.len() > 7 && target[..7].eq_ignore_ascii_case(b"http://") {
+        Some(&target[7..])
+    } else if target.len() > 8 && target[..8].eq_ignore_ascii_case(b"https://") {
+        Some(&target[8..])
+    } else {
+        None
+    };
+    match rest {
+        None => Target {
+            path: target,
+            authority: None,
+        },
+        Some(rest) => {
+            let end = rest
+                .iter()
+                .position(|&b| b == b'/' || b == b'?')
+                .unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(end);
+            Target {
+                path: if path.is_empty() { b"/" } else { path },
+                authority: Some(authority),
+            }
+        }
+    }
+}
+
+/// Writes the request head for the upstream. `host` is the Host value to send.
+#[allow(clippy::too_many_arguments)]
+pub fn upstream_request_head(
+    buf: &[u8],
+    head: &RequestHead,
+    target: &Target<'_>,
+    host: &[u8],
+    client_ip: IpAddr,
+    framing: OutFraming,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(head.method.get(buf));
+    out.push(b' ');
+    out.extend_from_slice(target.path);
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\n");
+    let mut has_xff = false;
+    for h in &head.headers {
+        match h.kind {
+            HeaderKind::Other => {
+                let name = h.name.get(buf);
+                if !head.conn_tokens.is_empty() && head.named_in_connection(buf, name) {
+                    continue;
+                }
+                out.extend_from_slice(name);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(h.value.get(buf));
+                out.extend_from_slice(b"\r\n");
+            }
+            HeaderKind::XForwardedFor => has_xff = true,
+            // Host is written above; the rest are hop-by-hop or replaced below.
+            _ => {}
+        }
+    }
+    // All X-Forwarded-For lines merge into one, in order, with the client appended.
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    if has_xff {
+        for h in head.headers.iter().filter(|h| h.kind == HeaderKind::XForwardedFor) {
+            let v = h.value.get(buf);
+            if !v.is_empty() {
+                out.extend_from_slice(v);
+                out.extend_from_slice(b", ");
+            }
+        }
+    }
+    let _ = write!(out, "{client_ip}");
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    if !host.is_empty() {
+        out.extend_from_slice(b"X-Forwarded-Host: ");
+        out.extend_from_slice(host);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Via: 1.1 edgeshard\r\n");
+    write_framing(framing, out);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_framing(framing: OutFraming, out: &mut Vec<u8>) {
+    match framing {
+        OutFraming::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            let mut b = itoa_buf(n);
+            out.extend_from_slice(b.as_str());
+            out.extend_from_slice(b"\r\n");
+        }
+        OutFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        OutFraming::None | OutFraming::Close => {}
+    }
+}
+
+/// Decides how a response body is written to the client, given how it arrives and the
+/// client's HTTP version; returns the outgoing framing and whether the client connection
+/// must close afterwards because the body is close-delimited.
+pub fn response_out_framing(incoming: BodyFraming, client_minor: u8) -> (OutFraming, bool) {
+    match (incoming, client_minor) {
+        (BodyFraming::None, _) => (OutFraming::None, false),
+        (BodyFraming::Length(n), _) => (OutFraming::Length(n), false),
+        (BodyFraming::Chunked | BodyFraming::UntilClose, 1) => (OutFraming::Chunked, false),
+        // Never send chunked to an HTTP/1.0 client: close-delimit instead.
+        (BodyFraming::Chunked | BodyFraming::UntilClose, _) => (OutFraming::Close, true),
+    }
+}
+
+/// Writes the response head for the client.
+pub fn client_response_head(
+    buf: &[u8],
+    head: &ResponseHead,
+    framing: OutFraming,
+    close: bool,
+    client_minor: u8,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut code = itoa_buf(u64::from(head.status));
+    out.extend_from_slice(code.as_str());
+    out.push(b' ');
+    out.extend_from_slice(head.reason.get(buf));
+    out.extend_from_slice(b"\r\n");
+    for h in &head.headers {
+        let keep = match h.kind {
+            HeaderKind::Connection
+            | HeaderKind::KeepAlive
+            | HeaderKind::ProxyConnection
+            | HeaderKind::Te
+            | HeaderKind::Upgrade
+            | HeaderKind::TransferEncoding => false,
+            // A body-less response keeps the upstream's Content-Length (HEAD, 304), except 204.
+            HeaderKind::ContentLength => framing == OutFraming::None && head.status != 204,
+            _ => {
+                head.conn_tokens.is_empty() || !head.named_in_connection(buf, h.name.get(buf))
+            }
+        };
+        if keep {
+            out.extend_from_slice(h.name.get(buf));
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value.get(buf));
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    write_framing(framing, out);
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if client_minor == 0 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A small stack buffer holding a decimal number.
+pub struct NumBuf {
+    bytes: [u8; 20],
+    start: usize,
+}
+
+impl NumBuf {
+    pub fn as_str(&mut self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+}
+
+pub fn itoa_buf(mut n: u64) -> NumBuf {
+    let mut b = NumBuf {
+        bytes: [0; 20],
+        start: 20,
+    };
+    loop {
+        b.start -= 1;
+        b.bytes[b.start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::parse::{parse_request, parse_response, HeadLimits, Parsed};
+
+    const L: HeadLimits = HeadLimits {
+        max_header_bytes: 16384,
+        max_headers: 100,
+        max_uri_bytes: 8192,
+    };
+
+    #[test]
+    fn request_head_drops_hop_by_hop_and_adds_forwarding() {
+        let raw = b"POST /p?q HTTP/1.1\r\nHost: a.example\r\nConnection: keep-alive, X-Secret\r\n\
+X-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: x\r\n\
+X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nVia: 1.0 other\r\nTransfer-Encoding: chunked\r\nAccept: */*\r\n\r\n";
+        let mut head = RequestHead::default();
+        assert!(matches!(parse_request(raw, &L, &mut head), Ok(Parsed::Complete(()))));
+        let t = split_target(head.target.get(raw));
+        let mut out = Vec::new();
+        upstream_request_head(raw, &head, &t, b"a.example", "10.0.0.9".parse().unwrap(), OutFraming::Chunked, &mut out);
+        let s = String::from_utf8(out).unwrap();
+        assert_eq!(
+            s,
+            "POST /p?q HTTP/1.1\r\nHost: a.example\r\nVia: 1.0 other\r\nAccept: */*\r\n\
+X-Forwarded-For: 1.2.3.4, 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a.example\r\n\
+Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn absolute_form_targets() {
+        let t = split_target(b"http://Example.com:8080/a?b");
+        assert_eq!(t.authority, Some(&b"Example.com:8080"[..]));
+        assert_eq!(t.path, b"/a?b");
+        let t = split_target(b"http://example.com");
+        assert_eq!(t.path, b"/");
+        let t = split_target(b"/plain");
+        assert_eq!(t.authority, None);
+    }
+
+    #[test]
+    fn response_head_framing() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: X-H\r\nX-H: 1\r\nServer: s\r\n\r\n";
+        let mut head = ResponseHead::default();
+        assert!(matches!(parse_response(raw, &L, &mut head), Ok(Parsed::Complete(()))));
+        let (f, close) = response_out_framing(BodyFraming::Chunked, 0);
+        assert_eq!((f, close), (OutFraming::Close, true));
+        let mut out = Vec::new();
+        client_response_head(raw, &head, f, close, 0, &mut out);
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\nServer: s\r\nConnection: close\r\n\r\n");
+        out.clear();
+        let (f, close) = response_out_framing(BodyFraming::UntilClose, 1);
+        client_response_head(raw, &head, f, close, 1, &mut out);
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\nServer: s\r\nTransfer-Encoding: chunked\r\n\r\n");
+    }
+
+    #[test]
+    fn numbers() {
+        for n in [0u64, 7, 10, 12345, u64::MAX] {
+            assert_eq!(itoa_buf(n).as_str(), n.to_string().as_bytes());
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! edgeshard: a thread-per-core HTTP/1.1 edge load balancer and reverse proxy.
+//!
+//! The request pipeline, one module per stage:
+//! accept ([`listener`], [`shard`]) → parse ([`http::parse`]) → route ([`route`]) →
+//! balance ([`balance`]) → pool ([`upstream::pool`]) → forward ([`proxy`], [`http::chunked`],
+//! [`http::encode`]) → respond ([`proxy`], [`http::canned`]), driven per client connection by
+//! [`conn`]. Configuration is validated up front by [`config`].
+
+pub mod balance;
+pub mod config;
+pub mod conn;
+pub mod demo;
+pub mod http;
+pub mod listener;
+pub mod notify;
+pub mod proxy;
+pub mod route;
+pub mod shard;
+pub mod stats;
+pub mod upstream;

@@ -1,0 +1,307 @@
+//! The `edgeshard` command: parse the command line, validate the configuration, bind the
+//! listeners, start one pinned shard per CPU, print readiness, and drain on SIGTERM/SIGINT.
+//! Everything here runs once at start-up or shutdown; the request path lives in the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use edgeshard::config::{Config, IoEngine};
+use edgeshard::shard::{run_shard, Shared};
+
+// mimalloc: the proxy allocates per-connection buffers and per-request vectors from many
+// threads with no cross-thread frees on the hot path; mimalloc's per-thread heaps serve that
+// pattern with less contention and fragmentation than glibc malloc's arenas.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "edgeshard",
+    version,
+    about = "Thread-per-core HTTP/1.1 edge load balancer and reverse proxy",
+    after_help = "Examples:\n  edgeshard demo                                   # proxy on 127.0.0.1:8080, two built-in origins\n  edgeshard check --config examples/basic.toml     # validate, like nginx -t\n  edgeshard run --config examples/basic.toml --cpus 0-3 --io-engine uring\n  edgeshard run --config edge.toml --shards 2      # first two CPUs of the affinity mask"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EngineArg {
+    Auto,
+    Uring,
+    Epoll,
+}
+
+#[derive(clap::Args)]
+struct Placement {
+    /// CPUs to pin one shard each to, e.g. "0-3,6". Default: every CPU this process may use.
+    #[arg(long, value_name = "LIST")]
+    cpus: Option<String>,
+    /// Number of shards: the first N of the CPU list.
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// io_uring, epoll, or auto (io_uring when the kernel allows it, else epoll). Overrides
+    /// `server.io_engine`.
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    io_engine: Option<EngineArg>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a configuration file.
+    Run {
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        #[command(flatten)]
+        placement: Placement,
+    },
+    /// Validate a configuration file, print a summary, exit 0 (valid) or 1.
+    Check {
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Serve on 127.0.0.1:8080 in front of two built-in origins (no setup needed).
+    Demo {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        placement: Placement,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EDGESHARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config, placement } => match Config::load(&config) {
+            Ok(c) => report(run(c, &placement)),
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        },
+        Command::Demo { listen, placement } => report(demo(listen, placement)),
+    };
+    std::process::exit(code);
+}
+
+fn report(r: Result<()>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("edgeshard: error: {e:#}");
+            1
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> i32 {
+    match Config::load(path) {
+        Ok(c) => {
+            println!("{}: configuration is valid", path.display());
+            print!("{}", c.summary());
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+fn demo(listen: std::net::SocketAddr, mut placement: Placement) -> Result<()> {
+    let a = edgeshard::demo::start_origin("A").context("starting demo origin A")?;
+    let b = edgeshard::demo::start_origin("B").context("starting demo origin B")?;
+    eprintln!("edgeshard demo: origins A on {a} and B on {b}; try: curl -i http://{listen}/");
+    let config = edgeshard::demo::demo_config(listen, &[a, b]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // One shard by default, so that successive requests visibly alternate between origins.
+    if placement.shards.is_none() {
+        placement.shards = Some(1);
+    }
+    run(config, &placement)
+}
+
+/// Parses "0-3,6" into CPU ids.
+fn parse_cpu_list(s: &str) -> Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let lo: usize = lo.parse().with_context(|| format!("--cpus: {part:?} is not a CPU number or range like 0-3"))?;
+        let hi: usize = hi.parse().with_context(|| format!("--cpus: {part:?} is not a CPU number or range like 0-3"))?;
+        if hi < lo || hi - lo > 4096 {
+            bail!("--cpus: range {part:?} is reversed or too large");
+        }
+        for c in lo..=hi {
+            if !cpus.contains(&c) {
+                cpus.push(c);
+            }
+        }
+    }
+    if cpus.is_empty() {
+        bail!("--cpus: the list is empty");
+    }
+    Ok(cpus)
+}
+
+fn choose_cpus(p: &Placement) -> Result<Vec<usize>> {
+    let allowed: Vec<usize> = core_affinity::get_core_ids()
+        .context("cannot read this process's CPU affinity mask")?
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let mut cpus = match &p.cpus {
+        Some(list) => {
+            let cpus = parse_cpu_list(list)?;
+            for c in &cpus {
+                if !allowed.contains(c) {
+                    bail!(
+                        "--cpus: CPU {c} does not exist or is not allowed for this process (allowed: {}); check the list, taskset or the cgroup cpuset",
+                        format_cpus(&allowed)
+                    );
+                }
+            }
+            cpus
+        }
+        None => allowed.clone(),
+    };
+    if let Some(n) = p.shards {
+        if n == 0 {
+            bail!("--shards must be at least 1");
+        }
+        if n > cpus.len() {
+            bail!("--shards {n} is more than the {} CPUs available ({}); lower --shards or widen --cpus", cpus.len(), format_cpus(&cpus));
+        }
+        cpus.truncate(n);
+    }
+    Ok(cpus)
+}
+
+fn format_cpus(cpus: &[usize]) -> String {
+    cpus.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// Resolves `auto` and proves that the chosen engine starts, before any shard does.
+fn resolve_engine(requested: IoEngine) -> Result<IoEngine> {
+    if requested == IoEngine::Epoll {
+        return Ok(IoEngine::Epoll);
+    }
+    let probe = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .with_entries(64)
+        .build()
+        .map(drop);
+    match (probe, requested) {
+        (Ok(()), _) => Ok(IoEngine::Uring),
+        (Err(e), IoEngine::Auto) => {
+            tracing::warn!(error = %e, "io_uring is not available; falling back to the epoll engine");
+            Ok(IoEngine::Epoll)
+        }
+        (Err(e), _) => {
+            let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "absent".into());
+            bail!(
+                "--io-engine uring: io_uring cannot start: {e}. Check: the kernel is 5.11 or newer (uname -r); \
+sysctl kernel.io_uring_disabled is 0 (now: {disabled}); no seccomp profile blocks io_uring_setup (containers often do); \
+RLIMIT_MEMLOCK is large enough on kernels before 5.12 (ulimit -l). Or run with --io-engine epoll"
+            )
+        }
+    }
+}
+
+fn run(config: Config, placement: &Placement) -> Result<()> {
+    let requested = match placement.io_engine {
+        Some(EngineArg::Auto) => IoEngine::Auto,
+        Some(EngineArg::Uring) => IoEngine::Uring,
+        Some(EngineArg::Epoll) => IoEngine::Epoll,
+        None => config.io_engine,
+    };
+    let engine = resolve_engine(requested)?;
+    let cpus = choose_cpus(placement)?;
+    let (sockets, bound) = edgeshard::listener::bind_all(&config.listeners, cpus.len())?;
+
+    // Signals are blocked into a handler before any thread starts, so a SIGTERM that arrives
+    // right after readiness drains instead of killing the process.
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .context("cannot install signal handlers")?;
+
+    let shared = Arc::new(Shared::new(config));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut stops = Vec::new();
+    let mut threads = Vec::new();
+    for (i, (cpu, listeners)) in cpus.iter().copied().zip(sockets).enumerate() {
+        let (stop_tx, stop_rx) = futures_channel::oneshot::channel::<()>();
+        stops.push(stop_tx);
+        let shared = shared.clone();
+        let ready = ready_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("shard-{i}"))
+            .spawn(move || {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                    let _ = ready.send(Err(format!("shard {i}: cannot pin to CPU {cpu}")));
+                    return None;
+                }
+                Some(run_shard(i, engine, shared, listeners, ready, stop_rx))
+            })
+            .context("cannot start a shard thread")?;
+        threads.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..threads.len() {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(msg)) => bail!("{msg}"),
+            Err(_) => bail!("a shard stopped during start-up"),
+        }
+    }
+    let engine_name = if engine == IoEngine::Uring { "uring" } else { "epoll" };
+    {
+        let mut out = std::io::stdout().lock();
+        for addr in &bound {
+            writeln!(out, "edgeshard: listening on {addr}")?;
+        }
+        writeln!(out, "edgeshard: ready shards={} engine={engine_name}", threads.len())?;
+        out.flush()?;
+    }
+    tracing::info!(shards = threads.len(), cpus = %format_cpus(&cpus), engine = engine_name, "edgeshard started");
+
+    // Wait for SIGTERM/SIGINT, then drain.
+    let sig = signals.forever().next();
+    tracing::info!(signal = ?sig, "draining: no new connections; finishing in-flight requests");
+    for s in stops {
+        let _ = s.send(());
+    }
+    // A second signal while draining means: stop now.
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            eprintln!("edgeshard: second signal, exiting without waiting");
+            std::process::exit(1);
+        }
+    });
+    let mut unfinished = 0;
+    for t in threads {
+        if let Ok(Some(report)) = t.join() {
+            tracing::info!(shard = report.id, "{}", report.summary);
+            unfinished += report.unfinished;
+        }
+    }
+    if unfinished > 0 {
+        tracing::warn!(unfinished, "shutdown_timeout reached with connections still open");
+    }
+    Ok(())
+}

@@ -1,0 +1,583 @@
+//! Stages 3 to 7 of the pipeline for one request, top to bottom: *route* the parsed head,
+//! *balance* to a backend, check a connection out of the *pool* (or connect), *forward* the
+//! head and body, read the upstream's response head, and *respond* to the client, relaying
+//! the body with the framing the client can take. Errors map to one status in one place
+//! ([`Failure`]); a request that may have reached a backend is never replayed unless it is
+//! idempotent and bodiless and failed on a reused connection before any response byte.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::http::canned::Canned;
+use crate::http::chunked::{encode_chunk_header, encode_last_chunk, ChunkedDecoder};
+use crate::http::encode::{
+    client_response_head, response_out_framing, split_target, upstream_request_head, OutFraming,
+};
+use crate::http::parse::{
+    parse_response, BodyFraming, HeadLimits, HeaderKind, Method, ParseError, Parsed, RequestHead,
+    ResponseHead,
+};
+use crate::shard::ShardCtx;
+use crate::stats::{add, bump};
+
+/// Whether the client connection stays open after an exchange (monolake's contract).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    KeepAlive,
+    Close,
+}
+
+/// The client side of a connection, owned by [`crate::conn`] and lent to each exchange.
+pub struct Client {
+    pub stream: TcpStream,
+    /// Bytes read from the client; a request head starts at offset 0.
+    pub buf: Vec<u8>,
+    pub peer: SocketAddr,
+}
+
+/// Why an IO step failed.
+#[derive(Debug)]
+pub enum IoFail {
+    Eof,
+    Timeout,
+    Io(std::io::Error),
+}
+
+/// Why a body relay stopped early.
+#[derive(Debug)]
+enum RelayError {
+    Read(IoFail),
+    Write(IoFail),
+    Framing,
+    TooLarge,
+}
+
+/// Reads more bytes into `buf` after its current contents, waiting at most `timeout`.
+/// On timeout the buffer is lost with the cancelled read and `buf` is left empty.
+pub async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<usize, IoFail> {
+    if buf.len() == buf.capacity() {
+        buf.reserve(buf.capacity().max(4096));
+    }
+    let len = buf.len();
+    let owned = std::mem::take(buf);
+    match monoio::time::timeout(timeout, stream.read(owned.slice_mut(len..))).await {
+        Ok((res, slice)) => {
+            *buf = slice.into_inner();
+            match res {
+                Ok(0) => Err(IoFail::Eof),
+                Ok(n) => Ok(n),
+                Err(e) => Err(IoFail::Io(e)),
+            }
+        }
+        Err(_) => Err(IoFail::Timeout),
+    }
+}
+
+/// Writes `buf[from..]` completely, waiting at most `timeout`; returns the buffer.
+pub async fn write_from(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    from: usize,
+    to: usize,
+    timeout: Duration,
+) -> Result<(), IoFail> {
+    if from == to {
+        return Ok(());
+    }
+    let owned = std::mem::take(buf);
+    match monoio::time::timeout(timeout, stream.write_all(owned.slice(from..to))).await {
+        Ok((res, slice)) => {
+            *buf = slice.into_inner();
+            res.map(|_| ()).map_err(IoFail::Io)
+        }
+        Err(_) => Err(IoFail::Timeout),
+    }
+}
+
+/// Writes static bytes (canned responses, `100 Continue`).
+pub async fn write_static(
+    stream: &mut TcpStream,
+    bytes: &'static [u8],
+    timeout: Duration,
+) -> Result<(), IoFail> {
+    match monoio::time::timeout(timeout, stream.write_all(bytes)).await {
+        Ok((res, _)) => res.map(|_| ()).map_err(IoFail::Io),
+        Err(_) => Err(IoFail::Timeout),
+    }
+}
+
+/// How an exchange that did not complete ends, mapped to what the client sees.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    /// Answer with a canned status (only possible before any response byte was written).
+    Status(Canned),
+    /// Close the client connection without a word (it went away, or the response head was
+    /// already sent and the body cannot be completed).
+    Close,
+}
+
+/// Writes a canned response and says whether the connection must close afterwards.
+pub async fn respond_canned(ctx: &ShardCtx, client: &mut Client, c: Canned, close: bool) -> Outcome {
+    ctx.stats.canned(c);
+    let close = close || c.forces_close();
+    let t = ctx.shared.config.timeouts.client_send;
+    match write_static(&mut client.stream, c.bytes(close), t).await {
+        Ok(()) if !close => Outcome::KeepAlive,
+        _ => Outcome::Close,
+    }
+}
+
+/// Maps a request-head parse error to its status.
+pub fn parse_error_status(e: ParseError) -> Canned {
+    match e {
+        ParseError::Malformed(_) => Canned::BadRequest,
+        ParseError::TooManyHeaders | ParseError::HeadTooLarge => Canned::HeadersTooLarge,
+        ParseError::UriTooLong => Canned::UriTooLong,
+        ParseError::Version => Canned::VersionNotSupported,
+        ParseError::Expectation => Canned::ExpectationFailed,
+    }
+}
+
+/// The facts of the request the exchange still needs once the head buffer is reused.
+#[derive(Clone, Copy)]
+struct RequestFacts {
+    method: Method,
+    minor: u8,
+    keep_alive: bool,
+    framing: BodyFraming,
+    expect_continue: bool,
+    head_len: usize,
+}
+
+/// Runs one request through the pipeline. On return the request (head and body) has been
+/// removed from `client.buf`, leaving any pipelined bytes that followed it.
+pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHead) -> Outcome {
+    let started = Instant::now();
+    bump(&ctx.stats.requests);
+    let facts = RequestFacts {
+        method: head.method(),
+        minor: head.minor_version,
+        keep_alive: head.wants_keep_alive(),
+        framing: head.framing(),
+        expect_continue: head.expect_continue,
+        head_len: head.head_len,
+    };
+    let prepared = prepare(ctx, client, head, &facts);
+    // The head has been encoded for the upstream (or refused): from here on the client buffer
+    // holds only the body and whatever was pipelined after it.
+    client.buf.drain(..facts.head_len);
+    let result = match prepared {
+        Ok(p) => exchange(ctx, client, p, facts).await,
+        Err(c) => Err(Failure::Status(c)),
+    };
+    let outcome = match result {
+        Ok(o) => o,
+        Err(Failure::Close) => Outcome::Close,
+        Err(Failure::Status(c)) => {
+            // The body may still be unread: the connection can only be reused if there was none.
+            let close = !facts.keep_alive || facts.framing != BodyFraming::None || ctx.draining();
+            respond_canned(ctx, client, c, close).await
+        }
+    };
+    ctx.stats
+        .record_latency(started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64);
+    outcome
+}
+
+/// A request routed and encoded for its upstream, ready to send.
+struct Prepared {
+    upstream: usize,
+    /// The upstream request head (kept for a possible retry).
+    out: Vec<u8>,
+    out_framing: OutFraming,
+}
+
+/// Route and encode: everything that needs the parsed head, which lives in the client buffer.
+fn prepare(
+    ctx: &ShardCtx,
+    client: &Client,
+    head: &RequestHead,
+    facts: &RequestFacts,
+) -> Result<Prepared, Canned> {
+    let shared = &*ctx.shared;
+    let buf = &client.buf[..];
+    if facts.method == Method::Connect {
+        return Err(Canned::MethodNotAllowed);
+    }
+    let target = split_target(head.target.get(buf));
+    let host: &[u8] = match (target.authority, head.host) {
+        (Some(a), _) => a,
+        (None, Some(h)) => h.get(buf),
+        (None, None) => b"",
+    };
+    let path = target
+        .path
+        .split(|&b| b == b'?')
+        .next()
+        .unwrap_or(target.path);
+    let route = shared.routes.find(host, path, head.method.get(buf), |name| {
+        head.headers
+            .iter()
+            .find(|h| h.kind == HeaderKind::Other && h.name.get(buf).eq_ignore_ascii_case(name))
+            .map(|h| h.value.get(buf))
+    });
+    let Some(route) = route else {
+        return Err(Canned::NotFound);
+    };
+    if let BodyFraming::Length(n) = facts.framing {
+        if n > shared.config.limits.max_body_bytes {
+            return Err(Canned::PayloadTooLarge);
+        }
+    }
+    let out_framing = match facts.framing {
+        BodyFraming::None => OutFraming::None,
+        BodyFraming::Length(n) => OutFraming::Length(n),
+        BodyFraming::Chunked | BodyFraming::UntilClose => OutFraming::Chunked,
+    };
+    let mut out = ctx.take_buffer();
+    upstream_request_head(buf, head, &target, host, client.peer.ip(), out_framing, &mut out);
+    Ok(Prepared {
+        upstream: route.upstream,
+        out,
+        out_framing,
+    })
+}
+
+async fn exchange(
+    ctx: &ShardCtx,
+    client: &mut Client,
+    prepared: Prepared,
+    facts: RequestFacts,
+) -> Result<Outcome, Failure> {
+    let cfg = &ctx.shared.config;
+    let Prepared {
+        upstream: upstream_id,
+        mut out,
+        out_framing,
+    } = prepared;
+    let head_bytes = out.len();
+
+    // -- balance + pool + send, with the narrow retry rule ---------------------------------
+    let retry_allowed = facts.method.is_idempotent() && facts.framing == BodyFraming::None;
+    let mut fresh_only = false;
+    let mut tried: u64 = 0; // bit set of backends (within the upstream) that refused a connect
+    let mut ubuf = ctx.take_buffer();
+    let (mut upstream, backend, resp_head) = loop {
+        let now = Instant::now();
+        let Some(backend) = ctx.pick_backend(upstream_id, tried, now) else {
+            ctx.give_buffer(out);
+            ctx.give_buffer(ubuf);
+            return Err(Failure::Status(if tried == 0 {
+                Canned::ServiceUnavailable
+            } else {
+                Canned::BadGateway
+            }));
+        };
+        let pooled = if fresh_only {
+            None
+        } else {
+            ctx.pool.borrow_mut().checkout(backend, now, !retry_allowed)
+        };
+        let reused = pooled.is_some();
+        let mut upstream = match pooled {
+            Some(s) => s,
+            None => match ctx.connect(backend).await {
+                Ok(s) => s,
+                Err(_) => {
+                    tried |= 1u64 << ctx.local_index(backend).min(63);
+                    continue;
+                }
+            },
+        };
+
+        // `100 Continue` once we know the request will go somewhere.
+        if facts.expect_continue
+            && facts.minor == 1
+            && facts.framing != BodyFraming::None
+            && client.buf.is_empty()
+        {
+            write_static(
+                &mut client.stream,
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                cfg.timeouts.client_send,
+            )
+            .await
+            .map_err(|_| Failure::Close)?;
+        }
+
+        // Head (and for bodies, the body).
+        let sent = if facts.framing == BodyFraming::None {
+            write_from(&mut upstream, &mut out, 0, head_bytes, cfg.timeouts.upstream_response).await
+        } else {
+            let mut pos = 0;
+            let r = relay_body(
+                &mut client.stream,
+                &mut client.buf,
+                &mut pos,
+                cfg.timeouts.client_body,
+                &mut upstream,
+                &mut out,
+                cfg.timeouts.upstream_response,
+                facts.framing,
+                out_framing,
+                cfg.limits.max_body_bytes,
+                cfg.limits.max_header_bytes,
+            )
+            .await;
+            match r {
+                Ok(n) => {
+                    add(&ctx.stats.bytes_in, n);
+                    client.buf.drain(..pos);
+                    Ok(())
+                }
+                Err(RelayError::Read(IoFail::Timeout)) => {
+                    return Err(Failure::Status(Canned::RequestTimeout))
+                }
+                Err(RelayError::Read(_)) => {
+                    bump(&ctx.stats.client_aborts);
+                    return Err(Failure::Close);
+                }
+                Err(RelayError::Framing) => return Err(Failure::Status(Canned::BadRequest)),
+                Err(RelayError::TooLarge) => {
+                    return Err(Failure::Status(Canned::PayloadTooLarge))
+                }
+                Err(RelayError::Write(e)) => Err(e),
+            }
+        };
+        let limits = HeadLimits {
+            max_header_bytes: cfg.limits.max_header_bytes.max(16384),
+            max_headers: cfg.limits.max_headers.max(100),
+            max_uri_bytes: cfg.limits.max_uri_bytes,
+        };
+        let got = match sent {
+            Err(e) => Err(HeadFail::Io(e)),
+            Ok(()) => {
+                read_response_head(&mut upstream, &mut ubuf, &limits, cfg.timeouts.upstream_response)
+                    .await
+            }
+        };
+        match got {
+            Ok(h) => break (upstream, backend, h),
+            Err(HeadFail::Io(IoFail::Timeout)) => {
+                ctx.give_buffer(out);
+                return Err(Failure::Status(Canned::GatewayTimeout));
+            }
+            Err(HeadFail::Io(_)) if reused && retry_allowed && !fresh_only && ubuf.is_empty() => {
+                // The pooled connection died under us before any response byte: the request
+                // is idempotent and bodiless, so it is safe to send once more, on a fresh one.
+                bump(&ctx.stats.retries);
+                fresh_only = true;
+                // `out` still holds the head to resend.
+                ubuf.clear();
+                continue;
+            }
+            Err(_) => {
+                bump(&ctx.stats.upstream_aborts);
+                ctx.give_buffer(out);
+                return Err(Failure::Status(Canned::BadGateway));
+            }
+        }
+    };
+    ctx.stats.upstream_status(resp_head.status);
+
+    // -- respond ---------------------------------------------------------------------------
+    let in_framing = resp_head.framing(facts.method);
+    let (resp_framing, close_delimited) = response_out_framing(in_framing, facts.minor);
+    let close = !facts.keep_alive || close_delimited || ctx.draining();
+    out.clear();
+    client_response_head(&ubuf, &resp_head, resp_framing, close, facts.minor, &mut out);
+    let mut upos = resp_head.head_len;
+    let upstream_reusable = resp_head.upstream_keep_alive() && in_framing != BodyFraming::UntilClose;
+    let relayed = if in_framing == BodyFraming::None {
+        let n = out.len();
+        write_from(&mut client.stream, &mut out, 0, n, cfg.timeouts.client_send)
+            .await
+            .map(|_| 0)
+            .map_err(RelayError::Write)
+    } else {
+        relay_body(
+            &mut upstream,
+            &mut ubuf,
+            &mut upos,
+            cfg.timeouts.upstream_response,
+            &mut client.stream,
+            &mut out,
+            cfg.timeouts.client_send,
+            in_framing,
+            resp_framing,
+            u64::MAX,
+            cfg.limits.max_header_bytes,
+        )
+        .await
+    };
+    ctx.give_buffer(out);
+    match relayed {
+        Ok(n) => {
+            add(&ctx.stats.bytes_out, n);
+            if upstream_reusable && upos == ubuf.len() {
+                ctx.pool
+                    .borrow_mut()
+                    .checkin(backend, upstream, Instant::now());
+            }
+            ctx.give_buffer(ubuf);
+            Ok(if close { Outcome::Close } else { Outcome::KeepAlive })
+        }
+        Err(RelayError::Write(_)) => {
+            bump(&ctx.stats.client_aborts);
+            Err(Failure::Close)
+        }
+        Err(_) => {
+            // The head is out; the only honest signal left is to close mid-body.
+            bump(&ctx.stats.upstream_aborts);
+            Err(Failure::Close)
+        }
+    }
+}
+
+enum HeadFail {
+    Io(IoFail),
+    Bad,
+}
+
+/// Reads the upstream's response head into `ubuf` (which may hold bytes after it), skipping
+/// interim 1xx responses. A 101 is refused: upgrades are never forwarded here.
+async fn read_response_head(
+    upstream: &mut TcpStream,
+    ubuf: &mut Vec<u8>,
+    limits: &HeadLimits,
+    timeout: Duration,
+) -> Result<ResponseHead, HeadFail> {
+    let deadline = Instant::now() + timeout;
+    let mut head = ResponseHead::default();
+    loop {
+        if !ubuf.is_empty() {
+            match parse_response(ubuf, limits, &mut head) {
+                Ok(Parsed::Complete(())) => {
+                    if head.status == 101 {
+                        return Err(HeadFail::Bad);
+                    }
+                    if (100..200).contains(&head.status) {
+                        ubuf.drain(..head.head_len);
+                        continue;
+                    }
+                    return Ok(head);
+                }
+                Ok(Parsed::Partial) => {}
+                Err(_) => return Err(HeadFail::Bad),
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HeadFail::Io(IoFail::Timeout));
+        }
+        read_more(upstream, ubuf, left).await.map_err(HeadFail::Io)?;
+    }
+}
+
+/// Relays one body from `src` to `dst`. Bytes already read sit in `inbuf[*pos..]`; `out`
+/// holds bytes to send first (a head) and is flushed with the first payload. `incoming` says
+/// how the body is delimited on the way in, `outgoing` how to write it. On success `*pos`
+/// points just past the body in `inbuf` (pipelined bytes may follow).
+#[allow(clippy::too_many_arguments)]
+async fn relay_body(
+    src: &mut TcpStream,
+    inbuf: &mut Vec<u8>,
+    pos: &mut usize,
+    read_timeout: Duration,
+    dst: &mut TcpStream,
+    out: &mut Vec<u8>,
+    write_timeout: Duration,
+    incoming: BodyFraming,
+    outgoing: OutFraming,
+    limit: u64,
+    chunk_overhead: usize,
+) -> Result<u64, RelayError> {
+    let mut remaining = match incoming {
+        BodyFraming::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let mut decoder = (incoming == BodyFraming::Chunked).then(|| ChunkedDecoder::new(chunk_overhead));
+    let rechunk = outgoing == OutFraming::Chunked;
+    let mut total: u64 = 0;
+    let mut done = incoming == BodyFraming::None || remaining == 0;
+    // Large bodies are read in larger pieces.
+    const RELAY_BUF: usize = 64 * 1024;
+    loop {
+        while !done && *pos < inbuf.len() {
+            let avail = &inbuf[*pos..];
+            let (data, consumed) = match decoder.as_mut() {
+                Some(d) => {
+                    let step = d.decode(avail).map_err(|_| RelayError::Framing)?;
+                    done = step.done;
+                    ((*pos + step.data.0, *pos + step.data.1), step.consumed)
+                }
+                None => {
+                    let n = (avail.len() as u64).min(remaining) as usize;
+                    if matches!(incoming, BodyFraming::Length(_)) {
+                        remaining -= n as u64;
+                        done = remaining == 0;
+                    }
+                    ((*pos, *pos + n), n)
+                }
+            };
+            let len = data.1 - data.0;
+            total += len as u64;
+            if total > limit {
+                return Err(RelayError::TooLarge);
+            }
+            if len > 0 {
+                if rechunk {
+                    encode_chunk_header(len, out);
+                    out.extend_from_slice(&inbuf[data.0..data.1]);
+                    out.extend_from_slice(b"\r\n");
+                } else if out.is_empty() && len >= 4096 {
+                    // Large piece, nothing pending: write straight from the read buffer.
+                    write_from(dst, inbuf, data.0, data.1, write_timeout)
+                        .await
+                        .map_err(RelayError::Write)?;
+                } else {
+                    out.extend_from_slice(&inbuf[data.0..data.1]);
+                }
+            }
+            *pos += consumed;
+        }
+        if done {
+            if rechunk {
+                let trailers = decoder.as_ref().map(|d| &d.trailers[..]).unwrap_or(b"");
+                encode_last_chunk(trailers, out);
+            }
+            let n = out.len();
+            write_from(dst, out, 0, n, write_timeout)
+                .await
+                .map_err(RelayError::Write)?;
+            out.clear();
+            return Ok(total);
+        }
+        if !out.is_empty() {
+            let n = out.len();
+            write_from(dst, out, 0, n, write_timeout)
+                .await
+                .map_err(RelayError::Write)?;
+            out.clear();
+        }
+        // Everything buffered was consumed: read the next piece into a fresh buffer.
+        inbuf.clear();
+        *pos = 0;
+        if inbuf.capacity() < RELAY_BUF {
+            inbuf.reserve(RELAY_BUF);
+        }
+        match read_more(src, inbuf, read_timeout).await {
+            Ok(_) => {}
+            Err(IoFail::Eof) if incoming == BodyFraming::UntilClose => done = true,
+            Err(e) => return Err(RelayError::Read(e)),
+        }
+    }
+}

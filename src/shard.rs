@@ -1,0 +1,344 @@
+//! The shard: one per CPU, a thread pinned with `core_affinity` running its own `monoio`
+//! runtime (io_uring or epoll, chosen explicitly), its own listeners, upstream pool,
+//! balancer cursors and counters. Shards share only the immutable [`Shared`] snapshot.
+//! This file holds the per-shard state ([`ShardCtx`]), the accept loop and the drain on
+//! shutdown.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::net::{TcpListener, TcpStream};
+
+use crate::balance::{BackendState, Balancer};
+use crate::config::{Config, IoEngine};
+use crate::notify::Notify;
+use crate::route::RouteTable;
+use crate::stats::{bump, Stats};
+use crate::upstream::pool::Pool;
+
+/// One backend as the shards see it.
+#[derive(Debug, Clone)]
+pub struct BackendInfo {
+    pub address: SocketAddr,
+    pub upstream: usize,
+    /// Position within its upstream.
+    pub local: usize,
+}
+
+/// The immutable snapshot every shard reads: configuration, route table, backend list.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub routes: RouteTable,
+    pub backends: Vec<BackendInfo>,
+    /// Per upstream: the range of its backends in `backends`.
+    pub upstream_backends: Vec<std::ops::Range<usize>>,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Shared {
+        let routes = RouteTable::new(&config);
+        let mut backends = Vec::new();
+        let mut upstream_backends = Vec::new();
+        for (u, up) in config.upstreams.iter().enumerate() {
+            let start = backends.len();
+            for (local, b) in up.backends.iter().enumerate() {
+                backends.push(BackendInfo {
+                    address: b.address,
+                    upstream: u,
+                    local,
+                });
+            }
+            upstream_backends.push(start..backends.len());
+        }
+        Shared {
+            config,
+            routes,
+            backends,
+            upstream_backends,
+        }
+    }
+}
+
+/// How long a backend that refused a connect is skipped by this shard.
+const CONNECT_FAIL_BACKOFF: Duration = Duration::from_secs(1);
+/// Buffers kept for reuse per shard (each up to [`MAX_POOLED_BUFFER`] bytes).
+const MAX_POOLED_BUFFERS: usize = 256;
+const MAX_POOLED_BUFFER: usize = 256 * 1024;
+const BUFFER_SIZE: usize = 16 * 1024;
+
+/// Everything one shard owns. Lives in an `Rc` on the shard's thread; no borrow of its
+/// `RefCell`s is ever held across an `.await`.
+pub struct ShardCtx {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub pool: RefCell<Pool>,
+    balancers: RefCell<Vec<Balancer>>,
+    backend_state: RefCell<Vec<BackendState>>,
+    buffers: RefCell<Vec<Vec<u8>>>,
+    pub stats: Stats,
+    /// Fired when the shard starts draining.
+    pub drain: Notify,
+    /// Fired when draining and the last connection closes.
+    pub idle: Notify,
+    active: Cell<usize>,
+}
+
+impl ShardCtx {
+    pub fn new(id: usize, shared: Arc<Shared>) -> ShardCtx {
+        let limits: Vec<(usize, Duration)> = shared
+            .backends
+            .iter()
+            .map(|b| {
+                let u = &shared.config.upstreams[b.upstream];
+                (u.max_idle_per_backend, u.idle_timeout)
+            })
+            .collect();
+        ShardCtx {
+            id,
+            pool: RefCell::new(Pool::new(&limits)),
+            balancers: RefCell::new(
+                shared
+                    .config
+                    .upstreams
+                    .iter()
+                    .map(|u| Balancer::new(u, id))
+                    .collect(),
+            ),
+            backend_state: RefCell::new(vec![BackendState::default(); shared.backends.len()]),
+            buffers: RefCell::new(Vec::new()),
+            stats: Stats::default(),
+            drain: Notify::default(),
+            idle: Notify::default(),
+            active: Cell::new(0),
+            shared,
+        }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.drain.is_fired()
+    }
+
+    /// A cleared buffer from the shard's free list.
+    pub fn take_buffer(&self) -> Vec<u8> {
+        self.buffers
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUFFER_SIZE))
+    }
+
+    pub fn give_buffer(&self, mut buf: Vec<u8>) {
+        let mut buffers = self.buffers.borrow_mut();
+        if buffers.len() < MAX_POOLED_BUFFERS && buf.capacity() <= MAX_POOLED_BUFFER && buf.capacity() >= BUFFER_SIZE {
+            buf.clear();
+            buffers.push(buf);
+        }
+    }
+
+    pub fn local_index(&self, backend: usize) -> usize {
+        self.shared.backends[backend].local
+    }
+
+    /// Picks a backend of `upstream`, skipping those in the `tried` bit set and those that
+    /// recently refused connects (unless all did). Returns a global backend index.
+    pub fn pick_backend(&self, upstream: usize, tried: u64, now: Instant) -> Option<usize> {
+        let range = self.shared.upstream_backends[upstream].clone();
+        let n = range.len();
+        let states = self.backend_state.borrow();
+        let not_tried = |i: usize| i >= 64 || tried & (1 << i) == 0;
+        let all_failing = (0..n).all(|i| !states[range.start + i].usable(now) || !not_tried(i));
+        let mut balancers = self.balancers.borrow_mut();
+        let pick = balancers[upstream].pick(n, |i| {
+            not_tried(i) && (all_failing || states[range.start + i].usable(now))
+        });
+        // With every backend failing, a request still tries one (it may have recovered); once
+        // each was tried in this request, give up.
+        pick.map(|i| range.start + i)
+    }
+
+    /// Opens a new connection to a backend, bounded by `upstream_connect`.
+    pub async fn connect(&self, backend: usize) -> std::io::Result<TcpStream> {
+        let addr = self.shared.backends[backend].address;
+        let timeout = self.shared.config.timeouts.upstream_connect;
+        bump(&self.stats.upstream_connects);
+        let result = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+        };
+        if let Err(e) = &result {
+            bump(&self.stats.upstream_connect_errors);
+            self.backend_state.borrow_mut()[backend].retry_at = Some(Instant::now() + CONNECT_FAIL_BACKOFF);
+            tracing::warn!(shard = self.id, backend = %addr, error = %e, "upstream connect failed");
+        } else {
+            self.backend_state.borrow_mut()[backend].retry_at = None;
+        }
+        result
+    }
+}
+
+/// Counts a live client connection; wakes the drainer when the last one closes.
+pub struct ActiveGuard {
+    ctx: Rc<ShardCtx>,
+}
+
+impl ActiveGuard {
+    fn new(ctx: Rc<ShardCtx>) -> ActiveGuard {
+        ctx.active.set(ctx.active.get() + 1);
+        ctx.stats.active.set(ctx.active.get() as u64);
+        ActiveGuard { ctx }
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        let n = self.ctx.active.get() - 1;
+        self.ctx.active.set(n);
+        self.ctx.stats.active.set(n as u64);
+        if n == 0 && self.ctx.draining() {
+            self.ctx.idle.notify_all();
+        }
+    }
+}
+
+/// What a shard reports when it stops.
+#[derive(Debug)]
+pub struct ShardReport {
+    pub id: usize,
+    pub summary: String,
+    pub unfinished: usize,
+}
+
+/// Builds this thread's runtime for the chosen engine and runs the shard to completion.
+pub fn run_shard(
+    id: usize,
+    engine: IoEngine,
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    ready: std::sync::mpsc::Sender<Result<usize, String>>,
+    shutdown: futures_channel::oneshot::Receiver<()>,
+) -> ShardReport {
+    match engine {
+        IoEngine::Uring | IoEngine::Auto => {
+            match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .with_entries(1024)
+                .enable_timer()
+                .build()
+            {
+                Ok(mut rt) => rt.block_on(shard_main(id, shared, listeners, ready, shutdown)),
+                Err(e) => {
+                    let _ = ready.send(Err(format!("shard {id}: io_uring runtime failed: {e}")));
+                    ShardReport { id, summary: String::new(), unfinished: 0 }
+                }
+            }
+        }
+        IoEngine::Epoll => match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => rt.block_on(shard_main(id, shared, listeners, ready, shutdown)),
+            Err(e) => {
+                let _ = ready.send(Err(format!("shard {id}: epoll runtime failed: {e}")));
+                ShardReport { id, summary: String::new(), unfinished: 0 }
+            }
+        },
+    }
+}
+
+async fn shard_main(
+    id: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    ready: std::sync::mpsc::Sender<Result<usize, String>>,
+    shutdown: futures_channel::oneshot::Receiver<()>,
+) -> ShardReport {
+    let ctx = Rc::new(ShardCtx::new(id, shared));
+    let mut accepting = Vec::new();
+    for l in listeners {
+        match TcpListener::from_std(l) {
+            Ok(l) => accepting.push(l),
+            Err(e) => {
+                let _ = ready.send(Err(format!("shard {id}: cannot register listener: {e}")));
+                return ShardReport { id, summary: String::new(), unfinished: 0 };
+            }
+        }
+    }
+    let _ = ready.send(Ok(id));
+
+    // Idle upstream connections: expire and close dead ones once a second.
+    let sweeper = {
+        let ctx = ctx.clone();
+        monoio::spawn(async move {
+            loop {
+                monoio::time::sleep(Duration::from_secs(1)).await;
+                if ctx.draining() {
+                    break;
+                }
+                ctx.pool.borrow_mut().sweep(Instant::now());
+            }
+        })
+    };
+
+    let accept_loops: Vec<_> = accepting
+        .into_iter()
+        .map(|l| {
+            let ctx = ctx.clone();
+            monoio::spawn(accept_loop(ctx, l))
+        })
+        .collect();
+
+    // Run until told to stop (a dropped sender means the process is going down: stop too).
+    let _ = shutdown.await;
+    ctx.drain.notify_all();
+    for a in accept_loops {
+        a.await;
+    }
+    sweeper.await;
+    ctx.pool.borrow_mut().clear();
+    let deadline = ctx.shared.config.shutdown_timeout;
+    if ctx.active.get() > 0 {
+        let _ = monoio::time::timeout(deadline, ctx.idle.notified()).await;
+    }
+    ShardReport {
+        id,
+        summary: ctx.stats.summary(),
+        unfinished: ctx.active.get(),
+    }
+}
+
+async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
+    let max = ctx.shared.config.limits.max_connections_per_shard;
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = ctx.drain.notified() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                bump(&ctx.stats.accepted);
+                if ctx.active.get() >= max {
+                    bump(&ctx.stats.rejected_conn_limit);
+                    drop(stream);
+                    continue;
+                }
+                let guard = ActiveGuard::new(ctx.clone());
+                monoio::spawn(async move {
+                    let ctx = guard.ctx.clone();
+                    crate::conn::serve(ctx, stream, peer).await;
+                    drop(guard);
+                });
+            }
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(shard = ctx.id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Stage 5 of the pipeline, *pool*: each shard keeps its own idle keep-alive connections to
+//! backends in a `slab`, with a LIFO stack of slab keys per backend (the most recently used
+//! connection is the warmest). Idle connections are bounded per backend, closed after the
+//! upstream's `idle_timeout`, and a periodic sweep closes those the backend has closed.
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+use slab::Slab;
+
+struct Idle {
+    stream: TcpStream,
+    backend: usize,
+    since: Instant,
+}
+
+/// What a liveness probe of an idle connection found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Nothing to read and not closed: usable.
+    Alive,
+    /// The backend closed it, reset it, or sent bytes nobody asked for.
+    Dead,
+}
+
+/// Checks an idle upstream socket without blocking and without consuming anything.
+pub fn probe(stream: &TcpStream) -> Probe {
+    let mut byte = 0u8;
+    // SAFETY: `recv` writes at most 1 byte into `byte`, a valid, exclusively borrowed stack
+    // location, and the fd is owned by `stream`, which outlives the call. MSG_PEEK leaves the
+    // socket's data in place and MSG_DONTWAIT makes the call non-blocking on either driver.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock {
+        Probe::Alive
+    } else {
+        // n == 0: orderly close; n > 0: unsolicited bytes (a stray response); n < 0: reset.
+        Probe::Dead
+    }
+}
+
+/// Counters the pool keeps; merged into the shard's stats.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PoolCounters {
+    pub hits: u64,
+    pub misses: u64,
+    pub evicted_idle: u64,
+    pub evicted_dead: u64,
+    pub rejected_full: u64,
+}
+
+pub struct Pool {
+    conns: Slab<Idle>,
+    /// Per backend (global backend index): slab keys, oldest first.
+    stacks: Vec<Vec<usize>>,
+    max_idle: Vec<usize>,
+    idle_timeout: Vec<Duration>,
+    pub counters: PoolCounters,
+}
+
+impl Pool {
+    /// `limits[i]` = (max idle, idle timeout) of global backend `i`.
+    pub fn new(limits: &[(usize, Duration)]) -> Pool {
+        Pool {
+            conns: Slab::new(),
+            stacks: vec![Vec::new(); limits.len()],
+            max_idle: limits.iter().map(|l| l.0).collect(),
+            idle_timeout: limits.iter().map(|l| l.1).collect(),
+            counters: PoolCounters::default(),
+        }
+    }
+
+    /// Takes the most recently returned connection to `backend` that has not expired.
+    /// With `probe_first`, each candidate is also checked for a close by the backend (for
+    /// requests that cannot be retried if the connection turns out dead).
+    pub fn checkout(&mut self, backend: usize, now: Instant, probe_first: bool) -> Option<TcpStream> {
+        let timeout = self.idle_timeout[backend];
+        while let Some(key) = self.stacks[backend].pop() {
+            let idle = self.conns.remove(key);
+            if now.duration_since(idle.since) >= timeout {
+                self.counters.evicted_idle += 1;
+                continue;
+            }
+            if probe_first && probe(&idle.stream) == Probe::Dead {
+                self.counters.evicted_dead += 1;
+                continue;
+            }
+            self.counters.hits += 1;
+            return Some(idle.stream);
+        }
+        self.counters.misses += 1;
+        None
+    }
+
+    /// Returns a connection for reuse; drops it when the backend's idle bound is reached.
+    pub fn checkin(&mut self, backend: usize, stream: TcpStream, now: Instant) {
+        if self.stacks[backend].len() >= self.max_idle[backend] {
+            self.counters.rejected_full += 1;
+            return;
+        }
+        let key = self.conns.insert(Idle {
+            stream,
+            backend,
+            since: now,
+        });
+        self.stacks[backend].push(key);
+    }
+
+    /// Closes idle connections that expired or that their backend closed. Run periodically.
+    pub fn sweep(&mut self, now: Instant) {
+        let mut dead = Vec::new();
+        for (key, idle) in self.conns.iter() {
+            if now.duration_since(idle.since) >= self.idle_timeout[idle.backend] {
+                self.counters.evicted_idle += 1;
+                dead.push(key);
+            } else if probe(&idle.stream) == Probe::Dead {
+                self.counters.evicted_dead += 1;
+                dead.push(key);
+            }
+        }
+        for key in dead {
+            let idle = self.conns.remove(key);
+            self.stacks[idle.backend].retain(|&k| k != key);
+        }
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Drops every idle connection (shutdown).
+    pub fn clear(&mut self) {
+        self.conns.clear();
+        for s in &mut self.stacks {
+            s.clear();
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Header rewriting: hop-by-hop removal, X-Forwarded-*, Via.
+
+use crate::support::*;
+
+fn forward(engine: Engine, headers: &[(&str, &str)]) -> Recorded {
+    let (proxy, origin) = proxy_with_origin(engine);
+    let mut c = Client::connect(proxy.addr());
+    c.send(&request("GET", "/h", headers, b""));
+    let r = c.read_response();
+    assert_eq!(r.status(), 200);
+    origin.assert_no_errors();
+    origin.last_request()
+}
+
+/// All values of a (possibly repeated) list header, split on commas.
+fn list(rec: &Recorded, name: &str) -> Vec<String> {
+    rec.header_all(name)
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+both_engines! {
+    fn hop_by_hop_headers_removed(engine) {
+        let rec = forward(engine, &[
+            ("Host", "h.example"),
+            ("Connection", "keep-alive, X-Foo, x-other"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Upgrade", "h2c"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Trailer", "X-T"),
+            ("X-Foo", "secret"),
+            ("X-Other", "secret2"),
+            ("X-Bar", "kept"),
+            ("Proxy-Authorization", "Basic Zm9vOmJhcg=="),
+        ]);
+        let h = &rec.raw_head;
+        for name in ["keep-alive", "te", "upgrade", "proxy-connection", "trailer", "x-foo", "x-other"] {
+            assert!(!rec.has_header(name), "hop-by-hop header {name} must be removed; forwarded head:\n{h}");
+        }
+        // The proxy may announce its own connection management upstream, but
+        // nothing of the client's Connection header may survive.
+        for tok in list(&rec, "connection") {
+            let t = tok.to_ascii_lowercase();
+            assert!(t == "keep-alive" || t == "close", "forwarded Connection must only carry the proxy's own keep-alive/close; got {tok:?} in:\n{h}");
+        }
+        assert_eq!(rec.header("x-bar"), Some("kept"), "end-to-end header must be kept:\n{h}");
+        assert_eq!(rec.header("proxy-authorization"), Some("Basic Zm9vOmJhcg=="), "Proxy-Authorization is kept per the contract:\n{h}");
+    }
+    fn repeated_end_to_end_headers_kept_in_order(engine) {
+        let rec = forward(engine, &[
+            ("Host", "h.example"),
+            ("X-Multi", "one"),
+            ("Accept", "text/plain"),
+            ("X-Multi", "two"),
+        ]);
+        assert_eq!(list(&rec, "x-multi"), vec!["one", "two"], "forwarded head:\n{}", rec.raw_head);
+        assert_eq!(rec.header("accept"), Some("text/plain"));
+    }
+    fn x_forwarded_for_appended(engine) {
+        let rec = forward(engine, &[("Host", "h.example"), ("X-Forwarded-For", "10.0.0.1, 10.0.0.2")]);
+        assert_eq!(
+            list(&rec, "x-forwarded-for"),
+            vec!["10.0.0.1", "10.0.0.2", "127.0.0.1"],
+            "the client address must be appended to the existing X-Forwarded-For; forwarded head:\n{}",
+            rec.raw_head
+        );
+    }
+    fn x_forwarded_for_added(engine) {
+        let rec = forward(engine, &[("Host", "h.example")]);
+        assert_eq!(list(&rec, "x-forwarded-for"), vec!["127.0.0.1"], "forwarded head:\n{}", rec.raw_head);
+    }
+    fn x_forwarded_proto_host_and_via_added(engine) {
+        let rec = forward(engine, &[("Host", "h.example:8080")]);
+        let h = &rec.raw_head;
+        assert_eq!(rec.header("x-forwarded-proto"), Some("http"), "forwarded head:\n{h}");
+        assert_eq!(rec.header("x-forwarded-host"), Some("h.example:8080"), "forwarded head:\n{h}");
+        assert!(
+            list(&rec, "via").iter().any(|v| v == "1.1 edgeshard"),
+            "Via: 1.1 edgeshard must be added; forwarded head:\n{h}"
+        );
+    }
+    fn via_appended_to_existing(engine) {
+        let rec = forward(engine, &[("Host", "h.example"), ("Via", "1.0 upstream-cache")]);
+        let via = list(&rec, "via");
+        assert_eq!(via, vec!["1.0 upstream-cache", "1.1 edgeshard"], "forwarded head:\n{}", rec.raw_head);
+    }
+    fn response_hop_by_hop_headers_removed(engine) {
+        // RFC 9110 7.6.1 applies to responses too.
+        let origin = Origin::with_handler("o", |_| Reply::Response {
+            status: 200,
+            headers: vec![
+                ("Connection".into(), "X-Resp-Private".into()),
+                ("X-Resp-Private".into(), "1".into()),
+                ("Keep-Alive".into(), "timeout=5".into()),
+                ("X-Resp-Public".into(), "2".into()),
+            ],
+            body: b"ok".to_vec(),
+            mode: BodyMode::Length,
+            close_after: false,
+        });
+        let proxy = Config::single(origin.addr()).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("h.example", "/"));
+        let r = c.read_response();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.body_str(), "ok");
+        assert!(r.header("x-resp-private").is_none(), "header named in the backend's Connection must be removed:\n{}", r.head.raw);
+        assert!(r.header("keep-alive").is_none(), "backend Keep-Alive must be removed:\n{}", r.head.raw);
+        assert_eq!(r.header("x-resp-public"), Some("2"));
+    }
+}

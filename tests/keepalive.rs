@@ -1,0 +1,109 @@
+//! Upstream connection pooling and retry safety.
+
+use crate::support::*;
+use std::time::Duration;
+
+both_engines! {
+    fn upstream_connections_reused_over_10000_requests(engine) {
+        let (proxy, origin) = proxy_with_origin(engine);
+        let mut c = Client::connect(proxy.addr());
+        let req = get("example.com", "/ka");
+        for i in 0..10_000 {
+            c.send(&req);
+            let r = c.read_response();
+            assert_eq!(r.status(), 200, "request {i}");
+            assert_eq!(r.body, b"origin", "request {i}");
+        }
+        assert_eq!(origin.request_count(), 10_000);
+        let conns = origin.accepted();
+        assert!(conns <= 4, "10,000 sequential requests opened {conns} backend connections (want <= 4)");
+        origin.assert_no_errors();
+    }
+    fn upstream_connections_shared_across_client_connections(engine) {
+        let (proxy, origin) = proxy_with_origin(engine);
+        for i in 0..50 {
+            let mut c = Client::connect(proxy.addr());
+            c.send(&get("example.com", "/ka"));
+            assert_eq!(c.read_response().status(), 200, "client connection {i}");
+        }
+        let conns = origin.accepted();
+        assert!(conns <= 4, "50 sequential client connections opened {conns} backend connections (want <= 4)");
+    }
+    fn idle_pooled_connection_closed_by_backend_is_not_used(engine) {
+        // /first is answered as keep-alive but the backend then closes the
+        // connection; the next GET must still succeed (the proxy detects the
+        // dead pooled connection, or safely retries the idempotent GET).
+        let origin = Origin::with_handler("o", |req| match req.path() {
+            "/first" => Reply::Response {
+                status: 200,
+                headers: vec![],
+                body: b"first".to_vec(),
+                mode: BodyMode::Length,
+                close_after: true,
+            },
+            _ => Reply::Default,
+        });
+        let proxy = Config::single(origin.addr()).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/first"));
+        let r = c.read_response();
+        assert_eq!(r.body_str(), "first");
+        assert!(
+            origin.wait_for(Duration::from_secs(5), |s| s.closed >= 1),
+            "origin did not close its first connection"
+        );
+        c.send(&get("example.com", "/second"));
+        let r = c.read_response();
+        assert_eq!(r.status(), 200, "GET after the backend closed the pooled connection:\n{}", r.head.raw);
+        assert_eq!(r.header("x-path"), Some("/second"));
+        // And a fresh client connection too.
+        let mut c2 = Client::connect(proxy.addr());
+        c2.send(&get("example.com", "/third"));
+        assert_eq!(c2.read_response().status(), 200);
+    }
+    fn post_is_not_replayed_after_backend_failure(engine) {
+        // The backend reads the whole POST, then closes without answering.
+        let origin = Origin::with_handler("o", |req| match (req.method.as_str(), req.path()) {
+            ("POST", "/fail") => Reply::Close,
+            _ => Reply::Default,
+        });
+        let proxy = Config::single(origin.addr()).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&request("POST", "/fail", &[("Host", "example.com"), ("Content-Length", "3")], b"abc"));
+        let r = c.read_response_for("POST");
+        assert_eq!(r.status(), 502, "got:\n{}", r.head.raw);
+        let posts = |o: &Origin| o.requests().iter().filter(|r| r.method == "POST").count();
+        assert_eq!(posts(&origin), 1, "the POST must reach the backend exactly once (never replayed)");
+        // Later traffic does not replay it either.
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/ok"));
+        assert_eq!(c.read_response().status(), 200);
+        assert_eq!(posts(&origin), 1, "the POST must never be replayed");
+    }
+    fn post_on_stale_pooled_connection_reaches_backend_at_most_once(engine) {
+        let origin = Origin::with_handler("o", |req| match req.path() {
+            "/first" => Reply::Response {
+                status: 200,
+                headers: vec![],
+                body: b"first".to_vec(),
+                mode: BodyMode::Length,
+                close_after: true,
+            },
+            _ => Reply::Default,
+        });
+        let proxy = Config::single(origin.addr()).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/first"));
+        assert_eq!(c.read_response().body_str(), "first");
+        assert!(origin.wait_for(Duration::from_secs(5), |s| s.closed >= 1));
+        c.send(&request("POST", "/p", &[("Host", "example.com"), ("Content-Length", "3")], b"abc"));
+        let r = c.read_response_for("POST");
+        let posts = origin.requests().iter().filter(|r| r.method == "POST").count();
+        assert!(posts <= 1, "the POST reached the backend {posts} times");
+        if r.status() == 200 {
+            assert_eq!(posts, 1);
+        } else {
+            assert_eq!(r.status(), 502, "got:\n{}", r.head.raw);
+        }
+    }
+}

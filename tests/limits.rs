@@ -1,0 +1,209 @@
+//! Size limits, timeouts and the proxy's own error statuses
+//! (404, 408, 413, 414, 431, 502, 503, 504).
+
+use crate::support::*;
+use std::time::{Duration, Instant};
+
+fn assert_error_body(r: &Response) {
+    assert!(
+        matches!(r.framing, Framing::Length(_)),
+        "error responses must carry Content-Length; got:\n{}",
+        r.head.raw
+    );
+    let ct = r.header("content-type").unwrap_or("");
+    assert!(ct.starts_with("text/plain"), "error body must be text/plain; got:\n{}", r.head.raw);
+}
+
+both_engines! {
+    fn uri_over_limit_gets_414(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr()).limit("max_uri_bytes", "1024").start(engine);
+        // Just under the limit: fine.
+        let mut c = Client::connect(proxy.addr());
+        let ok_path = format!("/{}", "a".repeat(1000));
+        c.send(&get("example.com", &ok_path));
+        assert_eq!(c.read_response().status(), 200, "a 1001-byte URI is under max_uri_bytes=1024");
+        // Over the limit.
+        let mut c = Client::connect(proxy.addr());
+        let long = format!("/{}", "b".repeat(2000));
+        c.send(&get("example.com", &long));
+        let r = c.read_response();
+        assert_eq!(r.status(), 414, "got:\n{}", r.head.raw);
+        assert_eq!(origin.request_count(), 1, "the long URI must not be forwarded");
+    }
+    fn too_many_headers_gets_431(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr()).limit("max_headers", "20").start(engine);
+        let mut few = String::from("GET /few HTTP/1.1\r\nHost: example.com\r\n");
+        for i in 0..10 {
+            few.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        few.push_str("\r\n");
+        let mut c = Client::connect(proxy.addr());
+        c.send(few.as_bytes());
+        assert_eq!(c.read_response().status(), 200, "11 fields are under max_headers=20");
+
+        let mut many = String::from("GET /many HTTP/1.1\r\nHost: example.com\r\n");
+        for i in 0..40 {
+            many.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        many.push_str("\r\n");
+        let mut c = Client::connect(proxy.addr());
+        c.send(many.as_bytes());
+        let r = c.read_response();
+        assert_eq!(r.status(), 431, "41 fields > max_headers=20; got:\n{}", r.head.raw);
+        assert!(!origin.heads().iter().any(|h| h.contains("/many")));
+    }
+    fn head_over_max_header_bytes_gets_431(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr()).limit("max_header_bytes", "4096").start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&request("GET", "/small", &[("Host", "example.com"), ("X-Med", &"m".repeat(2000))], b""));
+        assert_eq!(c.read_response().status(), 200, "a ~2 KiB head is under max_header_bytes=4096");
+
+        let mut c = Client::connect(proxy.addr());
+        c.send(&request("GET", "/big", &[("Host", "example.com"), ("X-Big", &"b".repeat(8000))], b""));
+        let r = c.read_response();
+        assert_eq!(r.status(), 431, "an 8 KiB head > max_header_bytes=4096; got:\n{}", r.head.raw);
+        assert!(!origin.heads().iter().any(|h| h.contains("/big")));
+    }
+    fn content_length_over_limit_gets_413_and_close(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr()).limit("max_body_bytes", "1024").start(engine);
+        // Exactly the limit is fine.
+        let mut c = Client::connect(proxy.addr());
+        let body = pattern::pattern_vec(1024);
+        c.send(&request("POST", "/at-limit", &[("Host", "example.com"), ("Content-Length", "1024")], &body));
+        let r = c.read_response();
+        assert_eq!(r.status(), 200, "a body of exactly max_body_bytes must pass");
+        // One byte over, announced by Content-Length: rejected before the body is sent.
+        let mut c = Client::connect(proxy.addr());
+        c.send(&request("POST", "/over", &[("Host", "example.com"), ("Content-Length", "1025")], b""));
+        let r = c.read_response();
+        assert_eq!(r.status(), 413, "got:\n{}", r.head.raw);
+        c.expect_closed();
+        assert!(!origin.requests().iter().any(|r| r.path() == "/over"));
+    }
+    fn chunked_body_growing_over_limit_gets_413_and_close(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr()).limit("max_body_bytes", "1024").start(engine);
+        let body = pattern::pattern_vec(1536);
+        let raw = request(
+            "POST",
+            "/over",
+            &[("Host", "example.com"), ("Transfer-Encoding", "chunked")],
+            &chunked(&body, &[512]),
+        );
+        let mut c = Client::connect(proxy.addr());
+        c.send(&raw);
+        let r = c.try_read_response().unwrap_or_else(|e| panic!("expected 413, got {e}"));
+        assert_eq!(r.status(), 413, "got:\n{}", r.head.raw);
+        c.expect_closed();
+        assert_eq!(origin.request_count(), 0, "an over-limit chunked body must never complete at the origin");
+    }
+    fn incomplete_head_gets_408_and_close(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr()).timeout("client_header", "300ms").start(engine);
+        let mut c = Client::connect(proxy.addr());
+        let t0 = Instant::now();
+        c.send(b"GET /slow HTTP/1.1\r\nHost: example.com\r\n");
+        c.timeout = Duration::from_secs(5);
+        let r = c
+            .try_read_response()
+            .unwrap_or_else(|e| panic!("expected 408 after client_header=300ms, got {e}"));
+        assert_eq!(r.status(), 408, "got:\n{}", r.head.raw);
+        assert!(t0.elapsed() >= Duration::from_millis(250), "408 came too early: {:?}", t0.elapsed());
+        c.expect_closed();
+        assert_eq!(origin.head_count(), 0);
+    }
+    fn idle_keepalive_connection_is_closed_silently(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr()).timeout("client_idle", "300ms").start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/1"));
+        assert_eq!(c.read_response().status(), 200);
+        c.send(&get("example.com", "/2"));
+        assert_eq!(c.read_response().status(), 200, "the connection must be kept alive between requests");
+        let t0 = Instant::now();
+        c.expect_closed_within(Duration::from_secs(5));
+        assert!(t0.elapsed() >= Duration::from_millis(200), "closed before client_idle elapsed: {:?}", t0.elapsed());
+    }
+    fn backend_silent_gets_504(engine) {
+        let backend = LockStep::bind();
+        let proxy = Config::single(backend.addr()).timeout("upstream_response", "300ms").start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/hang"));
+        let mut conn = backend.accept();
+        let head = conn.read_head();
+        assert!(head.starts_with("GET /hang HTTP/1.1\r\n"), "forwarded head: {head:?}");
+        c.timeout = Duration::from_secs(5);
+        let t0 = Instant::now();
+        let r = c.try_read_response().unwrap_or_else(|e| panic!("expected 504, got {e}"));
+        assert_eq!(r.status(), 504, "got:\n{}", r.head.raw);
+        assert!(t0.elapsed() < Duration::from_secs(4));
+        assert_error_body(&r);
+        drop(conn);
+    }
+    fn refused_backend_gets_502(engine) {
+        let proxy = Config::single(dead_addr()).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/"));
+        let r = c.read_response();
+        assert_eq!(r.status(), 502, "got:\n{}", r.head.raw);
+        assert_error_body(&r);
+        // The proxy survives and answers again.
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/"));
+        assert_eq!(c.read_response().status(), 502);
+    }
+    fn resetting_backend_gets_502(engine) {
+        let backend = Misbehave::start(Misbehaviour::ResetOnRequest);
+        let proxy = Config::single(backend.addr()).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/"));
+        let r = c.read_response();
+        assert_eq!(r.status(), 502, "got:\n{}", r.head.raw);
+        assert!(backend.accepted() >= 1);
+    }
+    fn backend_closing_on_accept_gets_502(engine) {
+        let backend = Misbehave::start(Misbehaviour::CloseOnAccept);
+        let proxy = Config::single(backend.addr()).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/"));
+        let r = c.read_response();
+        assert_eq!(r.status(), 502, "got:\n{}", r.head.raw);
+    }
+    fn no_usable_backend_gets_503(engine) {
+        // An upstream without backends: either `check` rejects the config, or
+        // the proxy must answer 503.
+        let cfg = Config::new().upstream("empty", &[]).route("empty", "");
+        let (code, out) = run_check(&cfg.render());
+        if code != Some(0) {
+            eprintln!("config with an empty upstream is rejected by check (fine): {out}");
+            return;
+        }
+        let proxy = cfg.start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/"));
+        let r = c.read_response();
+        assert_eq!(r.status(), 503, "got:\n{}", r.head.raw);
+    }
+    fn no_route_gets_404_and_connection_stays_usable(engine) {
+        let origin = Origin::start("a");
+        let proxy = Config::new()
+            .upstream("a", &[origin.addr()])
+            .route("a", "host = \"a.example\"")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("b.example", "/"));
+        let r = c.read_response();
+        assert_eq!(r.status(), 404, "got:\n{}", r.head.raw);
+        assert_error_body(&r);
+        assert!(!r.has_token("connection", "close"), "404 must keep the connection alive");
+        c.send(&get("a.example", "/"));
+        let r = c.read_response();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.body_str(), "a");
+        assert_eq!(origin.request_count(), 1);
+    }
+}

@@ -1,0 +1,127 @@
+//! Route selection: exact host > wildcard host > any host, longer
+//! path_prefix wins, exact path, methods and header matches. Every backend
+//! answers with its own name (X-Backend header and body).
+//!
+//! Routes are declared in an order where "first declared wins" would give a
+//! different answer than "most specific wins" for the host and prefix cases.
+
+use crate::support::*;
+
+const NAMES: &[&str] = &["wild", "exact", "api_v1", "admin", "post", "canary", "stable", "exactpath", "any"];
+
+struct Routing {
+    proxy: Proxy,
+    _origins: Vec<Origin>,
+}
+
+impl Routing {
+    fn start(engine: Engine) -> Routing {
+        let origins: Vec<Origin> = NAMES.iter().map(|n| Origin::start(n)).collect();
+        let mut cfg = Config::new();
+        for o in &origins {
+            cfg = cfg.upstream(o.name(), &[o.addr()]);
+        }
+        let cfg = cfg
+            .route("wild", "host = \"*.example.com\"")
+            .route("exact", "host = \"www.example.com\"")
+            .route("api_v1", "host = \"api.example\"\npath_prefix = \"/v1/\"")
+            .route("admin", "host = \"api.example\"\npath_prefix = \"/v1/admin/\"")
+            .route("post", "path_prefix = \"/m/\"\nmethods = [\"POST\"]")
+            .route("canary", "path_prefix = \"/c/\"\nheaders = { \"x-canary\" = \"1\" }")
+            .route("stable", "path_prefix = \"/c/\"")
+            .route("exactpath", "path = \"/exact\"")
+            .route("any", "");
+        Routing { proxy: cfg.start(engine), _origins: origins }
+    }
+
+    /// The backend that answered, or "status NNN" if the proxy answered.
+    fn ask(&self, method: &str, host: &str, path: &str, extra: &[(&str, &str)]) -> String {
+        let mut headers = vec![("Host", host)];
+        headers.extend_from_slice(extra);
+        let body: &[u8] = if method == "POST" { b"x" } else { b"" };
+        if method == "POST" {
+            headers.push(("Content-Length", "1"));
+        }
+        let mut c = Client::connect(self.proxy.addr());
+        c.send(&request(method, path, &headers, body));
+        let r = c.read_response_for(method);
+        if r.status() != 200 {
+            return format!("status {}", r.status());
+        }
+        r.header("x-backend").unwrap_or("<no x-backend>").to_string()
+    }
+
+    fn expect(&self, method: &str, host: &str, path: &str, extra: &[(&str, &str)], want: &str) {
+        let got = self.ask(method, host, path, extra);
+        assert_eq!(got, want, "{method} {path} Host: {host} {extra:?} must route to {want}");
+    }
+}
+
+both_engines! {
+    fn exact_host_beats_wildcard(engine) {
+        let r = Routing::start(engine);
+        r.expect("GET", "www.example.com", "/", &[], "exact");
+    }
+    fn wildcard_host_matches_subdomain(engine) {
+        let r = Routing::start(engine);
+        r.expect("GET", "foo.example.com", "/", &[], "wild");
+        r.expect("GET", "bar.example.com", "/x/y", &[], "wild");
+    }
+    fn unmatched_host_uses_any_host_route(engine) {
+        let r = Routing::start(engine);
+        r.expect("GET", "other.test", "/", &[], "any");
+        r.expect("GET", "example.org", "/some/path", &[], "any");
+    }
+    fn host_port_is_ignored_for_matching(engine) {
+        let r = Routing::start(engine);
+        r.expect("GET", "www.example.com:8080", "/", &[], "exact");
+        r.expect("GET", "foo.example.com:443", "/", &[], "wild");
+    }
+    fn host_match_is_case_insensitive(engine) {
+        let r = Routing::start(engine);
+        r.expect("GET", "WWW.Example.COM", "/", &[], "exact");
+    }
+    fn longer_path_prefix_wins(engine) {
+        let r = Routing::start(engine);
+        r.expect("GET", "api.example", "/v1/users", &[], "api_v1");
+        r.expect("GET", "api.example", "/v1/admin/users", &[], "admin");
+        r.expect("GET", "api.example", "/v1/admin/", &[], "admin");
+    }
+    fn exact_path_matches_only_that_path(engine) {
+        let r = Routing::start(engine);
+        r.expect("GET", "other.test", "/exact", &[], "exactpath");
+        r.expect("GET", "other.test", "/exact?q=1", &[], "exactpath");
+        r.expect("GET", "other.test", "/exact/more", &[], "any");
+        r.expect("GET", "other.test", "/exactly", &[], "any");
+    }
+    fn methods_restrict_route(engine) {
+        let r = Routing::start(engine);
+        r.expect("POST", "other.test", "/m/x", &[], "post");
+        r.expect("GET", "other.test", "/m/x", &[], "any");
+        r.expect("PUT", "other.test", "/m/x", &[], "any");
+    }
+    fn header_match_selects_canary(engine) {
+        let r = Routing::start(engine);
+        r.expect("GET", "other.test", "/c/x", &[("X-Canary", "1")], "canary");
+        r.expect("GET", "other.test", "/c/x", &[], "stable");
+        r.expect("GET", "other.test", "/c/x", &[("X-Canary", "2")], "stable");
+    }
+    fn keepalive_connection_routes_each_request(engine) {
+        // Routing is per request, not per connection.
+        let r = Routing::start(engine);
+        let mut c = Client::connect(r.proxy.addr());
+        for (host, path, want) in [
+            ("www.example.com", "/", "exact"),
+            ("foo.example.com", "/", "wild"),
+            ("api.example", "/v1/admin/x", "admin"),
+            ("other.test", "/", "any"),
+            ("www.example.com", "/", "exact"),
+        ] {
+            c.send(&get(host, path));
+            let resp = c.read_response();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.header("x-backend"), Some(want), "{host}{path} on a reused client connection");
+            assert_eq!(resp.body_str(), want);
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Graceful shutdown on SIGTERM.
+
+use crate::support::*;
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Polls (bounded) until connecting to `addr` is refused; returns how long it took.
+fn wait_until_refused(addr: SocketAddr, within: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return t0.elapsed(),
+            Err(e) => panic!("unexpected connect error while waiting for refusal: {e}"),
+            Ok(s) => drop(s),
+        }
+        if t0.elapsed() >= within {
+            panic!("new connections to {addr} were still accepted {within:?} after SIGTERM");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_exit_0(proxy: &mut Proxy, within: Duration) {
+    let status = proxy.wait_exit(within);
+    assert_eq!(status.code(), Some(0), "edgeshard must exit 0 after SIGTERM; got {status:?}\noutput:\n{}", proxy.output());
+}
+
+both_engines! {
+    fn sigterm_lets_inflight_request_finish_then_exits_0(engine) {
+        let backend = LockStep::bind();
+        let mut proxy = Config::single(backend.addr()).server("shutdown_timeout", "\"20s\"").start(engine);
+        let addr = proxy.addr();
+        let mut c = Client::connect(addr);
+        c.send(&get("example.com", "/slow"));
+        let mut conn = backend.accept();
+        let head = conn.read_head();
+        assert!(head.starts_with("GET /slow "), "{head:?}");
+
+        proxy.terminate();
+        // The listener goes away while the request is still in flight.
+        wait_until_refused(addr, Duration::from_secs(5));
+        assert!(proxy.is_running(), "edgeshard exited before its in-flight request finished");
+
+        conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone");
+        let r = c.read_response();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.body_str(), "done", "the in-flight response must complete");
+        assert_exit_0(&mut proxy, Duration::from_secs(10));
+        let e = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).err();
+        assert_eq!(e.map(|e| e.kind()), Some(io::ErrorKind::ConnectionRefused));
+    }
+    fn sigterm_when_idle_exits_0_promptly(engine) {
+        let origin = Origin::start("o");
+        let mut proxy = Config::single(origin.addr()).server("shutdown_timeout", "\"30s\"").start(engine);
+        proxy.terminate();
+        assert_exit_0(&mut proxy, Duration::from_secs(5));
+    }
+    fn sigterm_closes_idle_keepalive_connections(engine) {
+        // An idle keep-alive client has nothing in flight: shutdown must not
+        // wait for shutdown_timeout because of it.
+        let origin = Origin::start("o");
+        let mut proxy = Config::single(origin.addr()).server("shutdown_timeout", "\"30s\"").start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/"));
+        assert_eq!(c.read_response().status(), 200);
+        proxy.terminate();
+        c.expect_closed_within(Duration::from_secs(10));
+        assert_exit_0(&mut proxy, Duration::from_secs(10));
+    }
+    fn sigterm_gives_up_on_stuck_request_after_shutdown_timeout(engine) {
+        let backend = LockStep::bind();
+        let mut proxy = Config::single(backend.addr())
+            .server("shutdown_timeout", "\"1s\"")
+            .timeout("upstream_response", "60s")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/stuck"));
+        let mut conn = backend.accept();
+        conn.read_head();
+        let t0 = Instant::now();
+        proxy.terminate();
+        assert_exit_0(&mut proxy, Duration::from_secs(10));
+        assert!(t0.elapsed() >= Duration::from_millis(500), "exited before shutdown_timeout: {:?}", t0.elapsed());
+        // The client connection is gone with the process.
+        let _ = c.read_until_closed(Duration::from_secs(5));
+        drop(conn);
+    }
+}

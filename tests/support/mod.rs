@@ -1,0 +1,555 @@
+//! Test harness for the edgeshard integration suite.
+//!
+//! - `Proxy`: spawns the real binary with a generated config and waits for
+//!   its readiness lines on stdout;
+//! - `Config`: builds config TOML;
+//! - `Engine` + `both_engines!`: run a behavioural test on io_uring and epoll;
+//! - backends (`origin`, `lockstep`) and a raw client (`client`).
+//!
+//! No fixed ports (everything binds 127.0.0.1:0), no sleeping to wait for
+//! readiness, every wait bounded.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod lockstep;
+pub mod origin;
+pub mod pattern;
+
+pub use client::{chunked, get, request, Client, ClientError, Framing, Response};
+pub use lockstep::{dead_addr, LockConn, LockStep, Misbehave, Misbehaviour};
+pub use origin::{BodyMode, Origin, Recorded, Reply};
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_edgeshard");
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Uring,
+    Epoll,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Uring => "uring",
+            Engine::Epoll => "epoll",
+        }
+    }
+}
+
+/// Probes io_uring_setup(2) directly; Err(reason) if the kernel (or a
+/// seccomp policy) refuses io_uring here.
+fn probe_io_uring() -> Result<(), String> {
+    extern "C" {
+        fn syscall(num: std::ffi::c_long, ...) -> std::ffi::c_long;
+        fn close(fd: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    // struct io_uring_params is 120 bytes, 8-byte aligned.
+    let mut params = [0u64; 15];
+    // io_uring_setup is syscall 425 on every Linux architecture.
+    let fd = unsafe { syscall(425, 4 as std::ffi::c_long, params.as_mut_ptr()) };
+    if fd < 0 {
+        return Err(format!("io_uring_setup failed: {}", std::io::Error::last_os_error()));
+    }
+    unsafe { close(fd as std::ffi::c_int) };
+    Ok(())
+}
+
+/// Whether tests for `engine` should run here. EDGESHARD_TEST_ENGINES
+/// (comma list, e.g. "epoll") restricts the engines; uring tests are skipped
+/// (loudly) only when the kernel refuses io_uring_setup.
+pub fn engine_enabled(engine: Engine) -> Result<(), String> {
+    if let Ok(list) = std::env::var("EDGESHARD_TEST_ENGINES") {
+        if !list.split(',').any(|e| e.trim() == engine.as_str()) {
+            return Err(format!("EDGESHARD_TEST_ENGINES={list}"));
+        }
+    }
+    if engine == Engine::Uring {
+        static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+        return PROBE.get_or_init(probe_io_uring).clone();
+    }
+    Ok(())
+}
+
+pub fn run_on(engine: Engine, f: fn(Engine)) {
+    match engine_enabled(engine) {
+        Ok(()) => f(engine),
+        Err(why) => eprintln!("SKIPPED on engine {}: {why}", engine.as_str()),
+    }
+}
+
+/// `both_engines!(fn name(engine) { ... })` generates a module `name` with
+/// two tests, `name::uring` and `name::epoll`.
+macro_rules! both_engines {
+    ($(fn $name:ident($engine:ident) $body:block)+) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                fn body($engine: crate::support::Engine) $body
+                #[test]
+                fn uring() {
+                    crate::support::run_on(crate::support::Engine::Uring, body)
+                }
+                #[test]
+                fn epoll() {
+                    crate::support::run_on(crate::support::Engine::Epoll, body)
+                }
+            }
+        )+
+    };
+}
+
+fn unique_config_path() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    std::env::temp_dir().join(format!(
+        "edgeshard-test-{}-{}-{nanos}.toml",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ))
+}
+
+/// Output captured from the child (bounded: keeps the last 256 KiB).
+#[derive(Default)]
+struct Captured {
+    text: String,
+}
+
+impl Captured {
+    fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+        if self.text.len() > 512 * 1024 {
+            let cut = self.text.len() - 256 * 1024;
+            let cut = (cut..self.text.len()).find(|&i| self.text.is_char_boundary(i)).unwrap();
+            self.text.drain(..cut);
+        }
+    }
+}
+
+pub struct Proxy {
+    child: Child,
+    addrs: Vec<SocketAddr>,
+    config_path: PathBuf,
+    output: Arc<Mutex<Captured>>,
+    pub engine: Engine,
+    exit: Option<ExitStatus>,
+}
+
+impl Proxy {
+    /// Starts `edgeshard run --config FILE --shards 1 --io-engine ENGINE` and
+    /// waits (<= 20 s) for `edgeshard: ready`. Panics with the captured output
+    /// if it does not become ready.
+    pub fn start(config_toml: &str, engine: Engine) -> Proxy {
+        match Self::try_start(config_toml, engine) {
+            Ok(p) => p,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    pub fn try_start(config_toml: &str, engine: Engine) -> Result<Proxy, String> {
+        let config_path = unique_config_path();
+        std::fs::write(&config_path, config_toml).expect("write temp config");
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--shards", "1", "--io-engine", engine.as_str()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+        let output = Arc::new(Mutex::new(Captured::default()));
+
+        let stderr = child.stderr.take().unwrap();
+        let out2 = output.clone();
+        thread::spawn(move || {
+            let mut r = BufReader::new(stderr);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => out2.lock().unwrap().push(&format!("[stderr] {}", String::from_utf8_lossy(&line))),
+                }
+            }
+        });
+
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        let out3 = output.clone();
+        thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let s = String::from_utf8_lossy(&line).into_owned();
+                        out3.lock().unwrap().push(&format!("[stdout] {s}"));
+                        let _ = tx.send(s);
+                    }
+                }
+            }
+            // Keep draining is implicit: the loop above runs until EOF.
+        });
+
+        let mut proxy = Proxy { child, addrs: Vec::new(), config_path, output, engine, exit: None };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!(
+                    "edgeshard ({}) not ready within {READY_TIMEOUT:?}\nconfig:\n{config_toml}\noutput:\n{}",
+                    engine.as_str(),
+                    proxy.output()
+                ));
+            }
+            match rx.recv_timeout(deadline - now) {
+                Ok(line) => {
+                    let line = line.trim_end();
+                    if let Some(a) = line.strip_prefix("edgeshard: listening on ") {
+                        let addr: SocketAddr = a
+                            .trim()
+                            .parse()
+                            .unwrap_or_else(|e| panic!("bad listening line {line:?}: {e}"));
+                        assert_ne!(addr.port(), 0, "listening line must carry the real bound port: {line:?}");
+                        proxy.addrs.push(addr);
+                    } else if line.starts_with("edgeshard: ready") {
+                        let want = format!("engine={}", engine.as_str());
+                        if !line.split_whitespace().any(|w| w == want) {
+                            return Err(format!(
+                                "ready line {line:?} does not report {want} although --io-engine {} was given\noutput:\n{}",
+                                engine.as_str(),
+                                proxy.output()
+                            ));
+                        }
+                        if proxy.addrs.is_empty() {
+                            return Err(format!("ready before any `listening on` line\noutput:\n{}", proxy.output()));
+                        }
+                        return Ok(proxy);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // stdout closed: the process is exiting. Collect its status (bounded).
+                    let status = proxy.wait_exit_timeout(Duration::from_secs(5));
+                    return Err(format!(
+                        "edgeshard ({}) exited before ready: {status:?}\nconfig:\n{config_toml}\noutput:\n{}",
+                        engine.as_str(),
+                        proxy.output()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The first listener's bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().text.clone()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let st = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill -TERM");
+        assert!(st.success(), "kill -TERM {} failed: {st:?}", self.pid());
+    }
+
+    /// Polls for exit until `timeout`; None if still running.
+    pub fn wait_exit_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Some(s) = self.exit {
+            return Some(s);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => {
+                    self.exit = Some(s);
+                    return Some(s);
+                }
+                Ok(None) => {}
+                Err(e) => panic!("try_wait: {e}"),
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            // Bounded poll of the child's state (there is no wait-with-timeout in std).
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for exit; panics with the output if it takes longer than `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        match self.wait_exit_timeout(timeout) {
+            Some(s) => s,
+            None => panic!("edgeshard did not exit within {timeout:?}\noutput:\n{}", self.output()),
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.wait_exit_timeout(Duration::ZERO).is_none()
+    }
+
+    /// Panics (with output) if the proxy process has died.
+    pub fn assert_alive(&mut self) {
+        if let Some(s) = self.wait_exit_timeout(Duration::ZERO) {
+            panic!("edgeshard exited unexpectedly: {s:?}\noutput:\n{}", self.output());
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.config_path);
+        if thread::panicking() {
+            let out = self.output();
+            let tail: String = {
+                let start = out.len().saturating_sub(8192);
+                let start = (start..out.len()).find(|&i| out.is_char_boundary(i)).unwrap_or(out.len());
+                out[start..].to_string()
+            };
+            eprintln!("---- edgeshard ({}) output tail ----\n{tail}\n---- end ----", self.engine.as_str());
+        }
+    }
+}
+
+/// Runs `edgeshard check --config FILE`; returns (exit code, stdout+stderr).
+pub fn run_check(config_toml: &str) -> (Option<i32>, String) {
+    let path = unique_config_path();
+    std::fs::write(&path, config_toml).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t1 = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let t2 = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&path);
+            panic!("edgeshard check did not exit within 20s");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let out = format!("{}{}", t1.join().unwrap(), t2.join().unwrap());
+    let _ = std::fs::remove_file(&path);
+    (status.code(), out)
+}
+
+/// Config TOML builder. Sections are rendered in a fixed order; values are
+/// raw TOML (so strings must carry their quotes).
+#[derive(Clone)]
+pub struct Config {
+    pub server: Vec<(String, String)>,
+    pub timeouts: Vec<(String, String)>,
+    pub limits: Vec<(String, String)>,
+    pub listeners: usize,
+    pub routes: Vec<String>,
+    pub upstreams: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn set(list: &mut Vec<(String, String)>, key: &str, raw: &str) {
+    list.retain(|(k, _)| k != key);
+    list.push((key.to_string(), raw.to_string()));
+}
+
+impl Config {
+    /// One listener on 127.0.0.1:0, a short shutdown timeout, no routes.
+    pub fn new() -> Config {
+        Config {
+            server: vec![("shutdown_timeout".into(), "\"10s\"".into())],
+            timeouts: vec![("upstream_connect".into(), "\"2s\"".into())],
+            limits: vec![],
+            listeners: 1,
+            routes: vec![],
+            upstreams: vec![],
+        }
+    }
+
+    /// A catch-all route to a single upstream "main" with one backend.
+    pub fn single(backend: SocketAddr) -> Config {
+        Config::new().upstream("main", &[backend]).route("main", "")
+    }
+
+    pub fn server(mut self, key: &str, raw: &str) -> Self {
+        set(&mut self.server, key, raw);
+        self
+    }
+
+    /// A duration/value under [timeouts]; `value` is quoted automatically.
+    pub fn timeout(mut self, key: &str, value: &str) -> Self {
+        set(&mut self.timeouts, key, &format!("\"{value}\""));
+        self
+    }
+
+    /// A value under [limits]; `raw` is raw TOML (e.g. `4096` or `"16MiB"`).
+    pub fn limit(mut self, key: &str, raw: &str) -> Self {
+        set(&mut self.limits, key, raw);
+        self
+    }
+
+    /// A [[route]] to `upstream`, with extra raw TOML lines (may be empty),
+    /// e.g. `host = "a.example"\npath_prefix = "/v1/"`.
+    pub fn route(mut self, upstream: &str, extra: &str) -> Self {
+        self.routes.push(format!("{extra}\nupstream = \"{upstream}\""));
+        self
+    }
+
+    pub fn upstream(self, name: &str, backends: &[SocketAddr]) -> Self {
+        self.upstream_with(name, backends, "")
+    }
+
+    pub fn upstream_with(mut self, name: &str, backends: &[SocketAddr], extra: &str) -> Self {
+        let list: Vec<String> = backends.iter().map(|a| format!("{{ address = \"{a}\" }}")).collect();
+        self.upstreams
+            .push(format!("name = \"{name}\"\nbackends = [{}]\n{extra}", list.join(", ")));
+        self
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let kv = |s: &mut String, list: &[(String, String)]| {
+            for (k, v) in list {
+                s.push_str(&format!("{k} = {v}\n"));
+            }
+        };
+        s.push_str("[server]\n");
+        kv(&mut s, &self.server);
+        if !self.timeouts.is_empty() {
+            s.push_str("\n[timeouts]\n");
+            kv(&mut s, &self.timeouts);
+        }
+        if !self.limits.is_empty() {
+            s.push_str("\n[limits]\n");
+            kv(&mut s, &self.limits);
+        }
+        for _ in 0..self.listeners {
+            s.push_str("\n[[listener]]\naddress = \"127.0.0.1:0\"\n");
+        }
+        for r in &self.routes {
+            s.push_str(&format!("\n[[route]]\n{}\n", r.trim()));
+        }
+        for u in &self.upstreams {
+            s.push_str(&format!("\n[[upstream]]\n{}\n", u.trim()));
+        }
+        s
+    }
+
+    pub fn start(&self, engine: Engine) -> Proxy {
+        Proxy::start(&self.render(), engine)
+    }
+}
+
+/// One default origin behind a catch-all route.
+pub fn proxy_with_origin(engine: Engine) -> (Proxy, Origin) {
+    let origin = Origin::start("origin");
+    let proxy = Config::single(origin.addr()).start(engine);
+    (proxy, origin)
+}
+
+/// Sends `raw` and asserts the RFC 9112 rejection: a 400 with
+/// `Connection: close`, then the connection is closed, and the origin got
+/// no request head at all.
+pub fn assert_rejected_400(proxy: &Proxy, origin: &Origin, raw: &[u8]) {
+    let mut c = Client::connect(proxy.addr());
+    c.send(raw);
+    let what = String::from_utf8_lossy(raw).into_owned();
+    let r = c
+        .try_read_response()
+        .unwrap_or_else(|e| panic!("expected 400 for {what:?}, got error {e}"));
+    assert_eq!(r.status(), 400, "request {what:?} must be rejected with 400; got:\n{}", r.head.raw);
+    assert!(
+        r.has_token("connection", "close"),
+        "400 for {what:?} must carry Connection: close; got:\n{}",
+        r.head.raw
+    );
+    c.expect_closed();
+    assert_eq!(
+        origin.head_count(),
+        0,
+        "origin must receive nothing for rejected request {what:?}; it got {:?}",
+        origin.heads()
+    );
+}
+
+/// Like assert_rejected_400, but for body-framing errors where a streaming
+/// proxy may already have forwarded the head: the origin must never see a
+/// complete request.
+pub fn assert_rejected_400_body(proxy: &Proxy, origin: &Origin, raw: &[u8]) {
+    let mut c = Client::connect(proxy.addr());
+    c.send(raw);
+    let what = String::from_utf8_lossy(raw).into_owned();
+    let r = c
+        .try_read_response()
+        .unwrap_or_else(|e| panic!("expected 400 for {what:?}, got error {e}"));
+    assert_eq!(r.status(), 400, "request {what:?} must be rejected with 400; got:\n{}", r.head.raw);
+    assert!(
+        r.has_token("connection", "close"),
+        "400 for {what:?} must carry Connection: close; got:\n{}",
+        r.head.raw
+    );
+    c.expect_closed();
+    assert_eq!(
+        origin.request_count(),
+        0,
+        "origin must not receive a complete request for {what:?}; it got {:?}",
+        origin.requests().iter().map(|r| r.raw_head.clone()).collect::<Vec<_>>()
+    );
+}

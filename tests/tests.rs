@@ -1,0 +1,16 @@
+//! edgeshard integration tests: the real binary, real sockets, both I/O
+//! engines. See tests/support/mod.rs for the harness.
+
+#[macro_use]
+mod support;
+
+mod bodies;
+mod check;
+mod framing;
+mod headers;
+mod keepalive;
+mod limits;
+mod messages;
+mod response_framing;
+mod routing;
+mod shutdown;
