@@ -13,7 +13,10 @@ pub enum Balancer {
     RoundRobin { next: usize },
     /// nginx's smooth weighted round robin: each pick adds every weight to its backend's
     /// `current`, takes the largest and subtracts the total from it.
-    Weighted { weights: Vec<i64>, current: Vec<i64> },
+    Weighted {
+        weights: Vec<i64>,
+        current: Vec<i64>,
+    },
 }
 
 impl Balancer {
@@ -24,7 +27,11 @@ impl Balancer {
                 next: shard % upstream.backends.len().max(1),
             },
             Balance::Weighted => Balancer::Weighted {
-                weights: upstream.backends.iter().map(|b| i64::from(b.weight)).collect(),
+                weights: upstream
+                    .backends
+                    .iter()
+                    .map(|b| i64::from(b.weight))
+                    .collect(),
                 current: vec![0; upstream.backends.len()],
             },
         }

@@ -219,7 +219,9 @@ enum Size {
     Text(String),
 }
 
-const TOP_LEVEL: &[&str] = &["server", "listener", "route", "upstream", "timeouts", "limits"];
+const TOP_LEVEL: &[&str] = &[
+    "server", "listener", "route", "upstream", "timeouts", "limits",
+];
 
 struct Checker {
     issues: Vec<ConfigIssue>,
@@ -234,7 +236,11 @@ impl Checker {
     }
 
     /// Deserializes one value, recording an error with the precise key path on failure.
-    fn section<T: for<'de> Deserialize<'de>>(&mut self, path: &str, value: toml::Value) -> Option<T> {
+    fn section<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        path: &str,
+        value: toml::Value,
+    ) -> Option<T> {
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -260,7 +266,10 @@ impl Checker {
                     default
                 }
                 Err(e) => {
-                    self.err(path, format!("invalid duration {s:?} ({e}); write e.g. \"10s\" or \"250ms\""));
+                    self.err(
+                        path,
+                        format!("invalid duration {s:?} ({e}); write e.g. \"10s\" or \"250ms\""),
+                    );
                     default
                 }
             },
@@ -274,7 +283,10 @@ impl Checker {
             Some(Size::Text(s)) => match parse_size(s) {
                 Some(n) => n,
                 None => {
-                    self.err(path, format!("invalid size {s:?}; write bytes or e.g. \"64KiB\", \"16MiB\""));
+                    self.err(
+                        path,
+                        format!("invalid size {s:?}; write bytes or e.g. \"64KiB\", \"16MiB\""),
+                    );
                     return default;
                 }
             },
@@ -286,7 +298,14 @@ impl Checker {
         v
     }
 
-    fn count(&mut self, path: &str, raw: Option<usize>, default: usize, min: usize, max: usize) -> usize {
+    fn count(
+        &mut self,
+        path: &str,
+        raw: Option<usize>,
+        default: usize,
+        min: usize,
+        max: usize,
+    ) -> usize {
         match raw {
             None => default,
             Some(v) if v < min || v > max => {
@@ -384,7 +403,10 @@ impl Config {
             .cloned()
             .collect();
         for k in unknown {
-            c.err(k, format!("unknown key; expected one of: {}", TOP_LEVEL.join(", ")));
+            c.err(
+                k,
+                format!("unknown key; expected one of: {}", TOP_LEVEL.join(", ")),
+            );
         }
 
         let server: RawServer = table
@@ -403,7 +425,10 @@ impl Config {
         let io_engine = match server.io_engine.as_deref() {
             None => IoEngine::Auto,
             Some(s) => IoEngine::parse(s).unwrap_or_else(|| {
-                c.err("server.io_engine", format!("unknown engine {s:?}; expected auto, uring or epoll"));
+                c.err(
+                    "server.io_engine",
+                    format!("unknown engine {s:?}; expected auto, uring or epoll"),
+                );
                 IoEngine::Auto
             }),
         };
@@ -414,26 +439,83 @@ impl Config {
         );
 
         let timeouts = Timeouts {
-            client_header: c.duration("timeouts.client_header", timeouts.client_header.as_ref(), Duration::from_secs(10)),
-            client_idle: c.duration("timeouts.client_idle", timeouts.client_idle.as_ref(), Duration::from_secs(60)),
-            client_body: c.duration("timeouts.client_body", timeouts.client_body.as_ref(), Duration::from_secs(30)),
-            client_send: c.duration("timeouts.client_send", timeouts.client_send.as_ref(), Duration::from_secs(60)),
-            upstream_connect: c.duration("timeouts.upstream_connect", timeouts.upstream_connect.as_ref(), Duration::from_secs(3)),
-            upstream_response: c.duration("timeouts.upstream_response", timeouts.upstream_response.as_ref(), Duration::from_secs(30)),
+            client_header: c.duration(
+                "timeouts.client_header",
+                timeouts.client_header.as_ref(),
+                Duration::from_secs(10),
+            ),
+            client_idle: c.duration(
+                "timeouts.client_idle",
+                timeouts.client_idle.as_ref(),
+                Duration::from_secs(60),
+            ),
+            client_body: c.duration(
+                "timeouts.client_body",
+                timeouts.client_body.as_ref(),
+                Duration::from_secs(30),
+            ),
+            client_send: c.duration(
+                "timeouts.client_send",
+                timeouts.client_send.as_ref(),
+                Duration::from_secs(60),
+            ),
+            upstream_connect: c.duration(
+                "timeouts.upstream_connect",
+                timeouts.upstream_connect.as_ref(),
+                Duration::from_secs(3),
+            ),
+            upstream_response: c.duration(
+                "timeouts.upstream_response",
+                timeouts.upstream_response.as_ref(),
+                Duration::from_secs(30),
+            ),
         };
-        let max_header_bytes = c.size("limits.max_header_bytes", limits.max_header_bytes.as_ref(), 16384, 256, 1 << 20) as usize;
+        let max_header_bytes = c.size(
+            "limits.max_header_bytes",
+            limits.max_header_bytes.as_ref(),
+            16384,
+            256,
+            1 << 20,
+        ) as usize;
         let limits = Limits {
             max_header_bytes,
-            max_headers: c.count("limits.max_headers", limits.max_headers, 100, 1, MAX_HEADERS_CAP),
-            max_uri_bytes: c.size("limits.max_uri_bytes", limits.max_uri_bytes.as_ref(), 8192, 16, max_header_bytes as u64) as usize,
-            max_body_bytes: c.size("limits.max_body_bytes", limits.max_body_bytes.as_ref(), 16 << 20, 0, u64::MAX >> 1),
-            max_connections_per_shard: c.count("limits.max_connections_per_shard", limits.max_connections_per_shard, 65536, 1, 1 << 24),
+            max_headers: c.count(
+                "limits.max_headers",
+                limits.max_headers,
+                100,
+                1,
+                MAX_HEADERS_CAP,
+            ),
+            max_uri_bytes: c.size(
+                "limits.max_uri_bytes",
+                limits.max_uri_bytes.as_ref(),
+                8192,
+                16,
+                max_header_bytes as u64,
+            ) as usize,
+            max_body_bytes: c.size(
+                "limits.max_body_bytes",
+                limits.max_body_bytes.as_ref(),
+                16 << 20,
+                0,
+                u64::MAX >> 1,
+            ),
+            max_connections_per_shard: c.count(
+                "limits.max_connections_per_shard",
+                limits.max_connections_per_shard,
+                65536,
+                1,
+                1 << 24,
+            ),
         };
 
         let mut listeners = Vec::new();
         let raw_listeners = array(&mut c, &mut table, "listener");
         if raw_listeners.is_empty() {
-            c.err("listener", "at least one [[listener]] with an address is required");
+            c.err(
+                "listener",
+                "at least one [[listener]] with an address is required",
+            );
         }
         let mut seen_listen = HashSet::new();
         for (i, v) in raw_listeners.into_iter().enumerate() {
@@ -441,7 +523,10 @@ impl Config {
             if let Some(l) = c.section::<RawListener>(&path, v) {
                 if let Some(a) = c.address(&format!("{path}.address"), &l.address) {
                     if a.port() != 0 && !seen_listen.insert(a) {
-                        c.err(format!("{path}.address"), format!("listening address {a} is already used in the configuration"));
+                        c.err(
+                            format!("{path}.address"),
+                            format!("listening address {a} is already used in the configuration"),
+                        );
                     }
                     listeners.push(a);
                 }
@@ -450,39 +535,69 @@ impl Config {
 
         let mut upstreams = Vec::new();
         let mut names = HashSet::new();
-        for (i, v) in array(&mut c, &mut table, "upstream").into_iter().enumerate() {
+        for (i, v) in array(&mut c, &mut table, "upstream")
+            .into_iter()
+            .enumerate()
+        {
             let path = format!("upstream[{i}]");
-            let Some(u) = c.section::<RawUpstream>(&path, v) else { continue };
+            let Some(u) = c.section::<RawUpstream>(&path, v) else {
+                continue;
+            };
             if u.name.is_empty() {
                 c.err(format!("{path}.name"), "must not be empty");
             } else if !names.insert(u.name.clone()) {
-                c.err(format!("{path}.name"), format!("upstream {:?} is defined twice", u.name));
+                c.err(
+                    format!("{path}.name"),
+                    format!("upstream {:?} is defined twice", u.name),
+                );
             }
             let balance = match u.balance.as_deref() {
                 None | Some("round_robin") => Balance::RoundRobin,
                 Some("weighted") => Balance::Weighted,
                 Some(other) => {
-                    c.err(format!("{path}.balance"), format!("unknown algorithm {other:?}; expected round_robin or weighted"));
+                    c.err(
+                        format!("{path}.balance"),
+                        format!("unknown algorithm {other:?}; expected round_robin or weighted"),
+                    );
                     Balance::RoundRobin
                 }
             };
             if u.backends.is_empty() {
-                c.err(format!("{path}.backends"), "at least one backend is required");
+                c.err(
+                    format!("{path}.backends"),
+                    "at least one backend is required",
+                );
             }
             let mut backends = Vec::new();
             for (j, b) in u.backends.iter().enumerate() {
                 let bpath = format!("{path}.backends[{j}]");
                 let weight = b.weight.unwrap_or(1);
                 if weight == 0 || weight > 10_000 {
-                    c.err(format!("{bpath}.weight"), format!("{weight} is out of range 1..=10000"));
+                    c.err(
+                        format!("{bpath}.weight"),
+                        format!("{weight} is out of range 1..=10000"),
+                    );
                 }
                 if let Some(address) = c.address(&format!("{bpath}.address"), &b.address) {
-                    backends.push(BackendConfig { address, weight: weight.clamp(1, 10_000) });
+                    backends.push(BackendConfig {
+                        address,
+                        weight: weight.clamp(1, 10_000),
+                    });
                 }
             }
             upstreams.push(UpstreamConfig {
-                max_idle_per_backend: c.count(&format!("{path}.max_idle_per_backend"), u.max_idle_per_backend, 64, 0, 1 << 16),
-                idle_timeout: c.duration(&format!("{path}.idle_timeout"), u.idle_timeout.as_ref(), Duration::from_secs(60)),
+                max_idle_per_backend: c.count(
+                    &format!("{path}.max_idle_per_backend"),
+                    u.max_idle_per_backend,
+                    64,
+                    0,
+                    1 << 16,
+                ),
+                idle_timeout: c.duration(
+                    &format!("{path}.idle_timeout"),
+                    u.idle_timeout.as_ref(),
+                    Duration::from_secs(60),
+                ),
                 name: u.name,
                 balance,
                 backends,
@@ -492,11 +607,15 @@ impl Config {
         let mut routes = Vec::new();
         for (i, v) in array(&mut c, &mut table, "route").into_iter().enumerate() {
             let path = format!("route[{i}]");
-            let Some(r) = c.section::<RawRoute>(&path, v) else { continue };
+            let Some(r) = c.section::<RawRoute>(&path, v) else {
+                continue;
+            };
             let host = match r.host.as_deref() {
                 None | Some("*") => HostMatch::Any,
                 Some(h) => match h.strip_prefix("*.") {
-                    Some(rest) if valid_host(rest) => HostMatch::Suffix(format!(".{}", rest.to_ascii_lowercase())),
+                    Some(rest) if valid_host(rest) => {
+                        HostMatch::Suffix(format!(".{}", rest.to_ascii_lowercase()))
+                    }
                     None if valid_host(h) => HostMatch::Exact(h.to_ascii_lowercase()),
                     _ => {
                         c.err(format!("{path}.host"), format!("invalid host {h:?}; write \"api.example.com\" or \"*.example.com\""));
@@ -510,8 +629,15 @@ impl Config {
                     PathMatch::Any
                 }
                 (Some(p), None) | (None, Some(p)) if !p.starts_with('/') => {
-                    let key = if r.path.is_some() { "path" } else { "path_prefix" };
-                    c.err(format!("{path}.{key}"), format!("{p:?} must start with '/'"));
+                    let key = if r.path.is_some() {
+                        "path"
+                    } else {
+                        "path_prefix"
+                    };
+                    c.err(
+                        format!("{path}.{key}"),
+                        format!("{p:?} must start with '/'"),
+                    );
                     PathMatch::Any
                 }
                 (Some(p), None) => PathMatch::Prefix(p.clone()),
@@ -521,13 +647,20 @@ impl Config {
             let mut methods = Vec::new();
             for (j, m) in r.methods.unwrap_or_default().into_iter().enumerate() {
                 if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
-                    c.err(format!("{path}.methods[{j}]"), format!("invalid method {m:?}"));
+                    c.err(
+                        format!("{path}.methods[{j}]"),
+                        format!("invalid method {m:?}"),
+                    );
                 }
                 methods.push(m.to_ascii_uppercase());
             }
             let mut headers = Vec::new();
             for (name, value) in r.headers.unwrap_or_default() {
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                {
                     c.err(format!("{path}.headers.{name}"), "invalid header name");
                 }
                 headers.push((name.to_ascii_lowercase(), value));
@@ -535,11 +668,23 @@ impl Config {
             let upstream = match upstreams.iter().position(|u| u.name == r.upstream) {
                 Some(i) => i,
                 None => {
-                    c.err(format!("{path}.upstream"), format!("upstream {:?} is not defined; add an [[upstream]] with name = {:?}", r.upstream, r.upstream));
+                    c.err(
+                        format!("{path}.upstream"),
+                        format!(
+                            "upstream {:?} is not defined; add an [[upstream]] with name = {:?}",
+                            r.upstream, r.upstream
+                        ),
+                    );
                     0
                 }
             };
-            routes.push(RouteConfig { host, path: pathm, methods, headers, upstream });
+            routes.push(RouteConfig {
+                host,
+                path: pathm,
+                methods,
+                headers,
+                upstream,
+            });
         }
 
         if !c.issues.is_empty() {
@@ -563,7 +708,12 @@ impl Config {
             s.push_str(&format!("listener {l}\n"));
         }
         for u in &self.upstreams {
-            s.push_str(&format!("upstream {} ({:?}, {} backends)\n", u.name, u.balance, u.backends.len()));
+            s.push_str(&format!(
+                "upstream {} ({:?}, {} backends)\n",
+                u.name,
+                u.balance,
+                u.backends.len()
+            ));
         }
         s.push_str(&format!("{} routes\n", self.routes.len()));
         s
@@ -573,7 +723,8 @@ impl Config {
 fn valid_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
-        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' || b == b':')
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' || b == b':')
 }
 
 #[cfg(test)]
@@ -635,9 +786,17 @@ max_body_bytes = "lots"
         let text = err.to_string();
         let paths: Vec<&str> = err.issues.iter().map(|i| i.path.as_str()).collect();
         assert!(paths.contains(&"listener[0].address"), "{text}");
-        assert!(paths.contains(&"route[0].colour") || paths.iter().any(|p| p.starts_with("route[0]")), "{text}");
+        assert!(
+            paths.contains(&"route[0].colour") || paths.iter().any(|p| p.starts_with("route[0]")),
+            "{text}"
+        );
         assert!(paths.contains(&"route[1].upstream"), "{text}");
-        assert!(paths.iter().any(|p| p.starts_with("upstream[0].backends[0]")), "{text}");
+        assert!(
+            paths
+                .iter()
+                .any(|p| p.starts_with("upstream[0].backends[0]")),
+            "{text}"
+        );
         assert!(paths.contains(&"limits.max_body_bytes"), "{text}");
         assert!(text.lines().all(|l| l.starts_with("test.toml: ")), "{text}");
     }

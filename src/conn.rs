@@ -11,7 +11,9 @@ use monoio::net::TcpStream;
 
 use crate::http::canned::Canned;
 use crate::http::parse::{parse_request, HeadLimits, Parsed, RequestHead};
-use crate::proxy::{parse_error_status, read_more, respond_canned, serve_request, Client, IoFail, Outcome};
+use crate::proxy::{
+    parse_error_status, read_more, respond_canned, serve_request, Client, IoFail, Outcome,
+};
 use crate::shard::ShardCtx;
 
 /// Client read buffers start small (idle keep-alive connections are the common case) and
@@ -41,19 +43,23 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
     loop {
         // -- wait for the first byte of the next request ------------------------------------
         if client.buf.is_empty() {
-            let wait = if first { timeouts.client_header } else { timeouts.client_idle };
+            let wait = if first {
+                timeouts.client_header
+            } else {
+                timeouts.client_idle
+            };
             let read = monoio::select! {
                 r = read_more(&mut client.stream, &mut client.buf, wait) => Some(r),
                 _ = ctx.drain.notified() => None,
             };
             match read {
-                None => return,                       // draining: close idle connection
+                None => return, // draining: close idle connection
                 Some(Err(IoFail::Timeout)) if first => {
                     // Opened but never sent a byte within client_header.
                     respond_canned(&ctx, &mut client, Canned::RequestTimeout, true).await;
                     return;
                 }
-                Some(Err(_)) => return,               // idle expiry, client closed, or reset
+                Some(Err(_)) => return, // idle expiry, client closed, or reset
                 Some(Ok(_)) => {}
             }
         }
@@ -97,4 +103,3 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
         }
     }
 }
-

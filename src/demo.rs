@@ -67,7 +67,9 @@ async fn origin_conn(mut stream: TcpStream, name: &'static str, addr: SocketAddr
         // Parse one request head.
         let (framing, keep_alive, head_len) = loop {
             match parse_request(&buf, &limits, &mut head) {
-                Ok(Parsed::Complete(())) => break (head.framing(), head.wants_keep_alive(), head.head_len),
+                Ok(Parsed::Complete(())) => {
+                    break (head.framing(), head.wants_keep_alive(), head.head_len)
+                }
                 Ok(Parsed::Partial) => {}
                 Err(_) => return,
             }

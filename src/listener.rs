@@ -28,7 +28,8 @@ fn bind_one(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
         io::ErrorKind::AddrNotAvailable => ListenError::NotAvailable { addr },
         _ => ListenError::Other { addr, source: e },
     };
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(map)?;
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(map)?;
     socket.set_reuse_address(true).map_err(map)?;
     socket.set_reuse_port(true).map_err(map)?;
     socket.set_tcp_nodelay(true).map_err(map)?;
@@ -48,7 +49,9 @@ pub fn bind_all(
     let mut bound = Vec::new();
     for &addr in addrs {
         let first = bind_one(addr)?;
-        let real = first.local_addr().map_err(|e| ListenError::Other { addr, source: e })?;
+        let real = first
+            .local_addr()
+            .map_err(|e| ListenError::Other { addr, source: e })?;
         // An address already taken by another process with SO_REUSEPORT set by the same user
         // would be shared silently; a fresh port 0 bind never collides.
         per_shard[0].push(first);

@@ -126,7 +126,8 @@ fn demo(listen: std::net::SocketAddr, mut placement: Placement) -> Result<()> {
     let a = edgeshard::demo::start_origin("A").context("starting demo origin A")?;
     let b = edgeshard::demo::start_origin("B").context("starting demo origin B")?;
     eprintln!("edgeshard demo: origins A on {a} and B on {b}; try: curl -i http://{listen}/");
-    let config = edgeshard::demo::demo_config(listen, &[a, b]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config =
+        edgeshard::demo::demo_config(listen, &[a, b]).map_err(|e| anyhow::anyhow!("{e}"))?;
     // One shard by default, so that successive requests visibly alternate between origins.
     if placement.shards.is_none() {
         placement.shards = Some(1);
@@ -142,8 +143,12 @@ fn parse_cpu_list(s: &str) -> Result<Vec<usize>> {
             Some((a, b)) => (a.trim(), b.trim()),
             None => (part, part),
         };
-        let lo: usize = lo.parse().with_context(|| format!("--cpus: {part:?} is not a CPU number or range like 0-3"))?;
-        let hi: usize = hi.parse().with_context(|| format!("--cpus: {part:?} is not a CPU number or range like 0-3"))?;
+        let lo: usize = lo
+            .parse()
+            .with_context(|| format!("--cpus: {part:?} is not a CPU number or range like 0-3"))?;
+        let hi: usize = hi
+            .parse()
+            .with_context(|| format!("--cpus: {part:?} is not a CPU number or range like 0-3"))?;
         if hi < lo || hi - lo > 4096 {
             bail!("--cpus: range {part:?} is reversed or too large");
         }
@@ -193,7 +198,10 @@ fn choose_cpus(p: &Placement) -> Result<Vec<usize>> {
 }
 
 fn format_cpus(cpus: &[usize]) -> String {
-    cpus.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
+    cpus.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Resolves `auto` and proves that the chosen engine starts, before any shard does.
@@ -237,8 +245,11 @@ fn run(config: Config, placement: &Placement) -> Result<()> {
 
     // Signals are blocked into a handler before any thread starts, so a SIGTERM that arrives
     // right after readiness drains instead of killing the process.
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .context("cannot install signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("cannot install signal handlers")?;
 
     let shared = Arc::new(Shared::new(config));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -269,13 +280,21 @@ fn run(config: Config, placement: &Placement) -> Result<()> {
             Err(_) => bail!("a shard stopped during start-up"),
         }
     }
-    let engine_name = if engine == IoEngine::Uring { "uring" } else { "epoll" };
+    let engine_name = if engine == IoEngine::Uring {
+        "uring"
+    } else {
+        "epoll"
+    };
     {
         let mut out = std::io::stdout().lock();
         for addr in &bound {
             writeln!(out, "edgeshard: listening on {addr}")?;
         }
-        writeln!(out, "edgeshard: ready shards={} engine={engine_name}", threads.len())?;
+        writeln!(
+            out,
+            "edgeshard: ready shards={} engine={engine_name}",
+            threads.len()
+        )?;
         out.flush()?;
     }
     tracing::info!(shards = threads.len(), cpus = %format_cpus(&cpus), engine = engine_name, "edgeshard started");
@@ -301,7 +320,10 @@ fn run(config: Config, placement: &Placement) -> Result<()> {
         }
     }
     if unfinished > 0 {
-        tracing::warn!(unfinished, "shutdown_timeout reached with connections still open");
+        tracing::warn!(
+            unfinished,
+            "shutdown_timeout reached with connections still open"
+        );
     }
     Ok(())
 }

@@ -95,7 +95,11 @@ mod tests {
             let mut dropped = Box::pin(n.notified());
             assert!(dropped.as_mut().poll(&mut cx).is_pending());
         }
-        assert_eq!(n.waiters.borrow().len(), 0, "a dropped waiter must not linger");
+        assert_eq!(
+            n.waiters.borrow().len(),
+            0,
+            "a dropped waiter must not linger"
+        );
         let mut f = Box::pin(n.notified());
         assert!(f.as_mut().poll(&mut cx).is_pending());
         assert!(f.as_mut().poll(&mut cx).is_pending());

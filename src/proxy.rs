@@ -125,7 +125,12 @@ enum Failure {
 }
 
 /// Writes a canned response and says whether the connection must close afterwards.
-pub async fn respond_canned(ctx: &ShardCtx, client: &mut Client, c: Canned, close: bool) -> Outcome {
+pub async fn respond_canned(
+    ctx: &ShardCtx,
+    client: &mut Client,
+    c: Canned,
+    close: bool,
+) -> Outcome {
     ctx.stats.canned(c);
     let close = close || c.forces_close();
     let t = ctx.shared.config.timeouts.client_send;
@@ -183,7 +188,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         Err(Failure::Close) => Outcome::Close,
         Err(Failure::Status(c)) => {
             // The body may still be unread: the connection can only be reused if there was none.
-            let close = !facts.keep_alive || facts.framing != BodyFraming::None || ctx.draining();
+            let close = !facts.keep_alive || !facts.framing.is_empty() || ctx.draining();
             respond_canned(ctx, client, c, close).await
         }
     };
@@ -223,12 +228,14 @@ fn prepare(
         .split(|&b| b == b'?')
         .next()
         .unwrap_or(target.path);
-    let route = shared.routes.find(host, path, head.method.get(buf), |name| {
-        head.headers
-            .iter()
-            .find(|h| h.kind == HeaderKind::Other && h.name.get(buf).eq_ignore_ascii_case(name))
-            .map(|h| h.value.get(buf))
-    });
+    let route = shared
+        .routes
+        .find(host, path, head.method.get(buf), |name| {
+            head.headers
+                .iter()
+                .find(|h| h.kind == HeaderKind::Other && h.name.get(buf).eq_ignore_ascii_case(name))
+                .map(|h| h.value.get(buf))
+        });
     let Some(route) = route else {
         return Err(Canned::NotFound);
     };
@@ -243,7 +250,15 @@ fn prepare(
         BodyFraming::Chunked | BodyFraming::UntilClose => OutFraming::Chunked,
     };
     let mut out = ctx.take_buffer();
-    upstream_request_head(buf, head, &target, host, client.peer.ip(), out_framing, &mut out);
+    upstream_request_head(
+        buf,
+        head,
+        &target,
+        host,
+        client.peer.ip(),
+        out_framing,
+        &mut out,
+    );
     Ok(Prepared {
         upstream: route.upstream,
         out,
@@ -266,7 +281,7 @@ async fn exchange(
     let head_bytes = out.len();
 
     // -- balance + pool + send, with the narrow retry rule ---------------------------------
-    let retry_allowed = facts.method.is_idempotent() && facts.framing == BodyFraming::None;
+    let retry_allowed = facts.method.is_idempotent() && facts.framing.is_empty();
     let mut fresh_only = false;
     let mut tried: u64 = 0; // bit set of backends (within the upstream) that refused a connect
     let mut ubuf = ctx.take_buffer();
@@ -301,7 +316,7 @@ async fn exchange(
         // `100 Continue` once we know the request will go somewhere.
         if facts.expect_continue
             && facts.minor == 1
-            && facts.framing != BodyFraming::None
+            && !facts.framing.is_empty()
             && client.buf.is_empty()
         {
             write_static(
@@ -314,8 +329,15 @@ async fn exchange(
         }
 
         // Head (and for bodies, the body).
-        let sent = if facts.framing == BodyFraming::None {
-            write_from(&mut upstream, &mut out, 0, head_bytes, cfg.timeouts.upstream_response).await
+        let sent = if facts.framing.is_empty() {
+            write_from(
+                &mut upstream,
+                &mut out,
+                0,
+                head_bytes,
+                cfg.timeouts.upstream_response,
+            )
+            .await
         } else {
             let mut pos = 0;
             let r = relay_body(
@@ -330,6 +352,7 @@ async fn exchange(
                 out_framing,
                 cfg.limits.max_body_bytes,
                 cfg.limits.max_header_bytes,
+                &mut false,
             )
             .await;
             match r {
@@ -346,9 +369,7 @@ async fn exchange(
                     return Err(Failure::Close);
                 }
                 Err(RelayError::Framing) => return Err(Failure::Status(Canned::BadRequest)),
-                Err(RelayError::TooLarge) => {
-                    return Err(Failure::Status(Canned::PayloadTooLarge))
-                }
+                Err(RelayError::TooLarge) => return Err(Failure::Status(Canned::PayloadTooLarge)),
                 Err(RelayError::Write(e)) => Err(e),
             }
         };
@@ -360,8 +381,13 @@ async fn exchange(
         let got = match sent {
             Err(e) => Err(HeadFail::Io(e)),
             Ok(()) => {
-                read_response_head(&mut upstream, &mut ubuf, &limits, cfg.timeouts.upstream_response)
-                    .await
+                read_response_head(
+                    &mut upstream,
+                    &mut ubuf,
+                    &limits,
+                    cfg.timeouts.upstream_response,
+                )
+                .await
             }
         };
         match got {
@@ -393,9 +419,18 @@ async fn exchange(
     let (resp_framing, close_delimited) = response_out_framing(in_framing, facts.minor);
     let close = !facts.keep_alive || close_delimited || ctx.draining();
     out.clear();
-    client_response_head(&ubuf, &resp_head, resp_framing, close, facts.minor, &mut out);
+    client_response_head(
+        &ubuf,
+        &resp_head,
+        resp_framing,
+        close,
+        facts.minor,
+        &mut out,
+    );
     let mut upos = resp_head.head_len;
-    let upstream_reusable = resp_head.upstream_keep_alive() && in_framing != BodyFraming::UntilClose;
+    let upstream_reusable =
+        resp_head.upstream_keep_alive() && in_framing != BodyFraming::UntilClose;
+    let mut written = false;
     let relayed = if in_framing == BodyFraming::None {
         let n = out.len();
         write_from(&mut client.stream, &mut out, 0, n, cfg.timeouts.client_send)
@@ -415,6 +450,7 @@ async fn exchange(
             resp_framing,
             u64::MAX,
             cfg.limits.max_header_bytes,
+            &mut written,
         )
         .await
     };
@@ -428,11 +464,23 @@ async fn exchange(
                     .checkin(backend, upstream, Instant::now());
             }
             ctx.give_buffer(ubuf);
-            Ok(if close { Outcome::Close } else { Outcome::KeepAlive })
+            Ok(if close {
+                Outcome::Close
+            } else {
+                Outcome::KeepAlive
+            })
         }
         Err(RelayError::Write(_)) => {
             bump(&ctx.stats.client_aborts);
             Err(Failure::Close)
+        }
+        Err(e) if !written => {
+            // Nothing reached the client yet: it can still get a proper status.
+            bump(&ctx.stats.upstream_aborts);
+            Err(Failure::Status(match e {
+                RelayError::Read(IoFail::Timeout) => Canned::GatewayTimeout,
+                _ => Canned::BadGateway,
+            }))
         }
         Err(_) => {
             // The head is out; the only honest signal left is to close mid-body.
@@ -478,7 +526,9 @@ async fn read_response_head(
         if left.is_zero() {
             return Err(HeadFail::Io(IoFail::Timeout));
         }
-        read_more(upstream, ubuf, left).await.map_err(HeadFail::Io)?;
+        read_more(upstream, ubuf, left)
+            .await
+            .map_err(HeadFail::Io)?;
     }
 }
 
@@ -499,12 +549,14 @@ async fn relay_body(
     outgoing: OutFraming,
     limit: u64,
     chunk_overhead: usize,
+    written: &mut bool,
 ) -> Result<u64, RelayError> {
     let mut remaining = match incoming {
         BodyFraming::Length(n) => n,
         _ => u64::MAX,
     };
-    let mut decoder = (incoming == BodyFraming::Chunked).then(|| ChunkedDecoder::new(chunk_overhead));
+    let mut decoder =
+        (incoming == BodyFraming::Chunked).then(|| ChunkedDecoder::new(chunk_overhead));
     let rechunk = outgoing == OutFraming::Chunked;
     let mut total: u64 = 0;
     let mut done = incoming == BodyFraming::None || remaining == 0;
@@ -540,6 +592,7 @@ async fn relay_body(
                     out.extend_from_slice(b"\r\n");
                 } else if out.is_empty() && len >= 4096 {
                     // Large piece, nothing pending: write straight from the read buffer.
+                    *written = true;
                     write_from(dst, inbuf, data.0, data.1, write_timeout)
                         .await
                         .map_err(RelayError::Write)?;
@@ -555,6 +608,7 @@ async fn relay_body(
                 encode_last_chunk(trailers, out);
             }
             let n = out.len();
+            *written = true;
             write_from(dst, out, 0, n, write_timeout)
                 .await
                 .map_err(RelayError::Write)?;
@@ -563,6 +617,7 @@ async fn relay_body(
         }
         if !out.is_empty() {
             let n = out.len();
+            *written = true;
             write_from(dst, out, 0, n, write_timeout)
                 .await
                 .map_err(RelayError::Write)?;

@@ -7,11 +7,18 @@ use rustc_hash::FxHashMap;
 
 use crate::config::{Config, HostMatch, PathMatch};
 
+/// A required request header: lower-case name and exact value.
+#[derive(Debug)]
+struct HeaderRule {
+    name: Box<[u8]>,
+    value: Box<[u8]>,
+}
+
 #[derive(Debug)]
 pub struct Route {
     path: PathMatch,
     methods: Vec<Box<[u8]>>,
-    headers: Vec<(Box<[u8]>, Box<[u8]>)>,
+    headers: Vec<HeaderRule>,
     /// Index into the configured upstreams.
     pub upstream: usize,
     /// Position in the configuration, for logs and metrics.
@@ -35,7 +42,7 @@ impl Route {
             && self
                 .headers
                 .iter()
-                .all(|(name, value)| header(name) == Some(&**value))
+                .all(|rule| header(&rule.name) == Some(&*rule.value))
     }
 }
 
@@ -65,7 +72,10 @@ impl RouteTable {
                 headers: r
                     .headers
                     .iter()
-                    .map(|(n, v)| (n.as_bytes().into(), v.as_bytes().into()))
+                    .map(|(n, v)| HeaderRule {
+                        name: n.as_bytes().into(),
+                        value: v.as_bytes().into(),
+                    })
                     .collect(),
                 upstream: r.upstream,
                 index,
@@ -181,9 +191,16 @@ mod tests {
         RouteTable::new(&Config::parse(&text, Path::new("t.toml")).unwrap())
     }
 
-    fn find(t: &RouteTable, host: &str, path: &str, method: &str, hdr: Option<(&str, &str)>) -> Option<usize> {
+    fn find(
+        t: &RouteTable,
+        host: &str,
+        path: &str,
+        method: &str,
+        hdr: Option<(&str, &str)>,
+    ) -> Option<usize> {
         t.find(host.as_bytes(), path.as_bytes(), method.as_bytes(), |n| {
-            hdr.filter(|(hn, _)| hn.as_bytes() == n).map(|(_, v)| v.as_bytes())
+            hdr.filter(|(hn, _)| hn.as_bytes() == n)
+                .map(|(_, v)| v.as_bytes())
         })
         .map(|r| r.index)
     }
@@ -219,13 +236,28 @@ headers = { "x-canary" = "1" }
 upstream = "u"
 "#,
         );
-        assert_eq!(find(&t, "API.example.com:8080", "/v1/x", "GET", None), Some(2));
-        assert_eq!(find(&t, "api.example.com", "/v1/admin/x", "GET", None), Some(3));
-        assert_eq!(find(&t, "api.example.com", "/v1/exact", "GET", None), Some(4));
+        assert_eq!(
+            find(&t, "API.example.com:8080", "/v1/x", "GET", None),
+            Some(2)
+        );
+        assert_eq!(
+            find(&t, "api.example.com", "/v1/admin/x", "GET", None),
+            Some(3)
+        );
+        assert_eq!(
+            find(&t, "api.example.com", "/v1/exact", "GET", None),
+            Some(4)
+        );
         assert_eq!(find(&t, "api.example.com", "/other", "POST", None), Some(5));
         assert_eq!(find(&t, "api.example.com", "/other", "GET", None), Some(1));
-        assert_eq!(find(&t, "x.b.example.com", "/", "GET", Some(("x-canary", "1"))), Some(6));
-        assert_eq!(find(&t, "x.b.example.com", "/", "GET", Some(("x-canary", "2"))), Some(1));
+        assert_eq!(
+            find(&t, "x.b.example.com", "/", "GET", Some(("x-canary", "1"))),
+            Some(6)
+        );
+        assert_eq!(
+            find(&t, "x.b.example.com", "/", "GET", Some(("x-canary", "2"))),
+            Some(1)
+        );
         assert_eq!(find(&t, "example.com", "/", "GET", None), Some(0));
         assert_eq!(find(&t, "[::1]:80", "/", "GET", None), Some(0));
     }

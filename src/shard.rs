@@ -132,7 +132,10 @@ impl ShardCtx {
 
     pub fn give_buffer(&self, mut buf: Vec<u8>) {
         let mut buffers = self.buffers.borrow_mut();
-        if buffers.len() < MAX_POOLED_BUFFERS && buf.capacity() <= MAX_POOLED_BUFFER && buf.capacity() >= BUFFER_SIZE {
+        if buffers.len() < MAX_POOLED_BUFFERS
+            && buf.capacity() <= MAX_POOLED_BUFFER
+            && buf.capacity() >= BUFFER_SIZE
+        {
             buf.clear();
             buffers.push(buf);
         }
@@ -170,11 +173,15 @@ impl ShardCtx {
                 Ok(s)
             }
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            )),
         };
         if let Err(e) = &result {
             bump(&self.stats.upstream_connect_errors);
-            self.backend_state.borrow_mut()[backend].retry_at = Some(Instant::now() + CONNECT_FAIL_BACKOFF);
+            self.backend_state.borrow_mut()[backend].retry_at =
+                Some(Instant::now() + CONNECT_FAIL_BACKOFF);
             tracing::warn!(shard = self.id, backend = %addr, error = %e, "upstream connect failed");
         } else {
             self.backend_state.borrow_mut()[backend].retry_at = None;
@@ -234,7 +241,11 @@ pub fn run_shard(
                 Ok(mut rt) => rt.block_on(shard_main(id, shared, listeners, ready, shutdown)),
                 Err(e) => {
                     let _ = ready.send(Err(format!("shard {id}: io_uring runtime failed: {e}")));
-                    ShardReport { id, summary: String::new(), unfinished: 0 }
+                    ShardReport {
+                        id,
+                        summary: String::new(),
+                        unfinished: 0,
+                    }
                 }
             }
         }
@@ -245,7 +256,11 @@ pub fn run_shard(
             Ok(mut rt) => rt.block_on(shard_main(id, shared, listeners, ready, shutdown)),
             Err(e) => {
                 let _ = ready.send(Err(format!("shard {id}: epoll runtime failed: {e}")));
-                ShardReport { id, summary: String::new(), unfinished: 0 }
+                ShardReport {
+                    id,
+                    summary: String::new(),
+                    unfinished: 0,
+                }
             }
         },
     }
@@ -265,7 +280,11 @@ async fn shard_main(
             Ok(l) => accepting.push(l),
             Err(e) => {
                 let _ = ready.send(Err(format!("shard {id}: cannot register listener: {e}")));
-                return ShardReport { id, summary: String::new(), unfinished: 0 };
+                return ShardReport {
+                    id,
+                    summary: String::new(),
+                    unfinished: 0,
+                };
             }
         }
     }

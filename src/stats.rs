@@ -75,7 +75,9 @@ impl Stats {
 
     pub fn record_latency(&self, micros: u64) {
         // saturating_record clamps outliers into the top bucket instead of failing.
-        self.latency_us.borrow_mut().saturating_record(micros.max(1));
+        self.latency_us
+            .borrow_mut()
+            .saturating_record(micros.max(1));
     }
 
     /// A one-line human summary, logged at shutdown.

@@ -7,22 +7,37 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Reading hex digits of a chunk size; `digits` counts them to refuse overflow.
-    Size { size: u64, digits: u8 },
+    Size {
+        size: u64,
+        digits: u8,
+    },
     /// After the size: BWS, which may only lead to `;` or CR.
-    ExtStart { size: u64 },
+    ExtStart {
+        size: u64,
+    },
     /// Inside `;ext[=val]` up to CR.
-    Extension { size: u64 },
+    Extension {
+        size: u64,
+    },
     /// Saw CR ending the size line; expect LF.
-    SizeLf { size: u64 },
+    SizeLf {
+        size: u64,
+    },
     /// Inside chunk data, `remaining` bytes to go.
-    Data { remaining: u64 },
+    Data {
+        remaining: u64,
+    },
     /// After data: expect CR then LF.
     DataCr,
     DataLf,
     /// In the trailer section: at the start of a line (`empty` = nothing yet on this line).
-    TrailerLine { empty: bool },
+    TrailerLine {
+        empty: bool,
+    },
     /// Saw CR inside the trailer section; `empty` says whether the line was empty.
-    TrailerLf { empty: bool },
+    TrailerLf {
+        empty: bool,
+    },
     Done,
 }
 
@@ -298,8 +313,16 @@ mod tests {
         let cases: &[(&[u8], &[u8], &[u8])] = &[
             (b"0\r\n\r\n", b"", b""),
             (b"5\r\nhello\r\n0\r\n\r\n", b"hello", b""),
-            (b"5;ext=1;q=\"a b\"\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", b"hello world", b""),
-            (b"A \r\n0123456789\r\n0\r\nX-Sum: abc\r\nY: 1\r\n\r\n", b"0123456789", b"X-Sum: abc\r\nY: 1\r\n"),
+            (
+                b"5;ext=1;q=\"a b\"\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+                b"hello world",
+                b"",
+            ),
+            (
+                b"A \r\n0123456789\r\n0\r\nX-Sum: abc\r\nY: 1\r\n\r\n",
+                b"0123456789",
+                b"X-Sum: abc\r\nY: 1\r\n",
+            ),
             (b"000\r\n\r\n", b"", b""),
         ];
         for (input, want, trailers) in cases {

@@ -95,7 +95,11 @@ pub fn upstream_request_head(
     // All X-Forwarded-For lines merge into one, in order, with the client appended.
     out.extend_from_slice(b"X-Forwarded-For: ");
     if has_xff {
-        for h in head.headers.iter().filter(|h| h.kind == HeaderKind::XForwardedFor) {
+        for h in head
+            .headers
+            .iter()
+            .filter(|h| h.kind == HeaderKind::XForwardedFor)
+        {
             let v = h.value.get(buf);
             if !v.is_empty() {
                 out.extend_from_slice(v);
@@ -166,9 +170,7 @@ pub fn client_response_head(
             | HeaderKind::TransferEncoding => false,
             // A body-less response keeps the upstream's Content-Length (HEAD, 304), except 204.
             HeaderKind::ContentLength => framing == OutFraming::None && head.status != 204,
-            _ => {
-                head.conn_tokens.is_empty() || !head.named_in_connection(buf, h.name.get(buf))
-            }
+            _ => head.conn_tokens.is_empty() || !head.named_in_connection(buf, h.name.get(buf)),
         };
         if keep {
             out.extend_from_slice(h.name.get(buf));
@@ -231,10 +233,21 @@ mod tests {
 X-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: x\r\n\
 X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nVia: 1.0 other\r\nTransfer-Encoding: chunked\r\nAccept: */*\r\n\r\n";
         let mut head = RequestHead::default();
-        assert!(matches!(parse_request(raw, &L, &mut head), Ok(Parsed::Complete(()))));
+        assert!(matches!(
+            parse_request(raw, &L, &mut head),
+            Ok(Parsed::Complete(()))
+        ));
         let t = split_target(head.target.get(raw));
         let mut out = Vec::new();
-        upstream_request_head(raw, &head, &t, b"a.example", "10.0.0.9".parse().unwrap(), OutFraming::Chunked, &mut out);
+        upstream_request_head(
+            raw,
+            &head,
+            &t,
+            b"a.example",
+            "10.0.0.9".parse().unwrap(),
+            OutFraming::Chunked,
+            &mut out,
+        );
         let s = String::from_utf8(out).unwrap();
         assert_eq!(
             s,
@@ -259,16 +272,25 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
     fn response_head_framing() {
         let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: X-H\r\nX-H: 1\r\nServer: s\r\n\r\n";
         let mut head = ResponseHead::default();
-        assert!(matches!(parse_response(raw, &L, &mut head), Ok(Parsed::Complete(()))));
+        assert!(matches!(
+            parse_response(raw, &L, &mut head),
+            Ok(Parsed::Complete(()))
+        ));
         let (f, close) = response_out_framing(BodyFraming::Chunked, 0);
         assert_eq!((f, close), (OutFraming::Close, true));
         let mut out = Vec::new();
         client_response_head(raw, &head, f, close, 0, &mut out);
-        assert_eq!(out, b"HTTP/1.1 200 OK\r\nServer: s\r\nConnection: close\r\n\r\n");
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nServer: s\r\nConnection: close\r\n\r\n"
+        );
         out.clear();
         let (f, close) = response_out_framing(BodyFraming::UntilClose, 1);
         client_response_head(raw, &head, f, close, 1, &mut out);
-        assert_eq!(out, b"HTTP/1.1 200 OK\r\nServer: s\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nServer: s\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
     }
 
     #[test]

@@ -110,6 +110,13 @@ pub enum BodyFraming {
     UntilClose,
 }
 
+impl BodyFraming {
+    /// No body bytes follow the head.
+    pub fn is_empty(self) -> bool {
+        matches!(self, BodyFraming::None | BodyFraming::Length(0))
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     Get,
@@ -143,7 +150,12 @@ impl Method {
     pub fn is_idempotent(self) -> bool {
         matches!(
             self,
-            Method::Get | Method::Head | Method::Put | Method::Delete | Method::Options | Method::Trace
+            Method::Get
+                | Method::Head
+                | Method::Put
+                | Method::Delete
+                | Method::Options
+                | Method::Trace
         )
     }
 }
@@ -382,7 +394,9 @@ fn scan_fields(
         });
     }
     if scan.chunked && scan.content_length.is_some() {
-        return Err(ParseError::Malformed("both Content-Length and Transfer-Encoding"));
+        return Err(ParseError::Malformed(
+            "both Content-Length and Transfer-Encoding",
+        ));
     }
     Ok(scan)
 }
@@ -476,7 +490,8 @@ pub fn parse_request(
         BodyFraming::Chunked
     } else {
         match scan.content_length {
-            Some(0) | None => BodyFraming::None,
+            None => BodyFraming::None,
+            // Length(0) is kept so that `Content-Length: 0` is forwarded (POST needs it).
             Some(n) => BodyFraming::Length(n),
         }
     });
@@ -572,7 +587,8 @@ mod tests {
 
     #[test]
     fn typical_get_split_at_every_byte() {
-        let raw = b"GET /a/b?c=d HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n";
+        let raw =
+            b"GET /a/b?c=d HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n";
         let head = split_everywhere(raw);
         assert_eq!(head.method(), Method::Get);
         assert_eq!(head.target.get(raw), b"/a/b?c=d");
@@ -662,8 +678,9 @@ mod tests {
             req(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n"),
             Err(ParseError::Expectation)
         ));
-        let h = req(b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n")
-            .unwrap();
+        let h =
+            req(b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n")
+                .unwrap();
         assert!(h.expect_continue);
     }
 

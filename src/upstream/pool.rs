@@ -80,7 +80,12 @@ impl Pool {
     /// Takes the most recently returned connection to `backend` that has not expired.
     /// With `probe_first`, each candidate is also checked for a close by the backend (for
     /// requests that cannot be retried if the connection turns out dead).
-    pub fn checkout(&mut self, backend: usize, now: Instant, probe_first: bool) -> Option<TcpStream> {
+    pub fn checkout(
+        &mut self,
+        backend: usize,
+        now: Instant,
+        probe_first: bool,
+    ) -> Option<TcpStream> {
         let timeout = self.idle_timeout[backend];
         while let Some(key) = self.stacks[backend].pop() {
             let idle = self.conns.remove(key);
