@@ -148,3 +148,74 @@ impl Pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn on_both_drivers(f: fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>) {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("epoll runtime")
+            .block_on(f());
+        if monoio::utils::detect_uring() {
+            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .enable_timer()
+                .build()
+                .expect("io_uring runtime")
+                .block_on(f());
+        }
+    }
+
+    #[test]
+    fn probe_tells_alive_from_closed_and_from_stray_bytes() {
+        on_both_drivers(|| {
+            Box::pin(async {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = l.local_addr().unwrap();
+
+                let s = TcpStream::connect_addr(addr).await.unwrap();
+                let (peer, _) = l.accept().unwrap();
+                assert_eq!(probe(&s), Probe::Alive);
+                drop(peer);
+                s.readable(false).await.unwrap(); // the FIN has arrived
+                assert_eq!(probe(&s), Probe::Dead);
+
+                let s = TcpStream::connect_addr(addr).await.unwrap();
+                let (mut peer, _) = l.accept().unwrap();
+                peer.write_all(b"HTTP/1.1 200 OK\r\n").unwrap();
+                s.readable(false).await.unwrap();
+                assert_eq!(probe(&s), Probe::Dead, "unsolicited bytes make a connection unusable");
+            })
+        });
+    }
+
+    #[test]
+    fn checkout_is_lifo_bounded_and_expires() {
+        on_both_drivers(|| {
+            Box::pin(async {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = l.local_addr().unwrap();
+                let mut pool = Pool::new(&[(2, Duration::from_secs(60))]);
+                let now = Instant::now();
+                let mut peers = Vec::new();
+                let mut locals = Vec::new();
+                for _ in 0..3 {
+                    let s = TcpStream::connect_addr(addr).await.unwrap();
+                    peers.push(l.accept().unwrap().0);
+                    locals.push(s.local_addr().unwrap());
+                    pool.checkin(0, s, now);
+                }
+                assert_eq!(pool.idle_count(), 2, "bounded by max_idle_per_backend");
+                assert_eq!(pool.counters.rejected_full, 1);
+                let got = pool.checkout(0, now, true).unwrap();
+                assert_eq!(got.local_addr().unwrap(), locals[1], "most recent first");
+                let later = now + Duration::from_secs(61);
+                assert!(pool.checkout(0, later, false).is_none(), "expired connections are dropped");
+                assert_eq!(pool.counters.evicted_idle, 1);
+            })
+        });
+    }
+}
