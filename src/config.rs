@@ -87,6 +87,8 @@ pub struct UpstreamConfig {
     pub backends: Vec<BackendConfig>,
     pub max_idle_per_backend: usize,
     pub idle_timeout: Duration,
+    /// After a refused or timed-out connect, a shard skips the backend for this long.
+    pub fail_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,6 +190,7 @@ struct RawUpstream {
     backends: Vec<RawBackend>,
     max_idle_per_backend: Option<usize>,
     idle_timeout: Option<String>,
+    fail_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -218,6 +221,9 @@ enum Size {
     Int(u64),
     Text(String),
 }
+
+/// Upper bound for every duration, so deadline arithmetic can never overflow.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 const TOP_LEVEL: &[&str] = &[
     "server", "listener", "route", "upstream", "timeouts", "limits",
@@ -260,6 +266,10 @@ impl Checker {
         match raw {
             None => default,
             Some(s) => match humantime::parse_duration(s.trim()) {
+                Ok(d) if d > MAX_DURATION => {
+                    self.err(path, format!("{s:?} is longer than the maximum of 7 days"));
+                    default
+                }
                 Ok(d) if !d.is_zero() => d,
                 Ok(_) => {
                     self.err(path, "must be greater than zero");
@@ -598,6 +608,11 @@ impl Config {
                     u.idle_timeout.as_ref(),
                     Duration::from_secs(60),
                 ),
+                fail_timeout: c.duration(
+                    &format!("{path}.fail_timeout"),
+                    u.fail_timeout.as_ref(),
+                    Duration::from_secs(2),
+                ),
                 name: u.name,
                 balance,
                 backends,
@@ -618,7 +633,7 @@ impl Config {
                     }
                     None if valid_host(h) => HostMatch::Exact(h.to_ascii_lowercase()),
                     _ => {
-                        c.err(format!("{path}.host"), format!("invalid host {h:?}; write \"api.example.com\" or \"*.example.com\""));
+                        c.err(format!("{path}.host"), format!("invalid host {h:?}; write \"api.example.com\" or \"*.example.com\" (no port: any port matches)"));
                         HostMatch::Any
                     }
                 },

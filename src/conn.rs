@@ -22,7 +22,7 @@ const INITIAL_BUF: usize = 4096;
 /// After an exchange a buffer larger than this is given back to the allocator.
 const KEEP_BUF: usize = 32 * 1024;
 
-pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, accepted: Instant) {
     let _ = stream.set_nodelay(true);
     let mut client = Client {
         stream,
@@ -42,9 +42,12 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
     let mut first = true;
     loop {
         // -- wait for the first byte of the next request ------------------------------------
+        // The first request's head must be complete within client_header of the accept; later
+        // ones within client_header of their first byte.
+        let mut deadline = accepted + timeouts.client_header;
         if client.buf.is_empty() {
             let wait = if first {
-                timeouts.client_header
+                deadline.saturating_duration_since(Instant::now())
             } else {
                 timeouts.client_idle
             };
@@ -63,10 +66,12 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
                 Some(Ok(_)) => {}
             }
         }
+        if !first {
+            deadline = Instant::now() + timeouts.client_header;
+        }
         first = false;
 
         // -- read the head within client_header -------------------------------------------
-        let deadline = Instant::now() + timeouts.client_header;
         loop {
             match parse_request(&client.buf, &limits, &mut head) {
                 Ok(Parsed::Complete(())) => break,

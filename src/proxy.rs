@@ -18,10 +18,9 @@ use crate::http::encode::{
     client_response_head, response_out_framing, split_target, upstream_request_head, OutFraming,
 };
 use crate::http::parse::{
-    parse_response, BodyFraming, HeadLimits, HeaderKind, Method, ParseError, Parsed, RequestHead,
-    ResponseHead,
+    parse_response, BodyFraming, HeadLimits, Method, ParseError, Parsed, RequestHead, ResponseHead,
 };
-use crate::shard::ShardCtx;
+use crate::shard::{Pick, ShardCtx};
 use crate::stats::{add, bump};
 
 /// Whether the client connection stays open after an exchange (monolake's contract).
@@ -188,7 +187,11 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         Err(Failure::Close) => Outcome::Close,
         Err(Failure::Status(c)) => {
             // The body may still be unread: the connection can only be reused if there was none.
-            let close = !facts.keep_alive || !facts.framing.is_empty() || ctx.draining();
+            // HTTP/1.0 clients get a close: canned responses carry no `Connection: keep-alive`.
+            let close = !facts.keep_alive
+                || facts.minor == 0
+                || !facts.framing.is_empty()
+                || ctx.draining();
             respond_canned(ctx, client, c, close).await
         }
     };
@@ -233,7 +236,7 @@ fn prepare(
         .find(host, path, head.method.get(buf), |name| {
             head.headers
                 .iter()
-                .find(|h| h.kind == HeaderKind::Other && h.name.get(buf).eq_ignore_ascii_case(name))
+                .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
                 .map(|h| h.value.get(buf))
         });
     let Some(route) = route else {
@@ -283,18 +286,29 @@ async fn exchange(
     // -- balance + pool + send, with the narrow retry rule ---------------------------------
     let retry_allowed = facts.method.is_idempotent() && facts.framing.is_empty();
     let mut fresh_only = false;
-    let mut tried: u64 = 0; // bit set of backends (within the upstream) that refused a connect
+    // Backends that refused a connect for this request (connects are safe to retry elsewhere:
+    // nothing was sent). Bounded, so a large pool of dead backends cannot stall a request.
+    let mut tried: Vec<usize> = Vec::new();
+    const MAX_CONNECT_ATTEMPTS: usize = 4;
     let mut ubuf = ctx.take_buffer();
     let (mut upstream, backend, resp_head) = loop {
         let now = Instant::now();
-        let Some(backend) = ctx.pick_backend(upstream_id, tried, now) else {
-            ctx.give_buffer(out);
-            ctx.give_buffer(ubuf);
-            return Err(Failure::Status(if tried == 0 {
-                Canned::ServiceUnavailable
-            } else {
-                Canned::BadGateway
-            }));
+        let pick = if tried.len() >= MAX_CONNECT_ATTEMPTS {
+            Pick::Exhausted
+        } else {
+            ctx.pick_backend(upstream_id, &tried, now)
+        };
+        let backend = match pick {
+            Pick::Backend(b) => b,
+            Pick::NoneUsable | Pick::Exhausted => {
+                ctx.give_buffer(out);
+                ctx.give_buffer(ubuf);
+                return Err(Failure::Status(if pick == Pick::NoneUsable {
+                    Canned::ServiceUnavailable
+                } else {
+                    Canned::BadGateway
+                }));
+            }
         };
         let pooled = if fresh_only {
             None
@@ -307,7 +321,7 @@ async fn exchange(
             None => match ctx.connect(backend).await {
                 Ok(s) => s,
                 Err(_) => {
-                    tried |= 1u64 << ctx.local_index(backend).min(63);
+                    tried.push(backend);
                     continue;
                 }
             },
@@ -378,6 +392,7 @@ async fn exchange(
             max_headers: cfg.limits.max_headers.max(100),
             max_uri_bytes: cfg.limits.max_uri_bytes,
         };
+        let mut any_byte = false;
         let got = match sent {
             Err(e) => Err(HeadFail::Io(e)),
             Ok(()) => {
@@ -386,6 +401,7 @@ async fn exchange(
                     &mut ubuf,
                     &limits,
                     cfg.timeouts.upstream_response,
+                    &mut any_byte,
                 )
                 .await
             }
@@ -396,7 +412,7 @@ async fn exchange(
                 ctx.give_buffer(out);
                 return Err(Failure::Status(Canned::GatewayTimeout));
             }
-            Err(HeadFail::Io(_)) if reused && retry_allowed && !fresh_only && ubuf.is_empty() => {
+            Err(HeadFail::Io(_)) if reused && retry_allowed && !fresh_only && !any_byte => {
                 // The pooled connection died under us before any response byte: the request
                 // is idempotent and bodiless, so it is safe to send once more, on a fresh one.
                 bump(&ctx.stats.retries);
@@ -502,6 +518,7 @@ async fn read_response_head(
     ubuf: &mut Vec<u8>,
     limits: &HeadLimits,
     timeout: Duration,
+    any_byte: &mut bool,
 ) -> Result<ResponseHead, HeadFail> {
     let deadline = Instant::now() + timeout;
     let mut head = ResponseHead::default();
@@ -529,6 +546,7 @@ async fn read_response_head(
         read_more(upstream, ubuf, left)
             .await
             .map_err(HeadFail::Io)?;
+        *any_byte = true;
     }
 }
 

@@ -19,6 +19,16 @@ use crate::route::RouteTable;
 use crate::stats::{bump, Stats};
 use crate::upstream::pool::Pool;
 
+/// The outcome of choosing a backend for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    Backend(usize),
+    /// Every backend recently refused connections: fail fast with 503.
+    NoneUsable,
+    /// Every usable backend was tried by this request and refused: 502.
+    Exhausted,
+}
+
 /// One backend as the shards see it.
 #[derive(Debug, Clone)]
 pub struct BackendInfo {
@@ -63,8 +73,6 @@ impl Shared {
     }
 }
 
-/// How long a backend that refused a connect is skipped by this shard.
-const CONNECT_FAIL_BACKOFF: Duration = Duration::from_secs(1);
 /// Buffers kept for reuse per shard (each up to [`MAX_POOLED_BUFFER`] bytes).
 const MAX_POOLED_BUFFERS: usize = 256;
 const MAX_POOLED_BUFFER: usize = 256 * 1024;
@@ -141,25 +149,20 @@ impl ShardCtx {
         }
     }
 
-    pub fn local_index(&self, backend: usize) -> usize {
-        self.shared.backends[backend].local
-    }
-
-    /// Picks a backend of `upstream`, skipping those in the `tried` bit set and those that
-    /// recently refused connects (unless all did). Returns a global backend index.
-    pub fn pick_backend(&self, upstream: usize, tried: u64, now: Instant) -> Option<usize> {
+    /// Picks a backend of `upstream` (a global backend index), skipping those this request
+    /// already tried and those that refused a connect on this shard within the last second.
+    pub fn pick_backend(&self, upstream: usize, tried: &[usize], now: Instant) -> Pick {
         let range = self.shared.upstream_backends[upstream].clone();
-        let n = range.len();
         let states = self.backend_state.borrow();
-        let not_tried = |i: usize| i >= 64 || tried & (1 << i) == 0;
-        let all_failing = (0..n).all(|i| !states[range.start + i].usable(now) || !not_tried(i));
-        let mut balancers = self.balancers.borrow_mut();
-        let pick = balancers[upstream].pick(n, |i| {
-            not_tried(i) && (all_failing || states[range.start + i].usable(now))
-        });
-        // With every backend failing, a request still tries one (it may have recovered); once
-        // each was tried in this request, give up.
-        pick.map(|i| range.start + i)
+        let usable = |i: usize| {
+            let g = range.start + i;
+            !tried.contains(&g) && states[g].usable(now)
+        };
+        match self.balancers.borrow_mut()[upstream].pick(range.len(), usable) {
+            Some(i) => Pick::Backend(range.start + i),
+            None if tried.is_empty() => Pick::NoneUsable,
+            None => Pick::Exhausted,
+        }
     }
 
     /// Opens a new connection to a backend, bounded by `upstream_connect`.
@@ -180,8 +183,9 @@ impl ShardCtx {
         };
         if let Err(e) = &result {
             bump(&self.stats.upstream_connect_errors);
-            self.backend_state.borrow_mut()[backend].retry_at =
-                Some(Instant::now() + CONNECT_FAIL_BACKOFF);
+            let upstream = self.shared.backends[backend].upstream;
+            let backoff = self.shared.config.upstreams[upstream].fail_timeout;
+            self.backend_state.borrow_mut()[backend].retry_at = Some(Instant::now() + backoff);
             tracing::warn!(shard = self.id, backend = %addr, error = %e, "upstream connect failed");
         } else {
             self.backend_state.borrow_mut()[backend].retry_at = None;
@@ -295,9 +299,9 @@ async fn shard_main(
         let ctx = ctx.clone();
         monoio::spawn(async move {
             loop {
-                monoio::time::sleep(Duration::from_secs(1)).await;
-                if ctx.draining() {
-                    break;
+                monoio::select! {
+                    _ = monoio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = ctx.drain.notified() => break,
                 }
                 ctx.pool.borrow_mut().sweep(Instant::now());
             }
@@ -349,7 +353,7 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
                 let guard = ActiveGuard::new(ctx.clone());
                 monoio::spawn(async move {
                     let ctx = guard.ctx.clone();
-                    crate::conn::serve(ctx, stream, peer).await;
+                    crate::conn::serve(ctx, stream, peer, Instant::now()).await;
                     drop(guard);
                 });
             }

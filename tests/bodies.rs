@@ -53,8 +53,16 @@ fn upload(c: &mut Client, origin: &Origin, len: u64, framing: ReqFraming) {
     }
     let r = c.read_response_for("POST");
     assert_eq!(r.status(), 200, "upload of {len} bytes:\n{}", r.head.raw);
-    assert_eq!(r.header("x-body-len"), Some(len.to_string().as_str()), "origin received a different body length");
-    assert_eq!(r.header("x-body-pattern"), Some("ok"), "origin body differs from what was sent ({len} bytes)");
+    assert_eq!(
+        r.header("x-body-len"),
+        Some(len.to_string().as_str()),
+        "origin received a different body length"
+    );
+    assert_eq!(
+        r.header("x-body-pattern"),
+        Some("ok"),
+        "origin body differs from what was sent ({len} bytes)"
+    );
     assert_eq!(
         r.header("x-body-sha256"),
         Some(pattern::expected_sha256(len).as_str()),
@@ -64,11 +72,24 @@ fn upload(c: &mut Client, origin: &Origin, len: u64, framing: ReqFraming) {
     assert_eq!(rec.target, format!("/upload/{len}"));
     match framing {
         ReqFraming::Length => {
-            assert!(!rec.chunked, "a Content-Length body must stay Content-Length:\n{}", rec.raw_head);
-            assert_eq!(rec.header("content-length"), Some(len.to_string().as_str()), "{}", rec.raw_head);
+            assert!(
+                !rec.chunked,
+                "a Content-Length body must stay Content-Length:\n{}",
+                rec.raw_head
+            );
+            assert_eq!(
+                rec.header("content-length"),
+                Some(len.to_string().as_str()),
+                "{}",
+                rec.raw_head
+            );
         }
         ReqFraming::Chunked => {
-            assert!(rec.chunked, "a chunked body is re-encoded as chunked:\n{}", rec.raw_head);
+            assert!(
+                rec.chunked,
+                "a chunked body is re-encoded as chunked:\n{}",
+                rec.raw_head
+            );
         }
     }
 }
@@ -82,9 +103,16 @@ fn download(c: &mut Client, len: u64, mode: &str) -> Framing {
         .unwrap_or_else(|e| panic!("download of {len} bytes ({mode}) failed: {e}"));
     assert_eq!(head.status, 200, "{}", head.raw);
     let (got_len, sha, mismatch) = check.finish();
-    assert_eq!(mismatch, None, "{mode} body of {len} bytes differs from the origin's");
+    assert_eq!(
+        mismatch, None,
+        "{mode} body of {len} bytes differs from the origin's"
+    );
     assert_eq!(got_len, len, "{mode} body length");
-    assert_eq!(sha, pattern::expected_sha256(len), "SHA-256 of the {mode} body of {len} bytes");
+    assert_eq!(
+        sha,
+        pattern::expected_sha256(len),
+        "SHA-256 of the {mode} body of {len} bytes"
+    );
     framing
 }
 
@@ -140,6 +168,16 @@ both_engines! {
     }
     fn response_body_close_delimited_64mib(engine) {
         downloads(engine, &[BIG], "close");
+    }
+    fn post_with_content_length_0_keeps_it(engine) {
+        // Contract: "CL stays CL". Some origins answer 411 to a POST without
+        // Content-Length, so an explicit `Content-Length: 0` must be forwarded.
+        let (proxy, origin) = proxy_with_origin(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&request("POST", "/empty", &[("Host", "example.com"), ("Content-Length", "0")], b""));
+        assert_eq!(c.read_response_for("POST").status(), 200);
+        let rec = origin.last_request();
+        assert_eq!(rec.header("content-length"), Some("0"), "forwarded head:\n{}", rec.raw_head);
     }
     fn content_length_response_keeps_content_length(engine) {
         let (proxy, _origin) = proxy_with_origin(engine);

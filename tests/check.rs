@@ -66,7 +66,11 @@ fn lines_with<'a>(out: &'a str, words: &[&str]) -> Vec<&'a str> {
 
 fn expect_error(config: &str, words: &[&str]) -> String {
     let (code, out) = run_check(config);
-    assert_eq!(code, Some(1), "check must exit 1 for an invalid config; output:\n{out}");
+    assert_eq!(
+        code,
+        Some(1),
+        "check must exit 1 for an invalid config; output:\n{out}"
+    );
     assert!(
         !lines_with(&out, words).is_empty(),
         "check output must have a line naming {words:?}; output:\n{out}"
@@ -77,7 +81,11 @@ fn expect_error(config: &str, words: &[&str]) -> String {
 #[test]
 fn check_accepts_full_valid_config() {
     let (code, out) = run_check(GOOD);
-    assert_eq!(code, Some(0), "a valid config using every documented key must pass; output:\n{out}");
+    assert_eq!(
+        code,
+        Some(0),
+        "a valid config using every documented key must pass; output:\n{out}"
+    );
 }
 
 #[test]
@@ -92,13 +100,19 @@ fn check_accepts_size_units() {
 
 #[test]
 fn check_rejects_unknown_key() {
-    let cfg = GOOD.replace("shutdown_timeout = \"30s\"", "shutdown_timeout = \"30s\"\nbogus_key = 1");
+    let cfg = GOOD.replace(
+        "shutdown_timeout = \"30s\"",
+        "shutdown_timeout = \"30s\"\nbogus_key = 1",
+    );
     expect_error(&cfg, &["bogus_key"]);
 }
 
 #[test]
 fn check_rejects_unknown_key_in_route() {
-    let cfg = GOOD.replace("upstream = \"web\"\n\n[[upstream]]", "upstream = \"web\"\ncolour = \"red\"\n\n[[upstream]]");
+    let cfg = GOOD.replace(
+        "upstream = \"web\"\n\n[[upstream]]",
+        "upstream = \"web\"\ncolour = \"red\"\n\n[[upstream]]",
+    );
     assert_ne!(cfg, GOOD);
     expect_error(&cfg, &["colour"]);
 }
@@ -141,23 +155,38 @@ fn check_reports_each_undefined_upstream_on_its_own_line() {
         .replacen("upstream = \"api\"\n", "upstream = \"nope2\"\n", 1);
     let out = expect_error(&cfg, &["upstream"]);
     let lines = lines_with(&out, &["route", "upstream"]);
-    assert!(lines.len() >= 2, "two undefined upstreams must give two error lines; output:\n{out}");
+    assert!(
+        lines.len() >= 2,
+        "two undefined upstreams must give two error lines; output:\n{out}"
+    );
 }
 
 #[test]
 fn check_reports_unknown_key_undefined_upstream_and_bad_address_together() {
     let cfg = GOOD
-        .replace("shutdown_timeout = \"30s\"", "shutdown_timeout = \"30s\"\nbogus_key = 1")
+        .replace(
+            "shutdown_timeout = \"30s\"",
+            "shutdown_timeout = \"30s\"\nbogus_key = 1",
+        )
         .replace("upstream = \"web\"\n", "upstream = \"nope\"\n")
         .replace("address = \"127.0.0.1:0\"", "address = \"not-an-address\"");
     let out = expect_error(&cfg, &["bogus_key"]);
-    assert!(!lines_with(&out, &["route", "upstream"]).is_empty(), "missing the undefined-upstream line; output:\n{out}");
-    assert!(!lines_with(&out, &["listener", "address"]).is_empty(), "missing the bad-address line; output:\n{out}");
+    assert!(
+        !lines_with(&out, &["route", "upstream"]).is_empty(),
+        "missing the undefined-upstream line; output:\n{out}"
+    );
+    assert!(
+        !lines_with(&out, &["listener", "address"]).is_empty(),
+        "missing the bad-address line; output:\n{out}"
+    );
 }
 
 #[test]
 fn check_missing_file_fails() {
-    let path = std::env::temp_dir().join(format!("edgeshard-test-missing-{}.toml", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "edgeshard-test-missing-{}.toml",
+        std::process::id()
+    ));
     let mut child = Command::new(BIN)
         .arg("check")
         .arg("--config")
@@ -185,7 +214,10 @@ fn check_missing_file_fails() {
 fn run_with_invalid_config_fails_without_ready() {
     let cfg = GOOD.replace("upstream = \"web\"\n", "upstream = \"nope\"\n");
     match Proxy::try_start(&cfg, Engine::Epoll) {
-        Ok(p) => panic!("edgeshard run became ready with an invalid config; output:\n{}", p.output()),
+        Ok(p) => panic!(
+            "edgeshard run became ready with an invalid config; output:\n{}",
+            p.output()
+        ),
         Err(msg) => assert!(msg.contains("exited before ready"), "{msg}"),
     }
 }

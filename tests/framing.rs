@@ -26,7 +26,13 @@ fn accepts_hello(engine: Engine, raw: &[u8]) {
     let mut c = Client::connect(proxy.addr());
     c.send(raw);
     let r = c.read_response();
-    assert_eq!(r.status(), 200, "valid request {:?} must be proxied; got:\n{}", String::from_utf8_lossy(raw), r.head.raw);
+    assert_eq!(
+        r.status(),
+        200,
+        "valid request {:?} must be proxied; got:\n{}",
+        String::from_utf8_lossy(raw),
+        r.head.raw
+    );
     let rec = origin.last_request();
     assert_eq!(rec.body, b"hello", "origin must receive the decoded body");
     origin.assert_no_errors();

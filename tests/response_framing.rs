@@ -5,7 +5,8 @@
 use crate::support::*;
 
 fn bad_backend() -> Origin {
-    Origin::with_handler("bad", |req| match req.path() {
+    Origin::with_handler("bad", |req| {
+        match req.path() {
         "/cl-te" => Reply::raw(
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         ),
@@ -22,6 +23,7 @@ fn bad_backend() -> Origin {
         "/bad-header" => Reply::raw(b"HTTP/1.1 200 OK\r\nX-Bad : v\r\nContent-Length: 2\r\n\r\nok"),
         "/obs-fold" => Reply::raw(b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nok"),
         _ => Reply::Default,
+    }
     })
 }
 
@@ -45,8 +47,12 @@ fn expect_502_or_truncated(proxy: &Proxy, path: &str) {
             r.head.raw,
             r.body_str()
         ),
-        Err(ClientError::Truncated(_)) | Err(ClientError::Reset) | Err(ClientError::Malformed(_)) => {}
-        Err(ClientError::Closed) => panic!("{path}: the proxy closed the connection without any response (expected 502)"),
+        Err(ClientError::Truncated(_))
+        | Err(ClientError::Reset)
+        | Err(ClientError::Malformed(_)) => {}
+        Err(ClientError::Closed) => {
+            panic!("{path}: the proxy closed the connection without any response (expected 502)")
+        }
         Err(e) => panic!("{path}: expected 502, got {e}"),
     }
 }
@@ -55,7 +61,11 @@ fn proxy_stays_up(proxy: &Proxy) {
     let mut c = Client::connect(proxy.addr());
     c.send(&get("example.com", "/ok"));
     let r = c.read_response();
-    assert_eq!(r.status(), 200, "the proxy must keep serving after a bad backend response");
+    assert_eq!(
+        r.status(),
+        200,
+        "the proxy must keep serving after a bad backend response"
+    );
     assert_eq!(r.body_str(), "bad");
 }
 
@@ -68,7 +78,12 @@ fn check(engine: Engine, path: &str, strict_502: bool) {
         let r = c
             .try_read_response()
             .unwrap_or_else(|e| panic!("{path}: expected a 502 response, got {e}"));
-        assert_eq!(r.status(), 502, "invalid backend response head ({path}) must give 502; got:\n{}", r.head.raw);
+        assert_eq!(
+            r.status(),
+            502,
+            "invalid backend response head ({path}) must give 502; got:\n{}",
+            r.head.raw
+        );
     } else {
         expect_502_or_truncated(&proxy, path);
     }

@@ -7,7 +7,17 @@
 
 use crate::support::*;
 
-const NAMES: &[&str] = &["wild", "exact", "api_v1", "admin", "post", "canary", "stable", "exactpath", "any"];
+const NAMES: &[&str] = &[
+    "wild",
+    "exact",
+    "api_v1",
+    "admin",
+    "post",
+    "canary",
+    "stable",
+    "exactpath",
+    "any",
+];
 
 struct Routing {
     proxy: Proxy,
@@ -25,13 +35,22 @@ impl Routing {
             .route("wild", "host = \"*.example.com\"")
             .route("exact", "host = \"www.example.com\"")
             .route("api_v1", "host = \"api.example\"\npath_prefix = \"/v1/\"")
-            .route("admin", "host = \"api.example\"\npath_prefix = \"/v1/admin/\"")
+            .route(
+                "admin",
+                "host = \"api.example\"\npath_prefix = \"/v1/admin/\"",
+            )
             .route("post", "path_prefix = \"/m/\"\nmethods = [\"POST\"]")
-            .route("canary", "path_prefix = \"/c/\"\nheaders = { \"x-canary\" = \"1\" }")
+            .route(
+                "canary",
+                "path_prefix = \"/c/\"\nheaders = { \"x-canary\" = \"1\" }",
+            )
             .route("stable", "path_prefix = \"/c/\"")
             .route("exactpath", "path = \"/exact\"")
             .route("any", "");
-        Routing { proxy: cfg.start(engine), _origins: origins }
+        Routing {
+            proxy: cfg.start(engine),
+            _origins: origins,
+        }
     }
 
     /// The backend that answered, or "status NNN" if the proxy answered.
@@ -48,12 +67,17 @@ impl Routing {
         if r.status() != 200 {
             return format!("status {}", r.status());
         }
-        r.header("x-backend").unwrap_or("<no x-backend>").to_string()
+        r.header("x-backend")
+            .unwrap_or("<no x-backend>")
+            .to_string()
     }
 
     fn expect(&self, method: &str, host: &str, path: &str, extra: &[(&str, &str)], want: &str) {
         let got = self.ask(method, host, path, extra);
-        assert_eq!(got, want, "{method} {path} Host: {host} {extra:?} must route to {want}");
+        assert_eq!(
+            got, want,
+            "{method} {path} Host: {host} {extra:?} must route to {want}"
+        );
     }
 }
 
@@ -123,5 +147,40 @@ both_engines! {
             assert_eq!(resp.header("x-backend"), Some(want), "{host}{path} on a reused client connection");
             assert_eq!(resp.body_str(), want);
         }
+    }
+}
+
+both_engines! {
+    fn round_robin_spreads_requests(engine) {
+        let a = Origin::start("a");
+        let b = Origin::start("b");
+        let proxy = Config::new()
+            .upstream_with("pool", &[a.addr(), b.addr()], "balance = \"round_robin\"")
+            .route("pool", "")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        for _ in 0..20 {
+            c.send(&get("example.com", "/"));
+            assert_eq!(c.read_response().status(), 200);
+        }
+        let (na, nb) = (a.request_count(), b.request_count());
+        assert_eq!(na + nb, 20);
+        assert!(na == 10 && nb == 10, "round robin over 2 backends: a={na} b={nb}");
+    }
+    fn weighted_balance_follows_weights(engine) {
+        let a = Origin::start("a");
+        let b = Origin::start("b");
+        let backends = format!("{{ address = \"{}\", weight = 3 }}, {{ address = \"{}\", weight = 1 }}", a.addr(), b.addr());
+        let mut cfg = Config::new().route("pool", "");
+        cfg.upstreams.push(format!("name = \"pool\"\nbalance = \"weighted\"\nbackends = [{backends}]"));
+        let proxy = cfg.start(engine);
+        let mut c = Client::connect(proxy.addr());
+        for _ in 0..400 {
+            c.send(&get("example.com", "/"));
+            assert_eq!(c.read_response().status(), 200);
+        }
+        let (na, nb) = (a.request_count(), b.request_count());
+        assert_eq!(na + nb, 400);
+        assert!((270..=330).contains(&na), "weights 3:1 over 400 requests: a={na} b={nb}");
     }
 }

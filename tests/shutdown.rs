@@ -24,7 +24,12 @@ fn wait_until_refused(addr: SocketAddr, within: Duration) -> Duration {
 
 fn assert_exit_0(proxy: &mut Proxy, within: Duration) {
     let status = proxy.wait_exit(within);
-    assert_eq!(status.code(), Some(0), "edgeshard must exit 0 after SIGTERM; got {status:?}\noutput:\n{}", proxy.output());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "edgeshard must exit 0 after SIGTERM; got {status:?}\noutput:\n{}",
+        proxy.output()
+    );
 }
 
 both_engines! {

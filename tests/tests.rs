@@ -12,5 +12,6 @@ mod keepalive;
 mod limits;
 mod messages;
 mod response_framing;
+mod robustness;
 mod routing;
 mod shutdown;

@@ -51,7 +51,6 @@ macro_rules! canned_table {
         }
         #[cfg(test)]
         mod table_tests {
-            use super::*;
             #[test]
             fn lengths_match_bodies() {
                 $( assert_eq!($body.len(), $len, stringify!($variant)); )*

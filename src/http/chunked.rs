@@ -65,8 +65,9 @@ pub struct Step {
 #[derive(Clone, Debug)]
 pub struct ChunkedDecoder {
     state: State,
-    /// Bytes spent on chunk-size lines, extensions and trailers: bounded so that a client
-    /// cannot stream framing forever without payload.
+    /// Bytes of the current chunk-size line (with extensions), or of the trailer section:
+    /// bounded so that framing cannot grow without payload. Reset at each size line, so a
+    /// body of many small chunks is bounded by the body limit, not by this.
     overhead: usize,
     max_overhead: usize,
     /// Raw trailer fields (each line with its CRLF), forwarded when re-encoding.
@@ -168,6 +169,10 @@ impl ChunkedDecoder {
                         return Err(ChunkedError::BadLineEnding);
                     }
                     self.charge(1)?;
+                    if size == 0 {
+                        // The trailer section gets its own budget.
+                        self.overhead = 0;
+                    }
                     self.state = if size == 0 {
                         State::TrailerLine { empty: true }
                     } else {
@@ -185,6 +190,7 @@ impl ChunkedDecoder {
                         return Err(ChunkedError::BadLineEnding);
                     }
                     self.state = State::Size { size: 0, digits: 0 };
+                    self.overhead = 0;
                 }
                 State::TrailerLine { empty } => {
                     match b {
@@ -369,6 +375,20 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn many_small_chunks_are_not_limited_by_framing_budget() {
+        let mut d = ChunkedDecoder::new(64);
+        let body = "1;e=x\r\na\r\n".repeat(10_000) + "0\r\n\r\n";
+        let mut pos = 0;
+        let mut payload = 0;
+        while !d.is_done() {
+            let step = d.decode(&body.as_bytes()[pos..]).unwrap();
+            payload += step.data.1 - step.data.0;
+            pos += step.consumed;
+        }
+        assert_eq!(payload, 10_000);
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub fn upstream_request_head(
 ) {
     out.extend_from_slice(head.method.get(buf));
     out.push(b' ');
+    if target.path.first() == Some(&b'?') {
+        // `http://host?q` has an empty path: origin-form needs the `/`.
+        out.push(b'/');
+    }
     out.extend_from_slice(target.path);
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(host);

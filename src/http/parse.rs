@@ -6,6 +6,7 @@
 //! `httparse` already rejects bare CR, obs-fold, whitespace before the colon and control
 //! characters in field values; everything it accepts is re-checked here for meaning.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// A byte range into the buffer the head was parsed from.
@@ -434,10 +435,12 @@ pub fn parse_request(
     limits: &HeadLimits,
     head: &mut RequestHead,
 ) -> Result<Parsed<()>, ParseError> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+    // Uninitialised header slots: initialising 512 of them would cost more than the parse.
+    let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS_CAP] =
+        [const { MaybeUninit::uninit() }; MAX_HEADERS_CAP];
     let headers = &mut storage[..limits.max_headers.clamp(1, MAX_HEADERS_CAP)];
-    let mut req = httparse::Request::new(headers);
-    let status = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let status = match req.parse_with_uninit_headers(buf, headers) {
         Ok(s) => s,
         Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders),
         Err(e) => return Err(map_httparse(e)),
@@ -507,10 +510,13 @@ pub fn parse_response(
     limits: &HeadLimits,
     head: &mut ResponseHead,
 ) -> Result<Parsed<()>, ParseError> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+    let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS_CAP] =
+        [const { MaybeUninit::uninit() }; MAX_HEADERS_CAP];
     let headers = &mut storage[..limits.max_headers.clamp(1, MAX_HEADERS_CAP)];
-    let mut resp = httparse::Response::new(headers);
-    let head_len = match resp.parse(buf).map_err(map_httparse)? {
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, headers);
+    let head_len = match parsed.map_err(map_httparse)? {
         httparse::Status::Partial => {
             if buf.len() >= limits.max_header_bytes {
                 return Err(ParseError::HeadTooLarge);

@@ -187,7 +187,11 @@ mod tests {
                 let (mut peer, _) = l.accept().unwrap();
                 peer.write_all(b"HTTP/1.1 200 OK\r\n").unwrap();
                 s.readable(false).await.unwrap();
-                assert_eq!(probe(&s), Probe::Dead, "unsolicited bytes make a connection unusable");
+                assert_eq!(
+                    probe(&s),
+                    Probe::Dead,
+                    "unsolicited bytes make a connection unusable"
+                );
             })
         });
     }
@@ -213,7 +217,10 @@ mod tests {
                 let got = pool.checkout(0, now, true).unwrap();
                 assert_eq!(got.local_addr().unwrap(), locals[1], "most recent first");
                 let later = now + Duration::from_secs(61);
-                assert!(pool.checkout(0, later, false).is_none(), "expired connections are dropped");
+                assert!(
+                    pool.checkout(0, later, false).is_none(),
+                    "expired connections are dropped"
+                );
                 assert_eq!(pool.counters.evicted_idle, 1);
             })
         });

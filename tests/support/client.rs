@@ -128,7 +128,13 @@ impl Client {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(Client { stream, buf: Vec::with_capacity(1 << 16), pos: 0, timeout: IO_TIMEOUT, received: 0 })
+        Ok(Client {
+            stream,
+            buf: Vec::with_capacity(1 << 16),
+            pos: 0,
+            timeout: IO_TIMEOUT,
+            received: 0,
+        })
     }
 
     pub fn stream(&self) -> &TcpStream {
@@ -136,7 +142,8 @@ impl Client {
     }
 
     pub fn send(&mut self, data: &[u8]) {
-        self.try_send(data).unwrap_or_else(|e| panic!("client write of {} bytes failed: {e}", data.len()));
+        self.try_send(data)
+            .unwrap_or_else(|e| panic!("client write of {} bytes failed: {e}", data.len()));
     }
 
     pub fn try_send(&mut self, data: &[u8]) -> io::Result<()> {
@@ -166,10 +173,17 @@ impl Client {
             return Err(ClientError::Timeout);
         }
         let remaining = (deadline - now).max(Duration::from_millis(1));
-        self.stream.set_read_timeout(Some(remaining)).map_err(ClientError::Io)?;
+        self.stream
+            .set_read_timeout(Some(remaining))
+            .map_err(ClientError::Io)?;
         let old = self.buf.len();
         self.buf.resize(old + (1 << 16), 0);
-        let r = self.stream.read(&mut self.buf[old..]);
+        let r = loop {
+            match self.stream.read(&mut self.buf[old..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
         match r {
             Ok(n) => {
                 self.buf.truncate(old + n);
@@ -180,7 +194,9 @@ impl Client {
                 self.buf.truncate(old);
                 Err(match e.kind() {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout,
-                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => ClientError::Reset,
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
+                        ClientError::Reset
+                    }
                     _ => ClientError::Io(e),
                 })
             }
@@ -201,7 +217,9 @@ impl Client {
                 return parse_head(&raw);
             }
             if self.buf.len() - self.pos > 1 << 20 {
-                return Err(ClientError::Malformed("response head larger than 1 MiB".into()));
+                return Err(ClientError::Malformed(
+                    "response head larger than 1 MiB".into(),
+                ));
             }
             match self.fill(deadline)? {
                 0 if self.pos == self.buf.len() => return Err(ClientError::Closed),
@@ -225,7 +243,24 @@ impl Client {
     ) -> Result<(Head, Framing), ClientError> {
         let head = self.read_head()?;
         let framing = response_framing(method, &head)?;
-        match framing {
+        self.read_body_streaming(&framing, sink)?;
+        Ok((head, framing))
+    }
+
+    /// Reads the body that follows an already-read head.
+    pub fn read_body(&mut self, method: &str, head: &Head) -> Result<Vec<u8>, ClientError> {
+        let framing = response_framing(method, head)?;
+        let mut body = Vec::new();
+        self.read_body_streaming(&framing, &mut |d| body.extend_from_slice(d))?;
+        Ok(body)
+    }
+
+    pub fn read_body_streaming(
+        &mut self,
+        framing: &Framing,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), ClientError> {
+        match *framing {
             Framing::None | Framing::Length(0) => {}
             Framing::Length(n) => self.read_exact_into(n, sink)?,
             Framing::Chunked => self.read_chunked_into(sink)?,
@@ -242,10 +277,14 @@ impl Client {
                 }
             },
         }
-        Ok((head, framing))
+        Ok(())
     }
 
-    fn read_exact_into(&mut self, mut n: u64, sink: &mut dyn FnMut(&[u8])) -> Result<(), ClientError> {
+    fn read_exact_into(
+        &mut self,
+        mut n: u64,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), ClientError> {
         let total = n;
         while n > 0 {
             if self.pos == self.buf.len() {
@@ -275,10 +314,14 @@ impl Client {
                 return Ok(line);
             }
             if self.buf.len() - self.pos > 64 * 1024 {
-                return Err(ClientError::Malformed(format!("{what} line longer than 64 KiB")));
+                return Err(ClientError::Malformed(format!(
+                    "{what} line longer than 64 KiB"
+                )));
             }
             if self.fill(deadline)? == 0 {
-                return Err(ClientError::Truncated(format!("EOF while reading {what} line")));
+                return Err(ClientError::Truncated(format!(
+                    "EOF while reading {what} line"
+                )));
             }
         }
     }
@@ -309,15 +352,22 @@ impl Client {
             self.read_exact_into(size, sink)?;
             let crlf = self.read_line("chunk-data CRLF")?;
             if !crlf.is_empty() {
-                return Err(ClientError::Malformed("chunk data not followed by CRLF".into()));
+                return Err(ClientError::Malformed(
+                    "chunk data not followed by CRLF".into(),
+                ));
             }
         }
     }
 
     pub fn try_read_response_for(&mut self, method: &str) -> Result<Response, ClientError> {
         let mut body = Vec::new();
-        let (head, framing) = self.read_response_streaming(method, &mut |d| body.extend_from_slice(d))?;
-        Ok(Response { head, framing, body })
+        let (head, framing) =
+            self.read_response_streaming(method, &mut |d| body.extend_from_slice(d))?;
+        Ok(Response {
+            head,
+            framing,
+            body,
+        })
     }
 
     pub fn try_read_response(&mut self) -> Result<Response, ClientError> {
@@ -332,7 +382,10 @@ impl Client {
     pub fn read_response_for(&mut self, method: &str) -> Response {
         match self.try_read_response_for(method) {
             Ok(r) => r,
-            Err(e) => panic!("reading response (to {method}) failed: {e}; pending bytes: {:?}", self.pending_str()),
+            Err(e) => panic!(
+                "reading response (to {method}) failed: {e}; pending bytes: {:?}",
+                self.pending_str()
+            ),
         }
     }
 
@@ -353,7 +406,10 @@ impl Client {
     }
 
     fn pending_str(&self) -> String {
-        String::from_utf8_lossy(&self.buf[self.pos..]).chars().take(300).collect()
+        String::from_utf8_lossy(&self.buf[self.pos..])
+            .chars()
+            .take(300)
+            .collect()
     }
 
     /// Reads until EOF/RST within `within`; returns the unconsumed bytes seen.
@@ -383,7 +439,9 @@ impl Client {
                 rest.len(),
                 String::from_utf8_lossy(&rest[..rest.len().min(300)])
             ),
-            Err(ClientError::Timeout) => panic!("expected connection close within {within:?}, but it stayed open"),
+            Err(ClientError::Timeout) => {
+                panic!("expected connection close within {within:?}, but it stayed open")
+            }
             Err(e) => panic!("expected connection close, got error {e}"),
         }
     }
@@ -399,15 +457,22 @@ impl Client {
         match self.fill(deadline) {
             Err(ClientError::Timeout) => true,
             Ok(0) | Err(ClientError::Reset) => false,
-            Ok(_) => panic!("unexpected bytes while checking the connection is idle: {:?}", self.pending_str()),
+            Ok(_) => panic!(
+                "unexpected bytes while checking the connection is idle: {:?}",
+                self.pending_str()
+            ),
             Err(e) => panic!("error while checking the connection is idle: {e}"),
         }
     }
 }
 
 pub fn parse_head(raw: &[u8]) -> Result<Head, ClientError> {
-    let text = std::str::from_utf8(raw)
-        .map_err(|_| ClientError::Malformed(format!("non-UTF8 response head: {:?}", String::from_utf8_lossy(raw))))?;
+    let text = std::str::from_utf8(raw).map_err(|_| {
+        ClientError::Malformed(format!(
+            "non-UTF8 response head: {:?}",
+            String::from_utf8_lossy(raw)
+        ))
+    })?;
     let body = text.strip_suffix("\r\n\r\n").unwrap_or(text);
     let mut lines = body.split("\r\n");
     let status_line = lines.next().unwrap_or("");
@@ -416,38 +481,68 @@ pub fn parse_head(raw: &[u8]) -> Result<Head, ClientError> {
     let code = parts.next().unwrap_or("");
     let reason = parts.next().unwrap_or("").to_string();
     if !(version == "HTTP/1.1" || version == "HTTP/1.0") {
-        return Err(ClientError::Malformed(format!("bad status line {status_line:?}")));
+        return Err(ClientError::Malformed(format!(
+            "bad status line {status_line:?}"
+        )));
     }
     if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ClientError::Malformed(format!("bad status code in {status_line:?}")));
+        return Err(ClientError::Malformed(format!(
+            "bad status code in {status_line:?}"
+        )));
     }
     let status: u16 = code.parse().unwrap();
     let mut headers = Vec::new();
     for line in lines {
         if line.contains('\r') || line.contains('\n') {
-            return Err(ClientError::Malformed(format!("bare CR/LF in response header line {line:?}")));
+            return Err(ClientError::Malformed(format!(
+                "bare CR/LF in response header line {line:?}"
+            )));
         }
         let Some((name, value)) = line.split_once(':') else {
-            return Err(ClientError::Malformed(format!("response header line without colon: {line:?}")));
+            return Err(ClientError::Malformed(format!(
+                "response header line without colon: {line:?}"
+            )));
         };
-        if name.is_empty() || name.bytes().any(|b| b == b' ' || b == b'\t' || b.is_ascii_control()) {
-            return Err(ClientError::Malformed(format!("bad response header name {name:?}")));
+        if name.is_empty()
+            || name
+                .bytes()
+                .any(|b| b == b' ' || b == b'\t' || b.is_ascii_control())
+        {
+            return Err(ClientError::Malformed(format!(
+                "bad response header name {name:?}"
+            )));
         }
-        headers.push((name.to_string(), value.trim_matches(|c| c == ' ' || c == '\t').to_string()));
+        headers.push((
+            name.to_string(),
+            value.trim_matches(|c| c == ' ' || c == '\t').to_string(),
+        ));
     }
-    Ok(Head { version, status, reason, headers, raw: text.to_string() })
+    Ok(Head {
+        version,
+        status,
+        reason,
+        headers,
+        raw: text.to_string(),
+    })
 }
 
 /// Body framing of a response per RFC 9112 section 6.3 (strict: invalid or
 /// conflicting framing from the proxy is an error).
 pub fn response_framing(method: &str, head: &Head) -> Result<Framing, ClientError> {
-    if method.eq_ignore_ascii_case("HEAD") || (100..200).contains(&head.status) || head.status == 204 || head.status == 304 {
+    if method.eq_ignore_ascii_case("HEAD")
+        || (100..200).contains(&head.status)
+        || head.status == 204
+        || head.status == 304
+    {
         return Ok(Framing::None);
     }
     let te = head.header_all("transfer-encoding");
     let cl = head.header_all("content-length");
     if !te.is_empty() && !cl.is_empty() {
-        return Err(ClientError::Malformed(format!("proxy sent both Transfer-Encoding and Content-Length:\n{}", head.raw)));
+        return Err(ClientError::Malformed(format!(
+            "proxy sent both Transfer-Encoding and Content-Length:\n{}",
+            head.raw
+        )));
     }
     if !te.is_empty() {
         let codings: Vec<String> = te
@@ -458,20 +553,28 @@ pub fn response_framing(method: &str, head: &Head) -> Result<Framing, ClientErro
             .collect();
         if codings.last().map(|s| s.as_str()) == Some("chunked") {
             if codings.iter().filter(|c| *c == "chunked").count() > 1 {
-                return Err(ClientError::Malformed(format!("chunked applied twice:\n{}", head.raw)));
+                return Err(ClientError::Malformed(format!(
+                    "chunked applied twice:\n{}",
+                    head.raw
+                )));
             }
             return Ok(Framing::Chunked);
         }
         return Ok(Framing::Close);
     }
     if cl.len() > 1 {
-        return Err(ClientError::Malformed(format!("proxy sent several Content-Length fields:\n{}", head.raw)));
+        return Err(ClientError::Malformed(format!(
+            "proxy sent several Content-Length fields:\n{}",
+            head.raw
+        )));
     }
     if let Some(v) = cl.first() {
         if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ClientError::Malformed(format!("bad Content-Length {v:?}")));
         }
-        let n = v.parse::<u64>().map_err(|_| ClientError::Malformed(format!("bad Content-Length {v:?}")))?;
+        let n = v
+            .parse::<u64>()
+            .map_err(|_| ClientError::Malformed(format!("bad Content-Length {v:?}")))?;
         return Ok(Framing::Length(n));
     }
     Ok(Framing::Close)

@@ -50,7 +50,12 @@ impl LockStep {
                 }
             }
         });
-        LockStep { addr, rx: Mutex::new(rx), accepted, stop }
+        LockStep {
+            addr,
+            rx: Mutex::new(rx),
+            accepted,
+            stop,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -67,7 +72,10 @@ impl LockStep {
             Ok(s) => {
                 s.set_nodelay(true).ok();
                 s.set_write_timeout(Some(Duration::from_secs(15))).ok();
-                Some(LockConn { stream: s, buf: Vec::new() })
+                Some(LockConn {
+                    stream: s,
+                    buf: Vec::new(),
+                })
             }
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
         }
@@ -95,11 +103,20 @@ impl LockConn {
     fn fill(&mut self, deadline: Instant) -> io::Result<usize> {
         let now = Instant::now();
         if now >= deadline {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "lock-step read deadline"));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "lock-step read deadline",
+            ));
         }
-        self.stream.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))?;
+        self.stream
+            .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))?;
         let mut b = [0u8; 65536];
-        let n = self.stream.read(&mut b)?;
+        let n = loop {
+            match self.stream.read(&mut b) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
         self.buf.extend_from_slice(&b[..n]);
         Ok(n)
     }
@@ -133,7 +150,10 @@ impl LockConn {
             match self.fill(deadline) {
                 Ok(0) => panic!("lock-step: EOF after {} of {n} bytes", self.buf.len()),
                 Ok(_) => {}
-                Err(e) => panic!("lock-step: read of {n} bytes failed after {}: {e}", self.buf.len()),
+                Err(e) => panic!(
+                    "lock-step: read of {n} bytes failed after {}: {e}",
+                    self.buf.len()
+                ),
             }
         }
         self.buf.drain(..n).collect()
@@ -147,7 +167,12 @@ impl LockConn {
             match self.fill(deadline) {
                 Ok(0) => return Some(std::mem::take(&mut self.buf)),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => return None,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut =>
+                {
+                    return None
+                }
                 Err(_) => return Some(std::mem::take(&mut self.buf)),
             }
         }
@@ -204,7 +229,11 @@ impl Misbehave {
                 }
             }
         });
-        Misbehave { addr, accepted, stop }
+        Misbehave {
+            addr,
+            accepted,
+            stop,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -16,6 +16,7 @@ pub mod origin;
 pub mod pattern;
 
 pub use client::{chunked, get, request, Client, ClientError, Framing, Response};
+#[allow(unused_imports)]
 pub use lockstep::{dead_addr, LockConn, LockStep, Misbehave, Misbehaviour};
 pub use origin::{BodyMode, Origin, Recorded, Reply};
 
@@ -58,7 +59,10 @@ fn probe_io_uring() -> Result<(), String> {
     // io_uring_setup is syscall 425 on every Linux architecture.
     let fd = unsafe { syscall(425, 4 as std::ffi::c_long, params.as_mut_ptr()) };
     if fd < 0 {
-        return Err(format!("io_uring_setup failed: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "io_uring_setup failed: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     unsafe { close(fd as std::ffi::c_int) };
     Ok(())
@@ -111,7 +115,10 @@ macro_rules! both_engines {
 
 fn unique_config_path() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     std::env::temp_dir().join(format!(
         "edgeshard-test-{}-{}-{nanos}.toml",
         std::process::id(),
@@ -130,7 +137,9 @@ impl Captured {
         self.text.push_str(s);
         if self.text.len() > 512 * 1024 {
             let cut = self.text.len() - 256 * 1024;
-            let cut = (cut..self.text.len()).find(|&i| self.text.is_char_boundary(i)).unwrap();
+            let cut = (cut..self.text.len())
+                .find(|&i| self.text.is_char_boundary(i))
+                .unwrap();
             self.text.drain(..cut);
         }
     }
@@ -157,13 +166,31 @@ impl Proxy {
     }
 
     pub fn try_start(config_toml: &str, engine: Engine) -> Result<Proxy, String> {
+        Self::try_start_shards(config_toml, engine, 1)
+    }
+
+    /// Like `start`, with `--shards N`.
+    pub fn start_shards(config_toml: &str, engine: Engine, shards: usize) -> Proxy {
+        Self::try_start_shards(config_toml, engine, shards).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_start_shards(
+        config_toml: &str,
+        engine: Engine,
+        shards: usize,
+    ) -> Result<Proxy, String> {
         let config_path = unique_config_path();
         std::fs::write(&config_path, config_toml).expect("write temp config");
         let mut child = Command::new(BIN)
             .arg("run")
             .arg("--config")
             .arg(&config_path)
-            .args(["--shards", "1", "--io-engine", engine.as_str()])
+            .args([
+                "--shards",
+                &shards.to_string(),
+                "--io-engine",
+                engine.as_str(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -180,7 +207,10 @@ impl Proxy {
                 line.clear();
                 match r.read_until(b'\n', &mut line) {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => out2.lock().unwrap().push(&format!("[stderr] {}", String::from_utf8_lossy(&line))),
+                    Ok(_) => out2
+                        .lock()
+                        .unwrap()
+                        .push(&format!("[stderr] {}", String::from_utf8_lossy(&line))),
                 }
             }
         });
@@ -205,7 +235,14 @@ impl Proxy {
             // Keep draining is implicit: the loop above runs until EOF.
         });
 
-        let mut proxy = Proxy { child, addrs: Vec::new(), config_path, output, engine, exit: None };
+        let mut proxy = Proxy {
+            child,
+            addrs: Vec::new(),
+            config_path,
+            output,
+            engine,
+            exit: None,
+        };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let now = Instant::now();
@@ -224,10 +261,21 @@ impl Proxy {
                             .trim()
                             .parse()
                             .unwrap_or_else(|e| panic!("bad listening line {line:?}: {e}"));
-                        assert_ne!(addr.port(), 0, "listening line must carry the real bound port: {line:?}");
+                        assert_ne!(
+                            addr.port(),
+                            0,
+                            "listening line must carry the real bound port: {line:?}"
+                        );
                         proxy.addrs.push(addr);
                     } else if line.starts_with("edgeshard: ready") {
                         let want = format!("engine={}", engine.as_str());
+                        let want_shards = format!("shards={shards}");
+                        if !line.split_whitespace().any(|w| w == want_shards) {
+                            return Err(format!(
+                                "ready line {line:?} does not report {want_shards}\noutput:\n{}",
+                                proxy.output()
+                            ));
+                        }
                         if !line.split_whitespace().any(|w| w == want) {
                             return Err(format!(
                                 "ready line {line:?} does not report {want} although --io-engine {} was given\noutput:\n{}",
@@ -236,7 +284,10 @@ impl Proxy {
                             ));
                         }
                         if proxy.addrs.is_empty() {
-                            return Err(format!("ready before any `listening on` line\noutput:\n{}", proxy.output()));
+                            return Err(format!(
+                                "ready before any `listening on` line\noutput:\n{}",
+                                proxy.output()
+                            ));
                         }
                         return Ok(proxy);
                     }
@@ -309,7 +360,10 @@ impl Proxy {
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         match self.wait_exit_timeout(timeout) {
             Some(s) => s,
-            None => panic!("edgeshard did not exit within {timeout:?}\noutput:\n{}", self.output()),
+            None => panic!(
+                "edgeshard did not exit within {timeout:?}\noutput:\n{}",
+                self.output()
+            ),
         }
     }
 
@@ -320,7 +374,10 @@ impl Proxy {
     /// Panics (with output) if the proxy process has died.
     pub fn assert_alive(&mut self) {
         if let Some(s) = self.wait_exit_timeout(Duration::ZERO) {
-            panic!("edgeshard exited unexpectedly: {s:?}\noutput:\n{}", self.output());
+            panic!(
+                "edgeshard exited unexpectedly: {s:?}\noutput:\n{}",
+                self.output()
+            );
         }
     }
 }
@@ -336,10 +393,15 @@ impl Drop for Proxy {
             let out = self.output();
             let tail: String = {
                 let start = out.len().saturating_sub(8192);
-                let start = (start..out.len()).find(|&i| out.is_char_boundary(i)).unwrap_or(out.len());
+                let start = (start..out.len())
+                    .find(|&i| out.is_char_boundary(i))
+                    .unwrap_or(out.len());
                 out[start..].to_string()
             };
-            eprintln!("---- edgeshard ({}) output tail ----\n{tail}\n---- end ----", self.engine.as_str());
+            eprintln!(
+                "---- edgeshard ({}) output tail ----\n{tail}\n---- end ----",
+                self.engine.as_str()
+            );
         }
     }
 }
@@ -448,7 +510,8 @@ impl Config {
     /// A [[route]] to `upstream`, with extra raw TOML lines (may be empty),
     /// e.g. `host = "a.example"\npath_prefix = "/v1/"`.
     pub fn route(mut self, upstream: &str, extra: &str) -> Self {
-        self.routes.push(format!("{extra}\nupstream = \"{upstream}\""));
+        self.routes
+            .push(format!("{extra}\nupstream = \"{upstream}\""));
         self
     }
 
@@ -457,9 +520,14 @@ impl Config {
     }
 
     pub fn upstream_with(mut self, name: &str, backends: &[SocketAddr], extra: &str) -> Self {
-        let list: Vec<String> = backends.iter().map(|a| format!("{{ address = \"{a}\" }}")).collect();
-        self.upstreams
-            .push(format!("name = \"{name}\"\nbackends = [{}]\n{extra}", list.join(", ")));
+        let list: Vec<String> = backends
+            .iter()
+            .map(|a| format!("{{ address = \"{a}\" }}"))
+            .collect();
+        self.upstreams.push(format!(
+            "name = \"{name}\"\nbackends = [{}]\n{extra}",
+            list.join(", ")
+        ));
         self
     }
 
@@ -514,7 +582,12 @@ pub fn assert_rejected_400(proxy: &Proxy, origin: &Origin, raw: &[u8]) {
     let r = c
         .try_read_response()
         .unwrap_or_else(|e| panic!("expected 400 for {what:?}, got error {e}"));
-    assert_eq!(r.status(), 400, "request {what:?} must be rejected with 400; got:\n{}", r.head.raw);
+    assert_eq!(
+        r.status(),
+        400,
+        "request {what:?} must be rejected with 400; got:\n{}",
+        r.head.raw
+    );
     assert!(
         r.has_token("connection", "close"),
         "400 for {what:?} must carry Connection: close; got:\n{}",
@@ -539,7 +612,12 @@ pub fn assert_rejected_400_body(proxy: &Proxy, origin: &Origin, raw: &[u8]) {
     let r = c
         .try_read_response()
         .unwrap_or_else(|e| panic!("expected 400 for {what:?}, got error {e}"));
-    assert_eq!(r.status(), 400, "request {what:?} must be rejected with 400; got:\n{}", r.head.raw);
+    assert_eq!(
+        r.status(),
+        400,
+        "request {what:?} must be rejected with 400; got:\n{}",
+        r.head.raw
+    );
     assert!(
         r.has_token("connection", "close"),
         "400 for {what:?} must carry Connection: close; got:\n{}",
@@ -550,6 +628,10 @@ pub fn assert_rejected_400_body(proxy: &Proxy, origin: &Origin, raw: &[u8]) {
         origin.request_count(),
         0,
         "origin must not receive a complete request for {what:?}; it got {:?}",
-        origin.requests().iter().map(|r| r.raw_head.clone()).collect::<Vec<_>>()
+        origin
+            .requests()
+            .iter()
+            .map(|r| r.raw_head.clone())
+            .collect::<Vec<_>>()
     );
 }

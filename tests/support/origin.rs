@@ -40,7 +40,10 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn header_all(&self, name: &str) -> Vec<&str> {
         self.headers
@@ -98,10 +101,19 @@ pub enum Reply {
 
 impl Reply {
     pub fn status(status: u16, body: &str) -> Reply {
-        Reply::Response { status, headers: vec![], body: body.as_bytes().to_vec(), mode: BodyMode::Length, close_after: false }
+        Reply::Response {
+            status,
+            headers: vec![],
+            body: body.as_bytes().to_vec(),
+            mode: BodyMode::Length,
+            close_after: false,
+        }
     }
     pub fn raw(bytes: &[u8]) -> Reply {
-        Reply::Raw { bytes: bytes.to_vec(), close_after: true }
+        Reply::Raw {
+            bytes: bytes.to_vec(),
+            close_after: true,
+        }
     }
 }
 
@@ -147,7 +159,10 @@ impl Origin {
         Self::with_handler(name, |_| Reply::Default)
     }
 
-    pub fn with_handler(name: &str, handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Origin {
+    pub fn with_handler(
+        name: &str,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Origin {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
@@ -222,7 +237,11 @@ impl Origin {
     /// Panics if the proxy sent the origin anything that is not valid HTTP/1.1.
     pub fn assert_no_errors(&self) {
         let e = self.errors();
-        assert!(e.is_empty(), "origin {} saw protocol violations from the proxy: {e:#?}", self.name());
+        assert!(
+            e.is_empty(),
+            "origin {} saw protocol violations from the proxy: {e:#?}",
+            self.name()
+        );
     }
 
     /// Waits (bounded) until `cond` holds on the state; returns whether it did.
@@ -267,7 +286,13 @@ impl ConnReader {
         }
         let old = self.buf.len();
         self.buf.resize(old + (1 << 16), 0);
-        match self.stream.read(&mut self.buf[old..]) {
+        let r = loop {
+            match self.stream.read(&mut self.buf[old..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match r {
             Ok(n) => {
                 self.buf.truncate(old + n);
                 Ok(n)
@@ -355,12 +380,16 @@ struct ParsedHead {
 }
 
 fn parse_request_head(raw: &[u8]) -> Result<ParsedHead, String> {
-    let text = std::str::from_utf8(raw).map_err(|_| format!("non-UTF8 request head {:?}", String::from_utf8_lossy(raw)))?;
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| format!("non-UTF8 request head {:?}", String::from_utf8_lossy(raw)))?;
     let text = text.strip_suffix("\r\n\r\n").unwrap_or(text);
     let mut lines = text.split("\r\n");
     let line = lines.next().unwrap_or("");
     let parts: Vec<&str> = line.split(' ').collect();
-    if parts.len() != 3 || !(parts[2] == "HTTP/1.1" || parts[2] == "HTTP/1.0") || parts[0].is_empty() {
+    if parts.len() != 3
+        || !(parts[2] == "HTTP/1.1" || parts[2] == "HTTP/1.0")
+        || parts[0].is_empty()
+    {
         return Err(format!("bad request line {line:?}"));
     }
     let mut headers = Vec::new();
@@ -374,16 +403,30 @@ fn parse_request_head(raw: &[u8]) -> Result<ParsedHead, String> {
         let Some((n, v)) = l.split_once(':') else {
             return Err(format!("forwarded header line without colon: {l:?}"));
         };
-        if n.is_empty() || n.bytes().any(|b| b == b' ' || b == b'\t' || b.is_ascii_control()) {
+        if n.is_empty()
+            || n.bytes()
+                .any(|b| b == b' ' || b == b'\t' || b.is_ascii_control())
+        {
             return Err(format!("bad forwarded header name {n:?}"));
         }
-        headers.push((n.to_string(), v.trim_matches(|c| c == ' ' || c == '\t').to_string()));
+        headers.push((
+            n.to_string(),
+            v.trim_matches(|c| c == ' ' || c == '\t').to_string(),
+        ));
     }
-    Ok(ParsedHead { method: parts[0].into(), target: parts[1].into(), version: parts[2].into(), headers })
+    Ok(ParsedHead {
+        method: parts[0].into(),
+        target: parts[1].into(),
+        version: parts[2].into(),
+        headers,
+    })
 }
 
 fn header_all<'a>(h: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    h.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    h.iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
 }
 
 fn serve_conn(sh: &Shared, stream: TcpStream, conn: usize) {
@@ -394,9 +437,15 @@ fn serve_conn(sh: &Shared, stream: TcpStream, conn: usize) {
         Ok(w) => w,
         Err(_) => return,
     };
-    let mut rd = ConnReader { stream, buf: Vec::with_capacity(1 << 16), pos: 0 };
+    let mut rd = ConnReader {
+        stream,
+        buf: Vec::with_capacity(1 << 16),
+        pos: 0,
+    };
     let mut seq = 0usize;
-    let err = |seq: usize, msg: String| sh.update(|s| s.errors.push(format!("conn {conn} req {seq}: {msg}")));
+    let err = |seq: usize, msg: String| {
+        sh.update(|s| s.errors.push(format!("conn {conn} req {seq}: {msg}")))
+    };
     loop {
         let raw = match rd.read_head() {
             Ok(Some(r)) => r,
@@ -412,10 +461,16 @@ fn serve_conn(sh: &Shared, stream: TcpStream, conn: usize) {
         let te = header_all(&head.headers, "transfer-encoding");
         let cl = header_all(&head.headers, "content-length");
         if !te.is_empty() && !cl.is_empty() {
-            return err(seq, format!("proxy forwarded both Transfer-Encoding and Content-Length:\n{raw_str}"));
+            return err(
+                seq,
+                format!("proxy forwarded both Transfer-Encoding and Content-Length:\n{raw_str}"),
+            );
         }
         if cl.len() > 1 {
-            return err(seq, format!("proxy forwarded several Content-Length fields:\n{raw_str}"));
+            return err(
+                seq,
+                format!("proxy forwarded several Content-Length fields:\n{raw_str}"),
+            );
         }
         let mut check = BodyCheck::new();
         let mut kept = Vec::new();
@@ -431,7 +486,10 @@ fn serve_conn(sh: &Shared, stream: TcpStream, conn: usize) {
             let joined = te.join(",").to_ascii_lowercase();
             let codings: Vec<&str> = joined.split(',').map(|t| t.trim()).collect();
             if codings != ["chunked"] {
-                return err(seq, format!("unexpected forwarded Transfer-Encoding {joined:?}"));
+                return err(
+                    seq,
+                    format!("unexpected forwarded Transfer-Encoding {joined:?}"),
+                );
             }
             chunked = true;
             loop {
@@ -442,7 +500,13 @@ fn serve_conn(sh: &Shared, stream: TcpStream, conn: usize) {
                 let size_part = line.split(|&b| b == b';').next().unwrap();
                 let s = String::from_utf8_lossy(size_part).into_owned();
                 if s.is_empty() || !s.bytes().all(|b| b.is_ascii_hexdigit()) || s.len() > 15 {
-                    return err(seq, format!("bad forwarded chunk size line {:?}", String::from_utf8_lossy(&line)));
+                    return err(
+                        seq,
+                        format!(
+                            "bad forwarded chunk size line {:?}",
+                            String::from_utf8_lossy(&line)
+                        ),
+                    );
                 }
                 let size = u64::from_str_radix(&s, 16).unwrap();
                 if size == 0 {
@@ -460,7 +524,15 @@ fn serve_conn(sh: &Shared, stream: TcpStream, conn: usize) {
                 }
                 match rd.read_line() {
                     Ok(l) if l.is_empty() => {}
-                    Ok(l) => return err(seq, format!("chunk data not followed by CRLF: {:?}", String::from_utf8_lossy(&l))),
+                    Ok(l) => {
+                        return err(
+                            seq,
+                            format!(
+                                "chunk data not followed by CRLF: {:?}",
+                                String::from_utf8_lossy(&l)
+                            ),
+                        )
+                    }
                     Err(e) => return err(seq, e),
                 }
             }
@@ -532,10 +604,13 @@ fn std_headers(name: &str, rec: &Recorded) -> Vec<(String, String)> {
         ("X-Method".into(), rec.method.clone()),
         ("X-Body-Len".into(), rec.body_len.to_string()),
         ("X-Body-Sha256".into(), rec.body_sha256.clone()),
-        ("X-Body-Pattern".into(), match rec.pattern_mismatch {
-            None => "ok".into(),
-            Some(o) => format!("mismatch@{o}"),
-        }),
+        (
+            "X-Body-Pattern".into(),
+            match rec.pattern_mismatch {
+                None => "ok".into(),
+                Some(o) => format!("mismatch@{o}"),
+            },
+        ),
         ("X-Conn".into(), rec.conn.to_string()),
         ("X-Seq".into(), rec.seq.to_string()),
     ]
@@ -564,7 +639,13 @@ pub fn default_reply(name: &str, rec: &Recorded) -> Reply {
         return Reply::Pattern { len, mode };
     }
     if path == "/echo" {
-        return Reply::Response { status: 200, headers, body: rec.body.clone(), mode: BodyMode::Length, close_after: false };
+        return Reply::Response {
+            status: 200,
+            headers,
+            body: rec.body.clone(),
+            mode: BodyMode::Length,
+            close_after: false,
+        };
     }
     if let Some(code) = path.strip_prefix("/status/") {
         let status: u16 = code.parse().expect("/status/NNN");
@@ -572,17 +653,35 @@ pub fn default_reply(name: &str, rec: &Recorded) -> Reply {
         return Reply::Response {
             status,
             headers,
-            body: if no_body { vec![] } else { format!("status {status}\n").into_bytes() },
-            mode: if no_body { BodyMode::Omit } else { BodyMode::Length },
+            body: if no_body {
+                vec![]
+            } else {
+                format!("status {status}\n").into_bytes()
+            },
+            mode: if no_body {
+                BodyMode::Omit
+            } else {
+                BodyMode::Length
+            },
             close_after: false,
         };
     }
-    Reply::Response { status: 200, headers, body: name.as_bytes().to_vec(), mode: BodyMode::Length, close_after: false }
+    Reply::Response {
+        status: 200,
+        headers,
+        body: name.as_bytes().to_vec(),
+        mode: BodyMode::Length,
+        close_after: false,
+    }
 }
 
 const CHUNK_SIZES: &[usize] = &[1, 10, 4096, 8192, 65536, 100_003, 7];
 
-fn write_chunked(w: &mut dyn Write, body_len: u64, data: &mut dyn FnMut(u64, usize) -> Vec<u8>) -> io::Result<()> {
+fn write_chunked(
+    w: &mut dyn Write,
+    body_len: u64,
+    data: &mut dyn FnMut(u64, usize) -> Vec<u8>,
+) -> io::Result<()> {
     let mut off = 0u64;
     let mut i = 0;
     while off < body_len {
@@ -597,7 +696,13 @@ fn write_chunked(w: &mut dyn Write, body_len: u64, data: &mut dyn FnMut(u64, usi
 }
 
 /// Returns Ok(true) if the connection may be kept alive.
-fn write_reply(name: &str, stream: &mut TcpStream, rec: &Recorded, reply: Reply, rd: &mut ConnReader) -> io::Result<bool> {
+fn write_reply(
+    name: &str,
+    stream: &mut TcpStream,
+    rec: &Recorded,
+    reply: Reply,
+    rd: &mut ConnReader,
+) -> io::Result<bool> {
     let is_head = rec.method.eq_ignore_ascii_case("HEAD");
     match reply {
         Reply::Default => unreachable!(),
@@ -605,9 +710,12 @@ fn write_reply(name: &str, stream: &mut TcpStream, rec: &Recorded, reply: Reply,
             // Hold the connection until the peer closes it (or the origin stops).
             let _ = rd.stream.set_read_timeout(Some(Duration::from_secs(30)));
             let mut b = [0u8; 4096];
-            while let Ok(n) = rd.stream.read(&mut b) {
-                if n == 0 {
-                    break;
+            loop {
+                match rd.stream.read(&mut b) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
                 }
             }
             Ok(false)
@@ -619,7 +727,10 @@ fn write_reply(name: &str, stream: &mut TcpStream, rec: &Recorded, reply: Reply,
         }
         Reply::Pattern { len, mode } => {
             let mut w = BufWriter::with_capacity(1 << 16, &mut *stream);
-            write!(w, "HTTP/1.1 200 OK\r\nX-Backend: {name}\r\nX-Pattern-Len: {len}\r\n")?;
+            write!(
+                w,
+                "HTTP/1.1 200 OK\r\nX-Backend: {name}\r\nX-Pattern-Len: {len}\r\n"
+            )?;
             match mode {
                 BodyMode::Length => write!(w, "Content-Length: {len}\r\n\r\n")?,
                 BodyMode::Chunked => write!(w, "Transfer-Encoding: chunked\r\n\r\n")?,
@@ -629,25 +740,29 @@ fn write_reply(name: &str, stream: &mut TcpStream, rec: &Recorded, reply: Reply,
             if !is_head {
                 match mode {
                     BodyMode::Length | BodyMode::Close => pattern::write_pattern(&mut w, len)?,
-                    BodyMode::Chunked => {
-                        write_chunked(&mut w, len, &mut |off, n| {
-                            let mut v = Vec::with_capacity(n);
-                            let mut o = off;
-                            while v.len() < n {
-                                let k = (n - v.len()).min(pattern::MAX_SLICE);
-                                v.extend_from_slice(pattern::pattern_slice(o, k));
-                                o += k as u64;
-                            }
-                            v
-                        })?
-                    }
+                    BodyMode::Chunked => write_chunked(&mut w, len, &mut |off, n| {
+                        let mut v = Vec::with_capacity(n);
+                        let mut o = off;
+                        while v.len() < n {
+                            let k = (n - v.len()).min(pattern::MAX_SLICE);
+                            v.extend_from_slice(pattern::pattern_slice(o, k));
+                            o += k as u64;
+                        }
+                        v
+                    })?,
                     BodyMode::Omit => {}
                 }
             }
             w.flush()?;
             Ok(mode != BodyMode::Close)
         }
-        Reply::Response { status, headers, body, mode, close_after } => {
+        Reply::Response {
+            status,
+            headers,
+            body,
+            mode,
+            close_after,
+        } => {
             let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
             for (n, v) in &headers {
                 head.push_str(&format!("{n}: {v}\r\n"));

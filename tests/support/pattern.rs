@@ -27,8 +27,10 @@ fn base() -> &'static [u8] {
                 .wrapping_add(1_442_695_040_888_963_407);
             v.push((x >> 33) as u8);
         }
-        let head: Vec<u8> = v[..MAX_SLICE].to_vec();
-        v.extend_from_slice(&head);
+        for i in 0..MAX_SLICE {
+            let b = v[i % PERIOD];
+            v.push(b);
+        }
         v
     })
 }
@@ -110,7 +112,11 @@ impl Default for BodyCheck {
 
 impl BodyCheck {
     pub fn new() -> Self {
-        BodyCheck { hasher: Sha256::new(), len: 0, first_mismatch: None }
+        BodyCheck {
+            hasher: Sha256::new(),
+            len: 0,
+            first_mismatch: None,
+        }
     }
 
     pub fn update(&mut self, mut data: &[u8]) {
@@ -120,7 +126,11 @@ impl BodyCheck {
             if self.first_mismatch.is_none() {
                 let expect = pattern_slice(self.len, n);
                 if expect != &data[..n] {
-                    let i = expect.iter().zip(&data[..n]).position(|(a, b)| a != b).unwrap();
+                    let i = expect
+                        .iter()
+                        .zip(&data[..n])
+                        .position(|(a, b)| a != b)
+                        .unwrap();
                     self.first_mismatch = Some(self.len + i as u64);
                 }
             }

@@ -1,0 +1,193 @@
+//! Criterion micro-benchmarks of the request path's CPU work, stage by stage: request-head
+//! parse (minimal, typical browser, 64 headers), route lookup (10, 1,000 and 100,000 host
+//! routes), balancer pick, upstream head encode, and pool checkout + checkin. Inputs are built
+//! outside the timed loops. Baseline figures live in bench/README.md.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+
+use edgeshard::balance::Balancer;
+use edgeshard::config::{BackendConfig, Balance, Config, UpstreamConfig};
+use edgeshard::http::encode::{split_target, upstream_request_head, OutFraming};
+use edgeshard::http::parse::{parse_request, HeadLimits, Parsed, RequestHead};
+use edgeshard::route::RouteTable;
+use edgeshard::upstream::pool::Pool;
+
+const LIMITS: HeadLimits = HeadLimits {
+    max_header_bytes: 65536,
+    max_headers: 100,
+    max_uri_bytes: 8192,
+};
+
+fn minimal() -> Vec<u8> {
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()
+}
+
+fn browser() -> Vec<u8> {
+    b"GET /static/app.js?v=1234 HTTP/1.1\r\nHost: www.example.com\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
+Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n\
+Accept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br, zstd\r\n\
+Referer: https://www.example.com/\r\nConnection: keep-alive\r\n\
+Cookie: session=0123456789abcdef0123456789abcdef; theme=dark; consent=yes\r\n\
+Upgrade-Insecure-Requests: 1\r\nSec-Fetch-Dest: document\r\nSec-Fetch-Mode: navigate\r\n\
+Sec-Fetch-Site: same-origin\r\nPriority: u=0, i\r\n\r\n"
+        .to_vec()
+}
+
+fn many_headers(n: usize) -> Vec<u8> {
+    let mut v = b"GET /api/v1/items HTTP/1.1\r\nHost: api.example.com\r\n".to_vec();
+    for i in 1..n {
+        v.extend_from_slice(format!("X-Header-{i}: value-{i}-abcdefghijklmnop\r\n").as_bytes());
+    }
+    v.extend_from_slice(b"\r\n");
+    v
+}
+
+fn parse(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parse_request");
+    for (name, input) in [
+        ("minimal", minimal()),
+        ("browser", browser()),
+        ("64_headers", many_headers(64)),
+    ] {
+        let mut head = RequestHead::default();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let r = parse_request(black_box(&input), &LIMITS, &mut head);
+                assert!(matches!(r, Ok(Parsed::Complete(()))));
+            })
+        });
+    }
+    g.finish();
+}
+
+fn route_config(n: usize) -> Config {
+    let mut text = String::from("[[listener]]\naddress = \"127.0.0.1:0\"\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "[[route]]\nhost = \"host{i}.example.com\"\nupstream = \"u\"\n"
+        ));
+    }
+    text.push_str("[[route]]\nhost = \"*.wild.example.com\"\nupstream = \"u\"\n");
+    text.push_str("[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n");
+    Config::parse(&text, Path::new("bench.toml")).expect("bench config")
+}
+
+fn route(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_lookup");
+    for n in [10usize, 1_000, 100_000] {
+        let table = RouteTable::new(&route_config(n));
+        let host = format!("host{}.example.com", n / 2);
+        g.bench_with_input(BenchmarkId::new("exact_host", n), &host, |b, host| {
+            b.iter(|| {
+                let r = table.find(black_box(host.as_bytes()), b"/index.html", b"GET", |_| None);
+                assert!(r.is_some());
+            })
+        });
+        g.bench_with_input(
+            BenchmarkId::new("wildcard_host", n),
+            &"a.b.wild.example.com",
+            |b, host| b.iter(|| table.find(black_box(host.as_bytes()), b"/", b"GET", |_| None)),
+        );
+    }
+    g.finish();
+}
+
+fn upstream(balance: Balance, n: usize) -> UpstreamConfig {
+    UpstreamConfig {
+        name: "u".into(),
+        balance,
+        backends: (0..n)
+            .map(|i| BackendConfig {
+                address: format!("127.0.0.1:{}", 10000 + i).parse().unwrap(),
+                weight: 1 + (i as u32 % 5),
+            })
+            .collect(),
+        max_idle_per_backend: 64,
+        idle_timeout: Duration::from_secs(60),
+        fail_timeout: Duration::from_secs(2),
+    }
+}
+
+fn balance(c: &mut Criterion) {
+    let mut g = c.benchmark_group("balance_pick");
+    for n in [3usize, 100] {
+        for (name, algo) in [
+            ("round_robin", Balance::RoundRobin),
+            ("weighted", Balance::Weighted),
+        ] {
+            let mut b = Balancer::new(&upstream(algo, n), 0);
+            g.bench_function(BenchmarkId::new(name, n), |bench| {
+                bench.iter(|| b.pick(black_box(n), |_| true))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encode_upstream_head");
+    for (name, input) in [("minimal", minimal()), ("browser", browser())] {
+        let mut head = RequestHead::default();
+        assert!(matches!(
+            parse_request(&input, &LIMITS, &mut head),
+            Ok(Parsed::Complete(()))
+        ));
+        let mut out = Vec::with_capacity(4096);
+        let ip = "192.0.2.7".parse().unwrap();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                let target = split_target(head.target.get(&input));
+                let host = head.host.map(|h| h.get(&input)).unwrap_or(b"");
+                upstream_request_head(&input, &head, &target, host, ip, OutFraming::None, &mut out);
+                black_box(out.len())
+            })
+        });
+    }
+    g.finish();
+}
+
+fn pool(c: &mut Criterion) {
+    // Real loopback connections in a real runtime; the timed loop is checkout + checkin.
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("runtime");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut pool = Pool::new(&[(64, Duration::from_secs(3600))]);
+    let mut peers = Vec::new();
+    rt.block_on(async {
+        for _ in 0..16 {
+            let s = monoio::net::TcpStream::connect_addr(addr).await.unwrap();
+            peers.push(listener.accept().unwrap().0);
+            pool.checkin(0, s, Instant::now());
+        }
+    });
+    let now = Instant::now();
+    c.bench_function("pool/checkout_checkin", |b| {
+        b.iter(|| {
+            let s = pool.checkout(0, now, false).expect("pooled connection");
+            pool.checkin(0, s, now);
+        })
+    });
+    c.bench_function("pool/checkout_probe_checkin", |b| {
+        b.iter(|| {
+            let s = pool.checkout(0, now, true).expect("pooled connection");
+            pool.checkin(0, s, now);
+        })
+    });
+    drop(peers);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    targets = parse, route, balance, encode, pool
+}
+criterion_main!(benches);

@@ -1,0 +1,189 @@
+//! Robustness: aborted clients, fragmented input, concurrency, several
+//! listeners, streaming.
+
+use crate::support::*;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
+
+fn still_serves(proxy: &Proxy) {
+    let mut c = Client::connect(proxy.addr());
+    c.send(&get("example.com", "/alive"));
+    let r = c.read_response();
+    assert_eq!(r.status(), 200, "the proxy must keep serving");
+    assert_eq!(r.header("x-path"), Some("/alive"));
+}
+
+both_engines! {
+    fn client_abort_mid_request_body(engine) {
+        let (mut proxy, origin) = proxy_with_origin(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(b"POST /partial HTTP/1.1\r\nHost: example.com\r\nContent-Length: 100000\r\n\r\n0123456789");
+        drop(c);
+        still_serves(&proxy);
+        proxy.assert_alive();
+        assert!(!origin.requests().iter().any(|r| r.path() == "/partial"), "an aborted body must never complete");
+    }
+    fn client_abort_mid_response_body(engine) {
+        let (mut proxy, _origin) = proxy_with_origin(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", &format!("/gen/{}/cl", 64u64 << 20)));
+        let head = c.read_head().expect("response head");
+        assert_eq!(head.status, 200);
+        drop(c);
+        still_serves(&proxy);
+        proxy.assert_alive();
+    }
+    fn late_response_for_aborted_client_is_not_delivered_to_another(engine) {
+        // /wait is held at the origin until the test opens the gate; its
+        // client goes away meanwhile. The late response must be discarded,
+        // never handed to a later request.
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let g = gate.clone();
+        let origin = Origin::with_handler("o", move |req| {
+            if req.path() == "/wait" {
+                let (m, cv) = &*g;
+                let open = m.lock().unwrap();
+                let _ = cv.wait_timeout_while(open, Duration::from_secs(10), |o| !*o).unwrap();
+                return Reply::status(200, "stale");
+            }
+            Reply::Default
+        });
+        let mut proxy = Config::single(origin.addr()).start(engine);
+        let mut c1 = Client::connect(proxy.addr());
+        c1.send(&get("example.com", "/wait"));
+        assert!(origin.wait_for(Duration::from_secs(10), |s| s.requests.iter().any(|r| r.path() == "/wait")));
+        drop(c1);
+        let mut c2 = Client::connect(proxy.addr());
+        c2.send(&get("example.com", "/next"));
+        let r = c2.read_response();
+        assert_eq!(r.header("x-path"), Some("/next"));
+        // Release the late response, then keep using the proxy.
+        {
+            let (m, cv) = &*gate;
+            *m.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        for i in 0..5 {
+            let path = format!("/after{i}");
+            c2.send(&get("example.com", &path));
+            let r = c2.read_response();
+            assert_ne!(r.body_str(), "stale", "a late response for an aborted client was delivered to request {path}");
+            assert_eq!(r.header("x-path"), Some(path.as_str()));
+        }
+        proxy.assert_alive();
+    }
+    fn request_head_split_across_many_writes(engine) {
+        let (proxy, origin) = proxy_with_origin(engine);
+        let mut c = Client::connect(proxy.addr());
+        let raw = request("POST", "/split", &[("Host", "example.com"), ("Content-Length", "5"), ("X-Pad", "abcdefgh")], b"hello");
+        for b in raw.chunks(1) {
+            c.send(b);
+        }
+        let r = c.read_response_for("POST");
+        assert_eq!(r.status(), 200);
+        assert_eq!(origin.last_request().body, b"hello");
+    }
+    fn chunked_body_split_inside_framing(engine) {
+        let (proxy, origin) = proxy_with_origin(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(b"POST /split HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for piece in [&b"1"[..], b"0", b"\r", b"\nhello", b"world", b"!!!!!!", b"\r", b"\n", b"0\r", b"\n\r", b"\n"] {
+            c.send(piece);
+        }
+        let r = c.read_response_for("POST");
+        assert_eq!(r.status(), 200);
+        assert_eq!(origin.last_request().body, b"helloworld!!!!!!");
+    }
+    fn backend_response_trickled_in_pieces(engine) {
+        let backend = LockStep::bind();
+        let proxy = Config::single(backend.addr()).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/trickle"));
+        let mut conn = backend.accept();
+        conn.read_head();
+        for piece in [&b"HTTP/1.1 2"[..], b"00 OK\r\nTransfer-Encoding: chu", b"nked\r\n", b"\r\n5\r", b"\nhel", b"lo\r\n0\r\n", b"\r\n"] {
+            conn.write(piece);
+        }
+        let r = c.read_response();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.body_str(), "hello");
+    }
+    fn response_is_streamed_not_buffered(engine) {
+        // The backend sends the head and half of the body, then waits until
+        // the client has seen them: a proxy that buffers whole responses
+        // would deadlock here (bounded by the client's deadline).
+        let backend = LockStep::bind();
+        let proxy = Config::single(backend.addr()).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.timeout = Duration::from_secs(5);
+        c.send(&get("example.com", "/stream"));
+        let mut conn = backend.accept();
+        conn.read_head();
+        conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello ");
+        let head = c.read_head().unwrap_or_else(|e| panic!("the response head must be forwarded before the body completes: {e}"));
+        assert_eq!(head.status, 200);
+        conn.write(b"world");
+        let body = c.read_body("GET", &head).unwrap_or_else(|e| panic!("rest of the streamed body: {e}"));
+        assert_eq!(body, b"hello world");
+    }
+    fn concurrent_clients(engine) {
+        let (proxy, origin) = proxy_with_origin(engine);
+        let addr = proxy.addr();
+        let threads: Vec<_> = (0..32)
+            .map(|t| {
+                thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    for i in 0..20 {
+                        let path = format!("/t{t}/r{i}");
+                        c.send(&get("example.com", &path));
+                        let r = c.read_response();
+                        assert_eq!(r.status(), 200);
+                        assert_eq!(r.header("x-path"), Some(path.as_str()), "responses must not be mixed up between clients");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("client thread failed");
+        }
+        assert_eq!(origin.request_count(), 32 * 20);
+        origin.assert_no_errors();
+    }
+    fn two_listeners_both_serve(engine) {
+        let origin = Origin::start("o");
+        let mut cfg = Config::single(origin.addr());
+        cfg.listeners = 2;
+        let proxy = cfg.start(engine);
+        assert_eq!(proxy.addrs().len(), 2, "one `listening on` line per [[listener]]");
+        assert_ne!(proxy.addrs()[0], proxy.addrs()[1]);
+        for &a in proxy.addrs() {
+            let mut c = Client::connect(a);
+            c.send(&get("example.com", "/"));
+            assert_eq!(c.read_response().status(), 200, "listener {a}");
+        }
+    }
+    fn two_shards_serve_concurrent_clients(engine) {
+        let origin = Origin::start("o");
+        let proxy = Proxy::start_shards(&Config::single(origin.addr()).render(), engine, 2);
+        let addr = proxy.addr();
+        let threads: Vec<_> = (0..16)
+            .map(|t| {
+                thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    for i in 0..10 {
+                        let path = format!("/s{t}/{i}");
+                        c.send(&get("example.com", &path));
+                        let r = c.read_response();
+                        assert_eq!(r.status(), 200);
+                        assert_eq!(r.header("x-path"), Some(path.as_str()));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("client thread failed");
+        }
+        assert_eq!(origin.request_count(), 160);
+    }
+}
