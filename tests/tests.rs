@@ -11,6 +11,8 @@ mod headers;
 mod keepalive;
 mod limits;
 mod messages;
+mod placement;
+mod real_clients;
 mod response_framing;
 mod robustness;
 mod routing;

@@ -1,0 +1,193 @@
+//! Shard placement as an operator checks it from outside: one thread pinned per CPU, one
+//! listening socket per shard, io_uring instances only on the io_uring engine, and clear
+//! start-up errors for CPU lists that cannot work.
+
+use crate::support::*;
+use std::collections::HashSet;
+use std::process::Command;
+
+/// (thread name, Cpus_allowed_list) for every thread of `pid`.
+fn threads(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let dir = entry.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        out.push((comm.trim().to_string(), cpus));
+    }
+    out
+}
+
+/// Targets of the process's fd symlinks, e.g. "socket:[123]" or "anon_inode:[io_uring]".
+fn fd_targets(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Inodes of TCP sockets listening on `port` (from /proc/net/tcp and tcp6).
+fn listening_inodes(port: u16) -> HashSet<String> {
+    let mut inodes = HashSet::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 {
+                continue;
+            }
+            let local_port = f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) && f[3] == "0A" {
+                inodes.insert(f[9].to_string());
+            }
+        }
+    }
+    inodes
+}
+
+fn allowed_cpus() -> Vec<usize> {
+    // This test process's own mask, as the proxy will see it.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()),
+            None => cpus.push(part.parse().unwrap()),
+        }
+    }
+    cpus
+}
+
+both_engines! {
+    fn one_pinned_thread_and_one_listener_per_shard(engine) {
+        let cpus = allowed_cpus();
+        let shards = cpus.len().min(2);
+        let origin = Origin::start("o");
+        let cfg = Config::single(origin.addr()).render();
+        let proxy = Proxy::start_shards(&cfg, engine, shards);
+        let pid = proxy.pid();
+
+        let shard_threads: Vec<(String, String)> = threads(pid)
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("shard-"))
+            .collect();
+        assert_eq!(shard_threads.len(), shards, "{shard_threads:?}");
+        for (i, cpu) in cpus.iter().take(shards).enumerate() {
+            let name = format!("shard-{i}");
+            let t = shard_threads.iter().find(|(n, _)| *n == name).expect("shard thread");
+            assert_eq!(t.1, cpu.to_string(), "{name} must be pinned to CPU {cpu} alone");
+        }
+
+        let fds = fd_targets(pid);
+        let listening = listening_inodes(proxy.addr().port());
+        let ours = fds
+            .iter()
+            .filter(|t| {
+                t.strip_prefix("socket:[")
+                    .and_then(|s| s.strip_suffix(']'))
+                    .is_some_and(|inode| listening.contains(inode))
+            })
+            .count();
+        assert_eq!(ours, shards, "one SO_REUSEPORT listening socket per shard; fds: {fds:?}");
+
+        let rings = fds.iter().filter(|t| t.contains("io_uring")).count();
+        match engine {
+            Engine::Uring => assert!(rings >= shards, "each shard owns an io_uring; fds: {fds:?}"),
+            Engine::Epoll => assert_eq!(rings, 0, "the epoll engine opens no io_uring; fds: {fds:?}"),
+        }
+
+        // And it serves.
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/"));
+        assert_eq!(c.read_response().status(), 200);
+    }
+}
+
+fn run_fails_with(args: &[&str], words: &[&str]) {
+    let origin = Origin::start("o");
+    let path =
+        std::env::temp_dir().join(format!("edgeshard-placement-{}.toml", std::process::id()));
+    std::fs::write(&path, Config::single(origin.addr()).render()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeshard"))
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("run edgeshard");
+    let _ = std::fs::remove_file(&path);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{args:?} must fail with exit 1:\n{text}"
+    );
+    assert!(!text.contains("edgeshard: ready"), "{text}");
+    for w in words {
+        assert!(
+            text.contains(w),
+            "{args:?}: the error should mention {w:?}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn cpu_that_does_not_exist_is_a_clear_error() {
+    run_fails_with(&["--cpus", "4095"], &["CPU 4095", "not allowed"]);
+}
+
+#[test]
+fn malformed_cpu_list_is_a_clear_error() {
+    run_fails_with(&["--cpus", "1-x"], &["--cpus"]);
+}
+
+#[test]
+fn more_shards_than_cpus_is_a_clear_error() {
+    let n = (allowed_cpus().len() + 1).to_string();
+    run_fails_with(&["--shards", &n], &["--shards"]);
+}
+
+#[test]
+fn port_in_use_is_a_clear_error() {
+    // A listener without SO_REUSEPORT holds the port, so the proxy cannot share it.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let origin = Origin::start("o");
+    let cfg = Config::single(origin.addr())
+        .render()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = std::env::temp_dir().join(format!("edgeshard-inuse-{}.toml", std::process::id()));
+    std::fs::write(&path, cfg).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeshard"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("already in use"), "{text}");
+    drop(holder);
+}
