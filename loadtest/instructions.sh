@@ -8,7 +8,7 @@
 # process (valgrind runs one thread at a time) freezes while a shard waits in it.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-ensure_pkgs "valgrind:valgrind h2load:nghttp2-client nginx:nginx-light"
+ensure_pkgs "valgrind:valgrind h2load:nghttp2-client nginx:nginx"
 TARGETS=${TARGETS:-edgeshard,nginx}
 case ",$TARGETS," in *,edgeshard,*) build_edgeshard ;; esac
 case ",$TARGETS," in *,floor,*) build_floor ;; esac

@@ -15,9 +15,15 @@ ensure_pkgs() { # ensure_pkgs "cmd:pkg cmd:pkg ..."
   [ "$(id -u)" = 0 ] || die "missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root"
   log "installing ${missing[*]} (apt-get)"
   timeout 300 apt-get update -qq || log "apt-get update failed, trying install anyway"
-  # policy-rc.d style: never let the package start the system nginx service
-  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 timeout 600 apt-get install -y -qq --no-install-recommends "${missing[@]}" \
-    || die "apt-get install ${missing[*]} failed"
+  # never let the package's postinst start the system nginx service (invoke-rc.d and
+  # deb-systemd-invoke both honour /usr/sbin/policy-rc.d exit code 101 = "action forbidden")
+  local made_policy=0 rc=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends "${missing[@]}" || rc=$?
+  [ $made_policy = 1 ] && rm -f /usr/sbin/policy-rc.d
+  [ $rc = 0 ] || die "apt-get install ${missing[*]} failed"
 }
 
 # a python3 that can import matplotlib if any can (Debian's python3-matplotlib lives in /usr/bin/python3)

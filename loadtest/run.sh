@@ -10,7 +10,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [ "$(uname -s)" = Linux ] || die "Linux only (/proc, taskset, io_uring)"
-ensure_pkgs "wrk:wrk nginx:nginx-light taskset:util-linux"
+ensure_pkgs "wrk:wrk nginx:nginx taskset:util-linux"
 command -v cargo >/dev/null || die "cargo not found (install rustup / Rust toolchain)"
 PY="$(pick_python)"
 

@@ -7,7 +7,7 @@
 #   IO_ENGINE=auto OUT_DIR=loadtest/results/<date>-<host>
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-ensure_pkgs "strace:strace h2load:nghttp2-client nginx:nginx-light"
+ensure_pkgs "strace:strace h2load:nghttp2-client nginx:nginx"
 TARGETS=${TARGETS:-edgeshard,nginx}
 case ",$TARGETS," in *,edgeshard,*) build_edgeshard ;; esac
 case ",$TARGETS," in *,floor,*) build_floor ;; esac

@@ -739,7 +739,7 @@ fn valid_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
         && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' || b == b':')
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
 }
 
 #[cfg(test)]
@@ -814,6 +814,13 @@ max_body_bytes = "lots"
         );
         assert!(paths.contains(&"limits.max_body_bytes"), "{text}");
         assert!(text.lines().all(|l| l.starts_with("test.toml: ")), "{text}");
+    }
+
+    #[test]
+    fn route_host_with_port_is_refused() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nhost = \"a.example:8080\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n";
+        let err = parse(text).unwrap_err();
+        assert_eq!(err.issues[0].path, "route[0].host", "{err}");
     }
 
     #[test]

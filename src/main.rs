@@ -232,7 +232,29 @@ RLIMIT_MEMLOCK is large enough on kernels before 5.12 (ulimit -l). Or run with -
     }
 }
 
+/// Raises the soft open-file limit to the hard limit: every client and upstream connection
+/// is a descriptor, and the default soft limit (often 1024) would cap connections far below
+/// `max_connections_per_shard`.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the `rlimit` struct we own; failure is
+    // reported through the return value and leaves the limit as it was.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::debug!(from = old, to = lim.rlim_max, "raised the open-file limit");
+            }
+        }
+    }
+}
+
 fn run(config: Config, placement: &Placement) -> Result<()> {
+    raise_nofile_limit();
     let requested = match placement.io_engine {
         Some(EngineArg::Auto) => IoEngine::Auto,
         Some(EngineArg::Uring) => IoEngine::Uring,

@@ -444,8 +444,11 @@ async fn exchange(
         &mut out,
     );
     let mut upos = resp_head.head_len;
-    let upstream_reusable =
-        resp_head.upstream_keep_alive() && in_framing != BodyFraming::UntilClose;
+    // After HEAD, a backend that wrongly sends a body would leave it on the connection for
+    // the next request to read as its response: HEAD connections are not pooled.
+    let upstream_reusable = resp_head.upstream_keep_alive()
+        && in_framing != BodyFraming::UntilClose
+        && facts.method != Method::Head;
     let mut written = false;
     let relayed = if in_framing == BodyFraming::None {
         let n = out.len();

@@ -150,7 +150,7 @@ impl ShardCtx {
     }
 
     /// Picks a backend of `upstream` (a global backend index), skipping those this request
-    /// already tried and those that refused a connect on this shard within the last second.
+    /// already tried and those that refused a connect on this shard within its upstream's `fail_timeout`.
     pub fn pick_backend(&self, upstream: usize, tried: &[usize], now: Instant) -> Pick {
         let range = self.shared.upstream_backends[upstream].clone();
         let states = self.backend_state.borrow();
