@@ -11,9 +11,8 @@ use monoio::net::TcpStream;
 
 use crate::http::canned::Canned;
 use crate::http::parse::{parse_request, HeadLimits, Parsed, RequestHead};
-use crate::proxy::{
-    parse_error_status, read_more, respond_canned, serve_request, Client, IoFail, Outcome,
-};
+use crate::io::{read_more, Deadline, IoFail};
+use crate::proxy::{parse_error_status, respond_canned, serve_request, Client, Outcome};
 use crate::shard::ShardCtx;
 
 /// Client read buffers start small (idle keep-alive connections are the common case) and
@@ -28,6 +27,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, accep
         stream,
         buf: Vec::with_capacity(INITIAL_BUF),
         peer,
+        deadline: Deadline::new(),
     };
     let limits = {
         let l = &ctx.shared.config.limits;
@@ -82,7 +82,13 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, accep
             let step = if left.is_zero() {
                 Err(IoFail::Timeout)
             } else {
-                read_more(&mut client.stream, &mut client.buf, left).await
+                read_more(
+                    &mut client.stream,
+                    &mut client.buf,
+                    &mut client.deadline,
+                    left,
+                )
+                .await
             };
             match step {
                 Ok(_) => {}
@@ -123,7 +129,7 @@ enum Wait {
 async fn wait_for_request(ctx: &ShardCtx, client: &mut Client, wait: Duration) -> Wait {
     let hot = wait.min(HOT_WAIT);
     let read = monoio::select! {
-        r = read_more(&mut client.stream, &mut client.buf, hot) => Some(r),
+        r = read_more(&mut client.stream, &mut client.buf, &mut client.deadline, hot) => Some(r),
         _ = ctx.drain.notified() => None,
     };
     match read {
@@ -137,7 +143,7 @@ async fn wait_for_request(ctx: &ShardCtx, client: &mut Client, wait: Duration) -
     client.buf = Vec::new();
     let cold = wait - hot;
     let ready = monoio::select! {
-        r = monoio::time::timeout(cold, client.stream.readable(false)) => Some(r),
+        r = client.deadline.within(cold, client.stream.readable(false)) => Some(r),
         _ = ctx.drain.notified() => None,
     };
     match ready {
@@ -149,7 +155,14 @@ async fn wait_for_request(ctx: &ShardCtx, client: &mut Client, wait: Duration) -
     client.buf = Vec::with_capacity(INITIAL_BUF);
     // Readable: data (or EOF) is there, so this read completes at once.
     let timeout = ctx.shared.config.timeouts.client_header;
-    match read_more(&mut client.stream, &mut client.buf, timeout).await {
+    match read_more(
+        &mut client.stream,
+        &mut client.buf,
+        &mut client.deadline,
+        timeout,
+    )
+    .await
+    {
         Ok(_) => Wait::Data,
         Err(IoFail::Timeout) => Wait::Timeout,
         Err(_) => Wait::Closed,

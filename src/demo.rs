@@ -12,7 +12,7 @@ use monoio::net::{TcpListener, TcpStream};
 use crate::config::{Config, ConfigError};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::parse::{parse_request, BodyFraming, HeadLimits, Parsed, RequestHead};
-use crate::proxy::{read_more, IoFail};
+use crate::io::{read_more, Deadline, IoFail};
 
 /// Starts one origin on its own thread; returns its bound address.
 pub fn start_origin(name: &'static str) -> std::io::Result<SocketAddr> {
@@ -63,6 +63,7 @@ async fn origin_conn(mut stream: TcpStream, name: &'static str, addr: SocketAddr
     let mut buf = Vec::with_capacity(8192);
     let mut head = RequestHead::default();
     let idle = Duration::from_secs(120);
+    let mut dl = Deadline::new();
     loop {
         // Parse one request head.
         let (framing, keep_alive, head_len) = loop {
@@ -73,7 +74,10 @@ async fn origin_conn(mut stream: TcpStream, name: &'static str, addr: SocketAddr
                 Ok(Parsed::Partial) => {}
                 Err(_) => return,
             }
-            if read_more(&mut stream, &mut buf, idle).await.is_err() {
+            if read_more(&mut stream, &mut buf, &mut dl, idle)
+                .await
+                .is_err()
+            {
                 return;
             }
         };
@@ -87,7 +91,10 @@ async fn origin_conn(mut stream: TcpStream, name: &'static str, addr: SocketAddr
                 if n == 0 {
                     break;
                 }
-                if read_more(&mut stream, &mut buf, idle).await.is_err() {
+                if read_more(&mut stream, &mut buf, &mut dl, idle)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             },
@@ -102,7 +109,7 @@ async fn origin_conn(mut stream: TcpStream, name: &'static str, addr: SocketAddr
                         break;
                     }
                     if let Err(IoFail::Eof | IoFail::Timeout | IoFail::Io(_)) =
-                        read_more(&mut stream, &mut buf, idle).await
+                        read_more(&mut stream, &mut buf, &mut dl, idle).await
                     {
                         return;
                     }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod http;
+pub mod io;
 pub mod listener;
 pub mod notify;
 pub mod proxy;

@@ -8,8 +8,6 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::http::canned::Canned;
@@ -20,6 +18,7 @@ use crate::http::encode::{
 use crate::http::parse::{
     parse_response, BodyFraming, HeadLimits, Method, ParseError, Parsed, RequestHead, ResponseHead,
 };
+use crate::io::{read_more, write_from, write_static, Deadline, IoFail};
 use crate::shard::{Pick, ShardCtx};
 use crate::stats::{add, bump};
 
@@ -36,14 +35,8 @@ pub struct Client {
     /// Bytes read from the client; a request head starts at offset 0.
     pub buf: Vec<u8>,
     pub peer: SocketAddr,
-}
-
-/// Why an IO step failed.
-#[derive(Debug)]
-pub enum IoFail {
-    Eof,
-    Timeout,
-    Io(std::io::Error),
+    /// The one timer bounding whichever IO step this connection is waiting on.
+    pub deadline: Deadline,
 }
 
 /// Why a body relay stopped early.
@@ -53,64 +46,6 @@ enum RelayError {
     Write(IoFail),
     Framing,
     TooLarge,
-}
-
-/// Reads more bytes into `buf` after its current contents, waiting at most `timeout`.
-/// On timeout the buffer is lost with the cancelled read and `buf` is left empty.
-pub async fn read_more(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    timeout: Duration,
-) -> Result<usize, IoFail> {
-    if buf.len() == buf.capacity() {
-        buf.reserve(buf.capacity().max(4096));
-    }
-    let len = buf.len();
-    let owned = std::mem::take(buf);
-    match monoio::time::timeout(timeout, stream.read(owned.slice_mut(len..))).await {
-        Ok((res, slice)) => {
-            *buf = slice.into_inner();
-            match res {
-                Ok(0) => Err(IoFail::Eof),
-                Ok(n) => Ok(n),
-                Err(e) => Err(IoFail::Io(e)),
-            }
-        }
-        Err(_) => Err(IoFail::Timeout),
-    }
-}
-
-/// Writes `buf[from..]` completely, waiting at most `timeout`; returns the buffer.
-pub async fn write_from(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    from: usize,
-    to: usize,
-    timeout: Duration,
-) -> Result<(), IoFail> {
-    if from == to {
-        return Ok(());
-    }
-    let owned = std::mem::take(buf);
-    match monoio::time::timeout(timeout, stream.write_all(owned.slice(from..to))).await {
-        Ok((res, slice)) => {
-            *buf = slice.into_inner();
-            res.map(|_| ()).map_err(IoFail::Io)
-        }
-        Err(_) => Err(IoFail::Timeout),
-    }
-}
-
-/// Writes static bytes (canned responses, `100 Continue`).
-pub async fn write_static(
-    stream: &mut TcpStream,
-    bytes: &'static [u8],
-    timeout: Duration,
-) -> Result<(), IoFail> {
-    match monoio::time::timeout(timeout, stream.write_all(bytes)).await {
-        Ok((res, _)) => res.map(|_| ()).map_err(IoFail::Io),
-        Err(_) => Err(IoFail::Timeout),
-    }
 }
 
 /// How an exchange that did not complete ends, mapped to what the client sees.
@@ -133,7 +68,7 @@ pub async fn respond_canned(
     ctx.stats.canned(c);
     let close = close || c.forces_close();
     let t = ctx.shared.config.timeouts.client_send;
-    match write_static(&mut client.stream, c.bytes(close), t).await {
+    match write_static(&mut client.stream, c.bytes(close), &mut client.deadline, t).await {
         Ok(()) if !close => Outcome::KeepAlive,
         _ => Outcome::Close,
     }
@@ -336,6 +271,7 @@ async fn exchange(
             write_static(
                 &mut client.stream,
                 b"HTTP/1.1 100 Continue\r\n\r\n",
+                &mut client.deadline,
                 cfg.timeouts.client_send,
             )
             .await
@@ -349,23 +285,28 @@ async fn exchange(
                 &mut out,
                 0,
                 head_bytes,
+                &mut client.deadline,
                 cfg.timeouts.upstream_response,
             )
             .await
         } else {
             let mut pos = 0;
+            let plan = BodyPlan {
+                incoming: facts.framing,
+                outgoing: out_framing,
+                limit: cfg.limits.max_body_bytes,
+                chunk_overhead: cfg.limits.max_header_bytes,
+                read_timeout: cfg.timeouts.client_body,
+                write_timeout: cfg.timeouts.upstream_response,
+            };
             let r = relay_body(
                 &mut client.stream,
                 &mut client.buf,
                 &mut pos,
-                cfg.timeouts.client_body,
                 &mut upstream,
                 &mut out,
-                cfg.timeouts.upstream_response,
-                facts.framing,
-                out_framing,
-                cfg.limits.max_body_bytes,
-                cfg.limits.max_header_bytes,
+                &mut client.deadline,
+                &plan,
                 &mut false,
             )
             .await;
@@ -400,6 +341,7 @@ async fn exchange(
                     &mut upstream,
                     &mut ubuf,
                     &limits,
+                    &mut client.deadline,
                     cfg.timeouts.upstream_response,
                     &mut any_byte,
                 )
@@ -452,23 +394,34 @@ async fn exchange(
     let mut written = false;
     let relayed = if in_framing == BodyFraming::None {
         let n = out.len();
-        write_from(&mut client.stream, &mut out, 0, n, cfg.timeouts.client_send)
-            .await
-            .map(|_| 0)
-            .map_err(RelayError::Write)
+        write_from(
+            &mut client.stream,
+            &mut out,
+            0,
+            n,
+            &mut client.deadline,
+            cfg.timeouts.client_send,
+        )
+        .await
+        .map(|_| 0)
+        .map_err(RelayError::Write)
     } else {
+        let plan = BodyPlan {
+            incoming: in_framing,
+            outgoing: resp_framing,
+            limit: u64::MAX,
+            chunk_overhead: cfg.limits.max_header_bytes,
+            read_timeout: cfg.timeouts.upstream_response,
+            write_timeout: cfg.timeouts.client_send,
+        };
         relay_body(
             &mut upstream,
             &mut ubuf,
             &mut upos,
-            cfg.timeouts.upstream_response,
             &mut client.stream,
             &mut out,
-            cfg.timeouts.client_send,
-            in_framing,
-            resp_framing,
-            u64::MAX,
-            cfg.limits.max_header_bytes,
+            &mut client.deadline,
+            &plan,
             &mut written,
         )
         .await
@@ -520,6 +473,7 @@ async fn read_response_head(
     upstream: &mut TcpStream,
     ubuf: &mut Vec<u8>,
     limits: &HeadLimits,
+    dl: &mut Deadline,
     timeout: Duration,
     any_byte: &mut bool,
 ) -> Result<ResponseHead, HeadFail> {
@@ -546,11 +500,23 @@ async fn read_response_head(
         if left.is_zero() {
             return Err(HeadFail::Io(IoFail::Timeout));
         }
-        read_more(upstream, ubuf, left)
+        read_more(upstream, ubuf, dl, left)
             .await
             .map_err(HeadFail::Io)?;
         *any_byte = true;
     }
+}
+
+/// How one body is relayed: framing in and out, its size limit and the IO timeouts.
+#[derive(Clone, Copy)]
+struct BodyPlan {
+    incoming: BodyFraming,
+    outgoing: OutFraming,
+    limit: u64,
+    /// Bound on one chunk-size line or the trailer section.
+    chunk_overhead: usize,
+    read_timeout: Duration,
+    write_timeout: Duration,
 }
 
 /// Relays one body from `src` to `dst`. Bytes already read sit in `inbuf[*pos..]`; `out`
@@ -562,16 +528,20 @@ async fn relay_body(
     src: &mut TcpStream,
     inbuf: &mut Vec<u8>,
     pos: &mut usize,
-    read_timeout: Duration,
     dst: &mut TcpStream,
     out: &mut Vec<u8>,
-    write_timeout: Duration,
-    incoming: BodyFraming,
-    outgoing: OutFraming,
-    limit: u64,
-    chunk_overhead: usize,
+    dl: &mut Deadline,
+    plan: &BodyPlan,
     written: &mut bool,
 ) -> Result<u64, RelayError> {
+    let BodyPlan {
+        incoming,
+        outgoing,
+        limit,
+        chunk_overhead,
+        read_timeout,
+        write_timeout,
+    } = *plan;
     let mut remaining = match incoming {
         BodyFraming::Length(n) => n,
         _ => u64::MAX,
@@ -614,7 +584,7 @@ async fn relay_body(
                 } else if out.is_empty() && len >= 4096 {
                     // Large piece, nothing pending: write straight from the read buffer.
                     *written = true;
-                    write_from(dst, inbuf, data.0, data.1, write_timeout)
+                    write_from(dst, inbuf, data.0, data.1, dl, write_timeout)
                         .await
                         .map_err(RelayError::Write)?;
                 } else {
@@ -630,7 +600,7 @@ async fn relay_body(
             }
             let n = out.len();
             *written = true;
-            write_from(dst, out, 0, n, write_timeout)
+            write_from(dst, out, 0, n, dl, write_timeout)
                 .await
                 .map_err(RelayError::Write)?;
             out.clear();
@@ -639,7 +609,7 @@ async fn relay_body(
         if !out.is_empty() {
             let n = out.len();
             *written = true;
-            write_from(dst, out, 0, n, write_timeout)
+            write_from(dst, out, 0, n, dl, write_timeout)
                 .await
                 .map_err(RelayError::Write)?;
             out.clear();
@@ -650,7 +620,7 @@ async fn relay_body(
         if inbuf.capacity() < RELAY_BUF {
             inbuf.reserve(RELAY_BUF);
         }
-        match read_more(src, inbuf, read_timeout).await {
+        match read_more(src, inbuf, dl, read_timeout).await {
             Ok(_) => {}
             Err(IoFail::Eof) if incoming == BodyFraming::UntilClose => done = true,
             Err(e) => return Err(RelayError::Read(e)),

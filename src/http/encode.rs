@@ -111,7 +111,7 @@ pub fn upstream_request_head(
             }
         }
     }
-    let _ = write!(out, "{client_ip}");
+    write_ip(client_ip, out);
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
     if !host.is_empty() {
         out.extend_from_slice(b"X-Forwarded-Host: ");
@@ -190,6 +190,23 @@ pub fn client_response_head(
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes an IP address; IPv4 by hand, since `fmt` costs ~400 instructions per request.
+fn write_ip(ip: IpAddr, out: &mut Vec<u8>) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(itoa_buf(u64::from(octet)).as_str());
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// A small stack buffer holding a decimal number.
@@ -295,6 +312,21 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
             out,
             b"HTTP/1.1 200 OK\r\nServer: s\r\nTransfer-Encoding: chunked\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn ip_addresses() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.9",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let mut out = Vec::new();
+            write_ip(ip.parse().unwrap(), &mut out);
+            assert_eq!(out, ip.as_bytes());
+        }
     }
 
     #[test]
