@@ -46,8 +46,20 @@ CELLS = {
     "hosts1000": dict(conns=50,  path="/", headers=["Host: " + HOST_PICK], variant="hosts",
                       desc="1,000 host routes, Host of the 500th, keep-alive GET, 50 conns"),
     "idle10k":   dict(idle=True, desc="10,000 idle keep-alive client connections: proxy RSS per connection"),
+    "rate":      dict(rate=True, conns=50, path="/",
+                      desc="open loop (rategen): keep-alive GET, small body, at fixed fractions of nginx's max req/s"),
 }
 DEFAULT_CELLS = list(CELLS)
+# the rate cell writes one row per load level, cell = "rate<pct>" (rate50, rate80 by default)
+RATE_CELL_RX = re.compile(r"^rate(\d+)$")
+
+
+def cell_desc(cell):
+    m = RATE_CELL_RX.match(cell)
+    if m:
+        return "open loop (rategen), keep-alive GET small body, offered rate = %s%% of nginx's max req/s" % m.group(1)
+    return CELLS.get(cell, {}).get("desc", "")
+
 PROXIES = ("edgeshard", "nginx", "floor")
 TARGET_ORDER = ("edgeshard", "nginx", "floor", "direct")
 
@@ -58,7 +70,10 @@ RAW_FIELDS = [
     "proxy_cpu_s", "cpu_us_per_req", "origin_cpu_us_per_req",
     "rss_before_kb", "rss_after_kb", "idle_open", "idle_failed", "idle_alive", "bytes_per_idle_conn",
     "shards", "proxy_cpus", "client_cpus", "engine", "note",
+    # rate cell (open loop, rategen) only
+    "load_pct", "offered_rps", "base_rps", "base_src", "sent", "unfinished", "gen_lag_p99_us",
 ]
+ERR_FIELDS = ("non2xx", "err_connect", "err_read", "err_write", "err_timeout", "unfinished")
 
 # ----------------------------------------------------------------------------------------
 # process bookkeeping
@@ -523,6 +538,131 @@ def idle_run(cfg, target, rep, port, proxy, engine):
 
 
 # ----------------------------------------------------------------------------------------
+# rate cell: open loop at fixed offered rates (rategen)
+
+def rategen(cfg, port, rate, duration, conns):
+    argv = ["taskset", "-c", cpus_str(cfg.client_cpus), cfg.rategen, "--url", "http://127.0.0.1:%d/" % port,
+            "--rate", "%.1f" % rate, "--duration", str(duration), "--connections", str(conns), "--timeout", "5"]
+    try:
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=duration + 30, start_new_session=True)
+        out = r.stdout.decode(errors="replace")
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode(errors="replace") + "\nTIMEOUT"
+    except OSError as e:
+        out = "cannot run %s: %s" % (cfg.rategen, e)
+    m = re.search(r"^RESULT (.*)$", out, re.M)
+    if not m or "failed=" in m.group(1):
+        return None, out
+    res = {}
+    for kv in m.group(1).split():
+        k, v = kv.split("=", 1)
+        try:
+            res[k] = float(v)
+        except ValueError:
+            pass
+    return res, out
+
+
+def rate_run(cfg, cell, target, rep, port, proxy, origin, duration, engine, rate, pct, base, base_src):
+    row = {k: "" for k in RAW_FIELDS}
+    row.update(time=datetime.datetime.now().isoformat(timespec="seconds"), cell=cell, target=target, rep=rep,
+               conns=cfg.rate_conns, shards=cfg.shards, proxy_cpus=cpus_str(cfg.proxy_cpus),
+               client_cpus=cpus_str(cfg.client_cpus), engine=engine, load_pct=pct, offered_rps="%.1f" % rate,
+               base_rps="%.1f" % base, base_src=base_src)
+    p0, o0 = cpu_ticks(proxy.pids() if proxy else []), cpu_ticks(origin.pids())
+    res, out = rategen(cfg, port, rate, duration, cfg.rate_conns)
+    p1, o1 = cpu_ticks(proxy.pids() if proxy else []), cpu_ticks(origin.pids())
+    if res is None:
+        row["note"] = "rategen failed: " + out.strip().replace("\n", " | ")[-300:]
+        log("  %s/%s rep %d: rategen failed: %s" % (cell, target, rep, out[-500:]))
+        return row
+    req = res["completed"]
+    row.update(duration_s="%.3f" % res["duration_s"], requests=int(req), rps="%.1f" % res["achieved_rps"],
+               offered_rps="%.1f" % res["rate"],
+               lat_p50_us=int(res["p50_us"]), lat_p90_us=int(res["p90_us"]), lat_p99_us=int(res["p99_us"]),
+               lat_p999_us=int(res["p999_us"]), lat_mean_us="%.1f" % res["mean_us"], lat_max_us=int(res["max_us"]),
+               non2xx=int(res["non2xx"]), err_connect=int(res["err_connect"]), err_read=int(res["err_read"]),
+               err_write=int(res["err_write"]), err_timeout=int(res["timeouts"]), unfinished=int(res["unfinished"]),
+               sent=int(res["sent"]), gen_lag_p99_us=int(res["lag_p99_us"]))
+    if req > 0:
+        if proxy:
+            row["proxy_cpu_s"] = "%.2f" % ((p1 - p0) / CLK_TCK)
+            row["cpu_us_per_req"] = "%.2f" % ((p1 - p0) / CLK_TCK * 1e6 / req)
+        row["origin_cpu_us_per_req"] = "%.2f" % ((o1 - o0) / CLK_TCK * 1e6 / req)
+    if proxy and not proxy.alive():
+        row["note"] = "proxy exited during run"
+    errs = sum(int(row[k]) for k in ERR_FIELDS)
+    log("  %-9s %-9s rep %d: offered %7.0f done %7.0f req/s  p50 %6dus p99 %6dus p99.9 %6dus  cpu %s us/req  "
+        "errs %d  gen lag p99 %dus"
+        % (cell, target, rep, res["rate"], res["achieved_rps"], row["lat_p50_us"], row["lat_p99_us"],
+           row["lat_p999_us"], row["cpu_us_per_req"] or "-", errs, row["gen_lag_p99_us"]))
+    return row
+
+
+def rate_base(cfg, done_rows, procs, engines):
+    """nginx's maximum keep-alive small-GET req/s: the ka50 nginx runs of this invocation, else a wrk run."""
+    if cfg.rate_base:
+        return cfg.rate_base, "given (--rate-base)"
+    ka = [fnum(r["rps"]) for r in done_rows if r["cell"] == "ka50" and r["target"] == "nginx" and not r["note"]]
+    ka = [v for v in ka if v]
+    if ka:
+        return statistics.median(ka), "median of the %d ka50 nginx wrk run(s) of this invocation" % len(ka)
+    if "nginx" not in procs:
+        procs["nginx"], engines["nginx"] = start_proxy(cfg, "nginx", "default")
+    dur = max(3, cfg.duration)
+    log("rate: measuring nginx's max req/s (wrk ka50, %d s)" % dur)
+    if cfg.warmup > 0:
+        wrk(cfg, cfg.ports["nginx"], "ka50", cfg.warmup)
+    res, out = wrk(cfg, cfg.ports["nginx"], "ka50", dur)
+    if not res or not res["requests"]:
+        raise RuntimeError("rate: wrk against nginx failed, no base rate: " + out[-500:])
+    return res["requests"] / (res["duration_us"] / 1e6), "wrk ka50 against nginx, %d s, run for this cell" % dur
+
+
+def rate_cell(cfg, targets, procs, engines, origin, done_rows, write_row):
+    if not os.access(cfg.rategen, os.X_OK):
+        raise SystemExit("rategen not built: %s (cargo build --release --manifest-path loadtest/rategen/Cargo.toml)"
+                         % cfg.rategen)
+    base, src = rate_base(cfg, done_rows, procs, engines)
+    log("rate: nginx max = %.0f req/s (%s); loads %s%%" % (base, src, ",".join(str(p) for p in cfg.rate_loads)))
+    port_of = lambda t: cfg.ports["origin" if t == "direct" else t]
+    if cfg.warmup > 0:
+        for t in targets:
+            rategen(cfg, port_of(t), base * cfg.rate_loads[0] / 100.0, cfg.warmup, cfg.rate_conns)
+    for rep in range(cfg.reps):
+        for pct in cfg.rate_loads:
+            k = rep % len(targets)
+            for t in targets[k:] + targets[:k]:
+                if t in PROXIES and not procs[t].alive():
+                    log("  %s died (exit %s); restarting" % (t, procs[t].p.returncode))
+                    procs[t].stop()
+                    procs[t], engines[t] = start_proxy(cfg, t, "default")
+                write_row(rate_run(cfg, "rate%d" % pct, t, rep, port_of(t), procs.get(t), origin, cfg.duration,
+                                   engines.get(t, "") if t != "direct" else "", base * pct / 100.0, pct, base, src))
+
+
+def open_raw(raw_path, fresh):
+    """raw.csv writer; an existing raw.csv with an older column set is rewritten with the current one."""
+    if os.path.exists(raw_path) and not fresh:
+        with open(raw_path, newline="") as f:
+            rd = csv.DictReader(f)
+            old_fields, old_rows = rd.fieldnames, list(rd)
+        if old_fields != RAW_FIELDS:
+            log("raw.csv: migrating %d rows to the current columns" % len(old_rows))
+            with open(raw_path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=RAW_FIELDS, restval="", extrasaction="ignore")
+                w.writeheader()
+                w.writerows(old_rows)
+        rawf = open(raw_path, "a", newline="")
+        return rawf, csv.DictWriter(rawf, fieldnames=RAW_FIELDS)
+    rawf = open(raw_path, "w", newline="")
+    raw = csv.DictWriter(rawf, fieldnames=RAW_FIELDS)
+    raw.writeheader()
+    return rawf, raw
+
+
+# ----------------------------------------------------------------------------------------
 # matrix
 
 def write_env(cfg, path, engines):
@@ -549,6 +689,7 @@ def write_env(cfg, path, engines):
         "cpu governor (cpu0): %s" % gov,
         "nginx: %s" % run_cmd([cfg.nginx, "-v"]),
         "wrk: %s" % run_cmd([cfg.wrk, "-v"]).splitlines()[0],
+        "rategen: %s" % (cfg.rategen if os.path.exists(cfg.rategen) else "not built"),
         "rustc: %s" % run_cmd(["rustc", "-V"]),
         "cargo: %s" % run_cmd(["cargo", "-V"]),
         "edgeshard git: %s" % git_rev(),
@@ -564,9 +705,10 @@ def write_env(cfg, path, engines):
         "  overlap proxy/client: %s" % bool(set(cfg.proxy_cpus) & (set(cfg.client_cpus) | set(cfg.origin_cpus))),
         "",
         "options: duration=%ds reps=%d warmup=%ds cells=%s targets=%s floor_cells=%s direct=%s keepalive=%d "
-        "idle_conns=%d io_engine=%s"
+        "idle_conns=%d io_engine=%s rate_loads=%s rate_conns=%d"
         % (cfg.duration, cfg.reps, cfg.warmup, ",".join(cfg.cells), ",".join(cfg.targets),
-           ",".join(cfg.floor_cells), cfg.direct, cfg.keepalive, cfg.idle_conns, cfg.io_engine),
+           ",".join(cfg.floor_cells), cfg.direct, cfg.keepalive, cfg.idle_conns, cfg.io_engine,
+           ",".join(str(p) for p in cfg.rate_loads), cfg.rate_conns),
         "",
         "sysctls:",
     ] + ["  %s = %s" % (s, read("/proc/sys/" + s.replace(".", "/")).strip().replace("\t", " ")) for s in sysctls]
@@ -600,6 +742,16 @@ def cmd_matrix(a):
     cfg.io_engine = a.io_engine
     cfg.ready_timeout = a.ready_timeout
     cfg.edgeshard, cfg.floor, cfg.nginx, cfg.wrk = a.edgeshard, a.floor, a.nginx_bin, a.wrk
+    cfg.rategen = a.rategen
+    cfg.rate_conns = a.rate_conns
+    cfg.rate_loads = [int(x) for x in a.rate_loads.split(",") if x.strip()]
+    if not cfg.rate_loads or any(not 0 < p <= 200 for p in cfg.rate_loads):
+        raise SystemExit("--rate-loads: comma list of percentages in (0, 200]")
+    cfg.rate_base = a.rate_base
+    # the rate cell reuses nginx's ka50 req/s of this invocation: run ka50 first if both are asked for
+    if "rate" in cfg.cells and "ka50" in cfg.cells and cfg.cells.index("rate") < cfg.cells.index("ka50"):
+        cfg.cells.remove("rate")
+        cfg.cells.insert(cfg.cells.index("ka50") + 1, "rate")
     base = a.base_port
     cfg.ports = dict(origin=base, edgeshard=base + 1, nginx=base + 2, floor=base + 3)
     for name, port in cfg.ports.items():
@@ -611,12 +763,14 @@ def cmd_matrix(a):
     os.makedirs(a.out, exist_ok=True)
     cfg.tmp = tempfile.mkdtemp(prefix="edgeshard-bench-")
     os.chmod(cfg.tmp, 0o755)
-    raw_path = os.path.join(a.out, "raw.csv")
-    new = not os.path.exists(raw_path) or a.fresh
-    rawf = open(raw_path, "w" if new else "a", newline="")
-    raw = csv.DictWriter(rawf, fieldnames=RAW_FIELDS)
-    if new:
-        raw.writeheader()
+    rawf, raw = open_raw(os.path.join(a.out, "raw.csv"), a.fresh)
+    done_rows = []
+
+    def write_row(row):
+        raw.writerow(row)
+        rawf.flush()
+        done_rows.append(row)
+
     engines = {}
     procs = {}
     t_start = time.monotonic()
@@ -640,6 +794,9 @@ def cmd_matrix(a):
                 if t in PROXIES and t not in procs:
                     procs[t], engines[t] = start_proxy(cfg, t, variant)
             log("cell %s: %s  [%s]" % (cell, spec["desc"], ", ".join(targets)))
+            if spec.get("rate"):
+                rate_cell(cfg, targets, procs, engines, origin, done_rows, write_row)
+                continue
             # warm-up once per (cell, target): connection pools, page cache, CPU frequency
             if cfg.warmup > 0 and not spec.get("idle"):
                 for t in targets:
@@ -663,8 +820,7 @@ def cmd_matrix(a):
                     else:
                         row = measured_run(cfg, cell, t, rep, port, proxy, origin, cfg.duration,
                                            engines.get(t, "") if t != "direct" else "")
-                    raw.writerow(row)
-                    rawf.flush()
+                    write_row(row)
     finally:
         stop_all()
         rawf.close()
@@ -741,6 +897,72 @@ def paired_ratios(rows, cell, num, den, key):
     return ratios
 
 
+def row_errors(r):
+    return sum((fnum(r.get(k)) or 0) for k in ERR_FIELDS)
+
+
+def rate_section(rows, cells):
+    """Open-loop section: p99 at fixed offered rates, edgeshard vs nginx, and the target check."""
+    rcells = sorted((c for c in cells if RATE_CELL_RX.match(c)), key=lambda c: int(RATE_CELL_RX.match(c).group(1)))
+    if not rcells:
+        return []
+    L = ["## Open loop: latency at fixed offered rates (rate cell, rategen)", "",
+         "Target: **edgeshard p99 ≤ nginx p99** at offered rates of 50%% and 80%% of nginx's maximum keep-alive "
+         "small-GET req/s (1 shard vs 1 worker). rategen sends at fixed intervals over %s keep-alive connections "
+         "(one request outstanding per connection) and measures latency from each request's *intended* send time "
+         "(coordinated-omission corrected, like wrk2), so these percentiles are comparable across runs, unlike "
+         "wrk's closed-loop ones." % (", ".join(sorted(set(r["conns"] for r in rows if r["cell"] in rcells))) or "-"),
+         ""]
+    srcs = sorted(set("%s req/s (%s)" % (fmt(fnum(r["base_rps"])), r["base_src"])
+                      for r in rows if r["cell"] in rcells and r.get("base_rps")))
+    for s_ in srcs:
+        L.append("- nginx max used as 100%%: %s" % s_)
+    L += ["", "| load | offered req/s | edgeshard p99 ms | nginx p99 ms | **p99 ratio** e/n (paired) | p50 ratio "
+          "| p99.9 ratio | edgeshard p99.9 ms | nginx p99.9 ms | errors e / n | CPU-µs/req e / n | target met |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in rcells:
+        sel = [r for r in rows if r["cell"] == c and not r["note"]]
+        g = lambda t, k, sc=1.0: fmt_range([fnum(r.get(k)) for r in sel if r["target"] == t], 2 if sc != 1.0 else 0, sc)
+        pr = paired_ratios(sel, c, "edgeshard", "nginx", "lat_p99_us")
+        if not pr:
+            verdict = "-"
+        elif all(x <= 1.0 for x in pr):
+            verdict = "yes (%d/%d reps)" % (len(pr), len(pr))
+        elif statistics.median(pr) <= 1.0:
+            verdict = "median only (%d/%d reps)" % (sum(1 for x in pr if x <= 1.0), len(pr))
+        else:
+            verdict = "**no** (%d/%d reps)" % (sum(1 for x in pr if x <= 1.0), len(pr))
+        if any(row_errors(r) > 0 or r["note"] for r in rows if r["cell"] == c and r["target"] == "edgeshard"):
+            verdict = "**no** (edgeshard errors or failed runs)"
+        errs = lambda t: fmt_range([row_errors(r) for r in rows if r["cell"] == c and r["target"] == t])
+        cpu = lambda t: fmt_range([fnum(r["cpu_us_per_req"]) for r in sel if r["target"] == t], 2)
+        L.append("| %s%% | %s | %s | %s | **%s** | %s | %s | %s | %s | %s / %s | %s / %s | %s |" % (
+            RATE_CELL_RX.match(c).group(1), g("nginx", "offered_rps") if any(r["target"] == "nginx" for r in sel)
+            else g("edgeshard", "offered_rps"),
+            g("edgeshard", "lat_p99_us", 1e-3), g("nginx", "lat_p99_us", 1e-3), fmt_range(pr, 2),
+            fmt_range(paired_ratios(sel, c, "edgeshard", "nginx", "lat_p50_us"), 2),
+            fmt_range(paired_ratios(sel, c, "edgeshard", "nginx", "lat_p999_us"), 2),
+            g("edgeshard", "lat_p999_us", 1e-3), g("nginx", "lat_p999_us", 1e-3),
+            errs("edgeshard"), errs("nginx"), cpu("edgeshard"), cpu("nginx"), verdict))
+    for c in rcells:
+        pr = paired_ratios([r for r in rows if not r["note"]], c, "edgeshard", "nginx", "lat_p99_us")
+        if pr:
+            L.append("")
+            L.append("%s: edgeshard/nginx p99 ratio = %s (median, min–max over %d paired reps)"
+                     % (c, fmt_range(pr, 2), len(pr)))
+    lagged = [r for r in rows if r["cell"] in rcells and (fnum(r.get("gen_lag_p99_us")) or 0) > 1000]
+    unf = [r for r in rows if r["cell"] in rcells and row_errors(r) > 0]
+    L.append("")
+    L.append("Runs with errors are listed in the per-cell tables; a run with errors or unfinished requests "
+             "does not meet the target whatever its p99. `rategen lag` = how late rategen itself handed out "
+             "requests (its own scheduling delay, included in the latencies): p99 above 1 ms in %d run(s)%s."
+             % (len(lagged), " (the client CPU was busy: compare with care)" if lagged else ""))
+    if unf:
+        L.append("Runs with errors: %s." % ", ".join("%s/%s rep %s" % (r["cell"], r["target"], r["rep"]) for r in unf))
+    L.append("")
+    return L
+
+
 def summarize(out):
     rows = load_rows(out)
     cells = []
@@ -754,7 +976,8 @@ def summarize(out):
              "CPU-µs/req = (utime+stime of the whole proxy process, all threads / nginx master+workers) "
              "during the run ÷ requests completed. `direct` is wrk straight at the origin (the ceiling); "
              "`floor` is the minimal monoio byte relay (loadtest/floor). Errors = non-2xx + socket errors "
-             "(connect/read/write/timeout)." % os.path.basename(os.path.normpath(out)))
+             "(connect/read/write/timeout) + unfinished (rate cells). The `rateNN` cells are open loop (rategen, "
+             "latency from the intended send time, see *Open loop* below), not wrk." % os.path.basename(os.path.normpath(out)))
     L.append("")
     for key in ("cpu model", "kernel", "  proxy CPUs", "  client CPUs", "  origin CPUs", "options",
                 "proxy engines", "edgeshard git", "nginx:", "matrix wall time"):
@@ -788,11 +1011,12 @@ def summarize(out):
     L.append("")
     L.append("Ratios < 1 are better for edgeshard in the p99 and CPU columns, > 1 better in the req/s column.")
     L.append("")
+    L += rate_section(rows, cells)
     # per cell detail
     L.append("## Per cell")
     for cell in cells:
         cr = [r for r in rows if r["cell"] == cell]
-        L += ["", "### %s — %s" % (cell, CELLS.get(cell, {}).get("desc", "")), ""]
+        L += ["", "### %s — %s" % (cell, cell_desc(cell)), ""]
         if cell == "idle10k":
             L += ["| target | runs | open | failed | still open at end | RSS before kB | RSS with conns kB | bytes/conn |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -805,6 +1029,26 @@ def summarize(out):
                     t, len(tr), fmt_range(g("idle_open")), fmt_range(g("idle_failed")), fmt_range(g("idle_alive")),
                     fmt_range(g("rss_before_kb")), fmt_range(g("rss_after_kb")), fmt_range(g("bytes_per_idle_conn"))))
             continue
+        if RATE_CELL_RX.match(cell):
+            L += ["| target | runs | offered req/s | completed req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
+                  "| errors | CPU-µs/req | origin CPU-µs/req | rategen lag p99 ms |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            for t in TARGET_ORDER:
+                tr = [r for r in cr if r["target"] == t]
+                if not tr:
+                    continue
+                g = lambda k: [fnum(r.get(k)) for r in tr]
+                failed = sum(1 for r in tr if r["note"])
+                L.append("| %s | %d%s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                    t, len(tr), " (%d noted)" % failed if failed else "", fmt_range(g("offered_rps")),
+                    fmt_range(g("rps")), fmt_range(g("lat_p50_us"), 2, 1e-3), fmt_range(g("lat_p90_us"), 2, 1e-3),
+                    fmt_range(g("lat_p99_us"), 2, 1e-3), fmt_range(g("lat_p999_us"), 2, 1e-3),
+                    fmt_range(g("lat_max_us"), 2, 1e-3), fmt_range([row_errors(r) for r in tr]),
+                    fmt_range(g("cpu_us_per_req"), 2), fmt_range(g("origin_cpu_us_per_req"), 2),
+                    fmt_range(g("gen_lag_p99_us"), 2, 1e-3)))
+            for n in sorted(set(r["note"] for r in cr if r["note"])):
+                L += ["", "> note: %s" % n[:300]]
+            continue
         L += ["| target | runs | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU-µs/req | origin CPU-µs/req |",
               "|---|---|---|---|---|---|---|---|---|"]
         for t in TARGET_ORDER:
@@ -812,8 +1056,7 @@ def summarize(out):
             if not tr:
                 continue
             g = lambda k: [fnum(r[k]) for r in tr]
-            errs = [sum((fnum(r[k]) or 0) for k in ("non2xx", "err_connect", "err_read", "err_write", "err_timeout"))
-                    for r in tr]
+            errs = [row_errors(r) for r in tr]
             failed = sum(1 for r in tr if r["note"])
             L.append("| %s | %d%s | %s | %s | %s | %s | %s | %s | %s |" % (
                 t, len(tr), " (%d noted)" % failed if failed else "", fmt_range(g("rps")),
@@ -1158,6 +1401,11 @@ def main():
     m.add_argument("--idle-conns", type=int, default=10000)
     m.add_argument("--idle-settle", type=float, default=2.0)
     m.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    m.add_argument("--rategen", default=os.path.join(HERE, "rategen/target/release/rategen"))
+    m.add_argument("--rate-loads", default="50,80", help="rate cell: offered rates in %% of nginx's max req/s")
+    m.add_argument("--rate-conns", type=int, default=50, help="rate cell: rategen connections")
+    m.add_argument("--rate-base", type=float, default=0.0,
+                   help="rate cell: nginx's max req/s to use instead of measuring it")
     m.add_argument("--fresh", action="store_true", help="overwrite raw.csv instead of appending")
     m.add_argument("--keep-tmp", action="store_true")
 

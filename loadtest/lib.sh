@@ -55,5 +55,12 @@ build_floor() {
     || die "floor build failed"
 }
 
+build_rategen() {
+  [ "${SKIP_BUILD:-0}" = 1 ] && [ -x "$LOADTEST_DIR/rategen/target/release/rategen" ] && return 0
+  log "cargo build --release (loadtest/rategen)"
+  (cd "$LOADTEST_DIR/rategen" && timeout "${BUILD_TIMEOUT:-1200}" cargo build --release) \
+    || die "rategen build failed"
+}
+
 # default output dir: loadtest/results/<YYYY-MM-DD>-<hostname>[-suffix]
 default_out() { echo "$LOADTEST_DIR/results/$(date +%F)-$(hostname -s)${1:+-$1}"; }
