@@ -9,6 +9,8 @@
 //!
 //! One thread, one epoll loop, non-blocking sockets; the schedule is driven by a periodic
 //! timerfd (absolute CLOCK_MONOTONIC), so sends are not rounded to epoll's millisecond timeout.
+//! About four syscalls per request: send, read, timerfd read and epoll_wait (the last two shared
+//! when several requests are due at one wake-up).
 //!
 //! usage: rategen --url http://127.0.0.1:PORT/PATH --rate R --duration S --connections C
 //!                [--host H] [--cpus LIST] [--timeout S]
@@ -558,6 +560,7 @@ impl Gen {
                 self.close(i, now, None);
                 return;
             }
+            let short = (n as usize) < self.scratch.len();
             let c = &mut self.conns[i];
             if c.inflight.is_none() {
                 self.c.err_read += 1;
@@ -567,11 +570,15 @@ impl Gen {
             }
             c.rbuf.extend_from_slice(&self.scratch[..n as usize]);
             match c.advance() {
-                Step::More => {}
+                Step::More => {
+                    if short {
+                        return; // socket drained; level-triggered epoll reports more data
+                    }
+                }
                 Step::Done => {
                     self.complete(i, now);
-                    if self.conns[i].inflight.is_none() || self.conns[i].fd != fd {
-                        return; // idle now (or reopened): nothing more to read on this socket
+                    if short || self.conns[i].inflight.is_none() || self.conns[i].fd != fd {
+                        return; // drained, idle now or reopened: epoll reports anything further
                     }
                 }
                 Step::Bad(why) => {
@@ -733,6 +740,7 @@ fn main() {
     if unsafe { libc::timerfd_settime(tfd, libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut()) } != 0 {
         die("timerfd_settime");
     }
+    // (a periodic timerfd is only re-armed when its counter is read: it must be read on every wake)
     g.ctl(libc::EPOLL_CTL_ADD, tfd, libc::EPOLLIN as u32, TIMER_TOKEN);
     let mut timer_on = true;
     let mut next_i: u64 = 0;
