@@ -807,6 +807,11 @@ def cmd_matrix(a):
                 k = rep % len(targets)
                 order = targets[k:] + targets[:k]
                 for t in order:
+                    if spec.get("idle") and t in PROXIES:
+                        # A fresh process per repetition: RSS before the connections must not
+                        # include buffers and pools grown by the cells run earlier.
+                        procs[t].stop()
+                        procs[t], engines[t] = start_proxy(cfg, t, variant)
                     if t in PROXIES and not procs[t].alive():
                         log("  %s died (exit %s); restarting" % (t, procs[t].p.returncode))
                         out = procs[t].output()

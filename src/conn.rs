@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use monoio::buf::IoBufMut;
+use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
 use crate::http::canned::Canned;
@@ -68,8 +70,21 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, accep
         first = false;
 
         // -- read the head within client_header -------------------------------------------
+        // The head is parsed when its end may have arrived (or a limit is reached), not after
+        // every read: re-parsing from byte 0 per read is quadratic for a client that drips.
+        let reparse_at = limits.max_header_bytes.min(limits.max_uri_bytes + 33);
+        let mut scanned: usize = 0;
         loop {
-            match parse_request(&client.buf, &limits, &mut head) {
+            let may_be_complete = scanned == 0
+                || client.buf.len() >= reparse_at
+                || has_head_end(&client.buf[scanned.saturating_sub(3)..]);
+            scanned = client.buf.len();
+            let parsed = if may_be_complete {
+                parse_request(&client.buf, &limits, &mut head)
+            } else {
+                Ok(Parsed::Partial)
+            };
+            match parsed {
                 Ok(Parsed::Complete(())) => break,
                 Ok(Parsed::Partial) => {}
                 Err(e) => {
@@ -113,6 +128,13 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, accep
     }
 }
 
+/// Whether `bytes` contain the empty line that ends a head (CRLF CRLF, or bare LFs).
+fn has_head_end(bytes: &[u8]) -> bool {
+    bytes
+        .windows(2)
+        .any(|w| w == b"\n\n" || (w[0] == b'\n' && w[1] == b'\r'))
+}
+
 /// How long a connection waits for its next request with a read buffer posted. After that it
 /// frees the buffer and waits for readability alone, so that thousands of idle keep-alive
 /// connections cost little memory, while a busy connection's next request is read directly.
@@ -126,20 +148,50 @@ enum Wait {
 }
 
 /// Waits up to `wait` for the first bytes of a request into the (empty) client buffer.
+///
+/// The hot read is cancelable and, when the hot window ends (or the shard drains), it is
+/// cancelled and then awaited: on io_uring a read may complete in the kernel just before the
+/// cancel lands, and its bytes must not be lost with a dropped future. The cold wait uses
+/// readiness only, which consumes nothing and is safe to drop.
 async fn wait_for_request(ctx: &ShardCtx, client: &mut Client, wait: Duration) -> Wait {
     let hot = wait.min(HOT_WAIT);
-    let read = monoio::select! {
-        r = read_more(&mut client.stream, &mut client.buf, &mut client.deadline, hot) => Some(r),
-        _ = ctx.drain.notified() => None,
-    };
-    match read {
-        None => return Wait::Draining,
-        Some(Ok(_)) => return Wait::Data,
-        Some(Err(IoFail::Timeout)) if hot < wait => {}
-        Some(Err(IoFail::Timeout)) => return Wait::Timeout,
-        Some(Err(_)) => return Wait::Closed,
+    let canceller = Canceller::new();
+    if client.buf.capacity() == 0 {
+        client.buf.reserve(INITIAL_BUF);
     }
-    // Cold: the cancelled read took its buffer with it; wait for readability without one.
+    let owned = std::mem::take(&mut client.buf);
+    let (res, slice) = {
+        let read = client
+            .stream
+            .cancelable_read(owned.slice_mut(0..), canceller.handle());
+        let mut read = std::pin::pin!(read);
+        let first = monoio::select! {
+            r = client.deadline.within(hot, read.as_mut()) => r.ok(),
+            _ = ctx.drain.notified() => None,
+        };
+        match first {
+            Some(done) => done,
+            None => {
+                // Timer or drain: cancel, then collect what the read did before the cancel.
+                let _ = canceller.cancel();
+                read.await
+            }
+        }
+    };
+    client.buf = slice.into_inner();
+    match res {
+        Ok(0) => return Wait::Closed,
+        Ok(_) => return Wait::Data,
+        Err(e) if e.raw_os_error() != Some(libc::ECANCELED) => return Wait::Closed,
+        Err(_) => {}
+    }
+    if ctx.draining() {
+        return Wait::Draining;
+    }
+    if hot >= wait {
+        return Wait::Timeout;
+    }
+    // Cold: give the buffer back and wait for readability alone.
     client.buf = Vec::new();
     let cold = wait - hot;
     let ready = monoio::select! {

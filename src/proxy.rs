@@ -248,7 +248,10 @@ async fn exchange(
         let pooled = if fresh_only {
             None
         } else {
-            ctx.pool.borrow_mut().checkout(backend, now, !retry_allowed)
+            // Always probed: a backend that sent more than its framing said (or answered a
+            // request body as a second request) leaves bytes that would otherwise become the
+            // next client's response.
+            ctx.pool.borrow_mut().checkout(backend, now, true)
         };
         let reused = pooled.is_some();
         let mut upstream = match pooled {
@@ -296,6 +299,7 @@ async fn exchange(
                 outgoing: out_framing,
                 limit: cfg.limits.max_body_bytes,
                 chunk_overhead: cfg.limits.max_header_bytes,
+                forward_trailers: false,
                 read_timeout: cfg.timeouts.client_body,
                 write_timeout: cfg.timeouts.upstream_response,
             };
@@ -386,11 +390,18 @@ async fn exchange(
         &mut out,
     );
     let mut upos = resp_head.head_len;
-    // After HEAD, a backend that wrongly sends a body would leave it on the connection for
-    // the next request to read as its response: HEAD connections are not pooled.
+    // Not pooled: after HEAD (a backend that wrongly sends a body would leave it for the next
+    // request to read as its response), and after a body on a method that normally has none
+    // (a backend that ignores such a body may parse it as a second request: "CL.0").
+    let unusual_body = !facts.framing.is_empty()
+        && matches!(
+            facts.method,
+            Method::Get | Method::Head | Method::Delete | Method::Options | Method::Trace
+        );
     let upstream_reusable = resp_head.upstream_keep_alive()
         && in_framing != BodyFraming::UntilClose
-        && facts.method != Method::Head;
+        && facts.method != Method::Head
+        && !unusual_body;
     let mut written = false;
     let relayed = if in_framing == BodyFraming::None {
         let n = out.len();
@@ -411,6 +422,7 @@ async fn exchange(
             outgoing: resp_framing,
             limit: u64::MAX,
             chunk_overhead: cfg.limits.max_header_bytes,
+            forward_trailers: true,
             read_timeout: cfg.timeouts.upstream_response,
             write_timeout: cfg.timeouts.client_send,
         };
@@ -515,6 +527,9 @@ struct BodyPlan {
     limit: u64,
     /// Bound on one chunk-size line or the trailer section.
     chunk_overhead: usize,
+    /// Response trailers are relayed; request trailers are dropped (RFC 9110 §6.5.1 allows
+    /// it, and it keeps fields like Content-Length or Host out of a backend's trailer parser).
+    forward_trailers: bool,
     read_timeout: Duration,
     write_timeout: Duration,
 }
@@ -541,6 +556,7 @@ async fn relay_body(
         chunk_overhead,
         read_timeout,
         write_timeout,
+        ..
     } = *plan;
     let mut remaining = match incoming {
         BodyFraming::Length(n) => n,
@@ -595,7 +611,10 @@ async fn relay_body(
         }
         if done {
             if rechunk {
-                let trailers = decoder.as_ref().map(|d| &d.trailers[..]).unwrap_or(b"");
+                let trailers = match (&decoder, plan.forward_trailers) {
+                    (Some(d), true) => &d.trailers[..],
+                    _ => b"",
+                };
                 encode_last_chunk(trailers, out);
             }
             let n = out.len();

@@ -13,6 +13,7 @@ mod limits;
 mod messages;
 mod placement;
 mod real_clients;
+mod regressions;
 mod response_framing;
 mod robustness;
 mod routing;

@@ -270,7 +270,9 @@ impl ResponseHead {
     /// Whether the upstream lets us reuse the connection after this response.
     pub fn upstream_keep_alive(&self) -> bool {
         if self.minor_version == 0 {
-            self.conn_keep_alive && !self.conn_close
+            // RFC 9112 §6.1: Transfer-Encoding in a 1.0 message is faulty framing; the body is
+            // decoded, but the connection is closed afterwards.
+            self.conn_keep_alive && !self.conn_close && !self.chunked
         } else {
             !self.conn_close
         }
