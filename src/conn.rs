@@ -14,7 +14,9 @@ use monoio::net::TcpStream;
 use crate::http::canned::Canned;
 use crate::http::parse::{parse_request, HeadLimits, Parsed, RequestHead};
 use crate::io::{read_more, Deadline, IoFail};
-use crate::proxy::{parse_error_status, respond_canned, serve_request, Client, Outcome};
+use crate::proxy::{
+    linger_close, parse_error_status, respond_canned, serve_request, Client, Outcome,
+};
 use crate::shard::ShardCtx;
 
 /// Client read buffers start small (idle keep-alive connections are the common case) and
@@ -90,6 +92,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, accep
                 Err(e) => {
                     tracing::debug!(shard = ctx.id, %peer, error = ?e, "bad request head");
                     respond_canned(&ctx, &mut client, parse_error_status(e), true).await;
+                    linger_close(&mut client).await;
                     return;
                 }
             }

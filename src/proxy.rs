@@ -74,6 +74,55 @@ pub async fn respond_canned(
     }
 }
 
+/// Closes a connection whose client may still be sending (an unread body, a refused head):
+/// half-close, then read and discard for a bounded time, so that the kernel does not answer
+/// the unread bytes with a reset that could destroy the response (RFC 9112 §9.6).
+pub async fn linger_close(client: &mut Client) {
+    use monoio::io::AsyncWriteRent;
+    const LINGER: Duration = Duration::from_secs(1);
+    const LINGER_BYTES: usize = 256 * 1024;
+    let _ = client.stream.shutdown().await;
+    let until = Instant::now() + LINGER;
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        client.buf.clear();
+        match read_more(
+            &mut client.stream,
+            &mut client.buf,
+            &mut client.deadline,
+            left,
+        )
+        .await
+        {
+            Ok(n) => drained += n,
+            Err(_) => break,
+        }
+    }
+}
+
+/// RFC 9110 §7.2 / RFC 3986 authority: reg-name, IP literal and port characters only; no
+/// userinfo. An empty Host is allowed (HTTP/1.0, or `Host:` with no value).
+fn valid_authority(host: &[u8]) -> bool {
+    host.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
+}
+
+/// A `.` or `..` path segment, plain or percent-encoded: a backend that normalises it would
+/// serve a path the route table never matched.
+fn has_dot_segment(path: &[u8]) -> bool {
+    path.split(|&b| b == b'/').any(|seg| {
+        seg.len() <= 6
+            && matches!(
+                &seg.to_ascii_lowercase()[..],
+                b"." | b".." | b"%2e" | b"%2e%2e" | b".%2e" | b"%2e."
+            )
+    })
+}
+
 /// Maps a request-head parse error to its status.
 pub fn parse_error_status(e: ParseError) -> Canned {
     match e {
@@ -123,11 +172,13 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         Err(Failure::Status(c)) => {
             // The body may still be unread: the connection can only be reused if there was none.
             // HTTP/1.0 clients get a close: canned responses carry no `Connection: keep-alive`.
-            let close = !facts.keep_alive
-                || facts.minor == 0
-                || !facts.framing.is_empty()
-                || ctx.draining();
-            respond_canned(ctx, client, c, close).await
+            let body_unread = !facts.framing.is_empty();
+            let close = !facts.keep_alive || facts.minor == 0 || body_unread || ctx.draining();
+            let outcome = respond_canned(ctx, client, c, close).await;
+            if body_unread {
+                linger_close(client).await;
+            }
+            outcome
         }
     };
     ctx.stats
@@ -166,6 +217,9 @@ fn prepare(
         .split(|&b| b == b'?')
         .next()
         .unwrap_or(target.path);
+    if !valid_authority(host) || has_dot_segment(path) {
+        return Err(Canned::BadRequest);
+    }
     let route = shared
         .routes
         .find(host, path, head.method.get(buf), |name| {
@@ -643,6 +697,51 @@ async fn relay_body(
             Ok(_) => {}
             Err(IoFail::Eof) if incoming == BodyFraming::UntilClose => done = true,
             Err(e) => return Err(RelayError::Read(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities() {
+        for ok in [
+            &b"example.com"[..],
+            b"a.example:8080",
+            b"[::1]:80",
+            b"",
+            b"xn--bcher-kva.example",
+        ] {
+            assert!(valid_authority(ok), "{:?}", String::from_utf8_lossy(ok));
+        }
+        for bad in [&b"a b"[..], b"user@host", b"a/b", b"a\\b", b"h\"q"] {
+            assert!(!valid_authority(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn dot_segments() {
+        for bad in [
+            &b"/api/../admin"[..],
+            b"/..",
+            b"/a/./b",
+            b"/a/%2E%2e/b",
+            b"/a/.%2e",
+            b"/.",
+        ] {
+            assert!(has_dot_segment(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+        for ok in [
+            &b"/"[..],
+            b"/a/b.c",
+            b"/.well-known/x",
+            b"/a..b/",
+            b"/...",
+            b"*",
+        ] {
+            assert!(!has_dot_segment(ok), "{:?}", String::from_utf8_lossy(ok));
         }
     }
 }

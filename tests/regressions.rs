@@ -82,4 +82,37 @@ both_engines! {
         let paths: Vec<String> = origin.requests().iter().map(|r| r.path().to_string()).collect();
         assert_eq!(paths, vec!["/r0", "/r1", "/r2"]);
     }
+
+    // Host values outside RFC 9110 / 3986 authority syntax, and dot segments that a backend
+    // would normalise past the route table, are refused with 400 and never forwarded.
+    fn invalid_host_and_dot_segments_are_refused(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr()).start(engine);
+        for raw in [
+            &b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: user@internal\r\n\r\n",
+            b"GET http://user@internal/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /api/../admin HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /api/%2e%2E/admin HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            let mut c = Client::connect(proxy.addr());
+            c.send(raw);
+            let r = c.read_response();
+            assert_eq!(r.status(), 400, "{:?}", String::from_utf8_lossy(raw));
+        }
+        assert_eq!(origin.request_count(), 0, "a refused request reached the backend");
+    }
+
+    // A refused request whose body is still arriving gets its 413 (no reset destroys it).
+    fn refused_body_gets_its_response_before_close(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr()).limit("max_body_bytes", "1024").start(engine);
+        let mut c = Client::connect(proxy.addr());
+        let mut req = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 200000\r\n\r\n".to_vec();
+        req.extend(std::iter::repeat_n(b'x', 200_000));
+        let _ = c.try_send(&req);
+        let r = c.read_response();
+        assert_eq!(r.status(), 413);
+        c.expect_closed();
+    }
 }
