@@ -122,9 +122,14 @@ both_engines! {
 }
 
 fn run_fails_with(args: &[&str], words: &[&str]) {
+    // One file per call: tests run in parallel threads of one process.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let origin = Origin::start("o");
-    let path =
-        std::env::temp_dir().join(format!("edgeshard-placement-{}.toml", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "edgeshard-placement-{}-{n}.toml",
+        std::process::id()
+    ));
     std::fs::write(&path, Config::single(origin.addr()).render()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_edgeshard"))
         .arg("run")
