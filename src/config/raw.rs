@@ -1,0 +1,244 @@
+//! Config, raw side: the TOML shapes exactly as written (serde, `deny_unknown_fields`) and the
+//! [`Checker`] that turns their strings into typed values while collecting every problem with
+//! its key path. `super` (config/mod.rs) assembles the typed [`super::Config`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::ConfigIssue;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub(super) io_engine: Option<String>,
+    pub(super) shutdown_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListener {
+    pub(super) address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) host: Option<String>,
+    pub(super) path_prefix: Option<String>,
+    pub(super) path: Option<String>,
+    pub(super) methods: Option<Vec<String>>,
+    pub(super) headers: Option<BTreeMap<String, String>>,
+    pub(super) upstream: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    pub(super) address: String,
+    pub(super) weight: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    pub(super) name: String,
+    pub(super) balance: Option<String>,
+    pub(super) backends: Vec<RawBackend>,
+    pub(super) max_idle_per_backend: Option<usize>,
+    pub(super) idle_timeout: Option<String>,
+    pub(super) fail_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTimeouts {
+    pub(super) client_header: Option<String>,
+    pub(super) client_idle: Option<String>,
+    pub(super) client_body: Option<String>,
+    pub(super) client_send: Option<String>,
+    pub(super) upstream_connect: Option<String>,
+    pub(super) upstream_response: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) max_header_bytes: Option<Size>,
+    pub(super) max_headers: Option<usize>,
+    pub(super) max_uri_bytes: Option<Size>,
+    pub(super) max_body_bytes: Option<Size>,
+    pub(super) max_connections_per_shard: Option<usize>,
+}
+
+/// A byte size written as an integer or a string such as "16MiB".
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+pub(super) enum Size {
+    Int(u64),
+    Text(String),
+}
+
+/// Upper bound for every duration, so deadline arithmetic can never overflow.
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub(super) const TOP_LEVEL: &[&str] = &[
+    "server", "listener", "route", "upstream", "timeouts", "limits",
+];
+
+pub(super) struct Checker {
+    pub(super) issues: Vec<ConfigIssue>,
+}
+
+impl Checker {
+    pub(super) fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(ConfigIssue {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Deserializes one value, recording an error with the precise key path on failure.
+    pub(super) fn section<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        path: &str,
+        value: toml::Value,
+    ) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let full = if inner == "." || inner.is_empty() {
+                    path.to_string()
+                } else {
+                    format!("{path}.{inner}")
+                };
+                self.err(full, clean_serde_message(&e.into_inner().to_string()));
+                None
+            }
+        }
+    }
+
+    pub(super) fn duration(
+        &mut self,
+        path: &str,
+        raw: Option<&String>,
+        default: Duration,
+    ) -> Duration {
+        match raw {
+            None => default,
+            Some(s) => match humantime::parse_duration(s.trim()) {
+                Ok(d) if d > MAX_DURATION => {
+                    self.err(path, format!("{s:?} is longer than the maximum of 7 days"));
+                    default
+                }
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.err(path, "must be greater than zero");
+                    default
+                }
+                Err(e) => {
+                    self.err(
+                        path,
+                        format!("invalid duration {s:?} ({e}); write e.g. \"10s\" or \"250ms\""),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    pub(super) fn size(
+        &mut self,
+        path: &str,
+        raw: Option<&Size>,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> u64 {
+        let v = match raw {
+            None => return default,
+            Some(Size::Int(n)) => *n,
+            Some(Size::Text(s)) => match parse_size(s) {
+                Some(n) => n,
+                None => {
+                    self.err(
+                        path,
+                        format!("invalid size {s:?}; write bytes or e.g. \"64KiB\", \"16MiB\""),
+                    );
+                    return default;
+                }
+            },
+        };
+        if v < min || v > max {
+            self.err(path, format!("{v} is out of range {min}..={max}"));
+            return default;
+        }
+        v
+    }
+
+    pub(super) fn count(
+        &mut self,
+        path: &str,
+        raw: Option<usize>,
+        default: usize,
+        min: usize,
+        max: usize,
+    ) -> usize {
+        match raw {
+            None => default,
+            Some(v) if v < min || v > max => {
+                self.err(path, format!("{v} is out of range {min}..={max}"));
+                default
+            }
+            Some(v) => v,
+        }
+    }
+
+    pub(super) fn address(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    path,
+                    format!("invalid address {s:?}; write IP:PORT such as \"127.0.0.1:8080\" (host names are not resolved)"),
+                );
+                None
+            }
+        }
+    }
+}
+
+pub(super) fn clean_serde_message(m: &str) -> String {
+    // serde_path_to_error already carries the path; toml adds a location line we do not need.
+    m.lines().next().unwrap_or(m).trim().to_string()
+}
+
+/// Parses "16384", "64KiB", "16MiB", "1GiB", "10KB", "1MB" (K/M/G are powers of 1024 too).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+pub(super) fn array(c: &mut Checker, table: &mut toml::Table, key: &str) -> Vec<toml::Value> {
+    match table.remove(key) {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items,
+        Some(_) => {
+            c.err(key, format!("must be an array of tables: write [[{key}]]"));
+            Vec::new()
+        }
+    }
+}
