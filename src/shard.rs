@@ -345,6 +345,8 @@ async fn shard_main(
     for a in accept_loops {
         a.await;
     }
+    // The accept loops owned the listeners: they are closed now.
+    tracing::info!(shard = id, "listeners closed; draining");
     sweeper.await;
     ctx.pool.borrow_mut().clear();
     let deadline = ctx.shared.config.shutdown_timeout;
@@ -358,12 +360,26 @@ async fn shard_main(
     }
 }
 
+/// Takes a listening socket out of LISTEN state at once: on io_uring dropping the listener
+/// only queues an asynchronous close, and until it runs the kernel would still complete
+/// handshakes into a backlog nobody accepts from.
+fn stop_listening(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: shutdown(2) on a descriptor owned by `listener`, which is alive for the call;
+    // it changes socket state only and touches no memory of ours. Exercised by the
+    // graceful-shutdown tests (new connections are refused right after the log line below).
+    let _ = unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+}
+
 async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
     let max = ctx.shared.config.limits.max_connections_per_shard;
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
-            _ = ctx.drain.notified() => return,
+            _ = ctx.drain.notified() => {
+                stop_listening(&listener);
+                return;
+            }
         };
         match accepted {
             Ok((stream, peer)) => {

@@ -187,7 +187,7 @@ fn check_missing_file_fails() {
         "edgeshard-test-missing-{}.toml",
         std::process::id()
     ));
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .arg("check")
         .arg("--config")
         .arg(&path)
@@ -196,17 +196,9 @@ fn check_missing_file_fails() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("check did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = watch_exit(child)
+        .recv_timeout(Duration::from_secs(20))
+        .expect("check must exit within 20 s");
     assert!(!status.success(), "check on a missing file must fail");
 }
 

@@ -2,24 +2,19 @@
 
 use crate::support::*;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
-use std::thread;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-/// Polls (bounded) until connecting to `addr` is refused; returns how long it took.
-fn wait_until_refused(addr: SocketAddr, within: Duration) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return t0.elapsed(),
-            Err(e) => panic!("unexpected connect error while waiting for refusal: {e}"),
-            Ok(s) => drop(s),
-        }
-        if t0.elapsed() >= within {
-            panic!("new connections to {addr} were still accepted {within:?} after SIGTERM");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+/// Waits for the shard to report its listeners closed, then checks that a new connection
+/// is refused.
+fn wait_until_refused(proxy: &Proxy, within: Duration) {
+    proxy.wait_for_output("listeners closed", 1, within);
+    let e = TcpStream::connect_timeout(&proxy.addr(), Duration::from_millis(500)).err();
+    assert_eq!(
+        e.map(|e| e.kind()),
+        Some(io::ErrorKind::ConnectionRefused),
+        "new connections must be refused once the listeners are closed"
+    );
 }
 
 fn assert_exit_0(proxy: &mut Proxy, within: Duration) {
@@ -45,7 +40,7 @@ both_engines! {
 
         proxy.terminate();
         // The listener goes away while the request is still in flight.
-        wait_until_refused(addr, Duration::from_secs(5));
+        wait_until_refused(&proxy, Duration::from_secs(5));
         assert!(proxy.is_running(), "edgeshard exited before its in-flight request finished");
 
         conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone");

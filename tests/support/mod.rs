@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -145,11 +145,39 @@ impl Captured {
     }
 }
 
+/// Captured output plus a condition variable signalled on every new line, so tests wait for
+/// a line instead of polling.
+#[derive(Default)]
+struct Output {
+    text: Mutex<Captured>,
+    grew: Condvar,
+}
+
+impl Output {
+    fn push(&self, s: &str) {
+        self.text.lock().unwrap().push(s);
+        self.grew.notify_all();
+    }
+}
+
+/// Waits for a child on its own thread and reports its exit status on a channel: a
+/// wait-with-timeout without polling.
+pub fn watch_exit(mut child: Child) -> mpsc::Receiver<ExitStatus> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        if let Ok(status) = child.wait() {
+            let _ = tx.send(status);
+        }
+    });
+    rx
+}
+
 pub struct Proxy {
-    child: Child,
+    pid: u32,
+    exited: mpsc::Receiver<ExitStatus>,
     addrs: Vec<SocketAddr>,
     config_path: PathBuf,
-    output: Arc<Mutex<Captured>>,
+    output: Arc<Output>,
     pub engine: Engine,
     exit: Option<ExitStatus>,
 }
@@ -196,7 +224,7 @@ impl Proxy {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
-        let output = Arc::new(Mutex::new(Captured::default()));
+        let output = Arc::new(Output::default());
 
         let stderr = child.stderr.take().unwrap();
         let out2 = output.clone();
@@ -207,10 +235,7 @@ impl Proxy {
                 line.clear();
                 match r.read_until(b'\n', &mut line) {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => out2
-                        .lock()
-                        .unwrap()
-                        .push(&format!("[stderr] {}", String::from_utf8_lossy(&line))),
+                    Ok(_) => out2.push(&format!("[stderr] {}", String::from_utf8_lossy(&line))),
                 }
             }
         });
@@ -227,7 +252,7 @@ impl Proxy {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
                         let s = String::from_utf8_lossy(&line).into_owned();
-                        out3.lock().unwrap().push(&format!("[stdout] {s}"));
+                        out3.push(&format!("[stdout] {s}"));
                         let _ = tx.send(s);
                     }
                 }
@@ -235,8 +260,10 @@ impl Proxy {
             // Keep draining is implicit: the loop above runs until EOF.
         });
 
+        let pid = child.id();
         let mut proxy = Proxy {
-            child,
+            pid,
+            exited: watch_exit(child),
             addrs: Vec::new(),
             config_path,
             output,
@@ -316,11 +343,11 @@ impl Proxy {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     pub fn output(&self) -> String {
-        self.output.lock().unwrap().text.clone()
+        self.output.text.lock().unwrap().text.clone()
     }
 
     /// Sends SIGTERM.
@@ -333,26 +360,31 @@ impl Proxy {
         assert!(st.success(), "kill -TERM {} failed: {st:?}", self.pid());
     }
 
-    /// Polls for exit until `timeout`; None if still running.
+    /// Waits for exit until `timeout`; None if still running.
     pub fn wait_exit_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        if let Some(s) = self.exit {
-            return Some(s);
+        if self.exit.is_none() {
+            self.exit = match timeout.is_zero() {
+                true => self.exited.try_recv().ok(),
+                false => self.exited.recv_timeout(timeout).ok(),
+            };
         }
+        self.exit
+    }
+
+    /// Waits until the captured output (stdout and stderr) contains `needle` at least
+    /// `count` times; panics with the output after `timeout`.
+    pub fn wait_for_output(&self, needle: &str, count: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => {
-                    self.exit = Some(s);
-                    return Some(s);
-                }
-                Ok(None) => {}
-                Err(e) => panic!("try_wait: {e}"),
+        let mut text = self.output.text.lock().unwrap();
+        while text.text.matches(needle).count() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "{count} x {needle:?} not seen within {timeout:?}\noutput:\n{}",
+                    text.text
+                );
             }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            // Bounded poll of the child's state (there is no wait-with-timeout in std).
-            thread::sleep(Duration::from_millis(10));
+            text = self.output.grew.wait_timeout(text, left).unwrap().0;
         }
     }
 
@@ -384,9 +416,12 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        if self.exit.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if self.wait_exit_timeout(Duration::ZERO).is_none() {
+            // Still running (its exit has not been reaped, so the pid is still ours).
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.pid.to_string()])
+                .status();
+            let _ = self.wait_exit_timeout(Duration::from_secs(10));
         }
         let _ = std::fs::remove_file(&self.config_path);
         if thread::panicking() {
@@ -431,18 +466,17 @@ pub fn run_check(config_toml: &str) -> (Option<i32>, String) {
         let _ = se.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+    let pid = child.id();
+    let exited = watch_exit(child);
+    let status = match exited.recv_timeout(Duration::from_secs(20)) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
             let _ = std::fs::remove_file(&path);
             panic!("edgeshard check did not exit within 20s");
         }
-        thread::sleep(Duration::from_millis(10));
     };
     let out = format!("{}{}", t1.join().unwrap(), t2.join().unwrap());
     let _ = std::fs::remove_file(&path);
