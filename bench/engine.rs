@@ -144,7 +144,16 @@ fn encode(c: &mut Criterion) {
                 out.clear();
                 let target = split_target(head.target.get(&input));
                 let host = head.host.map(|h| h.get(&input)).unwrap_or(b"");
-                upstream_request_head(&input, &head, &target, host, ip, OutFraming::None, &mut out);
+                upstream_request_head(
+                    &input,
+                    &head,
+                    &target,
+                    host,
+                    ip,
+                    OutFraming::None,
+                    None,
+                    &mut out,
+                );
                 black_box(out.len())
             })
         });

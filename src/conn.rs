@@ -15,7 +15,8 @@ use crate::http::canned::Canned;
 use crate::http::parse::{parse_request, HeadLimits, Parsed, RequestHead};
 use crate::io::{read_more, Deadline, IoFail};
 use crate::proxy::{
-    linger_close, parse_error_status, respond_canned, serve_request, Client, Outcome,
+    linger_close, parse_error_status, record_refused, respond_canned, serve_request, Client,
+    Outcome,
 };
 use crate::shard::ShardCtx;
 
@@ -61,13 +62,15 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, accep
                 Wait::Timeout if first => {
                     // Opened but never sent a byte within client_header.
                     respond_canned(&ctx, &mut client, Canned::RequestTimeout, true).await;
+                    record_refused(&ctx, &client, 408, accepted);
                     return;
                 }
                 Wait::Timeout => return, // keep-alive idle expiry: close silently
             }
         }
+        let head_started = if first { accepted } else { Instant::now() };
         if !first {
-            deadline = Instant::now() + timeouts.client_header;
+            deadline = head_started + timeouts.client_header;
         }
         first = false;
 
@@ -90,8 +93,12 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, accep
                 Ok(Parsed::Complete(())) => break,
                 Ok(Parsed::Partial) => {}
                 Err(e) => {
-                    tracing::debug!(shard = ctx.id, %peer, error = ?e, "bad request head");
-                    respond_canned(&ctx, &mut client, parse_error_status(e), true).await;
+                    if ctx.errors.allow(&ctx.stats) {
+                        tracing::info!(shard = ctx.id, %peer, error = ?e, "bad request head");
+                    }
+                    let status = parse_error_status(e);
+                    respond_canned(&ctx, &mut client, status, true).await;
+                    record_refused(&ctx, &client, status.status(), head_started);
                     linger_close(&mut client).await;
                     return;
                 }
@@ -112,6 +119,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, accep
                 Ok(_) => {}
                 Err(IoFail::Timeout) => {
                     respond_canned(&ctx, &mut client, Canned::RequestTimeout, true).await;
+                    record_refused(&ctx, &client, 408, head_started);
                     return;
                 }
                 Err(_) => return,

@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use edgeshard::config::{Config, IoEngine};
-use edgeshard::shard::{run_shard, Shared};
+use edgeshard::observe::access::LogWriter;
+use edgeshard::observe::admin::{self, AdminState, ShardMeta};
+use edgeshard::shard::{run_shard, ShardStart, Shared};
 
 // mimalloc: the proxy allocates per-connection buffers and per-request vectors from many
 // threads with no cross-thread frees on the hot path; mimalloc's per-thread heaps serve that
@@ -75,25 +77,51 @@ enum Command {
     },
 }
 
-fn main() {
+/// The error log: `EDGESHARD_LOG` if set, else `log.level` from the configuration.
+fn init_tracing(level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EDGESHARD_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Where the running configuration came from, for `/status`.
+struct ConfigMeta {
+    path: Option<PathBuf>,
+    /// CRC-32 of the file's bytes, in hex.
+    version: String,
+}
+
+fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config } => {
+            init_tracing("info");
+            check(&config)
+        }
         Command::Run { config, placement } => match Config::load(&config) {
-            Ok(c) => report(run(c, &placement)),
+            Ok(c) => {
+                init_tracing(&c.log.level);
+                let text = std::fs::read(&config).unwrap_or_default();
+                let meta = ConfigMeta {
+                    path: Some(std::fs::canonicalize(&config).unwrap_or(config)),
+                    version: format!("{:08x}", crc32fast::hash(&text)),
+                };
+                report(run(c, &placement, meta))
+            }
             Err(e) => {
                 eprintln!("{e}");
                 1
             }
         },
-        Command::Demo { listen, placement } => report(demo(listen, placement)),
+        Command::Demo { listen, placement } => {
+            init_tracing("info");
+            report(demo(listen, placement))
+        }
     };
     std::process::exit(code);
 }
@@ -132,7 +160,11 @@ fn demo(listen: std::net::SocketAddr, mut placement: Placement) -> Result<()> {
     if placement.shards.is_none() {
         placement.shards = Some(1);
     }
-    run(config, &placement)
+    let meta = ConfigMeta {
+        path: None,
+        version: "demo".into(),
+    };
+    run(config, &placement, meta)
 }
 
 /// Parses "0-3,6" into CPU ids.
@@ -253,7 +285,24 @@ fn raise_nofile_limit() {
     }
 }
 
-fn run(config: Config, placement: &Placement) -> Result<()> {
+/// Waits for SIGTERM or SIGINT; every SIGUSR1 on the way reopens the access log.
+fn wait_for_stop(
+    signals: &mut signal_hook::iterator::Signals,
+    log: Option<&edgeshard::observe::access::LogSink>,
+) -> Option<i32> {
+    for s in signals.forever() {
+        if s != signal_hook::consts::SIGUSR1 {
+            return Some(s);
+        }
+        if let Some(log) = log {
+            log.reopen();
+        }
+    }
+    None
+}
+
+fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
+    let loaded_unix = admin::unix_now();
     raise_nofile_limit();
     let requested = match placement.io_engine {
         Some(EngineArg::Auto) => IoEngine::Auto,
@@ -264,32 +313,63 @@ fn run(config: Config, placement: &Placement) -> Result<()> {
     let engine = resolve_engine(requested)?;
     let cpus = choose_cpus(placement)?;
     let (sockets, bound) = edgeshard::listener::bind_all(&config.listeners, cpus.len())?;
+    let admin_listener = match &config.admin {
+        None => None,
+        Some(a) => Some(std::net::TcpListener::bind(a.address).with_context(|| {
+            format!(
+                "admin.address {}: cannot listen; choose a free address or stop the process using it",
+                a.address
+            )
+        })?),
+    };
+    // The access log file is opened now, so a bad path stops start-up instead of every line.
+    let (log_sink, log_writer) = match &config.log.access {
+        None => (None, None),
+        Some(a) => {
+            let (sink, writer) = LogWriter::start(a).context("cannot open log.access")?;
+            (Some(sink), Some(writer))
+        }
+    };
 
     // Signals are blocked into a handler before any thread starts, so a SIGTERM that arrives
     // right after readiness drains instead of killing the process.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGUSR1,
     ])
     .context("cannot install signal handlers")?;
 
-    let shared = Arc::new(Shared::new(config));
+    let shared = Arc::new(Shared::with_shards(config, cpus.len()));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut stops = Vec::new();
     let mut threads = Vec::new();
+    let mut queries = Vec::new();
     for (i, (cpu, listeners)) in cpus.iter().copied().zip(sockets).enumerate() {
         let (stop_tx, stop_rx) = futures_channel::oneshot::channel::<()>();
         stops.push(stop_tx);
-        let shared = shared.clone();
-        let ready = ready_tx.clone();
+        let (query_tx, query_rx) = futures_channel::mpsc::unbounded();
+        queries.push(query_tx);
+        let start = ShardStart {
+            id: i,
+            engine,
+            shared: shared.clone(),
+            listeners,
+            ready: ready_tx.clone(),
+            shutdown: stop_rx,
+            queries: query_rx,
+            log_sink: log_sink.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name(format!("shard-{i}"))
             .spawn(move || {
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-                    let _ = ready.send(Err(format!("shard {i}: cannot pin to CPU {cpu}")));
+                    let _ = start
+                        .ready
+                        .send(Err(format!("shard {i}: cannot pin to CPU {cpu}")));
                     return None;
                 }
-                Some(run_shard(i, engine, shared, listeners, ready, stop_rx))
+                Some(run_shard(start))
             })
             .context("cannot start a shard thread")?;
         threads.push(handle);
@@ -307,10 +387,38 @@ fn run(config: Config, placement: &Placement) -> Result<()> {
     } else {
         "epoll"
     };
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let admin = match admin_listener {
+        None => None,
+        Some(l) => Some(
+            admin::start(
+                l,
+                AdminState {
+                    shared: shared.clone(),
+                    shards: cpus
+                        .iter()
+                        .map(|&cpu| ShardMeta {
+                            cpu,
+                            engine: engine_name,
+                        })
+                        .collect(),
+                    queries,
+                    started: std::time::Instant::now(),
+                    config_path: meta.path,
+                    config_version: meta.version,
+                    loaded_unix,
+                },
+            )
+            .context("cannot start the admin thread")?,
+        ),
+    };
     {
         let mut out = std::io::stdout().lock();
         for addr in &bound {
             writeln!(out, "edgeshard: listening on {addr}")?;
+        }
+        if let Some(a) = admin_addr {
+            writeln!(out, "edgeshard: admin on {a}")?;
         }
         writeln!(
             out,
@@ -321,15 +429,16 @@ fn run(config: Config, placement: &Placement) -> Result<()> {
     }
     tracing::info!(shards = threads.len(), cpus = %format_cpus(&cpus), engine = engine_name, "edgeshard started");
 
-    // Wait for SIGTERM/SIGINT, then drain.
-    let sig = signals.forever().next();
+    // Wait for SIGTERM/SIGINT, then drain. SIGUSR1 reopens the access log (rotation).
+    let sig = wait_for_stop(&mut signals, log_sink.as_ref());
     tracing::info!(signal = ?sig, "draining: no new connections; finishing in-flight requests");
     for s in stops {
         let _ = s.send(());
     }
-    // A second signal while draining means: stop now.
+    // A second SIGTERM/SIGINT while draining means: stop now.
+    let reopen = log_sink.clone();
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        if wait_for_stop(&mut signals, reopen.as_ref()).is_some() {
             eprintln!("edgeshard: second signal, exiting without waiting");
             std::process::exit(1);
         }
@@ -346,6 +455,13 @@ fn run(config: Config, placement: &Placement) -> Result<()> {
             unfinished,
             "shutdown_timeout reached with connections still open"
         );
+    }
+    // Every shard handed over its last lines: the writer writes them, then stops.
+    if let Some(w) = log_writer {
+        w.finish();
+    }
+    if let Some(a) = admin {
+        a.stop();
     }
     Ok(())
 }

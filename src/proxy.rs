@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use crate::http::canned::Canned;
-use crate::http::chunked::{encode_chunk_header, encode_last_chunk, ChunkedDecoder};
 use crate::http::encode::{
     client_response_head, response_out_framing, split_target, upstream_request_head, OutFraming,
 };
-use crate::http::parse::{
-    parse_response, BodyFraming, HeadLimits, Method, ParseError, Parsed, RequestHead, ResponseHead,
-};
+use crate::http::parse::{BodyFraming, HeadLimits, Method, ParseError, RequestHead};
 use crate::io::{read_more, write_from, write_static, Deadline, IoFail};
+use crate::observe::access::RequestFields;
+use crate::observe::reqid::valid_incoming;
+use crate::relay::{read_response_head, relay_body, BodyPlan, HeadFail, RelayError};
 use crate::shard::{Pick, ShardCtx};
 use crate::stats::{add, bump};
 
@@ -39,15 +39,6 @@ pub struct Client {
     pub deadline: Deadline,
 }
 
-/// Why a body relay stopped early.
-#[derive(Debug)]
-enum RelayError {
-    Read(IoFail),
-    Write(IoFail),
-    Framing,
-    TooLarge,
-}
-
 /// How an exchange that did not complete ends, mapped to what the client sees.
 #[derive(Debug, Clone, Copy)]
 enum Failure {
@@ -56,6 +47,22 @@ enum Failure {
     /// Close the client connection without a word (it went away, or the response head was
     /// already sent and the body cannot be completed).
     Close,
+}
+
+/// A request being forwarded to a backend (the `in_flight` gauge) until dropped.
+struct InFlight<'a>(&'a std::cell::Cell<u64>);
+
+impl<'a> InFlight<'a> {
+    fn new(c: &'a std::cell::Cell<u64>) -> InFlight<'a> {
+        c.set(c.get() + 1);
+        InFlight(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
 }
 
 /// Writes a canned response and says whether the connection must close afterwards.
@@ -145,6 +152,39 @@ struct RequestFacts {
     head_len: usize,
 }
 
+/// What one request did, filled in along the pipeline for the counters and the access log.
+#[derive(Default)]
+struct Trace {
+    route: Option<usize>,
+    upstream: Option<usize>,
+    backend: Option<usize>,
+    /// The status the client got (None: closed without a response).
+    status: Option<u16>,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// From the request's first byte sent upstream to the last response byte relayed.
+    upstream_us: Option<u64>,
+}
+
+/// The request id: generated here, or kept from a trusted peer (then it travels unchanged).
+enum RequestId {
+    Generated(crate::observe::reqid::RequestId),
+    Trusted(Box<[u8]>),
+}
+
+impl RequestId {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Generated(g) => g,
+            RequestId::Trusted(t) => t,
+        }
+    }
+}
+
+fn micros(since: Instant) -> u64 {
+    since.elapsed().as_micros().min(u128::from(u64::MAX)) as u64
+}
+
 /// Runs one request through the pipeline. On return the request (head and body) has been
 /// removed from `client.buf`, leaving any pipelined bytes that followed it.
 pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHead) -> Outcome {
@@ -158,12 +198,20 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         expect_continue: head.expect_continue,
         head_len: head.head_len,
     };
-    let prepared = prepare(ctx, client, head, &facts);
+    let mut trace = Trace::default();
+    let rid = request_id(ctx, client, head);
+    // Copied out of the head only for requests that will be logged.
+    let log_fields = ctx
+        .access
+        .as_ref()
+        .filter(|log| log.sampled())
+        .map(|_| log_fields(&client.buf, head, rid.bytes()));
+    let prepared = prepare(ctx, client, head, &facts, &rid, &mut trace);
     // The head has been encoded for the upstream (or refused): from here on the client buffer
     // holds only the body and whatever was pipelined after it.
     client.buf.drain(..facts.head_len);
     let result = match prepared {
-        Ok(p) => exchange(ctx, client, p, facts).await,
+        Ok(p) => exchange(ctx, client, p, facts, &rid, &mut trace).await,
         Err(c) => Err(Failure::Status(c)),
     };
     let outcome = match result {
@@ -174,6 +222,8 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             // HTTP/1.0 clients get a close: canned responses carry no `Connection: keep-alive`.
             let body_unread = !facts.framing.is_empty();
             let close = !facts.keep_alive || facts.minor == 0 || body_unread || ctx.draining();
+            trace.status = Some(c.status());
+            trace.bytes_out = 0;
             let outcome = respond_canned(ctx, client, c, close).await;
             if body_unread {
                 linger_close(client).await;
@@ -181,9 +231,89 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             outcome
         }
     };
+    let total_us = micros(started);
     ctx.stats
-        .record_latency(started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64);
+        .finish_request(trace.route, trace.status, total_us);
+    if let (Some(log), Some(fields)) = (&ctx.access, log_fields) {
+        let cfg = &ctx.shared.config;
+        log.push(
+            &fields,
+            &crate::observe::access::Outcome {
+                client: client.peer.ip(),
+                status: trace.status,
+                bytes_in: trace.bytes_in,
+                bytes_out: trace.bytes_out,
+                total_us,
+                upstream_us: trace.upstream_us,
+                route: trace.route.map(|r| cfg.routes[r].name.as_str()),
+                upstream: trace.upstream.map(|u| cfg.upstreams[u].name.as_str()),
+                backend: trace.backend.map(|b| ctx.shared.backends[b].address),
+            },
+            &ctx.stats,
+        );
+    }
     outcome
+}
+
+/// Counts and logs a request refused before it could be parsed (bad head, or a connection
+/// that sent nothing within `client_header`): the client got `status`.
+pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, started: Instant) {
+    let total_us = micros(started);
+    ctx.stats.finish_request(None, Some(status), total_us);
+    if let Some(log) = ctx.access.as_ref().filter(|l| l.sampled()) {
+        let fields = RequestFields::new(b"", b"", 1, b"", b"", b"", b"");
+        log.push(
+            &fields,
+            &crate::observe::access::Outcome {
+                client: client.peer.ip(),
+                status: Some(status),
+                bytes_in: 0,
+                bytes_out: 0,
+                total_us,
+                upstream_us: None,
+                route: None,
+                upstream: None,
+                backend: None,
+            },
+            &ctx.stats,
+        );
+    }
+}
+
+/// The id this request carries: the incoming one from a trusted peer, else a new one.
+fn request_id(ctx: &ShardCtx, client: &Client, head: &RequestHead) -> RequestId {
+    let cfg = &ctx.shared.config.request_id;
+    if !cfg.trusted.is_empty() && cfg.trusts(client.peer.ip()) {
+        let name = cfg.header_lower.as_bytes();
+        let incoming = head
+            .headers
+            .iter()
+            .find(|h| h.name.get(&client.buf).eq_ignore_ascii_case(name))
+            .map(|h| h.value.get(&client.buf))
+            .filter(|v| valid_incoming(v));
+        if let Some(v) = incoming {
+            return RequestId::Trusted(v.into());
+        }
+    }
+    RequestId::Generated(ctx.ids.generate())
+}
+
+fn log_fields(buf: &[u8], head: &RequestHead, rid: &[u8]) -> RequestFields {
+    let header = |name: &[u8]| {
+        head.headers
+            .iter()
+            .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
+            .map_or(&b""[..], |h| h.value.get(buf))
+    };
+    RequestFields::new(
+        head.method.get(buf),
+        head.target.get(buf),
+        head.minor_version,
+        head.host.map_or(&b""[..], |h| h.get(buf)),
+        header(b"referer"),
+        header(b"user-agent"),
+        rid,
+    )
 }
 
 /// A request routed and encoded for its upstream, ready to send.
@@ -200,6 +330,8 @@ fn prepare(
     client: &Client,
     head: &RequestHead,
     facts: &RequestFacts,
+    rid: &RequestId,
+    trace: &mut Trace,
 ) -> Result<Prepared, Canned> {
     let shared = &*ctx.shared;
     let buf = &client.buf[..];
@@ -231,6 +363,8 @@ fn prepare(
     let Some(route) = route else {
         return Err(Canned::NotFound);
     };
+    trace.route = Some(route.index);
+    trace.upstream = Some(route.upstream);
     if let BodyFraming::Length(n) = facts.framing {
         if n > shared.config.limits.max_body_bytes {
             return Err(Canned::PayloadTooLarge);
@@ -249,6 +383,11 @@ fn prepare(
         host,
         client.peer.ip(),
         out_framing,
+        match rid {
+            RequestId::Generated(g) => Some((shared.config.request_id.header.as_bytes(), g)),
+            // A trusted id is already among the headers being copied.
+            RequestId::Trusted(_) => None,
+        },
         &mut out,
     );
     Ok(Prepared {
@@ -263,6 +402,8 @@ async fn exchange(
     client: &mut Client,
     prepared: Prepared,
     facts: RequestFacts,
+    rid: &RequestId,
+    trace: &mut Trace,
 ) -> Result<Outcome, Failure> {
     let cfg = &ctx.shared.config;
     let Prepared {
@@ -280,6 +421,9 @@ async fn exchange(
     let mut tried: Vec<usize> = Vec::new();
     const MAX_CONNECT_ATTEMPTS: usize = 4;
     let mut ubuf = ctx.take_buffer();
+    // Counts this request against the backend it is being sent to, until it returns.
+    let mut in_flight: Option<InFlight<'_>>;
+    let mut sending_at: Option<Instant> = None;
     let (mut upstream, backend, resp_head) = loop {
         let now = Instant::now();
         let pick = if tried.len() >= MAX_CONNECT_ATTEMPTS {
@@ -288,7 +432,10 @@ async fn exchange(
             ctx.pick_backend(upstream_id, &tried, now)
         };
         let backend = match pick {
-            Pick::Backend(b) => b,
+            Pick::Backend(b) => {
+                trace.backend = Some(b);
+                b
+            }
             Pick::NoneUsable | Pick::Exhausted => {
                 ctx.give_buffer(out);
                 ctx.give_buffer(ubuf);
@@ -335,7 +482,9 @@ async fn exchange(
             .map_err(|_| Failure::Close)?;
         }
 
-        // Head (and for bodies, the body).
+        // Head (and for bodies, the body). From here the backend may have the request.
+        in_flight = Some(InFlight::new(&ctx.stats.backends[backend].in_flight));
+        let sending = *sending_at.insert(Instant::now());
         let sent = if facts.framing.is_empty() {
             write_from(
                 &mut upstream,
@@ -371,6 +520,8 @@ async fn exchange(
             match r {
                 Ok(n) => {
                     add(&ctx.stats.bytes_in, n);
+                    add(&ctx.stats.backends[backend].bytes_sent, n);
+                    trace.bytes_in = n;
                     client.buf.drain(..pos);
                     Ok(())
                 }
@@ -407,7 +558,10 @@ async fn exchange(
             }
         };
         match got {
-            Ok(h) => break (upstream, backend, h),
+            Ok(h) => {
+                ctx.stats.record_first_byte(micros(sending));
+                break (upstream, backend, h);
+            }
             Err(HeadFail::Io(IoFail::Timeout)) => {
                 ctx.give_buffer(out);
                 return Err(Failure::Status(Canned::GatewayTimeout));
@@ -428,7 +582,8 @@ async fn exchange(
             }
         }
     };
-    ctx.stats.upstream_status(resp_head.status);
+    ctx.stats.upstream_status(backend, resp_head.status);
+    trace.status = Some(resp_head.status);
 
     // -- respond ---------------------------------------------------------------------------
     let in_framing = resp_head.framing(facts.method);
@@ -441,6 +596,9 @@ async fn exchange(
         resp_framing,
         close,
         facts.minor,
+        cfg.request_id
+            .respond
+            .then(|| (cfg.request_id.header.as_bytes(), rid.bytes())),
         &mut out,
     );
     let mut upos = resp_head.head_len;
@@ -493,9 +651,13 @@ async fn exchange(
         .await
     };
     ctx.give_buffer(out);
+    trace.upstream_us = sending_at.map(micros);
+    drop(in_flight);
     match relayed {
         Ok(n) => {
             add(&ctx.stats.bytes_out, n);
+            add(&ctx.stats.backends[backend].bytes_received, n);
+            trace.bytes_out = n;
             if upstream_reusable && upos == ubuf.len() {
                 ctx.pool
                     .borrow_mut()
@@ -524,179 +686,6 @@ async fn exchange(
             // The head is out; the only honest signal left is to close mid-body.
             bump(&ctx.stats.upstream_aborts);
             Err(Failure::Close)
-        }
-    }
-}
-
-enum HeadFail {
-    Io(IoFail),
-    Bad,
-}
-
-/// Reads the upstream's response head into `ubuf` (which may hold bytes after it), skipping
-/// interim 1xx responses. A 101 is refused: upgrades are never forwarded here.
-async fn read_response_head(
-    upstream: &mut TcpStream,
-    ubuf: &mut Vec<u8>,
-    limits: &HeadLimits,
-    dl: &mut Deadline,
-    timeout: Duration,
-    any_byte: &mut bool,
-) -> Result<ResponseHead, HeadFail> {
-    let deadline = Instant::now() + timeout;
-    let mut head = ResponseHead::default();
-    loop {
-        if !ubuf.is_empty() {
-            match parse_response(ubuf, limits, &mut head) {
-                Ok(Parsed::Complete(())) => {
-                    if head.status == 101 {
-                        return Err(HeadFail::Bad);
-                    }
-                    if (100..200).contains(&head.status) {
-                        ubuf.drain(..head.head_len);
-                        continue;
-                    }
-                    return Ok(head);
-                }
-                Ok(Parsed::Partial) => {}
-                Err(_) => return Err(HeadFail::Bad),
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(HeadFail::Io(IoFail::Timeout));
-        }
-        read_more(upstream, ubuf, dl, left)
-            .await
-            .map_err(HeadFail::Io)?;
-        *any_byte = true;
-    }
-}
-
-/// How one body is relayed: framing in and out, its size limit and the IO timeouts.
-#[derive(Clone, Copy)]
-struct BodyPlan {
-    incoming: BodyFraming,
-    outgoing: OutFraming,
-    limit: u64,
-    /// Bound on one chunk-size line or the trailer section.
-    chunk_overhead: usize,
-    /// Response trailers are relayed; request trailers are dropped (RFC 9110 §6.5.1 allows
-    /// it, and it keeps fields like Content-Length or Host out of a backend's trailer parser).
-    forward_trailers: bool,
-    read_timeout: Duration,
-    write_timeout: Duration,
-}
-
-/// Relays one body from `src` to `dst`. Bytes already read sit in `inbuf[*pos..]`; `out`
-/// holds bytes to send first (a head) and is flushed with the first payload. `incoming` says
-/// how the body is delimited on the way in, `outgoing` how to write it. On success `*pos`
-/// points just past the body in `inbuf` (pipelined bytes may follow).
-#[allow(clippy::too_many_arguments)]
-async fn relay_body(
-    src: &mut TcpStream,
-    inbuf: &mut Vec<u8>,
-    pos: &mut usize,
-    dst: &mut TcpStream,
-    out: &mut Vec<u8>,
-    dl: &mut Deadline,
-    plan: &BodyPlan,
-    written: &mut bool,
-) -> Result<u64, RelayError> {
-    let BodyPlan {
-        incoming,
-        outgoing,
-        limit,
-        chunk_overhead,
-        read_timeout,
-        write_timeout,
-        ..
-    } = *plan;
-    let mut remaining = match incoming {
-        BodyFraming::Length(n) => n,
-        _ => u64::MAX,
-    };
-    let mut decoder =
-        (incoming == BodyFraming::Chunked).then(|| ChunkedDecoder::new(chunk_overhead));
-    let rechunk = outgoing == OutFraming::Chunked;
-    let mut total: u64 = 0;
-    let mut done = incoming == BodyFraming::None || remaining == 0;
-    // Large bodies are read in larger pieces.
-    const RELAY_BUF: usize = 64 * 1024;
-    loop {
-        while !done && *pos < inbuf.len() {
-            let avail = &inbuf[*pos..];
-            let (data, consumed) = match decoder.as_mut() {
-                Some(d) => {
-                    let step = d.decode(avail).map_err(|_| RelayError::Framing)?;
-                    done = step.done;
-                    ((*pos + step.data.0, *pos + step.data.1), step.consumed)
-                }
-                None => {
-                    let n = (avail.len() as u64).min(remaining) as usize;
-                    if matches!(incoming, BodyFraming::Length(_)) {
-                        remaining -= n as u64;
-                        done = remaining == 0;
-                    }
-                    ((*pos, *pos + n), n)
-                }
-            };
-            let len = data.1 - data.0;
-            total += len as u64;
-            if total > limit {
-                return Err(RelayError::TooLarge);
-            }
-            if len > 0 {
-                if rechunk {
-                    encode_chunk_header(len, out);
-                    out.extend_from_slice(&inbuf[data.0..data.1]);
-                    out.extend_from_slice(b"\r\n");
-                } else if out.is_empty() && len >= 4096 {
-                    // Large piece, nothing pending: write straight from the read buffer.
-                    *written = true;
-                    write_from(dst, inbuf, data.0, data.1, dl, write_timeout)
-                        .await
-                        .map_err(RelayError::Write)?;
-                } else {
-                    out.extend_from_slice(&inbuf[data.0..data.1]);
-                }
-            }
-            *pos += consumed;
-        }
-        if done {
-            if rechunk {
-                let trailers = match (&decoder, plan.forward_trailers) {
-                    (Some(d), true) => &d.trailers[..],
-                    _ => b"",
-                };
-                encode_last_chunk(trailers, out);
-            }
-            let n = out.len();
-            *written = true;
-            write_from(dst, out, 0, n, dl, write_timeout)
-                .await
-                .map_err(RelayError::Write)?;
-            out.clear();
-            return Ok(total);
-        }
-        if !out.is_empty() {
-            let n = out.len();
-            *written = true;
-            write_from(dst, out, 0, n, dl, write_timeout)
-                .await
-                .map_err(RelayError::Write)?;
-            out.clear();
-        }
-        // Everything buffered was consumed: read the next piece into a fresh buffer.
-        inbuf.clear();
-        *pos = 0;
-        if inbuf.capacity() < RELAY_BUF {
-            inbuf.reserve(RELAY_BUF);
-        }
-        match read_more(src, inbuf, dl, read_timeout).await {
-            Ok(_) => {}
-            Err(IoFail::Eof) if incoming == BodyFraming::UntilClose => done = true,
-            Err(e) => return Err(RelayError::Read(e)),
         }
     }
 }

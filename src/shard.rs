@@ -7,16 +7,22 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures_channel::{mpsc, oneshot};
 
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::balance::{BackendState, Balancer};
 use crate::config::{Config, IoEngine};
 use crate::notify::Notify;
+use crate::observe::access::{AccessLog, LogSink};
+use crate::observe::errors::ErrorLimiter;
+use crate::observe::reqid::RequestIds;
 use crate::route::RouteTable;
-use crate::stats::{bump, Stats};
+use crate::stats::{bump, Snapshot, Stats};
 use crate::upstream::pool::Pool;
 
 /// The outcome of choosing a backend for a request.
@@ -38,7 +44,9 @@ pub struct BackendInfo {
     pub local: usize,
 }
 
-/// The immutable snapshot every shard reads: configuration, route table, backend list.
+/// The immutable snapshot every shard reads: configuration, route table, backend list, plus
+/// the few flags the control plane flips (read-mostly atomics: written only by an operator's
+/// action or a shard starting or stopping, never per request).
 #[derive(Debug)]
 pub struct Shared {
     pub config: Config,
@@ -46,10 +54,19 @@ pub struct Shared {
     pub backends: Vec<BackendInfo>,
     /// Per upstream: the range of its backends in `backends`.
     pub upstream_backends: Vec<std::ops::Range<usize>>,
+    /// Per backend: taken out of rotation by the admin API (`/drain`), on every shard.
+    pub drained: Box<[AtomicBool]>,
+    /// Per shard: accepting connections (for `/ready`).
+    pub accepting: Box<[AtomicBool]>,
 }
 
 impl Shared {
+    /// A snapshot for one shard (tests, benchmarks).
     pub fn new(config: Config) -> Shared {
+        Shared::with_shards(config, 1)
+    }
+
+    pub fn with_shards(config: Config, shards: usize) -> Shared {
         let routes = RouteTable::new(&config);
         let mut backends = Vec::new();
         let mut upstream_backends = Vec::new();
@@ -65,11 +82,34 @@ impl Shared {
             upstream_backends.push(start..backends.len());
         }
         Shared {
+            drained: backends.iter().map(|_| AtomicBool::new(false)).collect(),
+            accepting: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             config,
             routes,
             backends,
             upstream_backends,
         }
+    }
+
+    /// Whether the admin API drained this backend. Relaxed: the flag guards no other data,
+    /// and a request picked a moment before the flip is an in-flight request the drain lets
+    /// finish anyway.
+    #[inline]
+    pub fn is_drained(&self, backend: usize) -> bool {
+        self.drained[backend].load(Ordering::Relaxed)
+    }
+
+    /// Finds a backend by upstream name and address text (`/upstreams/NAME/backends/ADDR`).
+    pub fn find_backend(&self, upstream: &str, addr: &str) -> Option<usize> {
+        let u = self
+            .config
+            .upstreams
+            .iter()
+            .position(|u| u.name == upstream)?;
+        let addr: SocketAddr = addr.parse().ok()?;
+        self.upstream_backends[u]
+            .clone()
+            .find(|&b| self.backends[b].address == addr)
     }
 }
 
@@ -88,6 +128,11 @@ pub struct ShardCtx {
     backend_state: RefCell<Vec<BackendState>>,
     buffers: RefCell<Vec<Vec<u8>>>,
     pub stats: Stats,
+    /// The access log buffer, when enabled.
+    pub access: Option<AccessLog>,
+    /// Rate limit for client- and backend-caused error-log lines.
+    pub errors: ErrorLimiter,
+    pub ids: RequestIds,
     /// Fired when the shard starts draining.
     pub drain: Notify,
     /// Fired when draining and the last connection closes.
@@ -97,6 +142,10 @@ pub struct ShardCtx {
 
 impl ShardCtx {
     pub fn new(id: usize, shared: Arc<Shared>) -> ShardCtx {
+        ShardCtx::with_log(id, shared, None)
+    }
+
+    pub fn with_log(id: usize, shared: Arc<Shared>, sink: Option<LogSink>) -> ShardCtx {
         let limits: Vec<(usize, Duration)> = shared
             .backends
             .iter()
@@ -118,7 +167,13 @@ impl ShardCtx {
             ),
             backend_state: RefCell::new(vec![BackendState::default(); shared.backends.len()]),
             buffers: RefCell::new(Vec::new()),
-            stats: Stats::default(),
+            stats: Stats::new(shared.routes.len(), shared.backends.len()),
+            access: match (sink, &shared.config.log.access) {
+                (Some(sink), Some(cfg)) => Some(AccessLog::new(id, cfg, sink)),
+                _ => None,
+            },
+            errors: ErrorLimiter::new(shared.config.log.error_rate),
+            ids: RequestIds::new(id),
             drain: Notify::default(),
             idle: Notify::default(),
             active: Cell::new(0),
@@ -156,7 +211,7 @@ impl ShardCtx {
         let states = self.backend_state.borrow();
         let usable = |i: usize| {
             let g = range.start + i;
-            !tried.contains(&g) && states[g].usable(now)
+            !tried.contains(&g) && states[g].usable(now) && !self.shared.is_drained(g)
         };
         match self.balancers.borrow_mut()[upstream].pick(range.len(), usable) {
             Some(i) => Pick::Backend(range.start + i),
@@ -169,9 +224,14 @@ impl ShardCtx {
     pub async fn connect(&self, backend: usize) -> std::io::Result<TcpStream> {
         let addr = self.shared.backends[backend].address;
         let timeout = self.shared.config.timeouts.upstream_connect;
+        let bstats = &self.stats.backends[backend];
         bump(&self.stats.upstream_connects);
+        bump(&bstats.connects);
+        let started = Instant::now();
         let result = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
             Ok(Ok(s)) => {
+                self.stats
+                    .record_connect(started.elapsed().as_micros() as u64);
                 let _ = s.set_nodelay(true);
                 Ok(s)
             }
@@ -183,15 +243,45 @@ impl ShardCtx {
         };
         if let Err(e) = &result {
             bump(&self.stats.upstream_connect_errors);
+            bump(&bstats.connect_errors);
+            bump(&bstats.ejections);
             let upstream = self.shared.backends[backend].upstream;
             let backoff = self.shared.config.upstreams[upstream].fail_timeout;
             self.backend_state.borrow_mut()[backend].retry_at = Some(Instant::now() + backoff);
-            tracing::warn!(shard = self.id, backend = %addr, error = %e, "upstream connect failed");
+            if self.errors.allow(&self.stats) {
+                tracing::warn!(shard = self.id, backend = %addr, error = %e, "upstream connect failed; skipping it for fail_timeout");
+            }
         } else {
             self.backend_state.borrow_mut()[backend].retry_at = None;
         }
         result
     }
+}
+
+impl ShardCtx {
+    /// This shard's counters, with the gauges only the shard can read (pool, backoff).
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snap = self.stats.snapshot();
+        let now = Instant::now();
+        let pool = self.pool.borrow();
+        let c = pool.counters;
+        snap.pool_hits = c.hits;
+        snap.pool_misses = c.misses;
+        snap.pool_evicted_idle = c.evicted_idle;
+        snap.pool_evicted_dead = c.evicted_dead;
+        snap.pool_rejected_full = c.rejected_full;
+        let states = self.backend_state.borrow();
+        for (i, b) in snap.backends.iter_mut().enumerate() {
+            b.idle = pool.idle_for(i) as u64;
+            b.failing = u64::from(!states[i].usable(now));
+        }
+        snap
+    }
+}
+
+/// A question the admin thread asks a shard; answered on the shard's own thread.
+pub enum ShardQuery {
+    Snapshot(oneshot::Sender<Snapshot>),
 }
 
 /// Counts a live client connection; wakes the drainer when the last one closes.
@@ -255,52 +345,59 @@ fn build_uring_runtime() -> std::io::Result<UringRuntime> {
     }
 }
 
+/// Everything a shard thread is started with.
+pub struct ShardStart {
+    pub id: usize,
+    pub engine: IoEngine,
+    pub shared: Arc<Shared>,
+    pub listeners: Vec<std::net::TcpListener>,
+    pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
+    /// Resolves (or is dropped) when the shard must drain and stop.
+    pub shutdown: oneshot::Receiver<()>,
+    /// Questions from the admin thread.
+    pub queries: mpsc::UnboundedReceiver<ShardQuery>,
+    /// Where full access-log buffers go, when the access log is on.
+    pub log_sink: Option<LogSink>,
+}
+
 /// Builds this thread's runtime for the chosen engine and runs the shard to completion.
-pub fn run_shard(
-    id: usize,
-    engine: IoEngine,
-    shared: Arc<Shared>,
-    listeners: Vec<std::net::TcpListener>,
-    ready: std::sync::mpsc::Sender<Result<usize, String>>,
-    shutdown: futures_channel::oneshot::Receiver<()>,
-) -> ShardReport {
-    match engine {
+pub fn run_shard(start: ShardStart) -> ShardReport {
+    let id = start.id;
+    let failed = |ready: &std::sync::mpsc::Sender<_>, e: std::io::Error, what: &str| {
+        let _ = ready.send(Err(format!("shard {id}: {what} runtime failed: {e}")));
+        ShardReport {
+            id,
+            summary: String::new(),
+            unfinished: 0,
+        }
+    };
+    match start.engine {
         IoEngine::Uring | IoEngine::Auto => match build_uring_runtime() {
-            Ok(mut rt) => rt.block_on(shard_main(id, shared, listeners, ready, shutdown)),
-            Err(e) => {
-                let _ = ready.send(Err(format!("shard {id}: io_uring runtime failed: {e}")));
-                ShardReport {
-                    id,
-                    summary: String::new(),
-                    unfinished: 0,
-                }
-            }
+            Ok(mut rt) => rt.block_on(shard_main(start)),
+            Err(e) => failed(&start.ready, e, "io_uring"),
         },
         IoEngine::Epoll => match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
             .build()
         {
-            Ok(mut rt) => rt.block_on(shard_main(id, shared, listeners, ready, shutdown)),
-            Err(e) => {
-                let _ = ready.send(Err(format!("shard {id}: epoll runtime failed: {e}")));
-                ShardReport {
-                    id,
-                    summary: String::new(),
-                    unfinished: 0,
-                }
-            }
+            Ok(mut rt) => rt.block_on(shard_main(start)),
+            Err(e) => failed(&start.ready, e, "epoll"),
         },
     }
 }
 
-async fn shard_main(
-    id: usize,
-    shared: Arc<Shared>,
-    listeners: Vec<std::net::TcpListener>,
-    ready: std::sync::mpsc::Sender<Result<usize, String>>,
-    shutdown: futures_channel::oneshot::Receiver<()>,
-) -> ShardReport {
-    let ctx = Rc::new(ShardCtx::new(id, shared));
+async fn shard_main(start: ShardStart) -> ShardReport {
+    let ShardStart {
+        id,
+        shared,
+        listeners,
+        ready,
+        shutdown,
+        mut queries,
+        log_sink,
+        ..
+    } = start;
+    let ctx = Rc::new(ShardCtx::with_log(id, shared, log_sink));
     let mut accepting = Vec::new();
     for l in listeners {
         match TcpListener::from_std(l) {
@@ -315,18 +412,54 @@ async fn shard_main(
             }
         }
     }
+    if let Some(flag) = ctx.shared.accepting.get(id) {
+        flag.store(true, Ordering::Release);
+    }
     let _ = ready.send(Ok(id));
 
-    // Idle upstream connections: expire and close dead ones once a second.
+    // Idle upstream connections: expire and close dead ones once a second. The access log's
+    // buffer is handed to the writer at least every `flush` interval.
     let sweeper = {
         let ctx = ctx.clone();
         monoio::spawn(async move {
+            let tick = ctx
+                .shared
+                .config
+                .log
+                .access
+                .as_ref()
+                .map_or(Duration::from_secs(1), |a| {
+                    a.flush.min(Duration::from_secs(1))
+                });
+            let mut last_sweep = Instant::now();
             loop {
                 monoio::select! {
-                    _ = monoio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = monoio::time::sleep(tick) => {}
                     _ = ctx.drain.notified() => break,
                 }
-                ctx.pool.borrow_mut().sweep(Instant::now());
+                let now = Instant::now();
+                if now.duration_since(last_sweep) >= Duration::from_secs(1) {
+                    ctx.pool.borrow_mut().sweep(now);
+                    last_sweep = now;
+                }
+                if let Some(log) = &ctx.access {
+                    log.flush(&ctx.stats);
+                }
+                ctx.errors.report(ctx.id, &ctx.stats);
+            }
+        })
+    };
+
+    // The admin thread's questions, answered between requests on this thread.
+    let answering = {
+        let ctx = ctx.clone();
+        monoio::spawn(async move {
+            while let Some(q) = next_query(&mut queries).await {
+                match q {
+                    ShardQuery::Snapshot(reply) => {
+                        let _ = reply.send(ctx.snapshot());
+                    }
+                }
             }
         })
     };
@@ -341,6 +474,9 @@ async fn shard_main(
 
     // Run until told to stop (a dropped sender means the process is going down: stop too).
     let _ = shutdown.await;
+    if let Some(flag) = ctx.shared.accepting.get(id) {
+        flag.store(false, Ordering::Release);
+    }
     ctx.drain.notify_all();
     for a in accept_loops {
         a.await;
@@ -353,11 +489,20 @@ async fn shard_main(
     if ctx.active.get() > 0 {
         let _ = monoio::time::timeout(deadline, ctx.idle.notified()).await;
     }
+    if let Some(log) = &ctx.access {
+        log.flush_final(&ctx.stats);
+    }
+    drop(answering);
     ShardReport {
         id,
         summary: ctx.stats.summary(),
         unfinished: ctx.active.get(),
     }
+}
+
+async fn next_query(rx: &mut mpsc::UnboundedReceiver<ShardQuery>) -> Option<ShardQuery> {
+    std::future::poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut *rx), cx))
+        .await
 }
 
 /// Takes a listening socket out of LISTEN state at once: on io_uring dropping the listener

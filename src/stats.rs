@@ -1,11 +1,78 @@
-//! Per-shard counters and latency histograms. Each shard writes only its own [`Stats`]
-//! (plain `Cell`s: no atomics, no sharing); readers merge per-shard snapshots.
+//! Per-shard counters and latency histograms, written along the whole pipeline. Each shard
+//! writes only its own [`Stats`] (plain `Cell`s: no atomics, no sharing); the admin thread
+//! asks every shard for a [`Snapshot`] (a copy taken on the shard's own thread) and merges
+//! them on scrape.
 
 use std::cell::{Cell, RefCell};
 
 use hdrhistogram::Histogram;
 
 use crate::http::canned::Canned;
+
+/// Requests that matched a route, by the status class sent to the client.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// 1xx..5xx (index 0..4).
+    pub status: [Cell<u64>; 5],
+    /// Closed without a response (client gone, or a body cut short after the head).
+    pub aborted: Cell<u64>,
+}
+
+/// One backend as this shard saw it.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    /// Responses relayed from this backend by status class.
+    pub status: [Cell<u64>; 5],
+    /// Request body bytes sent to it, response body bytes relayed from it.
+    pub bytes_sent: Cell<u64>,
+    pub bytes_received: Cell<u64>,
+    pub connects: Cell<u64>,
+    pub connect_errors: Cell<u64>,
+    /// Times this shard stopped picking it after a failed connect (for `fail_timeout`).
+    pub ejections: Cell<u64>,
+    /// Requests now being forwarded to it (a gauge).
+    pub in_flight: Cell<u64>,
+    /// Whether this shard currently skips it after a failed connect (a gauge, 0 or 1).
+    pub failing: Cell<u64>,
+}
+
+/// The latency histograms, in microseconds.
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    /// Whole request: head parsed to last response byte written (or the canned answer).
+    pub total: Histogram<u64>,
+    /// New upstream connections: connect call to established.
+    pub connect: Histogram<u64>,
+    /// Request forwarded (head and body sent) to the first response-head byte parsed.
+    pub first_byte: Histogram<u64>,
+}
+
+/// Highest latency recorded without clamping: 1 hour in microseconds.
+const MAX_US: u64 = 3_600_000_000;
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 1 hour, 3 significant digits: about 180 KB per histogram.
+    Histogram::new_with_bounds(1, MAX_US, 3).expect("static histogram bounds")
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies {
+            total: histogram(),
+            connect: histogram(),
+            first_byte: histogram(),
+        }
+    }
+}
+
+impl Latencies {
+    pub fn merge(&mut self, other: &Latencies) {
+        // Same bounds everywhere, so `add` cannot fail; saturating on the absurd.
+        let _ = self.total.add(&other.total);
+        let _ = self.connect.add(&other.connect);
+        let _ = self.first_byte.add(&other.first_byte);
+    }
+}
 
 #[derive(Debug)]
 pub struct Stats {
@@ -24,12 +91,39 @@ pub struct Stats {
     pub upstream_aborts: Cell<u64>,
     pub bytes_in: Cell<u64>,
     pub bytes_out: Cell<u64>,
-    /// Total request latency in microseconds.
-    pub latency_us: RefCell<Histogram<u64>>,
+    /// One per configured route, plus a last one for requests that matched none.
+    pub routes: Box<[RouteStats]>,
+    /// One per backend (global index).
+    pub backends: Box<[BackendStats]>,
+    pub access_lines: Cell<u64>,
+    pub access_dropped: Cell<u64>,
+    pub log_suppressed: Cell<u64>,
+    pub latency: RefCell<Latencies>,
 }
 
-impl Default for Stats {
-    fn default() -> Self {
+#[inline]
+pub fn bump(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
+#[inline]
+pub fn add(c: &Cell<u64>, n: u64) {
+    c.set(c.get() + n);
+}
+
+#[inline]
+fn class(status: u16) -> usize {
+    (status / 100).clamp(1, 5) as usize - 1
+}
+
+#[inline]
+fn record(h: &mut Histogram<u64>, micros: u64) {
+    // saturating_record clamps outliers into the top bucket instead of failing.
+    h.saturating_record(micros.clamp(1, MAX_US));
+}
+
+impl Stats {
+    pub fn new(routes: usize, backends: usize) -> Stats {
         Stats {
             accepted: Cell::new(0),
             rejected_conn_limit: Cell::new(0),
@@ -44,45 +138,54 @@ impl Default for Stats {
             upstream_aborts: Cell::new(0),
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
-            // 1 µs .. 1 hour, 3 significant digits.
-            latency_us: RefCell::new(
-                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds"),
-            ),
+            routes: (0..=routes).map(|_| RouteStats::default()).collect(),
+            backends: (0..backends).map(|_| BackendStats::default()).collect(),
+            access_lines: Cell::new(0),
+            access_dropped: Cell::new(0),
+            log_suppressed: Cell::new(0),
+            latency: RefCell::new(Latencies::default()),
         }
     }
-}
 
-#[inline]
-pub fn bump(c: &Cell<u64>) {
-    c.set(c.get() + 1);
-}
-
-#[inline]
-pub fn add(c: &Cell<u64>, n: u64) {
-    c.set(c.get() + n);
-}
-
-impl Stats {
     pub fn canned(&self, c: Canned) {
         let i = Canned::ALL.iter().position(|&x| x == c).unwrap_or(0);
         bump(&self.canned[i]);
     }
 
-    pub fn upstream_status(&self, status: u16) {
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        bump(&self.upstream_status[class]);
+    pub fn upstream_status(&self, backend: usize, status: u16) {
+        bump(&self.upstream_status[class(status)]);
+        if let Some(b) = self.backends.get(backend) {
+            bump(&b.status[class(status)]);
+        }
     }
 
-    pub fn record_latency(&self, micros: u64) {
-        // saturating_record clamps outliers into the top bucket instead of failing.
-        self.latency_us
-            .borrow_mut()
-            .saturating_record(micros.max(1));
+    /// The final word on one request: which route (None: unrouted), what the client got
+    /// (None: closed without a response) and how long it took.
+    pub fn finish_request(&self, route: Option<usize>, status: Option<u16>, micros: u64) {
+        let r = route
+            .and_then(|r| self.routes.get(r))
+            .or_else(|| self.routes.last());
+        if let Some(r) = r {
+            match status {
+                Some(s) => bump(&r.status[class(s)]),
+                None => bump(&r.aborted),
+            }
+        }
+        record(&mut self.latency.borrow_mut().total, micros);
+    }
+
+    pub fn record_connect(&self, micros: u64) {
+        record(&mut self.latency.borrow_mut().connect, micros);
+    }
+
+    pub fn record_first_byte(&self, micros: u64) {
+        record(&mut self.latency.borrow_mut().first_byte, micros);
     }
 
     /// A one-line human summary, logged at shutdown.
     pub fn summary(&self) -> String {
-        let h = self.latency_us.borrow();
+        let lat = self.latency.borrow();
+        let h = &lat.total;
         let canned: Vec<String> = Canned::ALL
             .iter()
             .zip(&self.canned)
@@ -102,5 +205,172 @@ impl Stats {
             h.value_at_quantile(0.5),
             h.value_at_quantile(0.99),
         )
+    }
+
+    /// Copies every counter and histogram (on the shard's thread, between requests).
+    pub fn snapshot(&self) -> Snapshot {
+        let get = |c: &Cell<u64>| c.get();
+        let five = |a: &[Cell<u64>; 5]| a.each_ref().map(get);
+        Snapshot {
+            accepted: self.accepted.get(),
+            rejected_conn_limit: self.rejected_conn_limit.get(),
+            active: self.active.get(),
+            requests: self.requests.get(),
+            canned: self.canned.iter().map(get).collect(),
+            retries: self.retries.get(),
+            client_aborts: self.client_aborts.get(),
+            upstream_aborts: self.upstream_aborts.get(),
+            bytes_in: self.bytes_in.get(),
+            bytes_out: self.bytes_out.get(),
+            routes: self
+                .routes
+                .iter()
+                .map(|r| RouteSnap {
+                    status: five(&r.status),
+                    aborted: r.aborted.get(),
+                })
+                .collect(),
+            backends: self
+                .backends
+                .iter()
+                .map(|b| BackendSnap {
+                    status: five(&b.status),
+                    bytes_sent: b.bytes_sent.get(),
+                    bytes_received: b.bytes_received.get(),
+                    connects: b.connects.get(),
+                    connect_errors: b.connect_errors.get(),
+                    ejections: b.ejections.get(),
+                    in_flight: b.in_flight.get(),
+                    failing: b.failing.get(),
+                    idle: 0,
+                })
+                .collect(),
+            pool_hits: 0,
+            pool_misses: 0,
+            pool_evicted_idle: 0,
+            pool_evicted_dead: 0,
+            pool_rejected_full: 0,
+            access_lines: self.access_lines.get(),
+            access_dropped: self.access_dropped.get(),
+            log_suppressed: self.log_suppressed.get(),
+            latency: self.latency.borrow().clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteSnap {
+    pub status: [u64; 5],
+    pub aborted: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BackendSnap {
+    pub status: [u64; 5],
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub connects: u64,
+    pub connect_errors: u64,
+    pub ejections: u64,
+    pub in_flight: u64,
+    pub failing: u64,
+    /// Idle pooled connections (a gauge).
+    pub idle: u64,
+}
+
+/// Plain copies of one shard's counters; [`Snapshot::merge`] adds shards together.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub accepted: u64,
+    pub rejected_conn_limit: u64,
+    pub active: u64,
+    pub requests: u64,
+    pub canned: Vec<u64>,
+    pub retries: u64,
+    pub client_aborts: u64,
+    pub upstream_aborts: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub routes: Vec<RouteSnap>,
+    pub backends: Vec<BackendSnap>,
+    pub pool_hits: u64,
+    pub pool_misses: u64,
+    pub pool_evicted_idle: u64,
+    pub pool_evicted_dead: u64,
+    pub pool_rejected_full: u64,
+    pub access_lines: u64,
+    pub access_dropped: u64,
+    pub log_suppressed: u64,
+    pub latency: Latencies,
+}
+
+impl Snapshot {
+    /// Adds `other` into `self` (same configuration, so the same shapes).
+    pub fn merge(&mut self, other: &Snapshot) {
+        fn sum(a: &mut [u64], b: &[u64]) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        self.accepted += other.accepted;
+        self.rejected_conn_limit += other.rejected_conn_limit;
+        self.active += other.active;
+        self.requests += other.requests;
+        sum(&mut self.canned, &other.canned);
+        self.retries += other.retries;
+        self.client_aborts += other.client_aborts;
+        self.upstream_aborts += other.upstream_aborts;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        for (a, b) in self.routes.iter_mut().zip(&other.routes) {
+            sum(&mut a.status, &b.status);
+            a.aborted += b.aborted;
+        }
+        for (a, b) in self.backends.iter_mut().zip(&other.backends) {
+            sum(&mut a.status, &b.status);
+            a.bytes_sent += b.bytes_sent;
+            a.bytes_received += b.bytes_received;
+            a.connects += b.connects;
+            a.connect_errors += b.connect_errors;
+            a.ejections += b.ejections;
+            a.in_flight += b.in_flight;
+            a.failing += b.failing;
+            a.idle += b.idle;
+        }
+        self.pool_hits += other.pool_hits;
+        self.pool_misses += other.pool_misses;
+        self.pool_evicted_idle += other.pool_evicted_idle;
+        self.pool_evicted_dead += other.pool_evicted_dead;
+        self.pool_rejected_full += other.pool_rejected_full;
+        self.access_lines += other.access_lines;
+        self.access_dropped += other.access_dropped;
+        self.log_suppressed += other.log_suppressed;
+        self.latency.merge(&other.latency);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_merge_counters_and_histograms() {
+        let a = Stats::new(2, 3);
+        let b = Stats::new(2, 3);
+        a.finish_request(Some(0), Some(200), 100);
+        a.finish_request(None, Some(404), 50);
+        b.finish_request(Some(1), Some(502), 1_000);
+        b.finish_request(Some(7), None, 10); // out of range: counted as unrouted
+        a.upstream_status(2, 200);
+        b.upstream_status(2, 503);
+        let mut m = a.snapshot();
+        m.merge(&b.snapshot());
+        assert_eq!(m.routes[0].status, [0, 1, 0, 0, 0]);
+        assert_eq!(m.routes[1].status, [0, 0, 0, 0, 1]);
+        assert_eq!(m.routes[2].status, [0, 0, 0, 1, 0]);
+        assert_eq!(m.routes[2].aborted, 1);
+        assert_eq!(m.backends[2].status, [0, 1, 0, 0, 1]);
+        assert_eq!(m.latency.total.len(), 4);
+        assert_eq!(m.latency.total.max(), 1_000);
     }
 }

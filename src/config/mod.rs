@@ -106,6 +106,8 @@ pub enum PathMatch {
 
 #[derive(Clone, Debug)]
 pub struct RouteConfig {
+    /// For logs and metrics: `name` from the file, else `route<N>` (its position).
+    pub name: String,
     pub host: HostMatch,
     pub path: PathMatch,
     /// Upper-case method names; empty = any.
@@ -144,10 +146,17 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    pub admin: Option<AdminConfig>,
+    pub log: LogConfig,
+    pub request_id: RequestIdConfig,
 }
 
+mod observe;
 mod raw;
 
+pub use observe::{
+    AccessFormat, AccessLogConfig, AccessTarget, AdminConfig, IpNet, LogConfig, RequestIdConfig,
+};
 pub use raw::parse_size;
 use raw::{
     array, Checker, RawLimits, RawListener, RawRoute, RawServer, RawTimeouts, RawUpstream,
@@ -213,6 +222,8 @@ impl Config {
             .remove("limits")
             .and_then(|v| c.section("limits", v))
             .unwrap_or_default();
+
+        let observe = observe::observe_sections(&mut c, &mut table);
 
         let io_engine = match server.io_engine.as_deref() {
             None => IoEngine::Auto,
@@ -402,6 +413,7 @@ impl Config {
         }
 
         let mut routes = Vec::new();
+        let mut route_names = HashSet::new();
         for (i, v) in array(&mut c, &mut table, "route").into_iter().enumerate() {
             let path = format!("route[{i}]");
             let Some(r) = c.section::<RawRoute>(&path, v) else {
@@ -475,7 +487,25 @@ impl Config {
                     0
                 }
             };
+            let name = match r.name {
+                Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic()) => n,
+                Some(n) => {
+                    c.err(
+                        format!("{path}.name"),
+                        format!("invalid name {n:?}: use printable ASCII without spaces"),
+                    );
+                    n
+                }
+                None => format!("route{i}"),
+            };
+            if !route_names.insert(name.clone()) {
+                c.err(
+                    format!("{path}.name"),
+                    format!("route name {name:?} is used twice (metrics would mix them)"),
+                );
+            }
             routes.push(RouteConfig {
+                name,
                 host,
                 path: pathm,
                 methods,
@@ -495,6 +525,9 @@ impl Config {
             upstreams,
             timeouts,
             limits,
+            admin: observe.admin,
+            log: observe.log,
+            request_id: observe.request_id,
         })
     }
 

@@ -26,6 +26,7 @@ pub(super) struct RawListener {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRoute {
+    pub(super) name: Option<String>,
     pub(super) host: Option<String>,
     pub(super) path_prefix: Option<String>,
     pub(super) path: Option<String>,
@@ -85,7 +86,15 @@ pub(super) enum Size {
 pub(super) const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub(super) const TOP_LEVEL: &[&str] = &[
-    "server", "listener", "route", "upstream", "timeouts", "limits",
+    "server",
+    "listener",
+    "route",
+    "upstream",
+    "timeouts",
+    "limits",
+    "admin",
+    "log",
+    "request_id",
 ];
 
 pub(super) struct Checker {

@@ -57,7 +57,25 @@ pub fn split_target(target: &[u8]) -> Target<'_> {
     }
 }
 
-/// Writes the request head for the upstream. `host` is the Host value to send.
+/// A header the proxy sets itself, replacing any field of that name: (name, value).
+pub type SetHeader<'a> = Option<(&'a [u8], &'a [u8])>;
+
+#[inline]
+fn replaced(set: SetHeader<'_>, name: &[u8]) -> bool {
+    matches!(set, Some((n, _)) if n.len() == name.len() && n.eq_ignore_ascii_case(name))
+}
+
+fn write_set(set: SetHeader<'_>, out: &mut Vec<u8>) {
+    if let Some((n, v)) = set {
+        out.extend_from_slice(n);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Writes the request head for the upstream. `host` is the Host value to send; `set` (the
+/// request id) replaces any incoming field of its name.
 #[allow(clippy::too_many_arguments)]
 pub fn upstream_request_head(
     buf: &[u8],
@@ -66,6 +84,7 @@ pub fn upstream_request_head(
     host: &[u8],
     client_ip: IpAddr,
     framing: OutFraming,
+    set: SetHeader<'_>,
     out: &mut Vec<u8>,
 ) {
     out.extend_from_slice(head.method.get(buf));
@@ -83,7 +102,9 @@ pub fn upstream_request_head(
         match h.kind {
             HeaderKind::Other => {
                 let name = h.name.get(buf);
-                if !head.conn_tokens.is_empty() && head.named_in_connection(buf, name) {
+                if (!head.conn_tokens.is_empty() && head.named_in_connection(buf, name))
+                    || replaced(set, name)
+                {
                     continue;
                 }
                 out.extend_from_slice(name);
@@ -119,6 +140,7 @@ pub fn upstream_request_head(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"Via: 1.1 edgeshard\r\n");
+    write_set(set, out);
     write_framing(framing, out);
     out.extend_from_slice(b"\r\n");
 }
@@ -149,13 +171,15 @@ pub fn response_out_framing(incoming: BodyFraming, client_minor: u8) -> (OutFram
     }
 }
 
-/// Writes the response head for the client.
+/// Writes the response head for the client; `set` (the request id, when it is returned)
+/// replaces any field of its name from the upstream.
 pub fn client_response_head(
     buf: &[u8],
     head: &ResponseHead,
     framing: OutFraming,
     close: bool,
     client_minor: u8,
+    set: SetHeader<'_>,
     out: &mut Vec<u8>,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -174,7 +198,11 @@ pub fn client_response_head(
             | HeaderKind::TransferEncoding => false,
             // A body-less response keeps the upstream's Content-Length (HEAD, 304), except 204.
             HeaderKind::ContentLength => framing == OutFraming::None && head.status != 204,
-            _ => head.conn_tokens.is_empty() || !head.named_in_connection(buf, h.name.get(buf)),
+            _ => {
+                let name = h.name.get(buf);
+                (head.conn_tokens.is_empty() || !head.named_in_connection(buf, name))
+                    && !replaced(set, name)
+            }
         };
         if keep {
             out.extend_from_slice(h.name.get(buf));
@@ -183,6 +211,7 @@ pub fn client_response_head(
             out.extend_from_slice(b"\r\n");
         }
     }
+    write_set(set, out);
     write_framing(framing, out);
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -267,6 +296,7 @@ X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nVia: 1.0 other\r\nTransf
             b"a.example",
             "10.0.0.9".parse().unwrap(),
             OutFraming::Chunked,
+            None,
             &mut out,
         );
         let s = String::from_utf8(out).unwrap();
@@ -300,14 +330,14 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
         let (f, close) = response_out_framing(BodyFraming::Chunked, 0);
         assert_eq!((f, close), (OutFraming::Close, true));
         let mut out = Vec::new();
-        client_response_head(raw, &head, f, close, 0, &mut out);
+        client_response_head(raw, &head, f, close, 0, None, &mut out);
         assert_eq!(
             out,
             b"HTTP/1.1 200 OK\r\nServer: s\r\nConnection: close\r\n\r\n"
         );
         out.clear();
         let (f, close) = response_out_framing(BodyFraming::UntilClose, 1);
-        client_response_head(raw, &head, f, close, 1, &mut out);
+        client_response_head(raw, &head, f, close, 1, None, &mut out);
         assert_eq!(
             out,
             b"HTTP/1.1 200 OK\r\nServer: s\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -140,6 +140,11 @@ impl Pool {
         self.conns.len()
     }
 
+    /// Idle connections to one backend.
+    pub fn idle_for(&self, backend: usize) -> usize {
+        self.stacks.get(backend).map_or(0, Vec::len)
+    }
+
     /// Drops every idle connection (shutdown).
     pub fn clear(&mut self) {
         self.conns.clear();

@@ -1,0 +1,373 @@
+//! Config for observability, outside the request pipeline proper: the admin listener
+//! (`[admin]`), the error and access logs (`[log]`) and request ids (`[request_id]`). Raw
+//! serde shapes and their validation into typed values live together here, so that
+//! `config/mod.rs` only calls [`observe_sections`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::raw::{Checker, Size};
+
+/// `[admin]`: the operator's HTTP endpoint (metrics, status, drain), off the public listeners.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+    /// When set, every endpoint but `/healthz` and `/ready` needs `Authorization: Bearer TOKEN`.
+    pub token: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessFormat {
+    /// nginx's `combined`, followed by `key=value` fields (route, upstream, timings, id).
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+/// The access log: one line per request, buffered per shard, written by one writer thread.
+#[derive(Clone, Debug)]
+pub struct AccessLogConfig {
+    pub target: AccessTarget,
+    pub format: AccessFormat,
+    /// Fraction of requests logged, 0 < sample <= 1.
+    pub sample: f64,
+    /// Per-shard buffer: handed to the writer when this full (or at `flush`).
+    pub buffer_bytes: usize,
+    /// Longest time a line waits in a shard's buffer.
+    pub flush: Duration,
+    /// Buffers queued for the writer, per process; when all are taken, lines are dropped
+    /// and counted instead of stalling a shard.
+    pub queue: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// `tracing` filter for the error log (`EDGESHARD_LOG` overrides it).
+    pub level: String,
+    /// Most error-log lines per second per shard for client- and backend-caused events;
+    /// the rest are counted and summarised.
+    pub error_rate: u32,
+    pub access: Option<AccessLogConfig>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            error_rate: 10,
+            access: None,
+        }
+    }
+}
+
+/// An IP network such as `10.0.0.0/8`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Option<IpNet> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|&n| n <= max)?,
+            None => max,
+        };
+        Some(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `[request_id]`: every request carries an id, generated unless a trusted peer sent one.
+#[derive(Clone, Debug)]
+pub struct RequestIdConfig {
+    /// Header name as configured (sent upstream with this spelling).
+    pub header: String,
+    /// Lower-case header name, for matching.
+    pub header_lower: String,
+    /// Peers whose incoming id is kept; from anyone else it is replaced.
+    pub trusted: Vec<IpNet>,
+    /// Also return the id to the client in the response.
+    pub respond: bool,
+}
+
+impl Default for RequestIdConfig {
+    fn default() -> Self {
+        RequestIdConfig {
+            header: "X-Request-Id".into(),
+            header_lower: "x-request-id".into(),
+            trusted: Vec::new(),
+            respond: true,
+        }
+    }
+}
+
+impl RequestIdConfig {
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|n| n.contains(ip))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    address: String,
+    token: Option<String>,
+    token_file: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    level: Option<String>,
+    error_rate: Option<u32>,
+    access: Option<String>,
+    access_format: Option<String>,
+    access_sample: Option<f64>,
+    access_buffer: Option<Size>,
+    access_flush: Option<String>,
+    access_queue: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRequestId {
+    header: Option<String>,
+    trusted: Option<Vec<String>>,
+    respond: Option<bool>,
+}
+
+pub(super) struct Observe {
+    pub admin: Option<AdminConfig>,
+    pub log: LogConfig,
+    pub request_id: RequestIdConfig,
+}
+
+fn token_ok(t: &str) -> bool {
+    !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Reads and validates `[admin]`, `[log]` and `[request_id]` out of the top-level table.
+pub(super) fn observe_sections(c: &mut Checker, table: &mut toml::Table) -> Observe {
+    let admin = table
+        .remove("admin")
+        .and_then(|v| c.section::<RawAdmin>("admin", v))
+        .and_then(|a| {
+            let address = c.address("admin.address", &a.address)?;
+            let token = match (a.token, a.token_file) {
+                (Some(_), Some(_)) => {
+                    c.err("admin", "set either token or token_file, not both");
+                    None
+                }
+                (Some(t), None) => Some(t),
+                (None, Some(f)) => match std::fs::read_to_string(&f) {
+                    Ok(t) => Some(t.trim().to_string()),
+                    Err(e) => {
+                        c.err("admin.token_file", format!("cannot read {f:?}: {e}"));
+                        None
+                    }
+                },
+                (None, None) => None,
+            };
+            if let Some(t) = &token {
+                if !token_ok(t) {
+                    c.err(
+                        "admin.token",
+                        "must be non-empty printable ASCII without spaces",
+                    );
+                }
+            }
+            Some(AdminConfig { address, token })
+        });
+
+    let raw: RawLog = table
+        .remove("log")
+        .and_then(|v| c.section("log", v))
+        .unwrap_or_default();
+    let level = raw.level.unwrap_or_else(|| "info".into());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        c.err(
+            "log.level",
+            format!(
+                "invalid filter {level:?}; write e.g. \"info\", \"warn\" or \"edgeshard=debug\""
+            ),
+        );
+    }
+    let error_rate = match raw.error_rate {
+        None => 10,
+        Some(n) if (1..=100_000).contains(&n) => n,
+        Some(n) => {
+            c.err("log.error_rate", format!("{n} is out of range 1..=100000"));
+            10
+        }
+    };
+    let access = match raw.access.as_deref() {
+        None | Some("off") => {
+            for (set, key) in [
+                (raw.access_format.is_some(), "access_format"),
+                (raw.access_sample.is_some(), "access_sample"),
+                (raw.access_buffer.is_some(), "access_buffer"),
+                (raw.access_flush.is_some(), "access_flush"),
+                (raw.access_queue.is_some(), "access_queue"),
+            ] {
+                if set {
+                    c.err(
+                        format!("log.{key}"),
+                        "has no effect without log.access (\"stdout\" or a file path)",
+                    );
+                }
+            }
+            None
+        }
+        Some(t) => {
+            let target = match t {
+                "stdout" | "-" => AccessTarget::Stdout,
+                "" => {
+                    c.err("log.access", "write \"stdout\", \"off\" or a file path");
+                    AccessTarget::Stdout
+                }
+                path => AccessTarget::File(PathBuf::from(path)),
+            };
+            let format = match raw.access_format.as_deref() {
+                None | Some("combined") => AccessFormat::Combined,
+                Some("json") => AccessFormat::Json,
+                Some(other) => {
+                    c.err(
+                        "log.access_format",
+                        format!("unknown format {other:?}; expected combined or json"),
+                    );
+                    AccessFormat::Combined
+                }
+            };
+            let sample = match raw.access_sample {
+                None => 1.0,
+                Some(s) if s > 0.0 && s <= 1.0 => s,
+                Some(s) => {
+                    c.err(
+                        "log.access_sample",
+                        format!(
+                            "{s} is out of range: write a fraction greater than 0 and at most 1"
+                        ),
+                    );
+                    1.0
+                }
+            };
+            Some(AccessLogConfig {
+                target,
+                format,
+                sample,
+                buffer_bytes: c.size(
+                    "log.access_buffer",
+                    raw.access_buffer.as_ref(),
+                    64 << 10,
+                    4096,
+                    64 << 20,
+                ) as usize,
+                flush: c.duration(
+                    "log.access_flush",
+                    raw.access_flush.as_ref(),
+                    Duration::from_secs(1),
+                ),
+                queue: c.count("log.access_queue", raw.access_queue, 64, 1, 1 << 16),
+            })
+        }
+    };
+
+    let raw: RawRequestId = table
+        .remove("request_id")
+        .and_then(|v| c.section("request_id", v))
+        .unwrap_or_default();
+    let header = raw.header.unwrap_or_else(|| "X-Request-Id".into());
+    if header.is_empty()
+        || !header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        c.err("request_id.header", "invalid header name");
+    }
+    let mut trusted = Vec::new();
+    for (i, t) in raw.trusted.unwrap_or_default().iter().enumerate() {
+        match IpNet::parse(t) {
+            Some(n) => trusted.push(n),
+            None => c.err(
+                format!("request_id.trusted[{i}]"),
+                format!("invalid network {t:?}; write e.g. \"10.0.0.0/8\" or \"192.0.2.7\""),
+            ),
+        }
+    }
+    let request_id = RequestIdConfig {
+        header_lower: header.to_ascii_lowercase(),
+        header,
+        trusted,
+        respond: raw.respond.unwrap_or(true),
+    };
+    Observe {
+        admin,
+        log: LogConfig {
+            level,
+            error_rate,
+            access,
+        },
+        request_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks() {
+        let n = IpNet::parse("10.0.0.0/8").unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.9.9.9".parse().unwrap()));
+        let one = IpNet::parse("127.0.0.1").unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        assert!(IpNet::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        let v6 = IpNet::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains("2001:db8:1::1".parse().unwrap()));
+        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
+        assert!(IpNet::parse("10.0.0.0/33").is_none());
+        assert!(IpNet::parse("nonsense").is_none());
+    }
+}

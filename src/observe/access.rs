@@ -1,0 +1,582 @@
+//! Observability, access log: after *respond*, one line per request (or a sample), in
+//! nginx's `combined` format with extra `key=value` fields, or as JSON. Each shard appends
+//! lines to its own buffer and hands full buffers (or, at least every `flush` interval,
+//! partial ones) to one writer thread through a bounded queue. A shard never waits for the
+//! disk: when the queue is full the buffer's lines are dropped and counted. SIGUSR1 makes the
+//! writer reopen the file (log rotation); lines already handed over go to the old file,
+//! later ones to the new, so none is lost.
+
+use std::cell::{Cell, RefCell};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::{AccessFormat, AccessLogConfig, AccessTarget};
+use crate::http::encode::itoa_buf;
+use crate::stats::{add, Stats};
+
+/// What shards and the signal handler send the writer.
+pub enum LogMsg {
+    /// Whole lines, `count` of them.
+    Lines(Vec<u8>, u64),
+    /// Reopen the file (after rotation).
+    Reopen,
+    /// Write what came before, then stop.
+    Stop,
+}
+
+/// The sending side of the writer's queue, one clone per shard.
+#[derive(Clone)]
+pub struct LogSink {
+    tx: SyncSender<LogMsg>,
+}
+
+impl LogSink {
+    /// Asks the writer to reopen its file; never blocks (a full queue retries later lines).
+    pub fn reopen(&self) {
+        // Blocking here is fine: called from the signal-handling thread, not a shard.
+        let _ = self.tx.send(LogMsg::Reopen);
+    }
+}
+
+/// The writer thread; [`LogWriter::finish`] waits until every queued line is written.
+pub struct LogWriter {
+    thread: std::thread::JoinHandle<()>,
+    tx: SyncSender<LogMsg>,
+}
+
+impl LogWriter {
+    /// Opens the target and starts the writer. Fails (with the path) if the file cannot be
+    /// opened, so a bad path stops start-up rather than losing every line.
+    pub fn start(cfg: &AccessLogConfig) -> std::io::Result<(LogSink, LogWriter)> {
+        let out = Output::open(&cfg.target)?;
+        let (tx, rx) = sync_channel(cfg.queue);
+        let thread = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer_loop(out, rx))?;
+        Ok((LogSink { tx: tx.clone() }, LogWriter { thread, tx }))
+    }
+
+    /// Writes everything queued so far, then ends the writer; call once shards have stopped.
+    pub fn finish(self) {
+        let _ = self.tx.send(LogMsg::Stop);
+        let _ = self.thread.join();
+    }
+}
+
+enum Output {
+    Stdout,
+    File(PathBuf, File),
+}
+
+impl Output {
+    fn open(target: &AccessTarget) -> std::io::Result<Output> {
+        match target {
+            AccessTarget::Stdout => Ok(Output::Stdout),
+            AccessTarget::File(p) => Ok(Output::File(p.clone(), open_append(p)?)),
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Output::Stdout => {
+                let mut o = std::io::stdout().lock();
+                o.write_all(bytes)?;
+                o.flush()
+            }
+            Output::File(_, f) => f.write_all(bytes),
+        }
+    }
+}
+
+fn open_append(p: &PathBuf) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("access log {}: {e}", p.display())))
+}
+
+fn writer_loop(mut out: Output, rx: Receiver<LogMsg>) {
+    let mut failed = false;
+    for msg in rx {
+        match msg {
+            LogMsg::Lines(bytes, _) => {
+                if let Err(e) = out.write(&bytes) {
+                    if !failed {
+                        tracing::error!(error = %e, "cannot write the access log");
+                    }
+                    failed = true;
+                } else {
+                    failed = false;
+                }
+            }
+            LogMsg::Stop => return,
+            LogMsg::Reopen => {
+                if let Output::File(p, f) = &mut out {
+                    match open_append(p) {
+                        Ok(new) => {
+                            *f = new;
+                            tracing::info!(path = %p.display(), "access log reopened");
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot reopen the access log; still writing to the old file")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The request facts a log line needs, copied out of the head before its buffer is reused
+/// (only for requests that will be logged).
+#[derive(Default)]
+pub struct RequestFields {
+    data: Vec<u8>,
+    method: Range<usize>,
+    target: Range<usize>,
+    host: Range<usize>,
+    referer: Range<usize>,
+    user_agent: Range<usize>,
+    request_id: Range<usize>,
+    pub minor: u8,
+}
+
+impl RequestFields {
+    fn put(&mut self, v: &[u8]) -> Range<usize> {
+        let start = self.data.len();
+        self.data.extend_from_slice(v);
+        start..self.data.len()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        method: &[u8],
+        target: &[u8],
+        minor: u8,
+        host: &[u8],
+        referer: &[u8],
+        user_agent: &[u8],
+        request_id: &[u8],
+    ) -> RequestFields {
+        let mut f = RequestFields {
+            data: Vec::with_capacity(
+                method.len()
+                    + target.len()
+                    + host.len()
+                    + referer.len()
+                    + user_agent.len()
+                    + request_id.len(),
+            ),
+            minor,
+            ..Default::default()
+        };
+        f.method = f.put(method);
+        f.target = f.put(target);
+        f.host = f.put(host);
+        f.referer = f.put(referer);
+        f.user_agent = f.put(user_agent);
+        f.request_id = f.put(request_id);
+        f
+    }
+
+    fn get(&self, r: &Range<usize>) -> &[u8] {
+        &self.data[r.clone()]
+    }
+}
+
+/// What the exchange learned, for the log line.
+pub struct Outcome<'a> {
+    pub client: IpAddr,
+    /// What the client got; None: closed without a response.
+    pub status: Option<u16>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub total_us: u64,
+    /// From sending the request upstream to the last response byte relayed.
+    pub upstream_us: Option<u64>,
+    pub route: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+    pub backend: Option<SocketAddr>,
+}
+
+/// One shard's access log: a buffer, a sampler and the queue to the writer.
+pub struct AccessLog {
+    format: AccessFormat,
+    /// A request is logged when the next random number is below this (all when u64::MAX).
+    sample_below: u64,
+    rng: Cell<u64>,
+    buf: RefCell<Vec<u8>>,
+    lines: Cell<u64>,
+    cap: usize,
+    sink: LogSink,
+    /// The formatted time of the last second logged: (unix second, combined, ISO 8601).
+    clock: RefCell<(u64, String, String)>,
+}
+
+impl AccessLog {
+    pub fn new(shard: usize, cfg: &AccessLogConfig, sink: LogSink) -> AccessLog {
+        let sample_below = if cfg.sample >= 1.0 {
+            u64::MAX
+        } else {
+            (cfg.sample * u64::MAX as f64) as u64
+        };
+        AccessLog {
+            format: cfg.format,
+            sample_below,
+            rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ ((shard as u64 + 1) << 32)),
+            buf: RefCell::new(Vec::with_capacity(cfg.buffer_bytes)),
+            lines: Cell::new(0),
+            cap: cfg.buffer_bytes,
+            sink,
+            clock: RefCell::new((u64::MAX, String::new(), String::new())),
+        }
+    }
+
+    /// Whether this request is to be logged (xorshift64*; per shard, no sharing).
+    pub fn sampled(&self) -> bool {
+        if self.sample_below == u64::MAX {
+            return true;
+        }
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D) < self.sample_below
+    }
+
+    /// Appends one line; hands the buffer over when it is full.
+    pub fn push(&self, req: &RequestFields, out: &Outcome<'_>, stats: &Stats) {
+        {
+            let mut buf = self.buf.borrow_mut();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let mut clock = self.clock.borrow_mut();
+            if clock.0 != now.as_secs() {
+                *clock = (
+                    now.as_secs(),
+                    format_combined_time(now.as_secs()),
+                    format_iso_time(now.as_secs()),
+                );
+            }
+            match self.format {
+                AccessFormat::Combined => combined_line(&mut buf, &clock.1, req, out),
+                AccessFormat::Json => json_line(&mut buf, &clock.2, now.subsec_millis(), req, out),
+            }
+            self.lines.set(self.lines.get() + 1);
+        }
+        add(&stats.access_lines, 1);
+        if self.buf.borrow().len() >= self.cap {
+            self.flush(stats);
+        }
+    }
+
+    /// Hands the buffered lines to the writer without waiting; if its queue is full they
+    /// are dropped and counted.
+    pub fn flush(&self, stats: &Stats) {
+        let lines = self.lines.replace(0);
+        if lines == 0 {
+            return;
+        }
+        let full = std::mem::replace(&mut *self.buf.borrow_mut(), Vec::with_capacity(self.cap));
+        match self.sink.tx.try_send(LogMsg::Lines(full, lines)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                add(&stats.access_dropped, lines);
+            }
+        }
+    }
+
+    /// At shutdown: hands the rest over, waiting for room if need be (the writer is
+    /// independent of shards, so this wait is bounded by the disk alone).
+    pub fn flush_final(&self, stats: &Stats) {
+        let lines = self.lines.replace(0);
+        if lines == 0 {
+            return;
+        }
+        let rest = std::mem::take(&mut *self.buf.borrow_mut());
+        if self.sink.tx.send(LogMsg::Lines(rest, lines)).is_err() {
+            add(&stats.access_dropped, lines);
+        }
+    }
+}
+
+fn num(buf: &mut Vec<u8>, n: u64) {
+    buf.extend_from_slice(itoa_buf(n).as_str());
+}
+
+/// Seconds with millisecond precision, as nginx's `$request_time` (e.g. `0.003`).
+fn secs(buf: &mut Vec<u8>, micros: u64) {
+    let ms = micros / 1000;
+    num(buf, ms / 1000);
+    let frac = ms % 1000;
+    buf.push(b'.');
+    buf.push(b'0' + (frac / 100) as u8);
+    buf.push(b'0' + (frac / 10 % 10) as u8);
+    buf.push(b'0' + (frac % 10) as u8);
+}
+
+/// nginx's escaping for `combined`: `"`, `\`, control and non-ASCII bytes as `\xHH`.
+fn escaped(buf: &mut Vec<u8>, v: &[u8]) {
+    for &b in v {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            buf.extend_from_slice(b"\\x");
+            buf.push(b"0123456789ABCDEF"[(b >> 4) as usize]);
+            buf.push(b"0123456789ABCDEF"[(b & 0xf) as usize]);
+        } else {
+            buf.push(b);
+        }
+    }
+}
+
+fn dash_or(buf: &mut Vec<u8>, v: &[u8]) {
+    if v.is_empty() {
+        buf.push(b'-');
+    } else {
+        escaped(buf, v);
+    }
+}
+
+fn combined_line(buf: &mut Vec<u8>, time: &str, req: &RequestFields, out: &Outcome<'_>) {
+    let _ = write!(buf, "{} - - [{time}] \"", out.client);
+    if req.method.is_empty() {
+        // Refused before the request line could be parsed (nginx writes "-" too).
+        buf.extend_from_slice(b"-\" ");
+    } else {
+        escaped(buf, req.get(&req.method));
+        buf.push(b' ');
+        escaped(buf, req.get(&req.target));
+        buf.extend_from_slice(if req.minor == 0 {
+            b" HTTP/1.0\" "
+        } else {
+            b" HTTP/1.1\" "
+        });
+    }
+    match out.status {
+        Some(s) => num(buf, u64::from(s)),
+        None => buf.extend_from_slice(b"000"),
+    }
+    buf.push(b' ');
+    num(buf, out.bytes_out);
+    buf.extend_from_slice(b" \"");
+    dash_or(buf, req.get(&req.referer));
+    buf.extend_from_slice(b"\" \"");
+    dash_or(buf, req.get(&req.user_agent));
+    buf.extend_from_slice(b"\" rt=");
+    secs(buf, out.total_us);
+    buf.extend_from_slice(b" urt=");
+    match out.upstream_us {
+        Some(u) => secs(buf, u),
+        None => buf.push(b'-'),
+    }
+    buf.extend_from_slice(b" route=");
+    buf.extend_from_slice(out.route.unwrap_or("-").as_bytes());
+    buf.extend_from_slice(b" upstream=");
+    buf.extend_from_slice(out.upstream.unwrap_or("-").as_bytes());
+    buf.extend_from_slice(b" backend=");
+    match out.backend {
+        Some(a) => {
+            let _ = write!(buf, "{a}");
+        }
+        None => buf.push(b'-'),
+    }
+    buf.extend_from_slice(b" in=");
+    num(buf, out.bytes_in);
+    buf.extend_from_slice(b" rid=");
+    dash_or(buf, req.get(&req.request_id));
+    buf.push(b'\n');
+}
+
+/// A JSON string; bytes that are not printable ASCII become `\u00XX` (so the line is valid
+/// JSON whatever the client sent).
+fn json_str(buf: &mut Vec<u8>, v: &[u8]) {
+    buf.push(b'"');
+    for &b in v {
+        match b {
+            b'"' => buf.extend_from_slice(b"\\\""),
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            0x20..=0x7e => buf.push(b),
+            _ => {
+                buf.extend_from_slice(b"\\u00");
+                buf.push(b"0123456789abcdef"[(b >> 4) as usize]);
+                buf.push(b"0123456789abcdef"[(b & 0xf) as usize]);
+            }
+        }
+    }
+    buf.push(b'"');
+}
+
+fn json_line(buf: &mut Vec<u8>, time: &str, ms: u32, req: &RequestFields, out: &Outcome<'_>) {
+    let _ = write!(
+        buf,
+        "{{\"time\":\"{time}.{ms:03}Z\",\"client\":\"{}\",\"method\":",
+        out.client
+    );
+    json_str(buf, req.get(&req.method));
+    buf.extend_from_slice(b",\"uri\":");
+    json_str(buf, req.get(&req.target));
+    buf.extend_from_slice(if req.minor == 0 {
+        b",\"protocol\":\"HTTP/1.0\",\"host\":"
+    } else {
+        b",\"protocol\":\"HTTP/1.1\",\"host\":"
+    });
+    json_str(buf, req.get(&req.host));
+    buf.extend_from_slice(b",\"status\":");
+    match out.status {
+        Some(s) => num(buf, u64::from(s)),
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(b",\"bytes_in\":");
+    num(buf, out.bytes_in);
+    buf.extend_from_slice(b",\"bytes_out\":");
+    num(buf, out.bytes_out);
+    buf.extend_from_slice(b",\"duration_us\":");
+    num(buf, out.total_us);
+    buf.extend_from_slice(b",\"upstream_us\":");
+    match out.upstream_us {
+        Some(u) => num(buf, u),
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(b",\"route\":");
+    json_opt(buf, out.route);
+    buf.extend_from_slice(b",\"upstream\":");
+    json_opt(buf, out.upstream);
+    buf.extend_from_slice(b",\"backend\":");
+    match out.backend {
+        Some(a) => {
+            let _ = write!(buf, "\"{a}\"");
+        }
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(b",\"request_id\":");
+    json_str(buf, req.get(&req.request_id));
+    buf.extend_from_slice(b",\"referer\":");
+    json_str(buf, req.get(&req.referer));
+    buf.extend_from_slice(b",\"user_agent\":");
+    json_str(buf, req.get(&req.user_agent));
+    buf.extend_from_slice(b"}\n");
+}
+
+fn json_opt(buf: &mut Vec<u8>, v: Option<&str>) {
+    match v {
+        Some(s) => json_str(buf, s.as_bytes()),
+        None => buf.extend_from_slice(b"null"),
+    }
+}
+
+/// Days since 1970-01-01 to (year, month 1..=12, day 1..=31), Howard Hinnant's algorithm.
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn split_time(unix: u64) -> (i64, u32, u32, u64, u64, u64) {
+    let (y, m, d) = civil((unix / 86_400) as i64);
+    let s = unix % 86_400;
+    (y, m, d, s / 3600, s / 60 % 60, s % 60)
+}
+
+/// `28/Nov/2026:18:43:09 +0000` (UTC), as nginx's `$time_local` with TZ=UTC.
+pub fn format_combined_time(unix: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (y, m, d, hh, mm, ss) = split_time(unix);
+    format!(
+        "{d:02}/{}/{y}:{hh:02}:{mm:02}:{ss:02} +0000",
+        MONTHS[(m - 1) as usize]
+    )
+}
+
+/// `2026-11-28T18:43:09` (UTC; the caller appends fractions and `Z`).
+pub fn format_iso_time(unix: u64) -> String {
+    let (y, m, d, hh, mm, ss) = split_time(unix);
+    format!("{y}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> RequestFields {
+        RequestFields::new(
+            b"GET",
+            b"/a?\"q\"",
+            1,
+            b"example.com",
+            b"",
+            b"curl/8 \xff",
+            b"abc",
+        )
+    }
+
+    fn outcome() -> Outcome<'static> {
+        Outcome {
+            client: "10.0.0.1".parse().unwrap(),
+            status: Some(200),
+            bytes_in: 0,
+            bytes_out: 1234,
+            total_us: 1_500,
+            upstream_us: Some(1_000),
+            route: Some("api"),
+            upstream: Some("app"),
+            backend: Some("127.0.0.1:9000".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(format_combined_time(0), "01/Jan/1970:00:00:00 +0000");
+        // 2026-11-28 18:43:09 UTC
+        assert_eq!(
+            format_combined_time(1_795_891_389),
+            "28/Nov/2026:18:43:09 +0000"
+        );
+        assert_eq!(format_iso_time(951_782_400), "2000-02-29T00:00:00");
+    }
+
+    #[test]
+    fn combined_format() {
+        let mut buf = Vec::new();
+        combined_line(&mut buf, "T", &fields(), &outcome());
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "10.0.0.1 - - [T] \"GET /a?\\x22q\\x22 HTTP/1.1\" 200 1234 \"-\" \"curl/8 \\xFF\" rt=0.001 urt=0.001 route=api upstream=app backend=127.0.0.1:9000 in=0 rid=abc\n"
+        );
+    }
+
+    #[test]
+    fn json_format_is_valid_json() {
+        let mut buf = Vec::new();
+        json_line(&mut buf, "2026-11-28T18:43:09", 7, &fields(), &outcome());
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["uri"], "/a?\"q\"");
+        assert_eq!(v["user_agent"], "curl/8 \u{ff}");
+        assert_eq!(v["time"], "2026-11-28T18:43:09.007Z");
+        assert_eq!(v["backend"], "127.0.0.1:9000");
+        let mut none = outcome();
+        none.status = None;
+        none.backend = None;
+        none.upstream_us = None;
+        let mut buf = Vec::new();
+        json_line(&mut buf, "t", 0, &fields(), &none);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert!(v["status"].is_null() && v["backend"].is_null());
+    }
+}

@@ -1,0 +1,444 @@
+//! Observability, the admin listener: a small HTTP/1.1 server on its own thread and address
+//! (never on the public listeners). It reads shard state only by asking each shard for a
+//! [`Snapshot`] over a channel and merging the answers, so shards keep writing plain
+//! per-shard counters. Endpoints: `GET /metrics` (Prometheus), `GET /status` (JSON),
+//! `GET /healthz`, `GET /ready`, and `POST /upstreams/NAME/backends/ADDR/drain|enable`.
+//! Responses close the connection; requests are small and bounded.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_channel::{mpsc, oneshot};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+
+use crate::observe::metrics::{render, ProcessInfo};
+use crate::shard::{ShardQuery, Shared};
+use crate::stats::Snapshot;
+
+/// Largest admin request head.
+const MAX_HEAD: usize = 8192;
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNS: usize = 64;
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a scrape waits for one shard's answer.
+const SHARD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One shard as `/status` describes it.
+#[derive(Clone, Debug)]
+pub struct ShardMeta {
+    pub cpu: usize,
+    pub engine: &'static str,
+}
+
+/// Everything the admin thread needs.
+pub struct AdminState {
+    pub shared: Arc<Shared>,
+    pub shards: Vec<ShardMeta>,
+    pub queries: Vec<mpsc::UnboundedSender<ShardQuery>>,
+    pub started: Instant,
+    pub config_path: Option<PathBuf>,
+    /// A hash of the configuration text.
+    pub config_version: String,
+    pub loaded_unix: u64,
+}
+
+/// The running admin thread; [`AdminHandle::stop`] ends it.
+pub struct AdminHandle {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AdminHandle {
+    pub fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the admin server on an already bound listener.
+pub fn start(listener: std::net::TcpListener, state: AdminState) -> std::io::Result<AdminHandle> {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build();
+            match rt {
+                Ok(mut rt) => rt.block_on(serve(listener, Rc::new(state), stop_rx)),
+                Err(e) => tracing::error!(error = %e, "admin: cannot start its runtime"),
+            }
+        })?;
+    Ok(AdminHandle {
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    state: Rc<AdminState>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    // monoio's drivers need a non-blocking socket (std binds it blocking).
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "admin: cannot register its listener");
+            return;
+        }
+    };
+    let active = Rc::new(std::cell::Cell::new(0usize));
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = &mut stop => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if active.get() >= MAX_CONNS {
+                    drop(stream);
+                    continue;
+                }
+                active.set(active.get() + 1);
+                let state = state.clone();
+                let active = active.clone();
+                monoio::spawn(async move {
+                    let _ =
+                        monoio::time::timeout(IO_TIMEOUT * 2, handle(stream, peer, &state)).await;
+                    active.set(active.get() - 1);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "admin: accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A response: status line, content type, body.
+struct Reply {
+    status: &'static str,
+    content_type: &'static str,
+    body: String,
+    extra: &'static str,
+}
+
+fn reply(status: &'static str, body: impl Into<String>) -> Reply {
+    Reply {
+        status,
+        content_type: "text/plain; charset=utf-8",
+        body: body.into(),
+        extra: "",
+    }
+}
+
+fn json(status: &'static str, v: serde_json::Value) -> Reply {
+    let mut body = serde_json::to_string_pretty(&v).unwrap_or_default();
+    body.push('\n');
+    Reply {
+        status,
+        content_type: "application/json",
+        body,
+        extra: "",
+    }
+}
+
+async fn handle(mut stream: TcpStream, _peer: SocketAddr, state: &AdminState) {
+    // Read the head (bounded); a body, if any, is ignored: the connection closes after.
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let parsed = loop {
+        if buf.len() >= MAX_HEAD {
+            break None;
+        }
+        let spare = Vec::with_capacity(MAX_HEAD - buf.len());
+        let (res, chunk) = match monoio::time::timeout(IO_TIMEOUT, stream.read(spare)).await {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        match res {
+            Ok(0) | Err(_) => return,
+            Ok(_) => buf.extend_from_slice(&chunk),
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let method = req.method.unwrap_or("").to_string();
+                let path = req.path.unwrap_or("").to_string();
+                let auth = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+                    .map(|h| h.value.to_vec());
+                break Some((method, path, auth));
+            }
+            Ok(httparse::Status::Partial) => continue,
+            Err(_) => break None,
+        }
+    };
+    let r = match parsed {
+        None => reply("400 Bad Request", "bad request\n"),
+        Some((method, path, auth)) => route(state, &method, &path, auth.as_deref()).await,
+    };
+    let head = format!(
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n{}\r\n",
+        r.status,
+        r.content_type,
+        r.body.len(),
+        r.extra
+    );
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(r.body.as_bytes());
+    let _ = monoio::time::timeout(IO_TIMEOUT, stream.write_all(bytes)).await;
+}
+
+/// Compares without an early exit, so the token cannot be guessed byte by byte from timing.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(state: &AdminState, auth: Option<&[u8]>) -> bool {
+    let Some(token) = &state
+        .shared
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.clone())
+    else {
+        return true;
+    };
+    match auth.and_then(|a| a.strip_prefix(b"Bearer ")) {
+        Some(given) => same(given.trim_ascii(), token.as_bytes()),
+        None => false,
+    }
+}
+
+async fn route(state: &AdminState, method: &str, target: &str, auth: Option<&[u8]>) -> Reply {
+    let path = target.split('?').next().unwrap_or(target);
+    // Liveness and readiness stay open to probes that carry no token.
+    match (method, path) {
+        ("GET" | "HEAD", "/healthz") => return reply("200 OK", "ok\n"),
+        ("GET" | "HEAD", "/ready") => {
+            return if ready(state) {
+                reply("200 OK", "ready\n")
+            } else {
+                reply("503 Service Unavailable", "not ready\n")
+            };
+        }
+        _ => {}
+    }
+    if !authorized(state, auth) {
+        let mut r = reply("401 Unauthorized", "unauthorized\n");
+        r.extra = "WWW-Authenticate: Bearer\r\n";
+        return r;
+    }
+    match (method, path) {
+        ("GET" | "HEAD", "/metrics") => {
+            let (per_shard, all) = gather(state).await;
+            let info = process_info(state);
+            Reply {
+                status: "200 OK",
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: render(&state.shared, &info, &per_shard, &all),
+                extra: "",
+            }
+        }
+        ("GET" | "HEAD", "/status") => {
+            let (per_shard, all) = gather(state).await;
+            json("200 OK", status_json(state, &per_shard, &all))
+        }
+        (_, p) if p.starts_with("/upstreams/") => {
+            let parts: Vec<&str> = p.trim_start_matches('/').split('/').collect();
+            match (method, parts.as_slice()) {
+                ("POST", ["upstreams", name, "backends", addr, action @ ("drain" | "enable")]) => {
+                    set_drained(state, name, addr, *action == "drain").await
+                }
+                (_, ["upstreams", _, "backends", _, "drain" | "enable"]) => {
+                    reply("405 Method Not Allowed", "use POST\n")
+                }
+                _ => reply("404 Not Found", "not found\n"),
+            }
+        }
+        ("GET" | "HEAD", _) => reply(
+            "404 Not Found",
+            "not found; try /metrics, /status, /healthz, /ready\n",
+        ),
+        _ => reply("405 Method Not Allowed", "method not allowed\n"),
+    }
+}
+
+fn ready(state: &AdminState) -> bool {
+    !state.shared.accepting.is_empty()
+        && state
+            .shared
+            .accepting
+            .iter()
+            .all(|a| a.load(Ordering::Acquire))
+}
+
+/// Asks every shard for its counters and merges them. A shard that does not answer (it is
+/// stopping) is left out.
+async fn gather(state: &AdminState) -> (Vec<Snapshot>, Snapshot) {
+    let mut waits = Vec::with_capacity(state.queries.len());
+    for q in &state.queries {
+        let (tx, rx) = oneshot::channel();
+        if q.unbounded_send(ShardQuery::Snapshot(tx)).is_ok() {
+            waits.push(rx);
+        }
+    }
+    let mut per_shard = Vec::with_capacity(waits.len());
+    for rx in waits {
+        if let Ok(Ok(s)) = monoio::time::timeout(SHARD_TIMEOUT, rx).await {
+            per_shard.push(s);
+        }
+    }
+    let mut all = empty_snapshot(&state.shared);
+    for s in &per_shard {
+        all.merge(s);
+    }
+    (per_shard, all)
+}
+
+fn empty_snapshot(shared: &Shared) -> Snapshot {
+    crate::stats::Stats::new(shared.routes.len(), shared.backends.len()).snapshot()
+}
+
+fn process_info(state: &AdminState) -> ProcessInfo<'static> {
+    ProcessInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_secs: state.started.elapsed().as_secs_f64(),
+        shards: state
+            .shards
+            .iter()
+            .zip(state.shared.accepting.iter())
+            .map(|(m, a)| (m.cpu, a.load(Ordering::Acquire)))
+            .collect(),
+    }
+}
+
+fn backend_state(shared: &Shared, i: usize, failing: u64) -> &'static str {
+    if shared.is_drained(i) {
+        "drained"
+    } else if failing > 0 {
+        "failing"
+    } else {
+        "up"
+    }
+}
+
+fn status_json(state: &AdminState, per_shard: &[Snapshot], all: &Snapshot) -> serde_json::Value {
+    use serde_json::json;
+    let shared = &state.shared;
+    let cfg = &shared.config;
+    let shards: Vec<_> = state
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let snap = per_shard.get(i);
+            json!({
+                "id": i,
+                "cpu": m.cpu,
+                "io_engine": m.engine,
+                "accepting": shared.accepting.get(i).is_some_and(|a| a.load(Ordering::Acquire)),
+                "connections_active": snap.map(|s| s.active),
+                "requests": snap.map(|s| s.requests),
+            })
+        })
+        .collect();
+    let upstreams: Vec<_> = cfg
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(u, up)| {
+            let backends: Vec<_> = shared.upstream_backends[u]
+                .clone()
+                .map(|b| {
+                    let s = &all.backends[b];
+                    json!({
+                        "address": shared.backends[b].address.to_string(),
+                        "weight": up.backends[shared.backends[b].local].weight,
+                        "state": backend_state(shared, b, s.failing),
+                        "in_flight": s.in_flight,
+                        "idle_connections": s.idle,
+                        "responses": s.status.iter().sum::<u64>(),
+                    })
+                })
+                .collect();
+            json!({
+                "name": up.name,
+                "balance": format!("{:?}", up.balance).to_lowercase(),
+                "backends": backends,
+            })
+        })
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_seconds": state.started.elapsed().as_secs_f64(),
+        "ready": ready(state),
+        "config": {
+            "path": state.config_path.as_ref().map(|p| p.display().to_string()),
+            "version": state.config_version,
+            "loaded_at": format!(
+                "{}Z",
+                crate::observe::access::format_iso_time(state.loaded_unix)
+            ),
+        },
+        "requests": all.requests,
+        "connections_active": all.active,
+        "shards": shards,
+        "upstreams": upstreams,
+    })
+}
+
+async fn set_drained(state: &AdminState, upstream: &str, addr: &str, drain: bool) -> Reply {
+    let shared = &state.shared;
+    let Some(b) = shared.find_backend(upstream, addr) else {
+        return reply(
+            "404 Not Found",
+            format!("no backend {addr} in upstream {upstream:?}\n"),
+        );
+    };
+    let was = shared.drained[b].swap(drain, Ordering::Relaxed);
+    if was != drain {
+        tracing::info!(
+            upstream,
+            backend = addr,
+            "backend {} through the admin API",
+            if drain { "drained" } else { "enabled" }
+        );
+    }
+    // In-flight requests finish; report how many there are now.
+    let (_, all) = gather(state).await;
+    json(
+        "200 OK",
+        serde_json::json!({
+            "upstream": upstream,
+            "backend": shared.backends[b].address.to_string(),
+            "state": backend_state(shared, b, all.backends[b].failing),
+            "in_flight": all.backends[b].in_flight,
+        }),
+    )
+}
+
+/// Seconds since the epoch, for `loaded_unix`.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,478 @@
+//! Observability, read side: renders merged shard [`Snapshot`]s as the Prometheus text
+//! exposition format (version 0.0.4) for `/metrics`, and as JSON for `/status`. Latency
+//! histograms are hdrhistogram per shard, merged here and written both as Prometheus
+//! histograms (fixed buckets) and as p50/p90/p99/p99.9 gauges.
+
+use std::fmt::Write;
+
+use hdrhistogram::Histogram;
+
+use crate::http::canned::Canned;
+use crate::shard::Shared;
+use crate::stats::Snapshot;
+
+/// Bucket bounds, in seconds, of every latency histogram.
+pub const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+pub const QUANTILES: &[(f64, &str)] =
+    &[(0.5, "0.5"), (0.9, "0.9"), (0.99, "0.99"), (0.999, "0.999")];
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// A per-backend metric family: name, type, help, and how to read it from a snapshot.
+type BackendFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::stats::BackendSnap) -> u64,
+);
+
+/// Facts about the running process that are not counters.
+pub struct ProcessInfo<'a> {
+    pub version: &'a str,
+    pub uptime_secs: f64,
+    /// Per shard: (CPU, accepting).
+    pub shards: Vec<(usize, bool)>,
+}
+
+/// A label value escaped for the exposition format.
+fn esc(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn canned_reason(c: Canned) -> &'static str {
+    match c.status() {
+        400 => "bad_request",
+        404 => "no_route",
+        405 => "method_not_allowed",
+        408 => "timeout",
+        413 => "body_too_large",
+        414 => "uri_too_long",
+        417 => "expectation_failed",
+        431 => "headers_too_large",
+        502 => "bad_gateway",
+        503 => "no_backend",
+        504 => "upstream_timeout",
+        505 => "version",
+        _ => "other",
+    }
+}
+
+/// Writes one hdrhistogram (microseconds) as a Prometheus histogram in seconds, plus its
+/// quantile gauges under `{name}_quantile_seconds`... written by the caller's loop.
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram<u64>) {
+    family(out, name, "histogram", help);
+    let mut counts = vec![0u64; BUCKETS.len()];
+    let mut sum_us: f64 = 0.0;
+    for v in h.iter_recorded() {
+        let value = h.highest_equivalent(v.value_iterated_to());
+        let n = v.count_at_value();
+        sum_us += h.median_equivalent(value) as f64 * n as f64;
+        let secs = value as f64 / 1e6;
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            counts[i] += n;
+        }
+    }
+    let mut cumulative = 0;
+    for (b, n) in BUCKETS.iter().zip(&counts) {
+        cumulative += n;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.len());
+    let _ = writeln!(out, "{name}_sum {}", sum_us / 1e6);
+    let _ = writeln!(out, "{name}_count {}", h.len());
+}
+
+fn quantiles(out: &mut String, name: &str, help: &str, h: &Histogram<u64>) {
+    family(out, name, "gauge", help);
+    for (q, label) in QUANTILES {
+        let v = if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(*q) as f64 / 1e6
+        };
+        let _ = writeln!(out, "{name}{{quantile=\"{label}\"}} {v}");
+    }
+}
+
+/// Renders `/metrics`. `per_shard[i]` is shard i's snapshot, `all` their merge.
+pub fn render(
+    shared: &Shared,
+    info: &ProcessInfo<'_>,
+    per_shard: &[Snapshot],
+    all: &Snapshot,
+) -> String {
+    let mut o = String::with_capacity(16 * 1024);
+    let cfg = &shared.config;
+
+    family(
+        &mut o,
+        "edgeshard_build_info",
+        "gauge",
+        "Version of the running edgeshard.",
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_build_info{{version=\"{}\"}} 1",
+        esc(info.version)
+    );
+    family(
+        &mut o,
+        "edgeshard_uptime_seconds",
+        "gauge",
+        "Seconds since the process started.",
+    );
+    let _ = writeln!(o, "edgeshard_uptime_seconds {}", info.uptime_secs);
+
+    // Per shard: to see balance across cores.
+    family(
+        &mut o,
+        "edgeshard_shard_requests_total",
+        "counter",
+        "Requests served, per shard.",
+    );
+    for (i, s) in per_shard.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "edgeshard_shard_requests_total{{shard=\"{i}\"}} {}",
+            s.requests
+        );
+    }
+    family(
+        &mut o,
+        "edgeshard_shard_connections_active",
+        "gauge",
+        "Open client connections, per shard.",
+    );
+    for (i, s) in per_shard.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "edgeshard_shard_connections_active{{shard=\"{i}\"}} {}",
+            s.active
+        );
+    }
+    family(
+        &mut o,
+        "edgeshard_shard_accepting",
+        "gauge",
+        "1 while the shard accepts connections.",
+    );
+    for (i, (cpu, accepting)) in info.shards.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "edgeshard_shard_accepting{{shard=\"{i}\",cpu=\"{cpu}\"}} {}",
+            u8::from(*accepting)
+        );
+    }
+
+    // Client side.
+    family(
+        &mut o,
+        "edgeshard_connections_accepted_total",
+        "counter",
+        "Client connections accepted.",
+    );
+    let _ = writeln!(o, "edgeshard_connections_accepted_total {}", all.accepted);
+    family(
+        &mut o,
+        "edgeshard_connections_active",
+        "gauge",
+        "Open client connections.",
+    );
+    let _ = writeln!(o, "edgeshard_connections_active {}", all.active);
+    family(
+        &mut o,
+        "edgeshard_connections_rejected_total",
+        "counter",
+        "Client connections closed at accept, by reason.",
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_connections_rejected_total{{reason=\"max_connections_per_shard\"}} {}",
+        all.rejected_conn_limit
+    );
+    family(
+        &mut o,
+        "edgeshard_requests_total",
+        "counter",
+        "Requests received (heads parsed).",
+    );
+    let _ = writeln!(o, "edgeshard_requests_total {}", all.requests);
+    family(&mut o, "edgeshard_route_requests_total", "counter", "Requests by route and the status class the client got; class=\"aborted\" when it got none.");
+    let route_name = |i: usize| cfg.routes.get(i).map_or("none", |r| r.name.as_str());
+    for (i, r) in all.routes.iter().enumerate() {
+        let route = esc(route_name(i));
+        for (c, n) in CLASSES.iter().zip(r.status) {
+            let _ = writeln!(
+                o,
+                "edgeshard_route_requests_total{{route=\"{route}\",class=\"{c}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "edgeshard_route_requests_total{{route=\"{route}\",class=\"aborted\"}} {}",
+            r.aborted
+        );
+    }
+    family(
+        &mut o,
+        "edgeshard_responses_generated_total",
+        "counter",
+        "Responses the proxy wrote itself (refusals and gateway errors), by status and reason.",
+    );
+    for (c, n) in Canned::ALL.iter().zip(&all.canned) {
+        let _ = writeln!(
+            o,
+            "edgeshard_responses_generated_total{{status=\"{}\",reason=\"{}\"}} {n}",
+            c.status(),
+            canned_reason(*c)
+        );
+    }
+    family(
+        &mut o,
+        "edgeshard_client_bytes_received_total",
+        "counter",
+        "Request body bytes received from clients and forwarded.",
+    );
+    let _ = writeln!(o, "edgeshard_client_bytes_received_total {}", all.bytes_in);
+    family(
+        &mut o,
+        "edgeshard_client_bytes_sent_total",
+        "counter",
+        "Response body bytes sent to clients.",
+    );
+    let _ = writeln!(o, "edgeshard_client_bytes_sent_total {}", all.bytes_out);
+    family(
+        &mut o,
+        "edgeshard_client_aborts_total",
+        "counter",
+        "Exchanges cut short because the client went away.",
+    );
+    let _ = writeln!(o, "edgeshard_client_aborts_total {}", all.client_aborts);
+
+    // Upstream side, per backend.
+    let backends: Vec<(String, String)> = shared
+        .backends
+        .iter()
+        .map(|b| (esc(&cfg.upstreams[b.upstream].name), b.address.to_string()))
+        .collect();
+    family(
+        &mut o,
+        "edgeshard_upstream_responses_total",
+        "counter",
+        "Responses relayed from backends, by status class.",
+    );
+    for ((u, a), b) in backends.iter().zip(&all.backends) {
+        for (c, n) in CLASSES.iter().zip(b.status) {
+            let _ = writeln!(o, "edgeshard_upstream_responses_total{{upstream=\"{u}\",backend=\"{a}\",class=\"{c}\"}} {n}");
+        }
+    }
+    let per_backend: [BackendFamily; 8] = [
+        (
+            "edgeshard_upstream_bytes_sent_total",
+            "counter",
+            "Request body bytes sent to the backend.",
+            |b| b.bytes_sent,
+        ),
+        (
+            "edgeshard_upstream_bytes_received_total",
+            "counter",
+            "Response body bytes received from the backend.",
+            |b| b.bytes_received,
+        ),
+        (
+            "edgeshard_upstream_connects_total",
+            "counter",
+            "New connections opened to the backend.",
+            |b| b.connects,
+        ),
+        (
+            "edgeshard_upstream_connect_errors_total",
+            "counter",
+            "Connects to the backend that failed or timed out.",
+            |b| b.connect_errors,
+        ),
+        (
+            "edgeshard_backend_ejections_total",
+            "counter",
+            "Times a shard stopped picking the backend after a failed connect (for fail_timeout).",
+            |b| b.ejections,
+        ),
+        (
+            "edgeshard_upstream_requests_in_flight",
+            "gauge",
+            "Requests being forwarded to the backend now.",
+            |b| b.in_flight,
+        ),
+        (
+            "edgeshard_upstream_connections_idle",
+            "gauge",
+            "Idle pooled connections to the backend.",
+            |b| b.idle,
+        ),
+        (
+            "edgeshard_upstream_connections_active",
+            "gauge",
+            "Open connections to the backend: in use plus idle.",
+            |b| b.in_flight + b.idle,
+        ),
+    ];
+    for (name, kind, help, get) in per_backend {
+        family(&mut o, name, kind, help);
+        for ((u, a), b) in backends.iter().zip(&all.backends) {
+            let _ = writeln!(o, "{name}{{upstream=\"{u}\",backend=\"{a}\"}} {}", get(b));
+        }
+    }
+    family(&mut o, "edgeshard_backend_up", "gauge", "1 when the backend is in rotation on every shard (not drained, no shard skipping it after a failed connect).");
+    for (i, ((u, a), b)) in backends.iter().zip(&all.backends).enumerate() {
+        let up = !shared.is_drained(i) && b.failing == 0;
+        let _ = writeln!(
+            o,
+            "edgeshard_backend_up{{upstream=\"{u}\",backend=\"{a}\"}} {}",
+            u8::from(up)
+        );
+    }
+    family(
+        &mut o,
+        "edgeshard_backend_drained",
+        "gauge",
+        "1 when the backend was drained through the admin API.",
+    );
+    for (i, (u, a)) in backends.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "edgeshard_backend_drained{{upstream=\"{u}\",backend=\"{a}\"}} {}",
+            u8::from(shared.is_drained(i))
+        );
+    }
+    family(
+        &mut o,
+        "edgeshard_upstream_aborts_total",
+        "counter",
+        "Exchanges cut short by the backend (reset, bad response, timeout).",
+    );
+    let _ = writeln!(o, "edgeshard_upstream_aborts_total {}", all.upstream_aborts);
+    family(&mut o, "edgeshard_retries_total", "counter", "Requests sent a second time (idempotent, bodiless, reused connection died before any response byte).");
+    let _ = writeln!(o, "edgeshard_retries_total {}", all.retries);
+
+    // Pool.
+    family(
+        &mut o,
+        "edgeshard_pool_hits_total",
+        "counter",
+        "Requests that reused a pooled upstream connection.",
+    );
+    let _ = writeln!(o, "edgeshard_pool_hits_total {}", all.pool_hits);
+    family(
+        &mut o,
+        "edgeshard_pool_misses_total",
+        "counter",
+        "Requests that found no pooled connection and connected.",
+    );
+    let _ = writeln!(o, "edgeshard_pool_misses_total {}", all.pool_misses);
+    family(
+        &mut o,
+        "edgeshard_pool_evictions_total",
+        "counter",
+        "Pooled connections closed instead of reused, by reason.",
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_pool_evictions_total{{reason=\"idle_timeout\"}} {}",
+        all.pool_evicted_idle
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_pool_evictions_total{{reason=\"closed_by_backend\"}} {}",
+        all.pool_evicted_dead
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_pool_evictions_total{{reason=\"pool_full\"}} {}",
+        all.pool_rejected_full
+    );
+
+    // Logs.
+    family(
+        &mut o,
+        "edgeshard_access_log_lines_total",
+        "counter",
+        "Access log lines formatted.",
+    );
+    let _ = writeln!(o, "edgeshard_access_log_lines_total {}", all.access_lines);
+    family(
+        &mut o,
+        "edgeshard_access_log_dropped_total",
+        "counter",
+        "Access log lines dropped because the writer's queue was full.",
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_access_log_dropped_total {}",
+        all.access_dropped
+    );
+    family(
+        &mut o,
+        "edgeshard_log_suppressed_total",
+        "counter",
+        "Error log lines held back by log.error_rate.",
+    );
+    let _ = writeln!(o, "edgeshard_log_suppressed_total {}", all.log_suppressed);
+
+    // Latency.
+    let lat = &all.latency;
+    histogram(
+        &mut o,
+        "edgeshard_request_duration_seconds",
+        "Request latency: head parsed to last response byte written.",
+        &lat.total,
+    );
+    histogram(
+        &mut o,
+        "edgeshard_upstream_connect_duration_seconds",
+        "Time to open a new upstream connection.",
+        &lat.connect,
+    );
+    histogram(
+        &mut o,
+        "edgeshard_upstream_header_duration_seconds",
+        "Request sent upstream to response head received (time to first byte).",
+        &lat.first_byte,
+    );
+    quantiles(
+        &mut o,
+        "edgeshard_request_duration_quantile_seconds",
+        "Request latency quantiles (from the merged hdrhistogram).",
+        &lat.total,
+    );
+    quantiles(
+        &mut o,
+        "edgeshard_upstream_connect_duration_quantile_seconds",
+        "Upstream connect time quantiles.",
+        &lat.connect,
+    );
+    quantiles(
+        &mut o,
+        "edgeshard_upstream_header_duration_quantile_seconds",
+        "Upstream time-to-first-byte quantiles.",
+        &lat.first_byte,
+    );
+    o
+}

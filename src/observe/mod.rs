@@ -1,0 +1,10 @@
+//! Observability, beside the request pipeline: what shards record as requests go through
+//! (counters in [`crate::stats`], access log lines, request ids, rate-limited error lines)
+//! and the admin listener that reads it ([`admin`]: `/metrics`, `/status`, `/healthz`,
+//! `/ready`, drain and enable).
+
+pub mod access;
+pub mod admin;
+pub mod errors;
+pub mod metrics;
+pub mod reqid;

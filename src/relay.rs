@@ -1,0 +1,195 @@
+//! Stage 6 of the pipeline, *forward* (bytes): reads the upstream's response head and relays
+//! one body between two sockets, de-chunking, re-chunking or copying as the two sides'
+//! framings require. Used by [`crate::proxy`] for request bodies (client to upstream) and
+//! response bodies (upstream to client).
+
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use crate::http::chunked::{encode_chunk_header, encode_last_chunk, ChunkedDecoder};
+use crate::http::encode::OutFraming;
+use crate::http::parse::{parse_response, BodyFraming, HeadLimits, Parsed, ResponseHead};
+use crate::io::{read_more, write_from, Deadline, IoFail};
+
+/// Why a body relay stopped early.
+#[derive(Debug)]
+pub enum RelayError {
+    Read(IoFail),
+    Write(IoFail),
+    Framing,
+    TooLarge,
+}
+
+pub enum HeadFail {
+    Io(IoFail),
+    Bad,
+}
+
+/// Reads the upstream's response head into `ubuf` (which may hold bytes after it), skipping
+/// interim 1xx responses. A 101 is refused: upgrades are never forwarded here.
+pub async fn read_response_head(
+    upstream: &mut TcpStream,
+    ubuf: &mut Vec<u8>,
+    limits: &HeadLimits,
+    dl: &mut Deadline,
+    timeout: Duration,
+    any_byte: &mut bool,
+) -> Result<ResponseHead, HeadFail> {
+    let deadline = Instant::now() + timeout;
+    let mut head = ResponseHead::default();
+    loop {
+        if !ubuf.is_empty() {
+            match parse_response(ubuf, limits, &mut head) {
+                Ok(Parsed::Complete(())) => {
+                    if head.status == 101 {
+                        return Err(HeadFail::Bad);
+                    }
+                    if (100..200).contains(&head.status) {
+                        ubuf.drain(..head.head_len);
+                        continue;
+                    }
+                    return Ok(head);
+                }
+                Ok(Parsed::Partial) => {}
+                Err(_) => return Err(HeadFail::Bad),
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HeadFail::Io(IoFail::Timeout));
+        }
+        read_more(upstream, ubuf, dl, left)
+            .await
+            .map_err(HeadFail::Io)?;
+        *any_byte = true;
+    }
+}
+
+/// How one body is relayed: framing in and out, its size limit and the IO timeouts.
+#[derive(Clone, Copy)]
+pub struct BodyPlan {
+    pub incoming: BodyFraming,
+    pub outgoing: OutFraming,
+    pub limit: u64,
+    /// Bound on one chunk-size line or the trailer section.
+    pub chunk_overhead: usize,
+    /// Response trailers are relayed; request trailers are dropped (RFC 9110 §6.5.1 allows
+    /// it, and it keeps fields like Content-Length or Host out of a backend's trailer parser).
+    pub forward_trailers: bool,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+/// Relays one body from `src` to `dst`. Bytes already read sit in `inbuf[*pos..]`; `out`
+/// holds bytes to send first (a head) and is flushed with the first payload. `incoming` says
+/// how the body is delimited on the way in, `outgoing` how to write it. On success `*pos`
+/// points just past the body in `inbuf` (pipelined bytes may follow).
+#[allow(clippy::too_many_arguments)]
+pub async fn relay_body(
+    src: &mut TcpStream,
+    inbuf: &mut Vec<u8>,
+    pos: &mut usize,
+    dst: &mut TcpStream,
+    out: &mut Vec<u8>,
+    dl: &mut Deadline,
+    plan: &BodyPlan,
+    written: &mut bool,
+) -> Result<u64, RelayError> {
+    let BodyPlan {
+        incoming,
+        outgoing,
+        limit,
+        chunk_overhead,
+        read_timeout,
+        write_timeout,
+        ..
+    } = *plan;
+    let mut remaining = match incoming {
+        BodyFraming::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let mut decoder =
+        (incoming == BodyFraming::Chunked).then(|| ChunkedDecoder::new(chunk_overhead));
+    let rechunk = outgoing == OutFraming::Chunked;
+    let mut total: u64 = 0;
+    let mut done = incoming == BodyFraming::None || remaining == 0;
+    // Large bodies are read in larger pieces.
+    const RELAY_BUF: usize = 64 * 1024;
+    loop {
+        while !done && *pos < inbuf.len() {
+            let avail = &inbuf[*pos..];
+            let (data, consumed) = match decoder.as_mut() {
+                Some(d) => {
+                    let step = d.decode(avail).map_err(|_| RelayError::Framing)?;
+                    done = step.done;
+                    ((*pos + step.data.0, *pos + step.data.1), step.consumed)
+                }
+                None => {
+                    let n = (avail.len() as u64).min(remaining) as usize;
+                    if matches!(incoming, BodyFraming::Length(_)) {
+                        remaining -= n as u64;
+                        done = remaining == 0;
+                    }
+                    ((*pos, *pos + n), n)
+                }
+            };
+            let len = data.1 - data.0;
+            total += len as u64;
+            if total > limit {
+                return Err(RelayError::TooLarge);
+            }
+            if len > 0 {
+                if rechunk {
+                    encode_chunk_header(len, out);
+                    out.extend_from_slice(&inbuf[data.0..data.1]);
+                    out.extend_from_slice(b"\r\n");
+                } else if out.is_empty() && len >= 4096 {
+                    // Large piece, nothing pending: write straight from the read buffer.
+                    *written = true;
+                    write_from(dst, inbuf, data.0, data.1, dl, write_timeout)
+                        .await
+                        .map_err(RelayError::Write)?;
+                } else {
+                    out.extend_from_slice(&inbuf[data.0..data.1]);
+                }
+            }
+            *pos += consumed;
+        }
+        if done {
+            if rechunk {
+                let trailers = match (&decoder, plan.forward_trailers) {
+                    (Some(d), true) => &d.trailers[..],
+                    _ => b"",
+                };
+                encode_last_chunk(trailers, out);
+            }
+            let n = out.len();
+            *written = true;
+            write_from(dst, out, 0, n, dl, write_timeout)
+                .await
+                .map_err(RelayError::Write)?;
+            out.clear();
+            return Ok(total);
+        }
+        if !out.is_empty() {
+            let n = out.len();
+            *written = true;
+            write_from(dst, out, 0, n, dl, write_timeout)
+                .await
+                .map_err(RelayError::Write)?;
+            out.clear();
+        }
+        // Everything buffered was consumed: read the next piece into a fresh buffer.
+        inbuf.clear();
+        *pos = 0;
+        if inbuf.capacity() < RELAY_BUF {
+            inbuf.reserve(RELAY_BUF);
+        }
+        match read_more(src, inbuf, dl, read_timeout).await {
+            Ok(_) => {}
+            Err(IoFail::Eof) if incoming == BodyFraming::UntilClose => done = true,
+            Err(e) => return Err(RelayError::Read(e)),
+        }
+    }
+}
