@@ -4,7 +4,8 @@
 //!
 //! - [`state`]: the pure active-health state machine (rise/fall thresholds).
 //! - [`board`]: [`HealthBoard`], the lock-free publication of health states to all shards.
-//! - [`check`]: typed probe specs and the pure HTTP response matcher.
+//! - [`check`]: typed probe specs ([`check::CheckSpec`]) and probe failures.
+//! - [`matcher`]: the pure, incremental matcher of an HTTP check response.
 //! - [`prober`]: the one prober thread per process that runs the checks.
 //! - [`outlier`]: passive outlier detection (shard-local ejection with back-off).
 //! - [`breaker`]: shard-local circuit breaker (connections, pending, in-flight requests).
@@ -17,6 +18,7 @@
 pub mod board;
 pub mod breaker;
 pub mod check;
+pub mod matcher;
 pub mod outlier;
 pub mod prober;
 pub mod retry;

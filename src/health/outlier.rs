@@ -42,6 +42,8 @@ pub enum FailureKind {
     Status503 = 16,
 }
 
+const KIND_NAMES: &str = "connect-failure, reset, timeout, 5xx, 503";
+
 impl FromStr for FailureKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -51,9 +53,11 @@ impl FromStr for FailureKind {
             "timeout" => FailureKind::Timeout,
             "5xx" => FailureKind::Status5xx,
             "503" => FailureKind::Status503,
-            _ => return Err(format!(
-                "`{s}` is not an outlier failure kind (connect-failure, reset, timeout, 5xx, 503)"
-            )),
+            _ => {
+                return Err(format!(
+                    "`{s}` is not an outlier failure kind ({KIND_NAMES})"
+                ))
+            }
         })
     }
 }

@@ -28,7 +28,8 @@ use monoio::net::TcpStream;
 use crate::notify::Notify;
 
 use super::board::HealthBoard;
-use super::check::{CheckKind, CheckSpec, HttpCheck, ProbeFailure, ResponseMatcher, Verdict};
+use super::check::{CheckKind, CheckSpec, HttpCheck, ProbeFailure};
+use super::matcher::{ResponseMatcher, Verdict};
 use super::state::{Health, HealthState, Transition};
 
 /// One backend to probe.
