@@ -205,7 +205,7 @@ fn tcp_backend_killed_and_restarted_on_the_same_port() {
     let view = board.slot(0).unwrap();
     assert_eq!(view.transitions, 3);
     assert!(view.checks_ok >= 3 && view.checks_failed >= 2);
-    handle.stop();
+    stop_within_margin(handle);
     drop(listener);
 }
 
@@ -227,7 +227,7 @@ fn http_status_outside_the_range_is_unhealthy() {
     assert_eq!(ev.address, down.addr);
     wait_for_state(&board, 0, Health::Healthy, &rx);
     assert_eq!(board.state(1), Health::Unhealthy);
-    handle.stop();
+    stop_within_margin(handle);
 }
 
 #[test]
@@ -240,9 +240,7 @@ fn http_backend_that_never_answers_times_out() {
     assert!(ev.reason.contains("no answer within"), "{}", ev.reason);
     assert_eq!(board.state(0), Health::Unhealthy);
     // Stopping cancels a probe that is waiting on the hanging backend.
-    let t = Instant::now();
-    handle.stop();
-    assert!(t.elapsed() < MARGIN, "stop took {:?}", t.elapsed());
+    stop_within_margin(handle);
 }
 
 #[test]
@@ -259,7 +257,7 @@ fn http_body_substring_mismatch_is_unhealthy() {
     assert!(waited <= bound(1, s.timeout), "unhealthy after {waited:?}");
     assert!(ev.reason.contains("body does not contain"), "{}", ev.reason);
     wait_for_state(&board, 0, Health::Healthy, &rx);
-    drop(handle);
+    stop_within_margin(handle);
 }
 
 #[test]
@@ -276,7 +274,7 @@ fn mandatory_initial_state_waits_for_rise() {
     assert_eq!(ev.transition.cause, Cause::Rise { successes: 3 });
     assert!(board.slot(0).unwrap().checks_ok >= 3);
     assert!(board.ramp_from(0).is_some());
-    handle.stop();
+    stop_within_margin(handle);
 }
 
 #[test]
@@ -290,9 +288,7 @@ fn stop_is_prompt_with_a_long_interval() {
     let (_board, rx, handle) = start(1, vec![target(0, listener.local_addr().unwrap(), &s)]);
     // jitter 0: the first probe runs at once.
     wait_for(&rx, 0, Health::Healthy);
-    let t = Instant::now();
-    handle.stop();
-    assert!(t.elapsed() < MARGIN, "stop took {:?}", t.elapsed());
+    stop_within_margin(handle);
 }
 
 #[test]
@@ -322,4 +318,20 @@ fn wait_for_state(board: &HealthBoard, backend: usize, to: Health, rx: &Receiver
         wait_for(rx, backend, to);
     }
     assert_eq!(board.state(backend), to);
+}
+
+/// Stops the prober on a helper thread and fails (instead of hanging) if that takes longer
+/// than [`MARGIN`].
+fn stop_within_margin(handle: ProberHandle) {
+    let (tx, rx) = mpsc::channel();
+    let t = Instant::now();
+    std::thread::spawn(move || {
+        handle.stop();
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(MARGIN).is_ok(),
+        "stop took longer than {MARGIN:?}"
+    );
+    assert!(t.elapsed() < MARGIN);
 }
