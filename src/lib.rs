@@ -10,6 +10,7 @@ pub mod balance;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod health;
 pub mod http;
 pub mod io;
 pub mod listener;
