@@ -330,6 +330,10 @@ def edgeshard_conf(cfg, variant):
         'backends = [{ address = "127.0.0.1:%d", weight = 1 }]' % cfg.ports["origin"],
         "max_idle_per_backend = %d" % cfg.keepalive, 'idle_timeout = "120s"', "",
     ]
+    if variant.startswith("log-"):
+        # access log on, to a file in the run's temp dir (the logging cell)
+        lines += ["[log]", 'access = "%s"' % os.path.join(cfg.tmp, "access-%s.log" % variant),
+                  'access_format = "%s"' % variant[4:], ""]
     if variant == "hosts":
         for i in range(HOSTS_COUNT):
             lines += ["[[route]]", 'host = "h%04d.bench.test"' % i, 'upstream = "origin"', ""]
@@ -1312,6 +1316,61 @@ def cmd_syscalls(a):
     print("\n".join(lines))
 
 
+def cmd_logging(a):
+    """Access log on vs off: the same edgeshard config with and without [log] access, run back to
+    back (order rotating per repetition) on the ka50 cell; CPU-us/request and req/s medians."""
+    cfg = base_cfg(a)
+    variants = ["off"] + ["log-" + f for f in a.formats.split(",") if f]
+    rows = []
+    try:
+        origin = start_origin(cfg)
+        for rep in range(a.reps):
+            k = rep % len(variants)
+            for v in variants[k:] + variants[:k]:
+                p, engine = start_proxy(cfg, "edgeshard", v)
+                wrk(cfg, cfg.ports["edgeshard"], "ka50", a.warmup)
+                row = measured_run(cfg, "ka50", "edgeshard", rep, cfg.ports["edgeshard"], p, origin,
+                                   a.duration, engine)
+                p.stop()
+                lines = ""
+                if v != "off":
+                    path = os.path.join(cfg.tmp, "access-%s.log" % v)
+                    with open(path, "rb") as f:
+                        lines = sum(1 for _ in f)
+                    os.unlink(path)
+                row.update(variant=v, log_lines=lines)
+                rows.append(row)
+    finally:
+        stop_all()
+        shutil.rmtree(cfg.tmp, ignore_errors=True)
+    fields = ["variant", "rep", "requests", "rps", "cpu_us_per_req", "lat_p50_us", "lat_p99_us",
+              "log_lines", "non2xx", "err_connect", "err_read", "err_write", "err_timeout", "engine"]
+    with open(os.path.join(a.out, "logging.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    base_rps = med([fnum(r["rps"]) for r in rows if r["variant"] == "off"])
+    base_cpu = med([fnum(r["cpu_us_per_req"]) for r in rows if r["variant"] == "off"])
+    out = ["# access log on vs off (ka50: keep-alive GET, 50 connections)", "",
+           "%d shard(s) on CPUs %s, wrk on CPUs %s, %d x %d s per variant, order rotating; "
+           "medians. Lines = lines in the log file after the run (wrk's count excludes requests "
+           "in flight when it stops, and includes the warm-up run's)." % (
+               cfg.shards, cpus_str(cfg.proxy_cpus), cpus_str(cfg.client_cpus), a.reps, a.duration), "",
+           "| variant | req/s | vs off | CPU-us/req | vs off | p99 us | errors |", "|---|---|---|---|---|---|---|"]
+    for v in variants:
+        rs = [r for r in rows if r["variant"] == v]
+        rps = med([fnum(r["rps"]) for r in rs])
+        cpu = med([fnum(r["cpu_us_per_req"]) for r in rs])
+        p99 = med([fnum(r["lat_p99_us"]) for r in rs])
+        errs = sum(int(r.get(k) or 0) for r in rs for k in ("non2xx", "err_connect", "err_read", "err_write", "err_timeout"))
+        out.append("| %s | %s | %s | %s | %s | %s | %d |" % (
+            v, fmt(rps), fmt(rps / base_rps if rps and base_rps else None, 3), fmt(cpu, 2),
+            fmt(cpu / base_cpu if cpu and base_cpu else None, 3), fmt(p99), errs))
+    with open(os.path.join(a.out, "logging.md"), "w") as f:
+        f.write("\n".join(out) + "\n")
+    print("\n".join(out))
+
+
 def callgrind_total(path):
     total = 0
     found = False
@@ -1429,6 +1488,13 @@ def main():
         p.add_argument("--conns", type=int, default=16)
         p.add_argument("--timeout", type=int, default=300)
 
+    lg = sub.add_parser("logging")
+    common(lg)
+    lg.add_argument("--reps", type=int, default=3)
+    lg.add_argument("--duration", type=int, default=10)
+    lg.add_argument("--warmup", type=int, default=2)
+    lg.add_argument("--formats", default="combined,json")
+
     a = ap.parse_args()
     try:
         if a.cmd == "matrix":
@@ -1442,6 +1508,8 @@ def main():
             cmd_syscalls(a)
         elif a.cmd == "instructions":
             cmd_instructions(a)
+        elif a.cmd == "logging":
+            cmd_logging(a)
     except KeyboardInterrupt as e:
         log("interrupted (%s); stopping everything" % e)
         stop_all()

@@ -126,14 +126,21 @@ async fn origin_conn(mut stream: TcpStream, name: &'static str, addr: SocketAddr
 }
 
 /// The demo configuration: `listen` in front of the given origins, round robin.
-pub fn demo_config(listen: SocketAddr, origins: &[SocketAddr]) -> Result<Config, ConfigError> {
+pub fn demo_config(
+    listen: SocketAddr,
+    origins: &[SocketAddr],
+    admin: Option<SocketAddr>,
+) -> Result<Config, ConfigError> {
     let backends: Vec<String> = origins
         .iter()
         .map(|a| format!("{{ address = \"{a}\" }}"))
         .collect();
-    let text = format!(
-        "[[listener]]\naddress = \"{listen}\"\n\n[[route]]\nupstream = \"demo\"\n\n[[upstream]]\nname = \"demo\"\nbalance = \"round_robin\"\nbackends = [{}]\n",
+    let mut text = format!(
+        "[[listener]]\naddress = \"{listen}\"\n\n[[route]]\nname = \"demo\"\nupstream = \"demo\"\n\n[[upstream]]\nname = \"demo\"\nbalance = \"round_robin\"\nbackends = [{}]\n",
         backends.join(", ")
     );
+    if let Some(a) = admin {
+        text.push_str(&format!("\n[admin]\naddress = \"{a}\"\n"));
+    }
     Config::parse(&text, Path::new("<demo>"))
 }

@@ -72,6 +72,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Also serve the admin endpoints (/metrics, /status, ...) here, e.g. 127.0.0.1:9901.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
         #[command(flatten)]
         placement: Placement,
     },
@@ -118,9 +121,13 @@ fn main() {
                 1
             }
         },
-        Command::Demo { listen, placement } => {
+        Command::Demo {
+            listen,
+            admin,
+            placement,
+        } => {
             init_tracing("info");
-            report(demo(listen, placement))
+            report(demo(listen, admin, placement))
         }
     };
     std::process::exit(code);
@@ -150,12 +157,16 @@ fn check(path: &std::path::Path) -> i32 {
     }
 }
 
-fn demo(listen: std::net::SocketAddr, mut placement: Placement) -> Result<()> {
+fn demo(
+    listen: std::net::SocketAddr,
+    admin: Option<std::net::SocketAddr>,
+    mut placement: Placement,
+) -> Result<()> {
     let a = edgeshard::demo::start_origin("A").context("starting demo origin A")?;
     let b = edgeshard::demo::start_origin("B").context("starting demo origin B")?;
     eprintln!("edgeshard demo: origins A on {a} and B on {b}; try: curl -i http://{listen}/");
     let config =
-        edgeshard::demo::demo_config(listen, &[a, b]).map_err(|e| anyhow::anyhow!("{e}"))?;
+        edgeshard::demo::demo_config(listen, &[a, b], admin).map_err(|e| anyhow::anyhow!("{e}"))?;
     // One shard by default, so that successive requests visibly alternate between origins.
     if placement.shards.is_none() {
         placement.shards = Some(1);

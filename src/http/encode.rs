@@ -309,6 +309,51 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
     }
 
     #[test]
+    fn set_header_replaces_incoming_fields_of_that_name() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: evil\r\nx-request-id: twice\r\nAccept: */*\r\n\r\n";
+        let mut head = RequestHead::default();
+        assert!(matches!(
+            parse_request(raw, &L, &mut head),
+            Ok(Parsed::Complete(()))
+        ));
+        let t = split_target(head.target.get(raw));
+        let mut out = Vec::new();
+        upstream_request_head(
+            raw,
+            &head,
+            &t,
+            b"a",
+            "10.0.0.9".parse().unwrap(),
+            OutFraming::None,
+            Some((b"X-Request-Id", b"abc")),
+            &mut out,
+        );
+        let s = String::from_utf8(out).unwrap();
+        assert!(!s.contains("evil") && !s.contains("twice"), "{s}");
+        assert_eq!(s.matches("X-Request-Id: abc\r\n").count(), 1, "{s}");
+
+        let raw = b"HTTP/1.1 200 OK\r\nX-Request-Id: backend\r\nContent-Length: 0\r\n\r\n";
+        let mut rh = ResponseHead::default();
+        assert!(matches!(
+            parse_response(raw, &L, &mut rh),
+            Ok(Parsed::Complete(()))
+        ));
+        let mut out = Vec::new();
+        client_response_head(
+            raw,
+            &rh,
+            OutFraming::Length(0),
+            false,
+            1,
+            Some((b"X-Request-Id", b"abc")),
+            &mut out,
+        );
+        let s = String::from_utf8(out).unwrap();
+        assert!(!s.contains("backend"), "{s}");
+        assert_eq!(s.matches("X-Request-Id: abc\r\n").count(), 1, "{s}");
+    }
+
+    #[test]
     fn absolute_form_targets() {
         let t = split_target(b"http://Example.com:8080/a?b");
         assert_eq!(t.authority, Some(&b"Example.com:8080"[..]));
