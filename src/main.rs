@@ -352,6 +352,26 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     .context("cannot install signal handlers")?;
 
     let shared = Arc::new(Shared::with_shards(config, cpus.len()));
+    // One prober thread for the whole process, publishing to the board every shard reads.
+    let targets: Vec<edgeshard::health::prober::ProbeTarget> = shared
+        .backends
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| {
+            let up = &shared.config.upstreams[b.upstream];
+            up.resilience
+                .health_check
+                .as_ref()
+                .map(|spec| edgeshard::health::prober::ProbeTarget {
+                    backend: i,
+                    upstream: up.name.clone(),
+                    address: b.address,
+                    spec: spec.clone(),
+                })
+        })
+        .collect();
+    let prober = edgeshard::health::prober::spawn(shared.board.clone(), targets, None)
+        .context("cannot start the health-check prober")?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut stops = Vec::new();
     let mut threads = Vec::new();
@@ -467,6 +487,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
             "shutdown_timeout reached with connections still open"
         );
     }
+    prober.stop();
     // Every shard handed over its last lines: the writer writes them, then stops.
     if let Some(w) = log_writer {
         w.finish();

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use crate::health::breaker::{Open, Permit, Resource};
+use crate::health::Outcome as TryOutcome;
 use crate::http::canned::Canned;
 use crate::http::encode::{
     client_response_head, response_out_framing, split_target, upstream_request_head, OutFraming,
@@ -47,6 +49,23 @@ enum Failure {
     /// Close the client connection without a word (it went away, or the response head was
     /// already sent and the body cannot be completed).
     Close,
+}
+
+/// A breaker limit was reached: count it and answer 503 without trying.
+fn breaker_open(
+    ctx: &ShardCtx,
+    backend: usize,
+    open: Open,
+    out: Vec<u8>,
+    ubuf: Vec<u8>,
+) -> Failure {
+    bump(&ctx.stats.backends[backend].breaker_rejected);
+    if ctx.errors.allow(&ctx.stats) {
+        tracing::warn!(shard = ctx.id, backend = %ctx.shared.backends[backend].address, "circuit breaker open: {open}");
+    }
+    ctx.give_buffer(out);
+    ctx.give_buffer(ubuf);
+    Failure::Status(Canned::ServiceUnavailable)
 }
 
 /// A request being forwarded to a backend (the `in_flight` gauge) until dropped.
@@ -413,23 +432,38 @@ async fn exchange(
     } = prepared;
     let head_bytes = out.len();
 
-    // -- balance + pool + send, with the narrow retry rule ---------------------------------
+    // -- balance + pool + send, with the retry rules ----------------------------------------
+    // Three kinds of second chances, narrowest first:
+    // - a failed connect goes to another backend (nothing was sent; at most
+    //   MAX_CONNECT_ATTEMPTS backends, outside `retry.attempts` and the budget);
+    // - a pooled connection that died before any response byte is resent once on a fresh
+    //   connection (idempotent, bodiless: a keep-alive race, not a backend failure);
+    // - the upstream's `retry` policy: an idempotent bodiless request whose try ended in a
+    //   listed outcome (reset, timeout, a status) goes to a backend it has not tried, within
+    //   `attempts` and the retry budget, and only if such a backend is usable right now.
+    let res = &cfg.upstreams[upstream_id].resilience;
     let retry_allowed = facts.method.is_idempotent() && facts.framing.is_empty();
+    let first_try = Instant::now();
+    ctx.budget_request(upstream_id);
+    let mut attempt: u32 = 1;
     let mut fresh_only = false;
-    // Backends that refused a connect for this request (connects are safe to retry elsewhere:
-    // nothing was sent). Bounded, so a large pool of dead backends cannot stall a request.
+    // Backends this request tried (failed connect, or a retried try). Bounded.
     let mut tried: Vec<usize> = Vec::new();
+    let mut connect_failures = 0;
     const MAX_CONNECT_ATTEMPTS: usize = 4;
+    // A retry's backend, chosen when deciding to retry.
+    let mut next: Option<usize> = None;
     let mut ubuf = ctx.take_buffer();
     // Counts this request against the backend it is being sent to, until it returns.
     let mut in_flight: Option<InFlight<'_>>;
+    let mut request_permit: Option<Permit>;
     let mut sending_at: Option<Instant> = None;
     let (mut upstream, backend, resp_head) = loop {
         let now = Instant::now();
-        let pick = if tried.len() >= MAX_CONNECT_ATTEMPTS {
-            Pick::Exhausted
-        } else {
-            ctx.pick_backend(upstream_id, &tried, now)
+        let pick = match next.take() {
+            Some(b) => Pick::Backend(b),
+            None if connect_failures >= MAX_CONNECT_ATTEMPTS => Pick::Exhausted,
+            None => ctx.pick_backend(upstream_id, &tried, now),
         };
         let backend = match pick {
             Pick::Backend(b) => {
@@ -446,6 +480,12 @@ async fn exchange(
                 }));
             }
         };
+        // Circuit breaker: this shard's share of the backend's limits; open = 503 at once.
+        let breaker = &ctx.breakers[backend];
+        request_permit = match breaker.try_acquire(Resource::Requests) {
+            Ok(p) => Some(p),
+            Err(open) => return Err(breaker_open(ctx, backend, open, out, ubuf)),
+        };
         let pooled = if fresh_only {
             None
         } else {
@@ -457,13 +497,33 @@ async fn exchange(
         let reused = pooled.is_some();
         let mut upstream = match pooled {
             Some(s) => s,
-            None => match ctx.connect(backend).await {
-                Ok(s) => s,
-                Err(_) => {
-                    tried.push(backend);
-                    continue;
+            None => {
+                if let Some(limit) = breaker.limits().max_connections {
+                    let b = &ctx.stats.backends[backend];
+                    let open = b.in_flight.get() + ctx.pool.borrow().idle_for(backend) as u64;
+                    if open >= u64::from(limit) {
+                        let open = Open {
+                            resource: Resource::Connections,
+                            limit,
+                        };
+                        return Err(breaker_open(ctx, backend, open, out, ubuf));
+                    }
                 }
-            },
+                let pending = match breaker.try_acquire(Resource::Pending) {
+                    Ok(p) => p,
+                    Err(open) => return Err(breaker_open(ctx, backend, open, out, ubuf)),
+                };
+                let connected = ctx.connect(backend).await;
+                drop(pending);
+                match connected {
+                    Ok(s) => s,
+                    Err(_) => {
+                        tried.push(backend);
+                        connect_failures += 1;
+                        continue;
+                    }
+                }
+            }
         };
 
         // `100 Continue` once we know the request will go somewhere.
@@ -485,6 +545,15 @@ async fn exchange(
         // Head (and for bodies, the body). From here the backend may have the request.
         in_flight = Some(InFlight::new(&ctx.stats.backends[backend].in_flight));
         let sending = *sending_at.insert(Instant::now());
+        // This try's bound on the response head: upstream_response, or the retry policy's
+        // per-try and total timeouts when they are shorter.
+        let try_timeout = res.retry.try_deadline(first_try, sending).map_or(
+            cfg.timeouts.upstream_response,
+            |d| {
+                d.saturating_duration_since(sending)
+                    .min(cfg.timeouts.upstream_response)
+            },
+        );
         let sent = if facts.framing.is_empty() {
             write_from(
                 &mut upstream,
@@ -551,12 +620,55 @@ async fn exchange(
                     &mut ubuf,
                     &limits,
                     &mut client.deadline,
-                    cfg.timeouts.upstream_response,
+                    try_timeout,
                     &mut any_byte,
                 )
                 .await
             }
         };
+        // What this try amounted to, for outlier detection and the retry policy.
+        let outcome = match &got {
+            Ok(h) => TryOutcome::Response { status: h.status },
+            Err(HeadFail::Io(IoFail::Timeout)) => TryOutcome::Timeout,
+            Err(_) => TryOutcome::Reset,
+        };
+        if let Err(HeadFail::Io(e)) = &got {
+            if !matches!(e, IoFail::Timeout) && reused && retry_allowed && !fresh_only && !any_byte
+            {
+                // The pooled connection died under us before any response byte: the request
+                // is idempotent and bodiless, so it is safe to send once more, on a fresh one.
+                bump(&ctx.stats.retries);
+                fresh_only = true;
+                next = Some(backend);
+                // `out` still holds the head to resend.
+                ubuf.clear();
+                continue;
+            }
+        }
+        ctx.observe(backend, outcome);
+        let wants_retry = retry_allowed
+            && attempt < res.retry.attempts
+            && res.retry.retries_on(outcome)
+            && res.retry.has_time_left(first_try, Instant::now());
+        if wants_retry {
+            let mut others = tried.clone();
+            others.push(backend);
+            if let Pick::Backend(b) = ctx.pick_backend(upstream_id, &others, Instant::now()) {
+                if ctx.budget_retry(upstream_id) {
+                    bump(&ctx.stats.retries);
+                    if ctx.errors.allow(&ctx.stats) {
+                        tracing::info!(shard = ctx.id, backend = %ctx.shared.backends[backend].address, ?outcome, "retrying on another backend");
+                    }
+                    tried.push(backend);
+                    attempt += 1;
+                    next = Some(b);
+                    fresh_only = false;
+                    ubuf.clear();
+                    // The connection is dropped: its response (if any) is not read.
+                    continue;
+                }
+            }
+        }
         match got {
             Ok(h) => {
                 ctx.stats.record_first_byte(micros(sending));
@@ -565,15 +677,6 @@ async fn exchange(
             Err(HeadFail::Io(IoFail::Timeout)) => {
                 ctx.give_buffer(out);
                 return Err(Failure::Status(Canned::GatewayTimeout));
-            }
-            Err(HeadFail::Io(_)) if reused && retry_allowed && !fresh_only && !any_byte => {
-                // The pooled connection died under us before any response byte: the request
-                // is idempotent and bodiless, so it is safe to send once more, on a fresh one.
-                bump(&ctx.stats.retries);
-                fresh_only = true;
-                // `out` still holds the head to resend.
-                ubuf.clear();
-                continue;
             }
             Err(_) => {
                 bump(&ctx.stats.upstream_aborts);
@@ -653,6 +756,7 @@ async fn exchange(
     ctx.give_buffer(out);
     trace.upstream_us = sending_at.map(micros);
     drop(in_flight);
+    drop(request_permit);
     match relayed {
         Ok(n) => {
             add(&ctx.stats.bytes_out, n);

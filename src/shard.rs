@@ -15,8 +15,12 @@ use futures_channel::{mpsc, oneshot};
 
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::balance::{BackendState, Balancer};
+use crate::balance::Balancer;
 use crate::config::{Config, IoEngine};
+use crate::health::breaker::{Breaker, BreakerLimits};
+use crate::health::outlier::{OutlierDetector, OutlierEvent};
+use crate::health::retry::RetryBudget;
+use crate::health::{Health, HealthBoard, Outcome as TryOutcome};
 use crate::notify::Notify;
 use crate::observe::access::{AccessLog, LogSink};
 use crate::observe::errors::ErrorLimiter;
@@ -58,6 +62,8 @@ pub struct Shared {
     pub drained: Box<[AtomicBool]>,
     /// Per shard: accepting connections (for `/ready`).
     pub accepting: Box<[AtomicBool]>,
+    /// Active health-check state per backend, written by the one prober thread.
+    pub board: Arc<HealthBoard>,
 }
 
 impl Shared {
@@ -81,7 +87,21 @@ impl Shared {
             }
             upstream_backends.push(start..backends.len());
         }
+        // Backends of upstreams whose checks start "unhealthy" wait for `rise` successes.
+        let initial: Vec<Health> = backends
+            .iter()
+            .map(|b: &BackendInfo| {
+                let up = &config.upstreams[b.upstream];
+                match &up.resilience.health_check {
+                    Some(h) if h.initial == crate::health::state::InitialState::Unhealthy => {
+                        Health::Unhealthy
+                    }
+                    _ => Health::Unknown,
+                }
+            })
+            .collect();
         Shared {
+            board: Arc::new(HealthBoard::new(&initial)),
             drained: backends.iter().map(|_| AtomicBool::new(false)).collect(),
             accepting: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             config,
@@ -125,7 +145,12 @@ pub struct ShardCtx {
     pub shared: Arc<Shared>,
     pub pool: RefCell<Pool>,
     balancers: RefCell<Vec<Balancer>>,
-    backend_state: RefCell<Vec<BackendState>>,
+    /// Passive checks per upstream (indices local to the upstream).
+    outliers: RefCell<Vec<OutlierDetector>>,
+    /// Per backend: this shard's share of its circuit-breaker limits.
+    pub breakers: Vec<Rc<Breaker>>,
+    /// Per upstream: the retry budget.
+    budgets: RefCell<Vec<RetryBudget>>,
     buffers: RefCell<Vec<Vec<u8>>>,
     pub stats: Stats,
     /// The access log buffer, when enabled.
@@ -146,6 +171,8 @@ impl ShardCtx {
     }
 
     pub fn with_log(id: usize, shared: Arc<Shared>, sink: Option<LogSink>) -> ShardCtx {
+        let shards = shared.accepting.len().max(1);
+        let now = Instant::now();
         let limits: Vec<(usize, Duration)> = shared
             .backends
             .iter()
@@ -165,7 +192,31 @@ impl ShardCtx {
                     .map(|u| Balancer::new(u, id))
                     .collect(),
             ),
-            backend_state: RefCell::new(vec![BackendState::default(); shared.backends.len()]),
+            outliers: RefCell::new(
+                shared
+                    .config
+                    .upstreams
+                    .iter()
+                    .map(|u| OutlierDetector::new(u.resilience.outlier.clone(), u.backends.len()))
+                    .collect(),
+            ),
+            breakers: shared
+                .backends
+                .iter()
+                .map(|b| {
+                    let limits: BreakerLimits =
+                        shared.config.upstreams[b.upstream].resilience.breaker;
+                    Breaker::new(limits.shard_share(shards, id))
+                })
+                .collect(),
+            budgets: RefCell::new(
+                shared
+                    .config
+                    .upstreams
+                    .iter()
+                    .map(|u| RetryBudget::from_spec(&u.resilience.retry, now))
+                    .collect(),
+            ),
             buffers: RefCell::new(Vec::new()),
             stats: Stats::new(shared.routes.len(), shared.backends.len()),
             access: match (sink, &shared.config.log.access) {
@@ -208,10 +259,14 @@ impl ShardCtx {
     /// already tried and those that refused a connect on this shard within its upstream's `fail_timeout`.
     pub fn pick_backend(&self, upstream: usize, tried: &[usize], now: Instant) -> Pick {
         let range = self.shared.upstream_backends[upstream].clone();
-        let states = self.backend_state.borrow();
+        let outlier = &self.outliers.borrow()[upstream];
+        let board = &self.shared.board;
         let usable = |i: usize| {
             let g = range.start + i;
-            !tried.contains(&g) && states[g].usable(now) && !self.shared.is_drained(g)
+            !tried.contains(&g)
+                && !self.shared.is_drained(g)
+                && board.is_usable(g)
+                && !outlier.is_ejected(i, now)
         };
         match self.balancers.borrow_mut()[upstream].pick(range.len(), usable) {
             Some(i) => Pick::Backend(range.start + i),
@@ -244,15 +299,10 @@ impl ShardCtx {
         if let Err(e) = &result {
             bump(&self.stats.upstream_connect_errors);
             bump(&bstats.connect_errors);
-            bump(&bstats.ejections);
-            let upstream = self.shared.backends[backend].upstream;
-            let backoff = self.shared.config.upstreams[upstream].fail_timeout;
-            self.backend_state.borrow_mut()[backend].retry_at = Some(Instant::now() + backoff);
             if self.errors.allow(&self.stats) {
-                tracing::warn!(shard = self.id, backend = %addr, error = %e, "upstream connect failed; skipping it for fail_timeout");
+                tracing::warn!(shard = self.id, backend = %addr, error = %e, "upstream connect failed");
             }
-        } else {
-            self.backend_state.borrow_mut()[backend].retry_at = None;
+            self.observe(backend, TryOutcome::ConnectFailure);
         }
         result
     }
@@ -270,12 +320,53 @@ impl ShardCtx {
         snap.pool_evicted_idle = c.evicted_idle;
         snap.pool_evicted_dead = c.evicted_dead;
         snap.pool_rejected_full = c.rejected_full;
-        let states = self.backend_state.borrow();
+        let outliers = self.outliers.borrow();
         for (i, b) in snap.backends.iter_mut().enumerate() {
             b.idle = pool.idle_for(i) as u64;
-            b.failing = u64::from(!states[i].usable(now));
+            let info = &self.shared.backends[i];
+            b.failing = u64::from(outliers[info.upstream].is_ejected(info.local, now));
         }
+        snap.upstreams = self
+            .budgets
+            .borrow()
+            .iter()
+            .map(|b| crate::stats::UpstreamSnap {
+                retries_granted: b.granted(),
+                retries_denied: b.denied(),
+            })
+            .collect();
         snap
+    }
+}
+
+impl ShardCtx {
+    /// Feeds one attempt's outcome to the backend's passive check (outlier detection).
+    pub fn observe(&self, backend: usize, outcome: TryOutcome) {
+        let info = &self.shared.backends[backend];
+        let event =
+            self.outliers.borrow_mut()[info.upstream].observe(info.local, outcome, Instant::now());
+        match event {
+            Some(OutlierEvent::Ejected { .. }) => {
+                bump(&self.stats.backends[backend].ejections);
+                if self.errors.allow(&self.stats) {
+                    tracing::warn!(shard = self.id, backend = %info.address, upstream = %self.shared.config.upstreams[info.upstream].name, ?outcome, "backend ejected on this shard");
+                }
+            }
+            Some(OutlierEvent::Suppressed { .. }) => {
+                bump(&self.stats.backends[backend].ejections_suppressed);
+            }
+            None => {}
+        }
+    }
+
+    /// Counts a client request against its upstream's retry budget.
+    pub fn budget_request(&self, upstream: usize) {
+        self.budgets.borrow_mut()[upstream].record_request(Instant::now());
+    }
+
+    /// Whether the upstream's retry budget allows one more retry now (counted either way).
+    pub fn budget_retry(&self, upstream: usize) -> bool {
+        self.budgets.borrow_mut()[upstream].try_retry(Instant::now())
     }
 }
 

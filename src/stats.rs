@@ -28,8 +28,13 @@ pub struct BackendStats {
     pub bytes_received: Cell<u64>,
     pub connects: Cell<u64>,
     pub connect_errors: Cell<u64>,
-    /// Times this shard stopped picking it after a failed connect (for `fail_timeout`).
+    /// Times this shard ejected it (outlier detection; by default one failed connect for
+    /// `fail_timeout`).
     pub ejections: Cell<u64>,
+    /// Ejections not done because `max_ejection_percent` was reached.
+    pub ejections_suppressed: Cell<u64>,
+    /// Requests refused with 503 because this shard's share of a breaker limit was reached.
+    pub breaker_rejected: Cell<u64>,
     /// Requests now being forwarded to it (a gauge).
     pub in_flight: Cell<u64>,
     /// Whether this shard currently skips it after a failed connect (a gauge, 0 or 1).
@@ -240,11 +245,14 @@ impl Stats {
                     connects: b.connects.get(),
                     connect_errors: b.connect_errors.get(),
                     ejections: b.ejections.get(),
+                    ejections_suppressed: b.ejections_suppressed.get(),
+                    breaker_rejected: b.breaker_rejected.get(),
                     in_flight: b.in_flight.get(),
                     failing: b.failing.get(),
                     idle: 0,
                 })
                 .collect(),
+            upstreams: Vec::new(),
             pool_hits: 0,
             pool_misses: 0,
             pool_evicted_idle: 0,
@@ -272,10 +280,19 @@ pub struct BackendSnap {
     pub connects: u64,
     pub connect_errors: u64,
     pub ejections: u64,
+    pub ejections_suppressed: u64,
+    pub breaker_rejected: u64,
     pub in_flight: u64,
     pub failing: u64,
     /// Idle pooled connections (a gauge).
     pub idle: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpstreamSnap {
+    /// Retries the budget allowed, and refused.
+    pub retries_granted: u64,
+    pub retries_denied: u64,
 }
 
 /// Plain copies of one shard's counters; [`Snapshot::merge`] adds shards together.
@@ -293,6 +310,8 @@ pub struct Snapshot {
     pub bytes_out: u64,
     pub routes: Vec<RouteSnap>,
     pub backends: Vec<BackendSnap>,
+    /// Per upstream (filled in by the shard).
+    pub upstreams: Vec<UpstreamSnap>,
     pub pool_hits: u64,
     pub pool_misses: u64,
     pub pool_evicted_idle: u64,
@@ -333,9 +352,19 @@ impl Snapshot {
             a.connects += b.connects;
             a.connect_errors += b.connect_errors;
             a.ejections += b.ejections;
+            a.ejections_suppressed += b.ejections_suppressed;
+            a.breaker_rejected += b.breaker_rejected;
             a.in_flight += b.in_flight;
             a.failing += b.failing;
             a.idle += b.idle;
+        }
+        if self.upstreams.len() < other.upstreams.len() {
+            self.upstreams
+                .resize(other.upstreams.len(), UpstreamSnap::default());
+        }
+        for (a, b) in self.upstreams.iter_mut().zip(&other.upstreams) {
+            a.retries_granted += b.retries_granted;
+            a.retries_denied += b.retries_denied;
         }
         self.pool_hits += other.pool_hits;
         self.pool_misses += other.pool_misses;

@@ -85,8 +85,9 @@ pub struct UpstreamConfig {
     pub backends: Vec<BackendConfig>,
     pub max_idle_per_backend: usize,
     pub idle_timeout: Duration,
-    /// After a refused or timed-out connect, a shard skips the backend for this long.
-    pub fail_timeout: Duration,
+    /// Health checks, outlier detection (which carries `fail_timeout`), breaker, retries,
+    /// slow start.
+    pub resilience: Resilience,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +154,7 @@ pub struct Config {
 
 mod observe;
 mod raw;
+mod resilience;
 
 pub use observe::{
     AccessFormat, AccessLogConfig, AccessTarget, AdminConfig, IpNet, LogConfig, RequestIdConfig,
@@ -162,6 +164,7 @@ use raw::{
     array, Checker, RawLimits, RawListener, RawRoute, RawServer, RawTimeouts, RawUpstream,
     TOP_LEVEL,
 };
+pub use resilience::Resilience;
 
 impl Config {
     /// Reads and validates a configuration file.
@@ -401,10 +404,17 @@ impl Config {
                     u.idle_timeout.as_ref(),
                     Duration::from_secs(60),
                 ),
-                fail_timeout: c.duration(
-                    &format!("{path}.fail_timeout"),
-                    u.fail_timeout.as_ref(),
-                    Duration::from_secs(2),
+                resilience: resilience::resilience(
+                    &mut c,
+                    &path,
+                    resilience::RawResilience {
+                        health_check: u.health_check.as_ref(),
+                        outlier: u.outlier.as_ref(),
+                        breaker: u.breaker.as_ref(),
+                        retry: u.retry.as_ref(),
+                        slow_start: u.slow_start.as_ref(),
+                        fail_timeout: u.fail_timeout.as_ref(),
+                    },
                 ),
                 name: u.name,
                 balance,

@@ -51,6 +51,11 @@ pub(super) struct RawUpstream {
     pub(super) max_idle_per_backend: Option<usize>,
     pub(super) idle_timeout: Option<String>,
     pub(super) fail_timeout: Option<String>,
+    pub(super) slow_start: Option<String>,
+    pub(super) health_check: Option<super::resilience::RawHealthCheck>,
+    pub(super) outlier: Option<super::resilience::RawOutlier>,
+    pub(super) breaker: Option<super::resilience::RawBreaker>,
+    pub(super) retry: Option<super::resilience::RawRetry>,
 }
 
 #[derive(Deserialize, Default)]

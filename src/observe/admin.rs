@@ -333,6 +333,8 @@ fn process_info(state: &AdminState) -> ProcessInfo<'static> {
 fn backend_state(shared: &Shared, i: usize, failing: u64) -> &'static str {
     if shared.is_drained(i) {
         "drained"
+    } else if !shared.board.is_usable(i) {
+        "unhealthy"
     } else if failing > 0 {
         "failing"
     } else {

@@ -312,7 +312,7 @@ pub fn render(
         (
             "edgeshard_backend_ejections_total",
             "counter",
-            "Times a shard stopped picking the backend after a failed connect (for fail_timeout).",
+            "Times a shard ejected the backend (outlier detection; by default one failed connect for fail_timeout).",
             |b| b.ejections,
         ),
         (
@@ -340,9 +340,9 @@ pub fn render(
             let _ = writeln!(o, "{name}{{upstream=\"{u}\",backend=\"{a}\"}} {}", get(b));
         }
     }
-    family(&mut o, "edgeshard_backend_up", "gauge", "1 when the backend is in rotation on every shard (not drained, no shard skipping it after a failed connect).");
+    family(&mut o, "edgeshard_backend_up", "gauge", "1 when the backend is in rotation on every shard: not drained, not failing its health check, not ejected by any shard.");
     for (i, ((u, a), b)) in backends.iter().zip(&all.backends).enumerate() {
-        let up = !shared.is_drained(i) && b.failing == 0;
+        let up = !shared.is_drained(i) && b.failing == 0 && shared.board.is_usable(i);
         let _ = writeln!(
             o,
             "edgeshard_backend_up{{upstream=\"{u}\",backend=\"{a}\"}} {}",
@@ -362,6 +362,75 @@ pub fn render(
             u8::from(shared.is_drained(i))
         );
     }
+    family(&mut o, "edgeshard_backend_health", "gauge", "Active health-check state (1 for the current state); unknown = no check yet or none configured (usable).");
+    for (i, (u, a)) in backends.iter().enumerate() {
+        let now = shared.board.state(i).as_str();
+        for state in ["unknown", "healthy", "unhealthy"] {
+            let _ = writeln!(
+                o,
+                "edgeshard_backend_health{{upstream=\"{u}\",backend=\"{a}\",state=\"{state}\"}} {}",
+                u8::from(now == state)
+            );
+        }
+    }
+    family(
+        &mut o,
+        "edgeshard_health_checks_total",
+        "counter",
+        "Active health checks run, by result.",
+    );
+    for (i, (u, a)) in backends.iter().enumerate() {
+        if let Some(slot) = shared.board.slot(i) {
+            let _ = writeln!(o, "edgeshard_health_checks_total{{upstream=\"{u}\",backend=\"{a}\",result=\"ok\"}} {}", slot.checks_ok);
+            let _ = writeln!(o, "edgeshard_health_checks_total{{upstream=\"{u}\",backend=\"{a}\",result=\"failed\"}} {}", slot.checks_failed);
+        }
+    }
+    family(
+        &mut o,
+        "edgeshard_backend_ejections_suppressed_total",
+        "counter",
+        "Ejections not done because max_ejection_percent was reached.",
+    );
+    for ((u, a), b) in backends.iter().zip(&all.backends) {
+        let _ = writeln!(
+            o,
+            "edgeshard_backend_ejections_suppressed_total{{upstream=\"{u}\",backend=\"{a}\"}} {}",
+            b.ejections_suppressed
+        );
+    }
+    family(
+        &mut o,
+        "edgeshard_breaker_rejected_total",
+        "counter",
+        "Requests answered 503 at once because a circuit-breaker limit of the backend was reached.",
+    );
+    for ((u, a), b) in backends.iter().zip(&all.backends) {
+        let _ = writeln!(
+            o,
+            "edgeshard_breaker_rejected_total{{upstream=\"{u}\",backend=\"{a}\"}} {}",
+            b.breaker_rejected
+        );
+    }
+    family(
+        &mut o,
+        "edgeshard_retry_budget_total",
+        "counter",
+        "Retries the upstream's retry budget allowed (granted) or refused (denied).",
+    );
+    for (i, up) in cfg.upstreams.iter().enumerate() {
+        let x = all.upstreams.get(i).copied().unwrap_or_default();
+        let u = esc(&up.name);
+        let _ = writeln!(
+            o,
+            "edgeshard_retry_budget_total{{upstream=\"{u}\",result=\"granted\"}} {}",
+            x.retries_granted
+        );
+        let _ = writeln!(
+            o,
+            "edgeshard_retry_budget_total{{upstream=\"{u}\",result=\"denied\"}} {}",
+            x.retries_denied
+        );
+    }
     family(
         &mut o,
         "edgeshard_upstream_aborts_total",
@@ -369,7 +438,7 @@ pub fn render(
         "Exchanges cut short by the backend (reset, bad response, timeout).",
     );
     let _ = writeln!(o, "edgeshard_upstream_aborts_total {}", all.upstream_aborts);
-    family(&mut o, "edgeshard_retries_total", "counter", "Requests sent a second time (idempotent, bodiless, reused connection died before any response byte).");
+    family(&mut o, "edgeshard_retries_total", "counter", "Requests sent again: on a fresh connection after a pooled one died before any byte, or to another backend by the retry policy.");
     let _ = writeln!(o, "edgeshard_retries_total {}", all.retries);
 
     // Pool.
