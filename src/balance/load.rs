@@ -1,0 +1,147 @@
+//! Stage "balance", load-aware picks: `least_conn`, `p2c` with peak-EWMA latency, and the
+//! walk of the hash algorithms (with or without `bounded_load`). All read only this shard's
+//! counts, kept by `ShardBalancer::started` / `finished`; docs/BALANCING.md says how well
+//! shard-local counts stand for the real load.
+
+use std::time::Duration;
+
+use super::picker::{ShardBalancer, HASH_TRIES};
+use super::{Table, Tier};
+
+/// Draws of `p2c` looking for two usable members before it falls back to a least-loaded scan.
+const P2C_DRAWS: usize = 8;
+/// Steps a bounded-load walk takes beyond `HASH_TRIES` per member of the tier before it takes
+/// the least-loaded member (which always satisfies the bound when any usable member does).
+const BOUNDED_STEPS_PER_MEMBER: usize = 8;
+
+impl ShardBalancer {
+    pub(super) fn update_score(&mut self, i: usize) {
+        let w = u64::from(self.weights[i].max(1));
+        self.score[i] = (u64::from(self.in_flight[i]) << 32) / w;
+    }
+
+    /// Peak-EWMA: a slower response than the average takes over at once, a faster one moves
+    /// it by 1/8. An average not refreshed for `half_life` P2C picks is halved per such period
+    /// (see `ewma`), so a backend that was slow once is tried again later.
+    pub(super) fn record_latency(&mut self, i: usize, latency: Duration) {
+        let lat = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        let e = self.ewma(i);
+        self.ewma_ns[i] = if lat >= e { lat } else { e - (e - lat) / 8 };
+        self.stamp[i] = self.clock;
+    }
+
+    fn ewma(&self, i: usize) -> u64 {
+        let halvings = (self.clock - self.stamp[i]) / self.half_life;
+        if halvings >= 64 {
+            0
+        } else {
+            self.ewma_ns[i] >> halvings
+        }
+    }
+
+    /// P2C cost: (in-flight + 1) × (peak-EWMA ns + 1).
+    fn cost(&self, i: usize) -> u128 {
+        (u128::from(self.in_flight[i]) + 1) * (u128::from(self.ewma(i)) + 1)
+    }
+
+    /// Fewest in-flight per unit of weight. The scan starts at the next entry of the smooth
+    /// weighted order and keeps the first minimum, so ties (an idle shard) follow nginx's
+    /// weighted sequence.
+    pub(super) fn least_conn<F: Fn(usize) -> bool>(
+        &mut self,
+        tier: &Tier,
+        t: usize,
+        usable: &F,
+    ) -> Option<usize> {
+        let n = tier.members.len();
+        let seq = &tier.schedule.seq;
+        let start = if seq.is_empty() {
+            let c = self.cursor[t] % n;
+            self.cursor[t] = c + 1;
+            c
+        } else {
+            let c = self.cursor[t] % seq.len();
+            self.cursor[t] = c + 1;
+            seq[c] as usize
+        };
+        self.least_loaded_from(tier, start, usable)
+    }
+
+    /// The usable member with the lowest `score`, scanning from position `start` round the
+    /// tier (the first of equal scores wins).
+    pub(super) fn least_loaded_from<F: Fn(usize) -> bool>(
+        &self,
+        tier: &Tier,
+        start: usize,
+        usable: &F,
+    ) -> Option<usize> {
+        let start = start.min(tier.members.len());
+        let (tail, head) = tier.members.split_at(start);
+        let mut best = None;
+        let mut best_score = u64::MAX;
+        for &m in head.iter().chain(tail) {
+            let m = m as usize;
+            let s = self.score[m];
+            if s < best_score && usable(m) {
+                best = Some(m);
+                best_score = s;
+            }
+        }
+        best
+    }
+
+    /// Power of two choices: two weighted random draws, the lower cost wins (the first on a
+    /// tie, so an idle shard picks exactly by weight).
+    pub(super) fn p2c<F: Fn(usize) -> bool>(&mut self, tier: &Tier, usable: &F) -> Option<usize> {
+        self.clock += 1;
+        let mut first: Option<usize> = None;
+        for _ in 0..P2C_DRAWS {
+            let m = tier.member(tier.schedule.draw(self.next_u64())?);
+            if !usable(m) {
+                continue;
+            }
+            match first {
+                None => first = Some(m),
+                Some(f) => return Some(if self.cost(m) < self.cost(f) { m } else { f }),
+            }
+        }
+        first.or_else(|| self.least_loaded_from(tier, 0, usable))
+    }
+
+    /// Walks the members a hash algorithm offers for a key (`at(step)`, a tier position).
+    /// Plain: the first usable one within [`HASH_TRIES`] steps, then weighted round robin
+    /// (nginx). Bounded: the first usable one under the bound, then the least loaded.
+    pub(super) fn hash_walk<F: Fn(usize) -> bool>(
+        &mut self,
+        table: &Table,
+        tier: &Tier,
+        t: usize,
+        len: usize,
+        at: impl Fn(usize) -> Option<usize>,
+        usable: &F,
+    ) -> Option<usize> {
+        let Some(c) = table.bound else {
+            for step in 0..HASH_TRIES.min(len) {
+                let m = tier.member(at(step)?);
+                if usable(m) {
+                    return Some(m);
+                }
+            }
+            return self.weighted(tier, t, usable);
+        };
+        // Accept member m while in_flight[m] < c × (tier in-flight + 1) × weight / total.
+        // Summed over the tier the bounds exceed the in-flight count, so some member is
+        // below its bound; after the pick it holds at most ceil(c × average × weight share).
+        let per_weight = c * (self.tier_in_flight[t] + 1) as f64 / tier.total_weight.max(1) as f64;
+        let steps = len.min(HASH_TRIES + BOUNDED_STEPS_PER_MEMBER * tier.members.len());
+        for step in 0..steps {
+            let pos = at(step)?;
+            let m = tier.member(pos);
+            let bound = per_weight * f64::from(tier.weights[pos]);
+            if f64::from(self.in_flight[m]) < bound && usable(m) {
+                return Some(m);
+            }
+        }
+        self.least_loaded_from(tier, 0, usable)
+    }
+}
