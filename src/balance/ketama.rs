@@ -19,6 +19,11 @@ use crc32fast::Hasher;
 /// Points per unit of weight, as nginx.
 pub(super) const POINTS_PER_WEIGHT: u64 = 160;
 
+/// Most points a ring holds (8 bytes each: 32 MiB). nginx has no limit; a tier whose
+/// `total weight × 160` exceeds this gets its weights scaled down to fit (each ≥ 1), and then
+/// no longer maps keys as nginx would. That takes a total weight above 26,214.
+pub(super) const MAX_RING_POINTS: u64 = 1 << 22;
+
 /// Sorted, de-duplicated ring: `hashes[i]` is owned by tier position `owners[i]`.
 #[derive(Debug, Default)]
 pub(super) struct Ring {
@@ -29,10 +34,16 @@ pub(super) struct Ring {
 impl Ring {
     /// `names[i]` and `weights[i]` (≥ 1) describe tier position `i`.
     pub fn build(names: &[&str], weights: &[u32]) -> Ring {
-        let npoints: u64 = weights
-            .iter()
-            .map(|&w| u64::from(w) * POINTS_PER_WEIGHT)
-            .sum();
+        let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+        let scaled = |w: u32| -> u64 {
+            let w = u64::from(w);
+            if total * POINTS_PER_WEIGHT <= MAX_RING_POINTS {
+                w
+            } else {
+                (w * (MAX_RING_POINTS / POINTS_PER_WEIGHT) / total).max(1)
+            }
+        };
+        let npoints: u64 = weights.iter().map(|&w| scaled(w) * POINTS_PER_WEIGHT).sum();
         let mut points: Vec<(u32, u32)> = Vec::with_capacity(npoints as usize);
         for (pos, (name, &weight)) in names.iter().zip(weights).enumerate() {
             let (host, port) = split_host_port(name.as_bytes());
@@ -41,7 +52,7 @@ impl Ring {
             base.update(b"\0");
             base.update(port);
             let mut prev = 0u32;
-            for _ in 0..u64::from(weight) * POINTS_PER_WEIGHT {
+            for _ in 0..scaled(weight) * POINTS_PER_WEIGHT {
                 let mut h = base.clone();
                 h.update(&prev.to_le_bytes());
                 prev = h.finalize();

@@ -39,9 +39,18 @@ impl ShardBalancer {
         }
     }
 
-    /// P2C cost: (in-flight + 1) × (peak-EWMA ns + 1).
-    fn cost(&self, i: usize) -> u128 {
-        (u128::from(self.in_flight[i]) + 1) * (u128::from(self.ewma(i)) + 1)
+    /// Whether member `a` costs less than `b` for P2C. The cost estimates the latency a new
+    /// request would see: `peak-EWMA × (1 + in-flight / weight)`. Idle members cost their
+    /// latency (equal latencies tie, and the first draw wins: an idle shard picks exactly by
+    /// weight); under load the in-flight count per unit of weight counts.
+    fn cheaper(&self, a: usize, b: usize) -> bool {
+        // EWMA capped at 2^50 ns (13 days) so that the products fit in u128.
+        let cost = |i: usize, other: usize| {
+            let e = u128::from(self.ewma(i).min(1 << 50)) + 1;
+            let w = u128::from(self.weights[i].max(1));
+            e * (u128::from(self.in_flight[i]) + w) * u128::from(self.weights[other].max(1))
+        };
+        cost(a, b) < cost(b, a)
     }
 
     /// Fewest in-flight per unit of weight. The scan starts at the next entry of the smooth
@@ -102,7 +111,7 @@ impl ShardBalancer {
             }
             match first {
                 None => first = Some(m),
-                Some(f) => return Some(if self.cost(m) < self.cost(f) { m } else { f }),
+                Some(f) => return Some(if self.cheaper(m, f) { m } else { f }),
             }
         }
         first.or_else(|| self.least_loaded_from(tier, 0, usable))
