@@ -29,6 +29,10 @@ pub(super) const MAX_RING_POINTS: u64 = 1 << 22;
 pub(super) struct Ring {
     hashes: Vec<u32>,
     owners: Vec<u32>,
+    /// `index[b]` = first point `>= b << shift`: narrows the search to one bucket of the top
+    /// `32 - shift` bits of the key (about one point per bucket; up to 2^16 + 1 entries).
+    index: Vec<u32>,
+    shift: u32,
 }
 
 impl Ring {
@@ -64,9 +68,17 @@ impl Ring {
         // a 32-bit collision between two backends is needed for this to matter.
         points.sort_by_key(|&(h, _)| h);
         points.dedup_by_key(|&mut (h, _)| h);
+        let hashes: Vec<u32> = points.iter().map(|&(h, _)| h).collect();
+        let bits = (usize::BITS - hashes.len().leading_zeros()).clamp(1, 16);
+        let shift = 32 - bits;
+        let index = (0..=(1u64 << bits))
+            .map(|b| hashes.partition_point(|&h| u64::from(h) < b << shift) as u32)
+            .collect();
         Ring {
-            hashes: points.iter().map(|&(h, _)| h).collect(),
             owners: points.iter().map(|&(_, o)| o).collect(),
+            hashes,
+            index,
+            shift,
         }
     }
 
@@ -77,7 +89,14 @@ impl Ring {
     /// Index of the first point `>= key` (may be `len()`: callers take it modulo `len()`, as
     /// nginx does with `hp->hash % points->number`).
     pub fn start(&self, key: u32) -> usize {
-        self.hashes.partition_point(|&h| h < key)
+        let b = (key >> self.shift) as usize;
+        match (self.index.get(b), self.index.get(b + 1)) {
+            (Some(&lo), Some(&hi)) => {
+                let (lo, hi) = (lo as usize, (hi as usize).min(self.hashes.len()));
+                lo + self.hashes[lo.min(hi)..hi].partition_point(|&h| h < key)
+            }
+            _ => self.hashes.partition_point(|&h| h < key),
+        }
     }
 
     /// Owner (tier position) of point `i % len()`; `None` for an empty ring.
@@ -135,5 +154,16 @@ mod tests {
         assert_eq!(first, 160);
         assert_eq!(r.owner(r.len()), r.owner(0));
         assert_eq!(Ring::default().owner(3), None);
+        assert_eq!(Ring::default().start(3), 0);
+        for key in (0..=u32::MAX).step_by(65_537).chain([0, 1, u32::MAX]) {
+            assert_eq!(
+                r.start(key),
+                r.hashes.partition_point(|&h| h < key),
+                "{key}"
+            );
+        }
+        for &h in &r.hashes {
+            assert_eq!(r.hashes[r.start(h)], h);
+        }
     }
 }

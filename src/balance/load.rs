@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::picker::{ShardBalancer, HASH_TRIES};
-use super::{Table, Tier};
+use super::{Table, Tier, BACKUP};
 
 /// Draws of `p2c` looking for two usable members before it falls back to a least-loaded scan.
 const P2C_DRAWS: usize = 8;
@@ -15,9 +15,13 @@ const P2C_DRAWS: usize = 8;
 const BOUNDED_STEPS_PER_MEMBER: usize = 8;
 
 impl ShardBalancer {
+    /// Recomputes member `i`'s least-conn score and moves it between load levels.
     pub(super) fn update_score(&mut self, i: usize) {
         let w = u64::from(self.weights[i].max(1));
-        self.score[i] = (u64::from(self.in_flight[i]) << 32) / w;
+        let to = (u64::from(self.in_flight[i]) << 32) / w;
+        let t = usize::from(self.tier_of[i]).min(BACKUP);
+        self.levels[t].moved(i, self.score[i], to);
+        self.score[i] = to;
     }
 
     /// Peak-EWMA: a slower response than the average takes over at once, a faster one moves
@@ -53,11 +57,12 @@ impl ShardBalancer {
         cost(a, b) < cost(b, a)
     }
 
-    /// Fewest in-flight per unit of weight. The scan starts at the next entry of the smooth
-    /// weighted order and keeps the first minimum, so ties (an idle shard) follow nginx's
-    /// weighted sequence.
+    /// Fewest in-flight per unit of weight. Among equals, the first in member order from the
+    /// next entry of the smooth weighted order, so ties (an idle shard) follow nginx's weighted
+    /// sequence.
     pub(super) fn least_conn<F: Fn(usize) -> bool>(
         &mut self,
+        table: &Table,
         tier: &Tier,
         t: usize,
         usable: &F,
@@ -73,35 +78,30 @@ impl ShardBalancer {
             self.cursor[t] = c + 1;
             seq[c] as usize
         };
-        self.least_loaded_from(tier, start, usable)
+        self.least_loaded(table, t, tier.member(start), usable)
     }
 
-    /// The usable member with the lowest `score`, scanning from position `start` round the
-    /// tier (the first of equal scores wins).
-    pub(super) fn least_loaded_from<F: Fn(usize) -> bool>(
+    /// The usable member of tier `t` (and of the table) with the lowest score, the first in
+    /// cyclic member order from member `start` among equals.
+    pub(super) fn least_loaded<F: Fn(usize) -> bool>(
         &self,
-        tier: &Tier,
+        table: &Table,
+        t: usize,
         start: usize,
         usable: &F,
     ) -> Option<usize> {
-        let start = start.min(tier.members.len());
-        let (tail, head) = tier.members.split_at(start);
-        let mut best = None;
-        let mut best_score = u64::MAX;
-        for &m in head.iter().chain(tail) {
-            let m = m as usize;
-            let s = self.score[m];
-            if s < best_score && usable(m) {
-                best = Some(m);
-                best_score = s;
-            }
-        }
-        best
+        self.levels[t].first(&table.tier_bits[t], start, usable)
     }
 
     /// Power of two choices: two weighted random draws, the lower cost wins (the first on a
     /// tie, so an idle shard picks exactly by weight).
-    pub(super) fn p2c<F: Fn(usize) -> bool>(&mut self, tier: &Tier, usable: &F) -> Option<usize> {
+    pub(super) fn p2c<F: Fn(usize) -> bool>(
+        &mut self,
+        table: &Table,
+        tier: &Tier,
+        t: usize,
+        usable: &F,
+    ) -> Option<usize> {
         self.clock += 1;
         let mut first: Option<usize> = None;
         for _ in 0..P2C_DRAWS {
@@ -114,7 +114,7 @@ impl ShardBalancer {
                 Some(f) => return Some(if self.cheaper(m, f) { m } else { f }),
             }
         }
-        first.or_else(|| self.least_loaded_from(tier, 0, usable))
+        first.or_else(|| self.least_loaded(table, t, tier.member(0), usable))
     }
 
     /// Walks the members a hash algorithm offers for a key (`at(step)`, a tier position).
@@ -151,6 +151,6 @@ impl ShardBalancer {
                 return Some(m);
             }
         }
-        self.least_loaded_from(tier, 0, usable)
+        self.least_loaded(table, t, tier.member(0), usable)
     }
 }

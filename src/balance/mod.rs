@@ -46,6 +46,7 @@
 mod compat;
 mod ketama;
 pub mod key;
+mod levels;
 mod load;
 mod maglev;
 mod picker;
@@ -196,6 +197,8 @@ pub struct Table {
     len: usize,
     /// Per member: 0 primary, 1 backup.
     tier_of: Vec<u8>,
+    /// Per tier, bitset (by member index) of the members in the table's tier.
+    tier_bits: [Vec<u64>; 2],
     tiers: [Tier; 2],
     sticky: sticky::Sticky,
     sticky_spec: Option<StickySpec>,
@@ -220,15 +223,24 @@ impl Table {
             Some(c) if spec.algorithm.is_hash() => Some(if c >= 1.0 { c } else { 1.0 }),
             _ => None,
         };
+        let tiers = [
+            Tier::build(spec.algorithm, members, &pick(false)),
+            Tier::build(spec.algorithm, members, &pick(true)),
+        ];
+        let tier_bits = [0, 1].map(|t| {
+            let mut bits = vec![0u64; members.len().div_ceil(64)];
+            for &m in &tiers[t].members {
+                bits[m as usize / 64] |= 1u64 << (m % 64);
+            }
+            bits
+        });
         Table {
             algorithm: spec.algorithm,
             bound,
             len: members.len(),
             tier_of: members.iter().map(|m| u8::from(m.backup)).collect(),
-            tiers: [
-                Tier::build(spec.algorithm, members, &pick(false)),
-                Tier::build(spec.algorithm, members, &pick(true)),
-            ],
+            tier_bits,
+            tiers,
             sticky: sticky::Sticky::build(members.iter().map(|m| m.name.as_str())),
             sticky_spec: spec.sticky.clone(),
         }

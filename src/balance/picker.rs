@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use super::levels::Levels;
 use super::schedule::below;
 use super::{mix64, Algorithm, Member, Spec, Table, Tier, BACKUP, PRIMARY};
 
@@ -32,6 +33,8 @@ pub struct ShardBalancer {
     pub(super) in_flight: Vec<u32>,
     /// `(in_flight << 32) / weight`: the least-conn order, kept by `started`/`finished`.
     pub(super) score: Vec<u64>,
+    /// Members of each tier grouped by `score`, lowest first (`levels.rs`).
+    pub(super) levels: [Levels; 2],
     /// In-flight requests per tier.
     pub(super) tier_in_flight: [u64; 2],
     /// Peak-EWMA latency per member, in ns, as of `stamp`.
@@ -68,6 +71,8 @@ impl ShardBalancer {
             tier_of: members.iter().map(|m| u8::from(m.backup)).collect(),
             in_flight: vec![0; n],
             score: vec![0; n],
+            levels: [false, true]
+                .map(|backup| Levels::new(n, (0..n).filter(move |&i| members[i].backup == backup))),
             tier_in_flight: [0; 2],
             ewma_ns: vec![0; n],
             stamp: vec![0; n],
@@ -174,8 +179,8 @@ impl ShardBalancer {
             (Algorithm::RoundRobin, _) => self.round_robin(tier, t, usable),
             (Algorithm::Weighted, _) => self.weighted(tier, t, usable),
             (Algorithm::Random, _) => self.random(tier, usable),
-            (Algorithm::LeastConn, _) => self.least_conn(tier, t, usable),
-            (Algorithm::P2c, _) => self.p2c(tier, usable),
+            (Algorithm::LeastConn, _) => self.least_conn(table, tier, t, usable),
+            (Algorithm::P2c, _) => self.p2c(table, tier, t, usable),
             (Algorithm::ConsistentHash | Algorithm::Maglev, None) => self.weighted(tier, t, usable),
             (Algorithm::ConsistentHash, Some(k)) => {
                 let ring = &tier.ring;
