@@ -1,7 +1,8 @@
 //! Criterion micro-benchmarks of the request path's CPU work, stage by stage: request-head
 //! parse (minimal, typical browser, 64 headers), route lookup (10, 1,000 and 100,000 host
-//! routes), balancer pick, upstream head encode, and pool checkout + checkin. Inputs are built
-//! outside the timed loops. Baseline figures live in bench/README.md.
+//! routes), upstream head encode, and pool checkout + checkin. Inputs are built
+//! outside the timed loops. Baseline figures live in bench/README.md; balancer picks are
+//! `bench/balance.rs`.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -9,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
-use edgeshard::balance::Balancer;
-use edgeshard::config::{BackendConfig, Balance, Config, UpstreamConfig};
+use edgeshard::config::Config;
 use edgeshard::http::encode::{split_target, upstream_request_head, OutFraming};
 use edgeshard::http::parse::{parse_request, HeadLimits, Parsed, RequestHead};
 use edgeshard::route::RouteTable;
@@ -97,38 +97,6 @@ fn route(c: &mut Criterion) {
     g.finish();
 }
 
-fn upstream(balance: Balance, n: usize) -> UpstreamConfig {
-    UpstreamConfig {
-        name: "u".into(),
-        balance,
-        backends: (0..n)
-            .map(|i| BackendConfig {
-                address: format!("127.0.0.1:{}", 10000 + i).parse().unwrap(),
-                weight: 1 + (i as u32 % 5),
-            })
-            .collect(),
-        max_idle_per_backend: 64,
-        idle_timeout: Duration::from_secs(60),
-        fail_timeout: Duration::from_secs(2),
-    }
-}
-
-fn balance(c: &mut Criterion) {
-    let mut g = c.benchmark_group("balance_pick");
-    for n in [3usize, 100] {
-        for (name, algo) in [
-            ("round_robin", Balance::RoundRobin),
-            ("weighted", Balance::Weighted),
-        ] {
-            let mut b = Balancer::new(&upstream(algo, n), 0);
-            g.bench_function(BenchmarkId::new(name, n), |bench| {
-                bench.iter(|| b.pick(black_box(n), |_| true))
-            });
-        }
-    }
-    g.finish();
-}
-
 fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode_upstream_head");
     for (name, input) in [("minimal", minimal()), ("browser", browser())] {
@@ -197,6 +165,6 @@ fn pool(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = parse, route, balance, encode, pool
+    targets = parse, route, encode, pool
 }
 criterion_main!(benches);

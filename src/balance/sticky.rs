@@ -1,0 +1,110 @@
+//! Stage "balance", sticky sessions: the opaque cookie value naming a backend, and the way
+//! back from a value to the backend. A value is 16 lower-case hex digits of a seeded 64-bit
+//! hash of the backend's name, so it is the same on every shard and after a restart, reveals
+//! no address, and stays valid as long as the backend keeps its name. A value that names no
+//! backend of the table (a removed backend, a forged cookie) is simply not found.
+
+use std::fmt::Write;
+
+use super::hash64;
+
+const SEED: u64 = 0x7374_6963_6b79_0001;
+
+#[derive(Debug, Default)]
+pub(super) struct Sticky {
+    /// Member index → cookie value.
+    values: Vec<String>,
+    /// (hash, member index), sorted by hash: lookup is a binary search.
+    sorted: Vec<(u64, u32)>,
+}
+
+impl Sticky {
+    pub fn build<'a>(names: impl Iterator<Item = &'a str>) -> Sticky {
+        let mut values = Vec::new();
+        let mut sorted = Vec::new();
+        for (i, name) in names.enumerate() {
+            let h = hash64(SEED, name.as_bytes());
+            let mut v = String::with_capacity(16);
+            let _ = write!(v, "{h:016x}");
+            values.push(v);
+            sorted.push((h, i as u32));
+        }
+        // Stable: with two members of the same name, the first is the one found.
+        sorted.sort_by_key(|&(h, _)| h);
+        Sticky { values, sorted }
+    }
+
+    pub fn value(&self, i: usize) -> &str {
+        self.values.get(i).map_or("", String::as_str)
+    }
+
+    pub fn lookup(&self, value: &[u8]) -> Option<usize> {
+        let h = parse_hex16(value)?;
+        let at = self.sorted.partition_point(|&(x, _)| x < h);
+        match self.sorted.get(at) {
+            Some(&(x, i)) if x == h => Some(i as usize),
+            _ => None,
+        }
+    }
+}
+
+/// Exactly 16 lower-case hex digits (what `value` writes), else `None`.
+fn parse_hex16(v: &[u8]) -> Option<u64> {
+    if v.len() != 16 {
+        return None;
+    }
+    let mut h = 0u64;
+    for &b in v {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        h = (h << 4) | u64::from(d);
+    }
+    Some(h)
+}
+
+/// Appends a `Set-Cookie` field value: `NAME=VALUE; Max-Age=SECS; Path=/; HttpOnly`.
+pub(super) fn write_set_cookie(name: &str, value: &str, ttl_secs: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'=');
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"; Max-Age=");
+    let mut digits = [0u8; 20];
+    let mut n = ttl_secs;
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"; Path=/; HttpOnly");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_parse_is_strict() {
+        assert_eq!(parse_hex16(b"00000000000000ff"), Some(255));
+        assert_eq!(parse_hex16(b"00000000000000FF"), None);
+        assert_eq!(parse_hex16(b"ff"), None);
+        assert_eq!(parse_hex16(b"0000000000000g00"), None);
+    }
+
+    #[test]
+    fn set_cookie_text() {
+        let mut out = Vec::new();
+        write_set_cookie("srv", "0123456789abcdef", 3600, &mut out);
+        assert_eq!(out, b"srv=0123456789abcdef; Max-Age=3600; Path=/; HttpOnly");
+        out.clear();
+        write_set_cookie("s", "v", 0, &mut out);
+        assert_eq!(out, b"s=v; Max-Age=0; Path=/; HttpOnly");
+    }
+}
