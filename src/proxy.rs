@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use crate::balance::key::cookie_value;
+use crate::balance::{request_key, KeySource};
 use crate::health::breaker::{Open, Permit, Resource};
 use crate::health::Outcome as TryOutcome;
 use crate::http::canned::Canned;
@@ -21,7 +23,7 @@ use crate::io::{read_more, write_from, write_static, Deadline, IoFail};
 use crate::observe::access::RequestFields;
 use crate::observe::reqid::valid_incoming;
 use crate::relay::{read_response_head, relay_body, BodyPlan, HeadFail, RelayError};
-use crate::shard::{Pick, ShardCtx};
+use crate::shard::{Forwarding, Pick, ShardCtx};
 use crate::stats::{add, bump};
 
 /// Whether the client connection stays open after an exchange (monolake's contract).
@@ -66,22 +68,6 @@ fn breaker_open(
     ctx.give_buffer(out);
     ctx.give_buffer(ubuf);
     Failure::Status(Canned::ServiceUnavailable)
-}
-
-/// A request being forwarded to a backend (the `in_flight` gauge) until dropped.
-struct InFlight<'a>(&'a std::cell::Cell<u64>);
-
-impl<'a> InFlight<'a> {
-    fn new(c: &'a std::cell::Cell<u64>) -> InFlight<'a> {
-        c.set(c.get() + 1);
-        InFlight(c)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
-    }
 }
 
 /// Writes a canned response and says whether the connection must close afterwards.
@@ -338,6 +324,10 @@ fn log_fields(buf: &[u8], head: &RequestHead, rid: &[u8]) -> RequestFields {
 /// A request routed and encoded for its upstream, ready to send.
 struct Prepared {
     upstream: usize,
+    /// The hash of the request's key (hash algorithms).
+    key: Option<u32>,
+    /// The member its sticky cookie names, if valid.
+    sticky: Option<usize>,
     /// The upstream request head (kept for a possible retry).
     out: Vec<u8>,
     out_framing: OutFraming,
@@ -384,6 +374,27 @@ fn prepare(
     };
     trace.route = Some(route.index);
     trace.upstream = Some(route.upstream);
+    // Balancing inputs that live in the head: read them now, before the buffer moves on.
+    let spec = &shared.config.upstreams[route.upstream].balance;
+    let headers = || {
+        head.headers
+            .iter()
+            .map(|h| (h.name.get(buf), h.value.get(buf)))
+    };
+    let key = spec.hash_key.as_ref().and_then(|k| {
+        request_key(
+            k,
+            KeySource {
+                client_ip: client.peer.ip(),
+                target: target.path,
+                headers: headers(),
+            },
+        )
+    });
+    let sticky = spec.sticky.as_ref().and_then(|s| {
+        cookie_value(headers(), s.cookie.as_bytes())
+            .and_then(|v| shared.tables[route.upstream].sticky_lookup(v))
+    });
     if let BodyFraming::Length(n) = facts.framing {
         if n > shared.config.limits.max_body_bytes {
             return Err(Canned::PayloadTooLarge);
@@ -411,6 +422,8 @@ fn prepare(
     );
     Ok(Prepared {
         upstream: route.upstream,
+        key,
+        sticky,
         out,
         out_framing,
     })
@@ -427,9 +440,12 @@ async fn exchange(
     let cfg = &ctx.shared.config;
     let Prepared {
         upstream: upstream_id,
+        key,
+        sticky,
         mut out,
         out_framing,
     } = prepared;
+    let mut set_cookie = false;
     let head_bytes = out.len();
 
     // -- balance + pool + send, with the retry rules ----------------------------------------
@@ -455,7 +471,7 @@ async fn exchange(
     let mut next: Option<usize> = None;
     let mut ubuf = ctx.take_buffer();
     // Counts this request against the backend it is being sent to, until it returns.
-    let mut in_flight: Option<InFlight<'_>>;
+    let mut in_flight: Option<Forwarding<'_>>;
     let mut request_permit: Option<Permit>;
     let mut sending_at: Option<Instant> = None;
     let (mut upstream, backend, resp_head) = loop {
@@ -463,7 +479,11 @@ async fn exchange(
         let pick = match next.take() {
             Some(b) => Pick::Backend(b),
             None if connect_failures >= MAX_CONNECT_ATTEMPTS => Pick::Exhausted,
-            None => ctx.pick_backend(upstream_id, &tried, now),
+            None => {
+                let (pick, set) = ctx.pick_backend(upstream_id, &tried, now, key, sticky);
+                set_cookie = set;
+                pick
+            }
         };
         let backend = match pick {
             Pick::Backend(b) => {
@@ -543,7 +563,7 @@ async fn exchange(
         }
 
         // Head (and for bodies, the body). From here the backend may have the request.
-        in_flight = Some(InFlight::new(&ctx.stats.backends[backend].in_flight));
+        in_flight = Some(ctx.forwarding(backend));
         let sending = *sending_at.insert(Instant::now());
         // This try's bound on the response head: upstream_response, or the retry policy's
         // per-try and total timeouts when they are shorter.
@@ -653,7 +673,9 @@ async fn exchange(
         if wants_retry {
             let mut others = tried.clone();
             others.push(backend);
-            if let Pick::Backend(b) = ctx.pick_backend(upstream_id, &others, Instant::now()) {
+            let (pick, set) = ctx.pick_backend(upstream_id, &others, Instant::now(), key, sticky);
+            if let Pick::Backend(b) = pick {
+                set_cookie = set;
                 if ctx.budget_retry(upstream_id) {
                     bump(&ctx.stats.retries);
                     if ctx.errors.allow(&ctx.stats) {
@@ -704,6 +726,15 @@ async fn exchange(
             .then(|| (cfg.request_id.header.as_bytes(), rid.bytes())),
         &mut out,
     );
+    if set_cookie {
+        // A sticky session starts (or moved): name the backend in a cookie, inserted before
+        // the head's final empty line.
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(b"Set-Cookie: ");
+        ctx.shared.tables[upstream_id]
+            .write_set_cookie(ctx.shared.backends[backend].local, &mut out);
+        out.extend_from_slice(b"\r\n\r\n");
+    }
     let mut upos = resp_head.head_len;
     // Not pooled: after HEAD (a backend that wrongly sends a body would leave it for the next
     // request to read as its response), and after a body on a method that normally has none

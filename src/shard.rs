@@ -15,7 +15,7 @@ use futures_channel::{mpsc, oneshot};
 
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::balance::Balancer;
+use crate::balance::{Member, ShardBalancer, Table};
 use crate::config::{Config, IoEngine};
 use crate::health::breaker::{Breaker, BreakerLimits};
 use crate::health::outlier::{OutlierDetector, OutlierEvent};
@@ -58,6 +58,8 @@ pub struct Shared {
     pub backends: Vec<BackendInfo>,
     /// Per upstream: the range of its backends in `backends`.
     pub upstream_backends: Vec<std::ops::Range<usize>>,
+    /// Per upstream: the balancing table (schedule, ring, Maglev table, sticky values).
+    pub tables: Vec<Table>,
     /// Per backend: taken out of rotation by the admin API (`/drain`), on every shard.
     pub drained: Box<[AtomicBool]>,
     /// Per shard: accepting connections (for `/ready`).
@@ -100,7 +102,13 @@ impl Shared {
                 }
             })
             .collect();
+        let tables = config
+            .upstreams
+            .iter()
+            .map(|u| Table::build(&u.balance, &members_of(u)))
+            .collect();
         Shared {
+            tables,
             board: Arc::new(HealthBoard::new(&initial)),
             drained: backends.iter().map(|_| AtomicBool::new(false)).collect(),
             accepting: (0..shards).map(|_| AtomicBool::new(false)).collect(),
@@ -144,7 +152,7 @@ pub struct ShardCtx {
     pub id: usize,
     pub shared: Arc<Shared>,
     pub pool: RefCell<Pool>,
-    balancers: RefCell<Vec<Balancer>>,
+    balancers: RefCell<Vec<ShardBalancer>>,
     /// Passive checks per upstream (indices local to the upstream).
     outliers: RefCell<Vec<OutlierDetector>>,
     /// Per backend: this shard's share of its circuit-breaker limits.
@@ -189,7 +197,7 @@ impl ShardCtx {
                     .config
                     .upstreams
                     .iter()
-                    .map(|u| Balancer::new(u, id))
+                    .map(|u| ShardBalancer::new(&u.balance, &members_of(u), id))
                     .collect(),
             ),
             outliers: RefCell::new(
@@ -256,8 +264,17 @@ impl ShardCtx {
     }
 
     /// Picks a backend of `upstream` (a global backend index), skipping those this request
-    /// already tried and those that refused a connect on this shard within its upstream's `fail_timeout`.
-    pub fn pick_backend(&self, upstream: usize, tried: &[usize], now: Instant) -> Pick {
+    /// already tried, drained ones, those failing their health check, and those this shard
+    /// ejected. `key` is the request's hash (hash algorithms), `sticky` the member its cookie
+    /// names. Returns whether a sticky cookie must be set.
+    pub fn pick_backend(
+        &self,
+        upstream: usize,
+        tried: &[usize],
+        now: Instant,
+        key: Option<u32>,
+        sticky: Option<usize>,
+    ) -> (Pick, bool) {
         let range = self.shared.upstream_backends[upstream].clone();
         let outlier = &self.outliers.borrow()[upstream];
         let board = &self.shared.board;
@@ -268,10 +285,34 @@ impl ShardCtx {
                 && board.is_usable(g)
                 && !outlier.is_ejected(i, now)
         };
-        match self.balancers.borrow_mut()[upstream].pick(range.len(), usable) {
-            Some(i) => Pick::Backend(range.start + i),
-            None if tried.is_empty() => Pick::NoneUsable,
-            None => Pick::Exhausted,
+        let table = &self.shared.tables[upstream];
+        let balancer = &mut self.balancers.borrow_mut()[upstream];
+        let picked = if table.sticky().is_some() {
+            let cookie = sticky.map(|i| table.sticky_value(i).as_bytes());
+            balancer
+                .pick_sticky(table, cookie, key, usable)
+                .map(|p| (p.index, p.set_cookie))
+        } else {
+            balancer.pick(table, key, usable).map(|i| (i, false))
+        };
+        match picked {
+            Some((i, set_cookie)) => (Pick::Backend(range.start + i), set_cookie),
+            None if tried.is_empty() => (Pick::NoneUsable, false),
+            None => (Pick::Exhausted, false),
+        }
+    }
+
+    /// A request is being forwarded to `backend` until the guard drops (the in-flight gauge,
+    /// and the load signal of least_conn, p2c and bounded loads).
+    pub fn forwarding(&self, backend: usize) -> Forwarding<'_> {
+        let info = &self.shared.backends[backend];
+        self.balancers.borrow_mut()[info.upstream].started(info.local);
+        let c = &self.stats.backends[backend].in_flight;
+        c.set(c.get() + 1);
+        Forwarding {
+            ctx: self,
+            backend,
+            since: Instant::now(),
         }
     }
 
@@ -368,6 +409,34 @@ impl ShardCtx {
     pub fn budget_retry(&self, upstream: usize) -> bool {
         self.budgets.borrow_mut()[upstream].try_retry(Instant::now())
     }
+}
+
+/// See [`ShardCtx::forwarding`].
+pub struct Forwarding<'a> {
+    ctx: &'a ShardCtx,
+    backend: usize,
+    since: Instant,
+}
+
+impl Drop for Forwarding<'_> {
+    fn drop(&mut self) {
+        let info = &self.ctx.shared.backends[self.backend];
+        self.ctx.balancers.borrow_mut()[info.upstream].finished(info.local, self.since.elapsed());
+        let c = &self.ctx.stats.backends[self.backend].in_flight;
+        c.set(c.get().saturating_sub(1));
+    }
+}
+
+/// The balancing members of an upstream, in configuration order.
+fn members_of(u: &crate::config::UpstreamConfig) -> Vec<Member> {
+    u.backends
+        .iter()
+        .map(|b| Member {
+            name: b.address.to_string(),
+            weight: b.weight,
+            backup: b.backup,
+        })
+        .collect()
 }
 
 /// A question the admin thread asks a shard; answered on the shard's own thread.

@@ -40,10 +40,10 @@
 //! [`Table::sticky_value`] while its member is usable, and otherwise picks and asks for the
 //! cookie to be set ([`Table::write_set_cookie`]).
 //!
-//! `Balancer` and `BackendState` (in `compat.rs`) keep today's `shard.rs` working until the
-//! proxy is wired to this API.
+//! Wiring: `shard::Shared` builds one `Table` per upstream at start-up; each `ShardCtx` owns a
+//! `ShardBalancer` per upstream; `proxy::prepare` computes the key and resolves the sticky
+//! cookie while the head is still in its buffer.
 
-mod compat;
 mod ketama;
 pub mod key;
 mod levels;
@@ -60,7 +60,6 @@ mod tests;
 
 use std::time::Duration;
 
-pub use compat::{BackendState, Balancer};
 pub use key::{key_bytes, key_hash, request_key, IpText, KeySource};
 pub use picker::{ShardBalancer, StickyPick};
 

@@ -66,22 +66,19 @@ impl IoEngine {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Balance {
-    RoundRobin,
-    Weighted,
-}
-
 #[derive(Clone, Debug)]
 pub struct BackendConfig {
     pub address: SocketAddr,
     pub weight: u32,
+    /// Used only when no primary backend is usable.
+    pub backup: bool,
 }
 
 #[derive(Clone, Debug)]
 pub struct UpstreamConfig {
     pub name: String,
-    pub balance: Balance,
+    /// Algorithm, hash key, bounded load, sticky cookie.
+    pub balance: crate::balance::Spec,
     pub backends: Vec<BackendConfig>,
     pub max_idle_per_backend: usize,
     pub idle_timeout: Duration,
@@ -152,6 +149,7 @@ pub struct Config {
     pub request_id: RequestIdConfig,
 }
 
+mod balancing;
 mod observe;
 mod raw;
 mod resilience;
@@ -357,17 +355,16 @@ impl Config {
                     format!("upstream {:?} is defined twice", u.name),
                 );
             }
-            let balance = match u.balance.as_deref() {
-                None | Some("round_robin") => Balance::RoundRobin,
-                Some("weighted") => Balance::Weighted,
-                Some(other) => {
-                    c.err(
-                        format!("{path}.balance"),
-                        format!("unknown algorithm {other:?}; expected round_robin or weighted"),
-                    );
-                    Balance::RoundRobin
-                }
-            };
+            let balance = balancing::balancing(
+                &mut c,
+                &path,
+                balancing::RawBalancing {
+                    balance: u.balance.as_deref(),
+                    hash_key: u.hash_key.as_deref(),
+                    bounded_load: u.bounded_load,
+                    sticky: u.sticky.as_ref(),
+                },
+            );
             if u.backends.is_empty() {
                 c.err(
                     format!("{path}.backends"),
@@ -388,6 +385,7 @@ impl Config {
                     backends.push(BackendConfig {
                         address,
                         weight: weight.clamp(1, 10_000),
+                        backup: b.backup.unwrap_or(false),
                     });
                 }
             }
@@ -551,7 +549,7 @@ impl Config {
             s.push_str(&format!(
                 "upstream {} ({:?}, {} backends)\n",
                 u.name,
-                u.balance,
+                u.balance.algorithm,
                 u.backends.len()
             ));
         }

@@ -40,6 +40,7 @@ pub(super) struct RawRoute {
 pub(super) struct RawBackend {
     pub(super) address: String,
     pub(super) weight: Option<u32>,
+    pub(super) backup: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +48,9 @@ pub(super) struct RawBackend {
 pub(super) struct RawUpstream {
     pub(super) name: String,
     pub(super) balance: Option<String>,
+    pub(super) hash_key: Option<String>,
+    pub(super) bounded_load: Option<f64>,
+    pub(super) sticky: Option<super::balancing::RawSticky>,
     pub(super) backends: Vec<RawBackend>,
     pub(super) max_idle_per_backend: Option<usize>,
     pub(super) idle_timeout: Option<String>,

@@ -383,7 +383,7 @@ fn status_json(state: &AdminState, per_shard: &[Snapshot], all: &Snapshot) -> se
                 .collect();
             json!({
                 "name": up.name,
-                "balance": format!("{:?}", up.balance).to_lowercase(),
+                "balance": format!("{:?}", up.balance.algorithm).to_lowercase(),
                 "backends": backends,
             })
         })

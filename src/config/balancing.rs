@@ -1,0 +1,130 @@
+//! Config for stage 4, *balance*: `balance`, `hash_key`, `bounded_load` and `sticky` of an
+//! `[[upstream]]`, validated into the [`crate::balance::Spec`] the shards build their tables
+//! and balancers from.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::raw::Checker;
+use crate::balance::{Algorithm, HashKey, Spec, StickySpec};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSticky {
+    cookie: String,
+    ttl: Option<String>,
+}
+
+pub(super) struct RawBalancing<'a> {
+    pub balance: Option<&'a str>,
+    pub hash_key: Option<&'a str>,
+    pub bounded_load: Option<f64>,
+    pub sticky: Option<&'a RawSticky>,
+}
+
+const ALGORITHMS: &str =
+    "round_robin, weighted, random, least_conn, p2c, consistent_hash or maglev";
+
+fn token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+pub(super) fn balancing(c: &mut Checker, path: &str, raw: RawBalancing<'_>) -> Spec {
+    let algorithm = match raw.balance {
+        None | Some("round_robin") => Algorithm::RoundRobin,
+        Some("weighted") => Algorithm::Weighted,
+        Some("random") => Algorithm::Random,
+        Some("least_conn") => Algorithm::LeastConn,
+        Some("p2c") => Algorithm::P2c,
+        Some("consistent_hash") => Algorithm::ConsistentHash,
+        Some("maglev") => Algorithm::Maglev,
+        Some(other) => {
+            c.err(
+                format!("{path}.balance"),
+                format!("unknown algorithm {other:?}; expected {ALGORITHMS}"),
+            );
+            Algorithm::RoundRobin
+        }
+    };
+    let hash_key = match raw.hash_key {
+        None if algorithm.is_hash() => {
+            c.err(
+                format!("{path}.hash_key"),
+                "required by this algorithm: write e.g. \"client_ip\", \"header:X-User\", \"cookie:session\", \"path\", \"uri\" or \"query:id\"",
+            );
+            None
+        }
+        None => None,
+        Some(_) if !algorithm.is_hash() => {
+            c.err(
+                format!("{path}.hash_key"),
+                "only used by balance = \"consistent_hash\" or \"maglev\"",
+            );
+            None
+        }
+        Some(k) => {
+            let parsed = match k.split_once(':') {
+                None if k == "client_ip" => Some(HashKey::ClientIp),
+                None if k == "path" => Some(HashKey::Path),
+                None if k == "uri" => Some(HashKey::Uri),
+                Some(("header", n)) if token(n) => Some(HashKey::Header(n.to_ascii_lowercase())),
+                Some(("cookie", n)) if token(n) => Some(HashKey::Cookie(n.to_string())),
+                Some(("query", n)) if !n.is_empty() && !n.contains(['&', '=', ' ']) => {
+                    Some(HashKey::Query(n.to_string()))
+                }
+                _ => None,
+            };
+            if parsed.is_none() {
+                c.err(
+                    format!("{path}.hash_key"),
+                    format!("invalid key {k:?}; expected client_ip, path, uri, header:NAME, cookie:NAME or query:NAME"),
+                );
+            }
+            parsed
+        }
+    };
+    let bounded_load = match raw.bounded_load {
+        None => None,
+        Some(_) if !algorithm.is_hash() => {
+            c.err(
+                format!("{path}.bounded_load"),
+                "only used by balance = \"consistent_hash\" or \"maglev\"",
+            );
+            None
+        }
+        Some(f) if (1.0..=100.0).contains(&f) => Some(f),
+        Some(f) => {
+            c.err(
+                format!("{path}.bounded_load"),
+                format!("{f} is out of range: write a factor from 1.0 to 100 (e.g. 1.25)"),
+            );
+            None
+        }
+    };
+    let sticky = raw.sticky.map(|s| {
+        if !token(&s.cookie) {
+            c.err(
+                format!("{path}.sticky.cookie"),
+                "must be a cookie name (letters, digits, - _ .)",
+            );
+        }
+        let ttl = c.duration(
+            &format!("{path}.sticky.ttl"),
+            s.ttl.as_ref(),
+            Duration::from_secs(3600),
+        );
+        StickySpec {
+            cookie: s.cookie.clone(),
+            ttl,
+        }
+    });
+    Spec {
+        algorithm,
+        hash_key,
+        bounded_load,
+        sticky,
+    }
+}
