@@ -21,4 +21,5 @@ pub mod relay;
 pub mod route;
 pub mod shard;
 pub mod stats;
+pub mod trace;
 pub mod upstream;

@@ -20,11 +20,11 @@ use crate::http::encode::{
 };
 use crate::http::parse::{BodyFraming, HeadLimits, Method, ParseError, RequestHead};
 use crate::io::{read_more, write_from, write_static, Deadline, IoFail};
-use crate::observe::access::RequestFields;
-use crate::observe::reqid::valid_incoming;
 use crate::relay::{read_response_head, relay_body, BodyPlan, HeadFail, RelayError};
 use crate::shard::{Forwarding, Pick, ShardCtx};
 use crate::stats::{add, bump};
+pub use crate::trace::record_refused;
+use crate::trace::{log_fields, request_id, RequestId, Trace};
 
 /// Whether the client connection stays open after an exchange (monolake's contract).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,36 +157,7 @@ struct RequestFacts {
     head_len: usize,
 }
 
-/// What one request did, filled in along the pipeline for the counters and the access log.
-#[derive(Default)]
-struct Trace {
-    route: Option<usize>,
-    upstream: Option<usize>,
-    backend: Option<usize>,
-    /// The status the client got (None: closed without a response).
-    status: Option<u16>,
-    bytes_in: u64,
-    bytes_out: u64,
-    /// From the request's first byte sent upstream to the last response byte relayed.
-    upstream_us: Option<u64>,
-}
-
-/// The request id: generated here, or kept from a trusted peer (then it travels unchanged).
-enum RequestId {
-    Generated(crate::observe::reqid::RequestId),
-    Trusted(Box<[u8]>),
-}
-
-impl RequestId {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            RequestId::Generated(g) => g,
-            RequestId::Trusted(t) => t,
-        }
-    }
-}
-
-fn micros(since: Instant) -> u64 {
+pub fn micros(since: Instant) -> u64 {
     since.elapsed().as_micros().min(u128::from(u64::MAX)) as u64
 }
 
@@ -258,67 +229,6 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         );
     }
     outcome
-}
-
-/// Counts and logs a request refused before it could be parsed (bad head, or a connection
-/// that sent nothing within `client_header`): the client got `status`.
-pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, started: Instant) {
-    let total_us = micros(started);
-    ctx.stats.finish_request(None, Some(status), total_us);
-    if let Some(log) = ctx.access.as_ref().filter(|l| l.sampled()) {
-        let fields = RequestFields::new(b"", b"", 1, b"", b"", b"", b"");
-        log.push(
-            &fields,
-            &crate::observe::access::Outcome {
-                client: client.peer.ip(),
-                status: Some(status),
-                bytes_in: 0,
-                bytes_out: 0,
-                total_us,
-                upstream_us: None,
-                route: None,
-                upstream: None,
-                backend: None,
-            },
-            &ctx.stats,
-        );
-    }
-}
-
-/// The id this request carries: the incoming one from a trusted peer, else a new one.
-fn request_id(ctx: &ShardCtx, client: &Client, head: &RequestHead) -> RequestId {
-    let cfg = &ctx.shared.config.request_id;
-    if !cfg.trusted.is_empty() && cfg.trusts(client.peer.ip()) {
-        let name = cfg.header_lower.as_bytes();
-        let incoming = head
-            .headers
-            .iter()
-            .find(|h| h.name.get(&client.buf).eq_ignore_ascii_case(name))
-            .map(|h| h.value.get(&client.buf))
-            .filter(|v| valid_incoming(v));
-        if let Some(v) = incoming {
-            return RequestId::Trusted(v.into());
-        }
-    }
-    RequestId::Generated(ctx.ids.generate())
-}
-
-fn log_fields(buf: &[u8], head: &RequestHead, rid: &[u8]) -> RequestFields {
-    let header = |name: &[u8]| {
-        head.headers
-            .iter()
-            .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
-            .map_or(&b""[..], |h| h.value.get(buf))
-    };
-    RequestFields::new(
-        head.method.get(buf),
-        head.target.get(buf),
-        head.minor_version,
-        head.host.map_or(&b""[..], |h| h.get(buf)),
-        header(b"referer"),
-        header(b"user-agent"),
-        rid,
-    )
 }
 
 /// A request routed and encoded for its upstream, ready to send.

@@ -293,10 +293,10 @@ impl ShardCtx {
         let mut picked = if table.sticky().is_some() {
             let cookie = sticky.map(|i| table.sticky_value(i).as_bytes());
             balancer
-                .pick_sticky(table, cookie, key, &usable)
+                .pick_sticky(table, cookie, key, usable)
                 .map(|p| (p.index, p.set_cookie))
         } else {
-            balancer.pick(table, key, &usable).map(|i| (i, false))
+            balancer.pick(table, key, usable).map(|i| (i, false))
         };
         // Slow start: a backend that just came back takes a growing share. A pick of it is
         // kept with probability elapsed / slow_start, otherwise the pick is made again
@@ -743,72 +743,5 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    fn ctx(extra: &str) -> ShardCtx {
-        let text = format!(
-            "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{{ address = \"127.0.0.1:1\" }}, {{ address = \"127.0.0.1:2\" }}]\n{extra}\n"
-        );
-        let shared = Arc::new(Shared::new(
-            Config::parse(&text, Path::new("t.toml")).unwrap(),
-        ));
-        ShardCtx::new(0, shared)
-    }
-
-    fn share_of_second(ctx: &ShardCtx, now: Instant) -> f64 {
-        let n = 10_000;
-        let hits = (0..n)
-            .filter(|_| ctx.pick_backend(0, &[], now, None, None).0 == Pick::Backend(1))
-            .count();
-        hits as f64 / n as f64
-    }
-
-    #[test]
-    fn slow_start_ramps_a_recovered_backend() {
-        let c = ctx("slow_start = \"10s\"\n[upstream.health_check]\ninterval = \"1s\"");
-        let board = &c.shared.board;
-        let t0 = Instant::now();
-        assert!(
-            (share_of_second(&c, t0) - 0.5).abs() < 0.01,
-            "no ramp before any outage"
-        );
-        board.publish(1, Health::Unhealthy, t0);
-        assert_eq!(share_of_second(&c, t0), 0.0, "unhealthy: never picked");
-        board.publish(1, Health::Healthy, t0);
-        // Round robin gives it 1/2 at full weight. A pick of it is kept with probability
-        // f = elapsed / slow_start; a refused pick moves round robin's cursor on, so with two
-        // backends its share is f / (1 + f): 0.09 at 10 %, 0.33 at 50 %. Tolerance: 3
-        // percentage points over 10,000 picks.
-        let early = share_of_second(&c, t0 + Duration::from_secs(1));
-        assert!((early - 0.091).abs() < 0.03, "1s into a 10s ramp: {early}");
-        let half = share_of_second(&c, t0 + Duration::from_secs(5));
-        assert!((half - 0.333).abs() < 0.03, "5s into a 10s ramp: {half}");
-        let done = share_of_second(&c, t0 + Duration::from_secs(11));
-        assert!((done - 0.5).abs() < 0.01, "after the ramp: {done}");
-    }
-
-    #[test]
-    fn drained_unhealthy_and_ejected_backends_are_not_picked() {
-        let c = ctx("");
-        let now = Instant::now();
-        c.shared.drained[0].store(true, Ordering::Relaxed);
-        assert_eq!(share_of_second(&c, now), 1.0);
-        c.shared.board.publish(1, Health::Unhealthy, now);
-        assert_eq!(c.pick_backend(0, &[], now, None, None).0, Pick::NoneUsable);
-        c.shared.drained[0].store(false, Ordering::Relaxed);
-        assert_eq!(share_of_second(&c, now), 0.0);
-        // The default passive rule: one failed connect ejects for fail_timeout (2s).
-        c.observe(0, TryOutcome::ConnectFailure);
-        assert_eq!(
-            c.pick_backend(0, &[], Instant::now(), None, None).0,
-            Pick::NoneUsable
-        );
-        assert!(matches!(
-            c.pick_backend(0, &[], Instant::now() + Duration::from_secs(3), None, None)
-                .0,
-            Pick::Backend(0)
-        ));
-    }
-}
+#[path = "shard_tests.rs"]
+mod tests;

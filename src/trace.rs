@@ -1,0 +1,101 @@
+//! Stages 3 to 7, what each request leaves behind: the [`Trace`] filled in along the
+//! pipeline, the request id it carries, and the access-log fields copied out of its head.
+//! Used by [`crate::proxy`].
+
+use std::time::Instant;
+
+use crate::http::parse::RequestHead;
+use crate::observe::access::{Outcome, RequestFields};
+use crate::observe::reqid::valid_incoming;
+use crate::proxy::{micros, Client};
+use crate::shard::ShardCtx;
+
+/// What one request did, filled in along the pipeline for the counters and the access log.
+#[derive(Default)]
+pub struct Trace {
+    pub route: Option<usize>,
+    pub upstream: Option<usize>,
+    pub backend: Option<usize>,
+    /// The status the client got (None: closed without a response).
+    pub status: Option<u16>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// From the request's first byte sent upstream to the last response byte relayed.
+    pub upstream_us: Option<u64>,
+}
+
+/// The request id: generated here, or kept from a trusted peer (then it travels unchanged).
+pub enum RequestId {
+    Generated(crate::observe::reqid::RequestId),
+    Trusted(Box<[u8]>),
+}
+
+impl RequestId {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Generated(g) => g,
+            RequestId::Trusted(t) => t,
+        }
+    }
+}
+
+/// Counts and logs a request refused before it could be parsed (bad head, or a connection
+/// that sent nothing within `client_header`): the client got `status`.
+pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, started: Instant) {
+    let total_us = micros(started);
+    ctx.stats.finish_request(None, Some(status), total_us);
+    if let Some(log) = ctx.access.as_ref().filter(|l| l.sampled()) {
+        let fields = RequestFields::new(b"", b"", 1, b"", b"", b"", b"");
+        log.push(
+            &fields,
+            &Outcome {
+                client: client.peer.ip(),
+                status: Some(status),
+                bytes_in: 0,
+                bytes_out: 0,
+                total_us,
+                upstream_us: None,
+                route: None,
+                upstream: None,
+                backend: None,
+            },
+            &ctx.stats,
+        );
+    }
+}
+
+/// The id this request carries: the incoming one from a trusted peer, else a new one.
+pub fn request_id(ctx: &ShardCtx, client: &Client, head: &RequestHead) -> RequestId {
+    let cfg = &ctx.shared.config.request_id;
+    if !cfg.trusted.is_empty() && cfg.trusts(client.peer.ip()) {
+        let name = cfg.header_lower.as_bytes();
+        let incoming = head
+            .headers
+            .iter()
+            .find(|h| h.name.get(&client.buf).eq_ignore_ascii_case(name))
+            .map(|h| h.value.get(&client.buf))
+            .filter(|v| valid_incoming(v));
+        if let Some(v) = incoming {
+            return RequestId::Trusted(v.into());
+        }
+    }
+    RequestId::Generated(ctx.ids.generate())
+}
+
+pub fn log_fields(buf: &[u8], head: &RequestHead, rid: &[u8]) -> RequestFields {
+    let header = |name: &[u8]| {
+        head.headers
+            .iter()
+            .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
+            .map_or(&b""[..], |h| h.value.get(buf))
+    };
+    RequestFields::new(
+        head.method.get(buf),
+        head.target.get(buf),
+        head.minor_version,
+        head.host.map_or(&b""[..], |h| h.get(buf)),
+        header(b"referer"),
+        header(b"user-agent"),
+        rid,
+    )
+}
