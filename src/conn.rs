@@ -33,6 +33,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, accep
         buf: Vec::with_capacity(INITIAL_BUF),
         peer,
         deadline: Deadline::new(),
+        upgraded: None,
     };
     let limits = {
         let l = &ctx.shared.config.limits;
@@ -130,6 +131,13 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, accep
         // Boxed: the exchange's state is large and only needed while a request is in flight,
         // so an idle connection's task stays small.
         let outcome = Box::pin(serve_request(&ctx, &mut client, &head)).await;
+        if outcome == Outcome::Upgraded {
+            if let Some(up) = client.upgraded.take() {
+                let Client { stream, buf, .. } = client;
+                Box::pin(crate::tunnel::run(&ctx, stream, buf, *up)).await;
+            }
+            return;
+        }
         if outcome == Outcome::Close || ctx.draining() {
             return;
         }

@@ -20,6 +20,8 @@ pub mod proxy;
 pub mod relay;
 pub mod route;
 pub mod shard;
+pub mod splice;
 pub mod stats;
 pub mod trace;
+pub mod tunnel;
 pub mod upstream;

@@ -89,6 +89,8 @@ fn init_tracing(level: &str) {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: a log file or journal gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -490,7 +492,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     prober.stop();
     // Every shard handed over its last lines: the writer writes them, then stops.
     if let Some(w) = log_writer {
-        w.finish();
+        w.finish(std::time::Duration::from_secs(5));
     }
     if let Some(a) = admin {
         a.stop();

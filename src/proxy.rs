@@ -16,21 +16,28 @@ use crate::health::breaker::{Open, Permit, Resource};
 use crate::health::Outcome as TryOutcome;
 use crate::http::canned::Canned;
 use crate::http::encode::{
-    client_response_head, response_out_framing, split_target, upstream_request_head, OutFraming,
+    client_response_head, response_out_framing, split_target, switching_protocols_head,
+    upstream_request_head, OutFraming,
 };
-use crate::http::parse::{BodyFraming, HeadLimits, Method, ParseError, RequestHead};
+use crate::http::parse::{
+    BodyFraming, HeadLimits, HeaderKind, Method, ParseError, RequestHead, Span,
+};
 use crate::io::{read_more, write_from, write_static, Deadline, IoFail};
 use crate::relay::{read_response_head, relay_body, BodyPlan, HeadFail, RelayError};
 use crate::shard::{Forwarding, Pick, ShardCtx};
+use crate::splice::relay_spliced;
 use crate::stats::{add, bump};
 pub use crate::trace::record_refused;
 use crate::trace::{log_fields, request_id, RequestId, Trace};
+use crate::tunnel::Upgraded;
 
 /// Whether the client connection stays open after an exchange (monolake's contract).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     KeepAlive,
     Close,
+    /// The backend answered 101: the connection becomes a tunnel ([`Client::upgraded`]).
+    Upgraded,
 }
 
 /// The client side of a connection, owned by [`crate::conn`] and lent to each exchange.
@@ -41,6 +48,8 @@ pub struct Client {
     pub peer: SocketAddr,
     /// The one timer bounding whichever IO step this connection is waiting on.
     pub deadline: Deadline,
+    /// Set when the backend accepted an upgrade: [`crate::conn`] then runs the tunnel.
+    pub upgraded: Option<Box<Upgraded>>,
 }
 
 /// How an exchange that did not complete ends, mapped to what the client sees.
@@ -81,6 +90,47 @@ pub async fn respond_canned(
     let close = close || c.forces_close();
     let t = ctx.shared.config.timeouts.client_send;
     match write_static(&mut client.stream, c.bytes(close), &mut client.deadline, t).await {
+        Ok(()) if !close => Outcome::KeepAlive,
+        _ => Outcome::Close,
+    }
+}
+
+/// The request-id field for the proxy's own answers, when ids are returned to clients.
+fn cfg_rid_header<'a>(ctx: &'a ShardCtx, rid: &'a RequestId) -> Option<(&'a [u8], &'a [u8])> {
+    let cfg = &ctx.shared.config.request_id;
+    cfg.respond.then(|| (cfg.header.as_bytes(), rid.bytes()))
+}
+
+/// [`respond_canned`] with one more header field (the request id) in the head.
+pub async fn respond_canned_with(
+    ctx: &ShardCtx,
+    client: &mut Client,
+    c: Canned,
+    close: bool,
+    extra: Option<(&[u8], &[u8])>,
+) -> Outcome {
+    let Some((name, value)) = extra else {
+        return respond_canned(ctx, client, c, close).await;
+    };
+    ctx.stats.canned(c);
+    let close = close || c.forces_close();
+    let bytes = c.bytes(close);
+    // The canned head ends at its first empty line: the field goes just before it.
+    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return respond_canned(ctx, client, c, close).await;
+    };
+    let mut out = ctx.take_buffer();
+    out.extend_from_slice(&bytes[..end + 2]);
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&bytes[end + 2..]);
+    let n = out.len();
+    let t = ctx.shared.config.timeouts.client_send;
+    let r = write_from(&mut client.stream, &mut out, 0, n, &mut client.deadline, t).await;
+    ctx.give_buffer(out);
+    match r {
         Ok(()) if !close => Outcome::KeepAlive,
         _ => Outcome::Close,
     }
@@ -155,6 +205,28 @@ struct RequestFacts {
     framing: BodyFraming,
     expect_continue: bool,
     head_len: usize,
+    /// The client asked to switch protocols and the upgrade will be forwarded.
+    upgrade: bool,
+}
+
+/// A request asking to switch protocols that may be forwarded: HTTP/1.1, no body,
+/// `Upgrade` named in `Connection`, and not `h2c` (HTTP/2 cleartext is not proxied).
+fn wants_upgrade(buf: &[u8], head: &RequestHead) -> Option<Span> {
+    if head.minor_version != 1
+        || !head.framing().is_empty()
+        || !head.named_in_connection(buf, b"upgrade")
+    {
+        return None;
+    }
+    let h = head
+        .headers
+        .iter()
+        .find(|h| h.kind == HeaderKind::Upgrade)?;
+    let v = h.value.get(buf);
+    let h2c = v
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    (!v.is_empty() && !h2c).then_some(h.value)
 }
 
 pub fn micros(since: Instant) -> u64 {
@@ -173,6 +245,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         framing: head.framing(),
         expect_continue: head.expect_continue,
         head_len: head.head_len,
+        upgrade: wants_upgrade(&client.buf, head).is_some(),
     };
     let mut trace = Trace::default();
     let rid = request_id(ctx, client, head);
@@ -192,7 +265,11 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
     };
     let outcome = match result {
         Ok(o) => o,
-        Err(Failure::Close) => Outcome::Close,
+        Err(Failure::Close) => {
+            // The client got no response, or one cut short.
+            trace.aborted = true;
+            Outcome::Close
+        }
         Err(Failure::Status(c)) => {
             // The body may still be unread: the connection can only be reused if there was none.
             // HTTP/1.0 clients get a close: canned responses carry no `Connection: keep-alive`.
@@ -200,7 +277,8 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             let close = !facts.keep_alive || facts.minor == 0 || body_unread || ctx.draining();
             trace.status = Some(c.status());
             trace.bytes_out = 0;
-            let outcome = respond_canned(ctx, client, c, close).await;
+            let rid_header = cfg_rid_header(ctx, &rid);
+            let outcome = respond_canned_with(ctx, client, c, close, rid_header).await;
             if body_unread {
                 linger_close(client).await;
             }
@@ -208,8 +286,11 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         }
     };
     let total_us = micros(started);
-    ctx.stats
-        .finish_request(trace.route, trace.status, total_us);
+    ctx.stats.finish_request(
+        trace.route,
+        if trace.aborted { None } else { trace.status },
+        total_us,
+    );
     if let (Some(log), Some(fields)) = (&ctx.access, log_fields) {
         let cfg = &ctx.shared.config;
         log.push(
@@ -323,13 +404,20 @@ fn prepare(
         host,
         client.peer.ip(),
         out_framing,
-        match rid {
-            RequestId::Generated(g) => Some((shared.config.request_id.header.as_bytes(), g)),
-            // A trusted id is already among the headers being copied.
-            RequestId::Trusted(_) => None,
-        },
+        // Generated or trusted, the id replaces every incoming field of its name (a trusted
+        // peer's duplicates included).
+        Some((shared.config.request_id.header.as_bytes(), rid.bytes())),
         &mut out,
     );
+    if facts.upgrade {
+        if let Some(v) = wants_upgrade(buf, head) {
+            // Hop-by-hop, so dropped above; an upgrade is forwarded explicitly.
+            out.truncate(out.len() - 2);
+            out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+            out.extend_from_slice(v.get(buf));
+            out.extend_from_slice(b"\r\n\r\n");
+        }
+    }
     Ok(Prepared {
         upstream: route.upstream,
         key,
@@ -410,6 +498,8 @@ async fn exchange(
                 }));
             }
         };
+        // Counted against the backend from the pick on (load-aware balancers see it).
+        in_flight = Some(ctx.forwarding(backend));
         // Circuit breaker: this shard's share of the backend's limits; open = 503 at once.
         let breaker = &ctx.breakers[backend];
         request_permit = match breaker.try_acquire(Resource::Requests) {
@@ -473,7 +563,9 @@ async fn exchange(
         }
 
         // Head (and for bodies, the body). From here the backend may have the request.
-        in_flight = Some(ctx.forwarding(backend));
+        if let Some(f) = in_flight.as_mut() {
+            f.sent = true;
+        }
         let sending = *sending_at.insert(Instant::now());
         // This try's bound on the response head: upstream_response, or the retry policy's
         // per-try and total timeouts when they are shorter.
@@ -552,6 +644,7 @@ async fn exchange(
                     &mut client.deadline,
                     try_timeout,
                     &mut any_byte,
+                    facts.upgrade,
                 )
                 .await
             }
@@ -619,6 +712,42 @@ async fn exchange(
     };
     ctx.stats.upstream_status(backend, resp_head.status);
     trace.status = Some(resp_head.status);
+    if resp_head.status == 101 {
+        // Switching protocols: send the 101 head and hand both connections to the tunnel.
+        out.clear();
+        switching_protocols_head(
+            &ubuf,
+            &resp_head,
+            cfg.request_id
+                .respond
+                .then(|| (cfg.request_id.header.as_bytes(), rid.bytes())),
+            &mut out,
+        );
+        let n = out.len();
+        let written = write_from(
+            &mut client.stream,
+            &mut out,
+            0,
+            n,
+            &mut client.deadline,
+            cfg.timeouts.client_send,
+        )
+        .await;
+        ctx.give_buffer(out);
+        trace.upstream_us = sending_at.map(micros);
+        if written.is_err() {
+            bump(&ctx.stats.client_aborts);
+            return Err(Failure::Close);
+        }
+        let early = ubuf[resp_head.head_len..].to_vec();
+        ctx.give_buffer(ubuf);
+        client.upgraded = Some(Box::new(Upgraded {
+            upstream,
+            backend,
+            early,
+        }));
+        return Ok(Outcome::Upgraded);
+    }
 
     // -- respond ---------------------------------------------------------------------------
     let in_framing = resp_head.framing(facts.method);
@@ -654,12 +783,43 @@ async fn exchange(
             facts.method,
             Method::Get | Method::Head | Method::Delete | Method::Options | Method::Trace
         );
-    let upstream_reusable = resp_head.upstream_keep_alive()
+    let upstream_reusable = !facts.upgrade
+        && resp_head.upstream_keep_alive()
         && in_framing != BodyFraming::UntilClose
         && facts.method != Method::Head
         && !unusual_body;
     let mut written = false;
-    let relayed = if in_framing == BodyFraming::None {
+    // Large bodies of known length go socket → pipe → socket (splice), the rest is copied.
+    let spliced = match (in_framing, resp_framing) {
+        (BodyFraming::Length(n), OutFraming::Length(_))
+            if cfg.splice.enabled && n >= cfg.splice.min_bytes =>
+        {
+            ctx.pipes.take().map(|p| (p, n))
+        }
+        _ => None,
+    };
+    let relayed = if let Some((pipe, len)) = spliced {
+        let r = relay_spliced(
+            &upstream,
+            &ubuf,
+            &mut upos,
+            &mut client.stream,
+            &mut out,
+            len,
+            &pipe,
+            &mut client.deadline,
+            cfg.timeouts.upstream_response,
+            cfg.timeouts.client_send,
+            &mut written,
+        )
+        .await;
+        if r.is_ok() {
+            ctx.pipes.give(pipe);
+        } else {
+            ctx.pipes.discard(pipe);
+        }
+        r
+    } else if in_framing == BodyFraming::None {
         let n = out.len();
         write_from(
             &mut client.stream,

@@ -27,7 +27,8 @@ pub enum HeadFail {
 }
 
 /// Reads the upstream's response head into `ubuf` (which may hold bytes after it), skipping
-/// interim 1xx responses. A 101 is refused: upgrades are never forwarded here.
+/// interim 1xx responses. A 101 is returned only when `upgrade` (the request asked for one);
+/// otherwise it is refused as malformed.
 pub async fn read_response_head(
     upstream: &mut TcpStream,
     ubuf: &mut Vec<u8>,
@@ -35,6 +36,7 @@ pub async fn read_response_head(
     dl: &mut Deadline,
     timeout: Duration,
     any_byte: &mut bool,
+    upgrade: bool,
 ) -> Result<ResponseHead, HeadFail> {
     let deadline = Instant::now() + timeout;
     let mut head = ResponseHead::default();
@@ -43,7 +45,11 @@ pub async fn read_response_head(
             match parse_response(ubuf, limits, &mut head) {
                 Ok(Parsed::Complete(())) => {
                     if head.status == 101 {
-                        return Err(HeadFail::Bad);
+                        return if upgrade {
+                            Ok(head)
+                        } else {
+                            Err(HeadFail::Bad)
+                        };
                     }
                     if (100..200).contains(&head.status) {
                         ubuf.drain(..head.head_len);

@@ -166,6 +166,8 @@ pub struct ShardCtx {
     /// Rate limit for client- and backend-caused error-log lines.
     pub errors: ErrorLimiter,
     pub ids: RequestIds,
+    /// Pipes for splicing large bodies.
+    pub pipes: crate::splice::PipePool,
     /// xorshift64 state for slow start (per shard, never shared).
     rng: Cell<u64>,
     /// Fired when the shard starts draining.
@@ -235,6 +237,10 @@ impl ShardCtx {
             },
             errors: ErrorLimiter::new(shared.config.log.error_rate),
             ids: RequestIds::new(id),
+            pipes: crate::splice::PipePool::new(
+                shared.config.splice.max_pipes,
+                shared.config.splice.pipe_bytes,
+            ),
             rng: Cell::new(0x2545_F491_4F6C_DD1D ^ ((id as u64 + 1) << 17)),
             drain: Notify::default(),
             idle: Notify::default(),
@@ -334,8 +340,9 @@ impl ShardCtx {
         (x >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// A request is being forwarded to `backend` until the guard drops (the in-flight gauge,
-    /// and the load signal of least_conn, p2c and bounded loads).
+    /// A request is assigned to `backend` from its pick until the guard drops (the in-flight
+    /// gauge, and the load signal of least_conn, p2c and bounded loads: counting from the
+    /// pick, not from the connect, so a burst of new requests sees each other).
     pub fn forwarding(&self, backend: usize) -> Forwarding<'_> {
         let info = &self.shared.backends[backend];
         self.balancers.borrow_mut()[info.upstream].started(info.local);
@@ -345,6 +352,7 @@ impl ShardCtx {
             ctx: self,
             backend,
             since: Instant::now(),
+            sent: false,
         }
     }
 
@@ -448,12 +456,20 @@ pub struct Forwarding<'a> {
     ctx: &'a ShardCtx,
     backend: usize,
     since: Instant,
+    /// Set once the request was sent: only then does its time feed the latency signal.
+    pub sent: bool,
 }
 
 impl Drop for Forwarding<'_> {
     fn drop(&mut self) {
         let info = &self.ctx.shared.backends[self.backend];
-        self.ctx.balancers.borrow_mut()[info.upstream].finished(info.local, self.since.elapsed());
+        let mut balancers = self.ctx.balancers.borrow_mut();
+        if self.sent {
+            balancers[info.upstream].finished(info.local, self.since.elapsed());
+        } else {
+            balancers[info.upstream].abandoned(info.local);
+        }
+        drop(balancers);
         let c = &self.ctx.stats.backends[self.backend].in_flight;
         c.set(c.get().saturating_sub(1));
     }
@@ -682,7 +698,7 @@ async fn shard_main(start: ShardStart) -> ShardReport {
         let _ = monoio::time::timeout(deadline, ctx.idle.notified()).await;
     }
     if let Some(log) = &ctx.access {
-        log.flush_final(&ctx.stats);
+        log.flush_final(&ctx.stats).await;
     }
     drop(answering);
     ShardReport {

@@ -22,6 +22,8 @@ pub struct Trace {
     pub bytes_out: u64,
     /// From the request's first byte sent upstream to the last response byte relayed.
     pub upstream_us: Option<u64>,
+    /// Closed without a complete response (client gone, or a body cut short).
+    pub aborted: bool,
 }
 
 /// The request id: generated here, or kept from a trusted peer (then it travels unchanged).
@@ -42,6 +44,7 @@ impl RequestId {
 /// Counts and logs a request refused before it could be parsed (bad head, or a connection
 /// that sent nothing within `client_header`): the client got `status`.
 pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, started: Instant) {
+    crate::stats::bump(&ctx.stats.requests);
     let total_us = micros(started);
     ctx.stats.finish_request(None, Some(status), total_us);
     if let Some(log) = ctx.access.as_ref().filter(|l| l.sampled()) {

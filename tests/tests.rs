@@ -4,6 +4,7 @@
 #[macro_use]
 mod support;
 
+mod balancing;
 mod bodies;
 mod check;
 mod framing;
@@ -11,10 +12,13 @@ mod headers;
 mod keepalive;
 mod limits;
 mod messages;
+mod observability;
 mod placement;
 mod real_clients;
 mod regressions;
+mod resilience;
 mod response_framing;
 mod robustness;
 mod routing;
 mod shutdown;
+mod upgrade;

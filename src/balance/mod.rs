@@ -76,6 +76,19 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// The name as written in the configuration (`balance = "..."`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::Weighted => "weighted",
+            Algorithm::Random => "random",
+            Algorithm::LeastConn => "least_conn",
+            Algorithm::P2c => "p2c",
+            Algorithm::ConsistentHash => "consistent_hash",
+            Algorithm::Maglev => "maglev",
+        }
+    }
+
     /// Whether picks follow a request key (`hash_key`, `bounded_load` apply).
     pub fn is_hash(self) -> bool {
         matches!(self, Algorithm::ConsistentHash | Algorithm::Maglev)

@@ -159,6 +159,20 @@ impl ShardBalancer {
         self.record_latency(i, latency);
     }
 
+    /// A request to member `i` ended without a response to time (its connect failed):
+    /// in-flight − 1, no latency sample (a quick failure must not look like a fast backend).
+    pub fn abandoned(&mut self, i: usize) {
+        let Some(n) = self.in_flight.get_mut(i) else {
+            return;
+        };
+        if *n > 0 {
+            *n -= 1;
+            let t = usize::from(self.tier_of[i]).min(BACKUP);
+            self.tier_in_flight[t] = self.tier_in_flight[t].saturating_sub(1);
+        }
+        self.update_score(i);
+    }
+
     /// Shard-local in-flight requests of member `i`.
     pub fn in_flight(&self, i: usize) -> u32 {
         self.in_flight.get(i).copied().unwrap_or(0)

@@ -124,6 +124,22 @@ pub struct Timeouts {
     pub client_send: Duration,
     pub upstream_connect: Duration,
     pub upstream_response: Duration,
+    /// An upgraded connection (WebSocket) with no byte in either direction this long is
+    /// closed.
+    pub tunnel_idle: Duration,
+}
+
+/// Zero-copy relay of large bodies (`[server] splice*`).
+#[derive(Clone, Copy, Debug)]
+pub struct SpliceConfig {
+    /// `splice = "auto"` (default) or `"off"`.
+    pub enabled: bool,
+    /// Bodies of known length from this size up are spliced; smaller ones are copied.
+    pub min_bytes: u64,
+    /// Pipe capacity asked for (F_SETPIPE_SZ).
+    pub pipe_bytes: usize,
+    /// Pipes per shard (in use or idle); beyond it, bodies are copied.
+    pub max_pipes: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -139,6 +155,7 @@ pub struct Limits {
 pub struct Config {
     pub io_engine: IoEngine,
     pub shutdown_timeout: Duration,
+    pub splice: SpliceConfig,
     pub listeners: Vec<SocketAddr>,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
@@ -148,6 +165,10 @@ pub struct Config {
     pub log: LogConfig,
     pub request_id: RequestIdConfig,
 }
+
+/// Default `server.splice_min_bytes`: below it a body is copied (see docs/ARCHITECTURE.md,
+/// "Splice", for the measurement behind it).
+pub const SPLICE_MIN_BYTES: u64 = 256 * 1024;
 
 mod balancing;
 mod observe;
@@ -241,6 +262,40 @@ impl Config {
             server.shutdown_timeout.as_ref(),
             Duration::from_secs(30),
         );
+        let splice = SpliceConfig {
+            enabled: match server.splice.as_deref() {
+                None | Some("auto") => true,
+                Some("off") => false,
+                Some(o) => {
+                    c.err(
+                        "server.splice",
+                        format!("{o:?}: expected \"auto\" or \"off\""),
+                    );
+                    true
+                }
+            },
+            min_bytes: c.size(
+                "server.splice_min_bytes",
+                server.splice_min_bytes.as_ref(),
+                SPLICE_MIN_BYTES,
+                0,
+                u64::MAX >> 1,
+            ),
+            pipe_bytes: c.size(
+                "server.splice_pipe_bytes",
+                server.splice_pipe_bytes.as_ref(),
+                1 << 20,
+                4096,
+                64 << 20,
+            ) as usize,
+            max_pipes: c.count(
+                "server.splice_max_pipes",
+                server.splice_max_pipes,
+                1024,
+                0,
+                1 << 20,
+            ),
+        };
 
         let timeouts = Timeouts {
             client_header: c.duration(
@@ -272,6 +327,11 @@ impl Config {
                 "timeouts.upstream_response",
                 timeouts.upstream_response.as_ref(),
                 Duration::from_secs(30),
+            ),
+            tunnel_idle: c.duration(
+                "timeouts.tunnel_idle",
+                timeouts.tunnel_idle.as_ref(),
+                Duration::from_secs(3600),
             ),
         };
         let max_header_bytes = c.size(
@@ -349,6 +409,14 @@ impl Config {
             };
             if u.name.is_empty() {
                 c.err(format!("{path}.name"), "must not be empty");
+            } else if !u.name.bytes().all(|b| b.is_ascii_graphic()) {
+                c.err(
+                    format!("{path}.name"),
+                    format!(
+                        "invalid name {:?}: use printable ASCII without spaces (it is a metrics label and a log field)",
+                        u.name
+                    ),
+                );
             } else if !names.insert(u.name.clone()) {
                 c.err(
                     format!("{path}.name"),
@@ -528,6 +596,7 @@ impl Config {
         Ok(Config {
             io_engine,
             shutdown_timeout,
+            splice,
             listeners,
             routes,
             upstreams,

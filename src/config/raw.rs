@@ -15,6 +15,10 @@ use super::ConfigIssue;
 pub(super) struct RawServer {
     pub(super) io_engine: Option<String>,
     pub(super) shutdown_timeout: Option<String>,
+    pub(super) splice: Option<String>,
+    pub(super) splice_min_bytes: Option<Size>,
+    pub(super) splice_pipe_bytes: Option<Size>,
+    pub(super) splice_max_pipes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -71,6 +75,7 @@ pub(super) struct RawTimeouts {
     pub(super) client_send: Option<String>,
     pub(super) upstream_connect: Option<String>,
     pub(super) upstream_response: Option<String>,
+    pub(super) tunnel_idle: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -221,6 +221,44 @@ pub fn client_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Writes the `101 Switching Protocols` head for the client: the backend's fields except
+/// hop-by-hop ones, with its `Upgrade` kept and `Connection: upgrade`; `set` as in
+/// [`client_response_head`].
+pub fn switching_protocols_head(
+    buf: &[u8],
+    head: &ResponseHead,
+    set: SetHeader<'_>,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"HTTP/1.1 101 ");
+    out.extend_from_slice(head.reason.get(buf));
+    out.extend_from_slice(b"\r\n");
+    for h in &head.headers {
+        let keep = match h.kind {
+            HeaderKind::Upgrade => true,
+            HeaderKind::Connection
+            | HeaderKind::KeepAlive
+            | HeaderKind::ProxyConnection
+            | HeaderKind::Te
+            | HeaderKind::TransferEncoding
+            | HeaderKind::ContentLength => false,
+            _ => {
+                let name = h.name.get(buf);
+                (head.conn_tokens.is_empty() || !head.named_in_connection(buf, name))
+                    && !replaced(set, name)
+            }
+        };
+        if keep {
+            out.extend_from_slice(h.name.get(buf));
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value.get(buf));
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    write_set(set, out);
+    out.extend_from_slice(b"Connection: upgrade\r\n\r\n");
+}
+
 /// Writes an IP address; IPv4 by hand, since `fmt` costs ~400 instructions per request.
 fn write_ip(ip: IpAddr, out: &mut Vec<u8>) {
     match ip {

@@ -47,6 +47,8 @@ impl LogSink {
 pub struct LogWriter {
     thread: std::thread::JoinHandle<()>,
     tx: SyncSender<LogMsg>,
+    /// Closed by the writer thread when it ends.
+    done: Receiver<()>,
 }
 
 impl LogWriter {
@@ -55,16 +57,37 @@ impl LogWriter {
     pub fn start(cfg: &AccessLogConfig) -> std::io::Result<(LogSink, LogWriter)> {
         let out = Output::open(&cfg.target)?;
         let (tx, rx) = sync_channel(cfg.queue);
+        let (done_tx, done) = sync_channel::<()>(0);
         let thread = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer_loop(out, rx))?;
-        Ok((LogSink { tx: tx.clone() }, LogWriter { thread, tx }))
+            .spawn(move || {
+                writer_loop(out, rx);
+                drop(done_tx);
+            })?;
+        Ok((LogSink { tx: tx.clone() }, LogWriter { thread, tx, done }))
     }
 
     /// Writes everything queued so far, then ends the writer; call once shards have stopped.
-    pub fn finish(self) {
-        let _ = self.tx.send(LogMsg::Stop);
-        let _ = self.thread.join();
+    /// Waits at most `limit` (a writer blocked on a pipe nobody reads is left behind).
+    pub fn finish(self, limit: std::time::Duration) {
+        let until = std::time::Instant::now() + limit;
+        let mut msg = LogMsg::Stop;
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if std::time::Instant::now() < until => {
+                    msg = m;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(_) => return,
+            }
+        }
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) = self.done.recv_timeout(left) {
+            let _ = self.thread.join();
+        } else {
+            tracing::warn!("the access log writer did not finish in time; exiting without it");
+        }
     }
 }
 
@@ -294,16 +317,28 @@ impl AccessLog {
         }
     }
 
-    /// At shutdown: hands the rest over, waiting for room if need be (the writer is
-    /// independent of shards, so this wait is bounded by the disk alone).
-    pub fn flush_final(&self, stats: &Stats) {
+    /// At shutdown: hands the rest over, waiting up to `FINAL_WAIT` for room in the queue
+    /// (a writer stuck on a full pipe must not hold the process up); then drops and counts.
+    pub async fn flush_final(&self, stats: &Stats) {
+        const FINAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
         let lines = self.lines.replace(0);
         if lines == 0 {
             return;
         }
-        let rest = std::mem::take(&mut *self.buf.borrow_mut());
-        if self.sink.tx.send(LogMsg::Lines(rest, lines)).is_err() {
-            add(&stats.access_dropped, lines);
+        let mut msg = LogMsg::Lines(std::mem::take(&mut *self.buf.borrow_mut()), lines);
+        let until = std::time::Instant::now() + FINAL_WAIT;
+        loop {
+            match self.sink.tx.try_send(msg) {
+                Ok(()) => return,
+                Err(TrySendError::Full(m)) if std::time::Instant::now() < until => {
+                    msg = m;
+                    monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Err(_) => {
+                    add(&stats.access_dropped, lines);
+                    return;
+                }
+            }
         }
     }
 }
@@ -394,11 +429,17 @@ fn combined_line(buf: &mut Vec<u8>, time: &str, req: &RequestFields, out: &Outco
     buf.push(b'\n');
 }
 
-/// A JSON string; bytes that are not printable ASCII become `\u00XX` (so the line is valid
-/// JSON whatever the client sent).
+/// A JSON string: valid UTF-8 is kept (control characters escaped); otherwise every byte
+/// that is not printable ASCII becomes `\u00XX`, so the line is valid JSON whatever the
+/// client sent.
 fn json_str(buf: &mut Vec<u8>, v: &[u8]) {
     buf.push(b'"');
+    let utf8 = !v.is_ascii() && std::str::from_utf8(v).is_ok();
     for &b in v {
+        if utf8 && b >= 0x80 {
+            buf.push(b);
+            continue;
+        }
         match b {
             b'"' => buf.extend_from_slice(b"\\\""),
             b'\\' => buf.extend_from_slice(b"\\\\"),

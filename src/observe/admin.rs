@@ -101,24 +101,36 @@ async fn serve(
         }
     };
     let active = Rc::new(std::cell::Cell::new(0usize));
+    // A one-shot notification, replaced each time it fires.
+    let slot_freed = Rc::new(std::cell::RefCell::new(Rc::new(
+        crate::notify::Notify::default(),
+    )));
     loop {
+        // At the bound, stop accepting until a connection ends: later ones wait in the
+        // listen backlog instead of being refused.
+        while active.get() >= MAX_CONNS {
+            let freed = slot_freed.borrow().clone();
+            monoio::select! {
+                _ = freed.notified() => {}
+                _ = &mut stop => return,
+            }
+        }
         let accepted = monoio::select! {
             r = listener.accept() => r,
             _ = &mut stop => return,
         };
         match accepted {
             Ok((stream, peer)) => {
-                if active.get() >= MAX_CONNS {
-                    drop(stream);
-                    continue;
-                }
                 active.set(active.get() + 1);
                 let state = state.clone();
                 let active = active.clone();
+                let slot_freed = slot_freed.clone();
                 monoio::spawn(async move {
                     let _ =
                         monoio::time::timeout(IO_TIMEOUT * 2, handle(stream, peer, &state)).await;
                     active.set(active.get() - 1);
+                    let fired = std::mem::take(&mut *slot_freed.borrow_mut());
+                    fired.notify_all();
                 });
             }
             Err(e) => {
@@ -190,9 +202,12 @@ async fn handle(mut stream: TcpStream, _peer: SocketAddr, state: &AdminState) {
             Err(_) => break None,
         }
     };
-    let r = match parsed {
-        None => reply("400 Bad Request", "bad request\n"),
-        Some((method, path, auth)) => route(state, &method, &path, auth.as_deref()).await,
+    let (r, head_only) = match parsed {
+        None => (reply("400 Bad Request", "bad request\n"), false),
+        Some((method, path, auth)) => (
+            route(state, &method, &path, auth.as_deref()).await,
+            method == "HEAD",
+        ),
     };
     let head = format!(
         "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n{}\r\n",
@@ -202,7 +217,9 @@ async fn handle(mut stream: TcpStream, _peer: SocketAddr, state: &AdminState) {
         r.extra
     );
     let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(r.body.as_bytes());
+    if !head_only {
+        bytes.extend_from_slice(r.body.as_bytes());
+    }
     let _ = monoio::time::timeout(IO_TIMEOUT, stream.write_all(bytes)).await;
 }
 
@@ -221,9 +238,12 @@ fn authorized(state: &AdminState, auth: Option<&[u8]>) -> bool {
     else {
         return true;
     };
-    match auth.and_then(|a| a.strip_prefix(b"Bearer ")) {
-        Some(given) => same(given.trim_ascii(), token.as_bytes()),
-        None => false,
+    // RFC 9110 §11.1: the scheme is case-insensitive.
+    match auth.map(<[u8]>::trim_ascii) {
+        Some(a) if a.len() > 7 && a[..7].eq_ignore_ascii_case(b"bearer ") => {
+            same(a[7..].trim_ascii(), token.as_bytes())
+        }
+        _ => false,
     }
 }
 
@@ -383,7 +403,7 @@ fn status_json(state: &AdminState, per_shard: &[Snapshot], all: &Snapshot) -> se
                 .collect();
             json!({
                 "name": up.name,
-                "balance": format!("{:?}", up.balance.algorithm).to_lowercase(),
+                "balance": up.balance.algorithm.as_str(),
                 "backends": backends,
             })
         })

@@ -10,15 +10,21 @@
 //! readiness, every wait bounded.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod client;
 pub mod lockstep;
 pub mod origin;
 pub mod pattern;
+pub mod prom;
 
+#[allow(unused_imports)]
+pub use admin::{admin_get, admin_post, admin_raw, admin_request, AdminReply};
 pub use client::{chunked, get, request, Client, ClientError, Framing, Response};
 #[allow(unused_imports)]
 pub use lockstep::{dead_addr, LockConn, LockStep, Misbehave, Misbehaviour};
 pub use origin::{BodyMode, Origin, Recorded, Reply};
+#[allow(unused_imports)]
+pub use prom::{parse_prometheus, parse_quick, scrape, scrape_until, Metrics, Sample};
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -176,6 +182,8 @@ pub struct Proxy {
     pid: u32,
     exited: mpsc::Receiver<ExitStatus>,
     addrs: Vec<SocketAddr>,
+    /// From the `edgeshard: admin on ADDR` line, when the config has an `[admin]` section.
+    admin: Option<SocketAddr>,
     config_path: PathBuf,
     output: Arc<Output>,
     pub engine: Engine,
@@ -265,6 +273,7 @@ impl Proxy {
             pid,
             exited: watch_exit(child),
             addrs: Vec::new(),
+            admin: None,
             config_path,
             output,
             engine,
@@ -294,6 +303,22 @@ impl Proxy {
                             "listening line must carry the real bound port: {line:?}"
                         );
                         proxy.addrs.push(addr);
+                    } else if let Some(a) = line.strip_prefix("edgeshard: admin on ") {
+                        let addr: SocketAddr = a
+                            .trim()
+                            .parse()
+                            .unwrap_or_else(|e| panic!("bad admin line {line:?}: {e}"));
+                        assert_ne!(
+                            addr.port(),
+                            0,
+                            "admin line must carry the real bound port: {line:?}"
+                        );
+                        assert!(
+                            proxy.admin.is_none(),
+                            "two `admin on` lines: {line:?}\noutput:\n{}",
+                            proxy.output()
+                        );
+                        proxy.admin = Some(addr);
                     } else if line.starts_with("edgeshard: ready") {
                         let want = format!("engine={}", engine.as_str());
                         let want_shards = format!("shards={shards}");
@@ -313,6 +338,14 @@ impl Proxy {
                         if proxy.addrs.is_empty() {
                             return Err(format!(
                                 "ready before any `listening on` line\noutput:\n{}",
+                                proxy.output()
+                            ));
+                        }
+                        if proxy.admin.is_none()
+                            && config_toml.lines().any(|l| l.trim() == "[admin]")
+                        {
+                            return Err(format!(
+                                "the config has an [admin] section but no `edgeshard: admin on ADDR` line came before ready\noutput:\n{}",
                                 proxy.output()
                             ));
                         }
@@ -344,6 +377,42 @@ impl Proxy {
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The admin listener's bound address (the `edgeshard: admin on ADDR` line printed before
+    /// `ready`); panics if the proxy printed none.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.unwrap_or_else(|| {
+            panic!(
+                "edgeshard printed no `edgeshard: admin on ADDR` line (no [admin] section?)\noutput:\n{}",
+                self.output()
+            )
+        })
+    }
+
+    /// The admin address if the proxy announced one.
+    pub fn try_admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The generated config file the proxy was started with.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGUSR1`) to the proxy; panics if it is no longer running.
+    pub fn signal(&mut self, signal: i32) {
+        self.assert_alive();
+        // SAFETY: kill(2) with the pid of our own child, which has not been reaped (checked
+        // just above), so the pid cannot have been reused.
+        let r = unsafe { libc::kill(self.pid as libc::pid_t, signal) };
+        assert_eq!(
+            r,
+            0,
+            "kill({}, {signal}) failed: {}",
+            self.pid,
+            std::io::Error::last_os_error()
+        );
     }
 
     pub fn output(&self) -> String {
@@ -379,10 +448,11 @@ impl Proxy {
         while text.text.matches(needle).count() < count {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                panic!(
-                    "{count} x {needle:?} not seen within {timeout:?}\noutput:\n{}",
-                    text.text
-                );
+                let out = text.text.clone();
+                // Unlocked before panicking: a poisoned lock would make Drop (which prints the
+                // output) panic again during the unwind and abort the whole test binary.
+                drop(text);
+                panic!("{count} x {needle:?} not seen within {timeout:?}\noutput:\n{out}");
             }
             text = self.output.grew.wait_timeout(text, left).unwrap().0;
         }
@@ -493,6 +563,8 @@ pub struct Config {
     pub listeners: usize,
     pub routes: Vec<String>,
     pub upstreams: Vec<String>,
+    /// Extra top-level sections (`[admin]`, `[log]`, `[request_id]`, ...), raw TOML bodies.
+    pub sections: Vec<(String, String)>,
 }
 
 impl Default for Config {
@@ -516,6 +588,7 @@ impl Config {
             listeners: 1,
             routes: vec![],
             upstreams: vec![],
+            sections: vec![],
         }
     }
 
@@ -547,6 +620,18 @@ impl Config {
         self.routes
             .push(format!("{extra}\nupstream = \"{upstream}\""));
         self
+    }
+
+    /// A top-level `[name]` section with `raw` TOML lines as its body (replacing an earlier
+    /// section of that name), e.g. `.section("admin", "address = \"127.0.0.1:0\"")`.
+    pub fn section(mut self, name: &str, raw: &str) -> Self {
+        set(&mut self.sections, name, raw);
+        self
+    }
+
+    /// `[admin]` on 127.0.0.1:0, with `extra` raw TOML lines (may be empty).
+    pub fn admin(self, extra: &str) -> Self {
+        self.section("admin", &format!("address = \"127.0.0.1:0\"\n{extra}"))
     }
 
     pub fn upstream(self, name: &str, backends: &[SocketAddr]) -> Self {
@@ -582,6 +667,9 @@ impl Config {
             s.push_str("\n[limits]\n");
             kv(&mut s, &self.limits);
         }
+        for (name, body) in &self.sections {
+            s.push_str(&format!("\n[{name}]\n{}\n", body.trim()));
+        }
         for _ in 0..self.listeners {
             s.push_str("\n[[listener]]\naddress = \"127.0.0.1:0\"\n");
         }
@@ -596,6 +684,10 @@ impl Config {
 
     pub fn start(&self, engine: Engine) -> Proxy {
         Proxy::start(&self.render(), engine)
+    }
+
+    pub fn start_shards(&self, engine: Engine, shards: usize) -> Proxy {
+        Proxy::start_shards(&self.render(), engine, shards)
     }
 }
 

@@ -1,0 +1,99 @@
+//! Stage 6 of the pipeline, *forward*, for upgraded connections (WebSocket and other
+//! `Upgrade` protocols): after the backend answered `101 Switching Protocols` (never before:
+//! a declined upgrade keeps HTTP framing), bytes are copied both ways until both sides have
+//! closed. A half-close is passed on (`shutdown(SHUT_WR)` on the other side), and a tunnel
+//! with no byte in either direction for `timeouts.tunnel_idle` is closed.
+
+use std::cell::Cell;
+use std::time::Instant;
+
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
+use monoio::net::TcpStream;
+
+use crate::shard::ShardCtx;
+use crate::stats::add;
+
+/// Per direction, one buffer this large is posted for reads.
+const TUNNEL_BUF: usize = 16 * 1024;
+
+/// The backend side of an upgraded exchange, handed from the proxy to the connection loop.
+pub struct Upgraded {
+    pub upstream: TcpStream,
+    pub backend: usize,
+    /// Bytes the backend sent after its 101 head (already the new protocol).
+    pub early: Vec<u8>,
+}
+
+/// Runs the tunnel to its end. `client_early` holds bytes the client sent after its request
+/// head (already the new protocol).
+pub async fn run(ctx: &ShardCtx, client: TcpStream, client_early: Vec<u8>, up: Upgraded) {
+    let idle = ctx.shared.config.timeouts.tunnel_idle;
+    let backend = up.backend;
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = up.upstream.into_split();
+    if !up.early.is_empty() && cw.write_all(up.early).await.0.is_err() {
+        return;
+    }
+    if !client_early.is_empty() && uw.write_all(client_early).await.0.is_err() {
+        return;
+    }
+    let last = Cell::new(Instant::now());
+    let both =
+        async { monoio::join!(pump(&mut cr, &mut uw, &last), pump(&mut ur, &mut cw, &last)) };
+    let watchdog = async {
+        loop {
+            let until = last.get() + idle;
+            if Instant::now() >= until {
+                return;
+            }
+            monoio::time::sleep_until(until.into()).await;
+        }
+    };
+    let moved = monoio::select! {
+        (up_bytes, down_bytes) = both => Some((up_bytes, down_bytes)),
+        _ = watchdog => None,
+    };
+    if let Some((sent, received)) = moved {
+        add(&ctx.stats.bytes_in, sent);
+        add(&ctx.stats.bytes_out, received);
+        let b = &ctx.stats.backends[backend];
+        add(&b.bytes_sent, sent);
+        add(&b.bytes_received, received);
+    } else {
+        tracing::debug!(
+            shard = ctx.id,
+            "tunnel closed after tunnel_idle without traffic"
+        );
+    }
+}
+
+/// Copies one direction until EOF or an error, then half-closes the other side; returns the
+/// bytes copied.
+async fn pump(
+    r: &mut OwnedReadHalf<TcpStream>,
+    w: &mut OwnedWriteHalf<TcpStream>,
+    last: &Cell<Instant>,
+) -> u64 {
+    let mut buf = Vec::with_capacity(TUNNEL_BUF);
+    let mut total = 0u64;
+    loop {
+        let (res, b) = r.read(buf).await;
+        buf = b;
+        let n = match res {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        last.set(Instant::now());
+        let (res, b) = w.write_all(buf).await;
+        buf = b;
+        if res.is_err() {
+            break;
+        }
+        total += n as u64;
+        buf.clear();
+    }
+    let _ = w.shutdown().await;
+    total
+}

@@ -1,0 +1,104 @@
+//! `edgeshard check` on bad balancing settings.
+
+use super::*;
+
+/// `edgeshard check` must exit 1 and print one line naming the file, `key` and all of
+/// `words`.
+fn expect_check_error(upstream: &str, key: &str, words: &[&str]) {
+    let text = config(
+        false,
+        &format!("{upstream}\nbackends = [{{ address = \"127.0.0.1:9001\" }}]"),
+    );
+    let (code, out) = run_check(&text);
+    assert_eq!(
+        code,
+        Some(1),
+        "check must exit 1 for:\n{text}\noutput:\n{out}"
+    );
+    let ok = out.lines().any(|l| {
+        l.contains(".toml: ")
+            && l.contains(key)
+            && words
+                .iter()
+                .all(|w| l.to_ascii_lowercase().contains(&w.to_ascii_lowercase()))
+    });
+    assert!(
+        ok,
+        "check must print `FILE: {key}: ...` mentioning {words:?}; output:\n{out}"
+    );
+}
+
+#[test]
+fn check_rejects_unknown_algorithm() {
+    expect_check_error(
+        "balance = \"fastest\"",
+        "upstream[0].balance",
+        &["unknown algorithm", "fastest"],
+    );
+}
+
+#[test]
+fn check_rejects_consistent_hash_without_hash_key() {
+    expect_check_error(
+        "balance = \"consistent_hash\"",
+        "upstream[0].hash_key",
+        &["required"],
+    );
+    expect_check_error(
+        "balance = \"maglev\"",
+        "upstream[0].hash_key",
+        &["required"],
+    );
+}
+
+#[test]
+fn check_rejects_hash_key_on_round_robin() {
+    expect_check_error(
+        "balance = \"round_robin\"\nhash_key = \"client_ip\"",
+        "upstream[0].hash_key",
+        &["consistent_hash"],
+    );
+}
+
+#[test]
+fn check_rejects_bad_hash_key_syntax() {
+    for bad in [
+        "header:",
+        "header:X User",
+        "query:a=b",
+        "cookies:x",
+        "ip",
+        "HEADER",
+    ] {
+        expect_check_error(
+            &format!("balance = \"maglev\"\nhash_key = \"{bad}\""),
+            "upstream[0].hash_key",
+            &["invalid key", bad],
+        );
+    }
+}
+
+#[test]
+fn check_rejects_bounded_load_below_one() {
+    expect_check_error(
+        "balance = \"consistent_hash\"\nhash_key = \"path\"\nbounded_load = 0.5",
+        "upstream[0].bounded_load",
+        &["0.5"],
+    );
+}
+
+#[test]
+fn check_accepts_every_balancing_key() {
+    let text = config(
+        false,
+        "balance = \"maglev\"\nhash_key = \"cookie:uid\"\nbounded_load = 1.25\n\
+         sticky = { cookie = \"srv\", ttl = \"1h\" }\n\
+         backends = [{ address = \"127.0.0.1:9001\", weight = 3 }, { address = \"127.0.0.1:9002\", backup = true }]",
+    );
+    let (code, out) = run_check(&text);
+    assert_eq!(
+        code,
+        Some(0),
+        "a valid balancing config must pass; output:\n{out}"
+    );
+}

@@ -1,0 +1,172 @@
+//! Active health checks: HTTP and TCP probes from the one prober thread, rise and fall,
+//! `initial`, and what requests get while backends are out.
+
+use super::*;
+
+const INTERVAL_MS: u64 = 100;
+/// Scheduling slack on top of `interval x fall` (or `x rise`): probe durations, the prober
+/// thread and the test sharing a loaded machine.
+const MARGIN: Duration = Duration::from_millis(1000);
+
+/// `[upstream.health_check]`: HTTP GET /health every 100 ms, rise = fall = 2.
+fn http_check(timeout: &str) -> String {
+    format!(
+        "[upstream.health_check]\ntype = \"http\"\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"{timeout}\"\n\
+         rise = 2\nfall = 2\njitter = 0.0\npath = \"/health\"\nexpect_status = \"200-399\"\n"
+    )
+}
+
+fn within(n: u64) -> Duration {
+    Duration::from_millis(INTERVAL_MS * n) + MARGIN
+}
+
+/// Sends `n` GETs on one connection: every one must be a 200; returns who served each.
+fn burst(proxy: &Proxy, n: usize) -> Vec<String> {
+    let mut c = Client::connect(proxy.addr());
+    (0..n)
+        .map(|i| served_by(&ask(&mut c, &format!("/r/{i}"))))
+        .collect()
+}
+
+both_engines! {
+    fn http_check_takes_a_failing_backend_out_and_brings_it_back(engine) {
+        let (a, sw_a) = switchable("a");
+        let (b, _sw_b) = switchable("b");
+        let (c, _sw_c) = switchable("c");
+        let up = format!(
+            "balance = \"round_robin\"\n{}\n{}",
+            backends(&[a.addr(), b.addr(), c.addr()]),
+            http_check("500ms")
+        );
+        let proxy = Proxy::start(&config(false, &up), engine);
+        // Unknown -> healthy on the first success, for each backend.
+        for o in [&a, &b, &c] {
+            wait_transition(&proxy, o.addr(), "healthy", 1, Duration::from_secs(5));
+        }
+        let served = burst(&proxy, 30);
+        assert_eq!(served.iter().filter(|n| *n == "a").count(), 10, "{served:?}");
+
+        // /health starts failing: out after `fall` = 2 failed checks.
+        let probes_before = probes(&a);
+        let t0 = Instant::now();
+        sw_a.set_health(503);
+        let line = wait_transition(&proxy, a.addr(), "unhealthy", 1, within(2));
+        let took = t0.elapsed();
+        assert!(line.contains("2 consecutive"), "the cause names the fall count: {line}");
+        assert!(line.contains("503"), "the last check names the status: {line}");
+        assert!(
+            probes(&a) >= probes_before + 2,
+            "taken out after {} failed probe(s); fall = 2",
+            probes(&a) - probes_before
+        );
+        let before = traffic(&a);
+        let served = burst(&proxy, 30);
+        assert_eq!(traffic(&a), before, "an unhealthy backend gets no requests");
+        assert_eq!(served.iter().filter(|n| *n == "b").count(), 15, "{served:?}");
+        assert_eq!(served.iter().filter(|n| *n == "c").count(), 15, "{served:?}");
+
+        // /health recovers: back after `rise` = 2 successes.
+        let probes_before = probes(&a);
+        let t1 = Instant::now();
+        sw_a.set_health(200);
+        let line = wait_transition(&proxy, a.addr(), "healthy", 2, within(2));
+        assert!(line.contains("from=unhealthy"), "{line}");
+        assert!(probes(&a) >= probes_before + 2, "back after {} probe(s); rise = 2", probes(&a) - probes_before);
+        let served = burst(&proxy, 30);
+        assert_eq!(served.iter().filter(|n| *n == "a").count(), 10, "back in rotation: {served:?}");
+        eprintln!("out after {took:?}, back after {:?} (interval 100ms, fall = rise = 2)", t1.elapsed());
+    }
+
+    fn tcp_check_takes_a_killed_backend_out_and_back_on_the_same_port(engine) {
+        let mut k = Killable::start("k");
+        let b = Origin::start("b");
+        let up = format!(
+            "balance = \"round_robin\"\n{}\nfail_timeout = \"100ms\"\n\
+             [upstream.health_check]\ntype = \"tcp\"\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\njitter = 0.0\n",
+            backends(&[k.addr(), b.addr()])
+        );
+        let proxy = Proxy::start(&config(false, &up), engine);
+        wait_transition(&proxy, k.addr(), "healthy", 1, Duration::from_secs(5));
+        let served = burst(&proxy, 20);
+        assert_eq!(served.iter().filter(|n| *n == "k").count(), 10, "{served:?}");
+
+        let t0 = Instant::now();
+        k.kill();
+        let line = wait_transition(&proxy, k.addr(), "unhealthy", 1, within(2));
+        assert!(line.contains("connect"), "the last check names the refused connect: {line}");
+        eprintln!("killed backend out after {:?}", t0.elapsed());
+        let served = burst(&proxy, 20);
+        assert!(served.iter().all(|n| n == "b"), "{served:?}");
+
+        k.restart();
+        wait_transition(&proxy, k.addr(), "healthy", 2, within(2));
+        let before = k.served();
+        let served = burst(&proxy, 20);
+        assert_eq!(k.served() - before, 10, "the restarted backend is back in rotation: {served:?}");
+    }
+
+    fn initial_unhealthy_gets_no_traffic_until_rise_successes(engine) {
+        let (a, sw_a) = switchable("a");
+        let (b, sw_b) = switchable("b");
+        // Every health check waits at the backend until the test releases it: until then no
+        // check has succeeded.
+        *sw_a.hold_health.lock().unwrap() = true;
+        *sw_b.hold_health.lock().unwrap() = true;
+        let up = format!(
+            "{}\n[upstream.health_check]\ntype = \"http\"\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"5s\"\n\
+             rise = 3\nfall = 1\njitter = 0.0\npath = \"/health\"\ninitial = \"unhealthy\"\n",
+            backends(&[a.addr(), b.addr()])
+        );
+        let proxy = Proxy::start(&config(false, &up), engine);
+        wait_until(Duration::from_secs(5), "a first probe at each backend", || {
+            a.head_count() >= 1 && b.head_count() >= 1
+        });
+        for i in 0..5 {
+            let r = ask_new(proxy.addr(), &format!("/early/{i}"));
+            assert_own_503(&r, "initial = \"unhealthy\": no backend is usable before its checks pass");
+        }
+        assert_eq!(traffic(&a) + traffic(&b), 0, "no request may reach a backend before rise successes");
+        sw_a.release_health();
+        sw_b.release_health();
+        for o in [&a, &b] {
+            let line = wait_transition(&proxy, o.addr(), "healthy", 1, within(3));
+            assert!(line.contains("from=unhealthy"), "{line}");
+            assert!(probes(o) >= 3, "healthy after {} probe(s); rise = 3", probes(o));
+        }
+        let served = burst(&proxy, 10);
+        assert_eq!(served.iter().filter(|n| *n == "a").count(), 5, "{served:?}");
+    }
+
+    fn initial_unknown_is_usable_before_the_first_check(engine) {
+        // The control for the test above: the same held checks, default `initial`.
+        let (a, sw_a) = switchable("a");
+        *sw_a.hold_health.lock().unwrap() = true;
+        let up = format!("{}\n{}", backends(&[a.addr()]), http_check("5s"));
+        let proxy = Proxy::start(&config(false, &up), engine);
+        wait_until(Duration::from_secs(5), "a first probe", || a.head_count() >= 1);
+        assert_eq!(served_by(&ask_new(proxy.addr(), "/early")), "a");
+        sw_a.release_health();
+    }
+
+    fn all_backends_unhealthy_gets_503(engine) {
+        let (a, sw_a) = switchable("a");
+        let (b, sw_b) = switchable("b");
+        sw_a.set_health(500);
+        sw_b.set_health(404);
+        let up = format!("{}\n{}", backends(&[a.addr(), b.addr()]), http_check("500ms"));
+        let proxy = Proxy::start(&config(false, &up), engine);
+        for o in [&a, &b] {
+            wait_transition(&proxy, o.addr(), "unhealthy", 1, within(2) + Duration::from_secs(2));
+        }
+        let mut c = Client::connect(proxy.addr());
+        for i in 0..5 {
+            let r = ask(&mut c, &format!("/{i}"));
+            assert_own_503(&r, "every backend fails its health check");
+        }
+        assert_eq!(traffic(&a) + traffic(&b), 0);
+        // One recovers: traffic resumes on it alone.
+        sw_b.set_health(204);
+        wait_transition(&proxy, b.addr(), "healthy", 1, within(2));
+        assert!(burst(&proxy, 6).iter().all(|n| n == "b"));
+    }
+}

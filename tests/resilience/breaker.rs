@@ -1,0 +1,44 @@
+//! Circuit breaking (`[upstream.breaker]`): over a limit, 503 at once.
+
+use super::*;
+
+const OK_CLOSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nX-Backend: lock\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+
+both_engines! {
+    fn breaker_max_requests_answers_503_at_once_while_a_request_is_in_flight(engine) {
+        let lock = LockStep::bind();
+        let up = format!("{}\n[upstream.breaker]\nmax_requests = 1\n", backends(&[lock.addr()]));
+        let proxy = Proxy::start(&config(true, &up), engine);
+
+        // Request 1 is held at the backend: the one allowed request is in flight.
+        let mut c1 = Client::connect(proxy.addr());
+        c1.send(&get_req("/one"));
+        let mut conn = lock.accept();
+        assert!(conn.read_head().starts_with("GET /one "));
+
+        // Request 2 is over the limit: 503 at once, nothing reaches the backend.
+        let t = Instant::now();
+        let r = ask_new(proxy.addr(), "/two");
+        assert_own_503(&r, "max_requests = 1 with one request in flight");
+        assert!(t.elapsed() < Duration::from_secs(2), "the 503 must come at once; took {:?}", t.elapsed());
+        assert_eq!(lock.accepted(), 1, "the rejected request must not reach the backend");
+
+        // Release request 1; the next requests succeed again.
+        conn.write(OK_CLOSE);
+        conn.close();
+        assert_eq!(served_by(&c1.read_response()), "lock");
+        for i in 0..3 {
+            let mut c = Client::connect(proxy.addr());
+            c.send(&get_req(&format!("/again/{i}")));
+            let mut conn = lock.accept();
+            assert!(conn.read_head().starts_with(&format!("GET /again/{i} ")));
+            conn.write(OK_CLOSE);
+            conn.close();
+            assert_eq!(served_by(&c.read_response()), "lock", "after the release, request {i} succeeds");
+        }
+        let b = lock.addr().to_string();
+        let labels = [("upstream", "app"), ("backend", b.as_str())];
+        assert_eq!(metric(&proxy, "edgeshard_breaker_rejected_total", &labels), 1.0);
+    }
+}

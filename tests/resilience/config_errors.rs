@@ -1,0 +1,99 @@
+//! `edgeshard check` on bad resilience settings: exit 1, one line `FILE: KEY.PATH: message`.
+
+use super::*;
+
+fn expect_check_error(tables: &str, key: &str, words: &[&str]) {
+    let text = config(
+        false,
+        &format!("backends = [{{ address = \"127.0.0.1:9001\" }}]\n{tables}"),
+    );
+    let (code, out) = run_check(&text);
+    assert_eq!(
+        code,
+        Some(1),
+        "check must exit 1 for:\n{text}\noutput:\n{out}"
+    );
+    let ok = out.lines().any(|l| {
+        l.contains(".toml: ")
+            && l.contains(key)
+            && words
+                .iter()
+                .all(|w| l.to_ascii_lowercase().contains(&w.to_ascii_lowercase()))
+    });
+    assert!(
+        ok,
+        "check must print `FILE: {key}: ...` mentioning {words:?}; output:\n{out}"
+    );
+}
+
+#[test]
+fn check_rejects_unknown_key_in_health_check() {
+    expect_check_error(
+        "[upstream.health_check]\ntype = \"http\"\nintervall = \"1s\"",
+        "upstream[0].health_check.intervall",
+        &["unknown field"],
+    );
+}
+
+#[test]
+fn check_rejects_bad_expect_status() {
+    for bad in ["200-999", "abc", "300-200", ""] {
+        expect_check_error(
+            &format!("[upstream.health_check]\ntype = \"http\"\nexpect_status = \"{bad}\""),
+            "upstream[0].health_check.expect_status",
+            &[],
+        );
+    }
+}
+
+#[test]
+fn check_rejects_fail_timeout_with_outlier() {
+    expect_check_error(
+        "fail_timeout = \"5s\"\n[upstream.outlier]\nconsecutive = 3",
+        "upstream[0].fail_timeout",
+        &["outlier"],
+    );
+}
+
+#[test]
+fn check_rejects_breaker_limits_of_zero() {
+    for key in ["max_connections", "max_pending", "max_requests"] {
+        expect_check_error(
+            &format!("[upstream.breaker]\n{key} = 0"),
+            &format!("upstream[0].breaker.{key}"),
+            &["at least 1"],
+        );
+    }
+}
+
+#[test]
+fn check_rejects_zero_retry_attempts() {
+    expect_check_error(
+        "[upstream.retry]\nattempts = 0",
+        "upstream[0].retry",
+        &["attempts", "at least 1"],
+    );
+}
+
+#[test]
+fn check_accepts_every_resilience_key() {
+    let text = config(
+        false,
+        "backends = [{ address = \"127.0.0.1:9001\" }, { address = \"127.0.0.1:9002\" }]\n\
+         slow_start = \"0s\"\n\
+         [upstream.health_check]\ntype = \"http\"\ninterval = \"100ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\n\
+         jitter = 0.0\ninitial = \"unknown\"\nmethod = \"GET\"\npath = \"/health\"\nhost = \"x\"\n\
+         expect_status = \"200-399\"\nbody_contains = \"ok\"\n\
+         [upstream.outlier]\nconsecutive = 3\non = [\"connect-failure\", \"reset\", \"timeout\", \"5xx\", \"503\"]\n\
+         base_ejection = \"1s\"\nmax_ejection = \"10s\"\nmax_ejection_percent = 50\n\
+         [upstream.breaker]\nmax_connections = 10\nmax_pending = 10\nmax_requests = 2\n\
+         [upstream.retry]\nattempts = 3\non = [\"reset\", \"timeout\", \"503\"]\nbudget = 0.2\nmin_retries_per_sec = 3\n\
+         budget_window = \"10s\"\nper_try_timeout = \"300ms\"\ntotal_timeout = \"2s\"",
+    );
+    let (code, out) = run_check(&text);
+    assert_eq!(
+        code,
+        Some(0),
+        "a valid resilience config must pass; output:\n{out}"
+    );
+}

@@ -1,0 +1,150 @@
+//! Retries (`[upstream.retry]`, default attempts = 2 on connect-failure, reset, 503): only
+//! idempotent requests without a body, only to an untried backend, within `attempts` and the
+//! budget. Round robin on one shard starts at the first backend, so the first request of a
+//! fresh proxy goes to backend `a`.
+
+use super::*;
+
+fn post(target: &str, body: &str) -> Vec<u8> {
+    let len = body.len().to_string();
+    request(
+        "POST",
+        target,
+        &[("Host", "t"), ("Content-Length", &len)],
+        body.as_bytes(),
+    )
+}
+
+fn two(a: SocketAddr, b: SocketAddr, retry: &str) -> String {
+    format!("balance = \"round_robin\"\n{}\n{retry}", backends(&[a, b]))
+}
+
+/// Retries granted and denied by the upstream's budget.
+fn budget(proxy: &Proxy) -> (f64, f64) {
+    let m = |r: &str| {
+        metric(
+            proxy,
+            "edgeshard_retry_budget_total",
+            &[("upstream", "app"), ("result", r)],
+        )
+    };
+    (m("granted"), m("denied"))
+}
+
+both_engines! {
+    fn get_answered_503_is_retried_on_the_other_backend(engine) {
+        let a = answering("a", 503);
+        let b = Origin::start("b");
+        let proxy = Proxy::start(&config(true, &two(a.addr(), b.addr(), "")), engine);
+        let r = ask_new(proxy.addr(), "/x");
+        assert_eq!(served_by(&r), "b", "the default policy retries a 503 on another backend");
+        assert_eq!((a.request_count(), b.request_count()), (1, 1), "each backend saw the request once");
+        assert_eq!(budget(&proxy), (1.0, 0.0));
+    }
+
+    fn get_reset_is_retried_on_the_other_backend(engine) {
+        let a = Misbehave::start(Misbehaviour::ResetOnRequest);
+        let b = Origin::start("b");
+        let proxy = Proxy::start(&config(false, &two(a.addr(), b.addr(), "")), engine);
+        let r = ask_new(proxy.addr(), "/x");
+        assert_eq!(served_by(&r), "b", "a reset before the response head is retried");
+        assert_eq!((a.accepted(), b.request_count()), (1, 1));
+    }
+
+    fn request_with_a_body_is_never_sent_to_a_second_backend(engine) {
+        let a = answering("a", 503);
+        let b = Origin::start("b");
+        let retry = "[upstream.retry]\nattempts = 3\non = [\"reset\", \"timeout\", \"503\", \"502\"]\nbudget = 1.0";
+        let proxy = Proxy::start(&config(false, &two(a.addr(), b.addr(), retry)), engine);
+        // POST, and also PUT (idempotent, but its body was streamed to `a` and is gone).
+        for (i, method) in ["POST", "PUT"].iter().enumerate() {
+            let b_before = b.request_count();
+            let mut c = Client::connect(proxy.addr());
+            let body = format!("payload {i}");
+            let len = body.len().to_string();
+            c.send(&request(method, "/submit", &[("Host", "t"), ("Content-Length", &len)], body.as_bytes()));
+            let r = c.read_response();
+            assert_eq!(r.status(), 503, "{method}: the client gets a's own 503; got:\n{}", r.head.raw);
+            assert_eq!(backend_of(&r).as_deref(), Some("a"), "{method}: the 503 is a's, unchanged");
+            assert_eq!(a.last_request().body, body.as_bytes(), "{method}: a got the body");
+            assert_eq!(b.request_count(), b_before, "{method} with a body was sent to a second backend");
+            // Round robin moves on: send one GET to b so that the next request goes to a.
+            if i == 0 {
+                assert_eq!(served_by(&ask(&mut c, "/turn")), "b");
+            }
+        }
+        assert_eq!(b.request_count(), 1, "only the GET reached b");
+    }
+
+    fn post_reset_by_the_backend_gets_502_and_no_second_backend(engine) {
+        let a = Misbehave::start(Misbehaviour::ResetOnRequest);
+        let b = Origin::start("b");
+        let proxy = Proxy::start(&config(false, &two(a.addr(), b.addr(), "")), engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&post("/submit", "hello"));
+        let r = c.read_response();
+        assert_eq!(r.status(), 502, "a reset after the body was sent: 502; got:\n{}", r.head.raw);
+        assert_eq!(a.accepted(), 1);
+        assert_eq!(b.request_count(), 0, "a POST that reached a backend is never sent to another");
+    }
+
+    fn attempts_1_disables_retries(engine) {
+        let a = answering("a", 503);
+        let b = Origin::start("b");
+        let proxy = Proxy::start(&config(false, &two(a.addr(), b.addr(), "[upstream.retry]\nattempts = 1")), engine);
+        let r = ask_new(proxy.addr(), "/x");
+        assert_eq!(r.status(), 503);
+        assert_eq!(backend_of(&r).as_deref(), Some("a"), "the backend's 503 as it sent it");
+        assert_eq!(b.request_count(), 0);
+    }
+
+    fn exhausted_retries_give_504_after_timeouts_and_502_after_resets(engine) {
+        let h1 = Origin::with_handler("h1", |_| Reply::Hang);
+        let h2 = Origin::with_handler("h2", |_| Reply::Hang);
+        let retry = "[upstream.retry]\nattempts = 2\non = [\"timeout\"]\nper_try_timeout = \"300ms\"\ntotal_timeout = \"3s\"";
+        let proxy = Proxy::start(&config(false, &two(h1.addr(), h2.addr(), retry)), engine);
+        let t = Instant::now();
+        let r = ask_new(proxy.addr(), "/slow");
+        assert_eq!(r.status(), 504, "both tries timed out; got:\n{}", r.head.raw);
+        assert_eq!((h1.request_count(), h2.request_count()), (1, 1));
+        assert!(t.elapsed() >= Duration::from_millis(550), "two tries of 300 ms; took {:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+
+        let r1 = Misbehave::start(Misbehaviour::ResetOnRequest);
+        let r2 = Misbehave::start(Misbehaviour::ResetOnRequest);
+        let proxy = Proxy::start(&config(false, &two(r1.addr(), r2.addr(), "")), engine);
+        let r = ask_new(proxy.addr(), "/x");
+        assert_eq!(r.status(), 502, "both tries reset; got:\n{}", r.head.raw);
+        assert_eq!((r1.accepted(), r2.accepted()), (1, 1));
+    }
+
+    fn retry_budget_caps_retries_under_failure(engine) {
+        // Every request fails with 503 at both backends and wants one retry. With budget = 0
+        // and min_retries_per_sec = 1 the 10 s window allows 1 x 10 = 10 retries in all: the
+        // 40 requests make at most 40 + 10 tries. With budget = 1.0 every request retries.
+        for (budget_ratio, want_granted) in [(0.0, None), (1.0, Some(40.0))] {
+            let a = answering("a", 503);
+            let b = answering("b", 503);
+            let retry = format!(
+                "[upstream.retry]\nattempts = 2\non = [\"503\"]\nbudget = {budget_ratio:.1}\nmin_retries_per_sec = 1\nbudget_window = \"10s\""
+            );
+            let proxy = Proxy::start(&config(true, &two(a.addr(), b.addr(), &retry)), engine);
+            let mut c = Client::connect(proxy.addr());
+            for i in 0..40 {
+                let r = ask(&mut c, &format!("/{i}"));
+                assert_eq!(r.status(), 503);
+                assert!(backend_of(&r).is_some(), "the last try's 503, from a backend");
+            }
+            let tries = a.request_count() + b.request_count();
+            let (granted, denied) = budget(&proxy);
+            assert_eq!(granted + denied, 40.0, "budget {budget_ratio}: each request asked once");
+            assert_eq!(tries as f64, 40.0 + granted, "budget {budget_ratio}: a try per request plus one per retry");
+            match want_granted {
+                // The reserve is spent by the first 10 requests, then every retry is denied
+                // (the test is far shorter than the window, so no bucket expires).
+                None => assert_eq!(granted, 10.0, "budget 0, 1 retry/s over a 10 s window: 10 retries in all"),
+                Some(g) => assert_eq!(granted, g, "budget 1.0: every request retries"),
+            }
+        }
+    }
+}
