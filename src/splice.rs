@@ -122,8 +122,10 @@ pub fn set_nonblocking(s: &TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One non-blocking splice of up to `len` bytes.
-fn splice_once(from: RawFd, to: RawFd, len: usize) -> std::io::Result<usize> {
+/// One non-blocking splice of up to `len` bytes; `more` tells TCP that more data follows
+/// (like MSG_MORE), so it can send full segments.
+fn splice_once(from: RawFd, to: RawFd, len: usize, more: bool) -> std::io::Result<usize> {
+    let more = if more { libc::SPLICE_F_MORE } else { 0 };
     // SAFETY: splice(2) between two descriptors that the callers keep alive for the call
     // (the sockets are borrowed, the pipe is owned); null offsets (sockets and pipes have
     // none); no memory of ours is read or written.
@@ -134,7 +136,7 @@ fn splice_once(from: RawFd, to: RawFd, len: usize) -> std::io::Result<usize> {
             to,
             std::ptr::null_mut(),
             len,
-            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE | more,
         )
     };
     if n < 0 {
@@ -171,7 +173,7 @@ pub async fn splice_exact(
         let mut src_blocked = false;
         if remaining > 0 && in_pipe < pipe.size {
             let want = (pipe.size - in_pipe).min(usize::try_from(remaining).unwrap_or(usize::MAX));
-            match splice_once(src_fd, pipe_w, want) {
+            match splice_once(src_fd, pipe_w, want, false) {
                 Ok(0) => return Err(RelayError::Read(IoFail::Eof)),
                 Ok(n) => {
                     in_pipe += n;
@@ -183,7 +185,7 @@ pub async fn splice_exact(
         }
         // Drain it into the destination.
         if in_pipe > 0 {
-            match splice_once(pipe_r, dst_fd, in_pipe) {
+            match splice_once(pipe_r, dst_fd, in_pipe, remaining > 0) {
                 Ok(n) => {
                     in_pipe -= n;
                     *written = true;
