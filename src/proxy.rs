@@ -799,6 +799,7 @@ async fn exchange(
         _ => None,
     };
     let relayed = if let Some((pipe, len)) = spliced {
+        bump(&ctx.stats.spliced);
         let r = relay_spliced(
             &upstream,
             &ubuf,

@@ -103,6 +103,8 @@ pub struct Stats {
     pub access_lines: Cell<u64>,
     pub access_dropped: Cell<u64>,
     pub log_suppressed: Cell<u64>,
+    /// Response bodies relayed with splice(2).
+    pub spliced: Cell<u64>,
     pub latency: RefCell<Latencies>,
 }
 
@@ -148,6 +150,7 @@ impl Stats {
             access_lines: Cell::new(0),
             access_dropped: Cell::new(0),
             log_suppressed: Cell::new(0),
+            spliced: Cell::new(0),
             latency: RefCell::new(Latencies::default()),
         }
     }
@@ -261,6 +264,7 @@ impl Stats {
             access_lines: self.access_lines.get(),
             access_dropped: self.access_dropped.get(),
             log_suppressed: self.log_suppressed.get(),
+            spliced: self.spliced.get(),
             latency: self.latency.borrow().clone(),
         }
     }
@@ -320,6 +324,7 @@ pub struct Snapshot {
     pub access_lines: u64,
     pub access_dropped: u64,
     pub log_suppressed: u64,
+    pub spliced: u64,
     pub latency: Latencies,
 }
 
@@ -374,6 +379,7 @@ impl Snapshot {
         self.access_lines += other.access_lines;
         self.access_dropped += other.access_dropped;
         self.log_suppressed += other.log_suppressed;
+        self.spliced += other.spliced;
         self.latency.merge(&other.latency);
     }
 }

@@ -21,4 +21,5 @@ mod response_framing;
 mod robustness;
 mod routing;
 mod shutdown;
+mod splice;
 mod upgrade;

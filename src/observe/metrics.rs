@@ -505,6 +505,13 @@ pub fn render(
     );
     let _ = writeln!(o, "edgeshard_log_suppressed_total {}", all.log_suppressed);
 
+    family(
+        &mut o,
+        "edgeshard_spliced_responses_total",
+        "counter",
+        "Response bodies relayed with splice(2) (server.splice_min_bytes and up).",
+    );
+    let _ = writeln!(o, "edgeshard_spliced_responses_total {}", all.spliced);
     // Latency.
     let lat = &all.latency;
     histogram(
