@@ -72,7 +72,7 @@ fn breaker_open(
 ) -> Failure {
     bump(&ctx.stats.backends[backend].breaker_rejected);
     if ctx.errors.allow(&ctx.stats) {
-        tracing::warn!(shard = ctx.id, backend = %ctx.shared.backends[backend].address, "circuit breaker open: {open}");
+        tracing::warn!(shard = ctx.id, backend = %ctx.shared.backends[backend].address, "{open}");
     }
     ctx.give_buffer(out);
     ctx.give_buffer(ubuf);
@@ -469,11 +469,14 @@ async fn exchange(
     let mut next: Option<usize> = None;
     let mut ubuf = ctx.take_buffer();
     // Counts this request against the backend it is being sent to, until it returns.
-    let mut in_flight: Option<Forwarding<'_>>;
-    let mut request_permit: Option<Permit>;
+    let mut in_flight: Option<Forwarding<'_>> = None;
+    let mut request_permit: Option<Permit> = None;
     let mut sending_at: Option<Instant> = None;
     let (mut upstream, backend, resp_head) = loop {
         let now = Instant::now();
+        // The previous try (if any) gives back its breaker permit and in-flight count first.
+        drop(request_permit.take());
+        drop(in_flight.take());
         let pick = match next.take() {
             Some(b) => Pick::Backend(b),
             None if connect_failures >= MAX_CONNECT_ATTEMPTS => Pick::Exhausted,
@@ -521,7 +524,9 @@ async fn exchange(
                 if let Some(limit) = breaker.limits().max_connections {
                     let b = &ctx.stats.backends[backend];
                     let open = b.in_flight.get() + ctx.pool.borrow().idle_for(backend) as u64;
-                    if open >= u64::from(limit) {
+                    // `in_flight` already counts this request: after this connect there
+                    // would be `open` connections.
+                    if open > u64::from(limit) {
                         let open = Open {
                             resource: Resource::Connections,
                             limit,
@@ -663,6 +668,10 @@ async fn exchange(
                 bump(&ctx.stats.retries);
                 fresh_only = true;
                 next = Some(backend);
+                // A keep-alive race, not the backend's latency.
+                if let Some(f) = in_flight.as_mut() {
+                    f.sent = false;
+                }
                 // `out` still holds the head to resend.
                 ubuf.clear();
                 continue;
@@ -678,8 +687,14 @@ async fn exchange(
             others.push(backend);
             let (pick, set) = ctx.pick_backend(upstream_id, &others, Instant::now(), key, sticky);
             if let Pick::Backend(b) = pick {
-                set_cookie = set;
                 if ctx.budget_retry(upstream_id) {
+                    set_cookie = set;
+                    // A reset says nothing about the backend's speed: no latency sample.
+                    if outcome == TryOutcome::Reset {
+                        if let Some(f) = in_flight.as_mut() {
+                            f.sent = false;
+                        }
+                    }
                     bump(&ctx.stats.retries);
                     if ctx.errors.allow(&ctx.stats) {
                         tracing::info!(shard = ctx.id, backend = %ctx.shared.backends[backend].address, ?outcome, "retrying on another backend");

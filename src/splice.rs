@@ -62,6 +62,8 @@ pub struct PipePool {
     live: Cell<usize>,
     max: usize,
     size: usize,
+    /// The system granted a pipe far smaller than asked (per-user pipe quota): make no more.
+    starved: Cell<bool>,
 }
 
 impl PipePool {
@@ -71,6 +73,7 @@ impl PipePool {
             live: Cell::new(0),
             max,
             size,
+            starved: Cell::new(false),
         }
     }
 
@@ -79,10 +82,21 @@ impl PipePool {
         if let Some(p) = self.idle.borrow_mut().pop() {
             return Some(p);
         }
-        if self.live.get() >= self.max {
+        if self.live.get() >= self.max || self.starved.get() {
             return None;
         }
         let p = Pipe::new(self.size).ok()?;
+        if p.size < self.size.min(64 * 1024) {
+            // Past /proc/sys/fs/pipe-user-pages-soft the kernel hands out 2-page pipes, and
+            // splicing through 8 KiB costs more than copying: copy from now on.
+            self.starved.set(true);
+            tracing::warn!(
+                granted = p.size,
+                asked = self.size,
+                "pipe size refused (per-user pipe quota?); large bodies will be copied"
+            );
+            return None;
+        }
         self.live.set(self.live.get() + 1);
         Some(p)
     }

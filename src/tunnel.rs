@@ -5,6 +5,7 @@
 //! with no byte in either direction for `timeouts.tunnel_idle` is closed.
 
 use std::cell::Cell;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use monoio::io::{
@@ -30,18 +31,26 @@ pub struct Upgraded {
 /// head (already the new protocol).
 pub async fn run(ctx: &ShardCtx, client: TcpStream, client_early: Vec<u8>, up: Upgraded) {
     let idle = ctx.shared.config.timeouts.tunnel_idle;
+    let send = ctx.shared.config.timeouts.client_send;
     let backend = up.backend;
+    let fds = [client.as_raw_fd(), up.upstream.as_raw_fd()];
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = up.upstream.into_split();
-    if !up.early.is_empty() && cw.write_all(up.early).await.0.is_err() {
-        return;
-    }
-    if !client_early.is_empty() && uw.write_all(client_early).await.0.is_err() {
-        return;
+    for (early, w) in [(up.early, &mut cw), (client_early, &mut uw)] {
+        if !early.is_empty() {
+            match monoio::time::timeout(send, w.write_all(early)).await {
+                Ok((Ok(_), _)) => {}
+                _ => return,
+            }
+        }
     }
     let last = Cell::new(Instant::now());
-    let both =
-        async { monoio::join!(pump(&mut cr, &mut uw, &last), pump(&mut ur, &mut cw, &last)) };
+    let both = async {
+        monoio::join!(
+            pump(&mut cr, &mut uw, &last, fds),
+            pump(&mut ur, &mut cw, &last, fds)
+        )
+    };
     let watchdog = async {
         loop {
             let until = last.get() + idle;
@@ -69,31 +78,43 @@ pub async fn run(ctx: &ShardCtx, client: TcpStream, client_early: Vec<u8>, up: U
     }
 }
 
-/// Copies one direction until EOF or an error, then half-closes the other side; returns the
-/// bytes copied.
+/// Copies one direction until EOF or an error; returns the bytes copied. A clean EOF is
+/// passed on as a half-close (the other direction goes on); an error ends the whole tunnel:
+/// both sockets are shut down, so the other direction's pending read returns at once.
 async fn pump(
     r: &mut OwnedReadHalf<TcpStream>,
     w: &mut OwnedWriteHalf<TcpStream>,
     last: &Cell<Instant>,
+    fds: [RawFd; 2],
 ) -> u64 {
     let mut buf = Vec::with_capacity(TUNNEL_BUF);
     let mut total = 0u64;
-    loop {
+    let clean = loop {
         let (res, b) = r.read(buf).await;
         buf = b;
         let n = match res {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break true,
+            Err(_) => break false,
             Ok(n) => n,
         };
         last.set(Instant::now());
         let (res, b) = w.write_all(buf).await;
         buf = b;
         if res.is_err() {
-            break;
+            break false;
         }
         total += n as u64;
         buf.clear();
+    };
+    if clean {
+        let _ = w.shutdown().await;
+    } else {
+        for fd in fds {
+            // SAFETY: shutdown(2) on the two sockets of this tunnel, whose halves (owned by
+            // `run`) are alive for the whole call; it changes socket state only. Exercised by
+            // tests/upgrade.rs (a backend that resets mid-tunnel).
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
     }
-    let _ = w.shutdown().await;
     total
 }

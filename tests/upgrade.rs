@@ -112,7 +112,63 @@ async def main(url, n):
 asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 "#;
 
+/// A backend that answers 101, reads one byte, then resets the connection (SO_LINGER 0).
+fn resetting_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b).unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(b[0]);
+        }
+        let _ = s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n",
+        );
+        let _ = s.read(&mut b);
+        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    });
+    addr
+}
+
 both_engines! {
+    fn backend_reset_ends_the_tunnel_at_once(engine) {
+        // An error on one side ends both directions: the client sees its connection closed
+        // right away, not after tunnel_idle (30 s here).
+        let proxy = Config::single(resetting_backend())
+            .timeout("tunnel_idle", "30s")
+            .admin("")
+            .start(engine);
+        let mut s = TcpStream::connect(proxy.addr()).unwrap();
+        s.write_all(&upgrade_request("echo")).unwrap();
+        let head = read_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        let started = Instant::now();
+        s.write_all(b"x").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        // The client keeps its side open and silent: the proxy must still end the tunnel
+        // (its connection count drops to 0), not wait for the client or tunnel_idle.
+        let active = || {
+            crate::support::admin_get(proxy.admin_addr(), "/metrics", None)
+                .body
+                .lines()
+                .find_map(|l| l.strip_prefix("edgeshard_connections_active "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap()
+        };
+        while active() > 0.0 {
+            assert!(started.elapsed() < Duration::from_secs(5), "tunnel outlived the reset");
+            thread::sleep(Duration::from_millis(20));
+        }
+        drop(s);
+    }
+
     fn websocket_echo_ten_thousand_messages(engine) {
         // Issue 7: a real WebSocket library on both sides, 10,000 messages of mixed sizes
         // (text and binary, 0 B to 70,000 B, across the 125/126/65535/65536 frame-length

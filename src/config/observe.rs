@@ -88,6 +88,16 @@ impl IpNet {
             Some(p) => p.trim().parse::<u8>().ok().filter(|&n| n <= max)?,
             None => max,
         };
+        // An IPv4-mapped network (::ffff:a.b.c.d/n, n >= 96) is the IPv4 network it maps,
+        // since clients are matched in their IPv4 form.
+        if let IpAddr::V6(v6) = addr {
+            if let (Some(v4), true) = (v6.to_ipv4_mapped(), prefix >= 96) {
+                return Some(IpNet {
+                    addr: IpAddr::V4(v4),
+                    prefix: prefix - 96,
+                });
+            }
+        }
         Some(IpNet { addr, prefix })
     }
 
@@ -178,6 +188,24 @@ pub(super) struct Observe {
     pub log: LogConfig,
     pub request_id: RequestIdConfig,
 }
+
+/// Fields the request id must not replace.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "via",
+    "cookie",
+    "set-cookie",
+    "authorization",
+];
 
 fn token_ok(t: &str) -> bool {
     !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic())
@@ -299,11 +327,17 @@ pub(super) fn observe_sections(c: &mut Checker, table: &mut toml::Table) -> Obse
                     4096,
                     64 << 20,
                 ) as usize,
-                flush: c.duration(
-                    "log.access_flush",
-                    raw.access_flush.as_ref(),
-                    Duration::from_secs(1),
-                ),
+                flush: {
+                    let d = c.duration(
+                        "log.access_flush",
+                        raw.access_flush.as_ref(),
+                        Duration::from_secs(1),
+                    );
+                    if d < Duration::from_millis(10) {
+                        c.err("log.access_flush", "must be at least 10ms");
+                    }
+                    d.max(Duration::from_millis(10))
+                },
                 queue: c.count("log.access_queue", raw.access_queue, 64, 1, 1 << 16),
             })
         }
@@ -314,12 +348,18 @@ pub(super) fn observe_sections(c: &mut Checker, table: &mut toml::Table) -> Obse
         .and_then(|v| c.section("request_id", v))
         .unwrap_or_default();
     let header = raw.header.unwrap_or_else(|| "X-Request-Id".into());
+    let lower = header.to_ascii_lowercase();
     if header.is_empty()
         || !header
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
     {
         c.err("request_id.header", "invalid header name");
+    } else if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-forwarded-") {
+        c.err(
+            "request_id.header",
+            format!("{header:?} is a field the proxy manages (framing, hop-by-hop, Host, forwarding); choose another name such as X-Request-Id"),
+        );
     }
     let mut trusted = Vec::new();
     for (i, t) in raw.trusted.unwrap_or_default().iter().enumerate() {
@@ -368,6 +408,10 @@ mod tests {
         assert!(v6.contains("2001:db8:1::1".parse().unwrap()));
         assert!(!v6.contains("2001:db9::1".parse().unwrap()));
         assert!(IpNet::parse("10.0.0.0/33").is_none());
+        let mapped = IpNet::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(mapped.contains("10.9.9.9".parse().unwrap()));
+        assert!(mapped.contains("::ffff:10.1.1.1".parse().unwrap()));
+        assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
         assert!(IpNet::parse("nonsense").is_none());
     }
 }

@@ -12,7 +12,9 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{AccessFormat, AccessLogConfig, AccessTarget};
@@ -33,13 +35,17 @@ pub enum LogMsg {
 #[derive(Clone)]
 pub struct LogSink {
     tx: SyncSender<LogMsg>,
+    /// Set by SIGUSR1; the writer reopens before its next write.
+    reopen: Arc<AtomicBool>,
 }
 
 impl LogSink {
-    /// Asks the writer to reopen its file; never blocks (a full queue retries later lines).
+    /// Asks the writer to reopen its file. Never blocks, even when the writer is stuck (the
+    /// signal thread must stay free for SIGTERM): the flag is enough, the message only wakes
+    /// an idle writer.
     pub fn reopen(&self) {
-        // Blocking here is fine: called from the signal-handling thread, not a shard.
-        let _ = self.tx.send(LogMsg::Reopen);
+        self.reopen.store(true, Ordering::Release);
+        let _ = self.tx.try_send(LogMsg::Reopen);
     }
 }
 
@@ -58,13 +64,19 @@ impl LogWriter {
         let out = Output::open(&cfg.target)?;
         let (tx, rx) = sync_channel(cfg.queue);
         let (done_tx, done) = sync_channel::<()>(0);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let flag = reopen.clone();
         let thread = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
-                writer_loop(out, rx);
+                writer_loop(out, rx, &flag);
                 drop(done_tx);
             })?;
-        Ok((LogSink { tx: tx.clone() }, LogWriter { thread, tx, done }))
+        let sink = LogSink {
+            tx: tx.clone(),
+            reopen,
+        };
+        Ok((sink, LogWriter { thread, tx, done }))
     }
 
     /// Writes everything queued so far, then ends the writer; call once shards have stopped.
@@ -124,9 +136,12 @@ fn open_append(p: &PathBuf) -> std::io::Result<File> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("access log {}: {e}", p.display())))
 }
 
-fn writer_loop(mut out: Output, rx: Receiver<LogMsg>) {
+fn writer_loop(mut out: Output, rx: Receiver<LogMsg>, reopen: &AtomicBool) {
     let mut failed = false;
     for msg in rx {
+        if reopen.swap(false, Ordering::AcqRel) {
+            reopen_output(&mut out);
+        }
         match msg {
             LogMsg::Lines(bytes, _) => {
                 if let Err(e) = out.write(&bytes) {
@@ -139,19 +154,23 @@ fn writer_loop(mut out: Output, rx: Receiver<LogMsg>) {
                 }
             }
             LogMsg::Stop => return,
-            LogMsg::Reopen => {
-                if let Output::File(p, f) = &mut out {
-                    match open_append(p) {
-                        Ok(new) => {
-                            *f = new;
-                            tracing::info!(path = %p.display(), "access log reopened");
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot reopen the access log; still writing to the old file")
-                        }
-                    }
-                }
+            // The flag above did the work; this message only woke the writer.
+            LogMsg::Reopen => {}
+        }
+    }
+}
+
+fn reopen_output(out: &mut Output) {
+    if let Output::File(p, f) = out {
+        match open_append(p) {
+            Ok(new) => {
+                *f = new;
+                tracing::info!(path = %p.display(), "access log reopened");
             }
+            Err(e) => tracing::error!(
+                error = %e,
+                "cannot reopen the access log; still writing to the old file"
+            ),
         }
     }
 }

@@ -310,24 +310,33 @@ fn ready(state: &AdminState) -> bool {
             .all(|a| a.load(Ordering::Acquire))
 }
 
-/// Asks every shard for its counters and merges them. A shard that does not answer (it is
-/// stopping) is left out.
-async fn gather(state: &AdminState) -> (Vec<Snapshot>, Snapshot) {
-    let mut waits = Vec::with_capacity(state.queries.len());
-    for q in &state.queries {
-        let (tx, rx) = oneshot::channel();
-        if q.unbounded_send(ShardQuery::Snapshot(tx)).is_ok() {
-            waits.push(rx);
-        }
-    }
+/// Asks every shard for its counters and merges them, waiting at most `SHARD_TIMEOUT` in
+/// all. A shard that does not answer (it is stopping) is `None`: its per-shard series are
+/// left out rather than shifted onto another shard's label.
+async fn gather(state: &AdminState) -> (Vec<Option<Snapshot>>, Snapshot) {
+    let waits: Vec<_> = state
+        .queries
+        .iter()
+        .map(|q| {
+            let (tx, rx) = oneshot::channel();
+            q.unbounded_send(ShardQuery::Snapshot(tx)).ok().map(|()| rx)
+        })
+        .collect();
+    let until = Instant::now() + SHARD_TIMEOUT;
     let mut per_shard = Vec::with_capacity(waits.len());
     for rx in waits {
-        if let Ok(Ok(s)) = monoio::time::timeout(SHARD_TIMEOUT, rx).await {
-            per_shard.push(s);
-        }
+        let left = until.saturating_duration_since(Instant::now());
+        let snap = match rx {
+            Some(rx) => monoio::time::timeout(left, rx)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            None => None,
+        };
+        per_shard.push(snap);
     }
     let mut all = empty_snapshot(&state.shared);
-    for s in &per_shard {
+    for s in per_shard.iter().flatten() {
         all.merge(s);
     }
     (per_shard, all)
@@ -362,7 +371,11 @@ fn backend_state(shared: &Shared, i: usize, failing: u64) -> &'static str {
     }
 }
 
-fn status_json(state: &AdminState, per_shard: &[Snapshot], all: &Snapshot) -> serde_json::Value {
+fn status_json(
+    state: &AdminState,
+    per_shard: &[Option<Snapshot>],
+    all: &Snapshot,
+) -> serde_json::Value {
     use serde_json::json;
     let shared = &state.shared;
     let cfg = &shared.config;
@@ -371,7 +384,7 @@ fn status_json(state: &AdminState, per_shard: &[Snapshot], all: &Snapshot) -> se
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let snap = per_shard.get(i);
+            let snap = per_shard.get(i).and_then(Option::as_ref);
             json!({
                 "id": i,
                 "cpu": m.cpu,

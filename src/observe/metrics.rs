@@ -116,7 +116,7 @@ fn quantiles(out: &mut String, name: &str, help: &str, h: &Histogram<u64>) {
 pub fn render(
     shared: &Shared,
     info: &ProcessInfo<'_>,
-    per_shard: &[Snapshot],
+    per_shard: &[Option<Snapshot>],
     all: &Snapshot,
 ) -> String {
     let mut o = String::with_capacity(16 * 1024);
@@ -149,11 +149,13 @@ pub fn render(
         "Requests served, per shard.",
     );
     for (i, s) in per_shard.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "edgeshard_shard_requests_total{{shard=\"{i}\"}} {}",
-            s.requests
-        );
+        if let Some(s) = s {
+            let _ = writeln!(
+                o,
+                "edgeshard_shard_requests_total{{shard=\"{i}\"}} {}",
+                s.requests
+            );
+        }
     }
     family(
         &mut o,
@@ -162,11 +164,13 @@ pub fn render(
         "Open client connections, per shard.",
     );
     for (i, s) in per_shard.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "edgeshard_shard_connections_active{{shard=\"{i}\"}} {}",
-            s.active
-        );
+        if let Some(s) = s {
+            let _ = writeln!(
+                o,
+                "edgeshard_shard_connections_active{{shard=\"{i}\"}} {}",
+                s.active
+            );
+        }
     }
     family(
         &mut o,

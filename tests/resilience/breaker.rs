@@ -42,3 +42,24 @@ both_engines! {
         assert_eq!(metric(&proxy, "edgeshard_breaker_rejected_total", &labels), 1.0);
     }
 }
+
+both_engines! {
+    fn breaker_max_connections_allows_exactly_the_limit(engine) {
+        // max_connections = 1 on one shard: the first request may open the one connection
+        // (an off-by-one refused it), later ones reuse it; a second concurrent request, which
+        // would need a second connection, gets 503 at once.
+        let lock = LockStep::bind();
+        let up = format!("{}\n[upstream.breaker]\nmax_connections = 1\n", backends(&[lock.addr()]));
+        let proxy = Proxy::start(&config(true, &up), engine);
+        let mut c1 = Client::connect(proxy.addr());
+        c1.send(&get_req("/one"));
+        let mut conn = lock.accept();
+        assert!(conn.read_head().starts_with("GET /one "));
+        let r = ask_new(proxy.addr(), "/two");
+        assert_own_503(&r, "a second connection is over max_connections = 1");
+        assert_eq!(lock.accepted(), 1);
+        conn.write(OK_CLOSE);
+        conn.close();
+        assert_eq!(served_by(&c1.read_response()), "lock");
+    }
+}
