@@ -14,10 +14,8 @@ use monoio::net::TcpStream;
 use crate::http::canned::Canned;
 use crate::http::parse::{parse_request, HeadLimits, Parsed, RequestHead};
 use crate::io::{read_more, Deadline, IoFail};
-use crate::proxy::{
-    linger_close, parse_error_status, record_refused, respond_canned, serve_request, Client,
-    Outcome,
-};
+use crate::proxy::{record_refused, serve_request, Client, Outcome};
+use crate::respond::{linger_close, parse_error_status, respond_canned};
 use crate::shard::ShardCtx;
 
 /// Client read buffers start small (idle keep-alive connections are the common case) and

@@ -18,6 +18,7 @@ pub mod notify;
 pub mod observe;
 pub mod proxy;
 pub mod relay;
+pub mod respond;
 pub mod route;
 pub mod shard;
 pub mod splice;

@@ -3,10 +3,10 @@
 //! head and body, read the upstream's response head, and *respond* to the client, relaying
 //! the body with the framing the client can take. Errors map to one status in one place
 //! ([`Failure`]); a request that may have reached a backend is never replayed unless it is
-//! idempotent and bodiless and failed on a reused connection before any response byte.
+//! idempotent and bodiless (the three retry rules in `exchange`).
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use monoio::net::TcpStream;
 
@@ -19,17 +19,17 @@ use crate::http::encode::{
     client_response_head, response_out_framing, split_target, switching_protocols_head,
     upstream_request_head, OutFraming,
 };
-use crate::http::parse::{
-    BodyFraming, HeadLimits, HeaderKind, Method, ParseError, RequestHead, Span,
-};
-use crate::io::{read_more, write_from, write_static, Deadline, IoFail};
+use crate::http::parse::{BodyFraming, HeadLimits, Method, RequestHead};
+use crate::io::{write_from, write_static, Deadline, IoFail};
 use crate::relay::{read_response_head, relay_body, BodyPlan, HeadFail, RelayError};
+use crate::respond::{breaker_open, cfg_rid_header, linger_close, respond_canned_with};
+use crate::route::{has_dot_segment, valid_authority};
 use crate::shard::{Forwarding, Pick, ShardCtx};
 use crate::splice::relay_spliced;
 use crate::stats::{add, bump};
 pub use crate::trace::record_refused;
 use crate::trace::{log_fields, request_id, RequestId, Trace};
-use crate::tunnel::Upgraded;
+use crate::tunnel::{wants_upgrade, Upgraded};
 
 /// Whether the client connection stays open after an exchange (monolake's contract).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub struct Client {
 
 /// How an exchange that did not complete ends, mapped to what the client sees.
 #[derive(Debug, Clone, Copy)]
-enum Failure {
+pub enum Failure {
     /// Answer with a canned status (only possible before any response byte was written).
     Status(Canned),
     /// Close the client connection without a word (it went away, or the response head was
@@ -62,137 +62,32 @@ enum Failure {
     Close,
 }
 
-/// A breaker limit was reached: count it and answer 503 without trying.
-fn breaker_open(
+/// How a request body relay ended: `Ok(Ok(()))` sent, `Ok(Err(e))` the upstream write
+/// failed (the caller decides on retry rules), `Err` the client's side failed.
+fn request_body_sent(
     ctx: &ShardCtx,
+    client: &mut Client,
     backend: usize,
-    open: Open,
-    out: Vec<u8>,
-    ubuf: Vec<u8>,
-) -> Failure {
-    bump(&ctx.stats.backends[backend].breaker_rejected);
-    if ctx.errors.allow(&ctx.stats) {
-        tracing::warn!(shard = ctx.id, backend = %ctx.shared.backends[backend].address, "{open}");
-    }
-    ctx.give_buffer(out);
-    ctx.give_buffer(ubuf);
-    Failure::Status(Canned::ServiceUnavailable)
-}
-
-/// Writes a canned response and says whether the connection must close afterwards.
-pub async fn respond_canned(
-    ctx: &ShardCtx,
-    client: &mut Client,
-    c: Canned,
-    close: bool,
-) -> Outcome {
-    ctx.stats.canned(c);
-    let close = close || c.forces_close();
-    let t = ctx.shared.config.timeouts.client_send;
-    match write_static(&mut client.stream, c.bytes(close), &mut client.deadline, t).await {
-        Ok(()) if !close => Outcome::KeepAlive,
-        _ => Outcome::Close,
-    }
-}
-
-/// The request-id field for the proxy's own answers, when ids are returned to clients.
-fn cfg_rid_header<'a>(ctx: &'a ShardCtx, rid: &'a RequestId) -> Option<(&'a [u8], &'a [u8])> {
-    let cfg = &ctx.shared.config.request_id;
-    cfg.respond.then(|| (cfg.header.as_bytes(), rid.bytes()))
-}
-
-/// [`respond_canned`] with one more header field (the request id) in the head.
-pub async fn respond_canned_with(
-    ctx: &ShardCtx,
-    client: &mut Client,
-    c: Canned,
-    close: bool,
-    extra: Option<(&[u8], &[u8])>,
-) -> Outcome {
-    let Some((name, value)) = extra else {
-        return respond_canned(ctx, client, c, close).await;
-    };
-    ctx.stats.canned(c);
-    let close = close || c.forces_close();
-    let bytes = c.bytes(close);
-    // The canned head ends at its first empty line: the field goes just before it.
-    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return respond_canned(ctx, client, c, close).await;
-    };
-    let mut out = ctx.take_buffer();
-    out.extend_from_slice(&bytes[..end + 2]);
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&bytes[end + 2..]);
-    let n = out.len();
-    let t = ctx.shared.config.timeouts.client_send;
-    let r = write_from(&mut client.stream, &mut out, 0, n, &mut client.deadline, t).await;
-    ctx.give_buffer(out);
+    trace: &mut Trace,
+    r: Result<u64, RelayError>,
+    pos: usize,
+) -> Result<Result<(), IoFail>, Failure> {
     match r {
-        Ok(()) if !close => Outcome::KeepAlive,
-        _ => Outcome::Close,
-    }
-}
-
-/// Closes a connection whose client may still be sending (an unread body, a refused head):
-/// half-close, then read and discard for a bounded time, so that the kernel does not answer
-/// the unread bytes with a reset that could destroy the response (RFC 9112 §9.6).
-pub async fn linger_close(client: &mut Client) {
-    use monoio::io::AsyncWriteRent;
-    const LINGER: Duration = Duration::from_secs(1);
-    const LINGER_BYTES: usize = 256 * 1024;
-    let _ = client.stream.shutdown().await;
-    let until = Instant::now() + LINGER;
-    let mut drained = 0;
-    while drained < LINGER_BYTES {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
+        Ok(n) => {
+            add(&ctx.stats.bytes_in, n);
+            add(&ctx.stats.backends[backend].bytes_sent, n);
+            trace.bytes_in = n;
+            client.buf.drain(..pos);
+            Ok(Ok(()))
         }
-        client.buf.clear();
-        match read_more(
-            &mut client.stream,
-            &mut client.buf,
-            &mut client.deadline,
-            left,
-        )
-        .await
-        {
-            Ok(n) => drained += n,
-            Err(_) => break,
+        Err(RelayError::Read(IoFail::Timeout)) => Err(Failure::Status(Canned::RequestTimeout)),
+        Err(RelayError::Read(_)) => {
+            bump(&ctx.stats.client_aborts);
+            Err(Failure::Close)
         }
-    }
-}
-
-/// RFC 9110 §7.2 / RFC 3986 authority: reg-name, IP literal and port characters only; no
-/// userinfo. An empty Host is allowed (HTTP/1.0, or `Host:` with no value).
-fn valid_authority(host: &[u8]) -> bool {
-    host.iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
-}
-
-/// A `.` or `..` path segment, plain or percent-encoded: a backend that normalises it would
-/// serve a path the route table never matched.
-fn has_dot_segment(path: &[u8]) -> bool {
-    path.split(|&b| b == b'/').any(|seg| {
-        seg.len() <= 6
-            && matches!(
-                &seg.to_ascii_lowercase()[..],
-                b"." | b".." | b"%2e" | b"%2e%2e" | b".%2e" | b"%2e."
-            )
-    })
-}
-
-/// Maps a request-head parse error to its status.
-pub fn parse_error_status(e: ParseError) -> Canned {
-    match e {
-        ParseError::Malformed(_) => Canned::BadRequest,
-        ParseError::TooManyHeaders | ParseError::HeadTooLarge => Canned::HeadersTooLarge,
-        ParseError::UriTooLong => Canned::UriTooLong,
-        ParseError::Version => Canned::VersionNotSupported,
-        ParseError::Expectation => Canned::ExpectationFailed,
+        Err(RelayError::Framing) => Err(Failure::Status(Canned::BadRequest)),
+        Err(RelayError::TooLarge) => Err(Failure::Status(Canned::PayloadTooLarge)),
+        Err(RelayError::Write(e)) => Ok(Err(e)),
     }
 }
 
@@ -207,26 +102,6 @@ struct RequestFacts {
     head_len: usize,
     /// The client asked to switch protocols and the upgrade will be forwarded.
     upgrade: bool,
-}
-
-/// A request asking to switch protocols that may be forwarded: HTTP/1.1, no body,
-/// `Upgrade` named in `Connection`, and not `h2c` (HTTP/2 cleartext is not proxied).
-fn wants_upgrade(buf: &[u8], head: &RequestHead) -> Option<Span> {
-    if head.minor_version != 1
-        || !head.framing().is_empty()
-        || !head.named_in_connection(buf, b"upgrade")
-    {
-        return None;
-    }
-    let h = head
-        .headers
-        .iter()
-        .find(|h| h.kind == HeaderKind::Upgrade)?;
-    let v = h.value.get(buf);
-    let h2c = v
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
-    (!v.is_empty() && !h2c).then_some(h.value)
 }
 
 pub fn micros(since: Instant) -> u64 {
@@ -591,6 +466,37 @@ async fn exchange(
                 cfg.timeouts.upstream_response,
             )
             .await
+        } else if let Some((pipe, len)) = match (facts.framing, out_framing) {
+            // Large request bodies of known length are spliced too (client → upstream).
+            (BodyFraming::Length(n), OutFraming::Length(_))
+                if cfg.splice.enabled && n >= cfg.splice.min_bytes =>
+            {
+                ctx.pipes.take().map(|p| (p, n))
+            }
+            _ => None,
+        } {
+            bump(&ctx.stats.spliced);
+            let mut pos = 0;
+            let r = relay_spliced(
+                &client.stream,
+                &client.buf,
+                &mut pos,
+                &mut upstream,
+                &mut out,
+                len,
+                &pipe,
+                &mut client.deadline,
+                cfg.timeouts.client_body,
+                cfg.timeouts.upstream_response,
+                &mut false,
+            )
+            .await;
+            if r.is_ok() {
+                ctx.pipes.give(pipe);
+            } else {
+                ctx.pipes.discard(pipe);
+            }
+            request_body_sent(ctx, client, backend, trace, r, pos)?
         } else {
             let mut pos = 0;
             let plan = BodyPlan {
@@ -613,25 +519,7 @@ async fn exchange(
                 &mut false,
             )
             .await;
-            match r {
-                Ok(n) => {
-                    add(&ctx.stats.bytes_in, n);
-                    add(&ctx.stats.backends[backend].bytes_sent, n);
-                    trace.bytes_in = n;
-                    client.buf.drain(..pos);
-                    Ok(())
-                }
-                Err(RelayError::Read(IoFail::Timeout)) => {
-                    return Err(Failure::Status(Canned::RequestTimeout))
-                }
-                Err(RelayError::Read(_)) => {
-                    bump(&ctx.stats.client_aborts);
-                    return Err(Failure::Close);
-                }
-                Err(RelayError::Framing) => return Err(Failure::Status(Canned::BadRequest)),
-                Err(RelayError::TooLarge) => return Err(Failure::Status(Canned::PayloadTooLarge)),
-                Err(RelayError::Write(e)) => Err(e),
-            }
+            request_body_sent(ctx, client, backend, trace, r, pos)?
         };
         let limits = HeadLimits {
             max_header_bytes: cfg.limits.max_header_bytes.max(16384),
@@ -907,51 +795,6 @@ async fn exchange(
             // The head is out; the only honest signal left is to close mid-body.
             bump(&ctx.stats.upstream_aborts);
             Err(Failure::Close)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn authorities() {
-        for ok in [
-            &b"example.com"[..],
-            b"a.example:8080",
-            b"[::1]:80",
-            b"",
-            b"xn--bcher-kva.example",
-        ] {
-            assert!(valid_authority(ok), "{:?}", String::from_utf8_lossy(ok));
-        }
-        for bad in [&b"a b"[..], b"user@host", b"a/b", b"a\\b", b"h\"q"] {
-            assert!(!valid_authority(bad), "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    #[test]
-    fn dot_segments() {
-        for bad in [
-            &b"/api/../admin"[..],
-            b"/..",
-            b"/a/./b",
-            b"/a/%2E%2e/b",
-            b"/a/.%2e",
-            b"/.",
-        ] {
-            assert!(has_dot_segment(bad), "{:?}", String::from_utf8_lossy(bad));
-        }
-        for ok in [
-            &b"/"[..],
-            b"/a/b.c",
-            b"/.well-known/x",
-            b"/a..b/",
-            b"/...",
-            b"*",
-        ] {
-            assert!(!has_dot_segment(ok), "{:?}", String::from_utf8_lossy(ok));
         }
     }
 }

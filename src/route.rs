@@ -179,6 +179,26 @@ fn normalize_host<'a>(host: &[u8], out: &'a mut [u8; MAX_HOST]) -> Option<&'a [u
     Some(&out[..host.len()])
 }
 
+/// What a routable request must look like (checked before lookup; `400` otherwise).
+/// RFC 9110 §7.2 / RFC 3986 authority: reg-name, IP literal and port characters only; no
+/// userinfo. An empty Host is allowed (HTTP/1.0, or `Host:` with no value).
+pub fn valid_authority(host: &[u8]) -> bool {
+    host.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
+}
+
+/// A `.` or `..` path segment, plain or percent-encoded: a backend that normalises it would
+/// serve a path the route table never matched.
+pub fn has_dot_segment(path: &[u8]) -> bool {
+    path.split(|&b| b == b'/').any(|seg| {
+        seg.len() <= 6
+            && matches!(
+                &seg.to_ascii_lowercase()[..],
+                b"." | b".." | b"%2e" | b"%2e%2e" | b".%2e" | b"%2e."
+            )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +289,45 @@ upstream = "u"
         assert_eq!(find(&t, "a.com.", "/", "GET", None), Some(0));
         let long = "a".repeat(300);
         assert_eq!(find(&t, &long, "/", "GET", None), None);
+    }
+
+    #[test]
+    fn authorities() {
+        for ok in [
+            &b"example.com"[..],
+            b"a.example:8080",
+            b"[::1]:80",
+            b"",
+            b"xn--bcher-kva.example",
+        ] {
+            assert!(valid_authority(ok), "{:?}", String::from_utf8_lossy(ok));
+        }
+        for bad in [&b"a b"[..], b"user@host", b"a/b", b"a\\b", b"h\"q"] {
+            assert!(!valid_authority(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn dot_segments() {
+        for bad in [
+            &b"/api/../admin"[..],
+            b"/..",
+            b"/a/./b",
+            b"/a/%2E%2e/b",
+            b"/a/.%2e",
+            b"/.",
+        ] {
+            assert!(has_dot_segment(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+        for ok in [
+            &b"/"[..],
+            b"/a/b.c",
+            b"/.well-known/x",
+            b"/a..b/",
+            b"/...",
+            b"*",
+        ] {
+            assert!(!has_dot_segment(ok), "{:?}", String::from_utf8_lossy(ok));
+        }
     }
 }

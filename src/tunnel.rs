@@ -13,6 +13,7 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 
+use crate::http::parse::{HeaderKind, RequestHead, Span};
 use crate::shard::ShardCtx;
 use crate::stats::add;
 
@@ -25,6 +26,26 @@ pub struct Upgraded {
     pub backend: usize,
     /// Bytes the backend sent after its 101 head (already the new protocol).
     pub early: Vec<u8>,
+}
+
+/// A request asking to switch protocols that may be forwarded: HTTP/1.1, no body,
+/// `Upgrade` named in `Connection`, and not `h2c` (HTTP/2 cleartext is not proxied).
+pub fn wants_upgrade(buf: &[u8], head: &RequestHead) -> Option<Span> {
+    if head.minor_version != 1
+        || !head.framing().is_empty()
+        || !head.named_in_connection(buf, b"upgrade")
+    {
+        return None;
+    }
+    let h = head
+        .headers
+        .iter()
+        .find(|h| h.kind == HeaderKind::Upgrade)?;
+    let v = h.value.get(buf);
+    let h2c = v
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    (!v.is_empty() && !h2c).then_some(h.value)
 }
 
 /// Runs the tunnel to its end. `client_early` holds bytes the client sent after its request

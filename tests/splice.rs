@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{admin_get, Config};
+use crate::support::{admin_get, pattern, Config, Origin};
 
 /// `edgeshard_spliced_responses_total` from the admin listener.
 fn spliced_count(admin: SocketAddr) -> u64 {
@@ -162,5 +162,99 @@ both_engines! {
         assert_eq!((cl, body.len()), (len, len));
         assert!(body == pattern(len));
         proxy.assert_alive();
+    }
+
+    fn spliced_uploads_arrive_intact_up_to_256_mib(engine) {
+        // Request bodies of known length from the threshold up go client → pipe → backend:
+        // just over the threshold, several pipe-fulls, and 256 MiB; the origin checks every
+        // byte (pattern and SHA-256). Below the threshold the body is copied.
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr())
+            .limit("max_body_bytes", "\"512MiB\"")
+            .server("splice_min_bytes", "65536")
+            .admin("")
+            .start(engine);
+        let mut spliced = 0;
+        for len in [65535u64, 65536, (4 << 20) + 3, 256 << 20] {
+            let mut s = TcpStream::connect(proxy.addr()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            {
+                let mut w = std::io::BufWriter::with_capacity(1 << 16, &s);
+                write!(w, "POST /up/{len} HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n").unwrap();
+                pattern::write_pattern(&mut w, len).unwrap();
+                w.flush().unwrap();
+            }
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                assert_eq!(s.read(&mut b).unwrap(), 1, "response head cut short");
+                head.push(b[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            assert!(head.contains(&format!("x-body-len: {len}\r\n")), "{head}");
+            assert!(head.contains("x-body-pattern: ok\r\n"), "len {len}: {head}");
+            assert!(head.contains(&format!("x-body-sha256: {}\r\n", pattern::expected_sha256(len))), "{head}");
+            if len >= 65536 {
+                spliced += 1;
+            }
+        }
+        assert_eq!(spliced_count(proxy.admin_addr()), spliced);
+    }
+
+    fn spliced_download_of_256_mib_arrives_intact(engine) {
+        let len = 256 << 20;
+        let backend = body_backend(len, len);
+        let proxy = Config::single(backend)
+            .server("splice_min_bytes", "65536")
+            .admin("")
+            .start(engine);
+        let mut s = get(proxy.addr());
+        let (cl, body) = read_response(&mut s, len);
+        assert_eq!((cl, body.len()), (len, len));
+        assert!(body == pattern(len), "256 MiB body differs");
+        assert_eq!(spliced_count(proxy.admin_addr()), 1);
+    }
+
+    fn client_closing_mid_upload_truncates_at_the_backend(engine) {
+        // Content-Length 8 MiB, the client sends 1 MiB and closes: the backend sees its
+        // connection closed after at most what was sent (never a padded body), in time.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let backend = l.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return };
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut got = 0usize;
+            let mut buf = vec![0u8; 1 << 16];
+            let mut head_done = false;
+            let mut head = Vec::new();
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) if head_done => got += n,
+                    Ok(n) => {
+                        head.extend_from_slice(&buf[..n]);
+                        if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                            head_done = true;
+                            got = head.len() - p - 4;
+                        }
+                    }
+                }
+            }
+            let _ = tx.send(got);
+        });
+        let proxy = Config::single(backend)
+            .server("splice_min_bytes", "65536")
+            .limit("max_body_bytes", "\"64MiB\"")
+            .start(engine);
+        let started = Instant::now();
+        let mut c = TcpStream::connect(proxy.addr()).unwrap();
+        c.write_all(format!("POST /u HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", 8 << 20).as_bytes()).unwrap();
+        c.write_all(&pattern(1 << 20)).unwrap();
+        drop(c);
+        let got = rx.recv_timeout(Duration::from_secs(15)).expect("the backend saw the close");
+        assert!(got <= 1 << 20, "the backend got {got} bytes, more than the client sent");
+        assert!(started.elapsed() < Duration::from_secs(15));
     }
 }
