@@ -9,23 +9,7 @@ fn expect_check_error(upstream: &str, key: &str, words: &[&str]) {
         false,
         &format!("{upstream}\nbackends = [{{ address = \"127.0.0.1:9001\" }}]"),
     );
-    let (code, out) = run_check(&text);
-    assert_eq!(
-        code,
-        Some(1),
-        "check must exit 1 for:\n{text}\noutput:\n{out}"
-    );
-    let ok = out.lines().any(|l| {
-        l.contains(".toml: ")
-            && l.contains(key)
-            && words
-                .iter()
-                .all(|w| l.to_ascii_lowercase().contains(&w.to_ascii_lowercase()))
-    });
-    assert!(
-        ok,
-        "check must print `FILE: {key}: ...` mentioning {words:?}; output:\n{out}"
-    );
+    crate::support::expect_check_error_in(&text, key, words);
 }
 
 #[test]

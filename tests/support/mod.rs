@@ -511,6 +511,28 @@ impl Drop for Proxy {
     }
 }
 
+/// `edgeshard check` on `text` must exit 1 and print a line `FILE.toml: ...` that names
+/// `key` and contains every one of `words` (case-insensitive).
+pub fn expect_check_error_in(text: &str, key: &str, words: &[&str]) {
+    let (code, out) = run_check(text);
+    assert_eq!(
+        code,
+        Some(1),
+        "check must exit 1 for:\n{text}\noutput:\n{out}"
+    );
+    let ok = out.lines().any(|l| {
+        l.contains(".toml: ")
+            && l.contains(key)
+            && words
+                .iter()
+                .all(|w| l.to_ascii_lowercase().contains(&w.to_ascii_lowercase()))
+    });
+    assert!(
+        ok,
+        "check must print `FILE: {key}: ...` mentioning {words:?}; output:\n{out}"
+    );
+}
+
 /// Runs `edgeshard check --config FILE`; returns (exit code, stdout+stderr).
 pub fn run_check(config_toml: &str) -> (Option<i32>, String) {
     let path = unique_config_path();
