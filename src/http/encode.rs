@@ -188,29 +188,13 @@ pub fn client_response_head(
     out.push(b' ');
     out.extend_from_slice(head.reason.get(buf));
     out.extend_from_slice(b"\r\n");
-    for h in &head.headers {
-        let keep = match h.kind {
-            HeaderKind::Connection
-            | HeaderKind::KeepAlive
-            | HeaderKind::ProxyConnection
-            | HeaderKind::Te
-            | HeaderKind::Upgrade
-            | HeaderKind::TransferEncoding => false,
-            // A body-less response keeps the upstream's Content-Length (HEAD, 304), except 204.
-            HeaderKind::ContentLength => framing == OutFraming::None && head.status != 204,
-            _ => {
-                let name = h.name.get(buf);
-                (head.conn_tokens.is_empty() || !head.named_in_connection(buf, name))
-                    && !replaced(set, name)
-            }
-        };
-        if keep {
-            out.extend_from_slice(h.name.get(buf));
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value.get(buf));
-            out.extend_from_slice(b"\r\n");
-        }
-    }
+    // A body-less response keeps the upstream's Content-Length (HEAD, 304), except 204.
+    let keep_length = framing == OutFraming::None && head.status != 204;
+    copy_response_fields(buf, head, set, out, |kind| match kind {
+        HeaderKind::Upgrade => Some(false),
+        HeaderKind::ContentLength => Some(keep_length),
+        _ => None,
+    });
     write_set(set, out);
     write_framing(framing, out);
     if close {
@@ -233,21 +217,39 @@ pub fn switching_protocols_head(
     out.extend_from_slice(b"HTTP/1.1 101 ");
     out.extend_from_slice(head.reason.get(buf));
     out.extend_from_slice(b"\r\n");
+    copy_response_fields(buf, head, set, out, |kind| match kind {
+        HeaderKind::Upgrade => Some(true),
+        HeaderKind::ContentLength => Some(false),
+        _ => None,
+    });
+    write_set(set, out);
+    out.extend_from_slice(b"Connection: upgrade\r\n\r\n");
+}
+
+/// Copies the upstream's response fields to the client head: hop-by-hop fields
+/// (`Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`) and those named
+/// in `Connection` or replaced by `set` are dropped; `decide` settles the kinds that depend on
+/// the response (Some(keep)), None = the default rule.
+fn copy_response_fields(
+    buf: &[u8],
+    head: &ResponseHead,
+    set: SetHeader<'_>,
+    out: &mut Vec<u8>,
+    decide: impl Fn(HeaderKind) -> Option<bool>,
+) {
     for h in &head.headers {
-        let keep = match h.kind {
-            HeaderKind::Upgrade => true,
+        let keep = decide(h.kind).unwrap_or_else(|| match h.kind {
             HeaderKind::Connection
             | HeaderKind::KeepAlive
             | HeaderKind::ProxyConnection
             | HeaderKind::Te
-            | HeaderKind::TransferEncoding
-            | HeaderKind::ContentLength => false,
+            | HeaderKind::TransferEncoding => false,
             _ => {
                 let name = h.name.get(buf);
                 (head.conn_tokens.is_empty() || !head.named_in_connection(buf, name))
                     && !replaced(set, name)
             }
-        };
+        });
         if keep {
             out.extend_from_slice(h.name.get(buf));
             out.extend_from_slice(b": ");
@@ -255,8 +257,6 @@ pub fn switching_protocols_head(
             out.extend_from_slice(b"\r\n");
         }
     }
-    write_set(set, out);
-    out.extend_from_slice(b"Connection: upgrade\r\n\r\n");
 }
 
 /// Writes an IP address; IPv4 by hand, since `fmt` costs ~400 instructions per request.
