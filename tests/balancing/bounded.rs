@@ -6,16 +6,23 @@ use super::*;
 struct Held {
     origins: Vec<Origin>,
     gate: Arc<(Mutex<bool>, Condvar)>,
+    /// Requests that reached a handler (the origin records a request before its handler
+    /// runs), signalled on every arrival.
+    arrivals: Arc<(Mutex<usize>, Condvar)>,
 }
 
 impl Held {
     fn start(names: &[&str]) -> Held {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let arrivals = Arc::new((Mutex::new(0usize), Condvar::new()));
         let origins = names
             .iter()
             .map(|n| {
                 let g = gate.clone();
+                let a = arrivals.clone();
                 Origin::with_handler(n, move |rec| {
+                    *a.0.lock().unwrap() += 1;
+                    a.1.notify_all();
                     if rec.path().ends_with("/hold") {
                         let (m, cv) = &*g;
                         let open = m.lock().unwrap();
@@ -25,7 +32,11 @@ impl Held {
                 })
             })
             .collect();
-        Held { origins, gate }
+        Held {
+            origins,
+            gate,
+            arrivals,
+        }
     }
 
     fn release(&self) {
@@ -42,18 +53,15 @@ impl Held {
     }
 
     fn wait_arrived(&self, n: usize) -> BTreeMap<String, usize> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let a = self.arrived();
-            if a.values().sum::<usize>() >= n {
-                return a;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {a:?} of {n} requests arrived within 10 s"
-            );
-            thread::sleep(Duration::from_millis(2));
-        }
+        let (m, cv) = &*self.arrivals;
+        let (count, _) = cv
+            .wait_timeout_while(m.lock().unwrap(), Duration::from_secs(10), |c| *c < n)
+            .unwrap();
+        let got = *count;
+        drop(count);
+        let a = self.arrived();
+        assert!(got >= n, "only {a:?} of {n} requests arrived within 10 s");
+        a
     }
 }
 
