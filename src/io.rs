@@ -90,13 +90,27 @@ pub async fn read_more(
     dl: &mut Deadline,
     timeout: Duration,
 ) -> Result<usize, IoFail> {
+    read_more_at_most(stream, buf, dl, timeout, usize::MAX).await
+}
+
+/// [`read_more`], reading at most `max` bytes. Response heads are read this way: a pooled
+/// buffer may have grown large, and a head read into all of it would pull a large body's
+/// first part through user space (a copy in, a copy out) instead of leaving it to splice.
+pub async fn read_more_at_most(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    dl: &mut Deadline,
+    timeout: Duration,
+    max: usize,
+) -> Result<usize, IoFail> {
     if buf.len() == buf.capacity() {
         buf.reserve(buf.capacity().max(4096));
     }
     let len = buf.len();
+    let end = len.saturating_add(max.max(1)).min(buf.capacity());
     let owned = std::mem::take(buf);
     match dl
-        .within(timeout, stream.read(owned.slice_mut(len..)))
+        .within(timeout, stream.read(owned.slice_mut(len..end)))
         .await
     {
         Ok((res, slice)) => {

@@ -493,6 +493,7 @@ async fn exchange(
             .await;
             if r.is_ok() {
                 ctx.pipes.give(pipe);
+                add(&ctx.stats.spliced_bytes, len - pos as u64);
             } else {
                 ctx.pipes.discard(pipe);
             }
@@ -703,6 +704,7 @@ async fn exchange(
     };
     let relayed = if let Some((pipe, len)) = spliced {
         bump(&ctx.stats.spliced);
+        let head_read = upos;
         let r = relay_spliced(
             &upstream,
             &ubuf,
@@ -719,6 +721,7 @@ async fn exchange(
         .await;
         if r.is_ok() {
             ctx.pipes.give(pipe);
+            add(&ctx.stats.spliced_bytes, len - (upos - head_read) as u64);
         } else {
             ctx.pipes.discard(pipe);
         }

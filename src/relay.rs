@@ -10,7 +10,7 @@ use monoio::net::TcpStream;
 use crate::http::chunked::{encode_chunk_header, encode_last_chunk, ChunkedDecoder};
 use crate::http::encode::OutFraming;
 use crate::http::parse::{parse_response, BodyFraming, HeadLimits, Parsed, ResponseHead};
-use crate::io::{read_more, write_from, Deadline, IoFail};
+use crate::io::{read_more, read_more_at_most, write_from, Deadline, IoFail};
 
 /// Why a body relay stopped early.
 #[derive(Debug)]
@@ -25,6 +25,10 @@ pub enum HeadFail {
     Io(IoFail),
     Bad,
 }
+
+/// The most one read of a response head asks for: heads are small, and what follows a head
+/// in the same read is a body prefix that is copied rather than spliced.
+const HEAD_READ: usize = 16 * 1024;
 
 /// Reads the upstream's response head into `ubuf` (which may hold bytes after it), skipping
 /// interim 1xx responses. A 101 is returned only when `upgrade` (the request asked for one);
@@ -65,7 +69,7 @@ pub async fn read_response_head(
         if left.is_zero() {
             return Err(HeadFail::Io(IoFail::Timeout));
         }
-        read_more(upstream, ubuf, dl, left)
+        read_more_at_most(upstream, ubuf, dl, left, HEAD_READ)
             .await
             .map_err(HeadFail::Io)?;
         *any_byte = true;

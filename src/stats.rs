@@ -105,6 +105,8 @@ pub struct Stats {
     pub log_suppressed: Cell<u64>,
     /// Response bodies relayed with splice(2).
     pub spliced: Cell<u64>,
+    /// Body bytes that went socket → pipe → socket (the rest of those bodies was copied).
+    pub spliced_bytes: Cell<u64>,
     pub latency: RefCell<Latencies>,
 }
 
@@ -151,6 +153,7 @@ impl Stats {
             access_dropped: Cell::new(0),
             log_suppressed: Cell::new(0),
             spliced: Cell::new(0),
+            spliced_bytes: Cell::new(0),
             latency: RefCell::new(Latencies::default()),
         }
     }
@@ -265,6 +268,7 @@ impl Stats {
             access_dropped: self.access_dropped.get(),
             log_suppressed: self.log_suppressed.get(),
             spliced: self.spliced.get(),
+            spliced_bytes: self.spliced_bytes.get(),
             latency: self.latency.borrow().clone(),
         }
     }
@@ -325,6 +329,7 @@ pub struct Snapshot {
     pub access_dropped: u64,
     pub log_suppressed: u64,
     pub spliced: u64,
+    pub spliced_bytes: u64,
     pub latency: Latencies,
 }
 
@@ -380,6 +385,7 @@ impl Snapshot {
         self.access_dropped += other.access_dropped;
         self.log_suppressed += other.log_suppressed;
         self.spliced += other.spliced;
+        self.spliced_bytes += other.spliced_bytes;
         self.latency.merge(&other.latency);
     }
 }

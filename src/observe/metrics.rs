@@ -516,6 +516,14 @@ pub fn render(
         "Response bodies relayed with splice(2) (server.splice_min_bytes and up).",
     );
     let _ = writeln!(o, "edgeshard_spliced_responses_total {}", all.spliced);
+    family(
+        &mut o,
+        "edgeshard_spliced_bytes_total",
+        "counter",
+        "Body bytes moved socket to pipe to socket; a spliced body's first bytes, read with \
+         its head, are copied.",
+    );
+    let _ = writeln!(o, "edgeshard_spliced_bytes_total {}", all.spliced_bytes);
     // Latency.
     let lat = &all.latency;
     histogram(
