@@ -138,7 +138,7 @@ pub fn set_nonblocking(s: &TcpStream) -> std::io::Result<()> {
 
 /// One non-blocking splice of up to `len` bytes; `more` tells TCP that more data follows
 /// (like MSG_MORE), so it can send full segments.
-fn splice_once(from: RawFd, to: RawFd, len: usize, more: bool) -> std::io::Result<usize> {
+pub(crate) fn splice_once(from: RawFd, to: RawFd, len: usize, more: bool) -> std::io::Result<usize> {
     let more = if more { libc::SPLICE_F_MORE } else { 0 };
     // SAFETY: splice(2) between two descriptors that the callers keep alive for the call
     // (the sockets are borrowed, the pipe is owned); null offsets (sockets and pipes have
@@ -160,7 +160,7 @@ fn splice_once(from: RawFd, to: RawFd, len: usize, more: bool) -> std::io::Resul
     }
 }
 
-fn would_block(e: &std::io::Error) -> bool {
+pub(crate) fn would_block(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::WouldBlock
 }
 
