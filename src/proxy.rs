@@ -25,7 +25,7 @@ use crate::relay::{read_response_head, relay_body, BodyPlan, HeadFail, RelayErro
 use crate::respond::{breaker_open, cfg_rid_header, linger_close, respond_canned_with};
 use crate::route::{has_dot_segment, valid_authority};
 use crate::shard::{Forwarding, Pick, ShardCtx};
-use crate::splice::relay_spliced;
+use crate::splice::{relay_spliced, SplicedBody};
 use crate::stats::{add, bump};
 pub use crate::trace::record_refused;
 use crate::trace::{log_fields, request_id, RequestId, Trace};
@@ -483,7 +483,7 @@ async fn exchange(
                 &mut pos,
                 &mut upstream,
                 &mut out,
-                len,
+                SplicedBody::Length(len),
                 &pipe,
                 &mut client.deadline,
                 cfg.timeouts.client_body,
@@ -693,16 +693,20 @@ async fn exchange(
         && facts.method != Method::Head
         && !unusual_body;
     let mut written = false;
-    // Large bodies of known length go socket → pipe → socket (splice), the rest is copied.
+    // Large bodies of known length, and close-delimited ones (their length is unknown), go
+    // socket → pipe → socket (splice); the rest is copied.
     let spliced = match (in_framing, resp_framing) {
-        (BodyFraming::Length(n), OutFraming::Length(_))
-            if cfg.splice.enabled && n >= cfg.splice.min_bytes =>
-        {
-            ctx.pipes.take().map(|p| (p, n))
+        (BodyFraming::Length(n), OutFraming::Length(_)) if n >= cfg.splice.min_bytes => {
+            Some(SplicedBody::Length(n))
         }
+        (BodyFraming::UntilClose, f) => Some(SplicedBody::UntilClose {
+            chunked: f == OutFraming::Chunked,
+        }),
         _ => None,
-    };
-    let relayed = if let Some((pipe, len)) = spliced {
+    }
+    .filter(|_| cfg.splice.enabled)
+    .and_then(|body| ctx.pipes.take().map(|p| (p, body)));
+    let relayed = if let Some((pipe, body)) = spliced {
         bump(&ctx.stats.spliced);
         let head_read = upos;
         let r = relay_spliced(
@@ -711,7 +715,7 @@ async fn exchange(
             &mut upos,
             &mut client.stream,
             &mut out,
-            len,
+            body,
             &pipe,
             &mut client.deadline,
             cfg.timeouts.upstream_response,
@@ -719,9 +723,9 @@ async fn exchange(
             &mut written,
         )
         .await;
-        if r.is_ok() {
+        if let Ok(total) = r {
             ctx.pipes.give(pipe);
-            add(&ctx.stats.spliced_bytes, len - (upos - head_read) as u64);
+            add(&ctx.stats.spliced_bytes, total - (upos - head_read) as u64);
         } else {
             ctx.pipes.discard(pipe);
         }

@@ -138,7 +138,12 @@ pub fn set_nonblocking(s: &TcpStream) -> std::io::Result<()> {
 
 /// One non-blocking splice of up to `len` bytes; `more` tells TCP that more data follows
 /// (like MSG_MORE), so it can send full segments.
-pub(crate) fn splice_once(from: RawFd, to: RawFd, len: usize, more: bool) -> std::io::Result<usize> {
+pub(crate) fn splice_once(
+    from: RawFd,
+    to: RawFd,
+    len: usize,
+    more: bool,
+) -> std::io::Result<usize> {
     let more = if more { libc::SPLICE_F_MORE } else { 0 };
     // SAFETY: splice(2) between two descriptors that the callers keep alive for the call
     // (the sockets are borrowed, the pipe is owned); null offsets (sockets and pipes have
@@ -164,6 +169,28 @@ pub(crate) fn would_block(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::WouldBlock
 }
 
+/// Sends what TCP holds back after a SPLICE_F_MORE or MSG_MORE: setting `TCP_NODELAY`
+/// pushes pending frames (tcp(7)), and the proxy's sockets have it on anyway.
+pub(crate) fn push(fd: RawFd) -> std::io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt(2) reads one c_int from a live local on a descriptor the caller
+    // keeps open. Exercised by the stalled-source tests in tests/splice.rs.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Moves exactly `len` bytes from `src` to `dst` through `pipe`. On success the pipe is empty
 /// again. On error it may hold bytes: the caller must discard it. `written` is set once a
 /// byte reached `dst`.
@@ -182,6 +209,9 @@ pub async fn splice_exact(
     let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
     let mut remaining = len;
     let mut in_pipe = 0usize;
+    // The last splice into `dst` said more follows (SPLICE_F_MORE): TCP may hold a partial
+    // segment back, which must be pushed before waiting on a stalled source.
+    let mut corked = false;
     while remaining > 0 || in_pipe > 0 {
         // Fill the pipe from the source as far as it goes without blocking.
         let mut src_blocked = false;
@@ -199,10 +229,12 @@ pub async fn splice_exact(
         }
         // Drain it into the destination.
         if in_pipe > 0 {
-            match splice_once(pipe_r, dst_fd, in_pipe, remaining > 0) {
+            let more = remaining > 0 && !src_blocked;
+            match splice_once(pipe_r, dst_fd, in_pipe, more) {
                 Ok(n) => {
                     in_pipe -= n;
                     *written = true;
+                    corked = more;
                     continue;
                 }
                 Err(e) if would_block(&e) => {
@@ -216,6 +248,9 @@ pub async fn splice_exact(
             }
         }
         if src_blocked {
+            if std::mem::take(&mut corked) {
+                push(dst_fd).map_err(|e| RelayError::Write(IoFail::Io(e)))?;
+            }
             match dl.within(read_timeout, src.readable(false)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(RelayError::Read(IoFail::Io(e))),
@@ -226,9 +261,19 @@ pub async fn splice_exact(
     Ok(len)
 }
 
-/// Relays a `Content-Length` response body of `len` bytes to the client: `out` (the head)
-/// and whatever part of the body is already in `inbuf[*pos..]` are written first, the rest
-/// is spliced. On success `*pos` is just past the buffered part.
+/// A body that is spliced, by how its end is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplicedBody {
+    /// `Content-Length`, relayed as it is.
+    Length(u64),
+    /// Close-delimited (a response only): ends at the backend's EOF; re-framed as chunked
+    /// for an HTTP/1.1 client, passed on as close-delimited otherwise.
+    UntilClose { chunked: bool },
+}
+
+/// Relays a body to `dst`: `out` (the head) and whatever part of the body is already in
+/// `inbuf[*pos..]` are written first, the rest is spliced. On success `*pos` is just past
+/// the buffered part and the body's length is returned.
 #[allow(clippy::too_many_arguments)]
 pub async fn relay_spliced(
     src: &TcpStream,
@@ -236,13 +281,32 @@ pub async fn relay_spliced(
     pos: &mut usize,
     dst: &mut TcpStream,
     out: &mut Vec<u8>,
-    len: u64,
+    body: SplicedBody,
     pipe: &Pipe,
     dl: &mut Deadline,
     read_timeout: Duration,
     write_timeout: Duration,
     written: &mut bool,
 ) -> Result<u64, RelayError> {
+    let len = match body {
+        SplicedBody::Length(len) => len,
+        SplicedBody::UntilClose { chunked } => {
+            return relay_until_close(
+                src,
+                inbuf,
+                pos,
+                dst,
+                out,
+                chunked,
+                pipe,
+                dl,
+                read_timeout,
+                write_timeout,
+                written,
+            )
+            .await
+        }
+    };
     let buffered = (inbuf.len() - *pos).min(usize::try_from(len).unwrap_or(usize::MAX));
     out.extend_from_slice(&inbuf[*pos..*pos + buffered]);
     *pos += buffered;
@@ -269,6 +333,148 @@ pub async fn relay_spliced(
         .await?;
     }
     Ok(len)
+}
+
+/// Relays a close-delimited response body (a backend that ends it by closing) to the client
+/// until the backend's EOF. With `chunked` (an HTTP/1.1
+/// client, whose connection stays open) each pipe-full goes out as one chunk, its size line
+/// and CRLF written around the spliced payload, and the last chunk ends the body; otherwise
+/// the bytes go out as they are (the client's connection closes after them). Its length is
+/// unknown up front, so there is no threshold: at small sizes splicing costs about what
+/// copying does (loadtest/results, splice.md), and it wins on large ones.
+#[allow(clippy::too_many_arguments)]
+async fn relay_until_close(
+    src: &TcpStream,
+    inbuf: &[u8],
+    pos: &mut usize,
+    dst: &mut TcpStream,
+    out: &mut Vec<u8>,
+    chunked: bool,
+    pipe: &Pipe,
+    dl: &mut Deadline,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    written: &mut bool,
+) -> Result<u64, RelayError> {
+    let buffered = &inbuf[*pos..];
+    if chunked && !buffered.is_empty() {
+        push_chunk_size(out, buffered.len());
+        out.extend_from_slice(buffered);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(buffered);
+    }
+    let mut total = buffered.len() as u64;
+    *pos = inbuf.len();
+    let n = out.len();
+    *written = true;
+    crate::io::write_from(dst, out, 0, n, dl, write_timeout)
+        .await
+        .map_err(RelayError::Write)?;
+    out.clear();
+    set_nonblocking(src).map_err(|e| RelayError::Read(IoFail::Io(e)))?;
+    set_nonblocking(dst).map_err(|e| RelayError::Write(IoFail::Io(e)))?;
+    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
+    let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
+    let mut in_pipe = 0usize;
+    let mut eof = false;
+    loop {
+        // Fill the pipe as far as the backend's bytes go without blocking.
+        let mut src_blocked = false;
+        if !eof && in_pipe < pipe.size {
+            match splice_once(src_fd, pipe_w, pipe.size - in_pipe, false) {
+                Ok(0) => eof = true,
+                Ok(n) => in_pipe += n,
+                Err(e) if would_block(&e) => src_blocked = true,
+                Err(e) => return Err(RelayError::Read(IoFail::Io(e))),
+            }
+        }
+        if in_pipe > 0 {
+            // One chunk: what the pipe holds now.
+            let len = in_pipe;
+            if chunked {
+                out.clear();
+                push_chunk_size(out, len);
+                send_all(dst, out, true, dl, write_timeout).await?;
+            }
+            let mut left = len;
+            while left > 0 {
+                // In chunked framing the CRLF follows at once; it goes without MSG_MORE, so
+                // every chunk is pushed whole, however long the backend then pauses.
+                match splice_once(pipe_r, dst_fd, left, chunked) {
+                    Ok(n) => left -= n,
+                    Err(e) if would_block(&e) => {
+                        match dl.within(write_timeout, dst.writable(false)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => return Err(RelayError::Write(IoFail::Io(e))),
+                            Err(_) => return Err(RelayError::Write(IoFail::Timeout)),
+                        }
+                    }
+                    Err(e) => return Err(RelayError::Write(IoFail::Io(e))),
+                }
+            }
+            in_pipe = 0;
+            total += len as u64;
+            if chunked {
+                send_all(dst, b"\r\n", false, dl, write_timeout).await?;
+            }
+            continue;
+        }
+        if eof {
+            break;
+        }
+        if src_blocked {
+            match dl.within(read_timeout, src.readable(false)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(RelayError::Read(IoFail::Io(e))),
+                Err(_) => return Err(RelayError::Read(IoFail::Timeout)),
+            }
+        }
+    }
+    if chunked {
+        send_all(dst, b"0\r\n\r\n", false, dl, write_timeout).await?;
+    }
+    out.clear();
+    Ok(total)
+}
+
+/// Appends a chunk-size line for `len` payload bytes.
+fn push_chunk_size(out: &mut Vec<u8>, len: usize) {
+    use std::io::Write;
+    let _ = write!(out, "{len:x}\r\n");
+}
+
+/// Writes `bytes` to the non-blocking socket `dst` completely, waiting for writability;
+/// `more` (MSG_MORE) lets TCP hold a small piece back for the payload that follows.
+async fn send_all(
+    dst: &TcpStream,
+    bytes: &[u8],
+    more: bool,
+    dl: &mut Deadline,
+    timeout: Duration,
+) -> Result<(), RelayError> {
+    let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
+    let mut at = 0;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        // SAFETY: send(2) reads `rest.len()` bytes from a live slice on a descriptor `dst`
+        // keeps open for the call. Exercised by the chunked until-close tests below.
+        let n = unsafe { libc::send(dst.as_raw_fd(), rest.as_ptr().cast(), rest.len(), flags) };
+        if n >= 0 {
+            at += n as usize;
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        if !would_block(&e) {
+            return Err(RelayError::Write(IoFail::Io(e)));
+        }
+        match dl.within(timeout, dst.writable(false)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(RelayError::Write(IoFail::Io(e))),
+            Err(_) => return Err(RelayError::Write(IoFail::Timeout)),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -313,7 +519,7 @@ mod tests {
                         &mut pos,
                         &mut dst,
                         &mut out,
-                        len,
+                        SplicedBody::Length(len),
                         &pipe,
                         &mut dl,
                         Duration::from_secs(10),
@@ -389,7 +595,7 @@ mod tests {
                 &mut pos,
                 &mut dst,
                 &mut out,
-                5000,
+                SplicedBody::Length(5000),
                 &pipe,
                 &mut dl,
                 Duration::from_secs(5),

@@ -82,7 +82,11 @@ fn read_response(s: &mut TcpStream, want: usize) -> (usize, Vec<u8>) {
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break p + 4;
         }
-        let n = s.read(&mut chunk).unwrap();
+        let n = match s.read(&mut chunk) {
+            // A blocking read with a timeout returns EINTR when interrupted (sock_intr_errno)
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.unwrap(),
+        };
         assert!(n > 0, "closed before the head");
         buf.extend_from_slice(&chunk[..n]);
     };
@@ -97,6 +101,7 @@ fn read_response(s: &mut TcpStream, want: usize) -> (usize, Vec<u8>) {
     let mut body = buf[head_end..].to_vec();
     while body.len() < want {
         match s.read(&mut chunk) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Ok(0) | Err(_) => break,
             Ok(n) => body.extend_from_slice(&chunk[..n]),
         }
