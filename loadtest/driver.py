@@ -45,6 +45,7 @@ CELLS = {
     "get1m":     dict(conns=50,  path="/static/1m.bin", desc="keep-alive GET 1 MiB file, 50 conns"),
     "get16k":    dict(conns=50,  path="/static/16k.bin", desc="keep-alive GET 16 KiB file, 50 conns"),
     "get256k":   dict(conns=50,  path="/static/256k.bin", desc="keep-alive GET 256 KiB file, 50 conns"),
+    "get1m_chunked": dict(conns=50, path="/chunked/1m.bin", desc="keep-alive GET 1 MiB, chunked by the origin, 50 conns"),
     "hosts1000": dict(conns=50,  path="/", headers=["Host: " + HOST_PICK], variant="hosts",
                       desc="1,000 host routes, Host of the 500th, keep-alive GET, 50 conns"),
     "idle10k":   dict(idle=True, desc="10,000 idle keep-alive client connections: proxy RSS per connection"),
@@ -52,7 +53,7 @@ CELLS = {
                       desc="open loop (rategen): keep-alive GET, small body, at fixed fractions of nginx's max req/s"),
 }
 # get16k and get256k exist for the splice threshold measurement (splice.sh), not the matrix
-DEFAULT_CELLS = [c for c in CELLS if c not in ("get16k", "get256k")]
+DEFAULT_CELLS = [c for c in CELLS if c not in ("get16k", "get256k", "get1m_chunked")]
 # the rate cell writes one row per load level, cell = "rate<pct>" (rate50, rate80 by default)
 RATE_CELL_RX = re.compile(r"^rate(\d+)$")
 
@@ -395,13 +396,17 @@ def start_proxy(cfg, target, variant, extra_prefix=None, single_process=False):
     pre = ["taskset", "-c", cpus_str(cfg.proxy_cpus)] + (extra_prefix or [])
     port = cfg.ports[target]
     if target == "edgeshard":
-        conf = os.path.join(cfg.tmp, "edgeshard-%s.toml" % variant)
+        # "variant@/path/to/edgeshard" runs another build (an A/B of two commits)
+        variant, _, binary = variant.partition("@")
+        binary = binary or cfg.edgeshard
+        tag = re.sub(r"[^\w.=:,-]", "_", variant + ("@" + binary if binary != cfg.edgeshard else ""))
+        conf = os.path.join(cfg.tmp, "edgeshard-%s.toml" % tag)
         with open(conf, "w") as f:
             f.write(edgeshard_conf(cfg, variant))
-        chk = run_cmd([cfg.edgeshard, "check", "--config", conf], timeout=30)
-        argv = pre + [cfg.edgeshard, "run", "--config", conf, "--cpus", cpus_str(cfg.proxy_cpus),
+        chk = run_cmd([binary, "check", "--config", conf], timeout=30)
+        argv = pre + [binary, "run", "--config", conf, "--cpus", cpus_str(cfg.proxy_cpus),
                       "--shards", str(cfg.shards), "--io-engine", cfg.io_engine]
-        p = Proc("edgeshard", argv, os.path.join(cfg.tmp, "edgeshard-%s.out" % variant))
+        p = Proc("edgeshard", argv, os.path.join(cfg.tmp, "edgeshard-%s.out" % tag))
         m = wait_line(p, r"^edgeshard: ready shards=(\d+) engine=(\w+)", cfg.ready_timeout)
         if not m:
             out = p.output()
@@ -1382,14 +1387,23 @@ def cmd_logging(a):
     print("\n".join(out))
 
 
-def cmd_splice(a):
-    """Copy vs splice per body size: edgeshard with `splice = "off"` and with every
-    Content-Length body spliced (`splice_min_bytes = 0`), and nginx, on GETs of 16 KiB to
-    1 MiB files; order rotating per repetition; CPU-us per request and req/s."""
-    cfg = base_cfg(a)
-    cells = [c for c in a.cells.split(",") if c]
-    rows = []
-    procs = {}
+CC_SYSCTL = "/proc/sys/net/ipv4/tcp_congestion_control"
+
+
+def set_host_cc(cc):
+    """Sets the host's default TCP congestion control (new sockets); returns the old one."""
+    old = read(CC_SYSCTL).strip()
+    if cc and cc != old:
+        with open(CC_SYSCTL, "w") as f:
+            f.write(cc)
+        log("host tcp_congestion_control: %s -> %s" % (old, cc))
+    return old
+
+
+def splice_matrix(a, cfg, cells, cc):
+    """One pass of every cell over every variant with fresh processes (their sockets take
+    the host's congestion control as it is now); returns the rows."""
+    rows, procs = [], {}
     try:
         origin = start_origin(cfg)
         base = cfg.ports["edgeshard"]
@@ -1412,15 +1426,35 @@ def cmd_splice(a):
                     p, port, engine = procs[v]
                     target = "nginx" if v == "nginx" else "edgeshard"
                     row = measured_run(cfg, cell, target, rep, port, p, origin, a.duration, engine)
-                    row.update(variant=v)
+                    row.update(variant=v, host_cc=cc)
                     rows.append(row)
-            # how many pipes / io-wq workers the splice variant ended up with
     finally:
         stop_all()
+    return rows, names
+
+
+def cmd_splice(a):
+    """Copy vs splice per body size: edgeshard with `splice = "off"` and with every
+    Content-Length body spliced (`splice_min_bytes = 0`), and nginx, on GETs of 16 KiB to
+    1 MiB files; order rotating per repetition; CPU-us per request and req/s. With
+    --host-cc, the whole matrix runs once per host congestion control (sysctl, restored at
+    the end): it is a host setting both proxies get, and it changes what a large send costs."""
+    cfg = base_cfg(a)
+    cells = [c for c in a.cells.split(",") if c]
+    ccs = [c for c in (a.host_cc or "").split(",") if c] or [read(CC_SYSCTL).strip()]
+    rows, names = [], []
+    original = read(CC_SYSCTL).strip()
+    try:
+        for cc in ccs:
+            set_host_cc(cc)
+            r, names = splice_matrix(a, cfg, cells, cc)
+            rows += r
+    finally:
+        set_host_cc(original)
         shutil.rmtree(cfg.tmp, ignore_errors=True)
-    fields = ["cell", "variant", "rep", "requests", "rps", "cpu_us_per_req", "lat_p50_us", "lat_p99_us",
-              "non2xx", "err_connect", "err_read", "err_write", "err_timeout", "engine"]
-    with open(os.path.join(a.out, "splice.csv"), "w", newline="") as f:
+    fields = ["host_cc", "cell", "variant", "rep", "requests", "rps", "cpu_us_per_req", "lat_p50_us",
+              "lat_p99_us", "non2xx", "err_connect", "err_read", "err_write", "err_timeout", "engine"]
+    with open(os.path.join(a.out, a.name + ".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
@@ -1428,22 +1462,26 @@ def cmd_splice(a):
            "%d shard(s) / nginx worker(s) on CPUs %s, wrk on CPUs %s, %d x %d s per variant and cell, "
            "order rotating; medians. `copy` = edgeshard with `splice = \"off\"`, `splice` = edgeshard "
            "splicing every Content-Length body (`splice_min_bytes = 0`)." % (
-               cfg.shards, cpus_str(cfg.proxy_cpus), cpus_str(cfg.client_cpus), a.reps, a.duration), "",
-           "| cell | variant | req/s | CPU-us/req | vs nginx CPU | vs copy CPU | p99 us | errors |",
-           "|---|---|---|---|---|---|---|---|"]
-    for cell in cells:
-        med_of = lambda v, key: med([fnum(r[key]) for r in rows if r["cell"] == cell and r["variant"] == v])
-        ng = med_of("nginx", "cpu_us_per_req") if "nginx" in procs else None
-        cp = med_of("splice-off", "cpu_us_per_req")
-        for v in procs:
-            rs = [r for r in rows if r["cell"] == cell and r["variant"] == v]
-            cpu = med_of(v, "cpu_us_per_req")
-            errs = sum(int(r.get(k) or 0) for r in rs for k in ("non2xx", "err_connect", "err_read", "err_write", "err_timeout"))
-            out.append("| %s | %s | %s | %s | %s | %s | %s | %d |" % (
-                cell, {"splice-off": "copy", "splice-all": "splice"}.get(v, v), fmt(med_of(v, "rps")),
-                fmt(cpu, 1), fmt(cpu / ng if cpu and ng else None, 3), fmt(cpu / cp if cpu and cp else None, 3),
-                fmt(med_of(v, "lat_p99_us")), errs))
-    with open(os.path.join(a.out, "splice.md"), "w") as f:
+               cfg.shards, cpus_str(cfg.proxy_cpus), cpus_str(cfg.client_cpus), a.reps, a.duration)]
+    for cc in ccs:
+        out += ["", "Host congestion control: `%s` (net.ipv4.tcp_congestion_control, for every process)" % cc, "",
+                "| cell | variant | req/s | CPU-us/req | vs nginx CPU | vs copy CPU | p99 us | errors |",
+                "|---|---|---|---|---|---|---|---|"]
+        for cell in cells:
+            sel = [r for r in rows if r["cell"] == cell and r["host_cc"] == cc]
+            med_of = lambda v, key: med([fnum(r[key]) for r in sel if r["variant"] == v])
+            ng = med_of("nginx", "cpu_us_per_req") if "nginx" in names else None
+            cp = med_of("splice-off", "cpu_us_per_req") if "splice-off" in names else None
+            for v in names:
+                rs = [r for r in sel if r["variant"] == v]
+                cpu = med_of(v, "cpu_us_per_req")
+                errs = sum(int(r.get(k) or 0) for r in rs
+                           for k in ("non2xx", "err_connect", "err_read", "err_write", "err_timeout"))
+                out.append("| %s | %s | %s | %s | %s | %s | %s | %d |" % (
+                    cell, {"splice-off": "copy", "splice-all": "splice"}.get(v, v), fmt(med_of(v, "rps")),
+                    fmt(cpu, 1), fmt(cpu / ng if cpu and ng else None, 3), fmt(cpu / cp if cpu and cp else None, 3),
+                    fmt(med_of(v, "lat_p99_us")), errs))
+    with open(os.path.join(a.out, a.name + ".md"), "w") as f:
         f.write("\n".join(out) + "\n")
     print("\n".join(out))
 
@@ -1571,6 +1609,9 @@ def main():
     sp.add_argument("--duration", type=int, default=8)
     sp.add_argument("--warmup", type=int, default=2)
     sp.add_argument("--cells", default="get16k,get64k,get256k,get1m")
+    sp.add_argument("--host-cc", default="",
+                    help="comma list of host congestion controls to run the matrix under (sysctl; root)")
+    sp.add_argument("--name", default="splice", help="output file stem in --out")
     sp.add_argument("--variants", default="splice-off,splice-all",
                     help="edgeshard variants; base[:key=value,...] adds [server] keys")
     sp.add_argument("--targets", default="edgeshard,nginx")

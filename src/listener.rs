@@ -17,11 +17,20 @@ pub enum ListenError {
     NotAvailable { addr: SocketAddr },
     #[error("cannot listen on {addr}: {source}")]
     Other { addr: SocketAddr, source: io::Error },
+    #[error("cannot use TCP congestion control {name:?} (server.client_congestion) on {addr}: {source}; an unprivileged process may use only those in net.ipv4.tcp_allowed_congestion_control")]
+    Congestion {
+        addr: SocketAddr,
+        name: String,
+        source: io::Error,
+    },
 }
 
 const BACKLOG: i32 = 4096;
 
-fn bind_one(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
+fn bind_one(
+    addr: SocketAddr,
+    congestion: Option<&str>,
+) -> Result<std::net::TcpListener, ListenError> {
     let map = |e: io::Error| match e.kind() {
         io::ErrorKind::AddrInUse => ListenError::InUse { addr },
         io::ErrorKind::PermissionDenied => ListenError::Denied { addr },
@@ -34,6 +43,16 @@ fn bind_one(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
     socket.set_reuse_port(true).map_err(map)?;
     socket.set_tcp_nodelay(true).map_err(map)?;
     socket.set_nonblocking(true).map_err(map)?;
+    if let Some(name) = congestion {
+        // Accepted connections inherit an algorithm set on their listener.
+        socket
+            .set_tcp_congestion(name.as_bytes())
+            .map_err(|source| ListenError::Congestion {
+                addr,
+                name: name.to_string(),
+                source,
+            })?;
+    }
     socket.bind(&addr.into()).map_err(map)?;
     socket.listen(BACKLOG).map_err(map)?;
     Ok(socket.into())
@@ -44,11 +63,12 @@ fn bind_one(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
 pub fn bind_all(
     addrs: &[SocketAddr],
     shards: usize,
+    congestion: Option<&str>,
 ) -> Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>), ListenError> {
     let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for &addr in addrs {
-        let first = bind_one(addr)?;
+        let first = bind_one(addr, congestion)?;
         let real = first
             .local_addr()
             .map_err(|e| ListenError::Other { addr, source: e })?;
@@ -56,9 +76,30 @@ pub fn bind_all(
         // would be shared silently; a fresh port 0 bind never collides.
         per_shard[0].push(first);
         for sockets in per_shard.iter_mut().skip(1) {
-            sockets.push(bind_one(real)?);
+            sockets.push(bind_one(real, congestion)?);
         }
         bound.push(real);
     }
     Ok((per_shard, bound))
+}
+
+/// Sets the TCP congestion control of a connected socket (`server.upstream_congestion`).
+pub fn set_congestion(fd: std::os::fd::RawFd, name: &str) -> io::Result<()> {
+    // SAFETY: setsockopt(2) reads `name.len()` bytes from a live &str on a descriptor the
+    // caller keeps open; the kernel copies at most TCP_CA_NAME_MAX bytes. Exercised by
+    // tests/congestion.rs (upstream connections with reno).
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }

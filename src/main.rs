@@ -325,7 +325,11 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     };
     let engine = resolve_engine(requested)?;
     let cpus = choose_cpus(placement)?;
-    let (sockets, bound) = edgeshard::listener::bind_all(&config.listeners, cpus.len())?;
+    let (sockets, bound) = edgeshard::listener::bind_all(
+        &config.listeners,
+        cpus.len(),
+        config.congestion.client.as_deref(),
+    )?;
     let admin_listener = match &config.admin {
         None => None,
         Some(a) => Some(std::net::TcpListener::bind(a.address).with_context(|| {

@@ -369,6 +369,14 @@ impl ShardCtx {
                 self.stats
                     .record_connect(started.elapsed().as_micros() as u64);
                 let _ = s.set_nodelay(true);
+                if let Some(name) = &self.shared.config.congestion.upstream {
+                    // Validated at start-up; a refusal now leaves the host's default.
+                    if let Err(e) =
+                        crate::listener::set_congestion(std::os::fd::AsRawFd::as_raw_fd(&s), name)
+                    {
+                        tracing::debug!(shard = self.id, error = %e, "upstream_congestion");
+                    }
+                }
                 Ok(s)
             }
             Ok(Err(e)) => Err(e),

@@ -7,6 +7,7 @@ mod support;
 mod balancing;
 mod bodies;
 mod check;
+mod congestion;
 mod framing;
 mod headers;
 mod keepalive;

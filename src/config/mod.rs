@@ -156,6 +156,7 @@ pub struct Config {
     pub io_engine: IoEngine,
     pub shutdown_timeout: Duration,
     pub splice: SpliceConfig,
+    pub congestion: Congestion,
     pub listeners: Vec<SocketAddr>,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
@@ -171,10 +172,12 @@ pub struct Config {
 pub const SPLICE_MIN_BYTES: u64 = 256 * 1024;
 
 mod balancing;
+mod congestion;
 mod observe;
 mod raw;
 mod resilience;
 
+pub use congestion::Congestion;
 pub use observe::{
     AccessFormat, AccessLogConfig, AccessTarget, AdminConfig, IpNet, LogConfig, RequestIdConfig,
 };
@@ -262,6 +265,18 @@ impl Config {
             server.shutdown_timeout.as_ref(),
             Duration::from_secs(30),
         );
+        let congestion = Congestion {
+            client: congestion::validate(
+                &mut c,
+                "server.client_congestion",
+                server.client_congestion.as_ref(),
+            ),
+            upstream: congestion::validate(
+                &mut c,
+                "server.upstream_congestion",
+                server.upstream_congestion.as_ref(),
+            ),
+        };
         let splice = SpliceConfig {
             enabled: match server.splice.as_deref() {
                 None | Some("auto") => true,
@@ -597,6 +612,7 @@ impl Config {
             io_engine,
             shutdown_timeout,
             splice,
+            congestion,
             listeners,
             routes,
             upstreams,

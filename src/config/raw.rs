@@ -19,6 +19,8 @@ pub(super) struct RawServer {
     pub(super) splice_min_bytes: Option<Size>,
     pub(super) splice_pipe_bytes: Option<Size>,
     pub(super) splice_max_pipes: Option<usize>,
+    pub(super) client_congestion: Option<String>,
+    pub(super) upstream_congestion: Option<String>,
 }
 
 #[derive(Deserialize)]
