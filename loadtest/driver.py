@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -341,6 +342,8 @@ def edgeshard_conf(cfg, variant):
         'backends = [{ address = "127.0.0.1:%d", weight = 1 }]' % cfg.ports["origin"],
         "max_idle_per_backend = %d" % cfg.keepalive, 'idle_timeout = "120s"', "",
     ]
+    if cfg.__dict__.get("admin_port"):
+        lines += ["[admin]", 'address = "127.0.0.1:%d"' % cfg.admin_port, ""]
     if variant.startswith("log-"):
         # access log on, to a file in the run's temp dir (the logging cell)
         lines += ["[log]", 'access = "%s"' % os.path.join(cfg.tmp, "access-%s.log" % variant),
@@ -455,11 +458,11 @@ def start_proxy(cfg, target, variant, extra_prefix=None, single_process=False):
 # ----------------------------------------------------------------------------------------
 # one wrk run
 
-def wrk(cfg, port, cell, duration):
+def wrk(cfg, port, cell, duration, timeout_s=5):
     c = CELLS[cell]
     threads = max(1, min(len(cfg.client_cpus), c["conns"]))
     argv = ["taskset", "-c", cpus_str(cfg.client_cpus), cfg.wrk, "-t", str(threads), "-c", str(c["conns"]),
-            "-d", "%ds" % duration, "--timeout", "5s", "--latency", "-s", os.path.join(HERE, "bench.lua")]
+            "-d", "%ds" % duration, "--timeout", "%ds" % timeout_s, "--latency", "-s", os.path.join(HERE, "bench.lua")]
     for h in c.get("headers", []):
         argv += ["-H", h]
     argv.append("http://127.0.0.1:%d%s" % (port, c["path"]))
@@ -1486,6 +1489,100 @@ def cmd_splice(a):
     print("\n".join(out))
 
 
+def proc_sample(pid):
+    """Threads (and how many are io_uring workers) and socket / pipe descriptors of `pid`."""
+    threads = iou = sockets = pipes = 0
+    for t in os.listdir("/proc/%d/task" % pid):
+        threads += 1
+        if read("/proc/%d/task/%s/comm" % (pid, t)).startswith("iou-wrk"):
+            iou += 1
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        sockets += target.startswith("socket:")
+        pipes += target.startswith("pipe:")
+    return threads, iou, sockets, pipes
+
+
+def cmd_iowq(a):
+    """Kernel worker threads under many concurrent spliced transfers (issue 7): wrk keeps
+    --conns keep-alive GETs of a 1 MiB file in flight through one io_uring shard that splices
+    every body (a pipe per transfer); threads, iou-wrk threads, sockets and pipes of the proxy
+    are sampled every second."""
+    import resource
+    # a spliced transfer holds 4 descriptors in the proxy: client, upstream, two pipe ends
+    want = a.conns * 4 + 1024
+    note = ""
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    except (ValueError, OSError) as e:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        capped = (hard - 1024) // 4
+        note = ("%d transfers need %d descriptors in the proxy; this host's RLIMIT_NOFILE hard limit is %d "
+                "and cannot be raised here (%s), so the run used %d." % (a.conns, want, hard, e, capped))
+        log(note)
+        a.conns = capped
+    cfg = base_cfg(a)
+    cfg.keepalive = a.conns + 1024
+    cfg.io_engine = "uring"
+    cfg.admin_port = a.base_port + 9
+    CELLS["many"] = dict(conns=a.conns, path="/static/%s" % a.file, desc="%d concurrent GETs" % a.conns)
+    samples = []
+    try:
+        start_origin(cfg)
+        variant = "splice-all:splice_max_pipes=%d,splice_pipe_bytes=65536" % (a.conns + 1024)
+        p, engine = start_proxy(cfg, "edgeshard", variant)
+        pid = p.pids()[0]
+        res = {}
+        t = threading.Thread(target=lambda: res.update(r=wrk(cfg, cfg.ports["edgeshard"], "many", a.duration, a.wrk_timeout)))
+        t.start()
+        t0 = time.monotonic()
+        while t.is_alive() and time.monotonic() - t0 < a.duration + 40:
+            samples.append((round(time.monotonic() - t0), ) + proc_sample(pid))
+            time.sleep(1)
+        t.join()
+        r, out = res.get("r", (None, ""))
+        # what the proxy answered by itself (anything but relayed responses), from /metrics
+        try:
+            import urllib.request
+            text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % cfg.admin_port, timeout=10).read().decode()
+            generated = [l for l in text.splitlines() if l.startswith(("edgeshard_responses_generated_total",
+                                                                        "edgeshard_client_aborts_total",
+                                                                        "edgeshard_upstream_aborts_total",
+                                                                        "edgeshard_spliced_responses_total"))]
+        except Exception as e:
+            generated = ["(metrics unavailable: %s)" % e]
+        proxy_log = p.output()[-3000:]
+        origin_log = read(os.path.join(cfg.tmp, "origin-error.log"))[-2000:]
+    finally:
+        stop_all()
+        shutil.rmtree(cfg.tmp, ignore_errors=True)
+    print("--- proxy output (tail)\n" + proxy_log + "\n--- origin error log (tail)\n" + origin_log)
+    peak = lambda i: max(x[i] for x in samples) if samples else None
+    lines = ["# io-wq threads under %d concurrent spliced transfers" % a.conns, "",
+             "edgeshard, 1 shard, engine %s, on CPU %s; `splice_min_bytes = 0`, `splice_pipe_bytes = 64KiB`, "
+             "`splice_max_pipes = %d` (a pipe for every transfer); wrk -c %d -t 1 on CPU %s, GET /static/%s "
+             "for %d s. Sampled every second from /proc." % (
+                 engine, cpus_str(cfg.proxy_cpus), a.conns + 1024, a.conns, cpus_str(cfg.client_cpus),
+                 a.file, a.duration) + ((" " + note) if note else ""), "",
+             "| t s | threads | iou-wrk threads | sockets | pipe fds |", "|---|---|---|---|---|"]
+    lines += ["| %d | %d | %d | %d | %d |" % x for x in samples]
+    lines += ["", "Proxy counters at the end:", "", "```"] + generated + ["```"]
+    lines += ["", "Peak: %s threads, **%s iou-wrk threads**, %s sockets (client + upstream), %s pipe fds "
+              "(two per pipe). wrk: %s requests, %s errors (connect %s, read %s, write %s, timeout %s)." % (
+                  peak(1), peak(2), peak(3), peak(4),
+                  int(r["requests"]) if r else "-",
+                  int(sum(r[k] for k in ("err_connect", "err_read", "err_write", "err_timeout", "err_status"))) if r else "-",
+                  *(int(r[k]) if r else "-" for k in ("err_connect", "err_read", "err_write", "err_timeout")))]
+    with open(os.path.join(a.out, "iowq.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if not r:
+        print(out[-2000:])
+
+
 def callgrind_total(path):
     total = 0
     found = False
@@ -1616,6 +1713,13 @@ def main():
                     help="edgeshard variants; base[:key=value,...] adds [server] keys")
     sp.add_argument("--targets", default="edgeshard,nginx")
 
+    iw = sub.add_parser("iowq", help="io-wq threads under many concurrent spliced transfers")
+    common(iw)
+    iw.add_argument("--conns", type=int, default=10000)
+    iw.add_argument("--duration", type=int, default=20)
+    iw.add_argument("--file", default="1m.bin")
+    iw.add_argument("--wrk-timeout", type=int, default=60)
+
     lg = sub.add_parser("logging")
     common(lg)
     lg.add_argument("--reps", type=int, default=3)
@@ -1640,6 +1744,8 @@ def main():
             cmd_logging(a)
         elif a.cmd == "splice":
             cmd_splice(a)
+        elif a.cmd == "iowq":
+            cmd_iowq(a)
     except KeyboardInterrupt as e:
         log("interrupted (%s); stopping everything" % e)
         stop_all()
