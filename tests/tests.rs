@@ -22,4 +22,5 @@ mod robustness;
 mod routing;
 mod shutdown;
 mod splice;
+mod tunnel;
 mod upgrade;
