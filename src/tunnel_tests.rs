@@ -1,6 +1,7 @@
 //! Unit tests of the tunnel's pumps on real socket pairs, on both drivers: bulk both ways at
 //! once (spliced, and copied with `splice = "off"`) with half-closes passed on, and small
-//! messages after a bulk phase (back to copy mode, every pipe back in the pool).
+//! messages after a bulk phase (back to copy mode, every pipe back in the pool), and a tunnel
+//! closed by the idle watchdog in the middle of a burst (its pipe discarded, not leaked).
 
 use super::*;
 use std::io::{Read, Write};
@@ -15,8 +16,12 @@ use crate::config::Config;
 use crate::shard::Shared;
 
 fn ctx(server: &str) -> ShardCtx {
+    ctx_idle(server, "20s")
+}
+
+fn ctx_idle(server: &str, idle: &str) -> ShardCtx {
     let text = format!(
-        "[server]\n{server}\n[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n[timeouts]\ntunnel_idle = \"20s\"\n"
+        "[server]\n{server}\n[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n[timeouts]\ntunnel_idle = \"{idle}\"\n"
     );
     let shared = Arc::new(Shared::new(
         Config::parse(&text, Path::new("t.toml")).unwrap(),
@@ -135,5 +140,49 @@ fn small_pieces_stay_copied() {
         let c = ctx("");
         // 100-byte writes: a read may gather a few, rarely a full 16 KiB buffer.
         tunnel(block, &c, 200_000, 50_000, 100);
+    });
+}
+
+#[test]
+fn idle_close_in_the_middle_of_a_burst_discards_the_pipe() {
+    on_both_drivers(|block| {
+        let c = ctx_idle("", "300ms");
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        // The client end never reads; it holds its socket until the tunnel is over.
+        let (done, hold) = std::sync::mpsc::channel::<()>();
+        let client_end = thread::spawn(move || {
+            let (s, _) = a.accept().unwrap();
+            let _ = hold.recv_timeout(Duration::from_secs(20));
+            drop(s);
+        });
+        // The backend end streams until the tunnel is gone.
+        let backend_end = thread::spawn(move || {
+            let (mut s, _) = b.accept().unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+            let data = vec![7u8; 1 << 20];
+            while s.write_all(&data).is_ok() {}
+        });
+        let started = Instant::now();
+        block(Box::pin(async {
+            let client = TcpStream::connect_addr(aa).await.unwrap();
+            let upstream = TcpStream::connect_addr(ba).await.unwrap();
+            let up = Upgraded {
+                upstream,
+                backend: 0,
+                early: Vec::new(),
+            };
+            run(&c, client, Vec::new(), up).await;
+        }));
+        let took = started.elapsed();
+        done.send(()).unwrap();
+        client_end.join().unwrap();
+        backend_end.join().unwrap();
+        assert!(took < Duration::from_secs(10), "{took:?}");
+        // The burst was waiting for the client with bytes in its pipe: the watchdog dropped
+        // it, and the pipe was closed rather than kept or lost from the count.
+        assert!(c.stats.spliced_bytes.get() > 0, "no burst happened");
+        assert_eq!(c.pipes.live(), 0);
     });
 }
