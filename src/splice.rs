@@ -53,6 +53,11 @@ impl Pipe {
     pub fn size(&self) -> usize {
         self.size
     }
+
+    /// The read end and the write end, for `splice_once`.
+    pub(crate) fn fds(&self) -> (RawFd, RawFd) {
+        (self.read.as_raw_fd(), self.write.as_raw_fd())
+    }
 }
 
 /// Per-shard pool of pipes: at most `max` exist at once (in use or idle).
@@ -114,6 +119,47 @@ impl PipePool {
 
     pub fn live(&self) -> usize {
         self.live.get()
+    }
+
+    /// A pipe on loan, for transfers that may be cancelled mid-way (a future dropped by a
+    /// timeout): see [`PipeLoan`].
+    pub fn lend(&self) -> Option<PipeLoan<'_>> {
+        self.take().map(|p| PipeLoan {
+            pool: self,
+            pipe: Some(p),
+        })
+    }
+}
+
+/// A pipe taken from a [`PipePool`]: [`PipeLoan::give_back`] returns it once empty; dropped
+/// any other way (an error, or the future holding it dropped) it is discarded, since it may
+/// hold bytes, and the pool's count stays right.
+#[derive(Debug)]
+pub struct PipeLoan<'a> {
+    pool: &'a PipePool,
+    pipe: Option<Pipe>,
+}
+
+impl PipeLoan<'_> {
+    pub fn pipe(&self) -> &Pipe {
+        self.pipe
+            .as_ref()
+            .expect("a loan holds its pipe until it ends")
+    }
+
+    /// Returns the pipe, which must be empty, to the pool for reuse.
+    pub fn give_back(mut self) {
+        if let Some(p) = self.pipe.take() {
+            self.pool.give(p);
+        }
+    }
+}
+
+impl Drop for PipeLoan<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.pipe.take() {
+            self.pool.discard(p);
+        }
     }
 }
 
@@ -559,6 +605,23 @@ mod tests {
                 rt.block_on(f)
             }
         });
+    }
+
+    #[test]
+    fn a_loan_dropped_unreturned_is_discarded() {
+        let pool = PipePool::new(2, 65536);
+        let a = pool.lend().unwrap();
+        let b = pool.lend().unwrap();
+        assert!(pool.lend().is_none(), "bounded by max");
+        a.give_back();
+        assert_eq!(pool.live(), 2);
+        // Dropped (an error, or its future cancelled): closed, and the count goes down.
+        drop(b);
+        assert_eq!(pool.live(), 1);
+        let (c, d) = (pool.lend().unwrap(), pool.lend().unwrap());
+        assert_eq!(pool.live(), 2);
+        drop((c, d));
+        assert_eq!(pool.live(), 0);
     }
 
     #[test]

@@ -1,23 +1,46 @@
 //! Stage 6 of the pipeline, *forward*, for upgraded connections (WebSocket and other
 //! `Upgrade` protocols): after the backend answered `101 Switching Protocols` (never before:
-//! a declined upgrade keeps HTTP framing), bytes are copied both ways until both sides have
-//! closed. A half-close is passed on (`shutdown(SHUT_WR)` on the other side), and a tunnel
+//! a declined upgrade keeps HTTP framing), bytes move both ways until both sides have
+//! closed. A half-close is passed on (`shutdown(SHUT_WR)` on the other side), an error on
+//! either side shuts both sockets down (so the other direction ends at once), and a tunnel
 //! with no byte in either direction for `timeouts.tunnel_idle` is closed.
+//!
+//! Each direction is one `pump` with two modes:
+//! - **copy** (where every tunnel starts): a non-blocking `recv` into a 16 KiB buffer, then
+//!   `send` until all of it is out. Small messages (most WebSocket traffic) stay here: below
+//!   ~64-256 KiB per piece, splicing costs more than copying (`loadtest/splice.sh`).
+//! - **splice**: when one read fills the whole buffer (the sign of bulk) and the shard's
+//!   `PipePool` lends a pipe, the direction moves what the source has *now* socket → pipe →
+//!   socket with non-blocking `splice(2)` (a *burst*: it waits only for the destination's
+//!   writability, never for the source). The pipe goes back to the pool at the end of every
+//!   burst, empty, so an idle tunnel holds no pipe. The direction stays in splice mode, waiting
+//!   for readability and borrowing a pipe again, as long as each burst moves at least a
+//!   buffer's worth; a smaller burst (or no pipe to be had) returns it to copy mode.
+//!
+//! `SPLICE_F_MORE` is never passed: a tunnel cannot know that more follows, and a last piece
+//! sent with it would stay corked. (Within one `splice` call the kernel already marks all but
+//! the end of the pipe's contents as "more".)
+//!
+//! Both sockets stay whole (not split into monoio halves, which cannot wait for readiness):
+//! the two pumps borrow both `&TcpStream`s, wait with `readable(false)`/`writable(false)`
+//! (io_uring `POLL_ADD`, or epoll confirmed by `poll`) and do their own non-blocking
+//! `recv`/`send`/`splice` syscalls on the `O_NONBLOCK` sockets, the same on both drivers.
+//! No `IORING_OP_SPLICE` (the kernel would run it on io-wq worker threads).
 
 use std::cell::Cell;
+use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
-use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
-};
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use crate::http::parse::{HeaderKind, RequestHead, Span};
 use crate::shard::ShardCtx;
+use crate::splice::{set_nonblocking, splice_once, would_block, Pipe};
 use crate::stats::add;
 
-/// Per direction, one buffer this large is posted for reads.
+/// Per direction, the copy buffer; a read that fills it switches the direction to splicing.
 const TUNNEL_BUF: usize = 16 * 1024;
 
 /// The backend side of an upgraded exchange, handed from the proxy to the connection loop.
@@ -50,14 +73,12 @@ pub fn wants_upgrade(buf: &[u8], head: &RequestHead) -> Option<Span> {
 
 /// Runs the tunnel to its end. `client_early` holds bytes the client sent after its request
 /// head (already the new protocol).
-pub async fn run(ctx: &ShardCtx, client: TcpStream, client_early: Vec<u8>, up: Upgraded) {
+pub async fn run(ctx: &ShardCtx, mut client: TcpStream, client_early: Vec<u8>, up: Upgraded) {
     let idle = ctx.shared.config.timeouts.tunnel_idle;
     let send = ctx.shared.config.timeouts.client_send;
     let backend = up.backend;
-    let fds = [client.as_raw_fd(), up.upstream.as_raw_fd()];
-    let (mut cr, mut cw) = client.into_split();
-    let (mut ur, mut uw) = up.upstream.into_split();
-    for (early, w) in [(up.early, &mut cw), (client_early, &mut uw)] {
+    let mut upstream = up.upstream;
+    for (early, w) in [(up.early, &mut client), (client_early, &mut upstream)] {
         if !early.is_empty() {
             match monoio::time::timeout(send, w.write_all(early)).await {
                 Ok((Ok(_), _)) => {}
@@ -65,11 +86,15 @@ pub async fn run(ctx: &ShardCtx, client: TcpStream, client_early: Vec<u8>, up: U
             }
         }
     }
+    if set_nonblocking(&client).is_err() || set_nonblocking(&upstream).is_err() {
+        return;
+    }
     let last = Cell::new(Instant::now());
+    let (sent, received) = (Cell::new(0u64), Cell::new(0u64));
     let both = async {
         monoio::join!(
-            pump(&mut cr, &mut uw, &last, fds),
-            pump(&mut ur, &mut cw, &last, fds)
+            pump(ctx, &client, &upstream, &last, &sent),
+            pump(ctx, &upstream, &client, &last, &received)
         )
     };
     let watchdog = async {
@@ -81,61 +106,195 @@ pub async fn run(ctx: &ShardCtx, client: TcpStream, client_early: Vec<u8>, up: U
             monoio::time::sleep_until(until.into()).await;
         }
     };
-    let moved = monoio::select! {
-        (up_bytes, down_bytes) = both => Some((up_bytes, down_bytes)),
-        _ = watchdog => None,
+    let ended = monoio::select! {
+        _ = both => true,
+        _ = watchdog => false,
     };
-    if let Some((sent, received)) = moved {
-        add(&ctx.stats.bytes_in, sent);
-        add(&ctx.stats.bytes_out, received);
-        let b = &ctx.stats.backends[backend];
-        add(&b.bytes_sent, sent);
-        add(&b.bytes_received, received);
-    } else {
+    if !ended {
         tracing::debug!(
             shard = ctx.id,
             "tunnel closed after tunnel_idle without traffic"
         );
     }
+    let (sent, received) = (sent.get(), received.get());
+    add(&ctx.stats.bytes_in, sent);
+    add(&ctx.stats.bytes_out, received);
+    let b = &ctx.stats.backends[backend];
+    add(&b.bytes_sent, sent);
+    add(&b.bytes_received, received);
 }
 
-/// Copies one direction until EOF or an error; returns the bytes copied. A clean EOF is
-/// passed on as a half-close (the other direction goes on); an error ends the whole tunnel:
-/// both sockets are shut down, so the other direction's pending read returns at once.
+/// How one direction ended.
+enum End {
+    /// The source closed its side: passed on as a half-close.
+    Eof,
+    /// An error on either socket: the whole tunnel ends.
+    Failed,
+}
+
+/// Moves one direction until EOF or an error, counting into `moved` the bytes that reached
+/// `dst` and setting `last` whenever a byte moves. A clean EOF is passed on as a half-close
+/// (the other direction goes on); an error shuts both sockets down, so the other direction's
+/// pending wait returns at once.
 async fn pump(
-    r: &mut OwnedReadHalf<TcpStream>,
-    w: &mut OwnedWriteHalf<TcpStream>,
+    ctx: &ShardCtx,
+    src: &TcpStream,
+    dst: &TcpStream,
     last: &Cell<Instant>,
-    fds: [RawFd; 2],
-) -> u64 {
-    let mut buf = Vec::with_capacity(TUNNEL_BUF);
-    let mut total = 0u64;
-    let clean = loop {
-        let (res, b) = r.read(buf).await;
-        buf = b;
-        let n = match res {
-            Ok(0) => break true,
-            Err(_) => break false,
+    moved: &Cell<u64>,
+) {
+    let may_splice = ctx.shared.config.splice.enabled;
+    let mut buf = vec![0u8; TUNNEL_BUF];
+    let mut bulk = false;
+    let end = loop {
+        if bulk {
+            if let Some(loan) = ctx.pipes.lend() {
+                let before = moved.get();
+                let eof = match burst(ctx, src, dst, loan.pipe(), last, moved).await {
+                    Ok(eof) => eof,
+                    // The loan is dropped: the pipe may hold bytes and is discarded.
+                    Err(_) => break End::Failed,
+                };
+                loan.give_back();
+                if eof {
+                    break End::Eof;
+                }
+                bulk = moved.get() - before >= TUNNEL_BUF as u64;
+                if bulk && src.readable(false).await.is_err() {
+                    break End::Failed;
+                }
+                continue;
+            }
+            bulk = false;
+        }
+        let n = match recv(src.as_raw_fd(), &mut buf) {
+            Ok(0) => break End::Eof,
             Ok(n) => n,
+            Err(e) if would_block(&e) => match src.readable(false).await {
+                Ok(()) => continue,
+                Err(_) => break End::Failed,
+            },
+            Err(_) => break End::Failed,
         };
         last.set(Instant::now());
-        let (res, b) = w.write_all(buf).await;
-        buf = b;
-        if res.is_err() {
-            break false;
+        if send_all(dst, &buf[..n], last).await.is_err() {
+            break End::Failed;
         }
-        total += n as u64;
-        buf.clear();
+        moved.set(moved.get() + n as u64);
+        bulk = may_splice && n == buf.len();
     };
-    if clean {
-        let _ = w.shutdown().await;
-    } else {
-        for fd in fds {
-            // SAFETY: shutdown(2) on the two sockets of this tunnel, whose halves (owned by
-            // `run`) are alive for the whole call; it changes socket state only. Exercised by
-            // tests/upgrade.rs (a backend that resets mid-tunnel).
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    match end {
+        End::Eof => shutdown(dst.as_raw_fd(), libc::SHUT_WR),
+        End::Failed => {
+            shutdown(src.as_raw_fd(), libc::SHUT_RDWR);
+            shutdown(dst.as_raw_fd(), libc::SHUT_RDWR);
         }
     }
-    total
 }
+
+/// One burst of splice mode: moves what `src` has now through `pipe` into `dst`, waiting
+/// only for `dst`'s writability. Returns, with the pipe empty, when `src` would block
+/// (`Ok(false)`) or reached EOF (`Ok(true)`). On error the pipe may hold bytes.
+async fn burst(
+    ctx: &ShardCtx,
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: &Pipe,
+    last: &Cell<Instant>,
+    moved: &Cell<u64>,
+) -> io::Result<bool> {
+    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
+    let (pipe_r, pipe_w) = pipe.fds();
+    let mut in_pipe = 0usize;
+    let mut eof = false;
+    loop {
+        let mut dry = false;
+        if !eof && in_pipe < pipe.size() {
+            match splice_once(src_fd, pipe_w, pipe.size() - in_pipe, false) {
+                Ok(0) => eof = true,
+                Ok(n) => {
+                    in_pipe += n;
+                    last.set(Instant::now());
+                }
+                Err(e) if would_block(&e) => dry = true,
+                Err(e) => return Err(e),
+            }
+        }
+        if in_pipe > 0 {
+            match splice_once(pipe_r, dst_fd, in_pipe, false) {
+                // Cannot happen with bytes in the pipe; never spin on it.
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    in_pipe -= n;
+                    moved.set(moved.get() + n as u64);
+                    add(&ctx.stats.spliced_bytes, n as u64);
+                    last.set(Instant::now());
+                }
+                Err(e) if would_block(&e) => dst.writable(false).await?,
+                Err(e) => return Err(e),
+            }
+        }
+        if in_pipe == 0 && (eof || dry) {
+            return Ok(eof);
+        }
+    }
+}
+
+/// Sends all of `data`, waiting for writability whenever the socket buffer is full.
+async fn send_all(dst: &TcpStream, mut data: &[u8], last: &Cell<Instant>) -> io::Result<()> {
+    while !data.is_empty() {
+        match send(dst.as_raw_fd(), data) {
+            Ok(n) => {
+                data = &data[n..];
+                last.set(Instant::now());
+            }
+            Err(e) if would_block(&e) => dst.writable(false).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One non-blocking `recv` into `buf`.
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv(2) writes at most `buf.len()` bytes into `buf`, which we borrow mutably
+    // for the call; `fd` is a socket kept alive by the caller's `&TcpStream`. Exercised by
+    // every tunnel test (tests/upgrade.rs, tests/tunnel.rs, and the unit tests below).
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// One non-blocking `send` of (a prefix of) `data`.
+fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: send(2) reads at most `data.len()` bytes from `data`, borrowed for the call;
+    // `fd` is a socket kept alive by the caller's `&TcpStream`. MSG_NOSIGNAL: a closed peer
+    // is an EPIPE error, not a signal. Exercised by every tunnel test.
+    let n = unsafe {
+        libc::send(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn shutdown(fd: RawFd, how: libc::c_int) {
+    // SAFETY: shutdown(2) on a socket of this tunnel, kept alive by the caller's
+    // `&TcpStream`; it changes socket state only (an error, e.g. ENOTCONN once the peer is
+    // gone, is of no consequence). Exercised by the half-close and reset tests.
+    unsafe { libc::shutdown(fd, how) };
+}
+
+#[cfg(test)]
+#[path = "tunnel_tests.rs"]
+mod tests;

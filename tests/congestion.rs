@@ -31,7 +31,9 @@ fn algorithms(filter: &str) -> Vec<String> {
         .expect("run ss (iproute2)");
     assert!(out.status.success(), "ss {filter}: {out:?}");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let known = ["reno", "cubic", "bbr", "bbr2", "htcp", "vegas", "dctcp", "westwood", "bic"];
+    let known = [
+        "reno", "cubic", "bbr", "bbr2", "htcp", "vegas", "dctcp", "westwood", "bic",
+    ];
     text.split_whitespace()
         .filter(|w| known.contains(w))
         .map(String::from)

@@ -24,4 +24,5 @@ mod routing;
 mod shutdown;
 mod splice;
 mod splice_streams;
+mod tunnel;
 mod upgrade;

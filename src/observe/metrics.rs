@@ -520,8 +520,8 @@ pub fn render(
         &mut o,
         "edgeshard_spliced_bytes_total",
         "counter",
-        "Body bytes moved socket to pipe to socket; a spliced body's first bytes, read with \
-         its head, are copied.",
+        "Body and tunnel bytes moved socket to pipe to socket; a spliced body's first bytes, \
+         read with its head, are copied, and so are tunnel bytes outside bulk bursts.",
     );
     let _ = writeln!(o, "edgeshard_spliced_bytes_total {}", all.spliced_bytes);
     // Latency.
