@@ -699,7 +699,8 @@ def write_env(cfg, path, engines):
                 ncpu += 1
     sysctls = ["net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.ipv4.ip_local_port_range",
                "net.ipv4.tcp_tw_reuse", "net.core.rmem_max", "net.core.wmem_max", "net.ipv4.tcp_rmem",
-               "net.ipv4.tcp_wmem", "kernel.io_uring_disabled"]
+               "net.ipv4.tcp_wmem", "kernel.io_uring_disabled", "net.ipv4.tcp_congestion_control",
+               "net.core.default_qdisc"]
     gov = read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").strip() or "n/a"
     lines = [
         "date: %s" % datetime.datetime.now().isoformat(timespec="seconds"),
@@ -712,7 +713,7 @@ def write_env(cfg, path, engines):
         "cpu governor (cpu0): %s" % gov,
         "nginx: %s" % run_cmd([cfg.nginx, "-v"]),
         "wrk: %s" % run_cmd([cfg.wrk, "-v"]).splitlines()[0],
-        "rategen: %s" % (cfg.rategen if os.path.exists(cfg.rategen) else "not built"),
+        "rategen: %s" % (cfg.rategen if os.path.exists(getattr(cfg, "rategen", "")) else "not built"),
         "rustc: %s" % run_cmd(["rustc", "-V"]),
         "cargo: %s" % run_cmd(["cargo", "-V"]),
         "edgeshard git: %s" % git_rev(),
@@ -726,12 +727,14 @@ def write_env(cfg, path, engines):
         "  client CPUs (wrk, idle client): %s" % cpus_str(cfg.client_cpus),
         "  origin CPUs (origin nginx workers): %s (workers %d)" % (cpus_str(cfg.origin_cpus), len(cfg.origin_cpus)),
         "  overlap proxy/client: %s" % bool(set(cfg.proxy_cpus) & (set(cfg.client_cpus) | set(cfg.origin_cpus))),
+    ] + ([
         "",
         "options: duration=%ds reps=%d warmup=%ds cells=%s targets=%s floor_cells=%s direct=%s keepalive=%d "
         "idle_conns=%d io_engine=%s rate_loads=%s rate_conns=%d"
         % (cfg.duration, cfg.reps, cfg.warmup, ",".join(cfg.cells), ",".join(cfg.targets),
            ",".join(cfg.floor_cells), cfg.direct, cfg.keepalive, cfg.idle_conns, cfg.io_engine,
            ",".join(str(p) for p in cfg.rate_loads), cfg.rate_conns),
+    ] if hasattr(cfg, "cells") else []) + [
         "",
         "sysctls:",
     ] + ["  %s = %s" % (s, read("/proc/sys/" + s.replace(".", "/")).strip().replace("\t", " ")) for s in sysctls]
@@ -1457,6 +1460,8 @@ def cmd_splice(a):
         shutil.rmtree(cfg.tmp, ignore_errors=True)
     fields = ["host_cc", "cell", "variant", "rep", "requests", "rps", "cpu_us_per_req", "lat_p50_us",
               "lat_p99_us", "non2xx", "err_connect", "err_read", "err_write", "err_timeout", "engine"]
+    write_env(cfg, os.path.join(a.out, a.name + "-env.txt"),
+              {r["variant"]: r.get("engine", "") for r in rows})
     with open(os.path.join(a.out, a.name + ".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()

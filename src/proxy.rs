@@ -21,7 +21,9 @@ use crate::http::encode::{
 };
 use crate::http::parse::{BodyFraming, HeadLimits, Method, RequestHead};
 use crate::io::{write_from, write_static, Deadline, IoFail};
-use crate::relay::{read_response_head, relay_body, BodyPlan, HeadFail, RelayError};
+use crate::relay::{
+    head_read_size, read_response_head, relay_body, BodyPlan, HeadFail, HeadRead, RelayError,
+};
 use crate::respond::{breaker_open, cfg_rid_header, linger_close, respond_canned_with};
 use crate::route::{has_dot_segment, valid_authority};
 use crate::shard::{Forwarding, Pick, ShardCtx};
@@ -522,10 +524,15 @@ async fn exchange(
             .await;
             request_body_sent(ctx, client, backend, trace, r, pos)?
         };
-        let limits = HeadLimits {
-            max_header_bytes: cfg.limits.max_header_bytes.max(16384),
-            max_headers: cfg.limits.max_headers.max(100),
-            max_uri_bytes: cfg.limits.max_uri_bytes,
+        let how = HeadRead {
+            limits: HeadLimits {
+                max_header_bytes: cfg.limits.max_header_bytes.max(16384),
+                max_headers: cfg.limits.max_headers.max(100),
+                max_uri_bytes: cfg.limits.max_uri_bytes,
+            },
+            timeout: try_timeout,
+            upgrade: facts.upgrade,
+            max_read: head_read_size(&cfg.splice),
         };
         let mut any_byte = false;
         let got = match sent {
@@ -534,11 +541,9 @@ async fn exchange(
                 read_response_head(
                     &mut upstream,
                     &mut ubuf,
-                    &limits,
+                    &how,
                     &mut client.deadline,
-                    try_timeout,
                     &mut any_byte,
-                    facts.upgrade,
                 )
                 .await
             }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use crate::config::SpliceConfig;
 use crate::http::chunked::{encode_chunk_header, encode_last_chunk, ChunkedDecoder};
 use crate::http::encode::OutFraming;
 use crate::http::parse::{parse_response, BodyFraming, HeadLimits, Parsed, ResponseHead};
@@ -26,22 +27,54 @@ pub enum HeadFail {
     Bad,
 }
 
-/// The most one read of a response head asks for: heads are small, and what follows a head
-/// in the same read is a body prefix that is copied rather than spliced.
-const HEAD_READ: usize = 16 * 1024;
+/// The most one read of a response head asks for, from the splice settings. What follows a
+/// head in the same read is a body prefix that is copied even when the rest is spliced, so
+/// the body part of the read is capped at a quarter of the smallest body that may be spliced
+/// (16 KiB to 64 KiB), plus 4 KiB of room for the head itself. The default
+/// `splice_min_bytes` of 256 KiB gives 68 KiB: a response of up to 64 KiB still arrives in
+/// one read, as it did before any cap (loadtest/results/2026-12-03-vm/headread-ab.md: a
+/// 16 KiB read cost a 16 KiB response a second read and write, +20 % CPU). Pooled buffers
+/// grow, and an uncapped head read into a grown one pulled up to 256 KiB of a body about to
+/// be spliced through user space.
+pub fn head_read_size(splice: &SpliceConfig) -> usize {
+    const MIN: usize = 16 * 1024;
+    const MAX: usize = 64 * 1024;
+    const HEAD_ROOM: usize = 4 * 1024;
+    let body = if splice.enabled {
+        usize::try_from(splice.min_bytes / 4)
+            .unwrap_or(MAX)
+            .clamp(MIN, MAX)
+    } else {
+        MAX
+    };
+    body + HEAD_ROOM
+}
+
+/// How one response head is read: parse limits, the time allowed, whether the request asked
+/// for an upgrade, and the most one read asks for ([`head_read_size`]).
+pub struct HeadRead {
+    pub limits: HeadLimits,
+    pub timeout: Duration,
+    pub upgrade: bool,
+    pub max_read: usize,
+}
 
 /// Reads the upstream's response head into `ubuf` (which may hold bytes after it), skipping
-/// interim 1xx responses. A 101 is returned only when `upgrade` (the request asked for one);
-/// otherwise it is refused as malformed.
+/// interim 1xx responses. A 101 is returned only when `how.upgrade` (the request asked for
+/// one); otherwise it is refused as malformed.
 pub async fn read_response_head(
     upstream: &mut TcpStream,
     ubuf: &mut Vec<u8>,
-    limits: &HeadLimits,
+    how: &HeadRead,
     dl: &mut Deadline,
-    timeout: Duration,
     any_byte: &mut bool,
-    upgrade: bool,
 ) -> Result<ResponseHead, HeadFail> {
+    let HeadRead {
+        ref limits,
+        timeout,
+        upgrade,
+        max_read,
+    } = *how;
     let deadline = Instant::now() + timeout;
     let mut head = ResponseHead::default();
     loop {
@@ -69,7 +102,10 @@ pub async fn read_response_head(
         if left.is_zero() {
             return Err(HeadFail::Io(IoFail::Timeout));
         }
-        read_more_at_most(upstream, ubuf, dl, left, HEAD_READ)
+        if ubuf.capacity() - ubuf.len() < max_read {
+            ubuf.reserve(max_read);
+        }
+        read_more_at_most(upstream, ubuf, dl, left, max_read)
             .await
             .map_err(HeadFail::Io)?;
         *any_byte = true;
@@ -201,5 +237,29 @@ pub async fn relay_body(
             Err(IoFail::Eof) if incoming == BodyFraming::UntilClose => done = true,
             Err(e) => return Err(RelayError::Read(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn splice(enabled: bool, min_bytes: u64) -> SpliceConfig {
+        SpliceConfig {
+            enabled,
+            min_bytes,
+            pipe_bytes: 1 << 20,
+            max_pipes: 16,
+        }
+    }
+
+    #[test]
+    fn head_reads_are_a_quarter_of_the_splice_threshold_within_16_to_64_kib_plus_4() {
+        assert_eq!(head_read_size(&splice(true, 256 * 1024)), (64 + 4) * 1024);
+        assert_eq!(head_read_size(&splice(true, 128 * 1024)), (32 + 4) * 1024);
+        assert_eq!(head_read_size(&splice(true, 0)), (16 + 4) * 1024);
+        assert_eq!(head_read_size(&splice(true, 1 << 40)), (64 + 4) * 1024);
+        assert_eq!(head_read_size(&splice(true, u64::MAX)), (64 + 4) * 1024);
+        assert_eq!(head_read_size(&splice(false, 0)), (64 + 4) * 1024);
     }
 }

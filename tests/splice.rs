@@ -137,25 +137,35 @@ both_engines! {
     }
 
     fn only_a_head_reads_worth_of_a_spliced_body_is_copied(engine) {
-        // A response head is read with at most 16 KiB; the body bytes that came with it are
-        // copied, the rest spliced. The shard's pooled buffers grow (a copied head plus body
-        // prefix is written from a grown buffer), so without that bound a later head read
-        // pulled up to 256 KiB of each body through user space: checked over 24 keep-alive
-        // responses, where the growth had shown.
+        // A response head is read with at most a quarter of splice_min_bytes (16 to 64 KiB)
+        // plus 4 KiB; the body bytes that came with it are copied, the rest spliced. The shard's pooled
+        // buffers grow (a copied head plus body prefix is written from a grown buffer), so
+        // without that bound a later head read pulled up to 256 KiB of each body through
+        // user space: checked over 24 keep-alive responses, where the growth had shown, with
+        // the default threshold (256 KiB: 68 KiB reads) and with every body spliced (20 KiB).
         let len = 1 << 20;
-        let backend = body_backend(len, len);
-        let proxy = Config::single(backend).admin("").start(engine);
-        let mut s = get(proxy.addr());
-        let mut before = 0;
-        for round in 0..24 {
-            let (cl, body) = read_response(&mut s, len);
-            assert_eq!(cl, len);
-            assert!(body == pattern(len), "round {round}: body differs");
-            let now = spliced_bytes(proxy.admin_addr());
-            let copied = len as u64 - (now - before);
-            assert!(copied <= 16 * 1024, "round {round}: {copied} body bytes copied");
-            before = now;
-            s.write_all(b"GET /f HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        for (min_bytes, bound) in [(None, 68 * 1024), (Some("0"), 20 * 1024)] {
+            let backend = body_backend(len, len);
+            let mut config = Config::single(backend).admin("");
+            if let Some(m) = min_bytes {
+                config = config.server("splice_min_bytes", m);
+            }
+            let proxy = config.start(engine);
+            let mut s = get(proxy.addr());
+            let mut before = 0;
+            for round in 0..24 {
+                let (cl, body) = read_response(&mut s, len);
+                assert_eq!(cl, len);
+                assert!(body == pattern(len), "round {round}: body differs");
+                let now = spliced_bytes(proxy.admin_addr());
+                let copied = len as u64 - (now - before);
+                assert!(
+                    copied <= bound,
+                    "{min_bytes:?} round {round}: {copied} body bytes copied"
+                );
+                before = now;
+                s.write_all(b"GET /f HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            }
         }
     }
 
