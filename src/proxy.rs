@@ -532,7 +532,7 @@ async fn exchange(
             },
             timeout: try_timeout,
             upgrade: facts.upgrade,
-            max_read: head_read_size(&cfg.splice),
+            max_read: head_read_size(&cfg.splice, ctx.spliced_last[backend].get()),
         };
         let mut any_byte = false;
         let got = match sent {
@@ -709,8 +709,9 @@ async fn exchange(
         }),
         _ => None,
     }
-    .filter(|_| cfg.splice.enabled)
-    .and_then(|body| ctx.pipes.take().map(|p| (p, body)));
+    .filter(|_| cfg.splice.enabled);
+    ctx.spliced_last[backend].set(spliced.is_some());
+    let spliced = spliced.and_then(|body| ctx.pipes.take().map(|p| (p, body)));
     let relayed = if let Some((pipe, body)) = spliced {
         bump(&ctx.stats.spliced);
         let head_read = upos;

@@ -27,25 +27,28 @@ pub enum HeadFail {
     Bad,
 }
 
-/// The most one read of a response head asks for, from the splice settings. What follows a
-/// head in the same read is a body prefix that is copied even when the rest is spliced, so
-/// the body part of the read is capped at a quarter of the smallest body that may be spliced
-/// (16 KiB to 64 KiB), plus 4 KiB of room for the head itself. The default
-/// `splice_min_bytes` of 256 KiB gives 68 KiB: a response of up to 64 KiB still arrives in
-/// one read, as it did before any cap (loadtest/results/2026-12-03-vm/headread-ab.md: a
-/// 16 KiB read cost a 16 KiB response a second read and write, +20 % CPU). Pooled buffers
-/// grow, and an uncapped head read into a grown one pulled up to 256 KiB of a body about to
-/// be spliced through user space.
-pub fn head_read_size(splice: &SpliceConfig) -> usize {
+/// The most one read of a response head asks for. What follows a head in the same read is a
+/// body prefix that is copied even when the rest is spliced, so the body part of the read is
+/// capped at a quarter of the smallest body that may be spliced (16 KiB to 64 KiB), or at
+/// 16 KiB when the backend's last body was spliced (`after_spliced`: it likely sends large
+/// ones), plus 4 KiB of room for the head itself. The default `splice_min_bytes` of 256 KiB
+/// gives 68 KiB: a response of up to 64 KiB still arrives in one read, as it did before any
+/// cap (loadtest/results/2026-12-03-vm/headread-ab.md: a 16 KiB read cost a 16 KiB response a
+/// second read and write, +20 % CPU), and after a spliced body 20 KiB, so a 1 MiB download
+/// copies at most 16 KiB of itself. Pooled buffers grow, and an uncapped head read into a
+/// grown one pulled up to 256 KiB of a body about to be spliced through user space.
+pub fn head_read_size(splice: &SpliceConfig, after_spliced: bool) -> usize {
     const MIN: usize = 16 * 1024;
     const MAX: usize = 64 * 1024;
     const HEAD_ROOM: usize = 4 * 1024;
-    let body = if splice.enabled {
+    let body = if !splice.enabled {
+        MAX
+    } else if after_spliced {
+        MIN
+    } else {
         usize::try_from(splice.min_bytes / 4)
             .unwrap_or(MAX)
             .clamp(MIN, MAX)
-    } else {
-        MAX
     };
     body + HEAD_ROOM
 }
@@ -255,11 +258,16 @@ mod tests {
 
     #[test]
     fn head_reads_are_a_quarter_of_the_splice_threshold_within_16_to_64_kib_plus_4() {
-        assert_eq!(head_read_size(&splice(true, 256 * 1024)), (64 + 4) * 1024);
-        assert_eq!(head_read_size(&splice(true, 128 * 1024)), (32 + 4) * 1024);
-        assert_eq!(head_read_size(&splice(true, 0)), (16 + 4) * 1024);
-        assert_eq!(head_read_size(&splice(true, 1 << 40)), (64 + 4) * 1024);
-        assert_eq!(head_read_size(&splice(true, u64::MAX)), (64 + 4) * 1024);
-        assert_eq!(head_read_size(&splice(false, 0)), (64 + 4) * 1024);
+        let size = |enabled, min, after| head_read_size(&splice(enabled, min), after);
+        assert_eq!(size(true, 256 * 1024, false), (64 + 4) * 1024);
+        assert_eq!(size(true, 128 * 1024, false), (32 + 4) * 1024);
+        assert_eq!(size(true, 0, false), (16 + 4) * 1024);
+        assert_eq!(size(true, 1 << 40, false), (64 + 4) * 1024);
+        assert_eq!(size(true, u64::MAX, false), (64 + 4) * 1024);
+        assert_eq!(size(false, 0, false), (64 + 4) * 1024);
+        // After a spliced body: the smallest read, unless splicing is off.
+        assert_eq!(size(true, 256 * 1024, true), (16 + 4) * 1024);
+        assert_eq!(size(true, u64::MAX, true), (16 + 4) * 1024);
+        assert_eq!(size(false, 0, true), (64 + 4) * 1024);
     }
 }

@@ -168,6 +168,9 @@ pub struct ShardCtx {
     pub ids: RequestIds,
     /// Pipes for splicing large bodies.
     pub pipes: crate::splice::PipePool,
+    /// Per backend: its last response body on this shard was spliced, so the next response
+    /// head is read in a small piece (`relay::head_read_size`).
+    pub spliced_last: Vec<Cell<bool>>,
     /// xorshift64 state for slow start (per shard, never shared).
     rng: Cell<u64>,
     /// Fired when the shard starts draining.
@@ -241,6 +244,7 @@ impl ShardCtx {
                 shared.config.splice.max_pipes,
                 shared.config.splice.pipe_bytes,
             ),
+            spliced_last: shared.backends.iter().map(|_| Cell::new(false)).collect(),
             rng: Cell::new(0x2545_F491_4F6C_DD1D ^ ((id as u64 + 1) << 17)),
             drain: Notify::default(),
             idle: Notify::default(),
