@@ -30,8 +30,8 @@ pub enum HeadFail {
 /// The most one read of a response head asks for. What follows a head in the same read is a
 /// body prefix that is copied even when the rest is spliced, so the body part of the read is
 /// capped at a quarter of the smallest body that may be spliced (16 KiB to 64 KiB), or at
-/// 16 KiB when the backend's last body was spliced (`after_spliced`: it likely sends large
-/// ones), plus 4 KiB of room for the head itself. The default `splice_min_bytes` of 256 KiB
+/// 16 KiB when the backend's last body qualified for splicing (`after_spliced`: it likely
+/// sends large ones), plus 4 KiB of room for the head itself. The default `splice_min_bytes` of 256 KiB
 /// gives 68 KiB: a response of up to 64 KiB still arrives in one read, as it did before any
 /// cap (loadtest/results/2026-12-03-vm/headread-ab.md: a 16 KiB read cost a 16 KiB response a
 /// second read and write, +20 % CPU), and after a spliced body 20 KiB, so a 1 MiB download

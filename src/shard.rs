@@ -168,8 +168,9 @@ pub struct ShardCtx {
     pub ids: RequestIds,
     /// Pipes for splicing large bodies.
     pub pipes: crate::splice::PipePool,
-    /// Per backend: its last response body on this shard was spliced, so the next response
-    /// head is read in a small piece (`relay::head_read_size`).
+    /// Per backend: its last response body on this shard qualified for splicing (spliced,
+    /// or copied for want of a pipe), so the next response head is read in a small piece
+    /// (`relay::head_read_size`).
     pub spliced_last: Vec<Cell<bool>>,
     /// xorshift64 state for slow start (per shard, never shared).
     rng: Cell<u64>,
