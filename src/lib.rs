@@ -23,6 +23,8 @@ pub mod route;
 pub mod shard;
 pub mod splice;
 pub mod stats;
+#[cfg(test)]
+pub(crate) mod test_engines;
 pub mod trace;
 pub mod tunnel;
 pub mod upstream;

@@ -590,21 +590,9 @@ mod tests {
                 }
             }));
         }
-        run(|f| {
-            monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                .enable_timer()
-                .build()
-                .unwrap()
-                .block_on(f)
-        });
-        run(|f| {
-            if let Ok(mut rt) = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                .enable_timer()
-                .build()
-            {
-                rt.block_on(f)
-            }
-        });
+        for engine in crate::test_engines::engines() {
+            run(|f| crate::test_engines::block_on(engine, f));
+        }
     }
 
     #[test]

@@ -92,21 +92,9 @@ fn tunnel(block: Block, ctx: &ShardCtx, up: u64, down: u64, piece: usize) -> u64
 }
 
 fn on_both_drivers(f: fn(Block)) {
-    f(&mut |fut| {
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap()
-            .block_on(fut)
-    });
-    f(&mut |fut| {
-        if let Ok(mut rt) = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .enable_timer()
-            .build()
-        {
-            rt.block_on(fut)
-        }
-    });
+    for engine in crate::test_engines::engines() {
+        f(&mut |fut| crate::test_engines::block_on(engine, fut));
+    }
 }
 
 #[test]

@@ -160,17 +160,8 @@ mod tests {
     use std::io::Write;
 
     fn on_both_drivers(f: fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>) {
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("epoll runtime")
-            .block_on(f());
-        if monoio::utils::detect_uring() {
-            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                .enable_timer()
-                .build()
-                .expect("io_uring runtime")
-                .block_on(f());
+        for engine in crate::test_engines::engines() {
+            crate::test_engines::block_on(engine, f());
         }
     }
 

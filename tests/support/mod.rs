@@ -31,69 +31,24 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_edgeshard");
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Engine {
-    Uring,
-    Epoll,
-}
+/// Which engines a run must exercise: the rule shared with the library's unit tests.
+#[path = "../../src/test_engines.rs"]
+pub mod engines;
 
-impl Engine {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Engine::Uring => "uring",
-            Engine::Epoll => "epoll",
-        }
-    }
-}
+pub use engines::TestEngine as Engine;
 
-/// Probes io_uring_setup(2) directly; Err(reason) if the kernel (or a
-/// seccomp policy) refuses io_uring here.
-fn probe_io_uring() -> Result<(), String> {
-    extern "C" {
-        fn syscall(num: std::ffi::c_long, ...) -> std::ffi::c_long;
-        fn close(fd: std::ffi::c_int) -> std::ffi::c_int;
-    }
-    // struct io_uring_params is 120 bytes, 8-byte aligned.
-    let mut params = [0u64; 15];
-    // io_uring_setup is syscall 425 on every Linux architecture.
-    let fd = unsafe { syscall(425, 4 as std::ffi::c_long, params.as_mut_ptr()) };
-    if fd < 0 {
-        return Err(format!(
-            "io_uring_setup failed: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    unsafe { close(fd as std::ffi::c_int) };
-    Ok(())
-}
-
-/// Whether tests for `engine` should run here. EDGESHARD_TEST_ENGINES
-/// (comma list, e.g. "epoll") restricts the engines; uring tests are skipped
-/// (loudly) only when the kernel refuses io_uring_setup.
-pub fn engine_enabled(engine: Engine) -> Result<(), String> {
-    if let Ok(list) = std::env::var("EDGESHARD_TEST_ENGINES") {
-        if !list.split(',').any(|e| e.trim() == engine.as_str()) {
-            return Err(format!("EDGESHARD_TEST_ENGINES={list}"));
-        }
-    }
-    if engine == Engine::Uring {
-        static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
-        return PROBE.get_or_init(probe_io_uring).clone();
-    }
-    Ok(())
-}
-
+/// Runs `f` on `engine` if this run exercises it (see `src/test_engines.rs`): a test of an
+/// engine that is unavailable fails, one left out by `EDGESHARD_TEST_ENGINES` passes unrun.
 pub fn run_on(engine: Engine, f: fn(Engine)) {
-    match engine_enabled(engine) {
-        Ok(()) => f(engine),
-        Err(why) => eprintln!("SKIPPED on engine {}: {why}", engine.as_str()),
+    if engines::should_run(engine) {
+        f(engine)
     }
 }
 
