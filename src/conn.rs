@@ -11,12 +11,14 @@ use monoio::buf::IoBufMut;
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
+use crate::client::{Client, Outcome};
 use crate::http::canned::Canned;
 use crate::http::parse::{parse_request, HeadLimits, Parsed, RequestHead};
 use crate::io::{read_more, Deadline, IoFail};
-use crate::proxy::{record_refused, serve_request, Client, Outcome};
+use crate::proxy::serve_request;
 use crate::respond::{linger_close, parse_error_status, respond_canned};
 use crate::shard::ShardCtx;
+use crate::trace::record_refused;
 
 /// Client read buffers start small (idle keep-alive connections are the common case) and
 /// grow up to `max_header_bytes` for heads, or the relay size for bodies.
@@ -242,7 +244,8 @@ async fn wait_for_request(ctx: &ShardCtx, client: &mut Client, wait: Duration) -
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::shard::{ShardCtx, Shared};
+    use crate::shard::ShardCtx;
+    use crate::snapshot::Shared;
     use std::path::Path;
     use std::sync::Arc;
 

@@ -7,9 +7,12 @@
 //! [`conn`]. Configuration is validated up front by [`config`].
 
 pub mod balance;
+pub mod client;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod error;
+pub mod forward;
 pub mod health;
 pub mod http;
 pub mod io;
@@ -21,6 +24,7 @@ pub mod relay;
 pub mod respond;
 pub mod route;
 pub mod shard;
+pub mod snapshot;
 pub mod splice;
 pub mod stats;
 #[cfg(test)]
@@ -28,3 +32,4 @@ pub(crate) mod test_engines;
 pub mod trace;
 pub mod tunnel;
 pub mod upstream;
+pub mod worker;

@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use edgeshard::config::{Config, IoEngine};
 use edgeshard::observe::access::LogWriter;
 use edgeshard::observe::admin::{self, AdminState, ShardMeta};
-use edgeshard::shard::{run_shard, ShardStart, Shared};
+use edgeshard::snapshot::Shared;
+use edgeshard::worker::{run_shard, ShardStart};
 
 // mimalloc: the proxy allocates per-connection buffers and per-request vectors from many
 // threads with no cross-thread frees on the hot path; mimalloc's per-thread heaps serve that

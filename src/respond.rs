@@ -1,15 +1,210 @@
-//! Stage 7 of the pipeline, *respond*, when the proxy answers itself: canned responses
-//! (with the request id when configured), the status for a refused head, and the lingering
-//! close after a refusal with an unread body.
+//! Stage 7 of the pipeline, *respond*: relay a backend's response to the client
+//! ([`relay_response`]: the head rewritten for the client, the body copied or spliced with
+//! the framing the client can take, the upstream connection pooled again when it can be, or
+//! an upgrade's 101 and the hand-over to the tunnel), or answer on the proxy's own behalf:
+//! canned responses (with the request id when configured), the status for a refused head,
+//! and the lingering close after a refusal with an unread body.
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
+use crate::client::{micros, Client, Outcome};
+use crate::config::Config;
+use crate::error::{Kind, ProxyError, Side, Stage};
+use crate::forward::{Answered, RequestFacts};
 use crate::http::canned::Canned;
-use crate::http::parse::ParseError;
-use crate::io::{read_more, write_from, write_static};
-use crate::proxy::{Client, Outcome};
+use crate::http::encode::{
+    client_response_head, response_out_framing, switching_protocols_head, OutFraming,
+};
+use crate::http::parse::{BodyFraming, Method, ParseError, ResponseHead};
+use crate::io::{read_more, write_from, write_static, IoFail};
+use crate::relay::{relay_body, BodyPlan, RelayError};
 use crate::shard::ShardCtx;
-use crate::trace::RequestId;
+use crate::snapshot::Shared;
+use crate::splice::{relay_spliced, PipePool, SplicedBody};
+use crate::stats::{add, bump, Stats};
+use crate::trace::{RequestId, Trace};
+use crate::tunnel::Upgraded;
+use crate::upstream::pool::Pool;
+use crate::upstream::state::Backends;
+use monoio::net::TcpStream;
+
+/// What relaying a response uses from the shard.
+pub struct Respond<'a> {
+    pub shared: &'a Shared,
+    pub cfg: &'a Config,
+    pub stats: &'a Stats,
+    pub pool: &'a RefCell<Pool>,
+    pub pipes: &'a PipePool,
+    pub backends: &'a Backends,
+    /// The shard is draining: the client connection closes after this response.
+    pub draining: bool,
+}
+
+impl<'a> Respond<'a> {
+    pub fn new(ctx: &'a ShardCtx) -> Respond<'a> {
+        Respond {
+            shared: &ctx.shared,
+            cfg: &ctx.shared.config,
+            stats: &ctx.stats,
+            pool: &ctx.pool,
+            pipes: &ctx.pipes,
+            backends: &ctx.backends,
+            draining: ctx.draining(),
+        }
+    }
+}
+
+/// Relays the backend's answer to the client. `Outcome::Upgraded` leaves both connections in
+/// [`Client::upgraded`] for the tunnel.
+pub async fn relay_response(
+    r: &Respond<'_>,
+    client: &mut Client,
+    answered: Answered<'_>,
+    facts: &RequestFacts,
+    rid: &RequestId,
+    trace: &mut Trace,
+) -> Result<Outcome, ProxyError> {
+    let cfg = r.cfg;
+    let Answered {
+        mut upstream,
+        backend,
+        head,
+        mut ubuf,
+        mut out,
+        set_cookie,
+        sending,
+        early,
+        guards,
+    } = answered;
+    r.stats.upstream_status(backend, head.status);
+    trace.status = Some(head.status);
+    let rid_field = cfg
+        .request_id
+        .respond
+        .then(|| (cfg.request_id.header.as_bytes(), rid.bytes()));
+    out.clear();
+    if head.status == 101 {
+        trace.upstream_us = Some(micros(sending));
+        let up = Upgraded {
+            upstream,
+            backend,
+            early: ubuf[head.head_len..].to_vec(),
+        };
+        return switch_protocols(cfg, client, up, &head, &ubuf, &mut out, rid_field).await;
+    }
+
+    let in_framing = head.framing(facts.method);
+    let (resp_framing, close_delimited) = response_out_framing(in_framing, facts.minor);
+    // An early answer leaves the request body unread: the connection cannot carry another.
+    let close = !facts.keep_alive || close_delimited || r.draining || early;
+    client_response_head(
+        &ubuf,
+        &head,
+        resp_framing,
+        close,
+        facts.minor,
+        rid_field,
+        &mut out,
+    );
+    if set_cookie {
+        // A sticky session starts (or moved): name the backend in a cookie, inserted before
+        // the head's final empty line.
+        let info = &r.shared.backends[backend];
+        let end = out.len() - 2;
+        out.truncate(end);
+        out.extend_from_slice(b"Set-Cookie: ");
+        r.shared.tables[info.upstream].write_set_cookie(info.local, &mut out);
+        out.extend_from_slice(b"\r\n\r\n");
+    }
+    let mut upos = head.head_len;
+    // Not pooled: after HEAD (a backend that wrongly sends a body would leave it for the next
+    // request to read as its response), after a body on a method that normally has none (a
+    // backend that ignores such a body may parse it as a second request: "CL.0"), and after
+    // an early answer (the backend did not read the whole body).
+    let unusual_body = !facts.framing.is_empty()
+        && matches!(
+            facts.method,
+            Method::Get | Method::Head | Method::Delete | Method::Options | Method::Trace
+        );
+    let upstream_reusable = !facts.upgrade
+        && head.upstream_keep_alive()
+        && in_framing != BodyFraming::UntilClose
+        && facts.method != Method::Head
+        && !unusual_body
+        && !early;
+    let mut written = false;
+    let relayed = relay_response_body(
+        r,
+        client,
+        Upstream {
+            conn: &mut upstream,
+            backend,
+            ubuf: &mut ubuf,
+            pos: &mut upos,
+        },
+        &mut out,
+        head.framing(facts.method),
+        resp_framing,
+        &mut written,
+    )
+    .await;
+    trace.upstream_us = Some(micros(sending));
+    drop(guards);
+    match relayed {
+        Ok(n) => {
+            add(&r.stats.bytes_out, n);
+            add(&r.stats.backends[backend].bytes_received, n);
+            trace.bytes_out = n;
+            if upstream_reusable && upos == ubuf.len() {
+                r.pool
+                    .borrow_mut()
+                    .checkin(backend, upstream, Instant::now());
+            }
+            Ok(if close {
+                Outcome::Close
+            } else {
+                Outcome::KeepAlive
+            })
+        }
+        Err(e) => {
+            let (side, kind) = match e {
+                RelayError::Write(_) => (Side::Client, Kind::Closed),
+                RelayError::Read(IoFail::Timeout) => (Side::Upstream, Kind::Timeout),
+                RelayError::Read(_) => (Side::Upstream, Kind::Closed),
+                RelayError::Framing | RelayError::TooLarge => (Side::Upstream, Kind::Framing),
+            };
+            Err(ProxyError {
+                sent: true,
+                ..ProxyError::new(side, kind, Stage::Body).with_responded(written)
+            })
+        }
+    }
+}
+
+/// The 101 head to the client, then both connections are handed to the tunnel
+/// ([`Client::upgraded`]).
+async fn switch_protocols(
+    cfg: &Config,
+    client: &mut Client,
+    up: Upgraded,
+    head: &ResponseHead,
+    ubuf: &[u8],
+    out: &mut Vec<u8>,
+    rid_field: Option<(&[u8], &[u8])>,
+) -> Result<Outcome, ProxyError> {
+    switching_protocols_head(ubuf, head, rid_field, out);
+    let n = out.len();
+    let t = cfg.timeouts.client_send;
+    if write_from(&mut client.stream, out, 0, n, &mut client.deadline, t)
+        .await
+        .is_err()
+    {
+        return Err(ProxyError::client(Kind::Closed, Stage::Body));
+    }
+    client.upgraded = Some(Box::new(up));
+    Ok(Outcome::Upgraded)
+}
 
 /// Writes a canned response and says whether the connection must close afterwards.
 pub async fn respond_canned(
@@ -51,7 +246,7 @@ pub async fn respond_canned_with(
     let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
         return respond_canned(ctx, client, c, close).await;
     };
-    let mut out = ctx.take_buffer();
+    let mut out = ctx.buffer();
     out.extend_from_slice(&bytes[..end + 2]);
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -61,7 +256,6 @@ pub async fn respond_canned_with(
     let n = out.len();
     let t = ctx.shared.config.timeouts.client_send;
     let r = write_from(&mut client.stream, &mut out, 0, n, &mut client.deadline, t).await;
-    ctx.give_buffer(out);
     match r {
         Ok(()) if !close => Outcome::KeepAlive,
         _ => Outcome::Close,
@@ -109,19 +303,90 @@ pub fn parse_error_status(e: ParseError) -> Canned {
     }
 }
 
-/// A breaker limit was reached: count it and answer 503 without trying.
-pub fn breaker_open(
-    ctx: &ShardCtx,
+/// The backend connection a response body is read from: bytes already read sit in
+/// `ubuf[*pos..]`.
+struct Upstream<'u> {
+    conn: &'u mut TcpStream,
     backend: usize,
-    open: crate::health::breaker::Open,
-    out: Vec<u8>,
-    ubuf: Vec<u8>,
-) -> crate::proxy::Failure {
-    crate::stats::bump(&ctx.stats.backends[backend].breaker_rejected);
-    if ctx.errors.allow(&ctx.stats) {
-        tracing::warn!(shard = ctx.id, backend = %ctx.shared.backends[backend].address, "{open}");
+    ubuf: &'u mut Vec<u8>,
+    pos: &'u mut usize,
+}
+
+/// Relays the response body after `out` (the client's head): large bodies of known length
+/// and close-delimited ones spliced, the rest copied. Returns the body bytes relayed.
+async fn relay_response_body(
+    r: &Respond<'_>,
+    client: &mut Client,
+    up: Upstream<'_>,
+    out: &mut Vec<u8>,
+    in_framing: BodyFraming,
+    resp_framing: OutFraming,
+    written: &mut bool,
+) -> Result<u64, RelayError> {
+    let cfg = r.cfg;
+    // Large bodies of known length, and close-delimited ones (their length is unknown), go
+    // socket → pipe → socket (splice); the rest is copied.
+    let spliced = match (in_framing, resp_framing) {
+        (BodyFraming::Length(n), OutFraming::Length(_)) if n >= cfg.splice.min_bytes => {
+            Some(SplicedBody::Length(n))
+        }
+        (BodyFraming::UntilClose, f) => Some(SplicedBody::UntilClose {
+            chunked: f == OutFraming::Chunked,
+        }),
+        _ => None,
     }
-    ctx.give_buffer(out);
-    ctx.give_buffer(ubuf);
-    crate::proxy::Failure::Status(Canned::ServiceUnavailable)
+    .filter(|_| cfg.splice.enabled);
+    r.backends.spliced_last[up.backend].set(spliced.is_some());
+    let spliced = spliced.and_then(|body| r.pipes.lend().map(|p| (p, body)));
+    if let Some((pipe, body)) = spliced {
+        bump(&r.stats.spliced);
+        let head_read = *up.pos;
+        let res = relay_spliced(
+            &*up.conn,
+            up.ubuf,
+            up.pos,
+            &mut client.stream,
+            out,
+            body,
+            pipe.pipe(),
+            &mut client.deadline,
+            cfg.timeouts.upstream_response,
+            cfg.timeouts.client_send,
+            written,
+        )
+        .await;
+        if let Ok(total) = res {
+            pipe.give_back();
+            add(&r.stats.spliced_bytes, total - (*up.pos - head_read) as u64);
+        }
+        res
+    } else if in_framing == BodyFraming::None {
+        let n = out.len();
+        let t = cfg.timeouts.client_send;
+        write_from(&mut client.stream, out, 0, n, &mut client.deadline, t)
+            .await
+            .map(|_| 0)
+            .map_err(RelayError::Write)
+    } else {
+        let plan = BodyPlan {
+            incoming: in_framing,
+            outgoing: resp_framing,
+            limit: u64::MAX,
+            chunk_overhead: cfg.limits.max_header_bytes,
+            forward_trailers: true,
+            read_timeout: cfg.timeouts.upstream_response,
+            write_timeout: cfg.timeouts.client_send,
+        };
+        relay_body(
+            up.conn,
+            up.ubuf,
+            up.pos,
+            &mut client.stream,
+            out,
+            &mut client.deadline,
+            &plan,
+            written,
+        )
+        .await
+    }
 }

@@ -4,10 +4,10 @@
 
 use std::time::Instant;
 
+use crate::client::{micros, Client};
 use crate::http::parse::RequestHead;
 use crate::observe::access::{Outcome, RequestFields};
 use crate::observe::reqid::valid_incoming;
-use crate::proxy::{micros, Client};
 use crate::shard::ShardCtx;
 
 /// What one request did, filled in along the pipeline for the counters and the access log.

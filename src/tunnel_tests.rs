@@ -13,7 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::shard::Shared;
+use crate::snapshot::Shared;
 
 fn ctx(server: &str) -> ShardCtx {
     ctx_idle(server, "20s")

@@ -8,6 +8,7 @@ mod balancing;
 mod bodies;
 mod check;
 mod congestion;
+mod early_answer;
 mod framing;
 mod headers;
 mod keepalive;

@@ -1,19 +1,25 @@
-//! Feeds stage 6, *forward* (and back into 4, *balance*, for the next pick): whether a failed
-//! attempt may be tried again on another backend ([`RetrySpec::may_retry`]), and the retry
-//! budget that keeps retries to a fraction of traffic ([`RetryBudget`]). Pure and shard-local.
+//! Feeds stage 6, *forward* (and back into 4, *balance*, for the next pick): what the attempt
+//! machine (`crate::forward`) does after a try that gave no usable response ([`decide`]),
+//! and the retry budget that keeps retries to a fraction of traffic ([`RetryBudget`]). Pure
+//! and shard-local.
 //!
-//! **Rules** (all must hold; the caller also picks a backend this request has not tried):
-//! 1. fewer than `attempts` tries so far (`attempts` counts the first try: `attempts = 2` is
-//!    one retry, like gRPC's `maxAttempts` and nginx's `proxy_next_upstream_tries`);
-//! 2. the outcome is in `on`;
-//! 3. no body byte has been written to any backend (`body_sent_anywhere`): the proxy streams
-//!    bodies and keeps no copy to send again, and a non-idempotent request whose body arrived
-//!    may already have taken effect;
-//! 4. the method is idempotent (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT, DELETE), or
-//!    the outcome is a connect failure (nothing reached any backend on this attempt). PUT and
-//!    DELETE are allowed: RFC 9110 defines them as idempotent, and the proxy's existing
-//!    retry rule already treats them so. A POST that reached a backend is never retried;
-//! 5. the shard's [`RetryBudget`] has a token (checked last, so only real retries spend).
+//! **Three kinds of second chance**, narrowest first ([`decide`]):
+//! 1. *Another connect.* A failed connect goes to another backend: nothing was sent. At most
+//!    [`MAX_CONNECTS`] connects per request, outside `attempts` and the budget.
+//! 2. *A fresh connection.* A pooled connection that died before any response byte (a
+//!    keep-alive race: the backend closed it as we reused it) is resent once, on a new
+//!    connection to the same backend, if the request is idempotent and has no body. Not a
+//!    backend failure: outside `attempts` and the budget.
+//! 3. *The policy* ([`RetrySpec::may_retry`]), all of:
+//!    - fewer than `attempts` tries so far (`attempts` counts the first try: `attempts = 2`
+//!      is one retry, like gRPC's `maxAttempts` and nginx's `proxy_next_upstream_tries`);
+//!    - the outcome is in `on`;
+//!    - the request has no body: the proxy streams bodies and keeps no copy to send again;
+//!    - the method is idempotent (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT, DELETE);
+//!    - the total timeout leaves time;
+//!
+//!    then the caller asks the shard's [`RetryBudget`] for a token (last, so only real
+//!    retries spend) and picks a backend this request has not tried.
 //!
 //! **Budget.** Like Finagle's `RetryBudget`: over a sliding window (10 s, 10 buckets) a
 //! shard allows `retries ≤ ratio × requests + min_per_sec × window`. Under a 100 % failure
@@ -77,12 +83,60 @@ impl RetryOn {
     }
 }
 
-/// Idempotent per RFC 9110 §9.2.2 (method names are case-sensitive).
-pub fn is_idempotent(method: &[u8]) -> bool {
-    matches!(
-        method,
-        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
-    )
+/// Connects one request may make (to different backends) before it gets a 502.
+pub const MAX_CONNECTS: usize = 4;
+
+/// What one try amounted to, as [`decide`] needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct Try {
+    pub outcome: Outcome,
+    /// The request's method is idempotent (RFC 9110 §9.2.2).
+    pub idempotent: bool,
+    /// The request has a body (sent, or being sent, to this backend).
+    pub has_body: bool,
+    /// The connection came from the pool.
+    pub reused: bool,
+    /// Some response byte arrived on it.
+    pub any_response_byte: bool,
+    /// Tries so far, this one included (connect failures and fresh resends not counted).
+    pub attempt: u32,
+    /// Connects that failed so far, this one included if it did.
+    pub connect_failures: usize,
+    /// This try was already the fresh-connection resend of kind 2.
+    pub was_resend: bool,
+    /// The total timeout leaves time for another try.
+    pub time_left: bool,
+}
+
+/// What to do after a try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Kind 1: connect to another backend.
+    ConnectAnother,
+    /// Kind 2: send again on a fresh connection to the same backend.
+    ResendFresh,
+    /// Kind 3: the policy allows a retry, if the budget has a token and a backend this
+    /// request has not tried is usable.
+    RetryAnother,
+    /// Answer the client with what this try produced.
+    Answer,
+}
+
+/// The one retry rule (module header): what the attempt machine does after `t`.
+pub fn decide(spec: &RetrySpec, t: &Try) -> Decision {
+    match t.outcome {
+        Outcome::ConnectFailure if t.connect_failures < MAX_CONNECTS => Decision::ConnectAnother,
+        Outcome::ConnectFailure => Decision::Answer,
+        Outcome::Reset
+            if t.reused && !t.was_resend && !t.any_response_byte && t.idempotent && !t.has_body =>
+        {
+            Decision::ResendFresh
+        }
+        outcome if t.time_left && spec.may_retry(t.idempotent, t.has_body, t.attempt, outcome) => {
+            Decision::RetryAnother
+        }
+        _ => Decision::Answer,
+    }
 }
 
 /// An upstream's retry policy.
@@ -148,20 +202,16 @@ impl RetrySpec {
         self.on.iter().any(|r| r.matches(outcome))
     }
 
-    /// Rules 1-4 of the module header: `attempt` is the number of tries made so far (1 after
-    /// the first), `outcome` how the last one ended. The budget (rule 5) is separate:
-    /// call [`RetryBudget::try_retry`] only when this says yes.
+    /// Kind 3 of the module header, but for the total timeout and the budget: `attempt` is
+    /// the number of tries made so far (1 after the first), `outcome` how the last one ended.
     pub fn may_retry(
         &self,
-        method: &[u8],
-        body_sent_anywhere: bool,
+        idempotent: bool,
+        has_body: bool,
         attempt: u32,
         outcome: Outcome,
     ) -> bool {
-        attempt < self.attempts
-            && self.retries_on(outcome)
-            && !body_sent_anywhere
-            && (is_idempotent(method) || outcome == Outcome::ConnectFailure)
+        attempt < self.attempts && self.retries_on(outcome) && !has_body && idempotent
     }
 
     /// The deadline of a try starting at `now` for a request whose first try started at
@@ -308,39 +358,130 @@ mod tests {
     }
 
     #[test]
-    fn idempotent_methods() {
-        for m in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
-            assert!(is_idempotent(m.as_bytes()), "{m}");
-        }
-        for m in ["POST", "PATCH", "CONNECT", "get", "PROPFIND"] {
-            assert!(!is_idempotent(m.as_bytes()), "{m}");
-        }
-    }
-
-    #[test]
     fn may_retry_rules() {
         let s = RetrySpec::default(); // attempts 2, on connect-failure, reset, 503
         let r503 = Outcome::Response { status: 503 };
-        assert!(s.may_retry(b"GET", false, 1, RESET));
-        assert!(s.may_retry(b"GET", false, 1, r503));
-        assert!(s.may_retry(b"DELETE", false, 1, CONNECT));
-        // Rule 1: attempts counts the first try.
-        assert!(!s.may_retry(b"GET", false, 2, CONNECT));
-        // Rule 2: outcome not configured.
-        assert!(!s.may_retry(b"GET", false, 1, Outcome::Timeout));
-        assert!(!s.may_retry(b"GET", false, 1, Outcome::Response { status: 500 }));
-        // Rule 3: a body already sent is never sent again.
-        assert!(!s.may_retry(b"PUT", true, 1, RESET));
-        assert!(!s.may_retry(b"POST", true, 1, CONNECT));
-        // Rule 4: non-idempotent only when nothing reached a backend.
-        assert!(s.may_retry(b"POST", false, 1, CONNECT));
-        assert!(!s.may_retry(b"POST", false, 1, RESET));
-        assert!(!s.may_retry(b"PATCH", false, 1, r503));
+        assert!(s.may_retry(true, false, 1, RESET));
+        assert!(s.may_retry(true, false, 1, r503));
+        // attempts counts the first try.
+        assert!(!s.may_retry(true, false, 2, RESET));
+        // Outcome not configured.
+        assert!(!s.may_retry(true, false, 1, Outcome::Timeout));
+        assert!(!s.may_retry(true, false, 1, Outcome::Response { status: 500 }));
+        // A body already sent is never sent again.
+        assert!(!s.may_retry(true, true, 1, RESET));
+        // Never a non-idempotent request that reached a backend.
+        assert!(!s.may_retry(false, false, 1, RESET));
+        assert!(!s.may_retry(false, false, 1, r503));
         let once = RetrySpec {
             attempts: 1,
             ..RetrySpec::default()
         };
-        assert!(!once.may_retry(b"GET", false, 1, CONNECT));
+        assert!(!once.may_retry(true, false, 1, RESET));
+    }
+
+    fn get_try(outcome: Outcome) -> Try {
+        Try {
+            outcome,
+            idempotent: true,
+            has_body: false,
+            reused: false,
+            any_response_byte: false,
+            attempt: 1,
+            connect_failures: 0,
+            was_resend: false,
+            time_left: true,
+        }
+    }
+
+    #[test]
+    fn a_failed_connect_goes_elsewhere_up_to_the_cap_whatever_the_method() {
+        let s = RetrySpec {
+            attempts: 1,
+            ..RetrySpec::default()
+        };
+        for n in 1..MAX_CONNECTS {
+            let t = Try {
+                connect_failures: n,
+                idempotent: false,
+                has_body: true,
+                ..get_try(CONNECT)
+            };
+            assert_eq!(decide(&s, &t), Decision::ConnectAnother, "{n}");
+        }
+        let t = Try {
+            connect_failures: MAX_CONNECTS,
+            ..get_try(CONNECT)
+        };
+        assert_eq!(decide(&s, &t), Decision::Answer);
+    }
+
+    #[test]
+    fn a_stale_pooled_connection_is_resent_once_on_a_fresh_one() {
+        let s = RetrySpec {
+            attempts: 1,
+            on: vec![],
+            ..RetrySpec::default()
+        };
+        let stale = Try {
+            reused: true,
+            ..get_try(RESET)
+        };
+        assert_eq!(decide(&s, &stale), Decision::ResendFresh);
+        // Not twice, not after a response byte, not with a body, not a POST, not a timeout.
+        for t in [
+            Try {
+                was_resend: true,
+                ..stale
+            },
+            Try {
+                any_response_byte: true,
+                ..stale
+            },
+            Try {
+                has_body: true,
+                ..stale
+            },
+            Try {
+                idempotent: false,
+                ..stale
+            },
+            Try {
+                outcome: Outcome::Timeout,
+                ..stale
+            },
+            Try {
+                reused: false,
+                ..stale
+            },
+        ] {
+            assert_eq!(decide(&s, &t), Decision::Answer, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn the_policy_decides_the_rest() {
+        let s = RetrySpec::default();
+        assert_eq!(decide(&s, &get_try(RESET)), Decision::RetryAnother);
+        let r503 = Outcome::Response { status: 503 };
+        assert_eq!(decide(&s, &get_try(r503)), Decision::RetryAnother);
+        let r500 = Outcome::Response { status: 500 };
+        assert_eq!(decide(&s, &get_try(r500)), Decision::Answer);
+        let late = Try {
+            time_left: false,
+            ..get_try(RESET)
+        };
+        assert_eq!(decide(&s, &late), Decision::Answer);
+        let second = Try {
+            attempt: 2,
+            ..get_try(RESET)
+        };
+        assert_eq!(decide(&s, &second), Decision::Answer);
+        let post = Try {
+            idempotent: false,
+            ..get_try(RESET)
+        };
+        assert_eq!(decide(&s, &post), Decision::Answer);
     }
 
     #[test]
@@ -401,7 +542,7 @@ mod tests {
             budget.record_request(now);
             let mut attempt = 1;
             tries += 1;
-            while spec.may_retry(b"GET", false, attempt, failed) && budget.try_retry(now) {
+            while spec.may_retry(true, false, attempt, failed) && budget.try_retry(now) {
                 attempt += 1;
                 tries += 1;
             }

@@ -17,8 +17,9 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::observe::metrics::{render, ProcessInfo};
-use crate::shard::{ShardQuery, Shared};
+use crate::snapshot::Shared;
 use crate::stats::Snapshot;
+use crate::worker::ShardQuery;
 
 /// Largest admin request head.
 const MAX_HEAD: usize = 8192;

@@ -8,7 +8,7 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 
 use crate::http::canned::Canned;
-use crate::shard::Shared;
+use crate::snapshot::Shared;
 use crate::stats::Snapshot;
 
 /// Bucket bounds, in seconds, of every latency histogram.

@@ -1,2 +1,6 @@
-//! Stage 5 of the pipeline, *pool*: per-shard upstream connections.
+//! Stages 4 and 5 of the pipeline, *balance* and *pool*, per shard: this shard's view of the
+//! backends ([`state`]: picks, passive checks, breakers, retry budgets), its idle upstream
+//! connections ([`pool`]) and new connections ([`connect`]).
+pub mod connect;
 pub mod pool;
+pub mod state;

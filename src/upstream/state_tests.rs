@@ -1,22 +1,52 @@
 //! Unit tests of the shard's pick: exclusion of drained, unhealthy and ejected backends,
 //! and the slow-start ramp.
 use super::*;
+use crate::config::Config;
+use crate::health::Health;
 use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
-fn ctx(extra: &str) -> ShardCtx {
+struct Ctx {
+    shared: Arc<Shared>,
+    backends: Backends,
+    stats: Stats,
+    errors: ErrorLimiter,
+}
+
+impl Ctx {
+    fn pick_backend(&self, now: Instant) -> Pick {
+        self.backends
+            .pick(&self.shared, 0, &[], now, PickKey::default())
+            .0
+    }
+
+    fn observe(&self, backend: usize, outcome: TryOutcome) {
+        self.backends
+            .observe(&self.shared, &self.stats, &self.errors, backend, outcome)
+    }
+}
+
+fn ctx(extra: &str) -> Ctx {
     let text = format!(
         "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{{ address = \"127.0.0.1:1\" }}, {{ address = \"127.0.0.1:2\" }}]\n{extra}\n"
     );
     let shared = Arc::new(Shared::new(
         Config::parse(&text, Path::new("t.toml")).unwrap(),
     ));
-    ShardCtx::new(0, shared)
+    Ctx {
+        backends: Backends::new(&shared, 0),
+        stats: Stats::new(shared.routes.len(), shared.backends.len()),
+        errors: ErrorLimiter::new(shared.config.log.error_rate),
+        shared,
+    }
 }
 
-fn share_of_second(ctx: &ShardCtx, now: Instant) -> f64 {
+fn share_of_second(ctx: &Ctx, now: Instant) -> f64 {
     let n = 10_000;
     let hits = (0..n)
-        .filter(|_| ctx.pick_backend(0, &[], now, None, None).0 == Pick::Backend(1))
+        .filter(|_| ctx.pick_backend(now) == Pick::Backend(1))
         .count();
     hits as f64 / n as f64
 }
@@ -52,18 +82,14 @@ fn drained_unhealthy_and_ejected_backends_are_not_picked() {
     c.shared.drained[0].store(true, Ordering::Relaxed);
     assert_eq!(share_of_second(&c, now), 1.0);
     c.shared.board.publish(1, Health::Unhealthy, now);
-    assert_eq!(c.pick_backend(0, &[], now, None, None).0, Pick::NoneUsable);
+    assert_eq!(c.pick_backend(now), Pick::NoneUsable);
     c.shared.drained[0].store(false, Ordering::Relaxed);
     assert_eq!(share_of_second(&c, now), 0.0);
     // The default passive rule: one failed connect ejects for fail_timeout (2s).
     c.observe(0, TryOutcome::ConnectFailure);
-    assert_eq!(
-        c.pick_backend(0, &[], Instant::now(), None, None).0,
-        Pick::NoneUsable
-    );
+    assert_eq!(c.pick_backend(Instant::now()), Pick::NoneUsable);
     assert!(matches!(
-        c.pick_backend(0, &[], Instant::now() + Duration::from_secs(3), None, None)
-            .0,
+        c.pick_backend(Instant::now() + Duration::from_secs(3)),
         Pick::Backend(0)
     ));
 }

@@ -1,0 +1,695 @@
+//! Stages 4 to 6 of the pipeline for one request: *balance* (pick a backend), *pool* (check a
+//! connection out, or connect), *forward* (send the head and body, read the response head).
+//! The upstream attempt loop is an explicit state machine ([`Step`]): each step names what it
+//! holds, and after every try that gave no usable response the one retry rule
+//! ([`crate::health::retry::decide`]) says what comes next. A request that may have reached a
+//! backend is never replayed unless that rule allows it.
+//!
+//! A backend may answer before it has read the whole request body (a 413 or 401 on an
+//! upload, then close): the body stops, and its answer is relayed ([`Answered::early`]).
+
+use std::cell::RefCell;
+use std::time::Instant;
+
+use monoio::net::TcpStream;
+
+use crate::client::{micros, Client};
+use crate::config::Config;
+use crate::error::{Kind, ProxyError, Stage};
+use crate::health::breaker::{Open, Permit, Resource};
+use crate::health::retry::{decide, Decision, Try};
+use crate::health::Outcome as TryOutcome;
+use crate::http::encode::OutFraming;
+use crate::http::parse::{BodyFraming, HeadLimits, Method, ResponseHead};
+use crate::io::{write_from, write_static, IoFail};
+use crate::observe::errors::ErrorLimiter;
+use crate::relay::{
+    head_read_size, read_response_head, relay_body, BodyPlan, HeadFail, HeadRead, RelayError,
+};
+use crate::shard::{Buffers, PooledBuf, ShardCtx};
+use crate::snapshot::Shared;
+use crate::splice::{relay_spliced, PipePool, SplicedBody};
+use crate::stats::{add, bump, Stats};
+use crate::trace::Trace;
+use crate::upstream::connect::Connector;
+use crate::upstream::pool::Pool;
+use crate::upstream::state::{Backends, Forwarding, Pick, PickKey};
+
+/// The facts of the request the later stages need once the head buffer is reused.
+#[derive(Clone, Copy)]
+pub struct RequestFacts {
+    pub method: Method,
+    pub minor: u8,
+    pub keep_alive: bool,
+    pub framing: BodyFraming,
+    pub expect_continue: bool,
+    pub head_len: usize,
+    /// The client asked to switch protocols and the upgrade will be forwarded.
+    pub upgrade: bool,
+}
+
+/// A request routed and encoded for its upstream, ready to send.
+pub struct Prepared<'a> {
+    pub upstream: usize,
+    pub key: PickKey,
+    /// The upstream request head (kept for a possible retry).
+    pub out: PooledBuf<'a>,
+    pub out_framing: OutFraming,
+}
+
+/// What the forward stages use from the shard, and nothing else.
+pub struct Forward<'a> {
+    pub shared: &'a Shared,
+    pub cfg: &'a Config,
+    pub backends: &'a Backends,
+    pub pool: &'a RefCell<Pool>,
+    pub stats: &'a Stats,
+    pub errors: &'a ErrorLimiter,
+    pub pipes: &'a PipePool,
+    pub buffers: &'a Buffers,
+    pub connector: Connector<'a>,
+}
+
+impl<'a> Forward<'a> {
+    pub fn new(ctx: &'a ShardCtx) -> Forward<'a> {
+        Forward {
+            shared: &ctx.shared,
+            cfg: &ctx.shared.config,
+            backends: &ctx.backends,
+            pool: &ctx.pool,
+            stats: &ctx.stats,
+            errors: &ctx.errors,
+            pipes: &ctx.pipes,
+            buffers: &ctx.buffers,
+            connector: ctx.connector(),
+        }
+    }
+}
+
+/// A backend's response head, with the connection it came on and what still counts the
+/// request against that backend (released when the response has been relayed).
+pub struct Answered<'a> {
+    pub upstream: TcpStream,
+    pub backend: usize,
+    pub head: ResponseHead,
+    /// The head, and whatever of the body came with it.
+    pub ubuf: PooledBuf<'a>,
+    /// The request head buffer, reused for the client's response head.
+    pub out: PooledBuf<'a>,
+    /// A sticky session starts or moved: the response names the backend in a cookie.
+    pub set_cookie: bool,
+    /// When the request's first byte went to this backend.
+    pub sending: Instant,
+    /// The backend answered before it took the whole request body: the client's body is
+    /// unread, so its connection closes after the response.
+    pub early: bool,
+    pub guards: TryGuards<'a>,
+}
+
+/// What one try holds while it runs: the backend's in-flight count and its breaker permit.
+/// Dropped (released) when the try ends, by ownership, whichever way it ends.
+pub struct TryGuards<'a> {
+    in_flight: Forwarding<'a>,
+    _permit: Permit,
+}
+
+/// The attempt machine's steps.
+enum Step<'a> {
+    /// Choose a backend: the balancer's pick, or the one a retry already chose.
+    Pick { chosen: Option<usize> },
+    /// Take this shard's breaker permits, then a pooled connection (unless `fresh`) or a new
+    /// one.
+    Connect {
+        backend: usize,
+        fresh: bool,
+        guards: TryGuards<'a>,
+    },
+    /// Send the head (and the body), then read the response head.
+    Exchange {
+        backend: usize,
+        conn: TcpStream,
+        reused: bool,
+        guards: TryGuards<'a>,
+    },
+}
+
+/// One request's state across the machine's steps.
+struct Request<'a> {
+    prepared: Prepared<'a>,
+    facts: RequestFacts,
+    /// The response head (and what came with it) is read into this.
+    ubuf: PooledBuf<'a>,
+    tries: Tries,
+}
+
+/// The connection one try runs on, and what counts that try against its backend.
+struct Conn<'c, 'g> {
+    backend: usize,
+    conn: &'c mut TcpStream,
+    reused: bool,
+    guards: &'c mut TryGuards<'g>,
+}
+
+/// What one try produced.
+struct TryResult {
+    got: Result<ResponseHead, HeadFail>,
+    outcome: TryOutcome,
+    /// Some response byte arrived.
+    any_byte: bool,
+    /// The request body stopped because the backend closed (it may have answered early).
+    body_stopped: bool,
+    /// When the request's first byte went out.
+    sending: Instant,
+}
+
+impl TryResult {
+    /// The error for a try that ends the request without a response head.
+    fn error(&self, fail: &HeadFail, reused: bool) -> ProxyError {
+        let kind = match fail {
+            HeadFail::Io(IoFail::Timeout) => Kind::Timeout,
+            HeadFail::Io(_) => Kind::Closed,
+            HeadFail::Bad => Kind::Framing,
+        };
+        let stage = if self.body_stopped {
+            Stage::Send
+        } else {
+            Stage::Head
+        };
+        ProxyError {
+            reused,
+            sent: true,
+            ..ProxyError::upstream(kind, stage)
+        }
+    }
+}
+
+/// Counts across the tries of one request.
+struct Tries {
+    upstream: usize,
+    first_try: Instant,
+    /// Backends this request tried (a failed connect, or a retried try). Bounded.
+    tried: Vec<usize>,
+    /// Policy tries so far (the first included).
+    attempt: u32,
+    connect_failures: usize,
+    /// The current try is the fresh-connection resend of a stale pooled connection.
+    resending: bool,
+    set_cookie: bool,
+}
+
+impl<'a> Forward<'a> {
+    /// Runs the attempt machine to a response head, or to the error the client is answered
+    /// with. `trace` records the backend chosen.
+    pub async fn forward(
+        &self,
+        client: &mut Client,
+        prepared: Prepared<'a>,
+        facts: RequestFacts,
+        trace: &mut Trace,
+    ) -> Result<Answered<'a>, ProxyError> {
+        let upstream = prepared.upstream;
+        let first_try = Instant::now();
+        self.backends.budget_request(upstream);
+        let mut req = Request {
+            prepared,
+            facts,
+            ubuf: self.buffers.take(),
+            tries: Tries {
+                upstream,
+                first_try,
+                tried: Vec::new(),
+                attempt: 1,
+                connect_failures: 0,
+                resending: false,
+                set_cookie: false,
+            },
+        };
+        let mut step = Step::Pick { chosen: None };
+        loop {
+            step = match step {
+                Step::Pick { chosen } => {
+                    let backend = self.pick(upstream, chosen, req.prepared.key, &mut req.tries)?;
+                    trace.backend = Some(backend);
+                    // Counted against the backend from the pick on (load-aware balancers
+                    // see it); the breaker's request permit is this shard's share.
+                    let in_flight = self.backends.forwarding(
+                        self.shared,
+                        &self.stats.backends[backend],
+                        backend,
+                    );
+                    let permit = self.backends.breakers[backend]
+                        .try_acquire(Resource::Requests)
+                        .map_err(|open| self.breaker_open(backend, open))?;
+                    Step::Connect {
+                        backend,
+                        fresh: req.tries.resending,
+                        guards: TryGuards {
+                            in_flight,
+                            _permit: permit,
+                        },
+                    }
+                }
+                Step::Connect {
+                    backend,
+                    fresh,
+                    guards,
+                } => match self.connection(backend, fresh).await? {
+                    Some((conn, reused)) => Step::Exchange {
+                        backend,
+                        conn,
+                        reused,
+                        guards,
+                    },
+                    None => {
+                        req.tries.tried.push(backend);
+                        req.tries.connect_failures += 1;
+                        match self.after(
+                            &req.facts,
+                            &req.tries,
+                            TryOutcome::ConnectFailure,
+                            false,
+                            false,
+                        ) {
+                            Decision::ConnectAnother => Step::Pick { chosen: None },
+                            _ => return Err(ProxyError::upstream(Kind::Exhausted, Stage::Connect)),
+                        }
+                    }
+                },
+                Step::Exchange {
+                    backend,
+                    mut conn,
+                    reused,
+                    mut guards,
+                } => {
+                    let t = self
+                        .exchange(
+                            client,
+                            &mut req,
+                            trace,
+                            Conn {
+                                backend,
+                                conn: &mut conn,
+                                reused,
+                                guards: &mut guards,
+                            },
+                        )
+                        .await?;
+                    let decision =
+                        self.after(&req.facts, &req.tries, t.outcome, reused, t.any_byte);
+                    if decision == Decision::ResendFresh {
+                        // A keep-alive race, not the backend's latency.
+                        bump(&self.stats.retries);
+                        guards.in_flight.sent = false;
+                        req.tries.resending = true;
+                        req.ubuf.clear();
+                        // `req.prepared.out` still holds the head to resend.
+                        drop(guards);
+                        Step::Connect {
+                            backend,
+                            fresh: true,
+                            guards: self.regain(backend)?,
+                        }
+                    } else {
+                        let o = t.outcome;
+                        self.backends
+                            .observe(self.shared, self.stats, self.errors, backend, o);
+                        let retry = (decision == Decision::RetryAnother)
+                            .then(|| self.retry_pick(backend, o, req.prepared.key, &mut req.tries))
+                            .flatten();
+                        if let Some(next) = retry {
+                            // A reset says nothing about the backend's speed.
+                            if o == TryOutcome::Reset {
+                                guards.in_flight.sent = false;
+                            }
+                            req.ubuf.clear();
+                            // The connection is dropped: its response (if any) is unread.
+                            Step::Pick { chosen: Some(next) }
+                        } else {
+                            let head = match t.got {
+                                Ok(head) => head,
+                                Err(ref fail) => return Err(t.error(fail, reused)),
+                            };
+                            self.stats.record_first_byte(micros(t.sending));
+                            return Ok(Answered {
+                                upstream: conn,
+                                backend,
+                                head,
+                                ubuf: req.ubuf,
+                                out: req.prepared.out,
+                                set_cookie: req.tries.set_cookie,
+                                sending: t.sending,
+                                early: t.body_stopped,
+                                guards,
+                            });
+                        }
+                    }
+                }
+            };
+        }
+    }
+
+    /// One try on a connection: `100 Continue` if asked for, the head and body, then the
+    /// response head. The error is the client's side failing (the try cannot go on).
+    async fn exchange(
+        &self,
+        client: &mut Client,
+        req: &mut Request<'a>,
+        trace: &mut Trace,
+        on: Conn<'_, '_>,
+    ) -> Result<TryResult, ProxyError> {
+        let Request {
+            prepared,
+            facts,
+            ubuf,
+            tries,
+        } = req;
+        let facts = &*facts;
+        self.expect_continue(client, facts).await?;
+        // From here the backend may have the request.
+        on.guards.in_flight.sent = true;
+        let sending = Instant::now();
+        let sent = self
+            .send(client, on.conn, prepared, facts, on.backend, trace)
+            .await
+            .map_err(|e| ProxyError {
+                reused: on.reused,
+                ..e
+            })?;
+        // This try's bound on the response head: upstream_response, or the retry policy's
+        // per-try and total timeouts when they are shorter.
+        let retry = &self.cfg.upstreams[tries.upstream].resilience.retry;
+        let most = self.cfg.timeouts.upstream_response;
+        let timeout = retry
+            .try_deadline(tries.first_try, sending)
+            .map_or(most, |d| d.saturating_duration_since(sending).min(most));
+        let mut any_byte = false;
+        let body_stopped = sent.is_err();
+        let got = match sent {
+            // The body stopped because the backend closed: it may have answered first (read
+            // what it sent). A bodiless request has no answer yet, and a stalled backend is
+            // not waited for twice.
+            Err(e) if facts.framing.is_empty() || matches!(e, IoFail::Timeout) => {
+                Err(HeadFail::Io(e))
+            }
+            _ => {
+                let how = self.head_read(facts, on.backend, timeout);
+                let dl = &mut client.deadline;
+                read_response_head(on.conn, ubuf, &how, dl, &mut any_byte).await
+            }
+        };
+        let outcome = match &got {
+            Ok(h) => TryOutcome::Response { status: h.status },
+            Err(HeadFail::Io(IoFail::Timeout)) => TryOutcome::Timeout,
+            Err(_) => TryOutcome::Reset,
+        };
+        Ok(TryResult {
+            got,
+            outcome,
+            any_byte,
+            body_stopped,
+            sending,
+        })
+    }
+
+    /// Balance: the chosen backend, or the balancer's pick among those not yet tried.
+    fn pick(
+        &self,
+        upstream: usize,
+        chosen: Option<usize>,
+        key: PickKey,
+        tries: &mut Tries,
+    ) -> Result<usize, ProxyError> {
+        if let Some(b) = chosen {
+            return Ok(b);
+        }
+        let (pick, set) =
+            self.backends
+                .pick(self.shared, upstream, &tries.tried, Instant::now(), key);
+        tries.set_cookie = set;
+        match pick {
+            Pick::Backend(b) => Ok(b),
+            Pick::NoneUsable => Err(ProxyError::upstream(Kind::NoneUsable, Stage::Connect)),
+            Pick::Exhausted => Err(ProxyError::upstream(Kind::Exhausted, Stage::Connect)),
+        }
+    }
+
+    /// The guards of a resend to the same backend (the previous ones were released first).
+    fn regain(&self, backend: usize) -> Result<TryGuards<'a>, ProxyError> {
+        let in_flight =
+            self.backends
+                .forwarding(self.shared, &self.stats.backends[backend], backend);
+        let permit = self.backends.breakers[backend]
+            .try_acquire(Resource::Requests)
+            .map_err(|open| self.breaker_open(backend, open))?;
+        Ok(TryGuards {
+            in_flight,
+            _permit: permit,
+        })
+    }
+
+    /// The one retry rule, with this request's facts.
+    fn after(
+        &self,
+        facts: &RequestFacts,
+        tries: &Tries,
+        outcome: TryOutcome,
+        reused: bool,
+        any_response_byte: bool,
+    ) -> Decision {
+        let res = &self.cfg.upstreams[tries.upstream].resilience;
+        decide(
+            &res.retry,
+            &Try {
+                outcome,
+                idempotent: facts.method.is_idempotent(),
+                has_body: !facts.framing.is_empty(),
+                reused,
+                any_response_byte,
+                attempt: tries.attempt,
+                connect_failures: tries.connect_failures,
+                was_resend: tries.resending,
+                time_left: res.retry.has_time_left(tries.first_try, Instant::now()),
+            },
+        )
+    }
+
+    /// A policy retry: a usable backend this request has not tried, if the budget allows.
+    fn retry_pick(
+        &self,
+        failed: usize,
+        outcome: TryOutcome,
+        key: PickKey,
+        tries: &mut Tries,
+    ) -> Option<usize> {
+        let upstream = tries.upstream;
+        let mut others = tries.tried.clone();
+        others.push(failed);
+        let (pick, set) = self
+            .backends
+            .pick(self.shared, upstream, &others, Instant::now(), key);
+        let Pick::Backend(next) = pick else {
+            return None;
+        };
+        if !self.backends.budget_retry(upstream) {
+            return None;
+        }
+        tries.set_cookie = set;
+        bump(&self.stats.retries);
+        if self.errors.allow(self.stats) {
+            tracing::info!(backend = %self.shared.backends[failed].address, ?outcome, "retrying on another backend");
+        }
+        tries.tried.push(failed);
+        tries.attempt += 1;
+        tries.resending = false;
+        Some(next)
+    }
+
+    /// Pool: a pooled connection to `backend` (unless `fresh`), or a new one within the
+    /// breaker's connection and pending limits. `Ok(None)`: the connect failed.
+    async fn connection(
+        &self,
+        backend: usize,
+        fresh: bool,
+    ) -> Result<Option<(TcpStream, bool)>, ProxyError> {
+        if !fresh {
+            // Always probed: a backend that sent more than its framing said (or answered a
+            // request body as a second request) leaves bytes that would otherwise become the
+            // next client's response.
+            let pooled = self
+                .pool
+                .borrow_mut()
+                .checkout(backend, Instant::now(), true);
+            if let Some(s) = pooled {
+                return Ok(Some((s, true)));
+            }
+        }
+        let breaker = &self.backends.breakers[backend];
+        if let Some(limit) = breaker.limits().max_connections {
+            let b = &self.stats.backends[backend];
+            let open = b.in_flight.get() + self.pool.borrow().idle_for(backend) as u64;
+            // `in_flight` already counts this request: after this connect there would be
+            // `open` connections.
+            if open > u64::from(limit) {
+                let open = Open {
+                    resource: Resource::Connections,
+                    limit,
+                };
+                return Err(self.breaker_open(backend, open));
+            }
+        }
+        let pending = breaker
+            .try_acquire(Resource::Pending)
+            .map_err(|open| self.breaker_open(backend, open))?;
+        let connected = self.connector.connect(backend).await;
+        drop(pending);
+        Ok(connected.ok().map(|s| (s, false)))
+    }
+
+    /// A breaker limit was reached: count it and answer 503 without trying.
+    fn breaker_open(&self, backend: usize, open: Open) -> ProxyError {
+        bump(&self.stats.backends[backend].breaker_rejected);
+        if self.errors.allow(self.stats) {
+            tracing::warn!(backend = %self.shared.backends[backend].address, "{open}");
+        }
+        ProxyError::upstream(Kind::BreakerOpen, Stage::Connect)
+    }
+
+    /// `100 Continue` once we know the request will go somewhere.
+    async fn expect_continue(
+        &self,
+        client: &mut Client,
+        facts: &RequestFacts,
+    ) -> Result<(), ProxyError> {
+        if facts.expect_continue
+            && facts.minor == 1
+            && !facts.framing.is_empty()
+            && client.buf.is_empty()
+        {
+            write_static(
+                &mut client.stream,
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                &mut client.deadline,
+                self.cfg.timeouts.client_send,
+            )
+            .await
+            .map_err(|_| ProxyError::client(Kind::Closed, Stage::Send))?;
+        }
+        Ok(())
+    }
+
+    /// Forward: the head, then the body (spliced when large and of known length). The outer
+    /// error is the client's side failing; the inner one the upstream write failing.
+    async fn send(
+        &self,
+        client: &mut Client,
+        conn: &mut TcpStream,
+        prepared: &mut Prepared<'a>,
+        facts: &RequestFacts,
+        backend: usize,
+        trace: &mut Trace,
+    ) -> Result<Result<(), IoFail>, ProxyError> {
+        let cfg = self.cfg;
+        let out = &mut *prepared.out;
+        if facts.framing.is_empty() {
+            let n = out.len();
+            return Ok(write_from(
+                conn,
+                out,
+                0,
+                n,
+                &mut client.deadline,
+                cfg.timeouts.upstream_response,
+            )
+            .await);
+        }
+        let mut pos = 0;
+        let spliced = match (facts.framing, prepared.out_framing) {
+            (BodyFraming::Length(n), OutFraming::Length(_))
+                if cfg.splice.enabled && n >= cfg.splice.min_bytes =>
+            {
+                self.pipes.lend().map(|p| (p, n))
+            }
+            _ => None,
+        };
+        let r = if let Some((pipe, len)) = spliced {
+            bump(&self.stats.spliced);
+            let r = relay_spliced(
+                &client.stream,
+                &client.buf,
+                &mut pos,
+                conn,
+                out,
+                SplicedBody::Length(len),
+                pipe.pipe(),
+                &mut client.deadline,
+                cfg.timeouts.client_body,
+                cfg.timeouts.upstream_response,
+                &mut false,
+            )
+            .await;
+            if r.is_ok() {
+                pipe.give_back();
+                add(&self.stats.spliced_bytes, len - pos as u64);
+            }
+            r
+        } else {
+            let plan = BodyPlan {
+                incoming: facts.framing,
+                outgoing: prepared.out_framing,
+                limit: cfg.limits.max_body_bytes,
+                chunk_overhead: cfg.limits.max_header_bytes,
+                forward_trailers: false,
+                read_timeout: cfg.timeouts.client_body,
+                write_timeout: cfg.timeouts.upstream_response,
+            };
+            relay_body(
+                &mut client.stream,
+                &mut client.buf,
+                &mut pos,
+                conn,
+                out,
+                &mut client.deadline,
+                &plan,
+                &mut false,
+            )
+            .await
+        };
+        match r {
+            Ok(n) => {
+                add(&self.stats.bytes_in, n);
+                add(&self.stats.backends[backend].bytes_sent, n);
+                trace.bytes_in = n;
+                client.buf.drain(..pos);
+                Ok(Ok(()))
+            }
+            Err(RelayError::Write(e)) => Ok(Err(e)),
+            Err(RelayError::Read(IoFail::Timeout)) => {
+                Err(ProxyError::client(Kind::Timeout, Stage::Send))
+            }
+            Err(RelayError::Read(_)) => Err(ProxyError::client(Kind::Closed, Stage::Send)),
+            Err(RelayError::Framing) => Err(ProxyError::client(Kind::Framing, Stage::Send)),
+            Err(RelayError::TooLarge) => Err(ProxyError::client(Kind::TooLarge, Stage::Send)),
+        }
+        .map_err(|e| ProxyError { sent: true, ..e })
+    }
+
+    /// How this try reads the response head.
+    fn head_read(
+        &self,
+        facts: &RequestFacts,
+        backend: usize,
+        timeout: std::time::Duration,
+    ) -> HeadRead {
+        let cfg = self.cfg;
+        HeadRead {
+            limits: HeadLimits {
+                max_header_bytes: cfg.limits.max_header_bytes.max(16384),
+                max_headers: cfg.limits.max_headers.max(100),
+                max_uri_bytes: cfg.limits.max_uri_bytes,
+            },
+            timeout,
+            upgrade: facts.upgrade,
+            max_read: head_read_size(&cfg.splice, self.backends.spliced_last[backend].get()),
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Stage 5 of the pipeline, *pool*, when the pool has no connection: open a new one to a
+//! backend, bounded by `upstream_connect`, with `TCP_NODELAY` and the configured congestion
+//! control, counted in the shard's stats. A failed connect is also a passive-check outcome.
+
+use std::time::Instant;
+
+use monoio::net::TcpStream;
+
+use crate::health::Outcome as TryOutcome;
+use crate::observe::errors::ErrorLimiter;
+use crate::snapshot::Shared;
+use crate::stats::{bump, Stats};
+use crate::upstream::state::Backends;
+
+/// What a connect needs from the shard: the snapshot, its counters, its error-log limiter
+/// and its view of the backends (a failure feeds the passive check).
+pub struct Connector<'a> {
+    pub shared: &'a Shared,
+    pub stats: &'a Stats,
+    pub errors: &'a ErrorLimiter,
+    pub backends: &'a Backends,
+}
+
+impl Connector<'_> {
+    /// Opens a new connection to `backend`.
+    pub async fn connect(&self, backend: usize) -> std::io::Result<TcpStream> {
+        let addr = self.shared.backends[backend].address;
+        let timeout = self.shared.config.timeouts.upstream_connect;
+        let bstats = &self.stats.backends[backend];
+        bump(&self.stats.upstream_connects);
+        bump(&bstats.connects);
+        let started = Instant::now();
+        let result = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+            Ok(Ok(s)) => {
+                self.stats
+                    .record_connect(started.elapsed().as_micros() as u64);
+                let _ = s.set_nodelay(true);
+                if let Some(name) = &self.shared.config.congestion.upstream {
+                    // Validated at start-up; a refusal now leaves the host's default.
+                    if let Err(e) =
+                        crate::listener::set_congestion(std::os::fd::AsRawFd::as_raw_fd(&s), name)
+                    {
+                        tracing::debug!(error = %e, "upstream_congestion");
+                    }
+                }
+                Ok(s)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            )),
+        };
+        if let Err(e) = &result {
+            bump(&self.stats.upstream_connect_errors);
+            bump(&bstats.connect_errors);
+            if self.errors.allow(self.stats) {
+                tracing::warn!(backend = %addr, error = %e, "upstream connect failed");
+            }
+            self.backends.observe(
+                self.shared,
+                self.stats,
+                self.errors,
+                backend,
+                TryOutcome::ConnectFailure,
+            );
+        }
+        result
+    }
+}

@@ -1,0 +1,259 @@
+//! Stage 4 of the pipeline, *balance*, with what this shard knows of its backends: the
+//! balancer cursors, passive checks (outlier detection), circuit breakers and retry budgets,
+//! all per shard and never shared. [`Backends::pick`] chooses a backend (drained, unhealthy,
+//! ejected and already-tried backends are skipped, and a recovering backend's share ramps
+//! up over `slow_start`); [`Backends::forwarding`] counts a request against its backend
+//! until it returns; [`Backends::observe`] feeds each try's outcome to the passive check.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::balance::ShardBalancer;
+use crate::health::breaker::{Breaker, BreakerLimits};
+use crate::health::outlier::{OutlierDetector, OutlierEvent};
+use crate::health::retry::RetryBudget;
+use crate::health::slow_start::kept_share;
+use crate::health::Outcome as TryOutcome;
+use crate::observe::errors::ErrorLimiter;
+use crate::snapshot::{members_of, Shared};
+use crate::stats::{bump, BackendStats, Stats};
+
+/// The outcome of choosing a backend for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    Backend(usize),
+    /// Every backend recently refused connections: fail fast with 503.
+    NoneUsable,
+    /// Every usable backend was tried by this request and refused: 502.
+    Exhausted,
+}
+
+/// A pick's inputs that come from the request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PickKey {
+    /// The hash of the request's key (hash algorithms).
+    pub hash: Option<u32>,
+    /// The member (local index) its sticky cookie names, if valid.
+    pub sticky: Option<usize>,
+}
+
+/// One shard's view of every backend. Indices are global backend indices (positions in
+/// [`Shared::backends`]) unless named local.
+pub struct Backends {
+    balancers: RefCell<Vec<ShardBalancer>>,
+    /// Passive checks per upstream (indices local to the upstream).
+    outliers: RefCell<Vec<OutlierDetector>>,
+    /// Per backend: this shard's share of its circuit-breaker limits.
+    pub breakers: Vec<Rc<Breaker>>,
+    /// Per upstream: the retry budget.
+    budgets: RefCell<Vec<RetryBudget>>,
+    /// Per backend: its last response body on this shard qualified for splicing (spliced,
+    /// or copied for want of a pipe), so the next response head is read in a small piece
+    /// (`relay::head_read_size`).
+    pub spliced_last: Vec<Cell<bool>>,
+    /// xorshift64 state for slow start (per shard, never shared).
+    rng: Cell<u64>,
+}
+
+impl Backends {
+    pub fn new(shared: &Shared, shard: usize) -> Backends {
+        let shards = shared.accepting.len().max(1);
+        let now = Instant::now();
+        let upstreams = &shared.config.upstreams;
+        Backends {
+            balancers: RefCell::new(
+                upstreams
+                    .iter()
+                    .map(|u| ShardBalancer::new(&u.balance, &members_of(u), shard))
+                    .collect(),
+            ),
+            outliers: RefCell::new(
+                upstreams
+                    .iter()
+                    .map(|u| OutlierDetector::new(u.resilience.outlier.clone(), u.backends.len()))
+                    .collect(),
+            ),
+            breakers: shared
+                .backends
+                .iter()
+                .map(|b| {
+                    let limits: BreakerLimits = upstreams[b.upstream].resilience.breaker;
+                    Breaker::new(limits.shard_share(shards, shard))
+                })
+                .collect(),
+            budgets: RefCell::new(
+                upstreams
+                    .iter()
+                    .map(|u| RetryBudget::from_spec(&u.resilience.retry, now))
+                    .collect(),
+            ),
+            spliced_last: shared.backends.iter().map(|_| Cell::new(false)).collect(),
+            rng: Cell::new(0x2545_F491_4F6C_DD1D ^ ((shard as u64 + 1) << 17)),
+        }
+    }
+
+    /// Picks a backend of `upstream`, skipping those this request already tried, drained
+    /// ones, those failing their health check, and those this shard ejected. Returns whether
+    /// a sticky cookie must be set.
+    pub fn pick(
+        &self,
+        shared: &Shared,
+        upstream: usize,
+        tried: &[usize],
+        now: Instant,
+        key: PickKey,
+    ) -> (Pick, bool) {
+        let range = shared.upstream_backends[upstream].clone();
+        let outlier = &self.outliers.borrow()[upstream];
+        let board = &shared.board;
+        let usable = |i: usize| {
+            let g = range.start + i;
+            !tried.contains(&g)
+                && !shared.is_drained(g)
+                && board.is_usable(g)
+                && !outlier.is_ejected(i, now)
+        };
+        let table = &shared.tables[upstream];
+        let balancer = &mut self.balancers.borrow_mut()[upstream];
+        let mut picked = if table.sticky().is_some() {
+            let cookie = key.sticky.map(|i| table.sticky_value(i).as_bytes());
+            balancer
+                .pick_sticky(table, cookie, key.hash, usable)
+                .map(|p| (p.index, p.set_cookie))
+        } else {
+            balancer.pick(table, key.hash, usable).map(|i| (i, false))
+        };
+        // Slow start: a backend that just came back keeps a growing share of its picks
+        // (`health::slow_start`); otherwise the pick is made again without it (hash
+        // algorithms keep their mapping).
+        let slow = shared.config.upstreams[upstream].resilience.slow_start;
+        if let Some((i, set)) = picked {
+            if !slow.is_zero() && !table.algorithm().is_hash() && (key.sticky != Some(i) || set) {
+                let share = kept_share(board.ramp_from(range.start + i), slow, now);
+                if share < 1.0 && self.unit_random() >= share {
+                    let others = |j: usize| j != i && usable(j);
+                    if let Some(j) = balancer.pick(table, key.hash, others) {
+                        picked = Some((j, set));
+                    }
+                }
+            }
+        }
+        match picked {
+            Some((i, set_cookie)) => (Pick::Backend(range.start + i), set_cookie),
+            None if tried.is_empty() => (Pick::NoneUsable, false),
+            None => (Pick::Exhausted, false),
+        }
+    }
+
+    /// A number in [0, 1) from the shard's own generator.
+    fn unit_random(&self) -> f64 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A request is assigned to `backend` from its pick until the guard drops (the in-flight
+    /// gauge, and the load signal of least_conn, p2c and bounded loads: counting from the
+    /// pick, not from the connect, so a burst of new requests sees each other).
+    pub fn forwarding<'a>(
+        &'a self,
+        shared: &Shared,
+        stats: &'a BackendStats,
+        backend: usize,
+    ) -> Forwarding<'a> {
+        let info = &shared.backends[backend];
+        self.balancers.borrow_mut()[info.upstream].started(info.local);
+        stats.in_flight.set(stats.in_flight.get() + 1);
+        Forwarding {
+            backends: self,
+            stats,
+            upstream: info.upstream,
+            local: info.local,
+            since: Instant::now(),
+            sent: false,
+        }
+    }
+
+    /// Feeds one attempt's outcome to the backend's passive check (outlier detection).
+    pub fn observe(
+        &self,
+        shared: &Shared,
+        stats: &Stats,
+        errors: &ErrorLimiter,
+        backend: usize,
+        outcome: TryOutcome,
+    ) {
+        let info = &shared.backends[backend];
+        let event =
+            self.outliers.borrow_mut()[info.upstream].observe(info.local, outcome, Instant::now());
+        match event {
+            Some(OutlierEvent::Ejected { .. }) => {
+                bump(&stats.backends[backend].ejections);
+                if errors.allow(stats) {
+                    tracing::warn!(backend = %info.address, upstream = %shared.config.upstreams[info.upstream].name, ?outcome, "backend ejected on this shard");
+                }
+            }
+            Some(OutlierEvent::Suppressed { .. }) => {
+                bump(&stats.backends[backend].ejections_suppressed);
+            }
+            None => {}
+        }
+    }
+
+    /// Whether this shard ejected the backend (local index `local` of `upstream`) at `now`.
+    pub fn is_ejected(&self, upstream: usize, local: usize, now: Instant) -> bool {
+        self.outliers.borrow()[upstream].is_ejected(local, now)
+    }
+
+    /// Counts a client request against its upstream's retry budget.
+    pub fn budget_request(&self, upstream: usize) {
+        self.budgets.borrow_mut()[upstream].record_request(Instant::now());
+    }
+
+    /// Whether the upstream's retry budget allows one more retry now (counted either way).
+    pub fn budget_retry(&self, upstream: usize) -> bool {
+        self.budgets.borrow_mut()[upstream].try_retry(Instant::now())
+    }
+
+    /// Retries granted and denied per upstream since start.
+    pub fn budget_counts(&self) -> Vec<(u64, u64)> {
+        self.budgets
+            .borrow()
+            .iter()
+            .map(|b| (b.granted(), b.denied()))
+            .collect()
+    }
+}
+
+/// See [`Backends::forwarding`].
+pub struct Forwarding<'a> {
+    backends: &'a Backends,
+    stats: &'a BackendStats,
+    upstream: usize,
+    local: usize,
+    since: Instant,
+    /// Set once the request was sent: only then does its time feed the latency signal.
+    pub sent: bool,
+}
+
+impl Drop for Forwarding<'_> {
+    fn drop(&mut self) {
+        let mut balancers = self.backends.balancers.borrow_mut();
+        if self.sent {
+            balancers[self.upstream].finished(self.local, self.since.elapsed());
+        } else {
+            balancers[self.upstream].abandoned(self.local);
+        }
+        drop(balancers);
+        let c = &self.stats.in_flight;
+        c.set(c.get().saturating_sub(1));
+    }
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

@@ -1,0 +1,121 @@
+//! A backend that answers before it has read the whole request body (a 413 or 401 on an
+//! upload, sent at once, then close) gets its answer relayed to the client, as nginx and
+//! HAProxy do, instead of a 502: the proxy stops sending the body, relays the response with
+//! `Connection: close`, and closes the client connection (lingering, so the unread upload
+//! does not reset the response away, RFC 9112 §9.6). Uploads of known length (spliced from
+//! 256 KiB, copied below) and chunked ones, on both engines.
+
+use crate::support::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+const ANSWER: &[u8] =
+    b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large";
+
+/// A backend that reads one request head, answers 413 at once and closes without reading
+/// the body (the kernel resets the connection: unread bytes were pending). Reports each
+/// request head it read.
+fn refusing_backend() -> (SocketAddr, mpsc::Receiver<String>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if s.read(&mut b).unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(b[0]);
+            }
+            let _ = s.write_all(ANSWER);
+            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+            drop(s);
+        }
+    });
+    (addr, rx)
+}
+
+/// Sends a `len`-byte upload (its head, then the body from another thread, which stops at
+/// the first write error) and returns the response the client read and whether the proxy
+/// then closed the connection.
+fn upload(proxy: &Proxy, len: usize, chunked: bool) -> (Response, bool) {
+    let mut c = Client::connect(proxy.addr());
+    let head = if chunked {
+        "POST /upload HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_string()
+    } else {
+        format!("POST /upload HTTP/1.1\r\nHost: example.com\r\nContent-Length: {len}\r\n\r\n")
+    };
+    c.send(head.as_bytes());
+    let mut w: TcpStream = c.stream().try_clone().unwrap();
+    w.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    let writer = thread::spawn(move || {
+        let piece = vec![b'x'; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(piece.len());
+            let r = if chunked {
+                w.write_all(format!("{n:x}\r\n").as_bytes())
+                    .and_then(|_| w.write_all(&piece[..n]))
+                    .and_then(|_| w.write_all(b"\r\n"))
+            } else {
+                w.write_all(&piece[..n])
+            };
+            if r.is_err() {
+                return;
+            }
+            left -= n;
+        }
+        if chunked {
+            let _ = w.write_all(b"0\r\n\r\n");
+        }
+    });
+    let r = c.read_response();
+    // After the response: end of stream (or a reset once the lingering read stops), never a
+    // second response or a hang.
+    let closed = matches!(
+        c.try_read_response(),
+        Err(ClientError::Closed) | Err(ClientError::Reset)
+    );
+    writer.join().unwrap();
+    (r, closed)
+}
+
+both_engines! {
+    fn an_early_413_on_a_large_upload_reaches_the_client(engine) {
+        let (backend, heads) = refusing_backend();
+        let proxy = Config::single(backend)
+            .limit("max_body_bytes", "\"64MiB\"")
+            .start(engine);
+        for (len, chunked) in [(5 << 20, false), (5 << 20, true), (100_000, false)] {
+            let (r, closed) = upload(&proxy, len, chunked);
+            assert_eq!(r.status(), 413, "len {len} chunked {chunked}: {}", r.head.raw);
+            assert_eq!(r.body_str(), "too large");
+            // 5 MiB cannot all sit in socket buffers before the backend's reset, so the body
+            // is cut short: the connection must end. 100 kB may all have gone out first,
+            // and then the client connection may stay open.
+            if len > 1 << 20 {
+                assert!(
+                    r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")),
+                    "the unread body ends the connection: {}",
+                    r.head.raw
+                );
+                assert!(closed, "len {len} chunked {chunked}: the connection must close");
+            }
+            let seen = heads.recv_timeout(Duration::from_secs(20)).unwrap();
+            assert!(seen.starts_with("POST /upload "), "{seen}");
+        }
+        // Nothing was replayed: one backend request per upload.
+        assert!(heads.try_recv().is_err());
+        // The proxy still serves.
+        let (r, _) = upload(&proxy, 10, false);
+        assert_eq!(r.status(), 413);
+    }
+}
