@@ -8,6 +8,7 @@ mod balancing;
 mod bodies;
 mod check;
 mod congestion;
+mod examples;
 mod framing;
 mod headers;
 mod keepalive;
