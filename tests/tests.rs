@@ -9,6 +9,7 @@ mod bodies;
 mod check;
 mod congestion;
 mod early_answer;
+mod examples;
 mod framing;
 mod headers;
 mod keepalive;
