@@ -1,10 +1,12 @@
 //! edgeshard: a thread-per-core HTTP/1.1 edge load balancer and reverse proxy.
 //!
-//! The request pipeline, one module per stage:
-//! accept ([`listener`], [`shard`]) → parse ([`http::parse`]) → route ([`route`]) →
-//! balance ([`balance`]) → pool ([`upstream::pool`]) → forward ([`proxy`], [`http::chunked`],
-//! [`http::encode`]) → respond ([`proxy`], [`http::canned`]), driven per client connection by
-//! [`conn`]. Configuration is validated up front by [`config`].
+//! The request pipeline, one module per stage: accept ([`listener`], [`worker`]) → parse
+//! ([`conn`], [`http::parse`]) → route ([`proxy`], [`route`]) → balance ([`forward`],
+//! [`upstream::state`], [`balance`]) → pool ([`upstream::pool`], [`upstream::connect`]) →
+//! forward ([`forward`], [`relay`], [`splice`]) → respond ([`respond`], [`http::encode`],
+//! [`http::canned`]). Failures are one [`error::ProxyError`]. Each shard's state is
+//! [`shard::ShardCtx`]; the read-only configuration they share is [`snapshot::Shared`].
+//! Configuration is validated up front by [`config`].
 
 pub mod balance;
 pub mod client;
