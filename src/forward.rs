@@ -1,6 +1,6 @@
 //! Stages 4 to 6 of the pipeline for one request: *balance* (pick a backend), *pool* (check a
 //! connection out, or connect), *forward* (send the head and body, read the response head).
-//! The upstream attempt loop is an explicit state machine ([`Step`]): each step names what it
+//! The upstream attempt loop is an explicit state machine (`Step`): each step names what it
 //! holds, and after every try that gave no usable response the one retry rule
 //! ([`crate::health::retry::decide`]) says what comes next. A request that may have reached a
 //! backend is never replayed unless that rule allows it.

@@ -1,6 +1,6 @@
 //! Stages 3 to 7 of the pipeline for one request, top to bottom: the *request filter*
 //! (checks a route cannot make), *route* the parsed head and encode it for its upstream
-//! ([`prepare`]), *balance, pool and forward* ([`crate::forward`]), *respond*
+//! (`prepare`), *balance, pool and forward* ([`crate::forward`]), *respond*
 //! ([`crate::respond`]), and *log* (counters and the access log). A failure at any stage is a
 //! [`ProxyError`], answered in one place ([`ProxyError::answer`]).
 
