@@ -232,10 +232,7 @@ fn prepare(
     let route = shared
         .routes
         .find(host, path, head.method.get(buf), |name| {
-            head.headers
-                .iter()
-                .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
-                .map(|h| h.value.get(buf))
+            head.header(buf, name)
         });
     let Some(route) = route else {
         return Err(Canned::NotFound);
