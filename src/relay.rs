@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use crate::config::SpliceConfig;
-use crate::http::chunked::{encode_chunk_header, encode_last_chunk, ChunkedDecoder};
+use crate::http::chunked::{encode_chunk, encode_last_chunk, ChunkedDecoder};
 use crate::http::encode::OutFraming;
 use crate::http::parse::{parse_response, BodyFraming, HeadLimits, Parsed, ResponseHead};
 use crate::io::{read_more, read_more_at_most, write_from, Deadline, IoFail};
@@ -190,9 +190,7 @@ pub async fn relay_body(
             }
             if len > 0 {
                 if rechunk {
-                    encode_chunk_header(len, out);
-                    out.extend_from_slice(&inbuf[data.0..data.1]);
-                    out.extend_from_slice(b"\r\n");
+                    encode_chunk(&inbuf[data.0..data.1], out);
                 } else if out.is_empty() && len >= 4096 {
                     // Large piece, nothing pending: write straight from the read buffer.
                     *written = true;

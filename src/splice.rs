@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 
+use crate::http::chunked::{encode_chunk, encode_chunk_header, encode_last_chunk, CHUNK_DATA_END};
 use crate::io::{Deadline, IoFail};
 use crate::relay::RelayError;
 
@@ -404,9 +405,7 @@ async fn relay_until_close(
 ) -> Result<u64, RelayError> {
     let buffered = &inbuf[*pos..];
     if chunked && !buffered.is_empty() {
-        push_chunk_size(out, buffered.len());
-        out.extend_from_slice(buffered);
-        out.extend_from_slice(b"\r\n");
+        encode_chunk(buffered, out);
     } else {
         out.extend_from_slice(buffered);
     }
@@ -440,7 +439,7 @@ async fn relay_until_close(
             let len = in_pipe;
             if chunked {
                 out.clear();
-                push_chunk_size(out, len);
+                encode_chunk_header(len, out);
                 send_all(dst, out, true, dl, write_timeout).await?;
             }
             let mut left = len;
@@ -462,7 +461,7 @@ async fn relay_until_close(
             in_pipe = 0;
             total += len as u64;
             if chunked {
-                send_all(dst, b"\r\n", false, dl, write_timeout).await?;
+                send_all(dst, CHUNK_DATA_END, false, dl, write_timeout).await?;
             }
             continue;
         }
@@ -478,16 +477,12 @@ async fn relay_until_close(
         }
     }
     if chunked {
-        send_all(dst, b"0\r\n\r\n", false, dl, write_timeout).await?;
+        out.clear();
+        encode_last_chunk(b"", out);
+        send_all(dst, out, false, dl, write_timeout).await?;
     }
     out.clear();
     Ok(total)
-}
-
-/// Appends a chunk-size line for `len` payload bytes.
-fn push_chunk_size(out: &mut Vec<u8>, len: usize) {
-    use std::io::Write;
-    let _ = write!(out, "{len:x}\r\n");
 }
 
 /// Writes `bytes` to the non-blocking socket `dst` completely, waiting for writability;
