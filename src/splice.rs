@@ -285,11 +285,8 @@ pub async fn splice_exact(
                     continue;
                 }
                 Err(e) if would_block(&e) => {
-                    match dl.within(write_timeout, dst.writable(false)).await {
-                        Ok(Ok(())) => continue,
-                        Ok(Err(e)) => return Err(RelayError::Write(IoFail::Io(e))),
-                        Err(_) => return Err(RelayError::Write(IoFail::Timeout)),
-                    }
+                    ready(dst, Side::Dst, dl, write_timeout).await?;
+                    continue;
                 }
                 Err(e) => return Err(RelayError::Write(IoFail::Io(e))),
             }
@@ -298,11 +295,7 @@ pub async fn splice_exact(
             if std::mem::take(&mut corked) {
                 push(dst_fd).map_err(|e| RelayError::Write(IoFail::Io(e)))?;
             }
-            match dl.within(read_timeout, src.readable(false)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(RelayError::Read(IoFail::Io(e))),
-                Err(_) => return Err(RelayError::Read(IoFail::Timeout)),
-            }
+            ready(src, Side::Src, dl, read_timeout).await?;
         }
     }
     Ok(len)
@@ -448,13 +441,7 @@ async fn relay_until_close(
                 // every chunk is pushed whole, however long the backend then pauses.
                 match splice_once(pipe_r, dst_fd, left, chunked) {
                     Ok(n) => left -= n,
-                    Err(e) if would_block(&e) => {
-                        match dl.within(write_timeout, dst.writable(false)).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => return Err(RelayError::Write(IoFail::Io(e))),
-                            Err(_) => return Err(RelayError::Write(IoFail::Timeout)),
-                        }
-                    }
+                    Err(e) if would_block(&e) => ready(dst, Side::Dst, dl, write_timeout).await?,
                     Err(e) => return Err(RelayError::Write(IoFail::Io(e))),
                 }
             }
@@ -469,11 +456,7 @@ async fn relay_until_close(
             break;
         }
         if src_blocked {
-            match dl.within(read_timeout, src.readable(false)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(RelayError::Read(IoFail::Io(e))),
-                Err(_) => return Err(RelayError::Read(IoFail::Timeout)),
-            }
+            ready(src, Side::Src, dl, read_timeout).await?;
         }
     }
     if chunked {
@@ -509,13 +492,42 @@ async fn send_all(
         if !would_block(&e) {
             return Err(RelayError::Write(IoFail::Io(e)));
         }
-        match dl.within(timeout, dst.writable(false)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(RelayError::Write(IoFail::Io(e))),
-            Err(_) => return Err(RelayError::Write(IoFail::Timeout)),
-        }
+        ready(dst, Side::Dst, dl, timeout).await?;
     }
     Ok(())
+}
+
+/// Which end of a relay a wait (and its failure) belongs to.
+#[derive(Clone, Copy)]
+enum Side {
+    /// The source: waits for readability; fails as [`RelayError::Read`].
+    Src,
+    /// The destination: waits for writability; fails as [`RelayError::Write`].
+    Dst,
+}
+
+/// Waits until `s` is ready on `side` (readable for the source, writable for the
+/// destination), at most `timeout`: the one place a relay step that would block waits, and
+/// maps the wait's error or timeout to that side's [`RelayError`].
+async fn ready(
+    s: &TcpStream,
+    side: Side,
+    dl: &mut Deadline,
+    timeout: Duration,
+) -> Result<(), RelayError> {
+    let r = match side {
+        Side::Src => dl.within(timeout, s.readable(false)).await,
+        Side::Dst => dl.within(timeout, s.writable(false)).await,
+    };
+    let fail = match r {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => IoFail::Io(e),
+        Err(_) => IoFail::Timeout,
+    };
+    Err(match side {
+        Side::Src => RelayError::Read(fail),
+        Side::Dst => RelayError::Write(fail),
+    })
 }
 
 #[cfg(test)]
