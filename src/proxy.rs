@@ -22,12 +22,12 @@ use crate::http::encode::{
 use crate::http::parse::{BodyFraming, HeadLimits, Method, RequestHead};
 use crate::io::{write_from, write_static, Deadline, IoFail};
 use crate::relay::{
-    head_read_size, read_response_head, relay_body, BodyPlan, HeadFail, HeadRead, RelayError,
+    head_read_size, read_response_head, relay_body, BodyPlan, HeadFail, HeadRead, Leg, RelayError,
 };
 use crate::respond::{breaker_open, cfg_rid_header, linger_close, respond_canned_with};
 use crate::route::{has_dot_segment, valid_authority};
 use crate::shard::{Forwarding, Pick, ShardCtx};
-use crate::splice::{relay_spliced, SplicedBody};
+use crate::splice::{relay_spliced, SplicePlan, SplicedBody};
 use crate::stats::{add, bump};
 pub use crate::trace::record_refused;
 use crate::trace::{log_fields, request_id, RequestId, Trace};
@@ -482,12 +482,16 @@ async fn exchange(
                 &mut pos,
                 &mut upstream,
                 &mut out,
-                SplicedBody::Length(len),
-                &pipe,
-                &mut client.deadline,
-                cfg.timeouts.client_body,
-                cfg.timeouts.upstream_response,
-                &mut false,
+                SplicePlan {
+                    body: SplicedBody::Length(len),
+                    pipe: &pipe,
+                },
+                &mut Leg {
+                    deadline: &mut client.deadline,
+                    read_timeout: cfg.timeouts.client_body,
+                    write_timeout: cfg.timeouts.upstream_response,
+                    written: &mut false,
+                },
             )
             .await;
             if r.is_ok() {
@@ -505,8 +509,6 @@ async fn exchange(
                 limit: cfg.limits.max_body_bytes,
                 chunk_overhead: cfg.limits.max_header_bytes,
                 forward_trailers: false,
-                read_timeout: cfg.timeouts.client_body,
-                write_timeout: cfg.timeouts.upstream_response,
             };
             let r = relay_body(
                 &mut client.stream,
@@ -514,9 +516,13 @@ async fn exchange(
                 &mut pos,
                 &mut upstream,
                 &mut out,
-                &mut client.deadline,
                 &plan,
-                &mut false,
+                &mut Leg {
+                    deadline: &mut client.deadline,
+                    read_timeout: cfg.timeouts.client_body,
+                    write_timeout: cfg.timeouts.upstream_response,
+                    written: &mut false,
+                },
             )
             .await;
             request_body_sent(ctx, client, backend, trace, r, pos)?
@@ -718,12 +724,13 @@ async fn exchange(
             &mut upos,
             &mut client.stream,
             &mut out,
-            body,
-            &pipe,
-            &mut client.deadline,
-            cfg.timeouts.upstream_response,
-            cfg.timeouts.client_send,
-            &mut written,
+            SplicePlan { body, pipe: &pipe },
+            &mut Leg {
+                deadline: &mut client.deadline,
+                read_timeout: cfg.timeouts.upstream_response,
+                write_timeout: cfg.timeouts.client_send,
+                written: &mut written,
+            },
         )
         .await;
         if let Ok(total) = r {
@@ -753,8 +760,6 @@ async fn exchange(
             limit: u64::MAX,
             chunk_overhead: cfg.limits.max_header_bytes,
             forward_trailers: true,
-            read_timeout: cfg.timeouts.upstream_response,
-            write_timeout: cfg.timeouts.client_send,
         };
         relay_body(
             &mut upstream,
@@ -762,9 +767,13 @@ async fn exchange(
             &mut upos,
             &mut client.stream,
             &mut out,
-            &mut client.deadline,
             &plan,
-            &mut written,
+            &mut Leg {
+                deadline: &mut client.deadline,
+                read_timeout: cfg.timeouts.upstream_response,
+                write_timeout: cfg.timeouts.client_send,
+                written: &mut written,
+            },
         )
         .await
     };
