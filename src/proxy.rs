@@ -17,7 +17,7 @@ use crate::health::Outcome as TryOutcome;
 use crate::http::canned::Canned;
 use crate::http::encode::{
     client_response_head, response_out_framing, split_target, switching_protocols_head,
-    upstream_request_head, OutFraming,
+    upstream_request_head, OutFraming, UpstreamRequest,
 };
 use crate::http::parse::{BodyFraming, HeadLimits, Method, RequestHead};
 use crate::io::{write_from, write_static, Deadline, IoFail};
@@ -274,13 +274,15 @@ fn prepare(
     upstream_request_head(
         buf,
         head,
-        &target,
-        host,
-        client.peer.ip(),
-        out_framing,
-        // Generated or trusted, the id replaces every incoming field of its name (a trusted
-        // peer's duplicates included).
-        Some((shared.config.request_id.header.as_bytes(), rid.bytes())),
+        &UpstreamRequest {
+            target: &target,
+            host,
+            client_ip: client.peer.ip(),
+            framing: out_framing,
+            // Generated or trusted, the id replaces every incoming field of its name (a
+            // trusted peer's duplicates included).
+            set: Some((shared.config.request_id.header.as_bytes(), rid.bytes())),
+        },
         &mut out,
     );
     if facts.upgrade {
