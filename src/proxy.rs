@@ -488,12 +488,7 @@ async fn exchange(
                     body: SplicedBody::Length(len),
                     pipe: &pipe,
                 },
-                &mut Leg {
-                    deadline: &mut client.deadline,
-                    read_timeout: cfg.timeouts.client_body,
-                    write_timeout: cfg.timeouts.upstream_response,
-                    written: &mut false,
-                },
+                &mut Leg::request(&mut client.deadline, &cfg.timeouts, &mut false),
             )
             .await;
             if r.is_ok() {
@@ -519,12 +514,7 @@ async fn exchange(
                 &mut upstream,
                 &mut out,
                 &plan,
-                &mut Leg {
-                    deadline: &mut client.deadline,
-                    read_timeout: cfg.timeouts.client_body,
-                    write_timeout: cfg.timeouts.upstream_response,
-                    written: &mut false,
-                },
+                &mut Leg::request(&mut client.deadline, &cfg.timeouts, &mut false),
             )
             .await;
             request_body_sent(ctx, client, backend, trace, r, pos)?
@@ -727,12 +717,7 @@ async fn exchange(
             &mut client.stream,
             &mut out,
             SplicePlan { body, pipe: &pipe },
-            &mut Leg {
-                deadline: &mut client.deadline,
-                read_timeout: cfg.timeouts.upstream_response,
-                write_timeout: cfg.timeouts.client_send,
-                written: &mut written,
-            },
+            &mut Leg::response(&mut client.deadline, &cfg.timeouts, &mut written),
         )
         .await;
         if let Ok(total) = r {
@@ -770,12 +755,7 @@ async fn exchange(
             &mut client.stream,
             &mut out,
             &plan,
-            &mut Leg {
-                deadline: &mut client.deadline,
-                read_timeout: cfg.timeouts.upstream_response,
-                write_timeout: cfg.timeouts.client_send,
-                written: &mut written,
-            },
+            &mut Leg::response(&mut client.deadline, &cfg.timeouts, &mut written),
         )
         .await
     };

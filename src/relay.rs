@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::config::SpliceConfig;
+use crate::config::{SpliceConfig, Timeouts};
 use crate::http::chunked::{encode_chunk, encode_last_chunk, ChunkedDecoder};
 use crate::http::encode::OutFraming;
 use crate::http::parse::{parse_response, BodyFraming, HeadLimits, Parsed, ResponseHead};
@@ -127,7 +127,35 @@ pub struct Leg<'a> {
     pub written: &'a mut bool,
 }
 
-impl Leg<'_> {
+impl<'a> Leg<'a> {
+    /// A request body's leg, client → upstream: each wait for the client is bounded by
+    /// `client_body`, each wait for the upstream by `upstream_response`.
+    pub fn request(deadline: &'a mut Deadline, t: &Timeouts, written: &'a mut bool) -> Leg<'a> {
+        Leg::new(deadline, t.client_body, t.upstream_response, written)
+    }
+
+    /// A response body's leg, upstream → client: each wait for the upstream is bounded by
+    /// `upstream_response`, each wait for the client by `client_send`.
+    pub fn response(deadline: &'a mut Deadline, t: &Timeouts, written: &'a mut bool) -> Leg<'a> {
+        Leg::new(deadline, t.upstream_response, t.client_send, written)
+    }
+
+    /// A leg whose waits for the source are bounded by `read_timeout`, for the destination
+    /// by `write_timeout`.
+    pub fn new(
+        deadline: &'a mut Deadline,
+        read_timeout: Duration,
+        write_timeout: Duration,
+        written: &'a mut bool,
+    ) -> Leg<'a> {
+        Leg {
+            deadline,
+            read_timeout,
+            write_timeout,
+            written,
+        }
+    }
+
     /// Writes `buf[from..to]` to `dst`, each wait bounded by the write timeout.
     pub async fn write(
         &mut self,

@@ -547,12 +547,8 @@ mod tests {
                         body: SplicedBody::Length(len),
                         pipe: &pipe,
                     };
-                    let mut leg = Leg {
-                        deadline: &mut dl,
-                        read_timeout: Duration::from_secs(10),
-                        write_timeout: Duration::from_secs(10),
-                        written: &mut written,
-                    };
+                    let t = Duration::from_secs(10);
+                    let mut leg = Leg::new(&mut dl, t, t, &mut written);
                     let n = relay_spliced(&src, b"", &mut pos, &mut dst, &mut out, plan, &mut leg)
                         .await
                         .unwrap();
@@ -626,12 +622,8 @@ mod tests {
                 body: SplicedBody::Length(5000),
                 pipe: &pipe,
             };
-            let mut leg = Leg {
-                deadline: &mut dl,
-                read_timeout: Duration::from_secs(5),
-                write_timeout: Duration::from_secs(5),
-                written: &mut w,
-            };
+            let t = Duration::from_secs(5);
+            let mut leg = Leg::new(&mut dl, t, t, &mut w);
             let r = relay_spliced(&src, b"", &mut pos, &mut dst, &mut out, plan, &mut leg).await;
             assert!(matches!(r, Err(RelayError::Read(IoFail::Eof))), "{r:?}");
         });
