@@ -4,11 +4,15 @@
 //! readiness (an io_uring `POLL_ADD`, or epoll) and tries again. `IORING_OP_SPLICE` is not
 //! used: the kernel hands those to io-wq worker threads (measured: ~130 threads for 64
 //! connections, and slower than copying). Pipes come from a per-shard pool; when none can be
-//! had, the caller copies instead.
+//! had, the caller copies instead. A close-delimited response body is spliced until the
+//! backend's EOF, re-framed as chunks for an HTTP/1.1 client with [`crate::http::chunked`]'s
+//! encoder. The timer, wait bounds and written flag come from the caller's
+//! [`crate::relay::Leg`].
 
-use monoio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use monoio::net::TcpStream;
 
 use crate::http::chunked::{encode_chunk, encode_chunk_header, encode_last_chunk, CHUNK_DATA_END};
 use crate::io::IoFail;
@@ -507,9 +511,10 @@ async fn ready(s: &TcpStream, side: Side, leg: &mut Leg<'_>) -> Result<(), Relay
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::io::Deadline;
-    use std::time::Duration;
 
     /// Splices bodies of sizes around the pipe size between two real socket pairs, on both
     /// drivers, and checks every byte.
