@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 use edgeshard::config::Config;
-use edgeshard::http::encode::{split_target, upstream_request_head, OutFraming};
+use edgeshard::http::encode::{split_target, upstream_request_head, OutFraming, UpstreamRequest};
 use edgeshard::http::parse::{parse_request, HeadLimits, Parsed, RequestHead};
 use edgeshard::route::RouteTable;
 use edgeshard::upstream::pool::Pool;
@@ -112,16 +112,14 @@ fn encode(c: &mut Criterion) {
                 out.clear();
                 let target = split_target(head.target.get(&input));
                 let host = head.host.map(|h| h.get(&input)).unwrap_or(b"");
-                upstream_request_head(
-                    &input,
-                    &head,
-                    &target,
+                let req = UpstreamRequest {
+                    target: &target,
                     host,
-                    ip,
-                    OutFraming::None,
-                    None,
-                    &mut out,
-                );
+                    client_ip: ip,
+                    framing: OutFraming::None,
+                    set: None,
+                };
+                upstream_request_head(&input, &head, &req, &mut out);
                 black_box(out.len())
             })
         });

@@ -24,11 +24,11 @@ use crate::http::parse::{BodyFraming, HeadLimits, Method, ResponseHead};
 use crate::io::{write_from, write_static, IoFail};
 use crate::observe::errors::ErrorLimiter;
 use crate::relay::{
-    head_read_size, read_response_head, relay_body, BodyPlan, HeadFail, HeadRead, RelayError,
+    head_read_size, read_response_head, relay_body, BodyPlan, HeadFail, HeadRead, Leg, RelayError,
 };
 use crate::shard::{Buffers, PooledBuf, ShardCtx};
 use crate::snapshot::Shared;
-use crate::splice::{relay_spliced, PipePool, SplicedBody};
+use crate::splice::{relay_spliced, PipePool, SplicePlan, SplicedBody};
 use crate::stats::{add, bump, Stats};
 use crate::trace::Trace;
 use crate::upstream::connect::Connector;
@@ -619,12 +619,11 @@ impl<'a> Forward<'a> {
                 &mut pos,
                 conn,
                 out,
-                SplicedBody::Length(len),
-                pipe.pipe(),
-                &mut client.deadline,
-                cfg.timeouts.client_body,
-                cfg.timeouts.upstream_response,
-                &mut false,
+                SplicePlan {
+                    body: SplicedBody::Length(len),
+                    pipe: pipe.pipe(),
+                },
+                &mut Leg::request(&mut client.deadline, &cfg.timeouts, &mut false),
             )
             .await;
             if r.is_ok() {
@@ -639,8 +638,6 @@ impl<'a> Forward<'a> {
                 limit: cfg.limits.max_body_bytes,
                 chunk_overhead: cfg.limits.max_header_bytes,
                 forward_trailers: false,
-                read_timeout: cfg.timeouts.client_body,
-                write_timeout: cfg.timeouts.upstream_response,
             };
             relay_body(
                 &mut client.stream,
@@ -648,9 +645,8 @@ impl<'a> Forward<'a> {
                 &mut pos,
                 conn,
                 out,
-                &mut client.deadline,
                 &plan,
-                &mut false,
+                &mut Leg::request(&mut client.deadline, &cfg.timeouts, &mut false),
             )
             .await
         };

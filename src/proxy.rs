@@ -12,7 +12,7 @@ use crate::client::{micros, Client, Outcome};
 use crate::error::{Answer, ProxyError};
 use crate::forward::{Forward, Prepared, RequestFacts};
 use crate::http::canned::Canned;
-use crate::http::encode::{split_target, upstream_request_head, OutFraming};
+use crate::http::encode::{split_target, upstream_request_head, OutFraming, UpstreamRequest};
 use crate::http::parse::{BodyFraming, Method, RequestHead};
 use crate::respond::{cfg_rid_header, linger_close, relay_response, respond_canned_with, Respond};
 use crate::route::{has_dot_segment, valid_authority};
@@ -144,10 +144,7 @@ fn prepare<'a>(
     let route = shared
         .routes
         .find(host, path, head.method.get(buf), |name| {
-            head.headers
-                .iter()
-                .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
-                .map(|h| h.value.get(buf))
+            head.header(buf, name)
         });
     let Some(route) = route else {
         return Err(Canned::NotFound);
@@ -189,13 +186,15 @@ fn prepare<'a>(
     upstream_request_head(
         buf,
         head,
-        &target,
-        host,
-        client.peer.ip(),
-        out_framing,
-        // Generated or trusted, the id replaces every incoming field of its name (a trusted
-        // peer's duplicates included).
-        Some((shared.config.request_id.header.as_bytes(), rid.bytes())),
+        &UpstreamRequest {
+            target: &target,
+            host,
+            client_ip: client.peer.ip(),
+            framing: out_framing,
+            // Generated or trusted, the id replaces every incoming field of its name (a
+            // trusted peer's duplicates included).
+            set: Some((shared.config.request_id.header.as_bytes(), rid.bytes())),
+        },
         &mut out,
     );
     if facts.upgrade {

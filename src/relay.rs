@@ -1,14 +1,15 @@
 //! Stage 6 of the pipeline, *forward* (bytes): reads the upstream's response head and relays
 //! one body between two sockets, de-chunking, re-chunking or copying as the two sides'
 //! framings require. Used by [`crate::proxy`] for request bodies (client to upstream) and
-//! response bodies (upstream to client).
+//! response bodies (upstream to client). [`Leg`] (one direction's timer, wait bounds and
+//! whether it has written) is shared with [`crate::splice`], which relays large bodies.
 
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::config::SpliceConfig;
-use crate::http::chunked::{encode_chunk_header, encode_last_chunk, ChunkedDecoder};
+use crate::config::{SpliceConfig, Timeouts};
+use crate::http::chunked::{encode_chunk, encode_last_chunk, ChunkedDecoder};
 use crate::http::encode::OutFraming;
 use crate::http::parse::{parse_response, BodyFraming, HeadLimits, Parsed, ResponseHead};
 use crate::io::{read_more, read_more_at_most, write_from, Deadline, IoFail};
@@ -115,7 +116,74 @@ pub async fn read_response_head(
     }
 }
 
-/// How one body is relayed: framing in and out, its size limit and the IO timeouts.
+/// One direction of an exchange as a body relay sees it: the connection's timer, the bound
+/// on each wait for the source and for the destination, and whether the destination has had
+/// a byte yet (from then on a failure can no longer be answered with a status).
+pub struct Leg<'a> {
+    pub deadline: &'a mut Deadline,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Set once anything was written to the destination.
+    pub written: &'a mut bool,
+}
+
+impl<'a> Leg<'a> {
+    /// A request body's leg, client → upstream: each wait for the client is bounded by
+    /// `client_body`, each wait for the upstream by `upstream_response`.
+    pub fn request(deadline: &'a mut Deadline, t: &Timeouts, written: &'a mut bool) -> Leg<'a> {
+        Leg::new(deadline, t.client_body, t.upstream_response, written)
+    }
+
+    /// A response body's leg, upstream → client: each wait for the upstream is bounded by
+    /// `upstream_response`, each wait for the client by `client_send`.
+    pub fn response(deadline: &'a mut Deadline, t: &Timeouts, written: &'a mut bool) -> Leg<'a> {
+        Leg::new(deadline, t.upstream_response, t.client_send, written)
+    }
+
+    /// A leg whose waits for the source are bounded by `read_timeout`, for the destination
+    /// by `write_timeout`.
+    pub fn new(
+        deadline: &'a mut Deadline,
+        read_timeout: Duration,
+        write_timeout: Duration,
+        written: &'a mut bool,
+    ) -> Leg<'a> {
+        Leg {
+            deadline,
+            read_timeout,
+            write_timeout,
+            written,
+        }
+    }
+
+    /// Writes `buf[from..to]` to `dst`, each wait bounded by the write timeout.
+    pub async fn write(
+        &mut self,
+        dst: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        from: usize,
+        to: usize,
+    ) -> Result<(), RelayError> {
+        *self.written = true;
+        write_from(dst, buf, from, to, self.deadline, self.write_timeout)
+            .await
+            .map_err(RelayError::Write)
+    }
+
+    /// Writes all of `out` to `dst` and empties it.
+    pub async fn flush(
+        &mut self,
+        dst: &mut TcpStream,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RelayError> {
+        let n = out.len();
+        self.write(dst, out, 0, n).await?;
+        out.clear();
+        Ok(())
+    }
+}
+
+/// How one body is relayed: framing in and out and its size limit.
 #[derive(Clone, Copy)]
 pub struct BodyPlan {
     pub incoming: BodyFraming,
@@ -126,32 +194,26 @@ pub struct BodyPlan {
     /// Response trailers are relayed; request trailers are dropped (RFC 9110 §6.5.1 allows
     /// it, and it keeps fields like Content-Length or Host out of a backend's trailer parser).
     pub forward_trailers: bool,
-    pub read_timeout: Duration,
-    pub write_timeout: Duration,
 }
 
 /// Relays one body from `src` to `dst`. Bytes already read sit in `inbuf[*pos..]`; `out`
 /// holds bytes to send first (a head) and is flushed with the first payload. `incoming` says
 /// how the body is delimited on the way in, `outgoing` how to write it. On success `*pos`
 /// points just past the body in `inbuf` (pipelined bytes may follow).
-#[allow(clippy::too_many_arguments)]
 pub async fn relay_body(
     src: &mut TcpStream,
     inbuf: &mut Vec<u8>,
     pos: &mut usize,
     dst: &mut TcpStream,
     out: &mut Vec<u8>,
-    dl: &mut Deadline,
     plan: &BodyPlan,
-    written: &mut bool,
+    leg: &mut Leg<'_>,
 ) -> Result<u64, RelayError> {
     let BodyPlan {
         incoming,
         outgoing,
         limit,
         chunk_overhead,
-        read_timeout,
-        write_timeout,
         ..
     } = *plan;
     let mut remaining = match incoming {
@@ -190,15 +252,10 @@ pub async fn relay_body(
             }
             if len > 0 {
                 if rechunk {
-                    encode_chunk_header(len, out);
-                    out.extend_from_slice(&inbuf[data.0..data.1]);
-                    out.extend_from_slice(b"\r\n");
+                    encode_chunk(&inbuf[data.0..data.1], out);
                 } else if out.is_empty() && len >= 4096 {
                     // Large piece, nothing pending: write straight from the read buffer.
-                    *written = true;
-                    write_from(dst, inbuf, data.0, data.1, dl, write_timeout)
-                        .await
-                        .map_err(RelayError::Write)?;
+                    leg.write(dst, inbuf, data.0, data.1).await?;
                 } else {
                     out.extend_from_slice(&inbuf[data.0..data.1]);
                 }
@@ -213,21 +270,11 @@ pub async fn relay_body(
                 };
                 encode_last_chunk(trailers, out);
             }
-            let n = out.len();
-            *written = true;
-            write_from(dst, out, 0, n, dl, write_timeout)
-                .await
-                .map_err(RelayError::Write)?;
-            out.clear();
+            leg.flush(dst, out).await?;
             return Ok(total);
         }
         if !out.is_empty() {
-            let n = out.len();
-            *written = true;
-            write_from(dst, out, 0, n, dl, write_timeout)
-                .await
-                .map_err(RelayError::Write)?;
-            out.clear();
+            leg.flush(dst, out).await?;
         }
         // Everything buffered was consumed: read the next piece into a fresh buffer.
         inbuf.clear();
@@ -235,7 +282,7 @@ pub async fn relay_body(
         if inbuf.capacity() < RELAY_BUF {
             inbuf.reserve(RELAY_BUF);
         }
-        match read_more(src, inbuf, dl, read_timeout).await {
+        match read_more(src, inbuf, leg.deadline, leg.read_timeout).await {
             Ok(_) => {}
             Err(IoFail::Eof) if incoming == BodyFraming::UntilClose => done = true,
             Err(e) => return Err(RelayError::Read(e)),

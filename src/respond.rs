@@ -18,10 +18,10 @@ use crate::http::encode::{
 };
 use crate::http::parse::{BodyFraming, Method, ParseError, ResponseHead};
 use crate::io::{read_more, write_from, write_static, IoFail};
-use crate::relay::{relay_body, BodyPlan, RelayError};
+use crate::relay::{relay_body, BodyPlan, Leg, RelayError};
 use crate::shard::ShardCtx;
 use crate::snapshot::Shared;
-use crate::splice::{relay_spliced, PipePool, SplicedBody};
+use crate::splice::{relay_spliced, PipePool, SplicePlan, SplicedBody};
 use crate::stats::{add, bump, Stats};
 use crate::trace::{RequestId, Trace};
 use crate::tunnel::Upgraded;
@@ -347,12 +347,11 @@ async fn relay_response_body(
             up.pos,
             &mut client.stream,
             out,
-            body,
-            pipe.pipe(),
-            &mut client.deadline,
-            cfg.timeouts.upstream_response,
-            cfg.timeouts.client_send,
-            written,
+            SplicePlan {
+                body,
+                pipe: pipe.pipe(),
+            },
+            &mut Leg::response(&mut client.deadline, &cfg.timeouts, written),
         )
         .await;
         if let Ok(total) = res {
@@ -374,8 +373,6 @@ async fn relay_response_body(
             limit: u64::MAX,
             chunk_overhead: cfg.limits.max_header_bytes,
             forward_trailers: true,
-            read_timeout: cfg.timeouts.upstream_response,
-            write_timeout: cfg.timeouts.client_send,
         };
         relay_body(
             up.conn,
@@ -383,9 +380,8 @@ async fn relay_response_body(
             up.pos,
             &mut client.stream,
             out,
-            &mut client.deadline,
             &plan,
-            written,
+            &mut Leg::response(&mut client.deadline, &cfg.timeouts, written),
         )
         .await
     }

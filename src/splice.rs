@@ -4,16 +4,19 @@
 //! readiness (an io_uring `POLL_ADD`, or epoll) and tries again. `IORING_OP_SPLICE` is not
 //! used: the kernel hands those to io-wq worker threads (measured: ~130 threads for 64
 //! connections, and slower than copying). Pipes come from a per-shard pool; when none can be
-//! had, the caller copies instead.
+//! had, the caller copies instead. A close-delimited response body is spliced until the
+//! backend's EOF, re-framed as chunks for an HTTP/1.1 client with [`crate::http::chunked`]'s
+//! encoder. The timer, wait bounds and written flag come from the caller's
+//! [`crate::relay::Leg`].
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
 
 use monoio::net::TcpStream;
 
-use crate::io::{Deadline, IoFail};
-use crate::relay::RelayError;
+use crate::http::chunked::{encode_chunk, encode_chunk_header, encode_last_chunk, CHUNK_DATA_END};
+use crate::io::IoFail;
+use crate::relay::{Leg, RelayError};
 
 /// A pipe used as the in-kernel buffer between two sockets. Only an empty pipe goes back to
 /// the pool.
@@ -238,18 +241,14 @@ pub(crate) fn push(fd: RawFd) -> std::io::Result<()> {
 }
 
 /// Moves exactly `len` bytes from `src` to `dst` through `pipe`. On success the pipe is empty
-/// again. On error it may hold bytes: the caller must discard it. `written` is set once a
-/// byte reached `dst`.
-#[allow(clippy::too_many_arguments)]
+/// again. On error it may hold bytes: the caller must discard it. `leg.written` is set once
+/// a byte reached `dst`.
 pub async fn splice_exact(
     src: &TcpStream,
     dst: &TcpStream,
     pipe: &Pipe,
     len: u64,
-    dl: &mut Deadline,
-    read_timeout: Duration,
-    write_timeout: Duration,
-    written: &mut bool,
+    leg: &mut Leg<'_>,
 ) -> Result<u64, RelayError> {
     let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
     let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
@@ -279,16 +278,13 @@ pub async fn splice_exact(
             match splice_once(pipe_r, dst_fd, in_pipe, more) {
                 Ok(n) => {
                     in_pipe -= n;
-                    *written = true;
+                    *leg.written = true;
                     corked = more;
                     continue;
                 }
                 Err(e) if would_block(&e) => {
-                    match dl.within(write_timeout, dst.writable(false)).await {
-                        Ok(Ok(())) => continue,
-                        Ok(Err(e)) => return Err(RelayError::Write(IoFail::Io(e))),
-                        Err(_) => return Err(RelayError::Write(IoFail::Timeout)),
-                    }
+                    ready(dst, Side::Dst, leg).await?;
+                    continue;
                 }
                 Err(e) => return Err(RelayError::Write(IoFail::Io(e))),
             }
@@ -297,11 +293,7 @@ pub async fn splice_exact(
             if std::mem::take(&mut corked) {
                 push(dst_fd).map_err(|e| RelayError::Write(IoFail::Io(e)))?;
             }
-            match dl.within(read_timeout, src.readable(false)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(RelayError::Read(IoFail::Io(e))),
-                Err(_) => return Err(RelayError::Read(IoFail::Timeout)),
-            }
+            ready(src, Side::Src, leg).await?;
         }
     }
     Ok(len)
@@ -317,111 +309,86 @@ pub enum SplicedBody {
     UntilClose { chunked: bool },
 }
 
+/// How one body is spliced: how its end is known, and the pipe it goes through (on error
+/// the pipe may hold bytes: the caller discards it).
+#[derive(Clone, Copy)]
+pub struct SplicePlan<'a> {
+    pub body: SplicedBody,
+    pub pipe: &'a Pipe,
+}
+
 /// Relays a body to `dst`: `out` (the head) and whatever part of the body is already in
 /// `inbuf[*pos..]` are written first, the rest is spliced. On success `*pos` is just past
 /// the buffered part and the body's length is returned.
-#[allow(clippy::too_many_arguments)]
 pub async fn relay_spliced(
     src: &TcpStream,
     inbuf: &[u8],
     pos: &mut usize,
     dst: &mut TcpStream,
     out: &mut Vec<u8>,
-    body: SplicedBody,
-    pipe: &Pipe,
-    dl: &mut Deadline,
-    read_timeout: Duration,
-    write_timeout: Duration,
-    written: &mut bool,
+    plan: SplicePlan<'_>,
+    leg: &mut Leg<'_>,
 ) -> Result<u64, RelayError> {
-    let len = match body {
-        SplicedBody::Length(len) => len,
+    // The part already read is copied, with the head: all of it for a close-delimited body
+    // (one chunk when re-framed), at most the body's length otherwise.
+    let avail = &inbuf[*pos..];
+    let (buffered, chunked) = match plan.body {
+        SplicedBody::Length(len) => (
+            avail.len().min(usize::try_from(len).unwrap_or(usize::MAX)),
+            false,
+        ),
+        SplicedBody::UntilClose { chunked } => (avail.len(), chunked),
+    };
+    let part = &avail[..buffered];
+    if chunked && !part.is_empty() {
+        encode_chunk(part, out);
+    } else {
+        out.extend_from_slice(part);
+    }
+    *pos += buffered;
+    leg.flush(dst, out).await?;
+    let spliced = match plan.body {
+        SplicedBody::Length(len) => {
+            let rest = len - buffered as u64;
+            if rest > 0 {
+                nonblocking(src, dst)?;
+                splice_exact(src, dst, plan.pipe, rest, leg).await?;
+            }
+            rest
+        }
         SplicedBody::UntilClose { chunked } => {
-            return relay_until_close(
-                src,
-                inbuf,
-                pos,
-                dst,
-                out,
-                chunked,
-                pipe,
-                dl,
-                read_timeout,
-                write_timeout,
-                written,
-            )
-            .await
+            nonblocking(src, dst)?;
+            splice_until_close(src, dst, plan.pipe, chunked, out, leg).await?
         }
     };
-    let buffered = (inbuf.len() - *pos).min(usize::try_from(len).unwrap_or(usize::MAX));
-    out.extend_from_slice(&inbuf[*pos..*pos + buffered]);
-    *pos += buffered;
-    let n = out.len();
-    *written = true;
-    crate::io::write_from(dst, out, 0, n, dl, write_timeout)
-        .await
-        .map_err(RelayError::Write)?;
-    out.clear();
-    let rest = len - buffered as u64;
-    if rest > 0 {
-        set_nonblocking(src).map_err(|e| RelayError::Read(IoFail::Io(e)))?;
-        set_nonblocking(dst).map_err(|e| RelayError::Write(IoFail::Io(e)))?;
-        splice_exact(
-            src,
-            dst,
-            pipe,
-            rest,
-            dl,
-            read_timeout,
-            write_timeout,
-            written,
-        )
-        .await?;
-    }
-    Ok(len)
+    Ok(buffered as u64 + spliced)
 }
 
-/// Relays a close-delimited response body (a backend that ends it by closing) to the client
-/// until the backend's EOF. With `chunked` (an HTTP/1.1
-/// client, whose connection stays open) each pipe-full goes out as one chunk, its size line
-/// and CRLF written around the spliced payload, and the last chunk ends the body; otherwise
-/// the bytes go out as they are (the client's connection closes after them). Its length is
-/// unknown up front, so there is no threshold: at small sizes splicing costs about what
-/// copying does (loadtest/results, splice.md), and it wins on large ones.
-#[allow(clippy::too_many_arguments)]
-async fn relay_until_close(
-    src: &TcpStream,
-    inbuf: &[u8],
-    pos: &mut usize,
-    dst: &mut TcpStream,
-    out: &mut Vec<u8>,
-    chunked: bool,
-    pipe: &Pipe,
-    dl: &mut Deadline,
-    read_timeout: Duration,
-    write_timeout: Duration,
-    written: &mut bool,
-) -> Result<u64, RelayError> {
-    let buffered = &inbuf[*pos..];
-    if chunked && !buffered.is_empty() {
-        push_chunk_size(out, buffered.len());
-        out.extend_from_slice(buffered);
-        out.extend_from_slice(b"\r\n");
-    } else {
-        out.extend_from_slice(buffered);
-    }
-    let mut total = buffered.len() as u64;
-    *pos = inbuf.len();
-    let n = out.len();
-    *written = true;
-    crate::io::write_from(dst, out, 0, n, dl, write_timeout)
-        .await
-        .map_err(RelayError::Write)?;
-    out.clear();
+/// Sets both sockets `O_NONBLOCK` for splicing; a failure is that side's error.
+fn nonblocking(src: &TcpStream, dst: &TcpStream) -> Result<(), RelayError> {
     set_nonblocking(src).map_err(|e| RelayError::Read(IoFail::Io(e)))?;
-    set_nonblocking(dst).map_err(|e| RelayError::Write(IoFail::Io(e)))?;
+    set_nonblocking(dst).map_err(|e| RelayError::Write(IoFail::Io(e)))
+}
+
+/// Splices a close-delimited response body (a backend that ends it by closing) to the
+/// client until the backend's EOF, and returns the bytes spliced. With `chunked` (an
+/// HTTP/1.1 client, whose connection stays open) each pipe-full goes out as one chunk, its
+/// size line and CRLF written (from `out`) around the spliced payload, and the last chunk
+/// ends the body; otherwise the bytes go out as they are (the client's connection closes
+/// after them). Its length is unknown up front, so there is no threshold: at small sizes
+/// splicing costs about what copying does (loadtest/results, splice.md), and it wins on
+/// large ones.
+async fn splice_until_close(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: &Pipe,
+    chunked: bool,
+    out: &mut Vec<u8>,
+    leg: &mut Leg<'_>,
+) -> Result<u64, RelayError> {
     let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
     let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
+    let mut total = 0u64;
     let mut in_pipe = 0usize;
     let mut eof = false;
     loop {
@@ -440,8 +407,8 @@ async fn relay_until_close(
             let len = in_pipe;
             if chunked {
                 out.clear();
-                push_chunk_size(out, len);
-                send_all(dst, out, true, dl, write_timeout).await?;
+                encode_chunk_header(len, out);
+                send_all(dst, out, true, leg).await?;
             }
             let mut left = len;
             while left > 0 {
@@ -449,20 +416,14 @@ async fn relay_until_close(
                 // every chunk is pushed whole, however long the backend then pauses.
                 match splice_once(pipe_r, dst_fd, left, chunked) {
                     Ok(n) => left -= n,
-                    Err(e) if would_block(&e) => {
-                        match dl.within(write_timeout, dst.writable(false)).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => return Err(RelayError::Write(IoFail::Io(e))),
-                            Err(_) => return Err(RelayError::Write(IoFail::Timeout)),
-                        }
-                    }
+                    Err(e) if would_block(&e) => ready(dst, Side::Dst, leg).await?,
                     Err(e) => return Err(RelayError::Write(IoFail::Io(e))),
                 }
             }
             in_pipe = 0;
             total += len as u64;
             if chunked {
-                send_all(dst, b"\r\n", false, dl, write_timeout).await?;
+                send_all(dst, CHUNK_DATA_END, false, leg).await?;
             }
             continue;
         }
@@ -470,24 +431,16 @@ async fn relay_until_close(
             break;
         }
         if src_blocked {
-            match dl.within(read_timeout, src.readable(false)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(RelayError::Read(IoFail::Io(e))),
-                Err(_) => return Err(RelayError::Read(IoFail::Timeout)),
-            }
+            ready(src, Side::Src, leg).await?;
         }
     }
     if chunked {
-        send_all(dst, b"0\r\n\r\n", false, dl, write_timeout).await?;
+        out.clear();
+        encode_last_chunk(b"", out);
+        send_all(dst, out, false, leg).await?;
     }
     out.clear();
     Ok(total)
-}
-
-/// Appends a chunk-size line for `len` payload bytes.
-fn push_chunk_size(out: &mut Vec<u8>, len: usize) {
-    use std::io::Write;
-    let _ = write!(out, "{len:x}\r\n");
 }
 
 /// Writes `bytes` to the non-blocking socket `dst` completely, waiting for writability;
@@ -496,8 +449,7 @@ async fn send_all(
     dst: &TcpStream,
     bytes: &[u8],
     more: bool,
-    dl: &mut Deadline,
-    timeout: Duration,
+    leg: &mut Leg<'_>,
 ) -> Result<(), RelayError> {
     let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
     let mut at = 0;
@@ -514,18 +466,55 @@ async fn send_all(
         if !would_block(&e) {
             return Err(RelayError::Write(IoFail::Io(e)));
         }
-        match dl.within(timeout, dst.writable(false)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(RelayError::Write(IoFail::Io(e))),
-            Err(_) => return Err(RelayError::Write(IoFail::Timeout)),
-        }
+        ready(dst, Side::Dst, leg).await?;
     }
     Ok(())
 }
 
+/// Which end of a relay a wait (and its failure) belongs to.
+#[derive(Clone, Copy)]
+enum Side {
+    /// The source: waits for readability within `leg.read_timeout`; fails as
+    /// [`RelayError::Read`].
+    Src,
+    /// The destination: waits for writability within `leg.write_timeout`; fails as
+    /// [`RelayError::Write`].
+    Dst,
+}
+
+/// Waits until `s` is ready on `side` (readable for the source, writable for the
+/// destination) within the leg's bound for that side: the one place a relay step that would
+/// block waits, and maps the wait's error or timeout to that side's [`RelayError`].
+async fn ready(s: &TcpStream, side: Side, leg: &mut Leg<'_>) -> Result<(), RelayError> {
+    let r = match side {
+        Side::Src => {
+            leg.deadline
+                .within(leg.read_timeout, s.readable(false))
+                .await
+        }
+        Side::Dst => {
+            leg.deadline
+                .within(leg.write_timeout, s.writable(false))
+                .await
+        }
+    };
+    let fail = match r {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => IoFail::Io(e),
+        Err(_) => IoFail::Timeout,
+    };
+    Err(match side {
+        Side::Src => RelayError::Read(fail),
+        Side::Dst => RelayError::Write(fail),
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::io::Deadline;
 
     /// Splices bodies of sizes around the pipe size between two real socket pairs, on both
     /// drivers, and checks every byte.
@@ -559,21 +548,15 @@ mod tests {
                     let mut written = false;
                     let mut out = b"HEAD".to_vec();
                     let mut pos = 0;
-                    let n = relay_spliced(
-                        &src,
-                        b"",
-                        &mut pos,
-                        &mut dst,
-                        &mut out,
-                        SplicedBody::Length(len),
-                        &pipe,
-                        &mut dl,
-                        Duration::from_secs(10),
-                        Duration::from_secs(10),
-                        &mut written,
-                    )
-                    .await
-                    .unwrap();
+                    let plan = SplicePlan {
+                        body: SplicedBody::Length(len),
+                        pipe: &pipe,
+                    };
+                    let t = Duration::from_secs(10);
+                    let mut leg = Leg::new(&mut dl, t, t, &mut written);
+                    let n = relay_spliced(&src, b"", &mut pos, &mut dst, &mut out, plan, &mut leg)
+                        .await
+                        .unwrap();
                     assert_eq!(n, len);
                     // On io_uring a dropped socket is closed asynchronously, by the runtime
                     // we are blocking here: half-close it directly instead.
@@ -640,20 +623,13 @@ mod tests {
             let mut w = false;
             let mut out = Vec::new();
             let mut pos = 0;
-            let r = relay_spliced(
-                &src,
-                b"",
-                &mut pos,
-                &mut dst,
-                &mut out,
-                SplicedBody::Length(5000),
-                &pipe,
-                &mut dl,
-                Duration::from_secs(5),
-                Duration::from_secs(5),
-                &mut w,
-            )
-            .await;
+            let plan = SplicePlan {
+                body: SplicedBody::Length(5000),
+                pipe: &pipe,
+            };
+            let t = Duration::from_secs(5);
+            let mut leg = Leg::new(&mut dl, t, t, &mut w);
+            let r = relay_spliced(&src, b"", &mut pos, &mut dst, &mut out, plan, &mut leg).await;
             assert!(matches!(r, Err(RelayError::Read(IoFail::Eof))), "{r:?}");
         });
     }

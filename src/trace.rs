@@ -72,12 +72,7 @@ pub fn request_id(ctx: &ShardCtx, client: &Client, head: &RequestHead) -> Reques
     let cfg = &ctx.shared.config.request_id;
     if !cfg.trusted.is_empty() && cfg.trusts(client.peer.ip()) {
         let name = cfg.header_lower.as_bytes();
-        let incoming = head
-            .headers
-            .iter()
-            .find(|h| h.name.get(&client.buf).eq_ignore_ascii_case(name))
-            .map(|h| h.value.get(&client.buf))
-            .filter(|v| valid_incoming(v));
+        let incoming = head.header(&client.buf, name).filter(|v| valid_incoming(v));
         if let Some(v) = incoming {
             return RequestId::Trusted(v.into());
         }
@@ -86,12 +81,7 @@ pub fn request_id(ctx: &ShardCtx, client: &Client, head: &RequestHead) -> Reques
 }
 
 pub fn log_fields(buf: &[u8], head: &RequestHead, rid: &[u8]) -> RequestFields {
-    let header = |name: &[u8]| {
-        head.headers
-            .iter()
-            .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
-            .map_or(&b""[..], |h| h.value.get(buf))
-    };
+    let header = |name: &[u8]| head.header(buf, name).unwrap_or_default();
     RequestFields::new(
         head.method.get(buf),
         head.target.get(buf),

@@ -1,7 +1,11 @@
-//! Part of stage 6, *forward*: the chunked transfer-coding (RFC 9112 §7.1) as a pure,
-//! incremental state machine. The relay feeds it whatever bytes arrived; it hands back payload
-//! ranges and keeps the trailer section. It never allocates per chunk and never guesses:
-//! bad hex, an over-long size, a bare LF or CR, or junk after the data is an error.
+//! Part of stage 6, *forward*: the chunked transfer-coding (RFC 9112 §7.1). Decoding is a
+//! pure, incremental state machine. The relay feeds it whatever bytes arrived; it hands back
+//! payload ranges and keeps the trailer section. It never allocates per chunk and never
+//! guesses: bad hex, an over-long size, a bare LF or CR, or junk after the data is an error.
+//!
+//! Encoding is written here only: chunk-size lines, the CRLF after a chunk's data and the last
+//! chunk, for [`crate::relay`] (copied bodies re-chunked) and [`crate::splice`]
+//! (close-delimited bodies spliced as chunks).
 
 /// The decoder's position in the chunked grammar.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,6 +283,16 @@ pub fn encode_chunk_header(len: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Ends a chunk's data.
+pub const CHUNK_DATA_END: &[u8] = b"\r\n";
+
+/// Writes one whole chunk of non-empty `data` into `out`: its size line, the data, the CRLF.
+pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
+    encode_chunk_header(data.len(), out);
+    out.extend_from_slice(data);
+    out.extend_from_slice(CHUNK_DATA_END);
+}
+
 /// Writes the last chunk and the (already validated) trailer section.
 pub fn encode_last_chunk(trailers: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"0\r\n");
@@ -407,7 +421,13 @@ mod tests {
             assert_eq!(out, format!("{len:x}\r\n").as_bytes());
         }
         out.clear();
+        encode_chunk(b"hello", &mut out);
+        assert_eq!(out, b"5\r\nhello\r\n");
+        out.clear();
         encode_last_chunk(b"X: 1\r\n", &mut out);
         assert_eq!(out, b"0\r\nX: 1\r\n\r\n");
+        out.clear();
+        encode_last_chunk(b"", &mut out);
+        assert_eq!(out, b"0\r\n\r\n");
     }
 }

@@ -74,19 +74,36 @@ fn write_set(set: SetHeader<'_>, out: &mut Vec<u8>) {
     }
 }
 
-/// Writes the request head for the upstream. `host` is the Host value to send; `set` (the
-/// request id) replaces any incoming field of its name.
-#[allow(clippy::too_many_arguments)]
+/// What the upstream request head is written from, besides the client's parsed head.
+#[derive(Clone, Copy)]
+pub struct UpstreamRequest<'a> {
+    /// The client's target, split by [`split_target`]: its path is sent.
+    pub target: &'a Target<'a>,
+    /// The Host value to send.
+    pub host: &'a [u8],
+    /// Appended to X-Forwarded-For.
+    pub client_ip: IpAddr,
+    /// How the body will be written.
+    pub framing: OutFraming,
+    /// A field the proxy sets (the request id), replacing any incoming field of its name.
+    pub set: SetHeader<'a>,
+}
+
+/// Writes the request head for the upstream: the client's head (`buf`, `head`) as `req`
+/// says.
 pub fn upstream_request_head(
     buf: &[u8],
     head: &RequestHead,
-    target: &Target<'_>,
-    host: &[u8],
-    client_ip: IpAddr,
-    framing: OutFraming,
-    set: SetHeader<'_>,
+    req: &UpstreamRequest<'_>,
     out: &mut Vec<u8>,
 ) {
+    let UpstreamRequest {
+        target,
+        host,
+        client_ip,
+        framing,
+        set,
+    } = *req;
     out.extend_from_slice(head.method.get(buf));
     out.push(b' ');
     if target.path.first() == Some(&b'?') {
@@ -327,16 +344,14 @@ X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nVia: 1.0 other\r\nTransf
         ));
         let t = split_target(head.target.get(raw));
         let mut out = Vec::new();
-        upstream_request_head(
-            raw,
-            &head,
-            &t,
-            b"a.example",
-            "10.0.0.9".parse().unwrap(),
-            OutFraming::Chunked,
-            None,
-            &mut out,
-        );
+        let req = UpstreamRequest {
+            target: &t,
+            host: b"a.example",
+            client_ip: "10.0.0.9".parse().unwrap(),
+            framing: OutFraming::Chunked,
+            set: None,
+        };
+        upstream_request_head(raw, &head, &req, &mut out);
         let s = String::from_utf8(out).unwrap();
         assert_eq!(
             s,
@@ -356,16 +371,14 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
         ));
         let t = split_target(head.target.get(raw));
         let mut out = Vec::new();
-        upstream_request_head(
-            raw,
-            &head,
-            &t,
-            b"a",
-            "10.0.0.9".parse().unwrap(),
-            OutFraming::None,
-            Some((b"X-Request-Id", b"abc")),
-            &mut out,
-        );
+        let req = UpstreamRequest {
+            target: &t,
+            host: b"a",
+            client_ip: "10.0.0.9".parse().unwrap(),
+            framing: OutFraming::None,
+            set: Some((b"X-Request-Id", b"abc")),
+        };
+        upstream_request_head(raw, &head, &req, &mut out);
         let s = String::from_utf8(out).unwrap();
         assert!(!s.contains("evil") && !s.contains("twice"), "{s}");
         assert_eq!(s.matches("X-Request-Id: abc\r\n").count(), 1, "{s}");

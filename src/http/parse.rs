@@ -233,6 +233,13 @@ impl RequestHead {
             .iter()
             .any(|t| t.get(buf).eq_ignore_ascii_case(name))
     }
+    /// The value of the first field named `name` (compared case-insensitively), if any.
+    pub fn header<'b>(&self, buf: &'b [u8], name: &[u8]) -> Option<&'b [u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
+            .map(|h| h.value.get(buf))
+    }
 }
 
 /// A parsed response head.
@@ -690,6 +697,17 @@ mod tests {
             req(b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n")
                 .unwrap();
         assert!(h.expect_continue);
+    }
+
+    #[test]
+    fn header_by_name_is_the_first_match_in_any_case() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Id: one\r\nx-id: two\r\nEmpty:\r\n\r\n";
+        let h = req(raw).unwrap();
+        assert_eq!(h.header(raw, b"x-id"), Some(&b"one"[..]));
+        assert_eq!(h.header(raw, b"X-ID"), Some(&b"one"[..]));
+        assert_eq!(h.header(raw, b"empty"), Some(&b""[..]));
+        assert_eq!(h.header(raw, b"x-i"), None);
+        assert_eq!(h.header(raw, b"referer"), None);
     }
 
     #[test]

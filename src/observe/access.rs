@@ -196,7 +196,6 @@ impl RequestFields {
         start..self.data.len()
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         method: &[u8],
         target: &[u8],
