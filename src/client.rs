@@ -1,12 +1,20 @@
-//! The client side of a connection, as every stage sees it: the [`Client`] (its stream, read
-//! buffer, peer and the one timer bounding its IO), lent by the keep-alive loop
-//! ([`crate::conn`]) to each exchange, and the [`Outcome`] an exchange hands back: whether the
-//! connection stays open (monolake's contract).
+//! The client side of a connection, as every stage sees it: the [`Client`] (its
+//! [`Transport`], read buffer, peer and the one timer bounding its IO), lent by the
+//! keep-alive loop ([`crate::conn`]) to each exchange, and the [`Outcome`] an exchange hands
+//! back: whether the connection stays open (monolake's contract).
+//!
+//! [`Transport`] is the seam TLS termination plugs into: stages read and write the client
+//! through it, and only [`Transport::plain`] (the socket, when its bytes are the HTTP bytes)
+//! lets a stage splice or run a tunnel's raw pumps.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, CancelHandle, CancelableAsyncReadRent};
 use monoio::net::TcpStream;
+use monoio::BufResult;
 
 use crate::io::Deadline;
 use crate::tunnel::Upgraded;
@@ -22,7 +30,7 @@ pub enum Outcome {
 
 /// The client side of a connection, owned by [`crate::conn`] and lent to each exchange.
 pub struct Client {
-    pub stream: TcpStream,
+    pub stream: Transport,
     /// Bytes read from the client; a request head starts at offset 0.
     pub buf: Vec<u8>,
     pub peer: SocketAddr,
@@ -30,6 +38,110 @@ pub struct Client {
     pub deadline: Deadline,
     /// Set when the backend accepted an upgrade: [`crate::conn`] then runs the tunnel.
     pub upgraded: Option<Box<Upgraded>>,
+}
+
+/// The byte stream to the client. Plain TCP today; TLS termination adds a variant whose
+/// socket carries records, not HTTP bytes, and which therefore has no [`Transport::plain`].
+pub enum Transport {
+    Plain(TcpStream),
+}
+
+impl Transport {
+    /// The socket, when the bytes on it are the HTTP bytes: `splice(2)` and the tunnel's raw
+    /// pumps may then move them. `None` means copy through [`AsyncReadRent`] and
+    /// [`AsyncWriteRent`].
+    #[inline]
+    pub fn plain(&self) -> Option<&TcpStream> {
+        match self {
+            Transport::Plain(s) => Some(s),
+        }
+    }
+
+    /// [`Transport::plain`], mutably.
+    #[inline]
+    pub fn plain_mut(&mut self) -> Option<&mut TcpStream> {
+        match self {
+            Transport::Plain(s) => Some(s),
+        }
+    }
+
+    /// Waits until a read would not block (a TLS transport must also answer at once when it
+    /// holds decrypted bytes).
+    pub async fn readable(&self) -> std::io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.readable(false).await,
+        }
+    }
+}
+
+impl AsyncReadRent for Transport {
+    #[inline]
+    fn read<T: IoBufMut>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+        match self {
+            Transport::Plain(s) => s.read(buf),
+        }
+    }
+
+    #[inline]
+    fn readv<T: IoVecBufMut>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+        match self {
+            Transport::Plain(s) => s.readv(buf),
+        }
+    }
+}
+
+impl CancelableAsyncReadRent for Transport {
+    #[inline]
+    fn cancelable_read<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        c: CancelHandle,
+    ) -> impl Future<Output = BufResult<usize, T>> {
+        match self {
+            Transport::Plain(s) => s.cancelable_read(buf, c),
+        }
+    }
+
+    #[inline]
+    fn cancelable_readv<T: IoVecBufMut>(
+        &mut self,
+        buf: T,
+        c: CancelHandle,
+    ) -> impl Future<Output = BufResult<usize, T>> {
+        match self {
+            Transport::Plain(s) => s.cancelable_readv(buf, c),
+        }
+    }
+}
+
+impl AsyncWriteRent for Transport {
+    #[inline]
+    fn write<T: IoBuf>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+        match self {
+            Transport::Plain(s) => s.write(buf),
+        }
+    }
+
+    #[inline]
+    fn writev<T: IoVecBuf>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+        match self {
+            Transport::Plain(s) => s.writev(buf),
+        }
+    }
+
+    #[inline]
+    fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> {
+        match self {
+            Transport::Plain(s) => s.flush(),
+        }
+    }
+
+    #[inline]
+    fn shutdown(&mut self) -> impl Future<Output = std::io::Result<()>> {
+        match self {
+            Transport::Plain(s) => s.shutdown(),
+        }
+    }
 }
 
 /// Microseconds since `since`, saturating.

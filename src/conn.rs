@@ -11,7 +11,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
-use crate::client::{Client, Outcome};
+use crate::client::{Client, Outcome, Transport};
 use crate::http::canned::Canned;
 use crate::http::parse::{parse_request, HeadLimits, Parsed, RequestHead};
 use crate::io::{read_more, Deadline, IoFail};
@@ -29,7 +29,7 @@ const KEEP_BUF: usize = 32 * 1024;
 pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, accepted: Instant) {
     let _ = stream.set_nodelay(true);
     let mut client = Client {
-        stream,
+        stream: Transport::Plain(stream),
         buf: Vec::with_capacity(INITIAL_BUF),
         peer,
         deadline: Deadline::new(),
@@ -134,7 +134,12 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, accep
         if outcome == Outcome::Upgraded {
             if let Some(up) = client.upgraded.take() {
                 let Client { stream, buf, .. } = client;
-                Box::pin(crate::tunnel::run(&ctx, stream, buf, *up)).await;
+                // The tunnel's pumps move raw socket bytes (splice or recv/send).
+                match stream {
+                    Transport::Plain(tcp) => {
+                        Box::pin(crate::tunnel::run(&ctx, tcp, buf, *up)).await;
+                    }
+                }
             }
             return;
         }
@@ -214,7 +219,7 @@ async fn wait_for_request(ctx: &ShardCtx, client: &mut Client, wait: Duration) -
     client.buf = Vec::new();
     let cold = wait - hot;
     let ready = monoio::select! {
-        r = client.deadline.within(cold, client.stream.readable(false)) => Some(r),
+        r = client.deadline.within(cold, client.stream.readable()) => Some(r),
         _ = ctx.drain.notified() => None,
     };
     match ready {

@@ -603,18 +603,19 @@ impl<'a> Forward<'a> {
             .await);
         }
         let mut pos = 0;
-        let spliced = match (facts.framing, prepared.out_framing) {
-            (BodyFraming::Length(n), OutFraming::Length(_))
+        // Large bodies of known length are spliced when the client side is plain TCP.
+        let spliced = match (facts.framing, prepared.out_framing, client.stream.plain()) {
+            (BodyFraming::Length(n), OutFraming::Length(_), Some(tcp))
                 if cfg.splice.enabled && n >= cfg.splice.min_bytes =>
             {
-                self.pipes.lend().map(|p| (p, n))
+                self.pipes.lend().map(|p| (p, n, tcp))
             }
             _ => None,
         };
-        let r = if let Some((pipe, len)) = spliced {
+        let r = if let Some((pipe, len, tcp)) = spliced {
             bump(&self.stats.spliced);
             let r = relay_spliced(
-                &client.stream,
+                tcp,
                 &client.buf,
                 &mut pos,
                 conn,

@@ -12,8 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::time::Sleep;
 
 /// Why an IO step failed.
@@ -84,8 +83,8 @@ impl<F: Future> Future for Within<'_, F> {
 
 /// Reads more bytes into `buf` after its current contents, waiting at most `timeout`.
 /// On timeout the buffer is lost with the cancelled read and `buf` is left empty.
-pub async fn read_more(
-    stream: &mut TcpStream,
+pub async fn read_more<S: AsyncReadRent>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     dl: &mut Deadline,
     timeout: Duration,
@@ -96,8 +95,8 @@ pub async fn read_more(
 /// [`read_more`], reading at most `max` bytes. Response heads are read this way: a pooled
 /// buffer may have grown large, and a head read into all of it would pull a large body's
 /// first part through user space (a copy in, a copy out) instead of leaving it to splice.
-pub async fn read_more_at_most(
-    stream: &mut TcpStream,
+pub async fn read_more_at_most<S: AsyncReadRent>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     dl: &mut Deadline,
     timeout: Duration,
@@ -126,8 +125,8 @@ pub async fn read_more_at_most(
 }
 
 /// Writes `buf[from..to]` completely, waiting at most `timeout`; `buf` is handed back.
-pub async fn write_from(
-    stream: &mut TcpStream,
+pub async fn write_from<S: AsyncWriteRent>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     from: usize,
     to: usize,
@@ -151,8 +150,8 @@ pub async fn write_from(
 }
 
 /// Writes static bytes (canned responses, `100 Continue`).
-pub async fn write_static(
-    stream: &mut TcpStream,
+pub async fn write_static<S: AsyncWriteRent>(
+    stream: &mut S,
     bytes: &'static [u8],
     dl: &mut Deadline,
     timeout: Duration,

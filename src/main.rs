@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use edgeshard::config::{Config, IoEngine};
 use edgeshard::observe::access::LogWriter;
 use edgeshard::observe::admin::{self, AdminState, ShardMeta};
-use edgeshard::snapshot::Shared;
+use edgeshard::snapshot::{Published, Shared};
 use edgeshard::worker::{run_shard, ShardStart};
 
 // mimalloc: the proxy allocates per-connection buffers and per-request vectors from many
@@ -359,6 +359,9 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     .context("cannot install signal handlers")?;
 
     let shared = Arc::new(Shared::with_shards(config, cpus.len()));
+    // Shards and the admin thread load the snapshot in force from here (hot reload will
+    // publish its replacements here).
+    let published = Arc::new(Published::new(shared.clone()));
     // One prober thread for the whole process, publishing to the board every shard reads.
     let targets: Vec<edgeshard::health::prober::ProbeTarget> = shared
         .backends
@@ -391,7 +394,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
         let start = ShardStart {
             id: i,
             engine,
-            shared: shared.clone(),
+            snapshot: published.clone(),
             listeners,
             ready: ready_tx.clone(),
             shutdown: stop_rx,
@@ -432,7 +435,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
             admin::start(
                 l,
                 AdminState {
-                    shared: shared.clone(),
+                    snapshot: published.clone(),
                     shards: cpus
                         .iter()
                         .map(|&cpu| ShardMeta {

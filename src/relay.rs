@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 
 use crate::config::{SpliceConfig, Timeouts};
@@ -157,9 +158,9 @@ impl<'a> Leg<'a> {
     }
 
     /// Writes `buf[from..to]` to `dst`, each wait bounded by the write timeout.
-    pub async fn write(
+    pub async fn write<D: AsyncWriteRent>(
         &mut self,
-        dst: &mut TcpStream,
+        dst: &mut D,
         buf: &mut Vec<u8>,
         from: usize,
         to: usize,
@@ -171,9 +172,9 @@ impl<'a> Leg<'a> {
     }
 
     /// Writes all of `out` to `dst` and empties it.
-    pub async fn flush(
+    pub async fn flush<D: AsyncWriteRent>(
         &mut self,
-        dst: &mut TcpStream,
+        dst: &mut D,
         out: &mut Vec<u8>,
     ) -> Result<(), RelayError> {
         let n = out.len();
@@ -200,11 +201,11 @@ pub struct BodyPlan {
 /// holds bytes to send first (a head) and is flushed with the first payload. `incoming` says
 /// how the body is delimited on the way in, `outgoing` how to write it. On success `*pos`
 /// points just past the body in `inbuf` (pipelined bytes may follow).
-pub async fn relay_body(
-    src: &mut TcpStream,
+pub async fn relay_body<S: AsyncReadRent, D: AsyncWriteRent>(
+    src: &mut S,
     inbuf: &mut Vec<u8>,
     pos: &mut usize,
-    dst: &mut TcpStream,
+    dst: &mut D,
     out: &mut Vec<u8>,
     plan: &BodyPlan,
     leg: &mut Leg<'_>,

@@ -325,7 +325,7 @@ async fn relay_response_body(
 ) -> Result<u64, RelayError> {
     let cfg = r.cfg;
     // Large bodies of known length, and close-delimited ones (their length is unknown), go
-    // socket → pipe → socket (splice); the rest is copied.
+    // socket → pipe → socket (splice) when the client side is plain TCP; the rest is copied.
     let spliced = match (in_framing, resp_framing) {
         (BodyFraming::Length(n), OutFraming::Length(_)) if n >= cfg.splice.min_bytes => {
             Some(SplicedBody::Length(n))
@@ -335,31 +335,33 @@ async fn relay_response_body(
         }),
         _ => None,
     }
-    .filter(|_| cfg.splice.enabled);
+    .filter(|_| cfg.splice.enabled && client.stream.plain().is_some());
     r.backends.spliced_last[up.backend].set(spliced.is_some());
-    let spliced = spliced.and_then(|body| r.pipes.lend().map(|p| (p, body)));
-    if let Some((pipe, body)) = spliced {
-        bump(&r.stats.spliced);
-        let head_read = *up.pos;
-        let res = relay_spliced(
-            &*up.conn,
-            up.ubuf,
-            up.pos,
-            &mut client.stream,
-            out,
-            SplicePlan {
-                body,
-                pipe: pipe.pipe(),
-            },
-            &mut Leg::response(&mut client.deadline, &cfg.timeouts, written),
-        )
-        .await;
-        if let Ok(total) = res {
-            pipe.give_back();
-            add(&r.stats.spliced_bytes, total - (*up.pos - head_read) as u64);
+    if let Some((pipe, body)) = spliced.and_then(|body| r.pipes.lend().map(|p| (p, body))) {
+        if let Some(tcp) = client.stream.plain_mut() {
+            bump(&r.stats.spliced);
+            let head_read = *up.pos;
+            let res = relay_spliced(
+                &*up.conn,
+                up.ubuf,
+                up.pos,
+                tcp,
+                out,
+                SplicePlan {
+                    body,
+                    pipe: pipe.pipe(),
+                },
+                &mut Leg::response(&mut client.deadline, &cfg.timeouts, written),
+            )
+            .await;
+            if let Ok(total) = res {
+                pipe.give_back();
+                add(&r.stats.spliced_bytes, total - (*up.pos - head_read) as u64);
+            }
+            return res;
         }
-        res
-    } else if in_framing == BodyFraming::None {
+    }
+    if in_framing == BodyFraming::None {
         let n = out.len();
         let t = cfg.timeouts.client_send;
         write_from(&mut client.stream, out, 0, n, &mut client.deadline, t)

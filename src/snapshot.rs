@@ -183,3 +183,48 @@ impl Published {
         self.generation.fetch_add(1, Ordering::Release);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn shared(addresses: &[&str]) -> Arc<Shared> {
+        let backends: Vec<String> = addresses
+            .iter()
+            .map(|a| format!("{{ address = \"{a}\" }}"))
+            .collect();
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{}]\n",
+            backends.join(", ")
+        );
+        Arc::new(Shared::new(
+            Config::parse(&text, Path::new("t.toml")).unwrap(),
+        ))
+    }
+
+    #[test]
+    fn a_replacement_is_seen_by_new_loads_and_not_by_held_ones() {
+        let first = shared(&["127.0.0.1:1"]);
+        let published = Published::new(first.clone());
+        let held = published.load();
+        assert!(Arc::ptr_eq(&held, &first));
+        assert_eq!(published.generation(), 0);
+        let second = shared(&["127.0.0.1:2", "127.0.0.1:1"]);
+        published.publish(second.clone());
+        assert_eq!(published.generation(), 1);
+        assert!(Arc::ptr_eq(&published.load(), &second));
+        // A request that started on the first snapshot finishes on it.
+        assert_eq!(held.backends.len(), 1);
+    }
+
+    #[test]
+    fn a_backend_keeps_its_identity_whatever_its_position() {
+        let a = shared(&["127.0.0.1:1", "127.0.0.1:2"]);
+        let b = shared(&["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:1"]);
+        let same = |i: usize| b.backends.iter().position(|x| x.id == a.backends[i].id);
+        assert_eq!(same(0), Some(2));
+        assert_eq!(same(1), Some(0));
+        assert_ne!(a.backends[0].id, b.backends[1].id);
+    }
+}

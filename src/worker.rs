@@ -15,7 +15,7 @@ use monoio::net::TcpListener;
 use crate::config::IoEngine;
 use crate::observe::access::LogSink;
 use crate::shard::ShardCtx;
-use crate::snapshot::Shared;
+use crate::snapshot::Published;
 use crate::stats::{bump, Snapshot};
 
 /// A question the admin thread asks a shard; answered on the shard's own thread.
@@ -88,7 +88,8 @@ fn build_uring_runtime() -> std::io::Result<UringRuntime> {
 pub struct ShardStart {
     pub id: usize,
     pub engine: IoEngine,
-    pub shared: Arc<Shared>,
+    /// Where the shard loads the configuration snapshot in force.
+    pub snapshot: Arc<Published>,
     pub listeners: Vec<std::net::TcpListener>,
     pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
     /// Resolves (or is dropped) when the shard must drain and stop.
@@ -128,7 +129,7 @@ pub fn run_shard(start: ShardStart) -> ShardReport {
 async fn shard_main(start: ShardStart) -> ShardReport {
     let ShardStart {
         id,
-        shared,
+        snapshot,
         listeners,
         ready,
         shutdown,
@@ -136,7 +137,7 @@ async fn shard_main(start: ShardStart) -> ShardReport {
         log_sink,
         ..
     } = start;
-    let ctx = Rc::new(ShardCtx::with_log(id, shared, log_sink));
+    let ctx = Rc::new(ShardCtx::with_log(id, snapshot.load(), log_sink));
     let mut accepting = Vec::new();
     for l in listeners {
         match TcpListener::from_std(l) {

@@ -17,7 +17,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::observe::metrics::{render, ProcessInfo};
-use crate::snapshot::Shared;
+use crate::snapshot::{Published, Shared};
 use crate::stats::Snapshot;
 use crate::worker::ShardQuery;
 
@@ -38,7 +38,8 @@ pub struct ShardMeta {
 
 /// Everything the admin thread needs.
 pub struct AdminState {
-    pub shared: Arc<Shared>,
+    /// The configuration snapshot in force, loaded by each request.
+    pub snapshot: Arc<Published>,
     pub shards: Vec<ShardMeta>,
     pub queries: Vec<mpsc::UnboundedSender<ShardQuery>>,
     pub started: Instant,
@@ -231,7 +232,8 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 fn authorized(state: &AdminState, auth: Option<&[u8]>) -> bool {
     let Some(token) = &state
-        .shared
+        .snapshot
+        .load()
         .config
         .admin
         .as_ref()
@@ -274,7 +276,7 @@ async fn route(state: &AdminState, method: &str, target: &str, auth: Option<&[u8
             Reply {
                 status: "200 OK",
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: render(&state.shared, &info, &per_shard, &all),
+                body: render(&state.snapshot.load(), &info, &per_shard, &all),
                 extra: "",
             }
         }
@@ -303,9 +305,10 @@ async fn route(state: &AdminState, method: &str, target: &str, auth: Option<&[u8
 }
 
 fn ready(state: &AdminState) -> bool {
-    !state.shared.accepting.is_empty()
+    !state.snapshot.load().accepting.is_empty()
         && state
-            .shared
+            .snapshot
+            .load()
             .accepting
             .iter()
             .all(|a| a.load(Ordering::Acquire))
@@ -336,7 +339,7 @@ async fn gather(state: &AdminState) -> (Vec<Option<Snapshot>>, Snapshot) {
         };
         per_shard.push(snap);
     }
-    let mut all = empty_snapshot(&state.shared);
+    let mut all = empty_snapshot(&state.snapshot.load());
     for s in per_shard.iter().flatten() {
         all.merge(s);
     }
@@ -354,7 +357,7 @@ fn process_info(state: &AdminState) -> ProcessInfo<'static> {
         shards: state
             .shards
             .iter()
-            .zip(state.shared.accepting.iter())
+            .zip(state.snapshot.load().accepting.iter())
             .map(|(m, a)| (m.cpu, a.load(Ordering::Acquire)))
             .collect(),
     }
@@ -378,7 +381,8 @@ fn status_json(
     all: &Snapshot,
 ) -> serde_json::Value {
     use serde_json::json;
-    let shared = &state.shared;
+    let shared = state.snapshot.load();
+    let shared = &*shared;
     let cfg = &shared.config;
     let shards: Vec<_> = state
         .shards
@@ -443,7 +447,8 @@ fn status_json(
 }
 
 async fn set_drained(state: &AdminState, upstream: &str, addr: &str, drain: bool) -> Reply {
-    let shared = &state.shared;
+    let shared = state.snapshot.load();
+    let shared = &*shared;
     let Some(b) = shared.find_backend(upstream, addr) else {
         return reply(
             "404 Not Found",
