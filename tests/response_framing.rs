@@ -27,11 +27,15 @@ fn bad_backend() -> Origin {
     })
 }
 
-/// Asserts the client sees either a 502, or (if the proxy had already sent
-/// the head) a response whose body never completes validly: the connection
-/// is closed before a valid end of message.
+/// Asserts the client sees either a 502, or (if the proxy had already sent the head) a
+/// response whose body never completes validly: the connection is closed (EOF or RST) before
+/// a valid end of message. Never a complete response, never the backend's invalid framing
+/// passed through (`Malformed`), never a connection left hanging. After a 502 the connection
+/// is either closed, as announced by `Connection: close`, or usable for the next request.
 fn expect_502_or_truncated(proxy: &Proxy, path: &str) {
     let mut c = Client::connect(proxy.addr());
+    // A correct proxy answers or closes in milliseconds; 5 s only bounds a hang.
+    c.timeout = std::time::Duration::from_secs(5);
     c.send(&get("example.com", path));
     match c.try_read_response() {
         Ok(r) if r.status() == 502 => {
@@ -39,6 +43,17 @@ fn expect_502_or_truncated(proxy: &Proxy, path: &str) {
                 r.framing != Framing::Close || r.body.len() < 4096,
                 "502 for {path} should be a short error"
             );
+            if r.has_token("connection", "close") {
+                c.expect_closed_within(std::time::Duration::from_secs(5));
+            } else {
+                // Kept alive: nothing of the bad response may be left on the connection.
+                c.send(&get("example.com", "/ok"));
+                let next = c.try_read_response().unwrap_or_else(|e| {
+                    panic!("{path}: the 502 did not announce a close, but the next request on the connection failed: {e}")
+                });
+                assert_eq!(next.status(), 200, "{path}: the request after the 502:\n{}", next.head.raw);
+                assert_eq!(next.body_str(), "bad");
+            }
         }
         Ok(r) => panic!(
             "backend response with invalid framing ({path}) must give 502 or a truncated response; \
@@ -47,12 +62,18 @@ fn expect_502_or_truncated(proxy: &Proxy, path: &str) {
             r.head.raw,
             r.body_str()
         ),
-        Err(ClientError::Truncated(_))
-        | Err(ClientError::Reset)
-        | Err(ClientError::Malformed(_)) => {}
+        // Truncated: EOF inside the message; Reset: RST. Either way the connection is closed.
+        Err(ClientError::Truncated(_)) | Err(ClientError::Reset) => {}
+        Err(ClientError::Malformed(m)) => panic!(
+            "{path}: the proxy passed the backend's invalid framing on to the client: {m}"
+        ),
         Err(ClientError::Closed) => {
             panic!("{path}: the proxy closed the connection without any response (expected 502)")
         }
+        Err(ClientError::Timeout) => panic!(
+            "{path}: no complete response and no close within {:?}: a truncated response must end with a close",
+            c.timeout
+        ),
         Err(e) => panic!("{path}: expected 502, got {e}"),
     }
 }
