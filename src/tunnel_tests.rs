@@ -158,7 +158,11 @@ fn small_pieces_stay_copied() {
             s.shutdown(std::net::Shutdown::Write).unwrap();
             let mut rest = Vec::new();
             s.read_to_end(&mut rest).unwrap();
-            assert!(rest.is_empty(), "{} bytes after the last answer", rest.len());
+            assert!(
+                rest.is_empty(),
+                "{} bytes after the last answer",
+                rest.len()
+            );
         });
         let backend_end = thread::spawn(move || {
             let (mut s, _) = b.accept().unwrap();

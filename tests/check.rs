@@ -168,7 +168,10 @@ fn documented_keys() -> std::collections::BTreeSet<String> {
     let mut section: Option<String> = None;
     let mut in_key_table = false;
     for line in doc.lines() {
-        if let Some(h) = line.strip_prefix("## ").or_else(|| line.strip_prefix("### ")) {
+        if let Some(h) = line
+            .strip_prefix("## ")
+            .or_else(|| line.strip_prefix("### "))
+        {
             // "## `[server]`", "## `[[upstream]]`", "### `[upstream.health_check]`, ...":
             // the section is the first table name in backticks, without brackets and without
             // a sub-table part (sub-table keys carry it themselves: `health_check.type`).
@@ -191,7 +194,9 @@ fn documented_keys() -> std::collections::BTreeSet<String> {
             in_key_table = false;
             continue;
         }
-        let Some(section) = section.as_ref().filter(|_| in_key_table) else { continue };
+        let Some(section) = section.as_ref().filter(|_| in_key_table) else {
+            continue;
+        };
         let cell = line.split('|').nth(1).unwrap_or("");
         if cell.starts_with("---") {
             continue;
@@ -218,7 +223,11 @@ fn used_keys(text: &str) -> std::collections::BTreeSet<String> {
         match v {
             toml::Value::Table(t) => {
                 for (k, v) in t {
-                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     walk(&p, v, out);
                 }
             }
@@ -240,7 +249,8 @@ fn used_keys(text: &str) -> std::collections::BTreeSet<String> {
 
 #[test]
 fn check_accepts_full_valid_config() {
-    let token_file = std::env::temp_dir().join(format!("edgeshard-test-token-{}", std::process::id()));
+    let token_file =
+        std::env::temp_dir().join(format!("edgeshard-test-token-{}", std::process::id()));
     std::fs::write(&token_file, "s3cret\n").unwrap();
     let with_file = GOOD.replace(
         "token = \"s3cret\"",
@@ -250,15 +260,35 @@ fn check_accepts_full_valid_config() {
     // lists (a table-valued key such as `sticky` or `headers` counts when used with its
     // contents), and use no key it does not list.
     let documented = documented_keys();
-    assert!(documented.len() > 80, "too few keys found in docs/CONFIG.md: {documented:?}");
-    let used: std::collections::BTreeSet<String> =
-        used_keys(GOOD).into_iter().chain(used_keys(&with_file)).collect();
+    assert!(
+        documented.len() > 80,
+        "too few keys found in docs/CONFIG.md: {documented:?}"
+    );
+    let used: std::collections::BTreeSet<String> = used_keys(GOOD)
+        .into_iter()
+        .chain(used_keys(&with_file))
+        .collect();
     let covers = |doc: &String, u: &String| u == doc || u.starts_with(&format!("{doc}."));
-    let missing: Vec<&String> = documented.iter().filter(|d| !used.iter().any(|u| covers(d, u))).collect();
-    assert!(missing.is_empty(), "documented keys the valid config does not use: {missing:?}");
-    let undocumented: Vec<&String> = used.iter().filter(|u| !documented.iter().any(|d| covers(d, u))).collect();
-    assert!(undocumented.is_empty(), "keys the valid config uses that docs/CONFIG.md does not list: {undocumented:?}");
-    let results = [("with token", run_check(GOOD)), ("with token_file", run_check(&with_file))];
+    let missing: Vec<&String> = documented
+        .iter()
+        .filter(|d| !used.iter().any(|u| covers(d, u)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "documented keys the valid config does not use: {missing:?}"
+    );
+    let undocumented: Vec<&String> = used
+        .iter()
+        .filter(|u| !documented.iter().any(|d| covers(d, u)))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "keys the valid config uses that docs/CONFIG.md does not list: {undocumented:?}"
+    );
+    let results = [
+        ("with token", run_check(GOOD)),
+        ("with token_file", run_check(&with_file)),
+    ];
     let _ = std::fs::remove_file(&token_file);
     for (what, (code, out)) in results {
         assert_eq!(

@@ -141,8 +141,9 @@ fn run_fails_with(args: &[&str], words: &[&str]) {
     // A refused start exits in milliseconds; one that starts by mistake runs until killed.
     let r = run_bounded(cmd, EXIT_WITHIN);
     let _ = std::fs::remove_file(&path);
-    let (status, text) =
-        r.unwrap_or_else(|e| panic!("{args:?} must fail at start-up, but edgeshard kept running: {e}"));
+    let (status, text) = r.unwrap_or_else(|e| {
+        panic!("{args:?} must fail at start-up, but edgeshard kept running: {e}")
+    });
     assert_eq!(
         status.code(),
         Some(1),

@@ -96,7 +96,11 @@ fn proxy_stays_up_on(proxy: &Proxy, backend: &LockStep) {
     assert!(conn.read_head().starts_with("GET /ok "));
     conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbad");
     let r = c.read_response();
-    assert_eq!(r.status(), 200, "the proxy must keep serving after a bad backend response");
+    assert_eq!(
+        r.status(),
+        200,
+        "the proxy must keep serving after a bad backend response"
+    );
     assert_eq!(r.body_str(), "bad");
 }
 

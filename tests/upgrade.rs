@@ -154,7 +154,9 @@ fn closing_backend(early: &'static [u8]) -> SocketAddr {
             }
             head.push(b[0]);
         }
-        let mut out = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n".to_vec();
+        let mut out =
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+                .to_vec();
         out.extend_from_slice(early);
         let _ = s.write_all(&out);
     });

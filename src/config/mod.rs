@@ -716,7 +716,10 @@ max_body_bytes = "lots"
         assert!(has("listener[0].address", "invalid address"), "{text}");
         // Each unknown key is named at its own path (not just any problem in its table).
         assert!(has("route[0].colour", "unknown field `colour`"), "{text}");
-        assert!(has("route[1].upstream", "\"missing\" is not defined"), "{text}");
+        assert!(
+            has("route[1].upstream", "\"missing\" is not defined"),
+            "{text}"
+        );
         assert!(
             has("upstream[0].backends[0].wieght", "unknown field `wieght`"),
             "{text}"
