@@ -124,10 +124,89 @@ fn splice_off_copies_everything() {
 
 #[test]
 fn small_pieces_stay_copied() {
+    // A bulk phase (1 MiB client -> backend: reads fill the buffer, so that direction
+    // splices), then 4,096 request/response rounds of 512 bytes each way, each piece sent
+    // only once the previous answer arrived: no read can gather more than one piece, so not
+    // one of them may be spliced. A direction that stayed in splice mode after its bulk would
+    // splice the 2 MiB of pieces too, well past the bulk's 1 MiB.
+    const BULK: u64 = 1 << 20;
+    const PIECE: usize = 512;
+    const ROUNDS: u64 = 4096;
+    fn piece(i: u64) -> [u8; PIECE] {
+        [byte(i); PIECE]
+    }
     on_both_drivers(|block| {
         let c = ctx("");
-        // 100-byte writes: a read may gather a few, rarely a full 16 KiB buffer.
-        tunnel(block, &c, 200_000, 50_000, 100);
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let client_end = thread::spawn(move || {
+            let (mut s, _) = a.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.set_nodelay(true).unwrap();
+            let bulk: Vec<u8> = (0..BULK).map(byte).collect();
+            s.write_all(&bulk).unwrap();
+            // The backend end has all of the bulk before the first piece is sent.
+            let mut ack = [0u8; 1];
+            s.read_exact(&mut ack).unwrap();
+            let mut back = [0u8; PIECE];
+            for i in 0..ROUNDS {
+                s.write_all(&piece(i)).unwrap();
+                s.read_exact(&mut back).unwrap();
+                assert_eq!(back, piece(i + 1), "answer to piece {i}");
+            }
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).unwrap();
+            assert!(
+                rest.is_empty(),
+                "{} bytes after the last answer",
+                rest.len()
+            );
+        });
+        let backend_end = thread::spawn(move || {
+            let (mut s, _) = b.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.set_nodelay(true).unwrap();
+            let mut bulk = vec![0u8; BULK as usize];
+            s.read_exact(&mut bulk).unwrap();
+            assert!(bulk.iter().enumerate().all(|(i, &b)| b == byte(i as u64)));
+            s.write_all(&[1]).unwrap();
+            let mut got = [0u8; PIECE];
+            for i in 0..ROUNDS {
+                s.read_exact(&mut got).unwrap();
+                assert_eq!(got, piece(i), "piece {i}");
+                s.write_all(&piece(i + 1)).unwrap();
+            }
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).unwrap();
+            assert!(rest.is_empty(), "{} bytes after the last piece", rest.len());
+        });
+        block(Box::pin(async {
+            let client = TcpStream::connect_addr(aa).await.unwrap();
+            let upstream = TcpStream::connect_addr(ba).await.unwrap();
+            let up = Upgraded {
+                upstream,
+                backend: 0,
+                early: Vec::new(),
+            };
+            run(&c, client, Vec::new(), up).await;
+        }));
+        client_end.join().unwrap();
+        backend_end.join().unwrap();
+        let pieces = ROUNDS * PIECE as u64;
+        assert_eq!(c.stats.bytes_in.get(), BULK + pieces);
+        assert_eq!(c.stats.bytes_out.get(), 1 + pieces);
+        let spliced = c.stats.spliced_bytes.get();
+        assert!(spliced > 0, "the 1 MiB bulk phase must switch to splicing");
+        assert!(
+            spliced <= BULK,
+            "spliced {spliced} bytes: more than the {BULK}-byte bulk, so small pieces were spliced"
+        );
+        // Every pipe came back to the pool: two loans can be had.
+        assert!(c.pipes.live() <= 2);
+        let (x, y) = (c.pipes.lend(), c.pipes.lend());
+        assert!(x.is_some() && y.is_some());
     });
 }
 

@@ -198,5 +198,18 @@ both_engines! {
         assert_eq!(r.status(), 200);
         assert!(r.body == body, "echoed body differs (len {} vs {})", r.body.len(), body.len());
         origin.assert_no_errors();
+        // In: the request reached the origin chunked (its length is unknown to the proxy),
+        // whole and intact.
+        let req = origin.last_request();
+        assert!(req.chunked, "the chunked request body must be forwarded chunked:\n{}", req.raw_head);
+        assert_eq!(req.body_len, body.len() as u64);
+        assert_eq!(req.pattern_mismatch, None);
+        // Out: the origin's Content-Length response reached the client with that length.
+        assert_eq!(
+            r.framing,
+            Framing::Length(body.len() as u64),
+            "the Content-Length response must keep its length framing:\n{}",
+            r.head.raw
+        );
     }
 }

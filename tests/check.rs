@@ -5,10 +5,19 @@ use crate::support::*;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// A valid config that uses every key docs/CONFIG.md documents (checked by
+/// `check_accepts_full_valid_config`), with `token`; `token_file` is the one documented key
+/// it cannot hold at the same time (they exclude each other), covered by a variant.
 const GOOD: &str = r#"
 [server]
 io_engine = "epoll"
 shutdown_timeout = "30s"
+splice = "auto"
+splice_min_bytes = "256KiB"
+splice_pipe_bytes = "1MiB"
+splice_max_pipes = 1024
+client_congestion = "reno"
+upstream_congestion = "reno"
 
 [[listener]]
 address = "127.0.0.1:0"
@@ -21,9 +30,14 @@ headers = { "x-canary" = "1" }
 upstream = "api"
 
 [[route]]
+name = "exact"
 host = "*.example.com"
 path = "/exact"
 upstream = "api"
+
+[[route]]
+path_prefix = "/hash/"
+upstream = "hash"
 
 [[route]]
 upstream = "web"
@@ -31,21 +45,68 @@ upstream = "web"
 [[upstream]]
 name = "api"
 balance = "weighted"
-backends = [{ address = "127.0.0.1:9001", weight = 3 }, { address = "127.0.0.1:9002", weight = 1 }]
+backends = [{ address = "127.0.0.1:9001", weight = 3 }, { address = "127.0.0.1:9002", weight = 1, backup = true }]
 max_idle_per_backend = 64
 idle_timeout = "60s"
+slow_start = "10s"
+sticky = { cookie = "srv", ttl = "1h" }
+
+[upstream.health_check]
+type = "http"
+interval = "5s"
+timeout = "2s"
+rise = 2
+fall = 3
+jitter = 0.1
+initial = "unknown"
+method = "GET"
+path = "/health"
+host = "api.internal"
+expect_status = "200-399"
+body_contains = "ok"
+
+[upstream.outlier]
+consecutive = 5
+on = ["connect-failure", "reset", "timeout", "5xx"]
+base_ejection = "30s"
+max_ejection = "300s"
+max_ejection_percent = 50
+
+[upstream.breaker]
+max_connections = 1000
+max_pending = 100
+max_requests = 1000
+
+[upstream.retry]
+attempts = 2
+on = ["connect-failure", "reset", "503"]
+budget = 0.2
+min_retries_per_sec = 3
+budget_window = "10s"
+per_try_timeout = "1s"
+total_timeout = "5s"
 
 [[upstream]]
 name = "web"
 balance = "round_robin"
 backends = [{ address = "127.0.0.1:9003" }]
+fail_timeout = "2s"
+
+[[upstream]]
+name = "hash"
+balance = "consistent_hash"
+hash_key = "header:x-user"
+bounded_load = 1.25
+backends = [{ address = "127.0.0.1:9004" }, { address = "127.0.0.1:9005" }]
 
 [timeouts]
 client_header = "10s"
 client_idle = "60s"
 client_body = "30s"
+client_send = "60s"
 upstream_connect = "3s"
 upstream_response = "250ms"
+tunnel_idle = "1h"
 
 [limits]
 max_header_bytes = 16384
@@ -53,6 +114,25 @@ max_headers = 100
 max_uri_bytes = 8192
 max_body_bytes = "16MiB"
 max_connections_per_shard = 65536
+
+[admin]
+address = "127.0.0.1:9901"
+token = "s3cret"
+
+[log]
+level = "info"
+error_rate = 10
+access = "stdout"
+access_format = "json"
+access_sample = 1.0
+access_buffer = "64KiB"
+access_flush = "1s"
+access_queue = 64
+
+[request_id]
+header = "X-Request-Id"
+trusted = ["10.0.0.0/8", "127.0.0.1"]
+respond = true
 "#;
 
 fn lines_with<'a>(out: &'a str, words: &[&str]) -> Vec<&'a str> {
@@ -78,14 +158,145 @@ fn expect_error(config: &str, words: &[&str]) -> String {
     out
 }
 
+/// The keys docs/CONFIG.md documents, as paths without indices (`server.splice`,
+/// `upstream.backends.weight`, `upstream.health_check.type`, `route.headers`): the first
+/// cell of every `| Key | ...` table row, under the section heading it sits in.
+fn documented_keys() -> std::collections::BTreeSet<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CONFIG.md");
+    let doc = std::fs::read_to_string(path).expect("read docs/CONFIG.md");
+    let mut keys = std::collections::BTreeSet::new();
+    let mut section: Option<String> = None;
+    let mut in_key_table = false;
+    for line in doc.lines() {
+        if let Some(h) = line
+            .strip_prefix("## ")
+            .or_else(|| line.strip_prefix("### "))
+        {
+            // "## `[server]`", "## `[[upstream]]`", "### `[upstream.health_check]`, ...":
+            // the section is the first table name in backticks, without brackets and without
+            // a sub-table part (sub-table keys carry it themselves: `health_check.type`).
+            section = h.split('`').nth(1).map(|t| {
+                let t = t.trim_matches(|c| c == '[' || c == ']');
+                t.split('.').next().unwrap().to_string()
+            });
+            in_key_table = false;
+            continue;
+        }
+        if line.starts_with("Each entry of `backends`") {
+            section = Some("upstream.backends".into());
+            continue;
+        }
+        if line.starts_with("| Key |") {
+            in_key_table = true;
+            continue;
+        }
+        if !line.starts_with('|') {
+            in_key_table = false;
+            continue;
+        }
+        let Some(section) = section.as_ref().filter(|_| in_key_table) else {
+            continue;
+        };
+        let cell = line.split('|').nth(1).unwrap_or("");
+        if cell.starts_with("---") {
+            continue;
+        }
+        // "`health_check.interval` / `timeout`": names after the first share its prefix.
+        let mut group = String::new();
+        for (i, name) in cell.split('`').skip(1).step_by(2).enumerate() {
+            let full = match name.rsplit_once('.') {
+                Some((g, _)) if i == 0 => {
+                    group = format!("{g}.");
+                    name.to_string()
+                }
+                _ => format!("{group}{name}"),
+            };
+            keys.insert(format!("{section}.{full}"));
+        }
+    }
+    keys
+}
+
+/// Every leaf key path of a TOML text, without array indices (`upstream.backends.address`).
+fn used_keys(text: &str) -> std::collections::BTreeSet<String> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&p, v, out);
+                }
+            }
+            toml::Value::Array(a) if a.iter().any(|x| x.is_table()) => {
+                for x in a {
+                    walk(prefix, x, out);
+                }
+            }
+            _ => {
+                out.insert(prefix.to_string());
+            }
+        }
+    }
+    let table: toml::Table = text.parse().expect("GOOD is TOML");
+    let mut out = std::collections::BTreeSet::new();
+    walk("", &toml::Value::Table(table), &mut out);
+    out
+}
+
 #[test]
 fn check_accepts_full_valid_config() {
-    let (code, out) = run_check(GOOD);
-    assert_eq!(
-        code,
-        Some(0),
-        "a valid config using every documented key must pass; output:\n{out}"
+    let token_file =
+        std::env::temp_dir().join(format!("edgeshard-test-token-{}", std::process::id()));
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    let with_file = GOOD.replace(
+        "token = \"s3cret\"",
+        &format!("token_file = \"{}\"", token_file.display()),
     );
+    // "Every documented key": the two variants together use each key docs/CONFIG.md
+    // lists (a table-valued key such as `sticky` or `headers` counts when used with its
+    // contents), and use no key it does not list.
+    let documented = documented_keys();
+    assert!(
+        documented.len() > 80,
+        "too few keys found in docs/CONFIG.md: {documented:?}"
+    );
+    let used: std::collections::BTreeSet<String> = used_keys(GOOD)
+        .into_iter()
+        .chain(used_keys(&with_file))
+        .collect();
+    let covers = |doc: &String, u: &String| u == doc || u.starts_with(&format!("{doc}."));
+    let missing: Vec<&String> = documented
+        .iter()
+        .filter(|d| !used.iter().any(|u| covers(d, u)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "documented keys the valid config does not use: {missing:?}"
+    );
+    let undocumented: Vec<&String> = used
+        .iter()
+        .filter(|u| !documented.iter().any(|d| covers(d, u)))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "keys the valid config uses that docs/CONFIG.md does not list: {undocumented:?}"
+    );
+    let results = [
+        ("with token", run_check(GOOD)),
+        ("with token_file", run_check(&with_file)),
+    ];
+    let _ = std::fs::remove_file(&token_file);
+    for (what, (code, out)) in results {
+        assert_eq!(
+            code,
+            Some(0),
+            "a valid config using every documented key ({what}) must pass; output:\n{out}"
+        );
+    }
 }
 
 #[test]

@@ -189,13 +189,25 @@ both_engines! {
         for i in 0..3 {
             c.send(&get("example.com", &format!("/c{i}")));
             let r = c.read_response();
-            assert_eq!(r.status(), 200);
-            assert_eq!(r.body_str(), "bye");
-            if r.framing == Framing::Close {
-                // The proxy chose to close-delimit: acceptable only for the last use.
-                return;
-            }
+            assert_eq!(r.status(), 200, "request {i}");
+            assert_eq!(r.body_str(), "bye", "request {i}");
+            assert_eq!(r.header("x-path"), Some(format!("/c{i}").as_str()), "request {i}");
+            // An HTTP/1.1 client gets the close-delimited body re-framed (chunked), and the
+            // client connection is neither close-delimited nor announced as closing.
+            assert_eq!(
+                r.framing,
+                Framing::Chunked,
+                "request {i}: a close-delimited backend body must be re-framed for an HTTP/1.1 client; got:\n{}",
+                r.head.raw
+            );
+            assert!(
+                !r.has_token("connection", "close"),
+                "request {i}: the backend's close must not close the client connection; got:\n{}",
+                r.head.raw
+            );
         }
-        assert_eq!(origin.accepted(), 3);
+        // One backend connection per request (each was closed by the backend), all on the
+        // one client connection.
+        assert_eq!(origin.accepted(), 3, "one backend connection per request");
     }
 }

@@ -5,6 +5,11 @@
 use crate::support::*;
 use std::collections::HashSet;
 use std::process::Command;
+use std::time::Duration;
+
+/// How long a start-up that must fail may take before the test kills it and fails: a refused
+/// start exits in milliseconds, so 20 s is only ever reached by a proxy that started.
+const EXIT_WITHIN: Duration = Duration::from_secs(20);
 
 /// (thread name, Cpus_allowed_list) for every thread of `pid`.
 fn threads(pid: u32) -> Vec<(String, String)> {
@@ -131,21 +136,16 @@ fn run_fails_with(args: &[&str], words: &[&str]) {
         std::process::id()
     ));
     std::fs::write(&path, Config::single(origin.addr()).render()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_edgeshard"))
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .args(args)
-        .output()
-        .expect("run edgeshard");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run").arg("--config").arg(&path).args(args);
+    // A refused start exits in milliseconds; one that starts by mistake runs until killed.
+    let r = run_bounded(cmd, EXIT_WITHIN);
     let _ = std::fs::remove_file(&path);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (status, text) = r.unwrap_or_else(|e| {
+        panic!("{args:?} must fail at start-up, but edgeshard kept running: {e}")
+    });
     assert_eq!(
-        out.status.code(),
+        status.code(),
         Some(1),
         "{args:?} must fail with exit 1:\n{text}"
     );
@@ -185,14 +185,14 @@ fn port_in_use_is_a_clear_error() {
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let path = std::env::temp_dir().join(format!("edgeshard-inuse-{}.toml", std::process::id()));
     std::fs::write(&path, cfg).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_edgeshard"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"]).arg(&path);
+    let r = run_bounded(cmd, EXIT_WITHIN);
     let _ = std::fs::remove_file(&path);
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (status, text) = r.unwrap_or_else(|e| {
+        panic!("a port in use must fail the start-up, but edgeshard kept running: {e}")
+    });
+    assert_eq!(status.code(), Some(1), "{text}");
     assert!(text.contains("already in use"), "{text}");
     drop(holder);
 }

@@ -58,6 +58,7 @@ import http.client, sys
 host, port = sys.argv[1], int(sys.argv[2])
 c = http.client.HTTPConnection(host, port, timeout=10)
 out = []
+ports = []
 for method, path, headers, body in [
     ("GET", "/v1/a", {"Host": "api.example.com"}, None),
     ("POST", "/x", {"Host": "api.example.com"}, b"payload"),
@@ -66,9 +67,13 @@ for method, path, headers, body in [
     ("GET", "/v1/b", {"Host": "api.example.com"}, None),
 ]:
     c.request(method, path, body=body, headers=headers)
+    # The local port of the connection this request went out on (http.client reconnects
+    # silently when the server closed the previous one).
+    ports.append(c.sock.getsockname()[1])
     r = c.getresponse()
     out.append("%d:%s" % (r.status, r.read().decode()))
 print(" ".join(out))
+print("connections", len(set(ports)))
 "#;
         let out = Command::new("python3")
             .args(["-c", script, "127.0.0.1", &proxy.addr().port().to_string()])
@@ -76,11 +81,16 @@ print(" ".join(out))
             .expect("python3 is installed (.ci/run installs it)");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let (responses, connections) = got.rsplit_once('\n').unwrap_or((&got, ""));
         // The canned 404 body is "not found\n".
-        assert_eq!(got, "200:alpha 200:beta 200:beta 404:not found\n 200:alpha");
-        // All five went over one client connection, and the backends saw reused connections.
+        assert_eq!(responses, "200:alpha 200:beta 200:beta 404:not found\n 200:alpha");
+        // All five went over one client connection (the 404 included: the proxy's own
+        // answers keep the connection), and the backends saw reused connections.
+        assert_eq!(connections, "connections 1", "five requests, one client connection:\n{got}");
         assert_eq!(a.accepted(), 1, "alpha: one pooled upstream connection");
         assert_eq!(a.request_count(), 2);
+        assert_eq!(b.accepted(), 1, "beta: one pooled upstream connection");
+        assert_eq!(b.request_count(), 2);
     }
 
     fn wrk_run_has_no_errors(engine) {

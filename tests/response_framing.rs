@@ -16,9 +16,6 @@ fn bad_backend() -> Origin {
         "/two-cl" => Reply::raw(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
         "/bad-cl" => Reply::raw(b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\nhello"),
         "/bad-chunk" => Reply::raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
-        "/bad-chunk-later" => Reply::raw(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nxyz\r\nworld\r\n0\r\n\r\n",
-        ),
         "/garbage" => Reply::raw(b"this is not HTTP at all\r\n\r\n"),
         "/bad-header" => Reply::raw(b"HTTP/1.1 200 OK\r\nX-Bad : v\r\nContent-Length: 2\r\n\r\nok"),
         "/obs-fold" => Reply::raw(b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nok"),
@@ -27,11 +24,15 @@ fn bad_backend() -> Origin {
     })
 }
 
-/// Asserts the client sees either a 502, or (if the proxy had already sent
-/// the head) a response whose body never completes validly: the connection
-/// is closed before a valid end of message.
+/// Asserts the client sees either a 502, or (if the proxy had already sent the head) a
+/// response whose body never completes validly: the connection is closed (EOF or RST) before
+/// a valid end of message. Never a complete response, never the backend's invalid framing
+/// passed through (`Malformed`), never a connection left hanging. After a 502 the connection
+/// is either closed, as announced by `Connection: close`, or usable for the next request.
 fn expect_502_or_truncated(proxy: &Proxy, path: &str) {
     let mut c = Client::connect(proxy.addr());
+    // A correct proxy answers or closes in milliseconds; 5 s only bounds a hang.
+    c.timeout = std::time::Duration::from_secs(5);
     c.send(&get("example.com", path));
     match c.try_read_response() {
         Ok(r) if r.status() == 502 => {
@@ -39,6 +40,17 @@ fn expect_502_or_truncated(proxy: &Proxy, path: &str) {
                 r.framing != Framing::Close || r.body.len() < 4096,
                 "502 for {path} should be a short error"
             );
+            if r.has_token("connection", "close") {
+                c.expect_closed_within(std::time::Duration::from_secs(5));
+            } else {
+                // Kept alive: nothing of the bad response may be left on the connection.
+                c.send(&get("example.com", "/ok"));
+                let next = c.try_read_response().unwrap_or_else(|e| {
+                    panic!("{path}: the 502 did not announce a close, but the next request on the connection failed: {e}")
+                });
+                assert_eq!(next.status(), 200, "{path}: the request after the 502:\n{}", next.head.raw);
+                assert_eq!(next.body_str(), "bad");
+            }
         }
         Ok(r) => panic!(
             "backend response with invalid framing ({path}) must give 502 or a truncated response; \
@@ -47,12 +59,18 @@ fn expect_502_or_truncated(proxy: &Proxy, path: &str) {
             r.head.raw,
             r.body_str()
         ),
-        Err(ClientError::Truncated(_))
-        | Err(ClientError::Reset)
-        | Err(ClientError::Malformed(_)) => {}
+        // Truncated: EOF inside the message; Reset: RST. Either way the connection is closed.
+        Err(ClientError::Truncated(_)) | Err(ClientError::Reset) => {}
+        Err(ClientError::Malformed(m)) => panic!(
+            "{path}: the proxy passed the backend's invalid framing on to the client: {m}"
+        ),
         Err(ClientError::Closed) => {
             panic!("{path}: the proxy closed the connection without any response (expected 502)")
         }
+        Err(ClientError::Timeout) => panic!(
+            "{path}: no complete response and no close within {:?}: a truncated response must end with a close",
+            c.timeout
+        ),
         Err(e) => panic!("{path}: expected 502, got {e}"),
     }
 }
@@ -60,6 +78,23 @@ fn expect_502_or_truncated(proxy: &Proxy, path: &str) {
 fn proxy_stays_up(proxy: &Proxy) {
     let mut c = Client::connect(proxy.addr());
     c.send(&get("example.com", "/ok"));
+    let r = c.read_response();
+    assert_eq!(
+        r.status(),
+        200,
+        "the proxy must keep serving after a bad backend response"
+    );
+    assert_eq!(r.body_str(), "bad");
+}
+
+/// `proxy_stays_up` for a proxy in front of a lock-step backend: the next request gets a
+/// fresh backend connection and its answer.
+fn proxy_stays_up_on(proxy: &Proxy, backend: &LockStep) {
+    let mut c = Client::connect(proxy.addr());
+    c.send(&get("example.com", "/ok"));
+    let mut conn = backend.accept();
+    assert!(conn.read_head().starts_with("GET /ok "));
+    conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbad");
     let r = c.read_response();
     assert_eq!(
         r.status(),
@@ -116,7 +151,48 @@ both_engines! {
         check(engine, "/bad-chunk", false);
     }
     fn backend_bad_later_chunk_truncates(engine) {
-        check(engine, "/bad-chunk-later", false);
+        // The head and a good first chunk go out, and only once the client has them does the
+        // backend send a malformed chunk: too late for a 502, so the client must see its
+        // 200 cut short (EOF or RST after "hello"), never a completed message and never the
+        // bad bytes.
+        let backend = LockStep::bind();
+        let proxy = Config::single(backend.addr()).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.timeout = std::time::Duration::from_secs(10);
+        c.send(&get("example.com", "/bad-chunk-later"));
+        let mut conn = backend.accept();
+        conn.read_head();
+        conn.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+        let (got_first, first) = std::sync::mpsc::channel::<()>();
+        let rest = std::thread::spawn(move || {
+            let go = first.recv_timeout(std::time::Duration::from_secs(5)).is_ok();
+            if go {
+                conn.write(b"xyz\r\nworld\r\n0\r\n\r\n");
+            }
+            go
+        });
+        let head = c.read_head().unwrap_or_else(|e| panic!("the 200 head must be forwarded: {e}"));
+        assert_eq!(head.status, 200, "{}", head.raw);
+        let framing = client::response_framing("GET", &head).unwrap();
+        let mut body = Vec::new();
+        let mut signal = Some(got_first);
+        let read = c.read_body_streaming(&framing, &mut |d| {
+            body.extend_from_slice(d);
+            if body.len() >= 5 {
+                if let Some(tx) = signal.take() {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        assert!(rest.join().unwrap(), "the first chunk never reached the client (got {body:?})");
+        match read {
+            Err(ClientError::Truncated(_)) | Err(ClientError::Reset) => {}
+            Ok(()) => panic!("the bad chunk must cut the response short; the client got a complete body {:?}", String::from_utf8_lossy(&body)),
+            Err(ClientError::Malformed(m)) => panic!("the proxy passed the bad chunk on: {m}"),
+            Err(e) => panic!("expected the connection to close mid-body, got {e}"),
+        }
+        assert_eq!(body, b"hello", "exactly the good chunk");
+        proxy_stays_up_on(&proxy, &backend);
     }
     fn backend_closes_before_response_gives_502(engine) {
         let origin = Origin::with_handler("bad", |req| match req.path() {

@@ -2,7 +2,7 @@
 //! listeners, streaming.
 
 use crate::support::*;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -110,21 +110,45 @@ both_engines! {
         assert_eq!(r.body_str(), "hello");
     }
     fn response_is_streamed_not_buffered(engine) {
-        // The backend sends the head and half of the body, then waits until
-        // the client has seen them: a proxy that buffers whole responses
-        // would deadlock here (bounded by the client's deadline).
+        // The backend sends the head and half of the body, then waits until the client has
+        // received that half before it sends the rest: a proxy that buffers the body (even
+        // one that forwards the head at once) never lets the client see the first half, and
+        // the backend gives up after 5 s (closing, so the body never completes).
         let backend = LockStep::bind();
         let proxy = Config::single(backend.addr()).start(engine);
         let mut c = Client::connect(proxy.addr());
-        c.timeout = Duration::from_secs(5);
+        c.timeout = Duration::from_secs(10);
         c.send(&get("example.com", "/stream"));
         let mut conn = backend.accept();
         conn.read_head();
         conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello ");
+        let (first_half_seen, seen) = mpsc::channel::<()>();
+        let rest = thread::spawn(move || {
+            let go = seen.recv_timeout(Duration::from_secs(5)).is_ok();
+            if go {
+                conn.write(b"world");
+            }
+            go
+        });
         let head = c.read_head().unwrap_or_else(|e| panic!("the response head must be forwarded before the body completes: {e}"));
         assert_eq!(head.status, 200);
-        conn.write(b"world");
-        let body = c.read_body("GET", &head).unwrap_or_else(|e| panic!("rest of the streamed body: {e}"));
+        let framing = client::response_framing("GET", &head).unwrap();
+        assert_eq!(framing, Framing::Length(11), "{}", head.raw);
+        let mut body = Vec::new();
+        let mut signal = Some(first_half_seen);
+        let read = c.read_body_streaming(&framing, &mut |d| {
+            body.extend_from_slice(d);
+            if body.len() >= 6 {
+                if let Some(tx) = signal.take() {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        assert!(
+            rest.join().unwrap(),
+            "the client did not receive the first half of the body (got {body:?}) within 5 s while the backend held the rest: the proxy buffers the body"
+        );
+        read.unwrap_or_else(|e| panic!("rest of the streamed body: {e}"));
         assert_eq!(body, b"hello world");
     }
     fn concurrent_clients(engine) {

@@ -69,7 +69,10 @@ fn read_head(s: &mut TcpStream) -> String {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).unwrap(), 1, "head cut short: {head:?}");
+        match s.read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => assert_eq!(r.unwrap(), 1, "head cut short: {head:?}"),
+        }
         head.push(b[0]);
     }
     String::from_utf8(head).unwrap()
@@ -135,6 +138,31 @@ fn resetting_backend() -> SocketAddr {
     addr
 }
 
+/// A backend that answers one upgrade request with 101 and `early`, then closes at once
+/// (a FIN: it read the whole request head, so nothing is left unread).
+fn closing_backend(early: &'static [u8]) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b).unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(b[0]);
+        }
+        let mut out =
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+                .to_vec();
+        out.extend_from_slice(early);
+        let _ = s.write_all(&out);
+    });
+    addr
+}
+
 both_engines! {
     fn backend_reset_ends_the_tunnel_at_once(engine) {
         // An error on one side ends both directions: the client sees its connection closed
@@ -149,23 +177,33 @@ both_engines! {
         assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
         let started = Instant::now();
         s.write_all(b"x").unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        // "At once": the client's side ends (EOF or RST, no byte) within 5 s, where a proxy
+        // that only reacts to tunnel_idle would take 30 s. A correct one takes milliseconds.
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut rest = Vec::new();
-        let _ = s.read_to_end(&mut rest);
-        // The client keeps its side open and silent: the proxy must still end the tunnel
-        // (its connection count drops to 0), not wait for the client or tunnel_idle.
-        let active = || {
-            crate::support::admin_get(proxy.admin_addr(), "/metrics", None)
-                .body
-                .lines()
-                .find_map(|l| l.strip_prefix("edgeshard_connections_active "))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .unwrap()
-        };
-        while active() > 0.0 {
-            assert!(started.elapsed() < Duration::from_secs(5), "tunnel outlived the reset");
-            thread::sleep(Duration::from_millis(20));
+        match s.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!(
+                "the backend's reset must end the client's side at once; after {:?}: {e} (got {rest:?})",
+                started.elapsed()
+            ),
         }
+        assert!(rest.is_empty(), "no bytes after the 101: {rest:?}");
+        // The client keeps its side open and silent: the proxy must still end the whole tunnel
+        // (its connection count drops to 0), not wait for the client or tunnel_idle.
+        crate::support::scrape_until(
+            proxy.admin_addr(),
+            None,
+            Duration::from_secs(5),
+            "edgeshard_connections_active 0 after the backend's reset",
+            |m| m.value("edgeshard_connections_active", &[]) == 0.0,
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "tunnel outlived the reset: {:?} (tunnel_idle is 30 s)",
+            started.elapsed()
+        );
         drop(s);
     }
 
@@ -282,23 +320,51 @@ both_engines! {
     }
 
     fn backend_close_reaches_the_client_and_idle_tunnels_close(engine) {
-        // A backend that closes right after its 101 + early bytes: the client gets them,
-        // then EOF. A second tunnel with no traffic is closed after tunnel_idle.
-        let (backend, _heads) = upgrade_backend(b"");
+        // 1. A backend that closes right after its 101 + early bytes: the client gets them,
+        //    then EOF, long before tunnel_idle (30 s here, so only the backend's close can
+        //    end it within the client's 10 s read timeout).
+        let backend = closing_backend(b"HELLO");
         let mut proxy = Config::single(backend)
-            .timeout("tunnel_idle", "300ms")
+            .timeout("tunnel_idle", "30s")
             .start(engine);
         let mut s = TcpStream::connect(proxy.addr()).unwrap();
         s.write_all(&upgrade_request("echo")).unwrap();
         let head = read_head(&mut s);
         assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-        let started = Instant::now();
         let mut rest = Vec::new();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        // The backend echoes and waits: with no traffic the proxy closes both sides.
-        s.read_to_end(&mut rest).unwrap();
+        s.read_to_end(&mut rest)
+            .expect("the backend's close must reach the client (EOF) well before tunnel_idle");
+        assert_eq!(rest, b"HELLO", "the early bytes, then EOF");
+        proxy.assert_alive();
+        drop(s);
+
+        // 2. A second tunnel with no traffic (the backend echoes and waits, never closes) is
+        //    closed after tunnel_idle: not before it, and well within the read timeout.
+        let (backend, _heads) = upgrade_backend(b"");
+        let idle = Duration::from_millis(300);
+        let mut proxy = Config::single(backend)
+            .timeout("tunnel_idle", "300ms")
+            .start(engine);
+        let mut s = TcpStream::connect(proxy.addr()).unwrap();
+        // Taken before the request: the proxy's idle clock starts after it sent the 101, so
+        // the close can never come less than `idle` after this instant.
+        let started = Instant::now();
+        s.write_all(&upgrade_request("echo")).unwrap();
+        let head = read_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        let mut rest = Vec::new();
+        // 5 s: over 15x tunnel_idle, and under the backend's own 10 s read timeout (after
+        // which it would close by itself and mask a proxy that never closes idle tunnels).
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.read_to_end(&mut rest)
+            .expect("an idle tunnel must be closed after tunnel_idle (300 ms), within 5 s");
         let waited = started.elapsed();
-        assert!(waited >= Duration::from_millis(250), "closed too early: {waited:?}");
+        assert!(rest.is_empty(), "no bytes on an idle tunnel: {rest:?} after {waited:?}");
+        assert!(
+            waited >= idle - Duration::from_millis(10),
+            "closed before tunnel_idle ({idle:?}): {waited:?}"
+        );
         assert!(waited < Duration::from_secs(5), "idle tunnel not closed: {waited:?}");
         proxy.assert_alive();
     }

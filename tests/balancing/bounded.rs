@@ -137,13 +137,14 @@ both_engines! {
         }
     }
 
-    // BUG: the load signal of bounded_load (and of least_conn and p2c) starts at
-    // `ShardCtx::forwarding` (`ShardBalancer::started`), which `exchange` in src/proxy.rs calls
-    // only after `ctx.connect(backend).await` returns. Picks made while earlier requests of the
-    // same shard are still connecting see those backends idle, so a burst of new connections
-    // for one key lands on the key's home backend: 12 of 12 on one backend seen on epoll, 5 on
-    // io_uring, where the documented bound is ceil(1.25 x 12 / 4) = 4. The sequential test
-    // above passes because each pick there happens after the previous connect.
+    // The load signal of bounded_load (and of least_conn and p2c) counts a request from its
+    // pick: `exchange` in src/proxy.rs calls `ShardCtx::forwarding` (`ShardBalancer::started`)
+    // right after the pick, before `ctx.connect(backend).await`. Picks made while earlier
+    // requests of the same shard are still connecting therefore see them, and a burst of new
+    // connections for one key stays within ceil(1.25 x 12 / 4) = 4 per backend. (Counted from
+    // the connect instead, as it once was, 12 of 12 landed on one backend on epoll, 5 on
+    // io_uring; the sequential test above cannot see that, as each of its picks follows the
+    // previous connect.)
     fn bounded_load_holds_for_a_burst_of_new_connections(engine) {
         let held = Held::start(&["a", "b", "c", "d"]);
         let proxy = Proxy::start(&hot_key_upstreams(&held), engine);

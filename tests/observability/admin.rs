@@ -296,7 +296,10 @@ both_engines! {
         let t0 = Instant::now();
         let h = admin_get(admin, "/healthz", None);
         assert_eq!(h.status, 200);
-        assert!(t0.elapsed() < Duration::from_secs(2), "a silent admin client delayed others: {:?}", t0.elapsed());
+        // Milliseconds when served concurrently; an admin that served connections one at a
+        // time would wait for the silent one's 5 s IO timeout. 3 s: far above the first,
+        // 2 s short of the second.
+        assert!(t0.elapsed() < Duration::from_secs(3), "a silent admin client delayed others: {:?}", t0.elapsed());
 
         // Garbage.
         for junk in [&b"\x00\x01\x02garbage\r\n\r\n"[..], b"GET\r\n\r\n", b"NOT HTTP AT ALL\r\n\r\n"] {
@@ -331,11 +334,14 @@ both_engines! {
         let raw = c.read_until_closed(Duration::from_secs(10)).unwrap();
         assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200 "), "{raw:?}");
         // Everything still answered, promptly, with the silent client still connected.
+        // Timed: the two plain requests (milliseconds; 3 s is far above that, and short of the
+        // admin's 5 s IO timeout that a request stuck behind a bad client would wait for). The
+        // scrape is not timed: its Python parse alone takes most of a second in a debug run.
         let t0 = Instant::now();
         assert_eq!(admin_get(admin, "/healthz", None).status, 200);
         assert_eq!(admin_get(admin, "/status", None).status, 200);
+        assert!(t0.elapsed() < Duration::from_secs(3), "admin slow after bad clients: {:?}", t0.elapsed());
         scrape(admin, None);
-        assert!(t0.elapsed() < Duration::from_secs(5), "admin slow after bad clients: {:?}", t0.elapsed());
         drop(silent);
         drop(half);
         let mut c = Client::connect(proxy.addr());

@@ -101,14 +101,17 @@ both_engines! {
     fn exhausted_retries_give_504_after_timeouts_and_502_after_resets(engine) {
         let h1 = Origin::with_handler("h1", |_| Reply::Hang);
         let h2 = Origin::with_handler("h2", |_| Reply::Hang);
-        let retry = "[upstream.retry]\nattempts = 2\non = [\"timeout\"]\nper_try_timeout = \"300ms\"\ntotal_timeout = \"3s\"";
+        let retry = "[upstream.retry]\nattempts = 2\non = [\"timeout\"]\nper_try_timeout = \"300ms\"\ntotal_timeout = \"10s\"";
         let proxy = Proxy::start(&config(false, &two(h1.addr(), h2.addr(), retry)), engine);
         let t = Instant::now();
         let r = ask_new(proxy.addr(), "/slow");
         assert_eq!(r.status(), 504, "both tries timed out; got:\n{}", r.head.raw);
         assert_eq!((h1.request_count(), h2.request_count()), (1, 1));
-        assert!(t.elapsed() >= Duration::from_millis(550), "two tries of 300 ms; took {:?}", t.elapsed());
-        assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+        // Two tries of per_try_timeout = 300 ms: at least 600 ms (t is taken before the
+        // request); well under total_timeout = 10 s, which a proxy ignoring per_try_timeout
+        // would wait for (6 s: 10x the expected time, still 4 s short of it).
+        assert!(t.elapsed() >= Duration::from_millis(600 - 20), "two tries of 300 ms; took {:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(6), "per_try_timeout not applied? took {:?}", t.elapsed());
 
         let r1 = Misbehave::start(Misbehaviour::ResetOnRequest);
         let r2 = Misbehave::start(Misbehaviour::ResetOnRequest);

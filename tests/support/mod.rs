@@ -492,15 +492,27 @@ pub fn expect_check_error_in(text: &str, key: &str, words: &[&str]) {
 pub fn run_check(config_toml: &str) -> (Option<i32>, String) {
     let path = unique_config_path();
     std::fs::write(&path, config_toml).unwrap();
-    let mut child = Command::new(BIN)
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
+    let mut cmd = Command::new(BIN);
+    cmd.arg("check").arg("--config").arg(&path);
+    let r = run_bounded(cmd, Duration::from_secs(20));
+    let _ = std::fs::remove_file(&path);
+    match r {
+        Ok((status, out)) => (status.code(), out),
+        Err(out) => panic!("edgeshard check did not exit within 20s; output:\n{out}"),
+    }
+}
+
+/// Runs `cmd` (stdin null, stdout and stderr captured) and waits at most `within` for it to
+/// exit: Ok((status, stdout+stderr)), or Err(the output so far) after killing it by PID when
+/// it is still running then (a command expected to exit that did not, e.g. a proxy that
+/// started by mistake, fails its test instead of hanging it).
+pub fn run_bounded(mut cmd: Command, within: Duration) -> Result<(ExitStatus, String), String> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     let mut so = child.stdout.take().unwrap();
     let mut se = child.stderr.take().unwrap();
     let t1 = thread::spawn(move || {
@@ -515,19 +527,31 @@ pub fn run_check(config_toml: &str) -> (Option<i32>, String) {
     });
     let pid = child.id();
     let exited = watch_exit(child);
-    let status = match exited.recv_timeout(Duration::from_secs(20)) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            let _ = std::fs::remove_file(&path);
-            panic!("edgeshard check did not exit within 20s");
-        }
-    };
+    let status = exited.recv_timeout(within);
+    if status.is_err() {
+        // Not reaped yet (the watcher has not reported an exit), so the pid is still ours.
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        let _ = exited.recv_timeout(Duration::from_secs(10));
+    }
+    // The pipes close with the process (killed or exited), so the readers end.
     let out = format!("{}{}", t1.join().unwrap(), t2.join().unwrap());
-    let _ = std::fs::remove_file(&path);
-    (status.code(), out)
+    match status {
+        Ok(s) => Ok((s, out)),
+        Err(_) => Err(format!(
+            "{cmd:?} still running after {within:?}; killed. Its output:\n{}",
+            out_tail(&out)
+        )),
+    }
+}
+
+fn out_tail(out: &str) -> String {
+    let start = out.len().saturating_sub(8192);
+    let start = (start..out.len())
+        .find(|&i| out.is_char_boundary(i))
+        .unwrap_or(out.len());
+    out[start..].to_string()
 }
 
 /// Config TOML builder. Sections are rendered in a fixed order; values are
