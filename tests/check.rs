@@ -158,16 +158,31 @@ fn expect_error(config: &str, words: &[&str]) -> String {
     out
 }
 
-/// The keys docs/CONFIG.md documents, as paths without indices (`server.splice`,
+/// The keys the docs document, as paths without indices (`server.splice`,
 /// `upstream.backends.weight`, `upstream.health_check.type`, `route.headers`): the first
-/// cell of every `| Key | ...` table row, under the section heading it sits in.
+/// cell of every `| Key | ...` table row of docs/CONFIG.md, under the section heading it sits
+/// in, and of docs/HEALTH.md, whose upstream sub-tables (`health_check`, `outlier`, `breaker`,
+/// `retry`) each follow a line that names them in bold.
 fn documented_keys() -> std::collections::BTreeSet<String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CONFIG.md");
-    let doc = std::fs::read_to_string(path).expect("read docs/CONFIG.md");
     let mut keys = std::collections::BTreeSet::new();
+    for name in ["CONFIG.md", "HEALTH.md"] {
+        let path = format!("{}/docs/{name}", env!("CARGO_MANIFEST_DIR"));
+        let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        keys_in(&doc, &mut keys);
+    }
+    keys
+}
+
+fn keys_in(doc: &str, keys: &mut std::collections::BTreeSet<String>) {
     let mut section: Option<String> = None;
     let mut in_key_table = false;
     for line in doc.lines() {
+        // HEALTH.md: "**`[upstream.retry]`**: ..." names the sub-table of the table below.
+        if let Some(t) = line.strip_prefix("**`[upstream.") {
+            section = t.split(']').next().map(|sub| format!("upstream.{sub}"));
+            in_key_table = false;
+            continue;
+        }
         if let Some(h) = line
             .strip_prefix("## ")
             .or_else(|| line.strip_prefix("### "))
@@ -214,7 +229,6 @@ fn documented_keys() -> std::collections::BTreeSet<String> {
             keys.insert(format!("{section}.{full}"));
         }
     }
-    keys
 }
 
 /// Every leaf key path of a TOML text, without array indices (`upstream.backends.address`).
@@ -256,13 +270,13 @@ fn check_accepts_full_valid_config() {
         "token = \"s3cret\"",
         &format!("token_file = \"{}\"", token_file.display()),
     );
-    // "Every documented key": the two variants together use each key docs/CONFIG.md
-    // lists (a table-valued key such as `sticky` or `headers` counts when used with its
+    // "Every documented key": the two variants together use each key docs/CONFIG.md and
+    // docs/HEALTH.md list (a table-valued key such as `sticky` or `headers` counts when used with its
     // contents), and use no key it does not list.
     let documented = documented_keys();
     assert!(
         documented.len() > 80,
-        "too few keys found in docs/CONFIG.md: {documented:?}"
+        "too few keys found in docs/CONFIG.md and docs/HEALTH.md: {documented:?}"
     );
     let used: std::collections::BTreeSet<String> = used_keys(GOOD)
         .into_iter()
