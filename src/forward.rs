@@ -253,27 +253,22 @@ impl<'a> Forward<'a> {
                     backend,
                     fresh,
                     guards,
-                } => match self.connection(backend, fresh).await? {
-                    Some((conn, reused)) => Step::Exchange {
+                } => match self.pooled(backend, fresh) {
+                    Some(conn) => Step::Exchange {
                         backend,
                         conn,
-                        reused,
+                        reused: true,
                         guards,
                     },
-                    None => {
-                        req.tries.tried.push(backend);
-                        req.tries.connect_failures += 1;
-                        match self.after(
-                            &req.facts,
-                            &req.tries,
-                            TryOutcome::ConnectFailure,
-                            false,
-                            false,
-                        ) {
-                            Decision::ConnectAnother => Step::Pick { chosen: None },
-                            _ => return Err(ProxyError::upstream(Kind::Exhausted, Stage::Connect)),
-                        }
-                    }
+                    None => match self.connect(backend).await? {
+                        Some(conn) => Step::Exchange {
+                            backend,
+                            conn,
+                            reused: false,
+                            guards,
+                        },
+                        None => self.connect_failed(&mut req, backend)?,
+                    },
                 },
                 Step::Exchange {
                     backend,
@@ -364,17 +359,31 @@ impl<'a> Forward<'a> {
             tries,
         } = req;
         let facts = &*facts;
-        self.expect_continue(client, facts).await?;
+        // `100 Continue` once we know the request will go somewhere.
+        if facts.expect_continue
+            && facts.minor == 1
+            && !facts.framing.is_empty()
+            && client.buf.is_empty()
+        {
+            self.send_continue(client).await?;
+        }
         // From here the backend may have the request.
         on.guards.in_flight.sent = true;
         let sending = Instant::now();
-        let sent = self
-            .send(client, on.conn, prepared, facts, on.backend, trace)
-            .await
-            .map_err(|e| ProxyError {
-                reused: on.reused,
-                ..e
-            })?;
+        let sent = if facts.framing.is_empty() {
+            // The common case, a bodiless head, without the body relay's layers.
+            let out = &mut *prepared.out;
+            let n = out.len();
+            let t = self.cfg.timeouts.upstream_response;
+            write_from(on.conn, out, 0, n, &mut client.deadline, t).await
+        } else {
+            self.send_body(client, on.conn, prepared, facts, on.backend, trace)
+                .await
+                .map_err(|e| ProxyError {
+                    reused: on.reused,
+                    ..e
+                })?
+        };
         // This try's bound on the response head: upstream_response, or the retry policy's
         // per-try and total timeouts when they are shorter.
         let retry = &self.cfg.upstreams[tries.upstream].resilience.retry;
@@ -409,6 +418,21 @@ impl<'a> Forward<'a> {
             body_stopped,
             sending,
         })
+    }
+
+    /// A connect failed (nothing was sent): another backend, by the retry rule, or 502.
+    fn connect_failed(
+        &self,
+        req: &mut Request<'a>,
+        backend: usize,
+    ) -> Result<Step<'a>, ProxyError> {
+        req.tries.tried.push(backend);
+        req.tries.connect_failures += 1;
+        let failed = TryOutcome::ConnectFailure;
+        match self.after(&req.facts, &req.tries, failed, false, false) {
+            Decision::ConnectAnother => Ok(Step::Pick { chosen: None }),
+            _ => Err(ProxyError::upstream(Kind::Exhausted, Stage::Connect)),
+        }
     }
 
     /// Balance: the chosen backend, or the balancer's pick among those not yet tried.
@@ -468,7 +492,9 @@ impl<'a> Forward<'a> {
                 attempt: tries.attempt,
                 connect_failures: tries.connect_failures,
                 was_resend: tries.resending,
-                time_left: res.retry.has_time_left(tries.first_try, Instant::now()),
+                // Read the clock only when a total timeout is set.
+                time_left: res.retry.total_timeout.is_none()
+                    || res.retry.has_time_left(tries.first_try, Instant::now()),
             },
         )
     }
@@ -504,25 +530,22 @@ impl<'a> Forward<'a> {
         Some(next)
     }
 
-    /// Pool: a pooled connection to `backend` (unless `fresh`), or a new one within the
-    /// breaker's connection and pending limits. `Ok(None)`: the connect failed.
-    async fn connection(
-        &self,
-        backend: usize,
-        fresh: bool,
-    ) -> Result<Option<(TcpStream, bool)>, ProxyError> {
-        if !fresh {
-            // Always probed: a backend that sent more than its framing said (or answered a
-            // request body as a second request) leaves bytes that would otherwise become the
-            // next client's response.
-            let pooled = self
-                .pool
-                .borrow_mut()
-                .checkout(backend, Instant::now(), true);
-            if let Some(s) = pooled {
-                return Ok(Some((s, true)));
-            }
+    /// Pool: a pooled connection to `backend`, unless this try must be `fresh`. Always
+    /// probed: a backend that sent more than its framing said (or answered a request body as
+    /// a second request) leaves bytes that would otherwise become the next client's response.
+    #[inline]
+    fn pooled(&self, backend: usize, fresh: bool) -> Option<TcpStream> {
+        if fresh {
+            return None;
         }
+        self.pool
+            .borrow_mut()
+            .checkout(backend, Instant::now(), true)
+    }
+
+    /// A new connection to `backend`, within the breaker's connection and pending limits.
+    /// `Ok(None)`: the connect failed.
+    async fn connect(&self, backend: usize) -> Result<Option<TcpStream>, ProxyError> {
         let breaker = &self.backends.breakers[backend];
         if let Some(limit) = breaker.limits().max_connections {
             let b = &self.stats.backends[backend];
@@ -542,7 +565,7 @@ impl<'a> Forward<'a> {
             .map_err(|open| self.breaker_open(backend, open))?;
         let connected = self.connector.connect(backend).await;
         drop(pending);
-        Ok(connected.ok().map(|s| (s, false)))
+        Ok(connected.ok())
     }
 
     /// A breaker limit was reached: count it and answer 503 without trying.
@@ -554,32 +577,22 @@ impl<'a> Forward<'a> {
         ProxyError::upstream(Kind::BreakerOpen, Stage::Connect)
     }
 
-    /// `100 Continue` once we know the request will go somewhere.
-    async fn expect_continue(
-        &self,
-        client: &mut Client,
-        facts: &RequestFacts,
-    ) -> Result<(), ProxyError> {
-        if facts.expect_continue
-            && facts.minor == 1
-            && !facts.framing.is_empty()
-            && client.buf.is_empty()
-        {
-            write_static(
-                &mut client.stream,
-                b"HTTP/1.1 100 Continue\r\n\r\n",
-                &mut client.deadline,
-                self.cfg.timeouts.client_send,
-            )
-            .await
-            .map_err(|_| ProxyError::client(Kind::Closed, Stage::Send))?;
-        }
-        Ok(())
+    /// Writes `100 Continue` to the client.
+    async fn send_continue(&self, client: &mut Client) -> Result<(), ProxyError> {
+        write_static(
+            &mut client.stream,
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            &mut client.deadline,
+            self.cfg.timeouts.client_send,
+        )
+        .await
+        .map_err(|_| ProxyError::client(Kind::Closed, Stage::Send))
     }
 
-    /// Forward: the head, then the body (spliced when large and of known length). The outer
-    /// error is the client's side failing; the inner one the upstream write failing.
-    async fn send(
+    /// Forward a request with a body: the head with the body (spliced when large and of
+    /// known length). The outer error is the client's side failing; the inner one the
+    /// upstream write failing.
+    async fn send_body(
         &self,
         client: &mut Client,
         conn: &mut TcpStream,
@@ -590,18 +603,6 @@ impl<'a> Forward<'a> {
     ) -> Result<Result<(), IoFail>, ProxyError> {
         let cfg = self.cfg;
         let out = &mut *prepared.out;
-        if facts.framing.is_empty() {
-            let n = out.len();
-            return Ok(write_from(
-                conn,
-                out,
-                0,
-                n,
-                &mut client.deadline,
-                cfg.timeouts.upstream_response,
-            )
-            .await);
-        }
         let mut pos = 0;
         // Large bodies of known length are spliced when the client side is plain TCP.
         let spliced = match (facts.framing, prepared.out_framing, client.stream.plain()) {

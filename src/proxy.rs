@@ -48,8 +48,21 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
     // The head has been encoded for the upstream (or refused): from here on the client buffer
     // holds only the body and whatever was pipelined after it.
     client.buf.drain(..facts.head_len);
+    // Stages 4 to 7: forward the routed request, relay the answer.
     let result = match prepared {
-        Ok(p) => exchange(ctx, client, p, facts, &rid, &mut trace).await,
+        Ok(p) => match Forward::new(ctx)
+            .forward(client, p, facts, &mut trace)
+            .await
+        {
+            Ok(answered) => {
+                let early = answered.early;
+                let respond = Respond::new(ctx);
+                relay_response(&respond, client, answered, &facts, &rid, &mut trace)
+                    .await
+                    .map(|outcome| Exchanged { outcome, early })
+            }
+            Err(e) => Err(e),
+        },
         Err(c) => Err(ProxyError::refused(c)),
     };
     let outcome = match result {
@@ -220,21 +233,4 @@ struct Exchanged {
     outcome: Outcome,
     /// The backend answered before the whole request body (see [`crate::forward`]).
     early: bool,
-}
-
-/// Stages 4 to 7 for a routed request: forward it, relay the answer.
-async fn exchange(
-    ctx: &ShardCtx,
-    client: &mut Client,
-    prepared: Prepared<'_>,
-    facts: RequestFacts,
-    rid: &RequestId,
-    trace: &mut Trace,
-) -> Result<Exchanged, ProxyError> {
-    let answered = Forward::new(ctx)
-        .forward(client, prepared, facts, trace)
-        .await?;
-    let early = answered.early;
-    let outcome = relay_response(&Respond::new(ctx), client, answered, &facts, rid, trace).await?;
-    Ok(Exchanged { outcome, early })
 }

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-use crate::client::{micros, Client, Outcome};
+use crate::client::{micros, Client, Outcome, Transport};
 use crate::config::Config;
 use crate::error::{Kind, ProxyError, Side, Stage};
 use crate::forward::{Answered, RequestFacts};
@@ -21,7 +21,7 @@ use crate::io::{read_more, write_from, write_static, IoFail};
 use crate::relay::{relay_body, BodyPlan, Leg, RelayError};
 use crate::shard::ShardCtx;
 use crate::snapshot::Shared;
-use crate::splice::{relay_spliced, PipePool, SplicePlan, SplicedBody};
+use crate::splice::{relay_spliced, PipeLoan, PipePool, SplicePlan, SplicedBody};
 use crate::stats::{add, bump, Stats};
 use crate::trace::{RequestId, Trace};
 use crate::tunnel::Upgraded;
@@ -134,21 +134,45 @@ pub async fn relay_response(
         && !unusual_body
         && !early;
     let mut written = false;
-    let relayed = relay_response_body(
-        r,
-        client,
-        Upstream {
-            conn: &mut upstream,
-            backend,
-            ubuf: &mut ubuf,
-            pos: &mut upos,
-        },
-        &mut out,
-        head.framing(facts.method),
-        resp_framing,
-        &mut written,
-    )
-    .await;
+    let relayed = match splice_choice(r, client, backend, in_framing, resp_framing) {
+        Some(spliced) => {
+            let up = Upstream {
+                conn: &mut upstream,
+                ubuf: &mut ubuf,
+                pos: &mut upos,
+            };
+            splice_response(r, client, up, &mut out, spliced, &mut written).await
+        }
+        None if in_framing == BodyFraming::None => {
+            let n = out.len();
+            let t = cfg.timeouts.client_send;
+            write_from(&mut client.stream, &mut out, 0, n, &mut client.deadline, t)
+                .await
+                .map(|_| 0)
+                .map_err(RelayError::Write)
+        }
+        None => {
+            let plan = BodyPlan {
+                incoming: in_framing,
+                outgoing: resp_framing,
+                limit: u64::MAX,
+                chunk_overhead: cfg.limits.max_header_bytes,
+                forward_trailers: true,
+            };
+            let mut leg = Leg::response(&mut client.deadline, &cfg.timeouts, &mut written);
+            let dst = &mut client.stream;
+            relay_body(
+                &mut upstream,
+                &mut ubuf,
+                &mut upos,
+                dst,
+                &mut out,
+                &plan,
+                &mut leg,
+            )
+            .await
+        }
+    };
     trace.upstream_us = Some(micros(sending));
     drop(guards);
     match relayed {
@@ -307,25 +331,21 @@ pub fn parse_error_status(e: ParseError) -> Canned {
 /// `ubuf[*pos..]`.
 struct Upstream<'u> {
     conn: &'u mut TcpStream,
-    backend: usize,
     ubuf: &'u mut Vec<u8>,
     pos: &'u mut usize,
 }
 
-/// Relays the response body after `out` (the client's head): large bodies of known length
-/// and close-delimited ones spliced, the rest copied. Returns the body bytes relayed.
-async fn relay_response_body(
-    r: &Respond<'_>,
-    client: &mut Client,
-    up: Upstream<'_>,
-    out: &mut Vec<u8>,
+/// Whether the response body goes socket → pipe → socket (splice): large bodies of known
+/// length and close-delimited ones (their length is unknown), when the client side is plain
+/// TCP and a pipe is free. Records on the backend whether its body qualified.
+fn splice_choice<'p>(
+    r: &Respond<'p>,
+    client: &Client,
+    backend: usize,
     in_framing: BodyFraming,
     resp_framing: OutFraming,
-    written: &mut bool,
-) -> Result<u64, RelayError> {
+) -> Option<(PipeLoan<'p>, SplicedBody)> {
     let cfg = r.cfg;
-    // Large bodies of known length, and close-delimited ones (their length is unknown), go
-    // socket → pipe → socket (splice) when the client side is plain TCP; the rest is copied.
     let spliced = match (in_framing, resp_framing) {
         (BodyFraming::Length(n), OutFraming::Length(_)) if n >= cfg.splice.min_bytes => {
             Some(SplicedBody::Length(n))
@@ -336,55 +356,40 @@ async fn relay_response_body(
         _ => None,
     }
     .filter(|_| cfg.splice.enabled && client.stream.plain().is_some());
-    r.backends.spliced_last[up.backend].set(spliced.is_some());
-    if let Some((pipe, body)) = spliced.and_then(|body| r.pipes.lend().map(|p| (p, body))) {
-        if let Some(tcp) = client.stream.plain_mut() {
-            bump(&r.stats.spliced);
-            let head_read = *up.pos;
-            let res = relay_spliced(
-                &*up.conn,
-                up.ubuf,
-                up.pos,
-                tcp,
-                out,
-                SplicePlan {
-                    body,
-                    pipe: pipe.pipe(),
-                },
-                &mut Leg::response(&mut client.deadline, &cfg.timeouts, written),
-            )
-            .await;
-            if let Ok(total) = res {
-                pipe.give_back();
-                add(&r.stats.spliced_bytes, total - (*up.pos - head_read) as u64);
-            }
-            return res;
-        }
+    r.backends.spliced_last[backend].set(spliced.is_some());
+    spliced.and_then(|body| r.pipes.lend().map(|p| (p, body)))
+}
+
+/// Splices the response body after `out` (the client's head) through `pipe`. Returns the
+/// body bytes relayed.
+async fn splice_response(
+    r: &Respond<'_>,
+    client: &mut Client,
+    up: Upstream<'_>,
+    out: &mut Vec<u8>,
+    (pipe, body): (PipeLoan<'_>, SplicedBody),
+    written: &mut bool,
+) -> Result<u64, RelayError> {
+    // Only a plain transport is spliced (`splice_choice`); a TLS one will be copied.
+    let Transport::Plain(tcp) = &mut client.stream;
+    bump(&r.stats.spliced);
+    let head_read = *up.pos;
+    let res = relay_spliced(
+        &*up.conn,
+        up.ubuf,
+        up.pos,
+        tcp,
+        out,
+        SplicePlan {
+            body,
+            pipe: pipe.pipe(),
+        },
+        &mut Leg::response(&mut client.deadline, &r.cfg.timeouts, written),
+    )
+    .await;
+    if let Ok(total) = res {
+        pipe.give_back();
+        add(&r.stats.spliced_bytes, total - (*up.pos - head_read) as u64);
     }
-    if in_framing == BodyFraming::None {
-        let n = out.len();
-        let t = cfg.timeouts.client_send;
-        write_from(&mut client.stream, out, 0, n, &mut client.deadline, t)
-            .await
-            .map(|_| 0)
-            .map_err(RelayError::Write)
-    } else {
-        let plan = BodyPlan {
-            incoming: in_framing,
-            outgoing: resp_framing,
-            limit: u64::MAX,
-            chunk_overhead: cfg.limits.max_header_bytes,
-            forward_trailers: true,
-        };
-        relay_body(
-            up.conn,
-            up.ubuf,
-            up.pos,
-            &mut client.stream,
-            out,
-            &plan,
-            &mut Leg::response(&mut client.deadline, &cfg.timeouts, written),
-        )
-        .await
-    }
+    res
 }

@@ -159,6 +159,7 @@ impl Backends {
     /// A request is assigned to `backend` from its pick until the guard drops (the in-flight
     /// gauge, and the load signal of least_conn, p2c and bounded loads: counting from the
     /// pick, not from the connect, so a burst of new requests sees each other).
+    #[inline]
     pub fn forwarding<'a>(
         &'a self,
         shared: &Shared,
@@ -210,11 +211,13 @@ impl Backends {
     }
 
     /// Counts a client request against its upstream's retry budget.
+    #[inline]
     pub fn budget_request(&self, upstream: usize) {
         self.budgets.borrow_mut()[upstream].record_request(Instant::now());
     }
 
     /// Whether the upstream's retry budget allows one more retry now (counted either way).
+    #[inline]
     pub fn budget_retry(&self, upstream: usize) -> bool {
         self.budgets.borrow_mut()[upstream].try_retry(Instant::now())
     }
