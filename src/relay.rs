@@ -1,7 +1,7 @@
 //! Stage 6 of the pipeline, *forward* (bytes): reads the upstream's response head and relays
 //! one body between two sockets, de-chunking, re-chunking or copying as the two sides'
-//! framings require. Used by [`crate::proxy`] for request bodies (client to upstream) and
-//! response bodies (upstream to client). [`Leg`] (one direction's timer, wait bounds and
+//! framings require. Used by [`crate::forward`] for request bodies (client to upstream) and
+//! response bodies (upstream to client, from [`crate::respond`]). [`Leg`] (one direction's timer, wait bounds and
 //! whether it has written) is shared with [`crate::splice`], which relays large bodies.
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! Stages 3 to 7, what each request leaves behind: the [`Trace`] filled in along the
 //! pipeline, the request id it carries, and the access-log fields copied out of its head.
-//! Used by [`crate::proxy`].
+//! Used by [`crate::proxy`] (and the refusals of [`crate::conn`]).
 
 use std::time::Instant;
 

@@ -40,9 +40,9 @@
 //! [`Table::sticky_value`] while its member is usable, and otherwise picks and asks for the
 //! cookie to be set ([`Table::write_set_cookie`]).
 //!
-//! Wiring: `shard::Shared` builds one `Table` per upstream at start-up; each `ShardCtx` owns a
-//! `ShardBalancer` per upstream; `proxy::prepare` computes the key and resolves the sticky
-//! cookie while the head is still in its buffer.
+//! Wiring: `snapshot::Shared` builds one `Table` per upstream at start-up; each shard owns a
+//! `ShardBalancer` per upstream (in `upstream::state::Backends`); `proxy::prepare` computes
+//! the key and resolves the sticky cookie while the head is still in its buffer.
 
 mod ketama;
 pub mod key;
