@@ -103,7 +103,7 @@ pub struct Stats {
     pub access_lines: Cell<u64>,
     pub access_dropped: Cell<u64>,
     pub log_suppressed: Cell<u64>,
-    /// Response bodies relayed with splice(2).
+    /// Bodies (responses and uploads) relayed with splice(2).
     pub spliced: Cell<u64>,
     /// Body bytes that went socket → pipe → socket (the rest of those bodies was copied).
     pub spliced_bytes: Cell<u64>,

@@ -40,7 +40,8 @@ pub(super) struct RawOutlier {
     on: Option<Vec<String>>,
     base_ejection: Option<String>,
     max_ejection: Option<String>,
-    max_ejection_percent: Option<u8>,
+    /// Wider than a percentage, so that 300 gets a message that says so.
+    max_ejection_percent: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -205,7 +206,19 @@ pub(super) fn resilience(c: &mut Checker, path: &str, raw: RawResilience<'_>) ->
                     o.max_ejection.as_ref(),
                     d.max_ejection,
                 ),
-                max_ejection_percent: o.max_ejection_percent.unwrap_or(d.max_ejection_percent),
+                max_ejection_percent: match o.max_ejection_percent {
+                    None => d.max_ejection_percent,
+                    Some(v) => u8::try_from(v)
+                        .ok()
+                        .filter(|&v| v <= 100)
+                        .unwrap_or_else(|| {
+                            c.err(
+                                format!("{p}.max_ejection_percent"),
+                                format!("{v} is not a percentage: use 0 to 100"),
+                            );
+                            d.max_ejection_percent
+                        }),
+                },
             };
             if let Err(e) = spec.validate() {
                 c.err(&p, e);

@@ -513,7 +513,7 @@ pub fn render(
         &mut o,
         "edgeshard_spliced_responses_total",
         "counter",
-        "Response bodies relayed with splice(2) (server.splice_min_bytes and up).",
+        "Bodies (responses, and uploads of known length) relayed with splice(2): server.splice_min_bytes and up, and close-delimited responses.",
     );
     let _ = writeln!(o, "edgeshard_spliced_responses_total {}", all.spliced);
     family(

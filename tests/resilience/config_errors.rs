@@ -39,6 +39,30 @@ fn check_rejects_fail_timeout_with_outlier() {
     );
 }
 
+/// A percentage over 100 is named as such at its own key, and refuses nothing else: the
+/// upstream still exists for the routes that name it.
+#[test]
+fn check_rejects_an_ejection_percentage_over_100_by_name() {
+    for bad in ["101", "300", "4294967296", "-1"] {
+        let tables = format!("[upstream.outlier]\nmax_ejection_percent = {bad}");
+        expect_check_error(
+            &tables,
+            "upstream[0].outlier.max_ejection_percent",
+            &["0 to 100"],
+        );
+        let text = config(
+            false,
+            &format!("backends = [{{ address = \"127.0.0.1:9001\" }}]\n{tables}"),
+        );
+        let (_, out) = crate::support::run_check(&text);
+        assert_eq!(
+            out.lines().filter(|l| l.contains(".toml: ")).count(),
+            1,
+            "one problem, one line: {out}"
+        );
+    }
+}
+
 #[test]
 fn check_rejects_breaker_limits_of_zero() {
     for key in ["max_connections", "max_pending", "max_requests"] {
