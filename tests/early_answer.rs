@@ -6,7 +6,7 @@
 //! 256 KiB, copied below) and chunked ones, on both engines.
 
 use crate::support::*;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::thread;
@@ -26,14 +26,7 @@ fn refusing_backend() -> (SocketAddr, mpsc::Receiver<String>) {
         for s in l.incoming() {
             let Ok(mut s) = s else { return };
             s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            let mut head = Vec::new();
-            let mut b = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                if s.read(&mut b).unwrap_or(0) == 0 {
-                    break;
-                }
-                head.push(b[0]);
-            }
+            let head = read_head_bytes(&mut s).unwrap_or_else(|partial| partial);
             let _ = s.write_all(ANSWER);
             let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
             drop(s);

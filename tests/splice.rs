@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{admin_get, pattern, Config, Origin};
+use crate::support::{admin_get, pattern, read_head_bytes, Config, Origin};
 
 /// `edgeshard_spliced_responses_total` from the admin listener.
 fn spliced_count(admin: SocketAddr) -> u64 {
@@ -45,13 +45,8 @@ fn body_backend(len: usize, send: usize) -> SocketAddr {
                 s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
                 let body = pattern(send);
                 loop {
-                    let mut head = Vec::new();
-                    let mut b = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        if s.read(&mut b).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(b[0]);
+                    if read_head_bytes(&mut s).is_err() {
+                        return;
                     }
                     let h = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
                     if s.write_all(h.as_bytes()).is_err() || s.write_all(&body).is_err() {
@@ -235,12 +230,8 @@ both_engines! {
                 pattern::write_pattern(&mut w, len).unwrap();
                 w.flush().unwrap();
             }
-            let mut head = Vec::new();
-            let mut b = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                assert_eq!(s.read(&mut b).unwrap(), 1, "response head cut short");
-                head.push(b[0]);
-            }
+            let head = read_head_bytes(&mut s)
+                .unwrap_or_else(|h| panic!("response head cut short: {h:?}"));
             let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
             assert!(head.starts_with("http/1.1 200"), "{head}");
             assert!(head.contains(&format!("x-body-len: {len}\r\n")), "{head}");

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use crate::support::{admin_get, Config};
+use crate::support::{admin_get, read_head_bytes, Config};
 
 fn pattern(from: usize, len: usize) -> Vec<u8> {
     (from..from + len).map(|i| (i % 251) as u8).collect()
@@ -43,14 +43,7 @@ fn staged_backend(head: String, parts: Vec<usize>, end: End) -> (SocketAddr, mps
         for s in l.incoming() {
             let Ok(mut s) = s else { return };
             s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            let mut req = Vec::new();
-            let mut b = [0u8; 1];
-            while !req.ends_with(b"\r\n\r\n") {
-                if s.read(&mut b).unwrap_or(0) == 0 {
-                    break;
-                }
-                req.push(b[0]);
-            }
+            let _request = read_head_bytes(&mut s);
             if s.write_all(head.as_bytes()).is_err() {
                 continue;
             }

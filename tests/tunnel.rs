@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::pattern::{pattern_slice, BodyCheck, MAX_SLICE};
-use crate::support::{scrape, Config};
+use crate::support::{read_head_bytes, scrape, Config};
 
 /// Generous bound on any single wait; a hang fails the test instead of blocking it.
 const WAIT: Duration = Duration::from_secs(60);
@@ -30,13 +30,8 @@ fn upgrade_backend(then: impl FnOnce(TcpStream) + Send + 'static) -> SocketAddr 
         let Ok((mut s, _)) = l.accept() else { return };
         s.set_read_timeout(Some(WAIT)).unwrap();
         s.set_write_timeout(Some(WAIT)).unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if s.read(&mut b).unwrap_or(0) == 0 {
-                return;
-            }
-            head.push(b[0]);
+        if read_head_bytes(&mut s).is_err() {
+            return;
         }
         let h = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: bulk\r\nConnection: Upgrade\r\n\r\n";
         if s.write_all(h).is_ok() {
@@ -53,12 +48,7 @@ fn upgraded(proxy: SocketAddr) -> TcpStream {
     s.set_write_timeout(Some(WAIT)).unwrap();
     s.write_all(b"GET /bulk HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: bulk\r\n\r\n")
         .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).unwrap(), 1, "head cut short: {head:?}");
-        head.push(b[0]);
-    }
+    let head = read_head_bytes(&mut s).unwrap_or_else(|h| panic!("head cut short: {h:?}"));
     let head = String::from_utf8(head).unwrap();
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     s

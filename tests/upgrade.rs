@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{Client, Config, Origin};
+use crate::support::{read_head_bytes, Client, Config, Origin};
 
 /// A backend that answers one upgrade request with 101 and then: sends `early` right after
 /// its head, echoes every byte, and when the client half-closes, writes "bye" and closes.
@@ -21,14 +21,9 @@ fn upgrade_backend(early: &'static [u8]) -> (SocketAddr, mpsc::Receiver<String>)
     thread::spawn(move || {
         let Ok((mut s, _)) = l.accept() else { return };
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if s.read(&mut b).unwrap_or(0) == 0 {
-                return;
-            }
-            head.push(b[0]);
-        }
+        let Ok(head) = read_head_bytes(&mut s) else {
+            return;
+        };
         let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
         let mut out = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\nX-Backend: yes\r\n\r\n".to_vec();
         out.extend_from_slice(early);
@@ -66,15 +61,7 @@ fn read_exact_within(s: &mut TcpStream, n: usize) -> Vec<u8> {
 /// Reads a response head byte by byte (so that nothing after it is consumed).
 fn read_head(s: &mut TcpStream) -> String {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut b) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            r => assert_eq!(r.unwrap(), 1, "head cut short: {head:?}"),
-        }
-        head.push(b[0]);
-    }
+    let head = read_head_bytes(s).unwrap_or_else(|h| panic!("head cut short: {h:?}"));
     String::from_utf8(head).unwrap()
 }
 
@@ -121,18 +108,13 @@ fn resetting_backend() -> SocketAddr {
     let addr = l.local_addr().unwrap();
     thread::spawn(move || {
         let Ok((mut s, _)) = l.accept() else { return };
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if s.read(&mut b).unwrap_or(0) == 0 {
-                return;
-            }
-            head.push(b[0]);
+        if read_head_bytes(&mut s).is_err() {
+            return;
         }
         let _ = s.write_all(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n",
         );
-        let _ = s.read(&mut b);
+        let _ = s.read(&mut [0u8; 1]);
         let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
     });
     addr
@@ -146,13 +128,8 @@ fn closing_backend(early: &'static [u8]) -> SocketAddr {
     thread::spawn(move || {
         let Ok((mut s, _)) = l.accept() else { return };
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if s.read(&mut b).unwrap_or(0) == 0 {
-                return;
-            }
-            head.push(b[0]);
+        if read_head_bytes(&mut s).is_err() {
+            return;
         }
         let mut out =
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"

@@ -100,7 +100,7 @@ both_engines! {
             assert!(owned(&before[i], victim) > 0, "{algo}: {victim} owns no key of 120: {:?}", before[i]);
         }
         let idx = ["a", "b", "c", "d"].iter().position(|n| *n == victim).unwrap();
-        stop(o[idx].take().unwrap());
+        o[idx].take().unwrap().close();
         for (i, (algo, _)) in algos.iter().enumerate() {
             let after = map(algo);
             let again = map(algo);

@@ -5,10 +5,9 @@
 
 use crate::support::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod algorithms;
 mod bounded;
@@ -91,23 +90,6 @@ fn served_by(r: &Response) -> String {
     r.header("x-backend")
         .unwrap_or_else(|| panic!("a 200 without X-Backend:\n{}", r.head.raw))
         .to_string()
-}
-
-/// Stops an origin and waits (bounded) until its port refuses connections, so that the
-/// proxy's next connect to it fails. Tests that stop origins set `max_idle_per_backend = 0`:
-/// an `Origin` keeps serving connections it already accepted, which a real dead backend
-/// would not.
-fn stop(o: Origin) {
-    let addr = o.addr();
-    drop(o);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "origin {addr} still accepts connections 5 s after it was stopped"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// `edgeshard_shard_requests_total` per shard.

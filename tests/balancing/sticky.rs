@@ -104,7 +104,7 @@ both_engines! {
             assert_eq!(served_by(&ask_new(proxy.addr(), &format!("/{i}"), &[("Cookie", &cookie)])), home);
         }
         let idx = ["a", "b", "c"].iter().position(|n| *n == home).unwrap();
-        stop(o[idx].take().unwrap());
+        o[idx].take().unwrap().close();
         let r = ask_new(proxy.addr(), "/after", &[("Cookie", &cookie)]);
         let moved = served_by(&r);
         assert_ne!(moved, home, "{home} is down");
@@ -174,11 +174,11 @@ both_engines! {
         let per = run(40);
         assert_eq!(per.get("backup"), None, "no backup traffic while both primaries are up: {per:?}");
         assert_eq!(per.get("p1"), Some(&20), "{per:?}");
-        stop(p1);
+        p1.close();
         let per = run(30);
         assert_eq!(per.get("backup"), None, "one primary is still up: {per:?}");
         assert_eq!(per.get("p2"), Some(&30), "{per:?}");
-        stop(p2);
+        p2.close();
         let per = run(30);
         assert_eq!(per.get("backup"), Some(&30), "every primary is down: the backup takes over: {per:?}");
     }

@@ -488,17 +488,42 @@ pub fn expect_check_error_in(text: &str, key: &str, words: &[&str]) {
     );
 }
 
+/// Reads one HTTP head (a request at a test backend, a response at a test client) a byte at a
+/// time, so that nothing after its empty line is consumed, retrying reads interrupted by a
+/// signal. `Err` holds what was read when the stream ended or failed before the head did.
+pub fn read_head_bytes(s: &mut impl Read) -> Result<Vec<u8>, Vec<u8>> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return Err(head),
+        }
+    }
+    Ok(head)
+}
+
 /// Runs `edgeshard check --config FILE`; returns (exit code, stdout+stderr).
 pub fn run_check(config_toml: &str) -> (Option<i32>, String) {
     let path = unique_config_path();
     std::fs::write(&path, config_toml).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("check").arg("--config").arg(&path);
-    let r = run_bounded(cmd, Duration::from_secs(20));
+    let r = check_file(&path);
     let _ = std::fs::remove_file(&path);
-    match r {
+    r
+}
+
+/// Runs `edgeshard check --config PATH` on a file in place; returns (exit code,
+/// stdout+stderr). Fails the test if check has not exited within 20 s.
+pub fn check_file(path: &std::path::Path) -> (Option<i32>, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("check").arg("--config").arg(path);
+    match run_bounded(cmd, Duration::from_secs(20)) {
         Ok((status, out)) => (status.code(), out),
-        Err(out) => panic!("edgeshard check did not exit within 20s; output:\n{out}"),
+        Err(out) => panic!(
+            "edgeshard check --config {} did not exit within 20s; output:\n{out}",
+            path.display()
+        ),
     }
 }
 

@@ -10,7 +10,7 @@ use super::pattern::{self, BodyCheck};
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -151,6 +151,8 @@ impl Shared {
 pub struct Origin {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    /// Signalled by the accept thread once it has closed the listening socket.
+    listener_closed: mpsc::Receiver<()>,
 }
 
 impl Origin {
@@ -174,6 +176,7 @@ impl Origin {
             next_conn: AtomicUsize::new(0),
         });
         let sh = shared.clone();
+        let (closed_tx, listener_closed) = mpsc::channel();
         thread::Builder::new()
             .name(format!("origin-{name}"))
             .spawn(move || {
@@ -190,9 +193,15 @@ impl Origin {
                         sh2.update(|s| s.closed += 1);
                     });
                 }
+                drop(listener);
+                let _ = closed_tx.send(());
             })
             .unwrap();
-        Origin { addr, shared }
+        Origin {
+            addr,
+            shared,
+            listener_closed,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -261,11 +270,32 @@ impl Origin {
     }
 }
 
-impl Drop for Origin {
-    fn drop(&mut self) {
+impl Origin {
+    /// Stops accepting and returns once the listening socket is closed, so that a new
+    /// connection to the origin's port is refused (connections already accepted are still
+    /// served, as by a dropped origin). Panics if the accept thread has not closed it within
+    /// 5 s.
+    pub fn close(self) {
+        self.stop_accepting();
+        let closed = self.listener_closed.recv_timeout(Duration::from_secs(5));
+        assert!(
+            closed.is_ok(),
+            "origin {} ({}) did not close its listener within 5 s",
+            self.name(),
+            self.addr
+        );
+    }
+
+    fn stop_accepting(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         // Wake the accept loop.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(500));
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.stop_accepting();
     }
 }
 
