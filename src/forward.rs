@@ -67,7 +67,6 @@ pub struct Forward<'a> {
     pub errors: &'a ErrorLimiter,
     pub pipes: &'a PipePool,
     pub buffers: &'a Buffers,
-    pub connector: Connector<'a>,
 }
 
 impl<'a> Forward<'a> {
@@ -81,7 +80,6 @@ impl<'a> Forward<'a> {
             errors: &ctx.errors,
             pipes: &ctx.pipes,
             buffers: &ctx.buffers,
-            connector: ctx.connector(),
         }
     }
 }
@@ -563,7 +561,13 @@ impl<'a> Forward<'a> {
         let pending = breaker
             .try_acquire(Resource::Pending)
             .map_err(|open| self.breaker_open(backend, open))?;
-        let connected = self.connector.connect(backend).await;
+        let connector = Connector {
+            shared: self.shared,
+            stats: self.stats,
+            errors: self.errors,
+            backends: self.backends,
+        };
+        let connected = connector.connect(backend).await;
         drop(pending);
         Ok(connected.ok())
     }

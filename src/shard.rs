@@ -16,7 +16,6 @@ use crate::observe::reqid::RequestIds;
 use crate::snapshot::Shared;
 use crate::splice::PipePool;
 use crate::stats::{Snapshot, Stats};
-use crate::upstream::connect::Connector;
 use crate::upstream::pool::Pool;
 use crate::upstream::state::Backends;
 
@@ -95,16 +94,6 @@ impl ShardCtx {
     pub fn buffer(&self) -> PooledBuf<'_> {
         self.buffers.take()
     }
-
-    /// What opening a new upstream connection needs from this shard.
-    pub fn connector(&self) -> Connector<'_> {
-        Connector {
-            shared: &self.shared,
-            stats: &self.stats,
-            errors: &self.errors,
-            backends: &self.backends,
-        }
-    }
 }
 
 /// The shard's free list of byte buffers.
@@ -132,13 +121,6 @@ impl Buffers {
 pub struct PooledBuf<'a> {
     buf: Vec<u8>,
     home: &'a Buffers,
-}
-
-impl PooledBuf<'_> {
-    /// Keeps the bytes: the buffer leaves the shard's free list for good.
-    pub fn into_inner(mut self) -> Vec<u8> {
-        std::mem::take(&mut self.buf)
-    }
 }
 
 impl Deref for PooledBuf<'_> {

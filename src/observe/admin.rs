@@ -305,13 +305,8 @@ async fn route(state: &AdminState, method: &str, target: &str, auth: Option<&[u8
 }
 
 fn ready(state: &AdminState) -> bool {
-    !state.snapshot.load().accepting.is_empty()
-        && state
-            .snapshot
-            .load()
-            .accepting
-            .iter()
-            .all(|a| a.load(Ordering::Acquire))
+    let accepting = &state.snapshot.load().accepting;
+    !accepting.is_empty() && accepting.iter().all(|a| a.load(Ordering::Acquire))
 }
 
 /// Asks every shard for its counters and merges them, waiting at most `SHARD_TIMEOUT` in
