@@ -17,7 +17,9 @@ fn settle(admin: SocketAddr, logs: &[&Path]) -> (Metrics, Vec<String>) {
         |m| m.value("edgeshard_connections_active", &[]) == 0.0,
     );
     let want = m.value("edgeshard_request_duration_seconds_count", &[]) as usize;
-    let lines = wait_until(
+    let dir = logs[0].parent().unwrap();
+    let lines = wait_for_files(
+        dir,
         Duration::from_secs(15),
         &format!("{want} access-log lines"),
         || {
@@ -129,7 +131,7 @@ both_engines! {
         let mut bad = Client::connect(addr);
         bad.send(b"GET / HTTP/1.1\r\nHost: c.example\r\nHost: c.example\r\n\r\n");
         assert_eq!(bad.read_response().status(), 400);
-        let lines = wait_until(Duration::from_secs(10), "5 access-log lines", || {
+        let lines = wait_for_files(dir.root(), Duration::from_secs(10), "5 access-log lines", || {
             let l = read_lines(&log);
             (l.len() >= 5).then_some(l)
         });
@@ -194,7 +196,7 @@ both_engines! {
         let ids: Vec<String> = (0..5)
             .map(|_| c.read_response().header("x-request-id").expect("X-Request-Id").to_string())
             .collect();
-        let lines = wait_until(Duration::from_secs(10), "5 lines", || {
+        let lines = wait_for_files(dir.root(), Duration::from_secs(10), "5 lines", || {
             let l = read_lines(&log);
             (l.len() >= 5).then_some(l)
         });
@@ -224,7 +226,7 @@ both_engines! {
             m.value("edgeshard_requests_total", &[]) == n as f64 && m.value("edgeshard_connections_active", &[]) == 0.0
         });
         let logged = m.value("edgeshard_access_log_lines_total", &[]) as usize;
-        let lines = wait_until(Duration::from_secs(10), "the sampled lines", || {
+        let lines = wait_for_files(dir.root(), Duration::from_secs(10), "the sampled lines", || {
             let l = read_lines(&log);
             (l.len() >= logged).then_some(l)
         });
@@ -271,11 +273,11 @@ both_engines! {
                 })
             })
             .collect();
-        wait_until(Duration::from_secs(10), "traffic in the access log", || (read_lines(&log).len() >= 200).then_some(()));
+        wait_for_files(dir.root(), Duration::from_secs(10), "traffic in the access log", || (read_lines(&log).len() >= 200).then_some(()));
         std::fs::rename(&log, &old).unwrap();
         proxy.signal(libc::SIGUSR1);
         proxy.wait_for_output("access log reopened", 1, Duration::from_secs(10));
-        wait_until(Duration::from_secs(10), "lines in the reopened file", || (read_lines(&log).len() >= 200).then_some(()));
+        wait_for_files(dir.root(), Duration::from_secs(10), "lines in the reopened file", || (read_lines(&log).len() >= 200).then_some(()));
         stop.store(true, Ordering::SeqCst);
         for c in clients {
             c.join().expect("client thread");
@@ -379,7 +381,7 @@ both_engines! {
         // SAFETY: mkfifo with a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
         use std::os::unix::fs::OpenOptionsExt;
-        let mut reader = std::fs::OpenOptions::new()
+        let reader = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
             .open(&fifo)
@@ -405,9 +407,9 @@ both_engines! {
         // Now read the pipe: what was not dropped arrives, complete lines only.
         let mut got = Vec::new();
         let mut buf = [0u8; 65536];
-        wait_until(Duration::from_secs(15), "written + dropped == formatted", || {
+        wait_on_fd(reader.as_fd(), Duration::from_secs(15), "written + dropped == formatted", || {}, || {
             loop {
-                match std::io::Read::read(&mut reader, &mut buf) {
+                match std::io::Read::read(&mut &reader, &mut buf) {
                     Ok(0) => break,
                     Ok(k) => got.extend_from_slice(&buf[..k]),
                     Err(_) => break,

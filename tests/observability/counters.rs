@@ -39,7 +39,7 @@ both_engines! {
         assert_eq!(m.value("edgeshard_responses_generated_total", &[("status", "408"), ("reason", "timeout")]), 1.0);
         assert_eq!(m.value("edgeshard_route_requests_total", &[("route", "none"), ("class", "4xx")]), 1.0);
         assert_eq!(m.sum("edgeshard_route_requests_total", &[]), 1.0);
-        let lines = wait_until(Duration::from_secs(10), "the 408 line", || {
+        let lines = wait_for_files(dir.root(), Duration::from_secs(10), "the 408 line", || {
             let l = read_lines(&log);
             (!l.is_empty()).then_some(l)
         });

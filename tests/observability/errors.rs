@@ -46,8 +46,8 @@ both_engines! {
         let suppressed = m.value("edgeshard_log_suppressed_total", &[]) as usize;
         assert_eq!(logged + suppressed, n, "every bad head is either logged or counted as suppressed\n{}", m.text);
         // The summaries add up to the counter.
-        wait_until(Duration::from_secs(5), "summaries adding up to edgeshard_log_suppressed_total", || {
-            (suppressed_in_summaries(&proxy.output()) == suppressed as u64).then_some(())
+        proxy.wait_for_output_where("summaries adding up to edgeshard_log_suppressed_total", Duration::from_secs(5), |out| {
+            suppressed_in_summaries(out) == suppressed as u64
         });
         // Still serving.
         let mut c = Client::connect(proxy.addr());

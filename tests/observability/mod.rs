@@ -7,6 +7,7 @@
 
 use crate::support::*;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,6 +43,10 @@ impl TempDir {
     fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
+
+    fn root(&self) -> &Path {
+        &self.0
+    }
 }
 
 impl Drop for TempDir {
@@ -50,21 +55,76 @@ impl Drop for TempDir {
     }
 }
 
-/// Polls `f` until it returns Some, at most `within`; panics naming `what`. Used only for
-/// state the proxy exposes by being read (its access-log file, `/metrics`, `/status`): there
-/// is no event to wait on, so the deadline bounds the wait and the 20 ms pause only paces
-/// the reads; success never depends on the pause.
-fn wait_until<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+/// Re-checks `f` each time `fd` becomes readable (after `drain`), until it returns Some;
+/// panics naming `what` if that has not happened within `within`. Nothing here sleeps: the
+/// wait is poll(2) on the descriptor, bounded by what is left of the deadline.
+fn wait_on_fd<T>(
+    fd: BorrowedFd<'_>,
+    within: Duration,
+    what: &str,
+    mut drain: impl FnMut(),
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = f() {
             return v;
         }
-        if Instant::now() >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             panic!("{what}: not reached within {within:?}");
         }
-        thread::sleep(Duration::from_millis(20));
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `pfd` is one valid pollfd that outlives the call, and `fd` is open for it
+        // (borrowed from its owner). Exercised by every access-log test.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+        drain();
     }
+}
+
+/// Waits until `f` (which reads files in `dir`) returns Some, re-checking it whenever a file
+/// in `dir` is created, written, closed or moved in (inotify); at most `within`. The watch is
+/// set before the first check, so no write between a check and the wait is missed.
+fn wait_for_files<T>(dir: &Path, within: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: inotify_init1 takes flags only; the new descriptor is owned right below.
+    let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    assert!(
+        raw >= 0,
+        "inotify_init1: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `raw` is a descriptor this function just opened and nothing else owns.
+    let inotify = unsafe { OwnedFd::from_raw_fd(raw) };
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    let mask = libc::IN_CREATE | libc::IN_MODIFY | libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO;
+    // SAFETY: `path` is a NUL-terminated string alive for the call; `inotify` is open.
+    let wd = unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), path.as_ptr(), mask) };
+    assert!(
+        wd >= 0,
+        "inotify_add_watch {}: {}",
+        dir.display(),
+        std::io::Error::last_os_error()
+    );
+    let drain = || {
+        let mut events = [0u8; 4096];
+        // SAFETY: reads at most `events.len()` bytes into `events`, which outlives the call;
+        // the descriptor is non-blocking, so this stops at -1 (EAGAIN) once it is empty.
+        while unsafe {
+            libc::read(
+                inotify.as_raw_fd(),
+                events.as_mut_ptr().cast(),
+                events.len(),
+            )
+        } > 0
+        {}
+    };
+    wait_on_fd(inotify.as_fd(), within, what, drain, f)
 }
 
 /// The complete lines of a file (a missing file has none; a last line without its newline

@@ -28,7 +28,8 @@ fn at_origin(o: &Origin, target: &str) -> Recorded {
 
 /// The JSON access-log lines, keyed by uri, once there are `n`.
 fn logged_ids(log: &Path, n: usize) -> Vec<(String, String)> {
-    let lines = wait_until(
+    let lines = wait_for_files(
+        log.parent().unwrap(),
         Duration::from_secs(10),
         &format!("{n} access-log lines"),
         || {

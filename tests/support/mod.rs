@@ -398,16 +398,28 @@ impl Proxy {
     /// Waits until the captured output (stdout and stderr) contains `needle` at least
     /// `count` times; panics with the output after `timeout`.
     pub fn wait_for_output(&self, needle: &str, count: usize, timeout: Duration) {
+        self.wait_for_output_where(&format!("{count} x {needle:?}"), timeout, |text| {
+            text.matches(needle).count() >= count
+        });
+    }
+
+    /// Waits until `cond` holds on the captured output (re-checked on every new line);
+    /// panics naming `what`, with the output, after `timeout`.
+    pub fn wait_for_output_where(
+        &self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&str) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         let mut text = self.output.text.lock().unwrap();
-        while text.text.matches(needle).count() < count {
+        while !cond(&text.text) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let out = text.text.clone();
-                // Unlocked before panicking: a poisoned lock would make Drop (which prints the
-                // output) panic again during the unwind and abort the whole test binary.
+                // Unlocked before panicking, as in `wait_for_output`.
                 drop(text);
-                panic!("{count} x {needle:?} not seen within {timeout:?}\noutput:\n{out}");
+                panic!("{what}: not seen within {timeout:?}\noutput:\n{out}");
             }
             text = self.output.grew.wait_timeout(text, left).unwrap().0;
         }

@@ -416,7 +416,12 @@ fn scrape_text(admin: SocketAddr, token: Option<&str>) -> String {
 
 /// Scrapes until `cond` holds (counters are updated just after a response is written, so a
 /// scrape racing the last response may not see it yet); panics after `within` with the last
-/// scrape.
+/// scrape. The proxy announces none of these updates (a shard's counters are read by asking
+/// it), so the deadline is what bounds the wait; the 25 ms between scrapes only paces them,
+/// so that a wait for the once-a-second pool sweep does not keep both cores busy with scrapes.
+/// Waits on anything that does announce itself use its event instead: the proxy's output
+/// (`Proxy::wait_for_output_where`), an origin's state (`Origin::wait_for`), a file written
+/// (inotify, `observability::wait_for_files`).
 pub fn scrape_until(
     admin: SocketAddr,
     token: Option<&str>,
