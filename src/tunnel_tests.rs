@@ -5,7 +5,7 @@
 
 use super::*;
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -54,6 +54,19 @@ fn end(l: TcpListener, sends: u64, piece: usize) -> thread::JoinHandle<Vec<u8>> 
     })
 }
 
+/// Connects to the two ends (client side, backend side) and runs the tunnel between them
+/// to its end.
+async fn tunnel_between(ctx: &ShardCtx, client: SocketAddr, backend: SocketAddr) {
+    let client = TcpStream::connect_addr(client).await.unwrap();
+    let upstream = TcpStream::connect_addr(backend).await.unwrap();
+    let up = Upgraded {
+        upstream,
+        backend: 0,
+        early: Vec::new(),
+    };
+    run(ctx, client, Vec::new(), up).await;
+}
+
 type Block<'a> = &'a mut dyn FnMut(Pin<Box<dyn std::future::Future<Output = ()> + '_>>);
 
 /// Runs `tunnel::run` between two socket pairs; the client end sends `up` bytes, the backend
@@ -64,16 +77,7 @@ fn tunnel(block: Block, ctx: &ShardCtx, up: u64, down: u64, piece: usize) -> u64
     let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
     let client_end = end(a, up, piece);
     let backend_end = end(b, down, piece);
-    block(Box::pin(async move {
-        let client = TcpStream::connect_addr(aa).await.unwrap();
-        let upstream = TcpStream::connect_addr(ba).await.unwrap();
-        let up = Upgraded {
-            upstream,
-            backend: 0,
-            early: Vec::new(),
-        };
-        run(ctx, client, Vec::new(), up).await;
-    }));
+    block(Box::pin(tunnel_between(ctx, aa, ba)));
     let at_backend = backend_end.join().unwrap();
     let at_client = client_end.join().unwrap();
     assert_eq!(at_backend.len() as u64, up);
@@ -182,16 +186,7 @@ fn small_pieces_stay_copied() {
             s.read_to_end(&mut rest).unwrap();
             assert!(rest.is_empty(), "{} bytes after the last piece", rest.len());
         });
-        block(Box::pin(async {
-            let client = TcpStream::connect_addr(aa).await.unwrap();
-            let upstream = TcpStream::connect_addr(ba).await.unwrap();
-            let up = Upgraded {
-                upstream,
-                backend: 0,
-                early: Vec::new(),
-            };
-            run(&c, client, Vec::new(), up).await;
-        }));
+        block(Box::pin(tunnel_between(&c, aa, ba)));
         client_end.join().unwrap();
         backend_end.join().unwrap();
         let pieces = ROUNDS * PIECE as u64;
@@ -232,16 +227,7 @@ fn idle_close_in_the_middle_of_a_burst_discards_the_pipe() {
             while s.write_all(&data).is_ok() {}
         });
         let started = Instant::now();
-        block(Box::pin(async {
-            let client = TcpStream::connect_addr(aa).await.unwrap();
-            let upstream = TcpStream::connect_addr(ba).await.unwrap();
-            let up = Upgraded {
-                upstream,
-                backend: 0,
-                early: Vec::new(),
-            };
-            run(&c, client, Vec::new(), up).await;
-        }));
+        block(Box::pin(tunnel_between(&c, aa, ba)));
         let took = started.elapsed();
         done.send(()).unwrap();
         client_end.join().unwrap();

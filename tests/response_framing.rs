@@ -78,7 +78,11 @@ fn expect_502_or_truncated(proxy: &Proxy, path: &str) {
 fn proxy_stays_up(proxy: &Proxy) {
     let mut c = Client::connect(proxy.addr());
     c.send(&get("example.com", "/ok"));
-    let r = c.read_response();
+    assert_served(c.read_response());
+}
+
+/// The answer to the `/ok` request that follows a bad backend response.
+fn assert_served(r: Response) {
     assert_eq!(
         r.status(),
         200,
@@ -95,13 +99,7 @@ fn proxy_stays_up_on(proxy: &Proxy, backend: &LockStep) {
     let mut conn = backend.accept();
     assert!(conn.read_head().starts_with("GET /ok "));
     conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbad");
-    let r = c.read_response();
-    assert_eq!(
-        r.status(),
-        200,
-        "the proxy must keep serving after a bad backend response"
-    );
-    assert_eq!(r.body_str(), "bad");
+    assert_served(c.read_response());
 }
 
 fn check(engine: Engine, path: &str, strict_502: bool) {
