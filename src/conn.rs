@@ -26,14 +26,39 @@ const INITIAL_BUF: usize = 4096;
 /// After an exchange a buffer larger than this is given back to the allocator.
 const KEEP_BUF: usize = 32 * 1024;
 
-pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, accepted: Instant) {
+pub async fn serve(
+    ctx: Rc<ShardCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    listener: usize,
+) {
     let _ = stream.set_nodelay(true);
+    // -- TLS listeners: the handshake, within handshake_timeout of the accept -------------
+    let mut client_subject = None;
+    let stream = match ctx.shared.tls.get(listener) {
+        None => Transport::Plain(stream),
+        // Boxed: the handshake's state is only needed until it completes, so an idle
+        // connection's task stays small.
+        Some(tls) => match Box::pin(crate::tls::handshake(&ctx, tls, stream, peer, accepted)).await
+        {
+            None => return,
+            Some(s) => {
+                if tls.subject_header.is_some() {
+                    client_subject = crate::tls::client_subject(&s).map(String::into_boxed_str);
+                }
+                Transport::Tls(Box::new(s))
+            }
+        },
+    };
     let mut client = Client {
-        stream: Transport::Plain(stream),
+        stream,
         buf: Vec::with_capacity(INITIAL_BUF),
         peer,
         deadline: Deadline::new(),
         upgraded: None,
+        listener,
+        client_subject,
     };
     let limits = {
         let l = &ctx.shared.config.limits;
@@ -139,6 +164,9 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, accep
                     Transport::Plain(tcp) => {
                         Box::pin(crate::tunnel::run(&ctx, tcp, buf, *up)).await;
                     }
+                    // Upgrades are not offered to backends on TLS listeners (see
+                    // proxy::serve_request), so no 101 arrives here.
+                    Transport::Tls(_) => {}
                 }
             }
             return;
@@ -273,7 +301,7 @@ mod tests {
                 .await
                 .unwrap();
             let peer = s.peer_addr().unwrap();
-            let fut = serve(ctx, s, peer, Instant::now());
+            let fut = serve(ctx, s, peer, Instant::now(), 0);
             let size = std::mem::size_of_val(&fut);
             assert!(size <= 2560, "serve() future is {size} bytes");
         });

@@ -206,9 +206,10 @@ async fn shard_main(start: ShardStart) -> ShardReport {
 
     let accept_loops: Vec<_> = accepting
         .into_iter()
-        .map(|l| {
+        .enumerate()
+        .map(|(i, l)| {
             let ctx = ctx.clone();
-            monoio::spawn(accept_loop(ctx, l))
+            monoio::spawn(accept_loop(ctx, l, i))
         })
         .collect();
 
@@ -256,7 +257,8 @@ fn stop_listening(listener: &TcpListener) {
     let _ = unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
 }
 
-async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
+/// Accepts on the `index`-th `[[listener]]`.
+async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, index: usize) {
     let max = ctx.shared.config.limits.max_connections_per_shard;
     loop {
         let accepted = monoio::select! {
@@ -277,7 +279,7 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
                 let guard = ActiveGuard::new(ctx.clone());
                 monoio::spawn(async move {
                     let ctx = guard.ctx.clone();
-                    crate::conn::serve(ctx, stream, peer, Instant::now()).await;
+                    crate::conn::serve(ctx, stream, peer, Instant::now(), index).await;
                     drop(guard);
                 });
             }

@@ -157,7 +157,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub splice: SpliceConfig,
     pub congestion: Congestion,
-    pub listeners: Vec<SocketAddr>,
+    pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub timeouts: Timeouts,
@@ -165,6 +165,15 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub log: LogConfig,
     pub request_id: RequestIdConfig,
+}
+
+/// One `[[listener]]`: its address and, when it terminates TLS, how; or the https redirect a
+/// plain listener answers every request with.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    pub tls: Option<ListenerTls>,
+    pub redirect_https: Option<RedirectHttps>,
 }
 
 /// Default `server.splice_min_bytes`: below it a body is copied (see docs/ARCHITECTURE.md,
@@ -176,6 +185,7 @@ mod congestion;
 mod observe;
 mod raw;
 mod resilience;
+mod tls;
 
 pub use congestion::Congestion;
 pub use observe::{
@@ -187,6 +197,10 @@ use raw::{
     TOP_LEVEL,
 };
 pub use resilience::Resilience;
+pub use tls::{
+    suite_names, CertificateFiles, ClientAuth, ListenerTls, RedirectHttps, TlsVersions,
+    HANDSHAKE_TIMEOUT, MAX_HANDSHAKES,
+};
 
 impl Config {
     /// Reads and validates a configuration file.
@@ -400,6 +414,19 @@ impl Config {
         for (i, v) in raw_listeners.into_iter().enumerate() {
             let path = format!("listener[{i}]");
             if let Some(l) = c.section::<RawListener>(&path, v) {
+                let base = file.parent().unwrap_or(Path::new("."));
+                let tls = l
+                    .tls
+                    .and_then(|t| tls::listener_tls(&mut c, &format!("{path}.tls"), base, t));
+                let redirect_https = l
+                    .redirect_https
+                    .and_then(|r| tls::redirect(&mut c, &format!("{path}.redirect_https"), r));
+                if tls.is_some() && redirect_https.is_some() {
+                    c.err(
+                        format!("{path}.redirect_https"),
+                        "a TLS listener serves https itself; redirect_https belongs on a plain listener",
+                    );
+                }
                 if let Some(a) = c.address(&format!("{path}.address"), &l.address) {
                     if a.port() != 0 && !seen_listen.insert(a) {
                         c.err(
@@ -407,7 +434,11 @@ impl Config {
                             format!("listening address {a} is already used in the configuration"),
                         );
                     }
-                    listeners.push(a);
+                    listeners.push(ListenerConfig {
+                        address: a,
+                        tls,
+                        redirect_https,
+                    });
                 }
             }
         }
@@ -628,7 +659,12 @@ impl Config {
     pub fn summary(&self) -> String {
         let mut s = String::new();
         for l in &self.listeners {
-            s.push_str(&format!("listener {l}\n"));
+            let kind = match (&l.tls, &l.redirect_https) {
+                (Some(t), _) => format!(" (tls, {} certificates)", t.certificates.len()),
+                (None, Some(r)) => format!(" (redirects to https port {})", r.port),
+                (None, None) => String::new(),
+            };
+            s.push_str(&format!("listener {}{kind}\n", l.address));
         }
         for u in &self.upstreams {
             s.push_str(&format!(

@@ -27,6 +27,8 @@ pub(super) struct RawServer {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawListener {
     pub(super) address: String,
+    pub(super) tls: Option<super::tls::RawListenerTls>,
+    pub(super) redirect_https: Option<super::tls::RawRedirect>,
 }
 
 #[derive(Deserialize)]
