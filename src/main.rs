@@ -1,5 +1,5 @@
 //! The `edgeshard` command: parse the command line, validate the configuration, bind the
-//! listeners, start one pinned shard per CPU, print readiness, and drain on SIGTERM/SIGINT.
+//! listeners, start one pinned shard per CPU, print readiness, and drain on SIGTERM/SIGQUIT/SIGINT.
 //! Everything here runs once at start-up or shutdown; the request path lives in the library.
 
 use std::io::Write;
@@ -299,7 +299,7 @@ fn raise_nofile_limit() {
     }
 }
 
-/// Waits for SIGTERM or SIGINT; every SIGUSR1 on the way reopens the access log.
+/// Waits for SIGTERM, SIGQUIT or SIGINT; every SIGUSR1 on the way reopens the access log.
 fn wait_for_stop(
     signals: &mut signal_hook::iterator::Signals,
     log: Option<&edgeshard::observe::access::LogSink>,
@@ -353,6 +353,8 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     // right after readiness drains instead of killing the process.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
+        // SIGQUIT is a graceful stop too (nginx's meaning): no core dump, no lost requests.
+        signal_hook::consts::SIGQUIT,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGUSR1,
     ])
@@ -470,13 +472,13 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     }
     tracing::info!(shards = threads.len(), cpus = %format_cpus(&cpus), engine = engine_name, "edgeshard started");
 
-    // Wait for SIGTERM/SIGINT, then drain. SIGUSR1 reopens the access log (rotation).
+    // Wait for SIGTERM/SIGQUIT/SIGINT, then drain. SIGUSR1 reopens the access log (rotation).
     let sig = wait_for_stop(&mut signals, log_sink.as_ref());
     tracing::info!(signal = ?sig, "draining: no new connections; finishing in-flight requests");
     for s in stops {
         let _ = s.send(());
     }
-    // A second SIGTERM/SIGINT while draining means: stop now.
+    // A second SIGTERM/SIGQUIT/SIGINT while draining means: stop now.
     let reopen = log_sink.clone();
     std::thread::spawn(move || {
         if wait_for_stop(&mut signals, reopen.as_ref()).is_some() {

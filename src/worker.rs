@@ -217,7 +217,7 @@ async fn shard_main(start: ShardStart) -> ShardReport {
     if let Some(flag) = ctx.shared.accepting.get(id) {
         flag.store(false, Ordering::Release);
     }
-    ctx.drain.notify_all();
+    ctx.begin_drain();
     for a in accept_loops {
         a.await;
     }
