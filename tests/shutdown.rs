@@ -275,3 +275,36 @@ both_engines! {
         assert!(!out.contains("still open"), "connections left unfinished:\n{out}");
     }
 }
+
+both_engines! {
+    fn connections_queued_at_sigterm_are_served(engine) {
+        // Shutting a listening socket down resets the connections in its accept queue. With
+        // the proxy stopped (SIGSTOP) the kernel completes these handshakes and queues them
+        // unaccepted; SIGTERM is then pending when SIGCONT resumes it, so the drain begins
+        // with them queued (or some accepted just before: both must be served).
+        const QUEUED: usize = 200;
+        let origin = Origin::start("o");
+        let mut proxy = Config::single(origin.addr())
+            .server("shutdown_timeout", "\"30s\"")
+            .server("drain_grace", "\"5s\"")
+            .start(engine);
+        proxy.signal(libc::SIGSTOP);
+        let mut clients: Vec<Client> = (0..QUEUED)
+            .map(|i| {
+                let mut c = Client::connect(proxy.addr());
+                c.send(&get("example.com", &format!("/queued/{i}")));
+                c
+            })
+            .collect();
+        proxy.signal(libc::SIGTERM);
+        proxy.signal(libc::SIGCONT);
+        for (i, c) in clients.iter_mut().enumerate() {
+            let r = c
+                .try_read_response()
+                .unwrap_or_else(|e| panic!("queued connection {i} lost at SIGTERM: {e}"));
+            assert_eq!(r.status(), 200, "queued connection {i}");
+            assert!(r.has_token("connection", "close"), "queued connection {i}:\n{}", r.head.raw);
+        }
+        assert_exit_0(&mut proxy, Duration::from_secs(20));
+    }
+}
