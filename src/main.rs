@@ -330,6 +330,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
         &config.listeners,
         cpus.len(),
         config.congestion.client.as_deref(),
+        edgeshard::listener::Ownership::Exclusive,
     )?;
     let admin_listener = match &config.admin {
         None => None,
