@@ -472,10 +472,15 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
         out.flush()?;
     }
     tracing::info!(shards = threads.len(), cpus = %format_cpus(&cpus), engine = engine_name, "edgeshard started");
+    // systemd (Type=notify): ready now that every shard accepts.
+    if let Err(e) = edgeshard::sdnotify::notify("READY=1") {
+        tracing::warn!(error = %e, "cannot send READY=1 to $NOTIFY_SOCKET");
+    }
 
     // Wait for SIGTERM/SIGQUIT/SIGINT, then drain. SIGUSR1 reopens the access log (rotation).
     let sig = wait_for_stop(&mut signals, log_sink.as_ref());
     tracing::info!(signal = ?sig, "draining: no new connections; finishing in-flight requests");
+    let _ = edgeshard::sdnotify::notify("STOPPING=1");
     for s in stops {
         let _ = s.send(());
     }

@@ -26,5 +26,6 @@ mod routing;
 mod shutdown;
 mod splice;
 mod splice_streams;
+mod systemd;
 mod tunnel;
 mod upgrade;
