@@ -26,6 +26,7 @@ pub mod proxy;
 pub mod relay;
 pub mod respond;
 pub mod route;
+pub mod sdnotify;
 pub mod shard;
 pub mod snapshot;
 pub mod splice;

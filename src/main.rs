@@ -1,5 +1,5 @@
 //! The `edgeshard` command: parse the command line, validate the configuration, bind the
-//! listeners, start one pinned shard per CPU, print readiness, and drain on SIGTERM/SIGINT.
+//! listeners, start one pinned shard per CPU, print readiness, and drain on SIGTERM/SIGQUIT/SIGINT.
 //! Everything here runs once at start-up or shutdown; the request path lives in the library.
 
 use std::io::Write;
@@ -305,8 +305,8 @@ fn raise_nofile_limit() {
     }
 }
 
-/// Waits for SIGTERM or SIGINT; every SIGUSR1 on the way reopens the access log, every
-/// SIGHUP re-reads the TLS certificates.
+/// Waits for SIGTERM, SIGQUIT or SIGINT; every SIGUSR1 on the way reopens the access log,
+/// every SIGHUP re-reads the TLS certificates.
 fn wait_for_stop(
     signals: &mut signal_hook::iterator::Signals,
     log: Option<&edgeshard::observe::access::LogSink>,
@@ -349,8 +349,12 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
         );
     }
     let addresses: Vec<std::net::SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
-    let (sockets, bound) =
-        edgeshard::listener::bind_all(&addresses, cpus.len(), config.congestion.client.as_deref())?;
+    let (sockets, bound) = edgeshard::listener::bind_all(
+        &addresses,
+        cpus.len(),
+        config.congestion.client.as_deref(),
+        edgeshard::listener::Ownership::Exclusive,
+    )?;
     let admin_listener = match &config.admin {
         None => None,
         Some(a) => Some(std::net::TcpListener::bind(a.address).with_context(|| {
@@ -373,6 +377,8 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     // right after readiness drains instead of killing the process.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
+        // SIGQUIT is a graceful stop too (nginx's meaning): no core dump, no lost requests.
+        signal_hook::consts::SIGQUIT,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGUSR1,
         signal_hook::consts::SIGHUP,
@@ -490,16 +496,22 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
         out.flush()?;
     }
     tracing::info!(shards = threads.len(), cpus = %format_cpus(&cpus), engine = engine_name, "edgeshard started");
+    // systemd (Type=notify): ready now that every shard accepts.
+    if let Err(e) = edgeshard::sdnotify::notify("READY=1") {
+        tracing::warn!(error = %e, "cannot send READY=1 to $NOTIFY_SOCKET");
+    }
 
-    // Wait for SIGTERM/SIGINT, then drain. SIGUSR1 reopens the access log (rotation).
+    // Wait for SIGTERM/SIGQUIT/SIGINT, then drain. SIGUSR1 reopens the access log (rotation),
+    // SIGHUP re-reads certificates.
     let watch_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = tls.clone().spawn_watcher(watch_stop.clone());
     let sig = wait_for_stop(&mut signals, log_sink.as_ref(), &tls);
     tracing::info!(signal = ?sig, "draining: no new connections; finishing in-flight requests");
+    let _ = edgeshard::sdnotify::notify("STOPPING=1");
     for s in stops {
         let _ = s.send(());
     }
-    // A second SIGTERM/SIGINT while draining means: stop now.
+    // A second SIGTERM/SIGQUIT/SIGINT while draining means: stop now.
     let reopen = log_sink.clone();
     let tls_again = tls.clone();
     std::thread::spawn(move || {

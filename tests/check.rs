@@ -12,6 +12,7 @@ const GOOD: &str = r#"
 [server]
 io_engine = "epoll"
 shutdown_timeout = "30s"
+drain_grace = "1s"
 splice = "auto"
 splice_min_bytes = "256KiB"
 splice_pipe_bytes = "1MiB"

@@ -155,6 +155,9 @@ pub struct Limits {
 pub struct Config {
     pub io_engine: IoEngine,
     pub shutdown_timeout: Duration,
+    /// How long, once draining, an idle keep-alive connection may still send one request
+    /// (answered with `Connection: close`); at most `shutdown_timeout`.
+    pub drain_grace: Duration,
     pub splice: SpliceConfig,
     pub congestion: Congestion,
     pub listeners: Vec<ListenerConfig>,
@@ -175,6 +178,11 @@ pub struct ListenerConfig {
     pub tls: Option<ListenerTls>,
     pub redirect_https: Option<RedirectHttps>,
 }
+
+/// Default `server.drain_grace`: long enough for a request a client sent as the drain began
+/// (its bytes in flight, or its writer a scheduling slice late) to arrive, short enough not to
+/// hold a stop up.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// Default `server.splice_min_bytes`: below it a body is copied (see docs/ARCHITECTURE.md,
 /// "Splice", for the measurement behind it).
@@ -279,6 +287,14 @@ impl Config {
             server.shutdown_timeout.as_ref(),
             Duration::from_secs(30),
         );
+        // Capped, not refused: the grace only makes sense inside the drain that bounds it.
+        let drain_grace = c
+            .duration(
+                "server.drain_grace",
+                server.drain_grace.as_ref(),
+                DRAIN_GRACE,
+            )
+            .min(shutdown_timeout);
         let congestion = Congestion {
             client: congestion::validate(
                 &mut c,
@@ -642,6 +658,7 @@ impl Config {
         Ok(Config {
             io_engine,
             shutdown_timeout,
+            drain_grace,
             splice,
             congestion,
             listeners,

@@ -15,6 +15,7 @@ use super::ConfigIssue;
 pub(super) struct RawServer {
     pub(super) io_engine: Option<String>,
     pub(super) shutdown_timeout: Option<String>,
+    pub(super) drain_grace: Option<String>,
     pub(super) splice: Option<String>,
     pub(super) splice_min_bytes: Option<Size>,
     pub(super) splice_pipe_bytes: Option<Size>,
