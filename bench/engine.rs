@@ -142,7 +142,7 @@ fn pool(c: &mut Criterion) {
         for _ in 0..16 {
             let s = monoio::net::TcpStream::connect_addr(addr).await.unwrap();
             peers.push(listener.accept().unwrap().0);
-            pool.checkin(0, s, Instant::now());
+            pool.checkin(0, edgeshard::transport::Transport::Plain(s), Instant::now());
         }
     });
     let now = Instant::now();

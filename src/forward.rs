@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::time::Instant;
 
-use monoio::net::TcpStream;
+use crate::transport::Transport;
 
 use crate::client::{micros, Client};
 use crate::config::Config;
@@ -87,7 +87,7 @@ impl<'a> Forward<'a> {
 /// A backend's response head, with the connection it came on and what still counts the
 /// request against that backend (released when the response has been relayed).
 pub struct Answered<'a> {
-    pub upstream: TcpStream,
+    pub upstream: Transport,
     pub backend: usize,
     pub head: ResponseHead,
     /// The head, and whatever of the body came with it.
@@ -125,7 +125,7 @@ enum Step<'a> {
     /// Send the head (and the body), then read the response head.
     Exchange {
         backend: usize,
-        conn: TcpStream,
+        conn: Transport,
         reused: bool,
         guards: TryGuards<'a>,
     },
@@ -143,7 +143,7 @@ struct Request<'a> {
 /// The connection one try runs on, and what counts that try against its backend.
 struct Conn<'c, 'g> {
     backend: usize,
-    conn: &'c mut TcpStream,
+    conn: &'c mut Transport,
     reused: bool,
     guards: &'c mut TryGuards<'g>,
 }
@@ -532,7 +532,7 @@ impl<'a> Forward<'a> {
     /// probed: a backend that sent more than its framing said (or answered a request body as
     /// a second request) leaves bytes that would otherwise become the next client's response.
     #[inline]
-    fn pooled(&self, backend: usize, fresh: bool) -> Option<TcpStream> {
+    fn pooled(&self, backend: usize, fresh: bool) -> Option<Transport> {
         if fresh {
             return None;
         }
@@ -543,7 +543,7 @@ impl<'a> Forward<'a> {
 
     /// A new connection to `backend`, within the breaker's connection and pending limits.
     /// `Ok(None)`: the connect failed.
-    async fn connect(&self, backend: usize) -> Result<Option<TcpStream>, ProxyError> {
+    async fn connect(&self, backend: usize) -> Result<Option<Transport>, ProxyError> {
         let breaker = &self.backends.breakers[backend];
         if let Some(limit) = breaker.limits().max_connections {
             let b = &self.stats.backends[backend];
@@ -599,7 +599,7 @@ impl<'a> Forward<'a> {
     async fn send_body(
         &self,
         client: &mut Client,
-        conn: &mut TcpStream,
+        conn: &mut Transport,
         prepared: &mut Prepared<'a>,
         facts: &RequestFacts,
         backend: usize,
@@ -608,22 +608,27 @@ impl<'a> Forward<'a> {
         let cfg = self.cfg;
         let out = &mut *prepared.out;
         let mut pos = 0;
-        // Large bodies of known length are spliced when the client side is plain TCP.
-        let spliced = match (facts.framing, prepared.out_framing, client.stream.plain()) {
-            (BodyFraming::Length(n), OutFraming::Length(_), Some(tcp))
+        // Large bodies of known length are spliced when both sides are plain TCP.
+        let spliced = match (
+            facts.framing,
+            prepared.out_framing,
+            client.stream.plain(),
+            &mut *conn,
+        ) {
+            (BodyFraming::Length(n), OutFraming::Length(_), Some(tcp), Transport::Plain(up))
                 if cfg.splice.enabled && n >= cfg.splice.min_bytes =>
             {
-                self.pipes.lend().map(|p| (p, n, tcp))
+                self.pipes.lend().map(|p| (p, n, tcp, up))
             }
             _ => None,
         };
-        let r = if let Some((pipe, len, tcp)) = spliced {
+        let r = if let Some((pipe, len, tcp, up)) = spliced {
             bump(&self.stats.spliced);
             let r = relay_spliced(
                 tcp,
                 &client.buf,
                 &mut pos,
-                conn,
+                up,
                 out,
                 SplicePlan {
                     body: SplicedBody::Length(len),

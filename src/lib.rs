@@ -35,6 +35,7 @@ pub mod stats;
 pub(crate) mod test_engines;
 pub mod tls;
 pub mod trace;
+pub mod transport;
 pub mod tunnel;
 pub mod upstream;
 pub mod worker;

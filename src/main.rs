@@ -404,6 +404,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
                     upstream: up.name.clone(),
                     address: b.address,
                     spec: spec.clone(),
+                    tls: tls.upstream(b.upstream).cloned(),
                 })
         })
         .collect();

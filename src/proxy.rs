@@ -248,7 +248,8 @@ fn prepare<'a>(
         },
         &mut out,
     );
-    if facts.upgrade {
+    // Not to TLS backends: the tunnel's pumps need plain sockets on both sides.
+    if facts.upgrade && shared.tls.upstream(route.upstream).is_none() {
         if let Some(v) = wants_upgrade(buf, head) {
             // Hop-by-hop, so dropped above; an upgrade is forwarded explicitly.
             let end = out.len() - 2;

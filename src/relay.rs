@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::transport::Transport;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
-use monoio::net::TcpStream;
 
 use crate::config::{SpliceConfig, Timeouts};
 use crate::http::chunked::{encode_chunk, encode_last_chunk, ChunkedDecoder};
@@ -68,7 +68,7 @@ pub struct HeadRead {
 /// interim 1xx responses. A 101 is returned only when `how.upgrade` (the request asked for
 /// one); otherwise it is refused as malformed.
 pub async fn read_response_head(
-    upstream: &mut TcpStream,
+    upstream: &mut Transport,
     ubuf: &mut Vec<u8>,
     how: &HeadRead,
     dl: &mut Deadline,

@@ -27,7 +27,6 @@ use crate::trace::{RequestId, Trace};
 use crate::tunnel::Upgraded;
 use crate::upstream::pool::Pool;
 use crate::upstream::state::Backends;
-use monoio::net::TcpStream;
 
 /// What relaying a response uses from the shard.
 pub struct Respond<'a> {
@@ -100,6 +99,11 @@ pub async fn relay_response(
     out.clear();
     if head.status == 101 {
         trace.upstream_us = Some(micros(sending));
+        // Upgrades are offered only to plain backends (`proxy::prepare`): the tunnel's pumps
+        // move raw socket bytes.
+        let Transport::Plain(upstream) = upstream else {
+            return Err(ProxyError::upstream(Kind::Framing, Stage::Head));
+        };
         let up = Upgraded {
             upstream,
             backend,
@@ -148,7 +152,14 @@ pub async fn relay_response(
         && !unusual_body
         && !early;
     let mut written = false;
-    let relayed = match splice_choice(r, client, backend, in_framing, resp_framing) {
+    let relayed = match splice_choice(
+        r,
+        client,
+        upstream.plain().is_some(),
+        backend,
+        in_framing,
+        resp_framing,
+    ) {
         Some(spliced) => {
             let up = Upstream {
                 conn: &mut upstream,
@@ -344,7 +355,7 @@ pub fn parse_error_status(e: ParseError) -> Canned {
 /// The backend connection a response body is read from: bytes already read sit in
 /// `ubuf[*pos..]`.
 struct Upstream<'u> {
-    conn: &'u mut TcpStream,
+    conn: &'u mut Transport,
     ubuf: &'u mut Vec<u8>,
     pos: &'u mut usize,
 }
@@ -355,6 +366,7 @@ struct Upstream<'u> {
 fn splice_choice<'p>(
     r: &Respond<'p>,
     client: &Client,
+    upstream_plain: bool,
     backend: usize,
     in_framing: BodyFraming,
     resp_framing: OutFraming,
@@ -369,7 +381,7 @@ fn splice_choice<'p>(
         }),
         _ => None,
     }
-    .filter(|_| cfg.splice.enabled && client.stream.plain().is_some());
+    .filter(|_| cfg.splice.enabled && client.stream.plain().is_some() && upstream_plain);
     r.backends.spliced_last[backend].set(spliced.is_some());
     spliced.and_then(|body| r.pipes.lend().map(|p| (p, body)))
 }
@@ -384,16 +396,16 @@ async fn splice_response(
     (pipe, body): (PipeLoan<'_>, SplicedBody),
     written: &mut bool,
 ) -> Result<u64, RelayError> {
-    // Only a plain transport is spliced (`splice_choice`); a TLS one is copied.
-    let Transport::Plain(tcp) = &mut client.stream else {
+    // Only plain transports are spliced (`splice_choice`); a TLS side is copied.
+    let (Transport::Plain(tcp), Some(up_tcp)) = (&mut client.stream, up.conn.plain()) else {
         return Err(RelayError::Write(IoFail::Io(std::io::Error::other(
-            "splice needs a plain socket",
+            "splice needs plain sockets",
         ))));
     };
     bump(&r.stats.spliced);
     let head_read = *up.pos;
     let res = relay_spliced(
-        &*up.conn,
+        up_tcp,
         up.ubuf,
         up.pos,
         tcp,

@@ -99,6 +99,7 @@ total_timeout = "5s"
 name = "web"
 balance = "round_robin"
 backends = [{ address = "127.0.0.1:9003" }]
+tls = { sni = "web.internal", ca = "@CERTS@/ca.pem", verify = true }
 fail_timeout = "2s"
 
 [[upstream]]

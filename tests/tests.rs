@@ -28,5 +28,6 @@ mod splice;
 mod splice_streams;
 mod systemd;
 mod tls;
+mod tls_upstream;
 mod tunnel;
 mod upgrade;

@@ -85,6 +85,8 @@ pub struct UpstreamConfig {
     /// Health checks, outlier detection (which carries `fail_timeout`), breaker, retries,
     /// slow start.
     pub resilience: Resilience,
+    /// TLS to the backends (`None`: plain HTTP).
+    pub tls: Option<UpstreamTls>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,7 +209,7 @@ use raw::{
 pub use resilience::Resilience;
 pub use tls::{
     suite_names, CertificateFiles, ClientAuth, ListenerTls, RedirectHttps, TlsVersions,
-    HANDSHAKE_TIMEOUT, MAX_HANDSHAKES,
+    UpstreamTls, HANDSHAKE_TIMEOUT, MAX_HANDSHAKES,
 };
 
 impl Config {
@@ -519,7 +521,12 @@ impl Config {
                     });
                 }
             }
+            let base = file.parent().unwrap_or(Path::new("."));
+            let tls = u
+                .tls
+                .and_then(|t| tls::upstream_tls(&mut c, &format!("{path}.tls"), base, t));
             upstreams.push(UpstreamConfig {
+                tls,
                 max_idle_per_backend: c.count(
                     &format!("{path}.max_idle_per_backend"),
                     u.max_idle_per_backend,

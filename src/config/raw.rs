@@ -69,6 +69,7 @@ pub(super) struct RawUpstream {
     pub(super) outlier: Option<super::resilience::RawOutlier>,
     pub(super) breaker: Option<super::resilience::RawBreaker>,
     pub(super) retry: Option<super::resilience::RawRetry>,
+    pub(super) tls: Option<super::tls::RawUpstreamTls>,
 }
 
 #[derive(Deserialize, Default)]

@@ -42,6 +42,14 @@ struct RawClientAuth {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawUpstreamTls {
+    sni: Option<String>,
+    ca: Option<String>,
+    verify: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawRedirect {
     port: Option<u16>,
     status: Option<u16>,
@@ -100,6 +108,18 @@ pub struct RedirectHttps {
     pub port: u16,
     /// 301 or 308 (308 keeps the method and body).
     pub status: u16,
+}
+
+/// `[[upstream]] tls = { ... }`: backends of this upstream are spoken to over TLS.
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and verified in the backend's certificate; `None`: each
+    /// backend's IP address (verified against the certificate's IP SANs).
+    pub sni: Option<String>,
+    /// CAs the backends' certificates must chain to; `None`: the host's trust store.
+    pub ca: Option<PathBuf>,
+    /// `false` accepts any certificate (encryption without authentication: for testing).
+    pub verify: bool,
 }
 
 /// Default `handshake_timeout`: a client that has not finished its handshake by then is
@@ -271,5 +291,27 @@ pub(super) fn redirect(c: &mut Checker, path: &str, raw: RawRedirect) -> Option<
     Some(RedirectHttps {
         port: raw.port.unwrap_or(443),
         status,
+    })
+}
+
+pub(super) fn upstream_tls(
+    c: &mut Checker,
+    path: &str,
+    base: &Path,
+    raw: RawUpstreamTls,
+) -> Option<UpstreamTls> {
+    if let Some(n) = &raw.sni {
+        if rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
+            c.err(
+                format!("{path}.sni"),
+                format!("{n:?} is not a DNS name or IP address"),
+            );
+            return None;
+        }
+    }
+    Some(UpstreamTls {
+        sni: raw.sni,
+        ca: raw.ca.as_deref().map(|a| file(base, a)),
+        verify: raw.verify.unwrap_or(true),
     })
 }

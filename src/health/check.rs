@@ -221,6 +221,10 @@ pub enum ProbeFailure {
     Io {
         error: std::io::ErrorKind,
     },
+    /// The TLS handshake with a backend of an upstream with `tls` failed.
+    Tls {
+        error: String,
+    },
     /// The backend closed before a complete response head.
     Closed,
     Malformed {
@@ -238,6 +242,7 @@ impl fmt::Display for ProbeFailure {
             ProbeFailure::Connect { error } => write!(f, "connect failed: {error}"),
             ProbeFailure::Timeout { after } => write!(f, "no answer within {after:?}"),
             ProbeFailure::Io { error } => write!(f, "i/o error: {error}"),
+            ProbeFailure::Tls { error } => write!(f, "TLS handshake failed: {error}"),
             ProbeFailure::Closed => f.write_str("closed before a complete response head"),
             ProbeFailure::Malformed { what } => write!(f, "malformed response: {what}"),
             ProbeFailure::Status { status } => write!(f, "unexpected status {status}"),

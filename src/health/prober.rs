@@ -26,6 +26,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::notify::Notify;
+use crate::transport::Transport;
 
 use super::board::HealthBoard;
 use super::check::{CheckKind, CheckSpec, HttpCheck, ProbeFailure};
@@ -42,6 +43,8 @@ pub struct ProbeTarget {
     pub address: SocketAddr,
     /// The upstream's check (shared by its backends).
     pub spec: Arc<CheckSpec>,
+    /// The upstream's TLS, when it has `tls`: probes go over TLS like requests.
+    pub tls: Option<Arc<crate::tls::upstream::UpstreamTlsClient>>,
 }
 
 /// A published transition, as reported on the events channel.
@@ -212,7 +215,7 @@ async fn probe_loop(
             _ = stop.notified() => return,
         }
         let result = monoio::select! {
-            r = probe(target.address, &spec) => r,
+            r = probe(target.address, &spec, target.tls.as_deref()) => r,
             _ = stop.notified() => return,
         };
         board.count_check(target.backend, result.is_ok());
@@ -272,8 +275,12 @@ fn report(
 }
 
 /// One probe, bounded as a whole by the check's timeout.
-pub async fn probe(address: SocketAddr, spec: &CheckSpec) -> Result<(), ProbeFailure> {
-    match monoio::time::timeout(spec.timeout, probe_unbounded(address, &spec.kind)).await {
+pub async fn probe(
+    address: SocketAddr,
+    spec: &CheckSpec,
+    tls: Option<&crate::tls::upstream::UpstreamTlsClient>,
+) -> Result<(), ProbeFailure> {
+    match monoio::time::timeout(spec.timeout, probe_unbounded(address, &spec.kind, tls)).await {
         Ok(r) => r,
         Err(_) => Err(ProbeFailure::Timeout {
             after: spec.timeout,
@@ -281,10 +288,24 @@ pub async fn probe(address: SocketAddr, spec: &CheckSpec) -> Result<(), ProbeFai
     }
 }
 
-async fn probe_unbounded(address: SocketAddr, kind: &CheckKind) -> Result<(), ProbeFailure> {
-    let stream = TcpStream::connect_addr(address)
+async fn probe_unbounded(
+    address: SocketAddr,
+    kind: &CheckKind,
+    tls: Option<&crate::tls::upstream::UpstreamTlsClient>,
+) -> Result<(), ProbeFailure> {
+    let tcp = TcpStream::connect_addr(address)
         .await
         .map_err(|e| ProbeFailure::Connect { error: e.kind() })?;
+    // Over TLS a `tcp` check includes the handshake: a backend whose certificate does not
+    // verify is as unusable as one that refuses connections.
+    let stream = match tls {
+        None => Transport::Plain(tcp),
+        Some(t) => Transport::Tls(Box::new(t.connect(tcp, address).await.map_err(|e| {
+            ProbeFailure::Tls {
+                error: e.to_string(),
+            }
+        })?)),
+    };
     match kind {
         CheckKind::Tcp => Ok(()),
         CheckKind::Http(check) => http_probe(stream, address, check).await,
@@ -293,7 +314,7 @@ async fn probe_unbounded(address: SocketAddr, kind: &CheckKind) -> Result<(), Pr
 
 /// Sends the check request and feeds the response to the matcher until it decides.
 async fn http_probe(
-    mut stream: TcpStream,
+    mut stream: Transport,
     address: SocketAddr,
     check: &HttpCheck,
 ) -> Result<(), ProbeFailure> {

@@ -1,6 +1,6 @@
 //! TLS termination, between stage 1 (*accept*) and stage 2 (*parse*): a connection accepted
 //! on a TLS listener is handshaken on its shard ([`handshake`]) and then read and written
-//! through [`crate::client::Transport::Tls`]. This module builds each listener's rustls
+//! through [`crate::transport::Transport::Tls`]. This module builds each listener's rustls
 //! configuration once at start ([`TlsListeners::build`]): the SNI certificate table
 //! ([`certs`]), versions, suites, ALPN `http/1.1`, optional client certificates, and one
 //! session-ticket key set shared by every shard so that a client resumes on whichever shard
@@ -11,6 +11,7 @@
 pub mod certs;
 pub mod stats;
 pub mod stream;
+pub mod upstream;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -68,10 +69,12 @@ pub struct TlsListener {
     pub key_path: String,
 }
 
-/// Every listener's TLS, indexed like `config.listeners` (`None`: plain).
+/// Every listener's TLS, indexed like `config.listeners`, and every upstream's, indexed like
+/// `config.upstreams` (`None`: plain).
 #[derive(Default)]
 pub struct TlsListeners {
     pub listeners: Vec<Option<Arc<TlsListener>>>,
+    pub upstreams: Vec<Option<Arc<upstream::UpstreamTlsClient>>>,
 }
 
 impl std::fmt::Debug for TlsListeners {
@@ -124,7 +127,29 @@ impl TlsListeners {
                 key_path,
             })));
         }
-        Ok(TlsListeners { listeners })
+        let upstreams = config
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                u.tls
+                    .as_ref()
+                    .map(|t| {
+                        upstream::UpstreamTlsClient::build(t, &format!("upstream[{i}].tls"))
+                            .map(Arc::new)
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TlsListeners {
+            listeners,
+            upstreams,
+        })
+    }
+
+    /// How to speak TLS to the backends of upstream `u`, if it has `tls`.
+    pub fn upstream(&self, u: usize) -> Option<&Arc<upstream::UpstreamTlsClient>> {
+        self.upstreams.get(u).and_then(Option::as_ref)
     }
 
     pub fn get(&self, listener: usize) -> Option<&Arc<TlsListener>> {
@@ -330,7 +355,11 @@ fn count_ok(ctx: &ShardCtx, tls: &TlsListener, s: &TlsStream) {
             bump(&st.suites[i]);
         }
     }
-    if let Some(sni) = c.server_name() {
+    let sni = match c {
+        rustls::Connection::Server(s) => s.server_name(),
+        rustls::Connection::Client(_) => None,
+    };
+    if let Some(sni) = sni {
         if !tls.store.current().lookup(Some(sni)).1 {
             bump(&st.sni_miss);
         }

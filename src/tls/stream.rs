@@ -1,8 +1,8 @@
-//! TLS, the byte stream: a [`TlsStream`] runs rustls' buffered server connection over the
-//! shard's own `monoio` socket, so the handshake and every record are processed on the
-//! shard's thread (no helper threads, no locks). [`accept`] drives the handshake; after it the
-//! stream reads and writes plaintext through `monoio`'s owned-buffer traits, which is all
-//! [`crate::client::Transport`] asks of it.
+//! TLS, the byte stream: a [`TlsStream`] runs a rustls buffered connection over the shard's
+//! own `monoio` socket, so the handshake and every record are processed on the shard's thread
+//! (no helper threads, no locks). [`accept`] drives a server handshake (a client of ours),
+//! [`connect`] a client one (to a backend); after it the stream reads and writes plaintext
+//! through `monoio`'s owned-buffer traits, which is all [`crate::transport::Transport`] asks.
 //!
 //! Ciphertext is read into one buffer per connection and fed to rustls only as fast as the
 //! plaintext is consumed (rustls holds at most 16 KiB of plaintext), so a fast client cannot
@@ -17,7 +17,8 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 use monoio::BufResult;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
 /// Ciphertext read per `read(2)`: one full TLS record and its overhead, so a record usually
 /// arrives in one read.
@@ -28,7 +29,7 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// Why a handshake did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
-    #[error("the client closed the connection during the handshake")]
+    #[error("the peer closed the connection during the handshake")]
     Eof,
     #[error("socket error during the handshake: {0}")]
     Io(io::Error),
@@ -58,10 +59,10 @@ impl HandshakeError {
     }
 }
 
-/// A server-side TLS connection over a `monoio` TCP socket.
+/// A TLS connection (either side) over a `monoio` TCP socket.
 pub struct TlsStream {
     tcp: TcpStream,
-    conn: ServerConnection,
+    conn: Connection,
     /// Ciphertext read from the socket; `rpos..` is not yet fed to rustls.
     rbuf: Vec<u8>,
     rpos: usize,
@@ -77,6 +78,21 @@ pub async fn accept(
     config: Arc<ServerConfig>,
 ) -> Result<TlsStream, HandshakeError> {
     let conn = ServerConnection::new(config).map_err(HandshakeError::Tls)?;
+    handshake(tcp, Connection::Server(conn)).await
+}
+
+/// Runs the client handshake on `tcp` for `name` (SNI, and the name the certificate must
+/// carry). The caller bounds it with the connect timeout.
+pub async fn connect(
+    tcp: TcpStream,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> Result<TlsStream, HandshakeError> {
+    let conn = ClientConnection::new(config, name).map_err(HandshakeError::Tls)?;
+    handshake(tcp, Connection::Client(conn)).await
+}
+
+async fn handshake(tcp: TcpStream, conn: Connection) -> Result<TlsStream, HandshakeError> {
     let mut s = TlsStream {
         tcp,
         conn,
@@ -102,7 +118,7 @@ pub async fn accept(
             return Err(classify(e));
         }
     }
-    // The last flight (and TLS 1.3 session tickets).
+    // The last flight (and, from a server, TLS 1.3 session tickets).
     s.flush_tls().await.map_err(HandshakeError::Io)?;
     s.rbuf
         .shrink_to(if s.rpos < s.rbuf.len() { READ_CHUNK } else { 0 });
@@ -122,8 +138,13 @@ fn classify(e: io::Error) -> HandshakeError {
 
 impl TlsStream {
     /// The rustls connection: negotiated version, suite, SNI, peer certificates.
-    pub fn conn(&self) -> &ServerConnection {
+    pub fn conn(&self) -> &Connection {
         &self.conn
+    }
+
+    /// The socket underneath (socket options and liveness probes only).
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
     }
 
     /// Plaintext or ciphertext already here: a read would not wait for the socket.

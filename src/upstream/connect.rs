@@ -1,6 +1,7 @@
 //! Stage 5 of the pipeline, *pool*, when the pool has no connection: open a new one to a
-//! backend, bounded by `upstream_connect`, with `TCP_NODELAY` and the configured congestion
-//! control, counted in the shard's stats. A failed connect is also a passive-check outcome.
+//! backend, bounded by `upstream_connect` (TCP and, for an upstream with `tls`, the TLS
+//! handshake), with `TCP_NODELAY` and the configured congestion control, counted in the
+//! shard's stats. A failed connect is also a passive-check outcome.
 
 use std::time::Instant;
 
@@ -10,6 +11,7 @@ use crate::health::Outcome as TryOutcome;
 use crate::observe::errors::ErrorLimiter;
 use crate::snapshot::Shared;
 use crate::stats::{bump, Stats};
+use crate::transport::Transport;
 use crate::upstream::state::Backends;
 
 /// What a connect needs from the shard: the snapshot, its counters, its error-log limiter
@@ -23,8 +25,12 @@ pub struct Connector<'a> {
 
 impl Connector<'_> {
     /// Opens a new connection to `backend`.
-    pub async fn connect(&self, backend: usize) -> std::io::Result<TcpStream> {
+    pub async fn connect(&self, backend: usize) -> std::io::Result<Transport> {
         let addr = self.shared.backends[backend].address;
+        let tls = self
+            .shared
+            .tls
+            .upstream(self.shared.backends[backend].upstream);
         let timeout = self.shared.config.timeouts.upstream_connect;
         let bstats = &self.stats.backends[backend];
         bump(&self.stats.upstream_connects);
@@ -43,7 +49,22 @@ impl Connector<'_> {
                         tracing::debug!(error = %e, "upstream_congestion");
                     }
                 }
-                Ok(s)
+                match tls {
+                    None => Ok(Transport::Plain(s)),
+                    Some(tls) => {
+                        let left = timeout.saturating_sub(started.elapsed());
+                        match monoio::time::timeout(left, tls.connect(s, addr)).await {
+                            Ok(Ok(t)) => Ok(Transport::Tls(Box::new(t))),
+                            Ok(Err(e)) => Err(std::io::Error::other(format!(
+                                "TLS handshake with the backend failed: {e}"
+                            ))),
+                            Err(_) => Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "TLS handshake with the backend timed out",
+                            )),
+                        }
+                    }
+                }
             }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(std::io::Error::new(

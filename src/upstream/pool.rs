@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 use slab::Slab;
 
+use crate::transport::Transport;
+
 struct Idle {
-    stream: TcpStream,
+    stream: Transport,
     backend: usize,
     since: Instant,
 }
@@ -85,7 +87,7 @@ impl Pool {
         backend: usize,
         now: Instant,
         probe_first: bool,
-    ) -> Option<TcpStream> {
+    ) -> Option<Transport> {
         let timeout = self.idle_timeout[backend];
         while let Some(key) = self.stacks[backend].pop() {
             let idle = self.conns.remove(key);
@@ -93,7 +95,7 @@ impl Pool {
                 self.counters.evicted_idle += 1;
                 continue;
             }
-            if probe_first && probe(&idle.stream) == Probe::Dead {
+            if probe_first && probe(idle.stream.tcp()) == Probe::Dead {
                 self.counters.evicted_dead += 1;
                 continue;
             }
@@ -105,7 +107,7 @@ impl Pool {
     }
 
     /// Returns a connection for reuse; drops it when the backend's idle bound is reached.
-    pub fn checkin(&mut self, backend: usize, stream: TcpStream, now: Instant) {
+    pub fn checkin(&mut self, backend: usize, stream: Transport, now: Instant) {
         if self.stacks[backend].len() >= self.max_idle[backend] {
             self.counters.rejected_full += 1;
             return;
@@ -125,7 +127,7 @@ impl Pool {
             if now.duration_since(idle.since) >= self.idle_timeout[idle.backend] {
                 self.counters.evicted_idle += 1;
                 dead.push(key);
-            } else if probe(&idle.stream) == Probe::Dead {
+            } else if probe(idle.stream.tcp()) == Probe::Dead {
                 self.counters.evicted_dead += 1;
                 dead.push(key);
             }
@@ -206,12 +208,16 @@ mod tests {
                     let s = TcpStream::connect_addr(addr).await.unwrap();
                     peers.push(l.accept().unwrap().0);
                     locals.push(s.local_addr().unwrap());
-                    pool.checkin(0, s, now);
+                    pool.checkin(0, Transport::Plain(s), now);
                 }
                 assert_eq!(pool.idle_count(), 2, "bounded by max_idle_per_backend");
                 assert_eq!(pool.counters.rejected_full, 1);
                 let got = pool.checkout(0, now, true).unwrap();
-                assert_eq!(got.local_addr().unwrap(), locals[1], "most recent first");
+                assert_eq!(
+                    got.tcp().local_addr().unwrap(),
+                    locals[1],
+                    "most recent first"
+                );
                 let later = now + Duration::from_secs(61);
                 assert!(
                     pool.checkout(0, later, false).is_none(),

@@ -198,3 +198,114 @@ pub fn tls_listener(certs: &[(&Path, &Path)], extra: &str) -> String {
         list.join(", ")
     )
 }
+
+/// A TLS origin: HTTP/1.1 keep-alive over rustls, answering every request with
+/// `tls-origin conn=N proto=X-Forwarded-Proto body=LEN` (N counts its connections from 0).
+pub struct TlsOrigin {
+    pub addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TlsOrigin {
+    pub fn start(leaf: &Leaf) -> TlsOrigin {
+        use rustls::pki_types::pem::PemObject;
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der.clone()], key)
+            .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (acc, st) = (accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                if st.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(s) = s else { continue };
+                let id = acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let config = config.clone();
+                std::thread::spawn(move || serve_tls(config, s, id));
+            }
+        });
+        TlsOrigin {
+            addr,
+            accepted,
+            stop,
+        }
+    }
+
+    /// TCP connections accepted so far (handshakes attempted).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for TlsOrigin {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wakes the accept loop
+    }
+}
+
+fn serve_tls(config: Arc<rustls::ServerConfig>, sock: TcpStream, id: usize) {
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(conn) = rustls::ServerConnection::new(config) else {
+        return;
+    };
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let field = |name: &str| {
+            head.lines().find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+        };
+        let len: usize = field("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        while buf.len() < end + len {
+            let mut chunk = [0u8; 65536];
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..end + len);
+        let body = format!(
+            "tls-origin conn={id} proto={} body={len}",
+            field("x-forwarded-proto").unwrap_or_default()
+        );
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if s.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}

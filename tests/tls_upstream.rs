@@ -1,0 +1,99 @@
+//! TLS to backends (`[[upstream]] tls`): requests and bodies reach a real TLS origin with the
+//! name verified against a CA, connections are pooled like plain ones, a backend whose
+//! certificate does not carry the configured name is refused (502, and the log says why),
+//! and active health checks go over TLS too. Both engines.
+
+use crate::support::tls::{CertDir, TestCa, TlsOrigin};
+use crate::support::*;
+use std::time::Duration;
+
+fn upstream_tls(ca: &std::path::Path, sni: &str) -> String {
+    format!("tls = {{ sni = \"{sni}\", ca = \"{}\" }}", ca.display())
+}
+
+both_engines! {
+    fn requests_reach_a_verified_tls_backend_over_pooled_connections(engine) {
+        let ca = TestCa::new("backend ca");
+        let dir = CertDir::new("up");
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let origin = TlsOrigin::start(&ca.leaf(&["backend.test"]));
+        let proxy = Config::new()
+            .upstream_with("main", &[origin.addr], &upstream_tls(&ca_file, "backend.test"))
+            .route("main", "")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        for _ in 0..3 {
+            c.send(&get("example.com", "/"));
+            let r = c.read_response();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.body_str(), "tls-origin conn=0 proto=http body=0", "one pooled TLS connection serves every request");
+        }
+        let body = vec![b'x'; 200_000];
+        let mut req = format!("POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        req.extend_from_slice(&body);
+        c.send(&req);
+        let r = c.read_response();
+        assert_eq!(r.body_str(), "tls-origin conn=0 proto=http body=200000");
+        assert_eq!(origin.accepted(), 1);
+    }
+
+    fn a_tls_backend_with_the_wrong_name_is_refused(engine) {
+        let ca = TestCa::new("backend ca");
+        let dir = CertDir::new("up-wrong");
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let origin = TlsOrigin::start(&ca.leaf(&["other.test"]));
+        let proxy = Config::new()
+            .upstream_with("main", &[origin.addr], &upstream_tls(&ca_file, "backend.test"))
+            .route("main", "")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/"));
+        assert_eq!(c.read_response().status(), 502);
+        assert!(origin.accepted() >= 1, "the proxy did connect");
+        proxy.wait_for_output("TLS handshake with the backend failed", 1, Duration::from_secs(5));
+        assert!(proxy.output().contains("certificate not valid for name \"backend.test\""), "{}", proxy.output());
+    }
+
+    fn a_backend_signed_by_another_ca_is_refused(engine) {
+        let ca = TestCa::new("backend ca");
+        let rogue = TestCa::new("rogue ca");
+        let dir = CertDir::new("up-rogue");
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let origin = TlsOrigin::start(&rogue.leaf(&["backend.test"]));
+        let proxy = Config::new()
+            .upstream_with("main", &[origin.addr], &upstream_tls(&ca_file, "backend.test"))
+            .route("main", "")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/"));
+        assert_eq!(c.read_response().status(), 502);
+        proxy.wait_for_output("UnknownIssuer", 1, Duration::from_secs(5));
+    }
+
+    fn health_checks_go_over_tls(engine) {
+        let ca = TestCa::new("backend ca");
+        let dir = CertDir::new("up-health");
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let good = TlsOrigin::start(&ca.leaf(&["backend.test"]));
+        let bad = TlsOrigin::start(&ca.leaf(&["other.test"]));
+        let check = "health_check = { type = \"http\", interval = \"100ms\", timeout = \"1s\", rise = 1, fall = 1 }";
+        let proxy = Config::new()
+            .upstream_with("good", &[good.addr], &format!("{}\n{check}", upstream_tls(&ca_file, "backend.test")))
+            .upstream_with("bad", &[bad.addr], &format!("{}\n{check}", upstream_tls(&ca_file, "backend.test")))
+            .route("good", "path_prefix = \"/good\"")
+            .route("bad", "")
+            .start(engine);
+        let changed = |addr: std::net::SocketAddr, what: &'static str| {
+            move |out: &str| {
+                out.lines().any(|l| {
+                    l.contains("backend health changed") && l.contains(&addr.to_string()) && l.contains(what)
+                })
+            }
+        };
+        proxy.wait_for_output_where("the TLS backend healthy", Duration::from_secs(10), changed(good.addr, "to=healthy"));
+        proxy.wait_for_output_where("the misnamed TLS backend unhealthy", Duration::from_secs(10), changed(bad.addr, "TLS handshake failed"));
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/good"));
+        assert_eq!(c.read_response().status(), 200);
+    }
+}
