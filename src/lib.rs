@@ -22,6 +22,7 @@ pub mod io;
 pub mod listener;
 pub mod notify;
 pub mod observe;
+pub mod privs;
 pub mod proxy;
 pub mod relay;
 pub mod respond;

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use edgeshard::config::{Config, IoEngine};
 use edgeshard::observe::access::LogWriter;
 use edgeshard::observe::admin::{self, AdminState, ShardMeta};
+use edgeshard::privs::{Switched, Target};
 use edgeshard::snapshot::{Published, Shared};
 use edgeshard::tls::TlsListeners;
 use edgeshard::worker::{run_shard, ShardStart};
@@ -155,6 +156,11 @@ fn check(path: &std::path::Path) -> i32 {
                 eprintln!("{}: {e}", path.display());
                 return 1;
             }
+            // So are the user and group names: they must exist on this host.
+            if let Err(e) = run_as(&c) {
+                eprintln!("{}: {e}", path.display());
+                return 1;
+            }
             println!("{}: configuration is valid", path.display());
             print!("{}", c.summary());
             0
@@ -277,7 +283,7 @@ fn resolve_engine(requested: IoEngine) -> Result<IoEngine> {
                 .unwrap_or_else(|_| "absent".into());
             bail!(
                 "--io-engine uring: io_uring cannot start: {e}. Check: the kernel is 5.11 or newer (uname -r); \
-sysctl kernel.io_uring_disabled is 0 (now: {disabled}); no seccomp profile blocks io_uring_setup (containers often do); \
+sysctl kernel.io_uring_disabled is 0, or 1 with this user in kernel.io_uring_group (now: {disabled}); no seccomp profile blocks io_uring_setup (containers often do); \
 RLIMIT_MEMLOCK is large enough on kernels before 5.12 (ulimit -l). Or run with --io-engine epoll"
             )
         }
@@ -329,6 +335,15 @@ fn wait_for_stop(
     None
 }
 
+/// `server.user`/`server.group` looked up, when set.
+fn run_as(config: &Config) -> Result<Option<Target>, edgeshard::privs::PrivError> {
+    config
+        .user
+        .as_deref()
+        .map(|u| Target::resolve(u, config.group.as_deref()))
+        .transpose()
+}
+
 fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     let loaded_unix = admin::unix_now();
     raise_nofile_limit();
@@ -338,7 +353,17 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
         Some(EngineArg::Epoll) => IoEngine::Epoll,
         None => config.io_engine,
     };
-    let engine = resolve_engine(requested)?;
+    // The user to run as: an unknown name, or a switch this process may not make, stops
+    // start-up before anything is bound.
+    let file = meta
+        .path
+        .as_ref()
+        .map(|p| format!("{}: ", p.display()))
+        .unwrap_or_default();
+    let target = run_as(&config).map_err(|e| anyhow::anyhow!("{file}{e}"))?;
+    if let Some(t) = &target {
+        t.permitted().map_err(|e| anyhow::anyhow!("{file}{e}"))?;
+    }
     let cpus = choose_cpus(placement)?;
     // Certificates are read before anything binds: a bad file stops start-up, naming it.
     let tls = Arc::new(TlsListeners::build(&config)?);
@@ -365,10 +390,25 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
         })?),
     };
     // The access log file is opened now, so a bad path stops start-up instead of every line.
-    let (log_sink, log_writer) = match &config.log.access {
+    let access_log = match &config.log.access {
+        None => None,
+        Some(a) => Some(LogWriter::open(a).context("cannot open log.access")?),
+    };
+
+    // Everything that needs root is done: switch to server.user while this is still the only
+    // thread (privs.rs). Shards, the prober, the admin and log threads all start after.
+    if let Some(t) = &target {
+        if t.switch()? == Switched::Dropped {
+            tracing::info!(user = %t.user, uid = t.uid, gid = t.gid, "listeners bound; now running as server.user");
+        }
+    }
+    // The engine is probed as the user that will run it (io_uring may be limited to some
+    // users: kernel.io_uring_disabled = 1 and kernel.io_uring_group).
+    let engine = resolve_engine(requested)?;
+    let (log_sink, log_writer) = match access_log {
         None => (None, None),
-        Some(a) => {
-            let (sink, writer) = LogWriter::start(a).context("cannot open log.access")?;
+        Some(open) => {
+            let (sink, writer) = open.start().context("cannot start the access log writer")?;
             (Some(sink), Some(writer))
         }
     };

@@ -19,6 +19,8 @@ splice_pipe_bytes = "1MiB"
 splice_max_pipes = 1024
 client_congestion = "reno"
 upstream_congestion = "reno"
+user = "nobody"
+group = "@GROUP@"
 
 [[listener]]
 address = "127.0.0.1:0"
@@ -168,7 +170,19 @@ fn good() -> String {
         dir.write("ca.pem", &ca.pem);
         dir
     });
+    // `server.group`: nobody's primary group, whose name differs between distributions
+    // (nogroup on Debian, nobody on Fedora); check looks both names up on this host.
+    static GROUP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let group = GROUP.get_or_init(|| {
+        let out = Command::new("id")
+            .args(["-gn", "nobody"])
+            .output()
+            .expect("run id");
+        assert!(out.status.success(), "this host has no user `nobody`");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    });
     GOOD.replace("@CERTS@", &dir.dir.display().to_string())
+        .replace("@GROUP@", group)
 }
 
 fn expect_error(config: &str, words: &[&str]) -> String {

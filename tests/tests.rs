@@ -17,6 +17,7 @@ mod limits;
 mod messages;
 mod observability;
 mod placement;
+mod privileges;
 mod real_clients;
 mod regressions;
 mod resilience;

@@ -5,11 +5,12 @@
 //! when that is larger, so that each backend owns ~M/N slots and the shares stay within about
 //! 1 %). Backend `i` has the permutation `(offset + j × skip) mod M` with
 //! `offset = h1(name) mod M` and `skip = h2(name) mod (M − 1) + 1`, two seeded 64-bit hashes
-//! of its name, so the table depends only on the names and weights, never on a shard or a
-//! start time. Backends take turns claiming their next free preferred slot until the table is
-//! full. **Weights** (as Envoy's weighted Maglev): in pass `p` backend `i` takes a turn when
-//! `p × weight_i ≥ target_i`, and each turn adds `max weight` to `target_i`, so backends take
-//! turns, and own slots, in proportion to their weights.
+//! of its name, so the table depends only on the names, the weights and their order (turns
+//! are taken in list order), never on a shard, a host or a start time. Backends take turns
+//! claiming their next free preferred slot until the table is full. **Weights** (as Envoy's
+//! weighted Maglev): in pass `p` backend `i` takes a turn when `p × weight_i ≥ target_i`, and
+//! each turn adds `max weight` to `target_i`, so backends take turns, and own slots, in
+//! proportion to their weights.
 //!
 //! Removing one backend of N and rebuilding moves its keys plus a small fraction of others
 //! (the paper's "minimal disruption"); the build is deterministic, so adding it back restores

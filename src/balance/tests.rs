@@ -555,3 +555,72 @@ fn odd_inputs_do_not_panic() {
         }
     }
 }
+
+/// docs/SCALE-OUT.md: two hosts map a key to the same backend when their configurations list
+/// the same backends. Ketama's ring depends only on the names and weights, so the order of the
+/// list does not matter; Maglev's table is filled by members taking turns in list order, so
+/// the same order is needed. A fresh balancer (another process, another shard) picks the same.
+#[test]
+fn hash_tables_across_processes_and_member_order() {
+    let names = [
+        "10.0.0.1:80",
+        "10.0.0.2:80",
+        "10.0.0.3:80",
+        "10.0.0.4:80",
+        "10.0.0.5:80",
+    ];
+    let build = |order: &[usize]| -> Vec<Member> {
+        order
+            .iter()
+            .map(|&i| Member {
+                name: names[i].to_string(),
+                weight: 1 + i as u32 % 2,
+                backup: false,
+            })
+            .collect()
+    };
+    let picks = |algo: Algorithm, order: &[usize], shard: usize| -> Vec<String> {
+        let s = spec(algo);
+        let m = build(order);
+        let table = Table::build(&s, &m);
+        let mut b = ShardBalancer::new(&s, &m, shard);
+        (0..2000)
+            .map(|k| {
+                m[b.pick(&table, Some(key(k)), |_| true).unwrap()]
+                    .name
+                    .clone()
+            })
+            .collect()
+    };
+    let forward = [0, 1, 2, 3, 4];
+    let reversed = [4, 3, 2, 1, 0];
+    for algo in [Algorithm::ConsistentHash, Algorithm::Maglev] {
+        assert_eq!(
+            picks(algo, &forward, 0),
+            picks(algo, &forward, 3),
+            "{algo:?}: same list, another shard or process"
+        );
+    }
+    assert_eq!(
+        picks(Algorithm::ConsistentHash, &forward, 0),
+        picks(Algorithm::ConsistentHash, &reversed, 1),
+        "ketama does not depend on the order of the list"
+    );
+    // Maglev, slot by slot: reversing the list hands contested slots to other members.
+    let table = |order: &[usize]| -> Vec<&str> {
+        let m = build(order);
+        let ns: Vec<&str> = m.iter().map(|x| x.name.as_str()).collect();
+        let ws: Vec<u32> = m.iter().map(|x| x.weight).collect();
+        let mg = maglev::Maglev::build(&ns, &ws);
+        (0..mg.len())
+            .map(|i| names[order[mg.owner(i).unwrap()]])
+            .collect()
+    };
+    let (a, b) = (table(&forward), table(&reversed));
+    let moved = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    println!(
+        "maglev: reversing the list of 5 moved {moved} of {} slots",
+        a.len()
+    );
+    assert!(moved > 0, "maglev: the order of the list matters");
+}

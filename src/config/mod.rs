@@ -162,6 +162,10 @@ pub struct Config {
     pub drain_grace: Duration,
     pub splice: SpliceConfig,
     pub congestion: Congestion,
+    /// `server.user`: run as this user once the listeners are bound (see `privs.rs`).
+    pub user: Option<String>,
+    /// `server.group`: with `user`, run as this group instead of the user's primary group.
+    pub group: Option<String>,
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
@@ -309,6 +313,21 @@ impl Config {
                 server.upstream_congestion.as_ref(),
             ),
         };
+        let name_ok = |n: &String| !n.is_empty() && !n.contains('\0') && n.trim() == n;
+        for (key, v) in [
+            ("server.user", &server.user),
+            ("server.group", &server.group),
+        ] {
+            if let Some(n) = v.as_ref().filter(|n| !name_ok(n)) {
+                c.err(key, format!("{n:?} is not a user or group name"));
+            }
+        }
+        if server.group.is_some() && server.user.is_none() {
+            c.err(
+                "server.group",
+                "set server.user too: the group is changed only together with the user",
+            );
+        }
         let splice = SpliceConfig {
             enabled: match server.splice.as_deref() {
                 None | Some("auto") => true,
@@ -668,6 +687,8 @@ impl Config {
             drain_grace,
             splice,
             congestion,
+            user: server.user,
+            group: server.group,
             listeners,
             routes,
             upstreams,
@@ -793,6 +814,21 @@ max_body_bytes = "lots"
         let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nhost = \"a.example:8080\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n";
         let err = parse(text).unwrap_err();
         assert_eq!(err.issues[0].path, "route[0].host", "{err}");
+    }
+
+    #[test]
+    fn user_and_group_are_checked_for_shape_here_and_looked_up_at_start() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n";
+        let c = parse(&format!("[server]\nuser = \"nobody\"\n{base}")).unwrap();
+        assert_eq!(
+            (c.user.as_deref(), c.group.as_deref()),
+            (Some("nobody"), None)
+        );
+        let err = parse(&format!("[server]\ngroup = \"nogroup\"\n{base}")).unwrap_err();
+        assert_eq!(err.issues[0].path, "server.group", "{err}");
+        assert!(err.issues[0].message.contains("server.user"), "{err}");
+        let err = parse(&format!("[server]\nuser = \"\"\n{base}")).unwrap_err();
+        assert_eq!(err.issues[0].path, "server.user", "{err}");
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub(super) struct RawServer {
     pub(super) splice_max_pipes: Option<usize>,
     pub(super) client_congestion: Option<String>,
     pub(super) upstream_congestion: Option<String>,
+    pub(super) user: Option<String>,
+    pub(super) group: Option<String>,
 }
 
 #[derive(Deserialize)]

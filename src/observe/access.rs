@@ -61,8 +61,31 @@ impl LogWriter {
     /// Opens the target and starts the writer. Fails (with the path) if the file cannot be
     /// opened, so a bad path stops start-up rather than losing every line.
     pub fn start(cfg: &AccessLogConfig) -> std::io::Result<(LogSink, LogWriter)> {
-        let out = Output::open(&cfg.target)?;
-        let (tx, rx) = sync_channel(cfg.queue);
+        LogWriter::open(cfg)?.start()
+    }
+
+    /// Opens the target without starting the writer thread: main opens the file before it
+    /// gives up root (`server.user`) and starts the thread after, so that no thread exists
+    /// across the switch.
+    pub fn open(cfg: &AccessLogConfig) -> std::io::Result<OpenLog> {
+        Ok(OpenLog {
+            out: Output::open(&cfg.target)?,
+            queue: cfg.queue,
+        })
+    }
+}
+
+/// An access log opened by [`LogWriter::open`], its writer not started yet.
+pub struct OpenLog {
+    out: Output,
+    queue: usize,
+}
+
+impl OpenLog {
+    /// Starts the writer thread.
+    pub fn start(self) -> std::io::Result<(LogSink, LogWriter)> {
+        let OpenLog { out, queue } = self;
+        let (tx, rx) = sync_channel(queue);
         let (done_tx, done) = sync_channel::<()>(0);
         let reopen = Arc::new(AtomicBool::new(false));
         let flag = reopen.clone();
@@ -78,7 +101,9 @@ impl LogWriter {
         };
         Ok((sink, LogWriter { thread, tx, done }))
     }
+}
 
+impl LogWriter {
     /// Writes everything queued so far, then ends the writer; call once shards have stopped.
     /// Waits at most `limit` (a writer blocked on a pipe nobody reads is left behind).
     pub fn finish(self, limit: std::time::Duration) {

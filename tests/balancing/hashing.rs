@@ -116,3 +116,47 @@ both_engines! {
         }
     }
 }
+
+both_engines! {
+    // docs/SCALE-OUT.md: two edgeshard processes (two hosts behind ECMP or DNS) started from
+    // one configuration send each hash key to the same backend, and honour each other's sticky
+    // cookies: nothing in the ring, the Maglev table or the cookie values depends on the
+    // process, its shards or its start time.
+    fn two_proxies_from_one_config_pick_the_same_backend_per_key(engine) {
+        let o = origins(&["a", "b", "c", "d"]);
+        let list = plain(&[&o[0], &o[1], &o[2], &o[3]]);
+        let algos = [
+            ("consistent_hash", "hash_key = \"header:X-User\""),
+            ("maglev", "hash_key = \"header:X-User\""),
+            ("round_robin", "sticky = { cookie = \"srv\", ttl = \"1h\" }"),
+        ];
+        let config = per_algorithm(false, &list, &algos, "");
+        let first = Proxy::start_shards(&config, engine, 2);
+        let second = Proxy::start_shards(&config, engine, 2);
+        for (algo, _) in &algos[..2] {
+            let mut used = BTreeSet::new();
+            for u in 0..32 {
+                let user = format!("user-{u}");
+                let target = format!("/{algo}/u{u}");
+                let a = served_by(&ask_new(first.addr(), &target, &[("X-User", &user)]));
+                let b = served_by(&ask_new(second.addr(), &target, &[("X-User", &user)]));
+                assert_eq!(a, b, "{algo}: {user} went to {a} through one proxy and {b} through the other");
+                used.insert(a);
+            }
+            assert!(used.len() >= 2, "{algo}: 32 users must not all hash to one backend: {used:?}");
+        }
+        // A sticky cookie handed out by the first proxy keeps the client on its backend
+        // through the second.
+        for i in 0..8 {
+            let r = ask_new(first.addr(), &format!("/round_robin/s{i}"), &[]);
+            let backend = served_by(&r);
+            let set = r.header("set-cookie").unwrap_or_else(|| panic!("no Set-Cookie:\n{}", r.head.raw));
+            let cookie = set.split(';').next().unwrap().to_string();
+            for j in 0..3 {
+                let again = ask_new(second.addr(), &format!("/round_robin/s{i}/{j}"), &[("Cookie", &cookie)]);
+                assert_eq!(served_by(&again), backend, "cookie {cookie} from the first proxy, through the second");
+                assert!(again.header("set-cookie").is_none(), "an honoured cookie is not set again:\n{}", again.head.raw);
+            }
+        }
+    }
+}
