@@ -24,6 +24,7 @@ pub mod notify;
 pub mod observe;
 pub mod proxy;
 pub mod relay;
+pub mod reload;
 pub mod respond;
 pub mod route;
 pub mod sdnotify;

@@ -19,6 +19,7 @@ mod observability;
 mod placement;
 mod real_clients;
 mod regressions;
+mod reload;
 mod resilience;
 mod response_framing;
 mod robustness;

@@ -55,6 +55,7 @@ fn target(backend: usize, address: SocketAddr, spec: &Arc<CheckSpec>) -> ProbeTa
         upstream: "app".to_owned(),
         address,
         spec: spec.clone(),
+        resume: None,
     }
 }
 
