@@ -27,7 +27,7 @@ const INITIAL_BUF: usize = 4096;
 const KEEP_BUF: usize = 32 * 1024;
 
 pub async fn serve(
-    ctx: Rc<ShardCtx>,
+    mut ctx: Rc<ShardCtx>,
     stream: TcpStream,
     peer: SocketAddr,
     accepted: Instant,
@@ -60,15 +60,8 @@ pub async fn serve(
         listener,
         client_subject,
     };
-    let limits = {
-        let l = &ctx.shared.config.limits;
-        HeadLimits {
-            max_header_bytes: l.max_header_bytes,
-            max_headers: l.max_headers,
-            max_uri_bytes: l.max_uri_bytes,
-        }
-    };
-    let timeouts = ctx.shared.config.timeouts;
+    let mut limits = head_limits(&ctx);
+    let mut timeouts = ctx.shared.config.timeouts;
     let mut head = RequestHead::default();
     let mut first = true;
     loop {
@@ -92,6 +85,15 @@ pub async fn serve(
                     return;
                 }
                 Wait::Timeout => return, // keep-alive idle expiry: close silently
+            }
+        }
+        // A reload between requests: this request starts on the snapshot in force now (the
+        // previous one finished on its own). One borrow and a pointer compare, no atomics.
+        if let Some(now) = ctx.current() {
+            if !Rc::ptr_eq(&now, &ctx) {
+                ctx = now;
+                limits = head_limits(&ctx);
+                timeouts = ctx.shared.config.timeouts;
             }
         }
         let head_started = if first { accepted } else { Instant::now() };
@@ -180,6 +182,15 @@ pub async fn serve(
         if client.buf.capacity() > KEEP_BUF && client.buf.len() < INITIAL_BUF {
             client.buf.shrink_to(INITIAL_BUF);
         }
+    }
+}
+
+fn head_limits(ctx: &ShardCtx) -> HeadLimits {
+    let l = &ctx.shared.config.limits;
+    HeadLimits {
+        max_header_bytes: l.max_header_bytes,
+        max_headers: l.max_headers,
+        max_uri_bytes: l.max_uri_bytes,
     }
 }
 

@@ -25,6 +25,7 @@ pub mod observe;
 pub mod privs;
 pub mod proxy;
 pub mod relay;
+pub mod reload;
 pub mod respond;
 pub mod route;
 pub mod sdnotify;

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -13,6 +13,7 @@ use edgeshard::config::{Config, IoEngine};
 use edgeshard::observe::access::LogWriter;
 use edgeshard::observe::admin::{self, AdminState, ShardMeta};
 use edgeshard::privs::{Switched, Target};
+use edgeshard::reload::{ReloadStats, Reloader};
 use edgeshard::snapshot::{Published, Shared};
 use edgeshard::tls::TlsListeners;
 use edgeshard::worker::{run_shard, ShardStart};
@@ -70,6 +71,24 @@ enum Command {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
     },
+    /// Ask the running edgeshard to reload its configuration file (through its admin API)
+    /// and print the outcome; exit 0 if it is in force, 1 if it was refused.
+    Reload {
+        /// The running process's configuration file: its `[admin] address` and `token`.
+        #[arg(
+            long,
+            short = 'c',
+            value_name = "FILE",
+            required_unless_present = "admin"
+        )]
+        config: Option<PathBuf>,
+        /// The admin address to ask instead (e.g. 127.0.0.1:9901).
+        #[arg(long, value_name = "ADDR", conflicts_with = "config")]
+        admin: Option<std::net::SocketAddr>,
+        /// Bearer token for the admin API (with --admin).
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+    },
     /// Serve on 127.0.0.1:8080 in front of two built-in origins (no setup needed).
     Demo {
         /// Address to listen on.
@@ -126,6 +145,17 @@ fn main() {
                 1
             }
         },
+        Command::Reload {
+            config,
+            admin,
+            token,
+        } => match reload(config.as_deref(), admin, token) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("edgeshard reload: {e:#}");
+                1
+            }
+        },
         Command::Demo {
             listen,
             admin,
@@ -170,6 +200,90 @@ fn check(path: &std::path::Path) -> i32 {
             1
         }
     }
+}
+
+/// `edgeshard reload`: POST /reload to the running process, print what it answered.
+fn reload(
+    config: Option<&std::path::Path>,
+    admin: Option<std::net::SocketAddr>,
+    token: Option<String>,
+) -> Result<i32> {
+    use std::io::Read;
+    let (addr, token) = match (admin, config) {
+        (Some(a), _) => (a, token),
+        (None, Some(path)) => admin_of(path)?,
+        (None, None) => bail!("give --config FILE or --admin ADDR"),
+    };
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+        .with_context(|| {
+            format!("cannot reach the admin API on {addr}; is edgeshard running with [admin]?")
+        })?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "POST /reload HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .context("reading the admin API's answer")?;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    let ok = status == "200";
+    let value: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    match value {
+        Some(v) if ok => {
+            println!("reloaded: generation {}", v["generation"]);
+            for n in v["not_applied"].as_array().into_iter().flatten() {
+                println!(
+                    "not applied until restart: {}",
+                    n.as_str().unwrap_or_default()
+                );
+            }
+        }
+        Some(v) => {
+            eprintln!("reload failed; the configuration in force is unchanged:");
+            for e in v["errors"].as_array().into_iter().flatten() {
+                eprintln!("  {}", e.as_str().unwrap_or_default());
+            }
+        }
+        None => eprintln!("reload: the admin API answered {status}: {}", body.trim()),
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
+/// The `[admin]` address and token of a configuration file, read leniently: the file may be
+/// the invalid one being reloaded, and the running process reports what is wrong with it.
+fn admin_of(path: &std::path::Path) -> Result<(std::net::SocketAddr, Option<String>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value: toml::Value = toml::from_str(&text).with_context(|| {
+        format!(
+            "{}: cannot find [admin] (the file does not parse)",
+            path.display()
+        )
+    })?;
+    let admin = value.get("admin").with_context(|| {
+        format!(
+            "{}: no [admin] section: reload needs the admin API (or send SIGHUP)",
+            path.display()
+        )
+    })?;
+    let addr: std::net::SocketAddr = admin
+        .get("address")
+        .and_then(toml::Value::as_str)
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("{}: admin.address is not an address", path.display()))?;
+    if addr.port() == 0 {
+        bail!("{}: admin.address has port 0; use --admin with the address the running process printed", path.display());
+    }
+    let token = admin
+        .get("token")
+        .and_then(toml::Value::as_str)
+        .map(str::to_owned);
+    Ok((addr, token))
 }
 
 fn demo(
@@ -312,11 +426,11 @@ fn raise_nofile_limit() {
 }
 
 /// Waits for SIGTERM, SIGQUIT or SIGINT; every SIGUSR1 on the way reopens the access log,
-/// every SIGHUP re-reads the TLS certificates.
+/// every SIGHUP reloads the configuration (certificates included).
 fn wait_for_stop(
     signals: &mut signal_hook::iterator::Signals,
     log: Option<&edgeshard::observe::access::LogSink>,
-    tls: &TlsListeners,
+    reloader: &Mutex<Reloader>,
 ) -> Option<i32> {
     for s in signals.forever() {
         match s {
@@ -326,8 +440,8 @@ fn wait_for_stop(
                 }
             }
             signal_hook::consts::SIGHUP => {
-                tracing::info!("SIGHUP: re-reading TLS certificates");
-                tls.reload(true);
+                tracing::info!("SIGHUP: reloading the configuration");
+                reloader.lock().unwrap_or_else(|p| p.into_inner()).reload();
             }
             _ => return Some(s),
         }
@@ -429,27 +543,6 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     // Shards and the admin thread load the snapshot in force from here (hot reload will
     // publish its replacements here).
     let published = Arc::new(Published::new(shared.clone()));
-    // One prober thread for the whole process, publishing to the board every shard reads.
-    let targets: Vec<edgeshard::health::prober::ProbeTarget> = shared
-        .backends
-        .iter()
-        .enumerate()
-        .filter_map(|(i, b)| {
-            let up = &shared.config.upstreams[b.upstream];
-            up.resilience
-                .health_check
-                .as_ref()
-                .map(|spec| edgeshard::health::prober::ProbeTarget {
-                    backend: i,
-                    upstream: up.name.clone(),
-                    address: b.address,
-                    spec: spec.clone(),
-                    tls: tls.upstream(b.upstream).cloned(),
-                })
-        })
-        .collect();
-    let prober = edgeshard::health::prober::spawn(shared.board.clone(), targets, None)
-        .context("cannot start the health-check prober")?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut stops = Vec::new();
     let mut threads = Vec::new();
@@ -496,6 +589,18 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     } else {
         "epoll"
     };
+    // One prober thread for the whole process, publishing to the board every shard reads;
+    // the reloader owns it (and the certificate watcher), replacing them on a reload.
+    let reload_stats = Arc::new(ReloadStats::new(meta.version.clone(), loaded_unix));
+    let reloader = Arc::new(Mutex::new(
+        Reloader::start(
+            meta.path.clone(),
+            published.clone(),
+            queries.clone(),
+            reload_stats.clone(),
+        )
+        .context("cannot start the health-check prober")?,
+    ));
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let admin = match admin_listener {
         None => None,
@@ -514,8 +619,8 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
                     queries,
                     started: std::time::Instant::now(),
                     config_path: meta.path,
-                    config_version: meta.version,
-                    loaded_unix,
+                    reloads: reload_stats,
+                    reloader: reloader.clone(),
                 },
             )
             .context("cannot start the admin thread")?,
@@ -543,10 +648,8 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     }
 
     // Wait for SIGTERM/SIGQUIT/SIGINT, then drain. SIGUSR1 reopens the access log (rotation),
-    // SIGHUP re-reads certificates.
-    let watch_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = tls.clone().spawn_watcher(watch_stop.clone());
-    let sig = wait_for_stop(&mut signals, log_sink.as_ref(), &tls);
+    // SIGHUP reloads the configuration.
+    let sig = wait_for_stop(&mut signals, log_sink.as_ref(), &reloader);
     tracing::info!(signal = ?sig, "draining: no new connections; finishing in-flight requests");
     let _ = edgeshard::sdnotify::notify("STOPPING=1");
     for s in stops {
@@ -554,9 +657,9 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     }
     // A second SIGTERM/SIGQUIT/SIGINT while draining means: stop now.
     let reopen = log_sink.clone();
-    let tls_again = tls.clone();
+    let reloader_again = reloader.clone();
     std::thread::spawn(move || {
-        if wait_for_stop(&mut signals, reopen.as_ref(), &tls_again).is_some() {
+        if wait_for_stop(&mut signals, reopen.as_ref(), &reloader_again).is_some() {
             eprintln!("edgeshard: second signal, exiting without waiting");
             std::process::exit(1);
         }
@@ -574,18 +677,15 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
             "shutdown_timeout reached with connections still open"
         );
     }
-    prober.stop();
-    watch_stop.store(true, std::sync::atomic::Ordering::Release);
-    if let Some(w) = watcher {
-        w.thread().unpark();
-        let _ = w.join();
+    // The prober and the certificate watcher stop with the reloader. The admin thread holds
+    // it too: stop that first.
+    if let Some(a) = admin {
+        a.stop();
     }
+    reloader.lock().unwrap_or_else(|p| p.into_inner()).stop();
     // Every shard handed over its last lines: the writer writes them, then stops.
     if let Some(w) = log_writer {
         w.finish(std::time::Duration::from_secs(5));
-    }
-    if let Some(a) = admin {
-        a.stop();
     }
     Ok(())
 }

@@ -2,10 +2,13 @@
 //! [`ShardCtx`] holds what the stages use (the snapshot, this shard's view of the backends,
 //! its upstream pool, pipes, buffers, counters, access-log buffer and request ids) and the
 //! drain signals; the thread, runtime and accept loop that own it are in [`crate::worker`].
-//! Nothing here is shared with another shard.
+//! It comes in two halves: [`ShardCtx`] for one configuration snapshot (replaced on a hot
+//! reload, carrying over per-backend state by identity) and [`ShardCommon`] for the shard's
+//! whole life. Nothing here is shared with another shard.
 
 use std::cell::{Cell, RefCell};
 use std::ops::{Deref, DerefMut};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,16 +27,29 @@ const MAX_POOLED_BUFFERS: usize = 256;
 const MAX_POOLED_BUFFER: usize = 256 * 1024;
 const BUFFER_SIZE: usize = 16 * 1024;
 
-/// Everything one shard owns. Lives in an `Rc` on the shard's thread; no borrow of its
-/// `RefCell`s is ever held across an `.await`.
+/// One shard's state for one configuration snapshot: the snapshot, this shard's view of its
+/// backends, the upstream pool and the counters (arrays sized from the snapshot), plus the
+/// shard-wide [`ShardCommon`] (reached through `Deref`: `ctx.drain`, `ctx.buffer()`, ...).
+/// A reload builds the next one with [`ShardCtx::successor`] and makes it the shard's
+/// current one ([`ShardCommon::current`]); connections take the current one before each
+/// request, so a request finishes on the one it started with. Lives in an `Rc` on the
+/// shard's thread; no borrow of its `RefCell`s is ever held across an `.await`.
 pub struct ShardCtx {
     pub id: usize,
     pub shared: Arc<Shared>,
-    pub pool: RefCell<Pool>,
+    pub pool: Rc<RefCell<Pool>>,
     /// This shard's view of the backends: balancers, passive checks, breakers, budgets.
     pub backends: Backends,
-    pub buffers: Buffers,
     pub stats: Stats,
+    common: Rc<ShardCommon>,
+}
+
+/// What a shard keeps across reloads: buffers, pipes, the access log, request ids, the
+/// error-log limiter, the drain signals, the live-connection count, and which [`ShardCtx`]
+/// is current.
+pub struct ShardCommon {
+    pub id: usize,
+    pub buffers: Buffers,
     /// The access log buffer, when enabled.
     pub access: Option<AccessLog>,
     /// Rate limit for client- and backend-caused error-log lines.
@@ -49,6 +65,15 @@ pub struct ShardCtx {
     pub idle: Notify,
     /// Live client connections (see `worker::ActiveGuard`).
     pub(crate) active: Cell<usize>,
+    /// The state for the snapshot in force on this shard (`None` once the shard stopped).
+    current: RefCell<Option<Rc<ShardCtx>>>,
+}
+
+impl Deref for ShardCtx {
+    type Target = ShardCommon;
+    fn deref(&self) -> &ShardCommon {
+        &self.common
+    }
 }
 
 impl ShardCtx {
@@ -57,20 +82,9 @@ impl ShardCtx {
     }
 
     pub fn with_log(id: usize, shared: Arc<Shared>, sink: Option<LogSink>) -> ShardCtx {
-        let limits: Vec<(usize, Duration)> = shared
-            .backends
-            .iter()
-            .map(|b| {
-                let u = &shared.config.upstreams[b.upstream];
-                (u.max_idle_per_backend, u.idle_timeout)
-            })
-            .collect();
-        ShardCtx {
+        let common = Rc::new(ShardCommon {
             id,
-            pool: RefCell::new(Pool::new(&limits)),
-            backends: Backends::new(&shared, id),
             buffers: Buffers::default(),
-            stats: Stats::new(shared.routes.len(), shared.backends.len()),
             access: match (sink, &shared.config.log.access) {
                 (Some(sink), Some(cfg)) => Some(AccessLog::new(id, cfg, sink)),
                 _ => None,
@@ -85,22 +99,62 @@ impl ShardCtx {
             grace_end: Cell::new(None),
             idle: Notify::default(),
             active: Cell::new(0),
+            current: RefCell::new(None),
+        });
+        ShardCtx {
+            id,
+            pool: Rc::new(RefCell::new(Pool::new(&pool_limits(&shared)))),
+            backends: Backends::new(&shared, id),
+            stats: Stats::new(shared.routes.len(), shared.backends.len()),
+            common,
             shared,
         }
     }
 
-    pub fn draining(&self) -> bool {
-        self.drain.is_fired()
+    /// This shard's state for the reloaded snapshot `shared`, keeping, for backends that
+    /// remain (by [`crate::snapshot::BackendId`]), their pooled connections (handed over;
+    /// removed backends' are closed), passive-check state, breakers and counters, and the
+    /// per-route counters of routes of the same name. Shard-wide state is shared.
+    pub fn successor(&self, shared: Arc<Shared>) -> ShardCtx {
+        let map = shared.backend_map(&self.shared);
+        let pool = Rc::new(RefCell::new(Pool::new(&pool_limits(&shared))));
+        // Old index → new index, for the pool.
+        let mut back = vec![None; self.shared.backends.len()];
+        for (i, m) in map.iter().enumerate() {
+            if let Some(j) = *m {
+                back[j] = Some(i);
+            }
+        }
+        self.pool.borrow_mut().hand_over(pool.clone(), back);
+        ShardCtx {
+            id: self.id,
+            pool,
+            backends: Backends::carried(&shared, self.id, &self.backends, &self.shared, &map),
+            stats: self.stats.carried(&shared.route_map(&self.shared), &map),
+            common: self.common.clone(),
+            shared,
+        }
     }
 
     /// Starts the drain: the grace (`server.drain_grace`) runs from now, then every waiter
-    /// on [`ShardCtx::drain`] wakes.
+    /// on [`ShardCommon::drain`] wakes.
     pub fn begin_drain(&self) {
         if self.grace_end.get().is_none() {
             self.grace_end
                 .set(Some(Instant::now() + self.shared.config.drain_grace));
         }
         self.drain.notify_all();
+    }
+
+    /// The shard-wide half, for tasks that outlive a snapshot (the accept loops).
+    pub fn common(&self) -> &Rc<ShardCommon> {
+        &self.common
+    }
+}
+
+impl ShardCommon {
+    pub fn draining(&self) -> bool {
+        self.drain.is_fired()
     }
 
     /// When the drain's grace ends; `None` while not draining.
@@ -112,6 +166,31 @@ impl ShardCtx {
     pub fn buffer(&self) -> PooledBuf<'_> {
         self.buffers.take()
     }
+
+    /// The state for the snapshot in force on this shard: a request takes it before it
+    /// starts (a `RefCell` borrow and an `Rc` clone, no atomics).
+    pub fn current(&self) -> Option<Rc<ShardCtx>> {
+        self.current.borrow().clone()
+    }
+
+    /// Puts `ctx` in force on this shard (start-up, reload); `None` when the shard stops,
+    /// which also ends the reference cycle through [`ShardCtx`]'s `common`.
+    pub fn set_current(&self, ctx: Option<Rc<ShardCtx>>) {
+        let old = self.current.replace(ctx);
+        drop(old);
+    }
+}
+
+/// Per backend: (max idle, idle timeout), the pool's limits.
+fn pool_limits(shared: &Shared) -> Vec<(usize, Duration)> {
+    shared
+        .backends
+        .iter()
+        .map(|b| {
+            let u = &shared.config.upstreams[b.upstream];
+            (u.max_idle_per_backend, u.idle_timeout)
+        })
+        .collect()
 }
 
 /// The shard's free list of byte buffers.
@@ -172,6 +251,7 @@ impl ShardCtx {
     /// This shard's counters, with the gauges only the shard can read (pool, backoff).
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = self.stats.snapshot();
+        snap.snapshot_id = Arc::as_ptr(&self.shared) as usize;
         let now = Instant::now();
         let pool = self.pool.borrow();
         let c = pool.counters;

@@ -8,7 +8,9 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use crate::balance::{Member, Table};
 use crate::config::Config;
@@ -64,6 +66,58 @@ impl Shared {
     }
 
     pub fn with_shards(config: Config, shards: usize) -> Shared {
+        Shared::build(config, shards, None)
+    }
+
+    /// The snapshot a reload puts in force after `old`: built from `config` like the first,
+    /// with what the control plane knows of the backends that remain (matched by
+    /// [`BackendId`]) carried over: the admin API's drain flag and the active health state
+    /// (state, timestamps, probe counters). The shards' accepting flags are copied as they
+    /// are.
+    pub fn reloaded(config: Config, old: &Shared, tls: Arc<crate::tls::TlsListeners>) -> Shared {
+        let next =
+            Shared::build(config, old.accepting.len(), Some(old.board.epoch())).with_tls(tls);
+        for (i, m) in next.backend_map(old).into_iter().enumerate() {
+            if let Some(j) = m {
+                next.board.adopt(i, &old.board, j);
+                next.drained[i].store(old.is_drained(j), Ordering::Relaxed);
+            }
+        }
+        for (flag, was) in next.accepting.iter().zip(old.accepting.iter()) {
+            flag.store(was.load(Ordering::Acquire), Ordering::Release);
+        }
+        next
+    }
+
+    /// For each backend of this snapshot, its index in `old` (same [`BackendId`]), or `None`
+    /// for a backend `old` did not have.
+    pub fn backend_map(&self, old: &Shared) -> Vec<Option<usize>> {
+        let by_id: std::collections::HashMap<&BackendId, usize> = old
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (&b.id, i))
+            .collect();
+        self.backends
+            .iter()
+            .map(|b| by_id.get(&b.id).copied())
+            .collect()
+    }
+
+    /// For each route of this snapshot, and last the "no route" slot, the index of the
+    /// route of the same name in `old` (the per-route counters are kept by name).
+    pub fn route_map(&self, old: &Shared) -> Vec<Option<usize>> {
+        let mut map: Vec<Option<usize>> = self
+            .config
+            .routes
+            .iter()
+            .map(|r| old.config.routes.iter().position(|o| o.name == r.name))
+            .collect();
+        map.push(Some(old.config.routes.len()));
+        map
+    }
+
+    fn build(config: Config, shards: usize, epoch: Option<std::time::Instant>) -> Shared {
         let routes = RouteTable::new(&config);
         let mut backends = Vec::new();
         let mut upstream_backends = Vec::new();
@@ -102,7 +156,10 @@ impl Shared {
             .collect();
         Shared {
             tables,
-            board: Arc::new(HealthBoard::new(&initial)),
+            board: Arc::new(match epoch {
+                Some(e) => HealthBoard::with_epoch(&initial, e),
+                None => HealthBoard::new(&initial),
+            }),
             drained: backends.iter().map(|_| AtomicBool::new(false)).collect(),
             accepting: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             config,
@@ -153,30 +210,28 @@ pub(crate) fn members_of(u: &crate::config::UpstreamConfig) -> Vec<Member> {
         .collect()
 }
 
-/// The current snapshot, replaceable while shards run. Readers take an `Arc` of it when they
-/// start (a shard, the admin thread) and keep it; a request runs to its end on the snapshot
-/// it started with. `generation` lets a reader notice a replacement with one relaxed load of
-/// a read-mostly word, without touching the lock.
+/// The current snapshot, replaceable while shards run. Readers load it without a lock (an
+/// `ArcSwap`) and keep the `Arc` they loaded: a shard builds its per-shard state for it when
+/// told of a reload, the admin thread loads it per request, and a request runs to its end on
+/// the snapshot it started with. `generation` counts replacements (one relaxed-or-acquire
+/// load of a word written only by a reload).
 #[derive(Debug)]
 pub struct Published {
-    current: Mutex<Arc<Shared>>,
+    current: ArcSwap<Shared>,
     generation: AtomicU64,
 }
 
 impl Published {
     pub fn new(first: Arc<Shared>) -> Published {
         Published {
-            current: Mutex::new(first),
+            current: ArcSwap::new(first),
             generation: AtomicU64::new(0),
         }
     }
 
     /// The snapshot in force now.
     pub fn load(&self) -> Arc<Shared> {
-        self.current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.current.load_full()
     }
 
     /// How many times the snapshot was replaced since start.
@@ -185,11 +240,9 @@ impl Published {
     }
 
     /// Puts `next` in force; readers that loaded the old one keep it until they load again.
+    /// Only the control plane publishes (one reload at a time).
     pub fn publish(&self, next: Arc<Shared>) {
-        *self
-            .current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
+        self.current.store(next);
         self.generation.fetch_add(1, Ordering::Release);
     }
 }

@@ -4,6 +4,7 @@
 //! them on scrape.
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 use hdrhistogram::Histogram;
 
@@ -79,8 +80,30 @@ impl Latencies {
     }
 }
 
+/// One shard's counters: the shard-wide [`Totals`] (reached through `Deref`), and the per-route
+/// and per-backend arrays of the snapshot in force. A reload builds new arrays around the same
+/// `Totals` and the same `Rc`s for the routes (by name) and backends (by `BackendId`) that
+/// remain ([`Stats::carried`]), so a request still finishing on the old snapshot counts into
+/// the objects the new one reports.
 #[derive(Debug)]
 pub struct Stats {
+    totals: Rc<Totals>,
+    /// One per configured route, plus a last one for requests that matched none.
+    pub routes: Box<[Rc<RouteStats>]>,
+    /// One per backend (global index).
+    pub backends: Box<[Rc<BackendStats>]>,
+}
+
+impl std::ops::Deref for Stats {
+    type Target = Totals;
+    fn deref(&self) -> &Totals {
+        &self.totals
+    }
+}
+
+/// The counters of a shard that do not depend on the configuration.
+#[derive(Debug)]
+pub struct Totals {
     pub accepted: Cell<u64>,
     pub rejected_conn_limit: Cell<u64>,
     pub active: Cell<u64>,
@@ -96,10 +119,6 @@ pub struct Stats {
     pub upstream_aborts: Cell<u64>,
     pub bytes_in: Cell<u64>,
     pub bytes_out: Cell<u64>,
-    /// One per configured route, plus a last one for requests that matched none.
-    pub routes: Box<[RouteStats]>,
-    /// One per backend (global index).
-    pub backends: Box<[BackendStats]>,
     pub access_lines: Cell<u64>,
     pub access_dropped: Cell<u64>,
     pub log_suppressed: Cell<u64>,
@@ -135,6 +154,32 @@ fn record(h: &mut Histogram<u64>, micros: u64) {
 impl Stats {
     pub fn new(routes: usize, backends: usize) -> Stats {
         Stats {
+            totals: Rc::new(Totals::new()),
+            routes: (0..=routes).map(|_| Rc::default()).collect(),
+            backends: (0..backends).map(|_| Rc::default()).collect(),
+        }
+    }
+
+    /// Counters for a replacement snapshot: the same totals; per route, the old route's
+    /// counters where `routes[i]` names it (the last entry is the unrouted one); per backend,
+    /// the old backend's where `backends[i]` names it; fresh ones elsewhere.
+    pub fn carried(&self, routes: &[Option<usize>], backends: &[Option<usize>]) -> Stats {
+        fn pick<T: Default>(old: &[Rc<T>], map: &[Option<usize>]) -> Box<[Rc<T>]> {
+            map.iter()
+                .map(|m| m.and_then(|o| old.get(o)).cloned().unwrap_or_default())
+                .collect()
+        }
+        Stats {
+            totals: self.totals.clone(),
+            routes: pick(&self.routes, routes),
+            backends: pick(&self.backends, backends),
+        }
+    }
+}
+
+impl Totals {
+    fn new() -> Totals {
+        Totals {
             accepted: Cell::new(0),
             rejected_conn_limit: Cell::new(0),
             active: Cell::new(0),
@@ -148,8 +193,6 @@ impl Stats {
             upstream_aborts: Cell::new(0),
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
-            routes: (0..=routes).map(|_| RouteStats::default()).collect(),
-            backends: (0..backends).map(|_| BackendStats::default()).collect(),
             access_lines: Cell::new(0),
             access_dropped: Cell::new(0),
             log_suppressed: Cell::new(0),
@@ -159,7 +202,9 @@ impl Stats {
             tls: Default::default(),
         }
     }
+}
 
+impl Stats {
     pub fn canned(&self, c: Canned) {
         let i = Canned::ALL.iter().position(|&x| x == c).unwrap_or(0);
         bump(&self.canned[i]);
@@ -261,6 +306,7 @@ impl Stats {
                 })
                 .collect(),
             upstreams: Vec::new(),
+            snapshot_id: 0,
             pool_hits: 0,
             pool_misses: 0,
             pool_evicted_idle: 0,
@@ -323,6 +369,9 @@ pub struct Snapshot {
     pub backends: Vec<BackendSnap>,
     /// Per upstream (filled in by the shard).
     pub upstreams: Vec<UpstreamSnap>,
+    /// Which configuration snapshot the per-route and per-backend arrays follow (its
+    /// address; filled in by the shard), so the admin thread merges only like with like.
+    pub snapshot_id: usize,
     pub pool_hits: u64,
     pub pool_misses: u64,
     pub pool_evicted_idle: u64,

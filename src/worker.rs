@@ -15,35 +15,44 @@ use monoio::net::TcpListener;
 
 use crate::config::IoEngine;
 use crate::observe::access::LogSink;
-use crate::shard::ShardCtx;
+use crate::shard::{ShardCommon, ShardCtx};
 use crate::snapshot::Published;
 use crate::stats::{bump, Snapshot};
 
 /// A question the admin thread asks a shard; answered on the shard's own thread.
 pub enum ShardQuery {
     Snapshot(oneshot::Sender<Snapshot>),
+    /// A reload published a new snapshot: build this shard's state for it (carrying over
+    /// what remains), make it current, and answer with the shard's id. Requests in flight
+    /// finish on the state they started with.
+    Reload(std::sync::mpsc::Sender<usize>),
 }
 
-/// Counts a live client connection; wakes the drainer when the last one closes.
+/// Counts a live client connection; wakes the drainer when the last one closes. It holds the
+/// shard-wide half only, so a long-lived connection does not keep an old snapshot's state.
 pub struct ActiveGuard {
-    ctx: Rc<ShardCtx>,
+    common: Rc<ShardCommon>,
 }
 
 impl ActiveGuard {
-    fn new(ctx: Rc<ShardCtx>) -> ActiveGuard {
+    fn new(ctx: &ShardCtx) -> ActiveGuard {
         ctx.active.set(ctx.active.get() + 1);
         ctx.stats.active.set(ctx.active.get() as u64);
-        ActiveGuard { ctx }
+        ActiveGuard {
+            common: ctx.common().clone(),
+        }
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        let n = self.ctx.active.get() - 1;
-        self.ctx.active.set(n);
-        self.ctx.stats.active.set(n as u64);
-        if n == 0 && self.ctx.draining() {
-            self.ctx.idle.notify_all();
+        let n = self.common.active.get() - 1;
+        self.common.active.set(n);
+        if let Some(ctx) = self.common.current() {
+            ctx.stats.active.set(n as u64);
+        }
+        if n == 0 && self.common.draining() {
+            self.common.idle.notify_all();
         }
     }
 }
@@ -139,6 +148,10 @@ async fn shard_main(start: ShardStart) -> ShardReport {
         ..
     } = start;
     let ctx = Rc::new(ShardCtx::with_log(id, snapshot.load(), log_sink));
+    ctx.set_current(Some(ctx.clone()));
+    let common = ctx.common().clone();
+    drop(ctx);
+    let ctx = || common.current().expect("set until the shard stops");
     let mut accepting = Vec::new();
     for l in listeners {
         match TcpListener::from_std(l) {
@@ -153,7 +166,7 @@ async fn shard_main(start: ShardStart) -> ShardReport {
             }
         }
     }
-    if let Some(flag) = ctx.shared.accepting.get(id) {
+    if let Some(flag) = ctx().shared.accepting.get(id) {
         flag.store(true, Ordering::Release);
     }
     let _ = ready.send(Ok(id));
@@ -161,23 +174,19 @@ async fn shard_main(start: ShardStart) -> ShardReport {
     // Idle upstream connections: expire and close dead ones once a second. The access log's
     // buffer is handed to the writer at least every `flush` interval.
     let sweeper = {
-        let ctx = ctx.clone();
+        let common = common.clone();
+        let tick_of = ctx().shared.config.log.access.clone();
         monoio::spawn(async move {
-            let tick = ctx
-                .shared
-                .config
-                .log
-                .access
-                .as_ref()
-                .map_or(Duration::from_secs(1), |a| {
-                    a.flush.min(Duration::from_secs(1))
-                });
+            let tick = tick_of.as_ref().map_or(Duration::from_secs(1), |a| {
+                a.flush.min(Duration::from_secs(1))
+            });
             let mut last_sweep = Instant::now();
             loop {
                 monoio::select! {
                     _ = monoio::time::sleep(tick) => {}
-                    _ = ctx.drain.notified() => break,
+                    _ = common.drain.notified() => break,
                 }
+                let Some(ctx) = common.current() else { break };
                 let now = Instant::now();
                 if now.duration_since(last_sweep) >= Duration::from_secs(1) {
                     ctx.pool.borrow_mut().sweep(now);
@@ -191,14 +200,23 @@ async fn shard_main(start: ShardStart) -> ShardReport {
         })
     };
 
-    // The admin thread's questions, answered between requests on this thread.
+    // The admin thread's questions and the control plane's reloads, answered between
+    // requests on this thread.
     let answering = {
-        let ctx = ctx.clone();
+        let common = common.clone();
         monoio::spawn(async move {
             while let Some(q) = next_query(&mut queries).await {
+                let Some(ctx) = common.current() else { break };
                 match q {
                     ShardQuery::Snapshot(reply) => {
                         let _ = reply.send(ctx.snapshot());
+                    }
+                    ShardQuery::Reload(done) => {
+                        let next = snapshot.load();
+                        if !Arc::ptr_eq(&next, &ctx.shared) {
+                            common.set_current(Some(Rc::new(ctx.successor(next))));
+                        }
+                        let _ = done.send(ctx.id);
                     }
                 }
             }
@@ -208,37 +226,37 @@ async fn shard_main(start: ShardStart) -> ShardReport {
     let accept_loops: Vec<_> = accepting
         .into_iter()
         .enumerate()
-        .map(|(i, l)| {
-            let ctx = ctx.clone();
-            monoio::spawn(accept_loop(ctx, l, i))
-        })
+        .map(|(i, l)| monoio::spawn(accept_loop(common.clone(), l, i)))
         .collect();
 
     // Run until told to stop (a dropped sender means the process is going down: stop too).
     let _ = shutdown.await;
-    if let Some(flag) = ctx.shared.accepting.get(id) {
+    if let Some(flag) = ctx().shared.accepting.get(id) {
         flag.store(false, Ordering::Release);
     }
-    ctx.begin_drain();
+    ctx().begin_drain();
     for a in accept_loops {
         a.await;
     }
     // The accept loops owned the listeners: they are closed now.
     tracing::info!(shard = id, "listeners closed; draining");
     sweeper.await;
-    ctx.pool.borrow_mut().clear();
-    let deadline = ctx.shared.config.shutdown_timeout;
-    if ctx.active.get() > 0 {
-        let _ = monoio::time::timeout(deadline, ctx.idle.notified()).await;
+    ctx().pool.borrow_mut().clear();
+    let deadline = ctx().shared.config.shutdown_timeout;
+    if common.active.get() > 0 {
+        let _ = monoio::time::timeout(deadline, common.idle.notified()).await;
     }
-    if let Some(log) = &ctx.access {
-        log.flush_final(&ctx.stats).await;
+    if let Some(log) = &common.access {
+        log.flush_final(&ctx().stats).await;
     }
     drop(answering);
+    let summary = ctx().stats.summary();
+    // Ends the reference cycle between the shard-wide half and the current state.
+    common.set_current(None);
     ShardReport {
         id,
-        summary: ctx.stats.summary(),
-        unfinished: ctx.active.get(),
+        summary,
+        unfinished: common.active.get(),
     }
 }
 
@@ -259,7 +277,7 @@ fn stop_listening(listener: &TcpListener) {
 }
 
 /// Accepts on the `index`-th `[[listener]]`.
-async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, index: usize) {
+async fn accept_loop(ctx: Rc<ShardCommon>, listener: TcpListener, index: usize) {
     loop {
         let canceller = Canceller::new();
         let accept = listener.cancelable_accept(canceller.handle());
@@ -297,20 +315,23 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, index: usize) {
 /// Serves an accepted connection, unless the shard is at `max_connections_per_shard`: then
 /// the stream is dropped (the client sees a TCP close).
 fn admit(
-    ctx: &Rc<ShardCtx>,
+    common: &ShardCommon,
     stream: monoio::net::TcpStream,
     peer: std::net::SocketAddr,
     listener: usize,
 ) {
+    // The snapshot in force now: the connection's first request starts on it.
+    let Some(ctx) = common.current() else {
+        return;
+    };
     bump(&ctx.stats.accepted);
     if ctx.active.get() >= ctx.shared.config.limits.max_connections_per_shard {
         bump(&ctx.stats.rejected_conn_limit);
         drop(stream);
         return;
     }
-    let guard = ActiveGuard::new(ctx.clone());
+    let guard = ActiveGuard::new(&ctx);
     monoio::spawn(async move {
-        let ctx = guard.ctx.clone();
         crate::conn::serve(ctx, stream, peer, Instant::now(), listener).await;
         drop(guard);
     });
@@ -321,7 +342,7 @@ fn admit(
 /// the kernel completed and who may have sent their request already. They are served like
 /// the others (within the drain's grace). Only connections that complete their handshake in
 /// the few microseconds between the last check and the shutdown can still be lost.
-async fn take_queued(ctx: &Rc<ShardCtx>, listener: &TcpListener, index: usize) {
+async fn take_queued(ctx: &ShardCommon, listener: &TcpListener, index: usize) {
     while has_queued(listener) {
         match listener.accept().await {
             Ok((stream, peer)) => admit(ctx, stream, peer, index),
@@ -331,7 +352,7 @@ async fn take_queued(ctx: &Rc<ShardCtx>, listener: &TcpListener, index: usize) {
 }
 
 /// New SYNs are dropped from now on (see [`crate::listener::drop_new_handshakes`]).
-fn refuse_handshakes(ctx: &ShardCtx, listener: &TcpListener) {
+fn refuse_handshakes(ctx: &ShardCommon, listener: &TcpListener) {
     use std::os::fd::{AsRawFd, BorrowedFd};
     // SAFETY: the descriptor belongs to `listener`, which is alive and not closed for as long
     // as this borrow (this function's body) lasts. Exercised by tests/shutdown.rs.

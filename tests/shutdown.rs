@@ -303,7 +303,13 @@ both_engines! {
                 .try_read_response()
                 .unwrap_or_else(|e| panic!("queued connection {i} lost at SIGTERM: {e}"));
             assert_eq!(r.status(), 200, "queued connection {i}");
-            assert!(r.has_token("connection", "close"), "queued connection {i}:\n{}", r.head.raw);
+            // Connections the shard took off the queue as SIGCONT resumed it, before the
+            // signal thread started the drain, were answered with keep-alive: they are closed
+            // after the grace instead. Either way the proxy closes every one.
+            if !r.has_token("connection", "close") {
+                let rest = c.read_until_closed(Duration::from_secs(20));
+                assert!(matches!(&rest, Ok(b) if b.is_empty()), "queued connection {i}: {rest:?}");
+            }
         }
         assert_exit_0(&mut proxy, Duration::from_secs(20));
     }

@@ -20,6 +20,7 @@ mod placement;
 mod privileges;
 mod real_clients;
 mod regressions;
+mod reload;
 mod resilience;
 mod response_framing;
 mod robustness;

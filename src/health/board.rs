@@ -80,6 +80,12 @@ pub struct HealthBoard {
 impl HealthBoard {
     /// A board for `initial.len()` backends, each in its initial state.
     pub fn new(initial: &[Health]) -> HealthBoard {
+        HealthBoard::with_epoch(initial, Instant::now())
+    }
+
+    /// A board whose timestamps count from `epoch` (a reload's board keeps its
+    /// predecessor's, so that copied timestamps stay exact).
+    pub fn with_epoch(initial: &[Health], epoch: Instant) -> HealthBoard {
         HealthBoard {
             slots: initial
                 .iter()
@@ -91,7 +97,7 @@ impl HealthBoard {
                 .collect(),
             counters: initial.iter().map(|_| Counters::default()).collect(),
             generation: AtomicU64::new(0),
-            epoch: Instant::now(),
+            epoch,
         }
     }
 
@@ -178,6 +184,25 @@ impl HealthBoard {
             c.transitions.fetch_add(1, Ordering::Relaxed);
         }
         Some(from)
+    }
+
+    /// Copies backend `j` of `from` (state, timestamps, counters) into slot `i` of this board,
+    /// before it is published: a reload keeps the active-check state of backends that
+    /// remain.
+    pub fn adopt(&self, i: usize, from: &HealthBoard, j: usize) {
+        let (Some(s), Some(c), Some(view)) =
+            (self.slots.get(i), self.counters.get(i), from.slot(j))
+        else {
+            return;
+        };
+        let encode = |t: Option<Instant>| t.map_or(0, |t| self.ms_since_epoch(t));
+        s.changed_ms
+            .store(encode(view.changed_at), Ordering::Relaxed);
+        s.ramp_ms.store(encode(view.ramp_from), Ordering::Relaxed);
+        s.state.store(view.state.as_u8(), Ordering::Release);
+        c.checks_ok.store(view.checks_ok, Ordering::Relaxed);
+        c.checks_failed.store(view.checks_failed, Ordering::Relaxed);
+        c.transitions.store(view.transitions, Ordering::Relaxed);
     }
 
     /// Counts one probe of backend `i` (prober only; off the request path).

@@ -231,6 +231,19 @@ impl OutlierDetector {
         &self.spec
     }
 
+    /// Takes over, for backend `i`, what `from` knew of its backend `j` (its failure count
+    /// and ejection): a reload keeps passive-check state of the backends that remain.
+    pub fn adopt(&mut self, i: usize, from: &OutlierDetector, j: usize) {
+        if let (Some(e), Some(old)) = (self.entries.get_mut(i), from.entries.get(j)) {
+            *e = *old;
+        }
+    }
+
+    /// Takes over the counters of the detector this one replaces (same upstream).
+    pub fn adopt_stats(&mut self, from: &OutlierDetector) {
+        self.stats = from.stats;
+    }
+
     pub fn stats(&self) -> OutlierStats {
         self.stats
     }

@@ -45,6 +45,9 @@ pub struct ProbeTarget {
     pub spec: Arc<CheckSpec>,
     /// The upstream's TLS, when it has `tls`: probes go over TLS like requests.
     pub tls: Option<Arc<crate::tls::upstream::UpstreamTlsClient>>,
+    /// After a reload, the state the board carried over for this backend: probing resumes
+    /// from it (`None`: from the check's initial state, published at once).
+    pub resume: Option<Health>,
 }
 
 /// A published transition, as reported on the events channel.
@@ -205,9 +208,15 @@ async fn probe_loop(
     mut rng: Rng,
 ) {
     let spec = target.spec.clone();
-    let mut state = HealthState::new(spec.initial, spec.rise, spec.fall);
-    // The board may have been created with another initial state: align it quietly.
-    board.publish(target.backend, state.current(), Instant::now());
+    let mut state = match target.resume {
+        Some(h) => HealthState::resumed(h, spec.rise, spec.fall),
+        None => {
+            let st = HealthState::new(spec.initial, spec.rise, spec.fall);
+            // The board may have been created with another initial state: align it quietly.
+            board.publish(target.backend, st.current(), Instant::now());
+            st
+        }
+    };
     let mut delay = spec.interval.mul_f64(spec.jitter * rng.unit());
     loop {
         monoio::select! {

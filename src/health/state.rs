@@ -143,6 +143,16 @@ impl HealthState {
         }
     }
 
+    /// A state that resumes from `health` (what the board showed before a reload), so the
+    /// next probes continue from it instead of from the configured initial state.
+    pub fn resumed(health: Health, rise: u32, fall: u32) -> HealthState {
+        let mut st = HealthState::new(InitialState::Unknown, rise, fall);
+        if health != Health::Drained {
+            st.probed = health;
+        }
+        st
+    }
+
     /// The published state: `Drained` while drained, otherwise what the probes say.
     pub fn current(&self) -> Health {
         if self.drained {

@@ -2,14 +2,15 @@
 //! (never on the public listeners). It reads shard state only by asking each shard for a
 //! [`Snapshot`] over a channel and merging the answers, so shards keep writing plain
 //! per-shard counters. Endpoints: `GET /metrics` (Prometheus), `GET /status` (JSON),
-//! `GET /healthz`, `GET /ready`, and `POST /upstreams/NAME/backends/ADDR/drain|enable`.
+//! `GET /healthz`, `GET /ready`, `POST /upstreams/NAME/backends/ADDR/drain|enable`, and
+//! `POST /reload` (a hot reload, [`crate::reload`]; the outcome as JSON).
 //! Responses close the connection; requests are small and bounded.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_channel::{mpsc, oneshot};
@@ -17,6 +18,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::observe::metrics::{render, ProcessInfo};
+use crate::reload::{ReloadStats, Reloader};
 use crate::snapshot::{Published, Shared};
 use crate::stats::Snapshot;
 use crate::worker::ShardQuery;
@@ -44,9 +46,10 @@ pub struct AdminState {
     pub queries: Vec<mpsc::UnboundedSender<ShardQuery>>,
     pub started: Instant,
     pub config_path: Option<PathBuf>,
-    /// A hash of the configuration text.
-    pub config_version: String,
-    pub loaded_unix: u64,
+    /// Reload counts, and the version (hash) and load time of the file in force.
+    pub reloads: Arc<ReloadStats>,
+    /// `POST /reload` runs it (on this thread: a reload blocks the admin API, not a shard).
+    pub reloader: Arc<Mutex<Reloader>>,
 }
 
 /// The running admin thread; [`AdminHandle::stop`] ends it.
@@ -271,18 +274,32 @@ async fn route(state: &AdminState, method: &str, target: &str, auth: Option<&[u8
     }
     match (method, path) {
         ("GET" | "HEAD", "/metrics") => {
-            let (per_shard, all) = gather(state).await;
+            let (shared, per_shard, all) = gather(state).await;
             let info = process_info(state);
             Reply {
                 status: "200 OK",
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: render(&state.snapshot.load(), &info, &per_shard, &all),
+                body: render(&shared, &info, &per_shard, &all),
                 extra: "",
             }
         }
+        ("POST", "/reload") => {
+            let outcome = state
+                .reloader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reload();
+            let status = if outcome.ok {
+                "200 OK"
+            } else {
+                "422 Unprocessable Entity"
+            };
+            json(status, outcome.to_json())
+        }
+        (_, "/reload") => reply("405 Method Not Allowed", "use POST\n"),
         ("GET" | "HEAD", "/status") => {
-            let (per_shard, all) = gather(state).await;
-            json("200 OK", status_json(state, &per_shard, &all))
+            let (shared, per_shard, all) = gather(state).await;
+            json("200 OK", status_json(state, &shared, &per_shard, &all))
         }
         (_, p) if p.starts_with("/upstreams/") => {
             let parts: Vec<&str> = p.trim_start_matches('/').split('/').collect();
@@ -311,8 +328,30 @@ fn ready(state: &AdminState) -> bool {
 
 /// Asks every shard for its counters and merges them, waiting at most `SHARD_TIMEOUT` in
 /// all. A shard that does not answer (it is stopping) is `None`: its per-shard series are
-/// left out rather than shifted onto another shard's label.
-async fn gather(state: &AdminState) -> (Vec<Option<Snapshot>>, Snapshot) {
+/// left out rather than shifted onto another shard's label. Returns the snapshot the arrays
+/// follow: while a reload is switching shards, the question is asked again (a few times),
+/// and an answer for another snapshot is left out of the merge.
+async fn gather(state: &AdminState) -> (Arc<Shared>, Vec<Option<Snapshot>>, Snapshot) {
+    let mut tries = 0;
+    loop {
+        let shared = state.snapshot.load();
+        let id = Arc::as_ptr(&shared) as usize;
+        let per_shard = ask(state).await;
+        tries += 1;
+        let mixed = per_shard.iter().flatten().any(|s| s.snapshot_id != id);
+        if mixed && tries < 5 {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        let mut all = empty_snapshot(&shared);
+        for s in per_shard.iter().flatten().filter(|s| s.snapshot_id == id) {
+            all.merge(s);
+        }
+        return (shared, per_shard, all);
+    }
+}
+
+async fn ask(state: &AdminState) -> Vec<Option<Snapshot>> {
     let waits: Vec<_> = state
         .queries
         .iter()
@@ -334,11 +373,7 @@ async fn gather(state: &AdminState) -> (Vec<Option<Snapshot>>, Snapshot) {
         };
         per_shard.push(snap);
     }
-    let mut all = empty_snapshot(&state.snapshot.load());
-    for s in per_shard.iter().flatten() {
-        all.merge(s);
-    }
-    (per_shard, all)
+    per_shard
 }
 
 fn empty_snapshot(shared: &Shared) -> Snapshot {
@@ -349,6 +384,9 @@ fn process_info(state: &AdminState) -> ProcessInfo<'static> {
     ProcessInfo {
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: state.started.elapsed().as_secs_f64(),
+        reloads_ok: state.reloads.ok.load(Ordering::Relaxed),
+        reloads_failed: state.reloads.failed.load(Ordering::Relaxed),
+        generation: state.snapshot.generation(),
         shards: state
             .shards
             .iter()
@@ -372,12 +410,11 @@ fn backend_state(shared: &Shared, i: usize, failing: u64) -> &'static str {
 
 fn status_json(
     state: &AdminState,
+    shared: &Shared,
     per_shard: &[Option<Snapshot>],
     all: &Snapshot,
 ) -> serde_json::Value {
     use serde_json::json;
-    let shared = state.snapshot.load();
-    let shared = &*shared;
     let cfg = &shared.config;
     let shards: Vec<_> = state
         .shards
@@ -428,11 +465,16 @@ fn status_json(
         "ready": ready(state),
         "config": {
             "path": state.config_path.as_ref().map(|p| p.display().to_string()),
-            "version": state.config_version,
+            "version": state.reloads.version(),
             "loaded_at": format!(
                 "{}Z",
-                crate::observe::access::format_iso_time(state.loaded_unix)
+                crate::observe::access::format_iso_time(state.reloads.loaded_unix.load(Ordering::Relaxed))
             ),
+            "generation": state.snapshot.generation(),
+            "reloads": {
+                "ok": state.reloads.ok.load(Ordering::Relaxed),
+                "failed": state.reloads.failed.load(Ordering::Relaxed),
+            },
         },
         "requests": all.requests,
         "connections_active": all.active,
@@ -459,15 +501,27 @@ async fn set_drained(state: &AdminState, upstream: &str, addr: &str, drain: bool
             if drain { "drained" } else { "enabled" }
         );
     }
-    // In-flight requests finish; report how many there are now.
-    let (_, all) = gather(state).await;
+    // In-flight requests finish; report how many there are now (on the snapshot the drain
+    // was set on; a reload in between reports what it knows).
+    let (now, _, all) = gather(state).await;
+    let seen = if Arc::ptr_eq(&now, &state.snapshot.load()) {
+        now.backends
+            .iter()
+            .position(|x| x.id == shared.backends[b].id)
+    } else {
+        None
+    };
+    let snap = seen
+        .and_then(|i| all.backends.get(i))
+        .copied()
+        .unwrap_or_default();
     json(
         "200 OK",
         serde_json::json!({
             "upstream": upstream,
             "backend": shared.backends[b].address.to_string(),
-            "state": backend_state(shared, b, all.backends[b].failing),
-            "in_flight": all.backends[b].in_flight,
+            "state": backend_state(shared, b, snap.failing),
+            "in_flight": snap.in_flight,
         }),
     )
 }

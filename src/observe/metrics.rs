@@ -34,6 +34,11 @@ type BackendFamily = (
 pub struct ProcessInfo<'a> {
     pub version: &'a str,
     pub uptime_secs: f64,
+    /// Configuration reloads that took effect, and that were refused.
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// The snapshot generation in force (0 until the first reload).
+    pub generation: u64,
     /// Per shard: (CPU, accepting).
     pub shards: Vec<(usize, bool)>,
 }
@@ -141,6 +146,29 @@ pub fn render(
         "Seconds since the process started.",
     );
     let _ = writeln!(o, "edgeshard_uptime_seconds {}", info.uptime_secs);
+    family(
+        &mut o,
+        "edgeshard_config_reloads_total",
+        "counter",
+        "Configuration reloads (SIGHUP, POST /reload, edgeshard reload) by result: ok (in force on every shard) or failed (refused, the configuration in force kept).",
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_config_reloads_total{{result=\"ok\"}} {}",
+        info.reloads_ok
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_config_reloads_total{{result=\"failed\"}} {}",
+        info.reloads_failed
+    );
+    family(
+        &mut o,
+        "edgeshard_config_generation",
+        "gauge",
+        "Configuration snapshots put in force since start (0: the one loaded at start).",
+    );
+    let _ = writeln!(o, "edgeshard_config_generation {}", info.generation);
 
     // Per shard: to see balance across cores.
     family(

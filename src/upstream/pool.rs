@@ -1,9 +1,13 @@
 //! Stage 5 of the pipeline, *pool*: each shard keeps its own idle keep-alive connections to
 //! backends in a `slab`, with a LIFO stack of slab keys per backend (the most recently used
 //! connection is the warmest). Idle connections are bounded per backend, closed after the
-//! upstream's `idle_timeout`, and a periodic sweep closes those the backend has closed.
+//! upstream's `idle_timeout`, and a periodic sweep closes those the backend has closed. On a
+//! reload a shard's pool hands its connections to the next snapshot's pool by backend
+//! identity ([`Pool::hand_over`]) and forwards later checkins there.
 
+use std::cell::RefCell;
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -15,6 +19,13 @@ struct Idle {
     stream: Transport,
     backend: usize,
     since: Instant,
+}
+
+/// Where a replaced pool sends later checkins (see [`Pool::hand_over`]).
+struct Successor {
+    pool: Rc<RefCell<Pool>>,
+    /// Old backend index → new one.
+    map: Vec<Option<usize>>,
 }
 
 /// What a liveness probe of an idle connection found.
@@ -59,6 +70,9 @@ pub struct PoolCounters {
 }
 
 pub struct Pool {
+    /// Set once a reload replaced this pool ([`Pool::hand_over`]): connections checked in
+    /// later, by requests that started on the old snapshot, go there.
+    successor: Option<Successor>,
     conns: Slab<Idle>,
     /// Per backend (global backend index): slab keys, oldest first.
     stacks: Vec<Vec<usize>>,
@@ -71,6 +85,7 @@ impl Pool {
     /// `limits[i]` = (max idle, idle timeout) of global backend `i`.
     pub fn new(limits: &[(usize, Duration)]) -> Pool {
         Pool {
+            successor: None,
             conns: Slab::new(),
             stacks: vec![Vec::new(); limits.len()],
             max_idle: limits.iter().map(|l| l.0).collect(),
@@ -108,6 +123,17 @@ impl Pool {
 
     /// Returns a connection for reuse; drops it when the backend's idle bound is reached.
     pub fn checkin(&mut self, backend: usize, stream: Transport, now: Instant) {
+        if let Some(next) = &self.successor {
+            // A request that started before a reload: its backend in the new list, if it
+            // remains; a removed backend's connection is closed. The successor is never
+            // borrowed while this one is (checkins do not nest).
+            if let (Some(Some(b)), Ok(mut pool)) =
+                (next.map.get(backend), next.pool.try_borrow_mut())
+            {
+                pool.checkin(*b, stream, now);
+            }
+            return;
+        }
         if self.stacks[backend].len() >= self.max_idle[backend] {
             self.counters.rejected_full += 1;
             return;
@@ -145,6 +171,34 @@ impl Pool {
     /// Idle connections to one backend.
     pub fn idle_for(&self, backend: usize) -> usize {
         self.stacks.get(backend).map_or(0, Vec::len)
+    }
+
+    /// Hands every idle connection over to the pool of a reloaded snapshot: `map[i]` is
+    /// backend `i`'s index in the new backend list, `None` for a removed backend, whose
+    /// connections are closed (its drain: nothing new is sent to it). From now on this pool
+    /// forwards checkins there too. Counters move with the connections. Whatever the pool
+    /// stores is moved as it is.
+    pub fn hand_over(&mut self, next: Rc<RefCell<Pool>>, map: Vec<Option<usize>>) {
+        {
+            let mut to = next.borrow_mut();
+            to.counters = self.counters;
+            // Oldest first, so that each backend's stack keeps its LIFO order.
+            for stack in std::mem::take(&mut self.stacks) {
+                for key in stack {
+                    let idle = self.conns.remove(key);
+                    let Some(Some(b)) = map.get(idle.backend).copied() else {
+                        continue;
+                    };
+                    if to.stacks.get(b).is_some_and(|s| s.len() < to.max_idle[b]) {
+                        let key = to.conns.insert(Idle { backend: b, ..idle });
+                        to.stacks[b].push(key);
+                    }
+                }
+            }
+        }
+        self.conns.clear();
+        self.stacks = vec![Vec::new(); self.max_idle.len()];
+        self.successor = Some(Successor { pool: next, map });
     }
 
     /// Drops every idle connection (shutdown).

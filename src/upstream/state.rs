@@ -93,6 +93,65 @@ impl Backends {
         }
     }
 
+    /// This shard's view for a reloaded snapshot `shared`, keeping what `old` (the view of
+    /// `old_shared`) knew of the backends that remain: `map[i]` is new backend `i`'s index in
+    /// the old list (matched by [`crate::snapshot::BackendId`]). Kept: passive-check state
+    /// (failure counts, ejections), the breaker (the same object, so requests still in
+    /// flight on the old snapshot release what they hold) when its limits are unchanged, the
+    /// retry budget of an upstream of the same name and retry settings, and the splice hint.
+    /// Balancer cursors and load counts start afresh (the tables may have changed).
+    pub fn carried(
+        shared: &Shared,
+        shard: usize,
+        old: &Backends,
+        old_shared: &Shared,
+        map: &[Option<usize>],
+    ) -> Backends {
+        let next = Backends::new(shared, shard);
+        let old_upstream = |name: &str| {
+            old_shared
+                .config
+                .upstreams
+                .iter()
+                .position(|u| u.name == name)
+        };
+        {
+            let mut outliers = next.outliers.borrow_mut();
+            let old_outliers = old.outliers.borrow();
+            for (u, up) in shared.config.upstreams.iter().enumerate() {
+                if let Some(o) = old_upstream(&up.name) {
+                    outliers[u].adopt_stats(&old_outliers[o]);
+                }
+            }
+            for (i, b) in shared.backends.iter().enumerate() {
+                let Some(Some(j)) = map.get(i).copied() else {
+                    continue;
+                };
+                let was = &old_shared.backends[j];
+                outliers[b.upstream].adopt(b.local, &old_outliers[was.upstream], was.local);
+            }
+            let mut budgets = next.budgets.borrow_mut();
+            let old_budgets = old.budgets.borrow();
+            for (u, up) in shared.config.upstreams.iter().enumerate() {
+                if let Some(o) = old_upstream(&up.name) {
+                    let before = &old_shared.config.upstreams[o].resilience.retry;
+                    if format!("{before:?}") == format!("{:?}", up.resilience.retry) {
+                        budgets[u] = old_budgets[o].clone();
+                    }
+                }
+            }
+        }
+        let mut next = next;
+        for (i, m) in map.iter().enumerate() {
+            let Some(j) = *m else { continue };
+            if old.breakers[j].limits() == next.breakers[i].limits() {
+                next.breakers[i] = old.breakers[j].clone();
+            }
+            next.spliced_last[i].set(old.spliced_last[j].get());
+        }
+        next
+    }
+
     /// Picks a backend of `upstream`, skipping those this request already tried, drained
     /// ones, those failing their health check, and those this shard ejected. Returns whether
     /// a sticky cookie must be set.
