@@ -39,5 +39,6 @@ pub mod tls;
 pub mod trace;
 pub mod transport;
 pub mod tunnel;
+pub mod upgrade;
 pub mod upstream;
 pub mod worker;

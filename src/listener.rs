@@ -66,34 +66,85 @@ fn bind_one(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ownership {
     /// A fresh start: an address some process already listens on is refused
-    /// ([`ListenError::Owned`]). The binary upgrade, when it is built, takes the listening
-    /// sockets over from the old process instead of binding; it will pass its own variant
-    /// here, which skips this check.
+    /// ([`ListenError::Owned`]). The binary upgrade does not bind the addresses it takes
+    /// over ([`take_over`]), so only its new listeners are checked.
     Exclusive,
 }
 
-/// Binds `shards` sockets on every address; returns `sockets[shard][listener]` and the bound
+/// Each shard's listening sockets, with the index of the `[[listener]]` each serves.
+pub type ShardSockets = Vec<Vec<(usize, std::net::TcpListener)>>;
+
+/// Binds `shards` sockets on every address; returns each shard's sockets and the bound
 /// addresses (with real ports).
 pub fn bind_all(
     addrs: &[SocketAddr],
     shards: usize,
     congestion: Option<&str>,
     ownership: Ownership,
-) -> Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>), ListenError> {
-    let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
+) -> Result<(ShardSockets, Vec<SocketAddr>), ListenError> {
+    take_over(addrs, shards, congestion, ownership, &mut Vec::new())
+}
+
+/// [`bind_all`] for a successor process (binary upgrade): an address among `handed` (the
+/// predecessor's sockets) is taken over, not bound: its sockets are spread over the shards
+/// (a shard may get several; shards left without one get a new `SO_REUSEPORT` socket on
+/// it). Other addresses are bound as usual. Sockets no listener takes stay in `handed`.
+pub fn take_over(
+    addrs: &[SocketAddr],
+    shards: usize,
+    congestion: Option<&str>,
+    ownership: Ownership,
+    handed: &mut Vec<crate::upgrade::Handed>,
+) -> Result<(ShardSockets, Vec<SocketAddr>), ListenError> {
+    let mut per_shard: ShardSockets = (0..shards).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
-    for &addr in addrs {
-        // Port 0 is a fresh port: it never collides.
-        if ownership == Ownership::Exclusive && addr.port() != 0 {
-            probe_unowned(addr)?;
+    for (i, &addr) in addrs.iter().enumerate() {
+        // A fixed address is matched by address; a `:0` one by its position and IP.
+        let ours = |h: &crate::upgrade::Handed| {
+            h.address == addr
+                || (addr.port() == 0 && h.listener == i && h.address.ip() == addr.ip())
+        };
+        let mut mine = Vec::new();
+        let mut k = 0;
+        while k < handed.len() {
+            if ours(&handed[k]) {
+                mine.push(handed.swap_remove(k).socket);
+            } else {
+                k += 1;
+            }
         }
-        let first = bind_one(addr, congestion)?;
-        let real = first
-            .local_addr()
-            .map_err(|e| ListenError::Other { addr, source: e })?;
-        per_shard[0].push(first);
-        for sockets in per_shard.iter_mut().skip(1) {
-            sockets.push(bind_one(real, congestion)?);
+        let real = if let Some(first) = mine.first() {
+            first
+                .local_addr()
+                .map_err(|e| ListenError::Other { addr, source: e })?
+        } else {
+            // Port 0 is a fresh port: it never collides.
+            if ownership == Ownership::Exclusive && addr.port() != 0 {
+                probe_unowned(addr)?;
+            }
+            let first = bind_one(addr, congestion)?;
+            let real = first
+                .local_addr()
+                .map_err(|e| ListenError::Other { addr, source: e })?;
+            mine.push(first);
+            real
+        };
+        if let Some(name) = congestion {
+            for s in &mine {
+                use std::os::fd::AsRawFd;
+                set_congestion(s.as_raw_fd(), name).map_err(|source| ListenError::Congestion {
+                    addr,
+                    name: name.to_string(),
+                    source,
+                })?;
+            }
+        }
+        let have = mine.len();
+        for (k, s) in mine.into_iter().enumerate() {
+            per_shard[k % shards].push((i, s));
+        }
+        for sockets in per_shard.iter_mut().skip(have) {
+            sockets.push((i, bind_one(real, congestion)?));
         }
         bound.push(real);
     }

@@ -16,7 +16,8 @@ use edgeshard::privs::{Switched, Target};
 use edgeshard::reload::{ReloadStats, Reloader};
 use edgeshard::snapshot::{Published, Shared};
 use edgeshard::tls::TlsListeners;
-use edgeshard::worker::{run_shard, ShardStart};
+use edgeshard::upgrade::{Handoff, Inherited};
+use edgeshard::worker::{run_shard, ShardStart, Stop};
 
 // mimalloc: the proxy allocates per-connection buffers and per-request vectors from many
 // threads with no cross-thread frees on the hot path; mimalloc's per-thread heaps serve that
@@ -123,7 +124,12 @@ struct ConfigMeta {
     version: String,
 }
 
+/// The binary's path as started, for the binary upgrade (the file there may be replaced
+/// by the time of the upgrade: that is the point).
+static EXE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
 fn main() {
+    EXE.get_or_init(|| std::env::current_exe().ok());
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check { config } => {
@@ -431,9 +437,21 @@ fn wait_for_stop(
     signals: &mut signal_hook::iterator::Signals,
     log: Option<&edgeshard::observe::access::LogSink>,
     reloader: &Mutex<Reloader>,
-) -> Option<i32> {
+    handoff: Option<&Handoff>,
+) -> Option<StopReason> {
     for s in signals.forever() {
         match s {
+            signal_hook::consts::SIGUSR2 => {
+                let Some(h) = handoff else {
+                    tracing::warn!("SIGUSR2: a binary upgrade is already under way");
+                    continue;
+                };
+                tracing::info!("SIGUSR2: starting the new binary and handing it the listeners");
+                match h.start_successor(UPGRADE_READY_WITHIN) {
+                    Ok(s) => return Some(StopReason::HandedOver(s.pid)),
+                    Err(e) => tracing::error!("binary upgrade failed, still serving: {e}"),
+                }
+            }
             signal_hook::consts::SIGUSR1 => {
                 if let Some(log) = log {
                     log.reopen();
@@ -443,11 +461,22 @@ fn wait_for_stop(
                 tracing::info!("SIGHUP: reloading the configuration");
                 reloader.lock().unwrap_or_else(|p| p.into_inner()).reload();
             }
-            _ => return Some(s),
+            _ => return Some(StopReason::Signal(s)),
         }
     }
     None
 }
+
+/// Why the process stops serving.
+#[derive(Debug)]
+enum StopReason {
+    Signal(i32),
+    /// A successor (binary upgrade) holds the listeners and is ready.
+    HandedOver(u32),
+}
+
+/// How long a successor may take to say it is ready before the upgrade is abandoned.
+const UPGRADE_READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `server.user`/`server.group` looked up, when set.
 fn run_as(config: &Config) -> Result<Option<Target>, edgeshard::privs::PrivError> {
@@ -487,22 +516,48 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
             "TLS listeners ready (records are encrypted in user space; kTLS is detected, not used yet)"
         );
     }
+    // A successor (binary upgrade) takes its predecessor's listening sockets over.
+    let mut inherited = Inherited::take()
+        .transpose()
+        .context("binary upgrade: cannot take the listening sockets over")?;
+    let mut handed = inherited
+        .as_mut()
+        .map(|i| std::mem::take(&mut i.sockets))
+        .unwrap_or_default();
     let addresses: Vec<std::net::SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
-    let (sockets, bound) = edgeshard::listener::bind_all(
+    let (sockets, bound) = edgeshard::listener::take_over(
         &addresses,
         cpus.len(),
         config.congestion.client.as_deref(),
         edgeshard::listener::Ownership::Exclusive,
+        &mut handed,
     )?;
     let admin_listener = match &config.admin {
         None => None,
-        Some(a) => Some(std::net::TcpListener::bind(a.address).with_context(|| {
-            format!(
-                "admin.address {}: cannot listen; choose a free address or stop the process using it",
-                a.address
-            )
-        })?),
+        // A `:0` admin address takes the predecessor's port, as `:0` listeners do.
+        Some(a) => match handed.iter().position(|h| {
+            h.listener == edgeshard::upgrade::ADMIN
+                && (h.address == a.address
+                    || (a.address.port() == 0 && h.address.ip() == a.address.ip()))
+        }) {
+            Some(k) => Some(handed.swap_remove(k).socket),
+            None => Some(std::net::TcpListener::bind(a.address).with_context(|| {
+                format!(
+                    "admin.address {}: cannot listen; choose a free address or stop the process using it",
+                    a.address
+                )
+            })?),
+        },
     };
+    for h in handed {
+        tracing::warn!(address = %h.address, "binary upgrade: the predecessor's listener is not in this configuration; closed");
+    }
+    let handoff = Handoff::new(
+        &sockets,
+        admin_listener.as_ref(),
+        EXE.get().cloned().flatten(),
+    )
+    .context("cannot keep the listening sockets for a binary upgrade")?;
     // The access log file is opened now, so a bad path stops start-up instead of every line.
     let access_log = match &config.log.access {
         None => None,
@@ -536,6 +591,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGUSR1,
         signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGUSR2,
     ])
     .context("cannot install signal handlers")?;
 
@@ -548,7 +604,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     let mut threads = Vec::new();
     let mut queries = Vec::new();
     for (i, (cpu, listeners)) in cpus.iter().copied().zip(sockets).enumerate() {
-        let (stop_tx, stop_rx) = futures_channel::oneshot::channel::<()>();
+        let (stop_tx, stop_rx) = futures_channel::oneshot::channel::<Stop>();
         stops.push(stop_tx);
         let (query_tx, query_rx) = futures_channel::mpsc::unbounded();
         queries.push(query_tx);
@@ -642,24 +698,55 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
         out.flush()?;
     }
     tracing::info!(shards = threads.len(), cpus = %format_cpus(&cpus), engine = engine_name, "edgeshard started");
+    // A successor tells its predecessor, which stops accepting; systemd learns the new main
+    // PID (the unit needs NotifyAccess=all for that).
+    let ready = match inherited {
+        Some(i) => {
+            i.ready()
+                .context("binary upgrade: cannot tell the old process we are ready")?;
+            format!("MAINPID={}\nREADY=1", std::process::id())
+        }
+        None => "READY=1".to_string(),
+    };
     // systemd (Type=notify): ready now that every shard accepts.
-    if let Err(e) = edgeshard::sdnotify::notify("READY=1") {
+    if let Err(e) = edgeshard::sdnotify::notify(&ready) {
         tracing::warn!(error = %e, "cannot send READY=1 to $NOTIFY_SOCKET");
     }
 
     // Wait for SIGTERM/SIGQUIT/SIGINT, then drain. SIGUSR1 reopens the access log (rotation),
     // SIGHUP reloads the configuration.
-    let sig = wait_for_stop(&mut signals, log_sink.as_ref(), &reloader);
-    tracing::info!(signal = ?sig, "draining: no new connections; finishing in-flight requests");
-    let _ = edgeshard::sdnotify::notify("STOPPING=1");
+    // SIGUSR2 starts a successor (binary upgrade) and stops here once it is ready.
+    let why = wait_for_stop(&mut signals, log_sink.as_ref(), &reloader, Some(&handoff));
+    let stop = match why {
+        Some(StopReason::HandedOver(pid)) => {
+            tracing::info!(
+                pid,
+                "binary upgrade: the new process serves the listeners; draining"
+            );
+            Stop::HandOver
+        }
+        other => {
+            let signal = match other {
+                Some(StopReason::Signal(s)) => s,
+                _ => 0,
+            };
+            tracing::info!(
+                signal,
+                "draining: no new connections; finishing in-flight requests"
+            );
+            let _ = edgeshard::sdnotify::notify("STOPPING=1");
+            Stop::Drain
+        }
+    };
+    drop(handoff);
     for s in stops {
-        let _ = s.send(());
+        let _ = s.send(stop);
     }
     // A second SIGTERM/SIGQUIT/SIGINT while draining means: stop now.
     let reopen = log_sink.clone();
     let reloader_again = reloader.clone();
     std::thread::spawn(move || {
-        if wait_for_stop(&mut signals, reopen.as_ref(), &reloader_again).is_some() {
+        if wait_for_stop(&mut signals, reopen.as_ref(), &reloader_again, None).is_some() {
             eprintln!("edgeshard: second signal, exiting without waiting");
             std::process::exit(1);
         }

@@ -4,6 +4,7 @@
 //! (stage 2 on). It also runs the shard's housekeeping (pool sweep, access-log flush), answers
 //! the admin thread's questions, and drains on shutdown.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -94,16 +95,27 @@ fn build_uring_runtime() -> std::io::Result<UringRuntime> {
     }
 }
 
+/// How a shard stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Drain: answer what is queued on the listeners, then shut them (SIGTERM).
+    Drain,
+    /// A successor process holds the same listening sockets (binary upgrade): stop
+    /// accepting and leave the sockets and their queues to it; then drain what is open.
+    HandOver,
+}
+
 /// Everything a shard thread is started with.
 pub struct ShardStart {
     pub id: usize,
     pub engine: IoEngine,
     /// Where the shard loads the configuration snapshot in force.
     pub snapshot: Arc<Published>,
-    pub listeners: Vec<std::net::TcpListener>,
+    /// This shard's listening sockets, each with the index of the `[[listener]]` it serves.
+    pub listeners: Vec<(usize, std::net::TcpListener)>,
     pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
     /// Resolves (or is dropped) when the shard must drain and stop.
-    pub shutdown: oneshot::Receiver<()>,
+    pub shutdown: oneshot::Receiver<Stop>,
     /// Questions from the admin thread.
     pub queries: mpsc::UnboundedReceiver<ShardQuery>,
     /// Where full access-log buffers go, when the access log is on.
@@ -153,9 +165,9 @@ async fn shard_main(start: ShardStart) -> ShardReport {
     drop(ctx);
     let ctx = || common.current().expect("set until the shard stops");
     let mut accepting = Vec::new();
-    for l in listeners {
+    for (i, l) in listeners {
         match TcpListener::from_std(l) {
-            Ok(l) => accepting.push(l),
+            Ok(l) => accepting.push((i, l)),
             Err(e) => {
                 let _ = ready.send(Err(format!("shard {id}: cannot register listener: {e}")));
                 return ShardReport {
@@ -223,14 +235,15 @@ async fn shard_main(start: ShardStart) -> ShardReport {
         })
     };
 
+    let handing_over = Rc::new(Cell::new(false));
     let accept_loops: Vec<_> = accepting
         .into_iter()
-        .enumerate()
-        .map(|(i, l)| monoio::spawn(accept_loop(common.clone(), l, i)))
+        .map(|(i, l)| monoio::spawn(accept_loop(common.clone(), l, i, handing_over.clone())))
         .collect();
 
     // Run until told to stop (a dropped sender means the process is going down: stop too).
-    let _ = shutdown.await;
+    let stop = shutdown.await.unwrap_or(Stop::Drain);
+    handing_over.set(stop == Stop::HandOver);
     if let Some(flag) = ctx().shared.accepting.get(id) {
         flag.store(false, Ordering::Release);
     }
@@ -238,8 +251,16 @@ async fn shard_main(start: ShardStart) -> ShardReport {
     for a in accept_loops {
         a.await;
     }
-    // The accept loops owned the listeners: they are closed now.
-    tracing::info!(shard = id, "listeners closed; draining");
+    // The accept loops owned the listeners: they are closed now (handed over: the successor
+    // holds the same sockets).
+    if stop == Stop::HandOver {
+        tracing::info!(
+            shard = id,
+            "stopped accepting, the successor accepts; draining"
+        );
+    } else {
+        tracing::info!(shard = id, "listeners closed; draining");
+    }
     sweeper.await;
     ctx().pool.borrow_mut().clear();
     let deadline = ctx().shared.config.shutdown_timeout;
@@ -277,7 +298,12 @@ fn stop_listening(listener: &TcpListener) {
 }
 
 /// Accepts on the `index`-th `[[listener]]`.
-async fn accept_loop(ctx: Rc<ShardCommon>, listener: TcpListener, index: usize) {
+async fn accept_loop(
+    ctx: Rc<ShardCommon>,
+    listener: TcpListener,
+    index: usize,
+    handing_over: Rc<Cell<bool>>,
+) {
     loop {
         let canceller = Canceller::new();
         let accept = listener.cancelable_accept(canceller.handle());
@@ -294,6 +320,11 @@ async fn accept_loop(ctx: Rc<ShardCommon>, listener: TcpListener, index: usize) 
                 let _ = canceller.cancel();
                 if let Ok((stream, peer)) = accept.await {
                     admit(&ctx, stream, peer, index);
+                }
+                if handing_over.get() {
+                    // The successor accepts from the same socket: its queue is its now, and
+                    // closing our descriptor (dropping `listener`) does not touch it.
+                    return;
                 }
                 refuse_handshakes(&ctx, &listener);
                 take_queued(&ctx, &listener, index).await;

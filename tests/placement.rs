@@ -103,15 +103,14 @@ both_engines! {
 
         let fds = fd_targets(pid);
         let listening = listening_inodes(proxy.addr().port());
-        let ours = fds
+        // Distinct sockets: main also holds a duplicate descriptor of each, kept for the
+        // binary upgrade (upgrade::Handoff).
+        let ours: std::collections::BTreeSet<&str> = fds
             .iter()
-            .filter(|t| {
-                t.strip_prefix("socket:[")
-                    .and_then(|s| s.strip_suffix(']'))
-                    .is_some_and(|inode| listening.contains(inode))
-            })
-            .count();
-        assert_eq!(ours, shards, "one SO_REUSEPORT listening socket per shard; fds: {fds:?}");
+            .filter_map(|t| t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')))
+            .filter(|inode| listening.contains(*inode))
+            .collect();
+        assert_eq!(ours.len(), shards, "one SO_REUSEPORT listening socket per shard; fds: {fds:?}");
 
         let rings = fds.iter().filter(|t| t.contains("io_uring")).count();
         match engine {

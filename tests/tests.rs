@@ -11,6 +11,7 @@ mod congestion;
 mod early_answer;
 mod examples;
 mod framing;
+mod handover;
 mod headers;
 mod keepalive;
 mod limits;

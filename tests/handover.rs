@@ -1,0 +1,223 @@
+//! Zero-downtime binary upgrade (SIGUSR2): the running process starts its successor, hands
+//! it the listening sockets, and drains once the successor is ready. Under steady load (new
+//! connections and keep-alive ones) and a burst that fills the accept queues, two upgrades in
+//! a row lose no request; a successor that cannot start leaves the old process serving. Both
+//! engines.
+
+use crate::support::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Waits up to `within` for process `pid` (not our child: a successor) to exit.
+fn wait_pid_exit(pid: u32, within: Duration) -> bool {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1; it
+    // touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as i32;
+    if fd < 0 {
+        return true; // already gone
+    }
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd for the call; `fd` is ours and closed right after.
+    let n = unsafe { libc::poll(&mut p, 1, within.as_millis() as i32) };
+    // SAFETY: `fd` came from pidfd_open above and is closed once.
+    unsafe { libc::close(fd) };
+    n == 1
+}
+
+fn terminate_pid(pid: u32) {
+    // SAFETY: kill(2) on a successor this test caused to be started and has not seen exit.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    assert!(
+        wait_pid_exit(pid, Duration::from_secs(20)),
+        "successor {pid} did not exit on SIGTERM"
+    );
+}
+
+/// The pid of the `n`-th successor, from its predecessor's log line.
+fn successor_pid(proxy: &Proxy, n: usize) -> u32 {
+    let needle = "binary upgrade: the new process serves the listeners";
+    proxy.wait_for_output(needle, n, Duration::from_secs(60));
+    let out = proxy.output();
+    let line = out
+        .lines()
+        .filter(|l| l.contains(needle))
+        .nth(n - 1)
+        .unwrap();
+    line.rsplit("pid=").next().unwrap().trim().parse().unwrap()
+}
+
+/// One request on a fresh connection; `Err` says what went wrong.
+fn one_shot(addr: SocketAddr, i: usize) -> Result<(), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(
+        format!("GET /new/{i} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&out);
+    if !text.starts_with("HTTP/1.1 200") || !text.ends_with("o") {
+        return Err(format!("bad response: {text:?}"));
+    }
+    Ok(())
+}
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Two threads of new-connection requests and two keep-alive ones (reconnecting when the
+/// proxy announces a close), each paced at one request per 5 ms.
+fn start_load(addr: SocketAddr) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let mut threads = Vec::new();
+    for t in 0..4 {
+        let (stop, done, failures) = (stop.clone(), done.clone(), failures.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut ka: Option<Client> = None;
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let r = if t < 2 {
+                    one_shot(addr, i)
+                } else {
+                    let c = ka.get_or_insert_with(|| Client::connect(addr));
+                    c.send(&get("a", &format!("/ka/{t}/{i}")));
+                    match c.try_read_response() {
+                        Ok(r) if r.status() == 200 => {
+                            if r.has_token("connection", "close") {
+                                ka = None;
+                            }
+                            Ok(())
+                        }
+                        Ok(r) => Err(format!("keep-alive status {}", r.status())),
+                        Err(e) => {
+                            ka = None;
+                            Err(format!("keep-alive read: {e}"))
+                        }
+                    }
+                };
+                match r {
+                    Ok(()) => {
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("thread {t} request {i}: {e}")),
+                }
+                std::thread::sleep(Duration::from_millis(5)); // pacing, not synchronisation
+            }
+        }));
+    }
+    Load {
+        stop,
+        done,
+        failures,
+        threads,
+    }
+}
+
+/// Opens `n` connections as fast as it can, each with a request, then reads every answer:
+/// most wait in the accept queues while the processes change hands.
+fn burst(addr: SocketAddr, n: usize) -> Vec<String> {
+    let mut conns = Vec::new();
+    let mut failures = Vec::new();
+    for i in 0..n {
+        match TcpStream::connect(addr) {
+            Ok(mut s) => {
+                let _ = s.write_all(
+                    format!("GET /burst/{i} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+                conns.push((i, s));
+            }
+            Err(e) => failures.push(format!("burst {i} connect: {e}")),
+        }
+    }
+    for (i, mut s) in conns {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut out = Vec::new();
+        match s.read_to_end(&mut out) {
+            Ok(_) if out.starts_with(b"HTTP/1.1 200") => {}
+            Ok(_) => failures.push(format!("burst {i}: {:?}", String::from_utf8_lossy(&out))),
+            Err(e) => failures.push(format!("burst {i} read: {e}")),
+        }
+    }
+    failures
+}
+
+both_engines! {
+    fn two_binary_upgrades_under_load_lose_nothing(engine) {
+        let origin = Origin::start("o");
+        let mut proxy = Config::single(origin.addr())
+            .server("drain_grace", "\"2s\"")
+            .admin("")
+            .start_shards(engine, 2);
+        let addr = proxy.addr();
+        let admin = proxy.admin_addr();
+        let load = start_load(addr);
+        let settle = |load: &Load, more: usize| {
+            let target = load.done.load(Ordering::SeqCst) + more;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while load.done.load(Ordering::SeqCst) < target {
+                assert!(Instant::now() < deadline, "load stalled: {:?}", load.failures.lock().unwrap());
+                std::thread::yield_now();
+            }
+        };
+        settle(&load, 100);
+
+        // Upgrade 1, with a burst queued on the listeners as it happens.
+        proxy.signal(libc::SIGUSR2);
+        let mut burst_failures = burst(addr, 300);
+        let first = successor_pid(&proxy, 1);
+        let status = proxy.wait_exit(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(0), "the old process exits 0 after its drain");
+        settle(&load, 100);
+        // The admin socket was handed over too.
+        assert_eq!(admin_get(admin, "/status", None).status, 200);
+
+        // Upgrade 2: the successor upgrades in turn.
+        // SAFETY: kill(2) on the successor started above, which is running (it answered).
+        unsafe { libc::kill(first as libc::pid_t, libc::SIGUSR2) };
+        burst_failures.extend(burst(addr, 300));
+        let second = successor_pid(&proxy, 2);
+        assert!(wait_pid_exit(first, Duration::from_secs(30)), "the first successor did not exit after handing over");
+        settle(&load, 100);
+
+        load.stop.store(true, Ordering::SeqCst);
+        for t in load.threads {
+            t.join().unwrap();
+        }
+        terminate_pid(second);
+        let failures = load.failures.lock().unwrap();
+        assert!(failures.is_empty() && burst_failures.is_empty(), "lost requests: {failures:?} {burst_failures:?}\n{}", proxy.output());
+        assert!(load.done.load(Ordering::SeqCst) >= 300);
+    }
+
+    fn a_successor_that_cannot_start_leaves_the_old_process_serving(engine) {
+        let origin = Origin::start("o");
+        let mut proxy = Config::single(origin.addr()).start(engine);
+        std::fs::write(proxy.config_path(), "[[listener]]\naddress = \"nonsense\"\n").unwrap();
+        proxy.signal(libc::SIGUSR2);
+        proxy.wait_for_output("binary upgrade failed, still serving", 1, Duration::from_secs(30));
+        assert!(proxy.output().contains("listener[0].address"), "the successor's error is in the log:\n{}", proxy.output());
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("a", "/after"));
+        assert_eq!(c.read_response().status(), 200);
+        proxy.assert_alive();
+    }
+}
