@@ -45,7 +45,7 @@ KEYS = {
 TARGETS = ("edgeshard", "nginx")
 FIELDS = ["time", "key", "cell", "target", "rep", "threads", "conns", "duration_s", "completed", "per_s",
           "full", "resumed", "errors", "lat_p50_us", "lat_p90_us", "lat_p99_us", "lat_p999_us", "lat_max_us",
-          "lag_p99_us", "server_cpu_s", "server_busy", "cpu_us_per_op", "origin_cpu_us_per_op", "client_cpu_s",
+          "lag_p99_us", "offered_rps", "server_cpu_s", "server_busy", "cpu_us_per_op", "origin_cpu_us_per_op", "client_cpu_s",
           "others_on_proxy_cpu", "flood_per_s", "rss_before_kb", "rss_after_kb", "idle_open", "idle_failed",
           "idle_alive", "bytes_per_idle_conn", "version", "suite", "engine", "note"]
 CERT_CMDS = []  # the openssl commands, for tls.md
@@ -244,7 +244,7 @@ def measured(cfg, key, cell, target, rep, proc, origin, engine):
                                      resume="on" if cell == "resumed" else "off"), cfg.duration + 30)
         res = parse_result(out)
     elif cell in ("paced", "flood"):
-        row.update(conns=cfg.paced_conns)
+        row.update(conns=cfg.paced_conns, offered_rps=cfg.paced_rate, threads=cfg.hs_threads if cell == "flood" else "")
         out = run_client(tlsgen_argv(cfg, "paced", port, conns=cfg.paced_conns, rate=cfg.paced_rate,
                                      duration=cfg.duration), cfg.duration + 30)
         res = parse_result(out)
@@ -378,6 +378,16 @@ def run(a):
     t_start = time.monotonic()
     csv_path = stem + ".csv"
     new = a.fresh or not os.path.exists(csv_path)
+    if not new:
+        with open(csv_path, newline="") as f:
+            rd = csv.DictReader(f)
+            old_fields, old_rows = rd.fieldnames, list(rd)
+        if old_fields != FIELDS:  # an older column set: rewrite with the current one, then append
+            d.log("%s: migrating %d rows to the current columns" % (csv_path, len(old_rows)))
+            with open(csv_path, "w", newline="") as f:
+                w0 = csv.DictWriter(f, fieldnames=FIELDS, restval="", extrasaction="ignore")
+                w0.writeheader()
+                w0.writerows(old_rows)
     csvf = open(csv_path, "w" if new else "a", newline="")
     w = csv.DictWriter(csvf, fieldnames=FIELDS, extrasaction="ignore")
     if new:
@@ -488,7 +498,7 @@ def verdict(ratios, sense, thr):
 
 def summarize(out, name, cfg=None, cmdline=""):
     with open(os.path.join(out, name + ".csv"), newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["rep"] != "-1"]
+        rows = [dict({k: "" for k in FIELDS}, **r) for r in csv.DictReader(f) if r["rep"] != "-1"]
     keys = [k for k in KEYS if any(r["key"] == k for r in rows)]
     g = lambda sel, t, fld, nd=0: d.fmt_range([d.fnum(r[fld]) for r in sel if r["target"] == t], nd)
     L = ["# TLS termination: 1 edgeshard shard vs 1 nginx worker", ""]
@@ -513,15 +523,21 @@ def summarize(out, name, cfg=None, cmdline=""):
             if not cs:
                 continue
             busy = [d.fnum(r["server_busy"]) or 0 for r in cs]
-            client_bound = min(busy) < 0.9
+            others = [d.fnum(r.get("others_on_proxy_cpu")) or 0 for r in cs]
+            # busy < 0.9: the proxy did not use its CPU fully, either because the client was too slow or
+            # because something else ran on the proxy CPU (others); say which
+            why = ""
+            if min(busy) < 0.9:
+                why = " (proxy CPU shared with other load: others up to %.2f CPU)" % max(others) \
+                    if max(others) > 0.1 else " (server not saturated: client-bound)"
             rr = paired(rows, key, cell, "per_s")
             cap = paired(rows, key, cell, "cpu_us_per_op", invert=True)
             what, sense, thr = TARGET_SPEC[cell]
             L.append("| %s | %s | %s | %s | %s | %s %s | %s |" % (
                 KEYS[key]["desc"], what, g(cs, "edgeshard", "per_s"), g(cs, "nginx", "per_s"),
-                d.fmt_range(rr, 2), sense, thr, verdict(rr, sense, thr) + (" (server not saturated)" if client_bound else "")))
-            L.append("| %s | %s: capacity from CPU (1 / CPU-µs per handshake) | %s µs | %s µs | %s | %s %s | %s |" % (
-                KEYS[key]["desc"], what, g(cs, "edgeshard", "cpu_us_per_op", 1), g(cs, "nginx", "cpu_us_per_op", 1),
+                d.fmt_range(rr, 2), sense, thr, verdict(rr, sense, thr) + why))
+            L.append("| %s | CPU-µs per %s handshake → capacity ratio (nginx CPU-µs / edgeshard CPU-µs) | %s | %s | %s | %s %s | %s |" % (
+                KEYS[key]["desc"], cell, g(cs, "edgeshard", "cpu_us_per_op", 1), g(cs, "nginx", "cpu_us_per_op", 1),
                 d.fmt_range(cap, 2), sense, thr, verdict(cap, sense, thr)))
         for cell in ("ka", "get1m"):
             cs = [r for r in sel if r["cell"] == cell]
@@ -545,11 +561,14 @@ def summarize(out, name, cfg=None, cmdline=""):
           "carries one small GET proxied to the origin (`Connection: close`), so CPU-µs per handshake includes "
           "one request and the TCP connect/close.", ""]
     # p99 with and without flood
+    uniq = lambda fld, cells_: ", ".join(sorted(set(r.get(fld) for r in rows if r["cell"] in cells_ and r.get(fld)))) or "?"
     L += ["## p99 of keep-alive requests on established TLS connections, without and with a full-handshake flood",
           "", "tlsgen paced: %s connections opened first, %s req/s in total, latency from each request's intended "
-              "send time. Flood: tlsgen handshake --resume off, %s threads, `nice 19`, against the same proxy "
-              "for the whole run." % (cfg.paced_conns if cfg else "?", cfg.paced_rate if cfg else "?",
-                                      cfg.hs_threads if cfg else "?"), "",
+              "send time (a late response delays that connection's next request, and that wait counts). Flood: "
+              "tlsgen handshake --resume off, %s threads, `nice 19`, against the same proxy for the whole run. "
+              "`client lag` = how late tlsgen itself sent (after max(due time, previous response)): high values "
+              "mean the client CPU was short." % (uniq("conns", ("paced", "flood")), uniq("offered_rps", ("paced", "flood")),
+                                                  uniq("threads", ("flood",))), "",
           "| certificate | target | p50 µs | p99 µs | p99.9 µs | p99 with flood µs | p99.9 with flood µs | "
           "flood handshakes/s | p99 flood/no flood | errors (no flood / flood) | client lag p99 µs (flood) |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -744,7 +763,7 @@ def main():
     ap.add_argument("--hs-threads", type=int, default=16, help="tlsgen handshake threads (full, resumed, flood)")
     ap.add_argument("--wrk-conns", type=int, default=50)
     ap.add_argument("--paced-conns", type=int, default=16)
-    ap.add_argument("--paced-rate", type=float, default=2000)
+    ap.add_argument("--paced-rate", type=float, default=1000)
     ap.add_argument("--idle-conns", type=int, default=2000)
     ap.add_argument("--idle-settle", type=float, default=1.0)
     ap.add_argument("--shards", type=int, default=1)

@@ -7,7 +7,7 @@
 # Writes tls.md, tls.csv, tls-env.txt (+ the configs) to OUT_DIR. Bounded by BUDGET_S (default 900 s).
 #   REPS=3 DURATION=4 WARMUP=1 KEYS=ecdsa,rsa CELLS=full,resumed,ka,get1m,paced,flood,idle
 #   TARGETS=edgeshard,nginx (nginx alone works without a TLS-capable edgeshard build)
-#   HS_THREADS=16 (tlsgen handshake threads) WRK_CONNS=50 PACED_CONNS=16 PACED_RATE=2000 IDLE_CONNS=2000
+#   HS_THREADS=16 (tlsgen handshake threads) WRK_CONNS=50 PACED_CONNS=16 PACED_RATE=1000 IDLE_CONNS=2000
 #   PROXY_CPUS= CLIENT_CPUS= IO_ENGINE=auto BASE_PORT=18400 OUT_DIR=loadtest/results/<date>-<host>
 #   EDGESHARD=<path> (default: the release build, under $CARGO_TARGET_DIR when set) SKIP_BUILD=1
 set -euo pipefail
@@ -22,7 +22,7 @@ fi
 args=(--out "${OUT_DIR:-$(default_out)}" --reps "${REPS:-3}" --duration "${DURATION:-4}" --warmup "${WARMUP:-1}"
       --keys "${KEYS:-ecdsa,rsa}" --cells "${CELLS:-full,resumed,ka,get1m,paced,flood,idle}" --targets "$TARGETS"
       --hs-threads "${HS_THREADS:-16}" --wrk-conns "${WRK_CONNS:-50}" --paced-conns "${PACED_CONNS:-16}"
-      --paced-rate "${PACED_RATE:-2000}" --idle-conns "${IDLE_CONNS:-2000}" --io-engine "${IO_ENGINE:-auto}"
+      --paced-rate "${PACED_RATE:-1000}" --idle-conns "${IDLE_CONNS:-2000}" --io-engine "${IO_ENGINE:-auto}"
       --base-port "${BASE_PORT:-18400}" --name "${NAME:-tls}"
       --edgeshard "${EDGESHARD:-${CARGO_TARGET_DIR:-$REPO_DIR/target}/release/edgeshard}")
 [ -n "${PROXY_CPUS:-}" ] && args+=(--proxy-cpus "$PROXY_CPUS")
