@@ -117,7 +117,8 @@ fn encode(c: &mut Criterion) {
                     host,
                     client_ip: ip,
                     framing: OutFraming::None,
-                    set: None,
+                    set: &[],
+                    https: false,
                 };
                 upstream_request_head(&input, &head, &req, &mut out);
                 black_box(out.len())

@@ -5,9 +5,8 @@
 //!
 //! [`Transport`] is the seam TLS termination plugs into: stages read and write the client
 //! through it, and only [`Transport::plain`] (the socket, when its bytes are the HTTP bytes)
-//! lets a stage splice or run a tunnel's raw pumps.
+//! lets a stage splice or run a tunnel's raw pumps; [`Transport::Tls`] is copied.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -17,6 +16,7 @@ use monoio::net::TcpStream;
 use monoio::BufResult;
 
 use crate::io::Deadline;
+use crate::tls::stream::TlsStream;
 use crate::tunnel::Upgraded;
 
 /// Whether the client connection stays open after an exchange.
@@ -38,12 +38,17 @@ pub struct Client {
     pub deadline: Deadline,
     /// Set when the backend accepted an upgrade: [`crate::conn`] then runs the tunnel.
     pub upgraded: Option<Box<Upgraded>>,
+    /// Index of the `[[listener]]` it was accepted on.
+    pub listener: usize,
+    /// mTLS: the verified client certificate's subject.
+    pub client_subject: Option<Box<str>>,
 }
 
-/// The byte stream to the client. Plain TCP today; TLS termination adds a variant whose
-/// socket carries records, not HTTP bytes, and which therefore has no [`Transport::plain`].
+/// The byte stream to the client: plain TCP, or TLS, whose socket carries records, not HTTP
+/// bytes, and which therefore has no [`Transport::plain`].
 pub enum Transport {
     Plain(TcpStream),
+    Tls(Box<TlsStream>),
 }
 
 impl Transport {
@@ -54,6 +59,7 @@ impl Transport {
     pub fn plain(&self) -> Option<&TcpStream> {
         match self {
             Transport::Plain(s) => Some(s),
+            Transport::Tls(_) => None,
         }
     }
 
@@ -62,84 +68,94 @@ impl Transport {
     pub fn plain_mut(&mut self) -> Option<&mut TcpStream> {
         match self {
             Transport::Plain(s) => Some(s),
+            Transport::Tls(_) => None,
         }
     }
 
     /// Waits until a read would not block (a TLS transport must also answer at once when it
     /// holds decrypted bytes).
-    pub async fn readable(&self) -> std::io::Result<()> {
+    pub async fn readable(&mut self) -> std::io::Result<()> {
         match self {
             Transport::Plain(s) => s.readable(false).await,
+            Transport::Tls(s) => s.readable().await,
         }
     }
 }
 
 impl AsyncReadRent for Transport {
     #[inline]
-    fn read<T: IoBufMut>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
-            Transport::Plain(s) => s.read(buf),
+            Transport::Plain(s) => s.read(buf).await,
+            Transport::Tls(s) => s.read(buf).await,
         }
     }
 
     #[inline]
-    fn readv<T: IoVecBufMut>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
-            Transport::Plain(s) => s.readv(buf),
+            Transport::Plain(s) => s.readv(buf).await,
+            Transport::Tls(s) => s.readv(buf).await,
         }
     }
 }
 
 impl CancelableAsyncReadRent for Transport {
     #[inline]
-    fn cancelable_read<T: IoBufMut>(
+    async fn cancelable_read<T: IoBufMut>(
         &mut self,
         buf: T,
         c: CancelHandle,
-    ) -> impl Future<Output = BufResult<usize, T>> {
+    ) -> BufResult<usize, T> {
         match self {
-            Transport::Plain(s) => s.cancelable_read(buf, c),
+            Transport::Plain(s) => s.cancelable_read(buf, c).await,
+            Transport::Tls(s) => s.cancelable_read(buf, c).await,
         }
     }
 
     #[inline]
-    fn cancelable_readv<T: IoVecBufMut>(
+    async fn cancelable_readv<T: IoVecBufMut>(
         &mut self,
         buf: T,
         c: CancelHandle,
-    ) -> impl Future<Output = BufResult<usize, T>> {
+    ) -> BufResult<usize, T> {
         match self {
-            Transport::Plain(s) => s.cancelable_readv(buf, c),
+            Transport::Plain(s) => s.cancelable_readv(buf, c).await,
+            Transport::Tls(s) => s.cancelable_readv(buf, c).await,
         }
     }
 }
 
 impl AsyncWriteRent for Transport {
     #[inline]
-    fn write<T: IoBuf>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
-            Transport::Plain(s) => s.write(buf),
+            Transport::Plain(s) => s.write(buf).await,
+            Transport::Tls(s) => s.write(buf).await,
         }
     }
 
     #[inline]
-    fn writev<T: IoVecBuf>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
-            Transport::Plain(s) => s.writev(buf),
+            Transport::Plain(s) => s.writev(buf).await,
+            Transport::Tls(s) => s.writev(buf).await,
         }
     }
 
     #[inline]
-    fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> {
+    async fn flush(&mut self) -> std::io::Result<()> {
         match self {
-            Transport::Plain(s) => s.flush(),
+            Transport::Plain(s) => s.flush().await,
+            Transport::Tls(s) => s.flush().await,
         }
     }
 
     #[inline]
-    fn shutdown(&mut self) -> impl Future<Output = std::io::Result<()>> {
+    async fn shutdown(&mut self) -> std::io::Result<()> {
         match self {
-            Transport::Plain(s) => s.shutdown(),
+            Transport::Plain(s) => s.shutdown().await,
+            Transport::Tls(s) => s.shutdown().await,
         }
     }
 }

@@ -26,14 +26,39 @@ const INITIAL_BUF: usize = 4096;
 /// After an exchange a buffer larger than this is given back to the allocator.
 const KEEP_BUF: usize = 32 * 1024;
 
-pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, accepted: Instant) {
+pub async fn serve(
+    ctx: Rc<ShardCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    listener: usize,
+) {
     let _ = stream.set_nodelay(true);
+    // -- TLS listeners: the handshake, within handshake_timeout of the accept -------------
+    let mut client_subject = None;
+    let stream = match ctx.shared.tls.get(listener) {
+        None => Transport::Plain(stream),
+        // Boxed: the handshake's state is only needed until it completes, so an idle
+        // connection's task stays small.
+        Some(tls) => match Box::pin(crate::tls::handshake(&ctx, tls, stream, peer, accepted)).await
+        {
+            None => return,
+            Some(s) => {
+                if tls.subject_header.is_some() {
+                    client_subject = crate::tls::client_subject(&s).map(String::into_boxed_str);
+                }
+                Transport::Tls(Box::new(s))
+            }
+        },
+    };
     let mut client = Client {
-        stream: Transport::Plain(stream),
+        stream,
         buf: Vec::with_capacity(INITIAL_BUF),
         peer,
         deadline: Deadline::new(),
         upgraded: None,
+        listener,
+        client_subject,
     };
     let limits = {
         let l = &ctx.shared.config.limits;
@@ -139,11 +164,17 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, accep
                     Transport::Plain(tcp) => {
                         Box::pin(crate::tunnel::run(&ctx, tcp, buf, *up)).await;
                     }
+                    // Upgrades are not offered to backends on TLS listeners (see
+                    // proxy::serve_request), so no 101 arrives here.
+                    Transport::Tls(_) => {}
                 }
             }
             return;
         }
-        if outcome == Outcome::Close || ctx.draining() {
+        // Not `|| ctx.draining()`: a response whose head went out before the drain began
+        // promised keep-alive, and the client may send its next request at once; the wait
+        // below, draining, gives it the grace and answers it with `Connection: close`.
+        if outcome == Outcome::Close {
             return;
         }
         if client.buf.capacity() > KEEP_BUF && client.buf.len() < INITIAL_BUF {
@@ -173,12 +204,19 @@ enum Wait {
 
 /// Waits up to `wait` for the first bytes of a request into the (empty) client buffer.
 ///
-/// The hot read is cancelable and, when the hot window ends (or the shard drains), it is
-/// cancelled and then awaited: on io_uring a read may complete in the kernel just before the
-/// cancel lands, and its bytes must not be lost with a dropped future. The cold wait uses
-/// readiness only, which consumes nothing and is safe to drop.
+/// Draining does not end the wait at once: a client may be sending its next request at that
+/// very moment, and closing would lose it. Once the shard drains, the wait ends at the
+/// drain's grace (`server.drain_grace`) or at `wait`, whichever comes first; a request that
+/// arrives before then is served (with `Connection: close`, as everything while draining).
+///
+/// The hot read is cancelable and, when the hot window ends, it is cancelled and then
+/// awaited: on io_uring a read may complete in the kernel just before the cancel lands, and
+/// its bytes must not be lost with a dropped future. The cold wait uses readiness only,
+/// which consumes nothing and is safe to drop.
 async fn wait_for_request(ctx: &ShardCtx, client: &mut Client, wait: Duration) -> Wait {
-    let hot = wait.min(HOT_WAIT);
+    let start = Instant::now();
+    let idle_end = start + wait;
+    let hot_end = start + wait.min(HOT_WAIT);
     let canceller = Canceller::new();
     if client.buf.capacity() == 0 {
         client.buf.reserve(INITIAL_BUF);
@@ -189,14 +227,33 @@ async fn wait_for_request(ctx: &ShardCtx, client: &mut Client, wait: Duration) -
             .stream
             .cancelable_read(owned.slice_mut(0..), canceller.handle());
         let mut read = std::pin::pin!(read);
-        let first = monoio::select! {
-            r = client.deadline.within(hot, read.as_mut()) => r.ok(),
-            _ = ctx.drain.notified() => None,
-        };
-        match first {
-            Some(done) => done,
+        let mut done = None;
+        // Two rounds at most: the hot window, then (if the drain began in it) the rest of the
+        // hot window within the grace. The read stays posted across both.
+        for _ in 0..2 {
+            // Polled even when no time is left, so that the read is posted before a cancel.
+            let left = wait_end(ctx, hot_end).saturating_duration_since(Instant::now());
+            let step = if ctx.draining() {
+                Step::Done(client.deadline.within(left, read.as_mut()).await)
+            } else {
+                monoio::select! {
+                    r = client.deadline.within(left, read.as_mut()) => Step::Done(r),
+                    _ = ctx.drain.notified() => Step::Drain,
+                }
+            };
+            match step {
+                Step::Done(Ok(r)) => {
+                    done = Some(r);
+                    break;
+                }
+                Step::Done(Err(_)) => break,
+                Step::Drain => {}
+            }
+        }
+        match done {
+            Some(r) => r,
             None => {
-                // Timer or drain: cancel, then collect what the read did before the cancel.
+                // Window over: cancel, then collect what the read did before the cancel.
                 let _ = canceller.cancel();
                 read.await
             }
@@ -209,24 +266,30 @@ async fn wait_for_request(ctx: &ShardCtx, client: &mut Client, wait: Duration) -
         Err(e) if e.raw_os_error() != Some(libc::ECANCELED) => return Wait::Closed,
         Err(_) => {}
     }
-    if ctx.draining() {
-        return Wait::Draining;
-    }
-    if hot >= wait {
-        return Wait::Timeout;
-    }
     // Cold: give the buffer back and wait for readability alone.
     client.buf = Vec::new();
-    let cold = wait - hot;
-    let ready = monoio::select! {
-        r = client.deadline.within(cold, client.stream.readable()) => Some(r),
-        _ = ctx.drain.notified() => None,
+    let ready = loop {
+        let left = wait_end(ctx, idle_end).saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return expired(ctx);
+        }
+        let step = if ctx.draining() {
+            Step::Done(client.deadline.within(left, client.stream.readable()).await)
+        } else {
+            monoio::select! {
+                r = client.deadline.within(left, client.stream.readable()) => Step::Done(r),
+                _ = ctx.drain.notified() => Step::Drain,
+            }
+        };
+        match step {
+            Step::Done(r) => break r,
+            Step::Drain => continue, // the wait now ends with the grace
+        }
     };
     match ready {
-        None => return Wait::Draining,
-        Some(Err(_)) => return Wait::Timeout,
-        Some(Ok(Err(_))) => return Wait::Closed,
-        Some(Ok(Ok(()))) => {}
+        Err(_) => return expired(ctx),
+        Ok(Err(_)) => return Wait::Closed,
+        Ok(Ok(())) => {}
     }
     client.buf = Vec::with_capacity(INITIAL_BUF);
     // Readable: data (or EOF) is there, so this read completes at once.
@@ -242,6 +305,27 @@ async fn wait_for_request(ctx: &ShardCtx, client: &mut Client, wait: Duration) -
         Ok(_) => Wait::Data,
         Err(IoFail::Timeout) => Wait::Timeout,
         Err(_) => Wait::Closed,
+    }
+}
+
+/// One step of a wait: the operation finished (or its timer did), or the drain began.
+enum Step<T> {
+    Done(T),
+    Drain,
+}
+
+/// `end`, or the drain's grace end if the shard is draining and that comes first.
+fn wait_end(ctx: &ShardCtx, end: Instant) -> Instant {
+    ctx.grace_end().map_or(end, |g| g.min(end))
+}
+
+/// A wait that ran out: while draining the connection is closed silently (no 408 for a
+/// client that said nothing), otherwise the caller decides between 408 and a silent close.
+fn expired(ctx: &ShardCtx) -> Wait {
+    if ctx.draining() {
+        Wait::Draining
+    } else {
+        Wait::Timeout
     }
 }
 
@@ -273,7 +357,7 @@ mod tests {
                 .await
                 .unwrap();
             let peer = s.peer_addr().unwrap();
-            let fut = serve(ctx, s, peer, Instant::now());
+            let fut = serve(ctx, s, peer, Instant::now(), 0);
             let size = std::mem::size_of_val(&fut);
             assert!(size <= 2560, "serve() future is {size} bytes");
         });

@@ -1,6 +1,7 @@
 //! edgeshard: a thread-per-core HTTP/1.1 edge load balancer and reverse proxy.
 //!
-//! The request pipeline, one module per stage: accept ([`listener`], [`worker`]) → parse
+//! The request pipeline, one module per stage: accept ([`listener`], [`worker`], TLS
+//! termination in [`tls`]) → parse
 //! ([`conn`], [`http::parse`]) → route ([`proxy`], [`route`]) → balance ([`forward`],
 //! [`upstream::state`], [`balance`]) → pool ([`upstream::pool`], [`upstream::connect`]) →
 //! forward ([`forward`], [`relay`], [`splice`]) → respond ([`respond`], [`http::encode`],
@@ -25,12 +26,14 @@ pub mod proxy;
 pub mod relay;
 pub mod respond;
 pub mod route;
+pub mod sdnotify;
 pub mod shard;
 pub mod snapshot;
 pub mod splice;
 pub mod stats;
 #[cfg(test)]
 pub(crate) mod test_engines;
+pub mod tls;
 pub mod trace;
 pub mod tunnel;
 pub mod upstream;

@@ -1,5 +1,5 @@
 //! The `edgeshard` command: parse the command line, validate the configuration, bind the
-//! listeners, start one pinned shard per CPU, print readiness, and drain on SIGTERM/SIGINT.
+//! listeners, start one pinned shard per CPU, print readiness, and drain on SIGTERM/SIGQUIT/SIGINT.
 //! Everything here runs once at start-up or shutdown; the request path lives in the library.
 
 use std::io::Write;
@@ -13,6 +13,7 @@ use edgeshard::config::{Config, IoEngine};
 use edgeshard::observe::access::LogWriter;
 use edgeshard::observe::admin::{self, AdminState, ShardMeta};
 use edgeshard::snapshot::{Published, Shared};
+use edgeshard::tls::TlsListeners;
 use edgeshard::worker::{run_shard, ShardStart};
 
 // mimalloc: the proxy allocates per-connection buffers and per-request vectors from many
@@ -149,6 +150,11 @@ fn report(r: Result<()>) -> i32 {
 fn check(path: &std::path::Path) -> i32 {
     match Config::load(path) {
         Ok(c) => {
+            // The certificate files are part of the configuration: read them too.
+            if let Err(e) = TlsListeners::build(&c) {
+                eprintln!("{}: {e}", path.display());
+                return 1;
+            }
             println!("{}: configuration is valid", path.display());
             print!("{}", c.summary());
             0
@@ -299,17 +305,25 @@ fn raise_nofile_limit() {
     }
 }
 
-/// Waits for SIGTERM or SIGINT; every SIGUSR1 on the way reopens the access log.
+/// Waits for SIGTERM, SIGQUIT or SIGINT; every SIGUSR1 on the way reopens the access log,
+/// every SIGHUP re-reads the TLS certificates.
 fn wait_for_stop(
     signals: &mut signal_hook::iterator::Signals,
     log: Option<&edgeshard::observe::access::LogSink>,
+    tls: &TlsListeners,
 ) -> Option<i32> {
     for s in signals.forever() {
-        if s != signal_hook::consts::SIGUSR1 {
-            return Some(s);
-        }
-        if let Some(log) = log {
-            log.reopen();
+        match s {
+            signal_hook::consts::SIGUSR1 => {
+                if let Some(log) = log {
+                    log.reopen();
+                }
+            }
+            signal_hook::consts::SIGHUP => {
+                tracing::info!("SIGHUP: re-reading TLS certificates");
+                tls.reload(true);
+            }
+            _ => return Some(s),
         }
     }
     None
@@ -326,10 +340,20 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     };
     let engine = resolve_engine(requested)?;
     let cpus = choose_cpus(placement)?;
+    // Certificates are read before anything binds: a bad file stops start-up, naming it.
+    let tls = Arc::new(TlsListeners::build(&config)?);
+    if tls.any() {
+        tracing::info!(
+            ktls = edgeshard::tls::ktls_available(),
+            "TLS listeners ready (records are encrypted in user space; kTLS is detected, not used yet)"
+        );
+    }
+    let addresses: Vec<std::net::SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
     let (sockets, bound) = edgeshard::listener::bind_all(
-        &config.listeners,
+        &addresses,
         cpus.len(),
         config.congestion.client.as_deref(),
+        edgeshard::listener::Ownership::Exclusive,
     )?;
     let admin_listener = match &config.admin {
         None => None,
@@ -353,12 +377,15 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     // right after readiness drains instead of killing the process.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
+        // SIGQUIT is a graceful stop too (nginx's meaning): no core dump, no lost requests.
+        signal_hook::consts::SIGQUIT,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGUSR1,
+        signal_hook::consts::SIGHUP,
     ])
     .context("cannot install signal handlers")?;
 
-    let shared = Arc::new(Shared::with_shards(config, cpus.len()));
+    let shared = Arc::new(Shared::with_shards(config, cpus.len()).with_tls(tls.clone()));
     // Shards and the admin thread load the snapshot in force from here (hot reload will
     // publish its replacements here).
     let published = Arc::new(Published::new(shared.clone()));
@@ -469,17 +496,26 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
         out.flush()?;
     }
     tracing::info!(shards = threads.len(), cpus = %format_cpus(&cpus), engine = engine_name, "edgeshard started");
+    // systemd (Type=notify): ready now that every shard accepts.
+    if let Err(e) = edgeshard::sdnotify::notify("READY=1") {
+        tracing::warn!(error = %e, "cannot send READY=1 to $NOTIFY_SOCKET");
+    }
 
-    // Wait for SIGTERM/SIGINT, then drain. SIGUSR1 reopens the access log (rotation).
-    let sig = wait_for_stop(&mut signals, log_sink.as_ref());
+    // Wait for SIGTERM/SIGQUIT/SIGINT, then drain. SIGUSR1 reopens the access log (rotation),
+    // SIGHUP re-reads certificates.
+    let watch_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = tls.clone().spawn_watcher(watch_stop.clone());
+    let sig = wait_for_stop(&mut signals, log_sink.as_ref(), &tls);
     tracing::info!(signal = ?sig, "draining: no new connections; finishing in-flight requests");
+    let _ = edgeshard::sdnotify::notify("STOPPING=1");
     for s in stops {
         let _ = s.send(());
     }
-    // A second SIGTERM/SIGINT while draining means: stop now.
+    // A second SIGTERM/SIGQUIT/SIGINT while draining means: stop now.
     let reopen = log_sink.clone();
+    let tls_again = tls.clone();
     std::thread::spawn(move || {
-        if wait_for_stop(&mut signals, reopen.as_ref()).is_some() {
+        if wait_for_stop(&mut signals, reopen.as_ref(), &tls_again).is_some() {
             eprintln!("edgeshard: second signal, exiting without waiting");
             std::process::exit(1);
         }
@@ -498,6 +534,11 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
         );
     }
     prober.stop();
+    watch_stop.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(w) = watcher {
+        w.thread().unpark();
+        let _ = w.join();
+    }
     // Every shard handed over its last lines: the writer writes them, then stops.
     if let Some(w) = log_writer {
         w.finish(std::time::Duration::from_secs(5));

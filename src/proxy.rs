@@ -34,7 +34,9 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         framing: head.framing(),
         expect_continue: head.expect_continue,
         head_len: head.head_len,
-        upgrade: wants_upgrade(&client.buf, head).is_some(),
+        // The tunnel's pumps need the plain socket: no upgrade is offered to a backend on a
+        // TLS listener (the Upgrade field is hop-by-hop, so it is not forwarded either).
+        upgrade: client.stream.plain().is_some() && wants_upgrade(&client.buf, head).is_some(),
     };
     let mut trace = Trace::default();
     let rid = request_id(ctx, client, head);
@@ -44,13 +46,43 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         .as_ref()
         .filter(|log| log.sampled())
         .map(|_| log_fields(&client.buf, head, rid.bytes()));
-    let prepared = prepare(ctx, client, head, &facts, &rid, &mut trace);
+    let redirect = ctx
+        .shared
+        .config
+        .listeners
+        .get(client.listener)
+        .and_then(|l| l.redirect_https);
+    let prepared = match redirect {
+        Some(r) => {
+            https_location(&client.buf, head, r.port).map(|loc| Plan::Redirect(r.status, loc))
+        }
+        None => prepare(ctx, client, head, &facts, &rid, &mut trace).map(Plan::Forward),
+    };
     // The head has been encoded for the upstream (or refused): from here on the client buffer
     // holds only the body and whatever was pipelined after it.
     client.buf.drain(..facts.head_len);
     // Stages 4 to 7: forward the routed request, relay the answer.
     let result = match prepared {
-        Ok(p) => match Forward::new(ctx)
+        Ok(Plan::Redirect(status, location)) => {
+            let c = if status == 308 {
+                Canned::PermanentRedirect
+            } else {
+                Canned::MovedPermanently
+            };
+            let body_unread = !facts.framing.is_empty();
+            let close = !facts.keep_alive || facts.minor == 0 || body_unread || ctx.draining();
+            trace.status = Some(c.status());
+            let outcome =
+                respond_canned_with(ctx, client, c, close, Some((b"Location", &location))).await;
+            if body_unread {
+                linger_close(client).await;
+            }
+            Ok(Exchanged {
+                outcome,
+                early: false,
+            })
+        }
+        Ok(Plan::Forward(p)) => match Forward::new(ctx)
             .forward(client, p, facts, &mut trace)
             .await
         {
@@ -195,6 +227,10 @@ fn prepare<'a>(
         BodyFraming::Length(n) => OutFraming::Length(n),
         BodyFraming::Chunked | BodyFraming::UntilClose => OutFraming::Chunked,
     };
+    let rid_field: (&[u8], &[u8]) = (shared.config.request_id.header.as_bytes(), rid.bytes());
+    let (https, subject) = crate::tls::client_facts(ctx, client);
+    let set = [rid_field, subject.unwrap_or((b"", b""))];
+    let n_set = if subject.is_some() { 2 } else { 1 };
     let mut out = ctx.buffer();
     upstream_request_head(
         buf,
@@ -205,8 +241,10 @@ fn prepare<'a>(
             client_ip: client.peer.ip(),
             framing: out_framing,
             // Generated or trusted, the id replaces every incoming field of its name (a
-            // trusted peer's duplicates included).
-            set: Some((shared.config.request_id.header.as_bytes(), rid.bytes())),
+            // trusted peer's duplicates included); so does the mTLS subject, whose field a
+            // client can never set.
+            set: &set[..n_set],
+            https,
         },
         &mut out,
     );
@@ -226,6 +264,45 @@ fn prepare<'a>(
         out,
         out_framing,
     })
+}
+
+/// What the head asks of the pipeline.
+enum Plan<'a> {
+    /// Forward it to a backend.
+    Forward(Prepared<'a>),
+    /// `redirect_https`: answer with this status and `Location`.
+    Redirect(u16, Vec<u8>),
+}
+
+/// `https://HOST[:PORT]/PATH?QUERY` for a `redirect_https` listener: the request's host
+/// without its port, and its target in origin form. A request without a valid host is a 400.
+fn https_location(buf: &[u8], head: &RequestHead, port: u16) -> Result<Vec<u8>, Canned> {
+    let target = split_target(head.target.get(buf));
+    let host: &[u8] = match (target.authority, head.host) {
+        (Some(a), _) => a,
+        (None, Some(h)) => h.get(buf),
+        (None, None) => b"",
+    };
+    if host.is_empty() || !valid_authority(host) {
+        return Err(Canned::BadRequest);
+    }
+    // Strip a port (an IPv6 literal keeps its brackets).
+    let name = match host.iter().rposition(|&b| b == b':') {
+        Some(i) if !host[i..].contains(&b']') => &host[..i],
+        _ => host,
+    };
+    let mut loc = Vec::with_capacity(16 + host.len() + target.path.len());
+    loc.extend_from_slice(b"https://");
+    loc.extend_from_slice(name);
+    if port != 443 {
+        loc.push(b':');
+        loc.extend_from_slice(port.to_string().as_bytes());
+    }
+    if target.path.first() != Some(&b'/') {
+        loc.push(b'/');
+    }
+    loc.extend_from_slice(target.path);
+    Ok(loc)
 }
 
 /// How a forwarded request ended for the client connection.

@@ -79,10 +79,24 @@ pub async fn relay_response(
     } = answered;
     r.stats.upstream_status(backend, head.status);
     trace.status = Some(head.status);
-    let rid_field = cfg
-        .request_id
-        .respond
-        .then(|| (cfg.request_id.header.as_bytes(), rid.bytes()));
+    // Fields the proxy sets on the response: the request id (when returned) and, on a TLS
+    // listener with `hsts`, Strict-Transport-Security (replacing the backend's).
+    let mut set: [(&[u8], &[u8]); 2] = [(b"", b""); 2];
+    let mut n_set = 0;
+    if cfg.request_id.respond {
+        set[n_set] = (cfg.request_id.header.as_bytes(), rid.bytes());
+        n_set += 1;
+    }
+    if let Some(h) = r
+        .shared
+        .tls
+        .get(client.listener)
+        .and_then(|t| t.hsts.as_deref())
+    {
+        set[n_set] = (b"Strict-Transport-Security", h.as_bytes());
+        n_set += 1;
+    }
+    let rid_field = &set[..n_set];
     out.clear();
     if head.status == 101 {
         trace.upstream_us = Some(micros(sending));
@@ -215,7 +229,7 @@ async fn switch_protocols(
     head: &ResponseHead,
     ubuf: &[u8],
     out: &mut Vec<u8>,
-    rid_field: Option<(&[u8], &[u8])>,
+    rid_field: &[(&[u8], &[u8])],
 ) -> Result<Outcome, ProxyError> {
     switching_protocols_head(ubuf, head, rid_field, out);
     let n = out.len();
@@ -370,8 +384,12 @@ async fn splice_response(
     (pipe, body): (PipeLoan<'_>, SplicedBody),
     written: &mut bool,
 ) -> Result<u64, RelayError> {
-    // Only a plain transport is spliced (`splice_choice`); a TLS one will be copied.
-    let Transport::Plain(tcp) = &mut client.stream;
+    // Only a plain transport is spliced (`splice_choice`); a TLS one is copied.
+    let Transport::Plain(tcp) = &mut client.stream else {
+        return Err(RelayError::Write(IoFail::Io(std::io::Error::other(
+            "splice needs a plain socket",
+        ))));
+    };
     bump(&r.stats.spliced);
     let head_read = *up.pos;
     let res = relay_spliced(

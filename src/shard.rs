@@ -41,8 +41,10 @@ pub struct ShardCtx {
     pub ids: RequestIds,
     /// Pipes for splicing large bodies.
     pub pipes: PipePool,
-    /// Fired when the shard starts draining.
+    /// Fired when the shard starts draining (through [`ShardCtx::begin_drain`]).
     pub drain: Notify,
+    /// Set when draining begins: until then an idle connection may still send one request.
+    grace_end: Cell<Option<Instant>>,
     /// Fired when draining and the last connection closes.
     pub idle: Notify,
     /// Live client connections (see `worker::ActiveGuard`).
@@ -80,6 +82,7 @@ impl ShardCtx {
                 shared.config.splice.pipe_bytes,
             ),
             drain: Notify::default(),
+            grace_end: Cell::new(None),
             idle: Notify::default(),
             active: Cell::new(0),
             shared,
@@ -88,6 +91,21 @@ impl ShardCtx {
 
     pub fn draining(&self) -> bool {
         self.drain.is_fired()
+    }
+
+    /// Starts the drain: the grace (`server.drain_grace`) runs from now, then every waiter
+    /// on [`ShardCtx::drain`] wakes.
+    pub fn begin_drain(&self) {
+        if self.grace_end.get().is_none() {
+            self.grace_end
+                .set(Some(Instant::now() + self.shared.config.drain_grace));
+        }
+        self.drain.notify_all();
+    }
+
+    /// When the drain's grace ends; `None` while not draining.
+    pub fn grace_end(&self) -> Option<Instant> {
+        self.grace_end.get()
     }
 
     /// A cleared buffer from the shard's free list, given back when the loan drops.

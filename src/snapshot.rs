@@ -52,6 +52,9 @@ pub struct Shared {
     pub accepting: Box<[AtomicBool]>,
     /// Active health-check state per backend, written by the one prober thread.
     pub board: Arc<HealthBoard>,
+    /// Per listener: its TLS configuration and certificates (empty until
+    /// [`Shared::with_tls`]).
+    pub tls: Arc<crate::tls::TlsListeners>,
 }
 
 impl Shared {
@@ -106,7 +109,14 @@ impl Shared {
             routes,
             backends,
             upstream_backends,
+            tls: Arc::default(),
         }
+    }
+
+    /// This snapshot with its listeners' TLS (built by [`crate::tls::TlsListeners::build`]).
+    pub fn with_tls(mut self, tls: Arc<crate::tls::TlsListeners>) -> Shared {
+        self.tls = tls;
+        self
     }
 
     /// Whether the admin API drained this backend. Relaxed: the flag guards no other data,

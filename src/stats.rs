@@ -108,6 +108,7 @@ pub struct Stats {
     /// Body bytes that went socket → pipe → socket (the rest of those bodies was copied).
     pub spliced_bytes: Cell<u64>,
     pub latency: RefCell<Latencies>,
+    pub tls: crate::tls::stats::TlsStats,
 }
 
 #[inline]
@@ -155,6 +156,7 @@ impl Stats {
             spliced: Cell::new(0),
             spliced_bytes: Cell::new(0),
             latency: RefCell::new(Latencies::default()),
+            tls: Default::default(),
         }
     }
 
@@ -270,6 +272,7 @@ impl Stats {
             spliced: self.spliced.get(),
             spliced_bytes: self.spliced_bytes.get(),
             latency: self.latency.borrow().clone(),
+            tls: self.tls.snapshot(),
         }
     }
 }
@@ -331,6 +334,7 @@ pub struct Snapshot {
     pub spliced: u64,
     pub spliced_bytes: u64,
     pub latency: Latencies,
+    pub tls: crate::tls::stats::TlsSnap,
 }
 
 impl Snapshot {
@@ -387,6 +391,7 @@ impl Snapshot {
         self.spliced += other.spliced;
         self.spliced_bytes += other.spliced_bytes;
         self.latency.merge(&other.latency);
+        self.tls.merge(&other.tls);
     }
 }
 

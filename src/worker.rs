@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_channel::{mpsc, oneshot};
+use monoio::io::Canceller;
 use monoio::net::TcpListener;
 
 use crate::config::IoEngine;
@@ -206,9 +207,10 @@ async fn shard_main(start: ShardStart) -> ShardReport {
 
     let accept_loops: Vec<_> = accepting
         .into_iter()
-        .map(|l| {
+        .enumerate()
+        .map(|(i, l)| {
             let ctx = ctx.clone();
-            monoio::spawn(accept_loop(ctx, l))
+            monoio::spawn(accept_loop(ctx, l, i))
         })
         .collect();
 
@@ -217,7 +219,7 @@ async fn shard_main(start: ShardStart) -> ShardReport {
     if let Some(flag) = ctx.shared.accepting.get(id) {
         flag.store(false, Ordering::Release);
     }
-    ctx.drain.notify_all();
+    ctx.begin_drain();
     for a in accept_loops {
         a.await;
     }
@@ -256,31 +258,33 @@ fn stop_listening(listener: &TcpListener) {
     let _ = unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
 }
 
-async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
-    let max = ctx.shared.config.limits.max_connections_per_shard;
+/// Accepts on the `index`-th `[[listener]]`.
+async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, index: usize) {
     loop {
+        let canceller = Canceller::new();
+        let accept = listener.cancelable_accept(canceller.handle());
+        let mut accept = std::pin::pin!(accept);
         let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = ctx.drain.notified() => {
+            r = accept.as_mut() => Some(r),
+            _ = ctx.drain.notified() => None,
+        };
+        let accepted = match accepted {
+            Some(r) => r,
+            None => {
+                // On io_uring the accept may complete in the kernel just before the cancel
+                // lands: await it, and serve the connection it took.
+                let _ = canceller.cancel();
+                if let Ok((stream, peer)) = accept.await {
+                    admit(&ctx, stream, peer, index);
+                }
+                refuse_handshakes(&ctx, &listener);
+                take_queued(&ctx, &listener, index).await;
                 stop_listening(&listener);
                 return;
             }
         };
         match accepted {
-            Ok((stream, peer)) => {
-                bump(&ctx.stats.accepted);
-                if ctx.active.get() >= max {
-                    bump(&ctx.stats.rejected_conn_limit);
-                    drop(stream);
-                    continue;
-                }
-                let guard = ActiveGuard::new(ctx.clone());
-                monoio::spawn(async move {
-                    let ctx = guard.ctx.clone();
-                    crate::conn::serve(ctx, stream, peer, Instant::now()).await;
-                    drop(guard);
-                });
-            }
+            Ok((stream, peer)) => admit(&ctx, stream, peer, index),
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(shard = ctx.id, error = %e, "accept failed");
@@ -288,4 +292,66 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
             }
         }
     }
+}
+
+/// Serves an accepted connection, unless the shard is at `max_connections_per_shard`: then
+/// the stream is dropped (the client sees a TCP close).
+fn admit(
+    ctx: &Rc<ShardCtx>,
+    stream: monoio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    listener: usize,
+) {
+    bump(&ctx.stats.accepted);
+    if ctx.active.get() >= ctx.shared.config.limits.max_connections_per_shard {
+        bump(&ctx.stats.rejected_conn_limit);
+        drop(stream);
+        return;
+    }
+    let guard = ActiveGuard::new(ctx.clone());
+    monoio::spawn(async move {
+        let ctx = guard.ctx.clone();
+        crate::conn::serve(ctx, stream, peer, Instant::now(), listener).await;
+        drop(guard);
+    });
+}
+
+/// Accepts, when draining, every connection already in the listener's queue: shutting a
+/// listening socket down resets the connections still queued on it, clients whose handshake
+/// the kernel completed and who may have sent their request already. They are served like
+/// the others (within the drain's grace). Only connections that complete their handshake in
+/// the few microseconds between the last check and the shutdown can still be lost.
+async fn take_queued(ctx: &Rc<ShardCtx>, listener: &TcpListener, index: usize) {
+    while has_queued(listener) {
+        match listener.accept().await {
+            Ok((stream, peer)) => admit(ctx, stream, peer, index),
+            Err(_) => return,
+        }
+    }
+}
+
+/// New SYNs are dropped from now on (see [`crate::listener::drop_new_handshakes`]).
+fn refuse_handshakes(ctx: &ShardCtx, listener: &TcpListener) {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the descriptor belongs to `listener`, which is alive and not closed for as long
+    // as this borrow (this function's body) lasts. Exercised by tests/shutdown.rs.
+    let fd = unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) };
+    if let Err(e) = crate::listener::drop_new_handshakes(fd) {
+        tracing::warn!(shard = ctx.id, error = %e, "cannot filter new connections while draining");
+    }
+}
+
+/// Whether a connection waits in the listener's accept queue (poll(2), no wait).
+fn has_queued(listener: &TcpListener) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one pollfd we own, with a zero timeout; it writes only `revents`.
+    // The descriptor belongs to `listener`, alive for the call. Exercised by
+    // tests/shutdown.rs (connections queued while the proxy is stopped are all served).
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & libc::POLLIN != 0
 }

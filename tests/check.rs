@@ -12,6 +12,7 @@ const GOOD: &str = r#"
 [server]
 io_engine = "epoll"
 shutdown_timeout = "30s"
+drain_grace = "1s"
 splice = "auto"
 splice_min_bytes = "256KiB"
 splice_pipe_bytes = "1MiB"
@@ -21,6 +22,14 @@ upstream_congestion = "reno"
 
 [[listener]]
 address = "127.0.0.1:0"
+
+[[listener]]
+address = "127.0.0.1:0"
+tls = { certificates = [{ cert = "@CERTS@/a.pem", key = "@CERTS@/a.key", ocsp = "@CERTS@/a.ocsp", default = true }], versions = ["1.2", "1.3"], cipher_suites = ["TLS13_AES_128_GCM_SHA256", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"], handshake_timeout = "10s", max_handshakes = 1024, client_auth = { ca = "@CERTS@/ca.pem", required = false, subject_header = "X-Client-Subject" }, hsts = "max-age=31536000" }
+
+[[listener]]
+address = "127.0.0.1:0"
+redirect_https = { port = 443, status = 301 }
 
 [[route]]
 host = "api.example.com"
@@ -142,6 +151,23 @@ fn lines_with<'a>(out: &'a str, words: &[&str]) -> Vec<&'a str> {
             words.iter().all(|w| l.contains(&w.to_ascii_lowercase()))
         })
         .collect()
+}
+
+/// [`GOOD`] with its certificate paths pointing at files made once per test process.
+fn good() -> String {
+    static DIR: std::sync::OnceLock<std::mem::ManuallyDrop<crate::support::tls::CertDir>> =
+        std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let ca = crate::support::tls::TestCa::new("check ca");
+        let leaf = ca.leaf(&["api.example.com"]);
+        let dir = crate::support::tls::CertDir::kept(&format!("check-{}", std::process::id()));
+        dir.write("a.pem", &leaf.cert_pem);
+        dir.write("a.key", &leaf.key_pem);
+        dir.write("a.ocsp", "not checked by edgeshard: stapled as is");
+        dir.write("ca.pem", &ca.pem);
+        dir
+    });
+    GOOD.replace("@CERTS@", &dir.dir.display().to_string())
 }
 
 fn expect_error(config: &str, words: &[&str]) -> String {
@@ -266,7 +292,7 @@ fn check_accepts_full_valid_config() {
     let token_file =
         std::env::temp_dir().join(format!("edgeshard-test-token-{}", std::process::id()));
     std::fs::write(&token_file, "s3cret\n").unwrap();
-    let with_file = GOOD.replace(
+    let with_file = good().replace(
         "token = \"s3cret\"",
         &format!("token_file = \"{}\"", token_file.display()),
     );
@@ -300,7 +326,7 @@ fn check_accepts_full_valid_config() {
         "keys the valid config uses that docs/CONFIG.md does not list: {undocumented:?}"
     );
     let results = [
-        ("with token", run_check(GOOD)),
+        ("with token", run_check(&good())),
         ("with token_file", run_check(&with_file)),
     ];
     let _ = std::fs::remove_file(&token_file);
@@ -315,17 +341,17 @@ fn check_accepts_full_valid_config() {
 
 #[test]
 fn check_accepts_size_units() {
-    let cfg = GOOD.replace("max_body_bytes = \"16MiB\"", "max_body_bytes = \"64KiB\"");
+    let cfg = good().replace("max_body_bytes = \"16MiB\"", "max_body_bytes = \"64KiB\"");
     let (code, out) = run_check(&cfg);
     assert_eq!(code, Some(0), "output:\n{out}");
-    let cfg = GOOD.replace("max_body_bytes = \"16MiB\"", "max_body_bytes = 1048576");
+    let cfg = good().replace("max_body_bytes = \"16MiB\"", "max_body_bytes = 1048576");
     let (code, out) = run_check(&cfg);
     assert_eq!(code, Some(0), "output:\n{out}");
 }
 
 #[test]
 fn check_rejects_unknown_key() {
-    let cfg = GOOD.replace(
+    let cfg = good().replace(
         "shutdown_timeout = \"30s\"",
         "shutdown_timeout = \"30s\"\nbogus_key = 1",
     );
@@ -334,48 +360,48 @@ fn check_rejects_unknown_key() {
 
 #[test]
 fn check_rejects_unknown_key_in_route() {
-    let cfg = GOOD.replace(
+    let cfg = good().replace(
         "upstream = \"web\"\n\n[[upstream]]",
         "upstream = \"web\"\ncolour = \"red\"\n\n[[upstream]]",
     );
-    assert_ne!(cfg, GOOD);
+    assert_ne!(cfg, good());
     expect_error(&cfg, &["colour"]);
 }
 
 #[test]
 fn check_rejects_undefined_upstream() {
-    let cfg = GOOD.replace("upstream = \"web\"\n", "upstream = \"nope\"\n");
-    assert_ne!(cfg, GOOD);
+    let cfg = good().replace("upstream = \"web\"\n", "upstream = \"nope\"\n");
+    assert_ne!(cfg, good());
     expect_error(&cfg, &["route", "upstream"]);
 }
 
 #[test]
 fn check_rejects_bad_listener_address() {
-    let cfg = GOOD.replace("address = \"127.0.0.1:0\"", "address = \"not-an-address\"");
+    let cfg = good().replace("address = \"127.0.0.1:0\"", "address = \"not-an-address\"");
     expect_error(&cfg, &["listener", "address"]);
 }
 
 #[test]
 fn check_rejects_bad_backend_address() {
-    let cfg = GOOD.replace("127.0.0.1:9003", "300.1.1.1:80");
+    let cfg = good().replace("127.0.0.1:9003", "300.1.1.1:80");
     expect_error(&cfg, &["address"]);
 }
 
 #[test]
 fn check_rejects_bad_duration() {
-    let cfg = GOOD.replace("client_header = \"10s\"", "client_header = \"ten seconds\"");
+    let cfg = good().replace("client_header = \"10s\"", "client_header = \"ten seconds\"");
     expect_error(&cfg, &["client_header"]);
 }
 
 #[test]
 fn check_rejects_bad_size() {
-    let cfg = GOOD.replace("max_body_bytes = \"16MiB\"", "max_body_bytes = \"lots\"");
+    let cfg = good().replace("max_body_bytes = \"16MiB\"", "max_body_bytes = \"lots\"");
     expect_error(&cfg, &["max_body_bytes"]);
 }
 
 #[test]
 fn check_reports_each_undefined_upstream_on_its_own_line() {
-    let cfg = GOOD
+    let cfg = good()
         .replace("upstream = \"web\"\n", "upstream = \"nope1\"\n")
         .replacen("upstream = \"api\"\n", "upstream = \"nope2\"\n", 1);
     let out = expect_error(&cfg, &["upstream"]);
@@ -388,7 +414,7 @@ fn check_reports_each_undefined_upstream_on_its_own_line() {
 
 #[test]
 fn check_reports_unknown_key_undefined_upstream_and_bad_address_together() {
-    let cfg = GOOD
+    let cfg = good()
         .replace(
             "shutdown_timeout = \"30s\"",
             "shutdown_timeout = \"30s\"\nbogus_key = 1",
@@ -429,7 +455,7 @@ fn check_missing_file_fails() {
 
 #[test]
 fn run_with_invalid_config_fails_without_ready() {
-    let cfg = GOOD.replace("upstream = \"web\"\n", "upstream = \"nope\"\n");
+    let cfg = good().replace("upstream = \"web\"\n", "upstream = \"nope\"\n");
     match Proxy::try_start(&cfg, Engine::Epoll) {
         Ok(p) => panic!(
             "edgeshard run became ready with an invalid config; output:\n{}",
@@ -437,4 +463,46 @@ fn run_with_invalid_config_fails_without_ready() {
         ),
         Err(msg) => assert!(msg.contains("exited before ready"), "{msg}"),
     }
+}
+
+#[test]
+fn check_names_bad_tls_files_and_fields() {
+    // A missing certificate file: named with its key path and the file.
+    let cfg = good().replace("/a.pem\"", "/missing.pem\"");
+    expect_error(
+        &cfg,
+        &["listener[1].tls.certificates[0].cert", "missing.pem"],
+    );
+    // A key that is not the certificate's.
+    let other = crate::support::tls::TestCa::new("other").leaf(&["x.test"]);
+    let key = crate::support::tls::CertDir::new("check-key");
+    let k = key.write("other.key", &other.key_pem);
+    let cfg = good().replace(&format!("{}/a.key", good_dir()), &k.display().to_string());
+    expect_error(
+        &cfg,
+        &["listener[1].tls.certificates[0].key", "does not match"],
+    );
+    // A file that is not PEM.
+    let cfg = good().replace("/ca.pem\"", "/a.ocsp\"");
+    expect_error(&cfg, &["listener[1].tls.client_auth.ca"]);
+    // Fields.
+    let cfg = good().replace("versions = [\"1.2\", \"1.3\"]", "versions = [\"1.1\"]");
+    expect_error(&cfg, &["listener[1].tls.versions", "1.1"]);
+    let cfg = good().replace("\"TLS13_AES_128_GCM_SHA256\", ", "\"RC4-MD5\", ");
+    expect_error(&cfg, &["listener[1].tls.cipher_suites", "RC4-MD5"]);
+    let cfg = good().replace("status = 301", "status = 302");
+    expect_error(&cfg, &["listener[2].redirect_https.status", "302"]);
+    let cfg = good().replace(
+        "hsts = \"max-age=31536000\" }",
+        "hsts = \"max-age=1\" }\nredirect_https = {}",
+    );
+    expect_error(&cfg, &["listener[1].redirect_https", "plain listener"]);
+}
+
+/// The directory [`good`] points its certificate paths at.
+fn good_dir() -> String {
+    let g = good();
+    let start = g.find("cert = \"").unwrap() + "cert = \"".len();
+    let end = g[start..].find("/a.pem").unwrap();
+    g[start..start + end].to_string()
 }

@@ -194,5 +194,31 @@ fn port_in_use_is_a_clear_error() {
     });
     assert_eq!(status.code(), Some(1), "{text}");
     assert!(text.contains("already in use"), "{text}");
+    // The holder is this test process: the message names it.
+    let me = format!("process {} ", std::process::id());
+    assert!(text.contains(&me), "the error must name {me:?}:\n{text}");
     drop(holder);
+}
+
+both_engines! {
+    fn a_second_edgeshard_on_the_same_address_refuses_to_start(engine) {
+        // Both would set SO_REUSEPORT, so without the check the second would bind too and
+        // silently take part of the first's connections.
+        let origin = Origin::start("o");
+        let first = Config::single(origin.addr()).start(engine);
+        let addr = first.addr();
+        let cfg = Config::single(origin.addr())
+            .render()
+            .replace("address = \"127.0.0.1:0\"", &format!("address = \"{addr}\""));
+        let path = std::env::temp_dir().join(format!("edgeshard-second-{}-{}.toml", std::process::id(), engine.as_str()));
+        std::fs::write(&path, cfg).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--io-engine", engine.as_str(), "--config"]).arg(&path);
+        let r = run_bounded(cmd, EXIT_WITHIN);
+        let _ = std::fs::remove_file(&path);
+        let (status, text) = r.unwrap_or_else(|e| panic!("a second edgeshard kept running on {addr}: {e}"));
+        assert_eq!(status.code(), Some(1), "{text}");
+        let pid = format!("process {} (edgeshard)", first.pid());
+        assert!(text.contains(&pid), "the refusal must name {pid:?}:\n{text}");
+    }
 }

@@ -26,5 +26,7 @@ mod routing;
 mod shutdown;
 mod splice;
 mod splice_streams;
+mod systemd;
+mod tls;
 mod tunnel;
 mod upgrade;

@@ -155,9 +155,12 @@ pub struct Limits {
 pub struct Config {
     pub io_engine: IoEngine,
     pub shutdown_timeout: Duration,
+    /// How long, once draining, an idle keep-alive connection may still send one request
+    /// (answered with `Connection: close`); at most `shutdown_timeout`.
+    pub drain_grace: Duration,
     pub splice: SpliceConfig,
     pub congestion: Congestion,
-    pub listeners: Vec<SocketAddr>,
+    pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub timeouts: Timeouts,
@@ -166,6 +169,20 @@ pub struct Config {
     pub log: LogConfig,
     pub request_id: RequestIdConfig,
 }
+
+/// One `[[listener]]`: its address and, when it terminates TLS, how; or the https redirect a
+/// plain listener answers every request with.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    pub tls: Option<ListenerTls>,
+    pub redirect_https: Option<RedirectHttps>,
+}
+
+/// Default `server.drain_grace`: long enough for a request a client sent as the drain began
+/// (its bytes in flight, or its writer a scheduling slice late) to arrive, short enough not to
+/// hold a stop up.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// Default `server.splice_min_bytes`: below it a body is copied (see docs/ARCHITECTURE.md,
 /// "Splice", for the measurement behind it).
@@ -176,6 +193,7 @@ mod congestion;
 mod observe;
 mod raw;
 mod resilience;
+mod tls;
 
 pub use congestion::Congestion;
 pub use observe::{
@@ -187,6 +205,10 @@ use raw::{
     TOP_LEVEL,
 };
 pub use resilience::Resilience;
+pub use tls::{
+    suite_names, CertificateFiles, ClientAuth, ListenerTls, RedirectHttps, TlsVersions,
+    HANDSHAKE_TIMEOUT, MAX_HANDSHAKES,
+};
 
 impl Config {
     /// Reads and validates a configuration file.
@@ -265,6 +287,14 @@ impl Config {
             server.shutdown_timeout.as_ref(),
             Duration::from_secs(30),
         );
+        // Capped, not refused: the grace only makes sense inside the drain that bounds it.
+        let drain_grace = c
+            .duration(
+                "server.drain_grace",
+                server.drain_grace.as_ref(),
+                DRAIN_GRACE,
+            )
+            .min(shutdown_timeout);
         let congestion = Congestion {
             client: congestion::validate(
                 &mut c,
@@ -400,6 +430,19 @@ impl Config {
         for (i, v) in raw_listeners.into_iter().enumerate() {
             let path = format!("listener[{i}]");
             if let Some(l) = c.section::<RawListener>(&path, v) {
+                let base = file.parent().unwrap_or(Path::new("."));
+                let tls = l
+                    .tls
+                    .and_then(|t| tls::listener_tls(&mut c, &format!("{path}.tls"), base, t));
+                let redirect_https = l
+                    .redirect_https
+                    .and_then(|r| tls::redirect(&mut c, &format!("{path}.redirect_https"), r));
+                if tls.is_some() && redirect_https.is_some() {
+                    c.err(
+                        format!("{path}.redirect_https"),
+                        "a TLS listener serves https itself; redirect_https belongs on a plain listener",
+                    );
+                }
                 if let Some(a) = c.address(&format!("{path}.address"), &l.address) {
                     if a.port() != 0 && !seen_listen.insert(a) {
                         c.err(
@@ -407,7 +450,11 @@ impl Config {
                             format!("listening address {a} is already used in the configuration"),
                         );
                     }
-                    listeners.push(a);
+                    listeners.push(ListenerConfig {
+                        address: a,
+                        tls,
+                        redirect_https,
+                    });
                 }
             }
         }
@@ -611,6 +658,7 @@ impl Config {
         Ok(Config {
             io_engine,
             shutdown_timeout,
+            drain_grace,
             splice,
             congestion,
             listeners,
@@ -628,7 +676,12 @@ impl Config {
     pub fn summary(&self) -> String {
         let mut s = String::new();
         for l in &self.listeners {
-            s.push_str(&format!("listener {l}\n"));
+            let kind = match (&l.tls, &l.redirect_https) {
+                (Some(t), _) => format!(" (tls, {} certificates)", t.certificates.len()),
+                (None, Some(r)) => format!(" (redirects to https port {})", r.port),
+                (None, None) => String::new(),
+            };
+            s.push_str(&format!("listener {}{kind}\n", l.address));
         }
         for u in &self.upstreams {
             s.push_str(&format!(

@@ -15,6 +15,7 @@ use super::ConfigIssue;
 pub(super) struct RawServer {
     pub(super) io_engine: Option<String>,
     pub(super) shutdown_timeout: Option<String>,
+    pub(super) drain_grace: Option<String>,
     pub(super) splice: Option<String>,
     pub(super) splice_min_bytes: Option<Size>,
     pub(super) splice_pipe_bytes: Option<Size>,
@@ -27,6 +28,8 @@ pub(super) struct RawServer {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawListener {
     pub(super) address: String,
+    pub(super) tls: Option<super::tls::RawListenerTls>,
+    pub(super) redirect_https: Option<super::tls::RawRedirect>,
 }
 
 #[derive(Deserialize)]

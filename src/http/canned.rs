@@ -4,6 +4,9 @@
 /// A status the proxy itself answers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Canned {
+    /// `redirect_https` answers, with a `Location` (see [`crate::proxy`]).
+    MovedPermanently,
+    PermanentRedirect,
     BadRequest,
     NotFound,
     MethodNotAllowed,
@@ -60,6 +63,8 @@ macro_rules! canned_table {
 }
 
 canned_table! {
+    MovedPermanently => 301, "Moved Permanently", 18, "moved permanently\n", false;
+    PermanentRedirect => 308, "Permanent Redirect", 19, "permanent redirect\n", false;
     BadRequest => 400, "Bad Request", 12, "bad request\n", true;
     NotFound => 404, "Not Found", 10, "not found\n", false;
     MethodNotAllowed => 405, "Method Not Allowed", 19, "method not allowed\n", false;

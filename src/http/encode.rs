@@ -57,16 +57,19 @@ pub fn split_target(target: &[u8]) -> Target<'_> {
     }
 }
 
-/// A header the proxy sets itself, replacing any field of that name: (name, value).
-pub type SetHeader<'a> = Option<(&'a [u8], &'a [u8])>;
+/// Headers the proxy sets itself, each replacing any field of its name: (name, value). An
+/// empty value only removes the field (a header that is set only for some clients, such as
+/// the mTLS subject, is still never taken from the client).
+pub type SetHeader<'a> = &'a [(&'a [u8], &'a [u8])];
 
 #[inline]
 fn replaced(set: SetHeader<'_>, name: &[u8]) -> bool {
-    matches!(set, Some((n, _)) if n.len() == name.len() && n.eq_ignore_ascii_case(name))
+    set.iter()
+        .any(|(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name))
 }
 
 fn write_set(set: SetHeader<'_>, out: &mut Vec<u8>) {
-    if let Some((n, v)) = set {
+    for (n, v) in set.iter().filter(|(_, v)| !v.is_empty()) {
         out.extend_from_slice(n);
         out.extend_from_slice(b": ");
         out.extend_from_slice(v);
@@ -85,8 +88,11 @@ pub struct UpstreamRequest<'a> {
     pub client_ip: IpAddr,
     /// How the body will be written.
     pub framing: OutFraming,
-    /// A field the proxy sets (the request id), replacing any incoming field of its name.
+    /// Fields the proxy sets (the request id, the mTLS subject), replacing any incoming
+    /// field of their names.
     pub set: SetHeader<'a>,
+    /// The client spoke TLS to us: `X-Forwarded-Proto: https`.
+    pub https: bool,
 }
 
 /// Writes the request head for the upstream: the client's head (`buf`, `head`) as `req`
@@ -103,6 +109,7 @@ pub fn upstream_request_head(
         client_ip,
         framing,
         set,
+        https,
     } = *req;
     out.extend_from_slice(head.method.get(buf));
     out.push(b' ');
@@ -150,7 +157,11 @@ pub fn upstream_request_head(
         }
     }
     write_ip(client_ip, out);
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    out.extend_from_slice(if https {
+        b"\r\nX-Forwarded-Proto: https\r\n"
+    } else {
+        b"\r\nX-Forwarded-Proto: http\r\n"
+    });
     if !host.is_empty() {
         out.extend_from_slice(b"X-Forwarded-Host: ");
         out.extend_from_slice(host);
@@ -349,7 +360,8 @@ X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nVia: 1.0 other\r\nTransf
             host: b"a.example",
             client_ip: "10.0.0.9".parse().unwrap(),
             framing: OutFraming::Chunked,
-            set: None,
+            set: &[],
+            https: false,
         };
         upstream_request_head(raw, &head, &req, &mut out);
         let s = String::from_utf8(out).unwrap();
@@ -376,7 +388,8 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
             host: b"a",
             client_ip: "10.0.0.9".parse().unwrap(),
             framing: OutFraming::None,
-            set: Some((b"X-Request-Id", b"abc")),
+            set: &[(b"X-Request-Id", b"abc")],
+            https: false,
         };
         upstream_request_head(raw, &head, &req, &mut out);
         let s = String::from_utf8(out).unwrap();
@@ -396,7 +409,7 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
             OutFraming::Length(0),
             false,
             1,
-            Some((b"X-Request-Id", b"abc")),
+            &[(b"X-Request-Id", b"abc")],
             &mut out,
         );
         let s = String::from_utf8(out).unwrap();
@@ -426,14 +439,14 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
         let (f, close) = response_out_framing(BodyFraming::Chunked, 0);
         assert_eq!((f, close), (OutFraming::Close, true));
         let mut out = Vec::new();
-        client_response_head(raw, &head, f, close, 0, None, &mut out);
+        client_response_head(raw, &head, f, close, 0, &[], &mut out);
         assert_eq!(
             out,
             b"HTTP/1.1 200 OK\r\nServer: s\r\nConnection: close\r\n\r\n"
         );
         out.clear();
         let (f, close) = response_out_framing(BodyFraming::UntilClose, 1);
-        client_response_head(raw, &head, f, close, 1, None, &mut out);
+        client_response_head(raw, &head, f, close, 1, &[], &mut out);
         assert_eq!(
             out,
             b"HTTP/1.1 200 OK\r\nServer: s\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -71,6 +71,7 @@ fn canned_reason(c: Canned) -> &'static str {
         503 => "no_backend",
         504 => "upstream_timeout",
         505 => "version",
+        301 | 308 => "redirect_https",
         _ => "other",
     }
 }
@@ -562,5 +563,14 @@ pub fn render(
         "Upstream time-to-first-byte quantiles.",
         &lat.first_byte,
     );
+    // TLS: only when a listener terminates it.
+    if shared.tls.any() {
+        let shards: Vec<_> = per_shard
+            .iter()
+            .map(|s| s.as_ref().map(|s| &s.tls))
+            .collect();
+        crate::tls::stats::render(&mut o, &all.tls, &shards);
+        shared.tls.render(&mut o);
+    }
     o
 }

@@ -16,6 +16,7 @@ pub mod lockstep;
 pub mod origin;
 pub mod pattern;
 pub mod prom;
+pub mod tls;
 
 #[allow(unused_imports)]
 pub use admin::{admin_get, admin_post, admin_raw, admin_request, AdminReply};
@@ -599,6 +600,8 @@ pub struct Config {
     pub timeouts: Vec<(String, String)>,
     pub limits: Vec<(String, String)>,
     pub listeners: usize,
+    /// Raw `[[listener]]` bodies rendered after the `listeners` plain ones (TLS listeners).
+    pub raw_listeners: Vec<String>,
     pub routes: Vec<String>,
     pub upstreams: Vec<String>,
     /// Extra top-level sections (`[admin]`, `[log]`, `[request_id]`, ...), raw TOML bodies.
@@ -624,6 +627,7 @@ impl Config {
             timeouts: vec![("upstream_connect".into(), "\"2s\"".into())],
             limits: vec![],
             listeners: 1,
+            raw_listeners: vec![],
             routes: vec![],
             upstreams: vec![],
             sections: vec![],
@@ -672,6 +676,13 @@ impl Config {
         self.section("admin", &format!("address = \"127.0.0.1:0\"\n{extra}"))
     }
 
+    /// Only this one listener: a raw `[[listener]]` body, e.g. a TLS one.
+    pub fn only_listener(mut self, raw: &str) -> Self {
+        self.listeners = 0;
+        self.raw_listeners = vec![raw.to_string()];
+        self
+    }
+
     pub fn upstream(self, name: &str, backends: &[SocketAddr]) -> Self {
         self.upstream_with(name, backends, "")
     }
@@ -710,6 +721,9 @@ impl Config {
         }
         for _ in 0..self.listeners {
             s.push_str("\n[[listener]]\naddress = \"127.0.0.1:0\"\n");
+        }
+        for l in &self.raw_listeners {
+            s.push_str(&format!("\n[[listener]]\n{}\n", l.trim()));
         }
         for r in &self.routes {
             s.push_str(&format!("\n[[route]]\n{}\n", r.trim()));

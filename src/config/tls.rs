@@ -1,0 +1,275 @@
+//! Config, TLS and scheme side of a `[[listener]]`: the raw `tls = { ... }` and
+//! `redirect_https = { ... }` tables and their validation into [`ListenerTls`] and
+//! [`RedirectHttps`]. Only names, ranges and paths are checked here; the files themselves are
+//! read by [`crate::tls`] (at start, by `edgeshard check`, and on every reload), which names
+//! the same key paths when a file is bad.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::raw::Checker;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListenerTls {
+    certificates: Vec<RawCertificate>,
+    versions: Option<Vec<String>>,
+    cipher_suites: Option<Vec<String>>,
+    handshake_timeout: Option<String>,
+    max_handshakes: Option<usize>,
+    client_auth: Option<RawClientAuth>,
+    hsts: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    cert: String,
+    key: String,
+    ocsp: Option<String>,
+    default: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientAuth {
+    ca: String,
+    required: Option<bool>,
+    subject_header: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRedirect {
+    port: Option<u16>,
+    status: Option<u16>,
+}
+
+/// One certificate of a TLS listener: the files, resolved against the configuration file's
+/// directory, and the key path they were written at (for error messages on reload).
+#[derive(Clone, Debug)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ocsp: Option<PathBuf>,
+    /// e.g. `listener[0].tls.certificates[1]`.
+    pub key_path: String,
+}
+
+/// Which TLS versions a listener offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsVersions {
+    pub tls12: bool,
+    pub tls13: bool,
+}
+
+/// mTLS: client certificates verified against `ca`.
+#[derive(Clone, Debug)]
+pub struct ClientAuth {
+    pub ca: PathBuf,
+    /// Refuse the handshake of a client without a valid certificate.
+    pub required: bool,
+    /// Where the verified client's subject (and SANs) are passed to the backend; any copy the
+    /// client sends is removed.
+    pub subject_header: Option<String>,
+}
+
+/// `[[listener]] tls = { ... }`, validated.
+#[derive(Clone, Debug)]
+pub struct ListenerTls {
+    pub certificates: Vec<CertificateFiles>,
+    /// Index into `certificates` served to clients without SNI or with an unknown name.
+    pub default: usize,
+    pub versions: TlsVersions,
+    /// rustls suite names, in preference order; `None` is the provider's default list.
+    pub cipher_suites: Option<Vec<String>>,
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress per shard; a connection beyond it is closed at once.
+    pub max_handshakes: usize,
+    pub client_auth: Option<ClientAuth>,
+    /// `Strict-Transport-Security` value added to every response on this listener.
+    pub hsts: Option<String>,
+}
+
+/// `[[listener]] redirect_https = { ... }`: every request on this (plain) listener is answered
+/// with a redirect to the same host and path over https.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedirectHttps {
+    pub port: u16,
+    /// 301 or 308 (308 keeps the method and body).
+    pub status: u16,
+}
+
+/// Default `handshake_timeout`: a client that has not finished its handshake by then is
+/// closed (nginx bounds the same wait with `client_header_timeout`, 60 s).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `max_handshakes` per shard.
+pub const MAX_HANDSHAKES: usize = 1024;
+
+/// The suite names a listener may restrict to: every suite of the crypto provider.
+pub fn suite_names() -> Vec<&'static str> {
+    rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES
+        .iter()
+        .filter_map(|s| s.suite().as_str())
+        .collect()
+}
+
+pub(super) fn header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn file(base: &Path, s: &str) -> PathBuf {
+    let p = Path::new(s);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+pub(super) fn listener_tls(
+    c: &mut Checker,
+    path: &str,
+    base: &Path,
+    raw: RawListenerTls,
+) -> Option<ListenerTls> {
+    let before = c.issues.len();
+    if raw.certificates.is_empty() {
+        c.err(
+            format!("{path}.certificates"),
+            "at least one { cert = \"...pem\", key = \"...key\" } is required",
+        );
+    }
+    let mut default = None;
+    let mut certificates = Vec::new();
+    for (i, rc) in raw.certificates.into_iter().enumerate() {
+        let key_path = format!("{path}.certificates[{i}]");
+        if rc.default == Some(true) {
+            if default.is_some() {
+                c.err(
+                    format!("{key_path}.default"),
+                    "only one certificate may be the default",
+                );
+            }
+            default = Some(i);
+        }
+        for (k, v) in [("cert", &rc.cert), ("key", &rc.key)] {
+            if v.trim().is_empty() {
+                c.err(format!("{key_path}.{k}"), "must name a PEM file");
+            }
+        }
+        certificates.push(CertificateFiles {
+            cert: file(base, &rc.cert),
+            key: file(base, &rc.key),
+            ocsp: rc.ocsp.as_deref().map(|o| file(base, o)),
+            key_path,
+        });
+    }
+    let versions = match raw.versions {
+        None => TlsVersions {
+            tls12: true,
+            tls13: true,
+        },
+        Some(list) => {
+            let mut v = TlsVersions {
+                tls12: false,
+                tls13: false,
+            };
+            for s in &list {
+                match s.trim() {
+                    "1.2" | "TLSv1.2" => v.tls12 = true,
+                    "1.3" | "TLSv1.3" => v.tls13 = true,
+                    other => c.err(
+                        format!("{path}.versions"),
+                        format!("{other:?} is not offered; write \"1.2\" and/or \"1.3\" (TLS 1.0 and 1.1 are insecure and not supported)"),
+                    ),
+                }
+            }
+            if !v.tls12 && !v.tls13 {
+                c.err(format!("{path}.versions"), "name at least one version");
+            }
+            v
+        }
+    };
+    let cipher_suites = raw.cipher_suites.inspect(|list| {
+        let known = suite_names();
+        for s in list {
+            if !known.contains(&s.as_str()) {
+                c.err(
+                    format!("{path}.cipher_suites"),
+                    format!("unknown suite {s:?}; known: {}", known.join(", ")),
+                );
+            }
+        }
+        if list.is_empty() {
+            c.err(format!("{path}.cipher_suites"), "name at least one suite");
+        }
+    });
+    let handshake_timeout = c.duration(
+        &format!("{path}.handshake_timeout"),
+        raw.handshake_timeout.as_ref(),
+        HANDSHAKE_TIMEOUT,
+    );
+    let max_handshakes = c.count(
+        &format!("{path}.max_handshakes"),
+        raw.max_handshakes,
+        MAX_HANDSHAKES,
+        1,
+        1 << 20,
+    );
+    let client_auth = raw.client_auth.map(|a| {
+        if let Some(h) = &a.subject_header {
+            if !header_name(h) {
+                c.err(
+                    format!("{path}.client_auth.subject_header"),
+                    format!("{h:?} is not a valid header name"),
+                );
+            }
+        }
+        ClientAuth {
+            ca: file(base, &a.ca),
+            required: a.required.unwrap_or(true),
+            subject_header: a.subject_header,
+        }
+    });
+    if let Some(h) = &raw.hsts {
+        if h.is_empty() || h.bytes().any(|b| b < 0x20 || b == 0x7f) {
+            c.err(
+                format!("{path}.hsts"),
+                "must be a header value such as \"max-age=31536000; includeSubDomains\"",
+            );
+        }
+    }
+    if c.issues.len() > before {
+        return None;
+    }
+    Some(ListenerTls {
+        certificates,
+        default: default.unwrap_or(0),
+        versions,
+        cipher_suites,
+        handshake_timeout,
+        max_handshakes,
+        client_auth,
+        hsts: raw.hsts,
+    })
+}
+
+pub(super) fn redirect(c: &mut Checker, path: &str, raw: RawRedirect) -> Option<RedirectHttps> {
+    let status = raw.status.unwrap_or(301);
+    if status != 301 && status != 308 {
+        c.err(
+            format!("{path}.status"),
+            format!("{status} is not a redirect this listener sends; use 301 or 308"),
+        );
+        return None;
+    }
+    Some(RedirectHttps {
+        port: raw.port.unwrap_or(443),
+        status,
+    })
+}

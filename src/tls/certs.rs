@@ -1,0 +1,336 @@
+//! TLS, certificates: a listener's certificates read from PEM files into a [`CertSet`] (the
+//! SNI table: exact names and wildcards from each certificate's SANs, and a default), kept in
+//! a [`CertStore`] that a reload replaces whole or not at all. The [`SniResolver`] rustls
+//! calls during each handshake reads the current set without a lock.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use super::TlsError;
+use crate::config::CertificateFiles;
+
+/// One certificate as served: the chain and key rustls signs with, and what the SNI table
+/// and the expiry metric need from it.
+pub struct LoadedCert {
+    pub key: Arc<CertifiedKey>,
+    /// DNS names from the SANs (or the subject CN when there are none), lower case;
+    /// wildcards as written (`*.example.com`).
+    pub names: Vec<String>,
+    /// notAfter of the leaf, in Unix seconds.
+    pub not_after: i64,
+    /// e.g. `listener[0].tls.certificates[1]`, for metrics and logs.
+    pub key_path: String,
+}
+
+/// The SNI table of one listener: a name goes to its exact match, else to the wildcard one
+/// label up (`*.example.com` covers `a.example.com`, not `a.b.example.com` nor
+/// `example.com`), else to the default.
+pub struct CertSet {
+    pub certs: Vec<LoadedCert>,
+    exact: HashMap<String, usize>,
+    wildcard: HashMap<String, usize>,
+    default: usize,
+}
+
+impl CertSet {
+    fn new(certs: Vec<LoadedCert>, default: usize) -> CertSet {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for (i, c) in certs.iter().enumerate() {
+            for n in &c.names {
+                // The first certificate naming a host keeps it.
+                match n.strip_prefix("*.") {
+                    Some(parent) => wildcard.entry(parent.to_string()).or_insert(i),
+                    None => exact.entry(n.clone()).or_insert(i),
+                };
+            }
+        }
+        CertSet {
+            certs,
+            exact,
+            wildcard,
+            default,
+        }
+    }
+
+    /// The certificate for a client's SNI, and whether the name matched one (false: the
+    /// default was chosen for an unknown name; no SNI is not a miss).
+    pub fn lookup(&self, sni: Option<&str>) -> (usize, bool) {
+        let Some(name) = sni else {
+            return (self.default, true);
+        };
+        let name = name.trim_end_matches('.');
+        let lower;
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = name.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            name
+        };
+        if let Some(&i) = self.exact.get(name) {
+            return (i, true);
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(&i) = self.wildcard.get(parent) {
+                return (i, true);
+            }
+        }
+        (self.default, false)
+    }
+}
+
+fn file_err(key_path: &str, field: &'static str, file: &Path, reason: String) -> TlsError {
+    TlsError::File {
+        key_path: key_path.to_string(),
+        field,
+        file: file.to_path_buf(),
+        reason,
+    }
+}
+
+/// Reads a PEM certificate chain (leaf first).
+pub fn read_chain(
+    key_path: &str,
+    field: &'static str,
+    file: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = std::fs::read(file).map_err(|e| file_err(key_path, field, file, e.to_string()))?;
+    let chain = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(key_path, field, file, format!("not a PEM certificate: {e}")))?;
+    if chain.is_empty() {
+        return Err(file_err(
+            key_path,
+            field,
+            file,
+            "no CERTIFICATE block found".into(),
+        ));
+    }
+    Ok(chain)
+}
+
+fn load_one(files: &CertificateFiles) -> Result<LoadedCert, TlsError> {
+    let kp = &files.key_path;
+    let chain = read_chain(kp, "cert", &files.cert)?;
+    let key_bytes =
+        std::fs::read(&files.key).map_err(|e| file_err(kp, "key", &files.key, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
+        file_err(
+            kp,
+            "key",
+            &files.key,
+            format!("no PKCS#8, PKCS#1 or SEC1 private key found: {e}"),
+        )
+    })?;
+    let (names, not_after) =
+        leaf_facts(&chain[0]).map_err(|reason| file_err(kp, "cert", &files.cert, reason))?;
+    let provider = super::provider();
+    let mut certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+        file_err(
+            kp,
+            "key",
+            &files.key,
+            format!("does not match {} ({e})", files.cert.display()),
+        )
+    })?;
+    if let Some(ocsp) = &files.ocsp {
+        let der = std::fs::read(ocsp).map_err(|e| file_err(kp, "ocsp", ocsp, e.to_string()))?;
+        certified.ocsp = Some(der);
+    }
+    Ok(LoadedCert {
+        key: Arc::new(certified),
+        names,
+        not_after,
+        key_path: kp.clone(),
+    })
+}
+
+/// The leaf's DNS names and notAfter.
+fn leaf_facts(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("the first certificate cannot be parsed: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        if let Some(cn) = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+        {
+            names.push(cn.to_ascii_lowercase());
+        }
+    }
+    Ok((names, cert.validity().not_after.timestamp()))
+}
+
+/// What a file looked like when it was last read: a change to any of these is a reload.
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    ino: u64,
+}
+
+fn stamp(p: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| Stamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        ino: m.ino(),
+    })
+}
+
+/// Every file of a listener's certificates, in order (`None`: cannot be read now).
+type Stamps = Vec<Option<Stamp>>;
+
+/// A listener's certificates: the set in force, and how to replace it.
+pub struct CertStore {
+    files: Vec<CertificateFiles>,
+    default: usize,
+    current: ArcSwap<CertSet>,
+    /// The files' stamps at the last attempt, and a change seen but not yet settled (the
+    /// watcher thread's own state).
+    stamps: Mutex<(Stamps, Option<Stamps>)>,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+}
+
+impl CertStore {
+    /// Reads every certificate; any bad file fails the whole listener.
+    pub fn load(files: &[CertificateFiles], default: usize) -> Result<CertStore, TlsError> {
+        let stamps = Self::stamps_of(files);
+        let certs = files.iter().map(load_one).collect::<Result<Vec<_>, _>>()?;
+        Ok(CertStore {
+            files: files.to_vec(),
+            default,
+            current: ArcSwap::from_pointee(CertSet::new(certs, default)),
+            stamps: Mutex::new((stamps, None)),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+        })
+    }
+
+    fn stamps_of(files: &[CertificateFiles]) -> Stamps {
+        let paths = files
+            .iter()
+            .flat_map(|f| [Some(&f.cert), Some(&f.key), f.ocsp.as_ref()])
+            .flatten();
+        paths.map(|p: &PathBuf| stamp(p)).collect()
+    }
+
+    pub fn current(&self) -> arc_swap::Guard<Arc<CertSet>> {
+        self.current.load()
+    }
+
+    /// Re-reads every file when `force` (SIGHUP), or when one changed since the last attempt
+    /// and has not changed again since the previous call (a deploy that replaces a
+    /// certificate and then its key is read once both are in place). All or nothing: a bad
+    /// file keeps the whole set in force. Returns `None` when nothing was attempted.
+    pub fn reload(&self, force: bool) -> Option<Result<(), TlsError>> {
+        let now = Self::stamps_of(&self.files);
+        {
+            let mut guard = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+            let (last, pending) = &mut *guard;
+            if !force {
+                if *last == now {
+                    *pending = None;
+                    return None;
+                }
+                if pending.as_ref() != Some(&now) {
+                    *pending = Some(now);
+                    return None;
+                }
+            }
+            *last = now;
+            *pending = None;
+        }
+        let loaded = self
+            .files
+            .iter()
+            .map(load_one)
+            .collect::<Result<Vec<_>, _>>();
+        Some(match loaded {
+            Ok(certs) => {
+                self.current
+                    .store(Arc::new(CertSet::new(certs, self.default)));
+                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        })
+    }
+}
+
+/// What rustls asks for the certificate of each handshake.
+#[derive(Clone)]
+pub struct SniResolver(pub Arc<CertStore>);
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SniResolver")
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let set = self.0.current.load();
+        let (i, _) = set.lookup(hello.server_name());
+        set.certs.get(i).map(|c| c.key.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(names: &[&[&str]]) -> CertSet {
+        let key = super::super::provider()
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(
+                rcgen::KeyPair::generate().unwrap().serialize_der().into(),
+            ))
+            .unwrap();
+        let certs = names
+            .iter()
+            .map(|ns| LoadedCert {
+                key: Arc::new(CertifiedKey::new(vec![], key.clone())),
+                names: ns.iter().map(|n| n.to_string()).collect(),
+                not_after: 0,
+                key_path: String::new(),
+            })
+            .collect::<Vec<_>>();
+        CertSet::new(certs, 0)
+    }
+
+    #[test]
+    fn sni_exact_beats_wildcard_and_wildcard_covers_one_label() {
+        let s = set(&[&["a.test"], &["*.wild.test"], &["x.wild.test"]]);
+        assert_eq!(s.lookup(Some("a.test")), (0, true));
+        assert_eq!(s.lookup(Some("A.Test.")), (0, true));
+        assert_eq!(s.lookup(Some("y.wild.test")), (1, true));
+        assert_eq!(s.lookup(Some("x.wild.test")), (2, true));
+        assert_eq!(s.lookup(Some("b.y.wild.test")), (0, false));
+        assert_eq!(s.lookup(Some("wild.test")), (0, false));
+        assert_eq!(s.lookup(Some("other.test")), (0, false));
+        assert_eq!(s.lookup(None), (0, true));
+    }
+}

@@ -1,0 +1,380 @@
+//! TLS termination, between stage 1 (*accept*) and stage 2 (*parse*): a connection accepted
+//! on a TLS listener is handshaken on its shard ([`handshake`]) and then read and written
+//! through [`crate::client::Transport::Tls`]. This module builds each listener's rustls
+//! configuration once at start ([`TlsListeners::build`]): the SNI certificate table
+//! ([`certs`]), versions, suites, ALPN `http/1.1`, optional client certificates, and one
+//! session-ticket key set shared by every shard so that a client resumes on whichever shard
+//! `SO_REUSEPORT` hands its next connection to. Certificates are re-read on SIGHUP and when
+//! their files change ([`TlsListeners::reload`]); handshakes in progress and open connections
+//! keep what they started with.
+
+pub mod certs;
+pub mod stats;
+pub mod stream;
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+
+use crate::client::Client;
+use crate::config::{Config, ListenerTls};
+use crate::shard::ShardCtx;
+use crate::stats::bump;
+use certs::{CertStore, SniResolver};
+use stats::Failure;
+use stream::TlsStream;
+
+/// A TLS listener that cannot be set up, or a certificate file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{key_path}.{field} ({}): {reason}", file.display())]
+    File {
+        key_path: String,
+        field: &'static str,
+        file: PathBuf,
+        reason: String,
+    },
+    #[error("{key_path}: {reason}")]
+    Setup { key_path: String, reason: String },
+}
+
+/// The crypto provider: aws-lc-rs (see Cargo.toml for the measurement behind the choice).
+pub fn provider() -> CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
+}
+
+/// Every suite the provider knows, by name, in its order (the index of the suite counters).
+pub fn suites() -> &'static [&'static str] {
+    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    NAMES.get_or_init(crate::config::suite_names)
+}
+
+/// One TLS listener, as every shard uses it.
+pub struct TlsListener {
+    pub config: Arc<ServerConfig>,
+    pub store: Arc<CertStore>,
+    pub handshake_timeout: Duration,
+    pub max_handshakes: usize,
+    /// mTLS: the header the verified client subject goes to (lower-case name kept as
+    /// written for output).
+    pub subject_header: Option<String>,
+    /// `Strict-Transport-Security` for every relayed response.
+    pub hsts: Option<String>,
+    /// `listener[i].tls`, for logs.
+    pub key_path: String,
+}
+
+/// Every listener's TLS, indexed like `config.listeners` (`None`: plain).
+#[derive(Default)]
+pub struct TlsListeners {
+    pub listeners: Vec<Option<Arc<TlsListener>>>,
+}
+
+impl std::fmt::Debug for TlsListeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TlsListeners({} tls)",
+            self.listeners.iter().flatten().count()
+        )
+    }
+}
+
+impl TlsListeners {
+    /// Reads every certificate, key, OCSP response and client CA, and builds the rustls
+    /// configurations. Errors name the key path and the file.
+    pub fn build(config: &Config) -> Result<TlsListeners, TlsError> {
+        // One ticket key set (rotated every 6 hours, each accepted for 12) for all shards and
+        // listeners: resumption works whichever shard a client lands on.
+        let mut ticketer = None;
+        let mut listeners = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let Some(t) = &l.tls else {
+                listeners.push(None);
+                continue;
+            };
+            let key_path = format!("listener[{i}].tls");
+            if ticketer.is_none() {
+                ticketer = Some(rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| {
+                    TlsError::Setup {
+                        key_path: key_path.clone(),
+                        reason: format!("cannot create session ticket keys: {e}"),
+                    }
+                })?);
+            }
+            let store = Arc::new(CertStore::load(&t.certificates, t.default)?);
+            let mut sc = server_config(t, &key_path, store.clone())?;
+            if let Some(tk) = &ticketer {
+                sc.ticketer = tk.clone();
+            }
+            listeners.push(Some(Arc::new(TlsListener {
+                config: Arc::new(sc),
+                store,
+                handshake_timeout: t.handshake_timeout,
+                max_handshakes: t.max_handshakes,
+                subject_header: t
+                    .client_auth
+                    .as_ref()
+                    .and_then(|a| a.subject_header.clone()),
+                hsts: t.hsts.clone(),
+                key_path,
+            })));
+        }
+        Ok(TlsListeners { listeners })
+    }
+
+    pub fn get(&self, listener: usize) -> Option<&Arc<TlsListener>> {
+        self.listeners.get(listener).and_then(Option::as_ref)
+    }
+
+    pub fn any(&self) -> bool {
+        self.listeners.iter().any(Option::is_some)
+    }
+
+    /// Re-reads certificates: all of them when `force` (SIGHUP), else those whose files
+    /// changed. A failure keeps that listener's certificates in force and is logged with the
+    /// key path and file.
+    pub fn reload(&self, force: bool) {
+        for l in self.listeners.iter().flatten() {
+            match l.store.reload(force) {
+                None => {}
+                Some(Ok(())) => tracing::info!(listener = %l.key_path, "certificates reloaded"),
+                Some(Err(e)) => tracing::error!(
+                    "certificate reload failed, keeping the certificates in force: {e}"
+                ),
+            }
+        }
+    }
+
+    /// Watches the certificate files twice a second until `stop` is set (a change is read
+    /// once it has settled for one tick, so within a second); SIGHUP reloads at once through
+    /// [`TlsListeners::reload`].
+    pub fn spawn_watcher(
+        self: Arc<Self>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Option<std::thread::JoinHandle<()>> {
+        if !self.any() {
+            return None;
+        }
+        std::thread::Builder::new()
+            .name("tls-watch".into())
+            .spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    std::thread::park_timeout(Duration::from_millis(500));
+                    self.reload(false);
+                }
+            })
+            .ok()
+    }
+
+    /// Process-wide TLS families: certificate expiry and reload results.
+    pub fn render(&self, o: &mut String) {
+        use std::fmt::Write;
+        if !self.any() {
+            return;
+        }
+        let now = crate::observe::admin::unix_now() as i64;
+        let _ = writeln!(o, "# HELP edgeshard_tls_certificate_expiry_seconds Seconds until the certificate's notAfter (negative: expired).\n# TYPE edgeshard_tls_certificate_expiry_seconds gauge");
+        for l in self.listeners.iter().flatten() {
+            for c in &l.store.current().certs {
+                let _ = writeln!(
+                    o,
+                    "edgeshard_tls_certificate_expiry_seconds{{certificate=\"{}\",name=\"{}\"}} {}",
+                    c.key_path,
+                    c.names.first().map_or("", String::as_str),
+                    c.not_after - now
+                );
+            }
+        }
+        let _ = writeln!(o, "# HELP edgeshard_tls_certificate_reloads_total Certificate reloads by result (a failure keeps the certificates in force).\n# TYPE edgeshard_tls_certificate_reloads_total counter");
+        for l in self.listeners.iter().flatten() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let _ = writeln!(
+                o,
+                "edgeshard_tls_certificate_reloads_total{{listener=\"{}\",result=\"ok\"}} {}\nedgeshard_tls_certificate_reloads_total{{listener=\"{}\",result=\"failed\"}} {}",
+                l.key_path,
+                l.store.reloads_ok.load(Relaxed),
+                l.key_path,
+                l.store.reloads_failed.load(Relaxed)
+            );
+        }
+    }
+}
+
+fn server_config(
+    t: &ListenerTls,
+    key_path: &str,
+    store: Arc<CertStore>,
+) -> Result<ServerConfig, TlsError> {
+    let mut provider = provider();
+    if let Some(names) = &t.cipher_suites {
+        provider.cipher_suites = names
+            .iter()
+            .filter_map(|n| {
+                rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES
+                    .iter()
+                    .find(|s| s.suite().as_str() == Some(n.as_str()))
+                    .copied()
+            })
+            .collect();
+    }
+    let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::new();
+    if t.versions.tls13 {
+        versions.push(&rustls::version::TLS13);
+    }
+    if t.versions.tls12 {
+        versions.push(&rustls::version::TLS12);
+    }
+    let setup = |reason: String| TlsError::Setup {
+        key_path: key_path.to_string(),
+        reason,
+    };
+    let builder = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&versions)
+        .map_err(|e| {
+            setup(format!(
+                "versions and cipher_suites have nothing in common: {e}"
+            ))
+        })?;
+    let builder = match &t.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(a) => {
+            let mut roots = RootCertStore::empty();
+            let field_path = format!("{key_path}.client_auth");
+            for c in certs::read_chain(&field_path, "ca", &a.ca)? {
+                roots.add(c).map_err(|e| TlsError::File {
+                    key_path: field_path.clone(),
+                    field: "ca",
+                    file: a.ca.clone(),
+                    reason: format!("not a usable CA certificate: {e}"),
+                })?;
+            }
+            let v = WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::new(self::provider()),
+            );
+            let v = if a.required {
+                v
+            } else {
+                v.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(
+                v.build().map_err(|e| setup(format!("client_auth: {e}")))?,
+            )
+        }
+    };
+    let mut sc = builder.with_cert_resolver(Arc::new(SniResolver(store)));
+    // A client that offers h2 and http/1.1 gets http/1.1; one that offers only h2 is refused
+    // (no_application_protocol), rather than spoken to in a protocol it did not ask for.
+    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Tickets only: a session-id cache would be per process but locked per handshake.
+    sc.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(sc)
+}
+
+/// Runs the handshake for a connection accepted on `tls`, within its timeout and the shard's
+/// cap on concurrent handshakes, and counts the outcome. `None`: the connection is closed.
+pub async fn handshake(
+    ctx: &ShardCtx,
+    tls: &TlsListener,
+    tcp: monoio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    accepted: Instant,
+) -> Option<TlsStream> {
+    let st = &ctx.stats.tls;
+    if st.in_progress.get() as usize >= tls.max_handshakes {
+        st.failed(Failure::Overload);
+        return None;
+    }
+    st.in_progress.set(st.in_progress.get() + 1);
+    let left = tls.handshake_timeout.saturating_sub(accepted.elapsed());
+    let r = monoio::time::timeout(left, stream::accept(tcp, tls.config.clone())).await;
+    st.in_progress.set(st.in_progress.get() - 1);
+    let failure = match r {
+        Ok(Ok(s)) => {
+            count_ok(ctx, tls, &s);
+            return Some(s);
+        }
+        Err(_) => Failure::Timeout,
+        Ok(Err(e)) => {
+            let f = e.reason();
+            if f != Failure::Eof && ctx.errors.allow(&ctx.stats) {
+                tracing::info!(shard = ctx.id, %peer, listener = %tls.key_path, error = %e, "TLS handshake failed");
+            }
+            f
+        }
+    };
+    st.failed(failure);
+    None
+}
+
+fn count_ok(ctx: &ShardCtx, tls: &TlsListener, s: &TlsStream) {
+    let st = &ctx.stats.tls;
+    let c = s.conn();
+    if c.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        bump(&st.resumed);
+    } else {
+        bump(&st.full);
+    }
+    match c.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_2) => bump(&st.versions[0]),
+        Some(rustls::ProtocolVersion::TLSv1_3) => bump(&st.versions[1]),
+        _ => {}
+    }
+    if let Some(name) = c.negotiated_cipher_suite().and_then(|s| s.suite().as_str()) {
+        if let Some(i) = suites().iter().position(|n| *n == name) {
+            bump(&st.suites[i]);
+        }
+    }
+    if let Some(sni) = c.server_name() {
+        if !tls.store.current().lookup(Some(sni)).1 {
+            bump(&st.sni_miss);
+        }
+    }
+}
+
+/// The verified client certificate's subject, made safe for a header value.
+pub fn client_subject(s: &TlsStream) -> Option<String> {
+    let der = s.conn().peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let subject = cert.subject().to_string();
+    Some(
+        subject
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect(),
+    )
+}
+
+/// A header field the proxy sets: (name, value).
+pub type Field<'a> = (&'a [u8], &'a [u8]);
+
+/// What the request path needs to know of the client's TLS: whether it is https, and the
+/// client certificate header, if configured (always removed from what the client sent).
+pub fn client_facts<'a>(ctx: &'a ShardCtx, client: &'a Client) -> (bool, Option<Field<'a>>) {
+    match ctx.shared.tls.get(client.listener) {
+        None => (false, None),
+        Some(t) => (
+            true,
+            t.subject_header.as_deref().map(|h| {
+                (
+                    h.as_bytes(),
+                    client.client_subject.as_deref().unwrap_or("").as_bytes(),
+                )
+            }),
+        ),
+    }
+}
+
+/// Whether this kernel can take TLS records into the socket (kTLS: `tls` in
+/// `net.ipv4.tcp_available_ulp`, or a loadable module). edgeshard does not use it yet (see
+/// docs/ARCHITECTURE.md, "TLS"); start-up logs what it found.
+pub fn ktls_available() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp")
+        .map(|s| s.split_whitespace().any(|u| u == "tls"))
+        .unwrap_or(false)
+}

@@ -1,0 +1,362 @@
+//! TLS, the byte stream: a [`TlsStream`] runs rustls' buffered server connection over the
+//! shard's own `monoio` socket, so the handshake and every record are processed on the
+//! shard's thread (no helper threads, no locks). [`accept`] drives the handshake; after it the
+//! stream reads and writes plaintext through `monoio`'s owned-buffer traits, which is all
+//! [`crate::client::Transport`] asks of it.
+//!
+//! Ciphertext is read into one buffer per connection and fed to rustls only as fast as the
+//! plaintext is consumed (rustls holds at most 16 KiB of plaintext), so a fast client cannot
+//! grow memory; written plaintext is encrypted by rustls and sent before `write` returns.
+
+use std::io::{self, BufRead, Write as _};
+use std::sync::Arc;
+
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+};
+use monoio::net::TcpStream;
+use monoio::BufResult;
+use rustls::{ServerConfig, ServerConnection};
+
+/// Ciphertext read per `read(2)`: one full TLS record and its overhead, so a record usually
+/// arrives in one read.
+const READ_CHUNK: usize = 16 * 1024 + 512;
+/// Ciphertext gathered before one `write(2)`.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Why a handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("the client closed the connection during the handshake")]
+    Eof,
+    #[error("socket error during the handshake: {0}")]
+    Io(io::Error),
+    #[error("{0}")]
+    Tls(rustls::Error),
+}
+
+impl HandshakeError {
+    /// The metric label of this failure.
+    pub fn reason(&self) -> super::stats::Failure {
+        use super::stats::Failure;
+        match self {
+            HandshakeError::Eof => Failure::Eof,
+            HandshakeError::Io(_) => Failure::Io,
+            HandshakeError::Tls(e) => match e {
+                rustls::Error::PeerIncompatible(_) => Failure::Incompatible,
+                rustls::Error::AlertReceived(_) => Failure::AlertReceived,
+                rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_) => {
+                    Failure::ClientCertificate
+                }
+                rustls::Error::General(m) if m.contains("no server certificate") => {
+                    Failure::Incompatible
+                }
+                _ => Failure::Protocol,
+            },
+        }
+    }
+}
+
+/// A server-side TLS connection over a `monoio` TCP socket.
+pub struct TlsStream {
+    tcp: TcpStream,
+    conn: ServerConnection,
+    /// Ciphertext read from the socket; `rpos..` is not yet fed to rustls.
+    rbuf: Vec<u8>,
+    rpos: usize,
+    /// The socket reached EOF (rustls was told).
+    eof: bool,
+    /// Ciphertext waiting for the socket (kept for reuse between writes).
+    wbuf: Vec<u8>,
+}
+
+/// Runs the server handshake on `tcp`. The caller bounds it with the handshake timeout.
+pub async fn accept(
+    tcp: TcpStream,
+    config: Arc<ServerConfig>,
+) -> Result<TlsStream, HandshakeError> {
+    let conn = ServerConnection::new(config).map_err(HandshakeError::Tls)?;
+    let mut s = TlsStream {
+        tcp,
+        conn,
+        rbuf: Vec::new(),
+        rpos: 0,
+        eof: false,
+        wbuf: Vec::new(),
+    };
+    while s.conn.is_handshaking() {
+        s.flush_tls().await.map_err(HandshakeError::Io)?;
+        if !s.conn.is_handshaking() {
+            break;
+        }
+        let step = if s.rpos < s.rbuf.len() {
+            s.feed()
+        } else if s.eof {
+            return Err(HandshakeError::Eof);
+        } else {
+            s.read_socket(None).await
+        };
+        if let Err(e) = step {
+            let _ = s.flush_tls().await; // the alert rustls queued, if any
+            return Err(classify(e));
+        }
+    }
+    // The last flight (and TLS 1.3 session tickets).
+    s.flush_tls().await.map_err(HandshakeError::Io)?;
+    s.rbuf
+        .shrink_to(if s.rpos < s.rbuf.len() { READ_CHUNK } else { 0 });
+    Ok(s)
+}
+
+/// A rustls error carried in an `io::Error` (see [`TlsStream::feed`]) is a TLS failure; the
+/// rest are socket errors.
+fn classify(e: io::Error) -> HandshakeError {
+    if e.kind() == io::ErrorKind::InvalidData {
+        if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            return HandshakeError::Tls(inner.clone());
+        }
+    }
+    HandshakeError::Io(e)
+}
+
+impl TlsStream {
+    /// The rustls connection: negotiated version, suite, SNI, peer certificates.
+    pub fn conn(&self) -> &ServerConnection {
+        &self.conn
+    }
+
+    /// Plaintext or ciphertext already here: a read would not wait for the socket.
+    fn has_buffered(&mut self) -> bool {
+        self.rpos < self.rbuf.len()
+            || matches!(self.conn.reader().fill_buf(), Ok(b) if !b.is_empty())
+    }
+
+    /// Feeds buffered ciphertext to rustls until it is all taken or rustls holds as much
+    /// plaintext as it will. A TLS error becomes `InvalidData` carrying the rustls error.
+    fn feed(&mut self) -> io::Result<()> {
+        while self.rpos < self.rbuf.len() {
+            let mut rd = &self.rbuf[self.rpos..];
+            let n = match self.conn.read_tls(&mut rd) {
+                Ok(n) => n,
+                // Plaintext buffer full: the reader must consume first.
+                Err(_) if self.rpos > 0 || !self.conn.wants_read() => break,
+                Err(e) => return Err(e),
+            };
+            self.rpos += n;
+            self.conn
+                .process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if n == 0 || !self.conn.wants_read() {
+                break;
+            }
+        }
+        if self.rpos == self.rbuf.len() {
+            self.rpos = 0;
+            self.rbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// One read from the socket into `rbuf` (which is empty), fed to rustls.
+    async fn read_socket(&mut self, cancel: Option<CancelHandle>) -> io::Result<()> {
+        let mut buf = std::mem::take(&mut self.rbuf);
+        buf.clear();
+        self.rpos = 0;
+        if buf.capacity() < READ_CHUNK {
+            buf.reserve(READ_CHUNK);
+        }
+        let (res, buf) = match cancel {
+            Some(c) => self.tcp.cancelable_read(buf, c).await,
+            None => self.tcp.read(buf).await,
+        };
+        self.rbuf = buf;
+        if res? == 0 {
+            self.eof = true;
+            // Tells rustls: an EOF without close_notify is then reported by its reader.
+            let _ = self.conn.read_tls(&mut io::empty());
+            let _ = self.conn.process_new_packets();
+            return Ok(());
+        }
+        self.feed()
+    }
+
+    /// Sends everything rustls has queued (handshake flights, records, alerts).
+    async fn flush_tls(&mut self) -> io::Result<()> {
+        while self.conn.wants_write() {
+            let mut out = std::mem::take(&mut self.wbuf);
+            out.clear();
+            while self.conn.wants_write() && out.len() < WRITE_BATCH {
+                self.conn.write_tls(&mut out)?;
+            }
+            let (res, out) = self.tcp.write_all(out).await;
+            self.wbuf = out;
+            res?;
+        }
+        if self.wbuf.capacity() > WRITE_BATCH * 2 {
+            self.wbuf = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Reads plaintext into `dst` (at most `cap` bytes), waiting for the socket when
+    /// nothing is buffered. `Ok(0)` is the end of the stream (close_notify, or a TCP EOF:
+    /// HTTP framing tells a truncated message apart).
+    async fn read_plain(
+        &mut self,
+        dst: *mut u8,
+        cap: usize,
+        cancel: Option<CancelHandle>,
+    ) -> io::Result<usize> {
+        if cap == 0 {
+            return Ok(0);
+        }
+        loop {
+            match self.conn.reader().fill_buf() {
+                Ok(chunk) if !chunk.is_empty() => {
+                    let n = chunk.len().min(cap);
+                    // SAFETY: `dst` is valid for `cap` bytes of writes (the caller's
+                    // `IoBufMut` contract) and `chunk` is rustls' own buffer, so the two
+                    // cannot overlap; `n <= cap`. Exercised by every TLS integration test.
+                    unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), dst, n) };
+                    self.conn.reader().consume(n);
+                    return Ok(n);
+                }
+                Ok(_) => return Ok(0), // close_notify
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                Err(_) => {}
+            }
+            if self.rpos < self.rbuf.len() {
+                let fed = self.feed();
+                if fed.is_err() {
+                    let _ = self.flush_tls().await;
+                }
+                fed?;
+                continue;
+            }
+            if self.eof {
+                return Ok(0);
+            }
+            // Key updates and the like may need an answer before the peer goes on.
+            self.flush_tls().await?;
+            self.read_socket(cancel.clone()).await?;
+        }
+    }
+
+    async fn write_plain(&mut self, src: &[u8]) -> io::Result<usize> {
+        let n = self.conn.writer().write(src)?;
+        self.flush_tls().await?;
+        Ok(n)
+    }
+
+    /// Waits until a read would return without waiting: buffered plaintext or ciphertext
+    /// answers at once, otherwise the socket's readiness.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        if self.has_buffered() || self.eof {
+            return Ok(());
+        }
+        self.tcp.readable(false).await
+    }
+
+    /// Sends close_notify, then shuts the socket's write side.
+    pub async fn close(&mut self) -> io::Result<()> {
+        self.conn.send_close_notify();
+        self.flush_tls().await?;
+        self.tcp.shutdown().await
+    }
+}
+
+impl AsyncReadRent for TlsStream {
+    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        let (ptr, cap) = (buf.write_ptr(), buf.bytes_total());
+        let r = self.read_plain(ptr, cap, None).await;
+        if let Ok(n) = r {
+            // SAFETY: `read_plain` initialised exactly `n` bytes at `write_ptr`.
+            unsafe { buf.set_init(n) };
+        }
+        (r, buf)
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        // Into the first non-empty iovec: a short read is allowed.
+        let (ptr, cnt) = (buf.write_iovec_ptr(), buf.write_iovec_len());
+        // SAFETY: the `IoVecBufMut` contract makes `ptr` valid for `cnt` iovecs.
+        let iovs = unsafe { std::slice::from_raw_parts(ptr, cnt) };
+        let first = iovs.iter().find(|v| v.iov_len > 0).copied();
+        let r = match first {
+            None => Ok(0),
+            Some(v) => self.read_plain(v.iov_base.cast(), v.iov_len, None).await,
+        };
+        if let Ok(n) = r {
+            // SAFETY: `n` bytes were written to the start of the buffers.
+            unsafe { buf.set_init(n) };
+        }
+        (r, buf)
+    }
+}
+
+impl CancelableAsyncReadRent for TlsStream {
+    async fn cancelable_read<T: IoBufMut>(
+        &mut self,
+        mut buf: T,
+        c: CancelHandle,
+    ) -> BufResult<usize, T> {
+        let (ptr, cap) = (buf.write_ptr(), buf.bytes_total());
+        let r = self.read_plain(ptr, cap, Some(c)).await;
+        if let Ok(n) = r {
+            // SAFETY: `read_plain` initialised exactly `n` bytes at `write_ptr`.
+            unsafe { buf.set_init(n) };
+        }
+        (r, buf)
+    }
+
+    async fn cancelable_readv<T: IoVecBufMut>(
+        &mut self,
+        buf: T,
+        _c: CancelHandle,
+    ) -> BufResult<usize, T> {
+        self.readv(buf).await
+    }
+}
+
+impl AsyncWriteRent for TlsStream {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        // SAFETY: the `IoBuf` contract: `read_ptr` is valid for `bytes_init` initialised bytes
+        // while `buf` is alive.
+        let src = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+        let r = self.write_plain(src).await;
+        (r, buf)
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let (ptr, cnt) = (buf.read_iovec_ptr(), buf.read_iovec_len());
+        // SAFETY: the `IoVecBuf` contract makes `ptr` valid for `cnt` iovecs, each valid for
+        // `iov_len` initialised bytes, while `buf` is alive.
+        let iovs = unsafe { std::slice::from_raw_parts(ptr, cnt) };
+        let mut total = 0;
+        for v in iovs {
+            // SAFETY: as above.
+            let src = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
+            match self.conn.writer().write(src) {
+                Ok(n) => {
+                    total += n;
+                    if n < src.len() {
+                        break;
+                    }
+                }
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        let r = self.flush_tls().await.map(|()| total);
+        (r, buf)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.flush_tls().await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        self.close().await
+    }
+}

@@ -1,0 +1,200 @@
+//! TLS test kit: certificates made in the test (a CA, server leaves for SNI names, client
+//! certificates, all with rcgen) written as PEM files into a temporary directory, and a
+//! rustls client over a std socket for the checks curl and openssl cannot make (which
+//! certificate was served, whether a session was resumed).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, ServerName};
+
+/// A directory of PEM files, removed on drop.
+pub struct CertDir {
+    pub dir: PathBuf,
+}
+
+impl CertDir {
+    pub fn new(tag: &str) -> CertDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir =
+            std::env::temp_dir().join(format!("edgeshard-tls-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        CertDir { dir }
+    }
+
+    /// A directory kept after the run (under the build's temporary directory), for fixtures
+    /// made once per test process.
+    pub fn kept(tag: &str) -> std::mem::ManuallyDrop<CertDir> {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tls-{tag}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::mem::ManuallyDrop::new(CertDir { dir })
+    }
+
+    /// Writes `name` atomically (write a temporary file, then rename), as deploy tools do.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        p
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for CertDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A test certificate authority.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pub pem: String,
+    pub der: CertificateDer<'static>,
+}
+
+/// A certificate and its key, as PEM, and the certificate as DER.
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: CertificateDer<'static>,
+}
+
+impl TestCa {
+    pub fn new(cn: &str) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            pem: cert.pem(),
+            der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for `names` (DNS SANs; `*.x` wildcards allowed).
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));
+        self.sign(params)
+    }
+
+    /// A client certificate with this common name and organisation.
+    pub fn client(&self, cn: &str, org: &str) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, org);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    fn sign(&self, params: CertificateParams) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// A rustls client trusting only this CA.
+    pub fn client_config(&self) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+    }
+}
+
+/// What a TLS connection made by [`tls_get`] saw.
+pub struct TlsSeen {
+    /// The leaf certificate the server presented.
+    pub leaf: CertificateDer<'static>,
+    pub resumed: bool,
+    pub version: Option<rustls::ProtocolVersion>,
+    /// The whole response (head and body) to one `GET /` with `Connection: close`.
+    pub response: String,
+}
+
+/// Connects to `addr` over TLS as `name` (SNI unless `config.enable_sni` is off), sends
+/// `GET path` with `Connection: close`, reads the response to EOF.
+pub fn tls_get(
+    addr: SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+    name: &str,
+    path: &str,
+) -> Result<TlsSeen, String> {
+    let conn = rustls::ClientConnection::new(
+        config.clone(),
+        ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let sock = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    match tls.read_to_end(&mut out) {
+        Ok(_) => {}
+        // A peer that closes without close_notify after a complete response.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let c = &tls.conn;
+    Ok(TlsSeen {
+        leaf: c
+            .peer_certificates()
+            .and_then(|p| p.first())
+            .cloned()
+            .ok_or("no peer certificate")?,
+        resumed: c.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+        version: c.protocol_version(),
+        response: String::from_utf8_lossy(&out).into_owned(),
+    })
+}
+
+/// A TLS listener body for [`crate::support::Config::only_listener`]: certificates
+/// `(cert, key)` from `dir`, plus `extra` raw keys inside the `tls` table.
+pub fn tls_listener(certs: &[(&Path, &Path)], extra: &str) -> String {
+    let list: Vec<String> = certs
+        .iter()
+        .map(|(c, k)| {
+            format!(
+                "{{ cert = \"{}\", key = \"{}\" }}",
+                c.display(),
+                k.display()
+            )
+        })
+        .collect();
+    let sep = if extra.is_empty() { "" } else { ", " };
+    format!(
+        "address = \"127.0.0.1:0\"\ntls = {{ certificates = [{}]{sep}{extra} }}",
+        list.join(", ")
+    )
+}

@@ -1,0 +1,354 @@
+//! TLS termination with real clients (curl, openssl s_client, a rustls client) and
+//! certificates made by the test: SNI choice among three certificates with a wildcard and a
+//! default, refused old versions and weak suites, resumption on another shard, certificates
+//! replaced on disk (and a broken replacement), mTLS with a subject header no client can
+//! spoof, a stalled handshake closed at its timeout, the https scheme, HSTS and the
+//! redirect, and large bodies both ways. Both engines.
+
+use crate::support::pattern::{expected_sha256, pattern_vec, sha256_hex};
+use crate::support::tls::{tls_get, tls_listener, CertDir, Leaf, TestCa};
+use crate::support::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn write_leaf(dir: &CertDir, name: &str, leaf: &Leaf) -> (std::path::PathBuf, std::path::PathBuf) {
+    (
+        dir.write(&format!("{name}.pem"), &leaf.cert_pem),
+        dir.write(&format!("{name}.key"), &leaf.key_pem),
+    )
+}
+
+/// `openssl s_client` with `args`, stdin closed; stdout and stderr together.
+fn s_client(addr: std::net::SocketAddr, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl is installed (tests/run.sh installs it)");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// curl over https to `addr` as `host`, trusting `ca`; returns (http code, body).
+fn curl_https(
+    addr: std::net::SocketAddr,
+    host: &str,
+    ca: &std::path::Path,
+    extra: &[&str],
+) -> (String, String) {
+    let resolve = format!("{host}:{}:127.0.0.1", addr.port());
+    let url = format!("https://{host}:{}/", addr.port());
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(ca)
+        .args(["--resolve", &resolve])
+        .args(extra)
+        .arg(&url)
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (code.to_string(), body.to_string())
+}
+
+both_engines! {
+    fn sni_chooses_among_three_certificates_with_wildcard_and_default(engine) {
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("sni");
+        let (a, wild, c) = (ca.leaf(&["a.test"]), ca.leaf(&["*.wild.test"]), ca.leaf(&["c.test"]));
+        let pa = write_leaf(&dir, "a", &a);
+        let pw = write_leaf(&dir, "wild", &wild);
+        let pc = write_leaf(&dir, "c", &c);
+        let origin = Origin::start("origin");
+        let listener = format!(
+            "address = \"127.0.0.1:0\"\ntls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\", default = true }}] }}",
+            pa.0.display(), pa.1.display(), pw.0.display(), pw.1.display(), pc.0.display(), pc.1.display()
+        );
+        let proxy = Config::single(origin.addr()).only_listener(&listener).admin("").start(engine);
+        let cfg = Arc::new(ca.client_config());
+        for (name, want) in [("a.test", &a), ("x.wild.test", &wild), ("c.test", &c)] {
+            let seen = tls_get(proxy.addr(), &cfg, name, "/").unwrap();
+            assert!(seen.leaf == want.der, "SNI {name} got the wrong certificate");
+            assert!(seen.response.starts_with("HTTP/1.1 200"), "{}", seen.response);
+        }
+        // No SNI: the certificate marked default.
+        let mut no_sni = ca.client_config();
+        no_sni.enable_sni = false;
+        let seen = tls_get(proxy.addr(), &Arc::new(no_sni), "c.test", "/").unwrap();
+        assert!(seen.leaf == c.der, "a client without SNI must get the default certificate");
+        // A wildcard covers one label only, and an unknown name gets the default (openssl
+        // prints the subject of what it was served, trusted or not).
+        for name in ["b.x.wild.test", "unknown.test"] {
+            let out = s_client(proxy.addr(), &["-servername", name]);
+            assert!(out.contains("CN = c.test") || out.contains("CN=c.test"), "{name}: {out}");
+        }
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_tls_sni_misses_total", &[]), 2.0);
+        assert_eq!(m.value("edgeshard_tls_handshakes_total", &[("kind", "full")]), 6.0);
+    }
+
+    fn old_versions_and_weak_suites_are_refused(engine) {
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("versions");
+        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
+        let origin = Origin::start("origin");
+        let proxy = Config::single(origin.addr())
+            .only_listener(&tls_listener(&[(&cert, &key)], ""))
+            .start(engine);
+        // The control: TLS 1.2 and 1.3 with default suites work.
+        for v in ["-tls1_2", "-tls1_3"] {
+            let out = s_client(proxy.addr(), &[v, "-servername", "a.test"]);
+            assert!(out.contains("Cipher is TLS_") || out.contains("Cipher is ECDHE-"), "{v}: {out}");
+        }
+        // TLS 1.0 and 1.1, with the client's own floor lowered so that the refusal is ours.
+        for v in ["-tls1", "-tls1_1"] {
+            let out = s_client(proxy.addr(), &[v, "-cipher", "DEFAULT@SECLEVEL=0", "-servername", "a.test"]);
+            assert!(out.contains("Cipher is (NONE)") && out.contains("alert"), "{v} must be refused by the server: {out}");
+        }
+        // CBC, RSA key exchange, 3DES: nothing in common with the server's AEAD-only list.
+        for suite in ["AES128-SHA", "ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES128-SHA256"] {
+            let out = s_client(proxy.addr(), &["-tls1_2", "-cipher", &format!("{suite}@SECLEVEL=0"), "-servername", "a.test"]);
+            assert!(out.contains("Cipher is (NONE)") && out.contains("alert"), "{suite} must be refused by the server: {out}");
+        }
+    }
+
+    fn resumed_on_another_shard_is_counted(engine) {
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("resume");
+        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
+        let origin = Origin::start("origin");
+        let proxy = Config::single(origin.addr())
+            .only_listener(&tls_listener(&[(&cert, &key)], ""))
+            .admin("")
+            .start_shards(engine, 2);
+        let cfg = Arc::new(ca.client_config());
+        let first = tls_get(proxy.addr(), &cfg, "a.test", "/").unwrap();
+        assert!(!first.resumed);
+        let per_shard = |kind: &str| -> Vec<f64> {
+            let m = scrape(proxy.admin_addr(), None);
+            (0..2).map(|s| m.value("edgeshard_shard_tls_handshakes_total", &[("shard", &s.to_string()), ("kind", kind)])).collect()
+        };
+        let full = per_shard("full");
+        let issuer = full.iter().position(|&n| n == 1.0).expect("one full handshake");
+        // SO_REUSEPORT spreads connections by their 4-tuple: new connections land on the other
+        // shard soon. Each must resume with the tickets the first shard issued.
+        let mut elsewhere = false;
+        for i in 0..64 {
+            let seen = tls_get(proxy.addr(), &cfg, "a.test", "/").unwrap();
+            assert!(seen.resumed, "connection {i} was not resumed");
+            assert_eq!(seen.version, Some(rustls::ProtocolVersion::TLSv1_3));
+            let resumed = per_shard("resumed");
+            if resumed[1 - issuer] >= 1.0 {
+                elsewhere = true;
+                break;
+            }
+        }
+        assert!(elsewhere, "no connection out of 64 landed on the shard that did not issue the ticket");
+        assert_eq!(per_shard("full").iter().sum::<f64>(), 1.0, "every later handshake was resumed");
+    }
+
+    fn replaced_certificate_served_next_open_connection_kept_broken_one_ignored(engine) {
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("reload");
+        let old = ca.leaf(&["a.test"]);
+        let (cert, key) = write_leaf(&dir, "a", &old);
+        let origin = Origin::start("origin");
+        let mut proxy = Config::single(origin.addr())
+            .only_listener(&tls_listener(&[(&cert, &key)], ""))
+            .admin("")
+            .start(engine);
+        let cfg = Arc::new(ca.client_config());
+        // An open keep-alive connection, made with the old certificate.
+        let conn = rustls::ClientConnection::new(cfg.clone(), "a.test".try_into().unwrap()).unwrap();
+        let sock = TcpStream::connect(proxy.addr()).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut open = rustls::StreamOwned::new(conn, sock);
+        let get_on_open = |open: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>| {
+            open.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            while !String::from_utf8_lossy(&got).ends_with("origin") {
+                let n = open.read(&mut buf).unwrap();
+                assert!(n > 0, "the open connection was closed");
+                got.extend_from_slice(&buf[..n]);
+            }
+            String::from_utf8_lossy(&got).into_owned()
+        };
+        assert!(get_on_open(&mut open).starts_with("HTTP/1.1 200"));
+
+        // Replace key and certificate on disk (renamed into place, as deploy tools do).
+        let new = ca.leaf(&["a.test"]);
+        write_leaf(&dir, "a", &new);
+        proxy.wait_for_output("certificates reloaded", 1, Duration::from_secs(10));
+        // A fresh client each time: a resumed session would not show the certificate.
+        let fresh = || Arc::new(ca.client_config());
+        let seen = tls_get(proxy.addr(), &fresh(), "a.test", "/").unwrap();
+        assert!(seen.leaf == new.der, "the next handshake must get the new certificate");
+        assert!(get_on_open(&mut open).starts_with("HTTP/1.1 200"), "the open connection must survive");
+
+        // A broken replacement (a key that does not match) keeps the new certificate in force.
+        let other = ca.leaf(&["a.test"]);
+        dir.write("a.key", &other.key_pem);
+        proxy.wait_for_output("certificate reload failed", 1, Duration::from_secs(10));
+        let seen = tls_get(proxy.addr(), &fresh(), "a.test", "/").unwrap();
+        assert!(seen.leaf == new.der, "a broken file must keep the certificate in force");
+        // SIGHUP re-reads at once: still broken, counted again.
+        proxy.signal(libc::SIGHUP);
+        proxy.wait_for_output("certificate reload failed", 2, Duration::from_secs(10));
+        let out = proxy.output();
+        assert!(out.contains("listener[0].tls.certificates[0].key"), "the log names the key path: {out}");
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_tls_certificate_reloads_total", &[("listener", "listener[0].tls"), ("result", "ok")]), 1.0);
+        assert_eq!(m.value("edgeshard_tls_certificate_reloads_total", &[("listener", "listener[0].tls"), ("result", "failed")]), 2.0);
+        assert!(get_on_open(&mut open).starts_with("HTTP/1.1 200"));
+    }
+
+    fn mtls_requires_a_certificate_and_passes_an_unspoofable_subject(engine) {
+        let ca = TestCa::new("test ca");
+        let client_ca = TestCa::new("client ca");
+        let dir = CertDir::new("mtls");
+        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let client_ca_file = dir.write("client-ca.pem", &client_ca.pem);
+        let (ccert, ckey) = write_leaf(&dir, "alice", &client_ca.client("alice", "Example"));
+        let (scert, skey) = write_leaf(&dir, "mallory", &ca.client("mallory", "Elsewhere"));
+        let origin = Origin::start("origin");
+        let extra = format!(
+            "client_auth = {{ ca = \"{}\", required = true, subject_header = \"X-Client-Subject\" }}",
+            client_ca_file.display()
+        );
+        let proxy = Config::single(origin.addr())
+            .only_listener(&tls_listener(&[(&cert, &key)], &extra))
+            .start(engine);
+        // No certificate: refused in the handshake.
+        let (code, _) = curl_https(proxy.addr(), "a.test", &ca_file, &["-H", "X-Client-Subject: CN=admin"]);
+        assert_eq!(code, "000", "a client without a certificate must be refused");
+        // A certificate from another CA: refused.
+        let (code, _) = curl_https(proxy.addr(), "a.test", &ca_file, &[
+            "--cert", scert.to_str().unwrap(), "--key", skey.to_str().unwrap()]);
+        assert_eq!(code, "000", "a certificate the client CA did not sign must be refused");
+        assert_eq!(origin.request_count(), 0);
+        // A good certificate, and a spoofed header next to it.
+        let (code, body) = curl_https(proxy.addr(), "a.test", &ca_file, &[
+            "--cert", ccert.to_str().unwrap(), "--key", ckey.to_str().unwrap(),
+            "-H", "X-Client-Subject: CN=admin"]);
+        assert_eq!((code.as_str(), body.as_str()), ("200", "origin"));
+        let rec = origin.last_request();
+        assert_eq!(rec.header_all("x-client-subject"), vec!["CN=alice, O=Example"], "{}", rec.raw_head);
+        assert_eq!(rec.header("x-forwarded-proto"), Some("https"));
+    }
+
+    fn optional_client_auth_still_strips_the_subject_header(engine) {
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("mtls-opt");
+        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let origin = Origin::start("origin");
+        let extra = format!(
+            "client_auth = {{ ca = \"{}\", required = false, subject_header = \"X-Client-Subject\" }}",
+            ca_file.display()
+        );
+        let proxy = Config::single(origin.addr())
+            .only_listener(&tls_listener(&[(&cert, &key)], &extra))
+            .start(engine);
+        let (code, _) = curl_https(proxy.addr(), "a.test", &ca_file, &["-H", "X-Client-Subject: CN=admin"]);
+        assert_eq!(code, "200");
+        let rec = origin.last_request();
+        assert!(rec.header("x-client-subject").is_none(), "a client-sent subject must never reach the backend: {}", rec.raw_head);
+    }
+
+    fn stalled_handshake_is_closed_at_the_timeout(engine) {
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("stall");
+        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
+        let origin = Origin::start("origin");
+        let proxy = Config::single(origin.addr())
+            .only_listener(&tls_listener(&[(&cert, &key)], "handshake_timeout = \"500ms\""))
+            .admin("")
+            .start(engine);
+        // Half a ClientHello record header, then nothing.
+        let before = Instant::now();
+        let mut s = TcpStream::connect(proxy.addr()).unwrap();
+        s.write_all(&[0x16, 0x03, 0x01]).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 64];
+        let r = s.read(&mut buf);
+        let took = before.elapsed();
+        assert!(matches!(r, Ok(0)) || r.is_err(), "expected a close, got {r:?}");
+        assert!(took >= Duration::from_millis(500), "closed after {took:?}, before the timeout");
+        assert!(took < Duration::from_secs(5), "closed after {took:?}");
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_tls_handshake_failures_total", &[("reason", "timeout")]), 1.0);
+        // The listener still serves.
+        let seen = tls_get(proxy.addr(), &Arc::new(ca.client_config()), "a.test", "/").unwrap();
+        assert!(seen.response.starts_with("HTTP/1.1 200"));
+    }
+
+    fn https_scheme_hsts_and_redirect(engine) {
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("scheme");
+        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
+        let origin = Origin::start("origin");
+        let mut cfg = Config::single(origin.addr())
+            .only_listener(&tls_listener(&[(&cert, &key)], "hsts = \"max-age=31536000\""));
+        cfg.raw_listeners.push("address = \"127.0.0.1:0\"\nredirect_https = { port = 8443, status = 308 }".into());
+        let proxy = cfg.start(engine);
+        let (tls_addr, plain_addr) = (proxy.addrs()[0], proxy.addrs()[1]);
+        let seen = tls_get(tls_addr, &Arc::new(ca.client_config()), "a.test", "/p?q=1").unwrap();
+        assert!(seen.response.contains("\r\nStrict-Transport-Security: max-age=31536000\r\n"), "{}", seen.response);
+        let rec = origin.last_request();
+        assert_eq!(rec.header("x-forwarded-proto"), Some("https"));
+        assert_eq!(rec.target, "/p?q=1");
+        // The plain listener redirects, keeping host and target.
+        let mut c = Client::connect(plain_addr);
+        c.send(b"POST /p?q=1 HTTP/1.1\r\nHost: a.test:8080\r\nContent-Length: 0\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.status(), 308);
+        assert_eq!(r.header("location"), Some("https://a.test:8443/p?q=1"));
+        assert!(r.header("strict-transport-security").is_none());
+        c.send(b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(c.read_response().status(), 400, "no Host: nothing to redirect to");
+        assert_eq!(origin.request_count(), 1, "redirects never reach the backend");
+    }
+
+    fn large_bodies_both_ways_over_tls(engine) {
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("bodies");
+        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let origin = Origin::start("origin");
+        let proxy = Config::single(origin.addr())
+            .only_listener(&tls_listener(&[(&cert, &key)], ""))
+            .start(engine);
+        let body = dir.path("up.bin");
+        std::fs::write(&body, pattern_vec(3 << 20)).unwrap();
+        let upload = format!("@{}", body.display());
+        let (code, _) = curl_https(proxy.addr(), "a.test", &ca_file, &["--data-binary", &upload, "-H", "Content-Type: application/octet-stream"]);
+        assert_eq!(code, "200");
+        let rec = origin.last_request();
+        assert_eq!((rec.body_len, rec.pattern_mismatch), (3 << 20, None));
+        // 4 MiB down, chunked and with a length, hashed by curl's output file.
+        for mode in ["cl", "chunked"] {
+            let out = dir.path(&format!("down-{mode}.bin"));
+            let resolve = format!("a.test:{}:127.0.0.1", proxy.addr().port());
+            let status = Command::new("curl")
+                .args(["-sS", "--max-time", "20", "--cacert"]).arg(&ca_file)
+                .args(["--resolve", &resolve, "-o"]).arg(&out)
+                .arg(format!("https://a.test:{}/gen/{}/{mode}", proxy.addr().port(), 4 << 20))
+                .status().unwrap();
+            assert!(status.success());
+            let got = std::fs::read(&out).unwrap();
+            assert_eq!(sha256_hex(&got), expected_sha256(4 << 20), "{mode}");
+        }
+    }
+}
