@@ -673,6 +673,8 @@ def run_testssl(a):
                 except (OSError, ValueError) as e:
                     findings = []
                     d.log("  no JSON from testssl (%s): %s" % (e, out[-1000:]))
+                with open(jf[:-5] + ".cmd", "w") as f:
+                    f.write(" ".join(["testssl"] + argv[1:]) + "\n")
                 results.append((t, key, argv, findings, out))
                 proc.stop()
         origin.stop()
@@ -681,6 +683,28 @@ def run_testssl(a):
         if os.path.exists(os.path.join(cfg.tmp, "edgeshard-tls.toml")):
             shutil.copy(os.path.join(cfg.tmp, "edgeshard-tls.toml"), os.path.join(a.out, a.name + "-edgeshard.toml"))
         shutil.rmtree(cfg.tmp, ignore_errors=True)
+    write_testssl_md(a, targets, version, results)
+
+
+def testssl_from_json(a):
+    """Rebuild NAME.md from the NAME-<target>-<key>.json / .cmd files of an earlier run."""
+    import json
+    targets = [t for t in a.targets.split(",") if t]
+    results = []
+    for key in [k for k in a.keys.split(",") if k]:
+        for t in targets:
+            jf = os.path.join(a.out, "%s-%s-%s.json" % (a.name, t, key))
+            if os.path.exists(jf):
+                with open(jf) as f:
+                    findings = json.load(f)
+                cmd = d.read(jf[:-5] + ".cmd").split() or ["testssl"]
+                results.append((t, key, cmd, findings, ""))
+    version = d.run_cmd([shutil.which("testssl") or "testssl", "--version"], timeout=30)
+    m = re.search(r"testssl\S*\s+(\d[\w.+~-]*)", version)
+    write_testssl_md(a, targets, m.group(1) if m else "?", results)
+
+
+def write_testssl_md(a, targets, version, results):
     L = ["# testssl.sh against %s's TLS listener" % " and ".join(targets), "",
          "testssl.sh %s (Debian package `testssl.sh`, with the system OpenSSL %s), run by `loadtest/testssl.sh` "
          "(`tls.py --testssl`) on %s. The listener is the one tls.sh benchmarks: `[[listener]] tls = { certificates "
@@ -689,6 +713,25 @@ def run_testssl(a):
          "Raw findings: `%s-<target>-<key>.json`; config: `%s-edgeshard.toml`." % (
              version, d.run_cmd(["openssl", "version"]).split()[1] if d.run_cmd(["openssl", "version"]) else "?",
              datetime.date.today().isoformat(), a.name, a.name), ""]
+    L += ["| target | certificate | protocols offered | suites offered (TLS 1.2 / 1.3) | vulnerability and "
+          "renegotiation checks not OK | other server findings LOW or worse |", "|---|---|---|---|---|---|"]
+    for t, key, argv, findings, out in results:
+        offered = [e["id"].replace("_", ".") for e in findings if e.get("id") in PROTO_IDS
+                   and e.get("finding", "").startswith("offered")]
+        n12 = sum(1 for e in findings if e.get("id", "").startswith("cipher-tls1_2_"))
+        n13 = sum(1 for e in findings if e.get("id", "").startswith("cipher-tls1_3_"))
+        vul = ["%s %s" % (e["id"], e.get("severity")) for e in findings if e.get("id") in VULN_IDS
+               and e.get("severity") not in ("OK", "INFO")]
+        other = ["%s %s" % (e["id"], e.get("severity")) for e in findings
+                 if e.get("severity") in ("LOW", "MEDIUM", "HIGH", "CRITICAL") and e.get("id") not in VULN_IDS
+                 and not e.get("id", "").startswith(CERT_IDS_PREFIX)]
+        L.append("| %s | %s | %s | %d / %d | %s | %s |" % (
+            t, KEYS[key]["desc"], ", ".join(offered) or "-", n12, n13, ", ".join(vul) or "none",
+            ", ".join(other) or "none"))
+    L += ["", "`cipher_order` (testssl rates it HIGH) means the server lets the client choose among its suites; "
+          "with only forward-secret AEAD suites offered that is harmless (Mozilla's intermediate profile sets "
+          "`ssl_prefer_server_ciphers off` for the same reason). Certificate findings (own CA, 30-day validity, no "
+          "CRL/OCSP/CAA) concern the generated test certificate, not the server, and are listed per section.", ""]
     for t, key, argv, findings, out in results:
         by = {}
         for e in findings:
@@ -785,7 +828,7 @@ def main():
     ap.add_argument("--testssl-timeout", type=int, default=420)
     a = ap.parse_args()
     if a.testssl:
-        run_testssl(a)
+        (testssl_from_json if a.summarize else run_testssl)(a)
         return
     if a.summarize:
         summarize(a.out, a.name)
