@@ -277,8 +277,9 @@ async fn wait_for_request(ctx: &ShardCtx, client: &mut Client, wait: Duration) -
         Err(e) if e.raw_os_error() != Some(libc::ECANCELED) => return Wait::Closed,
         Err(_) => {}
     }
-    // Cold: give the buffer back and wait for readability alone.
+    // Cold: give the buffers back (a TLS stream's too) and wait for readability alone.
     client.buf = Vec::new();
+    client.stream.release_buffers();
     let ready = loop {
         let left = wait_end(ctx, idle_end).saturating_duration_since(Instant::now());
         if left.is_zero() {

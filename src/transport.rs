@@ -50,6 +50,15 @@ impl Transport {
         }
     }
 
+    /// Frees the buffers an idle connection does not need (a TLS stream's ciphertext
+    /// buffers); the next read or write allocates them again.
+    #[inline]
+    pub fn release_buffers(&mut self) {
+        if let Transport::Tls(s) = self {
+            s.release_buffers();
+        }
+    }
+
     /// Waits until a read would not block (a TLS transport must also answer at once when it
     /// holds decrypted bytes).
     pub async fn readable(&mut self) -> std::io::Result<()> {
