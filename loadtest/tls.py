@@ -728,10 +728,16 @@ def write_testssl_md(a, targets, version, results):
         L.append("| %s | %s | %s | %d / %d | %s | %s |" % (
             t, KEYS[key]["desc"], ", ".join(offered) or "-", n12, n13, ", ".join(vul) or "none",
             ", ".join(other) or "none"))
-    L += ["", "`cipher_order` (testssl rates it HIGH) means the server lets the client choose among its suites; "
-          "with only forward-secret AEAD suites offered that is harmless (Mozilla's intermediate profile sets "
-          "`ssl_prefer_server_ciphers off` for the same reason). Certificate findings (own CA, 30-day validity, no "
-          "CRL/OCSP/CAA) concern the generated test certificate, not the server, and are listed per section.", ""]
+    client_order = any(e.get("id") == "cipher_order" and e.get("severity") not in ("OK", "INFO")
+                       for _, _, _, findings, _ in results for e in findings)
+    para = ""
+    if client_order:
+        para = ("`cipher_order` (testssl rates it HIGH) means the server lets the client choose among its suites; "
+                "with only forward-secret AEAD suites offered that is harmless (Mozilla's intermediate profile sets "
+                "`ssl_prefer_server_ciphers off` for the same reason). ")
+    para += ("Certificate findings (own CA, 30-day validity, no CRL/OCSP/CAA) concern the generated test "
+             "certificate, not the server, and are listed per section.")
+    L += ["", para, ""]
     for t, key, argv, findings, out in results:
         by = {}
         for e in findings:
