@@ -192,6 +192,9 @@ impl Proxy {
 
         let stderr = child.stderr.take().unwrap();
         let out2 = output.clone();
+        // Signalled at stderr's EOF: a process that exits before ready has written its error
+        // there, and the message below must not be built before that line is read.
+        let (stderr_done, stderr_eof) = mpsc::channel::<()>();
         thread::spawn(move || {
             let mut r = BufReader::new(stderr);
             let mut line = Vec::new();
@@ -202,6 +205,7 @@ impl Proxy {
                     Ok(_) => out2.push(&format!("[stderr] {}", String::from_utf8_lossy(&line))),
                 }
             }
+            let _ = stderr_done.send(());
         });
 
         let stdout = child.stdout.take().unwrap();
@@ -310,8 +314,10 @@ impl Proxy {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // stdout closed: the process is exiting. Collect its status (bounded).
+                    // stdout closed: the process is exiting. Collect its status and the rest
+                    // of its stderr (both bounded).
                     let status = proxy.wait_exit_timeout(Duration::from_secs(5));
+                    let _ = stderr_eof.recv_timeout(Duration::from_secs(5));
                     return Err(format!(
                         "edgeshard ({}) exited before ready: {status:?}\nconfig:\n{config_toml}\noutput:\n{}",
                         engine.as_str(),
