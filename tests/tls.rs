@@ -61,6 +61,35 @@ fn curl_https(
     (code.to_string(), body.to_string())
 }
 
+/// One site: a CA, a certificate for `a.test` and the CA itself (`ca.pem`) written to a fresh
+/// directory, an origin, and a config with one TLS listener serving that certificate;
+/// `extra` adds keys to its `tls` table (`@CA@` stands for the CA file's path).
+struct Site {
+    ca: TestCa,
+    dir: CertDir,
+    ca_file: std::path::PathBuf,
+    origin: Origin,
+    config: Config,
+}
+
+fn site(tag: &str, extra: &str) -> Site {
+    let ca = TestCa::new("test ca");
+    let dir = CertDir::new(tag);
+    let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
+    let ca_file = dir.write("ca.pem", &ca.pem);
+    let origin = Origin::start("origin");
+    let extra = extra.replace("@CA@", &ca_file.display().to_string());
+    let config =
+        Config::single(origin.addr()).only_listener(&tls_listener(&[(&cert, &key)], &extra));
+    Site {
+        ca,
+        dir,
+        ca_file,
+        origin,
+        config,
+    }
+}
+
 both_engines! {
     fn sni_chooses_among_three_certificates_with_wildcard_and_default(engine) {
         let ca = TestCa::new("test ca");
@@ -98,13 +127,8 @@ both_engines! {
     }
 
     fn old_versions_and_weak_suites_are_refused(engine) {
-        let ca = TestCa::new("test ca");
-        let dir = CertDir::new("versions");
-        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
-        let origin = Origin::start("origin");
-        let proxy = Config::single(origin.addr())
-            .only_listener(&tls_listener(&[(&cert, &key)], ""))
-            .start(engine);
+        let Site { ca: _ca, dir: _dir, ca_file: _ca_file, origin: _origin, config } = site("versions", "");
+        let proxy = config.start(engine);
         // The control: TLS 1.2 and 1.3 with default suites work, and the server's order
         // decides (openssl's own order puts AES-256 first).
         for (v, suite) in [("-tls1_2", "ECDHE-ECDSA-AES128-GCM-SHA256"), ("-tls1_3", "TLS_AES_128_GCM_SHA256")] {
@@ -124,14 +148,8 @@ both_engines! {
     }
 
     fn resumed_on_another_shard_is_counted(engine) {
-        let ca = TestCa::new("test ca");
-        let dir = CertDir::new("resume");
-        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
-        let origin = Origin::start("origin");
-        let proxy = Config::single(origin.addr())
-            .only_listener(&tls_listener(&[(&cert, &key)], ""))
-            .admin("")
-            .start_shards(engine, 2);
+        let Site { ca, dir: _dir, ca_file: _ca_file, origin: _origin, config } = site("resume", "");
+        let proxy = config.admin("").start_shards(engine, 2);
         let cfg = Arc::new(ca.client_config());
         let first = tls_get(proxy.addr(), &cfg, "a.test", "/").unwrap();
         assert!(!first.resumed);
@@ -250,18 +268,11 @@ both_engines! {
     }
 
     fn optional_client_auth_still_strips_the_subject_header(engine) {
-        let ca = TestCa::new("test ca");
-        let dir = CertDir::new("mtls-opt");
-        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
-        let ca_file = dir.write("ca.pem", &ca.pem);
-        let origin = Origin::start("origin");
-        let extra = format!(
-            "client_auth = {{ ca = \"{}\", required = false, subject_header = \"X-Client-Subject\" }}",
-            ca_file.display()
+        let Site { ca: _ca, dir: _dir, ca_file, origin, config } = site(
+            "mtls-opt",
+            "client_auth = { ca = \"@CA@\", required = false, subject_header = \"X-Client-Subject\" }",
         );
-        let proxy = Config::single(origin.addr())
-            .only_listener(&tls_listener(&[(&cert, &key)], &extra))
-            .start(engine);
+        let proxy = config.start(engine);
         let (code, _) = curl_https(proxy.addr(), "a.test", &ca_file, &["-H", "X-Client-Subject: CN=admin"]);
         assert_eq!(code, "200");
         let rec = origin.last_request();
@@ -269,14 +280,8 @@ both_engines! {
     }
 
     fn stalled_handshake_is_closed_at_the_timeout(engine) {
-        let ca = TestCa::new("test ca");
-        let dir = CertDir::new("stall");
-        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
-        let origin = Origin::start("origin");
-        let proxy = Config::single(origin.addr())
-            .only_listener(&tls_listener(&[(&cert, &key)], "handshake_timeout = \"500ms\""))
-            .admin("")
-            .start(engine);
+        let Site { ca, dir: _dir, ca_file: _ca_file, origin: _origin, config } = site("stall", "handshake_timeout = \"500ms\"");
+        let proxy = config.admin("").start(engine);
         // Half a ClientHello record header, then nothing.
         let before = Instant::now();
         let mut s = TcpStream::connect(proxy.addr()).unwrap();
@@ -296,12 +301,7 @@ both_engines! {
     }
 
     fn https_scheme_hsts_and_redirect(engine) {
-        let ca = TestCa::new("test ca");
-        let dir = CertDir::new("scheme");
-        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
-        let origin = Origin::start("origin");
-        let mut cfg = Config::single(origin.addr())
-            .only_listener(&tls_listener(&[(&cert, &key)], "hsts = \"max-age=31536000\""));
+        let Site { ca, dir: _dir, ca_file: _ca_file, origin, config: mut cfg } = site("scheme", "hsts = \"max-age=31536000\"");
         cfg.raw_listeners.push("address = \"127.0.0.1:0\"\nredirect_https = { port = 8443, status = 308 }".into());
         let proxy = cfg.start(engine);
         let (tls_addr, plain_addr) = (proxy.addrs()[0], proxy.addrs()[1]);
@@ -323,14 +323,8 @@ both_engines! {
     }
 
     fn large_bodies_both_ways_over_tls(engine) {
-        let ca = TestCa::new("test ca");
-        let dir = CertDir::new("bodies");
-        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
-        let ca_file = dir.write("ca.pem", &ca.pem);
-        let origin = Origin::start("origin");
-        let proxy = Config::single(origin.addr())
-            .only_listener(&tls_listener(&[(&cert, &key)], ""))
-            .start(engine);
+        let Site { ca: _ca, dir, ca_file, origin, config } = site("bodies", "");
+        let proxy = config.start(engine);
         let body = dir.path("up.bin");
         std::fs::write(&body, pattern_vec(3 << 20)).unwrap();
         let upload = format!("@{}", body.display());

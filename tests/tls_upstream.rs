@@ -11,6 +11,30 @@ fn upstream_tls(ca: &std::path::Path, sni: &str) -> String {
     format!("tls = {{ sni = \"{sni}\", ca = \"{}\" }}", ca.display())
 }
 
+/// A proxy whose upstream trusts `ca` and expects `backend.test`, in front of a TLS origin
+/// serving `leaf`; one request through it must get 502.
+fn refused_backend(
+    engine: Engine,
+    ca: &TestCa,
+    leaf: crate::support::tls::Leaf,
+) -> (TlsOrigin, Proxy) {
+    let dir = CertDir::new("up-refused");
+    let ca_file = dir.write("ca.pem", &ca.pem);
+    let origin = TlsOrigin::start(&leaf);
+    let proxy = Config::new()
+        .upstream_with(
+            "main",
+            &[origin.addr],
+            &upstream_tls(&ca_file, "backend.test"),
+        )
+        .route("main", "")
+        .start(engine);
+    let mut c = Client::connect(proxy.addr());
+    c.send(&get("example.com", "/"));
+    assert_eq!(c.read_response().status(), 502);
+    (origin, proxy)
+}
+
 both_engines! {
     fn requests_reach_a_verified_tls_backend_over_pooled_connections(engine) {
         let ca = TestCa::new("backend ca");
@@ -39,16 +63,7 @@ both_engines! {
 
     fn a_tls_backend_with_the_wrong_name_is_refused(engine) {
         let ca = TestCa::new("backend ca");
-        let dir = CertDir::new("up-wrong");
-        let ca_file = dir.write("ca.pem", &ca.pem);
-        let origin = TlsOrigin::start(&ca.leaf(&["other.test"]));
-        let proxy = Config::new()
-            .upstream_with("main", &[origin.addr], &upstream_tls(&ca_file, "backend.test"))
-            .route("main", "")
-            .start(engine);
-        let mut c = Client::connect(proxy.addr());
-        c.send(&get("example.com", "/"));
-        assert_eq!(c.read_response().status(), 502);
+        let (origin, proxy) = refused_backend(engine, &ca, ca.leaf(&["other.test"]));
         assert!(origin.accepted() >= 1, "the proxy did connect");
         proxy.wait_for_output("TLS handshake with the backend failed", 1, Duration::from_secs(5));
         assert!(proxy.output().contains("certificate not valid for name \"backend.test\""), "{}", proxy.output());
@@ -56,17 +71,7 @@ both_engines! {
 
     fn a_backend_signed_by_another_ca_is_refused(engine) {
         let ca = TestCa::new("backend ca");
-        let rogue = TestCa::new("rogue ca");
-        let dir = CertDir::new("up-rogue");
-        let ca_file = dir.write("ca.pem", &ca.pem);
-        let origin = TlsOrigin::start(&rogue.leaf(&["backend.test"]));
-        let proxy = Config::new()
-            .upstream_with("main", &[origin.addr], &upstream_tls(&ca_file, "backend.test"))
-            .route("main", "")
-            .start(engine);
-        let mut c = Client::connect(proxy.addr());
-        c.send(&get("example.com", "/"));
-        assert_eq!(c.read_response().status(), 502);
+        let (_origin, proxy) = refused_backend(engine, &ca, TestCa::new("rogue ca").leaf(&["backend.test"]));
         proxy.wait_for_output("UnknownIssuer", 1, Duration::from_secs(5));
     }
 
