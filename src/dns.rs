@@ -63,13 +63,17 @@ impl Dns {
         }
     }
 
-    /// Takes `[dns]` from a new configuration: other servers or bounds drop the resolver (and
-    /// the answers, which came from the old servers).
+    /// Takes `[dns]` from a new configuration: other servers or bounds rebuild the resolver
+    /// and make every answer due at once (each stays the last good one until the new servers
+    /// answer, so a refused reload that restores the old settings loses nothing).
     pub fn configure(&mut self, config: &DnsConfig) {
         if *config != self.config {
             self.config = config.clone();
             self.runtime = None;
-            self.answers.clear();
+            let now = Instant::now();
+            for a in self.answers.values_mut() {
+                a.due = now;
+            }
         }
     }
 

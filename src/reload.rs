@@ -244,7 +244,10 @@ impl Reloader {
         // reload); the others keep their last good answer.
         let resolved = {
             let mut dns = self.dns.lock().unwrap_or_else(|p| p.into_inner());
-            dns.ensure(&config).map_err(ReloadError::Dns)?;
+            if let Err(e) = dns.ensure(&config) {
+                dns.configure(&self.base.dns);
+                return Err(ReloadError::Dns(e));
+            }
             dns.track(&config);
             dns.apply(&config)
         };

@@ -2,7 +2,9 @@
 //! DNS server (dnsmasq, answering from a hosts file with a 1 s TTL) first points the name at
 //! origin A (127.0.0.3), then at origin B (127.0.0.4, same port); the proxy follows within
 //! the TTL plus one re-resolve. Then dnsmasq stops: the proxy keeps the last good answer
-//! (requests still reach B) and counts the failed resolutions.
+//! (requests still reach B) and counts the failed resolutions. A name that gains an address
+//! keeps the pooled connection of the one that stays (applied like a reload); a name that does
+//! not resolve stops start-up, and refuses a reload without changing anything.
 //!
 //! dnsmasq needs a fixed port: the test binds 127.0.0.2:0 over UDP, reads the port the kernel
 //! chose, closes the socket and passes that port. Another process could take the port in
@@ -69,7 +71,12 @@ impl Dnsmasq {
 
     /// Points the name elsewhere: rewrite the hosts file, SIGHUP (dnsmasq re-reads it).
     fn point_to(&self, ip: &str) {
-        std::fs::write(&self.hosts, format!("{ip} {NAME}\n")).unwrap();
+        self.point_to_all(&[ip]);
+    }
+
+    fn point_to_all(&self, ips: &[&str]) {
+        let lines: String = ips.iter().map(|ip| format!("{ip} {NAME}\n")).collect();
+        std::fs::write(&self.hosts, lines).unwrap();
         unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
     }
 
@@ -120,6 +127,31 @@ fn origins() -> (Origin, Origin) {
     panic!("no port free on both 127.0.0.3 and 127.0.0.4");
 }
 
+fn config(dns: &Dnsmasq, port: u16) -> String {
+    format!(
+        r#"[[listener]]
+address = "127.0.0.1:0"
+
+[admin]
+address = "127.0.0.1:0"
+
+[dns]
+servers = ["{}"]
+min_ttl = "100ms"
+max_ttl = "1s"
+
+[[route]]
+upstream = "app"
+
+[[upstream]]
+name = "app"
+balance = "round_robin"
+backends = [{{ address = "{NAME}:{port}" }}]
+"#,
+        dns.addr()
+    )
+}
+
 fn backend_of(proxy: &Proxy) -> Option<String> {
     let mut c = Client::try_connect(proxy.addr()).ok()?;
     c.send(&get("dns.test", "/"));
@@ -149,27 +181,7 @@ both_engines! {
         let (a, b) = origins();
         let port = a.addr().port();
         let mut dns = Dnsmasq::start(&format!("127.0.0.3 {NAME}\n"));
-        let config = format!(
-            r#"[[listener]]
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-
-[dns]
-servers = ["{}"]
-min_ttl = "100ms"
-max_ttl = "1s"
-
-[[route]]
-upstream = "app"
-
-[[upstream]]
-name = "app"
-backends = [{{ address = "{NAME}:{port}" }}]
-"#,
-            dns.addr()
-        );
+        let config = config(&dns, port);
         let proxy = Proxy::start(&config, engine);
         assert_eq!(backend_of(&proxy).as_deref(), Some("A"), "{}", proxy.output());
 
@@ -201,6 +213,46 @@ backends = [{{ address = "{NAME}:{port}" }}]
         assert!(proxy.output().contains(NAME), "the failure is logged with the name");
         assert!(a.request_count() >= 1);
         assert!(b.request_count() >= 21);
+    }
+
+    fn a_new_address_keeps_the_pool_of_the_one_that_stays(engine) {
+        let (a, b) = origins();
+        let dns = Dnsmasq::start(&format!("127.0.0.3 {NAME}\n"));
+        let proxy = Proxy::start(&config(&dns, a.addr().port()), engine);
+        for _ in 0..3 {
+            assert_eq!(backend_of(&proxy).as_deref(), Some("A"), "{}", proxy.output());
+        }
+        assert_eq!(a.accepted(), 1, "one pooled connection to A");
+        // The name gains B: applied like a reload, A's pooled connection is carried over.
+        dns.point_to_all(&["127.0.0.3", "127.0.0.4"]);
+        until_backend(&proxy, "B", Duration::from_secs(10));
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..6 {
+            seen.insert(backend_of(&proxy).unwrap_or_default());
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["A", "B"]);
+        assert_eq!(a.accepted(), 1, "A's pooled connection survived the DNS change");
+        assert!(b.accepted() >= 1);
+    }
+
+    fn a_reload_with_a_name_that_does_not_resolve_changes_nothing(engine) {
+        let (a, _b) = origins();
+        let dns = Dnsmasq::start(&format!("127.0.0.3 {NAME}\n"));
+        let good = config(&dns, a.addr().port());
+        let proxy = Proxy::start(&good, engine);
+        assert_eq!(backend_of(&proxy).as_deref(), Some("A"));
+        let bad = good.replace(&format!("{NAME}:"), "missing.edgeshard.test:");
+        std::fs::write(proxy.config_path(), bad).unwrap();
+        let r = admin_request(proxy.admin_addr(), "POST", "/reload", None);
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert!(r.body.contains("missing.edgeshard.test"), "{}", r.body);
+        assert_eq!(backend_of(&proxy).as_deref(), Some("A"));
+        // The same file with the name back reloads fine and keeps following it.
+        std::fs::write(proxy.config_path(), &good).unwrap();
+        let r = admin_request(proxy.admin_addr(), "POST", "/reload", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        dns.point_to("127.0.0.4");
+        until_backend(&proxy, "B", Duration::from_secs(10));
     }
 
     fn a_name_that_does_not_resolve_stops_start_up(engine) {
