@@ -1,5 +1,6 @@
-//! DNS service discovery, beside the pipeline: backends written as `HOST:PORT` are resolved
-//! (A and AAAA) here, never on a shard. [`Dns`] keeps the last good answer of every name and
+//! DNS service discovery, beside the pipeline: backends written as `HOST:PORT` (A and AAAA)
+//! or `{ srv = "_http._tcp.NAME" }` (SRV, then its targets) are resolved here, never on a
+//! shard. [`Dns`] keeps the last good answer of every name and
 //! when to ask again (the record's TTL clamped to `[dns] min_ttl..max_ttl`); one thread
 //! ([`spawn`]) re-resolves the names that are due and, when an answer changed, has the
 //! [`Reloader`] put the file's configuration with the new addresses in force, through the same
@@ -15,7 +16,7 @@
 //! with its cache off (`cache_size = 0`) so every refresh asks the server and sees the TTL.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,7 +37,8 @@ pub struct DnsStats {
 }
 
 struct Answer {
-    ips: Vec<IpAddr>,
+    /// Port 0 for a host name (the file gives it), the record's for an SRV name.
+    ips: Vec<SocketAddr>,
     /// When to resolve the name again.
     due: Instant,
 }
@@ -107,20 +109,37 @@ impl Dns {
         Ok(self.runtime.as_ref().expect("just built"))
     }
 
-    /// One resolution of `host`, counted; the answer and how long it may be kept.
-    fn resolve(&mut self, host: &str) -> Result<(Vec<IpAddr>, Duration), String> {
+    /// One resolution of `key` (a host name, or `srv:` and an SRV name whose targets are
+    /// then resolved), counted; the answer and how long it may be kept.
+    fn resolve(&mut self, key: &str) -> Result<(Vec<SocketAddr>, Duration), String> {
         let (min, max) = (self.config.min_ttl, self.config.max_ttl);
         let result = self.resolver().and_then(|(rt, resolver)| {
-            rt.block_on(resolver.lookup_ip(host))
+            let lookup = async {
+                if let Some(name) = key.strip_prefix("srv:") {
+                    let srv = resolver.srv_lookup(name).await?;
+                    let mut until = srv.as_lookup().valid_until();
+                    let mut out = Vec::new();
+                    for r in srv.iter() {
+                        let ips = resolver.lookup_ip(r.target().clone()).await?;
+                        until = until.min(ips.valid_until());
+                        out.extend(ips.iter().map(|ip| SocketAddr::new(ip, r.port())));
+                    }
+                    Ok::<_, hickory_resolver::ResolveError>((out, until))
+                } else {
+                    let l = resolver.lookup_ip(key).await?;
+                    let out = l.iter().map(|ip: IpAddr| SocketAddr::new(ip, 0)).collect();
+                    Ok((out, l.valid_until()))
+                }
+            };
+            rt.block_on(lookup)
                 .map_err(|e| e.to_string())
-                .and_then(|l| {
-                    let mut ips: Vec<IpAddr> = l.iter().collect();
+                .and_then(|(mut ips, until)| {
                     ips.sort();
                     ips.dedup();
                     if ips.is_empty() {
                         return Err("no A or AAAA record".into());
                     }
-                    let ttl = l.valid_until().saturating_duration_since(Instant::now());
+                    let ttl = until.saturating_duration_since(Instant::now());
                     Ok((ips, ttl.clamp(min, max)))
                 })
         });

@@ -100,7 +100,7 @@ total_timeout = "5s"
 [[upstream]]
 name = "web"
 balance = "round_robin"
-backends = [{ address = "127.0.0.1:9003" }, { address = "web.internal:9003" }]
+backends = [{ address = "127.0.0.1:9003" }, { address = "web.internal:9003" }, { srv = "_http._tcp.web.internal" }]
 tls = { sni = "web.internal", ca = "@CERTS@/ca.pem", verify = true }
 fail_timeout = "2s"
 

@@ -4,7 +4,8 @@
 //! the TTL plus one re-resolve. Then dnsmasq stops: the proxy keeps the last good answer
 //! (requests still reach B) and counts the failed resolutions. A name that gains an address
 //! keeps the pooled connection of the one that stays (applied like a reload); a name that does
-//! not resolve stops start-up, and refuses a reload without changing anything.
+//! not resolve stops start-up, and refuses a reload without changing anything. An SRV name
+//! (`{ srv = "_http._tcp.NAME" }`) gives the port and follows its target's address.
 //!
 //! dnsmasq needs a fixed port: the test binds 127.0.0.2:0 over UDP, reads the port the kernel
 //! chose, closes the socket and passes that port. Another process could take the port in
@@ -26,6 +27,10 @@ struct Dnsmasq {
 
 impl Dnsmasq {
     fn start(hosts_line: &str) -> Dnsmasq {
+        Self::start_with(hosts_line, &[])
+    }
+
+    fn start_with(hosts_line: &str, extra: &[String]) -> Dnsmasq {
         let port = UdpSocket::bind((DNS_IP, 0))
             .expect("bind 127.0.0.2:0")
             .local_addr()
@@ -48,6 +53,7 @@ impl Dnsmasq {
             .arg(format!("--addn-hosts={}", hosts.display()))
             .arg(format!("--listen-address={DNS_IP}"))
             .arg(format!("--port={port}"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -251,6 +257,27 @@ both_engines! {
         std::fs::write(proxy.config_path(), &good).unwrap();
         let r = admin_request(proxy.admin_addr(), "POST", "/reload", None);
         assert_eq!(r.status, 200, "{}", r.body);
+        dns.point_to("127.0.0.4");
+        until_backend(&proxy, "B", Duration::from_secs(10));
+    }
+
+    fn an_srv_name_gives_the_port_and_follows_its_target(engine) {
+        let (a, _b) = origins();
+        let port = a.addr().port();
+        let srv = format!("_http._tcp.{NAME}");
+        let dns = Dnsmasq::start_with(
+            &format!("127.0.0.3 {NAME}\n"),
+            &[format!("--srv-host={srv},{NAME},{port}")],
+        );
+        // The port comes from the SRV record only.
+        let config = config(&dns, port).replace(
+            &format!("{{ address = \"{NAME}:{port}\" }}"),
+            &format!("{{ srv = \"{srv}\" }}"),
+        );
+        assert!(config.contains("srv ="), "{config}");
+        let proxy = Proxy::start(&config, engine);
+        assert_eq!(backend_of(&proxy).as_deref(), Some("A"), "{}", proxy.output());
+        // The SRV record's target moves to B: followed like a host name.
         dns.point_to("127.0.0.4");
         until_backend(&proxy, "B", Duration::from_secs(10));
     }

@@ -79,9 +79,23 @@ pub struct BackendConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamedBackend {
     pub host: String,
+    /// 0 with `srv` (each SRV record names its port).
     pub port: u16,
     pub weight: u32,
     pub backup: bool,
+    /// `{ srv = "_http._tcp.app.internal" }`: `host` is an SRV name.
+    pub srv: bool,
+}
+
+impl NamedBackend {
+    /// What dns.rs resolves: the host name, or `srv:` and the SRV name.
+    pub fn key(&self) -> String {
+        if self.srv {
+            format!("srv:{}", self.host)
+        } else {
+            self.host.clone()
+        }
+    }
 }
 
 /// `[dns]`: the name servers (`None`: /etc/resolv.conf) and the bounds a record's TTL is
@@ -573,15 +587,47 @@ impl Config {
                     );
                 }
                 let (weight, backup) = (weight.clamp(1, 10_000), b.backup.unwrap_or(false));
-                if let Some((host, port)) = host_port(&b.address) {
+                let address = match (&b.address, &b.srv) {
+                    (Some(_), Some(_)) => {
+                        c.err(bpath.clone(), "set either address or srv, not both");
+                        continue;
+                    }
+                    (None, None) => {
+                        c.err(
+                            format!("{bpath}.address"),
+                            "required (or srv = \"_http._tcp.NAME\")",
+                        );
+                        continue;
+                    }
+                    (None, Some(srv)) => {
+                        if valid_host(srv) && srv.starts_with('_') {
+                            named.push(NamedBackend {
+                                host: srv.trim_end_matches('.').to_ascii_lowercase(),
+                                port: 0,
+                                weight,
+                                backup,
+                                srv: true,
+                            });
+                        } else {
+                            c.err(
+                                format!("{bpath}.srv"),
+                                format!("invalid SRV name {srv:?}; write e.g. \"_http._tcp.app.internal\""),
+                            );
+                        }
+                        continue;
+                    }
+                    (Some(a), None) => a,
+                };
+                if let Some((host, port)) = host_port(address) {
                     named.push(NamedBackend {
                         host,
                         port,
                         weight,
                         backup,
+                        srv: false,
                     });
                 } else if let Some(address) =
-                    c.backend_address(&format!("{bpath}.address"), &b.address)
+                    c.backend_address(&format!("{bpath}.address"), address)
                 {
                     backends.push(BackendConfig {
                         address,
@@ -752,26 +798,38 @@ impl Config {
         })
     }
 
-    /// Every host name a backend is written with.
+    /// Every host name (and `srv:` SRV name, see [`NamedBackend::key`]) a backend is written
+    /// with.
     pub fn host_names(&self) -> std::collections::BTreeSet<String> {
         self.upstreams
             .iter()
-            .flat_map(|u| u.names.iter().map(|n| n.host.clone()))
+            .flat_map(|u| u.names.iter().map(NamedBackend::key))
             .collect()
     }
 
     /// This configuration with each named backend replaced by the addresses `answer` gives
-    /// for its host (sorted, so every resolution of the same set builds the same ring; an
+    /// for its [`NamedBackend::key`] (sorted, so every resolution of the same set builds the same ring; an
     /// address already in the upstream is not added twice; a name without an answer adds
     /// nothing).
-    pub fn with_resolved(&self, answer: impl Fn(&str) -> Option<Vec<std::net::IpAddr>>) -> Config {
+    pub fn with_resolved(&self, answer: impl Fn(&str) -> Option<Vec<SocketAddr>>) -> Config {
         let mut c = self.clone();
         for u in &mut c.upstreams {
             for n in &u.names {
-                let mut ips = answer(&n.host).unwrap_or_default();
-                ips.sort();
-                for ip in ips {
-                    let address = SocketAddr::new(ip, n.port);
+                // A name's answers carry port 0 (the port is the file's); an SRV name's carry
+                // the records' ports.
+                let mut found: Vec<SocketAddr> = answer(&n.key())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|a| {
+                        if n.srv {
+                            a
+                        } else {
+                            SocketAddr::new(a.ip(), n.port)
+                        }
+                    })
+                    .collect();
+                found.sort();
+                for address in found {
                     if u.backends.iter().all(|b| b.address != address) {
                         u.backends.push(BackendConfig {
                             address,
@@ -948,8 +1006,8 @@ max_body_bytes = "lots"
         let r = c.with_resolved(|h| {
             assert_eq!(h, "app.internal");
             Some(vec![
-                "10.0.0.2".parse().unwrap(),
-                "10.0.0.1".parse().unwrap(),
+                "10.0.0.2:0".parse().unwrap(),
+                "10.0.0.1:0".parse().unwrap(),
             ])
         });
         let addrs: Vec<String> = r.upstreams[0]
@@ -972,6 +1030,36 @@ max_body_bytes = "lots"
         }
         let e = parse(&format!("{base}backends = [{{ address = \"127.0.0.1:1\" }}]\n[dns]\nmin_ttl = \"10m\"\nmax_ttl = \"1m\"\n")).unwrap_err();
         assert!(e.to_string().contains("dns.min_ttl"), "{e}");
+    }
+
+    #[test]
+    fn srv_backends_are_checked() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\n";
+        let c = parse(&format!(
+            "{base}backends = [{{ srv = \"_http._tcp.App.internal.\", backup = true }}]\n"
+        ))
+        .unwrap();
+        let n = &c.upstreams[0].names[0];
+        assert_eq!(
+            (n.key().as_str(), n.backup),
+            ("srv:_http._tcp.app.internal", true)
+        );
+        let r = c.with_resolved(|_| Some(vec!["10.0.0.1:8081".parse().unwrap()]));
+        assert_eq!(
+            r.upstreams[0].backends[0].address.to_string(),
+            "10.0.0.1:8081"
+        );
+        for (entry, key) in [
+            ("{ srv = \"app.internal\" }", "backends[0].srv"),
+            (
+                "{ address = \"127.0.0.1:1\", srv = \"_a._tcp.b\" }",
+                "backends[0]",
+            ),
+            ("{ weight = 2 }", "backends[0].address"),
+        ] {
+            let e = parse(&format!("{base}backends = [{entry}]\n")).unwrap_err();
+            assert!(e.to_string().contains(key), "{entry}: {e}");
+        }
     }
 
     #[test]

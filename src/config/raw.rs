@@ -57,7 +57,8 @@ pub(super) struct RawRoute {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBackend {
-    pub(super) address: String,
+    pub(super) address: Option<String>,
+    pub(super) srv: Option<String>,
     pub(super) weight: Option<u32>,
     pub(super) backup: Option<bool>,
 }
