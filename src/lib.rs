@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod dns;
 pub mod error;
 pub mod forward;
 pub mod health;

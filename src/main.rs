@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use edgeshard::config::{Config, IoEngine};
+use edgeshard::dns::{Dns, DnsStats};
 use edgeshard::observe::access::LogWriter;
 use edgeshard::observe::admin::{self, AdminState, ShardMeta};
 use edgeshard::privs::{Switched, Target};
@@ -508,6 +509,19 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
         t.permitted().map_err(|e| anyhow::anyhow!("{file}{e}"))?;
     }
     let cpus = choose_cpus(placement)?;
+    // Backends written as host names are resolved before anything binds: a name that does
+    // not resolve stops start-up, naming it (docs/CONFIG.md, [dns]). The resolver's runtime
+    // is dropped again so the privilege switch below still finds a single thread.
+    let dns_stats = Arc::new(DnsStats::default());
+    let mut dns = Dns::new(&config.dns, dns_stats.clone());
+    if let Err(errors) = dns.ensure(&config) {
+        bail!("{file}{}", errors.join("; "));
+    }
+    dns.track(&config);
+    dns.release();
+    let base = config.clone();
+    let config = dns.apply(&config);
+    let dns = Arc::new(Mutex::new(dns));
     // Certificates are read before anything binds: a bad file stops start-up, naming it.
     let tls = Arc::new(TlsListeners::build(&config)?);
     if tls.any() {
@@ -654,9 +668,15 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
             published.clone(),
             queries.clone(),
             reload_stats.clone(),
+            base,
+            dns.clone(),
         )
         .context("cannot start the health-check prober")?,
     ));
+    // The DNS thread keeps the host names fresh (dns.rs).
+    let dns_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dns_thread = edgeshard::dns::spawn(reloader.clone(), dns, dns_stop.clone())
+        .context("cannot start the DNS thread")?;
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let admin = match admin_listener {
         None => None,
@@ -677,6 +697,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
                     config_path: meta.path,
                     reloads: reload_stats,
                     reloader: reloader.clone(),
+                    dns: dns_stats,
                 },
             )
             .context("cannot start the admin thread")?,
@@ -769,6 +790,9 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     if let Some(a) = admin {
         a.stop();
     }
+    dns_stop.store(true, std::sync::atomic::Ordering::Release);
+    dns_thread.thread().unpark();
+    let _ = dns_thread.join();
     reloader.lock().unwrap_or_else(|p| p.into_inner()).stop();
     // Every shard handed over its last lines: the writer writes them, then stops.
     if let Some(w) = log_writer {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use futures_channel::mpsc::UnboundedSender;
 
 use crate::config::{Config, ConfigError};
+use crate::dns::Dns;
 use crate::health::prober::{ProbeTarget, ProberHandle};
 use crate::snapshot::{Published, Shared};
 use crate::tls::{TlsError, TlsListeners};
@@ -34,6 +35,8 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Tls(#[from] TlsError),
+    #[error("{}", .0.join("\n"))]
+    Dns(Vec<String>),
     #[error(
         "listener: listener changes need a restart/upgrade (running: {running}; file: {file})"
     )]
@@ -99,16 +102,23 @@ pub struct Reloader {
     prober: Option<ProberHandle>,
     watcher: Option<(std::thread::JoinHandle<()>, Arc<AtomicBool>)>,
     pub stats: Arc<ReloadStats>,
+    /// The configuration of the file in force, host names unresolved: what a DNS change
+    /// re-resolves ([`Reloader::apply_dns`]).
+    base: Config,
+    dns: Arc<Mutex<Dns>>,
 }
 
 impl Reloader {
     /// `path`: the file to re-read (`None` in demo mode). Starts the prober and the
-    /// certificate watcher for the snapshot in force.
+    /// certificate watcher for the snapshot in force. `base`: the file's configuration (host
+    /// names unresolved), whose names `dns` has resolved into the snapshot in force.
     pub fn start(
         path: Option<PathBuf>,
         published: Arc<Published>,
         shards: Vec<UnboundedSender<ShardQuery>>,
         stats: Arc<ReloadStats>,
+        base: Config,
+        dns: Arc<Mutex<Dns>>,
     ) -> std::io::Result<Reloader> {
         let shared = published.load();
         let prober =
@@ -120,6 +130,8 @@ impl Reloader {
             prober: Some(prober),
             watcher: None,
             stats,
+            base,
+            dns,
         };
         r.watch(shared.tls.clone());
         Ok(r)
@@ -228,21 +240,19 @@ impl Reloader {
             Arc::new(built)
         };
         let notes = restart_only_changes(&old.config, &config);
-        let next = Arc::new(Shared::reloaded(config, &old, tls.clone()));
-        self.published.publish(next.clone());
-        self.switch_shards();
-        // The prober follows the new backend set, resuming from the carried states.
-        if let Some(p) = self.prober.take() {
-            p.stop();
-        }
-        match crate::health::prober::spawn(
-            next.board.clone(),
-            probe_targets(&next, Some(&old)),
-            None,
-        ) {
-            Ok(p) => self.prober = Some(p),
-            Err(e) => tracing::error!(error = %e, "reload: cannot restart the health prober"),
-        }
+        // Host names: new ones are resolved now (one that does not resolve refuses the
+        // reload); the others keep their last good answer.
+        let resolved = {
+            let mut dns = self.dns.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = dns.ensure(&config) {
+                dns.configure(&self.base.dns);
+                return Err(ReloadError::Dns(e));
+            }
+            dns.track(&config);
+            dns.apply(&config)
+        };
+        self.base = config;
+        self.put_in_force(resolved, &old, tls.clone());
         if !same_tls {
             self.watch(tls);
         }
@@ -252,6 +262,44 @@ impl Reloader {
             .loaded_unix
             .store(crate::observe::admin::unix_now(), Ordering::Relaxed);
         Ok(notes)
+    }
+
+    /// Publishes `config` as the next snapshot, switches every shard to it and restarts the
+    /// prober on its backends (resuming from the carried states).
+    fn put_in_force(&mut self, config: Config, old: &Arc<Shared>, tls: Arc<TlsListeners>) {
+        let next = Arc::new(Shared::reloaded(config, old, tls));
+        self.published.publish(next.clone());
+        self.switch_shards();
+        if let Some(p) = self.prober.take() {
+            p.stop();
+        }
+        match crate::health::prober::spawn(
+            next.board.clone(),
+            probe_targets(&next, Some(old)),
+            None,
+        ) {
+            Ok(p) => self.prober = Some(p),
+            Err(e) => tracing::error!(error = %e, "reload: cannot restart the health prober"),
+        }
+    }
+
+    /// A host name's answer changed (the DNS thread): the file's configuration in force with
+    /// the current answers becomes the next snapshot, like a reload of the same file.
+    pub fn apply_dns(&mut self) {
+        let started = Instant::now();
+        let config = self
+            .dns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(&self.base);
+        let old = self.published.load();
+        let tls = old.tls.clone();
+        self.put_in_force(config, &old, tls);
+        tracing::info!(
+            generation = self.published.generation(),
+            ms = started.elapsed().as_millis() as u64,
+            "dns: backends updated"
+        );
     }
 
     /// Tells every shard to switch and waits until each has (a stopped shard does not

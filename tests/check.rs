@@ -100,7 +100,7 @@ total_timeout = "5s"
 [[upstream]]
 name = "web"
 balance = "round_robin"
-backends = [{ address = "127.0.0.1:9003" }]
+backends = [{ address = "127.0.0.1:9003" }, { address = "web.internal:9003" }, { srv = "_http._tcp.web.internal" }]
 tls = { sni = "web.internal", ca = "@CERTS@/ca.pem", verify = true }
 fail_timeout = "2s"
 
@@ -110,6 +110,11 @@ balance = "consistent_hash"
 hash_key = "header:x-user"
 bounded_load = 1.25
 backends = [{ address = "127.0.0.1:9004" }, { address = "127.0.0.1:9005" }]
+
+[dns]
+servers = ["127.0.0.1:5353"]
+min_ttl = "1s"
+max_ttl = "5m"
 
 [timeouts]
 client_header = "10s"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the integration suite uses as real clients (curl,
-# wrk, ss, python3 with prometheus_client and websockets) when it is missing, then runs
-# `cargo test` with any arguments given. Installs with apt-get (Debian/Ubuntu; as root, or
+# wrk, ss, openssl, dnsmasq, python3 with prometheus_client and websockets) when it is
+# missing, then runs `cargo test` with any arguments given. Installs with apt-get (Debian/Ubuntu; as root, or
 # through sudo) and pip. .ci/run calls it after fmt and clippy.
 #
 # Every proxy test runs on io_uring and on epoll; if io_uring is unavailable the io_uring tests
@@ -33,6 +33,8 @@ command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v ss >/dev/null 2>&1 || need+=(iproute2)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The DNS discovery test's name server (tests/dns.rs).
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 if [ ${#need[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${need[*]}"
   apt_install "${need[@]}"

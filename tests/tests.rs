@@ -8,6 +8,7 @@ mod balancing;
 mod bodies;
 mod check;
 mod congestion;
+mod dns;
 mod early_answer;
 mod examples;
 mod framing;

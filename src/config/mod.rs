@@ -74,12 +74,59 @@ pub struct BackendConfig {
     pub backup: bool,
 }
 
+/// A backend written as `HOST:PORT`: resolved off the shards (dns.rs), each address it
+/// resolves to becoming one backend with this weight and role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedBackend {
+    pub host: String,
+    /// 0 with `srv` (each SRV record names its port).
+    pub port: u16,
+    pub weight: u32,
+    pub backup: bool,
+    /// `{ srv = "_http._tcp.app.internal" }`: `host` is an SRV name.
+    pub srv: bool,
+}
+
+impl NamedBackend {
+    /// What dns.rs resolves: the host name, or `srv:` and the SRV name.
+    pub fn key(&self) -> String {
+        if self.srv {
+            format!("srv:{}", self.host)
+        } else {
+            self.host.clone()
+        }
+    }
+}
+
+/// `[dns]`: the name servers (`None`: /etc/resolv.conf) and the bounds a record's TTL is
+/// clamped to before the name is resolved again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub servers: Option<Vec<SocketAddr>>,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> DnsConfig {
+        DnsConfig {
+            servers: None,
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct UpstreamConfig {
     pub name: String,
     /// Algorithm, hash key, bounded load, sticky cookie.
     pub balance: crate::balance::Spec,
+    /// The backends in force: the IP literals of the file, then (once resolved, see
+    /// [`Config::with_resolved`]) the addresses of the [`Self::names`].
     pub backends: Vec<BackendConfig>,
+    /// Backends written as host names, resolved by dns.rs.
+    pub names: Vec<NamedBackend>,
     pub max_idle_per_backend: usize,
     pub idle_timeout: Duration,
     /// Health checks, outlier detection (which carries `fail_timeout`), breaker, retries,
@@ -174,6 +221,7 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub log: LogConfig,
     pub request_id: RequestIdConfig,
+    pub dns: DnsConfig,
 }
 
 /// One `[[listener]]`: its address and, when it terminates TLS, how; or the https redirect a
@@ -207,7 +255,7 @@ pub use observe::{
 };
 pub use raw::parse_size;
 use raw::{
-    array, Checker, RawLimits, RawListener, RawRoute, RawServer, RawTimeouts, RawUpstream,
+    array, Checker, RawDns, RawLimits, RawListener, RawRoute, RawServer, RawTimeouts, RawUpstream,
     TOP_LEVEL,
 };
 pub use resilience::Resilience;
@@ -267,6 +315,11 @@ impl Config {
             .remove("server")
             .and_then(|v| c.section("server", v))
             .unwrap_or_default();
+        let raw_dns: RawDns = table
+            .remove("dns")
+            .and_then(|v| c.section("dns", v))
+            .unwrap_or_default();
+        let dns = dns_config(&mut c, raw_dns);
         let timeouts: RawTimeouts = table
             .remove("timeouts")
             .and_then(|v| c.section("timeouts", v))
@@ -523,6 +576,7 @@ impl Config {
                 );
             }
             let mut backends = Vec::new();
+            let mut named = Vec::new();
             for (j, b) in u.backends.iter().enumerate() {
                 let bpath = format!("{path}.backends[{j}]");
                 let weight = b.weight.unwrap_or(1);
@@ -532,11 +586,53 @@ impl Config {
                         format!("{weight} is out of range 1..=10000"),
                     );
                 }
-                if let Some(address) = c.address(&format!("{bpath}.address"), &b.address) {
+                let (weight, backup) = (weight.clamp(1, 10_000), b.backup.unwrap_or(false));
+                let address = match (&b.address, &b.srv) {
+                    (Some(_), Some(_)) => {
+                        c.err(bpath.clone(), "set either address or srv, not both");
+                        continue;
+                    }
+                    (None, None) => {
+                        c.err(
+                            format!("{bpath}.address"),
+                            "required (or srv = \"_http._tcp.NAME\")",
+                        );
+                        continue;
+                    }
+                    (None, Some(srv)) => {
+                        if valid_host(srv) && srv.starts_with('_') {
+                            named.push(NamedBackend {
+                                host: srv.trim_end_matches('.').to_ascii_lowercase(),
+                                port: 0,
+                                weight,
+                                backup,
+                                srv: true,
+                            });
+                        } else {
+                            c.err(
+                                format!("{bpath}.srv"),
+                                format!("invalid SRV name {srv:?}; write e.g. \"_http._tcp.app.internal\""),
+                            );
+                        }
+                        continue;
+                    }
+                    (Some(a), None) => a,
+                };
+                if let Some((host, port)) = host_port(address) {
+                    named.push(NamedBackend {
+                        host,
+                        port,
+                        weight,
+                        backup,
+                        srv: false,
+                    });
+                } else if let Some(address) =
+                    c.backend_address(&format!("{bpath}.address"), address)
+                {
                     backends.push(BackendConfig {
                         address,
-                        weight: weight.clamp(1, 10_000),
-                        backup: b.backup.unwrap_or(false),
+                        weight,
+                        backup,
                     });
                 }
             }
@@ -573,6 +669,7 @@ impl Config {
                 name: u.name,
                 balance,
                 backends,
+                names: named,
             });
         }
 
@@ -697,7 +794,53 @@ impl Config {
             admin: observe.admin,
             log: observe.log,
             request_id: observe.request_id,
+            dns,
         })
+    }
+
+    /// Every host name (and `srv:` SRV name, see [`NamedBackend::key`]) a backend is written
+    /// with.
+    pub fn host_names(&self) -> std::collections::BTreeSet<String> {
+        self.upstreams
+            .iter()
+            .flat_map(|u| u.names.iter().map(NamedBackend::key))
+            .collect()
+    }
+
+    /// This configuration with each named backend replaced by the addresses `answer` gives
+    /// for its [`NamedBackend::key`] (sorted, so every resolution of the same set builds the same ring; an
+    /// address already in the upstream is not added twice; a name without an answer adds
+    /// nothing).
+    pub fn with_resolved(&self, answer: impl Fn(&str) -> Option<Vec<SocketAddr>>) -> Config {
+        let mut c = self.clone();
+        for u in &mut c.upstreams {
+            for n in &u.names {
+                // A name's answers carry port 0 (the port is the file's); an SRV name's carry
+                // the records' ports.
+                let mut found: Vec<SocketAddr> = answer(&n.key())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|a| {
+                        if n.srv {
+                            a
+                        } else {
+                            SocketAddr::new(a.ip(), n.port)
+                        }
+                    })
+                    .collect();
+                found.sort();
+                for address in found {
+                    if u.backends.iter().all(|b| b.address != address) {
+                        u.backends.push(BackendConfig {
+                            address,
+                            weight: n.weight,
+                            backup: n.backup,
+                        });
+                    }
+                }
+            }
+        }
+        c
     }
 
     /// A short human summary, printed by `edgeshard check`.
@@ -721,6 +864,47 @@ impl Config {
         }
         s.push_str(&format!("{} routes\n", self.routes.len()));
         s
+    }
+}
+
+/// `HOST:PORT` with a host name (not an IP literal) and a port above 0.
+fn host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|&p| p > 0)?;
+    let is_name = valid_host(host)
+        && host.bytes().any(|b| b.is_ascii_alphabetic())
+        && host.parse::<std::net::IpAddr>().is_err()
+        && !host.starts_with('.')
+        && !host.starts_with('-');
+    is_name.then(|| (host.trim_end_matches('.').to_ascii_lowercase(), port))
+}
+
+fn dns_config(c: &mut Checker, raw: RawDns) -> DnsConfig {
+    let d = DnsConfig::default();
+    let servers = raw.servers.map(|list| {
+        if list.is_empty() {
+            c.err(
+                "dns.servers",
+                "at least one server, or leave the key out (/etc/resolv.conf)",
+            );
+        }
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, s)| c.address(&format!("dns.servers[{i}]"), s))
+            .collect()
+    });
+    let min_ttl = c.duration("dns.min_ttl", raw.min_ttl.as_ref(), d.min_ttl);
+    let max_ttl = c.duration("dns.max_ttl", raw.max_ttl.as_ref(), d.max_ttl);
+    if min_ttl > max_ttl {
+        c.err(
+            "dns.min_ttl",
+            format!("{min_ttl:?} is above dns.max_ttl ({max_ttl:?})"),
+        );
+    }
+    DnsConfig {
+        servers,
+        min_ttl,
+        max_ttl,
     }
 }
 
@@ -807,6 +991,75 @@ max_body_bytes = "lots"
         );
         assert!(has("limits.max_body_bytes", "invalid size"), "{text}");
         assert!(text.lines().all(|l| l.starts_with("test.toml: ")), "{text}");
+    }
+
+    #[test]
+    fn backends_by_host_name_are_kept_for_the_resolver() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\n";
+        let c = parse(&format!("{base}backends = [{{ address = \"127.0.0.1:1\" }}, {{ address = \"App.Internal:8080\", weight = 2 }}]\n[dns]\nservers = [\"127.0.0.1:5353\"]\nmin_ttl = \"2s\"\n")).unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.backends.len(), 1);
+        assert_eq!(u.names[0].host, "app.internal");
+        assert_eq!((u.names[0].port, u.names[0].weight), (8080, 2));
+        assert_eq!(c.dns.servers, Some(vec!["127.0.0.1:5353".parse().unwrap()]));
+        assert_eq!(c.dns.min_ttl, Duration::from_secs(2));
+        let r = c.with_resolved(|h| {
+            assert_eq!(h, "app.internal");
+            Some(vec![
+                "10.0.0.2:0".parse().unwrap(),
+                "10.0.0.1:0".parse().unwrap(),
+            ])
+        });
+        let addrs: Vec<String> = r.upstreams[0]
+            .backends
+            .iter()
+            .map(|b| b.address.to_string())
+            .collect();
+        assert_eq!(addrs, ["127.0.0.1:1", "10.0.0.1:8080", "10.0.0.2:8080"]);
+        for bad in [
+            "app.internal",
+            "app.internal:0",
+            "app..x:80x",
+            "1.2.3.4:99999",
+        ] {
+            let e = parse(&format!("{base}backends = [{{ address = \"{bad}\" }}]\n")).unwrap_err();
+            assert!(
+                e.to_string().contains("upstream[0].backends[0].address"),
+                "{bad}: {e}"
+            );
+        }
+        let e = parse(&format!("{base}backends = [{{ address = \"127.0.0.1:1\" }}]\n[dns]\nmin_ttl = \"10m\"\nmax_ttl = \"1m\"\n")).unwrap_err();
+        assert!(e.to_string().contains("dns.min_ttl"), "{e}");
+    }
+
+    #[test]
+    fn srv_backends_are_checked() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\n";
+        let c = parse(&format!(
+            "{base}backends = [{{ srv = \"_http._tcp.App.internal.\", backup = true }}]\n"
+        ))
+        .unwrap();
+        let n = &c.upstreams[0].names[0];
+        assert_eq!(
+            (n.key().as_str(), n.backup),
+            ("srv:_http._tcp.app.internal", true)
+        );
+        let r = c.with_resolved(|_| Some(vec!["10.0.0.1:8081".parse().unwrap()]));
+        assert_eq!(
+            r.upstreams[0].backends[0].address.to_string(),
+            "10.0.0.1:8081"
+        );
+        for (entry, key) in [
+            ("{ srv = \"app.internal\" }", "backends[0].srv"),
+            (
+                "{ address = \"127.0.0.1:1\", srv = \"_a._tcp.b\" }",
+                "backends[0]",
+            ),
+            ("{ weight = 2 }", "backends[0].address"),
+        ] {
+            let e = parse(&format!("{base}backends = [{entry}]\n")).unwrap_err();
+            assert!(e.to_string().contains(key), "{entry}: {e}");
+        }
     }
 
     #[test]

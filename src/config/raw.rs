@@ -26,6 +26,14 @@ pub(super) struct RawServer {
     pub(super) group: Option<String>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDns {
+    pub(super) servers: Option<Vec<String>>,
+    pub(super) min_ttl: Option<String>,
+    pub(super) max_ttl: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawListener {
@@ -49,7 +57,8 @@ pub(super) struct RawRoute {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBackend {
-    pub(super) address: String,
+    pub(super) address: Option<String>,
+    pub(super) srv: Option<String>,
     pub(super) weight: Option<u32>,
     pub(super) backup: Option<bool>,
 }
@@ -117,6 +126,7 @@ pub(super) const TOP_LEVEL: &[&str] = &[
     "admin",
     "log",
     "request_id",
+    "dns",
 ];
 
 pub(super) struct Checker {
@@ -225,6 +235,20 @@ impl Checker {
                 default
             }
             Some(v) => v,
+        }
+    }
+
+    /// A backend's address that is not `HOST:PORT` (those are taken before): an IP literal.
+    pub(super) fn backend_address(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    path,
+                    format!("invalid address {s:?}; write IP:PORT such as \"127.0.0.1:8080\" or HOST:PORT such as \"app.internal:8080\""),
+                );
+                None
+            }
         }
     }
 

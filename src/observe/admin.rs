@@ -50,6 +50,8 @@ pub struct AdminState {
     pub reloads: Arc<ReloadStats>,
     /// `POST /reload` runs it (on this thread: a reload blocks the admin API, not a shard).
     pub reloader: Arc<Mutex<Reloader>>,
+    /// Host-name resolutions by result (dns.rs).
+    pub dns: Arc<crate::dns::DnsStats>,
 }
 
 /// The running admin thread; [`AdminHandle::stop`] ends it.
@@ -386,6 +388,8 @@ fn process_info(state: &AdminState) -> ProcessInfo<'static> {
         uptime_secs: state.started.elapsed().as_secs_f64(),
         reloads_ok: state.reloads.ok.load(Ordering::Relaxed),
         reloads_failed: state.reloads.failed.load(Ordering::Relaxed),
+        dns_ok: state.dns.ok.load(Ordering::Relaxed),
+        dns_failed: state.dns.failed.load(Ordering::Relaxed),
         generation: state.snapshot.generation(),
         shards: state
             .shards

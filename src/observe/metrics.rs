@@ -37,6 +37,9 @@ pub struct ProcessInfo<'a> {
     /// Configuration reloads that took effect, and that were refused.
     pub reloads_ok: u64,
     pub reloads_failed: u64,
+    /// Host-name resolutions of backends (dns.rs) that answered, and that failed.
+    pub dns_ok: u64,
+    pub dns_failed: u64,
     /// The snapshot generation in force (0 until the first reload).
     pub generation: u64,
     /// Per shard: (CPU, accepting).
@@ -161,6 +164,17 @@ pub fn render(
         o,
         "edgeshard_config_reloads_total{{result=\"failed\"}} {}",
         info.reloads_failed
+    );
+    family(
+        &mut o,
+        "edgeshard_dns_resolutions_total",
+        "counter",
+        "Resolutions of backend host names by result: ok, or failed (the last good answer kept).",
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_dns_resolutions_total{{result=\"ok\"}} {}\nedgeshard_dns_resolutions_total{{result=\"failed\"}} {}",
+        info.dns_ok, info.dns_failed
     );
     family(
         &mut o,

@@ -166,6 +166,20 @@ impl Origin {
         handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
     ) -> Origin {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+        Self::on_listener(name, listener, handler)
+    }
+
+    /// An origin with the built-in behaviour on `addr` (`Err`: it cannot be bound).
+    pub fn start_at(name: &str, addr: SocketAddr) -> std::io::Result<Origin> {
+        let listener = TcpListener::bind(addr)?;
+        Ok(Self::on_listener(name, listener, |_| Reply::Default))
+    }
+
+    fn on_listener(
+        name: &str,
+        listener: TcpListener,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Origin {
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             name: name.to_string(),

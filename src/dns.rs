@@ -1,0 +1,274 @@
+//! DNS service discovery, beside the pipeline: backends written as `HOST:PORT` (A and AAAA)
+//! or `{ srv = "_http._tcp.NAME" }` (SRV, then its targets) are resolved here, never on a
+//! shard. [`Dns`] keeps the last good answer of every name and
+//! when to ask again (the record's TTL clamped to `[dns] min_ttl..max_ttl`); one thread
+//! ([`spawn`]) re-resolves the names that are due and, when an answer changed, has the
+//! [`Reloader`] put the file's configuration with the new addresses in force, through the same
+//! path as a reload ([`Reloader::apply_dns`]): backends whose address stays keep their pool,
+//! health, outlier and breaker state (backend identity is upstream name + address).
+//!
+//! A failed resolution keeps the last good answer, is counted
+//! (`edgeshard_dns_resolutions_total{result="failed"}`), logged with the name, and retried
+//! after `min_ttl`. At start-up and on reload a name that does not resolve is an error (the
+//! process does not start; the reload is refused): see docs/CONFIG.md, `[dns]`.
+//!
+//! The resolver is hickory-resolver on a current-thread tokio runtime owned by this module,
+//! with its cache off (`cache_size = 0`) so every refresh asks the server and sees the TTL.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::xfer::Protocol;
+use hickory_resolver::TokioResolver;
+
+use crate::config::{Config, DnsConfig};
+use crate::reload::Reloader;
+
+/// Resolutions by result, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct DnsStats {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+struct Answer {
+    /// Port 0 for a host name (the file gives it), the record's for an SRV name.
+    ips: Vec<SocketAddr>,
+    /// When to resolve the name again.
+    due: Instant,
+}
+
+/// The resolver and the answers in force. Locked by the DNS thread while it resolves, and by
+/// the reloader (start-up, reload) to resolve new names and to read the answers.
+pub struct Dns {
+    config: DnsConfig,
+    runtime: Option<(tokio::runtime::Runtime, TokioResolver)>,
+    answers: HashMap<String, Answer>,
+    /// The names of the configuration in force (what the thread keeps fresh).
+    names: BTreeSet<String>,
+    pub stats: Arc<DnsStats>,
+}
+
+impl Dns {
+    pub fn new(config: &DnsConfig, stats: Arc<DnsStats>) -> Dns {
+        Dns {
+            config: config.clone(),
+            runtime: None,
+            answers: HashMap::new(),
+            names: BTreeSet::new(),
+            stats,
+        }
+    }
+
+    /// Takes `[dns]` from a new configuration: other servers or bounds rebuild the resolver
+    /// and make every answer due at once (each stays the last good one until the new servers
+    /// answer, so a refused reload that restores the old settings loses nothing).
+    pub fn configure(&mut self, config: &DnsConfig) {
+        if *config != self.config {
+            self.config = config.clone();
+            self.runtime = None;
+            let now = Instant::now();
+            for a in self.answers.values_mut() {
+                a.due = now;
+            }
+        }
+    }
+
+    fn resolver(&mut self) -> Result<&(tokio::runtime::Runtime, TokioResolver), String> {
+        if self.runtime.is_none() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the resolver runtime: {e}"))?;
+            let provider = TokioConnectionProvider::default();
+            let mut builder = match &self.config.servers {
+                Some(servers) => {
+                    let mut rc = ResolverConfig::new();
+                    for &s in servers {
+                        rc.add_name_server(NameServerConfig::new(s, Protocol::Udp));
+                        rc.add_name_server(NameServerConfig::new(s, Protocol::Tcp));
+                    }
+                    TokioResolver::builder_with_config(rc, provider)
+                }
+                None => TokioResolver::builder(provider)
+                    .map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?,
+            };
+            let opts: &mut ResolverOpts = builder.options_mut();
+            opts.cache_size = 0;
+            opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6;
+            opts.timeout = Duration::from_secs(2);
+            opts.attempts = 2;
+            let resolver = builder.build();
+            self.runtime = Some((rt, resolver));
+        }
+        Ok(self.runtime.as_ref().expect("just built"))
+    }
+
+    /// One resolution of `key` (a host name, or `srv:` and an SRV name whose targets are
+    /// then resolved), counted; the answer and how long it may be kept.
+    fn resolve(&mut self, key: &str) -> Result<(Vec<SocketAddr>, Duration), String> {
+        let (min, max) = (self.config.min_ttl, self.config.max_ttl);
+        let result = self.resolver().and_then(|(rt, resolver)| {
+            let lookup = async {
+                if let Some(name) = key.strip_prefix("srv:") {
+                    let srv = resolver.srv_lookup(name).await?;
+                    let mut until = srv.as_lookup().valid_until();
+                    let mut out = Vec::new();
+                    for r in srv.iter() {
+                        let ips = resolver.lookup_ip(r.target().clone()).await?;
+                        until = until.min(ips.valid_until());
+                        out.extend(ips.iter().map(|ip| SocketAddr::new(ip, r.port())));
+                    }
+                    Ok::<_, hickory_resolver::ResolveError>((out, until))
+                } else {
+                    let l = resolver.lookup_ip(key).await?;
+                    let out = l.iter().map(|ip: IpAddr| SocketAddr::new(ip, 0)).collect();
+                    Ok((out, l.valid_until()))
+                }
+            };
+            rt.block_on(lookup)
+                .map_err(|e| e.to_string())
+                .and_then(|(mut ips, until)| {
+                    ips.sort();
+                    ips.dedup();
+                    if ips.is_empty() {
+                        return Err("no A or AAAA record".into());
+                    }
+                    let ttl = until.saturating_duration_since(Instant::now());
+                    Ok((ips, ttl.clamp(min, max)))
+                })
+        });
+        let counter = if result.is_ok() {
+            &self.stats.ok
+        } else {
+            &self.stats.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// Drops the resolver (and its runtime); the next resolution builds it again.
+    pub fn release(&mut self) {
+        self.runtime = None;
+    }
+
+    /// Resolves every host name of `config` that has no answer yet (start-up, reload).
+    /// Errors: one line per name that does not resolve.
+    pub fn ensure(&mut self, config: &Config) -> Result<(), Vec<String>> {
+        self.configure(&config.dns);
+        let mut errors = Vec::new();
+        for host in config.host_names() {
+            if self.answers.contains_key(&host) {
+                continue;
+            }
+            match self.resolve(&host) {
+                Ok((ips, ttl)) => {
+                    tracing::info!(name = %host, addresses = ?ips, ttl_ms = ttl.as_millis() as u64, "dns: resolved");
+                    self.answers.insert(
+                        host,
+                        Answer {
+                            ips,
+                            due: Instant::now() + ttl,
+                        },
+                    );
+                }
+                Err(e) => errors.push(format!("host name {host:?} does not resolve: {e}")),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// `config` (the file's) is now in force: keep its names fresh, forget the others.
+    pub fn track(&mut self, config: &Config) {
+        self.names = config.host_names();
+        let names = &self.names;
+        self.answers.retain(|h, _| names.contains(h));
+    }
+
+    /// `config` (the file's) with every name replaced by its last good answer.
+    pub fn apply(&self, config: &Config) -> Config {
+        config.with_resolved(|h| self.answers.get(h).map(|a| a.ips.clone()))
+    }
+
+    /// When the next name is due (`None`: no names).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.answers.values().map(|a| a.due).min()
+    }
+
+    /// Resolves the names that are due. True when an answer changed. A failure keeps the
+    /// last good answer and retries after `min_ttl`.
+    pub fn refresh(&mut self) -> bool {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .answers
+            .iter()
+            .filter(|(h, a)| a.due <= now && self.names.contains(*h))
+            .map(|(h, _)| h.clone())
+            .collect();
+        let mut changed = false;
+        for host in due {
+            let result = self.resolve(&host);
+            let min = self.config.min_ttl;
+            let Some(a) = self.answers.get_mut(&host) else {
+                continue;
+            };
+            match result {
+                Ok((ips, ttl)) => {
+                    if ips != a.ips {
+                        tracing::info!(name = %host, from = ?a.ips, to = ?ips, "dns: the answer changed");
+                        a.ips = ips;
+                        changed = true;
+                    }
+                    a.due = Instant::now() + ttl;
+                }
+                Err(e) => {
+                    tracing::warn!(name = %host, error = %e, kept = ?a.ips, "dns: resolution failed, keeping the last good answer");
+                    a.due = Instant::now() + min;
+                }
+            }
+        }
+        changed
+    }
+}
+
+/// The DNS thread: sleeps until a name is due, resolves it (holding only the [`Dns`] lock),
+/// and when an answer changed puts the new backend set in force through the reloader.
+/// Stops when `stop` is set (and the thread unparked).
+pub fn spawn(
+    reloader: Arc<Mutex<Reloader>>,
+    dns: Arc<Mutex<Dns>>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("dns".into())
+        .spawn(move || loop {
+            let next = lock(&dns).next_due();
+            let wait = next
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            if !wait.is_zero() {
+                std::thread::park_timeout(wait);
+            }
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            let changed = lock(&dns).refresh();
+            if changed && !stop.load(Ordering::Acquire) {
+                lock(&reloader).apply_dns();
+            }
+        })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,294 @@
+//! DNS service discovery (issue 15): a backend written as `HOST:PORT` follows its name. A real
+//! DNS server (dnsmasq, answering from a hosts file with a 1 s TTL) first points the name at
+//! origin A (127.0.0.3), then at origin B (127.0.0.4, same port); the proxy follows within
+//! the TTL plus one re-resolve. Then dnsmasq stops: the proxy keeps the last good answer
+//! (requests still reach B) and counts the failed resolutions. A name that gains an address
+//! keeps the pooled connection of the one that stays (applied like a reload); a name that does
+//! not resolve stops start-up, and refuses a reload without changing anything. An SRV name
+//! (`{ srv = "_http._tcp.NAME" }`) gives the port and follows its target's address.
+//!
+//! dnsmasq needs a fixed port: the test binds 127.0.0.2:0 over UDP, reads the port the kernel
+//! chose, closes the socket and passes that port. Another process could take the port in
+//! between (a tiny race); dnsmasq then fails to start and the test says so.
+
+use crate::support::*;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NAME: &str = "app.edgeshard.test";
+const DNS_IP: &str = "127.0.0.2";
+
+struct Dnsmasq {
+    child: Child,
+    port: u16,
+    hosts: std::path::PathBuf,
+}
+
+impl Dnsmasq {
+    fn start(hosts_line: &str) -> Dnsmasq {
+        Self::start_with(hosts_line, &[])
+    }
+
+    fn start_with(hosts_line: &str, extra: &[String]) -> Dnsmasq {
+        let port = UdpSocket::bind((DNS_IP, 0))
+            .expect("bind 127.0.0.2:0")
+            .local_addr()
+            .unwrap()
+            .port();
+        let hosts =
+            std::env::temp_dir().join(format!("edgeshard-dns-{}-{port}.hosts", std::process::id()));
+        std::fs::write(&hosts, hosts_line).unwrap();
+        let child = Command::new("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                "--pid-file=",
+                "--user=root",
+                "--no-resolv",
+                "--no-hosts",
+                "--local-ttl=1",
+                "--bind-interfaces",
+            ])
+            .arg(format!("--addn-hosts={}", hosts.display()))
+            .arg(format!("--listen-address={DNS_IP}"))
+            .arg(format!("--port={port}"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (Debian package dnsmasq-base; tests/run.sh installs it)");
+        let d = Dnsmasq { child, port, hosts };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while query_a(d.addr()).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq does not answer on {} (port taken in between?)",
+                d.addr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::new(DNS_IP.parse().unwrap(), self.port)
+    }
+
+    /// Points the name elsewhere: rewrite the hosts file, SIGHUP (dnsmasq re-reads it).
+    fn point_to(&self, ip: &str) {
+        self.point_to_all(&[ip]);
+    }
+
+    fn point_to_all(&self, ips: &[&str]) {
+        let lines: String = ips.iter().map(|ip| format!("{ip} {NAME}\n")).collect();
+        std::fs::write(&self.hosts, lines).unwrap();
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.hosts);
+    }
+}
+
+/// One A query for [`NAME`]: the first address of the answer, if any came.
+fn query_a(server: SocketAddr) -> Option<[u8; 4]> {
+    let s = UdpSocket::bind("127.0.0.1:0").ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+    let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in NAME.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    s.send_to(&q, server).ok()?;
+    let mut buf = [0u8; 512];
+    let n = s.recv(&mut buf).ok()?;
+    let answers = u16::from_be_bytes([buf[6], buf[7]]);
+    if n < q.len() || answers == 0 {
+        return None;
+    }
+    // The answer: a name pointer (2), type, class (4), TTL (4), length (2), then the address.
+    let at = q.len() + 12;
+    buf.get(at..at + 4).map(|a| [a[0], a[1], a[2], a[3]])
+}
+
+/// Two origins on the same port, one on 127.0.0.3 and one on 127.0.0.4.
+fn origins() -> (Origin, Origin) {
+    for _ in 0..50 {
+        let a = Origin::start_at("A", "127.0.0.3:0".parse().unwrap()).expect("bind 127.0.0.3");
+        let port = a.addr().port();
+        if let Ok(b) = Origin::start_at("B", SocketAddr::from(([127, 0, 0, 4], port))) {
+            return (a, b);
+        }
+    }
+    panic!("no port free on both 127.0.0.3 and 127.0.0.4");
+}
+
+fn config(dns: &Dnsmasq, port: u16) -> String {
+    format!(
+        r#"[[listener]]
+address = "127.0.0.1:0"
+
+[admin]
+address = "127.0.0.1:0"
+
+[dns]
+servers = ["{}"]
+min_ttl = "100ms"
+max_ttl = "1s"
+
+[[route]]
+upstream = "app"
+
+[[upstream]]
+name = "app"
+balance = "round_robin"
+backends = [{{ address = "{NAME}:{port}" }}]
+"#,
+        dns.addr()
+    )
+}
+
+fn backend_of(proxy: &Proxy) -> Option<String> {
+    let mut c = Client::try_connect(proxy.addr()).ok()?;
+    c.send(&get("dns.test", "/"));
+    let r = c.try_read_response().ok()?;
+    r.header("x-backend").map(str::to_owned)
+}
+
+/// Polls until a request is answered by `want`; how long that took.
+fn until_backend(proxy: &Proxy, want: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = backend_of(proxy);
+        if got.as_deref() == Some(want) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "no answer from {want} within {within:?} (last: {got:?})\n{}",
+            proxy.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+both_engines! {
+    fn backends_follow_their_name_and_keep_the_last_answer(engine) {
+        let (a, b) = origins();
+        let port = a.addr().port();
+        let mut dns = Dnsmasq::start(&format!("127.0.0.3 {NAME}\n"));
+        let config = config(&dns, port);
+        let proxy = Proxy::start(&config, engine);
+        assert_eq!(backend_of(&proxy).as_deref(), Some("A"), "{}", proxy.output());
+
+        // The name moves to B: followed within the TTL (1 s) plus one re-resolve (the
+        // answer is asked again when its TTL ends), with slack for a loaded machine.
+        dns.point_to("127.0.0.4");
+        let took = until_backend(&proxy, "B", Duration::from_secs(10));
+        eprintln!("dns: the proxy followed the name in {took:?}");
+        assert!(took < Duration::from_secs(4), "followed the name after {took:?}");
+        let m = scrape(proxy.admin_addr(), None);
+        assert!(m.value("edgeshard_dns_resolutions_total", &[("result", "ok")]) >= 2.0);
+        let failed = m.value("edgeshard_dns_resolutions_total", &[("result", "failed")]);
+        assert_eq!(failed, 0.0);
+
+        // The server goes away: the last good answer stays, the failures are counted.
+        dns.stop();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = scrape(proxy.admin_addr(), None);
+            if m.value("edgeshard_dns_resolutions_total", &[("result", "failed")]) >= 2.0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no failed resolution counted\n{}", proxy.output());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for _ in 0..20 {
+            assert_eq!(backend_of(&proxy).as_deref(), Some("B"), "{}", proxy.output());
+        }
+        assert!(proxy.output().contains(NAME), "the failure is logged with the name");
+        assert!(a.request_count() >= 1);
+        assert!(b.request_count() >= 21);
+    }
+
+    fn a_new_address_keeps_the_pool_of_the_one_that_stays(engine) {
+        let (a, b) = origins();
+        let dns = Dnsmasq::start(&format!("127.0.0.3 {NAME}\n"));
+        let proxy = Proxy::start(&config(&dns, a.addr().port()), engine);
+        for _ in 0..3 {
+            assert_eq!(backend_of(&proxy).as_deref(), Some("A"), "{}", proxy.output());
+        }
+        assert_eq!(a.accepted(), 1, "one pooled connection to A");
+        // The name gains B: applied like a reload, A's pooled connection is carried over.
+        dns.point_to_all(&["127.0.0.3", "127.0.0.4"]);
+        until_backend(&proxy, "B", Duration::from_secs(10));
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..6 {
+            seen.insert(backend_of(&proxy).unwrap_or_default());
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["A", "B"]);
+        assert_eq!(a.accepted(), 1, "A's pooled connection survived the DNS change");
+        assert!(b.accepted() >= 1);
+    }
+
+    fn a_reload_with_a_name_that_does_not_resolve_changes_nothing(engine) {
+        let (a, _b) = origins();
+        let dns = Dnsmasq::start(&format!("127.0.0.3 {NAME}\n"));
+        let good = config(&dns, a.addr().port());
+        let proxy = Proxy::start(&good, engine);
+        assert_eq!(backend_of(&proxy).as_deref(), Some("A"));
+        let bad = good.replace(&format!("{NAME}:"), "missing.edgeshard.test:");
+        std::fs::write(proxy.config_path(), bad).unwrap();
+        let r = admin_request(proxy.admin_addr(), "POST", "/reload", None);
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert!(r.body.contains("missing.edgeshard.test"), "{}", r.body);
+        assert_eq!(backend_of(&proxy).as_deref(), Some("A"));
+        // The same file with the name back reloads fine and keeps following it.
+        std::fs::write(proxy.config_path(), &good).unwrap();
+        let r = admin_request(proxy.admin_addr(), "POST", "/reload", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        dns.point_to("127.0.0.4");
+        until_backend(&proxy, "B", Duration::from_secs(10));
+    }
+
+    fn an_srv_name_gives_the_port_and_follows_its_target(engine) {
+        let (a, _b) = origins();
+        let port = a.addr().port();
+        let srv = format!("_http._tcp.{NAME}");
+        let dns = Dnsmasq::start_with(
+            &format!("127.0.0.3 {NAME}\n"),
+            &[format!("--srv-host={srv},{NAME},{port}")],
+        );
+        // The port comes from the SRV record only.
+        let config = config(&dns, port).replace(
+            &format!("{{ address = \"{NAME}:{port}\" }}"),
+            &format!("{{ srv = \"{srv}\" }}"),
+        );
+        assert!(config.contains("srv ="), "{config}");
+        let proxy = Proxy::start(&config, engine);
+        assert_eq!(backend_of(&proxy).as_deref(), Some("A"), "{}", proxy.output());
+        // The SRV record's target moves to B: followed like a host name.
+        dns.point_to("127.0.0.4");
+        until_backend(&proxy, "B", Duration::from_secs(10));
+    }
+
+    fn a_name_that_does_not_resolve_stops_start_up(engine) {
+        let dns = Dnsmasq::start(&format!("127.0.0.3 {NAME}\n"));
+        let config = format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[dns]\nservers = [\"{}\"]\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{{ address = \"missing.edgeshard.test:80\" }}]\n",
+            dns.addr()
+        );
+        let err = Proxy::try_start(&config, engine).err().expect("start-up must fail");
+        assert!(err.contains("missing.edgeshard.test"), "{err}");
+    }
+}
