@@ -1,0 +1,176 @@
+//! Config unit tests: parsing, validation messages with their key paths, defaults.
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("test.toml"))
+}
+
+const GOOD: &str = r#"
+[server]
+io_engine = "epoll"
+[[listener]]
+address = "127.0.0.1:0"
+[[route]]
+host = "*.example.com"
+path_prefix = "/v1/"
+methods = ["get"]
+headers = { "X-Canary" = "1" }
+upstream = "api"
+[[upstream]]
+name = "api"
+backends = [{ address = "127.0.0.1:9000", weight = 2 }]
+[limits]
+max_body_bytes = "1MiB"
+[timeouts]
+client_header = "250ms"
+"#;
+
+#[test]
+fn good_config_validates() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.io_engine, IoEngine::Epoll);
+    assert_eq!(c.limits.max_body_bytes, 1 << 20);
+    assert_eq!(c.timeouts.client_header, Duration::from_millis(250));
+    assert_eq!(c.routes[0].host, HostMatch::Suffix(".example.com".into()));
+    assert_eq!(c.routes[0].methods, vec!["GET"]);
+    assert_eq!(c.routes[0].headers[0].0, "x-canary");
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path() {
+    let text = r#"
+[[listener]]
+address = "not-an-address"
+[[route]]
+upstream = "missing"
+colour = "blue"
+[[route]]
+upstream = "missing"
+[[upstream]]
+name = "api"
+backends = [{ address = "127.0.0.1:1", wieght = 1 }]
+[limits]
+max_body_bytes = "lots"
+"#;
+    let err = parse(text).unwrap_err();
+    let text = err.to_string();
+    // The issue at exactly `path`, whose message contains `words`.
+    let has = |path: &str, words: &str| {
+        err.issues
+            .iter()
+            .any(|i| i.path == path && i.message.contains(words))
+    };
+    assert!(has("listener[0].address", "invalid address"), "{text}");
+    // Each unknown key is named at its own path (not just any problem in its table).
+    assert!(has("route[0].colour", "unknown field `colour`"), "{text}");
+    assert!(
+        has("route[1].upstream", "\"missing\" is not defined"),
+        "{text}"
+    );
+    assert!(
+        has("upstream[0].backends[0].wieght", "unknown field `wieght`"),
+        "{text}"
+    );
+    assert!(has("limits.max_body_bytes", "invalid size"), "{text}");
+    assert!(text.lines().all(|l| l.starts_with("test.toml: ")), "{text}");
+}
+
+#[test]
+fn backends_by_host_name_are_kept_for_the_resolver() {
+    let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\n";
+    let c = parse(&format!("{base}backends = [{{ address = \"127.0.0.1:1\" }}, {{ address = \"App.Internal:8080\", weight = 2 }}]\n[dns]\nservers = [\"127.0.0.1:5353\"]\nmin_ttl = \"2s\"\n")).unwrap();
+    let u = &c.upstreams[0];
+    assert_eq!(u.backends.len(), 1);
+    assert_eq!(u.names[0].host, "app.internal");
+    assert_eq!((u.names[0].port, u.names[0].weight), (8080, 2));
+    assert_eq!(c.dns.servers, Some(vec!["127.0.0.1:5353".parse().unwrap()]));
+    assert_eq!(c.dns.min_ttl, Duration::from_secs(2));
+    let r = c.with_resolved(|h| {
+        assert_eq!(h, "app.internal");
+        Some(vec![
+            "10.0.0.2:0".parse().unwrap(),
+            "10.0.0.1:0".parse().unwrap(),
+        ])
+    });
+    let addrs: Vec<String> = r.upstreams[0]
+        .backends
+        .iter()
+        .map(|b| b.address.to_string())
+        .collect();
+    assert_eq!(addrs, ["127.0.0.1:1", "10.0.0.1:8080", "10.0.0.2:8080"]);
+    for bad in [
+        "app.internal",
+        "app.internal:0",
+        "app..x:80x",
+        "1.2.3.4:99999",
+    ] {
+        let e = parse(&format!("{base}backends = [{{ address = \"{bad}\" }}]\n")).unwrap_err();
+        assert!(
+            e.to_string().contains("upstream[0].backends[0].address"),
+            "{bad}: {e}"
+        );
+    }
+    let e = parse(&format!("{base}backends = [{{ address = \"127.0.0.1:1\" }}]\n[dns]\nmin_ttl = \"10m\"\nmax_ttl = \"1m\"\n")).unwrap_err();
+    assert!(e.to_string().contains("dns.min_ttl"), "{e}");
+}
+
+#[test]
+fn srv_backends_are_checked() {
+    let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\n";
+    let c = parse(&format!(
+        "{base}backends = [{{ srv = \"_http._tcp.App.internal.\", backup = true }}]\n"
+    ))
+    .unwrap();
+    let n = &c.upstreams[0].names[0];
+    assert_eq!(
+        (n.key().as_str(), n.backup),
+        ("srv:_http._tcp.app.internal", true)
+    );
+    let r = c.with_resolved(|_| Some(vec!["10.0.0.1:8081".parse().unwrap()]));
+    assert_eq!(
+        r.upstreams[0].backends[0].address.to_string(),
+        "10.0.0.1:8081"
+    );
+    for (entry, key) in [
+        ("{ srv = \"app.internal\" }", "backends[0].srv"),
+        (
+            "{ address = \"127.0.0.1:1\", srv = \"_a._tcp.b\" }",
+            "backends[0]",
+        ),
+        ("{ weight = 2 }", "backends[0].address"),
+    ] {
+        let e = parse(&format!("{base}backends = [{entry}]\n")).unwrap_err();
+        assert!(e.to_string().contains(key), "{entry}: {e}");
+    }
+}
+
+#[test]
+fn route_host_with_port_is_refused() {
+    let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nhost = \"a.example:8080\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n";
+    let err = parse(text).unwrap_err();
+    assert_eq!(err.issues[0].path, "route[0].host", "{err}");
+}
+
+#[test]
+fn user_and_group_are_checked_for_shape_here_and_looked_up_at_start() {
+    let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n";
+    let c = parse(&format!("[server]\nuser = \"nobody\"\n{base}")).unwrap();
+    assert_eq!(
+        (c.user.as_deref(), c.group.as_deref()),
+        (Some("nobody"), None)
+    );
+    let err = parse(&format!("[server]\ngroup = \"nogroup\"\n{base}")).unwrap_err();
+    assert_eq!(err.issues[0].path, "server.group", "{err}");
+    assert!(err.issues[0].message.contains("server.user"), "{err}");
+    let err = parse(&format!("[server]\nuser = \"\"\n{base}")).unwrap_err();
+    assert_eq!(err.issues[0].path, "server.user", "{err}");
+}
+
+#[test]
+fn sizes() {
+    assert_eq!(parse_size("16MiB"), Some(16 << 20));
+    assert_eq!(parse_size("64 KiB"), Some(64 << 10));
+    assert_eq!(parse_size("100"), Some(100));
+    assert_eq!(parse_size("1.5MiB"), None);
+    assert_eq!(parse_size("-1"), None);
+}
