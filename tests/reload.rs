@@ -1,11 +1,9 @@
-//! Hot reload (issue 15): under steady load, ten reloads that move a route between upstreams
-//! and add and remove a backend, through all three triggers (`POST /reload`, `edgeshard
-//! reload`, SIGHUP), with no failed request, each in effect within a second and the pooled
+//! Hot reload (issue 15): under 60 s of steady load (`EDGESHARD_RELOAD_SECS` changes it), ten
+//! reloads that move a route between upstreams and add and remove a backend, through all three
+//! triggers (`POST /reload`, `edgeshard reload`, SIGHUP), and two binary upgrades (SIGUSR2)
+//! among them, with no failed request, each reload in effect within a second and the pooled
 //! connections to the unchanged backend kept; an invalid file or a listener change changes
 //! nothing and is reported with its key path.
-//!
-//! The issue asks for 60 s of load; this runs 20 s (`EDGESHARD_RELOAD_SECS` overrides it) to
-//! keep the suite's time reasonable on two cores: the ten reloads fit in it all the same.
 
 use crate::support::*;
 use std::net::SocketAddr;
@@ -88,8 +86,9 @@ fn reload_cli(admin: SocketAddr) -> std::process::Output {
         .expect("run edgeshard reload")
 }
 
-/// One request on `c`: the answering backend, or why it failed.
-fn one(c: &mut Client, path: &str, keep_alive: bool) -> Result<String, String> {
+/// One request on `c`: the answering backend and whether the proxy closes the connection
+/// after it (a draining process does), or why it failed.
+fn one(c: &mut Client, path: &str, keep_alive: bool) -> Result<(String, bool), String> {
     let conn = if keep_alive { "keep-alive" } else { "close" };
     c.try_send(&request(
         "GET",
@@ -102,7 +101,10 @@ fn one(c: &mut Client, path: &str, keep_alive: bool) -> Result<String, String> {
     if r.status() != 200 {
         return Err(format!("status {}: {}", r.status(), r.head.raw));
     }
-    Ok(r.header("x-backend").unwrap_or("?").to_owned())
+    Ok((
+        r.header("x-backend").unwrap_or("?").to_owned(),
+        r.has_token("connection", "close"),
+    ))
 }
 
 both_engines! {
@@ -118,7 +120,7 @@ both_engines! {
         let secs: u64 = std::env::var("EDGESHARD_RELOAD_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(20);
+            .unwrap_or(60);
         let run = Duration::from_secs(secs);
 
         // Four clients at a bounded rate (one request per 10 ms each): two keep one
@@ -158,7 +160,7 @@ both_engines! {
                         };
                         let mut c = c;
                         match one(&mut c, path, keep_alive) {
-                            Ok(backend) => {
+                            Ok((backend, closing)) => {
                                 *counts.lock().unwrap() += 1;
                                 if path == "/m/x" {
                                     seen.lock().unwrap().push(Seen {
@@ -167,7 +169,9 @@ both_engines! {
                                         backend,
                                     });
                                 }
-                                if keep_alive {
+                                // A client honours `Connection: close` (the draining process
+                                // of an upgrade sends it) by opening a new connection.
+                                if keep_alive && !closing {
                                     conn = Some(c);
                                 }
                             }
@@ -188,6 +192,12 @@ both_engines! {
         // (generation, when its reload was asked for, when it returned).
         let mut at = vec![(0usize, begin, begin)];
         let mut stable_before = None;
+        // Two binary upgrades on the way (SIGUSR2, after reloads 3 and 7): the configuration
+        // in force is the file's, so every window's expectation holds across them. `pid` is
+        // the process serving now.
+        let mut pid = proxy.pid();
+        let mut upgrades = 0;
+        let mut reloads_in_this_process = 0usize;
         for k in 1..=RELOADS {
             let when = begin + gap * k as u32;
             let now = Instant::now();
@@ -201,7 +211,9 @@ both_engines! {
             std::fs::write(proxy.config_path(), config(&b, k)).unwrap();
             match k % 3 {
                 0 => {
-                    proxy.signal(libc::SIGHUP);
+                    // SAFETY: kill(2) on the serving process: the proxy, or the successor it
+                    // started (watched until it exits; it has not).
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
                     proxy.wait_for_output("configuration reloaded", k, Duration::from_secs(5));
                 }
                 1 => {
@@ -221,6 +233,16 @@ both_engines! {
                 }
             }
             at.push((k, asked, Instant::now()));
+            reloads_in_this_process += 1;
+            if k == 3 || k == 7 {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR2) };
+                upgrades += 1;
+                let next = successor_pid(&proxy, upgrades);
+                assert!(wait_pid_exit(pid, Duration::from_secs(30)), "process {pid} did not exit after handing over");
+                pid = next;
+                reloads_in_this_process = 0;
+            }
         }
         let end = begin + run;
         let now = Instant::now();
@@ -272,7 +294,8 @@ both_engines! {
         }
         // The unchanged backend's pooled connections survived the reloads: fewer new
         // connections to it during them than there were reloads (losing the pool on a reload
-        // costs at least one per shard per reload).
+        // costs at least one per shard per reload), plus what each upgrade's fresh process
+        // opens (a pool per shard).
         let stable_before = stable_before.unwrap();
         let grown = stable_after - stable_before;
         eprintln!(
@@ -280,15 +303,18 @@ both_engines! {
             engine.as_str()
         );
         assert!(
-            grown < RELOADS,
+            grown < RELOADS + 2 * upgrades,
             "{grown} new connections to the unchanged backend during {RELOADS} reloads ({stable_before} before): pooled connections were not kept"
         );
+        // The admin socket followed the upgrades: the last process counts its own reloads.
         let m = scrape(admin, None);
         assert_eq!(
             m.value("edgeshard_config_reloads_total", &[("result", "ok")]),
-            RELOADS as f64
+            reloads_in_this_process as f64
         );
-        proxy.assert_alive();
+        assert_eq!(upgrades, 2);
+        assert_eq!(proxy.wait_exit(Duration::from_secs(5)).code(), Some(0), "the first process exits 0 after its upgrade");
+        terminate_pid(pid);
     }
 
     fn invalid_reloads_change_nothing_and_say_why(engine) {

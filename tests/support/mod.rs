@@ -819,3 +819,47 @@ pub fn assert_rejected_400_body(proxy: &Proxy, origin: &Origin, raw: &[u8]) {
             .collect::<Vec<_>>()
     );
 }
+
+// -- Binary upgrades: successors are not our children; they are watched by pid. --
+
+/// Waits up to `within` for process `pid` (not our child: a successor) to exit.
+pub fn wait_pid_exit(pid: u32, within: Duration) -> bool {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1; it
+    // touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as i32;
+    if fd < 0 {
+        return true; // already gone
+    }
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd for the call; `fd` is ours and closed right after.
+    let n = unsafe { libc::poll(&mut p, 1, within.as_millis() as i32) };
+    // SAFETY: `fd` came from pidfd_open above and is closed once.
+    unsafe { libc::close(fd) };
+    n == 1
+}
+
+pub fn terminate_pid(pid: u32) {
+    // SAFETY: kill(2) on a successor this test caused to be started and has not seen exit.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    assert!(
+        wait_pid_exit(pid, Duration::from_secs(20)),
+        "successor {pid} did not exit on SIGTERM"
+    );
+}
+
+/// The pid of the `n`-th successor, from its predecessor's log line.
+pub fn successor_pid(proxy: &Proxy, n: usize) -> u32 {
+    let needle = "binary upgrade: the new process serves the listeners";
+    proxy.wait_for_output(needle, n, Duration::from_secs(60));
+    let out = proxy.output();
+    let line = out
+        .lines()
+        .filter(|l| l.contains(needle))
+        .nth(n - 1)
+        .unwrap();
+    line.rsplit("pid=").next().unwrap().trim().parse().unwrap()
+}
