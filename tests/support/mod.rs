@@ -144,6 +144,9 @@ pub struct Proxy {
     output: Arc<Output>,
     pub engine: Engine,
     exit: Option<ExitStatus>,
+    /// Successors of a binary upgrade learnt by [`successor_pid`]: killed on drop if still
+    /// running (a failed test must not leave them behind).
+    successors: Mutex<Vec<u32>>,
 }
 
 impl Proxy {
@@ -238,6 +241,7 @@ impl Proxy {
             output,
             engine,
             exit: None,
+            successors: Mutex::new(Vec::new()),
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -466,6 +470,18 @@ impl Drop for Proxy {
                 .args(["-KILL", &self.pid.to_string()])
                 .status();
             let _ = self.wait_exit_timeout(Duration::from_secs(10));
+        }
+        for pid in self
+            .successors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            if !wait_pid_exit(pid, Duration::ZERO) {
+                // SAFETY: kill(2) on a successor this proxy started; it was running a moment
+                // ago (pid reuse within that moment is not a concern for a test).
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
         }
         let _ = std::fs::remove_file(&self.config_path);
         if thread::panicking() {
@@ -861,5 +877,7 @@ pub fn successor_pid(proxy: &Proxy, n: usize) -> u32 {
         .filter(|l| l.contains(needle))
         .nth(n - 1)
         .unwrap();
-    line.rsplit("pid=").next().unwrap().trim().parse().unwrap()
+    let pid: u32 = line.rsplit("pid=").next().unwrap().trim().parse().unwrap();
+    proxy.successors.lock().unwrap().push(pid);
+    pid
 }
