@@ -59,6 +59,8 @@ impl Dnsmasq {
             .spawn()
             .expect("dnsmasq (Debian package dnsmasq-base; tests/run.sh installs it)");
         let d = Dnsmasq { child, port, hosts };
+        // Each query waits (up to 200 ms) for dnsmasq's answer on its socket: that is the
+        // pace, and the answer is the readiness signal.
         let deadline = Instant::now() + Duration::from_secs(10);
         while query_a(d.addr()).is_none() {
             assert!(
@@ -66,7 +68,6 @@ impl Dnsmasq {
                 "dnsmasq does not answer on {} (port taken in between?)",
                 d.addr()
             );
-            std::thread::sleep(Duration::from_millis(20));
         }
         d
     }
@@ -165,21 +166,23 @@ fn backend_of(proxy: &Proxy) -> Option<String> {
     r.header("x-backend").map(str::to_owned)
 }
 
-/// Polls until a request is answered by `want`; how long that took.
+/// Waits for the proxy to announce its first DNS update (`dns: backends updated`, logged
+/// once every shard has switched), then until a request is answered by `want` (a few
+/// requests: with several backends the balancer reaches each in turn); how long that took.
 fn until_backend(proxy: &Proxy, want: &str, within: Duration) -> Duration {
     let started = Instant::now();
-    loop {
-        let got = backend_of(proxy);
+    proxy.wait_for_output("dns: backends updated", 1, within);
+    let mut got = None;
+    for _ in 0..8 {
+        got = backend_of(proxy);
         if got.as_deref() == Some(want) {
             return started.elapsed();
         }
-        assert!(
-            started.elapsed() < within,
-            "no answer from {want} within {within:?} (last: {got:?})\n{}",
-            proxy.output()
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
+    panic!(
+        "no answer from {want} after the DNS update (last: {got:?})\n{}",
+        proxy.output()
+    );
 }
 
 both_engines! {
@@ -204,15 +207,9 @@ both_engines! {
 
         // The server goes away: the last good answer stays, the failures are counted.
         dns.stop();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let m = scrape(proxy.admin_addr(), None);
-            if m.value("edgeshard_dns_resolutions_total", &[("result", "failed")]) >= 2.0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "no failed resolution counted\n{}", proxy.output());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        proxy.wait_for_output("dns: resolution failed", 2, Duration::from_secs(20));
+        let m = scrape(proxy.admin_addr(), None);
+        assert!(m.value("edgeshard_dns_resolutions_total", &[("result", "failed")]) >= 2.0);
         for _ in 0..20 {
             assert_eq!(backend_of(&proxy).as_deref(), Some("B"), "{}", proxy.output());
         }
