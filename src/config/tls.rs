@@ -1,4 +1,4 @@
-//! Config, TLS and scheme side of a `[[listener]]`: the raw `tls = { ... }` and
+//! Config, `[[listener]]` side: each listener's address and its raw `tls = { ... }` and
 //! `redirect_https = { ... }` tables and their validation into [`ListenerTls`] and
 //! [`RedirectHttps`]. Only names, ranges and paths are checked here; the files themselves are
 //! read by [`crate::tls`] (at start, by `edgeshard check`, and on every reload), which names
@@ -314,4 +314,52 @@ pub(super) fn upstream_tls(
         ca: raw.ca.as_deref().map(|a| file(base, a)),
         verify: raw.verify.unwrap_or(true),
     })
+}
+
+/// Every `[[listener]]`: its address (unique unless `:0`), TLS and redirect, each problem
+/// recorded with its key path. Relative file names are relative to `base`.
+pub(super) fn listeners(
+    c: &mut Checker,
+    raw: Vec<toml::Value>,
+    base: &Path,
+) -> Vec<super::ListenerConfig> {
+    let mut listeners = Vec::new();
+    if raw.is_empty() {
+        c.err(
+            "listener",
+            "at least one [[listener]] with an address is required",
+        );
+    }
+    let mut seen_listen = std::collections::HashSet::new();
+    for (i, v) in raw.into_iter().enumerate() {
+        let path = format!("listener[{i}]");
+        if let Some(l) = c.section::<super::raw::RawListener>(&path, v) {
+            let tls = l
+                .tls
+                .and_then(|t| listener_tls(c, &format!("{path}.tls"), base, t));
+            let redirect_https = l
+                .redirect_https
+                .and_then(|r| redirect(c, &format!("{path}.redirect_https"), r));
+            if tls.is_some() && redirect_https.is_some() {
+                c.err(
+                    format!("{path}.redirect_https"),
+                    "a TLS listener serves https itself; redirect_https belongs on a plain listener",
+                );
+            }
+            if let Some(a) = c.address(&format!("{path}.address"), &l.address) {
+                if a.port() != 0 && !seen_listen.insert(a) {
+                    c.err(
+                        format!("{path}.address"),
+                        format!("listening address {a} is already used in the configuration"),
+                    );
+                }
+                listeners.push(super::ListenerConfig {
+                    address: a,
+                    tls,
+                    redirect_https,
+                });
+            }
+        }
+    }
+    listeners
 }
