@@ -3,12 +3,18 @@
 //! keep-alive loop ([`crate::conn`]) to each exchange, and the [`Outcome`] an exchange hands
 //! back: whether the connection stays open (monolake's contract).
 //!
-//! The client's byte stream is a [`Transport`] (plain or TLS), like a backend's.
+//! The client's byte stream is a [`Transport`] (plain or TLS), like a backend's. What the
+//! connection keeps of its listener ([`ListenerSide`]) is fixed when it is accepted.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::config::RedirectHttps;
 use crate::io::Deadline;
+use crate::snapshot::Shared;
+use crate::tls::TlsListener;
 pub use crate::transport::Transport;
 use crate::tunnel::Upgraded;
 
@@ -31,10 +37,36 @@ pub struct Client {
     pub deadline: Deadline,
     /// Set when the backend accepted an upgrade: [`crate::conn`] then runs the tunnel.
     pub upgraded: Option<Box<Upgraded>>,
-    /// Index of the `[[listener]]` it was accepted on.
-    pub listener: usize,
+    /// The settings of the `[[listener]]` it was accepted on (an `Rc`: a stage holds them
+    /// while it lends the client on, at the cost of a non-atomic increment).
+    pub listener: Rc<ListenerSide>,
     /// mTLS: the verified client certificate's subject.
     pub client_subject: Option<Box<str>>,
+}
+
+/// What a connection keeps of the `[[listener]]` it was accepted on: taken from the snapshot
+/// in force at the accept and kept for the connection's life (its TLS session was set up
+/// with it). A reload that changes a listener's settings, or removes it, applies to
+/// connections accepted after it; open ones keep these.
+#[derive(Clone, Default)]
+pub struct ListenerSide {
+    /// Its TLS (`None`: a plain listener).
+    pub tls: Option<Arc<TlsListener>>,
+    pub redirect_https: Option<RedirectHttps>,
+}
+
+impl ListenerSide {
+    /// The settings of `shared`'s `listener`-th listener (defaults if it has none).
+    pub fn of(shared: &Shared, listener: usize) -> ListenerSide {
+        ListenerSide {
+            tls: shared.tls.get(listener).cloned(),
+            redirect_https: shared
+                .config
+                .listeners
+                .get(listener)
+                .and_then(|l| l.redirect_https),
+        }
+    }
 }
 
 /// Microseconds since `since`, saturating.

@@ -11,7 +11,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
-use crate::client::{Client, Outcome, Transport};
+use crate::client::{Client, ListenerSide, Outcome, Transport};
 use crate::http::canned::Canned;
 use crate::http::parse::{parse_request, HeadLimits, Parsed, RequestHead};
 use crate::io::{read_more, Deadline, IoFail};
@@ -31,12 +31,12 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     accepted: Instant,
-    listener: usize,
+    listener: Rc<ListenerSide>,
 ) {
     let _ = stream.set_nodelay(true);
     // -- TLS listeners: the handshake, within handshake_timeout of the accept -------------
     let mut client_subject = None;
-    let stream = match ctx.shared.tls.get(listener) {
+    let stream = match &listener.tls {
         None => Transport::Plain(stream),
         // Boxed: the handshake's state is only needed until it completes, so an idle
         // connection's task stays small.
@@ -369,7 +369,7 @@ mod tests {
                 .await
                 .unwrap();
             let peer = s.peer_addr().unwrap();
-            let fut = serve(ctx, s, peer, Instant::now(), 0);
+            let fut = serve(ctx, s, peer, Instant::now(), Rc::default());
             let size = std::mem::size_of_val(&fut);
             assert!(size <= 2560, "serve() future is {size} bytes");
         });

@@ -7,7 +7,9 @@
 //! forward ([`forward`], [`relay`], [`splice`]) → respond ([`respond`], [`http::encode`],
 //! [`http::canned`]). Failures are one [`error::ProxyError`]. Each shard's state is
 //! [`shard::ShardCtx`]; the read-only configuration they share is [`snapshot::Shared`].
-//! Configuration is validated up front by [`config`].
+//! Configuration is validated up front by [`config`]; the control plane beside the pipeline
+//! reloads it ([`reload`], with the listening sockets in [`listening`]) and upgrades the
+//! binary ([`upgrade`]).
 
 pub mod balance;
 pub mod client;
@@ -21,6 +23,7 @@ pub mod health;
 pub mod http;
 pub mod io;
 pub mod listener;
+pub mod listening;
 pub mod notify;
 pub mod observe;
 pub mod privs;

@@ -11,11 +11,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use edgeshard::config::{Config, IoEngine};
 use edgeshard::dns::{Dns, DnsStats};
+use edgeshard::listening::Listening;
 use edgeshard::observe::access::LogWriter;
 use edgeshard::observe::admin::{self, AdminState, ShardMeta};
 use edgeshard::privs::{Switched, Target};
 use edgeshard::reload::{ReloadStats, Reloader};
-use edgeshard::snapshot::{Published, Shared};
+use edgeshard::snapshot::{ListenerId, Published, Shared};
 use edgeshard::tls::TlsListeners;
 use edgeshard::upgrade::{Handoff, Inherited};
 use edgeshard::worker::{run_shard, ShardStart, Stop};
@@ -333,8 +334,15 @@ fn wait_for_stop(
                     continue;
                 };
                 tracing::info!("SIGUSR2: starting the new binary and handing it the listeners");
-                match h.start_successor(UPGRADE_READY_WITHIN) {
-                    Ok(s) => return Some(StopReason::HandedOver(s.pid)),
+                // The reloader's lock is held throughout: no reload changes the listening
+                // sockets while they are handed over, and once the successor serves them,
+                // none may (retire).
+                let mut r = reloader.lock().unwrap_or_else(|p| p.into_inner());
+                match h.start_successor(&r.listening(), UPGRADE_READY_WITHIN) {
+                    Ok(s) => {
+                        r.retire();
+                        return Some(StopReason::HandedOver(s.pid));
+                    }
                     Err(e) => tracing::error!("binary upgrade failed, still serving: {e}"),
                 }
             }
@@ -451,12 +459,13 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     for h in handed {
         tracing::warn!(address = %h.address, "binary upgrade: the predecessor's listener is not in this configuration; closed");
     }
-    let handoff = Handoff::new(
-        &sockets,
-        admin_listener.as_ref(),
-        EXE.get().cloned().flatten(),
-    )
-    .context("cannot keep the listening sockets for a binary upgrade")?;
+    // The listeners by identity: what a reload keeps, opens and closes, and a duplicate of
+    // every socket, for the binary upgrade.
+    let listener_ids = ListenerId::all(&config.listeners);
+    let listening = Listening::new(&listener_ids, &sockets)
+        .context("cannot keep the listening sockets for a binary upgrade")?;
+    let handoff = Handoff::new(admin_listener.as_ref(), EXE.get().cloned().flatten())
+        .context("cannot keep the admin socket for a binary upgrade")?;
     // The access log file is opened now, so a bad path stops start-up instead of every line.
     let access_log = match &config.log.access {
         None => None,
@@ -511,7 +520,10 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
             id: i,
             engine,
             snapshot: published.clone(),
-            listeners,
+            listeners: listeners
+                .into_iter()
+                .filter_map(|(i, s)| Some((*listener_ids.get(i)?, s)))
+                .collect(),
             ready: ready_tx.clone(),
             shutdown: stop_rx,
             queries: query_rx,
@@ -555,6 +567,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
             reload_stats.clone(),
             base,
             dns.clone(),
+            listening,
         )
         .context("cannot start the health-check prober")?,
     ));
@@ -641,6 +654,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
                 "draining: no new connections; finishing in-flight requests"
             );
             let _ = edgeshard::sdnotify::notify("STOPPING=1");
+            reloader.lock().unwrap_or_else(|p| p.into_inner()).retire();
             Stop::Drain
         }
     };

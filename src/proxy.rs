@@ -46,13 +46,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         .as_ref()
         .filter(|log| log.sampled())
         .map(|_| log_fields(&client.buf, head, rid.bytes()));
-    let redirect = ctx
-        .shared
-        .config
-        .listeners
-        .get(client.listener)
-        .and_then(|l| l.redirect_https);
-    let prepared = match redirect {
+    let prepared = match client.listener.redirect_https {
         Some(r) => {
             https_location(&client.buf, head, r.port).map(|loc| Plan::Redirect(r.status, loc))
         }
@@ -228,7 +222,7 @@ fn prepare<'a>(
         BodyFraming::Chunked | BodyFraming::UntilClose => OutFraming::Chunked,
     };
     let rid_field: (&[u8], &[u8]) = (shared.config.request_id.header.as_bytes(), rid.bytes());
-    let (https, subject) = crate::tls::client_facts(ctx, client);
+    let (https, subject) = crate::tls::client_facts(client);
     let set = [rid_field, subject.unwrap_or((b"", b""))];
     let n_set = if subject.is_some() { 2 } else { 1 };
     let mut out = ctx.buffer();

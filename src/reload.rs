@@ -1,13 +1,16 @@
 //! The control plane's hot reload, beside the pipeline: on SIGHUP, `POST /reload` or
 //! `edgeshard reload`, [`Reloader::reload`] reads and validates the configuration file again
-//! (the same checks as start-up, certificates included), and either keeps everything as it
-//! is (reporting every problem with its key path) or builds the next [`Shared`]
-//! ([`Shared::reloaded`]: backends that remain keep their drain flag and health state),
-//! publishes it, and tells every shard, which switches between requests
+//! (the same checks as start-up, certificates included) and binds the listeners it adds
+//! ([`crate::listening`]), and either keeps everything as it is (reporting every problem with
+//! its key path) or builds the next [`Shared`] ([`Shared::reloaded`]: backends that remain
+//! keep their drain flag and health state), publishes it, and tells every shard, which
+//! closes the accept loops of removed listeners, switches between requests
 //! ([`crate::shard::ShardCtx::successor`]: pooled connections, passive-check state, breakers
-//! and counters carried over by backend identity). The health prober is restarted on the new
-//! backend set, resuming from the carried states. One reload runs at a time (the caller
-//! holds the `Reloader` in a mutex); nothing here is on the request path.
+//! and counters carried over by backend identity) and accepts on the added ones. Listeners
+//! are matched by address ([`crate::snapshot::ListenerId`]), so one that remains keeps its
+//! sockets wherever it moved in the file. The health prober is restarted on the new backend
+//! set, resuming from the carried states. One reload runs at a time, and none during a binary
+//! upgrade (the callers hold the `Reloader` in a mutex); nothing here is on the request path.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,9 +22,10 @@ use futures_channel::mpsc::UnboundedSender;
 use crate::config::{Config, ConfigError};
 use crate::dns::Dns;
 use crate::health::prober::{ProbeTarget, ProberHandle};
-use crate::snapshot::{Published, Shared};
+use crate::listening::{Changes, Listening, OpenError, Opened};
+use crate::snapshot::{ListenerId, Published, Shared};
 use crate::tls::{TlsError, TlsListeners};
-use crate::worker::ShardQuery;
+use crate::worker::{ShardQuery, ShardReload};
 
 /// How long a reload waits for every shard to switch.
 const SHARD_SWITCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,10 +41,10 @@ pub enum ReloadError {
     Tls(#[from] TlsError),
     #[error("{}", .0.join("\n"))]
     Dns(Vec<String>),
-    #[error(
-        "listener: listener changes need a restart/upgrade (running: {running}; file: {file})"
-    )]
-    Listeners { running: String, file: String },
+    #[error("{0}")]
+    Listen(#[from] OpenError),
+    #[error("listener: this process is stopping (a drain or a binary upgrade): listeners are not added or removed now; reload the process that serves next")]
+    Stopping,
 }
 
 /// Counts of reloads, and what the configuration in force is, for `/metrics` and `/status`.
@@ -106,12 +110,17 @@ pub struct Reloader {
     /// re-resolves ([`Reloader::apply_dns`]).
     base: Config,
     dns: Arc<Mutex<Dns>>,
+    /// The listening sockets in force (duplicates of the shards'), for the binary upgrade.
+    listening: Listening,
+    /// Set once the process drains or hands over: the listener set no longer changes.
+    stopping: bool,
 }
 
 impl Reloader {
     /// `path`: the file to re-read (`None` in demo mode). Starts the prober and the
     /// certificate watcher for the snapshot in force. `base`: the file's configuration (host
     /// names unresolved), whose names `dns` has resolved into the snapshot in force.
+    /// `listening`: the sockets the shards were started with.
     pub fn start(
         path: Option<PathBuf>,
         published: Arc<Published>,
@@ -119,6 +128,7 @@ impl Reloader {
         stats: Arc<ReloadStats>,
         base: Config,
         dns: Arc<Mutex<Dns>>,
+        listening: Listening,
     ) -> std::io::Result<Reloader> {
         let shared = published.load();
         let prober =
@@ -132,9 +142,26 @@ impl Reloader {
             stats,
             base,
             dns,
+            listening,
+            stopping: false,
         };
         r.watch(shared.tls.clone());
         Ok(r)
+    }
+
+    /// Every listening socket in force, labelled with its listener's position and address,
+    /// for the binary upgrade. The descriptors stay open while the caller holds `self` (and
+    /// with it the lock that keeps a reload from changing them).
+    pub fn listening(&self) -> Vec<(usize, std::net::SocketAddr, std::os::fd::RawFd)> {
+        self.listening.described(&self.published.load())
+    }
+
+    /// The process drains, or a successor serves the listeners: from now on a reload that
+    /// adds or removes a listener is refused (the sockets may be the successor's), and the
+    /// duplicates held for an upgrade are closed.
+    pub fn retire(&mut self) {
+        self.stopping = true;
+        self.listening.clear();
     }
 
     fn watch(&mut self, tls: Arc<TlsListeners>) {
@@ -205,57 +232,38 @@ impl Reloader {
         let text = std::fs::read(&path).unwrap_or_default();
         let config = Config::load(&path)?;
         let old = self.published.load();
-        let addresses = |c: &Config| {
-            c.listeners
-                .iter()
-                .map(|l| l.address.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let (running, file) = (addresses(&old.config), addresses(&config));
-        if running != file {
-            return Err(ReloadError::Listeners { running, file });
+        let changes = Changes::between(&old, &config);
+        if self.stopping && !changes.is_empty() {
+            return Err(ReloadError::Stopping);
         }
-        // Unchanged TLS settings keep the listeners' TLS state (ticket keys, counters) and
-        // re-read the certificates in place, as SIGHUP always did (a bad file is logged and
-        // counted by the TLS layer, which keeps the certificates in force). The files are
-        // also read here to validate the whole configuration, whatever changed.
-        let same_tls = config
-            .listeners
-            .iter()
-            .zip(&old.config.listeners)
-            .all(|(a, b)| format!("{:?}", a.tls) == format!("{:?}", b.tls));
-        if same_tls {
-            old.tls.reload(true);
-        }
-        let built = TlsListeners::build(&config)?;
-        // Upstreams are indexed by position, which a reload may change: their TLS clients
-        // always come from the new file.
-        let tls = if same_tls {
-            Arc::new(TlsListeners {
-                listeners: old.tls.listeners.clone(),
-                upstreams: built.upstreams,
-            })
-        } else {
-            Arc::new(built)
-        };
-        let notes = restart_only_changes(&old.config, &config);
+        let tls = Arc::new(carry_tls(&old, &config)?);
+        let mut notes = restart_only_changes(&old.config, &config);
         // Host names: new ones are resolved now (one that does not resolve refuses the
         // reload); the others keep their last good answer.
-        let resolved = {
-            let mut dns = self.dns.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = dns.ensure(&config) {
-                dns.configure(&self.base.dns);
-                return Err(ReloadError::Dns(e));
-            }
-            dns.track(&config);
-            dns.apply(&config)
-        };
-        self.base = config;
-        self.put_in_force(resolved, &old, tls.clone());
-        if !same_tls {
-            self.watch(tls);
+        let mut dns = self.dns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = dns.ensure(&config) {
+            dns.configure(&self.base.dns);
+            return Err(ReloadError::Dns(e));
         }
+        // Added listeners are bound last: a reload refused before binds nothing, and one
+        // refused here closes what it bound. `congestion.client` is the one in force (it
+        // changes at restart only).
+        let opened = match self
+            .listening
+            .open(changes, old.config.congestion.client.as_deref())
+        {
+            Ok(o) => o,
+            Err(e) => {
+                dns.configure(&self.base.dns);
+                return Err(e.into());
+            }
+        };
+        dns.track(&config);
+        let resolved = dns.apply(&config);
+        drop(dns);
+        self.base = config;
+        notes.extend(self.put_in_force(resolved, &old, tls.clone(), Some(opened)));
+        self.watch(tls);
         *self.stats.version.lock().unwrap_or_else(|p| p.into_inner()) =
             format!("{:08x}", crc32fast::hash(&text));
         self.stats
@@ -264,12 +272,19 @@ impl Reloader {
         Ok(notes)
     }
 
-    /// Publishes `config` as the next snapshot, switches every shard to it and restarts the
-    /// prober on its backends (resuming from the carried states).
-    fn put_in_force(&mut self, config: Config, old: &Arc<Shared>, tls: Arc<TlsListeners>) {
+    /// Publishes `config` as the next snapshot, switches every shard to it (closing the
+    /// listeners `opened` removes and accepting on those it adds) and restarts the prober on
+    /// its backends (resuming from the carried states). Returns what a shard could not do.
+    fn put_in_force(
+        &mut self,
+        config: Config,
+        old: &Arc<Shared>,
+        tls: Arc<TlsListeners>,
+        opened: Option<Opened>,
+    ) -> Vec<String> {
         let next = Arc::new(Shared::reloaded(config, old, tls));
         self.published.publish(next.clone());
-        self.switch_shards();
+        let problems = self.switch_shards(opened);
         if let Some(p) = self.prober.take() {
             p.stop();
         }
@@ -281,6 +296,7 @@ impl Reloader {
             Ok(p) => self.prober = Some(p),
             Err(e) => tracing::error!(error = %e, "reload: cannot restart the health prober"),
         }
+        problems
     }
 
     /// A host name's answer changed (the DNS thread): the file's configuration in force with
@@ -294,7 +310,7 @@ impl Reloader {
             .apply(&self.base);
         let old = self.published.load();
         let tls = old.tls.clone();
-        self.put_in_force(config, &old, tls);
+        self.put_in_force(config, &old, tls, None);
         tracing::info!(
             generation = self.published.generation(),
             ms = started.elapsed().as_millis() as u64,
@@ -302,25 +318,101 @@ impl Reloader {
         );
     }
 
-    /// Tells every shard to switch and waits until each has (a stopped shard does not
-    /// answer; the wait is bounded).
-    fn switch_shards(&self) {
+    /// Tells every shard to switch (with its sockets of the listeners `opened` adds, and
+    /// those it removes) and waits until each has (a stopped shard does not answer; the
+    /// wait is bounded). Then the listener set in force is `opened`'s. Returns what a shard
+    /// could not do.
+    fn switch_shards(&mut self, mut opened: Option<Opened>) -> Vec<String> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let asked = self
-            .shards
-            .iter()
-            .filter(|q| q.unbounded_send(ShardQuery::Reload(tx.clone())).is_ok())
-            .count();
+        let close: Vec<ListenerId> = opened
+            .as_ref()
+            .map(|o| o.removed().to_vec())
+            .unwrap_or_default();
+        let mut asked = 0;
+        for (shard, q) in self.shards.iter().enumerate() {
+            let open = opened
+                .as_mut()
+                .and_then(|o| o.per_shard.get_mut(shard))
+                .map(std::mem::take)
+                .unwrap_or_default();
+            let r = ShardReload {
+                done: tx.clone(),
+                open,
+                close: close.clone(),
+            };
+            if q.unbounded_send(ShardQuery::Reload(r)).is_ok() {
+                asked += 1;
+            }
+        }
         drop(tx);
+        let mut problems = Vec::new();
         let until = Instant::now() + SHARD_SWITCH_TIMEOUT;
         for _ in 0..asked {
             let left = until.saturating_duration_since(Instant::now());
-            if rx.recv_timeout(left).is_err() {
-                tracing::warn!("reload: a shard did not switch in time (stopping?)");
-                return;
+            match rx.recv_timeout(left) {
+                Ok((_, p)) => problems.extend(p),
+                Err(_) => {
+                    tracing::warn!("reload: a shard did not switch in time (stopping?)");
+                    break;
+                }
             }
         }
+        for p in &problems {
+            tracing::error!("reload: {p}");
+        }
+        if let Some(o) = opened {
+            for (key, addr) in &o.bound {
+                tracing::info!(listener = %key, "reload: listening on {addr}");
+            }
+            for id in o.removed() {
+                tracing::info!("reload: stopped listening on {id}");
+            }
+            self.listening.apply(o);
+        }
+        problems
     }
+}
+
+/// The listeners' TLS for `config`: a listener whose address, position and `tls` settings
+/// are unchanged keeps its TLS state (certificate store and its counters, rustls
+/// configuration) and re-reads its certificates in place, as SIGHUP always did (a bad file
+/// is logged and counted by the TLS layer, which keeps the certificates in force); others
+/// are built from the file (a moved one too: its metrics are labelled by position). The
+/// session-ticket keys in force are kept for all, so clients resume across the reload. Every
+/// file is also read here to validate the whole configuration, whatever changed.
+fn carry_tls(old: &Shared, config: &Config) -> Result<TlsListeners, ReloadError> {
+    let kept: Vec<Option<Arc<crate::tls::TlsListener>>> = ListenerId::all(&config.listeners)
+        .into_iter()
+        .zip(&config.listeners)
+        .map(|(id, l)| {
+            let j = old.listener(id)?;
+            // The Debug text holds the key paths too: a moved listener differs.
+            let same = format!("{:?}", old.config.listeners[j].tls) == format!("{:?}", l.tls);
+            same.then(|| old.tls.get(j).cloned()).flatten()
+        })
+        .collect();
+    for k in kept.iter().flatten() {
+        match k.store.reload(true) {
+            Some(Ok(())) => tracing::info!(listener = %k.key_path, "certificates reloaded"),
+            Some(Err(e)) => {
+                tracing::error!("certificate reload failed, keeping the certificates in force: {e}")
+            }
+            None => {}
+        }
+    }
+    let built = TlsListeners::build_with(config, old.tls.ticketer())?;
+    let listeners = built
+        .listeners
+        .into_iter()
+        .zip(kept)
+        .map(|(fresh, kept)| kept.or(fresh))
+        .collect();
+    // Upstreams are indexed by position, which a reload may change: their TLS clients
+    // always come from the new file.
+    Ok(TlsListeners {
+        listeners,
+        upstreams: built.upstreams,
+    })
 }
 
 /// Settings read once at start-up that differ between `old` and `new`.
@@ -387,4 +479,101 @@ pub fn probe_targets(shared: &Shared, old: Option<&Shared>) -> Vec<ProbeTarget> 
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for `a.test` in a fresh directory; the directory is removed
+    /// when the returned guard drops.
+    struct Certs(PathBuf);
+
+    impl Drop for Certs {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn certs() -> Certs {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "edgeshard-reload-tls-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        std::fs::write(dir.join("a.pem"), c.cert.pem()).unwrap();
+        std::fs::write(dir.join("a.key"), c.signing_key.serialize_pem()).unwrap();
+        Certs(dir)
+    }
+
+    /// A file with these listeners (`None`: plain; `Some(hsts)`: TLS with that HSTS value).
+    fn shared(dir: &Certs, listeners: &[(&str, Option<&str>)]) -> Shared {
+        let mut text = String::new();
+        for (a, tls) in listeners {
+            text.push_str(&format!("[[listener]]\naddress = \"{a}\"\n"));
+            if let Some(h) = tls {
+                text.push_str(&format!(
+                    "tls = {{ certificates = [{{ cert = \"a.pem\", key = \"a.key\" }}], hsts = \"{h}\" }}\n"
+                ));
+            }
+        }
+        text.push_str("[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n");
+        let config = Config::parse(&text, &dir.0.join("edge.toml")).unwrap();
+        let tls = Arc::new(TlsListeners::build(&config).unwrap());
+        Shared::new(config).with_tls(tls)
+    }
+
+    #[test]
+    fn tls_state_is_kept_by_address_and_position_and_ticket_keys_for_all() {
+        let dir = certs();
+        let old = shared(
+            &dir,
+            &[
+                ("127.0.0.1:8443", Some("max-age=1")),
+                ("127.0.0.1:9443", Some("max-age=2")),
+            ],
+        );
+        let kept = |new: &Shared, i: usize, j: usize| {
+            let tls = carry_tls(&old, &new.config).unwrap();
+            Arc::ptr_eq(tls.get(i).unwrap(), old.tls.get(j).unwrap())
+        };
+        // The same file: both keep their state.
+        let same = shared(
+            &dir,
+            &[
+                ("127.0.0.1:8443", Some("max-age=1")),
+                ("127.0.0.1:9443", Some("max-age=2")),
+            ],
+        );
+        assert!(kept(&same, 0, 0) && kept(&same, 1, 1));
+        // A plain listener added in front: both moved (their key paths changed), rebuilt.
+        let moved = shared(
+            &dir,
+            &[
+                ("127.0.0.1:8080", None),
+                ("127.0.0.1:8443", Some("max-age=1")),
+                ("127.0.0.1:9443", Some("max-age=2")),
+            ],
+        );
+        assert!(!kept(&moved, 1, 0) && !kept(&moved, 2, 1));
+        // One's settings changed: the other keeps its state, the changed one is rebuilt.
+        let changed = shared(
+            &dir,
+            &[
+                ("127.0.0.1:8443", Some("max-age=1")),
+                ("127.0.0.1:9443", Some("max-age=3")),
+            ],
+        );
+        assert!(kept(&changed, 0, 0) && !kept(&changed, 1, 1));
+        let tls = carry_tls(&old, &changed.config).unwrap();
+        assert_eq!(tls.get(1).unwrap().hsts.as_deref(), Some("max-age=3"));
+        // Ticket keys are those in force, for rebuilt listeners too.
+        let before = old.tls.ticketer().unwrap();
+        for t in [tls.get(0), tls.get(1)].into_iter().flatten() {
+            assert!(Arc::ptr_eq(&t.config.ticketer, &before));
+        }
+    }
 }

@@ -86,12 +86,8 @@ pub async fn relay_response(
         set[n_set] = (cfg.request_id.header.as_bytes(), rid.bytes());
         n_set += 1;
     }
-    if let Some(h) = r
-        .shared
-        .tls
-        .get(client.listener)
-        .and_then(|t| t.hsts.as_deref())
-    {
+    let listener = client.listener.clone();
+    if let Some(h) = listener.tls.as_ref().and_then(|t| t.hsts.as_deref()) {
         set[n_set] = (b"Strict-Transport-Security", h.as_bytes());
         n_set += 1;
     }

@@ -4,7 +4,9 @@
 //! [`Published`] handle, the seam that hot reload replaces it through: shards and the admin
 //! thread load the current snapshot from there, and every backend carries a stable identity
 //! ([`BackendId`]: upstream name and address) by which per-shard state can be carried over to
-//! a replacement for the backends that remain.
+//! a replacement for the backends that remain. Listeners have one too ([`ListenerId`]: the
+//! configured address), by which an accept loop finds its listener's settings in whichever
+//! snapshot is in force, wherever a reload moved it in the file.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +25,39 @@ use crate::route::RouteTable;
 pub struct BackendId {
     pub upstream: Box<str>,
     pub address: SocketAddr,
+}
+
+/// A listener's identity across snapshots: its configured address and, for an address the
+/// file gives more than once (only `:0` ones may repeat), which of those it is, in file
+/// order. A reload keeps the sockets of every identity that remains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenerId {
+    pub address: SocketAddr,
+    pub nth: usize,
+}
+
+impl ListenerId {
+    /// The identities of `listeners`, in their order.
+    pub fn all(listeners: &[crate::config::ListenerConfig]) -> Vec<ListenerId> {
+        let mut ids: Vec<ListenerId> = Vec::with_capacity(listeners.len());
+        for l in listeners {
+            let nth = ids.iter().filter(|i| i.address == l.address).count();
+            ids.push(ListenerId {
+                address: l.address,
+                nth,
+            });
+        }
+        ids
+    }
+}
+
+impl std::fmt::Display for ListenerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.nth {
+            0 => write!(f, "{}", self.address),
+            n => write!(f, "{} (#{})", self.address, n + 1),
+        }
+    }
 }
 
 /// One backend as the shards see it.
@@ -57,6 +92,8 @@ pub struct Shared {
     /// Per listener: its TLS configuration and certificates (empty until
     /// [`Shared::with_tls`]).
     pub tls: Arc<crate::tls::TlsListeners>,
+    /// Per listener: its identity (indexed like `config.listeners`).
+    pub listener_ids: Vec<ListenerId>,
 }
 
 impl Shared {
@@ -119,6 +156,7 @@ impl Shared {
 
     fn build(config: Config, shards: usize, epoch: Option<std::time::Instant>) -> Shared {
         let routes = RouteTable::new(&config);
+        let listener_ids = ListenerId::all(&config.listeners);
         let mut backends = Vec::new();
         let mut upstream_backends = Vec::new();
         for (u, up) in config.upstreams.iter().enumerate() {
@@ -167,6 +205,7 @@ impl Shared {
             backends,
             upstream_backends,
             tls: Arc::default(),
+            listener_ids,
         }
     }
 
@@ -174,6 +213,11 @@ impl Shared {
     pub fn with_tls(mut self, tls: Arc<crate::tls::TlsListeners>) -> Shared {
         self.tls = tls;
         self
+    }
+
+    /// The position of listener `id` in this snapshot, if it has it.
+    pub fn listener(&self, id: ListenerId) -> Option<usize> {
+        self.listener_ids.iter().position(|l| *l == id)
     }
 
     /// Whether the admin API drained this backend. Relaxed: the flag guards no other data,
@@ -279,6 +323,39 @@ mod tests {
         assert!(Arc::ptr_eq(&published.load(), &second));
         // A request that started on the first snapshot finishes on it.
         assert_eq!(held.backends.len(), 1);
+    }
+
+    #[test]
+    fn a_listener_is_known_by_its_address_wherever_it_is_in_the_file() {
+        let parse = |listeners: &[&str]| {
+            let text: String = listeners
+                .iter()
+                .map(|a| format!("[[listener]]\naddress = \"{a}\"\n"))
+                .chain(std::iter::once(
+                    "[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n".to_string(),
+                ))
+                .collect();
+            Shared::new(Config::parse(&text, Path::new("t.toml")).unwrap())
+        };
+        let a = parse(&[
+            "127.0.0.1:8080",
+            "127.0.0.1:0",
+            "127.0.0.1:8081",
+            "127.0.0.1:0",
+        ]);
+        let b = parse(&[
+            "127.0.0.1:0",
+            "127.0.0.1:8081",
+            "127.0.0.1:0",
+            "127.0.0.1:8082",
+        ]);
+        let moved = |i: usize| b.listener(a.listener_ids[i]);
+        assert_eq!(moved(0), None, "8080 was removed");
+        assert_eq!(moved(1), Some(0), "the first :0 stays the first :0");
+        assert_eq!(moved(2), Some(1));
+        assert_eq!(moved(3), Some(2), "the second :0 stays the second :0");
+        assert_eq!(a.listener(b.listener_ids[3]), None, "8082 is new");
+        assert_eq!(a.listener_ids[3].to_string(), "127.0.0.1:0 (#2)");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Zero-downtime binary upgrade, beside stage 1 (*accept*): on SIGUSR2 the running process
 //! starts its successor (the binary now at the path it was started from, with the same
-//! arguments) and hands it every listening socket over a Unix socket pair with `SCM_RIGHTS`.
+//! arguments) and hands it every listening socket in force (those a reload added included,
+//! those it removed not: [`crate::listening`]) and the admin socket over a Unix socket pair
+//! with `SCM_RIGHTS`.
 //! Both processes then hold the same kernel sockets, so their accept queues are shared: the
 //! old process only stops accepting once the successor says it is ready, and closing its
 //! descriptors afterwards loses nothing (a listening socket is destroyed, and its queue
@@ -268,47 +270,47 @@ fn receive(var: &str) -> Result<Inherited, UpgradeError> {
 /// The listener index the admin socket is handed over under.
 pub const ADMIN: usize = usize::MAX;
 
-/// What a running process keeps to start its successor: a duplicate of every listening
-/// socket (the shards own the originals), the binary's path as started, and its arguments.
+/// What a running process keeps to start its successor: a duplicate of the admin socket,
+/// the binary's path as started, and its arguments. The listening sockets in force are kept
+/// by the reloader, which changes them ([`crate::listening::Listening`]).
 pub struct Handoff {
-    sockets: Vec<(usize, std::net::TcpListener)>,
+    admin: Option<std::net::TcpListener>,
     exe: Option<std::path::PathBuf>,
     args: Vec<std::ffi::OsString>,
 }
 
 impl Handoff {
-    /// Duplicates `shards`' sockets and `admin`'s. `exe` is the path this process was started
-    /// from (read at start: the file there may be replaced before the upgrade).
+    /// Duplicates `admin`'s socket. `exe` is the path this process was started from (read
+    /// at start: the file there may be replaced before the upgrade).
     pub fn new(
-        shards: &[Vec<(usize, std::net::TcpListener)>],
         admin: Option<&std::net::TcpListener>,
         exe: Option<std::path::PathBuf>,
     ) -> io::Result<Handoff> {
-        let mut sockets = Vec::new();
-        for (i, s) in shards.iter().flatten() {
-            sockets.push((*i, s.try_clone()?));
-        }
-        if let Some(a) = admin {
-            sockets.push((ADMIN, a.try_clone()?));
-        }
         Ok(Handoff {
-            sockets,
+            admin: admin.map(std::net::TcpListener::try_clone).transpose()?,
             exe,
             args: std::env::args_os().skip(1).collect(),
         })
     }
 
-    /// Starts the successor and hands it every socket (see [`hand_over`]).
-    pub fn start_successor(&self, ready_within: Duration) -> Result<Successor, UpgradeError> {
+    /// Starts the successor and hands it `listening` (every listening socket in force, each
+    /// with its listener's position and address; open for the call) and the admin socket
+    /// (see [`hand_over`]).
+    pub fn start_successor(
+        &self,
+        listening: &[(usize, SocketAddr, RawFd)],
+        ready_within: Duration,
+    ) -> Result<Successor, UpgradeError> {
         let exe = self.exe.as_deref().ok_or_else(|| UpgradeError::Spawn {
             exe: "(unknown)".into(),
             source: io::Error::other("the path of the running binary could not be read at start"),
         })?;
-        let described: Vec<_> = self
-            .sockets
-            .iter()
-            .filter_map(|(i, s)| s.local_addr().ok().map(|a| (*i, a, s.as_raw_fd())))
-            .collect();
+        let mut described = listening.to_vec();
+        if let Some(a) = &self.admin {
+            if let Ok(addr) = a.local_addr() {
+                described.push((ADMIN, addr, a.as_raw_fd()));
+            }
+        }
         hand_over(exe, &self.args, &described, ready_within)
     }
 }

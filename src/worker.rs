@@ -1,10 +1,12 @@
 //! Stage 1 of the pipeline, *accept*, and the shard's life: a thread pinned to one CPU builds
 //! its own `monoio` runtime (io_uring, or epoll), its [`ShardCtx`], registers its
 //! `SO_REUSEPORT` listeners and accepts connections, handing each to [`crate::conn::serve`]
-//! (stage 2 on). It also runs the shard's housekeeping (pool sweep, access-log flush), answers
-//! the admin thread's questions, and drains on shutdown.
+//! (stage 2 on) with its listener's settings, looked up by [`ListenerId`] in the snapshot in
+//! force. It also runs the shard's housekeeping (pool sweep, access-log flush), answers the
+//! admin thread's questions, switches to a reloaded snapshot (closing the accept loops of
+//! removed listeners and starting those of added ones), and drains on shutdown.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,19 +16,32 @@ use futures_channel::{mpsc, oneshot};
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
 
+use crate::client::ListenerSide;
 use crate::config::IoEngine;
+use crate::notify::Notify;
 use crate::observe::access::LogSink;
 use crate::shard::{ShardCommon, ShardCtx};
-use crate::snapshot::Published;
+use crate::snapshot::{ListenerId, Published};
 use crate::stats::{bump, Snapshot};
 
 /// A question the admin thread asks a shard; answered on the shard's own thread.
 pub enum ShardQuery {
     Snapshot(oneshot::Sender<Snapshot>),
-    /// A reload published a new snapshot: build this shard's state for it (carrying over
-    /// what remains), make it current, and answer with the shard's id. Requests in flight
-    /// finish on the state they started with.
-    Reload(std::sync::mpsc::Sender<usize>),
+    /// A reload published a new snapshot (see [`ShardReload`]).
+    Reload(ShardReload),
+}
+
+/// What a reload asks of a shard, in this order: stop accepting on the listeners in `close`
+/// (serving what their queues hold, on the snapshot that still names them), build this
+/// shard's state for the published snapshot (carrying over what remains) and make it
+/// current, then accept on the sockets in `open` (this shard's socket of each added
+/// listener). Requests in flight finish on the state they started with; connections accepted
+/// on a closed listener stay open. The shard answers on `done` with its id and what it could
+/// not do (a socket it could not register).
+pub struct ShardReload {
+    pub done: std::sync::mpsc::Sender<(usize, Vec<String>)>,
+    pub open: Vec<(ListenerId, std::net::TcpListener)>,
+    pub close: Vec<ListenerId>,
 }
 
 /// Counts a live client connection; wakes the drainer when the last one closes. It holds the
@@ -111,8 +126,8 @@ pub struct ShardStart {
     pub engine: IoEngine,
     /// Where the shard loads the configuration snapshot in force.
     pub snapshot: Arc<Published>,
-    /// This shard's listening sockets, each with the index of the `[[listener]]` it serves.
-    pub listeners: Vec<(usize, std::net::TcpListener)>,
+    /// This shard's listening sockets, each with the `[[listener]]` it serves.
+    pub listeners: Vec<(ListenerId, std::net::TcpListener)>,
     pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
     /// Resolves (or is dropped) when the shard must drain and stop.
     pub shutdown: oneshot::Receiver<Stop>,
@@ -164,18 +179,16 @@ async fn shard_main(start: ShardStart) -> ShardReport {
     let common = ctx.common().clone();
     drop(ctx);
     let ctx = || common.current().expect("set until the shard stops");
-    let mut accepting = Vec::new();
-    for (i, l) in listeners {
-        match TcpListener::from_std(l) {
-            Ok(l) => accepting.push((i, l)),
-            Err(e) => {
-                let _ = ready.send(Err(format!("shard {id}: cannot register listener: {e}")));
-                return ShardReport {
-                    id,
-                    summary: String::new(),
-                    unfinished: 0,
-                };
-            }
+    let loops: AcceptLoops = Rc::default();
+    let handing_over = Rc::new(Cell::new(false));
+    for (listener, l) in listeners {
+        if let Err(e) = start_accepting(&common, &loops, &handing_over, listener, l) {
+            let _ = ready.send(Err(format!("shard {id}: cannot register listener: {e}")));
+            return ShardReport {
+                id,
+                summary: String::new(),
+                unfinished: 0,
+            };
         }
     }
     if let Some(flag) = ctx().shared.accepting.get(id) {
@@ -215,7 +228,7 @@ async fn shard_main(start: ShardStart) -> ShardReport {
     // The admin thread's questions and the control plane's reloads, answered between
     // requests on this thread.
     let answering = {
-        let common = common.clone();
+        let (common, loops, handing_over) = (common.clone(), loops.clone(), handing_over.clone());
         monoio::spawn(async move {
             while let Some(q) = next_query(&mut queries).await {
                 let Some(ctx) = common.current() else { break };
@@ -223,23 +236,23 @@ async fn shard_main(start: ShardStart) -> ShardReport {
                     ShardQuery::Snapshot(reply) => {
                         let _ = reply.send(ctx.snapshot());
                     }
-                    ShardQuery::Reload(done) => {
-                        let next = snapshot.load();
-                        if !Arc::ptr_eq(&next, &ctx.shared) {
-                            common.set_current(Some(Rc::new(ctx.successor(next))));
-                        }
-                        let _ = done.send(ctx.id);
+                    ShardQuery::Reload(r) => {
+                        let problems = switch(
+                            &common,
+                            &ctx,
+                            &snapshot,
+                            &loops,
+                            &handing_over,
+                            r.open,
+                            &r.close,
+                        )
+                        .await;
+                        let _ = r.done.send((ctx.id, problems));
                     }
                 }
             }
         })
     };
-
-    let handing_over = Rc::new(Cell::new(false));
-    let accept_loops: Vec<_> = accepting
-        .into_iter()
-        .map(|(i, l)| monoio::spawn(accept_loop(common.clone(), l, i, handing_over.clone())))
-        .collect();
 
     // Run until told to stop (a dropped sender means the process is going down: stop too).
     let stop = shutdown.await.unwrap_or(Stop::Drain);
@@ -248,8 +261,9 @@ async fn shard_main(start: ShardStart) -> ShardReport {
         flag.store(false, Ordering::Release);
     }
     ctx().begin_drain();
+    let accept_loops = std::mem::take(&mut *loops.borrow_mut());
     for a in accept_loops {
-        a.await;
+        a.task.await;
     }
     // The accept loops owned the listeners: they are closed now (handed over: the successor
     // holds the same sockets).
@@ -281,6 +295,86 @@ async fn shard_main(start: ShardStart) -> ShardReport {
     }
 }
 
+/// One accept loop of this shard: its listener, the signal that closes it (a reload removed
+/// the listener), and its task.
+struct AcceptLoop {
+    listener: ListenerId,
+    close: Rc<Notify>,
+    task: monoio::task::JoinHandle<()>,
+}
+
+/// The shard's accept loops, one per listening socket; a reload adds and removes entries. No
+/// borrow is held across an `.await`.
+type AcceptLoops = Rc<RefCell<Vec<AcceptLoop>>>;
+
+/// Registers `socket` on this shard's runtime and starts accepting on it.
+fn start_accepting(
+    common: &Rc<ShardCommon>,
+    loops: &AcceptLoops,
+    handing_over: &Rc<Cell<bool>>,
+    listener: ListenerId,
+    socket: std::net::TcpListener,
+) -> std::io::Result<()> {
+    let socket = TcpListener::from_std(socket)?;
+    let close = Rc::new(Notify::default());
+    let task = monoio::spawn(accept_loop(
+        common.clone(),
+        socket,
+        listener,
+        handing_over.clone(),
+        close.clone(),
+    ));
+    loops.borrow_mut().push(AcceptLoop {
+        listener,
+        close,
+        task,
+    });
+    Ok(())
+}
+
+/// A reload on this shard (see [`ShardReload`] for the order and why). Returns what it could
+/// not do.
+async fn switch(
+    common: &Rc<ShardCommon>,
+    ctx: &ShardCtx,
+    snapshot: &Published,
+    loops: &AcceptLoops,
+    handing_over: &Rc<Cell<bool>>,
+    open: Vec<(ListenerId, std::net::TcpListener)>,
+    close: &[ListenerId],
+) -> Vec<String> {
+    let closing: Vec<AcceptLoop> = {
+        let mut all = loops.borrow_mut();
+        let (closing, kept) = std::mem::take(&mut *all)
+            .into_iter()
+            .partition(|a| close.contains(&a.listener));
+        *all = kept;
+        closing
+    };
+    for a in closing {
+        a.close.notify_all();
+        a.task.await;
+        tracing::debug!(shard = ctx.id, listener = %a.listener, "stopped accepting: the listener was removed");
+    }
+    let next = snapshot.load();
+    if !Arc::ptr_eq(&next, &ctx.shared) {
+        common.set_current(Some(Rc::new(ctx.successor(next))));
+    }
+    let mut problems = Vec::new();
+    // A draining shard accepts nothing new: the added sockets are closed.
+    if !common.draining() {
+        for (listener, socket) in open {
+            if let Err(e) = start_accepting(common, loops, handing_over, listener, socket) {
+                problems.push(format!(
+                    "shard {}: cannot accept on {listener}: {e}",
+                    ctx.id
+                ));
+            }
+        }
+    }
+    problems
+}
+
 async fn next_query(rx: &mut mpsc::UnboundedReceiver<ShardQuery>) -> Option<ShardQuery> {
     std::future::poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut *rx), cx))
         .await
@@ -297,12 +391,15 @@ fn stop_listening(listener: &TcpListener) {
     let _ = unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
 }
 
-/// Accepts on the `index`-th `[[listener]]`.
+/// Accepts on one socket of the `[[listener]]` `id` until the shard drains or `close` fires
+/// (a reload removed the listener). Either way it then serves what is queued and shuts the
+/// socket down, except when handing over (the successor accepts from it).
 async fn accept_loop(
     ctx: Rc<ShardCommon>,
     listener: TcpListener,
-    index: usize,
+    id: ListenerId,
     handing_over: Rc<Cell<bool>>,
+    close: Rc<Notify>,
 ) {
     loop {
         let canceller = Canceller::new();
@@ -311,6 +408,7 @@ async fn accept_loop(
         let accepted = monoio::select! {
             r = accept.as_mut() => Some(r),
             _ = ctx.drain.notified() => None,
+            _ = close.notified() => None,
         };
         let accepted = match accepted {
             Some(r) => r,
@@ -319,7 +417,7 @@ async fn accept_loop(
                 // lands: await it, and serve the connection it took.
                 let _ = canceller.cancel();
                 if let Ok((stream, peer)) = accept.await {
-                    admit(&ctx, stream, peer, index);
+                    admit(&ctx, stream, peer, id);
                 }
                 if handing_over.get() {
                     // The successor accepts from the same socket: its queue is its now, and
@@ -327,13 +425,13 @@ async fn accept_loop(
                     return;
                 }
                 refuse_handshakes(&ctx, &listener);
-                take_queued(&ctx, &listener, index).await;
+                take_queued(&ctx, &listener, id).await;
                 stop_listening(&listener);
                 return;
             }
         };
         match accepted {
-            Ok((stream, peer)) => admit(&ctx, stream, peer, index),
+            Ok((stream, peer)) => admit(&ctx, stream, peer, id),
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(shard = ctx.id, error = %e, "accept failed");
@@ -343,16 +441,23 @@ async fn accept_loop(
     }
 }
 
-/// Serves an accepted connection, unless the shard is at `max_connections_per_shard`: then
-/// the stream is dropped (the client sees a TCP close).
+/// Serves an accepted connection, with the settings its listener has in the snapshot in
+/// force, unless the shard is at `max_connections_per_shard`: then the stream is dropped
+/// (the client sees a TCP close).
 fn admit(
     common: &ShardCommon,
     stream: monoio::net::TcpStream,
     peer: std::net::SocketAddr,
-    listener: usize,
+    id: ListenerId,
 ) {
     // The snapshot in force now: the connection's first request starts on it.
     let Some(ctx) = common.current() else {
+        return;
+    };
+    // It names the listener: a reload closes a removed listener's accept loops before it
+    // switches the shard, and starts an added one's after. (Were it missing, the connection
+    // would be one more queued on a closed port, and is closed like those.)
+    let Some(index) = ctx.shared.listener(id) else {
         return;
     };
     bump(&ctx.stats.accepted);
@@ -361,6 +466,7 @@ fn admit(
         drop(stream);
         return;
     }
+    let listener = Rc::new(ListenerSide::of(&ctx.shared, index));
     let guard = ActiveGuard::new(&ctx);
     monoio::spawn(async move {
         crate::conn::serve(ctx, stream, peer, Instant::now(), listener).await;
@@ -368,15 +474,15 @@ fn admit(
     });
 }
 
-/// Accepts, when draining, every connection already in the listener's queue: shutting a
+/// Accepts, when draining or closing, every connection already in the listener's queue: shutting a
 /// listening socket down resets the connections still queued on it, clients whose handshake
 /// the kernel completed and who may have sent their request already. They are served like
 /// the others (within the drain's grace). Only connections that complete their handshake in
 /// the few microseconds between the last check and the shutdown can still be lost.
-async fn take_queued(ctx: &ShardCommon, listener: &TcpListener, index: usize) {
+async fn take_queued(ctx: &ShardCommon, listener: &TcpListener, id: ListenerId) {
     while has_queued(listener) {
         match listener.accept().await {
-            Ok((stream, peer)) => admit(ctx, stream, peer, index),
+            Ok((stream, peer)) => admit(ctx, stream, peer, id),
             Err(_) => return,
         }
     }

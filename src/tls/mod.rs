@@ -4,7 +4,8 @@
 //! configuration once at start ([`TlsListeners::build`]): the SNI certificate table
 //! ([`certs`]), versions, suites, ALPN `http/1.1`, optional client certificates, and one
 //! session-ticket key set shared by every shard so that a client resumes on whichever shard
-//! `SO_REUSEPORT` hands its next connection to. Certificates are re-read on SIGHUP and when
+//! `SO_REUSEPORT` hands its next connection to (and kept by a reload:
+//! [`TlsListeners::build_with`]). Certificates are re-read on SIGHUP and when
 //! their files change ([`TlsListeners::reload`]); handshakes in progress and open connections
 //! keep what they started with.
 
@@ -91,9 +92,18 @@ impl TlsListeners {
     /// Reads every certificate, key, OCSP response and client CA, and builds the rustls
     /// configurations. Errors name the key path and the file.
     pub fn build(config: &Config) -> Result<TlsListeners, TlsError> {
+        TlsListeners::build_with(config, None)
+    }
+
+    /// [`TlsListeners::build`] with the session-ticket keys of `ticketer` when given (a
+    /// reload keeps those in force, so that clients resume across it).
+    pub fn build_with(
+        config: &Config,
+        ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
+    ) -> Result<TlsListeners, TlsError> {
         // One ticket key set (rotated every 6 hours, each accepted for 12) for all shards and
         // listeners: resumption works whichever shard a client lands on.
-        let mut ticketer = None;
+        let mut ticketer = ticketer;
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
             let Some(t) = &l.tls else {
@@ -150,6 +160,12 @@ impl TlsListeners {
     /// How to speak TLS to the backends of upstream `u`, if it has `tls`.
     pub fn upstream(&self, u: usize) -> Option<&Arc<upstream::UpstreamTlsClient>> {
         self.upstreams.get(u).and_then(Option::as_ref)
+    }
+
+    /// The session-ticket keys the listeners share, if any listener has TLS.
+    pub fn ticketer(&self) -> Option<Arc<dyn rustls::server::ProducesTickets>> {
+        let l = self.listeners.iter().flatten().next()?;
+        Some(l.config.ticketer.clone())
     }
 
     pub fn get(&self, listener: usize) -> Option<&Arc<TlsListener>> {
@@ -401,8 +417,8 @@ pub type Field<'a> = (&'a [u8], &'a [u8]);
 
 /// What the request path needs to know of the client's TLS: whether it is https, and the
 /// client certificate header, if configured (always removed from what the client sent).
-pub fn client_facts<'a>(ctx: &'a ShardCtx, client: &'a Client) -> (bool, Option<Field<'a>>) {
-    match ctx.shared.tls.get(client.listener) {
+pub fn client_facts(client: &Client) -> (bool, Option<Field<'_>>) {
+    match &client.listener.tls {
         None => (false, None),
         Some(t) => (
             true,
