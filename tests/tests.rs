@@ -23,6 +23,7 @@ mod privileges;
 mod real_clients;
 mod regressions;
 mod reload;
+mod reload_listeners;
 mod resilience;
 mod response_framing;
 mod robustness;

@@ -1,0 +1,212 @@
+//! Listeners on hot reload (issue 15): with two shards, a reload that adds a listener opens
+//! it on every shard and one that removes a listener closes it (new connections refused,
+//! connections it accepted served to their end), while a listener that remains keeps its
+//! sockets and open connections; an address that another socket holds refuses the whole
+//! reload with its key path and changes nothing; a binary upgrade after such reloads hands
+//! the successor the listeners in force; and a listener keeps its own settings wherever a
+//! reload moves it in the file. Both engines.
+
+use crate::support::*;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// New connections per check: the kernel spreads them over the shards' sockets by their
+/// ports, so 16 reach both shards (all on one: 1 in 32,768) and a shard that does not
+/// accept on a listener fails the check.
+const CONNECTIONS: usize = 16;
+
+/// The file: `[admin]` on a free port, then one `[[listener]]` per body, and a catch-all
+/// route to `origin`.
+fn file(origin: SocketAddr, listeners: &[String]) -> String {
+    let mut s = String::from("[admin]\naddress = \"127.0.0.1:0\"\n");
+    for l in listeners {
+        s.push_str(&format!("\n[[listener]]\n{l}\n"));
+    }
+    s.push_str(&format!(
+        "\n[[route]]\nupstream = \"u\"\n\n[[upstream]]\nname = \"u\"\nbackends = [{{ address = \"{origin}\" }}]\n"
+    ));
+    s
+}
+
+fn plain(a: SocketAddr) -> String {
+    format!("address = \"{a}\"")
+}
+
+fn redirecting(a: SocketAddr, port: u16) -> String {
+    format!("address = \"{a}\"\nredirect_https = {{ port = {port} }}")
+}
+
+/// `edgeshard reload --admin ADDR`: (exit code, stdout and stderr).
+fn reload_cli(admin: SocketAddr) -> (Option<i32>, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["reload", "--admin", &admin.to_string()]);
+    let (status, out) = run_bounded(cmd, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+    (status.code(), out)
+}
+
+fn reload_ok(proxy: &Proxy, text: &str) {
+    std::fs::write(proxy.config_path(), text).unwrap();
+    let (code, out) = reload_cli(proxy.admin_addr());
+    assert_eq!(
+        code,
+        Some(0),
+        "edgeshard reload must succeed: {out}\nproxy output:\n{}",
+        proxy.output()
+    );
+}
+
+/// One request on `c`: its status and `Location`.
+fn ask(c: &mut Client, path: &str, close: bool) -> (u16, Option<String>) {
+    let conn = if close { "close" } else { "keep-alive" };
+    c.send(&request(
+        "GET",
+        path,
+        &[("Host", "a.test"), ("Connection", conn)],
+        b"",
+    ));
+    let r = c.read_response();
+    if r.status() == 200 {
+        assert_eq!(r.body_str(), "o", "answered by the origin");
+    }
+    (r.status(), r.header("location").map(str::to_owned))
+}
+
+/// `CONNECTIONS` new connections to `addr`, one request each: every one is answered with
+/// `status` (and, for a redirect, `location`).
+fn serves(addr: SocketAddr, status: u16, location: Option<&str>) {
+    for i in 0..CONNECTIONS {
+        let mut c =
+            Client::try_connect(addr).unwrap_or_else(|e| panic!("connect {addr} ({i}): {e}"));
+        let (got, loc) = ask(&mut c, "/p", true);
+        assert_eq!(got, status, "{addr}, connection {i}");
+        assert_eq!(loc.as_deref(), location, "{addr}, connection {i}");
+    }
+}
+
+/// Waits until a connect to `addr` is refused (a deadline, not a sleep: each try is a
+/// connect); panics naming `what` if it is still accepted after 10 s.
+fn refused(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            other => assert!(
+                Instant::now() < deadline,
+                "{what}: {addr} still takes connections ({other:?})"
+            ),
+        }
+    }
+}
+
+both_engines! {
+    fn a_reload_opens_an_added_listener_and_closes_a_removed_one(engine) {
+        let o = Origin::start("o");
+        let (a, b) = (dead_addr(), dead_addr());
+        let proxy = Proxy::start_shards(&file(o.addr(), &[plain(a)]), engine, 2);
+        assert_eq!(proxy.addr(), a);
+        // A keep-alive connection on A, open through both reloads.
+        let mut kept = Client::connect(a);
+        assert_eq!(ask(&mut kept, "/before", false).0, 200);
+
+        // B added: every shard accepts on it; A keeps serving, its open connection too.
+        reload_ok(&proxy, &file(o.addr(), &[plain(a), plain(b)]));
+        serves(b, 200, None);
+        serves(a, 200, None);
+        assert_eq!(ask(&mut kept, "/after-add", false).0, 200);
+        let accepted = o.accepted();
+
+        // A removed: new connections to it are refused; the one it accepted is served.
+        reload_ok(&proxy, &file(o.addr(), &[plain(b)]));
+        refused(a, "a removed listener");
+        assert_eq!(ask(&mut kept, "/after-remove", false).0, 200);
+        serves(b, 200, None);
+        assert!(proxy.output().contains("reload: stopped listening on"), "{}", proxy.output());
+        // The origin's pooled connections survived both reloads.
+        assert!(o.accepted() <= accepted + 2, "{} new origin connections", o.accepted() - accepted);
+    }
+
+    fn a_listener_that_cannot_be_bound_refuses_the_whole_reload(engine) {
+        let o = Origin::start("o");
+        let (a, b) = (dead_addr(), dead_addr());
+        // Another socket (the test's own) listens here.
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = held.local_addr().unwrap();
+        let proxy = Proxy::start_shards(&file(o.addr(), &[plain(a)]), engine, 2);
+        let admin = proxy.admin_addr();
+
+        // B can be bound, the held address cannot: refused as a whole, with the key path.
+        std::fs::write(proxy.config_path(), file(o.addr(), &[plain(a), plain(b), plain(taken)])).unwrap();
+        let (code, out) = reload_cli(admin);
+        assert_eq!(code, Some(1), "the reload must be refused: {out}");
+        assert!(out.contains("listener[2].address") && out.contains("already in use"), "the error names the key path and why: {out}");
+        assert!(proxy.output().contains("listener[2].address"), "and the log does: {}", proxy.output());
+        // Nothing changed: A serves, B (bound on the way) was closed again.
+        serves(a, 200, None);
+        refused(b, "a listener of a refused reload");
+        let m = scrape(admin, None);
+        assert_eq!(m.value("edgeshard_config_reloads_total", &[("result", "failed")]), 1.0);
+        assert_eq!(m.value("edgeshard_config_generation", &[]), 0.0);
+
+        // Without the held address the same change goes through.
+        reload_ok(&proxy, &file(o.addr(), &[plain(a), plain(b)]));
+        serves(b, 200, None);
+        serves(a, 200, None);
+        drop(held);
+    }
+
+    fn an_upgrade_after_reloads_hands_over_the_listeners_in_force(engine) {
+        let o = Origin::start("o");
+        let (a, b, c) = (dead_addr(), dead_addr(), dead_addr());
+        let mut proxy = Proxy::start_shards(&file(o.addr(), &[plain(a), plain(c)]), engine, 2);
+        // B added, C removed; then a binary upgrade.
+        reload_ok(&proxy, &file(o.addr(), &[plain(a), plain(b)]));
+        serves(b, 200, None);
+        refused(c, "a removed listener");
+        proxy.signal(libc::SIGUSR2);
+        proxy.wait_for_output_where("the upgrade's outcome", Duration::from_secs(60), |o| {
+            o.contains("binary upgrade failed") || o.contains("the new process serves the listeners")
+        });
+        assert!(!proxy.output().contains("binary upgrade failed"), "{}", proxy.output());
+        let next = successor_pid(&proxy, 1);
+        assert_eq!(proxy.wait_exit(Duration::from_secs(30)).code(), Some(0), "the old process exits 0 after its drain");
+        // The successor serves on both, every shard of it (B's sockets were handed over: had
+        // they not been, it would have found B taken by its predecessor and not started).
+        serves(a, 200, None);
+        serves(b, 200, None);
+        refused(c, "a listener removed before the upgrade");
+        assert!(
+            !proxy.output().contains("not in this configuration"),
+            "the removed listener was not handed over:\n{}",
+            proxy.output()
+        );
+        terminate_pid(next);
+    }
+
+    fn a_moved_listener_keeps_its_own_settings(engine) {
+        let o = Origin::start("o");
+        let (a, b) = (dead_addr(), dead_addr());
+        let proxy = Proxy::start_shards(&file(o.addr(), &[plain(a), redirecting(b, 8443)]), engine, 2);
+        let to_8443 = "https://a.test:8443/p";
+        serves(b, 301, Some(to_8443));
+        let mut on_a = Client::connect(a);
+        let mut on_b = Client::connect(b);
+        assert_eq!(ask(&mut on_a, "/p", false), (200, None));
+        assert_eq!(ask(&mut on_b, "/p", false), (301, Some(to_8443.into())));
+
+        // The same listeners in the other order: each keeps its settings.
+        reload_ok(&proxy, &file(o.addr(), &[redirecting(b, 8443), plain(a)]));
+        serves(a, 200, None);
+        serves(b, 301, Some(to_8443));
+        assert_eq!(ask(&mut on_a, "/p", false), (200, None));
+        assert_eq!(ask(&mut on_b, "/p", false), (301, Some(to_8443.into())));
+
+        // The settings swapped: new connections get the new ones; open connections keep
+        // those they were accepted with.
+        reload_ok(&proxy, &file(o.addr(), &[plain(b), redirecting(a, 9443)]));
+        serves(a, 301, Some("https://a.test:9443/p"));
+        serves(b, 200, None);
+        assert_eq!(ask(&mut on_a, "/p", false), (200, None));
+        assert_eq!(ask(&mut on_b, "/p", false), (301, Some(to_8443.into())));
+    }
+}
