@@ -346,4 +346,39 @@ both_engines! {
             assert_eq!(sha256_hex(&got), expected_sha256(4 << 20), "{mode}");
         }
     }
+
+    fn a_client_with_a_tiny_window_gets_every_byte_of_a_large_response(engine) {
+        // 16 MiB through a 4 KiB receive window: more than the kernel's buffers hold, so the
+        // proxy's records meet a full socket (sendmsg answers EAGAIN) again and again and
+        // must wait for it, then go on from the right byte.
+        let Site { ca, dir: _dir, ca_file: _ca_file, origin: _origin, config } = site("window", "");
+        let proxy = config.start(engine);
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        sock.connect(&proxy.addr().into()).unwrap();
+        let sock: TcpStream = sock.into();
+        sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let conn = rustls::ClientConnection::new(
+            Arc::new(ca.client_config()),
+            "a.test".try_into().unwrap(),
+        )
+        .unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        let len: usize = 16 << 20;
+        write!(tls, "GET /gen/{len}/cl HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").unwrap();
+        let mut all = Vec::with_capacity(len + 4096);
+        let mut piece = [0u8; 1024];
+        loop {
+            match tls.read(&mut piece) {
+                Ok(0) => break,
+                Ok(n) => all.extend_from_slice(&piece[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => panic!("read failed after {} bytes: {e}", all.len()),
+            }
+        }
+        let at = all.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+        assert!(all.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&all[..at]));
+        assert_eq!(all.len() - at, len);
+        assert_eq!(sha256_hex(&all[at..]), expected_sha256(len as u64));
+    }
 }

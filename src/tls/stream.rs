@@ -6,14 +6,19 @@
 //!
 //! Ciphertext is read into one buffer per connection and fed to rustls only as fast as the
 //! plaintext is consumed (rustls holds at most 16 KiB of plaintext), so a fast client cannot
-//! grow memory; written plaintext is encrypted by rustls and sent before `write` returns.
+//! grow memory; written plaintext is encrypted by rustls and sent, straight from rustls' record
+//! buffers, before `write` returns. Two copies cost a shard relaying 1 MiB responses most of
+//! its CPU and are avoided here (loadtest/results/2026-12-03-vm/tls-1m-profile.md): our own
+//! ciphertext buffer (none: [`DirectSend`]) and plaintext copied into records at a distance the
+//! CPU handles badly ([`alias_safe_split`]).
 
 use std::io::{self, BufRead, Write as _};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+    AsyncReadRent, AsyncWriteRent, CancelHandle, CancelableAsyncReadRent,
 };
 use monoio::net::TcpStream;
 use monoio::BufResult;
@@ -23,8 +28,16 @@ use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerCon
 /// Ciphertext read per `read(2)`: one full TLS record and its overhead, so a record usually
 /// arrives in one read.
 const READ_CHUNK: usize = 16 * 1024 + 512;
-/// Ciphertext gathered before one `write(2)`.
-const WRITE_BATCH: usize = 64 * 1024;
+/// Where a record's plaintext lands, modulo a 4 KiB page: rustls copies it 5 bytes (the
+/// record header) into a buffer of ~16.4 KiB, and mimalloc places blocks of that size on
+/// 4 KiB boundaries (measured: every one).
+const RECORD_PAYLOAD_PHASE: usize = 5;
+/// A copy whose destination is up to this many bytes past its source, modulo 4 KiB, runs
+/// ~20x slower on this project's AMD EPYC host (0.45 against 11.7 µs per 16 KiB record: the
+/// loads alias the stores just made; 0..=64 measured, doubled for margin).
+const ALIAS_WINDOW: usize = 128;
+/// The short first record that moves the rest of a write out of that window.
+const ALIAS_SHIFT: usize = 256;
 
 /// Why a handshake did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +81,6 @@ pub struct TlsStream {
     rpos: usize,
     /// The socket reached EOF (rustls was told).
     eof: bool,
-    /// Ciphertext waiting for the socket (kept for reuse between writes).
-    wbuf: Vec<u8>,
 }
 
 /// Runs the server handshake on `tcp`. The caller bounds it with the handshake timeout.
@@ -99,7 +110,6 @@ async fn handshake(tcp: TcpStream, conn: Connection) -> Result<TlsStream, Handsh
         rbuf: Vec::new(),
         rpos: 0,
         eof: false,
-        wbuf: Vec::new(),
     };
     while s.conn.is_handshaking() {
         s.flush_tls().await.map_err(HandshakeError::Io)?;
@@ -125,6 +135,43 @@ async fn handshake(tcp: TcpStream, conn: Connection) -> Result<TlsStream, Handsh
     Ok(s)
 }
 
+/// How many bytes of a write of `len` plaintext bytes at address `addr` to encrypt as a short
+/// record of their own, so that the full records after it are not copied at an aliasing
+/// distance ([`ALIAS_WINDOW`]); 0 when the write is safe as it is or too short to matter.
+/// rustls cuts records every 16 KiB, a multiple of the page, so every record of a write sits
+/// at the write's own phase.
+fn alias_safe_split(addr: usize, len: usize) -> usize {
+    let distance = RECORD_PAYLOAD_PHASE.wrapping_sub(addr) % 4096;
+    if len > 4 * ALIAS_SHIFT && (1..=ALIAS_WINDOW).contains(&distance) {
+        ALIAS_SHIFT
+    } else {
+        0
+    }
+}
+
+/// Writes ciphertext to a socket without waiting: `sendmsg(2)` with `MSG_DONTWAIT`, so a full
+/// socket answers `WouldBlock` whatever the descriptor's mode (io_uring sockets are blocking).
+struct DirectSend(std::os::fd::RawFd);
+
+impl io::Write for DirectSend {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[io::IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        // SAFETY: the descriptor belongs to the `TcpStream` of the `TlsStream` that made this
+        // `DirectSend` for one `write_tls` call, during which the stream (and so the
+        // descriptor) stays alive and open.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) };
+        socket2::SockRef::from(&fd)
+            .send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A rustls error carried in an `io::Error` (see [`TlsStream::feed`]) is a TLS failure; the
 /// rest are socket errors.
 fn classify(e: io::Error) -> HandshakeError {
@@ -142,14 +189,13 @@ impl TlsStream {
         &self.conn
     }
 
-    /// Frees the ciphertext buffers unless they hold bytes not yet fed to rustls (an idle
+    /// Frees the ciphertext read buffer unless it holds bytes not yet fed to rustls (an idle
     /// connection keeps ~17 KiB less).
     pub fn release_buffers(&mut self) {
         if self.rpos >= self.rbuf.len() {
             self.rbuf = Vec::new();
             self.rpos = 0;
         }
-        self.wbuf = Vec::new();
     }
 
     /// The socket underneath (socket options and liveness probes only).
@@ -212,22 +258,26 @@ impl TlsStream {
         self.feed()
     }
 
-    /// Sends everything rustls has queued (handshake flights, records, alerts).
+    /// Sends everything rustls has queued (handshake flights, records, alerts), straight
+    /// from rustls' record buffers: a non-blocking `sendmsg(2)` of up to 64 records at a
+    /// time ([`DirectSend`]), waiting for the socket's write readiness when it is full. No
+    /// copy of the ciphertext is made in user space (a buffer of our own cost 8 % of a
+    /// shard relaying 1 MiB responses, loadtest/results/2026-12-03-vm/tls-1m-profile.md).
     async fn flush_tls(&mut self) -> io::Result<()> {
-        while self.conn.wants_write() {
-            let mut out = std::mem::take(&mut self.wbuf);
-            out.clear();
-            while self.conn.wants_write() && out.len() < WRITE_BATCH {
-                self.conn.write_tls(&mut out)?;
+        loop {
+            while self.conn.wants_write() {
+                match self.conn.write_tls(&mut DirectSend(self.tcp.as_raw_fd())) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
             }
-            let (res, out) = self.tcp.write_all(out).await;
-            self.wbuf = out;
-            res?;
+            if !self.conn.wants_write() {
+                return Ok(());
+            }
+            self.tcp.writable(false).await?;
         }
-        if self.wbuf.capacity() > WRITE_BATCH * 2 {
-            self.wbuf = Vec::new();
-        }
-        Ok(())
     }
 
     /// Reads plaintext into `dst` (at most `cap` bytes), waiting for the socket when
@@ -276,9 +326,23 @@ impl TlsStream {
     }
 
     async fn write_plain(&mut self, src: &[u8]) -> io::Result<usize> {
-        let n = self.conn.writer().write(src)?;
+        let n = self.encrypt(src)?;
         self.flush_tls().await?;
         Ok(n)
+    }
+
+    /// Hands plaintext to rustls (which encrypts it into records), first a short record when
+    /// `src` sits where copying it into record buffers would be slow ([`alias_safe_split`]).
+    fn encrypt(&mut self, src: &[u8]) -> io::Result<usize> {
+        let first = alias_safe_split(src.as_ptr() as usize, src.len());
+        if first == 0 {
+            return self.conn.writer().write(src);
+        }
+        let n = self.conn.writer().write(&src[..first])?;
+        if n < first {
+            return Ok(n);
+        }
+        Ok(n + self.conn.writer().write(&src[first..])?)
     }
 
     /// Waits until a read would return without waiting: buffered plaintext or ciphertext
@@ -369,7 +433,7 @@ impl AsyncWriteRent for TlsStream {
         for v in iovs {
             // SAFETY: as above.
             let src = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
-            match self.conn.writer().write(src) {
+            match self.encrypt(src) {
                 Ok(n) => {
                     total += n;
                     if n < src.len() {
@@ -389,5 +453,36 @@ impl AsyncWriteRent for TlsStream {
 
     async fn shutdown(&mut self) -> io::Result<()> {
         self.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_at_an_aliasing_phase_gets_a_short_first_record() {
+        // Payloads land at 5 modulo 4 KiB: a source at 0 (a fresh page) or just below a page
+        // boundary would be copied from 5 and 69 bytes behind its destination.
+        for addr in [0x7f00_0000_0000usize, 0x7f00_0000_0000 + 4096 - 64, 0x7f00_0000_0004] {
+            assert_eq!(alias_safe_split(addr, 64 * 1024), ALIAS_SHIFT, "{addr:#x}");
+            // After the short record the rest sits 256 bytes further: safe.
+            assert_eq!(alias_safe_split(addr + ALIAS_SHIFT, 64 * 1024 - ALIAS_SHIFT), 0);
+        }
+    }
+
+    #[test]
+    fn other_phases_and_short_writes_are_left_alone() {
+        for off in [5usize, 6, 200, 2048, 4096 - 200] {
+            assert_eq!(alias_safe_split(0x7f00_0000_0000 + off, 64 * 1024), 0, "{off}");
+        }
+        assert_eq!(alias_safe_split(0x7f00_0000_0000, 4 * ALIAS_SHIFT), 0);
+        // Every phase either is safe or becomes safe after the split.
+        for phase in 0..4096usize {
+            let addr = 0x1000_0000 + phase;
+            let first = alias_safe_split(addr, 16 * 1024);
+            let d = RECORD_PAYLOAD_PHASE.wrapping_sub(addr + first) % 4096;
+            assert!(!(1..=ALIAS_WINDOW).contains(&d), "phase {phase}");
+        }
     }
 }
