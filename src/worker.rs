@@ -205,7 +205,9 @@ async fn shard_main(start: ShardStart) -> ShardReport {
             let tick = tick_of.as_ref().map_or(Duration::from_secs(1), |a| {
                 a.flush.min(Duration::from_secs(1))
             });
+            let tick = tick.min(QUIET);
             let mut last_sweep = Instant::now();
+            let (mut last_activity, mut returned) = (0, false);
             loop {
                 monoio::select! {
                     _ = monoio::time::sleep(tick) => {}
@@ -216,6 +218,13 @@ async fn shard_main(start: ShardStart) -> ShardReport {
                 if now.duration_since(last_sweep) >= Duration::from_secs(1) {
                     ctx.pool.borrow_mut().sweep(now);
                     last_sweep = now;
+                }
+                let activity = ctx.stats.accepted.get() + ctx.stats.requests.get();
+                if activity != last_activity {
+                    (last_activity, returned) = (activity, false);
+                } else if !returned {
+                    give_back_free_memory();
+                    returned = true;
                 }
                 if let Some(log) = &ctx.access {
                     log.flush(&ctx.stats);
@@ -375,6 +384,21 @@ async fn switch(
     problems
 }
 
+/// How long a shard must go without accepting or serving before it gives its free memory
+/// back ([`give_back_free_memory`]).
+const QUIET: Duration = Duration::from_millis(250);
+
+/// Returns the calling shard's free memory to the kernel now. mimalloc does so lazily: pages
+/// emptied by a burst (2,000 TLS handshakes, each with its 16 KiB read buffer) are purged
+/// only when the thread next allocates, a second after, so a shard that went quiet kept them
+/// resident, ~8 KB per connection that stayed open (loadtest/results/2026-12-03-vm/
+/// tls-final.md). Once per quiet spell, never while traffic flows.
+fn give_back_free_memory() {
+    // SAFETY: mi_collect has no preconditions: it frees the calling thread's empty pages and
+    // purges unused memory; it reads no memory of ours. Exercised by the test below.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 async fn next_query(rx: &mut mpsc::UnboundedReceiver<ShardQuery>) -> Option<ShardQuery> {
     std::future::poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut *rx), cx))
         .await
@@ -512,4 +536,45 @@ fn has_queued(listener: &TcpListener) -> bool {
     // tests/shutdown.rs (connections queued while the proxy is stopped are all served).
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     n == 1 && pfd.revents & libc::POLLIN != 0
+}
+
+#[cfg(test)]
+mod tests {
+    fn rss_kib() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4
+    }
+
+    #[test]
+    fn an_idle_shard_returns_the_memory_a_burst_freed() {
+        std::thread::spawn(|| {
+            // 64 MiB in TLS-record-sized blocks from mimalloc (the binary's allocator), all
+            // touched, then all freed: mimalloc keeps them resident until told.
+            let blocks: Vec<_> = (0..4096)
+                .map(|_| {
+                    // SAFETY: a plain allocation, checked, written within its size, freed once.
+                    unsafe {
+                        let p = libmimalloc_sys::mi_malloc(16 * 1024).cast::<u8>();
+                        assert!(!p.is_null());
+                        p.write_bytes(1, 16 * 1024);
+                        p
+                    }
+                })
+                .collect();
+            let full = rss_kib();
+            for p in blocks {
+                // SAFETY: allocated above by mi_malloc, freed once.
+                unsafe { libmimalloc_sys::mi_free(p.cast()) };
+            }
+            super::give_back_free_memory();
+            let after = rss_kib();
+            assert!(
+                full.saturating_sub(after) > 32 * 1024,
+                "RSS {full} KiB with the blocks, {after} KiB after giving them back"
+            );
+        })
+        .join()
+        .unwrap();
+    }
 }

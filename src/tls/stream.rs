@@ -17,9 +17,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
-use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, CancelHandle, CancelableAsyncReadRent,
-};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, CancelHandle, CancelableAsyncReadRent};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 use rustls::pki_types::ServerName;
@@ -464,17 +462,28 @@ mod tests {
     fn a_write_at_an_aliasing_phase_gets_a_short_first_record() {
         // Payloads land at 5 modulo 4 KiB: a source at 0 (a fresh page) or just below a page
         // boundary would be copied from 5 and 69 bytes behind its destination.
-        for addr in [0x7f00_0000_0000usize, 0x7f00_0000_0000 + 4096 - 64, 0x7f00_0000_0004] {
+        for addr in [
+            0x7f00_0000_0000usize,
+            0x7f00_0000_0000 + 4096 - 64,
+            0x7f00_0000_0004,
+        ] {
             assert_eq!(alias_safe_split(addr, 64 * 1024), ALIAS_SHIFT, "{addr:#x}");
             // After the short record the rest sits 256 bytes further: safe.
-            assert_eq!(alias_safe_split(addr + ALIAS_SHIFT, 64 * 1024 - ALIAS_SHIFT), 0);
+            assert_eq!(
+                alias_safe_split(addr + ALIAS_SHIFT, 64 * 1024 - ALIAS_SHIFT),
+                0
+            );
         }
     }
 
     #[test]
     fn other_phases_and_short_writes_are_left_alone() {
         for off in [5usize, 6, 200, 2048, 4096 - 200] {
-            assert_eq!(alias_safe_split(0x7f00_0000_0000 + off, 64 * 1024), 0, "{off}");
+            assert_eq!(
+                alias_safe_split(0x7f00_0000_0000 + off, 64 * 1024),
+                0,
+                "{off}"
+            );
         }
         assert_eq!(alias_safe_split(0x7f00_0000_0000, 4 * ALIAS_SHIFT), 0);
         // Every phase either is safe or becomes safe after the split.
