@@ -13,7 +13,7 @@ use crate::config::{SpliceConfig, Timeouts};
 use crate::http::chunked::{encode_chunk, encode_last_chunk, ChunkedDecoder};
 use crate::http::encode::OutFraming;
 use crate::http::parse::{parse_response, BodyFraming, HeadLimits, Parsed, ResponseHead};
-use crate::io::{read_more, read_more_at_most, write_from, Deadline, IoFail};
+use crate::io::{read_more, read_more_at_most, write_from, write_two_from, Deadline, IoFail};
 
 /// Why a body relay stopped early.
 #[derive(Debug)]
@@ -171,6 +171,33 @@ impl<'a> Leg<'a> {
             .map_err(RelayError::Write)
     }
 
+    /// Writes all of `out`, then `buf[from..to]`, to `dst` in vectored writes, and empties
+    /// `out`.
+    pub async fn flush_with<D: AsyncWriteRent>(
+        &mut self,
+        dst: &mut D,
+        out: &mut Vec<u8>,
+        buf: &mut Vec<u8>,
+        from: usize,
+        to: usize,
+    ) -> Result<(), RelayError> {
+        *self.written = true;
+        let n = out.len();
+        write_two_from(
+            dst,
+            out,
+            0..n,
+            buf,
+            from..to,
+            self.deadline,
+            self.write_timeout,
+        )
+        .await
+        .map_err(RelayError::Write)?;
+        out.clear();
+        Ok(())
+    }
+
     /// Writes all of `out` to `dst` and empties it.
     pub async fn flush<D: AsyncWriteRent>(
         &mut self,
@@ -257,6 +284,10 @@ pub async fn relay_body<S: AsyncReadRent, D: AsyncWriteRent>(
                 } else if out.is_empty() && len >= 4096 {
                     // Large piece, nothing pending: write straight from the read buffer.
                     leg.write(dst, inbuf, data.0, data.1).await?;
+                } else if len >= 4096 {
+                    // Large piece behind a pending head: both in one vectored write, the
+                    // piece from the read buffer (not copied behind the head).
+                    leg.flush_with(dst, out, inbuf, data.0, data.1).await?;
                 } else {
                     out.extend_from_slice(&inbuf[data.0..data.1]);
                 }
