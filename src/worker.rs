@@ -16,7 +16,6 @@ use futures_channel::{mpsc, oneshot};
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
 
-use crate::client::ListenerSide;
 use crate::config::IoEngine;
 use crate::notify::Notify;
 use crate::observe::access::LogSink;
@@ -466,8 +465,8 @@ async fn accept_loop(
 }
 
 /// Serves an accepted connection, with the settings its listener has in the snapshot in
-/// force, unless the shard is at `max_connections_per_shard`: then the stream is dropped
-/// (the client sees a TCP close).
+/// force, unless the shard is at `max_connections_per_shard`, or that snapshot does not have
+/// the listener: then the stream is dropped (the client sees a TCP close) and counted.
 fn admit(
     common: &ShardCommon,
     stream: monoio::net::TcpStream,
@@ -478,19 +477,24 @@ fn admit(
     let Some(ctx) = common.current() else {
         return;
     };
+    bump(&ctx.stats.accepted);
     // It names the listener: a reload closes a removed listener's accept loops before it
-    // switches the shard, and starts an added one's after. (Were it missing, the connection
-    // would be one more queued on a closed port, and is closed like those.)
-    let Some(index) = ctx.shared.listener(id) else {
+    // switches the shard, and starts an added one's after, on the latest snapshot only.
+    // (Were it missing, the connection would be one more queued on a closed port, and is
+    // closed like those.)
+    let Some(listener) = ctx.shared.listener(id).and_then(|i| ctx.listeners.get(i)) else {
+        bump(&ctx.stats.rejected_no_listener);
+        if ctx.errors.allow(&ctx.stats) {
+            tracing::warn!(shard = ctx.id, listener = %id, "connection closed at accept: the configuration in force on this shard has no such listener");
+        }
         return;
     };
-    bump(&ctx.stats.accepted);
     if ctx.active.get() >= ctx.shared.config.limits.max_connections_per_shard {
         bump(&ctx.stats.rejected_conn_limit);
         drop(stream);
         return;
     }
-    let listener = Rc::new(ListenerSide::of(&ctx.shared, index));
+    let listener = listener.clone();
     let guard = ActiveGuard::new(&ctx);
     monoio::spawn(async move {
         crate::conn::serve(ctx, stream, peer, Instant::now(), listener).await;
