@@ -10,7 +10,8 @@
 //! listener some shard does not take (or a shard that does not answer in time) is reported to
 //! the caller as an error, the configuration being in force otherwise. Listeners are matched
 //! by address ([`crate::snapshot::ListenerId`]), so one that remains keeps its sockets
-//! wherever it moved in the file. The health prober is restarted on the new backend
+//! wherever it moved in the file. Kept TLS listeners re-read their certificates only once
+//! nothing can refuse the reload. The health prober is restarted on the new backend
 //! set, resuming from the carried states. One reload runs at a time, and none during a binary
 //! upgrade (the callers hold the `Reloader` in a mutex); nothing here is on the request path.
 
@@ -26,7 +27,7 @@ use crate::dns::Dns;
 use crate::health::prober::{ProbeTarget, ProberHandle};
 use crate::listening::{Changes, Failed, Listening, OpenError, Opened};
 use crate::snapshot::{ListenerId, Published, Shared};
-use crate::tls::{TlsError, TlsListeners};
+use crate::tls::{TlsError, TlsListener, TlsListeners};
 use crate::worker::{ShardQuery, ShardReload, Switched};
 
 /// How long a reload waits for every shard to switch.
@@ -263,7 +264,8 @@ impl Reloader {
         if self.stopping && !changes.is_empty() {
             return Err(ReloadError::Stopping(stopping(&old, &changes)));
         }
-        let tls = Arc::new(carry_tls(&old, &config)?);
+        let (tls, kept) = carry_tls(&old, &config)?;
+        let tls = Arc::new(tls);
         let notes = restart_only_changes(&old.config, &config);
         // Host names: new ones are resolved now (one that does not resolve refuses the
         // reload); the others keep their last good answer.
@@ -286,6 +288,9 @@ impl Reloader {
                     return Err(e.into());
                 }
             };
+        // Nothing refuses the reload from here on: only now are the kept listeners'
+        // certificates re-read in place (they are those in force too).
+        reread_certificates(&kept);
         dns.track(&config);
         let resolved = dns.apply(&config);
         drop(dns);
@@ -458,13 +463,16 @@ fn stopping(old: &Shared, changes: &Changes) -> Vec<String> {
 
 /// The listeners' TLS for `config`: a listener whose address, position and `tls` settings
 /// are unchanged keeps its TLS state (certificate store and its counters, rustls
-/// configuration) and re-reads its certificates in place, as SIGHUP always did (a bad file
-/// is logged and counted by the TLS layer, which keeps the certificates in force); others
-/// are built from the file (a moved one too: its metrics are labelled by position). The
-/// session-ticket keys in force are kept for all, so clients resume across the reload. Every
-/// file is also read here to validate the whole configuration, whatever changed.
-fn carry_tls(old: &Shared, config: &Config) -> Result<TlsListeners, ReloadError> {
-    let kept: Vec<Option<Arc<crate::tls::TlsListener>>> = ListenerId::all(&config.listeners)
+/// configuration), returned second so that its certificates are re-read in place once the
+/// reload can no longer be refused ([`reread_certificates`]); others are built from the file
+/// (a moved one too: its metrics are labelled by position). The session-ticket keys in force
+/// are kept for all, so clients resume across the reload. Every file is read here to
+/// validate the whole configuration, whatever changed; nothing in force is touched.
+fn carry_tls(
+    old: &Shared,
+    config: &Config,
+) -> Result<(TlsListeners, Vec<Arc<TlsListener>>), ReloadError> {
+    let kept: Vec<Option<Arc<TlsListener>>> = ListenerId::all(&config.listeners)
         .into_iter()
         .zip(&config.listeners)
         .map(|(id, l)| {
@@ -474,16 +482,8 @@ fn carry_tls(old: &Shared, config: &Config) -> Result<TlsListeners, ReloadError>
             same.then(|| old.tls.get(j).cloned()).flatten()
         })
         .collect();
-    for k in kept.iter().flatten() {
-        match k.store.reload(true) {
-            Some(Ok(())) => tracing::info!(listener = %k.key_path, "certificates reloaded"),
-            Some(Err(e)) => {
-                tracing::error!("certificate reload failed, keeping the certificates in force: {e}")
-            }
-            None => {}
-        }
-    }
     let built = TlsListeners::build_with(config, old.tls.ticketer())?;
+    let reread = kept.iter().flatten().cloned().collect();
     let listeners = built
         .listeners
         .into_iter()
@@ -492,10 +492,28 @@ fn carry_tls(old: &Shared, config: &Config) -> Result<TlsListeners, ReloadError>
         .collect();
     // Upstreams are indexed by position, which a reload may change: their TLS clients
     // always come from the new file.
-    Ok(TlsListeners {
-        listeners,
-        upstreams: built.upstreams,
-    })
+    Ok((
+        TlsListeners {
+            listeners,
+            upstreams: built.upstreams,
+        },
+        reread,
+    ))
+}
+
+/// Re-reads the certificates of the TLS listeners a reload keeps, in place, as SIGHUP always
+/// did: a file that went bad since it was validated is logged and counted by the TLS layer,
+/// which keeps the certificates in force.
+fn reread_certificates(kept: &[Arc<TlsListener>]) {
+    for k in kept {
+        match k.store.reload(true) {
+            Some(Ok(())) => tracing::info!(listener = %k.key_path, "certificates reloaded"),
+            Some(Err(e)) => {
+                tracing::error!("certificate reload failed, keeping the certificates in force: {e}")
+            }
+            None => {}
+        }
+    }
 }
 
 /// Settings read once at start-up that differ between `old` and `new`.
@@ -620,7 +638,7 @@ mod tests {
             ],
         );
         let kept = |new: &Shared, i: usize, j: usize| {
-            let tls = carry_tls(&old, &new.config).unwrap();
+            let (tls, _) = carry_tls(&old, &new.config).unwrap();
             Arc::ptr_eq(tls.get(i).unwrap(), old.tls.get(j).unwrap())
         };
         // The same file: both keep their state.
@@ -651,8 +669,15 @@ mod tests {
             ],
         );
         assert!(kept(&changed, 0, 0) && !kept(&changed, 1, 1));
-        let tls = carry_tls(&old, &changed.config).unwrap();
+        let (tls, kept) = carry_tls(&old, &changed.config).unwrap();
+        assert_eq!(kept.len(), 1, "the unchanged one is re-read, later");
         assert_eq!(tls.get(1).unwrap().hsts.as_deref(), Some("max-age=3"));
+        // Nothing in force was touched (a reload refused after this must change nothing):
+        // the kept listener's certificates are re-read only when asked, later.
+        let store = &old.tls.get(0).unwrap().store;
+        assert_eq!(store.reloads_ok.load(Ordering::Relaxed), 0);
+        reread_certificates(&kept);
+        assert_eq!(store.reloads_ok.load(Ordering::Relaxed), 1);
         // Ticket keys are those in force, for rebuilt listeners too.
         let before = old.tls.ticketer().unwrap();
         for t in [tls.get(0), tls.get(1)].into_iter().flatten() {
