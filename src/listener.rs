@@ -2,7 +2,8 @@
 //! per configured address, created with `socket2` on the main thread so that a port in use is
 //! reported before any shard starts, and so that `:0` resolves to one port shared by all shards.
 //! An address another process already listens on is refused, naming that process (its own
-//! `SO_REUSEPORT` sockets would otherwise join the other's group and take half its traffic).
+//! `SO_REUSEPORT` sockets would otherwise join the other's group and take half its traffic);
+//! one this process holds is an overlapping `[[listener]]` of its own ([`overlaps`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,6 +16,10 @@ pub enum ListenError {
     InUse { addr: SocketAddr },
     #[error("cannot listen on {addr}: the address is already in use: {holder} listens on it (a second listener with SO_REUSEPORT would silently take part of its connections); stop that process or change [[listener]] address")]
     Owned { addr: SocketAddr, holder: Holder },
+    /// This very process holds it: another of its `[[listener]]` addresses, or its
+    /// `[admin]` one, overlaps it (see [`overlaps`]).
+    #[error("cannot listen on {addr}: this process itself listens on it or on an overlapping address (another [[listener]], or [admin]: the same port on the same or a wildcard address); change one of them")]
+    Overlaps { addr: SocketAddr },
     #[error("cannot listen on {addr}: permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE")]
     Denied { addr: SocketAddr },
     #[error("cannot listen on {addr}: the address is not available on this host")]
@@ -169,7 +174,7 @@ impl std::fmt::Display for Holder {
 
 /// Fails with [`ListenError::Owned`] if some process already listens on `addr`: a socket
 /// without `SO_REUSEPORT` cannot bind an address that a listener holds (`SO_REUSEADDR`
-/// lets it pass sockets merely in TIME_WAIT).
+/// lets it pass sockets merely in TIME_WAIT); [`ListenError::Overlaps`] if this process does.
 fn probe_unowned(addr: SocketAddr) -> Result<(), ListenError> {
     let other = |source| ListenError::Other { addr, source };
     let probe =
@@ -177,10 +182,13 @@ fn probe_unowned(addr: SocketAddr) -> Result<(), ListenError> {
     probe.set_reuse_address(true).map_err(other)?;
     match probe.bind(&addr.into()) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(ListenError::Owned {
-            addr,
-            holder: Holder(find_listener_pid(addr)),
-        }),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => match find_listener_pid(addr) {
+            Some((pid, _)) if pid == std::process::id() => Err(ListenError::Overlaps { addr }),
+            found => Err(ListenError::Owned {
+                addr,
+                holder: Holder(found),
+            }),
+        },
         // Permission and availability errors are reported by the real bind, worded for them.
         Err(_) => Ok(()),
     }
@@ -246,6 +254,43 @@ fn listening_inode(line: &str, addr: SocketAddr) -> Option<u64> {
     };
     let same = ip == addr.ip() || ip.is_unspecified() || addr.ip().is_unspecified();
     same.then(|| inode.parse().ok()).flatten()
+}
+
+/// Whether one process cannot listen on both `a` and `b` (the probe of [`take_over`] would
+/// refuse the second): the same port (not `:0`), and the same address or a wildcard on either
+/// side. Across families, `[::]` covers every IPv4 address when `dual_stack` (Linux's
+/// default, `net.ipv6.bindv6only = 0`: see [`dual_stack`]), and an IPv4-mapped IPv6 address
+/// is its IPv4 address.
+pub fn overlaps(a: SocketAddr, b: SocketAddr, dual_stack: bool) -> bool {
+    use std::net::IpAddr;
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let covers = |x: IpAddr, y: IpAddr| x == y || x.is_unspecified() || y.is_unspecified();
+    match (a.ip(), b.ip()) {
+        (IpAddr::V4(v4), IpAddr::V6(v6)) | (IpAddr::V6(v6), IpAddr::V4(v4)) => {
+            match v6.to_ipv4_mapped() {
+                Some(mapped) => covers(mapped.into(), v4.into()),
+                None => v6.is_unspecified() && dual_stack,
+            }
+        }
+        (x, y) => covers(x, y),
+    }
+}
+
+/// Whether an IPv6 wildcard socket also takes IPv4 connections here: this process's sockets
+/// do not set `IPV6_V6ONLY`, so `net.ipv6.bindv6only` decides (0, the default, if unreadable).
+pub fn dual_stack() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").map_or(true, |v| v.trim() == "0")
+}
+
+/// Takes a listening socket out of its `SO_REUSEPORT` group at once and closes it:
+/// `shutdown(2)` acts on the socket, whatever other descriptors of it are open, so a
+/// duplicate or a copy that another thread registered elsewhere no longer gets connections
+/// either (closing one descriptor alone would leave the socket listening while another is
+/// open). Connections waiting in its queue are reset.
+pub fn close_listening(socket: std::net::TcpListener) {
+    let _ = socket2::SockRef::from(&socket).shutdown(std::net::Shutdown::Both);
 }
 
 /// Sets the TCP congestion control of a connected socket (`server.upstream_congestion`).
@@ -332,5 +377,66 @@ mod tests {
         );
         let (accepted, _) = l.accept().unwrap();
         assert_eq!(accepted.peer_addr().unwrap(), before.local_addr().unwrap());
+    }
+
+    #[test]
+    fn overlapping_addresses_share_a_port_and_an_address_or_a_wildcard() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let both = |a: &str, b: &str, dual: bool| {
+            let (x, y) = (overlaps(at(a), at(b), dual), overlaps(at(b), at(a), dual));
+            assert_eq!(x, y, "{a} {b}: symmetric");
+            x
+        };
+        assert!(both("0.0.0.0:8080", "127.0.0.1:8080", true));
+        assert!(both("127.0.0.1:8080", "127.0.0.1:8080", false));
+        assert!(!both("127.0.0.1:8080", "127.0.0.2:8080", true));
+        assert!(!both("0.0.0.0:8080", "127.0.0.1:8081", true));
+        assert!(
+            !both("127.0.0.1:0", "127.0.0.1:0", true),
+            ":0 is a fresh port"
+        );
+        assert!(both("[::]:443", "[::1]:443", false));
+        // [::] takes IPv4 too unless bindv6only is set.
+        assert!(both("[::]:443", "0.0.0.0:443", true));
+        assert!(both("[::]:443", "127.0.0.1:443", true));
+        assert!(!both("[::]:443", "0.0.0.0:443", false));
+        assert!(
+            !both("[::1]:443", "0.0.0.0:443", true),
+            "0.0.0.0 is IPv4 only"
+        );
+        assert!(both("[::ffff:127.0.0.1]:443", "127.0.0.1:443", false));
+        assert!(both("[::ffff:127.0.0.1]:443", "0.0.0.0:443", false));
+    }
+
+    /// Two overlapping addresses of one file: the second is refused as such, not blamed on
+    /// "process <our own PID>".
+    #[test]
+    fn overlapping_addresses_of_one_file_are_refused_as_such() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addrs = [
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SocketAddr::from(([0, 0, 0, 0], port)),
+        ];
+        let e = bind_all(&addrs, 1, None, Ownership::Exclusive).expect_err("refused");
+        assert!(
+            matches!(e, ListenError::Overlaps { addr } if addr == addrs[1]),
+            "{e}"
+        );
+    }
+
+    /// A duplicate kept elsewhere does not keep a closed listener in LISTEN.
+    #[test]
+    fn close_listening_stops_the_socket_whatever_other_descriptors_are_open() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let dup = l.try_clone().unwrap();
+        close_listening(l);
+        let e = std::net::TcpStream::connect(addr).expect_err("refused");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        drop(dup);
     }
 }

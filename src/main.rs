@@ -254,6 +254,15 @@ fn reload(
                 );
             }
         }
+        Some(v) if v["applied"] == true => {
+            eprintln!(
+                "reloaded with errors: generation {} is in force, but:",
+                v["generation"]
+            );
+            for e in v["errors"].as_array().into_iter().flatten() {
+                eprintln!("  {}", e.as_str().unwrap_or_default());
+            }
+        }
         Some(v) => {
             eprintln!("reload failed; the configuration in force is unchanged:");
             for e in v["errors"].as_array().into_iter().flatten() {

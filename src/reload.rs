@@ -6,9 +6,12 @@
 //! keep their drain flag and health state), publishes it, and tells every shard, which
 //! closes the accept loops of removed listeners, switches between requests
 //! ([`crate::shard::ShardCtx::successor`]: pooled connections, passive-check state, breakers
-//! and counters carried over by backend identity) and accepts on the added ones. Listeners
-//! are matched by address ([`crate::snapshot::ListenerId`]), so one that remains keeps its
-//! sockets wherever it moved in the file. The health prober is restarted on the new backend
+//! and counters carried over by backend identity) and accepts on the added ones; an added
+//! listener some shard does not take (or a shard that does not answer in time) is reported to
+//! the caller as an error, the configuration being in force otherwise. Listeners are matched
+//! by address ([`crate::snapshot::ListenerId`]), so one that remains keeps its sockets
+//! wherever it moved in the file. Kept TLS listeners re-read their certificates only once
+//! nothing can refuse the reload. The health prober is restarted on the new backend
 //! set, resuming from the carried states. One reload runs at a time, and none during a binary
 //! upgrade (the callers hold the `Reloader` in a mutex); nothing here is on the request path.
 
@@ -22,10 +25,10 @@ use futures_channel::mpsc::UnboundedSender;
 use crate::config::{Config, ConfigError};
 use crate::dns::Dns;
 use crate::health::prober::{ProbeTarget, ProberHandle};
-use crate::listening::{Changes, Listening, OpenError, Opened};
+use crate::listening::{Changes, Failed, Listening, OpenError, Opened};
 use crate::snapshot::{ListenerId, Published, Shared};
-use crate::tls::{TlsError, TlsListeners};
-use crate::worker::{ShardQuery, ShardReload};
+use crate::tls::{TlsError, TlsListener, TlsListeners};
+use crate::worker::{ShardQuery, ShardReload, Switched};
 
 /// How long a reload waits for every shard to switch.
 const SHARD_SWITCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,8 +46,9 @@ pub enum ReloadError {
     Dns(Vec<String>),
     #[error("{0}")]
     Listen(#[from] OpenError),
-    #[error("listener: this process is stopping (a drain or a binary upgrade): listeners are not added or removed now; reload the process that serves next")]
-    Stopping,
+    /// One line per listener the file adds or removes, each with its key path.
+    #[error("{}", .0.join("\n"))]
+    Stopping(Vec<String>),
 }
 
 /// Counts of reloads, and what the configuration in force is, for `/metrics` and `/status`.
@@ -78,12 +82,16 @@ impl ReloadStats {
 /// What a reload did, as reported to its caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
+    /// Everything in the file is in force (and `errors` is empty).
     pub ok: bool,
+    /// The file's configuration was put in force: always when `ok`; when not, some shard
+    /// does not serve a listener the file adds (`errors` says which; the rest is in force).
+    pub applied: bool,
     /// The snapshot generation in force after the attempt.
     pub generation: u64,
-    /// One line per problem, each with its key path (failure only).
+    /// One line per problem, each with its key path.
     pub errors: Vec<String>,
-    /// Changes that were not applied and need a restart (success only).
+    /// Changes that were not applied and need a restart (when `applied`).
     pub notes: Vec<String>,
 }
 
@@ -91,11 +99,19 @@ impl Outcome {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "result": if self.ok { "ok" } else { "failed" },
+            "applied": self.applied,
             "generation": self.generation,
             "errors": self.errors,
             "not_applied": self.notes,
         })
     }
+}
+
+/// What a reload that was put in force reports: settings that need a restart, and the
+/// added listeners some shard does not serve.
+struct Applied {
+    notes: Vec<String>,
+    errors: Vec<String>,
 }
 
 /// Owns what a reload replaces besides the snapshot: the prober and the certificate watcher.
@@ -189,12 +205,12 @@ impl Reloader {
     }
 
     /// Re-reads the file and puts it in force on every shard, or changes nothing. Logs the
-    /// outcome (every error with its key path) and counts it.
+    /// outcome (every error with its key path, once) and counts it: a reload put in force
+    /// with an added listener some shard does not serve counts as failed.
     pub fn reload(&mut self) -> Outcome {
         let started = Instant::now();
         match self.try_reload() {
-            Ok(notes) => {
-                self.stats.ok.fetch_add(1, Ordering::Relaxed);
+            Ok(Applied { notes, errors }) => {
                 let generation = self.published.generation();
                 tracing::info!(
                     generation,
@@ -204,10 +220,21 @@ impl Reloader {
                 for n in &notes {
                     tracing::warn!("reload: not applied until restart: {n}");
                 }
+                for e in &errors {
+                    tracing::error!("reload: {e}");
+                }
+                let ok = errors.is_empty();
+                let counter = if ok {
+                    &self.stats.ok
+                } else {
+                    &self.stats.failed
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 Outcome {
-                    ok: true,
+                    ok,
+                    applied: true,
                     generation,
-                    errors: Vec::new(),
+                    errors,
                     notes,
                 }
             }
@@ -219,6 +246,7 @@ impl Reloader {
                 }
                 Outcome {
                     ok: false,
+                    applied: false,
                     generation: self.published.generation(),
                     errors,
                     notes: Vec::new(),
@@ -227,17 +255,18 @@ impl Reloader {
         }
     }
 
-    fn try_reload(&mut self) -> Result<Vec<String>, ReloadError> {
+    fn try_reload(&mut self) -> Result<Applied, ReloadError> {
         let path = self.path.clone().ok_or(ReloadError::NoFile)?;
         let text = std::fs::read(&path).unwrap_or_default();
         let config = Config::load(&path)?;
         let old = self.published.load();
         let changes = Changes::between(&old, &config);
         if self.stopping && !changes.is_empty() {
-            return Err(ReloadError::Stopping);
+            return Err(ReloadError::Stopping(stopping(&old, &changes)));
         }
-        let tls = Arc::new(carry_tls(&old, &config)?);
-        let mut notes = restart_only_changes(&old.config, &config);
+        let (tls, kept) = carry_tls(&old, &config)?;
+        let tls = Arc::new(tls);
+        let notes = restart_only_changes(&old.config, &config);
         // Host names: new ones are resolved now (one that does not resolve refuses the
         // reload); the others keep their last good answer.
         let mut dns = self.dns.lock().unwrap_or_else(|p| p.into_inner());
@@ -248,33 +277,38 @@ impl Reloader {
         // Added listeners are bound last: a reload refused before binds nothing, and one
         // refused here closes what it bound. `congestion.client` is the one in force (it
         // changes at restart only).
-        let opened = match self
-            .listening
-            .open(changes, old.config.congestion.client.as_deref())
-        {
-            Ok(o) => o,
-            Err(e) => {
-                dns.configure(&self.base.dns);
-                return Err(e.into());
-            }
-        };
+        let opened =
+            match self
+                .listening
+                .open(&old, changes, old.config.congestion.client.as_deref())
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    dns.configure(&self.base.dns);
+                    return Err(e.into());
+                }
+            };
+        // Nothing refuses the reload from here on: only now are the kept listeners'
+        // certificates re-read in place (they are those in force too).
+        reread_certificates(&kept);
         dns.track(&config);
         let resolved = dns.apply(&config);
         drop(dns);
         self.base = config;
-        notes.extend(self.put_in_force(resolved, &old, tls.clone(), Some(opened)));
+        let errors = self.put_in_force(resolved, &old, tls.clone(), Some(opened));
         self.watch(tls);
         *self.stats.version.lock().unwrap_or_else(|p| p.into_inner()) =
             format!("{:08x}", crc32fast::hash(&text));
         self.stats
             .loaded_unix
             .store(crate::observe::admin::unix_now(), Ordering::Relaxed);
-        Ok(notes)
+        Ok(Applied { notes, errors })
     }
 
     /// Publishes `config` as the next snapshot, switches every shard to it (closing the
     /// listeners `opened` removes and accepting on those it adds) and restarts the prober on
-    /// its backends (resuming from the carried states). Returns what a shard could not do.
+    /// its backends (resuming from the carried states). Returns a line for each added
+    /// listener some shard does not serve.
     fn put_in_force(
         &mut self,
         config: Config,
@@ -284,7 +318,7 @@ impl Reloader {
     ) -> Vec<String> {
         let next = Arc::new(Shared::reloaded(config, old, tls));
         self.published.publish(next.clone());
-        let problems = self.switch_shards(opened);
+        let errors = self.switch_shards(opened);
         if let Some(p) = self.prober.take() {
             p.stop();
         }
@@ -296,7 +330,7 @@ impl Reloader {
             Ok(p) => self.prober = Some(p),
             Err(e) => tracing::error!(error = %e, "reload: cannot restart the health prober"),
         }
-        problems
+        errors
     }
 
     /// A host name's answer changed (the DNS thread): the file's configuration in force with
@@ -310,6 +344,7 @@ impl Reloader {
             .apply(&self.base);
         let old = self.published.load();
         let tls = old.tls.clone();
+        // No listener changes: nothing to report but a late shard, which is logged.
         self.put_in_force(config, &old, tls, None);
         tracing::info!(
             generation = self.published.generation(),
@@ -319,69 +354,125 @@ impl Reloader {
     }
 
     /// Tells every shard to switch (with its sockets of the listeners `opened` adds, and
-    /// those it removes) and waits until each has (a stopped shard does not answer; the
-    /// wait is bounded). Then the listener set in force is `opened`'s. Returns what a shard
-    /// could not do.
+    /// those it removes) and waits until each has (the wait is bounded). Then the listener
+    /// set in force is `opened`'s, less the sockets a shard did not take (closed, see
+    /// [`Listening::apply`]). Returns a line for each added listener some shard does not
+    /// serve.
     fn switch_shards(&mut self, mut opened: Option<Opened>) -> Vec<String> {
-        let (tx, rx) = std::sync::mpsc::channel();
         let close: Vec<ListenerId> = opened
             .as_ref()
             .map(|o| o.removed().to_vec())
             .unwrap_or_default();
-        let mut asked = 0;
-        for (shard, q) in self.shards.iter().enumerate() {
-            let open = opened
-                .as_mut()
-                .and_then(|o| o.per_shard.get_mut(shard))
-                .map(std::mem::take)
-                .unwrap_or_default();
-            let r = ShardReload {
-                done: tx.clone(),
-                open,
-                close: close.clone(),
-            };
-            if q.unbounded_send(ShardQuery::Reload(r)).is_ok() {
-                asked += 1;
-            }
+        let open = match opened.as_mut() {
+            Some(o) => std::mem::take(&mut o.per_shard),
+            None => Vec::new(),
+        };
+        let (asked, mut failed) = ask_shards(&self.shards, open, &close);
+        failed.extend(await_shards(asked, SHARD_SWITCH_TIMEOUT));
+        match opened {
+            Some(o) => self.listening.apply(o, &failed),
+            None => Vec::new(),
         }
-        drop(tx);
-        let mut problems = Vec::new();
-        let until = Instant::now() + SHARD_SWITCH_TIMEOUT;
-        for _ in 0..asked {
-            let left = until.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok((_, p)) => problems.extend(p),
-                Err(_) => {
-                    tracing::warn!("reload: a shard did not switch in time (stopping?)");
-                    break;
-                }
-            }
-        }
-        for p in &problems {
-            tracing::error!("reload: {p}");
-        }
-        if let Some(o) = opened {
-            for (key, addr) in &o.bound {
-                tracing::info!(listener = %key, "reload: listening on {addr}");
-            }
-            for id in o.removed() {
-                tracing::info!("reload: stopped listening on {id}");
-            }
-            self.listening.apply(o);
-        }
-        problems
     }
+}
+
+/// The shards a reload asked to switch, waiting for their answers: each one's id and the
+/// added listeners it was sent a socket of.
+struct Asked {
+    answers: std::sync::mpsc::Receiver<Switched>,
+    waiting: Vec<(usize, Vec<ListenerId>)>,
+}
+
+/// Sends each shard its [`ShardReload`] (`open[shard]`: its sockets of the added listeners;
+/// `close`: the removed listeners). A shard that is not running any more (its queue closed)
+/// gets nothing: its sockets are dropped with the message and reported failed.
+fn ask_shards(
+    shards: &[UnboundedSender<ShardQuery>],
+    mut open: Vec<Vec<(ListenerId, std::net::TcpListener)>>,
+    close: &[ListenerId],
+) -> (Asked, Vec<Failed>) {
+    let (tx, answers) = std::sync::mpsc::channel();
+    let mut waiting = Vec::new();
+    let mut failed = Vec::new();
+    for (shard, q) in shards.iter().enumerate() {
+        let open = open.get_mut(shard).map(std::mem::take).unwrap_or_default();
+        let ids: Vec<ListenerId> = open.iter().map(|(id, _)| *id).collect();
+        let r = ShardReload {
+            done: tx.clone(),
+            open,
+            close: close.to_vec(),
+        };
+        if q.unbounded_send(ShardQuery::Reload(r)).is_ok() {
+            waiting.push((shard, ids));
+        } else {
+            failed.extend(ids.into_iter().map(|listener| Failed {
+                shard,
+                listener,
+                why: format!("shard {shard} is not running"),
+            }));
+        }
+    }
+    (Asked { answers, waiting }, failed)
+}
+
+/// Waits up to `timeout` for every shard `asked` to answer; returns the added sockets the
+/// shards could not take, and those of every shard that did not answer in time (a stopped
+/// or stuck shard: logged once; should it switch later, it finds its socket shut down).
+fn await_shards(mut asked: Asked, timeout: Duration) -> Vec<Failed> {
+    let mut failed = Vec::new();
+    let until = Instant::now() + timeout;
+    while !asked.waiting.is_empty() {
+        let left = until.saturating_duration_since(Instant::now());
+        let Ok(answer) = asked.answers.recv_timeout(left) else {
+            break;
+        };
+        asked.waiting.retain(|(shard, _)| *shard != answer.shard);
+        failed.extend(answer.failed.into_iter().map(|(listener, why)| Failed {
+            shard: answer.shard,
+            listener,
+            why,
+        }));
+    }
+    for (shard, ids) in asked.waiting {
+        tracing::warn!(
+            shard,
+            "reload: the shard did not switch within {timeout:?} (stopping?)"
+        );
+        failed.extend(ids.into_iter().map(|listener| Failed {
+            shard,
+            listener,
+            why: format!("shard {shard} did not switch within {timeout:?}"),
+        }));
+    }
+    failed
+}
+
+/// The lines of [`ReloadError::Stopping`]: each listener `changes` adds or removes.
+fn stopping(old: &Shared, changes: &Changes) -> Vec<String> {
+    const WHY: &str = "this process is stopping (a drain or a binary upgrade): listeners are not added or removed now; reload the process that serves next";
+    let added = changes
+        .added
+        .iter()
+        .map(|(i, id)| format!("listener[{i}].address: {id} would be added, but {WHY}"));
+    let removed = changes.removed.iter().map(|id| {
+        let at = old.listener(*id).unwrap_or_default();
+        format!("listener[{at}].address: {id} (in force) would be removed, but {WHY}")
+    });
+    added.chain(removed).collect()
 }
 
 /// The listeners' TLS for `config`: a listener whose address, position and `tls` settings
 /// are unchanged keeps its TLS state (certificate store and its counters, rustls
-/// configuration) and re-reads its certificates in place, as SIGHUP always did (a bad file
-/// is logged and counted by the TLS layer, which keeps the certificates in force); others
-/// are built from the file (a moved one too: its metrics are labelled by position). The
-/// session-ticket keys in force are kept for all, so clients resume across the reload. Every
-/// file is also read here to validate the whole configuration, whatever changed.
-fn carry_tls(old: &Shared, config: &Config) -> Result<TlsListeners, ReloadError> {
-    let kept: Vec<Option<Arc<crate::tls::TlsListener>>> = ListenerId::all(&config.listeners)
+/// configuration), returned second so that its certificates are re-read in place once the
+/// reload can no longer be refused ([`reread_certificates`]); others are built from the file
+/// (a moved one too: its metrics are labelled by position). The session-ticket keys in force
+/// are kept for all, so clients resume across the reload. Every file is read here to
+/// validate the whole configuration, whatever changed; nothing in force is touched.
+fn carry_tls(
+    old: &Shared,
+    config: &Config,
+) -> Result<(TlsListeners, Vec<Arc<TlsListener>>), ReloadError> {
+    let kept: Vec<Option<Arc<TlsListener>>> = ListenerId::all(&config.listeners)
         .into_iter()
         .zip(&config.listeners)
         .map(|(id, l)| {
@@ -391,16 +482,8 @@ fn carry_tls(old: &Shared, config: &Config) -> Result<TlsListeners, ReloadError>
             same.then(|| old.tls.get(j).cloned()).flatten()
         })
         .collect();
-    for k in kept.iter().flatten() {
-        match k.store.reload(true) {
-            Some(Ok(())) => tracing::info!(listener = %k.key_path, "certificates reloaded"),
-            Some(Err(e)) => {
-                tracing::error!("certificate reload failed, keeping the certificates in force: {e}")
-            }
-            None => {}
-        }
-    }
     let built = TlsListeners::build_with(config, old.tls.ticketer())?;
+    let reread = kept.iter().flatten().cloned().collect();
     let listeners = built
         .listeners
         .into_iter()
@@ -409,10 +492,28 @@ fn carry_tls(old: &Shared, config: &Config) -> Result<TlsListeners, ReloadError>
         .collect();
     // Upstreams are indexed by position, which a reload may change: their TLS clients
     // always come from the new file.
-    Ok(TlsListeners {
-        listeners,
-        upstreams: built.upstreams,
-    })
+    Ok((
+        TlsListeners {
+            listeners,
+            upstreams: built.upstreams,
+        },
+        reread,
+    ))
+}
+
+/// Re-reads the certificates of the TLS listeners a reload keeps, in place, as SIGHUP always
+/// did: a file that went bad since it was validated is logged and counted by the TLS layer,
+/// which keeps the certificates in force.
+fn reread_certificates(kept: &[Arc<TlsListener>]) {
+    for k in kept {
+        match k.store.reload(true) {
+            Some(Ok(())) => tracing::info!(listener = %k.key_path, "certificates reloaded"),
+            Some(Err(e)) => {
+                tracing::error!("certificate reload failed, keeping the certificates in force: {e}")
+            }
+            None => {}
+        }
+    }
 }
 
 /// Settings read once at start-up that differ between `old` and `new`.
@@ -537,7 +638,7 @@ mod tests {
             ],
         );
         let kept = |new: &Shared, i: usize, j: usize| {
-            let tls = carry_tls(&old, &new.config).unwrap();
+            let (tls, _) = carry_tls(&old, &new.config).unwrap();
             Arc::ptr_eq(tls.get(i).unwrap(), old.tls.get(j).unwrap())
         };
         // The same file: both keep their state.
@@ -568,12 +669,63 @@ mod tests {
             ],
         );
         assert!(kept(&changed, 0, 0) && !kept(&changed, 1, 1));
-        let tls = carry_tls(&old, &changed.config).unwrap();
+        let (tls, kept) = carry_tls(&old, &changed.config).unwrap();
+        assert_eq!(kept.len(), 1, "the unchanged one is re-read, later");
         assert_eq!(tls.get(1).unwrap().hsts.as_deref(), Some("max-age=3"));
+        // Nothing in force was touched (a reload refused after this must change nothing):
+        // the kept listener's certificates are re-read only when asked, later.
+        let store = &old.tls.get(0).unwrap().store;
+        assert_eq!(store.reloads_ok.load(Ordering::Relaxed), 0);
+        reread_certificates(&kept);
+        assert_eq!(store.reloads_ok.load(Ordering::Relaxed), 1);
         // Ticket keys are those in force, for rebuilt listeners too.
         let before = old.tls.ticketer().unwrap();
         for t in [tls.get(0), tls.get(1)].into_iter().flatten() {
             assert!(Arc::ptr_eq(&t.config.ticketer, &before));
         }
+    }
+
+    /// A shard that could not take its socket, one no longer running and one that does not
+    /// answer in time: each of their added sockets is reported failed, with why; a shard
+    /// that took its sockets is not.
+    #[test]
+    fn shards_that_do_not_take_their_sockets_are_reported_however_they_fail() {
+        use futures_channel::mpsc::unbounded;
+        let id = |port| ListenerId {
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            nth: 0,
+        };
+        let (b, c) = (id(1), id(2));
+        let (senders, mut queues): (Vec<_>, Vec<_>) = (0..4).map(|_| unbounded()).unzip();
+        drop(queues.remove(2)); // shard 2 stopped
+        let socket = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = (0..4).map(|_| vec![(b, socket()), (c, socket())]).collect();
+        let (asked, mut failed) = ask_shards(&senders, open, &[b]);
+        // Shard 0 takes both, shard 1 could not register C, shard 3 never answers.
+        for (shard, not_taken) in [(0, vec![]), (1, vec![c])] {
+            let Ok(ShardQuery::Reload(r)) = queues[shard].try_recv() else {
+                panic!("shard {shard} was asked")
+            };
+            assert_eq!((r.open.len(), r.close.as_slice()), (2, [b].as_slice()));
+            let failed = not_taken
+                .into_iter()
+                .map(|l| (l, "cannot".to_string()))
+                .collect();
+            r.done.send(Switched { shard, failed }).unwrap();
+        }
+        let Ok(ShardQuery::Reload(_late)) = queues[2].try_recv() else {
+            panic!("shard 3 was asked")
+        };
+        failed.extend(await_shards(asked, Duration::from_millis(50)));
+        failed.sort_by_key(|f| (f.shard, f.listener.address));
+        let got: Vec<(usize, ListenerId)> = failed.iter().map(|f| (f.shard, f.listener)).collect();
+        assert_eq!(got, [(1, c), (2, b), (2, c), (3, b), (3, c)]);
+        assert_eq!(failed[0].why, "cannot");
+        assert_eq!(failed[1].why, "shard 2 is not running");
+        assert!(
+            failed[3].why.starts_with("shard 3 did not switch within"),
+            "{}",
+            failed[3].why
+        );
     }
 }

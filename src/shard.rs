@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::client::ListenerSide;
 use crate::notify::Notify;
 use crate::observe::access::{AccessLog, LogSink};
 use crate::observe::errors::ErrorLimiter;
@@ -41,6 +42,9 @@ pub struct ShardCtx {
     /// This shard's view of the backends: balancers, passive checks, breakers, budgets.
     pub backends: Backends,
     pub stats: Stats,
+    /// Per listener (indexed like `shared.config.listeners`): the settings a connection
+    /// accepted on it keeps for its life, built once per snapshot and shared by `Rc`.
+    pub listeners: Box<[Rc<ListenerSide>]>,
     common: Rc<ShardCommon>,
 }
 
@@ -106,6 +110,7 @@ impl ShardCtx {
             pool: Rc::new(RefCell::new(Pool::new(&pool_limits(&shared)))),
             backends: Backends::new(&shared, id),
             stats: Stats::new(shared.routes.len(), shared.backends.len()),
+            listeners: listener_sides(&shared),
             common,
             shared,
         }
@@ -131,6 +136,7 @@ impl ShardCtx {
             pool,
             backends: Backends::carried(&shared, self.id, &self.backends, &self.shared, &map),
             stats: self.stats.carried(&shared.route_map(&self.shared), &map),
+            listeners: listener_sides(&shared),
             common: self.common.clone(),
             shared,
         }
@@ -179,6 +185,13 @@ impl ShardCommon {
         let old = self.current.replace(ctx);
         drop(old);
     }
+}
+
+/// Each listener's [`ListenerSide`], for [`ShardCtx::listeners`].
+fn listener_sides(shared: &Shared) -> Box<[Rc<ListenerSide>]> {
+    (0..shared.config.listeners.len())
+        .map(|i| Rc::new(ListenerSide::of(shared, i)))
+        .collect()
 }
 
 /// Per backend: (max idle, idle timeout), the pool's limits.

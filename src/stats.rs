@@ -106,6 +106,9 @@ impl std::ops::Deref for Stats {
 pub struct Totals {
     pub accepted: Cell<u64>,
     pub rejected_conn_limit: Cell<u64>,
+    /// Closed at accept: the shard's snapshot does not have the listener (a shard that
+    /// missed a reload's switch; see `worker::admit`).
+    pub rejected_no_listener: Cell<u64>,
     pub active: Cell<u64>,
     pub requests: Cell<u64>,
     /// Responses relayed from upstreams by status class 1xx..5xx (index 0..4).
@@ -182,6 +185,7 @@ impl Totals {
         Totals {
             accepted: Cell::new(0),
             rejected_conn_limit: Cell::new(0),
+            rejected_no_listener: Cell::new(0),
             active: Cell::new(0),
             requests: Cell::new(0),
             upstream_status: Default::default(),
@@ -272,6 +276,7 @@ impl Stats {
         Snapshot {
             accepted: self.accepted.get(),
             rejected_conn_limit: self.rejected_conn_limit.get(),
+            rejected_no_listener: self.rejected_no_listener.get(),
             active: self.active.get(),
             requests: self.requests.get(),
             canned: self.canned.iter().map(get).collect(),
@@ -357,6 +362,7 @@ pub struct UpstreamSnap {
 pub struct Snapshot {
     pub accepted: u64,
     pub rejected_conn_limit: u64,
+    pub rejected_no_listener: u64,
     pub active: u64,
     pub requests: u64,
     pub canned: Vec<u64>,
@@ -396,6 +402,7 @@ impl Snapshot {
         }
         self.accepted += other.accepted;
         self.rejected_conn_limit += other.rejected_conn_limit;
+        self.rejected_no_listener += other.rejected_no_listener;
         self.active += other.active;
         self.requests += other.requests;
         sum(&mut self.canned, &other.canned);

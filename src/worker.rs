@@ -4,7 +4,8 @@
 //! (stage 2 on) with its listener's settings, looked up by [`ListenerId`] in the snapshot in
 //! force. It also runs the shard's housekeeping (pool sweep, access-log flush), answers the
 //! admin thread's questions, switches to a reloaded snapshot (closing the accept loops of
-//! removed listeners and starting those of added ones), and drains on shutdown.
+//! removed listeners and starting those of added ones; an added socket it does not take is
+//! shut down and reported), and drains on shutdown.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -16,7 +17,6 @@ use futures_channel::{mpsc, oneshot};
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
 
-use crate::client::ListenerSide;
 use crate::config::IoEngine;
 use crate::notify::Notify;
 use crate::observe::access::LogSink;
@@ -36,12 +36,21 @@ pub enum ShardQuery {
 /// shard's state for the published snapshot (carrying over what remains) and make it
 /// current, then accept on the sockets in `open` (this shard's socket of each added
 /// listener). Requests in flight finish on the state they started with; connections accepted
-/// on a closed listener stay open. The shard answers on `done` with its id and what it could
-/// not do (a socket it could not register).
+/// on a closed listener stay open. The shard answers on `done` ([`Switched`]).
 pub struct ShardReload {
-    pub done: std::sync::mpsc::Sender<(usize, Vec<String>)>,
+    pub done: std::sync::mpsc::Sender<Switched>,
     pub open: Vec<(ListenerId, std::net::TcpListener)>,
     pub close: Vec<ListenerId>,
+}
+
+/// A shard's answer to a [`ShardReload`]: its id, and each added listener whose socket it
+/// does not accept from, with why (it could not register it, it is stopping, or the
+/// configuration in force no longer has the listener). It has shut those sockets down; the
+/// reloader shuts down its duplicates ([`crate::listening::Listening::apply`]).
+#[derive(Debug)]
+pub struct Switched {
+    pub shard: usize,
+    pub failed: Vec<(ListenerId, String)>,
 }
 
 /// Counts a live client connection; wakes the drainer when the last one closes. It holds the
@@ -246,7 +255,7 @@ async fn shard_main(start: ShardStart) -> ShardReport {
                         let _ = reply.send(ctx.snapshot());
                     }
                     ShardQuery::Reload(r) => {
-                        let problems = switch(
+                        let failed = switch(
                             &common,
                             &ctx,
                             &snapshot,
@@ -256,7 +265,10 @@ async fn shard_main(start: ShardStart) -> ShardReport {
                             &r.close,
                         )
                         .await;
-                        let _ = r.done.send((ctx.id, problems));
+                        let _ = r.done.send(Switched {
+                            shard: ctx.id,
+                            failed,
+                        });
                     }
                 }
             }
@@ -341,8 +353,8 @@ fn start_accepting(
     Ok(())
 }
 
-/// A reload on this shard (see [`ShardReload`] for the order and why). Returns what it could
-/// not do.
+/// A reload on this shard (see [`ShardReload`] for the order and why). Returns the added
+/// listeners it does not accept on, and why (see [`Switched`]).
 async fn switch(
     common: &Rc<ShardCommon>,
     ctx: &ShardCtx,
@@ -351,7 +363,7 @@ async fn switch(
     handing_over: &Rc<Cell<bool>>,
     open: Vec<(ListenerId, std::net::TcpListener)>,
     close: &[ListenerId],
-) -> Vec<String> {
+) -> Vec<(ListenerId, String)> {
     let closing: Vec<AcceptLoop> = {
         let mut all = loops.borrow_mut();
         let (closing, kept) = std::mem::take(&mut *all)
@@ -367,21 +379,35 @@ async fn switch(
     }
     let next = snapshot.load();
     if !Arc::ptr_eq(&next, &ctx.shared) {
-        common.set_current(Some(Rc::new(ctx.successor(next))));
+        common.set_current(Some(Rc::new(ctx.successor(next.clone()))));
     }
-    let mut problems = Vec::new();
-    // A draining shard accepts nothing new: the added sockets are closed.
-    if !common.draining() {
-        for (listener, socket) in open {
-            if let Err(e) = start_accepting(common, loops, handing_over, listener, socket) {
-                problems.push(format!(
-                    "shard {}: cannot accept on {listener}: {e}",
-                    ctx.id
-                ));
-            }
+    let mut failed = Vec::new();
+    for (listener, socket) in open {
+        // A draining shard accepts nothing new; a shard that switches late (after the
+        // reloader stopped waiting) may be on a later snapshot without the listener. Either
+        // way the socket leaves the port's group now, not when its queue is dropped.
+        let refused = if common.draining() {
+            Some(format!("shard {} is stopping", ctx.id))
+        } else if next.listener(listener).is_none() {
+            Some(format!(
+                "shard {} switched after a later reload removed it",
+                ctx.id
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            crate::listener::close_listening(socket);
+            failed.push((listener, why));
+        } else if let Err(e) = start_accepting(common, loops, handing_over, listener, socket) {
+            // The socket was closed with the error; the reloader shuts its duplicate down.
+            failed.push((
+                listener,
+                format!("shard {} cannot accept on it: {e}", ctx.id),
+            ));
         }
     }
-    problems
+    failed
 }
 
 /// How long a shard must go without accepting or serving before it gives its free memory
@@ -456,6 +482,12 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => admit(&ctx, stream, peer, id),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // The socket no longer listens: the reloader shut it down, having stopped
+                // waiting for this shard to take it (`Listening::apply`). Nothing more comes.
+                tracing::warn!(shard = ctx.id, listener = %id, "the listening socket was shut down (a reload gave up on this shard); stopped accepting on it");
+                return;
+            }
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(shard = ctx.id, error = %e, "accept failed");
@@ -466,8 +498,8 @@ async fn accept_loop(
 }
 
 /// Serves an accepted connection, with the settings its listener has in the snapshot in
-/// force, unless the shard is at `max_connections_per_shard`: then the stream is dropped
-/// (the client sees a TCP close).
+/// force, unless the shard is at `max_connections_per_shard`, or that snapshot does not have
+/// the listener: then the stream is dropped (the client sees a TCP close) and counted.
 fn admit(
     common: &ShardCommon,
     stream: monoio::net::TcpStream,
@@ -478,19 +510,24 @@ fn admit(
     let Some(ctx) = common.current() else {
         return;
     };
+    bump(&ctx.stats.accepted);
     // It names the listener: a reload closes a removed listener's accept loops before it
-    // switches the shard, and starts an added one's after. (Were it missing, the connection
-    // would be one more queued on a closed port, and is closed like those.)
-    let Some(index) = ctx.shared.listener(id) else {
+    // switches the shard, and starts an added one's after, on the latest snapshot only.
+    // (Were it missing, the connection would be one more queued on a closed port, and is
+    // closed like those.)
+    let Some(listener) = ctx.shared.listener(id).and_then(|i| ctx.listeners.get(i)) else {
+        bump(&ctx.stats.rejected_no_listener);
+        if ctx.errors.allow(&ctx.stats) {
+            tracing::warn!(shard = ctx.id, listener = %id, "connection closed at accept: the configuration in force on this shard has no such listener");
+        }
         return;
     };
-    bump(&ctx.stats.accepted);
     if ctx.active.get() >= ctx.shared.config.limits.max_connections_per_shard {
         bump(&ctx.stats.rejected_conn_limit);
         drop(stream);
         return;
     }
-    let listener = Rc::new(ListenerSide::of(&ctx.shared, index));
+    let listener = listener.clone();
     let guard = ActiveGuard::new(&ctx);
     monoio::spawn(async move {
         crate::conn::serve(ctx, stream, peer, Instant::now(), listener).await;

@@ -3,9 +3,14 @@
 //! connections it accepted served to their end), while a listener that remains keeps its
 //! sockets and open connections; an address that another socket holds refuses the whole
 //! reload with its key path and changes nothing; a binary upgrade after such reloads hands
-//! the successor the listeners in force; and a listener keeps its own settings wherever a
-//! reload moves it in the file. Both engines.
+//! the successor the listeners in force; a listener keeps its own settings wherever a
+//! reload moves it in the file; moving a listener to an address that overlaps it (the same
+//! port, a wildcard on one side) is refused with both key paths and changes nothing; an
+//! added TLS listener completes handshakes on every shard, with its HSTS header; a refused
+//! reload leaves the certificates in force alone; and while the process drains, a reload
+//! that adds or removes a listener is refused, naming each. Both engines.
 
+use crate::support::tls::{tls_get, tls_listener, CertDir, TestCa};
 use crate::support::*;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
@@ -31,6 +36,20 @@ fn file(origin: SocketAddr, listeners: &[String]) -> String {
 
 fn plain(a: SocketAddr) -> String {
     format!("address = \"{a}\"")
+}
+
+/// A TLS listener on `a` serving `cert`/`key`, with `extra` keys in its `tls` table.
+fn tls(a: SocketAddr, cert: &std::path::Path, key: &std::path::Path, extra: &str) -> String {
+    tls_listener(&[(cert, key)], extra).replace("127.0.0.1:0", &a.to_string())
+}
+
+/// The `edgeshard_tls_certificate_reloads_total{result="ok"}` of `listener[i].tls`.
+fn certificate_reloads(admin: SocketAddr, i: usize) -> f64 {
+    let key = format!("listener[{i}].tls");
+    scrape(admin, None).value(
+        "edgeshard_tls_certificate_reloads_total",
+        &[("listener", key.as_str()), ("result", "ok")],
+    )
 }
 
 fn redirecting(a: SocketAddr, port: u16) -> String {
@@ -122,6 +141,9 @@ both_engines! {
         assert_eq!(ask(&mut kept, "/after-remove", false).0, 200);
         serves(b, 200, None);
         assert!(proxy.output().contains("reload: stopped listening on"), "{}", proxy.output());
+        // No shard accepted on a listener its configuration did not have.
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_connections_rejected_total", &[("reason", "listener_not_in_force")]), 0.0);
         // The origin's pooled connections survived both reloads.
         assert!(o.accepted() <= accepted + 2, "{} new origin connections", o.accepted() - accepted);
     }
@@ -208,5 +230,119 @@ both_engines! {
         serves(b, 200, None);
         assert_eq!(ask(&mut on_a, "/p", false), (200, None));
         assert_eq!(ask(&mut on_b, "/p", false), (301, Some(to_8443.into())));
+    }
+
+    fn a_listener_moved_to_an_overlapping_address_is_refused_and_nothing_changes(engine) {
+        let o = Origin::start("o");
+        // A free port, on the wildcard address.
+        let port = dead_addr().port();
+        let wildcard = SocketAddr::from(([0, 0, 0, 0], port));
+        let loopback = SocketAddr::from(([127, 0, 0, 1], port));
+        // 127.0.0.2 reaches the wildcard listener, never one on 127.0.0.1 only.
+        let other = SocketAddr::from(([127, 0, 0, 2], port));
+        let proxy = Proxy::start_shards(&file(o.addr(), &[plain(wildcard)]), engine, 2);
+        let admin = proxy.admin_addr();
+
+        std::fs::write(proxy.config_path(), file(o.addr(), &[plain(loopback)])).unwrap();
+        let (code, out) = reload_cli(admin);
+        assert_eq!(code, Some(1), "the reload must be refused: {out}");
+        let why = format!("listener[0].address: {loopback} overlaps listener[0].address ({wildcard}) in force");
+        assert!(out.contains(&why), "the error names both key paths: {out}");
+        assert!(out.contains("remove the old one in one reload and add the new one in the next"), "and what to do: {out}");
+        assert!(!out.contains(&format!("process {}", proxy.pid())), "not blamed on the proxy itself: {out}");
+        // Nothing changed: the wildcard listener serves, on every address.
+        serves(loopback, 200, None);
+        serves(other, 200, None);
+        let m = scrape(admin, None);
+        assert_eq!(m.value("edgeshard_config_reloads_total", &[("result", "failed")]), 1.0);
+        assert_eq!(m.value("edgeshard_config_generation", &[]), 0.0);
+
+        // In two steps it goes through: the old one removed, then the new one added.
+        let spare = dead_addr();
+        reload_ok(&proxy, &file(o.addr(), &[plain(spare)]));
+        refused(loopback, "the removed wildcard listener");
+        reload_ok(&proxy, &file(o.addr(), &[plain(spare), plain(loopback)]));
+        serves(loopback, 200, None);
+        refused(other, "a listener on 127.0.0.1 only");
+    }
+
+    fn a_reload_adds_a_tls_listener_served_by_every_shard(engine) {
+        let o = Origin::start("o");
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("reload-add");
+        let leaf = ca.leaf(&["a.test"]);
+        let cert = dir.write("a.pem", &leaf.cert_pem);
+        let key = dir.write("a.key", &leaf.key_pem);
+        let (a, b) = (dead_addr(), dead_addr());
+        let proxy = Proxy::start_shards(&file(o.addr(), &[plain(a)]), engine, 2);
+
+        reload_ok(&proxy, &file(o.addr(), &[plain(a), tls(b, &cert, &key, "hsts = \"max-age=600\"")]));
+        let client = std::sync::Arc::new(ca.client_config());
+        for i in 0..CONNECTIONS {
+            let seen = tls_get(b, &client, "a.test", "/p")
+                .unwrap_or_else(|e| panic!("TLS connection {i} to the added listener: {e}"));
+            assert_eq!(seen.leaf, leaf.der, "connection {i}: the configured certificate");
+            let head = seen.response.to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "connection {i}: {}", seen.response);
+            assert!(head.contains("\r\nstrict-transport-security: max-age=600\r\n"), "connection {i}: HSTS: {}", seen.response);
+            assert!(seen.response.ends_with("\r\n\r\no"), "answered by the origin: {}", seen.response);
+        }
+        serves(a, 200, None);
+    }
+
+    fn a_refused_reload_leaves_the_certificates_in_force_alone(engine) {
+        let o = Origin::start("o");
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("reload-refused");
+        let leaf = ca.leaf(&["a.test"]);
+        let cert = dir.write("a.pem", &leaf.cert_pem);
+        let key = dir.write("a.key", &leaf.key_pem);
+        let t = dead_addr();
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = held.local_addr().unwrap();
+        let kept = tls(t, &cert, &key, "");
+        let proxy = Proxy::start_shards(&file(o.addr(), std::slice::from_ref(&kept)), engine, 2);
+        let admin = proxy.admin_addr();
+
+        // The TLS listener is kept (same address, position and settings): a reload would
+        // re-read its certificates in place, but this one is refused at the bind.
+        std::fs::write(proxy.config_path(), file(o.addr(), &[kept.clone(), plain(taken)])).unwrap();
+        let (code, out) = reload_cli(admin);
+        assert_eq!(code, Some(1), "the reload must be refused: {out}");
+        assert_eq!(certificate_reloads(admin, 0), 0.0, "a refused reload re-read the certificates in force");
+
+        // A reload that goes through does re-read them.
+        reload_ok(&proxy, &file(o.addr(), &[kept]));
+        assert_eq!(certificate_reloads(admin, 0), 1.0);
+        drop(held);
+    }
+
+    fn a_reload_while_the_process_drains_may_not_change_listeners(engine) {
+        let backend = LockStep::bind();
+        let (a, b) = (dead_addr(), dead_addr());
+        let mut proxy = Proxy::start_shards(&file(backend.addr(), &[plain(a)]), engine, 2);
+        let admin = proxy.admin_addr();
+        // A request in flight keeps the process draining (and its admin API up).
+        let mut c = Client::connect(a);
+        c.send(&request("GET", "/slow", &[("Host", "a.test")], b""));
+        let mut up = backend.accept();
+        up.read_head();
+        proxy.signal(libc::SIGTERM);
+        // Each shard says so once it has been told to stop, which is after the reloader knew.
+        proxy.wait_for_output("listeners closed; draining", 2, Duration::from_secs(10));
+
+        std::fs::write(proxy.config_path(), file(backend.addr(), &[plain(a), plain(b)])).unwrap();
+        let (code, out) = reload_cli(admin);
+        assert_eq!(code, Some(1), "the reload must be refused: {out}");
+        assert!(out.contains(&format!("listener[1].address: {b} would be added, but this process is stopping")), "{out}");
+        std::fs::write(proxy.config_path(), file(backend.addr(), &[plain(b)])).unwrap();
+        let (code, out) = reload_cli(admin);
+        assert_eq!(code, Some(1), "the reload must be refused: {out}");
+        assert!(out.contains(&format!("listener[0].address: {a} (in force) would be removed, but this process is stopping")), "{out}");
+        assert!(out.contains(&format!("listener[0].address: {b} would be added")), "{out}");
+
+        up.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\no");
+        assert_eq!(c.read_response().status(), 200, "the request in flight is answered");
+        assert_eq!(proxy.wait_exit(Duration::from_secs(30)).code(), Some(0));
     }
 }

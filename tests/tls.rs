@@ -221,14 +221,17 @@ both_engines! {
         proxy.wait_for_output("certificate reload failed", 1, Duration::from_secs(10));
         let seen = tls_get(proxy.addr(), &fresh(), "a.test", "/").unwrap();
         assert!(seen.leaf == new.der, "a broken file must keep the certificate in force");
-        // SIGHUP re-reads at once: still broken, counted again.
+        // SIGHUP reads the file at once: still broken, so the reload is refused, naming the key
+        // path, and (refused) leaves the certificates in force and their counts alone.
         proxy.signal(libc::SIGHUP);
-        proxy.wait_for_output("certificate reload failed", 2, Duration::from_secs(10));
+        proxy.wait_for_output("reload failed, keeping the configuration in force", 1, Duration::from_secs(10));
         let out = proxy.output();
-        assert!(out.contains("listener[0].tls.certificates[0].key"), "the log names the key path: {out}");
+        let refused = out.lines().find(|l| l.contains("reload failed, keeping")).unwrap_or_default();
+        assert!(refused.contains("listener[0].tls.certificates[0].key"), "the log names the key path: {out}");
         let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_config_reloads_total", &[("result", "failed")]), 1.0);
         assert_eq!(m.value("edgeshard_tls_certificate_reloads_total", &[("listener", "listener[0].tls"), ("result", "ok")]), 1.0);
-        assert_eq!(m.value("edgeshard_tls_certificate_reloads_total", &[("listener", "listener[0].tls"), ("result", "failed")]), 2.0);
+        assert_eq!(m.value("edgeshard_tls_certificate_reloads_total", &[("listener", "listener[0].tls"), ("result", "failed")]), 1.0);
         assert!(get_on_open(&mut open).starts_with("HTTP/1.1 200"));
     }
 

@@ -291,10 +291,11 @@ async fn route(state: &AdminState, method: &str, target: &str, auth: Option<&[u8
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .reload();
-            let status = if outcome.ok {
-                "200 OK"
-            } else {
-                "422 Unprocessable Entity"
+            let status = match (outcome.ok, outcome.applied) {
+                (true, _) => "200 OK",
+                // In force, but some shard does not serve a listener the file adds.
+                (false, true) => "500 Internal Server Error",
+                (false, false) => "422 Unprocessable Entity",
             };
             json(status, outcome.to_json())
         }

@@ -255,6 +255,11 @@ pub fn render(
         "edgeshard_connections_rejected_total{{reason=\"max_connections_per_shard\"}} {}",
         all.rejected_conn_limit
     );
+    let _ = writeln!(
+        o,
+        "edgeshard_connections_rejected_total{{reason=\"listener_not_in_force\"}} {}",
+        all.rejected_no_listener
+    );
     family(
         &mut o,
         "edgeshard_requests_total",
