@@ -213,6 +213,13 @@ pub struct Buffers {
 }
 
 impl Buffers {
+    /// Frees every buffer the list holds (a quiet shard gives its memory back; the next
+    /// loans allocate again).
+    pub fn release_all(&self) {
+        self.free.borrow_mut().clear();
+        self.free.borrow_mut().shrink_to_fit();
+    }
+
     /// A cleared buffer, given back when the loan drops.
     pub fn take(&self) -> PooledBuf<'_> {
         PooledBuf {
@@ -288,5 +295,24 @@ impl ShardCtx {
             })
             .collect();
         snap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Buffers;
+
+    #[test]
+    fn loans_come_back_to_the_list_and_a_quiet_shard_frees_them() {
+        let b = Buffers::default();
+        {
+            let (mut x, mut y) = (b.take(), b.take());
+            x.extend_from_slice(b"abc");
+            y.push(1);
+        }
+        assert_eq!(b.free.borrow().len(), 2, "both loans came back");
+        assert!(b.take().is_empty(), "a loan is cleared");
+        b.release_all();
+        assert_eq!(b.free.borrow().capacity(), 0, "nothing held after release_all");
     }
 }

@@ -232,6 +232,7 @@ async fn shard_main(start: ShardStart) -> ShardReport {
                 if activity != last_activity {
                     (last_activity, returned) = (activity, false);
                 } else if !returned {
+                    common.buffers.release_all();
                     give_back_free_memory();
                     returned = true;
                 }
@@ -410,8 +411,8 @@ async fn switch(
     failed
 }
 
-/// How long a shard must go without accepting or serving before it gives its free memory
-/// back ([`give_back_free_memory`]).
+/// How long a shard must go without accepting or serving before it frees its buffer free
+/// list and gives its free memory back ([`give_back_free_memory`]).
 const QUIET: Duration = Duration::from_millis(250);
 
 /// Returns the calling shard's free memory to the kernel now. mimalloc does so lazily: pages
