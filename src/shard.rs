@@ -313,6 +313,10 @@ mod tests {
         assert_eq!(b.free.borrow().len(), 2, "both loans came back");
         assert!(b.take().is_empty(), "a loan is cleared");
         b.release_all();
-        assert_eq!(b.free.borrow().capacity(), 0, "nothing held after release_all");
+        assert_eq!(
+            b.free.borrow().capacity(),
+            0,
+            "nothing held after release_all"
+        );
     }
 }
