@@ -7,8 +7,8 @@
 use crate::support::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// One request on a fresh connection; `Err` says what went wrong.
@@ -28,8 +28,27 @@ fn one_shot(addr: SocketAddr, i: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Tells the load threads to end; a thread pacing its requests waits on it, so it ends at
+/// once instead of after its pause.
+#[derive(Clone, Default)]
+struct StopSignal(Arc<(Mutex<bool>, Condvar)>);
+
+impl StopSignal {
+    fn set(&self) {
+        *self.0 .0.lock().unwrap() = true;
+        self.0 .1.notify_all();
+    }
+
+    /// Waits up to `pause` for the signal; true once it is set.
+    fn within(&self, pause: Duration) -> bool {
+        let (set, cv) = &*self.0;
+        let guard = set.lock().unwrap();
+        *cv.wait_timeout_while(guard, pause, |s| !*s).unwrap().0
+    }
+}
+
 struct Load {
-    stop: Arc<AtomicBool>,
+    stop: StopSignal,
     done: Arc<AtomicUsize>,
     failures: Arc<Mutex<Vec<String>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -38,7 +57,7 @@ struct Load {
 /// Two threads of new-connection requests and two keep-alive ones (reconnecting when the
 /// proxy announces a close), each paced at one request per 5 ms.
 fn start_load(addr: SocketAddr) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = StopSignal::default();
     let done = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
     let mut threads = Vec::new();
@@ -47,7 +66,7 @@ fn start_load(addr: SocketAddr) -> Load {
         threads.push(std::thread::spawn(move || {
             let mut ka: Option<Client> = None;
             let mut i = 0;
-            while !stop.load(Ordering::SeqCst) {
+            loop {
                 i += 1;
                 let r = if t < 2 {
                     one_shot(addr, i)
@@ -77,7 +96,10 @@ fn start_load(addr: SocketAddr) -> Load {
                         .unwrap()
                         .push(format!("thread {t} request {i}: {e}")),
                 }
-                std::thread::sleep(Duration::from_millis(5)); // pacing, not synchronisation
+                // One request per 5 ms, ending as soon as the test says stop.
+                if stop.within(Duration::from_millis(5)) {
+                    break;
+                }
             }
         }));
     }
@@ -156,7 +178,7 @@ both_engines! {
         assert!(wait_pid_exit(first, Duration::from_secs(30)), "the first successor did not exit after handing over");
         settle(&load, 100);
 
-        load.stop.store(true, Ordering::SeqCst);
+        load.stop.set();
         for t in load.threads {
             t.join().unwrap();
         }
