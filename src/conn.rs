@@ -80,14 +80,7 @@ pub async fn serve(
                 Wait::Draining | Wait::Closed => return,
                 Wait::Timeout if first => {
                     // Opened but never sent a byte within client_header.
-                    Box::pin(respond_canned(
-                        &ctx,
-                        &mut client,
-                        Canned::RequestTimeout,
-                        true,
-                    ))
-                    .await;
-                    record_refused(&ctx, &client, 408, accepted);
+                    request_timeout(&ctx, &mut client, accepted).await;
                     return;
                 }
                 Wait::Timeout => return, // keep-alive idle expiry: close silently
@@ -152,14 +145,7 @@ pub async fn serve(
             match step {
                 Ok(_) => {}
                 Err(IoFail::Timeout) => {
-                    Box::pin(respond_canned(
-                        &ctx,
-                        &mut client,
-                        Canned::RequestTimeout,
-                        true,
-                    ))
-                    .await;
-                    record_refused(&ctx, &client, 408, head_started);
+                    request_timeout(&ctx, &mut client, head_started).await;
                     return;
                 }
                 Err(_) => return,
@@ -195,6 +181,13 @@ pub async fn serve(
             client.buf.shrink_to(INITIAL_BUF);
         }
     }
+}
+
+/// Answers 408 (closing) to a client whose head did not arrive within `client_header` of
+/// `since`, and logs it. Boxed: a waiting connection's task need not hold this step.
+async fn request_timeout(ctx: &ShardCtx, client: &mut Client, since: Instant) {
+    Box::pin(respond_canned(ctx, client, Canned::RequestTimeout, true)).await;
+    record_refused(ctx, client, 408, since);
 }
 
 fn head_limits(ctx: &ShardCtx) -> HeadLimits {

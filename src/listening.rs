@@ -275,17 +275,9 @@ impl Listening {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     fn config(listeners: &[String]) -> Config {
-        let text: String = listeners
-            .iter()
-            .map(|a| format!("[[listener]]\naddress = \"{a}\"\n"))
-            .chain(std::iter::once(
-                "[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n".to_string(),
-            ))
-            .collect();
-        Config::parse(&text, Path::new("t.toml")).unwrap()
+        crate::config::with_listeners(listeners)
     }
 
     fn free_port() -> SocketAddr {

@@ -327,16 +327,7 @@ mod tests {
 
     #[test]
     fn a_listener_is_known_by_its_address_wherever_it_is_in_the_file() {
-        let parse = |listeners: &[&str]| {
-            let text: String = listeners
-                .iter()
-                .map(|a| format!("[[listener]]\naddress = \"{a}\"\n"))
-                .chain(std::iter::once(
-                    "[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n".to_string(),
-                ))
-                .collect();
-            Shared::new(Config::parse(&text, Path::new("t.toml")).unwrap())
-        };
+        let parse = |listeners: &[&str]| Shared::new(crate::config::with_listeners(listeners));
         let a = parse(&[
             "127.0.0.1:8080",
             "127.0.0.1:0",

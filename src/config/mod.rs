@@ -761,5 +761,17 @@ pub(super) fn valid_host(h: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
 }
 
+/// A valid configuration with one `[[listener]]` per address, in order, and one upstream
+/// (for unit tests of what listeners a configuration names).
+#[cfg(test)]
+pub(crate) fn with_listeners<S: AsRef<str>>(addresses: &[S]) -> Config {
+    let mut text: String = addresses
+        .iter()
+        .map(|a| format!("[[listener]]\naddress = \"{}\"\n", a.as_ref()))
+        .collect();
+    text.push_str("[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n");
+    Config::parse(&text, Path::new("t.toml")).unwrap()
+}
+
 #[cfg(test)]
 mod tests;
