@@ -528,17 +528,13 @@ impl<'a> Forward<'a> {
         Some(next)
     }
 
-    /// Pool: a pooled connection to `backend`, unless this try must be `fresh`. Always
-    /// probed: a backend that sent more than its framing said (or answered a request body as
-    /// a second request) leaves bytes that would otherwise become the next client's response.
+    /// Pool: a pooled connection to `backend`, unless this try must be `fresh`.
     #[inline]
     fn pooled(&self, backend: usize, fresh: bool) -> Option<Transport> {
         if fresh {
             return None;
         }
-        self.pool
-            .borrow_mut()
-            .checkout(backend, Instant::now(), true)
+        self.pool.borrow_mut().checkout(backend, Instant::now())
     }
 
     /// A new connection to `backend`, within the breaker's connection and pending limits.

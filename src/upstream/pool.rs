@@ -1,9 +1,10 @@
 //! Stage 5 of the pipeline, *pool*: each shard keeps its own idle keep-alive connections to
 //! backends in a `slab`, with a LIFO stack of slab keys per backend (the most recently used
 //! connection is the warmest). Idle connections are bounded per backend, closed after the
-//! upstream's `idle_timeout`, and a periodic sweep closes those the backend has closed. On a
-//! reload a shard's pool hands its connections to the next snapshot's pool by backend
-//! identity ([`Pool::hand_over`]) and forwards later checkins there.
+//! upstream's `idle_timeout`, and a periodic sweep closes those the backend has closed. Every
+//! checkout [`probe`]s its candidate, so that it never hands out a connection the backend
+//! closed or wrote stray bytes on. On a reload a shard's pool hands its connections to the next
+//! snapshot's pool by backend identity ([`Pool::hand_over`]) and forwards later checkins there.
 
 use std::cell::RefCell;
 use std::os::fd::AsRawFd;
@@ -94,15 +95,10 @@ impl Pool {
         }
     }
 
-    /// Takes the most recently returned connection to `backend` that has not expired.
-    /// With `probe_first`, each candidate is also checked for a close by the backend (for
-    /// requests that cannot be retried if the connection turns out dead).
-    pub fn checkout(
-        &mut self,
-        backend: usize,
-        now: Instant,
-        probe_first: bool,
-    ) -> Option<Transport> {
+    /// Takes the most recently returned connection to `backend` that has not expired and on
+    /// which the backend has neither closed nor sent anything since it was returned (bytes a
+    /// backend sent beyond its framing would otherwise become the next client's response).
+    pub fn checkout(&mut self, backend: usize, now: Instant) -> Option<Transport> {
         let timeout = self.idle_timeout[backend];
         while let Some(key) = self.stacks[backend].pop() {
             let idle = self.conns.remove(key);
@@ -110,7 +106,7 @@ impl Pool {
                 self.counters.evicted_idle += 1;
                 continue;
             }
-            if probe_first && probe(idle.stream.tcp()) == Probe::Dead {
+            if probe(idle.stream.tcp()) == Probe::Dead {
                 self.counters.evicted_dead += 1;
                 continue;
             }
@@ -249,6 +245,66 @@ mod tests {
     }
 
     #[test]
+    fn checkout_skips_connections_the_backend_closed_or_wrote_on_while_idle() {
+        use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+        use std::io::Read;
+        on_both_drivers(|| {
+            Box::pin(async {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = l.local_addr().unwrap();
+                let mut pool = Pool::new(&[(8, Duration::from_secs(60))]);
+                let now = Instant::now();
+                let mut peers = Vec::new();
+                for _ in 0..3 {
+                    let s = TcpStream::connect_addr(addr).await.unwrap();
+                    peers.push(l.accept().unwrap().0);
+                    pool.checkin(0, Transport::Plain(s), now);
+                }
+                // Checked in oldest first: peers[2] is handed out first. It sends stray bytes,
+                // peers[1] closes, peers[0] stays quiet.
+                peers[2].write_all(b"HTTP/1.1 200 OK\r\n").unwrap();
+                peers[1].shutdown(std::net::Shutdown::Both).unwrap();
+
+                let got = pool
+                    .checkout(0, now)
+                    .expect("the quiet connection is usable");
+                assert_eq!(pool.counters.evicted_dead, 2, "{:?}", pool.counters);
+                assert_eq!(pool.idle_count(), 0);
+                // The probe consumed nothing: the connection still works both ways.
+                let Transport::Plain(mut s) = got else {
+                    unreachable!()
+                };
+                let (r, _) = s.write_all(b"ping").await;
+                r.unwrap();
+                let mut buf = [0u8; 4];
+                peers[0].read_exact(&mut buf).unwrap();
+                assert_eq!(&buf, b"ping");
+                peers[0].write_all(b"pong").unwrap();
+                let (r, buf) = s.read(Vec::with_capacity(8)).await;
+                assert_eq!(r.unwrap(), 4);
+                assert_eq!(&buf[..], b"pong");
+
+                // Checked in again, a later close is seen by the sweep.
+                pool.checkin(0, Transport::Plain(s), now);
+                pool.sweep(now);
+                assert_eq!(
+                    pool.idle_count(),
+                    1,
+                    "a quiet connection survives the sweep"
+                );
+                peers[0].shutdown(std::net::Shutdown::Both).unwrap();
+                pool.sweep(now);
+                assert_eq!(
+                    pool.idle_count(),
+                    0,
+                    "the sweep closes what the backend closed"
+                );
+                assert_eq!(pool.counters.evicted_dead, 3);
+            })
+        });
+    }
+
+    #[test]
     fn checkout_is_lifo_bounded_and_expires() {
         on_both_drivers(|| {
             Box::pin(async {
@@ -266,7 +322,7 @@ mod tests {
                 }
                 assert_eq!(pool.idle_count(), 2, "bounded by max_idle_per_backend");
                 assert_eq!(pool.counters.rejected_full, 1);
-                let got = pool.checkout(0, now, true).unwrap();
+                let got = pool.checkout(0, now).unwrap();
                 assert_eq!(
                     got.tcp().local_addr().unwrap(),
                     locals[1],
@@ -274,7 +330,7 @@ mod tests {
                 );
                 let later = now + Duration::from_secs(61);
                 assert!(
-                    pool.checkout(0, later, false).is_none(),
+                    pool.checkout(0, later).is_none(),
                     "expired connections are dropped"
                 );
                 assert_eq!(pool.counters.evicted_idle, 1);
