@@ -13,11 +13,12 @@ use crate::config::Config;
 use crate::error::{Kind, ProxyError, Side, Stage};
 use crate::forward::{Answered, RequestFacts};
 use crate::http::canned::Canned;
+use crate::http::date::DateCache;
 use crate::http::encode::{
-    client_response_head, response_out_framing, switching_protocols_head, OutFraming,
+    client_response_head, response_out_framing, switching_protocols_head, OutFraming, Rewrite,
 };
 use crate::http::parse::{BodyFraming, Method, ParseError, ResponseHead};
-use crate::io::{read_more, write_from, write_static, IoFail};
+use crate::io::{read_more, write_from, IoFail};
 use crate::relay::{relay_body, BodyPlan, Leg, RelayError};
 use crate::shard::ShardCtx;
 use crate::snapshot::Shared;
@@ -36,6 +37,7 @@ pub struct Respond<'a> {
     pub pool: &'a RefCell<Pool>,
     pub pipes: &'a PipePool,
     pub backends: &'a Backends,
+    pub date: &'a DateCache,
     /// The shard is draining: the client connection closes after this response.
     pub draining: bool,
 }
@@ -49,6 +51,7 @@ impl<'a> Respond<'a> {
             pool: &ctx.pool,
             pipes: &ctx.pipes,
             backends: &ctx.backends,
+            date: &ctx.date,
             draining: ctx.draining(),
         }
     }
@@ -78,9 +81,10 @@ pub async fn relay_response(
     } = answered;
     r.stats.upstream_status(backend, head.status);
     trace.status = Some(head.status);
-    // Fields the proxy sets on the response: the request id (when returned) and, on a TLS
-    // listener with `hsts`, Strict-Transport-Security (replacing the backend's).
-    let mut set: [(&[u8], &[u8]); 2] = [(b"", b""); 2];
+    // Fields the proxy sets on the response: the request id (when returned), on a TLS
+    // listener with `hsts` Strict-Transport-Security, and its own `Server` when configured
+    // (each replacing the backend's).
+    let mut set: [(&[u8], &[u8]); 3] = [(b"", b""); 3];
     let mut n_set = 0;
     if cfg.request_id.respond {
         set[n_set] = (cfg.request_id.header.as_bytes(), rid.bytes());
@@ -91,7 +95,15 @@ pub async fn relay_response(
         set[n_set] = (b"Strict-Transport-Security", h.as_bytes());
         n_set += 1;
     }
-    let rid_field = &set[..n_set];
+    if let Some(server) = cfg.response.server.as_deref() {
+        set[n_set] = (b"Server", server.as_bytes());
+        n_set += 1;
+    }
+    let rw = Rewrite {
+        set: &set[..n_set],
+        hide: &cfg.response.hide,
+        date: Some(r.date),
+    };
     out.clear();
     if head.status == 101 {
         trace.upstream_us = Some(micros(sending));
@@ -105,22 +117,14 @@ pub async fn relay_response(
             backend,
             early: ubuf[head.head_len..].to_vec(),
         };
-        return switch_protocols(cfg, client, up, &head, &ubuf, &mut out, rid_field).await;
+        return switch_protocols(cfg, client, up, &head, &ubuf, &mut out, rw).await;
     }
 
     let in_framing = head.framing(facts.method);
     let (resp_framing, close_delimited) = response_out_framing(in_framing, facts.minor);
     // An early answer leaves the request body unread: the connection cannot carry another.
     let close = !facts.keep_alive || close_delimited || r.draining || early;
-    client_response_head(
-        &ubuf,
-        &head,
-        resp_framing,
-        close,
-        facts.minor,
-        rid_field,
-        &mut out,
-    );
+    client_response_head(&ubuf, &head, resp_framing, close, facts.minor, rw, &mut out);
     if set_cookie {
         // A sticky session starts (or moved): name the backend in a cookie, inserted before
         // the head's final empty line.
@@ -236,9 +240,9 @@ async fn switch_protocols(
     head: &ResponseHead,
     ubuf: &[u8],
     out: &mut Vec<u8>,
-    rid_field: &[(&[u8], &[u8])],
+    rw: Rewrite<'_>,
 ) -> Result<Outcome, ProxyError> {
-    switching_protocols_head(ubuf, head, rid_field, out);
+    switching_protocols_head(ubuf, head, rw, out);
     let n = out.len();
     let t = cfg.timeouts.client_send;
     if write_from(&mut client.stream, out, 0, n, &mut client.deadline, t)
@@ -258,13 +262,7 @@ pub async fn respond_canned(
     c: Canned,
     close: bool,
 ) -> Outcome {
-    ctx.stats.canned(c);
-    let close = close || c.forces_close();
-    let t = ctx.shared.config.timeouts.client_send;
-    match write_static(&mut client.stream, c.bytes(close), &mut client.deadline, t).await {
-        Ok(()) if !close => Outcome::KeepAlive,
-        _ => Outcome::Close,
-    }
+    respond_canned_with(ctx, client, c, close, None).await
 }
 
 /// The request-id field for the proxy's own answers, when ids are returned to clients.
@@ -273,7 +271,7 @@ pub fn cfg_rid_header<'a>(ctx: &'a ShardCtx, rid: &'a RequestId) -> Option<(&'a 
     cfg.respond.then(|| (cfg.header.as_bytes(), rid.bytes()))
 }
 
-/// [`respond_canned`] with one more header field (the request id) in the head.
+/// [`respond_canned`] with one more header field (the request id, a `Location`) in the head.
 pub async fn respond_canned_with(
     ctx: &ShardCtx,
     client: &mut Client,
@@ -281,23 +279,16 @@ pub async fn respond_canned_with(
     close: bool,
     extra: Option<(&[u8], &[u8])>,
 ) -> Outcome {
-    let Some((name, value)) = extra else {
-        return respond_canned(ctx, client, c, close).await;
-    };
     ctx.stats.canned(c);
     let close = close || c.forces_close();
-    let bytes = c.bytes(close);
-    // The canned head ends at its first empty line: the field goes just before it.
-    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return respond_canned(ctx, client, c, close).await;
-    };
     let mut out = ctx.buffer();
-    out.extend_from_slice(&bytes[..end + 2]);
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&bytes[end + 2..]);
+    canned_head(
+        c.bytes(close),
+        ctx.shared.config.response.server.as_deref(),
+        &ctx.date.now(),
+        extra,
+        &mut out,
+    );
     let n = out.len();
     let t = ctx.shared.config.timeouts.client_send;
     let r = write_from(&mut client.stream, &mut out, 0, n, &mut client.deadline, t).await;
@@ -305,6 +296,37 @@ pub async fn respond_canned_with(
         Ok(()) if !close => Outcome::KeepAlive,
         _ => Outcome::Close,
     }
+}
+
+/// A canned response with the fields that vary added after its status line: the proxy's
+/// `Server` (when configured), `Date`, and `extra`.
+fn canned_head(
+    bytes: &[u8],
+    server: Option<&str>,
+    date: &[u8],
+    extra: Option<(&[u8], &[u8])>,
+    out: &mut Vec<u8>,
+) {
+    let status_end = bytes
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(0, |i| i + 2);
+    out.extend_from_slice(&bytes[..status_end]);
+    if let Some(server) = server {
+        out.extend_from_slice(b"Server: ");
+        out.extend_from_slice(server.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Date: ");
+    out.extend_from_slice(date);
+    out.extend_from_slice(b"\r\n");
+    if let Some((name, value)) = extra {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(&bytes[status_end..]);
 }
 
 /// Closes a connection whose client may still be sending (an unread body, a refused head):
@@ -418,4 +440,39 @@ async fn splice_response(
         add(&r.stats.spliced_bytes, total - (*up.pos - head_read) as u64);
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canned_answers_carry_date_server_and_extra_after_the_status_line() {
+        let mut out = Vec::new();
+        let date = crate::http::date::http_date(784_111_777);
+        let bytes = Canned::PermanentRedirect.bytes(true);
+        canned_head(
+            bytes,
+            Some("edge"),
+            &date,
+            Some((b"Location", b"https://a/")),
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let lines: Vec<&str> = head.split("\r\n").collect();
+        assert_eq!(lines[0], "HTTP/1.1 308 Permanent Redirect");
+        assert_eq!(lines[1], "Server: edge");
+        assert_eq!(lines[2], "Date: Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(lines[3], "Location: https://a/");
+        assert!(lines.contains(&"Connection: close"), "{head}");
+        let original = std::str::from_utf8(bytes).unwrap();
+        assert!(original.ends_with(body), "the body is unchanged");
+
+        let mut out = Vec::new();
+        canned_head(Canned::NotFound.bytes(false), None, &date, None, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("Server:"), "{text}");
+        assert_eq!(text.matches("Date: ").count(), 1, "{text}");
+    }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client::ListenerSide;
+use crate::http::date::DateCache;
 use crate::notify::Notify;
 use crate::observe::access::{AccessLog, LogSink};
 use crate::observe::errors::ErrorLimiter;
@@ -61,6 +62,9 @@ pub struct ShardCommon {
     pub ids: RequestIds,
     /// Pipes for splicing large bodies.
     pub pipes: PipePool,
+    /// The `Date` text of this second, for the proxy's own answers and forwarded responses
+    /// without one.
+    pub date: DateCache,
     /// Fired when the shard starts draining (through [`ShardCtx::begin_drain`]).
     pub drain: Notify,
     /// Set when draining begins: until then an idle connection may still send one request.
@@ -99,6 +103,7 @@ impl ShardCtx {
                 shared.config.splice.max_pipes,
                 shared.config.splice.pipe_bytes,
             ),
+            date: DateCache::default(),
             drain: Notify::default(),
             grace_end: Cell::new(None),
             idle: Notify::default(),

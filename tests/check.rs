@@ -21,6 +21,8 @@ client_congestion = "reno"
 upstream_congestion = "reno"
 user = "nobody"
 group = "@GROUP@"
+server_header = "edge"
+hide_response_headers = ["X-Backend"]
 
 [[listener]]
 address = "127.0.0.1:0"
@@ -135,6 +137,7 @@ max_connections_per_shard = 65536
 [admin]
 address = "127.0.0.1:9901"
 token = "s3cret"
+allow_remote_without_token = false
 
 [log]
 level = "info"

@@ -113,3 +113,101 @@ both_engines! {
         assert_eq!(r.header("x-resp-public"), Some("2"));
     }
 }
+
+/// An IMF-fixdate, e.g. `Fri, 04 Dec 2026 03:45:09 GMT`.
+fn is_http_date(v: &str) -> bool {
+    let b = v.as_bytes();
+    v.len() == 29 && &b[3..5] == b", " && v.ends_with(" GMT") && b[19] == b':' && b[22] == b':'
+}
+
+/// Every header line of a response, for checks that no field names a backend.
+fn head_text(r: &Response) -> String {
+    r.head
+        .headers
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}\n"))
+        .collect()
+}
+
+both_engines! {
+    // Hide the backends: their Server, X-Powered-By and configured fields never reach a
+    // client; the proxy's own Server is sent when configured; a Date is added when the
+    // backend sent none and kept when it did.
+    fn backend_identity_is_hidden_and_date_added(engine) {
+        let backend = LockStep::bind();
+        let proxy = Config::single(backend.addr())
+            .server("server_header", "\"edge\"")
+            .server("hide_response_headers", "[\"X-Backend\"]")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/a"));
+        let mut up = backend.accept();
+        up.read_head();
+        up.write(b"HTTP/1.1 200 OK\r\nServer: Apache/2.4.1 (internal-7)\r\nX-Powered-By: PHP/8.1\r\nX-Backend: app-3\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\nok");
+        let r = c.read_response();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.header_all("Server"), ["edge"], "{:?}", r.head);
+        assert!(r.header("X-Powered-By").is_none(), "{:?}", r.head);
+        assert!(r.header("X-Backend").is_none(), "{:?}", r.head);
+        assert_eq!(r.header("X-Kept"), Some("1"));
+        let dates = r.header_all("Date");
+        assert!(dates.len() == 1 && is_http_date(dates[0]), "{dates:?}");
+
+        c.send(&get("example.com", "/b"));
+        up.read_head();
+        up.write(b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 0\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.header_all("Date"), ["Sun, 06 Nov 1994 08:49:37 GMT"], "the backend's Date is kept");
+    }
+
+    fn without_server_header_no_server_field_is_sent(engine) {
+        let backend = LockStep::bind();
+        let proxy = Config::single(backend.addr()).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/a"));
+        let mut up = backend.accept();
+        up.read_head();
+        up.write(b"HTTP/1.1 200 OK\r\nserver: nginx/1.22.1\r\nContent-Length: 0\r\n\r\n");
+        let r = c.read_response();
+        assert!(r.header("Server").is_none(), "{:?}", r.head);
+        // The proxy's own answers carry a Date and no Server either.
+        c.send(b"GET /x HTTP/1.1\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.status(), 400);
+        assert!(r.header("Server").is_none(), "{:?}", r.head);
+        assert!(is_http_date(r.header("Date").unwrap_or("")), "{:?}", r.head);
+    }
+
+    // The proxy's own error answers name no backend: a refused connection (502) and a
+    // backend that never answers (504).
+    fn error_answers_carry_a_date_and_name_no_backend(engine) {
+        let dead = dead_addr();
+        let proxy = Config::single(dead)
+            .server("server_header", "\"edge\"")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/a"));
+        let r = c.read_response();
+        assert_eq!(r.status(), 502);
+        let port = dead.port().to_string();
+        let all = format!("{}{}", head_text(&r), r.body_str());
+        assert!(!all.contains(&port) && !all.contains("127.0.0.1"), "{all}");
+        assert!(is_http_date(r.header("Date").unwrap_or("")), "{:?}", r.head);
+        assert_eq!(r.header_all("Server"), ["edge"]);
+
+        let silent = LockStep::bind();
+        let proxy = Config::single(silent.addr())
+            .timeout("upstream_response", "300ms")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/slow"));
+        let mut up = silent.accept();
+        up.read_head();
+        let r = c.read_response();
+        assert_eq!(r.status(), 504);
+        let port = silent.addr().port().to_string();
+        let all = format!("{}{}", head_text(&r), r.body_str());
+        assert!(!all.contains(&port) && !all.contains("127.0.0.1"), "{all}");
+        assert!(is_http_date(r.header("Date").unwrap_or("")), "{:?}", r.head);
+    }
+}

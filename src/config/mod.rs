@@ -177,6 +177,8 @@ pub struct Config {
     pub user: Option<String>,
     /// `server.group`: with `user`, run as this group instead of the user's primary group.
     pub group: Option<String>,
+    /// `server.server_header` and `server.hide_response_headers`.
+    pub response: ResponseFields,
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
@@ -212,6 +214,7 @@ mod dns;
 mod observe;
 mod raw;
 mod resilience;
+mod response;
 mod tls;
 
 pub use congestion::Congestion;
@@ -225,6 +228,7 @@ use raw::{
     array, Checker, RawDns, RawLimits, RawRoute, RawServer, RawTimeouts, RawUpstream, TOP_LEVEL,
 };
 pub use resilience::Resilience;
+pub use response::ResponseFields;
 pub use tls::{
     suite_names, CertificateFiles, ClientAuth, ListenerTls, RedirectHttps, TlsVersions,
     UpstreamTls, HANDSHAKE_TIMEOUT, MAX_HANDSHAKES,
@@ -277,7 +281,7 @@ impl Config {
             );
         }
 
-        let server: RawServer = table
+        let mut server: RawServer = table
             .remove("server")
             .and_then(|v| c.section("server", v))
             .unwrap_or_default();
@@ -296,6 +300,11 @@ impl Config {
             .unwrap_or_default();
 
         let observe = observe::observe_sections(&mut c, &mut table);
+        let response = response::response_fields(
+            &mut c,
+            server.server_header.take(),
+            server.hide_response_headers.take(),
+        );
 
         let io_engine = match server.io_engine.as_deref() {
             None => IoEngine::Auto,
@@ -718,6 +727,7 @@ impl Config {
             congestion,
             user: server.user,
             group: server.group,
+            response,
             listeners,
             routes,
             upstreams,

@@ -160,6 +160,8 @@ pub(super) struct RawAdmin {
     address: String,
     token: Option<String>,
     token_file: Option<String>,
+    #[serde(default)]
+    allow_remote_without_token: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -240,6 +242,19 @@ pub(super) fn observe_sections(c: &mut Checker, table: &mut toml::Table) -> Obse
                         "must be non-empty printable ASCII without spaces",
                     );
                 }
+            }
+            // Reload, drain and disable on an address others can reach, with no token: refused
+            // unless the operator says so (a firewall or a private network may make it safe).
+            if token.is_none() && !address.ip().is_loopback() && !a.allow_remote_without_token {
+                c.err(
+                    "admin.address",
+                    format!(
+                        "{address} is not a loopback address and [admin] has no token: anyone \
+                         who can reach it could reload, drain or disable backends; set \
+                         admin.token (or token_file), listen on 127.0.0.1, or set \
+                         admin.allow_remote_without_token = true"
+                    ),
+                );
             }
             Some(AdminConfig { address, token })
         });

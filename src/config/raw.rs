@@ -24,6 +24,8 @@ pub(super) struct RawServer {
     pub(super) upstream_congestion: Option<String>,
     pub(super) user: Option<String>,
     pub(super) group: Option<String>,
+    pub(super) server_header: Option<String>,
+    pub(super) hide_response_headers: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -167,6 +167,50 @@ fn user_and_group_are_checked_for_shape_here_and_looked_up_at_start() {
 }
 
 #[test]
+fn server_header_and_hidden_response_fields_are_checked() {
+    let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n";
+    let c = parse(base).unwrap();
+    assert!(c.response.server.is_none() && c.response.hide.is_empty());
+    let c = parse(&format!(
+        "[server]\nserver_header = \"edge/1\"\nhide_response_headers = [\"X-Backend\", \"x-backend\", \"Via\"]\n{base}"
+    ))
+    .unwrap();
+    assert_eq!(c.response.server.as_deref(), Some("edge/1"));
+    let hide: Vec<&str> = c.response.hide.iter().map(|h| &**h).collect();
+    assert_eq!(hide, ["x-backend", "via"], "lowercased, once each");
+    let err = parse(&format!(
+        "[server]\nserver_header = \"a\\r\\nb\"\nhide_response_headers = [\"ok\", \"bad name\", \"Content-Length\"]\n{base}"
+    ))
+    .unwrap_err();
+    let paths: Vec<&str> = err.issues.iter().map(|i| i.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "server.server_header",
+            "server.hide_response_headers[1]",
+            "server.hide_response_headers[2]"
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn a_remote_admin_address_needs_a_token_or_an_explicit_waiver() {
+    let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n";
+    let err = parse(&format!("[admin]\naddress = \"0.0.0.0:9901\"\n{base}")).unwrap_err();
+    assert_eq!(err.issues[0].path, "admin.address", "{err}");
+    assert!(err.issues[0].message.contains("token"), "{err}");
+    for ok in [
+        "[admin]\naddress = \"0.0.0.0:9901\"\ntoken = \"s3cret\"\n",
+        "[admin]\naddress = \"0.0.0.0:9901\"\nallow_remote_without_token = true\n",
+        "[admin]\naddress = \"127.0.0.1:9901\"\n",
+        "[admin]\naddress = \"[::1]:9901\"\n",
+    ] {
+        parse(&format!("{ok}{base}")).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+}
+
+#[test]
 fn sizes() {
     assert_eq!(parse_size("16MiB"), Some(16 << 20));
     assert_eq!(parse_size("64 KiB"), Some(64 << 10));

@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 
+use super::date::DateCache;
 use super::parse::{BodyFraming, HeaderKind, RequestHead, ResponseHead};
 
 /// How the body will be written on the outgoing side.
@@ -199,15 +200,37 @@ pub fn response_out_framing(incoming: BodyFraming, client_minor: u8) -> (OutFram
     }
 }
 
-/// Writes the response head for the client; `set` (the request id, when it is returned)
-/// replaces any field of its name from the upstream.
+/// What the proxy changes in a forwarded response head beyond its hop-by-hop fields: `set`
+/// (the request id, HSTS, the proxy's own `Server`) replaces any field of its name from the
+/// upstream; the backend's `Server`, `X-Powered-By` and the `hide` names
+/// (`server.hide_response_headers`, lowercase) are removed; with `date`, a `Date` is added
+/// when the backend sent none (RFC 9110 §6.6.1: a recipient with a clock must add one).
+#[derive(Clone, Copy)]
+pub struct Rewrite<'a> {
+    pub set: SetHeader<'a>,
+    pub hide: &'a [Box<str>],
+    pub date: Option<&'a DateCache>,
+}
+
+impl<'a> Rewrite<'a> {
+    /// Only `set`: what unit tests and the fixed removals need.
+    pub fn set(set: SetHeader<'a>) -> Rewrite<'a> {
+        Rewrite {
+            set,
+            hide: &[],
+            date: None,
+        }
+    }
+}
+
+/// Writes the response head for the client.
 pub fn client_response_head(
     buf: &[u8],
     head: &ResponseHead,
     framing: OutFraming,
     close: bool,
     client_minor: u8,
-    set: SetHeader<'_>,
+    rw: Rewrite<'_>,
     out: &mut Vec<u8>,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -218,12 +241,17 @@ pub fn client_response_head(
     out.extend_from_slice(b"\r\n");
     // A body-less response keeps the upstream's Content-Length (HEAD, 304), except 204.
     let keep_length = framing == OutFraming::None && head.status != 204;
-    copy_response_fields(buf, head, set, out, |kind| match kind {
+    let has_date = copy_response_fields(buf, head, rw, out, |kind| match kind {
         HeaderKind::Upgrade => Some(false),
         HeaderKind::ContentLength => Some(keep_length),
         _ => None,
     });
-    write_set(set, out);
+    if let (false, Some(date)) = (has_date, rw.date) {
+        out.extend_from_slice(b"Date: ");
+        out.extend_from_slice(&date.now());
+        out.extend_from_slice(b"\r\n");
+    }
+    write_set(rw.set, out);
     write_framing(framing, out);
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -234,37 +262,39 @@ pub fn client_response_head(
 }
 
 /// Writes the `101 Switching Protocols` head for the client: the backend's fields except
-/// hop-by-hop ones, with its `Upgrade` kept and `Connection: upgrade`; `set` as in
-/// [`client_response_head`].
+/// hop-by-hop ones, with its `Upgrade` kept and `Connection: upgrade`; `rw` as in
+/// [`client_response_head`] (no `Date` is added to a 1xx).
 pub fn switching_protocols_head(
     buf: &[u8],
     head: &ResponseHead,
-    set: SetHeader<'_>,
+    rw: Rewrite<'_>,
     out: &mut Vec<u8>,
 ) {
     out.extend_from_slice(b"HTTP/1.1 101 ");
     out.extend_from_slice(head.reason.get(buf));
     out.extend_from_slice(b"\r\n");
-    copy_response_fields(buf, head, set, out, |kind| match kind {
+    copy_response_fields(buf, head, rw, out, |kind| match kind {
         HeaderKind::Upgrade => Some(true),
         HeaderKind::ContentLength => Some(false),
         _ => None,
     });
-    write_set(set, out);
+    write_set(rw.set, out);
     out.extend_from_slice(b"Connection: upgrade\r\n\r\n");
 }
 
 /// Copies the upstream's response fields to the client head: hop-by-hop fields
-/// (`Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`) and those named
-/// in `Connection` or replaced by `set` are dropped; `decide` settles the kinds that depend on
-/// the response (Some(keep)), None = the default rule.
+/// (`Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`), those named
+/// in `Connection`, and those [`Rewrite`] removes or replaces are dropped; `decide` settles
+/// the kinds that depend on the response (Some(keep)), None = the default rule. Returns
+/// whether the upstream sent a `Date`.
 fn copy_response_fields(
     buf: &[u8],
     head: &ResponseHead,
-    set: SetHeader<'_>,
+    rw: Rewrite<'_>,
     out: &mut Vec<u8>,
     decide: impl Fn(HeaderKind) -> Option<bool>,
-) {
+) -> bool {
+    let mut has_date = false;
     for h in &head.headers {
         let keep = decide(h.kind).unwrap_or_else(|| match h.kind {
             HeaderKind::Connection
@@ -274,8 +304,20 @@ fn copy_response_fields(
             | HeaderKind::TransferEncoding => false,
             _ => {
                 let name = h.name.get(buf);
-                (head.conn_tokens.is_empty() || !head.named_in_connection(buf, name))
-                    && !replaced(set, name)
+                let eq = |s: &[u8]| name.eq_ignore_ascii_case(s);
+                // Length first: one comparison at most for most fields.
+                let shown = match name.len() {
+                    4 if eq(b"date") => {
+                        has_date = true;
+                        true
+                    }
+                    6 if eq(b"server") => false,
+                    12 if eq(b"x-powered-by") => false,
+                    _ => !rw.hide.iter().any(|n| eq(n.as_bytes())),
+                };
+                shown
+                    && (head.conn_tokens.is_empty() || !head.named_in_connection(buf, name))
+                    && !replaced(rw.set, name)
             }
         });
         if keep {
@@ -285,6 +327,7 @@ fn copy_response_fields(
             out.extend_from_slice(b"\r\n");
         }
     }
+    has_date
 }
 
 /// Writes an IP address; IPv4 by hand, since `fmt` costs ~400 instructions per request.
@@ -409,7 +452,7 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
             OutFraming::Length(0),
             false,
             1,
-            &[(b"X-Request-Id", b"abc")],
+            Rewrite::set(&[(b"X-Request-Id", b"abc")]),
             &mut out,
         );
         let s = String::from_utf8(out).unwrap();
@@ -430,7 +473,7 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
 
     #[test]
     fn response_head_framing() {
-        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: X-H\r\nX-H: 1\r\nServer: s\r\n\r\n";
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: X-H\r\nX-H: 1\r\nX-S: s\r\n\r\n";
         let mut head = ResponseHead::default();
         assert!(matches!(
             parse_response(raw, &L, &mut head),
@@ -439,17 +482,17 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
         let (f, close) = response_out_framing(BodyFraming::Chunked, 0);
         assert_eq!((f, close), (OutFraming::Close, true));
         let mut out = Vec::new();
-        client_response_head(raw, &head, f, close, 0, &[], &mut out);
+        client_response_head(raw, &head, f, close, 0, Rewrite::set(&[]), &mut out);
         assert_eq!(
             out,
-            b"HTTP/1.1 200 OK\r\nServer: s\r\nConnection: close\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nX-S: s\r\nConnection: close\r\n\r\n"
         );
         out.clear();
         let (f, close) = response_out_framing(BodyFraming::UntilClose, 1);
-        client_response_head(raw, &head, f, close, 1, &[], &mut out);
+        client_response_head(raw, &head, f, close, 1, Rewrite::set(&[]), &mut out);
         assert_eq!(
             out,
-            b"HTTP/1.1 200 OK\r\nServer: s\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nX-S: s\r\nTransfer-Encoding: chunked\r\n\r\n"
         );
     }
 

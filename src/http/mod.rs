@@ -1,6 +1,7 @@
 //! The HTTP/1.1 engine: head parsing by offsets, chunked coding, head encoding for the
-//! upstream and client sides, and the proxy's own canned responses.
+//! upstream and client sides, the proxy's own canned responses, and the `Date` they carry.
 pub mod canned;
 pub mod chunked;
+pub mod date;
 pub mod encode;
 pub mod parse;

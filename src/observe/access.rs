@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{AccessFormat, AccessLogConfig, AccessTarget};
+use crate::http::date::{split_time, MONTHS};
 use crate::http::encode::itoa_buf;
 use crate::stats::{add, Stats};
 
@@ -555,31 +556,8 @@ fn json_opt(buf: &mut Vec<u8>, v: Option<&str>) {
     }
 }
 
-/// Days since 1970-01-01 to (year, month 1..=12, day 1..=31), Howard Hinnant's algorithm.
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-fn split_time(unix: u64) -> (i64, u32, u32, u64, u64, u64) {
-    let (y, m, d) = civil((unix / 86_400) as i64);
-    let s = unix % 86_400;
-    (y, m, d, s / 3600, s / 60 % 60, s % 60)
-}
-
 /// `28/Nov/2026:18:43:09 +0000` (UTC), as nginx's `$time_local` with TZ=UTC.
 pub fn format_combined_time(unix: u64) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
     let (y, m, d, hh, mm, ss) = split_time(unix);
     format!(
         "{d:02}/{}/{y}:{hh:02}:{mm:02}:{ss:02} +0000",
