@@ -116,6 +116,7 @@ fn encode(c: &mut Criterion) {
                     target: &target,
                     host,
                     client_ip: ip,
+                    keep_forwarded_for: true,
                     framing: OutFraming::None,
                     set: &[],
                     https: false,

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::RedirectHttps;
+use crate::config::{AccessList, RedirectHttps};
 use crate::io::Deadline;
 use crate::snapshot::Shared;
 use crate::tls::TlsListener;
@@ -53,6 +53,8 @@ pub struct ListenerSide {
     /// Its TLS (`None`: a plain listener).
     pub tls: Option<Arc<TlsListener>>,
     pub redirect_https: Option<RedirectHttps>,
+    /// Its `allow`/`deny`, checked at accept.
+    pub access: AccessList,
 }
 
 impl ListenerSide {
@@ -65,6 +67,12 @@ impl ListenerSide {
                 .listeners
                 .get(listener)
                 .and_then(|l| l.redirect_https),
+            access: shared
+                .config
+                .listeners
+                .get(listener)
+                .map(|l| l.access.clone())
+                .unwrap_or_default(),
         }
     }
 }

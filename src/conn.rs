@@ -20,6 +20,22 @@ use crate::respond::{linger_close, parse_error_status, respond_canned};
 use crate::shard::ShardCtx;
 use crate::trace::record_refused;
 
+/// Answers a connection its listener's list refuses: 403 with `Connection: close`, whatever
+/// it sends, then a lingering close so the answer is not reset away.
+async fn refuse(ctx: &ShardCtx, stream: TcpStream, peer: SocketAddr, listener: Rc<ListenerSide>) {
+    let mut client = Client {
+        stream: Transport::Plain(stream),
+        buf: Vec::new(),
+        peer,
+        deadline: Deadline::new(),
+        upgraded: None,
+        listener,
+        client_subject: None,
+    };
+    respond_canned(ctx, &mut client, Canned::Forbidden, true).await;
+    linger_close(&mut client).await;
+}
+
 /// Client read buffers start small (idle keep-alive connections are the common case) and
 /// grow up to `max_header_bytes` for heads, or the relay size for bodies.
 const INITIAL_BUF: usize = 4096;
@@ -34,6 +50,15 @@ pub async fn serve(
     listener: Rc<ListenerSide>,
 ) {
     let _ = stream.set_nodelay(true);
+    // -- the listener's allow/deny, before anything is read ------------------------------
+    if !crate::admission::listener_admits(&listener.access, peer.ip()) {
+        crate::stats::bump(&ctx.stats.denied_listener);
+        // A TLS client cannot read a 403 before a handshake it is not granted: closed.
+        if listener.tls.is_none() {
+            Box::pin(refuse(&ctx, stream, peer, listener)).await;
+        }
+        return;
+    }
     // -- TLS listeners: the handshake, within handshake_timeout of the accept -------------
     let mut client_subject = None;
     let stream = match &listener.tls {

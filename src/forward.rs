@@ -46,6 +46,8 @@ pub struct RequestFacts {
     pub head_len: usize,
     /// The client asked to switch protocols and the upgrade will be forwarded.
     pub upgrade: bool,
+    /// Who the client is ([`crate::admission::client_address`]).
+    pub client_ip: std::net::IpAddr,
 }
 
 /// A request routed and encoded for its upstream, ready to send.

@@ -11,6 +11,7 @@
 //! reloads it ([`reload`], with the listening sockets in [`listening`]) and upgrades the
 //! binary ([`upgrade`]).
 
+pub mod admission;
 pub mod balance;
 pub mod client;
 pub mod config;

@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use crate::admission::client_address;
 use crate::balance::key::cookie_value;
 use crate::balance::{request_key, KeySource};
 use crate::client::{micros, Client, Outcome};
@@ -37,6 +38,12 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         // The tunnel's pumps need the plain socket: no upgrade is offered to a backend on a
         // TLS listener (the Upgrade field is hop-by-hop, so it is not forwarded either).
         upgrade: client.stream.plain().is_some() && wants_upgrade(&client.buf, head).is_some(),
+        client_ip: client_address(
+            &ctx.shared.config.trusted_proxies,
+            client.peer.ip(),
+            &client.buf,
+            head,
+        ),
     };
     let mut trace = Trace::default();
     let rid = request_id(ctx, client, head);
@@ -136,7 +143,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         log.push(
             &fields,
             &crate::observe::access::Outcome {
-                client: client.peer.ip(),
+                client: facts.client_ip,
                 status: trace.status,
                 bytes_in: trace.bytes_in,
                 bytes_out: trace.bytes_out,
@@ -188,6 +195,11 @@ fn prepare<'a>(
     let Some(route) = route else {
         return Err(Canned::NotFound);
     };
+    let access = &shared.config.routes[route.index].access;
+    if !access.is_open() && !access.admits(facts.client_ip) {
+        bump(&ctx.stats.denied_route);
+        return Err(Canned::Forbidden);
+    }
     trace.route = Some(route.index);
     trace.upstream = Some(route.upstream);
     // Balancing inputs that live in the head: read them now, before the buffer moves on.
@@ -201,7 +213,7 @@ fn prepare<'a>(
         request_key(
             k,
             KeySource {
-                client_ip: client.peer.ip(),
+                client_ip: facts.client_ip,
                 target: target.path,
                 headers: headers(),
             },
@@ -233,6 +245,12 @@ fn prepare<'a>(
             target: &target,
             host,
             client_ip: client.peer.ip(),
+            // X-Forwarded-For from anyone but a trusted proxy is a claim nobody vouches for:
+            // it is replaced by the peer's address.
+            keep_forwarded_for: crate::config::holds(
+                &shared.config.trusted_proxies,
+                client.peer.ip(),
+            ),
             framing: out_framing,
             // Generated or trusted, the id replaces every incoming field of its name (a
             // trusted peer's duplicates included); so does the mTLS subject, whose field a

@@ -109,6 +109,10 @@ pub struct Totals {
     /// Closed at accept: the shard's snapshot does not have the listener (a shard that
     /// missed a reload's switch; see `worker::admit`).
     pub rejected_no_listener: Cell<u64>,
+    /// Refused by the listener's `allow`/`deny` (answered 403, or closed on a TLS listener).
+    pub denied_listener: Cell<u64>,
+    /// Requests refused by their route's `allow`/`deny` (403).
+    pub denied_route: Cell<u64>,
     pub active: Cell<u64>,
     pub requests: Cell<u64>,
     /// Responses relayed from upstreams by status class 1xx..5xx (index 0..4).
@@ -186,6 +190,8 @@ impl Totals {
             accepted: Cell::new(0),
             rejected_conn_limit: Cell::new(0),
             rejected_no_listener: Cell::new(0),
+            denied_listener: Cell::new(0),
+            denied_route: Cell::new(0),
             active: Cell::new(0),
             requests: Cell::new(0),
             upstream_status: Default::default(),
@@ -277,6 +283,8 @@ impl Stats {
             accepted: self.accepted.get(),
             rejected_conn_limit: self.rejected_conn_limit.get(),
             rejected_no_listener: self.rejected_no_listener.get(),
+            denied_listener: self.denied_listener.get(),
+            denied_route: self.denied_route.get(),
             active: self.active.get(),
             requests: self.requests.get(),
             canned: self.canned.iter().map(get).collect(),
@@ -363,6 +371,8 @@ pub struct Snapshot {
     pub accepted: u64,
     pub rejected_conn_limit: u64,
     pub rejected_no_listener: u64,
+    pub denied_listener: u64,
+    pub denied_route: u64,
     pub active: u64,
     pub requests: u64,
     pub canned: Vec<u64>,
@@ -403,6 +413,8 @@ impl Snapshot {
         self.accepted += other.accepted;
         self.rejected_conn_limit += other.rejected_conn_limit;
         self.rejected_no_listener += other.rejected_no_listener;
+        self.denied_listener += other.denied_listener;
+        self.denied_route += other.denied_route;
         self.active += other.active;
         self.requests += other.requests;
         sum(&mut self.canned, &other.canned);

@@ -23,9 +23,12 @@ user = "nobody"
 group = "@GROUP@"
 server_header = "edge"
 hide_response_headers = ["X-Backend"]
+trusted_proxies = ["10.0.0.0/8", "127.0.0.1"]
 
 [[listener]]
 address = "127.0.0.1:0"
+allow = ["10.0.0.0/8", "127.0.0.1"]
+deny = ["10.6.6.0/24"]
 
 [[listener]]
 address = "127.0.0.1:0"
@@ -41,6 +44,8 @@ path_prefix = "/v1/"
 methods = ["GET", "POST"]
 headers = { "x-canary" = "1" }
 upstream = "api"
+allow = ["10.0.0.0/8"]
+deny = ["10.6.6.0/24"]
 
 [[route]]
 name = "exact"
@@ -151,7 +156,6 @@ access_queue = 64
 
 [request_id]
 header = "X-Request-Id"
-trusted = ["10.0.0.0/8", "127.0.0.1"]
 respond = true
 "#;
 

@@ -60,14 +60,25 @@ both_engines! {
         assert_eq!(list(&rec, "x-multi"), vec!["one", "two"], "forwarded head:\n{}", rec.raw_head);
         assert_eq!(rec.header("accept"), Some("text/plain"));
     }
-    fn x_forwarded_for_appended(engine) {
-        let rec = forward(engine, &[("Host", "h.example"), ("X-Forwarded-For", "10.0.0.1, 10.0.0.2")]);
+    // From a trusted proxy the chain is kept and the peer appended; from anyone else the
+    // incoming field is replaced (tests/access.rs has the rest of the client identity).
+    fn x_forwarded_for_appended_only_for_trusted_proxies(engine) {
+        let origin = Origin::start("origin");
+        let proxy = Config::single(origin.addr())
+            .server("trusted_proxies", "[\"127.0.0.1\"]")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&request("GET", "/h", &[("Host", "h.example"), ("X-Forwarded-For", "10.0.0.1, 10.0.0.2")], b""));
+        assert_eq!(c.read_response().status(), 200);
+        let rec = origin.last_request();
         assert_eq!(
             list(&rec, "x-forwarded-for"),
             vec!["10.0.0.1", "10.0.0.2", "127.0.0.1"],
-            "the client address must be appended to the existing X-Forwarded-For; forwarded head:\n{}",
+            "the peer must be appended to a trusted X-Forwarded-For; forwarded head:\n{}",
             rec.raw_head
         );
+        let rec = forward(engine, &[("Host", "h.example"), ("X-Forwarded-For", "10.0.0.1, 10.0.0.2")]);
+        assert_eq!(list(&rec, "x-forwarded-for"), vec!["127.0.0.1"], "forwarded head:\n{}", rec.raw_head);
     }
     fn x_forwarded_for_added(engine) {
         let rec = forward(engine, &[("Host", "h.example")]);

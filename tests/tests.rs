@@ -4,6 +4,7 @@
 #[macro_use]
 mod support;
 
+mod access;
 mod balancing;
 mod bodies;
 mod check;

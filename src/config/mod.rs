@@ -127,6 +127,8 @@ pub struct RouteConfig {
     pub headers: Vec<(String, String)>,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
+    /// `allow`/`deny`: checked against the client address once the route is chosen.
+    pub access: AccessList,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -179,6 +181,8 @@ pub struct Config {
     pub group: Option<String>,
     /// `server.server_header` and `server.hide_response_headers`.
     pub response: ResponseFields,
+    /// `server.trusted_proxies`: peers whose X-Forwarded-For (and request id) is believed.
+    pub trusted_proxies: Vec<IpNet>,
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
@@ -197,6 +201,8 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     pub tls: Option<ListenerTls>,
     pub redirect_https: Option<RedirectHttps>,
+    /// `allow`/`deny`: checked against the connecting address at accept.
+    pub access: AccessList,
 }
 
 /// Default `server.drain_grace`: long enough for a request a client sent as the drain began
@@ -208,6 +214,7 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// "Splice", for the measurement behind it).
 pub const SPLICE_MIN_BYTES: u64 = 256 * 1024;
 
+mod access;
 mod balancing;
 mod congestion;
 mod dns;
@@ -217,11 +224,12 @@ mod resilience;
 mod response;
 mod tls;
 
+pub use access::{holds, AccessList, IpNet};
 pub use congestion::Congestion;
 use dns::{dns_config, host_port};
 pub use dns::{DnsConfig, NamedBackend};
 pub use observe::{
-    AccessFormat, AccessLogConfig, AccessTarget, AdminConfig, IpNet, LogConfig, RequestIdConfig,
+    AccessFormat, AccessLogConfig, AccessTarget, AdminConfig, LogConfig, RequestIdConfig,
 };
 pub use raw::parse_size;
 use raw::{
@@ -300,6 +308,11 @@ impl Config {
             .unwrap_or_default();
 
         let observe = observe::observe_sections(&mut c, &mut table);
+        let trusted_proxies = access::cidrs(
+            &mut c,
+            "server.trusted_proxies",
+            server.trusted_proxies.as_deref(),
+        );
         let response = response::response_fields(
             &mut c,
             server.server_header.take(),
@@ -706,6 +719,7 @@ impl Config {
                     format!("route name {name:?} is used twice (metrics would mix them)"),
                 );
             }
+            let access = access::access_list(&mut c, &path, r.allow.as_deref(), r.deny.as_deref());
             routes.push(RouteConfig {
                 name,
                 host,
@@ -713,6 +727,7 @@ impl Config {
                 methods,
                 headers,
                 upstream,
+                access,
             });
         }
 
@@ -728,6 +743,7 @@ impl Config {
             user: server.user,
             group: server.group,
             response,
+            trusted_proxies,
             listeners,
             routes,
             upstreams,

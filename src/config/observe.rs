@@ -3,7 +3,7 @@
 //! serde shapes and their validation into typed values live together here, so that
 //! `config/mod.rs` only calls [`observe_sections`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -69,70 +69,14 @@ impl Default for LogConfig {
     }
 }
 
-/// An IP network such as `10.0.0.0/8`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IpNet {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl IpNet {
-    pub fn parse(s: &str) -> Option<IpNet> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a.trim().parse().ok()?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            Some(p) => p.trim().parse::<u8>().ok().filter(|&n| n <= max)?,
-            None => max,
-        };
-        // An IPv4-mapped network (::ffff:a.b.c.d/n, n >= 96) is the IPv4 network it maps,
-        // since clients are matched in their IPv4 form.
-        if let IpAddr::V6(v6) = addr {
-            if let (Some(v4), true) = (v6.to_ipv4_mapped(), prefix >= 96) {
-                return Some(IpNet {
-                    addr: IpAddr::V4(v4),
-                    prefix: prefix - 96,
-                });
-            }
-        }
-        Some(IpNet { addr, prefix })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-/// `[request_id]`: every request carries an id, generated unless a trusted peer sent one.
+/// `[request_id]`: every request carries an id, generated unless a peer in
+/// `server.trusted_proxies` sent one.
 #[derive(Clone, Debug)]
 pub struct RequestIdConfig {
     /// Header name as configured (sent upstream with this spelling).
     pub header: String,
     /// Lower-case header name, for matching.
     pub header_lower: String,
-    /// Peers whose incoming id is kept; from anyone else it is replaced.
-    pub trusted: Vec<IpNet>,
     /// Also return the id to the client in the response.
     pub respond: bool,
 }
@@ -142,15 +86,8 @@ impl Default for RequestIdConfig {
         RequestIdConfig {
             header: "X-Request-Id".into(),
             header_lower: "x-request-id".into(),
-            trusted: Vec::new(),
             respond: true,
         }
-    }
-}
-
-impl RequestIdConfig {
-    pub fn trusts(&self, ip: IpAddr) -> bool {
-        self.trusted.iter().any(|n| n.contains(ip))
     }
 }
 
@@ -376,20 +313,15 @@ pub(super) fn observe_sections(c: &mut Checker, table: &mut toml::Table) -> Obse
             format!("{header:?} is a field the proxy manages (framing, hop-by-hop, Host, forwarding); choose another name such as X-Request-Id"),
         );
     }
-    let mut trusted = Vec::new();
-    for (i, t) in raw.trusted.unwrap_or_default().iter().enumerate() {
-        match IpNet::parse(t) {
-            Some(n) => trusted.push(n),
-            None => c.err(
-                format!("request_id.trusted[{i}]"),
-                format!("invalid network {t:?}; write e.g. \"10.0.0.0/8\" or \"192.0.2.7\""),
-            ),
-        }
+    if raw.trusted.is_some() {
+        c.err(
+            "request_id.trusted",
+            "moved to server.trusted_proxies, which also decides whose X-Forwarded-For is believed",
+        );
     }
     let request_id = RequestIdConfig {
         header_lower: header.to_ascii_lowercase(),
         header,
-        trusted,
         respond: raw.respond.unwrap_or(true),
     };
     Observe {
@@ -400,33 +332,5 @@ pub(super) fn observe_sections(c: &mut Checker, table: &mut toml::Table) -> Obse
             access,
         },
         request_id,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn networks() {
-        let n = IpNet::parse("10.0.0.0/8").unwrap();
-        assert!(n.contains("10.1.2.3".parse().unwrap()));
-        assert!(!n.contains("11.0.0.1".parse().unwrap()));
-        assert!(n.contains("::ffff:10.9.9.9".parse().unwrap()));
-        let one = IpNet::parse("127.0.0.1").unwrap();
-        assert!(one.contains("127.0.0.1".parse().unwrap()));
-        assert!(!one.contains("127.0.0.2".parse().unwrap()));
-        assert!(IpNet::parse("0.0.0.0/0")
-            .unwrap()
-            .contains("8.8.8.8".parse().unwrap()));
-        let v6 = IpNet::parse("2001:db8::/32").unwrap();
-        assert!(v6.contains("2001:db8:1::1".parse().unwrap()));
-        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
-        assert!(IpNet::parse("10.0.0.0/33").is_none());
-        let mapped = IpNet::parse("::ffff:10.0.0.0/104").unwrap();
-        assert!(mapped.contains("10.9.9.9".parse().unwrap()));
-        assert!(mapped.contains("::ffff:10.1.1.1".parse().unwrap()));
-        assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
-        assert!(IpNet::parse("nonsense").is_none());
     }
 }

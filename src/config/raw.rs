@@ -25,6 +25,7 @@ pub(super) struct RawServer {
     pub(super) user: Option<String>,
     pub(super) group: Option<String>,
     pub(super) server_header: Option<String>,
+    pub(super) trusted_proxies: Option<Vec<String>>,
     pub(super) hide_response_headers: Option<Vec<String>>,
 }
 
@@ -42,6 +43,8 @@ pub(super) struct RawListener {
     pub(super) address: String,
     pub(super) tls: Option<super::tls::RawListenerTls>,
     pub(super) redirect_https: Option<super::tls::RawRedirect>,
+    pub(super) allow: Option<Vec<String>>,
+    pub(super) deny: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -54,6 +57,8 @@ pub(super) struct RawRoute {
     pub(super) methods: Option<Vec<String>>,
     pub(super) headers: Option<BTreeMap<String, String>>,
     pub(super) upstream: String,
+    pub(super) allow: Option<Vec<String>>,
+    pub(super) deny: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]

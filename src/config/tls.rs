@@ -353,10 +353,13 @@ pub(super) fn listeners(
                         format!("listening address {a} is already used in the configuration"),
                     );
                 }
+                let access =
+                    super::access::access_list(c, &path, l.allow.as_deref(), l.deny.as_deref());
                 listeners.push(super::ListenerConfig {
                     address: a,
                     tls,
                     redirect_https,
+                    access,
                 });
             }
         }

@@ -8,6 +8,8 @@ pub enum Canned {
     MovedPermanently,
     PermanentRedirect,
     BadRequest,
+    /// A listener's or route's `allow`/`deny` refused the client.
+    Forbidden,
     NotFound,
     MethodNotAllowed,
     RequestTimeout,
@@ -66,6 +68,7 @@ canned_table! {
     MovedPermanently => 301, "Moved Permanently", 18, "moved permanently\n", false;
     PermanentRedirect => 308, "Permanent Redirect", 19, "permanent redirect\n", false;
     BadRequest => 400, "Bad Request", 12, "bad request\n", true;
+    Forbidden => 403, "Forbidden", 10, "forbidden\n", false;
     NotFound => 404, "Not Found", 10, "not found\n", false;
     MethodNotAllowed => 405, "Method Not Allowed", 19, "method not allowed\n", false;
     RequestTimeout => 408, "Request Timeout", 16, "request timeout\n", true;

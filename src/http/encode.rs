@@ -85,8 +85,11 @@ pub struct UpstreamRequest<'a> {
     pub target: &'a Target<'a>,
     /// The Host value to send.
     pub host: &'a [u8],
-    /// Appended to X-Forwarded-For.
+    /// Appended to X-Forwarded-For: the peer (the hop this proxy saw).
     pub client_ip: IpAddr,
+    /// The incoming X-Forwarded-For is kept (the peer is a trusted proxy); otherwise only
+    /// `client_ip` is sent.
+    pub keep_forwarded_for: bool,
     /// How the body will be written.
     pub framing: OutFraming,
     /// Fields the proxy sets (the request id, the mTLS subject), replacing any incoming
@@ -108,6 +111,7 @@ pub fn upstream_request_head(
         target,
         host,
         client_ip,
+        keep_forwarded_for,
         framing,
         set,
         https,
@@ -137,12 +141,13 @@ pub fn upstream_request_head(
                 out.extend_from_slice(h.value.get(buf));
                 out.extend_from_slice(b"\r\n");
             }
-            HeaderKind::XForwardedFor => has_xff = true,
+            HeaderKind::XForwardedFor => has_xff = keep_forwarded_for,
             // Host is written above; the rest are hop-by-hop or replaced below.
             _ => {}
         }
     }
-    // All X-Forwarded-For lines merge into one, in order, with the client appended.
+    // All X-Forwarded-For lines (from a trusted proxy) merge into one, in order, with the
+    // peer appended.
     out.extend_from_slice(b"X-Forwarded-For: ");
     if has_xff {
         for h in head
@@ -402,6 +407,7 @@ X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nVia: 1.0 other\r\nTransf
             target: &t,
             host: b"a.example",
             client_ip: "10.0.0.9".parse().unwrap(),
+            keep_forwarded_for: true,
             framing: OutFraming::Chunked,
             set: &[],
             https: false,
@@ -414,6 +420,16 @@ X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nVia: 1.0 other\r\nTransf
 X-Forwarded-For: 1.2.3.4, 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a.example\r\n\
 Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
         );
+        // From a peer that is not a trusted proxy, the incoming chain is not believed.
+        let mut out = Vec::new();
+        let req = UpstreamRequest {
+            keep_forwarded_for: false,
+            ..req
+        };
+        upstream_request_head(raw, &head, &req, &mut out);
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.contains("\r\nX-Forwarded-For: 10.0.0.9\r\n"), "{s}");
+        assert!(!s.contains("1.2.3.4"), "{s}");
     }
 
     #[test]
@@ -430,6 +446,7 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
             target: &t,
             host: b"a",
             client_ip: "10.0.0.9".parse().unwrap(),
+            keep_forwarded_for: false,
             framing: OutFraming::None,
             set: &[(b"X-Request-Id", b"abc")],
             https: false,

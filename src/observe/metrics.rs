@@ -262,6 +262,22 @@ pub fn render(
     );
     family(
         &mut o,
+        "edgeshard_access_denied_total",
+        "counter",
+        "Refused by an allow/deny list: connections by their listener's (403, or a close before a TLS handshake), requests by their route's (403).",
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_access_denied_total{{scope=\"listener\"}} {}",
+        all.denied_listener
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_access_denied_total{{scope=\"route\"}} {}",
+        all.denied_route
+    );
+    family(
+        &mut o,
         "edgeshard_requests_total",
         "counter",
         "Requests received (heads parsed).",

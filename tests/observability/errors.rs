@@ -130,7 +130,12 @@ fn with_sections(extra: &[(&str, &str)]) -> String {
 /// `check` must exit 1 with exactly one error line, which names the config file, the key path
 /// and says what is wrong.
 fn expect_one_error(extra: &[(&str, &str)], key: &str, problem: &str) {
-    let (code, out) = run_check(&with_sections(extra));
+    expect_one_error_in(&with_sections(extra), key, problem);
+}
+
+/// [`expect_one_error`] for a whole config text.
+fn expect_one_error_in(text: &str, key: &str, problem: &str) {
+    let (code, out) = run_check(text);
     assert_eq!(code, Some(1), "check must exit 1; output:\n{out}");
     let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(
@@ -163,7 +168,7 @@ fn check_accepts_every_observability_key() {
         ),
         (
             "request_id",
-            "header = \"X-Correlation-Id\"\ntrusted = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]\nrespond = false",
+            "header = \"X-Correlation-Id\"\nrespond = false",
         ),
     ]));
     assert_eq!(code, Some(0), "output:\n{out}");
@@ -203,15 +208,26 @@ fn check_rejects_access_sample_out_of_range() {
 
 #[test]
 fn check_rejects_bad_trusted_network() {
-    expect_one_error(
-        &[("request_id", "trusted = [\"10.0.0.0/8\", \"10.0.0.0/33\"]")],
-        "request_id.trusted[1]",
+    let with_trusted = |list: &str| {
+        Config::single("127.0.0.1:9".parse().unwrap())
+            .server("trusted_proxies", list)
+            .render()
+    };
+    expect_one_error_in(
+        &with_trusted("[\"10.0.0.0/8\", \"10.0.0.0/33\"]"),
+        "server.trusted_proxies[1]",
         "invalid network",
     );
-    expect_one_error(
-        &[("request_id", "trusted = [\"example.com\"]")],
-        "request_id.trusted[0]",
+    expect_one_error_in(
+        &with_trusted("[\"example.com\"]"),
+        "server.trusted_proxies[0]",
         "invalid network",
+    );
+    // The list that used to live in [request_id] names its new home.
+    expect_one_error(
+        &[("request_id", "trusted = [\"10.0.0.0/8\"]")],
+        "request_id.trusted",
+        "server.trusted_proxies",
     );
 }
 

@@ -128,7 +128,7 @@ both_engines! {
         let proxy = Config::single(o.addr())
             .admin("")
             .section("log", &access_log_section(&log, "access_format = \"json\""))
-            .section("request_id", "trusted = [\"127.0.0.1/32\"]")
+            .server("trusted_proxies", "[\"127.0.0.1/32\"]")
             .start(engine);
         let mut c = Client::connect(proxy.addr());
         let (resp, up) = exchange(&mut c, &o, "/t/1", &[("X-Request-Id", "abc-123"), ("traceparent", TRACEPARENT)]);
@@ -159,7 +159,7 @@ both_engines! {
     fn request_id_from_a_peer_outside_the_trusted_networks_is_replaced(engine) {
         let o = Origin::start("o");
         let proxy = Config::single(o.addr())
-            .section("request_id", "trusted = [\"10.0.0.0/8\", \"::1/128\"]")
+            .server("trusted_proxies", "[\"10.0.0.0/8\", \"::1/128\"]")
             .start(engine);
         let mut c = Client::connect(proxy.addr());
         let (resp, up) = exchange(&mut c, &o, "/u/1", &[("X-Request-Id", "spoofed"), ("traceparent", TRACEPARENT)]);
@@ -198,7 +198,7 @@ both_engines! {
         // backend gets two different ids and may log the other one.
         let o = Origin::start("o");
         let proxy = Config::single(o.addr())
-            .section("request_id", "trusted = [\"127.0.0.1/32\"]")
+            .server("trusted_proxies", "[\"127.0.0.1/32\"]")
             .start(engine);
         let mut c = Client::connect(proxy.addr());
         let (resp, up) = exchange(&mut c, &o, "/d/1", &[("X-Request-Id", "first"), ("X-Request-Id", "second")]);

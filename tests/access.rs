@@ -1,0 +1,115 @@
+//! Who gets in (issue 16): listeners' and routes' `allow`/`deny` lists (403, counted), and the
+//! client address they are checked against: the peer, or, behind a proxy listed in
+//! `server.trusted_proxies`, the address its `X-Forwarded-For` names.
+
+use crate::support::*;
+use std::time::Duration;
+
+fn denied(admin: std::net::SocketAddr, scope: &str, n: f64) {
+    scrape_until(
+        admin,
+        None,
+        Duration::from_secs(5),
+        "access denials counted",
+        |m| m.value("edgeshard_access_denied_total", &[("scope", scope)]) == n,
+    );
+}
+
+both_engines! {
+    fn route_lists_answer_403_and_the_backend_never_sees_the_request(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", "path_prefix = \"/in/\"\nallow = [\"127.0.0.1/32\"]")
+            .route("main", "path_prefix = \"/out/\"\nallow = [\"10.0.0.0/8\", \"2001:db8::/32\"]")
+            .route("main", "path_prefix = \"/deny/\"\ndeny = [\"127.0.0.0/8\"]")
+            .route("main", "")
+            .admin("")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        for (path, status) in [("/in/a", 200), ("/out/a", 403), ("/deny/a", 403), ("/open", 200)] {
+            c.send(&get("example.com", path));
+            let r = c.read_response();
+            assert_eq!(r.status(), status, "{path}");
+            if status == 403 {
+                assert!(r.header("Connection").is_none(), "a 403 keeps the connection: {:?}", r.head);
+            }
+        }
+        let seen: Vec<String> = origin.requests().iter().map(|r| r.path().to_string()).collect();
+        assert_eq!(seen, ["/in/a", "/open"]);
+        denied(proxy.admin_addr(), "route", 2.0);
+    }
+
+    fn a_listener_list_refuses_before_reading_anything(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr())
+            .only_listener("address = \"127.0.0.1:0\"\ndeny = [\"127.0.0.1\"]")
+            .admin("")
+            .start(engine);
+        // Nothing sent: the answer comes anyway, then the close.
+        let mut c = Client::connect(proxy.addr());
+        let r = c.read_response();
+        assert_eq!(r.status(), 403);
+        assert!(r.has_token("Connection", "close"), "{:?}", r.head);
+        c.expect_closed();
+        // A request sent at once gets the same.
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/x"));
+        assert_eq!(c.read_response().status(), 403);
+        c.expect_closed();
+        assert_eq!(origin.request_count(), 0);
+        denied(proxy.admin_addr(), "listener", 2.0);
+    }
+
+    fn a_listener_allow_list_lets_its_networks_in(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr())
+            .only_listener("address = \"127.0.0.1:0\"\nallow = [\"127.0.0.0/8\"]\ndeny = [\"10.0.0.0/8\"]")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/x"));
+        assert_eq!(c.read_response().status(), 200);
+    }
+
+    // Behind a trusted proxy the client is the address X-Forwarded-For names: that is what a
+    // route's list sees, and the chain is passed on with the peer appended.
+    fn behind_a_trusted_proxy_the_forwarded_client_is_checked(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::new()
+            .server("trusted_proxies", "[\"127.0.0.1\", \"10.9.0.0/16\"]")
+            .upstream("main", &[origin.addr()])
+            .route("main", "allow = [\"203.0.113.0/24\"]")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&request("GET", "/a", &[("Host", "e.example"), ("X-Forwarded-For", "6.6.6.6, 203.0.113.7, 10.9.1.1")], b""));
+        assert_eq!(c.read_response().status(), 200);
+        let xff = origin.last_request().header("x-forwarded-for").map(str::to_string);
+        assert_eq!(xff.as_deref(), Some("6.6.6.6, 203.0.113.7, 10.9.1.1, 127.0.0.1"));
+        // The rightmost untrusted hop decides: a forged entry to its left does not.
+        c.send(&request("GET", "/b", &[("Host", "e.example"), ("X-Forwarded-For", "203.0.113.7, 6.6.6.6")], b""));
+        assert_eq!(c.read_response().status(), 403);
+        // Without the field the client is the proxy itself, which is not allowed.
+        c.send(&get("e.example", "/c"));
+        assert_eq!(c.read_response().status(), 403);
+        assert_eq!(origin.request_count(), 1);
+    }
+
+    // From a peer that is not a trusted proxy, X-Forwarded-For is a claim: it neither admits
+    // the request nor reaches the backend.
+    fn an_untrusted_peer_cannot_claim_another_address(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::new()
+            .server("trusted_proxies", "[\"10.0.0.0/8\"]")
+            .upstream("main", &[origin.addr()])
+            .route("main", "path_prefix = \"/private/\"\nallow = [\"203.0.113.0/24\"]")
+            .route("main", "")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&request("GET", "/private/a", &[("Host", "e.example"), ("X-Forwarded-For", "203.0.113.7")], b""));
+        assert_eq!(c.read_response().status(), 403);
+        c.send(&request("GET", "/open", &[("Host", "e.example"), ("X-Forwarded-For", "203.0.113.7")], b""));
+        assert_eq!(c.read_response().status(), 200);
+        let rec = origin.last_request();
+        assert_eq!(rec.header_all("x-forwarded-for"), ["127.0.0.1"], "{}", rec.raw_head);
+    }
+}
