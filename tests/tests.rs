@@ -14,6 +14,7 @@ mod examples;
 mod framing;
 mod handover;
 mod headers;
+mod interim;
 mod keepalive;
 mod limits;
 mod messages;
