@@ -1,9 +1,11 @@
 //! Stages 4 to 6 of the pipeline for one request: *balance* (pick a backend), *pool* (check a
-//! connection out, or connect), *forward* (send the head and body, read the response head).
+//! connection out, or connect), *forward* (send the head and body, read the response head,
+//! relaying interim 1xx responses to the client as they come: see [`crate::relay`]).
 //! The upstream attempt loop is an explicit state machine (`Step`): each step names what it
 //! holds, and after every try that gave no usable response the one retry rule
 //! ([`crate::health::retry::decide`]) says what comes next. A request that may have reached a
-//! backend is never replayed unless that rule allows it.
+//! backend is never replayed unless that rule allows it, and one whose backend's interim
+//! response already reached the client never is.
 //!
 //! A backend may answer before it has read the whole request body (a 413 or 401 on an
 //! upload, then close): the body stops, and its answer is relayed ([`Answered::early`]).
@@ -24,7 +26,8 @@ use crate::http::parse::{BodyFraming, HeadLimits, Method, ResponseHead};
 use crate::io::{write_from, write_static, IoFail};
 use crate::observe::errors::ErrorLimiter;
 use crate::relay::{
-    head_read_size, read_response_head, relay_body, BodyPlan, HeadFail, HeadRead, Leg, RelayError,
+    head_read_size, read_response_head, relay_body, BodyPlan, HeadFail, HeadRead, Interim, Leg,
+    RelayError,
 };
 use crate::shard::{Buffers, PooledBuf, ShardCtx};
 use crate::snapshot::Shared;
@@ -103,6 +106,9 @@ pub struct Answered<'a> {
     /// The backend answered before it took the whole request body: the client's body is
     /// unread, so its connection closes after the response.
     pub early: bool,
+    /// Interim (1xx) responses were relayed to the client before this head: a failure from
+    /// here on closes the connection instead of answering with a status.
+    pub interim: bool,
     pub guards: TryGuards<'a>,
 }
 
@@ -156,6 +162,8 @@ struct TryResult {
     outcome: TryOutcome,
     /// Some response byte arrived.
     any_byte: bool,
+    /// Some interim response was relayed to the client: no retry, no status of our own.
+    responded: bool,
     /// The request body stopped because the backend closed (it may have answered early).
     body_stopped: bool,
     /// When the request's first byte went out.
@@ -167,7 +175,7 @@ impl TryResult {
     fn error(&self, fail: &HeadFail, reused: bool) -> ProxyError {
         let kind = match fail {
             HeadFail::Io(IoFail::Timeout) => Kind::Timeout,
-            HeadFail::Io(_) => Kind::Closed,
+            HeadFail::Io(_) | HeadFail::Client(_) => Kind::Closed,
             HeadFail::Bad => Kind::Framing,
         };
         let stage = if self.body_stopped {
@@ -178,7 +186,7 @@ impl TryResult {
         ProxyError {
             reused,
             sent: true,
-            ..ProxyError::upstream(kind, stage)
+            ..ProxyError::upstream(kind, stage).with_responded(self.responded)
         }
     }
 }
@@ -289,8 +297,13 @@ impl<'a> Forward<'a> {
                             },
                         )
                         .await?;
-                    let decision =
-                        self.after(&req.facts, &req.tries, t.outcome, reused, t.any_byte);
+                    let decision = self.after(
+                        &req.facts,
+                        &req.tries,
+                        t.outcome,
+                        reused,
+                        (t.any_byte, t.responded),
+                    );
                     if decision == Decision::ResendFresh {
                         // A keep-alive race, not the backend's latency.
                         bump(&self.stats.retries);
@@ -334,6 +347,7 @@ impl<'a> Forward<'a> {
                                 set_cookie: req.tries.set_cookie,
                                 sending: t.sending,
                                 early: t.body_stopped,
+                                interim: t.responded,
                                 guards,
                             });
                         }
@@ -392,6 +406,12 @@ impl<'a> Forward<'a> {
             .try_deadline(tries.first_try, sending)
             .map_or(most, |d| d.saturating_duration_since(sending).min(most));
         let mut any_byte = false;
+        let mut interim = Interim {
+            client: &mut client.stream,
+            client_minor: facts.minor,
+            write_timeout: self.cfg.timeouts.client_send,
+            relayed: false,
+        };
         let body_stopped = sent.is_err();
         let got = match sent {
             // The body stopped because the backend closed: it may have answered first (read
@@ -403,9 +423,22 @@ impl<'a> Forward<'a> {
             _ => {
                 let how = self.head_read(facts, on.backend, timeout);
                 let dl = &mut client.deadline;
-                read_response_head(on.conn, ubuf, &how, dl, &mut any_byte).await
+                let i = &mut interim;
+                read_response_head(on.conn, ubuf, &how, dl, &mut any_byte, i).await
             }
         };
+        let responded = interim.relayed;
+        if let Err(HeadFail::Client(e)) = got {
+            let kind = match e {
+                IoFail::Timeout => Kind::Timeout,
+                _ => Kind::Closed,
+            };
+            return Err(ProxyError {
+                reused: on.reused,
+                sent: true,
+                ..ProxyError::client(kind, Stage::Head).with_responded(responded)
+            });
+        }
         let outcome = match &got {
             Ok(h) => TryOutcome::Response { status: h.status },
             Err(HeadFail::Io(IoFail::Timeout)) => TryOutcome::Timeout,
@@ -415,6 +448,7 @@ impl<'a> Forward<'a> {
             got,
             outcome,
             any_byte,
+            responded,
             body_stopped,
             sending,
         })
@@ -429,7 +463,7 @@ impl<'a> Forward<'a> {
         req.tries.tried.push(backend);
         req.tries.connect_failures += 1;
         let failed = TryOutcome::ConnectFailure;
-        match self.after(&req.facts, &req.tries, failed, false, false) {
+        match self.after(&req.facts, &req.tries, failed, false, (false, false)) {
             Decision::ConnectAnother => Ok(Step::Pick { chosen: None }),
             _ => Err(ProxyError::upstream(Kind::Exhausted, Stage::Connect)),
         }
@@ -471,14 +505,16 @@ impl<'a> Forward<'a> {
         })
     }
 
-    /// The one retry rule, with this request's facts.
+    /// The one retry rule, with this request's facts. `(any_response_byte, responded)`: some
+    /// response byte arrived from the backend; some (interim) response byte went to the
+    /// client.
     fn after(
         &self,
         facts: &RequestFacts,
         tries: &Tries,
         outcome: TryOutcome,
         reused: bool,
-        any_response_byte: bool,
+        (any_response_byte, responded): (bool, bool),
     ) -> Decision {
         let res = &self.cfg.upstreams[tries.upstream].resilience;
         decide(
@@ -489,6 +525,7 @@ impl<'a> Forward<'a> {
                 has_body: !facts.framing.is_empty(),
                 reused,
                 any_response_byte,
+                responded,
                 attempt: tries.attempt,
                 connect_failures: tries.connect_failures,
                 was_resend: tries.resending,

@@ -1,7 +1,8 @@
-//! Stage 6 of the pipeline, *forward* (bytes): reads the upstream's response head and relays
-//! one body between two sockets, de-chunking, re-chunking or copying as the two sides'
-//! framings require. Used by [`crate::forward`] for request bodies (client to upstream) and
-//! response bodies (upstream to client, from [`crate::respond`]). [`Leg`] (one direction's timer, wait bounds and
+//! Stage 6 of the pipeline, *forward* (bytes): reads the upstream's response head (relaying
+//! the interim 1xx responses before it to the client) and relays one body between two
+//! sockets, de-chunking, re-chunking or copying as the two sides' framings require. Used by
+//! [`crate::forward`] for request bodies (client to upstream) and response bodies (upstream
+//! to client, from [`crate::respond`]). [`Leg`] (one direction's timer, wait bounds and
 //! whether it has written) is shared with [`crate::splice`], which relays large bodies.
 
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::config::{SpliceConfig, Timeouts};
 use crate::http::chunked::{encode_chunk, encode_last_chunk, ChunkedDecoder};
-use crate::http::encode::OutFraming;
+use crate::http::encode::{interim_response_head, OutFraming};
 use crate::http::parse::{parse_response, BodyFraming, HeadLimits, Parsed, ResponseHead};
 use crate::io::{read_more, read_more_at_most, write_from, write_two_from, Deadline, IoFail};
 
@@ -24,9 +25,14 @@ pub enum RelayError {
     TooLarge,
 }
 
+/// Why no response head was read.
 pub enum HeadFail {
+    /// Reading from the backend failed.
     Io(IoFail),
+    /// The backend's head was malformed, or not acceptable here.
     Bad,
+    /// Relaying an interim response to the client failed.
+    Client(IoFail),
 }
 
 /// The most one read of a response head asks for. What follows a head in the same read is a
@@ -64,15 +70,45 @@ pub struct HeadRead {
     pub max_read: usize,
 }
 
-/// Reads the upstream's response head into `ubuf` (which may hold bytes after it), skipping
-/// interim 1xx responses. A 101 is returned only when `how.upgrade` (the request asked for
-/// one); otherwise it is refused as malformed.
+/// The most interim (1xx) responses one exchange may carry before its final one; one more
+/// is a bad response, like a malformed head. Real backends send one or two (a `100
+/// Continue`, a `103 Early Hints`); the bound keeps a backend from holding a request in an
+/// endless stream of them.
+pub const MAX_INTERIM: usize = 16;
+
+/// Whether an interim response with `status` (1xx, not 101) is relayed to a client speaking
+/// HTTP/1.`client_minor` (RFC 9110 §15.2). Never to HTTP/1.0 clients. Never a `100
+/// Continue`: the proxy answers `Expect: 100-continue` itself and the backend never sees
+/// the `Expect` field (`crate::forward`), so a backend's `100` is either a second one (the
+/// proxy already sent its own) or one the client did not ask for; a proxy need not forward
+/// a 1xx it caused. Every other 1xx (`103 Early Hints`, `102`, unknown ones) is relayed.
+pub fn relays_interim(status: u16, client_minor: u8) -> bool {
+    client_minor >= 1 && status != 100
+}
+
+/// Where [`read_response_head`] relays interim responses: the client (its stream and HTTP
+/// minor version), each write bounded by `write_timeout`.
+pub struct Interim<'c> {
+    pub client: &'c mut Transport,
+    pub client_minor: u8,
+    pub write_timeout: Duration,
+    /// Set once any interim byte was written to the client: from then on the exchange can
+    /// no longer be answered with a status of the proxy's, nor retried on another backend.
+    pub relayed: bool,
+}
+
+/// Reads the upstream's response head into `ubuf` (which may hold bytes after it). Interim
+/// 1xx responses before it are relayed to the client when [`relays_interim`] says so, as
+/// [`interim_response_head`] writes them, and dropped otherwise; more than [`MAX_INTERIM`]
+/// of them is a bad response. A 101 is returned only when `how.upgrade` (the request asked
+/// for one); otherwise it is refused as malformed.
 pub async fn read_response_head(
     upstream: &mut Transport,
     ubuf: &mut Vec<u8>,
     how: &HeadRead,
     dl: &mut Deadline,
     any_byte: &mut bool,
+    interim: &mut Interim<'_>,
 ) -> Result<ResponseHead, HeadFail> {
     let HeadRead {
         ref limits,
@@ -82,6 +118,7 @@ pub async fn read_response_head(
     } = *how;
     let deadline = Instant::now() + timeout;
     let mut head = ResponseHead::default();
+    let mut interims = 0;
     loop {
         if !ubuf.is_empty() {
             match parse_response(ubuf, limits, &mut head) {
@@ -94,6 +131,19 @@ pub async fn read_response_head(
                         };
                     }
                     if (100..200).contains(&head.status) {
+                        interims += 1;
+                        if interims > MAX_INTERIM {
+                            return Err(HeadFail::Bad);
+                        }
+                        if relays_interim(head.status, interim.client_minor) {
+                            let mut out = Vec::with_capacity(head.head_len + 16);
+                            interim_response_head(ubuf, &head, &mut out);
+                            let n = out.len();
+                            interim.relayed = true;
+                            write_from(interim.client, &mut out, 0, n, dl, interim.write_timeout)
+                                .await
+                                .map_err(HeadFail::Client)?;
+                        }
                         ubuf.drain(..head.head_len);
                         continue;
                     }
@@ -333,6 +383,16 @@ mod tests {
             pipe_bytes: 1 << 20,
             max_pipes: 16,
         }
+    }
+
+    #[test]
+    fn interim_responses_reach_http_1_1_clients_except_100() {
+        for status in [102, 103, 104, 150, 199] {
+            assert!(relays_interim(status, 1), "{status}");
+            assert!(!relays_interim(status, 0), "{status} to HTTP/1.0");
+        }
+        assert!(!relays_interim(100, 1));
+        assert!(!relays_interim(100, 0));
     }
 
     #[test]

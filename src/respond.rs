@@ -77,6 +77,7 @@ pub async fn relay_response(
         set_cookie,
         sending,
         early,
+        interim,
         guards,
     } = answered;
     r.stats.upstream_status(backend, head.status);
@@ -110,7 +111,7 @@ pub async fn relay_response(
         // Upgrades are offered only to plain backends (`proxy::prepare`): the tunnel's pumps
         // move raw socket bytes.
         let Transport::Plain(upstream) = upstream else {
-            return Err(ProxyError::upstream(Kind::Framing, Stage::Head));
+            return Err(ProxyError::upstream(Kind::Framing, Stage::Head).with_responded(interim));
         };
         let up = Upgraded {
             upstream,
@@ -151,7 +152,8 @@ pub async fn relay_response(
         && facts.method != Method::Head
         && !unusual_body
         && !early;
-    let mut written = false;
+    // Interim responses relayed before this head count as written: a failure closes.
+    let mut written = interim;
     let relayed = match splice_choice(
         r,
         client,

@@ -15,6 +15,7 @@ mod examples;
 mod framing;
 mod handover;
 mod headers;
+mod interim;
 mod keepalive;
 mod limits;
 mod messages;

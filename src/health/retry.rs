@@ -21,6 +21,9 @@
 //!    then the caller asks the shard's [`RetryBudget`] for a token (last, so only real
 //!    retries spend) and picks a backend this request has not tried.
 //!
+//! None of them once an interim (1xx) response of this try was relayed to the client: the
+//! client already has part of this backend's answer ([`Try::responded`]).
+//!
 //! **Budget.** Like Finagle's `RetryBudget`: over a sliding window (10 s, 10 buckets) a
 //! shard allows `retries ≤ ratio × requests + min_per_sec × window`. Under a 100 % failure
 //! load the backends therefore see at most `(1 + ratio)` times the offered load plus the
@@ -98,6 +101,9 @@ pub struct Try {
     pub reused: bool,
     /// Some response byte arrived on it.
     pub any_response_byte: bool,
+    /// Some response byte (an interim 1xx) was relayed to the client: the exchange is
+    /// committed to this backend, whatever its outcome.
+    pub responded: bool,
     /// Tries so far, this one included (connect failures and fresh resends not counted).
     pub attempt: u32,
     /// Connects that failed so far, this one included if it did.
@@ -124,6 +130,9 @@ pub enum Decision {
 
 /// The one retry rule (module header): what the attempt machine does after `t`.
 pub fn decide(spec: &RetrySpec, t: &Try) -> Decision {
+    if t.responded {
+        return Decision::Answer;
+    }
     match t.outcome {
         Outcome::ConnectFailure if t.connect_failures < MAX_CONNECTS => Decision::ConnectAnother,
         Outcome::ConnectFailure => Decision::Answer,
@@ -387,6 +396,7 @@ mod tests {
             has_body: false,
             reused: false,
             any_response_byte: false,
+            responded: false,
             attempt: 1,
             connect_failures: 0,
             was_resend: false,
@@ -456,6 +466,26 @@ mod tests {
             },
         ] {
             assert_eq!(decide(&s, &t), Decision::Answer, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn nothing_is_retried_once_an_interim_response_reached_the_client() {
+        let s = RetrySpec {
+            attempts: 3,
+            on: vec![RetryOn::Reset, RetryOn::Timeout, RetryOn::Status(503)],
+            ..RetrySpec::default()
+        };
+        for outcome in [RESET, Outcome::Timeout, Outcome::Response { status: 503 }] {
+            let t = get_try(outcome);
+            assert_ne!(decide(&s, &t), Decision::Answer, "{t:?}");
+            let relayed = Try {
+                any_response_byte: true,
+                responded: true,
+                reused: true,
+                ..t
+            };
+            assert_eq!(decide(&s, &relayed), Decision::Answer, "{relayed:?}");
         }
     }
 

@@ -1,7 +1,7 @@
 //! Stage 6 of the pipeline, *forward* (heads): writes the request head sent upstream and the
-//! response head sent to the client, straight from the parsed offsets into an output buffer.
-//! Hop-by-hop fields and every field named in `Connection` are dropped; the proxy writes its
-//! own framing and X-Forwarded-* / Via fields.
+//! response heads sent to the client (interim 1xx ones and the final one), straight from the
+//! parsed offsets into an output buffer. Hop-by-hop fields and every field named in
+//! `Connection` are dropped; the proxy writes its own framing and X-Forwarded-* / Via fields.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -238,12 +238,7 @@ pub fn client_response_head(
     rw: Rewrite<'_>,
     out: &mut Vec<u8>,
 ) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    let mut code = itoa_buf(u64::from(head.status));
-    out.extend_from_slice(code.as_str());
-    out.push(b' ');
-    out.extend_from_slice(head.reason.get(buf));
-    out.extend_from_slice(b"\r\n");
+    status_line(buf, head, out);
     // A body-less response keeps the upstream's Content-Length (HEAD, 304), except 204.
     let keep_length = framing == OutFraming::None && head.status != 204;
     let has_date = copy_response_fields(buf, head, rw, out, |kind| match kind {
@@ -285,6 +280,29 @@ pub fn switching_protocols_head(
     });
     write_set(rw.set, out);
     out.extend_from_slice(b"Connection: upgrade\r\n\r\n");
+}
+
+/// `HTTP/1.1 <code> <upstream reason>`: the status line of every relayed response.
+fn status_line(buf: &[u8], head: &ResponseHead, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut code = itoa_buf(u64::from(head.status));
+    out.extend_from_slice(code.as_str());
+    out.push(b' ');
+    out.extend_from_slice(head.reason.get(buf));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes an interim (1xx, not 101) response head for the client: the backend's status,
+/// reason and fields, by the rules of [`client_response_head`] (hop-by-hop fields and those
+/// named in `Connection` dropped), with no framing (an interim response has no body, so
+/// `Content-Length` goes too) and no `Connection` field of the proxy's own.
+pub fn interim_response_head(buf: &[u8], head: &ResponseHead, out: &mut Vec<u8>) {
+    status_line(buf, head, out);
+    copy_response_fields(buf, head, &[], out, |kind| match kind {
+        HeaderKind::Upgrade | HeaderKind::ContentLength => Some(false),
+        _ => None,
+    });
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Copies the upstream's response fields to the client head: hop-by-hop fields
@@ -511,6 +529,35 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
             out,
             b"HTTP/1.1 200 OK\r\nX-S: s\r\nTransfer-Encoding: chunked\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn interim_heads_keep_their_fields_but_not_hop_by_hop_ones_or_framing() {
+        let raw = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: X-A\r\n\
+X-A: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\nUpgrade: h2c\r\n\
+Proxy-Connection: x\r\nTE: trailers\r\nlink: </b.js>; rel=preload\r\n\r\n";
+        let mut head = ResponseHead::default();
+        assert!(matches!(
+            parse_response(raw, &L, &mut head),
+            Ok(Parsed::Complete(()))
+        ));
+        let mut out = Vec::new();
+        interim_response_head(raw, &head, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\
+link: </b.js>; rel=preload\r\n\r\n"
+        );
+        // An HTTP/1.0 backend's interim head still goes out as HTTP/1.1; an empty reason stays
+        // empty.
+        let raw = b"HTTP/1.0 102 \r\n\r\n";
+        assert!(matches!(
+            parse_response(raw, &L, &mut head),
+            Ok(Parsed::Complete(()))
+        ));
+        let mut out = Vec::new();
+        interim_response_head(raw, &head, &mut out);
+        assert_eq!(out, b"HTTP/1.1 102 \r\n\r\n");
     }
 
     #[test]
