@@ -410,6 +410,7 @@ impl<'a> Forward<'a> {
             client: &mut client.stream,
             client_minor: facts.minor,
             write_timeout: self.cfg.timeouts.client_send,
+            hide: &self.cfg.response.hide,
             relayed: false,
         };
         let body_stopped = sent.is_err();

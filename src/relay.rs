@@ -92,6 +92,8 @@ pub struct Interim<'c> {
     pub client: &'c mut Transport,
     pub client_minor: u8,
     pub write_timeout: Duration,
+    /// `server.hide_response_headers`.
+    pub hide: &'c [Box<str>],
     /// Set once any interim byte was written to the client: from then on the exchange can
     /// no longer be answered with a status of the proxy's, nor retried on another backend.
     pub relayed: bool,
@@ -137,7 +139,7 @@ pub async fn read_response_head(
                         }
                         if relays_interim(head.status, interim.client_minor) {
                             let mut out = Vec::with_capacity(head.head_len + 16);
-                            interim_response_head(ubuf, &head, &mut out);
+                            interim_response_head(ubuf, &head, interim.hide, &mut out);
                             let n = out.len();
                             interim.relayed = true;
                             write_from(interim.client, &mut out, 0, n, dl, interim.write_timeout)

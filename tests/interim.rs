@@ -16,7 +16,7 @@ use std::thread;
 use std::time::Duration;
 
 const HINTS: &[u8] = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\
-Connection: x-a\r\nX-A: 1\r\nKeep-Alive: timeout=5\r\n\r\n";
+Connection: x-a\r\nX-A: 1\r\nKeep-Alive: timeout=5\r\nServer: backend-7\r\nX-Powered-By: PHP\r\n\r\n";
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -29,7 +29,7 @@ fn client(proxy: &Proxy) -> Client {
     c
 }
 
-/// The relayed `HINTS`: its `Link`, none of its hop-by-hop fields.
+/// The relayed `HINTS`: its `Link`, none of its hop-by-hop fields, nothing naming the backend.
 fn assert_hints(r: &Response) {
     assert_eq!(r.status(), 103, "{}", r.head.raw);
     assert!(
@@ -49,6 +49,8 @@ fn assert_hints(r: &Response) {
         "keep-alive",
         "content-length",
         "transfer-encoding",
+        "server",
+        "x-powered-by",
     ] {
         assert!(
             r.header(gone).is_none(),

@@ -294,11 +294,22 @@ fn status_line(buf: &[u8], head: &ResponseHead, out: &mut Vec<u8>) {
 
 /// Writes an interim (1xx, not 101) response head for the client: the backend's status,
 /// reason and fields, by the rules of [`client_response_head`] (hop-by-hop fields and those
-/// named in `Connection` dropped), with no framing (an interim response has no body, so
-/// `Content-Length` goes too) and no `Connection` field of the proxy's own.
-pub fn interim_response_head(buf: &[u8], head: &ResponseHead, out: &mut Vec<u8>) {
+/// named in `Connection` dropped, the backend's identity hidden: `hide` as in [`Rewrite`]),
+/// with no framing (an interim response has no body, so `Content-Length` goes too) and no
+/// `Connection` field of the proxy's own.
+pub fn interim_response_head(
+    buf: &[u8],
+    head: &ResponseHead,
+    hide: &[Box<str>],
+    out: &mut Vec<u8>,
+) {
     status_line(buf, head, out);
-    copy_response_fields(buf, head, &[], out, |kind| match kind {
+    let rw = Rewrite {
+        set: &[],
+        hide,
+        date: None,
+    };
+    copy_response_fields(buf, head, rw, out, |kind| match kind {
         HeaderKind::Upgrade | HeaderKind::ContentLength => Some(false),
         _ => None,
     });
@@ -542,7 +553,7 @@ Proxy-Connection: x\r\nTE: trailers\r\nlink: </b.js>; rel=preload\r\n\r\n";
             Ok(Parsed::Complete(()))
         ));
         let mut out = Vec::new();
-        interim_response_head(raw, &head, &mut out);
+        interim_response_head(raw, &head, &[], &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\
@@ -556,7 +567,7 @@ link: </b.js>; rel=preload\r\n\r\n"
             Ok(Parsed::Complete(()))
         ));
         let mut out = Vec::new();
-        interim_response_head(raw, &head, &mut out);
+        interim_response_head(raw, &head, &[], &mut out);
         assert_eq!(out, b"HTTP/1.1 102 \r\n\r\n");
     }
 
