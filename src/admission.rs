@@ -1,11 +1,15 @@
 //! Stage 1½ and 3½ of the pipeline, *admit*: who the client is and whether it may come in.
-//! A connection is checked against its listener's `allow`/`deny` at accept, before anything
-//! is read ([`listener_admits`]); a request's client address is derived once its head is
+//! A connection is counted against `limits.max_connections` and
+//! `limits.max_connections_per_client` when it is accepted ([`ConnTable`], shared by all
+//! shards), then checked against its listener's `allow`/`deny` before anything is read
+//! ([`listener_admits`]); a request's client address is derived once its head is
 //! parsed ([`client_address`]: the peer, or, when the peer is one of
 //! `server.trusted_proxies`, the address its `X-Forwarded-For` names), and that address is
 //! what routes' `allow`/`deny`, hash keys and the access log see.
 
+use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use crate::config::{holds, AccessList, IpNet};
 use crate::http::parse::{HeaderKind, RequestHead};
@@ -59,6 +63,102 @@ fn parse_hop(entry: &[u8]) -> Option<IpAddr> {
         .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
 }
 
+/// Counters per row of the per-address sketch.
+const WIDTH: usize = 4096;
+
+/// Open client connections of the whole process, counted when a limit is on: in total, and
+/// per client address in a count-min sketch (two rows of [`WIDTH`] counters, indexed by two
+/// halves of a hash seeded per process). An address's count is the smaller of its two cells,
+/// so it is never under-counted; two addresses share a count only if they collide in both
+/// rows (about 1 in 16 million pairs), and then the limit is applied early, never late. The
+/// atomics are touched once at accept and once at close, by connections only while a limit
+/// is on: with both limits off (the default) nothing here runs.
+pub struct ConnTable {
+    total: AtomicUsize,
+    cells: Box<[AtomicU32]>,
+    seed: RandomState,
+}
+
+/// Why [`ConnTable::enter`] refused a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    Total,
+    PerClient,
+}
+
+/// What one admitted connection holds in the table, given back by [`ConnTable::leave`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    cells: Option<[u32; 2]>,
+    total: bool,
+}
+
+impl Default for ConnTable {
+    fn default() -> ConnTable {
+        ConnTable {
+            total: AtomicUsize::new(0),
+            cells: (0..2 * WIDTH).map(|_| AtomicU32::new(0)).collect(),
+            seed: RandomState::new(),
+        }
+    }
+}
+
+impl ConnTable {
+    /// Counts a connection from `ip` unless that would exceed `max_total` or `per_client`
+    /// (0 = no bound). `Ok(None)`: no limit is on, nothing was counted.
+    pub fn enter(
+        &self,
+        ip: IpAddr,
+        max_total: usize,
+        per_client: usize,
+    ) -> Result<Option<Held>, Refused> {
+        if max_total == 0 && per_client == 0 {
+            return Ok(None);
+        }
+        let total = max_total > 0;
+        if total && self.total.fetch_add(1, Ordering::Relaxed) >= max_total {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refused::Total);
+        }
+        let mut held = Held { cells: None, total };
+        if per_client > 0 {
+            let cells = self.cells_of(ip);
+            let counts = cells.map(|c| self.cells[c as usize].fetch_add(1, Ordering::Relaxed));
+            held.cells = Some(cells);
+            if counts[0].min(counts[1]) as usize >= per_client {
+                self.leave(held);
+                return Err(Refused::PerClient);
+            }
+        }
+        Ok(Some(held))
+    }
+
+    /// Gives back what [`ConnTable::enter`] counted.
+    pub fn leave(&self, held: Held) {
+        if held.total {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(cells) = held.cells {
+            for c in cells {
+                self.cells[c as usize].fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn cells_of(&self, ip: IpAddr) -> [u32; 2] {
+        // IPv4-mapped IPv6 clients count as their IPv4 address.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let h = self.seed.hash_one(ip);
+        [
+            (h as usize % WIDTH) as u32,
+            (WIDTH + (h >> 32) as usize % WIDTH) as u32,
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +186,39 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_table_bounds_each_address_and_the_total_and_gives_back() {
+        let t = ConnTable::default();
+        let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
+        assert_eq!(t.enter(a, 0, 0), Ok(None), "no limit: nothing counted");
+        let held: Vec<Held> = (0..3).map(|_| t.enter(a, 0, 3).unwrap().unwrap()).collect();
+        assert_eq!(t.enter(a, 0, 3), Err(Refused::PerClient));
+        assert_eq!(
+            t.enter(ip("::ffff:192.0.2.1"), 0, 3),
+            Err(Refused::PerClient),
+            "an IPv4-mapped address is the same client"
+        );
+        let other = t.enter(b, 0, 3).unwrap().unwrap();
+        t.leave(held[0]);
+        let again = t.enter(a, 0, 3).unwrap().unwrap();
+        // The total bound, alone and with per-client counting on too.
+        let x = t.enter(ip("198.51.100.1"), 2, 0).unwrap().unwrap();
+        let y = t.enter(ip("198.51.100.2"), 2, 3).unwrap().unwrap();
+        assert_eq!(t.enter(ip("198.51.100.3"), 2, 3), Err(Refused::Total));
+        for h in [held[1], held[2], other, again, x, y] {
+            t.leave(h);
+        }
+        assert_eq!(t.total.load(Ordering::Relaxed), 0);
+        assert!(
+            t.cells.iter().all(|c| c.load(Ordering::Relaxed) == 0),
+            "every count given back"
+        );
+        let h = t.enter(ip("198.51.100.1"), 1, 0).unwrap().unwrap();
+        assert_eq!(t.enter(a, 1, 0), Err(Refused::Total));
+        t.leave(h);
+        assert!(t.enter(a, 1, 0).is_ok());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::admission::ConnTable;
 use crate::client::ListenerSide;
 use crate::http::date::DateCache;
 use crate::notify::Notify;
@@ -65,6 +66,8 @@ pub struct ShardCommon {
     /// The `Date` text of this second, for the proxy's own answers and forwarded responses
     /// without one.
     pub date: DateCache,
+    /// The process's open-connection counts (`Published::conns`), for the connection limits.
+    pub conns: Arc<ConnTable>,
     /// Fired when the shard starts draining (through [`ShardCtx::begin_drain`]).
     pub drain: Notify,
     /// Set when draining begins: until then an idle connection may still send one request.
@@ -86,10 +89,15 @@ impl Deref for ShardCtx {
 
 impl ShardCtx {
     pub fn new(id: usize, shared: Arc<Shared>) -> ShardCtx {
-        ShardCtx::with_log(id, shared, None)
+        ShardCtx::with_log(id, shared, None, Arc::default())
     }
 
-    pub fn with_log(id: usize, shared: Arc<Shared>, sink: Option<LogSink>) -> ShardCtx {
+    pub fn with_log(
+        id: usize,
+        shared: Arc<Shared>,
+        sink: Option<LogSink>,
+        conns: Arc<ConnTable>,
+    ) -> ShardCtx {
         let common = Rc::new(ShardCommon {
             id,
             buffers: Buffers::default(),
@@ -104,6 +112,7 @@ impl ShardCtx {
                 shared.config.splice.pipe_bytes,
             ),
             date: DateCache::default(),
+            conns,
             drain: Notify::default(),
             grace_end: Cell::new(None),
             idle: Notify::default(),

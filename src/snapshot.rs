@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::admission::ConnTable;
 use crate::balance::{Member, Table};
 use crate::config::Config;
 use crate::health::{Health, HealthBoard};
@@ -259,10 +260,12 @@ pub(crate) fn members_of(u: &crate::config::UpstreamConfig) -> Vec<Member> {
 /// told of a reload, the admin thread loads it per request, and a request runs to its end on
 /// the snapshot it started with. `generation` counts replacements (one relaxed-or-acquire
 /// load of a word written only by a reload).
-#[derive(Debug)]
+/// It also holds what outlives every snapshot and is shared by all shards: the open-connection
+/// counts the connection limits are checked against.
 pub struct Published {
     current: ArcSwap<Shared>,
     generation: AtomicU64,
+    pub conns: Arc<ConnTable>,
 }
 
 impl Published {
@@ -270,6 +273,7 @@ impl Published {
         Published {
             current: ArcSwap::new(first),
             generation: AtomicU64::new(0),
+            conns: Arc::default(),
         }
     }
 

@@ -109,6 +109,9 @@ pub struct Totals {
     /// Closed at accept: the shard's snapshot does not have the listener (a shard that
     /// missed a reload's switch; see `worker::admit`).
     pub rejected_no_listener: Cell<u64>,
+    /// Closed at accept: over `limits.max_connections` / `limits.max_connections_per_client`.
+    pub rejected_total_limit: Cell<u64>,
+    pub rejected_client_limit: Cell<u64>,
     /// Refused by the listener's `allow`/`deny` (answered 403, or closed on a TLS listener).
     pub denied_listener: Cell<u64>,
     /// Requests refused by their route's `allow`/`deny` (403).
@@ -190,6 +193,8 @@ impl Totals {
             accepted: Cell::new(0),
             rejected_conn_limit: Cell::new(0),
             rejected_no_listener: Cell::new(0),
+            rejected_total_limit: Cell::new(0),
+            rejected_client_limit: Cell::new(0),
             denied_listener: Cell::new(0),
             denied_route: Cell::new(0),
             active: Cell::new(0),
@@ -283,6 +288,8 @@ impl Stats {
             accepted: self.accepted.get(),
             rejected_conn_limit: self.rejected_conn_limit.get(),
             rejected_no_listener: self.rejected_no_listener.get(),
+            rejected_total_limit: self.rejected_total_limit.get(),
+            rejected_client_limit: self.rejected_client_limit.get(),
             denied_listener: self.denied_listener.get(),
             denied_route: self.denied_route.get(),
             active: self.active.get(),
@@ -371,6 +378,8 @@ pub struct Snapshot {
     pub accepted: u64,
     pub rejected_conn_limit: u64,
     pub rejected_no_listener: u64,
+    pub rejected_total_limit: u64,
+    pub rejected_client_limit: u64,
     pub denied_listener: u64,
     pub denied_route: u64,
     pub active: u64,
@@ -413,6 +422,8 @@ impl Snapshot {
         self.accepted += other.accepted;
         self.rejected_conn_limit += other.rejected_conn_limit;
         self.rejected_no_listener += other.rejected_no_listener;
+        self.rejected_total_limit += other.rejected_total_limit;
+        self.rejected_client_limit += other.rejected_client_limit;
         self.denied_listener += other.denied_listener;
         self.denied_route += other.denied_route;
         self.active += other.active;

@@ -17,6 +17,7 @@ use futures_channel::{mpsc, oneshot};
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
 
+use crate::admission::{Held, Refused};
 use crate::config::IoEngine;
 use crate::notify::Notify;
 use crate::observe::access::LogSink;
@@ -57,20 +58,26 @@ pub struct Switched {
 /// shard-wide half only, so a long-lived connection does not keep an old snapshot's state.
 pub struct ActiveGuard {
     common: Rc<ShardCommon>,
+    /// What the connection counts in the process's limits, given back at close.
+    held: Option<Held>,
 }
 
 impl ActiveGuard {
-    fn new(ctx: &ShardCtx) -> ActiveGuard {
+    fn new(ctx: &ShardCtx, held: Option<Held>) -> ActiveGuard {
         ctx.active.set(ctx.active.get() + 1);
         ctx.stats.active.set(ctx.active.get() as u64);
         ActiveGuard {
             common: ctx.common().clone(),
+            held,
         }
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.common.conns.leave(held);
+        }
         let n = self.common.active.get() - 1;
         self.common.active.set(n);
         if let Some(ctx) = self.common.current() {
@@ -183,7 +190,12 @@ async fn shard_main(start: ShardStart) -> ShardReport {
         log_sink,
         ..
     } = start;
-    let ctx = Rc::new(ShardCtx::with_log(id, snapshot.load(), log_sink));
+    let ctx = Rc::new(ShardCtx::with_log(
+        id,
+        snapshot.load(),
+        log_sink,
+        snapshot.conns.clone(),
+    ));
     ctx.set_current(Some(ctx.clone()));
     let common = ctx.common().clone();
     drop(ctx);
@@ -523,13 +535,35 @@ fn admit(
         }
         return;
     };
-    if ctx.active.get() >= ctx.shared.config.limits.max_connections_per_shard {
+    let limits = &ctx.shared.config.limits;
+    if ctx.active.get() >= limits.max_connections_per_shard {
         bump(&ctx.stats.rejected_conn_limit);
         drop(stream);
         return;
     }
+    let held = match ctx.conns.enter(
+        peer.ip(),
+        limits.max_connections,
+        limits.max_connections_per_client,
+    ) {
+        Ok(held) => held,
+        Err(refused) => {
+            let (counter, limit) = match refused {
+                Refused::Total => (&ctx.stats.rejected_total_limit, "max_connections"),
+                Refused::PerClient => (
+                    &ctx.stats.rejected_client_limit,
+                    "max_connections_per_client",
+                ),
+            };
+            bump(counter);
+            if ctx.errors.allow(&ctx.stats) {
+                tracing::warn!(shard = ctx.id, client = %peer.ip(), limit, "connection closed at accept: over limits.{limit}");
+            }
+            return;
+        }
+    };
     let listener = listener.clone();
-    let guard = ActiveGuard::new(&ctx);
+    let guard = ActiveGuard::new(&ctx, held);
     monoio::spawn(async move {
         crate::conn::serve(ctx, stream, peer, Instant::now(), listener).await;
         drop(guard);

@@ -113,3 +113,61 @@ both_engines! {
         assert_eq!(rec.header_all("x-forwarded-for"), ["127.0.0.1"], "{}", rec.raw_head);
     }
 }
+
+/// Opens `n` connections from 127.0.0.1, waits until the proxy has taken all of them in
+/// (accepted, and `refused` of them closed at accept for `reason`), then sends one request
+/// with `Connection: close` on each. Returns how many were answered.
+fn answered_of(proxy: &Proxy, n: usize, reason: &str, refused: f64) -> usize {
+    let mut conns: Vec<Client> = (0..n).map(|_| Client::connect(proxy.addr())).collect();
+    scrape_until(
+        proxy.admin_addr(),
+        None,
+        Duration::from_secs(10),
+        "connections taken in",
+        |m| {
+            m.value("edgeshard_connections_accepted_total", &[]) >= n as f64
+                && m.value(
+                    "edgeshard_connections_rejected_total",
+                    &[("reason", reason)],
+                ) == refused
+        },
+    );
+    let mut answered = 0;
+    for c in &mut conns {
+        let _ = c.try_send(b"GET / HTTP/1.1\r\nHost: e.example\r\nConnection: close\r\n\r\n");
+        if let Ok(bytes) = c.read_until_closed(Duration::from_secs(5)) {
+            answered += usize::from(bytes.starts_with(b"HTTP/1.1 200 "));
+        }
+    }
+    answered
+}
+
+both_engines! {
+    // Connections from one address are bounded across all shards together (SO_REUSEPORT
+    // spreads them; a per-shard count would let twice as many in), and a closed one frees
+    // its place.
+    fn connections_per_client_are_bounded_across_shards(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr())
+            .limit("max_connections_per_client", "4")
+            .admin("")
+            .start_shards(engine, 2);
+        assert_eq!(answered_of(&proxy, 8, "max_connections_per_client", 4.0), 4);
+        // The four answered connections closed: their places are free again.
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "connections closed", |m| {
+            m.value("edgeshard_connections_active", &[]) == 0.0
+        });
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("e.example", "/again"));
+        assert_eq!(c.read_response().status(), 200);
+    }
+
+    fn the_process_total_is_bounded(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr())
+            .limit("max_connections", "3")
+            .admin("")
+            .start_shards(engine, 2);
+        assert_eq!(answered_of(&proxy, 5, "max_connections", 2.0), 3);
+    }
+}

@@ -138,6 +138,8 @@ max_headers = 100
 max_uri_bytes = 8192
 max_body_bytes = "16MiB"
 max_connections_per_shard = 65536
+max_connections = 1000000
+max_connections_per_client = 4096
 
 [admin]
 address = "127.0.0.1:9901"

@@ -164,6 +164,10 @@ pub struct Limits {
     pub max_uri_bytes: usize,
     pub max_body_bytes: u64,
     pub max_connections_per_shard: usize,
+    /// Open client connections of the whole process; 0 = only the per-shard bound.
+    pub max_connections: usize,
+    /// Open client connections per client address, all shards together; 0 = no bound.
+    pub max_connections_per_client: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -476,6 +480,20 @@ impl Config {
                 limits.max_connections_per_shard,
                 65536,
                 1,
+                1 << 24,
+            ),
+            max_connections: c.count(
+                "limits.max_connections",
+                limits.max_connections,
+                0,
+                0,
+                1 << 30,
+            ),
+            max_connections_per_client: c.count(
+                "limits.max_connections_per_client",
+                limits.max_connections_per_client,
+                0,
+                0,
                 1 << 24,
             ),
         };

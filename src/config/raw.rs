@@ -110,6 +110,8 @@ pub(super) struct RawLimits {
     pub(super) max_uri_bytes: Option<Size>,
     pub(super) max_body_bytes: Option<Size>,
     pub(super) max_connections_per_shard: Option<usize>,
+    pub(super) max_connections: Option<usize>,
+    pub(super) max_connections_per_client: Option<usize>,
 }
 
 /// A byte size written as an integer or a string such as "16MiB".

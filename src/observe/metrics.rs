@@ -260,6 +260,16 @@ pub fn render(
         "edgeshard_connections_rejected_total{{reason=\"listener_not_in_force\"}} {}",
         all.rejected_no_listener
     );
+    let _ = writeln!(
+        o,
+        "edgeshard_connections_rejected_total{{reason=\"max_connections\"}} {}",
+        all.rejected_total_limit
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_connections_rejected_total{{reason=\"max_connections_per_client\"}} {}",
+        all.rejected_client_limit
+    );
     family(
         &mut o,
         "edgeshard_access_denied_total",
