@@ -131,6 +131,8 @@ max_headers = 100
 max_uri_bytes = 8192
 max_body_bytes = "16MiB"
 max_connections_per_shard = 65536
+client_body_min_rate = 500
+client_send_min_rate = "1KiB"
 
 [admin]
 address = "127.0.0.1:9901"

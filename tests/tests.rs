@@ -29,6 +29,7 @@ mod response_framing;
 mod robustness;
 mod routing;
 mod shutdown;
+mod slow_clients;
 mod splice;
 mod splice_streams;
 mod systemd;

@@ -18,6 +18,15 @@ use crate::http::parse::MAX_HEADERS_CAP;
 /// (loadtest/results/2026-12-03-vm/pool-default.md); `idle_timeout` closes what a burst left.
 pub const DEFAULT_MAX_IDLE_PER_BACKEND: usize = 1024;
 
+/// The default minimum rate of a client's body, both ways (`limits.client_body_min_rate`,
+/// `limits.client_send_min_rate`), in bytes per second: Apache `mod_reqtimeout`'s `MinRate`
+/// default, and below the slowest links still in use (a 9.6 kbit/s GSM data call moves
+/// 1,200 bytes per second). Only time spent waiting on the client is charged, and the
+/// allowance starts at `client_body` / `client_send`, so no client that keeps up with the
+/// slowest link is ever cut; a client trickling a byte per second is cut about
+/// `client_body` after it starts.
+pub const DEFAULT_MIN_RATE: u64 = 500;
+
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {
@@ -162,6 +171,12 @@ pub struct Limits {
     pub max_uri_bytes: usize,
     pub max_body_bytes: u64,
     pub max_connections_per_shard: usize,
+    /// Bytes per second a request body must average over the time spent waiting for it
+    /// (`client_body` plus 1 s per this many bytes); 0: no rule ([`crate::relay::Pace`]).
+    pub client_body_min_rate: u64,
+    /// The same for a response body as the client's socket accepts it (`client_send` plus
+    /// 1 s per this many bytes); 0: no rule.
+    pub client_send_min_rate: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -455,6 +470,20 @@ impl Config {
                 65536,
                 1,
                 1 << 24,
+            ),
+            client_body_min_rate: c.size(
+                "limits.client_body_min_rate",
+                limits.client_body_min_rate.as_ref(),
+                DEFAULT_MIN_RATE,
+                0,
+                1 << 40,
+            ),
+            client_send_min_rate: c.size(
+                "limits.client_send_min_rate",
+                limits.client_send_min_rate.as_ref(),
+                DEFAULT_MIN_RATE,
+                0,
+                1 << 40,
             ),
         };
 
