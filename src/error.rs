@@ -26,6 +26,9 @@ pub enum Kind {
     Refused(Canned),
     /// A step ran past its timeout.
     Timeout,
+    /// The client moved a body below its minimum rate (`limits.client_body_min_rate`,
+    /// `limits.client_send_min_rate`).
+    TooSlow,
     /// The peer closed or reset the connection, or an IO call failed.
     Closed,
     /// The peer broke HTTP framing (a bad chunk, a malformed response head).
@@ -116,13 +119,13 @@ impl ProxyError {
         }
         let status = match (self.side, self.kind) {
             (_, Kind::Refused(c)) => c,
-            (Side::Client, Kind::Timeout) => Canned::RequestTimeout,
+            (Side::Client, Kind::Timeout | Kind::TooSlow) => Canned::RequestTimeout,
             (Side::Client, Kind::Framing) => Canned::BadRequest,
             (_, Kind::TooLarge) => Canned::PayloadTooLarge,
             (Side::Client, Kind::Closed) => return Answer::Close,
             (_, Kind::NoneUsable | Kind::BreakerOpen) => Canned::ServiceUnavailable,
             (_, Kind::Exhausted) => Canned::BadGateway,
-            (_, Kind::Timeout) => Canned::GatewayTimeout,
+            (_, Kind::Timeout | Kind::TooSlow) => Canned::GatewayTimeout,
             (_, Kind::Closed | Kind::Framing) => Canned::BadGateway,
         };
         Answer::Status(status)
@@ -131,9 +134,12 @@ impl ProxyError {
     /// Counts the failure: a client that went away is a client abort; a backend that failed
     /// after it was sent the request (a reset, a malformed head, a body cut short or stalled)
     /// is an upstream abort. A response head that never came in time is counted as a 504 only.
+    /// A client below its minimum rate is counted by which body it was slow on.
     pub fn count(&self, stats: &Stats) {
         match (self.side, self.kind, self.stage) {
             (Side::Client, Kind::Closed, _) => bump(&stats.client_aborts),
+            (Side::Client, Kind::TooSlow, Stage::Send) => bump(&stats.slow_request_bodies),
+            (Side::Client, Kind::TooSlow, _) => bump(&stats.slow_response_readers),
             (Side::Upstream, Kind::Timeout, Stage::Head | Stage::Send) => {}
             (Side::Upstream, Kind::Closed | Kind::Framing | Kind::Timeout, _) => {
                 bump(&stats.upstream_aborts)
@@ -170,6 +176,12 @@ mod tests {
                 Answer::Status(Canned::PayloadTooLarge),
             ),
             (Side::Client, Closed, Stage::Send, Answer::Close),
+            (
+                Side::Client,
+                TooSlow,
+                Stage::Send,
+                Answer::Status(Canned::RequestTimeout),
+            ),
             (
                 Side::Upstream,
                 NoneUsable,
@@ -238,7 +250,13 @@ mod tests {
         ProxyError::upstream(Kind::Timeout, Stage::Head).count(&stats);
         ProxyError::upstream(Kind::Timeout, Stage::Body).count(&stats);
         ProxyError::refused(Canned::NotFound).count(&stats);
+        ProxyError::client(Kind::TooSlow, Stage::Send).count(&stats);
+        ProxyError::client(Kind::TooSlow, Stage::Body)
+            .with_responded(true)
+            .count(&stats);
         assert_eq!(stats.client_aborts.get(), 1);
         assert_eq!(stats.upstream_aborts.get(), 2);
+        assert_eq!(stats.slow_request_bodies.get(), 1);
+        assert_eq!(stats.slow_response_readers.get(), 1);
     }
 }

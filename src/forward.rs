@@ -670,7 +670,7 @@ impl<'a> Forward<'a> {
                     body: SplicedBody::Length(len),
                     pipe: pipe.pipe(),
                 },
-                &mut Leg::request(&mut client.deadline, &cfg.timeouts, &mut false),
+                &mut Leg::request(&mut client.deadline, cfg, &mut false),
             )
             .await;
             if r.is_ok() {
@@ -693,7 +693,7 @@ impl<'a> Forward<'a> {
                 conn,
                 out,
                 &plan,
-                &mut Leg::request(&mut client.deadline, &cfg.timeouts, &mut false),
+                &mut Leg::request(&mut client.deadline, cfg, &mut false),
             )
             .await
         };
@@ -712,6 +712,7 @@ impl<'a> Forward<'a> {
             Err(RelayError::Read(_)) => Err(ProxyError::client(Kind::Closed, Stage::Send)),
             Err(RelayError::Framing) => Err(ProxyError::client(Kind::Framing, Stage::Send)),
             Err(RelayError::TooLarge) => Err(ProxyError::client(Kind::TooLarge, Stage::Send)),
+            Err(RelayError::TooSlow) => Err(ProxyError::client(Kind::TooSlow, Stage::Send)),
         }
         .map_err(|e| ProxyError { sent: true, ..e })
     }

@@ -4,13 +4,17 @@
 //! [`crate::forward`] for request bodies (client to upstream) and response bodies (upstream
 //! to client, from [`crate::respond`]). [`Leg`] (one direction's timer, wait bounds and
 //! whether it has written) is shared with [`crate::splice`], which relays large bodies.
+//!
+//! The minimum-rate rule for slow clients ([`Pace`]) lives in [`Leg`] too: every wait of a
+//! body relay, copied, spliced or through TLS, goes through [`Leg::begin`] and [`Leg::end`],
+//! so the rule is written once.
 
 use std::time::{Duration, Instant};
 
 use crate::transport::Transport;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
-use crate::config::{SpliceConfig, Timeouts};
+use crate::config::{Config, SpliceConfig};
 use crate::http::chunked::{encode_chunk, encode_last_chunk, ChunkedDecoder};
 use crate::http::encode::{interim_response_head, OutFraming};
 use crate::http::parse::{parse_response, BodyFraming, HeadLimits, Parsed, ResponseHead};
@@ -23,6 +27,9 @@ pub enum RelayError {
     Write(IoFail),
     Framing,
     TooLarge,
+    /// The client's side of the body fell below its minimum rate ([`Pace`]): the request
+    /// body arrived too slowly, or the response was read too slowly.
+    TooSlow,
 }
 
 /// Why no response head was read.
@@ -169,32 +176,113 @@ pub async fn read_response_head(
     }
 }
 
+/// Which end of a relay a wait (and its failure) belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The source: waits for it are bounded by `read_timeout` and fail as
+    /// [`RelayError::Read`].
+    Src,
+    /// The destination: waits for it are bounded by `write_timeout` and fail as
+    /// [`RelayError::Write`].
+    Dst,
+}
+
+/// How long a body's client may still be waited for under a minimum rate: `base`, plus one
+/// second for every `rate` bytes moved so far, less the time already spent waiting for it.
+/// Like Apache's `mod_reqtimeout` (`body=20,MinRate=500`), but only the time the proxy waits
+/// on the client is charged, so a slow backend (or a server-sent event stream that is quiet
+/// for minutes) never counts against the client. Saturating: no input can overflow or
+/// panic. A `rate` of 0 is read as 1 ([`Pace`] never asks with 0: it means no rule).
+pub fn rate_allowance(base: Duration, rate: u64, bytes: u64, waited: Duration) -> Duration {
+    let rate = rate.max(1);
+    let secs = bytes / rate;
+    // (bytes % rate) < rate, so the product fits in u128 and the quotient below 1e9.
+    let nanos = (u128::from(bytes % rate) * 1_000_000_000 / u128::from(rate)) as u32;
+    base.saturating_add(Duration::new(secs, nanos))
+        .saturating_sub(waited)
+}
+
+/// A minimum transfer rate on the client's side of one body: the time spent waiting on the
+/// client, over the whole body, must stay within [`rate_allowance`]. Off when `rate` is 0.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    /// Bytes per second; 0: no rule.
+    pub rate: u64,
+    /// The allowance before any byte moved (the side's per-wait timeout).
+    pub base: Duration,
+    /// Body bytes the client has moved so far (received from it, or accepted by its socket).
+    pub bytes: u64,
+    /// Time spent waiting on the client so far.
+    pub waited: Duration,
+}
+
+impl Pace {
+    pub const OFF: Pace = Pace::new(Duration::ZERO, 0);
+
+    pub const fn new(base: Duration, rate: u64) -> Pace {
+        Pace {
+            rate,
+            base,
+            bytes: 0,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// What is left of the allowance; None when there is no rule.
+    pub fn left(&self) -> Option<Duration> {
+        (self.rate > 0).then(|| rate_allowance(self.base, self.rate, self.bytes, self.waited))
+    }
+}
+
+/// One wait begun by [`Leg::begin`]: its bound, and for a wait on the paced side when it
+/// started and whether the rate (not the per-wait timeout) is what bounds it.
+#[must_use]
+pub struct Wait {
+    pub timeout: Duration,
+    paced: Option<(Instant, bool)>,
+    side: Side,
+}
+
 /// One direction of an exchange as a body relay sees it: the connection's timer, the bound
-/// on each wait for the source and for the destination, and whether the destination has had
-/// a byte yet (from then on a failure can no longer be answered with a status).
+/// on each wait for the source and for the destination, whether the destination has had
+/// a byte yet (from then on a failure can no longer be answered with a status), and the
+/// minimum rate the client's side is held to.
 pub struct Leg<'a> {
     pub deadline: &'a mut Deadline,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     /// Set once anything was written to the destination.
     pub written: &'a mut bool,
+    /// The minimum rate of the side `paced` (the client's), over the whole body.
+    pub pace: Pace,
+    pub paced: Side,
 }
 
 impl<'a> Leg<'a> {
     /// A request body's leg, client → upstream: each wait for the client is bounded by
-    /// `client_body`, each wait for the upstream by `upstream_response`.
-    pub fn request(deadline: &'a mut Deadline, t: &Timeouts, written: &'a mut bool) -> Leg<'a> {
-        Leg::new(deadline, t.client_body, t.upstream_response, written)
+    /// `client_body`, each wait for the upstream by `upstream_response`, and the client is
+    /// held to `client_body_min_rate` over the body.
+    pub fn request(deadline: &'a mut Deadline, cfg: &Config, written: &'a mut bool) -> Leg<'a> {
+        let t = &cfg.timeouts;
+        let mut leg = Leg::new(deadline, t.client_body, t.upstream_response, written);
+        leg.pace = Pace::new(t.client_body, cfg.limits.client_body_min_rate);
+        leg.paced = Side::Src;
+        leg
     }
 
     /// A response body's leg, upstream → client: each wait for the upstream is bounded by
-    /// `upstream_response`, each wait for the client by `client_send`.
-    pub fn response(deadline: &'a mut Deadline, t: &Timeouts, written: &'a mut bool) -> Leg<'a> {
-        Leg::new(deadline, t.upstream_response, t.client_send, written)
+    /// `upstream_response`, each wait for the client by `client_send`, and the client is
+    /// held to `client_send_min_rate` over the body.
+    pub fn response(deadline: &'a mut Deadline, cfg: &Config, written: &'a mut bool) -> Leg<'a> {
+        let t = &cfg.timeouts;
+        let mut leg = Leg::new(deadline, t.upstream_response, t.client_send, written);
+        leg.pace = Pace::new(t.client_send, cfg.limits.client_send_min_rate);
+        leg.paced = Side::Dst;
+        leg
     }
 
     /// A leg whose waits for the source are bounded by `read_timeout`, for the destination
-    /// by `write_timeout`.
+    /// by `write_timeout`, with no minimum rate.
     pub fn new(
         deadline: &'a mut Deadline,
         read_timeout: Duration,
@@ -206,7 +294,85 @@ impl<'a> Leg<'a> {
             read_timeout,
             write_timeout,
             written,
+            pace: Pace::OFF,
+            paced: Side::Src,
         }
+    }
+
+    /// Begins a wait on `side`: its bound is that side's timeout or, on the paced side, what
+    /// the minimum rate leaves when that is less. Fails at once when nothing is left.
+    #[inline]
+    pub fn begin(&self, side: Side) -> Result<Wait, RelayError> {
+        let timeout = match side {
+            Side::Src => self.read_timeout,
+            Side::Dst => self.write_timeout,
+        };
+        let left = if side == self.paced {
+            self.pace.left()
+        } else {
+            None
+        };
+        match left {
+            None => Ok(Wait {
+                timeout,
+                paced: None,
+                side,
+            }),
+            Some(left) if left.is_zero() => Err(RelayError::TooSlow),
+            Some(left) => Ok(Wait {
+                timeout: timeout.min(left),
+                paced: Some((Instant::now(), left < timeout)),
+                side,
+            }),
+        }
+    }
+
+    /// Ends a wait begun by [`Leg::begin`]: charges its time to the rate, credits the
+    /// `moved` bytes it moved on the paced side, and maps its failure to that side's error
+    /// ([`RelayError::TooSlow`] when the rate bounded it and it timed out).
+    #[inline]
+    pub fn end<T>(
+        &mut self,
+        wait: Wait,
+        r: Result<T, IoFail>,
+        moved: usize,
+    ) -> Result<T, RelayError> {
+        let mut rate_bound = false;
+        if let Some((started, binds)) = wait.paced {
+            self.pace.waited += started.elapsed();
+            rate_bound = binds;
+        }
+        match r {
+            Ok(v) => {
+                self.moved(wait.side, moved);
+                Ok(v)
+            }
+            Err(IoFail::Timeout) if rate_bound => Err(RelayError::TooSlow),
+            Err(e) => Err(match wait.side {
+                Side::Src => RelayError::Read(e),
+                Side::Dst => RelayError::Write(e),
+            }),
+        }
+    }
+
+    /// Credits `n` bytes moved on `side` without a wait (a non-blocking splice or send).
+    #[inline]
+    pub fn moved(&mut self, side: Side, n: usize) {
+        if side == self.paced {
+            self.pace.bytes = self.pace.bytes.saturating_add(n as u64);
+        }
+    }
+
+    /// Reads more of the body from `src` into `buf` (one wait on the source).
+    pub async fn read<S: AsyncReadRent>(
+        &mut self,
+        src: &mut S,
+        buf: &mut Vec<u8>,
+    ) -> Result<usize, RelayError> {
+        let wait = self.begin(Side::Src)?;
+        let r = read_more(src, buf, self.deadline, wait.timeout).await;
+        let n = *r.as_ref().unwrap_or(&0);
+        self.end(wait, r, n)
     }
 
     /// Writes `buf[from..to]` to `dst`, each wait bounded by the write timeout.
@@ -218,9 +384,9 @@ impl<'a> Leg<'a> {
         to: usize,
     ) -> Result<(), RelayError> {
         *self.written = true;
-        write_from(dst, buf, from, to, self.deadline, self.write_timeout)
-            .await
-            .map_err(RelayError::Write)
+        let wait = self.begin(Side::Dst)?;
+        let r = write_from(dst, buf, from, to, self.deadline, wait.timeout).await;
+        self.end(wait, r, to - from)
     }
 
     /// Writes all of `out`, then `buf[from..to]`, to `dst` in vectored writes, and empties
@@ -235,17 +401,9 @@ impl<'a> Leg<'a> {
     ) -> Result<(), RelayError> {
         *self.written = true;
         let n = out.len();
-        write_two_from(
-            dst,
-            out,
-            0..n,
-            buf,
-            from..to,
-            self.deadline,
-            self.write_timeout,
-        )
-        .await
-        .map_err(RelayError::Write)?;
+        let wait = self.begin(Side::Dst)?;
+        let r = write_two_from(dst, out, 0..n, buf, from..to, self.deadline, wait.timeout).await;
+        self.end(wait, r, n + (to - from))?;
         out.clear();
         Ok(())
     }
@@ -366,10 +524,12 @@ pub async fn relay_body<S: AsyncReadRent, D: AsyncWriteRent>(
         if inbuf.capacity() < RELAY_BUF {
             inbuf.reserve(RELAY_BUF);
         }
-        match read_more(src, inbuf, leg.deadline, leg.read_timeout).await {
+        match leg.read(src, inbuf).await {
             Ok(_) => {}
-            Err(IoFail::Eof) if incoming == BodyFraming::UntilClose => done = true,
-            Err(e) => return Err(RelayError::Read(e)),
+            Err(RelayError::Read(IoFail::Eof)) if incoming == BodyFraming::UntilClose => {
+                done = true
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -410,5 +570,99 @@ mod tests {
         assert_eq!(size(true, 256 * 1024, true), (16 + 4) * 1024);
         assert_eq!(size(true, u64::MAX, true), (16 + 4) * 1024);
         assert_eq!(size(false, 0, true), (64 + 4) * 1024);
+    }
+
+    #[test]
+    fn the_rate_allowance_is_the_base_plus_a_second_per_rate_bytes_less_the_time_waited() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // Nothing moved yet: the base.
+        assert_eq!(rate_allowance(s(30), 500, 0, s(0)), s(30));
+        // 1 s per 500 bytes, fractions included.
+        assert_eq!(rate_allowance(s(30), 500, 1000, s(0)), s(32));
+        assert_eq!(rate_allowance(s(30), 500, 250, s(0)), ms(30_500));
+        assert_eq!(
+            rate_allowance(s(1), 3, 1, s(0)),
+            Duration::new(1, 333_333_333)
+        );
+        // The time waited on the client comes off.
+        assert_eq!(rate_allowance(s(30), 500, 1000, s(12)), s(20));
+        // A trickle of 1 byte/s against 500 bytes/s: after 40 s of waiting for 40 bytes,
+        // nothing is left (30 + 0.08 < 40); saturating, not negative.
+        assert_eq!(rate_allowance(s(30), 500, 40, s(40)), s(0));
+        // No input overflows or panics.
+        assert_eq!(
+            rate_allowance(Duration::MAX, 1, u64::MAX, s(0)),
+            Duration::MAX
+        );
+        assert_eq!(rate_allowance(s(1), u64::MAX, u64::MAX, s(0)), s(2));
+        assert_eq!(
+            rate_allowance(s(1), u64::MAX, u64::MAX - 1, s(0)),
+            ms(1999) + Duration::new(0, 999_999)
+        );
+        assert_eq!(
+            rate_allowance(s(1), 0, 5, s(0)),
+            s(6),
+            "0 is read as 1, never a division by zero"
+        );
+        assert_eq!(rate_allowance(s(0), 7, 0, Duration::MAX), s(0));
+    }
+
+    #[test]
+    fn a_rate_of_zero_is_no_rule() {
+        assert_eq!(Pace::OFF.left(), None);
+        let mut p = Pace::new(Duration::from_secs(1), 0);
+        p.waited = Duration::from_secs(3600);
+        assert_eq!(p.left(), None);
+        let p = Pace::new(Duration::from_secs(1), 100);
+        assert_eq!(p.left(), Some(Duration::from_secs(1)));
+    }
+
+    /// The leg applies the rate to its paced side only, bounds a wait by the rate when that
+    /// is shorter, names a timeout the rate caused `TooSlow` (any other stays that side's
+    /// timeout), and refuses a wait when nothing is left.
+    #[test]
+    fn the_leg_bounds_and_names_waits_on_the_paced_side_only() {
+        crate::test_engines::block_on(
+            crate::test_engines::engines()[0],
+            Box::pin(async {
+                let s = Duration::from_secs;
+                let mut dl = Deadline::new();
+                let mut w = false;
+                let mut leg = Leg::new(&mut dl, s(10), s(20), &mut w);
+                leg.pace = Pace::new(s(10), 100);
+                leg.paced = Side::Dst;
+                // The other side: its own timeout, no rate, bytes not credited.
+                let wait = leg.begin(Side::Src).unwrap();
+                assert_eq!(wait.timeout, s(10));
+                let r: Result<(), _> = leg.end(wait, Err(IoFail::Timeout), 0);
+                assert!(matches!(r, Err(RelayError::Read(IoFail::Timeout))));
+                leg.moved(Side::Src, 1000);
+                assert_eq!(leg.pace.bytes, 0);
+                // The paced side: the rate leaves 10 s, less than the 20 s per wait.
+                let wait = leg.begin(Side::Dst).unwrap();
+                assert!(wait.timeout <= s(10) && wait.timeout > s(9));
+                let r: Result<(), _> = leg.end(wait, Err(IoFail::Timeout), 0);
+                assert!(matches!(r, Err(RelayError::TooSlow)), "{r:?}");
+                // Bytes extend it: 3000 bytes at 100/s are 30 s more, so the per-wait
+                // timeout binds again and its expiry is a plain timeout.
+                leg.moved(Side::Dst, 3000);
+                let wait = leg.begin(Side::Dst).unwrap();
+                assert_eq!(wait.timeout, s(20));
+                let r: Result<(), _> = leg.end(wait, Err(IoFail::Timeout), 0);
+                assert!(
+                    matches!(r, Err(RelayError::Write(IoFail::Timeout))),
+                    "{r:?}"
+                );
+                // A completed wait credits what it moved.
+                let wait = leg.begin(Side::Dst).unwrap();
+                leg.end(wait, Ok(()), 500).unwrap();
+                assert_eq!(leg.pace.bytes, 3500);
+                // Nothing left: refused before waiting.
+                leg.pace.waited = s(3600);
+                assert!(matches!(leg.begin(Side::Dst), Err(RelayError::TooSlow)));
+                assert!(leg.begin(Side::Src).is_ok());
+            }),
+        );
     }
 }

@@ -186,7 +186,7 @@ pub async fn relay_response(
                 chunk_overhead: cfg.limits.max_header_bytes,
                 forward_trailers: true,
             };
-            let mut leg = Leg::response(&mut client.deadline, &cfg.timeouts, &mut written);
+            let mut leg = Leg::response(&mut client.deadline, cfg, &mut written);
             let dst = &mut client.stream;
             relay_body(
                 &mut upstream,
@@ -221,6 +221,7 @@ pub async fn relay_response(
         Err(e) => {
             let (side, kind) = match e {
                 RelayError::Write(_) => (Side::Client, Kind::Closed),
+                RelayError::TooSlow => (Side::Client, Kind::TooSlow),
                 RelayError::Read(IoFail::Timeout) => (Side::Upstream, Kind::Timeout),
                 RelayError::Read(_) => (Side::Upstream, Kind::Closed),
                 RelayError::Framing | RelayError::TooLarge => (Side::Upstream, Kind::Framing),
@@ -434,7 +435,7 @@ async fn splice_response(
             body,
             pipe: pipe.pipe(),
         },
-        &mut Leg::response(&mut client.deadline, &r.cfg.timeouts, written),
+        &mut Leg::response(&mut client.deadline, r.cfg, written),
     )
     .await;
     if let Ok(total) = res {

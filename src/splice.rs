@@ -6,8 +6,9 @@
 //! connections, and slower than copying). Pipes come from a per-shard pool; when none can be
 //! had, the caller copies instead. A close-delimited response body is spliced until the
 //! backend's EOF, re-framed as chunks for an HTTP/1.1 client with [`crate::http::chunked`]'s
-//! encoder. The timer, wait bounds and written flag come from the caller's
-//! [`crate::relay::Leg`].
+//! encoder. The timer, wait bounds, written flag and minimum rate come from the caller's
+//! [`crate::relay::Leg`]: every wait goes through `ready`, and every byte moved is
+//! credited to the leg, so a slow client is held to the same rule as on the copying path.
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -16,7 +17,7 @@ use monoio::net::TcpStream;
 
 use crate::http::chunked::{encode_chunk, encode_chunk_header, encode_last_chunk, CHUNK_DATA_END};
 use crate::io::IoFail;
-use crate::relay::{Leg, RelayError};
+use crate::relay::{Leg, RelayError, Side};
 
 /// A pipe used as the in-kernel buffer between two sockets. Only an empty pipe goes back to
 /// the pool.
@@ -267,6 +268,7 @@ pub async fn splice_exact(
                 Ok(n) => {
                     in_pipe += n;
                     remaining -= n as u64;
+                    leg.moved(Side::Src, n);
                 }
                 Err(e) if would_block(&e) => src_blocked = true,
                 Err(e) => return Err(RelayError::Read(IoFail::Io(e))),
@@ -279,6 +281,7 @@ pub async fn splice_exact(
                 Ok(n) => {
                     in_pipe -= n;
                     *leg.written = true;
+                    leg.moved(Side::Dst, n);
                     corked = more;
                     continue;
                 }
@@ -397,7 +400,10 @@ async fn splice_until_close(
         if !eof && in_pipe < pipe.size {
             match splice_once(src_fd, pipe_w, pipe.size - in_pipe, false) {
                 Ok(0) => eof = true,
-                Ok(n) => in_pipe += n,
+                Ok(n) => {
+                    in_pipe += n;
+                    leg.moved(Side::Src, n);
+                }
                 Err(e) if would_block(&e) => src_blocked = true,
                 Err(e) => return Err(RelayError::Read(IoFail::Io(e))),
             }
@@ -415,7 +421,10 @@ async fn splice_until_close(
                 // In chunked framing the CRLF follows at once; it goes without MSG_MORE, so
                 // every chunk is pushed whole, however long the backend then pauses.
                 match splice_once(pipe_r, dst_fd, left, chunked) {
-                    Ok(n) => left -= n,
+                    Ok(n) => {
+                        left -= n;
+                        leg.moved(Side::Dst, n);
+                    }
                     Err(e) if would_block(&e) => ready(dst, Side::Dst, leg).await?,
                     Err(e) => return Err(RelayError::Write(IoFail::Io(e))),
                 }
@@ -460,6 +469,7 @@ async fn send_all(
         let n = unsafe { libc::send(dst.as_raw_fd(), rest.as_ptr().cast(), rest.len(), flags) };
         if n >= 0 {
             at += n as usize;
+            leg.moved(Side::Dst, n as usize);
             continue;
         }
         let e = std::io::Error::last_os_error();
@@ -471,42 +481,22 @@ async fn send_all(
     Ok(())
 }
 
-/// Which end of a relay a wait (and its failure) belongs to.
-#[derive(Clone, Copy)]
-enum Side {
-    /// The source: waits for readability within `leg.read_timeout`; fails as
-    /// [`RelayError::Read`].
-    Src,
-    /// The destination: waits for writability within `leg.write_timeout`; fails as
-    /// [`RelayError::Write`].
-    Dst,
-}
-
 /// Waits until `s` is ready on `side` (readable for the source, writable for the
-/// destination) within the leg's bound for that side: the one place a relay step that would
-/// block waits, and maps the wait's error or timeout to that side's [`RelayError`].
+/// destination) within the leg's bound for that side ([`Leg::begin`]: its timeout, or what
+/// the client's minimum rate leaves): the one place a relay step that would block waits,
+/// and maps the wait's error or timeout to that side's [`RelayError`] ([`Leg::end`]).
 async fn ready(s: &TcpStream, side: Side, leg: &mut Leg<'_>) -> Result<(), RelayError> {
+    let wait = leg.begin(side)?;
     let r = match side {
-        Side::Src => {
-            leg.deadline
-                .within(leg.read_timeout, s.readable(false))
-                .await
-        }
-        Side::Dst => {
-            leg.deadline
-                .within(leg.write_timeout, s.writable(false))
-                .await
-        }
+        Side::Src => leg.deadline.within(wait.timeout, s.readable(false)).await,
+        Side::Dst => leg.deadline.within(wait.timeout, s.writable(false)).await,
     };
-    let fail = match r {
-        Ok(Ok(())) => return Ok(()),
-        Ok(Err(e)) => IoFail::Io(e),
-        Err(_) => IoFail::Timeout,
+    let r = match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(IoFail::Io(e)),
+        Err(_) => Err(IoFail::Timeout),
     };
-    Err(match side {
-        Side::Src => RelayError::Read(fail),
-        Side::Dst => RelayError::Write(fail),
-    })
+    leg.end(wait, r, 0)
 }
 
 #[cfg(test)]

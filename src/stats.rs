@@ -127,6 +127,10 @@ pub struct Totals {
     pub retries: Cell<u64>,
     pub client_aborts: Cell<u64>,
     pub upstream_aborts: Cell<u64>,
+    /// Request bodies cut off below `limits.client_body_min_rate` (408, or a close).
+    pub slow_request_bodies: Cell<u64>,
+    /// Responses cut off because the client read them below `limits.client_send_min_rate`.
+    pub slow_response_readers: Cell<u64>,
     pub bytes_in: Cell<u64>,
     pub bytes_out: Cell<u64>,
     pub access_lines: Cell<u64>,
@@ -206,6 +210,8 @@ impl Totals {
             retries: Cell::new(0),
             client_aborts: Cell::new(0),
             upstream_aborts: Cell::new(0),
+            slow_request_bodies: Cell::new(0),
+            slow_response_readers: Cell::new(0),
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
             access_lines: Cell::new(0),
@@ -298,6 +304,8 @@ impl Stats {
             retries: self.retries.get(),
             client_aborts: self.client_aborts.get(),
             upstream_aborts: self.upstream_aborts.get(),
+            slow_request_bodies: self.slow_request_bodies.get(),
+            slow_response_readers: self.slow_response_readers.get(),
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),
             routes: self
@@ -388,6 +396,8 @@ pub struct Snapshot {
     pub retries: u64,
     pub client_aborts: u64,
     pub upstream_aborts: u64,
+    pub slow_request_bodies: u64,
+    pub slow_response_readers: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub routes: Vec<RouteSnap>,
@@ -432,6 +442,8 @@ impl Snapshot {
         self.retries += other.retries;
         self.client_aborts += other.client_aborts;
         self.upstream_aborts += other.upstream_aborts;
+        self.slow_request_bodies += other.slow_request_bodies;
+        self.slow_response_readers += other.slow_response_readers;
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
         for (a, b) in self.routes.iter_mut().zip(&other.routes) {

@@ -140,6 +140,8 @@ max_body_bytes = "16MiB"
 max_connections_per_shard = 65536
 max_connections = 1000000
 max_connections_per_client = 4096
+client_body_min_rate = 500
+client_send_min_rate = "1KiB"
 
 [admin]
 address = "127.0.0.1:9901"

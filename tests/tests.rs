@@ -31,6 +31,7 @@ mod response_framing;
 mod robustness;
 mod routing;
 mod shutdown;
+mod slow_clients;
 mod splice;
 mod splice_streams;
 mod systemd;

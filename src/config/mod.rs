@@ -9,8 +9,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::http::parse::MAX_HEADERS_CAP;
-
 /// Idle upstream connections a shard keeps per backend unless configured. The pool never holds
 /// more than were in use at once (each idle one was checked in after a request), so this cap
 /// matters only above that concurrency: at 64, two shards serving 256 client connections
@@ -157,19 +155,6 @@ pub struct SpliceConfig {
     pub max_pipes: usize,
 }
 
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-    pub max_uri_bytes: usize,
-    pub max_body_bytes: u64,
-    pub max_connections_per_shard: usize,
-    /// Open client connections of the whole process; 0 = only the per-shard bound.
-    pub max_connections: usize,
-    /// Open client connections per client address, all shards together; 0 = no bound.
-    pub max_connections_per_client: usize,
-}
-
 #[derive(Clone, Debug)]
 pub struct Config {
     pub io_engine: IoEngine,
@@ -222,6 +207,7 @@ mod access;
 mod balancing;
 mod congestion;
 mod dns;
+mod limits;
 mod observe;
 mod raw;
 mod resilience;
@@ -232,6 +218,7 @@ pub use access::{holds, AccessList, IpNet};
 pub use congestion::Congestion;
 use dns::{dns_config, host_port};
 pub use dns::{DnsConfig, NamedBackend};
+pub use limits::{Limits, DEFAULT_MIN_RATE};
 pub use observe::{
     AccessFormat, AccessLogConfig, AccessTarget, AdminConfig, LogConfig, RequestIdConfig,
 };
@@ -445,58 +432,7 @@ impl Config {
                 Duration::from_secs(3600),
             ),
         };
-        let max_header_bytes = c.size(
-            "limits.max_header_bytes",
-            limits.max_header_bytes.as_ref(),
-            16384,
-            256,
-            1 << 20,
-        ) as usize;
-        let limits = Limits {
-            max_header_bytes,
-            max_headers: c.count(
-                "limits.max_headers",
-                limits.max_headers,
-                100,
-                1,
-                MAX_HEADERS_CAP,
-            ),
-            max_uri_bytes: c.size(
-                "limits.max_uri_bytes",
-                limits.max_uri_bytes.as_ref(),
-                8192,
-                16,
-                max_header_bytes as u64,
-            ) as usize,
-            max_body_bytes: c.size(
-                "limits.max_body_bytes",
-                limits.max_body_bytes.as_ref(),
-                16 << 20,
-                0,
-                u64::MAX >> 1,
-            ),
-            max_connections_per_shard: c.count(
-                "limits.max_connections_per_shard",
-                limits.max_connections_per_shard,
-                65536,
-                1,
-                1 << 24,
-            ),
-            max_connections: c.count(
-                "limits.max_connections",
-                limits.max_connections,
-                0,
-                0,
-                1 << 30,
-            ),
-            max_connections_per_client: c.count(
-                "limits.max_connections_per_client",
-                limits.max_connections_per_client,
-                0,
-                0,
-                1 << 24,
-            ),
-        };
+        let limits = limits::limits(&mut c, &limits);
 
         let raw_listeners = array(&mut c, &mut table, "listener");
         let listeners = tls::listeners(

@@ -112,6 +112,8 @@ pub(super) struct RawLimits {
     pub(super) max_connections_per_shard: Option<usize>,
     pub(super) max_connections: Option<usize>,
     pub(super) max_connections_per_client: Option<usize>,
+    pub(super) client_body_min_rate: Option<Size>,
+    pub(super) client_send_min_rate: Option<Size>,
 }
 
 /// A byte size written as an integer or a string such as "16MiB".

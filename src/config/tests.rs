@@ -218,3 +218,43 @@ fn sizes() {
     assert_eq!(parse_size("1.5MiB"), None);
     assert_eq!(parse_size("-1"), None);
 }
+
+#[test]
+fn body_min_rates_default_on_take_sizes_and_zero_turns_them_off() {
+    let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n";
+    let c = parse(base).unwrap();
+    assert_eq!(
+        (c.limits.client_body_min_rate, c.limits.client_send_min_rate),
+        (DEFAULT_MIN_RATE, DEFAULT_MIN_RATE)
+    );
+    let c = parse(&format!(
+        "{base}[limits]\nclient_body_min_rate = \"1KiB\"\nclient_send_min_rate = 0\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.limits.client_body_min_rate, c.limits.client_send_min_rate),
+        (1024, 0)
+    );
+    let err = parse(&format!(
+        "{base}[limits]\nclient_body_min_rate = \"fast\"\nclient_send_min_rate = 1\n"
+    ))
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        err.issues
+            .iter()
+            .any(|i| i.path == "limits.client_body_min_rate" && i.message.contains("invalid size")),
+        "{text}"
+    );
+    let err = parse(&format!("{base}[limits]\nclient_send_min_rate = -1\n")).unwrap_err();
+    assert!(
+        err.to_string().contains("limits.client_send_min_rate"),
+        "{err}"
+    );
+    // Not a [timeouts] key: refused there by name.
+    let err = parse(&format!(
+        "{base}[timeouts]\nclient_body_min_rate = \"1s\"\n"
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("client_body_min_rate"), "{err}");
+}

@@ -344,6 +344,22 @@ pub fn render(
         "Exchanges cut short because the client went away.",
     );
     let _ = writeln!(o, "edgeshard_client_aborts_total {}", all.client_aborts);
+    family(
+        &mut o,
+        "edgeshard_slow_clients_total",
+        "counter",
+        "Exchanges cut off because the client moved a body below its minimum rate, by reason.",
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_slow_clients_total{{reason=\"request_body\"}} {}",
+        all.slow_request_bodies
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_slow_clients_total{{reason=\"response_body\"}} {}",
+        all.slow_response_readers
+    );
 
     // Upstream side, per backend.
     let backends: Vec<(String, String)> = shared
