@@ -1,6 +1,7 @@
 //! Stage 1½ and 3½ of the pipeline, *admit*: who the client is and whether it may come in.
 //! A connection is checked against its listener's `allow`/`deny` at accept, before anything
-//! is read ([`listener_admits`]); a request's client address is derived once its head is
+//! is read but a PROXY protocol header ([`listener_admits`]; on a `proxy_protocol` listener
+//! the peer is the header's source, see [`crate::proxy_protocol`]); a request's client address is derived once its head is
 //! parsed ([`client_address`]: the peer, or, when the peer is one of
 //! `server.trusted_proxies`, the address its `X-Forwarded-For` names), and that address is
 //! what routes' `allow`/`deny`, hash keys and the access log see.

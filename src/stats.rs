@@ -113,6 +113,9 @@ pub struct Totals {
     pub denied_listener: Cell<u64>,
     /// Requests refused by their route's `allow`/`deny` (403).
     pub denied_route: Cell<u64>,
+    /// PROXY protocol headers on `proxy_protocol` listeners, by
+    /// [`crate::proxy_protocol::Outcome`].
+    pub proxy_protocol: [Cell<u64>; 6],
     pub active: Cell<u64>,
     pub requests: Cell<u64>,
     /// Responses relayed from upstreams by status class 1xx..5xx (index 0..4).
@@ -192,6 +195,7 @@ impl Totals {
             rejected_no_listener: Cell::new(0),
             denied_listener: Cell::new(0),
             denied_route: Cell::new(0),
+            proxy_protocol: Default::default(),
             active: Cell::new(0),
             requests: Cell::new(0),
             upstream_status: Default::default(),
@@ -285,6 +289,7 @@ impl Stats {
             rejected_no_listener: self.rejected_no_listener.get(),
             denied_listener: self.denied_listener.get(),
             denied_route: self.denied_route.get(),
+            proxy_protocol: self.proxy_protocol.each_ref().map(get),
             active: self.active.get(),
             requests: self.requests.get(),
             canned: self.canned.iter().map(get).collect(),
@@ -373,6 +378,7 @@ pub struct Snapshot {
     pub rejected_no_listener: u64,
     pub denied_listener: u64,
     pub denied_route: u64,
+    pub proxy_protocol: [u64; 6],
     pub active: u64,
     pub requests: u64,
     pub canned: Vec<u64>,
@@ -415,6 +421,7 @@ impl Snapshot {
         self.rejected_no_listener += other.rejected_no_listener;
         self.denied_listener += other.denied_listener;
         self.denied_route += other.denied_route;
+        sum(&mut self.proxy_protocol, &other.proxy_protocol);
         self.active += other.active;
         self.requests += other.requests;
         sum(&mut self.canned, &other.canned);

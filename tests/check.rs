@@ -37,6 +37,7 @@ tls = { certificates = [{ cert = "@CERTS@/a.pem", key = "@CERTS@/a.key", ocsp = 
 [[listener]]
 address = "127.0.0.1:0"
 redirect_https = { port = 443, status = 301 }
+proxy_protocol = true
 
 [[route]]
 host = "api.example.com"

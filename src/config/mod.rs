@@ -201,8 +201,12 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     pub tls: Option<ListenerTls>,
     pub redirect_https: Option<RedirectHttps>,
-    /// `allow`/`deny`: checked against the connecting address at accept.
+    /// `allow`/`deny`: checked against the connecting address at accept (the PROXY
+    /// header's source address when `proxy_protocol` is on).
     pub access: AccessList,
+    /// `proxy_protocol`: every connection starts with a PROXY protocol header (v1 or v2)
+    /// from a peer in `server.trusted_proxies` (see [`crate::proxy_protocol`]).
+    pub proxy_protocol: bool,
 }
 
 /// Default `server.drain_grace`: long enough for a request a client sent as the drain began
@@ -485,6 +489,7 @@ impl Config {
             &mut c,
             raw_listeners,
             file.parent().unwrap_or(Path::new(".")),
+            !trusted_proxies.is_empty(),
         );
 
         let mut upstreams = Vec::new();

@@ -45,6 +45,7 @@ pub(super) struct RawListener {
     pub(super) redirect_https: Option<super::tls::RawRedirect>,
     pub(super) allow: Option<Vec<String>>,
     pub(super) deny: Option<Vec<String>>,
+    pub(super) proxy_protocol: Option<bool>,
 }
 
 #[derive(Deserialize)]
