@@ -12,6 +12,9 @@
 //! socket (the waiting bytes are peeked, then only the header's part is consumed), so a
 //! ClientHello or request that arrived in the same segment is left for the next stage.
 //!
+//! Toward backends, [`encode`] writes the header an upstream with `proxy_protocol` gets at the
+//! start of every new connection (see [`crate::upstream::connect`]).
+//!
 //! The parser ([`parse`]) is a pure function of the bytes received so far: it answers
 //! "incomplete" for every proper prefix of a valid header, and fails as soon as a prefix
 //! cannot start one. v2 TLVs are checked for structure and otherwise ignored.
@@ -252,6 +255,72 @@ fn tlvs_fill(mut tlvs: &[u8]) -> bool {
         tlvs = rest;
     }
     true
+}
+
+/// The header edgeshard sends a backend (`[[upstream]] proxy_protocol`) at the start of a
+/// new connection. `ends`: the client's address and the address it connected to; `None`,
+/// or addresses of two families: the proxy's own connection (v1 `UNKNOWN`; v2 `LOCAL` for
+/// `None`, v2 `PROXY` with the unspecified family otherwise).
+pub fn encode(version: Version, ends: Option<(SocketAddr, SocketAddr)>) -> Vec<u8> {
+    // An IPv4 client on a dual-stack socket is seen as ::ffff:a.b.c.d.
+    let canon = |a: SocketAddr| match a.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), a.port()),
+            None => a,
+        },
+        IpAddr::V4(_) => a,
+    };
+    let ends = ends.map(|(s, d)| (canon(s), canon(d)));
+    let same = ends.filter(|(s, d)| s.is_ipv4() == d.is_ipv4());
+    match version {
+        Version::V1 => match same {
+            Some((s, d)) => format!(
+                "PROXY {} {} {} {} {}\r\n",
+                if s.is_ipv4() { "TCP4" } else { "TCP6" },
+                s.ip(),
+                d.ip(),
+                s.port(),
+                d.port()
+            )
+            .into_bytes(),
+            None => b"PROXY UNKNOWN\r\n".to_vec(),
+        },
+        Version::V2 => {
+            let mut h = V2_SIGNATURE.to_vec();
+            let mut block = Vec::new();
+            let (cmd, fam) = match same {
+                None if ends.is_none() => (0x20, 0x00),
+                None => (0x21, 0x00),
+                Some((s, d)) => {
+                    match (s.ip(), d.ip()) {
+                        (IpAddr::V4(a), IpAddr::V4(b)) => {
+                            block.extend_from_slice(&a.octets());
+                            block.extend_from_slice(&b.octets());
+                        }
+                        (a, b) => {
+                            block.extend_from_slice(&v6(a).octets());
+                            block.extend_from_slice(&v6(b).octets());
+                        }
+                    }
+                    block.extend_from_slice(&s.port().to_be_bytes());
+                    block.extend_from_slice(&d.port().to_be_bytes());
+                    (0x21, if s.is_ipv4() { 0x11 } else { 0x21 })
+                }
+            };
+            h.push(cmd);
+            h.push(fam);
+            h.extend_from_slice(&(block.len() as u16).to_be_bytes());
+            h.extend_from_slice(&block);
+            h
+        }
+    }
+}
+
+fn v6(a: IpAddr) -> Ipv6Addr {
+    match a {
+        IpAddr::V6(a) => a,
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+    }
 }
 
 /// What to do with bytes waiting in the socket, given the header bytes taken so far.

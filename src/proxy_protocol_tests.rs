@@ -354,6 +354,45 @@ fn no_input_panics_and_taking_never_passes_the_header() {
 }
 
 #[test]
+fn encoded_headers_parse_back() {
+    let v4 = (sa("192.0.2.7:4711"), sa("198.51.100.1:443"));
+    let v6 = (sa("[2001:db8::7]:4711"), sa("[2001:db8::1]:80"));
+    let mapped = (
+        sa("[::ffff:192.0.2.7]:4711"),
+        sa("[::ffff:198.51.100.1]:443"),
+    );
+    let mixed = (sa("192.0.2.7:4711"), sa("[2001:db8::1]:80"));
+    for version in [Version::V1, Version::V2] {
+        let back = |ends| {
+            let h = encode(version, ends);
+            let p = parse(&h).unwrap().unwrap();
+            assert_eq!((p.version, p.len), (version, h.len()));
+            p.addresses
+        };
+        assert_eq!(back(Some(v4)), tcp("192.0.2.7:4711", "198.51.100.1:443"));
+        assert_eq!(
+            back(Some(mapped)),
+            tcp("192.0.2.7:4711", "198.51.100.1:443")
+        );
+        assert_eq!(
+            back(Some(v6)),
+            tcp("[2001:db8::7]:4711", "[2001:db8::1]:80")
+        );
+        assert_eq!(back(Some(mixed)), Addresses::Unknown);
+        let own = if version == Version::V1 {
+            Addresses::Unknown
+        } else {
+            Addresses::Local
+        };
+        assert_eq!(back(None), own);
+    }
+    assert_eq!(
+        encode(Version::V1, Some(v4)),
+        b"PROXY TCP4 192.0.2.7 198.51.100.1 4711 443\r\n"
+    );
+}
+
+#[test]
 fn outcome_labels_follow_the_counter_order() {
     let labels: Vec<&str> = Outcome::ALL.iter().map(|o| o.label()).collect();
     assert_eq!(labels, ["v1", "v2", "local", "bad", "untrusted", "timeout"]);

@@ -1,7 +1,8 @@
-//! PROXY protocol on listeners (issue 16): behind an L4 balancer the header's source address
-//! is the connection's peer, so the appended `X-Forwarded-For` hop, route and listener
-//! `allow`/`deny` all see the real client; only trusted peers may send one, and a connection
-//! without a valid header is closed unanswered and counted.
+//! PROXY protocol (issue 16). On listeners: behind an L4 balancer the header's source
+//! address is the connection's peer, so the appended `X-Forwarded-For` hop, route and
+//! listener `allow`/`deny` all see the real client; only trusted peers may send one, and a
+//! connection without a valid header is closed unanswered and counted. To upstreams: every
+//! new connection starts with a header naming the client (probes: the proxy's own).
 
 use crate::support::tls::{tls_listener, CertDir, TestCa};
 use crate::support::*;
@@ -202,6 +203,81 @@ both_engines! {
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert_eq!(origin.last_request().header_all("x-forwarded-for"), ["192.0.2.7"]);
     }
+}
+
+both_engines! {
+    // v2 to the backend, behind a v1 balancer: the backend learns the balancer's client, on
+    // every request, each on a new connection (one that named a client is never reused).
+    fn upstreams_are_told_the_client_on_each_new_connection(engine) {
+        let backend = LockStep::bind();
+        let proxy = Config::new()
+            .server("trusted_proxies", "[\"127.0.0.1\"]")
+            .only_listener("address = \"127.0.0.1:0\"\nproxy_protocol = true")
+            .upstream_with("main", &[backend.addr()], "proxy_protocol = \"v2\"")
+            .route("main", "")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(V1);
+        // Each backend connection is kept open: a pooled one would be reused if it could be.
+        let mut open = Vec::new();
+        for path in ["/a", "/b"] {
+            c.send(&get("e.example", path));
+            let mut b = backend.accept();
+            let head = b.read_exact(16);
+            assert_eq!(&head[..12], b"\r\n\r\n\0\r\nQUIT\n");
+            assert_eq!(&head[12..], [0x21, 0x11, 0, 12], "v2 PROXY, TCP over IPv4, 12 bytes");
+            let mut want = vec![192, 0, 2, 7, 127, 0, 0, 1];
+            want.extend_from_slice(&4711u16.to_be_bytes());
+            want.extend_from_slice(&proxy.addr().port().to_be_bytes());
+            assert_eq!(b.read_exact(12), want);
+            let req = b.read_head();
+            assert!(req.starts_with(&format!("GET {path} HTTP/1.1\r\n")), "{req}");
+            b.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            assert_eq!(c.read_response().status(), 200);
+            open.push(b);
+        }
+        assert_eq!(backend.accepted(), 2);
+    }
+
+    // v1 from a plain listener names the TCP peer; health probes send `PROXY UNKNOWN`.
+    fn v1_to_upstreams_and_probes(engine) {
+        let backend = LockStep::bind();
+        let proxy = Config::new()
+            .upstream_with("main", &[backend.addr()], "proxy_protocol = \"v1\"")
+            .route("main", "")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("e.example", "/a"));
+        let mut b = backend.accept();
+        let line = format!(
+            "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
+            c.stream().local_addr().unwrap().port(),
+            proxy.addr().port()
+        );
+        assert_eq!(String::from_utf8(b.read_exact(line.len())).unwrap(), line);
+        assert!(b.read_head().starts_with("GET /a HTTP/1.1\r\n"));
+        b.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!(c.read_response().status(), 200);
+
+        let probed = LockStep::bind();
+        let proxy = Config::new()
+            .upstream_with(
+                "main",
+                &[probed.addr()],
+                "proxy_protocol = \"v1\"\n[upstream.health_check]\ntype = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"1s\"",
+            )
+            .route("main", "")
+            .start(engine);
+        let mut p = probed.accept();
+        assert_eq!(p.read_exact(15), b"PROXY UNKNOWN\r\n");
+        drop(proxy);
+    }
+}
+
+#[test]
+fn upstream_proxy_protocol_is_v1_or_v2() {
+    let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[[route]]\nupstream = \"u\"\n\n[[upstream]]\nname = \"u\"\nproxy_protocol = \"v3\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n";
+    expect_check_error_in(text, "upstream[0].proxy_protocol", &["v1", "v2"]);
 }
 
 #[test]

@@ -98,6 +98,10 @@ pub struct UpstreamConfig {
     pub resilience: Resilience,
     /// TLS to the backends (`None`: plain HTTP).
     pub tls: Option<UpstreamTls>,
+    /// `proxy_protocol`: a PROXY header naming the client starts every new connection to
+    /// its backends (health probes send v1 `UNKNOWN` / v2 `LOCAL`); such connections carry
+    /// one client each, so they are not pooled (`max_idle_per_backend` is 0).
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -599,15 +603,23 @@ impl Config {
             let tls = u
                 .tls
                 .and_then(|t| tls::upstream_tls(&mut c, &format!("{path}.tls"), base, t));
+            let proxy_protocol = tls::upstream_proxy_protocol(&mut c, &path, u.proxy_protocol);
+            let max_idle_per_backend = c.count(
+                &format!("{path}.max_idle_per_backend"),
+                u.max_idle_per_backend,
+                DEFAULT_MAX_IDLE_PER_BACKEND,
+                0,
+                1 << 16,
+            );
             upstreams.push(UpstreamConfig {
                 tls,
-                max_idle_per_backend: c.count(
-                    &format!("{path}.max_idle_per_backend"),
-                    u.max_idle_per_backend,
-                    DEFAULT_MAX_IDLE_PER_BACKEND,
-                    0,
-                    1 << 16,
-                ),
+                proxy_protocol,
+                // A connection that named one client is not lent to another.
+                max_idle_per_backend: if proxy_protocol.is_some() {
+                    0
+                } else {
+                    max_idle_per_backend
+                },
                 idle_timeout: c.duration(
                     &format!("{path}.idle_timeout"),
                     u.idle_timeout.as_ref(),

@@ -89,6 +89,7 @@ pub(super) struct RawUpstream {
     pub(super) breaker: Option<super::resilience::RawBreaker>,
     pub(super) retry: Option<super::resilience::RawRetry>,
     pub(super) tls: Option<super::tls::RawUpstreamTls>,
+    pub(super) proxy_protocol: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

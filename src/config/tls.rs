@@ -316,6 +316,25 @@ pub(super) fn upstream_tls(
     })
 }
 
+/// `[[upstream]] proxy_protocol`: `"v1"` or `"v2"`.
+pub(super) fn upstream_proxy_protocol(
+    c: &mut Checker,
+    path: &str,
+    raw: Option<String>,
+) -> Option<crate::proxy_protocol::Version> {
+    match raw.as_deref()? {
+        "v1" => Some(crate::proxy_protocol::Version::V1),
+        "v2" => Some(crate::proxy_protocol::Version::V2),
+        other => {
+            c.err(
+                format!("{path}.proxy_protocol"),
+                format!("unknown PROXY protocol version {other:?}: \"v1\" or \"v2\""),
+            );
+            None
+        }
+    }
+}
+
 /// Every `[[listener]]`: its address (unique unless `:0`), TLS, redirect and PROXY protocol,
 /// each problem recorded with its key path. Relative file names are relative to `base`;
 /// `has_trusted`: `server.trusted_proxies` names someone (`proxy_protocol` requires it).
