@@ -1,8 +1,10 @@
 //! Stage 1½ and 3½ of the pipeline, *admit*: who the client is and whether it may come in.
 //! A connection is counted against `limits.max_connections` and
 //! `limits.max_connections_per_client` when it is accepted ([`ConnTable`], shared by all
-//! shards), then checked against its listener's `allow`/`deny` before anything is read
-//! ([`listener_admits`]); a request's client address is derived once its head is
+//! shards, by its connecting address), then checked against its listener's `allow`/`deny`
+//! before anything is read but a PROXY protocol header ([`listener_admits`]; on a
+//! `proxy_protocol` listener the peer is the header's source, see [`crate::proxy_protocol`]);
+//! a request's client address is derived once its head is
 //! parsed ([`client_address`]: the peer, or, when the peer is one of
 //! `server.trusted_proxies`, the address its `X-Forwarded-For` names), and that address is
 //! what routes' `allow`/`deny`, hash keys and the access log see.

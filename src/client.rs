@@ -55,6 +55,8 @@ pub struct ListenerSide {
     pub redirect_https: Option<RedirectHttps>,
     /// Its `allow`/`deny`, checked at accept.
     pub access: AccessList,
+    /// Connections start with a PROXY protocol header ([`crate::proxy_protocol`]).
+    pub proxy_protocol: bool,
 }
 
 impl ListenerSide {
@@ -73,6 +75,11 @@ impl ListenerSide {
                 .get(listener)
                 .map(|l| l.access.clone())
                 .unwrap_or_default(),
+            proxy_protocol: shared
+                .config
+                .listeners
+                .get(listener)
+                .is_some_and(|l| l.proxy_protocol),
         }
     }
 }

@@ -50,7 +50,18 @@ pub async fn serve(
     listener: Rc<ListenerSide>,
 ) {
     let _ = stream.set_nodelay(true);
-    // -- the listener's allow/deny, before anything is read ------------------------------
+    // -- PROXY protocol: the balancer's header names the client ---------------------------
+    // Within client_header of the accept, before the allow/deny below (which sees the
+    // client it names) and the TLS handshake. Boxed: a cold step an idle connection is not in.
+    let peer = if listener.proxy_protocol {
+        match Box::pin(crate::proxy_protocol::accept(&ctx, &stream, peer, accepted)).await {
+            Some(p) => p,
+            None => return,
+        }
+    } else {
+        peer
+    };
+    // -- the listener's allow/deny, before anything (else) is read ------------------------
     if !crate::admission::listener_admits(&listener.access, peer.ip()) {
         crate::stats::bump(&ctx.stats.denied_listener);
         // A TLS client cannot read a 403 before a handshake it is not granted: closed.

@@ -11,6 +11,7 @@
 //! upload, then close): the body stops, and its answer is relayed ([`Answered::early`]).
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::transport::Transport;
@@ -216,6 +217,13 @@ impl<'a> Forward<'a> {
         trace: &mut Trace,
     ) -> Result<Answered<'a>, ProxyError> {
         let upstream = prepared.upstream;
+        // `proxy_protocol` upstreams: whom the header on a new connection names.
+        let ends = if self.cfg.upstreams[upstream].proxy_protocol.is_some() {
+            let local = client.stream.tcp().local_addr().ok();
+            local.map(|l| (client.peer, l))
+        } else {
+            None
+        };
         let first_try = Instant::now();
         self.backends.budget_request(upstream);
         let mut req = Request {
@@ -268,7 +276,7 @@ impl<'a> Forward<'a> {
                         reused: true,
                         guards,
                     },
-                    None => match self.connect(backend).await? {
+                    None => match self.connect(backend, ends).await? {
                         Some(conn) => Step::Exchange {
                             backend,
                             conn,
@@ -578,8 +586,13 @@ impl<'a> Forward<'a> {
     }
 
     /// A new connection to `backend`, within the breaker's connection and pending limits.
-    /// `Ok(None)`: the connect failed.
-    async fn connect(&self, backend: usize) -> Result<Option<Transport>, ProxyError> {
+    /// `ends`: whom a PROXY header names (see [`Connector::ends`]). `Ok(None)`: the connect
+    /// failed.
+    async fn connect(
+        &self,
+        backend: usize,
+        ends: Option<(SocketAddr, SocketAddr)>,
+    ) -> Result<Option<Transport>, ProxyError> {
         let breaker = &self.backends.breakers[backend];
         if let Some(limit) = breaker.limits().max_connections {
             let b = &self.stats.backends[backend];
@@ -602,6 +615,7 @@ impl<'a> Forward<'a> {
             stats: self.stats,
             errors: self.errors,
             backends: self.backends,
+            ends,
         };
         let connected = connector.connect(backend).await;
         drop(pending);

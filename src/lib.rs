@@ -29,6 +29,7 @@ pub mod notify;
 pub mod observe;
 pub mod privs;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod reload;
 pub mod respond;

@@ -577,6 +577,7 @@ pub fn probe_targets(shared: &Shared, old: Option<&Shared>) -> Vec<ProbeTarget> 
                 spec: spec.clone(),
                 resume: carried.then(|| shared.board.state(i)),
                 tls: shared.tls.upstream(b.upstream).cloned(),
+                proxy_protocol: up.proxy_protocol,
             })
         })
         .collect()

@@ -116,6 +116,9 @@ pub struct Totals {
     pub denied_listener: Cell<u64>,
     /// Requests refused by their route's `allow`/`deny` (403).
     pub denied_route: Cell<u64>,
+    /// PROXY protocol headers on `proxy_protocol` listeners, by
+    /// [`crate::proxy_protocol::Outcome`].
+    pub proxy_protocol: [Cell<u64>; 6],
     pub active: Cell<u64>,
     pub requests: Cell<u64>,
     /// Responses relayed from upstreams by status class 1xx..5xx (index 0..4).
@@ -201,6 +204,7 @@ impl Totals {
             rejected_client_limit: Cell::new(0),
             denied_listener: Cell::new(0),
             denied_route: Cell::new(0),
+            proxy_protocol: Default::default(),
             active: Cell::new(0),
             requests: Cell::new(0),
             upstream_status: Default::default(),
@@ -298,6 +302,7 @@ impl Stats {
             rejected_client_limit: self.rejected_client_limit.get(),
             denied_listener: self.denied_listener.get(),
             denied_route: self.denied_route.get(),
+            proxy_protocol: self.proxy_protocol.each_ref().map(get),
             active: self.active.get(),
             requests: self.requests.get(),
             canned: self.canned.iter().map(get).collect(),
@@ -390,6 +395,7 @@ pub struct Snapshot {
     pub rejected_client_limit: u64,
     pub denied_listener: u64,
     pub denied_route: u64,
+    pub proxy_protocol: [u64; 6],
     pub active: u64,
     pub requests: u64,
     pub canned: Vec<u64>,
@@ -436,6 +442,7 @@ impl Snapshot {
         self.rejected_client_limit += other.rejected_client_limit;
         self.denied_listener += other.denied_listener;
         self.denied_route += other.denied_route;
+        sum(&mut self.proxy_protocol, &other.proxy_protocol);
         self.active += other.active;
         self.requests += other.requests;
         sum(&mut self.canned, &other.canned);

@@ -37,6 +37,7 @@ tls = { certificates = [{ cert = "@CERTS@/a.pem", key = "@CERTS@/a.key", ocsp = 
 [[listener]]
 address = "127.0.0.1:0"
 redirect_https = { port = 443, status = 301 }
+proxy_protocol = true
 
 [[route]]
 host = "api.example.com"
@@ -117,6 +118,7 @@ balance = "consistent_hash"
 hash_key = "header:x-user"
 bounded_load = 1.25
 backends = [{ address = "127.0.0.1:9004" }, { address = "127.0.0.1:9005" }]
+proxy_protocol = "v2"
 
 [dns]
 servers = ["127.0.0.1:5353"]

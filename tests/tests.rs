@@ -22,6 +22,7 @@ mod messages;
 mod observability;
 mod placement;
 mod privileges;
+mod proxy_protocol;
 mod real_clients;
 mod regressions;
 mod reload;

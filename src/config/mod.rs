@@ -96,6 +96,10 @@ pub struct UpstreamConfig {
     pub resilience: Resilience,
     /// TLS to the backends (`None`: plain HTTP).
     pub tls: Option<UpstreamTls>,
+    /// `proxy_protocol`: a PROXY header naming the client starts every new connection to
+    /// its backends (health probes send v1 `UNKNOWN` / v2 `LOCAL`); such connections carry
+    /// one client each, so they are not pooled (`max_idle_per_backend` is 0).
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,8 +194,12 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     pub tls: Option<ListenerTls>,
     pub redirect_https: Option<RedirectHttps>,
-    /// `allow`/`deny`: checked against the connecting address at accept.
+    /// `allow`/`deny`: checked against the connecting address at accept (the PROXY
+    /// header's source address when `proxy_protocol` is on).
     pub access: AccessList,
+    /// `proxy_protocol`: every connection starts with a PROXY protocol header (v1 or v2)
+    /// from a peer in `server.trusted_proxies` (see [`crate::proxy_protocol`]).
+    pub proxy_protocol: bool,
 }
 
 /// Default `server.drain_grace`: long enough for a request a client sent as the drain began
@@ -439,6 +447,7 @@ impl Config {
             &mut c,
             raw_listeners,
             file.parent().unwrap_or(Path::new(".")),
+            !trusted_proxies.is_empty(),
         );
 
         let mut upstreams = Vec::new();
@@ -548,15 +557,23 @@ impl Config {
             let tls = u
                 .tls
                 .and_then(|t| tls::upstream_tls(&mut c, &format!("{path}.tls"), base, t));
+            let proxy_protocol = tls::upstream_proxy_protocol(&mut c, &path, u.proxy_protocol);
+            let max_idle_per_backend = c.count(
+                &format!("{path}.max_idle_per_backend"),
+                u.max_idle_per_backend,
+                DEFAULT_MAX_IDLE_PER_BACKEND,
+                0,
+                1 << 16,
+            );
             upstreams.push(UpstreamConfig {
                 tls,
-                max_idle_per_backend: c.count(
-                    &format!("{path}.max_idle_per_backend"),
-                    u.max_idle_per_backend,
-                    DEFAULT_MAX_IDLE_PER_BACKEND,
-                    0,
-                    1 << 16,
-                ),
+                proxy_protocol,
+                // A connection that named one client is not lent to another.
+                max_idle_per_backend: if proxy_protocol.is_some() {
+                    0
+                } else {
+                    max_idle_per_backend
+                },
                 idle_timeout: c.duration(
                     &format!("{path}.idle_timeout"),
                     u.idle_timeout.as_ref(),

@@ -45,6 +45,7 @@ pub(super) struct RawListener {
     pub(super) redirect_https: Option<super::tls::RawRedirect>,
     pub(super) allow: Option<Vec<String>>,
     pub(super) deny: Option<Vec<String>>,
+    pub(super) proxy_protocol: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -88,6 +89,7 @@ pub(super) struct RawUpstream {
     pub(super) breaker: Option<super::resilience::RawBreaker>,
     pub(super) retry: Option<super::resilience::RawRetry>,
     pub(super) tls: Option<super::tls::RawUpstreamTls>,
+    pub(super) proxy_protocol: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

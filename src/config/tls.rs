@@ -316,12 +316,33 @@ pub(super) fn upstream_tls(
     })
 }
 
-/// Every `[[listener]]`: its address (unique unless `:0`), TLS and redirect, each problem
-/// recorded with its key path. Relative file names are relative to `base`.
+/// `[[upstream]] proxy_protocol`: `"v1"` or `"v2"`.
+pub(super) fn upstream_proxy_protocol(
+    c: &mut Checker,
+    path: &str,
+    raw: Option<String>,
+) -> Option<crate::proxy_protocol::Version> {
+    match raw.as_deref()? {
+        "v1" => Some(crate::proxy_protocol::Version::V1),
+        "v2" => Some(crate::proxy_protocol::Version::V2),
+        other => {
+            c.err(
+                format!("{path}.proxy_protocol"),
+                format!("unknown PROXY protocol version {other:?}: \"v1\" or \"v2\""),
+            );
+            None
+        }
+    }
+}
+
+/// Every `[[listener]]`: its address (unique unless `:0`), TLS, redirect and PROXY protocol,
+/// each problem recorded with its key path. Relative file names are relative to `base`;
+/// `has_trusted`: `server.trusted_proxies` names someone (`proxy_protocol` requires it).
 pub(super) fn listeners(
     c: &mut Checker,
     raw: Vec<toml::Value>,
     base: &Path,
+    has_trusted: bool,
 ) -> Vec<super::ListenerConfig> {
     let mut listeners = Vec::new();
     if raw.is_empty() {
@@ -346,6 +367,13 @@ pub(super) fn listeners(
                     "a TLS listener serves https itself; redirect_https belongs on a plain listener",
                 );
             }
+            let proxy_protocol = l.proxy_protocol.unwrap_or(false);
+            if proxy_protocol && !has_trusted {
+                c.err(
+                    format!("{path}.proxy_protocol"),
+                    "a PROXY protocol header is only believed from a trusted peer: set server.trusted_proxies to the balancers' addresses",
+                );
+            }
             if let Some(a) = c.address(&format!("{path}.address"), &l.address) {
                 if a.port() != 0 && !seen_listen.insert(a) {
                     c.err(
@@ -360,6 +388,7 @@ pub(super) fn listeners(
                     tls,
                     redirect_https,
                     access,
+                    proxy_protocol,
                 });
             }
         }

@@ -45,6 +45,9 @@ pub struct ProbeTarget {
     pub spec: Arc<CheckSpec>,
     /// The upstream's TLS, when it has `tls`: probes go over TLS like requests.
     pub tls: Option<Arc<crate::tls::upstream::UpstreamTlsClient>>,
+    /// The upstream's `proxy_protocol`: probes start with the proxy's own header (v1
+    /// `UNKNOWN`, v2 `LOCAL`), as a backend expecting one requires.
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
     /// After a reload, the state the board carried over for this backend: probing resumes
     /// from it (`None`: from the check's initial state, published at once).
     pub resume: Option<Health>,
@@ -224,7 +227,7 @@ async fn probe_loop(
             _ = stop.notified() => return,
         }
         let result = monoio::select! {
-            r = probe(target.address, &spec, target.tls.as_deref()) => r,
+            r = probe(target.address, &spec, target.tls.as_deref(), target.proxy_protocol) => r,
             _ = stop.notified() => return,
         };
         board.count_check(target.backend, result.is_ok());
@@ -288,8 +291,10 @@ pub async fn probe(
     address: SocketAddr,
     spec: &CheckSpec,
     tls: Option<&crate::tls::upstream::UpstreamTlsClient>,
+    proxy_protocol: Option<crate::proxy_protocol::Version>,
 ) -> Result<(), ProbeFailure> {
-    match monoio::time::timeout(spec.timeout, probe_unbounded(address, &spec.kind, tls)).await {
+    let unbounded = probe_unbounded(address, &spec.kind, tls, proxy_protocol);
+    match monoio::time::timeout(spec.timeout, unbounded).await {
         Ok(r) => r,
         Err(_) => Err(ProbeFailure::Timeout {
             after: spec.timeout,
@@ -301,10 +306,15 @@ async fn probe_unbounded(
     address: SocketAddr,
     kind: &CheckKind,
     tls: Option<&crate::tls::upstream::UpstreamTlsClient>,
+    proxy_protocol: Option<crate::proxy_protocol::Version>,
 ) -> Result<(), ProbeFailure> {
-    let tcp = TcpStream::connect_addr(address)
+    let mut tcp = TcpStream::connect_addr(address)
         .await
         .map_err(|e| ProbeFailure::Connect { error: e.kind() })?;
+    if let Some(v) = proxy_protocol {
+        let (res, _) = tcp.write_all(crate::proxy_protocol::encode(v, None)).await;
+        res.map_err(|e| ProbeFailure::Connect { error: e.kind() })?;
+    }
     // Over TLS a `tcp` check includes the handshake: a backend whose certificate does not
     // verify is as unusable as one that refuses connections.
     let stream = match tls {

@@ -56,6 +56,7 @@ fn target(backend: usize, address: SocketAddr, spec: &Arc<CheckSpec>) -> ProbeTa
         address,
         spec: spec.clone(),
         tls: None,
+        proxy_protocol: None,
         resume: None,
     }
 }

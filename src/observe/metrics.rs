@@ -288,6 +288,20 @@ pub fn render(
     );
     family(
         &mut o,
+        "edgeshard_proxy_protocol_total",
+        "counter",
+        "PROXY protocol headers on proxy_protocol listeners, by result: v1, v2, local (v2 LOCAL), or the connection closed for a bad or missing header, an untrusted peer, or a timeout.",
+    );
+    for r in crate::proxy_protocol::Outcome::ALL {
+        let _ = writeln!(
+            o,
+            "edgeshard_proxy_protocol_total{{result=\"{}\"}} {}",
+            r.label(),
+            all.proxy_protocol[r as usize]
+        );
+    }
+    family(
+        &mut o,
         "edgeshard_requests_total",
         "counter",
         "Requests received (heads parsed).",

@@ -1,10 +1,13 @@
 //! Stage 5 of the pipeline, *pool*, when the pool has no connection: open a new one to a
 //! backend, bounded by `upstream_connect` (TCP and, for an upstream with `tls`, the TLS
 //! handshake), with `TCP_NODELAY` and the configured congestion control, counted in the
-//! shard's stats. A failed connect is also a passive-check outcome.
+//! shard's stats. A failed connect is also a passive-check outcome. For an upstream with
+//! `proxy_protocol`, the PROXY header naming the client is the connection's first bytes
+//! (before a TLS handshake), within the same bound.
 
 use std::time::Instant;
 
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use crate::health::Outcome as TryOutcome;
@@ -21,23 +24,25 @@ pub struct Connector<'a> {
     pub stats: &'a Stats,
     pub errors: &'a ErrorLimiter,
     pub backends: &'a Backends,
+    /// The client's address and the address it connected to, for a PROXY header (`None`:
+    /// not known, sent as the proxy's own connection).
+    pub ends: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
 }
 
 impl Connector<'_> {
     /// Opens a new connection to `backend`.
     pub async fn connect(&self, backend: usize) -> std::io::Result<Transport> {
         let addr = self.shared.backends[backend].address;
-        let tls = self
-            .shared
-            .tls
-            .upstream(self.shared.backends[backend].upstream);
+        let upstream = self.shared.backends[backend].upstream;
+        let tls = self.shared.tls.upstream(upstream);
+        let proxy_protocol = self.shared.config.upstreams[upstream].proxy_protocol;
         let timeout = self.shared.config.timeouts.upstream_connect;
         let bstats = &self.stats.backends[backend];
         bump(&self.stats.upstream_connects);
         bump(&bstats.connects);
         let started = Instant::now();
         let result = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-            Ok(Ok(s)) => {
+            Ok(Ok(mut s)) => {
                 self.stats
                     .record_connect(started.elapsed().as_micros() as u64);
                 let _ = s.set_nodelay(true);
@@ -49,9 +54,24 @@ impl Connector<'_> {
                         tracing::debug!(error = %e, "upstream_congestion");
                     }
                 }
-                match tls {
-                    None => Ok(Transport::Plain(s)),
-                    Some(tls) => {
+                let header = match proxy_protocol {
+                    None => Ok(()),
+                    Some(v) => {
+                        let left = timeout.saturating_sub(started.elapsed());
+                        let header = crate::proxy_protocol::encode(v, self.ends);
+                        match monoio::time::timeout(left, s.write_all(header)).await {
+                            Ok((r, _)) => r.map(drop),
+                            Err(_) => Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "sending the PROXY header timed out",
+                            )),
+                        }
+                    }
+                };
+                match (header, tls) {
+                    (Err(e), _) => Err(e),
+                    (Ok(()), None) => Ok(Transport::Plain(s)),
+                    (Ok(()), Some(tls)) => {
                         let left = timeout.saturating_sub(started.elapsed());
                         match monoio::time::timeout(left, tls.connect(s, addr)).await {
                             Ok(Ok(t)) => Ok(Transport::Tls(Box::new(t))),
