@@ -28,8 +28,15 @@ pub fn listener_admits(list: &AccessList, peer: IpAddr) -> bool {
 /// of trusted proxies gives its leftmost address; an entry that is not an address (a forged
 /// or garbled field) ends the walk at the last address read, so a client can never choose
 /// an address its trusted proxies did not write.
-pub fn client_address(trusted: &[IpNet], peer: IpAddr, buf: &[u8], head: &RequestHead) -> IpAddr {
-    if trusted.is_empty() || !holds(trusted, peer) {
+/// `peer_trusted`: the connection's [`crate::client::Client::forwarded_trusted`].
+pub fn client_address(
+    trusted: &[IpNet],
+    peer: IpAddr,
+    peer_trusted: bool,
+    buf: &[u8],
+    head: &RequestHead,
+) -> IpAddr {
+    if !peer_trusted {
         return peer;
     }
     let mut client = peer;
@@ -125,9 +132,14 @@ impl ConnTable {
         let mut held = Held { cells: None, total };
         if per_client > 0 {
             let cells = self.cells_of(ip);
-            let counts = cells.map(|c| self.cells[c as usize].fetch_add(1, Ordering::Relaxed));
+            for c in cells {
+                self.cells[c as usize].fetch_add(1, Ordering::Relaxed);
+            }
             held.cells = Some(cells);
-            if counts[0].min(counts[1]) as usize >= per_client {
+            // Read back after both increments: two shards admitting the same address at once
+            // both see both increments (and may both refuse), never neither.
+            let counts = cells.map(|c| self.cells[c as usize].load(Ordering::Relaxed));
+            if counts[0].min(counts[1]) as usize > per_client {
                 self.leave(held);
                 return Err(Refused::PerClient);
             }
@@ -183,7 +195,8 @@ mod tests {
             parse_request(raw.as_bytes(), &limits, &mut head),
             Ok(Parsed::Complete(()))
         ));
-        client_address(&trusted, peer.parse().unwrap(), raw.as_bytes(), &head)
+        let peer: IpAddr = peer.parse().unwrap();
+        client_address(&trusted, peer, holds(&trusted, peer), raw.as_bytes(), &head)
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -221,6 +234,38 @@ mod tests {
         assert_eq!(t.enter(a, 1, 0), Err(Refused::Total));
         t.leave(h);
         assert!(t.enter(a, 1, 0).is_ok());
+    }
+
+    #[test]
+    fn concurrent_entries_never_overshoot_the_per_client_bound() {
+        use std::sync::Arc;
+        let t = Arc::new(ConnTable::default());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (t, inside, most) = (t.clone(), inside.clone(), most.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        if let Ok(Some(h)) = t.enter(ip("192.0.2.1"), 0, 2) {
+                            let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(n, Ordering::SeqCst);
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            t.leave(h);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        assert!(
+            most.load(Ordering::SeqCst) <= 2,
+            "{} admitted at once",
+            most.load(Ordering::SeqCst)
+        );
+        assert!(t.cells.iter().all(|c| c.load(Ordering::Relaxed) == 0));
     }
 
     #[test]

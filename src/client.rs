@@ -42,6 +42,10 @@ pub struct Client {
     pub listener: Rc<ListenerSide>,
     /// mTLS: the verified client certificate's subject.
     pub client_subject: Option<Box<str>>,
+    /// The peer is one of `server.trusted_proxies` speaking for its clients: its
+    /// X-Forwarded-For names the client and its request id is kept (decided at accept;
+    /// never for a PROXY protocol balancer's own LOCAL or UNKNOWN connection).
+    pub forwarded_trusted: bool,
 }
 
 /// What a connection keeps of the `[[listener]]` it was accepted on: taken from the snapshot

@@ -31,6 +31,7 @@ async fn refuse(ctx: &ShardCtx, stream: TcpStream, peer: SocketAddr, listener: R
         upgraded: None,
         listener,
         client_subject: None,
+        forwarded_trusted: false,
     };
     respond_canned(ctx, &mut client, Canned::Forbidden, true).await;
     linger_close(&mut client).await;
@@ -53,14 +54,18 @@ pub async fn serve(
     // -- PROXY protocol: the balancer's header names the client ---------------------------
     // Within client_header of the accept, before the allow/deny below (which sees the
     // client it names) and the TLS handshake. Boxed: a cold step an idle connection is not in.
-    let peer = if listener.proxy_protocol {
+    let (peer, balancer_itself) = if listener.proxy_protocol {
         match Box::pin(crate::proxy_protocol::accept(&ctx, &stream, peer, accepted)).await {
             Some(p) => p,
             None => return,
         }
     } else {
-        peer
+        (peer, false)
     };
+    // Whether this connection's X-Forwarded-For (and request id) is believed: its peer is a
+    // trusted proxy, and not an L4 balancer standing in for a client it did not name.
+    let forwarded_trusted =
+        !balancer_itself && crate::config::holds(&ctx.shared.config.trusted_proxies, peer.ip());
     // -- the listener's allow/deny, before anything (else) is read ------------------------
     if !crate::admission::listener_admits(&listener.access, peer.ip()) {
         crate::stats::bump(&ctx.stats.denied_listener);
@@ -95,6 +100,7 @@ pub async fn serve(
         upgraded: None,
         listener,
         client_subject,
+        forwarded_trusted,
     };
     let mut limits = head_limits(&ctx);
     let mut timeouts = ctx.shared.config.timeouts;

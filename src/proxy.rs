@@ -41,6 +41,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         client_ip: client_address(
             &ctx.shared.config.trusted_proxies,
             client.peer.ip(),
+            client.forwarded_trusted,
             &client.buf,
             head,
         ),
@@ -247,10 +248,7 @@ fn prepare<'a>(
             client_ip: client.peer.ip(),
             // X-Forwarded-For from anyone but a trusted proxy is a claim nobody vouches for:
             // it is replaced by the peer's address.
-            keep_forwarded_for: crate::config::holds(
-                &shared.config.trusted_proxies,
-                client.peer.ip(),
-            ),
+            keep_forwarded_for: client.forwarded_trusted,
             framing: out_framing,
             // Generated or trusted, the id replaces every incoming field of its name (a
             // trusted peer's duplicates included); so does the mTLS subject, whose field a

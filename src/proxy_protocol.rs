@@ -409,14 +409,15 @@ enum Fail {
 
 /// On a `proxy_protocol` listener: checks that `peer` is a trusted proxy, reads its header
 /// within `timeouts.client_header` of `accepted`, counts the outcome, and gives the
-/// connection's peer: the header's source address (TCP), or `peer` (LOCAL, UNKNOWN).
-/// `None`: close the connection.
+/// connection's peer: the header's source address (TCP), or `peer` (LOCAL, UNKNOWN) with
+/// `true`: the peer is then the balancer itself, an L4 hop that wrote no X-Forwarded-For, so
+/// the connection's own is not believed. `None`: close the connection.
 pub async fn accept(
     ctx: &ShardCtx,
     stream: &TcpStream,
     peer: SocketAddr,
     accepted: Instant,
-) -> Option<SocketAddr> {
+) -> Option<(SocketAddr, bool)> {
     let count = |r: Outcome| bump(&ctx.stats.proxy_protocol[r as usize]);
     if !crate::config::holds(&ctx.shared.config.trusted_proxies, peer.ip()) {
         count(Outcome::Untrusted);
@@ -434,18 +435,18 @@ pub async fn accept(
                         Version::V1 => Outcome::V1,
                         Version::V2 => Outcome::V2,
                     });
-                    source
+                    (source, false)
                 }
                 Addresses::Local => {
                     count(Outcome::Local);
-                    peer
+                    (peer, true)
                 }
                 Addresses::Unknown => {
                     count(match h.version {
                         Version::V1 => Outcome::V1,
                         Version::V2 => Outcome::V2,
                     });
-                    peer
+                    (peer, true)
                 }
             });
         }

@@ -125,7 +125,7 @@ pub async fn read_response_head(
         upgrade,
         max_read,
     } = *how;
-    let deadline = Instant::now() + timeout;
+    let mut deadline = Instant::now() + timeout;
     let mut head = ResponseHead::default();
     let mut interims = 0;
     loop {
@@ -149,9 +149,13 @@ pub async fn read_response_head(
                             interim_response_head(ubuf, &head, interim.hide, &mut out);
                             let n = out.len();
                             interim.relayed = true;
+                            let writing = Instant::now();
                             write_from(interim.client, &mut out, 0, n, dl, interim.write_timeout)
                                 .await
                                 .map_err(HeadFail::Client)?;
+                            // The time the client took is not the backend's: its head
+                            // deadline moves by as much.
+                            deadline += writing.elapsed();
                         }
                         ubuf.drain(..head.head_len);
                         continue;

@@ -70,8 +70,7 @@ pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, started: Ins
 /// The id this request carries: the incoming one from a trusted peer, else a new one.
 pub fn request_id(ctx: &ShardCtx, client: &Client, head: &RequestHead) -> RequestId {
     let cfg = &ctx.shared.config.request_id;
-    let trusted = &ctx.shared.config.trusted_proxies;
-    if !trusted.is_empty() && crate::config::holds(trusted, client.peer.ip()) {
+    if client.forwarded_trusted {
         let name = cfg.header_lower.as_bytes();
         let incoming = head.header(&client.buf, name).filter(|v| valid_incoming(v));
         if let Some(v) = incoming {

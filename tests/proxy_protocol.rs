@@ -101,8 +101,15 @@ both_engines! {
             assert_eq!(origin.last_request().header_all("x-forwarded-for"), ["127.0.0.1"]);
             c.send(&get("e.example", "/private"));
             assert_eq!(c.read_response().status(), 403);
+            // The balancer is trusted, but an L4 balancer writes no X-Forwarded-For: on its
+            // own connection the field is the client's claim, and is not believed.
+            c.send(&request("GET", "/private", &[("Host", "e.example"), ("X-Forwarded-For", "192.0.2.7")], b""));
+            assert_eq!(c.read_response().status(), 403, "a forged X-Forwarded-For was believed");
+            c.send(&request("GET", "/open/xff", &[("Host", "e.example"), ("X-Forwarded-For", "192.0.2.7")], b""));
+            assert_eq!(c.read_response().status(), 200);
+            assert_eq!(origin.last_request().header_all("x-forwarded-for"), ["127.0.0.1"]);
         }
-        assert_eq!(origin.request_count(), 9);
+        assert_eq!(origin.request_count(), 11);
         counted(proxy.admin_addr(), &[("v1", 4.0), ("v2", 2.0), ("local", 1.0), ("bad", 0.0)]);
     }
 

@@ -14,8 +14,10 @@ pub struct ResponseFields {
     pub hide: Vec<Box<str>>,
 }
 
-/// Fields the proxy writes itself: hiding them would break framing or the connection.
+/// Fields the proxy writes itself: hiding them would break framing or the connection (or,
+/// for `Date`, which the proxy adds when a response has none, would do nothing).
 const FRAMING: &[&str] = &[
+    "date",
     "connection",
     "content-length",
     "transfer-encoding",

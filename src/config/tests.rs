@@ -179,7 +179,7 @@ fn server_header_and_hidden_response_fields_are_checked() {
     let hide: Vec<&str> = c.response.hide.iter().map(|h| &**h).collect();
     assert_eq!(hide, ["x-backend", "via"], "lowercased, once each");
     let err = parse(&format!(
-        "[server]\nserver_header = \"a\\r\\nb\"\nhide_response_headers = [\"ok\", \"bad name\", \"Content-Length\"]\n{base}"
+        "[server]\nserver_header = \"a\\r\\nb\"\nhide_response_headers = [\"ok\", \"bad name\", \"Content-Length\", \"Date\"]\n{base}"
     ))
     .unwrap_err();
     let paths: Vec<&str> = err.issues.iter().map(|i| i.path.as_str()).collect();
@@ -188,7 +188,8 @@ fn server_header_and_hidden_response_fields_are_checked() {
         [
             "server.server_header",
             "server.hide_response_headers[1]",
-            "server.hide_response_headers[2]"
+            "server.hide_response_headers[2]",
+            "server.hide_response_headers[3]"
         ],
         "{err}"
     );

@@ -68,6 +68,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 fn canned_reason(c: Canned) -> &'static str {
     match c.status() {
         400 => "bad_request",
+        403 => "forbidden",
         404 => "no_route",
         405 => "method_not_allowed",
         408 => "timeout",
