@@ -181,7 +181,8 @@ pub fn response_head(data: &[u8]) {
     }
 }
 
-/// The result of decoding a body: payload, trailers, bytes consumed, done, or the error.
+/// The result of decoding a body: payload, trailers, bytes consumed (0 after an error), done,
+/// or the error.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Decoded {
     pub payload: Vec<u8>,
@@ -232,8 +233,9 @@ pub fn decode_in_pieces(body: &[u8], max_overhead: usize, sizes: &[usize]) -> De
                     pos += step.consumed;
                 }
                 Err(e) => {
+                    // How far the failing call read is not reported, so `consumed` stays 0:
+                    // the position of the error would depend on where the pieces were cut.
                     out.error = Some(e);
-                    out.consumed = start + pos;
                     out.trailers = d.trailers;
                     return out;
                 }
@@ -277,5 +279,34 @@ pub fn chunked(data: &[u8]) {
 pub fn config(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = crate::config::Config::parse(text, Path::new("fuzz.toml"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The first `chunked` run stopped on its seed `trailer-fold` (`0\r\n folded\r\n\r\n`):
+    /// the check compared how far the decoder had got when it failed, which depends on where
+    /// the pieces were cut (a failing call does not report it). The decoder was right; the
+    /// check no longer compares that position.
+    #[test]
+    fn chunked_error_position_does_not_depend_on_pieces() {
+        for budget in 0..6u8 {
+            for size in 1..=8u8 {
+                let mut data = vec![budget];
+                data.extend([size; 8]);
+                data.extend_from_slice(b"0\r\n folded\r\n\r\n");
+                super::chunked(&data);
+            }
+        }
+    }
+
+    #[test]
+    fn checks_accept_empty_and_tiny_inputs() {
+        for data in [&b""[..], b"\r", b"\n", b"G", b"\r\n\r\n", b"0"] {
+            super::request_head(data);
+            super::response_head(data);
+            super::chunked(data);
+            super::config(data);
+        }
     }
 }
