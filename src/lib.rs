@@ -20,6 +20,8 @@ pub mod demo;
 pub mod dns;
 pub mod error;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod health;
 pub mod http;
 pub mod io;

@@ -13,6 +13,7 @@ mod dns;
 mod early_answer;
 mod examples;
 mod framing;
+mod fuzz_corpus;
 mod handover;
 mod headers;
 mod interim;

@@ -423,12 +423,21 @@ fn map_httparse(e: httparse::Error) -> ParseError {
     }
 }
 
+/// A request line longer than this is refused as 414 whatever its target: a partial head is
+/// judged by it before the target is known, so a complete one must be too, or a head would be
+/// accepted whole and refused when it arrives in pieces.
+fn request_line_too_long(buf: &[u8], limits: &HeadLimits) -> bool {
+    memchr_newline(buf).unwrap_or(buf.len()) > limits.max_uri_bytes + 32
+}
+
 /// When the head is not yet complete, decide whether it can still become valid within limits.
 fn check_partial(buf: &[u8], limits: &HeadLimits) -> Result<(), ParseError> {
-    match memchr_newline(buf) {
-        None if buf.len() > limits.max_uri_bytes + 32 => Err(ParseError::UriTooLong),
-        _ if buf.len() >= limits.max_header_bytes => Err(ParseError::HeadTooLarge),
-        _ => Ok(()),
+    if request_line_too_long(buf, limits) {
+        Err(ParseError::UriTooLong)
+    } else if buf.len() >= limits.max_header_bytes {
+        Err(ParseError::HeadTooLarge)
+    } else {
+        Ok(())
     }
 }
 
@@ -467,7 +476,7 @@ pub fn parse_request(
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return Err(ParseError::Malformed("incomplete request line"));
     };
-    if path.len() > limits.max_uri_bytes {
+    if path.len() > limits.max_uri_bytes || request_line_too_long(buf, limits) {
         return Err(ParseError::UriTooLong);
     }
     if version > 1 {
@@ -534,6 +543,10 @@ pub fn parse_response(
         }
         httparse::Status::Complete(n) => n,
     };
+    // As for a request: a head over the limit is refused whether it arrived whole or in pieces.
+    if head_len > limits.max_header_bytes {
+        return Err(ParseError::HeadTooLarge);
+    }
     let (Some(version), Some(code)) = (resp.version, resp.code) else {
         return Err(ParseError::Malformed("incomplete status line"));
     };
@@ -611,6 +624,188 @@ mod tests {
         assert_eq!(head.framing(), BodyFraming::None);
         assert_eq!(head.head_len, raw.len());
         assert!(head.wants_keep_alive());
+    }
+
+    /// Request heads of many shapes: methods, target forms, versions, header spellings,
+    /// Content-Length / chunked / none, Connection and Expect, with a body or a pipelined
+    /// request after them. Each is valid; the expected method, target and framing come along.
+    fn generated_heads() -> Vec<(Vec<u8>, &'static str, &'static str, BodyFraming)> {
+        const METHODS: &[&str] = &[
+            "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "PURGE",
+        ];
+        const TARGETS: &[&str] = &[
+            "/",
+            "/a/b?c=d&e=%20f",
+            "*",
+            "http://example.com:8080/x?y",
+            "/very/long/path/with/many/segments/and-a-query?k=v&k2=v2#frag",
+        ];
+        const SHAPES: &[&str] = &[
+            "",
+            "User-Agent: t\r\nAccept: */*\r\n",
+            "x-lower: v\r\nX-UPPER: V\r\n",
+            "X-Tight:v\r\nX-Padded:   v  \t\r\n",
+            "X-Empty:\r\nX-Empty-Space: \r\n",
+            "X-Tab: a\tb\r\nX-Obs: café\r\n",
+            "Connection: close\r\n",
+            "Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n",
+            "Expect: 100-continue\r\n",
+            "Cookie: a=1; b=2\r\nCookie: c=3\r\nX-Forwarded-For: 1.2.3.4\r\n",
+        ];
+        const FRAMING: &[(&str, BodyFraming, &str)] = &[
+            ("", BodyFraming::None, ""),
+            ("Content-Length: 0\r\n", BodyFraming::Length(0), ""),
+            ("Content-Length: 5\r\n", BodyFraming::Length(5), "hello"),
+            (
+                "content-length:12345\r\n",
+                BodyFraming::Length(12345),
+                "abc",
+            ),
+            (
+                "Transfer-Encoding: chunked\r\n",
+                BodyFraming::Chunked,
+                "5\r\nhello\r\n0\r\n\r\n",
+            ),
+            (
+                "Transfer-Encoding: CHUNKED\r\n",
+                BodyFraming::Chunked,
+                "0\r\n\r\n",
+            ),
+        ];
+        let mut out = Vec::new();
+        for (i, method) in METHODS.iter().enumerate() {
+            for (j, target) in TARGETS.iter().enumerate() {
+                for (k, shape) in SHAPES.iter().enumerate() {
+                    let (framing, want, body) = FRAMING[(i + j + k) % FRAMING.len()];
+                    let version = if (i + k) % 5 == 0 { "1.0" } else { "1.1" };
+                    if version == "1.0" && want == BodyFraming::Chunked {
+                        continue;
+                    }
+                    let host = match (version, k % 3) {
+                        ("1.0", 0) => String::new(),
+                        (_, 1) => "host: example.com:8080\r\n".into(),
+                        _ => "Host: example.com\r\n".into(),
+                    };
+                    // The Host, the framing and the other fields in an order that varies.
+                    let fields = match (i + j) % 3 {
+                        0 => format!("{host}{shape}{framing}"),
+                        1 => format!("{shape}{framing}{host}"),
+                        _ => format!("{framing}{host}{shape}"),
+                    };
+                    let after = if j % 2 == 0 {
+                        body
+                    } else {
+                        "GET /next HTTP/1.1\r\n"
+                    };
+                    let raw = format!("{method} {target} HTTP/{version}\r\n{fields}\r\n{after}");
+                    out.push((raw.into_bytes(), *method, *target, want));
+                }
+            }
+        }
+        out
+    }
+
+    /// Any generated head split at any byte boundary parses as it does whole: cut in two
+    /// pieces (a fresh head each time), and fed byte by byte into one reused head, as a
+    /// connection does. Prefixes shorter than the head are Partial; longer ones, with part
+    /// of the body or of the next request after it, give the same head.
+    #[test]
+    fn generated_heads_split_at_every_byte() {
+        let heads = generated_heads();
+        assert!(heads.len() > 300);
+        for (raw, method, target, framing) in &heads {
+            let whole = req(raw).expect("valid head");
+            assert_eq!(whole.method.get(raw), method.as_bytes());
+            assert_eq!(whole.target.get(raw), target.as_bytes());
+            assert_eq!(whole.framing(), *framing);
+            let n = whole.head_len;
+            assert!(raw[..n].ends_with(b"\r\n\r\n"));
+            let want = format!("{whole:?}");
+            let mut reused = RequestHead::default();
+            for cut in 0..=raw.len() {
+                // Two pieces: the first alone, then both.
+                let mut first = RequestHead::default();
+                let r = parse_request(&raw[..cut], &LIMITS, &mut first);
+                // Byte by byte: the buffer grows by one byte per parse.
+                let b = parse_request(&raw[..cut], &LIMITS, &mut reused);
+                for (r, head) in [(r, &first), (b, &reused)] {
+                    match r {
+                        Ok(Parsed::Partial) if cut < n => {}
+                        Ok(Parsed::Complete(())) if cut >= n => {
+                            assert_eq!(format!("{head:?}"), want, "cut {cut}")
+                        }
+                        other => panic!(
+                            "{:?} cut {cut} gave {:?}",
+                            String::from_utf8_lossy(raw),
+                            other.map(|_| ())
+                        ),
+                    }
+                }
+            }
+            assert_eq!(format!("{:?}", req(raw).unwrap()), want);
+        }
+    }
+
+    /// Found writing the `request_head` fuzz target's split check: a request line longer than
+    /// `max_uri_bytes + 32` (a long method, a short target) was refused with 414 while it
+    /// arrived, but accepted when the whole head came in one read.
+    #[test]
+    fn long_request_line_is_refused_whole_and_in_pieces() {
+        let small = HeadLimits {
+            max_header_bytes: 96,
+            max_headers: 3,
+            max_uri_bytes: 16,
+        };
+        let raw = format!("{} / HTTP/1.0\r\n\r\n", "M".repeat(40));
+        let mut head = RequestHead::default();
+        assert_eq!(
+            parse_request(&raw.as_bytes()[..50], &small, &mut head).err(),
+            Some(ParseError::UriTooLong)
+        );
+        assert_eq!(
+            parse_request(raw.as_bytes(), &small, &mut head).err(),
+            Some(ParseError::UriTooLong)
+        );
+        // At the limit the line is accepted, whole and in every piece.
+        let raw = format!("{} /{} HTTP/1.0\r\n\r\n", "M".repeat(21), "a".repeat(15));
+        assert_eq!(raw.find('\n'), Some(small.max_uri_bytes + 32));
+        for cut in 0..raw.len() {
+            assert!(matches!(
+                parse_request(&raw.as_bytes()[..cut], &small, &mut head),
+                Ok(Parsed::Partial)
+            ));
+        }
+        assert!(matches!(
+            parse_request(raw.as_bytes(), &small, &mut head),
+            Ok(Parsed::Complete(()))
+        ));
+    }
+
+    /// Found writing the `response_head` fuzz target's split check: a head over the limit was
+    /// refused when it arrived in pieces but accepted when it came in one read.
+    #[test]
+    fn response_head_over_limit_is_refused_whole_and_in_pieces() {
+        let small = HeadLimits {
+            max_header_bytes: 64,
+            max_headers: 10,
+            max_uri_bytes: 16,
+        };
+        let raw = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "v".repeat(60));
+        let mut head = ResponseHead::default();
+        assert_eq!(
+            parse_response(&raw.as_bytes()[..64], &small, &mut head).err(),
+            Some(ParseError::HeadTooLarge)
+        );
+        assert_eq!(
+            parse_response(raw.as_bytes(), &small, &mut head).err(),
+            Some(ParseError::HeadTooLarge)
+        );
+        let raw = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "v".repeat(64 - 24));
+        assert_eq!(raw.len(), 64);
+        assert!(matches!(
+            parse_response(raw.as_bytes(), &small, &mut head),
+            Ok(Parsed::Complete(()))
+        ));
     }
 
     #[test]

@@ -1,0 +1,312 @@
+//! The checks behind the fuzz targets in `fuzz/`, kept in the crate so that the targets
+//! (nightly-only libFuzzer, run by hand) and the corpus replay in `tests/fuzz_corpus.rs`
+//! (stable, run by `cargo test`) assert exactly the same things. Each function takes arbitrary
+//! bytes and panics when an invariant does not hold; it must never panic otherwise.
+//!
+//! Not part of the proxy: hidden from the documentation.
+
+use std::path::Path;
+
+use crate::http::chunked::{ChunkedDecoder, ChunkedError};
+use crate::http::parse::{
+    parse_request, parse_response, HeadLimits, ParseError, Parsed, RequestHead, ResponseHead,
+};
+
+/// The limits each head is parsed under: the defaults, small ones that the fuzzer reaches
+/// easily, and degenerate ones (zero and one).
+pub const LIMITS: [HeadLimits; 4] = [
+    HeadLimits {
+        max_header_bytes: 16384,
+        max_headers: 100,
+        max_uri_bytes: 8192,
+    },
+    HeadLimits {
+        max_header_bytes: 96,
+        max_headers: 3,
+        max_uri_bytes: 16,
+    },
+    HeadLimits {
+        max_header_bytes: 0,
+        max_headers: 0,
+        max_uri_bytes: 0,
+    },
+    HeadLimits {
+        max_header_bytes: 1,
+        max_headers: 1,
+        max_uri_bytes: 1,
+    },
+];
+
+/// One parse's outcome, comparable across buffers: spans are offsets, so a head parsed from a
+/// prefix that holds it whole equals the head parsed from the whole input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Complete { head_len: usize, head: String },
+    Partial,
+    Error(ParseError),
+}
+
+/// Parses a request head; asserts that every span lies inside the head.
+pub fn request_outcome(buf: &[u8], limits: &HeadLimits, head: &mut RequestHead) -> Outcome {
+    match parse_request(buf, limits, head) {
+        Ok(Parsed::Complete(())) => {
+            let n = head.head_len;
+            assert!(n <= buf.len(), "head_len {n} > input {}", buf.len());
+            assert!(n <= limits.max_header_bytes, "head_len {n} over the limit");
+            assert!(
+                head.target.len() <= limits.max_uri_bytes,
+                "target over the limit"
+            );
+            assert!(head.headers.len() <= limits.max_headers.max(1));
+            let mut spans = vec![head.method, head.target];
+            spans.extend(head.host);
+            spans.extend(head.conn_tokens.iter().copied());
+            for h in &head.headers {
+                spans.push(h.name);
+                spans.push(h.value);
+            }
+            for s in spans {
+                assert!(
+                    s.start <= s.end && s.end as usize <= n,
+                    "span {s:?} outside 0..{n}"
+                );
+            }
+            assert!(!head.method.is_empty());
+            Outcome::Complete {
+                head_len: n,
+                head: format!("{head:?}"),
+            }
+        }
+        Ok(Parsed::Partial) => Outcome::Partial,
+        Err(e) => Outcome::Error(e),
+    }
+}
+
+/// Parses a response head; asserts that every span lies inside the head.
+pub fn response_outcome(buf: &[u8], limits: &HeadLimits, head: &mut ResponseHead) -> Outcome {
+    match parse_response(buf, limits, head) {
+        Ok(Parsed::Complete(())) => {
+            let n = head.head_len;
+            assert!(n <= buf.len(), "head_len {n} > input {}", buf.len());
+            assert!(n <= limits.max_header_bytes, "head_len {n} over the limit");
+            assert!((100..=999).contains(&head.status));
+            assert!(!(head.chunked && head.content_length.is_some()));
+            assert!(head.headers.len() <= limits.max_headers.max(1));
+            let mut spans = vec![head.reason];
+            spans.extend(head.conn_tokens.iter().copied());
+            for h in &head.headers {
+                spans.push(h.name);
+                spans.push(h.value);
+            }
+            for s in spans {
+                assert!(
+                    s.start <= s.end && s.end as usize <= n,
+                    "span {s:?} outside 0..{n}"
+                );
+            }
+            Outcome::Complete {
+                head_len: n,
+                head: format!("{head:?}"),
+            }
+        }
+        Ok(Parsed::Partial) => Outcome::Partial,
+        Err(e) => Outcome::Error(e),
+    }
+}
+
+/// The cut points tried for an input: a few fixed ones and one derived from its bytes.
+fn cuts(data: &[u8]) -> Vec<usize> {
+    let len = data.len();
+    if len == 0 {
+        return vec![0];
+    }
+    let h = data
+        .iter()
+        .fold(0usize, |h, &b| h.wrapping_mul(31).wrapping_add(b as usize));
+    let mut v = vec![0, 1, len / 2, len - 1, h % len];
+    // Just before and at the end of the line structure: where the head completes.
+    if let Some(p) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+        v.extend([p + 3, p + 4]);
+    }
+    v.retain(|&c| c <= len);
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// What a prefix may give, knowing what the whole input gave: a complete head is Partial on
+/// every prefix shorter than it and the same head on every longer one; an error on a prefix is
+/// an error on the whole (more bytes never make a refused head acceptable).
+fn assert_prefix_consistent(whole: &Outcome, cut: usize, part: &Outcome) {
+    match (whole, part) {
+        (Outcome::Complete { head_len, .. }, Outcome::Partial) if cut < *head_len => {}
+        (Outcome::Complete { head_len, .. }, p) if cut < *head_len => {
+            panic!("prefix {cut} of a head of {head_len} gave {p:?}")
+        }
+        (w @ Outcome::Complete { .. }, p) => {
+            assert_eq!(w, p, "prefix {cut} holding the whole head differs")
+        }
+        (_, Outcome::Complete { .. }) => panic!("prefix {cut} complete, whole input {whole:?}"),
+        (Outcome::Partial, Outcome::Error(e)) => {
+            panic!("prefix {cut} refused ({e:?}) but the whole input is Partial")
+        }
+        (_, _) => {}
+    }
+}
+
+/// Fuzz target `request_head`.
+pub fn request_head(data: &[u8]) {
+    // One head reused across parses, as a connection does: leftovers must not leak through.
+    let mut reused = RequestHead::default();
+    for limits in &LIMITS {
+        let whole = request_outcome(data, limits, &mut RequestHead::default());
+        assert_eq!(whole, request_outcome(data, limits, &mut reused), "reuse");
+        for cut in cuts(data) {
+            let part = request_outcome(&data[..cut], limits, &mut reused);
+            assert_prefix_consistent(&whole, cut, &part);
+        }
+    }
+}
+
+/// Fuzz target `response_head`.
+pub fn response_head(data: &[u8]) {
+    let mut reused = ResponseHead::default();
+    for limits in &LIMITS {
+        let whole = response_outcome(data, limits, &mut ResponseHead::default());
+        assert_eq!(whole, response_outcome(data, limits, &mut reused), "reuse");
+        for cut in cuts(data) {
+            let part = response_outcome(&data[..cut], limits, &mut reused);
+            assert_prefix_consistent(&whole, cut, &part);
+        }
+    }
+}
+
+/// The result of decoding a body: payload, trailers, bytes consumed (0 after an error), done,
+/// or the error.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub payload: Vec<u8>,
+    pub trailers: Vec<u8>,
+    pub consumed: usize,
+    pub done: bool,
+    pub error: Option<ChunkedError>,
+}
+
+/// Drives a decoder over `body` delivered in pieces of the given sizes (the last piece takes
+/// the rest), the way the relay does: each piece until consumed or done.
+pub fn decode_in_pieces(body: &[u8], max_overhead: usize, sizes: &[usize]) -> Decoded {
+    let mut d = ChunkedDecoder::new(max_overhead);
+    let mut out = Decoded {
+        payload: Vec::new(),
+        trailers: Vec::new(),
+        consumed: 0,
+        done: false,
+        error: None,
+    };
+    let mut start = 0;
+    let mut sizes = sizes.iter();
+    while start < body.len() && !d.is_done() {
+        let end = match sizes.next() {
+            Some(&n) => (start + n.max(1)).min(body.len()),
+            None => body.len(),
+        };
+        let piece = &body[start..end];
+        let mut pos = 0;
+        while pos < piece.len() && !d.is_done() {
+            match d.decode(&piece[pos..]) {
+                Ok(step) => {
+                    let rest = piece.len() - pos;
+                    assert!(
+                        step.consumed <= rest,
+                        "consumed {} of {rest}",
+                        step.consumed
+                    );
+                    let (a, b) = step.data;
+                    assert!(
+                        a <= b && b <= step.consumed,
+                        "data {a}..{b} of {}",
+                        step.consumed
+                    );
+                    assert!(step.consumed > 0 || step.done, "no progress");
+                    assert_eq!(step.done, d.is_done());
+                    out.payload.extend_from_slice(&piece[pos + a..pos + b]);
+                    pos += step.consumed;
+                }
+                Err(e) => {
+                    // How far the failing call read is not reported, so `consumed` stays 0:
+                    // the position of the error would depend on where the pieces were cut.
+                    out.error = Some(e);
+                    out.trailers = d.trailers;
+                    return out;
+                }
+            }
+        }
+        start += pos;
+        if pos < piece.len() {
+            break;
+        }
+    }
+    out.consumed = start;
+    out.done = d.is_done();
+    out.trailers = d.trailers;
+    assert!(out.payload.len() <= out.consumed, "more payload than input");
+    assert!(out.payload.len() + out.trailers.len() <= body.len());
+    out
+}
+
+/// Fuzz target `chunked`: the first byte picks the framing budget, the next 8 the piece sizes;
+/// the body decodes the same whole, byte by byte and in those pieces.
+pub fn chunked(data: &[u8]) {
+    let (budget, sizes, body) = match data {
+        [b, s @ ..] if s.len() >= 8 => (*b, &s[..8], &s[8..]),
+        _ => (0, &[][..], data),
+    };
+    let max_overhead = [0, 1, 16, 64, 1024, 1 << 16][budget as usize % 6];
+    let sizes: Vec<usize> = sizes.iter().map(|&s| s as usize % 32 + 1).collect();
+    let whole = decode_in_pieces(body, max_overhead, &[]);
+    let pieces = decode_in_pieces(body, max_overhead, &sizes.repeat(body.len() / 8 + 1));
+    assert_eq!(whole, pieces, "pieces {sizes:?}");
+    if body.len() <= 4096 {
+        let bytes = decode_in_pieces(body, max_overhead, &vec![1; body.len()]);
+        assert_eq!(whole, bytes, "byte by byte");
+    }
+    if whole.error.is_none() {
+        assert!(whole.done || whole.consumed == body.len());
+    }
+}
+
+/// Fuzz target `config`: any text is a configuration or an error, never a panic.
+pub fn config(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::config::Config::parse(text, Path::new("fuzz.toml"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The first `chunked` run stopped on its seed `trailer-fold` (`0\r\n folded\r\n\r\n`):
+    /// the check compared how far the decoder had got when it failed, which depends on where
+    /// the pieces were cut (a failing call does not report it). The decoder was right; the
+    /// check no longer compares that position.
+    #[test]
+    fn chunked_error_position_does_not_depend_on_pieces() {
+        for budget in 0..6u8 {
+            for size in 1..=8u8 {
+                let mut data = vec![budget];
+                data.extend([size; 8]);
+                data.extend_from_slice(b"0\r\n folded\r\n\r\n");
+                super::chunked(&data);
+            }
+        }
+    }
+
+    #[test]
+    fn checks_accept_empty_and_tiny_inputs() {
+        for data in [&b""[..], b"\r", b"\n", b"G", b"\r\n\r\n", b"0"] {
+            super::request_head(data);
+            super::response_head(data);
+            super::chunked(data);
+            super::config(data);
+        }
+    }
+}
