@@ -282,6 +282,54 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// Fuzz target `proxy_protocol`: [`crate::proxy_protocol::parse`] never panics and never
+/// claims more bytes than it was given; fed through [`crate::proxy_protocol::Taken`] as the
+/// bytes arrive in the pieces [`cuts`] gives (as `conn::serve` peeks and takes them), it ends
+/// with the same header, having taken exactly its bytes, or refuses when the whole is refused.
+pub fn proxy_protocol(data: &[u8]) {
+    use crate::proxy_protocol::{parse, Step, Taken};
+    let whole = parse(data);
+    if let Ok(Some(h)) = &whole {
+        assert!(h.len <= data.len(), "a header longer than its input");
+    }
+    let mut arrivals = cuts(data);
+    arrivals.push(data.len());
+    arrivals.sort_unstable();
+    arrivals.dedup();
+    let mut taken = Taken::default();
+    let mut pos = 0;
+    let mut end = None;
+    for arrived in arrivals {
+        if arrived <= pos {
+            continue;
+        }
+        match taken.offer(&data[pos..arrived]) {
+            Ok(Step::More(k)) => {
+                assert!(k <= arrived - pos, "took more than was waiting");
+                pos += k;
+            }
+            Ok(Step::Done(h, k)) => {
+                pos += k;
+                end = Some(Ok(h));
+                break;
+            }
+            Err(e) => {
+                end = Some(Err(e));
+                break;
+            }
+        }
+    }
+    match (&whole, end) {
+        (Ok(Some(h)), Some(Ok(got))) => {
+            assert_eq!(*h, got, "the header depends on how its bytes arrived");
+            assert_eq!(pos, h.len, "took {pos} bytes of a {}-byte header", h.len);
+        }
+        (Err(_), Some(Err(_))) => {}
+        (Ok(None), None) => {}
+        (w, e) => panic!("whole input: {w:?}, in pieces: {e:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// The first `chunked` run stopped on its seed `trailer-fold` (`0\r\n folded\r\n\r\n`):

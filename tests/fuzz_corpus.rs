@@ -47,3 +47,8 @@ fn chunked_corpus() {
 fn config_corpus() {
     replay("config", edgeshard::fuzz_checks::config);
 }
+
+#[test]
+fn proxy_protocol_corpus() {
+    replay("proxy_protocol", edgeshard::fuzz_checks::proxy_protocol);
+}
