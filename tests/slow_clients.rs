@@ -57,6 +57,7 @@ fn expect_eof(s: &mut TcpStream, within: Duration) {
 fn trickle(mut s: TcpStream, n: usize, every: Duration, stop: Arc<AtomicBool>) {
     thread::spawn(move || {
         for _ in 0..n {
+            // The pause is the workload (a client that trickles), not a wait for the proxy.
             thread::sleep(every);
             if stop.load(Ordering::SeqCst) || s.write_all(b"x").is_err() {
                 return;
@@ -115,6 +116,7 @@ both_engines! {
         // `client_body` would cut it; a rate does not.
         let started = Instant::now();
         for _ in 0..20 {
+            // Pacing the upload is the workload, not a wait for the proxy.
             thread::sleep(Duration::from_millis(100));
             c.send(&[b'y'; 200]);
         }
@@ -156,6 +158,7 @@ both_engines! {
         tls.flush().unwrap();
         // 10 bytes/s for 1.5 s, past the rate deadline of 1.11 s (as in the plain test).
         for _ in 0..15 {
+            // Pacing the trickle is the workload, not a wait for the proxy.
             thread::sleep(Duration::from_millis(100));
             if tls.write_all(b"x").and_then(|_| tls.flush()).is_err() {
                 break;
