@@ -75,7 +75,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             let close = !facts.keep_alive || facts.minor == 0 || body_unread || ctx.draining();
             trace.status = Some(c.status());
             let outcome =
-                respond_canned_with(ctx, client, c, close, Some((b"Location", &location))).await;
+                respond_canned_with(ctx, client, c, close, &[(b"Location", &location)]).await;
             if body_unread {
                 linger_close(client).await;
             }
@@ -125,7 +125,8 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 trace.status = Some(c.status());
                 trace.bytes_out = 0;
                 let rid_header = cfg_rid_header(ctx, &rid);
-                let outcome = respond_canned_with(ctx, client, c, close, rid_header).await;
+                let outcome =
+                    respond_canned_with(ctx, client, c, close, rid_header.as_slice()).await;
                 if body_unread {
                     linger_close(client).await;
                 }

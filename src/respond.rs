@@ -265,7 +265,7 @@ pub async fn respond_canned(
     c: Canned,
     close: bool,
 ) -> Outcome {
-    respond_canned_with(ctx, client, c, close, None).await
+    respond_canned_with(ctx, client, c, close, &[]).await
 }
 
 /// The request-id field for the proxy's own answers, when ids are returned to clients.
@@ -274,13 +274,17 @@ pub fn cfg_rid_header<'a>(ctx: &'a ShardCtx, rid: &'a RequestId) -> Option<(&'a 
     cfg.respond.then(|| (cfg.header.as_bytes(), rid.bytes()))
 }
 
-/// [`respond_canned`] with one more header field (the request id, a `Location`) in the head.
+/// A header field a canned answer carries: (name, value).
+pub type Field<'a> = (&'a [u8], &'a [u8]);
+
+/// [`respond_canned`] with more header fields (the request id, `Location`, `Retry-After`,
+/// `WWW-Authenticate`) in the head.
 pub async fn respond_canned_with(
     ctx: &ShardCtx,
     client: &mut Client,
     c: Canned,
     close: bool,
-    extra: Option<(&[u8], &[u8])>,
+    extra: &[Field<'_>],
 ) -> Outcome {
     ctx.stats.canned(c);
     let close = close || c.forces_close();
@@ -307,7 +311,7 @@ fn canned_head(
     bytes: &[u8],
     server: Option<&str>,
     date: &[u8],
-    extra: Option<(&[u8], &[u8])>,
+    extra: &[Field<'_>],
     out: &mut Vec<u8>,
 ) {
     let status_end = bytes
@@ -323,7 +327,7 @@ fn canned_head(
     out.extend_from_slice(b"Date: ");
     out.extend_from_slice(date);
     out.extend_from_slice(b"\r\n");
-    if let Some((name, value)) = extra {
+    for (name, value) in extra {
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
@@ -458,7 +462,7 @@ mod tests {
             bytes,
             Some("edge"),
             &date,
-            Some((b"Location", b"https://a/")),
+            &[(b"Location", b"https://a/"), (b"Retry-After", b"1")],
             &mut out,
         );
         let text = String::from_utf8(out).unwrap();
@@ -468,12 +472,13 @@ mod tests {
         assert_eq!(lines[1], "Server: edge");
         assert_eq!(lines[2], "Date: Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(lines[3], "Location: https://a/");
+        assert_eq!(lines[4], "Retry-After: 1");
         assert!(lines.contains(&"Connection: close"), "{head}");
         let original = std::str::from_utf8(bytes).unwrap();
         assert!(original.ends_with(body), "the body is unchanged");
 
         let mut out = Vec::new();
-        canned_head(Canned::NotFound.bytes(false), None, &date, None, &mut out);
+        canned_head(Canned::NotFound.bytes(false), None, &date, &[], &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(!text.contains("Server:"), "{text}");
         assert_eq!(text.matches("Date: ").count(), 1, "{text}");

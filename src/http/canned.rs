@@ -8,6 +8,8 @@ pub enum Canned {
     MovedPermanently,
     PermanentRedirect,
     BadRequest,
+    /// A route's `auth` refused the request, with a `WWW-Authenticate` challenge.
+    Unauthorized,
     /// A listener's or route's `allow`/`deny` refused the client.
     Forbidden,
     NotFound,
@@ -16,6 +18,8 @@ pub enum Canned {
     PayloadTooLarge,
     UriTooLong,
     ExpectationFailed,
+    /// A `rate_limit` bucket is empty, with a `Retry-After`.
+    TooManyRequests,
     HeadersTooLarge,
     BadGateway,
     ServiceUnavailable,
@@ -68,6 +72,7 @@ canned_table! {
     MovedPermanently => 301, "Moved Permanently", 18, "moved permanently\n", false;
     PermanentRedirect => 308, "Permanent Redirect", 19, "permanent redirect\n", false;
     BadRequest => 400, "Bad Request", 12, "bad request\n", true;
+    Unauthorized => 401, "Unauthorized", 13, "unauthorized\n", false;
     Forbidden => 403, "Forbidden", 10, "forbidden\n", false;
     NotFound => 404, "Not Found", 10, "not found\n", false;
     MethodNotAllowed => 405, "Method Not Allowed", 19, "method not allowed\n", false;
@@ -75,6 +80,7 @@ canned_table! {
     PayloadTooLarge => 413, "Content Too Large", 18, "content too large\n", true;
     UriTooLong => 414, "URI Too Long", 13, "uri too long\n", true;
     ExpectationFailed => 417, "Expectation Failed", 19, "expectation failed\n", true;
+    TooManyRequests => 429, "Too Many Requests", 18, "too many requests\n", false;
     HeadersTooLarge => 431, "Request Header Fields Too Large", 32, "request header fields too large\n", true;
     BadGateway => 502, "Bad Gateway", 12, "bad gateway\n", false;
     ServiceUnavailable => 503, "Service Unavailable", 20, "service unavailable\n", false;

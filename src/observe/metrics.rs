@@ -68,6 +68,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 fn canned_reason(c: Canned) -> &'static str {
     match c.status() {
         400 => "bad_request",
+        401 => "unauthorized",
         403 => "forbidden",
         404 => "no_route",
         405 => "method_not_allowed",
@@ -75,6 +76,7 @@ fn canned_reason(c: Canned) -> &'static str {
         413 => "body_too_large",
         414 => "uri_too_long",
         417 => "expectation_failed",
+        429 => "rate_limited",
         431 => "headers_too_large",
         502 => "bad_gateway",
         503 => "no_backend",
