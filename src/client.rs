@@ -61,12 +61,19 @@ pub struct ListenerSide {
     pub access: AccessList,
     /// Connections start with a PROXY protocol header ([`crate::proxy_protocol`]).
     pub proxy_protocol: bool,
+    /// Its `rate_limit`, checked per request before routing.
+    pub rate_limit: Option<crate::config::RateLimit>,
 }
 
 impl ListenerSide {
     /// The settings of `shared`'s `listener`-th listener (defaults if it has none).
     pub fn of(shared: &Shared, listener: usize) -> ListenerSide {
         ListenerSide {
+            rate_limit: shared
+                .config
+                .listeners
+                .get(listener)
+                .and_then(|l| l.rate_limit.clone()),
             tls: shared.tls.get(listener).cloned(),
             redirect_https: shared
                 .config

@@ -32,6 +32,7 @@ pub mod observe;
 pub mod privs;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod ratelimit;
 pub mod relay;
 pub mod reload;
 pub mod respond;

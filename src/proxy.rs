@@ -55,27 +55,26 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         .filter(|log| log.sampled())
         .map(|_| log_fields(&client.buf, head, rid.bytes()));
     let prepared = match client.listener.redirect_https {
-        Some(r) => {
-            https_location(&client.buf, head, r.port).map(|loc| Plan::Redirect(r.status, loc))
-        }
-        None => prepare(ctx, client, head, &facts, &rid, &mut trace).map(Plan::Forward),
+        Some(r) => https_location(&client.buf, head, r.port).map(|loc| {
+            let c = if r.status == 308 {
+                Canned::PermanentRedirect
+            } else {
+                Canned::MovedPermanently
+            };
+            Plan::Answer(c, b"Location", loc)
+        }),
+        None => prepare(ctx, client, head, &facts, &rid, &mut trace),
     };
     // The head has been encoded for the upstream (or refused): from here on the client buffer
     // holds only the body and whatever was pipelined after it.
     client.buf.drain(..facts.head_len);
     // Stages 4 to 7: forward the routed request, relay the answer.
     let result = match prepared {
-        Ok(Plan::Redirect(status, location)) => {
-            let c = if status == 308 {
-                Canned::PermanentRedirect
-            } else {
-                Canned::MovedPermanently
-            };
+        Ok(Plan::Answer(c, name, value)) => {
             let body_unread = !facts.framing.is_empty();
             let close = !facts.keep_alive || facts.minor == 0 || body_unread || ctx.draining();
             trace.status = Some(c.status());
-            let outcome =
-                respond_canned_with(ctx, client, c, close, &[(b"Location", &location)]).await;
+            let outcome = respond_canned_with(ctx, client, c, close, &[(name, &value)]).await;
             if body_unread {
                 linger_close(client).await;
             }
@@ -169,13 +168,39 @@ fn prepare<'a>(
     facts: &RequestFacts,
     rid: &RequestId,
     trace: &mut Trace,
-) -> Result<Prepared<'a>, Canned> {
+) -> Result<Plan<'a>, Canned> {
     let shared = &*ctx.shared;
     let buf = &client.buf[..];
     if facts.method == Method::Connect {
         return Err(Canned::MethodNotAllowed);
     }
     let target = split_target(head.target.get(buf));
+    let headers = || {
+        head.headers
+            .iter()
+            .map(|h| (h.name.get(buf), h.value.get(buf)))
+    };
+    // A rate limit's 429, with the seconds until its bucket has a token again.
+    let limited = |limit, counter| {
+        let src = KeySource {
+            client_ip: facts.client_ip,
+            target: target.path,
+            headers: headers(),
+        };
+        crate::ratelimit::check(ctx, limit, src).err().map(|secs| {
+            bump(counter);
+            Plan::Answer(
+                Canned::TooManyRequests,
+                b"Retry-After",
+                secs.to_string().into_bytes(),
+            )
+        })
+    };
+    if let Some(limit) = &client.listener.rate_limit {
+        if let Some(answer) = limited(limit, &ctx.stats.limited_listener) {
+            return Ok(answer);
+        }
+    }
     let host: &[u8] = match (target.authority, head.host) {
         (Some(a), _) => a,
         (None, Some(h)) => h.get(buf),
@@ -204,13 +229,13 @@ fn prepare<'a>(
     }
     trace.route = Some(route.index);
     trace.upstream = Some(route.upstream);
+    if let Some(limit) = &shared.config.routes[route.index].rate_limit {
+        if let Some(answer) = limited(limit, &ctx.stats.limited_route) {
+            return Ok(answer);
+        }
+    }
     // Balancing inputs that live in the head: read them now, before the buffer moves on.
     let spec = &shared.config.upstreams[route.upstream].balance;
-    let headers = || {
-        head.headers
-            .iter()
-            .map(|h| (h.name.get(buf), h.value.get(buf)))
-    };
     let key = spec.hash_key.as_ref().and_then(|k| {
         request_key(
             k,
@@ -270,20 +295,21 @@ fn prepare<'a>(
             out.extend_from_slice(b"\r\n\r\n");
         }
     }
-    Ok(Prepared {
+    Ok(Plan::Forward(Prepared {
         upstream: route.upstream,
         key: PickKey { hash: key, sticky },
         out,
         out_framing,
-    })
+    }))
 }
 
 /// What the head asks of the pipeline.
 enum Plan<'a> {
     /// Forward it to a backend.
     Forward(Prepared<'a>),
-    /// `redirect_https`: answer with this status and `Location`.
-    Redirect(u16, Vec<u8>),
+    /// Answer it here with this status and one more field: `redirect_https`'s `Location`,
+    /// a rate limit's `Retry-After`.
+    Answer(Canned, &'static [u8], Vec<u8>),
 }
 
 /// `https://HOST[:PORT]/PATH?QUERY` for a `redirect_https` listener: the request's host

@@ -19,6 +19,7 @@ use crate::notify::Notify;
 use crate::observe::access::{AccessLog, LogSink};
 use crate::observe::errors::ErrorLimiter;
 use crate::observe::reqid::RequestIds;
+use crate::ratelimit::{Leases, RateTable};
 use crate::snapshot::Shared;
 use crate::splice::PipePool;
 use crate::stats::{Snapshot, Stats};
@@ -68,6 +69,10 @@ pub struct ShardCommon {
     pub date: DateCache,
     /// The process's open-connection counts (`Published::conns`), for the connection limits.
     pub conns: Arc<ConnTable>,
+    /// The process's rate-limit buckets (`Published::rates`), and the tokens this shard
+    /// has leased from them.
+    pub rates: Arc<RateTable>,
+    pub leases: Leases,
     /// Fired when the shard starts draining (through [`ShardCtx::begin_drain`]).
     pub drain: Notify,
     /// Set when draining begins: until then an idle connection may still send one request.
@@ -89,7 +94,8 @@ impl Deref for ShardCtx {
 
 impl ShardCtx {
     pub fn new(id: usize, shared: Arc<Shared>) -> ShardCtx {
-        ShardCtx::with_log(id, shared, None, Arc::default())
+        let rates = Arc::new(RateTable::new(shared.config.rate_limits.max_keys));
+        ShardCtx::with_log(id, shared, None, Arc::default(), rates)
     }
 
     pub fn with_log(
@@ -97,6 +103,7 @@ impl ShardCtx {
         shared: Arc<Shared>,
         sink: Option<LogSink>,
         conns: Arc<ConnTable>,
+        rates: Arc<RateTable>,
     ) -> ShardCtx {
         let common = Rc::new(ShardCommon {
             id,
@@ -113,6 +120,8 @@ impl ShardCtx {
             ),
             date: DateCache::default(),
             conns,
+            rates,
+            leases: Leases::default(),
             drain: Notify::default(),
             grace_end: Cell::new(None),
             idle: Notify::default(),

@@ -18,6 +18,7 @@ use crate::admission::ConnTable;
 use crate::balance::{Member, Table};
 use crate::config::Config;
 use crate::health::{Health, HealthBoard};
+use crate::ratelimit::RateTable;
 use crate::route::RouteTable;
 
 /// A backend's identity across snapshots: the upstream it belongs to and its address. Two
@@ -266,14 +267,19 @@ pub struct Published {
     current: ArcSwap<Shared>,
     generation: AtomicU64,
     pub conns: Arc<ConnTable>,
+    /// The rate limits' buckets (`rate_limits.max_keys` of the first configuration sets
+    /// their number).
+    pub rates: Arc<RateTable>,
 }
 
 impl Published {
     pub fn new(first: Arc<Shared>) -> Published {
+        let rates = Arc::new(RateTable::new(first.config.rate_limits.max_keys));
         Published {
             current: ArcSwap::new(first),
             generation: AtomicU64::new(0),
             conns: Arc::default(),
+            rates,
         }
     }
 

@@ -116,6 +116,11 @@ pub struct Totals {
     pub denied_listener: Cell<u64>,
     /// Requests refused by their route's `allow`/`deny` (403).
     pub denied_route: Cell<u64>,
+    /// Requests refused with 429 by a listener's / a route's `rate_limit`.
+    pub limited_listener: Cell<u64>,
+    pub limited_route: Cell<u64>,
+    /// Rate-limit keys that displaced another key's bucket in a crowded table.
+    pub rate_evictions: Cell<u64>,
     /// PROXY protocol headers on `proxy_protocol` listeners, by
     /// [`crate::proxy_protocol::Outcome`].
     pub proxy_protocol: [Cell<u64>; 6],
@@ -204,6 +209,9 @@ impl Totals {
             rejected_client_limit: Cell::new(0),
             denied_listener: Cell::new(0),
             denied_route: Cell::new(0),
+            limited_listener: Cell::new(0),
+            limited_route: Cell::new(0),
+            rate_evictions: Cell::new(0),
             proxy_protocol: Default::default(),
             active: Cell::new(0),
             requests: Cell::new(0),
@@ -302,6 +310,9 @@ impl Stats {
             rejected_client_limit: self.rejected_client_limit.get(),
             denied_listener: self.denied_listener.get(),
             denied_route: self.denied_route.get(),
+            limited_listener: self.limited_listener.get(),
+            limited_route: self.limited_route.get(),
+            rate_evictions: self.rate_evictions.get(),
             proxy_protocol: self.proxy_protocol.each_ref().map(get),
             active: self.active.get(),
             requests: self.requests.get(),
@@ -395,6 +406,9 @@ pub struct Snapshot {
     pub rejected_client_limit: u64,
     pub denied_listener: u64,
     pub denied_route: u64,
+    pub limited_listener: u64,
+    pub limited_route: u64,
+    pub rate_evictions: u64,
     pub proxy_protocol: [u64; 6],
     pub active: u64,
     pub requests: u64,
@@ -442,6 +456,9 @@ impl Snapshot {
         self.rejected_client_limit += other.rejected_client_limit;
         self.denied_listener += other.denied_listener;
         self.denied_route += other.denied_route;
+        self.limited_listener += other.limited_listener;
+        self.limited_route += other.limited_route;
+        self.rate_evictions += other.rate_evictions;
         sum(&mut self.proxy_protocol, &other.proxy_protocol);
         self.active += other.active;
         self.requests += other.requests;

@@ -195,6 +195,7 @@ async fn shard_main(start: ShardStart) -> ShardReport {
         snapshot.load(),
         log_sink,
         snapshot.conns.clone(),
+        snapshot.rates.clone(),
     ));
     ctx.set_current(Some(ctx.clone()));
     let common = ctx.common().clone();

@@ -29,6 +29,7 @@ trusted_proxies = ["10.0.0.0/8", "127.0.0.1"]
 address = "127.0.0.1:0"
 allow = ["10.0.0.0/8", "127.0.0.1"]
 deny = ["10.6.6.0/24"]
+rate_limit = { rate = 1000, burst = 2000, key = "listener" }
 
 [[listener]]
 address = "127.0.0.1:0"
@@ -47,6 +48,7 @@ headers = { "x-canary" = "1" }
 upstream = "api"
 allow = ["10.0.0.0/8"]
 deny = ["10.6.6.0/24"]
+rate_limit = { rate = 50, burst = 100, key = "client_ip" }
 
 [[route]]
 name = "exact"
@@ -119,6 +121,11 @@ hash_key = "header:x-user"
 bounded_load = 1.25
 backends = [{ address = "127.0.0.1:9004" }, { address = "127.0.0.1:9005" }]
 proxy_protocol = "v2"
+
+[rate_limits]
+max_keys = 100000
+store = "redis://127.0.0.1:6379"
+sync_interval = "50ms"
 
 [dns]
 servers = ["127.0.0.1:5353"]

@@ -32,6 +32,22 @@ fn token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// A request key as `hash_key` (and `rate_limit.key`) writes it: `client_ip`, `path`, `uri`,
+/// `header:NAME`, `cookie:NAME` or `query:NAME`.
+pub(super) fn hash_key(k: &str) -> Option<HashKey> {
+    match k.split_once(':') {
+        None if k == "client_ip" => Some(HashKey::ClientIp),
+        None if k == "path" => Some(HashKey::Path),
+        None if k == "uri" => Some(HashKey::Uri),
+        Some(("header", n)) if token(n) => Some(HashKey::Header(n.to_ascii_lowercase())),
+        Some(("cookie", n)) if token(n) => Some(HashKey::Cookie(n.to_string())),
+        Some(("query", n)) if !n.is_empty() && !n.contains(['&', '=', ' ']) => {
+            Some(HashKey::Query(n.to_string()))
+        }
+        _ => None,
+    }
+}
+
 pub(super) fn balancing(c: &mut Checker, path: &str, raw: RawBalancing<'_>) -> Spec {
     let algorithm = match raw.balance {
         None | Some("round_robin") => Algorithm::RoundRobin,
@@ -66,17 +82,7 @@ pub(super) fn balancing(c: &mut Checker, path: &str, raw: RawBalancing<'_>) -> S
             None
         }
         Some(k) => {
-            let parsed = match k.split_once(':') {
-                None if k == "client_ip" => Some(HashKey::ClientIp),
-                None if k == "path" => Some(HashKey::Path),
-                None if k == "uri" => Some(HashKey::Uri),
-                Some(("header", n)) if token(n) => Some(HashKey::Header(n.to_ascii_lowercase())),
-                Some(("cookie", n)) if token(n) => Some(HashKey::Cookie(n.to_string())),
-                Some(("query", n)) if !n.is_empty() && !n.contains(['&', '=', ' ']) => {
-                    Some(HashKey::Query(n.to_string()))
-                }
-                _ => None,
-            };
+            let parsed = hash_key(k);
             if parsed.is_none() {
                 c.err(
                     format!("{path}.hash_key"),

@@ -131,6 +131,8 @@ pub struct RouteConfig {
     pub upstream: usize,
     /// `allow`/`deny`: checked against the client address once the route is chosen.
     pub access: AccessList,
+    /// `rate_limit`: a token bucket the route's requests pass after its `allow`/`deny`.
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -185,6 +187,7 @@ pub struct Config {
     pub log: LogConfig,
     pub request_id: RequestIdConfig,
     pub dns: DnsConfig,
+    pub rate_limits: RateLimits,
 }
 
 /// One `[[listener]]`: its address and, when it terminates TLS, how; or the https redirect a
@@ -200,6 +203,8 @@ pub struct ListenerConfig {
     /// `proxy_protocol`: every connection starts with a PROXY protocol header (v1 or v2)
     /// from a peer in `server.trusted_proxies` (see [`crate::proxy_protocol`]).
     pub proxy_protocol: bool,
+    /// `rate_limit`: a token bucket every request on this listener passes first.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Default `server.drain_grace`: long enough for a request a client sent as the drain began
@@ -217,6 +222,7 @@ mod congestion;
 mod dns;
 mod limits;
 mod observe;
+mod ratelimit;
 mod raw;
 mod resilience;
 mod response;
@@ -230,6 +236,7 @@ pub use limits::{Limits, DEFAULT_MIN_RATE};
 pub use observe::{
     AccessFormat, AccessLogConfig, AccessTarget, AdminConfig, LogConfig, RequestIdConfig,
 };
+pub use ratelimit::{RateKey, RateLimit, RateLimits};
 pub use raw::parse_size;
 use raw::{
     array, Checker, RawDns, RawLimits, RawRoute, RawServer, RawTimeouts, RawUpstream, TOP_LEVEL,
@@ -691,6 +698,12 @@ impl Config {
                 );
             }
             let access = access::access_list(&mut c, &path, r.allow.as_deref(), r.deny.as_deref());
+            let rate_limit = ratelimit::rate_limit(
+                &mut c,
+                &path,
+                &format!("route {name}"),
+                r.rate_limit.as_ref(),
+            );
             routes.push(RouteConfig {
                 name,
                 host,
@@ -699,8 +712,13 @@ impl Config {
                 headers,
                 upstream,
                 access,
+                rate_limit,
             });
         }
+        let rate_limits = table
+            .remove("rate_limits")
+            .and_then(|v| c.section("rate_limits", v));
+        let rate_limits = ratelimit::rate_limits(&mut c, rate_limits);
 
         if !c.issues.is_empty() {
             return Err(fail(c));
@@ -724,6 +742,7 @@ impl Config {
             log: observe.log,
             request_id: observe.request_id,
             dns,
+            rate_limits,
         })
     }
 

@@ -46,6 +46,7 @@ pub(super) struct RawListener {
     pub(super) allow: Option<Vec<String>>,
     pub(super) deny: Option<Vec<String>>,
     pub(super) proxy_protocol: Option<bool>,
+    pub(super) rate_limit: Option<super::ratelimit::RawRateLimit>,
 }
 
 #[derive(Deserialize)]
@@ -60,6 +61,7 @@ pub(super) struct RawRoute {
     pub(super) upstream: String,
     pub(super) allow: Option<Vec<String>>,
     pub(super) deny: Option<Vec<String>>,
+    pub(super) rate_limit: Option<super::ratelimit::RawRateLimit>,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +142,7 @@ pub(super) const TOP_LEVEL: &[&str] = &[
     "log",
     "request_id",
     "dns",
+    "rate_limits",
 ];
 
 pub(super) struct Checker {

@@ -383,12 +383,19 @@ pub(super) fn listeners(
                 }
                 let access =
                     super::access::access_list(c, &path, l.allow.as_deref(), l.deny.as_deref());
+                let rate_limit = super::ratelimit::rate_limit(
+                    c,
+                    &path,
+                    &format!("listener {}", l.address),
+                    l.rate_limit.as_ref(),
+                );
                 listeners.push(super::ListenerConfig {
                     address: a,
                     tls,
                     redirect_https,
                     access,
                     proxy_protocol,
+                    rate_limit,
                 });
             }
         }

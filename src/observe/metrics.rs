@@ -291,6 +291,33 @@ pub fn render(
     );
     family(
         &mut o,
+        "edgeshard_rate_limited_total",
+        "counter",
+        "Requests refused with 429 by a rate_limit, by where the limit is written (listener or route).",
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_rate_limited_total{{scope=\"listener\"}} {}",
+        all.limited_listener
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_rate_limited_total{{scope=\"route\"}} {}",
+        all.limited_route
+    );
+    family(
+        &mut o,
+        "edgeshard_rate_limit_evictions_total",
+        "counter",
+        "Rate-limit keys that took over another key's bucket because the table (rate_limits.max_keys) was crowded around them.",
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_rate_limit_evictions_total {}",
+        all.rate_evictions
+    );
+    family(
+        &mut o,
         "edgeshard_proxy_protocol_total",
         "counter",
         "PROXY protocol headers on proxy_protocol listeners, by result: v1, v2, local (v2 LOCAL), or the connection closed for a bad or missing header, an untrusted peer, or a timeout.",
