@@ -33,6 +33,7 @@ pub mod privs;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod ratelimit;
+pub mod ratelimit_store;
 pub mod relay;
 pub mod reload;
 pub mod respond;

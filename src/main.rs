@@ -516,6 +516,15 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     // Shards and the admin thread load the snapshot in force from here (hot reload will
     // publish its replacements here).
     let published = Arc::new(Published::new(shared.clone()));
+    // The rate limits' fleet store, when configured (read at start only).
+    if let Some(store) = &shared.config.rate_limits.store {
+        edgeshard::ratelimit_store::spawn(
+            published.rates.clone(),
+            store.clone(),
+            shared.config.rate_limits.sync_interval,
+        )
+        .context("cannot start the rate-limit store thread")?;
+    }
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut stops = Vec::new();
     let mut threads = Vec::new();

@@ -22,7 +22,7 @@
 //! other processes of the fleet spent on the same key.
 
 use std::cell::RefCell;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -41,12 +41,14 @@ const LEASE_NS: u64 = 1_000_000_000;
 
 /// One key's bucket. `tag` is the key's hash (0: never used); `tat` the theoretical arrival
 /// time in nanoseconds since [`RateTable::epoch`]; `spent` the tokens taken since the
-/// fleet store last read it (only used with a store).
+/// fleet store last read it and `interval` the rule's nanoseconds per token (both only read
+/// by the store).
 #[repr(align(32))]
 pub struct Slot {
-    tag: AtomicU64,
+    pub(crate) tag: AtomicU64,
     tat: AtomicU64,
     pub(crate) spent: AtomicU64,
+    pub(crate) interval: AtomicU64,
 }
 
 /// The buckets of every key of every limit, shared by all shards of the process (held by
@@ -56,7 +58,12 @@ pub struct RateTable {
     pub(crate) slots: Box<[Slot]>,
     mask: usize,
     epoch: Instant,
-    seed: RandomState,
+    /// Mixed into every key's hash: random per process, or, with a fleet store, the same in
+    /// every process that shares it (so a key has one name in the store).
+    seed: u64,
+    /// The fleet store's syncs by result (`ratelimit_store`).
+    pub store_ok: AtomicU64,
+    pub store_failed: AtomicU64,
 }
 
 /// What [`RateTable::take`] gave.
@@ -71,7 +78,9 @@ pub struct Taken {
 }
 
 impl RateTable {
-    pub fn new(max_keys: usize) -> RateTable {
+    /// A table for `max_keys` keys; `fleet_seed`: the seed shared with the other processes
+    /// of a fleet store (`None`: a random one).
+    pub fn new(max_keys: usize, fleet_seed: Option<u64>) -> RateTable {
         let n = (max_keys.max(8) * 2).next_power_of_two();
         RateTable {
             slots: (0..n)
@@ -79,12 +88,26 @@ impl RateTable {
                     tag: AtomicU64::new(0),
                     tat: AtomicU64::new(0),
                     spent: AtomicU64::new(0),
+                    interval: AtomicU64::new(0),
                 })
                 .collect(),
             mask: n - 1,
             epoch: Instant::now(),
-            seed: RandomState::new(),
+            seed: fleet_seed.unwrap_or_else(|| RandomState::new().hash_one(0u8)),
+            store_ok: AtomicU64::new(0),
+            store_failed: AtomicU64::new(0),
         }
+    }
+
+    /// The table for `config`'s `[rate_limits]`.
+    pub fn for_config(cfg: &crate::config::RateLimits) -> RateTable {
+        RateTable::new(
+            cfg.max_keys,
+            cfg.store.as_ref().map(|s| {
+                std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default()
+                    .hash_one(("edgeshard", s))
+            }),
+        )
     }
 
     /// Now, on the table's clock (nanoseconds since it was made).
@@ -92,15 +115,17 @@ impl RateTable {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// The hash a key of `limit` is known by (never 0). Seeded per process, so a client
-    /// cannot choose keys that collide.
+    /// The hash a key of `limit` is known by (never 0). Seeded per process (or per fleet), so
+    /// a client cannot choose keys that collide.
     pub fn key(&self, limit: &RateLimit, bytes: &[u8]) -> u64 {
-        self.seed.hash_one((limit.id, bytes)) | 1
+        let mut h = std::hash::DefaultHasher::new();
+        (self.seed, limit.id, bytes).hash(&mut h);
+        h.finish() | 1
     }
 
     /// The slot of `key`: its own, else an unused one or one whose bucket is full (a full
     /// bucket is the same as a new one), else the probed slot nearest to full (evicted).
-    fn slot(&self, key: u64, now: u64) -> (&Slot, bool) {
+    fn slot(&self, key: u64, interval: u64, now: u64) -> (&Slot, bool) {
         let start = key as usize & self.mask;
         let mut best: Option<(&Slot, u64)> = None;
         for i in 0..PROBES {
@@ -118,6 +143,7 @@ impl RateTable {
                     .is_ok()
                 {
                     s.spent.store(0, Ordering::Relaxed);
+                    s.interval.store(interval, Ordering::Relaxed);
                     return (s, false);
                 }
                 continue;
@@ -131,12 +157,13 @@ impl RateTable {
         s.tag.store(key, Ordering::Release);
         s.tat.store(now, Ordering::Relaxed);
         s.spent.store(0, Ordering::Relaxed);
+        s.interval.store(interval, Ordering::Relaxed);
         (s, true)
     }
 
     /// Takes up to `want` tokens of `key`'s bucket (`limit`'s rate and burst) at `now`.
     pub fn take(&self, limit: &RateLimit, key: u64, want: u32, now: u64) -> Taken {
-        let (slot, evicted) = self.slot(key, now);
+        let (slot, evicted) = self.slot(key, limit.interval_ns, now);
         let t = limit.interval_ns;
         let capacity = u64::from(limit.burst) * t;
         let mut cur = slot.tat.load(Ordering::Relaxed);
@@ -174,6 +201,8 @@ impl RateTable {
 
     /// Charges `n` tokens that other processes spent on the key with hash `key` (the fleet
     /// store): the bucket may go below empty, and then admits nothing until it has refilled.
+    /// The bucket is never pushed further than one minute ahead (a burst from a fleet of many
+    /// cannot lock a key out for longer).
     pub fn charge(&self, key: u64, n: u64, interval_ns: u64, now: u64) {
         let start = key as usize & self.mask;
         for i in 0..PROBES {
@@ -183,7 +212,7 @@ impl RateTable {
                 let _ = s
                     .tat
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
-                        Some(tat.max(now).saturating_add(add))
+                        Some(tat.max(now).saturating_add(add).min(now + 60_000_000_000))
                     });
                 return;
             }
@@ -329,7 +358,7 @@ mod tests {
 
     #[test]
     fn a_full_bucket_gives_its_burst_then_one_token_per_interval() {
-        let t = RateTable::new(16);
+        let t = RateTable::new(16, None);
         let l = limit(10.0, 5); // one token per 100 ms
         let k = t.key(&l, b"a");
         let now = 1_000_000_000;
@@ -346,7 +375,7 @@ mod tests {
 
     #[test]
     fn keys_and_limits_have_separate_buckets() {
-        let t = RateTable::new(16);
+        let t = RateTable::new(16, None);
         let (a, b) = (
             limit(1.0, 1),
             RateLimit {
@@ -364,7 +393,7 @@ mod tests {
 
     #[test]
     fn a_crowded_table_evicts_the_fullest_bucket_and_says_so() {
-        let t = RateTable::new(8); // 16 slots
+        let t = RateTable::new(8, None); // 16 slots
         let l = limit(1.0, 1);
         let mut evicted = 0;
         for i in 0..64u32 {
@@ -380,7 +409,7 @@ mod tests {
     fn shards_leasing_from_one_bucket_admit_the_rate_not_more() {
         // Four shards take turns on one key for 10 simulated seconds at 100/s, burst 20:
         // admitted must be burst + rate * 10 minus at most one batch per shard.
-        let t = RateTable::new(16);
+        let t = RateTable::new(16, None);
         let l = limit(100.0, 20);
         let k = t.key(&l, b"client");
         let shards: Vec<Leases> = (0..4).map(|_| Leases::default()).collect();
@@ -400,7 +429,7 @@ mod tests {
 
     #[test]
     fn a_refused_key_is_answered_locally_until_its_next_token() {
-        let t = RateTable::new(16);
+        let t = RateTable::new(16, None);
         let l = limit(1.0, 1);
         let k = t.key(&l, b"c");
         let s = Leases::default();
@@ -419,7 +448,7 @@ mod tests {
 
     #[test]
     fn charges_from_the_fleet_empty_the_bucket() {
-        let t = RateTable::new(16);
+        let t = RateTable::new(16, None);
         let l = limit(10.0, 10);
         let k = t.key(&l, b"k");
         assert_eq!(t.take(&l, k, 1, 0).granted, 1);

@@ -94,7 +94,7 @@ impl Deref for ShardCtx {
 
 impl ShardCtx {
     pub fn new(id: usize, shared: Arc<Shared>) -> ShardCtx {
-        let rates = Arc::new(RateTable::new(shared.config.rate_limits.max_keys));
+        let rates = Arc::new(RateTable::for_config(&shared.config.rate_limits));
         ShardCtx::with_log(id, shared, None, Arc::default(), rates)
     }
 

@@ -274,7 +274,7 @@ pub struct Published {
 
 impl Published {
     pub fn new(first: Arc<Shared>) -> Published {
-        let rates = Arc::new(RateTable::new(first.config.rate_limits.max_keys));
+        let rates = Arc::new(RateTable::for_config(&first.config.rate_limits));
         Published {
             current: ArcSwap::new(first),
             generation: AtomicU64::new(0),

@@ -138,6 +138,7 @@ both_engines! {
         assert_eq!(received as usize, ok.load(Ordering::Relaxed));
         let expected = BURST + RATE * elapsed;
         let error = (received - expected) / expected;
+        eprintln!("one process: admitted {received} in {elapsed:.2} s, expected {expected:.0} ({:+.1} %)", error * 100.0);
         assert!(
             error.abs() < 0.10,
             "backend received {received} in {elapsed:.2} s, expected {expected:.0} ({:+.1} %); {} refused",

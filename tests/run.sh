@@ -33,6 +33,8 @@ command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v ss >/dev/null 2>&1 || need+=(iproute2)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The shared rate-limit store test's server (tests/rate_limit_store.rs).
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # The DNS discovery test's name server (tests/dns.rs).
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 if [ ${#need[@]} -gt 0 ]; then

@@ -24,6 +24,7 @@ mod observability;
 mod placement;
 mod privileges;
 mod proxy_protocol;
+mod rate_limit_store;
 mod rate_limits;
 mod real_clients;
 mod regressions;

@@ -40,6 +40,9 @@ pub struct ProcessInfo<'a> {
     /// Host-name resolutions of backends (dns.rs) that answered, and that failed.
     pub dns_ok: u64,
     pub dns_failed: u64,
+    /// Syncs with the rate limits' fleet store (ratelimit_store.rs), by result.
+    pub store_ok: u64,
+    pub store_failed: u64,
     /// The snapshot generation in force (0 until the first reload).
     pub generation: u64,
     /// Per shard: (CPU, accepting).
@@ -178,6 +181,17 @@ pub fn render(
         o,
         "edgeshard_dns_resolutions_total{{result=\"ok\"}} {}\nedgeshard_dns_resolutions_total{{result=\"failed\"}} {}",
         info.dns_ok, info.dns_failed
+    );
+    family(
+        &mut o,
+        "edgeshard_rate_limit_store_syncs_total",
+        "counter",
+        "Syncs of the rate-limit buckets with rate_limits.store, by result: ok, or failed (the store unreachable: each process limits on its own meanwhile).",
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_rate_limit_store_syncs_total{{result=\"ok\"}} {}\nedgeshard_rate_limit_store_syncs_total{{result=\"failed\"}} {}",
+        info.store_ok, info.store_failed
     );
     family(
         &mut o,

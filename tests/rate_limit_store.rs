@@ -1,0 +1,181 @@
+//! Rate limits across hosts (issue 16): two edgeshard processes sharing one real Redis server
+//! (`rate_limits.store`) admit, together, within 10 % of one rate; with Redis stopped they keep
+//! serving, each on its own bucket, and count the failed syncs.
+
+use crate::support::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` of the test's own, on a free loopback port, no persistence.
+struct Redis {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        // The port is found free a moment before Redis binds it: on a clash Redis exits and
+        // another port is tried.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server (tests/run.sh installs it)");
+            let mut r = Redis {
+                child,
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            };
+            if r.wait_ready(Duration::from_secs(10)) {
+                return r;
+            }
+        }
+        panic!("redis-server did not start");
+    }
+
+    /// Until it answers PING (or exits, or the deadline passes).
+    fn wait_ready(&mut self, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            if let Ok(mut s) = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read_exact(&mut buf).is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    return true;
+                }
+            }
+            std::thread::yield_now();
+        }
+        false
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `conns` keep-alive connections to each proxy, sending as fast as answered for `secs`
+/// (the workload's length). Returns (200s, 429s, seconds it ran); any other status fails.
+fn hammer(proxies: &[&Proxy], conns: usize, secs: u64) -> (usize, usize, f64) {
+    let go = Arc::new(Barrier::new(proxies.len() * conns + 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut threads = Vec::new();
+    for p in proxies {
+        for _ in 0..conns {
+            let mut c = Client::connect(p.addr());
+            let (go, stop, ok, refused) = (go.clone(), stop.clone(), ok.clone(), refused.clone());
+            threads.push(std::thread::spawn(move || {
+                go.wait();
+                while !stop.load(Ordering::Relaxed) {
+                    c.send(&get("e.example", "/"));
+                    match c.read_response().status() {
+                        200 => ok.fetch_add(1, Ordering::Relaxed),
+                        429 => refused.fetch_add(1, Ordering::Relaxed),
+                        s => panic!("unexpected status {s}"),
+                    };
+                }
+            }));
+        }
+    }
+    go.wait();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    (
+        ok.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64(),
+    )
+}
+
+fn syncs(proxy: &Proxy, result: &str) -> f64 {
+    scrape(proxy.admin_addr(), None).value(
+        "edgeshard_rate_limit_store_syncs_total",
+        &[("result", result)],
+    )
+}
+
+both_engines! {
+    fn two_processes_sharing_redis_admit_one_rate_and_fall_back_when_it_stops(engine) {
+        const RATE: f64 = 100.0;
+        const BURST: f64 = 10.0;
+        let origin = Origin::start("o");
+        let mut redis = Redis::start();
+        let config = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", &format!("rate_limit = {{ rate = {RATE}, burst = {BURST} }}"))
+            .section("rate_limits", &format!("store = \"redis://{}\"\nsync_interval = \"50ms\"", redis.addr))
+            .admin("");
+        let (a, b) = (config.start(engine), config.start(engine));
+
+        // Together: one rate.
+        let (ok, refused, secs) = hammer(&[&a, &b], 8, 4);
+        let received = origin.request_count() as f64;
+        assert_eq!(received as usize, ok);
+        let expected = BURST + RATE * secs;
+        let error = (received - expected) / expected;
+        eprintln!("shared store: admitted {received} in {secs:.2} s, expected {expected:.0} ({:+.1} %), {refused} refused", error * 100.0);
+        assert!(
+            error.abs() < 0.10,
+            "two processes admitted {received} in {secs:.2} s, expected {expected:.0} ({:+.1} %); {refused} refused",
+            error * 100.0
+        );
+        for p in [&a, &b] {
+            assert!(syncs(p, "ok") > 0.0, "the store was used");
+        }
+
+        // Redis stops: each process keeps serving on its own bucket, and says so.
+        redis.stop();
+        for p in [&a, &b] {
+            scrape_until(p.admin_addr(), None, Duration::from_secs(10), "a failed sync counted", |m| {
+                m.value("edgeshard_rate_limit_store_syncs_total", &[("result", "failed")]) > 0.0
+            });
+        }
+        let before = origin.request_count();
+        let (ok, _, secs) = hammer(&[&a, &b], 8, 2);
+        assert_eq!(origin.request_count() - before, ok);
+        // Each admits the full rate now (its bucket is no longer charged by the other).
+        let alone = 2.0 * RATE * secs;
+        eprintln!("store down: admitted {ok} in {secs:.2} s, each alone: {alone:.0} together");
+        assert!(
+            (ok as f64) > 0.75 * alone && (ok as f64) < 1.1 * alone + 2.0 * BURST,
+            "with the store down, two processes admitted {ok} in {secs:.2} s (each alone: {alone:.0} together)"
+        );
+    }
+}
