@@ -34,6 +34,7 @@ mod robustness;
 mod routing;
 mod shutdown;
 mod slow_clients;
+mod smuggling;
 mod splice;
 mod splice_streams;
 mod systemd;
