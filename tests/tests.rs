@@ -35,6 +35,7 @@ mod routing;
 mod shutdown;
 mod slow_clients;
 mod smuggling;
+mod smuggling_response;
 mod splice;
 mod splice_streams;
 mod systemd;
