@@ -260,6 +260,27 @@ both_engines! {
     }
 }
 
+both_engines! {
+    fn response_trailer_framing_fields_are_not_forwarded(engine) {
+        // RFC 9110 §6.5.1: framing, routing and connection fields may not be sent as trailers
+        // (a recipient that merged them into the head would re-frame the message). The
+        // proxy relays a response's other trailer fields and drops those.
+        let raw = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nContent-Length: 50\r\nX-T: 1\r\ntransfer-encoding: chunked\r\nHost: evil.example\r\nConnection: x\r\nTrailer: X-T\r\nUpgrade: h2c\r\n\r\n";
+        let origin = origin_replying("/trailers", raw.into());
+        let proxy = Config::single(origin.addr()).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(b"GET /trailers HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n");
+        let got = c.read_until_closed(std::time::Duration::from_secs(10)).expect("the response, then a close");
+        let got = String::from_utf8_lossy(&got).into_owned();
+        let (head, body) = got.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{got:?}"));
+        assert!(head.starts_with("HTTP/1.1 200 "), "{got:?}");
+        assert!(head.to_ascii_lowercase().contains("\r\ntransfer-encoding: chunked"), "{got:?}");
+        assert_eq!(body, "5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n", "the client's trailer section");
+        settle(proxy, &origin);
+        assert_eq!(origin.head_count(), 1);
+    }
+}
+
 // ---- Bad response framing: tests/response_framing.rs covers CL+TE, TE+CL, 5/6, -5, `zz`, obs-fold ----
 
 both_engines! {
