@@ -33,9 +33,13 @@ fn accepts_hello(engine: Engine, raw: &[u8]) {
         String::from_utf8_lossy(raw),
         r.head.raw
     );
+    // Once final (the proxy stopped, every origin connection read to its end): exactly one
+    // request, with the decoded body.
+    crate::smuggling::settle(proxy, &origin);
+    origin.assert_no_errors();
+    assert_eq!(origin.head_count(), 1, "{:#?}", origin.heads());
     let rec = origin.last_request();
     assert_eq!(rec.body, b"hello", "origin must receive the decoded body");
-    origin.assert_no_errors();
 }
 
 // ---- Content-Length + Transfer-Encoding ----

@@ -36,6 +36,8 @@ mod robustness;
 mod routing;
 mod shutdown;
 mod slow_clients;
+mod smuggling;
+mod smuggling_response;
 mod splice;
 mod splice_streams;
 mod systemd;

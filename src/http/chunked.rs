@@ -293,12 +293,37 @@ pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(CHUNK_DATA_END);
 }
 
-/// Writes the last chunk and the (already validated) trailer section.
+/// Trailer fields never forwarded: framing, routing and connection fields, which RFC 9110
+/// §6.5.1 does not allow in a trailer section (a recipient that merged them into the head
+/// would re-frame or re-route the message).
+const NEVER_IN_TRAILERS: &[&[u8]] = &[
+    b"content-length",
+    b"transfer-encoding",
+    b"host",
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"upgrade",
+];
+
+/// Writes the last chunk and the (already validated) trailer section, less the fields in
+/// [`NEVER_IN_TRAILERS`].
 pub fn encode_last_chunk(trailers: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"0\r\n");
-    out.extend_from_slice(trailers);
-    if !trailers.is_empty() && !trailers.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
+    for line in trailers.split_inclusive(|&b| b == b'\n') {
+        let name = line.split(|&b| b == b':').next().unwrap_or(line);
+        if NEVER_IN_TRAILERS
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        out.extend_from_slice(line);
+        if !line.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -429,5 +454,17 @@ mod tests {
         out.clear();
         encode_last_chunk(b"", &mut out);
         assert_eq!(out, b"0\r\n\r\n");
+    }
+
+    #[test]
+    fn framing_and_connection_fields_are_dropped_from_trailers() {
+        let mut out = Vec::new();
+        encode_last_chunk(
+            b"Content-Length: 5\r\nX-A: 1\r\ntransfer-encoding: chunked\r\nHost: h\r\n\
+              Connection: c\r\nKeep-Alive: 1\r\nProxy-Connection: p\r\nTE: t\r\n\
+              Trailer: X\r\nUpgrade: u\r\nX-Content-Length: 2\r\n",
+            &mut out,
+        );
+        assert_eq!(out, b"0\r\nX-A: 1\r\nX-Content-Length: 2\r\n\r\n");
     }
 }
