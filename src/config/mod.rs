@@ -131,6 +131,8 @@ pub struct RouteConfig {
     pub upstream: usize,
     /// `allow`/`deny`: checked against the client address once the route is chosen.
     pub access: AccessList,
+    /// `auth`: checked after `access` ([`crate::auth`]).
+    pub auth: Option<RouteAuth>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -212,6 +214,7 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 pub const SPLICE_MIN_BYTES: u64 = 256 * 1024;
 
 mod access;
+mod auth;
 mod balancing;
 mod congestion;
 mod dns;
@@ -223,6 +226,7 @@ mod response;
 mod tls;
 
 pub use access::{holds, AccessList, IpNet};
+pub use auth::{BasicAuth, ForwardAuth, RouteAuth, Users};
 pub use congestion::Congestion;
 use dns::{dns_config, host_port};
 pub use dns::{DnsConfig, NamedBackend};
@@ -691,6 +695,8 @@ impl Config {
                 );
             }
             let access = access::access_list(&mut c, &path, r.allow.as_deref(), r.deny.as_deref());
+            let base = file.parent().unwrap_or(Path::new("."));
+            let auth = auth::route_auth(&mut c, &path, r.auth, base, &upstreams);
             routes.push(RouteConfig {
                 name,
                 host,
@@ -699,6 +705,7 @@ impl Config {
                 headers,
                 upstream,
                 access,
+                auth,
             });
         }
 
