@@ -222,6 +222,44 @@ both_engines! {
         auth_counted(proxy.admin_addr(), "forward", &[("ok", 0.0), ("denied", 2.0)]);
     }
 
+    // A reload reads the users file again: a changed password works at once and the old
+    // one, though this shard remembers it, no longer does; a broken file is refused with
+    // its line and changes nothing.
+    fn a_reload_reads_the_users_file_again(engine) {
+        let origin = Origin::start("o");
+        let users = UsersFile::new();
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", &format!("auth = {{ basic = {{ users = \"{}\" }} }}", users.0.display()))
+            .admin("")
+            .start(engine);
+        let status = |password: &str| {
+            let mut c = Client::connect(proxy.addr());
+            let value = basic(&format!("alice:{password}"));
+            c.send(&request("GET", "/", &[("Host", "e.example"), ("Authorization", &value)], b""));
+            c.read_response().status()
+        };
+        let reload = || {
+            let out = std::process::Command::new(BIN)
+                .args(["reload", "--admin", &proxy.admin_addr().to_string()])
+                .output()
+                .expect("run edgeshard reload");
+            (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        assert_eq!(status("open sesame"), 200);
+        assert_eq!(status("open sesame"), 200, "remembered");
+        let hash = bcrypt::hash("new one", 4).unwrap();
+        std::fs::write(&users.0, format!("alice:{hash}\n")).unwrap();
+        assert_eq!(reload().0, Some(0));
+        assert_eq!(status("open sesame"), 401);
+        assert_eq!(status("new one"), 200);
+        std::fs::write(&users.0, format!("alice:{hash}\nbob:plain\n")).unwrap();
+        let (code, stderr) = reload();
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("route[0].auth.basic.users") && stderr.contains("line 2"), "{stderr}");
+        assert_eq!(status("new one"), 200, "a refused reload changes nothing");
+    }
+
     // No auth service to ask: 500 (as nginx auth_request), counted as an error.
     fn forward_auth_without_its_service_answers_500(engine) {
         let origin = Origin::start("o");
