@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use crate::admission::client_address;
+use crate::auth::{self, Granted};
 use crate::balance::key::cookie_value;
 use crate::balance::{request_key, KeySource};
 use crate::client::{micros, Client, Outcome};
@@ -63,7 +64,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             };
             Plan::Answer(c, b"Location", loc)
         }),
-        None => prepare(ctx, client, head, &facts, &rid, &mut trace),
+        None => plan(ctx, client, head, &facts, &rid, &mut trace).await,
     };
     // The head has been encoded for the upstream (or refused): from here on the client buffer
     // holds only the body and whatever was pipelined after it.
@@ -75,6 +76,21 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             let close = !facts.keep_alive || facts.minor == 0 || body_unread || ctx.draining();
             trace.status = Some(c.status());
             let outcome = respond_canned_with(ctx, client, c, close, &[(name, &value)]).await;
+            if body_unread {
+                linger_close(client).await;
+            }
+            Ok(Exchanged {
+                outcome,
+                early: false,
+            })
+        }
+        Ok(Plan::Deny(denial)) => {
+            let body_unread = !facts.framing.is_empty();
+            let close = !facts.keep_alive || facts.minor == 0 || body_unread || ctx.draining();
+            trace.status = Some(denial.status());
+            let head_only = facts.method == Method::Head;
+            let rid_header = cfg_rid_header(ctx, &rid);
+            let outcome = auth::answer(ctx, client, &denial, close, head_only, rid_header).await;
             if body_unread {
                 linger_close(client).await;
             }
@@ -160,8 +176,10 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
     outcome
 }
 
-/// Route and encode: everything that needs the parsed head, which lives in the client buffer.
-fn prepare<'a>(
+/// Route, authenticate (the route's `auth`, when it has one) and encode: everything that
+/// needs the parsed head, which lives in the client buffer (read, never changed, while an
+/// auth check is awaited).
+async fn plan<'a>(
     ctx: &'a ShardCtx,
     client: &Client,
     head: &RequestHead,
@@ -169,38 +187,75 @@ fn prepare<'a>(
     rid: &RequestId,
     trace: &mut Trace,
 ) -> Result<Plan<'a>, Canned> {
+    if let Some(limit) = &client.listener.rate_limit {
+        if let Some(answer) = limited(
+            ctx,
+            limit,
+            &ctx.stats.limited_listener,
+            &client.buf,
+            head,
+            facts,
+        ) {
+            return Ok(answer);
+        }
+    }
+    let routed = route(ctx, client, head, facts, trace)?;
+    if let Some(limit) = &ctx.shared.config.routes[routed.index].rate_limit {
+        if let Some(answer) = limited(
+            ctx,
+            limit,
+            &ctx.stats.limited_route,
+            &client.buf,
+            head,
+            facts,
+        ) {
+            return Ok(answer);
+        }
+    }
+    let granted = match &ctx.shared.config.routes[routed.index].auth {
+        None => Granted::default(),
+        Some(a) => {
+            let req = auth::Request {
+                buf: &client.buf,
+                head,
+                host: routed.host,
+                target: routed.target.path,
+                client_ip: facts.client_ip,
+                https: crate::tls::client_facts(client).0,
+            };
+            match auth::check(ctx, a, &req).await {
+                Ok(g) => g,
+                Err(denial) => return Ok(Plan::Deny(denial)),
+            }
+        }
+    };
+    prepare(ctx, client, head, facts, rid, &routed, &granted).map(Plan::Forward)
+}
+
+/// What routing found, for the stages after it.
+struct Routed<'b> {
+    /// Index into the configured routes.
+    index: usize,
+    /// Index into the configured upstreams.
+    upstream: usize,
+    target: crate::http::encode::Target<'b>,
+    host: &'b [u8],
+}
+
+/// Route: the request's route, once its `allow`/`deny` admits the client.
+fn route<'b>(
+    ctx: &ShardCtx,
+    client: &'b Client,
+    head: &RequestHead,
+    facts: &RequestFacts,
+    trace: &mut Trace,
+) -> Result<Routed<'b>, Canned> {
     let shared = &*ctx.shared;
     let buf = &client.buf[..];
     if facts.method == Method::Connect {
         return Err(Canned::MethodNotAllowed);
     }
     let target = split_target(head.target.get(buf));
-    let headers = || {
-        head.headers
-            .iter()
-            .map(|h| (h.name.get(buf), h.value.get(buf)))
-    };
-    // A rate limit's 429, with the seconds until its bucket has a token again.
-    let limited = |limit, counter| {
-        let src = KeySource {
-            client_ip: facts.client_ip,
-            target: target.path,
-            headers: headers(),
-        };
-        crate::ratelimit::check(ctx, limit, src).err().map(|secs| {
-            bump(counter);
-            Plan::Answer(
-                Canned::TooManyRequests,
-                b"Retry-After",
-                secs.to_string().into_bytes(),
-            )
-        })
-    };
-    if let Some(limit) = &client.listener.rate_limit {
-        if let Some(answer) = limited(limit, &ctx.stats.limited_listener) {
-            return Ok(answer);
-        }
-    }
     let host: &[u8] = match (target.authority, head.host) {
         (Some(a), _) => a,
         (None, Some(h)) => h.get(buf),
@@ -229,11 +284,32 @@ fn prepare<'a>(
     }
     trace.route = Some(route.index);
     trace.upstream = Some(route.upstream);
-    if let Some(limit) = &shared.config.routes[route.index].rate_limit {
-        if let Some(answer) = limited(limit, &ctx.stats.limited_route) {
-            return Ok(answer);
-        }
-    }
+    Ok(Routed {
+        index: route.index,
+        upstream: route.upstream,
+        target,
+        host,
+    })
+}
+
+/// Encode: the routed request's head for its upstream, with what its auth check granted.
+fn prepare<'a>(
+    ctx: &'a ShardCtx,
+    client: &Client,
+    head: &RequestHead,
+    facts: &RequestFacts,
+    rid: &RequestId,
+    routed: &Routed<'_>,
+    granted: &Granted,
+) -> Result<Prepared<'a>, Canned> {
+    let shared = &*ctx.shared;
+    let buf = &client.buf[..];
+    let (route, target, host) = (routed, &routed.target, routed.host);
+    let headers = || {
+        head.headers
+            .iter()
+            .map(|h| (h.name.get(buf), h.value.get(buf)))
+    };
     // Balancing inputs that live in the head: read them now, before the buffer moves on.
     let spec = &shared.config.upstreams[route.upstream].balance;
     let key = spec.hash_key.as_ref().and_then(|k| {
@@ -264,12 +340,26 @@ fn prepare<'a>(
     let (https, subject) = crate::tls::client_facts(client);
     let set = [rid_field, subject.unwrap_or((b"", b""))];
     let n_set = if subject.is_some() { 2 } else { 1 };
+    // With auth: what it copied or strips (an empty value only removes the client's).
+    let mut with_auth: Vec<(&[u8], &[u8])> = Vec::new();
+    if granted.strip_authorization || !granted.copied.is_empty() {
+        with_auth.extend_from_slice(&set[..n_set]);
+        if granted.strip_authorization {
+            with_auth.push((b"Authorization", b""));
+        }
+        with_auth.extend(granted.copied.iter().map(|(n, v)| (&n[..], &v[..])));
+    }
+    let set = if with_auth.is_empty() {
+        &set[..n_set]
+    } else {
+        &with_auth[..]
+    };
     let mut out = ctx.buffer();
     upstream_request_head(
         buf,
         head,
         &UpstreamRequest {
-            target: &target,
+            target,
             host,
             client_ip: client.peer.ip(),
             // X-Forwarded-For from anyone but a trusted proxy is a claim nobody vouches for:
@@ -279,7 +369,7 @@ fn prepare<'a>(
             // Generated or trusted, the id replaces every incoming field of its name (a
             // trusted peer's duplicates included); so does the mTLS subject, whose field a
             // client can never set.
-            set: &set[..n_set],
+            set,
             https,
         },
         &mut out,
@@ -295,18 +385,48 @@ fn prepare<'a>(
             out.extend_from_slice(b"\r\n\r\n");
         }
     }
-    Ok(Plan::Forward(Prepared {
+    Ok(Prepared {
         upstream: route.upstream,
         key: PickKey { hash: key, sticky },
         out,
         out_framing,
-    }))
+    })
+}
+
+/// A rate limit's answer when its bucket for this request is empty: `429` with the seconds
+/// until it has a token again.
+fn limited(
+    ctx: &ShardCtx,
+    limit: &crate::config::RateLimit,
+    counter: &std::cell::Cell<u64>,
+    buf: &[u8],
+    head: &RequestHead,
+    facts: &RequestFacts,
+) -> Option<Plan<'static>> {
+    let src = KeySource {
+        client_ip: facts.client_ip,
+        target: split_target(head.target.get(buf)).path,
+        headers: head
+            .headers
+            .iter()
+            .map(|h| (h.name.get(buf), h.value.get(buf))),
+    };
+    crate::ratelimit::check(ctx, limit, src).err().map(|secs| {
+        bump(counter);
+        Plan::Answer(
+            Canned::TooManyRequests,
+            b"Retry-After",
+            secs.to_string().into_bytes(),
+        )
+    })
 }
 
 /// What the head asks of the pipeline.
 enum Plan<'a> {
     /// Forward it to a backend.
     Forward(Prepared<'a>),
+    /// The route's auth refused it: this is the answer.
+    Deny(auth::Denial),
     /// Answer it here with this status and one more field: `redirect_https`'s `Location`,
     /// a rate limit's `Retry-After`.
     Answer(Canned, &'static [u8], Vec<u8>),

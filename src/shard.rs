@@ -64,6 +64,8 @@ pub struct ShardCommon {
     pub ids: RequestIds,
     /// Pipes for splicing large bodies.
     pub pipes: PipePool,
+    /// `auth.basic`: recently verified credentials and the bcrypt checks in flight.
+    pub auth: crate::auth::basic::Remembered,
     /// The `Date` text of this second, for the proxy's own answers and forwarded responses
     /// without one.
     pub date: DateCache,
@@ -119,6 +121,7 @@ impl ShardCtx {
                 shared.config.splice.pipe_bytes,
             ),
             date: DateCache::default(),
+            auth: Default::default(),
             conns,
             rates,
             leases: Leases::default(),

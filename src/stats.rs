@@ -124,6 +124,13 @@ pub struct Totals {
     /// PROXY protocol headers on `proxy_protocol` listeners, by
     /// [`crate::proxy_protocol::Outcome`].
     pub proxy_protocol: [Cell<u64>; 6],
+    /// Route authentication checks, by [`crate::auth::Mode`] and [`crate::auth::Verdict`]
+    /// (index `mode * Verdict::ALL.len() + verdict`).
+    pub auth: [Cell<u64>; AUTH_SLOTS],
+    /// `auth.basic` passwords checked with bcrypt (on a verifier thread).
+    pub auth_bcrypt: Cell<u64>,
+    /// `auth.basic` passwords accepted from the shard's cache, without bcrypt.
+    pub auth_cache_hits: Cell<u64>,
     pub active: Cell<u64>,
     pub requests: Cell<u64>,
     /// Responses relayed from upstreams by status class 1xx..5xx (index 0..4).
@@ -151,6 +158,9 @@ pub struct Totals {
     pub latency: RefCell<Latencies>,
     pub tls: crate::tls::stats::TlsStats,
 }
+
+/// Slots of [`Totals::auth`]: every (mode, verdict) pair.
+pub const AUTH_SLOTS: usize = crate::auth::Mode::ALL.len() * crate::auth::Verdict::ALL.len();
 
 #[inline]
 pub fn bump(c: &Cell<u64>) {
@@ -213,6 +223,9 @@ impl Totals {
             limited_route: Cell::new(0),
             rate_evictions: Cell::new(0),
             proxy_protocol: Default::default(),
+            auth: Default::default(),
+            auth_bcrypt: Cell::new(0),
+            auth_cache_hits: Cell::new(0),
             active: Cell::new(0),
             requests: Cell::new(0),
             upstream_status: Default::default(),
@@ -314,6 +327,9 @@ impl Stats {
             limited_route: self.limited_route.get(),
             rate_evictions: self.rate_evictions.get(),
             proxy_protocol: self.proxy_protocol.each_ref().map(get),
+            auth: self.auth.each_ref().map(get),
+            auth_bcrypt: self.auth_bcrypt.get(),
+            auth_cache_hits: self.auth_cache_hits.get(),
             active: self.active.get(),
             requests: self.requests.get(),
             canned: self.canned.iter().map(get).collect(),
@@ -410,6 +426,9 @@ pub struct Snapshot {
     pub limited_route: u64,
     pub rate_evictions: u64,
     pub proxy_protocol: [u64; 6],
+    pub auth: [u64; AUTH_SLOTS],
+    pub auth_bcrypt: u64,
+    pub auth_cache_hits: u64,
     pub active: u64,
     pub requests: u64,
     pub canned: Vec<u64>,
@@ -460,6 +479,9 @@ impl Snapshot {
         self.limited_route += other.limited_route;
         self.rate_evictions += other.rate_evictions;
         sum(&mut self.proxy_protocol, &other.proxy_protocol);
+        sum(&mut self.auth, &other.auth);
+        self.auth_bcrypt += other.auth_bcrypt;
+        self.auth_cache_hits += other.auth_cache_hits;
         self.active += other.active;
         self.requests += other.requests;
         sum(&mut self.canned, &other.canned);

@@ -61,6 +61,16 @@ path_prefix = "/hash/"
 upstream = "hash"
 
 [[route]]
+path_prefix = "/staff/"
+upstream = "api"
+auth = { basic = { realm = "staff", users = "@CERTS@/users", cache_ttl = "5m", forward_authorization = false } }
+
+[[route]]
+path_prefix = "/app/"
+upstream = "api"
+auth = { forward = { upstream = "hash", uri = "/check", copy_headers = ["X-User"], timeout = "2s", max_body = "64KiB" } }
+
+[[route]]
 upstream = "web"
 
 [[upstream]]
@@ -151,6 +161,8 @@ max_connections = 1000000
 max_connections_per_client = 4096
 client_body_min_rate = 500
 client_send_min_rate = "1KiB"
+auth_cache_entries = 1024
+auth_pending = 16
 
 [admin]
 address = "127.0.0.1:9901"
@@ -193,6 +205,10 @@ fn good() -> String {
         dir.write("a.key", &leaf.key_pem);
         dir.write("a.ocsp", "not checked by edgeshard: stapled as is");
         dir.write("ca.pem", &ca.pem);
+        dir.write(
+            "users",
+            &format!("alice:{}\n", bcrypt::hash("pw", 4).unwrap()),
+        );
         dir
     });
     // `server.group`: nobody's primary group, whose name differs between distributions

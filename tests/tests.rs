@@ -5,6 +5,7 @@
 mod support;
 
 mod access;
+mod auth;
 mod balancing;
 mod bodies;
 mod check;

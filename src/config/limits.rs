@@ -30,6 +30,12 @@ pub struct Limits {
     /// The same for a response body as the client's socket accepts it (`client_send` plus
     /// 1 s per this many bytes); 0: no rule.
     pub client_send_min_rate: u64,
+    /// Per shard: (user, password) pairs a route's `auth.basic` verified, remembered so
+    /// the next request with them costs no bcrypt (`auth.basic.cache_ttl`); 0: none.
+    pub auth_cache_entries: usize,
+    /// Per shard: bcrypt verifications waiting for or on the verifier threads; a request
+    /// beyond it is answered 503 at once.
+    pub auth_pending: usize,
 }
 
 /// Checks `[limits]` (`raw`) into [`Limits`], defaults filled in.
@@ -99,5 +105,13 @@ pub(super) fn limits(c: &mut Checker, limits: &RawLimits) -> Limits {
             0,
             1 << 40,
         ),
+        auth_cache_entries: c.count(
+            "limits.auth_cache_entries",
+            limits.auth_cache_entries,
+            1024,
+            0,
+            1 << 20,
+        ),
+        auth_pending: c.count("limits.auth_pending", limits.auth_pending, 16, 1, 4096),
     }
 }

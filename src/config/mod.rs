@@ -133,6 +133,8 @@ pub struct RouteConfig {
     pub access: AccessList,
     /// `rate_limit`: a token bucket the route's requests pass after its `allow`/`deny`.
     pub rate_limit: Option<RateLimit>,
+    /// `auth`: checked after `access` ([`crate::auth`]).
+    pub auth: Option<RouteAuth>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -217,6 +219,7 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 pub const SPLICE_MIN_BYTES: u64 = 256 * 1024;
 
 mod access;
+mod auth;
 mod balancing;
 mod congestion;
 mod dns;
@@ -229,6 +232,7 @@ mod response;
 mod tls;
 
 pub use access::{holds, AccessList, IpNet};
+pub use auth::{BasicAuth, ForwardAuth, RouteAuth, Users};
 pub use congestion::Congestion;
 use dns::{dns_config, host_port};
 pub use dns::{DnsConfig, NamedBackend};
@@ -704,6 +708,8 @@ impl Config {
                 &format!("route {name}"),
                 r.rate_limit.as_ref(),
             );
+            let base = file.parent().unwrap_or(Path::new("."));
+            let auth = auth::route_auth(&mut c, &path, r.auth, base, &upstreams);
             routes.push(RouteConfig {
                 name,
                 host,
@@ -713,6 +719,7 @@ impl Config {
                 upstream,
                 access,
                 rate_limit,
+                auth,
             });
         }
         let rate_limits = table

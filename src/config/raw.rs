@@ -62,6 +62,7 @@ pub(super) struct RawRoute {
     pub(super) allow: Option<Vec<String>>,
     pub(super) deny: Option<Vec<String>>,
     pub(super) rate_limit: Option<super::ratelimit::RawRateLimit>,
+    pub(super) auth: Option<super::auth::RawAuth>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +119,8 @@ pub(super) struct RawLimits {
     pub(super) max_connections_per_client: Option<usize>,
     pub(super) client_body_min_rate: Option<Size>,
     pub(super) client_send_min_rate: Option<Size>,
+    pub(super) auth_cache_entries: Option<usize>,
+    pub(super) auth_pending: Option<usize>,
 }
 
 /// A byte size written as an integer or a string such as "16MiB".

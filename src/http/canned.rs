@@ -21,6 +21,8 @@ pub enum Canned {
     /// A `rate_limit` bucket is empty, with a `Retry-After`.
     TooManyRequests,
     HeadersTooLarge,
+    /// A route's `auth.forward` could not ask its auth service (as nginx `auth_request`).
+    InternalServerError,
     BadGateway,
     ServiceUnavailable,
     GatewayTimeout,
@@ -82,6 +84,7 @@ canned_table! {
     ExpectationFailed => 417, "Expectation Failed", 19, "expectation failed\n", true;
     TooManyRequests => 429, "Too Many Requests", 18, "too many requests\n", false;
     HeadersTooLarge => 431, "Request Header Fields Too Large", 32, "request header fields too large\n", true;
+    InternalServerError => 500, "Internal Server Error", 22, "internal server error\n", false;
     BadGateway => 502, "Bad Gateway", 12, "bad gateway\n", false;
     ServiceUnavailable => 503, "Service Unavailable", 20, "service unavailable\n", false;
     GatewayTimeout => 504, "Gateway Timeout", 16, "gateway timeout\n", false;

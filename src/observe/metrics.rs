@@ -81,6 +81,7 @@ fn canned_reason(c: Canned) -> &'static str {
         417 => "expectation_failed",
         429 => "rate_limited",
         431 => "headers_too_large",
+        500 => "auth_unavailable",
         502 => "bad_gateway",
         503 => "no_backend",
         504 => "upstream_timeout",
@@ -330,6 +331,37 @@ pub fn render(
         "edgeshard_rate_limit_evictions_total {}",
         all.rate_evictions
     );
+    family(
+        &mut o,
+        "edgeshard_auth_total",
+        "counter",
+        "Route authentication checks, by mode (basic, forward) and result: ok (let through), denied (401, or the auth service's refusal), error (the auth service could not be asked: 500), overloaded (too many bcrypt checks waiting: 503).",
+    );
+    for m in crate::auth::Mode::ALL {
+        for v in crate::auth::Verdict::ALL {
+            let _ = writeln!(
+                o,
+                "edgeshard_auth_total{{mode=\"{}\",result=\"{}\"}} {}",
+                m.label(),
+                v.label(),
+                all.auth[crate::auth::slot(m, v)]
+            );
+        }
+    }
+    family(
+        &mut o,
+        "edgeshard_auth_bcrypt_total",
+        "counter",
+        "auth.basic passwords checked with bcrypt, on the verifier threads.",
+    );
+    let _ = writeln!(o, "edgeshard_auth_bcrypt_total {}", all.auth_bcrypt);
+    family(
+        &mut o,
+        "edgeshard_auth_cache_hits_total",
+        "counter",
+        "auth.basic passwords accepted from the shard's cache of recent verifications, without bcrypt.",
+    );
+    let _ = writeln!(o, "edgeshard_auth_cache_hits_total {}", all.auth_cache_hits);
     family(
         &mut o,
         "edgeshard_proxy_protocol_total",

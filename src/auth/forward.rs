@@ -1,0 +1,366 @@
+//! Stage 3b, *authenticate*, for a route's `auth.forward`: before the request is forwarded,
+//! a bodiless `GET uri` goes to a backend of the auth service's upstream with the client's
+//! header fields (less hop-by-hop and framing ones) and `X-Forwarded-Method`, `-Uri`,
+//! `-Host`, `-Proto` and `-For` set by the proxy, as Traefik's forwardAuth and nginx's
+//! `auth_request` send them. A 2xx lets the request through, carrying the answer's
+//! `copy_headers` fields (client-sent fields of those names are removed either way: they
+//! cannot be spoofed); any other status is the client's answer, with the service's fields
+//! and its body (a `Content-Length` body up to `max_body`; others are left out). When the
+//! service cannot be asked (no usable backend, connect failure, timeout, a malformed
+//! answer) the client gets 500, like nginx `auth_request`.
+//!
+//! It uses the shard's own balancing, pool and connector for that upstream (its backends
+//! are balanced, health-checked and pooled like any other); only the exchange itself is
+//! this small, since the check has no body, no retries beyond one stale pooled connection,
+//! and its answer is never streamed.
+
+use std::time::{Duration, Instant};
+
+use super::{count, Denial, Granted, Mode, Request, SetField, Verdict};
+use crate::config::ForwardAuth;
+use crate::health::Outcome as TryOutcome;
+use crate::http::canned::Canned;
+use crate::http::parse::{
+    parse_response, BodyFraming, HeadLimits, HeaderKind, Method, Parsed, ResponseHead,
+};
+use crate::io::{read_more, write_from, Deadline, IoFail};
+use crate::shard::ShardCtx;
+use crate::transport::Transport;
+use crate::upstream::connect::Connector;
+use crate::upstream::state::{Pick, PickKey};
+
+/// More interim (1xx) answers than this before the final one is a malformed answer.
+const MAX_INTERIM: usize = 4;
+
+/// Why the auth service could not be asked (each answered 500).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no usable backend in the auth service's upstream")]
+    NoBackend,
+    #[error("cannot connect to the auth service: {0}")]
+    Connect(std::io::Error),
+    #[error("the auth service did not answer within the timeout")]
+    Timeout,
+    #[error("the auth service closed the connection or failed: {0:?}")]
+    Io(IoFail),
+    #[error("the auth service's answer is malformed")]
+    Bad,
+}
+
+/// What the auth service said.
+enum Said {
+    Allow(Vec<SetField>),
+    Refuse {
+        status: u16,
+        head: Vec<u8>,
+        body: Vec<u8>,
+    },
+}
+
+/// Asks the auth service about `req`.
+pub async fn check(ctx: &ShardCtx, fa: &ForwardAuth, req: &Request<'_>) -> Result<Granted, Denial> {
+    match ask(ctx, fa, req).await {
+        Ok(Said::Allow(copied)) => {
+            count(&ctx.stats, Mode::Forward, Verdict::Ok);
+            Ok(Granted {
+                strip_authorization: false,
+                copied,
+            })
+        }
+        Ok(Said::Refuse { status, head, body }) => {
+            count(&ctx.stats, Mode::Forward, Verdict::Denied);
+            Err(Denial::Relayed { status, head, body })
+        }
+        Err(e) => {
+            count(&ctx.stats, Mode::Forward, Verdict::Error);
+            if ctx.errors.allow(&ctx.stats) {
+                let upstream = &ctx.shared.config.upstreams[fa.upstream].name;
+                tracing::warn!(%upstream, error = %e, "forward auth failed");
+            }
+            Err(Denial::Canned(Canned::InternalServerError, None))
+        }
+    }
+}
+
+async fn ask(ctx: &ShardCtx, fa: &ForwardAuth, req: &Request<'_>) -> Result<Said, AuthError> {
+    let shared = &*ctx.shared;
+    let deadline = Instant::now() + fa.timeout;
+    let (pick, _) = ctx
+        .backends
+        .pick(shared, fa.upstream, &[], Instant::now(), PickKey::default());
+    let Pick::Backend(backend) = pick else {
+        return Err(AuthError::NoBackend);
+    };
+    let mut in_flight = ctx
+        .backends
+        .forwarding(shared, &ctx.stats.backends[backend], backend);
+    let mut out = ctx.buffer();
+    check_request(fa, req, shared.backends[backend].address, &mut out);
+    let mut ubuf = ctx.buffer();
+    // A pooled connection the backend closed meanwhile fails without an answer: the check
+    // is sent once more, on a new connection.
+    let mut fresh = false;
+    loop {
+        let pooled = if fresh {
+            None
+        } else {
+            ctx.pool.borrow_mut().checkout(backend, Instant::now())
+        };
+        let reused = pooled.is_some();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => connect(ctx, backend, deadline).await?,
+        };
+        in_flight.sent = true;
+        ubuf.clear();
+        let mut any_byte = false;
+        let max_body = fa.max_body;
+        let got = exchange(
+            ctx,
+            &mut conn,
+            &mut out,
+            &mut ubuf,
+            deadline,
+            &mut any_byte,
+            max_body,
+        )
+        .await;
+        let outcome = match &got {
+            Ok((h, _)) => TryOutcome::Response { status: h.status },
+            Err(AuthError::Timeout) => TryOutcome::Timeout,
+            Err(_) => TryOutcome::Reset,
+        };
+        if reused && !any_byte && matches!(got, Err(AuthError::Io(_))) {
+            fresh = true;
+            continue;
+        }
+        ctx.backends
+            .observe(shared, &ctx.stats, &ctx.errors, backend, outcome);
+        let (head, reusable) = got?;
+        let said = said(ctx, fa, &ubuf, &head);
+        if reusable {
+            ctx.pool.borrow_mut().checkin(backend, conn, Instant::now());
+        }
+        return Ok(said);
+    }
+}
+
+async fn connect(
+    ctx: &ShardCtx,
+    backend: usize,
+    deadline: Instant,
+) -> Result<Transport, AuthError> {
+    let connector = Connector {
+        shared: &ctx.shared,
+        stats: &ctx.stats,
+        errors: &ctx.errors,
+        backends: &ctx.backends,
+        ends: None,
+    };
+    match monoio::time::timeout(left(deadline), connector.connect(backend)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(AuthError::Connect(e)),
+        Err(_) => Err(AuthError::Timeout),
+    }
+}
+
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// Sends the check and reads the final answer's head, and its body when it has a
+/// `Content-Length` up to `max_body` (left in `ubuf` after the head). The flag: the
+/// connection can be pooled again.
+async fn exchange(
+    ctx: &ShardCtx,
+    conn: &mut Transport,
+    out: &mut Vec<u8>,
+    ubuf: &mut Vec<u8>,
+    deadline: Instant,
+    any_byte: &mut bool,
+    max_body: usize,
+) -> Result<(ResponseHead, bool), AuthError> {
+    let io = |e: IoFail| match e {
+        IoFail::Timeout => AuthError::Timeout,
+        e => AuthError::Io(e),
+    };
+    let mut dl = Deadline::new();
+    let n = out.len();
+    write_from(conn, out, 0, n, &mut dl, left(deadline))
+        .await
+        .map_err(io)?;
+    let cfg = &ctx.shared.config;
+    let limits = HeadLimits {
+        max_header_bytes: cfg.limits.max_header_bytes.max(16384),
+        max_headers: cfg.limits.max_headers.max(100),
+        max_uri_bytes: cfg.limits.max_uri_bytes,
+    };
+    let mut interims = 0;
+    let head = loop {
+        if !ubuf.is_empty() {
+            let mut head = ResponseHead::default();
+            match parse_response(ubuf, &limits, &mut head) {
+                Ok(Parsed::Complete(())) if head.status == 101 => return Err(AuthError::Bad),
+                Ok(Parsed::Complete(())) if head.status < 200 => {
+                    interims += 1;
+                    if interims > MAX_INTERIM {
+                        return Err(AuthError::Bad);
+                    }
+                    ubuf.drain(..head.head_len);
+                    continue;
+                }
+                Ok(Parsed::Complete(())) => break head,
+                Ok(Parsed::Partial) => {}
+                Err(_) => return Err(AuthError::Bad),
+            }
+        }
+        let t = left(deadline);
+        if t.is_zero() {
+            return Err(AuthError::Timeout);
+        }
+        read_more(conn, ubuf, &mut dl, t).await.map_err(io)?;
+        *any_byte = true;
+    };
+    let reusable = read_body(conn, ubuf, &head, max_body, deadline).await?;
+    Ok((head, reusable))
+}
+
+/// Reads the body of `head` into `ubuf` when it has a `Content-Length` up to `max`;
+/// whether the connection can be pooled afterwards.
+async fn read_body(
+    conn: &mut Transport,
+    ubuf: &mut Vec<u8>,
+    head: &ResponseHead,
+    max: usize,
+    deadline: Instant,
+) -> Result<bool, AuthError> {
+    let len = match head.framing(Method::Get) {
+        BodyFraming::None => 0,
+        BodyFraming::Length(n) if n <= max as u64 => n as usize,
+        _ => return Ok(false),
+    };
+    let want = head.head_len + len;
+    let mut dl = Deadline::new();
+    while ubuf.len() < want {
+        let t = left(deadline);
+        if t.is_zero() {
+            return Err(AuthError::Timeout);
+        }
+        read_more(conn, ubuf, &mut dl, t)
+            .await
+            .map_err(|e| match e {
+                IoFail::Timeout => AuthError::Timeout,
+                e => AuthError::Io(e),
+            })?;
+    }
+    // Anything after the answer is not ours: such a connection is not reused.
+    Ok(ubuf.len() == want && head.upstream_keep_alive())
+}
+
+/// What the answer in `ubuf` (head `head`, body after it if read) says.
+fn said(ctx: &ShardCtx, fa: &ForwardAuth, ubuf: &[u8], head: &ResponseHead) -> Said {
+    if (200..300).contains(&head.status) {
+        let copied = fa
+            .copy_headers
+            .iter()
+            .map(|name| {
+                let mut value = Vec::new();
+                for h in head
+                    .headers
+                    .iter()
+                    .filter(|h| h.name.get(ubuf).eq_ignore_ascii_case(name.as_bytes()))
+                {
+                    if !value.is_empty() {
+                        value.extend_from_slice(b", ");
+                    }
+                    value.extend_from_slice(h.value.get(ubuf));
+                }
+                (Box::from(name.as_bytes()), value.into_boxed_slice())
+            })
+            .collect();
+        return Said::Allow(copied);
+    }
+    let mut out = Vec::with_capacity(head.head_len + 64);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(head.status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.reason.get(ubuf));
+    out.extend_from_slice(b"\r\n");
+    if let Some(server) = ctx.shared.config.response.server.as_deref() {
+        out.extend_from_slice(b"Server: ");
+        out.extend_from_slice(server.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Date: ");
+    out.extend_from_slice(&ctx.date.now());
+    out.extend_from_slice(b"\r\n");
+    for h in &head.headers {
+        let name = h.name.get(ubuf);
+        if h.kind.is_hop_by_hop()
+            || head.named_in_connection(ubuf, name)
+            || name.eq_ignore_ascii_case(b"date")
+            || name.eq_ignore_ascii_case(b"server")
+        {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value.get(ubuf));
+        out.extend_from_slice(b"\r\n");
+    }
+    let body = match head.framing(Method::Get) {
+        BodyFraming::Length(n) if ubuf.len() as u64 >= head.head_len as u64 + n => {
+            ubuf[head.head_len..head.head_len + n as usize].to_vec()
+        }
+        _ => Vec::new(),
+    };
+    Said::Refuse {
+        status: head.status,
+        head: out,
+        body,
+    }
+}
+
+/// The check request: `GET uri` with the client's end-to-end fields and the proxy's
+/// `X-Forwarded-*`. `Host` names the auth service's backend; the client's is in
+/// `X-Forwarded-Host`.
+fn check_request(
+    fa: &ForwardAuth,
+    req: &Request<'_>,
+    backend: std::net::SocketAddr,
+    out: &mut Vec<u8>,
+) {
+    let (buf, head) = (req.buf, req.head);
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(fa.uri.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(backend.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in &head.headers {
+        let name = h.name.get(buf);
+        if h.kind != HeaderKind::Other
+            || (!head.conn_tokens.is_empty() && head.named_in_connection(buf, name))
+            || name.eq_ignore_ascii_case(b"x-forwarded-method")
+            || name.eq_ignore_ascii_case(b"x-forwarded-uri")
+        {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value.get(buf));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"X-Forwarded-Method: ");
+    out.extend_from_slice(head.method.get(buf));
+    out.extend_from_slice(b"\r\nX-Forwarded-Uri: ");
+    out.extend_from_slice(req.target);
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(if req.https { b"https" } else { b"http" });
+    if !req.host.is_empty() {
+        out.extend_from_slice(b"\r\nX-Forwarded-Host: ");
+        out.extend_from_slice(req.host);
+    }
+    out.extend_from_slice(b"\r\nX-Forwarded-For: ");
+    out.extend_from_slice(req.client_ip.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+}

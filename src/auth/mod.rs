@@ -1,0 +1,199 @@
+//! Stage 3b of the pipeline, *authenticate*: after *route* (the route is chosen and its
+//! `allow`/`deny` passed) and before the request is encoded for its upstream
+//! ([`crate::proxy`]). A route's `auth` ([`crate::config::RouteAuth`]) either lets the
+//! request through, with header fields to set on or strip from the forwarded request
+//! ([`Granted`]), or refuses it with the answer the client gets ([`Denial`]):
+//!
+//! - `basic` ([`basic`]): HTTP Basic against an htpasswd file of bcrypt hashes. bcrypt costs
+//!   tens of milliseconds by design, so it never runs on a shard's event loop: a small pool
+//!   of verifier threads does it while the shard serves other connections, and each shard
+//!   remembers recent successes (by a keyed hash, never the password), so the steady state
+//!   costs no bcrypt at all.
+//! - `forward` ([`forward`]): ask an auth service (a backend of a configured upstream) with
+//!   the request's headers; a 2xx lets the request through, anything else is the answer.
+
+pub mod basic;
+pub mod forward;
+
+use std::net::IpAddr;
+
+use crate::client::{Client, Outcome};
+use crate::config::RouteAuth;
+use crate::http::canned::Canned;
+use crate::http::parse::RequestHead;
+use crate::io::write_from;
+use crate::respond::{respond_canned_with, Field};
+use crate::shard::ShardCtx;
+use crate::stats::{bump, Stats};
+
+/// The two ways a route authenticates, a label of `edgeshard_auth_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Basic = 0,
+    Forward = 1,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Basic, Mode::Forward];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Basic => "basic",
+            Mode::Forward => "forward",
+        }
+    }
+}
+
+/// How one check ended, a label of `edgeshard_auth_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let through.
+    Ok = 0,
+    /// Refused: no or wrong credentials (401), or the auth service said no.
+    Denied = 1,
+    /// The check could not be made (the auth service unreachable, timed out or answering
+    /// nonsense; the verifier threads gone): 500.
+    Error = 2,
+    /// Too many bcrypt checks already waiting on this shard: 503 at once.
+    Overloaded = 3,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 4] = [
+        Verdict::Ok,
+        Verdict::Denied,
+        Verdict::Error,
+        Verdict::Overloaded,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::Denied => "denied",
+            Verdict::Error => "error",
+            Verdict::Overloaded => "overloaded",
+        }
+    }
+}
+
+/// The index of (mode, verdict) in [`crate::stats::Totals::auth`].
+pub fn slot(m: Mode, v: Verdict) -> usize {
+    m as usize * Verdict::ALL.len() + v as usize
+}
+
+fn count(stats: &Stats, m: Mode, v: Verdict) {
+    bump(&stats.auth[slot(m, v)]);
+}
+
+/// A header field (name, value) set on the forwarded request; an empty value only removes.
+pub type SetField = (Box<[u8]>, Box<[u8]>);
+
+/// What the request carries on when it is let through.
+#[derive(Default)]
+pub struct Granted {
+    /// Remove the client's `Authorization` (basic, unless `forward_authorization`).
+    pub strip_authorization: bool,
+    /// Fields copied from the auth service's answer (forward): each replaces every client
+    /// field of its name; an empty value only removes them.
+    pub copied: Vec<SetField>,
+}
+
+/// The answer to a refused request.
+pub enum Denial {
+    /// One of the proxy's own answers, with one more field (`WWW-Authenticate`,
+    /// `Retry-After`).
+    Canned(Canned, Option<(&'static [u8], Box<[u8]>)>),
+    /// The auth service's answer: `head` is its status line and fields (without the empty
+    /// line, framing or hop-by-hop fields), `body` its body.
+    Relayed {
+        status: u16,
+        head: Vec<u8>,
+        body: Vec<u8>,
+    },
+}
+
+impl Denial {
+    pub fn status(&self) -> u16 {
+        match self {
+            Denial::Canned(c, _) => c.status(),
+            Denial::Relayed { status, .. } => *status,
+        }
+    }
+}
+
+/// The request as the checks see it: its head in the client buffer and what routing read.
+pub struct Request<'b> {
+    pub buf: &'b [u8],
+    pub head: &'b RequestHead,
+    /// The Host (or absolute-form authority) the request was routed by.
+    pub host: &'b [u8],
+    /// The target as the client sent it (path and query).
+    pub target: &'b [u8],
+    /// Who the client is ([`crate::admission::client_address`]).
+    pub client_ip: IpAddr,
+    /// The client spoke TLS to us.
+    pub https: bool,
+}
+
+/// Runs the route's check.
+pub async fn check(ctx: &ShardCtx, auth: &RouteAuth, req: &Request<'_>) -> Result<Granted, Denial> {
+    match auth {
+        RouteAuth::Basic(b) => basic::check(ctx, b, req).await,
+        RouteAuth::Forward(f) => forward::check(ctx, f, req).await,
+    }
+}
+
+/// Writes `denial` to the client; `close` adds `Connection: close`, `head_only` (a HEAD
+/// request) leaves the body out. `rid`: the request-id field, when answers carry it.
+pub async fn answer(
+    ctx: &ShardCtx,
+    client: &mut Client,
+    denial: &Denial,
+    close: bool,
+    head_only: bool,
+    rid: Option<Field<'_>>,
+) -> Outcome {
+    match denial {
+        Denial::Canned(c, extra) => {
+            let mut fields: [Field<'_>; 2] = [(b"", b""); 2];
+            let mut n = 0;
+            for f in extra
+                .as_ref()
+                .map(|(name, value)| (*name, &value[..]))
+                .into_iter()
+                .chain(rid)
+            {
+                fields[n] = f;
+                n += 1;
+            }
+            respond_canned_with(ctx, client, *c, close, &fields[..n]).await
+        }
+        Denial::Relayed { head, body, .. } => {
+            let mut out = ctx.buffer();
+            out.extend_from_slice(head);
+            if let Some((name, value)) = rid {
+                out.extend_from_slice(name);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(body.len().to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+            if close {
+                out.extend_from_slice(b"Connection: close\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+            if !head_only {
+                out.extend_from_slice(body);
+            }
+            let n = out.len();
+            let t = ctx.shared.config.timeouts.client_send;
+            let r = write_from(&mut client.stream, &mut out, 0, n, &mut client.deadline, t).await;
+            match r {
+                Ok(()) if !close => Outcome::KeepAlive,
+                _ => Outcome::Close,
+            }
+        }
+    }
+}

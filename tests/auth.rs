@@ -1,0 +1,305 @@
+//! Who may pass (issue 16): a route's `auth`. HTTP Basic against an htpasswd file of bcrypt
+//! hashes (401 with a challenge, the credentials not forwarded, repeat logins from the
+//! shard's cache), and forward authentication (the auth service's 2xx lets the request
+//! through with chosen fields, anything else is the client's answer, a dead service 500),
+//! each counted in `edgeshard_auth_total`.
+
+use crate::support::*;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// An htpasswd file with `alice:open sesame` (cost 4: fast tests), removed on drop.
+struct UsersFile(PathBuf);
+
+impl UsersFile {
+    fn new() -> UsersFile {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "edgeshard-test-users-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        // htpasswd -B writes $2y$; the crate writes $2b$: the same algorithm.
+        let hash = bcrypt::hash("open sesame", 4)
+            .unwrap()
+            .replace("$2b$", "$2y$");
+        std::fs::write(&path, format!("# test users\nalice:{hash}\n")).unwrap();
+        UsersFile(path)
+    }
+}
+
+impl Drop for UsersFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn basic(user_pass: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(user_pass)
+    )
+}
+
+fn auth_counted(admin: std::net::SocketAddr, mode: &str, want: &[(&str, f64)]) {
+    scrape_until(
+        admin,
+        None,
+        Duration::from_secs(5),
+        "auth checks counted",
+        |m| {
+            want.iter().all(|(r, n)| {
+                m.value("edgeshard_auth_total", &[("mode", mode), ("result", r)]) == *n
+            })
+        },
+    );
+}
+
+/// An auth service: `Bearer good` gets 200 with `X-User: alice`; anything else 403 with a
+/// body of its own.
+fn auth_service() -> Origin {
+    Origin::with_handler("auth", |rec| {
+        if rec.header("authorization") == Some("Bearer good") {
+            Reply::Response {
+                status: 200,
+                headers: vec![
+                    ("X-User".into(), "alice".into()),
+                    ("X-Other".into(), "not copied".into()),
+                ],
+                body: b"ok".to_vec(),
+                mode: BodyMode::Length,
+                close_after: false,
+            }
+        } else {
+            Reply::Response {
+                status: 403,
+                headers: vec![("X-Reason".into(), "bad token".into())],
+                body: b"go away\n".to_vec(),
+                mode: BodyMode::Length,
+                close_after: false,
+            }
+        }
+    })
+}
+
+fn forward_route(uri: &str) -> String {
+    format!(
+        "auth = {{ forward = {{ upstream = \"auth\", uri = \"{uri}\", copy_headers = [\"X-User\"], timeout = \"2s\" }} }}"
+    )
+}
+
+both_engines! {
+    fn basic_auth_challenges_refuses_and_admits(engine) {
+        let origin = Origin::start("o");
+        let users = UsersFile::new();
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", &format!(
+                "path_prefix = \"/private/\"\nauth = {{ basic = {{ realm = \"staff only\", users = \"{}\" }} }}",
+                users.0.display()
+            ))
+            .route("main", "")
+            .admin("")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        // No credentials: 401 with the challenge, and the connection stays open.
+        c.send(&get("e.example", "/private/a"));
+        let r = c.read_response();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.header("WWW-Authenticate"), Some("Basic realm=\"staff only\", charset=\"UTF-8\""));
+        assert!(r.header("Connection").is_none(), "{:?}", r.head);
+        // A wrong password, an unknown user, another scheme: 401.
+        for value in [basic("alice:open says me"), basic("mallory:open sesame"), "Bearer x".into()] {
+            c.send(&request("GET", "/private/b", &[("Host", "e.example"), ("Authorization", &value)], b""));
+            let r = c.read_response();
+            assert_eq!(r.status(), 401, "{value}");
+            assert!(r.header("WWW-Authenticate").is_some());
+        }
+        assert_eq!(origin.request_count(), 0, "nothing refused reaches the backend");
+        // The right one: through, without the credentials.
+        c.send(&request("GET", "/private/c", &[("Host", "e.example"), ("Authorization", &basic("alice:open sesame"))], b""));
+        assert_eq!(c.read_response().status(), 200);
+        let rec = origin.last_request();
+        assert_eq!(rec.path(), "/private/c");
+        assert!(!rec.has_header("authorization"), "{}", rec.raw_head);
+        // Other routes need nothing.
+        c.send(&get("e.example", "/open"));
+        assert_eq!(c.read_response().status(), 200);
+        auth_counted(proxy.admin_addr(), "basic", &[("ok", 1.0), ("denied", 4.0), ("error", 0.0), ("overloaded", 0.0)]);
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_responses_generated_total", &[("status", "401"), ("reason", "unauthorized")]), 4.0);
+    }
+
+    // The second login with the same credentials is taken from the shard's cache: bcrypt
+    // runs once. `forward_authorization` passes the field on.
+    fn repeat_logins_cost_no_bcrypt(engine) {
+        let origin = Origin::start("o");
+        let users = UsersFile::new();
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", &format!(
+                "auth = {{ basic = {{ users = \"{}\", forward_authorization = true }} }}",
+                users.0.display()
+            ))
+            .admin("")
+            .start(engine);
+        let value = basic("alice:open sesame");
+        for path in ["/1", "/2"] {
+            let mut c = Client::connect(proxy.addr());
+            c.send(&request("GET", path, &[("Host", "e.example"), ("Authorization", &value)], b""));
+            assert_eq!(c.read_response().status(), 200);
+            assert_eq!(origin.last_request().header("authorization"), Some(value.as_str()));
+        }
+        auth_counted(proxy.admin_addr(), "basic", &[("ok", 2.0)]);
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_auth_bcrypt_total", &[]), 1.0);
+        assert_eq!(m.value("edgeshard_auth_cache_hits_total", &[]), 1.0);
+    }
+
+    // Allowed: the request goes on with the service's X-User, and a client's own X-User
+    // never reaches the backend. The service saw the client's fields and the X-Forwarded-*.
+    fn forward_auth_allows_and_copies_chosen_fields(engine) {
+        let origin = Origin::start("o");
+        let service = auth_service();
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .upstream("auth", &[service.addr()])
+            .route("main", &forward_route("/check?app=1"))
+            .admin("")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        for _ in 0..2 {
+            c.send(&request("POST", "/app/x?y=1", &[
+                ("Host", "e.example"),
+                ("Authorization", "Bearer good"),
+                ("X-User", "root"),
+                ("X-Forwarded-Uri", "/spoofed"),
+                ("Content-Length", "4"),
+            ], b"body"));
+            assert_eq!(c.read_response().status(), 200);
+        }
+        let rec = origin.last_request();
+        assert_eq!(rec.header_all("x-user"), ["alice"], "{}", rec.raw_head);
+        assert!(!rec.has_header("x-other"));
+        assert_eq!(rec.header("authorization"), Some("Bearer good"), "forward auth leaves the client's fields");
+        let check = service.last_request();
+        assert!(check.raw_head.starts_with("GET /check?app=1 HTTP/1.1\r\n"), "{}", check.raw_head);
+        assert_eq!(check.header("x-forwarded-method"), Some("POST"));
+        assert_eq!(check.header_all("x-forwarded-uri"), ["/app/x?y=1"]);
+        assert_eq!(check.header("x-forwarded-host"), Some("e.example"));
+        assert_eq!(check.header("x-forwarded-proto"), Some("http"));
+        assert!(!check.has_header("content-length"), "the check has no body: {}", check.raw_head);
+        // The service's connection was pooled: two checks, one connection.
+        assert_eq!(service.accepted(), 1);
+        auth_counted(proxy.admin_addr(), "forward", &[("ok", 2.0), ("denied", 0.0)]);
+    }
+
+    // Refused: the service's status, fields and body are the answer; the backend sees
+    // nothing. A client sending its own X-User gets nothing through either.
+    fn forward_auth_refusal_is_the_answer(engine) {
+        let origin = Origin::start("o");
+        let service = auth_service();
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .upstream("auth", &[service.addr()])
+            .route("main", &forward_route("/check"))
+            .admin("")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&request("GET", "/app", &[("Host", "e.example"), ("Authorization", "Bearer bad"), ("X-User", "alice")], b""));
+        let r = c.read_response();
+        assert_eq!(r.status(), 403);
+        assert_eq!(r.body_str(), "go away\n");
+        assert_eq!(r.header("X-Reason"), Some("bad token"));
+        // The connection stays usable.
+        c.send(&request("HEAD", "/app", &[("Host", "e.example")], b""));
+        let r = c.read_response_for("HEAD");
+        assert_eq!(r.status(), 403);
+        assert_eq!(r.header("Content-Length"), Some("8"));
+        assert_eq!(origin.request_count(), 0);
+        auth_counted(proxy.admin_addr(), "forward", &[("ok", 0.0), ("denied", 2.0)]);
+    }
+
+    // A reload reads the users file again: a changed password works at once and the old
+    // one, though this shard remembers it, no longer does; a broken file is refused with
+    // its line and changes nothing.
+    fn a_reload_reads_the_users_file_again(engine) {
+        let origin = Origin::start("o");
+        let users = UsersFile::new();
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", &format!("auth = {{ basic = {{ users = \"{}\" }} }}", users.0.display()))
+            .admin("")
+            .start(engine);
+        let status = |password: &str| {
+            let mut c = Client::connect(proxy.addr());
+            let value = basic(&format!("alice:{password}"));
+            c.send(&request("GET", "/", &[("Host", "e.example"), ("Authorization", &value)], b""));
+            c.read_response().status()
+        };
+        let reload = || {
+            let out = std::process::Command::new(BIN)
+                .args(["reload", "--admin", &proxy.admin_addr().to_string()])
+                .output()
+                .expect("run edgeshard reload");
+            (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        assert_eq!(status("open sesame"), 200);
+        assert_eq!(status("open sesame"), 200, "remembered");
+        let hash = bcrypt::hash("new one", 4).unwrap();
+        std::fs::write(&users.0, format!("alice:{hash}\n")).unwrap();
+        assert_eq!(reload().0, Some(0));
+        assert_eq!(status("open sesame"), 401);
+        assert_eq!(status("new one"), 200);
+        std::fs::write(&users.0, format!("alice:{hash}\nbob:plain\n")).unwrap();
+        let (code, stderr) = reload();
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("route[0].auth.basic.users") && stderr.contains("line 2"), "{stderr}");
+        assert_eq!(status("new one"), 200, "a refused reload changes nothing");
+    }
+
+    // No auth service to ask: 500 (as nginx auth_request), counted as an error.
+    fn forward_auth_without_its_service_answers_500(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .upstream("auth", &[dead_addr()])
+            .route("main", &forward_route("/check"))
+            .admin("")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&request("GET", "/app", &[("Host", "e.example"), ("Authorization", "Bearer good")], b""));
+        assert_eq!(c.read_response().status(), 500);
+        assert_eq!(origin.request_count(), 0);
+        auth_counted(proxy.admin_addr(), "forward", &[("error", 1.0), ("ok", 0.0)]);
+    }
+}
+
+#[test]
+fn a_bad_users_file_names_the_file_and_the_line() {
+    let users = UsersFile::new();
+    let text = std::fs::read_to_string(&users.0).unwrap();
+    std::fs::write(&users.0, format!("{text}bob:$apr1$salt$hash\n")).unwrap();
+    let config = Config::new()
+        .upstream("main", &[dead_addr()])
+        .route(
+            "main",
+            &format!(
+                "auth = {{ basic = {{ users = \"{}\" }} }}",
+                users.0.display()
+            ),
+        )
+        .render();
+    let err = Proxy::try_start(&config, Engine::Epoll)
+        .err()
+        .expect("must not start");
+    let name = users.0.display().to_string();
+    assert!(
+        err.lines().any(|l| l.contains("route[0].auth.basic.users")
+            && l.contains(&format!("{name} line 3"))
+            && l.contains("bcrypt")),
+        "{err}"
+    );
+}
