@@ -55,8 +55,15 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         .as_ref()
         .filter(|log| log.sampled())
         .map(|_| log_fields(&client.buf, head, rid.bytes()));
-    let prepared = match client.listener.redirect_https {
-        Some(r) => https_location(&client.buf, head, r.port).map(|loc| {
+    // The listener's rate limit first: it counts every request on the listener, redirected
+    // or routed (even one that finds no route).
+    let listener_limit = client.listener.rate_limit.as_ref().and_then(|limit| {
+        let counter = &ctx.stats.limited_listener;
+        limited(ctx, limit, counter, &client.buf, head, &facts)
+    });
+    let prepared = match (listener_limit, client.listener.redirect_https) {
+        (Some(answer), _) => Ok(answer),
+        (None, Some(r)) => https_location(&client.buf, head, r.port).map(|loc| {
             let c = if r.status == 308 {
                 Canned::PermanentRedirect
             } else {
@@ -64,7 +71,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             };
             Plan::Answer(c, b"Location", loc)
         }),
-        None => plan(ctx, client, head, &facts, &rid, &mut trace).await,
+        (None, None) => plan(ctx, client, head, &facts, &rid, &mut trace).await,
     };
     // The head has been encoded for the upstream (or refused): from here on the client buffer
     // holds only the body and whatever was pipelined after it.
@@ -75,7 +82,11 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             let body_unread = !facts.framing.is_empty();
             let close = !facts.keep_alive || facts.minor == 0 || body_unread || ctx.draining();
             trace.status = Some(c.status());
-            let outcome = respond_canned_with(ctx, client, c, close, &[(name, &value)]).await;
+            let head_only = facts.method == Method::Head;
+            let rid_header = cfg_rid_header(ctx, &rid);
+            let fields = [(name, &value[..]), rid_header.unwrap_or((b"", b""))];
+            let n = if rid_header.is_some() { 2 } else { 1 };
+            let outcome = respond_canned_with(ctx, client, c, close, head_only, &fields[..n]).await;
             if body_unread {
                 linger_close(client).await;
             }
@@ -140,8 +151,15 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 trace.status = Some(c.status());
                 trace.bytes_out = 0;
                 let rid_header = cfg_rid_header(ctx, &rid);
-                let outcome =
-                    respond_canned_with(ctx, client, c, close, rid_header.as_slice()).await;
+                let outcome = respond_canned_with(
+                    ctx,
+                    client,
+                    c,
+                    close,
+                    facts.method == Method::Head,
+                    rid_header.as_slice(),
+                )
+                .await;
                 if body_unread {
                     linger_close(client).await;
                 }
@@ -187,18 +205,6 @@ async fn plan<'a>(
     rid: &RequestId,
     trace: &mut Trace,
 ) -> Result<Plan<'a>, Canned> {
-    if let Some(limit) = &client.listener.rate_limit {
-        if let Some(answer) = limited(
-            ctx,
-            limit,
-            &ctx.stats.limited_listener,
-            &client.buf,
-            head,
-            facts,
-        ) {
-            return Ok(answer);
-        }
-    }
     let routed = route(ctx, client, head, facts, trace)?;
     if let Some(limit) = &ctx.shared.config.routes[routed.index].rate_limit {
         if let Some(answer) = limited(

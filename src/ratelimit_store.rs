@@ -29,6 +29,17 @@ const KEEP_ROUNDS: u64 = 100;
 /// Counters in Redis expire this long after their last update.
 const KEY_TTL_MS: u64 = 120_000;
 
+/// Keys per pipeline: a round with more sends several, so no single one holds Redis up.
+const PIPELINE_KEYS: usize = 4096;
+
+/// One key to sync: its slot's tag, its fleet name, the tokens spent since the last sync.
+#[derive(Clone, Copy)]
+struct Entry {
+    tag: u64,
+    name: u64,
+    spent: u64,
+}
+
 /// What the thread remembers of a key between syncs.
 struct Known {
     /// The fleet's total for the key at the last sync.
@@ -101,20 +112,30 @@ impl Store {
                     }
                     self.conn = None;
                     self.retry_at = Instant::now() + Duration::from_secs(1);
+                    // The next sync only takes a new baseline: what the others spent meanwhile
+                    // (and what this process did, if Redis took it before the reply was lost)
+                    // is not charged after the fact.
+                    for k in self.known.values_mut() {
+                        k.total = u64::MAX;
+                    }
                 }
             }
         }
     }
 
-    /// (tag, tokens spent since the last sync, nanoseconds per token) of every key to sync.
-    fn collect(&mut self) -> Vec<(u64, u64, u64)> {
+    /// Every key to sync, with what it spent since the last sync.
+    fn collect(&mut self) -> Vec<Entry> {
         let mut batch = Vec::new();
         for slot in self.table.slots.iter() {
             let tag = slot.tag.load(Ordering::Acquire);
             if tag == 0 {
                 continue;
             }
-            let spent = slot.spent.swap(0, Ordering::Relaxed);
+            // A load first: most slots spent nothing, and a swap would write their line.
+            let spent = match slot.spent.load(Ordering::Relaxed) {
+                0 => 0,
+                _ => slot.spent.swap(0, Ordering::Relaxed),
+            };
             let round = self.round;
             let keep = if spent > 0 {
                 self.known
@@ -131,17 +152,26 @@ impl Store {
                     .is_some_and(|k| round - k.active < KEEP_ROUNDS)
             };
             if keep {
-                batch.push((tag, spent, slot.interval.load(Ordering::Relaxed)));
+                batch.push(Entry {
+                    tag,
+                    name: slot.name.load(Ordering::Relaxed),
+                    spent,
+                });
             }
         }
         // Forget keys no longer synced.
         let round = self.round;
         self.known.retain(|_, k| round - k.active < KEEP_ROUNDS);
+        // Bounded under churn: never more keys than slots for long.
+        if self.known.len() > self.table.slots.len() {
+            self.known.retain(|_, k| round - k.active < 2);
+        }
         batch
     }
 
-    /// One pipeline: `INCRBY` (and a fresh expiry) per key; the fleet's new totals.
-    fn sync(&mut self, batch: &[(u64, u64, u64)]) -> redis::RedisResult<Vec<u64>> {
+    /// `INCRBY` (and a fresh expiry) per key, in pipelines of [`PIPELINE_KEYS`]; the fleet's
+    /// new totals.
+    fn sync(&mut self, batch: &[Entry]) -> redis::RedisResult<Vec<u64>> {
         let timeout = self.every.max(Duration::from_millis(200));
         let conn = match &mut self.conn {
             Some(conn) => conn,
@@ -153,31 +183,35 @@ impl Store {
                 self.conn.insert(conn)
             }
         };
-        let mut pipe = redis::pipe();
-        for (tag, spent, _) in batch {
-            let key = format!("edgeshard:rl:{tag:016x}");
-            pipe.cmd("INCRBY").arg(&key).arg(*spent);
-            pipe.cmd("PEXPIRE").arg(&key).arg(KEY_TTL_MS).ignore();
+        let mut totals = Vec::with_capacity(batch.len());
+        for part in batch.chunks(PIPELINE_KEYS) {
+            let mut pipe = redis::pipe();
+            for e in part {
+                let key = format!("edgeshard:rl:{:016x}", e.name);
+                pipe.cmd("INCRBY").arg(&key).arg(e.spent);
+                pipe.cmd("PEXPIRE").arg(&key).arg(KEY_TTL_MS).ignore();
+            }
+            totals.extend(pipe.query::<Vec<u64>>(conn)?);
         }
-        pipe.query(conn)
+        Ok(totals)
     }
 
     /// Charges each key what the rest of the fleet spent since the last sync.
-    fn apply(&mut self, batch: &[(u64, u64, u64)], totals: &[u64]) {
+    fn apply(&mut self, batch: &[Entry], totals: &[u64]) {
         let now = self.table.now_ns();
-        for (&(tag, spent, interval), &total) in batch.iter().zip(totals) {
-            let known = self.known.entry(tag).or_insert(Known {
+        for (e, &total) in batch.iter().zip(totals) {
+            let known = self.known.entry(e.tag).or_insert(Known {
                 total: u64::MAX,
                 active: self.round,
             });
             // First sight (or the counter expired and started again): nothing to charge.
             let others = match known.total {
                 u64::MAX => 0,
-                before => total.saturating_sub(before).saturating_sub(spent),
+                before => total.saturating_sub(before).saturating_sub(e.spent),
             };
             known.total = total;
-            if others > 0 && interval > 0 {
-                self.table.charge(tag, others, interval, now);
+            if others > 0 {
+                self.table.charge(e.tag, others, now);
             }
         }
     }

@@ -555,6 +555,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         format!("{:?}", old.congestion.client),
         format!("{:?}", new.congestion.client),
     );
+    differs(
+        "rate_limits",
+        format!("{:?}", old.rate_limits),
+        format!("{:?}", new.rate_limits),
+    );
     notes
 }
 

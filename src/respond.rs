@@ -265,7 +265,7 @@ pub async fn respond_canned(
     c: Canned,
     close: bool,
 ) -> Outcome {
-    respond_canned_with(ctx, client, c, close, &[]).await
+    respond_canned_with(ctx, client, c, close, false, &[]).await
 }
 
 /// The request-id field for the proxy's own answers, when ids are returned to clients.
@@ -278,12 +278,14 @@ pub fn cfg_rid_header<'a>(ctx: &'a ShardCtx, rid: &'a RequestId) -> Option<(&'a 
 pub type Field<'a> = (&'a [u8], &'a [u8]);
 
 /// [`respond_canned`] with more header fields (the request id, `Location`, `Retry-After`,
-/// `WWW-Authenticate`) in the head.
+/// `WWW-Authenticate`) in the head; `head_only`: the answer to a `HEAD` (the same head, no
+/// body: the client would read a body as the start of the next response).
 pub async fn respond_canned_with(
     ctx: &ShardCtx,
     client: &mut Client,
     c: Canned,
     close: bool,
+    head_only: bool,
     extra: &[Field<'_>],
 ) -> Outcome {
     ctx.stats.canned(c);
@@ -296,6 +298,11 @@ pub async fn respond_canned_with(
         extra,
         &mut out,
     );
+    if head_only {
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            out.truncate(end + 4);
+        }
+    }
     let n = out.len();
     let t = ctx.shared.config.timeouts.client_send;
     let r = write_from(&mut client.stream, &mut out, 0, n, &mut client.deadline, t).await;

@@ -148,7 +148,9 @@ both_engines! {
         let (ok, refused, secs) = hammer(&[&a, &b], 8, 4);
         let received = origin.request_count() as f64;
         assert_eq!(received as usize, ok);
-        let expected = BURST + RATE * secs;
+        // One burst per process before the first sync, and the rate over the run and the last
+        // sync interval (each bucket learns of the other's spending that late).
+        let expected = 2.0 * BURST + RATE * (secs + 0.05);
         let error = (received - expected) / expected;
         eprintln!("shared store: admitted {received} in {secs:.2} s, expected {expected:.0} ({:+.1} %), {refused} refused", error * 100.0);
         assert!(

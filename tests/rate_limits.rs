@@ -47,6 +47,41 @@ both_engines! {
         limited(proxy.admin_addr(), "route", 1.0);
     }
 
+    // A 429 to HEAD has no body (the client would read it as the next response), carries the
+    // request id like the proxy's other answers, and the connection goes on.
+    fn a_429_to_head_has_no_body_and_carries_the_request_id(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", "path_prefix = \"/l/\"\nrate_limit = { rate = 0.1, burst = 1 }")
+            .route("main", "")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&request("HEAD", "/l/a", &[("Host", "e.example")], b""));
+        assert_eq!(c.read_response_for("HEAD").status(), 200);
+        c.send(&request("HEAD", "/l/a", &[("Host", "e.example")], b""));
+        let r = c.read_response_for("HEAD");
+        assert_eq!(r.status(), 429);
+        assert!(r.header("X-Request-Id").is_some(), "{:?}", r.head);
+        c.send(&get("e.example", "/next"));
+        let r = c.read_response();
+        assert_eq!(r.status(), 200, "the 429 left nothing behind on the connection");
+        assert_eq!(origin.request_count(), 2);
+    }
+
+    // A listener's limit counts requests a redirect_https listener answers itself, too.
+    fn a_redirect_listener_is_limited_too(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr())
+            .only_listener("address = \"127.0.0.1:0\"\nredirect_https = { port = 8443, status = 308 }\nrate_limit = { rate = 0.1, burst = 1, key = \"listener\" }")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("e.example", "/a"));
+        assert_eq!(c.read_response().status(), 308);
+        c.send(&get("e.example", "/a"));
+        assert_eq!(c.read_response().status(), 429);
+    }
+
     fn keys_have_their_own_buckets_and_a_request_without_the_key_passes(engine) {
         let origin = Origin::start("o");
         let proxy = Config::new()

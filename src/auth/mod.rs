@@ -166,7 +166,7 @@ pub async fn answer(
                 fields[n] = f;
                 n += 1;
             }
-            respond_canned_with(ctx, client, *c, close, &fields[..n]).await
+            respond_canned_with(ctx, client, *c, close, head_only, &fields[..n]).await
         }
         Denial::Relayed { head, body, .. } => {
             let mut out = ctx.buffer();

@@ -2,7 +2,6 @@
 //! routes, and the process-wide `[rate_limits]` table (its size, the optional shared store).
 //! Checked into [`RateLimit`] and [`RateLimits`]; enforced by [`crate::ratelimit`].
 
-use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -123,14 +122,20 @@ pub(super) fn rate_limit(
         },
     };
     let interval_ns = (1e9 / raw.rate).round().max(1.0) as u64;
-    let mut h = std::hash::DefaultHasher::new();
-    (scope, format!("{key:?}"), interval_ns, burst).hash(&mut h);
+    // A fixed hash (not std's, which may change between releases): processes of a fleet
+    // sharing a store must give a rule the same id.
+    let id = crate::ratelimit::fnv1a(&[
+        scope.as_bytes(),
+        format!("{key:?}").as_bytes(),
+        &interval_ns.to_le_bytes(),
+        &burst.to_le_bytes(),
+    ]);
     Some(RateLimit {
         rate: raw.rate,
         burst,
         key,
         interval_ns,
-        id: h.finish(),
+        id,
     })
 }
 
@@ -144,35 +149,78 @@ pub(super) fn rate_limits(c: &mut Checker, raw: Option<RawRateLimits>) -> RateLi
         16,
         1 << 24,
     );
-    let store = raw.store.and_then(|s| match s.strip_prefix("redis://") {
-        Some(rest) if !rest.is_empty() && !rest.contains(['@', '?']) => {
-            let rest = rest.trim_end_matches('/');
-            Some(
-                if rest
-                    .rsplit_once(':')
-                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-                {
-                    rest.to_string()
-                } else {
-                    format!("{rest}:6379")
-                },
-            )
-        }
-        _ => {
+    let store = raw.store.and_then(|s| match store_address(&s) {
+        Some(a) => Some(a),
+        None => {
             c.err(
                 "rate_limits.store",
-                format!("{s:?}: write \"redis://HOST:PORT\" (no user, password or database)"),
+                format!("{s:?}: write \"redis://HOST:PORT\" (HOST a name, an IPv4 address or [IPv6]; no user, password, database or path)"),
             );
             None
         }
     });
+    let sync_interval = c.duration(
+        "rate_limits.sync_interval",
+        raw.sync_interval.as_ref(),
+        DEFAULT_SYNC_INTERVAL,
+    );
+    if sync_interval < Duration::from_millis(10) {
+        c.err(
+            "rate_limits.sync_interval",
+            "must be at least 10ms (each sync is a round trip to the store)",
+        );
+    }
     RateLimits {
         max_keys,
         store,
-        sync_interval: c.duration(
-            "rate_limits.sync_interval",
-            raw.sync_interval.as_ref(),
-            DEFAULT_SYNC_INTERVAL,
-        ),
+        sync_interval: sync_interval.max(Duration::from_millis(10)),
+    }
+}
+
+/// `redis://HOST:PORT` (or `redis://HOST`, port 6379) as `HOST:PORT`: HOST a DNS name, an
+/// IPv4 address or a bracketed IPv6 address; nothing after the port but an optional `/`.
+fn store_address(s: &str) -> Option<String> {
+    let rest = s.strip_prefix("redis://")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if (h.starts_with('[') && h.ends_with(']')) || !h.contains(':') => {
+            (h, p.parse::<u16>().ok().filter(|&p| p != 0)?)
+        }
+        _ => (rest, 6379),
+    };
+    let ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        }
+    };
+    ok.then(|| format!("{host}:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::store_address;
+
+    #[test]
+    fn store_addresses() {
+        for (text, want) in [
+            ("redis://127.0.0.1:6380", Some("127.0.0.1:6380")),
+            ("redis://cache.internal", Some("cache.internal:6379")),
+            ("redis://cache.internal:7000/", Some("cache.internal:7000")),
+            ("redis://[::1]:6379", Some("[::1]:6379")),
+            ("redis://[::1]", Some("[::1]:6379")),
+            ("redis://h:6379/0", None),
+            ("redis://::1", None),
+            ("redis://user:pw@h:1", None),
+            ("redis://h:0", None),
+            ("redis://", None),
+            ("http://h:1", None),
+        ] {
+            assert_eq!(store_address(text).as_deref(), want, "{text}");
+        }
     }
 }
