@@ -335,7 +335,8 @@ fn copy_response_fields(
             | HeaderKind::KeepAlive
             | HeaderKind::ProxyConnection
             | HeaderKind::Te
-            | HeaderKind::TransferEncoding => false,
+            | HeaderKind::TransferEncoding
+            | HeaderKind::FramingLookalike => false,
             _ => {
                 let name = h.name.get(buf);
                 let eq = |s: &[u8]| name.eq_ignore_ascii_case(s);

@@ -59,6 +59,10 @@ pub enum HeaderKind {
     XForwardedFor,
     XForwardedProto,
     XForwardedHost,
+    /// `Content_Length`, `Transfer_Encoding` (any case): valid names of their own, but a
+    /// backend that reads `_` as `-` (CGI and WSGI environments do) would see a second
+    /// framing field. Never forwarded, either way.
+    FramingLookalike,
     Other,
 }
 
@@ -75,10 +79,12 @@ impl HeaderKind {
             10 if eq("connection") => HeaderKind::Connection,
             10 if eq("keep-alive") => HeaderKind::KeepAlive,
             14 if eq("content-length") => HeaderKind::ContentLength,
+            14 if eq("content_length") => HeaderKind::FramingLookalike,
             15 if eq("x-forwarded-for") => HeaderKind::XForwardedFor,
             16 if eq("proxy-connection") => HeaderKind::ProxyConnection,
             16 if eq("x-forwarded-host") => HeaderKind::XForwardedHost,
             17 if eq("transfer-encoding") => HeaderKind::TransferEncoding,
+            17 if eq("transfer_encoding") => HeaderKind::FramingLookalike,
             17 if eq("x-forwarded-proto") => HeaderKind::XForwardedProto,
             _ => HeaderKind::Other,
         }
