@@ -14,6 +14,10 @@ struct UsersFile(PathBuf);
 
 impl UsersFile {
     fn new() -> UsersFile {
+        UsersFile::with_cost(4)
+    }
+
+    fn with_cost(cost: u32) -> UsersFile {
         static N: AtomicUsize = AtomicUsize::new(0);
         let path = std::env::temp_dir().join(format!(
             "edgeshard-test-users-{}-{}",
@@ -21,7 +25,7 @@ impl UsersFile {
             N.fetch_add(1, Ordering::SeqCst)
         ));
         // htpasswd -B writes $2y$; the crate writes $2b$: the same algorithm.
-        let hash = bcrypt::hash("open sesame", 4)
+        let hash = bcrypt::hash("open sesame", cost)
             .unwrap()
             .replace("$2b$", "$2y$");
         std::fs::write(&path, format!("# test users\nalice:{hash}\n")).unwrap();
@@ -274,6 +278,65 @@ both_engines! {
         assert_eq!(c.read_response().status(), 500);
         assert_eq!(origin.request_count(), 0);
         auth_counted(proxy.admin_addr(), "forward", &[("error", 1.0), ("ok", 0.0)]);
+    }
+
+    // More bcrypt checks at once than `limits.auth_pending` allows: the excess gets 503 with
+    // Retry-After at once (a flood of passwords cannot queue without bound), counted.
+    fn a_flood_of_password_checks_is_bounded(engine) {
+        let origin = Origin::start("o");
+        // Cost 8: slow enough (the debug build's bcrypt) that all requests arrive while the
+        // first check runs.
+        let users = UsersFile::with_cost(8);
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", &format!("auth = {{ basic = {{ users = \"{}\" }} }}", users.0.display()))
+            .limit("auth_pending", "1")
+            .admin("")
+            .start(engine);
+        let value = basic("alice:wrong");
+        let mut conns: Vec<Client> = (0..6).map(|_| Client::connect(proxy.addr())).collect();
+        for c in &mut conns {
+            c.send(&request("GET", "/", &[("Host", "e.example"), ("Authorization", &value)], b""));
+        }
+        let mut statuses = Vec::new();
+        for c in &mut conns {
+            let r = c.read_response();
+            if r.status() == 503 {
+                assert_eq!(r.header("Retry-After"), Some("1"), "{:?}", r.head);
+            }
+            statuses.push(r.status());
+        }
+        let overloaded = statuses.iter().filter(|&&s| s == 503).count();
+        assert!(overloaded >= 1, "{statuses:?}");
+        assert!(statuses.iter().all(|&s| s == 503 || s == 401), "{statuses:?}");
+        assert_eq!(origin.request_count(), 0);
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(
+            m.value("edgeshard_auth_total", &[("mode", "basic"), ("result", "overloaded")]),
+            overloaded as f64
+        );
+    }
+
+    // An auth service that accepts and never answers: cut at `timeout`, 500, counted.
+    fn forward_auth_that_never_answers_times_out_with_500(engine) {
+        let origin = Origin::start("o");
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .upstream("auth", &[silent.local_addr().unwrap()])
+            .route("main", "auth = { forward = { upstream = \"auth\", uri = \"/check\", timeout = \"300ms\" } }")
+            .admin("")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        let started = std::time::Instant::now();
+        c.send(&request("GET", "/app", &[("Host", "e.example")], b""));
+        assert_eq!(c.read_response().status(), 500);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(300), "answered before the timeout: {took:?}");
+        assert!(took < Duration::from_secs(5), "the timeout did not cut it: {took:?}");
+        assert_eq!(origin.request_count(), 0);
+        auth_counted(proxy.admin_addr(), "forward", &[("error", 1.0), ("ok", 0.0)]);
+        drop(silent);
     }
 }
 
