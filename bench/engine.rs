@@ -120,6 +120,8 @@ fn encode(c: &mut Criterion) {
                     framing: OutFraming::None,
                     set: &[],
                     https: false,
+                    upstream_host: None,
+                    rules: None,
                 };
                 upstream_request_head(&input, &head, &req, &mut out);
                 black_box(out.len())

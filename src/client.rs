@@ -63,6 +63,9 @@ pub struct ListenerSide {
     pub proxy_protocol: bool,
     /// Its `rate_limit`, checked per request before routing.
     pub rate_limit: Option<crate::config::RateLimit>,
+    /// Its `request_headers` / `response_headers` ([`crate::rules`]).
+    pub request_headers: Option<Box<crate::config::HeaderRules>>,
+    pub response_headers: Option<Box<crate::config::HeaderRules>>,
 }
 
 impl ListenerSide {
@@ -91,6 +94,16 @@ impl ListenerSide {
                 .listeners
                 .get(listener)
                 .is_some_and(|l| l.proxy_protocol),
+            request_headers: shared
+                .config
+                .listeners
+                .get(listener)
+                .and_then(|l| l.request_headers.clone()),
+            response_headers: shared
+                .config
+                .listeners
+                .get(listener)
+                .and_then(|l| l.response_headers.clone()),
         }
     }
 }

@@ -39,6 +39,7 @@ pub mod relay;
 pub mod reload;
 pub mod respond;
 pub mod route;
+pub mod rules;
 pub mod sdnotify;
 pub mod shard;
 pub mod snapshot;

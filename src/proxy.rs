@@ -18,6 +18,7 @@ use crate::http::encode::{split_target, upstream_request_head, OutFraming, Upstr
 use crate::http::parse::{BodyFraming, Method, RequestHead};
 use crate::respond::{cfg_rid_header, linger_close, relay_response, respond_canned_with, Respond};
 use crate::route::{has_dot_segment, valid_authority};
+use crate::rules::{location, path_and_query, rewrite_target, Fields, Vars};
 use crate::shard::ShardCtx;
 use crate::stats::bump;
 use crate::trace::{log_fields, request_id, RequestId, Trace};
@@ -218,6 +219,11 @@ async fn plan<'a>(
             return Ok(answer);
         }
     }
+    let rules = &ctx.shared.config.routes[routed.index].rules;
+    if let Some(r) = &rules.redirect {
+        let vars = vars(ctx, client, facts, rid, &routed);
+        return Ok(Plan::Answer(r.status, b"Location", location(r, &vars)));
+    }
     let granted = match &ctx.shared.config.routes[routed.index].auth {
         None => Granted::default(),
         Some(a) => {
@@ -360,12 +366,33 @@ fn prepare<'a>(
     } else {
         &with_auth[..]
     };
+    // The route's rules: a rewritten target, its Host, header rules with their variables.
+    let route_cfg = &shared.config.routes[route.index];
+    let rewritten = match &route_cfg.rules.rewrite {
+        Some(rw) => Some(
+            rewrite_target(rw, target.path, shared.config.limits.max_uri_bytes)
+                .map_err(|_| Canned::InternalServerError)?,
+        ),
+        None => None,
+    };
+    let sent = crate::http::encode::Target {
+        path: rewritten.as_deref().unwrap_or(target.path),
+        authority: target.authority,
+    };
+    let vars;
+    let rules = match (&client.listener.request_headers, &route_cfg.rules.request) {
+        (None, None) => None,
+        (l, r) => {
+            vars = self::vars(ctx, client, facts, rid, routed);
+            Fields::of(l.as_deref(), r.as_deref(), &vars)
+        }
+    };
     let mut out = ctx.buffer();
     upstream_request_head(
         buf,
         head,
         &UpstreamRequest {
-            target,
+            target: &sent,
             host,
             client_ip: client.peer.ip(),
             // X-Forwarded-For from anyone but a trusted proxy is a claim nobody vouches for:
@@ -377,6 +404,8 @@ fn prepare<'a>(
             // client can never set.
             set,
             https,
+            upstream_host: route_cfg.rules.upstream_host.as_deref().map(str::as_bytes),
+            rules,
         },
         &mut out,
     );
@@ -427,14 +456,34 @@ fn limited(
     })
 }
 
+/// The template variables of a routed request (for its redirect or request header rules).
+fn vars<'b>(
+    ctx: &'b ShardCtx,
+    client: &Client,
+    facts: &RequestFacts,
+    rid: &'b RequestId,
+    routed: &Routed<'b>,
+) -> Vars<'b> {
+    let (path, query) = path_and_query(routed.target.path);
+    Vars {
+        client_ip: facts.client_ip,
+        request_id: rid.bytes(),
+        host: routed.host,
+        https: crate::tls::client_facts(client).0,
+        path,
+        query,
+        route: &ctx.shared.config.routes[routed.index].name,
+    }
+}
+
 /// What the head asks of the pipeline.
 enum Plan<'a> {
     /// Forward it to a backend.
     Forward(Prepared<'a>),
     /// The route's auth refused it: this is the answer.
     Deny(auth::Denial),
-    /// Answer it here with this status and one more field: `redirect_https`'s `Location`,
-    /// a rate limit's `Retry-After`.
+    /// Answer it here with this status and one more field: `redirect_https`'s or a route
+    /// `redirect`'s `Location`, a rate limit's `Retry-After`.
     Answer(Canned, &'static [u8], Vec<u8>),
 }
 

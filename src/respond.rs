@@ -20,6 +20,7 @@ use crate::http::encode::{
 use crate::http::parse::{BodyFraming, Method, ParseError, ResponseHead};
 use crate::io::{read_more, write_from, IoFail};
 use crate::relay::{relay_body, BodyPlan, Leg, RelayError};
+use crate::rules::{Fields, Vars};
 use crate::shard::ShardCtx;
 use crate::snapshot::Shared;
 use crate::splice::{relay_spliced, PipeLoan, PipePool, SplicePlan, SplicedBody};
@@ -100,10 +101,24 @@ pub async fn relay_response(
         set[n_set] = (b"Server", server.as_bytes());
         n_set += 1;
     }
+    // The listener's and route's `response_headers` (variables known after the request
+    // head is gone: no host, path or query).
+    let route = trace.route.map(|i| &cfg.routes[i]);
+    let vars = Vars {
+        client_ip: facts.client_ip,
+        request_id: rid.bytes(),
+        host: b"",
+        https: crate::tls::client_facts(client).0,
+        path: b"",
+        query: b"",
+        route: route.map_or("", |r| r.name.as_str()),
+    };
+    let route_rules = route.and_then(|r| r.rules.response.as_deref());
     let rw = Rewrite {
         set: &set[..n_set],
         hide: &cfg.response.hide,
         date: Some(r.date),
+        rules: Fields::of(listener.response_headers.as_deref(), route_rules, &vars),
     };
     out.clear();
     if head.status == 101 {

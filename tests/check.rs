@@ -30,6 +30,8 @@ address = "127.0.0.1:0"
 allow = ["10.0.0.0/8", "127.0.0.1"]
 deny = ["10.6.6.0/24"]
 rate_limit = { rate = 1000, burst = 2000, key = "listener" }
+request_headers = { set = { "X-Edge" = "${scheme}" }, add = { "X-Hop" = "edge" }, remove = ["X-Debug"] }
+response_headers = { set = { "X-Edge-Id" = "${request_id}" }, add = { "X-Edge" = "1" }, remove = ["X-Internal"], preset = "security" }
 
 [[listener]]
 address = "127.0.0.1:0"
@@ -69,6 +71,22 @@ auth = { basic = { realm = "staff", users = "@CERTS@/users", cache_ttl = "5m", f
 path_prefix = "/app/"
 upstream = "api"
 auth = { forward = { upstream = "hash", uri = "/check", copy_headers = ["X-User"], timeout = "2s", max_body = "64KiB" } }
+
+[[route]]
+name = "rules"
+path_prefix = "/rules/"
+upstream = "api"
+strip_prefix = "/rules"
+rewrite = { regex = "^/old/(.*)$", replace = "/new/$1" }
+add_prefix = "/v2"
+upstream_host = "api.internal"
+request_headers = { set = { "X-Route" = "${route} ${host}${path}?${query}" }, add = { "X-Client" = "${client_ip}" }, remove = ["X-Debug"] }
+response_headers = { set = { "X-Id" = "${request_id}" }, add = { "X-Scheme" = "${scheme}" }, remove = ["X-Internal"], preset = "security" }
+
+[[route]]
+path_prefix = "/moved/"
+upstream = "api"
+redirect = { status = 301, to = "https://www.example.com${path}", query = false }
 
 [[route]]
 upstream = "web"

@@ -35,6 +35,7 @@ mod resilience;
 mod response_framing;
 mod robustness;
 mod routing;
+mod rules;
 mod shutdown;
 mod slow_clients;
 mod smuggling;

@@ -135,6 +135,8 @@ pub struct RouteConfig {
     pub rate_limit: Option<RateLimit>,
     /// `auth`: checked after `access` ([`crate::auth`]).
     pub auth: Option<RouteAuth>,
+    /// Header rules, rewrites, `upstream_host`, `redirect` ([`crate::rules`]).
+    pub rules: RouteRules,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -207,6 +209,9 @@ pub struct ListenerConfig {
     pub proxy_protocol: bool,
     /// `rate_limit`: a token bucket every request on this listener passes first.
     pub rate_limit: Option<RateLimit>,
+    /// `request_headers` / `response_headers`: applied before a route's own.
+    pub request_headers: Option<Box<HeaderRules>>,
+    pub response_headers: Option<Box<HeaderRules>>,
 }
 
 /// Default `server.drain_grace`: long enough for a request a client sent as the drain began
@@ -229,6 +234,7 @@ mod ratelimit;
 mod raw;
 mod resilience;
 mod response;
+mod rules;
 mod tls;
 
 pub use access::{holds, AccessList, IpNet};
@@ -247,6 +253,8 @@ use raw::{
 };
 pub use resilience::Resilience;
 pub use response::ResponseFields;
+pub(super) use rules::valid_host;
+pub use rules::{HeaderRules, Part, PathRewrite, Redirect, RouteRules, Template, Var};
 pub use tls::{
     suite_names, CertificateFiles, ClientAuth, ListenerTls, RedirectHttps, TlsVersions,
     UpstreamTls, HANDSHAKE_TIMEOUT, MAX_HANDSHAKES,
@@ -613,9 +621,10 @@ impl Config {
         let mut route_names = HashSet::new();
         for (i, v) in array(&mut c, &mut table, "route").into_iter().enumerate() {
             let path = format!("route[{i}]");
-            let Some(r) = c.section::<RawRoute>(&path, v) else {
+            let Some(mut r) = c.section::<RawRoute>(&path, v) else {
                 continue;
             };
+            let rules = rules::route_rules(&mut c, &path, &mut r);
             let host = match r.host.as_deref() {
                 None | Some("*") => HostMatch::Any,
                 Some(h) => match h.strip_prefix("*.") {
@@ -662,11 +671,7 @@ impl Config {
             }
             let mut headers = Vec::new();
             for (name, value) in r.headers.unwrap_or_default() {
-                if name.is_empty()
-                    || !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-                {
+                if !rules::token(&name) {
                     c.err(format!("{path}.headers.{name}"), "invalid header name");
                 }
                 headers.push((name.to_ascii_lowercase(), value));
@@ -720,6 +725,7 @@ impl Config {
                 access,
                 rate_limit,
                 auth,
+                rules,
             });
         }
         let rate_limits = table
@@ -775,13 +781,6 @@ impl Config {
         s.push_str(&format!("{} routes\n", self.routes.len()));
         s
     }
-}
-
-pub(super) fn valid_host(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 253
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
 }
 
 /// A valid configuration with one `[[listener]]` per address, in order, and one upstream

@@ -47,6 +47,8 @@ pub(super) struct RawListener {
     pub(super) deny: Option<Vec<String>>,
     pub(super) proxy_protocol: Option<bool>,
     pub(super) rate_limit: Option<super::ratelimit::RawRateLimit>,
+    pub(super) request_headers: Option<super::rules::RawHeaderRules>,
+    pub(super) response_headers: Option<super::rules::RawHeaderRules>,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +65,13 @@ pub(super) struct RawRoute {
     pub(super) deny: Option<Vec<String>>,
     pub(super) rate_limit: Option<super::ratelimit::RawRateLimit>,
     pub(super) auth: Option<super::auth::RawAuth>,
+    pub(super) strip_prefix: Option<String>,
+    pub(super) add_prefix: Option<String>,
+    pub(super) rewrite: Option<super::rules::RawRewrite>,
+    pub(super) upstream_host: Option<String>,
+    pub(super) request_headers: Option<super::rules::RawHeaderRules>,
+    pub(super) response_headers: Option<super::rules::RawHeaderRules>,
+    pub(super) redirect: Option<super::rules::RawRedirect>,
 }
 
 #[derive(Deserialize)]

@@ -396,6 +396,18 @@ pub(super) fn listeners(
                     access,
                     proxy_protocol,
                     rate_limit,
+                    request_headers: super::rules::header_rules(
+                        c,
+                        &format!("{path}.request_headers"),
+                        l.request_headers,
+                        false,
+                    ),
+                    response_headers: super::rules::header_rules(
+                        c,
+                        &format!("{path}.response_headers"),
+                        l.response_headers,
+                        true,
+                    ),
                 });
             }
         }

@@ -4,8 +4,12 @@
 /// A status the proxy itself answers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Canned {
-    /// `redirect_https` answers, with a `Location` (see [`crate::proxy`]).
+    /// `redirect_https` and route `redirect` answers, with a `Location` (see [`crate::proxy`]).
     MovedPermanently,
+    /// Route `redirect` answers only.
+    Found,
+    SeeOther,
+    TemporaryRedirect,
     PermanentRedirect,
     BadRequest,
     /// A route's `auth` refused the request, with a `WWW-Authenticate` challenge.
@@ -72,6 +76,9 @@ macro_rules! canned_table {
 
 canned_table! {
     MovedPermanently => 301, "Moved Permanently", 18, "moved permanently\n", false;
+    Found => 302, "Found", 6, "found\n", false;
+    SeeOther => 303, "See Other", 10, "see other\n", false;
+    TemporaryRedirect => 307, "Temporary Redirect", 19, "temporary redirect\n", false;
     PermanentRedirect => 308, "Permanent Redirect", 19, "permanent redirect\n", false;
     BadRequest => 400, "Bad Request", 12, "bad request\n", true;
     Unauthorized => 401, "Unauthorized", 13, "unauthorized\n", false;

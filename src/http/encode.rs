@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use super::date::DateCache;
 use super::parse::{BodyFraming, HeaderKind, RequestHead, ResponseHead};
+use crate::rules::Fields;
 
 /// How the body will be written on the outgoing side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +98,11 @@ pub struct UpstreamRequest<'a> {
     pub set: SetHeader<'a>,
     /// The client spoke TLS to us: `X-Forwarded-Proto: https`.
     pub https: bool,
+    /// A route's `upstream_host`: the Host sent instead of `host` (which X-Forwarded-Host
+    /// still carries).
+    pub upstream_host: Option<&'a [u8]>,
+    /// The listener's and route's `request_headers`, when either has any.
+    pub rules: Option<Fields<'a>>,
 }
 
 /// Writes the request head for the upstream: the client's head (`buf`, `head`) as `req`
@@ -115,6 +121,8 @@ pub fn upstream_request_head(
         framing,
         set,
         https,
+        upstream_host,
+        rules,
     } = *req;
     out.extend_from_slice(head.method.get(buf));
     out.push(b' ');
@@ -124,7 +132,7 @@ pub fn upstream_request_head(
     }
     out.extend_from_slice(target.path);
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    out.extend_from_slice(host);
+    out.extend_from_slice(upstream_host.unwrap_or(host));
     out.extend_from_slice(b"\r\n");
     let mut has_xff = false;
     for h in &head.headers {
@@ -133,6 +141,7 @@ pub fn upstream_request_head(
                 let name = h.name.get(buf);
                 if (!head.conn_tokens.is_empty() && head.named_in_connection(buf, name))
                     || replaced(set, name)
+                    || rules.is_some_and(|r| r.drops(name))
                 {
                     continue;
                 }
@@ -175,6 +184,9 @@ pub fn upstream_request_head(
     }
     out.extend_from_slice(b"Via: 1.1 edgeshard\r\n");
     write_set(set, out);
+    if let Some(r) = rules {
+        r.write(set, out);
+    }
     write_framing(framing, out);
     out.extend_from_slice(b"\r\n");
 }
@@ -215,6 +227,9 @@ pub struct Rewrite<'a> {
     pub set: SetHeader<'a>,
     pub hide: &'a [Box<str>],
     pub date: Option<&'a DateCache>,
+    /// The listener's and route's `response_headers`, when either has any: fields they
+    /// remove or set are dropped, theirs written after `set` (whose names win).
+    pub rules: Option<Fields<'a>>,
 }
 
 impl<'a> Rewrite<'a> {
@@ -224,6 +239,7 @@ impl<'a> Rewrite<'a> {
             set,
             hide: &[],
             date: None,
+            rules: None,
         }
     }
 }
@@ -252,6 +268,9 @@ pub fn client_response_head(
         out.extend_from_slice(b"\r\n");
     }
     write_set(rw.set, out);
+    if let Some(r) = rw.rules {
+        r.write(rw.set, out);
+    }
     write_framing(framing, out);
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -279,6 +298,9 @@ pub fn switching_protocols_head(
         _ => None,
     });
     write_set(rw.set, out);
+    if let Some(r) = rw.rules {
+        r.write(rw.set, out);
+    }
     out.extend_from_slice(b"Connection: upgrade\r\n\r\n");
 }
 
@@ -308,6 +330,7 @@ pub fn interim_response_head(
         set: &[],
         hide,
         date: None,
+        rules: None,
     };
     copy_response_fields(buf, head, rw, out, |kind| match kind {
         HeaderKind::Upgrade | HeaderKind::ContentLength => Some(false),
@@ -353,6 +376,7 @@ fn copy_response_fields(
                 shown
                     && (head.conn_tokens.is_empty() || !head.named_in_connection(buf, name))
                     && !replaced(rw.set, name)
+                    && !rw.rules.is_some_and(|r| r.drops(name))
             }
         });
         if keep {
@@ -366,7 +390,7 @@ fn copy_response_fields(
 }
 
 /// Writes an IP address; IPv4 by hand, since `fmt` costs ~400 instructions per request.
-fn write_ip(ip: IpAddr, out: &mut Vec<u8>) {
+pub fn write_ip(ip: IpAddr, out: &mut Vec<u8>) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
@@ -441,6 +465,8 @@ X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nVia: 1.0 other\r\nTransf
             framing: OutFraming::Chunked,
             set: &[],
             https: false,
+            upstream_host: None,
+            rules: None,
         };
         upstream_request_head(raw, &head, &req, &mut out);
         let s = String::from_utf8(out).unwrap();
@@ -480,6 +506,8 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
             framing: OutFraming::None,
             set: &[(b"X-Request-Id", b"abc")],
             https: false,
+            upstream_host: None,
+            rules: None,
         };
         upstream_request_head(raw, &head, &req, &mut out);
         let s = String::from_utf8(out).unwrap();

@@ -87,6 +87,7 @@ fn canned_reason(c: Canned) -> &'static str {
         504 => "upstream_timeout",
         505 => "version",
         301 | 308 => "redirect_https",
+        302 | 303 | 307 => "redirect",
         _ => "other",
     }
 }

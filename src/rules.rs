@@ -1,0 +1,288 @@
+//! Stage 3 of the pipeline, *route* (its rules): what a chosen route, and the listener,
+//! change in a request and its response, compiled by `config/rules.rs`. [`crate::proxy`]
+//! answers a route's `redirect` ([`location`]) and rewrites the target ([`rewrite_target`])
+//! before encoding; the head encoders ([`crate::http::encode`]) apply header rules
+//! ([`Fields`]) while they copy fields. A request on a route without rules meets none of
+//! this: every entry point is behind an `Option` that is `None`.
+
+use std::net::IpAddr;
+
+use crate::config::{HeaderRules, Part, PathRewrite, Redirect, Template, Var};
+use crate::http::encode::{write_ip, SetHeader};
+use crate::route::has_dot_segment;
+
+/// The values of the template variables for one request: the request as the client sent it.
+pub struct Vars<'a> {
+    pub client_ip: IpAddr,
+    pub request_id: &'a [u8],
+    /// Empty when the response head is written (response rules cannot name it).
+    pub host: &'a [u8],
+    pub https: bool,
+    /// The path without its query; empty for response rules.
+    pub path: &'a [u8],
+    /// The query without its `?`; empty when there is none.
+    pub query: &'a [u8],
+    pub route: &'a str,
+}
+
+impl Vars<'_> {
+    /// Appends `t` expanded.
+    pub fn expand(&self, t: &Template, out: &mut Vec<u8>) {
+        for p in t.parts.iter() {
+            match p {
+                Part::Lit(l) => out.extend_from_slice(l),
+                Part::Var(v) => match v {
+                    Var::ClientIp => write_ip(self.client_ip, out),
+                    Var::RequestId => out.extend_from_slice(self.request_id),
+                    Var::Host => out.extend_from_slice(self.host),
+                    Var::Scheme => {
+                        out.extend_from_slice(if self.https { b"https" } else { b"http" })
+                    }
+                    Var::Path => out.extend_from_slice(self.path),
+                    Var::Query => out.extend_from_slice(self.query),
+                    Var::Route => out.extend_from_slice(self.route.as_bytes()),
+                },
+            }
+        }
+    }
+}
+
+/// Splits an origin-form target into path and query (without its `?`).
+pub fn path_and_query(target: &[u8]) -> (&[u8], &[u8]) {
+    match target.iter().position(|&b| b == b'?') {
+        Some(i) => (&target[..i], &target[i + 1..]),
+        None => (target, b""),
+    }
+}
+
+/// The header rules that apply to one head: the listener's, then the route's, as if applied
+/// one after the other (a route's `set` or `remove` also replaces what the listener wrote).
+#[derive(Clone, Copy)]
+pub struct Fields<'a> {
+    pub levels: [Option<&'a HeaderRules>; 2],
+    pub vars: &'a Vars<'a>,
+}
+
+fn named(rules: Option<&HeaderRules>, name: &[u8]) -> bool {
+    rules.is_some_and(|r| {
+        r.drop
+            .iter()
+            .any(|d| d.len() == name.len() && name.eq_ignore_ascii_case(d.as_bytes()))
+    })
+}
+
+impl<'a> Fields<'a> {
+    /// The rules of these levels, or None when neither has any (nothing to do per field).
+    pub fn of(
+        listener: Option<&'a HeaderRules>,
+        route: Option<&'a HeaderRules>,
+        vars: &'a Vars<'a>,
+    ) -> Option<Fields<'a>> {
+        (listener.is_some() || route.is_some()).then_some(Fields {
+            levels: [listener, route],
+            vars,
+        })
+    }
+
+    /// Whether an incoming field of this name is dropped (removed or replaced).
+    pub fn drops(&self, name: &[u8]) -> bool {
+        self.levels.iter().any(|l| named(*l, name))
+    }
+
+    /// Writes the rules' fields, except those of a name the proxy sets itself (`own`: the
+    /// proxy's fields win) and the listener's that the route drops.
+    pub fn write(&self, own: SetHeader<'_>, out: &mut Vec<u8>) {
+        for (i, level) in self.levels.iter().enumerate() {
+            let Some(rules) = level else { continue };
+            for (name, value) in rules.write.iter() {
+                let n = name.as_bytes();
+                if own.iter().any(|(o, _)| o.eq_ignore_ascii_case(n))
+                    || (i == 0 && named(self.levels[1], n))
+                {
+                    continue;
+                }
+                out.extend_from_slice(n);
+                out.extend_from_slice(b": ");
+                self.vars.expand(value, out);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+}
+
+/// Why a rewritten target is not sent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RewriteError {
+    /// The result is not an origin-form path (no leading `/`, a byte a target cannot hold,
+    /// a `?` or `#`, a dot-segment) or is longer than `limits.max_uri_bytes`.
+    Invalid,
+}
+
+/// `target` (origin-form path and query) rewritten: `strip_prefix`, then `rewrite`, then
+/// `add_prefix` on the path; the query is kept as it was.
+pub fn rewrite_target(
+    rw: &PathRewrite,
+    target: &[u8],
+    max: usize,
+) -> Result<Vec<u8>, RewriteError> {
+    let (mut path, query) = match target.iter().position(|&b| b == b'?') {
+        Some(i) => (&target[..i], Some(&target[i..])),
+        None => (target, None),
+    };
+    let mut owned;
+    let mut lead = false;
+    if let Some(p) = rw.strip.as_deref() {
+        if let Some(rest) = path.strip_prefix(p) {
+            lead = rest.first() != Some(&b'/');
+            path = rest;
+        }
+    }
+    if lead {
+        owned = Vec::with_capacity(path.len() + 1);
+        owned.push(b'/');
+        owned.extend_from_slice(path);
+    } else {
+        owned = path.to_vec();
+    }
+    if let Some((re, with)) = &rw.regex {
+        if let std::borrow::Cow::Owned(o) = re.replace(&owned, &with[..]) {
+            owned = o;
+        }
+    }
+    if let Some(p) = rw.add.as_deref() {
+        let mut with = Vec::with_capacity(p.len() + owned.len() + query.map_or(0, <[u8]>::len));
+        with.extend_from_slice(p);
+        with.extend_from_slice(&owned);
+        owned = with;
+    }
+    let valid = owned.first() == Some(&b'/')
+        && owned
+            .iter()
+            .all(|&b| b.is_ascii_graphic() && b != b'?' && b != b'#')
+        && !has_dot_segment(&owned);
+    if let Some(q) = query {
+        owned.extend_from_slice(q);
+    }
+    if !valid || owned.len() > max {
+        return Err(RewriteError::Invalid);
+    }
+    Ok(owned)
+}
+
+/// A route `redirect`'s `Location`: `to` expanded, then (with `query`) the request's query.
+pub fn location(r: &Redirect, vars: &Vars<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + vars.path.len() + vars.query.len());
+    vars.expand(&r.to, &mut out);
+    if r.query && !vars.query.is_empty() {
+        out.push(if out.contains(&b'?') { b'&' } else { b'?' });
+        out.extend_from_slice(vars.query);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> Vars<'static> {
+        Vars {
+            client_ip: "10.1.2.3".parse().unwrap(),
+            request_id: b"rid-1",
+            host: b"a.example:8080",
+            https: true,
+            path: b"/old/x",
+            query: b"a=1&b=2",
+            route: "r1",
+        }
+    }
+
+    fn all() -> Vec<Var> {
+        vec![
+            Var::ClientIp,
+            Var::RequestId,
+            Var::Host,
+            Var::Scheme,
+            Var::Path,
+            Var::Query,
+            Var::Route,
+        ]
+    }
+
+    #[test]
+    fn templates_expand_every_variable() {
+        let t = Template::compile(
+            "${scheme}://${host}${path}?${query} ${client_ip} ${request_id} ${route}",
+            &all(),
+            true,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        vars().expand(&t, &mut out);
+        assert_eq!(
+            out,
+            b"https://a.example:8080/old/x?a=1&b=2 10.1.2.3 rid-1 r1".to_vec()
+        );
+    }
+
+    fn rw(strip: Option<&str>, re: Option<(&str, &str)>, add: Option<&str>) -> PathRewrite {
+        PathRewrite {
+            strip: strip.map(|s| s.as_bytes().into()),
+            regex: re.map(|(r, w)| {
+                (
+                    regex::bytes::Regex::new(r).unwrap(),
+                    w.as_bytes().to_vec().into_boxed_slice(),
+                )
+            }),
+            add: add.map(|s| s.as_bytes().into()),
+        }
+    }
+
+    #[test]
+    fn rewrites_apply_in_order_and_keep_the_query() {
+        let ok = |r: &PathRewrite, t: &str| {
+            String::from_utf8(rewrite_target(r, t.as_bytes(), 8192).unwrap()).unwrap()
+        };
+        let strip = rw(Some("/api"), None, None);
+        assert_eq!(ok(&strip, "/api/users?x=1"), "/users?x=1");
+        assert_eq!(ok(&strip, "/api"), "/");
+        assert_eq!(ok(&strip, "/api?q"), "/?q");
+        assert_eq!(ok(&strip, "/other"), "/other");
+        let strip_slash = rw(Some("/api/"), None, Some("/v2"));
+        assert_eq!(ok(&strip_slash, "/api/users"), "/v2/users");
+        let re = rw(None, Some(("^/old/(.*)$", "/new/$1")), None);
+        assert_eq!(ok(&re, "/old/a/b?k=v"), "/new/a/b?k=v");
+        assert_eq!(ok(&re, "/keep"), "/keep");
+        // A rewrite that leaves no valid path is refused, never sent.
+        let bad = rw(None, Some(("^/(.*)$", "$1")), None);
+        assert_eq!(
+            rewrite_target(&bad, b"/x", 8192),
+            Err(RewriteError::Invalid)
+        );
+        let dots = rw(None, Some(("^/a/(.*)$", "/a/../$1")), None);
+        assert_eq!(
+            rewrite_target(&dots, b"/a/x", 8192),
+            Err(RewriteError::Invalid)
+        );
+        let long = rw(None, None, Some("/a-long-prefix"));
+        assert_eq!(rewrite_target(&long, b"/x", 10), Err(RewriteError::Invalid));
+    }
+
+    #[test]
+    fn locations_keep_or_drop_the_query() {
+        let to = Template::compile("https://b.example${path}", &all(), false).unwrap();
+        let mut r = Redirect {
+            status: crate::http::canned::Canned::Found,
+            to,
+            query: true,
+        };
+        assert_eq!(
+            location(&r, &vars()),
+            b"https://b.example/old/x?a=1&b=2".to_vec()
+        );
+        r.query = false;
+        assert_eq!(location(&r, &vars()), b"https://b.example/old/x".to_vec());
+        r.query = true;
+        r.to = Template::compile("/n?from=${route}", &all(), false).unwrap();
+        assert_eq!(location(&r, &vars()), b"/n?from=r1&a=1&b=2".to_vec());
+    }
+}
