@@ -135,6 +135,8 @@ pub struct RouteConfig {
     pub rate_limit: Option<RateLimit>,
     /// `auth`: checked after `access` ([`crate::auth`]).
     pub auth: Option<RouteAuth>,
+    /// `compress`: responses compressed for clients that accept it ([`crate::compress`]).
+    pub compress: Option<Box<CompressConfig>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -221,6 +223,7 @@ pub const SPLICE_MIN_BYTES: u64 = 256 * 1024;
 mod access;
 mod auth;
 mod balancing;
+mod compress;
 mod congestion;
 mod dns;
 mod limits;
@@ -233,6 +236,7 @@ mod tls;
 
 pub use access::{holds, AccessList, IpNet};
 pub use auth::{BasicAuth, ForwardAuth, RouteAuth, Users};
+pub use compress::{Algorithm, CompressConfig};
 pub use congestion::Congestion;
 use dns::{dns_config, host_port};
 pub use dns::{DnsConfig, NamedBackend};
@@ -720,6 +724,7 @@ impl Config {
                 access,
                 rate_limit,
                 auth,
+                compress: compress::route_compress(&mut c, &path, r.compress),
             });
         }
         let rate_limits = table

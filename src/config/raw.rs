@@ -63,6 +63,19 @@ pub(super) struct RawRoute {
     pub(super) deny: Option<Vec<String>>,
     pub(super) rate_limit: Option<super::ratelimit::RawRateLimit>,
     pub(super) auth: Option<super::auth::RawAuth>,
+    pub(super) compress: Option<RawCompress>,
+}
+
+/// A route's `compress` (checked by `compress::route_compress`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCompress {
+    pub(super) types: Option<Vec<String>>,
+    pub(super) min_length: Option<Size>,
+    pub(super) algorithms: Option<Vec<String>>,
+    pub(super) gzip_level: Option<u32>,
+    pub(super) br_quality: Option<u32>,
+    pub(super) zstd_level: Option<i32>,
 }
 
 #[derive(Deserialize)]
