@@ -71,6 +71,7 @@ upstream = "api"
 auth = { forward = { upstream = "hash", uri = "/check", copy_headers = ["X-User"], timeout = "2s", max_body = "64KiB" } }
 
 [[route]]
+compress = { types = ["text/html", "application/json"], min_length = 1024, algorithms = ["zstd", "br", "gzip"], gzip_level = 6, br_quality = 4, zstd_level = 3 }
 upstream = "web"
 
 [[upstream]]

@@ -319,3 +319,39 @@ both_engines! {
         }
     }
 }
+
+#[test]
+fn check_names_bad_compress_keys() {
+    let cfg = |compress: &str| {
+        Config::single("127.0.0.1:9".parse().unwrap())
+            .route(
+                "main",
+                &format!("path = \"/c\"\ncompress = {{ {compress} }}"),
+            )
+            .render()
+    };
+    let bad = [
+        (
+            "algorithms = [\"lz4\"]",
+            "route[1].compress.algorithms",
+            "unknown algorithm",
+        ),
+        (
+            "algorithms = [\"br\", \"br\"]",
+            "route[1].compress.algorithms",
+            "twice",
+        ),
+        (
+            "types = [\"text/html; charset=utf-8\"]",
+            "route[1].compress.types",
+            "invalid media type",
+        ),
+        ("gzip_level = 10", "route[1].compress.gzip_level", "1..=9"),
+        ("br_quality = 12", "route[1].compress.br_quality", "0..=11"),
+        ("zstd_level = 22", "route[1].compress.zstd_level", "1..=19"),
+        ("level = 3", "route[1].compress", "level"),
+    ];
+    for (raw, key, word) in bad {
+        expect_check_error_in(&cfg(raw), key, &[word]);
+    }
+}
