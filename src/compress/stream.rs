@@ -6,9 +6,11 @@
 //!
 //! Memory per compressing response, the encoder's state (windows, hash tables, buffers),
 //! measured with a counting allocator on an 8 MiB JSON body: brotli (window 2^18) 3.7 MiB
-//! at quality 4 and 4.2 MiB at 5; zstd (window 2^19, level 3) about 1.5 MiB (libzstd's own
-//! estimate: window, hash and chain tables, 128 KiB in and out buffers); gzip (zlib-rs) about
-//! 270 KiB (its 32 KiB window twice, hash heads, pending buffer). See docs/ARCHITECTURE.md.
+//! at quality 4 and 4.2 MiB at 5. Not measured (allocated outside Rust's allocator), computed
+//! from their parameters: zstd level 3 with its window capped at 2^19 about 1.7 MiB (512 KiB
+//! window, 512 KiB hash and 256 KiB chain tables, 128 KiB in and out buffers); gzip about
+//! 260 KiB (zlib's formula for level 6: 2^(15+2) + 2^(8+9) bytes, plus its state). See
+//! docs/ARCHITECTURE.md.
 
 use std::io::Write;
 
