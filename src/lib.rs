@@ -15,6 +15,7 @@ pub mod admission;
 pub mod auth;
 pub mod balance;
 pub mod client;
+pub mod compress;
 pub mod config;
 pub mod conn;
 pub mod demo;

@@ -296,6 +296,9 @@ fn route<'b>(
     }
     trace.route = Some(route.index);
     trace.upstream = Some(route.upstream);
+    if let Some(cc) = &shared.config.routes[route.index].compress {
+        trace.compress = crate::compress::negotiate_request(buf, head, cc);
+    }
     Ok(Routed {
         index: route.index,
         upstream: route.upstream,

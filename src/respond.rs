@@ -9,7 +9,11 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use crate::client::{micros, Client, Outcome, Transport};
-use crate::config::Config;
+use crate::compress::{
+    self,
+    stream::{relay_compressed, Encoder},
+};
+use crate::config::{Algorithm, CompressConfig, Config};
 use crate::error::{Kind, ProxyError, Side, Stage};
 use crate::forward::{Answered, RequestFacts};
 use crate::http::canned::Canned;
@@ -137,10 +141,22 @@ pub async fn relay_response(
     }
 
     let in_framing = head.framing(facts.method);
-    let (resp_framing, close_delimited) = response_out_framing(in_framing, facts.minor);
+    // A route with `compress`, a client that accepts one of its codings, and a response that
+    // qualifies: coded, chunked (or close-delimited for HTTP/1.0), never spliced.
+    let coding = trace.compress.and_then(|alg| {
+        let cc = cfg.routes.get(trace.route?)?.compress.as_deref()?;
+        compress::applies(cc, &ubuf, &head, in_framing).then_some((alg, cc))
+    });
+    let (resp_framing, close_delimited) = match coding {
+        None => response_out_framing(in_framing, facts.minor),
+        Some(_) => response_out_framing(BodyFraming::Chunked, facts.minor),
+    };
     // An early answer leaves the request body unread: the connection cannot carry another.
     let close = !facts.keep_alive || close_delimited || r.draining || early;
     client_response_head(&ubuf, &head, resp_framing, close, facts.minor, rw, &mut out);
+    if let Some((alg, _)) = coding {
+        compress::rewrite_head(&mut out, alg);
+    }
     if set_cookie {
         // A sticky session starts (or moved): name the backend in a cookie, inserted before
         // the head's final empty line.
@@ -169,15 +185,44 @@ pub async fn relay_response(
         && !early;
     // Interim responses relayed before this head count as written: a failure closes.
     let mut written = interim;
-    let relayed = match splice_choice(
-        r,
-        client,
-        upstream.plain().is_some(),
-        backend,
-        in_framing,
-        resp_framing,
-    ) {
-        Some(spliced) => {
+    let spliced = match coding {
+        None => splice_choice(
+            r,
+            client,
+            upstream.plain().is_some(),
+            backend,
+            in_framing,
+            resp_framing,
+        ),
+        Some(_) => None,
+    };
+    // The body bytes the backend sent, when they differ from those the client got.
+    let mut received = None;
+    let relayed = match (coding, spliced) {
+        (Some(coding), _) => {
+            let up = Upstream {
+                conn: &mut upstream,
+                ubuf: &mut ubuf,
+                pos: &mut upos,
+            };
+            let chunked = resp_framing == OutFraming::Chunked;
+            let coded = compressed_response(
+                r,
+                client,
+                up,
+                &mut out,
+                coding,
+                in_framing,
+                chunked,
+                &mut written,
+            )
+            .await;
+            coded.map(|c| {
+                received = Some(c.bytes_in);
+                c.bytes_out
+            })
+        }
+        (None, Some(spliced)) => {
             let up = Upstream {
                 conn: &mut upstream,
                 ubuf: &mut ubuf,
@@ -185,7 +230,7 @@ pub async fn relay_response(
             };
             splice_response(r, client, up, &mut out, spliced, &mut written).await
         }
-        None if in_framing == BodyFraming::None => {
+        (None, None) if in_framing == BodyFraming::None => {
             let n = out.len();
             let t = cfg.timeouts.client_send;
             write_from(&mut client.stream, &mut out, 0, n, &mut client.deadline, t)
@@ -193,7 +238,7 @@ pub async fn relay_response(
                 .map(|_| 0)
                 .map_err(RelayError::Write)
         }
-        None => {
+        (None, None) => {
             let plan = BodyPlan {
                 incoming: in_framing,
                 outgoing: resp_framing,
@@ -220,7 +265,10 @@ pub async fn relay_response(
     match relayed {
         Ok(n) => {
             add(&r.stats.bytes_out, n);
-            add(&r.stats.backends[backend].bytes_received, n);
+            add(
+                &r.stats.backends[backend].bytes_received,
+                received.unwrap_or(n),
+            );
             trace.bytes_out = n;
             if upstream_reusable && upos == ubuf.len() {
                 r.pool
@@ -405,6 +453,37 @@ struct Upstream<'u> {
     conn: &'u mut Transport,
     ubuf: &'u mut Vec<u8>,
     pos: &'u mut usize,
+}
+
+/// Streams the response body through the encoder for `alg` ([`compress::stream`]), after
+/// `out` (the client's head, already rewritten); counts it per algorithm.
+#[allow(clippy::too_many_arguments)]
+async fn compressed_response(
+    r: &Respond<'_>,
+    client: &mut Client,
+    up: Upstream<'_>,
+    out: &mut Vec<u8>,
+    (alg, cc): (Algorithm, &CompressConfig),
+    in_framing: BodyFraming,
+    chunked: bool,
+    written: &mut bool,
+) -> Result<compress::stream::Coded, RelayError> {
+    let enc = Encoder::new(alg, cc).map_err(|e| RelayError::Read(IoFail::Io(e)))?;
+    let framing = (in_framing, chunked, r.cfg.limits.max_header_bytes);
+    let mut leg = Leg::response(&mut client.deadline, r.cfg, written);
+    let coded = relay_compressed(
+        up.conn,
+        up.ubuf,
+        up.pos,
+        &mut client.stream,
+        out,
+        framing,
+        enc,
+        &mut leg,
+    )
+    .await?;
+    r.stats.compressed(alg, coded.bytes_in, coded.bytes_out);
+    Ok(coded)
 }
 
 /// Whether the response body goes socket → pipe → socket (splice): large bodies of known

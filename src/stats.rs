@@ -155,6 +155,11 @@ pub struct Totals {
     pub spliced: Cell<u64>,
     /// Body bytes that went socket → pipe → socket (the rest of those bodies was copied).
     pub spliced_bytes: Cell<u64>,
+    /// Compressed responses, and their body bytes in (from the backend) and out (coded),
+    /// by [`crate::config::Algorithm::index`].
+    pub compressed: [Cell<u64>; 3],
+    pub compressed_in: [Cell<u64>; 3],
+    pub compressed_out: [Cell<u64>; 3],
     pub latency: RefCell<Latencies>,
     pub tls: crate::tls::stats::TlsStats,
 }
@@ -244,6 +249,9 @@ impl Totals {
             log_suppressed: Cell::new(0),
             spliced: Cell::new(0),
             spliced_bytes: Cell::new(0),
+            compressed: Default::default(),
+            compressed_in: Default::default(),
+            compressed_out: Default::default(),
             latency: RefCell::new(Latencies::default()),
             tls: Default::default(),
         }
@@ -254,6 +262,14 @@ impl Stats {
     pub fn canned(&self, c: Canned) {
         let i = Canned::ALL.iter().position(|&x| x == c).unwrap_or(0);
         bump(&self.canned[i]);
+    }
+
+    /// One response coded with `alg`: its body bytes before and after.
+    pub fn compressed(&self, alg: crate::config::Algorithm, bytes_in: u64, bytes_out: u64) {
+        let i = alg.index();
+        bump(&self.compressed[i]);
+        add(&self.compressed_in[i], bytes_in);
+        add(&self.compressed_out[i], bytes_out);
     }
 
     pub fn upstream_status(&self, backend: usize, status: u16) {
@@ -377,6 +393,9 @@ impl Stats {
             log_suppressed: self.log_suppressed.get(),
             spliced: self.spliced.get(),
             spliced_bytes: self.spliced_bytes.get(),
+            compressed: self.compressed.each_ref().map(get),
+            compressed_in: self.compressed_in.each_ref().map(get),
+            compressed_out: self.compressed_out.each_ref().map(get),
             latency: self.latency.borrow().clone(),
             tls: self.tls.snapshot(),
         }
@@ -456,6 +475,9 @@ pub struct Snapshot {
     pub log_suppressed: u64,
     pub spliced: u64,
     pub spliced_bytes: u64,
+    pub compressed: [u64; 3],
+    pub compressed_in: [u64; 3],
+    pub compressed_out: [u64; 3],
     pub latency: Latencies,
     pub tls: crate::tls::stats::TlsSnap,
 }
@@ -527,6 +549,9 @@ impl Snapshot {
         self.log_suppressed += other.log_suppressed;
         self.spliced += other.spliced;
         self.spliced_bytes += other.spliced_bytes;
+        sum(&mut self.compressed, &other.compressed);
+        sum(&mut self.compressed_in, &other.compressed_in);
+        sum(&mut self.compressed_out, &other.compressed_out);
         self.latency.merge(&other.latency);
         self.tls.merge(&other.tls);
     }

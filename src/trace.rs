@@ -24,6 +24,9 @@ pub struct Trace {
     pub upstream_us: Option<u64>,
     /// Closed without a complete response (client gone, or a body cut short).
     pub aborted: bool,
+    /// The coding the client accepts best among its route's `compress.algorithms`
+    /// ([`crate::compress::negotiate`]); None for a route without `compress`.
+    pub compress: Option<crate::config::Algorithm>,
 }
 
 /// The request id: generated here, or kept from a trusted peer (then it travels unchanged).

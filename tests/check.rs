@@ -80,6 +80,7 @@ strip_prefix = "/rules"
 rewrite = { regex = "^/old/(.*)$", replace = "/new/$1" }
 add_prefix = "/v2"
 upstream_host = "api.internal"
+compress = { types = ["text/html", "application/json"], min_length = 1024, algorithms = ["zstd", "br", "gzip"], gzip_level = 6, br_quality = 4, zstd_level = 3 }
 request_headers = { set = { "X-Route" = "${route} ${host}${path}?${query}" }, add = { "X-Client" = "${client_ip}" }, remove = ["X-Debug"] }
 response_headers = { set = { "X-Id" = "${request_id}" }, add = { "X-Scheme" = "${scheme}" }, remove = ["X-Internal"], preset = "security" }
 

@@ -9,6 +9,7 @@ mod auth;
 mod balancing;
 mod bodies;
 mod check;
+mod compress;
 mod congestion;
 mod dns;
 mod early_answer;

@@ -137,6 +137,8 @@ pub struct RouteConfig {
     pub auth: Option<RouteAuth>,
     /// Header rules, rewrites, `upstream_host`, `redirect` ([`crate::rules`]).
     pub rules: RouteRules,
+    /// `compress`: responses compressed for clients that accept it ([`crate::compress`]).
+    pub compress: Option<Box<CompressConfig>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -226,6 +228,7 @@ pub const SPLICE_MIN_BYTES: u64 = 256 * 1024;
 mod access;
 mod auth;
 mod balancing;
+mod compress;
 mod congestion;
 mod dns;
 mod limits;
@@ -239,6 +242,7 @@ mod tls;
 
 pub use access::{holds, AccessList, IpNet};
 pub use auth::{BasicAuth, ForwardAuth, RouteAuth, Users};
+pub use compress::{Algorithm, CompressConfig};
 pub use congestion::Congestion;
 use dns::{dns_config, host_port};
 pub use dns::{DnsConfig, NamedBackend};
@@ -726,6 +730,7 @@ impl Config {
                 rate_limit,
                 auth,
                 rules,
+                compress: compress::route_compress(&mut c, &path, r.compress),
             });
         }
         let rate_limits = table
@@ -757,29 +762,6 @@ impl Config {
             dns,
             rate_limits,
         })
-    }
-
-    /// A short human summary, printed by `edgeshard check`.
-    pub fn summary(&self) -> String {
-        let mut s = String::new();
-        for l in &self.listeners {
-            let kind = match (&l.tls, &l.redirect_https) {
-                (Some(t), _) => format!(" (tls, {} certificates)", t.certificates.len()),
-                (None, Some(r)) => format!(" (redirects to https port {})", r.port),
-                (None, None) => String::new(),
-            };
-            s.push_str(&format!("listener {}{kind}\n", l.address));
-        }
-        for u in &self.upstreams {
-            s.push_str(&format!(
-                "upstream {} ({:?}, {} backends)\n",
-                u.name,
-                u.balance.algorithm,
-                u.backends.len()
-            ));
-        }
-        s.push_str(&format!("{} routes\n", self.routes.len()));
-        s
     }
 }
 

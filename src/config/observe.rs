@@ -334,3 +334,28 @@ pub(super) fn observe_sections(c: &mut Checker, table: &mut toml::Table) -> Obse
         request_id,
     }
 }
+
+impl super::Config {
+    /// A short human summary, printed by `edgeshard check`.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        for l in &self.listeners {
+            let kind = match (&l.tls, &l.redirect_https) {
+                (Some(t), _) => format!(" (tls, {} certificates)", t.certificates.len()),
+                (None, Some(r)) => format!(" (redirects to https port {})", r.port),
+                (None, None) => String::new(),
+            };
+            s.push_str(&format!("listener {}{kind}\n", l.address));
+        }
+        for u in &self.upstreams {
+            s.push_str(&format!(
+                "upstream {} ({:?}, {} backends)\n",
+                u.name,
+                u.balance.algorithm,
+                u.backends.len()
+            ));
+        }
+        s.push_str(&format!("{} routes\n", self.routes.len()));
+        s
+    }
+}

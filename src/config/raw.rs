@@ -72,6 +72,19 @@ pub(super) struct RawRoute {
     pub(super) request_headers: Option<super::rules::RawHeaderRules>,
     pub(super) response_headers: Option<super::rules::RawHeaderRules>,
     pub(super) redirect: Option<super::rules::RawRedirect>,
+    pub(super) compress: Option<RawCompress>,
+}
+
+/// A route's `compress` (checked by `compress::route_compress`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCompress {
+    pub(super) types: Option<Vec<String>>,
+    pub(super) min_length: Option<Size>,
+    pub(super) algorithms: Option<Vec<String>>,
+    pub(super) gzip_level: Option<u32>,
+    pub(super) br_quality: Option<u32>,
+    pub(super) zstd_level: Option<i32>,
 }
 
 #[derive(Deserialize)]

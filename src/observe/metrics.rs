@@ -705,6 +705,7 @@ pub fn render(
          read with its head, are copied, and so are tunnel bytes outside bulk bursts.",
     );
     let _ = writeln!(o, "edgeshard_spliced_bytes_total {}", all.spliced_bytes);
+    compressed(&mut o, all);
     // Latency.
     let lat = &all.latency;
     histogram(
@@ -753,4 +754,24 @@ pub fn render(
         shared.tls.render(&mut o);
     }
     o
+}
+
+/// `edgeshard_compressed_*`: responses a route's `compress` coded, by algorithm.
+fn compressed(o: &mut String, all: &Snapshot) {
+    let families = [
+        ("edgeshard_compressed_responses_total", "Responses compressed by a route's compress, by algorithm.", &all.compressed),
+        ("edgeshard_compressed_bytes_in_total", "Body bytes of compressed responses as the backend sent them (de-chunked), by algorithm.", &all.compressed_in),
+        ("edgeshard_compressed_bytes_out_total", "Body bytes of compressed responses as coded for the client (without chunk framing), by algorithm.", &all.compressed_out),
+    ];
+    for (name, help, values) in families {
+        family(o, name, "counter", help);
+        for a in crate::config::Algorithm::ALL {
+            let _ = writeln!(
+                o,
+                "{name}{{algorithm=\"{}\"}} {}",
+                a.token(),
+                values[a.index()]
+            );
+        }
+    }
 }
