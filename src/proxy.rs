@@ -373,8 +373,13 @@ fn prepare<'a>(
     let route_cfg = &shared.config.routes[route.index];
     let rewritten = match &route_cfg.rules.rewrite {
         Some(rw) => Some(
-            rewrite_target(rw, target.path, shared.config.limits.max_uri_bytes)
-                .map_err(|_| Canned::InternalServerError)?,
+            rewrite_target(rw, target.path, shared.config.limits.max_uri_bytes).map_err(
+                |e| match e {
+                    crate::rules::RewriteError::Invalid => Canned::InternalServerError,
+                    crate::rules::RewriteError::InvalidRequest => Canned::BadRequest,
+                    crate::rules::RewriteError::TooLong => Canned::UriTooLong,
+                },
+            )?,
         ),
         None => None,
     };

@@ -96,7 +96,11 @@ impl<'a> Fields<'a> {
             let Some(rules) = level else { continue };
             for (name, value) in rules.write.iter() {
                 let n = name.as_bytes();
-                if own.iter().any(|(o, _)| o.eq_ignore_ascii_case(n))
+                // An empty value of the proxy's own only removes the client's copy (the
+                // `Authorization` a Basic route keeps back): a rule may still set it.
+                if own
+                    .iter()
+                    .any(|(o, v)| !v.is_empty() && o.eq_ignore_ascii_case(n))
                     || (i == 0 && named(self.levels[1], n))
                 {
                     continue;
@@ -114,8 +118,13 @@ impl<'a> Fields<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum RewriteError {
     /// The result is not an origin-form path (no leading `/`, a byte a target cannot hold,
-    /// a `?` or `#`, a dot-segment) or is longer than `limits.max_uri_bytes`.
+    /// a `?` or `#`, a dot-segment), and the rule is at fault: a 500.
     Invalid,
+    /// The same, but the request's path carried what made it invalid (an encoded dot:
+    /// `/api%2e%2e/x` stripped of `/api`): a 400.
+    InvalidRequest,
+    /// Longer than `limits.max_uri_bytes`: a 414.
+    TooLong,
 }
 
 /// `target` (origin-form path and query) rewritten: `strip_prefix`, then `rewrite`, then
@@ -158,13 +167,25 @@ pub fn rewrite_target(
     let valid = owned.first() == Some(&b'/')
         && owned
             .iter()
-            .all(|&b| b.is_ascii_graphic() && b != b'?' && b != b'#')
+            // Bytes above 0x7e pass as they do on a route without rewrites (the parser
+            // admits them in targets).
+            .all(|&b| (b.is_ascii_graphic() || b >= 0x80) && b != b'?' && b != b'#')
         && !has_dot_segment(&owned);
     if let Some(q) = query {
         owned.extend_from_slice(q);
     }
-    if !valid || owned.len() > max {
-        return Err(RewriteError::Invalid);
+    if !valid {
+        let suspect =
+            |w: &[u8]| w.len() == 3 && w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'e';
+        let from_request = target.windows(3).any(suspect);
+        return Err(if from_request {
+            RewriteError::InvalidRequest
+        } else {
+            RewriteError::Invalid
+        });
+    }
+    if owned.len() > max {
+        return Err(RewriteError::TooLong);
     }
     Ok(owned)
 }
@@ -258,13 +279,22 @@ mod tests {
             rewrite_target(&bad, b"/x", 8192),
             Err(RewriteError::Invalid)
         );
+        // ... and when the request carried what broke it, the request is at fault.
+        assert_eq!(
+            rewrite_target(&strip, b"/api%2e%2e/x", 8192),
+            Err(RewriteError::InvalidRequest)
+        );
+        assert_eq!(
+            rewrite_target(&strip, b"/api/caf\xc3\xa9", 8192).as_deref(),
+            Ok(&b"/caf\xc3\xa9"[..])
+        );
         let dots = rw(None, Some(("^/a/(.*)$", "/a/../$1")), None);
         assert_eq!(
             rewrite_target(&dots, b"/a/x", 8192),
             Err(RewriteError::Invalid)
         );
         let long = rw(None, None, Some("/a-long-prefix"));
-        assert_eq!(rewrite_target(&long, b"/x", 10), Err(RewriteError::Invalid));
+        assert_eq!(rewrite_target(&long, b"/x", 10), Err(RewriteError::TooLong));
     }
 
     #[test]

@@ -180,6 +180,11 @@ both_engines! {
                 ("Authorization", "Bearer good"),
                 ("X-User", "root"),
                 ("X-Forwarded-Uri", "/spoofed"),
+                // What auth services decide on (Authelia: X-Original-URL): never the client's.
+                ("X-Original-URL", "https://public.example/"),
+                ("X-Original-Method", "GET"),
+                ("X-Real-IP", "192.0.2.1"),
+                ("Forwarded", "for=192.0.2.1"),
                 ("Content-Length", "4"),
             ], b"body"));
             assert_eq!(c.read_response().status(), 200);
@@ -194,6 +199,9 @@ both_engines! {
         assert_eq!(check.header_all("x-forwarded-uri"), ["/app/x?y=1"]);
         assert_eq!(check.header("x-forwarded-host"), Some("e.example"));
         assert_eq!(check.header("x-forwarded-proto"), Some("http"));
+        assert_eq!(check.header_all("x-original-url"), ["http://e.example/app/x?y=1"], "{}", check.raw_head);
+        assert_eq!(check.header_all("x-original-method"), ["POST"], "{}", check.raw_head);
+        assert!(!check.has_header("x-real-ip") && !check.has_header("forwarded"), "{}", check.raw_head);
         assert!(!check.has_header("content-length"), "the check has no body: {}", check.raw_head);
         // The service's connection was pooled: two checks, one connection.
         assert_eq!(service.accepted(), 1);

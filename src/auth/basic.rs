@@ -220,7 +220,10 @@ fn queue() -> Option<&'static mpsc::Sender<Job>> {
                 let rx = rx.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("edgeshard-auth-{i}"))
-                    .spawn(move || verifier(&rx));
+                    .spawn(move || {
+                        unpin();
+                        verifier(&rx)
+                    });
                 match spawned {
                     Ok(_) => started += 1,
                     Err(e) => tracing::error!(error = %e, "cannot start a bcrypt verifier thread"),
@@ -229,6 +232,23 @@ fn queue() -> Option<&'static mpsc::Sender<Job>> {
             (started > 0).then_some(tx)
         })
         .as_ref()
+}
+
+/// Gives the calling thread the process's CPUs (the main thread's set). The verifier threads
+/// start from the first shard that needs one and would inherit that shard's pinning: bcrypt
+/// would then run on that shard's CPU only, taking it from its event loop. Best effort: on
+/// failure the thread keeps the mask it has.
+fn unpin() {
+    // SAFETY: `cpu_set_t` is plain data for which all-zero is a valid value; both calls get
+    // its exact size and only read or write within it; pid 0 is the calling thread and
+    // `getpid()` the main thread, whose mask shard pinning never changes.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(libc::getpid(), size, &mut set) == 0 {
+            libc::sched_setaffinity(0, size, &set);
+        }
+    }
 }
 
 fn verifier(rx: &Mutex<mpsc::Receiver<Job>>) {
@@ -367,5 +387,39 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(f)
+    }
+
+    #[test]
+    fn a_verifier_started_from_a_pinned_shard_is_not_pinned() {
+        fn cpus() -> usize {
+            // SAFETY: as in `unpin`: a zeroed plain-data set of the exact size, for this thread.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                let size = std::mem::size_of::<libc::cpu_set_t>();
+                assert_eq!(libc::sched_getaffinity(0, size, &mut set), 0);
+                libc::CPU_COUNT(&set) as usize
+            }
+        }
+        let all = std::thread::spawn(cpus).join().unwrap();
+        let (pinned, unpinned) = std::thread::spawn(|| {
+            assert!(core_affinity::set_for_current(core_affinity::CoreId {
+                id: 0
+            }));
+            let pinned = cpus();
+            let unpinned = std::thread::spawn(|| {
+                unpin();
+                cpus()
+            })
+            .join()
+            .unwrap();
+            (pinned, unpinned)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(pinned, 1);
+        assert_eq!(
+            unpinned, all,
+            "the verifier thread gets the process's CPUs back"
+        );
     }
 }

@@ -324,6 +324,19 @@ fn said(ctx: &ShardCtx, fa: &ForwardAuth, ubuf: &[u8], head: &ResponseHead) -> S
 /// The check request: `GET uri` with the client's end-to-end fields and the proxy's
 /// `X-Forwarded-*`. `Host` names the auth service's backend; the client's is in
 /// `X-Forwarded-Host`.
+/// Fields by which a proxy tells an auth service what it is asked about: auth services
+/// decide on them (Authelia reads `X-Original-URL` and `X-Original-Method`, Authentik's
+/// outpost `X-Original-URI`, others `X-Real-IP` or `Forwarded`), so a client's own copies
+/// never reach the service: `GET /secret` with `X-Original-URL: https://public.example/`
+/// would be checked as the public page.
+fn speaks_for_the_proxy(name: &[u8]) -> bool {
+    let lower = |p: &[u8]| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p);
+    lower(b"x-forwarded-")
+        || lower(b"x-original-")
+        || name.eq_ignore_ascii_case(b"x-real-ip")
+        || name.eq_ignore_ascii_case(b"forwarded")
+}
+
 fn check_request(
     fa: &ForwardAuth,
     req: &Request<'_>,
@@ -340,8 +353,7 @@ fn check_request(
         let name = h.name.get(buf);
         if h.kind != HeaderKind::Other
             || (!head.conn_tokens.is_empty() && head.named_in_connection(buf, name))
-            || name.eq_ignore_ascii_case(b"x-forwarded-method")
-            || name.eq_ignore_ascii_case(b"x-forwarded-uri")
+            || speaks_for_the_proxy(name)
         {
             continue;
         }
@@ -362,5 +374,12 @@ fn check_request(
     }
     out.extend_from_slice(b"\r\nX-Forwarded-For: ");
     out.extend_from_slice(req.client_ip.to_string().as_bytes());
+    // The same facts under the names nginx `auth_request` setups pass (Authelia, Authentik).
+    out.extend_from_slice(b"\r\nX-Original-Method: ");
+    out.extend_from_slice(head.method.get(buf));
+    out.extend_from_slice(b"\r\nX-Original-URL: ");
+    out.extend_from_slice(if req.https { b"https://" } else { b"http://" });
+    out.extend_from_slice(req.host);
+    out.extend_from_slice(req.target);
     out.extend_from_slice(b"\r\n\r\n");
 }

@@ -140,8 +140,17 @@ impl Users {
                     "user {user:?}: not a bcrypt hash; only bcrypt is supported (htpasswd -B writes it: $2y$...)"
                 )));
             }
-            if let Err(e) = hash.parse::<bcrypt::HashParts>() {
-                return Err(at(format!("user {user:?}: invalid bcrypt hash ({e})")));
+            match hash.parse::<bcrypt::HashParts>() {
+                Err(e) => return Err(at(format!("user {user:?}: invalid bcrypt hash ({e})"))),
+                // Below 4 bcrypt refuses to verify (a silent lockout); above 16 one check takes
+                // seconds to days and two would hold both verifier threads.
+                Ok(p) if !(4..=16).contains(&p.get_cost()) => {
+                    return Err(at(format!(
+                        "user {user:?}: bcrypt cost {} is out of range 4..=16 (htpasswd -B -C 10)",
+                        p.get_cost()
+                    )))
+                }
+                Ok(_) => {}
             }
             if by_name
                 .insert(user.as_bytes().into(), Arc::from(hash))
@@ -270,24 +279,14 @@ fn forward(
     let mut copy_headers = Vec::new();
     for (i, h) in f.copy_headers.unwrap_or_default().into_iter().enumerate() {
         let lower = h.to_ascii_lowercase();
-        let framing = [
-            "host",
-            "content-length",
-            "transfer-encoding",
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "te",
-            "trailer",
-            "upgrade",
-            "expect",
-        ];
         if !is_token(&h) {
             c.err(format!("{path}.copy_headers[{i}]"), "invalid header name");
-        } else if framing.contains(&lower.as_str()) {
+        } else if super::rules::reserved_request_field(&lower) {
             c.err(
                 format!("{path}.copy_headers[{i}]"),
-                format!("{h:?} is a framing or hop-by-hop field: it cannot be copied"),
+                format!(
+                    "{h:?} is a framing, hop-by-hop or proxy-written field: it cannot be copied"
+                ),
             );
         }
         copy_headers.push(h);

@@ -170,7 +170,8 @@ pub const SECURITY_PRESET: &[(&str, &str)] = &[
     ("Referrer-Policy", "strict-origin-when-cross-origin"),
 ];
 
-/// Fields no rule may name: hop-by-hop and framing ones, and those the proxy writes itself.
+/// Fields no rule (and no forward-auth copy) may name: hop-by-hop and framing ones, their
+/// underscore lookalikes (never forwarded), and those the proxy writes itself.
 const NEVER: &[&str] = &[
     "connection",
     "keep-alive",
@@ -179,7 +180,10 @@ const NEVER: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "content-length",
+    "transfer_encoding",
+    "content_length",
     "upgrade",
+    "expect",
     "host",
 ];
 const NEVER_REQUEST: &[&str] = &[
@@ -189,6 +193,12 @@ const NEVER_REQUEST: &[&str] = &[
     "via",
 ];
 const NEVER_RESPONSE: &[&str] = &["date", "server"];
+
+/// Whether a request field (lower-case name) is the proxy's to write or drop: no rule and no
+/// forward-auth `copy_headers` may set it.
+pub(super) fn reserved_request_field(lower: &str) -> bool {
+    NEVER.contains(&lower) || NEVER_REQUEST.contains(&lower)
+}
 
 /// A route `host`: letters, digits, `-`, `.` and `_`, up to 253 bytes.
 pub(crate) fn valid_host(h: &str) -> bool {
