@@ -27,7 +27,7 @@ Loopback only; every phase is bounded by --duration (+2 s for the attack), every
 script starts is stopped by PID at the end.
 
   python3 loadtest/slowloris.py --out DIR [--targets edgeshard,nginx] [--tricklers 1000]
-                                [--duration 30] [--rate 200] [--name NAME] [--note TEXT]
+                                [--kinds head,body] [--duration 30] [--rate 200] [--name NAME] [--note TEXT]
 """
 import argparse
 import csv
@@ -184,14 +184,14 @@ class Trickler:
         return True
 
 
-def attack(port, n, interval, stop_at, lifetimes, at_end=None):
+def attack(port, n, interval, stop_at, lifetimes, at_end=None, kinds=("head", "body")):
     """Keeps n head and n body tricklers open until stop_at; records each closed one's life as
     (kind, life_s, status) where status is the answer's status code, "close" (closed without an
     answer) or "reset"; those still open at stop_at are recorded with status "open" and their age.
     at_end() is called before the open ones are closed."""
     sel = selectors.DefaultSelector()
     live = []
-    for kind in ("head", "body"):
+    for kind in kinds:
         for _ in range(n):
             t = Trickler(kind, port)
             sel.register(t.sock, selectors.EVENT_READ, t)
@@ -353,7 +353,7 @@ def run_target(a, target, tmp, origin_port, procs):
         errlog = os.path.join(tmp, "proxy-error.log")
         log_off = os.path.getsize(errlog) if os.path.exists(errlog) else 0
         cpu0, rss0 = cpu_seconds(proxy.pid), rss_kb(proxy.pid)
-        log("%s attack: %d head + %d body tricklers, rategen alongside" % (target, a.tricklers, a.tricklers))
+        log("%s attack: %d tricklers of each kind (%s), rategen alongside" % (target, a.tricklers, ",".join(a.kinds)))
         lifetimes = []
         stop_at = time.monotonic() + a.duration + 2
         gen = subprocess.Popen(rategen_argv(a, proxy_port), stdout=subprocess.PIPE, text=True)
@@ -363,7 +363,7 @@ def run_target(a, target, tmp, origin_port, procs):
         def snapshot():
             at_end["rss_kb"] = rss_kb(proxy.pid)
             at_end["cpu_s"] = cpu_seconds(proxy.pid)
-        attack(proxy_port, a.tricklers, a.trickle_interval, stop_at, lifetimes, snapshot)
+        attack(proxy_port, a.tricklers, a.trickle_interval, stop_at, lifetimes, snapshot, a.kinds)
         out, _ = gen.communicate(timeout=120)
         res["under"] = parse_result(out)
         res["lifetimes"] = lifetimes
@@ -427,6 +427,7 @@ def main():
     ap.add_argument("--nginx", default="nginx")
     ap.add_argument("--rategen", default=os.path.join(HERE, "rategen/target/release/rategen"))
     ap.add_argument("--tricklers", type=int, default=1000, help="per kind (heads, bodies)")
+    ap.add_argument("--kinds", default="head,body", help="trickler kinds: head, body or both")
     ap.add_argument("--trickle-interval", type=float, default=1.0)
     ap.add_argument("--duration", type=int, default=30, help="seconds per phase")
     ap.add_argument("--rate", type=int, default=200)
@@ -441,6 +442,9 @@ def main():
                     help="CPUs of the origin, rategen and the tricklers (default: the others)")
     a = ap.parse_args()
     targets = [t.strip() for t in a.targets.split(",") if t.strip()]
+    a.kinds = tuple(k.strip() for k in a.kinds.split(",") if k.strip())
+    if not a.kinds or any(k not in ("head", "body") for k in a.kinds):
+        raise SystemExit("--kinds: head, body or head,body")
     for t in targets:
         if t not in TARGETS:
             raise SystemExit("--targets: unknown %r (edgeshard, nginx)" % t)
@@ -525,10 +529,10 @@ def main():
         r["base"].get("lag_p99_us"), r["under"].get("lag_p99_us")))
     sums = {r["target"]: summarize(a, r) for r in results}
     limits = {"edgeshard": (hdr, body / (1 - rate / a.min_rate)), "nginx": (hdr, body)}
-    row("head tricklers", lambda r: fmt_life(*sums[r["target"]][0]["head"], deadlines[r["target"]][0],
-                                             limits[r["target"]][0]))
-    row("body tricklers", lambda r: fmt_life(*sums[r["target"]][0]["body"], deadlines[r["target"]][1],
-                                             limits[r["target"]][1]))
+    for i, kind in enumerate(("head", "body")):
+        if kind in a.kinds:
+            row("%s tricklers" % kind, lambda r, i=i, kind=kind: fmt_life(
+                *sums[r["target"]][0][kind], deadlines[r["target"]][i], limits[r["target"]][i]))
     row("trickler connections: how they ended", lambda r: ", ".join(
         "%s %s: %d" % (k, s, n) for (k, s), n in sorted(sums[r["target"]][1].items(), key=str)))
     row("proxy's own count of cut slow clients", lambda r: ", ".join(
@@ -544,8 +548,8 @@ def main():
     nginx_v = subprocess.run([a.nginx, "-v"], capture_output=True, text=True).stderr.strip()
     md = os.path.join(a.out, a.name + ".md")
     with open(md, "w") as f:
-        f.write("# Slow clients: %d head and %d body tricklers vs a paced client (%s)\n\n"
-                % (a.tricklers, a.tricklers, " vs ".join(cols)))
+        f.write("# Slow clients: %s vs a paced client (%s)\n\n"
+                % (" and ".join("%d %s tricklers" % (a.tricklers, k) for k in a.kinds), " vs ".join(cols)))
         f.write("%s, host: %s, load average at the end %s, commit %s, %s; %d shard(s) / worker(s); "
                 "proxy CPUs %s, origin + rategen + tricklers on CPUs %s; targets run back to back in "
                 "this order, %.0f s in all.\n\n" % (
