@@ -193,6 +193,21 @@ pub fn rewrite_target(
 /// A route `redirect`'s `Location`: `to` expanded, then (with `query`) the request's query.
 pub fn location(r: &Redirect, vars: &Vars<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + vars.path.len() + vars.query.len());
+    // `${path}` in a Location is always one `/` and what follows: `GET //evil.example`
+    // must not make `to = "${path}/"` a protocol-relative redirect elsewhere, nor `GET
+    // @evil.example` turn `https://new.example${path}` into a userinfo@host.
+    let start = vars
+        .path
+        .iter()
+        .position(|&b| b != b'/' && b != b'\\')
+        .unwrap_or(vars.path.len());
+    let mut path = Vec::with_capacity(vars.path.len() + 1);
+    path.push(b'/');
+    path.extend_from_slice(&vars.path[start..]);
+    let vars = &Vars {
+        path: &path,
+        ..*vars
+    };
     vars.expand(&r.to, &mut out);
     if r.query && !vars.query.is_empty() {
         out.push(if out.contains(&b'?') { b'&' } else { b'?' });
@@ -295,6 +310,36 @@ mod tests {
         );
         let long = rw(None, None, Some("/a-long-prefix"));
         assert_eq!(rewrite_target(&long, b"/x", 10), Err(RewriteError::TooLong));
+    }
+
+    #[test]
+    fn a_location_path_is_always_one_slash_and_what_follows() {
+        let redirect = |to: &str| Redirect {
+            status: crate::http::canned::Canned::Found,
+            to: Template::compile(to, &all(), false).unwrap(),
+            query: false,
+        };
+        for (path, to, want) in [
+            (&b"//evil.example"[..], "${path}/", "/evil.example/"),
+            (b"/\\evil.example", "${path}", "/evil.example"),
+            (
+                b"@evil.example",
+                "https://new.example${path}",
+                "https://new.example/@evil.example",
+            ),
+            (
+                b"/ok/x",
+                "https://new.example${path}",
+                "https://new.example/ok/x",
+            ),
+        ] {
+            let v = Vars { path, ..vars() };
+            assert_eq!(
+                location(&redirect(to), &v),
+                want.as_bytes(),
+                "{to} with {path:?}"
+            );
+        }
     }
 
     #[test]
