@@ -377,6 +377,7 @@ impl Stats {
             log_suppressed: self.log_suppressed.get(),
             spliced: self.spliced.get(),
             spliced_bytes: self.spliced_bytes.get(),
+            cache: [0; 6],
             latency: self.latency.borrow().clone(),
             tls: self.tls.snapshot(),
         }
@@ -456,6 +457,9 @@ pub struct Snapshot {
     pub log_suppressed: u64,
     pub spliced: u64,
     pub spliced_bytes: u64,
+    /// The routes' caches ([`crate::cache`]): hits, misses, bypasses, evictions, then the
+    /// gauges bytes held and entries (filled in by the shard).
+    pub cache: [u64; 6],
     pub latency: Latencies,
     pub tls: crate::tls::stats::TlsSnap,
 }
@@ -527,6 +531,7 @@ impl Snapshot {
         self.log_suppressed += other.log_suppressed;
         self.spliced += other.spliced;
         self.spliced_bytes += other.spliced_bytes;
+        sum(&mut self.cache, &other.cache);
         self.latency.merge(&other.latency);
         self.tls.merge(&other.tls);
     }

@@ -137,6 +137,8 @@ pub struct RouteConfig {
     pub auth: Option<RouteAuth>,
     /// Header rules, rewrites, `upstream_host`, `redirect` ([`crate::rules`]).
     pub rules: RouteRules,
+    /// `cache`: responses kept per shard ([`crate::cache`]); `None` costs nothing.
+    pub cache: Option<Box<CacheConfig>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -226,6 +228,7 @@ pub const SPLICE_MIN_BYTES: u64 = 256 * 1024;
 mod access;
 mod auth;
 mod balancing;
+mod cache;
 mod congestion;
 mod dns;
 mod limits;
@@ -239,6 +242,7 @@ mod tls;
 
 pub use access::{holds, AccessList, IpNet};
 pub use auth::{BasicAuth, ForwardAuth, RouteAuth, Users};
+pub use cache::CacheConfig;
 pub use congestion::Congestion;
 use dns::{dns_config, host_port};
 pub use dns::{DnsConfig, NamedBackend};
@@ -726,6 +730,7 @@ impl Config {
                 rate_limit,
                 auth,
                 rules,
+                cache: cache::route_cache(&mut c, &path, r.cache.as_ref()),
             });
         }
         let rate_limits = table

@@ -72,6 +72,7 @@ pub(super) struct RawRoute {
     pub(super) request_headers: Option<super::rules::RawHeaderRules>,
     pub(super) response_headers: Option<super::rules::RawHeaderRules>,
     pub(super) redirect: Option<super::rules::RawRedirect>,
+    pub(super) cache: Option<super::cache::RawCache>,
 }
 
 #[derive(Deserialize)]
