@@ -123,7 +123,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             Ok(answered) => {
                 let early = answered.early;
                 let respond = Respond::new(ctx);
-                let (f, t) = (fill.as_mut(), &mut trace);
+                let (f, t) = (fill.as_deref_mut(), &mut trace);
                 let relayed = relay_response(&respond, client, answered, &facts, &rid, t, f).await;
                 if let Some(fill) = fill {
                     // Stored only when relayed whole.
@@ -510,7 +510,7 @@ fn vars<'b>(
 /// What the head asks of the pipeline.
 enum Plan<'a> {
     /// Forward it to a backend (with the route's cache, the fill that may store the answer).
-    Forward(Prepared<'a>, Option<cache::Fill<'a>>),
+    Forward(Prepared<'a>, Option<Box<cache::Fill<'a>>>),
     /// A fresh response from the route's cache is the answer.
     Cached(cache::Hit),
     /// The route's auth refused it: this is the answer.

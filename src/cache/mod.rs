@@ -126,7 +126,7 @@ pub struct Hit {
 pub enum Lookup<'a> {
     Hit(Hit),
     /// Forward it; the fill stores the response when it may.
-    Miss(Fill<'a>),
+    Miss(Box<Fill<'a>>),
 }
 
 /// Looks the request up in its route's store on this shard. A miss for a key another
@@ -157,7 +157,7 @@ pub async fn lookup<'a>(
     };
     let usable = matches!(req.method, Method::Get | Method::Head);
     if !usable || req.unusual || rules.bypass {
-        return Lookup::Miss(fill);
+        return Lookup::Miss(Box::new(fill));
     }
     fill.bypass = false;
     policy::primary_key(req.https, req.host, req.target, &mut fill.key);
@@ -165,11 +165,13 @@ pub async fn lookup<'a>(
     loop {
         if let Some(hit) = find(cache, route, &fill.key, req) {
             ShardCache::bump(&cache.hits);
+            // Counted: the fill drops unused.
+            fill.verdict = Some(HIT);
             return Lookup::Hit(hit);
         }
         if req.method == Method::Head {
             // A HEAD has no body to store; it is forwarded as it is.
-            return Lookup::Miss(fill);
+            return Lookup::Miss(Box::new(fill));
         }
         let mut flight = Vec::with_capacity(route.len() + 1 + fill.key.len());
         flight.extend_from_slice(route.as_bytes());
@@ -205,7 +207,7 @@ pub async fn lookup<'a>(
         .fields()
         .map(|(n, v)| (n.to_ascii_lowercase().into(), v.into()))
         .collect();
-    Lookup::Miss(fill)
+    Lookup::Miss(Box::new(fill))
 }
 
 /// The fresh entry for the request, if the store has one (a stale one is removed).
@@ -256,6 +258,9 @@ impl Tee {
     }
 }
 
+/// A request field kept for the `Vary` part of the key: (name, value).
+type Field = (Box<[u8]>, Box<[u8]>);
+
 /// A response stored once its body is complete.
 struct Admitted {
     head: Box<[u8]>,
@@ -277,7 +282,7 @@ pub struct Fill<'a> {
     /// The in-flight entry this fetch registered (the first miss for the key).
     inflight: Option<Vec<u8>>,
     /// The request's fields (names lower-case), for the `Vary` part of the key.
-    req: Vec<(Box<[u8]>, Box<[u8]>)>,
+    req: Vec<Field>,
     rules: RequestRules,
     request_time: u64,
     /// The response may be stored (a GET that was neither bypassed nor unusual).
@@ -301,9 +306,7 @@ impl Fill<'_> {
     ) -> &'static [u8] {
         let verdict = if self.bypass {
             BYPASS
-        } else if !self.store {
-            MISS
-        } else if self.decide(buf, head, framing) {
+        } else if !self.store || self.decide(buf, head, framing) {
             MISS
         } else {
             BYPASS
