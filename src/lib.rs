@@ -14,6 +14,7 @@
 pub mod admission;
 pub mod auth;
 pub mod balance;
+pub mod cache;
 pub mod client;
 pub mod compress;
 pub mod config;

@@ -10,6 +10,7 @@ use crate::admission::client_address;
 use crate::auth::{self, Granted};
 use crate::balance::key::cookie_value;
 use crate::balance::{request_key, KeySource};
+use crate::cache;
 use crate::client::{micros, Client, Outcome};
 use crate::error::{Answer, ProxyError};
 use crate::forward::{Forward, Prepared, RequestFacts};
@@ -111,16 +112,24 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 early: false,
             })
         }
-        Ok(Plan::Forward(p)) => match Forward::new(ctx)
+        Ok(Plan::Cached(hit)) => Ok(Exchanged {
+            outcome: cache::serve(ctx, client, hit, &facts, &rid, &mut trace).await,
+            early: false,
+        }),
+        Ok(Plan::Forward(p, mut fill)) => match Forward::new(ctx)
             .forward(client, p, facts, &mut trace)
             .await
         {
             Ok(answered) => {
                 let early = answered.early;
                 let respond = Respond::new(ctx);
-                relay_response(&respond, client, answered, &facts, &rid, &mut trace)
-                    .await
-                    .map(|outcome| Exchanged { outcome, early })
+                let (f, t) = (fill.as_deref_mut(), &mut trace);
+                let relayed = relay_response(&respond, client, answered, &facts, &rid, t, f).await;
+                if let Some(fill) = fill {
+                    // Stored only when relayed whole.
+                    fill.finish(relayed.is_ok());
+                }
+                relayed.map(|outcome| Exchanged { outcome, early })
             }
             Err(e) => Err(e),
         },
@@ -241,7 +250,29 @@ async fn plan<'a>(
             }
         }
     };
-    prepare(ctx, client, head, facts, rid, &routed, &granted).map(Plan::Forward)
+    // The route's cache: a fresh hit is the answer; a miss is forwarded with its fill.
+    let fill = match &ctx.shared.config.routes[routed.index].cache {
+        None => None,
+        Some(cfg) => {
+            let req = cache::Request {
+                buf: &client.buf,
+                head,
+                method: facts.method,
+                https: crate::tls::client_facts(client).0,
+                host: routed.host,
+                target: routed.target.path,
+                unusual: !facts.framing.is_empty() || facts.upgrade,
+            };
+            let t = &ctx.shared.config.timeouts;
+            let wait = t.upstream_connect + t.upstream_response;
+            let name = &ctx.shared.config.routes[routed.index].name;
+            match cache::lookup(&ctx.cache, name, cfg, &req, wait).await {
+                cache::Lookup::Hit(hit) => return Ok(Plan::Cached(hit)),
+                cache::Lookup::Miss(fill) => Some(fill),
+            }
+        }
+    };
+    prepare(ctx, client, head, facts, rid, &routed, &granted).map(|p| Plan::Forward(p, fill))
 }
 
 /// What routing found, for the stages after it.
@@ -486,8 +517,10 @@ fn vars<'b>(
 
 /// What the head asks of the pipeline.
 enum Plan<'a> {
-    /// Forward it to a backend.
-    Forward(Prepared<'a>),
+    /// Forward it to a backend (with the route's cache, the fill that may store the answer).
+    Forward(Prepared<'a>, Option<Box<cache::Fill<'a>>>),
+    /// A fresh response from the route's cache is the answer.
+    Cached(cache::Hit),
     /// The route's auth refused it: this is the answer.
     Deny(auth::Denial),
     /// Answer it here with this status and one more field: `redirect_https`'s or a route

@@ -260,6 +260,8 @@ pub struct Leg<'a> {
     /// The minimum rate of the side `paced` (the client's), over the whole body.
     pub pace: Pace,
     pub paced: Side,
+    /// A response being stored by the route's cache: the decoded body is kept here too.
+    pub tee: Option<&'a mut crate::cache::Tee>,
 }
 
 impl<'a> Leg<'a> {
@@ -300,6 +302,7 @@ impl<'a> Leg<'a> {
             written,
             pace: Pace::OFF,
             paced: Side::Src,
+            tee: None,
         }
     }
 
@@ -493,6 +496,9 @@ pub async fn relay_body<S: AsyncReadRent, D: AsyncWriteRent>(
                 return Err(RelayError::TooLarge);
             }
             if len > 0 {
+                if let Some(tee) = leg.tee.as_deref_mut() {
+                    tee.push(&inbuf[data.0..data.1]);
+                }
                 if rechunk {
                     encode_chunk(&inbuf[data.0..data.1], out);
                 } else if out.is_empty() && len >= 4096 {

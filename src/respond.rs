@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
+use crate::cache::Fill;
 use crate::client::{micros, Client, Outcome, Transport};
 use crate::compress::{
     self,
@@ -63,7 +64,9 @@ impl<'a> Respond<'a> {
 }
 
 /// Relays the backend's answer to the client. `Outcome::Upgraded` leaves both connections in
-/// [`Client::upgraded`] for the tunnel.
+/// [`Client::upgraded`] for the tunnel. With `fill` (a route with a `cache`), the response
+/// carries `X-Cache`, and one the cache stores is copied, never spliced, its body teed into
+/// the fill.
 pub async fn relay_response(
     r: &Respond<'_>,
     client: &mut Client,
@@ -71,6 +74,7 @@ pub async fn relay_response(
     facts: &RequestFacts,
     rid: &RequestId,
     trace: &mut Trace,
+    mut fill: Option<&mut Fill<'_>>,
 ) -> Result<Outcome, ProxyError> {
     let cfg = r.cfg;
     let Answered {
@@ -90,8 +94,16 @@ pub async fn relay_response(
     // Fields the proxy sets on the response: the request id (when returned), on a TLS
     // listener with `hsts` Strict-Transport-Security, and its own `Server` when configured
     // (each replacing the backend's).
-    let mut set: [(&[u8], &[u8]); 3] = [(b"", b""); 3];
+    let mut set: [(&[u8], &[u8]); 4] = [(b"", b""); 4];
     let mut n_set = 0;
+    let x_cache = fill
+        .as_deref_mut()
+        .map(|f| f.admit(&ubuf, &head, head.framing(facts.method)));
+    if let Some(v) = x_cache {
+        set[n_set] = (b"X-Cache", v);
+        n_set += 1;
+    }
+    let teeing = fill.as_deref_mut().is_some_and(|f| f.tee().is_some());
     if cfg.request_id.respond {
         set[n_set] = (cfg.request_id.header.as_bytes(), rid.bytes());
         n_set += 1;
@@ -147,6 +159,10 @@ pub async fn relay_response(
         let cc = cfg.routes.get(trace.route?)?.compress.as_deref()?;
         compress::applies(cc, &ubuf, &head, in_framing).then_some((alg, cc))
     });
+    if let (Some(_), Some(f)) = (coding, fill.as_deref_mut()) {
+        // A compressed body is not what the key names: the cache stores only identity.
+        f.skip();
+    }
     let (resp_framing, close_delimited) = match coding {
         None => response_out_framing(in_framing, facts.minor),
         Some(_) => response_out_framing(BodyFraming::Chunked, facts.minor),
@@ -185,8 +201,10 @@ pub async fn relay_response(
         && !early;
     // Interim responses relayed before this head count as written: a failure closes.
     let mut written = interim;
-    let spliced = match coding {
-        None => splice_choice(
+    // Compressed, or teed into the cache: copied, never spliced.
+    let spliced = match coding.is_some() || teeing {
+        true => None,
+        false => splice_choice(
             r,
             client,
             upstream.plain().is_some(),
@@ -194,7 +212,6 @@ pub async fn relay_response(
             in_framing,
             resp_framing,
         ),
-        Some(_) => None,
     };
     // The body bytes the backend sent, when they differ from those the client got.
     let mut received = None;
@@ -247,6 +264,7 @@ pub async fn relay_response(
                 forward_trailers: true,
             };
             let mut leg = Leg::response(&mut client.deadline, cfg, &mut written);
+            leg.tee = fill.and_then(Fill::tee);
             let dst = &mut client.stream;
             relay_body(
                 &mut upstream,

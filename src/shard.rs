@@ -66,6 +66,8 @@ pub struct ShardCommon {
     pub pipes: PipePool,
     /// `auth.basic`: recently verified credentials and the bcrypt checks in flight.
     pub auth: crate::auth::basic::Remembered,
+    /// Routes' `cache`: this shard's stored responses ([`crate::cache`]).
+    pub cache: crate::cache::ShardCache,
     /// The `Date` text of this second, for the proxy's own answers and forwarded responses
     /// without one.
     pub date: DateCache,
@@ -122,6 +124,7 @@ impl ShardCtx {
             ),
             date: DateCache::default(),
             auth: Default::default(),
+            cache: Default::default(),
             conns,
             rates,
             leases: Leases::default(),
@@ -306,6 +309,15 @@ impl ShardCtx {
         snap.pool_evicted_idle = c.evicted_idle;
         snap.pool_evicted_dead = c.evicted_dead;
         snap.pool_rejected_full = c.rejected_full;
+        let k = &self.cache;
+        snap.cache = [
+            k.hits.get(),
+            k.misses.get(),
+            k.bypasses.get(),
+            k.evictions.get(),
+            k.bytes(),
+            k.entries(),
+        ];
         for (i, b) in snap.backends.iter_mut().enumerate() {
             b.idle = pool.idle_for(i) as u64;
             let info = &self.shared.backends[i];

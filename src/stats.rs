@@ -396,6 +396,7 @@ impl Stats {
             compressed: self.compressed.each_ref().map(get),
             compressed_in: self.compressed_in.each_ref().map(get),
             compressed_out: self.compressed_out.each_ref().map(get),
+            cache: [0; 6],
             latency: self.latency.borrow().clone(),
             tls: self.tls.snapshot(),
         }
@@ -478,6 +479,9 @@ pub struct Snapshot {
     pub compressed: [u64; 3],
     pub compressed_in: [u64; 3],
     pub compressed_out: [u64; 3],
+    /// The routes' caches ([`crate::cache`]): hits, misses, bypasses, evictions, then the
+    /// gauges bytes held and entries (filled in by the shard).
+    pub cache: [u64; 6],
     pub latency: Latencies,
     pub tls: crate::tls::stats::TlsSnap,
 }
@@ -552,6 +556,7 @@ impl Snapshot {
         sum(&mut self.compressed, &other.compressed);
         sum(&mut self.compressed_in, &other.compressed_in);
         sum(&mut self.compressed_out, &other.compressed_out);
+        sum(&mut self.cache, &other.cache);
         self.latency.merge(&other.latency);
         self.tls.merge(&other.tls);
     }

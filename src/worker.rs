@@ -28,6 +28,8 @@ use crate::stats::{bump, Snapshot};
 /// A question the admin thread asks a shard; answered on the shard's own thread.
 pub enum ShardQuery {
     Snapshot(oneshot::Sender<Snapshot>),
+    /// `POST /cache/purge`: remove from this shard's caches; answers how many entries went.
+    Purge(crate::cache::Purge, oneshot::Sender<u64>),
     /// A reload published a new snapshot (see [`ShardReload`]).
     Reload(ShardReload),
 }
@@ -267,6 +269,9 @@ async fn shard_main(start: ShardStart) -> ShardReport {
                 match q {
                     ShardQuery::Snapshot(reply) => {
                         let _ = reply.send(ctx.snapshot());
+                    }
+                    ShardQuery::Purge(p, reply) => {
+                        let _ = reply.send(ctx.cache.purge(&p));
                     }
                     ShardQuery::Reload(r) => {
                         let failed = switch(

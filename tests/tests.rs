@@ -8,6 +8,7 @@ mod access;
 mod auth;
 mod balancing;
 mod bodies;
+mod cache;
 mod check;
 mod compress;
 mod congestion;

@@ -139,6 +139,8 @@ pub struct RouteConfig {
     pub rules: RouteRules,
     /// `compress`: responses compressed for clients that accept it ([`crate::compress`]).
     pub compress: Option<Box<CompressConfig>>,
+    /// `cache`: responses kept per shard ([`crate::cache`]); `None` costs nothing.
+    pub cache: Option<Box<CacheConfig>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -228,6 +230,7 @@ pub const SPLICE_MIN_BYTES: u64 = 256 * 1024;
 mod access;
 mod auth;
 mod balancing;
+mod cache;
 mod compress;
 mod congestion;
 mod dns;
@@ -242,6 +245,7 @@ mod tls;
 
 pub use access::{holds, AccessList, IpNet};
 pub use auth::{BasicAuth, ForwardAuth, RouteAuth, Users};
+pub use cache::CacheConfig;
 pub use compress::{Algorithm, CompressConfig};
 pub use congestion::Congestion;
 use dns::{dns_config, host_port};
@@ -731,6 +735,7 @@ impl Config {
                 auth,
                 rules,
                 compress: compress::route_compress(&mut c, &path, r.compress),
+                cache: cache::route_cache(&mut c, &path, r.cache.as_ref()),
             });
         }
         let rate_limits = table

@@ -73,6 +73,7 @@ pub(super) struct RawRoute {
     pub(super) response_headers: Option<super::rules::RawHeaderRules>,
     pub(super) redirect: Option<super::rules::RawRedirect>,
     pub(super) compress: Option<RawCompress>,
+    pub(super) cache: Option<super::cache::RawCache>,
 }
 
 /// A route's `compress` (checked by `compress::route_compress`).

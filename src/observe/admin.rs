@@ -3,7 +3,8 @@
 //! [`Snapshot`] over a channel and merging the answers, so shards keep writing plain
 //! per-shard counters. Endpoints: `GET /metrics` (Prometheus), `GET /status` (JSON),
 //! `GET /healthz`, `GET /ready`, `POST /upstreams/NAME/backends/ADDR/drain|enable`, and
-//! `POST /reload` (a hot reload, [`crate::reload`]; the outcome as JSON).
+//! `POST /reload` (a hot reload, [`crate::reload`]; the outcome as JSON), and
+//! `POST /cache/purge` (the routes' caches, every shard).
 //! Responses close the connection; requests are small and bounded.
 
 use std::net::SocketAddr;
@@ -300,6 +301,8 @@ async fn route(state: &AdminState, method: &str, target: &str, auth: Option<&[u8
             json(status, outcome.to_json())
         }
         (_, "/reload") => reply("405 Method Not Allowed", "use POST\n"),
+        ("POST", "/cache/purge") => purge(state, target).await,
+        (_, "/cache/purge") => reply("405 Method Not Allowed", "use POST\n"),
         ("GET" | "HEAD", "/status") => {
             let (shared, per_shard, all) = gather(state).await;
             json("200 OK", status_json(state, &shared, &per_shard, &all))
@@ -531,6 +534,67 @@ async fn set_drained(state: &AdminState, upstream: &str, addr: &str, drain: bool
             "in_flight": snap.in_flight,
         }),
     )
+}
+
+/// `POST /cache/purge?key=URL`, `?prefix=URL`, or `?all`: removes those entries from every
+/// shard's route caches (a URL key, percent-encoded, is `scheme://host[:port]/path?query`
+/// and takes all its `Vary` variants); answers how many entries went.
+async fn purge(state: &AdminState, target: &str) -> Reply {
+    use crate::cache::Purge;
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let p = match query.split_once('=') {
+        Some(("key", v)) => percent_decode(v).map(Purge::Key),
+        Some(("prefix", v)) => percent_decode(v).map(Purge::Prefix),
+        None if query == "all" => Some(Purge::All),
+        _ => None,
+    };
+    let Some(p) = p else {
+        return reply(
+            "400 Bad Request",
+            "use ?key=URL, ?prefix=URL (percent-encoded) or ?all\n",
+        );
+    };
+    let waits: Vec<_> = state
+        .queries
+        .iter()
+        .filter_map(|q| {
+            let (tx, rx) = oneshot::channel();
+            q.unbounded_send(ShardQuery::Purge(p.clone(), tx))
+                .ok()
+                .map(|()| rx)
+        })
+        .collect();
+    let until = Instant::now() + SHARD_TIMEOUT;
+    let (mut purged, mut shards) = (0, 0);
+    for rx in waits {
+        let left = until.saturating_duration_since(Instant::now());
+        if let Ok(Ok(n)) = monoio::time::timeout(left, rx).await {
+            purged += n;
+            shards += 1;
+        }
+    }
+    json(
+        "200 OK",
+        serde_json::json!({ "purged": purged, "shards": shards }),
+    )
+}
+
+/// `%XX` decoded (and `+` kept as is); None for a bad escape.
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 /// Seconds since the epoch, for `loaded_unix`.

@@ -626,6 +626,32 @@ pub fn render(
     family(&mut o, "edgeshard_retries_total", "counter", "Requests sent again: on a fresh connection after a pooled one died before any byte, or to another backend by the retry policy.");
     let _ = writeln!(o, "edgeshard_retries_total {}", all.retries);
 
+    // Routes' caches.
+    let c = &all.cache;
+    family(&mut o, "edgeshard_cache_requests_total", "counter", "Requests on routes with a cache, by X-Cache result: hit (served from memory), miss (fetched; stored when allowed), bypass (not cacheable, or the request bypassed the cache).");
+    for (result, n) in [("hit", c[0]), ("miss", c[1]), ("bypass", c[2])] {
+        let _ = writeln!(
+            o,
+            "edgeshard_cache_requests_total{{result=\"{result}\"}} {n}"
+        );
+    }
+    family(
+        &mut o,
+        "edgeshard_cache_evictions_total",
+        "counter",
+        "Cache entries evicted (least recently used) to stay within a route's cache.size.",
+    );
+    let _ = writeln!(o, "edgeshard_cache_evictions_total {}", c[3]);
+    family(&mut o, "edgeshard_cache_bytes", "gauge", "Bytes held by the routes' caches, all shards (each shard holds at most a route's cache.size).");
+    let _ = writeln!(o, "edgeshard_cache_bytes {}", c[4]);
+    family(
+        &mut o,
+        "edgeshard_cache_entries",
+        "gauge",
+        "Responses held by the routes' caches, all shards.",
+    );
+    let _ = writeln!(o, "edgeshard_cache_entries {}", c[5]);
+
     // Pool.
     family(
         &mut o,

@@ -1,0 +1,501 @@
+//! The response cache's rules (RFC 9111), between *route* and *forward* (lookup) and in
+//! *respond* (store): the cache key, `Cache-Control` directives of requests and responses,
+//! whether a response may be stored and for how long it is fresh, its age (§4.2.3), HTTP
+//! dates, and conditional requests (`If-None-Match`, `If-Modified-Since`). Pure functions
+//! over byte slices; nothing here can panic on network input.
+
+/// `Cache-Control` directives the cache acts on (others are ignored).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Directives {
+    pub no_store: bool,
+    pub no_cache: bool,
+    pub private: bool,
+    pub public: bool,
+    pub max_age: Option<u64>,
+    pub s_maxage: Option<u64>,
+}
+
+impl Directives {
+    /// Adds the directives of one `Cache-Control` field value (a comma-separated list of
+    /// `name[=value]`, names case-insensitive, values possibly quoted). A delta-seconds value
+    /// that does not parse makes its directive count as 0 (stale at once, RFC 9111 §1.2.2
+    /// asks for the greatest value on overflow, which saturating parsing gives).
+    pub fn add(&mut self, value: &[u8]) {
+        for item in value.split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            let (name, arg) = match item.iter().position(|&b| b == b'=') {
+                Some(i) => (
+                    item[..i].trim_ascii(),
+                    Some(unquote(item[i + 1..].trim_ascii())),
+                ),
+                None => (item, None),
+            };
+            let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+            if is("no-store") {
+                self.no_store = true;
+            } else if is("no-cache") {
+                self.no_cache = true;
+            } else if is("private") {
+                self.private = true;
+            } else if is("public") {
+                self.public = true;
+            } else if is("max-age") {
+                self.max_age = Some(arg.map_or(0, delta_seconds));
+            } else if is("s-maxage") {
+                self.s_maxage = Some(arg.map_or(0, delta_seconds));
+            }
+        }
+    }
+}
+
+fn unquote(v: &[u8]) -> &[u8] {
+    match v {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => v,
+    }
+}
+
+/// Delta-seconds (RFC 9111 §1.2.2): digits; too large saturates; anything else is 0.
+pub fn delta_seconds(v: &[u8]) -> u64 {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return 0;
+    }
+    v.iter().fold(0u64, |n, &d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    })
+}
+
+/// What the request asks of the cache.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RequestRules {
+    /// `Cache-Control: no-store` or `no-cache` (or `Pragma: no-cache` without a
+    /// `Cache-Control`): neither served from nor stored in the cache.
+    pub bypass: bool,
+    /// `Authorization` present: stored only when the response says `public` or `s-maxage`.
+    pub authorization: bool,
+}
+
+/// The request's cache rules from its fields (name, value).
+pub fn request_rules<'h>(fields: impl Iterator<Item = (&'h [u8], &'h [u8])>) -> RequestRules {
+    let mut d = Directives::default();
+    let (mut cc, mut pragma, mut authorization) = (false, false, false);
+    for (name, value) in fields {
+        if name.eq_ignore_ascii_case(b"cache-control") {
+            cc = true;
+            d.add(value);
+        } else if name.eq_ignore_ascii_case(b"pragma") {
+            pragma |= value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"no-cache"));
+        } else if name.eq_ignore_ascii_case(b"authorization") {
+            authorization = true;
+        }
+    }
+    RequestRules {
+        bypass: d.no_store || d.no_cache || (!cc && pragma),
+        authorization,
+    }
+}
+
+/// Statuses a cache may store (RFC 9110 §15.1's heuristically cacheable ones; with heuristics
+/// off each still needs explicit freshness).
+pub fn cacheable_status(status: u16) -> bool {
+    matches!(
+        status,
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// What storing a response needs from its head.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ResponseFacts {
+    pub directives: Directives,
+    pub set_cookie: bool,
+    /// `Vary` field names, lower-case, in order; `vary_any` for `Vary: *`.
+    pub vary: Vec<Box<[u8]>>,
+    pub vary_any: bool,
+    pub date: Option<u64>,
+    /// `Expires`; `Some(0)` when present but not a valid date (RFC 9111 §5.3: already expired).
+    pub expires: Option<u64>,
+    pub age: Option<u64>,
+    pub etag: Option<Box<[u8]>>,
+    pub last_modified: Option<u64>,
+}
+
+/// At most this many `Vary` names; a response varying on more is not stored.
+pub const MAX_VARY: usize = 8;
+
+/// Reads the fields of a response head that storing it depends on.
+pub fn response_facts<'h>(fields: impl Iterator<Item = (&'h [u8], &'h [u8])>) -> ResponseFacts {
+    let mut f = ResponseFacts::default();
+    for (name, value) in fields {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        if is("cache-control") {
+            f.directives.add(value);
+        } else if is("set-cookie") {
+            f.set_cookie = true;
+        } else if is("vary") {
+            for v in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if v == b"*" {
+                    f.vary_any = true;
+                } else if !v.is_empty() && f.vary.len() <= MAX_VARY {
+                    let lower: Box<[u8]> = v.to_ascii_lowercase().into();
+                    if !f.vary.contains(&lower) {
+                        f.vary.push(lower);
+                    }
+                }
+            }
+        } else if is("date") {
+            f.date = parse_http_date(value);
+        } else if is("expires") {
+            f.expires = Some(parse_http_date(value).unwrap_or(0));
+        } else if is("age") {
+            f.age = Some(delta_seconds(value.trim_ascii()));
+        } else if is("etag") {
+            f.etag = Some(value.trim_ascii().into());
+        } else if is("last-modified") {
+            f.last_modified = parse_http_date(value);
+        }
+    }
+    f
+}
+
+/// Why a response is not stored (for tests and the reason in logs), or its freshness
+/// lifetime in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storable {
+    Yes { lifetime: u64 },
+    No(&'static str),
+}
+
+/// Whether a shared cache may store this response (RFC 9111 §3), and its freshness lifetime
+/// (§4.2.1: `s-maxage`, else `max-age`, else `Expires` − `Date`; no heuristics). `no-cache`
+/// would need revalidation on every use, which this cache does not do yet: not stored.
+pub fn storable(status: u16, f: &ResponseFacts, req: RequestRules, now: u64) -> Storable {
+    let d = &f.directives;
+    if !cacheable_status(status) {
+        return Storable::No("status");
+    }
+    if d.no_store || d.private || d.no_cache {
+        return Storable::No("cache-control");
+    }
+    if f.set_cookie {
+        return Storable::No("set-cookie");
+    }
+    if f.vary_any || f.vary.len() > MAX_VARY {
+        return Storable::No("vary");
+    }
+    if req.authorization && !d.public && d.s_maxage.is_none() {
+        return Storable::No("authorization");
+    }
+    let lifetime = match (d.s_maxage, d.max_age, f.expires) {
+        (Some(s), _, _) => s,
+        (None, Some(m), _) => m,
+        (None, None, Some(e)) => e.saturating_sub(f.date.unwrap_or(now)),
+        (None, None, None) => return Storable::No("no explicit freshness"),
+    };
+    if lifetime == 0 {
+        return Storable::No("stale");
+    }
+    Storable::Yes { lifetime }
+}
+
+/// The corrected initial age (RFC 9111 §4.2.3) of a response requested at `request_time`
+/// and received at `response_time` (Unix seconds); its current age is this plus the time
+/// it has been stored.
+pub fn initial_age(f: &ResponseFacts, request_time: u64, response_time: u64) -> u64 {
+    let apparent = response_time.saturating_sub(f.date.unwrap_or(response_time));
+    let delay = response_time.saturating_sub(request_time);
+    let corrected = f.age.unwrap_or(0).saturating_add(delay);
+    apparent.max(corrected)
+}
+
+/// Weak comparison (RFC 9110 §8.8.3.2) of `If-None-Match`'s list against `etag`: `*`
+/// matches any stored response.
+pub fn none_match(if_none_match: &[u8], etag: Option<&[u8]>) -> bool {
+    let strip = |t: &[u8]| -> Vec<u8> {
+        let t = t.trim_ascii();
+        t.strip_prefix(b"W/").unwrap_or(t).to_vec()
+    };
+    if if_none_match.trim_ascii() == b"*" {
+        return true;
+    }
+    let Some(etag) = etag else { return false };
+    let etag = strip(etag);
+    if_none_match
+        .split(|&b| b == b',')
+        .any(|t| !t.trim_ascii().is_empty() && strip(t) == etag)
+}
+
+/// Whether a conditional request is answered `304 Not Modified` by a stored response with
+/// `etag` and `last_modified` (Unix seconds): `If-None-Match` when present (then
+/// `If-Modified-Since` is ignored, RFC 9110 §13.1.3), else `If-Modified-Since` against
+/// `Last-Modified` (an unparsable date is ignored).
+pub fn not_modified(
+    if_none_match: Option<&[u8]>,
+    if_modified_since: Option<&[u8]>,
+    etag: Option<&[u8]>,
+    last_modified: Option<u64>,
+) -> bool {
+    if let Some(inm) = if_none_match {
+        return none_match(inm, etag);
+    }
+    match (if_modified_since.and_then(parse_http_date), last_modified) {
+        (Some(since), Some(lm)) => lm <= since,
+        _ => false,
+    }
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) as Unix seconds. The obsolete RFC 850
+/// and asctime forms, which RFC 9110 §5.6.7 asks recipients to accept, are not (yet): such
+/// a `Date` is ignored, such an `Expires` counts as already expired (nothing is stored).
+pub fn parse_http_date(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.len() != 29 || &v[3..5] != b", " || &v[25..] != b" GMT" {
+        return None;
+    }
+    let num = |s: &[u8]| -> Option<u64> {
+        s.iter().try_fold(0u64, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+        })
+    };
+    let day = num(&v[5..7])?;
+    let month = crate::http::date::MONTHS
+        .iter()
+        .position(|m| m.as_bytes() == &v[8..11])? as u64
+        + 1;
+    let year = num(&v[12..16])?;
+    if v[7] != b' ' || v[11] != b' ' || v[16] != b' ' || v[19] != b':' || v[22] != b':' {
+        return None;
+    }
+    let (h, m, s) = (num(&v[17..19])?, num(&v[20..22])?, num(&v[23..25])?);
+    if !(1..=31).contains(&day) || year < 1970 || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant), for years from 1970.
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + h * 3600 + m * 60 + s)
+}
+
+/// The cache key of a request: `scheme://host/path?query` with the host lower-cased and its
+/// default port (80 for http, 443 for https) removed; `target` is the origin-form path and
+/// query as the client sent it (before any rewrite).
+pub fn primary_key(https: bool, host: &[u8], target: &[u8], out: &mut Vec<u8>) {
+    let (scheme, port): (&[u8], &[u8]) = if https {
+        (b"https://", b":443")
+    } else {
+        (b"http://", b":80")
+    };
+    out.extend_from_slice(scheme);
+    let host = host.strip_suffix(port).unwrap_or(host);
+    out.extend(host.iter().map(u8::to_ascii_lowercase));
+    if target.first() != Some(&b'/') {
+        out.push(b'/');
+    }
+    out.extend_from_slice(target);
+}
+
+/// Appends the `Vary` part of a key: for each name, `\n` name `:` the values of that field
+/// among the request's `fields` (several joined by `,`, each trimmed).
+pub fn vary_key<'h, I>(names: &[Box<[u8]>], fields: I, out: &mut Vec<u8>)
+where
+    I: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+{
+    for name in names {
+        out.push(b'\n');
+        out.extend_from_slice(name);
+        out.push(b':');
+        let values = fields
+            .clone()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v);
+        for (i, v) in values.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(v.trim_ascii());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(fields: &[(&str, &str)]) -> ResponseFacts {
+        response_facts(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+    }
+
+    const NOW: u64 = 1_700_000_000;
+
+    #[test]
+    fn freshness_prefers_s_maxage_then_max_age_then_expires_minus_date() {
+        let req = RequestRules::default();
+        let f = facts(&[("Cache-Control", "max-age=60, s-maxage=120")]);
+        assert_eq!(storable(200, &f, req, NOW), Storable::Yes { lifetime: 120 });
+        let f = facts(&[("cache-control", "public, MAX-AGE=\"30\"")]);
+        assert_eq!(storable(200, &f, req, NOW), Storable::Yes { lifetime: 30 });
+        let f = facts(&[
+            ("Date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("Expires", "Sun, 06 Nov 1994 08:50:37 GMT"),
+        ]);
+        assert_eq!(storable(200, &f, req, NOW), Storable::Yes { lifetime: 60 });
+        let f = facts(&[("Expires", "0")]);
+        assert_eq!(storable(200, &f, req, NOW), Storable::No("stale"));
+        assert_eq!(
+            storable(200, &facts(&[]), req, NOW),
+            Storable::No("no explicit freshness")
+        );
+        let f = facts(&[("Cache-Control", "max-age=99999999999999999999999")]);
+        assert_eq!(
+            storable(200, &f, req, NOW),
+            Storable::Yes { lifetime: u64::MAX }
+        );
+        let f = facts(&[("Cache-Control", "max-age=abc")]);
+        assert_eq!(storable(200, &f, req, NOW), Storable::No("stale"));
+    }
+
+    #[test]
+    fn what_is_never_stored() {
+        let req = RequestRules::default();
+        for (fields, why) in [
+            (
+                &[("Cache-Control", "no-store, max-age=60")][..],
+                "cache-control",
+            ),
+            (&[("Cache-Control", "private, max-age=60")], "cache-control"),
+            (
+                &[("Cache-Control", "max-age=60, no-cache")],
+                "cache-control",
+            ),
+            (
+                &[("Cache-Control", "max-age=60"), ("Set-Cookie", "a=b")],
+                "set-cookie",
+            ),
+            (&[("Cache-Control", "max-age=60"), ("Vary", "*")], "vary"),
+        ] {
+            assert_eq!(storable(200, &facts(fields), req, NOW), Storable::No(why));
+        }
+        let f = facts(&[("Cache-Control", "max-age=60")]);
+        assert_eq!(storable(500, &f, req, NOW), Storable::No("status"));
+        assert_eq!(storable(206, &f, req, NOW), Storable::No("status"));
+        let auth = RequestRules {
+            authorization: true,
+            ..Default::default()
+        };
+        assert_eq!(storable(200, &f, auth, NOW), Storable::No("authorization"));
+        let f = facts(&[("Cache-Control", "public, max-age=60")]);
+        assert_eq!(storable(200, &f, auth, NOW), Storable::Yes { lifetime: 60 });
+    }
+
+    #[test]
+    fn request_directives_bypass_the_cache() {
+        let rules = |fields: &[(&str, &str)]| {
+            request_rules(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+        };
+        assert!(rules(&[("Cache-Control", "no-cache")]).bypass);
+        assert!(rules(&[("Cache-Control", "max-age=0, no-store")]).bypass);
+        assert!(rules(&[("Pragma", "no-cache")]).bypass);
+        assert!(!rules(&[("Pragma", "no-cache"), ("Cache-Control", "max-age=5")]).bypass);
+        assert!(!rules(&[("Accept", "*/*")]).bypass);
+        assert!(rules(&[("authorization", "Basic x")]).authorization);
+    }
+
+    #[test]
+    fn age_is_corrected_per_rfc_9111() {
+        let f = facts(&[("Age", "10"), ("Date", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        let date = parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        // Apparent age 5 (received 5 s after its Date), age value 10 + 2 s of delay.
+        assert_eq!(initial_age(&f, date + 3, date + 5), 12);
+        assert_eq!(initial_age(&f, date, date + 30), 40, "10 + 30 s of delay");
+        // A Date in the future is not a negative age.
+        assert_eq!(initial_age(&facts(&[]), 100, 100), 0);
+        let f = facts(&[("Date", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        assert_eq!(initial_age(&f, date - 10, date - 10), 0);
+    }
+
+    #[test]
+    fn http_dates_parse_and_bad_ones_do_not() {
+        assert_eq!(
+            parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(parse_http_date(b"Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        let now = crate::http::date::http_date(NOW);
+        assert_eq!(parse_http_date(&now), Some(NOW));
+        for bad in [
+            &b"Sunday, 06-Nov-94 08:49:37 GMT"[..],
+            b"Sun Nov  6 08:49:37 1994",
+            b"Sun, 06 Nov 1994 08:49:37 UTC",
+            b"Sun, 06 Xyz 1994 08:49:37 GMT",
+            b"Sun, 0x Nov 1994 08:49:37 GMT",
+            b"Sun, 06 Nov 1994 28:49:37 GMT",
+            b"",
+            "Sun, 06 Nov 1994 08:49:3\u{e9}GMT".as_bytes(),
+        ] {
+            assert_eq!(
+                parse_http_date(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn conditionals_use_weak_etags_and_dates() {
+        assert!(none_match(b"\"a\", W/\"b\"", Some(b"\"b\"")));
+        assert!(none_match(b"W/\"b\"", Some(b"W/\"b\"")));
+        assert!(!none_match(b"\"c\"", Some(b"\"b\"")));
+        assert!(none_match(b"*", None));
+        assert!(!none_match(b"\"b\"", None));
+        let lm = parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT");
+        let same = Some(&b"Sun, 06 Nov 1994 08:49:37 GMT"[..]);
+        let before = Some(&b"Sat, 05 Nov 1994 08:49:37 GMT"[..]);
+        assert!(not_modified(None, same, None, lm));
+        assert!(!not_modified(None, before, None, lm));
+        assert!(!not_modified(None, Some(b"garbage"), None, lm));
+        // If-None-Match wins over If-Modified-Since.
+        assert!(!not_modified(Some(b"\"x\""), same, Some(b"\"y\""), lm));
+    }
+
+    #[test]
+    fn keys_normalise_scheme_host_and_default_port() {
+        let key = |https, host: &str, target: &str| {
+            let mut k = Vec::new();
+            primary_key(https, host.as_bytes(), target.as_bytes(), &mut k);
+            String::from_utf8(k).unwrap()
+        };
+        assert_eq!(
+            key(false, "Example.COM:80", "/a?b=C"),
+            "http://example.com/a?b=C"
+        );
+        assert_eq!(
+            key(false, "example.com:8080", "/"),
+            "http://example.com:8080/"
+        );
+        assert_eq!(key(true, "example.com:443", "/x"), "https://example.com/x");
+        assert_eq!(
+            key(true, "example.com:80", "/x"),
+            "https://example.com:80/x"
+        );
+        let mut k = Vec::new();
+        let names: Vec<Box<[u8]>> = vec![b"accept-encoding".to_vec().into()];
+        let fields = [
+            (&b"Accept-Encoding"[..], &b" gzip "[..]),
+            (b"x", b"y"),
+            (b"accept-encoding", b"br"),
+        ];
+        vary_key(&names, fields.into_iter(), &mut k);
+        assert_eq!(k, b"\naccept-encoding:gzip,br");
+    }
+}

@@ -1,0 +1,133 @@
+//! Stage 7, *respond*, for a cache hit: the stored response written to the client without
+//! contacting a backend. Its head goes through the same rewrite as a relayed one
+//! ([`client_response_head`]: hop-by-hop fields dropped, `hide_response_headers`, the
+//! proxy's `Server`, the request id, HSTS, the listener's and route's `response_headers`),
+//! with `Age` (RFC 9111 §4.2.3) and `X-Cache: HIT`; a conditional request it satisfies gets
+//! `304 Not Modified` and no body, a `HEAD` the head alone.
+
+use std::time::Instant;
+
+use super::{Hit, HIT};
+use crate::client::{Client, Outcome};
+use crate::forward::RequestFacts;
+use crate::http::canned::Canned;
+use crate::http::encode::{client_response_head, itoa_buf, OutFraming, Rewrite};
+use crate::http::parse::{parse_response, HeadLimits, Method, Parsed, ResponseHead};
+use crate::io::write_from;
+use crate::respond::respond_canned;
+use crate::rules::{Fields, Vars};
+use crate::shard::ShardCtx;
+use crate::stats::add;
+use crate::trace::{RequestId, Trace};
+
+/// Writes the hit to the client.
+pub async fn serve(
+    ctx: &ShardCtx,
+    client: &mut Client,
+    hit: Hit,
+    facts: &RequestFacts,
+    rid: &RequestId,
+    trace: &mut Trace,
+) -> Outcome {
+    let cfg = &ctx.shared.config;
+    let entry = &hit.entry;
+    // The stored head, as a 304 when the request's condition holds.
+    let mut stored = Vec::new();
+    let source: &[u8] = if hit.not_modified {
+        let first_line = entry
+            .head
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(0, |i| i + 2);
+        stored.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\n");
+        stored.extend_from_slice(&entry.head[first_line..]);
+        &stored
+    } else {
+        &entry.head
+    };
+    let limits = HeadLimits {
+        max_header_bytes: source.len().max(16384),
+        max_headers: cfg.limits.max_headers.max(100),
+        max_uri_bytes: cfg.limits.max_uri_bytes,
+    };
+    let mut head = ResponseHead::default();
+    if !matches!(
+        parse_response(source, &limits, &mut head),
+        Ok(Parsed::Complete(()))
+    ) {
+        // Stored only after it parsed once; kept for safety all the same.
+        trace.status = Some(502);
+        let close = !facts.keep_alive || ctx.draining();
+        return respond_canned(ctx, client, Canned::BadGateway, close).await;
+    }
+    let mut age = itoa_buf(entry.age(Instant::now()));
+    let mut set: [(&[u8], &[u8]); 5] = [(b"", b""); 5];
+    set[0] = (b"Age", age.as_str());
+    set[1] = (b"X-Cache", HIT);
+    let mut n_set = 2;
+    if cfg.request_id.respond {
+        set[n_set] = (cfg.request_id.header.as_bytes(), rid.bytes());
+        n_set += 1;
+    }
+    let listener = client.listener.clone();
+    if let Some(h) = listener.tls.as_ref().and_then(|t| t.hsts.as_deref()) {
+        set[n_set] = (b"Strict-Transport-Security", h.as_bytes());
+        n_set += 1;
+    }
+    if let Some(server) = cfg.response.server.as_deref() {
+        set[n_set] = (b"Server", server.as_bytes());
+        n_set += 1;
+    }
+    let route = trace.route.map(|i| &cfg.routes[i]);
+    let vars = Vars {
+        client_ip: facts.client_ip,
+        request_id: rid.bytes(),
+        host: b"",
+        https: crate::tls::client_facts(client).0,
+        path: b"",
+        query: b"",
+        route: route.map_or("", |r| r.name.as_str()),
+    };
+    let route_rules = route.and_then(|r| r.rules.response.as_deref());
+    let rw = Rewrite {
+        set: &set[..n_set],
+        hide: &cfg.response.hide,
+        date: Some(&ctx.date),
+        rules: Fields::of(listener.response_headers.as_deref(), route_rules, &vars),
+    };
+    let with_body = !hit.not_modified && facts.method != Method::Head;
+    let framing = if hit.not_modified {
+        OutFraming::None
+    } else {
+        OutFraming::Length(entry.body.len() as u64)
+    };
+    let close = !facts.keep_alive || ctx.draining();
+    let mut out = ctx.buffer();
+    client_response_head(source, &head, framing, close, facts.minor, rw, &mut out);
+    if with_body {
+        out.extend_from_slice(&entry.body);
+    }
+    let n = out.len();
+    trace.status = Some(head.status);
+    let t = cfg.timeouts.client_send;
+    match write_from(&mut client.stream, &mut out, 0, n, &mut client.deadline, t).await {
+        Ok(()) => {
+            let body = if with_body {
+                entry.body.len() as u64
+            } else {
+                0
+            };
+            add(&ctx.stats.bytes_out, body);
+            trace.bytes_out = body;
+            if close {
+                Outcome::Close
+            } else {
+                Outcome::KeepAlive
+            }
+        }
+        Err(_) => {
+            trace.aborted = true;
+            Outcome::Close
+        }
+    }
+}

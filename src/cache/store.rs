@@ -1,0 +1,261 @@
+//! The response cache's memory, one [`Store`] per cached route per shard (looked up between
+//! *route* and *forward*, filled in *respond*): entries by key, bounded in bytes, least
+//! recently used evicted first, with the `Vary` field names last seen for each URL.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use rustc_hash::FxHashMap;
+
+/// Bytes charged per entry beyond its key, head and body: the maps' slots, the `Rc`s, the
+/// LRU index, the allocations' headers.
+pub const ENTRY_OVERHEAD: u64 = 256;
+
+/// One stored response.
+#[derive(Debug)]
+pub struct Entry {
+    /// The backend's response head as received (re-parsed when served).
+    pub head: Box<[u8]>,
+    /// The decoded body.
+    pub body: Box<[u8]>,
+    /// When it was stored, for its resident time.
+    pub stored: Instant,
+    /// Its corrected initial age in seconds (RFC 9111 §4.2.3).
+    pub initial_age: u64,
+    /// Freshness lifetime in seconds.
+    pub lifetime: u64,
+    pub etag: Option<Box<[u8]>>,
+    pub last_modified: Option<u64>,
+}
+
+impl Entry {
+    /// Its current age in whole seconds.
+    pub fn age(&self, now: Instant) -> u64 {
+        self.initial_age
+            .saturating_add(now.saturating_duration_since(self.stored).as_secs())
+    }
+
+    pub fn fresh(&self, now: Instant) -> bool {
+        self.age(now) < self.lifetime
+    }
+}
+
+struct Slot {
+    entry: Rc<Entry>,
+    /// Its place in `order` (the last use).
+    tick: u64,
+    /// `key[..primary]` is the URL part of the key (the rest is the `Vary` part).
+    primary: usize,
+    size: u64,
+}
+
+/// The `Vary` names of one URL and how many entries it has.
+struct Variants {
+    names: Rc<[Box<[u8]>]>,
+    entries: usize,
+}
+
+/// Entries of one route on one shard.
+pub struct Store {
+    entries: FxHashMap<Rc<[u8]>, Slot>,
+    /// Last use → key: the first is the least recently used.
+    order: BTreeMap<u64, Rc<[u8]>>,
+    vary: FxHashMap<Box<[u8]>, Variants>,
+    tick: u64,
+    bytes: u64,
+    pub size: u64,
+}
+
+impl Store {
+    pub fn new(size: u64) -> Store {
+        Store {
+            entries: FxHashMap::default(),
+            order: BTreeMap::new(),
+            vary: FxHashMap::default(),
+            tick: 0,
+            bytes: 0,
+            size,
+        }
+    }
+
+    /// Bytes held (never more than `size` after an insert).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The `Vary` names last stored for the URL `primary` (none: the key is the URL).
+    pub fn vary_names(&self, primary: &[u8]) -> Option<Rc<[Box<[u8]>]>> {
+        self.vary.get(primary).map(|v| v.names.clone())
+    }
+
+    /// The entry under `key`, marked as just used.
+    pub fn get(&mut self, key: &[u8]) -> Option<Rc<Entry>> {
+        let slot = self.entries.get_mut(key)?;
+        self.tick += 1;
+        let k = self.order.remove(&slot.tick)?;
+        slot.tick = self.tick;
+        self.order.insert(self.tick, k);
+        Some(slot.entry.clone())
+    }
+
+    /// Stores `entry` under `key` (whose first `primary` bytes are the URL, stored with the
+    /// `Vary` names `names`), replacing any entry there, then evicts the least recently used
+    /// until the store fits its size again. Returns how many entries were evicted; an entry
+    /// larger than the whole store is not stored.
+    pub fn insert(
+        &mut self,
+        key: &[u8],
+        primary: usize,
+        names: Rc<[Box<[u8]>]>,
+        entry: Entry,
+    ) -> u64 {
+        let size =
+            key.len() as u64 + entry.head.len() as u64 + entry.body.len() as u64 + ENTRY_OVERHEAD;
+        self.remove(key);
+        if size > self.size {
+            return 0;
+        }
+        let key: Rc<[u8]> = key.into();
+        let url: Box<[u8]> = key[..primary.min(key.len())].into();
+        let v = self.vary.entry(url).or_insert_with(|| Variants {
+            names: names.clone(),
+            entries: 0,
+        });
+        v.names = names;
+        v.entries += 1;
+        self.tick += 1;
+        self.order.insert(self.tick, key.clone());
+        self.bytes += size;
+        self.entries.insert(
+            key,
+            Slot {
+                entry: Rc::new(entry),
+                tick: self.tick,
+                primary,
+                size,
+            },
+        );
+        self.shrink_to(self.size)
+    }
+
+    /// Evicts the least recently used entries until at most `size` bytes are held; returns
+    /// how many went.
+    pub fn shrink_to(&mut self, size: u64) -> u64 {
+        let mut evicted = 0;
+        while self.bytes > size {
+            let Some((_, key)) = self.order.pop_first() else {
+                break;
+            };
+            self.remove(&key);
+            evicted += 1;
+        }
+        evicted
+    }
+
+    /// Removes the entry under `key`, if any.
+    pub fn remove(&mut self, key: &[u8]) -> bool {
+        let Some(slot) = self.entries.remove(key) else {
+            return false;
+        };
+        self.order.remove(&slot.tick);
+        self.bytes -= slot.size;
+        let url = &key[..slot.primary.min(key.len())];
+        if let Some(v) = self.vary.get_mut(url) {
+            v.entries -= 1;
+            if v.entries == 0 {
+                self.vary.remove(url);
+            }
+        }
+        true
+    }
+
+    /// Removes every entry whose URL (the key without its `Vary` part) `matches`; returns how
+    /// many.
+    pub fn purge(&mut self, matches: impl Fn(&[u8]) -> bool) -> u64 {
+        let keys: Vec<Rc<[u8]>> = self
+            .entries
+            .iter()
+            .filter(|(k, s)| matches(&k[..s.primary.min(k.len())]))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.iter().filter(|k| self.remove(k)).count() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(body: usize) -> Entry {
+        Entry {
+            head: b"HTTP/1.1 200 OK\r\n\r\n"[..].into(),
+            body: vec![b'x'; body].into(),
+            stored: Instant::now(),
+            initial_age: 0,
+            lifetime: 60,
+            etag: None,
+            last_modified: None,
+        }
+    }
+
+    fn none() -> Rc<[Box<[u8]>]> {
+        Rc::from(Vec::new())
+    }
+
+    #[test]
+    fn the_least_recently_used_goes_first_and_the_size_holds() {
+        let one = 1 + 19 + 1000 + ENTRY_OVERHEAD;
+        let mut s = Store::new(3 * one);
+        for k in [b"a", b"b", b"c"] {
+            assert_eq!(s.insert(k, 1, none(), entry(1000)), 0);
+        }
+        assert_eq!(s.bytes(), 3 * one);
+        assert!(s.get(b"a").is_some(), "a is now the most recent");
+        assert_eq!(s.insert(b"d", 1, none(), entry(1000)), 1);
+        assert!(s.get(b"b").is_none(), "b was the least recently used");
+        assert!(s.get(b"a").is_some() && s.get(b"c").is_some() && s.get(b"d").is_some());
+        assert!(s.bytes() <= s.size);
+        // Replacing keeps one copy; too large for the store: not stored at all.
+        s.insert(b"a", 1, none(), entry(10));
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.insert(b"e", 1, none(), entry(10_000)), 0);
+        assert!(s.get(b"e").is_none());
+        assert!(s.bytes() <= s.size);
+        assert_eq!(s.shrink_to(0), 3);
+        assert_eq!((s.bytes(), s.len(), s.vary.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn variants_share_their_url_and_purges_match_urls() {
+        let mut s = Store::new(1 << 20);
+        let names: Rc<[Box<[u8]>]> = Rc::from(vec![Box::<[u8]>::from(&b"accept"[..])]);
+        s.insert(b"http://h/a\naccept:x", 10, names.clone(), entry(1));
+        s.insert(b"http://h/a\naccept:y", 10, names.clone(), entry(1));
+        s.insert(b"http://h/b", 10, none(), entry(1));
+        assert_eq!(s.vary_names(b"http://h/a").unwrap().len(), 1);
+        assert_eq!(s.vary_names(b"http://h/b").unwrap().len(), 0);
+        assert_eq!(s.purge(|url| url == b"http://h/a"), 2);
+        assert!(s.vary_names(b"http://h/a").is_none());
+        assert_eq!(s.purge(|url| url.starts_with(b"http://h/")), 1);
+        assert!(s.is_empty());
+        assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn freshness_counts_the_initial_age() {
+        let mut e = entry(1);
+        e.initial_age = 59;
+        assert!(e.fresh(e.stored));
+        e.initial_age = 60;
+        assert!(!e.fresh(e.stored));
+    }
+}

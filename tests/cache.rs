@@ -1,0 +1,376 @@
+//! The per-route response cache (issue 18, first step), with a real client and a backend
+//! that answers with chosen headers: hits never reach the backend, what RFC 9111 forbids is
+//! not stored, `Vary` variants, `HEAD` and conditional requests from the cache, expiry, the
+//! size bound, purge, collapsed misses, and the `X-Cache` values.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// A backend reply with `headers` and `body` (Content-Length, or chunked).
+fn reply(headers: &[(&str, &str)], body: &str, chunked: bool) -> Reply {
+    Reply::Response {
+        status: 200,
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+        body: body.as_bytes().to_vec(),
+        mode: if chunked {
+            BodyMode::Chunked
+        } else {
+            BodyMode::Length
+        },
+        close_after: false,
+    }
+}
+
+/// A proxy whose only route has `cache = { extra }` in front of `origin`.
+fn cached(origin: &Origin, cache: &str, engine: Engine) -> Proxy {
+    Config::new()
+        .upstream("main", &[origin.addr()])
+        .route("main", "path_prefix = \"/nc/\"\nname = \"plain\"")
+        .route("main", &format!("name = \"cached\"\ncache = {{ {cache} }}"))
+        .admin("")
+        .start(engine)
+}
+
+fn fetch(c: &mut Client, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+    let mut h = vec![("Host", "example.com")];
+    h.extend_from_slice(headers);
+    c.send(&request(method, path, &h, b""));
+    c.read_response_for(method)
+}
+
+fn x_cache(r: &Response) -> String {
+    r.header("X-Cache").unwrap_or("none").to_string()
+}
+
+both_engines! {
+    // With `compress` on the same route: a response compressed for its client is never
+    // stored (the key names no coding; storing it would serve gzip to anyone); an identity
+    // one is, and is then served to everyone as stored.
+    fn compressed_responses_are_not_stored(engine) {
+        let body = "x".repeat(4096);
+        let b = body.clone();
+        let origin = Origin::with_handler("o", move |_| {
+            reply(&[("Cache-Control", "max-age=100"), ("Content-Type", "text/plain")], &b, false)
+        });
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", "cache = { size = \"1MiB\" }\ncompress = { algorithms = [\"gzip\"] }")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        for _ in 0..2 {
+            let r = fetch(&mut c, "GET", "/a", &[("Accept-Encoding", "gzip")]);
+            assert_eq!(r.header("Content-Encoding"), Some("gzip"));
+            assert_eq!(x_cache(&r), "MISS");
+        }
+        assert_eq!(origin.request_count(), 2, "a compressed response is not stored");
+        let r = fetch(&mut c, "GET", "/a", &[]);
+        assert_eq!((x_cache(&r).as_str(), r.header("Content-Encoding")), ("MISS", None));
+        let r = fetch(&mut c, "GET", "/a", &[("Accept-Encoding", "gzip")]);
+        assert_eq!(x_cache(&r), "HIT");
+        assert_eq!(r.header("Content-Encoding"), None, "hits are served as stored");
+        assert_eq!(r.body, body.as_bytes());
+        assert_eq!(origin.request_count(), 3);
+    }
+
+    // A cacheable response (chunked from the backend) is stored while relayed; the next
+    // request is answered from memory: same status, fields and body, an Age, X-Cache: HIT,
+    // and the backend sees nothing. A route without `cache` carries no X-Cache.
+    fn a_cacheable_response_is_served_from_the_cache(engine) {
+        let origin = Origin::with_handler("o", |r| {
+            let body = format!("body of {}", r.target);
+            reply(&[("Cache-Control", "public, max-age=100"), ("X-Origin", "o"), ("ETag", "\"v1\"")], &body, true)
+        });
+        let proxy = cached(&origin, "size = \"1MiB\"", engine);
+        let mut c = Client::connect(proxy.addr());
+        let first = fetch(&mut c, "GET", "/a?x=1", &[]);
+        assert_eq!((first.status(), x_cache(&first)), (200, "MISS".into()));
+        assert_eq!(first.body_str(), "body of /a?x=1");
+        assert_eq!(origin.request_count(), 1);
+        for _ in 0..3 {
+            let hit = fetch(&mut c, "GET", "/a?x=1", &[]);
+            assert_eq!((hit.status(), x_cache(&hit)), (200, "HIT".into()));
+            assert_eq!(hit.body_str(), "body of /a?x=1");
+            assert_eq!(hit.header("X-Origin"), Some("o"));
+            assert_eq!(hit.header("Content-Length"), Some("14"));
+            assert!(hit.header("Transfer-Encoding").is_none());
+            let age: u64 = hit.header("Age").expect("an Age").parse().unwrap();
+            assert!(age <= 2, "{age}");
+        }
+        assert_eq!(origin.request_count(), 1, "hits never reach the backend");
+        // Another query, another host, another key.
+        let other = fetch(&mut c, "GET", "/a?x=2", &[]);
+        assert_eq!(x_cache(&other), "MISS");
+        c.send(&get("EXAMPLE.com:80", "/a?x=1"));
+        let r = c.read_response();
+        assert_eq!(x_cache(&r), "HIT", "host case and the default port do not matter");
+        c.send(&get("other.example", "/a?x=1"));
+        assert_eq!(x_cache(&c.read_response()), "MISS");
+        assert_eq!(origin.request_count(), 3);
+        // HEAD from the stored GET: the head, with its length, and no body.
+        let head = fetch(&mut c, "HEAD", "/a?x=1", &[]);
+        assert_eq!((head.status(), x_cache(&head)), (200, "HIT".into()));
+        assert_eq!(head.header("Content-Length"), Some("14"));
+        assert!(head.body.is_empty());
+        // The connection still works (no stray body bytes after the HEAD).
+        assert_eq!(fetch(&mut c, "GET", "/a?x=1", &[]).body_str(), "body of /a?x=1");
+        let plain = fetch(&mut c, "GET", "/nc/x", &[]);
+        assert_eq!((plain.status(), x_cache(&plain)), (200, "none".into()));
+        assert_eq!(origin.request_count(), 4);
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_cache_requests_total", &[("result", "hit")]), 6.0);
+        assert_eq!(m.value("edgeshard_cache_requests_total", &[("result", "miss")]), 3.0);
+        assert!(m.value("edgeshard_cache_bytes", &[]) > 0.0);
+        assert_eq!(m.value("edgeshard_cache_entries", &[]), 3.0);
+        origin.assert_no_errors();
+    }
+
+    // What RFC 9111 keeps out of a shared cache is forwarded every time, marked BYPASS; so is
+    // a request that asks for no-store or no-cache, and a non-GET.
+    fn uncacheable_responses_and_requests_bypass_the_cache(engine) {
+        let origin = Origin::with_handler("o", |r| {
+            let cc = match r.path() {
+                "/no-store" => "no-store, max-age=100",
+                "/private" => "private, max-age=100",
+                "/no-cache" => "no-cache, max-age=100",
+                "/none" => "",
+                _ => "max-age=100",
+            };
+            let mut h = vec![("Cache-Control", cc)];
+            if r.path() == "/cookie" {
+                h.push(("Set-Cookie", "a=b"));
+            }
+            if r.path() == "/star" {
+                h.push(("Vary", "*"));
+            }
+            reply(&h, "x", false)
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        let mut expected = 0;
+        for path in ["/no-store", "/private", "/no-cache", "/none", "/cookie", "/star"] {
+            for _ in 0..2 {
+                let r = fetch(&mut c, "GET", path, &[]);
+                expected += 1;
+                assert_eq!((r.status(), x_cache(&r)), (200, "BYPASS".into()), "{path}");
+                assert_eq!(origin.request_count(), expected, "{path}");
+            }
+        }
+        // Stored, but a request with no-cache or no-store goes to the backend.
+        assert_eq!(x_cache(&fetch(&mut c, "GET", "/ok", &[])), "MISS");
+        assert_eq!(x_cache(&fetch(&mut c, "GET", "/ok", &[])), "HIT");
+        expected += 1;
+        for cc in ["no-cache", "no-store"] {
+            let r = fetch(&mut c, "GET", "/ok", &[("Cache-Control", cc)]);
+            assert_eq!(x_cache(&r), "BYPASS", "{cc}");
+            expected += 1;
+            assert_eq!(origin.request_count(), expected);
+        }
+        // With Authorization: not stored unless public or s-maxage.
+        let r = fetch(&mut c, "GET", "/auth", &[("Authorization", "Bearer t")]);
+        assert_eq!(x_cache(&r), "BYPASS");
+        let r = fetch(&mut c, "DELETE", "/ok", &[]);
+        assert_eq!(x_cache(&r), "BYPASS");
+        assert_eq!(origin.request_count(), expected + 2);
+    }
+
+    // `Vary` keeps one entry per value of the named request fields.
+    fn vary_separates_variants(engine) {
+        let origin = Origin::with_handler("o", |r| {
+            let lang = r.header("Accept-Language").unwrap_or("-").to_string();
+            reply(&[("Cache-Control", "max-age=100"), ("Vary", "Accept-Language")], &lang, false)
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        for (lang, result, count) in [
+            ("en", "MISS", 1),
+            ("fr", "MISS", 2),
+            ("en", "HIT", 2),
+            ("fr", "HIT", 2),
+            ("de", "MISS", 3),
+        ] {
+            let r = fetch(&mut c, "GET", "/v", &[("Accept-Language", lang)]);
+            assert_eq!((x_cache(&r), r.body_str()), (result.to_string(), lang.to_string()));
+            assert_eq!(origin.request_count(), count, "{lang}");
+        }
+        let r = fetch(&mut c, "GET", "/v", &[]);
+        assert_eq!((x_cache(&r), r.body_str()), ("MISS".into(), "-".into()));
+    }
+
+    // If-None-Match (weak comparison) and If-Modified-Since against the stored ETag and
+    // Last-Modified: 304 from the cache, without a body.
+    fn conditional_requests_get_304_from_the_cache(engine) {
+        let origin = Origin::with_handler("o", |_| {
+            reply(&[
+                ("Cache-Control", "max-age=100"),
+                ("ETag", "W/\"v1\""),
+                ("Last-Modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ], "content", false)
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        assert_eq!(x_cache(&fetch(&mut c, "GET", "/c", &[])), "MISS");
+        for h in [
+            ("If-None-Match", "\"v1\""),
+            ("If-None-Match", "\"x\", W/\"v1\""),
+            ("If-None-Match", "*"),
+            ("If-Modified-Since", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("If-Modified-Since", "Mon, 07 Nov 1994 08:49:37 GMT"),
+        ] {
+            let r = fetch(&mut c, "GET", "/c", &[h]);
+            assert_eq!((r.status(), x_cache(&r)), (304, "HIT".into()), "{h:?}");
+            assert!(r.body.is_empty());
+            assert_eq!(r.header("ETag"), Some("W/\"v1\""));
+        }
+        for h in [
+            ("If-None-Match", "\"v2\""),
+            ("If-Modified-Since", "Sat, 05 Nov 1994 08:49:37 GMT"),
+        ] {
+            let r = fetch(&mut c, "GET", "/c", &[h]);
+            assert_eq!((r.status(), r.body_str()), (200, "content".into()), "{h:?}");
+        }
+        assert_eq!(origin.request_count(), 1);
+    }
+
+    // Freshness: an `Age` the backend reports counts (a response already as old as its
+    // max-age is never stored; a younger one is served with its age added), and an entry
+    // is served only until its lifetime ends.
+    fn entries_expire(engine) {
+        let origin = Origin::with_handler("o", |r| match r.path() {
+            "/old" => reply(&[("Cache-Control", "max-age=10"), ("Age", "10")], "o", false),
+            "/aged" => reply(&[("Cache-Control", "max-age=100"), ("Age", "30")], "a", false),
+            "/expires" => reply(&[
+                ("Date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+                ("Expires", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ], "e", false),
+            _ => reply(&[("Cache-Control", "max-age=1")], "s", false),
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        for path in ["/old", "/old", "/expires", "/expires"] {
+            assert_eq!(x_cache(&fetch(&mut c, "GET", path, &[])), "BYPASS", "{path}");
+        }
+        assert_eq!(x_cache(&fetch(&mut c, "GET", "/aged", &[])), "MISS");
+        let r = fetch(&mut c, "GET", "/aged", &[]);
+        let age: u64 = r.header("Age").unwrap().parse().unwrap();
+        assert_eq!(x_cache(&r), "HIT");
+        assert!((30..=32).contains(&age), "{age}");
+        // max-age=1: a hit now, a miss once a second has gone by (polled, within a deadline).
+        assert_eq!(x_cache(&fetch(&mut c, "GET", "/short", &[])), "MISS");
+        let stored = Instant::now();
+        let deadline = stored + Duration::from_secs(5);
+        let mut hits = 0;
+        loop {
+            let r = fetch(&mut c, "GET", "/short", &[]);
+            if x_cache(&r) == "MISS" {
+                break;
+            }
+            assert_eq!(x_cache(&r), "HIT");
+            hits += 1;
+            assert!(Instant::now() < deadline, "never expired");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(stored.elapsed() >= Duration::from_millis(900), "expired too early");
+        assert!(hits > 0);
+    }
+
+    // A route's cache never holds more than its size: older entries are evicted (least
+    // recently used first) and counted; a body over max_object passes through uncached.
+    fn the_cache_stays_within_its_size(engine) {
+        let origin = Origin::with_handler("o", |r| {
+            let n = if r.path() == "/big" { 5000 } else { 3000 };
+            reply(&[("Cache-Control", "max-age=100")], &"b".repeat(n), false)
+        });
+        let proxy = cached(&origin, "size = \"16KiB\", max_object = \"4KiB\"", engine);
+        let admin = proxy.admin_addr();
+        let mut c = Client::connect(proxy.addr());
+        for i in 0..12 {
+            let r = fetch(&mut c, "GET", &format!("/p{i}"), &[]);
+            assert_eq!((x_cache(&r), r.body.len()), ("MISS".into(), 3000));
+            // Keep /p0 recently used: it survives.
+            assert_eq!(x_cache(&fetch(&mut c, "GET", "/p0", &[])), "HIT", "{i}");
+            let m = scrape(admin, None);
+            assert!(m.value("edgeshard_cache_bytes", &[]) <= 16384.0, "{i}");
+        }
+        let m = scrape(admin, None);
+        let entries = m.value("edgeshard_cache_entries", &[]);
+        assert!((2.0..=4.0).contains(&entries), "{entries}");
+        assert_eq!(m.value("edgeshard_cache_evictions_total", &[]), 12.0 - entries);
+        assert_eq!(x_cache(&fetch(&mut c, "GET", "/p11", &[])), "HIT");
+        assert_eq!(x_cache(&fetch(&mut c, "GET", "/p1", &[])), "MISS", "evicted");
+        for _ in 0..2 {
+            let r = fetch(&mut c, "GET", "/big", &[]);
+            assert_eq!((x_cache(&r), r.body.len()), ("BYPASS".into(), 5000));
+        }
+        assert_eq!(origin.request_count(), 12 + 1 + 2);
+    }
+
+    // POST /cache/purge: one key (with its variants), a prefix, everything.
+    fn purge_through_the_admin_api(engine) {
+        let origin = Origin::with_handler("o", |_| reply(&[("Cache-Control", "max-age=100")], "p", false));
+        let proxy = cached(&origin, "", engine);
+        let admin = proxy.admin_addr();
+        let mut c = Client::connect(proxy.addr());
+        let paths = ["/a?q=1", "/b/1", "/b/2", "/c"];
+        let all_hit = |c: &mut Client, expect: [&str; 4]| {
+            for (p, e) in paths.iter().zip(expect) {
+                assert_eq!(x_cache(&fetch(c, "GET", p, &[])), e, "{p}");
+            }
+        };
+        all_hit(&mut c, ["MISS"; 4]);
+        all_hit(&mut c, ["HIT"; 4]);
+        let r = admin_post(admin, "/cache/purge?key=http%3A%2F%2Fexample.com%2Fa%3Fq%3D1", None);
+        assert_eq!((r.status, r.json()["purged"].as_u64()), (200, Some(1)), "{}", r.body);
+        all_hit(&mut c, ["MISS", "HIT", "HIT", "HIT"]);
+        let r = admin_post(admin, "/cache/purge?prefix=http://example.com/b/", None);
+        assert_eq!(r.json()["purged"].as_u64(), Some(2), "{}", r.body);
+        all_hit(&mut c, ["HIT", "MISS", "MISS", "HIT"]);
+        let r = admin_post(admin, "/cache/purge?all", None);
+        assert_eq!(r.json()["purged"].as_u64(), Some(4), "{}", r.body);
+        all_hit(&mut c, ["MISS"; 4]);
+        assert_eq!(admin_post(admin, "/cache/purge?what=1", None).status, 400);
+        assert_eq!(admin_get(admin, "/cache/purge?all", None).status, 405);
+        assert_eq!(origin.request_count(), 4 + 1 + 2 + 4);
+    }
+
+    // 100 concurrent misses for one key on one shard: one upstream request, 99 hits. The
+    // backend holds its answer until a later request (sent after all 100) reaches it, so the
+    // others arrive while the first fetch is in flight.
+    fn concurrent_misses_collapse_into_one_fetch(engine) {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let g = gate.clone();
+        let origin = Origin::with_handler("o", move |r| {
+            let (open, cv) = &*g;
+            if r.path() == "/marker" {
+                *open.lock().unwrap() = true;
+                cv.notify_all();
+            } else {
+                let guard = open.lock().unwrap();
+                let _ = cv.wait_timeout_while(guard, Duration::from_secs(10), |o| !*o).unwrap();
+            }
+            reply(&[("Cache-Control", "max-age=100")], "shared", false)
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut clients: Vec<Client> = (0..100).map(|_| Client::connect(proxy.addr())).collect();
+        for c in &mut clients {
+            c.send(&get("example.com", "/hot"));
+        }
+        let mut marker = Client::connect(proxy.addr());
+        marker.send(&get("example.com", "/marker"));
+        assert_eq!(marker.read_response().status(), 200);
+        let mut results = Vec::new();
+        for c in &mut clients {
+            let r = c.read_response();
+            assert_eq!((r.status(), r.body_str()), (200, "shared".into()));
+            results.push(x_cache(&r));
+        }
+        let hot = origin.requests().iter().filter(|r| r.path() == "/hot").count();
+        assert_eq!(hot, 1, "one upstream request for 100 concurrent misses");
+        assert_eq!(results.iter().filter(|x| *x == "MISS").count(), 1);
+        assert_eq!(results.iter().filter(|x| *x == "HIT").count(), 99);
+    }
+}
