@@ -251,7 +251,8 @@ async fn plan<'a>(
         }
     };
     // The route's cache: a fresh hit is the answer; a miss is forwarded with its fill.
-    let fill = match &ctx.shared.config.routes[routed.index].cache {
+    let route_cfg = &ctx.shared.config.routes[routed.index];
+    let fill = match &route_cfg.cache {
         None => None,
         Some(cfg) => {
             let req = cache::Request {
@@ -262,6 +263,10 @@ async fn plan<'a>(
                 host: routed.host,
                 target: routed.target.path,
                 unusual: !facts.framing.is_empty() || facts.upgrade,
+                proxied_fields: route_cfg.auth.is_some()
+                    || route_cfg.rules.request.is_some()
+                    || client.listener.request_headers.is_some()
+                    || crate::tls::client_facts(client).1.is_some(),
             };
             let t = &ctx.shared.config.timeouts;
             let wait = t.upstream_connect + t.upstream_response;

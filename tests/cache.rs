@@ -48,6 +48,57 @@ fn x_cache(r: &Response) -> String {
 }
 
 both_engines! {
+    // From the review: a close-delimited body is never stored (its end cannot be told from a
+    // backend that died mid-body); a stored 404 answers a conditional request with its 404,
+    // not a 304; on a route whose request header rules change what the backend sees, a
+    // response with Vary is not stored, nor one that does not say public.
+    fn what_the_review_found_is_not_stored_or_served(engine) {
+        let origin = Origin::with_handler("o", |r| {
+            let cc = ("Cache-Control", "max-age=100");
+            match r.path() {
+                "/close" => Reply::Response {
+                    status: 200,
+                    headers: vec![("Cache-Control".into(), "max-age=100".into())],
+                    body: b"cut?".to_vec(),
+                    mode: BodyMode::Close,
+                    close_after: true,
+                },
+                "/missing" => Reply::Response {
+                    status: 404,
+                    headers: vec![("Cache-Control".into(), "max-age=100".into()), ("ETag".into(), "\"e\"".into())],
+                    body: b"no".to_vec(),
+                    mode: BodyMode::Length,
+                    close_after: false,
+                },
+                "/vary" => reply(&[("Cache-Control", "public, max-age=100"), ("Vary", "X-Team")], "v", false),
+                "/public" => reply(&[("Cache-Control", "public, max-age=100")], "p", false),
+                _ => reply(&[cc], "private by default", false),
+            }
+        });
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", "path_prefix = \"/r/\"\nstrip_prefix = \"/r\"\nrequest_headers = { set = { \"X-Team\" = \"blue\" } }\ncache = { size = \"1MiB\" }")
+            .route("main", "cache = { size = \"1MiB\" }")
+            .start(engine);
+        let twice = |path: &str, headers: &[(&str, &str)]| {
+            let mut c = Client::connect(proxy.addr());
+            let before = origin.request_count();
+            let a = fetch(&mut c, "GET", path, headers);
+            let b = fetch(&mut c, "GET", path, headers);
+            (a, b, origin.request_count() - before)
+        };
+        let (_, b, n) = twice("/close", &[]);
+        assert_eq!((n, x_cache(&b).as_str()), (2, "BYPASS"), "close-delimited is not stored");
+        let (a, b, n) = twice("/missing", &[("If-None-Match", "*")]);
+        assert_eq!((a.status(), b.status(), n), (404, 404, 1), "a stored 404 stays a 404");
+        let (_, b, n) = twice("/r/vary", &[]);
+        assert_eq!((n, x_cache(&b).as_str()), (2, "BYPASS"), "Vary on a route that sets fields");
+        let (_, b, n) = twice("/r/other", &[]);
+        assert_eq!((n, x_cache(&b).as_str()), (2, "BYPASS"), "not public on such a route");
+        let (_, b, n) = twice("/r/public", &[]);
+        assert_eq!((n, x_cache(&b).as_str()), (1, "HIT"), "public is stored there");
+    }
+
     // With `compress` on the same route: a response compressed for its client is never
     // stored (the key names no coding; storing it would serve gzip to anyone); an identity
     // one is, and is then served to everyone as stored.

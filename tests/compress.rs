@@ -347,8 +347,8 @@ fn check_names_bad_compress_keys() {
             "invalid media type",
         ),
         ("gzip_level = 10", "route[1].compress.gzip_level", "1..=9"),
-        ("br_quality = 12", "route[1].compress.br_quality", "0..=11"),
-        ("zstd_level = 22", "route[1].compress.zstd_level", "1..=19"),
+        ("br_quality = 8", "route[1].compress.br_quality", "0..=7"),
+        ("zstd_level = 13", "route[1].compress.zstd_level", "1..=12"),
         ("level = 3", "route[1].compress", "level"),
     ];
     for (raw, key, word) in bad {

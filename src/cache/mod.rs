@@ -98,6 +98,12 @@ pub struct Request<'r> {
     pub target: &'r [u8],
     /// A body, or an upgrade: never from the cache.
     pub unusual: bool,
+    /// The proxy adds or changes fields of the forwarded request that may say who the client
+    /// is or change the answer (route `auth`, an mTLS subject field, request header rules):
+    /// the response is stored only when it says `public` or `s-maxage`, as for a request
+    /// with `Authorization`, and never when it has a `Vary` (the key holds the client's
+    /// fields, not those the backend saw).
+    pub proxied_fields: bool,
 }
 
 impl Request<'_> {
@@ -129,6 +135,13 @@ pub enum Lookup<'a> {
     Miss(Box<Fill<'a>>),
 }
 
+/// Requests of one shard that may wait on one key's fetch; more go to the backend.
+const MAX_WAITERS: usize = 1024;
+
+/// The longest a request waits on another's fetch of its key (nginx's
+/// `proxy_cache_lock_timeout` default): then it goes to the backend itself.
+const MAX_WAIT: Duration = Duration::from_secs(5);
+
 /// Looks the request up in its route's store on this shard. A miss for a key another
 /// request of this shard is already fetching waits for that fetch (at most `wait`) and
 /// looks again; if still a miss it is fetched without waiting again.
@@ -139,7 +152,8 @@ pub async fn lookup<'a>(
     req: &Request<'_>,
     wait: Duration,
 ) -> Lookup<'a> {
-    let rules = policy::request_rules(req.fields());
+    let mut rules = policy::request_rules(req.fields());
+    rules.authorization |= req.proxied_fields;
     let mut fill = Fill {
         cache,
         route: route.into(),
@@ -150,6 +164,7 @@ pub async fn lookup<'a>(
         rules,
         request_time: unix_now(),
         store: false,
+        no_vary: req.proxied_fields,
         bypass: true,
         verdict: None,
         admitted: None,
@@ -180,7 +195,9 @@ pub async fn lookup<'a>(
         let rx = {
             let mut inflight = cache.inflight.borrow_mut();
             match inflight.get_mut(&flight) {
-                Some(waiters) if !waited => {
+                Some(waiters) if !waited && waiters.len() < MAX_WAITERS => {
+                    // Senders of waiters that gave up are dropped here, not kept.
+                    waiters.retain(|tx| !tx.is_canceled());
                     let (tx, rx) = oneshot::channel();
                     waiters.push(tx);
                     Some(rx)
@@ -196,7 +213,7 @@ pub async fn lookup<'a>(
         match rx {
             Some(rx) => {
                 // Woken when the fetch ends, stored or not (its sender drops).
-                let _ = monoio::time::timeout(wait, rx).await;
+                let _ = monoio::time::timeout(wait.min(MAX_WAIT), rx).await;
                 waited = true;
             }
             None => break,
@@ -222,12 +239,15 @@ fn find(cache: &ShardCache, route: &str, url: &[u8], req: &Request<'_>) -> Optio
         store.remove(&key);
         return None;
     }
-    let not_modified = policy::not_modified(
-        req.value_of(b"if-none-match"),
-        req.value_of(b"if-modified-since"),
-        entry.etag.as_deref(),
-        entry.last_modified,
-    );
+    // Conditionals only change a 2xx answer (RFC 9110 §13.2.1): a stored 404 stays a 404.
+    let not_modified = matches!(entry.status, 200 | 203)
+        && policy::not_modified(
+            req.value_of(b"if-none-match"),
+            req.value_of(b"if-modified-since"),
+            entry.etag.as_deref(),
+            entry.last_modified,
+            unix_now(),
+        );
     Some(Hit {
         entry,
         not_modified,
@@ -263,6 +283,10 @@ type Field = (Box<[u8]>, Box<[u8]>);
 
 /// A response stored once its body is complete.
 struct Admitted {
+    status: u16,
+    /// When the head came: the entry's resident time counts from here, not from the end
+    /// of a (possibly slow) relay.
+    at: Instant,
     head: Box<[u8]>,
     vary: Vec<Box<[u8]>>,
     lifetime: u64,
@@ -285,6 +309,8 @@ pub struct Fill<'a> {
     req: Vec<Field>,
     rules: RequestRules,
     request_time: u64,
+    /// Responses with a `Vary` are not stored ([`Request::proxied_fields`]).
+    no_vary: bool,
     /// The response may be stored (a GET that was neither bypassed nor unusual).
     store: bool,
     /// The request bypassed the cache (method, body, `no-store`/`no-cache`).
@@ -312,6 +338,11 @@ impl Fill<'_> {
             BYPASS
         };
         self.verdict = Some(verdict);
+        if self.admitted.is_none() {
+            // Nothing will be stored: requests waiting on this key go to the backend now,
+            // not after this response's (maybe slow, maybe huge) relay.
+            self.release();
+        }
         let c = &self.cache;
         ShardCache::bump(if verdict == MISS {
             &c.misses
@@ -325,7 +356,9 @@ impl Fill<'_> {
         let max = self.cfg.max_object;
         match framing {
             BodyFraming::Length(n) if n > max => return false,
-            BodyFraming::Length(_) | BodyFraming::Chunked | BodyFraming::UntilClose => {}
+            BodyFraming::Length(_) | BodyFraming::Chunked => {}
+            // Its end cannot be told from a backend that died mid-body: never stored.
+            BodyFraming::UntilClose => return false,
             BodyFraming::None if head.status == 204 => {}
             BodyFraming::None => return false,
         }
@@ -339,11 +372,16 @@ impl Fill<'_> {
         else {
             return false;
         };
+        if self.no_vary && !facts.vary.is_empty() {
+            return false;
+        }
         let initial_age = policy::initial_age(&facts, self.request_time, now);
         if initial_age >= lifetime || buf.len() < head.head_len {
             return false;
         }
         self.admitted = Some(Admitted {
+            status: head.status,
+            at: Instant::now(),
             head: buf[..head.head_len].into(),
             vary: facts.vary,
             lifetime,
@@ -369,6 +407,17 @@ impl Fill<'_> {
     pub fn skip(&mut self) {
         self.tee = None;
         self.admitted = None;
+        self.release();
+    }
+
+    /// Ends the fetch for the requests waiting on this key (they look again, then go to
+    /// the backend).
+    fn release(&mut self) {
+        if let Some(k) = self.inflight.take() {
+            // Dropping the senders wakes the waiters.
+            let waiters = self.cache.inflight.borrow_mut().remove(&k);
+            drop(waiters);
+        }
     }
 
     /// The response was relayed whole (`complete`): stores it if it was admitted and its
@@ -384,9 +433,10 @@ impl Fill<'_> {
         let fields = self.req.iter().map(|(n, v)| (&n[..], &v[..]));
         policy::vary_key(&a.vary, fields, &mut key);
         let entry = Entry {
+            status: a.status,
             head: a.head,
             body: tee.body.into(),
-            stored: Instant::now(),
+            stored: a.at,
             initial_age: a.initial_age,
             lifetime: a.lifetime,
             etag: a.etag,
@@ -411,11 +461,7 @@ impl Drop for Fill<'_> {
             let c = &self.cache;
             ShardCache::bump(if self.bypass { &c.bypasses } else { &c.misses });
         }
-        if let Some(k) = self.inflight.take() {
-            // Dropping the senders wakes the waiters.
-            let waiters = self.cache.inflight.borrow_mut().remove(&k);
-            drop(waiters);
-        }
+        self.release();
     }
 }
 

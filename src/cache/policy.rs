@@ -236,12 +236,14 @@ pub fn not_modified(
     if_modified_since: Option<&[u8]>,
     etag: Option<&[u8]>,
     last_modified: Option<u64>,
+    now: u64,
 ) -> bool {
     if let Some(inm) = if_none_match {
         return none_match(inm, etag);
     }
     match (if_modified_since.and_then(parse_http_date), last_modified) {
-        (Some(since), Some(lm)) => lm <= since,
+        // A date in the future is ignored (RFC 9110 §13.1.3).
+        (Some(since), Some(lm)) => since <= now && lm <= since,
         _ => false,
     }
 }
@@ -461,11 +463,17 @@ mod tests {
         let lm = parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT");
         let same = Some(&b"Sun, 06 Nov 1994 08:49:37 GMT"[..]);
         let before = Some(&b"Sat, 05 Nov 1994 08:49:37 GMT"[..]);
-        assert!(not_modified(None, same, None, lm));
-        assert!(!not_modified(None, before, None, lm));
-        assert!(!not_modified(None, Some(b"garbage"), None, lm));
+        assert!(not_modified(None, same, None, lm, u64::MAX));
+        assert!(!not_modified(None, before, None, lm, u64::MAX));
+        assert!(!not_modified(None, Some(b"garbage"), None, lm, u64::MAX));
         // If-None-Match wins over If-Modified-Since.
-        assert!(!not_modified(Some(b"\"x\""), same, Some(b"\"y\""), lm));
+        assert!(!not_modified(
+            Some(b"\"x\""),
+            same,
+            Some(b"\"y\""),
+            lm,
+            u64::MAX
+        ));
     }
 
     #[test]

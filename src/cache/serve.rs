@@ -96,7 +96,8 @@ pub async fn serve(
         rules: Fields::of(listener.response_headers.as_deref(), route_rules, &vars),
     };
     let with_body = !hit.not_modified && facts.method != Method::Head;
-    let framing = if hit.not_modified {
+    // 304 and 204 carry no body and no Content-Length (RFC 9110 §8.6).
+    let framing = if hit.not_modified || entry.status == 204 {
         OutFraming::None
     } else {
         OutFraming::Length(entry.body.len() as u64)

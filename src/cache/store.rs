@@ -15,6 +15,7 @@ pub const ENTRY_OVERHEAD: u64 = 256;
 /// One stored response.
 #[derive(Debug)]
 pub struct Entry {
+    pub status: u16,
     /// The backend's response head as received (re-parsed when served).
     pub head: Box<[u8]>,
     /// The decoded body.
@@ -197,6 +198,7 @@ mod tests {
 
     fn entry(body: usize) -> Entry {
         Entry {
+            status: 200,
             head: b"HTTP/1.1 200 OK\r\n\r\n"[..].into(),
             body: vec![b'x'; body].into(),
             stored: Instant::now(),

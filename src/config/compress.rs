@@ -127,13 +127,22 @@ pub(super) fn route_compress(
     if !(1..=9).contains(&gzip_level) {
         c.err(format!("{path}.gzip_level"), "must be 1..=9");
     }
+    // Each read (up to 64 KiB) is encoded in one call on the shard: the slow top levels
+    // (brotli 10-11 runs at about 1 MB/s, zstd 19 at a few) would stall every connection of
+    // the shard for tens of milliseconds per read. They are for static files, not streams.
     let br_quality = raw.br_quality.unwrap_or(BR_QUALITY);
-    if br_quality > 11 {
-        c.err(format!("{path}.br_quality"), "must be 0..=11");
+    if br_quality > 7 {
+        c.err(
+            format!("{path}.br_quality"),
+            "must be 0..=7 (higher qualities are too slow to stream on a shard)",
+        );
     }
     let zstd_level = raw.zstd_level.unwrap_or(ZSTD_LEVEL);
-    if !(1..=19).contains(&zstd_level) {
-        c.err(format!("{path}.zstd_level"), "must be 1..=19");
+    if !(1..=12).contains(&zstd_level) {
+        c.err(
+            format!("{path}.zstd_level"),
+            "must be 1..=12 (higher levels are too slow to stream on a shard)",
+        );
     }
     Some(Box::new(CompressConfig {
         algorithms,
