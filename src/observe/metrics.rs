@@ -11,6 +11,8 @@ use crate::http::canned::Canned;
 use crate::snapshot::Shared;
 use crate::stats::Snapshot;
 
+use super::metrics_admission::admission;
+
 /// Bucket bounds, in seconds, of every latency histogram.
 pub const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -63,7 +65,7 @@ fn esc(v: &str) -> String {
     s
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(super) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
@@ -289,94 +291,7 @@ pub fn render(
         "edgeshard_connections_rejected_total{{reason=\"max_connections_per_client\"}} {}",
         all.rejected_client_limit
     );
-    family(
-        &mut o,
-        "edgeshard_access_denied_total",
-        "counter",
-        "Refused by an allow/deny list: connections by their listener's (403, or a close before a TLS handshake), requests by their route's (403).",
-    );
-    let _ = writeln!(
-        o,
-        "edgeshard_access_denied_total{{scope=\"listener\"}} {}",
-        all.denied_listener
-    );
-    let _ = writeln!(
-        o,
-        "edgeshard_access_denied_total{{scope=\"route\"}} {}",
-        all.denied_route
-    );
-    family(
-        &mut o,
-        "edgeshard_rate_limited_total",
-        "counter",
-        "Requests refused with 429 by a rate_limit, by where the limit is written (listener or route).",
-    );
-    let _ = writeln!(
-        o,
-        "edgeshard_rate_limited_total{{scope=\"listener\"}} {}",
-        all.limited_listener
-    );
-    let _ = writeln!(
-        o,
-        "edgeshard_rate_limited_total{{scope=\"route\"}} {}",
-        all.limited_route
-    );
-    family(
-        &mut o,
-        "edgeshard_rate_limit_evictions_total",
-        "counter",
-        "Rate-limit keys that took over another key's bucket because the table (rate_limits.max_keys) was crowded around them.",
-    );
-    let _ = writeln!(
-        o,
-        "edgeshard_rate_limit_evictions_total {}",
-        all.rate_evictions
-    );
-    family(
-        &mut o,
-        "edgeshard_auth_total",
-        "counter",
-        "Route authentication checks, by mode (basic, forward) and result: ok (let through), denied (401, or the auth service's refusal), error (the auth service could not be asked: 500), overloaded (too many bcrypt checks waiting: 503).",
-    );
-    for m in crate::auth::Mode::ALL {
-        for v in crate::auth::Verdict::ALL {
-            let _ = writeln!(
-                o,
-                "edgeshard_auth_total{{mode=\"{}\",result=\"{}\"}} {}",
-                m.label(),
-                v.label(),
-                all.auth[crate::auth::slot(m, v)]
-            );
-        }
-    }
-    family(
-        &mut o,
-        "edgeshard_auth_bcrypt_total",
-        "counter",
-        "auth.basic passwords checked with bcrypt, on the verifier threads.",
-    );
-    let _ = writeln!(o, "edgeshard_auth_bcrypt_total {}", all.auth_bcrypt);
-    family(
-        &mut o,
-        "edgeshard_auth_cache_hits_total",
-        "counter",
-        "auth.basic passwords accepted from the shard's cache of recent verifications, without bcrypt.",
-    );
-    let _ = writeln!(o, "edgeshard_auth_cache_hits_total {}", all.auth_cache_hits);
-    family(
-        &mut o,
-        "edgeshard_proxy_protocol_total",
-        "counter",
-        "PROXY protocol headers on proxy_protocol listeners, by result: v1, v2, local (v2 LOCAL), or the connection closed for a bad or missing header, an untrusted peer, or a timeout.",
-    );
-    for r in crate::proxy_protocol::Outcome::ALL {
-        let _ = writeln!(
-            o,
-            "edgeshard_proxy_protocol_total{{result=\"{}\"}} {}",
-            r.label(),
-            all.proxy_protocol[r as usize]
-        );
-    }
+    admission(&mut o, all);
     family(
         &mut o,
         "edgeshard_requests_total",

@@ -7,4 +7,5 @@ pub mod access;
 pub mod admin;
 pub mod errors;
 pub mod metrics;
+mod metrics_admission;
 pub mod reqid;
