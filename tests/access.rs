@@ -16,6 +16,25 @@ fn denied(admin: std::net::SocketAddr, scope: &str, n: f64) {
 }
 
 both_engines! {
+    // Forwarding claims other than X-Forwarded-For (Forwarded, X-Forwarded-Port, ...) are
+    // believed like it: kept from a trusted proxy, dropped from anyone else (a backend that
+    // builds links from `Forwarded: host=` would otherwise take a client's word, and a cache
+    // would keep that answer for everyone).
+    fn forwarding_claims_only_from_trusted_proxies(engine) {
+        let origin = Origin::start("o");
+        let claims = [("Host", "e.example"), ("Forwarded", "host=evil.example"), ("X-Forwarded-Port", "8443"), ("X-Forwarded-Prefix", "/evil")];
+        for (trusted, kept) in [("[\"10.0.0.0/8\"]", false), ("[\"127.0.0.1\"]", true)] {
+            let proxy = Config::single(origin.addr()).server("trusted_proxies", trusted).start(engine);
+            let mut c = Client::connect(proxy.addr());
+            c.send(&request("GET", "/x", &claims, b""));
+            assert_eq!(c.read_response().status(), 200);
+            let rec = origin.last_request();
+            for name in ["forwarded", "x-forwarded-port", "x-forwarded-prefix"] {
+                assert_eq!(rec.has_header(name), kept, "{name} from a trusted={kept} peer: {}", rec.raw_head);
+            }
+        }
+    }
+
     fn route_lists_answer_403_and_the_backend_never_sees_the_request(engine) {
         let origin = Origin::start("o");
         let proxy = Config::new()

@@ -89,7 +89,8 @@ pub struct UpstreamRequest<'a> {
     /// Appended to X-Forwarded-For: the peer (the hop this proxy saw).
     pub client_ip: IpAddr,
     /// The incoming X-Forwarded-For is kept (the peer is a trusted proxy); otherwise only
-    /// `client_ip` is sent.
+    /// `client_ip` is sent, and the peer's other forwarding claims (`Forwarded`,
+    /// `X-Forwarded-Port`, `-Prefix`, `-Server`, ...) are dropped too.
     pub keep_forwarded_for: bool,
     /// How the body will be written.
     pub framing: OutFraming,
@@ -103,6 +104,16 @@ pub struct UpstreamRequest<'a> {
     pub upstream_host: Option<&'a [u8]>,
     /// The listener's and route's `request_headers`, when either has any.
     pub rules: Option<Fields<'a>>,
+}
+
+/// `Forwarded` (RFC 7239) and `X-Forwarded-*`: what a proxy tells a backend about the
+/// client's request. Believed only from a trusted proxy: from anyone else they are claims a
+/// backend may act on (build links from `Forwarded: host=`, a port from
+/// `X-Forwarded-Port`), and with a cache in front, poison every client's copy.
+fn forwarding_claim(name: &[u8]) -> bool {
+    const X: &[u8] = b"x-forwarded-";
+    (name.len() > X.len() && name[..X.len()].eq_ignore_ascii_case(X))
+        || name.eq_ignore_ascii_case(b"forwarded")
 }
 
 /// Writes the request head for the upstream: the client's head (`buf`, `head`) as `req`
@@ -139,7 +150,8 @@ pub fn upstream_request_head(
         match h.kind {
             HeaderKind::Other => {
                 let name = h.name.get(buf);
-                if (!head.conn_tokens.is_empty() && head.named_in_connection(buf, name))
+                if (!keep_forwarded_for && forwarding_claim(name))
+                    || (!head.conn_tokens.is_empty() && head.named_in_connection(buf, name))
                     || replaced(set, name)
                     || rules.is_some_and(|r| r.drops(name))
                 {
