@@ -315,11 +315,19 @@ where
     for name in names {
         out.push(b'\n');
         out.extend_from_slice(name);
-        out.push(b':');
-        let values = fields
+        // An absent field matches only an absent one (RFC 9111 §4.1), not an empty one: `!`
+        // marks absence, `:` starts the values (field values hold neither a newline nor
+        // anything that could forge this layout).
+        let mut values = fields
             .clone()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v);
+            .map(|(_, v)| v)
+            .peekable();
+        if values.peek().is_none() {
+            out.push(b'!');
+            continue;
+        }
+        out.push(b':');
         for (i, v) in values.enumerate() {
             if i > 0 {
                 out.push(b',');
@@ -505,5 +513,15 @@ mod tests {
         ];
         vary_key(&names, fields.into_iter(), &mut k);
         assert_eq!(k, b"\naccept-encoding:gzip,br");
+        // Absent and empty are different variants.
+        let (mut absent, mut empty) = (Vec::new(), Vec::new());
+        vary_key(&names, [(&b"x"[..], &b"y"[..])].into_iter(), &mut absent);
+        vary_key(
+            &names,
+            [(&b"accept-encoding"[..], &b""[..])].into_iter(),
+            &mut empty,
+        );
+        assert_eq!(absent, b"\naccept-encoding!");
+        assert_eq!(empty, b"\naccept-encoding:");
     }
 }
