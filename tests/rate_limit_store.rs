@@ -2,12 +2,11 @@
 //! (`rate_limits.store`) admit, together, within 10 % of one rate; with Redis stopped they keep
 //! serving, each on its own bucket, and count the failed syncs.
 
+use crate::rate_limits::hammer;
 use crate::support::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 /// A `redis-server` of the test's own, on a free loopback port, no persistence.
@@ -86,44 +85,6 @@ impl Drop for Redis {
     }
 }
 
-/// `conns` keep-alive connections to each proxy, sending as fast as answered for `secs`
-/// (the workload's length). Returns (200s, 429s, seconds it ran); any other status fails.
-fn hammer(proxies: &[&Proxy], conns: usize, secs: u64) -> (usize, usize, f64) {
-    let go = Arc::new(Barrier::new(proxies.len() * conns + 1));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut threads = Vec::new();
-    for p in proxies {
-        for _ in 0..conns {
-            let mut c = Client::connect(p.addr());
-            let (go, stop, ok, refused) = (go.clone(), stop.clone(), ok.clone(), refused.clone());
-            threads.push(std::thread::spawn(move || {
-                go.wait();
-                while !stop.load(Ordering::Relaxed) {
-                    c.send(&get("e.example", "/"));
-                    match c.read_response().status() {
-                        200 => ok.fetch_add(1, Ordering::Relaxed),
-                        429 => refused.fetch_add(1, Ordering::Relaxed),
-                        s => panic!("unexpected status {s}"),
-                    };
-                }
-            }));
-        }
-    }
-    go.wait();
-    let started = Instant::now();
-    std::thread::sleep(Duration::from_secs(secs));
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().unwrap();
-    }
-    (
-        ok.load(Ordering::Relaxed),
-        refused.load(Ordering::Relaxed),
-        started.elapsed().as_secs_f64(),
-    )
-}
-
 fn syncs(proxy: &Proxy, result: &str) -> f64 {
     scrape(proxy.admin_addr(), None).value(
         "edgeshard_rate_limit_store_syncs_total",
@@ -145,7 +106,7 @@ both_engines! {
         let (a, b) = (config.start(engine), config.start(engine));
 
         // Together: one rate.
-        let (ok, refused, secs) = hammer(&[&a, &b], 8, 4);
+        let (ok, refused, secs) = hammer(&[&a, &b], 8, Duration::from_secs(4));
         let received = origin.request_count() as f64;
         assert_eq!(received as usize, ok);
         // One burst per process before the first sync, and the rate over the run and the last
@@ -170,7 +131,7 @@ both_engines! {
             });
         }
         let before = origin.request_count();
-        let (ok, _, secs) = hammer(&[&a, &b], 8, 2);
+        let (ok, _, secs) = hammer(&[&a, &b], 8, Duration::from_secs(2));
         assert_eq!(origin.request_count() - before, ok);
         // Each admits the full rate now (its bucket is no longer charged by the other).
         let alone = 2.0 * RATE * secs;
