@@ -104,31 +104,12 @@ pub async fn relay_response(
         n_set += 1;
     }
     let teeing = fill.as_deref_mut().is_some_and(|f| f.tee().is_some());
-    if cfg.request_id.respond {
-        set[n_set] = (cfg.request_id.header.as_bytes(), rid.bytes());
-        n_set += 1;
-    }
     let listener = client.listener.clone();
-    if let Some(h) = listener.tls.as_ref().and_then(|t| t.hsts.as_deref()) {
-        set[n_set] = (b"Strict-Transport-Security", h.as_bytes());
-        n_set += 1;
-    }
-    if let Some(server) = cfg.response.server.as_deref() {
-        set[n_set] = (b"Server", server.as_bytes());
-        n_set += 1;
-    }
+    n_set = proxy_fields(cfg, &listener, rid, &mut set, n_set);
     // The listener's and route's `response_headers` (variables known after the request
     // head is gone: no host, path or query).
     let route = trace.route.map(|i| &cfg.routes[i]);
-    let vars = Vars {
-        client_ip: facts.client_ip,
-        request_id: rid.bytes(),
-        host: b"",
-        https: crate::tls::client_facts(client).0,
-        path: b"",
-        query: b"",
-        route: route.map_or("", |r| r.name.as_str()),
-    };
+    let vars = response_vars(facts, rid, crate::tls::client_facts(client).0, route);
     let route_rules = route.and_then(|r| r.rules.response.as_deref());
     let rw = Rewrite {
         set: &set[..n_set],
@@ -357,6 +338,51 @@ pub fn cfg_rid_header<'a>(ctx: &'a ShardCtx, rid: &'a RequestId) -> Option<(&'a 
 
 /// A header field a canned answer carries: (name, value).
 pub type Field<'a> = (&'a [u8], &'a [u8]);
+
+/// Adds to `set` (its first `n` filled) the fields the proxy writes on every response it
+/// sends, relayed or from the cache, each replacing the backend's: the request id when ids
+/// are returned, the listener's `hsts`, its own `Server` when configured. Returns the count.
+pub fn proxy_fields<'a>(
+    cfg: &'a Config,
+    listener: &'a crate::client::ListenerSide,
+    rid: &'a RequestId,
+    set: &mut [Field<'a>],
+    mut n: usize,
+) -> usize {
+    let mut push = |f: Field<'a>| {
+        set[n] = f;
+        n += 1;
+    };
+    if cfg.request_id.respond {
+        push((cfg.request_id.header.as_bytes(), rid.bytes()));
+    }
+    if let Some(h) = listener.tls.as_ref().and_then(|t| t.hsts.as_deref()) {
+        push((b"Strict-Transport-Security", h.as_bytes()));
+    }
+    if let Some(server) = cfg.response.server.as_deref() {
+        push((b"Server", server.as_bytes()));
+    }
+    n
+}
+
+/// The variables of response header rules: what is known once the request head is gone (no
+/// host, path or query).
+pub fn response_vars<'a>(
+    facts: &RequestFacts,
+    rid: &'a RequestId,
+    https: bool,
+    route: Option<&'a crate::config::RouteConfig>,
+) -> Vars<'a> {
+    Vars {
+        client_ip: facts.client_ip,
+        request_id: rid.bytes(),
+        host: b"",
+        https,
+        path: b"",
+        query: b"",
+        route: route.map_or("", |r| r.name.as_str()),
+    }
+}
 
 /// [`respond_canned`] with more header fields (the request id, `Location`, `Retry-After`,
 /// `WWW-Authenticate`) in the head; `head_only`: the answer to a `HEAD` (the same head, no

@@ -14,8 +14,8 @@ use crate::http::canned::Canned;
 use crate::http::encode::{client_response_head, itoa_buf, OutFraming, Rewrite};
 use crate::http::parse::{parse_response, HeadLimits, Method, Parsed, ResponseHead};
 use crate::io::write_from;
-use crate::respond::respond_canned;
-use crate::rules::{Fields, Vars};
+use crate::respond::{proxy_fields, respond_canned, response_vars};
+use crate::rules::Fields;
 use crate::shard::ShardCtx;
 use crate::stats::add;
 use crate::trace::{RequestId, Trace};
@@ -64,30 +64,10 @@ pub async fn serve(
     let mut set: [(&[u8], &[u8]); 5] = [(b"", b""); 5];
     set[0] = (b"Age", age.as_str());
     set[1] = (b"X-Cache", HIT);
-    let mut n_set = 2;
-    if cfg.request_id.respond {
-        set[n_set] = (cfg.request_id.header.as_bytes(), rid.bytes());
-        n_set += 1;
-    }
     let listener = client.listener.clone();
-    if let Some(h) = listener.tls.as_ref().and_then(|t| t.hsts.as_deref()) {
-        set[n_set] = (b"Strict-Transport-Security", h.as_bytes());
-        n_set += 1;
-    }
-    if let Some(server) = cfg.response.server.as_deref() {
-        set[n_set] = (b"Server", server.as_bytes());
-        n_set += 1;
-    }
+    let n_set = proxy_fields(cfg, &listener, rid, &mut set, 2);
     let route = trace.route.map(|i| &cfg.routes[i]);
-    let vars = Vars {
-        client_ip: facts.client_ip,
-        request_id: rid.bytes(),
-        host: b"",
-        https: crate::tls::client_facts(client).0,
-        path: b"",
-        query: b"",
-        route: route.map_or("", |r| r.name.as_str()),
-    };
+    let vars = response_vars(facts, rid, crate::tls::client_facts(client).0, route);
     let route_rules = route.and_then(|r| r.rules.response.as_deref());
     let rw = Rewrite {
         set: &set[..n_set],
