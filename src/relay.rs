@@ -441,6 +441,79 @@ pub struct BodyPlan {
     pub forward_trailers: bool,
 }
 
+/// One body as it arrives: where its bytes are in what was read (Content-Length counted
+/// down, chunked decoded, close-delimited to the end) and reading the next piece. The step
+/// every body relay shares (this one, and the compressing one in [`crate::compress`]).
+pub struct Incoming {
+    framing: BodyFraming,
+    remaining: u64,
+    pub decoder: Option<ChunkedDecoder>,
+    /// The whole body has been seen.
+    pub done: bool,
+}
+
+/// Large bodies are read in pieces of this size.
+pub const RELAY_BUF: usize = 64 * 1024;
+
+impl Incoming {
+    pub fn new(framing: BodyFraming, chunk_overhead: usize) -> Incoming {
+        let remaining = match framing {
+            BodyFraming::Length(n) => n,
+            _ => u64::MAX,
+        };
+        Incoming {
+            framing,
+            remaining,
+            decoder: (framing == BodyFraming::Chunked).then(|| ChunkedDecoder::new(chunk_overhead)),
+            done: framing == BodyFraming::None || remaining == 0,
+        }
+    }
+
+    /// The next piece of body at the start of `avail`: its payload's range within `avail`
+    /// and how many bytes of `avail` it took.
+    pub fn step(&mut self, avail: &[u8]) -> Result<((usize, usize), usize), RelayError> {
+        match self.decoder.as_mut() {
+            Some(d) => {
+                let step = d.decode(avail).map_err(|_| RelayError::Framing)?;
+                self.done = step.done;
+                Ok((step.data, step.consumed))
+            }
+            None => {
+                let n = (avail.len() as u64).min(self.remaining) as usize;
+                if matches!(self.framing, BodyFraming::Length(_)) {
+                    self.remaining -= n as u64;
+                    self.done = self.remaining == 0;
+                }
+                Ok(((0, n), n))
+            }
+        }
+    }
+
+    /// Everything buffered was consumed: reads the next piece into `inbuf` (emptied, at
+    /// least [`RELAY_BUF`] of room). The end of a close-delimited body is its EOF.
+    pub async fn refill<S: AsyncReadRent>(
+        &mut self,
+        src: &mut S,
+        inbuf: &mut Vec<u8>,
+        pos: &mut usize,
+        leg: &mut Leg<'_>,
+    ) -> Result<(), RelayError> {
+        inbuf.clear();
+        *pos = 0;
+        if inbuf.capacity() < RELAY_BUF {
+            inbuf.reserve(RELAY_BUF);
+        }
+        match leg.read(src, inbuf).await {
+            Ok(_) => Ok(()),
+            Err(RelayError::Read(IoFail::Eof)) if self.framing == BodyFraming::UntilClose => {
+                self.done = true;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Relays one body from `src` to `dst`. Bytes already read sit in `inbuf[*pos..]`; `out`
 /// holds bytes to send first (a head) and is flushed with the first payload. `incoming` says
 /// how the body is delimited on the way in, `outgoing` how to write it. On success `*pos`
@@ -461,35 +534,13 @@ pub async fn relay_body<S: AsyncReadRent, D: AsyncWriteRent>(
         chunk_overhead,
         ..
     } = *plan;
-    let mut remaining = match incoming {
-        BodyFraming::Length(n) => n,
-        _ => u64::MAX,
-    };
-    let mut decoder =
-        (incoming == BodyFraming::Chunked).then(|| ChunkedDecoder::new(chunk_overhead));
+    let mut body = Incoming::new(incoming, chunk_overhead);
     let rechunk = outgoing == OutFraming::Chunked;
     let mut total: u64 = 0;
-    let mut done = incoming == BodyFraming::None || remaining == 0;
-    // Large bodies are read in larger pieces.
-    const RELAY_BUF: usize = 64 * 1024;
     loop {
-        while !done && *pos < inbuf.len() {
-            let avail = &inbuf[*pos..];
-            let (data, consumed) = match decoder.as_mut() {
-                Some(d) => {
-                    let step = d.decode(avail).map_err(|_| RelayError::Framing)?;
-                    done = step.done;
-                    ((*pos + step.data.0, *pos + step.data.1), step.consumed)
-                }
-                None => {
-                    let n = (avail.len() as u64).min(remaining) as usize;
-                    if matches!(incoming, BodyFraming::Length(_)) {
-                        remaining -= n as u64;
-                        done = remaining == 0;
-                    }
-                    ((*pos, *pos + n), n)
-                }
-            };
+        while !body.done && *pos < inbuf.len() {
+            let (piece, consumed) = body.step(&inbuf[*pos..])?;
+            let data = (*pos + piece.0, *pos + piece.1);
             let len = data.1 - data.0;
             total += len as u64;
             if total > limit {
@@ -514,9 +565,9 @@ pub async fn relay_body<S: AsyncReadRent, D: AsyncWriteRent>(
             }
             *pos += consumed;
         }
-        if done {
+        if body.done {
             if rechunk {
-                let trailers = match (&decoder, plan.forward_trailers) {
+                let trailers = match (&body.decoder, plan.forward_trailers) {
                     (Some(d), true) => &d.trailers[..],
                     _ => b"",
                 };
@@ -528,19 +579,7 @@ pub async fn relay_body<S: AsyncReadRent, D: AsyncWriteRent>(
         if !out.is_empty() {
             leg.flush(dst, out).await?;
         }
-        // Everything buffered was consumed: read the next piece into a fresh buffer.
-        inbuf.clear();
-        *pos = 0;
-        if inbuf.capacity() < RELAY_BUF {
-            inbuf.reserve(RELAY_BUF);
-        }
-        match leg.read(src, inbuf).await {
-            Ok(_) => {}
-            Err(RelayError::Read(IoFail::Eof)) if incoming == BodyFraming::UntilClose => {
-                done = true
-            }
-            Err(e) => return Err(e),
-        }
+        body.refill(src, inbuf, pos, leg).await?;
     }
 }
 

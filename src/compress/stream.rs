@@ -17,10 +17,10 @@ use std::io::Write;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::config::{Algorithm, CompressConfig};
-use crate::http::chunked::{encode_chunk, encode_last_chunk, ChunkedDecoder};
+use crate::http::chunked::{encode_chunk, encode_last_chunk};
 use crate::http::parse::BodyFraming;
 use crate::io::IoFail;
-use crate::relay::{Leg, RelayError};
+use crate::relay::{Incoming, Leg, RelayError};
 
 /// log2 of the zstd window: 512 KiB, which bounds its memory per response (level 3's own
 /// 2 MiB gains little on web bodies).
@@ -117,40 +117,19 @@ pub async fn relay_compressed<S: AsyncReadRent, D: AsyncWriteRent>(
     leg: &mut Leg<'_>,
 ) -> Result<Coded, RelayError> {
     let coding = |_| RelayError::Write(IoFail::Io(std::io::Error::other("encoder failed")));
-    let mut remaining = match incoming {
-        BodyFraming::Length(n) => n,
-        _ => u64::MAX,
-    };
-    let mut decoder =
-        (incoming == BodyFraming::Chunked).then(|| ChunkedDecoder::new(chunk_overhead));
+    let mut body = Incoming::new(incoming, chunk_overhead);
     let mut coded = Coded::default();
-    let mut done = incoming == BodyFraming::None || remaining == 0;
-    const RELAY_BUF: usize = 64 * 1024;
     loop {
-        while !done && *pos < inbuf.len() {
-            let avail = &inbuf[*pos..];
-            let (data, consumed) = match decoder.as_mut() {
-                Some(d) => {
-                    let step = d.decode(avail).map_err(|_| RelayError::Framing)?;
-                    done = step.done;
-                    ((*pos + step.data.0, *pos + step.data.1), step.consumed)
-                }
-                None => {
-                    let n = (avail.len() as u64).min(remaining) as usize;
-                    if matches!(incoming, BodyFraming::Length(_)) {
-                        remaining -= n as u64;
-                        done = remaining == 0;
-                    }
-                    ((*pos, *pos + n), n)
-                }
-            };
+        while !body.done && *pos < inbuf.len() {
+            let (piece, consumed) = body.step(&inbuf[*pos..])?;
+            let data = (*pos + piece.0, *pos + piece.1);
             if data.1 > data.0 {
                 coded.bytes_in += (data.1 - data.0) as u64;
                 enc.write(&inbuf[data.0..data.1]).map_err(coding)?;
             }
             *pos += consumed;
         }
-        if done {
+        if body.done {
             let rest = enc.finish().map_err(coding)?;
             frame(&rest, chunked, out, &mut coded);
             if chunked {
@@ -167,18 +146,7 @@ pub async fn relay_compressed<S: AsyncReadRent, D: AsyncWriteRent>(
         if !out.is_empty() {
             leg.flush(dst, out).await?;
         }
-        inbuf.clear();
-        *pos = 0;
-        if inbuf.capacity() < RELAY_BUF {
-            inbuf.reserve(RELAY_BUF);
-        }
-        match leg.read(src, inbuf).await {
-            Ok(_) => {}
-            Err(RelayError::Read(IoFail::Eof)) if incoming == BodyFraming::UntilClose => {
-                done = true
-            }
-            Err(e) => return Err(e),
-        }
+        body.refill(src, inbuf, pos, leg).await?;
     }
 }
 
