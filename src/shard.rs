@@ -317,6 +317,7 @@ impl ShardCtx {
             k.evictions.get(),
             k.bytes(),
             k.entries(),
+            k.rejected.get(),
         ];
         for (i, b) in snap.backends.iter_mut().enumerate() {
             b.idle = pool.idle_for(i) as u64;

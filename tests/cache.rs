@@ -1,7 +1,7 @@
 //! The per-route response cache (issue 18, first step), with a real client and a backend
 //! that answers with chosen headers: hits never reach the backend, what RFC 9111 forbids is
 //! not stored, `Vary` variants, `HEAD` and conditional requests from the cache, expiry, the
-//! size bound, purge, collapsed misses, and the `X-Cache` values.
+//! size bound, the admission policy, purge, collapsed misses, and the `X-Cache` values.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -352,6 +352,32 @@ both_engines! {
             assert_eq!((x_cache(&r), r.body.len()), ("BYPASS".into(), 5000));
         }
         assert_eq!(origin.request_count(), 12 + 1 + 2);
+    }
+
+    // cache.policy = "tinylfu" (the default): URLs asked for once cannot flush one asked for
+    // often from a full store (and are counted); with "lru" they do.
+    fn one_off_urls_do_not_flush_a_popular_one(engine) {
+        let origin = Origin::with_handler("o", |_| {
+            reply(&[("Cache-Control", "max-age=100")], &"b".repeat(3000), false)
+        });
+        for (policy, survives) in [("tinylfu", true), ("lru", false)] {
+            let proxy = cached(&origin, &format!("size = \"16KiB\", policy = \"{policy}\""), engine);
+            let mut c = Client::connect(proxy.addr());
+            for _ in 0..5 {
+                fetch(&mut c, "GET", "/hot", &[]);
+            }
+            // 16 KiB holds five of these entries: the scan overflows it.
+            for i in 0..12 {
+                let r = fetch(&mut c, "GET", &format!("/scan{i}"), &[]);
+                assert_eq!(x_cache(&r), "MISS", "{policy} {i}");
+            }
+            let hot = x_cache(&fetch(&mut c, "GET", "/hot", &[]));
+            assert_eq!(hot == "HIT", survives, "{policy}: /hot was {hot}");
+            let m = scrape(proxy.admin_addr(), None);
+            let rejected = m.value("edgeshard_cache_admission_rejected_total", &[]);
+            assert_eq!(rejected > 0.0, survives, "{policy}: {rejected} rejected");
+            assert!(m.value("edgeshard_cache_bytes", &[]) <= 16384.0);
+        }
     }
 
     // POST /cache/purge: one key (with its variants), a prefix, everything.

@@ -90,7 +90,7 @@ upstream = "api"
 redirect = { status = 301, to = "https://www.example.com${path}", query = false }
 
 [[route]]
-cache = { size = "64MiB", max_object = "1MiB" }
+cache = { size = "64MiB", max_object = "1MiB", policy = "tinylfu" }
 upstream = "web"
 
 [[upstream]]

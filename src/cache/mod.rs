@@ -12,6 +12,7 @@
 //! fetch: the first registers the key as in flight, the others wait for it to finish.
 //! The rules (RFC 9111) are in [`policy`].
 
+pub mod admission;
 pub mod policy;
 pub mod serve;
 pub mod store;
@@ -47,6 +48,8 @@ pub struct ShardCache {
     pub misses: Cell<u64>,
     pub bypasses: Cell<u64>,
     pub evictions: Cell<u64>,
+    /// Responses not stored by the admission policy (`cache.policy = "tinylfu"`).
+    pub rejected: Cell<u64>,
 }
 
 /// What `POST /cache/purge` removes.
@@ -231,6 +234,7 @@ pub async fn lookup<'a>(
 fn find(cache: &ShardCache, route: &str, url: &[u8], req: &Request<'_>) -> Option<Hit> {
     let mut stores = cache.stores.borrow_mut();
     let store = stores.get_mut(route)?;
+    store.record(url);
     let names = store.vary_names(url)?;
     let mut key = url.to_vec();
     policy::vary_key(&names, req.fields(), &mut key);
@@ -445,12 +449,16 @@ impl Fill<'_> {
         let mut stores = self.cache.stores.borrow_mut();
         let store = stores
             .entry(self.route.clone())
-            .or_insert_with(|| Store::new(self.cfg.size));
-        // A reload may have changed the size.
-        store.size = self.cfg.size;
+            .or_insert_with(|| Store::new(self.cfg.size, self.cfg.policy));
+        // A reload may have changed the size or the policy.
+        store.configure(self.cfg.size, self.cfg.policy);
+        let rejected = store.rejected;
         let evicted = store.insert(&key, self.key.len(), Rc::from(a.vary), entry);
         let c = &self.cache.evictions;
         c.set(c.get() + evicted);
+        if store.rejected != rejected {
+            ShardCache::bump(&self.cache.rejected);
+        }
     }
 }
 

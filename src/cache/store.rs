@@ -1,12 +1,17 @@
 //! The response cache's memory, one [`Store`] per cached route per shard (looked up between
 //! *route* and *forward*, filled in *respond*): entries by key, bounded in bytes, least
-//! recently used evicted first, with the `Vary` field names last seen for each URL.
+//! recently used evicted first, with the `Vary` field names last seen for each URL. With
+//! `policy = "tinylfu"` (the default) a newcomer that would evict entries must have been asked
+//! for at least as often as the least recently used one ([`super::admission`]).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Instant;
 
 use rustc_hash::FxHashMap;
+
+use super::admission::{self, Sketch};
+use crate::config::CachePolicy;
 
 /// Bytes charged per entry beyond its key, head and body: the maps' slots, the `Rc`s, the
 /// LRU index, the allocations' headers.
@@ -48,6 +53,8 @@ struct Slot {
     tick: u64,
     /// `key[..primary]` is the URL part of the key (the rest is the `Vary` part).
     primary: usize,
+    /// The URL's hash in the admission sketch.
+    url_hash: u64,
     size: u64,
 }
 
@@ -66,10 +73,14 @@ pub struct Store {
     tick: u64,
     bytes: u64,
     pub size: u64,
+    /// URL popularity, with `policy = "tinylfu"`.
+    sketch: Option<Sketch>,
+    /// Responses not stored because they were less popular than what they would evict.
+    pub rejected: u64,
 }
 
 impl Store {
-    pub fn new(size: u64) -> Store {
+    pub fn new(size: u64, policy: CachePolicy) -> Store {
         Store {
             entries: FxHashMap::default(),
             order: BTreeMap::new(),
@@ -77,6 +88,28 @@ impl Store {
             tick: 0,
             bytes: 0,
             size,
+            sketch: (policy == CachePolicy::TinyLfu)
+                .then(|| Sketch::new(admission::width_for(size))),
+            rejected: 0,
+        }
+    }
+
+    /// Applies a reloaded route's `size` and `policy` (the counts start over when the
+    /// sketch's width changes). A smaller size takes effect at the next insert.
+    pub fn configure(&mut self, size: u64, policy: CachePolicy) {
+        let width = admission::width_for(size);
+        let keep = policy == CachePolicy::TinyLfu
+            && self.sketch.as_ref().is_some_and(|s| s.width() == width);
+        if !keep {
+            self.sketch = (policy == CachePolicy::TinyLfu).then(|| Sketch::new(width));
+        }
+        self.size = size;
+    }
+
+    /// Counts a lookup of the URL `url` (hit or miss) for the admission policy.
+    pub fn record(&mut self, url: &[u8]) {
+        if let Some(sketch) = &mut self.sketch {
+            sketch.record(admission::hash(url));
         }
     }
 
@@ -111,7 +144,8 @@ impl Store {
     /// Stores `entry` under `key` (whose first `primary` bytes are the URL, stored with the
     /// `Vary` names `names`), replacing any entry there, then evicts the least recently used
     /// until the store fits its size again. Returns how many entries were evicted; an entry
-    /// larger than the whole store is not stored.
+    /// larger than the whole store is not stored, nor (with the admission sketch) a new key
+    /// whose URL was asked for less often than the least recently used entry's.
     pub fn insert(
         &mut self,
         key: &[u8],
@@ -121,8 +155,13 @@ impl Store {
     ) -> u64 {
         let size =
             key.len() as u64 + entry.head.len() as u64 + entry.body.len() as u64 + ENTRY_OVERHEAD;
-        self.remove(key);
+        let replacing = self.remove(key);
         if size > self.size {
+            return 0;
+        }
+        let url_hash = admission::hash(&key[..primary.min(key.len())]);
+        if !replacing && self.bytes + size > self.size && !self.admits(url_hash) {
+            self.rejected += 1;
             return 0;
         }
         let key: Rc<[u8]> = key.into();
@@ -142,10 +181,23 @@ impl Store {
                 entry: Rc::new(entry),
                 tick: self.tick,
                 primary,
+                url_hash,
                 size,
             },
         );
         self.shrink_to(self.size)
+    }
+
+    /// Whether a newcomer whose URL hashes to `url_hash` may evict the least recently used
+    /// entry: its URL was asked for at least as often (always, without the sketch).
+    fn admits(&self, url_hash: u64) -> bool {
+        let (Some(sketch), Some((_, victim))) = (&self.sketch, self.order.first_key_value()) else {
+            return true;
+        };
+        let Some(v) = self.entries.get(victim) else {
+            return true;
+        };
+        sketch.estimate(url_hash) >= sketch.estimate(v.url_hash)
     }
 
     /// Evicts the least recently used entries until at most `size` bytes are held; returns
@@ -216,7 +268,7 @@ mod tests {
     #[test]
     fn the_least_recently_used_goes_first_and_the_size_holds() {
         let one = 1 + 19 + 1000 + ENTRY_OVERHEAD;
-        let mut s = Store::new(3 * one);
+        let mut s = Store::new(3 * one, CachePolicy::Lru);
         for k in [b"a", b"b", b"c"] {
             assert_eq!(s.insert(k, 1, none(), entry(1000)), 0);
         }
@@ -238,7 +290,7 @@ mod tests {
 
     #[test]
     fn variants_share_their_url_and_purges_match_urls() {
-        let mut s = Store::new(1 << 20);
+        let mut s = Store::new(1 << 20, CachePolicy::TinyLfu);
         let names: Rc<[Box<[u8]>]> = Rc::from(vec![Box::<[u8]>::from(&b"accept"[..])]);
         s.insert(b"http://h/a\naccept:x", 10, names.clone(), entry(1));
         s.insert(b"http://h/a\naccept:y", 10, names.clone(), entry(1));
@@ -250,6 +302,38 @@ mod tests {
         assert_eq!(s.purge(|url| url.starts_with(b"http://h/")), 1);
         assert!(s.is_empty());
         assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn tinylfu_keeps_popular_entries_from_one_off_urls() {
+        let one = 7 + 19 + 1000 + ENTRY_OVERHEAD;
+        let mut s = Store::new(2 * one, CachePolicy::TinyLfu);
+        for k in [b"http:/a", b"http:/b"] {
+            for _ in 0..3 {
+                s.record(k);
+            }
+            assert_eq!(s.insert(k, 7, none(), entry(1000)), 0);
+        }
+        // A URL asked for once would evict `a` (asked for 3 times): refused.
+        s.record(b"http:/x");
+        assert_eq!(s.insert(b"http:/x", 7, none(), entry(1000)), 0);
+        assert_eq!(s.rejected, 1);
+        assert!(s.get(b"http:/x").is_none() && s.get(b"http:/a").is_some());
+        // Once asked for as often, it gets in (evicting the least recently used, `b`).
+        for _ in 0..2 {
+            s.record(b"http:/x");
+        }
+        assert_eq!(s.insert(b"http:/x", 7, none(), entry(1000)), 1);
+        assert!(s.get(b"http:/x").is_some() && s.get(b"http:/b").is_none());
+        // A replacement is always stored, however full the store.
+        assert_eq!(s.insert(b"http:/a", 7, none(), entry(900)), 0);
+        assert_eq!(s.rejected, 1);
+        // Plain LRU admits everything.
+        let mut l = Store::new(2 * one, CachePolicy::Lru);
+        for k in [b"http:/a", b"http:/b", b"http:/x"] {
+            l.insert(k, 7, none(), entry(1000));
+        }
+        assert!(l.get(b"http:/x").is_some() && l.rejected == 0);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Config for the response cache of stage 5½ (between *route* and *forward*): a route's
-//! `cache = { size, max_object }`, checked into [`CacheConfig`]; used by [`crate::cache`].
+//! `cache = { size, max_object, policy }`, checked into [`CacheConfig`]; used by [`crate::cache`].
 
 use serde::Deserialize;
 
@@ -11,6 +11,7 @@ use super::raw::{Checker, Size};
 pub(super) struct RawCache {
     size: Option<Size>,
     max_object: Option<Size>,
+    policy: Option<String>,
 }
 
 /// Default `cache.size`: bytes one shard may hold for the route.
@@ -25,6 +26,17 @@ pub struct CacheConfig {
     pub size: u64,
     /// Larger bodies pass through uncached (and keep splicing).
     pub max_object: u64,
+    pub policy: CachePolicy,
+}
+
+/// `cache.policy`: which responses a full store takes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CachePolicy {
+    /// Every storable response; the least recently used entries make room.
+    Lru,
+    /// Only a response whose URL was asked for at least as often as the least recently used
+    /// entry's (a TinyLFU-style frequency sketch, [`crate::cache::admission`]); the default.
+    TinyLfu,
 }
 
 /// Checks a route's `cache`; `None` when it has none.
@@ -54,5 +66,20 @@ pub(super) fn route_cache(
             format!("{max_object} is larger than cache.size ({size})"),
         );
     }
-    Some(Box::new(CacheConfig { size, max_object }))
+    let policy = match raw.policy.as_deref() {
+        None | Some("tinylfu") => CachePolicy::TinyLfu,
+        Some("lru") => CachePolicy::Lru,
+        Some(other) => {
+            c.err(
+                format!("{path}.cache.policy"),
+                format!("unknown policy {other:?}; expected \"tinylfu\" or \"lru\""),
+            );
+            CachePolicy::TinyLfu
+        }
+    };
+    Some(Box::new(CacheConfig {
+        size,
+        max_object,
+        policy,
+    }))
 }

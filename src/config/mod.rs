@@ -245,7 +245,7 @@ mod tls;
 
 pub use access::{holds, AccessList, IpNet};
 pub use auth::{BasicAuth, ForwardAuth, RouteAuth, Users};
-pub use cache::CacheConfig;
+pub use cache::{CacheConfig, CachePolicy};
 pub use compress::{Algorithm, CompressConfig};
 pub use congestion::Congestion;
 use dns::{dns_config, host_port};

@@ -557,6 +557,13 @@ pub fn render(
         "Cache entries evicted (least recently used) to stay within a route's cache.size.",
     );
     let _ = writeln!(o, "edgeshard_cache_evictions_total {}", c[3]);
+    family(
+        &mut o,
+        "edgeshard_cache_admission_rejected_total",
+        "counter",
+        "Storable responses not stored because their URL was asked for less often than the entry they would evict (cache.policy = \"tinylfu\").",
+    );
+    let _ = writeln!(o, "edgeshard_cache_admission_rejected_total {}", c[6]);
     family(&mut o, "edgeshard_cache_bytes", "gauge", "Bytes held by the routes' caches, all shards (each shard holds at most a route's cache.size).");
     let _ = writeln!(o, "edgeshard_cache_bytes {}", c[4]);
     family(
