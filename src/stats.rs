@@ -396,7 +396,7 @@ impl Stats {
             compressed: self.compressed.each_ref().map(get),
             compressed_in: self.compressed_in.each_ref().map(get),
             compressed_out: self.compressed_out.each_ref().map(get),
-            cache: [0; 6],
+            cache: [0; 11],
             latency: self.latency.borrow().clone(),
             tls: self.tls.snapshot(),
         }
@@ -479,9 +479,10 @@ pub struct Snapshot {
     pub compressed: [u64; 3],
     pub compressed_in: [u64; 3],
     pub compressed_out: [u64; 3],
-    /// The routes' caches ([`crate::cache`]): hits, misses, bypasses, evictions, then the
-    /// gauges bytes held and entries (filled in by the shard).
-    pub cache: [u64; 6],
+    /// The routes' caches ([`crate::cache`]): hits, misses, bypasses, evictions, the gauges
+    /// bytes held and entries, then stale and revalidated answers and revalidations by
+    /// result (not modified, replaced, failed) (filled in by the shard).
+    pub cache: [u64; 11],
     pub latency: Latencies,
     pub tls: crate::tls::stats::TlsSnap,
 }

@@ -18,8 +18,8 @@ pub struct Entry {
     pub status: u16,
     /// The backend's response head as received (re-parsed when served).
     pub head: Box<[u8]>,
-    /// The decoded body.
-    pub body: Box<[u8]>,
+    /// The decoded body (shared with the entry a revalidation refreshes it into).
+    pub body: Rc<[u8]>,
     /// When it was stored, for its resident time.
     pub stored: Instant,
     /// Its corrected initial age in seconds (RFC 9111 §4.2.3).
@@ -28,6 +28,9 @@ pub struct Entry {
     pub lifetime: u64,
     pub etag: Option<Box<[u8]>>,
     pub last_modified: Option<u64>,
+    /// Its `(stale-while-revalidate, stale-if-error)` windows in seconds
+    /// ([`super::policy::stale_windows`]), before the route's caps.
+    pub windows: (u64, u64),
 }
 
 impl Entry {
@@ -39,6 +42,11 @@ impl Entry {
 
     pub fn fresh(&self, now: Instant) -> bool {
         self.age(now) < self.lifetime
+    }
+
+    /// It can be revalidated with a conditional request.
+    pub fn has_validator(&self) -> bool {
+        self.etag.is_some() || self.last_modified.is_some()
     }
 }
 
@@ -66,6 +74,8 @@ pub struct Store {
     tick: u64,
     bytes: u64,
     pub size: u64,
+    /// Background revalidations of this route's entries in flight on this shard.
+    pub background: usize,
 }
 
 impl Store {
@@ -77,6 +87,7 @@ impl Store {
             tick: 0,
             bytes: 0,
             size,
+            background: 0,
         }
     }
 
@@ -206,6 +217,7 @@ mod tests {
             lifetime: 60,
             etag: None,
             last_modified: None,
+            windows: (0, 0),
         }
     }
 
