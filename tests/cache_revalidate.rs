@@ -142,8 +142,20 @@ both_engines! {
     fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(engine) {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let g = gate.clone();
+        let plain = Arc::new(AtomicUsize::new(0));
         let origin = Origin::with_handler("o", move |r| {
             let cc = ("Cache-Control", "max-age=2, stale-while-revalidate=100");
+            if r.path() == "/plain" {
+                // No validator: refetched in the background, a chunked body read in full.
+                if plain.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return response(200, &[cc], "old");
+                }
+                let mut reply = response(200, &[("Cache-Control", "max-age=100")], &"new".repeat(5000));
+                if let Reply::Response { mode, .. } = &mut reply {
+                    *mode = BodyMode::Chunked;
+                }
+                return reply;
+            }
             if r.header("If-None-Match").is_none() {
                 return response(200, &[cc, ("ETag", "\"v1\"")], "kept");
             }
@@ -158,6 +170,7 @@ both_engines! {
         let mut c = Client::connect(proxy.addr());
         assert_eq!(x_cache(&fetch(&mut c, "/swr", &[])), "MISS");
         assert_eq!(x_cache(&fetch(&mut c, "/capped/swr", &[])), "MISS");
+        assert_eq!(x_cache(&fetch(&mut c, "/plain", &[])), "MISS");
         let stored = Instant::now();
         until(stored + Duration::from_millis(2200));
         for _ in 0..3 {
@@ -167,9 +180,9 @@ both_engines! {
             assert!(age >= 2, "a stale entry's age: {age}");
         }
         // The revalidation reached the backend (it is held there): one, with the ETag.
-        assert!(origin.wait_for(Duration::from_secs(5), |s| s.requests.len() == 3));
+        assert!(origin.wait_for(Duration::from_secs(5), |s| s.requests.len() == 4));
         let sent = origin.requests();
-        assert_eq!(sent[2].header("If-None-Match"), Some("\"v1\""));
+        assert_eq!(sent[3].header("If-None-Match"), Some("\"v1\""));
         let (open, cv) = &*gate;
         *open.lock().unwrap() = true;
         cv.notify_all();
@@ -184,11 +197,24 @@ both_engines! {
                 other => panic!("{other}"),
             }
         }
-        assert_eq!(origin.request_count(), 3, "one background revalidation");
+        assert_eq!(origin.request_count(), 4, "one background revalidation");
         // Window capped to 0 on this route: revalidated before the answer.
         let r = fetch(&mut c, "/capped/swr", &[]);
         assert_eq!(x_cache(&r), "REVALIDATED");
-        assert_eq!(origin.request_count(), 4);
+        assert_eq!(origin.request_count(), 5);
+        // Without a validator: STALE, then the refetched body replaces the entry.
+        let r = fetch(&mut c, "/plain", &[]);
+        assert_eq!((r.body_str(), x_cache(&r)), ("old".into(), "STALE".into()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = fetch(&mut c, "/plain", &[]);
+            match (x_cache(&r).as_str(), r.body.len()) {
+                ("HIT", 15000) => break,
+                ("STALE", 3) => assert!(Instant::now() < deadline, "never replaced"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(origin.request_count(), 6);
         let m = scrape(proxy.admin_addr(), None);
         assert_eq!(m.value("edgeshard_cache_revalidations_total", &[("result", "not_modified")]), 2.0);
         origin.assert_no_errors();

@@ -4,11 +4,12 @@
 //! *balance, pool and forward* on its own, with no client: one backend picked by the
 //! upstream's balancer (counted in flight, within its breaker's request permits), a pooled
 //! connection or a new one (a pooled one that fails before any response byte is tried
-//! once more on a new connection), the conditional request written, the response head read
-//! within `upstream_response` (interim responses dropped). A `304` refreshes the entry
+//! once more on a new connection; a `proxy_protocol` header names the proxy's own
+//! connection, there being no client), the conditional request written, the response head
+//! read within `upstream_response` (interim responses dropped). A `304` refreshes the entry
 //! ([`Fill::not_modified`]); another response is stored when it may be, its body read into
-//! memory up to `max_object` ([`Fill::admit`], [`Fill::finish`]); a failure or a 5xx keeps
-//! the stale entry. One such task per key at a time (it holds the key's in-flight claim)
+//! memory up to `max_object` within `upstream_response` more ([`Fill::admit`], then the
+//! fill's store step); a failure or a 5xx keeps the stale entry. One such task per key at a time (it holds the key's in-flight claim)
 //! and at most `background_revalidations` per route on a shard (it holds a slot).
 
 use std::sync::Arc;
@@ -67,7 +68,7 @@ async fn fetch(
     fill: &mut Fill<'_>,
     upstream: usize,
     key: PickKey,
-    mut head: Vec<u8>,
+    head: Vec<u8>,
 ) -> Result<(), ()> {
     let shared = &*ctx.shared;
     let (pick, _) = ctx
@@ -104,7 +105,7 @@ async fn fetch(
         };
         in_flight.sent = true;
         let mut ubuf = Vec::new();
-        match exchange(ctx, &mut conn, &mut head, &mut ubuf).await {
+        match exchange(ctx, &mut conn, &head, &mut ubuf).await {
             // A keep-alive race: once more on a new connection.
             Err(f) if reused && !f.any_byte && !fresh => fresh = true,
             Err(f) => {
@@ -134,7 +135,7 @@ async fn fetch(
 async fn exchange(
     ctx: &ShardCtx,
     conn: &mut Transport,
-    head: &mut Vec<u8>,
+    head: &[u8],
     ubuf: &mut Vec<u8>,
 ) -> Result<ResponseHead, Failed> {
     let cfg = &ctx.shared.config;
@@ -147,8 +148,10 @@ async fn exchange(
         },
         any_byte,
     };
-    let n = head.len();
-    write_from(conn, head, 0, n, &mut dl, timeout)
+    // A copy per try: a write that times out loses its buffer.
+    let mut out = head.to_vec();
+    let n = out.len();
+    write_from(conn, &mut out, 0, n, &mut dl, timeout)
         .await
         .map_err(|e| fail(e, false))?;
     let limits = HeadLimits {
@@ -215,6 +218,9 @@ async fn answer(
     let mut body = Incoming::new(framing, cfg.limits.max_header_bytes);
     let mut pos = resp.head_len;
     let mut dl = Deadline::new();
+    // The whole body within `upstream_response` too: a backend that trickles it does not
+    // hold a background slot for longer.
+    let deadline = Instant::now() + cfg.timeouts.upstream_response;
     let complete = loop {
         while !body.done && pos < ubuf.len() {
             let ((from, to), used) = body.step(&ubuf[pos..]).map_err(drop)?;
@@ -233,8 +239,8 @@ async fn answer(
         }
         ubuf.clear();
         pos = 0;
-        let t = cfg.timeouts.upstream_response;
-        if read_more(conn, ubuf, &mut dl, t).await.is_err() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || read_more(conn, ubuf, &mut dl, left).await.is_err() {
             break false;
         }
     };
