@@ -144,10 +144,14 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             }
             // The cache's stale-if-error: a stale entry instead of the error.
             Err(e) => match fill.as_mut().and_then(|f| f.stale_on_error(Some(&e))) {
-                Some(hit) => Ok(Exchanged {
-                    outcome: cache::serve(ctx, client, hit, &facts, &rid, &mut trace).await,
-                    early: false,
-                }),
+                Some(hit) => {
+                    e.count(&ctx.stats);
+                    let outcome = cache::serve(ctx, client, hit, &facts, &rid, &mut trace).await;
+                    Ok(Exchanged {
+                        outcome,
+                        early: false,
+                    })
+                }
                 None => Err(e),
             },
         },
