@@ -150,6 +150,15 @@ impl Fill<'_> {
             return None;
         }
         let (old_fields, new_fields) = (fields_of(&stored, &old.head), fields_of(head, buf));
+        let sent = policy::response_facts(new_fields.iter().copied());
+        if let (Some(new), Some(_)) = (&sent.etag, &old.etag) {
+            // §4.3.4: a 304 naming another representation updates nothing; the entry,
+            // no longer known to be current, goes, and the 304 is relayed as it is.
+            if !policy::none_match(new, old.etag.as_deref()) {
+                self.remove(&stale.key);
+                return None;
+            }
+        }
         let line_end = old
             .head
             .iter()
@@ -164,7 +173,6 @@ impl Fill<'_> {
         );
         let now = unix_now();
         let facts = policy::response_facts(merged_fields(&merged).iter().copied());
-        let sent = policy::response_facts(new_fields.iter().copied());
         let initial_age = policy::initial_age(&sent, self.request_time, now);
         let merged: Rc<[u8]> = merged.into();
         let lifetime = match policy::storable(old.status, &facts, self.rules, now) {
