@@ -64,17 +64,21 @@ both_engines! {
     // carrying the stored ETag (not the client's own If-None-Match), answers 304 with new
     // freshness and a new field; the client gets the stored body with the new field
     // (X-Cache: REVALIDATED, a small Age), and the next requests are hits that never reach
-    // the backend (a conditional one gets its 304 from the refreshed entry).
+    // the backend (a conditional one gets its 304 from the refreshed entry). A 304 naming
+    // another ETag refreshes nothing.
     fn a_304_refreshes_the_stale_entry(engine) {
         let origin = Origin::with_handler("o", |r| {
             if r.header("If-None-Match").is_some() {
                 let cc = ("Cache-Control", "max-age=200");
-                return response(304, &[cc, ("ETag", "\"v1\""), ("X-Refreshed", "yes")], "");
+                // /moved: a 304 that names another representation.
+                let etag = if r.path() == "/moved" { "\"v9\"" } else { "\"v1\"" };
+                return response(304, &[cc, ("ETag", etag), ("X-Refreshed", "yes")], "");
             }
             response(200, &[("Cache-Control", "max-age=2"), ("ETag", "\"v1\""), ("X-Refreshed", "no")], "original")
         });
         let proxy = cached(&origin, "", engine);
         let mut c = Client::connect(proxy.addr());
+        assert_eq!(x_cache(&fetch(&mut c, "/moved", &[])), "MISS");
         assert_eq!(x_cache(&fetch(&mut c, "/r", &[])), "MISS");
         let stored = Instant::now();
         assert_eq!(x_cache(&fetch(&mut c, "/r", &[])), "HIT");
@@ -87,8 +91,8 @@ both_engines! {
         let age: u64 = r.header("Age").expect("an Age").parse().unwrap();
         assert!(age <= 1, "the age restarts from the 304: {age}");
         let sent = origin.requests();
-        assert_eq!(sent.len(), 2);
-        assert_eq!(sent[1].header_all("If-None-Match"), vec!["\"v1\""], "the stored ETag, only");
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent[2].header_all("If-None-Match"), vec!["\"v1\""], "the stored ETag, only");
         // Within the new freshness: hits, no backend contact.
         for _ in 0..2 {
             let r = fetch(&mut c, "/r", &[]);
@@ -97,7 +101,14 @@ both_engines! {
         }
         let r = fetch(&mut c, "/r", &[("If-None-Match", "\"v1\"")]);
         assert_eq!((r.status(), x_cache(&r)), (304, "HIT".into()));
-        assert_eq!(origin.request_count(), 2);
+        assert_eq!(origin.request_count(), 3);
+        // A 304 with another ETag refreshes nothing: it is relayed, the entry is gone, and
+        // the next request fetches the resource again.
+        let r = fetch(&mut c, "/moved", &[]);
+        assert_eq!((r.status(), r.header("ETag")), (304, Some("\"v9\"")));
+        let r = fetch(&mut c, "/moved", &[]);
+        assert_eq!((r.status(), r.body_str(), x_cache(&r)), (200, "original".into(), "MISS".into()));
+        assert_eq!(origin.request_count(), 5);
         let m = scrape(proxy.admin_addr(), None);
         assert_eq!(m.value("edgeshard_cache_revalidations_total", &[("result", "not_modified")]), 1.0);
         assert_eq!(m.value("edgeshard_cache_requests_total", &[("result", "revalidated")]), 1.0);
