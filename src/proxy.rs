@@ -123,15 +123,37 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             Ok(answered) => {
                 let early = answered.early;
                 let respond = Respond::new(ctx);
-                let (f, t) = (fill.as_deref_mut(), &mut trace);
-                let relayed = relay_response(&respond, client, answered, &facts, &rid, t, f).await;
-                if let Some(fill) = fill {
-                    // Stored only when relayed whole.
-                    fill.finish(relayed.is_ok());
+                // The cache's revalidation: its 304 (or a 5xx within stale-if-error) is
+                // answered with the stored entry, not relayed.
+                match cache::settle(fill.as_deref_mut(), &respond, answered, &mut trace) {
+                    Ok(hit) => Ok(Exchanged {
+                        outcome: cache::serve(ctx, client, hit, &facts, &rid, &mut trace).await,
+                        early: false,
+                    }),
+                    Err(answered) => {
+                        let (f, t) = (fill.as_deref_mut(), &mut trace);
+                        let relayed =
+                            relay_response(&respond, client, answered, &facts, &rid, t, f).await;
+                        if let Some(fill) = fill {
+                            // Stored only when relayed whole.
+                            fill.finish(relayed.is_ok());
+                        }
+                        relayed.map(|outcome| Exchanged { outcome, early })
+                    }
                 }
-                relayed.map(|outcome| Exchanged { outcome, early })
             }
-            Err(e) => Err(e),
+            // The cache's stale-if-error: a stale entry instead of the error.
+            Err(e) => match fill.as_mut().and_then(|f| f.stale_on_error(Some(&e))) {
+                Some(hit) => {
+                    e.count(&ctx.stats);
+                    let outcome = cache::serve(ctx, client, hit, &facts, &rid, &mut trace).await;
+                    Ok(Exchanged {
+                        outcome,
+                        early: false,
+                    })
+                }
+                None => Err(e),
+            },
         },
         Err(c) => Err(ProxyError::refused(c)),
     };
@@ -273,11 +295,27 @@ async fn plan<'a>(
             let name = &ctx.shared.config.routes[routed.index].name;
             match cache::lookup(&ctx.cache, name, cfg, &req, wait).await {
                 cache::Lookup::Hit(hit) => return Ok(Plan::Cached(hit)),
+                cache::Lookup::Stale(hit, refresh) => {
+                    // stale-while-revalidate: the stale entry now, its revalidation (this
+                    // request as it would be forwarded) in the background.
+                    if let Some(fill) = refresh {
+                        if let Ok(p) = prepare(ctx, client, head, facts, rid, &routed, &granted) {
+                            cache::refresh::spawn(ctx, fill, p);
+                        }
+                    }
+                    return Ok(Plan::Cached(hit));
+                }
                 cache::Lookup::Miss(fill) => Some(fill),
             }
         }
     };
-    prepare(ctx, client, head, facts, rid, &routed, &granted).map(|p| Plan::Forward(p, fill))
+    prepare(ctx, client, head, facts, rid, &routed, &granted).map(|mut p| {
+        // A stale entry's revalidation: conditional on the entry, not the client.
+        if let Some(f) = &fill {
+            f.condition(&mut p.out);
+        }
+        Plan::Forward(p, fill)
+    })
 }
 
 /// What routing found, for the stages after it.

@@ -317,6 +317,11 @@ impl ShardCtx {
             k.evictions.get(),
             k.bytes(),
             k.entries(),
+            k.stale.get(),
+            k.revalidated.get(),
+            k.revalidations_not_modified.get(),
+            k.revalidations_replaced.get(),
+            k.revalidations_failed.get(),
             k.rejected.get(),
         ];
         for (i, b) in snap.backends.iter_mut().enumerate() {

@@ -396,7 +396,7 @@ impl Stats {
             compressed: self.compressed.each_ref().map(get),
             compressed_in: self.compressed_in.each_ref().map(get),
             compressed_out: self.compressed_out.each_ref().map(get),
-            cache: [0; 7],
+            cache: [0; 12],
             latency: self.latency.borrow().clone(),
             tls: self.tls.snapshot(),
         }
@@ -480,9 +480,10 @@ pub struct Snapshot {
     pub compressed_in: [u64; 3],
     pub compressed_out: [u64; 3],
     /// The routes' caches ([`crate::cache`]): hits, misses, bypasses, evictions, the gauges
-    /// bytes held and entries, then responses the admission policy did not store (filled in
-    /// by the shard).
-    pub cache: [u64; 7],
+    /// bytes held and entries, then stale and revalidated answers, revalidations by result
+    /// (not modified, replaced, failed), and responses the admission policy did not store
+    /// (filled in by the shard).
+    pub cache: [u64; 12],
     pub latency: Latencies,
     pub tls: crate::tls::stats::TlsSnap,
 }

@@ -11,13 +11,24 @@
 //! route's `size`. Concurrent misses for one key on one shard collapse into one upstream
 //! fetch: the first registers the key as in flight, the others wait for it to finish.
 //! The rules (RFC 9111) are in [`policy`].
+//!
+//! A stale entry is kept while it has a validator or a stale window
+//! ([`policy::usable`]). Within `stale-while-revalidate` it is served at once (`X-Cache:
+//! STALE`) and the first such request revalidates it in the background ([`refresh`]);
+//! otherwise the request that finds it is forwarded as a conditional request built from the
+//! entry ([`revalidate`]: a `304` refreshes the entry and the client gets it), and when that
+//! fails within `stale-if-error` the stale entry is the answer. Stale requests for one key
+//! collapse like misses.
 
 pub mod admission;
 pub mod policy;
+pub mod refresh;
+pub mod revalidate;
 pub mod serve;
 pub mod store;
 
 use std::cell::{Cell, RefCell};
+use std::ops::{Deref, DerefMut};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,15 +37,20 @@ use rustc_hash::FxHashMap;
 
 use crate::config::CacheConfig;
 use crate::http::parse::{BodyFraming, Method, RequestHead, ResponseHead};
-use policy::{RequestRules, Storable};
+use policy::{RequestRules, Storable, Usable};
 use store::{Entry, Store};
 
+pub use revalidate::settle;
 pub use serve::serve;
 
 /// `X-Cache` values.
 pub const HIT: &[u8] = b"HIT";
 pub const MISS: &[u8] = b"MISS";
 pub const BYPASS: &[u8] = b"BYPASS";
+/// A stale entry served (`stale-while-revalidate`, or `stale-if-error`).
+pub const STALE: &[u8] = b"STALE";
+/// A stale entry the backend confirmed with a `304`.
+pub const REVALIDATED: &[u8] = b"REVALIDATED";
 
 /// One shard's cache: a store per cached route (by route name, so a reload keeps the
 /// entries of routes that remain), the keys being fetched, and the counters.
@@ -47,9 +63,17 @@ pub struct ShardCache {
     pub hits: Cell<u64>,
     pub misses: Cell<u64>,
     pub bypasses: Cell<u64>,
+    /// Responses with `X-Cache: STALE` and `REVALIDATED`.
+    pub stale: Cell<u64>,
+    pub revalidated: Cell<u64>,
     pub evictions: Cell<u64>,
     /// Responses not stored by the admission policy (`cache.policy = "tinylfu"`).
     pub rejected: Cell<u64>,
+    /// Revalidations (foreground and background) by result: the backend answered `304`,
+    /// a new response (stored or not), or failed (unreachable, timed out, 5xx).
+    pub revalidations_not_modified: Cell<u64>,
+    pub revalidations_replaced: Cell<u64>,
+    pub revalidations_failed: Cell<u64>,
 }
 
 /// What `POST /cache/purge` removes.
@@ -116,26 +140,43 @@ impl Request<'_> {
             .iter()
             .map(|h| (h.name.get(self.buf), h.value.get(self.buf)))
     }
-
-    fn value_of(&self, name: &[u8]) -> Option<&[u8]> {
-        self.fields()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    }
 }
 
-/// A fresh entry for the request.
+/// A stored entry that is the answer to the request.
 pub struct Hit {
     pub entry: Rc<Entry>,
     /// A conditional request it satisfies: answered `304 Not Modified`.
     pub not_modified: bool,
+    /// `X-Cache`: [`HIT`], [`STALE`] or [`REVALIDATED`].
+    pub x_cache: &'static [u8],
 }
 
 /// What the lookup found.
 pub enum Lookup<'a> {
     Hit(Hit),
-    /// Forward it; the fill stores the response when it may.
+    /// A stale entry within its `stale-while-revalidate` window: the answer at once. With a
+    /// fill when this request claimed the key's revalidation, to be run in the background
+    /// ([`refresh::spawn`]).
+    Stale(Hit, Option<Box<Fill<'a>>>),
+    /// Forward it; the fill stores the response when it may (and revalidates a stale
+    /// entry: [`Fill::condition`], [`settle`]).
     Miss(Box<Fill<'a>>),
+}
+
+/// A stale entry found for the request.
+struct Found {
+    entry: Rc<Entry>,
+    /// Its whole key (URL and `Vary` part).
+    key: Vec<u8>,
+    usable: Usable,
+}
+
+/// The stale entry a fill revalidates or falls back to.
+pub struct Stale {
+    pub entry: Rc<Entry>,
+    pub key: Vec<u8>,
+    /// Within `stale-if-error`: served when the backend fails.
+    pub if_error: bool,
 }
 
 /// Requests of one shard that may wait on one key's fetch; more go to the backend.
@@ -159,19 +200,23 @@ pub async fn lookup<'a>(
     rules.authorization |= req.proxied_fields;
     let mut fill = Fill {
         cache,
-        route: route.into(),
-        cfg: cfg.clone(),
-        key: Vec::new(),
-        inflight: None,
-        req: Vec::new(),
-        rules,
-        request_time: unix_now(),
-        store: false,
-        no_vary: req.proxied_fields,
-        bypass: true,
-        verdict: None,
-        admitted: None,
-        tee: None,
+        s: FillState {
+            route: route.into(),
+            cfg: cfg.clone(),
+            key: Vec::new(),
+            inflight: None,
+            req: Vec::new(),
+            rules,
+            request_time: unix_now(),
+            store: false,
+            no_vary: req.proxied_fields,
+            bypass: true,
+            verdict: None,
+            admitted: None,
+            tee: None,
+            stale: None,
+            background: false,
+        },
     };
     let usable = matches!(req.method, Method::Get | Method::Head);
     if !usable || req.unusual || rules.bypass {
@@ -180,16 +225,31 @@ pub async fn lookup<'a>(
     fill.bypass = false;
     policy::primary_key(req.https, req.host, req.target, &mut fill.key);
     let mut waited = false;
+    let mut stale: Option<Found>;
     loop {
-        if let Some(hit) = find(cache, route, &fill.key, req) {
-            ShardCache::bump(&cache.hits);
-            // Counted: the fill drops unused.
-            fill.verdict = Some(HIT);
-            return Lookup::Hit(hit);
-        }
+        stale = match find(cache, route, cfg, &fill.key, req) {
+            Some(f) if f.usable == Usable::Fresh => {
+                ShardCache::bump(&cache.hits);
+                // Counted: the fill drops unused.
+                fill.verdict = Some(HIT);
+                return Lookup::Hit(hit_of(f.entry, req, HIT));
+            }
+            found => found,
+        };
+        let while_revalidate = matches!(
+            stale,
+            Some(Found {
+                usable: Usable::WhileRevalidate { .. },
+                ..
+            })
+        );
         if req.method == Method::Head {
-            // A HEAD has no body to store; it is forwarded as it is.
-            return Lookup::Miss(Box::new(fill));
+            // A HEAD has no body to store; it is forwarded as it is (a stale entry within
+            // its window answers it, and is revalidated by the next GET).
+            if let Some(f) = stale.take().filter(|_| while_revalidate) {
+                return stale_answer(&mut fill, f.entry, req);
+            }
+            break;
         }
         let mut flight = Vec::with_capacity(route.len() + 1 + fill.key.len());
         flight.extend_from_slice(route.as_bytes());
@@ -198,6 +258,8 @@ pub async fn lookup<'a>(
         let rx = {
             let mut inflight = cache.inflight.borrow_mut();
             match inflight.get_mut(&flight) {
+                // Another request is revalidating it: the stale entry is the answer now.
+                Some(_) if while_revalidate => None,
                 Some(waiters) if !waited && waiters.len() < MAX_WAITERS => {
                     // Senders of waiters that gave up are dropped here, not kept.
                     waiters.retain(|tx| !tx.is_canceled());
@@ -222,16 +284,96 @@ pub async fn lookup<'a>(
             None => break,
         }
     }
-    fill.store = true;
-    fill.req = req
-        .fields()
-        .map(|(n, v)| (n.to_ascii_lowercase().into(), v.into()))
-        .collect();
-    Lookup::Miss(Box::new(fill))
+    if req.method == Method::Get {
+        fill.store = true;
+        fill.req = req
+            .fields()
+            .map(|(n, v)| (n.to_ascii_lowercase().into(), v.into()))
+            .collect();
+    }
+    let stale = stale.map(|f| {
+        let (while_revalidate, if_error) = match f.usable {
+            Usable::WhileRevalidate { if_error } => (true, if_error),
+            Usable::Stale { if_error } => (false, if_error),
+            Usable::Fresh => (false, false),
+        };
+        let st = Stale {
+            entry: f.entry,
+            key: f.key,
+            if_error,
+        };
+        (st, while_revalidate)
+    });
+    match stale {
+        Some((st, true)) if fill.inflight.is_none() => {
+            // Someone else revalidates it.
+            stale_answer(&mut fill, st.entry, req)
+        }
+        Some((st, true)) if fill.claim_background() => {
+            let hit = stale_answer(&mut fill, st.entry.clone(), req);
+            fill.stale = Some(st);
+            match hit {
+                Lookup::Stale(hit, _) => Lookup::Stale(hit, Some(Box::new(fill))),
+                other => other,
+            }
+        }
+        // Outside the window, or no room for another background revalidation: this
+        // request revalidates it in the foreground.
+        st => {
+            fill.stale = st.map(|(st, _)| st);
+            Lookup::Miss(Box::new(fill))
+        }
+    }
 }
 
-/// The fresh entry for the request, if the store has one (a stale one is removed).
-fn find(cache: &ShardCache, route: &str, url: &[u8], req: &Request<'_>) -> Option<Hit> {
+/// A stale entry as the answer (`X-Cache: STALE`), counted; the fill is not used.
+fn stale_answer<'a>(fill: &mut Fill<'_>, entry: Rc<Entry>, req: &Request<'_>) -> Lookup<'a> {
+    ShardCache::bump(&fill.cache.stale);
+    fill.verdict = Some(STALE);
+    Lookup::Stale(hit_of(entry, req, STALE), None)
+}
+
+/// The entry `entry` as the answer to `req`, labelled `x_cache`.
+fn hit_of(entry: Rc<Entry>, req: &Request<'_>, x_cache: &'static [u8]) -> Hit {
+    let not_modified = answers_304(&entry, req.fields());
+    Hit {
+        entry,
+        not_modified,
+        x_cache,
+    }
+}
+
+/// Whether the request with `fields` gets a `304` from `entry`. Conditionals only change a
+/// 2xx answer (RFC 9110 §13.2.1): a stored 404 stays a 404.
+fn answers_304<'h>(
+    entry: &Entry,
+    fields: impl Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+) -> bool {
+    let value_of = |name: &[u8]| {
+        fields
+            .clone()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    matches!(entry.status, 200 | 203)
+        && policy::not_modified(
+            value_of(b"if-none-match"),
+            value_of(b"if-modified-since"),
+            entry.etag.as_deref(),
+            entry.last_modified,
+            unix_now(),
+        )
+}
+
+/// The entry for the request, if the store has one it may use: fresh, or stale with a
+/// validator or within a stale window (capped by `cfg`). Another stale one is removed.
+fn find(
+    cache: &ShardCache,
+    route: &str,
+    cfg: &CacheConfig,
+    url: &[u8],
+    req: &Request<'_>,
+) -> Option<Found> {
     let mut stores = cache.stores.borrow_mut();
     let store = stores.get_mut(route)?;
     store.record(url);
@@ -239,23 +381,24 @@ fn find(cache: &ShardCache, route: &str, url: &[u8], req: &Request<'_>) -> Optio
     let mut key = url.to_vec();
     policy::vary_key(&names, req.fields(), &mut key);
     let entry = store.get(&key)?;
-    if !entry.fresh(Instant::now()) {
+    let usable = policy::usable(
+        entry.age(Instant::now()),
+        entry.lifetime,
+        windows(&entry, cfg),
+    );
+    if usable == (Usable::Stale { if_error: false }) && !entry.has_validator() {
         store.remove(&key);
         return None;
     }
-    // Conditionals only change a 2xx answer (RFC 9110 §13.2.1): a stored 404 stays a 404.
-    let not_modified = matches!(entry.status, 200 | 203)
-        && policy::not_modified(
-            req.value_of(b"if-none-match"),
-            req.value_of(b"if-modified-since"),
-            entry.etag.as_deref(),
-            entry.last_modified,
-            unix_now(),
-        );
-    Some(Hit {
-        entry,
-        not_modified,
-    })
+    Some(Found { entry, key, usable })
+}
+
+/// An entry's stale windows within the route's caps.
+fn windows(entry: &Entry, cfg: &CacheConfig) -> (u64, u64) {
+    (
+        entry.windows.0.min(cfg.stale_while_revalidate_max),
+        entry.windows.1.min(cfg.stale_if_error_max),
+    )
 }
 
 /// A response body as it is relayed, decoded, kept while it fits `max` bytes.
@@ -297,12 +440,19 @@ struct Admitted {
     initial_age: u64,
     etag: Option<Box<[u8]>>,
     last_modified: Option<u64>,
+    windows: (u64, u64),
 }
 
 /// A cached route's request that was not answered from the cache: what storing its
 /// response needs. Dropping it ends the fetch for requests waiting on the same key.
 pub struct Fill<'a> {
     cache: &'a ShardCache,
+    s: FillState,
+}
+
+/// A fill without its shard's cache: what a background revalidation carries into its task
+/// ([`Fill::detach`], [`FillState::attach`]).
+pub struct FillState {
     route: Box<str>,
     cfg: CacheConfig,
     /// The URL part of the key.
@@ -322,6 +472,52 @@ pub struct Fill<'a> {
     verdict: Option<&'static [u8]>,
     admitted: Option<Admitted>,
     tee: Option<Tee>,
+    /// The stale entry this fetch revalidates (or replaces), and falls back to.
+    stale: Option<Stale>,
+    /// A background revalidation: counts no `X-Cache` result, holds a slot of
+    /// `background_revalidations`.
+    background: bool,
+}
+
+impl Deref for Fill<'_> {
+    type Target = FillState;
+    fn deref(&self) -> &FillState {
+        &self.s
+    }
+}
+
+impl DerefMut for Fill<'_> {
+    fn deref_mut(&mut self) -> &mut FillState {
+        &mut self.s
+    }
+}
+
+impl FillState {
+    /// The fill again, on its shard's cache.
+    pub fn attach(self, cache: &ShardCache) -> Fill<'_> {
+        Fill { cache, s: self }
+    }
+
+    /// An empty state, left behind by [`Fill::detach`] (drops without effect).
+    fn taken(cfg: CacheConfig) -> FillState {
+        FillState {
+            route: Box::from(""),
+            cfg,
+            key: Vec::new(),
+            inflight: None,
+            req: Vec::new(),
+            rules: RequestRules::default(),
+            request_time: 0,
+            no_vary: false,
+            store: false,
+            bypass: false,
+            verdict: Some(MISS),
+            admitted: None,
+            tee: None,
+            stale: None,
+            background: false,
+        }
+    }
 }
 
 impl Fill<'_> {
@@ -342,18 +538,77 @@ impl Fill<'_> {
             BYPASS
         };
         self.verdict = Some(verdict);
+        if let Some(stale) = self.stale.take() {
+            // A new response (not the 304 or the 5xx [`settle`] takes): it replaces the
+            // stale entry, stored or not.
+            if self.store && head.status < 500 {
+                self.remove(&stale.key);
+                ShardCache::bump(&self.cache.revalidations_replaced);
+            } else {
+                self.stale = Some(stale);
+            }
+        }
         if self.admitted.is_none() {
             // Nothing will be stored: requests waiting on this key go to the backend now,
             // not after this response's (maybe slow, maybe huge) relay.
             self.release();
         }
-        let c = &self.cache;
-        ShardCache::bump(if verdict == MISS {
-            &c.misses
-        } else {
-            &c.bypasses
-        });
+        if !self.background {
+            let c = &self.cache;
+            ShardCache::bump(if verdict == MISS {
+                &c.misses
+            } else {
+                &c.bypasses
+            });
+        }
         verdict
+    }
+
+    /// Removes the entry under `key` from the route's store.
+    fn remove(&self, key: &[u8]) {
+        if let Some(store) = self.cache.stores.borrow_mut().get_mut(&self.route) {
+            store.remove(key);
+        }
+    }
+
+    /// Stores `entry` under `key` (`key[..self.key.len()]` is its URL, `vary` its `Vary`
+    /// names).
+    fn insert(&self, key: &[u8], vary: Rc<[Box<[u8]>]>, entry: Entry) {
+        let mut stores = self.cache.stores.borrow_mut();
+        let store = stores
+            .entry(self.route.clone())
+            .or_insert_with(|| Store::new(self.cfg.size, self.cfg.policy));
+        // A reload may have changed the size or the policy.
+        store.configure(self.cfg.size, self.cfg.policy);
+        let rejected = store.rejected;
+        let evicted = store.insert(key, self.key.len(), vary, entry);
+        let c = &self.cache.evictions;
+        c.set(c.get() + evicted);
+        if store.rejected != rejected {
+            ShardCache::bump(&self.cache.rejected);
+        }
+    }
+
+    /// Takes one of the route's `background_revalidations` slots on this shard for this
+    /// fill (given back when it drops); false when none is free.
+    fn claim_background(&mut self) -> bool {
+        let mut stores = self.cache.stores.borrow_mut();
+        let Some(store) = stores.get_mut(&self.route) else {
+            return false;
+        };
+        if store.background >= self.cfg.background_revalidations {
+            return false;
+        }
+        store.background += 1;
+        self.background = true;
+        true
+    }
+
+    /// The fill without its cache reference, for a task of its own; dropping this one
+    /// has no effect (the state, with its in-flight claim, moved).
+    pub fn detach(mut self) -> FillState {
+        let empty = FillState::taken(self.cfg.clone());
+        std::mem::replace(&mut self.s, empty)
     }
 
     fn decide(&mut self, buf: &[u8], head: &ResponseHead, framing: BodyFraming) -> bool {
@@ -390,6 +645,7 @@ impl Fill<'_> {
             vary: facts.vary,
             lifetime,
             initial_age,
+            windows: policy::stale_windows(&facts.directives),
             etag: facts.etag,
             last_modified: facts.last_modified,
         });
@@ -427,6 +683,11 @@ impl Fill<'_> {
     /// The response was relayed whole (`complete`): stores it if it was admitted and its
     /// body fitted. Then the fetch ends (waiters wake and look again).
     pub fn finish(mut self, complete: bool) {
+        self.keep(complete);
+    }
+
+    /// [`Fill::finish`], for a fill that is kept.
+    fn keep(&mut self, complete: bool) {
         let (Some(a), Some(tee)) = (self.admitted.take(), self.tee.take()) else {
             return;
         };
@@ -445,25 +706,19 @@ impl Fill<'_> {
             lifetime: a.lifetime,
             etag: a.etag,
             last_modified: a.last_modified,
+            windows: a.windows,
         };
-        let mut stores = self.cache.stores.borrow_mut();
-        let store = stores
-            .entry(self.route.clone())
-            .or_insert_with(|| Store::new(self.cfg.size, self.cfg.policy));
-        // A reload may have changed the size or the policy.
-        store.configure(self.cfg.size, self.cfg.policy);
-        let rejected = store.rejected;
-        let evicted = store.insert(&key, self.key.len(), Rc::from(a.vary), entry);
-        let c = &self.cache.evictions;
-        c.set(c.get() + evicted);
-        if store.rejected != rejected {
-            ShardCache::bump(&self.cache.rejected);
-        }
+        self.insert(&key, Rc::from(a.vary), entry);
     }
 }
 
 impl Drop for Fill<'_> {
     fn drop(&mut self) {
+        if self.background {
+            if let Some(store) = self.cache.stores.borrow_mut().get_mut(&self.route) {
+                store.background = store.background.saturating_sub(1);
+            }
+        }
         if self.verdict.is_none() {
             // No response head came (the backend failed): a miss all the same.
             let c = &self.cache;

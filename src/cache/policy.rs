@@ -13,6 +13,12 @@ pub struct Directives {
     pub public: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
+    /// RFC 5861's extensions: seconds past its lifetime a stale response may still be
+    /// served while it is revalidated, or when revalidating it fails.
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
 }
 
 impl Directives {
@@ -43,6 +49,14 @@ impl Directives {
                 self.max_age = Some(arg.map_or(0, delta_seconds));
             } else if is("s-maxage") {
                 self.s_maxage = Some(arg.map_or(0, delta_seconds));
+            } else if is("must-revalidate") {
+                self.must_revalidate = true;
+            } else if is("proxy-revalidate") {
+                self.proxy_revalidate = true;
+            } else if is("stale-while-revalidate") {
+                self.stale_while_revalidate = Some(arg.map_or(0, delta_seconds));
+            } else if is("stale-if-error") {
+                self.stale_if_error = Some(arg.map_or(0, delta_seconds));
             }
         }
     }
@@ -198,6 +212,54 @@ pub fn storable(status: u16, f: &ResponseFacts, req: RequestRules, now: u64) -> 
         return Storable::No("stale");
     }
     Storable::Yes { lifetime }
+}
+
+/// The stale windows a response grants, in seconds past its lifetime: its
+/// `(stale-while-revalidate, stale-if-error)` (RFC 5861), none when it says
+/// `must-revalidate` or `proxy-revalidate` (RFC 9111 §4.2.4: a stale response must then
+/// not be served without validation). `s-maxage` implies `proxy-revalidate` (§5.2.2.10), but
+/// an explicit window in the same field is read as the origin's wish (the common CDN
+/// reading of `s-maxage=60, stale-while-revalidate=30`).
+pub fn stale_windows(d: &Directives) -> (u64, u64) {
+    if d.must_revalidate || d.proxy_revalidate {
+        return (0, 0);
+    }
+    (
+        d.stale_while_revalidate.unwrap_or(0),
+        d.stale_if_error.unwrap_or(0),
+    )
+}
+
+/// What a stored response of `age` seconds with freshness `lifetime` may be used for, given
+/// its stale windows `(while_revalidate, if_error)` (already capped by the route's config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usable {
+    Fresh,
+    /// Stale: served at once while it is revalidated (`stale-while-revalidate`); it may
+    /// also be within its `stale-if-error` window (`if_error`).
+    WhileRevalidate {
+        if_error: bool,
+    },
+    /// Stale: revalidated (or fetched again) before use; served instead of an error when
+    /// `if_error`.
+    Stale {
+        if_error: bool,
+    },
+}
+
+/// Where `age` falls: fresh below `lifetime`, then each window counts from the lifetime's
+/// end (a window of `w` seconds covers ages `lifetime..lifetime + w`). Saturating.
+pub fn usable(age: u64, lifetime: u64, (while_revalidate, if_error): (u64, u64)) -> Usable {
+    if age < lifetime {
+        return Usable::Fresh;
+    }
+    let past = age - lifetime;
+    let if_error = past < if_error;
+    if past < while_revalidate {
+        Usable::WhileRevalidate { if_error }
+    } else {
+        Usable::Stale { if_error }
+    }
 }
 
 /// The corrected initial age (RFC 9111 §4.2.3) of a response requested at `request_time`
@@ -431,6 +493,50 @@ mod tests {
         assert_eq!(initial_age(&facts(&[]), 100, 100), 0);
         let f = facts(&[("Date", "Sun, 06 Nov 1994 08:49:37 GMT")]);
         assert_eq!(initial_age(&f, date - 10, date - 10), 0);
+    }
+
+    #[test]
+    fn stale_windows_count_from_the_end_of_the_lifetime() {
+        let d = |v: &str| facts(&[("Cache-Control", v)]).directives;
+        let w = stale_windows(&d(
+            "max-age=10, stale-while-revalidate=5, stale-if-error=20",
+        ));
+        assert_eq!(w, (5, 20));
+        assert_eq!(usable(9, 10, w), Usable::Fresh);
+        assert_eq!(
+            usable(10, 10, w),
+            Usable::WhileRevalidate { if_error: true }
+        );
+        assert_eq!(
+            usable(14, 10, w),
+            Usable::WhileRevalidate { if_error: true }
+        );
+        assert_eq!(usable(15, 10, w), Usable::Stale { if_error: true });
+        assert_eq!(usable(29, 10, w), Usable::Stale { if_error: true });
+        assert_eq!(usable(30, 10, w), Usable::Stale { if_error: false });
+        // A long window and a huge age: no overflow.
+        let huge = (u64::MAX, u64::MAX);
+        assert_eq!(
+            usable(u64::MAX, 1, huge),
+            Usable::WhileRevalidate { if_error: true }
+        );
+        assert_eq!(
+            usable(u64::MAX, 0, (0, 0)),
+            Usable::Stale { if_error: false }
+        );
+        // must-revalidate and proxy-revalidate forbid serving stale; no window, none.
+        for cc in [
+            "max-age=1, stale-while-revalidate=5, must-revalidate",
+            "max-age=1, stale-if-error=5, proxy-revalidate",
+            "max-age=1",
+        ] {
+            assert_eq!(stale_windows(&d(cc)), (0, 0), "{cc}");
+        }
+        assert_eq!(
+            stale_windows(&d("s-maxage=1, stale-while-revalidate=7")),
+            (7, 0)
+        );
+        assert_eq!(stale_windows(&d("stale-if-error")), (0, 0));
     }
 
     #[test]

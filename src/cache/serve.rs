@@ -1,13 +1,14 @@
-//! Stage 7, *respond*, for a cache hit: the stored response written to the client without
+//! Stage 7, *respond*, for an answer from the cache: the stored response written to the client without
 //! contacting a backend. Its head goes through the same rewrite as a relayed one
 //! ([`client_response_head`]: hop-by-hop fields dropped, `hide_response_headers`, the
 //! proxy's `Server`, the request id, HSTS, the listener's and route's `response_headers`),
-//! with `Age` (RFC 9111 §4.2.3) and `X-Cache: HIT`; a conditional request it satisfies gets
+//! with `Age` (RFC 9111 §4.2.3) and `X-Cache` (`HIT`, or `STALE` / `REVALIDATED` for an
+//! entry served stale or just revalidated); a conditional request it satisfies gets
 //! `304 Not Modified` and no body, a `HEAD` the head alone.
 
 use std::time::Instant;
 
-use super::{Hit, HIT};
+use super::Hit;
 use crate::client::{Client, Outcome};
 use crate::forward::RequestFacts;
 use crate::http::canned::Canned;
@@ -63,7 +64,7 @@ pub async fn serve(
     let mut age = itoa_buf(entry.age(Instant::now()));
     let mut set: [(&[u8], &[u8]); 5] = [(b"", b""); 5];
     set[0] = (b"Age", age.as_str());
-    set[1] = (b"X-Cache", HIT);
+    set[1] = (b"X-Cache", hit.x_cache);
     let listener = client.listener.clone();
     let n_set = proxy_fields(cfg, &listener, rid, &mut set, 2);
     let route = trace.route.map(|i| &cfg.routes[i]);

@@ -23,8 +23,8 @@ pub struct Entry {
     pub status: u16,
     /// The backend's response head as received (re-parsed when served).
     pub head: Box<[u8]>,
-    /// The decoded body.
-    pub body: Box<[u8]>,
+    /// The decoded body (shared with the entry a revalidation refreshes it into).
+    pub body: Rc<[u8]>,
     /// When it was stored, for its resident time.
     pub stored: Instant,
     /// Its corrected initial age in seconds (RFC 9111 §4.2.3).
@@ -33,6 +33,9 @@ pub struct Entry {
     pub lifetime: u64,
     pub etag: Option<Box<[u8]>>,
     pub last_modified: Option<u64>,
+    /// Its `(stale-while-revalidate, stale-if-error)` windows in seconds
+    /// ([`super::policy::stale_windows`]), before the route's caps.
+    pub windows: (u64, u64),
 }
 
 impl Entry {
@@ -44,6 +47,11 @@ impl Entry {
 
     pub fn fresh(&self, now: Instant) -> bool {
         self.age(now) < self.lifetime
+    }
+
+    /// It can be revalidated with a conditional request.
+    pub fn has_validator(&self) -> bool {
+        self.etag.is_some() || self.last_modified.is_some()
     }
 }
 
@@ -77,6 +85,8 @@ pub struct Store {
     sketch: Option<Sketch>,
     /// Responses not stored because they were less popular than what they would evict.
     pub rejected: u64,
+    /// Background revalidations of this route's entries in flight on this shard.
+    pub background: usize,
 }
 
 impl Store {
@@ -91,6 +101,7 @@ impl Store {
             sketch: (policy == CachePolicy::TinyLfu)
                 .then(|| Sketch::new(admission::width_for(size))),
             rejected: 0,
+            background: 0,
         }
     }
 
@@ -258,6 +269,7 @@ mod tests {
             lifetime: 60,
             etag: None,
             last_modified: None,
+            windows: (0, 0),
         }
     }
 

@@ -1,5 +1,8 @@
 //! Config for the response cache of stage 5½ (between *route* and *forward*): a route's
-//! `cache = { size, max_object, policy }`, checked into [`CacheConfig`]; used by [`crate::cache`].
+//! `cache = { size, max_object, policy, stale_while_revalidate_max, stale_if_error_max,
+//! background_revalidations }`, checked into [`CacheConfig`]; used by [`crate::cache`].
+
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -12,12 +15,22 @@ pub(super) struct RawCache {
     size: Option<Size>,
     max_object: Option<Size>,
     policy: Option<String>,
+    stale_while_revalidate_max: Option<String>,
+    stale_if_error_max: Option<String>,
+    background_revalidations: Option<usize>,
 }
 
 /// Default `cache.size`: bytes one shard may hold for the route.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
 /// Default `cache.max_object`: the largest response body stored.
 pub const DEFAULT_MAX_OBJECT: u64 = 8 << 20;
+/// Default `cache.stale_while_revalidate_max`: the longest `stale-while-revalidate` window
+/// a response is granted.
+pub const DEFAULT_STALE_WHILE_REVALIDATE_MAX: Duration = Duration::from_secs(3600);
+/// Default `cache.stale_if_error_max`: the longest `stale-if-error` window.
+pub const DEFAULT_STALE_IF_ERROR_MAX: Duration = Duration::from_secs(86_400);
+/// Default `cache.background_revalidations`: per shard, for the route.
+pub const DEFAULT_BACKGROUND_REVALIDATIONS: usize = 16;
 
 /// A route's cache, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +39,13 @@ pub struct CacheConfig {
     pub size: u64,
     /// Larger bodies pass through uncached (and keep splicing).
     pub max_object: u64,
+    /// Caps on the responses' `stale-while-revalidate` and `stale-if-error` windows, in
+    /// seconds (0: the route never serves stale that way).
+    pub stale_while_revalidate_max: u64,
+    pub stale_if_error_max: u64,
+    /// Background revalidations (`stale-while-revalidate`) in flight at once on one shard
+    /// for the route; beyond them a stale request revalidates in the foreground.
+    pub background_revalidations: usize,
     pub policy: CachePolicy,
 }
 
@@ -77,9 +97,39 @@ pub(super) fn route_cache(
             CachePolicy::TinyLfu
         }
     };
+    let swr = window(
+        c,
+        &format!("{path}.cache.stale_while_revalidate_max"),
+        raw.stale_while_revalidate_max.as_ref(),
+        DEFAULT_STALE_WHILE_REVALIDATE_MAX,
+    );
+    let sie = window(
+        c,
+        &format!("{path}.cache.stale_if_error_max"),
+        raw.stale_if_error_max.as_ref(),
+        DEFAULT_STALE_IF_ERROR_MAX,
+    );
+    let background_revalidations = c.count(
+        &format!("{path}.cache.background_revalidations"),
+        raw.background_revalidations,
+        DEFAULT_BACKGROUND_REVALIDATIONS,
+        0,
+        1024,
+    );
     Some(Box::new(CacheConfig {
         size,
         max_object,
+        stale_while_revalidate_max: swr,
+        stale_if_error_max: sie,
+        background_revalidations,
         policy,
     }))
+}
+
+/// A stale window's cap in whole seconds: a duration (at most 7 days), or `"0"` (off).
+fn window(c: &mut Checker, path: &str, raw: Option<&String>, default: Duration) -> u64 {
+    match raw {
+        Some(s) if s.trim() == "0" || s.trim() == "0s" => 0,
+        _ => c.duration(path, raw, default).as_secs(),
+    }
 }

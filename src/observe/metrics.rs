@@ -543,8 +543,14 @@ pub fn render(
 
     // Routes' caches.
     let c = &all.cache;
-    family(&mut o, "edgeshard_cache_requests_total", "counter", "Requests on routes with a cache, by X-Cache result: hit (served from memory), miss (fetched; stored when allowed), bypass (not cacheable, or the request bypassed the cache).");
-    for (result, n) in [("hit", c[0]), ("miss", c[1]), ("bypass", c[2])] {
+    family(&mut o, "edgeshard_cache_requests_total", "counter", "Requests on routes with a cache, by X-Cache result: hit (served from memory), miss (fetched; stored when allowed), bypass (not cacheable, or the request bypassed the cache), stale (a stale entry served: stale-while-revalidate or stale-if-error), revalidated (a stale entry the backend confirmed with a 304).");
+    for (result, n) in [
+        ("hit", c[0]),
+        ("miss", c[1]),
+        ("bypass", c[2]),
+        ("stale", c[6]),
+        ("revalidated", c[7]),
+    ] {
         let _ = writeln!(
             o,
             "edgeshard_cache_requests_total{{result=\"{result}\"}} {n}"
@@ -563,7 +569,7 @@ pub fn render(
         "counter",
         "Storable responses not stored because their URL was asked for less often than the entry they would evict (cache.policy = \"tinylfu\").",
     );
-    let _ = writeln!(o, "edgeshard_cache_admission_rejected_total {}", c[6]);
+    let _ = writeln!(o, "edgeshard_cache_admission_rejected_total {}", c[11]);
     family(&mut o, "edgeshard_cache_bytes", "gauge", "Bytes held by the routes' caches, all shards (each shard holds at most a route's cache.size).");
     let _ = writeln!(o, "edgeshard_cache_bytes {}", c[4]);
     family(
@@ -573,6 +579,17 @@ pub fn render(
         "Responses held by the routes' caches, all shards.",
     );
     let _ = writeln!(o, "edgeshard_cache_entries {}", c[5]);
+    family(&mut o, "edgeshard_cache_revalidations_total", "counter", "Revalidations of stale cache entries with the backend (foreground and background), by result: not_modified (a 304 refreshed the entry), replaced (a new response replaced it), failed (unreachable, timed out or a 5xx: the stale entry stays).");
+    for (result, n) in [
+        ("not_modified", c[8]),
+        ("replaced", c[9]),
+        ("failed", c[10]),
+    ] {
+        let _ = writeln!(
+            o,
+            "edgeshard_cache_revalidations_total{{result=\"{result}\"}} {n}"
+        );
+    }
 
     // Pool.
     family(

@@ -1,0 +1,350 @@
+//! The response cache's revalidation with the backend (RFC 9111 §4.3), between *route*
+//! and *forward* and in *respond*: a stale entry found by the lookup is revalidated by the
+//! request that found it. Its upstream head is made conditional on the entry
+//! ([`Fill::condition`]: `If-None-Match` / `If-Modified-Since` from the stored `ETag` /
+//! `Last-Modified`, replacing the client's own); then [`settle`] takes the backend's answer
+//! when the client does not get it as it is: a `304` refreshes the entry (§4.3.4, fields
+//! updated as §3.2 says, freshness from the `304`) and the refreshed entry is the answer
+//! (`X-Cache: REVALIDATED`, or a `304` when the client's own condition holds); a 5xx within
+//! the entry's `stale-if-error` window serves the stale entry (`X-Cache: STALE`), as does a
+//! backend that cannot be reached or does not answer ([`Fill::stale_on_error`]). Any other
+//! response replaces the entry ([`Fill::admit`]). The background revalidation of
+//! `stale-while-revalidate` ([`super::refresh`]) uses the same steps.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::{answers_304, policy, unix_now, Fill, Hit, ShardCache, REVALIDATED, STALE};
+use crate::client::micros;
+use crate::error::{Answer, ProxyError, Side};
+use crate::forward::Answered;
+use crate::http::parse::{parse_response, HeadLimits, Parsed, ResponseHead};
+use crate::respond::Respond;
+use crate::trace::Trace;
+
+use super::store::Entry;
+
+/// Fields of a `304` that do not update the stored response (RFC 9111 §3.2): framing and
+/// hop-by-hop fields, and those that describe the stored body as it is. `Age` is never
+/// kept (the age is computed), and `Date` always comes from the `304` (dropped when it has
+/// none: a stale `Date` would make the refreshed entry look old).
+const NOT_UPDATED: [&str; 12] = [
+    "content-length",
+    "transfer-encoding",
+    "content-encoding",
+    "content-range",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authentication-info",
+];
+
+fn is(name: &[u8], list: &[&str]) -> bool {
+    list.iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+}
+
+/// The stored head refreshed by a `304` (§4.3.4): the stored status line, the stored fields
+/// the `304` does not replace, then the `304`'s fields that update (`NOT_UPDATED`).
+pub fn merge_304<'h, S, U>(status_line: &[u8], stored: S, update: U, out: &mut Vec<u8>)
+where
+    S: Iterator<Item = (&'h [u8], &'h [u8])>,
+    U: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+{
+    let updates = update.filter(|(n, _)| !is(n, &NOT_UPDATED) && !is(n, &["age"]));
+    out.extend_from_slice(status_line);
+    for (n, v) in stored {
+        if is(n, &["age", "date"]) || updates.clone().any(|(u, _)| u.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        field(n, v, out);
+    }
+    for (n, v) in updates {
+        field(n, v, out);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Limits for re-parsing heads the proxy already accepted once.
+fn limits(len: usize) -> HeadLimits {
+    HeadLimits {
+        max_header_bytes: len.max(16384),
+        max_headers: 1024,
+        max_uri_bytes: 8192,
+    }
+}
+
+impl Fill<'_> {
+    /// The forwarded request revalidates a stale entry (a GET, the entry has a validator).
+    pub fn revalidating(&self) -> bool {
+        self.store && self.stale.as_ref().is_some_and(|s| s.entry.has_validator())
+    }
+
+    /// Makes the upstream request head `out` (as `upstream_request_head` wrote it: one
+    /// `name: value` line per field, each ending CRLF, then an empty line) conditional on
+    /// the stale entry: the client's `If-None-Match` and `If-Modified-Since` go, the entry's
+    /// `ETag` and `Last-Modified` are sent instead. Nothing changes when not
+    /// [`Fill::revalidating`].
+    pub fn condition(&self, out: &mut Vec<u8>) {
+        let Some(stale) = self.stale.as_ref().filter(|_| self.revalidating()) else {
+            return;
+        };
+        let mut head = Vec::with_capacity(out.len() + 96);
+        let mut lines = out.split(|&b| b == b'\n');
+        // The request line.
+        if let Some(first) = lines.next() {
+            head.extend_from_slice(first);
+            head.push(b'\n');
+        }
+        for line in lines {
+            let name = line.split(|&b| b == b':').next().unwrap_or(b"");
+            if line == b"\r" || line.is_empty() {
+                break;
+            }
+            if is(name.trim_ascii(), &["if-none-match", "if-modified-since"]) {
+                continue;
+            }
+            head.extend_from_slice(line);
+            head.push(b'\n');
+        }
+        let e = &stale.entry;
+        if let Some(etag) = &e.etag {
+            field(b"If-None-Match", etag, &mut head);
+        }
+        if let Some(lm) = e.last_modified {
+            field(
+                b"If-Modified-Since",
+                &crate::http::date::http_date(lm),
+                &mut head,
+            );
+        }
+        head.extend_from_slice(b"\r\n");
+        out.clear();
+        out.extend_from_slice(&head);
+    }
+
+    /// The backend answered the revalidation `304` (`head`, parsed from `buf`): the stale
+    /// entry is refreshed (stored again when the merged response may be) and is the answer.
+    /// `None` when this fill does not revalidate.
+    pub fn not_modified(&mut self, buf: &[u8], head: &ResponseHead) -> Option<Hit> {
+        if head.status != 304 || !self.revalidating() || buf.len() < head.head_len {
+            return None;
+        }
+        let stale = self.stale.take()?;
+        let old = &stale.entry;
+        let mut stored = ResponseHead::default();
+        if !matches!(
+            parse_response(&old.head, &limits(old.head.len()), &mut stored),
+            Ok(Parsed::Complete(()))
+        ) {
+            return None;
+        }
+        let (old_fields, new_fields) = (fields_of(&stored, &old.head), fields_of(head, buf));
+        let sent = policy::response_facts(new_fields.iter().copied());
+        if let (Some(new), Some(_)) = (&sent.etag, &old.etag) {
+            // §4.3.4: a 304 naming another representation updates nothing; the entry,
+            // no longer known to be current, goes, and the 304 is relayed as it is.
+            if !policy::none_match(new, old.etag.as_deref()) {
+                self.remove(&stale.key);
+                return None;
+            }
+        }
+        let line_end = old
+            .head
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let mut merged = Vec::with_capacity(old.head.len() + head.head_len);
+        merge_304(
+            &old.head[..line_end],
+            old_fields.iter().copied(),
+            new_fields.iter().copied(),
+            &mut merged,
+        );
+        let now = unix_now();
+        let facts = policy::response_facts(merged_fields(&merged).iter().copied());
+        let initial_age = policy::initial_age(&sent, self.request_time, now);
+        let merged: Rc<[u8]> = merged.into();
+        let lifetime = match policy::storable(old.status, &facts, self.rules, now) {
+            policy::Storable::Yes { lifetime } => lifetime,
+            policy::Storable::No(_) => 0,
+        };
+        let entry = || Entry {
+            status: old.status,
+            head: merged[..].into(),
+            body: old.body.clone(),
+            stored: Instant::now(),
+            initial_age,
+            lifetime,
+            windows: policy::stale_windows(&facts.directives),
+            etag: facts.etag.clone().or_else(|| old.etag.clone()),
+            last_modified: facts.last_modified.or(old.last_modified),
+        };
+        if initial_age < lifetime && (facts.vary.is_empty() || !self.no_vary) {
+            let vary = self
+                .cache
+                .stores
+                .borrow()
+                .get(&self.route)
+                .and_then(|s| s.vary_names(&self.key))
+                .unwrap_or_else(|| Rc::from(Vec::new()));
+            self.insert(&stale.key, vary, entry());
+        } else {
+            // Refreshed, but no longer storable: answered once, then gone.
+            self.remove(&stale.key);
+        }
+        let entry = Rc::new(entry());
+        let c = self.cache;
+        ShardCache::bump(&c.revalidations_not_modified);
+        self.verdict = Some(REVALIDATED);
+        if !self.background {
+            ShardCache::bump(&c.revalidated);
+        }
+        // Waiting requests find the refreshed entry now, not after this client's write.
+        self.release();
+        let fields = self.req.iter().map(|(n, v)| (&n[..], &v[..]));
+        let not_modified = answers_304(&entry, fields);
+        Some(Hit {
+            entry,
+            not_modified,
+            x_cache: REVALIDATED,
+        })
+    }
+
+    /// The revalidation (or refetch) of a stale entry failed: the backend could not be
+    /// reached, did not answer in time, answered a 5xx (`error` is `None`), or broke the
+    /// exchange. Within the entry's `stale-if-error` window the stale entry is the answer.
+    pub fn stale_on_error(&mut self, error: Option<&ProxyError>) -> Option<Hit> {
+        if let Some(e) = error {
+            // The client went away, or already has bytes of a response: nothing to serve.
+            let upstream = e.side == Side::Upstream || e.side == Side::Proxy;
+            if !upstream || e.answer() == Answer::Close {
+                return None;
+            }
+        }
+        // Failed either way (a 5xx relayed leaves the entry: [`Fill::admit`] does not see it).
+        let stale = self.stale.take()?;
+        let c = self.cache;
+        ShardCache::bump(&c.revalidations_failed);
+        if !stale.if_error {
+            return None;
+        }
+        self.verdict = Some(STALE);
+        if !self.background {
+            ShardCache::bump(&c.stale);
+        }
+        let fields = self.req.iter().map(|(n, v)| (&n[..], &v[..]));
+        let not_modified = answers_304(&stale.entry, fields);
+        Some(Hit {
+            entry: stale.entry,
+            not_modified,
+            x_cache: STALE,
+        })
+    }
+}
+
+/// The (name, value) fields of `head`, parsed from `buf`.
+fn fields_of<'b>(head: &ResponseHead, buf: &'b [u8]) -> Vec<(&'b [u8], &'b [u8])> {
+    head.headers
+        .iter()
+        .map(|f| (f.name.get(buf), f.value.get(buf)))
+        .collect()
+}
+
+/// The fields of a head the proxy wrote itself (`name: value` CRLF lines).
+fn merged_fields(head: &[u8]) -> Vec<(&[u8], &[u8])> {
+    head.split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let i = line.iter().position(|&b| b == b':')?;
+            Some((&line[..i], line[i + 1..].trim_ascii()))
+        })
+        .collect()
+}
+
+/// Takes the backend's answer to a revalidation when the client does not get it as it is:
+/// a `304` (the refreshed entry is the answer; the connection is pooled again when it can
+/// be) or a 5xx within the entry's `stale-if-error` (the stale entry; the connection, its
+/// body unread, is dropped). Otherwise the answer is handed back to be relayed.
+// `Err` is the answer handed back to be relayed, not a failure: it moves once, as it
+// would into `relay_response`; boxing it would allocate on every cached-route miss.
+#[allow(clippy::result_large_err)]
+pub fn settle<'x>(
+    fill: Option<&mut Fill<'_>>,
+    r: &Respond<'_>,
+    answered: Answered<'x>,
+    trace: &mut Trace,
+) -> Result<Hit, Answered<'x>> {
+    let Some(fill) = fill else {
+        return Err(answered);
+    };
+    let status = answered.head.status;
+    let hit = match status {
+        304 => fill.not_modified(&answered.ubuf, &answered.head),
+        500.. => fill.stale_on_error(None),
+        _ => None,
+    };
+    let Some(hit) = hit else {
+        return Err(answered);
+    };
+    r.stats.upstream_status(answered.backend, status);
+    trace.upstream_us = Some(micros(answered.sending));
+    let head = &answered.head;
+    if status == 304
+        && head.upstream_keep_alive()
+        && answered.ubuf.len() == head.head_len
+        && !answered.early
+    {
+        r.pool
+            .borrow_mut()
+            .checkin(answered.backend, answered.upstream, Instant::now());
+    }
+    Ok(hit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_304_updates_the_stored_fields_but_not_the_framing() {
+        let stored = [
+            (&b"Content-Length"[..], &b"5"[..]),
+            (b"ETag", b"\"v1\""),
+            (b"Cache-Control", b"max-age=1"),
+            (b"Date", b"old"),
+            (b"Age", b"3"),
+            (b"X-Kept", b"k"),
+        ];
+        let update = [
+            (&b"Cache-Control"[..], &b"max-age=60"[..]),
+            (b"Content-Length", b"0"),
+            (b"Connection", b"close"),
+            (b"Age", b"1"),
+            (b"X-New", b"n"),
+        ];
+        let mut out = Vec::new();
+        merge_304(
+            b"HTTP/1.1 200 OK\r\n",
+            stored.into_iter(),
+            update.into_iter(),
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: \"v1\"\r\nX-Kept: k\r\n\
+             Cache-Control: max-age=60\r\nX-New: n\r\n\r\n"
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! The response cache's stale entries (issue 18, RFC 9111 §4.3 and RFC 5861), with a real
+//! client and a backend that answers with chosen headers: a stale entry with a validator
+//! is revalidated with a conditional request built from the entry (a `304` refreshes it, a
+//! `200` replaces it), `stale-while-revalidate` answers at once and refreshes in the
+//! background, `stale-if-error` answers when the backend fails or is gone, and outside the
+//! windows the error is what it always was.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Reply {
+    Reply::Response {
+        status,
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+        body: body.as_bytes().to_vec(),
+        mode: if status == 304 {
+            BodyMode::Omit
+        } else {
+            BodyMode::Length
+        },
+        close_after: false,
+    }
+}
+
+fn fetch(c: &mut Client, path: &str, headers: &[(&str, &str)]) -> Response {
+    let mut h = vec![("Host", "example.com")];
+    h.extend_from_slice(headers);
+    c.send(&request("GET", path, &h, b""));
+    c.read_response_for("GET")
+}
+
+fn x_cache(r: &Response) -> String {
+    r.header("X-Cache").unwrap_or("none").to_string()
+}
+
+/// Blocks the current thread until `at` (a moment measured from a store: what the test
+/// waits for is an entry's age).
+fn until(at: Instant) {
+    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+}
+
+/// A proxy whose route has `cache = { size = "1MiB", extra }` in front of `origin`, plus a
+/// route under `/capped/` whose stale windows are capped to nothing.
+fn cached(origin: &Origin, extra: &str, engine: Engine) -> Proxy {
+    Config::new()
+        .upstream("main", &[origin.addr()])
+        .route(
+            "main",
+            "path_prefix = \"/capped/\"\nname = \"capped\"\ncache = { stale_if_error_max = \"0\", stale_while_revalidate_max = \"0\" }",
+        )
+        .route("main", &format!("name = \"cached\"\ncache = {{ size = \"1MiB\" {extra} }}"))
+        .admin("")
+        .start(engine)
+}
+
+both_engines! {
+    // A stale entry with an ETag is revalidated: the backend sees one conditional request
+    // carrying the stored ETag (not the client's own If-None-Match), answers 304 with new
+    // freshness and a new field; the client gets the stored body with the new field
+    // (X-Cache: REVALIDATED, a small Age), and the next requests are hits that never reach
+    // the backend (a conditional one gets its 304 from the refreshed entry). A 304 naming
+    // another ETag refreshes nothing.
+    fn a_304_refreshes_the_stale_entry(engine) {
+        let origin = Origin::with_handler("o", |r| {
+            if r.header("If-None-Match").is_some() {
+                let cc = ("Cache-Control", "max-age=200");
+                // /moved: a 304 that names another representation.
+                let etag = if r.path() == "/moved" { "\"v9\"" } else { "\"v1\"" };
+                return response(304, &[cc, ("ETag", etag), ("X-Refreshed", "yes")], "");
+            }
+            response(200, &[("Cache-Control", "max-age=2"), ("ETag", "\"v1\""), ("X-Refreshed", "no")], "original")
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        assert_eq!(x_cache(&fetch(&mut c, "/moved", &[])), "MISS");
+        assert_eq!(x_cache(&fetch(&mut c, "/r", &[])), "MISS");
+        let stored = Instant::now();
+        assert_eq!(x_cache(&fetch(&mut c, "/r", &[])), "HIT");
+        // max-age=2: certainly stale 1.2 s after the store.
+        until(stored + Duration::from_millis(2200));
+        let r = fetch(&mut c, "/r", &[("If-None-Match", "\"other\"")]);
+        assert_eq!((r.status(), r.body_str(), x_cache(&r)), (200, "original".into(), "REVALIDATED".into()));
+        assert_eq!(r.header("X-Refreshed"), Some("yes"), "fields updated from the 304");
+        assert_eq!(r.header("Content-Length"), Some("8"));
+        let age: u64 = r.header("Age").expect("an Age").parse().unwrap();
+        assert!(age <= 1, "the age restarts from the 304: {age}");
+        let sent = origin.requests();
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent[2].header_all("If-None-Match"), vec!["\"v1\""], "the stored ETag, only");
+        // Within the new freshness: hits, no backend contact.
+        for _ in 0..2 {
+            let r = fetch(&mut c, "/r", &[]);
+            assert_eq!((r.body_str(), x_cache(&r)), ("original".into(), "HIT".into()));
+            assert_eq!(r.header("X-Refreshed"), Some("yes"));
+        }
+        let r = fetch(&mut c, "/r", &[("If-None-Match", "\"v1\"")]);
+        assert_eq!((r.status(), x_cache(&r)), (304, "HIT".into()));
+        assert_eq!(origin.request_count(), 3);
+        // A 304 with another ETag refreshes nothing: it is relayed, the entry is gone, and
+        // the next request fetches the resource again.
+        let r = fetch(&mut c, "/moved", &[]);
+        assert_eq!((r.status(), r.header("ETag")), (304, Some("\"v9\"")));
+        let r = fetch(&mut c, "/moved", &[]);
+        assert_eq!((r.status(), r.body_str(), x_cache(&r)), (200, "original".into(), "MISS".into()));
+        assert_eq!(origin.request_count(), 5);
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_cache_revalidations_total", &[("result", "not_modified")]), 1.0);
+        assert_eq!(m.value("edgeshard_cache_requests_total", &[("result", "revalidated")]), 1.0);
+        origin.assert_no_errors();
+    }
+
+    // A stale entry with only a Last-Modified is revalidated with If-Modified-Since; the
+    // backend's 200 replaces it (body and freshness), and the new one is then a hit.
+    fn a_200_on_revalidation_replaces_the_entry(engine) {
+        let n = Arc::new(AtomicUsize::new(0));
+        let seen = n.clone();
+        let origin = Origin::with_handler("o", move |_| {
+            let lm = ("Last-Modified", "Sun, 06 Nov 1994 08:49:37 GMT");
+            match seen.fetch_add(1, Ordering::SeqCst) {
+                0 => response(200, &[("Cache-Control", "max-age=2"), lm], "one"),
+                _ => response(200, &[("Cache-Control", "max-age=200"), ("ETag", "\"v2\"")], "two"),
+            }
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        assert_eq!(fetch(&mut c, "/lm", &[]).body_str(), "one");
+        let stored = Instant::now();
+        until(stored + Duration::from_millis(2200));
+        let r = fetch(&mut c, "/lm", &[]);
+        assert_eq!((r.body_str(), x_cache(&r)), ("two".into(), "MISS".into()));
+        let sent = origin.requests();
+        assert_eq!(sent[1].header("If-Modified-Since"), Some("Sun, 06 Nov 1994 08:49:37 GMT"));
+        assert!(sent[1].header("If-None-Match").is_none());
+        let r = fetch(&mut c, "/lm", &[]);
+        assert_eq!((r.body_str(), x_cache(&r)), ("two".into(), "HIT".into()));
+        assert_eq!(r.header("ETag"), Some("\"v2\""));
+        assert_eq!(origin.request_count(), 2);
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_cache_revalidations_total", &[("result", "replaced")]), 1.0);
+    }
+
+    // Within stale-while-revalidate the stale entry is the answer at once (the backend holds
+    // the revalidation until the test lets it go: the STALE answers came before it), one
+    // background revalidation runs for the key however many stale answers there are, and
+    // once its 304 is in, the entry is a hit again. On the capped route (window 0) a stale
+    // entry is revalidated in the foreground instead.
+    fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(engine) {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let g = gate.clone();
+        let plain = Arc::new(AtomicUsize::new(0));
+        let origin = Origin::with_handler("o", move |r| {
+            let cc = ("Cache-Control", "max-age=2, stale-while-revalidate=100");
+            if r.path() == "/plain" {
+                // No validator: refetched in the background, a chunked body read in full.
+                if plain.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return response(200, &[cc], "old");
+                }
+                let mut reply = response(200, &[("Cache-Control", "max-age=100")], &"new".repeat(5000));
+                if let Reply::Response { mode, .. } = &mut reply {
+                    *mode = BodyMode::Chunked;
+                }
+                return reply;
+            }
+            if r.header("If-None-Match").is_none() {
+                return response(200, &[cc, ("ETag", "\"v1\"")], "kept");
+            }
+            if !r.path().starts_with("/capped/") {
+                let (open, cv) = &*g;
+                let guard = open.lock().unwrap();
+                let _ = cv.wait_timeout_while(guard, Duration::from_secs(10), |o| !*o).unwrap();
+            }
+            response(304, &[("Cache-Control", "max-age=200"), ("ETag", "\"v1\"")], "")
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        assert_eq!(x_cache(&fetch(&mut c, "/swr", &[])), "MISS");
+        assert_eq!(x_cache(&fetch(&mut c, "/capped/swr", &[])), "MISS");
+        assert_eq!(x_cache(&fetch(&mut c, "/plain", &[])), "MISS");
+        let stored = Instant::now();
+        until(stored + Duration::from_millis(2200));
+        for _ in 0..3 {
+            let r = fetch(&mut c, "/swr", &[]);
+            assert_eq!((r.status(), r.body_str(), x_cache(&r)), (200, "kept".into(), "STALE".into()));
+            let age: u64 = r.header("Age").expect("an Age").parse().unwrap();
+            assert!(age >= 2, "a stale entry's age: {age}");
+        }
+        // The revalidation reached the backend (it is held there): one, with the ETag.
+        assert!(origin.wait_for(Duration::from_secs(5), |s| s.requests.len() == 4));
+        let sent = origin.requests();
+        assert_eq!(sent[3].header("If-None-Match"), Some("\"v1\""));
+        let (open, cv) = &*gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+        // Until the 304 is stored the answers stay STALE (and reach no backend); then HIT.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = fetch(&mut c, "/swr", &[]);
+            assert_eq!(r.body_str(), "kept");
+            match x_cache(&r).as_str() {
+                "HIT" => break,
+                "STALE" => assert!(Instant::now() < deadline, "never refreshed"),
+                other => panic!("{other}"),
+            }
+        }
+        assert_eq!(origin.request_count(), 4, "one background revalidation");
+        // Window capped to 0 on this route: revalidated before the answer.
+        let r = fetch(&mut c, "/capped/swr", &[]);
+        assert_eq!(x_cache(&r), "REVALIDATED");
+        assert_eq!(origin.request_count(), 5);
+        // Without a validator: STALE, then the refetched body replaces the entry.
+        let r = fetch(&mut c, "/plain", &[]);
+        assert_eq!((r.body_str(), x_cache(&r)), ("old".into(), "STALE".into()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = fetch(&mut c, "/plain", &[]);
+            match (x_cache(&r).as_str(), r.body.len()) {
+                ("HIT", 15000) => break,
+                ("STALE", 3) => assert!(Instant::now() < deadline, "never replaced"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(origin.request_count(), 6);
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_cache_revalidations_total", &[("result", "not_modified")]), 2.0);
+        origin.assert_no_errors();
+    }
+
+    // Within stale-if-error a stale entry is served (X-Cache: STALE) when its revalidation
+    // gets a 5xx, and when the backend is gone; an entry without the window (or on a route
+    // that caps it to 0) gets the error as before: the 503 relayed, then the proxy's own.
+    fn stale_if_error_serves_the_stale_entry(engine) {
+        let failing = Arc::new(AtomicBool::new(false));
+        let f = failing.clone();
+        let origin = Origin::with_handler("o", move |r| {
+            // Never pooled: once the origin stops listening, nothing reaches it.
+            let close = ("Connection", "close");
+            if f.load(Ordering::SeqCst) {
+                return response(503, &[close], "down");
+            }
+            let cc = match r.path() {
+                "/none" => "max-age=2",
+                _ => "max-age=2, stale-if-error=100",
+            };
+            response(200, &[("Cache-Control", cc), ("ETag", "\"e\""), close], "stale body")
+        });
+        let addr = origin.addr();
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        for p in ["/sie", "/none", "/capped/sie"] {
+            assert_eq!(x_cache(&fetch(&mut c, p, &[])), "MISS", "{p}");
+        }
+        let stored = Instant::now();
+        until(stored + Duration::from_millis(2200));
+        failing.store(true, Ordering::SeqCst);
+        let r = fetch(&mut c, "/sie", &[]);
+        assert_eq!((r.status(), r.body_str(), x_cache(&r)), (200, "stale body".into(), "STALE".into()));
+        for p in ["/none", "/capped/sie"] {
+            let r = fetch(&mut c, p, &[]);
+            assert_eq!((r.status(), r.body_str()), (503, "down".into()), "{p}");
+        }
+        origin.close();
+        assert!(std::net::TcpStream::connect(addr).is_err(), "the backend is gone");
+        let r = fetch(&mut c, "/sie", &[]);
+        assert_eq!((r.status(), r.body_str(), x_cache(&r)), (200, "stale body".into(), "STALE".into()));
+        // The proxy's own answer for a backend that is gone (502, or 503 once the passive
+        // check has ejected it after its 503s), not the stale entry.
+        let r = fetch(&mut c, "/none", &[]);
+        assert!(matches!(r.status(), 502 | 503), "{}", r.status());
+        assert_ne!(r.body_str(), "stale body");
+        let m = scrape(proxy.admin_addr(), None);
+        // /sie twice, /none twice, /capped/sie once.
+        assert_eq!(m.value("edgeshard_cache_revalidations_total", &[("result", "failed")]), 5.0);
+        assert_eq!(m.value("edgeshard_cache_requests_total", &[("result", "stale")]), 2.0);
+    }
+}
