@@ -103,12 +103,13 @@ fn entry(key: u64) -> Entry {
     Entry {
         status: 200,
         head: Box::from(&b"HTTP/1.1 200 OK\r\n\r\n"[..]),
-        body: vec![0u8; body_size(key)].into_boxed_slice(),
+        body: Rc::from(vec![0u8; body_size(key)]),
         stored: Instant::now(),
         initial_age: 0,
         lifetime: u64::MAX,
         etag: None,
         last_modified: None,
+        windows: (0, 0),
     }
 }
 

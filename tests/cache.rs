@@ -298,7 +298,7 @@ both_engines! {
                 ("Date", "Sun, 06 Nov 1994 08:49:37 GMT"),
                 ("Expires", "Sun, 06 Nov 1994 08:49:37 GMT"),
             ], "e", false),
-            _ => reply(&[("Cache-Control", "max-age=1")], "s", false),
+            _ => reply(&[("Cache-Control", "max-age=2")], "s", false),
         });
         let proxy = cached(&origin, "", engine);
         let mut c = Client::connect(proxy.addr());
@@ -310,16 +310,18 @@ both_engines! {
         let age: u64 = r.header("Age").unwrap().parse().unwrap();
         assert_eq!(x_cache(&r), "HIT");
         assert!((30..=32).contains(&age), "{age}");
-        // max-age=1: a hit while younger than a second, a miss once it is older. What the
-        // test waits for is a moment in time (the entry's age), so it waits until deadlines
-        // measured from just after the store: 0.5 s (still fresh) and 1.2 s (certainly stale).
+        // max-age=2: a hit while younger than two seconds, a miss once it is older. Ages are
+        // whole seconds and the entry may be stored one second old already (its Date was the
+        // previous second), so max-age=1 could be stale at once. What the test waits for is a
+        // moment in time (the entry's age), so it waits until deadlines measured from just
+        // after the store: 0.5 s (still fresh) and 2.2 s (certainly stale).
         assert_eq!(x_cache(&fetch(&mut c, "GET", "/short", &[])), "MISS");
         let stored = Instant::now();
         assert_eq!(x_cache(&fetch(&mut c, "GET", "/short", &[])), "HIT");
         let until = |d: Duration| std::thread::sleep((stored + d).saturating_duration_since(Instant::now()));
         until(Duration::from_millis(500));
         assert_eq!(x_cache(&fetch(&mut c, "GET", "/short", &[])), "HIT", "expired too early");
-        until(Duration::from_millis(1200));
+        until(Duration::from_millis(2200));
         assert_eq!(x_cache(&fetch(&mut c, "GET", "/short", &[])), "MISS", "never expired");
     }
 

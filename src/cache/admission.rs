@@ -6,7 +6,7 @@
 //! route uses is `cache.policy`; why TinyLFU is the default is measured in
 //! loadtest/results/2026-12-04-vm/cache-policy.md (`cargo bench --bench cache_policy`).
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 /// A count-min sketch of 4-bit-range counters (saturating at 15) over four rows, halved
 /// after `10 × width` recorded accesses so that old popularity fades.
@@ -34,9 +34,7 @@ const SEEDS: [u64; 4] = [
 
 /// The 64-bit hash the sketch counts a URL under.
 pub fn hash(url: &[u8]) -> u64 {
-    let mut h = rustc_hash::FxBuildHasher.build_hasher();
-    url.hash(&mut h);
-    h.finish()
+    rustc_hash::FxBuildHasher.hash_one(url)
 }
 
 impl Sketch {
