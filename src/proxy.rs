@@ -10,9 +10,9 @@ use crate::admission::client_address;
 use crate::auth::{self, Granted};
 use crate::balance::key::cookie_value;
 use crate::balance::{request_key, KeySource};
-use crate::cache;
+use crate::cache::{self, Settled};
 use crate::client::{micros, Client, Outcome};
-use crate::error::{Answer, ProxyError};
+use crate::error::{Answer, Kind, ProxyError, Stage};
 use crate::forward::{Forward, Prepared, RequestFacts};
 use crate::http::canned::Canned;
 use crate::http::encode::{split_target, upstream_request_head, OutFraming, UpstreamRequest};
@@ -126,11 +126,12 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 // The cache's revalidation: its 304 (or a 5xx within stale-if-error) is
                 // answered with the stored entry, not relayed.
                 match cache::settle(fill.as_deref_mut(), &respond, answered, &mut trace) {
-                    Ok(hit) => Ok(Exchanged {
+                    Settled::Hit(hit) => Ok(Exchanged {
                         outcome: cache::serve(ctx, client, hit, &facts, &rid, &mut trace).await,
                         early: false,
                     }),
-                    Err(answered) => {
+                    Settled::Unusable => Err(ProxyError::upstream(Kind::Framing, Stage::Head)),
+                    Settled::Relay(answered) => {
                         let (f, t) = (fill.as_deref_mut(), &mut trace);
                         let relayed =
                             relay_response(&respond, client, answered, &facts, &rid, t, f).await;

@@ -40,7 +40,7 @@ use crate::http::parse::{BodyFraming, Method, RequestHead, ResponseHead};
 use policy::{RequestRules, Storable, Usable};
 use store::{Entry, Store};
 
-pub use revalidate::settle;
+pub use revalidate::{settle, NotModified, Settled};
 pub use serve::serve;
 
 /// `X-Cache` values.
@@ -215,6 +215,7 @@ pub async fn lookup<'a>(
             admitted: None,
             tee: None,
             stale: None,
+            replaces: false,
             background: false,
         },
     };
@@ -474,6 +475,9 @@ pub struct FillState {
     tee: Option<Tee>,
     /// The stale entry this fetch revalidates (or replaces), and falls back to.
     stale: Option<Stale>,
+    /// The response replaces the entry stored under its key (a revalidation answered with
+    /// a new response): stored whatever `cache.policy` thinks of the URL.
+    replaces: bool,
     /// A background revalidation: counts no `X-Cache` result, holds a slot of
     /// `background_revalidations`.
     background: bool,
@@ -515,6 +519,7 @@ impl FillState {
             admitted: None,
             tee: None,
             stale: None,
+            replaces: false,
             background: false,
         }
     }
@@ -543,6 +548,7 @@ impl Fill<'_> {
             // stale entry, stored or not.
             if self.store && head.status < 500 {
                 self.remove(&stale.key);
+                self.replaces = true;
                 ShardCache::bump(&self.cache.revalidations_replaced);
             } else {
                 self.stale = Some(stale);
@@ -581,7 +587,11 @@ impl Fill<'_> {
         // A reload may have changed the size or the policy.
         store.configure(self.cfg.size, self.cfg.policy);
         let rejected = store.rejected;
-        let evicted = store.insert(key, self.key.len(), vary, entry);
+        let evicted = if self.replaces {
+            store.replace(key, self.key.len(), vary, entry)
+        } else {
+            store.insert(key, self.key.len(), vary, entry)
+        };
         let c = &self.cache.evictions;
         c.set(c.get() + evicted);
         if store.rejected != rejected {

@@ -29,11 +29,11 @@ use crate::upstream::state::{Pick, PickKey};
 
 /// Starts the background revalidation `fill` claimed, with the request `prepared` for the
 /// client that got the stale entry (made conditional here). Nothing starts when the shard
-/// has moved to another configuration since (the fill drops: the claim is released).
+/// has moved to another configuration since, or is draining (the fill drops: the claim is released).
 pub fn spawn(ctx: &ShardCtx, fill: Box<Fill<'_>>, prepared: Prepared<'_>) {
     let Some(current) = ctx
         .current()
-        .filter(|c| Arc::ptr_eq(&c.shared, &ctx.shared))
+        .filter(|c| Arc::ptr_eq(&c.shared, &ctx.shared) && !c.draining())
     else {
         return;
     };
@@ -204,10 +204,10 @@ async fn answer(
     let cfg = &ctx.shared.config;
     let framing = resp.framing(Method::Get);
     if resp.status == 304 {
-        fill.not_modified(ubuf, resp);
+        let _ = fill.not_modified(ubuf, resp);
         return Ok(resp.upstream_keep_alive() && ubuf.len() == resp.head_len);
     }
-    if resp.status >= 500 {
+    if matches!(resp.status, 500 | 502 | 503 | 504) {
         return Err(());
     }
     fill.admit(ubuf, resp, framing);

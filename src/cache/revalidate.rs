@@ -135,28 +135,33 @@ impl Fill<'_> {
 
     /// The backend answered the revalidation `304` (`head`, parsed from `buf`): the stale
     /// entry is refreshed (stored again when the merged response may be) and is the answer.
-    /// `None` when this fill does not revalidate.
-    pub fn not_modified(&mut self, buf: &[u8], head: &ResponseHead) -> Option<Hit> {
+    pub fn not_modified(&mut self, buf: &[u8], head: &ResponseHead) -> NotModified {
         if head.status != 304 || !self.revalidating() || buf.len() < head.head_len {
-            return None;
+            return NotModified::NotOurs;
         }
-        let stale = self.stale.take()?;
+        let Some(stale) = self.stale.take() else {
+            return NotModified::NotOurs;
+        };
         let old = &stale.entry;
         let mut stored = ResponseHead::default();
         if !matches!(
             parse_response(&old.head, &limits(old.head.len()), &mut stored),
             Ok(Parsed::Complete(()))
         ) {
-            return None;
+            self.remove(&stale.key);
+            ShardCache::bump(&self.cache.revalidations_failed);
+            return NotModified::Unusable;
         }
         let (old_fields, new_fields) = (fields_of(&stored, &old.head), fields_of(head, buf));
         let sent = policy::response_facts(new_fields.iter().copied());
         if let (Some(new), Some(_)) = (&sent.etag, &old.etag) {
             // §4.3.4: a 304 naming another representation updates nothing; the entry,
-            // no longer known to be current, goes, and the 304 is relayed as it is.
+            // no longer known to be current, goes. The 304 answers the proxy's validators,
+            // not the client's request: it is never relayed (a 502 instead).
             if !policy::none_match(new, old.etag.as_deref()) {
                 self.remove(&stale.key);
-                return None;
+                ShardCache::bump(&self.cache.revalidations_failed);
+                return NotModified::Unusable;
             }
         }
         let line_end = old
@@ -190,7 +195,14 @@ impl Fill<'_> {
             etag: facts.etag.clone().or_else(|| old.etag.clone()),
             last_modified: facts.last_modified.or(old.last_modified),
         };
-        if initial_age < lifetime && (facts.vary.is_empty() || !self.no_vary) {
+        // A purge (or an eviction) while the backend was asked leaves it gone.
+        let present = self
+            .cache
+            .stores
+            .borrow()
+            .get(&self.route)
+            .is_some_and(|s| s.contains(&stale.key));
+        if present && initial_age < lifetime && (facts.vary.is_empty() || !self.no_vary) {
             let vary = self
                 .cache
                 .stores
@@ -214,7 +226,7 @@ impl Fill<'_> {
         self.release();
         let fields = self.req.iter().map(|(n, v)| (&n[..], &v[..]));
         let not_modified = answers_304(&entry, fields);
-        Some(Hit {
+        NotModified::Hit(Hit {
             entry,
             not_modified,
             x_cache: REVALIDATED,
@@ -285,18 +297,26 @@ pub fn settle<'x>(
     r: &Respond<'_>,
     answered: Answered<'x>,
     trace: &mut Trace,
-) -> Result<Hit, Answered<'x>> {
+) -> Settled<'x> {
     let Some(fill) = fill else {
-        return Err(answered);
+        return Settled::Relay(answered);
     };
     let status = answered.head.status;
     let hit = match status {
-        304 => fill.not_modified(&answered.ubuf, &answered.head),
-        500.. => fill.stale_on_error(None),
+        304 => match fill.not_modified(&answered.ubuf, &answered.head) {
+            NotModified::Hit(hit) => Some(hit),
+            NotModified::NotOurs => None,
+            NotModified::Unusable => {
+                r.stats.upstream_status(answered.backend, status);
+                return Settled::Unusable;
+            }
+        },
+        // RFC 5861 §4: the errors stale-if-error covers.
+        500 | 502 | 503 | 504 => fill.stale_on_error(None),
         _ => None,
     };
     let Some(hit) = hit else {
-        return Err(answered);
+        return Settled::Relay(answered);
     };
     r.stats.upstream_status(answered.backend, status);
     trace.upstream_us = Some(micros(answered.sending));
@@ -310,7 +330,28 @@ pub fn settle<'x>(
             .borrow_mut()
             .checkin(answered.backend, answered.upstream, Instant::now());
     }
-    Ok(hit)
+    Settled::Hit(hit)
+}
+
+/// What a `304` from the backend means for a fill ([`Fill::not_modified`]).
+pub enum NotModified {
+    /// Not an answer to this fill's revalidation (the client's own conditional on a miss).
+    NotOurs,
+    /// The refreshed entry answers the client.
+    Hit(Hit),
+    /// An answer to the proxy's validators that refreshes nothing (another ETag, or the
+    /// stored head no longer parses): the entry is gone, and the 304 is not the client's.
+    Unusable,
+}
+
+/// What [`settle`] made of the backend's answer.
+pub enum Settled<'x> {
+    /// Answered from the (refreshed or stale) entry.
+    Hit(Hit),
+    /// Relayed as it is.
+    Relay(Answered<'x>),
+    /// A revalidation `304` that answers nothing the client asked: a 502.
+    Unusable,
 }
 
 #[cfg(test)]

@@ -164,9 +164,38 @@ impl Store {
         names: Rc<[Box<[u8]>]>,
         entry: Entry,
     ) -> u64 {
+        self.store(key, primary, names, entry, false)
+    }
+
+    /// [`Store::insert`] of a response that replaces what was under `key` (a revalidation
+    /// answered with a new response, the old entry already removed): never refused by the
+    /// admission policy.
+    pub fn replace(
+        &mut self,
+        key: &[u8],
+        primary: usize,
+        names: Rc<[Box<[u8]>]>,
+        entry: Entry,
+    ) -> u64 {
+        self.store(key, primary, names, entry, true)
+    }
+
+    /// Whether an entry is stored under `key`.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    fn store(
+        &mut self,
+        key: &[u8],
+        primary: usize,
+        names: Rc<[Box<[u8]>]>,
+        entry: Entry,
+        replacing: bool,
+    ) -> u64 {
         let size =
             key.len() as u64 + entry.head.len() as u64 + entry.body.len() as u64 + ENTRY_OVERHEAD;
-        let replacing = self.remove(key);
+        let replacing = self.remove(key) || replacing;
         if size > self.size {
             return 0;
         }
@@ -340,6 +369,13 @@ mod tests {
         // A replacement is always stored, however full the store.
         assert_eq!(s.insert(b"http:/a", 7, none(), entry(900)), 0);
         assert_eq!(s.rejected, 1);
+        // So is a revalidation's new response, whose stale entry went when its head came.
+        s.remove(b"http:/a");
+        s.insert(b"http:/y", 7, none(), entry(900));
+        s.record(b"http:/z");
+        assert_eq!(s.insert(b"http:/z", 7, none(), entry(1000)), 0, "refused");
+        assert_eq!(s.replace(b"http:/z", 7, none(), entry(1000)), 1);
+        assert!(s.contains(b"http:/z") && s.rejected == 2);
         // Plain LRU admits everything.
         let mut l = Store::new(2 * one, CachePolicy::Lru);
         for k in [b"http:/a", b"http:/b", b"http:/x"] {
