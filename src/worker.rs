@@ -65,7 +65,7 @@ pub struct ActiveGuard {
 }
 
 impl ActiveGuard {
-    fn new(ctx: &ShardCtx, held: Option<Held>) -> ActiveGuard {
+    pub(crate) fn new(ctx: &ShardCtx, held: Option<Held>) -> ActiveGuard {
         ctx.active.set(ctx.active.get() + 1);
         ctx.stats.active.set(ctx.active.get() as u64);
         ActiveGuard {
@@ -259,6 +259,9 @@ async fn shard_main(start: ShardStart) -> ShardReport {
         })
     };
 
+    // Idle keep-alive connections parked outside their tasks (crate::park).
+    monoio::spawn(crate::park::run(common.clone()));
+
     // The admin thread's questions and the control plane's reloads, answered between
     // requests on this thread.
     let answering = {
@@ -325,6 +328,8 @@ async fn shard_main(start: ShardStart) -> ShardReport {
         log.flush_final(&ctx().stats).await;
     }
     drop(answering);
+    // Whatever is still parked (shutdown_timeout ended the wait first) is closed now.
+    common.lot.close();
     let summary = ctx().stats.summary();
     // Ends the reference cycle between the shard-wide half and the current state.
     common.set_current(None);
@@ -570,10 +575,14 @@ fn admit(
     };
     let listener = listener.clone();
     let guard = ActiveGuard::new(&ctx, held);
-    monoio::spawn(async move {
-        crate::conn::serve(ctx, stream, peer, Instant::now(), listener).await;
-        drop(guard);
-    });
+    monoio::spawn(crate::conn::serve(
+        ctx,
+        stream,
+        peer,
+        Instant::now(),
+        listener,
+        guard,
+    ));
 }
 
 /// Accepts, when draining or closing, every connection already in the listener's queue: shutting a
