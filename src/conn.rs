@@ -126,8 +126,11 @@ async fn open(
 /// Serves a connection the parking lot handed back because its socket became readable (its
 /// next request, or its close, is there): a new task, a fresh [`Client`].
 pub async fn resume(ctx: Rc<ShardCtx>, parked: Parked) {
+    let Ok(stream) = TcpStream::from_std(std::net::TcpStream::from(parked.fd)) else {
+        return;
+    };
     let client = Client {
-        stream: Transport::Plain(parked.stream),
+        stream: Transport::Plain(stream),
         buf: Vec::new(),
         peer: parked.peer,
         deadline: Deadline::new(),
@@ -172,8 +175,8 @@ async fn keep_alive(
                 // Silent through the hot window: park the connection outside this task (it
                 // ends here) or, where it cannot be parked, wait for it here.
                 Wait::Cold(idle_end) => match park(&ctx, client, guard, idle_end, first) {
-                    Ok(()) => return,
-                    Err((c, g)) => {
+                    Parking::Done => return,
+                    Parking::Back(c, g) => {
                         (client, guard) = (c, g);
                         // What a waiting connection need not hold: the head's vectors.
                         head = RequestHead::default();
@@ -367,10 +370,10 @@ fn park(
     guard: ActiveGuard,
     idle_end: Instant,
     first: bool,
-) -> Result<(), (Client, ActiveGuard)> {
+) -> Parking {
     let plain = matches!(client.stream, Transport::Plain(_)) && client.upgraded.is_none();
     if first || !plain || ctx.draining() || client.client_subject.is_some() {
-        return Err((client, guard));
+        return Parking::Back(client, guard);
     }
     let Client {
         stream,
@@ -382,20 +385,33 @@ fn park(
     let Transport::Plain(stream) = stream else {
         unreachable!("checked plain above")
     };
-    let parked = Parked::new(stream, peer, listener, forwarded_trusted, guard, idle_end);
-    ctx.lot.park(parked).map_err(|p| {
+    let back = |stream, peer, listener, forwarded_trusted, guard| {
         let client = Client {
-            stream: Transport::Plain(p.stream),
+            stream: Transport::Plain(stream),
             buf: Vec::new(),
-            peer: p.peer,
+            peer,
             deadline: Deadline::new(),
             upgraded: None,
-            listener: p.listener,
+            listener,
             client_subject: None,
-            forwarded_trusted: p.forwarded_trusted,
+            forwarded_trusted,
         };
-        (client, p.guard)
-    })
+        Parking::Back(client, guard)
+    };
+    let parked = match Parked::new(stream, peer, listener.clone(), forwarded_trusted, guard) {
+        Ok(p) => p,
+        Err((stream, guard)) => return back(stream, peer, listener, forwarded_trusted, guard),
+    };
+    drop(listener);
+    match ctx.lot.park(parked, idle_end) {
+        Ok(()) => Parking::Done,
+        // Not parked (a failed epoll_ctl, the lot stopped): back to a stream, or closed if
+        // even that fails.
+        Err(p) => match TcpStream::from_std(std::net::TcpStream::from(p.fd)) {
+            Ok(stream) => back(stream, p.peer, p.listener, p.forwarded_trusted, p.guard),
+            Err(_) => Parking::Done,
+        },
+    }
 }
 
 /// The cold wait of a connection that is not parked: readiness alone (no buffer), until
@@ -444,6 +460,16 @@ async fn read_ready(ctx: &ShardCtx, client: &mut Client) -> Wait {
         Err(IoFail::Timeout) => Wait::Timeout,
         Err(_) => Wait::Closed,
     }
+}
+
+/// What [`park`] did with a connection. (A value returned once per cold wait: boxing the
+/// large variant would cost an allocation to save a move.)
+#[allow(clippy::large_enum_variant)]
+enum Parking {
+    /// The task is done with it: parked (or closed, if it could not be made a stream again).
+    Done,
+    /// Not parked: it waits in its task.
+    Back(Client, ActiveGuard),
 }
 
 /// One step of a wait: the operation finished (or its timer did), or the drain began.

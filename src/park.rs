@@ -14,9 +14,9 @@
 //!
 //! Deadlines are kept in a min-heap of (deadline, key, generation); entries of connections
 //! that were resumed stay until they surface, and the heap is compacted when they outnumber
-//! the live ones. The registration stays in the epoll set (disarmed) while a resumed
-//! connection is served, so parking it again is one `epoll_ctl(MOD)`; closing the socket
-//! removes it.
+//! the live ones. Parking costs a `dup` (the lot keeps a plain descriptor, not monoio's
+//! stream: 4 bytes instead of 80 and a 64-byte allocation) and an `epoll_ctl(ADD)`; resuming
+//! an `epoll_ctl(DEL)` (and, on the epoll engine, monoio's registration of the stream).
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
@@ -37,36 +37,46 @@ use crate::worker::ActiveGuard;
 
 /// A connection waiting in the lot: what its next task needs to serve it.
 pub struct Parked {
-    pub stream: TcpStream,
+    /// The socket, as a plain descriptor: monoio's `TcpStream` is 80 bytes and its shared
+    /// descriptor another 64-byte allocation ([`Parked::new`] takes a duplicate).
+    pub fd: OwnedFd,
     pub peer: SocketAddr,
     pub listener: Rc<ListenerSide>,
     pub forwarded_trusted: bool,
     /// Counts the connection as active (a drain waits for it) until it is closed.
     pub guard: ActiveGuard,
-    /// When it is closed if it stays silent.
-    pub deadline: Instant,
     /// Tells a slot's occupants apart (a key is reused once its connection has left).
     gen: u32,
 }
 
 impl Parked {
+    /// `None` (and `stream` closed) if the descriptor cannot be duplicated. A duplicate,
+    /// not `into_raw_fd`: monoio panics there if an operation still holds the descriptor.
     pub fn new(
         stream: TcpStream,
         peer: SocketAddr,
         listener: Rc<ListenerSide>,
         forwarded_trusted: bool,
         guard: ActiveGuard,
-        deadline: Instant,
-    ) -> Parked {
-        Parked {
-            stream,
+    ) -> Result<Parked, (TcpStream, ActiveGuard)> {
+        // SAFETY: F_DUPFD_CLOEXEC takes no pointers; a non-negative result is a new
+        // descriptor nothing else owns, so OwnedFd may own (and close) it. Exercised by every
+        // integration test whose connection goes idle past the hot window.
+        let dup = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err((stream, guard));
+        }
+        // SAFETY: see above.
+        let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+        drop(stream);
+        Ok(Parked {
+            fd,
             peer,
             listener,
             forwarded_trusted,
             guard,
-            deadline,
             gen: 0,
-        }
+        })
     }
 }
 
@@ -75,8 +85,12 @@ pub struct Lot {
     /// The lot's epoll instance (`None` if it could not be created: nothing is parked).
     ep: Option<OwnedFd>,
     slots: RefCell<Slab<Parked>>,
-    expiry: RefCell<BinaryHeap<Reverse<(Instant, u32, u32)>>>,
+    /// (deadline in milliseconds since `epoch`, rounded up; key; generation).
+    expiry: RefCell<BinaryHeap<Reverse<(u64, u32, u32)>>>,
+    epoch: Instant,
     next_gen: Cell<u32>,
+    /// Connections parked so far (the shard's quiet detection counts them as activity).
+    parks: Cell<u64>,
     /// Set while [`run`] serves the lot; parking is refused otherwise.
     running: Cell<bool>,
     /// What [`run`] sleeps until (`None`: no deadline), and its waker: a connection parked
@@ -99,7 +113,9 @@ impl Default for Lot {
             ep,
             slots: RefCell::default(),
             expiry: RefCell::default(),
+            epoch: Instant::now(),
             next_gen: Cell::new(0),
+            parks: Cell::new(0),
             running: Cell::new(false),
             until: Cell::new(None),
             kicked: Cell::new(false),
@@ -124,7 +140,7 @@ impl Lot {
     /// Parks `p` until its socket is readable (then [`run`] resumes it) or its deadline.
     /// Handed back when the lot does not run (before the shard starts it, once it drains)
     /// or the socket cannot be armed; the caller then waits in its task.
-    pub fn park(&self, mut p: Parked) -> Result<(), Parked> {
+    pub fn park(&self, mut p: Parked, deadline: Instant) -> Result<(), Parked> {
         let Some(ep) = &self.ep else { return Err(p) };
         if !self.running.get() {
             return Err(p);
@@ -140,24 +156,22 @@ impl Lot {
             events: ARMED,
             u64: u64::from(gen) << 32 | u64::from(key),
         };
-        let fd = p.stream.as_raw_fd();
+        let fd = p.fd.as_raw_fd();
         // SAFETY: epoll_ctl on our epoll descriptor and the socket's, both open for the call,
         // with a pointer to an epoll_event on this stack frame that the kernel only reads.
-        // A socket resumed earlier is still registered (disarmed): MOD re-arms it; a new
-        // one is ADDed. Exercised by tests/regressions.rs (request_after_idle_window_is_intact).
-        let armed = unsafe {
-            libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut ev) == 0
-                || libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) == 0
-        };
+        // Exercised by tests/keepalive.rs (parked_connections_resume_and_close).
+        let armed =
+            unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) == 0 };
         if !armed {
             return Err(p);
         }
         p.gen = gen;
-        let deadline = p.deadline;
         entry.insert(p);
+        self.parks.set(self.parks.get() + 1);
+        let due = self.ms(deadline);
         drop(slots);
         let mut expiry = self.expiry.borrow_mut();
-        expiry.push(Reverse((deadline, key, gen)));
+        expiry.push(Reverse((due, key, gen)));
         // Resumed connections' entries stay until they surface: drop them when they
         // outnumber the parked ones, so the heap stays within twice the lot.
         if expiry.len() > 2 * self.len() + 64 {
@@ -165,7 +179,7 @@ impl Lot {
             expiry.retain(|Reverse((_, k, g))| live(&slots, *k, *g));
         }
         drop(expiry);
-        if self.until.get().is_none_or(|u| deadline < u) {
+        if self.until.get().is_none_or(|u| due < self.ms(u)) {
             self.kicked.set(true);
             if let Some(w) = self.waker.take() {
                 w.wake();
@@ -174,8 +188,23 @@ impl Lot {
         Ok(())
     }
 
+    /// Connections parked so far.
+    pub fn parks(&self) -> u64 {
+        self.parks.get()
+    }
+
+    /// `at` in milliseconds since the lot's epoch, rounded up (so never early).
+    fn ms(&self, at: Instant) -> u64 {
+        let d = at.saturating_duration_since(self.epoch);
+        let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);
+        u64::try_from(ms).unwrap_or(u64::MAX)
+    }
+
     /// Takes out every parked connection whose deadline is at or before `now`.
     fn expired(&self, now: Instant) -> Vec<Parked> {
+        // Whole milliseconds passed: a deadline (rounded up) at or before them has passed.
+        let now = u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(u64::MAX);
         let mut out = Vec::new();
         let mut expiry = self.expiry.borrow_mut();
         let mut slots = self.slots.borrow_mut();
@@ -184,7 +213,7 @@ impl Lot {
                 break;
             }
             expiry.pop();
-            if live(&slots, key, gen) && slots[key as usize].deadline <= now {
+            if live(&slots, key, gen) {
                 out.push(slots.remove(key as usize));
             }
         }
@@ -199,7 +228,8 @@ impl Lot {
     /// The earliest deadline of a parked connection (stale heap entries may make it early:
     /// the wake finds nothing to close and sleeps again).
     fn next_deadline(&self) -> Option<Instant> {
-        self.expiry.borrow().peek().map(|Reverse((at, _, _))| *at)
+        let at = self.expiry.borrow().peek().map(|Reverse((at, _, _))| *at)?;
+        Some(self.epoch + Duration::from_millis(at))
     }
 
     /// Takes out every parked connection the epoll instance reports ready.
@@ -225,7 +255,20 @@ impl Lot {
                 let data = ev.u64;
                 let (key, gen) = (data as u32, (data >> 32) as u32);
                 if live(&slots, key, gen) {
-                    out.push(slots.remove(key as usize));
+                    let p = slots.remove(key as usize);
+                    // Out of the set: its descriptor is about to change (the new task's
+                    // stream takes a duplicate and this one is closed).
+                    // SAFETY: epoll_ctl on our epoll descriptor and the parked socket's,
+                    // both open; DEL reads no event. Exercised as above.
+                    unsafe {
+                        libc::epoll_ctl(
+                            ep.as_raw_fd(),
+                            libc::EPOLL_CTL_DEL,
+                            p.fd.as_raw_fd(),
+                            std::ptr::null_mut(),
+                        )
+                    };
+                    out.push(p);
                 }
             }
             if n < events.len() {
@@ -356,5 +399,26 @@ pub async fn run(common: Rc<ShardCommon>) {
             }
             Woke::Timer | Woke::Kick => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-connection budget in docs/ARCHITECTURE.md ("Memory when idle"): a parked
+    /// connection's slab slot and its expiry heap entry.
+    #[test]
+    fn a_parked_connection_is_small() {
+        // slab's (private) entry type: a vacant slot's next free key, or the value.
+        #[allow(dead_code)]
+        enum Entry {
+            Vacant(usize),
+            Occupied(Parked),
+        }
+        let slot = std::mem::size_of::<Entry>();
+        let heap = std::mem::size_of::<Reverse<(u64, u32, u32)>>();
+        assert!(slot <= 80, "slab slot {slot} bytes");
+        assert_eq!(heap, 16);
     }
 }

@@ -243,7 +243,10 @@ async fn shard_main(start: ShardStart) -> ShardReport {
                     ctx.pool.borrow_mut().sweep(now);
                     last_sweep = now;
                 }
-                let activity = ctx.stats.accepted.get() + ctx.stats.requests.get();
+                // Parks count too: a crowd's tasks are freed when it is parked, 200 ms
+                // after its last request, and that memory too is to be given back.
+                let activity =
+                    ctx.stats.accepted.get() + ctx.stats.requests.get() + common.lot.parks();
                 if activity != last_activity {
                     (last_activity, returned) = (activity, false);
                 } else if !returned {
