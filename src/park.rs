@@ -1,8 +1,8 @@
 //! Stage 2's idle half, between one exchange (*respond*) and the next *parse*: the shard's
 //! **parking lot** for idle keep-alive connections. A plain connection that stays silent
 //! through [`crate::conn`]'s hot window leaves its task: its socket, peer, listener and
-//! active-connection count are stored here (a [`Parked`], ~100 bytes) and its task ends, so
-//! an idle connection holds no task, no read buffer, no timer and no head vectors.
+//! active-connection count are stored here (a [`Parked`], an 80-byte slab slot) and its task
+//! ends, so an idle connection holds no task, no read buffer, no timer and no head vectors.
 //!
 //! The lot owns an epoll instance of its own. Each parked socket is armed in it one-shot
 //! (`EPOLLIN | EPOLLRDHUP | EPOLLONESHOT`, the slot's key and generation as its data), and one
