@@ -15,10 +15,12 @@ use crate::client::{Client, ListenerSide, Outcome, Transport};
 use crate::http::canned::Canned;
 use crate::http::parse::{parse_request, HeadLimits, Parsed, RequestHead};
 use crate::io::{read_more, Deadline, IoFail};
+use crate::park::Parked;
 use crate::proxy::serve_request;
 use crate::respond::{linger_close, parse_error_status, respond_canned};
 use crate::shard::ShardCtx;
 use crate::trace::record_refused;
+use crate::worker::ActiveGuard;
 
 /// Answers a connection its listener's list refuses: 403 with `Connection: close`, whatever
 /// it sends, then a lingering close so the answer is not reset away.
@@ -44,20 +46,36 @@ const INITIAL_BUF: usize = 4096;
 const KEEP_BUF: usize = 32 * 1024;
 
 pub async fn serve(
-    mut ctx: Rc<ShardCtx>,
+    ctx: Rc<ShardCtx>,
     stream: TcpStream,
     peer: SocketAddr,
     accepted: Instant,
     listener: Rc<ListenerSide>,
+    guard: ActiveGuard,
 ) {
+    // Two steps, so that the future keeps the first's state and the loop's in one place.
+    if let Some(client) = open(&ctx, stream, peer, accepted, listener).await {
+        keep_alive(ctx, client, guard, Some(accepted)).await;
+    }
+}
+
+/// A new connection up to its first wait: the PROXY protocol header, the listener's
+/// allow/deny, the TLS handshake. `None`: it was closed (or refused) on the way.
+async fn open(
+    ctx: &ShardCtx,
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    listener: Rc<ListenerSide>,
+) -> Option<Client> {
     let _ = stream.set_nodelay(true);
     // -- PROXY protocol: the balancer's header names the client ---------------------------
     // Within client_header of the accept, before the allow/deny below (which sees the
     // client it names) and the TLS handshake. Boxed: a cold step an idle connection is not in.
     let (peer, balancer_itself) = if listener.proxy_protocol {
-        match Box::pin(crate::proxy_protocol::accept(&ctx, &stream, peer, accepted)).await {
+        match Box::pin(crate::proxy_protocol::accept(ctx, &stream, peer, accepted)).await {
             Some(p) => p,
-            None => return,
+            None => return None,
         }
     } else {
         (peer, false)
@@ -71,9 +89,9 @@ pub async fn serve(
         crate::stats::bump(&ctx.stats.denied_listener);
         // A TLS client cannot read a 403 before a handshake it is not granted: closed.
         if listener.tls.is_none() {
-            Box::pin(refuse(&ctx, stream, peer, listener)).await;
+            Box::pin(refuse(ctx, stream, peer, listener)).await;
         }
-        return;
+        return None;
     }
     // -- TLS listeners: the handshake, within handshake_timeout of the accept -------------
     let mut client_subject = None;
@@ -81,18 +99,19 @@ pub async fn serve(
         None => Transport::Plain(stream),
         // Boxed: the handshake's state is only needed until it completes, so an idle
         // connection's task stays small.
-        Some(tls) => match Box::pin(crate::tls::handshake(&ctx, tls, stream, peer, accepted)).await
-        {
-            None => return,
-            Some(s) => {
-                if tls.subject_header.is_some() {
-                    client_subject = crate::tls::client_subject(&s).map(String::into_boxed_str);
+        Some(tls) => {
+            match Box::pin(crate::tls::handshake(ctx, tls, stream, peer, accepted)).await {
+                None => return None,
+                Some(s) => {
+                    if tls.subject_header.is_some() {
+                        client_subject = crate::tls::client_subject(&s).map(String::into_boxed_str);
+                    }
+                    Transport::Tls(Box::new(s))
                 }
-                Transport::Tls(Box::new(s))
             }
-        },
+        }
     };
-    let mut client = Client {
+    Some(Client {
         stream,
         buf: Vec::with_capacity(INITIAL_BUF),
         peer,
@@ -101,25 +120,75 @@ pub async fn serve(
         listener,
         client_subject,
         forwarded_trusted,
+    })
+}
+
+/// Serves a connection the parking lot handed back because its socket became readable (its
+/// next request, or its close, is there): a new task, a fresh [`Client`].
+pub async fn resume(ctx: Rc<ShardCtx>, parked: Parked) {
+    let Ok(stream) = TcpStream::from_std(std::net::TcpStream::from(parked.fd)) else {
+        return;
     };
+    let client = Client {
+        stream: Transport::Plain(stream),
+        buf: Vec::new(),
+        peer: parked.peer,
+        deadline: Deadline::new(),
+        upgraded: None,
+        listener: parked.listener,
+        client_subject: None,
+        forwarded_trusted: parked.forwarded_trusted,
+    };
+    keep_alive(ctx, client, parked.guard, None).await;
+}
+
+/// The keep-alive loop: `accepted` for a new connection (its first request is bounded from
+/// the accept), `None` for one resumed from the parking lot (readable now).
+async fn keep_alive(
+    mut ctx: Rc<ShardCtx>,
+    mut client: Client,
+    mut guard: ActiveGuard,
+    accepted: Option<Instant>,
+) {
     let mut limits = head_limits(&ctx);
-    let mut timeouts = ctx.shared.config.timeouts;
     let mut head = RequestHead::default();
-    let mut first = true;
+    let mut first = accepted.is_some();
+    let mut resumed = accepted.is_none();
+    let accepted = accepted.unwrap_or_else(Instant::now);
     loop {
         // -- wait for the first byte of the next request ------------------------------------
         // The first request's head must be complete within client_header of the accept; later
         // ones within client_header of their first byte.
-        let mut deadline = accepted + timeouts.client_header;
+        let mut deadline = accepted + ctx.shared.config.timeouts.client_header;
         if client.buf.is_empty() {
             let wait = if first {
                 deadline.saturating_duration_since(Instant::now())
             } else {
-                timeouts.client_idle
+                ctx.shared.config.timeouts.client_idle
             };
-            match wait_for_request(&ctx, &mut client, wait).await {
+            let waited = if std::mem::take(&mut resumed) {
+                Box::pin(read_ready(&ctx, &mut client)).await
+            } else {
+                wait_for_request(&ctx, &mut client, wait).await
+            };
+            let waited = match waited {
+                // Silent through the hot window: park the connection outside this task (it
+                // ends here) or, where it cannot be parked, wait for it here.
+                Wait::Cold(idle_end) => match park(&ctx, client, guard, idle_end, first) {
+                    Parking::Done => return,
+                    Parking::Back(c, g) => {
+                        (client, guard) = (c, g);
+                        // What a waiting connection need not hold: the head's vectors.
+                        head = RequestHead::default();
+                        // Boxed: only TLS connections and draining ones wait here.
+                        Box::pin(cold_wait(&ctx, &mut client, idle_end)).await
+                    }
+                },
+                w => w,
+            };
+            match waited {
                 Wait::Data => {}
-                Wait::Draining | Wait::Closed => return,
+                Wait::Cold(_) | Wait::Draining | Wait::Closed => return,
                 Wait::Timeout if first => {
                     // Opened but never sent a byte within client_header.
                     request_timeout(&ctx, &mut client, accepted).await;
@@ -134,12 +203,11 @@ pub async fn serve(
             if !Rc::ptr_eq(&now, &ctx) {
                 ctx = now;
                 limits = head_limits(&ctx);
-                timeouts = ctx.shared.config.timeouts;
             }
         }
         let head_started = if first { accepted } else { Instant::now() };
         if !first {
-            deadline = head_started + timeouts.client_header;
+            deadline = head_started + ctx.shared.config.timeouts.client_header;
         }
         first = false;
 
@@ -163,7 +231,7 @@ pub async fn serve(
                 Ok(Parsed::Partial) => {}
                 Err(e) => {
                     if ctx.errors.allow(&ctx.stats) {
-                        tracing::info!(shard = ctx.id, %peer, error = ?e, "bad request head");
+                        tracing::info!(shard = ctx.id, peer = %client.peer, error = ?e, "bad request head");
                     }
                     let status = parse_error_status(e);
                     Box::pin(respond_canned(&ctx, &mut client, status, true)).await;
@@ -255,6 +323,8 @@ const HOT_WAIT: Duration = Duration::from_millis(200);
 
 enum Wait {
     Data,
+    /// Nothing came in the hot window: the wait goes on cold, until this instant.
+    Cold(Instant),
     Timeout,
     Closed,
     Draining,
@@ -276,7 +346,7 @@ async fn wait_for_request(ctx: &ShardCtx, client: &mut Client, wait: Duration) -
     let idle_end = start + wait;
     let hot_end = start + wait.min(HOT_WAIT);
     // Boxed, like every step an idle connection is not waiting in: the task of a connection
-    // waiting cold holds only the readiness wait below (tests: idle_connection_future_is_small).
+    // waiting cold holds only the readiness wait (tests: idle_connection_future_is_small).
     let res = Box::pin(hot_read(ctx, client, hot_end)).await;
     match res {
         Ok(0) => return Wait::Closed,
@@ -284,9 +354,69 @@ async fn wait_for_request(ctx: &ShardCtx, client: &mut Client, wait: Duration) -
         Err(e) if e.raw_os_error() != Some(libc::ECANCELED) => return Wait::Closed,
         Err(_) => {}
     }
-    // Cold: give the buffers back (a TLS stream's too) and wait for readability alone.
+    // Cold: give the buffers back (a TLS stream's too).
     client.buf = Vec::new();
     client.stream.release_buffers();
+    Wait::Cold(idle_end)
+}
+
+/// Parks a cold plain connection in the shard's lot ([`crate::park`]): its task ends and the
+/// lot resumes it in a new one when it becomes readable, or closes it at `idle_end`. Not the
+/// first request's wait (its expiry answers 408), not TLS (its stream holds state and may
+/// hold plaintext already), not while draining: those are handed back to wait in the task.
+fn park(
+    ctx: &ShardCtx,
+    client: Client,
+    guard: ActiveGuard,
+    idle_end: Instant,
+    first: bool,
+) -> Parking {
+    let plain = matches!(client.stream, Transport::Plain(_)) && client.upgraded.is_none();
+    if first || !plain || ctx.draining() || client.client_subject.is_some() {
+        return Parking::Back(client, guard);
+    }
+    let Client {
+        stream,
+        peer,
+        listener,
+        forwarded_trusted,
+        ..
+    } = client;
+    let Transport::Plain(stream) = stream else {
+        unreachable!("checked plain above")
+    };
+    let back = |stream, peer, listener, forwarded_trusted, guard| {
+        let client = Client {
+            stream: Transport::Plain(stream),
+            buf: Vec::new(),
+            peer,
+            deadline: Deadline::new(),
+            upgraded: None,
+            listener,
+            client_subject: None,
+            forwarded_trusted,
+        };
+        Parking::Back(client, guard)
+    };
+    let parked = match Parked::new(stream, peer, listener.clone(), forwarded_trusted, guard) {
+        Ok(p) => p,
+        Err((stream, guard)) => return back(stream, peer, listener, forwarded_trusted, guard),
+    };
+    drop(listener);
+    match ctx.lot.park(parked, idle_end) {
+        Ok(()) => Parking::Done,
+        // Not parked (a failed epoll_ctl, the lot stopped): back to a stream, or closed if
+        // even that fails.
+        Err(p) => match TcpStream::from_std(std::net::TcpStream::from(p.fd)) {
+            Ok(stream) => back(stream, p.peer, p.listener, p.forwarded_trusted, p.guard),
+            Err(_) => Parking::Done,
+        },
+    }
+}
+
+/// The cold wait of a connection that is not parked: readiness alone (no buffer), until
+/// `idle_end` or the drain's grace, then the first read.
+async fn cold_wait(ctx: &ShardCtx, client: &mut Client, idle_end: Instant) -> Wait {
     let ready = loop {
         let left = wait_end(ctx, idle_end).saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -310,21 +440,36 @@ async fn wait_for_request(ctx: &ShardCtx, client: &mut Client, wait: Duration) -
         Ok(Err(_)) => return Wait::Closed,
         Ok(Ok(())) => {}
     }
+    Box::pin(read_ready(ctx, client)).await
+}
+
+/// The first read of a connection whose socket is readable (data or EOF is there, so it
+/// completes at once), into a fresh buffer.
+async fn read_ready(ctx: &ShardCtx, client: &mut Client) -> Wait {
     client.buf = Vec::with_capacity(INITIAL_BUF);
-    // Readable: data (or EOF) is there, so this read completes at once.
     let timeout = ctx.shared.config.timeouts.client_header;
-    match Box::pin(read_more(
+    match read_more(
         &mut client.stream,
         &mut client.buf,
         &mut client.deadline,
         timeout,
-    ))
+    )
     .await
     {
         Ok(_) => Wait::Data,
         Err(IoFail::Timeout) => Wait::Timeout,
         Err(_) => Wait::Closed,
     }
+}
+
+/// What [`park`] did with a connection. (A value returned once per cold wait: boxing the
+/// large variant would cost an allocation to save a move.)
+#[allow(clippy::large_enum_variant)]
+enum Parking {
+    /// The task is done with it: parked (or closed, if it could not be made a stream again).
+    Done,
+    /// Not parked: it waits in its task.
+    Back(Client, ActiveGuard),
 }
 
 /// One step of a wait: the operation finished (or its timer did), or the drain began.
@@ -408,10 +553,14 @@ mod tests {
     use std::path::Path;
     use std::sync::Arc;
 
-    /// An idle connection costs its task's future plus a few small allocations; keep the
-    /// future itself small: every step a connection waiting for its next request is not in
-    /// (the request exchange, the hot read, head reads after the first, canned answers) is
-    /// boxed. 1,144 bytes on 2026-12-03 (2,288 with the hot read and those steps inline).
+    /// The task of a connection costs its future. A plain connection waiting for its next
+    /// request has none (it is parked, crate::park); a TLS one waits in its task, and a busy
+    /// one runs in it, so keep the futures small: every step a waiting connection is not in
+    /// (the request exchange, the hot read, head reads after the first, canned answers, the
+    /// cold wait) is boxed. 2026-12-04: `keep_alive` (a resumed connection's task) 952 bytes,
+    /// `serve` (a new one's: the keep-alive loop after the accept's steps) 1,336 (1,144 on
+    /// 2026-12-03, when it had no parking and held its timeouts; 2,288 with the hot read and
+    /// those steps inline).
     #[test]
     fn idle_connection_future_is_small() {
         let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n";
@@ -429,9 +578,28 @@ mod tests {
                 .await
                 .unwrap();
             let peer = s.peer_addr().unwrap();
-            let fut = serve(ctx, s, peer, Instant::now(), Rc::default());
+            let resumed = {
+                let s = TcpStream::connect_addr(l.local_addr().unwrap())
+                    .await
+                    .unwrap();
+                let client = Client {
+                    stream: Transport::Plain(s),
+                    buf: Vec::new(),
+                    peer,
+                    deadline: Deadline::new(),
+                    upgraded: None,
+                    listener: Rc::default(),
+                    client_subject: None,
+                    forwarded_trusted: false,
+                };
+                let guard = ActiveGuard::new(&ctx, None);
+                std::mem::size_of_val(&keep_alive(ctx.clone(), client, guard, None))
+            };
+            assert!(resumed <= 960, "keep_alive() future is {resumed} bytes");
+            let guard = ActiveGuard::new(&ctx, None);
+            let fut = serve(ctx, s, peer, Instant::now(), Rc::default(), guard);
             let size = std::mem::size_of_val(&fut);
-            assert!(size <= 1280, "serve() future is {size} bytes");
+            assert!(size <= 1344, "serve() future is {size} bytes");
         });
     }
 }

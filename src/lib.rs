@@ -32,6 +32,7 @@ pub mod listener;
 pub mod listening;
 pub mod notify;
 pub mod observe;
+pub mod park;
 pub mod privs;
 pub mod proxy;
 pub mod proxy_protocol;

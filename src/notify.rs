@@ -1,5 +1,6 @@
-//! A shard-local notification used for shutdown: idle keep-alive connections wait on it
-//! beside their read, so draining can close them at once instead of after `client_idle`.
+//! A shard-local notification used for shutdown: connections waiting in their tasks (and the
+//! parking lot, [`crate::park`]) wait on it beside their read, so draining ends their wait at
+//! the grace instead of after `client_idle`.
 //! Single-threaded by construction (`Rc`/`Cell`); no borrow is held across an `.await`.
 
 use std::cell::{Cell, RefCell};

@@ -83,6 +83,8 @@ pub struct ShardCommon {
     grace_end: Cell<Option<Instant>>,
     /// Fired when draining and the last connection closes.
     pub idle: Notify,
+    /// Idle keep-alive connections parked outside their tasks ([`crate::park`]).
+    pub lot: crate::park::Lot,
     /// Live client connections (see `worker::ActiveGuard`).
     pub(crate) active: Cell<usize>,
     /// The state for the snapshot in force on this shard (`None` once the shard stopped).
@@ -131,6 +133,7 @@ impl ShardCtx {
             drain: Notify::default(),
             grace_end: Cell::new(None),
             idle: Notify::default(),
+            lot: crate::park::Lot::default(),
             active: Cell::new(0),
             current: RefCell::new(None),
         });

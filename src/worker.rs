@@ -65,7 +65,7 @@ pub struct ActiveGuard {
 }
 
 impl ActiveGuard {
-    fn new(ctx: &ShardCtx, held: Option<Held>) -> ActiveGuard {
+    pub(crate) fn new(ctx: &ShardCtx, held: Option<Held>) -> ActiveGuard {
         ctx.active.set(ctx.active.get() + 1);
         ctx.stats.active.set(ctx.active.get() as u64);
         ActiveGuard {
@@ -243,7 +243,10 @@ async fn shard_main(start: ShardStart) -> ShardReport {
                     ctx.pool.borrow_mut().sweep(now);
                     last_sweep = now;
                 }
-                let activity = ctx.stats.accepted.get() + ctx.stats.requests.get();
+                // Parks count too: a crowd's tasks are freed when it is parked, 200 ms
+                // after its last request, and that memory too is to be given back.
+                let activity =
+                    ctx.stats.accepted.get() + ctx.stats.requests.get() + common.lot.parks();
                 if activity != last_activity {
                     (last_activity, returned) = (activity, false);
                 } else if !returned {
@@ -258,6 +261,9 @@ async fn shard_main(start: ShardStart) -> ShardReport {
             }
         })
     };
+
+    // Idle keep-alive connections parked outside their tasks (crate::park).
+    monoio::spawn(crate::park::run(common.clone()));
 
     // The admin thread's questions and the control plane's reloads, answered between
     // requests on this thread.
@@ -325,6 +331,8 @@ async fn shard_main(start: ShardStart) -> ShardReport {
         log.flush_final(&ctx().stats).await;
     }
     drop(answering);
+    // Whatever is still parked (shutdown_timeout ended the wait first) is closed now.
+    common.lot.close();
     let summary = ctx().stats.summary();
     // Ends the reference cycle between the shard-wide half and the current state.
     common.set_current(None);
@@ -570,10 +578,14 @@ fn admit(
     };
     let listener = listener.clone();
     let guard = ActiveGuard::new(&ctx, held);
-    monoio::spawn(async move {
-        crate::conn::serve(ctx, stream, peer, Instant::now(), listener).await;
-        drop(guard);
-    });
+    monoio::spawn(crate::conn::serve(
+        ctx,
+        stream,
+        peer,
+        Instant::now(),
+        listener,
+        guard,
+    ));
 }
 
 /// Accepts, when draining or closing, every connection already in the listener's queue: shutting a

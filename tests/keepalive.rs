@@ -1,4 +1,4 @@
-//! Upstream connection pooling and retry safety.
+//! Upstream connection pooling and retry safety; client connections parked while idle.
 
 use crate::support::*;
 use std::time::Duration;
@@ -104,6 +104,49 @@ both_engines! {
             assert_eq!(posts, 1);
         } else {
             assert_eq!(r.status(), 502, "got:\n{}", r.head.raw);
+        }
+    }
+
+    // Idle client connections leave their tasks for the shard's parking lot after the hot
+    // window (crate::park): each must come back for its next request, in any order, and a
+    // client closing a parked connection must free it (the lot sees the close).
+    fn parked_connections_resume_and_close(engine) {
+        const N: usize = 100;
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr()).admin("").start(engine);
+        let mut clients: Vec<Client> = (0..N)
+            .map(|i| {
+                let mut c = Client::connect(proxy.addr());
+                c.send(&get("example.com", &format!("/a{i}")));
+                assert_eq!(c.read_response().status(), 200);
+                c
+            })
+            .collect();
+        for round in 0..2 {
+            // Past the 200 ms hot window: every connection is parked. (A deadline, not a
+            // readiness signal, is what is being exercised here.)
+            std::thread::park_timeout(Duration::from_millis(300));
+            for i in (0..N).rev() {
+                clients[i].send(&get("example.com", &format!("/b{round}-{i}")));
+            }
+            for (i, c) in clients.iter_mut().enumerate() {
+                let r = c.read_response();
+                assert_eq!(r.status(), 200, "round {round}, client {i}");
+                assert!(!r.has_token("connection", "close"), "round {round}, client {i}");
+            }
+        }
+        let paths: std::collections::HashSet<String> =
+            origin.requests().iter().map(|r| r.path().to_string()).collect();
+        assert_eq!(paths.len(), 3 * N, "every request reached the origin once");
+        std::thread::park_timeout(Duration::from_millis(300));
+        clients.truncate(N / 2);
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "closed parked connections freed", |m| {
+            m.value("edgeshard_connections_active", &[]) == (N / 2) as f64
+        });
+        // The rest are still served.
+        for c in clients.iter_mut() {
+            c.send(&get("example.com", "/c"));
+            assert_eq!(c.read_response().status(), 200);
         }
     }
 }
