@@ -374,6 +374,11 @@ pub async fn run(common: Rc<ShardCommon>) {
         .await;
         lot.kicked.set(false);
         match woke {
+            Woke::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
+                // The epoll engine's readiness check ends in poll(2), which a signal handler
+                // interrupts (never restarted): wait again.
+                readable.set(watch.readable(false));
+            }
             Woke::Ready(Err(e)) => {
                 // The lot's own descriptor failed: nothing parked can be woken any more.
                 tracing::warn!(shard = common.id, error = %e, "parking lot failed; its idle connections are closed");

@@ -344,7 +344,9 @@ pub enum NotModified {
     Unusable,
 }
 
-/// What [`settle`] made of the backend's answer.
+/// What [`settle`] made of the backend's answer. Returned once per response on a cached
+/// route and matched at once: boxing the relayed answer would cost an allocation each time.
+#[allow(clippy::large_enum_variant)]
 pub enum Settled<'x> {
     /// Answered from the (refreshed or stale) entry.
     Hit(Hit),
