@@ -48,6 +48,28 @@ pub struct Client {
     pub forwarded_trusted: bool,
 }
 
+impl Client {
+    /// A plain-TCP client with an empty buffer (allocated by its first read), no timer armed
+    /// and no certificate subject.
+    pub fn plain(
+        stream: monoio::net::TcpStream,
+        peer: SocketAddr,
+        listener: Rc<ListenerSide>,
+        forwarded_trusted: bool,
+    ) -> Client {
+        Client {
+            stream: Transport::Plain(stream),
+            buf: Vec::new(),
+            peer,
+            deadline: Deadline::new(),
+            upgraded: None,
+            listener,
+            client_subject: None,
+            forwarded_trusted,
+        }
+    }
+}
+
 /// What a connection keeps of the `[[listener]]` it was accepted on: taken from the snapshot
 /// in force at the accept and kept for the connection's life (its TLS session was set up
 /// with it). A reload that changes a listener's settings, or removes it, applies to

@@ -25,16 +25,7 @@ use crate::worker::ActiveGuard;
 /// Answers a connection its listener's list refuses: 403 with `Connection: close`, whatever
 /// it sends, then a lingering close so the answer is not reset away.
 async fn refuse(ctx: &ShardCtx, stream: TcpStream, peer: SocketAddr, listener: Rc<ListenerSide>) {
-    let mut client = Client {
-        stream: Transport::Plain(stream),
-        buf: Vec::new(),
-        peer,
-        deadline: Deadline::new(),
-        upgraded: None,
-        listener,
-        client_subject: None,
-        forwarded_trusted: false,
-    };
+    let mut client = Client::plain(stream, peer, listener, false);
     respond_canned(ctx, &mut client, Canned::Forbidden, true).await;
     linger_close(&mut client).await;
 }
@@ -129,16 +120,12 @@ pub async fn resume(ctx: Rc<ShardCtx>, parked: Parked) {
     let Ok(stream) = TcpStream::from_std(std::net::TcpStream::from(parked.fd)) else {
         return;
     };
-    let client = Client {
-        stream: Transport::Plain(stream),
-        buf: Vec::new(),
-        peer: parked.peer,
-        deadline: Deadline::new(),
-        upgraded: None,
-        listener: parked.listener,
-        client_subject: None,
-        forwarded_trusted: parked.forwarded_trusted,
-    };
+    let client = Client::plain(
+        stream,
+        parked.peer,
+        parked.listener,
+        parked.forwarded_trusted,
+    );
     keep_alive(ctx, client, parked.guard, None).await;
 }
 
@@ -386,17 +373,10 @@ fn park(
         unreachable!("checked plain above")
     };
     let back = |stream, peer, listener, forwarded_trusted, guard| {
-        let client = Client {
-            stream: Transport::Plain(stream),
-            buf: Vec::new(),
-            peer,
-            deadline: Deadline::new(),
-            upgraded: None,
-            listener,
-            client_subject: None,
-            forwarded_trusted,
-        };
-        Parking::Back(client, guard)
+        Parking::Back(
+            Client::plain(stream, peer, listener, forwarded_trusted),
+            guard,
+        )
     };
     let parked = match Parked::new(stream, peer, listener.clone(), forwarded_trusted, guard) {
         Ok(p) => p,
@@ -582,16 +562,7 @@ mod tests {
                 let s = TcpStream::connect_addr(l.local_addr().unwrap())
                     .await
                     .unwrap();
-                let client = Client {
-                    stream: Transport::Plain(s),
-                    buf: Vec::new(),
-                    peer,
-                    deadline: Deadline::new(),
-                    upgraded: None,
-                    listener: Rc::default(),
-                    client_subject: None,
-                    forwarded_trusted: false,
-                };
+                let client = Client::plain(s, peer, Rc::default(), false);
                 let guard = ActiveGuard::new(&ctx, None);
                 std::mem::size_of_val(&keep_alive(ctx.clone(), client, guard, None))
             };
