@@ -18,30 +18,29 @@ use super::{answers_304, policy, unix_now, Fill, Hit, ShardCache, REVALIDATED, S
 use crate::client::micros;
 use crate::error::{Answer, ProxyError, Side};
 use crate::forward::Answered;
-use crate::http::parse::{parse_response, HeadLimits, Parsed, ResponseHead};
+use crate::http::parse::{parse_response, HeadLimits, HeaderKind, Parsed, ResponseHead};
 use crate::respond::Respond;
 use crate::trace::Trace;
 
 use super::store::Entry;
 
-/// Fields of a `304` that do not update the stored response (RFC 9111 §3.2): framing and
-/// hop-by-hop fields, and those that describe the stored body as it is. `Age` is never
+/// Fields of a `304` that do not update the stored response (RFC 9111 §3.2) besides the
+/// framing and hop-by-hop ones (the parser's [`HeaderKind::is_hop_by_hop`]): those that
+/// describe the stored body as it is, and the proxy authentication fields. `Age` is never
 /// kept (the age is computed), and `Date` always comes from the `304` (dropped when it has
 /// none: a stale `Date` would make the refreshed entry look old).
-const NOT_UPDATED: [&str; 12] = [
-    "content-length",
-    "transfer-encoding",
+const NOT_UPDATED: [&str; 5] = [
     "content-encoding",
     "content-range",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
     "proxy-authenticate",
     "proxy-authentication-info",
+    "age",
 ];
+
+/// Whether a `304`'s field `name` replaces the stored ones of that name.
+fn refreshes(name: &[u8]) -> bool {
+    !HeaderKind::classify(name).is_hop_by_hop() && !is(name, &NOT_UPDATED)
+}
 
 fn is(name: &[u8], list: &[&str]) -> bool {
     list.iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
@@ -54,7 +53,7 @@ where
     S: Iterator<Item = (&'h [u8], &'h [u8])>,
     U: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
 {
-    let updates = update.filter(|(n, _)| !is(n, &NOT_UPDATED) && !is(n, &["age"]));
+    let updates = update.filter(|(n, _)| refreshes(n));
     out.extend_from_slice(status_line);
     for (n, v) in stored {
         if is(n, &["age", "date"]) || updates.clone().any(|(u, _)| u.eq_ignore_ascii_case(n)) {

@@ -67,7 +67,8 @@ pub enum HeaderKind {
 }
 
 impl HeaderKind {
-    fn classify(name: &[u8]) -> HeaderKind {
+    /// The kind of a field by its name (any case).
+    pub fn classify(name: &[u8]) -> HeaderKind {
         // Length first keeps this to one or two comparisons for common headers.
         let eq = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
         match name.len() {
