@@ -39,12 +39,6 @@ fn x_cache(r: &Response) -> String {
     r.header("X-Cache").unwrap_or("none").to_string()
 }
 
-/// Blocks the current thread until `at` (a moment measured from a store: what the test
-/// waits for is an entry's age).
-fn until(at: Instant) {
-    std::thread::sleep(at.saturating_duration_since(Instant::now()));
-}
-
 /// A proxy whose route has `cache = { size = "1MiB", extra }` in front of `origin`, plus a
 /// route under `/capped/` whose stale windows are capped to nothing.
 fn cached(origin: &Origin, extra: &str, engine: Engine) -> Proxy {
@@ -83,7 +77,7 @@ both_engines! {
         let stored = Instant::now();
         assert_eq!(x_cache(&fetch(&mut c, "/r", &[])), "HIT");
         // max-age=2: certainly stale 1.2 s after the store.
-        until(stored + Duration::from_millis(2200));
+        wait_until(stored + Duration::from_millis(2200));
         let r = fetch(&mut c, "/r", &[("If-None-Match", "\"other\"")]);
         assert_eq!((r.status(), r.body_str(), x_cache(&r)), (200, "original".into(), "REVALIDATED".into()));
         assert_eq!(r.header("X-Refreshed"), Some("yes"), "fields updated from the 304");
@@ -135,7 +129,7 @@ both_engines! {
         let mut c = Client::connect(proxy.addr());
         assert_eq!(fetch(&mut c, "/lm", &[]).body_str(), "one");
         let stored = Instant::now();
-        until(stored + Duration::from_millis(2200));
+        wait_until(stored + Duration::from_millis(2200));
         let r = fetch(&mut c, "/lm", &[]);
         assert_eq!((r.body_str(), x_cache(&r)), ("two".into(), "MISS".into()));
         let sent = origin.requests();
@@ -187,7 +181,7 @@ both_engines! {
         assert_eq!(x_cache(&fetch(&mut c, "/capped/swr", &[])), "MISS");
         assert_eq!(x_cache(&fetch(&mut c, "/plain", &[])), "MISS");
         let stored = Instant::now();
-        until(stored + Duration::from_millis(2200));
+        wait_until(stored + Duration::from_millis(2200));
         for _ in 0..3 {
             let r = fetch(&mut c, "/swr", &[]);
             assert_eq!((r.status(), r.body_str(), x_cache(&r)), (200, "kept".into(), "STALE".into()));
@@ -260,7 +254,7 @@ both_engines! {
             assert_eq!(x_cache(&fetch(&mut c, p, &[])), "MISS", "{p}");
         }
         let stored = Instant::now();
-        until(stored + Duration::from_millis(2200));
+        wait_until(stored + Duration::from_millis(2200));
         failing.store(true, Ordering::SeqCst);
         let r = fetch(&mut c, "/sie", &[]);
         assert_eq!((r.status(), r.body_str(), x_cache(&r)), (200, "stale body".into(), "STALE".into()));
