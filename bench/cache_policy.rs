@@ -103,7 +103,7 @@ fn entry(key: u64) -> Entry {
     Entry {
         status: 200,
         head: Box::from(&b"HTTP/1.1 200 OK\r\n\r\n"[..]),
-        body: Rc::from(vec![0u8; body_size(key)]),
+        body: vec![0u8; body_size(key)].into(),
         stored: Instant::now(),
         initial_age: 0,
         lifetime: u64::MAX,

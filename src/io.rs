@@ -150,23 +150,38 @@ pub async fn write_from<S: AsyncWriteRent>(
     }
 }
 
+/// Bytes whose heap storage stays at one address for as long as the value lives, moved or
+/// not: what a vectored write may point into while the runtime holds it. Sealed to the two
+/// owners the proxy writes from.
+pub trait StableBytes: AsRef<[u8]> + Unpin + 'static {}
+impl StableBytes for Vec<u8> {}
+/// A cache entry's body, shared with the store while it is written.
+impl StableBytes for std::rc::Rc<[u8]> {}
+
 /// Ranges of two owned buffers as one `writev`: a response head and the body bytes that
-/// arrived with it go out together without the body being copied behind the head (a 64 KiB
-/// body copied there cost 38 % of a shard's CPU, loadtest/results/2026-12-03-vm/headbody.md).
-struct TwoRanges {
-    bufs: [Vec<u8>; 2],
+/// arrived with it (or a cached body) go out together without the body being copied behind
+/// the head (a 64 KiB body copied there cost 38 % of a shard's CPU,
+/// loadtest/results/2026-12-03-vm/headbody.md).
+struct TwoRanges<B: StableBytes> {
+    head: Vec<u8>,
+    body: B,
     /// Heap-allocated so its address stays put while the runtime holds the value.
     iov: Box<[libc::iovec; 2]>,
 }
 
-impl TwoRanges {
-    fn new(bufs: [Vec<u8>; 2], ranges: [std::ops::Range<usize>; 2]) -> TwoRanges {
-        let iov = |b: &Vec<u8>, r: &std::ops::Range<usize>| libc::iovec {
+impl<B: StableBytes> TwoRanges<B> {
+    fn new(
+        head: Vec<u8>,
+        hr: std::ops::Range<usize>,
+        body: B,
+        br: std::ops::Range<usize>,
+    ) -> TwoRanges<B> {
+        let iov = |b: &[u8], r: std::ops::Range<usize>| libc::iovec {
             iov_base: b[r.clone()].as_ptr() as *mut libc::c_void,
             iov_len: r.len(),
         };
-        let iov = Box::new([iov(&bufs[0], &ranges[0]), iov(&bufs[1], &ranges[1])]);
-        TwoRanges { bufs, iov }
+        let iov = Box::new([iov(&head, hr), iov(body.as_ref(), br)]);
+        TwoRanges { head, body, iov }
     }
 
     fn remaining(&self) -> usize {
@@ -186,12 +201,13 @@ impl TwoRanges {
     }
 }
 
-// SAFETY: the iovecs point into the heap storage of `bufs`, which is neither resized nor
-// dropped while the value exists (the fields are private and only `advance` changes the
-// iovecs, within their ranges); the array itself is boxed, so its address does not change
-// when the value moves. Exercised by the unit test below and by every response whose body
-// arrives with its head (tests/proxy.rs, tests/tls.rs).
-unsafe impl monoio::buf::IoVecBuf for TwoRanges {
+// SAFETY: the iovecs point into the heap storage of `head` and `body`, which is neither
+// resized nor dropped while the value exists (the fields are private, only `advance` changes
+// the iovecs, within their ranges, and `StableBytes` owners keep their bytes at one address
+// when moved); the array itself is boxed, so its address does not change when the value
+// moves. Exercised by the unit tests below, by every response whose body arrives with its
+// head (tests/proxy.rs, tests/tls.rs) and by every cache hit with a body (tests/cache.rs).
+unsafe impl<B: StableBytes> monoio::buf::IoVecBuf for TwoRanges<B> {
     fn read_iovec_ptr(&self) -> *const libc::iovec {
         self.iov.as_ptr()
     }
@@ -199,6 +215,32 @@ unsafe impl monoio::buf::IoVecBuf for TwoRanges {
     fn read_iovec_len(&self) -> usize {
         2
     }
+}
+
+/// Writes `two`'s ranges completely; hands back the owners and the result.
+async fn write_two<S: AsyncWriteRent, B: StableBytes>(
+    stream: &mut S,
+    mut two: TwoRanges<B>,
+    dl: &mut Deadline,
+    timeout: Duration,
+) -> (Result<(), IoFail>, Option<(Vec<u8>, B)>) {
+    while two.remaining() > 0 {
+        let (r, back) = match dl.within(timeout, stream.writev(two)).await {
+            Ok(done) => done,
+            Err(Elapsed) => return (Err(IoFail::Timeout), None),
+        };
+        two = back;
+        match r {
+            Ok(0) => {
+                let e = Err(IoFail::Io(std::io::ErrorKind::WriteZero.into()));
+                return (e, Some((two.head, two.body)));
+            }
+            Ok(n) => two.advance(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (Err(IoFail::Io(e)), Some((two.head, two.body))),
+        }
+    }
+    (Ok(()), Some((two.head, two.body)))
 }
 
 /// Writes `a[ar]` then `b[br]` to `stream` with vectored writes, each wait bounded by
@@ -213,29 +255,31 @@ pub async fn write_two_from<S: AsyncWriteRent>(
     dl: &mut Deadline,
     timeout: Duration,
 ) -> Result<(), IoFail> {
-    let mut two = TwoRanges::new([std::mem::take(a), std::mem::take(b)], [ar, br]);
-    let mut res = Ok(());
-    while two.remaining() > 0 {
-        let (r, back) = match dl.within(timeout, stream.writev(two)).await {
-            Ok(done) => done,
-            Err(Elapsed) => return Err(IoFail::Timeout),
-        };
-        two = back;
-        match r {
-            Ok(0) => {
-                res = Err(IoFail::Io(std::io::ErrorKind::WriteZero.into()));
-                break;
-            }
-            Ok(n) => two.advance(n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                res = Err(IoFail::Io(e));
-                break;
-            }
-        }
+    let two = TwoRanges::new(std::mem::take(a), ar, std::mem::take(b), br);
+    let (res, back) = write_two(stream, two, dl, timeout).await;
+    if let Some((a_back, b_back)) = back {
+        (*a, *b) = (a_back, b_back);
     }
-    let [a_back, b_back] = two.bufs;
-    (*a, *b) = (a_back, b_back);
+    res
+}
+
+/// Writes `head[hr]` then all of a shared `body` (a cache entry's) with vectored writes, each
+/// wait bounded by `timeout`: the body goes from where the store keeps it to the socket with
+/// no copy in user space. `head` is handed back (emptied on a timeout).
+pub async fn write_head_and_shared<S: AsyncWriteRent>(
+    stream: &mut S,
+    head: &mut Vec<u8>,
+    hr: std::ops::Range<usize>,
+    body: std::rc::Rc<[u8]>,
+    dl: &mut Deadline,
+    timeout: Duration,
+) -> Result<(), IoFail> {
+    let n = body.len();
+    let two = TwoRanges::new(std::mem::take(head), hr, body, 0..n);
+    let (res, back) = write_two(stream, two, dl, timeout).await;
+    if let Some((h, _)) = back {
+        *head = h;
+    }
     res
 }
 
@@ -285,9 +329,10 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let head: Vec<u8> = (0..300u32).map(|i| (i % 251) as u8).collect();
         let body: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 253) as u8).collect();
-        let expected = [&head[7..290], &body[13..body.len() - 5]].concat();
+        let expected = [&head[7..290], &body[13..body.len() - 5], &head[..10], &body].concat();
         // 2 MiB through a socket whose buffers are far smaller: writev returns short and
-        // the ranges must be advanced across both iovecs.
+        // the ranges must be advanced across both iovecs; then a head and a shared body (a
+        // cache hit's) the same way.
         let reader = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             let mut got = Vec::new();
@@ -319,7 +364,13 @@ mod tests {
                 )
                 .await
                 .unwrap();
-                assert_eq!((a, b), (head, body), "the buffers come back unchanged");
+                assert_eq!((&a, &b), (&head, &body), "the buffers come back unchanged");
+                let shared: std::rc::Rc<[u8]> = body.clone().into();
+                let t = Duration::from_secs(20);
+                write_head_and_shared(&mut stream, &mut a, 0..10, shared, &mut dl, t)
+                    .await
+                    .unwrap();
+                assert_eq!(a, head, "the head comes back unchanged");
             });
         let got = reader.join().unwrap();
         assert_eq!(got.len(), expected.len());

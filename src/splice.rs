@@ -9,6 +9,8 @@
 //! encoder. The timer, wait bounds, written flag and minimum rate come from the caller's
 //! [`crate::relay::Leg`]: every wait goes through `ready`, and every byte moved is
 //! credited to the leg, so a slow client is held to the same rule as on the copying path.
+//! A cached body kept in the shard's body file goes to the client the same way, with
+//! `sendfile(2)` ([`send_file`]).
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -450,6 +452,54 @@ async fn splice_until_close(
     }
     out.clear();
     Ok(total)
+}
+
+/// Sends `head`, then `len` bytes of the file `file` from `off`, to the client socket `dst`
+/// with `sendfile(2)`: the file's pages go into the socket's buffers by reference, never
+/// through user space (a cached body in the shard's body file, [`crate::cache::body`]). The
+/// head goes with MSG_MORE, so TCP sends it in one segment train with the body.
+pub async fn send_file(
+    dst: &TcpStream,
+    head: &[u8],
+    file: RawFd,
+    mut off: u64,
+    len: usize,
+    leg: &mut Leg<'_>,
+) -> Result<(), RelayError> {
+    set_nonblocking(dst).map_err(|e| RelayError::Write(IoFail::Io(e)))?;
+    send_all(dst, head, len > 0, leg).await?;
+    let dst_fd = dst.as_raw_fd();
+    let mut left = len;
+    while left > 0 {
+        let mut at = off as libc::off_t;
+        // SAFETY: sendfile(2) between a socket `dst` keeps open and a file the caller keeps
+        // open for the call; it reads and advances the offset in a live local. Exercised by
+        // tests/cache_file.rs on both engines.
+        let n = unsafe { libc::sendfile(dst_fd, file, &mut at, left) };
+        if n > 0 {
+            let n = n as usize;
+            off += n as u64;
+            left -= n;
+            leg.moved(Side::Dst, n);
+            continue;
+        }
+        let e = if n == 0 {
+            // The file is shorter than the body: never, unless it was truncated.
+            std::io::ErrorKind::UnexpectedEof.into()
+        } else {
+            std::io::Error::last_os_error()
+        };
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if !would_block(&e) {
+            return Err(RelayError::Write(IoFail::Io(e)));
+        }
+        // The head may be held back by MSG_MORE: out with it before waiting.
+        push(dst_fd).map_err(|e| RelayError::Write(IoFail::Io(e)))?;
+        ready(dst, Side::Dst, leg).await?;
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to the non-blocking socket `dst` completely, waiting for writability;

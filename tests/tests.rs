@@ -9,6 +9,7 @@ mod auth;
 mod balancing;
 mod bodies;
 mod cache;
+mod cache_file;
 mod cache_revalidate;
 mod check;
 mod compress;

@@ -10,7 +10,8 @@
 //! shards a key may be stored (and fetched) up to N times, and each shard holds up to the
 //! route's `size`. Concurrent misses for one key on one shard collapse into one upstream
 //! fetch: the first registers the key as in flight, the others wait for it to finish.
-//! The rules (RFC 9111) are in [`policy`].
+//! The rules (RFC 9111) are in [`policy`]. Bodies from 32 KiB are kept in the shard's body
+//! file and sent from it without a copy ([`body`]).
 //!
 //! A stale entry is kept while it has a validator or a stale window
 //! ([`policy::usable`]). Within `stale-while-revalidate` it is served at once (`X-Cache:
@@ -21,6 +22,7 @@
 //! collapse like misses.
 
 pub mod admission;
+pub mod body;
 pub mod policy;
 pub mod refresh;
 pub mod revalidate;
@@ -74,6 +76,8 @@ pub struct ShardCache {
     pub revalidations_not_modified: Cell<u64>,
     pub revalidations_replaced: Cell<u64>,
     pub revalidations_failed: Cell<u64>,
+    /// The shard's file for large bodies ([`body`]).
+    pub bodies: body::BodyFile,
 }
 
 /// What `POST /cache/purge` removes.
@@ -710,7 +714,7 @@ impl Fill<'_> {
         let entry = Entry {
             status: a.status,
             head: a.head,
-            body: tee.body.into(),
+            body: self.cache.bodies.store(tee.body),
             stored: a.at,
             initial_age: a.initial_age,
             lifetime: a.lifetime,

@@ -8,16 +8,19 @@
 
 use std::time::Instant;
 
+use super::body::Body;
 use super::Hit;
 use crate::client::{Client, Outcome};
 use crate::forward::RequestFacts;
 use crate::http::canned::Canned;
 use crate::http::encode::{client_response_head, itoa_buf, OutFraming, Rewrite};
 use crate::http::parse::{parse_response, HeadLimits, Method, Parsed, ResponseHead};
-use crate::io::write_from;
+use crate::io::{write_from, write_head_and_shared, IoFail};
+use crate::relay::Leg;
 use crate::respond::{proxy_fields, respond_canned, response_vars};
 use crate::rules::Fields;
 use crate::shard::ShardCtx;
+use crate::splice::send_file;
 use crate::stats::add;
 use crate::trace::{RequestId, Trace};
 
@@ -86,13 +89,34 @@ pub async fn serve(
     let close = !facts.keep_alive || ctx.draining();
     let mut out = ctx.buffer();
     client_response_head(source, &head, framing, close, facts.minor, rw, &mut out);
-    if with_body {
-        out.extend_from_slice(&entry.body);
-    }
     let n = out.len();
     trace.status = Some(head.status);
     let t = cfg.timeouts.client_send;
-    match write_from(&mut client.stream, &mut out, 0, n, &mut client.deadline, t).await {
+    let (stream, dl) = (&mut client.stream, &mut client.deadline);
+    let written = match (&entry.body, stream.plain()) {
+        _ if !with_body => write_from(stream, &mut out, 0, n, dl, t).await,
+        // In memory: in one vectored write with the head, never copied behind it.
+        (Body::Memory(b), _) => {
+            write_head_and_shared(stream, &mut out, 0..n, b.clone(), dl, t).await
+        }
+        // In the body file, to a plain socket: sent by the kernel from the file's pages.
+        (Body::File(e), Some(sock)) => {
+            let mut sent = false;
+            let mut leg = Leg::response(dl, cfg, &mut sent);
+            send_file(sock, &out[..n], e.fd(), e.off, e.len, &mut leg)
+                .await
+                .map_err(|_| IoFail::Eof)
+        }
+        // To a TLS client: copied behind the head, then encrypted.
+        (Body::File(e), None) => match e.read_into(&mut out) {
+            Ok(()) => {
+                let all = out.len();
+                write_from(stream, &mut out, 0, all, dl, t).await
+            }
+            Err(e) => Err(IoFail::Io(e)),
+        },
+    };
+    match written {
         Ok(()) => {
             let body = if with_body {
                 entry.body.len() as u64

@@ -11,6 +11,7 @@ use std::time::Instant;
 use rustc_hash::FxHashMap;
 
 use super::admission::{self, Sketch};
+use super::body::Body;
 use crate::config::CachePolicy;
 
 /// Bytes charged per entry beyond its key, head and body: the maps' slots, the `Rc`s, the
@@ -23,8 +24,9 @@ pub struct Entry {
     pub status: u16,
     /// The backend's response head as received (re-parsed when served).
     pub head: Box<[u8]>,
-    /// The decoded body (shared with the entry a revalidation refreshes it into).
-    pub body: Rc<[u8]>,
+    /// The decoded body (shared with the entry a revalidation refreshes it into, and with
+    /// the hits writing it).
+    pub body: Body,
     /// When it was stored, for its resident time.
     pub stored: Instant,
     /// Its corrected initial age in seconds (RFC 9111 §4.2.3).
