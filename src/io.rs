@@ -151,12 +151,18 @@ pub async fn write_from<S: AsyncWriteRent>(
 }
 
 /// Bytes whose heap storage stays at one address for as long as the value lives, moved or
-/// not: what a vectored write may point into while the runtime holds it. Sealed to the two
-/// owners the proxy writes from.
-pub trait StableBytes: AsRef<[u8]> + Unpin + 'static {}
-impl StableBytes for Vec<u8> {}
-/// A cache entry's body, shared with the store while it is written.
-impl StableBytes for std::rc::Rc<[u8]> {}
+/// not: what a vectored write may point into while the runtime holds it.
+///
+/// # Safety
+/// `as_ref()` must return the same address and length for the value's whole life, however
+/// often it is moved, and nothing may write those bytes meanwhile.
+pub(crate) unsafe trait StableBytes: AsRef<[u8]> + Unpin + 'static {}
+// SAFETY: a Vec's bytes are on the heap; moving the Vec moves only its pointer, and
+// `TwoRanges` owns it privately, never resizing it.
+unsafe impl StableBytes for Vec<u8> {}
+// SAFETY: an `Rc<[u8]>`'s bytes are on the heap, immutable while shared (a cache entry's
+// body, shared with the store while it is written).
+unsafe impl StableBytes for std::rc::Rc<[u8]> {}
 
 /// Ranges of two owned buffers as one `writev`: a response head and the body bytes that
 /// arrived with it (or a cached body) go out together without the body being copied behind

@@ -16,7 +16,7 @@ use crate::http::canned::Canned;
 use crate::http::encode::{client_response_head, itoa_buf, OutFraming, Rewrite};
 use crate::http::parse::{parse_response, HeadLimits, Method, Parsed, ResponseHead};
 use crate::io::{write_from, write_head_and_shared, IoFail};
-use crate::relay::Leg;
+use crate::relay::{Leg, RelayError};
 use crate::respond::{proxy_fields, respond_canned, response_vars};
 use crate::rules::Fields;
 use crate::shard::ShardCtx;
@@ -105,7 +105,11 @@ pub async fn serve(
             let mut leg = Leg::response(dl, cfg, &mut sent);
             send_file(sock, &out[..n], e.fd(), e.off, e.len, &mut leg)
                 .await
-                .map_err(|_| IoFail::Eof)
+                .map_err(|e| match e {
+                    RelayError::Write(f) | RelayError::Read(f) => f,
+                    // Below `client_send_min_rate`: a slow reader, like a timeout.
+                    _ => IoFail::Timeout,
+                })
         }
         // To a TLS client: copied behind the head, then encrypted.
         (Body::File(e), None) => match e.read_into(&mut out) {

@@ -196,7 +196,7 @@ impl Store {
         replacing: bool,
     ) -> u64 {
         let size =
-            key.len() as u64 + entry.head.len() as u64 + entry.body.len() as u64 + ENTRY_OVERHEAD;
+            key.len() as u64 + entry.head.len() as u64 + entry.body.charge() + ENTRY_OVERHEAD;
         let replacing = self.remove(key) || replacing;
         if size > self.size {
             return 0;
