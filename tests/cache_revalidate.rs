@@ -113,6 +113,37 @@ both_engines! {
         origin.assert_no_errors();
     }
 
+    // What the client accepts narrows what the cache serves (RFC 9111 §5.2.1): a request's
+    // `min-fresh` beyond what an entry has left sends a conditional request (the 304
+    // refreshes it: REVALIDATED), one within it is a hit; a reload's `max-age=0` on an entry
+    // inside its stale-while-revalidate window is revalidated before the answer, never
+    // answered STALE.
+    fn request_max_age_and_min_fresh_are_honoured(engine) {
+        let origin = Origin::with_handler("o", |r| {
+            if r.header("If-None-Match").is_some() {
+                return response(304, &[("Cache-Control", "max-age=100, stale-while-revalidate=100"), ("ETag", "\"v1\"")], "");
+            }
+            let cc = if r.path() == "/swr" { "max-age=1, stale-while-revalidate=100" } else { "max-age=100" };
+            response(200, &[("Cache-Control", cc), ("ETag", "\"v1\"")], "body")
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        assert_eq!(x_cache(&fetch(&mut c, "/fresh", &[])), "MISS");
+        let r = fetch(&mut c, "/fresh", &[("Cache-Control", "min-fresh=10")]);
+        assert_eq!(x_cache(&r), "HIT");
+        let r = fetch(&mut c, "/fresh", &[("Cache-Control", "min-fresh=500")]);
+        assert_eq!((r.body_str(), x_cache(&r)), ("body".into(), "REVALIDATED".into()));
+        assert_eq!(origin.requests()[1].header_all("If-None-Match"), vec!["\"v1\""]);
+        assert_eq!(x_cache(&fetch(&mut c, "/swr", &[])), "MISS");
+        let stored = Instant::now();
+        // max-age=1: certainly stale 2.2 s after the store, well inside the 100 s window.
+        wait_until(stored + Duration::from_millis(2200));
+        let r = fetch(&mut c, "/swr", &[("Cache-Control", "max-age=0")]);
+        assert_eq!((r.body_str(), x_cache(&r)), ("body".into(), "REVALIDATED".into()));
+        assert_eq!(origin.request_count(), 4, "revalidated before the answer");
+        origin.assert_no_errors();
+    }
+
     // A stale entry with only a Last-Modified is revalidated with If-Modified-Since; the
     // backend's 200 replaces it (body and freshness), and the new one is then a hit.
     fn a_200_on_revalidation_replaces_the_entry(engine) {

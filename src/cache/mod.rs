@@ -232,7 +232,7 @@ pub async fn lookup<'a>(
     let mut waited = false;
     let mut stale: Option<Found>;
     loop {
-        stale = match find(cache, route, cfg, &fill.key, req) {
+        stale = match find(cache, route, cfg, &fill.key, req, &rules) {
             Some(f) if f.usable == Usable::Fresh => {
                 ShardCache::bump(&cache.hits);
                 // Counted: the fill drops unused.
@@ -371,13 +371,15 @@ fn answers_304<'h>(
 }
 
 /// The entry for the request, if the store has one it may use: fresh, or stale with a
-/// validator or within a stale window (capped by `cfg`). Another stale one is removed.
+/// validator or within a stale window (capped by `cfg`), as the request's `max-age` and
+/// `min-fresh` allow ([`policy::for_request`]). Another stale one is removed.
 fn find(
     cache: &ShardCache,
     route: &str,
     cfg: &CacheConfig,
     url: &[u8],
     req: &Request<'_>,
+    rules: &RequestRules,
 ) -> Option<Found> {
     let mut stores = cache.stores.borrow_mut();
     let store = stores.get_mut(route)?;
@@ -386,15 +388,13 @@ fn find(
     let mut key = url.to_vec();
     policy::vary_key(&names, req.fields(), &mut key);
     let entry = store.get(&key)?;
-    let usable = policy::usable(
-        entry.age(Instant::now()),
-        entry.lifetime,
-        windows(&entry, cfg),
-    );
+    let age = entry.age(Instant::now());
+    let usable = policy::usable(age, entry.lifetime, windows(&entry, cfg));
     if usable == (Usable::Stale { if_error: false }) && !entry.has_validator() {
         store.remove(&key);
         return None;
     }
+    let usable = policy::for_request(usable, age, entry.lifetime, rules);
     Some(Found { entry, key, usable })
 }
 

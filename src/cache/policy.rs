@@ -19,6 +19,8 @@ pub struct Directives {
     /// served while it is revalidated, or when revalidating it fails.
     pub stale_while_revalidate: Option<u64>,
     pub stale_if_error: Option<u64>,
+    /// A request's `min-fresh` (RFC 9111 §5.2.1.3).
+    pub min_fresh: Option<u64>,
 }
 
 impl Directives {
@@ -57,6 +59,8 @@ impl Directives {
                 self.stale_while_revalidate = Some(arg.map_or(0, delta_seconds));
             } else if is("stale-if-error") {
                 self.stale_if_error = Some(arg.map_or(0, delta_seconds));
+            } else if is("min-fresh") {
+                self.min_fresh = Some(arg.map_or(0, delta_seconds));
             }
         }
     }
@@ -87,6 +91,10 @@ pub struct RequestRules {
     pub bypass: bool,
     /// `Authorization` present: stored only when the response says `public` or `s-maxage`.
     pub authorization: bool,
+    /// The request's `max-age` and `min-fresh` (RFC 9111 §5.2.1.1, §5.2.1.3): the oldest
+    /// response, and the least freshness left, the client accepts ([`for_request`]).
+    pub max_age: Option<u64>,
+    pub min_fresh: Option<u64>,
 }
 
 /// The request's cache rules from its fields (name, value).
@@ -108,6 +116,8 @@ pub fn request_rules<'h>(fields: impl Iterator<Item = (&'h [u8], &'h [u8])>) -> 
     RequestRules {
         bypass: d.no_store || d.no_cache || (!cc && pragma),
         authorization,
+        max_age: d.max_age,
+        min_fresh: d.min_fresh,
     }
 }
 
@@ -259,6 +269,30 @@ pub fn usable(age: u64, lifetime: u64, (while_revalidate, if_error): (u64, u64))
         Usable::WhileRevalidate { if_error }
     } else {
         Usable::Stale { if_error }
+    }
+}
+
+/// `u`, an entry's own verdict at `age` with freshness `lifetime`, narrowed by what the
+/// request accepts: with a request `max-age` or `min-fresh` (a browser's reload sends
+/// `max-age=0`), an entry older than `max-age` or with less than `min-fresh` seconds of
+/// freshness left is revalidated before use, and a stale entry is never served at once
+/// while it is revalidated (§5.2.1.1: without `max-stale` the client "does not wish to
+/// receive a stale response"); its `stale-if-error` window still applies when revalidating
+/// fails. `max-stale` is not honoured (a cache need not serve stale).
+pub fn for_request(u: Usable, age: u64, lifetime: u64, req: &RequestRules) -> Usable {
+    if req.max_age.is_none() && req.min_fresh.is_none() {
+        return u;
+    }
+    let too_old = req.max_age.is_some_and(|m| age > m);
+    let too_close = req
+        .min_fresh
+        .is_some_and(|f| lifetime.saturating_sub(age) < f);
+    match u {
+        Usable::Fresh if !too_old && !too_close => Usable::Fresh,
+        Usable::Fresh => Usable::Stale { if_error: false },
+        Usable::WhileRevalidate { if_error } | Usable::Stale { if_error } => {
+            Usable::Stale { if_error }
+        }
     }
 }
 
@@ -480,6 +514,55 @@ mod tests {
         assert!(!rules(&[("Pragma", "no-cache"), ("Cache-Control", "max-age=5")]).bypass);
         assert!(!rules(&[("Accept", "*/*")]).bypass);
         assert!(rules(&[("authorization", "Basic x")]).authorization);
+        let r = rules(&[
+            ("Cache-Control", "max-age=0"),
+            ("Cache-Control", "min-fresh=\"7\""),
+        ]);
+        assert_eq!(
+            (r.bypass, r.max_age, r.min_fresh),
+            (false, Some(0), Some(7))
+        );
+    }
+
+    #[test]
+    fn request_max_age_and_min_fresh_narrow_what_is_used() {
+        let req = |max_age, min_fresh| RequestRules {
+            max_age,
+            min_fresh,
+            ..Default::default()
+        };
+        let swr = Usable::WhileRevalidate { if_error: true };
+        let stale = |if_error| Usable::Stale { if_error };
+        // Nothing asked: the entry's own verdict.
+        assert_eq!(for_request(swr, 12, 10, &req(None, None)), swr);
+        // A reload (max-age=0): a fresh entry of age 0 is fine, one of age 1 is revalidated,
+        // a stale one is not served while revalidating but keeps its stale-if-error.
+        assert_eq!(
+            for_request(Usable::Fresh, 0, 10, &req(Some(0), None)),
+            Usable::Fresh
+        );
+        assert_eq!(
+            for_request(Usable::Fresh, 1, 10, &req(Some(0), None)),
+            stale(false)
+        );
+        assert_eq!(for_request(swr, 12, 10, &req(Some(0), None)), stale(true));
+        assert_eq!(
+            for_request(Usable::Fresh, 5, 10, &req(Some(5), None)),
+            Usable::Fresh
+        );
+        // min-fresh: at least that much freshness left.
+        assert_eq!(
+            for_request(Usable::Fresh, 5, 10, &req(None, Some(5))),
+            Usable::Fresh
+        );
+        assert_eq!(
+            for_request(Usable::Fresh, 6, 10, &req(None, Some(5))),
+            stale(false)
+        );
+        assert_eq!(
+            for_request(stale(false), 30, 10, &req(None, Some(0))),
+            stale(false)
+        );
     }
 
     #[test]
