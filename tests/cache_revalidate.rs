@@ -144,6 +144,37 @@ both_engines! {
         origin.assert_no_errors();
     }
 
+    // A 304 whose fields would make the merged head too large to keep (120 new fields on a
+    // stored head of a few): the client gets the stored response as it was (the 304 says it
+    // is current), and the entry goes, so the next request fetches it again.
+    fn a_304_too_large_to_merge_answers_once_and_drops_the_entry(engine) {
+        let origin = Origin::with_handler("o", |r| {
+            if r.header("If-None-Match").is_some() {
+                let names: Vec<String> = (0..120).map(|i| format!("X-Extra-{i}")).collect();
+                let mut h: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+                h.push(("Cache-Control", "max-age=100"));
+                h.push(("ETag", "\"v1\""));
+                return response(304, &h, "");
+            }
+            response(200, &[("Cache-Control", "max-age=1"), ("ETag", "\"v1\"")], "original")
+        });
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", "cache = { size = \"1MiB\" }")
+            .limit("max_headers", "200")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        assert_eq!(x_cache(&fetch(&mut c, "/r", &[])), "MISS");
+        let stored = Instant::now();
+        wait_until(stored + Duration::from_millis(2200));
+        let r = fetch(&mut c, "/r", &[]);
+        assert_eq!((r.status(), r.body_str(), x_cache(&r)), (200, "original".into(), "REVALIDATED".into()));
+        assert_eq!(r.header("X-Extra-7"), None, "the stored head, not the merged one");
+        let r = fetch(&mut c, "/r", &[]);
+        assert_eq!((r.body_str(), x_cache(&r)), ("original".into(), "MISS".into()));
+        assert_eq!(origin.request_count(), 3);
+    }
+
     // A stale entry with only a Last-Modified is revalidated with If-Modified-Since; the
     // backend's 200 replaces it (body and freshness), and the new one is then a hit.
     fn a_200_on_revalidation_replaces_the_entry(engine) {

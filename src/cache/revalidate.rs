@@ -75,6 +75,12 @@ fn field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Limits for re-parsing heads the proxy already accepted once.
+/// The most fields and bytes a head merged from a stored one and a `304` may have to be
+/// stored: what [`super::serve`] parses at the least (its field limit is at least 100, its
+/// byte limit at least 16 KiB).
+const MERGED_MAX_FIELDS: usize = 100;
+const MERGED_MAX_BYTES: usize = 16 * 1024;
+
 fn limits(len: usize) -> HeadLimits {
     HeadLimits {
         max_header_bytes: len.max(16384),
@@ -176,7 +182,15 @@ impl Fill<'_> {
             &mut merged,
         );
         let now = unix_now();
-        let facts = policy::response_facts(merged_fields(&merged).iter().copied());
+        let merged_list = merged_fields(&merged);
+        if merged_list.len() > MERGED_MAX_FIELDS || merged.len() > MERGED_MAX_BYTES {
+            // Too large to keep (each part was within the head limits, together they need
+            // not be, and `serve` would refuse it on every hit): the stored response, which the
+            // 304 says is current, answers this once as it was, and the entry goes.
+            self.remove(&stale.key);
+            return self.refreshed(stale.entry);
+        }
+        let facts = policy::response_facts(merged_list.iter().copied());
         let initial_age = policy::initial_age(&sent, self.request_time, now);
         let merged: Rc<[u8]> = merged.into();
         let lifetime = match policy::storable(old.status, &facts, self.rules, now) {
@@ -214,7 +228,11 @@ impl Fill<'_> {
             // Refreshed, but no longer storable: answered once, then gone.
             self.remove(&stale.key);
         }
-        let entry = Rc::new(entry());
+        self.refreshed(Rc::new(entry()))
+    }
+
+    /// The answer to a revalidation that the backend's `304` confirmed: `entry`, counted.
+    fn refreshed(&mut self, entry: Rc<Entry>) -> NotModified {
         let c = self.cache;
         ShardCache::bump(&c.revalidations_not_modified);
         self.verdict = Some(REVALIDATED);
