@@ -291,6 +291,31 @@ both_engines! {
         origin.assert_no_errors();
     }
 
+    // The stale-if-error window is checked when the backend fails, not only when the request
+    // found the entry: a revalidation that starts inside the window (age 2-3 of
+    // max-age=2, stale-if-error=2) and fails after it (the backend answers 503 at age 4 or
+    // more) relays the 503, not the stale entry.
+    fn stale_if_error_ends_with_its_window_not_at_the_lookup(engine) {
+        let stored: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+        let s = stored.clone();
+        let origin = Origin::with_handler("o", move |r| {
+            if r.header("If-None-Match").is_some() {
+                let t = s.lock().unwrap().expect("stored");
+                wait_until(t + Duration::from_millis(4500));
+                return response(503, &[], "down");
+            }
+            response(200, &[("Cache-Control", "max-age=2, stale-if-error=2"), ("ETag", "\"e\"")], "stale body")
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        assert_eq!(x_cache(&fetch(&mut c, "/sie", &[])), "MISS");
+        let t = Instant::now();
+        *stored.lock().unwrap() = Some(t);
+        wait_until(t + Duration::from_millis(2200));
+        let r = fetch(&mut c, "/sie", &[]);
+        assert_eq!((r.status(), r.body_str()), (503, "down".into()), "{}", r.head.raw);
+    }
+
     // Within stale-if-error a stale entry is served (X-Cache: STALE) when its revalidation
     // gets a 5xx, and when the backend is gone; an entry without the window (or on a route
     // that caps it to 0) gets the error as before: the 503 relayed, then the proxy's own.

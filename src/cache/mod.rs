@@ -398,6 +398,16 @@ fn find(
     Some(Found { entry, key, usable })
 }
 
+/// `entry` may be served now because its backend failed: stale within its `stale-if-error`
+/// window (or still fresh).
+fn within_if_error(entry: &Entry, cfg: &CacheConfig) -> bool {
+    let age = entry.age(Instant::now());
+    !matches!(
+        policy::usable(age, entry.lifetime, windows(entry, cfg)),
+        Usable::WhileRevalidate { if_error: false } | Usable::Stale { if_error: false }
+    )
+}
+
 /// An entry's stale windows within the route's caps.
 fn windows(entry: &Entry, cfg: &CacheConfig) -> (u64, u64) {
     (

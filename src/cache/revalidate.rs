@@ -265,7 +265,9 @@ impl Fill<'_> {
         let stale = self.stale.take()?;
         let c = self.cache;
         ShardCache::bump(&c.revalidations_failed);
-        if !stale.if_error {
+        // Within the window when the request looked (`if_error`) and still now: the backend
+        // may have taken up to its timeout to fail.
+        if !stale.if_error || !super::within_if_error(&stale.entry, &self.cfg) {
             return None;
         }
         self.verdict = Some(STALE);
