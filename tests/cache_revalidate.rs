@@ -123,7 +123,7 @@ both_engines! {
             if r.header("If-None-Match").is_some() {
                 return response(304, &[("Cache-Control", "max-age=100, stale-while-revalidate=100"), ("ETag", "\"v1\"")], "");
             }
-            let cc = if r.path() == "/swr" { "max-age=1, stale-while-revalidate=100" } else { "max-age=100" };
+            let cc = if r.path() == "/swr" { "max-age=2, stale-while-revalidate=100" } else { "max-age=100" };
             response(200, &[("Cache-Control", cc), ("ETag", "\"v1\"")], "body")
         });
         let proxy = cached(&origin, "", engine);
@@ -136,7 +136,8 @@ both_engines! {
         assert_eq!(origin.requests()[1].header_all("If-None-Match"), vec!["\"v1\""]);
         assert_eq!(x_cache(&fetch(&mut c, "/swr", &[])), "MISS");
         let stored = Instant::now();
-        // max-age=1: certainly stale 2.2 s after the store, well inside the 100 s window.
+        // max-age=2 (a MISS crossing a second may start at age 1): certainly stale 2.2 s
+        // after the store, well inside the 100 s window.
         wait_until(stored + Duration::from_millis(2200));
         let r = fetch(&mut c, "/swr", &[("Cache-Control", "max-age=0")]);
         assert_eq!((r.body_str(), x_cache(&r)), ("body".into(), "REVALIDATED".into()));
@@ -156,7 +157,7 @@ both_engines! {
                 h.push(("ETag", "\"v1\""));
                 return response(304, &h, "");
             }
-            response(200, &[("Cache-Control", "max-age=1"), ("ETag", "\"v1\"")], "original")
+            response(200, &[("Cache-Control", "max-age=2"), ("ETag", "\"v1\"")], "original")
         });
         let proxy = Config::new()
             .upstream("main", &[origin.addr()])
@@ -170,9 +171,34 @@ both_engines! {
         let r = fetch(&mut c, "/r", &[]);
         assert_eq!((r.status(), r.body_str(), x_cache(&r)), (200, "original".into(), "REVALIDATED".into()));
         assert_eq!(r.header("X-Extra-7"), None, "the stored head, not the merged one");
+        let age: u64 = r.header("Age").expect("an Age").parse().unwrap();
+        assert!(age <= 1, "aged from the 304, not the stale entry's age: {age}");
         let r = fetch(&mut c, "/r", &[]);
         assert_eq!((r.body_str(), x_cache(&r)), ("original".into(), "MISS".into()));
         assert_eq!(origin.request_count(), 3);
+    }
+
+    // An entry fresh by its own lifetime but refused by a request's min-fresh, without a
+    // validator, is fetched again unconditionally; when that response is not stored
+    // (no-store), the entry is still there for the next plain request (a HIT, not a MISS).
+    fn a_fresh_entry_refused_by_one_request_stays_until_replaced(engine) {
+        let n = Arc::new(AtomicUsize::new(0));
+        let seen = n.clone();
+        let origin = Origin::with_handler("o", move |_| {
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                response(200, &[("Cache-Control", "max-age=100")], "v1")
+            } else {
+                response(200, &[("Cache-Control", "no-store")], "v2")
+            }
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        assert_eq!(x_cache(&fetch(&mut c, "/nv", &[])), "MISS");
+        let r = fetch(&mut c, "/nv", &[("Cache-Control", "min-fresh=500")]);
+        assert_eq!(r.body_str(), "v2", "fetched again for this client");
+        let r = fetch(&mut c, "/nv", &[]);
+        assert_eq!((r.body_str(), x_cache(&r)), ("v1".into(), "HIT".into()));
+        assert_eq!(n.load(Ordering::SeqCst), 2);
     }
 
     // A stale entry with only a Last-Modified is revalidated with If-Modified-Since; the

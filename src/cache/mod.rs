@@ -173,6 +173,8 @@ struct Found {
     /// Its whole key (URL and `Vary` part).
     key: Vec<u8>,
     usable: Usable,
+    /// Fresh by its own lifetime: only the request's `max-age` / `min-fresh` refused it.
+    fresh: bool,
 }
 
 /// The stale entry a fill revalidates or falls back to.
@@ -181,6 +183,9 @@ pub struct Stale {
     pub key: Vec<u8>,
     /// Within `stale-if-error`: served when the backend fails.
     pub if_error: bool,
+    /// Fresh by its own lifetime, refused only by the request's `max-age` / `min-fresh`: a new
+    /// response replaces it only once that is stored (other requests keep hitting it).
+    pub fresh: bool,
 }
 
 /// Requests of one shard that may wait on one key's fetch; more go to the backend.
@@ -306,6 +311,7 @@ pub async fn lookup<'a>(
             entry: f.entry,
             key: f.key,
             if_error,
+            fresh: f.fresh,
         };
         (st, while_revalidate)
     });
@@ -394,8 +400,14 @@ fn find(
         store.remove(&key);
         return None;
     }
+    let fresh = usable == Usable::Fresh;
     let usable = policy::for_request(usable, age, entry.lifetime, rules);
-    Some(Found { entry, key, usable })
+    Some(Found {
+        entry,
+        key,
+        usable,
+        fresh,
+    })
 }
 
 /// `entry` may be served now because its backend failed: stale within its `stale-if-error`
@@ -561,9 +573,13 @@ impl Fill<'_> {
             // A new response (not the 304 or the 5xx [`settle`] takes): it replaces the
             // stale entry, stored or not.
             if self.store && head.status < 500 {
-                self.remove(&stale.key);
+                // A fresh entry stays until the new response is stored over it (it may not
+                // be: a client gone mid-body, a body over `max_object`, compression).
+                if !stale.fresh {
+                    self.remove(&stale.key);
+                    ShardCache::bump(&self.cache.revalidations_replaced);
+                }
                 self.replaces = true;
-                ShardCache::bump(&self.cache.revalidations_replaced);
             } else {
                 self.stale = Some(stale);
             }

@@ -74,13 +74,13 @@ fn field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Limits for re-parsing heads the proxy already accepted once.
 /// The most fields and bytes a head merged from a stored one and a `304` may have to be
-/// stored: what [`super::serve`] parses at the least (its field limit is at least 100, its
-/// byte limit at least 16 KiB).
+/// stored: at most the fields [`super::serve`] always parses (its limit is `max_headers`, at
+/// least 100), and a bound on the memory a refresh can add.
 const MERGED_MAX_FIELDS: usize = 100;
-const MERGED_MAX_BYTES: usize = 16 * 1024;
+const MERGED_MAX_BYTES: usize = 64 * 1024;
 
+/// Limits for re-parsing heads the proxy already accepted once.
 fn limits(len: usize) -> HeadLimits {
     HeadLimits {
         max_header_bytes: len.max(16384),
@@ -185,10 +185,18 @@ impl Fill<'_> {
         let merged_list = merged_fields(&merged);
         if merged_list.len() > MERGED_MAX_FIELDS || merged.len() > MERGED_MAX_BYTES {
             // Too large to keep (each part was within the head limits, together they need
-            // not be, and `serve` would refuse it on every hit): the stored response, which the
-            // 304 says is current, answers this once as it was, and the entry goes.
+            // not be): the stored response, which the 304 says is current, answers this once
+            // with its own head, aged from the 304, and the entry goes.
             self.remove(&stale.key);
-            return self.refreshed(stale.entry);
+            let once = Entry {
+                head: old.head.clone(),
+                body: old.body.clone(),
+                stored: Instant::now(),
+                initial_age: policy::initial_age(&sent, self.request_time, now),
+                etag: old.etag.clone(),
+                ..**old
+            };
+            return self.refreshed(Rc::new(once));
         }
         let facts = policy::response_facts(merged_list.iter().copied());
         let initial_age = policy::initial_age(&sent, self.request_time, now);
