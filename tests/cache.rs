@@ -1,7 +1,8 @@
 //! The per-route response cache (issue 18, first step), with a real client and a backend
 //! that answers with chosen headers: hits never reach the backend, what RFC 9111 forbids is
 //! not stored, `Vary` variants, `HEAD` and conditional requests from the cache, expiry, the
-//! size bound, the admission policy, purge, collapsed misses, and the `X-Cache` values.
+//! size bound, the admission policy, purge, collapsed misses, the memory bound on responses
+//! being stored, and the `X-Cache` values.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -445,4 +446,127 @@ both_engines! {
         assert_eq!(results.iter().filter(|x| *x == "MISS").count(), 1);
         assert_eq!(results.iter().filter(|x| *x == "HIT").count(), 99);
     }
+
+    // `fill_memory` bounds what a route's responses being stored hold at once on a shard.
+    // Two 40 KiB responses are relayed together: each client reads the first 30 KiB (so the
+    // proxy holds 60 KiB of the two), then the backend sends both remainders. 64 KiB cannot
+    // hold both whole: exactly one is stored (the other relayed whole all the same), and the
+    // next requests get one HIT and one MISS.
+    fn responses_being_stored_are_held_to_fill_memory(engine) {
+        let (first, total) = (30 * 1024, 40 * 1024);
+        let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = backend.local_addr().unwrap();
+        let go = Arc::new((Mutex::new(false), Condvar::new()));
+        let staged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (g, st) = (go.clone(), staged.clone());
+        std::thread::spawn(move || {
+            for conn in backend.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let (g, st) = (g.clone(), st.clone());
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    let body = pattern_body(total);
+                    while read_head_bytes(&mut conn).is_ok() {
+                        let head = format!("HTTP/1.1 200 OK\r\nCache-Control: max-age=100\r\nContent-Length: {total}\r\n\r\n");
+                        if conn.write_all(head.as_bytes()).is_err() {
+                            return;
+                        }
+                        if st.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                            // The first two responses: the first part, then the rest on `go`.
+                            let _ = conn.write_all(&body[..first]);
+                            let (lock, cv) = &*g;
+                            let mut started = lock.lock().unwrap();
+                            while !*started {
+                                started = cv.wait(started).unwrap();
+                            }
+                            drop(started);
+                            let _ = conn.write_all(&body[first..]);
+                        } else {
+                            let _ = conn.write_all(&body);
+                        }
+                    }
+                });
+            }
+        });
+        let proxy = Config::new()
+            .upstream("main", &[addr])
+            .route("main", "cache = { size = \"1MiB\", max_object = \"40KiB\", fill_memory = \"64KiB\" }")
+            .start(engine);
+        use std::io::{Read, Write};
+        let mut clients: Vec<std::net::TcpStream> = ["/a", "/b"]
+            .iter()
+            .map(|p| {
+                let mut c = std::net::TcpStream::connect(proxy.addr()).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                c.write_all(&request("GET", p, &[("Host", "example.com")], b"")).unwrap();
+                let head = String::from_utf8(read_head_bytes(&mut c).expect("a head")).unwrap();
+                assert!(head.contains("X-Cache: MISS"), "{head}");
+                c
+            })
+            .collect();
+        // The proxy tees each piece before writing it: once a client has the first part, the
+        // proxy holds it.
+        let mut parts = Vec::new();
+        for c in clients.iter_mut() {
+            let mut got = vec![0; first];
+            c.read_exact(&mut got).unwrap();
+            parts.push(got);
+        }
+        {
+            let (lock, cv) = &*go;
+            *lock.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        let want = pattern_body(total);
+        for (c, mut got) in clients.iter_mut().zip(parts) {
+            got.resize(total, 0);
+            c.read_exact(&mut got[first..]).unwrap();
+            assert!(got == want, "relayed whole whether stored or not");
+        }
+        let mut c = Client::connect(proxy.addr());
+        let seen: Vec<String> = ["/a", "/b"]
+            .iter()
+            .map(|p| {
+                let r = fetch(&mut c, "GET", p, &[]);
+                assert!(r.body == want);
+                x_cache(&r)
+            })
+            .collect();
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["HIT", "MISS"], "exactly one was stored: {seen:?}");
+    }
+}
+
+/// A route's cache settings that contradict each other are refused by `check`, naming the
+/// field and why.
+#[test]
+fn cache_settings_that_contradict_are_refused() {
+    let cfg = |cache: &str| {
+        Config::new()
+            .upstream("main", &["127.0.0.1:9".parse().unwrap()])
+            .route("main", &format!("cache = {{ {cache} }}"))
+            .render()
+    };
+    let bad = [
+        (
+            "size = \"1MiB\", max_object = \"2MiB\"",
+            "cache.max_object",
+            "larger than cache.size",
+        ),
+        (
+            "max_object = \"1MiB\", fill_memory = \"512KiB\"",
+            "cache.fill_memory",
+            "smaller than cache.max_object",
+        ),
+        ("policy = \"lfu\"", "cache.policy", "unknown policy"),
+    ];
+    for (raw, key, words) in bad {
+        expect_check_error_in(&cfg(raw), key, &[words]);
+    }
+}
+
+/// `len` bytes that change every position.
+fn pattern_body(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
 }

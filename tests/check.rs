@@ -90,7 +90,7 @@ upstream = "api"
 redirect = { status = 301, to = "https://www.example.com${path}", query = false }
 
 [[route]]
-cache = { size = "64MiB", max_object = "1MiB", policy = "tinylfu", stale_while_revalidate_max = "1h", stale_if_error_max = "1d", background_revalidations = 16 }
+cache = { size = "64MiB", max_object = "1MiB", policy = "tinylfu", stale_while_revalidate_max = "1h", stale_if_error_max = "1d", background_revalidations = 16, fill_memory = "4MiB" }
 upstream = "web"
 
 [[upstream]]

@@ -28,6 +28,7 @@ pub mod refresh;
 pub mod revalidate;
 pub mod serve;
 pub mod store;
+mod tee;
 
 use std::cell::{Cell, RefCell};
 use std::ops::{Deref, DerefMut};
@@ -41,6 +42,7 @@ use crate::config::CacheConfig;
 use crate::http::parse::{BodyFraming, Method, RequestHead, ResponseHead};
 use policy::{RequestRules, Storable, Usable};
 use store::{Entry, Store};
+pub use tee::Tee;
 
 pub use revalidate::{settle, NotModified, Settled};
 pub use serve::serve;
@@ -428,30 +430,6 @@ fn windows(entry: &Entry, cfg: &CacheConfig) -> (u64, u64) {
     )
 }
 
-/// A response body as it is relayed, decoded, kept while it fits `max` bytes.
-pub struct Tee {
-    pub body: Vec<u8>,
-    max: usize,
-    /// More than `max` bytes came: nothing is kept.
-    pub overflow: bool,
-}
-
-impl Tee {
-    /// Keeps `data` (the next piece of the decoded body).
-    #[inline]
-    pub fn push(&mut self, data: &[u8]) {
-        if self.overflow {
-            return;
-        }
-        if self.body.len() + data.len() > self.max {
-            self.overflow = true;
-            self.body = Vec::new();
-        } else {
-            self.body.extend_from_slice(data);
-        }
-    }
-}
-
 /// A request field kept for the `Vary` part of the key: (name, value).
 type Field = (Box<[u8]>, Box<[u8]>);
 
@@ -689,11 +667,19 @@ impl Fill<'_> {
             etag: facts.etag,
             last_modified: facts.last_modified,
         });
-        self.tee = Some(Tee {
-            body: Vec::new(),
-            max: usize::try_from(max).unwrap_or(usize::MAX),
-            overflow: false,
-        });
+        let held = self
+            .cache
+            .stores
+            .borrow_mut()
+            .entry(self.route.clone())
+            .or_insert_with(|| Store::new(self.cfg.size, self.cfg.policy))
+            .teeing
+            .clone();
+        self.tee = Some(Tee::new(
+            usize::try_from(max).unwrap_or(usize::MAX),
+            held,
+            self.cfg.fill_memory,
+        ));
         true
     }
 
@@ -728,7 +714,7 @@ impl Fill<'_> {
 
     /// [`Fill::finish`], for a fill that is kept.
     fn keep(&mut self, complete: bool) {
-        let (Some(a), Some(tee)) = (self.admitted.take(), self.tee.take()) else {
+        let (Some(a), Some(mut tee)) = (self.admitted.take(), self.tee.take()) else {
             return;
         };
         if !complete || tee.overflow {
@@ -740,7 +726,7 @@ impl Fill<'_> {
         let entry = Entry {
             status: a.status,
             head: a.head,
-            body: self.cache.bodies.store(tee.body),
+            body: self.cache.bodies.store(tee.take()),
             stored: a.at,
             initial_age: a.initial_age,
             lifetime: a.lifetime,

@@ -89,6 +89,9 @@ pub struct Store {
     pub rejected: u64,
     /// Background revalidations of this route's entries in flight on this shard.
     pub background: usize,
+    /// Bytes held by this route's responses being stored on this shard ([`super::Tee`]),
+    /// within `cache.fill_memory`.
+    pub teeing: Rc<std::cell::Cell<u64>>,
 }
 
 impl Store {
@@ -104,6 +107,7 @@ impl Store {
                 .then(|| Sketch::new(admission::width_for(size))),
             rejected: 0,
             background: 0,
+            teeing: Rc::default(),
         }
     }
 

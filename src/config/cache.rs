@@ -1,6 +1,6 @@
 //! Config for the response cache of stage 5½ (between *route* and *forward*): a route's
 //! `cache = { size, max_object, policy, stale_while_revalidate_max, stale_if_error_max,
-//! background_revalidations }`, checked into [`CacheConfig`]; used by [`crate::cache`].
+//! background_revalidations, fill_memory }`, checked into [`CacheConfig`]; used by [`crate::cache`].
 
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ pub(super) struct RawCache {
     stale_while_revalidate_max: Option<String>,
     stale_if_error_max: Option<String>,
     background_revalidations: Option<usize>,
+    fill_memory: Option<Size>,
 }
 
 /// Default `cache.size`: bytes one shard may hold for the route.
@@ -29,6 +30,8 @@ pub const DEFAULT_MAX_OBJECT: u64 = 8 << 20;
 pub const DEFAULT_STALE_WHILE_REVALIDATE_MAX: Duration = Duration::from_secs(3600);
 /// Default `cache.stale_if_error_max`: the longest `stale-if-error` window.
 pub const DEFAULT_STALE_IF_ERROR_MAX: Duration = Duration::from_secs(86_400);
+/// Default `cache.fill_memory`: 4 × `max_object`, at most `size` (at least `max_object`).
+pub const FILL_MEMORY_OBJECTS: u64 = 4;
 /// Default `cache.background_revalidations`: per shard, for the route.
 pub const DEFAULT_BACKGROUND_REVALIDATIONS: usize = 16;
 
@@ -46,6 +49,9 @@ pub struct CacheConfig {
     /// Background revalidations (`stale-while-revalidate`) in flight at once on one shard
     /// for the route; beyond them a stale request revalidates in the foreground.
     pub background_revalidations: usize,
+    /// Bytes the route's responses being stored (bodies relayed and kept until complete)
+    /// may hold at once on one shard; beyond it a response is relayed without being stored.
+    pub fill_memory: u64,
     pub policy: CachePolicy,
 }
 
@@ -109,6 +115,19 @@ pub(super) fn route_cache(
         raw.stale_if_error_max.as_ref(),
         DEFAULT_STALE_IF_ERROR_MAX,
     );
+    let fill_memory = c.size(
+        &format!("{path}.cache.fill_memory"),
+        raw.fill_memory.as_ref(),
+        (FILL_MEMORY_OBJECTS * max_object).min(size).max(max_object),
+        1,
+        1 << 40,
+    );
+    if fill_memory < max_object {
+        c.err(
+            format!("{path}.cache.fill_memory"),
+            format!("{fill_memory} is smaller than cache.max_object ({max_object}): such a response could never be stored"),
+        );
+    }
     let background_revalidations = c.count(
         &format!("{path}.cache.background_revalidations"),
         raw.background_revalidations,
@@ -122,6 +141,7 @@ pub(super) fn route_cache(
         stale_while_revalidate_max: swr,
         stale_if_error_max: sie,
         background_revalidations,
+        fill_memory,
         policy,
     }))
 }

@@ -1,0 +1,64 @@
+//! The response cache's tee, in *respond*: while a response that will be stored is relayed,
+//! `relay::relay_body` pushes each decoded piece of its body here; [`super::Fill`] stores the
+//! body once the relay completed. Bounded per response by `max_object` and per route and
+//! shard by `fill_memory`.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+/// A response body as it is relayed, decoded, kept while it fits `max` bytes and the route's
+/// `fill_memory` on this shard (what all its responses being stored hold at once).
+pub struct Tee {
+    body: Vec<u8>,
+    max: usize,
+    /// Bytes held by the route's tees on this shard (its store's `teeing`), and their cap.
+    held: Rc<Cell<u64>>,
+    held_max: u64,
+    /// More than `max` bytes came, or the route's tees would hold more than `fill_memory`:
+    /// nothing is kept.
+    pub overflow: bool,
+}
+
+impl Tee {
+    /// A tee keeping at most `max` bytes, counted in `held` (the route's store's `teeing`)
+    /// while all the route's tees on the shard stay within `held_max`.
+    pub(super) fn new(max: usize, held: Rc<Cell<u64>>, held_max: u64) -> Tee {
+        Tee {
+            body: Vec::new(),
+            max,
+            held,
+            held_max,
+            overflow: false,
+        }
+    }
+
+    /// Keeps `data` (the next piece of the decoded body).
+    #[inline]
+    pub fn push(&mut self, data: &[u8]) {
+        if self.overflow {
+            return;
+        }
+        let n = data.len() as u64;
+        if self.body.len() + data.len() > self.max || self.held.get() + n > self.held_max {
+            self.overflow = true;
+            self.take();
+        } else {
+            self.body.extend_from_slice(data);
+            self.held.set(self.held.get() + n);
+        }
+    }
+
+    /// The body kept so far, no longer counted against `fill_memory`.
+    pub(super) fn take(&mut self) -> Vec<u8> {
+        let body = std::mem::take(&mut self.body);
+        self.held
+            .set(self.held.get().saturating_sub(body.len() as u64));
+        body
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        self.take();
+    }
+}
