@@ -447,42 +447,57 @@ both_engines! {
         assert_eq!(results.iter().filter(|x| *x == "HIT").count(), 99);
     }
 
-    // `fill_memory` bounds what a route's responses being stored hold at once on a shard.
-    // Two 40 KiB responses are relayed together: each client reads the first 30 KiB (so the
-    // proxy holds 60 KiB of the two), then the backend sends both remainders. 64 KiB cannot
-    // hold both whole: exactly one is stored (the other relayed whole all the same), and the
-    // next requests get one HIT and one MISS.
+    // `fill_memory` (64 KiB here) bounds what a route's responses being stored hold at once
+    // on a shard. Two chunked 40 KiB responses are relayed together: each client reads the
+    // first 31 KiB (so the proxy holds ~62 KiB of the two), then the backend sends both
+    // remainders; both cannot be held whole, so exactly one is stored, and both are relayed
+    // whole. A response whose Content-Length does not fit beside what is held is not stored
+    // from its head on (BYPASS: it keeps the splice path).
     fn responses_being_stored_are_held_to_fill_memory(engine) {
-        let (first, total) = (30 * 1024, 40 * 1024);
+        use std::io::{Read, Write};
+        let (first, total) = (31 * 1024, 40 * 1024);
         let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = backend.local_addr().unwrap();
         let go = Arc::new((Mutex::new(false), Condvar::new()));
-        let staged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (g, st) = (go.clone(), staged.clone());
+        let g = go.clone();
         std::thread::spawn(move || {
             for conn in backend.incoming() {
                 let Ok(mut conn) = conn else { return };
-                let (g, st) = (g.clone(), st.clone());
+                let g = g.clone();
                 std::thread::spawn(move || {
-                    use std::io::Write;
                     let body = pattern_body(total);
-                    while read_head_bytes(&mut conn).is_ok() {
-                        let head = format!("HTTP/1.1 200 OK\r\nCache-Control: max-age=100\r\nContent-Length: {total}\r\n\r\n");
-                        if conn.write_all(head.as_bytes()).is_err() {
-                            return;
+                    let wait_go = || {
+                        let (lock, cv) = &*g;
+                        let mut started = lock.lock().unwrap();
+                        while !*started {
+                            started = cv.wait(started).unwrap();
                         }
-                        if st.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
-                            // The first two responses: the first part, then the rest on `go`.
-                            let _ = conn.write_all(&body[..first]);
-                            let (lock, cv) = &*g;
-                            let mut started = lock.lock().unwrap();
-                            while !*started {
-                                started = cv.wait(started).unwrap();
+                    };
+                    while let Ok(head) = read_head_bytes(&mut conn) {
+                        let head = String::from_utf8_lossy(&head).to_string();
+                        let cc = "HTTP/1.1 200 OK\r\nCache-Control: max-age=100\r\n";
+                        let staged = head.contains("staged") && !*g.0.lock().unwrap();
+                        let mut out = Vec::new();
+                        if head.starts_with("GET /chunked") {
+                            out.extend(format!("{cc}Transfer-Encoding: chunked\r\n\r\n{first:x}\r\n").bytes());
+                            out.extend_from_slice(&body[..first]);
+                            out.extend_from_slice(b"\r\n");
+                            if conn.write_all(&out).is_err() {
+                                return;
                             }
-                            drop(started);
-                            let _ = conn.write_all(&body[first..]);
+                            if staged {
+                                wait_go();
+                            }
+                            out.clear();
+                            out.extend(format!("{:x}\r\n", total - first).bytes());
+                            out.extend_from_slice(&body[first..]);
+                            out.extend_from_slice(b"\r\n0\r\n\r\n");
                         } else {
-                            let _ = conn.write_all(&body);
+                            out.extend(format!("{cc}Content-Length: {total}\r\n\r\n").bytes());
+                            out.extend_from_slice(&body);
+                        }
+                        if conn.write_all(&out).is_err() {
+                            return;
                         }
                     }
                 });
@@ -492,49 +507,61 @@ both_engines! {
             .upstream("main", &[addr])
             .route("main", "cache = { size = \"1MiB\", max_object = \"40KiB\", fill_memory = \"64KiB\" }")
             .start(engine);
-        use std::io::{Read, Write};
-        let mut clients: Vec<std::net::TcpStream> = ["/a", "/b"]
+        let ask = |path: &str, close: bool| {
+            let mut c = std::net::TcpStream::connect(proxy.addr()).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut h = vec![("Host", "example.com"), ("X-Note", "staged")];
+            if close {
+                h.push(("Connection", "close"));
+            }
+            c.write_all(&request("GET", path, &h, b"")).unwrap();
+            let head = String::from_utf8(read_head_bytes(&mut c).expect("a head")).unwrap();
+            (c, head)
+        };
+        let mut clients: Vec<std::net::TcpStream> = ["/chunked/a", "/chunked/b"]
             .iter()
             .map(|p| {
-                let mut c = std::net::TcpStream::connect(proxy.addr()).unwrap();
-                c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                c.write_all(&request("GET", p, &[("Host", "example.com")], b"")).unwrap();
-                let head = String::from_utf8(read_head_bytes(&mut c).expect("a head")).unwrap();
+                let (c, head) = ask(p, true);
                 assert!(head.contains("X-Cache: MISS"), "{head}");
                 c
             })
             .collect();
-        // The proxy tees each piece before writing it: once a client has the first part, the
-        // proxy holds it.
-        let mut parts = Vec::new();
+        // The proxy tees each piece before writing it: once a client has read (nearly) the
+        // first part, chunk framing included, the proxy holds at least that much of it.
+        let mut got = Vec::new();
         for c in clients.iter_mut() {
-            let mut got = vec![0; first];
-            c.read_exact(&mut got).unwrap();
-            parts.push(got);
+            let mut part = vec![0; first];
+            c.read_exact(&mut part).unwrap();
+            got.push(part);
         }
+        // 62 KiB held: a 40 KiB response with a length does not fit beside them.
+        let (mut c, head) = ask("/length", false);
+        assert!(head.contains("X-Cache: BYPASS"), "{head}");
+        let mut body = vec![0; total];
+        c.read_exact(&mut body).unwrap();
+        assert!(body == pattern_body(total));
         {
             let (lock, cv) = &*go;
             *lock.lock().unwrap() = true;
             cv.notify_all();
         }
-        let want = pattern_body(total);
-        for (c, mut got) in clients.iter_mut().zip(parts) {
-            got.resize(total, 0);
-            c.read_exact(&mut got[first..]).unwrap();
-            assert!(got == want, "relayed whole whether stored or not");
+        for (c, mut raw) in clients.iter_mut().zip(got) {
+            c.read_to_end(&mut raw).unwrap();
+            assert!(dechunk(&raw) == pattern_body(total), "relayed whole whether stored or not");
         }
         let mut c = Client::connect(proxy.addr());
-        let seen: Vec<String> = ["/a", "/b"]
+        let seen: Vec<String> = ["/chunked/a", "/chunked/b", "/length"]
             .iter()
             .map(|p| {
                 let r = fetch(&mut c, "GET", p, &[]);
-                assert!(r.body == want);
+                assert!(r.body == pattern_body(total));
                 x_cache(&r)
             })
             .collect();
-        let mut sorted = seen.clone();
-        sorted.sort();
-        assert_eq!(sorted, ["HIT", "MISS"], "exactly one was stored: {seen:?}");
+        let mut chunked = seen[..2].to_vec();
+        chunked.sort();
+        assert_eq!(chunked, ["HIT", "MISS"], "exactly one was stored: {seen:?}");
+        assert_eq!(seen[2], "MISS", "/length was not stored");
     }
 }
 
@@ -563,6 +590,24 @@ fn cache_settings_that_contradict_are_refused() {
     ];
     for (raw, key, words) in bad {
         expect_check_error_in(&cfg(raw), key, &[words]);
+    }
+}
+
+/// The payload of a chunked body (no extensions, no trailers).
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a chunk size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line]).unwrap(), 16).unwrap();
+        raw = &raw[line + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
     }
 }
 

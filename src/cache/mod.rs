@@ -656,6 +656,21 @@ impl Fill<'_> {
         if initial_age >= lifetime || buf.len() < head.head_len {
             return false;
         }
+        let held = self
+            .cache
+            .stores
+            .borrow_mut()
+            .entry(self.route.clone())
+            .or_insert_with(|| Store::new(self.cfg.size, self.cfg.policy))
+            .teeing
+            .clone();
+        if let BodyFraming::Length(n) = framing {
+            // It would not fit beside the responses being stored now: not stored, and so
+            // relayed as any other (spliced when large) instead of copied for nothing.
+            if held.get().saturating_add(n) > self.cfg.fill_memory {
+                return false;
+            }
+        }
         self.admitted = Some(Admitted {
             status: head.status,
             at: Instant::now(),
@@ -667,14 +682,6 @@ impl Fill<'_> {
             etag: facts.etag,
             last_modified: facts.last_modified,
         });
-        let held = self
-            .cache
-            .stores
-            .borrow_mut()
-            .entry(self.route.clone())
-            .or_insert_with(|| Store::new(self.cfg.size, self.cfg.policy))
-            .teeing
-            .clone();
         self.tee = Some(Tee::new(
             usize::try_from(max).unwrap_or(usize::MAX),
             held,
