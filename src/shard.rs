@@ -326,6 +326,7 @@ impl ShardCtx {
             k.revalidations_replaced.get(),
             k.revalidations_failed.get(),
             k.rejected.get(),
+            k.fill_dropped.get(),
         ];
         for (i, b) in snap.backends.iter_mut().enumerate() {
             b.idle = pool.idle_for(i) as u64;

@@ -396,7 +396,7 @@ impl Stats {
             compressed: self.compressed.each_ref().map(get),
             compressed_in: self.compressed_in.each_ref().map(get),
             compressed_out: self.compressed_out.each_ref().map(get),
-            cache: [0; 12],
+            cache: [0; 13],
             latency: self.latency.borrow().clone(),
             tls: self.tls.snapshot(),
         }
@@ -481,9 +481,9 @@ pub struct Snapshot {
     pub compressed_out: [u64; 3],
     /// The routes' caches ([`crate::cache`]): hits, misses, bypasses, evictions, the gauges
     /// bytes held and entries, then stale and revalidated answers, revalidations by result
-    /// (not modified, replaced, failed), and responses the admission policy did not store
-    /// (filled in by the shard).
-    pub cache: [u64; 12],
+    /// (not modified, replaced, failed), responses the admission policy did not store, and
+    /// responses not stored for `fill_memory` (filled in by the shard).
+    pub cache: [u64; 13],
     pub latency: Latencies,
     pub tls: crate::tls::stats::TlsSnap,
 }

@@ -506,6 +506,7 @@ both_engines! {
         let proxy = Config::new()
             .upstream("main", &[addr])
             .route("main", "cache = { size = \"1MiB\", max_object = \"40KiB\", fill_memory = \"64KiB\" }")
+            .admin("")
             .start(engine);
         let ask = |path: &str, close: bool| {
             let mut c = std::net::TcpStream::connect(proxy.addr()).unwrap();
@@ -562,6 +563,9 @@ both_engines! {
         chunked.sort();
         assert_eq!(chunked, ["HIT", "MISS"], "exactly one was stored: {seen:?}");
         assert_eq!(seen[2], "MISS", "/length was not stored");
+        let m = scrape(proxy.admin_addr(), None);
+        // /length at its head, one chunked response mid-body.
+        assert_eq!(m.value("edgeshard_cache_fill_memory_dropped_total", &[]), 2.0);
     }
 }
 

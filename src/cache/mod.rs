@@ -73,6 +73,8 @@ pub struct ShardCache {
     pub evictions: Cell<u64>,
     /// Responses not stored by the admission policy (`cache.policy = "tinylfu"`).
     pub rejected: Cell<u64>,
+    /// Responses not stored because they would have passed `cache.fill_memory`.
+    pub fill_dropped: Cell<u64>,
     /// Revalidations (foreground and background) by result: the backend answered `304`,
     /// a new response (stored or not), or failed (unreachable, timed out, 5xx).
     pub revalidations_not_modified: Cell<u64>,
@@ -668,6 +670,7 @@ impl Fill<'_> {
             // It would not fit beside the responses being stored now: not stored, and so
             // relayed as any other (spliced when large) instead of copied for nothing.
             if held.get().saturating_add(n) > self.cfg.fill_memory {
+                ShardCache::bump(&self.cache.fill_dropped);
                 return false;
             }
         }
@@ -724,6 +727,9 @@ impl Fill<'_> {
         let (Some(a), Some(mut tee)) = (self.admitted.take(), self.tee.take()) else {
             return;
         };
+        if tee.over_budget {
+            ShardCache::bump(&self.cache.fill_dropped);
+        }
         if !complete || tee.overflow {
             return;
         }

@@ -17,6 +17,8 @@ pub struct Tee {
     /// More than `max` bytes came, or the route's tees would hold more than `fill_memory`:
     /// nothing is kept.
     pub overflow: bool,
+    /// The overflow was `fill_memory`'s (counted by the fill).
+    pub over_budget: bool,
 }
 
 impl Tee {
@@ -29,6 +31,7 @@ impl Tee {
             held,
             held_max,
             overflow: false,
+            over_budget: false,
         }
     }
 
@@ -41,6 +44,7 @@ impl Tee {
         let n = data.len() as u64;
         if self.body.len() + data.len() > self.max || self.held.get() + n > self.held_max {
             self.overflow = true;
+            self.over_budget = self.body.len() + data.len() <= self.max;
             self.take();
         } else {
             self.body.extend_from_slice(data);

@@ -570,6 +570,13 @@ pub fn render(
         "Storable responses not stored because their URL was asked for less often than the entry they would evict (cache.policy = \"tinylfu\").",
     );
     let _ = writeln!(o, "edgeshard_cache_admission_rejected_total {}", c[11]);
+    family(
+        &mut o,
+        "edgeshard_cache_fill_memory_dropped_total",
+        "counter",
+        "Storable responses not stored because the route's responses being stored on the shard would have held more than cache.fill_memory.",
+    );
+    let _ = writeln!(o, "edgeshard_cache_fill_memory_dropped_total {}", c[12]);
     family(&mut o, "edgeshard_cache_bytes", "gauge", "Bytes held by the routes' caches, all shards (each shard holds at most a route's cache.size).");
     let _ = writeln!(o, "edgeshard_cache_bytes {}", c[4]);
     family(
