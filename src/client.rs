@@ -9,7 +9,6 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::config::{AccessList, RedirectHttps};
 use crate::io::Deadline;
@@ -128,9 +127,4 @@ impl ListenerSide {
                 .and_then(|l| l.response_headers.clone()),
         }
     }
-}
-
-/// Microseconds since `since`, saturating.
-pub fn micros(since: Instant) -> u64 {
-    since.elapsed().as_micros().min(u128::from(u64::MAX)) as u64
 }

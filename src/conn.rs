@@ -149,7 +149,7 @@ async fn keep_alive(
         let mut deadline = accepted + ctx.shared.config.timeouts.client_header;
         if client.buf.is_empty() {
             let wait = if first {
-                deadline.saturating_duration_since(Instant::now())
+                deadline.saturating_duration_since(crate::clock::now())
             } else {
                 ctx.shared.config.timeouts.client_idle
             };
@@ -192,7 +192,7 @@ async fn keep_alive(
                 limits = head_limits(&ctx);
             }
         }
-        let head_started = if first { accepted } else { Instant::now() };
+        let head_started = if first { accepted } else { crate::clock::now() };
         if !first {
             deadline = head_started + ctx.shared.config.timeouts.client_header;
         }
@@ -227,7 +227,7 @@ async fn keep_alive(
                     return;
                 }
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(crate::clock::now());
             let step = if left.is_zero() {
                 Err(IoFail::Timeout)
             } else {
@@ -329,7 +329,7 @@ enum Wait {
 /// its bytes must not be lost with a dropped future. The cold wait uses readiness only,
 /// which consumes nothing and is safe to drop.
 async fn wait_for_request(ctx: &ShardCtx, client: &mut Client, wait: Duration) -> Wait {
-    let start = Instant::now();
+    let start = crate::clock::now();
     let idle_end = start + wait;
     let hot_end = start + wait.min(HOT_WAIT);
     // Boxed, like every step an idle connection is not waiting in: the task of a connection
@@ -483,7 +483,7 @@ async fn hot_read(ctx: &ShardCtx, client: &mut Client, hot_end: Instant) -> std:
         // hot window within the grace. The read stays posted across both.
         for _ in 0..2 {
             // Polled even when no time is left, so that the read is posted before a cancel.
-            let left = wait_end(ctx, hot_end).saturating_duration_since(Instant::now());
+            let left = wait_end(ctx, hot_end).saturating_duration_since(crate::clock::now());
             let step = if ctx.draining() {
                 Step::Done(client.deadline.within(left, read.as_mut()).await)
             } else {

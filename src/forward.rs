@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use crate::transport::Transport;
 
-use crate::client::{micros, Client};
+use crate::client::Client;
+use crate::clock::micros;
 use crate::config::Config;
 use crate::error::{Kind, ProxyError, Stage};
 use crate::health::breaker::{Open, Permit, Resource};
@@ -224,7 +225,7 @@ impl<'a> Forward<'a> {
         } else {
             None
         };
-        let first_try = Instant::now();
+        let first_try = crate::clock::now();
         self.backends.budget_request(upstream);
         let mut req = Request {
             prepared,
@@ -391,7 +392,7 @@ impl<'a> Forward<'a> {
         }
         // From here the backend may have the request.
         on.guards.in_flight.sent = true;
-        let sending = Instant::now();
+        let sending = crate::clock::now();
         let sent = if facts.framing.is_empty() {
             // The common case, a bodiless head, without the body relay's layers.
             let out = &mut *prepared.out;
@@ -489,9 +490,13 @@ impl<'a> Forward<'a> {
         if let Some(b) = chosen {
             return Ok(b);
         }
-        let (pick, set) =
-            self.backends
-                .pick(self.shared, upstream, &tries.tried, Instant::now(), key);
+        let (pick, set) = self.backends.pick(
+            self.shared,
+            upstream,
+            &tries.tried,
+            crate::clock::now(),
+            key,
+        );
         tries.set_cookie = set;
         match pick {
             Pick::Backend(b) => Ok(b),
@@ -540,7 +545,9 @@ impl<'a> Forward<'a> {
                 was_resend: tries.resending,
                 // Read the clock only when a total timeout is set.
                 time_left: res.retry.total_timeout.is_none()
-                    || res.retry.has_time_left(tries.first_try, Instant::now()),
+                    || res
+                        .retry
+                        .has_time_left(tries.first_try, crate::clock::now()),
             },
         )
     }
@@ -556,9 +563,9 @@ impl<'a> Forward<'a> {
         let upstream = tries.upstream;
         let mut others = tries.tried.clone();
         others.push(failed);
-        let (pick, set) = self
-            .backends
-            .pick(self.shared, upstream, &others, Instant::now(), key);
+        let (pick, set) =
+            self.backends
+                .pick(self.shared, upstream, &others, crate::clock::now(), key);
         let Pick::Backend(next) = pick else {
             return None;
         };
@@ -582,7 +589,9 @@ impl<'a> Forward<'a> {
         if fresh {
             return None;
         }
-        self.pool.borrow_mut().checkout(backend, Instant::now())
+        self.pool
+            .borrow_mut()
+            .checkout(backend, crate::clock::now())
     }
 
     /// A new connection to `backend`, within the breaker's connection and pending limits.

@@ -47,7 +47,7 @@ impl Deadline {
     pub fn within<F: Future>(&mut self, timeout: Duration, fut: F) -> Within<'_, F> {
         self.sleep
             .as_mut()
-            .reset(monoio::time::Instant::now() + timeout);
+            .reset(monoio::time::Instant::from_std(crate::clock::now()) + timeout);
         Within {
             fut,
             sleep: self.sleep.as_mut(),

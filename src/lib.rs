@@ -16,6 +16,7 @@ pub mod auth;
 pub mod balance;
 pub mod cache;
 pub mod client;
+pub mod clock;
 pub mod compress;
 pub mod config;
 pub mod conn;

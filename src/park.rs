@@ -391,7 +391,7 @@ pub async fn run(common: Rc<ShardCommon>) {
                 for p in lot.ready() {
                     match common.current() {
                         Some(ctx) => {
-                            monoio::spawn(crate::conn::resume(ctx, p));
+                            monoio::spawn(crate::clock::fresh(crate::conn::resume(ctx, p)));
                         }
                         None => drop(p),
                     }

@@ -4,14 +4,13 @@
 //! ([`crate::respond`]), and *log* (counters and the access log). A failure at any stage is a
 //! [`ProxyError`], answered in one place ([`ProxyError::answer`]).
 
-use std::time::Instant;
-
 use crate::admission::client_address;
 use crate::auth::{self, Granted};
 use crate::balance::key::cookie_value;
 use crate::balance::{request_key, KeySource};
 use crate::cache::{self, Settled};
-use crate::client::{micros, Client, Outcome};
+use crate::client::{Client, Outcome};
+use crate::clock::micros;
 use crate::error::{Answer, Kind, ProxyError, Stage};
 use crate::forward::{Forward, Prepared, RequestFacts};
 use crate::http::canned::Canned;
@@ -29,7 +28,7 @@ use crate::upstream::state::PickKey;
 /// Runs one request through the pipeline. On return the request (head and body) has been
 /// removed from `client.buf`, leaving any pipelined bytes that followed it.
 pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHead) -> Outcome {
-    let started = Instant::now();
+    let started = crate::clock::now();
     bump(&ctx.stats.requests);
     let facts = RequestFacts {
         method: head.method(),

@@ -125,7 +125,7 @@ pub async fn read_response_head(
         upgrade,
         max_read,
     } = *how;
-    let mut deadline = Instant::now() + timeout;
+    let mut deadline = crate::clock::now() + timeout;
     let mut head = ResponseHead::default();
     let mut interims = 0;
     loop {
@@ -149,13 +149,13 @@ pub async fn read_response_head(
                             interim_response_head(ubuf, &head, interim.hide, &mut out);
                             let n = out.len();
                             interim.relayed = true;
-                            let writing = Instant::now();
+                            let writing = crate::clock::now();
                             write_from(interim.client, &mut out, 0, n, dl, interim.write_timeout)
                                 .await
                                 .map_err(HeadFail::Client)?;
                             // The time the client took is not the backend's: its head
                             // deadline moves by as much.
-                            deadline += writing.elapsed();
+                            deadline += crate::clock::now().saturating_duration_since(writing);
                         }
                         ubuf.drain(..head.head_len);
                         continue;
@@ -166,7 +166,7 @@ pub async fn read_response_head(
                 Err(_) => return Err(HeadFail::Bad),
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(crate::clock::now());
         if left.is_zero() {
             return Err(HeadFail::Io(IoFail::Timeout));
         }
@@ -328,7 +328,7 @@ impl<'a> Leg<'a> {
             Some(left) if left.is_zero() => Err(RelayError::TooSlow),
             Some(left) => Ok(Wait {
                 timeout: timeout.min(left),
-                paced: Some((Instant::now(), left < timeout)),
+                paced: Some((crate::clock::now(), left < timeout)),
                 side,
             }),
         }
@@ -346,7 +346,7 @@ impl<'a> Leg<'a> {
     ) -> Result<T, RelayError> {
         let mut rate_bound = false;
         if let Some((started, binds)) = wait.paced {
-            self.pace.waited += started.elapsed();
+            self.pace.waited += crate::clock::now().saturating_duration_since(started);
             rate_bound = binds;
         }
         match r {

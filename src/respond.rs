@@ -9,7 +9,8 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use crate::cache::Fill;
-use crate::client::{micros, Client, Outcome, Transport};
+use crate::client::{Client, Outcome, Transport};
+use crate::clock::micros;
 use crate::compress::{
     self,
     stream::{relay_compressed, Encoder},
@@ -272,7 +273,7 @@ pub async fn relay_response(
             if upstream_reusable && upos == ubuf.len() {
                 r.pool
                     .borrow_mut()
-                    .checkin(backend, upstream, Instant::now());
+                    .checkin(backend, upstream, crate::clock::now());
             }
             Ok(if close {
                 Outcome::Close

@@ -4,7 +4,8 @@
 
 use std::time::Instant;
 
-use crate::client::{micros, Client};
+use crate::client::Client;
+use crate::clock::micros;
 use crate::http::parse::RequestHead;
 use crate::observe::access::{Outcome, RequestFields};
 use crate::observe::reqid::valid_incoming;

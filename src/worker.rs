@@ -578,14 +578,14 @@ fn admit(
     };
     let listener = listener.clone();
     let guard = ActiveGuard::new(&ctx, held);
-    monoio::spawn(crate::conn::serve(
+    monoio::spawn(crate::clock::fresh(crate::conn::serve(
         ctx,
         stream,
         peer,
         Instant::now(),
         listener,
         guard,
-    ));
+    )));
 }
 
 /// Accepts, when draining or closing, every connection already in the listener's queue: shutting a

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::{answers_304, policy, unix_now, Fill, Hit, ShardCache, REVALIDATED, STALE};
-use crate::client::micros;
+use crate::clock::micros;
 use crate::error::{Answer, ProxyError, Side};
 use crate::forward::Answered;
 use crate::http::parse::{parse_response, HeadLimits, HeaderKind, Parsed, ResponseHead};

@@ -233,7 +233,7 @@ impl Backends {
             stats,
             upstream: info.upstream,
             local: info.local,
-            since: Instant::now(),
+            since: crate::clock::now(),
             sent: false,
         }
     }
@@ -248,8 +248,11 @@ impl Backends {
         outcome: TryOutcome,
     ) {
         let info = &shared.backends[backend];
-        let event =
-            self.outliers.borrow_mut()[info.upstream].observe(info.local, outcome, Instant::now());
+        let event = self.outliers.borrow_mut()[info.upstream].observe(
+            info.local,
+            outcome,
+            crate::clock::now(),
+        );
         match event {
             Some(OutlierEvent::Ejected { .. }) => {
                 bump(&stats.backends[backend].ejections);
@@ -272,13 +275,13 @@ impl Backends {
     /// Counts a client request against its upstream's retry budget.
     #[inline]
     pub fn budget_request(&self, upstream: usize) {
-        self.budgets.borrow_mut()[upstream].record_request(Instant::now());
+        self.budgets.borrow_mut()[upstream].record_request(crate::clock::now());
     }
 
     /// Whether the upstream's retry budget allows one more retry now (counted either way).
     #[inline]
     pub fn budget_retry(&self, upstream: usize) -> bool {
-        self.budgets.borrow_mut()[upstream].try_retry(Instant::now())
+        self.budgets.borrow_mut()[upstream].try_retry(crate::clock::now())
     }
 
     /// Retries granted and denied per upstream since start.
@@ -306,7 +309,10 @@ impl Drop for Forwarding<'_> {
     fn drop(&mut self) {
         let mut balancers = self.backends.balancers.borrow_mut();
         if self.sent {
-            balancers[self.upstream].finished(self.local, self.since.elapsed());
+            balancers[self.upstream].finished(
+                self.local,
+                crate::clock::now().saturating_duration_since(self.since),
+            );
         } else {
             balancers[self.upstream].abandoned(self.local);
         }
