@@ -252,7 +252,13 @@ both_engines! {
             lat.len(),
             lat[lat.len() / 2]
         );
-        assert!(lat.len() >= 20, "only {} requests answered in 1.5 s", lat.len());
+        // Starved, the client would wait for the tricklers' cut (2.2 s after they started).
+        // The bounds leave room for a loaded host (CI runs other proxy tests beside this
+        // one): 18 requests were answered in one such run, 58-69 on a quiet host, where the
+        // slowest took ~0.4 s.
+        let slowest = lat[lat.len() - 1];
+        assert!(slowest < Duration::from_millis(1500), "a request waited {slowest:?}");
+        assert!(lat.len() >= 8, "only {} requests answered in 1.5 s", lat.len());
         // Every trickler is cut with a 408, and counted.
         wait_slow_count(proxy.admin_addr(), "request_body", TRICKLERS as f64);
         for s in slow.iter_mut() {
