@@ -230,7 +230,7 @@ impl<'a> Forward<'a> {
         let mut req = Request {
             prepared,
             facts,
-            ubuf: self.buffers.take(),
+            ubuf: self.buffers.take_large(),
             tries: Tries {
                 upstream,
                 first_try,

@@ -26,10 +26,16 @@ use crate::stats::{Snapshot, Stats};
 use crate::upstream::pool::Pool;
 use crate::upstream::state::Backends;
 
-/// Buffers kept for reuse per shard (each up to [`MAX_POOLED_BUFFER`] bytes).
-const MAX_POOLED_BUFFERS: usize = 256;
+/// Buffers kept for reuse per shard: small ones (16 KiB, what a head needs) and large ones (an
+/// upstream read buffer grown for a response head and the body that came with it, up to
+/// [`MAX_POOLED_BUFFER`]), kept apart, so that a head is never written from a buffer whose
+/// pages a body once touched (it would hold them all resident for a few hundred bytes).
+const MAX_SMALL_BUFFERS: usize = 256;
+const MAX_LARGE_BUFFERS: usize = 64;
 const MAX_POOLED_BUFFER: usize = 256 * 1024;
 const BUFFER_SIZE: usize = 16 * 1024;
+/// A returned buffer of at least this capacity goes to the large list.
+const LARGE_BUFFER: usize = 2 * BUFFER_SIZE;
 
 /// One shard's state for one configuration snapshot: the snapshot, this shard's view of its
 /// backends, the upstream pool and the counters (arrays sized from the snapshot), plus the
@@ -238,29 +244,40 @@ fn pool_limits(shared: &Shared) -> Vec<(usize, Duration)> {
         .collect()
 }
 
-/// The shard's free list of byte buffers.
+/// The shard's free lists of byte buffers.
 #[derive(Default)]
 pub struct Buffers {
-    free: RefCell<Vec<Vec<u8>>>,
+    small: RefCell<Vec<Vec<u8>>>,
+    large: RefCell<Vec<Vec<u8>>>,
 }
 
 impl Buffers {
-    /// Frees every buffer the list holds (a quiet shard gives its memory back; the next
+    /// Frees every buffer the lists hold (a quiet shard gives its memory back; the next
     /// loans allocate again).
     pub fn release_all(&self) {
-        self.free.borrow_mut().clear();
-        self.free.borrow_mut().shrink_to_fit();
+        for list in [&self.small, &self.large] {
+            let mut list = list.borrow_mut();
+            list.clear();
+            list.shrink_to_fit();
+        }
     }
 
-    /// A cleared buffer, given back when the loan drops.
+    /// A cleared buffer of [`BUFFER_SIZE`], given back when the loan drops.
     pub fn take(&self) -> PooledBuf<'_> {
+        let buf = self.small.borrow_mut().pop();
         PooledBuf {
-            buf: self
-                .free
-                .borrow_mut()
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(BUFFER_SIZE)),
+            buf: buf.unwrap_or_else(|| Vec::with_capacity(BUFFER_SIZE)),
             home: self,
+        }
+    }
+
+    /// A cleared buffer for reading a response: a large one if one is free (it will likely
+    /// grow to that size anyway), else as [`Buffers::take`].
+    pub fn take_large(&self) -> PooledBuf<'_> {
+        let buf = self.large.borrow_mut().pop();
+        match buf {
+            Some(buf) => PooledBuf { buf, home: self },
+            None => self.take(),
         }
     }
 }
@@ -288,13 +305,15 @@ impl DerefMut for PooledBuf<'_> {
 impl Drop for PooledBuf<'_> {
     fn drop(&mut self) {
         let mut buf = std::mem::take(&mut self.buf);
-        let mut free = self.home.free.borrow_mut();
-        if free.len() < MAX_POOLED_BUFFERS
-            && buf.capacity() <= MAX_POOLED_BUFFER
-            && buf.capacity() >= BUFFER_SIZE
-        {
+        let (list, max) = match buf.capacity() {
+            c if !(BUFFER_SIZE..=MAX_POOLED_BUFFER).contains(&c) => return,
+            c if c < LARGE_BUFFER => (&self.home.small, MAX_SMALL_BUFFERS),
+            _ => (&self.home.large, MAX_LARGE_BUFFERS),
+        };
+        let mut list = list.borrow_mut();
+        if list.len() < max {
             buf.clear();
-            free.push(buf);
+            list.push(buf);
         }
     }
 }
@@ -348,23 +367,46 @@ impl ShardCtx {
 
 #[cfg(test)]
 mod tests {
-    use super::Buffers;
+    use super::*;
 
     #[test]
-    fn loans_come_back_to_the_list_and_a_quiet_shard_frees_them() {
+    fn loans_come_back_by_size_and_a_quiet_shard_frees_them() {
         let b = Buffers::default();
         {
-            let (mut x, mut y) = (b.take(), b.take());
+            let (mut x, mut y) = (b.take(), b.take_large());
             x.extend_from_slice(b"abc");
-            y.push(1);
+            y.reserve(68 * 1024);
         }
-        assert_eq!(b.free.borrow().len(), 2, "both loans came back");
-        assert!(b.take().is_empty(), "a loan is cleared");
-        b.release_all();
+        assert_eq!(b.small.borrow().len(), 1, "the small loan came back");
         assert_eq!(
-            b.free.borrow().capacity(),
-            0,
-            "nothing held after release_all"
+            b.large.borrow().len(),
+            1,
+            "the grown one is a large one now"
         );
+        let small = b.take();
+        assert!(small.is_empty(), "a loan is cleared");
+        assert!(
+            small.capacity() < LARGE_BUFFER,
+            "a head never gets a large buffer"
+        );
+        assert!(b.take_large().capacity() >= 68 * 1024);
+        drop(small);
+        {
+            let held: Vec<_> = (0..MAX_LARGE_BUFFERS + 1)
+                .map(|_| {
+                    let mut l = b.take_large();
+                    l.reserve(LARGE_BUFFER);
+                    l
+                })
+                .collect();
+            drop(held);
+        }
+        assert_eq!(
+            b.large.borrow().len(),
+            MAX_LARGE_BUFFERS,
+            "the large list is bounded"
+        );
+        b.release_all();
+        assert_eq!(b.small.borrow().capacity() + b.large.borrow().capacity(), 0);
     }
 }

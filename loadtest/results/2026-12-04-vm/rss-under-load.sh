@@ -1,0 +1,45 @@
+#!/bin/bash
+# RSS of the proxy: before, at the end of 200 connections fetching 64 KiB for 20 s, and 5 s after.
+# usage: rss-under-load.sh edgeshard|nginx   (ES=path/to/edgeshard, default the checkout's release build)
+ES=$(realpath "${ES:-$(dirname "$0")/../../../target/release/edgeshard}")
+# Sets up /tmp/prof (a 64 KiB file, the origin's and edgeshard's configs) when it is missing.
+mkdir -p /tmp/prof/www && cd /tmp/prof
+[ -f www/64k.bin ] || head -c 65536 /dev/urandom > www/64k.bin
+[ -f origin.conf ] || cat > origin.conf <<'EOC'
+worker_processes 1; daemon off; pid /tmp/prof/origin.pid; error_log /tmp/prof/origin.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:18901; root /tmp/prof/www; } }
+EOC
+[ -f es-plain.toml ] || cat > es-plain.toml <<'EOC'
+[[listener]]
+address = "127.0.0.1:18903"
+[[upstream]]
+name = "origin"
+backends = [{ address = "127.0.0.1:18901" }]
+[[route]]
+path_prefix = "/"
+upstream = "origin"
+EOC
+taskset -c 0 nginx -c /tmp/prof/origin.conf &
+rss() { for p in "$@"; do awk '/VmRSS/{print $2}' /proc/$p/status; done | paste -sd+ | bc; }
+if [ "$1" = edgeshard ]; then
+  taskset -c 1 "$ES" run --config es-plain.toml --cpus 1 > rss-es.log 2>&1 & P=$!; PORT=18903; PIDS=$P
+else
+  cat > px.conf <<EOC
+worker_processes 1; daemon off; pid /tmp/prof/px.pid; error_log /tmp/prof/px.err;
+events { worker_connections 4096; }
+http { access_log off; upstream o { server 127.0.0.1:18901; keepalive 1024; }
+  server { listen 127.0.0.1:18904; location / { proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffers 8 16k; } } }
+EOC
+  taskset -c 1 nginx -c /tmp/prof/px.conf & P=$!; PORT=18904
+fi
+for i in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:$PORT/64k.bin && break; sleep 0.1; done
+sleep 1
+[ "$1" = nginx ] && PIDS="$(cat /tmp/prof/px.pid) $(pgrep -P $(cat /tmp/prof/px.pid))"
+b=$(rss $PIDS)
+taskset -c 0 wrk -t1 -c200 -d20s http://127.0.0.1:$PORT/64k.bin > rss-wrk.out & W=$!
+sleep 19; d=$(rss $PIDS); wait $W
+sleep 5; a=$(rss $PIDS)
+echo "$1: rps=$(grep Requests/sec rss-wrk.out | awk '{print $2}') rss_kb before=$b during=$d after5s=$a growth=$((d-b)) left=$((a-b))"
+if [ "$1" = edgeshard ]; then kill $P; else kill $(cat /tmp/prof/px.pid); fi
+kill $(cat /tmp/prof/origin.pid); wait 2>/dev/null
