@@ -32,10 +32,22 @@ pub fn now() -> Instant {
     })
 }
 
-/// Microseconds from `since` to [`now`], saturating (0 if `since` is later).
+/// Microseconds from `since` to [`now`], saturating (0 if `since` is later): for spans that
+/// cross a wait (time to first byte, the backend's time).
 #[inline]
 pub fn micros(since: Instant) -> u64 {
-    now()
+    micros_between(since, now())
+}
+
+/// Microseconds from `since` to a reading of the clock itself: for a request's total time,
+/// which may end in the poll it started in (a cache hit, a canned answer).
+#[inline]
+pub fn micros_total(since: Instant) -> u64 {
+    micros_between(since, Instant::now())
+}
+
+fn micros_between(since: Instant, until: Instant) -> u64 {
+    until
         .saturating_duration_since(since)
         .as_micros()
         .min(u128::from(u64::MAX)) as u64
@@ -93,9 +105,10 @@ mod tests {
 
                 fresh(async {
                     let first = now();
-                    until_after(first);
+                    until_after(first + std::time::Duration::from_micros(2));
                     assert_eq!(now(), first, "the same poll: the first reading");
                     assert_eq!(micros(first), 0);
+                    assert!(micros_total(first) >= 2, "a total reads the clock itself");
                     yield_once().await;
                     let second = now();
                     assert!(second > first, "a new poll reads the clock again");

@@ -10,7 +10,7 @@ use crate::balance::key::cookie_value;
 use crate::balance::{request_key, KeySource};
 use crate::cache::{self, Settled};
 use crate::client::{Client, Outcome};
-use crate::clock::micros;
+use crate::clock::micros_total;
 use crate::error::{Answer, Kind, ProxyError, Stage};
 use crate::forward::{Forward, Prepared, RequestFacts};
 use crate::http::canned::Canned;
@@ -199,7 +199,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             }
         },
     };
-    let total_us = micros(started);
+    let total_us = micros_total(started);
     ctx.stats.finish_request(
         trace.route,
         if trace.aborted { None } else { trace.status },

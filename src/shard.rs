@@ -262,7 +262,8 @@ impl Buffers {
         }
     }
 
-    /// A cleared buffer of [`BUFFER_SIZE`], given back when the loan drops.
+    /// A cleared buffer of at least [`BUFFER_SIZE`] (and under [`LARGE_BUFFER`]), given back
+    /// when the loan drops.
     pub fn take(&self) -> PooledBuf<'_> {
         let buf = self.small.borrow_mut().pop();
         PooledBuf {
@@ -272,12 +273,13 @@ impl Buffers {
     }
 
     /// A cleared buffer for reading a response: a large one if one is free (it will likely
-    /// grow to that size anyway), else as [`Buffers::take`].
+    /// grow to that size anyway), else a new one: not one of the small list's, which heads
+    /// need (with more exchanges in flight than the large list holds, it would be drained).
     pub fn take_large(&self) -> PooledBuf<'_> {
         let buf = self.large.borrow_mut().pop();
-        match buf {
-            Some(buf) => PooledBuf { buf, home: self },
-            None => self.take(),
+        PooledBuf {
+            buf: buf.unwrap_or_else(|| Vec::with_capacity(BUFFER_SIZE)),
+            home: self,
         }
     }
 }
@@ -399,6 +401,11 @@ mod tests {
                     l
                 })
                 .collect();
+            assert_eq!(
+                b.small.borrow().len(),
+                1,
+                "reads never drain the heads' list"
+            );
             drop(held);
         }
         assert_eq!(

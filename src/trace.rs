@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use crate::client::Client;
-use crate::clock::micros;
+use crate::clock::micros_total;
 use crate::http::parse::RequestHead;
 use crate::observe::access::{Outcome, RequestFields};
 use crate::observe::reqid::valid_incoming;
@@ -49,7 +49,7 @@ impl RequestId {
 /// that sent nothing within `client_header`): the client got `status`.
 pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, started: Instant) {
     crate::stats::bump(&ctx.stats.requests);
-    let total_us = micros(started);
+    let total_us = micros_total(started);
     ctx.stats.finish_request(None, Some(status), total_us);
     if let Some(log) = ctx.access.as_ref().filter(|l| l.sampled()) {
         let fields = RequestFields::new(b"", b"", 1, b"", b"", b"", b"");
