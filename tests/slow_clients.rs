@@ -8,8 +8,8 @@
 //!
 //! Over TLS the same rules hold (the relay's waits are the same code on either transport).
 //!
-//! The tricklers and the slow readers pace themselves (that is the workload); every wait for
-//! the proxy is bounded by a deadline.
+//! The tricklers and the slow readers pace themselves on a schedule of deadlines (that is the
+//! workload, [`Pace`]); every wait for the proxy is bounded by a deadline.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -53,12 +53,34 @@ fn expect_eof(s: &mut TcpStream, within: Duration) {
     }
 }
 
+/// A paced client's schedule: [`Pace::tick`] returns at `start + k × every` for k = 1, 2, ...
+/// Kept by deadline, so a write that was late (a loaded host) does not push the later ones
+/// back: the client sends at the rate the test asks for, which the proxy's rate rule judges.
+struct Pace {
+    next: Instant,
+    every: Duration,
+}
+
+impl Pace {
+    fn new(every: Duration) -> Pace {
+        Pace {
+            next: Instant::now() + every,
+            every,
+        }
+    }
+
+    fn tick(&mut self) {
+        wait_until(self.next);
+        self.next += self.every;
+    }
+}
+
 /// Writes one byte every `every` on `s`, at most `n` times, until `stop` or a write fails.
 fn trickle(mut s: TcpStream, n: usize, every: Duration, stop: Arc<AtomicBool>) {
     thread::spawn(move || {
+        let mut pace = Pace::new(every);
         for _ in 0..n {
-            // The pause is the workload (a client that trickles), not a wait for the proxy.
-            thread::sleep(every);
+            pace.tick();
             if stop.load(Ordering::SeqCst) || s.write_all(b"x").is_err() {
                 return;
             }
@@ -115,9 +137,9 @@ both_engines! {
         // 2,000 bytes/s, twice the minimum, for 2 s: twice the base of 1 s. A total cap of
         // `client_body` would cut it; a rate does not.
         let started = Instant::now();
+        let mut pace = Pace::new(Duration::from_millis(100));
         for _ in 0..20 {
-            // Pacing the upload is the workload, not a wait for the proxy.
-            thread::sleep(Duration::from_millis(100));
+            pace.tick();
             c.send(&[b'y'; 200]);
         }
         let r = c.read_response();
@@ -157,9 +179,9 @@ both_engines! {
             .unwrap();
         tls.flush().unwrap();
         // 10 bytes/s for 1.5 s, past the rate deadline of 1.11 s (as in the plain test).
+        let mut pace = Pace::new(Duration::from_millis(100));
         for _ in 0..15 {
-            // Pacing the trickle is the workload, not a wait for the proxy.
-            thread::sleep(Duration::from_millis(100));
+            pace.tick();
             if tls.write_all(b"x").and_then(|_| tls.flush()).is_err() {
                 break;
             }
@@ -222,8 +244,9 @@ both_engines! {
         let stop2 = stop.clone();
         let pacer = thread::spawn(move || {
             let mut writers: Vec<Option<TcpStream>> = writers.into_iter().map(Some).collect();
+            let mut pace = Pace::new(Duration::from_millis(100));
             for _ in 0..100 {
-                thread::sleep(Duration::from_millis(100));
+                pace.tick();
                 if stop2.load(Ordering::SeqCst) {
                     return;
                 }
@@ -318,10 +341,7 @@ fn read_paced(s: &mut impl Read, rate: f64, within: Duration) -> (usize, bool, D
     let mut got = 0usize;
     let mut buf = vec![0u8; 64 * 1024];
     while got < RESPONSE_LEN && started.elapsed() < within {
-        let due = started + Duration::from_secs_f64(got as f64 / rate);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            thread::sleep(wait);
-        }
+        wait_until(started + Duration::from_secs_f64(got as f64 / rate));
         let want = buf.len().min(RESPONSE_LEN - got);
         match s.read(&mut buf[..want]) {
             Ok(0) => return (got, true, started.elapsed()),

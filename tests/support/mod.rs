@@ -41,9 +41,10 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Returns once the clock reads `at` or later. For what is itself a moment in time, and
 /// nothing else: a cached entry's freshness is its age, so a test that needs an entry fresh
-/// or stale waits until a deadline measured from when it was stored. There is no event to
-/// wait on (the proxy does nothing when an entry turns stale), and nothing else can make it
-/// so. Waits for the proxy, a backend or a client use readiness signals instead.
+/// or stale waits until a deadline measured from when it was stored; a paced client (a slow
+/// sender or reader, whose rate is what the proxy judges) sends or reads at its scheduled
+/// times. There is no event to wait on, and nothing else can make it so. Waits for the
+/// proxy, a backend or a client use readiness signals instead.
 pub fn wait_until(at: Instant) {
     while let Some(left) = at
         .checked_duration_since(Instant::now())
