@@ -587,13 +587,25 @@ impl Fill<'_> {
         }
     }
 
+    /// Runs `f` on the route's store on this shard, made on first use (the route's name is
+    /// copied only then).
+    fn with_store<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
+        let mut stores = self.cache.stores.borrow_mut();
+        match stores.get_mut(&self.route) {
+            Some(store) => f(store),
+            None => f(stores
+                .entry(self.route.clone())
+                .or_insert_with(|| Store::new(self.cfg.size, self.cfg.policy))),
+        }
+    }
+
     /// Stores `entry` under `key` (`key[..self.key.len()]` is its URL, `vary` its `Vary`
     /// names).
     fn insert(&self, key: &[u8], vary: Rc<[Box<[u8]>]>, entry: Entry) {
-        let mut stores = self.cache.stores.borrow_mut();
-        let store = stores
-            .entry(self.route.clone())
-            .or_insert_with(|| Store::new(self.cfg.size, self.cfg.policy));
+        self.with_store(|store| self.insert_into(store, key, vary, entry))
+    }
+
+    fn insert_into(&self, store: &mut Store, key: &[u8], vary: Rc<[Box<[u8]>]>, entry: Entry) {
         // A reload may have changed the size or the policy.
         store.configure(self.cfg.size, self.cfg.policy);
         let rejected = store.rejected;
@@ -658,14 +670,7 @@ impl Fill<'_> {
         if initial_age >= lifetime || buf.len() < head.head_len {
             return false;
         }
-        let held = self
-            .cache
-            .stores
-            .borrow_mut()
-            .entry(self.route.clone())
-            .or_insert_with(|| Store::new(self.cfg.size, self.cfg.policy))
-            .teeing
-            .clone();
+        let held = self.with_store(|store| store.teeing.clone());
         if let BodyFraming::Length(n) = framing {
             // It would not fit beside the responses being stored now: not stored, and so
             // relayed as any other (spliced when large) instead of copied for nothing.
