@@ -1,7 +1,7 @@
 #!/bin/bash
 # RSS of the proxy: before, at the end of 200 connections fetching 64 KiB for 20 s, and 5 s after.
 # usage: rss-under-load.sh edgeshard|nginx   (ES=path/to/edgeshard, default the checkout's release build)
-ES=$(realpath "${ES:-$(dirname "$0")/../../../target/release/edgeshard}")
+ES=$(realpath "${ES:-$(dirname "$0")/../target/release/edgeshard}")
 # Sets up /tmp/prof (a 64 KiB file, the origin's and edgeshard's configs) when it is missing.
 mkdir -p /tmp/prof/www && cd /tmp/prof
 [ -f www/64k.bin ] || head -c 65536 /dev/urandom > www/64k.bin
