@@ -65,14 +65,19 @@ def cell_desc(cell):
         return "open loop (rategen), keep-alive GET small body, offered rate = %s%% of nginx's max req/s" % m.group(1)
     return CELLS.get(cell, {}).get("desc", "")
 
-PROXIES = ("edgeshard", "nginx", "floor")
-TARGET_ORDER = ("edgeshard", "nginx", "floor", "direct")
+PROXIES = ("edgeshard", "nginx", "floor", "haproxy")
+TARGET_ORDER = ("edgeshard", "nginx", "haproxy", "floor", "direct")
+# proxies measured in the idle10k cell (RSS per idle client connection)
+IDLE_TARGETS = ("edgeshard", "nginx", "haproxy")
+ORIGIN_STATUS = "/__origin_status"  # stub_status of the origin nginx (nginx-origin.conf.tmpl)
 
 RAW_FIELDS = [
     "time", "cell", "target", "rep", "conns", "duration_s", "requests", "rps",
     "lat_p50_us", "lat_p90_us", "lat_p99_us", "lat_p999_us", "lat_mean_us", "lat_max_us",
     "non2xx", "err_connect", "err_read", "err_write", "err_timeout",
     "proxy_cpu_s", "cpu_us_per_req", "origin_cpu_us_per_req",
+    # new connections the origin accepted during the run (stub_status `accepts`, own read subtracted)
+    "upstream_connects", "upstream_connects_per_1k",
     "rss_before_kb", "rss_after_kb", "idle_open", "idle_failed", "idle_alive", "bytes_per_idle_conn",
     "shards", "proxy_cpus", "client_cpus", "engine", "note",
     # rate cell (open loop, rategen) only
@@ -323,6 +328,45 @@ def nginx_proxy_conf(cfg, variant):
         ORIGIN_PORT=cfg.ports["origin"], KEEPALIVE=cfg.keepalive, SERVERS=servers))
 
 
+def haproxy_cpu_map(cpus, threads):
+    """cpu-map pinning thread i to the i-th proxy CPU, as nginx_affinity does for workers. The
+    `auto:` form: HAProxy 2.6.12 ignores a series of per-thread lines (`cpu-map 1/1 0`,
+    `cpu-map 1/2 1` left both threads on 0-1; checked in /proc/PID/task/*/status)."""
+    if not cpus:
+        return ""
+    if threads == 1:
+        return "    cpu-map 1/1 %d" % cpus[0]
+    if threads <= len(cpus):
+        return "    cpu-map auto:1/1-%d %s" % (threads, " ".join(str(c) for c in sorted(cpus[:threads])))
+    # more threads than proxy CPUs (the driver warns): all threads on the proxy CPUs
+    return "    cpu-map 1/all %s" % " ".join(str(c) for c in cpus)
+
+
+def haproxy_conf(cfg, variant):
+    """haproxy.cfg.tmpl rendered for `variant` ("default" or "hosts"); the hosts variant routes
+    through a map of the 1,000 host names (an exact-match tree lookup per request, like nginx's
+    server_name hash and edgeshard's host table), written next to the config."""
+    if variant == "hosts":
+        mp = os.path.join(cfg.tmp, "haproxy-hosts.map")
+        with open(mp, "w") as f:
+            f.write("".join("h%04d.bench.test origin\n" % i for i in range(HOSTS_COUNT)))
+        # no default_backend: an unknown Host gets 503, as edgeshard (no catch-all route) answers
+        # an unrouted request with an error
+        routing = ("    # 1,000 host routes, all to the one origin (edgeshard: 1,000 [[route]] host = ...)\n"
+                   "    use_backend %%[req.hdr(host),lower,map_str(%s)]" % mp)
+    elif variant == "default":
+        routing = "    default_backend origin"
+    else:
+        raise ValueError("haproxy has no variant %r" % variant)
+    return render("haproxy.cfg.tmpl", dict(
+        THREADS=cfg.shards, CPU_MAP=haproxy_cpu_map(cfg.proxy_cpus, cfg.shards),
+        # as nginx's worker_connections: every client connection the nofile limit allows
+        MAXCONN=max(1024, cfg.nofile - 64), PORT=cfg.ports["haproxy"],
+        BIND_OPTS=" shards by-thread" if cfg.shards > 1 else "",
+        POOL_LOW=2 * cfg.shards if cfg.shards > 1 else 0,
+        ORIGIN_PORT=cfg.ports["origin"], ROUTING=routing))
+
+
 def edgeshard_conf(cfg, variant):
     # "base:key=value,key=value" adds [server] keys to a base variant (experiments)
     full = variant
@@ -452,6 +496,19 @@ def start_proxy(cfg, target, variant, extra_prefix=None, single_process=False):
             while len(children(p.pid)) < cfg.shards and time.monotonic() < t:
                 time.sleep(0.05)
         return p, "epoll"
+    if target == "haproxy":
+        binary = getattr(cfg, "haproxy", None) or shutil.which("haproxy") or "/usr/sbin/haproxy"
+        conf = os.path.join(cfg.tmp, "haproxy-%s.cfg" % variant)
+        with open(conf, "w") as f:
+            f.write(haproxy_conf(cfg, variant))
+        # -db: foreground, no daemon, no master-worker: one process, all threads counted by /proc/PID/stat
+        argv = pre + [binary, "-db", "-f", conf]
+        p = Proc("haproxy", argv, os.path.join(cfg.tmp, "haproxy-%s.out" % variant))
+        if not wait_port(port, p, cfg.ready_timeout):
+            out = p.output()
+            p.stop(timeout=5)
+            raise RuntimeError("haproxy did not start (%s)\n%s" % (run_cmd([binary, "-c", "-f", conf]), out[-3000:]))
+        return p, "epoll"
     raise ValueError(target)
 
 
@@ -483,6 +540,32 @@ def wrk(cfg, port, cell, duration, timeout_s=5):
     return res, out
 
 
+def origin_accepts(cfg):
+    """The origin nginx's `accepts` counter (stub_status, all workers); this read's own connection
+    is included. None when it cannot be read (an origin without the status location)."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (cfg.ports["origin"], ORIGIN_STATUS),
+                                    timeout=5) as r:
+            text = r.read().decode(errors="replace")
+    except (OSError, ValueError) as e:
+        log("origin status unavailable: %s" % e)
+        return None
+    m = re.search(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s*$", text, re.M)  # "accepts handled requests"
+    return int(m.group(1)) if m else None
+
+
+def set_connects(row, a0, a1, requests):
+    """New upstream connections during a run: accepts after - before - 1 (the second read's own
+    connection; the first read's is already in a0), and per 1,000 completed requests."""
+    if a0 is None or a1 is None:
+        return
+    n = max(0, a1 - a0 - 1)
+    row["upstream_connects"] = n
+    if requests:
+        row["upstream_connects_per_1k"] = "%.3f" % (n * 1000.0 / requests)
+
+
 def measured_run(cfg, cell, target, rep, port, proxy, origin, duration, engine):
     row = {k: "" for k in RAW_FIELDS}
     row.update(time=datetime.datetime.now().isoformat(timespec="seconds"), cell=cell, target=target, rep=rep,
@@ -490,9 +573,11 @@ def measured_run(cfg, cell, target, rep, port, proxy, origin, duration, engine):
                client_cpus=cpus_str(cfg.client_cpus), engine=engine)
     ppids = proxy.pids() if proxy else []
     opids = origin.pids()
+    a0 = origin_accepts(cfg)
     p0, o0 = cpu_ticks(ppids), cpu_ticks(opids)
     res, out = wrk(cfg, port, cell, duration)
     p1, o1 = cpu_ticks(proxy.pids() if proxy else []), cpu_ticks(origin.pids())
+    a1 = origin_accepts(cfg)
     if res is None:
         row["note"] = "wrk failed: " + out.strip().replace("\n", " | ")[-300:]
         log("  %s/%s rep %d: wrk failed: %s" % (cell, target, rep, out[-500:]))
@@ -510,12 +595,15 @@ def measured_run(cfg, cell, target, rep, port, proxy, origin, duration, engine):
             row["proxy_cpu_s"] = "%.2f" % ((p1 - p0) / CLK_TCK)
             row["cpu_us_per_req"] = "%.2f" % ((p1 - p0) / CLK_TCK * 1e6 / req)
         row["origin_cpu_us_per_req"] = "%.2f" % ((o1 - o0) / CLK_TCK * 1e6 / req)
+    set_connects(row, a0, a1, req)
     if proxy and not proxy.alive():
         row["note"] = "proxy exited during run"
     errs = row["non2xx"] + row["err_connect"] + row["err_read"] + row["err_write"] + row["err_timeout"]
-    log("  %-9s %-9s rep %d: %9.0f req/s  p50 %6dus p99 %6dus p99.9 %6dus  cpu %s us/req  errs %d"
+    log("  %-9s %-9s rep %d: %9.0f req/s  p50 %6dus p99 %6dus p99.9 %6dus  cpu %s us/req  errs %d  "
+        "upstream connects %s (%s/1k req)"
         % (cell, target, rep, req / dur if dur else 0, row["lat_p50_us"], row["lat_p99_us"],
-           row["lat_p999_us"], row["cpu_us_per_req"] or "-", errs))
+           row["lat_p999_us"], row["cpu_us_per_req"] or "-", errs, row["upstream_connects"],
+           row["upstream_connects_per_1k"] or "-"))
     return row
 
 
@@ -593,9 +681,11 @@ def rate_run(cfg, cell, target, rep, port, proxy, origin, duration, engine, rate
                conns=cfg.rate_conns, shards=cfg.shards, proxy_cpus=cpus_str(cfg.proxy_cpus),
                client_cpus=cpus_str(cfg.client_cpus), engine=engine, load_pct=pct, offered_rps="%.1f" % rate,
                base_rps="%.1f" % base, base_src=base_src)
+    a0 = origin_accepts(cfg)
     p0, o0 = cpu_ticks(proxy.pids() if proxy else []), cpu_ticks(origin.pids())
     res, out = rategen(cfg, port, rate, duration, cfg.rate_conns)
     p1, o1 = cpu_ticks(proxy.pids() if proxy else []), cpu_ticks(origin.pids())
+    a1 = origin_accepts(cfg)
     if res is None:
         row["note"] = "rategen failed: " + out.strip().replace("\n", " | ")[-300:]
         log("  %s/%s rep %d: rategen failed: %s" % (cell, target, rep, out[-500:]))
@@ -613,6 +703,7 @@ def rate_run(cfg, cell, target, rep, port, proxy, origin, duration, engine, rate
             row["proxy_cpu_s"] = "%.2f" % ((p1 - p0) / CLK_TCK)
             row["cpu_us_per_req"] = "%.2f" % ((p1 - p0) / CLK_TCK * 1e6 / req)
         row["origin_cpu_us_per_req"] = "%.2f" % ((o1 - o0) / CLK_TCK * 1e6 / req)
+    set_connects(row, a0, a1, req)
     if proxy and not proxy.alive():
         row["note"] = "proxy exited during run"
     errs = sum(int(row[k]) for k in ERR_FIELDS)
@@ -712,6 +803,9 @@ def write_env(cfg, path, engines):
         "os: %s" % (re.search(r'PRETTY_NAME="?([^"\n]*)', read("/etc/os-release")) or re.match("(.*)", "?")).group(1),
         "cpu governor (cpu0): %s" % gov,
         "nginx: %s" % run_cmd([cfg.nginx, "-v"]),
+    ] + ([
+        "haproxy: %s" % (run_cmd([cfg.haproxy, "-v"]).splitlines() or ["?"])[0],
+    ] if "haproxy" in getattr(cfg, "targets", ()) else []) + [
         "wrk: %s" % run_cmd([cfg.wrk, "-v"]).splitlines()[0],
         "rategen: %s" % (cfg.rategen if os.path.exists(getattr(cfg, "rategen", "")) else "not built"),
         "rustc: %s" % run_cmd(["rustc", "-V"]),
@@ -722,8 +816,9 @@ def write_env(cfg, path, engines):
         "nofile limit used: %d" % cfg.nofile,
         "",
         "pinning:",
-        "  proxy CPUs (edgeshard --cpus, nginx worker_cpu_affinity, floor --cpus): %s" % cpus_str(cfg.proxy_cpus),
-        "  shards = nginx workers = floor shards: %d" % cfg.shards,
+        "  proxy CPUs (edgeshard --cpus, nginx worker_cpu_affinity, floor --cpus, haproxy cpu-map): %s"
+        % cpus_str(cfg.proxy_cpus),
+        "  shards = nginx workers = floor shards = haproxy threads: %d" % cfg.shards,
         "  client CPUs (wrk, idle client): %s" % cpus_str(cfg.client_cpus),
         "  origin CPUs (origin nginx workers): %s (workers %d)" % (cpus_str(cfg.origin_cpus), len(cfg.origin_cpus)),
         "  overlap proxy/client: %s" % bool(set(cfg.proxy_cpus) & (set(cfg.client_cpus) | set(cfg.origin_cpus))),
@@ -768,6 +863,13 @@ def cmd_matrix(a):
     cfg.io_engine = a.io_engine
     cfg.ready_timeout = a.ready_timeout
     cfg.edgeshard, cfg.floor, cfg.nginx, cfg.wrk = a.edgeshard, a.floor, a.nginx_bin, a.wrk
+    cfg.haproxy = a.haproxy_bin
+    for t in cfg.targets:
+        if t not in PROXIES + ("direct",):
+            raise SystemExit("unknown target %r (known: %s; direct is added unless --no-direct)"
+                             % (t, ", ".join(PROXIES)))
+    if "haproxy" in cfg.targets and not (os.access(cfg.haproxy, os.X_OK) or shutil.which(cfg.haproxy)):
+        raise SystemExit("haproxy not found (%s): apt-get install haproxy, or drop it from --targets" % cfg.haproxy)
     cfg.rategen = a.rategen
     cfg.rate_conns = a.rate_conns
     cfg.rate_loads = [int(x) for x in a.rate_loads.split(",") if x.strip()]
@@ -779,8 +881,10 @@ def cmd_matrix(a):
         cfg.cells.remove("rate")
         cfg.cells.insert(cfg.cells.index("ka50") + 1, "rate")
     base = a.base_port
-    cfg.ports = dict(origin=base, edgeshard=base + 1, nginx=base + 2, floor=base + 3)
+    cfg.ports = dict(origin=base, edgeshard=base + 1, nginx=base + 2, floor=base + 3, haproxy=base + 4)
     for name, port in cfg.ports.items():
+        if name == "haproxy" and name not in cfg.targets:
+            continue  # base+4 is only checked when haproxy runs (it was not part of the harness before)
         if port_open(port):
             raise SystemExit("port %d (%s) is already in use; choose another --base-port" % (port, name))
     cfg.nofile = nofile_hard()
@@ -808,7 +912,7 @@ def cmd_matrix(a):
             want = spec.get("variant", "default")
             targets = [t for t in cfg.targets if t != "floor" or cell in cfg.floor_cells]
             if spec.get("idle"):
-                targets = [t for t in targets if t in ("edgeshard", "nginx")]
+                targets = [t for t in targets if t in IDLE_TARGETS]
             elif cfg.direct:
                 targets = targets + ["direct"]
             if want != variant:
@@ -867,6 +971,15 @@ def cmd_matrix(a):
             src = os.path.join(cfg.tmp, "nginx-proxy-%s.conf" % v)
             if os.path.exists(src) and v == "default":
                 shutil.copy(src, os.path.join(a.out, "nginx-proxy-%s.conf" % v))
+            src = os.path.join(cfg.tmp, "haproxy-%s.cfg" % v)
+            if os.path.exists(src) and v == "default":
+                shutil.copy(src, os.path.join(a.out, "haproxy-%s.cfg" % v))
+        # haproxy has no error log file: its start-up warnings/alerts go to stderr (-db)
+        txt = "".join("== %s\n%s" % (v, read(os.path.join(cfg.tmp, "haproxy-%s.out" % v)))
+                      for v in ("default", "hosts") if read(os.path.join(cfg.tmp, "haproxy-%s.out" % v)).strip())
+        if txt:
+            with open(os.path.join(a.out, "haproxy.log"), "w") as f:
+                f.write(txt[-20000:])
         if not a.keep_tmp:
             shutil.rmtree(cfg.tmp, ignore_errors=True)
         else:
@@ -994,6 +1107,56 @@ def rate_section(rows, cells):
     return L
 
 
+def vs_section(rows, cells, other):
+    """Headline table edgeshard / `other` (paired per repetition), e.g. haproxy."""
+    L = ["## edgeshard / %s (paired per repetition)" % other, "",
+         "| cell | req/s ratio | p99 ratio | CPU-µs/req ratio | edgeshard CPU-µs/req | %s CPU-µs/req "
+         "| %s req/s | %s p99 ms |" % (other, other, other),
+         "|---|---|---|---|---|---|---|---|"]
+    for cell in cells:
+        sel = [r for r in rows if r["cell"] == cell]
+        if not any(r["target"] == other for r in sel):
+            continue
+        g = lambda t, k, nd=0, sc=1.0: fmt_range([fnum(r.get(k)) for r in sel if r["target"] == t], nd, sc)
+        if cell == "idle10k":
+            L.append("| idle10k (bytes/conn) | | | ratio %s | %s | %s | | |" % (
+                fmt_range(paired_ratios(rows, cell, "edgeshard", other, "bytes_per_idle_conn"), 2),
+                g("edgeshard", "bytes_per_idle_conn"), g(other, "bytes_per_idle_conn")))
+            continue
+        L.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            cell, fmt_range(paired_ratios(rows, cell, "edgeshard", other, "rps"), 2),
+            fmt_range(paired_ratios(rows, cell, "edgeshard", other, "lat_p99_us"), 2),
+            fmt_range(paired_ratios(rows, cell, "edgeshard", other, "cpu_us_per_req"), 2),
+            g("edgeshard", "cpu_us_per_req", 2), g(other, "cpu_us_per_req", 2), g(other, "rps"),
+            g(other, "lat_p99_us", 2, 1e-3)))
+    L += ["", "Ratios < 1 are better for edgeshard in the p99 and CPU columns, > 1 better in the req/s column.", ""]
+    return L
+
+
+def connects_section(rows, cells):
+    """New upstream connections per 1,000 requests, every target side by side."""
+    sel = [r for r in rows if r.get("upstream_connects_per_1k")]
+    if not sel:
+        return []
+    targets = [t for t in TARGET_ORDER if any(r["target"] == t for r in sel)]
+    L = ["## New upstream connections per 1,000 requests", "",
+         "Connections the origin accepted during each measured run (stub_status `accepts`) per 1,000 "
+         "requests completed; the warm-up run before the first repetition opens the pools. ≈ 0 = every "
+         "request went over an already open upstream connection. A proxy that closes the upstream "
+         "connections of the requests wrk cut off when its previous run stopped (nginx: "
+         "`proxy_ignore_client_abort off`) reopens them at the start of the next run, up to one per "
+         "wrk connection. `direct`: wrk's own connections.", "",
+         "| cell | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+    for cell in cells:
+        cs = [r for r in sel if r["cell"] == cell]
+        if not cs:
+            continue
+        L.append("| %s | %s |" % (cell, " | ".join(
+            fmt_range([fnum(r["upstream_connects_per_1k"]) for r in cs if r["target"] == t], 2) for t in targets)))
+    L.append("")
+    return L
+
+
 def summarize(out):
     rows = load_rows(out)
     cells = []
@@ -1001,17 +1164,23 @@ def summarize(out):
         if r["cell"] not in cells:
             cells.append(r["cell"])
     env = read(os.path.join(out, "env.txt"))
-    L = ["# edgeshard vs nginx: benchmark summary", ""]
+    has_hap = any(r["target"] == "haproxy" for r in rows)
+    L = ["# edgeshard vs nginx%s: benchmark summary" % (" vs haproxy" if has_hap else ""), ""]
     L.append("Directory: `%s`. Medians over repetitions, (min–max) in brackets. Latencies from wrk "
              "(`--latency` + bench.lua percentiles, closed-loop: wrk does not correct for coordinated omission). "
              "CPU-µs/req = (utime+stime of the whole proxy process, all threads / nginx master+workers) "
-             "during the run ÷ requests completed. `direct` is wrk straight at the origin (the ceiling); "
+             "during the run ÷ requests completed%s. `direct` is wrk straight at the origin (the ceiling); "
              "`floor` is the minimal monoio byte relay (loadtest/floor). Errors = non-2xx + socket errors "
              "(connect/read/write/timeout) + unfinished (rate cells). The `rateNN` cells are open loop (rategen, "
-             "latency from the intended send time, see *Open loop* below), not wrk." % os.path.basename(os.path.normpath(out)))
+             "latency from the intended send time, see *Open loop* below), not wrk. **Upstream connects/1k req** = "
+             "new connections the origin accepted during the run (its stub_status `accepts`, read before and "
+             "after, the read's own connection subtracted) × 1,000 ÷ requests completed: ≈ 0 for a proxy that "
+             "keeps reusing its upstream connections; for `direct` it counts wrk's own connections."
+             % (os.path.basename(os.path.normpath(out)),
+                " (haproxy: its one process, all threads)" if has_hap else ""))
     L.append("")
     for key in ("cpu model", "kernel", "  proxy CPUs", "  client CPUs", "  origin CPUs", "options",
-                "proxy engines", "edgeshard git", "nginx:", "matrix wall time"):
+                "proxy engines", "edgeshard git", "nginx:", "haproxy:", "matrix wall time"):
         for line in env.splitlines():
             if line.startswith(key):
                 L.append("- " + line.strip())
@@ -1042,6 +1211,9 @@ def summarize(out):
     L.append("")
     L.append("Ratios < 1 are better for edgeshard in the p99 and CPU columns, > 1 better in the req/s column.")
     L.append("")
+    if has_hap and any(r["target"] == "edgeshard" for r in rows):
+        L += vs_section(rows, cells, "haproxy")
+    L += connects_section(rows, cells)
     L += rate_section(rows, cells)
     # per cell detail
     L.append("## Per cell")
@@ -1062,38 +1234,40 @@ def summarize(out):
             continue
         if RATE_CELL_RX.match(cell):
             L += ["| target | runs | offered req/s | completed req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
-                  "| errors | CPU-µs/req | origin CPU-µs/req | rategen lag p99 ms |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| errors | CPU-µs/req | origin CPU-µs/req | rategen lag p99 ms | upstream connects/1k req |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for t in TARGET_ORDER:
                 tr = [r for r in cr if r["target"] == t]
                 if not tr:
                     continue
                 g = lambda k: [fnum(r.get(k)) for r in tr]
                 failed = sum(1 for r in tr if r["note"])
-                L.append("| %s | %d%s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                L.append("| %s | %d%s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                     t, len(tr), " (%d noted)" % failed if failed else "", fmt_range(g("offered_rps")),
                     fmt_range(g("rps")), fmt_range(g("lat_p50_us"), 2, 1e-3), fmt_range(g("lat_p90_us"), 2, 1e-3),
                     fmt_range(g("lat_p99_us"), 2, 1e-3), fmt_range(g("lat_p999_us"), 2, 1e-3),
                     fmt_range(g("lat_max_us"), 2, 1e-3), fmt_range([row_errors(r) for r in tr]),
                     fmt_range(g("cpu_us_per_req"), 2), fmt_range(g("origin_cpu_us_per_req"), 2),
-                    fmt_range(g("gen_lag_p99_us"), 2, 1e-3)))
+                    fmt_range(g("gen_lag_p99_us"), 2, 1e-3), fmt_range(g("upstream_connects_per_1k"), 2)))
             for n in sorted(set(r["note"] for r in cr if r["note"])):
                 L += ["", "> note: %s" % n[:300]]
             continue
-        L += ["| target | runs | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU-µs/req | origin CPU-µs/req |",
-              "|---|---|---|---|---|---|---|---|---|"]
+        L += ["| target | runs | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU-µs/req | origin CPU-µs/req "
+              "| upstream connects/1k req |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
         for t in TARGET_ORDER:
             tr = [r for r in cr if r["target"] == t]
             if not tr:
                 continue
-            g = lambda k: [fnum(r[k]) for r in tr]
+            g = lambda k: [fnum(r.get(k)) for r in tr]
             errs = [row_errors(r) for r in tr]
             failed = sum(1 for r in tr if r["note"])
-            L.append("| %s | %d%s | %s | %s | %s | %s | %s | %s | %s |" % (
+            L.append("| %s | %d%s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 t, len(tr), " (%d noted)" % failed if failed else "", fmt_range(g("rps")),
                 fmt_range(g("lat_p50_us"), 2, 1e-3), fmt_range(g("lat_p99_us"), 2, 1e-3),
                 fmt_range(g("lat_p999_us"), 2, 1e-3), fmt_range(errs),
-                fmt_range(g("cpu_us_per_req"), 2), fmt_range(g("origin_cpu_us_per_req"), 2)))
+                fmt_range(g("cpu_us_per_req"), 2), fmt_range(g("origin_cpu_us_per_req"), 2),
+                fmt_range(g("upstream_connects_per_1k"), 2)))
         notes = sorted(set(r["note"] for r in cr if r["note"]))
         for n in notes:
             L.append("")
@@ -1115,7 +1289,8 @@ def make_plots(out, rows, cells):
         import matplotlib.pyplot as plt
     except Exception:
         return []
-    colors = {"edgeshard": "#1f77b4", "nginx": "#2ca02c", "floor": "#7f7f7f", "direct": "#d62728"}
+    colors = {"edgeshard": "#1f77b4", "nginx": "#2ca02c", "haproxy": "#ff7f0e", "floor": "#7f7f7f",
+              "direct": "#d62728"}
     cells = [c for c in cells if c != "idle10k"]
     targets = [t for t in TARGET_ORDER if any(r["target"] == t for r in rows if r["cell"] in cells)]
     made = []
@@ -1154,7 +1329,7 @@ def make_plots(out, rows, cells):
     made.append("latency.png")
 
     fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(cells) + 3), 5))
-    grouped(ax, "cpu_us_per_req", 1.0, "proxy CPU-µs per request", only=("edgeshard", "nginx", "floor"))
+    grouped(ax, "cpu_us_per_req", 1.0, "proxy CPU-µs per request", only=("edgeshard", "nginx", "haproxy", "floor"))
     ax.set_title("Proxy CPU time per request (utime+stime / requests)")
     ax.legend()
     fig.tight_layout()
@@ -1682,6 +1857,7 @@ def main():
     m.add_argument("--idle-conns", type=int, default=10000)
     m.add_argument("--idle-settle", type=float, default=2.0)
     m.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    m.add_argument("--haproxy-bin", default=shutil.which("haproxy") or "/usr/sbin/haproxy")
     m.add_argument("--rategen", default=os.path.join(HERE, "rategen/target/release/rategen"))
     m.add_argument("--rate-loads", default="50,80", help="rate cell: offered rates in %% of nginx's max req/s")
     m.add_argument("--rate-conns", type=int, default=50, help="rate cell: rategen connections")

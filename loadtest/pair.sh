@@ -7,6 +7,8 @@
 # Bounded: REPS x DURATION seconds plus start-up, and `timeout` over the whole script.
 #   loadtest/pair.sh A_BINARY B_BINARY [plain|tls]
 #   REPS=6 DURATION=8 CONNS=50 PAGE_BYTES=45 PROXY_CPU=1 CLIENT_CPU=0 BASE_PORT=18650 OUT=file.md
+#   A_SERVER='...' B_SERVER='...': [server] lines for one side only, to A/B two configurations
+#   of one build (e.g. B_SERVER='splice_min_bytes = "32KiB"'; lines split on ';').
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [ $# -ge 2 ] || die "usage: loadtest/pair.sh A_BINARY B_BINARY [plain|tls]"
@@ -40,7 +42,9 @@ if [ "$KIND" = tls ]; then
 fi
 for side in a b; do
   port=$((PORT + 1)); [ $side = b ] && port=$((PORT + 2))
-  cat > "$DIR/$side.toml" <<EOF
+  extra=A_SERVER; [ $side = b ] && extra=B_SERVER
+  { [ -n "${!extra:-}" ] && printf '[server]\n%s\n' "$(tr ';' '\n' <<< "${!extra}")"; true; } > "$DIR/$side.toml"
+  cat >> "$DIR/$side.toml" <<EOF
 [[listener]]
 address = "127.0.0.1:$port"
 $tls
@@ -78,7 +82,7 @@ for r in $(seq "$REPS"); do
   log "rep $r: ${rows[-1]}"
 done
 
-python3 - "$A" "$B" "$KIND" "$REPS" "$DURATION" "$CONNS" "$PAGE_BYTES" "${rows[@]}" <<'EOF' | tee "${OUT:-/dev/null}"
+python3 - "$A${A_SERVER:+ with [server] $A_SERVER}" "$B${B_SERVER:+ with [server] $B_SERVER}" "$KIND" "$REPS" "$DURATION" "$CONNS" "$PAGE_BYTES" "${rows[@]}" <<'EOF' | tee "${OUT:-/dev/null}"
 import statistics, sys, platform, os
 a, b, kind, reps, dur, conns, page, *rows = sys.argv[1:]
 rows = [r.split() for r in rows]

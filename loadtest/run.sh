@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# edgeshard vs nginx (vs floor relay, vs direct-to-origin) benchmark matrix.
+# edgeshard vs nginx (vs haproxy if asked, vs floor relay, vs direct-to-origin) benchmark matrix.
 # See loadtest/README.md for every option. Quick reference (env vars):
 #   DURATION=10 REPS=3 WARMUP=2 SHARDS=1 PROXY_CPUS=<last SHARDS cpus> CLIENT_CPUS=<the others>
 #   ORIGIN_CPUS=<CLIENT_CPUS> CELLS=ka50,ka256,close,post1k,post64k,get64k,get1m,hosts1000,idle10k,rate
-#   TARGETS=edgeshard,nginx,floor FLOOR_CELLS=ka50,ka256 DIRECT=1 IO_ENGINE=auto IDLE_CONNS=10000
+#   TARGETS=edgeshard,nginx,floor (optional: haproxy, e.g. TARGETS=edgeshard,nginx,haproxy,floor)
+#   FLOOR_CELLS=ka50,ka256 DIRECT=1 IO_ENGINE=auto IDLE_CONNS=10000
 #   RATE_LOADS=50,80 RATE_CONNS=50 RATE_BASE=<measured: nginx ka50 req/s>
-#   OUT_DIR=loadtest/results/<date>-<host> BASE_PORT=18080 KEEPALIVE=1024 SKIP_BUILD=0 FRESH=0
+#   OUT_DIR=loadtest/results/<date>-<host> BASE_PORT=18080 (haproxy: +4) KEEPALIVE=1024 SKIP_BUILD=0 FRESH=0
 # Extra arguments are passed to driver.py matrix (e.g. --keep-tmp).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -23,6 +24,8 @@ WARMUP=${WARMUP:-2}
 OUT_DIR=${OUT_DIR:-$(default_out)}
 CELLS=${CELLS:-ka50,ka256,close,post1k,post64k,get64k,get1m,hosts1000,idle10k,rate}
 TARGETS=${TARGETS:-edgeshard,nginx,floor}
+# haproxy is optional: installed only when asked for
+case ",$TARGETS," in *,haproxy,*) ensure_pkgs "haproxy:haproxy" ;; esac
 FLOOR_CELLS=${FLOOR_CELLS:-ka50,ka256}
 IO_ENGINE=${IO_ENGINE:-auto}
 IDLE_CONNS=${IDLE_CONNS:-10000}
@@ -52,5 +55,7 @@ args=(matrix --out "$OUT_DIR" --shards "$SHARDS" --duration "$DURATION" --reps "
 log "host: $NCPU CPUs; shards=$SHARDS duration=${DURATION}s reps=$REPS -> $OUT_DIR"
 # the driver stops everything it started (by PID) on exit, error, SIGINT and SIGTERM;
 # overall bound: generous multiple of the expected wall time
-BUDGET=${BUDGET_S:-$(( 600 + (DURATION + 3) * REPS * 48 + WARMUP * 48 ))}
+# (about 12 runs per target over the default cells; direct counts as one)
+NRUNS=$(( 12 * ($(tr -cd , <<<"$TARGETS" | wc -c) + 2) )); [ "$NRUNS" -lt 48 ] && NRUNS=48
+BUDGET=${BUDGET_S:-$(( 600 + (DURATION + 3) * REPS * NRUNS + WARMUP * NRUNS ))}
 exec timeout --signal=TERM --kill-after=60 "$BUDGET" "$PY" "$LOADTEST_DIR/driver.py" "${args[@]}" "$@"

@@ -26,7 +26,9 @@ use startup::{choose_cpus, format_cpus, raise_nofile_limit, resolve_engine};
 
 // mimalloc: the proxy allocates per-connection buffers and per-request vectors from many
 // threads with no cross-thread frees on the hot path; mimalloc's per-thread heaps serve that
-// pattern with less contention and fragmentation than glibc malloc's arenas.
+// pattern with less contention and fragmentation than glibc malloc's arenas. The
+// `system-alloc` feature leaves it out, for heap profilers that hook malloc.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
