@@ -9,6 +9,7 @@
 #   REPS=6 DURATION=8 CONNS=50 PAGE_BYTES=45 PROXY_CPU=1 CLIENT_CPU=0 BASE_PORT=18650 OUT=file.md
 #   A_SERVER='...' B_SERVER='...': [server] lines for one side only, to A/B two configurations
 #   of one build (e.g. B_SERVER='splice_min_bytes = "32KiB"'; lines split on ';').
+#   WRK_HEADER='Connection: close': a header on every request (a connection per request).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [ $# -ge 2 ] || die "usage: loadtest/pair.sh A_BINARY B_BINARY [plain|tls]"
@@ -72,8 +73,8 @@ ticks=$(getconf CLK_TCK)
 rows=()
 for r in $(seq "$REPS"); do
   a0=$(cpu $PA); b0=$(cpu $PB)
-  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" "$SCHEME://127.0.0.1:$((PORT + 1))/" > "$DIR/wa" 2>&1 & wa=$!
-  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" "$SCHEME://127.0.0.1:$((PORT + 2))/" > "$DIR/wb" 2>&1 & wb=$!
+  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" ${WRK_HEADER:+-H "$WRK_HEADER"} "$SCHEME://127.0.0.1:$((PORT + 1))/" > "$DIR/wa" 2>&1 & wa=$!
+  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" ${WRK_HEADER:+-H "$WRK_HEADER"} "$SCHEME://127.0.0.1:$((PORT + 2))/" > "$DIR/wb" 2>&1 & wb=$!
   wait $wa $wb
   a1=$(cpu $PA); b1=$(cpu $PB)
   ra=$(awk '/requests in/{print $1}' "$DIR/wa"); rb=$(awk '/requests in/{print $1}' "$DIR/wb")
@@ -85,10 +86,11 @@ done
 python3 - "$A${A_SERVER:+ with [server] $A_SERVER}" "$B${B_SERVER:+ with [server] $B_SERVER}" "$KIND" "$REPS" "$DURATION" "$CONNS" "$PAGE_BYTES" "${rows[@]}" <<'EOF' | tee "${OUT:-/dev/null}"
 import statistics, sys, platform, os
 a, b, kind, reps, dur, conns, page, *rows = sys.argv[1:]
+hdr = f" -H '{os.environ['WRK_HEADER']}'" if os.environ.get("WRK_HEADER") else ""
 rows = [r.split() for r in rows]
 med = lambda i: statistics.median(float(r[i]) for r in rows)
 print(f"# pair A/B ({kind}): A = `{a}`, B = `{b}`\n")
-print(f"Both on one CPU at once, {reps} x {dur} s, wrk -c{conns} each, {page}-byte page; host {platform.node()}, "
+print(f"Both on one CPU at once, {reps} x {dur} s, wrk -c{conns} each{hdr}, {page}-byte page; host {platform.node()}, "
       f"{os.cpu_count()} CPUs, Linux {platform.release()}.\n")
 print("| rep | A CPU-µs/req | B CPU-µs/req | B/A | A requests | B requests |\n|---|---|---|---|---|---|")
 for i, r in enumerate(rows, 1):

@@ -59,7 +59,7 @@ async fn open(
     accepted: Instant,
     listener: Rc<ListenerSide>,
 ) -> Option<Client> {
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY is inherited from the listener (`listener::bind_one`).
     // -- PROXY protocol: the balancer's header names the client ---------------------------
     // Within client_header of the accept, before the allow/deny below (which sees the
     // client it names) and the TLS handshake. Boxed: a cold step an idle connection is not in.

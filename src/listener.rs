@@ -50,6 +50,8 @@ fn bind_one(
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(map)?;
     socket.set_reuse_address(true).map_err(map)?;
     socket.set_reuse_port(true).map_err(map)?;
+    // Accepted connections inherit TCP_NODELAY from their listener (Linux copies the
+    // listener's socket into each child): no setsockopt per connection.
     socket.set_tcp_nodelay(true).map_err(map)?;
     socket.set_nonblocking(true).map_err(map)?;
     if let Some(name) = congestion {
@@ -345,6 +347,33 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
     use std::time::Duration;
+
+    #[test]
+    fn accepted_connections_inherit_nodelay_and_congestion_from_their_listener() {
+        let l = bind_one("127.0.0.1:0".parse().unwrap(), Some("reno")).unwrap();
+        let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let accepted = loop {
+            match l.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no connection accepted"
+                    );
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        let sock = socket2::SockRef::from(&accepted);
+        assert!(
+            sock.tcp_nodelay().unwrap(),
+            "Nagle is off without a setsockopt"
+        );
+        let cc = sock.tcp_congestion().unwrap();
+        assert_eq!(cc.split(|&b| b == 0).next(), Some(&b"reno"[..]));
+    }
 
     #[test]
     fn proc_net_tcp_lines_are_matched_by_address_and_port() {
