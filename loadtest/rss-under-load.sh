@@ -1,5 +1,6 @@
 #!/bin/bash
-# RSS of the proxy: before, at the end of 200 connections fetching 64 KiB for 20 s, and 5 s after.
+# RSS of the proxy: before, at the end of 200 connections fetching 64 KiB for 20 s, and AFTER s
+# (default 5) after.
 # usage: rss-under-load.sh edgeshard|nginx   (ES=path/to/edgeshard, default the checkout's release build)
 ES=$(realpath "${ES:-$(dirname "$0")/../target/release/edgeshard}")
 # Sets up /tmp/prof (a 64 KiB file, the origin's and edgeshard's configs) when it is missing.
@@ -39,7 +40,7 @@ sleep 1
 b=$(rss $PIDS)
 taskset -c 0 wrk -t1 -c200 -d20s http://127.0.0.1:$PORT/64k.bin > rss-wrk.out & W=$!
 sleep 19; d=$(rss $PIDS); wait $W
-sleep 5; a=$(rss $PIDS)
-echo "$1: rps=$(grep Requests/sec rss-wrk.out | awk '{print $2}') rss_kb before=$b during=$d after5s=$a growth=$((d-b)) left=$((a-b))"
+sleep "${AFTER:-5}"; a=$(rss $PIDS)
+echo "$1: rps=$(grep Requests/sec rss-wrk.out | awk '{print $2}') rss_kb before=$b during=$d after${AFTER:-5}s=$a growth=$((d-b)) left=$((a-b))"
 if [ "$1" = edgeshard ]; then kill $P; else kill $(cat /tmp/prof/px.pid); fi
 kill $(cat /tmp/prof/origin.pid); wait 2>/dev/null
