@@ -1,6 +1,6 @@
 #!/bin/bash
 # RSS of the proxy: before, at the end of 200 connections fetching 64 KiB for 20 s, and AFTER s
-# (default 5) after.
+# (default 5) after; and what the kernel's socket queues hold for it meanwhile.
 # usage: rss-under-load.sh edgeshard|nginx   (ES=path/to/edgeshard, default the checkout's release build)
 ES=$(realpath "${ES:-$(dirname "$0")/../target/release/edgeshard}")
 # Sets up /tmp/prof (a 64 KiB file, the origin's and edgeshard's configs) when it is missing.
@@ -39,8 +39,19 @@ sleep 1
 [ "$1" = nginx ] && PIDS="$(cat /tmp/prof/px.pid) $(pgrep -P $(cat /tmp/prof/px.pid))"
 b=$(rss $PIDS)
 taskset -c 0 wrk -t1 -c200 -d20s http://127.0.0.1:$PORT/64k.bin > rss-wrk.out & W=$!
-sleep 19; d=$(rss $PIDS); wait $W
+# Bytes the kernel holds for the proxy (not in its RSS): responses written but not yet read by
+# the client (Send-Q of its client sockets) and responses not yet read from the origin (Recv-Q
+# of its upstream sockets), sampled every 0.5 s from 5 s to 18 s; the median of each.
+sleep 5
+for _ in $(seq 27); do
+  echo "$(ss -tnH state established "( sport = :$PORT )" | awk '{s += $2} END {print int(s / 1024)}')" \
+    "$(ss -tnH state established "( dport = :18901 )" | awk '{s += $1} END {print int(s / 1024)}')"
+  sleep 0.5
+done > rss-queues.txt
+sleep 0.5; d=$(rss $PIDS); wait $W
 sleep "${AFTER:-5}"; a=$(rss $PIDS)
-echo "$1: rps=$(grep Requests/sec rss-wrk.out | awk '{print $2}') rss_kb before=$b during=$d after${AFTER:-5}s=$a growth=$((d-b)) left=$((a-b))"
+med() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+sendq=$(cut -d' ' -f1 rss-queues.txt | med); recvq=$(cut -d' ' -f2 rss-queues.txt | med)
+echo "$1: rps=$(grep Requests/sec rss-wrk.out | awk '{print $2}') rss_kb before=$b during=$d after${AFTER:-5}s=$a growth=$((d-b)) left=$((a-b)) kernel_kb(median) client_sendq=$sendq upstream_recvq=$recvq"
 if [ "$1" = edgeshard ]; then kill $P; else kill $(cat /tmp/prof/px.pid); fi
 kill $(cat /tmp/prof/origin.pid); wait 2>/dev/null
