@@ -5,6 +5,7 @@
 # copied in user space shows up as calls of about the read size (KiBs) per request; the head,
 # the futures' moves and small buffers stay in the hundreds of bytes.
 # usage: memmove.sh [SIZE]   (default 65536; ES=path/to/edgeshard, default the checkout's build)
+#   Writes its work files under /tmp/prof.
 #   needs root and perf (`apt-get install linux-perf`); CONNS=50
 set -euo pipefail
 SIZE=${1:-65536}; CONNS=${CONNS:-50}
@@ -28,29 +29,40 @@ backends = [{ address = "127.0.0.1:18931" }]
 path_prefix = "/"
 upstream = "origin"
 EOC
-perf probe -q -d 'probe_libc:*' 2>/dev/null || true
-added=0
-for f in $(perf probe -x "$LIBC" -F '__memmove_*unaligned_erms'); do
-  perf probe -q -x "$LIBC" --add "$f len=%dx:u64" && added=$((added + 1))
+# Every variant glibc has (the one in use depends on the CPU), under names of our own so that
+# only these probes are removed afterwards.
+EVENTS=()
+for f in $(perf probe -x "$LIBC" -F '__memmove_*unaligned*'); do
+  ev="edgeshard_mm_${#EVENTS[@]}"
+  perf probe -q -x "$LIBC" --add "$ev=$f len=%dx:u64" 2>/dev/null && EVENTS+=("probe_libc:$ev")
 done
-[ "$added" -gt 0 ] || { echo "no memmove variant could be probed in $LIBC" >&2; exit 1; }
+[ ${#EVENTS[@]} -gt 0 ] || { echo "no memmove variant could be probed in $LIBC" >&2; exit 1; }
 PIDS=()
-cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; perf probe -q -d 'probe_libc:*' 2>/dev/null || true; }
+cleanup() {
+  kill "${PIDS[@]}" 2>/dev/null || true
+  for ev in "${EVENTS[@]}"; do perf probe -q -d "$ev" 2>/dev/null || true; done
+}
 trap cleanup EXIT
 taskset -c 0 nginx -c /tmp/prof/mm-origin.conf & PIDS+=($!)
 taskset -c 1 "$ES" run --config mm-es.toml --cpus 1 > mm-es.log 2>&1 & P=$!; PIDS+=($P)
 URL=http://127.0.0.1:18933/$SIZE.bin
-for _ in $(seq 100); do curl -sf -o /dev/null "$URL" && break; sleep 0.1; done
+up=0
+for _ in $(seq 100); do curl -sf -o /dev/null "$URL" && { up=1; break; }; sleep 0.1; done
+[ "$up" = 1 ] || { echo "edgeshard did not answer on $URL (see /tmp/prof/mm-es.log)" >&2; exit 1; }
 taskset -c 0 wrk -t1 -c"$CONNS" -d1s "$URL" > /dev/null   # warm-up: pools and buffers filled
-perf record -q -e 'probe_libc:*' -p "$P" -o mm.data -- sleep 5 2>/dev/null & R=$!
+ev_list=$(IFS=,; echo "${EVENTS[*]}")
+perf record -q -e "$ev_list" -p "$P" -o mm.data -- sleep 5 2> mm-perf.err & R=$!; PIDS+=($R)
 sleep 0.5
 taskset -c 0 wrk -t1 -c"$CONNS" -d4s "$URL" > mm-wrk.out
-wait $R
+wait $R || { echo "perf record failed:" >&2; cat mm-perf.err >&2; exit 1; }
 REQ=$(awk '/requests in/{print $1}' mm-wrk.out)
-perf script -i mm.data 2>/dev/null | grep -o 'len=[0-9]*' | cut -d= -f2 | python3 -c '
+[ -n "$REQ" ] && [ "$REQ" -gt 0 ] || { echo "wrk completed no request (mm-wrk.out)" >&2; exit 1; }
+perf script -i mm.data 2>/dev/null | { grep -o 'len=[0-9]*' || true; } | cut -d= -f2 | python3 -c '
 import sys, collections
 req = int(sys.argv[1]); size = int(sys.argv[2])
 v = [int(x) for x in sys.stdin]
+if not v:
+    sys.exit("no memmove/memcpy call was recorded: the probes missed the variant in use?")
 edges = [64, 256, 1024, 4096, 16384, 1 << 62]
 names = ["<=64", "65-256", "257-1024", "1025-4096", "4097-16384", ">16384"]
 c = collections.Counter(next(n for e, n in zip(edges, names) if x <= e) for x in v)

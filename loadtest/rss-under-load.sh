@@ -42,13 +42,17 @@ taskset -c 0 wrk -t1 -c200 -d20s http://127.0.0.1:$PORT/64k.bin > rss-wrk.out & 
 # Bytes the kernel holds for the proxy (not in its RSS): responses written but not yet read by
 # the client (Send-Q of its client sockets) and responses not yet read from the origin (Recv-Q
 # of its upstream sockets), sampled every 0.5 s from 5 s to 18 s; the median of each.
-sleep 5
-for _ in $(seq 27); do
-  echo "$(ss -tnH state established "( sport = :$PORT )" | awk '{s += $2} END {print int(s / 1024)}')" \
-    "$(ss -tnH state established "( dport = :18901 )" | awk '{s += $1} END {print int(s / 1024)}')"
-  sleep 0.5
-done > rss-queues.txt
-sleep 0.5; d=$(rss $PIDS); wait $W
+sample_queues() {
+  sleep 5
+  local stop=$((SECONDS + 13))
+  while [ "$SECONDS" -lt "$stop" ]; do
+    echo "$(ss -tnH state established "( sport = :$PORT )" | awk '{s += $2} END {print int(s / 1024)}')" \
+      "$(ss -tnH state established "( dport = :18901 )" | awk '{s += $1} END {print int(s / 1024)}')"
+    sleep 0.5
+  done > rss-queues.txt
+}
+sample_queues & Q=$!
+sleep 19; d=$(rss $PIDS); wait $W; wait $Q
 sleep "${AFTER:-5}"; a=$(rss $PIDS)
 med() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 sendq=$(cut -d' ' -f1 rss-queues.txt | med); recvq=$(cut -d' ' -f2 rss-queues.txt | med)
