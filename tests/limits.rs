@@ -217,7 +217,7 @@ both_engines! {
         // After a refused connect the backend is skipped for fail_timeout: with every backend
         // in that state the proxy fails fast with 503 instead of trying again.
         let proxy = Config::new()
-            .upstream_with("u", &[dead_addr(), dead_addr()], "fail_timeout = \"1h\"")
+            .upstream_with("u", &dead_addrs::<2>(), "fail_timeout = \"1h\"")
             .route("u", "")
             .start(engine);
         let mut c = Client::connect(proxy.addr());

@@ -121,7 +121,7 @@ fn refused(addr: SocketAddr, what: &str) {
 both_engines! {
     fn a_reload_opens_an_added_listener_and_closes_a_removed_one(engine) {
         let o = Origin::start("o");
-        let (a, b) = (dead_addr(), dead_addr());
+        let [a, b] = dead_addrs();
         let proxy = Proxy::start_shards(&file(o.addr(), &[plain(a)]), engine, 2);
         assert_eq!(proxy.addr(), a);
         // A keep-alive connection on A, open through both reloads.
@@ -150,10 +150,11 @@ both_engines! {
 
     fn a_listener_that_cannot_be_bound_refuses_the_whole_reload(engine) {
         let o = Origin::start("o");
-        let (a, b) = (dead_addr(), dead_addr());
-        // Another socket (the test's own) listens here.
+        // Another socket (the test's own) listens here; bound first, so that A and B cannot be
+        // its port.
         let held = TcpListener::bind("127.0.0.1:0").unwrap();
         let taken = held.local_addr().unwrap();
+        let [a, b] = dead_addrs();
         let proxy = Proxy::start_shards(&file(o.addr(), &[plain(a)]), engine, 2);
         let admin = proxy.admin_addr();
 
@@ -180,7 +181,7 @@ both_engines! {
 
     fn an_upgrade_after_reloads_hands_over_the_listeners_in_force(engine) {
         let o = Origin::start("o");
-        let (a, b, c) = (dead_addr(), dead_addr(), dead_addr());
+        let [a, b, c] = dead_addrs();
         let mut proxy = Proxy::start_shards(&file(o.addr(), &[plain(a), plain(c)]), engine, 2);
         // B added, C removed; then a binary upgrade.
         reload_ok(&proxy, &file(o.addr(), &[plain(a), plain(b)]));
@@ -208,7 +209,7 @@ both_engines! {
 
     fn a_moved_listener_keeps_its_own_settings(engine) {
         let o = Origin::start("o");
-        let (a, b) = (dead_addr(), dead_addr());
+        let [a, b] = dead_addrs();
         let proxy = Proxy::start_shards(&file(o.addr(), &[plain(a), redirecting(b, 8443)]), engine, 2);
         let to_8443 = "https://a.test:8443/p";
         serves(b, 301, Some(to_8443));
@@ -274,7 +275,7 @@ both_engines! {
         let leaf = ca.leaf(&["a.test"]);
         let cert = dir.write("a.pem", &leaf.cert_pem);
         let key = dir.write("a.key", &leaf.key_pem);
-        let (a, b) = (dead_addr(), dead_addr());
+        let [a, b] = dead_addrs();
         let proxy = Proxy::start_shards(&file(o.addr(), &[plain(a)]), engine, 2);
 
         reload_ok(&proxy, &file(o.addr(), &[plain(a), tls(b, &cert, &key, "hsts = \"max-age=600\"")]));
@@ -298,9 +299,10 @@ both_engines! {
         let leaf = ca.leaf(&["a.test"]);
         let cert = dir.write("a.pem", &leaf.cert_pem);
         let key = dir.write("a.key", &leaf.key_pem);
-        let t = dead_addr();
+        // Bound before `t` is picked, so that `t` cannot be the port just freed.
         let held = TcpListener::bind("127.0.0.1:0").unwrap();
         let taken = held.local_addr().unwrap();
+        let t = dead_addr();
         let kept = tls(t, &cert, &key, "");
         let proxy = Proxy::start_shards(&file(o.addr(), std::slice::from_ref(&kept)), engine, 2);
         let admin = proxy.admin_addr();
@@ -320,7 +322,7 @@ both_engines! {
 
     fn a_reload_while_the_process_drains_may_not_change_listeners(engine) {
         let backend = LockStep::bind();
-        let (a, b) = (dead_addr(), dead_addr());
+        let [a, b] = dead_addrs();
         let mut proxy = Proxy::start_shards(&file(backend.addr(), &[plain(a)]), engine, 2);
         let admin = proxy.admin_addr();
         // A request in flight keeps the process draining (and its admin API up).

@@ -3,7 +3,7 @@
 //! `LockStep` (sozu style): the test itself accepts a connection, reads the
 //! bytes the proxy forwarded and writes the response bytes, step by step.
 //! `Misbehave`: a backend that closes or resets every connection.
-//! `dead_addr`: an address with nothing listening (connection refused).
+//! `dead_addr`, `dead_addrs`: addresses with nothing listening (connection refused).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -16,10 +16,17 @@ use std::time::{Duration, Instant};
 /// An address on which nothing listens: bind :0, take the port, drop the
 /// listener.
 pub fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let a = l.local_addr().unwrap();
-    drop(l);
-    a
+    dead_addrs::<1>()[0]
+}
+
+/// `N` distinct addresses on which nothing listens. The listeners are all held until every
+/// port is known: taken one after another, the kernel may hand out a port just given back
+/// (two "different" listeners of one test on one address).
+pub fn dead_addrs<const N: usize>() -> [SocketAddr; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap())
 }
 
 pub struct LockStep {

@@ -22,7 +22,7 @@ pub mod tls;
 pub use admin::{admin_get, admin_post, admin_raw, admin_request, AdminReply};
 pub use client::{chunked, get, request, Client, ClientError, Framing, Response};
 #[allow(unused_imports)]
-pub use lockstep::{dead_addr, LockConn, LockStep, Misbehave, Misbehaviour};
+pub use lockstep::{dead_addr, dead_addrs, LockConn, LockStep, Misbehave, Misbehaviour};
 pub use origin::{BodyMode, Origin, Recorded, Reply};
 #[allow(unused_imports)]
 pub use prom::{parse_prometheus, parse_quick, scrape, scrape_until, Metrics, Sample};
