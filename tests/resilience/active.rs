@@ -118,9 +118,10 @@ both_engines! {
             backends(&[a.addr(), b.addr()])
         );
         let proxy = Proxy::start(&config(false, &up), engine);
-        wait_until(Duration::from_secs(5), "a first probe at each backend", || {
-            a.head_count() >= 1 && b.head_count() >= 1
-        });
+        for o in [&a, &b] {
+            let probed = o.wait_for(Duration::from_secs(5), |s| !s.heads.is_empty());
+            assert!(probed, "no first probe at {} within 5 s", o.name());
+        }
         for i in 0..5 {
             let r = ask_new(proxy.addr(), &format!("/early/{i}"));
             assert_own_503(&r, "initial = \"unhealthy\": no backend is usable before its checks pass");
@@ -143,7 +144,7 @@ both_engines! {
         *sw_a.hold_health.lock().unwrap() = true;
         let up = format!("{}\n{}", backends(&[a.addr()]), http_check("5s"));
         let proxy = Proxy::start(&config(false, &up), engine);
-        wait_until(Duration::from_secs(5), "a first probe", || a.head_count() >= 1);
+        assert!(a.wait_for(Duration::from_secs(5), |s| !s.heads.is_empty()), "no first probe within 5 s");
         assert_eq!(served_by(&ask_new(proxy.addr(), "/early")), "a");
         sw_a.release_health();
     }

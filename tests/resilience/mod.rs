@@ -237,23 +237,13 @@ impl Killable {
         }
     }
 
-    /// Listens again on the same port (std sets SO_REUSEADDR, so connections of the old
-    /// listener in TIME_WAIT do not block the bind).
+    /// Listens again on the same port. `kill` has joined the accept thread, so the old
+    /// listening socket is closed; what is left on the port (accepted connections being shut,
+    /// TIME_WAIT) shares it: std sets SO_REUSEADDR, and Linux refuses a bind only next to a
+    /// socket that still listens.
     fn restart(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let listener = loop {
-            match TcpListener::bind(self.addr) {
-                Ok(l) => break l,
-                Err(e) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "cannot listen on {} again: {e}",
-                        self.addr
-                    );
-                    thread::sleep(Duration::from_millis(20));
-                }
-            }
-        };
+        let listener = TcpListener::bind(self.addr)
+            .unwrap_or_else(|e| panic!("cannot listen on {} again: {e}", self.addr));
         self.serve(listener);
     }
 }
@@ -291,9 +281,8 @@ fn killable_conn(mut s: TcpStream, name: &str, served: &AtomicUsize) {
 
 // ---- the health log ------------------------------------------------------------------------
 
-/// The proxy's output without ANSI colour sequences.
-fn plain_output(proxy: &Proxy) -> String {
-    let raw = proxy.output();
+/// `raw` without ANSI colour sequences.
+fn strip_ansi(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars();
     while let Some(c) = chars.next() {
@@ -310,19 +299,24 @@ fn plain_output(proxy: &Proxy) -> String {
     out
 }
 
-/// The logged health transitions of `backend` to `to` ("healthy", "unhealthy").
-fn transitions(proxy: &Proxy, backend: SocketAddr, to: &str) -> Vec<String> {
+/// The health transitions of `backend` to `to` ("healthy", "unhealthy") logged in `output`.
+fn transitions_in(output: &str, backend: SocketAddr, to: &str) -> Vec<String> {
     let b = format!("backend={backend} ");
     let t = format!(" to={to} ");
-    plain_output(proxy)
+    strip_ansi(output)
         .lines()
         .filter(|l| l.contains("backend health changed") && l.contains(&b) && l.contains(&t))
         .map(str::to_string)
         .collect()
 }
 
-/// Waits until the log holds `n` transitions of `backend` to `to`; returns the last one.
-/// Panics with the output after `within`.
+/// The logged health transitions of `backend` to `to`.
+fn transitions(proxy: &Proxy, backend: SocketAddr, to: &str) -> Vec<String> {
+    transitions_in(&proxy.output(), backend, to)
+}
+
+/// Waits until the log holds `n` transitions of `backend` to `to` (re-checked on every new
+/// line of output); returns the `n`th. Panics with the output after `within`.
 fn wait_transition(
     proxy: &Proxy,
     backend: SocketAddr,
@@ -330,20 +324,12 @@ fn wait_transition(
     n: usize,
     within: Duration,
 ) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let t = transitions(proxy, backend, to);
-        if t.len() >= n {
-            return t[n - 1].clone();
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "{n} transition(s) of {backend} to {to} not logged within {within:?}\noutput:\n{}",
-                plain_output(proxy)
-            );
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
+    proxy.wait_for_output_where(
+        &format!("{n} transition(s) of {backend} to {to}"),
+        within,
+        |out| transitions_in(out, backend, to).len() >= n,
+    );
+    transitions(proxy, backend, to)[n - 1].clone()
 }
 
 /// The one sample `name` with exactly `labels` on the admin listener's `/metrics` (panics
@@ -352,16 +338,4 @@ fn metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
     let r = admin_get(proxy.admin_addr(), "/metrics", None);
     assert_eq!(r.status, 200, "GET /metrics:\n{}", r.body);
     parse_quick(&r.body).value(name, labels)
-}
-
-/// Polls a condition on a short pace until it holds; panics with `what` after `within`.
-fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {within:?}"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
 }
