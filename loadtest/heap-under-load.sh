@@ -7,26 +7,13 @@
 #   it): `cargo build --release --features system-alloc`, then ES=path/to/that/binary.
 #   OUT=dir (default /tmp/heap-under-load): the heaptrack file and the folded peak stacks.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ES=$(realpath "${ES:-$(dirname "$0")/../target/release/edgeshard}")
 OUT=${OUT:-/tmp/heap-under-load}
 command -v heaptrack >/dev/null || { echo "heaptrack not found: apt-get install heaptrack" >&2; exit 1; }
 mkdir -p "$OUT" /tmp/prof/www && cd /tmp/prof
 [ -f www/64k.bin ] || head -c 65536 /dev/urandom > www/64k.bin
-cat > heap-origin.conf <<'EOC'
-worker_processes 1; daemon off; pid /tmp/prof/heap-origin.pid; error_log /tmp/prof/heap-origin.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:18911; root /tmp/prof/www; } }
-EOC
-cat > heap-es.toml <<'EOC'
-[[listener]]
-address = "127.0.0.1:18913"
-[[upstream]]
-name = "origin"
-backends = [{ address = "127.0.0.1:18911" }]
-[[route]]
-path_prefix = "/"
-upstream = "origin"
-EOC
+prof_configs heap 18911 18913
 cat > heap-nginx.conf <<'EOC'
 worker_processes 1; daemon off; master_process off; pid /tmp/prof/heap-nginx.pid; error_log /tmp/prof/heap-nginx.err;
 events { worker_connections 4096; }

@@ -64,3 +64,27 @@ build_rategen() {
 
 # default output dir: loadtest/results/<YYYY-MM-DD>-<hostname>[-suffix]
 default_out() { echo "$LOADTEST_DIR/results/$(date +%F)-$(hostname -s)${1:+-$1}"; }
+
+# The single-shard probes' setup (rss-under-load.sh, heap-under-load.sh, memmove.sh): in
+# /tmp/prof, NAME-origin.conf (one nginx worker serving /tmp/prof/www on 127.0.0.1:ORIGIN_PORT,
+# pid file NAME-origin.pid) and NAME-es.toml (edgeshard on 127.0.0.1:PROXY_PORT, one route to
+# that origin, defaults otherwise). Each probe uses its own NAME and ports.
+prof_configs() { # prof_configs NAME ORIGIN_PORT PROXY_PORT
+  local name=$1 origin=$2 proxy=$3
+  mkdir -p /tmp/prof/www
+  cat > "/tmp/prof/$name-origin.conf" <<EOC
+worker_processes 1; daemon off; pid /tmp/prof/$name-origin.pid; error_log /tmp/prof/$name-origin.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:$origin; root /tmp/prof/www; } }
+EOC
+  cat > "/tmp/prof/$name-es.toml" <<EOC
+[[listener]]
+address = "127.0.0.1:$proxy"
+[[upstream]]
+name = "origin"
+backends = [{ address = "127.0.0.1:$origin" }]
+[[route]]
+path_prefix = "/"
+upstream = "origin"
+EOC
+}

@@ -8,27 +8,14 @@
 #   Writes its work files under /tmp/prof.
 #   needs root and perf (`apt-get install linux-perf`); CONNS=50
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SIZE=${1:-65536}; CONNS=${CONNS:-50}
 ES=$(realpath "${ES:-$(dirname "$0")/../target/release/edgeshard}")
 command -v perf >/dev/null || { echo "perf not found: apt-get install linux-perf" >&2; exit 1; }
 LIBC=$(ldd "$ES" | awk '/libc.so.6/{print $3}')
 mkdir -p /tmp/prof/www && cd /tmp/prof
 [ -f "www/$SIZE.bin" ] || head -c "$SIZE" /dev/urandom > "www/$SIZE.bin"
-cat > mm-origin.conf <<'EOC'
-worker_processes 1; daemon off; pid /tmp/prof/mm-origin.pid; error_log /tmp/prof/mm-origin.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:18931; root /tmp/prof/www; } }
-EOC
-cat > mm-es.toml <<'EOC'
-[[listener]]
-address = "127.0.0.1:18933"
-[[upstream]]
-name = "origin"
-backends = [{ address = "127.0.0.1:18931" }]
-[[route]]
-path_prefix = "/"
-upstream = "origin"
-EOC
+prof_configs mm 18931 18933
 # Every variant glibc has (the one in use depends on the CPU), under names of our own so that
 # only these probes are removed afterwards.
 EVENTS=()

@@ -2,29 +2,15 @@
 # RSS of the proxy: before, at the end of 200 connections fetching 64 KiB for 20 s, and AFTER s
 # (default 5) after; and what the kernel's socket queues hold for it meanwhile.
 # usage: rss-under-load.sh edgeshard|nginx   (ES=path/to/edgeshard, default the checkout's release build)
+source "$(dirname "$0")/lib.sh"
 ES=$(realpath "${ES:-$(dirname "$0")/../target/release/edgeshard}")
-# Sets up /tmp/prof (a 64 KiB file, the origin's and edgeshard's configs) when it is missing.
 mkdir -p /tmp/prof/www && cd /tmp/prof
 [ -f www/64k.bin ] || head -c 65536 /dev/urandom > www/64k.bin
-[ -f origin.conf ] || cat > origin.conf <<'EOC'
-worker_processes 1; daemon off; pid /tmp/prof/origin.pid; error_log /tmp/prof/origin.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:18901; root /tmp/prof/www; } }
-EOC
-[ -f es-plain.toml ] || cat > es-plain.toml <<'EOC'
-[[listener]]
-address = "127.0.0.1:18903"
-[[upstream]]
-name = "origin"
-backends = [{ address = "127.0.0.1:18901" }]
-[[route]]
-path_prefix = "/"
-upstream = "origin"
-EOC
-taskset -c 0 nginx -c /tmp/prof/origin.conf &
+prof_configs rss 18901 18903
+taskset -c 0 nginx -c /tmp/prof/rss-origin.conf &
 rss() { for p in "$@"; do awk '/VmRSS/{print $2}' /proc/$p/status; done | paste -sd+ | bc; }
 if [ "$1" = edgeshard ]; then
-  taskset -c 1 "$ES" run --config es-plain.toml --cpus 1 > rss-es.log 2>&1 & P=$!; PORT=18903; PIDS=$P
+  taskset -c 1 "$ES" run --config rss-es.toml --cpus 1 > rss-es.log 2>&1 & P=$!; PORT=18903; PIDS=$P
 else
   cat > px.conf <<EOC
 worker_processes 1; daemon off; pid /tmp/prof/px.pid; error_log /tmp/prof/px.err;
@@ -58,4 +44,4 @@ med() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 sendq=$(cut -d' ' -f1 rss-queues.txt | med); recvq=$(cut -d' ' -f2 rss-queues.txt | med)
 echo "$1: rps=$(grep Requests/sec rss-wrk.out | awk '{print $2}') rss_kb before=$b during=$d after${AFTER:-5}s=$a growth=$((d-b)) left=$((a-b)) kernel_kb(median) client_sendq=$sendq upstream_recvq=$recvq"
 if [ "$1" = edgeshard ]; then kill $P; else kill $(cat /tmp/prof/px.pid); fi
-kill $(cat /tmp/prof/origin.pid); wait 2>/dev/null
+kill $(cat /tmp/prof/rss-origin.pid); wait 2>/dev/null
