@@ -567,6 +567,27 @@ mod tests {
                 std::mem::size_of_val(&keep_alive(ctx.clone(), client, guard, None))
             };
             assert!(resumed <= 960, "keep_alive() future is {resumed} bytes");
+            {
+                // The two futures boxed per request: an alignment above 16 takes mimalloc's
+                // over-allocating path on every request (src/alloc.rs). monoio's timers are
+                // 128-byte aligned, so a timeout held inline anywhere in the exchange (a
+                // connect, an auth subrequest, a collapsed cache miss) must be boxed.
+                let s = TcpStream::connect_addr(l.local_addr().unwrap())
+                    .await
+                    .unwrap();
+                let mut client = Client::plain(s, peer, Rc::default(), false);
+                let head = RequestHead::default();
+                let exchange = serve_request(&ctx, &mut client, &head);
+                let align = std::mem::align_of_val(&exchange);
+                assert!(
+                    align <= 16,
+                    "serve_request() future is {align}-byte aligned"
+                );
+                drop(exchange);
+                let hot = hot_read(&ctx, &mut client, Instant::now());
+                let align = std::mem::align_of_val(&hot);
+                assert!(align <= 16, "hot_read() future is {align}-byte aligned");
+            }
             let guard = ActiveGuard::new(&ctx, None);
             let fut = serve(ctx, s, peer, Instant::now(), Rc::default(), guard);
             let size = std::mem::size_of_val(&fut);

@@ -626,7 +626,9 @@ impl<'a> Forward<'a> {
             backends: self.backends,
             ends,
         };
-        let connected = connector.connect(backend).await;
+        // Boxed: the connect's timers (monoio's, 128-byte aligned) would otherwise make every
+        // request's boxed exchange future an over-aligned allocation (src/alloc.rs).
+        let connected = Box::pin(connector.connect(backend)).await;
         drop(pending);
         Ok(connected.ok())
     }

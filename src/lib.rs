@@ -12,6 +12,7 @@
 //! binary ([`upgrade`]).
 
 pub mod admission;
+pub mod alloc;
 pub mod auth;
 pub mod balance;
 pub mod cache;

@@ -26,11 +26,12 @@ use startup::{choose_cpus, format_cpus, raise_nofile_limit, resolve_engine};
 
 // mimalloc: the proxy allocates per-connection buffers and per-request vectors from many
 // threads with no cross-thread frees on the hot path; mimalloc's per-thread heaps serve that
-// pattern with less contention and fragmentation than glibc malloc's arenas. The
-// `system-alloc` feature leaves it out, for heap profilers that hook malloc.
+// pattern with less contention and fragmentation than glibc malloc's arenas (called as
+// `edgeshard::alloc` says). The `system-alloc` feature leaves it out, for heap profilers
+// that hook malloc.
 #[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: edgeshard::alloc::MiAlloc = edgeshard::alloc::MiAlloc;
 
 #[derive(Parser)]
 #[command(

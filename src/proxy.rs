@@ -266,7 +266,9 @@ async fn plan<'a>(
                 client_ip: facts.client_ip,
                 https: crate::tls::client_facts(client).0,
             };
-            match auth::check(ctx, a, &req).await {
+            // Boxed: only routes with auth run it, and its subrequest's timers (monoio's,
+            // 128-byte aligned) would over-align every request's future (src/alloc.rs).
+            match Box::pin(auth::check(ctx, a, &req)).await {
                 Ok(g) => g,
                 Err(denial) => return Ok(Plan::Deny(denial)),
             }

@@ -292,7 +292,8 @@ pub async fn lookup<'a>(
         match rx {
             Some(rx) => {
                 // Woken when the fetch ends, stored or not (its sender drops).
-                let _ = monoio::time::timeout(wait.min(MAX_WAIT), rx).await;
+                // Boxed: a monoio timer inline would over-align the request's future.
+                let _ = Box::pin(monoio::time::timeout(wait.min(MAX_WAIT), rx)).await;
                 waited = true;
             }
             None => break,

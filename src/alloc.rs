@@ -1,0 +1,149 @@
+//! The process's allocator, under every stage of the pipeline: mimalloc, called through its
+//! plain entry points wherever they already give the alignment asked for.
+//!
+//! The `mimalloc` crate's `GlobalAlloc` sends every request to `mi_malloc_aligned`. In
+//! mimalloc 3 that takes a fast path only for blocks up to 1 KiB; anything larger whose
+//! rounded size is not a power of two (a boxed request future, a 68 KiB relay buffer, a
+//! rustls record) goes through `mi_theap_malloc_zero_aligned_at_overalloc`: a larger block,
+//! an offset pointer and a page flagged for the slower free. Callgrind on a keep-alive GET
+//! (epoll engine): ~700 instructions of ~19k per request were that path
+//! (`loadtest/results/2026-12-05-vm/instructions.md`).
+//!
+//! Plain `mi_malloc` is enough when the alignment needs no more than mimalloc gives every
+//! block: block sizes are multiples of 8 bytes and pages start 16-byte aligned, so every
+//! block is 8-byte aligned, and a request whose size is a multiple of 16 gets a block whose
+//! size is one too (small bins are exact, larger ones are multiples of 16), hence a
+//! 16-byte-aligned address. Larger alignments, and 16 with a size that is not a multiple of
+//! it, keep the aligned calls.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::ffi::c_void;
+
+use libmimalloc_sys as mi;
+
+/// mimalloc with plain calls for the alignments its blocks already have.
+pub struct MiAlloc;
+
+/// Whether every block mimalloc's plain `mi_malloc(size)` returns is aligned to `align`.
+#[inline(always)]
+fn plain_is_aligned(size: usize, align: usize) -> bool {
+    align <= 8 || (align == 16 && size.is_multiple_of(16))
+}
+
+// SAFETY: every method forwards to mimalloc, which returns null on failure (as GlobalAlloc
+// requires) and blocks of at least `size` bytes; the alignment is the layout's, either asked
+// for explicitly (`*_aligned`) or guaranteed by the block sizes (`plain_is_aligned`, see the
+// module header and the tests). mi_free and mi_realloc accept any pointer mimalloc returned,
+// from either family.
+unsafe impl GlobalAlloc for MiAlloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: see the impl; the caller gives a non-zero size (GlobalAlloc's contract).
+        unsafe {
+            if plain_is_aligned(layout.size(), layout.align()) {
+                mi::mi_malloc(layout.size()).cast()
+            } else {
+                mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as `alloc`; the zalloc variants return zeroed blocks.
+        unsafe {
+            if plain_is_aligned(layout.size(), layout.align()) {
+                mi::mi_zalloc(layout.size()).cast()
+            } else {
+                mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: `ptr` came from this allocator (GlobalAlloc's contract), so from mimalloc.
+        unsafe { mi::mi_free(ptr.cast::<c_void>()) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr` came from mimalloc with `layout`; the new block keeps the layout's
+        // alignment by the same rule as `alloc`, for the new size. mimalloc keeps the block
+        // in place when it fits (its address then has the alignment it was given) or copies.
+        unsafe {
+            if plain_is_aligned(new_size, layout.align()) {
+                mi::mi_realloc(ptr.cast(), new_size).cast()
+            } else {
+                mi::mi_realloc_aligned(ptr.cast(), new_size, layout.align()).cast()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every size up to 8 KiB, sizes across the larger bins up to 4 MiB, and every alignment from 1 to
+    /// 4 KiB: each block is aligned, writable over its whole size, zeroed where asked, grown
+    /// and shrunk by realloc with its contents kept, and freed. (The test binary's allocator
+    /// is the system's: this calls `MiAlloc` directly, through the same code the binary uses.)
+    #[test]
+    fn blocks_have_their_alignment_and_size() {
+        let sizes = (1..=8192).chain((8193..4 << 20).step_by(65521)).chain([
+            64 << 10,
+            68 << 10,
+            1 << 20,
+            3 << 20,
+        ]);
+        let a = MiAlloc;
+        for size in sizes {
+            for shift in 0..=12 {
+                let align = 1usize << shift;
+                let Ok(layout) = Layout::from_size_align(size, align) else {
+                    continue;
+                };
+                // SAFETY: non-zero sizes; each block is used within its size and freed once
+                // with the layout it was allocated (or last reallocated) with.
+                unsafe {
+                    let p = a.alloc(layout);
+                    assert!(!p.is_null(), "{size} / {align}");
+                    assert_eq!(p as usize % align, 0, "alloc {size} / {align}");
+                    p.write_bytes(0xa5, size);
+                    let grown = size * 2 + 8;
+                    let q = a.realloc(p, layout, grown);
+                    assert!(!q.is_null());
+                    assert_eq!(q as usize % align, 0, "realloc {size}->{grown} / {align}");
+                    assert_eq!(*q, 0xa5);
+                    assert_eq!(*q.add(size - 1), 0xa5);
+                    q.add(size).write_bytes(0x5a, grown - size);
+                    let grown_layout = Layout::from_size_align(grown, align).unwrap();
+                    let small = size.div_ceil(2);
+                    let r = a.realloc(q, grown_layout, small);
+                    assert_eq!(r as usize % align, 0, "shrink {grown}->{small} / {align}");
+                    assert_eq!(*r.add(small - 1), 0xa5);
+                    a.dealloc(r, Layout::from_size_align(small, align).unwrap());
+                    if size <= 4096 || size % 65521 == 8193 % 65521 {
+                        let z = a.alloc_zeroed(layout);
+                        assert_eq!(z as usize % align, 0, "zeroed {size} / {align}");
+                        assert!(std::slice::from_raw_parts(z, size).iter().all(|&b| b == 0));
+                        a.dealloc(z, layout);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_plain_calls_are_taken_only_where_blocks_are_aligned() {
+        assert!(plain_is_aligned(1, 1));
+        assert!(plain_is_aligned(12, 4));
+        assert!(plain_is_aligned(24, 8));
+        assert!(plain_is_aligned(4104, 8));
+        assert!(plain_is_aligned(48, 16));
+        assert!(!plain_is_aligned(24, 16), "a 24-byte bin is only 8-aligned");
+        assert!(!plain_is_aligned(64, 32));
+        assert!(!plain_is_aligned(4096, 4096));
+    }
+}
