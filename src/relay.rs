@@ -126,7 +126,12 @@ pub async fn read_response_head(
         max_read,
     } = *how;
     let mut deadline = crate::clock::now() + timeout;
-    let mut head = ResponseHead::default();
+    // Room for a typical response's fields at once: grown from empty, the vector would be
+    // allocated and then reallocated for every response (callgrind: ~800 instructions).
+    let mut head = ResponseHead {
+        headers: Vec::with_capacity(16),
+        ..ResponseHead::default()
+    };
     let mut interims = 0;
     loop {
         if !ubuf.is_empty() {

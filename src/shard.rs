@@ -91,6 +91,8 @@ pub struct ShardCommon {
     pub idle: Notify,
     /// Idle keep-alive connections parked outside their tasks ([`crate::park`]).
     pub lot: crate::park::Lot,
+    /// Spare cancel handles for the keep-alive hot read ([`crate::conn`]).
+    pub cancellers: crate::conn::Cancellers,
     /// Live client connections (see `worker::ActiveGuard`).
     pub(crate) active: Cell<usize>,
     /// The state for the snapshot in force on this shard (`None` once the shard stopped).
@@ -140,6 +142,7 @@ impl ShardCtx {
             grace_end: Cell::new(None),
             idle: Notify::default(),
             lot: crate::park::Lot::default(),
+            cancellers: crate::conn::Cancellers::default(),
             active: Cell::new(0),
             current: RefCell::new(None),
         });
