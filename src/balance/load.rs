@@ -17,6 +17,9 @@ const BOUNDED_STEPS_PER_MEMBER: usize = 8;
 impl ShardBalancer {
     /// Recomputes member `i`'s least-conn score and moves it between load levels.
     pub(super) fn update_score(&mut self, i: usize) {
+        if !self.keeps_levels {
+            return;
+        }
         let w = u64::from(self.weights[i].max(1));
         let to = (u64::from(self.in_flight[i]) << 32) / w;
         let t = usize::from(self.tier_of[i]).min(BACKUP);
@@ -90,6 +93,7 @@ impl ShardBalancer {
         start: usize,
         usable: &F,
     ) -> Option<usize> {
+        debug_assert!(self.keeps_levels, "least_loaded without load levels");
         self.levels[t].first(&table.tier_bits[t], start, usable)
     }
 

@@ -405,12 +405,27 @@ fn copy_response_fields(
 pub fn write_ip(ip: IpAddr, out: &mut Vec<u8>) {
     match ip {
         IpAddr::V4(v4) => {
+            // Into a stack buffer, then one copy: four `extend_from_slice` calls cost ~300
+            // instructions per request (callgrind).
+            let mut text = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[n] = b'.';
+                    n += 1;
                 }
-                out.extend_from_slice(itoa_buf(u64::from(octet)).as_str());
+                if octet >= 100 {
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                text[n] = b'0' + octet % 10;
+                n += 1;
             }
+            out.extend_from_slice(&text[..n]);
         }
         IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");
@@ -624,6 +639,13 @@ link: </b.js>; rel=preload\r\n\r\n"
             let mut out = Vec::new();
             write_ip(ip.parse().unwrap(), &mut out);
             assert_eq!(out, ip.as_bytes());
+        }
+        // Every octet value in every position, against the standard library's text.
+        for o in 0..=255u8 {
+            let ip = std::net::Ipv4Addr::new(o, 255 - o, o / 3, o.wrapping_mul(7));
+            let mut out = b"x".to_vec();
+            write_ip(IpAddr::V4(ip), &mut out);
+            assert_eq!(out, format!("x{ip}").as_bytes());
         }
     }
 
