@@ -183,9 +183,26 @@ fn normalize_host<'a>(host: &[u8], out: &'a mut [u8; MAX_HOST]) -> Option<&'a [u
 /// RFC 9110 §7.2 / RFC 3986 authority: reg-name, IP literal and port characters only; no
 /// userinfo. An empty Host is allowed (HTTP/1.0, or `Host:` with no value).
 pub fn valid_authority(host: &[u8]) -> bool {
-    host.iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
+    host.iter().all(|&b| AUTHORITY_BYTES[usize::from(b)])
 }
+
+/// The bytes [`valid_authority`] allows, as a table: searching the punctuation list for each
+/// byte cost ~20 instructions per byte of every request's Host (callgrind).
+static AUTHORITY_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let punct = b"-._~!$&'()*+,;=%:[]";
+    let mut i = 0;
+    while i < punct.len() {
+        t[punct[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
 
 /// A `.` or `..` path segment, plain or percent-encoded: a backend that normalises it would
 /// serve a path the route table never matched.

@@ -9,7 +9,8 @@ use std::hash::{BuildHasher, Hasher};
 /// Per-shard id generator.
 #[derive(Debug)]
 pub struct RequestIds {
-    prefix: u64,
+    /// The prefix's 16 hex digits, written once (not per request).
+    prefix: [u8; 16],
     next: Cell<u64>,
 }
 
@@ -21,7 +22,8 @@ impl RequestIds {
         // std's RandomState is seeded from the OS's random source once per process.
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(std::process::id().into());
-        let prefix = h.finish() ^ ((shard as u64) << 48);
+        let mut prefix = [0u8; 16];
+        hex(h.finish() ^ ((shard as u64) << 48), &mut prefix);
         RequestIds {
             prefix,
             next: Cell::new(1),
@@ -32,7 +34,7 @@ impl RequestIds {
         let n = self.next.get();
         self.next.set(n.wrapping_add(1));
         let mut out = [0u8; 32];
-        hex(self.prefix, &mut out[..16]);
+        out[..16].copy_from_slice(&self.prefix);
         hex(n, &mut out[16..]);
         out
     }
