@@ -324,6 +324,15 @@ upstream = "u"
         }
     }
 
+    /// The table allows exactly RFC 3986's authority characters: every byte value.
+    #[test]
+    fn authority_table_is_the_character_list() {
+        for b in 0..=255u8 {
+            let listed = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b);
+            assert_eq!(valid_authority(&[b]), listed, "byte {b:#04x}");
+        }
+    }
+
     #[test]
     fn dot_segments() {
         for bad in [
