@@ -12,7 +12,7 @@
 //! Plain `mi_malloc` is enough when the alignment needs no more than mimalloc gives every
 //! block: block sizes are multiples of 8 bytes and pages start 16-byte aligned, so every
 //! block is 8-byte aligned, and a request whose size is a multiple of 16 gets a block whose
-//! size is one too (small bins are exact, larger ones are multiples of 16), hence a
+//! size is one too (every bin but the 8-byte one is a multiple of 16), hence a
 //! 16-byte-aligned address. Larger alignments, and 16 with a size that is not a multiple of
 //! it, keep the aligned calls.
 
@@ -142,7 +142,9 @@ mod tests {
         assert!(plain_is_aligned(24, 8));
         assert!(plain_is_aligned(4104, 8));
         assert!(plain_is_aligned(48, 16));
-        assert!(!plain_is_aligned(24, 16), "a 24-byte bin is only 8-aligned");
+        // Conservative: mimalloc would round 24 up to a 32-byte block, but the rule does not
+        // rely on how small sizes are rounded.
+        assert!(!plain_is_aligned(24, 16));
         assert!(!plain_is_aligned(64, 32));
         assert!(!plain_is_aligned(4096, 4096));
     }

@@ -102,6 +102,15 @@ impl ShardBalancer {
         if table.len != self.len {
             return None;
         }
+        // The table and this balancer come from one upstream's spec: only then are the load
+        // levels kept for every table that reads them.
+        debug_assert!(
+            self.keeps_levels
+                || !(matches!(table.algorithm(), Algorithm::LeastConn | Algorithm::P2c)
+                    || table.bound.is_some()),
+            "a {} table picked by a balancer that keeps no load levels",
+            table.algorithm().as_str()
+        );
         self.pick_tier(table, PRIMARY, key, &usable)
             .or_else(|| self.pick_tier(table, BACKUP, key, &usable))
     }
