@@ -27,7 +27,7 @@ pub struct MiAlloc;
 /// Whether every block mimalloc's plain `mi_malloc(size)` returns is aligned to `align`.
 #[inline(always)]
 fn plain_is_aligned(size: usize, align: usize) -> bool {
-    align <= 8 || (align == 16 && size.is_multiple_of(16))
+    align <= 8 || (align == 16 && size % 16 == 0)
 }
 
 // SAFETY: every method forwards to mimalloc, which returns null on failure (as GlobalAlloc
@@ -124,7 +124,7 @@ mod tests {
                     assert_eq!(r as usize % align, 0, "shrink {grown}->{small} / {align}");
                     assert_eq!(*r.add(small - 1), 0xa5);
                     a.dealloc(r, Layout::from_size_align(small, align).unwrap());
-                    if size <= 4096 || size % 65521 == 8193 % 65521 {
+                    if size <= 4096 || size % 65521 == 8193 {
                         let z = a.alloc_zeroed(layout);
                         assert_eq!(z as usize % align, 0, "zeroed {size} / {align}");
                         assert!(std::slice::from_raw_parts(z, size).iter().all(|&b| b == 0));
