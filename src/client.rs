@@ -45,6 +45,10 @@ pub struct Client {
     /// X-Forwarded-For names the client and its request id is kept (decided at accept;
     /// never for a PROXY protocol balancer's own LOCAL or UNKNOWN connection).
     pub forwarded_trusted: bool,
+    /// The socket is known to be `O_NONBLOCK` (set for `sendfile`, which has no per-call
+    /// flag): a cache hit from the body file then asks no `fcntl` first. Both engines work
+    /// with either mode.
+    pub nonblocking: bool,
 }
 
 impl Client {
@@ -65,6 +69,7 @@ impl Client {
             listener,
             client_subject: None,
             forwarded_trusted,
+            nonblocking: false,
         }
     }
 }

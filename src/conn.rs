@@ -112,6 +112,7 @@ async fn open(
         listener,
         client_subject,
         forwarded_trusted,
+        nonblocking: false,
     })
 }
 

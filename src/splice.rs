@@ -457,7 +457,9 @@ async fn splice_until_close(
 /// Sends `head`, then `len` bytes of the file `file` from `off`, to the client socket `dst`
 /// with `sendfile(2)`: the file's pages go into the socket's buffers by reference, never
 /// through user space (a cached body in the shard's body file, [`crate::cache::body`]). The
-/// head goes with MSG_MORE, so TCP sends it in one segment train with the body.
+/// head goes with MSG_MORE, so TCP sends it in one segment train with the body. `dst` must
+/// be non-blocking ([`set_nonblocking`]; the caller remembers it per connection, which saves
+/// an `fcntl` per hit).
 pub async fn send_file(
     dst: &TcpStream,
     head: &[u8],
@@ -466,7 +468,6 @@ pub async fn send_file(
     len: usize,
     leg: &mut Leg<'_>,
 ) -> Result<(), RelayError> {
-    set_nonblocking(dst).map_err(|e| RelayError::Write(IoFail::Io(e)))?;
     send_all(dst, head, len > 0, leg).await?;
     let dst_fd = dst.as_raw_fd();
     let mut left = len;
