@@ -10,6 +10,8 @@
 #   A_SERVER='...' B_SERVER='...': [server] lines for one side only, to A/B two configurations
 #   of one build (e.g. B_SERVER='splice_min_bytes = "32KiB"'; lines split on ';').
 #   WRK_HEADER='Connection: close': a header on every request (a connection per request).
+#   CACHE=1: the route caches (`cache = { size = "64MiB", max_object = "8MiB" }`) and the origin
+#   marks the page cacheable, so every measured request is a cache hit (checked: X-Cache: HIT).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [ $# -ge 2 ] || die "usage: loadtest/pair.sh A_BINARY B_BINARY [plain|tls]"
@@ -31,7 +33,7 @@ cat > "$DIR/origin.conf" <<EOF
 worker_processes 1; daemon off; master_process off; pid $DIR/origin.pid; error_log $DIR/origin.err;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
-       server { listen 127.0.0.1:$PORT; root $DIR/www; } }
+       server { listen 127.0.0.1:$PORT; root $DIR/www; ${CACHE:+add_header Cache-Control "max-age=3600";} } }
 EOF
 taskset -c "$CLIENT_CPU" nginx -c "$DIR/origin.conf" & PIDS+=($!)
 
@@ -41,6 +43,8 @@ if [ "$KIND" = tls ]; then
     -keyout "$DIR/key.pem" -out "$DIR/cert.pem" 2>/dev/null
   tls="tls = { certificates = [ { cert = \"$DIR/cert.pem\", key = \"$DIR/key.pem\" } ] }"
 fi
+route_cache=""
+[ -n "${CACHE:-}" ] && route_cache='cache = { size = "64MiB", max_object = "8MiB" }'
 for side in a b; do
   port=$((PORT + 1)); [ $side = b ] && port=$((PORT + 2))
   extra=A_SERVER; [ $side = b ] && extra=B_SERVER
@@ -56,6 +60,7 @@ max_idle_per_backend = 1024
 [[route]]
 path_prefix = "/"
 upstream = "origin"
+$route_cache
 EOF
 done
 taskset -c "$PROXY_CPU" "$A" run --config "$DIR/a.toml" --shards 1 > "$DIR/a.log" 2>&1 & PA=$!; PIDS+=($PA)
@@ -68,6 +73,13 @@ for port in $PORT $((PORT + 1)) $((PORT + 2)); do
   done
 done
 
+if [ -n "${CACHE:-}" ]; then
+  for port in $((PORT + 1)) $((PORT + 2)); do
+    curl -s -k -o /dev/null "$SCHEME://127.0.0.1:$port/"
+    hit=$(curl -s -k -o /dev/null -D - "$SCHEME://127.0.0.1:$port/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache"{print $2}')
+    [ "$hit" = HIT ] || die "CACHE=1: 127.0.0.1:$port answered X-Cache: ${hit:-none}, not HIT"
+  done
+fi
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ticks=$(getconf CLK_TCK)
 rows=()
@@ -90,7 +102,8 @@ hdr = f" -H '{os.environ['WRK_HEADER']}'" if os.environ.get("WRK_HEADER") else "
 rows = [r.split() for r in rows]
 med = lambda i: statistics.median(float(r[i]) for r in rows)
 print(f"# pair A/B ({kind}): A = `{a}`, B = `{b}`\n")
-print(f"Both on one CPU at once, {reps} x {dur} s, wrk -c{conns} each{hdr}, {page}-byte page; host {platform.node()}, "
+what = "cached " if os.environ.get("CACHE") else ""
+print(f"Both on one CPU at once, {reps} x {dur} s, wrk -c{conns} each{hdr}, {what}{page}-byte page; host {platform.node()}, "
       f"{os.cpu_count()} CPUs, Linux {platform.release()}.\n")
 print("| rep | A CPU-µs/req | B CPU-µs/req | B/A | A requests | B requests |\n|---|---|---|---|---|---|")
 for i, r in enumerate(rows, 1):
