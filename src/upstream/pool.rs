@@ -240,6 +240,17 @@ mod tests {
                     Probe::Dead,
                     "unsolicited bytes make a connection unusable"
                 );
+
+                // A reset (the peer closes with SO_LINGER 0).
+                let s = TcpStream::connect_addr(addr).await.unwrap();
+                let (peer, _) = l.accept().unwrap();
+                assert_eq!(probe(&s), Probe::Alive);
+                socket2::SockRef::from(&peer)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+                drop(peer);
+                s.readable(false).await.unwrap();
+                assert_eq!(probe(&s), Probe::Dead, "a reset connection is dead");
             })
         });
     }
