@@ -140,10 +140,7 @@ both_engines! {
                     let mut n = 0usize;
                     while !stop.load(Ordering::Relaxed) {
                         // Pacing, not synchronisation: a steady request rate.
-                        let now = Instant::now();
-                        if next > now {
-                            thread::sleep(next - now);
-                        }
+                        wait_until(next);
                         next += Duration::from_millis(10);
                         n += 1;
                         let path = if n % 2 == 0 { "/s/x" } else { "/m/x" };
@@ -205,11 +202,8 @@ both_engines! {
         let mut upgrades = 0;
         let mut reloads_in_this_process = 0usize;
         for k in 1..=RELOADS {
-            let when = begin + gap * k as u32;
-            let now = Instant::now();
-            if when > now {
-                thread::sleep(when - now);
-            }
+            // The run's schedule: reload k at its planned moment.
+            wait_until(begin + gap * k as u32);
             if span_start.is_none() {
                 span_start = Some(stable.accepted());
             }
@@ -253,11 +247,9 @@ both_engines! {
                 reloads_in_this_process = 0;
             }
         }
+        // The load runs for the planned time, then stops.
         let end = begin + run;
-        let now = Instant::now();
-        if end > now {
-            thread::sleep(end - now);
-        }
+        wait_until(end);
         stop.store(true, Ordering::Relaxed);
         for c in clients {
             c.join().unwrap();
