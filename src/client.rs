@@ -45,9 +45,8 @@ pub struct Client {
     /// X-Forwarded-For names the client and its request id is kept (decided at accept;
     /// never for a PROXY protocol balancer's own LOCAL or UNKNOWN connection).
     pub forwarded_trusted: bool,
-    /// The socket is known to be `O_NONBLOCK` (set for `sendfile`, which has no per-call
-    /// flag): a cache hit from the body file then asks no `fcntl` first. Both engines work
-    /// with either mode.
+    /// The socket is known to be `O_NONBLOCK` ([`crate::splice::send_file`] sets it once).
+    /// Both engines work with either mode.
     pub nonblocking: bool,
 }
 

@@ -20,7 +20,7 @@ use crate::relay::{Leg, RelayError};
 use crate::respond::{proxy_fields, respond_canned, response_vars};
 use crate::rules::Fields;
 use crate::shard::ShardCtx;
-use crate::splice::{send_file, set_nonblocking};
+use crate::splice::send_file;
 use crate::stats::add;
 use crate::trace::{RequestId, Trace};
 
@@ -101,24 +101,23 @@ pub async fn serve(
         }
         // In the body file, to a plain socket: sent by the kernel from the file's pages.
         (Body::File(e), Some(sock)) => {
-            let ready = if client.nonblocking {
-                Ok(())
-            } else {
-                set_nonblocking(sock).map_err(IoFail::Io)
-            };
-            client.nonblocking = ready.is_ok();
             let mut sent = false;
             let mut leg = Leg::response(dl, cfg, &mut sent);
-            match ready {
-                Err(e) => Err(e),
-                Ok(()) => send_file(sock, &out[..n], e.fd(), e.off, e.len, &mut leg)
-                    .await
-                    .map_err(|e| match e {
-                        RelayError::Write(f) | RelayError::Read(f) => f,
-                        // Below `client_send_min_rate`: a slow reader, like a timeout.
-                        _ => IoFail::Timeout,
-                    }),
-            }
+            send_file(
+                sock,
+                &mut client.nonblocking,
+                &out[..n],
+                e.fd(),
+                e.off,
+                e.len,
+                &mut leg,
+            )
+            .await
+            .map_err(|e| match e {
+                RelayError::Write(f) | RelayError::Read(f) => f,
+                // Below `client_send_min_rate`: a slow reader, like a timeout.
+                _ => IoFail::Timeout,
+            })
         }
         // To a TLS client: copied behind the head, then encrypted.
         (Body::File(e), None) => match e.read_into(&mut out) {
