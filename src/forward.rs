@@ -388,7 +388,7 @@ impl<'a> Forward<'a> {
             && !facts.framing.is_empty()
             && client.buf.is_empty()
         {
-            self.send_continue(client).await?;
+            Box::pin(self.send_continue(client)).await?;
         }
         // From here the backend may have the request.
         on.guards.in_flight.sent = true;
@@ -400,7 +400,7 @@ impl<'a> Forward<'a> {
             let t = self.cfg.timeouts.upstream_response;
             write_from(on.conn, out, 0, n, &mut client.deadline, t).await
         } else {
-            self.send_body(client, on.conn, prepared, facts, on.backend, trace)
+            Box::pin(self.send_body(client, on.conn, prepared, facts, on.backend, trace))
                 .await
                 .map_err(|e| ProxyError {
                     reused: on.reused,

@@ -87,9 +87,10 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             let rid_header = cfg_rid_header(ctx, &rid);
             let fields = [(name, &value[..]), rid_header.unwrap_or((b"", b""))];
             let n = if rid_header.is_some() { 2 } else { 1 };
-            let outcome = respond_canned_with(ctx, client, c, close, head_only, &fields[..n]).await;
+            let outcome =
+                Box::pin(respond_canned_with(ctx, client, c, close, head_only, &fields[..n])).await;
             if body_unread {
-                linger_close(client).await;
+                Box::pin(linger_close(client)).await;
             }
             Ok(Exchanged {
                 outcome,
@@ -102,9 +103,10 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             trace.status = Some(denial.status());
             let head_only = facts.method == Method::Head;
             let rid_header = cfg_rid_header(ctx, &rid);
-            let outcome = auth::answer(ctx, client, &denial, close, head_only, rid_header).await;
+            let answer = auth::answer(ctx, client, &denial, close, head_only, rid_header);
+            let outcome = Box::pin(answer).await;
             if body_unread {
-                linger_close(client).await;
+                Box::pin(linger_close(client)).await;
             }
             Ok(Exchanged {
                 outcome,
@@ -162,7 +164,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             if early {
                 // The backend answered before the whole body: the rest is read and dropped
                 // for a bounded time, so the close does not reset the response away.
-                linger_close(client).await;
+                Box::pin(linger_close(client)).await;
             }
             outcome
         }
@@ -183,17 +185,17 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 trace.status = Some(c.status());
                 trace.bytes_out = 0;
                 let rid_header = cfg_rid_header(ctx, &rid);
-                let outcome = respond_canned_with(
+                let outcome = Box::pin(respond_canned_with(
                     ctx,
                     client,
                     c,
                     close,
                     facts.method == Method::Head,
                     rid_header.as_slice(),
-                )
+                ))
                 .await;
                 if body_unread {
-                    linger_close(client).await;
+                    Box::pin(linger_close(client)).await;
                 }
                 outcome
             }

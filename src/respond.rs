@@ -131,7 +131,7 @@ pub async fn relay_response(
             backend,
             early: ubuf[head.head_len..].to_vec(),
         };
-        return switch_protocols(cfg, client, up, &head, &ubuf, &mut out, rw).await;
+        return Box::pin(switch_protocols(cfg, client, up, &head, &ubuf, &mut out, rw)).await;
     }
 
     let in_framing = head.framing(facts.method);
@@ -205,7 +205,7 @@ pub async fn relay_response(
                 pos: &mut upos,
             };
             let chunked = resp_framing == OutFraming::Chunked;
-            let coded = compressed_response(
+            let coded = Box::pin(compressed_response(
                 r,
                 client,
                 up,
@@ -214,7 +214,7 @@ pub async fn relay_response(
                 in_framing,
                 chunked,
                 &mut written,
-            )
+            ))
             .await;
             coded.map(|c| {
                 received = Some(c.bytes_in);
@@ -227,7 +227,7 @@ pub async fn relay_response(
                 ubuf: &mut ubuf,
                 pos: &mut upos,
             };
-            splice_response(r, client, up, &mut out, spliced, &mut written).await
+            Box::pin(splice_response(r, client, up, &mut out, spliced, &mut written)).await
         }
         (None, None) if in_framing == BodyFraming::None => {
             let n = out.len();
