@@ -1763,19 +1763,22 @@ def cmd_iowq(a):
         print(out[-2000:])
 
 
-def callgrind_total(path):
-    total = 0
-    found = False
+def callgrind_totals(path):
+    """Event totals of the callgrind files named path.*: {"Ir": n, ...}, or None."""
+    totals = {}
     for fn in os.listdir(os.path.dirname(path)):
         full = os.path.join(os.path.dirname(path), fn)
         if not fn.startswith(os.path.basename(path)):
             continue
+        events = ["Ir"]
         for line in read(full).splitlines():
+            if line.startswith("events:"):
+                events = line.split()[1:]
             if line.startswith("summary:") or line.startswith("totals:"):
-                total += int(line.split()[1])
-                found = True
+                for ev, v in zip(events, line.split()[1:]):
+                    totals[ev] = totals.get(ev, 0) + int(v)
                 break
-    return total if found else None
+    return totals or None
 
 
 def cmd_instructions(a):
@@ -1789,6 +1792,10 @@ def cmd_instructions(a):
              "1 shard / 1 nginx worker (master_process off), engine=%s. Kernel work is not counted."
              % (a.conns, cfg.io_engine), "",
              "| target | instructions (N) | instructions (2N) | instructions/request |", "|---|---|---|---|"]
+    # --cache-sim: callgrind's cache and branch simulation (first-level data misses, last-level
+    # misses, mispredicted branches per request), a proxy for cycles instructions do not show.
+    sim_events = ("I1mr", "D1mr", "D1mw", "DLmr", "DLmw", "Bcm", "Bim") if a.cache_sim else ()
+    sims = []
     try:
         origin = start_origin(cfg)
         cfg.ready_timeout = max(cfg.ready_timeout, 120)
@@ -1798,6 +1805,8 @@ def cmd_instructions(a):
                 base = os.path.join(cfg.tmp, "cg-%s-%d.out" % (t, k))
                 vg = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + base + ".%p",
                       "--trace-children=no"]
+                if a.cache_sim:
+                    vg += ["--cache-sim=yes", "--branch-sim=yes"]
                 try:
                     p, engine = start_proxy(cfg, t, "default", extra_prefix=vg, single_process=True)
                 except RuntimeError as e:
@@ -1806,18 +1815,27 @@ def cmd_instructions(a):
                     continue
                 res, out = h2load(cfg, cfg.ports[t], k, a.conns, timeout=a.timeout)
                 p.stop(sig=signal.SIGTERM, timeout=120)
-                tot = callgrind_total(base)
+                totals = callgrind_totals(base)
                 if not res or res["failed"]:
                     log("%s: h2load problem: %s" % (t, out[-800:]))
-                    tot = None
-                counts.append(tot)
-                log("%s: %d requests -> %s instructions" % (t, k, tot))
-            i1, i2 = (counts + [None, None])[:2]
+                    totals = None
+                counts.append(totals)
+                log("%s: %d requests -> %s" % (t, k, totals))
+            t1, t2 = (counts + [None, None])[:2]
+            i1, i2 = (t1 or {}).get("Ir"), (t2 or {}).get("Ir")
             ipr = (i2 - i1) / float(n) if i1 is not None and i2 is not None else None
             lines.append("| %s | %s | %s | %s |" % (t, fmt(i1), fmt(i2), fmt(ipr)))
+            if sim_events and t1 and t2:
+                sims.append("| %s | %s |" % (t, " | ".join(
+                    "%.1f" % ((t2.get(ev, 0) - t1.get(ev, 0)) / float(n)) for ev in sim_events)))
     finally:
         stop_all()
         shutil.rmtree(cfg.tmp, ignore_errors=True)
+    if sims:
+        lines += ["", "Simulated per request (callgrind --cache-sim=yes --branch-sim=yes: I1 = first-level instruction cache, D1 = first-level "
+                  "data cache, LL = last level, r/w = read/write misses; Bcm/Bim = mispredicted "
+                  "conditional/indirect branches):", "",
+                  "| target | %s |" % " | ".join(sim_events), "|---|%s" % ("---|" * len(sim_events))] + sims
     with open(os.path.join(a.out, "instructions.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -1880,6 +1898,9 @@ def main():
         p.add_argument("--requests", type=int, default=20000 if name == "syscalls" else 5000)
         p.add_argument("--conns", type=int, default=16)
         p.add_argument("--timeout", type=int, default=300)
+        if name == "instructions":
+            p.add_argument("--cache-sim", action="store_true",
+                           help="also simulate caches and branches (misses per request)")
 
     sp = sub.add_parser("splice")
     common(sp)
