@@ -12,7 +12,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::transport::Transport;
 
@@ -25,7 +25,7 @@ use crate::health::retry::{decide, Decision, Try};
 use crate::health::Outcome as TryOutcome;
 use crate::http::encode::OutFraming;
 use crate::http::parse::{BodyFraming, HeadLimits, Method, ResponseHead};
-use crate::io::{write_from, write_static, IoFail};
+use crate::io::{write_from, write_static, Deadline, Elapsed, IoFail};
 use crate::observe::errors::ErrorLimiter;
 use crate::relay::{
     head_read_size, read_response_head, relay_body, BodyPlan, HeadFail, HeadRead, Interim, Leg,
@@ -172,6 +172,21 @@ struct TryResult {
     sending: Instant,
 }
 
+/// Waits, within `timeout`, until the backend's response can be read; returns what is left
+/// of `timeout` for reading its head.
+async fn wait_response(
+    conn: &mut Transport,
+    dl: &mut Deadline,
+    timeout: Duration,
+) -> Result<Duration, HeadFail> {
+    let waiting = crate::clock::now();
+    match dl.within(timeout, conn.readable()).await {
+        Ok(Ok(())) => Ok(timeout.saturating_sub(crate::clock::now() - waiting)),
+        Ok(Err(e)) => Err(HeadFail::Io(IoFail::Io(e))),
+        Err(Elapsed) => Err(HeadFail::Io(IoFail::Timeout)),
+    }
+}
+
 impl TryResult {
     /// The error for a try that ends the request without a response head.
     fn error(&self, fail: &HeadFail, reused: bool) -> ProxyError {
@@ -230,7 +245,7 @@ impl<'a> Forward<'a> {
         let mut req = Request {
             prepared,
             facts,
-            ubuf: self.buffers.take_large(),
+            ubuf: self.buffers.none(),
             tries: Tries {
                 upstream,
                 first_try,
@@ -431,10 +446,27 @@ impl<'a> Forward<'a> {
                 Err(HeadFail::Io(e))
             }
             _ => {
-                let how = self.head_read(facts, on.backend, timeout);
-                let dl = &mut client.deadline;
-                let i = &mut interim;
-                read_response_head(on.conn, ubuf, &how, dl, &mut any_byte, i).await
+                // The read buffer is taken when the response is read. With every pooled one
+                // lent out (more exchanges in flight than the shard keeps buffers for), the
+                // response is first waited for without one: memory follows the responses
+                // being read, not the requests waiting (one more io_uring operation each).
+                let ready = if ubuf.capacity() > 0 || self.buffers.large_free() {
+                    Ok(timeout)
+                } else {
+                    Box::pin(wait_response(on.conn, &mut client.deadline, timeout)).await
+                };
+                match ready {
+                    Err(fail) => Err(fail),
+                    Ok(timeout) => {
+                        if ubuf.capacity() == 0 {
+                            *ubuf = self.buffers.take_large();
+                        }
+                        let how = self.head_read(facts, on.backend, timeout);
+                        let dl = &mut client.deadline;
+                        let i = &mut interim;
+                        read_response_head(on.conn, ubuf, &how, dl, &mut any_byte, i).await
+                    }
+                }
             }
         };
         let responded = interim.relayed;
@@ -743,12 +775,7 @@ impl<'a> Forward<'a> {
     }
 
     /// How this try reads the response head.
-    fn head_read(
-        &self,
-        facts: &RequestFacts,
-        backend: usize,
-        timeout: std::time::Duration,
-    ) -> HeadRead {
+    fn head_read(&self, facts: &RequestFacts, backend: usize, timeout: Duration) -> HeadRead {
         let cfg = self.cfg;
         HeadRead {
             limits: HeadLimits {

@@ -87,8 +87,15 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             let rid_header = cfg_rid_header(ctx, &rid);
             let fields = [(name, &value[..]), rid_header.unwrap_or((b"", b""))];
             let n = if rid_header.is_some() { 2 } else { 1 };
-            let outcome =
-                Box::pin(respond_canned_with(ctx, client, c, close, head_only, &fields[..n])).await;
+            let outcome = Box::pin(respond_canned_with(
+                ctx,
+                client,
+                c,
+                close,
+                head_only,
+                &fields[..n],
+            ))
+            .await;
             if body_unread {
                 Box::pin(linger_close(client)).await;
             }

@@ -131,7 +131,10 @@ pub async fn relay_response(
             backend,
             early: ubuf[head.head_len..].to_vec(),
         };
-        return Box::pin(switch_protocols(cfg, client, up, &head, &ubuf, &mut out, rw)).await;
+        return Box::pin(switch_protocols(
+            cfg, client, up, &head, &ubuf, &mut out, rw,
+        ))
+        .await;
     }
 
     let in_framing = head.framing(facts.method);
@@ -227,7 +230,15 @@ pub async fn relay_response(
                 ubuf: &mut ubuf,
                 pos: &mut upos,
             };
-            Box::pin(splice_response(r, client, up, &mut out, spliced, &mut written)).await
+            Box::pin(splice_response(
+                r,
+                client,
+                up,
+                &mut out,
+                spliced,
+                &mut written,
+            ))
+            .await
         }
         (None, None) if in_framing == BodyFraming::None => {
             let n = out.len();

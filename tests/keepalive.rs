@@ -149,4 +149,46 @@ both_engines! {
             assert_eq!(c.read_response().status(), 200);
         }
     }
+
+    // More exchanges waiting for their responses than a shard keeps read buffers for (64):
+    // those past the free list wait for the response without a buffer and take one when it
+    // is readable (a fresh shard's list is empty, so here every exchange starts that way).
+    // Answered in reverse order, with 64 KiB bodies, each client gets its own response.
+    fn exchanges_past_the_buffer_list_wait_for_their_responses_without_one(engine) {
+        const N: usize = 80;
+        let backend = LockStep::bind();
+        let proxy = Config::single(backend.addr()).start(engine);
+        let mut clients: Vec<Client> = (0..N)
+            .map(|i| {
+                let mut c = Client::connect(proxy.addr());
+                c.send(&get("example.com", &format!("/r{i}")));
+                c
+            })
+            .collect();
+        // Every request reaches the backend before any is answered.
+        let mut ups: Vec<(usize, LockConn)> = (0..N)
+            .map(|_| {
+                let mut up = backend.accept();
+                let head = up.read_head();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                let i: usize = path.trim_start_matches("/r").parse().unwrap_or(usize::MAX);
+                assert!(i < N, "unexpected head {head:?}");
+                (i, up)
+            })
+            .collect();
+        ups.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+        for (i, up) in ups.iter_mut() {
+            let body = vec![b'a' + (*i % 26) as u8; 65536];
+            let mut resp = format!("HTTP/1.1 200 OK\r\nX-I: {i}\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            resp.extend_from_slice(&body);
+            up.write(&resp);
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            let r = c.read_response();
+            assert_eq!(r.status(), 200, "request {i}");
+            assert_eq!(r.header("X-I"), Some(i.to_string().as_str()), "request {i}");
+            assert_eq!(r.body.len(), 65536, "request {i}");
+            assert!(r.body.iter().all(|&b| b == b'a' + (i % 26) as u8), "request {i}: another response's bytes");
+        }
+    }
 }
