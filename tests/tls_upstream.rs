@@ -61,6 +61,34 @@ both_engines! {
         assert_eq!(origin.accepted(), 1);
     }
 
+    // A pooled TLS connection whose backend sent close_notify with its last response (the
+    // TCP connection left open) is not waited on for an answer that cannot come: the next
+    // request ends it at once and is resent on a fresh connection (not a 504 after
+    // upstream_response).
+    fn a_pooled_tls_connection_closed_by_close_notify_is_not_waited_on(engine) {
+        let ca = TestCa::new("backend ca");
+        let dir = CertDir::new("up-bye");
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let origin = TlsOrigin::start(&ca.leaf(&["backend.test"]));
+        let proxy = Config::new()
+            .upstream_with("main", &[origin.addr], &upstream_tls(&ca_file, "backend.test"))
+            .route("main", "")
+            .timeout("upstream_response", "3s")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/bye"));
+        let r = c.read_response();
+        assert_eq!((r.status(), r.body_str().as_str()), (200, "tls-origin conn=0 proto=http body=0"));
+        // Past the shard's quiet spell (250 ms without traffic) its buffer lists are freed,
+        // so the next exchange has no free read buffer and waits for the backend's
+        // readiness first: the wait must see the close_notify rustls already holds.
+        std::thread::park_timeout(Duration::from_millis(800));
+        c.send(&get("example.com", "/"));
+        let r = c.read_response();
+        assert_eq!(r.status(), 200, "{:?}", r.head);
+        assert_eq!(r.body_str(), "tls-origin conn=1 proto=http body=0");
+    }
+
     fn a_tls_backend_with_the_wrong_name_is_refused(engine) {
         let ca = TestCa::new("backend ca");
         let (origin, proxy) = refused_backend(engine, &ca, ca.leaf(&["other.test"]));

@@ -201,10 +201,11 @@ impl TlsStream {
         &self.tcp
     }
 
-    /// Plaintext or ciphertext already here: a read would not wait for the socket.
+    /// Plaintext or ciphertext already here, or a close_notify or error already taken in: a
+    /// read would not wait for the socket.
     fn has_buffered(&mut self) -> bool {
         self.rpos < self.rbuf.len()
-            || matches!(self.conn.reader().fill_buf(), Ok(b) if !b.is_empty())
+            || !matches!(self.conn.reader().fill_buf(), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Feeds buffered ciphertext to rustls until it is all taken or rustls holds as much

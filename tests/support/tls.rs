@@ -201,6 +201,8 @@ pub fn tls_listener(certs: &[(&Path, &Path)], extra: &str) -> String {
 
 /// A TLS origin: HTTP/1.1 keep-alive over rustls, answering every request with
 /// `tls-origin conn=N proto=X-Forwarded-Proto body=LEN` (N counts its connections from 0).
+/// A request for `/bye` is answered (as keep-alive) with a close_notify in the same TCP
+/// write, and the connection is then held open without answering anything more.
 pub struct TlsOrigin {
     pub addr: SocketAddr,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
@@ -304,6 +306,19 @@ fn serve_tls(config: Arc<rustls::ServerConfig>, sock: TcpStream, id: usize) {
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
+        if head.starts_with("GET /bye ") {
+            // The response and the close_notify in one write, then silence on an open socket.
+            let _ = s.conn.writer().write_all(resp.as_bytes());
+            s.conn.send_close_notify();
+            while s.conn.wants_write() {
+                if s.conn.write_tls(&mut s.sock).is_err() {
+                    return;
+                }
+            }
+            let mut rest = [0u8; 4096];
+            while matches!(s.sock.read(&mut rest), Ok(n) if n > 0) {}
+            return;
+        }
         if s.write_all(resp.as_bytes()).is_err() {
             return;
         }
