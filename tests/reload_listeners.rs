@@ -236,13 +236,20 @@ both_engines! {
 
     fn a_listener_moved_to_an_overlapping_address_is_refused_and_nothing_changes(engine) {
         let o = Origin::start("o");
-        // A free port, on the wildcard address.
-        let port = dead_addr().port();
-        let wildcard = SocketAddr::from(([0, 0, 0, 0], port));
+        // A free port, on the wildcard address. Free on 127.0.0.1 when picked, it can be
+        // taken by another test's listener before the proxy binds it: then another port.
+        let wildcard_on = |port: u16| SocketAddr::from(([0, 0, 0, 0], port));
+        let (proxy, port) = (0..5)
+            .find_map(|_| {
+                let port = dead_addr().port();
+                let config = file(o.addr(), &[plain(wildcard_on(port))]);
+                Proxy::try_start_shards(&config, engine, 2).ok().map(|p| (p, port))
+            })
+            .expect("a free wildcard port within 5 tries");
+        let wildcard = wildcard_on(port);
         let loopback = SocketAddr::from(([127, 0, 0, 1], port));
         // 127.0.0.2 reaches the wildcard listener, never one on 127.0.0.1 only.
         let other = SocketAddr::from(([127, 0, 0, 2], port));
-        let proxy = Proxy::start_shards(&file(o.addr(), &[plain(wildcard)]), engine, 2);
         let admin = proxy.admin_addr();
 
         std::fs::write(proxy.config_path(), file(o.addr(), &[plain(loopback)])).unwrap();
