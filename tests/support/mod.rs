@@ -43,7 +43,8 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// nothing else: a cached entry's freshness is its age, so a test that needs an entry fresh
 /// or stale waits until a deadline measured from when it was stored; a paced client (a slow
 /// sender or reader, whose rate is what the proxy judges) sends or reads at its scheduled
-/// times; a load test's clients and reloads run on its planned timeline. There is no event to wait on, and nothing else can make it so. Waits for the
+/// times; a load test's clients and reloads run on its planned timeline; `prom::scrape_until`
+/// scrapes a proxy that announces no counter update on a schedule up to its deadline. There is no event to wait on, and nothing else can make it so. Waits for the
 /// proxy, a backend or a client use readiness signals instead.
 pub fn wait_until(at: Instant) {
     while let Some(left) = at

@@ -417,7 +417,7 @@ fn scrape_text(admin: SocketAddr, token: Option<&str>) -> String {
 /// Scrapes until `cond` holds (counters are updated just after a response is written, so a
 /// scrape racing the last response may not see it yet); panics after `within` with the last
 /// scrape. The proxy announces none of these updates (a shard's counters are read by asking
-/// it), so the deadline is what bounds the wait; the 25 ms between scrapes only paces them,
+/// it), so the deadline is what bounds the wait; scrapes run on a 25 ms schedule up to it,
 /// so that a wait for the once-a-second pool sweep does not keep both cores busy with scrapes.
 /// Waits on anything that does announce itself use its event instead: the proxy's output
 /// (`Proxy::wait_for_output_where`), an origin's state (`Origin::wait_for`), a file written
@@ -430,6 +430,7 @@ pub fn scrape_until(
     cond: impl Fn(&Metrics) -> bool,
 ) -> Metrics {
     let deadline = Instant::now() + within;
+    let mut next = Instant::now();
     loop {
         let text = scrape_text(admin, token);
         let m = parse_quick(&text);
@@ -448,6 +449,11 @@ pub fn scrape_until(
                 m.text
             );
         }
-        thread::sleep(Duration::from_millis(25));
+        // The next scrape on a 25 ms schedule, the last one at the deadline itself.
+        next = (next + SCRAPE_PACE).min(deadline);
+        super::wait_until(next);
     }
 }
+
+/// The schedule of [`scrape_until`]'s scrapes.
+const SCRAPE_PACE: Duration = Duration::from_millis(25);
