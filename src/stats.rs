@@ -121,6 +121,9 @@ pub struct Totals {
     pub limited_route: Cell<u64>,
     /// Rate-limit keys that displaced another key's bucket in a crowded table.
     pub rate_evictions: Cell<u64>,
+    /// Quiet spells (250 ms without traffic) in which the shard freed its buffer lists and
+    /// gave its free memory back (`worker`).
+    pub memory_returns: Cell<u64>,
     /// PROXY protocol headers on `proxy_protocol` listeners, by
     /// [`crate::proxy_protocol::Outcome`].
     pub proxy_protocol: [Cell<u64>; 6],
@@ -227,6 +230,7 @@ impl Totals {
             limited_listener: Cell::new(0),
             limited_route: Cell::new(0),
             rate_evictions: Cell::new(0),
+            memory_returns: Cell::new(0),
             proxy_protocol: Default::default(),
             auth: Default::default(),
             auth_bcrypt: Cell::new(0),
@@ -342,6 +346,7 @@ impl Stats {
             limited_listener: self.limited_listener.get(),
             limited_route: self.limited_route.get(),
             rate_evictions: self.rate_evictions.get(),
+            memory_returns: self.memory_returns.get(),
             proxy_protocol: self.proxy_protocol.each_ref().map(get),
             auth: self.auth.each_ref().map(get),
             auth_bcrypt: self.auth_bcrypt.get(),
@@ -445,6 +450,7 @@ pub struct Snapshot {
     pub limited_listener: u64,
     pub limited_route: u64,
     pub rate_evictions: u64,
+    pub memory_returns: u64,
     pub proxy_protocol: [u64; 6],
     pub auth: [u64; AUTH_SLOTS],
     pub auth_bcrypt: u64,
@@ -506,6 +512,7 @@ impl Snapshot {
         self.limited_listener += other.limited_listener;
         self.limited_route += other.limited_route;
         self.rate_evictions += other.rate_evictions;
+        self.memory_returns += other.memory_returns;
         sum(&mut self.proxy_protocol, &other.proxy_protocol);
         sum(&mut self.auth, &other.auth);
         self.auth_bcrypt += other.auth_bcrypt;

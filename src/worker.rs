@@ -252,6 +252,7 @@ async fn shard_main(start: ShardStart) -> ShardReport {
                 } else if !returned {
                     common.buffers.release_all();
                     give_back_free_memory();
+                    bump(&ctx.stats.memory_returns);
                     returned = true;
                 }
                 if let Some(log) = &ctx.access {

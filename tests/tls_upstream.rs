@@ -11,6 +11,27 @@ fn upstream_tls(ca: &std::path::Path, sni: &str) -> String {
     format!("tls = {{ sni = \"{sni}\", ca = \"{}\" }}", ca.display())
 }
 
+/// A proxy (its configuration passed through `tune`) in front of a TLS origin whose
+/// certificate names `backend.test`, verified against a CA written into `dir`.
+fn verified_backend(
+    engine: Engine,
+    dir: &CertDir,
+    tune: impl FnOnce(Config) -> Config,
+) -> (TlsOrigin, Proxy) {
+    let ca = TestCa::new("backend ca");
+    let ca_file = dir.write("ca.pem", &ca.pem);
+    let origin = TlsOrigin::start(&ca.leaf(&["backend.test"]));
+    let config = Config::new()
+        .upstream_with(
+            "main",
+            &[origin.addr],
+            &upstream_tls(&ca_file, "backend.test"),
+        )
+        .route("main", "");
+    let proxy = tune(config).start(engine);
+    (origin, proxy)
+}
+
 /// A proxy whose upstream trusts `ca` and expects `backend.test`, in front of a TLS origin
 /// serving `leaf`; one request through it must get 502.
 fn refused_backend(
@@ -37,14 +58,8 @@ fn refused_backend(
 
 both_engines! {
     fn requests_reach_a_verified_tls_backend_over_pooled_connections(engine) {
-        let ca = TestCa::new("backend ca");
         let dir = CertDir::new("up");
-        let ca_file = dir.write("ca.pem", &ca.pem);
-        let origin = TlsOrigin::start(&ca.leaf(&["backend.test"]));
-        let proxy = Config::new()
-            .upstream_with("main", &[origin.addr], &upstream_tls(&ca_file, "backend.test"))
-            .route("main", "")
-            .start(engine);
+        let (origin, proxy) = verified_backend(engine, &dir, |c| c);
         let mut c = Client::connect(proxy.addr());
         for _ in 0..3 {
             c.send(&get("example.com", "/"));
@@ -66,23 +81,22 @@ both_engines! {
     // request ends it at once and is resent on a fresh connection (not a 504 after
     // upstream_response).
     fn a_pooled_tls_connection_closed_by_close_notify_is_not_waited_on(engine) {
-        let ca = TestCa::new("backend ca");
         let dir = CertDir::new("up-bye");
-        let ca_file = dir.write("ca.pem", &ca.pem);
-        let origin = TlsOrigin::start(&ca.leaf(&["backend.test"]));
-        let proxy = Config::new()
-            .upstream_with("main", &[origin.addr], &upstream_tls(&ca_file, "backend.test"))
-            .route("main", "")
-            .timeout("upstream_response", "3s")
-            .start(engine);
+        let (_origin, proxy) =
+            verified_backend(engine, &dir, |c| c.timeout("upstream_response", "3s").admin(""));
+        // A shard frees its buffer lists in each quiet spell (250 ms without traffic): the
+        // first comes before any request, the next after /bye.
+        let admin = proxy.admin_addr();
+        let returns = |m: &Metrics| m.value("edgeshard_memory_returns_total", &[]);
+        let first = scrape_until(admin, None, Duration::from_secs(10), "the first quiet spell", |m| returns(m) >= 1.0);
         let mut c = Client::connect(proxy.addr());
         c.send(&get("example.com", "/bye"));
         let r = c.read_response();
         assert_eq!((r.status(), r.body_str().as_str()), (200, "tls-origin conn=0 proto=http body=0"));
-        // Past the shard's quiet spell (250 ms without traffic) its buffer lists are freed,
-        // so the next exchange has no free read buffer and waits for the backend's
-        // readiness first: the wait must see the close_notify rustls already holds.
-        std::thread::park_timeout(Duration::from_millis(800));
+        // With /bye's buffer freed, the next exchange has no free read buffer and waits for
+        // the backend's readiness first: the wait must see the close_notify rustls holds.
+        let before = returns(&first);
+        scrape_until(admin, None, Duration::from_secs(10), "a quiet spell after /bye", |m| returns(m) > before);
         c.send(&get("example.com", "/"));
         let r = c.read_response();
         assert_eq!(r.status(), 200, "{:?}", r.head);

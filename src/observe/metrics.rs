@@ -634,6 +634,13 @@ pub fn render(
         "edgeshard_pool_evictions_total{{reason=\"pool_full\"}} {}",
         all.pool_rejected_full
     );
+    family(
+        &mut o,
+        "edgeshard_memory_returns_total",
+        "counter",
+        "Quiet spells (250 ms without traffic) in which a shard freed its buffer lists and gave its free memory back.",
+    );
+    let _ = writeln!(o, "edgeshard_memory_returns_total {}", all.memory_returns);
 
     // Logs.
     family(
