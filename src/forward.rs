@@ -446,22 +446,27 @@ impl<'a> Forward<'a> {
                 Err(HeadFail::Io(e))
             }
             _ => {
-                // The read buffer is taken when the response is read. With every pooled one
-                // lent out (more exchanges in flight than the shard keeps buffers for), the
-                // response is first waited for without one: memory follows the responses
-                // being read, not the requests waiting (one more io_uring operation each).
-                let ready = if ubuf.capacity() > 0 || self.buffers.large_free() {
-                    Ok(timeout)
+                // The read buffer is taken when the response can be read: memory follows
+                // the responses being read, not the requests waiting for theirs, and the
+                // first read takes what is there at once (`HeadRead::ready`). A buffer
+                // already held (a resend) reads as before. On epoll the engine's own read
+                // already waits for readiness before it reads, and a wait of ours costs a
+                // poll(2) more: there the buffer is taken first while the shard has one free.
+                let wait_first = ubuf.capacity() == 0
+                    && (!monoio::utils::is_legacy() || !self.buffers.large_free());
+                let ready = if wait_first {
+                    wait_response(on.conn, &mut client.deadline, timeout).await
                 } else {
-                    Box::pin(wait_response(on.conn, &mut client.deadline, timeout)).await
+                    Ok(timeout)
                 };
                 match ready {
                     Err(fail) => Err(fail),
                     Ok(timeout) => {
+                        let mut how = self.head_read(facts, on.backend, timeout);
+                        how.ready = wait_first;
                         if ubuf.capacity() == 0 {
                             *ubuf = self.buffers.take_large();
                         }
-                        let how = self.head_read(facts, on.backend, timeout);
                         let dl = &mut client.deadline;
                         let i = &mut interim;
                         read_response_head(on.conn, ubuf, &how, dl, &mut any_byte, i).await
@@ -786,6 +791,7 @@ impl<'a> Forward<'a> {
             timeout,
             upgrade: facts.upgrade,
             max_read: head_read_size(&cfg.splice, self.backends.spliced_last[backend].get()),
+            ready: false,
         }
     }
 }

@@ -75,6 +75,9 @@ pub struct HeadRead {
     pub timeout: Duration,
     pub upgrade: bool,
     pub max_read: usize,
+    /// The socket was just found readable: the first read takes what is there without
+    /// waiting ([`crate::transport::Transport::read_now`]; TLS reads as usual).
+    pub ready: bool,
 }
 
 /// The most interim (1xx) responses one exchange may carry before its final one; one more
@@ -124,6 +127,7 @@ pub async fn read_response_head(
         timeout,
         upgrade,
         max_read,
+        mut ready,
     } = *how;
     let mut deadline = crate::clock::now() + timeout;
     // Room for a typical response's fields at once: grown from empty, the vector would be
@@ -178,9 +182,24 @@ pub async fn read_response_head(
         if ubuf.capacity() - ubuf.len() < max_read {
             ubuf.reserve(max_read);
         }
-        read_more_at_most(upstream, ubuf, dl, left, max_read)
-            .await
-            .map_err(HeadFail::Io)?;
+        let now = if std::mem::take(&mut ready) {
+            upstream.read_now(ubuf, max_read)
+        } else {
+            None
+        };
+        match now {
+            Some(Ok(0)) => return Err(HeadFail::Io(IoFail::Eof)),
+            Some(Ok(_)) => {}
+            Some(Err(e)) if !crate::transport::would_wait(&e) => {
+                return Err(HeadFail::Io(IoFail::Io(e)))
+            }
+            // Not there after all (or TLS): wait for it.
+            _ => {
+                read_more_at_most(upstream, ubuf, dl, left, max_read)
+                    .await
+                    .map_err(HeadFail::Io)?;
+            }
+        }
         *any_byte = true;
     }
 }

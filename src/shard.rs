@@ -276,7 +276,7 @@ impl Buffers {
     }
 
     /// No buffer yet: an exchange takes its read buffer ([`Buffers::take_large`]) only when
-    /// it reads the response.
+    /// the response can be read.
     pub fn none(&self) -> PooledBuf<'_> {
         PooledBuf {
             buf: Vec::new(),
@@ -284,16 +284,16 @@ impl Buffers {
         }
     }
 
-    /// Whether a large buffer is free. When none is, the exchanges in flight hold them all
-    /// (more of them than the list keeps), and the next one waits for its response without
-    /// a buffer before it takes one (`forward::Forward::exchange`).
+    /// Whether a large buffer is free. On epoll an exchange takes one before its response
+    /// arrives while one is (`forward::Forward::exchange`); with none free it waits for the
+    /// response without a buffer first.
     pub fn large_free(&self) -> bool {
         !self.large.borrow().is_empty()
     }
 
     /// A cleared buffer for reading a response: a large one if one is free (it will likely
     /// grow to that size anyway), else a new one: not one of the small list's, which heads
-    /// need (with more exchanges in flight than the large list holds, it would be drained).
+    /// need (with more responses being read than the large list holds, it would be drained).
     pub fn take_large(&self) -> PooledBuf<'_> {
         let buf = self.large.borrow_mut().pop();
         PooledBuf {

@@ -3,7 +3,12 @@
 //! pool). [`Transport`] is plain TCP or TLS ([`crate::tls::stream::TlsStream`]); the IO steps
 //! are generic over monoio's owned-buffer traits, which it implements, so the copy paths work
 //! on both. Only [`Transport::plain`] (the socket, when its bytes are the HTTP bytes) lets a
-//! stage splice or run a tunnel's raw pumps.
+//! stage splice or run a tunnel's raw pumps. On a plain socket a response that is ready is
+//! read, and a write of [`SEND_NOW_MIN`] or more is sent, with a direct non-blocking system
+//! call first, so the buffer is done with in the turn that filled it.
+
+use std::io;
+use std::os::fd::AsRawFd;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, CancelHandle, CancelableAsyncReadRent};
@@ -57,6 +62,37 @@ impl Transport {
         if let Transport::Tls(s) = self {
             s.release_buffers();
         }
+    }
+
+    /// Reads what the socket already holds, without waiting: into `buf`'s spare room, at most
+    /// `max` bytes; `Ok(0)` at EOF, `WouldBlock` when nothing is there. `None` for TLS (its
+    /// bytes go through rustls). A response is read this way once its socket is readable:
+    /// the buffer is filled when the exchange runs, not when the kernel completes an io_uring
+    /// read posted in advance (with the shard busy, those completed reads wait in the ring,
+    /// each holding a filled buffer; loadtest/results/2026-12-05-vm-direct/).
+    pub fn read_now(&self, buf: &mut Vec<u8>, max: usize) -> Option<io::Result<usize>> {
+        let Transport::Plain(s) = self else {
+            return None;
+        };
+        let spare = buf.spare_capacity_mut();
+        let want = spare.len().min(max);
+        // SAFETY: `spare` is `want` or more writable bytes of `buf`'s allocation, which
+        // outlives the call; `recv` writes at most `want` bytes there and returns how many.
+        let n = unsafe {
+            libc::recv(
+                s.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                want,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Some(Err(io::Error::last_os_error()));
+        }
+        let n = n as usize;
+        // SAFETY: `recv` initialised the `n` bytes after the vector's length.
+        unsafe { buf.set_len(buf.len() + n) };
+        Some(Ok(n))
     }
 
     /// Waits until a read would not block (a TLS transport must also answer at once when it
@@ -113,11 +149,58 @@ impl CancelableAsyncReadRent for Transport {
     }
 }
 
+/// A plain write of at least this many bytes is first tried with a direct, non-blocking
+/// `sendmsg(2)`: a body leaves its buffer in the same turn of the shard's loop, so the buffer
+/// goes back to the free list at once instead of after the ring's next completion (with the
+/// shard busy, hundreds of 64 KiB buffers were waiting for their writes' completions;
+/// loadtest/results/2026-12-05-vm-direct/). Smaller writes (heads, small responses) stay in
+/// the ring, batched into its one `io_uring_enter`: no system call of their own.
+const SEND_NOW_MIN: usize = 4096;
+
+/// A direct call ([`Transport::read_now`], a direct send) that found nothing to do now, or
+/// was interrupted: the engine does it instead.
+pub fn would_wait(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// Sends what the iovecs at `iov` (`cnt` of them) hold without waiting: the bytes sent, or
+/// `WouldBlock` when the socket's send buffer is full.
+fn send_now(s: &TcpStream, iov: *const libc::iovec, cnt: usize) -> io::Result<usize> {
+    // SAFETY: a zeroed `msghdr` is a valid empty one; only its iovec fields are set.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.cast_mut();
+    msg.msg_iovlen = cnt as _;
+    // SAFETY: `msg` points at `cnt` iovecs that the caller keeps valid for the call (a
+    // monoio buffer's own, or one built on the stack); `sendmsg` only reads them.
+    let n = unsafe { libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 impl AsyncWriteRent for Transport {
     #[inline]
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
-            Transport::Plain(s) => s.write(buf).await,
+            Transport::Plain(s) => {
+                let len = buf.bytes_init();
+                if len >= SEND_NOW_MIN {
+                    let iov = libc::iovec {
+                        iov_base: buf.read_ptr().cast_mut().cast(),
+                        iov_len: len,
+                    };
+                    match send_now(s, &iov, 1) {
+                        Err(e) if would_wait(&e) => {}
+                        r => return (r, buf),
+                    }
+                }
+                s.write(buf).await
+            }
             Transport::Tls(s) => s.write(buf).await,
         }
     }
@@ -125,7 +208,19 @@ impl AsyncWriteRent for Transport {
     #[inline]
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
-            Transport::Plain(s) => s.writev(buf).await,
+            Transport::Plain(s) => {
+                let (ptr, cnt) = (buf.read_iovec_ptr(), buf.read_iovec_len());
+                // SAFETY: the `IoVecBuf` contract makes `ptr` valid for `cnt` iovecs while
+                // `buf` lives.
+                let iovs = unsafe { std::slice::from_raw_parts(ptr, cnt) };
+                if iovs.iter().map(|v| v.iov_len).sum::<usize>() >= SEND_NOW_MIN {
+                    match send_now(s, ptr, cnt) {
+                        Err(e) if would_wait(&e) => {}
+                        r => return (r, buf),
+                    }
+                }
+                s.writev(buf).await
+            }
             Transport::Tls(s) => s.writev(buf).await,
         }
     }
@@ -143,6 +238,132 @@ impl AsyncWriteRent for Transport {
         match self {
             Transport::Plain(s) => s.shutdown().await,
             Transport::Tls(s) => s.shutdown().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{write_from, write_two_from, Deadline};
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    fn on_both_engines(f: fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>) {
+        for engine in crate::test_engines::engines() {
+            crate::test_engines::block_on(engine, f());
+        }
+    }
+
+    /// A connected pair: the proxy's side as a [`Transport`], the peer as a std socket.
+    async fn pair() -> (Transport, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = TcpStream::connect_addr(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        (Transport::Plain(s), l.accept().unwrap().0)
+    }
+
+    #[test]
+    fn read_now_takes_what_is_waiting_and_never_waits() {
+        on_both_engines(|| {
+            Box::pin(async {
+                let (mut t, mut peer) = pair().await;
+                let mut buf = Vec::with_capacity(64);
+                buf.extend_from_slice(b"kept");
+                let r = t.read_now(&mut buf, 64).expect("plain");
+                assert_eq!(r.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+                assert_eq!(buf, b"kept", "nothing read, nothing changed");
+
+                peer.write_all(b"HTTP/1.1 200 OK\r\n").unwrap();
+                t.readable().await.unwrap();
+                // At most `max`, after the bytes already there.
+                assert_eq!(t.read_now(&mut buf, 8).unwrap().unwrap(), 8);
+                assert_eq!(buf, b"keptHTTP/1.1");
+                // At most the spare room.
+                let mut small = Vec::with_capacity(4);
+                assert_eq!(t.read_now(&mut small, 64).unwrap().unwrap(), 4);
+                assert_eq!(small, b" 200");
+                assert_eq!(t.read_now(&mut buf, 64).unwrap().unwrap(), 5);
+                assert_eq!(buf, b"keptHTTP/1.1 OK\r\n");
+
+                drop(peer);
+                t.readable().await.unwrap();
+                assert_eq!(t.read_now(&mut buf, 64).unwrap().unwrap(), 0, "EOF");
+            })
+        });
+    }
+
+    #[test]
+    fn large_writes_go_out_whole_and_in_order_when_the_socket_fills() {
+        for engine in crate::test_engines::engines() {
+            crate::test_engines::block_on(engine, large_writes(engine));
+        }
+    }
+
+    async fn large_writes(engine: crate::test_engines::TestEngine) {
+        {
+            {
+                // Small socket buffers, set before the connection is made.
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                socket2::SockRef::from(&l)
+                    .set_recv_buffer_size(4096)
+                    .unwrap();
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .unwrap();
+                s.set_send_buffer_size(4096).unwrap();
+                s.connect(&l.local_addr().unwrap().into()).unwrap();
+                let s = std::net::TcpStream::from(s);
+                // As the engine's own sockets are: io_uring's blocking (an io_uring write on
+                // a non-blocking socket fails with EAGAIN instead of waiting), epoll's not.
+                let epoll = engine == crate::test_engines::TestEngine::Epoll;
+                s.set_nonblocking(epoll).unwrap();
+                let mut t = Transport::Plain(TcpStream::from_std(s).unwrap());
+                let peer = l.accept().unwrap().0;
+                // Fill the socket with direct sends until one would block.
+                let mut expect = Vec::new();
+                let chunk: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+                let iov = libc::iovec {
+                    iov_base: chunk.as_ptr().cast_mut().cast(),
+                    iov_len: chunk.len(),
+                };
+                loop {
+                    match send_now(t.tcp(), &iov, 1) {
+                        Ok(n) => expect.extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                // Only now does the peer read: each write below finds the socket full first
+                // (the direct send would block) and completes through the engine.
+                let reader = std::thread::spawn(move || {
+                    let mut peer = peer;
+                    let mut got = Vec::new();
+                    peer.read_to_end(&mut got).unwrap();
+                    got
+                });
+                let mut dl = Deadline::new();
+                let wait = Duration::from_secs(10);
+                let mut one: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+                write_from(&mut t, &mut one, 0, 100_000, &mut dl, wait)
+                    .await
+                    .unwrap();
+                expect.extend_from_slice(&one);
+                let mut head = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+                let mut body: Vec<u8> = (0..300_000u32).map(|i| (i % 239) as u8).collect();
+                let (h, b) = (head.len(), body.len());
+                write_two_from(&mut t, &mut head, 0..h, &mut body, 10..b, &mut dl, wait)
+                    .await
+                    .unwrap();
+                expect.extend_from_slice(&head);
+                expect.extend_from_slice(&body[10..]);
+                // The end of the stream (a dropped stream's close waits for the engine's next
+                // turn, and this thread now blocks in `join`).
+                t.shutdown().await.unwrap();
+                let got = reader.join().unwrap();
+                assert_eq!(got.len(), expect.len());
+                assert!(got == expect, "the bytes arrive whole and in order");
+            }
         }
     }
 }
