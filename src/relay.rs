@@ -175,13 +175,11 @@ pub async fn read_response_head(
                 Err(_) => return Err(HeadFail::Bad),
             }
         }
-        let left = deadline.saturating_duration_since(crate::clock::now());
-        if left.is_zero() {
-            return Err(HeadFail::Io(IoFail::Timeout));
-        }
         if ubuf.capacity() - ubuf.len() < max_read {
             ubuf.reserve(max_read);
         }
+        // A direct read waits for nothing, so it comes before the deadline's check: a
+        // response found ready just as the time ran out is read, not timed out.
         let now = if std::mem::take(&mut ready) {
             upstream.read_now(ubuf, max_read)
         } else {
@@ -195,6 +193,10 @@ pub async fn read_response_head(
             }
             // Not there after all (or TLS): wait for it.
             _ => {
+                let left = deadline.saturating_duration_since(crate::clock::now());
+                if left.is_zero() {
+                    return Err(HeadFail::Io(IoFail::Timeout));
+                }
                 read_more_at_most(upstream, ubuf, dl, left, max_read)
                     .await
                     .map_err(HeadFail::Io)?;

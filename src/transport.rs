@@ -76,6 +76,7 @@ impl Transport {
         };
         let spare = buf.spare_capacity_mut();
         let want = spare.len().min(max);
+        debug_assert!(want > 0, "a read into no room would look like EOF");
         // SAFETY: `spare` is `want` or more writable bytes of `buf`'s allocation, which
         // outlives the call; `recv` writes at most `want` bytes there and returns how many.
         let n = unsafe {
@@ -196,6 +197,12 @@ impl AsyncWriteRent for Transport {
                     };
                     match send_now(s, &iov, 1) {
                         Err(e) if would_wait(&e) => {}
+                        // The socket is full: the rest goes through the engine at once
+                        // (another direct try would find it full).
+                        Ok(n) if n < len => {
+                            let (r, rest) = s.write(buf.slice(n..)).await;
+                            return (r.map(|m| n + m), rest.into_inner());
+                        }
                         r => return (r, buf),
                     }
                 }
@@ -314,8 +321,8 @@ mod tests {
                 s.set_send_buffer_size(4096).unwrap();
                 s.connect(&l.local_addr().unwrap().into()).unwrap();
                 let s = std::net::TcpStream::from(s);
-                // As the engine's own sockets are: io_uring's blocking (an io_uring write on
-                // a non-blocking socket fails with EAGAIN instead of waiting), epoll's not.
+                // As the engine's own sockets are: blocking under io_uring, non-blocking
+                // under epoll.
                 let epoll = engine == crate::test_engines::TestEngine::Epoll;
                 s.set_nonblocking(epoll).unwrap();
                 let mut t = Transport::Plain(TcpStream::from_std(s).unwrap());
