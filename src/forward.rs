@@ -446,14 +446,16 @@ impl<'a> Forward<'a> {
                 Err(HeadFail::Io(e))
             }
             _ => {
-                // The read buffer is taken when the response can be read: memory follows
-                // the responses being read, not the requests waiting for theirs, and the
-                // first read takes what is there at once (`HeadRead::ready`). A buffer
-                // already held (a resend) reads as before. On epoll the engine's own read
-                // already waits for readiness before it reads, and a wait of ours costs a
-                // poll(2) more: there the buffer is taken first while the shard has one free.
-                let wait_first = ubuf.capacity() == 0
-                    && (!monoio::utils::is_legacy() || !self.buffers.large_free());
+                // The read buffer is taken when the response can be read, and the first
+                // read takes what is there at once (`HeadRead::ready`): memory follows the
+                // responses being read, not the requests waiting for theirs. That is the
+                // rule where that read can be a direct one (a plain socket on io_uring).
+                // On epoll, whose own read already waits for readiness (a wait of ours
+                // costs a poll(2) more), and for TLS (read through rustls), the buffer is
+                // taken first while the shard has one free. A buffer already held (a
+                // resend) reads as before.
+                let direct = on.conn.plain().is_some() && !monoio::utils::is_legacy();
+                let wait_first = ubuf.capacity() == 0 && (direct || !self.buffers.large_free());
                 let ready = if wait_first {
                     wait_response(on.conn, &mut client.deadline, timeout).await
                 } else {
@@ -462,8 +464,7 @@ impl<'a> Forward<'a> {
                 match ready {
                     Err(fail) => Err(fail),
                     Ok(timeout) => {
-                        let mut how = self.head_read(facts, on.backend, timeout);
-                        how.ready = wait_first;
+                        let how = self.head_read(facts, on.backend, timeout, wait_first);
                         if ubuf.capacity() == 0 {
                             *ubuf = self.buffers.take_large();
                         }
@@ -779,8 +780,14 @@ impl<'a> Forward<'a> {
         .map_err(|e| ProxyError { sent: true, ..e })
     }
 
-    /// How this try reads the response head.
-    fn head_read(&self, facts: &RequestFacts, backend: usize, timeout: Duration) -> HeadRead {
+    /// How this try reads the response head (`ready`: its socket was just found readable).
+    fn head_read(
+        &self,
+        facts: &RequestFacts,
+        backend: usize,
+        timeout: Duration,
+        ready: bool,
+    ) -> HeadRead {
         let cfg = self.cfg;
         HeadRead {
             limits: HeadLimits {
@@ -791,7 +798,7 @@ impl<'a> Forward<'a> {
             timeout,
             upgrade: facts.upgrade,
             max_read: head_read_size(&cfg.splice, self.backends.spliced_last[backend].get()),
-            ready: false,
+            ready,
         }
     }
 }

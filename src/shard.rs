@@ -284,9 +284,10 @@ impl Buffers {
         }
     }
 
-    /// Whether a large buffer is free. On epoll an exchange takes one before its response
-    /// arrives while one is (`forward::Forward::exchange`); with none free it waits for the
-    /// response without a buffer first.
+    /// Whether a large buffer is free. Where its first read cannot be a direct one (epoll,
+    /// a TLS backend) an exchange takes one before its response arrives while one is
+    /// (`forward::Forward::exchange`); with none free it waits for the response without a
+    /// buffer first.
     pub fn large_free(&self) -> bool {
         !self.large.borrow().is_empty()
     }

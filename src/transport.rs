@@ -167,21 +167,16 @@ pub fn would_wait(e: &io::Error) -> bool {
     )
 }
 
-/// Sends what the iovecs at `iov` (`cnt` of them) hold without waiting: the bytes sent, or
-/// `WouldBlock` when the socket's send buffer is full.
-fn send_now(s: &TcpStream, iov: *const libc::iovec, cnt: usize) -> io::Result<usize> {
-    // SAFETY: a zeroed `msghdr` is a valid empty one; only its iovec fields are set.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.cast_mut();
-    msg.msg_iovlen = cnt as _;
-    // SAFETY: `msg` points at `cnt` iovecs that the caller keeps valid for the call (a
-    // monoio buffer's own, or one built on the stack); `sendmsg` only reads them.
-    let n = unsafe { libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+/// Sends `bufs` on the socket `fd` without waiting (`sendmsg(2)` with `MSG_DONTWAIT`, so a
+/// full socket answers `WouldBlock` whatever the descriptor's mode: io_uring sockets are
+/// blocking): the bytes sent. Large plain writes and every TLS write
+/// (`tls::stream::DirectSend`) go out this way.
+pub fn send_now(fd: std::os::fd::RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: the caller's stream owns `fd` and outlives this call, so the descriptor stays
+    // open while it is borrowed.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd)
+        .send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
 impl AsyncWriteRent for Transport {
@@ -191,11 +186,10 @@ impl AsyncWriteRent for Transport {
             Transport::Plain(s) => {
                 let len = buf.bytes_init();
                 if len >= SEND_NOW_MIN {
-                    let iov = libc::iovec {
-                        iov_base: buf.read_ptr().cast_mut().cast(),
-                        iov_len: len,
-                    };
-                    match send_now(s, &iov, 1) {
+                    // SAFETY: the `IoBuf` contract makes `read_ptr` valid for `len` bytes
+                    // while `buf` lives.
+                    let bytes = unsafe { std::slice::from_raw_parts(buf.read_ptr(), len) };
+                    match send_now(s.as_raw_fd(), &[io::IoSlice::new(bytes)]) {
                         Err(e) if would_wait(&e) => {}
                         // The socket is full: the rest goes through the engine at once
                         // (another direct try would find it full).
@@ -216,12 +210,17 @@ impl AsyncWriteRent for Transport {
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             Transport::Plain(s) => {
-                let (ptr, cnt) = (buf.read_iovec_ptr(), buf.read_iovec_len());
-                // SAFETY: the `IoVecBuf` contract makes `ptr` valid for `cnt` iovecs while
-                // `buf` lives.
-                let iovs = unsafe { std::slice::from_raw_parts(ptr, cnt) };
-                if iovs.iter().map(|v| v.iov_len).sum::<usize>() >= SEND_NOW_MIN {
-                    match send_now(s, ptr, cnt) {
+                // SAFETY: the `IoVecBuf` contract makes `read_iovec_ptr` valid for
+                // `read_iovec_len` iovecs while `buf` lives, and `IoSlice` is ABI-compatible
+                // with `iovec` on Unix (std's documented guarantee).
+                let bufs = unsafe {
+                    std::slice::from_raw_parts(
+                        buf.read_iovec_ptr().cast::<io::IoSlice<'_>>(),
+                        buf.read_iovec_len(),
+                    )
+                };
+                if bufs.iter().map(|b| b.len()).sum::<usize>() >= SEND_NOW_MIN {
+                    match send_now(s.as_raw_fd(), bufs) {
                         Err(e) if would_wait(&e) => {}
                         r => return (r, buf),
                     }
@@ -253,12 +252,14 @@ impl AsyncWriteRent for Transport {
 mod tests {
     use super::*;
     use crate::io::{write_from, write_two_from, Deadline};
+    use crate::test_engines::TestEngine;
     use std::io::{Read, Write};
     use std::time::Duration;
 
-    fn on_both_engines(f: fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>) {
+    /// Runs `test` on a runtime of each engine.
+    fn on_both_engines<F: std::future::Future<Output = ()>>(test: impl Fn(TestEngine) -> F) {
         for engine in crate::test_engines::engines() {
-            crate::test_engines::block_on(engine, f());
+            crate::test_engines::block_on(engine, test(engine));
         }
     }
 
@@ -273,8 +274,8 @@ mod tests {
 
     #[test]
     fn read_now_takes_what_is_waiting_and_never_waits() {
-        on_both_engines(|| {
-            Box::pin(async {
+        on_both_engines(|_| async {
+            {
                 let (mut t, mut peer) = pair().await;
                 let mut buf = Vec::with_capacity(64);
                 buf.extend_from_slice(b"kept");
@@ -297,19 +298,13 @@ mod tests {
                 drop(peer);
                 t.readable().await.unwrap();
                 assert_eq!(t.read_now(&mut buf, 64).unwrap().unwrap(), 0, "EOF");
-            })
+            }
         });
     }
 
     #[test]
     fn large_writes_go_out_whole_and_in_order_when_the_socket_fills() {
-        for engine in crate::test_engines::engines() {
-            crate::test_engines::block_on(engine, large_writes(engine));
-        }
-    }
-
-    async fn large_writes(engine: crate::test_engines::TestEngine) {
-        {
+        on_both_engines(|engine| async move {
             {
                 // Small socket buffers, set before the connection is made.
                 let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -323,19 +318,15 @@ mod tests {
                 let s = std::net::TcpStream::from(s);
                 // As the engine's own sockets are: blocking under io_uring, non-blocking
                 // under epoll.
-                let epoll = engine == crate::test_engines::TestEngine::Epoll;
+                let epoll = engine == TestEngine::Epoll;
                 s.set_nonblocking(epoll).unwrap();
                 let mut t = Transport::Plain(TcpStream::from_std(s).unwrap());
                 let peer = l.accept().unwrap().0;
                 // Fill the socket with direct sends until one would block.
                 let mut expect = Vec::new();
                 let chunk: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
-                let iov = libc::iovec {
-                    iov_base: chunk.as_ptr().cast_mut().cast(),
-                    iov_len: chunk.len(),
-                };
                 loop {
-                    match send_now(t.tcp(), &iov, 1) {
+                    match send_now(t.tcp().as_raw_fd(), &[io::IoSlice::new(&chunk)]) {
                         Ok(n) => expect.extend_from_slice(&chunk[..n]),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => panic!("{e}"),
@@ -371,6 +362,6 @@ mod tests {
                 assert_eq!(got.len(), expect.len());
                 assert!(got == expect, "the bytes arrive whole and in order");
             }
-        }
+        });
     }
 }

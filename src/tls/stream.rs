@@ -147,8 +147,7 @@ fn alias_safe_split(addr: usize, len: usize) -> usize {
     }
 }
 
-/// Writes ciphertext to a socket without waiting: `sendmsg(2)` with `MSG_DONTWAIT`, so a full
-/// socket answers `WouldBlock` whatever the descriptor's mode (io_uring sockets are blocking).
+/// Writes ciphertext to a socket without waiting ([`crate::transport::send_now`]).
 struct DirectSend(std::os::fd::RawFd);
 
 impl io::Write for DirectSend {
@@ -157,12 +156,9 @@ impl io::Write for DirectSend {
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        // SAFETY: the descriptor belongs to the `TcpStream` of the `TlsStream` that made this
-        // `DirectSend` for one `write_tls` call, during which the stream (and so the
-        // descriptor) stays alive and open.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) };
-        socket2::SockRef::from(&fd)
-            .send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        // The descriptor belongs to the `TcpStream` of the `TlsStream` that made this
+        // `DirectSend` for one `write_tls` call, during which it stays open.
+        crate::transport::send_now(self.0, bufs)
     }
 
     fn flush(&mut self) -> io::Result<()> {
