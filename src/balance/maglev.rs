@@ -16,7 +16,7 @@
 //! (the paper's "minimal disruption"); the build is deterministic, so adding it back restores
 //! the previous table exactly.
 
-use super::hash64;
+use super::{hash64, mix64};
 
 /// Table size used up to 655 backends (prime).
 pub(super) const DEFAULT_SIZE: u64 = 65_537;
@@ -88,6 +88,20 @@ impl Maglev {
     #[inline]
     pub fn slot(&self, key: u32) -> usize {
         ((u64::from(key) * self.slots.len() as u64) >> 32) as usize
+    }
+
+    /// The slot a pick reads at `step` of its search for key hash `key`: step 0 is the key's
+    /// own slot; later steps are slots drawn from `mix64(key, step)`, the same for a key on
+    /// every shard and host. Not `slot + step`: a member whose `skip` has a small inverse
+    /// modulo `M` owns runs of adjacent slots (up to ~70 in a 4-member table), and a walk
+    /// along them would fall back to round robin, moving its keys from pick to pick.
+    #[inline]
+    pub fn probe(&self, key: u32, step: usize) -> usize {
+        if step == 0 {
+            return self.slot(key);
+        }
+        let h = mix64(u64::from(key) | (step as u64) << 32);
+        ((u128::from(h) * self.slots.len() as u128) >> 64) as usize
     }
 
     /// Owner (tier position) of slot `i % len()`; `None` for an empty table.

@@ -219,8 +219,7 @@ impl ShardBalancer {
             }
             (Algorithm::Maglev, Some(k)) => {
                 let mg = &tier.maglev;
-                let start = mg.slot(k);
-                let at = |step: usize| mg.owner(start.wrapping_add(step));
+                let at = |step: usize| mg.owner(mg.probe(k, step));
                 self.hash_walk(table, tier, t, mg.len(), at, usable)
             }
         }

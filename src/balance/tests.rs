@@ -624,3 +624,73 @@ fn hash_tables_across_processes_and_member_order() {
     );
     assert!(moved > 0, "maglev: the order of the list matters");
 }
+
+#[test]
+fn an_unusable_member_moves_only_its_keys_and_they_stay_put() {
+    // Four local origins as a test starts them: in this table member 3's `skip` has a small
+    // inverse modulo M, so it owns runs of up to ~70 adjacent slots. A pick that walked on to
+    // `slot + 1`, `slot + 2`, ... met 21 of member 3's slots for ~1 % of keys and fell back to
+    // round robin, so those keys moved from pick to pick while member 3 was down (seen as a
+    // flaky integration test). Every slot's key is picked twice with member 3 unusable.
+    let names = [
+        "127.0.0.1:44637",
+        "127.0.0.1:37366",
+        "127.0.0.1:58095",
+        "127.0.0.1:50824",
+    ];
+    let ms: Vec<Member> = names
+        .iter()
+        .map(|n| Member {
+            name: n.to_string(),
+            weight: 1,
+            backup: false,
+        })
+        .collect();
+    let mg = maglev::Maglev::build(&names, &[1; 4]);
+    let m = mg.len();
+    let longest_run = (0..m)
+        .filter(|&s| mg.owner(s) == Some(3) && mg.owner(s + m - 1) != Some(3))
+        .map(|s| (s..).take_while(|&x| mg.owner(x) == Some(3)).count())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        longest_run > 21,
+        "the fixture must hold a run of member 3 longer than 21 slots: {longest_run}"
+    );
+    for algorithm in [Algorithm::ConsistentHash, Algorithm::Maglev] {
+        let s = spec(algorithm);
+        let table = Table::build(&s, &ms);
+        let mut b = ShardBalancer::new(&s, &ms, 0);
+        let usable = |i: usize| i != 3;
+        let mut moved_to = [0usize; 4];
+        // One key per Maglev slot (the smallest hash that lands in it), which for ketama is
+        // just an even spread of keys.
+        for slot in 0..m as u64 {
+            let k = ((slot << 32).div_ceil(m as u64)) as u32;
+            let all = b.pick(&table, Some(k), |_| true).unwrap();
+            let first = b.pick(&table, Some(k), usable).unwrap();
+            let second = b.pick(&table, Some(k), usable).unwrap();
+            assert_eq!(
+                first, second,
+                "{algorithm:?}: key {k:#x} moved between two picks"
+            );
+            assert_ne!(first, 3);
+            if all != 3 {
+                assert_eq!(
+                    first, all,
+                    "{algorithm:?}: key {k:#x} of a usable member moved"
+                );
+            } else {
+                moved_to[first] += 1;
+            }
+        }
+        // Member 3's keys spread over the other three (each gets at least a fifth of them).
+        let total: usize = moved_to.iter().sum();
+        for (i, &n) in moved_to[..3].iter().enumerate() {
+            assert!(
+                n * 5 >= total,
+                "{algorithm:?}: member {i} took {n} of {total} moved keys"
+            );
+        }
+    }
+}
