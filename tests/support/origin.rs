@@ -301,7 +301,11 @@ impl Origin {
     }
 
     fn stop_accepting(&self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
+        // Once only: after `close` the port is free, and another test's listener may hold it
+        // by the time this origin drops; a second wake-up connect would land there.
+        if self.shared.stop.swap(true, Ordering::SeqCst) {
+            return;
+        }
         // Wake the accept loop.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(500));
     }
