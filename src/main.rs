@@ -137,6 +137,9 @@ struct ConfigMeta {
 static EXE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
 
 fn main() {
+    // Off from the first allocation of ours (the default of `server.huge_pages`); `run`
+    // applies the configuration's value.
+    let _ = edgeshard::alloc::set_huge_pages(false);
     EXE.get_or_init(|| std::env::current_exe().ok());
     let cli = Cli::parse();
     let code = match cli.command {
@@ -396,6 +399,9 @@ fn run_as(config: &Config) -> Result<Option<Target>, edgeshard::privs::PrivError
 fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     let loaded_unix = admin::unix_now();
     raise_nofile_limit();
+    if let Err(e) = edgeshard::alloc::set_huge_pages(config.huge_pages) {
+        tracing::warn!(error = %e, huge_pages = config.huge_pages, "server.huge_pages could not be applied; the kernel's default stays");
+    }
     let requested = match placement.io_engine {
         Some(EngineArg::Auto) => IoEngine::Auto,
         Some(EngineArg::Uring) => IoEngine::Uring,

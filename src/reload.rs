@@ -546,6 +546,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         format!("{:?}", new.io_engine),
     );
     differs(
+        "server.huge_pages",
+        old.huge_pages.to_string(),
+        new.huge_pages.to_string(),
+    );
+    differs(
         "server.splice_max_pipes/splice_pipe_bytes",
         format!("{} {}", old.splice.max_pipes, old.splice.pipe_bytes),
         format!("{} {}", new.splice.max_pipes, new.splice.pipe_bytes),

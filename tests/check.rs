@@ -11,6 +11,7 @@ use std::time::Duration;
 const GOOD: &str = r#"
 [server]
 io_engine = "epoll"
+huge_pages = false
 shutdown_timeout = "30s"
 drain_grace = "1s"
 splice = "auto"

@@ -172,6 +172,8 @@ pub struct SpliceConfig {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub io_engine: IoEngine,
+    /// `server.huge_pages`: transparent huge pages for the process's memory (`alloc.rs`).
+    pub huge_pages: bool,
     pub shutdown_timeout: Duration,
     /// How long, once draining, an idle keep-alive connection may still send one request
     /// (answered with `Connection: close`); at most `shutdown_timeout`.
@@ -748,6 +750,7 @@ impl Config {
         }
         Ok(Config {
             io_engine,
+            huge_pages: server.huge_pages.unwrap_or(false),
             shutdown_timeout,
             drain_grace,
             splice,

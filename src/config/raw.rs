@@ -14,6 +14,7 @@ use super::ConfigIssue;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawServer {
     pub(super) io_engine: Option<String>,
+    pub(super) huge_pages: Option<bool>,
     pub(super) shutdown_timeout: Option<String>,
     pub(super) drain_grace: Option<String>,
     pub(super) splice: Option<String>,

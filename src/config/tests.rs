@@ -29,6 +29,9 @@ client_header = "250ms"
 fn good_config_validates() {
     let c = parse(GOOD).unwrap();
     assert_eq!(c.io_engine, IoEngine::Epoll);
+    assert!(!c.huge_pages, "huge pages are off unless asked for");
+    let on = parse(&GOOD.replace("[server]\n", "[server]\nhuge_pages = true\n")).unwrap();
+    assert!(on.huge_pages);
     assert_eq!(c.limits.max_body_bytes, 1 << 20);
     assert_eq!(c.timeouts.client_header, Duration::from_millis(250));
     assert_eq!(c.routes[0].host, HostMatch::Suffix(".example.com".into()));
