@@ -26,6 +26,7 @@ use monoio::net::TcpStream;
 
 use crate::shard::ShardCtx;
 use crate::stats::bump;
+use crate::transport::{recv_into, would_wait};
 
 /// The longest v1 line, CRLF included (spec, 2.1).
 pub const V1_MAX: usize = 107;
@@ -491,11 +492,11 @@ async fn read_header(stream: &TcpStream, deadline: Instant) -> Result<Header, Fa
             Ok(Ok(())) => {}
         }
         let want = taken.room();
-        let n = match recv(fd, &mut scratch[..want], libc::MSG_PEEK) {
+        let n = match recv_into(fd, &mut scratch[..want], libc::MSG_PEEK) {
             Ok(0) if taken.is_empty() => return Err(Fail::Gone),
             Ok(0) => return Err(Fail::Bad(Error::Truncated)),
             Ok(n) => n,
-            Err(e) if would_retry(&e) => continue,
+            Err(e) if would_wait(&e) => continue,
             Err(_) if taken.is_empty() => return Err(Fail::Gone),
             Err(e) => return Err(Fail::Io(e)),
         };
@@ -505,7 +506,7 @@ async fn read_header(stream: &TcpStream, deadline: Instant) -> Result<Header, Fa
             Err(e) => return Err(Fail::Bad(e)),
         };
         // The bytes were peeked, so this read takes exactly `take` of them at once.
-        match recv(fd, &mut scratch[..take], 0) {
+        match recv_into(fd, &mut scratch[..take], 0) {
             Ok(got) if got == take => {}
             Ok(_) => return Err(Fail::Bad(Error::Truncated)),
             Err(e) => return Err(Fail::Io(e)),
@@ -513,35 +514,6 @@ async fn read_header(stream: &TcpStream, deadline: Instant) -> Result<Header, Fa
         if let Some(h) = step {
             return Ok(h);
         }
-    }
-}
-
-fn would_retry(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-    )
-}
-
-/// One non-blocking `recv` on `fd` with `flags`.
-fn recv(fd: std::os::fd::RawFd, buf: &mut [u8], flags: i32) -> std::io::Result<usize> {
-    if buf.is_empty() {
-        return Ok(0);
-    }
-    // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes for the call's duration,
-    // and `fd` is the connection's socket, open while its `TcpStream` is borrowed.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            flags | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }
 

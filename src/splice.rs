@@ -20,6 +20,7 @@ use monoio::net::TcpStream;
 use crate::http::chunked::{encode_chunk, encode_chunk_header, encode_last_chunk, CHUNK_DATA_END};
 use crate::io::IoFail;
 use crate::relay::{Leg, RelayError, Side};
+use crate::transport::send_now_with;
 
 /// A pipe used as the in-kernel buffer between two sockets. Only an empty pipe goes back to
 /// the pool.
@@ -516,23 +517,18 @@ async fn send_all(
     more: bool,
     leg: &mut Leg<'_>,
 ) -> Result<(), RelayError> {
-    let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
+    let flags = if more { libc::MSG_MORE } else { 0 };
     let mut at = 0;
     while at < bytes.len() {
-        let rest = &bytes[at..];
-        // SAFETY: send(2) reads `rest.len()` bytes from a live slice on a descriptor `dst`
-        // keeps open for the call. Exercised by the chunked until-close tests below.
-        let n = unsafe { libc::send(dst.as_raw_fd(), rest.as_ptr().cast(), rest.len(), flags) };
-        if n >= 0 {
-            at += n as usize;
-            leg.moved(Side::Dst, n as usize);
-            continue;
+        let rest = std::io::IoSlice::new(&bytes[at..]);
+        match send_now_with(dst.as_raw_fd(), &[rest], flags) {
+            Ok(n) => {
+                at += n;
+                leg.moved(Side::Dst, n);
+            }
+            Err(e) if would_block(&e) => ready(dst, Side::Dst, leg).await?,
+            Err(e) => return Err(RelayError::Write(IoFail::Io(e))),
         }
-        let e = std::io::Error::last_os_error();
-        if !would_block(&e) {
-            return Err(RelayError::Write(IoFail::Io(e)));
-        }
-        ready(dst, Side::Dst, leg).await?;
     }
     Ok(())
 }

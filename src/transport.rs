@@ -8,7 +8,8 @@
 //! call first, so the buffer is done with in the turn that filled it.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, RawFd};
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, CancelHandle, CancelableAsyncReadRent};
@@ -77,21 +78,11 @@ impl Transport {
         let spare = buf.spare_capacity_mut();
         let want = spare.len().min(max);
         debug_assert!(want > 0, "a read into no room would look like EOF");
-        // SAFETY: `spare` is `want` or more writable bytes of `buf`'s allocation, which
-        // outlives the call; `recv` writes at most `want` bytes there and returns how many.
-        let n = unsafe {
-            libc::recv(
-                s.as_raw_fd(),
-                spare.as_mut_ptr().cast(),
-                want,
-                libc::MSG_DONTWAIT,
-            )
+        let n = match recv_now(s.as_raw_fd(), &mut spare[..want], 0) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
         };
-        if n < 0 {
-            return Some(Err(io::Error::last_os_error()));
-        }
-        let n = n as usize;
-        // SAFETY: `recv` initialised the `n` bytes after the vector's length.
+        // SAFETY: `recv_now` initialised the `n` bytes after the vector's length.
         unsafe { buf.set_len(buf.len() + n) };
         Some(Ok(n))
     }
@@ -171,12 +162,41 @@ pub fn would_wait(e: &io::Error) -> bool {
 /// full socket answers `WouldBlock` whatever the descriptor's mode: io_uring sockets are
 /// blocking): the bytes sent. Large plain writes and every TLS write
 /// (`tls::stream::DirectSend`) go out this way.
-pub fn send_now(fd: std::os::fd::RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+pub fn send_now(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    send_now_with(fd, bufs, 0)
+}
+
+/// [`send_now`] with `flags` besides `MSG_DONTWAIT | MSG_NOSIGNAL` (`MSG_MORE` for a head
+/// whose body follows). The one place a direct send calls the kernel: every direct write of
+/// the proxy (large plain writes, TLS records, tunnel pumps, a cached body's head) comes here.
+pub fn send_now_with(fd: RawFd, bufs: &[io::IoSlice<'_>], flags: libc::c_int) -> io::Result<usize> {
     // SAFETY: the caller's stream owns `fd` and outlives this call, so the descriptor stays
     // open while it is borrowed.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     socket2::SockRef::from(&fd)
-        .send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        .send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | flags)
+}
+
+/// One `recv(2)` on the socket `fd` that never waits (`MSG_DONTWAIT`, besides `flags`:
+/// `MSG_PEEK` to look without taking), into `buf`: the bytes received, 0 at EOF (or for an
+/// empty `buf`). The one place a direct read calls the kernel: a ready response
+/// ([`Transport::read_now`]), the pool's liveness look, the PROXY header, the tunnel's pumps.
+pub fn recv_now(fd: RawFd, buf: &mut [MaybeUninit<u8>], flags: libc::c_int) -> io::Result<usize> {
+    if buf.is_empty() {
+        return Ok(0);
+    }
+    // SAFETY: the caller's stream owns `fd` and outlives this call, so the descriptor stays
+    // open while it is borrowed.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd).recv_with_flags(buf, libc::MSG_DONTWAIT | flags)
+}
+
+/// [`recv_now`] into initialised bytes.
+pub fn recv_into(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: `MaybeUninit<u8>` has `u8`'s layout, and `recv_now` only ever writes bytes the
+    // kernel received (initialised), so `buf` never holds an uninitialised byte afterwards.
+    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    recv_now(fd, uninit, flags)
 }
 
 impl AsyncWriteRent for Transport {

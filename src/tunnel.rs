@@ -39,6 +39,7 @@ use crate::http::parse::{HeaderKind, RequestHead, Span};
 use crate::shard::ShardCtx;
 use crate::splice::{set_nonblocking, splice_once, would_block, Pipe};
 use crate::stats::add;
+use crate::transport::{recv_into, send_now};
 
 /// Per direction, the copy buffer; a read that fills it switches the direction to splicing.
 const TUNNEL_BUF: usize = 16 * 1024;
@@ -167,7 +168,7 @@ async fn pump(
             }
             bulk = false;
         }
-        let n = match recv(src.as_raw_fd(), &mut buf) {
+        let n = match recv_into(src.as_raw_fd(), &mut buf, 0) {
             Ok(0) => break End::Eof,
             Ok(n) => n,
             Err(e) if would_block(&e) => match src.readable(false).await {
@@ -243,7 +244,7 @@ async fn burst(
 /// Sends all of `data`, waiting for writability whenever the socket buffer is full.
 async fn send_all(dst: &TcpStream, mut data: &[u8], last: &Cell<Instant>) -> io::Result<()> {
     while !data.is_empty() {
-        match send(dst.as_raw_fd(), data) {
+        match send_now(dst.as_raw_fd(), &[io::IoSlice::new(data)]) {
             Ok(n) => {
                 data = &data[n..];
                 last.set(Instant::now());
@@ -253,39 +254,6 @@ async fn send_all(dst: &TcpStream, mut data: &[u8], last: &Cell<Instant>) -> io:
         }
     }
     Ok(())
-}
-
-/// One non-blocking `recv` into `buf`.
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: recv(2) writes at most `buf.len()` bytes into `buf`, which we borrow mutably
-    // for the call; `fd` is a socket kept alive by the caller's `&TcpStream`. Exercised by
-    // every tunnel test (tests/upgrade.rs, tests/tunnel.rs, and the unit tests below).
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-/// One non-blocking `send` of (a prefix of) `data`.
-fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
-    // SAFETY: send(2) reads at most `data.len()` bytes from `data`, borrowed for the call;
-    // `fd` is a socket kept alive by the caller's `&TcpStream`. MSG_NOSIGNAL: a closed peer
-    // is an EPIPE error, not a signal. Exercised by every tunnel test.
-    let n = unsafe {
-        libc::send(
-            fd,
-            data.as_ptr().cast(),
-            data.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
 }
 
 fn shutdown(fd: RawFd, how: libc::c_int) {
