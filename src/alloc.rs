@@ -83,26 +83,23 @@ unsafe impl GlobalAlloc for MiAlloc {
 
 /// `server.huge_pages`: whether the process's memory may be backed by transparent huge pages.
 /// mimalloc `madvise(MADV_HUGEPAGE)`s the arenas it reserves, so on a host with THP `always` or
-/// `madvise` every 2 MiB region the shards touch a little of is resident whole: RSS at start
-/// ~22 MB instead of ~11, growth under 200 connections fetching 64 KiB 5.3 MB instead of 3.7
-/// (nginx 2.0), 3,768 instead of ~1,250 bytes per idle connection at 1,000, for 1-1.5 % less
-/// CPU on 64 KiB and TLS responses (the kernel's copies walk fewer pages) and none on small
-/// ones (loadtest/results/2026-12-05-vm-heads/). Off by default: `PR_SET_THP_DISABLE`, which
-/// the kernel checks at every page fault, so it holds for arenas mimalloc reserved before
-/// `main`; `true` clears it again. Start-up only (`MIMALLOC_ALLOW_THP=0` in the environment
-/// also turns them off, at mimalloc's own start).
+/// `madvise` every 2 MiB region the shards touch a little of is resident whole. Measured on the
+/// 2-core VM (loadtest/results/2026-12-05-vm-heads/NOTES.md), off against on: RSS at start ~15
+/// against ~22 MB, growth under 200 connections fetching 64 KiB 3.7 against 5.3 MB (nginx
+/// 2.0), 786 against 3,768 bytes per idle connection at 1,000, for 1.5 % more CPU per 64 KiB
+/// response and none measurable on small, 16 KiB or TLS requests. Off by default:
+/// `PR_SET_THP_DISABLE`, which the kernel checks at every page fault, so it holds for arenas
+/// mimalloc reserved before `main`. `true` clears it again, unless `MIMALLOC_ALLOW_THP` in the
+/// environment says no (mimalloc set the flag itself then, and it stays). Start-up only.
 pub fn set_huge_pages(enabled: bool) -> std::io::Result<()> {
-    // SAFETY: PR_SET_THP_DISABLE takes an integer flag and three zero arguments, and touches
+    if enabled && env_forbids_huge_pages() {
+        return Ok(());
+    }
+    let off = libc::c_ulong::from(!enabled);
+    let zero: libc::c_ulong = 0;
+    // SAFETY: PR_SET_THP_DISABLE takes the flag and three zero `unsigned long`s, and touches
     // no memory of ours.
-    let r = unsafe {
-        libc::prctl(
-            libc::PR_SET_THP_DISABLE,
-            libc::c_ulong::from(!enabled),
-            0,
-            0,
-            0,
-        )
-    };
+    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, off, zero, zero, zero) };
     if r == 0 {
         Ok(())
     } else {
@@ -110,10 +107,21 @@ pub fn set_huge_pages(enabled: bool) -> std::io::Result<()> {
     }
 }
 
+/// `MIMALLOC_ALLOW_THP` set to a value mimalloc reads as false (`0`, `false`, `no`, `off`).
+fn env_forbids_huge_pages() -> bool {
+    std::env::var("MIMALLOC_ALLOW_THP").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_uppercase().as_str(),
+            "0" | "FALSE" | "NO" | "OFF"
+        )
+    })
+}
+
 /// Whether transparent huge pages are allowed for the process (`PR_GET_THP_DISABLE` is 0).
 pub fn huge_pages() -> bool {
-    // SAFETY: PR_GET_THP_DISABLE takes no pointer and returns the flag.
-    unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) == 0 }
+    let zero: libc::c_ulong = 0;
+    // SAFETY: PR_GET_THP_DISABLE takes four zero `unsigned long`s and returns the flag.
+    unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, zero, zero, zero, zero) == 0 }
 }
 
 #[cfg(test)]

@@ -38,8 +38,6 @@ const MAX_POOLED_BUFFER: usize = 256 * 1024;
 /// exchange, so under 200 connections fetching 64 KiB a 16 KiB one held 3.2 MB of the heap's
 /// peak for a few hundred bytes each.
 const SMALL_BUFFER: usize = 4 * 1024;
-/// A response read buffer's first size (it grows to the head read size).
-const READ_BUFFER: usize = 16 * 1024;
 /// A returned buffer of at least this capacity goes to the large list.
 const LARGE_BUFFER: usize = 32 * 1024;
 
@@ -304,7 +302,9 @@ impl Buffers {
     pub fn take_large(&self) -> PooledBuf<'_> {
         let buf = self.large.borrow_mut().pop();
         PooledBuf {
-            buf: buf.unwrap_or_else(|| Vec::with_capacity(READ_BUFFER)),
+            // None free: an empty one, which the head read's `reserve` allocates at the
+            // size it reads (a first allocation here would be reallocated at once).
+            buf: buf.unwrap_or_default(),
             home: self,
         }
     }
