@@ -1,5 +1,6 @@
 //! The process's allocator, under every stage of the pipeline: mimalloc, called through its
-//! plain entry points wherever they already give the alignment asked for.
+//! plain entry points wherever they already give the alignment asked for; and whether the
+//! process's memory may use transparent huge pages ([`set_huge_pages`], `server.huge_pages`).
 //!
 //! The `mimalloc` crate's `GlobalAlloc` sends every request to `mi_malloc_aligned`. In
 //! mimalloc 3 that takes a fast path only for blocks up to 1 KiB; anything larger whose
