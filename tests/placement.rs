@@ -221,3 +221,31 @@ both_engines! {
         assert!(text.contains(&pid), "the refusal must name {pid:?}:\n{text}");
     }
 }
+
+both_engines! {
+    // `server.huge_pages`: off unless asked for, as an operator reads it in /proc/PID/status
+    // (`THP_enabled`, the kernel's per-process switch that `PR_SET_THP_DISABLE` sets).
+    fn huge_pages_are_off_unless_asked_for(engine) {
+        if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+            eprintln!("skipped: MIMALLOC_ALLOW_THP is set in the environment");
+            return;
+        }
+        let origin = Origin::start("o");
+        let thp = |p: &Proxy| -> String {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("THP_enabled:"))
+                .unwrap_or_else(|| panic!("no THP_enabled line in /proc/{}/status", p.pid()))
+                .trim()
+                .to_string()
+        };
+        let default = Config::single(origin.addr()).start(engine);
+        assert_eq!(thp(&default), "0", "huge pages are off by default");
+        let on = Config::single(origin.addr()).server("huge_pages", "true").start(engine);
+        assert_eq!(thp(&on), "1", "huge_pages = true turns them on");
+        let mut c = Client::connect(on.addr());
+        c.send(&get("example.com", "/"));
+        assert_eq!(c.read_response().status(), 200);
+    }
+}
