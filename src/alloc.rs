@@ -85,12 +85,12 @@ unsafe impl GlobalAlloc for MiAlloc {
 /// `server.huge_pages`: whether the process's memory may be backed by transparent huge pages.
 /// mimalloc `madvise(MADV_HUGEPAGE)`s the arenas it reserves, so on a host with THP `always` or
 /// `madvise` every 2 MiB region the shards touch a little of is resident whole. Measured on the
-/// 2-core VM (loadtest/results/2026-12-05-vm-heads/NOTES.md), off against on: RSS at start ~15
+/// 2-core VM (loadtest/results/2026-12-05-vm-heads/NOTES.md), off against on: RSS at start ~9
 /// against ~22 MB, growth under 200 connections fetching 64 KiB 3.7 against 5.3 MB (nginx
 /// 2.0), 786 against 3,768 bytes per idle connection at 1,000, for 1.5 % more CPU per 64 KiB
 /// response and none measurable on small, 16 KiB or TLS requests. Off by default:
-/// `PR_SET_THP_DISABLE`, which the kernel checks at every page fault, so it holds for arenas
-/// mimalloc reserved before `main`. `true` clears it again, unless `MIMALLOC_ALLOW_THP` in the
+/// `PR_SET_THP_DISABLE`, which the kernel checks at every page fault, set before mimalloc's
+/// constructor runs (`main.rs`). `true` clears it again, unless `MIMALLOC_ALLOW_THP` in the
 /// environment says no (mimalloc set the flag itself then, and it stays). Start-up only.
 pub fn set_huge_pages(enabled: bool) -> std::io::Result<()> {
     if enabled && env_forbids_huge_pages() {

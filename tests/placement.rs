@@ -242,6 +242,11 @@ both_engines! {
         };
         let default = Config::single(origin.addr()).start(engine);
         assert_eq!(thp(&default), "0", "huge pages are off by default");
+        // Off before mimalloc's constructor reserved its first arena: not one huge page, even
+        // from before `main` (two were, when `main` turned them off).
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", default.pid())).unwrap();
+        let huge = rollup.lines().find_map(|l| l.strip_prefix("AnonHugePages:")).map(str::trim);
+        assert_eq!(huge, Some("0 kB"), "{rollup}");
         let on = Config::single(origin.addr()).server("huge_pages", "true").start(engine);
         assert_eq!(thp(&on), "1", "huge_pages = true turns them on");
         let mut c = Client::connect(on.addr());
