@@ -118,16 +118,16 @@ fn env_forbids_huge_pages() -> bool {
     })
 }
 
-/// Whether transparent huge pages are allowed for the process (`PR_GET_THP_DISABLE` is 0).
-pub fn huge_pages() -> bool {
-    let zero: libc::c_ulong = 0;
-    // SAFETY: PR_GET_THP_DISABLE takes four zero `unsigned long`s and returns the flag.
-    unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, zero, zero, zero, zero) == 0 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether transparent huge pages are allowed for the process (`PR_GET_THP_DISABLE` is 0).
+    fn huge_pages() -> bool {
+        let zero: libc::c_ulong = 0;
+        // SAFETY: PR_GET_THP_DISABLE takes four zero `unsigned long`s and returns the flag.
+        unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, zero, zero, zero, zero) == 0 }
+    }
 
     /// The setting reaches the kernel both ways (the test process ends with them allowed, as
     /// it started unless its environment said otherwise).

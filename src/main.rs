@@ -412,8 +412,11 @@ fn run_as(config: &Config) -> Result<Option<Target>, edgeshard::privs::PrivError
 fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     let loaded_unix = admin::unix_now();
     raise_nofile_limit();
-    if let Err(e) = edgeshard::alloc::set_huge_pages(config.huge_pages) {
-        tracing::warn!(error = %e, huge_pages = config.huge_pages, "server.huge_pages could not be applied; the kernel's default stays");
+    // Off already (the constructor above): only `true` changes anything.
+    if config.huge_pages {
+        if let Err(e) = edgeshard::alloc::set_huge_pages(true) {
+            tracing::warn!(error = %e, "server.huge_pages = true could not be applied; huge pages stay off");
+        }
     }
     let requested = match placement.io_engine {
         Some(EngineArg::Auto) => IoEngine::Auto,
