@@ -128,6 +128,23 @@ impl PipePool {
         self.live.get()
     }
 
+    /// Bytes waiting in each idle pipe (tests: a pipe kept for reuse must be empty).
+    #[cfg(test)]
+    pub(crate) fn idle_contents(&self) -> Vec<usize> {
+        self.idle
+            .borrow()
+            .iter()
+            .map(|p| {
+                let mut n: libc::c_int = 0;
+                // SAFETY: FIONREAD on the read end of a pipe this pool owns writes one c_int
+                // into the live local passed by pointer. Exercised by the tunnel tests.
+                let rc = unsafe { libc::ioctl(p.read.as_raw_fd(), libc::FIONREAD, &mut n) };
+                assert_eq!(rc, 0, "FIONREAD on a pipe");
+                n as usize
+            })
+            .collect()
+    }
+
     /// A pipe on loan, for transfers that may be cancelled mid-way (a future dropped by a
     /// timeout): see [`PipeLoan`].
     pub fn lend(&self) -> Option<PipeLoan<'_>> {

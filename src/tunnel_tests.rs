@@ -206,7 +206,7 @@ fn small_pieces_stay_copied() {
 }
 
 #[test]
-fn idle_close_in_the_middle_of_a_burst_discards_the_pipe() {
+fn idle_close_in_the_middle_of_a_burst_keeps_no_pipe_with_bytes() {
     on_both_drivers(|block| {
         let c = ctx_idle("", "300ms");
         let a = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -233,9 +233,16 @@ fn idle_close_in_the_middle_of_a_burst_discards_the_pipe() {
         client_end.join().unwrap();
         backend_end.join().unwrap();
         assert!(took < Duration::from_secs(10), "{took:?}");
-        // The burst was waiting for the client with bytes in its pipe: the watchdog dropped
-        // it, and the pipe was closed rather than kept or lost from the count.
+        // The watchdog dropped the direction wherever it waited: mid-burst, with bytes in
+        // its pipe (the usual case), that pipe is closed; between bursts (the backend's
+        // socket ran dry for a moment and the direction went back to copying), the pipe went
+        // back empty. Either way no pipe is lost from the count and none kept holds a byte.
         assert!(c.stats.spliced_bytes.get() > 0, "no burst happened");
-        assert_eq!(c.pipes.live(), 0);
+        let idle = c.pipes.idle_contents();
+        assert_eq!(c.pipes.live(), idle.len(), "a pipe lost from the count");
+        assert!(
+            idle.iter().all(|&n| n == 0),
+            "a kept pipe holds bytes: {idle:?}"
+        );
     });
 }
