@@ -37,15 +37,6 @@ impl Transport {
         }
     }
 
-    /// [`Transport::plain`], mutably.
-    #[inline]
-    pub fn plain_mut(&mut self) -> Option<&mut TcpStream> {
-        match self {
-            Transport::Plain(s) => Some(s),
-            Transport::Tls(_) => None,
-        }
-    }
-
     /// The socket underneath, for socket options and liveness probes (never for its bytes
     /// when TLS).
     #[inline]

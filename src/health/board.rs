@@ -102,6 +102,7 @@ impl HealthBoard {
     }
 
     /// A board for `n` backends, all `Unknown` (usable).
+    #[cfg(test)]
     pub fn all_unknown(n: usize) -> HealthBoard {
         HealthBoard::new(&vec![Health::Unknown; n])
     }

@@ -234,8 +234,7 @@ async fn probe_loop(
         if let Some(t) = state.observe(result.is_ok()) {
             report(&target, &board, events.as_ref(), t, &result);
         }
-        let factor = 1.0 + spec.jitter * (2.0 * rng.unit() - 1.0);
-        delay = spec.interval.mul_f64(factor.max(0.0));
+        delay = jittered(spec.interval, spec.jitter, rng.unit());
     }
 }
 
@@ -390,10 +389,11 @@ fn seed_from_clock() -> u64 {
     nanos ^ u64::from(std::process::id()).rotate_left(32)
 }
 
-/// The range a jittered interval falls in (for documentation and tests).
-pub fn jitter_bounds(interval: Duration, jitter: f64) -> (Duration, Duration) {
+/// The wait before the next probe: `interval × (1 ± jitter)`, placed in that range by `unit`
+/// (a draw from [0, 1)); a jitter outside [0, 1] is clamped, so the wait is never negative.
+fn jittered(interval: Duration, jitter: f64, unit: f64) -> Duration {
     let j = jitter.clamp(0.0, 1.0);
-    (interval.mul_f64(1.0 - j), interval.mul_f64(1.0 + j))
+    interval.mul_f64(1.0 + j * (2.0 * unit - 1.0))
 }
 
 #[cfg(test)]
@@ -414,10 +414,15 @@ mod tests {
     }
 
     #[test]
-    fn jitter_bounds_scale_the_interval() {
-        let (lo, hi) = jitter_bounds(Duration::from_secs(10), 0.1);
-        assert_eq!((lo, hi), (Duration::from_secs(9), Duration::from_secs(11)));
-        let (lo, _) = jitter_bounds(Duration::from_secs(1), 5.0);
-        assert_eq!(lo, Duration::ZERO);
+    fn jitter_places_the_wait_within_the_interval_times_one_plus_or_minus_jitter() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(jittered(ten, 0.1, 0.0), Duration::from_secs(9));
+        assert_eq!(jittered(ten, 0.1, 0.5), ten);
+        let top = jittered(ten, 0.1, 0.999);
+        assert!(top <= Duration::from_secs(11) && top > Duration::from_millis(10_990));
+        assert_eq!(jittered(ten, 0.0, 0.9), ten);
+        // Clamped: never below zero, never above twice the interval.
+        assert_eq!(jittered(Duration::from_secs(1), 5.0, 0.0), Duration::ZERO);
+        assert!(jittered(Duration::from_secs(1), 5.0, 0.99) < Duration::from_secs(2));
     }
 }

@@ -167,10 +167,7 @@ impl HealthState {
         self.probed
     }
 
-    pub fn consecutive_successes(&self) -> u32 {
-        self.successes
-    }
-
+    #[cfg(test)]
     pub fn consecutive_failures(&self) -> u32 {
         self.failures
     }

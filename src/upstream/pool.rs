@@ -149,6 +149,7 @@ impl Pool {
         }
     }
 
+    #[cfg(test)]
     pub fn idle_count(&self) -> usize {
         self.conns.len()
     }
