@@ -509,6 +509,27 @@ both_engines! {
     fn absolute_form_with_two_hosts_rejected(engine) {
         refused_head(engine, b"GET http://b.example/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400);
     }
+    fn target_in_none_of_the_four_forms_rejected(engine) {
+        // RFC 9112 §3.2. A catch-all route would have taken each of these to the backend,
+        // which may read `admin/secret` as `/admin/secret`: a path no route matched.
+        for target in [
+            "admin/secret",
+            "?x",
+            "*",
+            "example.com:80",
+            "http:/x",
+            "http:///x",
+            "ftp://b.example/x",
+        ] {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: example.com\r\n\r\n");
+            refused_head(engine, raw.as_bytes(), 400);
+        }
+    }
+    fn options_asterisk_forwarded_as_asterisk(engine) {
+        let r = forwarded_once(engine, b"OPTIONS * HTTP/1.1\r\nHost: example.com\r\n\r\n", b"");
+        assert_eq!(r.method, "OPTIONS");
+        assert_eq!(r.target, "*", "{}", r.raw_head);
+    }
 }
 
 // ---- Request line and version ----

@@ -444,6 +444,32 @@ fn request_line_too_long(buf: &[u8], limits: &HeadLimits) -> bool {
     memchr_newline(buf).unwrap_or(buf.len()) > limits.max_uri_bytes + 32
 }
 
+/// RFC 9112 §3.2: a request target is origin-form (`/path?query`, any method), absolute-form
+/// with an `http` or `https` scheme and a non-empty authority (RFC 9110 §4.2.1), asterisk-form
+/// (`*`) for OPTIONS only, or authority-form for CONNECT only (which is then refused with 405).
+/// Anything else (`foo`, `?x`, `http:/x`, `ftp://a/b`, `*` with GET) is refused rather than
+/// forwarded: a backend that reads `admin/x` as `/admin/x` would serve a path no route matched.
+fn target_form_allowed(target: &[u8], method: Method) -> bool {
+    if target.first() == Some(&b'/') {
+        return true;
+    }
+    if target == b"*" {
+        return method == Method::Options;
+    }
+    if method == Method::Connect {
+        return true;
+    }
+    let rest = if target.len() >= 7 && target[..7].eq_ignore_ascii_case(b"http://") {
+        &target[7..]
+    } else if target.len() >= 8 && target[..8].eq_ignore_ascii_case(b"https://") {
+        &target[8..]
+    } else {
+        return false;
+    };
+    // The authority ends at the path or the query; it may not be empty.
+    !matches!(rest.first(), None | Some(b'/' | b'?'))
+}
+
 /// When the head is not yet complete, decide whether it can still become valid within limits.
 fn check_partial(buf: &[u8], limits: &HeadLimits) -> Result<(), ParseError> {
     if request_line_too_long(buf, limits) {
@@ -515,6 +541,9 @@ pub fn parse_request(
         return Err(ParseError::Malformed("Transfer-Encoding in HTTP/1.0"));
     }
     let method_kind = Method::parse(method.as_bytes());
+    if !target_form_allowed(path.as_bytes(), method_kind) {
+        return Err(ParseError::Malformed("request target form"));
+    }
     head.method = Span::of(buf, method.as_bytes());
     head.method_kind = Some(method_kind);
     head.target = Span::of(buf, path.as_bytes());

@@ -88,6 +88,9 @@ fn generated_heads() -> Vec<(Vec<u8>, &'static str, &'static str, BodyFraming)> 
     let mut out = Vec::new();
     for (i, method) in METHODS.iter().enumerate() {
         for (j, target) in TARGETS.iter().enumerate() {
+            if *target == "*" && *method != "OPTIONS" {
+                continue; // asterisk-form is OPTIONS' alone
+            }
             for (k, shape) in SHAPES.iter().enumerate() {
                 let (framing, want, body) = FRAMING[(i + j + k) % FRAMING.len()];
                 let version = if (i + k) % 5 == 0 { "1.0" } else { "1.1" };
@@ -253,6 +256,46 @@ fn framing_rules() {
             matches!(req(bad), Err(ParseError::Malformed(_))),
             "accepted {:?}",
             String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+#[test]
+fn only_the_four_request_target_forms_are_accepted() {
+    let line = |t: &str| format!("{t} HTTP/1.1\r\nHost: a\r\n\r\n");
+    for good in [
+        "GET /",
+        "GET /a/b?c=d",
+        "GET //double",
+        "GET http://b.example/x",
+        "GET HTTPS://B.example",
+        "GET http://b.example?q",
+        "GET http://[::1]:8080/x",
+        "OPTIONS *",
+        "OPTIONS /",
+        "CONNECT b.example:443",
+    ] {
+        assert!(req(line(good).as_bytes()).is_ok(), "refused {good:?}");
+    }
+    for bad in [
+        "GET foo",
+        "GET admin/secret",
+        "GET ?x",
+        "GET *",
+        "POST *",
+        "GET b.example:443",
+        "GET http:/x",
+        "GET http:x",
+        "GET http://",
+        "GET http:///x",
+        "GET https://?q",
+        "GET ftp://b.example/x",
+        "GET httpx://b.example/x",
+    ] {
+        assert_eq!(
+            req(line(bad).as_bytes()).err(),
+            Some(ParseError::Malformed("request target form")),
+            "accepted {bad:?}"
         );
     }
 }
