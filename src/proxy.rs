@@ -17,7 +17,7 @@ use crate::http::canned::Canned;
 use crate::http::encode::{split_target, upstream_request_head, OutFraming, UpstreamRequest};
 use crate::http::parse::{BodyFraming, Method, RequestHead};
 use crate::respond::{cfg_rid_header, linger_close, relay_response, respond_canned_with, Respond};
-use crate::route::{has_dot_segment, valid_authority};
+use crate::route::{routing_input, valid_authority};
 use crate::rules::{location, path_and_query, rewrite_target, Fields, Vars};
 use crate::shard::ShardCtx;
 use crate::stats::bump;
@@ -337,6 +337,9 @@ struct Routed<'b> {
     upstream: usize,
     target: crate::http::encode::Target<'b>,
     host: &'b [u8],
+    /// The path the route matched: the target's, normalised
+    /// ([`crate::route::normalize_path`]); owned only when that changed it.
+    path: std::borrow::Cow<'b, [u8]>,
 }
 
 /// Route: the request's route, once its `allow`/`deny` admits the client.
@@ -353,22 +356,12 @@ fn route<'b>(
         return Err(Canned::MethodNotAllowed);
     }
     let target = split_target(head.target.get(buf));
-    let host: &[u8] = match (target.authority, head.host) {
-        (Some(a), _) => a,
-        (None, Some(h)) => h.get(buf),
-        (None, None) => b"",
-    };
-    let path = target
-        .path
-        .split(|&b| b == b'?')
-        .next()
-        .unwrap_or(target.path);
-    if !valid_authority(host) || has_dot_segment(path) {
+    let Some((host, path)) = routing_input(&target, head.host.map(|h| h.get(buf))) else {
         return Err(Canned::BadRequest);
-    }
+    };
     let route = shared
         .routes
-        .find(host, path, head.method.get(buf), |name| {
+        .find(host, &path, head.method.get(buf), |name| {
             head.header(buf, name)
         });
     let Some(route) = route else {
@@ -389,6 +382,7 @@ fn route<'b>(
         upstream: route.upstream,
         target,
         host,
+        path,
     })
 }
 
@@ -457,14 +451,22 @@ fn prepare<'a>(
     // The route's rules: a rewritten target, its Host, header rules with their variables.
     let route_cfg = &shared.config.routes[route.index];
     let rewritten = match &route_cfg.rules.rewrite {
+        // A rule rewrites the path the route matched: `strip_prefix = "/api"` strips it from
+        // `//api/x` too, which the route matched as `/api/x`.
         Some(rw) => Some(
-            rewrite_target(rw, target.path, shared.config.limits.max_uri_bytes).map_err(
-                |e| match e {
-                    crate::rules::RewriteError::Invalid => Canned::InternalServerError,
-                    crate::rules::RewriteError::InvalidRequest => Canned::BadRequest,
-                    crate::rules::RewriteError::TooLong => Canned::UriTooLong,
-                },
-            )?,
+            rewrite_target(
+                rw,
+                &matched_target(
+                    target.path,
+                    matches!(route.path, std::borrow::Cow::Owned(_)).then_some(&*route.path),
+                ),
+                shared.config.limits.max_uri_bytes,
+            )
+            .map_err(|e| match e {
+                crate::rules::RewriteError::Invalid => Canned::InternalServerError,
+                crate::rules::RewriteError::InvalidRequest => Canned::BadRequest,
+                crate::rules::RewriteError::TooLong => Canned::UriTooLong,
+            })?,
         ),
         None => None,
     };
@@ -547,6 +549,20 @@ fn limited(
             secs.to_string().into_bytes(),
         )
     })
+}
+
+/// `target` (path and query) with its path replaced by the `normalised` one, if any.
+fn matched_target<'t>(target: &'t [u8], normalised: Option<&[u8]>) -> std::borrow::Cow<'t, [u8]> {
+    match normalised {
+        None => std::borrow::Cow::Borrowed(target),
+        Some(path) => {
+            let query = target
+                .iter()
+                .position(|&b| b == b'?')
+                .map_or(&b""[..], |i| &target[i..]);
+            std::borrow::Cow::Owned([path, query].concat())
+        }
+    }
 }
 
 /// The template variables of a routed request (for its redirect or request header rules).

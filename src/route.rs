@@ -3,6 +3,8 @@
 //! hosts from the longest suffix, then any host; within a host bucket, exact paths and longer
 //! prefixes first, then declaration order. A lookup allocates nothing.
 
+use std::borrow::Cow;
+
 use rustc_hash::FxHashMap;
 
 use crate::config::{Config, HostMatch, PathMatch};
@@ -179,6 +181,71 @@ fn normalize_host<'a>(host: &[u8], out: &'a mut [u8; MAX_HOST]) -> Option<&'a [u
     Some(&out[..host.len()])
 }
 
+/// What a request is routed by: its host (the absolute-form authority, else `Host`, else
+/// empty) and its path (the target up to `?`, [`normalize_path`]ed); `None` when the request
+/// may not be routed (`400`): a host outside [`valid_authority`] or a path with a
+/// [`has_dot_segment`].
+pub fn routing_input<'b>(
+    target: &crate::http::encode::Target<'b>,
+    host_field: Option<&'b [u8]>,
+) -> Option<(&'b [u8], Cow<'b, [u8]>)> {
+    let host = target.authority.or(host_field).unwrap_or(b"");
+    let raw = target
+        .path
+        .split(|&b| b == b'?')
+        .next()
+        .unwrap_or(target.path);
+    let path = normalize_path(raw);
+    (valid_authority(host) && !has_dot_segment(&path)).then_some((host, path))
+}
+
+/// The path routes are matched on: percent-encoded unreserved characters decoded (RFC 3986
+/// §6.2.2.2: `/%61dmin` is `/admin`) and runs of `/` merged into one (as nginx's
+/// `merge_slashes`), so that `/%61dmin/x` and `//admin/x` meet the rules of the `/admin/`
+/// route that a decoding or slash-merging backend will serve them from, not a catch-all's.
+/// Other escapes (`%2F`, `%25`, ...) stay as they are: decoding them would change the path.
+/// Borrowed, and free, for the usual path that has neither `%` nor `//`.
+pub fn normalize_path(path: &[u8]) -> Cow<'_, [u8]> {
+    let needs = path
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'%' || (b == b'/' && path.get(i + 1) == Some(&b'/')));
+    if !needs {
+        return Cow::Borrowed(path);
+    }
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        let b = path[i];
+        let decoded = (b == b'%')
+            .then(|| Some(hex(*path.get(i + 1)?)? << 4 | hex(*path.get(i + 2)?)?))
+            .flatten()
+            .filter(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'));
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                i += 3;
+            }
+            None => {
+                if !(b == b'/' && out.last() == Some(&b'/')) {
+                    out.push(b);
+                }
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// What a routable request must look like (checked before lookup; `400` otherwise).
 /// RFC 9110 §7.2 / RFC 3986 authority: reg-name, IP literal and port characters only; no
 /// userinfo. An empty Host is allowed (HTTP/1.0, or `Host:` with no value).
@@ -204,15 +271,40 @@ static AUTHORITY_BYTES: [bool; 256] = {
     t
 };
 
-/// A `.` or `..` path segment, plain or percent-encoded: a backend that normalises it would
-/// serve a path the route table never matched.
+/// A `.` or `..` path segment, plain or percent-encoded, between plain or encoded slashes
+/// (`/a/%2e%2e/b`, `/a%2F..%2Fb`): a backend that decodes and normalises it would serve a
+/// path the route table never matched.
 pub fn has_dot_segment(path: &[u8]) -> bool {
-    path.split(|&b| b == b'/').any(|seg| {
+    let dots = |seg: &[u8]| {
         seg.len() <= 6
             && matches!(
                 &seg.to_ascii_lowercase()[..],
                 b"." | b".." | b"%2e" | b"%2e%2e" | b".%2e" | b"%2e."
             )
+    };
+    let escapes = path.contains(&b'%');
+    path.split(|&b| b == b'/')
+        .any(|seg| dots(seg) || (escapes && seg.len() > 3 && encoded_slash_pieces(seg).any(dots)))
+}
+
+/// The pieces of a segment between its `%2F` / `%2f` escapes.
+fn encoded_slash_pieces(seg: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(seg);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        match s
+            .windows(3)
+            .position(|w| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'f')
+        {
+            Some(i) => {
+                rest = Some(&s[i + 3..]);
+                Some(&s[..i])
+            }
+            None => {
+                rest = None;
+                Some(s)
+            }
+        }
     })
 }
 
@@ -342,6 +434,10 @@ upstream = "u"
             b"/a/%2E%2e/b",
             b"/a/.%2e",
             b"/.",
+            b"/a%2F..%2Fadmin",
+            b"/a%2f%2e%2e%2fadmin",
+            b"/a/..%2Fb",
+            b"/a%2F.",
         ] {
             assert!(has_dot_segment(bad), "{:?}", String::from_utf8_lossy(bad));
         }
@@ -352,8 +448,44 @@ upstream = "u"
             b"/a..b/",
             b"/...",
             b"*",
+            b"/group%2Fproject",
+            b"/a%2F...%2Fb",
+            b"/%2F",
         ] {
             assert!(!has_dot_segment(ok), "{:?}", String::from_utf8_lossy(ok));
+        }
+    }
+
+    #[test]
+    fn paths_are_matched_with_unreserved_escapes_decoded_and_slashes_merged() {
+        for (raw, want) in [
+            (&b"/%61dmin/x"[..], &b"/admin/x"[..]),
+            (b"//admin///x", b"/admin/x"),
+            (b"/%41%7e%2D%2e%5f", b"/A~-._"),
+            // Reserved or other escapes stay: decoding them would change the path.
+            (b"/a%2Fb%2f%25%3F%20", b"/a%2Fb%2f%25%3F%20"),
+            // Decoded once only; broken escapes stay as they are.
+            (b"/%2561dmin", b"/%2561dmin"),
+            (b"/%6", b"/%6"),
+            (b"/%zz/%", b"/%zz/%"),
+            (b"/a%2F/%2F/b", b"/a%2F/%2F/b"),
+        ] {
+            assert_eq!(
+                &normalize_path(raw)[..],
+                want,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        // The usual path is not copied.
+        assert!(matches!(normalize_path(b"/a/b.c"), Cow::Borrowed(_)));
+        let t = table(
+            "[[route]]\npath_prefix = \"/admin/\"\nupstream = \"u\"\n[[route]]\nupstream = \"u\"\n",
+        );
+        for raw in ["/%61dmin/x", "//admin/x", "/admin//x", "/%61%64%6d%69%6e/"] {
+            let path = normalize_path(raw.as_bytes());
+            let got = t.find(b"a", &path, b"GET", |_| None).map(|r| r.index);
+            assert_eq!(got, Some(0), "{raw}");
         }
     }
 }

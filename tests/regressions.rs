@@ -103,6 +103,54 @@ both_engines! {
         assert_eq!(origin.request_count(), 0, "a refused request reached the backend");
     }
 
+    // `/%61dmin/x` and `//admin/x` are `/admin/x` to a backend that decodes unreserved
+    // escapes or merges slashes: they meet the `/admin/` route's rules (here a 403), not the
+    // catch-all's, and a rewrite of that route applies to them; the target goes on as received.
+    fn encoded_and_doubled_paths_meet_the_routes_rules(engine) {
+        let admin = Origin::start("admin");
+        let open = Origin::start("open");
+        let proxy = Config::new()
+            .upstream("admin", &[admin.addr()])
+            .upstream("open", &[open.addr()])
+            .route("admin", "path_prefix = \"/admin/\"\ndeny = [\"127.0.0.0/8\"]")
+            .route("admin", "path_prefix = \"/api/\"\nstrip_prefix = \"/api\"")
+            .route("open", "")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        for path in ["/%61dmin/x", "//admin/x", "/%61%64%6D%69%6E/", "/admin//x"] {
+            c.send(&get("example.com", path));
+            assert_eq!(c.read_response().status(), 403, "{path}");
+        }
+        for (path, sent) in [("//api/%76?q=1", "/v?q=1"), ("/%61pi/v", "/v")] {
+            c.send(&get("example.com", path));
+            let r = c.read_response();
+            assert_eq!(r.status(), 200, "{path}");
+            assert_eq!(r.header("x-backend"), Some("admin"), "{path}");
+            assert_eq!(admin.last_request().target, sent, "{path}");
+        }
+        // Not normalised: escapes of reserved bytes, and what other routes match.
+        for (path, sent) in [("/admin%2Fx", "/admin%2Fx"), ("//other//x", "//other//x")] {
+            c.send(&get("example.com", path));
+            let r = c.read_response();
+            assert_eq!(r.header("x-backend"), Some("open"), "{path}");
+            assert_eq!(open.last_request().target, sent, "{path}");
+        }
+        assert_eq!(admin.request_count(), 2, "only the two /api/ requests");
+    }
+
+    // A fragment, or a dot segment between encoded slashes that a decoding backend would
+    // resolve (`/a%2F..%2Fadmin` is `/admin` to it), is refused with 400 and never forwarded.
+    fn fragments_and_dot_segments_between_encoded_slashes_are_refused(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr()).start(engine);
+        for target in ["/admin#x", "/a%2F..%2Fadmin", "/a%2f%2E%2e%2Fadmin", "/%2e%2e//admin"] {
+            let mut c = Client::connect(proxy.addr());
+            c.send(&get("example.com", target));
+            assert_eq!(c.read_response().status(), 400, "{target}");
+        }
+        assert_eq!(origin.request_count(), 0, "a refused request reached the backend");
+    }
+
     // A refused request whose body is still arriving gets its 413 (no reset destroys it).
     fn refused_body_gets_its_response_before_close(engine) {
         let origin = Origin::start("o");

@@ -447,9 +447,14 @@ fn request_line_too_long(buf: &[u8], limits: &HeadLimits) -> bool {
 /// RFC 9112 §3.2: a request target is origin-form (`/path?query`, any method), absolute-form
 /// with an `http` or `https` scheme and a non-empty authority (RFC 9110 §4.2.1), asterisk-form
 /// (`*`) for OPTIONS only, or authority-form for CONNECT only (which is then refused with 405).
-/// Anything else (`foo`, `?x`, `http:/x`, `ftp://a/b`, `*` with GET) is refused rather than
-/// forwarded: a backend that reads `admin/x` as `/admin/x` would serve a path no route matched.
+/// Anything else (`foo`, `?x`, `http:/x`, `ftp://a/b`, `*` with GET), and any target with a
+/// fragment (`#`), is refused rather than forwarded: a backend that reads `admin/x` as `/admin/x` would serve a path no route matched.
 fn target_form_allowed(target: &[u8], method: Method) -> bool {
+    if target.contains(&b'#') {
+        // A fragment is never sent (RFC 9110 §4.2.5): `/admin#x` would miss a `path =
+        // "/admin"` route and reach a backend that drops the fragment (HAProxy refuses it too).
+        return false;
+    }
     if target.first() == Some(&b'/') {
         return true;
     }

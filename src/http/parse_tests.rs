@@ -51,7 +51,7 @@ fn generated_heads() -> Vec<(Vec<u8>, &'static str, &'static str, BodyFraming)> 
         "/a/b?c=d&e=%20f",
         "*",
         "http://example.com:8080/x?y",
-        "/very/long/path/with/many/segments/and-a-query?k=v&k2=v2#frag",
+        "/very/long/path/with/many/segments/and-a-query?k=v&k2=v2",
     ];
     const SHAPES: &[&str] = &[
         "",
@@ -291,6 +291,8 @@ fn only_the_four_request_target_forms_are_accepted() {
         "GET https://?q",
         "GET ftp://b.example/x",
         "GET httpx://b.example/x",
+        "GET /admin#x",
+        "GET http://b.example/#",
     ] {
         assert_eq!(
             req(line(bad).as_bytes()).err(),
