@@ -330,6 +330,233 @@ pub fn proxy_protocol(data: &[u8]) {
     }
 }
 
+/// Limits for parsing what the proxy wrote: its own fields come on top of the input's.
+const WRITTEN: HeadLimits = HeadLimits {
+    max_header_bytes: 1 << 20,
+    max_headers: 512,
+    max_uri_bytes: 1 << 20,
+};
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Fuzz target `forward_request`: a request head the parser accepts and the router does not
+/// refuse ([`crate::route::routing_input`]; CONNECT is refused with 405) is written for the
+/// backend ([`upstream_request_head`]) as one well-formed HTTP/1.1 head that parses back
+/// whole: the same method, an origin-form target (or `*`), exactly one Host with the routed
+/// host, the same body framing written once, no hop-by-hop field and nothing the client's
+/// `Connection` named, and every other field either the client's, byte for byte, or one of the
+/// proxy's own.
+pub fn forward_request(data: &[u8]) {
+    use crate::http::encode::{split_target, upstream_request_head, OutFraming, UpstreamRequest};
+    use crate::http::parse::{BodyFraming, HeaderKind, Method};
+    let mut head = RequestHead::default();
+    if !matches!(
+        parse_request(data, &LIMITS[0], &mut head),
+        Ok(Parsed::Complete(()))
+    ) || head.method() == Method::Connect
+    {
+        return;
+    }
+    let target = split_target(head.target.get(data));
+    let Some((host, _)) = crate::route::routing_input(&target, head.host.map(|h| h.get(data)))
+    else {
+        return;
+    };
+    let framing = match head.framing() {
+        BodyFraming::None => OutFraming::None,
+        BodyFraming::Length(n) => OutFraming::Length(n),
+        BodyFraming::Chunked | BodyFraming::UntilClose => OutFraming::Chunked,
+    };
+    let own: &[(&[u8], &[u8])] = &[(b"X-Request-Id", b"0123456789abcdef")];
+    for keep_forwarded_for in [false, true] {
+        let mut out = Vec::new();
+        let req = UpstreamRequest {
+            target: &target,
+            host,
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            keep_forwarded_for,
+            framing,
+            set: own,
+            https: false,
+            upstream_host: None,
+            rules: None,
+        };
+        upstream_request_head(data, &head, &req, &mut out);
+        let mut sent = RequestHead::default();
+        let parsed = parse_request(&out, &WRITTEN, &mut sent);
+        assert!(
+            matches!(parsed, Ok(Parsed::Complete(()))),
+            "the forwarded head does not parse ({:?}):\n{}",
+            parsed.map(|_| ()),
+            lossy(&out)
+        );
+        assert_eq!(
+            sent.head_len,
+            out.len(),
+            "bytes after the head:\n{}",
+            lossy(&out)
+        );
+        assert_eq!(sent.method.get(&out), head.method.get(data));
+        assert_eq!(sent.minor_version, 1);
+        let t = sent.target.get(&out);
+        assert!(
+            t.first() == Some(&b'/') || (t == b"*" && sent.method() == Method::Options),
+            "target {:?} is not origin-form",
+            lossy(t)
+        );
+        assert_eq!(
+            sent.host.map(|h| h.get(&out)),
+            Some(host),
+            "{}",
+            lossy(&out)
+        );
+        let want = match framing {
+            OutFraming::Length(n) => BodyFraming::Length(n),
+            OutFraming::Chunked => BodyFraming::Chunked,
+            OutFraming::None | OutFraming::Close => BodyFraming::None,
+        };
+        assert_eq!(sent.framing(), want, "{}", lossy(&out));
+        let from_client = |name: &[u8], value: &[u8]| {
+            head.headers
+                .iter()
+                .any(|h| h.name.get(data) == name && h.value.get(data) == value)
+        };
+        for h in &sent.headers {
+            let (name, value) = (h.name.get(&out), h.value.get(&out));
+            match h.kind {
+                HeaderKind::Host
+                | HeaderKind::ContentLength
+                | HeaderKind::TransferEncoding
+                | HeaderKind::XForwardedFor
+                | HeaderKind::XForwardedProto
+                | HeaderKind::XForwardedHost => {}
+                // The proxy's own fields belong to its hop: a client's `Connection: Via`
+                // does not remove them.
+                HeaderKind::Other
+                    if name == b"Via" || own.iter().any(|(n, v)| *n == name && *v == value) => {}
+                HeaderKind::Other => {
+                    assert!(
+                        !head.named_in_connection(data, name),
+                        "{:?} was named in Connection",
+                        lossy(name)
+                    );
+                    assert!(
+                        from_client(name, value),
+                        "{:?}: {:?} is neither the client's nor the proxy's",
+                        lossy(name),
+                        lossy(value)
+                    );
+                }
+                k => panic!("hop-by-hop {k:?} forwarded:\n{}", lossy(&out)),
+            }
+        }
+    }
+}
+
+/// Fuzz target `forward_response`: a final response head the parser accepts is written for
+/// the client ([`client_response_head`](crate::http::encode::client_response_head)), for a
+/// GET from an HTTP/1.1 and an HTTP/1.0 client and for a HEAD, as one well-formed head that
+/// parses back whole with the same status, the framing [`response_out_framing`]
+/// (crate::http::encode::response_out_framing) chose written once (never chunked to 1.0),
+/// `Connection: close` when the body is close-delimited, and no hop-by-hop field but the proxy's
+/// own `Connection`.
+pub fn forward_response(data: &[u8]) {
+    use crate::http::encode::{client_response_head, response_out_framing, OutFraming, Rewrite};
+    use crate::http::parse::{HeaderKind, Method};
+    let mut head = ResponseHead::default();
+    if !matches!(
+        parse_response(data, &LIMITS[0], &mut head),
+        Ok(Parsed::Complete(()))
+    ) || (100..200).contains(&head.status)
+    {
+        return;
+    }
+    for (method, minor) in [(Method::Get, 1), (Method::Get, 0), (Method::Head, 1)] {
+        let (framing, close) = response_out_framing(head.framing(method), minor);
+        let mut out = Vec::new();
+        let own: &[(&[u8], &[u8])] = &[(b"X-Request-Id", b"0123456789abcdef")];
+        client_response_head(
+            data,
+            &head,
+            framing,
+            close,
+            minor,
+            Rewrite::set(own),
+            &mut out,
+        );
+        let mut sent = ResponseHead::default();
+        let parsed = parse_response(&out, &WRITTEN, &mut sent);
+        assert!(
+            matches!(parsed, Ok(Parsed::Complete(()))),
+            "the relayed head does not parse ({:?}):\n{}",
+            parsed.map(|_| ()),
+            lossy(&out)
+        );
+        assert_eq!(
+            sent.head_len,
+            out.len(),
+            "bytes after the head:\n{}",
+            lossy(&out)
+        );
+        assert_eq!(sent.status, head.status);
+        match framing {
+            OutFraming::Length(n) => {
+                assert_eq!((sent.content_length, sent.chunked), (Some(n), false))
+            }
+            OutFraming::Chunked => {
+                assert_eq!(minor, 1, "chunked to an HTTP/1.0 client");
+                assert_eq!((sent.content_length, sent.chunked), (None, true));
+            }
+            OutFraming::Close => {
+                assert_eq!((sent.content_length, sent.chunked), (None, false));
+                assert!(
+                    sent.conn_close,
+                    "a close-delimited body without Connection: close"
+                );
+            }
+            // A HEAD or 304 answer may keep the backend's Content-Length; never chunked.
+            OutFraming::None => assert!(!sent.chunked, "{}", lossy(&out)),
+        }
+        let connection: Vec<&[u8]> = sent
+            .headers
+            .iter()
+            .filter(|h| h.kind == HeaderKind::Connection)
+            .map(|h| h.value.get(&out))
+            .collect();
+        assert!(
+            matches!(connection[..], [] | [b"close"] | [b"keep-alive"]),
+            "Connection is the proxy's own or none:\n{}",
+            lossy(&out)
+        );
+        for h in &sent.headers {
+            match h.kind {
+                HeaderKind::Connection
+                | HeaderKind::ContentLength
+                | HeaderKind::TransferEncoding
+                | HeaderKind::Other
+                | HeaderKind::Host
+                | HeaderKind::XForwardedFor
+                | HeaderKind::XForwardedProto
+                | HeaderKind::XForwardedHost
+                | HeaderKind::Expect
+                // End to end (RFC 9110 §6.6.2): it announces the trailers that are relayed.
+                | HeaderKind::Trailer => {}
+                k => panic!("hop-by-hop {k:?} relayed:\n{}", lossy(&out)),
+            }
+            let proxys = own.iter().any(|(n, _)| *n == h.name.get(&out));
+            if h.kind == HeaderKind::Other && !proxys {
+                assert!(
+                    !head.named_in_connection(data, h.name.get(&out)),
+                    "{:?} was named in Connection",
+                    lossy(h.name.get(&out))
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// The first `chunked` run stopped on its seed `trailer-fold` (`0\r\n folded\r\n\r\n`):

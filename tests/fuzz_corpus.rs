@@ -52,3 +52,16 @@ fn config_corpus() {
 fn proxy_protocol_corpus() {
     replay("proxy_protocol", edgeshard::fuzz_checks::proxy_protocol);
 }
+
+#[test]
+fn forward_request_corpus() {
+    // Its own seeds, and every request head the head parser's fuzzing found interesting.
+    replay("forward_request", edgeshard::fuzz_checks::forward_request);
+    replay("request_head", edgeshard::fuzz_checks::forward_request);
+}
+
+#[test]
+fn forward_response_corpus() {
+    replay("forward_response", edgeshard::fuzz_checks::forward_response);
+    replay("response_head", edgeshard::fuzz_checks::forward_response);
+}
