@@ -272,10 +272,12 @@ static AUTHORITY_BYTES: [bool; 256] = {
 };
 
 /// A `.` or `..` path segment, plain or percent-encoded, between plain or encoded slashes
-/// (`/a/%2e%2e/b`, `/a%2F..%2Fb`): a backend that decodes and normalises it would serve a
-/// path the route table never matched.
+/// (`/a/%2e%2e/b`, `/a%2F..%2Fb`), or with path parameters after it (`/public/..;/admin`,
+/// which Tomcat and Jetty resolve as `..`): a backend that decodes and normalises it would
+/// serve a path the route table never matched.
 pub fn has_dot_segment(path: &[u8]) -> bool {
     let dots = |seg: &[u8]| {
+        let seg = seg.split(|&b| b == b';').next().unwrap_or(seg);
         seg.len() <= 6
             && matches!(
                 &seg.to_ascii_lowercase()[..],
@@ -438,6 +440,9 @@ upstream = "u"
             b"/a%2f%2e%2e%2fadmin",
             b"/a/..%2Fb",
             b"/a%2F.",
+            b"/public/..;/admin",
+            b"/a/.;x/b",
+            b"/a/%2e%2e;jsessionid=1/b",
         ] {
             assert!(has_dot_segment(bad), "{:?}", String::from_utf8_lossy(bad));
         }
@@ -451,6 +456,9 @@ upstream = "u"
             b"/group%2Fproject",
             b"/a%2F...%2Fb",
             b"/%2F",
+            b"/a;b/c",
+            b"/a/..b;c",
+            b"/a/;../b",
         ] {
             assert!(!has_dot_segment(ok), "{:?}", String::from_utf8_lossy(ok));
         }

@@ -138,12 +138,19 @@ both_engines! {
         assert_eq!(admin.request_count(), 2, "only the two /api/ requests");
     }
 
-    // A fragment, or a dot segment between encoded slashes that a decoding backend would
-    // resolve (`/a%2F..%2Fadmin` is `/admin` to it), is refused with 400 and never forwarded.
+    // A fragment, or a dot segment between encoded slashes or before path parameters that a
+    // backend would resolve (`/a%2F..%2Fadmin` is `/admin` to a decoding one,
+    // `/public/..;/admin` to Tomcat), is refused with 400 and never forwarded.
     fn fragments_and_dot_segments_between_encoded_slashes_are_refused(engine) {
         let origin = Origin::start("o");
         let proxy = Config::single(origin.addr()).start(engine);
-        for target in ["/admin#x", "/a%2F..%2Fadmin", "/a%2f%2E%2e%2Fadmin", "/%2e%2e//admin"] {
+        for target in [
+            "/admin#x",
+            "/a%2F..%2Fadmin",
+            "/a%2f%2E%2e%2Fadmin",
+            "/%2e%2e//admin",
+            "/public/..;/admin",
+        ] {
             let mut c = Client::connect(proxy.addr());
             c.send(&get("example.com", target));
             assert_eq!(c.read_response().status(), 400, "{target}");
