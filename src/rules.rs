@@ -120,8 +120,8 @@ pub enum RewriteError {
     /// The result is not an origin-form path (no leading `/`, a byte a target cannot hold,
     /// a `?` or `#`, a dot-segment), and the rule is at fault: a 500.
     Invalid,
-    /// The same, but the request's path carried what made it invalid (an encoded dot:
-    /// `/api%2e%2e/x` stripped of `/api`): a 400.
+    /// The same, but the request's path carried what made it invalid (its dots: `/api../x`
+    /// or `/api%2e%2e/x` stripped of `/api`): a 400.
     InvalidRequest,
     /// Longer than `limits.max_uri_bytes`: a 414.
     TooLong,
@@ -164,20 +164,26 @@ pub fn rewrite_target(
         with.extend_from_slice(&owned);
         owned = with;
     }
-    let valid = owned.first() == Some(&b'/')
+    let shaped = owned.first() == Some(&b'/')
         && owned
             .iter()
             // Bytes above 0x7e pass as they do on a route without rewrites (the parser
             // admits them in targets).
-            .all(|&b| (b.is_ascii_graphic() || b >= 0x80) && b != b'?' && b != b'#')
-        && !has_dot_segment(&owned);
+            .all(|&b| (b.is_ascii_graphic() || b >= 0x80) && b != b'?' && b != b'#');
+    let dots = shaped && has_dot_segment(&owned);
     if let Some(q) = query {
         owned.extend_from_slice(q);
     }
-    if !valid {
-        let suspect =
-            |w: &[u8]| w.len() == 3 && w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'e';
-        let from_request = target.windows(3).any(suspect);
+    if !shaped {
+        return Err(RewriteError::Invalid);
+    }
+    if dots {
+        // A dot segment the request's own dots made (`/api../x` stripped of `/api`, or its
+        // encoded `%2e` before the route's normalisation): the request's fault, a 400. Dots a
+        // rule wrote into a path that had none are the rule's.
+        let suspect = |w: &[u8]| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'e';
+        let (path, _) = path_and_query(target);
+        let from_request = path.contains(&b'.') || path.windows(3).any(suspect);
         return Err(if from_request {
             RewriteError::InvalidRequest
         } else {
@@ -295,10 +301,14 @@ mod tests {
             Err(RewriteError::Invalid)
         );
         // ... and when the request carried what broke it, the request is at fault.
-        assert_eq!(
-            rewrite_target(&strip, b"/api%2e%2e/x", 8192),
-            Err(RewriteError::InvalidRequest)
-        );
+        for carried in [&b"/api%2e%2e/x"[..], b"/api../x", b"/api./x?q=.."] {
+            assert_eq!(
+                rewrite_target(&strip, carried, 8192),
+                Err(RewriteError::InvalidRequest),
+                "{:?}",
+                String::from_utf8_lossy(carried)
+            );
+        }
         assert_eq!(
             rewrite_target(&strip, b"/api/caf\xc3\xa9", 8192).as_deref(),
             Ok(&b"/caf\xc3\xa9"[..])

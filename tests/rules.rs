@@ -15,6 +15,7 @@ both_engines! {
             .route("main", "path_prefix = \"/old/\"\nrewrite = { regex = \"^/old/([a-z]+)/(.*)$\", replace = \"/new/$2/$1\" }")
             .route("main", "path_prefix = \"/bad/\"\nrewrite = { regex = \"^/bad/(.*)$\", replace = \"$1\" }")
             .route("main", "path_prefix = \"/host/\"\nupstream_host = \"internal.example:8080\"")
+            .route("main", "path_prefix = \"/s.\"\nstrip_prefix = \"/s\"")
             .route("main", "")
             .start(engine);
         let mut c = Client::connect(proxy.addr());
@@ -46,6 +47,14 @@ both_engines! {
         c.send(&get("example.com", "/api/again"));
         assert_eq!(c.read_response().status(), 200);
         assert_eq!(origin.last_request().target, "/again");
+        // A dot segment made of the request's own dots, plain or encoded (the route matches
+        // the decoded path), is the request's fault: 400, never forwarded.
+        for sent in ["/s../x", "/s%2e%2e/x", "/s.%2E/x", "/s./x"] {
+            let mut c = Client::connect(proxy.addr());
+            c.send(&get("example.com", sent));
+            assert_eq!(c.read_response().status(), 400, "{sent}");
+        }
+        assert_eq!(origin.request_count(), before + 1);
     }
 
     // Request rules: set replaces the client's copies, add appends, remove drops; variables
