@@ -250,7 +250,37 @@ fn hex(b: u8) -> Option<u8> {
 /// RFC 9110 §7.2 / RFC 3986 authority: reg-name, IP literal and port characters only; no
 /// userinfo. An empty Host is allowed (HTTP/1.0, or `Host:` with no value).
 pub fn valid_authority(host: &[u8]) -> bool {
-    host.iter().all(|&b| AUTHORITY_BYTES[usize::from(b)])
+    if !host.iter().all(|&b| AUTHORITY_BYTES[usize::from(b)]) {
+        return false;
+    }
+    // Its shape: `name[:port]` or `[v6][:port]`, a port of digits only. `a.example:80:81` is
+    // refused: routes cut a port at the last `:` (seeing `a.example:80`), nginx at the first
+    // (seeing `a.example`), and the two would pick different virtual hosts.
+    let (name, port) = if let Some(rest) = host.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inside = &rest[..end];
+        if inside.is_empty()
+            || !inside
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return false;
+        }
+        (&b""[..], &rest[end + 1..])
+    } else {
+        match host.iter().position(|&b| b == b':') {
+            Some(i) => (&host[..i], &host[i..]),
+            None => (host, &b""[..]),
+        }
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    port_ok && !name.contains(&b'[') && !name.contains(&b']')
 }
 
 /// The bytes [`valid_authority`] allows, as a table: searching the punctuation list for each
@@ -410,10 +440,28 @@ upstream = "u"
             b"[::1]:80",
             b"",
             b"xn--bcher-kva.example",
+            b"a.example:",
+            b"[::ffff:127.0.0.1]",
+            b"127.0.0.1:8080",
         ] {
             assert!(valid_authority(ok), "{:?}", String::from_utf8_lossy(ok));
         }
-        for bad in [&b"a b"[..], b"user@host", b"a/b", b"a\\b", b"h\"q"] {
+        for bad in [
+            &b"a b"[..],
+            b"user@host",
+            b"a/b",
+            b"a\\b",
+            b"h\"q",
+            b"secret.example:80:81",
+            b"secret.example:1:",
+            b"a.example:8o",
+            b"[::1",
+            b"[]:80",
+            b"[::1]x",
+            b"[::1]:80:1",
+            b"a[::1]",
+            b"[g::1]",
+        ] {
             assert!(!valid_authority(bad), "{:?}", String::from_utf8_lossy(bad));
         }
     }
@@ -423,7 +471,7 @@ upstream = "u"
     fn authority_table_is_the_character_list() {
         for b in 0..=255u8 {
             let listed = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b);
-            assert_eq!(valid_authority(&[b]), listed, "byte {b:#04x}");
+            assert_eq!(AUTHORITY_BYTES[usize::from(b)], listed, "byte {b:#04x}");
         }
     }
 

@@ -94,6 +94,13 @@ both_engines! {
             b"GET http://user@internal/ HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET /api/../admin HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET /api/%2e%2E/admin HTTP/1.1\r\nHost: a\r\n\r\n",
+            // Cut at the last `:` here, at the first by nginx: two virtual hosts.
+            b"GET / HTTP/1.1\r\nHost: secret.example:80:81\r\n\r\n",
+            b"GET http://secret.example:1:/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            // `\` is `/` to a WHATWG URL parser (Node's `new URL()`): `/admin/x` there.
+            b"GET /public\\..\\admin/x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /\\admin/x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             let mut c = Client::connect(proxy.addr());
             c.send(raw);

@@ -447,12 +447,10 @@ fn request_line_too_long(buf: &[u8], limits: &HeadLimits) -> bool {
 /// RFC 9112 §3.2: a request target is origin-form (`/path?query`, any method), absolute-form
 /// with an `http` or `https` scheme and a non-empty authority (RFC 9110 §4.2.1), asterisk-form
 /// (`*`) for OPTIONS only, or authority-form for CONNECT only (which is then refused with 405).
-/// Anything else (`foo`, `?x`, `http:/x`, `ftp://a/b`, `*` with GET), and any target with a
-/// fragment (`#`), is refused rather than forwarded: a backend that reads `admin/x` as `/admin/x` would serve a path no route matched.
+/// Anything else (`foo`, `?x`, `http:/x`, `ftp://a/b`, `*` with GET), and a target with bytes
+/// outside [`uri_bytes`], is refused rather than forwarded: a backend that reads `admin/x` as `/admin/x` would serve a path no route matched.
 fn target_form_allowed(target: &[u8], method: Method) -> bool {
-    if target.contains(&b'#') {
-        // A fragment is never sent (RFC 9110 §4.2.5): `/admin#x` would miss a `path =
-        // "/admin"` route and reach a backend that drops the fragment (HAProxy refuses it too).
+    if !uri_bytes(target) {
         return false;
     }
     if target.first() == Some(&b'/') {
@@ -473,6 +471,32 @@ fn target_form_allowed(target: &[u8], method: Method) -> bool {
     };
     // The authority ends at the path or the query; it may not be empty.
     !matches!(rest.first(), None | Some(b'/' | b'?'))
+}
+
+/// The target's bytes are URI bytes (RFC 3986 §2; bytes above `0x7e` are admitted, as raw
+/// UTF-8 paths are common) and each `%` starts an escape of two hex digits. Refused: a fragment
+/// (`#`: never sent, RFC 9110 §4.2.5; `/admin#x` would miss a `path = "/admin"` route and reach
+/// a backend that drops it), `\` (a WHATWG URL parser, Node's `new URL()` among them, reads
+/// `/public\..\admin` as `/admin`), the other ASCII bytes RFC 3986 excludes (`"<>^`{|}`), and
+/// a broken escape (`%zz`), which backends decode each their own way.
+fn uri_bytes(target: &[u8]) -> bool {
+    let mut i = 0;
+    while i < target.len() {
+        match target[i] {
+            b'#' | b'\\' | b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}' => return false,
+            b'%' => {
+                let hex = |j: usize| target.get(j).is_some_and(u8::is_ascii_hexdigit);
+                if !(hex(i + 1) && hex(i + 2)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    true
 }
 
 /// When the head is not yet complete, decide whether it can still become valid within limits.

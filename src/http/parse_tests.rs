@@ -274,6 +274,8 @@ fn only_the_four_request_target_forms_are_accepted() {
         "OPTIONS *",
         "OPTIONS /",
         "CONNECT b.example:443",
+        "GET /caf\u{e9}?q=%C3%A9&r=%2f%2F",
+        "GET /a!$&'()*+,;=:@-._~/b?c=[d]",
     ] {
         assert!(req(line(good).as_bytes()).is_ok(), "refused {good:?}");
     }
@@ -293,6 +295,18 @@ fn only_the_four_request_target_forms_are_accepted() {
         "GET httpx://b.example/x",
         "GET /admin#x",
         "GET http://b.example/#",
+        "GET /public\\..\\admin/x",
+        "GET /\\admin",
+        "GET /a\"b",
+        "GET /a<b>",
+        "GET /a^b",
+        "GET /a`b",
+        "GET /a{b}",
+        "GET /a|b",
+        "GET /%zz",
+        "GET /%4",
+        "GET /a%",
+        "GET /?q=%g1",
     ] {
         assert_eq!(
             req(line(bad).as_bytes()).err(),
