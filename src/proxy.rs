@@ -436,8 +436,15 @@ fn prepare<'a>(
     let n_set = if subject.is_some() { 2 } else { 1 };
     // With auth: what it copied or strips (an empty value only removes the client's).
     let mut with_auth: Vec<(&[u8], &[u8])> = Vec::new();
-    if granted.strip_authorization || !granted.copied.is_empty() {
+    // Where this listener writes no subject, another's subject header is still the proxy's:
+    // a client's copy is removed.
+    let foreign_subjects = subject.is_none() && !shared.tls.subject_headers.is_empty();
+    if granted.strip_authorization || !granted.copied.is_empty() || foreign_subjects {
         with_auth.extend_from_slice(&set[..n_set]);
+        if foreign_subjects {
+            let names = shared.tls.subject_headers.iter();
+            with_auth.extend(names.map(|h| (h.as_bytes(), &b""[..])));
+        }
         if granted.strip_authorization {
             with_auth.push((b"Authorization", b""));
         }

@@ -496,6 +496,8 @@ fn carry_tls(
         TlsListeners {
             listeners,
             upstreams: built.upstreams,
+            // Names from the new file: a kept listener's are the same.
+            subject_headers: built.subject_headers,
         },
         reread,
     ))

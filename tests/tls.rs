@@ -275,11 +275,26 @@ both_engines! {
             "mtls-opt",
             "client_auth = { ca = \"@CA@\", required = false, subject_header = \"X-Client-Subject\" }",
         );
+        // A plain listener beside it, routing to the same backend.
+        let mut config = config;
+        config.listeners = 1;
         let proxy = config.start(engine);
-        let (code, _) = curl_https(proxy.addr(), "a.test", &ca_file, &["-H", "X-Client-Subject: CN=admin"]);
+        let (plain, tls) = (proxy.addrs()[0], proxy.addrs()[1]);
+        let (code, _) = curl_https(tls, "a.test", &ca_file, &["-H", "X-Client-Subject: CN=admin"]);
         assert_eq!(code, "200");
         let rec = origin.last_request();
         assert!(rec.header("x-client-subject").is_none(), "a client-sent subject must never reach the backend: {}", rec.raw_head);
+        // Nor through the plain listener, nor spelled with `_` (one field to CGI and WSGI).
+        for spoof in ["X-Client-Subject: CN=admin", "X_Client_Subject: CN=admin", "x-client_subject: CN=admin"] {
+            let mut c = Client::connect(plain);
+            c.send(format!("GET / HTTP/1.1\r\nHost: a.test\r\n{spoof}\r\n\r\n").as_bytes());
+            assert_eq!(c.read_response().status(), 200);
+            let rec = origin.last_request();
+            assert!(!rec.raw_head.contains("CN=admin"), "{spoof} reached the backend: {}", rec.raw_head);
+        }
+        let (_, _) = curl_https(tls, "a.test", &ca_file, &["-H", "X_Client_Subject: CN=admin"]);
+        let rec = origin.last_request();
+        assert!(!rec.raw_head.contains("CN=admin"), "over TLS: {}", rec.raw_head);
     }
 
     fn stalled_handshake_is_closed_at_the_timeout(engine) {

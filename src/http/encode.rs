@@ -66,8 +66,22 @@ pub type SetHeader<'a> = &'a [(&'a [u8], &'a [u8])];
 
 #[inline]
 fn replaced(set: SetHeader<'_>, name: &[u8]) -> bool {
-    set.iter()
-        .any(|(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+    set.iter().any(|(n, _)| same_field(n, name))
+}
+
+/// Whether two names are one field to a backend that reads `_` as `-` (CGI and WSGI
+/// environments, Puma before 6.4.3): ASCII case and `_`/`-` ignored. A client's `X_Request_Id`
+/// or `X_Client_Subject` is then the proxy's field, and goes with it.
+#[inline]
+fn same_field(a: &[u8], b: &[u8]) -> bool {
+    let fold = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == fold(y))
 }
 
 fn write_set(set: SetHeader<'_>, out: &mut Vec<u8>) {
@@ -106,14 +120,34 @@ pub struct UpstreamRequest<'a> {
     pub rules: Option<Fields<'a>>,
 }
 
-/// `Forwarded` (RFC 7239) and `X-Forwarded-*`: what a proxy tells a backend about the
-/// client's request. Believed only from a trusted proxy: from anyone else they are claims a
+/// `Forwarded` (RFC 7239), `X-Forwarded-*` and the like (`X-Real-IP`, `True-Client-IP`, ...,
+/// any spelled with `_`): what a proxy tells a backend about the client's request. Believed only from a trusted proxy: from anyone else they are claims a
 /// backend may act on (build links from `Forwarded: host=`, a port from
 /// `X-Forwarded-Port`), and with a cache in front, poison every client's copy.
 fn forwarding_claim(name: &[u8]) -> bool {
     const X: &[u8] = b"x-forwarded-";
-    (name.len() > X.len() && name[..X.len()].eq_ignore_ascii_case(X))
-        || name.eq_ignore_ascii_case(b"forwarded")
+    // The other names proxies and CDNs give the client's address, and the URL overrides some
+    // servers route by (IIS URL Rewrite, older Symfony and Zend: `X-Original-URL: /admin`).
+    const CLAIMS: [&[u8]; 9] = [
+        b"forwarded",
+        b"x-real-ip",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-original-url",
+        b"x-rewrite-url",
+    ];
+    (name.len() > X.len() && same_field(&name[..X.len()], X))
+        || CLAIMS.iter().any(|c| same_field(name, c))
+}
+
+/// Fields never forwarded, whoever sent them: `Proxy` (httpoxy: CGI turns it into
+/// `HTTP_PROXY`, which HTTP client libraries take as their proxy) and `Proxy-Authorization`
+/// (credentials for this hop, which uses none).
+fn never_forwarded(name: &[u8]) -> bool {
+    same_field(name, b"proxy") || same_field(name, b"proxy-authorization")
 }
 
 /// Writes the request head for the upstream: the client's head (`buf`, `head`) as `req`
@@ -152,6 +186,7 @@ pub fn upstream_request_head(
             HeaderKind::Other => {
                 let name = h.name.get(buf);
                 if (!keep_forwarded_for && forwarding_claim(name))
+                    || never_forwarded(name)
                     || (!head.conn_tokens.is_empty() && head.named_in_connection(buf, name))
                     || replaced(set, name)
                     || rules.is_some_and(|r| r.drops(name))
@@ -566,6 +601,48 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
         let s = String::from_utf8(out).unwrap();
         assert!(s.contains("\r\nX-Forwarded-For: 10.0.0.9\r\n"), "{s}");
         assert!(!s.contains("1.2.3.4"), "{s}");
+    }
+
+    #[test]
+    fn lookalikes_other_client_address_names_and_proxy_fields_are_not_forwarded() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 1.2.3.4\r\nX_Forwarded-Host: evil\r\n\
+X_Request_Id: spoofed\r\nX-Client_Subject: CN=admin\r\nX-Real-IP: 1.2.3.4\r\nTrue-Client-IP: 1.2.3.4\r\n\
+X-Client-IP: 1.2.3.4\r\nCF-Connecting-IP: 1.2.3.4\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\n\
+Proxy: http://evil:8080\r\nProxy-Authorization: Basic eDp5\r\nX-Real: kept\r\nAccept: */*\r\n\r\n";
+        let mut head = RequestHead::default();
+        assert!(matches!(
+            parse_request(raw, &L, &mut head),
+            Ok(Parsed::Complete(()))
+        ));
+        let t = split_target(head.target.get(raw));
+        let set: SetHeader = &[(b"X-Request-Id", b"abc"), (b"X-Client-Subject", b"")];
+        for trusted in [false, true] {
+            let mut out = Vec::new();
+            let req = UpstreamRequest {
+                target: &t,
+                host: b"a",
+                client_ip: "10.0.0.9".parse().unwrap(),
+                keep_forwarded_for: trusted,
+                framing: OutFraming::None,
+                set,
+                https: false,
+                upstream_host: None,
+                rules: None,
+            };
+            upstream_request_head(raw, &head, &req, &mut out);
+            let s = String::from_utf8(out).unwrap();
+            // The proxy's own fields and their `_` spellings go whoever sent them, and so do
+            // `Proxy` and `Proxy-Authorization`.
+            for gone in ["spoofed", "CN=admin", "evil:8080", "eDp5"] {
+                assert!(!s.contains(gone), "trusted={trusted}: {gone} in {s}");
+            }
+            assert!(s.contains("\r\nX-Request-Id: abc\r\n"), "{s}");
+            assert!(s.contains("\r\nX-Real: kept\r\n"), "{s}");
+            // Address and URL claims: only from a trusted proxy.
+            assert_eq!(s.contains("1.2.3.4"), trusted, "{s}");
+            assert_eq!(s.contains("X-Original-URL: /admin"), trusted, "{s}");
+            assert_eq!(s.contains("X_Forwarded-Host: evil"), trusted, "{s}");
+        }
     }
 
     #[test]

@@ -76,6 +76,10 @@ pub struct TlsListener {
 pub struct TlsListeners {
     pub listeners: Vec<Option<Arc<TlsListener>>>,
     pub upstreams: Vec<Option<Arc<upstream::UpstreamTlsClient>>>,
+    /// Every listener's mTLS subject header, once each: the proxy owns these names on every
+    /// listener, so a client's copy is removed wherever it arrives (a plain listener routing
+    /// to the same upstream would otherwise let it forge a certificate's subject).
+    pub subject_headers: Vec<String>,
 }
 
 impl std::fmt::Debug for TlsListeners {
@@ -151,9 +155,20 @@ impl TlsListeners {
                     .transpose()
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let mut subject_headers: Vec<String> = Vec::new();
+        for h in listeners
+            .iter()
+            .flatten()
+            .filter_map(|l| l.subject_header.as_ref())
+        {
+            if !subject_headers.iter().any(|s| s.eq_ignore_ascii_case(h)) {
+                subject_headers.push(h.clone());
+            }
+        }
         Ok(TlsListeners {
             listeners,
             upstreams,
+            subject_headers,
         })
     }
 
