@@ -17,7 +17,7 @@ use crate::http::canned::Canned;
 use crate::http::encode::{split_target, upstream_request_head, OutFraming, UpstreamRequest};
 use crate::http::parse::{BodyFraming, Method, RequestHead};
 use crate::respond::{cfg_rid_header, linger_close, relay_response, respond_canned_with, Respond};
-use crate::route::{routing_input, valid_authority};
+use crate::route::{match_path, routing_input, valid_authority};
 use crate::rules::{location, path_and_query, rewrite_target, Fields, Vars};
 use crate::shard::ShardCtx;
 use crate::stats::bump;
@@ -361,7 +361,7 @@ fn route<'b>(
     };
     let route = shared
         .routes
-        .find(host, &path, head.method.get(buf), |name| {
+        .find(host, &match_path(&path), head.method.get(buf), |name| {
             head.header(buf, name)
         });
     let Some(route) = route else {

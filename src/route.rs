@@ -237,6 +237,31 @@ pub fn normalize_path(path: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// The path routes are compared with: the [`normalize_path`]ed one with each encoded slash
+/// (`%2F`, `%2f`) read as `/` (slashes merged again). gunicorn and uWSGI put the decoded path
+/// in `PATH_INFO`, and Gin and Go's older `ServeMux` route on it: to them `/admin%2Fx` is
+/// `/admin/x`, so it meets the `/admin/` route's rules. Only the comparison: what is forwarded,
+/// and what a route's rewrite works on, keeps the escape.
+pub fn match_path(normalized: &[u8]) -> Cow<'_, [u8]> {
+    let slash = |w: &[u8]| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'f';
+    if !normalized.windows(3).any(slash) {
+        return Cow::Borrowed(normalized);
+    }
+    let mut out = Vec::with_capacity(normalized.len());
+    let mut i = 0;
+    while i < normalized.len() {
+        let (b, step) = match normalized.get(i..i + 3) {
+            Some(w) if slash(w) => (b'/', 3),
+            _ => (normalized[i], 1),
+        };
+        if !(b == b'/' && out.last() == Some(&b'/')) {
+            out.push(b);
+        }
+        i += step;
+    }
+    Cow::Owned(out)
+}
+
 fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -538,10 +563,22 @@ upstream = "u"
         let t = table(
             "[[route]]\npath_prefix = \"/admin/\"\nupstream = \"u\"\n[[route]]\nupstream = \"u\"\n",
         );
-        for raw in ["/%61dmin/x", "//admin/x", "/admin//x", "/%61%64%6d%69%6e/"] {
+        for raw in [
+            "/%61dmin/x",
+            "//admin/x",
+            "/admin//x",
+            "/%61%64%6d%69%6e/",
+            "/admin%2Fx",
+            "/admin%2f%2F/x",
+            "%2Fadmin/x",
+        ] {
             let path = normalize_path(raw.as_bytes());
-            let got = t.find(b"a", &path, b"GET", |_| None).map(|r| r.index);
+            let got = t
+                .find(b"a", &match_path(&path), b"GET", |_| None)
+                .map(|r| r.index);
             assert_eq!(got, Some(0), "{raw}");
         }
+        assert!(matches!(match_path(b"/a/b%20c"), Cow::Borrowed(_)));
+        assert_eq!(&match_path(b"/g%2Fp%2F/x")[..], b"/g/p/x");
     }
 }
