@@ -625,7 +625,8 @@ pub fn parse_response(
     if version > 1 {
         return Err(ParseError::Version);
     }
-    if !(100..=999).contains(&code) {
+    // RFC 9110 §15: the status codes are 100 to 599; a client may read any other as it likes.
+    if !(100..=599).contains(&code) {
         return Err(ParseError::Malformed("invalid status code"));
     }
     let reason = resp.reason.unwrap_or("");

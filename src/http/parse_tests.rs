@@ -408,3 +408,18 @@ fn response_framing_split_at_every_byte() {
     let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
     assert!(parse_response(raw, &LIMITS, &mut head).is_err());
 }
+
+#[test]
+fn response_status_codes_are_100_to_599() {
+    for (code, ok) in [
+        (100, true),
+        (200, true),
+        (599, true),
+        (600, false),
+        (999, false),
+    ] {
+        let raw = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+        let got = parse_response(raw.as_bytes(), &LIMITS, &mut ResponseHead::default());
+        assert_eq!(got.is_ok(), ok, "{code}: {:?}", got.map(|_| ()));
+    }
+}
