@@ -253,6 +253,32 @@ both_engines! {
         assert_eq!((x_cache(&r), r.body_str()), ("MISS".into(), "-".into()));
     }
 
+    // The key holds what the backend received: a field the client's `Connection` names is
+    // not forwarded, so its answer is the variant for no such field, not for the value sent.
+    // A `Vary` on a field the proxy writes (`X-Forwarded-For`) is not stored at all.
+    fn vary_keys_on_the_fields_the_backend_received(engine) {
+        let origin = Origin::with_handler("o", |r| {
+            let lang = r.header("Accept-Language").unwrap_or("-").to_string();
+            let vary = if r.path() == "/xff" { "X-Forwarded-For" } else { "Accept-Language" };
+            reply(&[("Cache-Control", "max-age=100"), ("Vary", vary)], &lang, false)
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        let hidden = [("Accept-Language", "fr"), ("Connection", "Accept-Language")];
+        let r = fetch(&mut c, "GET", "/v", &hidden);
+        assert_eq!((x_cache(&r), r.body_str()), ("MISS".into(), "-".into()));
+        for (lang, result, body) in [(Some("fr"), "MISS", "fr"), (None, "HIT", "-"), (Some("fr"), "HIT", "fr")] {
+            let fields: Vec<(&str, &str)> = lang.map(|l| ("Accept-Language", l)).into_iter().collect();
+            let r = fetch(&mut c, "GET", "/v", &fields);
+            assert_eq!((x_cache(&r), r.body_str()), (result.to_string(), body.to_string()), "{lang:?}");
+        }
+        let before = origin.request_count();
+        for _ in 0..2 {
+            assert_eq!(x_cache(&fetch(&mut c, "GET", "/xff", &[])), "BYPASS", "Vary: X-Forwarded-For");
+        }
+        assert_eq!(origin.request_count(), before + 2, "never answered from the cache");
+    }
+
     // If-None-Match (weak comparison) and If-Modified-Since against the stored ETag and
     // Last-Modified: 304 from the cache, without a body.
     fn conditional_requests_get_304_from_the_cache(engine) {

@@ -148,6 +148,16 @@ impl Request<'_> {
             .iter()
             .map(|h| (h.name.get(self.buf), h.value.get(self.buf)))
     }
+
+    /// The fields a `Vary` key is made of: those the backend received, so not the ones the
+    /// request's `Connection` names (a client's `Accept-Language: fr` with `Connection:
+    /// Accept-Language` got the default language's answer, which must not be stored as the
+    /// French one).
+    fn forwarded_fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone + '_ {
+        let named = !self.head.conn_tokens.is_empty();
+        self.fields()
+            .filter(move |(n, _)| !(named && self.head.named_in_connection(self.buf, n)))
+    }
 }
 
 /// A stored entry that is the answer to the request.
@@ -302,7 +312,7 @@ pub async fn lookup<'a>(
     if req.method == Method::Get {
         fill.store = true;
         fill.req = req
-            .fields()
+            .forwarded_fields()
             .map(|(n, v)| (n.to_ascii_lowercase().into(), v.into()))
             .collect();
     }
@@ -397,7 +407,7 @@ fn find(
     store.record(url);
     let names = store.vary_names(url)?;
     let mut key = url.to_vec();
-    policy::vary_key(&names, req.fields(), &mut key);
+    policy::vary_key(&names, req.forwarded_fields(), &mut key);
     let entry = store.get(&key)?;
     let age = entry.age(Instant::now());
     let usable = policy::usable(age, entry.lifetime, windows(&entry, cfg));
