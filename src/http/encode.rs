@@ -144,10 +144,11 @@ fn forwarding_claim(name: &[u8]) -> bool {
 }
 
 /// Fields never forwarded, whoever sent them: `Proxy` (httpoxy: CGI turns it into
-/// `HTTP_PROXY`, which HTTP client libraries take as their proxy) and `Proxy-Authorization`
-/// (credentials for this hop, which uses none).
+/// `HTTP_PROXY`, which HTTP client libraries take as their proxy). `Proxy-Authorization` is
+/// relayed: not hop-by-hop (RFC 9110 §7.6.1), it is for the first inbound proxy that asks for
+/// it (§11.7.2), which may be behind this one.
 fn never_forwarded(name: &[u8]) -> bool {
-    same_field(name, b"proxy") || same_field(name, b"proxy-authorization")
+    same_field(name, b"proxy")
 }
 
 /// Writes the request head for the upstream: the client's head (`buf`, `head`) as `req`
@@ -604,7 +605,7 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
     }
 
     #[test]
-    fn lookalikes_other_client_address_names_and_proxy_fields_are_not_forwarded() {
+    fn lookalikes_other_client_address_names_and_httpoxy_are_not_forwarded() {
         let raw = b"GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 1.2.3.4\r\nX_Forwarded-Host: evil\r\n\
 X_Request_Id: spoofed\r\nX-Client_Subject: CN=admin\r\nX-Real-IP: 1.2.3.4\r\nTrue-Client-IP: 1.2.3.4\r\n\
 X-Client-IP: 1.2.3.4\r\nCF-Connecting-IP: 1.2.3.4\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\n\
@@ -631,11 +632,12 @@ Proxy: http://evil:8080\r\nProxy-Authorization: Basic eDp5\r\nX-Real: kept\r\nAc
             };
             upstream_request_head(raw, &head, &req, &mut out);
             let s = String::from_utf8(out).unwrap();
-            // The proxy's own fields and their `_` spellings go whoever sent them, and so do
-            // `Proxy` and `Proxy-Authorization`.
-            for gone in ["spoofed", "CN=admin", "evil:8080", "eDp5"] {
+            // The proxy's own fields and their `_` spellings go whoever sent them, and so does
+            // `Proxy`; `Proxy-Authorization` is relayed (not hop-by-hop).
+            for gone in ["spoofed", "CN=admin", "evil:8080"] {
                 assert!(!s.contains(gone), "trusted={trusted}: {gone} in {s}");
             }
+            assert!(s.contains("\r\nProxy-Authorization: Basic eDp5\r\n"), "{s}");
             assert!(s.contains("\r\nX-Request-Id: abc\r\n"), "{s}");
             assert!(s.contains("\r\nX-Real: kept\r\n"), "{s}");
             // Address and URL claims: only from a trusted proxy.
