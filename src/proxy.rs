@@ -362,7 +362,9 @@ fn route<'b>(
     let route = shared
         .routes
         .find(host, &match_path(&path), head.method.get(buf), |name| {
-            head.header(buf, name)
+            // A field the request's `Connection` names is not forwarded: it routes nothing.
+            let hop = !head.conn_tokens.is_empty() && head.named_in_connection(buf, name);
+            (!hop).then(|| head.header(buf, name)).flatten()
         });
     let Some(route) = route else {
         return Err(Canned::NotFound);

@@ -129,6 +129,8 @@ both_engines! {
         r.expect("GET", "other.test", "/c/x", &[("X-Canary", "1")], "canary");
         r.expect("GET", "other.test", "/c/x", &[], "stable");
         r.expect("GET", "other.test", "/c/x", &[("X-Canary", "2")], "stable");
+        // Named in Connection, the field is not forwarded, and routes nothing.
+        r.expect("GET", "other.test", "/c/x", &[("X-Canary", "1"), ("Connection", "X-Canary")], "stable");
     }
     fn keepalive_connection_routes_each_request(engine) {
         // Routing is per request, not per connection.
