@@ -156,12 +156,8 @@ impl Shared {
 pub struct Origin {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    /// Signalled by the accept thread once it has closed the listening socket, with the
-    /// socket it bound to the port at once (not listening) to keep it.
-    listener_closed: mpsc::Receiver<Option<socket2::Socket>>,
-    /// After [`Origin::close`]: the port, held until the origin drops, so that connects to it
-    /// are refused and no other listener (nor a connect's own source port) can take it.
-    reserved: Mutex<Option<socket2::Socket>>,
+    /// Signalled by the accept thread once it has closed the listening socket.
+    listener_closed: mpsc::Receiver<()>,
 }
 
 impl Origin {
@@ -217,23 +213,13 @@ impl Origin {
                     });
                 }
                 drop(listener);
-                let reserve = socket2::Socket::new(
-                    socket2::Domain::for_address(addr),
-                    socket2::Type::STREAM,
-                    None,
-                )
-                // SO_REUSEADDR: the connections it accepted still hold the port.
-                .and_then(|s| s.set_reuse_address(true).map(|()| s))
-                .and_then(|s| s.bind(&addr.into()).map(|()| s))
-                .ok();
-                let _ = closed_tx.send(reserve);
+                let _ = closed_tx.send(());
             })
             .unwrap();
         Origin {
             addr,
             shared,
             listener_closed,
-            reserved: Mutex::new(None),
         }
     }
 
@@ -306,27 +292,17 @@ impl Origin {
 impl Origin {
     /// Stops accepting and returns once the listening socket is closed, so that a new
     /// connection to the origin's port is refused (connections already accepted are still
-    /// served, as by a dropped origin) until the origin drops: the port stays bound, not
-    /// listening (once, another test's listener took the freed port, or a connect picked it
-    /// as its own source port, and a connect to it succeeded). Panics if the accept thread has
-    /// not closed it within 5 s, or if the port could not be kept.
-    pub fn close(&self) {
+    /// served, as by a dropped origin). Panics if the accept thread has not closed it within
+    /// 5 s.
+    pub fn close(self) {
         self.stop_accepting();
         let closed = self.listener_closed.recv_timeout(Duration::from_secs(5));
-        let Ok(reserve) = closed else {
-            panic!(
-                "origin {} ({}) did not close its listener within 5 s",
-                self.name(),
-                self.addr
-            );
-        };
         assert!(
-            reserve.is_some(),
-            "origin {}: its port {} was taken at once",
+            closed.is_ok(),
+            "origin {} ({}) did not close its listener within 5 s",
             self.name(),
             self.addr
         );
-        *self.reserved.lock().unwrap() = reserve;
     }
 
     fn stop_accepting(&self) {
