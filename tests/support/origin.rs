@@ -170,13 +170,13 @@ impl Origin {
         name: &str,
         handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
     ) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+        let listener = listen("127.0.0.1:0".parse().unwrap()).expect("bind origin");
         Self::on_listener(name, listener, handler)
     }
 
     /// An origin with the built-in behaviour on `addr` (`Err`: it cannot be bound).
     pub fn start_at(name: &str, addr: SocketAddr) -> std::io::Result<Origin> {
-        let listener = TcpListener::bind(addr)?;
+        let listener = listen(addr)?;
         Ok(Self::on_listener(name, listener, |_| Reply::Default))
     }
 
@@ -314,6 +314,22 @@ impl Origin {
         // Wake the accept loop.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(500));
     }
+}
+
+/// A listening socket without `SO_REUSEADDR` (std's `TcpListener::bind` sets it). Then the
+/// connections it accepted, and their TIME_WAIT, keep its port from any other bind after the
+/// origin closes: with the flag, Linux lets a socket that also has it bind next to everything
+/// but a listener, and another test's proxy (binding port 0 with `SO_REUSEADDR`) was once
+/// given a just-closed origin's port, so a connect to the "closed" origin succeeded.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
 }
 
 impl Drop for Origin {
