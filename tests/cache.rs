@@ -279,6 +279,22 @@ both_engines! {
         assert_eq!(origin.request_count(), before + 2, "never answered from the cache");
     }
 
+    // A `Cache-Control` the backend's `Connection` names is for its hop only: the client
+    // never sees it, and the response is not stored by it.
+    fn a_connection_named_cache_control_stores_nothing(engine) {
+        let origin = Origin::with_handler("o", |_| {
+            reply(&[("Cache-Control", "max-age=100"), ("Connection", "Cache-Control")], "x", false)
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        for i in 1..=2 {
+            let r = fetch(&mut c, "GET", "/h", &[]);
+            assert_eq!(x_cache(&r), "BYPASS", "{i}");
+            assert!(r.header("cache-control").is_none(), "{:?}", r.head);
+            assert_eq!(origin.request_count(), i);
+        }
+    }
+
     // If-None-Match (weak comparison) and If-Modified-Since against the stored ETag and
     // Last-Modified: 304 from the cache, without a body.
     fn conditional_requests_get_304_from_the_cache(engine) {

@@ -664,10 +664,14 @@ impl Fill<'_> {
             BodyFraming::None if head.status == 204 => {}
             BodyFraming::None => return false,
         }
+        // A field the backend's `Connection` names is for that hop only: the client never sees
+        // it, and neither does the cache (`Connection: Cache-Control` hides its freshness).
+        let named = !head.conn_tokens.is_empty();
         let facts = policy::response_facts(
             head.headers
                 .iter()
-                .map(|h| (h.name.get(buf), h.value.get(buf))),
+                .map(|h| (h.name.get(buf), h.value.get(buf)))
+                .filter(|(n, _)| !(named && head.named_in_connection(buf, n))),
         );
         let now = unix_now();
         let Storable::Yes { lifetime } = policy::storable(head.status, &facts, self.rules, now)
