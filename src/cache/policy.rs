@@ -4,6 +4,8 @@
 //! dates, and conditional requests (`If-None-Match`, `If-Modified-Since`). Pure functions
 //! over byte slices; nothing here can panic on network input.
 
+use crate::http::fields::written_by_proxy;
+
 /// `Cache-Control` directives the cache acts on (others are ignored).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Directives {
@@ -146,41 +148,6 @@ pub struct ResponseFacts {
     pub last_modified: Option<u64>,
 }
 
-/// A field the backend never gets from the client as the client sent it: hop-by-hop, or
-/// written by the proxy (forwarding fields, `Via`, the request id). A response that varies on
-/// one was chosen by a value the cache key cannot hold (every client without an
-/// `X-Forwarded-For` would share the answer the backend made for one client's address): not
-/// stored. `name` is lower-case; `_` counts as `-`.
-fn proxy_written(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 20] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"expect",
-        b"host",
-        b"via",
-        b"forwarded",
-        b"x-real-ip",
-        b"true-client-ip",
-        b"x-client-ip",
-        b"x-cluster-client-ip",
-        b"cf-connecting-ip",
-        b"fastly-client-ip",
-        b"x-request-id",
-        b"proxy",
-        b"proxy-authorization",
-    ];
-    let dashed: Vec<u8> = name
-        .iter()
-        .map(|&b| if b == b'_' { b'-' } else { b })
-        .collect();
-    dashed.starts_with(b"x-forwarded-") || NAMES.contains(&&dashed[..])
-}
-
 /// At most this many `Vary` names; a response varying on more is not stored.
 pub const MAX_VARY: usize = 8;
 
@@ -241,7 +208,9 @@ pub fn storable(status: u16, f: &ResponseFacts, req: RequestRules, now: u64) -> 
     if f.set_cookie {
         return Storable::No("set-cookie");
     }
-    if f.vary_any || f.vary.len() > MAX_VARY || f.vary.iter().any(|n| proxy_written(n)) {
+    // A `Vary` on a field the proxy writes or drops chose the answer by a value the key cannot
+    // hold (every client without `X-Forwarded-For` would share one client's answer).
+    if f.vary_any || f.vary.len() > MAX_VARY || f.vary.iter().any(|n| written_by_proxy(n)) {
         return Storable::No("vary");
     }
     if req.authorization && !d.public && d.s_maxage.is_none() {

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::net::IpAddr;
 
 use super::date::DateCache;
+use super::fields::{forwarding_claim, never_forwarded, same_field};
 use super::parse::{BodyFraming, Header, HeaderKind, RequestHead, ResponseHead};
 use crate::rules::Fields;
 
@@ -69,21 +70,6 @@ fn replaced(set: SetHeader<'_>, name: &[u8]) -> bool {
     set.iter().any(|(n, _)| same_field(n, name))
 }
 
-/// Whether two names are one field to a backend that reads `_` as `-` (CGI and WSGI
-/// environments, Puma before 6.4.3): ASCII case and `_`/`-` ignored. A client's `X_Request_Id`
-/// or `X_Client_Subject` is then the proxy's field, and goes with it.
-#[inline]
-fn same_field(a: &[u8], b: &[u8]) -> bool {
-    let fold = |c: u8| {
-        if c == b'_' {
-            b'-'
-        } else {
-            c.to_ascii_lowercase()
-        }
-    };
-    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == fold(y))
-}
-
 fn write_set(set: SetHeader<'_>, out: &mut Vec<u8>) {
     for (n, v) in set.iter().filter(|(_, v)| !v.is_empty()) {
         out.extend_from_slice(n);
@@ -118,37 +104,6 @@ pub struct UpstreamRequest<'a> {
     pub upstream_host: Option<&'a [u8]>,
     /// The listener's and route's `request_headers`, when either has any.
     pub rules: Option<Fields<'a>>,
-}
-
-/// `Forwarded` (RFC 7239), `X-Forwarded-*` and the like (`X-Real-IP`, `True-Client-IP`, ...,
-/// any spelled with `_`): what a proxy tells a backend about the client's request. Believed only from a trusted proxy: from anyone else they are claims a
-/// backend may act on (build links from `Forwarded: host=`, a port from
-/// `X-Forwarded-Port`), and with a cache in front, poison every client's copy.
-fn forwarding_claim(name: &[u8]) -> bool {
-    const X: &[u8] = b"x-forwarded-";
-    // The other names proxies and CDNs give the client's address, and the URL overrides some
-    // servers route by (IIS URL Rewrite, older Symfony and Zend: `X-Original-URL: /admin`).
-    const CLAIMS: [&[u8]; 9] = [
-        b"forwarded",
-        b"x-real-ip",
-        b"true-client-ip",
-        b"x-client-ip",
-        b"x-cluster-client-ip",
-        b"cf-connecting-ip",
-        b"fastly-client-ip",
-        b"x-original-url",
-        b"x-rewrite-url",
-    ];
-    (name.len() > X.len() && same_field(&name[..X.len()], X))
-        || CLAIMS.iter().any(|c| same_field(name, c))
-}
-
-/// Fields never forwarded, whoever sent them: `Proxy` (httpoxy: CGI turns it into
-/// `HTTP_PROXY`, which HTTP client libraries take as their proxy). `Proxy-Authorization` is
-/// relayed: not hop-by-hop (RFC 9110 §7.6.1), it is for the first inbound proxy that asks for
-/// it (§11.7.2), which may be behind this one.
-fn never_forwarded(name: &[u8]) -> bool {
-    same_field(name, b"proxy")
 }
 
 /// Writes the request head for the upstream: the client's head (`buf`, `head`) as `req`

@@ -1,0 +1,96 @@
+//! Which request fields belong to the proxy, for stage 6 (*forward*: the upstream head,
+//! [`super::encode`]) and the response cache (a `Vary` on such a field cannot be keyed): names
+//! compared the way the backends behind it compare them.
+
+use super::parse::HeaderKind;
+
+/// Whether two names are one field to a backend that reads `_` as `-` (CGI and WSGI
+/// environments, Puma before 6.4.3): ASCII case and `_`/`-` ignored. A client's `X_Request_Id`
+/// or `X_Client_Subject` is then the proxy's field, and goes with it.
+#[inline]
+pub fn same_field(a: &[u8], b: &[u8]) -> bool {
+    let fold = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == fold(y))
+}
+
+/// `Forwarded` (RFC 7239), `X-Forwarded-*` and the like (`X-Real-IP`, `True-Client-IP`, ...,
+/// any spelled with `_`): what a proxy tells a backend about the client's request.
+/// Believed only from a trusted proxy: from anyone else they are claims a backend may act on
+/// (build links from `Forwarded: host=`, a port from `X-Forwarded-Port`), and with a cache in
+/// front, poison every client's copy.
+pub fn forwarding_claim(name: &[u8]) -> bool {
+    const X: &[u8] = b"x-forwarded-";
+    // The other names proxies and CDNs give the client's address, and the URL overrides some
+    // servers route by (IIS URL Rewrite, older Symfony and Zend: `X-Original-URL: /admin`).
+    const CLAIMS: [&[u8]; 9] = [
+        b"forwarded",
+        b"x-real-ip",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-original-url",
+        b"x-rewrite-url",
+    ];
+    (name.len() > X.len() && same_field(&name[..X.len()], X))
+        || CLAIMS.iter().any(|c| same_field(name, c))
+}
+
+/// Fields never forwarded, whoever sent them: `Proxy` (httpoxy: CGI turns it into
+/// `HTTP_PROXY`, which HTTP client libraries take as their proxy). `Proxy-Authorization` is
+/// relayed: not hop-by-hop (RFC 9110 §7.6.1), it is for the first inbound proxy that asks for
+/// it (§11.7.2), which may be behind this one.
+pub fn never_forwarded(name: &[u8]) -> bool {
+    same_field(name, b"proxy")
+}
+
+/// A field the backend never gets from the client as the client sent it: one the parser gives
+/// a meaning ([`HeaderKind`]: framing, hop-by-hop, `Host`, `Expect`, `X-Forwarded-*`), a
+/// [`forwarding_claim`], `Proxy`, or one the proxy writes itself (`Via`, the request id).
+pub fn written_by_proxy(name: &[u8]) -> bool {
+    HeaderKind::classify(name) != HeaderKind::Other
+        || forwarding_claim(name)
+        || never_forwarded(name)
+        || same_field(name, b"via")
+        || same_field(name, b"x-request-id")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxys_fields_in_any_spelling() {
+        for name in [
+            &b"Connection"[..],
+            b"Host",
+            b"content_length",
+            b"TE",
+            b"X-Forwarded-Port",
+            b"X_Forwarded_For",
+            b"X-Real-IP",
+            b"Proxy",
+            b"via",
+            b"X_Request_Id",
+        ] {
+            assert!(written_by_proxy(name), "{}", String::from_utf8_lossy(name));
+        }
+        for name in [
+            &b"Accept-Language"[..],
+            b"Proxy-Authorization",
+            b"Cookie",
+            b"X-Forwarded",
+        ] {
+            assert!(!written_by_proxy(name), "{}", String::from_utf8_lossy(name));
+        }
+        assert!(same_field(b"X_Client_Subject", b"x-client-subject"));
+        assert!(!same_field(b"X-Client-Subject", b"x-client-subjec"));
+    }
+}
