@@ -565,10 +565,7 @@ fn matched_target<'t>(target: &'t [u8], normalised: Option<&[u8]>) -> std::borro
     match normalised {
         None => std::borrow::Cow::Borrowed(target),
         Some(path) => {
-            let query = target
-                .iter()
-                .position(|&b| b == b'?')
-                .map_or(&b""[..], |i| &target[i..]);
+            let query = &target[path_and_query(target).0.len()..];
             std::borrow::Cow::Owned([path, query].concat())
         }
     }

@@ -244,7 +244,7 @@ pub fn normalize_path(path: &[u8]) -> Cow<'_, [u8]> {
 /// and what a route's rewrite works on, keeps the escape.
 pub fn match_path(normalized: &[u8]) -> Cow<'_, [u8]> {
     let slash = |w: &[u8]| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'f';
-    if !normalized.windows(3).any(slash) {
+    if !normalized.contains(&b'%') || !normalized.windows(3).any(slash) {
         return Cow::Borrowed(normalized);
     }
     let mut out = Vec::with_capacity(normalized.len());
