@@ -341,6 +341,17 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// What the proxy wrote (`out`) parsed back as one complete head, of exactly its bytes.
+fn assert_one_head(parsed: Result<Parsed<()>, ParseError>, head_len: usize, out: &[u8]) {
+    assert!(
+        matches!(parsed, Ok(Parsed::Complete(()))),
+        "the written head does not parse ({:?}):\n{}",
+        parsed.map(|_| ()),
+        lossy(out)
+    );
+    assert_eq!(head_len, out.len(), "bytes after the head:\n{}", lossy(out));
+}
+
 /// Fuzz target `forward_request`: a request head the parser accepts and the router does not
 /// refuse ([`crate::route::routing_input`]; CONNECT is refused with 405) is written for the
 /// backend ([`upstream_request_head`]) as one well-formed HTTP/1.1 head that parses back
@@ -386,18 +397,7 @@ pub fn forward_request(data: &[u8]) {
         upstream_request_head(data, &head, &req, &mut out);
         let mut sent = RequestHead::default();
         let parsed = parse_request(&out, &WRITTEN, &mut sent);
-        assert!(
-            matches!(parsed, Ok(Parsed::Complete(()))),
-            "the forwarded head does not parse ({:?}):\n{}",
-            parsed.map(|_| ()),
-            lossy(&out)
-        );
-        assert_eq!(
-            sent.head_len,
-            out.len(),
-            "bytes after the head:\n{}",
-            lossy(&out)
-        );
+        assert_one_head(parsed, sent.head_len, &out);
         assert_eq!(sent.method.get(&out), head.method.get(data));
         assert_eq!(sent.minor_version, 1);
         let t = sent.target.get(&out);
@@ -488,18 +488,7 @@ pub fn forward_response(data: &[u8]) {
         );
         let mut sent = ResponseHead::default();
         let parsed = parse_response(&out, &WRITTEN, &mut sent);
-        assert!(
-            matches!(parsed, Ok(Parsed::Complete(()))),
-            "the relayed head does not parse ({:?}):\n{}",
-            parsed.map(|_| ()),
-            lossy(&out)
-        );
-        assert_eq!(
-            sent.head_len,
-            out.len(),
-            "bytes after the head:\n{}",
-            lossy(&out)
-        );
+        assert_one_head(parsed, sent.head_len, &out);
         assert_eq!(sent.status, head.status);
         match framing {
             OutFraming::Length(n) => {
