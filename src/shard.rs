@@ -359,6 +359,7 @@ impl ShardCtx {
         snap.pool_evicted_idle = c.evicted_idle;
         snap.pool_evicted_dead = c.evicted_dead;
         snap.pool_rejected_full = c.rejected_full;
+        snap.pool_probes = c.probes;
         let k = &self.cache;
         snap.cache = [
             k.hits.get(),

@@ -393,6 +393,7 @@ impl Stats {
             pool_evicted_idle: 0,
             pool_evicted_dead: 0,
             pool_rejected_full: 0,
+            pool_probes: 0,
             access_lines: self.access_lines.get(),
             access_dropped: self.access_dropped.get(),
             log_suppressed: self.log_suppressed.get(),
@@ -477,6 +478,8 @@ pub struct Snapshot {
     pub pool_evicted_idle: u64,
     pub pool_evicted_dead: u64,
     pub pool_rejected_full: u64,
+    /// Pool checks that peeked with a syscall (see `upstream::pool`).
+    pub pool_probes: u64,
     pub access_lines: u64,
     pub access_dropped: u64,
     pub log_suppressed: u64,
@@ -557,6 +560,7 @@ impl Snapshot {
         self.pool_evicted_idle += other.pool_evicted_idle;
         self.pool_evicted_dead += other.pool_evicted_dead;
         self.pool_rejected_full += other.pool_rejected_full;
+        self.pool_probes += other.pool_probes;
         self.access_lines += other.access_lines;
         self.access_dropped += other.access_dropped;
         self.log_suppressed += other.log_suppressed;

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::transport::Transport;
+use monoio::net::tcp::Readiness;
 
 use crate::client::Client;
 use crate::clock::micros;
@@ -135,6 +136,8 @@ enum Step<'a> {
     Exchange {
         backend: usize,
         conn: Transport,
+        /// A pooled connection's posted readiness wait (see `upstream::pool`).
+        ready: Option<Readiness>,
         reused: bool,
         guards: TryGuards<'a>,
     },
@@ -153,6 +156,8 @@ struct Request<'a> {
 struct Conn<'c, 'g> {
     backend: usize,
     conn: &'c mut Transport,
+    /// Awaited for the response, when the pool posted it.
+    ready: Option<Readiness>,
     reused: bool,
     guards: &'c mut TryGuards<'g>,
 }
@@ -171,15 +176,20 @@ struct TryResult {
     sending: Instant,
 }
 
-/// Waits, within `timeout`, until the backend's response can be read; returns what is left
-/// of `timeout` for reading its head.
+/// Waits, within `timeout`, until the backend's response can be read (on the wait the pool
+/// posted, when there is one); returns what is left of `timeout` for reading its head.
 async fn wait_response(
     conn: &mut Transport,
+    ready: Option<Readiness>,
     dl: &mut Deadline,
     timeout: Duration,
 ) -> Result<Duration, HeadFail> {
     let waiting = crate::clock::now();
-    match dl.within(timeout, conn.readable()).await {
+    let got = match ready {
+        Some(posted) => dl.within(timeout, posted).await,
+        None => dl.within(timeout, conn.readable()).await,
+    };
+    match got {
         Ok(Ok(())) => Ok(timeout.saturating_sub(crate::clock::now() - waiting)),
         Ok(Err(e)) => Err(HeadFail::Io(IoFail::Io(e))),
         Err(Elapsed) => Err(HeadFail::Io(IoFail::Timeout)),
@@ -285,9 +295,10 @@ impl<'a> Forward<'a> {
                     fresh,
                     guards,
                 } => match self.pooled(backend, fresh) {
-                    Some(conn) => Step::Exchange {
+                    Some((conn, ready)) => Step::Exchange {
                         backend,
                         conn,
+                        ready,
                         reused: true,
                         guards,
                     },
@@ -295,6 +306,7 @@ impl<'a> Forward<'a> {
                         Some(conn) => Step::Exchange {
                             backend,
                             conn,
+                            ready: None,
                             reused: false,
                             guards,
                         },
@@ -304,6 +316,7 @@ impl<'a> Forward<'a> {
                 Step::Exchange {
                     backend,
                     mut conn,
+                    ready,
                     reused,
                     mut guards,
                 } => {
@@ -315,6 +328,7 @@ impl<'a> Forward<'a> {
                             Conn {
                                 backend,
                                 conn: &mut conn,
+                                ready,
                                 reused,
                                 guards: &mut guards,
                             },
@@ -456,7 +470,7 @@ impl<'a> Forward<'a> {
                 let direct = on.conn.plain().is_some() && !monoio::utils::is_legacy();
                 let wait_first = ubuf.capacity() == 0 && (direct || !self.buffers.large_free());
                 let ready = if wait_first {
-                    wait_response(on.conn, &mut client.deadline, timeout).await
+                    wait_response(on.conn, on.ready, &mut client.deadline, timeout).await
                 } else {
                     Ok(timeout)
                 };
@@ -622,13 +636,13 @@ impl<'a> Forward<'a> {
 
     /// Pool: a pooled connection to `backend`, unless this try must be `fresh`.
     #[inline]
-    fn pooled(&self, backend: usize, fresh: bool) -> Option<Transport> {
+    fn pooled(&self, backend: usize, fresh: bool) -> Option<(Transport, Option<Readiness>)> {
         if fresh {
             return None;
         }
         self.pool
             .borrow_mut()
-            .checkout(backend, crate::clock::now())
+            .checkout_armed(backend, crate::clock::now())
     }
 
     /// A new connection to `backend`, within the breaker's connection and pending limits.

@@ -615,6 +615,13 @@ pub fn render(
     let _ = writeln!(o, "edgeshard_pool_misses_total {}", all.pool_misses);
     family(
         &mut o,
+        "edgeshard_pool_probes_total",
+        "counter",
+        "Checks of idle pooled connections (checkouts and sweeps) that peeked at the socket with a syscall; on io_uring the others looked at a readiness wait posted at checkin.",
+    );
+    let _ = writeln!(o, "edgeshard_pool_probes_total {}", all.pool_probes);
+    family(
+        &mut o,
         "edgeshard_pool_evictions_total",
         "counter",
         "Pooled connections closed instead of reused, by reason.",

@@ -2,15 +2,21 @@
 //! backends in a `slab`, with a LIFO stack of slab keys per backend (the most recently used
 //! connection is the warmest). Idle connections are bounded per backend, closed after the
 //! upstream's `idle_timeout`, and a periodic sweep closes those the backend has closed. Every
-//! checkout [`probe`]s its candidate, so that it never hands out a connection the backend
-//! closed or wrote stray bytes on. On a reload a shard's pool hands its connections to the next
+//! checkout looks at its candidate ([`Pool::checkout_armed`]), so that it never hands out a
+//! connection the backend closed or wrote stray bytes on: on io_uring a plain connection is
+//! checked in with a read-readiness wait posted on it (no syscall: it goes with the driver's
+//! next submission), which the checkout looks at without a syscall and the exchange then awaits
+//! for the response; elsewhere (epoll, TLS, or a wait the kernel has not seen yet) the checkout
+//! [`probe`]s with a `MSG_PEEK`. On a reload a shard's pool hands its connections to the next
 //! snapshot's pool by backend identity ([`Pool::hand_over`]) and forwards later checkins there.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use monoio::net::tcp::Readiness;
 use monoio::net::TcpStream;
 use slab::Slab;
 
@@ -18,8 +24,54 @@ use crate::transport::{recv_into, Transport};
 
 struct Idle {
     stream: Transport,
+    /// io_uring and a plain connection: the readiness wait posted at checkin.
+    armed: Option<Armed>,
     backend: usize,
     since: Instant,
+}
+
+/// A read-readiness wait posted on an idle connection: it completes when the backend closes,
+/// resets or writes, which is all a checkout needs to know, and a pending one is looked at
+/// without a syscall. `reaps`: the driver's count ([`monoio::utils::uring_reaps`]) when it was
+/// posted; until that count moves the kernel has not seen the wait, and a checkout probes.
+struct Armed {
+    wait: Readiness,
+    reaps: u64,
+}
+
+impl Armed {
+    /// Posts one on `stream` where that costs no syscall (io_uring, plain TCP).
+    fn post(stream: &Transport) -> Option<Armed> {
+        if monoio::utils::is_legacy() {
+            return None;
+        }
+        let Transport::Plain(s) = stream else {
+            return None;
+        };
+        let wait = s.armed_readable().ok()?;
+        Some(Armed {
+            wait,
+            reaps: monoio::utils::uring_reaps(),
+        })
+    }
+}
+
+/// Looks at an idle connection: its posted wait when the kernel has seen it (pending = nothing
+/// arrived as of the driver's last reap), a [`probe`] otherwise (counted in `probes`).
+fn look(idle: &mut Idle, probes: &mut u64) -> Probe {
+    match &mut idle.armed {
+        Some(a) if a.reaps != monoio::utils::uring_reaps() => {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match std::pin::Pin::new(&mut a.wait).poll(&mut cx) {
+                std::task::Poll::Pending => Probe::Alive,
+                std::task::Poll::Ready(_) => Probe::Dead,
+            }
+        }
+        _ => {
+            *probes += 1;
+            probe(idle.stream.tcp())
+        }
+    }
 }
 
 /// Where a replaced pool sends later checkins (see [`Pool::hand_over`]).
@@ -57,6 +109,8 @@ pub struct PoolCounters {
     pub evicted_idle: u64,
     pub evicted_dead: u64,
     pub rejected_full: u64,
+    /// Checks that peeked with a syscall ([`probe`]) instead of looking at a posted wait.
+    pub probes: u64,
 }
 
 pub struct Pool {
@@ -88,19 +142,29 @@ impl Pool {
     /// which the backend has neither closed nor sent anything since it was returned (bytes a
     /// backend sent beyond its framing would otherwise become the next client's response).
     pub fn checkout(&mut self, backend: usize, now: Instant) -> Option<Transport> {
+        self.checkout_armed(backend, now).map(|(stream, _)| stream)
+    }
+
+    /// [`Pool::checkout`], with the connection's posted readiness wait when it has one: the
+    /// exchange awaits it for the response instead of posting another.
+    pub fn checkout_armed(
+        &mut self,
+        backend: usize,
+        now: Instant,
+    ) -> Option<(Transport, Option<Readiness>)> {
         let timeout = self.idle_timeout[backend];
         while let Some(key) = self.stacks[backend].pop() {
-            let idle = self.conns.remove(key);
+            let mut idle = self.conns.remove(key);
             if now.duration_since(idle.since) >= timeout {
                 self.counters.evicted_idle += 1;
                 continue;
             }
-            if probe(idle.stream.tcp()) == Probe::Dead {
+            if look(&mut idle, &mut self.counters.probes) == Probe::Dead {
                 self.counters.evicted_dead += 1;
                 continue;
             }
             self.counters.hits += 1;
-            return Some(idle.stream);
+            return Some((idle.stream, idle.armed.map(|a| a.wait)));
         }
         self.counters.misses += 1;
         None
@@ -124,6 +188,7 @@ impl Pool {
             return;
         }
         let key = self.conns.insert(Idle {
+            armed: Armed::post(&stream),
             stream,
             backend,
             since: now,
@@ -134,11 +199,11 @@ impl Pool {
     /// Closes idle connections that expired or that their backend closed. Run periodically.
     pub fn sweep(&mut self, now: Instant) {
         let mut dead = Vec::new();
-        for (key, idle) in self.conns.iter() {
+        for (key, idle) in self.conns.iter_mut() {
             if now.duration_since(idle.since) >= self.idle_timeout[idle.backend] {
                 self.counters.evicted_idle += 1;
                 dead.push(key);
-            } else if probe(idle.stream.tcp()) == Probe::Dead {
+            } else if look(idle, &mut self.counters.probes) == Probe::Dead {
                 self.counters.evicted_dead += 1;
                 dead.push(key);
             }
@@ -251,27 +316,44 @@ mod tests {
         use std::io::Read;
         on_both_drivers(|| {
             Box::pin(async {
+                let uring = !monoio::utils::is_legacy();
                 let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 let addr = l.local_addr().unwrap();
                 let mut pool = Pool::new(&[(8, Duration::from_secs(60))]);
                 let now = Instant::now();
+
+                // Returned and taken again at once: the kernel has not seen the wait, so the
+                // checkout peeks (and so it does on epoll).
+                let s = TcpStream::connect_addr(addr).await.unwrap();
+                let _peer = l.accept().unwrap().0;
+                pool.checkin(0, Transport::Plain(s), now);
+                let (s, ready) = pool.checkout_armed(0, now).unwrap();
+                assert_eq!(pool.counters.probes, 1);
+                assert_eq!(ready.is_some(), uring, "posted on io_uring only");
+                drop((s, ready));
+
                 let mut peers = Vec::new();
+                let mut watches = Vec::new();
                 for _ in 0..3 {
                     let s = TcpStream::connect_addr(addr).await.unwrap();
                     peers.push(l.accept().unwrap().0);
+                    // The test's own wait on the same socket: once it has completed, the
+                    // driver has reaped what the pool's wait saw as well.
+                    watches.push(s.armed_readable().unwrap());
                     pool.checkin(0, Transport::Plain(s), now);
                 }
-                // Checked in oldest first: peers[2] is handed out first. It sends stray bytes,
-                // peers[1] closes, peers[0] stays quiet.
+                // Handed out newest first: peers[2] sends stray bytes, peers[1] closes,
+                // peers[0] stays quiet.
                 peers[2].write_all(b"HTTP/1.1 200 OK\r\n").unwrap();
                 peers[1].shutdown(std::net::Shutdown::Both).unwrap();
-
-                let got = pool
-                    .checkout(0, now)
-                    .expect("the quiet connection is usable");
+                watches.pop().unwrap().await.unwrap();
+                watches.pop().unwrap().await.unwrap();
+                let (got, ready) = pool.checkout_armed(0, now).expect("the quiet one");
                 assert_eq!(pool.counters.evicted_dead, 2, "{:?}", pool.counters);
-                assert_eq!(pool.idle_count(), 0);
-                // The probe consumed nothing: the connection still works both ways.
+                let peeked = if uring { 1 } else { 4 };
+                assert_eq!(pool.counters.probes, peeked, "{:?}", pool.counters);
+
+                // The wait handed out is the one the response is awaited on.
                 let Transport::Plain(mut s) = got else {
                     unreachable!()
                 };
@@ -279,28 +361,28 @@ mod tests {
                 r.unwrap();
                 let mut buf = [0u8; 4];
                 peers[0].read_exact(&mut buf).unwrap();
-                assert_eq!(&buf, b"ping");
                 peers[0].write_all(b"pong").unwrap();
+                match ready {
+                    Some(wait) => wait.await.unwrap(),
+                    None => s.readable(false).await.unwrap(),
+                }
                 let (r, buf) = s.read(Vec::with_capacity(8)).await;
                 assert_eq!(r.unwrap(), 4);
                 assert_eq!(&buf[..], b"pong");
 
-                // Checked in again, a later close is seen by the sweep.
+                // The sweep looks the same way: a quiet connection stays, a closed one goes.
+                let watch = s.armed_readable().unwrap();
                 pool.checkin(0, Transport::Plain(s), now);
-                pool.sweep(now);
-                assert_eq!(
-                    pool.idle_count(),
-                    1,
-                    "a quiet connection survives the sweep"
-                );
                 peers[0].shutdown(std::net::Shutdown::Both).unwrap();
+                watch.await.unwrap();
                 pool.sweep(now);
                 assert_eq!(
                     pool.idle_count(),
                     0,
                     "the sweep closes what the backend closed"
                 );
-                assert_eq!(pool.counters.evicted_dead, 3);
+                let peeked = if uring { 1 } else { 5 };
+                assert_eq!(pool.counters.probes, peeked, "{:?}", pool.counters);
             })
         });
     }

@@ -1,5 +1,5 @@
 //! Counters off the main path: connection limit, 408 for silent clients, pool evictions by
-//! reason, retries.
+//! reason, pool checks that peeked, retries.
 
 use super::*;
 
@@ -95,6 +95,28 @@ both_engines! {
         assert_eq!((idle("idles", idles.addr()), idle("dies", dies.addr()), idle("full", full.addr())), (0.0, 0.0, 1.0), "\n{}", m.text);
         assert_eq!(m.value("edgeshard_pool_misses_total", &[]), 4.0);
         assert_eq!(m.value("edgeshard_pool_hits_total", &[]), 0.0);
+    }
+
+    // On io_uring a pooled connection is looked at through the readiness wait posted when it
+    // was returned (no syscall); on epoll each check peeks with recv(MSG_PEEK). One client's
+    // sequential requests: the shard has always submitted and reaped since the checkin.
+    fn pool_checks_peek_only_on_epoll(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr()).admin("").start(engine);
+        let mut c = Client::connect(proxy.addr());
+        for i in 0..10 {
+            assert_eq!(get_on(&mut c, "x.example", &format!("/{i}")).status(), 200);
+        }
+        let m = scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "ten requests", |m| {
+            m.value("edgeshard_request_duration_seconds_count", &[]) == 10.0
+        });
+        assert_eq!(m.value("edgeshard_pool_hits_total", &[]), 9.0, "\n{}", m.text);
+        assert_eq!(origin.accepted(), 1);
+        let probes = m.value("edgeshard_pool_probes_total", &[]);
+        match engine {
+            Engine::Uring => assert_eq!(probes, 0.0, "\n{}", m.text),
+            Engine::Epoll => assert!(probes >= 9.0, "{probes} probes\n{}", m.text),
+        }
     }
 
     fn retries_are_counted(engine) {

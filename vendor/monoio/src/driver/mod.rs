@@ -34,6 +34,8 @@ use self::op::{CompletionMeta, Op, OpAble};
 #[cfg(all(target_os = "linux", feature = "iouring"))]
 pub use self::uring::IoUringDriver;
 #[cfg(all(target_os = "linux", feature = "iouring"))]
+pub(crate) use self::uring::reaps as uring_reaps;
+#[cfg(all(target_os = "linux", feature = "iouring"))]
 use self::uring::UringInner;
 
 /// Unpark a runtime of another thread.

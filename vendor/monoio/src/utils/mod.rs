@@ -14,6 +14,15 @@ pub use uring_detect::detect_uring;
 
 pub use crate::driver::op::is_legacy;
 
+/// edgeshard extension (vendor/monoio/PATCHES.md): how many times this thread's io_uring
+/// driver has submitted its queue and then reaped completions (always 0 without one). An op
+/// posted when this read `n` was submitted, and its completion reaped if the kernel had posted
+/// it by then, once this reads more than `n`.
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+pub fn uring_reaps() -> u64 {
+    crate::driver::uring_reaps()
+}
+
 #[cfg(feature = "signal")]
 mod ctrlc;
 #[cfg(feature = "signal")]

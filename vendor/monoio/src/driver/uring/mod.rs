@@ -40,6 +40,22 @@ pub(crate) const POLLER_USERDATA: u64 = u64::MAX - 3;
 
 pub(crate) const MIN_REVERSED_USERDATA: u64 = u64::MAX - 3;
 
+thread_local! {
+    // edgeshard extension (vendor/monoio/PATCHES.md): see `reaps`.
+    static REAPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn count_reap() {
+    REAPS.with(|r| r.set(r.get().wrapping_add(1)));
+}
+
+/// How many times this thread's io_uring driver has submitted its queue and then reaped the
+/// completion queue: an op posted when this read `n` has been submitted, and its completion
+/// (if the kernel had one by then) reaped, once it reads more than `n`.
+pub(crate) fn reaps() -> u64 {
+    REAPS.with(|r| r.get())
+}
+
 /// Driver with uring.
 pub struct IoUringDriver {
     inner: Rc<UnsafeCell<UringInner>>,
@@ -317,6 +333,7 @@ impl IoUringDriver {
 
         // Process CQ
         inner.tick()?;
+        count_reap();
 
         Ok(())
     }
@@ -356,6 +373,7 @@ impl Driver for IoUringDriver {
         let inner = unsafe { &mut *self.inner.get() };
         inner.submit()?;
         inner.tick()?;
+        count_reap();
         Ok(())
     }
 

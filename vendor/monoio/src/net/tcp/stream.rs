@@ -259,6 +259,41 @@ impl TcpStream {
         let op = Op::poll_write(&self.fd, relaxed).unwrap();
         op.wait().await
     }
+
+    /// edgeshard extension (vendor/monoio/PATCHES.md): posts a wait for read readiness (on
+    /// io_uring a `PollAdd`, no syscall until the driver next submits) that holds its own
+    /// reference to the descriptor instead of borrowing the stream, so it can be kept beside
+    /// the stream, looked at later without blocking, and awaited when a read is due. Dropping
+    /// it unfinished cancels it, as any op. [`crate::utils::uring_reaps`] tells whether the
+    /// driver has submitted it and reaped completions since.
+    pub fn armed_readable(&self) -> io::Result<Readiness> {
+        Ok(Readiness {
+            op: Op::poll_read(&self.fd, false)?,
+        })
+    }
+}
+
+/// A posted read-readiness wait (see [`TcpStream::armed_readable`]).
+pub struct Readiness {
+    op: Op<crate::driver::op::poll::PollAdd>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Readiness")
+    }
+}
+
+impl Future for Readiness {
+    type Output = io::Result<()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let done = std::task::ready!(std::pin::Pin::new(&mut self.op).poll(cx));
+        std::task::Poll::Ready(done.meta.result.map(|_| ()))
+    }
 }
 
 impl AsReadFd for TcpStream {
