@@ -1,4 +1,4 @@
-use std::{cell::RefCell, collections::HashSet, rc::Rc};
+use std::{cell::RefCell, rc::Rc};
 
 use crate::driver::op::OpCanceller;
 
@@ -24,7 +24,9 @@ pub(crate) struct AssociateGuard {
 #[derive(Default)]
 struct Shared {
     canceled: bool,
-    slot_ref: HashSet<OpCanceller>,
+    // edgeshard (vendor/monoio/PATCHES.md): a Vec, was a SipHash `HashSet`; a canceller
+    // holds one op or two at a time, and the hash was ~500 instructions per proxied request.
+    slot_ref: Vec<OpCanceller>,
 }
 
 impl Canceller {
@@ -36,7 +38,7 @@ impl Canceller {
 
     /// Cancel all related operations.
     pub fn cancel(self) -> Self {
-        let mut slot = HashSet::new();
+        let mut slot = Vec::new();
         {
             let mut shared = self.shared.borrow_mut();
             shared.canceled = true;
@@ -72,7 +74,7 @@ impl CancelHandle {
     pub(crate) fn associate_op(self, op_canceller: OpCanceller) -> AssociateGuard {
         {
             let mut shared = self.shared.borrow_mut();
-            shared.slot_ref.insert(op_canceller.clone());
+            shared.slot_ref.push(op_canceller.clone());
         }
         AssociateGuard {
             op_canceller,
@@ -84,7 +86,13 @@ impl CancelHandle {
 impl Drop for AssociateGuard {
     fn drop(&mut self) {
         let mut shared = self.shared.borrow_mut();
-        shared.slot_ref.remove(&self.op_canceller);
+        if let Some(i) = shared
+            .slot_ref
+            .iter()
+            .position(|o| *o == self.op_canceller)
+        {
+            shared.slot_ref.swap_remove(i);
+        }
     }
 }
 
