@@ -32,8 +32,9 @@ struct Idle {
 
 /// A read-readiness wait posted on an idle connection: it completes when the backend closes,
 /// resets or writes, which is all a checkout needs to know, and a pending one is looked at
-/// without a syscall. `reaps`: the driver's count ([`monoio::utils::uring_reaps`]) when it was
-/// posted; until that count moves the kernel has not seen the wait, and a checkout probes.
+/// without a syscall. `reaps`: the driver's count of waits in the kernel
+/// ([`monoio::utils::uring_reaps`]) when it was posted; until that count moves, the kernel has
+/// not seen the wait (or has not posted what it saw: DEFER_TASKRUN), and a checkout probes.
 struct Armed {
     wait: Readiness,
     reaps: u64,
@@ -57,7 +58,8 @@ impl Armed {
 }
 
 /// Looks at an idle connection: its posted wait when the kernel has seen it (pending = nothing
-/// arrived as of the driver's last reap), a [`probe`] otherwise (counted in `probes`).
+/// arrived as of the shard's last wait in the kernel), a [`probe`] otherwise (counted in
+/// `probes`).
 fn look(idle: &mut Idle, probes: &mut u64) -> Probe {
     match &mut idle.armed {
         Some(a) if a.reaps != monoio::utils::uring_reaps() => {
@@ -338,7 +340,7 @@ mod tests {
                     let s = TcpStream::connect_addr(addr).await.unwrap();
                     peers.push(l.accept().unwrap().0);
                     // The test's own wait on the same socket: once it has completed, the
-                    // driver has reaped what the pool's wait saw as well.
+                    // driver has waited in the kernel and reaped what the pool's wait saw too.
                     watches.push(s.armed_readable().unwrap());
                     pool.checkin(0, Transport::Plain(s), now);
                 }

@@ -99,7 +99,7 @@ both_engines! {
 
     // On io_uring a pooled connection is looked at through the readiness wait posted when it
     // was returned (no syscall); on epoll each check peeks with recv(MSG_PEEK). One client's
-    // sequential requests: the shard has always submitted and reaped since the checkin.
+    // sequential requests: the shard has always waited in the kernel since the checkin.
     fn pool_checks_peek_only_on_epoll(engine) {
         let origin = Origin::start("o");
         let proxy = Config::single(origin.addr()).admin("").start(engine);

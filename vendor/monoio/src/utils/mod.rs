@@ -15,9 +15,10 @@ pub use uring_detect::detect_uring;
 pub use crate::driver::op::is_legacy;
 
 /// edgeshard extension (vendor/monoio/PATCHES.md): how many times this thread's io_uring
-/// driver has submitted its queue and then reaped completions (always 0 without one). An op
-/// posted when this read `n` was submitted, and its completion reaped if the kernel had posted
-/// it by then, once this reads more than `n`.
+/// driver has submitted its queue, waited in the kernel for completions (which runs the
+/// completion work DEFER_TASKRUN defers) and reaped them; always 0 without one. An op posted
+/// when this read `n` has been submitted, and its completion reaped if its event had happened
+/// by that wait, once this reads more than `n`.
 #[cfg(all(target_os = "linux", feature = "iouring"))]
 pub fn uring_reaps() -> u64 {
     crate::driver::uring_reaps()

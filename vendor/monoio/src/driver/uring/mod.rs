@@ -49,9 +49,13 @@ fn count_reap() {
     REAPS.with(|r| r.set(r.get().wrapping_add(1)));
 }
 
-/// How many times this thread's io_uring driver has submitted its queue and then reaped the
-/// completion queue: an op posted when this read `n` has been submitted, and its completion
-/// (if the kernel had one by then) reaped, once it reads more than `n`.
+/// How many times this thread's io_uring driver has submitted its queue, waited in the kernel
+/// (`IORING_ENTER_GETEVENTS`, which also runs completion work deferred by DEFER_TASKRUN) and
+/// reaped the completion queue. A submit without a wait (monoio's `Driver::submit`, a park
+/// cut short by a foreign waker) does not count: with DEFER_TASKRUN the completions of events
+/// that happened since may still be deferred in the kernel. An op posted when this read `n`
+/// has been submitted, and its completion (if the event had happened by that wait) reaped,
+/// once it reads more than `n`.
 pub(crate) fn reaps() -> u64 {
     REAPS.with(|r| r.get())
 }
@@ -323,6 +327,8 @@ impl IoUringDriver {
             // Submit only
             inner.uring.submit()?;
         }
+        // A wait in the kernel: deferred completion work (DEFER_TASKRUN) has run.
+        let waited = need_wait;
 
         // Set status as awake
         #[cfg(feature = "sync")]
@@ -333,7 +339,9 @@ impl IoUringDriver {
 
         // Process CQ
         inner.tick()?;
-        count_reap();
+        if waited {
+            count_reap();
+        }
 
         Ok(())
     }
@@ -373,7 +381,6 @@ impl Driver for IoUringDriver {
         let inner = unsafe { &mut *self.inner.get() };
         inner.submit()?;
         inner.tick()?;
-        count_reap();
         Ok(())
     }
 

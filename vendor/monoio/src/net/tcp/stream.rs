@@ -265,7 +265,7 @@ impl TcpStream {
     /// reference to the descriptor instead of borrowing the stream, so it can be kept beside
     /// the stream, looked at later without blocking, and awaited when a read is due. Dropping
     /// it unfinished cancels it, as any op. [`crate::utils::uring_reaps`] tells whether the
-    /// driver has submitted it and reaped completions since.
+    /// driver has submitted it and waited in the kernel (and reaped) since.
     pub fn armed_readable(&self) -> io::Result<Readiness> {
         Ok(Readiness {
             op: Op::poll_read(&self.fd, false)?,
