@@ -164,6 +164,13 @@ pub fn rewrite_target(
         with.extend_from_slice(&owned);
         owned = with;
     }
+    // A leading `//` is a host to a backend that reads the target as a URL relative to its
+    // own (`new URL()`, `urljoin`): `/rw/-x/admin` through `/$1/$2$3` would reach `x`'s
+    // `/admin`. Merged into one `/`, as nginx merges the slashes of a URI it rewrites.
+    let extra = owned.iter().take_while(|&&b| b == b'/').count();
+    if extra > 1 {
+        owned.drain(..extra - 1);
+    }
     let shaped = owned.first() == Some(&b'/')
         && owned
             .iter()
@@ -318,6 +325,13 @@ mod tests {
             rewrite_target(&dots, b"/a/x", 8192),
             Err(RewriteError::Invalid)
         );
+        // Never a leading `//` (an empty capture, or a stripped prefix before `//`).
+        let caps = rw(None, Some(("^/rw/([^/]*)-([^/]*)(.*)$", "/$1/$2$3")), None);
+        assert_eq!(ok(&caps, "/rw/-x/admin?q"), "/x/admin?q");
+        assert_eq!(ok(&caps, "/rw/-/evil.com"), "/evil.com");
+        assert_eq!(ok(&caps, "/rw/a-b/c"), "/a/b/c");
+        assert_eq!(ok(&strip, "/api//evil.com/x"), "/evil.com/x");
+        assert_eq!(ok(&rw(None, None, Some("/")), "/x//y"), "/x//y");
         let long = rw(None, None, Some("/a-long-prefix"));
         assert_eq!(rewrite_target(&long, b"/x", 10), Err(RewriteError::TooLong));
     }

@@ -217,6 +217,19 @@ impl Shared {
         self
     }
 
+    /// Fields the proxy writes under names the configuration chose, beyond those it always
+    /// writes ([`crate::http::fields::written_by_proxy`]): the request id's header when it is
+    /// not `X-Request-Id`, and the listeners' mTLS subject headers. A client's copy never
+    /// reaches a backend, so the cache stores no response that varies on one.
+    pub fn own_fields_configured(&self) -> Vec<Box<[u8]>> {
+        let rid = self.config.request_id.header_lower.as_bytes();
+        std::iter::once(rid)
+            .chain(self.tls.subject_headers.iter().map(|h| h.as_bytes()))
+            .filter(|n| !crate::http::fields::written_by_proxy(n))
+            .map(Box::from)
+            .collect()
+    }
+
     /// The position of listener `id` in this snapshot, if it has it.
     pub fn listener(&self, id: ListenerId) -> Option<usize> {
         self.listener_ids.iter().position(|l| *l == id)

@@ -279,6 +279,56 @@ both_engines! {
         assert_eq!(origin.request_count(), before + 2, "never answered from the cache");
     }
 
+    // The same for the request id's field under a configured name: the client's `X-Trace`
+    // never reaches the backend (the proxy writes its own), so a key on it would be a key on
+    // a value nobody answered for.
+    fn vary_on_a_configured_request_id_field_is_not_stored(engine) {
+        let origin = Origin::with_handler("o", |r| {
+            let seen = r.header("X-Trace").unwrap_or("-").to_string();
+            reply(&[("Cache-Control", "max-age=100"), ("Vary", "X-Trace")], &seen, false)
+        });
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", "cache = { }")
+            .section("request_id", "header = \"X-Trace\"")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        for i in 1..=2 {
+            let r = fetch(&mut c, "GET", "/v", &[("X-Trace", "chosen-by-client")]);
+            assert_eq!(x_cache(&r), "BYPASS", "{i}");
+            assert_ne!(r.body_str(), "chosen-by-client", "the backend got the proxy's id");
+            assert_eq!(origin.request_count(), i);
+        }
+    }
+
+    // `max-age` given twice (a framework's default appended to the application's
+    // `max-age=0`) keeps the strictest value: not stored. Two `Expires` lines: stale.
+    fn a_directive_given_twice_keeps_its_strictest_value(engine) {
+        let origin = Origin::with_handler("o", |r| {
+            let fields: &[(&str, &str)] = match r.path() {
+                "/one-field" => &[("Cache-Control", "max-age=0, max-age=3600")],
+                "/two-fields" => &[("Cache-Control", "max-age=0"), ("Cache-Control", "max-age=3600")],
+                "/expires" => &[
+                    ("Expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+                    ("Expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
+                ],
+                _ => &[("Cache-Control", "max-age=3600, max-age=60")],
+            };
+            reply(fields, "x", false)
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        for path in ["/one-field", "/two-fields", "/expires"] {
+            for i in 1..=2 {
+                assert_eq!(x_cache(&fetch(&mut c, "GET", path, &[])), "BYPASS", "{path} {i}");
+            }
+        }
+        let before = origin.request_count();
+        assert_eq!(x_cache(&fetch(&mut c, "GET", "/sixty", &[])), "MISS");
+        assert_eq!(x_cache(&fetch(&mut c, "GET", "/sixty", &[])), "HIT");
+        assert_eq!(origin.request_count(), before + 1);
+    }
+
     // A `Cache-Control` the backend's `Connection` names is for its hop only: the client
     // never sees it, and the response is not stored by it.
     fn a_connection_named_cache_control_stores_nothing(engine) {

@@ -16,6 +16,7 @@ both_engines! {
             .route("main", "path_prefix = \"/bad/\"\nrewrite = { regex = \"^/bad/(.*)$\", replace = \"$1\" }")
             .route("main", "path_prefix = \"/host/\"\nupstream_host = \"internal.example:8080\"")
             .route("main", "path_prefix = \"/s.\"\nstrip_prefix = \"/s\"")
+            .route("main", "path_prefix = \"/rw/\"\nrewrite = { regex = \"^/rw/([^/]*)-([^/]*)(.*)$\", replace = \"/$1/$2$3\" }")
             .route("main", "")
             .start(engine);
         let mut c = Client::connect(proxy.addr());
@@ -26,6 +27,11 @@ both_engines! {
             ("/old/abc/d/e.txt?k=v", "/new/d/e.txt/abc?k=v"),
             ("/old/ABC/x", "/old/ABC/x"),
             ("/plain?a=b", "/plain?a=b"),
+            // Never a protocol-relative `//host/...` (a URL-resolving backend's host).
+            ("/api//evil.example/x", "/evil.example/x"),
+            ("/rw/-x/admin", "/x/admin"),
+            ("/rw/-/evil.example", "/evil.example"),
+            ("/old/q/", "/new//q"),
         ] {
             c.send(&get("example.com", sent));
             assert_eq!(c.read_response().status(), 200, "{sent}");

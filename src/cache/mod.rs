@@ -139,6 +139,10 @@ pub struct Request<'r> {
     /// with `Authorization`, and never when it has a `Vary` (the key holds the client's
     /// fields, not those the backend saw).
     pub proxied_fields: bool,
+    /// Fields the proxy writes under names the configuration chose
+    /// ([`crate::snapshot::Shared::own_fields_configured`]; empty with the defaults): a
+    /// response that varies on one is not stored.
+    pub own_fields: Vec<Box<[u8]>>,
 }
 
 impl Request<'_> {
@@ -233,6 +237,7 @@ pub async fn lookup<'a>(
             request_time: unix_now(),
             store: false,
             no_vary: req.proxied_fields,
+            own: req.own_fields.clone(),
             bypass: true,
             verdict: None,
             admitted: None,
@@ -483,6 +488,8 @@ pub struct FillState {
     request_time: u64,
     /// Responses with a `Vary` are not stored ([`Request::proxied_fields`]).
     no_vary: bool,
+    /// [`Request::own_fields`].
+    own: Vec<Box<[u8]>>,
     /// The response may be stored (a GET that was neither bypassed nor unusual).
     store: bool,
     /// The request bypassed the cache (method, body, `no-store`/`no-cache`).
@@ -530,6 +537,7 @@ impl FillState {
             rules: RequestRules::default(),
             request_time: 0,
             no_vary: false,
+            own: Vec::new(),
             store: false,
             bypass: false,
             verdict: Some(MISS),
@@ -674,7 +682,8 @@ impl Fill<'_> {
                 .filter(|(n, _)| !(named && head.named_in_connection(buf, n))),
         );
         let now = unix_now();
-        let Storable::Yes { lifetime } = policy::storable(head.status, &facts, self.rules, now)
+        let Storable::Yes { lifetime } =
+            policy::storable(head.status, &facts, self.rules, &self.own, now)
         else {
             return false;
         };

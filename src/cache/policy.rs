@@ -4,7 +4,7 @@
 //! dates, and conditional requests (`If-None-Match`, `If-Modified-Since`). Pure functions
 //! over byte slices; nothing here can panic on network input.
 
-use crate::http::fields::written_by_proxy;
+use crate::http::fields::{same_field, written_by_proxy};
 
 /// `Cache-Control` directives the cache acts on (others are ignored).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +29,14 @@ impl Directives {
     /// Adds the directives of one `Cache-Control` field value (a comma-separated list of
     /// `name[=value]`, names case-insensitive, values possibly quoted). A delta-seconds value
     /// that does not parse makes its directive count as 0 (stale at once, RFC 9111 §1.2.2
-    /// asks for the greatest value on overflow, which saturating parsing gives).
+    /// asks for the greatest value on overflow, which saturating parsing gives). A directive
+    /// given more than once, in one field or several, keeps its strictest value: RFC 9111
+    /// §4.2.1 allows the first or "stale", and `max-age=0, max-age=3600` (a framework's
+    /// default appended to what the application said) must not make a response fresh for an
+    /// hour; the smallest lifetime or window, the largest `min-fresh`, is never looser than
+    /// the first.
     pub fn add(&mut self, value: &[u8]) {
+        let least = |slot: &mut Option<u64>, v: u64| *slot = Some(slot.map_or(v, |o| o.min(v)));
         for item in value.split(|&b| b == b',') {
             let item = item.trim_ascii();
             let (name, arg) = match item.iter().position(|&b| b == b'=') {
@@ -50,19 +56,23 @@ impl Directives {
             } else if is("public") {
                 self.public = true;
             } else if is("max-age") {
-                self.max_age = Some(arg.map_or(0, delta_seconds));
+                least(&mut self.max_age, arg.map_or(0, delta_seconds));
             } else if is("s-maxage") {
-                self.s_maxage = Some(arg.map_or(0, delta_seconds));
+                least(&mut self.s_maxage, arg.map_or(0, delta_seconds));
             } else if is("must-revalidate") {
                 self.must_revalidate = true;
             } else if is("proxy-revalidate") {
                 self.proxy_revalidate = true;
             } else if is("stale-while-revalidate") {
-                self.stale_while_revalidate = Some(arg.map_or(0, delta_seconds));
+                least(
+                    &mut self.stale_while_revalidate,
+                    arg.map_or(0, delta_seconds),
+                );
             } else if is("stale-if-error") {
-                self.stale_if_error = Some(arg.map_or(0, delta_seconds));
+                least(&mut self.stale_if_error, arg.map_or(0, delta_seconds));
             } else if is("min-fresh") {
-                self.min_fresh = Some(arg.map_or(0, delta_seconds));
+                let v = arg.map_or(0, delta_seconds);
+                self.min_fresh = Some(self.min_fresh.map_or(v, |o| o.max(v)));
             }
         }
     }
@@ -174,7 +184,9 @@ pub fn response_facts<'h>(fields: impl Iterator<Item = (&'h [u8], &'h [u8])>) ->
         } else if is("date") {
             f.date = parse_http_date(value);
         } else if is("expires") {
-            f.expires = Some(parse_http_date(value).unwrap_or(0));
+            // Two `Expires` lines: stale (RFC 9111 §4.2.1 allows that or the first).
+            let at = parse_http_date(value).unwrap_or(0);
+            f.expires = Some(if f.expires.is_some() { 0 } else { at });
         } else if is("age") {
             f.age = Some(delta_seconds(value.trim_ascii()));
         } else if is("etag") {
@@ -197,7 +209,15 @@ pub enum Storable {
 /// Whether a shared cache may store this response (RFC 9111 §3), and its freshness lifetime
 /// (§4.2.1: `s-maxage`, else `max-age`, else `Expires` − `Date`; no heuristics). `no-cache`
 /// would need revalidation on every use, which this cache does not do yet: not stored.
-pub fn storable(status: u16, f: &ResponseFacts, req: RequestRules, now: u64) -> Storable {
+/// `own`: fields the proxy writes under names the configuration chose
+/// ([`crate::snapshot::Shared::own_fields_configured`]), beside those it always writes.
+pub fn storable(
+    status: u16,
+    f: &ResponseFacts,
+    req: RequestRules,
+    own: &[Box<[u8]>],
+    now: u64,
+) -> Storable {
     let d = &f.directives;
     if !cacheable_status(status) {
         return Storable::No("status");
@@ -210,7 +230,8 @@ pub fn storable(status: u16, f: &ResponseFacts, req: RequestRules, now: u64) -> 
     }
     // A `Vary` on a field the proxy writes or drops chose the answer by a value the key cannot
     // hold (every client without `X-Forwarded-For` would share one client's answer).
-    if f.vary_any || f.vary.len() > MAX_VARY || f.vary.iter().any(|n| written_by_proxy(n)) {
+    let proxys = |n: &[u8]| written_by_proxy(n) || own.iter().any(|o| same_field(n, o));
+    if f.vary_any || f.vary.len() > MAX_VARY || f.vary.iter().any(|n| proxys(n)) {
         return Storable::No("vary");
     }
     if req.authorization && !d.public && d.s_maxage.is_none() {
@@ -451,27 +472,65 @@ mod tests {
     fn freshness_prefers_s_maxage_then_max_age_then_expires_minus_date() {
         let req = RequestRules::default();
         let f = facts(&[("Cache-Control", "max-age=60, s-maxage=120")]);
-        assert_eq!(storable(200, &f, req, NOW), Storable::Yes { lifetime: 120 });
+        assert_eq!(
+            storable(200, &f, req, &[], NOW),
+            Storable::Yes { lifetime: 120 }
+        );
         let f = facts(&[("cache-control", "public, MAX-AGE=\"30\"")]);
-        assert_eq!(storable(200, &f, req, NOW), Storable::Yes { lifetime: 30 });
+        assert_eq!(
+            storable(200, &f, req, &[], NOW),
+            Storable::Yes { lifetime: 30 }
+        );
         let f = facts(&[
             ("Date", "Sun, 06 Nov 1994 08:49:37 GMT"),
             ("Expires", "Sun, 06 Nov 1994 08:50:37 GMT"),
         ]);
-        assert_eq!(storable(200, &f, req, NOW), Storable::Yes { lifetime: 60 });
-        let f = facts(&[("Expires", "0")]);
-        assert_eq!(storable(200, &f, req, NOW), Storable::No("stale"));
         assert_eq!(
-            storable(200, &facts(&[]), req, NOW),
+            storable(200, &f, req, &[], NOW),
+            Storable::Yes { lifetime: 60 }
+        );
+        let f = facts(&[("Expires", "0")]);
+        assert_eq!(storable(200, &f, req, &[], NOW), Storable::No("stale"));
+        assert_eq!(
+            storable(200, &facts(&[]), req, &[], NOW),
             Storable::No("no explicit freshness")
         );
         let f = facts(&[("Cache-Control", "max-age=99999999999999999999999")]);
         assert_eq!(
-            storable(200, &f, req, NOW),
+            storable(200, &f, req, &[], NOW),
             Storable::Yes { lifetime: u64::MAX }
         );
         let f = facts(&[("Cache-Control", "max-age=abc")]);
-        assert_eq!(storable(200, &f, req, NOW), Storable::No("stale"));
+        assert_eq!(storable(200, &f, req, &[], NOW), Storable::No("stale"));
+        // A directive given twice keeps its strictest value, in one field or two.
+        for fields in [
+            &[("Cache-Control", "max-age=0, max-age=3600")][..],
+            &[("Cache-Control", "max-age=3600, max-age=0")],
+            &[
+                ("Cache-Control", "max-age=0"),
+                ("Cache-Control", "max-age=3600"),
+            ],
+            &[("Cache-Control", "s-maxage=0, s-maxage=3600, max-age=60")],
+        ] {
+            assert_eq!(
+                storable(200, &facts(fields), req, &[], NOW),
+                Storable::No("stale")
+            );
+        }
+        let f = facts(&[("Cache-Control", "max-age=3600, max-age=60")]);
+        assert_eq!(
+            storable(200, &f, req, &[], NOW),
+            Storable::Yes { lifetime: 60 }
+        );
+        let f = facts(&[
+            ("Date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("Expires", "Sun, 06 Nov 1994 08:50:37 GMT"),
+            ("Expires", "Sun, 06 Nov 1994 09:50:37 GMT"),
+        ]);
+        assert_eq!(storable(200, &f, req, &[], NOW), Storable::No("stale"));
+        let mut d = Directives::default();
+        d.add(b"min-fresh=5, stale-if-error=60, min-fresh=50, stale-if-error=6");
+        assert_eq!((d.min_fresh, d.stale_if_error), (Some(50), Some(6)));
     }
 
     #[test]
@@ -505,18 +564,35 @@ mod tests {
             ),
             (&[("Cache-Control", "max-age=60"), ("Vary", "Via")], "vary"),
         ] {
-            assert_eq!(storable(200, &facts(fields), req, NOW), Storable::No(why));
+            assert_eq!(
+                storable(200, &facts(fields), req, &[], NOW),
+                Storable::No(why)
+            );
         }
+        // A field the configuration named for the proxy (a request id, an mTLS subject).
+        let own: [Box<[u8]>; 1] = [Box::from(&b"x-trace"[..])];
+        let f = facts(&[("Cache-Control", "max-age=60"), ("Vary", "Accept, X_Trace")]);
+        assert_eq!(storable(200, &f, req, &own, NOW), Storable::No("vary"));
+        assert_eq!(
+            storable(200, &f, req, &[], NOW),
+            Storable::Yes { lifetime: 60 }
+        );
         let f = facts(&[("Cache-Control", "max-age=60")]);
-        assert_eq!(storable(500, &f, req, NOW), Storable::No("status"));
-        assert_eq!(storable(206, &f, req, NOW), Storable::No("status"));
+        assert_eq!(storable(500, &f, req, &[], NOW), Storable::No("status"));
+        assert_eq!(storable(206, &f, req, &[], NOW), Storable::No("status"));
         let auth = RequestRules {
             authorization: true,
             ..Default::default()
         };
-        assert_eq!(storable(200, &f, auth, NOW), Storable::No("authorization"));
+        assert_eq!(
+            storable(200, &f, auth, &[], NOW),
+            Storable::No("authorization")
+        );
         let f = facts(&[("Cache-Control", "public, max-age=60")]);
-        assert_eq!(storable(200, &f, auth, NOW), Storable::Yes { lifetime: 60 });
+        assert_eq!(
+            storable(200, &f, auth, &[], NOW),
+            Storable::Yes { lifetime: 60 }
+        );
     }
 
     #[test]

@@ -201,7 +201,7 @@ impl Fill<'_> {
         let facts = policy::response_facts(merged_list.iter().copied());
         let initial_age = policy::initial_age(&sent, self.request_time, now);
         let merged: Rc<[u8]> = merged.into();
-        let lifetime = match policy::storable(old.status, &facts, self.rules, now) {
+        let lifetime = match policy::storable(old.status, &facts, self.rules, &self.own, now) {
             policy::Storable::Yes { lifetime } => lifetime,
             policy::Storable::No(_) => 0,
         };
