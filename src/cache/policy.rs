@@ -99,7 +99,8 @@ pub fn delta_seconds(v: &[u8]) -> u64 {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RequestRules {
     /// `Cache-Control: no-store` or `no-cache` (or `Pragma: no-cache` without a
-    /// `Cache-Control`): neither served from nor stored in the cache.
+    /// `Cache-Control`), or a method override ([`crate::http::fields::method_override`]):
+    /// neither served from nor stored in the cache.
     pub bypass: bool,
     /// `Authorization` present: stored only when the response says `public` or `s-maxage`.
     pub authorization: bool,
@@ -112,7 +113,7 @@ pub struct RequestRules {
 /// The request's cache rules from its fields (name, value).
 pub fn request_rules<'h>(fields: impl Iterator<Item = (&'h [u8], &'h [u8])>) -> RequestRules {
     let mut d = Directives::default();
-    let (mut cc, mut pragma, mut authorization) = (false, false, false);
+    let (mut cc, mut pragma, mut authorization, mut overridden) = (false, false, false, false);
     for (name, value) in fields {
         if name.eq_ignore_ascii_case(b"cache-control") {
             cc = true;
@@ -123,10 +124,12 @@ pub fn request_rules<'h>(fields: impl Iterator<Item = (&'h [u8], &'h [u8])>) -> 
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"no-cache"));
         } else if name.eq_ignore_ascii_case(b"authorization") {
             authorization = true;
+        } else if crate::http::fields::method_override(name) {
+            overridden = true;
         }
     }
     RequestRules {
-        bypass: d.no_store || d.no_cache || (!cc && pragma),
+        bypass: d.no_store || d.no_cache || (!cc && pragma) || overridden,
         authorization,
         max_age: d.max_age,
         min_fresh: d.min_fresh,
@@ -605,6 +608,7 @@ mod tests {
         assert!(rules(&[("Pragma", "no-cache")]).bypass);
         assert!(!rules(&[("Pragma", "no-cache"), ("Cache-Control", "max-age=5")]).bypass);
         assert!(!rules(&[("Accept", "*/*")]).bypass);
+        assert!(rules(&[("X-HTTP-Method-Override", "DELETE")]).bypass);
         assert!(rules(&[("authorization", "Basic x")]).authorization);
         let r = rules(&[
             ("Cache-Control", "max-age=0"),

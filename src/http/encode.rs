@@ -564,7 +564,8 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
         let raw = b"GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 1.2.3.4\r\nX_Forwarded-Host: evil\r\n\
 X_Request_Id: spoofed\r\nX-Client_Subject: CN=admin\r\nX-Real-IP: 1.2.3.4\r\nTrue-Client-IP: 1.2.3.4\r\n\
 X-Client-IP: 1.2.3.4\r\nCF-Connecting-IP: 1.2.3.4\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\n\
-Proxy: http://evil:8080\r\nProxy-Authorization: Basic eDp5\r\nX-Real: kept\r\nAccept: */*\r\n\r\n";
+Proxy: http://evil:8080\r\nProxy-Authorization: Basic eDp5\r\nX-Real: kept\r\nX-Host: evil.host\r\n\
+X-Original-Host: evil.origin\r\nAccept: */*\r\n\r\n";
         let mut head = RequestHead::default();
         assert!(matches!(
             parse_request(raw, &L, &mut head),
@@ -599,6 +600,8 @@ Proxy: http://evil:8080\r\nProxy-Authorization: Basic eDp5\r\nX-Real: kept\r\nAc
             assert_eq!(s.contains("1.2.3.4"), trusted, "{s}");
             assert_eq!(s.contains("X-Original-URL: /admin"), trusted, "{s}");
             assert_eq!(s.contains("X_Forwarded-Host: evil"), trusted, "{s}");
+            assert_eq!(s.contains("X-Host: evil.host"), trusted, "{s}");
+            assert_eq!(s.contains("X-Original-Host: evil.origin"), trusted, "{s}");
         }
     }
 

@@ -26,9 +26,10 @@ pub fn same_field(a: &[u8], b: &[u8]) -> bool {
 /// front, poison every client's copy.
 pub fn forwarding_claim(name: &[u8]) -> bool {
     const X: &[u8] = b"x-forwarded-";
-    // The other names proxies and CDNs give the client's address, and the URL overrides some
-    // servers route by (IIS URL Rewrite, older Symfony and Zend: `X-Original-URL: /admin`).
-    const CLAIMS: [&[u8]; 9] = [
+    // The other names proxies and CDNs give the client's address, the URL overrides some
+    // servers route by (IIS URL Rewrite, older Symfony and Zend: `X-Original-URL: /admin`),
+    // and the host overrides some build links from (`X-Host`, IIS ARR's `X-Original-Host`).
+    const CLAIMS: [&[u8]; 11] = [
         b"forwarded",
         b"x-real-ip",
         b"true-client-ip",
@@ -38,9 +39,24 @@ pub fn forwarding_claim(name: &[u8]) -> bool {
         b"fastly-client-ip",
         b"x-original-url",
         b"x-rewrite-url",
+        b"x-host",
+        b"x-original-host",
     ];
     (name.len() > X.len() && same_field(&name[..X.len()], X))
         || CLAIMS.iter().any(|c| same_field(name, c))
+}
+
+/// A method override (`X-HTTP-Method-Override: DELETE` on a GET): frameworks that honour one
+/// answer another method than the request line's. Relayed (clients that cannot send PATCH
+/// rely on them), but such a request is neither answered from nor stored in the cache: its
+/// answer is not the GET's.
+pub fn method_override(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 3] = [
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+    ];
+    NAMES.iter().any(|n| same_field(name, n))
 }
 
 /// Fields never forwarded, whoever sent them: `Proxy` (httpoxy: CGI turns it into
@@ -79,6 +95,8 @@ mod tests {
             b"Proxy",
             b"via",
             b"X_Request_Id",
+            b"X-Host",
+            b"x_original_host",
         ] {
             assert!(written_by_proxy(name), "{}", String::from_utf8_lossy(name));
         }
@@ -91,6 +109,8 @@ mod tests {
             assert!(!written_by_proxy(name), "{}", String::from_utf8_lossy(name));
         }
         assert!(same_field(b"X_Client_Subject", b"x-client-subject"));
+        assert!(method_override(b"X_HTTP_Method_Override") && method_override(b"x-http-method"));
+        assert!(!method_override(b"X-Method"));
         assert!(!same_field(b"X-Client-Subject", b"x-client-subjec"));
     }
 }
