@@ -569,7 +569,10 @@ pub async fn relay_body<S: AsyncReadRent, D: AsyncWriteRent>(
             let data = (*pos + piece.0, *pos + piece.1);
             let len = data.1 - data.0;
             total += len as u64;
-            if total > limit {
+            // A chunk whose size line already says it cannot fit is refused there, before
+            // its bytes are waited for (and before the head goes out with the first ones).
+            let announced = body.decoder.as_ref().map_or(0, ChunkedDecoder::announced);
+            if total.saturating_add(announced) > limit {
                 return Err(RelayError::TooLarge);
             }
             if len > 0 {

@@ -105,6 +105,33 @@ both_engines! {
         c.expect_closed();
         assert_eq!(origin.request_count(), 0, "an over-limit chunked body must never complete at the origin");
     }
+    // A chunk whose size line alone is over the limit gets its 413 there: the proxy does not
+    // wait (here up to a minute of client_body) for bytes it would refuse anyway. With the
+    // size line in the head's packet and after it (the head already sent upstream).
+    fn chunk_announced_over_limit_gets_413_at_its_size_line(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr())
+            .limit("max_body_bytes", "1024")
+            .timeout("client_body", "60s")
+            .start(engine);
+        let head = request("POST", "/over", &[("Host", "example.com"), ("Transfer-Encoding", "chunked")], b"");
+        for (size, apart) in [("fffffffffffffff", false), ("401", false), ("201", true), ("201;x=y", true)] {
+            let mut c = Client::connect(proxy.addr());
+            if apart {
+                c.send(&head);
+                c.send(b"200\r\n");
+                c.send(&[b'a'; 512]);
+                c.send(b"\r\n");
+            } else {
+                c.send(&head);
+            }
+            c.send(format!("{size}\r\n").as_bytes());
+            let r = c.try_read_response().unwrap_or_else(|e| panic!("{size}: expected 413 at once, got {e}"));
+            assert_eq!(r.status(), 413, "{size}: got:\n{}", r.head.raw);
+            c.expect_closed();
+        }
+        assert_eq!(origin.request_count(), 0, "no over-limit body completes at the origin");
+    }
     fn incomplete_head_gets_408_and_close(engine) {
         let origin = Origin::start("o");
         let proxy = Config::single(origin.addr()).timeout("client_header", "300ms").start(engine);

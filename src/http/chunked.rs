@@ -15,13 +15,15 @@ enum State {
         size: u64,
         digits: u8,
     },
-    /// After the size: BWS, which may only lead to `;` or CR.
+    /// After the size or an extension's value: BWS, which may only lead to `;` or CR.
     ExtStart {
         size: u64,
     },
-    /// Inside `;ext[=val]` up to CR.
+    /// An extension (RFC 9112 §7.1.1: `BWS ";" BWS name [BWS "=" BWS value]`, the name a
+    /// token, the value a token or a quoted string), at `at`.
     Extension {
         size: u64,
+        at: Ext,
     },
     /// Saw CR ending the size line; expect LF.
     SizeLf {
@@ -43,6 +45,22 @@ enum State {
         empty: bool,
     },
     Done,
+}
+
+/// Where in one chunk extension the decoder is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ext {
+    /// After `;`: BWS, then the name's first byte.
+    NameStart,
+    Name,
+    /// After the name: BWS, then `=`, `;` or CR.
+    AfterName,
+    /// After `=`: BWS, then a token or `"`.
+    ValueStart,
+    Token,
+    Quoted,
+    /// After `\` in a quoted string.
+    QuotedPair,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +110,20 @@ impl ChunkedDecoder {
 
     pub fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// Payload bytes the current chunk's size line announced and that have not been
+    /// returned yet: a body limit refuses a chunk too large for it at its size line, not
+    /// after waiting for its bytes.
+    pub fn announced(&self) -> u64 {
+        match self.state {
+            State::Data { remaining } => remaining,
+            State::SizeLf { size } | State::ExtStart { size } | State::Extension { size, .. } => {
+                size
+            }
+            State::Size { size, .. } => size,
+            _ => 0,
+        }
     }
 
     fn charge(&mut self, n: usize) -> Result<(), ChunkedError> {
@@ -144,7 +176,10 @@ impl ChunkedDecoder {
                         None if digits == 0 => return Err(ChunkedError::BadSize),
                         None => match b {
                             b'\r' => self.state = State::SizeLf { size },
-                            b';' => self.state = State::Extension { size },
+                            b';' => {
+                                let at = Ext::NameStart;
+                                self.state = State::Extension { size, at }
+                            }
                             b' ' | b'\t' => self.state = State::ExtStart { size },
                             _ => return Err(ChunkedError::BadSize),
                         },
@@ -154,18 +189,17 @@ impl ChunkedDecoder {
                 State::ExtStart { size } => {
                     match b {
                         b'\r' => self.state = State::SizeLf { size },
-                        b';' => self.state = State::Extension { size },
+                        b';' => {
+                            let at = Ext::NameStart;
+                            self.state = State::Extension { size, at }
+                        }
                         b' ' | b'\t' => {}
                         _ => return Err(ChunkedError::BadExtension),
                     }
                     self.charge(1)?;
                 }
-                State::Extension { size } => {
-                    match b {
-                        b'\r' => self.state = State::SizeLf { size },
-                        b'\t' | b' '..=b'~' | 0x80..=0xff => {}
-                        _ => return Err(ChunkedError::BadExtension),
-                    }
+                State::Extension { size, at } => {
+                    self.state = extension(size, at, b)?;
                     self.charge(1)?;
                 }
                 State::SizeLf { size } => {
@@ -259,6 +293,31 @@ impl ChunkedDecoder {
             }
         }
         Ok(())
+    }
+}
+
+/// One byte of a chunk extension at `at` (see [`Ext`]): the next state, or the error for a
+/// byte the grammar does not allow there (an empty name, a space inside a name, an
+/// unterminated or control-bearing quoted string).
+fn extension(size: u64, at: Ext, b: u8) -> Result<State, ChunkedError> {
+    let ws = b == b' ' || b == b'\t';
+    let to = |at| Ok(State::Extension { size, at });
+    match (at, b) {
+        (Ext::NameStart | Ext::ValueStart | Ext::AfterName, _) if ws => to(at),
+        (Ext::NameStart, _) if is_tchar(b) => to(Ext::Name),
+        (Ext::Name, _) if is_tchar(b) => to(Ext::Name),
+        (Ext::Name, _) if ws => to(Ext::AfterName),
+        (Ext::Name | Ext::AfterName, b'=') => to(Ext::ValueStart),
+        (Ext::Name | Ext::AfterName | Ext::Token, b';') => to(Ext::NameStart),
+        (Ext::Name | Ext::AfterName | Ext::Token, b'\r') => Ok(State::SizeLf { size }),
+        (Ext::ValueStart, b'"') => to(Ext::Quoted),
+        (Ext::ValueStart | Ext::Token, _) if is_tchar(b) => to(Ext::Token),
+        (Ext::Token, _) if ws => Ok(State::ExtStart { size }),
+        (Ext::Quoted, b'"') => Ok(State::ExtStart { size }),
+        (Ext::Quoted, b'\\') => to(Ext::QuotedPair),
+        // qdtext: HTAB, SP, VCHAR but `"` and `\`, obs-text; a quoted-pair: any of those.
+        (Ext::Quoted | Ext::QuotedPair, b'\t' | b' '..=b'~' | 0x80..=0xff) => to(Ext::Quoted),
+        _ => Err(ChunkedError::BadExtension),
     }
 }
 
@@ -364,6 +423,11 @@ mod tests {
                 b"",
             ),
             (
+                b"5 ; a = \"x\\\"y\" ;b;c=d \r\nhello\r\n0;z\r\n\r\n",
+                b"hello",
+                b"",
+            ),
+            (
                 b"A \r\n0123456789\r\n0\r\nX-Sum: abc\r\nY: 1\r\n\r\n",
                 b"0123456789",
                 b"X-Sum: abc\r\nY: 1\r\n",
@@ -401,6 +465,16 @@ mod tests {
             b"0x5\r\nhello\r\n0\r\n\r\n",
             b"5 x\r\nhello\r\n0\r\n\r\n",
             b"5;a\x01\r\nhello\r\n0\r\n\r\n",
+            // Extensions outside RFC 9112 §7.1.1's grammar.
+            b"5;\r\nhello\r\n0\r\n\r\n",
+            b"5;a b=c\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\"b\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\r\nhello\r\n0\r\n\r\n",
+            b"5;=b\r\nhello\r\n0\r\n\r\n",
+            b"5;a=b c\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\"b\"c\r\nhello\r\n0\r\n\r\n",
+            b"5;a=(b)\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\"b\x7f\"\r\nhello\r\n0\r\n\r\n",
             b"0\r\n folded\r\n\r\n",
             b"0\r\nno-colon\r\n\r\n",
             b"0\r\nX: a\rb\r\n\r\n",
