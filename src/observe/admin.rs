@@ -180,9 +180,10 @@ fn json(status: &'static str, v: serde_json::Value) -> Reply {
 async fn handle(mut stream: TcpStream, _peer: SocketAddr, state: &AdminState) {
     // Read the head (bounded); a body, if any, is ignored: the connection closes after.
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    // `Err(status)`: the answer to a head that is not served.
     let parsed = loop {
         if buf.len() >= MAX_HEAD {
-            break None;
+            break Err("431 Request Header Fields Too Large");
         }
         let spare = Vec::with_capacity(MAX_HEAD - buf.len());
         let (res, chunk) = match monoio::time::timeout(IO_TIMEOUT, stream.read(spare)).await {
@@ -199,20 +200,27 @@ async fn handle(mut stream: TcpStream, _peer: SocketAddr, state: &AdminState) {
             Ok(httparse::Status::Complete(_)) => {
                 let method = req.method.unwrap_or("").to_string();
                 let path = req.path.unwrap_or("").to_string();
-                let auth = req
+                let mut auths = req
                     .headers
                     .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("authorization"))
-                    .map(|h| h.value.to_vec());
-                break Some((method, path, auth));
+                    .filter(|h| h.name.eq_ignore_ascii_case("authorization"));
+                let auth = auths.next().map(|h| h.value.to_vec());
+                // Two credentials: which one counts is a guess; none is served.
+                if auths.next().is_some() {
+                    break Err("400 Bad Request");
+                }
+                break Ok((method, path, auth));
             }
             Ok(httparse::Status::Partial) => continue,
-            Err(_) => break None,
+            Err(httparse::Error::TooManyHeaders) => {
+                break Err("431 Request Header Fields Too Large")
+            }
+            Err(_) => break Err("400 Bad Request"),
         }
     };
     let (r, head_only) = match parsed {
-        None => (reply("400 Bad Request", "bad request\n"), false),
-        Some((method, path, auth)) => (
+        Err(status) => (reply(status, "bad request\n"), false),
+        Ok((method, path, auth)) => (
             route(state, &method, &path, auth.as_deref()).await,
             method == "HEAD",
         ),
