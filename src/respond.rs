@@ -144,6 +144,21 @@ pub async fn relay_response(
         let cc = cfg.routes.get(trace.route?)?.compress.as_deref()?;
         compress::applies(cc, &ubuf, &head, in_framing).then_some((alg, cc))
     });
+    // The encoder's memory, within the shard's `limits.compress_memory`; beyond it the
+    // response goes as it came (and may be stored).
+    let mut coding = coding;
+    let _loan = match coding {
+        Some((alg, _)) => {
+            let limit = r.cfg.limits.compress_memory;
+            let loan = compress::Loan::take(&r.stats.compress_memory, limit, alg);
+            if loan.is_none() {
+                coding = None;
+                bump(&r.stats.compress_memory_refused);
+            }
+            loan
+        }
+        None => None,
+    };
     if let (Some(_), Some(f)) = (coding, fill.as_deref_mut()) {
         // A compressed body is not what the key names: the cache stores only identity.
         f.skip();

@@ -161,6 +161,10 @@ pub struct Totals {
     /// Compressed responses, and their body bytes in (from the backend) and out (coded),
     /// by [`crate::config::Algorithm::index`].
     pub compressed: [Cell<u64>; 3],
+    /// Bytes the encoders of this shard's compressing responses hold ([`crate::compress::Loan`]).
+    pub compress_memory: Cell<u64>,
+    /// Responses sent uncompressed because `limits.compress_memory` was taken.
+    pub compress_memory_refused: Cell<u64>,
     pub compressed_in: [Cell<u64>; 3],
     pub compressed_out: [Cell<u64>; 3],
     pub latency: RefCell<Latencies>,
@@ -254,6 +258,8 @@ impl Totals {
             spliced: Cell::new(0),
             spliced_bytes: Cell::new(0),
             compressed: Default::default(),
+            compress_memory: Cell::new(0),
+            compress_memory_refused: Cell::new(0),
             compressed_in: Default::default(),
             compressed_out: Default::default(),
             latency: RefCell::new(Latencies::default()),
@@ -400,6 +406,7 @@ impl Stats {
             spliced: self.spliced.get(),
             spliced_bytes: self.spliced_bytes.get(),
             compressed: self.compressed.each_ref().map(get),
+            compress_memory_refused: self.compress_memory_refused.get(),
             compressed_in: self.compressed_in.each_ref().map(get),
             compressed_out: self.compressed_out.each_ref().map(get),
             cache: [0; 13],
@@ -486,6 +493,7 @@ pub struct Snapshot {
     pub spliced: u64,
     pub spliced_bytes: u64,
     pub compressed: [u64; 3],
+    pub compress_memory_refused: u64,
     pub compressed_in: [u64; 3],
     pub compressed_out: [u64; 3],
     /// The routes' caches ([`crate::cache`]): hits, misses, bypasses, evictions, the gauges
@@ -567,6 +575,7 @@ impl Snapshot {
         self.spliced += other.spliced;
         self.spliced_bytes += other.spliced_bytes;
         sum(&mut self.compressed, &other.compressed);
+        self.compress_memory_refused += other.compress_memory_refused;
         sum(&mut self.compressed_in, &other.compressed_in);
         sum(&mut self.compressed_out, &other.compressed_out);
         sum(&mut self.cache, &other.cache);

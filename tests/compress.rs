@@ -305,6 +305,57 @@ both_engines! {
         assert_eq!(v("edgeshard_compressed_bytes_in_total", "br"), 5000.0);
     }
 
+    // The encoders a shard holds are bounded in bytes (limits.compress_memory, each charged
+    // gzip 320 KiB, zstd 2 MiB, br 4 MiB): beyond it a response goes uncompressed, and a
+    // finished or abandoned response gives its share back.
+    fn compression_memory_is_bounded_per_shard(engine) {
+        let origin = Origin::with_handler("o", handler);
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", "compress = { }")
+            .limit("compress_memory", "\"1MiB\"")
+            .admin("")
+            .start(engine);
+        // One at a time: each gives its share back.
+        for i in 0..5 {
+            let mut c = Client::connect(proxy.addr());
+            let r = fetch(&mut c, "/t/5000/cl", Some("gzip"));
+            assert_eq!(r.header("content-encoding"), Some("gzip"), "{i}");
+        }
+        // A zstd encoder alone is over the bound: the body as it came.
+        let mut c = Client::connect(proxy.addr());
+        let r = fetch(&mut c, "/t/5000/cl", Some("zstd"));
+        assert_eq!(r.header("content-encoding"), None, "{}", r.head.raw);
+        assert!(r.body == text(5000));
+        // Three gzip responses held open by clients that stop reading (their heads prove the
+        // encoders were taken): a fourth goes uncompressed.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut c = Client::connect(proxy.addr());
+            let req = request("GET", "/t/67108864/cl", &[("Host", "example.com"), ("Accept-Encoding", "gzip")], b"");
+            c.send(&req);
+            let head = c.read_head().unwrap();
+            assert_eq!(head.header("content-encoding"), Some("gzip"));
+            held.push(c);
+        }
+        let mut c = Client::connect(proxy.addr());
+        let r = fetch(&mut c, "/t/5000/cl", Some("gzip"));
+        assert_eq!(r.header("content-encoding"), None, "over the bound:\n{}", r.head.raw);
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_compress_memory_refused_total", &[]), 2.0);
+        // The held clients go: their shares come back once the proxy sees them gone.
+        drop(held);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let mut c = Client::connect(proxy.addr());
+            let r = fetch(&mut c, "/t/5000/cl", Some("gzip"));
+            if r.header("content-encoding") == Some("gzip") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the abandoned responses kept their encoders");
+        }
+    }
+
     fn http_1_0_clients_get_a_close_delimited_coded_body(engine) {
         let (proxy, _origin) = setup(engine, "");
         for mode in ["cl", "chunked"] {

@@ -6,9 +6,12 @@
 //! `Content-Encoding`, `Cache-Control: no-transform` or `Content-Range`); then the client head
 //! is rewritten by [`rewrite_head`] (`Content-Encoding`, `Vary: Accept-Encoding`, weak
 //! `ETag`) and the body streams through an encoder ([`stream::relay_compressed`]), always
-//! copied, never spliced.
+//! copied, never spliced. The encoders a shard holds at once are bounded in bytes
+//! (`limits.compress_memory`, [`Loan`]): beyond it a response is sent uncompressed.
 
 pub mod stream;
+
+use std::cell::Cell;
 
 use crate::config::{Algorithm, CompressConfig};
 use crate::http::parse::{BodyFraming, HeaderKind, RequestHead, ResponseHead};
@@ -227,6 +230,30 @@ pub fn rewrite_head(out: &mut Vec<u8>, alg: Algorithm) {
     out.extend_from_slice(b"Content-Encoding: ");
     out.extend_from_slice(alg.token().as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// One compressing response's charge against the shard's `limits.compress_memory`
+/// ([`stream::Encoder::memory`]), given back when it drops.
+pub struct Loan<'s> {
+    held: &'s Cell<u64>,
+    bytes: u64,
+}
+
+impl<'s> Loan<'s> {
+    /// The charge for an encoder of `alg`, if `held` (the shard's bytes in encoders) stays
+    /// within `limit` with it.
+    pub fn take(held: &'s Cell<u64>, limit: u64, alg: Algorithm) -> Option<Loan<'s>> {
+        let bytes = stream::Encoder::memory(alg);
+        let now = held.get().checked_add(bytes).filter(|&n| n <= limit)?;
+        held.set(now);
+        Some(Loan { held, bytes })
+    }
+}
+
+impl Drop for Loan<'_> {
+    fn drop(&mut self) {
+        self.held.set(self.held.get() - self.bytes);
+    }
 }
 
 #[cfg(test)]

@@ -184,3 +184,23 @@ fn every_encoder_round_trips_in_pieces() {
         }
     }
 }
+
+#[test]
+fn loans_stay_within_the_limit_and_come_back() {
+    use super::Loan;
+    use Algorithm::{Br, Gzip, Zstd};
+    let held = std::cell::Cell::new(0);
+    let limit = 3 << 20;
+    let zstd = Loan::take(&held, limit, Zstd).expect("2 MiB of 3");
+    assert!(Loan::take(&held, limit, Br).is_none(), "4 MiB more is over");
+    let gzip = Loan::take(&held, limit, Gzip).expect("320 KiB more fits");
+    assert_eq!(held.get(), (2 << 20) + (320 << 10));
+    drop(zstd);
+    assert_eq!(held.get(), 320 << 10);
+    drop(gzip);
+    assert_eq!(held.get(), 0);
+    assert!(
+        Loan::take(&held, 0, Gzip).is_none(),
+        "0 refuses every encoder"
+    );
+}

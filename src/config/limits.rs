@@ -36,6 +36,10 @@ pub struct Limits {
     /// Per shard: bcrypt verifications waiting for or on the verifier threads; a request
     /// beyond it is answered 503 at once.
     pub auth_pending: usize,
+    /// Per shard: bytes the encoders of compressing responses may hold at once (each is
+    /// charged [`crate::compress::stream::Encoder::memory`]); a response beyond it is sent
+    /// uncompressed.
+    pub compress_memory: u64,
 }
 
 /// Checks `[limits]` (`raw`) into [`Limits`], defaults filled in.
@@ -113,5 +117,12 @@ pub(super) fn limits(c: &mut Checker, limits: &RawLimits) -> Limits {
             1 << 20,
         ),
         auth_pending: c.count("limits.auth_pending", limits.auth_pending, 16, 1, 4096),
+        compress_memory: c.size(
+            "limits.compress_memory",
+            limits.compress_memory.as_ref(),
+            64 << 20,
+            0,
+            1 << 40,
+        ),
     }
 }

@@ -145,6 +145,7 @@ pub(super) struct RawLimits {
     pub(super) client_send_min_rate: Option<Size>,
     pub(super) auth_cache_entries: Option<usize>,
     pub(super) auth_pending: Option<usize>,
+    pub(super) compress_memory: Option<Size>,
 }
 
 /// A byte size written as an integer or a string such as "16MiB".

@@ -760,4 +760,15 @@ fn compressed(o: &mut String, all: &Snapshot) {
             );
         }
     }
+    family(
+        o,
+        "edgeshard_compress_memory_refused_total",
+        "counter",
+        "Responses sent uncompressed because the shard's encoders already held limits.compress_memory.",
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_compress_memory_refused_total {}",
+        all.compress_memory_refused
+    );
 }
