@@ -268,6 +268,14 @@ both_engines! {
         let rec = origin.last_request();
         assert_eq!(rec.header_all("x-client-subject"), vec!["CN=alice, O=Example"], "{}", rec.raw_head);
         assert_eq!(rec.header("x-forwarded-proto"), Some("https"));
+        // A CN chosen to read like another attribute is escaped (RFC 4514), so it never
+        // reads as an O the backend would trust.
+        let (bcert, bkey) = write_leaf(&dir, "bob", &client_ca.client("bob, O=Admin", "Example"));
+        let (code, _) = curl_https(proxy.addr(), "a.test", &ca_file, &[
+            "--cert", bcert.to_str().unwrap(), "--key", bkey.to_str().unwrap()]);
+        assert_eq!(code, "200");
+        let rec = origin.last_request();
+        assert_eq!(rec.header_all("x-client-subject"), vec!["CN=bob\\, O=Admin, O=Example"], "{}", rec.raw_head);
     }
 
     fn optional_client_auth_still_strips_the_subject_header(engine) {

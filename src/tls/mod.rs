@@ -418,13 +418,89 @@ fn count_ok(ctx: &ShardCtx, tls: &TlsListener, s: &TlsStream) {
 pub fn client_subject(s: &TlsStream) -> Option<String> {
     let der = s.conn().peer_certificates()?.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let subject = cert.subject().to_string();
-    Some(
-        subject
-            .chars()
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect(),
-    )
+    Some(subject_text(cert.subject()))
+}
+
+/// `name` as `CN=alice, O=Example` (the certificate's order; ` + ` inside a multi-valued
+/// RDN), each value escaped as RFC 4514 §2.4 says: a CN of `bob, O=Admin` is `CN=bob\,
+/// O=Admin`, never the same text as a CN `bob` next to an `O=Admin` a backend would
+/// authorise on. Control bytes are `\XX` escapes (header-safe); a value that is not a string
+/// is `#` and its hex.
+pub fn subject_text(name: &x509_parser::x509::X509Name<'_>) -> String {
+    use std::fmt::Write;
+    let registry = x509_parser::objects::oid_registry();
+    let mut out = String::new();
+    for (i, rdn) in name.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push_str(" + ");
+            }
+            match x509_parser::objects::oid2abbrev(attr.attr_type(), registry) {
+                Ok(abbrev) => out.push_str(abbrev),
+                Err(_) => out.push_str(&attr.attr_type().to_id_string()),
+            }
+            out.push('=');
+            let Some(value) = attribute_text(attr) else {
+                out.push('#');
+                for b in attr.as_slice() {
+                    let _ = write!(out, "{b:02X}");
+                }
+                continue;
+            };
+            let last = value.chars().count().saturating_sub(1);
+            for (k, c) in value.chars().enumerate() {
+                match c {
+                    '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                        out.push('\\');
+                        out.push(c);
+                    }
+                    ' ' | '#' if k == 0 => {
+                        out.push('\\');
+                        out.push(c);
+                    }
+                    ' ' if k == last => out.push_str("\\ "),
+                    c if c.is_control() => {
+                        let mut b = [0u8; 4];
+                        for byte in c.encode_utf8(&mut b).bytes() {
+                            let _ = write!(out, "\\{byte:02X}");
+                        }
+                    }
+                    c => out.push(c),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A name attribute's value as text: the string types (a BMPString from UTF-16), else `None`.
+fn attribute_text(attr: &x509_parser::x509::AttributeTypeAndValue<'_>) -> Option<String> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    let v = attr.attr_value();
+    match v.tag() {
+        Tag::NumericString
+        | Tag::VisibleString
+        | Tag::PrintableString
+        | Tag::GeneralString
+        | Tag::GraphicString
+        | Tag::T61String
+        | Tag::VideotexString
+        | Tag::Utf8String
+        | Tag::Ia5String => std::str::from_utf8(v.data).ok().map(str::to_owned),
+        Tag::BmpString => {
+            let units = v
+                .data
+                .chunks_exact(2)
+                .map(|p| u16::from_be_bytes([p[0], p[1]]));
+            char::decode_utf16(units)
+                .collect::<Result<String, _>>()
+                .ok()
+        }
+        _ => None,
+    }
 }
 
 /// A header field the proxy sets: (name, value).
@@ -454,4 +530,48 @@ pub fn ktls_available() -> bool {
     std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp")
         .map(|s| s.split_whitespace().any(|u| u == "tls"))
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_text;
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+
+    fn subject(fields: &[(DnType, &str)]) -> String {
+        let mut params = CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        let mut dn = DistinguishedName::new();
+        for (t, v) in fields {
+            dn.push(t.clone(), *v);
+        }
+        params.distinguished_name = dn;
+        let cert = params.self_signed(&KeyPair::generate().unwrap()).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.der()).unwrap();
+        subject_text(parsed.subject())
+    }
+
+    #[test]
+    fn subject_values_are_escaped_as_rfc_4514_says() {
+        let plain = subject(&[
+            (DnType::CommonName, "alice"),
+            (DnType::OrganizationName, "Example"),
+        ]);
+        assert_eq!(plain, "CN=alice, O=Example");
+        // A CN that reads like two attributes is not the same text as two attributes.
+        let forged = subject(&[(DnType::CommonName, "bob, O=Admin")]);
+        let real = subject(&[
+            (DnType::CommonName, "bob"),
+            (DnType::OrganizationName, "Admin"),
+        ]);
+        assert_eq!(forged, "CN=bob\\, O=Admin");
+        assert_eq!(real, "CN=bob, O=Admin");
+        assert_ne!(forged, real);
+        for (value, text) in [
+            ("a+b;c<d>e\"f\\g", "CN=a\\+b\\;c\\<d\\>e\\\"f\\\\g"),
+            ("#x", "CN=\\#x"),
+            (" x ", "CN=\\ x\\ "),
+            ("a\r\nb\0", "CN=a\\0D\\0Ab\\00"),
+        ] {
+            assert_eq!(subject(&[(DnType::CommonName, value)]), text, "{value:?}");
+        }
+    }
 }
