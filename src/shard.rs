@@ -97,6 +97,8 @@ pub struct ShardCommon {
     pub lot: crate::park::Lot,
     /// Spare cancel handles for the keep-alive hot read ([`crate::conn`]).
     pub cancellers: crate::conn::Cancellers,
+    /// TLS handshakes in progress, oldest first (`tls.max_handshakes`).
+    pub handshakes: crate::tls::Running,
     /// Live client connections (see `worker::ActiveGuard`).
     pub(crate) active: Cell<usize>,
     /// The state for the snapshot in force on this shard (`None` once the shard stopped).
@@ -147,6 +149,7 @@ impl ShardCtx {
             idle: Notify::default(),
             lot: crate::park::Lot::default(),
             cancellers: crate::conn::Cancellers::default(),
+            handshakes: crate::tls::Running::default(),
             active: Cell::new(0),
             current: RefCell::new(None),
         });

@@ -326,6 +326,32 @@ both_engines! {
         assert!(seen.response.starts_with("HTTP/1.1 200"));
     }
 
+    // Sockets that never send a ClientHello fill max_handshakes; a new client still gets its
+    // handshake: the oldest in progress is ended to make room (it was refused before, for
+    // the whole handshake timeout).
+    fn silent_sockets_at_max_handshakes_do_not_lock_new_clients_out(engine) {
+        let Site { ca, dir: _dir, ca_file: _ca_file, origin: _origin, config } =
+            site("cap", "max_handshakes = 4, handshake_timeout = \"60s\"");
+        let proxy = config.admin("").start(engine);
+        let mut silent: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(proxy.addr()).unwrap()).collect();
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "8 silent sockets taken in", |m| {
+            m.value("edgeshard_tls_handshake_failures_total", &[("reason", "overload")]) == 4.0
+                && m.value("edgeshard_tls_handshakes_in_progress", &[]) == 4.0
+        });
+        let seen = tls_get(proxy.addr(), &Arc::new(ca.client_config()), "a.test", "/").unwrap();
+        assert!(seen.response.starts_with("HTTP/1.1 200"), "{}", seen.response);
+        // The oldest were the ones ended.
+        let mut buf = [0u8; 8];
+        for s in &mut silent[..4] {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            match s.read(&mut buf) {
+                Ok(0) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                other => panic!("an old silent socket is still open: {other:?}"),
+            }
+        }
+    }
+
     fn https_scheme_hsts_and_redirect(engine) {
         let Site { ca, dir: _dir, ca_file: _ca_file, origin, config: mut cfg } = site("scheme", "hsts = \"max-age=31536000\"");
         cfg.raw_listeners.push("address = \"127.0.0.1:0\"\nredirect_https = { port = 8443, status = 308 }".into());

@@ -349,8 +349,45 @@ fn server_config(
     Ok(sc)
 }
 
+/// The handshakes in progress on one shard, oldest first, each with the sender that ends it
+/// early. At `max_handshakes` a new connection ends the oldest rather than being refused: a
+/// client that completes its handshake does so within a few round trips, so the oldest is
+/// the likeliest to be stalled, and sockets that never send a ClientHello cannot lock every
+/// new client out for the handshake timeout (the cap still bounds the state held).
+#[derive(Default)]
+pub struct Running {
+    next: std::cell::Cell<u64>,
+    list:
+        std::cell::RefCell<std::collections::VecDeque<(u64, futures_channel::oneshot::Sender<()>)>>,
+}
+
+impl Running {
+    /// Registers a handshake (its id, and what resolves if it is ended early), first ending
+    /// the oldest when `max` are running.
+    fn start(&self, max: usize) -> (u64, futures_channel::oneshot::Receiver<()>) {
+        let (end, ended) = futures_channel::oneshot::channel();
+        let id = self.next.get();
+        self.next.set(id + 1);
+        let mut list = self.list.borrow_mut();
+        while list.len() >= max.max(1) {
+            // Dropping its sender resolves the oldest's receiver: it stops at its next poll.
+            list.pop_front();
+        }
+        list.push_back((id, end));
+        (id, ended)
+    }
+
+    fn finish(&self, id: u64) {
+        let mut list = self.list.borrow_mut();
+        if let Some(i) = list.iter().position(|(k, _)| *k == id) {
+            list.remove(i);
+        }
+    }
+}
+
 /// Runs the handshake for a connection accepted on `tls`, within its timeout and the shard's
-/// cap on concurrent handshakes, and counts the outcome. `None`: the connection is closed.
+/// cap on concurrent handshakes ([`Running`]), and counts the outcome. `None`: the
+/// connection is closed.
 pub async fn handshake(
     ctx: &ShardCtx,
     tls: &TlsListener,
@@ -359,21 +396,23 @@ pub async fn handshake(
     accepted: Instant,
 ) -> Option<TlsStream> {
     let st = &ctx.stats.tls;
-    if st.in_progress.get() as usize >= tls.max_handshakes {
-        st.failed(Failure::Overload);
-        return None;
-    }
+    let (id, ended) = ctx.handshakes.start(tls.max_handshakes);
     st.in_progress.set(st.in_progress.get() + 1);
     let left = tls.handshake_timeout.saturating_sub(accepted.elapsed());
-    let r = monoio::time::timeout(left, stream::accept(tcp, tls.config.clone())).await;
+    let r = monoio::select! {
+        r = monoio::time::timeout(left, stream::accept(tcp, tls.config.clone())) => Some(r),
+        _ = ended => None,
+    };
+    ctx.handshakes.finish(id);
     st.in_progress.set(st.in_progress.get() - 1);
     let failure = match r {
-        Ok(Ok(s)) => {
+        Some(Ok(Ok(s))) => {
             count_ok(ctx, tls, &s);
             return Some(s);
         }
-        Err(_) => Failure::Timeout,
-        Ok(Err(e)) => {
+        None => Failure::Overload,
+        Some(Err(_)) => Failure::Timeout,
+        Some(Ok(Err(e))) => {
             let f = e.reason();
             if f != Failure::Eof && ctx.errors.allow(&ctx.stats) {
                 tracing::info!(shard = ctx.id, %peer, listener = %tls.key_path, error = %e, "TLS handshake failed");

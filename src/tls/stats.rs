@@ -25,7 +25,8 @@ pub enum Failure {
     ClientCertificate,
     /// Anything else the peer got wrong.
     Protocol,
-    /// `max_handshakes` handshakes were already running on the shard: closed at once.
+    /// Ended to make room: `max_handshakes` were running on the shard when a new connection
+    /// came, and this was the oldest ([`super::Running`]).
     Overload,
 }
 
