@@ -533,6 +533,23 @@ fn prepare<'a>(
     })
 }
 
+/// `target` (path and query) with its path as routes compare it ([`crate::route::match_path`]
+/// of the [`crate::route::normalize_path`]ed path), for rate-limit keys.
+fn counted_target(target: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    let (path, _) = crate::rules::path_and_query(target);
+    let normalized = crate::route::normalize_path(path);
+    match crate::route::match_path(&normalized) {
+        Cow::Borrowed(p) if p == path => Cow::Borrowed(target),
+        p => {
+            let mut out = p.into_owned();
+            // The query, with its `?`, as it came.
+            out.extend_from_slice(&target[path.len()..]);
+            Cow::Owned(out)
+        }
+    }
+}
+
 /// A rate limit's answer when its bucket for this request is empty: `429` with the seconds
 /// until it has a token again.
 fn limited(
@@ -543,9 +560,12 @@ fn limited(
     head: &RequestHead,
     facts: &RequestFacts,
 ) -> Option<Plan<'static>> {
+    // `path` and `uri` count the path as routes compare it: `/rp/%62`, `//rp/b` and
+    // `/rp%2Fb` are the bucket of `/rp/b`, not fresh ones.
+    let target = counted_target(split_target(head.target.get(buf)).path);
     let src = KeySource {
         client_ip: facts.client_ip,
-        target: split_target(head.target.get(buf)).path,
+        target: &target,
         headers: head
             .headers
             .iter()

@@ -148,6 +148,26 @@ both_engines! {
         assert_eq!(origin.request_count(), 5);
     }
 
+    // A `path` key counts the path as routes compare it: respelling the path (an escaped
+    // letter, doubled or encoded slashes) finds the same, empty bucket.
+    fn a_path_key_counts_the_path_routes_compare(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", "rate_limit = { rate = 0.1, burst = 1, key = \"path\" }")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("e.example", "/rp/b?x=1"));
+        assert_eq!(c.read_response().status(), 200);
+        for respelled in ["/rp/b", "/rp/%62", "/rp//b", "//rp/b", "/rp%2Fb", "/rp/b?y=2"] {
+            c.send(&get("e.example", respelled));
+            assert_eq!(c.read_response().status(), 429, "{respelled}");
+        }
+        c.send(&get("e.example", "/rp/c"));
+        assert_eq!(c.read_response().status(), 200, "another path, another bucket");
+        assert_eq!(origin.request_count(), 2);
+    }
+
     fn a_listener_bucket_counts_every_request_on_it(engine) {
         let origin = Origin::start("o");
         let proxy = Config::single(origin.addr())
