@@ -145,9 +145,9 @@ pub async fn relay_response(
         compress::applies(cc, &ubuf, &head, in_framing).then_some((alg, cc))
     });
     // The encoder's memory, within the shard's `limits.compress_memory`; beyond it the
-    // response goes as it came (and may be stored).
+    // response goes as it came (and may be stored). The loan moves into the (boxed) relay.
     let mut coding = coding;
-    let _loan = match coding {
+    let loan = match coding {
         Some((alg, _)) => {
             let limit = r.cfg.limits.compress_memory;
             let loan = compress::Loan::take(&r.stats.compress_memory, limit, alg);
@@ -228,7 +228,7 @@ pub async fn relay_response(
                 client,
                 up,
                 &mut out,
-                coding,
+                (coding, loan),
                 in_framing,
                 chunked,
                 &mut written,
@@ -240,6 +240,9 @@ pub async fn relay_response(
             })
         }
         (None, Some(spliced)) => {
+            // (`None` here; dropped before the await so that the request's future does not
+            // hold its room: conn::tests::idle_connection_future_is_small.)
+            drop(loan);
             let up = Upstream {
                 conn: &mut upstream,
                 ubuf: &mut ubuf,
@@ -256,6 +259,7 @@ pub async fn relay_response(
             .await
         }
         (None, None) if in_framing == BodyFraming::None => {
+            drop(loan);
             let n = out.len();
             let t = cfg.timeouts.client_send;
             write_from(&mut client.stream, &mut out, 0, n, &mut client.deadline, t)
@@ -264,6 +268,7 @@ pub async fn relay_response(
                 .map_err(RelayError::Write)
         }
         (None, None) => {
+            drop(loan);
             let plan = BodyPlan {
                 incoming: in_framing,
                 outgoing: resp_framing,
@@ -534,7 +539,7 @@ async fn compressed_response(
     client: &mut Client,
     up: Upstream<'_>,
     out: &mut Vec<u8>,
-    (alg, cc): (Algorithm, &CompressConfig),
+    ((alg, cc), _loan): ((Algorithm, &CompressConfig), Option<compress::Loan<'_>>),
     in_framing: BodyFraming,
     chunked: bool,
     written: &mut bool,
