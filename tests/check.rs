@@ -184,6 +184,7 @@ client_body_min_rate = 500
 client_send_min_rate = "1KiB"
 auth_cache_entries = 1024
 auth_pending = 16
+compress_memory = "64MiB"
 
 [admin]
 address = "127.0.0.1:9901"
