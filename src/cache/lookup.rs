@@ -1,0 +1,267 @@
+//! The cache's *lookup* (stage 5½): the request's key, the store's entry for it (fresh,
+//! stale within a window, or with a validator), conditional requests answered `304` from an
+//! entry, and collapsed misses: a miss for a key another request of this shard is fetching
+//! waits for that fetch. What it returns is in the parent module ([`super::Lookup`]).
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+
+use super::policy::{self, RequestRules, Usable};
+use super::store::Entry;
+use super::{unix_now, Fill, FillState, Hit, Lookup, Request, ShardCache, Stale, HIT, STALE};
+use crate::config::CacheConfig;
+use crate::http::parse::Method;
+
+/// A stale entry found for the request.
+struct Found {
+    entry: Rc<Entry>,
+    /// Its whole key (URL and `Vary` part).
+    key: Vec<u8>,
+    usable: Usable,
+    /// Fresh by its own lifetime: only the request's `max-age` / `min-fresh` refused it.
+    fresh: bool,
+}
+
+/// Requests of one shard that may wait on one key's fetch; more go to the backend.
+const MAX_WAITERS: usize = 1024;
+
+/// The longest a request waits on another's fetch of its key (nginx's
+/// `proxy_cache_lock_timeout` default): then it goes to the backend itself.
+const MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// Looks the request up in its route's store on this shard. A miss for a key another
+/// request of this shard is already fetching waits for that fetch (at most `wait`) and
+/// looks again; if still a miss it is fetched without waiting again.
+pub async fn lookup<'a>(
+    cache: &'a ShardCache,
+    route: &str,
+    cfg: &CacheConfig,
+    req: &Request<'_>,
+    wait: Duration,
+) -> Lookup<'a> {
+    let mut rules = policy::request_rules(req.fields());
+    rules.authorization |= req.proxied_fields;
+    let mut fill = Fill {
+        cache,
+        s: FillState {
+            route: route.into(),
+            cfg: cfg.clone(),
+            key: Vec::new(),
+            inflight: None,
+            req: Vec::new(),
+            rules,
+            request_time: unix_now(),
+            store: false,
+            no_vary: req.proxied_fields,
+            own: req.own_fields.clone(),
+            bypass: true,
+            verdict: None,
+            admitted: None,
+            tee: None,
+            stale: None,
+            replaces: false,
+            background: false,
+        },
+    };
+    let usable = matches!(req.method, Method::Get | Method::Head);
+    if !usable || req.unusual || rules.bypass {
+        return Lookup::Miss(Box::new(fill));
+    }
+    fill.bypass = false;
+    policy::primary_key(req.https, req.host, req.target, &mut fill.key);
+    let mut waited = false;
+    let mut stale: Option<Found>;
+    loop {
+        stale = match find(cache, route, cfg, &fill.key, req, &rules) {
+            Some(f) if f.usable == Usable::Fresh => {
+                ShardCache::bump(&cache.hits);
+                // Counted: the fill drops unused.
+                fill.verdict = Some(HIT);
+                return Lookup::Hit(hit_of(f.entry, req, HIT));
+            }
+            found => found,
+        };
+        let while_revalidate = matches!(
+            stale,
+            Some(Found {
+                usable: Usable::WhileRevalidate { .. },
+                ..
+            })
+        );
+        if req.method == Method::Head {
+            // A HEAD has no body to store; it is forwarded as it is (a stale entry within
+            // its window answers it, and is revalidated by the next GET).
+            if let Some(f) = stale.take().filter(|_| while_revalidate) {
+                return stale_answer(&mut fill, f.entry, req);
+            }
+            break;
+        }
+        let mut flight = Vec::with_capacity(route.len() + 1 + fill.key.len());
+        flight.extend_from_slice(route.as_bytes());
+        flight.push(b' ');
+        flight.extend_from_slice(&fill.key);
+        let rx = {
+            let mut inflight = cache.inflight.borrow_mut();
+            match inflight.get_mut(&flight) {
+                // Another request is revalidating it: the stale entry is the answer now.
+                Some(_) if while_revalidate => None,
+                Some(waiters) if !waited && waiters.len() < MAX_WAITERS => {
+                    // Senders of waiters that gave up are dropped here, not kept.
+                    waiters.retain(|tx| !tx.is_canceled());
+                    let (tx, rx) = oneshot::channel();
+                    waiters.push(tx);
+                    Some(rx)
+                }
+                Some(_) => None,
+                None => {
+                    inflight.insert(flight.clone(), Vec::new());
+                    fill.inflight = Some(flight);
+                    None
+                }
+            }
+        };
+        match rx {
+            Some(rx) => {
+                // Woken when the fetch ends, stored or not (its sender drops).
+                // Boxed: a monoio timer inline would over-align the request's future.
+                let _ = Box::pin(monoio::time::timeout(wait.min(MAX_WAIT), rx)).await;
+                waited = true;
+            }
+            None => break,
+        }
+    }
+    if req.method == Method::Get {
+        fill.store = true;
+        fill.req = req
+            .forwarded_fields()
+            .map(|(n, v)| (n.to_ascii_lowercase().into(), v.into()))
+            .collect();
+    }
+    let stale = stale.map(|f| {
+        let (while_revalidate, if_error) = match f.usable {
+            Usable::WhileRevalidate { if_error } => (true, if_error),
+            Usable::Stale { if_error } => (false, if_error),
+            Usable::Fresh => (false, false),
+        };
+        let st = Stale {
+            entry: f.entry,
+            key: f.key,
+            if_error,
+            fresh: f.fresh,
+        };
+        (st, while_revalidate)
+    });
+    match stale {
+        Some((st, true)) if fill.inflight.is_none() => {
+            // Someone else revalidates it.
+            stale_answer(&mut fill, st.entry, req)
+        }
+        Some((st, true)) if fill.claim_background() => {
+            let hit = stale_answer(&mut fill, st.entry.clone(), req);
+            fill.stale = Some(st);
+            match hit {
+                Lookup::Stale(hit, _) => Lookup::Stale(hit, Some(Box::new(fill))),
+                other => other,
+            }
+        }
+        // Outside the window, or no room for another background revalidation: this
+        // request revalidates it in the foreground.
+        st => {
+            fill.stale = st.map(|(st, _)| st);
+            Lookup::Miss(Box::new(fill))
+        }
+    }
+}
+
+/// A stale entry as the answer (`X-Cache: STALE`), counted; the fill is not used.
+fn stale_answer<'a>(fill: &mut Fill<'_>, entry: Rc<Entry>, req: &Request<'_>) -> Lookup<'a> {
+    ShardCache::bump(&fill.cache.stale);
+    fill.verdict = Some(STALE);
+    Lookup::Stale(hit_of(entry, req, STALE), None)
+}
+
+/// The entry `entry` as the answer to `req`, labelled `x_cache`.
+fn hit_of(entry: Rc<Entry>, req: &Request<'_>, x_cache: &'static [u8]) -> Hit {
+    let not_modified = answers_304(&entry, req.fields());
+    Hit {
+        entry,
+        not_modified,
+        x_cache,
+    }
+}
+
+/// Whether the request with `fields` gets a `304` from `entry`. Conditionals only change a
+/// 2xx answer (RFC 9110 §13.2.1): a stored 404 stays a 404.
+pub(super) fn answers_304<'h>(
+    entry: &Entry,
+    fields: impl Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+) -> bool {
+    let value_of = |name: &[u8]| {
+        fields
+            .clone()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    matches!(entry.status, 200 | 203)
+        && policy::not_modified(
+            value_of(b"if-none-match"),
+            value_of(b"if-modified-since"),
+            entry.etag.as_deref(),
+            entry.last_modified,
+            unix_now(),
+        )
+}
+
+/// The entry for the request, if the store has one it may use: fresh, or stale with a
+/// validator or within a stale window (capped by `cfg`), as the request's `max-age` and
+/// `min-fresh` allow ([`policy::for_request`]). Another stale one is removed.
+fn find(
+    cache: &ShardCache,
+    route: &str,
+    cfg: &CacheConfig,
+    url: &[u8],
+    req: &Request<'_>,
+    rules: &RequestRules,
+) -> Option<Found> {
+    let mut stores = cache.stores.borrow_mut();
+    let store = stores.get_mut(route)?;
+    store.record(url);
+    let names = store.vary_names(url)?;
+    let mut key = url.to_vec();
+    policy::vary_key(&names, req.forwarded_fields(), &mut key);
+    let entry = store.get(&key)?;
+    let age = entry.age(Instant::now());
+    let usable = policy::usable(age, entry.lifetime, windows(&entry, cfg));
+    if usable == (Usable::Stale { if_error: false }) && !entry.has_validator() {
+        store.remove(&key);
+        return None;
+    }
+    let fresh = usable == Usable::Fresh;
+    let usable = policy::for_request(usable, age, entry.lifetime, rules);
+    Some(Found {
+        entry,
+        key,
+        usable,
+        fresh,
+    })
+}
+
+/// `entry` may be served now because its backend failed: stale within its `stale-if-error`
+/// window (or still fresh).
+pub(super) fn within_if_error(entry: &Entry, cfg: &CacheConfig) -> bool {
+    let age = entry.age(Instant::now());
+    !matches!(
+        policy::usable(age, entry.lifetime, windows(entry, cfg)),
+        Usable::WhileRevalidate { if_error: false } | Usable::Stale { if_error: false }
+    )
+}
+
+/// An entry's stale windows within the route's caps.
+fn windows(entry: &Entry, cfg: &CacheConfig) -> (u64, u64) {
+    (
+        entry.windows.0.min(cfg.stale_while_revalidate_max),
+        entry.windows.1.min(cfg.stale_if_error_max),
+    )
+}
