@@ -300,7 +300,7 @@ async fn plan<'a>(
                     || route_cfg.rules.request.is_some()
                     || client.listener.request_headers.is_some()
                     || crate::tls::client_facts(client).1.is_some(),
-                own_fields: ctx.shared.own_fields_configured(),
+                own_fields: &ctx.shared.own_fields,
             };
             let t = &ctx.shared.config.timeouts;
             let wait = t.upstream_connect + t.upstream_response;

@@ -96,6 +96,12 @@ pub struct Shared {
     pub tls: Arc<crate::tls::TlsListeners>,
     /// Per listener: its identity (indexed like `config.listeners`).
     pub listener_ids: Vec<ListenerId>,
+    /// Fields the proxy writes under names the configuration chose, beyond those it always
+    /// writes ([`crate::http::fields::written_by_proxy`]): the request id's header when it is
+    /// not `X-Request-Id`, and the listeners' mTLS subject headers (set by
+    /// [`Shared::with_tls`]). A client's copy never reaches a backend, so the cache stores no
+    /// response that varies on one. Empty with the defaults.
+    pub own_fields: Box<[Box<[u8]>]>,
 }
 
 impl Shared {
@@ -208,26 +214,26 @@ impl Shared {
             upstream_backends,
             tls: Arc::default(),
             listener_ids,
+            own_fields: Box::default(),
         }
+        .with_own_fields()
     }
 
     /// This snapshot with its listeners' TLS (built by [`crate::tls::TlsListeners::build`]).
     pub fn with_tls(mut self, tls: Arc<crate::tls::TlsListeners>) -> Shared {
         self.tls = tls;
-        self
+        self.with_own_fields()
     }
 
-    /// Fields the proxy writes under names the configuration chose, beyond those it always
-    /// writes ([`crate::http::fields::written_by_proxy`]): the request id's header when it is
-    /// not `X-Request-Id`, and the listeners' mTLS subject headers. A client's copy never
-    /// reaches a backend, so the cache stores no response that varies on one.
-    pub fn own_fields_configured(&self) -> Vec<Box<[u8]>> {
+    /// [`Shared::own_fields`] from the configuration and the listeners' TLS.
+    fn with_own_fields(mut self) -> Shared {
         let rid = self.config.request_id.header_lower.as_bytes();
-        std::iter::once(rid)
+        self.own_fields = std::iter::once(rid)
             .chain(self.tls.subject_headers.iter().map(|h| h.as_bytes()))
             .filter(|n| !crate::http::fields::written_by_proxy(n))
             .map(Box::from)
-            .collect()
+            .collect();
+        self
     }
 
     /// The position of listener `id` in this snapshot, if it has it.

@@ -55,7 +55,7 @@ pub async fn lookup<'a>(
             request_time: unix_now(),
             store: false,
             no_vary: req.proxied_fields,
-            own: req.own_fields.clone(),
+            own: req.own_fields.to_vec(),
             bypass: true,
             verdict: None,
             admitted: None,

@@ -143,9 +143,9 @@ pub struct Request<'r> {
     /// fields, not those the backend saw).
     pub proxied_fields: bool,
     /// Fields the proxy writes under names the configuration chose
-    /// ([`crate::snapshot::Shared::own_fields_configured`]; empty with the defaults): a
-    /// response that varies on one is not stored.
-    pub own_fields: Vec<Box<[u8]>>,
+    /// ([`crate::snapshot::Shared::own_fields`]; empty with the defaults): a response that
+    /// varies on one is not stored.
+    pub own_fields: &'r [Box<[u8]>],
 }
 
 impl Request<'_> {

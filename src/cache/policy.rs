@@ -213,7 +213,7 @@ pub enum Storable {
 /// (§4.2.1: `s-maxage`, else `max-age`, else `Expires` − `Date`; no heuristics). `no-cache`
 /// would need revalidation on every use, which this cache does not do yet: not stored.
 /// `own`: fields the proxy writes under names the configuration chose
-/// ([`crate::snapshot::Shared::own_fields_configured`]), beside those it always writes.
+/// ([`crate::snapshot::Shared::own_fields`]), beside those it always writes.
 pub fn storable(
     status: u16,
     f: &ResponseFacts,
