@@ -17,7 +17,7 @@ use crate::http::canned::Canned;
 use crate::http::encode::{split_target, upstream_request_head, OutFraming, UpstreamRequest};
 use crate::http::parse::{BodyFraming, Method, RequestHead};
 use crate::respond::{cfg_rid_header, linger_close, relay_response, respond_canned_with, Respond};
-use crate::route::{match_path, routing_input, valid_authority};
+use crate::route::{match_path, normalize_path, routing_input, valid_authority};
 use crate::rules::{location, path_and_query, rewrite_target, Fields, Vars};
 use crate::shard::ShardCtx;
 use crate::stats::bump;
@@ -533,23 +533,6 @@ fn prepare<'a>(
     })
 }
 
-/// `target` (path and query) with its path as routes compare it ([`crate::route::match_path`]
-/// of the [`crate::route::normalize_path`]ed path), for rate-limit keys.
-fn counted_target(target: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    use std::borrow::Cow;
-    let (path, _) = crate::rules::path_and_query(target);
-    let normalized = crate::route::normalize_path(path);
-    match crate::route::match_path(&normalized) {
-        Cow::Borrowed(p) if p == path => Cow::Borrowed(target),
-        p => {
-            let mut out = p.into_owned();
-            // The query, with its `?`, as it came.
-            out.extend_from_slice(&target[path.len()..]);
-            Cow::Owned(out)
-        }
-    }
-}
-
 /// A rate limit's answer when its bucket for this request is empty: `429` with the seconds
 /// until it has a token again.
 fn limited(
@@ -561,8 +544,18 @@ fn limited(
     facts: &RequestFacts,
 ) -> Option<Plan<'static>> {
     // `path` and `uri` count the path as routes compare it: `/rp/%62`, `//rp/b` and
-    // `/rp%2Fb` are the bucket of `/rp/b`, not fresh ones.
-    let target = counted_target(split_target(head.target.get(buf)).path);
+    // `/rp%2Fb` are the bucket of `/rp/b`, not fresh ones. Other keys do not read it.
+    let raw = split_target(head.target.get(buf)).path;
+    let reads_path = matches!(
+        limit.key,
+        crate::config::RateKey::Request(
+            crate::balance::HashKey::Path | crate::balance::HashKey::Uri
+        )
+    );
+    let path = path_and_query(raw).0;
+    let normalized = reads_path.then(|| normalize_path(path));
+    let compared = normalized.as_deref().map(match_path);
+    let target = matched_target(raw, compared.as_deref().filter(|&p| p != path));
     let src = KeySource {
         client_ip: facts.client_ip,
         target: &target,
