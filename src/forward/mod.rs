@@ -612,6 +612,11 @@ impl<'a> Forward<'a> {
         tries: &mut Tries,
     ) -> Option<usize> {
         let upstream = tries.upstream;
+        // The budget first: a pick moves the balancer (round robin's cursor), and a refused
+        // retry that had picked would hand the failing backend every next first try.
+        if !self.backends.budget_allows(upstream) {
+            return None;
+        }
         let mut others = tries.tried.clone();
         others.push(failed);
         let (pick, set) =
@@ -620,9 +625,7 @@ impl<'a> Forward<'a> {
         let Pick::Backend(next) = pick else {
             return None;
         };
-        if !self.backends.budget_retry(upstream) {
-            return None;
-        }
+        self.backends.budget_spend(upstream);
         tries.set_cookie = set;
         bump(&self.stats.retries);
         if self.errors.allow(self.stats) {

@@ -293,17 +293,23 @@ impl RetryBudget {
         b.requests += 1;
     }
 
-    /// Spends a retry token if the window allows one more retry; counts denials.
-    pub fn try_retry(&mut self, now: Instant) -> bool {
+    /// Whether the window allows one more retry at `now`; a refusal is counted. Spends
+    /// nothing: the caller [`RetryBudget::spend`]s once the retry has a backend to go to, so
+    /// a refused retry never moves the balancer (which would hand the failing backend the
+    /// next request's first try) and a retry with no backend left costs no token.
+    pub fn allows(&mut self, now: Instant) -> bool {
         let (requests, retries) = self.totals(now);
-        if (retries as f64) < self.ratio * requests as f64 + self.reserve {
-            self.bucket(now).retries += 1;
-            self.granted += 1;
-            true
-        } else {
+        let allowed = (retries as f64) < self.ratio * requests as f64 + self.reserve;
+        if !allowed {
             self.denied += 1;
-            false
         }
+        allowed
+    }
+
+    /// Spends one retry token (after [`RetryBudget::allows`]).
+    pub fn spend(&mut self, now: Instant) {
+        self.bucket(now).retries += 1;
+        self.granted += 1;
     }
 
     /// Retries granted since start.
@@ -347,6 +353,17 @@ impl RetryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl RetryBudget {
+        /// What the live path does when a backend is there: ask, then spend.
+        fn try_retry(&mut self, now: Instant) -> bool {
+            let allowed = self.allows(now);
+            if allowed {
+                self.spend(now);
+            }
+            allowed
+        }
+    }
 
     const RESET: Outcome = Outcome::Reset;
     const CONNECT: Outcome = Outcome::ConnectFailure;

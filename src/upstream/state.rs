@@ -278,10 +278,17 @@ impl Backends {
         self.budgets.borrow_mut()[upstream].record_request(crate::clock::now());
     }
 
-    /// Whether the upstream's retry budget allows one more retry now (counted either way).
+    /// Whether the upstream's retry budget allows one more retry now (a refusal is counted;
+    /// nothing is spent: see [`RetryBudget::allows`]).
     #[inline]
-    pub fn budget_retry(&self, upstream: usize) -> bool {
-        self.budgets.borrow_mut()[upstream].try_retry(crate::clock::now())
+    pub fn budget_allows(&self, upstream: usize) -> bool {
+        self.budgets.borrow_mut()[upstream].allows(crate::clock::now())
+    }
+
+    /// Spends a retry of the upstream's budget: the retry has a backend.
+    #[inline]
+    pub fn budget_spend(&self, upstream: usize) {
+        self.budgets.borrow_mut()[upstream].spend(crate::clock::now());
     }
 
     /// Retries granted and denied per upstream since start.

@@ -150,4 +150,29 @@ both_engines! {
             }
         }
     }
+
+    fn a_retry_the_budget_refuses_leaves_the_balancer_alone(engine) {
+        // `a` resets every request, `b` answers; no budget at all, so no retry is granted.
+        // Round robin still alternates first tries: half the requests reach `b`. (A refused
+        // retry used to move the cursor to `b` first, so every first try went to `a`: 502s
+        // only, `b` idle.)
+        let a = Misbehave::start(Misbehaviour::ResetOnRequest);
+        let b = Origin::start("b");
+        let retry = "[upstream.retry]\nbudget = 0.0\nmin_retries_per_sec = 0";
+        let proxy = Proxy::start(&config(true, &two(a.addr(), b.addr(), retry)), engine);
+        let mut served = 0;
+        for i in 0..20 {
+            let r = ask_new(proxy.addr(), &format!("/{i}"));
+            match r.status() {
+                200 => {
+                    assert_eq!(served_by(&r), "b");
+                    served += 1;
+                }
+                s => assert_eq!(s, 502, "a reset, not retried"),
+            }
+        }
+        assert_eq!(served, 10, "every other first try goes to b");
+        assert_eq!((a.accepted(), b.request_count()), (10, 10));
+        assert_eq!(budget(&proxy), (0.0, 10.0), "each of a's resets asked once and was refused");
+    }
 }
