@@ -33,6 +33,7 @@ use crate::splice::{relay_spliced, PipeLoan, PipePool, SplicePlan, SplicedBody};
 use crate::stats::{add, bump, Stats};
 use crate::trace::{RequestId, Trace};
 use crate::tunnel::Upgraded;
+use crate::tunnel::{offered_upgrade, switch_agreed};
 use crate::upstream::pool::Pool;
 use crate::upstream::state::Backends;
 
@@ -118,6 +119,10 @@ pub async fn relay_response(
         date: Some(r.date),
         rules: Fields::of(listener.response_headers.as_deref(), route_rules, &vars),
     };
+    // `out` still holds the head sent upstream, with the protocols the client offered.
+    if head.status == 101 && !switch_agreed(offered_upgrade(&out), &ubuf, &head) {
+        return Err(ProxyError::upstream(Kind::Framing, Stage::Head).with_responded(interim));
+    }
     out.clear();
     if head.status == 101 {
         trace.upstream_us = Some(micros(sending));

@@ -35,7 +35,7 @@ use std::time::Instant;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
-use crate::http::parse::{HeaderKind, RequestHead, Span};
+use crate::http::parse::{HeaderKind, RequestHead, ResponseHead, Span};
 use crate::shard::ShardCtx;
 use crate::splice::{set_nonblocking, splice_once, would_block, Pipe};
 use crate::stats::add;
@@ -70,6 +70,49 @@ pub fn wants_upgrade(buf: &[u8], head: &RequestHead) -> Option<Span> {
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
     (!v.is_empty() && !h2c).then_some(h.value)
+}
+
+/// The protocols an upgrade request offered, from its head as sent upstream: the `Upgrade`
+/// field [`crate::proxy`] appends last (a client's own is hop-by-hop, never forwarded).
+/// Empty when there is none.
+pub fn offered_upgrade(sent: &[u8]) -> &[u8] {
+    const NAME: &[u8] = b"\r\nUpgrade: ";
+    let Some(at) = sent.windows(NAME.len()).rposition(|w| w == NAME) else {
+        return b"";
+    };
+    let value = &sent[at + NAME.len()..];
+    let end = value
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(value.len());
+    &value[..end]
+}
+
+/// Whether a `101` (`head`, parsed in `buf`) switches only to protocols the client offered
+/// (`offer`, its request's `Upgrade` value): RFC 9110 §7.8, a server "MUST NOT switch to a
+/// protocol that was not indicated by the client", and §15.2.2, a `101` names the protocols
+/// in `Upgrade`. Protocol names (with their versions) compare without regard to case, as
+/// RFC 6455 has `websocket`. Anything else is a bad response (502), not a tunnel.
+pub fn switch_agreed(offer: &[u8], buf: &[u8], head: &ResponseHead) -> bool {
+    fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+        v.split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+    }
+    let mut named = 0;
+    for h in head
+        .headers
+        .iter()
+        .filter(|h| h.kind == HeaderKind::Upgrade)
+    {
+        for t in tokens(h.value.get(buf)) {
+            if !tokens(offer).any(|o| o.eq_ignore_ascii_case(t)) {
+                return false;
+            }
+            named += 1;
+        }
+    }
+    named > 0
 }
 
 /// Runs the tunnel to its end. `client_early` holds bytes the client sent after its request

@@ -140,7 +140,51 @@ fn closing_backend(early: &'static [u8]) -> SocketAddr {
     addr
 }
 
+/// A backend that answers one request with `head` (a 101 of its choosing), then holds the
+/// connection until the proxy closes it.
+fn answering_backend(head: String) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        if read_head_bytes(&mut s).is_err() || s.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let _ = s.read(&mut [0u8; 1]);
+    });
+    addr
+}
+
 both_engines! {
+    fn a_101_must_name_a_protocol_the_client_offered(engine) {
+        // RFC 9110 §7.8 and §15.2.2: a 101 switches to a protocol the request's Upgrade
+        // offered, and says which in its own Upgrade. Anything else is a bad response (502),
+        // never a tunnel; names compare without regard to case.
+        let cases: [(&str, Option<&str>, u16); 6] = [
+            ("websocket", Some("h2c"), 502),
+            ("websocket", None, 502),
+            ("websocket", Some(""), 502),
+            ("websocket", Some("websocket, other"), 502),
+            ("websocket", Some("WebSocket"), 101),
+            ("foo/1, bar/2", Some("bar/2"), 101),
+        ];
+        for (offer, answer, want) in cases {
+            let upgrade = answer.map_or(String::new(), |a| format!("Upgrade: {a}\r\n"));
+            let backend = answering_backend(format!(
+                "HTTP/1.1 101 Switching Protocols\r\n{upgrade}Connection: Upgrade\r\n\r\n"
+            ));
+            let proxy = Config::single(backend).start(engine);
+            let mut s = TcpStream::connect(proxy.addr()).unwrap();
+            s.write_all(&upgrade_request(offer)).unwrap();
+            let head = read_head(&mut s);
+            assert!(
+                head.starts_with(&format!("HTTP/1.1 {want} ")),
+                "offer {offer:?}, answer {answer:?}: {head}"
+            );
+        }
+    }
+
     fn backend_reset_ends_the_tunnel_at_once(engine) {
         // An error on one side ends both directions: the client sees its connection closed
         // right away, not after tunnel_idle (30 s here).
