@@ -185,6 +185,12 @@ both_engines! {
                 ("X-Original-Method", "GET"),
                 ("X-Real-IP", "192.0.2.1"),
                 ("Forwarded", "for=192.0.2.1"),
+                // The same in the spellings a CGI or WSGI service folds into those names,
+                // the other client-address claims, and httpoxy's `Proxy`.
+                ("X_Original_URL", "http://a/public"),
+                ("X_Forwarded_Uri", "/public"),
+                ("True-Client-IP", "192.0.2.2"),
+                ("Proxy", "http://evil.example:3128"),
                 ("Content-Length", "4"),
             ], b"body"));
             assert_eq!(c.read_response().status(), 200);
@@ -202,6 +208,10 @@ both_engines! {
         assert_eq!(check.header_all("x-original-url"), ["http://e.example/app/x?y=1"], "{}", check.raw_head);
         assert_eq!(check.header_all("x-original-method"), ["POST"], "{}", check.raw_head);
         assert!(!check.has_header("x-real-ip") && !check.has_header("forwarded"), "{}", check.raw_head);
+        let lower = check.raw_head.to_ascii_lowercase();
+        for claim in ["x_original_url", "x_forwarded_uri", "true-client-ip", "\r\nproxy:"] {
+            assert!(!lower.contains(claim), "{claim}: {}", check.raw_head);
+        }
         assert!(!check.has_header("content-length"), "the check has no body: {}", check.raw_head);
         // The service's connection was pooled: two checks, one connection.
         assert_eq!(service.accepted(), 1);

@@ -20,6 +20,7 @@ use super::{count, Denial, Granted, Mode, Request, SetField, Verdict};
 use crate::config::ForwardAuth;
 use crate::health::Outcome as TryOutcome;
 use crate::http::canned::Canned;
+use crate::http::fields::{forwarding_claim, never_forwarded, same_field};
 use crate::http::parse::{
     parse_response, BodyFraming, HeadLimits, HeaderKind, Method, Parsed, ResponseHead,
 };
@@ -328,13 +329,14 @@ fn said(ctx: &ShardCtx, fa: &ForwardAuth, ubuf: &[u8], head: &ResponseHead) -> S
 /// decide on them (Authelia reads `X-Original-URL` and `X-Original-Method`, Authentik's
 /// outpost `X-Original-URI`, others `X-Real-IP` or `Forwarded`), so a client's own copies
 /// never reach the service: `GET /secret` with `X-Original-URL: https://public.example/`
-/// would be checked as the public page.
+/// would be checked as the public page. Names compare as the backend path compares them
+/// ([`same_field`]: a CGI or WSGI service reads `X_Original_URL` as `X-Original-URL`), with
+/// every other forwarding claim and `Proxy` (httpoxy) dropped as there.
 fn speaks_for_the_proxy(name: &[u8]) -> bool {
-    let lower = |p: &[u8]| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p);
-    lower(b"x-forwarded-")
-        || lower(b"x-original-")
-        || name.eq_ignore_ascii_case(b"x-real-ip")
-        || name.eq_ignore_ascii_case(b"forwarded")
+    const ORIGINAL: &[u8] = b"x-original-";
+    forwarding_claim(name)
+        || never_forwarded(name)
+        || (name.len() > ORIGINAL.len() && same_field(&name[..ORIGINAL.len()], ORIGINAL))
 }
 
 fn check_request(
