@@ -5,6 +5,9 @@
 //! parses the head only once its end may have arrived, so a dripping backend costs linear work.
 
 use crate::http::chunked::ChunkedDecoder;
+use crate::http::parse::{
+    parse_response, BodyFraming, HeadLimits, Method, ParseError, Parsed, ResponseHead,
+};
 
 use super::check::{HttpCheck, ProbeFailure, MAX_BODY_BYTES, MAX_HEAD_BYTES};
 
@@ -113,33 +116,38 @@ impl<'a> ResponseMatcher<'a> {
                 }
                 return Verdict::NeedMore;
             }
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut headers);
-            let len = match resp.parse(&self.head) {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) if self.head.len() > MAX_HEAD_BYTES => {
+            // The request path's own parser, so a probe fails on what a client's request
+            // would get a 502 for (ambiguous framing, obs-fold, a bad status line), whether
+            // or not the body is read.
+            let limits = HeadLimits {
+                max_header_bytes: MAX_HEAD_BYTES,
+                max_headers: MAX_HEADERS,
+                max_uri_bytes: 0,
+            };
+            let mut resp = ResponseHead::default();
+            match parse_response(&self.head, &limits, &mut resp) {
+                Ok(Parsed::Complete(())) => {}
+                Ok(Parsed::Partial) => return Verdict::NeedMore,
+                Err(ParseError::HeadTooLarge) => {
                     return Verdict::Fail(ProbeFailure::Malformed {
                         what: "response head too large",
                     });
                 }
-                Ok(httparse::Status::Partial) => return Verdict::NeedMore,
-                Err(httparse::Error::TooManyHeaders) => {
+                Err(ParseError::TooManyHeaders) => {
                     return Verdict::Fail(ProbeFailure::Malformed {
                         what: "too many header fields",
                     });
+                }
+                Err(ParseError::Malformed(what)) => {
+                    return Verdict::Fail(ProbeFailure::Malformed { what });
                 }
                 Err(_) => {
                     return Verdict::Fail(ProbeFailure::Malformed {
                         what: "bad response head",
                     });
                 }
-            };
-            if len > MAX_HEAD_BYTES {
-                return Verdict::Fail(ProbeFailure::Malformed {
-                    what: "response head too large",
-                });
             }
-            let status = resp.code.unwrap_or(0);
+            let (len, status) = (resp.head_len, resp.status);
             if (100..200).contains(&status) && status != 101 {
                 // Interim response: drop it and parse the next head.
                 self.head.drain(..len);
@@ -149,16 +157,23 @@ impl<'a> ResponseMatcher<'a> {
             if !self.check.expect.contains(status) {
                 return Verdict::Fail(ProbeFailure::Status { status });
             }
+            let method = if self.check.method.eq_ignore_ascii_case("HEAD") {
+                Method::Head
+            } else {
+                Method::Get
+            };
+            let framing = match resp.framing(method) {
+                BodyFraming::None => Framing::Length { remaining: 0 },
+                BodyFraming::Length(n) => Framing::Length { remaining: n },
+                BodyFraming::Chunked => Framing::Chunked(ChunkedDecoder::new(MAX_HEAD_BYTES)),
+                BodyFraming::UntilClose => Framing::UntilEof,
+            };
             let Some(needle) = &self.check.body_contains else {
                 return Verdict::Pass;
             };
             if needle.is_empty() {
                 return Verdict::Pass;
             }
-            let framing = match body_framing(resp.headers, status, &self.check.method) {
-                Ok(f) => f,
-                Err(what) => return Verdict::Fail(ProbeFailure::Malformed { what }),
-            };
             let rest = self.head.split_off(len);
             self.head = Vec::new();
             self.phase = Phase::Body {
@@ -233,41 +248,6 @@ impl<'a> ResponseMatcher<'a> {
     }
 }
 
-/// The body framing of a response (RFC 9112 §6.3), for a check that reads the body.
-fn body_framing(
-    headers: &[httparse::Header<'_>],
-    status: u16,
-    method: &str,
-) -> Result<Framing, &'static str> {
-    if method.eq_ignore_ascii_case("HEAD") || status == 204 || status == 304 {
-        return Ok(Framing::Length { remaining: 0 });
-    }
-    let mut length: Option<u64> = None;
-    let mut chunked = None;
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(&[]);
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            let v = h.value.trim_ascii();
-            if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-                return Err("bad Content-Length");
-            }
-            let n = v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting Content-Length");
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match (chunked, length) {
-        (Some(true), _) => Framing::Chunked(ChunkedDecoder::new(MAX_HEAD_BYTES)),
-        (Some(false), _) => Framing::UntilEof,
-        (None, Some(n)) => Framing::Length { remaining: n },
-        (None, None) => Framing::UntilEof,
-    })
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -308,6 +288,27 @@ mod tests {
             m.finish()
         } else {
             Verdict::NeedMore
+        }
+    }
+
+    #[test]
+    fn framing_the_request_path_refuses_fails_the_probe() {
+        // Without a body to search the body is not read, but its framing is still checked:
+        // these heads get a client 502 on the request path (docs/SMUGGLING.md rows 90, 91,
+        // 101).
+        let c = http("200", None);
+        for head in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n",
+        ] {
+            let v = verdict(&c, head, false);
+            assert!(
+                matches!(v, Verdict::Fail(ProbeFailure::Malformed { .. })),
+                "{}: {v:?}",
+                String::from_utf8_lossy(head)
+            );
         }
     }
 
