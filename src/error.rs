@@ -72,6 +72,18 @@ pub struct ProxyError {
     pub responded: bool,
 }
 
+impl ProxyError {
+    /// The same failure, found to be the client's: it closed or reset its connection while
+    /// the exchange waited ([`crate::io::Deadline::watch`]).
+    pub fn client_left(self) -> ProxyError {
+        ProxyError {
+            side: Side::Client,
+            kind: Kind::Closed,
+            ..self
+        }
+    }
+}
+
 /// What the client gets for a failed exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {

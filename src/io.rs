@@ -8,6 +8,7 @@
 //! step cost about 500 instructions per request (callgrind), a third of the engine's own work.
 
 use std::future::Future;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -37,6 +38,11 @@ pub struct Deadline {
     timer: Pin<Box<Timer>>,
 }
 
+/// How often a watched client ([`Deadline::watch`]) is looked at while the exchange waits for
+/// its backend: nginx notices a client that left at once (`proxy_ignore_client_abort off`);
+/// here a wait that lasts is checked once a second, so a fast exchange pays nothing.
+pub const WATCH_EVERY: Duration = Duration::from_secs(1);
+
 pin_project_lite::pin_project! {
     #[project = TimerProj]
     struct Timer {
@@ -46,6 +52,11 @@ pin_project_lite::pin_project! {
         armed: Instant,
         // The end of the step in progress (one at a time: `Within` borrows the deadline).
         end: Instant,
+        // The client socket looked at when the timer fires early ([`Deadline::watch`]), and
+        // from when.
+        watch: Option<(RawFd, Instant)>,
+        // A watched client was found gone: the step ended early, as if timed out.
+        gone: bool,
     }
 }
 
@@ -64,8 +75,34 @@ impl Deadline {
                 sleep: monoio::time::sleep_until(monoio::time::Instant::from_std(armed)),
                 armed,
                 end: armed,
+                watch: None,
+                gone: false,
             }),
         }
+    }
+
+    /// From [`WATCH_EVERY`] from now until [`Deadline::unwatch`], a step that is still waiting
+    /// looks at the client socket `fd` every [`WATCH_EVERY`] without reading it
+    /// ([`peer_gone`]): a client that closed or reset ends the step as a timeout would, and
+    /// `unwatch` says so. Like nginx (`proxy_ignore_client_abort off`), a client that
+    /// half-closed after its request counts as gone once the wait lasts. The exchange watches
+    /// its client while it waits for the backend's answer, so a backend connection (and its
+    /// breaker permit) is not held for a client that left.
+    pub fn watch(&mut self, fd: RawFd) {
+        let at = crate::clock::now() + WATCH_EVERY;
+        let t = self.timer.as_mut().project();
+        *t.watch = Some((fd, at));
+        *t.gone = false;
+        if at < *t.armed {
+            arm(t, at);
+        }
+    }
+
+    /// Ends [`Deadline::watch`]; whether the client was found gone.
+    pub fn unwatch(&mut self) -> bool {
+        let t = self.timer.as_mut().project();
+        *t.watch = None;
+        std::mem::take(t.gone)
     }
 
     /// Runs `fut` to completion unless `timeout` passes first. Inlined: an out-of-line call
@@ -120,13 +157,37 @@ impl<F: Future> Future for Within<'_, F> {
                     // reading) says whether this step's own end has come.
                     let t = me.timer.as_mut().project();
                     let end = *t.end;
-                    if Instant::now() >= end {
+                    let now = Instant::now();
+                    if now >= end {
                         return Poll::Ready(Err(Elapsed));
                     }
-                    arm(t, end);
+                    let mut next = end;
+                    if let Some((fd, from)) = *t.watch {
+                        if now < from {
+                            next = next.min(from);
+                        } else if peer_gone(fd) {
+                            *t.gone = true;
+                            return Poll::Ready(Err(Elapsed));
+                        } else {
+                            next = next.min(now + WATCH_EVERY);
+                        }
+                    }
+                    arm(t, next);
                 }
             }
         }
+    }
+}
+
+/// Whether the peer of socket `fd` has closed or reset it, looked at without taking a byte
+/// (`recv(MSG_PEEK | MSG_DONTWAIT)`): end of stream or an error is gone; bytes waiting (a
+/// pipelined request, a body, TLS records) or none yet is not.
+pub fn peer_gone(fd: RawFd) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    match crate::transport::recv_now(fd, &mut byte, libc::MSG_PEEK) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !crate::transport::would_wait(&e),
     }
 }
 

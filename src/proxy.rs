@@ -143,6 +143,10 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                         let (f, t) = (fill.as_deref_mut(), &mut trace);
                         let relayed =
                             relay_response(&respond, client, answered, &facts, &rid, t, f).await;
+                        // The relay watched the client: a failure after it left is the
+                        // client's, not the backend's.
+                        let left = client.deadline.unwatch();
+                        let relayed = relayed.map_err(|e| if left { e.client_left() } else { e });
                         if let Some(fill) = fill {
                             // Stored only when relayed whole.
                             fill.finish(relayed.is_ok());

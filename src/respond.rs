@@ -6,6 +6,7 @@
 //! and the lingering close after a refusal with an unread body.
 
 use std::cell::RefCell;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::cache::Fill;
@@ -204,6 +205,8 @@ pub async fn relay_response(
         && facts.method != Method::Head
         && !unusual_body
         && !early;
+    // A client that leaves while the backend's body stalls ends the relay (as for the head).
+    watch_client(client);
     // Interim responses relayed before this head count as written: a failure closes.
     let mut written = interim;
     // Compressed, or teed into the cache: copied, never spliced.
@@ -355,6 +358,12 @@ async fn switch_protocols(
     }
     client.upgraded = Some(Box::new(up));
     Ok(Outcome::Upgraded)
+}
+
+/// [`crate::io::Deadline::watch`] the client's socket; [`crate::proxy`] unwatches once the
+/// relay is over (here, the client's use after the relay would grow the request's future).
+fn watch_client(client: &mut Client) {
+    client.deadline.watch(client.stream.tcp().as_raw_fd());
 }
 
 /// Writes a canned response and says whether the connection must close afterwards.

@@ -14,7 +14,63 @@ fn still_serves(proxy: &Proxy) {
     assert_eq!(r.header("x-path"), Some("/alive"));
 }
 
+/// A backend that takes one request, answers with `answer` (maybe nothing, or a head and part
+/// of a body), then holds the connection and reports when the proxy closes it.
+fn holding_backend(answer: &'static [u8]) -> (std::net::SocketAddr, mpsc::Receiver<()>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        if read_head_bytes(&mut s).is_err() || s.write_all(answer).is_err() {
+            return;
+        }
+        let mut b = [0u8; 64];
+        while let Ok(n) = s.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = tx.send(());
+    });
+    (addr, rx)
+}
+
 both_engines! {
+    fn a_client_that_leaves_frees_its_backend_connection(engine) {
+        // The backend holds its answer (nothing yet; or a head and 10 of 1,000 body bytes)
+        // and the client goes away (a reset; a close): the exchange notices within about a
+        // second (like nginx's proxy_ignore_client_abort off) and closes the backend
+        // connection, long before the 30 s upstream_response.
+        let cases: [(&'static [u8], bool); 4] = [
+            (b"", true),
+            (b"", false),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789", true),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789", false),
+        ];
+        for (answer, reset) in cases {
+            let (backend, closed) = holding_backend(answer);
+            let proxy = Config::single(backend).timeout("upstream_response", "30s").admin("").start(engine);
+            let mut c = Client::connect(proxy.addr());
+            c.send(&get("example.com", "/held"));
+            if !answer.is_empty() {
+                assert_eq!(c.read_head().expect("the response head").status, 200);
+            }
+            if reset {
+                socket2::SockRef::from(c.stream()).set_linger(Some(Duration::ZERO)).unwrap();
+            }
+            drop(c);
+            closed
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("backend connection still open 10 s after the client left (reset {reset}, answer {:?})", String::from_utf8_lossy(answer)));
+            scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "the client's abort", |m| {
+                m.value("edgeshard_client_aborts_total", &[]) == 1.0
+            });
+        }
+    }
+
     fn client_abort_mid_request_body(engine) {
         let (mut proxy, origin) = proxy_with_origin(engine);
         let mut c = Client::connect(proxy.addr());

@@ -12,6 +12,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::transport::Transport;
@@ -443,6 +444,9 @@ impl<'a> Forward<'a> {
             .try_deadline(tries.first_try, sending)
             .map_or(most, |d| d.saturating_duration_since(sending).min(most));
         let mut any_byte = false;
+        // While it waits for the answer, the exchange keeps an eye on its client: one that
+        // left ends the wait (the backend connection is closed, not pooled).
+        client.deadline.watch(client.stream.tcp().as_raw_fd());
         let mut interim = Interim {
             client: &mut client.stream,
             client_minor: facts.minor,
@@ -489,6 +493,15 @@ impl<'a> Forward<'a> {
             }
         };
         let responded = interim.relayed;
+        let got = match got {
+            Err(HeadFail::Io(IoFail::Timeout)) if client.deadline.unwatch() => {
+                Err(HeadFail::Client(IoFail::Eof))
+            }
+            got => {
+                client.deadline.unwatch();
+                got
+            }
+        };
         if let Err(HeadFail::Client(e)) = got {
             let kind = match e {
                 IoFail::Timeout => Kind::Timeout,
