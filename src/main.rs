@@ -354,11 +354,19 @@ fn wait_for_stop(
     reloader: &Mutex<Reloader>,
     handoff: Option<&Handoff>,
 ) -> Option<StopReason> {
-    for s in signals.forever() {
+    // Signals that came while a successor was starting, to act on if it fails.
+    let mut held = Vec::new();
+    loop {
+        let s = match held.pop() {
+            Some(s) => s,
+            None => signals.forever().next()?,
+        };
         match s {
             signal_hook::consts::SIGUSR2 => {
                 let Some(h) = handoff else {
-                    tracing::warn!("SIGUSR2: a binary upgrade is already under way");
+                    tracing::warn!(
+                        "SIGUSR2 ignored: this process is draining (it stopped, or handed its listeners over)"
+                    );
                     continue;
                 };
                 tracing::info!("SIGUSR2: starting the new binary and handing it the listeners");
@@ -366,13 +374,30 @@ fn wait_for_stop(
                 // sockets while they are handed over, and once the successor serves them,
                 // none may (retire).
                 let mut r = reloader.lock().unwrap_or_else(|p| p.into_inner());
-                match h.start_successor(&r.listening(), UPGRADE_READY_WITHIN) {
+                // A stop signal while the successor starts abandons the upgrade (the
+                // successor is killed) and drains: it is not left waiting up to a minute.
+                let mut stop = None;
+                let mut abandon = || {
+                    for s in signals.pending() {
+                        match s {
+                            s if is_stop(s) => stop = Some(s),
+                            other => held.push(other),
+                        }
+                    }
+                    stop.is_some()
+                };
+                let started = h.start_successor(&r.listening(), UPGRADE_READY_WITHIN, &mut abandon);
+                match started {
                     Ok(s) => {
                         r.retire();
                         return Some(StopReason::HandedOver(s.pid));
                     }
                     Err(e) => tracing::error!("binary upgrade failed, still serving: {e}"),
                 }
+                if let Some(s) = stop {
+                    return Some(StopReason::Signal(s));
+                }
+                held.reverse();
             }
             signal_hook::consts::SIGUSR1 => {
                 if let Some(log) = log {
@@ -386,7 +411,12 @@ fn wait_for_stop(
             _ => return Some(StopReason::Signal(s)),
         }
     }
-    None
+}
+
+/// The signals that stop the process (drain): SIGTERM, SIGQUIT, SIGINT.
+fn is_stop(signal: i32) -> bool {
+    use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
+    matches!(signal, SIGTERM | SIGQUIT | SIGINT)
 }
 
 /// Why the process stops serving.
@@ -619,7 +649,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     let dns_thread = edgeshard::dns::spawn(reloader.clone(), dns, dns_stop.clone())
         .context("cannot start the DNS thread")?;
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let admin = match admin_listener {
+    let mut admin = match admin_listener {
         None => None,
         Some(l) => Some(
             admin::start(
@@ -685,6 +715,11 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
                 pid,
                 "binary upgrade: the new process serves the listeners; draining"
             );
+            // The admin address is the new process's now: this one stops answering on it
+            // (its /ready, /metrics and /reload would speak for a process on its way out).
+            if let Some(a) = admin.take() {
+                a.stop();
+            }
             Stop::HandOver
         }
         other => {
@@ -705,11 +740,19 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     for s in stops {
         let _ = s.send(stop);
     }
-    // A second SIGTERM/SIGQUIT/SIGINT while draining means: stop now.
+    // A second SIGTERM/SIGQUIT/SIGINT while draining means: stop now. After a hand-over the
+    // first one is the operator's graceful stop of the old process (nginx's USR2, then QUIT):
+    // it is draining already.
     let reopen = log_sink.clone();
     let reloader_again = reloader.clone();
+    let mut graceful = u8::from(stop == Stop::HandOver);
     std::thread::spawn(move || {
-        if wait_for_stop(&mut signals, reopen.as_ref(), &reloader_again, None).is_some() {
+        while wait_for_stop(&mut signals, reopen.as_ref(), &reloader_again, None).is_some() {
+            if graceful > 0 {
+                graceful -= 1;
+                tracing::info!("stop signal: already draining after the binary upgrade");
+                continue;
+            }
             eprintln!("edgeshard: second signal, exiting without waiting");
             std::process::exit(1);
         }

@@ -34,6 +34,8 @@ pub enum UpgradeError {
     Exited(std::process::ExitStatus),
     #[error("the new process did not say it was ready within {0:?}; it was stopped")]
     NotReady(Duration),
+    #[error("a stop signal came while the new process was starting; it was stopped")]
+    Abandoned,
     #[error("{ENV}: {0}")]
     Receive(String),
 }
@@ -51,13 +53,14 @@ pub struct Successor {
 }
 
 /// Starts `exe args` as the successor, hands it `sockets`, and waits up to `ready_within` for
-/// it to say it is ready. On any failure the successor is stopped and the caller keeps
-/// serving.
+/// it to say it is ready, asking `abandon` every [`ABANDON_CHECK`] whether to give up (a stop
+/// signal came). On any failure the successor is stopped and the caller keeps serving.
 pub fn hand_over(
     exe: &std::path::Path,
     args: &[std::ffi::OsString],
     sockets: &[(usize, SocketAddr, RawFd)],
     ready_within: Duration,
+    abandon: &mut dyn FnMut() -> bool,
 ) -> Result<Successor, UpgradeError> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| UpgradeError::Send(e.to_string()))?;
     let theirs_fd: OwnedFd = theirs.into();
@@ -78,7 +81,8 @@ pub fn hand_over(
         source,
     })?;
     drop(theirs_fd);
-    let outcome = send(&ours, sockets).and_then(|()| wait_ready(&ours, &mut child, ready_within));
+    let outcome =
+        send(&ours, sockets).and_then(|()| wait_ready(&ours, &mut child, ready_within, abandon));
     match outcome {
         Ok(()) => Ok(Successor { pid: child.id() }),
         Err(e) => {
@@ -147,25 +151,49 @@ fn send(sock: &UnixStream, sockets: &[(usize, SocketAddr, RawFd)]) -> Result<(),
     Ok(())
 }
 
-fn wait_ready(sock: &UnixStream, child: &mut Child, within: Duration) -> Result<(), UpgradeError> {
-    sock.set_read_timeout(Some(within))
+/// How often a successor's start is interrupted to ask whether to abandon it.
+pub const ABANDON_CHECK: Duration = Duration::from_millis(100);
+
+fn wait_ready(
+    sock: &UnixStream,
+    child: &mut Child,
+    within: Duration,
+    abandon: &mut dyn FnMut() -> bool,
+) -> Result<(), UpgradeError> {
+    sock.set_read_timeout(Some(ABANDON_CHECK))
         .map_err(|e| UpgradeError::Send(e.to_string()))?;
+    let deadline = std::time::Instant::now() + within;
     let mut word = [0u8; 6];
-    match (&*sock).read_exact(&mut word) {
-        Ok(()) if &word == b"ready\n" => Ok(()),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Err(UpgradeError::NotReady(within))
+    let mut got = 0;
+    while got < word.len() {
+        match (&*sock).read(&mut word[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                if abandon() {
+                    return Err(UpgradeError::Abandoned);
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(UpgradeError::NotReady(within));
+                }
+            }
+            Err(_) => break,
         }
-        // EOF or garbage: it is exiting, or exited.
-        _ => match child.wait() {
-            Ok(status) => Err(UpgradeError::Exited(status)),
-            Err(e) => Err(UpgradeError::Send(e.to_string())),
-        },
+    }
+    if &word == b"ready\n" {
+        return Ok(());
+    }
+    // EOF or garbage: it is exiting, or exited.
+    match child.wait() {
+        Ok(status) => Err(UpgradeError::Exited(status)),
+        Err(e) => Err(UpgradeError::Send(e.to_string())),
     }
 }
 
@@ -300,6 +328,7 @@ impl Handoff {
         &self,
         listening: &[(usize, SocketAddr, RawFd)],
         ready_within: Duration,
+        abandon: &mut dyn FnMut() -> bool,
     ) -> Result<Successor, UpgradeError> {
         let exe = self.exe.as_deref().ok_or_else(|| UpgradeError::Spawn {
             exe: "(unknown)".into(),
@@ -311,6 +340,6 @@ impl Handoff {
                 described.push((ADMIN, addr, a.as_raw_fd()));
             }
         }
-        hand_over(exe, &self.args, &described, ready_within)
+        hand_over(exe, &self.args, &described, ready_within, abandon)
     }
 }

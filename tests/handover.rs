@@ -200,4 +200,79 @@ both_engines! {
         assert_eq!(c.read_response().status(), 200);
         proxy.assert_alive();
     }
+
+    fn after_an_upgrade_the_admin_address_is_the_new_process_and_a_quit_to_the_old_one_drains(engine) {
+        // nginx's recipe: USR2, then QUIT to the old process. The old one stops answering on
+        // the admin address at the hand-over (its /ready and /reload would speak for a process
+        // on its way out), and the QUIT is a graceful stop: its request in flight completes,
+        // and it exits 0.
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let g = gate.clone();
+        let origin = Origin::with_handler("o", move |req| {
+            if req.path() == "/slow" {
+                let (m, cv) = &*g;
+                let open = m.lock().unwrap();
+                let _ = cv.wait_timeout_while(open, Duration::from_secs(20), |o| !*o).unwrap();
+            }
+            Reply::Default
+        });
+        let mut proxy = Config::single(origin.addr()).admin("").start(engine);
+        let admin = proxy.admin_addr();
+        let old = proxy.pid();
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("a", "/slow"));
+        assert!(origin.wait_for(Duration::from_secs(10), |s| s.requests.iter().any(|r| r.path() == "/slow")));
+        proxy.signal(libc::SIGUSR2);
+        let new = successor_pid(&proxy, 1);
+        for _ in 0..20 {
+            let r = admin_get(admin, "/status", None);
+            assert_eq!(r.status, 200);
+            assert!(r.body.contains(&format!("\"pid\":{new}")) || r.body.contains(&format!("\"pid\": {new}")), "old {old}, new {new}: {}", r.body);
+        }
+        proxy.signal(libc::SIGQUIT);
+        proxy.wait_for_output("already draining after the binary upgrade", 1, Duration::from_secs(10));
+        {
+            let (m, cv) = &*gate;
+            *m.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        let r = c.read_response();
+        assert_eq!(r.status(), 200, "the request in flight at the QUIT completes");
+        let status = proxy.wait_exit(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(0), "{}", proxy.output());
+        terminate_pid(new);
+    }
+
+    fn a_stop_signal_while_the_successor_starts_abandons_the_upgrade(engine) {
+        // The successor never says it is ready (the binary at the path the proxy was started
+        // from is replaced by a script that sleeps): a SIGTERM meanwhile stops it and drains
+        // at once, not after the minute a successor is given.
+        let dir = std::path::Path::new(BIN).parent().unwrap();
+        let bin = dir.join(format!("edgeshard-upgrade-test-{}-{}", std::process::id(), engine.as_str()));
+        let _ = std::fs::remove_file(&bin);
+        // Removed however the test ends.
+        struct Remove(std::path::PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let _remove = Remove(bin.clone());
+        if std::fs::hard_link(BIN, &bin).is_err() {
+            std::fs::copy(BIN, &bin).unwrap();
+        }
+        let origin = Origin::start("o");
+        let config = Config::single(origin.addr()).render();
+        let mut proxy = Proxy::try_start_binary(&bin, &config, engine, 1).unwrap_or_else(|e| panic!("{e}"));
+        let script = bin.with_extension("sh");
+        std::fs::write(&script, "#!/bin/sh\nexec sleep 60\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::rename(&script, &bin).unwrap();
+        proxy.signal(libc::SIGUSR2);
+        proxy.wait_for_output("SIGUSR2: starting the new binary", 1, Duration::from_secs(10));
+        proxy.signal(libc::SIGTERM);
+        let status = proxy.wait_exit(Duration::from_secs(20));
+        assert_eq!(status.code(), Some(0), "{}", proxy.output());
+        assert!(proxy.output().contains("a stop signal came while the new process was starting"), "{}", proxy.output());
+    }
 }

@@ -31,7 +31,7 @@ pub use prom::{parse_prometheus, parse_quick, scrape, scrape_until, Metrics, Sam
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
@@ -192,9 +192,20 @@ impl Proxy {
         engine: Engine,
         shards: usize,
     ) -> Result<Proxy, String> {
+        Self::try_start_binary(Path::new(BIN), config_toml, engine, shards)
+    }
+
+    /// Like `try_start_shards`, running the binary at `bin` (a binary upgrade starts its
+    /// successor from the path the process was started from).
+    pub fn try_start_binary(
+        bin: &Path,
+        config_toml: &str,
+        engine: Engine,
+        shards: usize,
+    ) -> Result<Proxy, String> {
         let config_path = unique_config_path();
         std::fs::write(&config_path, config_toml).expect("write temp config");
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin)
             .arg("run")
             .arg("--config")
             .arg(&config_path)
@@ -208,7 +219,7 @@ impl Proxy {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         let output = Arc::new(Output::default());
 
         let stderr = child.stderr.take().unwrap();
