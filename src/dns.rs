@@ -177,7 +177,10 @@ impl Dns {
                         },
                     );
                 }
-                Err(e) => errors.push(format!("host name {host:?} does not resolve: {e}")),
+                Err(e) => errors.push(format!(
+                    "{}host name {host:?} does not resolve: {e}",
+                    config.where_named(&host)
+                )),
             }
         }
         if errors.is_empty() {

@@ -34,6 +34,21 @@ pub enum ListenError {
     },
 }
 
+impl ListenError {
+    /// The address that could not be listened on.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            ListenError::InUse { addr }
+            | ListenError::Owned { addr, .. }
+            | ListenError::Overlaps { addr }
+            | ListenError::Denied { addr }
+            | ListenError::NotAvailable { addr }
+            | ListenError::Other { addr, .. }
+            | ListenError::Congestion { addr, .. } => *addr,
+        }
+    }
+}
+
 const BACKLOG: i32 = 4096;
 
 fn bind_one(

@@ -288,6 +288,11 @@ fn reload(
                 eprintln!("  {}", e.as_str().unwrap_or_default());
             }
         }
+        None if status == "401" => eprintln!(
+            "reload: the admin API answered 401: {}. The running process keeps the [admin] token it \
+started with: if the file's token changed, pass the old one with --token (or restart)",
+            body.trim()
+        ),
         None => eprintln!("reload: the admin API answered {status}: {}", body.trim()),
     }
     Ok(if ok { 0 } else { 1 })
@@ -502,7 +507,14 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
         config.congestion.client.as_deref(),
         edgeshard::listener::Ownership::Exclusive,
         &mut handed,
-    )?;
+    )
+    .map_err(|e| {
+        // Named as a reload names it: the file and the key.
+        match addresses.iter().position(|&a| a == e.addr()) {
+            Some(i) => anyhow::anyhow!("{file}listener[{i}].address: {e}"),
+            None => anyhow::anyhow!("{file}{e}"),
+        }
+    })?;
     let admin_listener = match &config.admin {
         None => None,
         // A `:0` admin address takes the predecessor's port, as `:0` listeners do.
@@ -533,7 +545,12 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     // The access log file is opened now, so a bad path stops start-up instead of every line.
     let access_log = match &config.log.access {
         None => None,
-        Some(a) => Some(LogWriter::open(a).context("cannot open log.access")?),
+        Some(a) => Some(LogWriter::open(a).with_context(|| match &a.target {
+            edgeshard::config::AccessTarget::File(p) => {
+                format!("{file}log.access: cannot open {}", p.display())
+            }
+            edgeshard::config::AccessTarget::Stdout => format!("{file}log.access: stdout"),
+        })?),
     };
 
     // Everything that needs root is done: switch to server.user while this is still the only

@@ -240,7 +240,16 @@ impl Reloader {
             }
             Err(e) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                let errors: Vec<String> = e.to_string().lines().map(str::to_owned).collect();
+                // Each line names the file, as the configuration's own errors do.
+                let file = self.path.as_ref().map(|p| format!("{}: ", p.display()));
+                let errors: Vec<String> = e
+                    .to_string()
+                    .lines()
+                    .map(|l| match &file {
+                        Some(f) if !l.starts_with(f.as_str()) => format!("{f}{l}"),
+                        _ => l.to_owned(),
+                    })
+                    .collect();
                 for line in &errors {
                     tracing::error!("reload failed, keeping the configuration in force: {line}");
                 }

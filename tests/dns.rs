@@ -287,5 +287,6 @@ both_engines! {
         );
         let err = Proxy::try_start(&config, engine).err().expect("start-up must fail");
         assert!(err.contains("missing.edgeshard.test"), "{err}");
+        assert!(err.contains("upstream[0] (u): host name"), "the error says where the name is written: {err}");
     }
 }

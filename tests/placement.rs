@@ -193,6 +193,9 @@ fn port_in_use_is_a_clear_error() {
     });
     assert_eq!(status.code(), Some(1), "{text}");
     assert!(text.contains("already in use"), "{text}");
+    // Named as a reload names it: the file and the key.
+    let key = format!("{}: listener[0].address: ", path.display());
+    assert!(text.contains(&key), "the error must name {key:?}:\n{text}");
     // The holder is this test process: the message names it.
     let me = format!("process {} ", std::process::id());
     assert!(text.contains(&me), "the error must name {me:?}:\n{text}");

@@ -163,6 +163,8 @@ both_engines! {
         let (code, out) = reload_cli(admin);
         assert_eq!(code, Some(1), "the reload must be refused: {out}");
         assert!(out.contains("listener[2].address") && out.contains("already in use"), "the error names the key path and why: {out}");
+        let key = format!("{}: listener[2].address", proxy.config_path().display());
+        assert!(out.contains(&key), "and the file, as the configuration's own errors do: {out}");
         // The log line may reach the captured output a moment after the CLI's answer.
         proxy.wait_for_output("listener[2].address", 1, Duration::from_secs(5));
         // Nothing changed: A serves, B (bound on the way) was closed again.

@@ -101,6 +101,17 @@ impl super::Config {
             .collect()
     }
 
+    /// Where the backend name `key` ([`NamedBackend::key`]) is written: `upstream[I] (NAME): `,
+    /// for an error's start; empty if no upstream names it.
+    pub fn where_named(&self, key: &str) -> String {
+        self.upstreams
+            .iter()
+            .enumerate()
+            .find(|(_, u)| u.names.iter().any(|n| n.key() == key))
+            .map(|(i, u)| format!("upstream[{i}] ({}): ", u.name))
+            .unwrap_or_default()
+    }
+
     /// This configuration with each named backend replaced by the addresses `answer` gives
     /// for its [`NamedBackend::key`] (sorted, so every resolution of the same set builds the same ring; an
     /// address already in the upstream is not added twice; a name without an answer adds

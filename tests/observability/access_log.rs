@@ -346,6 +346,13 @@ both_engines! {
         proxy.assert_alive();
     }
 
+    fn an_access_log_that_cannot_be_opened_stops_start_up_naming_it(engine) {
+        let o = Origin::start("o");
+        let cfg = Config::single(o.addr()).section("log", "access = \"/nonexistent-edgeshard-dir/access.log\"").render();
+        let err = Proxy::try_start(&cfg, engine).err().expect("start-up must fail");
+        assert!(err.contains(": log.access: cannot open /nonexistent-edgeshard-dir/access.log"), "names the file, the key and the path: {err}");
+    }
+
     fn access_log_to_stdout(engine) {
         let o = Origin::start("o");
         let proxy = Config::single(o.addr()).section("log", "access = \"stdout\"\naccess_flush = \"50ms\"").start(engine);
