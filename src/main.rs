@@ -728,15 +728,16 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     let why = wait_for_stop(&mut signals, log_sink.as_ref(), &reloader, Some(&handoff));
     let stop = match why {
         Some(StopReason::HandedOver(pid)) => {
+            // The admin address is the new process's now: this one stops answering on it
+            // (its /ready, /metrics and /reload would speak for a process on its way out),
+            // before it says so.
+            if let Some(a) = admin.take() {
+                a.stop();
+            }
             tracing::info!(
                 pid,
                 "binary upgrade: the new process serves the listeners; draining"
             );
-            // The admin address is the new process's now: this one stops answering on it
-            // (its /ready, /metrics and /reload would speak for a process on its way out).
-            if let Some(a) = admin.take() {
-                a.stop();
-            }
             Stop::HandOver
         }
         other => {
