@@ -491,7 +491,14 @@ fn carry_tls(
             same.then(|| old.tls.get(j).cloned()).flatten()
         })
         .collect();
-    let built = TlsListeners::build_with(config, old.tls.ticketer())?;
+    let built = TlsListeners::build_with(config, old.tls.ticketer.clone())?;
+    // A client CA file that changed under the same path changes the policy: rebuilt (with
+    // the new CA, and a new ticket scope, so sessions made under the old CA end).
+    let kept: Vec<Option<Arc<TlsListener>>> = kept
+        .into_iter()
+        .zip(&built.listeners)
+        .map(|(kept, fresh)| kept.filter(|k| fresh.as_ref().is_some_and(|f| f.scope == k.scope)))
+        .collect();
     let reread = kept.iter().flatten().cloned().collect();
     let listeners = built
         .listeners
@@ -507,6 +514,7 @@ fn carry_tls(
             upstreams: built.upstreams,
             // Names from the new file: a kept listener's are the same.
             subject_headers: built.subject_headers,
+            ticketer: built.ticketer,
         },
         reread,
     ))
@@ -700,10 +708,26 @@ mod tests {
         assert_eq!(store.reloads_ok.load(Ordering::Relaxed), 0);
         reread_certificates(&kept);
         assert_eq!(store.reloads_ok.load(Ordering::Relaxed), 1);
-        // Ticket keys are those in force, for rebuilt listeners too.
-        let before = old.tls.ticketer().unwrap();
+        // Ticket keys are those in force, for rebuilt listeners too: a ticket the listener in
+        // force sealed opens on the kept and on the rebuilt one (the same scope: neither
+        // asks for client certificates).
+        assert!(Arc::ptr_eq(
+            tls.ticketer.as_ref().unwrap(),
+            old.tls.ticketer.as_ref().unwrap()
+        ));
+        let sealed = old
+            .tls
+            .get(1)
+            .unwrap()
+            .config
+            .ticketer
+            .encrypt(b"s")
+            .unwrap();
         for t in [tls.get(0), tls.get(1)].into_iter().flatten() {
-            assert!(Arc::ptr_eq(&t.config.ticketer, &before));
+            assert_eq!(
+                t.config.ticketer.decrypt(&sealed).as_deref(),
+                Some(&b"s"[..])
+            );
         }
     }
 

@@ -433,4 +433,47 @@ both_engines! {
         assert_eq!(all.len() - at, len);
         assert_eq!(sha256_hex(&all[at..]), expected_sha256(len as u64));
     }
+
+    fn a_session_never_resumes_past_a_client_certificate_check(engine) {
+        // Two listeners with one certificate: 0 asks for no client certificate, 1 requires
+        // one from the client CA. A session made on 0 must not resume on 1 (rustls does not
+        // check a resumed session against the verifier again); and after a reload that swaps
+        // the client CA file's contents (same path), a session made under the old CA must
+        // not resume either, nor may the old CA's certificate make a new one.
+        let ca = TestCa::new("test ca");
+        let client_ca = TestCa::new("client ca");
+        let other_ca = TestCa::new("other client ca");
+        let dir = CertDir::new("mtls-resume");
+        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
+        let client_ca_file = dir.write("client-ca.pem", &client_ca.pem);
+        let origin = Origin::start("origin");
+        let open = tls_listener(&[(&cert, &key)], "");
+        let strict = tls_listener(&[(&cert, &key)], &format!("client_auth = {{ ca = \"{}\", required = true }}", client_ca_file.display()));
+        let proxy = Config::single(origin.addr()).only_listeners(&[&open, &strict]).admin("").start(engine);
+        let (plain_addr, mtls_addr) = (proxy.addrs()[0], proxy.addrs()[1]);
+
+        // No client certificate: a session on the open listener, then the strict one.
+        let anon = Arc::new(ca.client_config());
+        assert!(tls_get(plain_addr, &anon, "a.test", "/").is_ok());
+        assert!(tls_get(plain_addr, &anon, "a.test", "/").unwrap().resumed, "resumes where it was made");
+        let crossed = tls_get(mtls_addr, &anon, "a.test", "/");
+        assert!(crossed.is_err(), "a session without a certificate resumed past client_auth: {:?}", crossed.map(|s| s.response));
+        assert_eq!(origin.request_count(), 2, "nothing reached the backend through the strict listener");
+
+        // alice's certificate from the client CA: a session on the strict listener.
+        let alice = client_ca.client("alice", "Example");
+        let with_cert = Arc::new(ca.client_config_with(&alice));
+        assert!(tls_get(mtls_addr, &with_cert, "a.test", "/").is_ok());
+        assert!(tls_get(mtls_addr, &with_cert, "a.test", "/").unwrap().resumed);
+        // The client CA file now holds another CA; reloaded.
+        std::fs::write(&client_ca_file, &other_ca.pem).unwrap();
+        let r = admin_post(proxy.admin_addr(), "/reload", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let before = origin.request_count();
+        let resumed = tls_get(mtls_addr, &with_cert, "a.test", "/");
+        assert!(resumed.is_err(), "a session made under the old CA resumed: {:?}", resumed.map(|s| s.response));
+        let fresh = tls_get(mtls_addr, &Arc::new(ca.client_config_with(&alice)), "a.test", "/");
+        assert!(fresh.is_err(), "the old CA's certificate was accepted after the reload");
+        assert_eq!(origin.request_count(), before);
+    }
 }

@@ -12,6 +12,7 @@
 pub mod certs;
 pub mod stats;
 pub mod stream;
+pub mod tickets;
 pub mod upstream;
 
 use std::path::PathBuf;
@@ -68,6 +69,9 @@ pub struct TlsListener {
     pub hsts: Option<String>,
     /// `listener[i].tls`, for logs.
     pub key_path: String,
+    /// Its client-auth policy as read (the CA certificates' bytes too), its tickets' scope:
+    /// a reload whose CA file changed rebuilds the listener ([`tickets`]).
+    pub scope: tickets::Scope,
 }
 
 /// Every listener's TLS, indexed like `config.listeners`, and every upstream's, indexed like
@@ -80,6 +84,8 @@ pub struct TlsListeners {
     /// listener, so a client's copy is removed wherever it arrives (a plain listener routing
     /// to the same upstream would otherwise let it forge a certificate's subject).
     pub subject_headers: Vec<String>,
+    /// The session-ticket keys every listener seals its (scoped) tickets with.
+    pub ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
 }
 
 impl std::fmt::Debug for TlsListeners {
@@ -124,9 +130,9 @@ impl TlsListeners {
                 })?);
             }
             let store = Arc::new(CertStore::load(&t.certificates, t.default)?);
-            let mut sc = server_config(t, &key_path, store.clone())?;
+            let (mut sc, scope) = server_config(t, &key_path, store.clone())?;
             if let Some(tk) = &ticketer {
-                sc.ticketer = tk.clone();
+                sc.ticketer = Arc::new(tickets::Scoped::new(tk.clone(), scope));
             }
             listeners.push(Some(Arc::new(TlsListener {
                 config: Arc::new(sc),
@@ -139,6 +145,7 @@ impl TlsListeners {
                     .and_then(|a| a.subject_header.clone()),
                 hsts: t.hsts.clone(),
                 key_path,
+                scope,
             })));
         }
         let upstreams = config
@@ -169,18 +176,13 @@ impl TlsListeners {
             listeners,
             upstreams,
             subject_headers,
+            ticketer,
         })
     }
 
     /// How to speak TLS to the backends of upstream `u`, if it has `tls`.
     pub fn upstream(&self, u: usize) -> Option<&Arc<upstream::UpstreamTlsClient>> {
         self.upstreams.get(u).and_then(Option::as_ref)
-    }
-
-    /// The session-ticket keys the listeners share, if any listener has TLS.
-    pub fn ticketer(&self) -> Option<Arc<dyn rustls::server::ProducesTickets>> {
-        let l = self.listeners.iter().flatten().next()?;
-        Some(l.config.ticketer.clone())
     }
 
     pub fn get(&self, listener: usize) -> Option<&Arc<TlsListener>> {
@@ -261,11 +263,13 @@ impl TlsListeners {
     }
 }
 
+/// The listener's rustls configuration, and the scope of its session tickets
+/// ([`tickets::scope`]).
 fn server_config(
     t: &ListenerTls,
     key_path: &str,
     store: Arc<CertStore>,
-) -> Result<ServerConfig, TlsError> {
+) -> Result<(ServerConfig, tickets::Scope), TlsError> {
     let mut provider = provider();
     // The server's order decides (testssl.sh rates a client-chosen order HIGH): AES-128-GCM
     // first (the cheapest on CPUs with AES instructions), then AES-256-GCM, then ChaCha20,
@@ -312,12 +316,15 @@ fn server_config(
                 "versions and cipher_suites have nothing in common: {e}"
             ))
         })?;
+    let mut scope = tickets::scope(None);
     let builder = match &t.client_auth {
         None => builder.with_no_client_auth(),
         Some(a) => {
             let mut roots = RootCertStore::empty();
             let field_path = format!("{key_path}.client_auth");
-            for c in certs::read_chain(&field_path, "ca", &a.ca)? {
+            let cas = certs::read_chain(&field_path, "ca", &a.ca)?;
+            scope = tickets::scope(Some((a.required, &cas)));
+            for c in cas {
                 roots.add(c).map_err(|e| TlsError::File {
                     key_path: field_path.clone(),
                     field: "ca",
@@ -346,7 +353,7 @@ fn server_config(
     sc.ignore_client_order = true;
     // Tickets only: a session-id cache would be per process but locked per handshake.
     sc.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    Ok(sc)
+    Ok((sc, scope))
 }
 
 /// The handshakes in progress on one shard, oldest first, each with the sender that ends it

@@ -89,9 +89,14 @@ impl Config {
     }
 
     /// Only this one listener: a raw `[[listener]]` body, e.g. a TLS one.
-    pub fn only_listener(mut self, raw: &str) -> Self {
+    pub fn only_listener(self, raw: &str) -> Self {
+        self.only_listeners(&[raw])
+    }
+
+    /// Only these listeners, raw `[[listener]]` bodies, in this order.
+    pub fn only_listeners(mut self, raws: &[&str]) -> Self {
         self.listeners = 0;
-        self.raw_listeners = vec![raw.to_string()];
+        self.raw_listeners = raws.iter().map(|r| r.to_string()).collect();
         self
     }
 

@@ -116,6 +116,23 @@ impl TestCa {
         }
     }
 
+    /// A rustls client trusting only this CA that presents `client` (signed by any CA).
+    pub fn client_config_with(&self, client: &Leaf) -> rustls::ClientConfig {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes()).unwrap();
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![client.der.clone()], key)
+        .unwrap()
+    }
+
     /// A rustls client trusting only this CA.
     pub fn client_config(&self) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore::empty();
