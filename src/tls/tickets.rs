@@ -83,8 +83,11 @@ mod tests {
         let ca = CertificateDer::from(vec![1u8, 2, 3]);
         let other = CertificateDer::from(vec![1u8, 2, 4]);
         let open = Scoped::new(keys.clone(), scope(None));
-        let required = Scoped::new(keys.clone(), scope(Some((true, &[ca.clone()]))));
-        let optional = Scoped::new(keys.clone(), scope(Some((false, &[ca.clone()]))));
+        let required = Scoped::new(keys.clone(), scope(Some((true, std::slice::from_ref(&ca)))));
+        let optional = Scoped::new(
+            keys.clone(),
+            scope(Some((false, std::slice::from_ref(&ca)))),
+        );
         let other_ca = Scoped::new(keys, scope(Some((true, &[other]))));
         let t = open.encrypt(b"session").unwrap();
         assert_eq!(open.decrypt(&t).as_deref(), Some(&b"session"[..]));
