@@ -143,4 +143,26 @@ both_engines! {
         c.send(&get("example.com", "/good"));
         assert_eq!(c.read_response().status(), 200);
     }
+
+    fn a_close_delimited_body_cut_without_close_notify_is_not_completed(engine) {
+        // RFC 9112 §9.8: over TLS, a close-delimited body is complete only with the peer's
+        // close_notify. The client gets it re-chunked: ended by the last chunk when the
+        // backend said close_notify, cut short (no last chunk, a close) when it did not.
+        let dir = CertDir::new("up-eof");
+        let (_origin, proxy) = verified_backend(engine, &dir, |c| c);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/until-close/clean"));
+        let r = c.read_response();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.body_str(), "partial body");
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/until-close/cut"));
+        let head = c.read_head().expect("the head went out before the body");
+        assert_eq!(head.status, 200);
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut c.stream(), &mut rest);
+        let text = String::from_utf8_lossy(&rest);
+        assert!(!text.ends_with("0\r\n\r\n"), "a truncated body was ended as complete: {text:?}");
+        assert!(text.is_empty() || text.contains("partial body"), "{text:?}");
+    }
 }

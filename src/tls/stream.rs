@@ -79,6 +79,9 @@ pub struct TlsStream {
     rpos: usize,
     /// The socket reached EOF (rustls was told).
     eof: bool,
+    /// We are the client (a backend connection): a TCP end without the peer's close_notify
+    /// is an error, not the end of the stream ([`TlsStream::read_plain`]).
+    strict_eof: bool,
 }
 
 /// Runs the server handshake on `tcp`. The caller bounds it with the handshake timeout.
@@ -87,7 +90,7 @@ pub async fn accept(
     config: Arc<ServerConfig>,
 ) -> Result<TlsStream, HandshakeError> {
     let conn = ServerConnection::new(config).map_err(HandshakeError::Tls)?;
-    handshake(tcp, Connection::Server(conn)).await
+    handshake(tcp, Connection::Server(conn), false).await
 }
 
 /// Runs the client handshake on `tcp` for `name` (SNI, and the name the certificate must
@@ -98,16 +101,21 @@ pub async fn connect(
     name: ServerName<'static>,
 ) -> Result<TlsStream, HandshakeError> {
     let conn = ClientConnection::new(config, name).map_err(HandshakeError::Tls)?;
-    handshake(tcp, Connection::Client(conn)).await
+    handshake(tcp, Connection::Client(conn), true).await
 }
 
-async fn handshake(tcp: TcpStream, conn: Connection) -> Result<TlsStream, HandshakeError> {
+async fn handshake(
+    tcp: TcpStream,
+    conn: Connection,
+    strict_eof: bool,
+) -> Result<TlsStream, HandshakeError> {
     let mut s = TlsStream {
         tcp,
         conn,
         rbuf: Vec::new(),
         rpos: 0,
         eof: false,
+        strict_eof,
     };
     while s.conn.is_handshaking() {
         s.flush_tls().await.map_err(HandshakeError::Io)?;
@@ -276,8 +284,10 @@ impl TlsStream {
     }
 
     /// Reads plaintext into `dst` (at most `cap` bytes), waiting for the socket when
-    /// nothing is buffered. `Ok(0)` is the end of the stream (close_notify, or a TCP EOF:
-    /// HTTP framing tells a truncated message apart).
+    /// nothing is buffered. `Ok(0)` is the end of the stream: close_notify, or from a client
+    /// a TCP EOF (clients often skip close_notify; HTTP framing tells a truncated request
+    /// apart). From a backend a TCP EOF without close_notify is `UnexpectedEof`: a
+    /// close-delimited body cut short that way is truncated, not complete (RFC 9112 §9.8).
     async fn read_plain(
         &mut self,
         dst: *mut u8,
@@ -299,7 +309,9 @@ impl TlsStream {
                     return Ok(n);
                 }
                 Ok(_) => return Ok(0), // close_notify
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !self.strict_eof => {
+                    return Ok(0)
+                }
                 Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
                 Err(_) => {}
             }

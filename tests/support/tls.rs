@@ -219,7 +219,9 @@ pub fn tls_listener(certs: &[(&Path, &Path)], extra: &str) -> String {
 /// A TLS origin: HTTP/1.1 keep-alive over rustls, answering every request with
 /// `tls-origin conn=N proto=X-Forwarded-Proto body=LEN` (N counts its connections from 0).
 /// A request for `/bye` is answered (as keep-alive) with a close_notify in the same TCP
-/// write, and the connection is then held open without answering anything more.
+/// write, and the connection is then held open without answering anything more. One for
+/// `/until-close/clean` gets a close-delimited body ended by close_notify, any other
+/// `/until-close...` the same body ended by a bare TCP close.
 pub struct TlsOrigin {
     pub addr: SocketAddr,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
@@ -323,6 +325,18 @@ fn serve_tls(config: Arc<rustls::ServerConfig>, sock: TcpStream, id: usize) {
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
+        if head.starts_with("GET /until-close") {
+            // A close-delimited body, then the end: with close_notify for `/until-close/clean`,
+            // a bare TCP close (a truncation, RFC 9112 §9.8) otherwise.
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial body");
+            let _ = s.flush();
+            if head.starts_with("GET /until-close/clean ") {
+                s.conn.send_close_notify();
+                let _ = s.flush();
+            }
+            let _ = s.sock.shutdown(std::net::Shutdown::Both);
+            return;
+        }
         if head.starts_with("GET /bye ") {
             // The response and the close_notify in one write, then silence on an open socket.
             let _ = s.conn.writer().write_all(resp.as_bytes());
