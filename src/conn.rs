@@ -274,12 +274,27 @@ async fn keep_alive(
         // promised keep-alive, and the client may send its next request at once; the wait
         // below, draining, gives it the grace and answers it with `Connection: close`.
         if outcome == Outcome::Close {
+            if matches!(client.stream, Transport::Tls(_)) {
+                Box::pin(close_tls(&ctx, &mut client)).await;
+            }
             return;
         }
         if client.buf.capacity() > KEEP_BUF && client.buf.len() < INITIAL_BUF {
             client.buf.shrink_to(INITIAL_BUF);
         }
     }
+}
+
+/// Ends a TLS client's connection after a response that closes it with close_notify
+/// (RFC 8446 §6.1), within `client_send`: a close-delimited body (an HTTP/1.0 client's) is
+/// complete to the client only with it (RFC 9112 §9.8). A client that does not read gets
+/// the TCP close at the deadline.
+async fn close_tls(ctx: &ShardCtx, client: &mut Client) {
+    let Transport::Tls(s) = &mut client.stream else {
+        return;
+    };
+    let t = ctx.shared.config.timeouts.client_send;
+    let _ = client.deadline.within(t, s.close()).await;
 }
 
 /// Answers 408 (closing) to a client whose head did not arrive within `client_header` of

@@ -476,4 +476,23 @@ both_engines! {
         assert!(fresh.is_err(), "the old CA's certificate was accepted after the reload");
         assert_eq!(origin.request_count(), before);
     }
+
+    fn a_response_that_closes_the_connection_ends_with_close_notify(engine) {
+        // RFC 8446 §6.1; and an HTTP/1.0 client's close-delimited body is complete only with
+        // it (RFC 9112 §9.8): rustls reports a bare TCP close as UnexpectedEof.
+        let Site { ca, dir: _dir, ca_file: _ca_file, origin: _origin, config } = site("close-notify", "");
+        let proxy = config.start(engine);
+        let cfg = Arc::new(ca.client_config());
+        for req in ["GET / HTTP/1.0\r\nHost: a.test\r\n\r\n", "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"] {
+            let conn = rustls::ClientConnection::new(cfg.clone(), "a.test".try_into().unwrap()).unwrap();
+            let sock = std::net::TcpStream::connect(proxy.addr()).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            std::io::Write::write_all(&mut tls, req.as_bytes()).unwrap();
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut tls, &mut out)
+                .unwrap_or_else(|e| panic!("{req:?}: not ended by close_notify: {e}"));
+            assert!(out.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&out));
+        }
+    }
 }
