@@ -85,6 +85,7 @@ fn picks(c: &mut Criterion) {
         sticky: Some(StickySpec {
             cookie: "srv".into(),
             ttl: Duration::from_secs(3600),
+            secret: None,
         }),
         ..Spec::new(Algorithm::Weighted)
     };

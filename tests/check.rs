@@ -101,7 +101,7 @@ backends = [{ address = "127.0.0.1:9001", weight = 3 }, { address = "127.0.0.1:9
 max_idle_per_backend = 64
 idle_timeout = "60s"
 slow_start = "10s"
-sticky = { cookie = "srv", ttl = "1h" }
+sticky = { cookie = "srv", ttl = "1h", secret = "a-fleet-wide-secret-of-32-chars!" }
 
 [upstream.health_check]
 type = "http"

@@ -107,11 +107,25 @@ pub enum HashKey {
     Query(String),
 }
 
-/// `sticky = { cookie = "NAME", ttl = "1h" }`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `sticky = { cookie = "NAME", ttl = "1h", secret = "..." }`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct StickySpec {
     pub cookie: String,
     pub ttl: Duration,
+    /// Keys the cookie values ([`sticky`]): without it a value is a public hash of the
+    /// backend's name, which names that can be guessed (addresses) give away.
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for StickySpec {
+    // The secret stays out of logs and of the reload's settings comparison text.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StickySpec")
+            .field("cookie", &self.cookie)
+            .field("ttl", &self.ttl)
+            .field("secret", &self.secret.as_ref().map(|_| "(set)"))
+            .finish()
+    }
 }
 
 /// An upstream's balancing settings.
@@ -253,7 +267,10 @@ impl Table {
             tier_of: members.iter().map(|m| u8::from(m.backup)).collect(),
             tier_bits,
             tiers,
-            sticky: sticky::Sticky::build(members.iter().map(|m| m.name.as_str())),
+            sticky: sticky::Sticky::build(
+                members.iter().map(|m| m.name.as_str()),
+                spec.sticky.as_ref().and_then(|s| s.secret.as_deref()),
+            ),
             sticky_spec: spec.sticky.clone(),
         }
     }

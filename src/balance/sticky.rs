@@ -1,8 +1,11 @@
-//! Stage "balance", sticky sessions: the opaque cookie value naming a backend, and the way
-//! back from a value to the backend. A value is 16 lower-case hex digits of a seeded 64-bit
-//! hash of the backend's name, so it is the same on every shard and after a restart, reveals
-//! no address, and stays valid as long as the backend keeps its name. A value that names no
-//! backend of the table (a removed backend, a forged cookie) is simply not found.
+//! Stage "balance", sticky sessions: the cookie value naming a backend, and the way back from
+//! a value to the backend. A value is 16 lower-case hex digits of a 64-bit hash of the
+//! backend's name, so it is the same on every shard and after a restart, and stays valid as
+//! long as the backend keeps its name. With the upstream's `sticky.secret` the hash is keyed
+//! (SHA-256 of the secret and the name): the value reveals nothing. Without it the hash is a
+//! public one, and a backend whose name can be guessed (its address) can be matched to its
+//! value by anyone. A value that names no backend of the table (a removed backend, a forged
+//! cookie) is simply not found.
 
 use std::fmt::Write;
 
@@ -19,11 +22,14 @@ pub(super) struct Sticky {
 }
 
 impl Sticky {
-    pub fn build<'a>(names: impl Iterator<Item = &'a str>) -> Sticky {
+    pub fn build<'a>(names: impl Iterator<Item = &'a str>, secret: Option<&str>) -> Sticky {
         let mut values = Vec::new();
         let mut sorted = Vec::new();
         for (i, name) in names.enumerate() {
-            let h = hash64(SEED, name.as_bytes());
+            let h = match secret {
+                None => hash64(SEED, name.as_bytes()),
+                Some(k) => keyed(k, name),
+            };
             let mut v = String::with_capacity(16);
             let _ = write!(v, "{h:016x}");
             values.push(v);
@@ -46,6 +52,18 @@ impl Sticky {
             _ => None,
         }
     }
+}
+
+/// The first 8 bytes of SHA-256(len(secret), secret, name): without the secret, a value
+/// cannot be matched to a name.
+fn keyed(secret: &str, name: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((secret.len() as u64).to_be_bytes());
+    h.update(secret.as_bytes());
+    h.update(name.as_bytes());
+    let d = h.finalize();
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
 /// Exactly 16 lower-case hex digits (what `value` writes), else `None`.

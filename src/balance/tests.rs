@@ -441,6 +441,7 @@ fn sticky_cookie_round_trips() {
         sticky: Some(StickySpec {
             cookie: "srv".into(),
             ttl: Duration::from_secs(3600),
+            secret: None,
         }),
         ..spec(Algorithm::RoundRobin)
     };
@@ -458,6 +459,27 @@ fn sticky_cookie_round_trips() {
     );
     assert_eq!(table.sticky_value(0), "b60e50a53dc2a406");
     assert_eq!(table.sticky_value(99), "");
+    // With a secret: other values (the public hash of a guessable name no longer matches
+    // them), still stable and still found; another secret, other values again.
+    let keyed = |k: &str| {
+        let spec = Spec {
+            sticky: Some(StickySpec {
+                secret: Some(k.into()),
+                ..s.sticky.clone().unwrap()
+            }),
+            ..s.clone()
+        };
+        Table::build(&spec, &ms)
+    };
+    let (a, b) = (keyed("0123456789abcdef-a"), keyed("0123456789abcdef-b"));
+    for i in 0..ms.len() {
+        let v = a.sticky_value(i);
+        assert_ne!(v, table.sticky_value(i));
+        assert_ne!(v, b.sticky_value(i));
+        assert_eq!(v, keyed("0123456789abcdef-a").sticky_value(i));
+        assert_eq!(a.sticky_lookup(v.as_bytes()), Some(i));
+        assert_eq!(b.sticky_lookup(v.as_bytes()), None);
+    }
     assert_eq!(table.sticky_lookup(b"garbage"), None);
     assert_eq!(table.sticky_lookup(b"0000000000000000"), None);
 

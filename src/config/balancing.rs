@@ -14,6 +14,7 @@ use crate::balance::{Algorithm, HashKey, Spec, StickySpec};
 pub(super) struct RawSticky {
     cookie: String,
     ttl: Option<String>,
+    secret: Option<String>,
 }
 
 pub(super) struct RawBalancing<'a> {
@@ -122,9 +123,16 @@ pub(super) fn balancing(c: &mut Checker, path: &str, raw: RawBalancing<'_>) -> S
             s.ttl.as_ref(),
             Duration::from_secs(3600),
         );
+        if s.secret.as_deref().is_some_and(|k| k.len() < 16) {
+            c.err(
+                format!("{path}.sticky.secret"),
+                "is too short to keep backends hidden: write at least 16 random characters (the same on every host)",
+            );
+        }
         StickySpec {
             cookie: s.cookie.clone(),
             ttl,
+            secret: s.secret.clone(),
         }
     });
     Spec {

@@ -72,11 +72,20 @@ fn check_rejects_bounded_load_below_one() {
 }
 
 #[test]
+fn check_rejects_a_short_sticky_secret() {
+    expect_check_error(
+        "sticky = { cookie = \"srv\", secret = \"short\" }",
+        "upstream[0].sticky.secret",
+        &["at least 16"],
+    );
+}
+
+#[test]
 fn check_accepts_every_balancing_key() {
     let text = config(
         false,
         "balance = \"maglev\"\nhash_key = \"cookie:uid\"\nbounded_load = 1.25\n\
-         sticky = { cookie = \"srv\", ttl = \"1h\" }\n\
+         sticky = { cookie = \"srv\", ttl = \"1h\", secret = \"0123456789abcdef\" }\n\
          backends = [{ address = \"127.0.0.1:9001\", weight = 3 }, { address = \"127.0.0.1:9002\", backup = true }]",
     );
     let (code, out) = run_check(&text);

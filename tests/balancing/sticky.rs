@@ -91,6 +91,24 @@ both_engines! {
         assert_every_shard_served(&proxy, 2);
     }
 
+    fn a_sticky_secret_keys_the_cookie_values(engine) {
+        // Without a secret a value is a public hash of the backend's name, the same for
+        // anyone; with one the values differ and are still honoured (the same on every
+        // shard: collect_cookies checks it).
+        let o = origins(&["a", "b"]);
+        let list = plain(&[&o[0], &o[1]]);
+        let public = Proxy::start_shards(&config(true, &sticky_upstream(&list, "")), engine, 2);
+        let open = collect_cookies(&public, 2);
+        let keyed_up = sticky_upstream(&list, "").replace("ttl = \"1h\" }", "ttl = \"1h\", secret = \"0123456789abcdef0123\" }");
+        let keyed = Proxy::start_shards(&config(true, &keyed_up), engine, 2);
+        let secret = collect_cookies(&keyed, 2);
+        for (name, value) in &secret {
+            assert_ne!(Some(value), open.get(name), "{name}: the keyed value is the public one");
+            let r = ask_new(keyed.addr(), "/again", &[("Cookie", &format!("srv={value}"))]);
+            assert_eq!(&served_by(&r), name);
+        }
+    }
+
     fn sticky_client_moves_when_its_backend_goes_down(engine) {
         let mut o: Vec<Option<Origin>> = origins(&["a", "b", "c"]).into_iter().map(Some).collect();
         let refs: Vec<&Origin> = o.iter().map(|x| x.as_ref().unwrap()).collect();
