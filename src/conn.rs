@@ -255,6 +255,8 @@ async fn keep_alive(
         // Boxed: the exchange's state is large and only needed while a request is in flight,
         // so an idle connection's task stays small.
         let outcome = Box::pin(serve_request(&ctx, &mut client, &head)).await;
+        // Pipelined requests answered without a wait must not keep the shard (coop.rs).
+        crate::coop::step().await;
         if outcome == Outcome::Upgraded {
             if let Some(up) = client.upgraded.take() {
                 let Client { stream, buf, .. } = client;

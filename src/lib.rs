@@ -21,6 +21,7 @@ pub mod clock;
 pub mod compress;
 pub mod config;
 pub mod conn;
+pub mod coop;
 pub mod demo;
 pub mod dns;
 pub mod error;

@@ -415,6 +415,7 @@ async fn splice_until_close(
     let mut in_pipe = 0usize;
     let mut eof = false;
     loop {
+        crate::coop::step().await;
         // Fill the pipe as far as the backend's bytes go without blocking.
         let mut src_blocked = false;
         if !eof && in_pipe < pipe.size {

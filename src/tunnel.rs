@@ -191,6 +191,7 @@ async fn pump(
     let mut buf = vec![0u8; TUNNEL_BUF];
     let mut bulk = false;
     let end = loop {
+        crate::coop::step().await;
         if bulk {
             if let Some(loan) = ctx.pipes.lend() {
                 let before = moved.get();
@@ -252,6 +253,7 @@ async fn burst(
     let mut in_pipe = 0usize;
     let mut eof = false;
     loop {
+        crate::coop::step().await;
         let mut dry = false;
         if !eof && in_pipe < pipe.size() {
             match splice_once(src_fd, pipe_w, pipe.size() - in_pipe, false) {

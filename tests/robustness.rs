@@ -71,6 +71,58 @@ both_engines! {
         }
     }
 
+    fn a_client_that_pipelines_without_pause_does_not_keep_the_shard(engine) {
+        // One client pipelines requests the proxy answers itself (a redirect) and reads the
+        // answers as fast as they come, on two threads: its connection never waits. On one
+        // shard another client's request must still be answered (an epoll shard served the
+        // flood alone for as long as it lasted). The bound is liveness, not speed.
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let origin = Origin::start("o");
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", "path_prefix = \"/r/\"\nredirect = { status = 302, to = \"/elsewhere\" }")
+            .route("main", "")
+            .start(engine);
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let flood = std::net::TcpStream::connect(proxy.addr()).unwrap();
+        let mut writer = flood.try_clone().unwrap();
+        let mut reader = flood;
+        let (st, an) = (stop.clone(), answered.clone());
+        let w = thread::spawn(move || {
+            let batch = b"GET /r/x HTTP/1.1\r\nHost: a\r\n\r\n".repeat(64);
+            while !st.load(Ordering::SeqCst) && writer.write_all(&batch).is_ok() {}
+        });
+        let r = thread::spawn(move || {
+            reader.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                an.fetch_add(n, Ordering::SeqCst);
+            }
+        });
+        // The flood is on: its answers are coming.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while answered.load(Ordering::SeqCst) < 1 << 20 {
+            assert!(std::time::Instant::now() < deadline, "the flood got no answers");
+            thread::yield_now();
+        }
+        let mut c = Client::connect(proxy.addr());
+        c.stream().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.send(&get("example.com", "/meanwhile"));
+        let got = c.try_read_response();
+        let during = answered.load(Ordering::SeqCst);
+        stop.store(true, Ordering::SeqCst);
+        let _ = w.join();
+        drop(proxy);
+        let _ = r.join();
+        let got = got.unwrap_or_else(|e| panic!("no answer while another client pipelined ({during} bytes of its answers): {e:?}"));
+        assert_eq!(got.status(), 200);
+    }
+
     fn client_abort_mid_request_body(engine) {
         let (mut proxy, origin) = proxy_with_origin(engine);
         let mut c = Client::connect(proxy.addr());

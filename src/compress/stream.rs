@@ -157,6 +157,7 @@ pub async fn relay_compressed<S: AsyncReadRent, D: AsyncWriteRent>(
         if !out.is_empty() {
             leg.flush(dst, out).await?;
         }
+        crate::coop::step().await;
         body.refill(src, inbuf, pos, leg).await?;
     }
 }

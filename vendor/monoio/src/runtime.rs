@@ -163,6 +163,8 @@ impl<D> Runtime<D> {
                                 max_round -= 1;
                             }
                         }
+                        // edgeshard: tasks that yielded to the others go to the back.
+                        crate::task::wake_deferred();
 
                         // Check main future
                         while should_poll() {

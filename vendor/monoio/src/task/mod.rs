@@ -15,6 +15,10 @@ mod join;
 #[allow(unreachable_pub)] // https://github.com/rust-lang/rust/issues/57411
 pub use self::join::JoinHandle;
 
+mod defer;
+pub(crate) use self::defer::wake_deferred;
+pub use self::defer::{yield_to_others, YieldToOthers};
+
 mod raw;
 use self::raw::RawTask;
 
