@@ -231,7 +231,7 @@ async fn shard_main(start: ShardStart) -> ShardReport {
             });
             let tick = tick.min(QUIET);
             let mut last_sweep = Instant::now();
-            let (mut last_activity, mut returned) = (0, false);
+            let (mut last_activity, mut returned) = ((0, 0, 0, 0), false);
             loop {
                 monoio::select! {
                     _ = monoio::time::sleep(tick) => {}
@@ -244,9 +244,16 @@ async fn shard_main(start: ShardStart) -> ShardReport {
                     last_sweep = now;
                 }
                 // Parks count too: a crowd's tasks are freed when it is parked, 200 ms
-                // after its last request, and that memory too is to be given back.
-                let activity =
-                    ctx.stats.accepted.get() + ctx.stats.requests.get() + common.lot.parks();
+                // after its last request, and that memory too is to be given back; so do
+                // closes (the open count): connections that end after a long transfer free
+                // their buffers then, with nothing accepted or served since (300 slow
+                // readers' 50 MB stayed resident until the next request).
+                let activity = (
+                    ctx.stats.accepted.get(),
+                    ctx.stats.requests.get(),
+                    common.lot.parks(),
+                    ctx.stats.active.get(),
+                );
                 if activity != last_activity {
                     (last_activity, returned) = (activity, false);
                 } else if !returned {

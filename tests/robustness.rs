@@ -123,6 +123,37 @@ both_engines! {
         assert_eq!(got.status(), 200);
     }
 
+    fn memory_is_given_back_when_connections_end_with_nothing_else_going_on(engine) {
+        // A request held at the origin: the shard goes quiet and gives its free memory back
+        // meanwhile. Then the response goes out and the connection closes, and nothing else
+        // comes: the memory that close freed is given back too (it used to wait for the next
+        // accept or request).
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let g = gate.clone();
+        let origin = Origin::with_handler("o", move |req| {
+            if req.path() == "/held" {
+                let (m, cv) = &*g;
+                let open = m.lock().unwrap();
+                let _ = cv.wait_timeout_while(open, Duration::from_secs(20), |o| !*o).unwrap();
+            }
+            Reply::Default
+        });
+        let proxy = Config::single(origin.addr()).admin("").start(engine);
+        let returns = |m: &Metrics| m.value("edgeshard_memory_returns_total", &[]);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/held"));
+        assert!(origin.wait_for(Duration::from_secs(10), |s| s.requests.iter().any(|r| r.path() == "/held")));
+        let quiet = returns(&scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "a return while the request is held", |m| returns(m) >= 1.0));
+        {
+            let (m, cv) = &*gate;
+            *m.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        assert_eq!(c.read_response().status(), 200);
+        drop(c);
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "a return after the close", |m| returns(m) > quiet);
+    }
+
     fn client_abort_mid_request_body(engine) {
         let (mut proxy, origin) = proxy_with_origin(engine);
         let mut c = Client::connect(proxy.addr());
