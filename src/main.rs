@@ -155,6 +155,13 @@ static EXE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
 fn main() {
     EXE.get_or_init(|| std::env::current_exe().ok());
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Check { .. } | Command::Reload { .. }) {
+        // A command that prints and exits ends quietly when its reader goes away
+        // (`edgeshard check | head -1`), as other tools do, instead of panicking on EPIPE.
+        // The server keeps Rust's SIGPIPE ignored (its sockets use MSG_NOSIGNAL anyway).
+        // SAFETY: resetting a signal's disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let code = match cli.command {
         Command::Check { config } => {
             init_tracing("info");

@@ -584,3 +584,27 @@ fn good_dir() -> String {
     let end = g[start..].find("/a.pem").unwrap();
     g[start..start + end].to_string()
 }
+
+#[test]
+fn check_into_a_closed_pipe_ends_quietly() {
+    // `edgeshard check ... | head -1`: the reader goes away before everything is printed.
+    // The command ends (by SIGPIPE, as other tools do), without a panic.
+    use std::os::unix::process::ExitStatusExt;
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/basic.toml");
+    let mut child = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&examples)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
