@@ -260,6 +260,14 @@ both_engines! {
         }
         let r = fetch(&mut c, "GET", "/v", &[]);
         assert_eq!((x_cache(&r), r.body_str()), ("MISS".into(), "-".into()));
+        // A spelling a CGI or WSGI backend reads as the same field is a variant of its own:
+        // `Accept_Language: it` is not stored as the answer for no Accept-Language.
+        let r = fetch(&mut c, "GET", "/u", &[("Accept_Language", "it")]);
+        assert_eq!(x_cache(&r), "MISS");
+        let r = fetch(&mut c, "GET", "/u", &[]);
+        assert_eq!(x_cache(&r), "MISS", "the underscore spelling's answer was served for none");
+        let r = fetch(&mut c, "GET", "/u", &[("accept_language", "it")]);
+        assert_eq!(x_cache(&r), "HIT", "and it is found again in any case");
     }
 
     // The key holds what the backend received: a field the client's `Connection` names is

@@ -431,7 +431,9 @@ pub fn primary_key(https: bool, host: &[u8], target: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Appends the `Vary` part of a key: for each name, `\n` name `:` the values of that field
-/// among the request's `fields` (several joined by `,`, each trimmed).
+/// among the request's `fields` (several joined by `,`, each trimmed), in every spelling a
+/// backend may read as that field ([`same_field`]: `Accept_Language` is `Accept-Language` to
+/// a CGI or WSGI backend, so it must separate variants as that field does).
 pub fn vary_key<'h, I>(names: &[Box<[u8]>], fields: I, out: &mut Vec<u8>)
 where
     I: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
@@ -444,7 +446,7 @@ where
         // anything that could forge this layout).
         let mut values = fields
             .clone()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(|(n, _)| same_field(n, name))
             .map(|(_, v)| v)
             .peekable();
         if values.peek().is_none() {
