@@ -21,7 +21,11 @@ use crate::tunnel::Upgraded;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     KeepAlive,
+    /// The response is complete and the connection closes (a TLS one with close_notify).
     Close,
+    /// The client got no response, or one cut short: the connection closes without a word
+    /// (no close_notify, which would make a close-delimited body look complete).
+    Cut,
     /// The backend answered 101: the connection becomes a tunnel ([`Client::upgraded`]).
     Upgraded,
 }

@@ -281,21 +281,29 @@ async fn keep_alive(
             }
             return;
         }
+        if outcome == Outcome::Cut {
+            return;
+        }
         if client.buf.capacity() > KEEP_BUF && client.buf.len() < INITIAL_BUF {
             client.buf.shrink_to(INITIAL_BUF);
         }
     }
 }
 
-/// Ends a TLS client's connection after a response that closes it with close_notify
-/// (RFC 8446 §6.1), within `client_send`: a close-delimited body (an HTTP/1.0 client's) is
-/// complete to the client only with it (RFC 9112 §9.8). A client that does not read gets
-/// the TCP close at the deadline.
+/// Ends a TLS client's connection after a complete response that closes it with close_notify
+/// (RFC 8446 §6.1): a close-delimited body (an HTTP/1.0 client's) is complete to the client
+/// only with it (RFC 9112 §9.8); a response cut short ends without one ([`Outcome::Cut`]).
+/// Within a second (and `client_send`): a client that does not read gets the TCP close then.
 async fn close_tls(ctx: &ShardCtx, client: &mut Client) {
     let Transport::Tls(s) = &mut client.stream else {
         return;
     };
-    let t = ctx.shared.config.timeouts.client_send;
+    let t = ctx
+        .shared
+        .config
+        .timeouts
+        .client_send
+        .min(Duration::from_secs(1));
     let _ = client.deadline.within(t, s.close()).await;
 }
 

@@ -184,7 +184,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 e.count(&ctx.stats);
                 // The client got no response, or one cut short.
                 trace.aborted = true;
-                Outcome::Close
+                Outcome::Cut
             }
             Answer::Status(c) => {
                 e.count(&ctx.stats);

@@ -461,7 +461,8 @@ pub async fn respond_canned_with(
     let r = write_from(&mut client.stream, &mut out, 0, n, &mut client.deadline, t).await;
     match r {
         Ok(()) if !close => Outcome::KeepAlive,
-        _ => Outcome::Close,
+        Ok(()) => Outcome::Close,
+        Err(_) => Outcome::Cut,
     }
 }
 

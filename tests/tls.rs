@@ -495,4 +495,31 @@ both_engines! {
             assert!(out.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&out));
         }
     }
+
+    fn a_response_cut_short_ends_without_close_notify(engine) {
+        // The backend sends a close-delimited body, then resets: the HTTP/1.0 client (whose
+        // body's end is the connection's) must not see close_notify, which would make the
+        // cut body look complete.
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("cut-notify");
+        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let backend = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let _ = crate::support::read_head_bytes(&mut s);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial");
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        });
+        let proxy = Config::single(backend).only_listener(&tls_listener(&[(&cert, &key)], "")).start(engine);
+        let conn = rustls::ClientConnection::new(Arc::new(ca.client_config()), "a.test".try_into().unwrap()).unwrap();
+        let sock = TcpStream::connect(proxy.addr()).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        tls.write_all(b"GET / HTTP/1.0\r\nHost: a.test\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        let end = tls.read_to_end(&mut out);
+        let e = end.expect_err("a cut body ended with close_notify, as if complete");
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    }
 }

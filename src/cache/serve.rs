@@ -145,7 +145,7 @@ pub async fn serve(
         }
         Err(_) => {
             trace.aborted = true;
-            Outcome::Close
+            Outcome::Cut
         }
     }
 }
