@@ -401,7 +401,7 @@ fn wait_for_stop(
                 let started = h.start_successor(&r.listening(), UPGRADE_READY_WITHIN, &mut abandon);
                 match started {
                     Ok(s) => {
-                        r.retire();
+                        r.retire(true);
                         return Some(StopReason::HandedOver(s.pid));
                     }
                     Err(e) => tracing::error!("binary upgrade failed, still serving: {e}"),
@@ -757,7 +757,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
                 "draining: no new connections; finishing in-flight requests"
             );
             let _ = edgeshard::sdnotify::notify("STOPPING=1");
-            reloader.lock().unwrap_or_else(|p| p.into_inner()).retire();
+            reloader.lock().unwrap_or_else(|p| p.into_inner()).retire(false);
             Stop::Drain
         }
     };

@@ -49,6 +49,8 @@ pub enum ReloadError {
     /// One line per listener the file adds or removes, each with its key path.
     #[error("{}", .0.join("\n"))]
     Stopping(Vec<String>),
+    #[error("this process handed its listeners to a new one (binary upgrade) and is draining: reload the new process")]
+    HandedOver,
 }
 
 /// Counts of reloads, and what the configuration in force is, for `/metrics` and `/status`.
@@ -130,6 +132,9 @@ pub struct Reloader {
     listening: Listening,
     /// Set once the process drains or hands over: the listener set no longer changes.
     stopping: bool,
+    /// Set once a successor serves the listeners: nothing is reloaded here any more (a
+    /// reload that waited for the upgrade's outcome would change a process on its way out).
+    handed_over: bool,
 }
 
 impl Reloader {
@@ -160,6 +165,7 @@ impl Reloader {
             dns,
             listening,
             stopping: false,
+            handed_over: false,
         };
         r.watch(shared.tls.clone());
         Ok(r)
@@ -175,8 +181,11 @@ impl Reloader {
     /// The process drains, or a successor serves the listeners: from now on a reload that
     /// adds or removes a listener is refused (the sockets may be the successor's), and the
     /// duplicates held for an upgrade are closed.
-    pub fn retire(&mut self) {
+    /// The process drains (`handed_over`: a successor serves its listeners): no listener is
+    /// added or removed any more, and after a hand-over nothing is reloaded at all.
+    pub fn retire(&mut self, handed_over: bool) {
         self.stopping = true;
+        self.handed_over |= handed_over;
         self.listening.clear();
     }
 
@@ -265,6 +274,9 @@ impl Reloader {
     }
 
     fn try_reload(&mut self) -> Result<Applied, ReloadError> {
+        if self.handed_over {
+            return Err(ReloadError::HandedOver);
+        }
         let path = self.path.clone().ok_or(ReloadError::NoFile)?;
         let text = std::fs::read(&path).unwrap_or_default();
         let config = Config::load(&path)?;

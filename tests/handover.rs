@@ -275,4 +275,42 @@ both_engines! {
         assert_eq!(status.code(), Some(0), "{}", proxy.output());
         assert!(proxy.output().contains("a stop signal came while the new process was starting"), "{}", proxy.output());
     }
+
+    fn a_reload_that_waited_for_an_upgrade_is_refused_by_the_old_process(engine) {
+        // A reload asked for while the successor starts waits for the upgrade's outcome;
+        // once the successor serves, the old process must not apply it (it is on its way
+        // out, and the new one would never see it). The successor here is the real binary,
+        // started a second late by a wrapper at the path the proxy was started from.
+        let dir = std::path::Path::new(BIN).parent().unwrap();
+        let bin = dir.join(format!("edgeshard-reload-test-{}-{}", std::process::id(), engine.as_str()));
+        let _ = std::fs::remove_file(&bin);
+        struct Remove(std::path::PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let _remove = Remove(bin.clone());
+        if std::fs::hard_link(BIN, &bin).is_err() {
+            std::fs::copy(BIN, &bin).unwrap();
+        }
+        let origin = Origin::start("o");
+        let config = Config::single(origin.addr()).admin("").render();
+        let mut proxy = Proxy::try_start_binary(&bin, &config, engine, 1).unwrap_or_else(|e| panic!("{e}"));
+        let script = bin.with_extension("sh");
+        std::fs::write(&script, format!("#!/bin/sh\nsleep 1\nexec {BIN} \"$@\"\n")).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::rename(&script, &bin).unwrap();
+        proxy.signal(libc::SIGUSR2);
+        proxy.wait_for_output("SIGUSR2: starting the new binary", 1, Duration::from_secs(10));
+        let admin = proxy.admin_addr();
+        let waited = std::thread::spawn(move || admin_post(admin, "/reload", None));
+        let new = successor_pid(&proxy, 1);
+        let r = waited.join().unwrap();
+        assert_ne!(r.status, 200, "the old process applied a reload after handing over: {}", r.body);
+        assert!(r.body.contains("reload the new process"), "{}", r.body);
+        let status = proxy.wait_exit(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(0), "{}", proxy.output());
+        terminate_pid(new);
+    }
 }
