@@ -757,7 +757,10 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
                 "draining: no new connections; finishing in-flight requests"
             );
             let _ = edgeshard::sdnotify::notify("STOPPING=1");
-            reloader.lock().unwrap_or_else(|p| p.into_inner()).retire(false);
+            reloader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retire(false);
             Stop::Drain
         }
     };

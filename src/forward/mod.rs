@@ -627,11 +627,19 @@ impl<'a> Forward<'a> {
         let upstream = tries.upstream;
         // The budget first: a pick moves the balancer (round robin's cursor), and a refused
         // retry that had picked would hand the failing backend every next first try.
-        if !self.backends.budget_allows(upstream) {
-            return None;
-        }
         let mut others = tries.tried.clone();
         others.push(failed);
+        if !self.backends.budget_allows(upstream) {
+            // Counted only when the retry had somewhere to go.
+            let now = crate::clock::now();
+            if self
+                .backends
+                .any_usable(self.shared, upstream, &others, now)
+            {
+                self.backends.budget_deny(upstream);
+            }
+            return None;
+        }
         let (pick, set) =
             self.backends
                 .pick(self.shared, upstream, &others, crate::clock::now(), key);

@@ -293,17 +293,19 @@ impl RetryBudget {
         b.requests += 1;
     }
 
-    /// Whether the window allows one more retry at `now`; a refusal is counted. Spends
-    /// nothing: the caller [`RetryBudget::spend`]s once the retry has a backend to go to, so
-    /// a refused retry never moves the balancer (which would hand the failing backend the
-    /// next request's first try) and a retry with no backend left costs no token.
-    pub fn allows(&mut self, now: Instant) -> bool {
+    /// Whether the window allows one more retry at `now`. Spends and counts nothing: the
+    /// caller [`RetryBudget::spend`]s once the retry has a backend to go to, so a refused
+    /// retry never moves the balancer (which would hand the failing backend the next
+    /// request's first try) and a retry with no backend left costs no token; it
+    /// [`RetryBudget::deny`]s a refusal that had a backend to go to.
+    pub fn allows(&self, now: Instant) -> bool {
         let (requests, retries) = self.totals(now);
-        let allowed = (retries as f64) < self.ratio * requests as f64 + self.reserve;
-        if !allowed {
-            self.denied += 1;
-        }
-        allowed
+        (retries as f64) < self.ratio * requests as f64 + self.reserve
+    }
+
+    /// Counts a refused retry.
+    pub fn deny(&mut self) {
+        self.denied += 1;
     }
 
     /// Spends one retry token (after [`RetryBudget::allows`]).
@@ -360,6 +362,8 @@ mod tests {
             let allowed = self.allows(now);
             if allowed {
                 self.spend(now);
+            } else {
+                self.deny();
             }
             allowed
         }

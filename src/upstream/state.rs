@@ -152,6 +152,27 @@ impl Backends {
         next
     }
 
+    /// Whether [`Backends::pick`] would find a backend of `upstream` (the same skips), without
+    /// moving the balancer: a retry the budget refuses is counted only if it had somewhere
+    /// to go.
+    pub fn any_usable(
+        &self,
+        shared: &Shared,
+        upstream: usize,
+        tried: &[usize],
+        now: Instant,
+    ) -> bool {
+        let range = shared.upstream_backends[upstream].clone();
+        let outlier = &self.outliers.borrow()[upstream];
+        let board = &shared.board;
+        range.clone().any(|g| {
+            !tried.contains(&g)
+                && !shared.is_drained(g)
+                && board.is_usable(g)
+                && !outlier.is_ejected(g - range.start, now)
+        })
+    }
+
     /// Picks a backend of `upstream`, skipping those this request already tried, drained
     /// ones, those failing their health check, and those this shard ejected. Returns whether
     /// a sticky cookie must be set.
@@ -278,11 +299,17 @@ impl Backends {
         self.budgets.borrow_mut()[upstream].record_request(crate::clock::now());
     }
 
-    /// Whether the upstream's retry budget allows one more retry now (a refusal is counted;
-    /// nothing is spent: see [`RetryBudget::allows`]).
+    /// Whether the upstream's retry budget allows one more retry now (nothing is spent nor
+    /// counted: see [`RetryBudget::allows`]).
     #[inline]
     pub fn budget_allows(&self, upstream: usize) -> bool {
-        self.budgets.borrow_mut()[upstream].allows(crate::clock::now())
+        self.budgets.borrow()[upstream].allows(crate::clock::now())
+    }
+
+    /// Counts a retry the upstream's budget refused.
+    #[inline]
+    pub fn budget_deny(&self, upstream: usize) {
+        self.budgets.borrow_mut()[upstream].deny();
     }
 
     /// Spends a retry of the upstream's budget: the retry has a backend.

@@ -175,4 +175,19 @@ both_engines! {
         assert_eq!((a.accepted(), b.request_count()), (10, 10));
         assert_eq!(budget(&proxy), (0.0, 10.0), "each of a's resets asked once and was refused");
     }
+
+    fn a_refusal_is_counted_only_when_the_retry_had_somewhere_to_go(engine) {
+        // One backend, answering 503: a retry would need another backend, so the budget is
+        // never the reason there is none, and counts nothing.
+        let a = answering("a", 503);
+        let retry = "[upstream.retry]\nbudget = 0.0\nmin_retries_per_sec = 0";
+        let proxy = Proxy::start(
+            &config(true, &format!("balance = \"round_robin\"\n{}\n{retry}", backends(&[a.addr()]))),
+            engine,
+        );
+        for i in 0..5 {
+            assert_eq!(ask_new(proxy.addr(), &format!("/{i}")).status(), 503);
+        }
+        assert_eq!(budget(&proxy), (0.0, 0.0));
+    }
 }
