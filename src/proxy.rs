@@ -266,7 +266,10 @@ async fn plan<'a>(
     let rules = &ctx.shared.config.routes[routed.index].rules;
     if let Some(r) = &rules.redirect {
         let vars = vars(ctx, client, facts, rid, &routed);
-        return Ok(Plan::Answer(r.status, b"Location", location(r, &vars)));
+        return match location(r, &vars) {
+            Some(to) => Ok(Plan::Answer(r.status, b"Location", to)),
+            None => Err(Canned::BadRequest),
+        };
     }
     let granted = match &ctx.shared.config.routes[routed.index].auth {
         None => Granted::default(),

@@ -203,8 +203,16 @@ pub fn rewrite_target(
     Ok(owned)
 }
 
-/// A route `redirect`'s `Location`: `to` expanded, then (with `query`) the request's query.
-pub fn location(r: &Redirect, vars: &Vars<'_>) -> Vec<u8> {
+/// A route `redirect`'s `Location`: `to` expanded, then (with `query`) the request's query,
+/// before the target's `#fragment` if it has one. `None` when `to` names `${host}` and the
+/// request has none (HTTP/1.0 without `Host`, an empty one): `https://${host}${path}` would
+/// be `https:///evil.example/x`, which browsers read as host `evil.example` (a 400, as the
+/// listener's `redirect_https` answers).
+pub fn location(r: &Redirect, vars: &Vars<'_>) -> Option<Vec<u8>> {
+    let names_host = r.to.parts.iter().any(|p| matches!(p, Part::Var(Var::Host)));
+    if names_host && vars.host.is_empty() {
+        return None;
+    }
     let mut out = Vec::with_capacity(64 + vars.path.len() + vars.query.len());
     // `${path}` in a Location is always one `/` and what follows: `GET //evil.example`
     // must not make `to = "${path}/"` a protocol-relative redirect elsewhere, nor `GET
@@ -223,10 +231,16 @@ pub fn location(r: &Redirect, vars: &Vars<'_>) -> Vec<u8> {
     };
     vars.expand(&r.to, &mut out);
     if r.query && !vars.query.is_empty() {
-        out.push(if out.contains(&b'?') { b'&' } else { b'?' });
-        out.extend_from_slice(vars.query);
+        // RFC 3986: the query comes before the fragment.
+        let fragment = out.iter().position(|&b| b == b'#');
+        let before = fragment.map_or(&out[..], |f| &out[..f]);
+        let mut q = Vec::with_capacity(vars.query.len() + 1);
+        q.push(if before.contains(&b'?') { b'&' } else { b'?' });
+        q.extend_from_slice(vars.query);
+        let at = fragment.unwrap_or(out.len());
+        out.splice(at..at, q);
     }
-    out
+    Some(out)
 }
 
 #[cfg(test)]
@@ -359,7 +373,7 @@ mod tests {
         ] {
             let v = Vars { path, ..vars() };
             assert_eq!(
-                location(&redirect(to), &v),
+                location(&redirect(to), &v).unwrap(),
                 want.as_bytes(),
                 "{to} with {path:?}"
             );
@@ -374,14 +388,45 @@ mod tests {
             to,
             query: true,
         };
-        assert_eq!(
-            location(&r, &vars()),
-            b"https://b.example/old/x?a=1&b=2".to_vec()
-        );
+        let loc = |r: &Redirect| location(r, &vars()).unwrap();
+        assert_eq!(loc(&r), b"https://b.example/old/x?a=1&b=2".to_vec());
         r.query = false;
-        assert_eq!(location(&r, &vars()), b"https://b.example/old/x".to_vec());
+        assert_eq!(loc(&r), b"https://b.example/old/x".to_vec());
         r.query = true;
         r.to = Template::compile("/n?from=${route}", &all(), false).unwrap();
-        assert_eq!(location(&r, &vars()), b"/n?from=r1&a=1&b=2".to_vec());
+        assert_eq!(loc(&r), b"/n?from=r1&a=1&b=2".to_vec());
+        // The query goes before a fragment (RFC 3986 §3), joined to the target's own.
+        r.to = Template::compile("https://x.example/landing#top", &all(), false).unwrap();
+        assert_eq!(loc(&r), b"https://x.example/landing?a=1&b=2#top".to_vec());
+        r.to = Template::compile("/l?k=v#top?not-a-query", &all(), false).unwrap();
+        assert_eq!(loc(&r), b"/l?k=v&a=1&b=2#top?not-a-query".to_vec());
+    }
+
+    #[test]
+    fn a_location_naming_the_host_needs_one() {
+        let r = Redirect {
+            status: crate::http::canned::Canned::Found,
+            to: Template::compile("https://${host}${path}", &all(), false).unwrap(),
+            query: false,
+        };
+        assert_eq!(
+            location(&r, &vars()).unwrap(),
+            b"https://a.example:8080/old/x".to_vec()
+        );
+        let v = Vars {
+            host: b"",
+            ..vars()
+        };
+        assert_eq!(
+            location(&r, &v),
+            None,
+            "https:///old/x would name host `old`"
+        );
+        // A target without ${host} needs none.
+        let r = Redirect {
+            to: Template::compile("/elsewhere${path}", &all(), false).unwrap(),
+            ..r
+        };
+        assert_eq!(location(&r, &v).unwrap(), b"/elsewhere/old/x".to_vec());
     }
 }

@@ -197,6 +197,12 @@ both_engines! {
         let r = c.read_response();
         assert_eq!(r.status(), 302);
         assert_eq!(r.header("Location"), Some("/elsewhere?from=r&z=9"));
+        // A target naming ${host} for a request with none (HTTP/1.0): 400, never
+        // `http:///evil.example/x`, which a browser reads as host evil.example.
+        let mut c10 = Client::connect(proxy.addr());
+        c10.send(b"GET /d301/evil.example/x HTTP/1.0\r\n\r\n");
+        let r = c10.read_response();
+        assert_eq!(r.status(), 400, "{}", r.head.raw);
         assert_eq!(origin.request_count(), 0);
     }
 }
