@@ -212,6 +212,9 @@ pub fn rewrite_head(out: &mut Vec<u8>, alg: Algorithm) {
             out.extend_from_slice(b"\r\n");
         } else if name.eq_ignore_ascii_case(b"content-encoding") {
             // Only `identity` gets here (`applies`): the coding replaces it.
+        } else if name.eq_ignore_ascii_case(b"accept-ranges") {
+            // Ranges are served over the identity body (a Range request is not compressed):
+            // offsets into this coded one would fetch the wrong bytes (nginx drops it too).
         } else if name.eq_ignore_ascii_case(b"vary") && !vary_done {
             vary_done = true;
             if lists(value, b"*") || lists(value, b"accept-encoding") {

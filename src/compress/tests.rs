@@ -142,6 +142,11 @@ fn the_head_gets_the_coding_vary_and_a_weak_etag() {
         rewrite("HTTP/1.1 200 OK\nVary: *\n\n"),
         "HTTP/1.1 200 OK\nVary: *\nContent-Encoding: br\n\n"
     );
+    // Ranges are over the identity body: a coded one advertises none.
+    assert_eq!(
+        rewrite("HTTP/1.1 200 OK\nAccept-Ranges: bytes\nVary: *\n\n"),
+        "HTTP/1.1 200 OK\nVary: *\nContent-Encoding: br\n\n"
+    );
 }
 
 /// Each encoder streams: fed in pieces, its output decodes (with the same crates) to the
