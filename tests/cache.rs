@@ -505,7 +505,8 @@ both_engines! {
         };
         all_hit(&mut c, ["MISS"; 4]);
         all_hit(&mut c, ["HIT"; 4]);
-        let r = admin_post(admin, "/cache/purge?key=http%3A%2F%2Fexample.com%2Fa%3Fq%3D1", None);
+        // The URL as a client wrote it (host case, default port): keyed as requests are.
+        let r = admin_post(admin, "/cache/purge?key=http%3A%2F%2FExample.COM%3A80%2Fa%3Fq%3D1", None);
         assert_eq!((r.status, r.json()["purged"].as_u64()), (200, Some(1)), "{}", r.body);
         all_hit(&mut c, ["MISS", "HIT", "HIT", "HIT"]);
         let r = admin_post(admin, "/cache/purge?prefix=http://example.com/b/", None);
@@ -515,6 +516,7 @@ both_engines! {
         assert_eq!(r.json()["purged"].as_u64(), Some(4), "{}", r.body);
         all_hit(&mut c, ["MISS"; 4]);
         assert_eq!(admin_post(admin, "/cache/purge?what=1", None).status, 400);
+        assert_eq!(admin_post(admin, "/cache/purge?prefix=", None).status, 400, "an empty prefix is not ?all");
         assert_eq!(admin_get(admin, "/cache/purge?all", None).status, 405);
         assert_eq!(origin.request_count(), 4 + 1 + 2 + 4);
     }

@@ -412,6 +412,34 @@ pub fn parse_http_date(v: &[u8]) -> Option<u64> {
     Some(days * 86_400 + h * 3600 + m * 60 + s)
 }
 
+/// A purge URL as the cache keys it ([`primary_key`]): `http://Shop.Example:80/a` is
+/// `http://shop.example/a`; a bare `http://host` is its `/` as a `key`, and stays a host
+/// (`http://shop` also matches `http://shop.example/...`) as a `prefix`. Anything else is
+/// kept as written.
+pub fn purge_key(url: &[u8], prefix: bool) -> Vec<u8> {
+    let starts = |p: &[u8]| url.len() >= p.len() && url[..p.len()].eq_ignore_ascii_case(p);
+    let (https, rest) = if starts(b"https://") {
+        (true, &url[8..])
+    } else if starts(b"http://") {
+        (false, &url[7..])
+    } else {
+        return url.to_vec();
+    };
+    let slash = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+    let (host, target) = rest.split_at(slash);
+    let mut out = Vec::with_capacity(url.len() + 1);
+    primary_key(
+        https,
+        host,
+        if target.is_empty() { b"/" } else { target },
+        &mut out,
+    );
+    if prefix && target.is_empty() {
+        out.pop();
+    }
+    out
+}
+
 /// The cache key of a request: `scheme://host/path?query` with the host lower-cased and its
 /// default port (80 for http, 443 for https) removed; `target` is the origin-form path and
 /// query as the client sent it (before any rewrite).

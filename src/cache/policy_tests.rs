@@ -346,3 +346,34 @@ fn keys_normalise_scheme_host_and_default_port() {
     assert_eq!(absent, b"\naccept-encoding!");
     assert_eq!(empty, b"\naccept-encoding:");
 }
+
+#[test]
+fn purge_urls_are_keyed_as_requests_are() {
+    let k = |u: &str, prefix: bool| String::from_utf8(purge_key(u.as_bytes(), prefix)).unwrap();
+    assert_eq!(
+        k("http://Shop.Example:80/a?b=1", false),
+        "http://shop.example/a?b=1"
+    );
+    assert_eq!(
+        k("HTTPS://shop.example:443/x", false),
+        "https://shop.example/x"
+    );
+    assert_eq!(
+        k("https://shop.example:8443/x", false),
+        "https://shop.example:8443/x"
+    );
+    assert_eq!(k("http://shop.example", false), "http://shop.example/");
+    assert_eq!(
+        k("http://Shop", true),
+        "http://shop",
+        "a prefix may end inside a host"
+    );
+    assert_eq!(k("/not-a-url", false), "/not-a-url");
+    // The key a request gets, for comparison.
+    let mut req = Vec::new();
+    primary_key(false, b"Shop.Example:80", b"/a?b=1", &mut req);
+    assert_eq!(
+        k("http://SHOP.example:80/a?b=1", false).as_bytes(),
+        &req[..]
+    );
+}

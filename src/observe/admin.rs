@@ -550,16 +550,19 @@ async fn set_drained(state: &AdminState, upstream: &str, addr: &str, drain: bool
 async fn purge(state: &AdminState, target: &str) -> Reply {
     use crate::cache::Purge;
     let query = target.split_once('?').map_or("", |(_, q)| q);
+    // Keys and prefixes are compared as the cache writes its keys (host lower-cased,
+    // default port dropped); an empty prefix is not a way to say `all`.
+    let key = |v, prefix| percent_decode(v).map(|u| crate::cache::policy::purge_key(&u, prefix));
     let p = match query.split_once('=') {
-        Some(("key", v)) => percent_decode(v).map(Purge::Key),
-        Some(("prefix", v)) => percent_decode(v).map(Purge::Prefix),
+        Some(("key", v)) => key(v, false).map(Purge::Key),
+        Some(("prefix", v)) => key(v, true).filter(|p| !p.is_empty()).map(Purge::Prefix),
         None if query == "all" => Some(Purge::All),
         _ => None,
     };
     let Some(p) = p else {
         return reply(
             "400 Bad Request",
-            "use ?key=URL, ?prefix=URL (percent-encoded) or ?all\n",
+            "use ?key=URL, ?prefix=URL (percent-encoded, not empty) or ?all\n",
         );
     };
     let waits: Vec<_> = state
