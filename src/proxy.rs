@@ -324,6 +324,10 @@ async fn plan<'a>(
                     }
                     return Ok(Plan::Cached(hit));
                 }
+                // RFC 9111 §5.2.1.7: nothing stored fits, and the client wants nothing else.
+                cache::Lookup::Miss(fill) if fill.only_if_cached() => {
+                    return Err(Canned::GatewayTimeout)
+                }
                 cache::Lookup::Miss(fill) => Some(fill),
             }
         }

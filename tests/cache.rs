@@ -240,6 +240,20 @@ both_engines! {
     }
 
     // `Vary` keeps one entry per value of the named request fields.
+    fn only_if_cached_gets_the_stored_response_or_504(engine) {
+        // RFC 9111 §5.2.1.7: a stored response fit for the request, or 504; never the backend.
+        let origin = Origin::with_handler("o", |_| reply(&[("Cache-Control", "max-age=100")], "stored", false));
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        let oic = [("Cache-Control", "only-if-cached")];
+        assert_eq!(fetch(&mut c, "GET", "/oic", &oic).status(), 504);
+        assert_eq!(origin.request_count(), 0, "only-if-cached never goes to the backend");
+        assert_eq!(x_cache(&fetch(&mut c, "GET", "/oic", &[])), "MISS");
+        let r = fetch(&mut c, "GET", "/oic", &oic);
+        assert_eq!((r.status(), x_cache(&r), r.body_str()), (200, "HIT".to_string(), "stored".to_string()));
+        assert_eq!(origin.request_count(), 1);
+    }
+
     fn vary_separates_variants(engine) {
         let origin = Origin::with_handler("o", |r| {
             let lang = r.header("Accept-Language").unwrap_or("-").to_string();

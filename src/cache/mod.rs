@@ -302,6 +302,11 @@ impl FillState {
 }
 
 impl Fill<'_> {
+    /// The request asked for a stored response only (`only-if-cached`): a miss is a `504`.
+    pub fn only_if_cached(&self) -> bool {
+        self.s.rules.only_if_cached
+    }
+
     /// Decides from the response head (`head`, parsed from `buf`) whether the response is
     /// stored, counts the request, and returns its `X-Cache` value. A stored one's body is
     /// to be relayed through [`Fill::tee`].

@@ -23,6 +23,8 @@ pub struct Directives {
     pub stale_if_error: Option<u64>,
     /// A request's `min-fresh` (RFC 9111 §5.2.1.3).
     pub min_fresh: Option<u64>,
+    /// A request's `only-if-cached` (RFC 9111 §5.2.1.7).
+    pub only_if_cached: bool,
 }
 
 impl Directives {
@@ -51,6 +53,8 @@ impl Directives {
                 self.no_store = true;
             } else if is("no-cache") {
                 self.no_cache = true;
+            } else if is("only-if-cached") {
+                self.only_if_cached = true;
             } else if is("private") {
                 self.private = true;
             } else if is("public") {
@@ -108,6 +112,9 @@ pub struct RequestRules {
     /// response, and the least freshness left, the client accepts ([`for_request`]).
     pub max_age: Option<u64>,
     pub min_fresh: Option<u64>,
+    /// `Cache-Control: only-if-cached` (RFC 9111 §5.2.1.7): a stored response fit for the
+    /// request, or `504`, never the backend.
+    pub only_if_cached: bool,
 }
 
 /// The request's cache rules from its fields (name, value).
@@ -133,6 +140,7 @@ pub fn request_rules<'h>(fields: impl Iterator<Item = (&'h [u8], &'h [u8])>) -> 
         authorization,
         max_age: d.max_age,
         min_fresh: d.min_fresh,
+        only_if_cached: d.only_if_cached,
     }
 }
 
