@@ -8,7 +8,7 @@ use crate::support::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// One request on a fresh connection; `Err` says what went wrong.
@@ -28,27 +28,10 @@ fn one_shot(addr: SocketAddr, i: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Tells the load threads to end; a thread pacing its requests waits on it, so it ends at
-/// once instead of after its pause.
-#[derive(Clone, Default)]
-struct StopSignal(Arc<(Mutex<bool>, Condvar)>);
-
-impl StopSignal {
-    fn set(&self) {
-        *self.0 .0.lock().unwrap() = true;
-        self.0 .1.notify_all();
-    }
-
-    /// Waits up to `pause` for the signal; true once it is set.
-    fn within(&self, pause: Duration) -> bool {
-        let (set, cv) = &*self.0;
-        let guard = set.lock().unwrap();
-        *cv.wait_timeout_while(guard, pause, |s| !*s).unwrap().0
-    }
-}
-
 struct Load {
-    stop: StopSignal,
+    /// Opened to end the load threads; a thread pacing its requests waits on it, so it
+    /// ends at once instead of after its pause.
+    stop: Gate,
     done: Arc<AtomicUsize>,
     failures: Arc<Mutex<Vec<String>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -57,7 +40,7 @@ struct Load {
 /// Two threads of new-connection requests and two keep-alive ones (reconnecting when the
 /// proxy announces a close), each paced at one request per 5 ms.
 fn start_load(addr: SocketAddr) -> Load {
-    let stop = StopSignal::default();
+    let stop = Gate::default();
     let done = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
     let mut threads = Vec::new();
@@ -97,7 +80,7 @@ fn start_load(addr: SocketAddr) -> Load {
                         .push(format!("thread {t} request {i}: {e}")),
                 }
                 // One request per 5 ms, ending as soon as the test says stop.
-                if stop.within(Duration::from_millis(5)) {
+                if stop.wait(Duration::from_millis(5)) {
                     break;
                 }
             }
@@ -140,6 +123,38 @@ fn burst(addr: SocketAddr, n: usize) -> Vec<String> {
     failures
 }
 
+/// The binary at its own path (a hard link beside the test binary, removed on drop): a
+/// proxy started from it upgrades (SIGUSR2) to whatever file is there then.
+struct OwnBinary(std::path::PathBuf);
+
+impl Drop for OwnBinary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A proxy started from its own path, which then holds a shell script running `successor`
+/// (written, then renamed over the path): the binary upgrade starts that script.
+fn upgrading_to(tag: &str, successor: &str, config: &str, engine: Engine) -> (Proxy, OwnBinary) {
+    let dir = std::path::Path::new(BIN).parent().unwrap();
+    let bin = dir.join(format!(
+        "edgeshard-{tag}-test-{}-{}",
+        std::process::id(),
+        engine.as_str()
+    ));
+    let _ = std::fs::remove_file(&bin);
+    let own = OwnBinary(bin.clone());
+    if std::fs::hard_link(BIN, &bin).is_err() {
+        std::fs::copy(BIN, &bin).unwrap();
+    }
+    let proxy = Proxy::try_start_binary(&bin, config, engine, 1).unwrap_or_else(|e| panic!("{e}"));
+    let script = bin.with_extension("sh");
+    std::fs::write(&script, format!("#!/bin/sh\n{successor}\n")).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&script, &bin).unwrap();
+    (proxy, own)
+}
+
 both_engines! {
     fn two_binary_upgrades_under_load_lose_nothing(engine) {
         let origin = Origin::start("o");
@@ -178,7 +193,7 @@ both_engines! {
         assert!(wait_pid_exit(first, Duration::from_secs(30)), "the first successor did not exit after handing over");
         settle(&load, 100);
 
-        load.stop.set();
+        load.stop.open();
         for t in load.threads {
             t.join().unwrap();
         }
@@ -206,16 +221,7 @@ both_engines! {
         // the admin address at the hand-over (its /ready and /reload would speak for a process
         // on its way out), and the QUIT is a graceful stop: its request in flight completes,
         // and it exits 0.
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let g = gate.clone();
-        let origin = Origin::with_handler("o", move |req| {
-            if req.path() == "/slow" {
-                let (m, cv) = &*g;
-                let open = m.lock().unwrap();
-                let _ = cv.wait_timeout_while(open, Duration::from_secs(20), |o| !*o).unwrap();
-            }
-            Reply::Default
-        });
+        let (origin, gate) = held_origin("/slow");
         let mut proxy = Config::single(origin.addr()).admin("").start(engine);
         let admin = proxy.admin_addr();
         let old = proxy.pid();
@@ -231,11 +237,7 @@ both_engines! {
         }
         proxy.signal(libc::SIGQUIT);
         proxy.wait_for_output("already draining after the binary upgrade", 1, Duration::from_secs(10));
-        {
-            let (m, cv) = &*gate;
-            *m.lock().unwrap() = true;
-            cv.notify_all();
-        }
+        gate.open();
         let r = c.read_response();
         assert_eq!(r.status(), 200, "the request in flight at the QUIT completes");
         let status = proxy.wait_exit(Duration::from_secs(30));
@@ -247,27 +249,9 @@ both_engines! {
         // The successor never says it is ready (the binary at the path the proxy was started
         // from is replaced by a script that sleeps): a SIGTERM meanwhile stops it and drains
         // at once, not after the minute a successor is given.
-        let dir = std::path::Path::new(BIN).parent().unwrap();
-        let bin = dir.join(format!("edgeshard-upgrade-test-{}-{}", std::process::id(), engine.as_str()));
-        let _ = std::fs::remove_file(&bin);
-        // Removed however the test ends.
-        struct Remove(std::path::PathBuf);
-        impl Drop for Remove {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
-        let _remove = Remove(bin.clone());
-        if std::fs::hard_link(BIN, &bin).is_err() {
-            std::fs::copy(BIN, &bin).unwrap();
-        }
         let origin = Origin::start("o");
         let config = Config::single(origin.addr()).render();
-        let mut proxy = Proxy::try_start_binary(&bin, &config, engine, 1).unwrap_or_else(|e| panic!("{e}"));
-        let script = bin.with_extension("sh");
-        std::fs::write(&script, "#!/bin/sh\nexec sleep 60\n").unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        std::fs::rename(&script, &bin).unwrap();
+        let (mut proxy, _bin) = upgrading_to("abandon", "exec sleep 60", &config, engine);
         proxy.signal(libc::SIGUSR2);
         proxy.wait_for_output("SIGUSR2: starting the new binary", 1, Duration::from_secs(10));
         proxy.signal(libc::SIGTERM);
@@ -281,26 +265,10 @@ both_engines! {
         // once the successor serves, the old process must not apply it (it is on its way
         // out, and the new one would never see it). The successor here is the real binary,
         // started a second late by a wrapper at the path the proxy was started from.
-        let dir = std::path::Path::new(BIN).parent().unwrap();
-        let bin = dir.join(format!("edgeshard-reload-test-{}-{}", std::process::id(), engine.as_str()));
-        let _ = std::fs::remove_file(&bin);
-        struct Remove(std::path::PathBuf);
-        impl Drop for Remove {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
-        let _remove = Remove(bin.clone());
-        if std::fs::hard_link(BIN, &bin).is_err() {
-            std::fs::copy(BIN, &bin).unwrap();
-        }
         let origin = Origin::start("o");
         let config = Config::single(origin.addr()).admin("").render();
-        let mut proxy = Proxy::try_start_binary(&bin, &config, engine, 1).unwrap_or_else(|e| panic!("{e}"));
-        let script = bin.with_extension("sh");
-        std::fs::write(&script, format!("#!/bin/sh\nsleep 1\nexec {BIN} \"$@\"\n")).unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        std::fs::rename(&script, &bin).unwrap();
+        let successor = format!("sleep 1\nexec {BIN} \"$@\"");
+        let (mut proxy, _bin) = upgrading_to("late", &successor, &config, engine);
         proxy.signal(libc::SIGUSR2);
         proxy.wait_for_output("SIGUSR2: starting the new binary", 1, Duration::from_secs(10));
         let admin = proxy.admin_addr();

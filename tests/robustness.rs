@@ -2,7 +2,7 @@
 //! listeners, streaming.
 
 use crate::support::*;
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
@@ -128,27 +128,14 @@ both_engines! {
         // meanwhile. Then the response goes out and the connection closes, and nothing else
         // comes: the memory that close freed is given back too (it used to wait for the next
         // accept or request).
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let g = gate.clone();
-        let origin = Origin::with_handler("o", move |req| {
-            if req.path() == "/held" {
-                let (m, cv) = &*g;
-                let open = m.lock().unwrap();
-                let _ = cv.wait_timeout_while(open, Duration::from_secs(20), |o| !*o).unwrap();
-            }
-            Reply::Default
-        });
+        let (origin, gate) = held_origin("/held");
         let proxy = Config::single(origin.addr()).admin("").start(engine);
         let returns = |m: &Metrics| m.value("edgeshard_memory_returns_total", &[]);
         let mut c = Client::connect(proxy.addr());
         c.send(&get("example.com", "/held"));
         assert!(origin.wait_for(Duration::from_secs(10), |s| s.requests.iter().any(|r| r.path() == "/held")));
         let quiet = returns(&scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "a return while the request is held", |m| returns(m) >= 1.0));
-        {
-            let (m, cv) = &*gate;
-            *m.lock().unwrap() = true;
-            cv.notify_all();
-        }
+        gate.open();
         assert_eq!(c.read_response().status(), 200);
         drop(c);
         scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "a return after the close", |m| returns(m) > quiet);
@@ -177,13 +164,11 @@ both_engines! {
         // /wait is held at the origin until the test opens the gate; its
         // client goes away meanwhile. The late response must be discarded,
         // never handed to a later request.
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let gate = Gate::default();
         let g = gate.clone();
         let origin = Origin::with_handler("o", move |req| {
             if req.path() == "/wait" {
-                let (m, cv) = &*g;
-                let open = m.lock().unwrap();
-                let _ = cv.wait_timeout_while(open, Duration::from_secs(10), |o| !*o).unwrap();
+                g.wait(Duration::from_secs(10));
                 return Reply::status(200, "stale");
             }
             Reply::Default
@@ -198,11 +183,7 @@ both_engines! {
         let r = c2.read_response();
         assert_eq!(r.header("x-path"), Some("/next"));
         // Release the late response, then keep using the proxy.
-        {
-            let (m, cv) = &*gate;
-            *m.lock().unwrap() = true;
-            cv.notify_all();
-        }
+        gate.open();
         for i in 0..5 {
             let path = format!("/after{i}");
             c2.send(&get("example.com", &path));

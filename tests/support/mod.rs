@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod gate;
 pub mod lockstep;
 pub mod origin;
 pub mod pattern;
@@ -23,6 +24,7 @@ pub mod tls;
 pub use admin::{admin_get, admin_post, admin_raw, admin_request, AdminReply};
 pub use client::{chunked, get, request, Client, ClientError, Framing, Response};
 pub use config::Config;
+pub use gate::{held_origin, Gate};
 #[allow(unused_imports)]
 pub use lockstep::{dead_addr, dead_addrs, LockConn, LockStep, Misbehave, Misbehaviour};
 pub use origin::{BodyMode, Origin, Recorded, Reply};
