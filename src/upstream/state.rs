@@ -164,13 +164,7 @@ impl Backends {
     ) -> bool {
         let range = shared.upstream_backends[upstream].clone();
         let outlier = &self.outliers.borrow()[upstream];
-        let board = &shared.board;
-        range.clone().any(|g| {
-            !tried.contains(&g)
-                && !shared.is_drained(g)
-                && board.is_usable(g)
-                && !outlier.is_ejected(g - range.start, now)
-        })
+        (0..range.len()).any(|i| usable(shared, outlier, range.start, tried, now, i))
     }
 
     /// Picks a backend of `upstream`, skipping those this request already tried, drained
@@ -187,13 +181,7 @@ impl Backends {
         let range = shared.upstream_backends[upstream].clone();
         let outlier = &self.outliers.borrow()[upstream];
         let board = &shared.board;
-        let usable = |i: usize| {
-            let g = range.start + i;
-            !tried.contains(&g)
-                && !shared.is_drained(g)
-                && board.is_usable(g)
-                && !outlier.is_ejected(i, now)
-        };
+        let usable = |i: usize| usable(shared, outlier, range.start, tried, now, i);
         let table = &shared.tables[upstream];
         let balancer = &mut self.balancers.borrow_mut()[upstream];
         let mut picked = if table.sticky().is_some() {
@@ -326,6 +314,24 @@ impl Backends {
             .map(|b| (b.granted(), b.denied()))
             .collect()
     }
+}
+
+/// Whether a pick may take backend `i` (local to its upstream, whose first is `start`): not
+/// tried by this request, not drained, passing its health check, not ejected by this shard.
+/// The one rule of [`Backends::pick`] and [`Backends::any_usable`].
+fn usable(
+    shared: &Shared,
+    outlier: &OutlierDetector,
+    start: usize,
+    tried: &[usize],
+    now: Instant,
+    i: usize,
+) -> bool {
+    let g = start + i;
+    !tried.contains(&g)
+        && !shared.is_drained(g)
+        && shared.board.is_usable(g)
+        && !outlier.is_ejected(i, now)
 }
 
 /// See [`Backends::forwarding`].
