@@ -31,11 +31,12 @@ pub fn wait_for_stop(
                     );
                     continue;
                 };
-                tracing::info!("SIGUSR2: starting the new binary and handing it the listeners");
                 // The reloader's lock is held throughout: no reload changes the listening
                 // sockets while they are handed over, and once the successor serves them,
-                // none may (retire).
+                // none may (retire). Taken before the line below is logged, so a reload asked
+                // for once it shows waits for the upgrade's outcome.
                 let mut r = reloader.lock().unwrap_or_else(|p| p.into_inner());
+                tracing::info!("SIGUSR2: starting the new binary and handing it the listeners");
                 // A stop signal while the successor starts abandons the upgrade (the
                 // successor is killed) and drains: it is not left waiting up to a minute.
                 let mut stop = None;
