@@ -121,8 +121,11 @@ fn refused(addr: SocketAddr, what: &str) {
 both_engines! {
     fn a_reload_opens_an_added_listener_and_closes_a_removed_one(engine) {
         let o = Origin::start("o");
-        let [a, b] = dead_addrs();
+        let [a] = dead_addrs();
         let proxy = Proxy::start_shards(&file(o.addr(), &[plain(a)]), engine, 2);
+        // Drawn once the proxy listens, so never one of its own ports (its admin's, drawn by
+        // the kernel too).
+        let [b] = dead_addrs();
         assert_eq!(proxy.addr(), a);
         // A keep-alive connection on A, open through both reloads.
         let mut kept = Client::connect(a);
@@ -154,8 +157,11 @@ both_engines! {
         // its port.
         let held = TcpListener::bind("127.0.0.1:0").unwrap();
         let taken = held.local_addr().unwrap();
-        let [a, b] = dead_addrs();
+        let [a] = dead_addrs();
         let proxy = Proxy::start_shards(&file(o.addr(), &[plain(a)]), engine, 2);
+        // Drawn once the proxy listens, so never one of its own ports (its admin's, drawn by
+        // the kernel too).
+        let [b] = dead_addrs();
         let admin = proxy.admin_addr();
 
         // B can be bound, the held address cannot: refused as a whole, with the key path.
@@ -183,8 +189,11 @@ both_engines! {
 
     fn an_upgrade_after_reloads_hands_over_the_listeners_in_force(engine) {
         let o = Origin::start("o");
-        let [a, b, c] = dead_addrs();
+        let [a, c] = dead_addrs();
         let mut proxy = Proxy::start_shards(&file(o.addr(), &[plain(a), plain(c)]), engine, 2);
+        // Drawn once the proxy listens, so never one of its own ports (its admin's, drawn by
+        // the kernel too).
+        let [b] = dead_addrs();
         // B added, C removed; then a binary upgrade.
         reload_ok(&proxy, &file(o.addr(), &[plain(a), plain(b)]));
         serves(b, 200, None);
@@ -284,8 +293,11 @@ both_engines! {
         let leaf = ca.leaf(&["a.test"]);
         let cert = dir.write("a.pem", &leaf.cert_pem);
         let key = dir.write("a.key", &leaf.key_pem);
-        let [a, b] = dead_addrs();
+        let [a] = dead_addrs();
         let proxy = Proxy::start_shards(&file(o.addr(), &[plain(a)]), engine, 2);
+        // Drawn once the proxy listens, so never one of its own ports (its admin's, drawn by
+        // the kernel too).
+        let [b] = dead_addrs();
 
         reload_ok(&proxy, &file(o.addr(), &[plain(a), tls(b, &cert, &key, "hsts = \"max-age=600\"")]));
         let client = std::sync::Arc::new(ca.client_config());
@@ -331,8 +343,11 @@ both_engines! {
 
     fn a_reload_while_the_process_drains_may_not_change_listeners(engine) {
         let backend = LockStep::bind();
-        let [a, b] = dead_addrs();
+        let [a] = dead_addrs();
         let mut proxy = Proxy::start_shards(&file(backend.addr(), &[plain(a)]), engine, 2);
+        // Drawn once the proxy listens, so never one of its own ports (its admin's, drawn by
+        // the kernel too).
+        let [b] = dead_addrs();
         let admin = proxy.admin_addr();
         // A request in flight keeps the process draining (and its admin API up).
         let mut c = Client::connect(a);

@@ -13,20 +13,38 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// An address on which nothing listens: bind :0, take the port, drop the
-/// listener.
+/// An address on which nothing listens (see [`dead_addrs`]).
 pub fn dead_addr() -> SocketAddr {
     dead_addrs::<1>()[0]
 }
 
-/// `N` distinct addresses on which nothing listens. The listeners are all held until every
-/// port is known: taken one after another, the kernel may hand out a port just given back
-/// (two "different" listeners of one test on one address).
+/// `N` distinct addresses on which nothing listens, on ports the kernel never hands to a
+/// `bind` on port 0: below its ephemeral range (`net.ipv4.ip_local_port_range`). A port
+/// drawn from that range and given back could come back as one the proxy under test binds on
+/// port 0 (its admin API: a "dead" backend once answered 404, a reload once found its new
+/// listener's port taken by the admin). Every call takes ports no other call of this process
+/// took (the tests run in parallel), each checked free by a bind.
 pub fn dead_addrs<const N: usize>() -> [SocketAddr; N] {
-    let held: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap())
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    const FIRST: usize = 10_000;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32_768);
+    let span = low.saturating_sub(FIRST).max(1);
+    // Another process's tests (a second checkout) start elsewhere in the range.
+    let offset = std::process::id() as usize * 7_919 % span;
+    std::array::from_fn(|_| {
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = (FIRST + (offset + n) % span) as u16;
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            if TcpListener::bind(addr).is_ok() {
+                return addr;
+            }
+        }
+        panic!("no free port below the ephemeral range ({FIRST}..{low})");
+    })
 }
 
 pub struct LockStep {
