@@ -90,6 +90,40 @@ pub trait Driver {
 
 scoped_thread_local!(pub(crate) static CURRENT: Inner);
 
+/// edgeshard extension (vendor/monoio/PATCHES.md): see `crate::utils::register_buf_ring`.
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+pub(crate) unsafe fn register_buf_ring(addr: u64, entries: u16, group: u16) -> io::Result<()> {
+    if !CURRENT.is_set() {
+        return Err(io::ErrorKind::Unsupported.into());
+    }
+    CURRENT.with(|inner| match inner {
+        Inner::Uring(this) => {
+            let inner = &*this.get();
+            inner.uring.submitter().register_buf_ring(addr, entries, group)
+        }
+        #[allow(unreachable_patterns)]
+        _ => Err(io::ErrorKind::Unsupported.into()),
+    })
+}
+
+/// edgeshard extension: see `crate::utils::unregister_buf_ring`.
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+pub(crate) fn unregister_buf_ring(group: u16) -> io::Result<()> {
+    if !CURRENT.is_set() {
+        return Err(io::ErrorKind::Unsupported.into());
+    }
+    CURRENT.with(|inner| match inner {
+        // SAFETY: the driver lives for as long as CURRENT is set on this thread, and only
+        // this thread touches it.
+        Inner::Uring(this) => unsafe { &*this.get() }
+            .uring
+            .submitter()
+            .unregister_buf_ring(group),
+        #[allow(unreachable_patterns)]
+        _ => Err(io::ErrorKind::Unsupported.into()),
+    })
+}
+
 #[derive(Clone)]
 pub(crate) enum Inner {
     #[cfg(all(target_os = "linux", feature = "iouring"))]

@@ -16,6 +16,7 @@ mod open;
 pub(crate) mod poll;
 mod read;
 mod recv;
+pub(crate) mod select;
 mod send;
 mod write;
 

@@ -24,6 +24,34 @@ pub fn uring_reaps() -> u64 {
     crate::driver::uring_reaps()
 }
 
+/// edgeshard extension (vendor/monoio/PATCHES.md): registers a provided-buffer ring of
+/// `entries` (a power of two) at `ring_addr` as buffer group `group` with this thread's
+/// io_uring driver, for [`crate::net::TcpStream::recv_select`]. `Unsupported` without one.
+///
+/// # Safety
+/// `ring_addr` must be page-aligned memory of `entries` 16-byte entries that stays valid, and
+/// every buffer put in it must stay valid, until [`unregister_buf_ring`] or the thread's
+/// driver is dropped.
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+pub unsafe fn register_buf_ring(ring_addr: u64, entries: u16, group: u16) -> std::io::Result<()> {
+    crate::driver::register_buf_ring(ring_addr, entries, group)
+}
+
+/// edgeshard extension: unregisters buffer group `group` ([`register_buf_ring`]).
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+pub fn unregister_buf_ring(group: u16) -> std::io::Result<()> {
+    crate::driver::unregister_buf_ring(group)
+}
+
+/// edgeshard extension: moves into `out` the buffer-select receives
+/// ([`crate::net::TcpStream::recv_select`]) this thread dropped before they finished and
+/// whose completions the driver has since reaped (or that had completed unseen), as
+/// (group, id of the buffer the kernel filled for it, if any), in reaping order. Every posted
+/// receive is either seen to finish by its owner or reported here once.
+pub fn take_dropped_selects(out: &mut Vec<(u16, Option<u16>)>) {
+    crate::driver::op::select::take_dropped(out);
+}
+
 #[cfg(feature = "signal")]
 mod ctrlc;
 #[cfg(feature = "signal")]

@@ -40,7 +40,10 @@ impl<'a> Ref<'a, Lifecycle> {
                     _ => unsafe { std::hint::unreachable_unchecked() },
                 }
             }
-            Lifecycle::Ignored(..) => {
+            Lifecycle::Ignored(data) => {
+                // edgeshard extension (vendor/monoio/PATCHES.md): a dropped buffer-select
+                // receive tells its ring owner which buffer it used.
+                crate::driver::op::select::dropped(&**data, flags);
                 self.remove();
             }
             Lifecycle::Completed(..) => unsafe { std::hint::unreachable_unchecked() },
@@ -83,7 +86,11 @@ impl<'a> Ref<'a, Lifecycle> {
                 };
                 return false;
             }
-            Lifecycle::Completed(..) => {
+            Lifecycle::Completed(_, flags) => {
+                // edgeshard extension: see `complete`.
+                if let Some(data) = data.as_ref() {
+                    crate::driver::op::select::dropped(data, *flags);
+                }
                 self.remove();
             }
             Lifecycle::Ignored(..) => unsafe { std::hint::unreachable_unchecked() },

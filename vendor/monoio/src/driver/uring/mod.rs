@@ -86,7 +86,7 @@ pub(crate) struct UringInner {
     poller_installed: bool,
 
     /// IoUring bindings
-    uring: ManuallyDrop<IoUring>,
+    pub(crate) uring: ManuallyDrop<IoUring>,
 
     /// Shared waker
     #[cfg(feature = "sync")]

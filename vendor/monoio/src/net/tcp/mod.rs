@@ -8,7 +8,7 @@ mod tfo;
 
 pub use listener::TcpListener;
 pub use split::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
-pub use stream::{Readiness, TcpConnectOpts, TcpStream};
+pub use stream::{Readiness, RecvSelect, TcpConnectOpts, TcpStream};
 
 #[cfg(feature = "poll-io")]
 pub mod stream_poll;

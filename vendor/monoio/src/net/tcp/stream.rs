@@ -271,6 +271,50 @@ impl TcpStream {
             op: Op::poll_read(&self.fd, false)?,
         })
     }
+
+    /// edgeshard extension (vendor/monoio/PATCHES.md): posts a receive of at most `len` bytes
+    /// into a buffer the kernel picks from the provided-buffer ring registered as `group`
+    /// ([`crate::utils::register_buf_ring`]) when data arrives; the future gives the result
+    /// and the id of the buffer used, if any. io_uring only (`Unsupported` on the legacy
+    /// driver). Dropping it unfinished cancels it, as any op; a buffer the kernel had already
+    /// filled for it is then the ring owner's to find (the ring is consumed in order).
+    pub fn recv_select(&self, group: u16, len: u32) -> io::Result<RecvSelect> {
+        if crate::driver::op::is_legacy() {
+            return Err(io::ErrorKind::Unsupported.into());
+        }
+        Ok(RecvSelect {
+            op: Op::recv_select(&self.fd, group, len)?,
+        })
+    }
+}
+
+/// A posted buffer-select receive (see [`TcpStream::recv_select`]).
+pub struct RecvSelect {
+    op: Op<crate::driver::op::select::RecvSelect>,
+}
+
+impl std::fmt::Debug for RecvSelect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecvSelect")
+    }
+}
+
+impl Future for RecvSelect {
+    /// The receive's result (bytes, 0 at end of stream) and the id of the ring buffer that
+    /// holds them.
+    type Output = (io::Result<u32>, Option<u16>);
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let done = std::task::ready!(std::pin::Pin::new(&mut self.op).poll(cx));
+        #[cfg(all(target_os = "linux", feature = "iouring"))]
+        let bid = io_uring::cqueue::buffer_select(done.meta.flags);
+        #[cfg(not(all(target_os = "linux", feature = "iouring")))]
+        let bid = None;
+        std::task::Poll::Ready((done.meta.result, bid))
+    }
 }
 
 /// A posted read-readiness wait (see [`TcpStream::armed_readable`]).
