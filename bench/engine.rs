@@ -146,14 +146,15 @@ fn pool(c: &mut Criterion) {
         for _ in 0..16 {
             let s = monoio::net::TcpStream::connect_addr(addr).await.unwrap();
             peers.push(listener.accept().unwrap().0);
-            pool.checkin(0, edgeshard::transport::Transport::Plain(s), Instant::now());
+            let s = edgeshard::transport::Transport::Plain(s);
+            pool.checkin(0, s, Instant::now(), false);
         }
     });
     let now = Instant::now();
     c.bench_function("pool/checkout_checkin", |b| {
         b.iter(|| {
             let s = pool.checkout(0, now).expect("pooled connection");
-            pool.checkin(0, s, now);
+            pool.checkin(0, s, now, false);
         })
     });
     drop(peers);

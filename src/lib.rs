@@ -15,6 +15,7 @@ pub mod admission;
 pub mod alloc;
 pub mod auth;
 pub mod balance;
+pub mod bufring;
 pub mod cache;
 pub mod client;
 pub mod clock;
@@ -60,3 +61,10 @@ pub mod tunnel;
 pub mod upgrade;
 pub mod upstream;
 pub mod worker;
+
+/// The io_uring runtime `test_engines::block_on` runs unit tests on: the shards' own.
+#[cfg(test)]
+fn uring_test_runtime(
+) -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
+    worker::build_uring_runtime()
+}

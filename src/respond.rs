@@ -310,9 +310,10 @@ pub async fn relay_response(
             );
             trace.bytes_out = n;
             if upstream_reusable && upos == ubuf.len() {
+                let small = r.backends.receives(backend);
                 r.pool
                     .borrow_mut()
-                    .checkin(backend, upstream, crate::clock::now());
+                    .checkin(backend, upstream, crate::clock::now(), small);
             }
             Ok(if close {
                 Outcome::Close

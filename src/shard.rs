@@ -12,7 +12,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use monoio::net::tcp::RecvSelect;
+use monoio::net::TcpStream;
+
 use crate::admission::ConnTable;
+use crate::bufring::RING_BUFFER;
+use crate::bufring::{BufRing, Receive};
 use crate::client::ListenerSide;
 use crate::http::date::DateCache;
 use crate::notify::Notify;
@@ -155,7 +160,9 @@ impl ShardCtx {
         });
         ShardCtx {
             id,
-            pool: Rc::new(RefCell::new(Pool::new(&pool_limits(&shared)))),
+            pool: Rc::new(RefCell::new(
+                Pool::new(&pool_limits(&shared)).with_ring(common.buffers.ring()),
+            )),
             backends: Backends::new(&shared, id),
             stats: Stats::new(shared.routes.len(), shared.backends.len()),
             listeners: listener_sides(&shared),
@@ -170,7 +177,8 @@ impl ShardCtx {
     /// per-route counters of routes of the same name. Shard-wide state is shared.
     pub fn successor(&self, shared: Arc<Shared>) -> ShardCtx {
         let map = shared.backend_map(&self.shared);
-        let pool = Rc::new(RefCell::new(Pool::new(&pool_limits(&shared))));
+        let pool = Pool::new(&pool_limits(&shared)).with_ring(self.buffers.ring());
+        let pool = Rc::new(RefCell::new(pool));
         // Old index → new index, for the pool.
         let mut back = vec![None; self.shared.backends.len()];
         for (i, m) in map.iter().enumerate() {
@@ -259,6 +267,9 @@ fn pool_limits(shared: &Shared) -> Vec<(usize, Duration)> {
 pub struct Buffers {
     small: RefCell<Vec<Vec<u8>>>,
     large: RefCell<Vec<Vec<u8>>>,
+    /// io_uring: the ring small responses are received into (its buffers come from `small`,
+    /// and go back there once read).
+    ring: Rc<RefCell<BufRing>>,
 }
 
 impl Buffers {
@@ -310,6 +321,35 @@ impl Buffers {
             buf: buf.unwrap_or_default(),
             home: self,
         }
+    }
+}
+
+impl Buffers {
+    /// Posts a receive of a small response on `stream` into a buffer of the shard's ring ([`crate::bufring`]); `None` where there is no ring (the caller waits and
+    /// reads directly).
+    pub fn receive(&self, stream: &TcpStream) -> Option<Receive<'_>> {
+        let op = self.ring.borrow_mut().post(stream)?;
+        Some(self.await_receive(op))
+    }
+
+    /// A receive posted through the shard's ring (by the pool, at checkin), to be awaited.
+    pub fn await_receive(&self, op: RecvSelect) -> Receive<'_> {
+        // A head's buffer (one page, at most ENTRIES of them in the ring).
+        let spare = || {
+            let buf = self.small.borrow_mut().pop();
+            buf.unwrap_or_else(|| Vec::with_capacity(RING_BUFFER))
+        };
+        Receive::new(op, &self.ring, spare)
+    }
+
+    /// The shard's ring, for its pool.
+    pub fn ring(&self) -> Rc<RefCell<BufRing>> {
+        self.ring.clone()
+    }
+
+    /// Lends `buf` (one a [`Receive`] filled): it goes back to the free list of its size.
+    pub fn lend(&self, buf: Vec<u8>) -> PooledBuf<'_> {
+        PooledBuf { buf, home: self }
     }
 }
 

@@ -70,9 +70,9 @@ pub fn engines() -> Vec<TestEngine> {
 /// Blocks on `fut` on a fresh monoio runtime (with timers) of `engine`'s driver.
 pub fn block_on<F: std::future::Future>(engine: TestEngine, fut: F) -> F::Output {
     match engine {
-        TestEngine::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .enable_timer()
-            .build()
+        // `super::uring_test_runtime`: the library's unit tests build the shards' own
+        // (DEFER_TASKRUN where the kernel has it), the integration suite a default one.
+        TestEngine::Uring => super::uring_test_runtime()
             .unwrap_or_else(|e| panic!("io_uring runtime: {e}"))
             .block_on(fut),
         TestEngine::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()

@@ -106,7 +106,7 @@ type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriv
 /// not by interrupting it) with COOP_TASKRUN: on this project's loadtest that cut the
 /// proxy's CPU per keep-alive request by about a fifth (25.0 vs 32.0 µs). Kernels before 6.1
 /// refuse those flags; the ring is then built with the defaults.
-fn build_uring_runtime() -> std::io::Result<UringRuntime> {
+pub(crate) fn build_uring_runtime() -> std::io::Result<UringRuntime> {
     let mut urb = io_uring::IoUring::builder();
     urb.setup_coop_taskrun()
         .setup_single_issuer()
@@ -116,6 +116,7 @@ fn build_uring_runtime() -> std::io::Result<UringRuntime> {
         .uring_builder(urb)
         .enable_timer()
         .build();
+    crate::bufring::runs_deferred(tuned.is_ok());
     match tuned {
         Ok(rt) => Ok(rt),
         Err(e) => {

@@ -140,7 +140,10 @@ async fn ask(ctx: &ShardCtx, fa: &ForwardAuth, req: &Request<'_>) -> Result<Said
         let (head, reusable) = got?;
         let said = said(ctx, fa, &ubuf, &head);
         if reusable {
-            ctx.pool.borrow_mut().checkin(backend, conn, Instant::now());
+            let small = ctx.backends.receives(backend);
+            ctx.pool
+                .borrow_mut()
+                .checkin(backend, conn, Instant::now(), small);
         }
         return Ok(said);
     }

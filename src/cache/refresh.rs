@@ -123,7 +123,10 @@ async fn fetch(
                 ctx.stats.upstream_status(backend, resp.status);
                 let reusable = answer(ctx, fill, &mut conn, &mut ubuf, &resp).await?;
                 if reusable {
-                    ctx.pool.borrow_mut().checkin(backend, conn, Instant::now());
+                    let small = ctx.backends.receives(backend);
+                    ctx.pool
+                        .borrow_mut()
+                        .checkin(backend, conn, Instant::now(), small);
                 }
                 return Ok(());
             }

@@ -353,9 +353,10 @@ pub fn settle<'x>(
         && answered.ubuf.len() == head.head_len
         && !answered.early
     {
+        let small = r.backends.receives(answered.backend);
         r.pool
             .borrow_mut()
-            .checkin(answered.backend, answered.upstream, Instant::now());
+            .checkin(answered.backend, answered.upstream, Instant::now(), small);
     }
     Settled::Hit(hit)
 }

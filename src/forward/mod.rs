@@ -15,9 +15,6 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use crate::transport::Transport;
-use monoio::net::tcp::Readiness;
-
 use crate::client::Client;
 use crate::clock::micros;
 use crate::config::Config;
@@ -27,7 +24,7 @@ use crate::health::retry::{decide, Decision, Try};
 use crate::health::Outcome as TryOutcome;
 use crate::http::encode::OutFraming;
 use crate::http::parse::{BodyFraming, HeadLimits, Method, ResponseHead};
-use crate::io::{write_from, Deadline, Elapsed, IoFail};
+use crate::io::{write_from, IoFail};
 use crate::observe::errors::ErrorLimiter;
 use crate::relay::{head_read_size, read_response_head, HeadFail, HeadRead, Interim};
 use crate::shard::{Buffers, PooledBuf, ShardCtx};
@@ -35,11 +32,15 @@ use crate::snapshot::Shared;
 use crate::splice::PipePool;
 use crate::stats::{bump, Stats};
 use crate::trace::Trace;
+use crate::transport::Transport;
 use crate::upstream::connect::Connector;
-use crate::upstream::pool::Pool;
+use crate::upstream::pool::{Pool, Posted};
 use crate::upstream::state::{Backends, Forwarding, Pick, PickKey};
 
 mod body;
+mod wait;
+
+use wait::{wait_ready, wait_response, Awaited};
 
 /// The facts of the request the later stages need once the head buffer is reused.
 #[derive(Clone, Copy)]
@@ -137,8 +138,8 @@ enum Step<'a> {
     Exchange {
         backend: usize,
         conn: Transport,
-        /// A pooled connection's posted readiness wait (see `upstream::pool`).
-        ready: Option<Readiness>,
+        /// The op posted on a pooled connection (see `upstream::pool`).
+        ready: Option<Awaited<'a>>,
         reused: bool,
         guards: TryGuards<'a>,
     },
@@ -158,7 +159,7 @@ struct Conn<'c, 'g> {
     backend: usize,
     conn: &'c mut Transport,
     /// Awaited for the response, when the pool posted it.
-    ready: Option<Readiness>,
+    ready: Option<Awaited<'g>>,
     reused: bool,
     guards: &'c mut TryGuards<'g>,
 }
@@ -175,26 +176,6 @@ struct TryResult {
     body_stopped: bool,
     /// When the request's first byte went out.
     sending: Instant,
-}
-
-/// Waits, within `timeout`, until the backend's response can be read (on the wait the pool
-/// posted, when there is one); returns what is left of `timeout` for reading its head.
-async fn wait_response(
-    conn: &mut Transport,
-    ready: Option<Readiness>,
-    dl: &mut Deadline,
-    timeout: Duration,
-) -> Result<Duration, HeadFail> {
-    let waiting = crate::clock::now();
-    let got = match ready {
-        Some(posted) => dl.within(timeout, posted).await,
-        None => dl.within(timeout, conn.readable()).await,
-    };
-    match got {
-        Ok(Ok(())) => Ok(timeout.saturating_sub(crate::clock::now() - waiting)),
-        Ok(Err(e)) => Err(HeadFail::Io(IoFail::Io(e))),
-        Err(Elapsed) => Err(HeadFail::Io(IoFail::Timeout)),
-    }
 }
 
 impl TryResult {
@@ -471,18 +452,48 @@ impl<'a> Forward<'a> {
                 // costs a poll(2) more), and for TLS (read through rustls), the buffer is
                 // taken first while the shard has one free. A buffer already held (a
                 // resend) reads as before.
+                // On a plain connection on io_uring with a small response expected, the
+                // response is instead received into a buffer the kernel picks when it
+                // arrives (`crate::bufring`): no read of ours at all.
+                // A receive posted on the connection is always awaited, even with a buffer
+                // already held (a retry's): a read of ours beside it would find nothing.
                 let direct = on.conn.plain().is_some() && !monoio::utils::is_legacy();
-                let wait_first = ubuf.capacity() == 0 && (direct || !self.buffers.large_free());
+                let receiving = matches!(on.ready, Some(Awaited::Receive(_)));
+                let wait_first =
+                    receiving || ubuf.capacity() == 0 && (direct || !self.buffers.large_free());
+                let how = self.head_read(facts, on.backend, timeout, wait_first);
                 let ready = if wait_first {
-                    wait_response(on.conn, on.ready, &mut client.deadline, timeout).await
+                    let dl = &mut client.deadline;
+                    match on.ready {
+                        Some(Awaited::Ready(wait)) => wait_ready(wait, dl, timeout).await,
+                        Some(Awaited::Receive(r)) => {
+                            wait_response(on.conn, Some(r), dl, timeout).await
+                        }
+                        None => {
+                            let fresh = match on.conn.plain() {
+                                Some(s) if direct && self.backends.receives(on.backend) => {
+                                    self.buffers.receive(s)
+                                }
+                                _ => None,
+                            };
+                            wait_response(on.conn, fresh, dl, timeout).await
+                        }
+                    }
                 } else {
-                    Ok(timeout)
+                    Ok((timeout, None))
                 };
                 match ready {
                     Err(fail) => Err(fail),
-                    Ok(timeout) => {
-                        let how = self.head_read(facts, on.backend, timeout, wait_first);
-                        if ubuf.capacity() == 0 {
+                    Ok((timeout, got)) => {
+                        let mut how = HeadRead { timeout, ..how };
+                        if let Some(got) = got {
+                            // Already read: parsed before any read of its own (a buffer
+                            // held before, empty, goes back to its list).
+                            debug_assert!(ubuf.is_empty());
+                            *ubuf = self.buffers.lend(got);
+                            how.ready = false;
+                            any_byte = true;
+                        } else if ubuf.capacity() == 0 {
                             *ubuf = self.buffers.take_large();
                         }
                         let dl = &mut client.deadline;
@@ -512,6 +523,9 @@ impl<'a> Forward<'a> {
                 sent: true,
                 ..ProxyError::client(kind, Stage::Head).with_responded(responded)
             });
+        }
+        if let Ok(h) = &got {
+            self.backends.small_last[on.backend].set(crate::bufring::fits(h));
         }
         let outcome = match &got {
             Ok(h) => TryOutcome::Response { status: h.status },
@@ -660,13 +674,19 @@ impl<'a> Forward<'a> {
 
     /// Pool: a pooled connection to `backend`, unless this try must be `fresh`.
     #[inline]
-    fn pooled(&self, backend: usize, fresh: bool) -> Option<(Transport, Option<Readiness>)> {
+    fn pooled(&self, backend: usize, fresh: bool) -> Option<(Transport, Option<Awaited<'a>>)> {
         if fresh {
             return None;
         }
-        self.pool
+        let (conn, posted) = self
+            .pool
             .borrow_mut()
-            .checkout_armed(backend, crate::clock::now())
+            .checkout_armed(backend, crate::clock::now())?;
+        let awaited = posted.map(|p| match p {
+            Posted::Receive(op) => Awaited::Receive(self.buffers.await_receive(op)),
+            Posted::Ready(wait) => Awaited::Ready(wait),
+        });
+        Some((conn, awaited))
     }
 
     /// A new connection to `backend`, within the breaker's connection and pending limits.

@@ -617,7 +617,7 @@ pub fn render(
         &mut o,
         "edgeshard_pool_probes_total",
         "counter",
-        "Checks of idle pooled connections (checkouts and sweeps) that peeked at the socket with a syscall; on io_uring the others looked at a readiness wait posted at checkin.",
+        "Checks of idle pooled connections (checkouts and sweeps) that peeked at the socket with a syscall; on io_uring the others looked at a receive or readiness wait posted at checkin.",
     );
     let _ = writeln!(o, "edgeshard_pool_probes_total {}", all.pool_probes);
     family(

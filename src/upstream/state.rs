@@ -52,11 +52,20 @@ pub struct Backends {
     /// or copied for want of a pipe), so the next response head is read in a small piece
     /// (`relay::head_read_size`).
     pub spliced_last: Vec<Cell<bool>>,
+    /// Per backend: its last response on this shard fit in one of the shard's ring buffers
+    /// (`crate::bufring::fits`), so the next is received into one.
+    pub small_last: Vec<Cell<bool>>,
     /// xorshift64 state for slow start (per shard, never shared).
     rng: Cell<u64>,
 }
 
 impl Backends {
+    /// Whether `backend`'s next response is received into a ring buffer: its last one on this
+    /// shard fit in one ([`Backends::small_last`]).
+    pub fn receives(&self, backend: usize) -> bool {
+        self.small_last[backend].get()
+    }
+
     pub fn new(shared: &Shared, shard: usize) -> Backends {
         let shards = shared.accepting.len().max(1);
         let now = Instant::now();
@@ -89,6 +98,7 @@ impl Backends {
                     .collect(),
             ),
             spliced_last: shared.backends.iter().map(|_| Cell::new(false)).collect(),
+            small_last: shared.backends.iter().map(|_| Cell::new(true)).collect(),
             rng: Cell::new(0x2545_F491_4F6C_DD1D ^ ((shard as u64 + 1) << 17)),
         }
     }
@@ -148,6 +158,7 @@ impl Backends {
                 next.breakers[i] = old.breakers[j].clone();
             }
             next.spliced_last[i].set(old.spliced_last[j].get());
+            next.small_last[i].set(old.small_last[j].get());
         }
         next
     }

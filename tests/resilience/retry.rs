@@ -32,6 +32,26 @@ fn budget(proxy: &Proxy) -> (f64, f64) {
 }
 
 both_engines! {
+    fn a_retry_onto_a_pooled_connection_reads_its_response(engine) {
+        // The first try's read buffer is kept for the retry; on io_uring the pooled
+        // connection to `b` has a receive posted on it (src/bufring.rs), which the retry must
+        // await: a read of its own next to it found nothing (the receive took the response)
+        // and timed out (found by review).
+        let a = answering("a", 503);
+        let b = Origin::start("b");
+        let retry = "[upstream.retry]\nattempts = 2\non = [\"503\"]\nbudget = 1.0\nper_try_timeout = \"2s\"";
+        let proxy = Proxy::start(&config(true, &two(a.addr(), b.addr(), retry)), engine);
+        for i in 0..8 {
+            let r = ask_new(proxy.addr(), &format!("/{i}"));
+            assert_eq!(served_by(&r), "b", "request {i}");
+        }
+        assert!(a.request_count() >= 2, "some requests went to a first: {}", a.request_count());
+        assert!(
+            metric(&proxy, "edgeshard_pool_hits_total", &[]) >= 1.0,
+            "some retries found b's connection pooled"
+        );
+    }
+
     fn get_answered_503_is_retried_on_the_other_backend(engine) {
         let a = answering("a", 503);
         let b = Origin::start("b");

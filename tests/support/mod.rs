@@ -63,6 +63,15 @@ pub fn wait_until(at: Instant) {
 #[path = "../../src/test_engines.rs"]
 pub mod engines;
 
+/// The io_uring runtime `engines::block_on` runs on here (the proxy under test builds its own).
+#[allow(dead_code)]
+fn uring_test_runtime(
+) -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
+    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .enable_timer()
+        .build()
+}
+
 pub use engines::TestEngine as Engine;
 
 /// Runs `f` on `engine` if this run exercises it (see `src/test_engines.rs`): a test of an
