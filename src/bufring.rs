@@ -9,14 +9,14 @@
 //! `recv(2)`, one syscall per request: loadtest/results/2026-12-05-vm-armed/).
 //!
 //! The ring holds about as many buffers as exchanges await a response (at most
-//! [`ENTRIES`]), topped up from the shard's large-buffer list when an exchange takes its
+//! [`ENTRIES`]), topped up from the shard's small-buffer list when an exchange takes its
 //! receive; a buffer the kernel filled leaves the ring as the exchange's read buffer. The ring
 //! keeps what it holds (at most 64 KiB) when the shard goes quiet: its 4 KiB buffers are not
 //! page-aligned blocks a `madvise` could give back.
 //! Where the ring cannot be registered (an old kernel, or an io_uring without DEFER_TASKRUN:
 //! [`runs_deferred`]) the pool posts a readiness wait and
 //! the exchange reads directly, as it does when a response arrives while the ring is empty
-//! (`ENOBUFS`).
+//! (`ENOBUFS`, counted: [`RingCounters`]).
 
 use std::alloc::Layout;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -96,6 +96,18 @@ pub struct BufRing {
     /// Registering failed once: the kernel has no such rings; never tried again.
     unsupported: bool,
     scratch: Vec<(u16, Option<u16>)>,
+    /// Receives that finished, by what they got: a ring buffer, or an empty ring
+    /// (`ENOBUFS`: the response was read directly). `edgeshard_pool_ring_receives_total`.
+    pub counters: RingCounters,
+}
+
+/// What a shard's [`BufRing`] counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingCounters {
+    /// Responses that arrived in a ring buffer.
+    pub buffered: u64,
+    /// Responses that arrived while the ring was empty (read directly, one `recv` more).
+    pub empty: u64,
 }
 
 impl Default for BufRing {
@@ -109,6 +121,7 @@ impl Default for BufRing {
             waiting: 0,
             unsupported: false,
             scratch: Vec::new(),
+            counters: RingCounters::default(),
         }
     }
 }
@@ -324,7 +337,16 @@ impl std::future::Future for Receive<'_> {
     ) -> std::task::Poll<Self::Output> {
         let (result, bid) = std::task::ready!(std::pin::Pin::new(&mut self.op).poll(cx));
         let n = result.as_ref().map_or(0, |n| *n as usize);
-        let buf = self.ring.borrow_mut().finished(bid, n);
+        let mut ring = self.ring.borrow_mut();
+        let buf = ring.finished(bid, n);
+        let empty = matches!(&result, Err(e) if e.raw_os_error() == Some(libc::ENOBUFS));
+        let c = &mut ring.counters;
+        if empty {
+            c.empty += 1;
+        } else if buf.is_some() {
+            c.buffered += 1;
+        }
+        drop(ring);
         std::task::Poll::Ready(match (result, buf) {
             (Ok(0), _) => Ok(Received::Eof),
             (Ok(_), Some(buf)) => Ok(Received::Data(buf)),
@@ -445,6 +467,11 @@ mod tests {
                 let receive = Receive::new(op, &ring, Vec::new);
                 peer.write_all(b"ready").unwrap();
                 assert!(matches!(receive.await.unwrap(), Received::NoBuffer));
+                let counted = RingCounters {
+                    buffered: 0,
+                    empty: 1,
+                };
+                assert_eq!(ring.borrow().counters, counted);
                 let mut buf = [0u8; 8];
                 let n = crate::transport::recv_into(s.as_raw_fd(), &mut buf, 0).unwrap();
                 assert_eq!(&buf[..n], b"ready", "still there to be read directly");
@@ -454,6 +481,11 @@ mod tests {
                 peer.write_all(b"again").unwrap();
                 let got = receive.await.unwrap();
                 assert!(!matches!(got, Received::NoBuffer), "nobuf after nobuf");
+                let counted = RingCounters {
+                    buffered: 1,
+                    empty: 1,
+                };
+                assert_eq!(ring.borrow().counters, counted);
             });
         }
     }

@@ -403,6 +403,9 @@ impl ShardCtx {
         snap.pool_evicted_dead = c.evicted_dead;
         snap.pool_rejected_full = c.rejected_full;
         snap.pool_probes = c.probes;
+        let ring = self.buffers.ring.borrow().counters;
+        snap.pool_ring_buffered = ring.buffered;
+        snap.pool_ring_empty = ring.empty;
         let k = &self.cache;
         snap.cache = [
             k.hits.get(),

@@ -400,6 +400,8 @@ impl Stats {
             pool_evicted_dead: 0,
             pool_rejected_full: 0,
             pool_probes: 0,
+            pool_ring_buffered: 0,
+            pool_ring_empty: 0,
             access_lines: self.access_lines.get(),
             access_dropped: self.access_dropped.get(),
             log_suppressed: self.log_suppressed.get(),
@@ -487,6 +489,10 @@ pub struct Snapshot {
     pub pool_rejected_full: u64,
     /// Pool checks that peeked with a syscall (see `upstream::pool`).
     pub pool_probes: u64,
+    /// Responses received into the shard's ring buffers (io_uring, `crate::bufring`).
+    pub pool_ring_buffered: u64,
+    /// Responses that arrived while the ring was empty and were read directly.
+    pub pool_ring_empty: u64,
     pub access_lines: u64,
     pub access_dropped: u64,
     pub log_suppressed: u64,
@@ -569,6 +575,8 @@ impl Snapshot {
         self.pool_evicted_dead += other.pool_evicted_dead;
         self.pool_rejected_full += other.pool_rejected_full;
         self.pool_probes += other.pool_probes;
+        self.pool_ring_buffered += other.pool_ring_buffered;
+        self.pool_ring_empty += other.pool_ring_empty;
         self.access_lines += other.access_lines;
         self.access_dropped += other.access_dropped;
         self.log_suppressed += other.log_suppressed;

@@ -622,6 +622,21 @@ pub fn render(
     let _ = writeln!(o, "edgeshard_pool_probes_total {}", all.pool_probes);
     family(
         &mut o,
+        "edgeshard_pool_ring_receives_total",
+        "counter",
+        "Small responses received on pooled connections through the shard's provided-buffer ring (io_uring), by whether a ring buffer was free (buffered) or the ring was empty and the response was read with a recv of its own (empty).",
+    );
+    for (result, n) in [
+        ("buffered", all.pool_ring_buffered),
+        ("empty", all.pool_ring_empty),
+    ] {
+        let _ = writeln!(
+            o,
+            "edgeshard_pool_ring_receives_total{{result=\"{result}\"}} {n}"
+        );
+    }
+    family(
+        &mut o,
         "edgeshard_pool_evictions_total",
         "counter",
         "Pooled connections closed instead of reused, by reason.",
