@@ -11,7 +11,7 @@
 //! The ring holds about as many buffers as exchanges await a response (at most
 //! [`ENTRIES`]), topped up from the shard's small-buffer list when an exchange takes its
 //! receive; a buffer the kernel filled leaves the ring as the exchange's read buffer. The ring
-//! keeps what it holds (at most 64 KiB) when the shard goes quiet: its 4 KiB buffers are not
+//! keeps what it holds (at most 256 KiB) when the shard goes quiet: its 4 KiB buffers are not
 //! page-aligned blocks a `madvise` could give back.
 //! Where the ring cannot be registered (an old kernel, or an io_uring without DEFER_TASKRUN:
 //! [`runs_deferred`]) the pool posts a readiness wait and
@@ -26,8 +26,12 @@ use monoio::net::TcpStream;
 
 /// The buffer group id of every shard's ring (one ring per shard thread and io_uring).
 const GROUP: u16 = 0x6573;
-/// The most buffers a ring holds (a power of two, as the kernel requires): 16 × 4 KiB.
-pub const ENTRIES: u16 = 16;
+/// The most buffers a ring holds (a power of two, as the kernel requires): 64 × 4 KiB, at
+/// most 256 KiB, held only while (and after) that many exchanges await small responses at
+/// once. Beyond it a response is read directly (`RingCounters::empty`): with 16, half the
+/// responses under wrk's 50 connections were, 0.96 syscalls per request against 0.18 with 64
+/// (loadtest/results/2026-12-05-vm-ring64/); 256 cost 1 % more CPU at 256 connections.
+pub const ENTRIES: u16 = 64;
 /// The size of the ring's buffers: what a small response (its head and body) fits in. A
 /// buffer lent to every exchange awaiting a response would hold memory while the backend
 /// works; 68 KiB ones, enough for the larger responses too, held 4.4 MB more under 200

@@ -1,5 +1,5 @@
 //! Counters off the main path: connection limit, 408 for silent clients, pool evictions by
-//! reason, pool checks that peeked, retries.
+//! reason, pool checks that peeked, responses received through the ring, retries.
 
 use super::*;
 
@@ -126,6 +126,34 @@ both_engines! {
                 assert_eq!((ring("buffered"), ring("empty")), (0.0, 0.0), "\n{}", m.text);
             }
         }
+    }
+
+    // 40 exchanges await small responses at once (held at the origin, then released): each
+    // is received into one of the shard's ring buffers (io_uring), none finds the ring empty
+    // and reads with a recv of its own (with 16 buffers, 24 did).
+    fn forty_responses_awaited_at_once_each_get_a_ring_buffer(engine) {
+        const N: usize = 40;
+        let (origin, gate) = held_origin("/held");
+        let proxy = Config::single(origin.addr()).admin("").start(engine);
+        let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(proxy.addr())).collect();
+        for c in &mut clients {
+            c.send(&get("x.example", "/held"));
+        }
+        let all_held = |s: &crate::support::origin::OriginState| s.requests.iter().filter(|r| r.path() == "/held").count() == N;
+        assert!(origin.wait_for(Duration::from_secs(10), all_held), "{N} requests reach the origin");
+        gate.open();
+        for c in &mut clients {
+            assert_eq!(c.read_response().status(), 200);
+        }
+        let m = scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "40 requests", |m| {
+            m.value("edgeshard_request_duration_seconds_count", &[]) == N as f64
+        });
+        let ring = |r: &str| m.value("edgeshard_pool_ring_receives_total", &[("result", r)]);
+        let expected = match engine {
+            Engine::Uring => (N as f64, 0.0),
+            Engine::Epoll => (0.0, 0.0),
+        };
+        assert_eq!((ring("buffered"), ring("empty")), expected, "\n{}", m.text);
     }
 
     fn retries_are_counted(engine) {
