@@ -12,8 +12,12 @@ use super::{super::shared_fd::SharedFd, Op, OpAble};
 use crate::driver::ready::Direction;
 
 thread_local! {
-    /// Receives dropped before their owner saw them finish, as (group, buffer id used), in
-    /// the order their completions were reaped: see `crate::utils::take_dropped_selects`.
+    /// Receives dropped before their owner saw them finish that took a buffer, as (group,
+    /// buffer id), in the order their completions were reaped: see
+    /// `crate::utils::take_dropped_selects`. One that took none (cancelled while it waited,
+    /// the common case) is not recorded: nothing to give back, and a list nobody drains
+    /// would grow by one entry per drop. So it holds at most one entry per buffer of the
+    /// rings its owner registered.
     static DROPPED: std::cell::RefCell<Vec<(u16, Option<u16>)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -23,8 +27,9 @@ thread_local! {
 #[cfg(all(target_os = "linux", feature = "iouring"))]
 pub(crate) fn dropped(data: &dyn std::any::Any, flags: u32) {
     if let Some(op) = data.downcast_ref::<RecvSelect>() {
-        let bid = io_uring::cqueue::buffer_select(flags);
-        DROPPED.with(|d| d.borrow_mut().push((op.group, bid)));
+        if let Some(bid) = io_uring::cqueue::buffer_select(flags) {
+            DROPPED.with(|d| d.borrow_mut().push((op.group, Some(bid))));
+        }
     }
 }
 
