@@ -14,11 +14,11 @@ use monoio::net::TcpStream;
 
 use crate::client::{Client, ListenerSide, Outcome, Transport};
 use crate::http::canned::Canned;
-use crate::http::parse::{parse_request, HeadLimits, Parsed, RequestHead};
+use crate::http::parse::{names_head, parse_request, HeadLimits, Parsed, RequestHead};
 use crate::io::{read_more, Deadline, IoFail};
 use crate::park::Parked;
 use crate::proxy::serve_request;
-use crate::respond::{linger_close, parse_error_status, respond_canned};
+use crate::respond::{linger_close, parse_error_status, respond_canned, respond_canned_with};
 use crate::shard::ShardCtx;
 use crate::trace::record_refused;
 use crate::worker::ActiveGuard;
@@ -223,7 +223,10 @@ async fn keep_alive(
                         tracing::info!(shard = ctx.id, peer = %client.peer, error = ?e, "bad request head");
                     }
                     let status = parse_error_status(e);
-                    Box::pin(respond_canned(&ctx, &mut client, status, true)).await;
+                    let head_only = names_head(&client.buf);
+                    let answer =
+                        respond_canned_with(&ctx, &mut client, status, true, head_only, &[]);
+                    Box::pin(answer).await;
                     record_refused(&ctx, &client, status.status(), head_started);
                     Box::pin(linger_close(&mut client)).await;
                     return;

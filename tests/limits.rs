@@ -35,6 +35,32 @@ both_engines! {
         assert_eq!(r.status(), 414, "got:\n{}", r.head.raw);
         assert_eq!(origin.request_count(), 1, "the long URI must not be forwarded");
     }
+    fn head_requests_refused_before_they_parse_get_no_body(engine) {
+        // 400 (a bad escape in the target) and 414 (a target over the limit) to HEAD: the
+        // head, then the close; RFC 9110 9.3.2, as the proxy's other answers to HEAD (found
+        // by an adversarial probe: "bad request" and "uri too long" followed the head).
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr()).limit("max_uri_bytes", "1024").start(engine);
+        let long = format!("/{}", "b".repeat(2000));
+        for (target, status) in [("/ok/%zz", 400), (long.as_str(), 414)] {
+            for lead in ["", "\r\n"] {
+                let mut c = Client::connect(proxy.addr());
+                c.send(format!("{lead}HEAD {target} HTTP/1.1\r\nHost: example.com\r\n\r\n").as_bytes());
+                let raw = c.read_until_closed(Duration::from_secs(10)).unwrap();
+                let text = String::from_utf8_lossy(&raw);
+                assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+                let end = text.find("\r\n\r\n").expect("a whole head");
+                assert_eq!(&text[end + 4..], "", "HEAD {status}: nothing after the head");
+            }
+            // The same refusal to GET keeps its text.
+            let mut c = Client::connect(proxy.addr());
+            c.send(format!("GET {target} HTTP/1.1\r\nHost: example.com\r\n\r\n").as_bytes());
+            let r = c.read_response();
+            assert_eq!(r.status(), status);
+            assert!(!r.body.is_empty(), "GET {status} has its text");
+        }
+        assert_eq!(origin.request_count(), 0);
+    }
     fn too_many_headers_gets_431(engine) {
         let origin = Origin::start("o");
         let proxy = Config::single(origin.addr()).limit("max_headers", "20").start(engine);

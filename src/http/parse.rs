@@ -437,6 +437,14 @@ fn map_httparse(e: httparse::Error) -> ParseError {
     }
 }
 
+/// Whether a request head that was refused before it parsed names HEAD as its method
+/// (after the empty lines the parser skips): the proxy's answer then carries no content
+/// (RFC 9110 §9.3.2), as its answers to parsed HEAD requests do.
+pub fn names_head(buf: &[u8]) -> bool {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n');
+    buf[start.unwrap_or(buf.len())..].starts_with(b"HEAD ")
+}
+
 /// A request line longer than this is refused as 414 whatever its target: a partial head is
 /// judged by it before the target is known, so a complete one must be too, or a head would be
 /// accepted whole and refused when it arrives in pieces.
