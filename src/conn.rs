@@ -258,8 +258,8 @@ async fn keep_alive(
         // Boxed: the exchange's state is large and only needed while a request is in flight,
         // so an idle connection's task stays small.
         let outcome = Box::pin(serve_request(&ctx, &mut client, &head)).await;
-        // Pipelined requests answered without a wait must not keep the shard (coop.rs).
-        crate::coop::step().await;
+        // No wait before the tunnel: it counts its backend connection from its first step
+        // (tunnel::run), and the exchange's count has just ended.
         if outcome == Outcome::Upgraded {
             if let Some(up) = client.upgraded.take() {
                 let Client { stream, buf, .. } = client;
@@ -275,6 +275,8 @@ async fn keep_alive(
             }
             return;
         }
+        // Pipelined requests answered without a wait must not keep the shard (coop.rs).
+        crate::coop::step().await;
         // Not `|| ctx.draining()`: a response whose head went out before the drain began
         // promised keep-alive, and the client may send its next request at once; the wait
         // below, draining, gives it the grace and answers it with `Connection: close`.

@@ -121,6 +121,14 @@ pub async fn run(ctx: &ShardCtx, mut client: TcpStream, client_early: Vec<u8>, u
     let idle = ctx.shared.config.timeouts.tunnel_idle;
     let send = ctx.shared.config.timeouts.client_send;
     let backend = up.backend;
+    // The tunnel holds a connection to the backend: counted, until it ends, as a request in
+    // flight (the in-flight gauge, `max_connections`, and the load least_conn, p2c and
+    // bounded loads balance on), taken before the first wait, so no other request sees the
+    // backend without it (the exchange's own count ended as its 101 went out). Never `sent`:
+    // the tunnel's length is no response time.
+    let _open = ctx
+        .backends
+        .forwarding(&ctx.shared, &ctx.stats.backends[backend], backend);
     let mut upstream = up.upstream;
     for (early, w) in [(up.early, &mut client), (client_early, &mut upstream)] {
         if !early.is_empty() {

@@ -418,7 +418,7 @@ pub fn render(
         (
             "edgeshard_upstream_requests_in_flight",
             "gauge",
-            "Requests being forwarded to the backend now.",
+            "Requests being forwarded to the backend now, and its open tunnels (upgraded connections).",
             |b| b.in_flight,
         ),
         (
