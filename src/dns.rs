@@ -14,6 +14,9 @@
 //!
 //! The resolver is hickory-resolver on a current-thread tokio runtime owned by this module,
 //! with its cache off (`cache_size = 0`) so every refresh asks the server and sees the TTL.
+//! The thread asks the servers without the [`Dns`] lock (a refresh takes the names due and
+//! the resolver under it, resolves, then takes it again to keep the answers): a reload, the
+//! admin API and a stop wait for that lock, and a silent server costs each name seconds.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -43,11 +46,19 @@ struct Answer {
     due: Instant,
 }
 
-/// The resolver and the answers in force. Locked by the DNS thread while it resolves, and by
-/// the reloader (start-up, reload) to resolve new names and to read the answers.
+/// A resolver and the runtime it runs on, shared by the reloader and the DNS thread (a
+/// current-thread runtime's `block_on` may be called from both at once).
+type Resolver = Arc<(tokio::runtime::Runtime, TokioResolver)>;
+
+/// The resolver and the answers in force. Locked by the reloader (start-up, reload) to
+/// resolve new names and to read the answers, and by the DNS thread to take the names due
+/// and to keep what it resolved ([`Dns::due`], [`Dns::settle`]), never while it waits on a
+/// server.
 pub struct Dns {
     config: DnsConfig,
-    runtime: Option<(tokio::runtime::Runtime, TokioResolver)>,
+    runtime: Option<Resolver>,
+    /// Moves when `[dns]` changes: answers resolved under the settings before are dropped.
+    epoch: u64,
     answers: HashMap<String, Answer>,
     /// The names of the configuration in force (what the thread keeps fresh).
     names: BTreeSet<String>,
@@ -59,6 +70,7 @@ impl Dns {
         Dns {
             config: config.clone(),
             runtime: None,
+            epoch: 0,
             answers: HashMap::new(),
             names: BTreeSet::new(),
             stats,
@@ -72,6 +84,7 @@ impl Dns {
         if *config != self.config {
             self.config = config.clone();
             self.runtime = None;
+            self.epoch += 1;
             let now = Instant::now();
             for a in self.answers.values_mut() {
                 a.due = now;
@@ -79,76 +92,42 @@ impl Dns {
         }
     }
 
-    fn resolver(&mut self) -> Result<&(tokio::runtime::Runtime, TokioResolver), String> {
-        if self.runtime.is_none() {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("cannot start the resolver runtime: {e}"))?;
-            let provider = TokioConnectionProvider::default();
-            let mut builder = match &self.config.servers {
-                Some(servers) => {
-                    let mut rc = ResolverConfig::new();
-                    for &s in servers {
-                        rc.add_name_server(NameServerConfig::new(s, Protocol::Udp));
-                        rc.add_name_server(NameServerConfig::new(s, Protocol::Tcp));
-                    }
-                    TokioResolver::builder_with_config(rc, provider)
-                }
-                None => TokioResolver::builder(provider)
-                    .map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?,
-            };
-            let opts: &mut ResolverOpts = builder.options_mut();
-            opts.cache_size = 0;
-            opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6;
-            opts.timeout = Duration::from_secs(2);
-            opts.attempts = 2;
-            let resolver = builder.build();
-            self.runtime = Some((rt, resolver));
+    fn resolver(&mut self) -> Result<Resolver, String> {
+        if let Some(r) = &self.runtime {
+            return Ok(r.clone());
         }
-        Ok(self.runtime.as_ref().expect("just built"))
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the resolver runtime: {e}"))?;
+        let provider = TokioConnectionProvider::default();
+        let mut builder = match &self.config.servers {
+            Some(servers) => {
+                let mut rc = ResolverConfig::new();
+                for &s in servers {
+                    rc.add_name_server(NameServerConfig::new(s, Protocol::Udp));
+                    rc.add_name_server(NameServerConfig::new(s, Protocol::Tcp));
+                }
+                TokioResolver::builder_with_config(rc, provider)
+            }
+            None => TokioResolver::builder(provider)
+                .map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?,
+        };
+        let opts: &mut ResolverOpts = builder.options_mut();
+        opts.cache_size = 0;
+        opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6;
+        opts.timeout = Duration::from_secs(2);
+        opts.attempts = 2;
+        let resolver = Arc::new((rt, builder.build()));
+        self.runtime = Some(resolver.clone());
+        Ok(resolver)
     }
 
-    /// One resolution of `key` (a host name, or `srv:` and an SRV name whose targets are
-    /// then resolved), counted; the answer and how long it may be kept.
+    /// One resolution of `key`, counted (see [`lookup`]).
     fn resolve(&mut self, key: &str) -> Result<(Vec<SocketAddr>, Duration), String> {
-        let (min, max) = (self.config.min_ttl, self.config.max_ttl);
-        let result = self.resolver().and_then(|(rt, resolver)| {
-            let lookup = async {
-                if let Some(name) = key.strip_prefix("srv:") {
-                    let srv = resolver.srv_lookup(name).await?;
-                    let mut until = srv.as_lookup().valid_until();
-                    let mut out = Vec::new();
-                    for r in srv.iter() {
-                        let ips = resolver.lookup_ip(r.target().clone()).await?;
-                        until = until.min(ips.valid_until());
-                        out.extend(ips.iter().map(|ip| SocketAddr::new(ip, r.port())));
-                    }
-                    Ok::<_, hickory_resolver::ResolveError>((out, until))
-                } else {
-                    let l = resolver.lookup_ip(key).await?;
-                    let out = l.iter().map(|ip: IpAddr| SocketAddr::new(ip, 0)).collect();
-                    Ok((out, l.valid_until()))
-                }
-            };
-            rt.block_on(lookup)
-                .map_err(|e| e.to_string())
-                .and_then(|(mut ips, until)| {
-                    ips.sort();
-                    ips.dedup();
-                    if ips.is_empty() {
-                        return Err("no A or AAAA record".into());
-                    }
-                    let ttl = until.saturating_duration_since(Instant::now());
-                    Ok((ips, ttl.clamp(min, max)))
-                })
-        });
-        let counter = if result.is_ok() {
-            &self.stats.ok
-        } else {
-            &self.stats.failed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        let bounds = (self.config.min_ttl, self.config.max_ttl);
+        let result = self.resolver().and_then(|r| lookup(&r, key, bounds));
+        count(&self.stats, &result);
         result
     }
 
@@ -207,20 +186,40 @@ impl Dns {
         self.answers.values().map(|a| a.due).min()
     }
 
-    /// Resolves the names that are due. True when an answer changed. A failure keeps the
-    /// last good answer and retries after `min_ttl`.
-    pub fn refresh(&mut self) -> bool {
+    /// The names due now, with what resolving them takes, for [`Due::resolve`] outside the
+    /// lock; `None` when none is due.
+    pub fn due(&mut self) -> Option<Due> {
         let now = Instant::now();
-        let due: Vec<String> = self
+        let names: Vec<String> = self
             .answers
             .iter()
             .filter(|(h, a)| a.due <= now && self.names.contains(*h))
             .map(|(h, _)| h.clone())
             .collect();
+        if names.is_empty() {
+            return None;
+        }
+        let resolver = self.resolver().map_err(|e| e.to_string());
+        Some(Due {
+            names,
+            resolver,
+            bounds: (self.config.min_ttl, self.config.max_ttl),
+            epoch: self.epoch,
+            stats: self.stats.clone(),
+        })
+    }
+
+    /// Keeps what a [`Due`] resolved: a changed answer replaces the last good one, a failure
+    /// keeps it and is retried after `min_ttl`. Nothing is kept when `[dns]` changed
+    /// meanwhile (the new servers are asked next), nor for a name no longer in use. True
+    /// when an answer changed.
+    pub fn settle(&mut self, epoch: u64, resolved: Vec<(String, Resolved)>) -> bool {
+        if epoch != self.epoch {
+            return false;
+        }
+        let min = self.config.min_ttl;
         let mut changed = false;
-        for host in due {
-            let result = self.resolve(&host);
-            let min = self.config.min_ttl;
+        for (host, result) in resolved {
             let Some(a) = self.answers.get_mut(&host) else {
                 continue;
             };
@@ -243,9 +242,84 @@ impl Dns {
     }
 }
 
-/// The DNS thread: sleeps until a name is due, resolves it (holding only the [`Dns`] lock),
-/// and when an answer changed puts the new backend set in force through the reloader.
-/// Stops when `stop` is set (and the thread unparked).
+/// A resolution's answer (addresses, how long they may be kept) or why there is none.
+pub type Resolved = Result<(Vec<SocketAddr>, Duration), String>;
+
+/// The names a refresh resolves, and how ([`Dns::due`]).
+pub struct Due {
+    names: Vec<String>,
+    resolver: Result<Resolver, String>,
+    bounds: (Duration, Duration),
+    pub epoch: u64,
+    stats: Arc<DnsStats>,
+}
+
+impl Due {
+    /// Resolves each name (counted), without any lock; stops early once `stop` is set.
+    pub fn resolve(&self, stop: &AtomicBool) -> Vec<(String, Resolved)> {
+        let mut out = Vec::with_capacity(self.names.len());
+        for host in &self.names {
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+            let result = match &self.resolver {
+                Ok(r) => lookup(r, host, self.bounds),
+                Err(e) => Err(e.clone()),
+            };
+            count(&self.stats, &result);
+            out.push((host.clone(), result));
+        }
+        out
+    }
+}
+
+/// One resolution of `key` (a host name, or `srv:` and an SRV name whose targets are then
+/// resolved): the answer and how long it may be kept (its TTL within `bounds`).
+fn lookup(r: &Resolver, key: &str, (min, max): (Duration, Duration)) -> Resolved {
+    let (rt, resolver) = &**r;
+    let lookup = async {
+        if let Some(name) = key.strip_prefix("srv:") {
+            let srv = resolver.srv_lookup(name).await?;
+            let mut until = srv.as_lookup().valid_until();
+            let mut out = Vec::new();
+            for r in srv.iter() {
+                let ips = resolver.lookup_ip(r.target().clone()).await?;
+                until = until.min(ips.valid_until());
+                out.extend(ips.iter().map(|ip| SocketAddr::new(ip, r.port())));
+            }
+            Ok::<_, hickory_resolver::ResolveError>((out, until))
+        } else {
+            let l = resolver.lookup_ip(key).await?;
+            let out = l.iter().map(|ip: IpAddr| SocketAddr::new(ip, 0)).collect();
+            Ok((out, l.valid_until()))
+        }
+    };
+    rt.block_on(lookup)
+        .map_err(|e| e.to_string())
+        .and_then(|(mut ips, until)| {
+            ips.sort();
+            ips.dedup();
+            if ips.is_empty() {
+                return Err("no A or AAAA record".into());
+            }
+            let ttl = until.saturating_duration_since(Instant::now());
+            Ok((ips, ttl.clamp(min, max)))
+        })
+}
+
+fn count(stats: &DnsStats, result: &Resolved) {
+    let counter = if result.is_ok() {
+        &stats.ok
+    } else {
+        &stats.failed
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The DNS thread: sleeps until a name is due, resolves the names due (holding no lock while
+/// it waits on a server), and when an answer changed puts the new backend set in force
+/// through the reloader. Stops when `stop` is set (and the thread unparked), before the next
+/// name it would resolve.
 pub fn spawn(
     reloader: Arc<Mutex<Reloader>>,
     dns: Arc<Mutex<Dns>>,
@@ -265,7 +339,11 @@ pub fn spawn(
             if stop.load(Ordering::Acquire) {
                 return;
             }
-            let changed = lock(&dns).refresh();
+            let Some(due) = lock(&dns).due() else {
+                continue;
+            };
+            let resolved = due.resolve(&stop);
+            let changed = lock(&dns).settle(due.epoch, resolved);
             if changed && !stop.load(Ordering::Acquire) {
                 lock(&reloader).apply_dns();
             }

@@ -721,9 +721,12 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     if let Some(a) = admin {
         a.stop();
     }
+    // Not joined: a resolution in progress may wait seconds on a silent server. The thread
+    // stops before its next name, applies nothing to a stopping reloader, and ends with the
+    // process.
     dns_stop.store(true, std::sync::atomic::Ordering::Release);
     dns_thread.thread().unpark();
-    let _ = dns_thread.join();
+    drop(dns_thread);
     reloader.lock().unwrap_or_else(|p| p.into_inner()).stop();
     // Every shard handed over its last lines: the writer writes them, then stops.
     if let Some(w) = log_writer {

@@ -357,6 +357,10 @@ impl Reloader {
     /// A host name's answer changed (the DNS thread): the file's configuration in force with
     /// the current answers becomes the next snapshot, like a reload of the same file.
     pub fn apply_dns(&mut self) {
+        if self.stopping {
+            // Draining (or handed over): the shards take no new backend set.
+            return;
+        }
         let started = Instant::now();
         let config = self
             .dns

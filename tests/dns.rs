@@ -12,8 +12,10 @@
 //! between (a tiny race); dnsmasq then fails to start and the test says so.
 
 use crate::support::*;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const NAME: &str = "app.edgeshard.test";
@@ -185,6 +187,87 @@ fn until_backend(proxy: &Proxy, want: &str, within: Duration) -> Duration {
     );
 }
 
+/// A DNS server of the test's own on 127.0.0.1: answers every A query with 127.0.0.1 (TTL
+/// 1 s) and AAAA with no record over UDP until [`FakeDns::silence`], then answers nothing and
+/// counts the queries. Its TCP port (the proxy's resolver asks both) accepts and never answers.
+struct FakeDns {
+    addr: SocketAddr,
+    silent: Arc<AtomicBool>,
+    unanswered: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    _tcp: TcpListener,
+}
+
+impl FakeDns {
+    fn start() -> FakeDns {
+        let (udp, tcp) = (0..50)
+            .find_map(|_| {
+                let udp = UdpSocket::bind("127.0.0.1:0").ok()?;
+                let tcp = TcpListener::bind(udp.local_addr().ok()?).ok()?;
+                Some((udp, tcp))
+            })
+            .expect("a port free over UDP and TCP");
+        let addr = udp.local_addr().unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let silent: Arc<AtomicBool> = Arc::default();
+        let unanswered: Arc<AtomicUsize> = Arc::default();
+        let stop: Arc<AtomicBool> = Arc::default();
+        let (s, u, st) = (
+            Arc::clone(&silent),
+            Arc::clone(&unanswered),
+            Arc::clone(&stop),
+        );
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !st.load(Ordering::Relaxed) {
+                let Ok((n, from)) = udp.recv_from(&mut buf) else {
+                    continue;
+                };
+                if s.load(Ordering::Relaxed) {
+                    u.fetch_add(1, Ordering::Relaxed);
+                } else if let Some(answer) = dns_answer(&buf[..n]) {
+                    let _ = udp.send_to(&answer, from);
+                }
+            }
+        });
+        FakeDns {
+            addr,
+            silent,
+            unanswered,
+            stop,
+            _tcp: tcp,
+        }
+    }
+
+    fn silence(&self) {
+        self.silent.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for FakeDns {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The answer to one query: its question, and for type A one record, 127.0.0.1, TTL 1 s.
+fn dns_answer(q: &[u8]) -> Option<Vec<u8>> {
+    let mut at = 12;
+    while *q.get(at)? != 0 {
+        at += 1 + usize::from(q[at]);
+    }
+    let qtype = u16::from_be_bytes([*q.get(at + 1)?, *q.get(at + 2)?]);
+    let question = q.get(12..at + 5)?;
+    let a = qtype == 1;
+    let mut r = vec![q[0], q[1], 0x81, 0x80, 0, 1, 0, u8::from(a), 0, 0, 0, 0];
+    r.extend_from_slice(question);
+    if a {
+        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4, 127, 0, 0, 1]);
+    }
+    Some(r)
+}
+
 both_engines! {
     fn backends_follow_their_name_and_keep_the_last_answer(engine) {
         let (a, b) = origins();
@@ -288,5 +371,44 @@ both_engines! {
         let err = Proxy::try_start(&config, engine).err().expect("start-up must fail");
         assert!(err.contains("missing.edgeshard.test"), "{err}");
         assert!(err.contains("upstream[0] (u): host name"), "the error says where the name is written: {err}");
+    }
+
+    fn a_silent_dns_server_holds_up_no_reload_admin_call_or_stop(engine) {
+        // Re-resolving waits on the server (2 s per try) with no lock that a reload, the
+        // admin API or a stop needs: a reload during it answered only when it gave up (16 s
+        // with two names), and a SIGTERM was acted on after it (found by an adversarial
+        // probe). Each call below must answer before the resolver's first try times out.
+        let origin = Origin::start("o");
+        let dns = FakeDns::start();
+        let config = format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+             [dns]\nservers = [\"{}\"]\nmin_ttl = \"100ms\"\nmax_ttl = \"1s\"\n\
+             [[route]]\nupstream = \"app\"\n[[upstream]]\nname = \"app\"\n\
+             backends = [{{ address = \"{NAME}:{}\" }}]\n",
+            dns.addr,
+            origin.addr().port()
+        );
+        let mut proxy = Proxy::start(&config, engine);
+        assert_eq!(backend_of(&proxy).as_deref(), Some("o"), "{}", proxy.output());
+        dns.silence();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while dns.unanswered.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "no re-resolve reached the server");
+            std::thread::yield_now();
+        }
+        // A resolution waits on the silent server now.
+        let quick = Duration::from_secs(2);
+        let t = Instant::now();
+        let r = admin_request(proxy.admin_addr(), "POST", "/reload", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let h = admin_request(proxy.admin_addr(), "GET", "/healthz", None);
+        assert_eq!(h.status, 200, "{}", h.body);
+        assert!(t.elapsed() < quick, "reload and /healthz took {:?} behind DNS", t.elapsed());
+        assert_eq!(backend_of(&proxy).as_deref(), Some("o"), "the last good answer serves");
+        let t = Instant::now();
+        proxy.signal(libc::SIGTERM);
+        let status = proxy.wait_exit(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(0), "{}", proxy.output());
+        assert!(t.elapsed() < quick, "stopped {:?} after SIGTERM", t.elapsed());
     }
 }
