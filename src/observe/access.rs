@@ -476,26 +476,38 @@ fn combined_line(buf: &mut Vec<u8>, time: &str, req: &RequestFields, out: &Outco
 /// A JSON string: valid UTF-8 is kept (control characters escaped); otherwise every byte
 /// that is not printable ASCII becomes `\u00XX`, so the line is valid JSON whatever the
 /// client sent.
+/// A JSON string: valid UTF-8 stays UTF-8 (as nginx's `escape=json` keeps it), except the
+/// line and paragraph separators U+2028/U+2029, which JavaScript reads as line ends; any
+/// other byte that is not printable ASCII, in a value that is not UTF-8 too, is `\u00XX`.
 fn json_str(buf: &mut Vec<u8>, v: &[u8]) {
     buf.push(b'"');
-    let utf8 = !v.is_ascii() && std::str::from_utf8(v).is_ok();
-    for &b in v {
-        if utf8 && b >= 0x80 {
-            buf.push(b);
-            continue;
-        }
-        match b {
-            b'"' => buf.extend_from_slice(b"\\\""),
-            b'\\' => buf.extend_from_slice(b"\\\\"),
-            0x20..=0x7e => buf.push(b),
-            _ => {
-                buf.extend_from_slice(b"\\u00");
-                buf.push(b"0123456789abcdef"[(b >> 4) as usize]);
-                buf.push(b"0123456789abcdef"[(b & 0xf) as usize]);
+    match std::str::from_utf8(v) {
+        Ok(s) if !s.is_ascii() => {
+            for c in s.chars() {
+                match c {
+                    '\u{2028}' => buf.extend_from_slice(b"\\u2028"),
+                    '\u{2029}' => buf.extend_from_slice(b"\\u2029"),
+                    c if c.is_ascii() => json_byte(buf, c as u8),
+                    c => buf.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                }
             }
         }
+        _ => v.iter().for_each(|&b| json_byte(buf, b)),
     }
     buf.push(b'"');
+}
+
+fn json_byte(buf: &mut Vec<u8>, b: u8) {
+    match b {
+        b'"' => buf.extend_from_slice(b"\\\""),
+        b'\\' => buf.extend_from_slice(b"\\\\"),
+        0x20..=0x7e => buf.push(b),
+        _ => {
+            buf.extend_from_slice(b"\\u00");
+            buf.push(b"0123456789abcdef"[(b >> 4) as usize]);
+            buf.push(b"0123456789abcdef"[(b & 0xf) as usize]);
+        }
+    }
 }
 
 fn json_line(buf: &mut Vec<u8>, time: &str, ms: u32, req: &RequestFields, out: &Outcome<'_>) {
@@ -640,5 +652,21 @@ mod tests {
         json_line(&mut buf, "t", 0, &fields(), &none);
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert!(v["status"].is_null() && v["backend"].is_null());
+    }
+
+    #[test]
+    fn json_strings_keep_utf8_but_not_line_separators() {
+        let line = |v: &[u8]| {
+            let mut buf = Vec::new();
+            json_str(&mut buf, v);
+            buf
+        };
+        // Valid UTF-8: kept, but for U+2028/U+2029 and control bytes.
+        let utf8 = line("caf\u{e9} \u{2028}\u{2029}\n\"".as_bytes());
+        assert_eq!(utf8, "\"caf\u{e9} \\u2028\\u2029\\u000a\\\"\"".as_bytes());
+        let v: String = serde_json::from_slice(&utf8).unwrap();
+        assert_eq!(v, "caf\u{e9} \u{2028}\u{2029}\n\"");
+        // Not UTF-8: every byte that is not printable ASCII escaped, each on its own.
+        assert_eq!(line(b"a\xc3\xff"), b"\"a\\u00c3\\u00ff\"");
     }
 }
