@@ -262,7 +262,8 @@ pub fn match_path(normalized: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-fn hex(b: u8) -> Option<u8> {
+/// One hex digit's value (`%XX` escapes: here and in the admin API's query strings).
+pub(crate) fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),

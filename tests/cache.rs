@@ -530,6 +530,10 @@ both_engines! {
         assert_eq!(r.json()["purged"].as_u64(), Some(4), "{}", r.body);
         all_hit(&mut c, ["MISS"; 4]);
         assert_eq!(admin_post(admin, "/cache/purge?what=1", None).status, 400);
+        for bad in ["%+f", "%zz", "%f", "%-1"] {
+            let r = admin_post(admin, &format!("/cache/purge?key={bad}"), None);
+            assert_eq!(r.status, 400, "a bad escape {bad}: {}", r.body);
+        }
         assert_eq!(admin_post(admin, "/cache/purge?prefix=", None).status, 400, "an empty prefix is not ?all");
         assert_eq!(admin_get(admin, "/cache/purge?all", None).status, 405);
         assert_eq!(origin.request_count(), 4 + 1 + 2 + 4);

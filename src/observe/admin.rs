@@ -597,8 +597,9 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            // Two hex digits, nothing else (`from_str_radix` also took a sign: `%+f`).
+            let digit = |at: usize| crate::route::hex(*b.get(at)?);
+            out.push(digit(i + 1)? << 4 | digit(i + 2)?);
             i += 3;
         } else {
             out.push(b[i]);
