@@ -551,7 +551,9 @@ both_engines! {
         refused_head(engine, b"GET /\r\n\r\n", 400);
     }
     fn lower_case_version_refused(engine) {
-        refused_head(engine, b"GET / http/1.1\r\nHost: example.com\r\n\r\n", 505);
+        // Not an HTTP-version at all (case-sensitive, RFC 9112 2.3): a malformed request
+        // line, 400; 505 is for a version the proxy does not speak.
+        refused_head(engine, b"GET / http/1.1\r\nHost: example.com\r\n\r\n", 400);
     }
     fn http_1_2_refused(engine) {
         refused_head(engine, b"GET / HTTP/1.2\r\nHost: example.com\r\n\r\n", 505);

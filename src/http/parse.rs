@@ -437,6 +437,32 @@ fn map_httparse(e: httparse::Error) -> ParseError {
     }
 }
 
+/// Whether the request line's third word is, as far as it arrived, an HTTP-version (RFC 9112
+/// §2.3: `HTTP/` DIGIT `.` DIGIT): httparse refuses every version but 1.0 and 1.1 alike, and
+/// only a well-formed one it does not speak is 505; any other word there (`GET / x y`, a
+/// second PROXY header) is a malformed request line, 400.
+fn names_a_version(buf: &[u8]) -> bool {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n');
+    let line = &buf[start.unwrap_or(buf.len())..];
+    let line = &line[..memchr_newline(line).unwrap_or(line.len())];
+    let Some(word) = line.splitn(3, |&b| b == b' ').nth(2) else {
+        return false;
+    };
+    let word = word.strip_suffix(b"\r").unwrap_or(word);
+    let word = &word[..word.iter().position(|&b| b == b' ').unwrap_or(word.len())];
+    let shape: &[fn(u8) -> bool] = &[
+        |b| b == b'H',
+        |b| b == b'T',
+        |b| b == b'T',
+        |b| b == b'P',
+        |b| b == b'/',
+        |b| b.is_ascii_digit(),
+        |b| b == b'.',
+        |b| b.is_ascii_digit(),
+    ];
+    word.len() <= shape.len() && word.iter().zip(shape).all(|(&b, ok)| ok(b))
+}
+
 /// Whether a request head that was refused before it parsed names HEAD as its method
 /// (after the empty lines the parser skips): the proxy's answer then carries no content
 /// (RFC 9110 §9.3.2), as its answers to parsed HEAD requests do.
@@ -538,6 +564,9 @@ pub fn parse_request(
     let status = match req.parse_with_uninit_headers(buf, headers) {
         Ok(s) => s,
         Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders),
+        Err(httparse::Error::Version) if !names_a_version(buf) => {
+            return Err(ParseError::Malformed("invalid HTTP version"));
+        }
         Err(e) => return Err(map_httparse(e)),
     };
     let head_len = match status {

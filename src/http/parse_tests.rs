@@ -366,6 +366,34 @@ fn connection_tokens_and_versions() {
 }
 
 #[test]
+fn a_version_it_does_not_speak_is_505_a_malformed_one_400_in_every_piece() {
+    let cases: [(&[u8], ParseError); 5] = [
+        (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", ParseError::Version),
+        (b"GET / HTTP/0.9\r\nHost: a\r\n\r\n", ParseError::Version),
+        (b"\r\nGET / HTTP/3.0\r\n\r\n", ParseError::Version),
+        (
+            b"GET / x y\r\nHost: a\r\n\r\n",
+            ParseError::Malformed("invalid HTTP version"),
+        ),
+        (
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n\r\n",
+            ParseError::Malformed("invalid HTTP version"),
+        ),
+    ];
+    for (raw, want) in cases {
+        let text = String::from_utf8_lossy(raw);
+        for cut in 1..=raw.len() {
+            let mut head = RequestHead::default();
+            match parse_request(&raw[..cut], &LIMITS, &mut head) {
+                Ok(Parsed::Partial) => assert!(cut < raw.len(), "{text:?} whole"),
+                Ok(Parsed::Complete(())) => panic!("{text:?} accepted at {cut}"),
+                Err(e) => assert_eq!(e, want, "{text:?} cut at {cut}"),
+            }
+        }
+    }
+}
+
+#[test]
 fn header_by_name_is_the_first_match_in_any_case() {
     let raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Id: one\r\nx-id: two\r\nEmpty:\r\n\r\n";
     let h = req(raw).unwrap();
