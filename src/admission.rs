@@ -64,12 +64,15 @@ pub fn client_address(
 }
 
 /// One `X-Forwarded-For` entry: an address, optionally with a port (`192.0.2.1:4711`,
-/// `[2001:db8::1]:4711`).
+/// `[2001:db8::1]:4711`); an IPv4-mapped one (`::ffff:192.0.2.1`) is its IPv4 address, so a
+/// client is one client (one rate-limit bucket) whichever form its proxies wrote.
 fn parse_hop(entry: &[u8]) -> Option<IpAddr> {
     let s = std::str::from_utf8(entry).ok()?;
-    s.parse::<IpAddr>()
+    let ip = s
+        .parse::<IpAddr>()
         .ok()
-        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))?;
+    Some(ip.to_canonical())
 }
 
 /// Counters per row of the per-address sketch.
@@ -289,6 +292,15 @@ mod tests {
         // Several fields are one list, in order.
         assert_eq!(
             client(&t, "127.0.0.1", &["203.0.113.7", "10.9.1.1"]),
+            ip("203.0.113.7")
+        );
+        // An IPv4-mapped hop is its IPv4 client (one rate-limit bucket, whichever form a
+        // proxy wrote), with or without a port; a mapped trusted hop is trusted.
+        for mapped in ["::ffff:203.0.113.7", "[::ffff:203.0.113.7]:1"] {
+            assert_eq!(client(&t, "127.0.0.1", &[mapped]), ip("203.0.113.7"));
+        }
+        assert_eq!(
+            client(&t, "127.0.0.1", &["203.0.113.7, ::ffff:10.9.1.1"]),
             ip("203.0.113.7")
         );
         assert_eq!(

@@ -259,9 +259,10 @@ fn tlvs_fill(mut tlvs: &[u8]) -> bool {
 }
 
 /// The header edgeshard sends a backend (`[[upstream]] proxy_protocol`) at the start of a
-/// new connection. `ends`: the client's address and the address it connected to; `None`,
-/// or addresses of two families: the proxy's own connection (v1 `UNKNOWN`; v2 `LOCAL` for
-/// `None`, v2 `PROXY` with the unspecified family otherwise).
+/// new connection. `ends`: the client's address and the address it connected to; `None`:
+/// the proxy's own connection (v1 `UNKNOWN`, v2 `LOCAL`). Addresses of two families (an IPv6
+/// client through a balancer, on an IPv4 listener) are both written as IPv6, the IPv4 one
+/// mapped (`::ffff:a.b.c.d`), as HAProxy writes them: the client is named all the same.
 pub fn encode(version: Version, ends: Option<(SocketAddr, SocketAddr)>) -> Vec<u8> {
     // An IPv4 client on a dual-stack socket is seen as ::ffff:a.b.c.d.
     let canon = |a: SocketAddr| match a.ip() {
@@ -271,8 +272,11 @@ pub fn encode(version: Version, ends: Option<(SocketAddr, SocketAddr)>) -> Vec<u
         },
         IpAddr::V4(_) => a,
     };
-    let ends = ends.map(|(s, d)| (canon(s), canon(d)));
-    let same = ends.filter(|(s, d)| s.is_ipv4() == d.is_ipv4());
+    let as_v6 = |a: SocketAddr| SocketAddr::new(v6(a.ip()).into(), a.port());
+    let same = ends.map(|(s, d)| match (canon(s), canon(d)) {
+        (s, d) if s.is_ipv4() == d.is_ipv4() => (s, d),
+        (s, d) => (as_v6(s), as_v6(d)),
+    });
     match version {
         Version::V1 => match same {
             Some((s, d)) => format!(
@@ -290,8 +294,7 @@ pub fn encode(version: Version, ends: Option<(SocketAddr, SocketAddr)>) -> Vec<u
             let mut h = V2_SIGNATURE.to_vec();
             let mut block = Vec::new();
             let (cmd, fam) = match same {
-                None if ends.is_none() => (0x20, 0x00),
-                None => (0x21, 0x00),
+                None => (0x20, 0x00),
                 Some((s, d)) => {
                     match (s.ip(), d.ip()) {
                         (IpAddr::V4(a), IpAddr::V4(b)) => {
@@ -436,7 +439,12 @@ pub async fn accept(
                         Version::V1 => Outcome::V1,
                         Version::V2 => Outcome::V2,
                     });
-                    (source, false)
+                    // An IPv4 client named as ::ffff:a.b.c.d is that IPv4 client, for every
+                    // stage (its rate-limit bucket, X-Forwarded-For, the log).
+                    (
+                        SocketAddr::new(source.ip().to_canonical(), source.port()),
+                        false,
+                    )
                 }
                 Addresses::Local => {
                     count(Outcome::Local);

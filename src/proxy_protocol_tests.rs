@@ -378,7 +378,11 @@ fn encoded_headers_parse_back() {
             back(Some(v6)),
             tcp("[2001:db8::7]:4711", "[2001:db8::1]:80")
         );
-        assert_eq!(back(Some(mixed)), Addresses::Unknown);
+        // Two families: both as IPv6, the IPv4 one mapped; the client is still named.
+        assert_eq!(
+            back(Some(mixed)),
+            tcp("[::ffff:192.0.2.7]:4711", "[2001:db8::1]:80")
+        );
         let own = if version == Version::V1 {
             Addresses::Unknown
         } else {
@@ -389,6 +393,11 @@ fn encoded_headers_parse_back() {
     assert_eq!(
         encode(Version::V1, Some(v4)),
         b"PROXY TCP4 192.0.2.7 198.51.100.1 4711 443\r\n"
+    );
+    let client_v6 = (sa("[2001:db8::7]:4711"), sa("127.0.0.1:443"));
+    assert_eq!(
+        encode(Version::V1, Some(client_v6)),
+        b"PROXY TCP6 2001:db8::7 ::ffff:127.0.0.1 4711 443\r\n"
     );
 }
 

@@ -84,6 +84,12 @@ both_engines! {
             assert_eq!(c.read_response().status(), 200, "{client}, separate writes");
             assert_eq!(origin.last_request().header_all("x-forwarded-for"), [client]);
         }
+        // An IPv4 client named in IPv6 form (a dual-stack balancer) is that IPv4 client.
+        let mut c = Client::connect(proxy.addr());
+        c.send(b"PROXY TCP6 ::ffff:192.0.2.8 ::1 4711 80\r\n");
+        c.send(&get("e.example", "/mapped"));
+        assert_eq!(c.read_response().status(), 200);
+        assert_eq!(origin.last_request().header_all("x-forwarded-for"), ["192.0.2.8"]);
         // A source outside the allow list is refused by the route.
         let mut c = Client::connect(proxy.addr());
         c.send(b"PROXY TCP4 203.0.113.9 198.51.100.1 4711 80\r\n");
@@ -109,8 +115,8 @@ both_engines! {
             assert_eq!(c.read_response().status(), 200);
             assert_eq!(origin.last_request().header_all("x-forwarded-for"), ["127.0.0.1"]);
         }
-        assert_eq!(origin.request_count(), 11);
-        counted(proxy.admin_addr(), &[("v1", 4.0), ("v2", 2.0), ("local", 1.0), ("bad", 0.0)]);
+        assert_eq!(origin.request_count(), 12);
+        counted(proxy.admin_addr(), &[("v1", 5.0), ("v2", 2.0), ("local", 1.0), ("bad", 0.0)]);
     }
 
     // A listener's allow list sees the header's source, not the balancer's address.
