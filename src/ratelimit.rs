@@ -7,11 +7,12 @@
 //! share, and the shards **lease** tokens from it in small batches ([`Leases`]): a request
 //! spends a token its shard already holds (a lookup in a shard-local map, no atomic); only
 //! when the lease is spent does the shard take the next batch from the shared slot (one
-//! compare-and-swap), and when the slot is empty it remembers until when, so a flood that is
-//! being refused touches the shared slot once per token period, not once per request. Tokens
-//! are taken from the bucket when leased, so the process never admits more than the bucket
-//! gives; a shard can strand at most one unfinished batch, which bounds how far below the
-//! rate it can fall. See docs/ARCHITECTURE.md, "Rate limits".
+//! compare-and-swap), and when the slot is empty it remembers until when (at most a second),
+//! so a flood that is being refused touches the shared slot at most once per token period or
+//! second, not once per request. Tokens are taken from the bucket when leased, so the process
+//! never admits more than the bucket gives; a shard can strand at most one unfinished batch,
+//! for at most about two seconds (its sweeper gives expired leases back), which bounds how
+//! far below the rate it can fall. See docs/ARCHITECTURE.md, "Rate limits".
 //!
 //! The bucket is GCRA (the generic cell rate algorithm, a token bucket kept as one number):
 //! the slot holds the *theoretical arrival time* `tat`, the moment the bucket would be full
@@ -314,9 +315,12 @@ struct Lease {
     key: Key,
     /// Tokens left.
     left: u32,
-    /// Table time after which the tokens left are given back.
+    /// Table time after which the tokens left are given back; for a refusal (`left` 0), when
+    /// the bucket's next token was due (what `Retry-After` says).
     until: u64,
-    /// Table time before which the bucket is known to be empty (0: not known empty).
+    /// Table time before which the bucket is taken as empty without asking it (0: not known
+    /// empty): the next token's time, at most a lease period ahead, so tokens another shard
+    /// gives back meanwhile are found within a second, not when this shard's wait ends.
     empty_until: u64,
     /// The rule's nanoseconds per token (to give tokens back).
     interval: u64,
@@ -362,7 +366,7 @@ impl Leases {
             }
             if now < l.empty_until {
                 return Err(Limited {
-                    retry_after_s: secs_up(l.empty_until - now),
+                    retry_after_s: secs_up(l.until.max(l.empty_until) - now),
                     evicted: false,
                 });
             }
@@ -399,7 +403,8 @@ impl Leases {
             interval: limit.interval_ns,
         };
         if taken.granted == 0 {
-            map.insert(key.tag, lease(0, 0, now + taken.wait_ns));
+            let recheck = now + taken.wait_ns.min(LEASE_NS);
+            map.insert(key.tag, lease(0, now + taken.wait_ns, recheck));
             return Err(Limited {
                 retry_after_s: secs_up(taken.wait_ns),
                 evicted: taken.evicted,
@@ -407,6 +412,25 @@ impl Leases {
         }
         map.insert(key.tag, lease(taken.granted - 1, now + LEASE_NS, 0));
         Ok(taken.evicted)
+    }
+}
+
+impl Leases {
+    /// Gives back every lease that expired unspent and forgets the ended ones (the shard's
+    /// sweeper, every second): a batch a shard leased for a key whose requests went on on
+    /// other shards went back only when that key next came to this shard, so a burst landing
+    /// elsewhere after a quiet spell found a quarter of it missing (76 of 100 with 2 shards,
+    /// a later 429 saying 98 s; found by an adversarial probe).
+    pub fn sweep(&self, table: &RateTable, now: u64) {
+        self.map.borrow_mut().retain(|_, l| {
+            if now < l.until || now < l.empty_until {
+                return true;
+            }
+            if l.left > 0 {
+                table.give_back(l.key, l.left, l.interval);
+            }
+            false
+        });
     }
 }
 
@@ -588,6 +612,29 @@ mod tests {
         }
         // 1 token refilled in the second, plus the 4 given back.
         assert_eq!(more, 5);
+    }
+
+    #[test]
+    fn the_sweep_gives_back_leases_whose_key_went_elsewhere() {
+        // A leases a batch for one request; the key's burst then lands on B only. Once A's
+        // lease has expired and A swept, B gets the whole bucket back, A never asked again.
+        let t = RateTable::new(16, false);
+        let l = limit(0.01, 100);
+        let k = t.key(&l, b"k");
+        let (a, b) = (Leases::default(), Leases::default());
+        assert!(a.admit(&t, &l, k, 2, SEC).is_ok()); // a holds 24 more
+        a.sweep(&t, SEC + 1);
+        let burst = |at| {
+            (0..200)
+                .take_while(|_| b.admit(&t, &l, k, 2, at).is_ok())
+                .count()
+        };
+        assert_eq!(burst(SEC + 1), 75, "a's unexpired lease is held");
+        // B's refusals ask the bucket again a lease period after the first one.
+        let later = SEC + 1 + LEASE_NS;
+        a.sweep(&t, later);
+        assert_eq!(burst(later), 24, "a's 24 unspent tokens came back");
+        assert!(a.map.borrow().is_empty());
     }
 
     #[test]

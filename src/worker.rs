@@ -242,6 +242,7 @@ async fn shard_main(start: ShardStart) -> ShardReport {
                 let now = Instant::now();
                 if now.duration_since(last_sweep) >= Duration::from_secs(1) {
                     ctx.pool.borrow_mut().sweep(now);
+                    ctx.leases.sweep(&ctx.rates, ctx.rates.now_ns());
                     last_sweep = now;
                 }
                 // Parks count too: a crowd's tasks are freed when it is parked, 200 ms
