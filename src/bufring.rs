@@ -99,7 +99,7 @@ pub struct BufRing {
     waiting: usize,
     /// Registering failed once: the kernel has no such rings; never tried again.
     unsupported: bool,
-    scratch: Vec<(u16, Option<u16>)>,
+    scratch: Vec<(u16, u16)>,
     /// Receives that finished, by what they got: a ring buffer, or an empty ring
     /// (`ENOBUFS`: the response was read directly). `edgeshard_pool_ring_receives_total`.
     pub counters: RingCounters,
@@ -225,7 +225,7 @@ impl BufRing {
         let mut scratch = std::mem::take(&mut self.scratch);
         for (group, bid) in scratch.drain(..) {
             if group == GROUP {
-                self.put_back(bid);
+                self.put_back(Some(bid));
             }
         }
         self.scratch = scratch;
@@ -307,7 +307,8 @@ pub enum Received {
 }
 
 /// A receive posted through a shard's [`BufRing`]. Dropping it unfinished is fine: the ring
-/// learns which buffer (if any) it used from the driver ([`BufRing::post`] reclaims it).
+/// learns which buffer (if any) it used from the driver (reclaimed when the next exchange
+/// awaits a receive).
 pub struct Receive<'a> {
     op: RecvSelect,
     ring: &'a std::cell::RefCell<BufRing>,

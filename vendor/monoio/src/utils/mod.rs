@@ -46,10 +46,9 @@ pub fn unregister_buf_ring(group: u16) -> std::io::Result<()> {
 /// edgeshard extension: moves into `out` the buffer-select receives
 /// ([`crate::net::TcpStream::recv_select`]) this thread dropped before they finished and
 /// whose completions the driver has since reaped (or that had completed unseen) and that
-/// took a buffer, as (group, id of the buffer the kernel filled for it: always `Some`), in
-/// reaping order. Every posted receive that takes a buffer is either seen to finish by its
+/// took a buffer, as (group, id of the buffer the kernel filled for it), in reaping order. Every posted receive that takes a buffer is either seen to finish by its
 /// owner or reported here once; one that took none is not reported.
-pub fn take_dropped_selects(out: &mut Vec<(u16, Option<u16>)>) {
+pub fn take_dropped_selects(out: &mut Vec<(u16, u16)>) {
     crate::driver::op::select::take_dropped(out);
 }
 

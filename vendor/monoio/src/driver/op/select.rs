@@ -18,7 +18,7 @@ thread_local! {
     /// the common case) is not recorded: nothing to give back, and a list nobody drains
     /// would grow by one entry per drop. So it holds at most one entry per buffer of the
     /// rings its owner registered.
-    static DROPPED: std::cell::RefCell<Vec<(u16, Option<u16>)>> =
+    static DROPPED: std::cell::RefCell<Vec<(u16, u16)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -28,13 +28,13 @@ thread_local! {
 pub(crate) fn dropped(data: &dyn std::any::Any, flags: u32) {
     if let Some(op) = data.downcast_ref::<RecvSelect>() {
         if let Some(bid) = io_uring::cqueue::buffer_select(flags) {
-            DROPPED.with(|d| d.borrow_mut().push((op.group, Some(bid))));
+            DROPPED.with(|d| d.borrow_mut().push((op.group, bid)));
         }
     }
 }
 
 /// Moves the dropped receives recorded so far into `out`.
-pub(crate) fn take_dropped(out: &mut Vec<(u16, Option<u16>)>) {
+pub(crate) fn take_dropped(out: &mut Vec<(u16, u16)>) {
     DROPPED.with(|d| out.append(&mut d.borrow_mut()));
 }
 

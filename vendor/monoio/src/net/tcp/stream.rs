@@ -277,7 +277,8 @@ impl TcpStream {
     /// ([`crate::utils::register_buf_ring`]) when data arrives; the future gives the result
     /// and the id of the buffer used, if any. io_uring only (`Unsupported` on the legacy
     /// driver). Dropping it unfinished cancels it, as any op; a buffer the kernel had already
-    /// filled for it is then the ring owner's to find (the ring is consumed in order).
+    /// filled for it is reported once its completion is reaped
+    /// ([`crate::utils::take_dropped_selects`]).
     pub fn recv_select(&self, group: u16, len: u32) -> io::Result<RecvSelect> {
         if crate::driver::op::is_legacy() {
             return Err(io::ErrorKind::Unsupported.into());
