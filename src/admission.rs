@@ -164,11 +164,7 @@ impl ConnTable {
 
     fn cells_of(&self, ip: IpAddr) -> [u32; 2] {
         // IPv4-mapped IPv6 clients count as their IPv4 address.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        let h = self.seed.hash_one(ip);
+        let h = self.seed.hash_one(ip.to_canonical());
         [
             (h as usize % WIDTH) as u32,
             (WIDTH + (h >> 32) as usize % WIDTH) as u32,

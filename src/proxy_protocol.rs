@@ -265,13 +265,7 @@ fn tlvs_fill(mut tlvs: &[u8]) -> bool {
 /// mapped (`::ffff:a.b.c.d`), as HAProxy writes them: the client is named all the same.
 pub fn encode(version: Version, ends: Option<(SocketAddr, SocketAddr)>) -> Vec<u8> {
     // An IPv4 client on a dual-stack socket is seen as ::ffff:a.b.c.d.
-    let canon = |a: SocketAddr| match a.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), a.port()),
-            None => a,
-        },
-        IpAddr::V4(_) => a,
-    };
+    let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
     let as_v6 = |a: SocketAddr| SocketAddr::new(v6(a.ip()).into(), a.port());
     let same = ends.map(|(s, d)| match (canon(s), canon(d)) {
         (s, d) if s.is_ipv4() == d.is_ipv4() => (s, d),
