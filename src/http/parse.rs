@@ -442,33 +442,33 @@ fn map_httparse(e: httparse::Error) -> ParseError {
 /// only a well-formed one it does not speak is 505; any other word there (`GET / x y`, a
 /// second PROXY header) is a malformed request line, 400.
 fn names_a_version(buf: &[u8]) -> bool {
-    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n');
-    let line = &buf[start.unwrap_or(buf.len())..];
+    let line = request_line(buf);
     let line = &line[..memchr_newline(line).unwrap_or(line.len())];
     let Some(word) = line.splitn(3, |&b| b == b' ').nth(2) else {
         return false;
     };
     let word = word.strip_suffix(b"\r").unwrap_or(word);
     let word = &word[..word.iter().position(|&b| b == b' ').unwrap_or(word.len())];
-    let shape: &[fn(u8) -> bool] = &[
-        |b| b == b'H',
-        |b| b == b'T',
-        |b| b == b'T',
-        |b| b == b'P',
-        |b| b == b'/',
-        |b| b.is_ascii_digit(),
-        |b| b == b'.',
-        |b| b.is_ascii_digit(),
-    ];
-    word.len() <= shape.len() && word.iter().zip(shape).all(|(&b, ok)| ok(b))
+    // `0` stands for any digit.
+    let shape = b"HTTP/0.0";
+    word.len() <= shape.len()
+        && word.iter().zip(shape).all(|(&b, &s)| match s {
+            b'0' => b.is_ascii_digit(),
+            s => b == s,
+        })
+}
+
+/// Where the request line starts: past the empty lines the parser skips (RFC 9112 §2.2).
+fn request_line(buf: &[u8]) -> &[u8] {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n');
+    &buf[start.unwrap_or(buf.len())..]
 }
 
 /// Whether a request head that was refused before it parsed names HEAD as its method
 /// (after the empty lines the parser skips): the proxy's answer then carries no content
 /// (RFC 9110 §9.3.2), as its answers to parsed HEAD requests do.
 pub fn names_head(buf: &[u8]) -> bool {
-    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n');
-    buf[start.unwrap_or(buf.len())..].starts_with(b"HEAD ")
+    request_line(buf).starts_with(b"HEAD ")
 }
 
 /// A request line longer than this is refused as 414 whatever its target: a partial head is
