@@ -366,7 +366,7 @@ impl Leases {
             }
             if now < l.empty_until {
                 return Err(Limited {
-                    retry_after_s: secs_up(l.until.max(l.empty_until) - now),
+                    retry_after_s: secs_up(l.until.saturating_sub(now)),
                     evicted: false,
                 });
             }
@@ -413,9 +413,7 @@ impl Leases {
         map.insert(key.tag, lease(taken.granted - 1, now + LEASE_NS, 0));
         Ok(taken.evicted)
     }
-}
 
-impl Leases {
     /// Gives back every lease that expired unspent and forgets the ended ones (the shard's
     /// sweeper, every second): a batch a shard leased for a key whose requests went on on
     /// other shards went back only when that key next came to this shard, so a burst landing
