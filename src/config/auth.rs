@@ -180,13 +180,6 @@ impl Users {
     }
 }
 
-/// A header name as RFC 9110 allows it.
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 /// Checks `PATH.auth` (`raw`). `base`: the directory a relative users file is under.
 pub(super) fn route_auth(
     c: &mut Checker,
@@ -279,9 +272,9 @@ fn forward(
     let mut copy_headers = Vec::new();
     for (i, h) in f.copy_headers.unwrap_or_default().into_iter().enumerate() {
         let lower = h.to_ascii_lowercase();
-        if !is_token(&h) {
+        if !super::fields::token(&h) {
             c.err(format!("{path}.copy_headers[{i}]"), "invalid header name");
-        } else if super::rules::reserved_request_field(&lower) {
+        } else if super::fields::reserved_request_field(&lower) {
             c.err(
                 format!("{path}.copy_headers[{i}]"),
                 format!(

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::fields::token;
 use super::raw::Checker;
 use crate::balance::{Algorithm, HashKey, Spec, StickySpec};
 
@@ -26,12 +27,6 @@ pub(super) struct RawBalancing<'a> {
 
 const ALGORITHMS: &str =
     "round_robin, weighted, random, least_conn, p2c, consistent_hash or maglev";
-
-fn token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
 
 /// A request key as `hash_key` (and `rate_limit.key`) writes it: `client_ip`, `path`, `uri`,
 /// `header:NAME`, `cookie:NAME` or `query:NAME`.

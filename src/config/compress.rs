@@ -156,13 +156,10 @@ pub(super) fn route_compress(
 
 /// `type/subtype` or `type/*`: RFC 9110 tokens, no parameters.
 fn valid_type(t: &str) -> bool {
-    let token = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-    };
     match t.split_once('/') {
-        Some((ty, sub)) => token(ty) && ty != "*" && (sub == "*" || token(sub)),
+        Some((ty, sub)) => {
+            super::fields::token(ty) && ty != "*" && (sub == "*" || super::fields::token(sub))
+        }
         None => false,
     }
 }

@@ -236,6 +236,7 @@ mod cache;
 mod compress;
 mod congestion;
 mod dns;
+mod fields;
 mod limits;
 mod observe;
 mod ratelimit;
@@ -681,7 +682,7 @@ impl Config {
             }
             let mut headers = Vec::new();
             for (name, value) in r.headers.unwrap_or_default() {
-                if !rules::token(&name) {
+                if !fields::token(&name) {
                     c.err(format!("{path}.headers.{name}"), "invalid header name");
                 }
                 headers.push((name.to_ascii_lowercase(), value));

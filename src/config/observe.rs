@@ -129,23 +129,6 @@ pub(super) struct Observe {
 }
 
 /// Fields the request id must not replace.
-const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "expect",
-    "via",
-    "cookie",
-    "set-cookie",
-    "authorization",
-];
-
 fn token_ok(t: &str) -> bool {
     !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic())
 }
@@ -301,16 +284,15 @@ pub(super) fn observe_sections(c: &mut Checker, table: &mut toml::Table) -> Obse
         .unwrap_or_default();
     let header = raw.header.unwrap_or_else(|| "X-Request-Id".into());
     let lower = header.to_ascii_lowercase();
-    if header.is_empty()
-        || !header
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-    {
-        c.err("request_id.header", "invalid header name");
-    } else if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-forwarded-") {
+    if !super::fields::token(&header) {
         c.err(
             "request_id.header",
-            format!("{header:?} is a field the proxy manages (framing, hop-by-hop, Host, forwarding); choose another name such as X-Request-Id"),
+            format!("{header:?} is not a valid header name"),
+        );
+    } else if !super::fields::own_field_allowed(&lower) {
+        c.err(
+            "request_id.header",
+            format!("{header:?} is a field HTTP or the proxy defines (framing, hop-by-hop, Host, content, caching, forwarding); it would replace the real one on every request and response: choose another name such as X-Request-Id"),
         );
     }
     if raw.trusted.is_some() {

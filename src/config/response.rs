@@ -25,13 +25,6 @@ const FRAMING: &[&str] = &[
     "upgrade",
 ];
 
-/// An RFC 9110 token (`tchar`s).
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 pub(super) fn response_fields(
     c: &mut Checker,
     server_header: Option<String>,
@@ -51,7 +44,7 @@ pub(super) fn response_fields(
     for (i, name) in hide.unwrap_or_default().into_iter().enumerate() {
         let key = format!("server.hide_response_headers[{i}]");
         let lower = name.to_ascii_lowercase();
-        if !is_token(&name) {
+        if !super::fields::token(&name) {
             c.err(key, format!("{name:?} is not a header field name"));
         } else if FRAMING.contains(&lower.as_str()) {
             c.err(

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::fields::{reserved_request_field, reserved_response_field, token};
 use super::raw::{Checker, RawRoute};
 use crate::http::canned::Canned;
 
@@ -170,51 +171,12 @@ pub const SECURITY_PRESET: &[(&str, &str)] = &[
     ("Referrer-Policy", "strict-origin-when-cross-origin"),
 ];
 
-/// Fields no rule (and no forward-auth copy) may name: hop-by-hop and framing ones, their
-/// underscore lookalikes (never forwarded), and those the proxy writes itself.
-const NEVER: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "content-length",
-    "transfer_encoding",
-    "content_length",
-    "upgrade",
-    "expect",
-    "host",
-];
-const NEVER_REQUEST: &[&str] = &[
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "via",
-];
-const NEVER_RESPONSE: &[&str] = &["date", "server"];
-
-/// Whether a request field (lower-case name) is the proxy's to write or drop: no rule and no
-/// forward-auth `copy_headers` may set it.
-pub(super) fn reserved_request_field(lower: &str) -> bool {
-    NEVER.contains(&lower) || NEVER_REQUEST.contains(&lower)
-}
-
 /// A route `host`: letters, digits, `-`, `.` and `_`, up to 253 bytes.
 pub(crate) fn valid_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
         && h.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-}
-
-/// An HTTP field name (RFC 9110 token), at most 256 bytes.
-pub(super) fn token(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 256
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Checks and compiles `request_headers` (`response = false`) or `response_headers`.
@@ -242,15 +204,15 @@ pub(super) fn header_rules(
     };
     let name_ok = |c: &mut Checker, key: &str, name: &str| {
         let lower = name.to_ascii_lowercase();
-        let extra = if response {
-            NEVER_RESPONSE
+        let reserved = if response {
+            reserved_response_field(&lower)
         } else {
-            NEVER_REQUEST
+            reserved_request_field(&lower)
         };
         if !token(name) {
             c.err(key, format!("invalid header name {name:?}"));
             None
-        } else if NEVER.contains(&lower.as_str()) || extra.contains(&lower.as_str()) {
+        } else if reserved {
             c.err(
                 key,
                 format!("{name:?} is a hop-by-hop, framing or proxy-written field; rules cannot change it"),

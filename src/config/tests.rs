@@ -262,3 +262,42 @@ fn body_min_rates_default_on_take_sizes_and_zero_turns_them_off() {
     .unwrap_err();
     assert!(err.to_string().contains("client_body_min_rate"), "{err}");
 }
+
+#[test]
+fn fields_the_proxy_fills_cannot_take_a_name_http_defines() {
+    // The request id and the mTLS subject replace what was sent under their name: a defined
+    // field there would lose the real one on every message, or duplicate Host or framing.
+    for name in [
+        "Content-Type",
+        "Date",
+        "Host",
+        "Transfer-Encoding",
+        "X-Forwarded-Port",
+    ] {
+        let text = format!("{GOOD}[request_id]\nheader = \"{name}\"\n");
+        let err = parse(&text).unwrap_err();
+        assert!(
+            err.issues
+                .iter()
+                .any(|i| i.path == "request_id.header" && i.message.contains("HTTP")),
+            "{name}: {err}"
+        );
+        let tls = format!(
+            "tls = {{ certificates = [{{ cert = \"/nonexistent/a.pem\", key = \"/nonexistent/a.key\" }}], client_auth = {{ ca = \"/nonexistent/ca.pem\", subject_header = \"{name}\" }} }}\n"
+        );
+        let text = GOOD.replace(
+            "address = \"127.0.0.1:0\"\n",
+            &format!("address = \"127.0.0.1:0\"\n{tls}"),
+        );
+        let err = parse(&text).unwrap_err();
+        assert!(
+            err.issues
+                .iter()
+                .any(|i| i.path == "listener[0].tls.client_auth.subject_header"
+                    && i.message.contains("HTTP")),
+            "{name}: {err}"
+        );
+    }
+    let text = format!("{GOOD}[request_id]\nheader = \"X-Trace-Id\"\n");
+    assert_eq!(parse(&text).unwrap().request_id.header, "X-Trace-Id");
+}

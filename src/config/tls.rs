@@ -136,12 +136,6 @@ pub fn suite_names() -> Vec<&'static str> {
         .collect()
 }
 
-pub(super) fn header_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 fn file(base: &Path, s: &str) -> PathBuf {
     let p = Path::new(s);
     if p.is_absolute() {
@@ -243,10 +237,13 @@ pub(super) fn listener_tls(
     );
     let client_auth = raw.client_auth.map(|a| {
         if let Some(h) = &a.subject_header {
-            if !header_name(h) {
+            let key = format!("{path}.client_auth.subject_header");
+            if !super::fields::token(h) {
+                c.err(key, format!("{h:?} is not a valid header name"));
+            } else if !super::fields::own_field_allowed(&h.to_ascii_lowercase()) {
                 c.err(
-                    format!("{path}.client_auth.subject_header"),
-                    format!("{h:?} is not a valid header name"),
+                    key,
+                    format!("{h:?} is a field HTTP or the proxy defines (framing, hop-by-hop, Host, content, authorization, forwarding): the proxy removes it from every client request and writes the subject there; choose another name such as X-Client-Subject"),
                 );
             }
         }
