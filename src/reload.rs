@@ -46,6 +46,9 @@ pub enum ReloadError {
     Dns(Vec<String>),
     #[error("{0}")]
     Listen(#[from] OpenError),
+    /// `server.user`/`server.group` that do not exist here: refused as at start-up.
+    #[error("{0}")]
+    User(#[from] crate::privs::PrivError),
     /// One line per listener the file adds or removes, each with its key path.
     #[error("{}", .0.join("\n"))]
     Stopping(Vec<String>),
@@ -127,6 +130,9 @@ pub struct Reloader {
     /// The configuration of the file in force, host names unresolved: what a DNS change
     /// re-resolves ([`Reloader::apply_dns`]).
     base: Config,
+    /// The configuration the process started with: settings read once at start-up are still
+    /// these, whatever the files reloaded since said ([`restart_only_changes`]).
+    started: Config,
     dns: Arc<Mutex<Dns>>,
     /// The listening sockets in force (duplicates of the shards'), for the binary upgrade.
     listening: Listening,
@@ -161,6 +167,7 @@ impl Reloader {
             prober: Some(prober),
             watcher: None,
             stats,
+            started: base.clone(),
             base,
             dns,
             listening,
@@ -280,6 +287,11 @@ impl Reloader {
         let path = self.path.clone().ok_or(ReloadError::NoFile)?;
         let text = std::fs::read(&path).unwrap_or_default();
         let config = Config::load(&path)?;
+        // An unknown user or group is refused here as `check` and the start-up refuse it (the
+        // switch itself happens at the next start).
+        if let Some(user) = &config.user {
+            crate::privs::Target::resolve(user, config.group.as_deref())?;
+        }
         let old = self.published.load();
         let changes = Changes::between(&old, &config);
         if self.stopping && !changes.is_empty() {
@@ -287,7 +299,7 @@ impl Reloader {
         }
         let (tls, kept) = carry_tls(&old, &config)?;
         let tls = Arc::new(tls);
-        let notes = restart_only_changes(&old.config, &config);
+        let notes = restart_only_changes(&self.started, &config);
         // Host names: new ones are resolved now (one that does not resolve refuses the
         // reload); the others keep their last good answer.
         let mut dns = self.dns.lock().unwrap_or_else(|p| p.into_inner());
@@ -551,12 +563,16 @@ fn reread_certificates(kept: &[Arc<TlsListener>]) {
     }
 }
 
-/// Settings read once at start-up that differ between `old` and `new`.
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+/// Settings read once at start-up whose value in `new` differs from the one in force since
+/// then (`started`'s, whatever files were reloaded in between).
+fn restart_only_changes(started: &Config, new: &Config) -> Vec<String> {
+    let old = started;
     let mut notes = Vec::new();
     let mut differs = |name: &str, a: String, b: String| {
         if a != b {
-            notes.push(format!("{name} changed; it takes effect after a restart"));
+            notes.push(format!(
+                "{name} differs from the value in force since start-up; it takes effect after a restart"
+            ));
         }
     };
     differs(
@@ -594,6 +610,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         "server.client_congestion",
         format!("{:?}", old.congestion.client),
         format!("{:?}", new.congestion.client),
+    );
+    differs(
+        "server.user/group",
+        format!("{:?} {:?}", old.user, old.group),
+        format!("{:?} {:?}", new.user, new.group),
     );
     differs(
         "rate_limits",

@@ -3,7 +3,8 @@
 //! triggers (`POST /reload`, `edgeshard reload`, SIGHUP), and two binary upgrades (SIGUSR2)
 //! among them, with no failed request, each reload in effect within a second and the pooled
 //! connections to the unchanged backend kept; an invalid file changes nothing and is
-//! reported with its key path. Listener changes: tests/reload_listeners.rs.
+//! reported with its key path; settings read at start only are reported against what the
+//! process runs. Listener changes: tests/reload_listeners.rs.
 
 use crate::support::*;
 use std::net::SocketAddr;
@@ -362,5 +363,42 @@ both_engines! {
         assert_eq!(m.value("edgeshard_config_reloads_total", &[("result", "failed")]), 2.0);
         assert_eq!(m.value("edgeshard_config_reloads_total", &[("result", "ok")]), 1.0);
         assert_eq!(m.value("edgeshard_config_generation", &[]), 1.0);
+    }
+}
+
+both_engines! {
+    fn restart_only_settings_are_compared_with_what_the_process_runs(engine) {
+        let a = Origin::start("A");
+        let base = format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n[[route]]\nupstream = \"u\"\n\n[[upstream]]\nname = \"u\"\nbackends = [{{ address = \"{}\" }}]\n",
+            a.addr()
+        );
+        let proxy = Proxy::start(&base, engine);
+        let admin = proxy.admin_addr();
+        let reload = |text: &str| {
+            std::fs::write(proxy.config_path(), text).unwrap();
+            admin_post(admin, "/reload", None)
+        };
+        let debug = format!("[log]\nlevel = \"debug\"\n\n{base}");
+        // A changed log level is not applied, and says so: on this reload and on the next with
+        // the same file (the process still logs at "info"); going back to the file the process
+        // started with has nothing to report.
+        for _ in 0..2 {
+            let r = reload(&debug);
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert!(r.body.contains("log.level"), "{}", r.body);
+        }
+        let r = reload(&base);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["not_applied"], serde_json::json!([]), "{}", r.body);
+
+        // A user that does not exist is refused as `check` refuses it; one that does is a
+        // change for the next start.
+        let r = reload(&format!("[server]\nuser = \"edgeshard-no-such-user-4711\"\n\n{base}"));
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert!(r.body.contains("server.user"), "{}", r.body);
+        let r = reload(&format!("[server]\nuser = \"root\"\n\n{base}"));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains("server.user"), "{}", r.body);
     }
 }
