@@ -133,6 +133,21 @@ fn token_ok(t: &str) -> bool {
     !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// A `log.level` filter: comma-separated directives, each a level or `target=level` (a
+/// `target[span]=level` too). A bare word that is not a level is refused: the filter syntax
+/// reads it as a target name with every level on, so a typo such as `"warnn"` would turn off
+/// every other line of the log.
+fn filter_ok(filter: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let level = |l: &str| LEVELS.iter().any(|k| k.eq_ignore_ascii_case(l.trim()));
+    !filter.trim().is_empty()
+        && tracing_subscriber::EnvFilter::try_new(filter).is_ok()
+        && filter.split(',').all(|d| match d.rsplit_once('=') {
+            Some((target, l)) => !target.trim().is_empty() && level(l),
+            None => level(d),
+        })
+}
+
 /// Reads and validates `[admin]`, `[log]` and `[request_id]` out of the top-level table.
 pub(super) fn observe_sections(c: &mut Checker, table: &mut toml::Table) -> Observe {
     let admin = table
@@ -184,7 +199,7 @@ pub(super) fn observe_sections(c: &mut Checker, table: &mut toml::Table) -> Obse
         .and_then(|v| c.section("log", v))
         .unwrap_or_default();
     let level = raw.level.unwrap_or_else(|| "info".into());
-    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+    if !filter_ok(&level) {
         c.err(
             "log.level",
             format!(

@@ -301,3 +301,26 @@ fn fields_the_proxy_fills_cannot_take_a_name_http_defines() {
     let text = format!("{GOOD}[request_id]\nheader = \"X-Trace-Id\"\n");
     assert_eq!(parse(&text).unwrap().request_id.header, "X-Trace-Id");
 }
+
+#[test]
+fn log_level_takes_levels_and_target_directives_but_not_a_bare_word() {
+    for good in [
+        "info",
+        "WARN",
+        "edgeshard=debug",
+        "warn,edgeshard::reload=info",
+        "off",
+    ] {
+        let text = format!("{GOOD}[log]\nlevel = \"{good}\"\n");
+        assert!(parse(&text).is_ok(), "{good}");
+    }
+    // A bare word is a target with every level on to the filter, so a typo silenced the log.
+    for bad in ["warnn", "loud", "", "info,", "=info", "edgeshard=loud"] {
+        let text = format!("{GOOD}[log]\nlevel = \"{bad}\"\n");
+        let err = parse(&text).unwrap_err();
+        assert!(
+            err.issues.iter().any(|i| i.path == "log.level"),
+            "{bad}: {err}"
+        );
+    }
+}
