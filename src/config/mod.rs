@@ -479,6 +479,21 @@ impl Config {
             file.parent().unwrap_or(Path::new(".")),
             !trusted_proxies.is_empty(),
         );
+        if let Some(admin) = &observe.admin {
+            let dual_stack = crate::listener::dual_stack();
+            if let Some(i) = listeners
+                .iter()
+                .position(|l| crate::listener::overlaps(admin.address, l.address, dual_stack))
+            {
+                c.err(
+                    "admin.address",
+                    format!(
+                        "{} overlaps listener[{i}].address ({}: the same port on the same or a wildcard address); give the admin API a port of its own",
+                        admin.address, listeners[i].address
+                    ),
+                );
+            }
+        }
 
         let mut upstreams = Vec::new();
         let mut names = HashSet::new();

@@ -324,3 +324,34 @@ fn log_level_takes_levels_and_target_directives_but_not_a_bare_word() {
         );
     }
 }
+
+#[test]
+fn overlapping_listening_addresses_are_refused_by_check_as_run_refuses_them() {
+    // `run` cannot bind the second of these; `check` used to pass them.
+    let two = |a: &str, b: &str| {
+        GOOD.replace(
+            "address = \"127.0.0.1:0\"\n",
+            &format!("address = \"{a}\"\n[[listener]]\naddress = \"{b}\"\n"),
+        )
+    };
+    for (a, b) in [
+        ("127.0.0.1:19080", "0.0.0.0:19080"),
+        ("127.0.0.1:19080", "[::ffff:127.0.0.1]:19080"),
+        ("127.0.0.1:19080", "127.0.0.1:19080"),
+    ] {
+        let err = parse(&two(a, b)).unwrap_err();
+        assert!(
+            err.issues.iter().any(|i| i.path == "listener[1].address"),
+            "{a} {b}: {err}"
+        );
+    }
+    assert!(parse(&two("127.0.0.1:19080", "127.0.0.2:19080")).is_ok());
+    assert!(parse(&two("127.0.0.1:0", "0.0.0.0:0")).is_ok());
+    let admin =
+        GOOD.replace("127.0.0.1:0", "0.0.0.0:19081") + "[admin]\naddress = \"127.0.0.1:19081\"\n";
+    let err = parse(&admin).unwrap_err();
+    assert!(
+        err.issues.iter().any(|i| i.path == "admin.address"),
+        "{err}"
+    );
+}

@@ -348,7 +348,11 @@ pub(super) fn listeners(
             "at least one [[listener]] with an address is required",
         );
     }
-    let mut seen_listen = std::collections::HashSet::new();
+    // Addresses so far, with their key paths: one process cannot listen on two that overlap
+    // (the same port on the same or a wildcard address), which `run` would find only when
+    // binding the second.
+    let mut seen_listen: Vec<(String, std::net::SocketAddr)> = Vec::new();
+    let dual_stack = crate::listener::dual_stack();
     for (i, v) in raw.into_iter().enumerate() {
         let path = format!("listener[{i}]");
         if let Some(l) = c.section::<super::raw::RawListener>(&path, v) {
@@ -372,12 +376,23 @@ pub(super) fn listeners(
                 );
             }
             if let Some(a) = c.address(&format!("{path}.address"), &l.address) {
-                if a.port() != 0 && !seen_listen.insert(a) {
+                if let Some((key, b)) = seen_listen
+                    .iter()
+                    .find(|(_, b)| crate::listener::overlaps(a, *b, dual_stack))
+                {
+                    let what = if a == *b {
+                        "is already used".to_owned()
+                    } else {
+                        format!(
+                            "overlaps {key} ({b}: the same port on the same or a wildcard address)"
+                        )
+                    };
                     c.err(
                         format!("{path}.address"),
-                        format!("listening address {a} is already used in the configuration"),
+                        format!("listening address {a} {what} in the configuration"),
                     );
                 }
+                seen_listen.push((format!("{path}.address"), a));
                 let access =
                     super::access::access_list(c, &path, l.allow.as_deref(), l.deny.as_deref());
                 let rate_limit = super::ratelimit::rate_limit(
