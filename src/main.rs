@@ -270,9 +270,11 @@ fn reload(
     let text = String::from_utf8_lossy(&answer);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).unwrap_or("");
-    let ok = status == "200";
     let value: Option<serde_json::Value> = serde_json::from_str(body).ok();
-    match value {
+    // The admin API's answer, not any server's 200: a listener or a backend at that address
+    // answers too, and nothing was reloaded.
+    let ok = status == "200" && value.as_ref().is_some_and(|v| v["result"] == "ok");
+    match value.filter(|v| v["result"].is_string()) {
         Some(v) if ok => {
             println!("reloaded: generation {}", v["generation"]);
             for n in v["not_applied"].as_array().into_iter().flatten() {
@@ -298,11 +300,20 @@ fn reload(
             }
         }
         None if status == "401" => eprintln!(
-            "reload: the admin API answered 401: {}. The running process keeps the [admin] token it \
-started with: if the file's token changed, pass the old one with --token (or restart)",
+            "reload: the admin API answered 401: {}. The running process checks the [admin] token \
+of the configuration in force (the file it last loaded): if the file's token changed since, pass \
+the one in force with --token",
             body.trim()
         ),
-        None => eprintln!("reload: the admin API answered {status}: {}", body.trim()),
+        None => eprintln!(
+            "reload: {addr} answered {status} but not as edgeshard's admin API does (no \
+{{\"result\": ...}}); nothing was reloaded. Is this the [admin] address?{}",
+            if body.trim().is_empty() {
+                String::new()
+            } else {
+                format!(" It said: {}", body.trim())
+            }
+        ),
     }
     Ok(if ok { 0 } else { 1 })
 }
@@ -332,10 +343,25 @@ fn admin_of(path: &std::path::Path) -> Result<(std::net::SocketAddr, Option<Stri
     if addr.port() == 0 {
         bail!("{}: admin.address has port 0; use --admin with the address the running process printed", path.display());
     }
-    let token = admin
-        .get("token")
-        .and_then(toml::Value::as_str)
-        .map(str::to_owned);
+    let token = match (
+        admin.get("token").and_then(toml::Value::as_str),
+        admin.get("token_file").and_then(toml::Value::as_str),
+    ) {
+        (Some(t), _) => Some(t.to_owned()),
+        // Relative to the file's directory, as the configuration reads it.
+        (None, Some(f)) => {
+            let f = path.parent().unwrap_or(std::path::Path::new(".")).join(f);
+            let t = std::fs::read_to_string(&f).with_context(|| {
+                format!(
+                    "{}: admin.token_file: cannot read {}",
+                    path.display(),
+                    f.display()
+                )
+            })?;
+            Some(t.trim().to_owned())
+        }
+        (None, None) => None,
+    };
     Ok((addr, token))
 }
 

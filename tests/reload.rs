@@ -402,3 +402,42 @@ both_engines! {
         assert!(r.body.contains("server.user"), "{}", r.body);
     }
 }
+
+both_engines! {
+    fn the_reload_command_reads_token_file_and_wants_the_admin_apis_answer(engine) {
+        let a = Origin::start("A");
+        // The token file sits beside the configuration, named relative to it: read from there
+        // by the proxy and by `edgeshard reload --config`, whatever their working directory.
+        let name = format!("edgeshard-token-{}-{}.txt", std::process::id(), engine.as_str());
+        let token = std::env::temp_dir().join(&name);
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let text = |admin: &str| {
+            format!(
+                "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"{admin}\"\ntoken_file = \"{name}\"\n\n[[route]]\nupstream = \"u\"\n\n[[upstream]]\nname = \"u\"\nbackends = [{{ address = \"{}\" }}]\n",
+                a.addr()
+            )
+        };
+        let proxy = Proxy::start(&text("127.0.0.1:0"), engine);
+        let admin = proxy.admin_addr();
+        assert_eq!(admin_post(admin, "/reload", Some("s3cret")).status, 200);
+        std::fs::write(proxy.config_path(), text(&admin.to_string())).unwrap();
+        let out = Command::new(BIN)
+            .current_dir("/")
+            .args(["reload", "--config", proxy.config_path().to_str().unwrap()])
+            .output()
+            .expect("run edgeshard reload");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+
+        // A 200 from something that is not the admin API (here the listener, whose backend
+        // answers) reloads nothing and is not reported as a reload.
+        let out = Command::new(BIN)
+            .args(["reload", "--admin", &proxy.addr().to_string(), "--token", "s3cret"])
+            .output()
+            .expect("run edgeshard reload");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("not as edgeshard's admin API"), "{stderr}");
+        std::fs::remove_file(&token).ok();
+    }
+}

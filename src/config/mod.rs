@@ -336,7 +336,8 @@ impl Config {
             .and_then(|v| c.section("limits", v))
             .unwrap_or_default();
 
-        let observe = observe::observe_sections(&mut c, &mut table);
+        let observe =
+            observe::observe_sections(&mut c, &mut table, file.parent().unwrap_or(Path::new(".")));
         let trusted_proxies = access::cidrs(
             &mut c,
             "server.trusted_proxies",

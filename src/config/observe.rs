@@ -149,7 +149,13 @@ fn filter_ok(filter: &str) -> bool {
 }
 
 /// Reads and validates `[admin]`, `[log]` and `[request_id]` out of the top-level table.
-pub(super) fn observe_sections(c: &mut Checker, table: &mut toml::Table) -> Observe {
+/// A relative `admin.token_file` is under `base`, the configuration file's directory (as
+/// certificate and users files are), whatever the working directory.
+pub(super) fn observe_sections(
+    c: &mut Checker,
+    table: &mut toml::Table,
+    base: &std::path::Path,
+) -> Observe {
     let admin = table
         .remove("admin")
         .and_then(|v| c.section::<RawAdmin>("admin", v))
@@ -161,7 +167,7 @@ pub(super) fn observe_sections(c: &mut Checker, table: &mut toml::Table) -> Obse
                     None
                 }
                 (Some(t), None) => Some(t),
-                (None, Some(f)) => match std::fs::read_to_string(&f) {
+                (None, Some(f)) => match std::fs::read_to_string(base.join(&f)) {
                     Ok(t) => Some(t.trim().to_string()),
                     Err(e) => {
                         c.err("admin.token_file", format!("cannot read {f:?}: {e}"));
