@@ -73,7 +73,10 @@ pub(super) fn dns_config(c: &mut Checker, raw: RawDns) -> DnsConfig {
         }
         list.iter()
             .enumerate()
-            .filter_map(|(i, s)| c.address(&format!("dns.servers[{i}]"), s))
+            .filter_map(|(i, s)| {
+                let key = format!("dns.servers[{i}]");
+                c.address(&key, s).and_then(|a| c.connectable(&key, a))
+            })
             .collect()
     });
     let min_ttl = c.duration("dns.min_ttl", raw.min_ttl.as_ref(), d.min_ttl);

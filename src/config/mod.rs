@@ -589,8 +589,9 @@ impl Config {
                         backup,
                         srv: false,
                     });
-                } else if let Some(address) =
-                    c.backend_address(&format!("{bpath}.address"), address)
+                } else if let Some(address) = c
+                    .backend_address(&format!("{bpath}.address"), address)
+                    .and_then(|a| c.connectable(&format!("{bpath}.address"), a))
                 {
                     backends.push(BackendConfig {
                         address,

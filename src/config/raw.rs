@@ -296,6 +296,24 @@ impl Checker {
         }
     }
 
+    /// `a`, if the proxy can connect to it (a backend's or a name server's address): not port
+    /// 0, not an unspecified, multicast or broadcast address.
+    pub(super) fn connectable(&mut self, path: &str, a: SocketAddr) -> Option<SocketAddr> {
+        let ip = a.ip();
+        if a.port() == 0 {
+            self.err(
+                path,
+                format!("{a}: port 0 cannot be connected to; write the peer's port"),
+            );
+            None
+        } else if ip.is_unspecified() || ip.is_multicast() || ip == std::net::Ipv4Addr::BROADCAST {
+            self.err(path, format!("{a} is an unspecified, multicast or broadcast address, not one a peer can have; write its own address"));
+            None
+        } else {
+            Some(a)
+        }
+    }
+
     pub(super) fn address(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
         match s.parse::<SocketAddr>() {
             Ok(a) => Some(a),

@@ -355,3 +355,38 @@ fn overlapping_listening_addresses_are_refused_by_check_as_run_refuses_them() {
         "{err}"
     );
 }
+
+#[test]
+fn peers_must_be_addresses_one_can_connect_to() {
+    for bad in [
+        "127.0.0.1:0",
+        "0.0.0.0:80",
+        "[::]:80",
+        "224.0.0.1:80",
+        "255.255.255.255:80",
+    ] {
+        let err = parse(&GOOD.replace("127.0.0.1:9000", bad)).unwrap_err();
+        assert!(
+            err.issues
+                .iter()
+                .any(|i| i.path == "upstream[0].backends[0].address"),
+            "{bad}: {err}"
+        );
+    }
+    let err = parse(&format!("{GOOD}[dns]\nservers = [\"127.0.0.1:0\"]\n")).unwrap_err();
+    assert!(
+        err.issues.iter().any(|i| i.path == "dns.servers[0]"),
+        "{err}"
+    );
+    let redirect = GOOD.replace(
+        "address = \"127.0.0.1:0\"\n",
+        "address = \"127.0.0.1:0\"\nredirect_https = { port = 0 }\n",
+    );
+    let err = parse(&redirect).unwrap_err();
+    assert!(
+        err.issues
+            .iter()
+            .any(|i| i.path == "listener[0].redirect_https.port"),
+        "{err}"
+    );
+}

@@ -285,6 +285,13 @@ pub(super) fn redirect(c: &mut Checker, path: &str, raw: RawRedirect) -> Option<
         );
         return None;
     }
+    if raw.port == Some(0) {
+        c.err(
+            format!("{path}.port"),
+            "0 is not a port clients can connect to; write 1..=65535 (default 443)",
+        );
+        return None;
+    }
     Some(RedirectHttps {
         port: raw.port.unwrap_or(443),
         status,
