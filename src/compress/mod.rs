@@ -190,14 +190,25 @@ pub fn applies(
 /// with `alg`: adds `Content-Encoding`, adds `Accept-Encoding` to `Vary` (or a `Vary` field;
 /// left alone when it is `*` or already lists it), and weakens a strong `ETag` (the coded
 /// body is not byte-for-byte the representation the tag names: RFC 9110 §8.8.3). A backend
-/// `Content-Encoding: identity` is dropped.
+/// `Content-Encoding: identity` is dropped, and so are digests of the uncoded bytes
+/// (`Content-Digest` and `Repr-Digest`, RFC 9530, and the obsolete `Content-MD5`): a client
+/// that checks one would refuse the coded body.
 pub fn rewrite_head(out: &mut Vec<u8>, alg: Algorithm) {
     let Some(body) = out.len().checked_sub(2) else {
         return;
     };
     let old = std::mem::take(out);
     out.reserve(old.len() + 64);
-    let mut vary_done = false;
+    // Some `Vary` field (of several, maybe) already covers the coding: none is changed.
+    let mut vary_done = old[..body]
+        .split_inclusive(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| {
+            let colon = line.iter().position(|&b| b == b':').unwrap_or(0);
+            let value = line[colon + 1..].trim_ascii();
+            line[..colon].eq_ignore_ascii_case(b"vary")
+                && (lists(value, b"*") || lists(value, b"accept-encoding"))
+        });
     let mut lines = old[..body].split_inclusive(|&b| b == b'\n');
     if let Some(status) = lines.next() {
         out.extend_from_slice(status);
@@ -212,17 +223,18 @@ pub fn rewrite_head(out: &mut Vec<u8>, alg: Algorithm) {
             out.extend_from_slice(b"\r\n");
         } else if name.eq_ignore_ascii_case(b"content-encoding") {
             // Only `identity` gets here (`applies`): the coding replaces it.
+        } else if [&b"content-digest"[..], b"repr-digest", b"content-md5"]
+            .iter()
+            .any(|d| name.eq_ignore_ascii_case(d))
+        {
+            // Digests of the uncoded bytes.
         } else if name.eq_ignore_ascii_case(b"accept-ranges") {
             // Ranges are served over the identity body (a Range request is not compressed):
             // offsets into this coded one would fetch the wrong bytes (nginx drops it too).
         } else if name.eq_ignore_ascii_case(b"vary") && !vary_done {
             vary_done = true;
-            if lists(value, b"*") || lists(value, b"accept-encoding") {
-                out.extend_from_slice(line);
-            } else {
-                out.extend_from_slice(&line[..line.len() - 2]);
-                out.extend_from_slice(b", Accept-Encoding\r\n");
-            }
+            out.extend_from_slice(&line[..line.len() - 2]);
+            out.extend_from_slice(b", Accept-Encoding\r\n");
         } else {
             out.extend_from_slice(line);
         }

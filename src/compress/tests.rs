@@ -147,6 +147,16 @@ fn the_head_gets_the_coding_vary_and_a_weak_etag() {
         rewrite("HTTP/1.1 200 OK\nAccept-Ranges: bytes\nVary: *\n\n"),
         "HTTP/1.1 200 OK\nVary: *\nContent-Encoding: br\n\n"
     );
+    // Several Vary fields, a later one listing the coding: none changes.
+    assert_eq!(
+        rewrite("HTTP/1.1 200 OK\nVary: Cookie\nVary: Accept-Encoding\n\n"),
+        "HTTP/1.1 200 OK\nVary: Cookie\nVary: Accept-Encoding\nContent-Encoding: br\n\n"
+    );
+    // Digests of the uncoded bytes would fail a client's check of the coded ones.
+    assert_eq!(
+        rewrite("HTTP/1.1 200 OK\nContent-Digest: sha-256=:x:\nRepr-Digest: sha-256=:y:\nContent-MD5: z\nVary: *\n\n"),
+        "HTTP/1.1 200 OK\nVary: *\nContent-Encoding: br\n\n"
+    );
 }
 
 /// Each encoder streams: fed in pieces, its output decodes (with the same crates) to the
