@@ -113,6 +113,49 @@ both_engines! {
         origin.assert_no_errors();
     }
 
+    // A 304's fields that its own `Connection` names are for that hop only: not merged into
+    // the entry (nor read for freshness). A 304 that changes `Vary` changes which requests
+    // the entry answers: it answers this one and is not stored again under the old key.
+    fn a_304s_hop_fields_are_not_stored_and_a_new_vary_is_not_ignored(engine) {
+        let origin = Origin::with_handler("o", |r| {
+            if r.header("If-None-Match").is_some() {
+                let extra: &[(&str, &str)] = if r.path() == "/hop" {
+                    &[("Connection", "keep-alive, X-Internal-Token, Cache-Control"), ("X-Internal-Token", "secret"), ("Cache-Control", "max-age=900")]
+                } else {
+                    &[("Cache-Control", "max-age=100"), ("Vary", "Cookie")]
+                };
+                let mut h = vec![("ETag", "\"v1\"")];
+                h.extend_from_slice(extra);
+                return response(304, &h, "");
+            }
+            let body = format!("for {}", r.header("Cookie").unwrap_or("nobody"));
+            response(200, &[("Cache-Control", "max-age=1"), ("ETag", "\"v1\"")], &body)
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        let a = [("Cookie", "user=A")];
+        assert_eq!(x_cache(&fetch(&mut c, "/hop", &a)), "MISS");
+        assert_eq!(x_cache(&fetch(&mut c, "/vary", &a)), "MISS");
+        let stored = Instant::now();
+        // max-age=1: certainly stale 1.2 s after the store.
+        wait_until(stored + Duration::from_millis(2200));
+        let r = fetch(&mut c, "/hop", &a);
+        assert_eq!(x_cache(&r), "REVALIDATED");
+        assert_eq!(r.header("X-Internal-Token"), None, "{}", r.head.raw);
+        assert_eq!(r.header("Cache-Control"), Some("max-age=1"), "{}", r.head.raw);
+        let r = fetch(&mut c, "/vary", &a);
+        assert_eq!((x_cache(&r), r.body_str()), ("REVALIDATED".into(), "for user=A".into()));
+        // The /hop entry keeps its own freshness (max-age=1, not the hop-only 900): stale
+        // again; the /vary one is gone: user C's request is no hit of user A's body.
+        wait_until(Instant::now() + Duration::from_millis(2200));
+        let r = fetch(&mut c, "/hop", &a);
+        assert_eq!(x_cache(&r), "REVALIDATED");
+        assert_eq!(r.header("X-Internal-Token"), None, "{}", r.head.raw);
+        let r = fetch(&mut c, "/vary", &[("Cookie", "user=C")]);
+        assert_eq!((x_cache(&r), r.body_str()), ("MISS".into(), "for user=C".into()));
+        origin.assert_no_errors();
+    }
+
     // What the client accepts narrows what the cache serves (RFC 9111 §5.2.1): a request's
     // `min-fresh` beyond what an entry has left sends a conditional request (the 304
     // refreshes it: REVALIDATED), one within it is a hit; a reload's `max-age=0` on an entry

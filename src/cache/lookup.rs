@@ -132,6 +132,10 @@ pub async fn lookup<'a>(
             None => break,
         }
     }
+    // RFC 9111 §4.2.3: the age counts from when the request goes to the backend, not from
+    // when it began to wait on another's fetch (up to MAX_WAIT, which would age the response
+    // by as much, or make a short-lived one unstorable).
+    fill.request_time = unix_now();
     if req.method == Method::Get {
         fill.store = true;
         fill.req = req

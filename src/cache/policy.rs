@@ -39,7 +39,7 @@ impl Directives {
     /// the first.
     pub fn add(&mut self, value: &[u8]) {
         let least = |slot: &mut Option<u64>, v: u64| *slot = Some(slot.map_or(v, |o| o.min(v)));
-        for item in value.split(|&b| b == b',') {
+        for item in crate::http::fields::list_members(value) {
             let item = item.trim_ascii();
             let (name, arg) = match item.iter().position(|&b| b == b'=') {
                 Some(i) => (
@@ -354,8 +354,7 @@ pub fn none_match(if_none_match: &[u8], etag: Option<&[u8]>) -> bool {
     }
     let Some(etag) = etag else { return false };
     let etag = strip(etag);
-    if_none_match
-        .split(|&b| b == b',')
+    crate::http::fields::list_members(if_none_match)
         .any(|t| !t.trim_ascii().is_empty() && strip(t) == etag)
 }
 
@@ -403,7 +402,15 @@ pub fn parse_http_date(v: &[u8]) -> Option<u64> {
         return None;
     }
     let (h, m, s) = (num(&v[17..19])?, num(&v[20..22])?, num(&v[23..25])?);
-    if !(1..=31).contains(&day) || year < 1970 || h > 23 || m > 59 || s > 60 {
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    // `31 Feb` is no date (RFC 9111 §5.3: an invalid `Expires` is in the past), not 3 March.
+    if !(1..=days_in_month).contains(&day) || year < 1970 || h > 23 || m > 59 || s > 60 {
         return None;
     }
     // Days from civil (Howard Hinnant), for years from 1970.

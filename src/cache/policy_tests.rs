@@ -262,6 +262,10 @@ fn http_dates_parse_and_bad_ones_do_not() {
         Some(784_111_777)
     );
     assert_eq!(parse_http_date(b"Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+    assert_eq!(
+        parse_http_date(b"Tue, 29 Feb 2000 00:00:00 GMT"),
+        Some(951_782_400)
+    );
     let now = crate::http::date::http_date(NOW);
     assert_eq!(parse_http_date(&now), Some(NOW));
     for bad in [
@@ -271,6 +275,9 @@ fn http_dates_parse_and_bad_ones_do_not() {
         b"Sun, 06 Xyz 1994 08:49:37 GMT",
         b"Sun, 0x Nov 1994 08:49:37 GMT",
         b"Sun, 06 Nov 1994 28:49:37 GMT",
+        b"Tue, 31 Feb 2099 00:00:00 GMT",
+        b"Fri, 29 Feb 2100 00:00:00 GMT",
+        b"Wed, 31 Apr 2026 00:00:00 GMT",
         b"",
         "Sun, 06 Nov 1994 08:49:3\u{e9}GMT".as_bytes(),
     ] {
@@ -376,4 +383,14 @@ fn purge_urls_are_keyed_as_requests_are() {
         k("http://SHOP.example:80/a?b=1", false).as_bytes(),
         &req[..]
     );
+}
+
+#[test]
+fn a_comma_inside_a_quoted_directive_value_does_not_start_a_directive() {
+    // RFC 9110 §5.6.4: the quoted string is one value; `s-maxage=600` inside it is not one.
+    let f = facts(&[("Cache-Control", r#"max-age=0, ext="a,s-maxage=600,b""#)]);
+    assert_eq!(f.directives.s_maxage, None);
+    assert_eq!(f.directives.max_age, Some(0));
+    assert!(none_match(r#""x", "a,b""#.as_bytes(), Some(br#""a,b""#)));
+    assert!(!none_match(r#""a", "b""#.as_bytes(), Some(br#""a,b""#)));
 }

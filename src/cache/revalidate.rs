@@ -157,7 +157,13 @@ impl Fill<'_> {
             ShardCache::bump(&self.cache.revalidations_failed);
             return NotModified::Unusable;
         }
-        let (old_fields, new_fields) = (fields_of(&stored, &old.head), fields_of(head, buf));
+        // The 304's fields its own `Connection` names are for this hop only (RFC 9110 §7.6.1):
+        // neither merged nor read for freshness, as a relayed response drops them.
+        let old_fields = fields_of(&stored, &old.head);
+        let new_fields: Vec<_> = fields_of(head, buf)
+            .into_iter()
+            .filter(|(n, _)| !head.named_in_connection(buf, n))
+            .collect();
         let sent = policy::response_facts(new_fields.iter().copied());
         if let (Some(new), Some(_)) = (&sent.etag, &old.etag) {
             // §4.3.4: a 304 naming another representation updates nothing; the entry,
@@ -223,14 +229,22 @@ impl Fill<'_> {
             .borrow()
             .get(&self.route)
             .is_some_and(|s| s.contains(&stale.key));
-        if present && initial_age < lifetime && (facts.vary.is_empty() || !self.no_vary) {
-            let vary = self
-                .cache
-                .stores
-                .borrow()
-                .get(&self.route)
-                .and_then(|s| s.vary_names(&self.key))
-                .unwrap_or_else(|| Rc::from(Vec::new()));
+        let vary = self
+            .cache
+            .stores
+            .borrow()
+            .get(&self.route)
+            .and_then(|s| s.vary_names(&self.key))
+            .unwrap_or_else(|| Rc::from(Vec::new()));
+        // A 304 that changes `Vary` changes which requests the entry answers (RFC 9111 §4.1),
+        // and its key was made from the old names: it is not stored again under that key.
+        let same_vary =
+            vary.len() == facts.vary.len() && facts.vary.iter().all(|n| vary.contains(n));
+        if present
+            && initial_age < lifetime
+            && same_vary
+            && (facts.vary.is_empty() || !self.no_vary)
+        {
             self.insert(&stale.key, vary, entry());
         } else {
             // Refreshed, but no longer storable: answered once, then gone.

@@ -78,8 +78,50 @@ pub fn written_by_proxy(name: &[u8]) -> bool {
         || same_field(name, b"x-request-id")
 }
 
+/// The members of a comma-separated field value (RFC 9110 §5.6.1), untrimmed: a comma inside
+/// a quoted string (§5.6.4: `ext="a,b"`, the entity-tag `"x,y"`) is part of its member, and a
+/// backslash in one quotes the next byte. An unterminated quote runs to the end.
+pub fn list_members(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(value);
+    std::iter::from_fn(move || {
+        let v = rest?;
+        let (mut quoted, mut escaped) = (false, false);
+        for (i, &b) in v.iter().enumerate() {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' if quoted => escaped = true,
+                b'"' => quoted = !quoted,
+                b',' if !quoted => {
+                    rest = Some(&v[i + 1..]);
+                    return Some(&v[..i]);
+                }
+                _ => {}
+            }
+        }
+        rest = None;
+        Some(v)
+    })
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn list_members_keep_quoted_commas() {
+        let split = |v: &[u8]| list_members(v).map(<[u8]>::to_vec).collect::<Vec<_>>();
+        assert_eq!(split(b"a, b,c"), [&b"a"[..], b" b", b"c"]);
+        assert_eq!(
+            split(br#"max-age=0, ext="a,s-maxage=600,b""#),
+            [&b"max-age=0"[..], br#" ext="a,s-maxage=600,b""#]
+        );
+        assert_eq!(split(br#""x\",y", z"#), [&br#""x\",y""#[..], b" z"]);
+        assert_eq!(split(b""), [&b""[..]]);
+        assert_eq!(split(b"a,"), [&b"a"[..], b""]);
+        assert_eq!(
+            split(br#""open, to the end"#),
+            [&br#""open, to the end"#[..]]
+        );
+    }
     use super::*;
 
     #[test]
