@@ -271,14 +271,6 @@ mod tests {
             (v.state, v.changed_at, v.transitions),
             (Health::Healthy, Some(t2), 3)
         );
-
-        // Drained → Healthy also ramps; Healthy → Drained keeps the old origin but hides it.
-        let t3 = t2 + Duration::from_secs(1);
-        b.publish(0, Health::Drained, t3);
-        assert_eq!(b.ramp_from(0), None);
-        let t4 = t3 + Duration::from_secs(1);
-        b.publish(0, Health::Healthy, t4);
-        assert_eq!(b.ramp_from(0), Some(t4));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Feeds stage 4, *balance*: slow start. A backend that comes back (Unhealthy or Drained →
+//! Feeds stage 4, *balance*: slow start. A backend that comes back (Unhealthy →
 //! usable on the [`super::HealthBoard`], whose `ramp_from` is the origin) takes a share of
 //! its picks that grows linearly from 0 to all of them over `slow_start`, so that a cold
 //! cache or JIT is not hit with a full share at once. [`kept_share`] is that fraction; the

@@ -10,9 +10,9 @@
 //!   failures take it out (→ Unhealthy).
 //! - **Healthy**: usable; `fall` consecutive failures → Unhealthy.
 //! - **Unhealthy**: not usable; `rise` consecutive successes → Healthy.
-//! - **Drained**: an administrative overlay (not usable). Probes keep running underneath and
-//!   update the probed state silently; undraining reports a transition to whatever the probes
-//!   say now.
+//!
+//! An operator's drain (the admin API) is not a health state: it is kept beside the board
+//! (`Shared::drained`) and probes go on underneath it.
 //!
 //! `InitialState::Unhealthy` is nginx's `mandatory`: a backend gets no traffic until it has
 //! passed `rise` probes. It suits backends that need warming up; the default (Unknown) keeps
@@ -27,7 +27,6 @@ pub enum Health {
     Unknown = 0,
     Healthy = 1,
     Unhealthy = 2,
-    Drained = 3,
 }
 
 impl Health {
@@ -46,7 +45,6 @@ impl Health {
         match v {
             1 => Health::Healthy,
             2 => Health::Unhealthy,
-            3 => Health::Drained,
             _ => Health::Unknown,
         }
     }
@@ -56,7 +54,6 @@ impl Health {
             Health::Unknown => "unknown",
             Health::Healthy => "healthy",
             Health::Unhealthy => "unhealthy",
-            Health::Drained => "drained",
         }
     }
 }
@@ -93,10 +90,6 @@ pub enum Cause {
     Rise { successes: u32 },
     /// Consecutive failed probes reached `fall`.
     Fall { failures: u32 },
-    /// An operator drained the backend.
-    Drain,
-    /// An operator undrained it; the new state is what the probes say.
-    Undrain,
 }
 
 impl fmt::Display for Cause {
@@ -104,8 +97,6 @@ impl fmt::Display for Cause {
         match self {
             Cause::Rise { successes } => write!(f, "{successes} consecutive successful checks"),
             Cause::Fall { failures } => write!(f, "{failures} consecutive failed checks"),
-            Cause::Drain => f.write_str("drained by operator"),
-            Cause::Undrain => f.write_str("undrained by operator"),
         }
     }
 }
@@ -121,9 +112,8 @@ pub struct Transition {
 /// The health of one backend as seen by the prober.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthState {
-    /// What the probes say; never `Drained`.
+    /// What the probes say.
     probed: Health,
-    drained: bool,
     successes: u32,
     failures: u32,
     rise: u32,
@@ -135,7 +125,6 @@ impl HealthState {
     pub fn new(initial: InitialState, rise: u32, fall: u32) -> HealthState {
         HealthState {
             probed: initial.health(),
-            drained: false,
             successes: 0,
             failures: 0,
             rise: rise.max(1),
@@ -147,23 +136,12 @@ impl HealthState {
     /// next probes continue from it instead of from the configured initial state.
     pub fn resumed(health: Health, rise: u32, fall: u32) -> HealthState {
         let mut st = HealthState::new(InitialState::Unknown, rise, fall);
-        if health != Health::Drained {
-            st.probed = health;
-        }
+        st.probed = health;
         st
     }
 
-    /// The published state: `Drained` while drained, otherwise what the probes say.
+    /// The published state: what the probes say.
     pub fn current(&self) -> Health {
-        if self.drained {
-            Health::Drained
-        } else {
-            self.probed
-        }
-    }
-
-    /// What the probes say, whether or not the backend is drained.
-    pub fn probed(&self) -> Health {
         self.probed
     }
 
@@ -172,8 +150,7 @@ impl HealthState {
         self.failures
     }
 
-    /// Records one probe result. Returns the transition of the *published* state, if any
-    /// (none while drained: the probed state changes silently).
+    /// Records one probe result. Returns the transition of the published state, if any.
     pub fn observe(&mut self, success: bool) -> Option<Transition> {
         let from = self.probed;
         let (to, cause) = if success {
@@ -203,32 +180,7 @@ impl HealthState {
             }
         };
         self.probed = to;
-        if self.drained {
-            None
-        } else {
-            Some(Transition { from, to, cause })
-        }
-    }
-
-    /// Drains or undrains the backend (operator action).
-    pub fn set_drained(&mut self, drained: bool) -> Option<Transition> {
-        if self.drained == drained {
-            return None;
-        }
-        self.drained = drained;
-        Some(if drained {
-            Transition {
-                from: self.probed,
-                to: Health::Drained,
-                cause: Cause::Drain,
-            }
-        } else {
-            Transition {
-                from: Health::Drained,
-                to: self.probed,
-                cause: Cause::Undrain,
-            }
-        })
+        Some(Transition { from, to, cause })
     }
 }
 
@@ -244,17 +196,12 @@ mod tests {
 
     #[test]
     fn health_round_trips_through_u8() {
-        for h in [
-            Health::Unknown,
-            Health::Healthy,
-            Health::Unhealthy,
-            Health::Drained,
-        ] {
+        for h in [Health::Unknown, Health::Healthy, Health::Unhealthy] {
             assert_eq!(Health::from_u8(h.as_u8()), h);
         }
         assert_eq!(Health::from_u8(200), Health::Unknown);
         assert!(Health::Unknown.is_usable() && Health::Healthy.is_usable());
-        assert!(!Health::Unhealthy.is_usable() && !Health::Drained.is_usable());
+        assert!(!Health::Unhealthy.is_usable());
     }
 
     #[test]
@@ -319,28 +266,6 @@ mod tests {
         let mut st = HealthState::new(InitialState::Unhealthy, 0, 0);
         assert_eq!(st.observe(true).map(|t| t.to), Some(Health::Healthy));
         assert_eq!(st.observe(false).map(|t| t.to), Some(Health::Unhealthy));
-    }
-
-    #[test]
-    fn drain_overlays_and_undrain_reports_probed_state() {
-        let mut st = HealthState::new(InitialState::Unknown, 1, 1);
-        st.observe(true);
-        let t = st.set_drained(true).unwrap();
-        assert_eq!(
-            (t.from, t.to, t.cause),
-            (Health::Healthy, Health::Drained, Cause::Drain)
-        );
-        assert_eq!(st.set_drained(true), None);
-        // Probes continue silently.
-        assert_eq!(st.observe(false), None);
-        assert_eq!(st.current(), Health::Drained);
-        assert_eq!(st.probed(), Health::Unhealthy);
-        let t = st.set_drained(false).unwrap();
-        assert_eq!(
-            (t.from, t.to, t.cause),
-            (Health::Drained, Health::Unhealthy, Cause::Undrain)
-        );
-        assert_eq!(st.set_drained(false), None);
     }
 
     #[test]
