@@ -202,20 +202,12 @@ struct Entry {
     returned_at: Option<Instant>,
 }
 
-/// Counters for operators.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OutlierStats {
-    pub ejections: u64,
-    pub suppressed: u64,
-}
-
 /// Shard-local outlier detection for the backends of one upstream (indices are positions
 /// within the upstream).
 #[derive(Clone, Debug)]
 pub struct OutlierDetector {
     spec: OutlierSpec,
     entries: Vec<Entry>,
-    stats: OutlierStats,
 }
 
 impl OutlierDetector {
@@ -223,12 +215,7 @@ impl OutlierDetector {
         OutlierDetector {
             spec,
             entries: vec![Entry::default(); backends],
-            stats: OutlierStats::default(),
         }
-    }
-
-    pub fn spec(&self) -> &OutlierSpec {
-        &self.spec
     }
 
     /// Takes over, for backend `i`, what `from` knew of its backend `j` (its failure count
@@ -237,15 +224,6 @@ impl OutlierDetector {
         if let (Some(e), Some(old)) = (self.entries.get_mut(i), from.entries.get(j)) {
             *e = *old;
         }
-    }
-
-    /// Takes over the counters of the detector this one replaces (same upstream).
-    pub fn adopt_stats(&mut self, from: &OutlierDetector) {
-        self.stats = from.stats;
-    }
-
-    pub fn stats(&self) -> OutlierStats {
-        self.stats
     }
 
     /// Whether backend `i` is ejected at `now` (an unknown index is not).
@@ -264,6 +242,7 @@ impl OutlierDetector {
     }
 
     /// The current consecutive failure count of backend `i`.
+    #[cfg(test)]
     pub fn consecutive(&self, i: usize) -> u32 {
         self.entries.get(i).map_or(0, |e| e.consecutive)
     }
@@ -299,7 +278,6 @@ impl OutlierDetector {
         let ejected_now = self.ejected_count(now);
         let n = self.entries.len();
         if (ejected_now + 1) * 100 > usize::from(self.spec.max_ejection_percent) * n {
-            self.stats.suppressed += 1;
             return Some(OutlierEvent::Suppressed { ejected_now });
         }
         let entry = &mut self.entries[i];
@@ -307,7 +285,6 @@ impl OutlierDetector {
         let duration = self.spec.ejection_time(entry.ejections);
         let until = now + duration;
         entry.ejected_until = Some(until);
-        self.stats.ejections += 1;
         Some(OutlierEvent::Ejected {
             ejections: entry.ejections,
             until,
@@ -391,7 +368,6 @@ mod tests {
         assert!(!d.is_ejected(0, t0 + 10 * S));
         assert!(!d.is_ejected(1, t0) && !d.is_ejected(9, t0));
         assert_eq!(d.ejected_count(t0), 1);
-        assert_eq!(d.stats().ejections, 1);
         // In-flight failures reported during the ejection are ignored.
         assert_eq!(d.observe(0, FAIL, t0 + S), None);
         assert_eq!(d.consecutive(0), 0);
@@ -464,13 +440,6 @@ mod tests {
         assert_eq!(
             d.observe(2, FAIL, t0),
             Some(OutlierEvent::Suppressed { ejected_now: 2 })
-        );
-        assert_eq!(
-            d.stats(),
-            OutlierStats {
-                ejections: 2,
-                suppressed: 1
-            }
         );
         assert!(!d.is_ejected(2, t0));
         // Once the first two return, the third may go.

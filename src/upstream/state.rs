@@ -128,11 +128,6 @@ impl Backends {
         {
             let mut outliers = next.outliers.borrow_mut();
             let old_outliers = old.outliers.borrow();
-            for (u, up) in shared.config.upstreams.iter().enumerate() {
-                if let Some(o) = old_upstream(&up.name) {
-                    outliers[u].adopt_stats(&old_outliers[o]);
-                }
-            }
             for (i, b) in shared.backends.iter().enumerate() {
                 let Some(Some(j)) = map.get(i).copied() else {
                     continue;
@@ -274,10 +269,10 @@ impl Backends {
             crate::clock::now(),
         );
         match event {
-            Some(OutlierEvent::Ejected { .. }) => {
+            Some(e @ OutlierEvent::Ejected { .. }) => {
                 bump(&stats.backends[backend].ejections);
                 if errors.allow(stats) {
-                    tracing::warn!(backend = %info.address, upstream = %shared.config.upstreams[info.upstream].name, ?outcome, "backend ejected on this shard");
+                    tracing::warn!(backend = %info.address, upstream = %shared.config.upstreams[info.upstream].name, ?outcome, "backend {e} on this shard");
                 }
             }
             Some(OutlierEvent::Suppressed { .. }) => {
