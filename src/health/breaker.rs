@@ -1,8 +1,10 @@
 //! Feeds stages 4-6 (*balance*, *pool*, *forward*): the circuit breaker of one backend on one
-//! shard. It bounds open connections, pending requests (waiting for an upstream connection
-//! to be established) and in-flight requests (sent, response not finished). When a limit is
-//! reached the breaker is *open* for that resource: the caller fails fast with `503` and the
-//! rejection is counted here.
+//! shard. Its permits bound pending requests (waiting for an upstream connection to be
+//! established) and in-flight requests (sent, response not finished); its open-connections
+//! limit is checked by the forwarder against what it already counts (requests in flight and
+//! idle pooled connections, `forward::Forward::connect`), so no permit rides on a pooled
+//! connection. When a limit is reached the breaker is *open* for that resource: the caller
+//! fails fast with `503` and counts the rejection (`edgeshard_breaker_rejected_total`).
 //!
 //! **Shard shares.** The configured limits are per backend for the whole process. Each
 //! shard enforces its share, so no counter is shared between cores: shard `k` of `N` gets
@@ -32,8 +34,6 @@ pub enum Resource {
 }
 
 impl Resource {
-    pub const ALL: [Resource; 3] = [Resource::Connections, Resource::Pending, Resource::Requests];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Resource::Connections => "connections",
@@ -103,7 +103,6 @@ impl fmt::Display for Open {
 pub struct Breaker {
     limits: BreakerLimits,
     in_use: [Cell<u32>; 3],
-    rejected: [Cell<u64>; 3],
 }
 
 impl Breaker {
@@ -119,13 +118,12 @@ impl Breaker {
         self.limits
     }
 
-    /// Takes one unit of `resource`, or reports the breaker open (and counts the rejection).
+    /// Takes one unit of `resource`, or reports the breaker open.
     pub fn try_acquire(self: &Rc<Self>, resource: Resource) -> Result<Permit, Open> {
         let r = resource as usize;
         let used = self.in_use[r].get();
         if let Some(limit) = self.limits.get(resource) {
             if used >= limit {
-                self.rejected[r].set(self.rejected[r].get() + 1);
                 return Err(Open { resource, limit });
             }
         }
@@ -137,19 +135,16 @@ impl Breaker {
     }
 
     /// Whether the next `try_acquire(resource)` would fail.
-    pub fn is_open(&self, resource: Resource) -> bool {
+    #[cfg(test)]
+    fn is_open(&self, resource: Resource) -> bool {
         self.limits
             .get(resource)
             .is_some_and(|l| self.in_use[resource as usize].get() >= l)
     }
 
-    pub fn in_use(&self, resource: Resource) -> u32 {
+    #[cfg(test)]
+    fn in_use(&self, resource: Resource) -> u32 {
         self.in_use[resource as usize].get()
-    }
-
-    /// Rejections counted since start.
-    pub fn rejected(&self, resource: Resource) -> u64 {
-        self.rejected[resource as usize].get()
     }
 }
 
@@ -158,12 +153,6 @@ impl Breaker {
 pub struct Permit {
     breaker: Rc<Breaker>,
     resource: Resource,
-}
-
-impl Permit {
-    pub fn resource(&self) -> Resource {
-        self.resource
-    }
 }
 
 impl Drop for Permit {
@@ -218,7 +207,6 @@ mod tests {
         });
         let p1 = b.try_acquire(Resource::Requests).unwrap();
         let p2 = b.try_acquire(Resource::Requests).unwrap();
-        assert_eq!(p2.resource(), Resource::Requests);
         assert!(b.is_open(Resource::Requests));
         assert_eq!(
             b.try_acquire(Resource::Requests).unwrap_err(),
@@ -227,7 +215,6 @@ mod tests {
                 limit: 2
             }
         );
-        assert_eq!(b.rejected(Resource::Requests), 1);
         drop(p1);
         assert!(!b.is_open(Resource::Requests));
         assert_eq!(b.in_use(Resource::Requests), 1);
@@ -236,13 +223,12 @@ mod tests {
         assert_eq!(b.in_use(Resource::Requests), 1);
         // Unlimited resources never open; resources are independent.
         let many: Vec<_> = (0..1000)
-            .map(|_| b.try_acquire(Resource::Connections).unwrap())
+            .map(|_| b.try_acquire(Resource::Pending).unwrap())
             .collect();
-        assert_eq!(b.in_use(Resource::Connections), 1000);
+        assert_eq!(b.in_use(Resource::Pending), 1000);
         assert!(!b.is_open(Resource::Pending));
         drop(many);
-        assert_eq!(b.in_use(Resource::Connections), 0);
-        assert_eq!(b.rejected(Resource::Connections), 0);
+        assert_eq!(b.in_use(Resource::Pending), 0);
         assert!(b.limits().max_pending.is_none());
         assert!(Open {
             resource: Resource::Pending,
@@ -255,17 +241,14 @@ mod tests {
     #[test]
     fn permits_outlive_borrows() {
         let b = Breaker::new(BreakerLimits {
-            max_connections: Some(1),
+            max_requests: Some(1),
             ..BreakerLimits::default()
         });
-        // A permit can be stored with a pooled connection, away from the breaker's owner.
-        let pooled: Vec<Permit> = vec![b.try_acquire(Resource::Connections).unwrap()];
+        // A permit is held by the request across its awaits, away from the breaker's owner.
+        let held: Vec<Permit> = vec![b.try_acquire(Resource::Requests).unwrap()];
         drop(b.clone());
-        assert!(b.is_open(Resource::Connections));
-        drop(pooled);
-        assert!(!b.is_open(Resource::Connections));
-        for r in Resource::ALL {
-            assert!(!r.as_str().is_empty());
-        }
+        assert!(b.is_open(Resource::Requests));
+        drop(held);
+        assert!(!b.is_open(Resource::Requests));
     }
 }
