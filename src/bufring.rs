@@ -182,7 +182,8 @@ impl BufRing {
         Some(buf)
     }
 
-    /// Buffers the ring holds now (for tests and the memory budget).
+    /// Buffers the ring holds now.
+    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.in_ring
     }

@@ -118,6 +118,8 @@ impl Deref for ShardCtx {
 }
 
 impl ShardCtx {
+    /// A shard context without an access log (unit tests).
+    #[cfg(test)]
     pub fn new(id: usize, shared: Arc<Shared>) -> ShardCtx {
         let rates = Arc::new(RateTable::for_config(&shared.config.rate_limits));
         ShardCtx::with_log(id, shared, None, Arc::default(), rates)

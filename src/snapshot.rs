@@ -105,7 +105,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// A snapshot for one shard (tests, benchmarks).
+    /// A snapshot for one shard (unit tests).
+    #[cfg(test)]
     pub fn new(config: Config) -> Shared {
         Shared::with_shards(config, 1)
     }

@@ -124,6 +124,7 @@ impl PipePool {
         self.live.set(self.live.get().saturating_sub(1));
     }
 
+    #[cfg(test)]
     pub fn live(&self) -> usize {
         self.live.get()
     }

@@ -60,7 +60,7 @@ mod tests;
 
 use std::time::Duration;
 
-pub use key::{key_bytes, key_hash, request_key, IpText, KeySource};
+pub use key::{key_hash, request_key, KeySource};
 pub use picker::{ShardBalancer, StickyPick};
 
 /// The `balance = ...` algorithm of an upstream.
@@ -277,15 +277,6 @@ impl Table {
 
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
-    }
-
-    /// Number of members the table was built from.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The opaque sticky cookie value of member `i` ("" when out of range).

@@ -189,6 +189,7 @@ impl ShardBalancer {
     }
 
     /// Shard-local in-flight requests of member `i`.
+    #[cfg(test)]
     pub fn in_flight(&self, i: usize) -> u32 {
         self.in_flight.get(i).copied().unwrap_or(0)
     }

@@ -47,7 +47,7 @@ pub use tee::Tee;
 
 pub use lookup::lookup;
 use lookup::{answers_304, within_if_error};
-pub use revalidate::{settle, NotModified, Settled};
+pub use revalidate::{settle, Settled};
 pub use serve::serve;
 
 /// `X-Cache` values.

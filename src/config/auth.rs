@@ -110,10 +110,6 @@ impl Users {
         self.by_name.get(user)
     }
 
-    pub fn len(&self) -> usize {
-        self.by_name.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
@@ -318,8 +314,9 @@ mod tests {
             hash.replace("$2b$", "$2y$")
         );
         let u = Users::parse(&ok, f).unwrap();
-        assert_eq!(u.len(), 2);
-        assert!(u.hash(b"alice").is_some() && u.hash(b"carol").is_none());
+        assert!(
+            u.hash(b"alice").is_some() && u.hash(b"bob").is_some() && u.hash(b"carol").is_none()
+        );
         assert!(!format!("{u:?}").contains("$2"), "Debug never shows hashes");
         let e = Users::parse(&format!("alice:{hash}\ncarol:$apr1$xyz$abc\n"), f).unwrap_err();
         assert!(

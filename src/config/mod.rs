@@ -247,7 +247,7 @@ mod rules;
 mod tls;
 
 pub use access::{holds, AccessList, IpNet};
-pub use auth::{BasicAuth, ForwardAuth, RouteAuth, Users};
+pub use auth::{BasicAuth, ForwardAuth, RouteAuth};
 pub use cache::{CacheConfig, CachePolicy};
 pub use compress::{Algorithm, CompressConfig};
 pub use congestion::Congestion;
@@ -266,10 +266,7 @@ pub use resilience::Resilience;
 pub use response::ResponseFields;
 pub(super) use rules::valid_host;
 pub use rules::{HeaderRules, Part, PathRewrite, Redirect, RouteRules, Template, Var};
-pub use tls::{
-    suite_names, CertificateFiles, ClientAuth, ListenerTls, RedirectHttps, TlsVersions,
-    UpstreamTls, HANDSHAKE_TIMEOUT, MAX_HANDSHAKES,
-};
+pub use tls::{suite_names, CertificateFiles, ListenerTls, RedirectHttps, UpstreamTls};
 
 impl Config {
     /// Reads and validates a configuration file.

@@ -59,16 +59,6 @@ pub struct LogConfig {
     pub access: Option<AccessLogConfig>,
 }
 
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            error_rate: 10,
-            access: None,
-        }
-    }
-}
-
 /// `[request_id]`: every request carries an id, generated unless a peer in
 /// `server.trusted_proxies` sent one.
 #[derive(Clone, Debug)]
@@ -79,16 +69,6 @@ pub struct RequestIdConfig {
     pub header_lower: String,
     /// Also return the id to the client in the response.
     pub respond: bool,
-}
-
-impl Default for RequestIdConfig {
-    fn default() -> Self {
-        RequestIdConfig {
-            header: "X-Request-Id".into(),
-            header_lower: "x-request-id".into(),
-            respond: true,
-        }
-    }
 }
 
 #[derive(Deserialize)]

@@ -69,16 +69,6 @@ pub struct RateLimits {
     pub sync_interval: Duration,
 }
 
-impl Default for RateLimits {
-    fn default() -> RateLimits {
-        RateLimits {
-            max_keys: DEFAULT_MAX_KEYS,
-            store: None,
-            sync_interval: DEFAULT_SYNC_INTERVAL,
-        }
-    }
-}
-
 /// Checks one `rate_limit` written at `path` (`scope` names where: the listener's address or
 /// the route's name, for [`RateLimit::id`]).
 pub(super) fn rate_limit(

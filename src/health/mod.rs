@@ -29,7 +29,7 @@ pub mod state;
 mod prober_tests;
 
 pub use board::HealthBoard;
-pub use state::{Health, HealthState, Transition};
+pub use state::Health;
 
 /// How one attempt to reach a backend ended, as the proxy saw it. Shared by outlier detection
 /// ([`outlier`]) and the retry policy ([`retry`]).

@@ -7,7 +7,6 @@
 //! characters in field values; everything it accepts is re-checked here for meaning.
 
 use std::mem::MaybeUninit;
-use std::ops::Range;
 
 /// A byte range into the buffer the head was parsed from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,10 +27,6 @@ impl Span {
     #[inline]
     pub fn get<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
         &buf[self.start as usize..self.end as usize]
-    }
-    #[inline]
-    pub fn range(&self) -> Range<usize> {
-        self.start as usize..self.end as usize
     }
     #[inline]
     pub fn len(&self) -> usize {

@@ -59,15 +59,10 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
-    /// Opens the target and starts the writer. Fails (with the path) if the file cannot be
+    /// Opens the target without starting the writer thread ([`OpenLog::start`]): main opens
+    /// the file before it gives up root (`server.user`) and starts the thread after, so that
+    /// no thread exists across the switch. Fails (with the path) if the file cannot be
     /// opened, so a bad path stops start-up rather than losing every line.
-    pub fn start(cfg: &AccessLogConfig) -> std::io::Result<(LogSink, LogWriter)> {
-        LogWriter::open(cfg)?.start()
-    }
-
-    /// Opens the target without starting the writer thread: main opens the file before it
-    /// gives up root (`server.user`) and starts the thread after, so that no thread exists
-    /// across the switch.
     pub fn open(cfg: &AccessLogConfig) -> std::io::Result<OpenLog> {
         Ok(OpenLog {
             out: Output::open(&cfg.target)?,
