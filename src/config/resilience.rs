@@ -160,7 +160,7 @@ pub(super) fn resilience(c: &mut Checker, path: &str, raw: RawResilience<'_>) ->
             initial,
         };
         if let Err(e) = spec.validate() {
-            c.err(&p, e);
+            c.err(format!("{p}.{}", e.key), e.why);
         }
         Arc::new(spec)
     });
@@ -221,7 +221,7 @@ pub(super) fn resilience(c: &mut Checker, path: &str, raw: RawResilience<'_>) ->
                 },
             };
             if let Err(e) = spec.validate() {
-                c.err(&p, e);
+                c.err(format!("{p}.{}", e.key), e.why);
             }
             spec
         }
@@ -284,7 +284,7 @@ pub(super) fn resilience(c: &mut Checker, path: &str, raw: RawResilience<'_>) ->
                 ),
             };
             if let Err(e) = spec.validate() {
-                c.err(&p, e);
+                c.err(format!("{p}.{}", e.key), e.why);
             }
             spec
         }

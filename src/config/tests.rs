@@ -390,3 +390,21 @@ fn peers_must_be_addresses_one_can_connect_to() {
         "{err}"
     );
 }
+
+#[test]
+fn resilience_ranges_name_their_own_key() {
+    for (table, key, value) in [
+        ("health_check", "interval", "\"1ms\""),
+        ("health_check", "fall", "0"),
+        ("health_check", "jitter", "0.7"),
+        ("outlier", "consecutive", "0"),
+        ("outlier", "max_ejection_percent", "101"),
+        ("retry", "attempts", "0"),
+        ("retry", "budget", "1.5"),
+    ] {
+        let text = format!("{GOOD}[upstream.{table}]\n{key} = {value}\n");
+        let err = parse(&text).unwrap_err();
+        let path = format!("upstream[0].{table}.{key}");
+        assert!(err.issues.iter().any(|i| i.path == path), "{path}: {err}");
+    }
+}

@@ -102,29 +102,37 @@ impl Default for HttpCheck {
 
 impl HttpCheck {
     /// Refuses what would make a malformed request or a check that cannot pass.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), super::Invalid> {
+        use super::Invalid;
         let token = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
         if self.method.is_empty() || !self.method.bytes().all(token) {
-            return Err(format!(
-                "health check method `{}` is not a token",
-                self.method
+            return Err(Invalid::new(
+                "method",
+                format!("`{}` is not a token", self.method),
             ));
         }
         if !self.path.starts_with('/') || !self.path.bytes().all(|c| c.is_ascii_graphic()) {
-            return Err(format!(
-                "health check path `{}` must start with / and contain no spaces or control characters",
-                self.path
+            return Err(Invalid::new(
+                "path",
+                format!(
+                    "`{}` must start with / and contain no spaces or control characters",
+                    self.path
+                ),
             ));
         }
         if let Some(h) = &self.host {
             if !h.bytes().all(|c| c.is_ascii_graphic()) {
-                return Err(format!(
-                    "health check host `{h}` must contain no spaces or control characters"
+                return Err(Invalid::new(
+                    "host",
+                    format!("`{h}` must contain no spaces or control characters"),
                 ));
             }
         }
         if self.body_contains.is_some() && self.method.eq_ignore_ascii_case("HEAD") {
-            return Err("health check `body_contains` cannot be used with method HEAD".to_owned());
+            return Err(Invalid::new(
+                "body_contains",
+                "cannot be used with method HEAD",
+            ));
         }
         Ok(())
     }
@@ -186,20 +194,24 @@ impl Default for CheckSpec {
 
 impl CheckSpec {
     /// Refuses specs the prober cannot run sensibly. Messages are for operators.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), super::Invalid> {
+        use super::Invalid;
         if self.interval < Duration::from_millis(10) {
-            return Err("health check interval must be at least 10ms".to_owned());
+            return Err(Invalid::new("interval", "must be at least 10ms"));
         }
         if self.timeout.is_zero() {
-            return Err("health check timeout must be more than 0".to_owned());
+            return Err(Invalid::new("timeout", "must be more than 0"));
         }
-        if self.rise == 0 || self.fall == 0 {
-            return Err("health check rise and fall must be at least 1".to_owned());
+        if self.rise == 0 {
+            return Err(Invalid::new("rise", "must be at least 1"));
+        }
+        if self.fall == 0 {
+            return Err(Invalid::new("fall", "must be at least 1"));
         }
         if !(0.0..=0.5).contains(&self.jitter) {
-            return Err(format!(
-                "health check jitter {} must be between 0 and 0.5",
-                self.jitter
+            return Err(Invalid::new(
+                "jitter",
+                format!("{} must be between 0 and 0.5", self.jitter),
             ));
         }
         match &self.kind {

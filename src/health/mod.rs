@@ -31,6 +31,29 @@ mod prober_tests;
 pub use board::HealthBoard;
 pub use state::Health;
 
+/// A spec value out of range: its key in the configuration table (`interval`, `rise`, ...)
+/// and why, so a config error names the field.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Invalid {
+    pub key: &'static str,
+    pub why: String,
+}
+
+impl Invalid {
+    fn new(key: &'static str, why: impl Into<String>) -> Invalid {
+        Invalid {
+            key,
+            why: why.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.why)
+    }
+}
+
 /// How one attempt to reach a backend ended, as the proxy saw it. Shared by outlier detection
 /// ([`outlier`]) and the retry policy ([`retry`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -141,17 +141,22 @@ impl Default for OutlierSpec {
 }
 
 impl OutlierSpec {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), super::Invalid> {
+        use super::Invalid;
         if self.consecutive == 0 {
-            return Err("outlier consecutive must be at least 1".to_owned());
+            return Err(Invalid::new("consecutive", "must be at least 1"));
         }
         if self.base_ejection.is_zero() || self.max_ejection < self.base_ejection {
-            return Err(
-                "outlier base_ejection must be more than 0 and at most max_ejection".to_owned(),
-            );
+            return Err(Invalid::new(
+                "base_ejection",
+                "must be more than 0 and at most max_ejection",
+            ));
         }
         if self.max_ejection_percent > 100 {
-            return Err("outlier max_ejection_percent must be between 0 and 100".to_owned());
+            return Err(Invalid::new(
+                "max_ejection_percent",
+                "must be between 0 and 100",
+            ));
         }
         Ok(())
     }

@@ -173,23 +173,28 @@ impl Default for RetrySpec {
 }
 
 impl RetrySpec {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), super::Invalid> {
+        use super::Invalid;
         if self.attempts == 0 {
-            return Err("retry attempts must be at least 1 (1 = no retries)".to_owned());
+            return Err(Invalid::new(
+                "attempts",
+                "must be at least 1 (1 = no retries)",
+            ));
         }
         if !(0.0..=1.0).contains(&self.budget) {
-            return Err(format!(
-                "retry budget {} must be between 0 and 1",
-                self.budget
+            return Err(Invalid::new(
+                "budget",
+                format!("{} must be between 0 and 1", self.budget),
             ));
         }
         if self.budget_window < Duration::from_secs(1) {
-            return Err("retry budget window must be at least 1s".to_owned());
+            return Err(Invalid::new("budget_window", "must be at least 1s"));
         }
-        if self.per_try_timeout.is_some_and(|d| d.is_zero())
-            || self.total_timeout.is_some_and(|d| d.is_zero())
-        {
-            return Err("retry per_try_timeout and total_timeout must be more than 0".to_owned());
+        if self.per_try_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(Invalid::new("per_try_timeout", "must be more than 0"));
+        }
+        if self.total_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(Invalid::new("total_timeout", "must be more than 0"));
         }
         Ok(())
     }
