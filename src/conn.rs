@@ -283,6 +283,12 @@ async fn keep_alive(
         if outcome == Outcome::Close {
             if matches!(client.stream, Transport::Tls(_)) {
                 Box::pin(close_tls(&ctx, &mut client)).await;
+            } else if head.wants_keep_alive() || !client.buf.is_empty() {
+                // The proxy chose to close (a close-delimited body for an HTTP/1.0 client, a
+                // drain, ...) a connection whose client may have pipelined its next request:
+                // closed with that request unread, the kernel would answer it with a reset
+                // that destroys the end of the response still in flight (RFC 9112 §9.6).
+                Box::pin(linger_close(&mut client)).await;
             }
             return;
         }

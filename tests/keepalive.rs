@@ -192,3 +192,41 @@ both_engines! {
         }
     }
 }
+
+both_engines! {
+    // An HTTP/1.0 client that keeps alive gets a close-delimited body, so the proxy closes
+    // after it; the client's next request, pipelined, must not turn that close into a reset
+    // that destroys the end of the body still in the proxy's send buffer (RFC 9112 §9.6).
+    fn a_pipelined_request_does_not_reset_a_response_the_proxy_closes(engine) {
+        use std::io::{Read, Write};
+        const LEN: usize = 400_000;
+        let origin = Origin::start("o");
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", "")
+            .admin("")
+            .start(engine);
+        // A small receive buffer: most of the body waits in the proxy's send buffer.
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(16 * 1024).unwrap();
+        sock.connect(&proxy.addr().into()).unwrap();
+        let mut s: std::net::TcpStream = sock.into();
+        let one = format!("GET /gen/{LEN}/chunked HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\r\n");
+        s.write_all(one.as_bytes()).unwrap();
+        // The next request arrives once the proxy has read this one (the origin has it): it
+        // waits unread in the socket while the response is relayed.
+        assert!(origin.wait_for(Duration::from_secs(10), |o| !o.requests.is_empty()));
+        s.write_all(one.as_bytes()).unwrap();
+        // The proxy has written the whole response and let go of the connection before this
+        // client reads a byte.
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(20), "the connection ended", |m| {
+            m.value("edgeshard_connections_active", &[]) == 0.0
+        });
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let end = s.read_to_end(&mut got);
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+        assert!(got.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&got[..head_end]));
+        assert_eq!((got.len() - head_end, end.err().map(|e| e.kind())), (LEN, None), "the whole body, then the close");
+    }
+}
