@@ -79,6 +79,7 @@ pub(super) fn route_compress(
     match raw.algorithms {
         None => algorithms.extend(Algorithm::ALL),
         Some(names) => {
+            let names_given = names.len();
             for name in names {
                 match Algorithm::ALL.into_iter().find(|a| a.token() == name) {
                     Some(a) if algorithms.contains(&a) => c.err(
@@ -92,7 +93,8 @@ pub(super) fn route_compress(
                     ),
                 }
             }
-            if algorithms.is_empty() {
+            // An empty list (an unknown name is already reported by itself).
+            if names_given == 0 {
                 c.err(format!("{path}.algorithms"), "name at least one algorithm");
             }
         }

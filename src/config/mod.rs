@@ -31,22 +31,37 @@ pub struct ConfigError {
     pub issues: Vec<ConfigIssue>,
 }
 
+fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, issue) in self.issues.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
+            // A key or value from the file may hold a line break or another control
+            // character: escaped, so that each problem stays one line and none can be forged.
+            let message = escape_controls(&issue.message);
             if issue.path.is_empty() {
-                write!(f, "{}: {}", self.file.display(), issue.message)?;
+                write!(f, "{}: {message}", self.file.display())?;
             } else {
-                write!(
-                    f,
-                    "{}: {}: {}",
-                    self.file.display(),
-                    issue.path,
-                    issue.message
-                )?;
+                let path = escape_controls(&issue.path);
+                write!(f, "{}: {path}: {message}", self.file.display())?;
             }
         }
         Ok(())

@@ -140,11 +140,16 @@ impl Template {
             rest = &after[end + 1..];
         }
         lit.extend_from_slice(rest.as_bytes());
-        if let Some(&b) = lit
+        if let Some(i) = lit
             .iter()
-            .find(|&&b| !(b.is_ascii_graphic() || (space && (b == b' ' || b == b'\t'))))
+            .position(|&b| !(b.is_ascii_graphic() || (space && (b == b' ' || b == b'\t'))))
         {
-            return Err(TemplateError::Byte(char::from(b)));
+            // The character as written (`é`, not its first byte read as Latin-1).
+            let c = std::str::from_utf8(&lit[i..])
+                .ok()
+                .and_then(|s| s.chars().next())
+                .unwrap_or(char::from(lit[i]));
+            return Err(TemplateError::Byte(c));
         }
         if !lit.is_empty() {
             parts.push(Part::Lit(lit.into()));
@@ -471,7 +476,7 @@ mod tests {
         );
         assert_eq!(
             Template::compile("é", ALL, true),
-            Err(TemplateError::Byte('Ã'))
+            Err(TemplateError::Byte('é'))
         );
         assert_eq!(
             Template::compile("a b", ALL, false),

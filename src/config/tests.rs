@@ -408,3 +408,15 @@ fn resilience_ranges_name_their_own_key() {
         assert!(err.issues.iter().any(|i| i.path == path), "{path}: {err}");
     }
 }
+
+#[test]
+fn each_problem_is_one_line_whatever_the_file_holds() {
+    // A line break in a key could split one problem in two, or forge another.
+    let text = GOOD.replace(
+        "headers = { \"X-Canary\" = \"1\" }",
+        "headers = { \"X\\r\\nroute[9].fake: forged line\" = \"1\" }",
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("X\\r\\nroute[9]"), "{err}");
+}

@@ -203,7 +203,8 @@ pub(super) fn listener_tls(
                     ),
                 }
             }
-            if !v.tls12 && !v.tls13 {
+            // An empty list (an unknown version is already reported by itself).
+            if list.is_empty() {
                 c.err(format!("{path}.versions"), "name at least one version");
             }
             v
