@@ -370,9 +370,18 @@ fn demo(
     admin: Option<std::net::SocketAddr>,
     mut placement: Placement,
 ) -> Result<()> {
+    // Checked first, so that a taken address is told in the demo's own terms (--listen), and
+    // before the "try: curl" line below.
+    drop(std::net::TcpListener::bind(listen).with_context(|| {
+        format!("demo: cannot listen on {listen}; choose another address with --listen ADDR")
+    })?);
     let a = edgeshard::demo::start_origin("A").context("starting demo origin A")?;
     let b = edgeshard::demo::start_origin("B").context("starting demo origin B")?;
-    eprintln!("edgeshard demo: origins A on {a} and B on {b}; try: curl -i http://{listen}/");
+    if listen.port() == 0 {
+        eprintln!("edgeshard demo: origins A on {a} and B on {b}; curl the address on the `listening on` line");
+    } else {
+        eprintln!("edgeshard demo: origins A on {a} and B on {b}; try: curl -i http://{listen}/");
+    }
     let config =
         edgeshard::demo::demo_config(listen, &[a, b], admin).map_err(|e| anyhow::anyhow!("{e}"))?;
     // One shard by default, so that successive requests visibly alternate between origins.

@@ -1,6 +1,7 @@
 //! Every configuration shipped in `examples/` is valid: `edgeshard check --config FILE` exits 0
 //! for each `examples/*.toml`. The README and docs/CONFIG.md point readers at these files, so
-//! a key renamed or a default tightened in `src/config/` must not leave them broken.
+//! a key renamed or a default tightened in `src/config/` must not leave them broken. And the
+//! README's first command, `edgeshard demo`, serves traffic.
 
 use crate::support::*;
 use std::path::{Path, PathBuf};
@@ -39,4 +40,68 @@ fn every_example_config_passes_check() {
             file.display()
         );
     }
+}
+
+/// The README's first command: `edgeshard demo` serves real traffic with no other setup, in
+/// front of its two built-in origins, in turn; a taken address is refused in the demo's own
+/// terms (`--listen`).
+#[test]
+fn the_demo_serves_both_built_in_origins_in_turn() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn edgeshard demo");
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut addr = None;
+    while addr.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("the demo printed `listening on` in time");
+        addr = line
+            .strip_prefix("edgeshard: listening on ")
+            .map(|a| a.trim().parse::<std::net::SocketAddr>().unwrap());
+    }
+    let addr = addr.unwrap();
+    let mut c = Client::connect(addr);
+    let mut origins = Vec::new();
+    for _ in 0..2 {
+        c.send(&get("demo.test", "/"));
+        let r = c.read_response();
+        assert_eq!(r.status(), 200);
+        origins.push(r.header("X-Origin").unwrap_or("?").to_owned());
+    }
+    origins.sort();
+    assert_eq!(origins, ["A", "B"]);
+    terminate_pid(pid);
+    let _ = child.wait();
+
+    // A taken address (held here): refused, naming --listen, before anything starts.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = Command::new(BIN)
+        .args(["demo", "--listen", &held.local_addr().unwrap().to_string()])
+        .output()
+        .expect("run edgeshard demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--listen") && !stderr.contains("try: curl"),
+        "{stderr}"
+    );
 }

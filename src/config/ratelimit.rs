@@ -139,6 +139,7 @@ pub(super) fn rate_limits(c: &mut Checker, raw: Option<RawRateLimits>) -> RateLi
         16,
         1 << 24,
     );
+    let has_store = raw.store.is_some();
     let store = raw.store.and_then(|s| match store_address(&s) {
         Some(a) => Some(a),
         None => {
@@ -149,6 +150,12 @@ pub(super) fn rate_limits(c: &mut Checker, raw: Option<RawRateLimits>) -> RateLi
             None
         }
     });
+    if raw.sync_interval.is_some() && !has_store {
+        c.err(
+            "rate_limits.sync_interval",
+            "has no effect without rate_limits.store (the shared store it syncs with)",
+        );
+    }
     let sync_interval = c.duration(
         "rate_limits.sync_interval",
         raw.sync_interval.as_ref(),
