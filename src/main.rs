@@ -395,6 +395,28 @@ fn demo(
     run(config, &placement, meta)
 }
 
+/// Once running as `server.user`: says at start what that user cannot do here that it will
+/// try later, on a scratch socket, rather than at each connection (debug) or at the drain.
+fn warn_what_the_user_cannot_do(config: &Config) {
+    use socket2::{Domain, Socket, Type};
+    use std::os::fd::{AsFd, AsRawFd};
+    let Ok(probe) = Socket::new(Domain::IPV4, Type::STREAM, None) else {
+        return;
+    };
+    if let Some(name) = &config.congestion.upstream {
+        if let Err(e) = edgeshard::listener::set_congestion(probe.as_raw_fd(), name) {
+            tracing::warn!(
+                "server.upstream_congestion = {name:?} cannot be set by server.user ({e}): connections to backends keep the host's default; add it to net.ipv4.tcp_allowed_congestion_control"
+            );
+        }
+    }
+    if let Err(e) = edgeshard::listener::drop_new_handshakes(probe.as_fd()) {
+        tracing::warn!(
+            "server.user cannot attach a socket filter here ({e}): a graceful stop cannot turn away new handshakes while it drains, so a client that connects in its last moment may be reset instead of refused"
+        );
+    }
+}
+
 /// `server.user`/`server.group` looked up, when set.
 fn run_as(config: &Config) -> Result<Option<Target>, edgeshard::privs::PrivError> {
     config
@@ -518,6 +540,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     if let Some(t) = &target {
         if t.switch()? == Switched::Dropped {
             tracing::info!(user = %t.user, uid = t.uid, gid = t.gid, "listeners bound; now running as server.user");
+            warn_what_the_user_cannot_do(&config);
         }
     }
     // The engine is probed as the user that will run it (io_uring may be limited to some
