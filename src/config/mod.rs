@@ -683,7 +683,11 @@ impl Config {
                     c.err(&path, "set either path_prefix or path, not both");
                     PathMatch::Any
                 }
-                (Some(p), None) | (None, Some(p)) if !p.starts_with('/') => {
+                // A request target holds only visible ASCII (RFC 9112 §3.2): anything else
+                // could never match.
+                (Some(p), None) | (None, Some(p))
+                    if !p.starts_with('/') || !p.bytes().all(|b| b.is_ascii_graphic()) =>
+                {
                     let key = if r.path.is_some() {
                         "path"
                     } else {
@@ -691,7 +695,7 @@ impl Config {
                     };
                     c.err(
                         format!("{path}.{key}"),
-                        format!("{p:?} must start with '/'"),
+                        format!("{p:?} must start with '/' and hold only visible ASCII (a request target has no other)"),
                     );
                     PathMatch::Any
                 }
@@ -713,6 +717,11 @@ impl Config {
             for (name, value) in r.headers.unwrap_or_default() {
                 if !fields::token(&name) {
                     c.err(format!("{path}.headers.{name}"), "invalid header name");
+                } else if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                    c.err(
+                        format!("{path}.headers.{name}"),
+                        format!("{value:?} holds a control character, which no field value the proxy accepts has"),
+                    );
                 }
                 headers.push((name.to_ascii_lowercase(), value));
             }

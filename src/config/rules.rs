@@ -176,6 +176,41 @@ pub const SECURITY_PRESET: &[(&str, &str)] = &[
     ("Referrer-Policy", "strict-origin-when-cross-origin"),
 ];
 
+/// The first group `replace` refers to (`$1`, `${1}`, `$name`, `${name}`; `$$` is a `$`)
+/// that `re` does not have.
+fn unknown_group(re: &regex::bytes::Regex, replace: &str) -> Option<String> {
+    let mut rest = replace;
+    while let Some(i) = rest.find('$') {
+        rest = &rest[i + 1..];
+        let (name, after) = if let Some(braced) = rest.strip_prefix('{') {
+            match braced.find('}') {
+                Some(end) => (&braced[..end], &braced[end + 1..]),
+                None => return None,
+            }
+        } else if let Some(after) = rest.strip_prefix('$') {
+            rest = after;
+            continue;
+        } else {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            (&rest[..end], &rest[end..])
+        };
+        rest = after;
+        if name.is_empty() {
+            continue;
+        }
+        let known = match name.parse::<usize>() {
+            Ok(n) => n < re.captures_len(),
+            Err(_) => re.capture_names().flatten().any(|n| n == name),
+        };
+        if !known {
+            return Some(format!("${name}"));
+        }
+    }
+    None
+}
+
 /// A route `host`: letters, digits, `-`, `.` and `_`, up to 253 bytes.
 pub(crate) fn valid_host(h: &str) -> bool {
     !h.is_empty()
@@ -356,7 +391,15 @@ pub(super) fn route_rules(c: &mut Checker, path: &str, r: &mut RawRoute) -> Rout
             .size_limit(1 << 20)
             .build()
         {
-            Ok(re) => Some((re, rw.replace.into_bytes().into_boxed_slice())),
+            Ok(re) => {
+                if let Some(group) = unknown_group(&re, &rw.replace) {
+                    c.err(
+                        format!("{key}.replace"),
+                        format!("{group:?} names no group of the regex (it would be replaced by nothing)"),
+                    );
+                }
+                Some((re, rw.replace.into_bytes().into_boxed_slice()))
+            }
             Err(e) => {
                 let msg = e.to_string();
                 let last = msg.lines().last().unwrap_or("invalid").trim().to_string();
@@ -439,6 +482,24 @@ mod tests {
 
     fn lit(s: &str) -> Part {
         Part::Lit(s.as_bytes().into())
+    }
+
+    #[test]
+    fn replacements_name_only_groups_the_regex_has() {
+        let re = regex::bytes::Regex::new("^/old/(?P<rest>.*)$").unwrap();
+        for ok in [
+            "/new/$1",
+            "/new/${rest}",
+            "/$rest/x",
+            "/$$9",
+            "/${1}x",
+            "/plain",
+        ] {
+            assert_eq!(unknown_group(&re, ok), None, "{ok}");
+        }
+        assert_eq!(unknown_group(&re, "/$9"), Some("$9".into()));
+        assert_eq!(unknown_group(&re, "/${other}"), Some("$other".into()));
+        assert_eq!(unknown_group(&re, "/$restx"), Some("$restx".into()));
     }
 
     #[test]

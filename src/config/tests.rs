@@ -420,3 +420,21 @@ fn each_problem_is_one_line_whatever_the_file_holds() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("X\\r\\nroute[9]"), "{err}");
 }
+
+#[test]
+fn route_matches_that_could_never_match_are_refused() {
+    let bad_path = GOOD.replace("path_prefix = \"/v1/\"", "path_prefix = \"/v1/\\r\\n\"");
+    let err = parse(&bad_path).unwrap_err();
+    assert!(
+        err.issues.iter().any(|i| i.path == "route[0].path_prefix"),
+        "{err}"
+    );
+    let bad_value = GOOD.replace("\"X-Canary\" = \"1\"", "\"X-Canary\" = \"1\\r\\n\"");
+    let err = parse(&bad_value).unwrap_err();
+    assert!(
+        err.issues
+            .iter()
+            .any(|i| i.path == "route[0].headers.X-Canary"),
+        "{err}"
+    );
+}
