@@ -288,7 +288,7 @@ pub(super) fn observe_sections(
     if !super::fields::token(&header) {
         c.err(
             "request_id.header",
-            format!("{header:?} is not a valid header name"),
+            format!("invalid header name {header:?}"),
         );
     } else if !super::fields::own_field_allowed(&lower) {
         c.err(

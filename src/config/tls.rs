@@ -240,7 +240,7 @@ pub(super) fn listener_tls(
         if let Some(h) = &a.subject_header {
             let key = format!("{path}.client_auth.subject_header");
             if !super::fields::token(h) {
-                c.err(key, format!("{h:?} is not a valid header name"));
+                c.err(key, format!("invalid header name {h:?}"));
             } else if !super::fields::own_field_allowed(&h.to_ascii_lowercase()) {
                 c.err(
                     key,
