@@ -173,17 +173,28 @@ pub fn take_over(
     Ok((per_shard, bound))
 }
 
-/// The process found listening on an address, for the operator.
+/// What holds an address, for the operator.
 #[derive(Debug)]
-pub struct Holder(Option<(u32, String)>);
+pub enum Holder {
+    /// The process listening on it.
+    Process(u32, String),
+    /// A listening socket whose process is not visible here.
+    Hidden,
+    /// No socket listens on it: one is bound to it without listening.
+    NotListening(u16),
+}
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Some((pid, name)) => write!(f, "process {pid} ({name})"),
-            None => write!(
+        match self {
+            Holder::Process(pid, name) => write!(f, "process {pid} ({name})"),
+            Holder::Hidden => write!(
                 f,
                 "another process (its PID is not visible here: another user's, or another network namespace's)"
+            ),
+            Holder::NotListening(port) => write!(
+                f,
+                "a socket bound to it without listening (`ss -tanp 'sport = :{port}'` shows whose)"
             ),
         }
     }
@@ -199,21 +210,20 @@ fn probe_unowned(addr: SocketAddr) -> Result<(), ListenError> {
     probe.set_reuse_address(true).map_err(other)?;
     match probe.bind(&addr.into()) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => match find_listener_pid(addr) {
-            Some((pid, _)) if pid == std::process::id() => Err(ListenError::Overlaps { addr }),
-            found => Err(ListenError::Owned {
-                addr,
-                holder: Holder(found),
-            }),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => match find_holder(addr) {
+            Holder::Process(pid, _) if pid == std::process::id() => {
+                Err(ListenError::Overlaps { addr })
+            }
+            holder => Err(ListenError::Owned { addr, holder }),
         },
         // Permission and availability errors are reported by the real bind, worded for them.
         Err(_) => Ok(()),
     }
 }
 
-/// The PID and command name of a process with a listening socket on `addr`: the socket's
-/// inode from /proc/net/tcp{,6}, then the process whose /proc/PID/fd links to it.
-fn find_listener_pid(addr: SocketAddr) -> Option<(u32, String)> {
+/// What holds `addr`: the process with a listening socket on it (the socket's inode from
+/// /proc/net/tcp{,6}, then the process whose /proc/PID/fd links to it), or why none is named.
+fn find_holder(addr: SocketAddr) -> Holder {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = std::fs::read_to_string(table).unwrap_or_default();
@@ -223,8 +233,14 @@ fn find_listener_pid(addr: SocketAddr) -> Option<(u32, String)> {
                 .filter_map(|l| listening_inode(l, addr)),
         );
     }
+    if inodes.is_empty() {
+        return Holder::NotListening(addr.port());
+    }
     let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
-    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Holder::Hidden;
+    };
+    for proc_entry in procs.flatten() {
         let Some(pid) = proc_entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
             continue;
         };
@@ -239,11 +255,11 @@ fn find_listener_pid(addr: SocketAddr) -> Option<(u32, String)> {
                 let name = std::fs::read_to_string(proc_entry.path().join("comm"))
                     .map(|c| c.trim().to_string())
                     .unwrap_or_else(|_| "?".into());
-                return Some((pid, name));
+                return Holder::Process(pid, name);
             }
         }
     }
-    None
+    Holder::Hidden
 }
 
 /// The inode of a /proc/net/tcp{,6} line if it is a listening socket on `addr`'s port whose
@@ -459,6 +475,22 @@ mod tests {
             matches!(e, ListenError::Overlaps { addr } if addr == addrs[1]),
             "{e}"
         );
+    }
+
+    /// A port held by a socket that is bound but not listening is said to be that, not an
+    /// invisible process's.
+    #[test]
+    fn a_bound_socket_that_does_not_listen_is_named_as_such() {
+        let held = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        held.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let addr = held.local_addr().unwrap().as_socket().unwrap();
+        let e = bind_all(&[addr], 1, None, Ownership::Exclusive).expect_err("refused");
+        assert!(
+            matches!(&e, ListenError::Owned { holder: Holder::NotListening(p), .. } if *p == addr.port()),
+            "{e}"
+        );
+        assert!(e.to_string().contains("without listening"), "{e}");
     }
 
     /// A duplicate kept elsewhere does not keep a closed listener in LISTEN.
