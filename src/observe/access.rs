@@ -24,8 +24,8 @@ use crate::stats::{add, Stats};
 
 /// What shards and the signal handler send the writer.
 pub enum LogMsg {
-    /// Whole lines, `count` of them.
-    Lines(Vec<u8>, u64),
+    /// Whole lines (the sender counts them, and counts them dropped if the queue is full).
+    Lines(Vec<u8>),
     /// Reopen the file (after rotation).
     Reopen,
     /// Write what came before, then stop.
@@ -164,7 +164,7 @@ fn writer_loop(mut out: Output, rx: Receiver<LogMsg>, reopen: &AtomicBool) {
             reopen_output(&mut out);
         }
         match msg {
-            LogMsg::Lines(bytes, _) => {
+            LogMsg::Lines(bytes) => {
                 if let Err(e) = out.write(&bytes) {
                     if !failed {
                         tracing::error!(error = %e, "cannot write the access log");
@@ -348,7 +348,7 @@ impl AccessLog {
             return;
         }
         let full = std::mem::replace(&mut *self.buf.borrow_mut(), Vec::with_capacity(self.cap));
-        match self.sink.tx.try_send(LogMsg::Lines(full, lines)) {
+        match self.sink.tx.try_send(LogMsg::Lines(full)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 add(&stats.access_dropped, lines);
@@ -364,7 +364,7 @@ impl AccessLog {
         if lines == 0 {
             return;
         }
-        let mut msg = LogMsg::Lines(std::mem::take(&mut *self.buf.borrow_mut()), lines);
+        let mut msg = LogMsg::Lines(std::mem::take(&mut *self.buf.borrow_mut()));
         let until = std::time::Instant::now() + FINAL_WAIT;
         loop {
             match self.sink.tx.try_send(msg) {
