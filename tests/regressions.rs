@@ -110,6 +110,27 @@ both_engines! {
         assert_eq!(origin.request_count(), 0, "a refused request reached the backend");
     }
 
+    // What browsers, Node's fetch and curl send raw (`|` and `^` in a path; `{}`, `|`, `"`, a
+    // lone `%` in a query, which is neither routed on nor decoded) reaches the backend byte
+    // for byte, as through nginx and HAProxy.
+    fn browser_targets_pass_as_sent(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr()).start(engine);
+        let targets = [
+            "/maps?markers=color:red|label:S",
+            "/search?filter={%22a%22:1}&raw={\"b\":2}",
+            "/q?x=100%&sel=a^b&t=`y`",
+            "/p|x^y",
+        ];
+        let mut c = Client::connect(proxy.addr());
+        for t in targets {
+            c.send(format!("GET {t} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+            assert_eq!(c.read_response().status(), 200, "{t}");
+        }
+        let seen: Vec<String> = origin.requests().iter().map(|r| r.target.clone()).collect();
+        assert_eq!(seen, targets);
+    }
+
     // `/%61dmin/x`, `//admin/x` and `/admin%2Fx` are `/admin/x` to a backend that decodes
     // escapes or merges slashes: they meet the `/admin/` route's rules (here a 403), not the
     // catch-all's, and a rewrite of that route applies to them; the target goes on as received.

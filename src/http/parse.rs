@@ -502,17 +502,28 @@ fn target_form_allowed(target: &[u8], method: Method) -> bool {
     !matches!(rest.first(), None | Some(b'/' | b'?'))
 }
 
-/// The target's bytes are URI bytes (RFC 3986 §2; bytes above `0x7e` are admitted, as raw
-/// UTF-8 paths are common) and each `%` starts an escape of two hex digits. Refused: a fragment
-/// (`#`: never sent, RFC 9110 §4.2.5; `/admin#x` would miss a `path = "/admin"` route and reach
-/// a backend that drops it), `\` (a WHATWG URL parser, Node's `new URL()` among them, reads
-/// `/public\..\admin` as `/admin`), the other ASCII bytes RFC 3986 excludes (`"<>^`{|}`), and
-/// a broken escape (`%zz`), which backends decode each their own way.
+/// The target's bytes are ones the proxy can route on and pass on unambiguously (bytes above
+/// `0x7e` are admitted, as raw UTF-8 paths are common). Refused anywhere: a fragment (`#`:
+/// never sent, RFC 9110 §4.2.5; `/admin#x` would miss a `path = "/admin"` route and reach a
+/// backend that drops it). In the path, which is routed on and normalised: `\` (a WHATWG URL
+/// parser, Node's `new URL()` among them, reads `/public\..\admin` as `/admin`), `"<>`{}`,
+/// which browsers percent-encode there, and a broken escape (`%zz`), which backends decode
+/// each their own way. `|` and `^` pass (browsers send them raw in paths). The query is
+/// neither routed on nor decoded: what browsers, `fetch` and curl send there raw
+/// (`{"a":1}`, `a|b`, `100%`) passes as nginx and HAProxy pass it.
 fn uri_bytes(target: &[u8]) -> bool {
+    let query = target
+        .iter()
+        .position(|&b| b == b'?')
+        .unwrap_or(target.len());
+    if target[query..].contains(&b'#') {
+        return false;
+    }
+    let target = &target[..query];
     let mut i = 0;
     while i < target.len() {
         match target[i] {
-            b'#' | b'\\' | b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}' => return false,
+            b'#' | b'\\' | b'"' | b'<' | b'>' | b'`' | b'{' | b'}' => return false,
             b'%' => {
                 let hex = |j: usize| target.get(j).is_some_and(u8::is_ascii_hexdigit);
                 if !(hex(i + 1) && hex(i + 2)) {
