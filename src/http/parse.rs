@@ -398,10 +398,15 @@ fn scan_fields(
                 *host = Some(value_span);
             }
             HeaderKind::Expect if is_request => {
-                if value.eq_ignore_ascii_case(b"100-continue") {
-                    *expect_continue = true;
-                } else {
-                    return Err(ParseError::Expectation);
+                // `#expectation`: empty members are ignored (RFC 9110 §5.6.1.2), so `Expect:`
+                // and `Expect: , 100-continue` ask for nothing else; `100-continue` is the one
+                // expectation there is (§10.1.1).
+                for member in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if member.eq_ignore_ascii_case(b"100-continue") {
+                        *expect_continue = true;
+                    } else if !member.is_empty() {
+                        return Err(ParseError::Expectation);
+                    }
                 }
             }
             _ => {}

@@ -369,6 +369,22 @@ fn connection_tokens_and_versions() {
     let h = req(b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n")
         .unwrap();
     assert!(h.expect_continue);
+    // Empty list members are ignored (RFC 9110 §5.6.1.2); a repeated 100-continue is one.
+    for (expect, continues) in [
+        ("", false),
+        (" , 100-continue", true),
+        ("100-continue, 100-continue", true),
+        (",", false),
+    ] {
+        let raw =
+            format!("PUT / HTTP/1.1\r\nHost: a\r\nExpect: {expect}\r\nContent-Length: 1\r\n\r\n");
+        let h = req(raw.as_bytes()).unwrap_or_else(|e| panic!("{expect:?}: {e:?}"));
+        assert_eq!(h.expect_continue, continues, "{expect:?}");
+    }
+    assert!(matches!(
+        req(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue, foo\r\n\r\n"),
+        Err(ParseError::Expectation)
+    ));
 }
 
 #[test]
