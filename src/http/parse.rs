@@ -690,10 +690,18 @@ pub fn parse_response(
         false,
     )?;
     head.status = code;
-    head.reason = if reason.is_empty() {
-        Span::default()
-    } else {
+    head.reason = if !reason.is_empty() {
         Span::of(buf, reason.as_bytes())
+    } else {
+        // httparse gives an empty reason when it holds obs-text (`Non trouv\xe9`, UTF-8),
+        // which RFC 9112 §4 allows and peers relay: taken from the line it has accepted,
+        // `HTTP/1.x NNN ` being 13 bytes.
+        let line = &buf[..memchr_newline(buf).unwrap_or(0)];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match line.get(12..) {
+            Some([b' ', rest @ ..]) if !rest.is_empty() => Span::of(buf, rest),
+            _ => Span::default(),
+        }
     };
     head.minor_version = version;
     head.head_len = head_len;

@@ -444,6 +444,25 @@ fn response_framing_split_at_every_byte() {
     assert_eq!(head.framing(Method::Get), BodyFraming::Length(12));
     assert_eq!(head.framing(Method::Head), BodyFraming::None);
     assert_eq!(head.reason.get(raw), b"OK");
+    // obs-text in the reason (RFC 9112 §4): kept as sent, not blanked.
+    for (raw, reason) in [
+        (
+            &b"HTTP/1.1 404 Non trouv\xe9\r\n\r\n"[..],
+            &b"Non trouv\xe9"[..],
+        ),
+        (
+            "HTTP/1.1 200 OK \u{2713}\r\n\r\n".as_bytes(),
+            "OK \u{2713}".as_bytes(),
+        ),
+        (b"HTTP/1.1 200 \r\n\r\n", b""),
+        (b"HTTP/1.1 200\r\n\r\n", b""),
+    ] {
+        let mut head = ResponseHead::default();
+        assert!(parse_response(raw, &LIMITS, &mut head).is_ok());
+        assert_eq!(head.reason.get(raw), reason);
+    }
+    let mut head = ResponseHead::default();
+    assert!(parse_response(b"HTTP/1.1 200 O\rK\r\n\r\n", &LIMITS, &mut head).is_err());
 
     let mut head = ResponseHead::default();
     let raw = b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n";
