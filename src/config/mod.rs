@@ -260,13 +260,14 @@ mod resilience;
 mod response;
 mod rules;
 mod tls;
+mod upstream;
 
 pub use access::{holds, AccessList, IpNet};
 pub use auth::{BasicAuth, ForwardAuth, RouteAuth};
 pub use cache::{CacheConfig, CachePolicy};
 pub use compress::{Algorithm, CompressConfig};
 pub use congestion::Congestion;
-use dns::{dns_config, host_port};
+use dns::dns_config;
 pub use dns::{DnsConfig, NamedBackend};
 pub use limits::{Limits, DEFAULT_MIN_RATE};
 pub use observe::{
@@ -274,9 +275,7 @@ pub use observe::{
 };
 pub use ratelimit::{RateKey, RateLimit, RateLimits};
 pub use raw::parse_size;
-use raw::{
-    array, Checker, RawDns, RawLimits, RawRoute, RawServer, RawTimeouts, RawUpstream, TOP_LEVEL,
-};
+use raw::{array, Checker, RawDns, RawLimits, RawRoute, RawServer, RawTimeouts, TOP_LEVEL};
 pub use resilience::Resilience;
 pub use response::ResponseFields;
 pub(super) use rules::valid_host;
@@ -508,154 +507,12 @@ impl Config {
             }
         }
 
-        let mut upstreams = Vec::new();
-        let mut names = HashSet::new();
-        for (i, v) in array(&mut c, &mut table, "upstream")
-            .into_iter()
-            .enumerate()
-        {
-            let path = format!("upstream[{i}]");
-            let Some(u) = c.section::<RawUpstream>(&path, v) else {
-                continue;
-            };
-            if u.name.is_empty() {
-                c.err(format!("{path}.name"), "must not be empty");
-            } else if !u.name.bytes().all(|b| b.is_ascii_graphic()) {
-                c.err(
-                    format!("{path}.name"),
-                    format!(
-                        "invalid name {:?}: use printable ASCII without spaces (it is a metrics label and a log field)",
-                        u.name
-                    ),
-                );
-            } else if !names.insert(u.name.clone()) {
-                c.err(
-                    format!("{path}.name"),
-                    format!("upstream {:?} is defined twice", u.name),
-                );
-            }
-            let balance = balancing::balancing(
-                &mut c,
-                &path,
-                balancing::RawBalancing {
-                    balance: u.balance.as_deref(),
-                    hash_key: u.hash_key.as_deref(),
-                    bounded_load: u.bounded_load,
-                    sticky: u.sticky.as_ref(),
-                },
-            );
-            if u.backends.is_empty() {
-                c.err(
-                    format!("{path}.backends"),
-                    "at least one backend is required",
-                );
-            }
-            let mut backends = Vec::new();
-            let mut named = Vec::new();
-            for (j, b) in u.backends.iter().enumerate() {
-                let bpath = format!("{path}.backends[{j}]");
-                let weight = b.weight.unwrap_or(1);
-                if weight == 0 || weight > 10_000 {
-                    c.err(
-                        format!("{bpath}.weight"),
-                        format!("{weight} is out of range 1..=10000"),
-                    );
-                }
-                let (weight, backup) = (weight.clamp(1, 10_000), b.backup.unwrap_or(false));
-                let address = match (&b.address, &b.srv) {
-                    (Some(_), Some(_)) => {
-                        c.err(bpath.clone(), "set either address or srv, not both");
-                        continue;
-                    }
-                    (None, None) => {
-                        c.err(
-                            format!("{bpath}.address"),
-                            "required (or srv = \"_http._tcp.NAME\")",
-                        );
-                        continue;
-                    }
-                    (None, Some(srv)) => {
-                        if valid_host(srv) && srv.starts_with('_') {
-                            named.push(NamedBackend {
-                                host: srv.trim_end_matches('.').to_ascii_lowercase(),
-                                port: 0,
-                                weight,
-                                backup,
-                                srv: true,
-                            });
-                        } else {
-                            c.err(
-                                format!("{bpath}.srv"),
-                                format!("invalid SRV name {srv:?}; write e.g. \"_http._tcp.app.internal\""),
-                            );
-                        }
-                        continue;
-                    }
-                    (Some(a), None) => a,
-                };
-                if let Some((host, port)) = host_port(address) {
-                    named.push(NamedBackend {
-                        host,
-                        port,
-                        weight,
-                        backup,
-                        srv: false,
-                    });
-                } else if let Some(address) = c
-                    .backend_address(&format!("{bpath}.address"), address)
-                    .and_then(|a| c.connectable(&format!("{bpath}.address"), a))
-                {
-                    backends.push(BackendConfig {
-                        address,
-                        weight,
-                        backup,
-                    });
-                }
-            }
-            let base = file.parent().unwrap_or(Path::new("."));
-            let tls = u
-                .tls
-                .and_then(|t| tls::upstream_tls(&mut c, &format!("{path}.tls"), base, t));
-            let proxy_protocol = tls::upstream_proxy_protocol(&mut c, &path, u.proxy_protocol);
-            let max_idle_per_backend = c.count(
-                &format!("{path}.max_idle_per_backend"),
-                u.max_idle_per_backend,
-                DEFAULT_MAX_IDLE_PER_BACKEND,
-                0,
-                1 << 16,
-            );
-            upstreams.push(UpstreamConfig {
-                tls,
-                proxy_protocol,
-                // A connection that named one client is not lent to another.
-                max_idle_per_backend: if proxy_protocol.is_some() {
-                    0
-                } else {
-                    max_idle_per_backend
-                },
-                idle_timeout: c.duration(
-                    &format!("{path}.idle_timeout"),
-                    u.idle_timeout.as_ref(),
-                    Duration::from_secs(60),
-                ),
-                resilience: resilience::resilience(
-                    &mut c,
-                    &path,
-                    resilience::RawResilience {
-                        health_check: u.health_check.as_ref(),
-                        outlier: u.outlier.as_ref(),
-                        breaker: u.breaker.as_ref(),
-                        retry: u.retry.as_ref(),
-                        slow_start: u.slow_start.as_ref(),
-                        fail_timeout: u.fail_timeout.as_ref(),
-                    },
-                ),
-                name: u.name,
-                balance,
-                backends,
-                names: named,
-            });
-        }
+        let raw_upstreams = array(&mut c, &mut table, "upstream");
+        let upstreams = upstream::upstreams(
+            &mut c,
+            raw_upstreams,
+            file.parent().unwrap_or(Path::new(".")),
+        );
 
         let mut routes = Vec::new();
         let mut route_names = HashSet::new();
