@@ -8,7 +8,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use edgeshard::cache::store::{Entry, Store};
+use edgeshard::cache::store::{Entry, Store, StoredHead};
 use edgeshard::config::CachePolicy;
 
 const KEYS: usize = 100_000;
@@ -100,9 +100,10 @@ impl Workload {
 }
 
 fn entry(key: u64) -> Entry {
+    let head = StoredHead::new(Box::from(&b"HTTP/1.1 200 OK\r\n\r\n"[..])).expect("a head");
     Entry {
         status: 200,
-        head: Box::from(&b"HTTP/1.1 200 OK\r\n\r\n"[..]),
+        head: Rc::new(head),
         body: vec![0u8; body_size(key)].into(),
         stored: Instant::now(),
         initial_age: 0,

@@ -4,7 +4,7 @@
 //! waits for that fetch. What it returns is in the parent module ([`super::Lookup`]).
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_channel::oneshot;
 
@@ -43,38 +43,36 @@ pub async fn lookup<'a>(
 ) -> Lookup<'a> {
     let mut rules = policy::request_rules(req.fields());
     rules.authorization |= req.proxied_fields;
-    let mut fill = Fill {
-        cache,
-        s: FillState {
-            route: route.into(),
-            cfg: cfg.clone(),
-            key: Vec::new(),
-            inflight: None,
-            req: Vec::new(),
-            rules,
-            request_time: unix_now(),
-            store: false,
-            no_vary: req.proxied_fields,
-            own: req.own_fields.to_vec(),
-            bypass: true,
-            verdict: None,
-            admitted: None,
-            tee: None,
-            stale: None,
-            replaces: false,
-            background: false,
-        },
-    };
     let usable = matches!(req.method, Method::Get | Method::Head);
     if !usable || req.unusual || rules.bypass {
-        return Lookup::Miss(Box::new(fill));
+        return Lookup::Miss(Box::new(new_fill(
+            cache,
+            route,
+            cfg,
+            req,
+            rules,
+            Vec::new(),
+        )));
     }
+    let mut key = Vec::new();
+    policy::primary_key(req.https, req.host, req.target, &mut key);
+    // A fresh hit, the common case, needs no fill (no fetch, nothing to store).
+    let first = find(cache, route, cfg, &key, req, &rules);
+    if let Some(f) = first.as_ref().filter(|f| f.usable == Usable::Fresh) {
+        ShardCache::bump(&cache.hits);
+        return Lookup::Hit(hit_of(f.entry.clone(), req, HIT));
+    }
+    let mut fill = new_fill(cache, route, cfg, req, rules, key);
     fill.bypass = false;
-    policy::primary_key(req.https, req.host, req.target, &mut fill.key);
+    let mut first = Some(first);
     let mut waited = false;
     let mut stale: Option<Found>;
     loop {
-        stale = match find(cache, route, cfg, &fill.key, req, &rules) {
+        let found = match first.take() {
+            Some(found) => found,
+            None => find(cache, route, cfg, &fill.key, req, &fill.rules),
+        };
+        stale = match found {
             Some(f) if f.usable == Usable::Fresh => {
                 ShardCache::bump(&cache.hits);
                 // Counted: the fill drops unused.
@@ -179,6 +177,39 @@ pub async fn lookup<'a>(
     }
 }
 
+/// The fill of a request that is not a fresh hit (a bypass until the lookup says otherwise).
+fn new_fill<'a>(
+    cache: &'a ShardCache,
+    route: &str,
+    cfg: &CacheConfig,
+    req: &Request<'_>,
+    rules: RequestRules,
+    key: Vec<u8>,
+) -> Fill<'a> {
+    Fill {
+        cache,
+        s: FillState {
+            route: route.into(),
+            cfg: cfg.clone(),
+            key,
+            inflight: None,
+            req: Vec::new(),
+            rules,
+            request_time: unix_now(),
+            store: false,
+            no_vary: req.proxied_fields,
+            own: req.own_fields.to_vec(),
+            bypass: true,
+            verdict: None,
+            admitted: None,
+            tee: None,
+            stale: None,
+            replaces: false,
+            background: false,
+        },
+    }
+}
+
 /// A stale entry as the answer (`X-Cache: STALE`), counted; the fill is not used.
 fn stale_answer<'a>(fill: &mut Fill<'_>, entry: Rc<Entry>, req: &Request<'_>) -> Lookup<'a> {
     ShardCache::bump(&fill.cache.stale);
@@ -214,7 +245,7 @@ pub(super) fn answers_304<'h>(
             value_of(b"if-modified-since"),
             entry.etag.as_deref(),
             entry.last_modified,
-            unix_now(),
+            unix_now,
         )
 }
 
@@ -236,7 +267,7 @@ fn find(
     let mut key = url.to_vec();
     policy::vary_key(&names, req.forwarded_fields(), &mut key);
     let entry = store.get(&key)?;
-    let age = entry.age(Instant::now());
+    let age = entry.age(crate::clock::now());
     let usable = policy::usable(age, entry.lifetime, windows(&entry, cfg));
     if usable == (Usable::Stale { if_error: false }) && !entry.has_validator() {
         store.remove(&key);
@@ -255,7 +286,7 @@ fn find(
 /// `entry` may be served now because its backend failed: stale within its `stale-if-error`
 /// window (or still fresh).
 pub(super) fn within_if_error(entry: &Entry, cfg: &CacheConfig) -> bool {
-    let age = entry.age(Instant::now());
+    let age = entry.age(crate::clock::now());
     !matches!(
         policy::usable(age, entry.lifetime, windows(entry, cfg)),
         Usable::WhileRevalidate { if_error: false } | Usable::Stale { if_error: false }

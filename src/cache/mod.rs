@@ -42,7 +42,7 @@ use rustc_hash::FxHashMap;
 use crate::config::CacheConfig;
 use crate::http::parse::{BodyFraming, Method, RequestHead, ResponseHead};
 use policy::{RequestRules, Storable};
-use store::{Entry, Store};
+use store::{Entry, Store, StoredHead};
 pub use tee::Tee;
 
 pub use lookup::lookup;
@@ -208,7 +208,7 @@ struct Admitted {
     /// When the head came: the entry's resident time counts from here, not from the end
     /// of a (possibly slow) relay.
     at: Instant,
-    head: Box<[u8]>,
+    head: StoredHead,
     vary: Vec<Box<[u8]>>,
     lifetime: u64,
     initial_age: u64,
@@ -450,6 +450,9 @@ impl Fill<'_> {
         if initial_age >= lifetime || buf.len() < head.head_len {
             return false;
         }
+        let Some(stored) = StoredHead::new(buf[..head.head_len].into()) else {
+            return false;
+        };
         let held = self.with_store(|store| store.teeing.clone());
         if let BodyFraming::Length(n) = framing {
             // It would not fit beside the responses being stored now: not stored, and so
@@ -462,7 +465,7 @@ impl Fill<'_> {
         self.admitted = Some(Admitted {
             status: head.status,
             at: Instant::now(),
-            head: buf[..head.head_len].into(),
+            head: stored,
             vary: facts.vary,
             lifetime,
             initial_age,
@@ -523,7 +526,7 @@ impl Fill<'_> {
         policy::vary_key(&a.vary, fields, &mut key);
         let entry = Entry {
             status: a.status,
-            head: a.head,
+            head: Rc::new(a.head),
             body: self.cache.bodies.store(tee.take()),
             stored: a.at,
             initial_age: a.initial_age,

@@ -367,14 +367,14 @@ pub fn not_modified(
     if_modified_since: Option<&[u8]>,
     etag: Option<&[u8]>,
     last_modified: Option<u64>,
-    now: u64,
+    now: impl FnOnce() -> u64,
 ) -> bool {
     if let Some(inm) = if_none_match {
         return none_match(inm, etag);
     }
     match (if_modified_since.and_then(parse_http_date), last_modified) {
         // A date in the future is ignored (RFC 9110 §13.1.3).
-        (Some(since), Some(lm)) => since <= now && lm <= since,
+        (Some(since), Some(lm)) => lm <= since && since <= now(),
         _ => false,
     }
 }
@@ -464,8 +464,9 @@ pub fn primary_key(https: bool, host: &[u8], target: &[u8], out: &mut Vec<u8>) {
     } else {
         (b"http://", b":80")
     };
-    out.extend_from_slice(scheme);
     let host = host.strip_suffix(port).unwrap_or(host);
+    out.reserve(scheme.len() + host.len() + 1 + target.len());
+    out.extend_from_slice(scheme);
     out.extend(host.iter().map(u8::to_ascii_lowercase));
     if target.first() != Some(&b'/') {
         out.push(b'/');

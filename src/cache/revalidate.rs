@@ -18,11 +18,11 @@ use super::{answers_304, policy, unix_now, Fill, Hit, ShardCache, REVALIDATED, S
 use crate::clock::micros;
 use crate::error::{Answer, ProxyError, Side};
 use crate::forward::Answered;
-use crate::http::parse::{parse_response, HeadLimits, HeaderKind, Parsed, ResponseHead};
+use crate::http::parse::{HeaderKind, ResponseHead};
 use crate::respond::Respond;
 use crate::trace::Trace;
 
-use super::store::Entry;
+use super::store::{Entry, StoredHead};
 
 /// Fields of a `304` that do not update the stored response (RFC 9111 §3.2) besides the
 /// framing and hop-by-hop ones (the parser's [`HeaderKind::is_hop_by_hop`]): those that
@@ -79,15 +79,6 @@ fn field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
 /// least 100), and a bound on the memory a refresh can add.
 const MERGED_MAX_FIELDS: usize = 100;
 const MERGED_MAX_BYTES: usize = 64 * 1024;
-
-/// Limits for re-parsing heads the proxy already accepted once.
-fn limits(len: usize) -> HeadLimits {
-    HeadLimits {
-        max_header_bytes: len.max(16384),
-        max_headers: 1024,
-        max_uri_bytes: 8192,
-    }
-}
 
 impl Fill<'_> {
     /// The forwarded request revalidates a stale entry (a GET, the entry has a validator).
@@ -148,18 +139,9 @@ impl Fill<'_> {
             return NotModified::NotOurs;
         };
         let old = &stale.entry;
-        let mut stored = ResponseHead::default();
-        if !matches!(
-            parse_response(&old.head, &limits(old.head.len()), &mut stored),
-            Ok(Parsed::Complete(()))
-        ) {
-            self.remove(&stale.key);
-            ShardCache::bump(&self.cache.revalidations_failed);
-            return NotModified::Unusable;
-        }
         // The 304's fields its own `Connection` names are for this hop only (RFC 9110 §7.6.1):
         // neither merged nor read for freshness, as a relayed response drops them.
-        let old_fields = fields_of(&stored, &old.head);
+        let old_fields = fields_of(&old.head.parsed, &old.head.bytes);
         let new_fields: Vec<_> = fields_of(head, buf)
             .into_iter()
             .filter(|(n, _)| !head.named_in_connection(buf, n))
@@ -175,21 +157,21 @@ impl Fill<'_> {
                 return NotModified::Unusable;
             }
         }
-        let line_end = old
-            .head
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(0, |i| i + 1);
-        let mut merged = Vec::with_capacity(old.head.len() + head.head_len);
+        let stored = &old.head.bytes;
+        let line_end = stored.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let mut merged = Vec::with_capacity(stored.len() + head.head_len);
         merge_304(
-            &old.head[..line_end],
+            &stored[..line_end],
             old_fields.iter().copied(),
             new_fields.iter().copied(),
             &mut merged,
         );
         let now = unix_now();
-        let merged_list = merged_fields(&merged);
-        if merged_list.len() > MERGED_MAX_FIELDS || merged.len() > MERGED_MAX_BYTES {
+        let merged = (merged.len() <= MERGED_MAX_BYTES)
+            .then(|| StoredHead::new(merged.into()))
+            .flatten()
+            .filter(|h| h.parsed.headers.len() <= MERGED_MAX_FIELDS);
+        let Some(merged) = merged else {
             // Too large to keep (each part was within the head limits, together they need
             // not be): the stored response, which the 304 says is current, answers this once
             // with its own head, aged from the 304, and the entry goes.
@@ -203,17 +185,18 @@ impl Fill<'_> {
                 ..**old
             };
             return self.refreshed(Rc::new(once));
-        }
+        };
+        let merged = Rc::new(merged);
+        let merged_list = fields_of(&merged.parsed, &merged.bytes);
         let facts = policy::response_facts(merged_list.iter().copied());
         let initial_age = policy::initial_age(&sent, self.request_time, now);
-        let merged: Rc<[u8]> = merged.into();
         let lifetime = match policy::storable(old.status, &facts, self.rules, &self.own, now) {
             policy::Storable::Yes { lifetime } => lifetime,
             policy::Storable::No(_) => 0,
         };
         let entry = || Entry {
             status: old.status,
-            head: merged[..].into(),
+            head: merged.clone(),
             body: old.body.clone(),
             stored: Instant::now(),
             initial_age,
@@ -311,18 +294,6 @@ fn fields_of<'b>(head: &ResponseHead, buf: &'b [u8]) -> Vec<(&'b [u8], &'b [u8])
     head.headers
         .iter()
         .map(|f| (f.name.get(buf), f.value.get(buf)))
-        .collect()
-}
-
-/// The fields of a head the proxy wrote itself (`name: value` CRLF lines).
-fn merged_fields(head: &[u8]) -> Vec<(&[u8], &[u8])> {
-    head.split(|&b| b == b'\n')
-        .skip(1)
-        .filter_map(|line| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let i = line.iter().position(|&b| b == b':')?;
-            Some((&line[..i], line[i + 1..].trim_ascii()))
-        })
         .collect()
 }
 

@@ -6,15 +6,14 @@
 //! entry served stale or just revalidated); a conditional request it satisfies gets
 //! `304 Not Modified` and no body, a `HEAD` the head alone.
 
-use std::time::Instant;
-
 use super::body::Body;
+use super::store::StoredHead;
 use super::Hit;
 use crate::client::{Client, Outcome};
 use crate::forward::RequestFacts;
 use crate::http::canned::Canned;
 use crate::http::encode::{client_response_head, itoa_buf, OutFraming, Rewrite};
-use crate::http::parse::{parse_response, HeadLimits, Method, Parsed, ResponseHead};
+use crate::http::parse::Method;
 use crate::io::{write_from, write_head_and_shared, IoFail};
 use crate::relay::{Leg, RelayError};
 use crate::respond::{proxy_fields, respond_canned, response_vars};
@@ -35,36 +34,35 @@ pub async fn serve(
 ) -> Outcome {
     let cfg = &ctx.shared.config;
     let entry = &hit.entry;
-    // The stored head, as a 304 when the request's condition holds.
-    let mut stored = Vec::new();
-    let source: &[u8] = if hit.not_modified {
-        let first_line = entry
-            .head
+    // The stored head, or a 304 made from it when the request's condition holds.
+    let as_304;
+    let stored: &StoredHead = if hit.not_modified {
+        let bytes = &entry.head.bytes;
+        let first_line = bytes
             .windows(2)
             .position(|w| w == b"\r\n")
             .map_or(0, |i| i + 2);
-        stored.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\n");
-        stored.extend_from_slice(&entry.head[first_line..]);
-        &stored
+        let mut h = Vec::with_capacity(bytes.len() + 32);
+        h.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\n");
+        h.extend_from_slice(&bytes[first_line..]);
+        match StoredHead::new(h.into()) {
+            Some(h) => {
+                as_304 = h;
+                &as_304
+            }
+            // The stored head parsed; its fields under another status line do too. Kept
+            // for safety all the same.
+            None => {
+                trace.status = Some(502);
+                let close = !facts.keep_alive || ctx.draining();
+                return respond_canned(ctx, client, Canned::BadGateway, close).await;
+            }
+        }
     } else {
         &entry.head
     };
-    let limits = HeadLimits {
-        max_header_bytes: source.len().max(16384),
-        max_headers: cfg.limits.max_headers.max(100),
-        max_uri_bytes: cfg.limits.max_uri_bytes,
-    };
-    let mut head = ResponseHead::default();
-    if !matches!(
-        parse_response(source, &limits, &mut head),
-        Ok(Parsed::Complete(()))
-    ) {
-        // Stored only after it parsed once; kept for safety all the same.
-        trace.status = Some(502);
-        let close = !facts.keep_alive || ctx.draining();
-        return respond_canned(ctx, client, Canned::BadGateway, close).await;
-    }
-    let mut age = itoa_buf(entry.age(Instant::now()));
+    let (source, head) = (&stored.bytes[..], &stored.parsed);
+    let mut age = itoa_buf(entry.age(crate::clock::now()));
     let mut set: [(&[u8], &[u8]); 5] = [(b"", b""); 5];
     set[0] = (b"Age", age.as_str());
     set[1] = (b"X-Cache", hit.x_cache);
@@ -88,7 +86,7 @@ pub async fn serve(
     };
     let close = !facts.keep_alive || ctx.draining();
     let mut out = ctx.buffer();
-    client_response_head(source, &head, framing, close, facts.minor, rw, &mut out);
+    client_response_head(source, head, framing, close, facts.minor, rw, &mut out);
     let n = out.len();
     trace.status = Some(head.status);
     let t = cfg.timeouts.client_send;

@@ -13,6 +13,7 @@ use rustc_hash::FxHashMap;
 use super::admission::{self, Sketch};
 use super::body::Body;
 use crate::config::CachePolicy;
+use crate::http::parse::{parse_response, HeadLimits, Header, Parsed, ResponseHead, Span};
 
 /// Bytes charged per entry beyond its key, head and body: the maps' slots, the `Rc`s, the
 /// LRU index, the allocations' headers.
@@ -22,8 +23,8 @@ pub const ENTRY_OVERHEAD: u64 = 256;
 #[derive(Debug)]
 pub struct Entry {
     pub status: u16,
-    /// The backend's response head as received (re-parsed when served).
-    pub head: Box<[u8]>,
+    /// The backend's response head as received (or as a `304` refreshed it), parsed.
+    pub head: Rc<StoredHead>,
     /// The decoded body (shared with the entry a revalidation refreshes it into, and with
     /// the hits writing it).
     pub body: Body,
@@ -50,6 +51,44 @@ impl Entry {
     /// It can be revalidated with a conditional request.
     pub fn has_validator(&self) -> bool {
         self.etag.is_some() || self.last_modified.is_some()
+    }
+}
+
+/// A stored response head: its bytes and their parse, made once when it is stored, so that
+/// a hit rewrites the head for the client ([`crate::http::encode::client_response_head`])
+/// without parsing it again (a seventh of a 1 KiB hit's user-space instructions).
+#[derive(Debug)]
+pub struct StoredHead {
+    pub bytes: Box<[u8]>,
+    pub parsed: ResponseHead,
+}
+
+impl StoredHead {
+    /// `bytes` parsed, or `None` when they are not exactly one complete response head.
+    pub fn new(bytes: Box<[u8]>) -> Option<StoredHead> {
+        let limits = HeadLimits {
+            // Heads the proxy accepted once (or merged from two it accepted): their own
+            // length and field count bound them already.
+            max_header_bytes: bytes.len().max(16384),
+            max_headers: 1024,
+            max_uri_bytes: 8192,
+        };
+        let mut parsed = ResponseHead::default();
+        match parse_response(&bytes, &limits, &mut parsed) {
+            Ok(Parsed::Complete(())) if parsed.head_len == bytes.len() => {}
+            _ => return None,
+        }
+        parsed.headers.shrink_to_fit();
+        parsed.conn_tokens.shrink_to_fit();
+        Some(StoredHead { bytes, parsed })
+    }
+
+    /// Bytes it holds: the head and its parse.
+    pub fn charge(&self) -> u64 {
+        let p = &self.parsed;
+        (self.bytes.len()
+            + p.headers.capacity() * std::mem::size_of::<Header>()
+            + p.conn_tokens.capacity() * std::mem::size_of::<Span>()) as u64
     }
 }
 
@@ -195,8 +234,7 @@ impl Store {
         entry: Entry,
         replacing: bool,
     ) -> u64 {
-        let size =
-            key.len() as u64 + entry.head.len() as u64 + entry.body.charge() + ENTRY_OVERHEAD;
+        let size = key.len() as u64 + entry.head.charge() + entry.body.charge() + ENTRY_OVERHEAD;
         let replacing = self.remove(key) || replacing;
         if size > self.size {
             return 0;
@@ -293,7 +331,7 @@ mod tests {
     fn entry(body: usize) -> Entry {
         Entry {
             status: 200,
-            head: b"HTTP/1.1 200 OK\r\n\r\n"[..].into(),
+            head: Rc::new(StoredHead::new(b"HTTP/1.1 200 OK\r\n\r\n"[..].into()).unwrap()),
             body: vec![b'x'; body].into(),
             stored: Instant::now(),
             initial_age: 0,
