@@ -332,13 +332,13 @@ static AUTHORITY_BYTES: [bool; 256] = {
 /// which Tomcat and Jetty resolve as `..`): a backend that decodes and normalises it would
 /// serve a path the route table never matched.
 pub fn has_dot_segment(path: &[u8]) -> bool {
+    const DOTS: [&[u8]; 6] = [b".", b"..", b"%2e", b"%2e%2e", b".%2e", b"%2e."];
     let dots = |seg: &[u8]| {
         let seg = seg.split(|&b| b == b';').next().unwrap_or(seg);
-        seg.len() <= 6
-            && matches!(
-                &seg.to_ascii_lowercase()[..],
-                b"." | b".." | b"%2e" | b"%2e%2e" | b".%2e" | b"%2e."
-            )
+        // Compared in place: lower-casing a copy allocated for every short segment.
+        matches!(seg.first(), Some(b'.' | b'%'))
+            && seg.len() <= 6
+            && DOTS.iter().any(|d| seg.eq_ignore_ascii_case(d))
     };
     let escapes = path.contains(&b'%');
     path.split(|&b| b == b'/')

@@ -527,8 +527,11 @@ fn uri_bytes(target: &[u8]) -> bool {
     let target = &target[..query];
     let mut i = 0;
     while i < target.len() {
+        if !PATH_SPECIAL[usize::from(target[i])] {
+            i += 1;
+            continue;
+        }
         match target[i] {
-            b'#' | b'\\' | b'"' | b'<' | b'>' | b'`' | b'{' | b'}' => return false,
             b'%' => {
                 let hex = |j: usize| target.get(j).is_some_and(u8::is_ascii_hexdigit);
                 if !(hex(i + 1) && hex(i + 2)) {
@@ -537,12 +540,24 @@ fn uri_bytes(target: &[u8]) -> bool {
                 i += 3;
                 continue;
             }
-            _ => {}
+            _ => return false,
         }
-        i += 1;
     }
     true
 }
+
+/// The bytes [`uri_bytes`] looks at in a path: `%` (an escape to check) and those it refuses.
+/// A table: matching each byte against the list cost ~20 instructions per byte (callgrind).
+static PATH_SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let special = b"%#\\\"<>`{}";
+    let mut i = 0;
+    while i < special.len() {
+        t[special[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
 
 /// When the head is not yet complete, decide whether it can still become valid within limits.
 fn check_partial(buf: &[u8], limits: &HeadLimits) -> Result<(), ParseError> {
