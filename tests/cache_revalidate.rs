@@ -7,7 +7,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use edgeshard::http::date::http_date;
 
 use crate::support::*;
 
@@ -153,6 +155,39 @@ both_engines! {
         assert_eq!(r.header("X-Internal-Token"), None, "{}", r.head.raw);
         let r = fetch(&mut c, "/vary", &[("Cookie", "user=C")]);
         assert_eq!((x_cache(&r), r.body_str()), ("MISS".into(), "for user=C".into()));
+        origin.assert_no_errors();
+    }
+
+    // A field the stored response's own `Connection` named was not read for freshness when
+    // it was stored (hop-only); a 304 refreshing the entry must not start reading it: the
+    // refreshed entry keeps the 304's freshness (`Expires` 100 s after its `Date`), not the
+    // hop-only `Cache-Control: max-age=600`.
+    fn a_stored_responses_hop_fields_stay_out_of_a_refresh(engine) {
+        fn dates() -> (String, String) {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+            let date = |t| String::from_utf8(http_date(t).to_vec()).unwrap();
+            (date(now), date(now + 100))
+        }
+        let origin = Origin::with_handler("o", |r| {
+            let (now, later) = dates();
+            let mut h = vec![("ETag", "\"h1\""), ("Date", &now[..]), ("Expires", &later[..])];
+            if r.header("If-None-Match").is_some() {
+                return response(304, &h, "");
+            }
+            h.extend([("Connection", "Cache-Control"), ("Cache-Control", "max-age=600")]);
+            response(200, &h, "body")
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        assert_eq!(x_cache(&fetch(&mut c, "/connhop", &[])), "MISS");
+        // Fresh for 100 s, not 600: a request that wants 200 s more is revalidated, before
+        // the refresh and after it.
+        for _ in 0..2 {
+            let r = fetch(&mut c, "/connhop", &[("Cache-Control", "min-fresh=200")]);
+            assert_eq!((x_cache(&r), r.body_str()), ("REVALIDATED".into(), "body".into()));
+            assert_eq!(r.header("Cache-Control"), None, "{}", r.head.raw);
+        }
+        assert_eq!(origin.request_count(), 3);
         origin.assert_no_errors();
     }
 

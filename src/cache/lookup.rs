@@ -239,9 +239,26 @@ pub(super) fn answers_304<'h>(
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
     };
+    // Several `If-None-Match` lines are one list (RFC 9110 §5.3).
+    let mut inm = fields
+        .clone()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"if-none-match"))
+        .map(|(_, v)| v);
+    let joined;
+    let if_none_match = match (inm.next(), inm.next()) {
+        (Some(first), Some(second)) => {
+            joined = [first, second]
+                .into_iter()
+                .chain(inm)
+                .collect::<Vec<_>>()
+                .join(&b", "[..]);
+            Some(&joined[..])
+        }
+        (first, _) => first,
+    };
     matches!(entry.status, 200 | 203)
         && policy::not_modified(
-            value_of(b"if-none-match"),
+            if_none_match,
             value_of(b"if-modified-since"),
             entry.etag.as_deref(),
             entry.last_modified,

@@ -37,6 +37,13 @@ const NOT_UPDATED: [&str; 5] = [
     "age",
 ];
 
+/// A stored field that describes only the hop it came on (RFC 9110 §7.6.1); the stored
+/// `Content-Length` stays, as a cached `304` or `HEAD` answer carries it.
+fn hop_only(name: &[u8]) -> bool {
+    let kind = HeaderKind::classify(name);
+    kind.is_hop_by_hop() && kind != HeaderKind::ContentLength
+}
+
 /// Whether a `304`'s field `name` replaces the stored ones of that name.
 fn refreshes(name: &[u8]) -> bool {
     !HeaderKind::classify(name).is_hop_by_hop() && !is(name, &NOT_UPDATED)
@@ -139,9 +146,15 @@ impl Fill<'_> {
             return NotModified::NotOurs;
         };
         let old = &stale.entry;
-        // The 304's fields its own `Connection` names are for this hop only (RFC 9110 §7.6.1):
-        // neither merged nor read for freshness, as a relayed response drops them.
-        let old_fields = fields_of(&old.head.parsed, &old.head.bytes);
+        // Fields a `Connection` names are for that hop only (RFC 9110 §7.6.1), the 304's and
+        // the stored response's alike: neither merged nor read for freshness (the stored ones
+        // were not read when it was stored), as a relayed response drops them. The stored
+        // `Connection` itself, and its other hop-by-hop fields, go too.
+        let (stored, sbytes) = (&old.head.parsed, &old.head.bytes[..]);
+        let old_fields: Vec<_> = fields_of(stored, sbytes)
+            .into_iter()
+            .filter(|(n, _)| !stored.named_in_connection(sbytes, n) && !hop_only(n))
+            .collect();
         let new_fields: Vec<_> = fields_of(head, buf)
             .into_iter()
             .filter(|(n, _)| !head.named_in_connection(buf, n))

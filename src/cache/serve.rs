@@ -38,10 +38,8 @@ pub async fn serve(
     let as_304;
     let stored: &StoredHead = if hit.not_modified {
         let bytes = &entry.head.bytes;
-        let first_line = bytes
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map_or(0, |i| i + 2);
+        // The status line ends at the first LF (a CRLF, or a bare LF the parser accepted).
+        let first_line = bytes.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
         let mut h = Vec::with_capacity(bytes.len() + 32);
         h.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\n");
         h.extend_from_slice(&bytes[first_line..]);

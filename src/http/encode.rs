@@ -262,6 +262,11 @@ pub fn client_response_head(
     let has_date = copy_response_fields(buf, head, rw, out, |kind| match kind {
         HeaderKind::Upgrade => Some(false),
         HeaderKind::ContentLength => Some(keep_length),
+        // `Trailer` announces fields after a chunked body: none follow a length or a close.
+        HeaderKind::Trailer => Some(!matches!(
+            framing,
+            OutFraming::Length(_) | OutFraming::Close
+        )),
         _ => None,
     });
     if let (false, Some(date)) = (has_date, rw.date) {
