@@ -238,12 +238,13 @@ pub fn normalize_path(path: &[u8]) -> Cow<'_, [u8]> {
 }
 
 /// The path routes are compared with: the [`normalize_path`]ed one with each encoded slash
-/// (`%2F`, `%2f`) read as `/` (slashes merged again). gunicorn and uWSGI put the decoded path
-/// in `PATH_INFO`, and Gin and Go's older `ServeMux` route on it: to them `/admin%2Fx` is
-/// `/admin/x`, so it meets the `/admin/` route's rules. Only the comparison: what is forwarded,
+/// or backslash ([`encoded_separator`]) read as `/` (slashes merged again). gunicorn and
+/// uWSGI put the decoded path in `PATH_INFO`, and Gin and Go's older `ServeMux` route on it:
+/// to them `/admin%2Fx` is `/admin/x`, so it meets the `/admin/` route's rules; IIS and
+/// ASP.NET read a decoded `\` as `/`. Only the comparison: what is forwarded,
 /// and what a route's rewrite works on, keeps the escape.
 pub fn match_path(normalized: &[u8]) -> Cow<'_, [u8]> {
-    let slash = |w: &[u8]| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'f';
+    let slash = encoded_separator;
     if !normalized.contains(&b'%') || !normalized.windows(3).any(slash) {
         return Cow::Borrowed(normalized);
     }
@@ -327,8 +328,8 @@ static AUTHORITY_BYTES: [bool; 256] = {
     t
 };
 
-/// A `.` or `..` path segment, plain or percent-encoded, between plain or encoded slashes
-/// (`/a/%2e%2e/b`, `/a%2F..%2Fb`), or with path parameters after it (`/public/..;/admin`,
+/// A `.` or `..` path segment, plain or percent-encoded, between plain or encoded slashes or
+/// encoded backslashes (`/a/%2e%2e/b`, `/a%2F..%2Fb`, `/a/..%5Cb`), or with path parameters after it (`/public/..;/admin`,
 /// which Tomcat and Jetty resolve as `..`): a backend that decodes and normalises it would
 /// serve a path the route table never matched.
 pub fn has_dot_segment(path: &[u8]) -> bool {
@@ -345,15 +346,17 @@ pub fn has_dot_segment(path: &[u8]) -> bool {
         .any(|seg| dots(seg) || (escapes && seg.len() > 3 && encoded_slash_pieces(seg).any(dots)))
 }
 
-/// The pieces of a segment between its `%2F` / `%2f` escapes.
+/// `%2F` or `%5C` (any case): an escape that a decoding backend reads as a path separator.
+fn encoded_separator(w: &[u8]) -> bool {
+    w.len() >= 3 && w[0] == b'%' && matches!((w[1], w[2] | 0x20), (b'2', b'f') | (b'5', b'c'))
+}
+
+/// The pieces of a segment between its encoded separators ([`encoded_separator`]).
 fn encoded_slash_pieces(seg: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = Some(seg);
     std::iter::from_fn(move || {
         let s = rest?;
-        match s
-            .windows(3)
-            .position(|w| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'f')
-        {
+        match s.windows(3).position(encoded_separator) {
             Some(i) => {
                 rest = Some(&s[i + 3..]);
                 Some(&s[..i])
@@ -517,6 +520,9 @@ upstream = "u"
             b"/public/..;/admin",
             b"/a/.;x/b",
             b"/a/%2e%2e;jsessionid=1/b",
+            b"/x/..%5Cadmin",
+            b"/x%5C..%5Cadmin",
+            b"/x/%2e%2e%5cadmin",
         ] {
             assert!(has_dot_segment(bad), "{:?}", String::from_utf8_lossy(bad));
         }
@@ -533,6 +539,8 @@ upstream = "u"
             b"/a;b/c",
             b"/a/..b;c",
             b"/a/;../b",
+            b"/a%5Cb",
+            b"/a..%5Cb",
         ] {
             assert!(!has_dot_segment(ok), "{:?}", String::from_utf8_lossy(ok));
         }
@@ -581,5 +589,6 @@ upstream = "u"
         }
         assert!(matches!(match_path(b"/a/b%20c"), Cow::Borrowed(_)));
         assert_eq!(&match_path(b"/g%2Fp%2F/x")[..], b"/g/p/x");
+        assert_eq!(&match_path(b"/admin%5Cx%5c%2f/y")[..], b"/admin/x/y");
     }
 }

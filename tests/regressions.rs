@@ -131,7 +131,7 @@ both_engines! {
         assert_eq!(seen, targets);
     }
 
-    // `/%61dmin/x`, `//admin/x` and `/admin%2Fx` are `/admin/x` to a backend that decodes
+    // `/%61dmin/x`, `//admin/x`, `/admin%2Fx` and `/admin%5Cx` are `/admin/x` to a backend that decodes
     // escapes or merges slashes: they meet the `/admin/` route's rules (here a 403), not the
     // catch-all's, and a rewrite of that route applies to them; the target goes on as received.
     fn encoded_and_doubled_paths_meet_the_routes_rules(engine) {
@@ -145,7 +145,9 @@ both_engines! {
             .route("open", "")
             .start(engine);
         let mut c = Client::connect(proxy.addr());
-        for path in ["/%61dmin/x", "//admin/x", "/%61%64%6D%69%6E/", "/admin//x", "/admin%2Fx"] {
+        let respelled = ["/%61dmin/x", "//admin/x", "/%61%64%6D%69%6E/", "/admin//x", "/admin%2Fx"];
+        // `%5C` too: IIS and ASP.NET read a decoded `\` as `/`.
+        for path in respelled.into_iter().chain(["/admin%5Cx", "/admin%5cx"]) {
             c.send(&get("example.com", path));
             assert_eq!(c.read_response().status(), 403, "{path}");
         }
@@ -166,8 +168,9 @@ both_engines! {
         assert_eq!(admin.request_count(), 2, "only the two /api/ requests");
     }
 
-    // A fragment, or a dot segment between encoded slashes or before path parameters that a
-    // backend would resolve (`/a%2F..%2Fadmin` is `/admin` to a decoding one,
+    // A fragment, or a dot segment between encoded slashes or backslashes or before path
+    // parameters that a backend would resolve (`/a%2F..%2Fadmin` is `/admin` to a decoding one,
+    // `/x/..%5Cadmin` to IIS,
     // `/public/..;/admin` to Tomcat), is refused with 400 and never forwarded.
     fn fragments_and_dot_segments_between_encoded_slashes_are_refused(engine) {
         let origin = Origin::start("o");
@@ -178,6 +181,9 @@ both_engines! {
             "/a%2f%2E%2e%2Fadmin",
             "/%2e%2e//admin",
             "/public/..;/admin",
+            "/x/..%5Cadmin",
+            "/x%5C..%5Cadmin",
+            "/x/%2e%2e%5cadmin",
         ] {
             let mut c = Client::connect(proxy.addr());
             c.send(&get("example.com", target));
