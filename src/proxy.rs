@@ -22,7 +22,7 @@ use crate::rules::{location, path_and_query, rewrite_target, Fields, Vars};
 use crate::shard::ShardCtx;
 use crate::stats::bump;
 use crate::trace::{log_fields, request_id, RequestId, Trace};
-use crate::tunnel::wants_upgrade;
+use crate::tunnel::{wants_upgrade, write_offer};
 use crate::upstream::state::PickKey;
 
 /// Runs one request through the pipeline. On return the request (head and body) has been
@@ -39,7 +39,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         head_len: head.head_len,
         // The tunnel's pumps need the plain socket: no upgrade is offered to a backend on a
         // TLS listener (the Upgrade field is hop-by-hop, so it is not forwarded either).
-        upgrade: client.stream.plain().is_some() && wants_upgrade(&client.buf, head).is_some(),
+        upgrade: client.stream.plain().is_some() && wants_upgrade(&client.buf, head),
         client_ip: client_address(
             &ctx.shared.config.trusted_proxies,
             client.peer.ip(),
@@ -526,15 +526,14 @@ fn prepare<'a>(
         &mut out,
     );
     // Not to TLS backends: the tunnel's pumps need plain sockets on both sides.
+    // (`facts.upgrade` is `wants_upgrade` on a plain client connection.)
     if facts.upgrade && shared.tls.upstream(route.upstream).is_none() {
-        if let Some(v) = wants_upgrade(buf, head) {
-            // Hop-by-hop, so dropped above; an upgrade is forwarded explicitly.
-            let end = out.len() - 2;
-            out.truncate(end);
-            out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
-            out.extend_from_slice(v.get(buf));
-            out.extend_from_slice(b"\r\n\r\n");
-        }
+        // Hop-by-hop, so dropped above; an upgrade is forwarded explicitly.
+        let end = out.len() - 2;
+        out.truncate(end);
+        out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+        write_offer(buf, head, &mut out);
+        out.extend_from_slice(b"\r\n\r\n");
     }
     Ok(Prepared {
         upstream: route.upstream,

@@ -142,7 +142,8 @@ pub async fn read_response_head(
             match parse_response(ubuf, limits, &mut head) {
                 Ok(Parsed::Complete(())) => {
                     if head.status == 101 {
-                        return if upgrade {
+                        // HTTP/1.0 has no 101 and no upgrade (RFC 9110 §7.8, §15.2.2).
+                        return if upgrade && head.minor_version == 1 {
                             Ok(head)
                         } else {
                             Err(HeadFail::Bad)

@@ -35,7 +35,7 @@ use std::time::Instant;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
-use crate::http::parse::{HeaderKind, RequestHead, ResponseHead, Span};
+use crate::http::parse::{HeaderKind, RequestHead, ResponseHead};
 use crate::shard::ShardCtx;
 use crate::splice::{set_nonblocking, splice_once, would_block, Pipe};
 use crate::stats::add;
@@ -53,23 +53,44 @@ pub struct Upgraded {
 }
 
 /// A request asking to switch protocols that may be forwarded: HTTP/1.1, no body,
-/// `Upgrade` named in `Connection`, and not `h2c` (HTTP/2 cleartext is not proxied).
-pub fn wants_upgrade(buf: &[u8], head: &RequestHead) -> Option<Span> {
+/// `Upgrade` named in `Connection`, and not `h2c` (HTTP/2 cleartext is not proxied) on any
+/// of its `Upgrade` lines.
+pub fn wants_upgrade(buf: &[u8], head: &RequestHead) -> bool {
     if head.minor_version != 1
         || !head.framing().is_empty()
         || !head.named_in_connection(buf, b"upgrade")
     {
-        return None;
+        return false;
     }
-    let h = head
-        .headers
+    let mut offered = false;
+    for t in offer_tokens(buf, head) {
+        if t.eq_ignore_ascii_case(b"h2c") {
+            return false;
+        }
+        offered = true;
+    }
+    offered
+}
+
+/// The protocols a request's `Upgrade` lines offer, in order: several lines are one list
+/// (RFC 9110 §5.3).
+fn offer_tokens<'b>(buf: &'b [u8], head: &'b RequestHead) -> impl Iterator<Item = &'b [u8]> {
+    head.headers
         .iter()
-        .find(|h| h.kind == HeaderKind::Upgrade)?;
-    let v = h.value.get(buf);
-    let h2c = v
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
-    (!v.is_empty() && !h2c).then_some(h.value)
+        .filter(|h| h.kind == HeaderKind::Upgrade)
+        .flat_map(move |h| h.value.get(buf).split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Appends the request's offer as one `Upgrade` value (`a, b`), for the backend.
+pub fn write_offer(buf: &[u8], head: &RequestHead, out: &mut Vec<u8>) {
+    for (i, t) in offer_tokens(buf, head).enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(t);
+    }
 }
 
 /// The protocols an upgrade request offered, from its head as sent upstream: the `Upgrade`

@@ -183,6 +183,38 @@ both_engines! {
                 "offer {offer:?}, answer {answer:?}: {head}"
             );
         }
+        // HTTP/1.0 has no 101 and no upgrade: one from a 1.0 backend is a bad response too.
+        let backend = answering_backend(
+            "HTTP/1.0 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                .to_string(),
+        );
+        let proxy = Config::single(backend).start(engine);
+        let mut s = TcpStream::connect(proxy.addr()).unwrap();
+        s.write_all(&upgrade_request("websocket")).unwrap();
+        let head = read_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 502 "), "a 1.0 backend's 101: {head}");
+    }
+
+    fn several_upgrade_lines_are_one_offer(engine) {
+        // RFC 9110 §5.3: field lines of one name are one list. The backend gets the whole
+        // offer on one line, and a 101 to the second protocol is agreed.
+        let (backend, heads) = upgrade_backend(b"");
+        let proxy = Config::single(backend).start(engine);
+        let mut s = TcpStream::connect(proxy.addr()).unwrap();
+        s.write_all(b"GET /chat HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: foo\r\nUpgrade: echo\r\n\r\n")
+            .unwrap();
+        let head = read_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        let sent = heads.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(sent.contains("\r\nUpgrade: foo, echo\r\n"), "{sent}");
+        // `h2c` on any of the lines: not an upgrade the proxy forwards.
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr()).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n");
+        assert_eq!(c.read_response().status(), 200);
+        let seen = origin.last_request();
+        assert!(seen.header("upgrade").is_none(), "{:?}", seen.headers);
     }
 
     fn backend_reset_ends_the_tunnel_at_once(engine) {
