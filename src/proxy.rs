@@ -64,6 +64,8 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
     });
     let prepared = match (listener_limit, client.listener.redirect_https) {
         (Some(answer), _) => Ok(answer),
+        // CONNECT names no resource to redirect to: refused as on any listener.
+        (None, Some(_)) if facts.method == Method::Connect => Err(Canned::MethodNotAllowed),
         (None, Some(r)) => https_location(&client.buf, head, r.port).map(|loc| {
             let c = if r.status == 308 {
                 Canned::PermanentRedirect
@@ -473,8 +475,9 @@ fn prepare<'a>(
     let route_cfg = &shared.config.routes[route.index];
     let rewritten = match &route_cfg.rules.rewrite {
         // A rule rewrites the path the route matched: `strip_prefix = "/api"` strips it from
-        // `//api/x` too, which the route matched as `/api/x`.
-        Some(rw) => Some(
+        // `//api/x` too, which the route matched as `/api/x`. `OPTIONS *` has no path to
+        // rewrite and goes as it came.
+        Some(rw) if target.path != b"*" => Some(
             rewrite_target(
                 rw,
                 &matched_target(
@@ -489,7 +492,7 @@ fn prepare<'a>(
                 crate::rules::RewriteError::TooLong => Canned::UriTooLong,
             })?,
         ),
-        None => None,
+        _ => None,
     };
     let sent = crate::http::encode::Target {
         path: rewritten.as_deref().unwrap_or(target.path),
@@ -604,6 +607,8 @@ fn vars<'b>(
     routed: &Routed<'b>,
 ) -> Vars<'b> {
     let (path, query) = path_and_query(routed.target.path);
+    // `http://host?q` has an empty path, which is `/` (RFC 9110 §4.2.3).
+    let path = if path.is_empty() { &b"/"[..] } else { path };
     Vars {
         client_ip: facts.client_ip,
         request_id: rid.bytes(),
@@ -652,11 +657,17 @@ fn https_location(buf: &[u8], head: &RequestHead, port: u16) -> Result<Vec<u8>, 
         loc.push(b':');
         loc.extend_from_slice(port.to_string().as_bytes());
     }
-    if target.path.first() != Some(&b'/') {
+    // `OPTIONS *` asks about the server, not a resource: its redirect names the root.
+    let path = if target.path == b"*" {
+        &b""[..]
+    } else {
+        target.path
+    };
+    if path.first() != Some(&b'/') {
         loc.push(b'/');
     }
-    loc.extend_from_slice(target.path);
-    Ok(loc)
+    loc.extend_from_slice(path);
+    Ok(crate::rules::escape_uri(&loc))
 }
 
 /// How a forwarded request ended for the client connection.

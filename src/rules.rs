@@ -138,6 +138,10 @@ pub fn rewrite_target(
         Some(i) => (&target[..i], Some(&target[i..])),
         None => (target, None),
     };
+    // `http://host?q` has an empty path, which is `/` (RFC 9110 §4.2.3).
+    if path.is_empty() {
+        path = b"/";
+    }
     let mut owned;
     let mut lead = false;
     if let Some(p) = rw.strip.as_deref() {
@@ -240,12 +244,37 @@ pub fn location(r: &Redirect, vars: &Vars<'_>) -> Option<Vec<u8>> {
         let at = fragment.unwrap_or(out.len());
         out.splice(at..at, q);
     }
-    Some(out)
+    Some(escape_uri(&out))
+}
+
+/// `raw` as a URI-reference for a `Location` (RFC 9110 §10.2.2): the bytes a URI cannot hold
+/// that a request's path or query may carry (non-ASCII, `"<>\^`{|}`, and controls and space,
+/// which no target holds) percent-encoded; escapes already there are kept.
+pub fn escape_uri(raw: &[u8]) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let plain = |b: u8| b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b);
+    let mut out = Vec::with_capacity(raw.len() + 16);
+    for &b in raw {
+        if plain(b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn locations_are_uri_references() {
+        assert_eq!(
+            escape_uri("https://n.example/caf\u{e9}?q=<x>\"{}|^`\\&r=%20#f".as_bytes()),
+            b"https://n.example/caf%C3%A9?q=%3Cx%3E%22%7B%7D%7C%5E%60%5C&r=%20#f"
+        );
+    }
 
     fn vars() -> Vars<'static> {
         Vars {

@@ -63,6 +63,31 @@ both_engines! {
         assert_eq!(origin.request_count(), before + 1);
     }
 
+    // A route without a path condition also gets targets with no path to rewrite:
+    // absolute-form with an empty path, which is `/` (RFC 9110 §4.2.3), rewritten as `/`,
+    // and `OPTIONS *`, forwarded as it came (never a 500, never `/v2*`).
+    fn rewrites_of_an_empty_path_and_of_asterisk_form(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", "host = \"strip.example\"\nstrip_prefix = \"/api\"")
+            .route("main", "host = \"add.example\"\nadd_prefix = \"/v2\"")
+            .route("main", "")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        for (line, host, received) in [
+            ("GET http://strip.example?q=1", "strip.example", "/?q=1"),
+            ("GET http://add.example?q=1", "add.example", "/v2/?q=1"),
+            ("GET http://add.example", "add.example", "/v2/"),
+            ("OPTIONS *", "strip.example", "*"),
+            ("OPTIONS *", "add.example", "*"),
+        ] {
+            c.send(format!("{line} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+            assert_eq!(c.read_response().status(), 200, "{line}");
+            assert_eq!(origin.last_request().target, received, "{line}");
+        }
+    }
+
     // Request rules: set replaces the client's copies, add appends, remove drops; variables
     // describe the request as the client sent it; the listener's rules apply first.
     fn request_header_rules_reach_the_backend(engine) {
@@ -197,6 +222,13 @@ both_engines! {
         let r = c.read_response();
         assert_eq!(r.status(), 302);
         assert_eq!(r.header("Location"), Some("/elsewhere?from=r&z=9"));
+        // What a path or query may carry raw but a URI may not is percent-encoded.
+        c.send(&get("a.example", "/k301/caf\u{e9}|?q=<x>\"{}`"));
+        let r = c.read_response();
+        assert_eq!(
+            r.header("Location"),
+            Some("https://new.example/k301/caf%C3%A9%7C?q=%3Cx%3E%22%7B%7D%60")
+        );
         // A target naming ${host} for a request with none (HTTP/1.0): 400, never
         // `http:///evil.example/x`, which a browser reads as host evil.example.
         let mut c10 = Client::connect(proxy.addr());

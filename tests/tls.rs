@@ -371,6 +371,16 @@ both_engines! {
         assert!(r.header("strict-transport-security").is_none());
         c.send(b"GET / HTTP/1.1\r\n\r\n");
         assert_eq!(c.read_response().status(), 400, "no Host: nothing to redirect to");
+        // CONNECT names no resource: refused as on any listener, not redirected.
+        let mut c = Client::connect(plain_addr);
+        c.send(b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n");
+        assert_eq!(c.read_response().status(), 405);
+        // `OPTIONS *` is about the server: its redirect names the root, not `/*`.
+        let mut c = Client::connect(plain_addr);
+        c.send(b"OPTIONS * HTTP/1.1\r\nHost: a.test\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.status(), 308);
+        assert_eq!(r.header("location"), Some("https://a.test:8443/"));
         assert_eq!(origin.request_count(), 1, "redirects never reach the backend");
     }
 
