@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use crate::config::{HeaderRules, Part, PathRewrite, Redirect, Template, Var};
 use crate::http::encode::{write_ip, SetHeader};
+use crate::http::fields::same_field;
 use crate::route::has_dot_segment;
 
 /// The values of the template variables for one request: the request as the client sent it.
@@ -63,12 +64,11 @@ pub struct Fields<'a> {
     pub vars: &'a Vars<'a>,
 }
 
+/// Whether `rules` set or remove a field `name`: compared as a CGI or WSGI backend compares
+/// names ([`same_field`]), so a client's `X_C` goes with the `X-C` a rule sets, as the proxy's
+/// own fields' `_` spellings go.
 fn named(rules: Option<&HeaderRules>, name: &[u8]) -> bool {
-    rules.is_some_and(|r| {
-        r.drop
-            .iter()
-            .any(|d| d.len() == name.len() && name.eq_ignore_ascii_case(d.as_bytes()))
-    })
+    rules.is_some_and(|r| r.drop.iter().any(|d| same_field(name, d.as_bytes())))
 }
 
 impl<'a> Fields<'a> {

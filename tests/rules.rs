@@ -109,6 +109,9 @@ both_engines! {
                 ("Host", "a.example"),
                 ("X-Route", "spoofed"),
                 ("x-route", "spoofed twice"),
+                // What a CGI or WSGI backend reads as X-Route and X-Debug.
+                ("X_Route", "spoofed with an underscore"),
+                ("X_Debug", "1"),
                 ("X-Debug", "1"),
                 ("X-Tag", "client"),
                 ("X-Other", "kept"),
@@ -124,6 +127,7 @@ both_engines! {
             Some("127.0.0.1 http://a.example/api/p?q=1")
         );
         assert!(!r.has_header("X-Debug"), "{}", r.raw_head);
+        assert!(!r.has_header("X_Route") && !r.has_header("X_Debug"), "{}", r.raw_head);
         let rid = r.header("X-Request-Id").expect("request id").to_string();
         assert_eq!(r.header_all("X-Request-Id").len(), 1, "the proxy's id wins: {}", r.raw_head);
         assert_eq!(resp.header("X-Request-Id"), Some(rid.as_str()));
@@ -286,6 +290,16 @@ fn check_refuses_rules_on_framing_fields_and_bad_rewrites() {
         ("add_prefix = \"/v2/\"", "route[0].add_prefix", &["end"][..]),
         (
             "upstream_host = \"a b\"",
+            "route[0].upstream_host",
+            &["invalid host"][..],
+        ),
+        (
+            "upstream_host = \"a.example:99999\"",
+            "route[0].upstream_host",
+            &["1-65535"][..],
+        ),
+        (
+            "upstream_host = \"a.example:80:81\"",
             "route[0].upstream_host",
             &["invalid host"][..],
         ),

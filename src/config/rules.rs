@@ -411,14 +411,21 @@ pub(super) fn route_rules(c: &mut Checker, path: &str, r: &mut RawRoute) -> Rout
     let rewrite = (strip.is_some() || regex.is_some() || add.is_some())
         .then(|| Box::new(PathRewrite { strip, regex, add }));
     let upstream_host = r.upstream_host.take().and_then(|h| {
+        // The port: after an IPv6 literal's `]`, else after the name's `:`.
+        let port = match h.find(']') {
+            Some(end) => h[end + 1..].strip_prefix(':'),
+            None => h.split_once(':').map(|(_, p)| p),
+        };
         let ok = !h.is_empty()
             && h.len() <= 255
             && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+                .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+            && crate::route::valid_authority(h.as_bytes())
+            && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
         if !ok {
             c.err(
                 format!("{path}.upstream_host"),
-                format!("invalid host {h:?}: a name or address, with an optional :port"),
+                format!("invalid host {h:?}: a name or address, with an optional :port (1-65535)"),
             );
         }
         ok.then(|| h.into_boxed_str())
