@@ -4,6 +4,8 @@
 //! dates, and conditional requests (`If-None-Match`, `If-Modified-Since`). Pure functions
 //! over byte slices; nothing here can panic on network input.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use crate::http::fields::{same_field, written_by_proxy};
 
 /// `Cache-Control` directives the cache acts on (others are ignored).
@@ -379,31 +381,86 @@ pub fn not_modified(
     }
 }
 
-/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) as Unix seconds. The obsolete RFC 850
-/// and asctime forms, which RFC 9110 §5.6.7 asks recipients to accept, are not (yet): such
-/// a `Date` is ignored, such an `Expires` counts as already expired (nothing is stored).
+/// An HTTP-date as Unix seconds, in any of the three forms RFC 9110 §5.6.7 has recipients
+/// accept: IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the obsolete RFC 850 form
+/// (`Sunday, 06-Nov-94 08:49:37 GMT`, its two-digit year read as the §5.6.7 says: not more
+/// than 50 years ahead) and asctime (`Sun Nov  6 08:49:37 1994`). Anything else, or an
+/// impossible date, is `None`: a `Date` so written is ignored, an `Expires` is in the past.
 pub fn parse_http_date(v: &[u8]) -> Option<u64> {
+    parse_date_at(v, this_year)
+}
+
+/// [`parse_http_date`], with the current year (for RFC 850's two-digit years) from `year_now`.
+fn parse_date_at(v: &[u8], year_now: impl FnOnce() -> u64) -> Option<u64> {
     let v = v.trim_ascii();
-    if v.len() != 29 || &v[3..5] != b", " || &v[25..] != b" GMT" {
-        return None;
-    }
     let num = |s: &[u8]| -> Option<u64> {
+        if s.is_empty() {
+            return None;
+        }
         s.iter().try_fold(0u64, |n, &d| {
             d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
         })
     };
-    let day = num(&v[5..7])?;
-    let month = crate::http::date::MONTHS
-        .iter()
-        .position(|m| m.as_bytes() == &v[8..11])? as u64
-        + 1;
-    let year = num(&v[12..16])?;
-    if v[7] != b' ' || v[11] != b' ' || v[16] != b' ' || v[19] != b':' || v[22] != b':' {
+    let month = |m: &[u8]| {
+        crate::http::date::MONTHS
+            .iter()
+            .position(|n| n.as_bytes() == m)
+            .map(|i| i as u64 + 1)
+    };
+    // (day, month, year, the time's 8 bytes)
+    let (day, mon, year, time) = if v.len() == 29 && &v[3..5] == b", " && &v[25..] == b" GMT" {
+        if v[7] != b' ' || v[11] != b' ' || v[16] != b' ' {
+            return None;
+        }
+        (
+            num(&v[5..7])?,
+            month(&v[8..11])?,
+            num(&v[12..16])?,
+            &v[17..25],
+        )
+    } else if v.len() == 24 && v[3] == b' ' && v[7] == b' ' && v[10] == b' ' && v[19] == b' ' {
+        // asctime: the day of the month is padded with a space, not a zero.
+        let day = match v[8] {
+            b' ' => num(&v[9..10])?,
+            _ => num(&v[8..10])?,
+        };
+        (day, month(&v[4..7])?, num(&v[20..24])?, &v[11..19])
+    } else {
+        const DAYS: [&[u8]; 7] = [
+            b"Monday",
+            b"Tuesday",
+            b"Wednesday",
+            b"Thursday",
+            b"Friday",
+            b"Saturday",
+            b"Sunday",
+        ];
+        let comma = v.iter().position(|&b| b == b',')?;
+        let rest = &v[comma..];
+        if !DAYS.contains(&&v[..comma])
+            || rest.len() != 24
+            || &rest[..2] != b", "
+            || rest[4] != b'-'
+            || rest[8] != b'-'
+            || rest[11] != b' '
+            || &rest[20..] != b" GMT"
+        {
+            return None;
+        }
+        let yy = num(&rest[9..11])?;
+        let now = year_now();
+        let mut year = now - now % 100 + yy;
+        if year > now + 50 {
+            year -= 100;
+        }
+        (num(&rest[2..4])?, month(&rest[5..8])?, year, &rest[12..20])
+    };
+    if time[2] != b':' || time[5] != b':' {
         return None;
     }
-    let (h, m, s) = (num(&v[17..19])?, num(&v[20..22])?, num(&v[23..25])?);
+    let (h, m, s) = (num(&time[..2])?, num(&time[3..5])?, num(&time[6..8])?);
     let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let days_in_month = match month {
+    let days_in_month = match mon {
         2 if leap => 29,
         2 => 28,
         4 | 6 | 9 | 11 => 30,
@@ -414,10 +471,10 @@ pub fn parse_http_date(v: &[u8]) -> Option<u64> {
         return None;
     }
     // Days from civil (Howard Hinnant), for years from 1970.
-    let (y, mo) = if month <= 2 {
-        (year - 1, month + 9)
+    let (y, mo) = if mon <= 2 {
+        (year - 1, mon + 9)
     } else {
-        (year, month - 3)
+        (year, mon - 3)
     };
     let era = y / 400;
     let yoe = y - era * 400;
@@ -425,6 +482,14 @@ pub fn parse_http_date(v: &[u8]) -> Option<u64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = (era * 146_097 + doe).checked_sub(719_468)?;
     Some(days * 86_400 + h * 3600 + m * 60 + s)
+}
+
+/// The current year (UTC), for RFC 850 dates.
+fn this_year() -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    crate::http::date::split_time(now).0.max(1970) as u64
 }
 
 /// A purge URL as the cache keys it ([`primary_key`]): `http://Shop.Example:80/a` is

@@ -268,9 +268,39 @@ fn http_dates_parse_and_bad_ones_do_not() {
     );
     let now = crate::http::date::http_date(NOW);
     assert_eq!(parse_http_date(&now), Some(NOW));
+    // The obsolete forms RFC 9110 §5.6.7 has recipients accept: RFC 850 and asctime.
+    assert_eq!(
+        parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"),
+        Some(784_111_777)
+    );
+    assert_eq!(
+        parse_http_date(b"Sun Nov  6 08:49:37 1994"),
+        Some(784_111_777)
+    );
+    assert_eq!(
+        parse_http_date(b"Thu Jan 15 00:00:00 1970"),
+        Some(14 * 86_400)
+    );
+    // A two-digit year more than 50 years ahead is the last century's.
+    let in_2026 = |v: &[u8]| parse_date_at(v, || 2026);
+    assert_eq!(
+        in_2026(b"Monday, 01-Jan-76 00:00:00 GMT"),
+        parse_http_date(b"Thu, 01 Jan 2076 00:00:00 GMT")
+    );
+    assert_eq!(
+        in_2026(b"Sunday, 01-Jan-77 00:00:00 GMT"),
+        parse_http_date(b"Sat, 01 Jan 1977 00:00:00 GMT")
+    );
     for bad in [
-        &b"Sunday, 06-Nov-94 08:49:37 GMT"[..],
-        b"Sun Nov  6 08:49:37 1994",
+        &b"Sunday, 06-Nov-94 08:49:37 UTC"[..],
+        b"Sonday, 06-Nov-94 08:49:37 GMT",
+        b"Sunday, 06-Nov-1994 08:49:37 GMT",
+        b"Sunday, 31-Feb-94 08:49:37 GMT",
+        b"Sun Nov 06 08:49:37 94",
+        b"Sun Nov  x 08:49:37 1994",
+        b"Sun Xyz  6 08:49:37 1994",
+        b"Sun Nov  6 08-49-37 1994",
+        b",",
         b"Sun, 06 Nov 1994 08:49:37 UTC",
         b"Sun, 06 Xyz 1994 08:49:37 GMT",
         b"Sun, 0x Nov 1994 08:49:37 GMT",
