@@ -72,6 +72,9 @@ async fn open(
     } else {
         (peer, false)
     };
+    // An IPv4 client on a dual-stack listener arrives as `::ffff:a.b.c.d`: it is one client
+    // whichever listener it used (one rate-limit bucket, one hash key, one log form).
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     // Whether this connection's X-Forwarded-For (and request id) is believed: its peer is a
     // trusted proxy, and not an L4 balancer standing in for a client it did not name.
     let forwarded_trusted =

@@ -41,6 +41,7 @@ pub mod privs;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod ratelimit;
+pub mod ratelimit_keys;
 pub mod ratelimit_store;
 pub mod relay;
 pub mod reload;

@@ -29,8 +29,9 @@ use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 
-use crate::balance::key::{key_bytes, IpText, KeySource};
+use crate::balance::key::{IpText, KeySource};
 use crate::config::{RateKey, RateLimit};
+use crate::ratelimit_keys::limit_values;
 use crate::shard::ShardCtx;
 
 /// Slots probed for a key before one is taken over.
@@ -433,19 +434,29 @@ impl Leases {
 }
 
 /// Whether `limit` admits a request (`src`: its fields): `Ok` also when the request lacks the
-/// key the limit counts by; `Err` says how many seconds until it would.
+/// key the limit counts by; `Err` says how many seconds until it would. A request carrying
+/// its key more than once counts against each value ([`crate::ratelimit_keys`]).
 pub fn check<'a, H>(ctx: &ShardCtx, limit: &RateLimit, src: KeySource<'a, H>) -> Result<(), u64>
 where
     H: IntoIterator<Item = (&'a [u8], &'a [u8])>,
 {
     let mut ip = IpText::default();
-    let bytes: &[u8] = match &limit.key {
-        RateKey::Whole => b"",
-        RateKey::Request(k) => match key_bytes(k, src, &mut ip) {
-            Some(b) => b,
-            None => return Ok(()),
-        },
-    };
+    match &limit.key {
+        RateKey::Whole => admit_one(ctx, limit, b""),
+        RateKey::Request(k) => {
+            let mut wait = None;
+            for v in limit_values(k, src, &mut ip) {
+                if let Err(s) = admit_one(ctx, limit, &v) {
+                    wait = wait.max(Some(s));
+                }
+            }
+            wait.map_or(Ok(()), Err)
+        }
+    }
+}
+
+/// One bucket's answer for the request: its key's bytes are `bytes`.
+fn admit_one(ctx: &ShardCtx, limit: &RateLimit, bytes: &[u8]) -> Result<(), u64> {
     let key = ctx.rates.key(limit, bytes);
     let shards = ctx.shared.accepting.len();
     let r = ctx

@@ -148,6 +148,63 @@ both_engines! {
         assert_eq!(origin.request_count(), 5);
     }
 
+    // A request counts against every value of its key a backend may read: the key in
+    // another spelling (`k%65y`, `X_Api_Key`, `SID`), on a second line or argument, quoted,
+    // or after an empty first value finds the limited bucket, never a way past it.
+    fn a_key_in_any_spelling_or_repeated_counts_against_its_bucket(engine) {
+        let origin = Origin::start("o");
+        let limit = |key: &str| format!("rate_limit = {{ rate = 0.01, burst = 1, key = \"{key}\" }}");
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", &format!("path_prefix = \"/q/\"\n{}", limit("query:key")))
+            .route("main", &format!("path_prefix = \"/c/\"\n{}", limit("cookie:sid")))
+            .route("main", &limit("header:X-Api-Key"))
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        let mut send = |path: &str, h: &[(&str, &str)]| {
+            let mut all = vec![("Host", "e.example")];
+            all.extend_from_slice(h);
+            c.send(&request("GET", path, &all, b""));
+            c.read_response().status()
+        };
+        assert_eq!(send("/q/a?key=victim", &[]), 200);
+        for q in ["/q/a?k%65y=victim", "/q/a?KEY=decoy&key=victim", "/q/a?key=&key=victim",
+                  "/q/a?key=%76ictim", "/q/a?a=1;key=victim", "/q/a?key=decoy2&key=victim"] {
+            assert_eq!(send(q, &[]), 429, "{q}");
+        }
+        assert_eq!(send("/c/a", &[("Cookie", "sid=victim")]), 200);
+        for ck in ["SID=decoy; sid=victim", "x=1,sid=decoy; sid=victim", "sid=; sid=victim", "sid=\"victim\""] {
+            assert_eq!(send("/c/a", &[("Cookie", ck)]), 429, "{ck}");
+        }
+        assert_eq!(send("/c/a", &[("Cookie", "sid=decoy3"), ("Cookie", "sid=victim")]), 429);
+        assert_eq!(send("/h", &[("X-Api-Key", "victim")]), 200);
+        assert_eq!(send("/h", &[("X_Api_Key", "victim")]), 429);
+        assert_eq!(send("/h", &[("X-Api-Key", ""), ("X-Api-Key", "victim")]), 429);
+        assert_eq!(send("/h", &[("X-Api-Key", "decoy4"), ("X-Api-Key", "victim")]), 429);
+        assert_eq!(origin.request_count(), 3);
+    }
+
+    // An IPv4 client is one client on an IPv4 listener and on a dual-stack IPv6 one (where
+    // it arrives as `::ffff:127.0.0.1`): one `client_ip` bucket, and its IPv4 form upstream.
+    fn an_ipv4_client_is_one_client_on_a_dual_stack_listener(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .only_listeners(&["address = \"127.0.0.1:0\"", "address = \"[::ffff:127.0.0.1]:0\""])
+            .route("main", "rate_limit = { rate = 0.01, burst = 2, key = \"client_ip\" }")
+            .start(engine);
+        let (v4, mapped) = (proxy.addrs()[0], proxy.addrs()[1]);
+        let mut c = Client::connect(v4);
+        for _ in 0..2 {
+            c.send(&get("e.example", "/"));
+            assert_eq!(c.read_response().status(), 200);
+        }
+        let mut m = Client::connect(mapped);
+        m.send(&get("e.example", "/"));
+        assert_eq!(m.read_response().status(), 429, "the same client's bucket");
+        assert_eq!(origin.last_request().header("X-Forwarded-For"), Some("127.0.0.1"));
+    }
+
     // A `path` key counts the path as routes compare it: respelling the path (an escaped
     // letter, doubled or encoded slashes) finds the same, empty bucket.
     fn a_path_key_counts_the_path_routes_compare(engine) {

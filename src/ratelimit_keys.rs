@@ -1,0 +1,189 @@
+//! Stage 3½, *admit* by rate: what a `rate_limit` counts a request by. A limit is only as
+//! good as its key's agreement with the backend: a key the backend reads as `victim` but the
+//! limiter reads as something else (or as absent, which is not limited) is a way past the
+//! limit. So where [`crate::balance::key`] reads one value as nginx would (for hashing,
+//! where a mismatch costs nothing), a limit reads **every value a backend may read** and the
+//! request counts against each ([`crate::ratelimit::check`]):
+//!
+//! - `header:NAME`: every field line of that name, in any case and with `_` for `-` (what a
+//!   CGI or WSGI backend reads as the same variable); empty lines are skipped.
+//! - `cookie:NAME`: every pair of that name (any case) in every `Cookie` line, split at `;`
+//!   and at `,` (RFC 6265 parsers split at `;` only, nginx at both: both readings count),
+//!   with surrounding quotes taken off the value.
+//! - `query:NAME`: every argument of that name, arguments split at `&` and `;`, names and
+//!   values percent-decoded (`+` is a space) and names compared in any case.
+//!
+//! Counting one request against several buckets is stricter than any backend's reading,
+//! never looser; a request that repeats its key is unusual.
+
+use std::borrow::Cow;
+
+use crate::balance::key::{key_bytes, IpText, KeySource};
+use crate::balance::HashKey;
+use crate::http::fields::same_field;
+
+/// The values `key` counts `src` by, each once: none when the request has none (it is then
+/// not limited). `ip` holds the client address's text for `client_ip`.
+pub fn limit_values<'a: 'b, 'b, H>(
+    key: &HashKey,
+    src: KeySource<'a, H>,
+    ip: &'b mut IpText,
+) -> Vec<Cow<'b, [u8]>>
+where
+    H: IntoIterator<Item = (&'a [u8], &'a [u8])>,
+{
+    let mut out: Vec<Cow<'b, [u8]>> = Vec::new();
+    let mut add = |v: Cow<'b, [u8]>| {
+        if !v.is_empty() && !out.contains(&v) {
+            out.push(v);
+        }
+    };
+    match key {
+        HashKey::Header(name) => {
+            for (n, v) in src.headers {
+                if same_field(n, name.as_bytes()) {
+                    add(Cow::Borrowed(v.trim_ascii()));
+                }
+            }
+        }
+        HashKey::Cookie(name) => {
+            let name = name.as_bytes();
+            for (_, line) in src
+                .headers
+                .into_iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(b"cookie"))
+            {
+                for pair in line.split(|&b| b == b';' || b == b',') {
+                    let Some((n, v)) = split_pair(pair) else {
+                        continue;
+                    };
+                    if n.trim_ascii().eq_ignore_ascii_case(name) {
+                        let v = v.trim_ascii();
+                        let v = v
+                            .strip_prefix(b"\"")
+                            .and_then(|v| v.strip_suffix(b"\""))
+                            .unwrap_or(v);
+                        add(Cow::Borrowed(v));
+                    }
+                }
+            }
+        }
+        HashKey::Query(name) => {
+            let query = src
+                .target
+                .iter()
+                .position(|&b| b == b'?')
+                .map_or(&b""[..], |q| &src.target[q + 1..]);
+            for arg in query.split(|&b| b == b'&' || b == b';') {
+                let Some((n, v)) = split_pair(arg) else {
+                    continue;
+                };
+                if decode(n).eq_ignore_ascii_case(name.as_bytes()) {
+                    add(decode(v));
+                }
+            }
+        }
+        // One value, as hashing reads it (`path` and `uri` are normalised by the caller).
+        _ => {
+            if let Some(v) = key_bytes(key, src, ip) {
+                add(Cow::Borrowed(v));
+            }
+        }
+    }
+    out
+}
+
+/// `name=value` split at its first `=`; `None` without one.
+fn split_pair(s: &[u8]) -> Option<(&[u8], &[u8])> {
+    let i = s.iter().position(|&b| b == b'=')?;
+    Some((&s[..i], &s[i + 1..]))
+}
+
+/// `s` percent-decoded, `+` as a space (a form-encoded query); a broken escape stays as it
+/// is. Borrowed when there is nothing to decode.
+fn decode(s: &[u8]) -> Cow<'_, [u8]> {
+    if !s.iter().any(|&b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
+    }
+    let hex = |b: u8| crate::route::hex(b);
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'%' => match (
+                s.get(i + 1).and_then(|&b| hex(b)),
+                s.get(i + 2).and_then(|&b| hex(b)),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(key: HashKey, target: &str, headers: &[(&str, &str)]) -> Vec<String> {
+        let mut ip = IpText::default();
+        let src = KeySource {
+            client_ip: "192.0.2.7".parse().unwrap(),
+            target: target.as_bytes(),
+            headers: headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+        };
+        limit_values(&key, src, &mut ip)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_value_a_backend_may_read_is_counted() {
+        let q = |t| values(HashKey::Query("key".into()), t, &[]);
+        assert_eq!(q("/p?k%65y=victim"), ["victim"]);
+        assert_eq!(q("/p?KEY=decoy&key=victim"), ["decoy", "victim"]);
+        assert_eq!(q("/p?key=&key=victim"), ["victim"]);
+        assert_eq!(q("/p?key=%76ictim&key=victim"), ["victim"]);
+        assert_eq!(q("/p?a=1;key=victim"), ["victim"]);
+        assert_eq!(q("/p?key=a+b"), ["a b"]);
+        assert_eq!(q("/p?key=%zz"), ["%zz"]);
+        assert!(q("/p?keys=1&key").is_empty());
+        let c = |h: &[(&str, &str)]| values(HashKey::Cookie("sid".into()), "/", h);
+        assert_eq!(
+            c(&[("Cookie", "SID=decoy; sid=victim")]),
+            ["decoy", "victim"]
+        );
+        assert_eq!(
+            c(&[("Cookie", "x=1,sid=decoy; sid=victim")]),
+            ["decoy", "victim"]
+        );
+        assert_eq!(c(&[("Cookie", "sid=; sid=victim")]), ["victim"]);
+        assert_eq!(c(&[("Cookie", "sid=\"victim\"")]), ["victim"]);
+        assert_eq!(
+            c(&[("Cookie", "sid=decoy"), ("cookie", "sid=victim")]),
+            ["decoy", "victim"]
+        );
+        let h = |h: &[(&str, &str)]| values(HashKey::Header("X-Api-Key".into()), "/", h);
+        assert_eq!(h(&[("X_Api_Key", "victim")]), ["victim"]);
+        assert_eq!(
+            h(&[("X-Api-Key", ""), ("x-api-key", " victim ")]),
+            ["victim"]
+        );
+        assert_eq!(
+            h(&[("X-Api-Key", "decoy"), ("X-Api-Key", "victim")]),
+            ["decoy", "victim"]
+        );
+        assert!(h(&[("X-Api-Keys", "v")]).is_empty());
+        assert_eq!(values(HashKey::ClientIp, "/", &[]), ["192.0.2.7"]);
+        assert_eq!(values(HashKey::Path, "/a/b?x", &[]), ["/a/b"]);
+    }
+}
