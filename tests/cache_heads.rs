@@ -69,8 +69,9 @@ both_engines! {
         assert_eq!(origin.request_count(), 1);
     }
 
-    // A chunked response announcing a trailer is stored without it and served with a
-    // Content-Length: a `Trailer` field would announce fields that never come.
+    // A chunked response announcing a trailer is served from the cache with a
+    // Content-Length and without its `Trailer` field, which would announce fields that never
+    // come; so is a 304 made from it.
     fn a_stored_chunked_responses_trailer_field_is_not_served(engine) {
         let origin = Origin::with_handler("o", |_| Reply::Response {
             status: 200,
@@ -90,5 +91,9 @@ both_engines! {
         assert_eq!(r.header("Content-Length"), Some("12"));
         assert_eq!(r.header("Trailer"), None, "{}", r.head.raw);
         assert_eq!(r.body_str(), "chunked body");
+        let r = fetch(&mut c, "/t", &[("If-None-Match", "*")]);
+        assert_eq!(r.status(), 304, "{}", r.head.raw);
+        assert_eq!(r.header("Trailer"), None, "{}", r.head.raw);
+        assert_eq!(r.header("Cache-Control"), Some("max-age=60"));
     }
 }

@@ -450,9 +450,6 @@ impl Fill<'_> {
         if initial_age >= lifetime || buf.len() < head.head_len {
             return false;
         }
-        let Some(stored) = StoredHead::new(buf[..head.head_len].into()) else {
-            return false;
-        };
         let held = self.with_store(|store| store.teeing.clone());
         if let BodyFraming::Length(n) = framing {
             // It would not fit beside the responses being stored now: not stored, and so
@@ -462,6 +459,9 @@ impl Fill<'_> {
                 return false;
             }
         }
+        let Some(stored) = StoredHead::new(buf[..head.head_len].into()) else {
+            return false;
+        };
         self.admitted = Some(Admitted {
             status: head.status,
             at: Instant::now(),

@@ -25,7 +25,7 @@ use crate::trace::Trace;
 use super::store::{Entry, StoredHead};
 
 /// Fields of a `304` that do not update the stored response (RFC 9111 §3.2) besides the
-/// framing and hop-by-hop ones (the parser's [`HeaderKind::is_hop_by_hop`]): those that
+/// framing and hop-by-hop ones ([`HeaderKind::is_response_hop`]): those that
 /// describe the stored body as it is, and the proxy authentication fields. `Age` is never
 /// kept (the age is computed), and `Date` always comes from the `304` (dropped when it has
 /// none: a stale `Date` would make the refreshed entry look old).
@@ -37,16 +37,18 @@ const NOT_UPDATED: [&str; 5] = [
     "age",
 ];
 
-/// A stored field that describes only the hop it came on (RFC 9110 §7.6.1); the stored
-/// `Content-Length` stays, as a cached `304` or `HEAD` answer carries it.
+/// A stored field that describes only the hop it came on ([`HeaderKind::is_response_hop`],
+/// as a relayed response drops them). The stored `Content-Length` stays: a cached `304`
+/// carries it.
 fn hop_only(name: &[u8]) -> bool {
-    let kind = HeaderKind::classify(name);
-    kind.is_hop_by_hop() && kind != HeaderKind::ContentLength
+    HeaderKind::classify(name).is_response_hop()
 }
 
-/// Whether a `304`'s field `name` replaces the stored ones of that name.
+/// Whether a `304`'s field `name` replaces the stored ones of that name: not its hop-only
+/// fields, nor its `Content-Length` (it describes no body of the 304's own).
 fn refreshes(name: &[u8]) -> bool {
-    !HeaderKind::classify(name).is_hop_by_hop() && !is(name, &NOT_UPDATED)
+    let kind = HeaderKind::classify(name);
+    !kind.is_response_hop() && kind != HeaderKind::ContentLength && !is(name, &NOT_UPDATED)
 }
 
 fn is(name: &[u8], list: &[&str]) -> bool {
@@ -82,8 +84,8 @@ fn field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
 }
 
 /// The most fields and bytes a head merged from a stored one and a `304` may have to be
-/// stored: at most the fields [`super::serve`] always parses (its limit is `max_headers`, at
-/// least 100), and a bound on the memory a refresh can add.
+/// stored: a bound on the memory and the work (every hit copies each field) a refresh can
+/// add.
 const MERGED_MAX_FIELDS: usize = 100;
 const MERGED_MAX_BYTES: usize = 64 * 1024;
 

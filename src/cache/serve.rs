@@ -13,7 +13,7 @@ use crate::client::{Client, Outcome};
 use crate::forward::RequestFacts;
 use crate::http::canned::Canned;
 use crate::http::encode::{client_response_head, itoa_buf, OutFraming, Rewrite};
-use crate::http::parse::Method;
+use crate::http::parse::{HeaderKind, Method};
 use crate::io::{write_from, write_head_and_shared, IoFail};
 use crate::relay::{Leg, RelayError};
 use crate::respond::{proxy_fields, respond_canned, response_vars};
@@ -37,12 +37,22 @@ pub async fn serve(
     // The stored head, or a 304 made from it when the request's condition holds.
     let as_304;
     let stored: &StoredHead = if hit.not_modified {
-        let bytes = &entry.head.bytes;
-        // The status line ends at the first LF (a CRLF, or a bare LF the parser accepted).
-        let first_line = bytes.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+        // Its fields under a 304 status line, CRLF-ended whatever the backend's lines were;
+        // no `Trailer` (a 200 hit, sent with a length, has none either).
+        let (bytes, parsed) = (&entry.head.bytes, &entry.head.parsed);
         let mut h = Vec::with_capacity(bytes.len() + 32);
         h.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\n");
-        h.extend_from_slice(&bytes[first_line..]);
+        for f in parsed
+            .headers
+            .iter()
+            .filter(|f| f.kind != HeaderKind::Trailer)
+        {
+            h.extend_from_slice(f.name.get(bytes));
+            h.extend_from_slice(b": ");
+            h.extend_from_slice(f.value.get(bytes));
+            h.extend_from_slice(b"\r\n");
+        }
+        h.extend_from_slice(b"\r\n");
         match StoredHead::new(h.into()) {
             Some(h) => {
                 as_304 = h;

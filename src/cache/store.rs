@@ -83,12 +83,14 @@ impl StoredHead {
         Some(StoredHead { bytes, parsed })
     }
 
-    /// Bytes it holds: the head and its parse.
+    /// Bytes it holds: the head, its parse, and itself in its `Rc` (two counts).
     pub fn charge(&self) -> u64 {
         let p = &self.parsed;
         (self.bytes.len()
             + p.headers.capacity() * std::mem::size_of::<Header>()
-            + p.conn_tokens.capacity() * std::mem::size_of::<Span>()) as u64
+            + p.conn_tokens.capacity() * std::mem::size_of::<Span>()
+            + std::mem::size_of::<StoredHead>()
+            + 2 * std::mem::size_of::<usize>()) as u64
     }
 }
 
@@ -347,8 +349,17 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_head_charges_its_bytes_its_parse_and_itself() {
+        let bare = StoredHead::new(b"HTTP/1.1 200 OK\r\n\r\n"[..].into()).unwrap();
+        let two = StoredHead::new(b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n\r\n"[..].into()).unwrap();
+        assert!(bare.charge() >= 19 + std::mem::size_of::<StoredHead>() as u64);
+        let fields = 2 * std::mem::size_of::<Header>() as u64;
+        assert_eq!(two.charge() - bare.charge(), 12 + fields);
+    }
+
+    #[test]
     fn the_least_recently_used_goes_first_and_the_size_holds() {
-        let one = 1 + 19 + 1000 + ENTRY_OVERHEAD;
+        let one = 1 + entry(0).head.charge() + 1000 + ENTRY_OVERHEAD;
         let mut s = Store::new(3 * one, CachePolicy::Lru);
         for k in [b"a", b"b", b"c"] {
             assert_eq!(s.insert(k, 1, none(), entry(1000)), 0);
@@ -387,7 +398,7 @@ mod tests {
 
     #[test]
     fn tinylfu_keeps_popular_entries_from_one_off_urls() {
-        let one = 7 + 19 + 1000 + ENTRY_OVERHEAD;
+        let one = 7 + entry(0).head.charge() + 1000 + ENTRY_OVERHEAD;
         let mut s = Store::new(2 * one, CachePolicy::TinyLfu);
         for k in [b"http:/a", b"http:/b"] {
             for _ in 0..3 {

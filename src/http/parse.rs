@@ -86,6 +86,23 @@ impl HeaderKind {
         }
     }
 
+    /// A response's fields that describe only the connection it came on (RFC 9110 §7.6.1,
+    /// with `Upgrade`, whose 101 the proxy writes itself), and lookalikes of the framing
+    /// fields: never relayed as they came, nor kept by the cache. A response's
+    /// `X-Forwarded-*` are the backend's own end-to-end fields.
+    pub fn is_response_hop(self) -> bool {
+        matches!(
+            self,
+            HeaderKind::Connection
+                | HeaderKind::KeepAlive
+                | HeaderKind::ProxyConnection
+                | HeaderKind::Te
+                | HeaderKind::TransferEncoding
+                | HeaderKind::Upgrade
+                | HeaderKind::FramingLookalike
+        )
+    }
+
     /// Hop-by-hop headers (RFC 9110 §7.6.1) are never forwarded; the proxy writes its own
     /// framing. X-Forwarded-* are replaced by the proxy's own values.
     pub fn is_hop_by_hop(self) -> bool {
