@@ -607,8 +607,13 @@ fn vars<'b>(
     routed: &Routed<'b>,
 ) -> Vars<'b> {
     let (path, query) = path_and_query(routed.target.path);
-    // `http://host?q` has an empty path, which is `/` (RFC 9110 §4.2.3).
-    let path = if path.is_empty() { &b"/"[..] } else { path };
+    // `http://host?q` has an empty path, which is `/` (RFC 9110 §4.2.3); `OPTIONS *` is
+    // about the server, whose root a redirect of it names.
+    let path = if path.is_empty() || path == b"*" {
+        &b"/"[..]
+    } else {
+        path
+    };
     Vars {
         client_ip: facts.client_ip,
         request_id: rid.bytes(),

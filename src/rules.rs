@@ -248,14 +248,19 @@ pub fn location(r: &Redirect, vars: &Vars<'_>) -> Option<Vec<u8>> {
 }
 
 /// `raw` as a URI-reference for a `Location` (RFC 9110 §10.2.2): the bytes a URI cannot hold
-/// that a request's path or query may carry (non-ASCII, `"<>\^`{|}`, and controls and space,
-/// which no target holds) percent-encoded; escapes already there are kept.
+/// that a request's path or query may carry (non-ASCII, `"<>\^`{|}`, a `%` that starts no
+/// escape, and controls and space, which no target holds) percent-encoded; escapes already
+/// there are kept.
 pub fn escape_uri(raw: &[u8]) -> Vec<u8> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let plain = |b: u8| b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b);
+    let plain = |b: u8| b.is_ascii_graphic() && !b"\"<>\\^`{|}%".contains(&b);
+    let escape = |i: usize| {
+        let hex = |j: usize| raw.get(j).is_some_and(u8::is_ascii_hexdigit);
+        hex(i + 1) && hex(i + 2)
+    };
     let mut out = Vec::with_capacity(raw.len() + 16);
-    for &b in raw {
-        if plain(b) {
+    for (i, &b) in raw.iter().enumerate() {
+        if plain(b) || (b == b'%' && escape(i)) {
             out.push(b);
         } else {
             out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
@@ -273,6 +278,10 @@ mod tests {
         assert_eq!(
             escape_uri("https://n.example/caf\u{e9}?q=<x>\"{}|^`\\&r=%20#f".as_bytes()),
             b"https://n.example/caf%C3%A9?q=%3Cx%3E%22%7B%7D%7C%5E%60%5C&r=%20#f"
+        );
+        assert_eq!(
+            escape_uri(b"/x?q=100%&r=%4&s=%zz%41"),
+            b"/x?q=100%25&r=%254&s=%25zz%41"
         );
     }
 

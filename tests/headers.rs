@@ -122,6 +122,27 @@ both_engines! {
         assert!(r.header("x-resp-private").is_none(), "header named in the backend's Connection must be removed:\n{}", r.head.raw);
         assert!(r.header("keep-alive").is_none(), "backend Keep-Alive must be removed:\n{}", r.head.raw);
         assert_eq!(r.header("x-resp-public"), Some("2"));
+        // A chunked response's `Trailer` is relayed with its chunks, unless the backend's
+        // own `Connection` names it.
+        let origin = Origin::with_handler("o", |r| Reply::Response {
+            status: 200,
+            headers: if r.path() == "/named" {
+                vec![("Connection".into(), "Trailer".into()), ("Trailer".into(), "X-T".into())]
+            } else {
+                vec![("Trailer".into(), "X-T".into())]
+            },
+            body: b"chunks".to_vec(),
+            mode: BodyMode::Chunked,
+            close_after: false,
+        });
+        let proxy = Config::single(origin.addr()).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("h.example", "/kept"));
+        assert_eq!(c.read_response().header("trailer"), Some("X-T"));
+        c.send(&get("h.example", "/named"));
+        let r = c.read_response();
+        assert_eq!(r.body_str(), "chunks");
+        assert!(r.header("trailer").is_none(), "named in Connection:\n{}", r.head.raw);
     }
 }
 

@@ -72,6 +72,7 @@ both_engines! {
             .upstream("main", &[origin.addr()])
             .route("main", "host = \"strip.example\"\nstrip_prefix = \"/api\"")
             .route("main", "host = \"add.example\"\nadd_prefix = \"/v2\"")
+            .route("main", "host = \"r.example\"\nredirect = { to = \"https://new.example${path}\" }")
             .route("main", "")
             .start(engine);
         let mut c = Client::connect(proxy.addr());
@@ -85,6 +86,14 @@ both_engines! {
             c.send(format!("{line} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
             assert_eq!(c.read_response().status(), 200, "{line}");
             assert_eq!(origin.last_request().target, received, "{line}");
+        }
+        // `${path}` of either is the root.
+        for line in ["GET http://r.example?q=1", "OPTIONS *"] {
+            c.send(format!("{line} HTTP/1.1\r\nHost: r.example\r\n\r\n").as_bytes());
+            let r = c.read_response();
+            assert_eq!(r.status(), 302, "{line}");
+            assert!(r.header("Location").unwrap().starts_with("https://new.example/"), "{line}: {:?}", r.header("Location"));
+            assert!(!r.header("Location").unwrap().contains('*'), "{line}");
         }
     }
 
@@ -233,6 +242,10 @@ both_engines! {
             r.header("Location"),
             Some("https://new.example/k301/caf%C3%A9%7C?q=%3Cx%3E%22%7B%7D%60")
         );
+        // A `%` that starts no escape (a query may carry one) is one too.
+        c.send(&get("a.example", "/k301/x?q=100%&r=%41"));
+        let r = c.read_response();
+        assert_eq!(r.header("Location"), Some("https://new.example/k301/x?q=100%25&r=%41"));
         // A target naming ${host} for a request with none (HTTP/1.0): 400, never
         // `http:///evil.example/x`, which a browser reads as host evil.example.
         let mut c10 = Client::connect(proxy.addr());

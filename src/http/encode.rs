@@ -263,10 +263,10 @@ pub fn client_response_head(
         HeaderKind::Upgrade => Some(false),
         HeaderKind::ContentLength => Some(keep_length),
         // `Trailer` announces fields after a chunked body: none follow a length or a close.
-        HeaderKind::Trailer => Some(!matches!(
-            framing,
-            OutFraming::Length(_) | OutFraming::Close
-        )),
+        // (Otherwise the usual rules: `hide_response_headers`, the backend's `Connection`.)
+        HeaderKind::Trailer if matches!(framing, OutFraming::Length(_) | OutFraming::Close) => {
+            Some(false)
+        }
         _ => None,
     });
     if let (false, Some(date)) = (has_date, rw.date) {
@@ -347,10 +347,9 @@ pub fn interim_response_head(
 }
 
 /// Copies the upstream's response fields to the client head: hop-by-hop fields
-/// (`Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`), those named
-/// in `Connection`, and those [`Rewrite`] removes or replaces are dropped; `decide` settles
-/// the kinds that depend on the response (Some(keep)), None = the default rule. Returns
-/// whether the upstream sent a `Date`.
+/// ([`HeaderKind::is_response_hop`]), those named in `Connection`, and those [`Rewrite`]
+/// removes or replaces are dropped; `decide` settles the kinds that depend on the response
+/// (Some(keep)), None = the default rule. Returns whether the upstream sent a `Date`.
 fn copy_response_fields(
     buf: &[u8],
     head: &ResponseHead,
@@ -362,12 +361,7 @@ fn copy_response_fields(
     let mut fields = FieldCopy::new(buf);
     for h in &head.headers {
         let keep = decide(h.kind).unwrap_or_else(|| match h.kind {
-            HeaderKind::Connection
-            | HeaderKind::KeepAlive
-            | HeaderKind::ProxyConnection
-            | HeaderKind::Te
-            | HeaderKind::TransferEncoding
-            | HeaderKind::FramingLookalike => false,
+            k if k.is_response_hop() => false,
             _ => {
                 let name = h.name.get(buf);
                 let eq = |s: &[u8]| name.eq_ignore_ascii_case(s);
