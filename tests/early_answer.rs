@@ -3,7 +3,8 @@
 //! HAProxy do, instead of a 502: the proxy stops sending the body, relays the response with
 //! `Connection: close`, and closes the client connection (lingering, so the unread upload
 //! does not reset the response away, RFC 9112 §9.6). Uploads of known length (spliced from
-//! 256 KiB, copied below) and chunked ones, on both engines.
+//! 256 KiB, copied below) and chunked ones, on both engines; and a backend that answers and
+//! then holds the connection without reading (its answer, not a 504).
 
 use crate::support::*;
 use std::io::Write;
@@ -33,6 +34,26 @@ fn refusing_backend() -> (SocketAddr, mpsc::Receiver<String>) {
         }
     });
     (addr, rx)
+}
+
+/// A backend that reads one request head, answers 401 at once, and then neither reads the
+/// body nor closes (until the proxy does): the body's write stalls once the socket buffers
+/// are full.
+fn holding_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        // Kept open, never read again, for as long as this thread lives.
+        let mut held = Vec::new();
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let _ = read_head_bytes(&mut s);
+            let _ = s.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\nno key");
+            held.push(s);
+        }
+    });
+    addr
 }
 
 /// Sends a `len`-byte upload (its head, then the body from another thread, which stops at
@@ -110,5 +131,21 @@ both_engines! {
         // The proxy still serves.
         let (r, _) = upload(&proxy, 10, false);
         assert_eq!(r.status(), 413);
+    }
+
+    // The same answer from a backend that keeps the connection open and stops reading: the
+    // body's write times out (upstream_response), and the answer waiting on the connection
+    // is what the client gets, not a 504 of the proxy's own.
+    fn an_early_answer_from_a_backend_that_stops_reading_reaches_the_client(engine) {
+        let proxy = Config::single(holding_backend())
+            .limit("max_body_bytes", "\"64MiB\"")
+            .timeout("upstream_response", "1s")
+            .start(engine);
+        for chunked in [false, true] {
+            let (r, closed) = upload(&proxy, 16 << 20, chunked);
+            assert_eq!(r.status(), 401, "chunked {chunked}: {}", r.head.raw);
+            assert_eq!(r.body_str(), "no key");
+            assert!(closed, "chunked {chunked}: the unread body ends the connection: {}", r.head.raw);
+        }
     }
 }

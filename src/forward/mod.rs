@@ -436,11 +436,22 @@ impl<'a> Forward<'a> {
             relayed: false,
         };
         let body_stopped = sent.is_err();
+        // A backend that answered early and stopped reading the body without closing (a 401
+        // to an upload) lets the body's write time out: its answer is waiting, and is the
+        // response (a plain connection's bytes before the whole request are a response; a TLS
+        // one's may be a session ticket).
+        let answered = |conn: &Transport| {
+            conn.plain()
+                .is_some_and(|tcp| crate::io::peer_sent(tcp.as_raw_fd()))
+        };
         let got = match sent {
             // The body stopped because the backend closed: it may have answered first (read
             // what it sent). A bodiless request has no answer yet, and a stalled backend is
             // not waited for twice.
-            Err(e) if facts.framing.is_empty() || matches!(e, IoFail::Timeout) => {
+            Err(e)
+                if facts.framing.is_empty()
+                    || matches!(e, IoFail::Timeout) && !answered(on.conn) =>
+            {
                 Err(HeadFail::Io(e))
             }
             _ => {
