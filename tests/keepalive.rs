@@ -3,7 +3,53 @@
 use crate::support::*;
 use std::time::Duration;
 
+/// A backend that answers every request head on every connection with an HTTP/1.0
+/// keep-alive response, reading no body; returns the connections it accepted so far.
+fn http10_backend() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                while read_head_bytes(&mut s).is_ok() {
+                    let ok =
+                        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok";
+                    if s.write_all(ok).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
 both_engines! {
+    // RFC 9112 §6.1: a chunked body may go only to a server known to speak HTTP/1.1. A
+    // backend that answered in HTTP/1.0 (keep-alive or not) gets no further request on that
+    // connection, so a chunked upload never reaches a server that would read its chunks as
+    // requests.
+    fn a_connection_that_answered_in_http_1_0_is_not_reused(engine) {
+        let (backend, accepted) = http10_backend();
+        let proxy = Config::single(backend).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/first"));
+        assert_eq!(c.read_response().body_str(), "ok");
+        c.send(b"POST /up HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n17\r\nGET /admin HTTP/1.0\r\n\r\n\r\n0\r\n\r\n");
+        assert_eq!(c.read_response().status(), 200);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2, "a new connection for the upload");
+    }
+
     fn upstream_connections_reused_over_10000_requests(engine) {
         let (proxy, origin) = proxy_with_origin(engine);
         let mut c = Client::connect(proxy.addr());

@@ -293,15 +293,13 @@ impl ResponseHead {
             BodyFraming::UntilClose
         }
     }
-    /// Whether the upstream lets us reuse the connection after this response.
+    /// Whether the upstream lets us reuse the connection after this response. Never after an
+    /// HTTP/1.0 one, even with `Connection: keep-alive`: the next request on it might carry a
+    /// chunked body, which may not go to a server not known to speak HTTP/1.1 (RFC 9112
+    /// §6.1, "remembering the version of a prior received response"); a 1.0 server would
+    /// read its chunks as requests.
     pub fn upstream_keep_alive(&self) -> bool {
-        if self.minor_version == 0 {
-            // RFC 9112 §6.1: Transfer-Encoding in a 1.0 message is faulty framing; the body is
-            // decoded, but the connection is closed afterwards.
-            self.conn_keep_alive && !self.conn_close && !self.chunked
-        } else {
-            !self.conn_close
-        }
+        self.minor_version == 1 && !self.conn_close
     }
     pub fn named_in_connection(&self, buf: &[u8], name: &[u8]) -> bool {
         self.conn_tokens

@@ -472,6 +472,9 @@ fn response_framing_split_at_every_byte() {
     assert!(parse_response(raw, &LIMITS, &mut head).is_ok());
     assert_eq!(head.framing(Method::Get), BodyFraming::UntilClose);
     assert!(!head.upstream_keep_alive());
+    let raw = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n";
+    assert!(parse_response(raw, &LIMITS, &mut head).is_ok());
+    assert!(!head.upstream_keep_alive(), "never reused after HTTP/1.0");
     let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
     assert!(parse_response(raw, &LIMITS, &mut head).is_err());
     let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
