@@ -1,7 +1,12 @@
 //! The response cache's stored heads as backends write them (found by the 2026-12-06
 //! probe): a head with bare-LF line endings, which the parser accepts, answers a conditional
 //! request with a whole `304`; several `If-None-Match` lines are one list; a stored chunked
-//! response's `Trailer` field is not sent on hits framed with a length.
+//! response's `Trailer` field is not sent on hits framed with a length; `If-Modified-Since`
+//! falls back to the stored `Date`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use edgeshard::http::date::http_date;
 
 use crate::support::*;
 
@@ -95,5 +100,26 @@ both_engines! {
         assert_eq!(r.status(), 304, "{}", r.head.raw);
         assert_eq!(r.header("Trailer"), None, "{}", r.head.raw);
         assert_eq!(r.header("Cache-Control"), Some("max-age=60"));
+    }
+
+    // If-Modified-Since against an entry without Last-Modified compares with its Date
+    // (RFC 9111 §4.3.2), where it was ignored.
+    fn if_modified_since_uses_the_date_without_last_modified(engine) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let date = |t| String::from_utf8(http_date(t).to_vec()).unwrap();
+        let (sent, day_before) = (date(now), date(now - 86_400));
+        let head = format!("HTTP/1.1 200 OK\r\nDate: {sent}\r\nCache-Control: max-age=600\r\nContent-Length: 2\r\n\r\nok");
+        let origin = Origin::with_handler("o", move |_| Reply::Raw {
+            bytes: head.clone().into_bytes(),
+            close_after: false,
+        });
+        let proxy = cached(&origin, engine);
+        let mut c = Client::connect(proxy.addr());
+        assert_eq!(fetch(&mut c, "/d", &[]).status(), 200);
+        let r = fetch(&mut c, "/d", &[("If-Modified-Since", &sent)]);
+        assert_eq!(r.status(), 304, "{}", r.head.raw);
+        let r = fetch(&mut c, "/d", &[("If-Modified-Since", &day_before)]);
+        assert_eq!((r.status(), r.body_str()), (200, "ok".into()));
+        assert_eq!(origin.request_count(), 1);
     }
 }

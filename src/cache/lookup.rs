@@ -256,12 +256,32 @@ pub(super) fn answers_304<'h>(
         }
         (first, _) => first,
     };
+    let if_modified_since = value_of(b"if-modified-since");
+    // What `If-Modified-Since` compares with (RFC 9111 §4.3.2): the stored `Last-Modified`;
+    // without one its `Date`; without that, when it was received. Looked up only for a
+    // request that asks.
+    let modified = match (entry.last_modified, if_modified_since, if_none_match) {
+        (None, Some(_), None) => Some(
+            entry
+                .head
+                .parsed
+                .headers
+                .iter()
+                .find(|h| h.name.get(&entry.head.bytes).eq_ignore_ascii_case(b"date"))
+                .and_then(|h| policy::parse_http_date(h.value.get(&entry.head.bytes)))
+                .unwrap_or_else(|| {
+                    let held = crate::clock::now().saturating_duration_since(entry.stored);
+                    unix_now().saturating_sub(held.as_secs())
+                }),
+        ),
+        (lm, ..) => lm,
+    };
     matches!(entry.status, 200 | 203)
         && policy::not_modified(
             if_none_match,
-            value_of(b"if-modified-since"),
+            if_modified_since,
             entry.etag.as_deref(),
-            entry.last_modified,
+            modified,
             unix_now,
         )
 }
