@@ -3,8 +3,9 @@
 //! HAProxy do, instead of a 502: the proxy stops sending the body, relays the response with
 //! `Connection: close`, and closes the client connection (lingering, so the unread upload
 //! does not reset the response away, RFC 9112 §9.6). Uploads of known length (spliced from
-//! 256 KiB, copied below) and chunked ones, on both engines; and a backend that answers and
-//! then holds the connection without reading (its answer, not a 504).
+//! 256 KiB, copied below) and chunked ones, on both engines; a backend that answers and then
+//! holds the connection without reading (its answer at once, not a 504); and an unasked
+//! `100 Continue`, which does not stop the body.
 
 use crate::support::*;
 use std::io::Write;
@@ -134,18 +135,61 @@ both_engines! {
     }
 
     // The same answer from a backend that keeps the connection open and stops reading: the
-    // body's write times out (upstream_response), and the answer waiting on the connection
-    // is what the client gets, not a 504 of the proxy's own.
+    // answer is noticed while the body is still going (the upload stops there), not after
+    // upstream_response (30 s here) as a 504 of the proxy's own.
     fn an_early_answer_from_a_backend_that_stops_reading_reaches_the_client(engine) {
         let proxy = Config::single(holding_backend())
             .limit("max_body_bytes", "\"64MiB\"")
-            .timeout("upstream_response", "1s")
+            .timeout("upstream_response", "30s")
             .start(engine);
+        let started = std::time::Instant::now();
         for chunked in [false, true] {
             let (r, closed) = upload(&proxy, 16 << 20, chunked);
             assert_eq!(r.status(), 401, "chunked {chunked}: {}", r.head.raw);
             assert_eq!(r.body_str(), "no key");
             assert!(closed, "chunked {chunked}: the unread body ends the connection: {}", r.head.raw);
         }
+        assert!(started.elapsed() < Duration::from_secs(25), "answered before upstream_response");
+    }
+
+    // A backend that sends `100 Continue` unasked, then reads the whole body and answers:
+    // the interim response does not stop the body (only a final answer does).
+    fn an_unasked_100_does_not_stop_the_body(engine) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return };
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let Ok(head) = read_head_bytes(&mut s) else { return };
+            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let _ = s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+            let mut body = vec![0u8; len];
+            if std::io::Read::read_exact(&mut s, &mut body).is_err() {
+                return;
+            }
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            let _ = s.write_all(answer.as_bytes());
+            let _ = s.write_all(&body);
+        });
+        let proxy = Config::single(addr).limit("max_body_bytes", "\"64MiB\"").start(engine);
+        let body = vec![b'y'; 3 << 20];
+        let mut c = Client::connect(proxy.addr());
+        let head = format!("POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: {}\r\n\r\n", body.len());
+        let mut w: TcpStream = c.stream().try_clone().unwrap();
+        let send = body.clone();
+        let writer = thread::spawn(move || {
+            let _ = w.write_all(head.as_bytes());
+            let _ = w.write_all(&send);
+        });
+        let r = c.read_response();
+        writer.join().unwrap();
+        assert_eq!(r.status(), 200, "{}", r.head.raw);
+        assert_eq!(r.body.len(), body.len());
+        assert!(r.body == body, "the whole body reached the backend");
     }
 }

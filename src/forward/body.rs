@@ -1,7 +1,8 @@
 //! Stage 6 of the pipeline, *forward*, for a request with a body (or an `Expect:
 //! 100-continue`): the `100 Continue` and the request body sent behind its head, spliced when
-//! it is large, of known length and both sides are plain TCP, copied otherwise. The attempt
-//! loop that calls it is in `forward/mod.rs`.
+//! it is large, of known length and both sides are plain TCP, copied otherwise; on a plain
+//! backend connection, watched for an answer that comes before the body's end
+//! ([`until_answered`]). The attempt loop that calls it is in `forward/mod.rs`.
 
 use crate::client::Client;
 use crate::error::{Kind, ProxyError, Stage};
@@ -15,6 +16,57 @@ use crate::trace::Trace;
 use crate::transport::Transport;
 
 use super::{Forward, Prepared, RequestFacts};
+
+use std::future::Future;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+use monoio::net::TcpStream;
+
+/// A second handle to a plain backend connection's socket, to watch for the backend's answer
+/// while the body goes out on the first: a backend may answer an upload early (a 401, a 413)
+/// and stop reading it without closing. `None` for TLS (its bytes may be a session ticket) or
+/// when the handle cannot be made (the body then goes unwatched).
+pub(super) fn answer_watch(conn: &Transport) -> Option<TcpStream> {
+    let tcp = conn.plain()?;
+    // SAFETY: `conn` owns the descriptor and outlives this borrow, which only dups it.
+    let fd = unsafe { BorrowedFd::borrow_raw(tcp.as_raw_fd()) };
+    let dup = fd.try_clone_to_owned().ok()?;
+    TcpStream::from_std(std::net::TcpStream::from(dup)).ok()
+}
+
+/// Runs `body` (the request body's relay) to its end, unless the backend's final answer is
+/// waiting on `watch` first: then the relay is dropped (the body stops there) and the try
+/// goes on to read that answer, as after a backend that closed. Anything else the backend
+/// sends first (a `100` it sends unasked, a close) is left to the relay, no longer watched.
+pub(super) async fn until_answered<F>(body: F, watch: &TcpStream) -> F::Output
+where
+    F: Future<Output = Result<Result<(), IoFail>, ProxyError>>,
+{
+    let mut body = std::pin::pin!(body);
+    // The relay first: a body that has just ended is not an early answer's, whatever came.
+    monoio::select! {
+        biased;
+        r = &mut body => return r,
+        _ = watch.readable(false) => {}
+    }
+    if final_answer_waiting(watch.as_raw_fd()) {
+        let e = std::io::Error::other("the backend answered before the body's end");
+        return Ok(Err(IoFail::Io(e)));
+    }
+    body.await
+}
+
+/// Whether the bytes waiting on `fd` start a final response (`HTTP/1.x ` and a status that
+/// is not 1xx), looked at without taking them. Fewer than 10 bytes is not yet.
+fn final_answer_waiting(fd: RawFd) -> bool {
+    let mut b = [0u8; 10];
+    matches!(
+        crate::transport::recv_into(fd, &mut b, libc::MSG_PEEK),
+        Ok(10)
+    ) && b.starts_with(b"HTTP/1.")
+        && b[8] == b' '
+        && (b'2'..=b'9').contains(&b[9])
+}
 
 impl<'a> Forward<'a> {
     /// Writes `100 Continue` to the client.

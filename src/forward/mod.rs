@@ -410,12 +410,16 @@ impl<'a> Forward<'a> {
             let t = self.cfg.timeouts.upstream_response;
             write_from(on.conn, out, 0, n, &mut client.deadline, t).await
         } else {
-            Box::pin(self.send_body(client, on.conn, prepared, facts, on.backend, trace))
-                .await
-                .map_err(|e| ProxyError {
-                    reused: on.reused,
-                    ..e
-                })?
+            let watch = body::answer_watch(on.conn);
+            let body = self.send_body(client, on.conn, prepared, facts, on.backend, trace);
+            let sent = match &watch {
+                Some(w) => Box::pin(body::until_answered(body, w)).await,
+                None => Box::pin(body).await,
+            };
+            sent.map_err(|e| ProxyError {
+                reused: on.reused,
+                ..e
+            })?
         };
         // This try's bound on the response head: upstream_response, or the retry policy's
         // per-try and total timeouts when they are shorter.
