@@ -410,7 +410,11 @@ impl<'a> Forward<'a> {
             let t = self.cfg.timeouts.upstream_response;
             write_from(on.conn, out, 0, n, &mut client.deadline, t).await
         } else {
-            let watch = body::answer_watch(on.conn);
+            // A body already read whole goes out with the head before any answer could
+            // come: only one still arriving is watched (a dup per such request, not per POST).
+            let whole =
+                matches!(facts.framing, BodyFraming::Length(n) if client.buf.len() as u64 >= n);
+            let watch = (!whole).then(|| body::answer_watch(on.conn)).flatten();
             let body = self.send_body(client, on.conn, prepared, facts, on.backend, trace);
             let sent = match &watch {
                 Some(w) => Box::pin(body::until_answered(body, w)).await,
