@@ -69,6 +69,31 @@ fn final_answer_waiting(fd: RawFd) -> bool {
 }
 
 impl<'a> Forward<'a> {
+    /// [`Forward::send_body`], watched for an early answer ([`until_answered`]) when that can
+    /// help: not for a body already read whole with its head (it goes out before any answer
+    /// could come: a dup per such request would buy nothing), nor on a connection with a
+    /// receive posted (`receiving`: io_uring's pooled ones, where the answer would land in
+    /// that receive's buffer, unseen by a look at the socket).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn send_body_watched(
+        &self,
+        client: &mut Client,
+        conn: &mut Transport,
+        receiving: bool,
+        prepared: &mut Prepared<'a>,
+        facts: &RequestFacts,
+        backend: usize,
+        trace: &mut Trace,
+    ) -> Result<Result<(), IoFail>, ProxyError> {
+        let whole = matches!(facts.framing, BodyFraming::Length(n) if client.buf.len() as u64 >= n);
+        let watch = (!whole && !receiving).then(|| answer_watch(conn)).flatten();
+        let body = self.send_body(client, conn, prepared, facts, backend, trace);
+        match &watch {
+            Some(w) => until_answered(body, w).await,
+            None => body.await,
+        }
+    }
+
     /// Writes `100 Continue` to the client.
     pub(super) async fn send_continue(&self, client: &mut Client) -> Result<(), ProxyError> {
         write_static(

@@ -410,21 +410,12 @@ impl<'a> Forward<'a> {
             let t = self.cfg.timeouts.upstream_response;
             write_from(on.conn, out, 0, n, &mut client.deadline, t).await
         } else {
-            // A body already read whole goes out with the head before any answer could
-            // come: only one still arriving is watched (a dup per such request, not per POST).
-            // Nor a connection with a receive posted (io_uring's pooled ones): the answer
-            // would land in that receive's buffer, unseen by a look at the socket.
-            let whole =
-                matches!(facts.framing, BodyFraming::Length(n) if client.buf.len() as u64 >= n);
             let receiving = matches!(on.ready, Some(Awaited::Receive(_)));
-            let watch = (!whole && !receiving)
-                .then(|| body::answer_watch(on.conn))
-                .flatten();
-            let body = self.send_body(client, on.conn, prepared, facts, on.backend, trace);
-            let sent = match &watch {
-                Some(w) => Box::pin(body::until_answered(body, w)).await,
-                None => Box::pin(body).await,
-            };
+            let (conn, backend) = (&mut *on.conn, on.backend);
+            let sent = Box::pin(
+                self.send_body_watched(client, conn, receiving, prepared, facts, backend, trace),
+            )
+            .await;
             sent.map_err(|e| ProxyError {
                 reused: on.reused,
                 ..e
