@@ -31,7 +31,7 @@ use rustc_hash::FxHashMap;
 
 use crate::balance::key::{IpText, KeySource};
 use crate::config::{RateKey, RateLimit};
-use crate::ratelimit_keys::limit_values;
+use crate::ratelimit_keys::for_each_value;
 use crate::shard::ShardCtx;
 
 /// Slots probed for a key before one is taken over.
@@ -445,11 +445,11 @@ where
         RateKey::Whole => admit_one(ctx, limit, b""),
         RateKey::Request(k) => {
             let mut wait = None;
-            for v in limit_values(k, src, &mut ip) {
-                if let Err(s) = admit_one(ctx, limit, &v) {
+            for_each_value(k, src, &mut ip, |v| {
+                if let Err(s) = admit_one(ctx, limit, v) {
                     wait = wait.max(Some(s));
                 }
-            }
+            });
             wait.map_or(Ok(()), Err)
         }
     }

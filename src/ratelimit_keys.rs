@@ -22,18 +22,20 @@ use crate::balance::key::{key_bytes, IpText, KeySource};
 use crate::balance::HashKey;
 use crate::http::fields::same_field;
 
-/// The values `key` counts `src` by, each once: none when the request has none (it is then
-/// not limited). `ip` holds the client address's text for `client_ip`.
-pub fn limit_values<'a: 'b, 'b, H>(
+/// Calls `each` with every value `key` counts `src` by, each once: never when the request
+/// has none (it is then not limited). `ip` holds the client address's text for `client_ip`.
+/// Keys with one reading (`client_ip`, `path`, `uri`) collect nothing: no allocation on the
+/// common path.
+pub fn for_each_value<'a, H>(
     key: &HashKey,
     src: KeySource<'a, H>,
-    ip: &'b mut IpText,
-) -> Vec<Cow<'b, [u8]>>
-where
+    ip: &mut IpText,
+    mut each: impl FnMut(&[u8]),
+) where
     H: IntoIterator<Item = (&'a [u8], &'a [u8])>,
 {
-    let mut out: Vec<Cow<'b, [u8]>> = Vec::new();
-    let mut add = |v: Cow<'b, [u8]>| {
+    let mut out: Vec<Cow<'a, [u8]>> = Vec::new();
+    let mut add = |v: Cow<'a, [u8]>| {
         if !v.is_empty() && !out.contains(&v) {
             out.push(v);
         }
@@ -86,11 +88,14 @@ where
         // One value, as hashing reads it (`path` and `uri` are normalised by the caller).
         _ => {
             if let Some(v) = key_bytes(key, src, ip) {
-                add(Cow::Borrowed(v));
+                each(v);
             }
+            return;
         }
     }
-    out
+    for v in &out {
+        each(v);
+    }
 }
 
 /// `name=value` split at its first `=`; `None` without one.
@@ -140,10 +145,11 @@ mod tests {
             target: target.as_bytes(),
             headers: headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
         };
-        limit_values(&key, src, &mut ip)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .collect()
+        let mut got = Vec::new();
+        for_each_value(&key, src, &mut ip, |v| {
+            got.push(String::from_utf8_lossy(v).into_owned())
+        });
+        got
     }
 
     #[test]
