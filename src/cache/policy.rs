@@ -4,8 +4,6 @@
 //! dates, and conditional requests (`If-None-Match`, `If-Modified-Since`). Pure functions
 //! over byte slices; nothing here can panic on network input.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crate::http::fields::{same_field, written_by_proxy};
 
 /// `Cache-Control` directives the cache acts on (others are ignored).
@@ -486,10 +484,7 @@ fn parse_date_at(v: &[u8], year_now: impl FnOnce() -> u64) -> Option<u64> {
 
 /// The current year (UTC), for RFC 850 dates.
 fn this_year() -> u64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    crate::http::date::split_time(now).0.max(1970) as u64
+    crate::http::date::split_time(super::unix_now()).0.max(1970) as u64
 }
 
 /// A purge URL as the cache keys it ([`primary_key`]): `http://Shop.Example:80/a` is
