@@ -35,7 +35,7 @@ use std::time::Instant;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
-use crate::http::parse::{HeaderKind, RequestHead, ResponseHead};
+use crate::http::parse::{list_items, HeaderKind, RequestHead, ResponseHead};
 use crate::shard::ShardCtx;
 use crate::splice::{set_nonblocking, splice_once, would_block, Pipe};
 use crate::stats::add;
@@ -78,9 +78,7 @@ fn offer_tokens<'b>(buf: &'b [u8], head: &'b RequestHead) -> impl Iterator<Item 
     head.headers
         .iter()
         .filter(|h| h.kind == HeaderKind::Upgrade)
-        .flat_map(move |h| h.value.get(buf).split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
+        .flat_map(move |h| list_items(h.value.get(buf)))
 }
 
 /// Appends the request's offer as one `Upgrade` value (`a, b`), for the backend.
@@ -115,19 +113,14 @@ pub fn offered_upgrade(sent: &[u8]) -> &[u8] {
 /// in `Upgrade`. Protocol names (with their versions) compare without regard to case, as
 /// RFC 6455 has `websocket`. Anything else is a bad response (502), not a tunnel.
 pub fn switch_agreed(offer: &[u8], buf: &[u8], head: &ResponseHead) -> bool {
-    fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-        v.split(|&b| b == b',')
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| !t.is_empty())
-    }
     let mut named = 0;
     for h in head
         .headers
         .iter()
         .filter(|h| h.kind == HeaderKind::Upgrade)
     {
-        for t in tokens(h.value.get(buf)) {
-            if !tokens(offer).any(|o| o.eq_ignore_ascii_case(t)) {
+        for t in list_items(h.value.get(buf)) {
+            if !list_items(offer).any(|o| o.eq_ignore_ascii_case(t)) {
                 return false;
             }
             named += 1;

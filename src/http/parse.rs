@@ -327,7 +327,7 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
 }
 
 /// Iterates the comma-separated elements of a list header, trimmed, skipping empty ones.
-fn list_items(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn list_items(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|&b| b == b',')
         .map(trim_ows)
         .filter(|s| !s.is_empty())
