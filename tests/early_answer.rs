@@ -4,7 +4,8 @@
 //! `Connection: close`, and closes the client connection (lingering, so the unread upload
 //! does not reset the response away, RFC 9112 §9.6). Uploads of known length (spliced from
 //! 256 KiB, copied below) and chunked ones, on both engines; a backend that answers and then
-//! holds the connection without reading (its answer at once, not a 504); and an unasked
+//! holds the connection without reading (its answer at once, not a 504), on a fresh connection
+//! and on a pooled one (where io_uring has a receive posted); and an unasked
 //! `100 Continue`, which does not stop the body.
 
 use crate::support::*;
@@ -55,6 +56,38 @@ fn holding_backend() -> SocketAddr {
         }
     });
     addr
+}
+
+/// A backend that answers any GET at once (keep-alive, so the proxy pools the connection)
+/// and, to a POST on the same connection, answers 401 at once and then neither reads the
+/// body nor closes: the upload goes out on a pooled connection, where io_uring has a receive
+/// posted that takes the answer before any look at the socket could see it.
+/// Reports, for each POST, whether its connection had served a GET before.
+fn holding_after_a_get_backend() -> (SocketAddr, mpsc::Receiver<bool>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut served = false;
+            while let Ok(head) = read_head_bytes(&mut s) {
+                if head.starts_with(b"GET ") {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    served = true;
+                    continue;
+                }
+                let _ = tx.send(served);
+                let _ =
+                    s.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\nno key");
+                held.push(s);
+                break;
+            }
+        }
+    });
+    (addr, rx)
 }
 
 /// Sends a `len`-byte upload (its head, then the body from another thread, which stops at
@@ -152,44 +185,72 @@ both_engines! {
         assert!(started.elapsed() < Duration::from_secs(25), "answered before upstream_response");
     }
 
+    // The same on a pooled connection: a GET first leaves the backend connection idle in
+    // the pool, and the upload that follows goes out on it.
+    fn an_early_answer_on_a_pooled_connection_reaches_the_client(engine) {
+        let (backend, posts) = holding_after_a_get_backend();
+        let proxy = Config::single(backend)
+            .limit("max_body_bytes", "\"64MiB\"")
+            .timeout("upstream_response", "30s")
+            .start(engine);
+        let started = std::time::Instant::now();
+        for chunked in [false, true] {
+            let mut c = Client::connect(proxy.addr());
+            c.send(b"GET /warm HTTP/1.1\r\nHost: example.com\r\n\r\n");
+            let warm = c.read_response();
+            assert_eq!(warm.status(), 200, "{}", warm.head.raw);
+            let (r, closed) = upload(&proxy, 16 << 20, chunked);
+            assert_eq!(r.status(), 401, "chunked {chunked}: {}", r.head.raw);
+            assert_eq!(r.body_str(), "no key");
+            assert!(closed, "chunked {chunked}: the unread body ends the connection: {}", r.head.raw);
+            let pooled = posts.recv_timeout(Duration::from_secs(20)).unwrap();
+            assert!(pooled, "chunked {chunked}: the upload went out on the GET's connection");
+        }
+        assert!(started.elapsed() < Duration::from_secs(25), "answered before upstream_response");
+    }
+
     // A backend that sends `100 Continue` unasked, then reads the whole body and answers:
     // the interim response does not stop the body (only a final answer does).
     fn an_unasked_100_does_not_stop_the_body(engine) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
+        // One connection, kept alive: the second upload goes out on it from the pool.
         thread::spawn(move || {
             let Ok((mut s, _)) = l.accept() else { return };
             s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            let Ok(head) = read_head_bytes(&mut s) else { return };
-            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            let _ = s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
-            let mut body = vec![0u8; len];
-            if std::io::Read::read_exact(&mut s, &mut body).is_err() {
-                return;
+            while let Ok(head) = read_head_bytes(&mut s) {
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let _ = s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+                let mut body = vec![0u8; len];
+                if std::io::Read::read_exact(&mut s, &mut body).is_err() {
+                    return;
+                }
+                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = s.write_all(answer.as_bytes());
+                let _ = s.write_all(&body);
             }
-            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-            let _ = s.write_all(answer.as_bytes());
-            let _ = s.write_all(&body);
         });
         let proxy = Config::single(addr).limit("max_body_bytes", "\"64MiB\"").start(engine);
-        let body = vec![b'y'; 3 << 20];
         let mut c = Client::connect(proxy.addr());
-        let head = format!("POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: {}\r\n\r\n", body.len());
-        let mut w: TcpStream = c.stream().try_clone().unwrap();
-        let send = body.clone();
-        let writer = thread::spawn(move || {
-            let _ = w.write_all(head.as_bytes());
-            let _ = w.write_all(&send);
-        });
-        let r = c.read_response();
-        writer.join().unwrap();
-        assert_eq!(r.status(), 200, "{}", r.head.raw);
-        assert_eq!(r.body.len(), body.len());
-        assert!(r.body == body, "the whole body reached the backend");
+        for (i, fill) in [b'y', b'z'].into_iter().enumerate() {
+            let body = vec![fill; 3 << 20];
+            let head = format!("POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: {}\r\n\r\n", body.len());
+            let mut w: TcpStream = c.stream().try_clone().unwrap();
+            let send = body.clone();
+            let writer = thread::spawn(move || {
+                let _ = w.write_all(head.as_bytes());
+                let _ = w.write_all(&send);
+            });
+            let r = c.read_response();
+            writer.join().unwrap();
+            assert_eq!(r.status(), 200, "upload {i}: {}", r.head.raw);
+            assert_eq!(r.body.len(), body.len(), "upload {i}");
+            assert!(r.body == body, "upload {i}: the whole body reached the backend");
+        }
     }
 }

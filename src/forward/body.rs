@@ -4,6 +4,7 @@
 //! backend connection, watched for an answer that comes before the body's end
 //! ([`until_answered`]). The attempt loop that calls it is in `forward/mod.rs`.
 
+use crate::bufring::{Receive, Received};
 use crate::client::Client;
 use crate::error::{Kind, ProxyError, Stage};
 use crate::http::encode::OutFraming;
@@ -15,6 +16,7 @@ use crate::stats::{add, bump};
 use crate::trace::Trace;
 use crate::transport::Transport;
 
+use super::wait::Awaited;
 use super::{Forward, Prepared, RequestFacts};
 
 use std::future::Future;
@@ -56,6 +58,43 @@ where
     body.await
 }
 
+/// [`until_answered`] on a connection with a receive posted (io_uring's pooled ones): the
+/// backend's first bytes land in that receive's buffer, so the receive is the watch. When
+/// it finishes first, what it got is returned beside the try's end (the head's read starts
+/// from it): a final answer stops the body there; anything else (a `100` sent unasked, a
+/// close, bytes that arrived while the ring was empty and are not yet a final answer) lets
+/// the body go on, no longer watched.
+pub(super) async fn until_received<F>(
+    body: F,
+    receive: &mut Receive<'_>,
+    fd: RawFd,
+) -> (F::Output, Option<std::io::Result<Received>>)
+where
+    F: Future<Output = Result<Result<(), IoFail>, ProxyError>>,
+{
+    let mut body = std::pin::pin!(body);
+    let got = monoio::select! {
+        biased;
+        r = &mut body => return (r, None),
+        got = &mut *receive => got,
+    };
+    let answered = match &got {
+        Ok(Received::Data(b)) => starts_final_answer(b),
+        Ok(Received::NoBuffer) => final_answer_waiting(fd),
+        _ => false,
+    };
+    if answered {
+        let e = std::io::Error::other("the backend answered before the body's end");
+        return (Ok(Err(IoFail::Io(e))), Some(got));
+    }
+    (body.await, Some(got))
+}
+
+/// Whether `b` starts a final response: `HTTP/1.x ` and a status that is not 1xx.
+fn starts_final_answer(b: &[u8]) -> bool {
+    b.len() >= 10 && b.starts_with(b"HTTP/1.") && b[8] == b' ' && (b'2'..=b'9').contains(&b[9])
+}
+
 /// Whether the bytes waiting on `fd` start a final response (`HTTP/1.x ` and a status that
 /// is not 1xx), looked at without taking them. Fewer than 10 bytes is not yet.
 fn final_answer_waiting(fd: RawFd) -> bool {
@@ -63,29 +102,37 @@ fn final_answer_waiting(fd: RawFd) -> bool {
     matches!(
         crate::transport::recv_into(fd, &mut b, libc::MSG_PEEK),
         Ok(10)
-    ) && b.starts_with(b"HTTP/1.")
-        && b[8] == b' '
-        && (b'2'..=b'9').contains(&b[9])
+    ) && starts_final_answer(&b)
 }
 
 impl<'a> Forward<'a> {
-    /// [`Forward::send_body`], watched for an early answer ([`until_answered`]) when that can
-    /// help: not for a body already read whole with its head (it goes out before any answer
-    /// could come: a dup per such request would buy nothing), nor on a connection with a
-    /// receive posted (`receiving`: io_uring's pooled ones, where the answer would land in
-    /// that receive's buffer, unseen by a look at the socket).
+    /// [`Forward::send_body`], watched for an early answer when that can help: by the
+    /// receive posted on the connection (`ready`: io_uring's pooled ones,
+    /// [`until_received`], which leaves what it got in `ready`), else by a second handle
+    /// ([`until_answered`]). Not for a body already read whole with its head: it goes out
+    /// before any answer could come (a dup per such request would buy nothing).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn send_body_watched(
         &self,
         client: &mut Client,
         conn: &mut Transport,
-        receiving: bool,
+        ready: &mut Option<Awaited<'_>>,
         prepared: &mut Prepared<'a>,
         facts: &RequestFacts,
         backend: usize,
         trace: &mut Trace,
     ) -> Result<Result<(), IoFail>, ProxyError> {
         let whole = matches!(facts.framing, BodyFraming::Length(n) if client.buf.len() as u64 >= n);
+        let fd = conn.tcp().as_raw_fd();
+        if let (false, Some(Awaited::Receive(receive))) = (whole, &mut *ready) {
+            let body = self.send_body(client, conn, prepared, facts, backend, trace);
+            let (sent, got) = until_received(body, receive, fd).await;
+            if let Some(got) = got {
+                *ready = Some(Awaited::Received(got));
+            }
+            return sent;
+        }
+        let receiving = matches!(ready, Some(Awaited::Receive(_)));
         let watch = (!whole && !receiving).then(|| answer_watch(conn)).flatten();
         let body = self.send_body(client, conn, prepared, facts, backend, trace);
         match &watch {

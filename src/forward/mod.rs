@@ -40,7 +40,7 @@ use crate::upstream::state::{Backends, Forwarding, Pick, PickKey};
 mod body;
 mod wait;
 
-use wait::{wait_ready, wait_response, Awaited};
+use wait::{already_received, wait_ready, wait_response, Awaited};
 
 /// The facts of the request the later stages need once the head buffer is reused.
 #[derive(Clone, Copy)]
@@ -383,7 +383,7 @@ impl<'a> Forward<'a> {
         client: &mut Client,
         req: &mut Request<'a>,
         trace: &mut Trace,
-        on: Conn<'_, '_>,
+        mut on: Conn<'_, '_>,
     ) -> Result<TryResult, ProxyError> {
         let Request {
             prepared,
@@ -410,10 +410,9 @@ impl<'a> Forward<'a> {
             let t = self.cfg.timeouts.upstream_response;
             write_from(on.conn, out, 0, n, &mut client.deadline, t).await
         } else {
-            let receiving = matches!(on.ready, Some(Awaited::Receive(_)));
-            let (conn, backend) = (&mut *on.conn, on.backend);
+            let (conn, ready, backend) = (&mut *on.conn, &mut on.ready, on.backend);
             let sent = Box::pin(
-                self.send_body_watched(client, conn, receiving, prepared, facts, backend, trace),
+                self.send_body_watched(client, conn, ready, prepared, facts, backend, trace),
             )
             .await;
             sent.map_err(|e| ProxyError {
@@ -473,7 +472,8 @@ impl<'a> Forward<'a> {
                 // A receive posted on the connection is always awaited, even with a buffer
                 // already held (a retry's): a read of ours beside it would find nothing.
                 let direct = on.conn.plain().is_some() && !monoio::utils::is_legacy();
-                let receiving = matches!(on.ready, Some(Awaited::Receive(_)));
+                let receiving =
+                    matches!(on.ready, Some(Awaited::Receive(_) | Awaited::Received(_)));
                 let wait_first =
                     receiving || ubuf.capacity() == 0 && (direct || !self.buffers.large_free());
                 let how = self.head_read(facts, on.backend, timeout, wait_first);
@@ -484,6 +484,7 @@ impl<'a> Forward<'a> {
                         Some(Awaited::Receive(r)) => {
                             wait_response(on.conn, Some(r), dl, timeout).await
                         }
+                        Some(Awaited::Received(got)) => already_received(got, timeout),
                         None => {
                             let fresh = match on.conn.plain() {
                                 Some(s) if direct && self.backends.receives(on.backend) => {

@@ -18,6 +18,9 @@ use crate::transport::Transport;
 pub(super) enum Awaited<'a> {
     Receive(Receive<'a>),
     Ready(Readiness),
+    /// The receive, finished while the request body was still going out
+    /// ([`super::body::until_received`]).
+    Received(std::io::Result<Received>),
 }
 
 /// Waits, within `timeout`, until the backend's response arrives: received into a buffer
@@ -32,11 +35,7 @@ pub(super) async fn wait_response(
     let waiting = crate::clock::now();
     let got = match receive {
         Some(receive) => match dl.within(timeout, receive).await {
-            Ok(Ok(Received::Data(buf))) => Ok(Ok(Some(buf))),
-            Ok(Ok(Received::Eof)) => return Err(HeadFail::Io(IoFail::Eof)),
-            // Arrived while the ring was empty: read directly.
-            Ok(Ok(Received::NoBuffer)) => Ok(Ok(None)),
-            Ok(Err(e)) => Ok(Err(e)),
+            Ok(got) => Ok(received(got)?),
             Err(Elapsed) => Err(Elapsed),
         },
         None => dl
@@ -45,6 +44,25 @@ pub(super) async fn wait_response(
             .map(|r| r.map(|()| None)),
     };
     ready_within(got, waiting, timeout)
+}
+
+/// What a finished receive gives the head's read: its bytes, or nothing when they arrived
+/// while the ring was empty (they are read directly).
+fn received(got: std::io::Result<Received>) -> Result<std::io::Result<Option<Vec<u8>>>, HeadFail> {
+    match got {
+        Ok(Received::Data(buf)) => Ok(Ok(Some(buf))),
+        Ok(Received::Eof) => Err(HeadFail::Io(IoFail::Eof)),
+        Ok(Received::NoBuffer) => Ok(Ok(None)),
+        Err(e) => Ok(Err(e)),
+    }
+}
+
+/// [`wait_response`] for a receive that finished while the body went out: nothing to wait.
+pub(super) fn already_received(
+    got: std::io::Result<Received>,
+    timeout: Duration,
+) -> Result<(Duration, Option<Vec<u8>>), HeadFail> {
+    ready_within(Ok(received(got)?), crate::clock::now(), timeout)
 }
 
 /// Waits, within `timeout`, until the pool's readiness wait says the response can be read.
