@@ -5,8 +5,9 @@
 //! does not reset the response away, RFC 9112 §9.6). Uploads of known length (spliced from
 //! 256 KiB, copied below) and chunked ones, on both engines; a backend that answers and then
 //! holds the connection without reading (its answer at once, not a 504), on a fresh connection
-//! and on a pooled one (where io_uring has a receive posted); and an unasked
-//! `100 Continue`, which does not stop the body.
+//! and on a pooled one (where io_uring has a receive posted), and over TLS (its answer at the
+//! body write's timeout, not a 504); and an unasked `100 Continue`, which does not stop the
+//! body.
 
 use crate::support::*;
 use std::io::Write;
@@ -94,12 +95,16 @@ fn holding_after_a_get_backend() -> (SocketAddr, mpsc::Receiver<bool>) {
 /// the first write error) and returns the response the client read and whether the proxy
 /// then closed the connection.
 fn upload(proxy: &Proxy, len: usize, chunked: bool) -> (Response, bool) {
+    upload_to(proxy, "/upload", len, chunked)
+}
+
+/// [`upload`] to `target`.
+fn upload_to(proxy: &Proxy, target: &str, len: usize, chunked: bool) -> (Response, bool) {
     let mut c = Client::connect(proxy.addr());
     let head = if chunked {
-        "POST /upload HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
-            .to_string()
+        format!("POST {target} HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n")
     } else {
-        format!("POST /upload HTTP/1.1\r\nHost: example.com\r\nContent-Length: {len}\r\n\r\n")
+        format!("POST {target} HTTP/1.1\r\nHost: example.com\r\nContent-Length: {len}\r\n\r\n")
     };
     c.send(head.as_bytes());
     let mut w: TcpStream = c.stream().try_clone().unwrap();
@@ -207,6 +212,30 @@ both_engines! {
             assert!(pooled, "chunked {chunked}: the upload went out on the GET's connection");
         }
         assert!(started.elapsed() < Duration::from_secs(25), "answered before upstream_response");
+    }
+
+    // The same from a TLS backend: its bytes are not watched while the body goes out (they
+    // may be a session ticket), but when the body's write times out the answer waiting there
+    // is the response, not a 504.
+    fn an_early_answer_from_a_tls_backend_that_stops_reading_reaches_the_client(engine) {
+        use crate::support::tls::{CertDir, TestCa, TlsOrigin};
+        let dir = CertDir::new("early-tls");
+        let ca = TestCa::new("backend ca");
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let origin = TlsOrigin::start(&ca.leaf(&["backend.test"]));
+        let tls = format!("tls = {{ sni = \"backend.test\", ca = \"{}\" }}", ca_file.display());
+        let proxy = Config::new()
+            .upstream_with("main", &[origin.addr], &tls)
+            .route("main", "")
+            .limit("max_body_bytes", "\"64MiB\"")
+            .timeout("upstream_response", "2s")
+            .start(engine);
+        for chunked in [false, true] {
+            let (r, closed) = upload_to(&proxy, "/hold", 16 << 20, chunked);
+            assert_eq!(r.status(), 401, "chunked {chunked}: {}", r.head.raw);
+            assert_eq!(r.body_str(), "no key");
+            assert!(closed, "chunked {chunked}: the unread body ends the connection: {}", r.head.raw);
+        }
     }
 
     // A backend that sends `100 Continue` unasked, then reads the whole body and answers:

@@ -91,7 +91,7 @@ where
 }
 
 /// Whether `b` starts a final response: `HTTP/1.x ` and a status that is not 1xx.
-fn starts_final_answer(b: &[u8]) -> bool {
+pub(super) fn starts_final_answer(b: &[u8]) -> bool {
     b.len() >= 10 && b.starts_with(b"HTTP/1.") && b[8] == b' ' && (b'2'..=b'9').contains(&b[9])
 }
 

@@ -221,7 +221,8 @@ pub fn tls_listener(certs: &[(&Path, &Path)], extra: &str) -> String {
 /// A request for `/bye` is answered (as keep-alive) with a close_notify in the same TCP
 /// write, and the connection is then held open without answering anything more. One for
 /// `/until-close/clean` gets a close-delimited body ended by close_notify, any other
-/// `/until-close...` the same body ended by a bare TCP close.
+/// `/until-close...` the same body ended by a bare TCP close. A `POST /hold` is answered
+/// 401 before its body, which is never read (the connection is held open for 30 s).
 pub struct TlsOrigin {
     pub addr: SocketAddr,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
@@ -309,6 +310,14 @@ fn serve_tls(config: Arc<rustls::ServerConfig>, sock: TcpStream, id: usize) {
         let len: usize = field("content-length")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        if head.starts_with("POST /hold ") {
+            // An answer before the body, which is then never read: the connection is held
+            // open, unread, for 30 s.
+            let _ = s.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\nno key");
+            let _ = s.flush();
+            std::thread::park_timeout(Duration::from_secs(30));
+            return;
+        }
         while buf.len() < end + len {
             let mut chunk = [0u8; 65536];
             match s.read(&mut chunk) {
