@@ -475,6 +475,14 @@ fn check_rejects_bad_duration() {
 fn check_rejects_bad_size() {
     let cfg = good().replace("max_body_bytes = \"16MiB\"", "max_body_bytes = \"lots\"");
     expect_error(&cfg, &["max_body_bytes"]);
+    // TOML numbers that are not whole bytes say so.
+    let cfg = good().replace("max_body_bytes = \"16MiB\"", "max_body_bytes = -5");
+    expect_error(&cfg, &["limits.max_body_bytes", "-5 is negative"]);
+    let cfg = good().replace("max_body_bytes = \"16MiB\"", "max_body_bytes = 1.5");
+    expect_error(
+        &cfg,
+        &["limits.max_body_bytes", "not a whole number of bytes"],
+    );
 }
 
 #[test]
@@ -575,6 +583,41 @@ fn check_names_bad_tls_files_and_fields() {
         "hsts = \"max-age=1\" }\nredirect_https = {}",
     );
     expect_error(&cfg, &["listener[1].redirect_https", "plain listener"]);
+}
+
+#[test]
+fn check_reports_every_bad_tls_file_each_on_its_own_line() {
+    // A certificate and its key missing, and the CA file that the listener's client_auth and
+    // an upstream's tls read: four lines, each naming the file of the configuration, its key
+    // path and what to do, not only the first.
+    let cfg = good()
+        .replace("/a.pem\"", "/gone.pem\"")
+        .replace("/a.key\"", "/gone.key\"")
+        .replace("/ca.pem\"", "/gone-ca.pem\"");
+    let out = expect_error(
+        &cfg,
+        &[
+            "listener[1].tls.certificates[0].cert",
+            "gone.pem",
+            "check the path",
+        ],
+    );
+    for words in [
+        &["listener[1].tls.certificates[0].key", "gone.key"][..],
+        &["listener[1].tls.client_auth.ca", "gone-ca.pem"],
+        &["upstream[1].tls.ca", "gone-ca.pem"],
+    ] {
+        assert_eq!(
+            lines_with(&out, words).len(),
+            1,
+            "{words:?}; output:\n{out}"
+        );
+    }
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains("gone")).collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    for l in lines {
+        assert!(l.contains(".toml: "), "each line names the file: {l}");
+    }
 }
 
 /// The directory [`good`] points its certificate paths at.

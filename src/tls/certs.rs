@@ -88,6 +88,25 @@ impl CertSet {
     }
 }
 
+/// A file that cannot be read, said with what to check.
+fn read_err(key_path: &str, field: &'static str, file: &Path, e: std::io::Error) -> TlsError {
+    let hint = match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            "check the path (a relative one is read from the configuration file's directory)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "make it readable by the user edgeshard starts as (it is read before any switch to server.user)"
+        }
+        _ => "check that it is a readable file",
+    };
+    file_err(
+        key_path,
+        field,
+        file,
+        format!("cannot read it: {e}; {hint}"),
+    )
+}
+
 fn file_err(key_path: &str, field: &'static str, file: &Path, reason: String) -> TlsError {
     TlsError::File {
         key_path: key_path.to_string(),
@@ -103,7 +122,7 @@ pub fn read_chain(
     field: &'static str,
     file: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = std::fs::read(file).map_err(|e| file_err(key_path, field, file, e.to_string()))?;
+    let bytes = std::fs::read(file).map_err(|e| read_err(key_path, field, file, e))?;
     let chain = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_err(key_path, field, file, format!("not a PEM certificate: {e}")))?;
@@ -120,9 +139,15 @@ pub fn read_chain(
 
 fn load_one(files: &CertificateFiles) -> Result<LoadedCert, TlsError> {
     let kp = &files.key_path;
-    let chain = read_chain(kp, "cert", &files.cert)?;
-    let key_bytes =
-        std::fs::read(&files.key).map_err(|e| file_err(kp, "key", &files.key, e.to_string()))?;
+    // Both files are read before either's problem is reported: a missing pair is two lines.
+    let (chain, key_bytes) = match (
+        read_chain(kp, "cert", &files.cert),
+        std::fs::read(&files.key).map_err(|e| read_err(kp, "key", &files.key, e)),
+    ) {
+        (Ok(c), Ok(k)) => (c, k),
+        (Err(a), Err(b)) => return Err(TlsError::of(vec![a, b])),
+        (Err(e), _) | (_, Err(e)) => return Err(e),
+    };
     let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
         file_err(
             kp,
@@ -143,7 +168,7 @@ fn load_one(files: &CertificateFiles) -> Result<LoadedCert, TlsError> {
         )
     })?;
     if let Some(ocsp) = &files.ocsp {
-        let der = std::fs::read(ocsp).map_err(|e| file_err(kp, "ocsp", ocsp, e.to_string()))?;
+        let der = std::fs::read(ocsp).map_err(|e| read_err(kp, "ocsp", ocsp, e))?;
         certified.ocsp = Some(der);
     }
     Ok(LoadedCert {
@@ -215,7 +240,13 @@ impl CertStore {
     /// Reads every certificate; any bad file fails the whole listener.
     pub fn load(files: &[CertificateFiles], default: usize) -> Result<CertStore, TlsError> {
         let stamps = Self::stamps_of(files);
-        let certs = files.iter().map(load_one).collect::<Result<Vec<_>, _>>()?;
+        let (certs, errors): (Vec<_>, Vec<_>) = files.iter().map(load_one).partition(Result::is_ok);
+        if !errors.is_empty() {
+            return Err(TlsError::of(
+                errors.into_iter().filter_map(Result::err).collect(),
+            ));
+        }
+        let certs = certs.into_iter().filter_map(Result::ok).collect();
         Ok(CertStore {
             files: files.to_vec(),
             default,

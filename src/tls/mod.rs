@@ -43,6 +43,20 @@ pub enum TlsError {
     },
     #[error("{key_path}: {reason}")]
     Setup { key_path: String, reason: String },
+    /// Every problem of a configuration's TLS files, one per line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<TlsError>),
+}
+
+impl TlsError {
+    /// `errors` as one error: the only one, or [`TlsError::Several`].
+    fn of(mut errors: Vec<TlsError>) -> TlsError {
+        if errors.len() == 1 {
+            errors.remove(0)
+        } else {
+            TlsError::Several(errors)
+        }
+    }
 }
 
 /// The crypto provider: aws-lc-rs (see Cargo.toml for the measurement behind the choice).
@@ -115,6 +129,8 @@ impl TlsListeners {
         // listeners: resumption works whichever shard a client lands on.
         let mut ticketer = ticketer;
         let mut listeners = Vec::new();
+        // Every file is read, and every problem reported, not only the first.
+        let mut errors = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
             let Some(t) = &l.tls else {
                 listeners.push(None);
@@ -129,8 +145,26 @@ impl TlsListeners {
                     }
                 })?);
             }
-            let store = Arc::new(CertStore::load(&t.certificates, t.default)?);
-            let (mut sc, scope) = server_config(t, &key_path, store.clone())?;
+            let store = CertStore::load(&t.certificates, t.default).map(Arc::new);
+            let built = store.and_then(|store| {
+                let (sc, scope) = server_config(t, &key_path, store.clone())?;
+                Ok((store, sc, scope))
+            });
+            let (store, mut sc, scope) = match built {
+                Ok(b) => b,
+                Err(e) => {
+                    errors.push(e);
+                    // The client CA file is read too, for its own problem.
+                    let ca = t.client_auth.as_ref().map(|a| {
+                        certs::read_chain(&format!("{key_path}.client_auth"), "ca", &a.ca)
+                    });
+                    if let Some(Err(e)) = ca {
+                        errors.push(e);
+                    }
+                    listeners.push(None);
+                    continue;
+                }
+            };
             if let Some(tk) = &ticketer {
                 sc.ticketer = Arc::new(tickets::Scoped::new(tk.clone(), scope));
             }
@@ -148,20 +182,22 @@ impl TlsListeners {
                 scope,
             })));
         }
-        let upstreams = config
-            .upstreams
-            .iter()
-            .enumerate()
-            .map(|(i, u)| {
-                u.tls
-                    .as_ref()
-                    .map(|t| {
-                        upstream::UpstreamTlsClient::build(t, &format!("upstream[{i}].tls"))
-                            .map(Arc::new)
-                    })
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut upstreams = Vec::new();
+        for (i, u) in config.upstreams.iter().enumerate() {
+            let built = u.tls.as_ref().map(|t| {
+                upstream::UpstreamTlsClient::build(t, &format!("upstream[{i}].tls")).map(Arc::new)
+            });
+            upstreams.push(match built.transpose() {
+                Ok(b) => b,
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            });
+        }
+        if !errors.is_empty() {
+            return Err(TlsError::of(errors));
+        }
         let mut subject_headers: Vec<String> = Vec::new();
         for h in listeners
             .iter()
