@@ -223,7 +223,7 @@ fn probe_unowned(addr: SocketAddr) -> Result<(), ListenError> {
 
 /// What holds `addr`: the process with a listening socket on it (the socket's inode from
 /// /proc/net/tcp{,6}, then the process whose /proc/PID/fd links to it), or why none is named.
-fn find_holder(addr: SocketAddr) -> Holder {
+pub fn find_holder(addr: SocketAddr) -> Holder {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = std::fs::read_to_string(table).unwrap_or_default();

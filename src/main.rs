@@ -88,6 +88,7 @@ struct Placement {
 enum Command {
     /// Run the proxy with a configuration file.
     Run {
+        /// The configuration file (TOML; docs/CONFIG.md).
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
         #[command(flatten)]
@@ -95,19 +96,17 @@ enum Command {
     },
     /// Validate a configuration file, print a summary, exit 0 (valid) or 1.
     Check {
+        /// The configuration file to check (TOML; docs/CONFIG.md).
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
     },
     /// Ask the running edgeshard to reload its configuration file (through its admin API)
-    /// and print the outcome; exit 0 if it is in force, 1 if it was refused.
+    /// and print the outcome; exit 0 if it is in force, 1 if it was refused. Give --config
+    /// FILE (its [admin] address and token) or --admin ADDR.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["config", "admin"])))]
     Reload {
         /// The running process's configuration file: its `[admin] address` and `token`.
-        #[arg(
-            long,
-            short = 'c',
-            value_name = "FILE",
-            required_unless_present = "admin"
-        )]
+        #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
         /// The admin address to ask instead (e.g. 127.0.0.1:9901).
         #[arg(long, value_name = "ADDR", conflicts_with = "config")]
@@ -222,7 +221,7 @@ fn check(path: &std::path::Path) -> i32 {
         Ok(c) => {
             // The certificate files are part of the configuration: read them too.
             if let Err(e) = TlsListeners::build(&c) {
-                eprintln!("{}: {e}", path.display());
+                eprintln!("{}", per_line(&format!("{}: ", path.display()), &e));
                 return 1;
             }
             // So are the user and group names: they must exist on this host.
@@ -239,6 +238,16 @@ fn check(path: &std::path::Path) -> i32 {
             1
         }
     }
+}
+
+/// `e`'s lines, each after `prefix` (the file, as every configuration error names it).
+fn per_line(prefix: &str, e: &dyn std::fmt::Display) -> String {
+    let lines: Vec<String> = e
+        .to_string()
+        .lines()
+        .map(|l| format!("{prefix}{l}"))
+        .collect();
+    lines.join("\n")
 }
 
 /// `edgeshard reload`: POST /reload to the running process, print what it answered.
@@ -375,6 +384,14 @@ fn demo(
     drop(std::net::TcpListener::bind(listen).with_context(|| {
         format!("demo: cannot listen on {listen}; choose another address with --listen ADDR")
     })?);
+    // The demo's admin API has no token, so it listens on loopback only.
+    if let Some(a) = admin.filter(|a| !a.ip().is_loopback()) {
+        bail!(
+            "demo: --admin {a} is not a loopback address, and the demo's admin API has no token; \
+use e.g. --admin 127.0.0.1:{}, or run a configuration file whose [admin] sets token",
+            a.port()
+        );
+    }
     let a = edgeshard::demo::start_origin("A").context("starting demo origin A")?;
     let b = edgeshard::demo::start_origin("B").context("starting demo origin B")?;
     if listen.port() == 0 {
@@ -384,8 +401,9 @@ fn demo(
     }
     let config =
         edgeshard::demo::demo_config(listen, &[a, b], admin).map_err(|e| anyhow::anyhow!("{e}"))?;
-    // One shard by default, so that successive requests visibly alternate between origins.
-    if placement.shards.is_none() {
+    // One shard by default, so that successive requests visibly alternate between origins;
+    // `--cpus` alone means one shard on each CPU it lists, as for `run`.
+    if placement.shards.is_none() && placement.cpus.is_none() {
         placement.shards = Some(1);
     }
     let meta = ConfigMeta {
@@ -467,7 +485,8 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     let config = dns.apply(&config);
     let dns = Arc::new(Mutex::new(dns));
     // Certificates are read before anything binds: a bad file stops start-up, naming it.
-    let tls = Arc::new(TlsListeners::build(&config)?);
+    let tls =
+        Arc::new(TlsListeners::build(&config).map_err(|e| anyhow::anyhow!(per_line(&file, &e)))?);
     if tls.any() {
         tracing::info!(
             ktls = edgeshard::tls::ktls_available(),
@@ -506,11 +525,15 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
                     || (a.address.port() == 0 && h.address.ip() == a.address.ip()))
         }) {
             Some(k) => Some(handed.swap_remove(k).socket),
-            None => Some(std::net::TcpListener::bind(a.address).with_context(|| {
-                format!(
-                    "admin.address {}: cannot listen; choose a free address or stop the process using it",
-                    a.address
-                )
+            None => Some(std::net::TcpListener::bind(a.address).map_err(|e| {
+                let why = match e.kind() {
+                    std::io::ErrorKind::AddrInUse => format!(
+                        "the address is already in use: {} listens on it; stop that process or change [admin] address",
+                        edgeshard::listener::find_holder(a.address)
+                    ),
+                    _ => format!("{e}; choose another [admin] address"),
+                };
+                anyhow::anyhow!("{file}admin.address: cannot listen on {}: {why}", a.address)
             })?),
         },
     };
@@ -528,9 +551,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     let access_log = match &config.log.access {
         None => None,
         Some(a) => Some(LogWriter::open(a).with_context(|| match &a.target {
-            edgeshard::config::AccessTarget::File(p) => {
-                format!("{file}log.access: cannot open {}", p.display())
-            }
+            edgeshard::config::AccessTarget::File(_) => format!("{file}log.access"),
             edgeshard::config::AccessTarget::Stdout => format!("{file}log.access: stdout"),
         })?),
     };

@@ -104,4 +104,58 @@ fn the_demo_serves_both_built_in_origins_in_turn() {
         stderr.contains("--listen") && !stderr.contains("try: curl"),
         "{stderr}"
     );
+
+    // A non-loopback --admin: refused with advice the demo can follow (it has no token).
+    let out = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "0.0.0.0:0"])
+        .output()
+        .expect("run edgeshard demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--admin 127.0.0.1:"), "{stderr}");
+}
+
+#[test]
+fn the_demo_runs_one_shard_on_each_cpu_given() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--cpus",
+            "0,1",
+            "--io-engine",
+            "epoll",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn edgeshard demo");
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("the demo printed `ready` in time");
+        if line.starts_with("edgeshard: ready ") {
+            break line;
+        }
+    };
+    terminate_pid(pid);
+    let _ = child.wait();
+    assert!(ready.contains("shards=2"), "{ready}");
 }

@@ -289,7 +289,15 @@ impl Config {
             file: file.to_path_buf(),
             issues: vec![ConfigIssue {
                 path: String::new(),
-                message: format!("cannot read the file: {e}"),
+                message: match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        format!("cannot read the file: {e}; check the path given to --config")
+                    }
+                    std::io::ErrorKind::PermissionDenied => format!(
+                        "cannot read the file: {e}; make it readable by the user edgeshard runs as"
+                    ),
+                    _ => format!("cannot read the file: {e}"),
+                },
             }],
         })?;
         Config::parse(&text, file)

@@ -331,10 +331,15 @@ impl super::Config {
             s.push_str(&format!("listener {}{kind}\n", l.address));
         }
         for u in &self.upstreams {
+            // Backends by host name are resolved when the proxy starts, not by a check.
+            let named = match u.names.len() {
+                0 => String::new(),
+                n => format!(", {n} by host name"),
+            };
             s.push_str(&format!(
-                "upstream {} ({:?}, {} backends)\n",
+                "upstream {} ({}, {} backends{named})\n",
                 u.name,
-                u.balance.algorithm,
+                u.balance.algorithm.as_str(),
                 u.backends.len()
             ));
         }

@@ -154,7 +154,13 @@ fn open_append(p: &PathBuf) -> std::io::Result<File> {
         .create(true)
         .append(true)
         .open(p)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("access log {}: {e}", p.display())))
+        .map_err(|e| {
+            let msg = format!(
+                "cannot open the access log {}: {e} (its directory must exist and be writable)",
+                p.display()
+            );
+            std::io::Error::new(e.kind(), msg)
+        })
 }
 
 fn writer_loop(mut out: Output, rx: Receiver<LogMsg>, reopen: &AtomicBool) {

@@ -350,7 +350,7 @@ both_engines! {
         let o = Origin::start("o");
         let cfg = Config::single(o.addr()).section("log", "access = \"/nonexistent-edgeshard-dir/access.log\"").render();
         let err = Proxy::try_start(&cfg, engine).err().expect("start-up must fail");
-        assert!(err.contains(": log.access: cannot open /nonexistent-edgeshard-dir/access.log"), "names the file, the key and the path: {err}");
+        assert!(err.contains(": log.access: cannot open the access log /nonexistent-edgeshard-dir/access.log: "), "names the file, the key and the path: {err}");
     }
 
     fn access_log_to_stdout(engine) {

@@ -65,6 +65,10 @@ both_engines! {
             Err(msg) => {
                 assert!(msg.contains("exited before ready"), "{msg}");
                 assert!(msg.contains("admin.address"), "the error must name admin.address: {msg}");
+                // ... the configuration file, and who holds the address (this test).
+                assert!(msg.contains(".toml: admin.address"), "the file: {msg}");
+                let me = format!("process {} ", std::process::id());
+                assert!(msg.contains(&me), "who holds it: {msg}");
             }
         }
     }
