@@ -1,14 +1,16 @@
 //! Stage 6 of the pipeline, *forward*, for a request with a body (or an `Expect:
 //! 100-continue`): the `100 Continue` and the request body sent behind its head, spliced when
-//! it is large, of known length and both sides are plain TCP, copied otherwise; on a plain
-//! backend connection, watched for an answer that comes before the body's end
-//! ([`until_answered`]). The attempt loop that calls it is in `forward/mod.rs`.
+//! it is large, of known length and both sides are plain TCP, copied otherwise; watched for
+//! an answer that comes before the body's end: by the receive posted on a pooled connection
+//! ([`until_received`]), a second handle on other plain ones ([`until_answered`]), and on TLS
+//! ones by the write itself (`TlsStream::flush_tls`). The attempt loop that calls it is in
+//! `forward/mod.rs`.
 
 use crate::bufring::{Receive, Received};
 use crate::client::Client;
 use crate::error::{Kind, ProxyError, Stage};
 use crate::http::encode::OutFraming;
-use crate::http::parse::BodyFraming;
+use crate::http::parse::{starts_final_response, BodyFraming};
 use crate::io::{write_static, IoFail};
 use crate::relay::{relay_body, BodyPlan, Leg, RelayError};
 use crate::splice::{relay_spliced, SplicePlan, SplicedBody};
@@ -79,7 +81,7 @@ where
         got = &mut *receive => got,
     };
     let answered = match &got {
-        Ok(Received::Data(b)) => starts_final_answer(b),
+        Ok(Received::Data(b)) => starts_final_response(b),
         Ok(Received::NoBuffer) => final_answer_waiting(fd),
         _ => false,
     };
@@ -90,11 +92,6 @@ where
     (body.await, Some(got))
 }
 
-/// Whether `b` starts a final response: `HTTP/1.x ` and a status that is not 1xx.
-pub(super) fn starts_final_answer(b: &[u8]) -> bool {
-    b.len() >= 10 && b.starts_with(b"HTTP/1.") && b[8] == b' ' && (b'2'..=b'9').contains(&b[9])
-}
-
 /// Whether the bytes waiting on `fd` start a final response (`HTTP/1.x ` and a status that
 /// is not 1xx), looked at without taking them. Fewer than 10 bytes is not yet.
 fn final_answer_waiting(fd: RawFd) -> bool {
@@ -102,7 +99,7 @@ fn final_answer_waiting(fd: RawFd) -> bool {
     matches!(
         crate::transport::recv_into(fd, &mut b, libc::MSG_PEEK),
         Ok(10)
-    ) && starts_final_answer(&b)
+    ) && starts_final_response(&b)
 }
 
 impl<'a> Forward<'a> {

@@ -442,10 +442,10 @@ impl<'a> Forward<'a> {
         // A backend that answered early and stopped reading the body without closing (a 401
         // to an upload) lets the body's write time out: its answer is waiting, and is the
         // response (a plain connection's bytes before the whole request are a response; a TLS
-        // one's may be a session ticket, so there the plaintext must start a final answer).
+        // one's may be a session ticket, which decrypts to no plaintext).
         let answered = |conn: &mut Transport| match conn {
             Transport::Plain(tcp) => crate::io::peer_sent(tcp.as_raw_fd()),
-            Transport::Tls(tls) => tls.plaintext_now(body::starts_final_answer),
+            Transport::Tls(tls) => tls.plaintext_now(|b| !b.is_empty()),
         };
         let got = match sent {
             // The body stopped because the backend closed: it may have answered first (read

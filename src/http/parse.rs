@@ -486,6 +486,13 @@ pub fn names_head(buf: &[u8]) -> bool {
     request_line(buf).starts_with(b"HEAD ")
 }
 
+/// Whether `b` starts a final response (`HTTP/1.x ` and a status that is not 1xx): how a
+/// backend's answer that comes before the whole request was sent is told from an interim
+/// one. Fewer than 10 bytes is not yet.
+pub fn starts_final_response(b: &[u8]) -> bool {
+    b.len() >= 10 && b.starts_with(b"HTTP/1.") && b[8] == b' ' && (b'2'..=b'9').contains(&b[9])
+}
+
 /// A request line longer than this is refused as 414 whatever its target: a partial head is
 /// judged by it before the target is known, so a complete one must be too, or a head would be
 /// accepted whole and refused when it arrives in pieces.

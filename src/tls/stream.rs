@@ -16,6 +16,7 @@ use std::io::{self, BufRead, Write as _};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+use crate::http::parse::starts_final_response;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, CancelHandle, CancelableAsyncReadRent};
 use monoio::net::TcpStream;
@@ -82,6 +83,9 @@ pub struct TlsStream {
     /// We are the client (a backend connection): a TCP end without the peer's close_notify
     /// is an error, not the end of the stream ([`TlsStream::read_plain`]).
     strict_eof: bool,
+    /// A look for an early answer ([`TlsStream::flush_tls`]) found the socket failed or at
+    /// its end: no more looks.
+    unwatched: bool,
 }
 
 /// Runs the server handshake on `tcp`. The caller bounds it with the handshake timeout.
@@ -116,6 +120,7 @@ async fn handshake(
         rpos: 0,
         eof: false,
         strict_eof,
+        unwatched: false,
     };
     while s.conn.is_handshaking() {
         s.flush_tls().await.map_err(HandshakeError::Io)?;
@@ -154,6 +159,10 @@ fn alias_safe_split(addr: usize, len: usize) -> usize {
         0
     }
 }
+
+/// The error a write to a backend ends with when the backend's final answer came first
+/// ([`TlsStream::flush_tls`]): the answer is there to be read.
+const ANSWERED: &str = "the backend answered before the whole request was sent";
 
 /// Writes ciphertext to a socket without waiting ([`crate::transport::send_now`]).
 struct DirectSend(std::os::fd::RawFd);
@@ -279,8 +288,39 @@ impl TlsStream {
             if !self.conn.wants_write() {
                 return Ok(());
             }
-            self.tcp.writable(false).await?;
+            if !self.watches_answers() {
+                self.tcp.writable(false).await?;
+                continue;
+            }
+            // A backend may answer a request (a 401, a 413 to an upload) before it has read
+            // all of it, and stop reading: while the write waits, its answer is looked for
+            // (boxed: every TLS write's future would otherwise carry the second wait).
+            if Box::pin(self.writable_or_readable()).await?
+                && self.plaintext_now(starts_final_response)
+            {
+                return Err(io::Error::other(ANSWERED));
+            }
         }
+    }
+
+    /// Waits until the socket is writable (`false`) or readable (`true`).
+    async fn writable_or_readable(&self) -> io::Result<bool> {
+        monoio::select! {
+            biased;
+            w = self.tcp.writable(false) => w.map(|()| false),
+            r = self.tcp.readable(false) => r.map(|()| true),
+        }
+    }
+
+    /// Whether a wait to write looks for the peer's answer too: on a backend connection past
+    /// its handshake, with nothing it sent waiting to be read (a `100` it sent first is left
+    /// to the response's read: the body goes on) and its socket neither failed nor at its end.
+    fn watches_answers(&mut self) -> bool {
+        self.strict_eof
+            && !self.unwatched
+            && !self.eof
+            && !self.conn.is_handshaking()
+            && matches!(self.conn.reader().fill_buf(), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Sends what rustls has queued as far as the socket takes it now, without waiting.
@@ -312,6 +352,7 @@ impl TlsStream {
             }
             if self.rpos < self.rbuf.len() {
                 if self.feed().is_err() {
+                    self.unwatched = true;
                     break;
                 }
                 continue;
@@ -331,10 +372,14 @@ impl TlsStream {
                     // (0). Exercised by early_answer's TLS backend test.
                     unsafe { self.rbuf.set_len(n) };
                     if self.feed().is_err() {
+                        self.unwatched = true;
                         break;
                     }
                 }
-                Err(_) => break,
+                Err(e) => {
+                    self.unwatched |= !crate::transport::would_wait(&e);
+                    break;
+                }
             }
         }
         match self.conn.reader().fill_buf() {

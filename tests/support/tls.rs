@@ -222,7 +222,8 @@ pub fn tls_listener(certs: &[(&Path, &Path)], extra: &str) -> String {
 /// write, and the connection is then held open without answering anything more. One for
 /// `/until-close/clean` gets a close-delimited body ended by close_notify, any other
 /// `/until-close...` the same body ended by a bare TCP close. A `POST /hold` is answered
-/// 401 before its body, which is never read (the connection is held open for 30 s).
+/// 401 before its body, which is never read (the connection is held open for 30 s); a
+/// `POST /hold-after-100` the same after a `100 Continue`.
 pub struct TlsOrigin {
     pub addr: SocketAddr,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
@@ -310,9 +311,13 @@ fn serve_tls(config: Arc<rustls::ServerConfig>, sock: TcpStream, id: usize) {
         let len: usize = field("content-length")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        if head.starts_with("POST /hold ") {
-            // An answer before the body, which is then never read: the connection is held
-            // open, unread, for 30 s.
+        if head.starts_with("POST /hold") {
+            // An answer before the body (after a `100` for `/hold-after-100`), which is then
+            // never read: the connection is held open, unread, for 30 s.
+            if head.starts_with("POST /hold-after-100 ") {
+                let _ = s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+                let _ = s.flush();
+            }
             let _ = s.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\nno key");
             let _ = s.flush();
             std::thread::park_timeout(Duration::from_secs(30));
