@@ -153,7 +153,12 @@ impl BufRing {
 
     /// The buffer a receive the caller does not read finished with (a pooled connection's
     /// stray bytes or close; a receive dropped unfinished), if any: back in the ring.
-    pub fn put_back(&mut self, bid: Option<u16>) {
+    ///
+    /// # Safety
+    /// `bid` must be what the completion of a receive posted through this ring reported (the
+    /// kernel is then done with that buffer), each completion's once: any other id may name a
+    /// buffer the kernel can still fill, which would then be in the ring twice.
+    pub unsafe fn put_back(&mut self, bid: Option<u16>) {
         if let Some(buf) = bid.and_then(|b| self.take(b)) {
             self.provide(buf);
         }
@@ -167,8 +172,9 @@ impl BufRing {
     }
 
     /// A posted receive finished (`bid`: the buffer the kernel filled, holding `n` bytes):
-    /// the buffer leaves the ring for the caller.
-    pub fn finished(&mut self, bid: Option<u16>, n: usize) -> Option<Vec<u8>> {
+    /// the buffer leaves the ring for the caller. Only [`Receive`]'s poll calls it, with the
+    /// completion's own id and length.
+    fn finished(&mut self, bid: Option<u16>, n: usize) -> Option<Vec<u8>> {
         let mut buf = self.take(bid?)?;
         if n == 0 {
             // End of stream with a buffer picked: it goes back in the ring.
@@ -226,7 +232,9 @@ impl BufRing {
         let mut scratch = std::mem::take(&mut self.scratch);
         for (group, bid) in scratch.drain(..) {
             if group == GROUP {
-                self.put_back(Some(bid));
+                // SAFETY: the driver reported `bid` from the completion of a receive posted
+                // through this shard's one ring (one ring per thread, for its whole life).
+                unsafe { self.put_back(Some(bid)) };
             }
         }
         self.scratch = scratch;

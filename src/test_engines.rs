@@ -86,16 +86,18 @@ pub fn block_on<F: std::future::Future>(engine: TestEngine, fut: F) -> F::Output
 /// Probes io_uring_setup(2) directly: `Err(reason)` if the kernel (or a seccomp policy)
 /// refuses io_uring here.
 fn probe_io_uring() -> Result<(), String> {
-    extern "C" {
-        fn syscall(num: std::ffi::c_long, ...) -> std::ffi::c_long;
-        fn close(fd: std::ffi::c_int) -> std::ffi::c_int;
-    }
     // struct io_uring_params is 120 bytes, 8-byte aligned.
     let mut params = [0u64; 15];
     // SAFETY: io_uring_setup(entries, params) writes at most sizeof(struct io_uring_params)
-    // = 120 bytes into `params`, which is 120 bytes long and lives across the call. The
-    // syscall number 425 is io_uring_setup on every Linux architecture.
-    let fd = unsafe { syscall(425, 4 as std::ffi::c_long, params.as_mut_ptr()) };
+    // = 120 bytes into `params`, which is 120 bytes long and lives across the call; libc
+    // names the architecture's number for it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_setup,
+            4 as libc::c_long,
+            params.as_mut_ptr(),
+        )
+    };
     if fd < 0 {
         return Err(format!(
             "io_uring_setup failed: {}",
@@ -103,6 +105,6 @@ fn probe_io_uring() -> Result<(), String> {
         ));
     }
     // SAFETY: `fd` is a descriptor this function just opened and owns; closed once.
-    unsafe { close(fd as std::ffi::c_int) };
+    unsafe { libc::close(fd as libc::c_int) };
     Ok(())
 }

@@ -574,6 +574,68 @@ impl AsyncWriteRent for TlsStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_engines::{block_on, engines};
+    use monoio::buf::VecBuf;
+    use monoio::io::Canceller;
+
+    /// A TLS connection over loopback: (server side, client side).
+    async fn tls_pair() -> (TlsStream, TlsStream) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        let der = params.self_signed(&key).unwrap().der().clone();
+        let provider = Arc::new(super::super::provider());
+        let pk = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], pk)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let name = ServerName::try_from("a.test").unwrap();
+        monoio::join!(
+            async {
+                accept(l.accept().await.unwrap().0, Arc::new(server))
+                    .await
+                    .unwrap()
+            },
+            async {
+                let tcp = TcpStream::connect_addr(addr).await.unwrap();
+                connect(tcp, Arc::new(client), name).await.unwrap()
+            },
+        )
+    }
+
+    #[test]
+    fn a_vectored_read_fills_the_first_buffer_with_room() {
+        for engine in engines() {
+            block_on(engine, async {
+                let (mut server, mut client) = tls_pair().await;
+                let (r, _) = server.write(b"hello world".to_vec()).await;
+                assert_eq!(r.unwrap(), 11);
+                // An empty first buffer is skipped; the read is short (one buffer's room).
+                let bufs: VecBuf = vec![Vec::new(), vec![0u8; 5], vec![0u8; 64]].into();
+                let (r, bufs) = client.readv(bufs).await;
+                assert_eq!(r.unwrap(), 5);
+                let bufs: Vec<Vec<u8>> = bufs.into();
+                assert_eq!(bufs[1], b"hello");
+                let canceller = Canceller::new();
+                let bufs: VecBuf = vec![vec![0u8; 64]].into();
+                let (r, bufs) = client.cancelable_readv(bufs, canceller.handle()).await;
+                assert_eq!(r.unwrap(), 6);
+                let bufs: Vec<Vec<u8>> = bufs.into();
+                assert_eq!(bufs[0], b" world");
+            });
+        }
+    }
 
     #[test]
     fn a_write_at_an_aliasing_phase_gets_a_short_first_record() {

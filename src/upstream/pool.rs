@@ -93,7 +93,9 @@ fn look(idle: &mut Idle, ring: Option<&RefCell<BufRing>>, probes: &mut u64) -> P
             std::task::Poll::Pending => true,
             std::task::Poll::Ready((_, bid)) => {
                 if let Some(ring) = ring {
-                    ring.borrow_mut().put_back(bid);
+                    // SAFETY: `bid` is what this receive's completion reported, taken once
+                    // (the op is dropped below); it was posted through the shard's ring.
+                    unsafe { ring.borrow_mut().put_back(bid) };
                 }
                 false
             }

@@ -98,6 +98,8 @@ pub(crate) unsafe fn register_buf_ring(addr: u64, entries: u16, group: u16) -> i
     }
     CURRENT.with(|inner| match inner {
         Inner::Uring(this) => {
+            // SAFETY: the driver lives for as long as CURRENT is set on this thread, and only
+            // this thread touches it; the ring memory is the caller's obligation (see above).
             let inner = &*this.get();
             inner.uring.submitter().register_buf_ring(addr, entries, group)
         }
