@@ -191,16 +191,6 @@ pub fn peer_gone(fd: RawFd) -> bool {
     }
 }
 
-/// Whether the peer of socket `fd` has sent bytes not read yet, looked at without taking one
-/// (`recv(MSG_PEEK | MSG_DONTWAIT)`).
-pub fn peer_sent(fd: RawFd) -> bool {
-    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
-    matches!(
-        crate::transport::recv_now(fd, &mut byte, libc::MSG_PEEK),
-        Ok(n) if n > 0
-    )
-}
-
 /// Reads more bytes into `buf` after its current contents, waiting at most `timeout`.
 /// On timeout the buffer is lost with the cancelled read and `buf` is left empty.
 pub async fn read_more<S: AsyncReadRent>(

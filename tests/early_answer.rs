@@ -16,6 +16,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+const UNAUTHORIZED: &[u8] = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\nno key";
+
 const ANSWER: &[u8] =
     b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large";
 
@@ -60,11 +62,11 @@ fn holding_backend() -> SocketAddr {
 }
 
 /// A backend that answers any GET at once (keep-alive, so the proxy pools the connection)
-/// and, to a POST on the same connection, answers 401 at once and then neither reads the
-/// body nor closes: the upload goes out on a pooled connection, where io_uring has a receive
+/// and, to a POST on the same connection, sends `answer` at once (in one write) and then
+/// neither reads the body nor closes: the upload goes out on a pooled connection, where io_uring has a receive
 /// posted that takes the answer before any look at the socket could see it.
 /// Reports, for each POST, whether its connection had served a GET before.
-fn holding_after_a_get_backend() -> (SocketAddr, mpsc::Receiver<bool>) {
+fn holding_after_a_get_backend(answer: &'static [u8]) -> (SocketAddr, mpsc::Receiver<bool>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, rx) = mpsc::channel();
@@ -81,8 +83,7 @@ fn holding_after_a_get_backend() -> (SocketAddr, mpsc::Receiver<bool>) {
                     continue;
                 }
                 let _ = tx.send(served);
-                let _ =
-                    s.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\nno key");
+                let _ = s.write_all(answer);
                 held.push(s);
                 break;
             }
@@ -130,7 +131,11 @@ fn upload_to(proxy: &Proxy, target: &str, len: usize, chunked: bool) -> (Respons
             let _ = w.write_all(b"0\r\n\r\n");
         }
     });
-    let r = c.read_response();
+    let mut r = c.read_response();
+    // Interim responses the proxy relays (a 103) come first.
+    while r.status() < 200 {
+        r = c.read_response();
+    }
     // After the response: end of stream (or a reset once the lingering read stops), never a
     // second response or a hang.
     let closed = matches!(
@@ -193,7 +198,11 @@ both_engines! {
     // The same on a pooled connection: a GET first leaves the backend connection idle in
     // the pool, and the upload that follows goes out on it.
     fn an_early_answer_on_a_pooled_connection_reaches_the_client(engine) {
-        let (backend, posts) = holding_after_a_get_backend();
+        // A 401, or an Early Hints and a 401 in one segment (the receive takes both).
+        let hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+            HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\nno key";
+        for answer in [UNAUTHORIZED, hints] {
+        let (backend, posts) = holding_after_a_get_backend(answer);
         let proxy = Config::single(backend)
             .limit("max_body_bytes", "\"64MiB\"")
             .timeout("upstream_response", "30s")
@@ -212,6 +221,32 @@ both_engines! {
             assert!(pooled, "chunked {chunked}: the upload went out on the GET's connection");
         }
         assert!(started.elapsed() < Duration::from_secs(25), "answered before upstream_response");
+        }
+    }
+
+    // A backend that sends `100 Continue` unasked and then neither reads nor closes: the body's
+    // write times out and the client gets 504 then, not after a second upstream_response
+    // spent waiting for a head behind the 100 (on a fresh or a pooled connection).
+    fn a_backend_that_stalls_after_a_100_is_not_waited_for_twice(engine) {
+        let (backend, posts) = holding_after_a_get_backend(b"HTTP/1.1 100 Continue\r\n\r\n");
+        let proxy = Config::single(backend)
+            .limit("max_body_bytes", "\"64MiB\"")
+            .timeout("upstream_response", "3s")
+            .start(engine);
+        for warm in [false, true] {
+            let mut c = Client::connect(proxy.addr());
+            if warm {
+                c.send(b"GET /warm HTTP/1.1\r\nHost: example.com\r\n\r\n");
+                assert_eq!(c.read_response().status(), 200);
+            }
+            drop(c);
+            let started = std::time::Instant::now();
+            let (r, _) = upload(&proxy, 16 << 20, false);
+            assert_eq!(r.status(), 504, "warm {warm}: {}", r.head.raw);
+            let took = started.elapsed();
+            assert!(took < Duration::from_millis(5500), "warm {warm}: waited twice: {took:?}");
+            assert_eq!(posts.recv_timeout(Duration::from_secs(20)).unwrap(), warm);
+        }
     }
 
     // The same from a TLS backend: its answer is looked for while the body's write waits

@@ -10,7 +10,7 @@ use crate::bufring::{Receive, Received};
 use crate::client::Client;
 use crate::error::{Kind, ProxyError, Stage};
 use crate::http::encode::OutFraming;
-use crate::http::parse::{starts_final_response, BodyFraming};
+use crate::http::parse::{holds_answer, holds_final_response, BodyFraming};
 use crate::io::{write_static, IoFail};
 use crate::relay::{relay_body, BodyPlan, Leg, RelayError};
 use crate::splice::{relay_spliced, SplicePlan, SplicedBody};
@@ -81,7 +81,7 @@ where
         got = &mut *receive => got,
     };
     let answered = match &got {
-        Ok(Received::Data(b)) => starts_final_response(b),
+        Ok(Received::Data(b)) => holds_final_response(b),
         Ok(Received::NoBuffer) => final_answer_waiting(fd),
         _ => false,
     };
@@ -92,14 +92,35 @@ where
     (body.await, Some(got))
 }
 
-/// Whether the bytes waiting on `fd` start a final response (`HTTP/1.x ` and a status that
-/// is not 1xx), looked at without taking them. Fewer than 10 bytes is not yet.
+/// How much of what waits on a backend socket a look at it takes in (interim heads first).
+const PEEK: usize = 4096;
+
+/// Whether the bytes waiting on `fd` hold a final response (`HTTP/1.x ` and a status that
+/// is not 1xx, after any complete interim heads), looked at without taking them.
 fn final_answer_waiting(fd: RawFd) -> bool {
-    let mut b = [0u8; 10];
-    matches!(
-        crate::transport::recv_into(fd, &mut b, libc::MSG_PEEK),
-        Ok(10)
-    ) && starts_final_response(&b)
+    let mut b = [0u8; PEEK];
+    let n = crate::transport::recv_into(fd, &mut b, libc::MSG_PEEK).unwrap_or(0);
+    holds_final_response(&b[..n])
+}
+
+/// After the body's write timed out: whether the backend's answer is there to be read (see
+/// [`holds_answer`]): what the receive posted on the connection got, then what waits on the
+/// socket. On TLS any plaintext (session tickets decrypt to none): rustls shows one record's
+/// at a time, so a `100` in a record of its own counts, and the head's read then waits for
+/// what follows it.
+pub(super) fn answer_waiting(conn: &mut Transport, ready: &Option<Awaited<'_>>) -> bool {
+    let tcp = match conn {
+        Transport::Tls(tls) => return tls.plaintext_now(|b| !b.is_empty()),
+        Transport::Plain(tcp) => tcp,
+    };
+    let mut b = [0u8; PEEK];
+    let n = crate::transport::recv_into(tcp.as_raw_fd(), &mut b, libc::MSG_PEEK).unwrap_or(0);
+    match ready {
+        Some(Awaited::Received(Ok(Received::Data(got)))) => {
+            holds_answer(&[got.as_slice(), &b[..n]].concat())
+        }
+        _ => holds_answer(&b[..n]),
+    }
 }
 
 impl<'a> Forward<'a> {

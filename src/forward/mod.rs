@@ -439,21 +439,15 @@ impl<'a> Forward<'a> {
             relayed: false,
         };
         let body_stopped = sent.is_err();
-        // A backend that answered early and stopped reading the body without closing (a 401
-        // to an upload) lets the body's write time out: its answer is waiting, and is the
-        // response (a plain connection's bytes before the whole request are a response; a TLS
-        // one's may be a session ticket, which decrypts to no plaintext).
-        let answered = |conn: &mut Transport| match conn {
-            Transport::Plain(tcp) => crate::io::peer_sent(tcp.as_raw_fd()),
-            Transport::Tls(tls) => tls.plaintext_now(|b| !b.is_empty()),
-        };
         let got = match sent {
             // The body stopped because the backend closed: it may have answered first (read
             // what it sent). A bodiless request has no answer yet, and a stalled backend is
-            // not waited for twice.
+            // not waited for twice: after the body's write timed out, only an answer waiting
+            // (a 401 to an upload from a backend that then stopped reading) is read.
             Err(e)
                 if facts.framing.is_empty()
-                    || matches!(e, IoFail::Timeout) && !answered(on.conn) =>
+                    || matches!(e, IoFail::Timeout)
+                        && !body::answer_waiting(on.conn, &on.ready) =>
             {
                 Err(HeadFail::Io(e))
             }

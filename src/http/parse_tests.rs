@@ -495,3 +495,41 @@ fn response_status_codes_are_100_to_599() {
         assert_eq!(got.is_ok(), ok, "{code}: {:?}", got.map(|_| ()));
     }
 }
+
+#[test]
+fn an_early_answer_is_told_from_interim_heads_at_every_split() {
+    let interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n";
+    let cont = b"HTTP/1.1 100 Continue\n\n";
+    let answer = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\nno key";
+    // Final: after any complete interim heads, a final status line.
+    for bytes in [
+        answer.to_vec(),
+        [&interim[..], answer].concat(),
+        [&cont[..], interim, answer].concat(),
+    ] {
+        assert!(holds_final_response(&bytes));
+        assert!(holds_answer(&bytes));
+        // Every prefix: final once 10 bytes of the final status line are there, never before.
+        let start = bytes.len() - answer.len();
+        for cut in 0..bytes.len() {
+            let part = &bytes[..cut];
+            assert_eq!(holds_final_response(part), cut >= start + 10, "{cut}");
+            assert_eq!(holds_answer(part), cut >= start + 10, "{cut}");
+        }
+    }
+    // Only interim heads (or the start of one): no answer, whatever the split.
+    for bytes in [&interim[..], cont, b"HTTP/1.1 1", b"HTT", b""] {
+        assert!(!holds_final_response(bytes));
+        assert!(!holds_answer(bytes));
+    }
+    // Bytes that are no response: not a final answer (the body goes on), but an answer to
+    // read once the body's write timed out (the head's read refuses them with a 502).
+    for bytes in [
+        &b"garbage!!!\r\n"[..],
+        b"HTTP/2 200\r\n\r\n",
+        b"HTTP/1.1 099 x\r\n\r\n",
+    ] {
+        assert!(!holds_final_response(bytes), "{bytes:?}");
+        assert!(holds_answer(bytes), "{bytes:?}");
+    }
+}

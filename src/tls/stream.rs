@@ -16,7 +16,7 @@ use std::io::{self, BufRead, Write as _};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use crate::http::parse::starts_final_response;
+use crate::http::parse::holds_final_response;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, CancelHandle, CancelableAsyncReadRent};
 use monoio::net::TcpStream;
@@ -296,7 +296,7 @@ impl TlsStream {
             // all of it, and stop reading: while the write waits, its answer is looked for
             // (boxed: every TLS write's future would otherwise carry the second wait).
             if Box::pin(self.writable_or_readable()).await?
-                && self.plaintext_now(starts_final_response)
+                && self.plaintext_now(holds_final_response)
             {
                 return Err(io::Error::other(ANSWERED));
             }
