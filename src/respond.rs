@@ -500,25 +500,32 @@ fn canned_head(
 
 /// Closes a connection whose client may still be sending (an unread body, a refused head):
 /// half-close, then read and discard for a bounded time, so that the kernel does not answer
-/// the unread bytes with a reset that could destroy the response (RFC 9112 §9.6).
+/// the unread bytes with a reset that could destroy the response (RFC 9112 §9.6): up to 1 s
+/// and 256 KiB, and beyond that for as long as the response is not all taken by the client
+/// (its bytes still in the socket's send queue, which a reset would drop), each read within
+/// 1 s of the last and all within 30 s (nginx's `lingering_timeout` and `lingering_time`).
 pub async fn linger_close(client: &mut Client) {
     use monoio::io::AsyncWriteRent;
     const LINGER: Duration = Duration::from_secs(1);
     const LINGER_BYTES: usize = 256 * 1024;
+    const LINGER_MAX: Duration = Duration::from_secs(30);
     let _ = client.stream.shutdown().await;
-    let until = Instant::now() + LINGER;
+    let fd = client.stream.tcp().as_raw_fd();
+    let start = Instant::now();
     let mut drained = 0;
-    while drained < LINGER_BYTES {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+    loop {
+        let elapsed = start.elapsed();
+        let base = drained < LINGER_BYTES && elapsed < LINGER;
+        if !base && crate::transport::unsent(fd) == 0 || elapsed >= LINGER_MAX {
             break;
         }
+        let wait = if base { LINGER - elapsed } else { LINGER };
         client.buf.clear();
         match read_more(
             &mut client.stream,
             &mut client.buf,
             &mut client.deadline,
-            left,
+            wait.min(LINGER_MAX - elapsed),
         )
         .await
         {

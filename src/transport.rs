@@ -182,6 +182,21 @@ pub fn recv_now(fd: RawFd, buf: &mut [MaybeUninit<u8>], flags: libc::c_int) -> i
     socket2::SockRef::from(&fd).recv_with_flags(buf, libc::MSG_DONTWAIT | flags)
 }
 
+/// Bytes the socket `fd` has not had acknowledged by its peer (sent or not yet sent:
+/// `SIOCOUTQ`); 0 when it cannot say.
+pub fn unsent(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int to the pointer, which points at `n`, alive
+    // across the call; `fd` is the caller's open socket (a bad one is an error, not UB).
+    // Exercised by tests/early_answer.rs (a large early answer to a fast uploading client).
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    if r == 0 {
+        n.max(0) as usize
+    } else {
+        0
+    }
+}
+
 /// [`recv_now`] into initialised bytes.
 pub fn recv_into(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
     // SAFETY: `MaybeUninit<u8>` has `u8`'s layout, and `recv_now` only ever writes bytes the

@@ -224,6 +224,40 @@ both_engines! {
         }
     }
 
+    // A large early answer (200 KiB) to a client that uploads as fast as it can while it
+    // reads: the proxy's lingering read must not close (and reset away the end of the answer,
+    // still in its send queue) while the client has not taken all of it.
+    fn a_large_early_answer_reaches_a_fast_uploading_client_whole(engine) {
+        let body: Vec<u8> = (0..200 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut answer = format!(
+            "HTTP/1.1 413 Payload Too Large\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        answer.extend_from_slice(&body);
+        let answer: &'static [u8] = answer.leak();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let _ = read_head_bytes(&mut s);
+                let _ = s.write_all(answer);
+                held.push(s);
+            }
+        });
+        let proxy = Config::single(addr).limit("max_body_bytes", "\"64MiB\"").start(engine);
+        for round in 0..4 {
+            let (r, closed) = upload(&proxy, 16 << 20, false);
+            assert_eq!(r.status(), 413, "round {round}: {}", r.head.raw);
+            assert_eq!(r.body.len(), body.len(), "round {round}: the answer was cut short");
+            assert!(r.body == body, "round {round}");
+            assert!(closed, "round {round}");
+        }
+    }
+
     // A backend that sends `100 Continue` unasked and then neither reads nor closes: the body's
     // write times out and the client gets 504 then, not after a second upstream_response
     // spent waiting for a head behind the 100 (on a fresh or a pooled connection).
