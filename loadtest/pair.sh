@@ -10,6 +10,8 @@
 #   A_SERVER='...' B_SERVER='...': [server] lines for one side only, to A/B two configurations
 #   of one build (e.g. B_SERVER='splice_min_bytes = "32KiB"'; lines split on ';').
 #   WRK_HEADER='Connection: close': a header on every request (a connection per request).
+#   BODY_BYTES=N: keep-alive POSTs of an N-byte body (loadtest/bench.lua) to a location the
+#   origin answers with `return 200`, as run.sh's post1k/post64k cells do.
 #   CACHE=1: the route caches (`cache = { size = "64MiB", max_object = "8MiB" }`) and the origin
 #   marks the page cacheable, so every measured request is a cache hit (checked: X-Cache: HIT).
 set -euo pipefail
@@ -32,8 +34,9 @@ head -c "$PAGE_BYTES" /dev/zero | tr '\0' x > "$DIR/www/index.html"
 cat > "$DIR/origin.conf" <<EOF
 worker_processes 1; daemon off; master_process off; pid $DIR/origin.pid; error_log $DIR/origin.err;
 events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-       server { listen 127.0.0.1:$PORT; root $DIR/www; ${CACHE:+add_header Cache-Control "max-age=3600";} } }
+http { access_log off; keepalive_requests 1000000; client_max_body_size 16m; client_body_buffer_size 128k;
+       server { listen 127.0.0.1:$PORT; root $DIR/www; ${CACHE:+add_header Cache-Control "max-age=3600";}
+                location = /post { default_type text/plain; return 200 "hello from origin\n"; } } }
 EOF
 taskset -c "$CLIENT_CPU" nginx -c "$DIR/origin.conf" & PIDS+=($!)
 
@@ -81,12 +84,14 @@ if [ -n "${CACHE:-}" ]; then
   done
 fi
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+path=/; post=()
+if [ -n "${BODY_BYTES:-}" ]; then path=/post; post=(-s "$LOADTEST_DIR/bench.lua"); fi
 ticks=$(getconf CLK_TCK)
 rows=()
 for r in $(seq "$REPS"); do
   a0=$(cpu $PA); b0=$(cpu $PB)
-  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" ${WRK_HEADER:+-H "$WRK_HEADER"} "$SCHEME://127.0.0.1:$((PORT + 1))/" > "$DIR/wa" 2>&1 & wa=$!
-  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" ${WRK_HEADER:+-H "$WRK_HEADER"} "$SCHEME://127.0.0.1:$((PORT + 2))/" > "$DIR/wb" 2>&1 & wb=$!
+  WRK_BODY_BYTES=${BODY_BYTES:-0} taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" "${post[@]}" ${WRK_HEADER:+-H "$WRK_HEADER"} "$SCHEME://127.0.0.1:$((PORT + 1))$path" > "$DIR/wa" 2>&1 & wa=$!
+  WRK_BODY_BYTES=${BODY_BYTES:-0} taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" "${post[@]}" ${WRK_HEADER:+-H "$WRK_HEADER"} "$SCHEME://127.0.0.1:$((PORT + 2))$path" > "$DIR/wb" 2>&1 & wb=$!
   wait $wa $wb
   a1=$(cpu $PA); b1=$(cpu $PB)
   ra=$(awk '/requests in/{print $1}' "$DIR/wa"); rb=$(awk '/requests in/{print $1}' "$DIR/wb")
@@ -103,7 +108,8 @@ rows = [r.split() for r in rows]
 med = lambda i: statistics.median(float(r[i]) for r in rows)
 print(f"# pair A/B ({kind}): A = `{a}`, B = `{b}`\n")
 what = "cached " if os.environ.get("CACHE") else ""
-print(f"Both on one CPU at once, {reps} x {dur} s, wrk -c{conns} each{hdr}, {what}{page}-byte page; host {platform.node()}, "
+load = f"POSTs of {os.environ['BODY_BYTES']} bytes" if os.environ.get("BODY_BYTES") else f"{what}{page}-byte page"
+print(f"Both on one CPU at once, {reps} x {dur} s, wrk -c{conns} each{hdr}, {load}; host {platform.node()}, "
       f"{os.cpu_count()} CPUs, Linux {platform.release()}.\n")
 print("| rep | A CPU-µs/req | B CPU-µs/req | B/A | A requests | B requests |\n|---|---|---|---|---|---|")
 for i, r in enumerate(rows, 1):
