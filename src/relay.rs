@@ -16,6 +16,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::config::{Config, SpliceConfig};
 use crate::http::chunked::{encode_chunk, encode_last_chunk, ChunkedDecoder};
+use crate::http::encode::TrailerFilter;
 use crate::http::encode::{interim_response_head, OutFraming};
 use crate::http::parse::{parse_response, BodyFraming, HeadLimits, Parsed, ResponseHead};
 use crate::io::{read_more, read_more_at_most, write_from, write_two_from, Deadline, IoFail};
@@ -456,16 +457,31 @@ impl<'a> Leg<'a> {
 }
 
 /// How one body is relayed: framing in and out and its size limit.
-#[derive(Clone, Copy)]
-pub struct BodyPlan {
+pub struct BodyPlan<'a> {
     pub incoming: BodyFraming,
     pub outgoing: OutFraming,
     pub limit: u64,
     /// Bound on one chunk-size line or the trailer section.
     pub chunk_overhead: usize,
-    /// Response trailers are relayed; request trailers are dropped (RFC 9110 §6.5.1 allows
-    /// it, and it keeps fields like Content-Length or Host out of a backend's trailer parser).
-    pub forward_trailers: bool,
+    /// What becomes of a chunked body's trailer fields when it is chunked on the way out:
+    /// relayed, those the filter keeps (a response's, less what its head did not show), or
+    /// with `None` dropped (a request's: RFC 9110 §6.5.1 allows it, and it keeps fields
+    /// like Content-Length or Host out of a backend's trailer parser). Boxed: every
+    /// request's future holds a pointer, not the filter.
+    pub trailers: Option<Box<TrailerFilter<'a>>>,
+}
+
+/// The last chunk of a body chunked on the way out, with the trailer fields `trailers` lets
+/// through of those `decoder` kept.
+fn last_chunk(
+    decoder: Option<&ChunkedDecoder>,
+    trailers: Option<&TrailerFilter>,
+    out: &mut Vec<u8>,
+) {
+    match (decoder, trailers) {
+        (Some(d), Some(f)) => encode_last_chunk(&d.trailers, &|name| f.keeps(name), out),
+        _ => encode_last_chunk(b"", &|_| true, out),
+    }
 }
 
 /// One body as it arrives: where its bytes are in what was read (Content-Length counted
@@ -551,7 +567,7 @@ pub async fn relay_body<S: AsyncReadRent, D: AsyncWriteRent>(
     pos: &mut usize,
     dst: &mut D,
     out: &mut Vec<u8>,
-    plan: &BodyPlan,
+    plan: &BodyPlan<'_>,
     leg: &mut Leg<'_>,
 ) -> Result<u64, RelayError> {
     let BodyPlan {
@@ -597,11 +613,7 @@ pub async fn relay_body<S: AsyncReadRent, D: AsyncWriteRent>(
         }
         if body.done {
             if rechunk {
-                let trailers = match (&body.decoder, plan.forward_trailers) {
-                    (Some(d), true) => &d.trailers[..],
-                    _ => b"",
-                };
-                encode_last_chunk(trailers, out);
+                last_chunk(body.decoder.as_ref(), plan.trailers.as_deref(), out);
             }
             leg.flush(dst, out).await?;
             return Ok(total);

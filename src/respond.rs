@@ -23,6 +23,7 @@ use crate::http::canned::Canned;
 use crate::http::date::DateCache;
 use crate::http::encode::{
     client_response_head, response_out_framing, switching_protocols_head, OutFraming, Rewrite,
+    TrailerFilter,
 };
 use crate::http::parse::{BodyFraming, Method, ParseError, ResponseHead};
 use crate::io::{read_more, write_from, IoFail};
@@ -282,21 +283,24 @@ pub async fn relay_response(
                 outgoing: resp_framing,
                 limit: u64::MAX,
                 chunk_overhead: cfg.limits.max_header_bytes,
-                forward_trailers: true,
+                // Its trailer fields go as the head's did ([`TrailerFilter`]: its
+                // `Connection` names copied, as the read buffer is reused for the body).
+                // (No closure: one borrowing `rw` would keep it in every request's future.)
+                trailers: if resp_framing == OutFraming::Chunked {
+                    let named = head.conn_tokens.iter().map(|t| t.get(&ubuf).into());
+                    Some(Box::new(TrailerFilter {
+                        rw,
+                        named: named.collect(),
+                    }))
+                } else {
+                    None
+                },
             };
             let mut leg = Leg::response(&mut client.deadline, cfg, &mut written);
             leg.tee = fill.and_then(Fill::tee);
             let dst = &mut client.stream;
-            relay_body(
-                &mut upstream,
-                &mut ubuf,
-                &mut upos,
-                dst,
-                &mut out,
-                &plan,
-                &mut leg,
-            )
-            .await
+            let (up, ub, pos) = (&mut upstream, &mut ubuf, &mut upos);
+            relay_body(up, ub, pos, dst, &mut out, &plan, &mut leg).await
         }
     };
     trace.upstream_us = Some(micros(sending));

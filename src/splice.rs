@@ -467,7 +467,7 @@ async fn splice_until_close(
     }
     if chunked {
         out.clear();
-        encode_last_chunk(b"", out);
+        encode_last_chunk(b"", &|_| true, out);
         send_all(dst, out, false, leg).await?;
     }
     out.clear();

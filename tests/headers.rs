@@ -34,11 +34,12 @@ both_engines! {
             ("Trailer", "X-T"),
             ("X-Foo", "secret"),
             ("X-Other", "secret2"),
+            ("X_Other", "secret3"),
             ("X-Bar", "kept"),
             ("Proxy-Authorization", "Basic Zm9vOmJhcg=="),
         ]);
         let h = &rec.raw_head;
-        for name in ["keep-alive", "te", "upgrade", "proxy-connection", "trailer", "x-foo", "x-other"] {
+        for name in ["keep-alive", "te", "upgrade", "proxy-connection", "trailer", "x-foo", "x-other", "x_other"] {
             assert!(!rec.has_header(name), "hop-by-hop header {name} must be removed; forwarded head:\n{h}");
         }
         // The proxy may announce its own connection management upstream, but
@@ -79,6 +80,43 @@ both_engines! {
         );
         let rec = forward(engine, &[("Host", "h.example"), ("X-Forwarded-For", "10.0.0.1, 10.0.0.2")]);
         assert_eq!(list(&rec, "x-forwarded-for"), vec!["127.0.0.1"], "forwarded head:\n{}", rec.raw_head);
+    }
+    // A trusted proxy in front (a CDN that terminated TLS) says which scheme and host its
+    // client used: kept, where an untrusted client's are replaced. `_` spellings of the
+    // proxy's own fields are dropped from anyone (a backend that reads `_` as `-` would see
+    // two values).
+    fn a_trusted_proxys_forwarded_scheme_and_host_are_kept(engine) {
+        let origin = Origin::start("origin");
+        let proxy = Config::single(origin.addr())
+            .server("trusted_proxies", "[\"127.0.0.1\"]")
+            .start(engine);
+        let sent = [
+            ("Host", "origin.internal"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "www.example"),
+            ("X-Forwarded-For", "1.1.1.1"),
+            ("X_Forwarded_For", "9.9.9.9"),
+            ("X_Forwarded_Host", "evil.example"),
+        ];
+        let mut c = Client::connect(proxy.addr());
+        c.send(&request("GET", "/h", &sent, b""));
+        assert_eq!(c.read_response().status(), 200);
+        let rec = origin.last_request();
+        let h = &rec.raw_head;
+        assert_eq!(rec.header_all("x-forwarded-proto"), ["https"], "{h}");
+        assert_eq!(rec.header_all("x-forwarded-host"), ["www.example"], "{h}");
+        assert_eq!(list(&rec, "x-forwarded-for"), vec!["1.1.1.1", "127.0.0.1"], "{h}");
+        assert!(!h.contains("X_Forwarded"), "{h}");
+        // Not a scheme: the proxy's own.
+        c.send(&request("GET", "/h", &[("Host", "a"), ("X-Forwarded-Proto", "https, http")], b""));
+        assert_eq!(c.read_response().status(), 200);
+        assert_eq!(origin.last_request().header_all("x-forwarded-proto"), ["http"]);
+        // From an untrusted client: the proxy's own.
+        let rec = forward(engine, &sent);
+        let h = &rec.raw_head;
+        assert_eq!(rec.header_all("x-forwarded-proto"), ["http"], "{h}");
+        assert_eq!(rec.header_all("x-forwarded-host"), ["origin.internal"], "{h}");
+        assert!(!h.contains("X_Forwarded") && !h.contains("9.9.9.9"), "{h}");
     }
     fn x_forwarded_for_added(engine) {
         let rec = forward(engine, &[("Host", "h.example")]);
@@ -190,6 +228,26 @@ both_engines! {
         up.write(b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 0\r\n\r\n");
         let r = c.read_response();
         assert_eq!(r.header_all("Date"), ["Sun, 06 Nov 1994 08:49:37 GMT"], "the backend's Date is kept");
+
+        // `_` spellings are the same fields to many clients: hidden too. A Date the backend
+        // named in its Connection is dropped, and the proxy's own is sent instead.
+        c.send(&get("example.com", "/c"));
+        up.read_head();
+        up.write(b"HTTP/1.1 200 OK\r\nConnection: date\r\nDate: Mon, 01 Jan 2001 00:00:00 GMT\r\nx_powered_by: PHP/8\r\nx_backend: app-3\r\nContent-Length: 0\r\n\r\n");
+        let r = c.read_response();
+        assert!(r.header("x_powered_by").is_none() && r.header("x_backend").is_none(), "{:?}", r.head);
+        let dates = r.header_all("Date");
+        assert!(dates.len() == 1 && is_http_date(dates[0]) && !dates[0].contains("2001"), "{dates:?}");
+
+        // A chunked response's trailer fields are cleaned as its head is: none of the
+        // backend's identity, nothing its Connection named, nothing the proxy sets.
+        c.send(b"GET /d HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n");
+        up.read_head();
+        up.write(b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nServer: Apache/2.4\r\nX-Powered-By: PHP/7\r\nX-Backend: 127.0.0.1:1\r\nX_Secret: s\r\nX-Request-Id: backend-id\r\nX-Kept: 1\r\n\r\n");
+        let got = c.read_until_closed(std::time::Duration::from_secs(10)).expect("the response, then a close");
+        let got = String::from_utf8_lossy(&got).into_owned();
+        let trailer = got.split_once("\r\n0\r\n").map(|(_, t)| t).unwrap_or_else(|| panic!("{got:?}"));
+        assert_eq!(trailer, "X-Kept: 1\r\n\r\n", "the client's trailer section: {got:?}");
     }
 
     fn without_server_header_no_server_field_is_sent(engine) {

@@ -144,7 +144,7 @@ pub async fn relay_compressed<S: AsyncReadRent, D: AsyncWriteRent>(
             let rest = enc.finish().map_err(coding)?;
             frame(&rest, chunked, out, &mut coded);
             if chunked {
-                encode_last_chunk(b"", out);
+                encode_last_chunk(b"", &|_| true, out);
             }
             leg.flush(dst, out).await?;
             return Ok(coded);

@@ -226,7 +226,7 @@ impl<'a> Forward<'a> {
                 outgoing: prepared.out_framing,
                 limit: cfg.limits.max_body_bytes,
                 chunk_overhead: cfg.limits.max_header_bytes,
-                forward_trailers: false,
+                trailers: None,
             };
             relay_body(
                 &mut client.stream,

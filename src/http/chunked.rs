@@ -368,14 +368,15 @@ const NEVER_IN_TRAILERS: &[&[u8]] = &[
 ];
 
 /// Writes the last chunk and the (already validated) trailer section, less the fields in
-/// [`NEVER_IN_TRAILERS`].
-pub fn encode_last_chunk(trailers: &[u8], out: &mut Vec<u8>) {
+/// [`NEVER_IN_TRAILERS`] (in any spelling with `_` for `-`) and those `keep` refuses.
+pub fn encode_last_chunk(trailers: &[u8], keep: &dyn Fn(&[u8]) -> bool, out: &mut Vec<u8>) {
     out.extend_from_slice(b"0\r\n");
     for line in trailers.split_inclusive(|&b| b == b'\n') {
         let name = line.split(|&b| b == b':').next().unwrap_or(line);
         if NEVER_IN_TRAILERS
             .iter()
-            .any(|n| n.eq_ignore_ascii_case(name))
+            .any(|n| super::fields::same_field(n, name))
+            || !keep(name)
         {
             continue;
         }
@@ -523,10 +524,10 @@ mod tests {
         encode_chunk(b"hello", &mut out);
         assert_eq!(out, b"5\r\nhello\r\n");
         out.clear();
-        encode_last_chunk(b"X: 1\r\n", &mut out);
+        encode_last_chunk(b"X: 1\r\n", &|_| true, &mut out);
         assert_eq!(out, b"0\r\nX: 1\r\n\r\n");
         out.clear();
-        encode_last_chunk(b"", &mut out);
+        encode_last_chunk(b"", &|_| true, &mut out);
         assert_eq!(out, b"0\r\n\r\n");
     }
 
@@ -536,7 +537,9 @@ mod tests {
         encode_last_chunk(
             b"Content-Length: 5\r\nX-A: 1\r\ntransfer-encoding: chunked\r\nHost: h\r\n\
               Connection: c\r\nKeep-Alive: 1\r\nProxy-Connection: p\r\nTE: t\r\n\
-              Trailer: X\r\nUpgrade: u\r\nX-Content-Length: 2\r\n",
+              Trailer: X\r\nUpgrade: u\r\nX-Content-Length: 2\r\nContent_Length: 3\r\n\
+              X-Hidden: h\r\n",
+            &|name| !name.eq_ignore_ascii_case(b"x-hidden"),
             &mut out,
         );
         assert_eq!(out, b"0\r\nX-A: 1\r\nX-Content-Length: 2\r\n\r\n");

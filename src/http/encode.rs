@@ -136,12 +136,15 @@ pub fn upstream_request_head(
     out.extend_from_slice(upstream_host.unwrap_or(host));
     out.extend_from_slice(b"\r\n");
     let mut has_xff = false;
+    // From a trusted proxy, the scheme and host its client used (the first of each).
+    let (mut proto, mut fwd_host): (Option<&[u8]>, Option<&[u8]>) = (None, None);
     let mut fields = FieldCopy::new(buf);
     for h in &head.headers {
         match h.kind {
             HeaderKind::Other => {
                 let name = h.name.get(buf);
                 if (!keep_forwarded_for && forwarding_claim(name))
+                    || spells_own_forwarded(name)
                     || never_forwarded(name)
                     || (!head.conn_tokens.is_empty() && head.named_in_connection(buf, name))
                     || replaced(set, name)
@@ -152,6 +155,12 @@ pub fn upstream_request_head(
                 fields.push(h, out);
             }
             HeaderKind::XForwardedFor => has_xff = keep_forwarded_for,
+            HeaderKind::XForwardedProto if keep_forwarded_for => {
+                proto = proto.or(Some(h.value.get(buf)).filter(|v| valid_proto(v)));
+            }
+            HeaderKind::XForwardedHost if keep_forwarded_for => {
+                fwd_host = fwd_host.or(Some(h.value.get(buf)).filter(|v| !v.is_empty()));
+            }
             // Host is written above; the rest are hop-by-hop or replaced below.
             _ => {}
         }
@@ -174,14 +183,19 @@ pub fn upstream_request_head(
         }
     }
     write_ip(client_ip, out);
-    out.extend_from_slice(if https {
-        b"\r\nX-Forwarded-Proto: https\r\n"
-    } else {
-        b"\r\nX-Forwarded-Proto: http\r\n"
-    });
-    if !host.is_empty() {
+    match proto {
+        Some(p) => {
+            out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+            out.extend_from_slice(p);
+            out.extend_from_slice(b"\r\n");
+        }
+        None if https => out.extend_from_slice(b"\r\nX-Forwarded-Proto: https\r\n"),
+        None => out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n"),
+    }
+    let fwd_host = fwd_host.unwrap_or(host);
+    if !fwd_host.is_empty() {
         out.extend_from_slice(b"X-Forwarded-Host: ");
-        out.extend_from_slice(host);
+        out.extend_from_slice(fwd_host);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"Via: 1.1 edgeshard\r\n");
@@ -191,6 +205,26 @@ pub fn upstream_request_head(
     }
     write_framing(framing, out);
     out.extend_from_slice(b"\r\n");
+}
+
+/// A scheme a trusted proxy may pass on in `X-Forwarded-Proto`: `http` or `https`, in any
+/// case (anything else, a list included, is replaced by the proxy's own).
+fn valid_proto(v: &[u8]) -> bool {
+    v.eq_ignore_ascii_case(b"http") || v.eq_ignore_ascii_case(b"https")
+}
+
+/// A name the proxy writes (`X-Forwarded-For`, `-Proto`, `-Host`) spelled with `_`: never
+/// forwarded, whoever sent it (a backend that reads `_` as `-` would see two values, one
+/// the proxy did not vouch for). The `-` spellings are [`HeaderKind`]s, not `Other`.
+fn spells_own_forwarded(name: &[u8]) -> bool {
+    matches!(name.len(), 15..=17)
+        && [
+            &b"x-forwarded-for"[..],
+            b"x-forwarded-proto",
+            b"x-forwarded-host",
+        ]
+        .iter()
+        .any(|n| same_field(name, n))
 }
 
 fn write_framing(framing: OutFraming, out: &mut Vec<u8>) {
@@ -232,6 +266,28 @@ pub struct Rewrite<'a> {
     /// The listener's and route's `response_headers`, when either has any: fields they
     /// remove or set are dropped, theirs written after `set` (whose names win).
     pub rules: Option<Fields<'a>>,
+}
+
+/// Which trailer fields of a response go to the client: none its head did not show (the
+/// backend's `Server` and `X-Powered-By`, the `hide` names, those the proxy or the rules set
+/// or remove, those its `Connection` named), in any spelling with `_` for `-`.
+pub struct TrailerFilter<'a> {
+    pub rw: Rewrite<'a>,
+    /// The names the head's `Connection` listed (copied: the head's buffer is reused for the
+    /// body).
+    pub named: Vec<Box<[u8]>>,
+}
+
+impl TrailerFilter<'_> {
+    pub fn keeps(&self, name: &[u8]) -> bool {
+        let rw = &self.rw;
+        !(same_field(name, b"server")
+            || same_field(name, b"x-powered-by")
+            || rw.hide.iter().any(|n| same_field(name, n.as_bytes()))
+            || replaced(rw.set, name)
+            || rw.rules.is_some_and(|r| r.drops(name))
+            || self.named.iter().any(|n| same_field(n, name)))
+    }
 }
 
 impl<'a> Rewrite<'a> {
@@ -364,21 +420,22 @@ fn copy_response_fields(
             k if k.is_response_hop() => false,
             _ => {
                 let name = h.name.get(buf);
-                let eq = |s: &[u8]| name.eq_ignore_ascii_case(s);
+                // `_` for `-` too: a client that reads them alike must not see `x_powered_by`.
+                let eq = |s: &[u8]| same_field(name, s);
                 // Length first: one comparison at most for most fields.
-                let shown = match name.len() {
-                    4 if eq(b"date") => {
-                        has_date = true;
-                        true
-                    }
-                    6 if eq(b"server") => false,
-                    12 if eq(b"x-powered-by") => false,
-                    _ => !rw.hide.iter().any(|n| eq(n.as_bytes())),
+                let (date, shown) = match name.len() {
+                    4 if eq(b"date") => (true, true),
+                    6 if eq(b"server") => (false, false),
+                    12 if eq(b"x-powered-by") => (false, false),
+                    _ => (false, !rw.hide.iter().any(|n| eq(n.as_bytes()))),
                 };
-                shown
+                let keep = shown
                     && (head.conn_tokens.is_empty() || !head.named_in_connection(buf, name))
                     && !replaced(rw.set, name)
-                    && !rw.rules.is_some_and(|r| r.drops(name))
+                    && !rw.rules.is_some_and(|r| r.drops(name));
+                // A `Date` the backend named in `Connection` is gone: the proxy adds its own.
+                has_date |= date && keep;
+                keep
             }
         });
         if keep {
@@ -540,13 +597,15 @@ X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nVia: 1.0 other\r\nTransf
         };
         upstream_request_head(raw, &head, &req, &mut out);
         let s = String::from_utf8(out).unwrap();
+        // A trusted proxy's chain is extended and its scheme kept (its client used https).
         assert_eq!(
             s,
             "POST /p?q HTTP/1.1\r\nHost: a.example\r\nVia: 1.0 other\r\nAccept: */*\r\n\
-X-Forwarded-For: 1.2.3.4, 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a.example\r\n\
+X-Forwarded-For: 1.2.3.4, 10.0.0.9\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: a.example\r\n\
 Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
         );
-        // From a peer that is not a trusted proxy, the incoming chain is not believed.
+        // From a peer that is not a trusted proxy, neither the chain nor the scheme is
+        // believed.
         let mut out = Vec::new();
         let req = UpstreamRequest {
             keep_forwarded_for: false,
@@ -555,6 +614,7 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
         upstream_request_head(raw, &head, &req, &mut out);
         let s = String::from_utf8(out).unwrap();
         assert!(s.contains("\r\nX-Forwarded-For: 10.0.0.9\r\n"), "{s}");
+        assert!(s.contains("\r\nX-Forwarded-Proto: http\r\n"), "{s}");
         assert!(!s.contains("1.2.3.4"), "{s}");
     }
 
@@ -598,7 +658,8 @@ X-Original-Host: evil.origin\r\nAccept: */*\r\n\r\n";
             // Address and URL claims: only from a trusted proxy.
             assert_eq!(s.contains("1.2.3.4"), trusted, "{s}");
             assert_eq!(s.contains("X-Original-URL: /admin"), trusted, "{s}");
-            assert_eq!(s.contains("X_Forwarded-Host: evil"), trusted, "{s}");
+            // `_` spellings of the proxy's own forwarding fields: from nobody.
+            assert!(!s.contains("X_Forwarded"), "{s}");
             assert_eq!(s.contains("X-Host: evil.host"), trusted, "{s}");
             assert_eq!(s.contains("X-Original-Host: evil.origin"), trusted, "{s}");
         }

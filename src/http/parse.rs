@@ -246,11 +246,12 @@ impl RequestHead {
             !self.conn_close
         }
     }
-    /// True when `name` is listed in this message's Connection header.
+    /// True when `name` is listed in this message's Connection header (`_` read as `-`,
+    /// as the backends that read them alike do: [`super::fields::same_field`]).
     pub fn named_in_connection(&self, buf: &[u8], name: &[u8]) -> bool {
         self.conn_tokens
             .iter()
-            .any(|t| t.get(buf).eq_ignore_ascii_case(name))
+            .any(|t| super::fields::same_field(t.get(buf), name))
     }
     /// The value of the first field named `name` (compared case-insensitively), if any.
     pub fn header<'b>(&self, buf: &'b [u8], name: &[u8]) -> Option<&'b [u8]> {
@@ -301,10 +302,11 @@ impl ResponseHead {
     pub fn upstream_keep_alive(&self) -> bool {
         self.minor_version == 1 && !self.conn_close
     }
+    /// True when `name` is listed in this message's Connection header (`_` read as `-`).
     pub fn named_in_connection(&self, buf: &[u8], name: &[u8]) -> bool {
         self.conn_tokens
             .iter()
-            .any(|t| t.get(buf).eq_ignore_ascii_case(name))
+            .any(|t| super::fields::same_field(t.get(buf), name))
     }
 }
 
