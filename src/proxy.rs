@@ -89,7 +89,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             let rid_header = cfg_rid_header(ctx, &rid);
             let fields = [(name, &value[..]), rid_header.unwrap_or((b"", b""))];
             let n = if rid_header.is_some() { 2 } else { 1 };
-            let outcome = Box::pin(respond_canned_with(
+            let mut outcome = Box::pin(respond_canned_with(
                 ctx,
                 client,
                 c,
@@ -99,7 +99,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             ))
             .await;
             if body_unread {
-                Box::pin(linger_close(client)).await;
+                outcome = close_lingering(client).await;
             }
             Ok(Exchanged {
                 outcome,
@@ -113,9 +113,9 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             let head_only = facts.method == Method::Head;
             let rid_header = cfg_rid_header(ctx, &rid);
             let answer = auth::answer(ctx, client, &denial, close, head_only, rid_header);
-            let outcome = Box::pin(answer).await;
+            let mut outcome = Box::pin(answer).await;
             if body_unread {
-                Box::pin(linger_close(client)).await;
+                outcome = close_lingering(client).await;
             }
             Ok(Exchanged {
                 outcome,
@@ -177,9 +177,10 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             if early {
                 // The backend answered before the whole body: the rest is read and dropped
                 // for a bounded time, so the close does not reset the response away.
-                Box::pin(linger_close(client)).await;
+                close_lingering(client).await
+            } else {
+                outcome
             }
-            outcome
         }
         Err(e) => match e.answer() {
             Answer::Close => {
@@ -208,9 +209,10 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 ))
                 .await;
                 if body_unread {
-                    Box::pin(linger_close(client)).await;
+                    close_lingering(client).await
+                } else {
+                    outcome
                 }
-                outcome
             }
         },
     };
@@ -680,4 +682,13 @@ struct Exchanged {
     outcome: Outcome,
     /// The backend answered before the whole request body (see [`crate::forward`]).
     early: bool,
+}
+
+/// Closes after a response the client may still be sending a body behind ([`linger_close`],
+/// which also ends a TLS client's side with close_notify): the connection is then done
+/// with, and the keep-alive loop only drops it ([`Outcome::Cut`]: not a second lingering
+/// read, which doubled the time a client that keeps sending was held).
+async fn close_lingering(client: &mut Client) -> Outcome {
+    Box::pin(linger_close(client)).await;
+    Outcome::Cut
 }

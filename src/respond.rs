@@ -507,12 +507,15 @@ fn canned_head(
 /// the unread bytes with a reset that could destroy the response (RFC 9112 §9.6): up to 1 s
 /// and 256 KiB, and beyond that for as long as the response is not all taken by the client
 /// (its bytes still in the socket's send queue, which a reset would drop), each read within
-/// 1 s of the last and all within 30 s (nginx's `lingering_timeout` and `lingering_time`).
+/// 1 s of the last, all within 30 s and 16 MiB (nginx's `lingering_timeout` and
+/// `lingering_time`; the byte bound is ours: a client that sends fast and never reads would
+/// otherwise keep the shard reading for those 30 s).
 pub async fn linger_close(client: &mut Client) {
     use monoio::io::AsyncWriteRent;
     const LINGER: Duration = Duration::from_secs(1);
     const LINGER_BYTES: usize = 256 * 1024;
     const LINGER_MAX: Duration = Duration::from_secs(30);
+    const LINGER_MAX_BYTES: usize = 16 << 20;
     let _ = client.stream.shutdown().await;
     let fd = client.stream.tcp().as_raw_fd();
     let start = Instant::now();
@@ -520,7 +523,10 @@ pub async fn linger_close(client: &mut Client) {
     loop {
         let elapsed = start.elapsed();
         let base = drained < LINGER_BYTES && elapsed < LINGER;
-        if !base && crate::transport::unsent(fd) == 0 || elapsed >= LINGER_MAX {
+        if !base && crate::transport::unsent(fd) == 0
+            || elapsed >= LINGER_MAX
+            || drained >= LINGER_MAX_BYTES
+        {
             break;
         }
         let wait = if base { LINGER - elapsed } else { LINGER };
@@ -534,6 +540,8 @@ pub async fn linger_close(client: &mut Client) {
         .await
         {
             Ok(n) => drained += n,
+            // The first second ran out: what is still unsent decides (above).
+            Err(IoFail::Timeout) if base => {}
             Err(_) => break,
         }
     }

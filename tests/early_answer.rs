@@ -258,6 +258,78 @@ both_engines! {
         }
     }
 
+    // A large early answer to a client that sends its body slowly and reads only later: the
+    // close lingers while the answer is not taken (past the first second), and the client
+    // gets all of it.
+    fn a_large_early_answer_waits_for_a_slow_client(engine) {
+        let body: Vec<u8> = (0..300 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut answer = format!("HTTP/1.1 413 Payload Too Large\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        answer.extend_from_slice(&body);
+        let answer: &'static [u8] = answer.leak();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let _ = read_head_bytes(&mut s);
+                let _ = s.write_all(answer);
+                held.push(s);
+            }
+        });
+        let proxy = Config::single(addr).limit("max_body_bytes", "\"64MiB\"").start(engine);
+        let mut c = Client::connect(proxy.addr());
+        // A small receive buffer, so that most of the answer waits in the proxy's send queue.
+        socket2::SockRef::from(c.stream()).set_recv_buffer_size(4096).unwrap();
+        c.send(b"POST /upload HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1000000\r\n\r\nxx");
+        // A byte every 200 ms for 2.4 s, reading nothing: past the first second of lingering.
+        let until = std::time::Instant::now() + Duration::from_millis(2400);
+        while std::time::Instant::now() < until {
+            let _ = c.stream().write_all(b"x");
+            std::thread::park_timeout(Duration::from_millis(200));
+        }
+        let r = c.read_response();
+        assert_eq!(r.status(), 413, "{}", r.head.raw);
+        assert_eq!(r.body.len(), body.len(), "the answer was cut short");
+        assert!(r.body == body);
+    }
+
+    // A client that keeps sending fast after an early answer and never reads it: the
+    // lingering read stops at its byte bound (16 MiB), not after 30 s of reading whatever
+    // the client sends (gigabytes on loopback).
+    fn a_lingering_close_reads_a_bounded_amount(engine) {
+        // A 300 KiB answer the client never reads: the close lingers while it is unsent.
+        let mut answer = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 307200\r\n\r\n".to_vec();
+        answer.resize(answer.len() + 307200, b'a');
+        let answer: &'static [u8] = answer.leak();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let _ = read_head_bytes(&mut s);
+                let _ = s.write_all(answer);
+                held.push(s);
+            }
+        });
+        let proxy = Config::single(addr).limit("max_body_bytes", "\"64GiB\"").start(engine);
+        let mut c = Client::connect(proxy.addr());
+        socket2::SockRef::from(c.stream()).set_recv_buffer_size(4096).unwrap();
+        c.send(b"POST /upload HTTP/1.1\r\nHost: example.com\r\nContent-Length: 68719476736\r\n\r\n");
+        let mut w: TcpStream = c.stream().try_clone().unwrap();
+        w.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        let piece = vec![b'x'; 1 << 20];
+        let mut sent = 0usize;
+        while sent < 1 << 30 {
+            if w.write_all(&piece).is_err() {
+                break;
+            }
+            sent += piece.len();
+        }
+        assert!(sent < 256 << 20, "the proxy read {} MiB after its answer", sent >> 20);
+    }
+
     // A backend that sends `100 Continue` unasked and then neither reads nor closes: the body's
     // write times out and the client gets 504 then, not after a second upstream_response
     // spent waiting for a head behind the 100 (on a fresh or a pooled connection).
@@ -293,7 +365,7 @@ both_engines! {
         let ca_file = dir.write("ca.pem", &ca.pem);
         let origin = TlsOrigin::start(&ca.leaf(&["backend.test"]));
         let tls = format!("tls = {{ sni = \"backend.test\", ca = \"{}\" }}", ca_file.display());
-        for (target, timeout) in [("/hold", "30s"), ("/hold-after-100", "2s")] {
+        for (target, timeout) in [("/refuse", "30s"), ("/hold", "30s"), ("/hold-after-100", "2s")] {
             let proxy = Config::new()
                 .upstream_with("main", &[origin.addr], &tls)
                 .route("main", "")

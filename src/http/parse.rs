@@ -523,6 +523,8 @@ fn after_interim(mut b: &[u8]) -> &[u8] {
 /// Whether `b`, the bytes a backend sent while the request's body was still going out,
 /// hold its final answer (after any complete interim heads): the body stops there. How a
 /// backend's early answer (a 401, a 413 to an upload) is told from a `100` it sent unasked.
+/// A 2xx counts too: the proxy does not relay a response while it still sends the request
+/// (a backend that streams its answer while it reads, an echo, gets its body cut there).
 pub fn holds_final_response(b: &[u8]) -> bool {
     starts_final_response(after_interim(b))
 }

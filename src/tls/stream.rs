@@ -434,8 +434,9 @@ impl TlsStream {
             // Key updates and the like may want an answer: sent now as far as the socket
             // takes it, never waited for, so a read does not wait for a peer that does not
             // read (a backend that answered an upload early and stopped reading it). What
-            // stays queued goes out ahead of the next write.
-            self.flush_now()?;
+            // stays queued goes out ahead of the next write. A send that fails (that backend
+            // reset the connection after its answer) does not stop the read of what came.
+            let _ = self.flush_now();
             self.read_socket(cancel.clone()).await?;
         }
     }

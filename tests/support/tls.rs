@@ -223,7 +223,8 @@ pub fn tls_listener(certs: &[(&Path, &Path)], extra: &str) -> String {
 /// `/until-close/clean` gets a close-delimited body ended by close_notify, any other
 /// `/until-close...` the same body ended by a bare TCP close. A `POST /hold` is answered
 /// 401 before its body, which is never read (the connection is held open for 30 s); a
-/// `POST /hold-after-100` the same after a `100 Continue`.
+/// `POST /hold-after-100` the same after a `100 Continue`; a `POST /refuse` 401 before its
+/// body, then a close without close_notify (a reset: the body is unread).
 pub struct TlsOrigin {
     pub addr: SocketAddr,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
@@ -311,6 +312,25 @@ fn serve_tls(config: Arc<rustls::ServerConfig>, sock: TcpStream, id: usize) {
         let len: usize = field("content-length")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        if head.starts_with("POST /refuse ") {
+            // An answer before the body, then a close without close_notify: the unread body
+            // makes the kernel reset the connection.
+            let _ = s.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\nConnection: close\r\n\r\nno key");
+            let _ = s.flush();
+            // Closed once the proxy has the answer (nothing unacknowledged in the send queue):
+            // a reset before would destroy the answer itself, and the proxy could only 502.
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&s.sock);
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < until {
+                let mut n: libc::c_int = 0;
+                // SAFETY: TIOCOUTQ writes one int to `n`; `fd` is this thread's open socket.
+                if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) } != 0 || n == 0 {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            return;
+        }
         if head.starts_with("POST /hold") {
             // An answer before the body (after a `100` for `/hold-after-100`), which is then
             // never read: the connection is held open, unread, for 30 s.
