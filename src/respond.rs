@@ -509,14 +509,20 @@ fn canned_head(
 /// (its bytes still in the socket's send queue, which a reset would drop), each read within
 /// 1 s of the last, all within 30 s and 16 MiB (nginx's `lingering_timeout` and
 /// `lingering_time`; the byte bound is ours: a client that sends fast and never reads would
-/// otherwise keep the shard reading for those 30 s).
+/// otherwise keep the shard reading for those 30 s). A TLS client's side is ended with
+/// close_notify (within those 30 s), and what it sends after is read from the socket as it
+/// is, never decrypted: nothing of it is used, and a read cut short by its timeout may lose
+/// bytes (io_uring), which through rustls would be a broken record and an early close.
 pub async fn linger_close(client: &mut Client) {
     use monoio::io::AsyncWriteRent;
     const LINGER: Duration = Duration::from_secs(1);
     const LINGER_BYTES: usize = 256 * 1024;
     const LINGER_MAX: Duration = Duration::from_secs(30);
     const LINGER_MAX_BYTES: usize = 16 << 20;
-    let _ = client.stream.shutdown().await;
+    let _ = client
+        .deadline
+        .within(LINGER_MAX, client.stream.shutdown())
+        .await;
     let fd = client.stream.tcp().as_raw_fd();
     let start = Instant::now();
     let mut drained = 0;
@@ -531,14 +537,12 @@ pub async fn linger_close(client: &mut Client) {
         }
         let wait = if base { LINGER - elapsed } else { LINGER };
         client.buf.clear();
-        match read_more(
-            &mut client.stream,
-            &mut client.buf,
-            &mut client.deadline,
-            wait.min(LINGER_MAX - elapsed),
-        )
-        .await
-        {
+        let raw = match &mut client.stream {
+            Transport::Plain(s) => s,
+            Transport::Tls(s) => s.tcp_mut(),
+        };
+        let wait = wait.min(LINGER_MAX - elapsed);
+        match read_more(raw, &mut client.buf, &mut client.deadline, wait).await {
             Ok(n) => drained += n,
             // The first second ran out: what is still unsent decides (above).
             Err(IoFail::Timeout) if base => {}

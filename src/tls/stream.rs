@@ -214,6 +214,12 @@ impl TlsStream {
         &self.tcp
     }
 
+    /// The socket underneath, to read and discard what a client still sends after this side
+    /// closed ([`crate::respond::linger_close`]): its records are never decrypted.
+    pub fn tcp_mut(&mut self) -> &mut TcpStream {
+        &mut self.tcp
+    }
+
     /// Plaintext or ciphertext already here, or a close_notify or error already taken in: a
     /// read would not wait for the socket.
     fn has_buffered(&mut self) -> bool {
