@@ -92,6 +92,40 @@ fn holding_after_a_get_backend(answer: &'static [u8]) -> (SocketAddr, mpsc::Rece
     (addr, rx)
 }
 
+/// `n` bytes of `abc...z` repeated: a body whose cut or shifted bytes show.
+fn letters(n: usize) -> Vec<u8> {
+    (0..n).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// A `413` carrying `body`, for [`answering_backend`].
+fn too_large(body: &[u8]) -> &'static [u8] {
+    let mut answer = format!(
+        "HTTP/1.1 413 Payload Too Large\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(body);
+    answer.leak()
+}
+
+/// A backend that reads each request head, sends `answer` at once and then holds the
+/// connection without reading the body.
+fn answering_backend(answer: &'static [u8]) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let _ = read_head_bytes(&mut s);
+            let _ = s.write_all(answer);
+            held.push(s);
+        }
+    });
+    addr
+}
+
 /// Sends a `len`-byte upload (its head, then the body from another thread, which stops at
 /// the first write error) and returns the response the client read and whether the proxy
 /// then closed the connection.
@@ -228,26 +262,9 @@ both_engines! {
     // reads: the proxy's lingering read must not close (and reset away the end of the answer,
     // still in its send queue) while the client has not taken all of it.
     fn a_large_early_answer_reaches_a_fast_uploading_client_whole(engine) {
-        let body: Vec<u8> = (0..200 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
-        let mut answer = format!(
-            "HTTP/1.1 413 Payload Too Large\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        answer.extend_from_slice(&body);
-        let answer: &'static [u8] = answer.leak();
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        thread::spawn(move || {
-            let mut held = Vec::new();
-            for s in l.incoming() {
-                let Ok(mut s) = s else { return };
-                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                let _ = read_head_bytes(&mut s);
-                let _ = s.write_all(answer);
-                held.push(s);
-            }
-        });
+        let body = letters(200 * 1024);
+        let answer = too_large(&body);
+        let addr = answering_backend(answer);
         let proxy = Config::single(addr).limit("max_body_bytes", "\"64MiB\"").start(engine);
         for round in 0..4 {
             let (r, closed) = upload(&proxy, 16 << 20, false);
@@ -262,21 +279,9 @@ both_engines! {
     // close lingers while the answer is not taken (past the first second), and the client
     // gets all of it.
     fn a_large_early_answer_waits_for_a_slow_client(engine) {
-        let body: Vec<u8> = (0..300 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
-        let mut answer = format!("HTTP/1.1 413 Payload Too Large\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
-        answer.extend_from_slice(&body);
-        let answer: &'static [u8] = answer.leak();
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        thread::spawn(move || {
-            let mut held = Vec::new();
-            for s in l.incoming() {
-                let Ok(mut s) = s else { return };
-                let _ = read_head_bytes(&mut s);
-                let _ = s.write_all(answer);
-                held.push(s);
-            }
-        });
+        let body = letters(300 * 1024);
+        let answer = too_large(&body);
+        let addr = answering_backend(answer);
         let proxy = Config::single(addr).limit("max_body_bytes", "\"64MiB\"").start(engine);
         let mut c = Client::connect(proxy.addr());
         // A small receive buffer, so that most of the answer waits in the proxy's send queue.
@@ -300,21 +305,9 @@ both_engines! {
     fn a_tls_client_that_uploads_fast_and_reads_slowly_gets_the_whole_early_answer(engine) {
         use crate::support::tls::{tls_listener, CertDir, TestCa};
         use std::io::Read;
-        let body: Vec<u8> = (0..20_000).map(|i| b'a' + (i % 26) as u8).collect();
-        let mut answer = format!("HTTP/1.1 413 Payload Too Large\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
-        answer.extend_from_slice(&body);
-        let answer: &'static [u8] = answer.leak();
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        thread::spawn(move || {
-            let mut held = Vec::new();
-            for s in l.incoming() {
-                let Ok(mut s) = s else { return };
-                let _ = read_head_bytes(&mut s);
-                let _ = s.write_all(answer);
-                held.push(s);
-            }
-        });
+        let body = letters(20_000);
+        let answer = too_large(&body);
+        let addr = answering_backend(answer);
         let ca = TestCa::new("test ca");
         let dir = CertDir::new("early-tls-client");
         let leaf = ca.leaf(&["a.test"]);
@@ -395,20 +388,8 @@ both_engines! {
     // the client sends (gigabytes on loopback).
     fn a_lingering_close_reads_a_bounded_amount(engine) {
         // A 300 KiB answer the client never reads: the close lingers while it is unsent.
-        let mut answer = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 307200\r\n\r\n".to_vec();
-        answer.resize(answer.len() + 307200, b'a');
-        let answer: &'static [u8] = answer.leak();
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        thread::spawn(move || {
-            let mut held = Vec::new();
-            for s in l.incoming() {
-                let Ok(mut s) = s else { return };
-                let _ = read_head_bytes(&mut s);
-                let _ = s.write_all(answer);
-                held.push(s);
-            }
-        });
+        let answer = too_large(&letters(300 * 1024));
+        let addr = answering_backend(answer);
         let proxy = Config::single(addr).limit("max_body_bytes", "\"64GiB\"").start(engine);
         let mut c = Client::connect(proxy.addr());
         socket2::SockRef::from(c.stream()).set_recv_buffer_size(4096).unwrap();

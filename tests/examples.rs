@@ -42,21 +42,19 @@ fn every_example_config_passes_check() {
     }
 }
 
-/// The README's first command: `edgeshard demo` serves real traffic with no other setup, in
-/// front of its two built-in origins, in turn; a taken address is refused in the demo's own
-/// terms (`--listen`).
-#[test]
-fn the_demo_serves_both_built_in_origins_in_turn() {
+/// A running `edgeshard demo ARGS`, and the first stdout line starting with `prefix` (within
+/// 20 s).
+fn demo_until(args: &[&str], prefix: &str) -> (std::process::Child, String) {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
     let mut child = Command::new(BIN)
-        .args(["demo", "--listen", "127.0.0.1:0"])
+        .arg("demo")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn edgeshard demo");
-    let pid = child.id();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
@@ -68,17 +66,28 @@ fn the_demo_serves_both_built_in_origins_in_turn() {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut addr = None;
-    while addr.is_none() {
+    loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("the demo printed `listening on` in time");
-        addr = line
-            .strip_prefix("edgeshard: listening on ")
-            .map(|a| a.trim().parse::<std::net::SocketAddr>().unwrap());
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the demo did not print `{prefix}` in time");
+        };
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return (child, rest.to_string());
+        }
     }
-    let addr = addr.unwrap();
+}
+
+/// The README's first command: `edgeshard demo` serves real traffic with no other setup, in
+/// front of its two built-in origins, in turn; a taken address is refused in the demo's own
+/// terms (`--listen`).
+#[test]
+fn the_demo_serves_both_built_in_origins_in_turn() {
+    use std::process::Command;
+    let (mut child, addr) = demo_until(&["--listen", "127.0.0.1:0"], "edgeshard: listening on ");
+    let pid = child.id();
+    let addr: std::net::SocketAddr = addr.trim().parse().unwrap();
     let mut c = Client::connect(addr);
     let mut origins = Vec::new();
     for _ in 0..2 {
@@ -117,44 +126,16 @@ fn the_demo_serves_both_built_in_origins_in_turn() {
 
 #[test]
 fn the_demo_runs_one_shard_on_each_cpu_given() {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
-    let mut child = Command::new(BIN)
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--cpus",
-            "0,1",
-            "--io-engine",
-            "epoll",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn edgeshard demo");
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--cpus",
+        "0,1",
+        "--io-engine",
+        "epoll",
+    ];
+    let (mut child, ready) = demo_until(&args, "edgeshard: ready ");
     let pid = child.id();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let ready = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("the demo printed `ready` in time");
-        if line.starts_with("edgeshard: ready ") {
-            break line;
-        }
-    };
     terminate_pid(pid);
     let _ = child.wait();
     assert!(ready.contains("shards=2"), "{ready}");
