@@ -47,6 +47,18 @@ impl Transport {
         }
     }
 
+    /// Whether something the peer sent is already taken in above the socket, where a look
+    /// at the socket cannot see it: a TLS stream's plaintext, ciphertext not yet decrypted,
+    /// a close_notify. A connection going back to the pool must hold nothing
+    /// ([`crate::upstream::pool::Pool::checkin`]).
+    #[inline]
+    pub fn holds_input(&mut self) -> bool {
+        match self {
+            Transport::Plain(_) => false,
+            Transport::Tls(s) => s.has_buffered(),
+        }
+    }
+
     /// Frees the buffers an idle connection does not need (a TLS stream's ciphertext
     /// buffers); the next read or write allocates them again.
     #[inline]

@@ -103,6 +103,23 @@ both_engines! {
         assert_eq!(r.body_str(), "tls-origin conn=1 proto=http body=0");
     }
 
+    // A backend that sends more than its response's framing says: over TLS the rest may
+    // already sit decrypted inside rustls, where the pool's look at the socket cannot see
+    // it. Such a connection is not pooled, or the next request would get that response.
+    fn a_tls_connection_holding_unasked_bytes_is_not_pooled(engine) {
+        let dir = CertDir::new("up-extra");
+        let (origin, proxy) = verified_backend(engine, &dir, |c| c);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/extra"));
+        let r = c.read_response();
+        assert_eq!((r.status(), r.body_str().as_str()), (200, "tls-origin conn=0 proto=http body=0"));
+        c.send(&get("example.com", "/"));
+        let r = c.read_response();
+        assert_eq!(r.status(), 200, "{:?}", r.head);
+        assert_eq!(r.body_str(), "tls-origin conn=1 proto=http body=0", "the stale response was relayed");
+        assert_eq!(origin.accepted(), 2);
+    }
+
     fn a_tls_backend_with_the_wrong_name_is_refused(engine) {
         let ca = TestCa::new("backend ca");
         let (origin, proxy) = refused_backend(engine, &ca, ca.leaf(&["other.test"]));

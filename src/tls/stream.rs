@@ -222,7 +222,7 @@ impl TlsStream {
 
     /// Plaintext or ciphertext already here, or a close_notify or error already taken in: a
     /// read would not wait for the socket.
-    fn has_buffered(&mut self) -> bool {
+    pub fn has_buffered(&mut self) -> bool {
         self.rpos < self.rbuf.len()
             || !matches!(self.conn.reader().fill_buf(), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }

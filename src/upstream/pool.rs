@@ -245,11 +245,18 @@ impl Pool {
         }
     }
 
-    /// Returns a connection for reuse; drops it when the backend's idle bound is reached.
+    /// Returns a connection for reuse; drops it when the backend's idle bound is reached or when
+    /// it holds bytes past its response ([`Transport::holds_input`]).
     /// `small`: its next response is expected to fit in a ring buffer
     /// ([`crate::upstream::state::Backends::receives`]): a receive is posted on it, else a
     /// readiness wait.
-    pub fn checkin(&mut self, backend: usize, stream: Transport, now: Instant, small: bool) {
+    pub fn checkin(&mut self, backend: usize, mut stream: Transport, now: Instant, small: bool) {
+        // Bytes past the response's end that a TLS stream already decrypted: the checkout's
+        // look at the socket would not see them, and the next request would read them.
+        if stream.holds_input() {
+            self.counters.evicted_dead += 1;
+            return;
+        }
         if let Some(next) = &self.successor {
             // A request that started before a reload: its backend in the new list, if it
             // remains; a removed backend's connection is closed. The successor is never

@@ -216,6 +216,9 @@ pub fn tls_listener(certs: &[(&Path, &Path)], extra: &str) -> String {
     )
 }
 
+/// The response a TLS origin sends behind its answer to `GET /extra`.
+const STALE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTALE!";
+
 /// A TLS origin: HTTP/1.1 keep-alive over rustls, answering every request with
 /// `tls-origin conn=N proto=X-Forwarded-Proto body=LEN` (N counts its connections from 0).
 /// A request for `/bye` is answered (as keep-alive) with a close_notify in the same TCP
@@ -224,7 +227,8 @@ pub fn tls_listener(certs: &[(&Path, &Path)], extra: &str) -> String {
 /// `/until-close...` the same body ended by a bare TCP close. A `POST /hold` is answered
 /// 401 before its body, which is never read (the connection is held open for 30 s); a
 /// `POST /hold-after-100` the same after a `100 Continue`; a `POST /refuse` 401 before its
-/// body, then a close without close_notify (a reset: the body is unread).
+/// body, then a close without close_notify (a reset: the body is unread). `GET /extra` is
+/// answered and followed, in the same TCP write, by [`STALE`], a response nobody asked for.
 pub struct TlsOrigin {
     pub addr: SocketAddr,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
@@ -370,6 +374,16 @@ fn serve_tls(config: Arc<rustls::ServerConfig>, sock: TcpStream, id: usize) {
             }
             let _ = s.sock.shutdown(std::net::Shutdown::Both);
             return;
+        }
+        if head.starts_with("GET /extra ") {
+            // The response, then a second one nobody asked for, in one TCP write (records of
+            // their own): the connection then answers later requests as usual.
+            let _ = s.conn.writer().write_all(resp.as_bytes());
+            let _ = s.conn.writer().write_all(STALE);
+            if s.flush().is_err() {
+                return;
+            }
+            continue;
         }
         if head.starts_with("GET /bye ") {
             // The response and the close_notify in one write, then silence on an open socket.
