@@ -320,7 +320,7 @@ impl<'a> Forward<'a> {
                         &req.facts,
                         &req.tries,
                         t.outcome,
-                        reused,
+                        (reused, !req.prepared.out.is_empty()),
                         (t.any_byte, t.responded),
                     );
                     if decision == Decision::ResendFresh {
@@ -561,7 +561,13 @@ impl<'a> Forward<'a> {
         req.tries.tried.push(backend);
         req.tries.connect_failures += 1;
         let failed = TryOutcome::ConnectFailure;
-        match self.after(&req.facts, &req.tries, failed, false, (false, false)) {
+        match self.after(
+            &req.facts,
+            &req.tries,
+            failed,
+            (false, true),
+            (false, false),
+        ) {
             Decision::ConnectAnother => Ok(Step::Pick { chosen: None }),
             _ => Err(ProxyError::upstream(Kind::Exhausted, Stage::Connect)),
         }
@@ -615,7 +621,7 @@ impl<'a> Forward<'a> {
         facts: &RequestFacts,
         tries: &Tries,
         outcome: TryOutcome,
-        reused: bool,
+        (reused, head_kept): (bool, bool),
         (any_response_byte, responded): (bool, bool),
     ) -> Decision {
         let res = &self.cfg.upstreams[tries.upstream].resilience;
@@ -631,6 +637,7 @@ impl<'a> Forward<'a> {
                 attempt: tries.attempt,
                 connect_failures: tries.connect_failures,
                 was_resend: tries.resending,
+                head_kept,
                 // Read the clock only when a total timeout is set.
                 time_left: res.retry.total_timeout.is_none()
                     || res

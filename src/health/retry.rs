@@ -100,6 +100,9 @@ pub struct Try {
     pub was_resend: bool,
     /// The total timeout leaves time for another try.
     pub time_left: bool,
+    /// The request head is still there to send again: a write that timed out takes its
+    /// buffer with it (`io::write_from`), and a retry would then send nothing.
+    pub head_kept: bool,
 }
 
 /// What to do after a try.
@@ -118,7 +121,7 @@ pub enum Decision {
 
 /// The one retry rule (module header): what the attempt machine does after `t`.
 pub fn decide(spec: &RetrySpec, t: &Try) -> Decision {
-    if t.responded {
+    if t.responded || !t.head_kept {
         return Decision::Answer;
     }
     match t.outcome {
@@ -412,6 +415,7 @@ mod tests {
             connect_failures: 0,
             was_resend: false,
             time_left: true,
+            head_kept: true,
         }
     }
 
@@ -435,6 +439,27 @@ mod tests {
             ..get_try(CONNECT)
         };
         assert_eq!(decide(&s, &t), Decision::Answer);
+    }
+
+    #[test]
+    fn a_request_whose_head_went_with_a_timed_out_write_is_not_sent_again() {
+        let s = RetrySpec {
+            on: vec![RetryOn::Timeout, RetryOn::Reset],
+            ..RetrySpec::default()
+        };
+        let timeout = get_try(Outcome::Timeout);
+        assert_eq!(decide(&s, &timeout), Decision::RetryAnother);
+        let lost = Try {
+            head_kept: false,
+            ..timeout
+        };
+        assert_eq!(decide(&s, &lost), Decision::Answer);
+        let stale = Try {
+            reused: true,
+            head_kept: false,
+            ..get_try(RESET)
+        };
+        assert_eq!(decide(&s, &stale), Decision::Answer);
     }
 
     #[test]
