@@ -108,7 +108,16 @@ fn final_answer_waiting(fd: RawFd) -> bool {
 /// socket. On TLS any plaintext (session tickets decrypt to none): rustls shows one record's
 /// at a time, so a `100` in a record of its own counts, and the head's read then waits for
 /// what follows it.
-pub(super) fn answer_waiting(conn: &mut Transport, ready: &Option<Awaited<'_>>) -> bool {
+pub(super) fn answer_waiting(conn: &mut Transport, ready: &mut Option<Awaited<'_>>) -> bool {
+    // A receive posted on the connection and not raced against the body (one that went out
+    // whole with its head) may have taken the answer off the socket: looked at once, left
+    // in `ready` if it finished.
+    if let Some(Awaited::Receive(op)) = ready {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(got) = std::pin::Pin::new(op).poll(&mut cx) {
+            *ready = Some(Awaited::Received(got));
+        }
+    }
     let tcp = match conn {
         Transport::Tls(tls) => return tls.plaintext_now(|b| !b.is_empty()),
         Transport::Plain(tcp) => tcp,
@@ -257,5 +266,61 @@ impl<'a> Forward<'a> {
             Err(RelayError::TooSlow) => Err(ProxyError::client(Kind::TooSlow, Stage::Send)),
         }
         .map_err(|e| ProxyError { sent: true, ..e })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::bufring::BufRing;
+    use crate::test_engines::{block_on, engines};
+
+    // A body that went out whole with its head is not raced against the receive posted on a
+    // pooled connection: when its write times out, that receive may already hold the early
+    // answer, which a look at the socket no longer finds.
+    #[test]
+    fn an_answer_taken_by_the_posted_receive_counts_after_a_write_timeout() {
+        for engine in engines() {
+            block_on(engine, async {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let s = TcpStream::connect_addr(l.local_addr().unwrap())
+                    .await
+                    .unwrap();
+                let mut peer = l.accept().unwrap().0;
+                let ring = RefCell::new(BufRing::default());
+                let Some(op) = ring.borrow_mut().post(&s) else {
+                    return; // epoll, or a kernel without rings: nothing is posted
+                };
+                let mut ready = Some(Awaited::Receive(Receive::new(op, &ring, || {
+                    Vec::with_capacity(8192)
+                })));
+                let mut conn = Transport::Plain(s);
+                peer.write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")
+                    .unwrap();
+                // The receive takes the bytes when the shard next waits in the kernel: until
+                // then a peek would still find them.
+                let fd = conn.tcp().as_raw_fd();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while crate::transport::recv_into(fd, &mut [0u8; 1], libc::MSG_PEEK).is_ok() {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the receive never took the answer"
+                    );
+                    monoio::time::sleep(Duration::from_millis(1)).await;
+                }
+                assert!(
+                    answer_waiting(&mut conn, &mut ready),
+                    "the received answer was not seen"
+                );
+                let Some(Awaited::Received(Ok(Received::Data(got)))) = ready else {
+                    panic!("the receive's bytes are kept for the head's read")
+                };
+                assert!(got.starts_with(b"HTTP/1.1 413 "));
+            });
+        }
     }
 }

@@ -447,7 +447,7 @@ impl<'a> Forward<'a> {
             Err(e)
                 if facts.framing.is_empty()
                     || matches!(e, IoFail::Timeout)
-                        && !body::answer_waiting(on.conn, &on.ready) =>
+                        && !body::answer_waiting(on.conn, &mut on.ready) =>
             {
                 Err(HeadFail::Io(e))
             }
