@@ -11,7 +11,7 @@ use crate::balance::{request_key, KeySource};
 use crate::cache::{self, Settled};
 use crate::client::{Client, Outcome};
 use crate::clock::micros_total;
-use crate::error::{Answer, Kind, ProxyError, Stage};
+use crate::error::{Answer, Kind, ProxyError, Side, Stage};
 use crate::forward::{Forward, Prepared, RequestFacts};
 use crate::http::canned::Canned;
 use crate::http::encode::{split_target, upstream_request_head, OutFraming, UpstreamRequest};
@@ -187,7 +187,15 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 e.count(&ctx.stats);
                 // The client got no response, or one cut short.
                 trace.aborted = true;
-                Outcome::Cut
+                if e.side == Side::Upstream && facts.minor == 1 {
+                    // Cut by the backend: the client's response has a length or is chunked,
+                    // so an orderly close reads as the truncation it is. Closed with
+                    // pipelined requests unread, the kernel would answer them with a reset
+                    // that destroys the earlier responses still in flight.
+                    close_lingering(client).await
+                } else {
+                    Outcome::Cut
+                }
             }
             Answer::Status(c) => {
                 e.count(&ctx.stats);

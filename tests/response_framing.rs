@@ -3,6 +3,7 @@
 //! a close), and the proxy keeps serving.
 
 use crate::support::*;
+use std::time::Duration;
 
 fn bad_backend() -> Origin {
     Origin::with_handler("bad", |req| {
@@ -204,6 +205,37 @@ both_engines! {
         assert_eq!(r.status(), 502);
         proxy_stays_up(&proxy);
     }
+    // A response cut short by its backend ends the client's connection, but not with a
+    // reset: closed with pipelined requests unread, the kernel would reset it, and the
+    // earlier responses still in the proxy's send queue would never reach the client.
+    fn a_response_cut_by_its_backend_leaves_earlier_pipelined_ones_whole(engine) {
+        let origin = Origin::with_handler("cut", |req| match req.path() {
+            "/short" => Reply::raw(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello"),
+            _ => Reply::Default,
+        });
+        let proxy = Config::single(origin.addr()).admin("").start(engine);
+        let mut c = Client::connect(proxy.addr());
+        let upload = vec![b'x'; 256 * 1024];
+        let len = upload.len().to_string();
+        let mut pipelined = get("example.com", "/gen/1048576/cl");
+        pipelined.extend_from_slice(&get("example.com", "/short"));
+        let post = [("Host", "example.com"), ("Content-Length", len.as_str())];
+        pipelined.extend_from_slice(&request("POST", "/echo", &post, &upload));
+        c.send(&pipelined);
+        // Nothing is read until the cut is counted: most of the first response then waits in
+        // the proxy's send queue.
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "the cut", |m| {
+            m.value("edgeshard_upstream_aborts_total", &[]) == 1.0
+        });
+        let first = c.try_read_response().expect("the first response, whole");
+        assert_eq!(first.status(), 200);
+        assert!(first.body == pattern::pattern_vec(1 << 20), "the first response's body");
+        let cut = c.read_head().expect("the cut response's head");
+        assert_eq!(cut.status, 200);
+        let rest = c.read_until_closed(Duration::from_secs(10)).expect("a close");
+        assert_eq!(rest, b"hello", "the cut body, then the close");
+    }
+
     fn backend_truncated_cl_body_is_not_completed(engine) {
         // The backend promises 100 bytes, sends 5 and closes: the client must
         // not receive a complete-looking response.
