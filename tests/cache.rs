@@ -505,6 +505,31 @@ both_engines! {
         }
     }
 
+    // A purge while a response for the key is being fetched: that response is relayed but
+    // not stored (it may be what the purge was for), and the next request fetches again.
+    fn a_fill_in_flight_during_a_purge_is_not_stored(engine) {
+        let gate = Gate::default();
+        let g = gate.clone();
+        let origin = Origin::with_handler("o", move |r| {
+            if r.path() == "/slow" && (r.conn, r.seq) == (0, 0) {
+                g.wait(Duration::from_secs(20));
+            }
+            reply(&[("Cache-Control", "max-age=100")], "p", false)
+        });
+        let proxy = cached(&origin, "", engine);
+        let admin = proxy.admin_addr();
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/slow"));
+        assert!(origin.wait_for(Duration::from_secs(10), |s| !s.heads.is_empty()), "the fetch began");
+        let r = admin_post(admin, "/cache/purge?key=http://example.com/slow", None);
+        assert_eq!((r.status, r.json()["purged"].as_u64()), (200, Some(0)), "{}", r.body);
+        gate.open();
+        assert_eq!(x_cache(&c.read_response()), "MISS");
+        assert_eq!(x_cache(&fetch(&mut c, "GET", "/slow", &[])), "MISS", "stored despite the purge");
+        assert_eq!(x_cache(&fetch(&mut c, "GET", "/slow", &[])), "HIT");
+        assert_eq!(origin.request_count(), 2);
+    }
+
     // POST /cache/purge: one key (with its variants), a prefix, everything.
     fn purge_through_the_admin_api(engine) {
         let origin = Origin::with_handler("o", |_| reply(&[("Cache-Control", "max-age=100")], "p", false));

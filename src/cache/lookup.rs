@@ -206,6 +206,7 @@ fn new_fill<'a>(
             stale: None,
             replaces: false,
             background: false,
+            purges: cache.purges.get(),
         },
     }
 }

@@ -85,6 +85,9 @@ pub struct ShardCache {
     pub revalidations_failed: Cell<u64>,
     /// The shard's file for large bodies ([`body`]).
     pub bodies: body::BodyFile,
+    /// Purges so far: a fill that was in flight during one is not stored (its response may
+    /// predate what the purge was for).
+    purges: Cell<u64>,
 }
 
 /// What `POST /cache/purge` removes.
@@ -109,6 +112,7 @@ impl ShardCache {
 
     /// Removes what `p` names from every route's store; returns how many entries went.
     pub fn purge(&self, p: &Purge) -> u64 {
+        Self::bump(&self.purges);
         let mut stores = self.stores.borrow_mut();
         stores
             .values_mut()
@@ -256,6 +260,8 @@ pub struct FillState {
     /// A background revalidation: counts no `X-Cache` result, holds a slot of
     /// `background_revalidations`.
     background: bool,
+    /// [`ShardCache`]'s purge count when the fetch began.
+    purges: u64,
 }
 
 impl Deref for Fill<'_> {
@@ -297,6 +303,7 @@ impl FillState {
             stale: None,
             replaces: false,
             background: false,
+            purges: 0,
         }
     }
 }
@@ -518,7 +525,8 @@ impl Fill<'_> {
         if tee.over_budget {
             ShardCache::bump(&self.cache.fill_dropped);
         }
-        if !complete || tee.overflow {
+        // A purge while it was fetched: what it purged may be this response.
+        if !complete || tee.overflow || self.cache.purges.get() != self.purges {
             return;
         }
         let mut key = self.key.clone();
