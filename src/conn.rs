@@ -166,21 +166,23 @@ async fn keep_alive(
             let waited = match waited {
                 // Silent through the hot window: park the connection outside this task (it
                 // ends here) or, where it cannot be parked, wait for it here.
-                Wait::Cold(idle_end) => match park(&ctx, client, guard, idle_end, first) {
-                    Parking::Done => return,
-                    Parking::Back(c, g) => {
-                        (client, guard) = (c, g);
-                        // What a waiting connection need not hold: the head's vectors.
-                        head = RequestHead::default();
-                        // Boxed: only TLS connections and draining ones wait here.
-                        Box::pin(cold_wait(&ctx, &mut client, idle_end)).await
+                Wait::Cold { idle_end, since } => {
+                    match park(&ctx, client, guard, idle_end, first) {
+                        Parking::Done => return,
+                        Parking::Back(c, g) => {
+                            (client, guard) = (c, g);
+                            // What a waiting connection need not hold: the head's vectors.
+                            head = RequestHead::default();
+                            // Boxed: only TLS connections and draining ones wait here.
+                            Box::pin(cold_wait(&ctx, &mut client, idle_end, since)).await
+                        }
                     }
-                },
+                }
                 w => w,
             };
             match waited {
                 Wait::Data => {}
-                Wait::Cold(_) | Wait::Draining | Wait::Closed => return,
+                Wait::Cold { .. } | Wait::Draining | Wait::Closed => return,
                 Wait::Timeout if first => {
                     // Opened but never sent a byte within client_header.
                     request_timeout(&ctx, &mut client, accepted).await;
@@ -351,8 +353,12 @@ const HOT_WAIT: Duration = Duration::from_millis(200);
 
 enum Wait {
     Data,
-    /// Nothing came in the hot window: the wait goes on cold, until this instant.
-    Cold(Instant),
+    /// Nothing came in the hot window: the wait (begun at `since`) goes on cold, until
+    /// `idle_end`.
+    Cold {
+        idle_end: Instant,
+        since: Instant,
+    },
     Timeout,
     Closed,
     Draining,
@@ -375,7 +381,7 @@ async fn wait_for_request(ctx: &ShardCtx, client: &mut Client, wait: Duration) -
     let hot_end = start + wait.min(HOT_WAIT);
     // Boxed, like every step an idle connection is not waiting in: the task of a connection
     // waiting cold holds only the readiness wait (tests: idle_connection_future_is_small).
-    let res = Box::pin(hot_read(ctx, client, hot_end)).await;
+    let res = Box::pin(hot_read(ctx, client, hot_end, start)).await;
     match res {
         Ok(0) => return Wait::Closed,
         Ok(_) => return Wait::Data,
@@ -385,7 +391,10 @@ async fn wait_for_request(ctx: &ShardCtx, client: &mut Client, wait: Duration) -
     // Cold: give the buffers back (a TLS stream's too).
     client.buf = Vec::new();
     client.stream.release_buffers();
-    Wait::Cold(idle_end)
+    Wait::Cold {
+        idle_end,
+        since: start,
+    }
 }
 
 /// Parks a cold plain connection in the shard's lot ([`crate::park`]): its task ends and the
@@ -437,9 +446,9 @@ fn park(
 
 /// The cold wait of a connection that is not parked: readiness alone (no buffer), until
 /// `idle_end` or the drain's grace, then the first read.
-async fn cold_wait(ctx: &ShardCtx, client: &mut Client, idle_end: Instant) -> Wait {
+async fn cold_wait(ctx: &ShardCtx, client: &mut Client, idle_end: Instant, since: Instant) -> Wait {
     let ready = loop {
-        let left = wait_end(ctx, idle_end).saturating_duration_since(Instant::now());
+        let left = wait_end(ctx, idle_end, since).saturating_duration_since(Instant::now());
         if left.is_zero() {
             return expired(ctx);
         }
@@ -499,16 +508,25 @@ enum Step<T> {
     Drain,
 }
 
-/// `end`, or the drain's grace end if the shard is draining and that comes first.
-fn wait_end(ctx: &ShardCtx, end: Instant) -> Instant {
-    ctx.grace_end().map_or(end, |g| g.min(end))
+/// `end`, or the drain's grace end if the shard is draining and that comes first. A wait
+/// that began after the drain (`since`: a response that promised keep-alive before the
+/// drain ended after it) has a grace of its own from its start: its client may be sending
+/// its next request just then, and closing at once would lose it.
+fn wait_end(ctx: &ShardCtx, end: Instant, since: Instant) -> Instant {
+    let own = since + ctx.shared.config.drain_grace;
+    ctx.grace_end().map_or(end, |g| g.max(own).min(end))
 }
 
 /// The hot window of [`wait_for_request`]: a cancelable read into the client buffer until
 /// `hot_end` (or the drain's grace), cancelled and then awaited when the window ends (on
 /// io_uring a read may complete in the kernel just before the cancel lands, and its bytes
 /// must not be lost with a dropped future). `ECANCELED`: nothing came.
-async fn hot_read(ctx: &ShardCtx, client: &mut Client, hot_end: Instant) -> std::io::Result<usize> {
+async fn hot_read(
+    ctx: &ShardCtx,
+    client: &mut Client,
+    hot_end: Instant,
+    since: Instant,
+) -> std::io::Result<usize> {
     let mut canceller = ctx.cancellers.take();
     if client.buf.capacity() == 0 {
         client.buf.reserve(INITIAL_BUF);
@@ -524,7 +542,7 @@ async fn hot_read(ctx: &ShardCtx, client: &mut Client, hot_end: Instant) -> std:
         // hot window within the grace. The read stays posted across both.
         for _ in 0..2 {
             // Polled even when no time is left, so that the read is posted before a cancel.
-            let left = wait_end(ctx, hot_end).saturating_duration_since(crate::clock::now());
+            let left = wait_end(ctx, hot_end, since).saturating_duration_since(crate::clock::now());
             let step = if ctx.draining() {
                 Step::Done(client.deadline.within(left, read.as_mut()).await)
             } else {
@@ -655,7 +673,7 @@ mod tests {
                 let size = std::mem::size_of_val(&exchange);
                 assert!(size <= 3840, "serve_request() future is {size} bytes");
                 drop(exchange);
-                let hot = hot_read(&ctx, &mut client, Instant::now());
+                let hot = hot_read(&ctx, &mut client, Instant::now(), Instant::now());
                 let align = std::mem::align_of_val(&hot);
                 assert!(align <= 16, "hot_read() future is {align}-byte aligned");
             }

@@ -178,6 +178,46 @@ both_engines! {
         assert_eq!(origin.request_count(), before + 1, "the origin must have served it");
         assert_exit_0(&mut proxy, Duration::from_secs(15));
     }
+    // A response whose head promised keep-alive before the drain and whose body ended after
+    // the drain's grace: its client may send its next request at once, and gets a grace of
+    // its own to do so (it was closed at once, and that request lost).
+    fn a_response_that_ends_after_the_grace_gets_a_grace_of_its_own(engine) {
+        let backend = LockStep::bind();
+        let origin = Origin::start("o");
+        let mut proxy = Config::new()
+            .upstream("slow", &[backend.addr()])
+            .upstream("main", &[origin.addr()])
+            .route("slow", "path_prefix = \"/slow\"")
+            .route("main", "")
+            .server("shutdown_timeout", "\"30s\"")
+            .server("drain_grace", "\"2s\"")
+            .admin("")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        let mut idle = Client::connect(proxy.addr());
+        idle.send(&get("example.com", "/"));
+        assert_eq!(idle.read_response().status(), 200);
+        c.send(&get("example.com", "/slow"));
+        let mut conn = backend.accept();
+        conn.read_head();
+        conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhalf");
+        let head = c.read_head().expect("the head, before the drain");
+        assert!(!head.raw.to_ascii_lowercase().contains("close"), "{}", head.raw);
+        proxy.terminate();
+        // The idle connection is closed when the drain's grace ends.
+        idle.expect_closed_within(Duration::from_secs(10));
+        conn.write(b"-rest");
+        assert_eq!(c.read_body("GET", &head).expect("the body"), b"half-rest");
+        // The next request goes out once the proxy has counted the response's end (and so
+        // is waiting for it): without a grace of its own, the connection is closed by then.
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "the late body counted", |m| {
+            m.value("edgeshard_client_bytes_sent_total", &[]) == 10.0
+        });
+        c.send(&get("example.com", "/next"));
+        assert_last_response(&mut c, "o", "the request sent after the late response");
+        assert_exit_0(&mut proxy, Duration::from_secs(15));
+    }
+
     fn sigquit_drains_like_sigterm(engine) {
         let backend = LockStep::bind();
         let mut proxy = Config::single(backend.addr()).server("shutdown_timeout", "\"20s\"").start(engine);
