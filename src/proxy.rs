@@ -194,6 +194,11 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                     // that destroys the earlier responses still in flight.
                     close_lingering(client).await
                 } else {
+                    if e.side == Side::Upstream {
+                        // An HTTP/1.0 client's body may be close-delimited: an orderly
+                        // close would make the part it got look whole.
+                        client.stream.reset_on_close();
+                    }
                     Outcome::Cut
                 }
             }

@@ -47,6 +47,19 @@ impl Transport {
         }
     }
 
+    /// Makes the coming close a reset (`SO_LINGER` 0) where an orderly one would say too
+    /// much: a plain connection whose close-delimited body was cut short (a TLS one ends it
+    /// without close_notify, which says so already). Best effort.
+    pub fn reset_on_close(&self) {
+        if let Transport::Plain(s) = self {
+            // SAFETY: `s` owns the descriptor and outlives this borrow, which only sets an
+            // option on it. Exercised by tests/response_framing.rs (an HTTP/1.0 client's
+            // close-delimited body cut short).
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(s.as_raw_fd()) };
+            let _ = socket2::SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO));
+        }
+    }
+
     /// Whether something the peer sent is already taken in above the socket, where a look
     /// at the socket cannot see it: a TLS stream's plaintext, ciphertext not yet decrypted,
     /// a close_notify. A connection going back to the pool must hold nothing

@@ -236,6 +236,31 @@ both_engines! {
         assert_eq!(rest, b"hello", "the cut body, then the close");
     }
 
+    // To an HTTP/1.0 client a body of unknown length is close-delimited: cut short by its
+    // backend, it ends in a reset, as an orderly close would make the part sent look whole.
+    fn a_close_delimited_body_cut_short_ends_in_a_reset(engine) {
+        use std::io::{Read, Write};
+        let origin = Origin::with_handler("cut", |_| {
+            Reply::raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        });
+        let proxy = Config::single(origin.addr()).start(engine);
+        let mut s = std::net::TcpStream::connect(proxy.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\nHost: example.com\r\n\r\n").unwrap();
+        let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+        let end = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break "an orderly close",
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "a reset",
+                Err(e) => panic!("{e} after {:?}", String::from_utf8_lossy(&got)),
+            }
+        };
+        let text = String::from_utf8_lossy(&got);
+        assert_eq!(end, "a reset", "after {text:?}");
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 200 "), "{text:?}");
+    }
+
     fn backend_truncated_cl_body_is_not_completed(engine) {
         // The backend promises 100 bytes, sends 5 and closes: the client must
         // not receive a complete-looking response.
