@@ -352,6 +352,28 @@ both_engines! {
         }
     }
 
+    // `max_handshakes` is per listener: connections to one with a small cap end only that
+    // listener's oldest handshakes, not those of another (they ended every one of them).
+    fn a_small_handshake_cap_ends_only_its_own_listeners_handshakes(engine) {
+        let Site { ca: _ca, dir, ca_file: _ca_file, origin: _origin, config: mut cfg } =
+            site("cap2", "max_handshakes = 4, handshake_timeout = \"60s\"");
+        let (cert, key) = (dir.path("a.pem"), dir.path("a.key"));
+        cfg.raw_listeners.push(tls_listener(&[(&cert, &key)], "max_handshakes = 1, handshake_timeout = \"60s\""));
+        let proxy = cfg.admin("").start(engine);
+        let (big, small) = (proxy.addrs()[0], proxy.addrs()[1]);
+        let _public: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(big).unwrap()).collect();
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "3 silent sockets taken in", |m| {
+            m.value("edgeshard_tls_handshakes_in_progress", &[]) == 3.0
+        });
+        let _other: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(small).unwrap()).collect();
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "one handshake ended", |m| {
+            m.value("edgeshard_tls_handshake_failures_total", &[("reason", "overload")]) >= 1.0
+        });
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_tls_handshake_failures_total", &[("reason", "overload")]), 1.0);
+        assert_eq!(m.value("edgeshard_tls_handshakes_in_progress", &[]), 4.0);
+    }
+
     fn https_scheme_hsts_and_redirect(engine) {
         let Site { ca, dir: _dir, ca_file: _ca_file, origin, config: mut cfg } = site("scheme", "hsts = \"max-age=31536000\"");
         cfg.raw_listeners.push("address = \"127.0.0.1:0\"\nredirect_https = { port = 8443, status = 308 }".into());

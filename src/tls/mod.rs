@@ -392,26 +392,33 @@ fn server_config(
     Ok((sc, scope))
 }
 
-/// The handshakes in progress on one shard, oldest first, each with the sender that ends it
-/// early. At `max_handshakes` a new connection ends the oldest rather than being refused: a
-/// client that completes its handshake does so within a few round trips, so the oldest is
-/// the likeliest to be stalled, and sockets that never send a ClientHello cannot lock every
-/// new client out for the handshake timeout (the cap still bounds the state held).
+/// The handshakes in progress on one shard, per listener (by its `key_path`), oldest first,
+/// each with the sender that ends it early. At the listener's `max_handshakes` a new
+/// connection ends that listener's oldest rather than being refused: a client that completes
+/// its handshake does so within a few round trips, so the oldest is the likeliest to be
+/// stalled, and sockets that never send a ClientHello cannot lock every new client out for
+/// the handshake timeout (the cap still bounds the state held). Per listener: a connection to
+/// one with a small cap must not end the handshakes of another.
 #[derive(Default)]
 pub struct Running {
     next: std::cell::Cell<u64>,
-    list:
-        std::cell::RefCell<std::collections::VecDeque<(u64, futures_channel::oneshot::Sender<()>)>>,
+    lists: std::cell::RefCell<rustc_hash::FxHashMap<Box<str>, HandshakeList>>,
 }
 
+type HandshakeList = std::collections::VecDeque<(u64, futures_channel::oneshot::Sender<()>)>;
+
 impl Running {
-    /// Registers a handshake (its id, and what resolves if it is ended early), first ending
-    /// the oldest when `max` are running.
-    fn start(&self, max: usize) -> (u64, futures_channel::oneshot::Receiver<()>) {
+    /// Registers a handshake on `listener` (its id, and what resolves if it is ended early),
+    /// first ending that listener's oldest when `max` are running there.
+    fn start(&self, listener: &str, max: usize) -> (u64, futures_channel::oneshot::Receiver<()>) {
         let (end, ended) = futures_channel::oneshot::channel();
         let id = self.next.get();
         self.next.set(id + 1);
-        let mut list = self.list.borrow_mut();
+        let mut lists = self.lists.borrow_mut();
+        let list = match lists.get_mut(listener) {
+            Some(list) => list,
+            None => lists.entry(listener.into()).or_default(),
+        };
         while list.len() >= max.max(1) {
             // Dropping its sender resolves the oldest's receiver: it stops at its next poll.
             list.pop_front();
@@ -420,8 +427,12 @@ impl Running {
         (id, ended)
     }
 
-    fn finish(&self, id: u64) {
-        let mut list = self.list.borrow_mut();
+    fn finish(&self, listener: &str, id: u64) {
+        let mut lists = self.lists.borrow_mut();
+        let Some(list) = lists.get_mut(listener) else {
+            return;
+        };
+        // An emptied list stays (one per listener key path ever seen: a few).
         if let Some(i) = list.iter().position(|(k, _)| *k == id) {
             list.remove(i);
         }
@@ -439,14 +450,14 @@ pub async fn handshake(
     accepted: Instant,
 ) -> Option<TlsStream> {
     let st = &ctx.stats.tls;
-    let (id, ended) = ctx.handshakes.start(tls.max_handshakes);
+    let (id, ended) = ctx.handshakes.start(&tls.key_path, tls.max_handshakes);
     st.in_progress.set(st.in_progress.get() + 1);
     let left = tls.handshake_timeout.saturating_sub(accepted.elapsed());
     let r = monoio::select! {
         r = monoio::time::timeout(left, stream::accept(tcp, tls.config.clone())) => Some(r),
         _ = ended => None,
     };
-    ctx.handshakes.finish(id);
+    ctx.handshakes.finish(&tls.key_path, id);
     st.in_progress.set(st.in_progress.get() - 1);
     let failure = match r {
         Some(Ok(Ok(s))) => {
