@@ -286,14 +286,15 @@ async fn keep_alive(
         // promised keep-alive, and the client may send its next request at once; the wait
         // below, draining, gives it the grace and answers it with `Connection: close`.
         if outcome == Outcome::Close {
-            if matches!(client.stream, Transport::Tls(_)) {
-                Box::pin(close_tls(&ctx, &mut client)).await;
-            } else if head.wants_keep_alive() || !client.buf.is_empty() {
+            if head.wants_keep_alive() || !client.buf.is_empty() || client.stream.has_unread() {
                 // The proxy chose to close (a close-delimited body for an HTTP/1.0 client, a
-                // drain, ...) a connection whose client may have pipelined its next request:
-                // closed with that request unread, the kernel would answer it with a reset
-                // that destroys the end of the response still in flight (RFC 9112 §9.6).
+                // drain, ...) a connection whose client may have pipelined its next request,
+                // or one that sent more after asking for the close: closed with that unread,
+                // the kernel would answer it with a reset that destroys the end of the
+                // response still in flight (RFC 9112 §9.6). A TLS one's close_notify too.
                 Box::pin(linger_close(&mut client)).await;
+            } else if matches!(client.stream, Transport::Tls(_)) {
+                Box::pin(close_tls(&ctx, &mut client)).await;
             }
             return;
         }

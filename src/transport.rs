@@ -47,6 +47,18 @@ impl Transport {
         }
     }
 
+    /// Whether the peer sent something not read yet: bytes on the socket (a peek), or a TLS
+    /// stream's input already taken in ([`Transport::holds_input`]). For a close, not the
+    /// hot path: one `recv(2)`.
+    pub fn has_unread(&mut self) -> bool {
+        let mut byte = [MaybeUninit::uninit()];
+        self.holds_input()
+            || matches!(
+                recv_now(self.tcp().as_raw_fd(), &mut byte, libc::MSG_PEEK),
+                Ok(n) if n > 0
+            )
+    }
+
     /// Makes the coming close a reset (`SO_LINGER` 0) where an orderly one would say too
     /// much: a plain connection whose close-delimited body was cut short (a TLS one ends it
     /// without close_notify, which says so already). Best effort.

@@ -239,40 +239,67 @@ both_engines! {
     }
 }
 
+/// A client that sends `first` (its response has a body of `LEN` bytes) and, once the proxy
+/// has read it (the origin has it), `then`, which waits unread in the socket while the
+/// response is relayed; it reads nothing until the proxy has let go of the connection. The
+/// close must not be a reset, which would destroy the end of the body still in the proxy's
+/// send buffer (RFC 9112 §9.6): the whole body arrives, then the close.
+fn the_response_survives_the_close(engine: Engine, first: &str, then: &[u8]) {
+    use std::io::{Read, Write};
+    let origin = Origin::start("o");
+    let proxy = Config::new()
+        .upstream("main", &[origin.addr()])
+        .route("main", "")
+        .admin("")
+        .start(engine);
+    // A small receive buffer: most of the body waits in the proxy's send buffer.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    sock.connect(&proxy.addr().into()).unwrap();
+    let mut s: std::net::TcpStream = sock.into();
+    s.write_all(first.as_bytes()).unwrap();
+    assert!(origin.wait_for(Duration::from_secs(10), |o| !o.requests.is_empty()));
+    s.write_all(then).unwrap();
+    scrape_until(
+        proxy.admin_addr(),
+        None,
+        Duration::from_secs(20),
+        "the connection ended",
+        |m| m.value("edgeshard_connections_active", &[]) == 0.0,
+    );
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let end = s.read_to_end(&mut got);
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&got[..head_end])
+    );
+    assert_eq!(
+        (got.len() - head_end, end.err().map(|e| e.kind())),
+        (LEN, None),
+        "the whole body, then the close"
+    );
+}
+
+const LEN: usize = 400_000;
+
 both_engines! {
     // An HTTP/1.0 client that keeps alive gets a close-delimited body, so the proxy closes
-    // after it; the client's next request, pipelined, must not turn that close into a reset
-    // that destroys the end of the body still in the proxy's send buffer (RFC 9112 §9.6).
+    // after it; its next request, pipelined, is read and dropped before the close.
     fn a_pipelined_request_does_not_reset_a_response_the_proxy_closes(engine) {
-        use std::io::{Read, Write};
-        const LEN: usize = 400_000;
-        let origin = Origin::start("o");
-        let proxy = Config::new()
-            .upstream("main", &[origin.addr()])
-            .route("main", "")
-            .admin("")
-            .start(engine);
-        // A small receive buffer: most of the body waits in the proxy's send buffer.
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        sock.set_recv_buffer_size(16 * 1024).unwrap();
-        sock.connect(&proxy.addr().into()).unwrap();
-        let mut s: std::net::TcpStream = sock.into();
         let one = format!("GET /gen/{LEN}/chunked HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\r\n");
-        s.write_all(one.as_bytes()).unwrap();
-        // The next request arrives once the proxy has read this one (the origin has it): it
-        // waits unread in the socket while the response is relayed.
-        assert!(origin.wait_for(Duration::from_secs(10), |o| !o.requests.is_empty()));
-        s.write_all(one.as_bytes()).unwrap();
-        // The proxy has written the whole response and let go of the connection before this
-        // client reads a byte.
-        scrape_until(proxy.admin_addr(), None, Duration::from_secs(20), "the connection ended", |m| {
-            m.value("edgeshard_connections_active", &[]) == 0.0
-        });
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut got = Vec::new();
-        let end = s.read_to_end(&mut got);
-        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
-        assert!(got.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&got[..head_end]));
-        assert_eq!((got.len() - head_end, end.err().map(|e| e.kind())), (LEN, None), "the whole body, then the close");
+        the_response_survives_the_close(engine, &one, one.as_bytes());
+    }
+
+    // A client that asked for the close and sends more anyway (a confused pipeliner).
+    fn bytes_sent_after_asking_for_the_close_do_not_reset_the_response(engine) {
+        let one = format!("GET /gen/{LEN}/cl HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        the_response_survives_the_close(engine, &one, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     }
 }

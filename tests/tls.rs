@@ -374,6 +374,34 @@ both_engines! {
         assert_eq!(m.value("edgeshard_tls_handshakes_in_progress", &[]), 4.0);
     }
 
+    // A TLS client that asked for the close and sent more: the close lingers as on plain
+    // connections (it was close_notify and a drop, and the kernel's reset, answering the
+    // unread bytes, destroyed the end of the response still in the send buffer).
+    fn bytes_sent_after_asking_for_the_close_do_not_reset_a_tls_response(engine) {
+        const LEN: usize = 400_000;
+        let Site { ca, dir: _dir, ca_file: _ca_file, origin, config } = site("more", "");
+        let proxy = config.admin("").start(engine);
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(16 * 1024).unwrap();
+        sock.connect(&proxy.addr().into()).unwrap();
+        let sock: TcpStream = sock.into();
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(ca.client_config()), "a.test".try_into().unwrap()).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        let first = format!("GET /gen/{LEN}/cl HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+        tls.write_all(first.as_bytes()).unwrap();
+        assert!(origin.wait_for(Duration::from_secs(10), |o| !o.requests.is_empty()));
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(20), "the connection ended", |m| {
+            m.value("edgeshard_connections_active", &[]) == 0.0
+        });
+        let mut got = Vec::new();
+        let end = tls.read_to_end(&mut got);
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+        assert!(got.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&got[..head_end]));
+        assert_eq!((got.len() - head_end, end.err().map(|e| e.kind())), (LEN, None), "the whole body, then close_notify");
+    }
+
     fn https_scheme_hsts_and_redirect(engine) {
         let Site { ca, dir: _dir, ca_file: _ca_file, origin, config: mut cfg } = site("scheme", "hsts = \"max-age=31536000\"");
         cfg.raw_listeners.push("address = \"127.0.0.1:0\"\nredirect_https = { port = 8443, status = 308 }".into());
