@@ -220,13 +220,14 @@ impl Fill<'_> {
             etag: facts.etag.clone().or_else(|| old.etag.clone()),
             last_modified: facts.last_modified.or(old.last_modified),
         };
-        // A purge (or an eviction) while the backend was asked leaves it gone.
+        // A purge (or an eviction) while the backend was asked leaves it gone, and a newer
+        // response stored meanwhile (a waiter that gave up and fetched) is not overwritten.
         let present = self
             .cache
             .stores
             .borrow()
             .get(&self.route)
-            .is_some_and(|s| s.contains(&stale.key));
+            .is_some_and(|s| s.holds(&stale.key, &stale.entry));
         let vary = self
             .cache
             .stores

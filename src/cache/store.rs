@@ -224,8 +224,12 @@ impl Store {
     }
 
     /// Whether an entry is stored under `key`.
-    pub fn contains(&self, key: &[u8]) -> bool {
-        self.entries.contains_key(key)
+    /// Whether `entry` itself is still stored under `key` (not purged, evicted, or replaced
+    /// by a newer response).
+    pub fn holds(&self, key: &[u8], entry: &Rc<Entry>) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|slot| Rc::ptr_eq(&slot.entry, entry))
     }
 
     fn store(
@@ -426,7 +430,13 @@ mod tests {
         s.record(b"http:/z");
         assert_eq!(s.insert(b"http:/z", 7, none(), entry(1000)), 0, "refused");
         assert_eq!(s.replace(b"http:/z", 7, none(), entry(1000)), 1);
-        assert!(s.contains(b"http:/z") && s.rejected == 2);
+        assert!(s.rejected == 2);
+        // A revalidation's 304 refreshes the entry it revalidated only while that is the one
+        // stored: not once a newer response took its place.
+        let z = s.get(b"http:/z").expect("stored");
+        assert!(s.holds(b"http:/z", &z));
+        s.replace(b"http:/z", 7, none(), entry(1000));
+        assert!(!s.holds(b"http:/z", &z) && s.get(b"http:/z").is_some());
         // Plain LRU admits everything.
         let mut l = Store::new(2 * one, CachePolicy::Lru);
         for k in [b"http:/a", b"http:/b", b"http:/x"] {
