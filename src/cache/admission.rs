@@ -32,9 +32,12 @@ const SEEDS: [u64; 4] = [
     0x27D4_EB2F_1656_67C5,
 ];
 
-/// The 64-bit hash the sketch counts a URL under.
+/// The 64-bit hash the sketch counts a URL under: keyed per process (SipHash), so that a
+/// client cannot pick URLs that count as another's.
 pub fn hash(url: &[u8]) -> u64 {
-    rustc_hash::FxBuildHasher.hash_one(url)
+    static KEY: std::sync::LazyLock<std::hash::RandomState> =
+        std::sync::LazyLock::new(std::hash::RandomState::new);
+    KEY.hash_one(url)
 }
 
 impl Sketch {
@@ -98,6 +101,19 @@ impl Sketch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // URLs built (probe6-b) so that an unseeded FxHash gives them all one value: keyed, the
+    // hash tells them apart, and so do the cache's maps, which use the same std hasher.
+    #[test]
+    fn urls_built_to_collide_do_not() {
+        let keys: [&[u8]; 3] = [
+            b"http://a/hostpage/6L@!wolyM0(P*(CCCCCCCCCCCCCCCCY(Ul=hz~O(PK6hGaTTTTTTTTTTTTTTTTT",
+            b"http://a/hostpage/6L@!wolyM0(P*(CCCCCCCCCCCCCCCCY(Ul=hz~S66Wys3~TTTTTTTTTTTTTTTTT",
+            b"http://a/hostpage/6L@!wolyM0(P*(CCCCCCCCCCCCCCCCY(Ul=hz~UPXAyS,UTTTTTTTTTTTTTTTTT",
+        ];
+        let h: Vec<u64> = keys.iter().map(|k| hash(k)).collect();
+        assert!(h[0] != h[1] && h[1] != h[2] && h[0] != h[2], "{h:x?}");
+    }
 
     #[test]
     fn counts_saturate_and_fade() {

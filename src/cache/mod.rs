@@ -66,7 +66,8 @@ pub struct ShardCache {
     stores: RefCell<FxHashMap<Box<str>, Store>>,
     /// Route name + key → those waiting for its fetch (woken when the fetch's [`Fill`]
     /// drops: the senders drop with it).
-    inflight: RefCell<FxHashMap<Vec<u8>, Vec<oneshot::Sender<()>>>>,
+    /// Keyed with std's random per-process hash, as [`store::Store`]'s maps are.
+    inflight: RefCell<std::collections::HashMap<Vec<u8>, Vec<oneshot::Sender<()>>>>,
     pub hits: Cell<u64>,
     pub misses: Cell<u64>,
     pub bypasses: Cell<u64>,
