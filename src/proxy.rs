@@ -324,6 +324,7 @@ async fn plan<'a>(
                     || route_cfg.rules.request.is_some()
                     || client.listener.request_headers.is_some()
                     || crate::tls::client_facts(client).1.is_some(),
+                trusted_forwarding: client.forwarded_trusted,
                 own_fields: &ctx.shared.own_fields,
             };
             let t = &ctx.shared.config.timeouts;

@@ -44,7 +44,14 @@ pub async fn lookup<'a>(
     let mut rules = policy::request_rules(req.fields());
     rules.authorization |= req.proxied_fields;
     let usable = matches!(req.method, Method::Get | Method::Head);
-    if !usable || req.unusual || rules.bypass {
+    // Behind a trusted proxy, the URL its claims tell the backend (`None`: one a key cannot
+    // name).
+    let claimed = match req.trusted_forwarding {
+        true => super::forwarded::origin(req.https, req.host, req.fields()),
+        false => Some((req.https, Vec::new())),
+    };
+    let Some((https, claimed_host)) = claimed.filter(|_| usable && !req.unusual && !rules.bypass)
+    else {
         return Lookup::Miss(Box::new(new_fill(
             cache,
             route,
@@ -53,9 +60,14 @@ pub async fn lookup<'a>(
             rules,
             Vec::new(),
         )));
-    }
+    };
+    let host = if req.trusted_forwarding {
+        &claimed_host[..]
+    } else {
+        req.host
+    };
     let mut key = Vec::new();
-    policy::primary_key(req.https, req.host, req.target, &mut key);
+    policy::primary_key(https, host, req.target, &mut key);
     // A fresh hit, the common case, needs no fill (no fetch, nothing to store).
     let first = find(cache, route, cfg, &key, req, &rules);
     if let Some(f) = first.as_ref().filter(|f| f.usable == Usable::Fresh) {

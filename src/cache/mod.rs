@@ -23,6 +23,7 @@
 
 pub mod admission;
 pub mod body;
+mod forwarded;
 mod lookup;
 pub mod policy;
 pub mod refresh;
@@ -147,6 +148,9 @@ pub struct Request<'r> {
     /// with `Authorization`, and never when it has a `Vary` (the key holds the client's
     /// fields, not those the backend saw).
     pub proxied_fields: bool,
+    /// The peer is a trusted proxy, whose forwarding claims the backend is given: the key
+    /// names the URL they tell it ([`forwarded::origin`]).
+    pub trusted_forwarding: bool,
     /// Fields the proxy writes under names the configuration chose
     /// ([`crate::snapshot::Shared::own_fields`]; empty with the defaults): a response that
     /// varies on one is not stored.

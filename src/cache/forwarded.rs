@@ -1,0 +1,201 @@
+//! Stage 5½ of the pipeline, the response *cache*: the URL a key names behind a trusted
+//! proxy. From a peer in `server.trusted_proxies` the proxy forwards its `X-Forwarded-Proto`,
+//! `X-Forwarded-Host` and the like to the backend (`http::encode`), and the backend builds
+//! its answer for that URL (a redirect to https, links to that host): the key must name the
+//! same URL, or an answer for `http://shop/` is served to `https://shop/` clients (a redirect
+//! loop) and one for another host's links to this host's clients. Claims that change the URL
+//! in ways a key cannot name (a path prefix, a URL override) keep the request out of the
+//! cache.
+
+use crate::http::fields::{forwarding_claim, same_field};
+
+/// The scheme and host (with a port when one was claimed) the backend is told the request
+/// was for, from a trusted proxy's fields (`https` and `host`: the listener's scheme and the
+/// request's own `Host`); `None` when a claim changes the URL in a way the key cannot hold.
+/// The first valid `X-Forwarded-Proto`, the first non-empty `X-Forwarded-Host` (what the
+/// proxy forwards), else the first `Forwarded` element's `proto=` and `host=`; a port from
+/// `X-Forwarded-Port` when the host names none. Client-address claims (`X-Forwarded-For`,
+/// `X-Real-IP`, ...) and `X-Forwarded-Server` do not change the URL.
+pub fn origin<'h>(
+    https: bool,
+    host: &'h [u8],
+    fields: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+) -> Option<(bool, Vec<u8>)> {
+    let (mut proto, mut fwd_host, mut port): (Option<bool>, Option<&[u8]>, Option<&[u8]>) =
+        (None, None, None);
+    let (mut f_proto, mut f_host): (Option<bool>, Option<&[u8]>) = (None, None);
+    let mut forwarded_seen = false;
+    for (name, value) in fields {
+        if !forwarding_claim(name) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
+            proto = proto.or_else(|| scheme(value));
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-host") {
+            fwd_host = fwd_host.or(Some(value).filter(|v| !v.is_empty()));
+        } else if same_field(name, b"x-forwarded-port") {
+            port = port.or(Some(value).filter(|v| valid_port(v)));
+        } else if same_field(name, b"forwarded") {
+            if !forwarded_seen {
+                forwarded_seen = true;
+                (f_proto, f_host) = first_element(value);
+            }
+        } else if !names_the_client(name) {
+            return None;
+        }
+    }
+    let https = proto.or(f_proto).unwrap_or(https);
+    let host = fwd_host.or(f_host).unwrap_or(host);
+    let mut out = host.to_vec();
+    if let Some(p) = port.filter(|_| !has_port(host)) {
+        out.push(b':');
+        out.extend_from_slice(p);
+    }
+    Some((https, out))
+}
+
+/// `http` or `https` (any case), as the proxy forwards it.
+fn scheme(v: &[u8]) -> Option<bool> {
+    if v.eq_ignore_ascii_case(b"https") {
+        Some(true)
+    } else if v.eq_ignore_ascii_case(b"http") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+fn valid_port(v: &[u8]) -> bool {
+    (1..=5).contains(&v.len()) && v.iter().all(u8::is_ascii_digit)
+}
+
+/// Whether an authority names a port (after an IPv6 literal's `]`).
+fn has_port(host: &[u8]) -> bool {
+    let after = host
+        .iter()
+        .rposition(|&b| b == b']')
+        .map_or(host, |i| &host[i..]);
+    after.contains(&b':')
+}
+
+/// Claims about who the client is, or which proxy: they do not change the URL.
+fn names_the_client(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 9] = [
+        b"x-forwarded-for",
+        b"x-forwarded-server",
+        b"x-real-ip",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        // `_` spellings of the proxy's own fields are never forwarded (`http::encode`).
+        b"x-forwarded-proto",
+    ];
+    NAMES.iter().any(|n| same_field(name, n)) || same_field(name, b"x-forwarded-host")
+}
+
+/// `proto=` and `host=` of a `Forwarded` value's first element (RFC 7239 §4: the one the
+/// client-facing proxy added), quoted or not.
+fn first_element(v: &[u8]) -> (Option<bool>, Option<&[u8]>) {
+    let first = v.split(|&b| b == b',').next().unwrap_or(v);
+    let (mut proto, mut host) = (None, None);
+    for pair in first.split(|&b| b == b';') {
+        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        let (k, val) = (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii());
+        let val = val
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(val);
+        if k.eq_ignore_ascii_case(b"proto") {
+            proto = proto.or_else(|| scheme(val));
+        } else if k.eq_ignore_ascii_case(b"host") && !val.is_empty() {
+            host = host.or(Some(val));
+        }
+    }
+    (proto, host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(fields: &[(&str, &str)]) -> Option<(bool, String)> {
+        let it = fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+        origin(false, b"shop.example", it).map(|(h, o)| (h, String::from_utf8(o).unwrap()))
+    }
+
+    #[test]
+    fn the_key_names_the_url_the_backend_is_told() {
+        let own = Some((false, "shop.example".to_string()));
+        assert_eq!(of(&[]), own);
+        assert_eq!(
+            of(&[("X-Forwarded-For", "1.2.3.4"), ("X-Real-IP", "1.2.3.4")]),
+            own
+        );
+        assert_eq!(
+            of(&[("X-Forwarded-Proto", "https")]),
+            Some((true, "shop.example".into()))
+        );
+        // The first valid one, as forwarded.
+        let first_valid = [
+            ("x-forwarded-proto", "ftp"),
+            ("X-Forwarded-Proto", "HTTPS"),
+            ("X-Forwarded-Proto", "http"),
+        ];
+        assert!(of(&first_valid).unwrap().0);
+        assert_eq!(
+            of(&[
+                ("X-Forwarded-Host", ""),
+                ("X-Forwarded-Host", "Other.Example")
+            ])
+            .unwrap()
+            .1,
+            "Other.Example"
+        );
+        assert_eq!(
+            of(&[("X-Forwarded-Port", "8443")]).unwrap().1,
+            "shop.example:8443"
+        );
+        assert_eq!(
+            of(&[("X-Forwarded-Host", "a:81"), ("X-Forwarded-Port", "8443")])
+                .unwrap()
+                .1,
+            "a:81"
+        );
+        assert_eq!(
+            of(&[("X-Forwarded-Host", "[::1]"), ("X-Forwarded-Port", "x")])
+                .unwrap()
+                .1,
+            "[::1]"
+        );
+        assert_eq!(
+            of(&[("X-Forwarded-Host", "[::1]"), ("X-Forwarded-Port", "81")])
+                .unwrap()
+                .1,
+            "[::1]:81"
+        );
+        // Forwarded's first element, when the X- fields say nothing.
+        let f = [(
+            "Forwarded",
+            "for=1.2.3.4;proto=https;host=\"b.example\", for=5.6.7.8;proto=http",
+        )];
+        assert_eq!(of(&f), Some((true, "b.example".into())));
+        let both = [
+            ("X-Forwarded-Proto", "http"),
+            ("Forwarded", "proto=https;host=b"),
+        ];
+        assert_eq!(of(&both), Some((false, "b".into())));
+        // Claims the key cannot name keep the request out of the cache.
+        for name in [
+            "X-Forwarded-Prefix",
+            "X-Original-URL",
+            "x_host",
+            "X-Forwarded-Ssl",
+        ] {
+            assert_eq!(of(&[(name, "/x")]), None, "{name}");
+        }
+    }
+}
