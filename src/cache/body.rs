@@ -79,14 +79,20 @@ impl Extent {
         self.file.as_raw_fd()
     }
 
-    /// Copies the body into `out` (a TLS client's path: its bytes are encrypted in user
-    /// space anyway).
-    pub fn read_into(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+    /// Appends the body's bytes `range` (clamped to the body) to `out`: a TLS client's path
+    /// (its bytes are encrypted in user space anyway), a piece at a time.
+    pub fn read_into(
+        &self,
+        range: std::ops::Range<usize>,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        let (from, to) = (range.start.min(self.len), range.end.min(self.len));
+        let want = to.saturating_sub(from);
         let start = out.len();
-        out.reserve(self.len);
+        out.reserve(want);
         let mut done = 0;
-        while done < self.len {
-            let dst = &mut out.spare_capacity_mut()[..self.len - done];
+        while done < want {
+            let dst = &mut out.spare_capacity_mut()[..want - done];
             // SAFETY: pread(2) writes at most `dst.len()` bytes into the vector's spare
             // capacity (reserved above, exclusively borrowed); the length is raised below by
             // what it wrote. The descriptor is kept open by `self.file`. Exercised by
@@ -96,7 +102,7 @@ impl Extent {
                     self.fd(),
                     dst.as_mut_ptr().cast(),
                     dst.len(),
-                    (self.off + done as u64) as libc::off_t,
+                    (self.off + (from + done) as u64) as libc::off_t,
                 )
             };
             match n {
@@ -363,11 +369,16 @@ mod tests {
             "charged by whole pages"
         );
         let mut got = b"prefix".to_vec();
-        ea.read_into(&mut got).unwrap();
+        ea.read_into(0..ea.len, &mut got).unwrap();
         assert_eq!(&got[6..], &a[..]);
         let mut got = Vec::new();
-        eb.read_into(&mut got).unwrap();
+        eb.read_into(0..eb.len, &mut got).unwrap();
         assert_eq!(got, b);
+        // A piece, and a range past the end clamped to it.
+        let mut got = Vec::new();
+        ea.read_into(70_000..80_000, &mut got).unwrap();
+        ea.read_into(99_990..200_000, &mut got).unwrap();
+        assert_eq!(got, [&a[70_000..80_000], &a[99_990..]].concat());
         let fd = ea.fd();
         let before = allocated(fd);
         assert!(before >= (a.len() + b.len()) as u64);
@@ -383,7 +394,7 @@ mod tests {
         };
         assert!(ec.off > eb.off);
         let mut got = Vec::new();
-        eb.read_into(&mut got).unwrap();
+        eb.read_into(0..eb.len, &mut got).unwrap();
         assert_eq!(got, b, "the remaining body is intact");
     }
 
@@ -408,7 +419,7 @@ mod tests {
         assert_eq!(stored[2].off, 0);
         for (i, e) in stored.iter().enumerate() {
             let mut got = Vec::new();
-            e.read_into(&mut got).unwrap();
+            e.read_into(0..e.len, &mut got).unwrap();
             assert_eq!(got, body(i as u8));
         }
         let old = Rc::downgrade(&stored[0].file);

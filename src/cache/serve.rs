@@ -125,14 +125,9 @@ pub async fn serve(
                 _ => IoFail::Timeout,
             })
         }
-        // To a TLS client: copied behind the head, then encrypted.
-        (Body::File(e), None) => match e.read_into(&mut out) {
-            Ok(()) => {
-                let all = out.len();
-                write_from(stream, &mut out, 0, all, dl, t).await
-            }
-            Err(e) => Err(IoFail::Io(e)),
-        },
+        // To a TLS client: read into the buffer a piece at a time (the first behind the
+        // head), then encrypted: a slow reader holds one piece, not the whole body.
+        (Body::File(e), None) => Box::pin(send_pieces(stream, &mut out, e, dl, t)).await,
     };
     match written {
         Ok(()) => {
@@ -153,5 +148,31 @@ pub async fn serve(
             trace.aborted = true;
             Outcome::Cut
         }
+    }
+}
+
+/// How much of a body-file extent a TLS hit reads at a time ([`send_pieces`]).
+const PIECE: usize = 64 * 1024;
+
+/// Writes `out` (the head) and the extent `e` behind it, `PIECE` bytes read at a time, each
+/// write within `t`.
+async fn send_pieces(
+    stream: &mut crate::transport::Transport,
+    out: &mut Vec<u8>,
+    e: &super::body::Extent,
+    dl: &mut crate::io::Deadline,
+    t: std::time::Duration,
+) -> Result<(), IoFail> {
+    let mut done = 0;
+    loop {
+        let to = (done + PIECE).min(e.len);
+        e.read_into(done..to, out).map_err(IoFail::Io)?;
+        let n = out.len();
+        write_from(stream, out, 0, n, dl, t).await?;
+        done = to;
+        if done >= e.len {
+            return Ok(());
+        }
+        out.clear();
     }
 }
