@@ -445,11 +445,15 @@ where
         RateKey::Whole => admit_one(ctx, limit, b""),
         RateKey::Request(k) => {
             let mut wait = None;
-            for_each_value(k, src, &mut ip, |v| {
+            let counted = for_each_value(k, src, &mut ip, |v| {
                 if let Err(s) = admit_one(ctx, limit, v) {
                     wait = wait.max(Some(s));
                 }
             });
+            // More keys than any client has: refused as over its limits (a second's wait).
+            if counted.is_err() {
+                return Err(1);
+            }
             wait.map_or(Ok(()), Err)
         }
     }

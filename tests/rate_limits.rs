@@ -182,6 +182,13 @@ both_engines! {
         assert_eq!(send("/h", &[("X-Api-Key", ""), ("X-Api-Key", "victim")]), 429);
         assert_eq!(send("/h", &[("X-Api-Key", "decoy4"), ("X-Api-Key", "victim")]), 429);
         assert_eq!(origin.request_count(), 3);
+        // Up to 16 distinct values are each counted; more are refused whole (each value
+        // costs a bucket's take: hundreds in one query cost the shard milliseconds).
+        let many = |n: usize| format!("/q/b?{}", (0..n).map(|i| format!("key=m{i}")).collect::<Vec<_>>().join("&"));
+        assert_eq!(send(&many(16), &[]), 200);
+        assert_eq!(send(&many(17), &[]), 429);
+        assert_eq!(send(&many(700), &[]), 429);
+        assert_eq!(origin.request_count(), 4);
     }
 
     // An IPv4 client is one client on an IPv4 listener and on a dual-stack IPv6 one (where
