@@ -155,9 +155,9 @@ pub async fn relay_response(
     // response goes as it came (and may be stored). The loan moves into the (boxed) relay.
     let mut coding = coding;
     let loan = match coding {
-        Some((alg, _)) => {
+        Some((alg, cc)) => {
             let limit = r.cfg.limits.compress_memory;
-            let loan = compress::Loan::take(&r.stats.compress_memory, limit, alg);
+            let loan = compress::Loan::take(&r.stats.compress_memory, limit, alg, cc);
             if loan.is_none() {
                 coding = None;
                 bump(&r.stats.compress_memory_refused);

@@ -306,14 +306,14 @@ both_engines! {
     }
 
     // The encoders a shard holds are bounded in bytes (limits.compress_memory, each charged
-    // gzip 320 KiB, zstd 2 MiB, br 4 MiB): beyond it a response goes uncompressed, and a
-    // finished or abandoned response gives its share back.
+    // by algorithm and level: gzip 640 KiB, zstd 3 2.25 MiB): beyond it a response goes
+    // uncompressed, and a finished or abandoned response gives its share back.
     fn compression_memory_is_bounded_per_shard(engine) {
         let origin = Origin::with_handler("o", handler);
         let proxy = Config::new()
             .upstream("main", &[origin.addr()])
             .route("main", "compress = { }")
-            .limit("compress_memory", "\"1MiB\"")
+            .limit("compress_memory", "\"2MiB\"")
             .admin("")
             .start(engine);
         // One at a time: each gives its share back.

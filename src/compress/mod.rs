@@ -255,10 +255,15 @@ pub struct Loan<'s> {
 }
 
 impl<'s> Loan<'s> {
-    /// The charge for an encoder of `alg`, if `held` (the shard's bytes in encoders) stays
-    /// within `limit` with it.
-    pub fn take(held: &'s Cell<u64>, limit: u64, alg: Algorithm) -> Option<Loan<'s>> {
-        let bytes = stream::Encoder::memory(alg);
+    /// The charge for an encoder of `alg` at `cfg`'s level, if `held` (the shard's bytes in
+    /// encoders) stays within `limit` with it.
+    pub fn take(
+        held: &'s Cell<u64>,
+        limit: u64,
+        alg: Algorithm,
+        cfg: &CompressConfig,
+    ) -> Option<Loan<'s>> {
+        let bytes = stream::Encoder::memory(alg, cfg);
         let now = held.get().checked_add(bytes).filter(|&n| n <= limit)?;
         held.set(now);
         Some(Loan { held, bytes })

@@ -5,11 +5,12 @@
 //! read (64 KiB) of input and its output are held besides the encoder's own window.
 //!
 //! Memory per compressing response, the encoder's state (windows, hash tables, buffers),
-//! measured with a counting allocator on an 8 MiB JSON body: brotli (window 2^18) 3.7 MiB
-//! at quality 4 and 4.2 MiB at 5. Not measured (allocated outside Rust's allocator), computed
-//! from their parameters: zstd level 3 with its window capped at 2^19 about 1.7 MiB (512 KiB
-//! window, 512 KiB hash and 256 KiB chain tables, 128 KiB in and out buffers); gzip about
-//! 260 KiB (zlib's formula for level 6: 2^(15+2) + 2^(8+9) bytes, plus its state). See
+//! peak over a 4 MiB JSON body fed in 64 KiB reads (a counting allocator for brotli,
+//! `mallinfo2` for zstd's C allocations; loadtest/results/2026-12-06-vm-probes-5/): brotli
+//! (window 2^18) from 0.3 MiB at quality 0 to 3.2 MiB at 4 and 10.8 MiB at 7; zstd (window
+//! 2^19) from 1.4 MiB at level 1 to 2.1 MiB at 3, and 41 MiB at 12 with the level's own hash
+//! and chain tables, 6.3 MiB with them capped at 2^20 and 2^19 entries ([`ZSTD_TABLES`]); gzip
+//! about 0.5 MiB. Each is charged by its level ([`Encoder::memory`]). See
 //! docs/ARCHITECTURE.md.
 
 use std::io::Write;
@@ -32,6 +33,32 @@ pub const BROTLI_WINDOW_LOG: u32 = 18;
 
 /// Brotli's input buffer.
 const BROTLI_BUFFER: usize = 16 * 1024;
+
+/// log2 of zstd's hash and chain table entries, per level 1..=12 (libzstd 1.5's defaults for
+/// an unknown size), capped at 2^20 and 2^19: with the window at 2^19 larger tables find
+/// little more, and level 12's own took 41 MiB per response.
+const ZSTD_TABLES: [(u32, u32); 12] = [
+    (14, 13),
+    (16, 15),
+    (17, 16),
+    (18, 18),
+    (19, 18),
+    (19, 18),
+    (20, 19),
+    (20, 19),
+    (20, 19),
+    (20, 19),
+    (20, 19),
+    (20, 19),
+];
+
+/// Peak bytes of one encoder, measured (this file's header) and rounded up, by level:
+/// brotli by quality 0..=7, zstd by level 1..=12 (with [`ZSTD_TABLES`]).
+const BROTLI_MEMORY_KIB: [u64; 8] = [512, 512, 1536, 1536, 3584, 4096, 5120, 11_264];
+const ZSTD_MEMORY_KIB: [u64; 12] = [
+    1536, 1792, 2304, 3584, 4096, 4096, 6656, 6656, 6656, 6656, 6656, 6656,
+];
+const GZIP_MEMORY_KIB: u64 = 640;
 
 /// One response's encoder; its output accumulates in an inner `Vec` taken by
 /// [`Encoder::output`].
@@ -57,22 +84,26 @@ impl Encoder {
                 BROTLI_WINDOW_LOG,
             ))),
             Algorithm::Zstd => {
+                use zstd::stream::raw::CParameter;
                 let mut e = zstd::stream::write::Encoder::new(Vec::new(), cfg.zstd_level)?;
                 e.window_log(ZSTD_WINDOW_LOG)?;
+                let (hash, chain) = ZSTD_TABLES[zstd_index(cfg.zstd_level)];
+                e.set_parameter(CParameter::HashLog(hash))?;
+                e.set_parameter(CParameter::ChainLog(chain))?;
                 Encoder::Zstd(e)
             }
         })
     }
 
-    /// What one encoder for `alg` holds, rounded up from the figures in this file's header
-    /// (brotli 3.7 MiB measured, zstd 1.7 MiB and gzip 260 KiB computed): the charge
+    /// What one encoder for `alg` at the route's level holds (this file's header): the charge
     /// against `limits.compress_memory` ([`crate::compress::Loan`]).
-    pub const fn memory(alg: Algorithm) -> u64 {
-        match alg {
-            Algorithm::Br => 4 << 20,
-            Algorithm::Zstd => 2 << 20,
-            Algorithm::Gzip => 320 << 10,
-        }
+    pub fn memory(alg: Algorithm, cfg: &CompressConfig) -> u64 {
+        let kib = match alg {
+            Algorithm::Br => BROTLI_MEMORY_KIB[(cfg.br_quality as usize).min(7)],
+            Algorithm::Zstd => ZSTD_MEMORY_KIB[zstd_index(cfg.zstd_level)],
+            Algorithm::Gzip => GZIP_MEMORY_KIB,
+        };
+        kib << 10
     }
 
     /// Feeds `input`; what the encoder emits is appended to [`Encoder::output`].
@@ -101,6 +132,11 @@ impl Encoder {
             Encoder::Zstd(e) => e.finish(),
         }
     }
+}
+
+/// A zstd level (1..=12, as the configuration allows) as an index into the level tables.
+fn zstd_index(level: i32) -> usize {
+    (level.clamp(1, 12) - 1) as usize
 }
 
 /// Body bytes a compressed relay read (decoded from the upstream's framing) and wrote

@@ -206,16 +206,46 @@ fn loans_stay_within_the_limit_and_come_back() {
     use Algorithm::{Br, Gzip, Zstd};
     let held = std::cell::Cell::new(0);
     let limit = 3 << 20;
-    let zstd = Loan::take(&held, limit, Zstd).expect("2 MiB of 3");
-    assert!(Loan::take(&held, limit, Br).is_none(), "4 MiB more is over");
-    let gzip = Loan::take(&held, limit, Gzip).expect("320 KiB more fits");
-    assert_eq!(held.get(), (2 << 20) + (320 << 10));
+    let c = cfg();
+    let zstd = Loan::take(&held, limit, Zstd, &c).expect("2.25 MiB of 3");
+    assert!(
+        Loan::take(&held, limit, Br, &c).is_none(),
+        "3.5 MiB more is over"
+    );
+    let gzip = Loan::take(&held, limit, Gzip, &c).expect("640 KiB more fits");
+    assert_eq!(held.get(), (2304 + 640) << 10);
     drop(zstd);
-    assert_eq!(held.get(), 320 << 10);
+    assert_eq!(held.get(), 640 << 10);
     drop(gzip);
     assert_eq!(held.get(), 0);
     assert!(
-        Loan::take(&held, 0, Gzip).is_none(),
+        Loan::take(&held, 0, Gzip, &c).is_none(),
         "0 refuses every encoder"
     );
+}
+
+// The charge follows the level: zstd 12's encoder (tables capped) and brotli 7's hold
+// several times level 3's and quality 4's (they were charged alike, and 40 stalled zstd 12
+// responses took 1.6 GiB against a 128 MiB bound, probe6-b).
+#[test]
+fn the_charge_follows_the_level() {
+    let at = |zstd_level, br_quality| CompressConfig {
+        zstd_level,
+        br_quality,
+        ..cfg()
+    };
+    let (low, high) = (at(3, 4), at(12, 7));
+    assert_eq!(Encoder::memory(Algorithm::Zstd, &low), 2304 << 10);
+    assert_eq!(Encoder::memory(Algorithm::Zstd, &high), 6656 << 10);
+    assert_eq!(Encoder::memory(Algorithm::Br, &low), 3584 << 10);
+    assert_eq!(Encoder::memory(Algorithm::Br, &high), 11_264 << 10);
+    // Level 12 still round-trips with its tables capped.
+    let body: Vec<u8> = (0..300_000u32)
+        .flat_map(|i| format!("{{\"n\":{}}},", i % 997).into_bytes())
+        .collect();
+    let mut e = Encoder::new(Algorithm::Zstd, &high).unwrap();
+    e.write(&body).unwrap();
+    let coded = e.finish().unwrap();
+    assert!(coded.len() * 10 < body.len());
+    assert_eq!(zstd::decode_all(&coded[..]).unwrap(), body);
 }
