@@ -110,9 +110,8 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             let body_unread = !facts.framing.is_empty();
             let close = !facts.keep_alive || facts.minor == 0 || body_unread || ctx.draining();
             trace.status = Some(denial.status());
-            let head_only = facts.method == Method::Head;
-            let rid_header = cfg_rid_header(ctx, &rid);
-            let answer = auth::answer(ctx, client, &denial, close, head_only, rid_header);
+            let route = trace.route.map(|i| &ctx.shared.config.routes[i]);
+            let answer = auth::answer(ctx, client, &denial, close, &facts, &rid, route);
             let mut outcome = Box::pin(answer).await;
             if body_unread {
                 outcome = close_lingering(client).await;

@@ -79,7 +79,12 @@ fn auth_service() -> Origin {
         } else {
             Reply::Response {
                 status: 403,
-                headers: vec![("X-Reason".into(), "bad token".into())],
+                headers: vec![
+                    ("X-Reason".into(), "bad token".into()),
+                    ("X-Powered-By".into(), "AuthSvc/1.0".into()),
+                    ("X-Internal".into(), "leak".into()),
+                    ("Server".into(), "authsvc".into()),
+                ],
                 body: b"go away\n".to_vec(),
                 mode: BodyMode::Length,
                 close_after: false,
@@ -220,13 +225,16 @@ both_engines! {
 
     // Refused: the service's status, fields and body are the answer; the backend sees
     // nothing. A client sending its own X-User gets nothing through either.
+    // The service's refusal is the answer, cleaned as a relayed response is: its `Server`,
+    // `X-Powered-By` and hidden fields out, the route's response rules in.
     fn forward_auth_refusal_is_the_answer(engine) {
         let origin = Origin::start("o");
         let service = auth_service();
         let proxy = Config::new()
             .upstream("main", &[origin.addr()])
             .upstream("auth", &[service.addr()])
-            .route("main", &forward_route("/check"))
+            .route("main", &format!("{}\nresponse_headers = {{ preset = \"security\" }}", forward_route("/check")))
+            .server("hide_response_headers", "[\"X-Internal\"]")
             .admin("")
             .start(engine);
         let mut c = Client::connect(proxy.addr());
@@ -235,6 +243,11 @@ both_engines! {
         assert_eq!(r.status(), 403);
         assert_eq!(r.body_str(), "go away\n");
         assert_eq!(r.header("X-Reason"), Some("bad token"));
+        for hidden in ["X-Powered-By", "X-Internal", "Server"] {
+            assert_eq!(r.header(hidden), None, "{hidden}:\n{}", r.head.raw);
+        }
+        assert_eq!(r.header("X-Frame-Options"), Some("DENY"), "{}", r.head.raw);
+        assert!(r.header("Date").is_some());
         // The connection stays usable.
         c.send(&request("HEAD", "/app", &[("Host", "e.example")], b""));
         let r = c.read_response_for("HEAD");

@@ -17,6 +17,7 @@
 use std::time::{Duration, Instant};
 
 use super::{count, Denial, Granted, Mode, Request, SetField, Verdict};
+use crate::cache::store::StoredHead;
 use crate::config::ForwardAuth;
 use crate::health::Outcome as TryOutcome;
 use crate::http::canned::Canned;
@@ -53,7 +54,7 @@ enum Said {
     Allow(Vec<SetField>),
     Refuse {
         status: u16,
-        head: Vec<u8>,
+        head: Box<StoredHead>,
         body: Vec<u8>,
     },
 }
@@ -138,14 +139,15 @@ async fn ask(ctx: &ShardCtx, fa: &ForwardAuth, req: &Request<'_>) -> Result<Said
         ctx.backends
             .observe(shared, &ctx.stats, &ctx.errors, backend, outcome);
         let (head, reusable) = got?;
-        let said = said(ctx, fa, &ubuf, &head);
+        let said = said(fa, &ubuf, &head);
         if reusable {
             let small = ctx.backends.receives(backend);
             ctx.pool
                 .borrow_mut()
                 .checkin(backend, conn, Instant::now(), small);
         }
-        return Ok(said);
+        // A head that parsed once and not a second time (kept for safety).
+        return said.ok_or(AuthError::Bad);
     }
 }
 
@@ -262,7 +264,7 @@ async fn read_body(
 }
 
 /// What the answer in `ubuf` (head `head`, body after it if read) says.
-fn said(ctx: &ShardCtx, fa: &ForwardAuth, ubuf: &[u8], head: &ResponseHead) -> Said {
+fn said(fa: &ForwardAuth, ubuf: &[u8], head: &ResponseHead) -> Option<Said> {
     if (200..300).contains(&head.status) {
         let copied = fa
             .copy_headers
@@ -282,47 +284,21 @@ fn said(ctx: &ShardCtx, fa: &ForwardAuth, ubuf: &[u8], head: &ResponseHead) -> S
                 (Box::from(name.as_bytes()), value.into_boxed_slice())
             })
             .collect();
-        return Said::Allow(copied);
+        return Some(Said::Allow(copied));
     }
-    let mut out = Vec::with_capacity(head.head_len + 64);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(head.status.to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(head.reason.get(ubuf));
-    out.extend_from_slice(b"\r\n");
-    if let Some(server) = ctx.shared.config.response.server.as_deref() {
-        out.extend_from_slice(b"Server: ");
-        out.extend_from_slice(server.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"Date: ");
-    out.extend_from_slice(&ctx.date.now());
-    out.extend_from_slice(b"\r\n");
-    for h in &head.headers {
-        let name = h.name.get(ubuf);
-        if h.kind.is_hop_by_hop()
-            || head.named_in_connection(ubuf, name)
-            || name.eq_ignore_ascii_case(b"date")
-            || name.eq_ignore_ascii_case(b"server")
-        {
-            continue;
-        }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value.get(ubuf));
-        out.extend_from_slice(b"\r\n");
-    }
+    // Written later through the relay's rules (`auth::answer`), as a backend's head is.
+    let kept = StoredHead::new(ubuf[..head.head_len].into())?;
     let body = match head.framing(Method::Get) {
         BodyFraming::Length(n) if ubuf.len() as u64 >= head.head_len as u64 + n => {
             ubuf[head.head_len..head.head_len + n as usize].to_vec()
         }
         _ => Vec::new(),
     };
-    Said::Refuse {
+    Some(Said::Refuse {
         status: head.status,
-        head: out,
+        head: Box::new(kept),
         body,
-    }
+    })
 }
 
 /// The check request: `GET uri` with the client's end-to-end fields and the proxy's

@@ -22,7 +22,13 @@ use crate::config::RouteAuth;
 use crate::http::canned::Canned;
 use crate::http::parse::RequestHead;
 use crate::io::write_from;
-use crate::respond::{respond_canned_with, Field};
+use crate::config::RouteConfig;
+use crate::forward::RequestFacts;
+use crate::http::encode::{client_response_head, OutFraming, Rewrite};
+use crate::http::parse::Method;
+use crate::respond::{cfg_rid_header, proxy_fields, respond_canned_with, response_vars, Field};
+use crate::rules::Fields;
+use crate::trace::RequestId;
 use crate::shard::ShardCtx;
 use crate::stats::{bump, Stats};
 
@@ -103,11 +109,11 @@ pub enum Denial {
     /// One of the proxy's own answers, with one more field (`WWW-Authenticate`,
     /// `Retry-After`).
     Canned(Canned, Option<(&'static [u8], Box<[u8]>)>),
-    /// The auth service's answer: `head` is its status line and fields (without the empty
-    /// line, framing or hop-by-hop fields), `body` its body.
+    /// The auth service's answer: its head as it sent it, written through the rules of a
+    /// relayed response ([`answer`]), and its body.
     Relayed {
         status: u16,
-        head: Vec<u8>,
+        head: Box<crate::cache::store::StoredHead>,
         body: Vec<u8>,
     },
 }
@@ -143,16 +149,21 @@ pub async fn check(ctx: &ShardCtx, auth: &RouteAuth, req: &Request<'_>) -> Resul
     }
 }
 
-/// Writes `denial` to the client; `close` adds `Connection: close`, `head_only` (a HEAD
-/// request) leaves the body out. `rid`: the request-id field, when answers carry it.
+/// Writes `denial` to the client; `close` adds `Connection: close`, a HEAD request gets the
+/// head only. The auth service's own answer goes through the rules of a relayed response:
+/// hop-by-hop and `Connection`-named fields, the backend's `Server` and `X-Powered-By` and
+/// `server.hide_response_headers` out; the proxy's `Server`, `Date`, request id, the
+/// listener's HSTS and the listener's and route's response header rules in.
 pub async fn answer(
     ctx: &ShardCtx,
     client: &mut Client,
     denial: &Denial,
     close: bool,
-    head_only: bool,
-    rid: Option<Field<'_>>,
+    facts: &RequestFacts,
+    rid: &RequestId,
+    route: Option<&RouteConfig>,
 ) -> Outcome {
+    let head_only = facts.method == Method::Head;
     match denial {
         Denial::Canned(c, extra) => {
             let mut fields: [Field<'_>; 2] = [(b"", b""); 2];
@@ -161,7 +172,7 @@ pub async fn answer(
                 .as_ref()
                 .map(|(name, value)| (*name, &value[..]))
                 .into_iter()
-                .chain(rid)
+                .chain(cfg_rid_header(ctx, rid))
             {
                 fields[n] = f;
                 n += 1;
@@ -169,21 +180,22 @@ pub async fn answer(
             respond_canned_with(ctx, client, *c, close, head_only, &fields[..n]).await
         }
         Denial::Relayed { head, body, .. } => {
+            let cfg = &ctx.shared.config;
+            let mut set: [Field<'_>; 3] = [(b"", b""); 3];
+            let listener = client.listener.clone();
+            let n_set = proxy_fields(cfg, &listener, rid, &mut set, 0);
+            let vars = response_vars(facts, rid, crate::tls::client_facts(client).0, route);
+            let route_rules = route.and_then(|r| r.rules.response.as_deref());
+            let rw = Rewrite {
+                set: &set[..n_set],
+                hide: &cfg.response.hide,
+                date: Some(&ctx.date),
+                rules: Fields::of(listener.response_headers.as_deref(), route_rules, &vars),
+            };
+            let framing = OutFraming::Length(body.len() as u64);
             let mut out = ctx.buffer();
-            out.extend_from_slice(head);
-            if let Some((name, value)) = rid {
-                out.extend_from_slice(name);
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value);
-                out.extend_from_slice(b"\r\n");
-            }
-            out.extend_from_slice(b"Content-Length: ");
-            out.extend_from_slice(body.len().to_string().as_bytes());
-            out.extend_from_slice(b"\r\n");
-            if close {
-                out.extend_from_slice(b"Connection: close\r\n");
-            }
-            out.extend_from_slice(b"\r\n");
+            let (bytes, parsed) = (&head.bytes[..], &head.parsed);
+            client_response_head(bytes, parsed, framing, close, facts.minor, rw, &mut out);
             if !head_only {
                 out.extend_from_slice(body);
             }
