@@ -460,6 +460,37 @@ both_engines! {
         }
     }
 
+    // A TLS backend that answers an upload it has not read and closes at once: the unread
+    // body makes its kernel reset the connection, perhaps before the proxy has read the
+    // answer out of its socket. The answer is relayed, whatever the body's size.
+    fn a_tls_backends_answer_before_its_reset_reaches_the_client(engine) {
+        use crate::support::tls::{CertDir, TestCa, TlsOrigin};
+        let dir = CertDir::new("early-tls-now");
+        let ca = TestCa::new("backend ca");
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let origin = TlsOrigin::start(&ca.leaf(&["backend.test"]));
+        let tls = format!("tls = {{ sni = \"backend.test\", ca = \"{}\" }}", ca_file.display());
+        let proxy = Config::new()
+            .upstream_with("main", &[origin.addr], &tls)
+            .route("main", "")
+            .limit("max_body_bytes", "\"64MiB\"")
+            .start(engine);
+        for size in [16 << 10, 300 << 10, 4 << 20] {
+            let mut c = Client::connect(proxy.addr());
+            let head = format!("POST /refuse-now HTTP/1.1\r\nHost: example.com\r\nContent-Length: {size}\r\n\r\n");
+            let mut w: TcpStream = c.stream().try_clone().unwrap();
+            w.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+            let writer = thread::spawn(move || {
+                let _ = w.write_all(head.as_bytes()).and_then(|_| w.write_all(&vec![b'x'; size]));
+            });
+            let r = c.read_response();
+            assert_eq!(r.status(), 401, "{size}: {}\n{}", r.head.raw, proxy.output());
+            assert_eq!(r.body_str(), "no key");
+            drop(c);
+            writer.join().unwrap();
+        }
+    }
+
     // A backend that sends `100 Continue` unasked, then reads the whole body and answers:
     // the interim response does not stop the body (only a final answer does).
     fn an_unasked_100_does_not_stop_the_body(engine) {

@@ -19,18 +19,18 @@ use std::net::IpAddr;
 
 use crate::client::{Client, Outcome};
 use crate::config::RouteAuth;
-use crate::http::canned::Canned;
-use crate::http::parse::RequestHead;
-use crate::io::write_from;
 use crate::config::RouteConfig;
 use crate::forward::RequestFacts;
+use crate::http::canned::Canned;
 use crate::http::encode::{client_response_head, OutFraming, Rewrite};
 use crate::http::parse::Method;
+use crate::http::parse::RequestHead;
+use crate::io::write_from;
 use crate::respond::{cfg_rid_header, proxy_fields, respond_canned_with, response_vars, Field};
 use crate::rules::Fields;
-use crate::trace::RequestId;
 use crate::shard::ShardCtx;
 use crate::stats::{bump, Stats};
+use crate::trace::RequestId;
 
 /// The two ways a route authenticates, a label of `edgeshard_auth_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

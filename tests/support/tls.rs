@@ -227,7 +227,8 @@ const STALE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTALE!";
 /// `/until-close...` the same body ended by a bare TCP close. A `POST /hold` is answered
 /// 401 before its body, which is never read (the connection is held open for 30 s); a
 /// `POST /hold-after-100` the same after a `100 Continue`; a `POST /refuse` 401 before its
-/// body, then a close without close_notify (a reset: the body is unread). `GET /extra` is
+/// body, then a close without close_notify (a reset: the body is unread) once the proxy has
+/// the answer, `POST /refuse-now` the same at once. `GET /extra` is
 /// answered and followed, in the same TCP write, by [`STALE`], a response nobody asked for.
 pub struct TlsOrigin {
     pub addr: SocketAddr,
@@ -316,6 +317,16 @@ fn serve_tls(config: Arc<rustls::ServerConfig>, sock: TcpStream, id: usize) {
         let len: usize = field("content-length")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        if head.starts_with("POST /refuse-now ") {
+            // The same answer, then a close at once: with the body unread the kernel resets
+            // the connection, whether or not the proxy has read the answer yet. Sent without
+            // Nagle's delay: held behind the unacknowledged session tickets, the answer
+            // would be lost in this side's own reset, before any proxy could see it.
+            let _ = s.sock.set_nodelay(true);
+            let _ = s.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\nConnection: close\r\n\r\nno key");
+            let _ = s.flush();
+            return;
+        }
         if head.starts_with("POST /refuse ") {
             // An answer before the body, then a close without close_notify: the unread body
             // makes the kernel reset the connection.
