@@ -7,7 +7,7 @@
 //! in ways a key cannot name (a path prefix, a URL override) keep the request out of the
 //! cache.
 
-use crate::http::fields::{forwarding_claim, same_field};
+use crate::http::fields::{client_address_claim, forwarding_claim, same_field};
 
 /// The scheme and host (with a port when one was claimed) the backend is told the request
 /// was for, from a trusted proxy's fields (`https` and `host`: the listener's scheme and the
@@ -80,19 +80,14 @@ fn has_port(host: &[u8]) -> bool {
 
 /// Claims about who the client is, or which proxy: they do not change the URL.
 fn names_the_client(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 9] = [
+    // `_` spellings of the proxy's own fields are never forwarded (`http::encode`).
+    const NAMES: [&[u8]; 4] = [
         b"x-forwarded-for",
         b"x-forwarded-server",
-        b"x-real-ip",
-        b"true-client-ip",
-        b"x-client-ip",
-        b"x-cluster-client-ip",
-        b"cf-connecting-ip",
-        b"fastly-client-ip",
-        // `_` spellings of the proxy's own fields are never forwarded (`http::encode`).
         b"x-forwarded-proto",
+        b"x-forwarded-host",
     ];
-    NAMES.iter().any(|n| same_field(name, n)) || same_field(name, b"x-forwarded-host")
+    client_address_claim(name) || NAMES.iter().any(|n| same_field(name, n))
 }
 
 /// `proto=` and `host=` of a `Forwarded` value's first element (RFC 7239 §4: the one the

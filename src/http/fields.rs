@@ -29,14 +29,8 @@ pub fn forwarding_claim(name: &[u8]) -> bool {
     // The other names proxies and CDNs give the client's address, the URL overrides some
     // servers route by (IIS URL Rewrite, older Symfony and Zend: `X-Original-URL: /admin`),
     // and the host overrides some build links from (`X-Host`, IIS ARR's `X-Original-Host`).
-    const CLAIMS: [&[u8]; 11] = [
+    const CLAIMS: [&[u8]; 5] = [
         b"forwarded",
-        b"x-real-ip",
-        b"true-client-ip",
-        b"x-client-ip",
-        b"x-cluster-client-ip",
-        b"cf-connecting-ip",
-        b"fastly-client-ip",
         b"x-original-url",
         b"x-rewrite-url",
         b"x-host",
@@ -44,6 +38,21 @@ pub fn forwarding_claim(name: &[u8]) -> bool {
     ];
     (name.len() > X.len() && same_field(&name[..X.len()], X))
         || CLAIMS.iter().any(|c| same_field(name, c))
+        || client_address_claim(name)
+}
+
+/// The forwarding claims that name the client's address (besides `X-Forwarded-For`), as
+/// proxies and CDNs send them.
+pub fn client_address_claim(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 6] = [
+        b"x-real-ip",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+    ];
+    NAMES.iter().any(|n| same_field(name, n))
 }
 
 /// A method override (`X-HTTP-Method-Override: DELETE` on a GET): frameworks that honour one
