@@ -114,13 +114,7 @@ pub async fn relay_response(
     // head is gone: no host, path or query).
     let route = trace.route.map(|i| &cfg.routes[i]);
     let vars = response_vars(facts, rid, crate::tls::client_facts(client).0, route);
-    let route_rules = route.and_then(|r| r.rules.response.as_deref());
-    let rw = Rewrite {
-        set: &set[..n_set],
-        hide: &cfg.response.hide,
-        date: Some(r.date),
-        rules: Fields::of(listener.response_headers.as_deref(), route_rules, &vars),
-    };
+    let rw = response_rewrite(cfg, r.date, &listener, route, &set[..n_set], &vars);
     // `out` still holds the head sent upstream, with the protocols the client offered.
     if head.status == 101 && !switch_agreed(offered_upgrade(&out), &ubuf, &head) {
         return Err(ProxyError::upstream(Kind::Framing, Stage::Head).with_responded(interim));
@@ -414,6 +408,26 @@ pub fn proxy_fields<'a>(
         push((b"Server", server.as_bytes()));
     }
     n
+}
+
+/// What a response the proxy relays or answers from its cache or its auth check goes
+/// through ([`Rewrite`]): the proxy's own fields `set`, `server.hide_response_headers`, a
+/// `Date` when it has none, and the listener's and route's `response_headers`.
+pub fn response_rewrite<'a>(
+    cfg: &'a Config,
+    date: &'a DateCache,
+    listener: &'a crate::client::ListenerSide,
+    route: Option<&'a crate::config::RouteConfig>,
+    set: &'a [Field<'a>],
+    vars: &'a Vars<'a>,
+) -> Rewrite<'a> {
+    let route_rules = route.and_then(|r| r.rules.response.as_deref());
+    Rewrite {
+        set,
+        hide: &cfg.response.hide,
+        date: Some(date),
+        rules: Fields::of(listener.response_headers.as_deref(), route_rules, vars),
+    }
 }
 
 /// The variables of response header rules: what is known once the request head is gone (no

@@ -22,12 +22,13 @@ use crate::config::RouteAuth;
 use crate::config::RouteConfig;
 use crate::forward::RequestFacts;
 use crate::http::canned::Canned;
-use crate::http::encode::{client_response_head, OutFraming, Rewrite};
+use crate::http::encode::{client_response_head, OutFraming};
 use crate::http::parse::Method;
 use crate::http::parse::RequestHead;
 use crate::io::write_from;
-use crate::respond::{cfg_rid_header, proxy_fields, respond_canned_with, response_vars, Field};
-use crate::rules::Fields;
+use crate::respond::{
+    cfg_rid_header, proxy_fields, respond_canned_with, response_rewrite, response_vars, Field,
+};
 use crate::shard::ShardCtx;
 use crate::stats::{bump, Stats};
 use crate::trace::RequestId;
@@ -185,13 +186,7 @@ pub async fn answer(
             let listener = client.listener.clone();
             let n_set = proxy_fields(cfg, &listener, rid, &mut set, 0);
             let vars = response_vars(facts, rid, crate::tls::client_facts(client).0, route);
-            let route_rules = route.and_then(|r| r.rules.response.as_deref());
-            let rw = Rewrite {
-                set: &set[..n_set],
-                hide: &cfg.response.hide,
-                date: Some(&ctx.date),
-                rules: Fields::of(listener.response_headers.as_deref(), route_rules, &vars),
-            };
+            let rw = response_rewrite(cfg, &ctx.date, &listener, route, &set[..n_set], &vars);
             let framing = OutFraming::Length(body.len() as u64);
             let mut out = ctx.buffer();
             let (bytes, parsed) = (&head.bytes[..], &head.parsed);

@@ -12,12 +12,11 @@ use super::Hit;
 use crate::client::{Client, Outcome};
 use crate::forward::RequestFacts;
 use crate::http::canned::Canned;
-use crate::http::encode::{client_response_head, itoa_buf, OutFraming, Rewrite};
+use crate::http::encode::{client_response_head, itoa_buf, OutFraming};
 use crate::http::parse::{HeaderKind, Method};
 use crate::io::{write_from, write_head_and_shared, IoFail};
 use crate::relay::{Leg, RelayError};
-use crate::respond::{proxy_fields, respond_canned, response_vars};
-use crate::rules::Fields;
+use crate::respond::{proxy_fields, respond_canned, response_rewrite, response_vars};
 use crate::shard::ShardCtx;
 use crate::splice::send_file;
 use crate::stats::add;
@@ -78,13 +77,7 @@ pub async fn serve(
     let n_set = proxy_fields(cfg, &listener, rid, &mut set, 2);
     let route = trace.route.map(|i| &cfg.routes[i]);
     let vars = response_vars(facts, rid, crate::tls::client_facts(client).0, route);
-    let route_rules = route.and_then(|r| r.rules.response.as_deref());
-    let rw = Rewrite {
-        set: &set[..n_set],
-        hide: &cfg.response.hide,
-        date: Some(&ctx.date),
-        rules: Fields::of(listener.response_headers.as_deref(), route_rules, &vars),
-    };
+    let rw = response_rewrite(cfg, &ctx.date, &listener, route, &set[..n_set], &vars);
     let with_body = !hit.not_modified && facts.method != Method::Head;
     // 304 and 204 carry no body and no Content-Length (RFC 9110 §8.6).
     let framing = if hit.not_modified || entry.status == 204 {
