@@ -514,8 +514,10 @@ enum Step<T> {
 /// drain ended after it) has a grace of its own from its start: its client may be sending
 /// its next request just then, and closing at once would lose it.
 fn wait_end(ctx: &ShardCtx, end: Instant, since: Instant) -> Instant {
-    let own = since + ctx.shared.config.drain_grace;
-    ctx.grace_end().map_or(end, |g| g.max(own).min(end))
+    // The grace of its own is reckoned only while draining: not on every keep-alive wait.
+    ctx.grace_end().map_or(end, |g| {
+        g.max(since + ctx.shared.config.drain_grace).min(end)
+    })
 }
 
 /// The hot window of [`wait_for_request`]: a cancelable read into the client buffer until
