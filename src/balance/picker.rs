@@ -52,6 +52,8 @@ pub struct ShardBalancer {
     pub(super) cursor: [usize; 2],
     /// nginx's `current_weight` per member, for the scan fallback of smooth weighted picks.
     pub(super) current: Vec<i64>,
+    /// False inside [`aside`](ShardBalancer::aside): a pick then leaves the rotation as it was.
+    commit: bool,
     rng: u64,
 }
 
@@ -86,6 +88,7 @@ impl ShardBalancer {
             half_life: (16 * n as u64).max(64),
             cursor: [shard; 2],
             current: vec![0; n],
+            commit: true,
             rng: mix64(0x5368_6172_6442_616c ^ shard as u64),
         }
     }
@@ -113,6 +116,20 @@ impl ShardBalancer {
         );
         self.pick_tier(table, PRIMARY, key, &usable)
             .or_else(|| self.pick_tier(table, BACKUP, key, &usable))
+    }
+
+    /// Runs `f`'s picks aside from the rotation: the cursors and the smooth-weighted state are
+    /// as before it afterwards (random draws still advance the generator). For a second pick
+    /// of one request (a retry or connect failover, or slow start's pick without the ramping
+    /// backend): committed, it moved the cursor back onto the member the first pick had just
+    /// passed, so a backend that failed every request got every next first try.
+    pub fn aside<R>(&mut self, f: impl FnOnce(&mut ShardBalancer) -> R) -> R {
+        let cursor = self.cursor;
+        self.commit = false;
+        let r = f(self);
+        self.commit = true;
+        self.cursor = cursor;
+        r
     }
 
     /// [`pick`](Self::pick) honouring a sticky cookie value: the member it names is kept while
@@ -291,6 +308,18 @@ impl ShardBalancer {
 
     /// nginx's `ngx_http_upstream_get_peer` over the usable members: O(n).
     fn smooth_scan<F: Fn(usize) -> bool>(&mut self, tier: &Tier, usable: &F) -> Option<usize> {
+        if !self.commit {
+            // The member the scan would pick, without moving anyone's current weight.
+            let mut best: Option<(usize, i64)> = None;
+            for (pos, &m) in tier.members.iter().enumerate() {
+                let m = m as usize;
+                let c = self.current[m] + i64::from(tier.weights[pos]);
+                if usable(m) && best.is_none_or(|(_, b)| c > b) {
+                    best = Some((m, c));
+                }
+            }
+            return best.map(|(m, _)| m);
+        }
         let mut total = 0i64;
         let mut best: Option<usize> = None;
         for (pos, &m) in tier.members.iter().enumerate() {

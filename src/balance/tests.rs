@@ -151,6 +151,37 @@ fn weighted_without_stored_period_is_nginx_scan() {
 }
 
 #[test]
+fn picks_aside_leave_the_rotation_alone() {
+    // A request's second pick (a retry, a failover, slow start's pick without the ramping
+    // member) is made aside: the rotation of first picks is the same with and without it, for
+    // the cursor algorithms and nginx's scan (weights past the stored period).
+    let scan = [10_000, 9_999, 9_998, 9_997, 9_996, 9_995, 9_994];
+    for (alg, ws) in [
+        (Algorithm::RoundRobin, &W10[..]),
+        (Algorithm::Weighted, &W10[..]),
+        (Algorithm::Weighted, &scan[..]),
+        (Algorithm::LeastConn, &W10[..]),
+    ] {
+        let ms = members(ws);
+        let s = spec(alg);
+        let table = Table::build(&s, &ms);
+        let (mut plain, mut with_aside) = (
+            ShardBalancer::new(&s, &ms, 0),
+            ShardBalancer::new(&s, &ms, 0),
+        );
+        for i in 0..1_000 {
+            let a = plain.pick(&table, None, |_| true).unwrap();
+            let b = with_aside.pick(&table, None, |_| true).unwrap();
+            assert_eq!(a, b, "{alg:?} {ws:?}: pick {i}");
+            let again = with_aside
+                .aside(|bal| bal.pick(&table, None, |m| m != b))
+                .unwrap();
+            assert_ne!(again, b, "an aside pick honours its filter");
+        }
+    }
+}
+
+#[test]
 fn random_follows_weights() {
     // Chi-square against the weight shares; critical values at p = 0.001: 27.88 (9 degrees of
     // freedom, all usable) and 26.12 (8, one unusable). The RNG is seeded, so this is stable.

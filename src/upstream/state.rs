@@ -190,13 +190,21 @@ impl Backends {
         let usable = |i: usize| usable(shared, outlier, range.start, tried, now, i);
         let table = &shared.tables[upstream];
         let balancer = &mut self.balancers.borrow_mut()[upstream];
-        let mut picked = if table.sticky().is_some() {
-            let cookie = key.sticky.map(|i| table.sticky_value(i).as_bytes());
-            balancer
-                .pick_sticky(table, cookie, key.hash, usable)
-                .map(|p| (p.index, p.set_cookie))
+        let first = |b: &mut ShardBalancer| {
+            if table.sticky().is_some() {
+                let cookie = key.sticky.map(|i| table.sticky_value(i).as_bytes());
+                b.pick_sticky(table, cookie, key.hash, usable)
+                    .map(|p| (p.index, p.set_cookie))
+            } else {
+                b.pick(table, key.hash, usable).map(|i| (i, false))
+            }
+        };
+        // A request's later picks (a retry, a connect failover) leave the rotation where its
+        // first pick put it ([`ShardBalancer::aside`]).
+        let mut picked = if tried.is_empty() {
+            first(balancer)
         } else {
-            balancer.pick(table, key.hash, usable).map(|i| (i, false))
+            balancer.aside(first)
         };
         // Slow start: a backend that just came back keeps a growing share of its picks
         // (`health::slow_start`); otherwise the pick is made again without it (hash
@@ -207,7 +215,7 @@ impl Backends {
                 let share = kept_share(board.ramp_from(range.start + i), slow, now);
                 if share < 1.0 && self.unit_random() >= share {
                     let others = |j: usize| j != i && usable(j);
-                    if let Some(j) = balancer.pick(table, key.hash, others) {
+                    if let Some(j) = balancer.aside(|b| b.pick(table, key.hash, others)) {
                         picked = Some((j, set));
                     }
                 }

@@ -196,6 +196,25 @@ both_engines! {
         assert_eq!(budget(&proxy), (0.0, 10.0), "each of a's resets asked once and was refused");
     }
 
+    fn a_granted_retry_leaves_the_balancer_alone(engine) {
+        // `a` answers 503 to everything, `b` answers; the default policy retries each of a's
+        // 503s on b. Round robin still alternates first tries: a sees only every other
+        // request. (The retry's pick used to move the cursor from b back to a, so every
+        // first try went to a: each request paid a's 503 and a retry.)
+        let a = answering("a", 503);
+        let b = Origin::start("b");
+        let proxy = Proxy::start(&config(true, &two(a.addr(), b.addr(), "")), engine);
+        for i in 0..20 {
+            let r = ask_new(proxy.addr(), &format!("/{i}"));
+            assert_eq!(served_by(&r), "b", "request {i}");
+        }
+        assert_eq!(
+            (a.request_count(), b.request_count()),
+            (10, 20),
+            "a gets every other first try, b the rest and a's retries"
+        );
+    }
+
     fn a_refusal_is_counted_only_when_the_retry_had_somewhere_to_go(engine) {
         // One backend, answering 503: a retry would need another backend, so the budget is
         // never the reason there is none, and counts nothing.
