@@ -238,29 +238,46 @@ pub fn normalize_path(path: &[u8]) -> Cow<'_, [u8]> {
 }
 
 /// The path routes are compared with: the [`normalize_path`]ed one with each encoded slash
-/// or backslash ([`encoded_separator`]) read as `/` (slashes merged again). gunicorn and
-/// uWSGI put the decoded path in `PATH_INFO`, and Gin and Go's older `ServeMux` route on it:
-/// to them `/admin%2Fx` is `/admin/x`, so it meets the `/admin/` route's rules; IIS and
-/// ASP.NET read a decoded `\` as `/`. Only the comparison: what is forwarded,
-/// and what a route's rewrite works on, keeps the escape.
+/// or backslash ([`encoded_separator`]) read as `/` (slashes merged again), and each
+/// segment's `;` parameters removed. gunicorn and uWSGI put the decoded path in `PATH_INFO`,
+/// and Gin and Go's older `ServeMux` route on it: to them `/admin%2Fx` is `/admin/x`, so it
+/// meets the `/admin/` route's rules; IIS and ASP.NET read a decoded `\` as `/`; Tomcat,
+/// Jetty and Spring serve `/admin;x/y` as `/admin/y`. Only the comparison: what is forwarded,
+/// and what a route's rewrite works on, keeps the escapes and the parameters.
 pub fn match_path(normalized: &[u8]) -> Cow<'_, [u8]> {
     let slash = encoded_separator;
-    if !normalized.contains(&b'%') || !normalized.windows(3).any(slash) {
+    let params = normalized.contains(&b';');
+    if !params && (!normalized.contains(&b'%') || !normalized.windows(3).any(slash)) {
         return Cow::Borrowed(normalized);
     }
     let mut out = Vec::with_capacity(normalized.len());
     let mut i = 0;
+    let mut in_params = false;
     while i < normalized.len() {
         let (b, step) = match normalized.get(i..i + 3) {
             Some(w) if slash(w) => (b'/', 3),
             _ => (normalized[i], 1),
         };
-        if !(b == b'/' && out.last() == Some(&b'/')) {
+        i += step;
+        in_params = b == b';' || (in_params && b != b'/');
+        let doubled = b == b'/' && out.last() == Some(&b'/');
+        if !in_params && !doubled {
             out.push(b);
         }
-        i += step;
     }
     Cow::Owned(out)
+}
+
+/// The path a configured `path` or `path_prefix` of `p` is compared as: requests' paths go
+/// through [`normalize_path`] and [`match_path`], so a route written any other way (`/%7Eb/`,
+/// `//x/`, `/a;b`) would never match one. `None` for a path that no routed request has: one
+/// with a query or fragment mark, or a dot segment (refused with `400`).
+pub fn routed_path(p: &str) -> Option<String> {
+    if p.contains(['?', '#']) || has_dot_segment(p.as_bytes()) {
+        return None;
+    }
+    let seen = match_path(&normalize_path(p.as_bytes())).into_owned();
+    String::from_utf8(seen).ok()
 }
 
 /// One hex digit's value (`%XX` escapes: here and in the admin API's query strings).
@@ -587,6 +604,16 @@ upstream = "u"
                 .map(|r| r.index);
             assert_eq!(got, Some(0), "{raw}");
         }
+        // Path parameters, as Tomcat, Jetty and Spring strip them: the `/admin/` route's.
+        for raw in ["/admin;x/y", "/admin;/y", "/admin;a=b;c/", "/admin;x%2Fy"] {
+            let path = normalize_path(raw.as_bytes());
+            let got = t
+                .find(b"a", &match_path(&path), b"GET", |_| None)
+                .map(|r| r.index);
+            assert_eq!(got, Some(0), "{raw}");
+        }
+        assert_eq!(&match_path(b"/admin;")[..], b"/admin");
+        assert_eq!(&match_path(b"/a;x/b;y/c")[..], b"/a/b/c");
         assert!(matches!(match_path(b"/a/b%20c"), Cow::Borrowed(_)));
         assert_eq!(&match_path(b"/g%2Fp%2F/x")[..], b"/g/p/x");
         assert_eq!(&match_path(b"/admin%5Cx%5c%2f/y")[..], b"/admin/x/y");

@@ -131,8 +131,8 @@ both_engines! {
         assert_eq!(seen, targets);
     }
 
-    // `/%61dmin/x`, `//admin/x`, `/admin%2Fx` and `/admin%5Cx` are `/admin/x` to a backend that decodes
-    // escapes or merges slashes: they meet the `/admin/` route's rules (here a 403), not the
+    // `/%61dmin/x`, `//admin/x`, `/admin%2Fx`, `/admin%5Cx` and `/admin;p/x` are `/admin/x` to a
+    // backend that decodes escapes, merges slashes or removes path parameters: they meet the `/admin/` route's rules (here a 403), not the
     // catch-all's, and a rewrite of that route applies to them; the target goes on as received.
     fn encoded_and_doubled_paths_meet_the_routes_rules(engine) {
         let admin = Origin::start("admin");
@@ -146,8 +146,10 @@ both_engines! {
             .start(engine);
         let mut c = Client::connect(proxy.addr());
         let respelled = ["/%61dmin/x", "//admin/x", "/%61%64%6D%69%6E/", "/admin//x", "/admin%2Fx"];
-        // `%5C` too: IIS and ASP.NET read a decoded `\` as `/`.
-        for path in respelled.into_iter().chain(["/admin%5Cx", "/admin%5cx"]) {
+        // `%5C` too: IIS and ASP.NET read a decoded `\` as `/`; and path parameters, which
+        // Tomcat, Jetty and Spring remove (`/admin;x/y` is their `/admin/y`).
+        let params = ["/admin;x/y", "/admin;/y", "/admin;a=b;c/"];
+        for path in respelled.into_iter().chain(["/admin%5Cx", "/admin%5cx"]).chain(params) {
             c.send(&get("example.com", path));
             assert_eq!(c.read_response().status(), 403, "{path}");
         }

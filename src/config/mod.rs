@@ -262,6 +262,7 @@ mod rules;
 mod tls;
 mod upstream;
 
+use crate::route::routed_path;
 pub use access::{holds, AccessList, IpNet};
 pub use auth::{BasicAuth, ForwardAuth, RouteAuth};
 pub use cache::{CacheConfig, CachePolicy};
@@ -533,6 +534,17 @@ impl Config {
             let host = match r.host.as_deref() {
                 None | Some("*") => HostMatch::Any,
                 Some(h) => match h.strip_prefix("*.") {
+                    _ if h.ends_with('.') || h.starts_with('.') || h.contains("..") => {
+                        // A request's trailing dot is removed before lookup: such a route
+                        // would never match.
+                        let bare = h
+                            .split('.')
+                            .filter(|l| !l.is_empty())
+                            .collect::<Vec<_>>()
+                            .join(".");
+                        c.err(format!("{path}.host"), format!("invalid host {h:?}: requests are looked up without a trailing dot, and a name has no empty label; write {bare:?}"));
+                        HostMatch::Any
+                    }
                     Some(rest) if valid_host(rest) => {
                         HostMatch::Suffix(format!(".{}", rest.to_ascii_lowercase()))
                     }
@@ -562,6 +574,19 @@ impl Config {
                         format!("{path}.{key}"),
                         format!("{p:?} must start with '/' and hold only visible ASCII (a request target has no other)"),
                     );
+                    PathMatch::Any
+                }
+                (Some(p), None) | (None, Some(p)) if routed_path(p).as_deref() != Some(p) => {
+                    let key = if r.path.is_some() {
+                        "path"
+                    } else {
+                        "path_prefix"
+                    };
+                    let why = match routed_path(p) {
+                        Some(seen) => format!("requests are compared as {seen:?} (escapes of unreserved characters decoded, runs of '/' merged, %2F and %5C read as '/', ';' parameters removed), so {p:?} never matches; write {seen:?}"),
+                        None => format!("{p:?} holds a '?', a '#' or a dot segment, which no routed request path has"),
+                    };
+                    c.err(format!("{path}.{key}"), why);
                     PathMatch::Any
                 }
                 (Some(p), None) => PathMatch::Prefix(p.clone()),

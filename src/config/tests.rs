@@ -155,6 +155,66 @@ fn route_host_with_port_is_refused() {
 }
 
 #[test]
+fn route_values_no_request_could_match_are_refused() {
+    // Requests are looked up without a host's trailing dot and with their paths normalised
+    // (route::routed_path): a route written otherwise would never match, and its allow, deny
+    // or auth would never apply.
+    let text = |field: &str| {
+        format!("[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\n{field}\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n")
+    };
+    for (field, key, hint) in [
+        (
+            "host = \"secure.example.\"",
+            "route[0].host",
+            "\"secure.example\"",
+        ),
+        (
+            "host = \"*.corp.example.\"",
+            "route[0].host",
+            "\"*.corp.example\"",
+        ),
+        ("host = \"a..example\"", "route[0].host", "empty label"),
+        (
+            "path_prefix = \"/%7Ebob/\"",
+            "route[0].path_prefix",
+            "\"/~bob/\"",
+        ),
+        (
+            "path_prefix = \"/repo%2Fsecret\"",
+            "route[0].path_prefix",
+            "\"/repo/secret\"",
+        ),
+        (
+            "path_prefix = \"/static//private/\"",
+            "route[0].path_prefix",
+            "\"/static/private/\"",
+        ),
+        (
+            "path = \"/admin;jsessionid\"",
+            "route[0].path",
+            "\"/admin\"",
+        ),
+        ("path = \"/a?b=1\"", "route[0].path", "'?'"),
+        (
+            "path_prefix = \"/a/../b/\"",
+            "route[0].path_prefix",
+            "dot segment",
+        ),
+    ] {
+        let err = parse(&text(field)).unwrap_err();
+        assert_eq!(err.issues[0].path, key, "{field}: {err}");
+        assert!(err.issues[0].message.contains(hint), "{field}: {err}");
+    }
+    for field in [
+        "host = \"a.example\"",
+        "path_prefix = \"/~bob/\"",
+        "path = \"/a%20b\"",
+    ] {
+        parse(&text(field)).unwrap_or_else(|e| panic!("{field}: {e}"));
+    }
+}
+
+#[test]
 fn user_and_group_are_checked_for_shape_here_and_looked_up_at_start() {
     let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n";
     let c = parse(&format!("[server]\nuser = \"nobody\"\n{base}")).unwrap();
