@@ -15,9 +15,11 @@
 //! [`super::HealthBoard`] slot (one store per ejection, rare; readers already touch that
 //! line), and other shards would honour it as if they had ejected; not built.
 //!
-//! Ejections of one shard count only against that shard's `max_ejection_percent`; backends
-//! that active checks marked Unhealthy are not counted (as in Envoy). The balancer should
-//! still fall back to ejected backends if nothing else is usable.
+//! Ejections of one shard count only against that shard's `max_ejection_percent`, together
+//! with the backends out of rotation for other reasons (drained, Unhealthy by the active
+//! check): Envoy counts ejections only, but falls back to every backend ("panic mode") when
+//! too few are healthy; edgeshard has no such fallback (HEALTH.md), so the percentage is of
+//! the backends out of rotation, or one failure of the last live backend emptied the upstream.
 //!
 //! An ejected backend's multiplier resets once it has stayed in rotation for `max_ejection`
 //! without another ejection, so a backend that failed once long ago starts again from
@@ -253,8 +255,16 @@ impl OutlierDetector {
     }
 
     /// Records how an attempt to backend `i` ended. Outcomes reported while the backend is
-    /// ejected (requests that were in flight) are ignored.
-    pub fn observe(&mut self, i: usize, outcome: Outcome, now: Instant) -> Option<OutlierEvent> {
+    /// ejected (requests that were in flight) are ignored. `out(j)`: backend `j` is out of
+    /// rotation for another reason (drained, Unhealthy), which counts against
+    /// `max_ejection_percent` as an ejection does.
+    pub fn observe(
+        &mut self,
+        i: usize,
+        outcome: Outcome,
+        now: Instant,
+        out: impl Fn(usize) -> bool,
+    ) -> Option<OutlierEvent> {
         let spec = &self.spec;
         let entry = self.entries.get_mut(i)?;
         if let Some(until) = entry.ejected_until {
@@ -282,7 +292,10 @@ impl OutlierDetector {
         entry.consecutive = 0;
         let ejected_now = self.ejected_count(now);
         let n = self.entries.len();
-        if (ejected_now + 1) * 100 > usize::from(self.spec.max_ejection_percent) * n {
+        let out_now = (0..n)
+            .filter(|&j| j != i && (self.is_ejected(j, now) || out(j)))
+            .count();
+        if (out_now + 1) * 100 > usize::from(self.spec.max_ejection_percent) * n {
             return Some(OutlierEvent::Suppressed { ejected_now });
         }
         let entry = &mut self.entries[i];
@@ -347,20 +360,27 @@ mod tests {
     fn ejects_after_consecutive_failures_only() {
         let t0 = Instant::now();
         let mut d = OutlierDetector::new(spec(3, 100), 2);
-        assert_eq!(d.observe(0, FAIL, t0), None);
-        assert_eq!(d.observe(0, FAIL, t0), None);
-        assert_eq!(d.observe(0, OK, t0), None, "a success resets the count");
+        assert_eq!(d.observe(0, FAIL, t0, |_| false), None);
+        assert_eq!(d.observe(0, FAIL, t0, |_| false), None);
+        assert_eq!(
+            d.observe(0, OK, t0, |_| false),
+            None,
+            "a success resets the count"
+        );
         assert_eq!(d.consecutive(0), 0);
-        assert_eq!(d.observe(0, FAIL, t0), None);
-        assert_eq!(d.observe(0, Outcome::Response { status: 500 }, t0), None);
+        assert_eq!(d.observe(0, FAIL, t0, |_| false), None);
+        assert_eq!(
+            d.observe(0, Outcome::Response { status: 500 }, t0, |_| false),
+            None
+        );
         assert_eq!(
             d.consecutive(0),
             0,
             "an unconfigured kind counts as success"
         );
-        d.observe(0, FAIL, t0);
-        d.observe(0, FAIL, t0);
-        let ev = d.observe(0, FAIL, t0);
+        d.observe(0, FAIL, t0, |_| false);
+        d.observe(0, FAIL, t0, |_| false);
+        let ev = d.observe(0, FAIL, t0, |_| false);
         assert_eq!(
             ev,
             Some(OutlierEvent::Ejected {
@@ -374,9 +394,9 @@ mod tests {
         assert!(!d.is_ejected(1, t0) && !d.is_ejected(9, t0));
         assert_eq!(d.ejected_count(t0), 1);
         // In-flight failures reported during the ejection are ignored.
-        assert_eq!(d.observe(0, FAIL, t0 + S), None);
+        assert_eq!(d.observe(0, FAIL, t0 + S, |_| false), None);
         assert_eq!(d.consecutive(0), 0);
-        assert_eq!(d.observe(9, FAIL, t0), None);
+        assert_eq!(d.observe(9, FAIL, t0, |_| false), None);
     }
 
     #[test]
@@ -391,7 +411,7 @@ mod tests {
         let mut d = OutlierDetector::new(s, 1);
         let mut now = Instant::now();
         for (n, secs) in [(1, 10), (2, 20), (3, 30), (4, 35), (5, 35)] {
-            match d.observe(0, FAIL, now) {
+            match d.observe(0, FAIL, now, |_| false) {
                 Some(OutlierEvent::Ejected {
                     ejections,
                     duration,
@@ -409,17 +429,17 @@ mod tests {
     fn multiplier_resets_after_a_quiet_max_ejection() {
         let mut d = OutlierDetector::new(spec(1, 100), 1);
         let t0 = Instant::now();
-        d.observe(0, FAIL, t0); // ejected until t0+10
+        d.observe(0, FAIL, t0, |_| false); // ejected until t0+10
         let back = t0 + 10 * S;
-        d.observe(0, OK, back + 34 * S);
+        d.observe(0, OK, back + 34 * S, |_| false);
         // 34 s after returning: still remembered, second ejection lasts 20 s.
-        match d.observe(0, FAIL, back + 34 * S) {
+        match d.observe(0, FAIL, back + 34 * S, |_| false) {
             Some(OutlierEvent::Ejected { ejections: 2, .. }) => {}
             other => panic!("{other:?}"),
         }
         let back = back + 54 * S;
-        d.observe(0, OK, back + 35 * S);
-        match d.observe(0, FAIL, back + 36 * S) {
+        d.observe(0, OK, back + 35 * S, |_| false);
+        match d.observe(0, FAIL, back + 36 * S, |_| false) {
             Some(OutlierEvent::Ejected {
                 ejections: 1,
                 duration,
@@ -435,22 +455,22 @@ mod tests {
         // 4 backends, 50 %: at most 2 ejected at once.
         let mut d = OutlierDetector::new(spec(1, 50), 4);
         assert!(matches!(
-            d.observe(0, FAIL, t0),
+            d.observe(0, FAIL, t0, |_| false),
             Some(OutlierEvent::Ejected { .. })
         ));
         assert!(matches!(
-            d.observe(1, FAIL, t0),
+            d.observe(1, FAIL, t0, |_| false),
             Some(OutlierEvent::Ejected { .. })
         ));
         assert_eq!(
-            d.observe(2, FAIL, t0),
+            d.observe(2, FAIL, t0, |_| false),
             Some(OutlierEvent::Suppressed { ejected_now: 2 })
         );
         assert!(!d.is_ejected(2, t0));
         // Once the first two return, the third may go.
         let later = t0 + 10 * S;
         assert!(matches!(
-            d.observe(2, FAIL, later),
+            d.observe(2, FAIL, later, |_| false),
             Some(OutlierEvent::Ejected { .. })
         ));
 
@@ -458,7 +478,7 @@ mod tests {
         let mut one = OutlierDetector::new(spec(1, 99), 1);
         for _ in 0..10 {
             assert!(matches!(
-                one.observe(0, FAIL, t0),
+                one.observe(0, FAIL, t0, |_| false),
                 Some(OutlierEvent::Suppressed { .. })
             ));
         }
@@ -466,12 +486,31 @@ mod tests {
         // 0 % disables ejection altogether; 100 % allows all.
         let mut none = OutlierDetector::new(spec(1, 0), 3);
         assert!(matches!(
-            none.observe(0, FAIL, t0),
+            none.observe(0, FAIL, t0, |_| false),
             Some(OutlierEvent::Suppressed { .. })
         ));
         let mut all = OutlierDetector::new(spec(1, 100), 2);
-        all.observe(0, FAIL, t0);
-        all.observe(1, FAIL, t0);
+        all.observe(0, FAIL, t0, |_| false);
+        all.observe(1, FAIL, t0, |_| false);
         assert_eq!(all.ejected_count(t0), 2);
+
+        // Backends out of rotation otherwise (drained, Unhealthy) count against the floor:
+        // 4 backends, 50 %, two drained: none may be ejected.
+        let mut d = OutlierDetector::new(spec(1, 50), 4);
+        let drained = |j: usize| j >= 2;
+        assert_eq!(
+            d.observe(0, FAIL, t0, drained),
+            Some(OutlierEvent::Suppressed { ejected_now: 0 })
+        );
+        // One drained: one of the other three may go.
+        let drained = |j: usize| j == 3;
+        assert!(matches!(
+            d.observe(0, FAIL, t0, drained),
+            Some(OutlierEvent::Ejected { .. })
+        ));
+        assert!(matches!(
+            d.observe(1, FAIL, t0, drained),
+            Some(OutlierEvent::Suppressed { .. })
+        ));
     }
 }

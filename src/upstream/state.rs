@@ -271,10 +271,12 @@ impl Backends {
         outcome: TryOutcome,
     ) {
         let info = &shared.backends[backend];
+        let start = shared.upstream_backends[info.upstream].start;
         let event = self.outliers.borrow_mut()[info.upstream].observe(
             info.local,
             outcome,
             crate::clock::now(),
+            |j| shared.is_drained(start + j) || !shared.board.is_usable(start + j),
         );
         match event {
             Some(e @ OutlierEvent::Ejected { .. }) => {

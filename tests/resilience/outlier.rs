@@ -132,4 +132,28 @@ both_engines! {
         assert_eq!(m("edgeshard_backend_ejections_total"), 2.0);
         assert!(m("edgeshard_backend_ejections_suppressed_total") >= 2.0);
     }
+
+    fn max_ejection_percent_counts_backends_out_of_rotation_otherwise(engine) {
+        // Two backends, 50 %: b0 is drained, b1 answers 503. Ejecting b1 would leave no
+        // backend in rotation: the floor holds it, and the client keeps getting b1's answer.
+        // (Only this shard's ejections were counted, so b1's first 503 ejected it and every
+        // later request got the proxy's own 503 for base_ejection.)
+        let b0 = Origin::start("b0");
+        let b1 = answering("b1", 503);
+        let up = format!(
+            "balance = \"round_robin\"\n{}\n\
+             [upstream.retry]\nattempts = 1\n\
+             [upstream.outlier]\nconsecutive = 1\non = [\"5xx\"]\nbase_ejection = \"30s\"\nmax_ejection = \"30s\"\nmax_ejection_percent = 50\n",
+            backends(&[b0.addr(), b1.addr()])
+        );
+        let proxy = Proxy::start(&config(true, &up), engine);
+        let drain = format!("/upstreams/app/backends/{}/drain", b0.addr());
+        assert_eq!(admin_post(proxy.admin_addr(), &drain, None).status, 200);
+        for i in 0..6 {
+            let r = ask_new(proxy.addr(), &format!("/{i}"));
+            assert_eq!(r.status(), 503);
+            assert_eq!(backend_of(&r).as_deref(), Some("b1"), "request {i} got the proxy's own 503");
+        }
+        assert_eq!(b0.request_count(), 0, "drained");
+    }
 }
