@@ -118,14 +118,16 @@ impl Shared {
     /// The snapshot a reload puts in force after `old`: built from `config` like the first,
     /// with what the control plane knows of the backends that remain (matched by
     /// [`BackendId`]) carried over: the admin API's drain flag and the active health state
-    /// (state, timestamps, probe counters). The shards' accepting flags are copied as they
+    /// (state and timestamps while the upstream still has a check, probe counters always). The shards' accepting flags are copied as they
     /// are.
     pub fn reloaded(config: Config, old: &Shared, tls: Arc<crate::tls::TlsListeners>) -> Shared {
         let next =
             Shared::build(config, old.accepting.len(), Some(old.board.epoch())).with_tls(tls);
         for (i, m) in next.backend_map(old).into_iter().enumerate() {
             if let Some(j) = m {
-                next.board.adopt(i, &old.board, j);
+                let upstream = &next.config.upstreams[next.backends[i].upstream];
+                let checked = upstream.resilience.health_check.is_some();
+                next.board.adopt(i, &old.board, j, checked);
                 next.drained[i].store(old.is_drained(j), Ordering::Relaxed);
             }
         }
@@ -377,6 +379,31 @@ mod tests {
         assert_eq!(moved(3), Some(2), "the second :0 stays the second :0");
         assert_eq!(a.listener(b.listener_ids[3]), None, "8082 is new");
         assert_eq!(a.listener_ids[3].to_string(), "127.0.0.1:0 (#2)");
+    }
+
+    #[test]
+    fn a_reload_that_removes_the_check_does_not_keep_a_backend_unhealthy() {
+        use crate::health::Health;
+        let text = |check: &str| {
+            format!("[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{{ address = \"127.0.0.1:1\" }}, {{ address = \"127.0.0.1:2\" }}]\n{check}")
+        };
+        let config = |t: String| Config::parse(&t, Path::new("t.toml")).unwrap();
+        let checked = text("[upstream.health_check]\ninterval = \"1s\"\n");
+        let old = Shared::new(config(checked.clone()));
+        old.board
+            .publish(1, Health::Unhealthy, std::time::Instant::now());
+        old.board.count_check(1, false);
+        // Still checked: the state stays, for its prober to change.
+        let kept = Shared::reloaded(config(checked), &old, Arc::default());
+        assert!(!kept.board.is_usable(1));
+        // No check any more: no prober would ever bring it back. Usable, counters kept.
+        let next = Shared::reloaded(config(text("")), &old, Arc::default());
+        assert!(
+            next.board.is_usable(1),
+            "an Unhealthy state outlived its check"
+        );
+        assert!(next.board.is_usable(0));
+        assert_eq!(next.board.slot(1).unwrap().checks_failed, 1);
     }
 
     #[test]

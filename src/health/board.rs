@@ -187,20 +187,24 @@ impl HealthBoard {
         Some(from)
     }
 
-    /// Copies backend `j` of `from` (state, timestamps, counters) into slot `i` of this board,
-    /// before it is published: a reload keeps the active-check state of backends that
-    /// remain.
-    pub fn adopt(&self, i: usize, from: &HealthBoard, j: usize) {
+    /// Copies backend `j` of `from` into slot `i` of this board, before it is published: a
+    /// reload keeps the active-check state of backends that remain. The counters always; the
+    /// state and its timestamps only when `checked` (the backend's upstream still has a
+    /// check): without one, nothing would ever change a copied Unhealthy again, and the
+    /// backend stays at its built state (Unknown, usable).
+    pub fn adopt(&self, i: usize, from: &HealthBoard, j: usize, checked: bool) {
         let (Some(s), Some(c), Some(view)) =
             (self.slots.get(i), self.counters.get(i), from.slot(j))
         else {
             return;
         };
-        let encode = |t: Option<Instant>| t.map_or(0, |t| self.ms_since_epoch(t));
-        s.changed_ms
-            .store(encode(view.changed_at), Ordering::Relaxed);
-        s.ramp_ms.store(encode(view.ramp_from), Ordering::Relaxed);
-        s.state.store(view.state.as_u8(), Ordering::Release);
+        if checked {
+            let encode = |t: Option<Instant>| t.map_or(0, |t| self.ms_since_epoch(t));
+            s.changed_ms
+                .store(encode(view.changed_at), Ordering::Relaxed);
+            s.ramp_ms.store(encode(view.ramp_from), Ordering::Relaxed);
+            s.state.store(view.state.as_u8(), Ordering::Release);
+        }
         c.checks_ok.store(view.checks_ok, Ordering::Relaxed);
         c.checks_failed.store(view.checks_failed, Ordering::Relaxed);
         c.transitions.store(view.transitions, Ordering::Relaxed);
