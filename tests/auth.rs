@@ -348,6 +348,44 @@ both_engines! {
         );
     }
 
+    // The auth upstream's breaker bounds its checks as it bounds requests routed to it: with
+    // one check held at the service, a second is refused at once (500, counted in
+    // edgeshard_breaker_rejected_total) and never reaches the service. (Checks took no
+    // request permit and skipped the connection and pending limits: six at once made six
+    // connections to a service capped at one.)
+    fn forward_auth_checks_are_held_to_the_auth_upstreams_breaker(engine) {
+        for limit in ["max_requests = 1", "max_connections = 1"] {
+            let origin = Origin::start("o");
+            let (auth, gate) = held_origin("/check");
+            let proxy = Config::new()
+                .upstream("main", &[origin.addr()])
+                .upstream_with("auth", &[auth.addr()], &format!("[upstream.breaker]\n{limit}"))
+                .route("main", &forward_route("/check"))
+                .admin("")
+                .start(engine);
+            let ask = || {
+                let mut c = Client::connect(proxy.addr());
+                c.send(&request("GET", "/app", &[("Host", "e.example"), ("Authorization", "Bearer good")], b""));
+                c
+            };
+            let mut first = ask();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while auth.request_count() < 1 {
+                assert!(std::time::Instant::now() < deadline, "{limit}: the first check never arrived");
+                std::thread::yield_now();
+            }
+            let mut second = ask();
+            assert_eq!(second.read_response().status(), 500, "{limit}");
+            assert_eq!(auth.request_count(), 1, "{limit}: the second check reached the service");
+            let m = scrape(proxy.admin_addr(), None);
+            let a = auth.addr().to_string();
+            let rejected = m.value("edgeshard_breaker_rejected_total", &[("upstream", "auth"), ("backend", a.as_str())]);
+            assert_eq!(rejected, 1.0, "{limit}");
+            gate.open();
+            assert_eq!(first.read_response().status(), 200, "{limit}");
+        }
+    }
+
     // An auth service that accepts and never answers: cut at `timeout`, 500, counted.
     fn forward_auth_that_never_answers_times_out_with_500(engine) {
         let origin = Origin::start("o");

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use super::{count, Denial, Granted, Mode, Request, SetField, Verdict};
 use crate::cache::store::StoredHead;
 use crate::config::ForwardAuth;
+use crate::health::breaker::{Open, Resource};
 use crate::health::Outcome as TryOutcome;
 use crate::http::canned::Canned;
 use crate::http::fields::{forwarding_claim, never_forwarded, same_field};
@@ -27,8 +28,9 @@ use crate::http::parse::{
 };
 use crate::io::{read_more, write_from, Deadline, IoFail};
 use crate::shard::ShardCtx;
+use crate::stats::bump;
 use crate::transport::Transport;
-use crate::upstream::connect::Connector;
+use crate::upstream::connect::{Connector, Refused};
 use crate::upstream::state::{Pick, PickKey};
 
 /// More interim (1xx) answers than this before the final one is a malformed answer.
@@ -47,6 +49,8 @@ pub enum AuthError {
     Io(IoFail),
     #[error("the auth service's answer is malformed")]
     Bad,
+    #[error("the auth service's breaker is open: {0}")]
+    Breaker(Open),
 }
 
 /// What the auth service said.
@@ -96,6 +100,10 @@ async fn ask(ctx: &ShardCtx, fa: &ForwardAuth, req: &Request<'_>) -> Result<Said
     let mut in_flight = ctx
         .backends
         .forwarding(shared, &ctx.stats.backends[backend], backend);
+    // The auth upstream's breaker holds its checks as it holds requests routed to it.
+    let _permit = ctx.backends.breakers[backend]
+        .try_acquire(Resource::Requests)
+        .map_err(|open| breaker_open(ctx, backend, open))?;
     let mut out = ctx.buffer();
     check_request(fa, req, shared.backends[backend].address, &mut out);
     let mut ubuf = ctx.buffer();
@@ -163,11 +171,19 @@ async fn connect(
         backends: &ctx.backends,
         ends: None,
     };
-    match monoio::time::timeout(left(deadline), connector.connect(backend)).await {
+    let idle = ctx.pool.borrow().idle_for(backend);
+    match monoio::time::timeout(left(deadline), connector.connect_within(backend, idle)).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(AuthError::Connect(e)),
+        Ok(Err(Refused::Failed(e))) => Err(AuthError::Connect(e)),
+        Ok(Err(Refused::Breaker(open))) => Err(breaker_open(ctx, backend, open)),
         Err(_) => Err(AuthError::Timeout),
     }
+}
+
+/// A breaker limit of the auth upstream was reached: counted as the request path counts it.
+fn breaker_open(ctx: &ShardCtx, backend: usize, open: Open) -> AuthError {
+    bump(&ctx.stats.backends[backend].breaker_rejected);
+    AuthError::Breaker(open)
 }
 
 fn left(deadline: Instant) -> Duration {

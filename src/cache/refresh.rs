@@ -23,8 +23,9 @@ use crate::http::parse::{parse_response, HeadLimits, Method, Parsed, ResponseHea
 use crate::io::{read_more, write_from, Deadline, IoFail};
 use crate::relay::{Incoming, MAX_INTERIM};
 use crate::shard::ShardCtx;
+use crate::stats::bump;
 use crate::transport::Transport;
-use crate::upstream::connect::Connector;
+use crate::upstream::connect::{Connector, Refused};
 use crate::upstream::state::{Pick, PickKey};
 
 /// Starts the background revalidation `fill` claimed, with the request `prepared` for the
@@ -82,7 +83,7 @@ async fn fetch(
         .forwarding(shared, &ctx.stats.backends[backend], backend);
     let _permit = ctx.backends.breakers[backend]
         .try_acquire(Resource::Requests)
-        .map_err(drop)?;
+        .map_err(|_| bump(&ctx.stats.backends[backend].breaker_rejected))?;
     let mut fresh = false;
     loop {
         let pooled = match fresh {
@@ -100,7 +101,15 @@ async fn fetch(
                     backends: &ctx.backends,
                     ends: None,
                 };
-                connector.connect(backend).await.map_err(drop)?
+                let idle = ctx.pool.borrow().idle_for(backend);
+                match connector.connect_within(backend, idle).await {
+                    Ok(c) => c,
+                    Err(Refused::Breaker(_)) => {
+                        bump(&ctx.stats.backends[backend].breaker_rejected);
+                        return Err(());
+                    }
+                    Err(Refused::Failed(_)) => return Err(()),
+                }
             }
         };
         in_flight.sent = true;

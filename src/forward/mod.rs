@@ -33,7 +33,7 @@ use crate::splice::PipePool;
 use crate::stats::{bump, Stats};
 use crate::trace::Trace;
 use crate::transport::Transport;
-use crate::upstream::connect::Connector;
+use crate::upstream::connect::{Connector, Refused};
 use crate::upstream::pool::{Pool, Posted};
 use crate::upstream::state::{Backends, Forwarding, Pick, PickKey};
 
@@ -714,23 +714,6 @@ impl<'a> Forward<'a> {
         backend: usize,
         ends: Option<(SocketAddr, SocketAddr)>,
     ) -> Result<Option<Transport>, ProxyError> {
-        let breaker = &self.backends.breakers[backend];
-        if let Some(limit) = breaker.limits().max_connections {
-            let b = &self.stats.backends[backend];
-            let open = b.in_flight.get() + self.pool.borrow().idle_for(backend) as u64;
-            // `in_flight` already counts this request: after this connect there would be
-            // `open` connections.
-            if open > u64::from(limit) {
-                let open = Open {
-                    resource: Resource::Connections,
-                    limit,
-                };
-                return Err(self.breaker_open(backend, open));
-            }
-        }
-        let pending = breaker
-            .try_acquire(Resource::Pending)
-            .map_err(|open| self.breaker_open(backend, open))?;
         let connector = Connector {
             shared: self.shared,
             stats: self.stats,
@@ -738,11 +721,12 @@ impl<'a> Forward<'a> {
             backends: self.backends,
             ends,
         };
-        // Boxed: the connect's timers (monoio's, 128-byte aligned) would otherwise make every
-        // request's boxed exchange future an over-aligned allocation (src/alloc.rs).
-        let connected = Box::pin(connector.connect(backend)).await;
-        drop(pending);
-        Ok(connected.ok())
+        let idle = self.pool.borrow().idle_for(backend);
+        match connector.connect_within(backend, idle).await {
+            Ok(c) => Ok(Some(c)),
+            Err(Refused::Failed(_)) => Ok(None),
+            Err(Refused::Breaker(open)) => Err(self.breaker_open(backend, open)),
+        }
     }
 
     /// A breaker limit was reached: count it and answer 503 without trying.

@@ -3,13 +3,15 @@
 //! handshake), with `TCP_NODELAY` and the configured congestion control, counted in the
 //! shard's stats. A failed connect is also a passive-check outcome. For an upstream with
 //! `proxy_protocol`, the PROXY header naming the client is the connection's first bytes
-//! (before a TLS handshake), within the same bound.
+//! (before a TLS handshake), within the same bound. Every connect goes through the backend's
+//! circuit breaker first ([`Connector::connect_within`]).
 
 use std::time::Instant;
 
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
+use crate::health::breaker::{Open, Resource};
 use crate::health::Outcome as TryOutcome;
 use crate::observe::errors::ErrorLimiter;
 use crate::snapshot::Shared;
@@ -29,7 +31,42 @@ pub struct Connector<'a> {
     pub ends: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
 }
 
+/// Why [`Connector::connect_within`] made no connection.
+#[derive(Debug)]
+pub enum Refused {
+    /// A breaker limit (connections or pending connects) was reached: no connect was tried.
+    Breaker(Open),
+    /// The connect was tried and failed (counted and fed to the passive check).
+    Failed(std::io::Error),
+}
+
 impl Connector<'_> {
+    /// Opens a new connection to `backend` within its breaker's `max_connections` (requests
+    /// in flight to it, this one included, plus `idle` pooled connections) and `max_pending`:
+    /// the one gate of every connect a request, a forward-auth check or a revalidation makes.
+    pub async fn connect_within(&self, backend: usize, idle: usize) -> Result<Transport, Refused> {
+        let breaker = &self.backends.breakers[backend];
+        if let Some(limit) = breaker.limits().max_connections {
+            // `in_flight` already counts this request: after this connect there would be
+            // `open` connections.
+            let open = self.stats.backends[backend].in_flight.get() + idle as u64;
+            if open > u64::from(limit) {
+                return Err(Refused::Breaker(Open {
+                    resource: Resource::Connections,
+                    limit,
+                }));
+            }
+        }
+        let pending = breaker
+            .try_acquire(Resource::Pending)
+            .map_err(Refused::Breaker)?;
+        // Boxed: the connect's timers (monoio's, 128-byte aligned) would otherwise make every
+        // request's boxed exchange future an over-aligned allocation (src/alloc.rs).
+        let connected = Box::pin(self.connect(backend)).await;
+        drop(pending);
+        connected.map_err(Refused::Failed)
+    }
+
     /// Opens a new connection to `backend`.
     pub async fn connect(&self, backend: usize) -> std::io::Result<Transport> {
         let addr = self.shared.backends[backend].address;
