@@ -118,6 +118,13 @@ pub(super) fn balancing(c: &mut Checker, path: &str, raw: RawBalancing<'_>) -> S
             s.ttl.as_ref(),
             Duration::from_secs(3600),
         );
+        // Max-Age is in whole seconds, and Max-Age=0 deletes the cookie: no session would stick.
+        if ttl.subsec_nanos() != 0 {
+            c.err(
+                format!("{path}.sticky.ttl"),
+                format!("{ttl:?} is not whole seconds: the cookie's Max-Age is (and 0 deletes it); write \"{}s\"", ttl.as_secs().max(1)),
+            );
+        }
         if s.secret.as_deref().is_some_and(|k| k.len() < 16) {
             c.err(
                 format!("{path}.sticky.secret"),

@@ -81,6 +81,18 @@ fn check_rejects_a_short_sticky_secret() {
 }
 
 #[test]
+fn check_rejects_a_sticky_ttl_that_is_not_whole_seconds() {
+    // Max-Age is whole seconds: "900ms" became Max-Age=0, which deletes the cookie.
+    for ttl in ["900ms", "1500ms"] {
+        expect_check_error(
+            &format!("sticky = {{ cookie = \"srv\", ttl = \"{ttl}\" }}"),
+            "upstream[0].sticky.ttl",
+            &["whole seconds", "Max-Age"],
+        );
+    }
+}
+
+#[test]
 fn check_accepts_every_balancing_key() {
     let text = config(
         false,
