@@ -349,12 +349,14 @@ impl Reloader {
         tls: Arc<TlsListeners>,
         opened: Option<Opened>,
     ) -> Vec<String> {
-        let next = Arc::new(Shared::reloaded(config, old, tls));
-        self.published.publish(next.clone());
-        let errors = self.switch_shards(opened);
+        // The old prober stops first: a transition it published after the next board was
+        // copied from its own would be lost.
         if let Some(p) = self.prober.take() {
             p.stop();
         }
+        let next = Arc::new(Shared::reloaded(config, old, tls));
+        self.published.publish(next.clone());
+        let errors = self.switch_shards(opened);
         match crate::health::prober::spawn(
             next.board.clone(),
             probe_targets(&next, Some(old)),
@@ -641,7 +643,9 @@ pub fn probe_targets(shared: &Shared, old: Option<&Shared>) -> Vec<ProbeTarget> 
                 upstream: up.name.clone(),
                 address: b.address,
                 spec: spec.clone(),
-                resume: carried.then(|| shared.board.state(i)),
+                resume: carried
+                    .then(|| shared.board.slot(i).map(|v| (v.state, v.streak)))
+                    .flatten(),
                 tls: shared.tls.upstream(b.upstream).cloned(),
                 proxy_protocol: up.proxy_protocol,
             })

@@ -31,7 +31,7 @@
 //! Transitions of one slot must come from one thread at a time (the prober): two writers
 //! racing on the same slot would each publish, and the timestamps could be the older one's.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use super::state::Health;
@@ -53,6 +53,9 @@ struct Counters {
     checks_ok: AtomicU64,
     checks_failed: AtomicU64,
     transitions: AtomicU64,
+    /// The current run of probe results: `n > 0` successes or `-n` failures in a row (the
+    /// prober's `rise`/`fall` count, so that a reload's new prober resumes it).
+    streak: AtomicI64,
 }
 
 /// A consistent-enough view of one slot, for slow start and operators.
@@ -66,6 +69,8 @@ pub struct SlotView {
     pub checks_ok: u64,
     pub checks_failed: u64,
     pub transitions: u64,
+    /// Consecutive probe results: `n > 0` successes, `-n` failures.
+    pub streak: i64,
 }
 
 /// The health of every backend of the process, shared by all shards.
@@ -155,6 +160,7 @@ impl HealthBoard {
             checks_ok: c.checks_ok.load(Ordering::Relaxed),
             checks_failed: c.checks_failed.load(Ordering::Relaxed),
             transitions: c.transitions.load(Ordering::Relaxed),
+            streak: c.streak.load(Ordering::Relaxed),
         })
     }
 
@@ -189,7 +195,7 @@ impl HealthBoard {
 
     /// Copies backend `j` of `from` into slot `i` of this board, before it is published: a
     /// reload keeps the active-check state of backends that remain. The counters always; the
-    /// state and its timestamps only when `checked` (the backend's upstream still has a
+    /// state, its timestamps and the run of probe results only when `checked` (the backend's upstream still has a
     /// check): without one, nothing would ever change a copied Unhealthy again, and the
     /// backend stays at its built state (Unknown, usable).
     pub fn adopt(&self, i: usize, from: &HealthBoard, j: usize, checked: bool) {
@@ -204,17 +210,27 @@ impl HealthBoard {
                 .store(encode(view.changed_at), Ordering::Relaxed);
             s.ramp_ms.store(encode(view.ramp_from), Ordering::Relaxed);
             s.state.store(view.state.as_u8(), Ordering::Release);
+            c.streak.store(view.streak, Ordering::Relaxed);
         }
         c.checks_ok.store(view.checks_ok, Ordering::Relaxed);
         c.checks_failed.store(view.checks_failed, Ordering::Relaxed);
         c.transitions.store(view.transitions, Ordering::Relaxed);
     }
 
-    /// Counts one probe of backend `i` (prober only; off the request path).
+    /// Counts one probe of backend `i` and its run of equal results (prober only, one
+    /// thread per slot; off the request path).
     pub fn count_check(&self, i: usize, ok: bool) {
         if let Some(c) = self.counters.get(i) {
             let counter = if ok { &c.checks_ok } else { &c.checks_failed };
             counter.fetch_add(1, Ordering::Relaxed);
+            let run = c.streak.load(Ordering::Relaxed);
+            let run = match (ok, run) {
+                (true, n) if n > 0 => n.saturating_add(1),
+                (true, _) => 1,
+                (false, n) if n < 0 => n.saturating_sub(1),
+                (false, _) => -1,
+            };
+            c.streak.store(run, Ordering::Relaxed);
         }
     }
 
@@ -295,7 +311,9 @@ mod tests {
         b.count_check(0, false);
         b.count_check(9, false);
         let v = b.slot(0).unwrap();
-        assert_eq!((v.checks_ok, v.checks_failed), (1, 2));
+        assert_eq!((v.checks_ok, v.checks_failed, v.streak), (1, 2, -2));
+        b.count_check(0, true);
+        assert_eq!(b.slot(0).unwrap().streak, 1);
     }
 
     /// A reader thread that sees generation g also sees every slot published before it.

@@ -48,9 +48,9 @@ pub struct ProbeTarget {
     /// The upstream's `proxy_protocol`: probes start with the proxy's own header (v1
     /// `UNKNOWN`, v2 `LOCAL`), as a backend expecting one requires.
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
-    /// After a reload, the state the board carried over for this backend: probing resumes
-    /// from it (`None`: from the check's initial state, published at once).
-    pub resume: Option<Health>,
+    /// After a reload, the state and the run of probe results (see [`super::board::SlotView::streak`])
+    /// the board carried over for this backend: probing resumes from them (`None`: from the check's initial state, published at once).
+    pub resume: Option<(Health, i64)>,
 }
 
 /// A published transition, as reported on the events channel.
@@ -212,7 +212,7 @@ async fn probe_loop(
 ) {
     let spec = target.spec.clone();
     let mut state = match target.resume {
-        Some(h) => HealthState::resumed(h, spec.rise, spec.fall),
+        Some((h, streak)) => HealthState::resumed(h, streak, spec.rise, spec.fall),
         None => {
             let st = HealthState::new(spec.initial, spec.rise, spec.fall);
             // The board may have been created with another initial state: align it quietly.

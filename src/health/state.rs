@@ -132,11 +132,17 @@ impl HealthState {
         }
     }
 
-    /// A state that resumes from `health` (what the board showed before a reload), so the
-    /// next probes continue from it instead of from the configured initial state.
-    pub fn resumed(health: Health, rise: u32, fall: u32) -> HealthState {
+    /// A state that resumes from `health` and the run of probe results `streak` (`n > 0`
+    /// successes, `-n` failures in a row: what the board showed before a reload), so the
+    /// next probes continue from them instead of from the configured initial state. Counting
+    /// afresh, a reload more often than `rise × interval` (a DNS answer that keeps changing)
+    /// kept a recovered backend out for as long as the reloads went on.
+    pub fn resumed(health: Health, streak: i64, rise: u32, fall: u32) -> HealthState {
         let mut st = HealthState::new(InitialState::Unknown, rise, fall);
         st.probed = health;
+        let run = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+        st.successes = run(streak.max(0));
+        st.failures = run(streak.min(0).saturating_neg());
         st
     }
 
@@ -259,6 +265,46 @@ mod tests {
         run(&mut st, "+++");
         let t = st.observe(false).unwrap();
         assert_eq!(t.cause, Cause::Fall { failures: 1 });
+    }
+
+    /// A reload between any two probes changes nothing: a prober that resumes from what the
+    /// board recorded (state and run of results) makes the transitions one uninterrupted
+    /// prober makes. Every sequence up to length 8, rise and fall 1..=3, every split point.
+    #[test]
+    fn a_resumed_state_continues_the_run_of_results() {
+        use super::super::board::HealthBoard;
+        for (rise, fall) in (1..=3u32).flat_map(|r| (1..=3u32).map(move |f| (r, f))) {
+            for len in 0..=8u32 {
+                for bits in 0..(1u32 << len) {
+                    let ok = |k: u32| bits >> k & 1 == 1;
+                    let mut whole = HealthState::new(InitialState::Unhealthy, rise, fall);
+                    let want: Vec<_> = (0..len)
+                        .map(|k| whole.observe(ok(k)).map(|t| t.to))
+                        .collect();
+                    for split in 0..=len {
+                        let board = HealthBoard::new(&[Health::Unhealthy]);
+                        let mut st = HealthState::new(InitialState::Unhealthy, rise, fall);
+                        let mut got = Vec::new();
+                        for k in 0..len {
+                            if k == split {
+                                let v = board.slot(0).unwrap();
+                                st = HealthState::resumed(v.state, v.streak, rise, fall);
+                            }
+                            board.count_check(0, ok(k));
+                            let t = st.observe(ok(k)).map(|t| t.to);
+                            if let Some(to) = t {
+                                board.publish(0, to, std::time::Instant::now());
+                            }
+                            got.push(t);
+                        }
+                        assert_eq!(
+                            got, want,
+                            "rise {rise} fall {fall} bits {bits:b}/{len} split {split}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -105,6 +105,40 @@ both_engines! {
         assert_eq!(k.served() - before, 10, "the restarted backend is back in rotation: {served:?}");
     }
 
+    fn reloads_more_often_than_rise_probes_do_not_hold_a_backend_out(engine) {
+        // rise = 3 probes 10 s apart; each reload restarts the prober, whose first probe is
+        // at once (jitter 0). Three reloads, three good probes: the backend is in. (The
+        // restarted prober counted from zero, so a reload more often than rise × interval,
+        // a DNS answer that keeps changing say, kept it out for as long as they went on.)
+        let b = Origin::start("b");
+        let up = format!(
+            "{}\n[upstream.health_check]\ntype = \"tcp\"\ninterval = \"10s\"\ntimeout = \"1s\"\n\
+             rise = 3\nfall = 1\njitter = 0.0\ninitial = \"unhealthy\"\n",
+            backends(&[b.addr()])
+        );
+        let proxy = Proxy::start(&config(true, &up), engine);
+        let a = b.addr().to_string();
+        let ok = || {
+            let labels = [("upstream", "app"), ("backend", a.as_str()), ("result", "ok")];
+            metric(&proxy, "edgeshard_health_checks_total", &labels)
+        };
+        let wait_ok = |n: f64| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while ok() < n {
+                assert!(Instant::now() < deadline, "probe {n} never came");
+                thread::yield_now();
+            }
+        };
+        wait_ok(1.0);
+        for n in 2..=3 {
+            let r = admin_request(proxy.admin_addr(), "POST", "/reload", None);
+            assert_eq!(r.status, 200, "{}", r.body);
+            wait_ok(f64::from(n));
+        }
+        wait_transition(&proxy, b.addr(), "healthy", 1, Duration::from_secs(3));
+        assert_eq!(ok(), 3.0, "in after three good probes, not a fourth");
+    }
+
     fn initial_unhealthy_gets_no_traffic_until_rise_successes(engine) {
         let (a, sw_a) = switchable("a");
         let (b, sw_b) = switchable("b");
