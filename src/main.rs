@@ -548,6 +548,8 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     let dns_thread = edgeshard::dns::spawn(reloader.clone(), dns, dns_stop.clone())
         .context("cannot start the DNS thread")?;
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    // Start-up's token, kept for the life of the listener (a reload does not change it).
+    let admin_token = shared.config.admin.as_ref().and_then(|a| a.token.clone());
     let mut admin = match admin_listener {
         None => None,
         Some(l) => Some(
@@ -555,6 +557,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
                 l,
                 AdminState {
                     snapshot: published.clone(),
+                    token: admin_token,
                     shards: cpus
                         .iter()
                         .map(|&cpu| ShardMeta {

@@ -577,10 +577,12 @@ fn restart_only_changes(started: &Config, new: &Config) -> Vec<String> {
             ));
         }
     };
+    // The admin listener stays bound where it started, and so keeps start-up's token: a
+    // file that drops `[admin]` or its token must not open that address to anyone.
     differs(
-        "admin",
-        format!("{:?}", old.admin.as_ref().map(|a| a.address)),
-        format!("{:?}", new.admin.as_ref().map(|a| a.address)),
+        "admin (address, token)",
+        format!("{:?}", old.admin.as_ref().map(|a| (a.address, &a.token))),
+        format!("{:?}", new.admin.as_ref().map(|a| (a.address, &a.token))),
     );
     differs(
         "log.access",

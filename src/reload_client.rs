@@ -67,8 +67,8 @@ pub fn reload(
         }
         None if status == "401" => eprintln!(
             "reload: the admin API answered 401: {}. The running process checks the [admin] token \
-of the configuration in force (the file it last loaded): if the file's token changed since, pass \
-the one in force with --token",
+it started with (a reload does not change it): if the file's token changed since, pass the one in \
+force with --token (the new one takes effect at a restart or binary upgrade)",
             body.trim()
         ),
         None => eprintln!(

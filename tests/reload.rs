@@ -4,7 +4,8 @@
 //! among them, with no failed request, each reload in effect within a second and the pooled
 //! connections to the unchanged backend kept; an invalid file changes nothing and is
 //! reported with its key path; settings read at start only are reported against what the
-//! process runs. Listener changes: tests/reload_listeners.rs.
+//! process runs, and a file without the admin token does not turn the admin API's
+//! authentication off. Listener changes: tests/reload_listeners.rs.
 
 use crate::support::*;
 use std::net::SocketAddr;
@@ -400,6 +401,47 @@ both_engines! {
         let r = reload(&format!("[server]\nuser = \"root\"\n\n{base}"));
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(r.body.contains("server.user"), "{}", r.body);
+    }
+}
+
+both_engines! {
+    fn a_reload_keeps_the_admin_token_the_process_started_with(engine) {
+        // The admin socket stays bound where it started; a reloaded file that dropped the
+        // token (or all of `[admin]`) used to open it to anyone (found by a review).
+        let a = Origin::start("A");
+        let text = |admin: &str| {
+            format!(
+                "[[listener]]\naddress = \"127.0.0.1:0\"\n\n{admin}[[route]]\nupstream = \"u\"\n\n[[upstream]]\nname = \"u\"\nbackends = [{{ address = \"{}\" }}]\n",
+                a.addr()
+            )
+        };
+        let proxy = Proxy::start(
+            &text("[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n\n"),
+            engine,
+        );
+        let admin = proxy.admin_addr();
+        let drain = format!("/upstreams/u/backends/{}/drain", a.addr());
+        assert_eq!(admin_post(admin, &drain, None).status, 401);
+        for (what, section) in [
+            ("no token", format!("[admin]\naddress = \"{admin}\"\n\n")),
+            ("no [admin]", String::new()),
+            ("another token", format!("[admin]\naddress = \"{admin}\"\ntoken = \"other\"\n\n")),
+        ] {
+            std::fs::write(proxy.config_path(), text(&section)).unwrap();
+            let r = admin_post(admin, "/reload", Some("s3cret"));
+            assert_eq!(r.status, 200, "{what}: {}", r.body);
+            let notes = r.json()["not_applied"].to_string();
+            let d = admin_post(admin, &drain, None);
+            assert_eq!(d.status, 401, "{what}: a drain without the token: {}", d.body);
+            assert_eq!(admin_get(admin, "/metrics", Some("other")).status, 401, "{what}");
+            assert_eq!(admin_get(admin, "/metrics", Some("s3cret")).status, 200, "{what}");
+            // And the answer said the admin settings wait for a restart.
+            assert!(notes.contains("admin (address, token)"), "{what}: {}", r.body);
+        }
+        // Nothing was drained: the backend still answers.
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("reload.test", "/"));
+        assert_eq!(c.read_response().body_str(), "A");
     }
 }
 

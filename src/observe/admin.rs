@@ -43,6 +43,10 @@ pub struct ShardMeta {
 pub struct AdminState {
     /// The configuration snapshot in force, loaded by each request.
     pub snapshot: Arc<Published>,
+    /// `[admin] token` as the process started with it: the listener stays bound where it
+    /// started, so its token is start-up's too, whatever a reloaded file says (a file that
+    /// dropped it must not open a bound, maybe public, address to anyone).
+    pub token: Option<String>,
     pub shards: Vec<ShardMeta>,
     pub queries: Vec<mpsc::UnboundedSender<ShardQuery>>,
     pub started: Instant,
@@ -245,14 +249,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn authorized(state: &AdminState, auth: Option<&[u8]>) -> bool {
-    let Some(token) = &state
-        .snapshot
-        .load()
-        .config
-        .admin
-        .as_ref()
-        .and_then(|a| a.token.clone())
-    else {
+    let Some(token) = &state.token else {
         return true;
     };
     // RFC 9110 §11.1: the scheme is case-insensitive.
