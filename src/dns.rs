@@ -176,14 +176,27 @@ impl Dns {
         self.answers.retain(|h, _| names.contains(h));
     }
 
+    /// A reload was refused after [`Dns::ensure`]: `in_force` (the file's configuration in
+    /// force) stays, with its `[dns]` and its names; what was resolved for the refused file
+    /// is forgotten (kept, nobody would refresh it, and a later reload would take it stale).
+    pub fn refused(&mut self, in_force: &Config) {
+        self.configure(&in_force.dns);
+        self.track(in_force);
+    }
+
     /// `config` (the file's) with every name replaced by its last good answer.
     pub fn apply(&self, config: &Config) -> Config {
         config.with_resolved(|h| self.answers.get(h).map(|a| a.ips.clone()))
     }
 
-    /// When the next name is due (`None`: no names).
+    /// When the next name in force is due (`None`: no names). Only those: [`Dns::due`] takes
+    /// no other, so an answer of another name that fell due would be a wait of zero forever.
     pub fn next_due(&self) -> Option<Instant> {
-        self.answers.values().map(|a| a.due).min()
+        self.answers
+            .iter()
+            .filter(|(h, _)| self.names.contains(*h))
+            .map(|(_, a)| a.due)
+            .min()
     }
 
     /// The names due now, with what resolving them takes, for [`Due::resolve`] outside the
@@ -316,6 +329,9 @@ fn count(stats: &DnsStats, result: &Resolved) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// The shortest wait of the DNS thread between two rounds.
+const MIN_WAIT: Duration = Duration::from_millis(10);
+
 /// The DNS thread: sleeps until a name is due, resolves the names due (holding no lock while
 /// it waits on a server), and when an answer changed puts the new backend set in force
 /// through the reloader. Stops when `stop` is set (and the thread unparked), before the next
@@ -329,13 +345,13 @@ pub fn spawn(
         .name("dns".into())
         .spawn(move || loop {
             let next = lock(&dns).next_due();
+            // At least `MIN_WAIT` between rounds: should a name ever be due with nothing to
+            // take, the thread waits instead of spinning on the lock.
             let wait = next
                 .map(|t| t.saturating_duration_since(Instant::now()))
                 .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_secs(1));
-            if !wait.is_zero() {
-                std::thread::park_timeout(wait);
-            }
+                .clamp(MIN_WAIT, Duration::from_secs(1));
+            std::thread::park_timeout(wait);
             if stop.load(Ordering::Acquire) {
                 return;
             }
@@ -352,4 +368,37 @@ pub fn spawn(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(due: Instant) -> Answer {
+        Answer {
+            ips: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            due,
+        }
+    }
+
+    #[test]
+    fn only_names_in_force_are_due_and_a_refused_reload_forgets_its_answers() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"a.test:80\" }]\n";
+        let config = Config::parse(text, std::path::Path::new("edge.toml")).unwrap();
+        let mut dns = Dns::new(&config.dns, Arc::default());
+        dns.track(&config);
+        let later = Instant::now() + Duration::from_secs(3600);
+        dns.answers.insert("a.test".into(), answer(later));
+        // What a refused reload's `ensure` left: a name not in force, long due.
+        let past = Instant::now() - Duration::from_secs(1);
+        dns.answers.insert("b.test".into(), answer(past));
+        assert_eq!(dns.next_due(), Some(later), "only the name in force counts");
+        assert!(dns.due().is_none());
+        dns.refused(&config);
+        assert_eq!(
+            dns.answers.keys().collect::<Vec<_>>(),
+            ["a.test"],
+            "the refused file's answer is forgotten"
+        );
+    }
 }

@@ -301,10 +301,11 @@ impl Reloader {
         let tls = Arc::new(tls);
         let notes = restart_only_changes(&self.started, &config);
         // Host names: new ones are resolved now (one that does not resolve refuses the
-        // reload); the others keep their last good answer.
+        // reload); the others keep their last good answer. A refusal from here on forgets
+        // what was resolved for this file (`Dns::refused`).
         let mut dns = self.dns.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = dns.ensure(&config) {
-            dns.configure(&self.base.dns);
+            dns.refused(&self.base);
             return Err(ReloadError::Dns(e));
         }
         // Added listeners are bound last: a reload refused before binds nothing, and one
@@ -317,7 +318,7 @@ impl Reloader {
             {
                 Ok(o) => o,
                 Err(e) => {
-                    dns.configure(&self.base.dns);
+                    dns.refused(&self.base);
                     return Err(e.into());
                 }
             };

@@ -5,7 +5,8 @@
 //! (requests still reach B) and counts the failed resolutions. A name that gains an address
 //! keeps the pooled connection of the one that stays (applied like a reload); a name that does
 //! not resolve stops start-up, and refuses a reload without changing anything. An SRV name
-//! (`{ srv = "_http._tcp.NAME" }`) gives the port and follows its target's address.
+//! (`{ srv = "_http._tcp.NAME" }`) gives the port and follows its target's address. A
+//! reload refused after it resolved a new name leaves the DNS thread idle.
 //!
 //! dnsmasq needs a fixed port: the test binds 127.0.0.2:0 over UDP, reads the port the kernel
 //! chose, closes the socket and passes that port. Another process could take the port in
@@ -251,21 +252,48 @@ impl Drop for FakeDns {
     }
 }
 
-/// The answer to one query: its question, and for type A one record, 127.0.0.1, TTL 1 s.
+/// The answer to one query: its question, and for type A one record, 127.0.0.1, TTL 1 s; a
+/// name with a `missing` label does not exist (NXDOMAIN).
 fn dns_answer(q: &[u8]) -> Option<Vec<u8>> {
     let mut at = 12;
+    let mut missing = false;
     while *q.get(at)? != 0 {
-        at += 1 + usize::from(q[at]);
+        let len = usize::from(q[at]);
+        missing |= q.get(at + 1..at + 1 + len)? == b"missing";
+        at += 1 + len;
     }
     let qtype = u16::from_be_bytes([*q.get(at + 1)?, *q.get(at + 2)?]);
     let question = q.get(12..at + 5)?;
-    let a = qtype == 1;
-    let mut r = vec![q[0], q[1], 0x81, 0x80, 0, 1, 0, u8::from(a), 0, 0, 0, 0];
+    let a = qtype == 1 && !missing;
+    let rcode = if missing { 0x83 } else { 0x80 };
+    let mut r = vec![q[0], q[1], 0x81, rcode, 0, 1, 0, u8::from(a), 0, 0, 0, 0];
     r.extend_from_slice(question);
     if a {
         r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4, 127, 0, 0, 1]);
     }
     Some(r)
+}
+
+/// The CPU time (clock ticks, user and system) the `dns` thread of process `pid` has used.
+fn dns_thread_ticks(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the proxy's threads");
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // `TID (COMM) STATE ...`: utime and stime are the 12th and 13th fields after COMM.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if head.ends_with("(dns") {
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            return f.iter().sum();
+        }
+    }
+    panic!("process {pid} has no dns thread");
 }
 
 both_engines! {
@@ -410,5 +438,63 @@ both_engines! {
         let status = proxy.wait_exit(Duration::from_secs(30));
         assert_eq!(status.code(), Some(0), "{}", proxy.output());
         assert!(t.elapsed() < quick, "stopped {:?} after SIGTERM", t.elapsed());
+    }
+}
+
+both_engines! {
+    fn a_refused_reload_leaves_the_dns_thread_idle(engine) {
+        // A reload refused after it had resolved a new name (another name does not resolve,
+        // or an added listener's port is taken) kept that answer, which nothing refreshed:
+        // once its TTL passed, the DNS thread found it due forever and spun at 100 % CPU
+        // (found by a review).
+        let origin = Origin::start("o");
+        let dns = FakeDns::start();
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let file = |extra_listener: &str, backends: &str| {
+            format!(
+                "[[listener]]\naddress = \"127.0.0.1:0\"\n{extra_listener}[admin]\naddress = \"127.0.0.1:0\"\n\
+                 [dns]\nservers = [\"{}\"]\nmin_ttl = \"100ms\"\nmax_ttl = \"1s\"\n\
+                 [[route]]\nupstream = \"app\"\n[[upstream]]\nname = \"app\"\nbackends = [{backends}]\n",
+                dns.addr
+            )
+        };
+        let port = origin.addr().port();
+        let good = file("", &format!("{{ address = \"{NAME}:{port}\" }}"));
+        let proxy = Proxy::start(&good, engine);
+        assert_eq!(backend_of(&proxy).as_deref(), Some("o"), "{}", proxy.output());
+        let new_name = format!("{{ address = \"{NAME}:{port}\" }}, {{ address = \"new.edgeshard.test:{port}\" }}");
+        // Refused on a name that does not resolve, then on a port that is taken; each after
+        // `new.edgeshard.test` was resolved.
+        let refusals = [
+            (
+                file("", &format!("{new_name}, {{ address = \"missing.edgeshard.test:{port}\" }}")),
+                "missing.edgeshard.test",
+            ),
+            (
+                file(
+                    &format!("[[listener]]\naddress = \"{}\"\n", taken.local_addr().unwrap()),
+                    &new_name,
+                ),
+                "listener[1].address",
+            ),
+        ];
+        for (text, why) in refusals {
+            std::fs::write(proxy.config_path(), text).unwrap();
+            let r = admin_request(proxy.admin_addr(), "POST", "/reload", None);
+            assert_eq!(r.status, 422, "{}", r.body);
+            assert!(r.body.contains(why), "{why}: {}", r.body);
+        }
+        let refused = Instant::now();
+        // The refused file's answer (TTL at most 1 s) is due from a second on. Measured over
+        // two seconds after that (a measurement window, not a synchronisation): the thread
+        // re-resolves the one name in force about twice, a few ticks at most; a spinning
+        // thread takes most of a core (100 ticks a second).
+        wait_until(refused + Duration::from_millis(1500));
+        let before = dns_thread_ticks(proxy.pid());
+        wait_until(refused + Duration::from_millis(3500));
+        let used = dns_thread_ticks(proxy.pid()) - before;
+        eprintln!("dns: the thread used {used} ticks in the 2 s after the refused reloads");
+        assert!(used < 30, "the dns thread used {used} ticks in 2 s after a refused reload");
+        assert_eq!(backend_of(&proxy).as_deref(), Some("o"), "{}", proxy.output());
     }
 }
