@@ -486,6 +486,42 @@ fn check_rejects_bad_size() {
 }
 
 #[test]
+fn check_refuses_a_backend_listed_twice_in_one_upstream() {
+    // Accepted before: a drain took the first copy only, the metrics had each series twice
+    // and the copies shared one counter after a reload (found by a review).
+    let hash = "backends = [{ address = \"127.0.0.1:9004\" }, { address = \"127.0.0.1:9005\" }]";
+    assert!(good().contains(hash));
+    let twice = |backends: &str| good().replace(hash, &format!("backends = [{backends}]"));
+    let out = expect_error(
+        &twice("{ address = \"127.0.0.1:9004\" }, { address = \"127.0.0.1:9005\" }, { address = \"127.0.0.1:9004\", weight = 2 }"),
+        &["upstream[2].backends[2].address: 127.0.0.1:9004 is listed twice", "backends[0]"],
+    );
+    assert!(
+        lines_with(&out, &["listed twice"])
+            .iter()
+            .all(|l| l.contains(".toml: ")),
+        "{out}"
+    );
+    // A host name (case and a final dot aside) and an SRV name, likewise.
+    expect_error(
+        &twice("{ address = \"web.internal:9004\" }, { address = \"Web.Internal.:9004\" }"),
+        &[
+            "upstream[2].backends[1].address: web.internal:9004 is listed twice",
+            "backends[0]",
+        ],
+    );
+    expect_error(
+        &twice("{ srv = \"_http._tcp.web.internal\" }, { address = \"127.0.0.1:9004\" }, { srv = \"_http._tcp.web.internal\" }"),
+        &["upstream[2].backends[2].srv", "listed twice", "backends[0]"],
+    );
+    // The same address in two upstreams, or a name on another port, is fine.
+    let (code, out) = run_check(&twice(
+        "{ address = \"127.0.0.1:9003\" }, { address = \"web.internal:9004\" }, { address = \"web.internal:9005\" }",
+    ));
+    assert_eq!(code, Some(0), "{out}");
+}
+
+#[test]
 fn check_reports_each_undefined_upstream_on_its_own_line() {
     let cfg = good()
         .replace("upstream = \"web\"\n", "upstream = \"nope1\"\n")

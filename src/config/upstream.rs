@@ -2,7 +2,7 @@
 //! [`UpstreamConfig`]s, each backend an IP address or a name the resolver follows
 //! (`dns.rs`), with its balancing, TLS, PROXY protocol, pool and resilience settings.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -61,6 +61,25 @@ pub(super) fn upstreams(
         }
         let mut backends = Vec::new();
         let mut named = Vec::new();
+        // Each backend (address, host name and port, or SRV name) once per upstream: two
+        // copies of one address are one backend to the admin API (a drain takes the first
+        // only) and to the metrics (duplicate series), and share its counters after a
+        // reload. A higher weight sends it more.
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut once = |c: &mut Checker, at: String, what: String, j: usize| {
+            match seen.get(&what)
+        {
+            Some(first) => c.err(
+                at,
+                format!(
+                    "{what} is listed twice in this upstream (also backends[{first}]): list it once, with a higher weight to send it more"
+                ),
+            ),
+            None => {
+                seen.insert(what, j);
+            }
+        }
+        };
         for (j, b) in u.backends.iter().enumerate() {
             let bpath = format!("{path}.backends[{j}]");
             let weight = b.weight.unwrap_or(1);
@@ -85,8 +104,10 @@ pub(super) fn upstreams(
                 }
                 (None, Some(srv)) => {
                     if valid_host(srv) && srv.starts_with('_') {
+                        let host = srv.trim_end_matches('.').to_ascii_lowercase();
+                        once(c, format!("{bpath}.srv"), format!("SRV name {host}"), j);
                         named.push(NamedBackend {
-                            host: srv.trim_end_matches('.').to_ascii_lowercase(),
+                            host,
                             port: 0,
                             weight,
                             backup,
@@ -105,6 +126,7 @@ pub(super) fn upstreams(
                 (Some(a), None) => a,
             };
             if let Some((host, port)) = host_port(address) {
+                once(c, format!("{bpath}.address"), format!("{host}:{port}"), j);
                 named.push(NamedBackend {
                     host,
                     port,
@@ -116,6 +138,7 @@ pub(super) fn upstreams(
                 .backend_address(&format!("{bpath}.address"), address)
                 .and_then(|a| c.connectable(&format!("{bpath}.address"), a))
             {
+                once(c, format!("{bpath}.address"), address.to_string(), j);
                 backends.push(BackendConfig {
                     address,
                     weight,
