@@ -522,6 +522,24 @@ fn check_refuses_a_backend_listed_twice_in_one_upstream() {
 }
 
 #[test]
+fn check_refuses_a_route_named_as_the_unrouted_label() {
+    // `route="none"` labels the requests that matched no route: a route of that name had
+    // its series twice in /metrics (found by a review).
+    let cfg = good().replace("name = \"exact\"", "name = \"none\"");
+    assert_ne!(cfg, good());
+    let out = expect_error(&cfg, &["route[1].name", "\"none\" is reserved"]);
+    assert!(
+        lines_with(&out, &["reserved"])
+            .iter()
+            .all(|l| l.contains(".toml: ")),
+        "{out}"
+    );
+    // Another spelling is another label, and fine.
+    let (code, out) = run_check(&good().replace("name = \"exact\"", "name = \"None\""));
+    assert_eq!(code, Some(0), "{out}");
+}
+
+#[test]
 fn check_reports_each_undefined_upstream_on_its_own_line() {
     let cfg = good()
         .replace("upstream = \"web\"\n", "upstream = \"nope1\"\n")

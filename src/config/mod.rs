@@ -16,6 +16,10 @@ use std::time::Duration;
 /// (loadtest/results/2026-12-03-vm/pool-default.md); `idle_timeout` closes what a burst left.
 pub const DEFAULT_MAX_IDLE_PER_BACKEND: usize = 1024;
 
+/// The `route` label of requests that matched no route (or were refused before routing):
+/// reserved, no route may be named so.
+pub const NO_ROUTE: &str = "none";
+
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {
@@ -639,7 +643,14 @@ impl Config {
                 }
                 None => format!("route{i}"),
             };
-            if !route_names.insert(name.clone()) {
+            if name == NO_ROUTE {
+                // The metrics' label of requests that matched no route: a route of that name
+                // would share its series.
+                c.err(
+                    format!("{path}.name"),
+                    format!("{name:?} is reserved: the metrics label requests that matched no route route=\"{NO_ROUTE}\"; choose another name"),
+                );
+            } else if !route_names.insert(name.clone()) {
                 c.err(
                     format!("{path}.name"),
                     format!("route name {name:?} is used twice (metrics would mix them)"),

@@ -300,7 +300,11 @@ pub fn render(
     );
     let _ = writeln!(o, "edgeshard_requests_total {}", all.requests);
     family(&mut o, "edgeshard_route_requests_total", "counter", "Requests by route and the status class the client got; class=\"aborted\" when it got none.");
-    let route_name = |i: usize| cfg.routes.get(i).map_or("none", |r| r.name.as_str());
+    let route_name = |i: usize| {
+        cfg.routes
+            .get(i)
+            .map_or(crate::config::NO_ROUTE, |r| r.name.as_str())
+    };
     for (i, r) in all.routes.iter().enumerate() {
         let route = esc(route_name(i));
         for (c, n) in CLASSES.iter().zip(r.status) {
