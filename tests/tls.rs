@@ -126,6 +126,30 @@ both_engines! {
         assert_eq!(m.value("edgeshard_tls_handshakes_total", &[("kind", "full")]), 6.0);
     }
 
+    fn a_certificate_name_is_escaped_in_the_metrics(engine) {
+        // The name went into a label as the certificate wrote it: a `"` or `\` in it made the
+        // whole of /metrics unparsable, every family lost to the scrape (found by a review).
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("tls-metrics-name");
+        let (cert, key) = write_leaf(&dir, "odd", &ca.leaf_by_cn("Acme \"edge\" \\ cert\r"));
+        let origin = Origin::start("origin");
+        let proxy = Config::single(origin.addr())
+            .only_listener(&tls_listener(&[(&cert, &key)], ""))
+            .admin("")
+            .start(engine);
+        // `scrape` parses with prometheus_client, as Prometheus would, and checks each line.
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(
+            m.label_values("edgeshard_tls_certificate_expiry_seconds", "name"),
+            ["acme \"edge\" \\ cert\u{fffd}"],
+            "the name, escaped (a control character as U+FFFD)"
+        );
+        assert_eq!(
+            m.label_values("edgeshard_tls_certificate_reloads_total", "listener"),
+            ["listener[0].tls"]
+        );
+    }
+
     fn old_versions_and_weak_suites_are_refused(engine) {
         let Site { ca: _ca, dir: _dir, ca_file: _ca_file, origin: _origin, config } = site("versions", "");
         let proxy = config.start(engine);

@@ -51,14 +51,17 @@ pub struct ProcessInfo<'a> {
     pub shards: Vec<(usize, bool)>,
 }
 
-/// A label value escaped for the exposition format.
-fn esc(v: &str) -> String {
+/// A label value escaped for the exposition format (every family's, TLS's too): `\`, `"`
+/// and a line feed escaped; another control character, which the format has no escape for
+/// and parsers may refuse, is written as U+FFFD.
+pub(crate) fn esc(v: &str) -> String {
     let mut s = String::with_capacity(v.len());
     for c in v.chars() {
         match c {
             '\\' => s.push_str("\\\\"),
             '"' => s.push_str("\\\""),
             '\n' => s.push_str("\\n"),
+            c if c.is_control() => s.push('\u{FFFD}'),
             c => s.push(c),
         }
     }

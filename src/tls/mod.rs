@@ -265,8 +265,10 @@ impl TlsListeners {
             .ok()
     }
 
-    /// Process-wide TLS families: certificate expiry and reload results.
+    /// Process-wide TLS families: certificate expiry and reload results. Label values are
+    /// escaped as every family's are: a certificate's name is whatever its file says.
     pub fn render(&self, o: &mut String) {
+        use crate::observe::metrics::esc;
         use std::fmt::Write;
         if !self.any() {
             return;
@@ -278,8 +280,8 @@ impl TlsListeners {
                 let _ = writeln!(
                     o,
                     "edgeshard_tls_certificate_expiry_seconds{{certificate=\"{}\",name=\"{}\"}} {}",
-                    c.key_path,
-                    c.names.first().map_or("", String::as_str),
+                    esc(&c.key_path),
+                    esc(c.names.first().map_or("", String::as_str)),
                     c.not_after - now
                 );
             }
@@ -290,9 +292,9 @@ impl TlsListeners {
             let _ = writeln!(
                 o,
                 "edgeshard_tls_certificate_reloads_total{{listener=\"{}\",result=\"ok\"}} {}\nedgeshard_tls_certificate_reloads_total{{listener=\"{}\",result=\"failed\"}} {}",
-                l.key_path,
+                esc(&l.key_path),
                 l.store.reloads_ok.load(Relaxed),
-                l.key_path,
+                esc(&l.key_path),
                 l.store.reloads_failed.load(Relaxed)
             );
         }

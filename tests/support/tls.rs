@@ -95,6 +95,13 @@ impl TestCa {
         self.sign(params)
     }
 
+    /// A server certificate with no SAN, named only by its subject's common name `cn`.
+    pub fn leaf_by_cn(&self, cn: &str) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        self.sign(params)
+    }
+
     /// A client certificate with this common name and organisation.
     pub fn client(&self, cn: &str, org: &str) -> Leaf {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
