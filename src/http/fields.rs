@@ -29,9 +29,10 @@ pub fn forwarding_claim(name: &[u8]) -> bool {
     // The other names proxies and CDNs give the client's address, the URL overrides some
     // servers route by (IIS URL Rewrite, older Symfony and Zend: `X-Original-URL: /admin`),
     // and the host overrides some build links from (`X-Host`, IIS ARR's `X-Original-Host`).
-    const CLAIMS: [&[u8]; 5] = [
+    const CLAIMS: [&[u8]; 6] = [
         b"forwarded",
         b"x-original-url",
+        b"x-original-uri",
         b"x-rewrite-url",
         b"x-host",
         b"x-original-host",
@@ -42,15 +43,25 @@ pub fn forwarding_claim(name: &[u8]) -> bool {
 }
 
 /// The forwarding claims that name the client's address (besides `X-Forwarded-For`), as
-/// proxies and CDNs send them.
+/// proxies and CDNs send them, and as "client IP" code reads them (PHP's `HTTP_CLIENT_IP`
+/// and `HTTP_X_FORWARDED` are the usual first choices).
 pub fn client_address_claim(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 6] = [
+    const NAMES: [&[u8]; 15] = [
         b"x-real-ip",
         b"true-client-ip",
         b"x-client-ip",
         b"x-cluster-client-ip",
         b"cf-connecting-ip",
+        b"cf-connecting-ipv6",
         b"fastly-client-ip",
+        b"client-ip",
+        b"x-forwarded",
+        b"forwarded-for",
+        b"x-originating-ip",
+        b"x-remote-ip",
+        b"x-remote-addr",
+        b"x-proxyuser-ip",
+        b"x-envoy-external-address",
     ];
     NAMES.iter().any(|n| same_field(name, n))
 }
@@ -155,9 +166,18 @@ mod tests {
             &b"Accept-Language"[..],
             b"Proxy-Authorization",
             b"Cookie",
-            b"X-Forwarded",
+            b"X-Forwarded-",
         ] {
             assert!(!written_by_proxy(name), "{}", String::from_utf8_lossy(name));
+        }
+        // The other client-address claims "client IP" code reads.
+        for name in [
+            &b"Client-IP"[..],
+            b"X_Forwarded",
+            b"X-Original-URI",
+            b"x-envoy-external-address",
+        ] {
+            assert!(forwarding_claim(name), "{}", String::from_utf8_lossy(name));
         }
         assert!(same_field(b"X_Client_Subject", b"x-client-subject"));
         assert!(method_override(b"X_HTTP_Method_Override") && method_override(b"x-http-method"));
