@@ -324,7 +324,14 @@ pub fn valid_authority(host: &[u8]) -> bool {
         Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
         Some(_) => false,
     };
-    port_ok && !name.contains(&b'[') && !name.contains(&b']')
+    // A name of labels: no empty one (`a..b`, `.a`; one trailing dot is the root's and is
+    // dropped at lookup), and no escape (`app.exampl%65`, which no DNS name has and a WHATWG
+    // URL parser decodes to the `app.example` the routes would have matched), as nginx
+    // refuses them.
+    let labels_ok = name.first() != Some(&b'.')
+        && !name.windows(2).any(|w| w == b"..")
+        && !name.contains(&b'%');
+    port_ok && labels_ok && !name.contains(&b'[') && !name.contains(&b']')
 }
 
 /// The bytes [`valid_authority`] allows, as a table: searching the punctuation list for each
@@ -489,6 +496,8 @@ upstream = "u"
             b"a.example:",
             b"[::ffff:127.0.0.1]",
             b"127.0.0.1:8080",
+            b"a.example.",
+            b"a.example.:80",
         ] {
             assert!(valid_authority(ok), "{:?}", String::from_utf8_lossy(ok));
         }
@@ -507,6 +516,11 @@ upstream = "u"
             b"[::1]:80:1",
             b"a[::1]",
             b"[g::1]",
+            // Empty labels and escapes, which would miss the routes of the name they spell.
+            b"app.exampl%65",
+            b"app.example..",
+            b".app.example",
+            b"a..example:80",
         ] {
             assert!(!valid_authority(bad), "{:?}", String::from_utf8_lossy(bad));
         }

@@ -101,6 +101,11 @@ both_engines! {
             b"GET /public\\..\\admin/x HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET /\\admin/x HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n",
+            // Names that miss their routes here and are `app.example` to a WHATWG URL parser,
+            // or have an empty label (nginx refuses both).
+            b"GET / HTTP/1.1\r\nHost: app.exampl%65\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: app.example..\r\n\r\n",
+            b"GET http://.app.example/ HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             let mut c = Client::connect(proxy.addr());
             c.send(raw);
