@@ -537,6 +537,13 @@ fn check_refuses_a_route_named_as_the_unrouted_label() {
     // Another spelling is another label, and fine.
     let (code, out) = run_check(&good().replace("name = \"exact\"", "name = \"None\""));
     assert_eq!(code, Some(0), "{out}");
+    // `-` is what the access log writes for no route or no upstream.
+    let cfg = good().replace("name = \"exact\"", "name = \"-\"");
+    expect_error(&cfg, &["route[1].name", "\"-\" is reserved", "access log"]);
+    let cfg = good()
+        .replace("name = \"web\"", "name = \"-\"")
+        .replace("upstream = \"web\"", "upstream = \"-\"");
+    expect_error(&cfg, &[".name", "\"-\" is reserved", "access log"]);
 }
 
 #[test]

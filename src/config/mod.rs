@@ -20,6 +20,10 @@ pub const DEFAULT_MAX_IDLE_PER_BACKEND: usize = 1024;
 /// reserved, no route may be named so.
 pub const NO_ROUTE: &str = "none";
 
+/// What the access log writes for a request's route or upstream when it had none (nginx's
+/// `-`): reserved, no route or upstream may be named so.
+pub const LOG_NONE: &str = "-";
+
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {
@@ -643,7 +647,12 @@ impl Config {
                 }
                 None => format!("route{i}"),
             };
-            if name == NO_ROUTE {
+            if name == LOG_NONE {
+                c.err(
+                    format!("{path}.name"),
+                    format!("{name:?} is reserved: the access log writes route={LOG_NONE} for requests that matched no route; choose another name"),
+                );
+            } else if name == NO_ROUTE {
                 // The metrics' label of requests that matched no route: a route of that name
                 // would share its series.
                 c.err(

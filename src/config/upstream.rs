@@ -37,6 +37,11 @@ pub(super) fn upstreams(
                     u.name
                 ),
             );
+        } else if u.name == super::LOG_NONE {
+            c.err(
+                format!("{path}.name"),
+                format!("{:?} is reserved: the access log writes upstream={} for requests that went to no upstream; choose another name", u.name, super::LOG_NONE),
+            );
         } else if !names.insert(u.name.clone()) {
             c.err(
                 format!("{path}.name"),

@@ -457,9 +457,9 @@ fn combined_line(buf: &mut Vec<u8>, time: &str, req: &RequestFields, out: &Outco
         None => buf.push(b'-'),
     }
     buf.extend_from_slice(b" route=");
-    buf.extend_from_slice(out.route.unwrap_or("-").as_bytes());
+    buf.extend_from_slice(out.route.unwrap_or(crate::config::LOG_NONE).as_bytes());
     buf.extend_from_slice(b" upstream=");
-    buf.extend_from_slice(out.upstream.unwrap_or("-").as_bytes());
+    buf.extend_from_slice(out.upstream.unwrap_or(crate::config::LOG_NONE).as_bytes());
     buf.extend_from_slice(b" backend=");
     match out.backend {
         Some(a) => {
