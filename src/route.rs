@@ -196,7 +196,22 @@ pub fn routing_input<'b>(
         .next()
         .unwrap_or(target.path);
     let path = normalize_path(raw);
-    (valid_authority(host) && !has_dot_segment(&path)).then_some((host, path))
+    let routable =
+        valid_authority(host) && !has_dot_segment(&path) && !param_hides_separator(&path);
+    routable.then_some((host, path))
+}
+
+/// A `;` path parameter holding an encoded slash or backslash (`/;%2Fx/admin/`): Tomcat and
+/// Jetty drop the parameter, escape and all, before decoding (`//admin/`), a decoding backend
+/// reads the escape as `/` (`/;/x/admin/`), and no one comparison stands for both, so such a
+/// path is refused (`400`), as a dot segment is.
+fn param_hides_separator(path: &[u8]) -> bool {
+    path.contains(&b';')
+        && path.split(|&b| b == b'/').any(|seg| {
+            seg.iter()
+                .position(|&b| b == b';')
+                .is_some_and(|i| seg[i..].windows(3).any(encoded_separator))
+        })
 }
 
 /// The path routes are matched on: percent-encoded unreserved characters decoded (RFC 3986
@@ -254,12 +269,15 @@ pub fn match_path(normalized: &[u8]) -> Cow<'_, [u8]> {
     let mut i = 0;
     let mut in_params = false;
     while i < normalized.len() {
+        let raw = normalized[i];
         let (b, step) = match normalized.get(i..i + 3) {
             Some(w) if slash(w) => (b'/', 3),
-            _ => (normalized[i], 1),
+            _ => (raw, 1),
         };
         i += step;
-        in_params = b == b';' || (in_params && b != b'/');
+        // A parameter runs to the next literal `/`, as Tomcat reads it (one holding an
+        // encoded one is refused before: [`param_hides_separator`]).
+        in_params = raw == b';' || (in_params && raw != b'/');
         let doubled = b == b'/' && out.last() == Some(&b'/');
         if !in_params && !doubled {
             out.push(b);
@@ -268,12 +286,17 @@ pub fn match_path(normalized: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-/// The path a configured `path` or `path_prefix` of `p` is compared as: requests' paths go
-/// through [`normalize_path`] and [`match_path`], so a route written any other way (`/%7Eb/`,
-/// `//x/`, `/a;b`) would never match one. `None` for a path that no routed request has: one
-/// with a query or fragment mark, or a dot segment (refused with `400`).
-pub fn routed_path(p: &str) -> Option<String> {
-    if p.contains(['?', '#']) || has_dot_segment(p.as_bytes()) {
+/// The path a configured `path` or `path_prefix` (`prefix`) of `p` is compared as: requests'
+/// paths go through [`normalize_path`] and [`match_path`], so a route written any other way
+/// (`/%7Eb/`, `//x/`, `/a;b`) would never match one. `None` for a path that no routed request
+/// has: one with a query or fragment mark, or a dot segment (refused with `400`); a prefix's
+/// last, unfinished segment is no segment yet (`path_prefix = "/."` matches `/.env`).
+pub fn routed_path(p: &str, prefix: bool) -> Option<String> {
+    let whole = match p.rfind('/') {
+        Some(i) if prefix => &p[..=i],
+        _ => p,
+    };
+    if p.contains(['?', '#']) || has_dot_segment(whole.as_bytes()) {
         return None;
     }
     let seen = match_path(&normalize_path(p.as_bytes())).into_owned();
@@ -619,7 +642,7 @@ upstream = "u"
             assert_eq!(got, Some(0), "{raw}");
         }
         // Path parameters, as Tomcat, Jetty and Spring strip them: the `/admin/` route's.
-        for raw in ["/admin;x/y", "/admin;/y", "/admin;a=b;c/", "/admin;x%2Fy"] {
+        for raw in ["/admin;x/y", "/admin;/y", "/admin;a=b;c/"] {
             let path = normalize_path(raw.as_bytes());
             let got = t
                 .find(b"a", &match_path(&path), b"GET", |_| None)
@@ -627,6 +650,16 @@ upstream = "u"
             assert_eq!(got, Some(0), "{raw}");
         }
         assert_eq!(&match_path(b"/admin;")[..], b"/admin");
+        // A parameter runs to the next literal `/`, escapes and all (Tomcat's reading).
+        assert_eq!(&match_path(b"/admin;x%2Fy/z")[..], b"/admin/z");
+        // ... and one that holds an encoded separator is refused: Tomcat drops it, a
+        // decoding backend reads a `/` in it.
+        for refused in ["/;%2Fx/admin/secret", "/api/;%5Cx/admin/k", "/a;b%2f"] {
+            assert!(param_hides_separator(refused.as_bytes()), "{refused}");
+        }
+        for fine in ["/a%2Fb;c/d", "/a;b/%2Fc", "/a;b"] {
+            assert!(!param_hides_separator(fine.as_bytes()), "{fine}");
+        }
         assert_eq!(&match_path(b"/a;x/b;y/c")[..], b"/a/b/c");
         assert!(matches!(match_path(b"/a/b%20c"), Cow::Borrowed(_)));
         assert_eq!(&match_path(b"/g%2Fp%2F/x")[..], b"/g/p/x");

@@ -191,6 +191,10 @@ both_engines! {
             "/x/..%5Cadmin",
             "/x%5C..%5Cadmin",
             "/x/%2e%2e%5cadmin",
+            // A path parameter with an encoded slash: `//admin/secret` to Tomcat, which
+            // drops the parameter before decoding; `/;/x/admin/secret` to a decoding one.
+            "/;%2Fx/admin/secret",
+            "/api/;%5Cx/admin/k",
         ] {
             let mut c = Client::connect(proxy.addr());
             c.send(&get("example.com", target));

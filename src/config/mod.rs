@@ -584,13 +584,15 @@ impl Config {
                     );
                     PathMatch::Any
                 }
-                (Some(p), None) | (None, Some(p)) if routed_path(p).as_deref() != Some(p) => {
+                (Some(p), None) | (None, Some(p))
+                    if routed_path(p, r.path_prefix.is_some()).as_deref() != Some(p) =>
+                {
                     let key = if r.path.is_some() {
                         "path"
                     } else {
                         "path_prefix"
                     };
-                    let why = match routed_path(p) {
+                    let why = match routed_path(p, r.path_prefix.is_some()) {
                         Some(seen) => format!("requests are compared as {seen:?} (escapes of unreserved characters decoded, runs of '/' merged, %2F and %5C read as '/', ';' parameters removed), so {p:?} never matches; write {seen:?}"),
                         None => format!("{p:?} holds a '?', a '#' or a dot segment, which no routed request path has"),
                     };

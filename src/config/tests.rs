@@ -200,15 +200,19 @@ fn route_values_no_request_could_match_are_refused() {
             "route[0].path_prefix",
             "dot segment",
         ),
+        ("path = \"/.\"", "route[0].path", "dot segment"),
     ] {
         let err = parse(&text(field)).unwrap_err();
         assert_eq!(err.issues[0].path, key, "{field}: {err}");
         assert!(err.issues[0].message.contains(hint), "{field}: {err}");
     }
+    // A prefix's last segment is unfinished: "/." is the usual "hidden files" prefix.
     for field in [
         "host = \"a.example\"",
         "path_prefix = \"/~bob/\"",
         "path = \"/a%20b\"",
+        "path_prefix = \"/.\"",
+        "path_prefix = \"/static/.\"",
     ] {
         parse(&text(field)).unwrap_or_else(|e| panic!("{field}: {e}"));
     }
