@@ -119,10 +119,12 @@ impl ShardBalancer {
     }
 
     /// Runs `f`'s picks aside from the rotation: the cursors and the smooth-weighted state are
-    /// as before it afterwards (random draws still advance the generator). For a second pick
-    /// of one request (a retry or connect failover, or slow start's pick without the ramping
-    /// backend): committed, it moved the cursor back onto the member the first pick had just
-    /// passed, so a backend that failed every request got every next first try.
+    /// as before it afterwards (random draws still advance the generator), and round robin
+    /// and weighted picks are (weighted) random draws among the usable members. For a second
+    /// pick of one request (a retry or connect failover, or slow start's pick without the
+    /// ramping backend): committed, it moved the cursor back onto the member the first pick
+    /// had just passed, so a backend that failed every request got every next first try; and
+    /// from the cursor, all of a failing member's retries went to the member after it.
     pub fn aside<R>(&mut self, f: impl FnOnce(&mut ShardBalancer) -> R) -> R {
         let cursor = self.cursor;
         self.commit = false;
@@ -223,6 +225,10 @@ impl ShardBalancer {
             return None;
         }
         match (table.algorithm, key) {
+            // A pick aside draws among the usable members: from the cursor, every retry of
+            // a failing member (or re-pick of a ramping one) went to the member after it.
+            (Algorithm::RoundRobin, _) if !self.commit => self.uniform(tier, usable),
+            (Algorithm::Weighted, _) if !self.commit => self.random(tier, usable),
             (Algorithm::RoundRobin, _) => self.round_robin(tier, t, usable),
             (Algorithm::Weighted, _) => self.weighted(tier, t, usable),
             (Algorithm::Random, _) => self.random(tier, usable),
@@ -337,6 +343,22 @@ impl ShardBalancer {
         let b = best?;
         self.current[b] -= total;
         Some(b)
+    }
+
+    /// One of the usable members, each as likely; weights ignored (round robin's picks aside).
+    fn uniform<F: Fn(usize) -> bool>(&mut self, tier: &Tier, usable: &F) -> Option<usize> {
+        let members = || {
+            tier.members
+                .iter()
+                .map(|&m| m as usize)
+                .filter(|&m| usable(m))
+        };
+        let n = members().count() as u64;
+        if n == 0 {
+            return None;
+        }
+        let k = below(self.next_u64(), n);
+        members().nth(usize::try_from(k).unwrap_or(0))
     }
 
     /// Weighted random: [`RANDOM_TRIES`] draws, then one draw among the usable members.

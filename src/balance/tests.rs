@@ -179,6 +179,28 @@ fn picks_aside_leave_the_rotation_alone() {
             assert_ne!(again, b, "an aside pick honours its filter");
         }
     }
+    // Aside picks spread over the others: member 0 of three fails every try, and its
+    // retries go to 1 and 2 alike (from the cursor, all went to 1). Tolerance: 3,000 draws
+    // of a fair coin, within 10 % of 1,500.
+    for alg in [Algorithm::RoundRobin, Algorithm::Weighted] {
+        let ms = members(&[1, 1, 1]);
+        let s = spec(alg);
+        let table = Table::build(&s, &ms);
+        let mut b = ShardBalancer::new(&s, &ms, 0);
+        let mut retries = [0usize; 3];
+        for _ in 0..9_000 {
+            if b.pick(&table, None, |_| true) == Some(0) {
+                let m = b.aside(|bal| bal.pick(&table, None, |m| m != 0)).unwrap();
+                retries[m] += 1;
+            }
+        }
+        assert_eq!(retries[0], 0);
+        assert!(
+            (1_350..=1_650).contains(&retries[1]),
+            "{alg:?}: {retries:?}"
+        );
+        assert_eq!(retries[1] + retries[2], 3_000, "{alg:?}");
+    }
 }
 
 #[test]
