@@ -630,7 +630,8 @@ fn restart_only_changes(started: &Config, new: &Config) -> Vec<String> {
 }
 
 /// The prober's targets for `shared`: every backend of an upstream with a health check.
-/// After a reload (`old` given) a backend that remains resumes from its carried state.
+/// After a reload (`old` given) a backend that remains, and was checked, resumes from its
+/// carried state.
 pub fn probe_targets(shared: &Shared, old: Option<&Shared>) -> Vec<ProbeTarget> {
     let map = old.map(|o| shared.backend_map(o));
     shared
@@ -640,7 +641,11 @@ pub fn probe_targets(shared: &Shared, old: Option<&Shared>) -> Vec<ProbeTarget> 
         .filter_map(|(i, b)| {
             let up = &shared.config.upstreams[b.upstream];
             let spec = up.resilience.health_check.as_ref()?;
-            let carried = map.as_ref().and_then(|m| m[i]).is_some();
+            let carried = map
+                .as_ref()
+                .and_then(|m| m[i])
+                .zip(old)
+                .is_some_and(|(j, o)| o.checked(j));
             Some(ProbeTarget {
                 backend: i,
                 upstream: up.name.clone(),

@@ -125,8 +125,7 @@ impl Shared {
             Shared::build(config, old.accepting.len(), Some(old.board.epoch())).with_tls(tls);
         for (i, m) in next.backend_map(old).into_iter().enumerate() {
             if let Some(j) = m {
-                let upstream = &next.config.upstreams[next.backends[i].upstream];
-                let checked = upstream.resilience.health_check.is_some();
+                let checked = next.checked(i) && old.checked(j);
                 next.board.adopt(i, &old.board, j, checked);
                 next.drained[i].store(old.is_drained(j), Ordering::Relaxed);
             }
@@ -135,6 +134,18 @@ impl Shared {
             flag.store(was.load(Ordering::Acquire), Ordering::Release);
         }
         next
+    }
+
+    /// Whether backend `i`'s upstream has an active health check: its board state is the
+    /// prober's. A reload carries that state only from a checked backend to a checked one
+    /// (without a check before, it is Unknown from the start, not what the new check's
+    /// `initial` says; without one after, no prober would ever change it).
+    pub fn checked(&self, i: usize) -> bool {
+        let upstream = self.backends[i].upstream;
+        self.config.upstreams[upstream]
+            .resilience
+            .health_check
+            .is_some()
     }
 
     /// For each backend of this snapshot, its index in `old` (same [`BackendId`]), or `None`
@@ -404,6 +415,17 @@ mod tests {
         );
         assert!(next.board.is_usable(0));
         assert_eq!(next.board.slot(1).unwrap().checks_failed, 1);
+        // A check added by a reload starts from its own `initial`, not the Unknown of the
+        // backends it found unchecked.
+        let strict = text("[upstream.health_check]\ninterval = \"1s\"\ninitial = \"unhealthy\"\n");
+        let added = Shared::reloaded(config(strict), &next, Arc::default());
+        assert!(!added.board.is_usable(0), "initial = unhealthy ignored");
+        let targets = crate::reload::probe_targets(&added, Some(&next));
+        assert_eq!(targets.len(), 2);
+        assert!(
+            targets.iter().all(|t| t.resume.is_none()),
+            "resumed from Unknown"
+        );
     }
 
     #[test]
