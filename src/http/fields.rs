@@ -29,10 +29,9 @@ pub fn forwarding_claim(name: &[u8]) -> bool {
     // The other names proxies and CDNs give the client's address, the URL overrides some
     // servers route by (IIS URL Rewrite, older Symfony and Zend: `X-Original-URL: /admin`),
     // and the host overrides some build links from (`X-Host`, IIS ARR's `X-Original-Host`).
-    const CLAIMS: [&[u8]; 6] = [
+    const CLAIMS: [&[u8]; 5] = [
         b"forwarded",
         b"x-original-url",
-        b"x-original-uri",
         b"x-rewrite-url",
         b"x-host",
         b"x-original-host",
@@ -174,7 +173,6 @@ mod tests {
         for name in [
             &b"Client-IP"[..],
             b"X_Forwarded",
-            b"X-Original-URI",
             b"x-envoy-external-address",
         ] {
             assert!(forwarding_claim(name), "{}", String::from_utf8_lossy(name));
