@@ -186,13 +186,19 @@ pub async fn relay_response(
     }
     let mut upos = head.head_len;
     // Not pooled: after HEAD (a backend that wrongly sends a body would leave it for the next
-    // request to read as its response), after a body on a method that normally has none (a
-    // backend that ignores such a body may parse it as a second request: "CL.0"), and after
-    // an early answer (the backend did not read the whole body).
+    // request to read as its response), after a body on a method that normally has none or
+    // on one the proxy does not know (a backend that ignores such a body, or reads `get` as
+    // GET, may parse it as a second request: "CL.0"), and after an early answer (the backend
+    // did not read the whole body).
     let unusual_body = !facts.framing.is_empty()
         && matches!(
             facts.method,
-            Method::Get | Method::Head | Method::Delete | Method::Options | Method::Trace
+            Method::Get
+                | Method::Head
+                | Method::Delete
+                | Method::Options
+                | Method::Trace
+                | Method::Other
         );
     let upstream_reusable = !facts.upgrade
         && head.upstream_keep_alive()

@@ -34,6 +34,9 @@ both_engines! {
 
     // A GET with a body may be parsed by a backend as two requests ("CL.0"); the upstream
     // connection it used is not pooled.
+    // So is one that carried a body on a method the proxy does not know: a backend may read
+    // `get` as GET (methods are case-sensitive, but not everywhere), or ignore the body of a
+    // method it does not serve.
     fn get_with_body_does_not_pool_its_upstream_connection(engine) {
         let origin = Origin::start("o");
         let proxy = Config::single(origin.addr()).start(engine);
@@ -43,6 +46,11 @@ both_engines! {
         c.send(&get("example.com", "/b"));
         assert_eq!(c.read_response().status(), 200);
         assert_eq!(origin.accepted(), 2, "the connection that carried a GET body was reused");
+        c.send(b"get /c HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello");
+        assert_eq!(c.read_response().status(), 200);
+        c.send(&get("example.com", "/d"));
+        assert_eq!(c.read_response().status(), 200);
+        assert_eq!(origin.accepted(), 3, "the connection that carried a `get` body was reused");
     }
 
     // A head dripped one byte per write is still parsed correctly (the parser only runs when
