@@ -384,7 +384,15 @@ fn route<'b>(
     if facts.method == Method::Connect {
         return Err(Canned::MethodNotAllowed);
     }
-    let target = split_target(head.target.get(buf));
+    let raw = head.target.get(buf);
+    let mut target = split_target(raw);
+    if facts.method == Method::Options && target.authority.is_some() && !raw.ends_with(b"/") {
+        // `OPTIONS http://h:8001`: the server as a whole, which the last proxy asks as
+        // `OPTIONS *` (RFC 9112 §3.2.4), not `OPTIONS /`.
+        if target.path == b"/" {
+            target.path = b"*";
+        }
+    }
     let Some((host, path)) = routing_input(&target, head.host.map(|h| h.get(buf))) else {
         return Err(Canned::BadRequest);
     };

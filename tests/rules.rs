@@ -65,7 +65,8 @@ both_engines! {
 
     // A route without a path condition also gets targets with no path to rewrite:
     // absolute-form with an empty path, which is `/` (RFC 9110 §4.2.3), rewritten as `/`,
-    // and `OPTIONS *`, forwarded as it came (never a 500, never `/v2*`).
+    // and `OPTIONS *` (also what `OPTIONS http://h` becomes), forwarded as `*` (never a 500,
+    // never `/v2*`).
     fn rewrites_of_an_empty_path_and_of_asterisk_form(engine) {
         let origin = Origin::start("o");
         let proxy = Config::new()
@@ -82,6 +83,10 @@ both_engines! {
             ("GET http://add.example", "add.example", "/v2/"),
             ("OPTIONS *", "strip.example", "*"),
             ("OPTIONS *", "add.example", "*"),
+            // The server as a whole in absolute form is asked as `OPTIONS *` (RFC 9112
+            // §3.2.4); with a path it stays a path.
+            ("OPTIONS http://add.example:8001", "add.example", "*"),
+            ("OPTIONS http://strip.example/", "strip.example", "/"),
         ] {
             c.send(format!("{line} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
             assert_eq!(c.read_response().status(), 200, "{line}");
