@@ -289,14 +289,17 @@ pub fn match_path(normalized: &[u8]) -> Cow<'_, [u8]> {
 /// The path a configured `path` or `path_prefix` (`prefix`) of `p` is compared as: requests'
 /// paths go through [`normalize_path`] and [`match_path`], so a route written any other way
 /// (`/%7Eb/`, `//x/`, `/a;b`) would never match one. `None` for a path that no routed request
-/// has: one with a query or fragment mark, or a dot segment (refused with `400`); a prefix's
+/// has: one with a query or fragment mark, a byte or broken escape requests are refused for
+/// (`\`, `"<>`{}`, `%zz`: [`crate::http::parse`]'s `uri_bytes`), or a dot segment (refused
+/// with `400`); a prefix's
 /// last, unfinished segment is no segment yet (`path_prefix = "/."` matches `/.env`).
 pub fn routed_path(p: &str, prefix: bool) -> Option<String> {
     let whole = match p.rfind('/') {
         Some(i) if prefix => &p[..=i],
         _ => p,
     };
-    if p.contains(['?', '#']) || has_dot_segment(whole.as_bytes()) {
+    let refused = !crate::http::parse::uri_bytes(p.as_bytes());
+    if refused || p.contains(['?', '#']) || has_dot_segment(whole.as_bytes()) {
         return None;
     }
     let seen = match_path(&normalize_path(p.as_bytes())).into_owned();

@@ -122,7 +122,7 @@ pub(super) fn balancing(c: &mut Checker, path: &str, raw: RawBalancing<'_>) -> S
         if ttl.subsec_nanos() != 0 {
             c.err(
                 format!("{path}.sticky.ttl"),
-                format!("{ttl:?} is not whole seconds: the cookie's Max-Age is (and 0 deletes it); write \"{}s\"", ttl.as_secs().max(1)),
+                format!("{ttl:?} is not whole seconds, as the cookie's Max-Age must be (a Max-Age of 0 deletes it); write \"{}s\"", ttl.as_secs().max(1)),
             );
         }
         if s.secret.as_deref().is_some_and(|k| k.len() < 16) {

@@ -594,7 +594,7 @@ impl Config {
                     };
                     let why = match routed_path(p, r.path_prefix.is_some()) {
                         Some(seen) => format!("requests are compared as {seen:?} (escapes of unreserved characters decoded, runs of '/' merged, %2F and %5C read as '/', ';' parameters removed), so {p:?} never matches; write {seen:?}"),
-                        None => format!("{p:?} holds a '?', a '#' or a dot segment, which no routed request path has"),
+                        None => format!("{p:?} holds a '?', a '#', a byte or escape requests are refused for ('\\', '\"', '<', '>', '`', '{{', '}}', a '%' without two hex digits) or a dot segment, which no routed request path has"),
                     };
                     c.err(format!("{path}.{key}"), why);
                     PathMatch::Any

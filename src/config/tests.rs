@@ -201,6 +201,17 @@ fn route_values_no_request_could_match_are_refused() {
             "dot segment",
         ),
         ("path = \"/.\"", "route[0].path", "dot segment"),
+        (
+            "path_prefix = \"/a%zz/\"",
+            "route[0].path_prefix",
+            "two hex digits",
+        ),
+        (
+            "path_prefix = \"/a\\\\b/\"",
+            "route[0].path_prefix",
+            "refused for",
+        ),
+        ("path = \"/{x}\"", "route[0].path", "refused for"),
     ] {
         let err = parse(&text(field)).unwrap_err();
         assert_eq!(err.issues[0].path, key, "{field}: {err}");

@@ -584,7 +584,7 @@ fn target_form_allowed(target: &[u8], method: Method) -> bool {
 /// each their own way. `|` and `^` pass (browsers send them raw in paths). The query is
 /// neither routed on nor decoded: what browsers, `fetch` and curl send there raw
 /// (`{"a":1}`, `a|b`, `100%`) passes as nginx and HAProxy pass it.
-fn uri_bytes(target: &[u8]) -> bool {
+pub(crate) fn uri_bytes(target: &[u8]) -> bool {
     let query = target
         .iter()
         .position(|&b| b == b'?')
