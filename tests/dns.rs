@@ -550,3 +550,64 @@ fn new_names_of_a_reload_are_asked_at_once() {
         "three names took {three:?}, one {one:?}: asked one after another"
     );
 }
+
+#[test]
+fn a_slow_reload_leaves_the_admin_api_answering() {
+    // A reload adding a name the DNS server never answers takes one resolver timeout (~6 s).
+    // It runs on a thread of its own: /healthz and /metrics are answered meanwhile (it ran
+    // on the admin thread, which answered nothing else until it ended; found by a review).
+    let origin = Origin::start("o");
+    let dns = FakeDns::start();
+    let port = origin.addr().port();
+    let file = |extra: &str| {
+        format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+             [dns]\nservers = [\"{}\"]\nmin_ttl = \"60s\"\n\
+             [[route]]\nupstream = \"app\"\n[[upstream]]\nname = \"app\"\n\
+             backends = [{{ address = \"{NAME}:{port}\" }}{extra}]\n",
+            dns.addr
+        )
+    };
+    let proxy = Proxy::start(&file(""), Engine::Epoll);
+    assert_eq!(
+        backend_of(&proxy).as_deref(),
+        Some("o"),
+        "{}",
+        proxy.output()
+    );
+    // No refresh is due for a minute: every query from now on is the reload's.
+    dns.silence();
+    std::fs::write(
+        proxy.config_path(),
+        file(&format!(", {{ address = \"late.edgeshard.test:{port}\" }}")),
+    )
+    .unwrap();
+    let admin = proxy.admin_addr();
+    let reload = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = admin_request(admin, "POST", "/reload", None);
+        (r.status, t.elapsed())
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dns.unanswered.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the reload never asked the DNS server"
+        );
+        std::thread::yield_now();
+    }
+    // The reload waits on the silent server now.
+    let t = Instant::now();
+    for path in ["/healthz", "/metrics"] {
+        let r = admin_request(admin, "GET", path, None);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    let answered = t.elapsed();
+    let (status, took) = reload.join().unwrap();
+    assert_eq!(status, 422, "late.edgeshard.test never resolves");
+    eprintln!("dns: /healthz and /metrics answered in {answered:?} during a reload of {took:?}");
+    assert!(
+        answered < Duration::from_secs(2) && answered * 2 < took,
+        "/healthz and /metrics took {answered:?}, during a reload of {took:?}"
+    );
+}
