@@ -19,7 +19,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::observe::metrics::{render, ProcessInfo};
-use crate::reload::{Outcome, ReloadStats, Reloader};
+use crate::reload::{ReloadStats, Reloader};
 use crate::snapshot::{Published, Shared};
 use crate::stats::Snapshot;
 use crate::worker::ShardQuery;
@@ -53,7 +53,7 @@ pub struct AdminState {
     pub config_path: Option<PathBuf>,
     /// Reload counts, and the version (hash) and load time of the file in force.
     pub reloads: Arc<ReloadStats>,
-    /// `POST /reload` runs it, on a thread of its own ([`reload_aside`]).
+    /// `POST /reload` runs it (on this thread: a reload blocks the admin API, not a shard).
     pub reloader: Arc<Mutex<Reloader>>,
     /// Host-name resolutions by result (dns.rs).
     pub dns: Arc<crate::dns::DnsStats>,
@@ -292,7 +292,11 @@ async fn route(state: &AdminState, method: &str, target: &str, auth: Option<&[u8
             }
         }
         ("POST", "/reload") => {
-            let outcome = reload_aside(&state.reloader, &state.snapshot).await;
+            let outcome = state
+                .reloader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reload();
             let status = match (outcome.ok, outcome.applied) {
                 (true, _) => "200 OK",
                 // In force, but some shard does not serve a listener the file adds.
@@ -492,33 +496,6 @@ fn status_json(
         "shards": shards,
         "upstreams": upstreams,
     })
-}
-
-/// Runs a reload on a thread of its own and waits for it without holding this thread: a
-/// reload can take seconds (new names against a silent DNS server, a large file) and the
-/// admin API's other requests (`/healthz` for a load balancer's check, `/metrics`) are
-/// answered meanwhile. Reloads stay one at a time (the reloader's lock). Without a thread to
-/// spare, it runs here.
-async fn reload_aside(reloader: &Arc<Mutex<Reloader>>, published: &Published) -> Outcome {
-    let run = |r: &Mutex<Reloader>| r.lock().unwrap_or_else(|p| p.into_inner()).reload();
-    let (tx, rx) = oneshot::channel();
-    let shared = reloader.clone();
-    let spawned = std::thread::Builder::new()
-        .name("reload".into())
-        .spawn(move || {
-            let _ = tx.send(run(&shared));
-        });
-    match spawned {
-        Ok(_) => rx.await.unwrap_or_else(|_| Outcome {
-            // The thread ended without an answer (a panic): whatever it did is in force or not.
-            ok: false,
-            applied: false,
-            generation: published.generation(),
-            errors: vec!["the reload ended without an answer; see the log".into()],
-            notes: Vec::new(),
-        }),
-        Err(_) => run(reloader),
-    }
 }
 
 async fn set_drained(state: &AdminState, upstream: &str, addr: &str, drain: bool) -> Reply {
