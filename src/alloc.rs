@@ -12,10 +12,13 @@
 //!
 //! Plain `mi_malloc` is enough when the alignment needs no more than mimalloc gives every
 //! block: block sizes are multiples of 8 bytes and pages start 16-byte aligned, so every
-//! block is 8-byte aligned, and a request whose size is a multiple of 16 gets a block whose
-//! size is one too (every bin but the 8-byte one is a multiple of 16), hence a
-//! 16-byte-aligned address. Larger alignments, and 16 with a size that is not a multiple of
-//! it, keep the aligned calls.
+//! block is 8-byte aligned, and a request whose size is a multiple of 16 lands in a bin
+//! whose block size is one too (`mi_good_size`; the bins of odd word counts, 24, 40, 56
+//! bytes, take no such request), hence a 16-byte-aligned address. That holds only without
+//! mimalloc's padding, which its `secure` and `debug` builds add (16 bytes asked would take
+//! a 24-byte block): libmimalloc-sys is built without them (Cargo.toml), and
+//! `sizes_that_are_multiples_of_16_get_blocks_that_are` fails if that changes. Larger
+//! alignments, and 16 with a size that is not a multiple of it, keep the aligned calls.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;
@@ -145,6 +148,23 @@ mod tests {
     /// 4 KiB: each block is aligned, writable over its whole size, zeroed where asked, grown
     /// and shrunk by realloc with its contents kept, and freed. (The test binary's allocator
     /// is the system's: this calls `MiAlloc` directly, through the same code the binary uses.)
+    #[test]
+    fn sizes_that_are_multiples_of_16_get_blocks_that_are() {
+        // The plain path's premise for align 16 (module header): every bin a multiple-of-16
+        // size lands in has a block size that is a multiple of 16. Padding (mimalloc's
+        // secure or debug builds) breaks it: 16 bytes asked would be a 24-byte block, and
+        // every other one only 8-byte aligned.
+        for size in (16..=(1 << 20)).step_by(16) {
+            // SAFETY: mi_good_size is a pure size query; no memory is touched.
+            let good = unsafe { mi::mi_good_size(size) };
+            assert_eq!(
+                good % 16,
+                0,
+                "a {size}-byte request gets a {good}-byte block"
+            );
+        }
+    }
+
     #[test]
     fn blocks_have_their_alignment_and_size() {
         let sizes = (1..=8192).chain((8193..4 << 20).step_by(65521)).chain([

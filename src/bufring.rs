@@ -24,8 +24,17 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use monoio::net::tcp::RecvSelect;
 use monoio::net::TcpStream;
 
-/// The buffer group id of every shard's ring (one ring per shard thread and io_uring).
+/// The buffer group id of a thread's first ring; each later registration on the thread takes
+/// the next ([`NEXT_GROUP`]).
 const GROUP: u16 = 0x6573;
+
+thread_local! {
+    /// The group id the thread's next registration takes. A thread has one ring for its
+    /// whole life in production (its shard's); a new id for any later one means that a
+    /// dropped receive of an earlier ring, reported after it is gone, can never be taken
+    /// for one of the new ring's buffers (which would then be in the kernel's ring twice).
+    static NEXT_GROUP: std::cell::Cell<u16> = const { std::cell::Cell::new(GROUP) };
+}
 /// The most buffers a ring holds (a power of two, as the kernel requires): 64 × 4 KiB, at
 /// most 256 KiB, held only while (and after) that many exchanges await small responses at
 /// once. Beyond it a response is read directly (`RingCounters::empty`): with 16, half the
@@ -99,6 +108,8 @@ pub struct BufRing {
     waiting: usize,
     /// Registering failed once: the kernel has no such rings; never tried again.
     unsupported: bool,
+    /// This ring's buffer group id (while `mem` is not null).
+    group: u16,
     scratch: Vec<(u16, u16)>,
     /// Receives that finished, by what they got: a ring buffer, or an empty ring
     /// (`ENOBUFS`: the response was read directly). `edgeshard_pool_ring_receives_total`.
@@ -124,6 +135,7 @@ impl Default for BufRing {
             in_ring: 0,
             waiting: 0,
             unsupported: false,
+            group: GROUP,
             scratch: Vec::new(),
             counters: RingCounters::default(),
         }
@@ -139,7 +151,7 @@ impl BufRing {
             return None;
         }
         // Length 0: the buffer's.
-        stream.recv_select(GROUP, 0).ok()
+        stream.recv_select(self.group, 0).ok()
     }
 
     /// An exchange is about to await a receive: the ring is topped up (from `spare`) to a
@@ -208,8 +220,9 @@ impl BufRing {
         // SAFETY: `mem` is page-aligned memory for ENTRIES slots, zeroed (an empty ring), kept
         // until `drop` unregisters the ring; every buffer put in it is kept in
         // `bufs` until the kernel has given it back (a finished or reported receive).
+        let group = NEXT_GROUP.with(|g| g.replace(g.get().wrapping_add(1)));
         let registered =
-            unsafe { monoio::utils::register_buf_ring(mem as u64, ENTRIES, GROUP) }.is_ok();
+            unsafe { monoio::utils::register_buf_ring(mem as u64, ENTRIES, group) }.is_ok();
         if !registered {
             // SAFETY: allocated above with this layout; the kernel never saw it.
             unsafe { std::alloc::dealloc(mem.cast(), layout) };
@@ -217,6 +230,7 @@ impl BufRing {
             return false;
         }
         self.mem = mem;
+        self.group = group;
         self.bufs = (0..ENTRIES).map(|_| None).collect();
         self.free_ids = (0..ENTRIES).rev().collect();
         self.tail = 0;
@@ -231,9 +245,10 @@ impl BufRing {
         monoio::utils::take_dropped_selects(&mut self.scratch);
         let mut scratch = std::mem::take(&mut self.scratch);
         for (group, bid) in scratch.drain(..) {
-            if group == GROUP {
+            if group == self.group {
                 // SAFETY: the driver reported `bid` from the completion of a receive posted
-                // through this shard's one ring (one ring per thread, for its whole life).
+                // through this ring: its group id is its own ([`NEXT_GROUP`]), and reports of
+                // other groups are dropped here.
                 unsafe { self.put_back(Some(bid)) };
             }
         }
@@ -294,14 +309,19 @@ impl Drop for BufRing {
         if self.mem.is_null() {
             return;
         }
-        if monoio::utils::unregister_buf_ring(GROUP).is_ok() {
-            // SAFETY: allocated by `register` with this layout; unregistered just now.
+        // The buffers are never freed: a receive the kernel punted to an io-wq worker (after
+        // a spurious wake-up of its poll) takes its buffer for good when it starts and may
+        // still be writing into it after the ring is unregistered and the op cancelled. They
+        // are left to the process (64 x 4 KiB, once per shard, at its end).
+        std::mem::forget(std::mem::take(&mut self.bufs));
+        if monoio::utils::unregister_buf_ring(self.group).is_ok() {
+            // SAFETY: allocated by `register` with this layout; unregistered just now, so the
+            // kernel no longer reads or writes the ring itself (a worker that took a buffer
+            // holds the buffer, not its slot).
             unsafe { std::alloc::dealloc(self.mem.cast(), ring_layout()) };
-        } else {
-            // The driver is gone or elsewhere: the kernel may still know the ring, so its
-            // memory and buffers are left to the process (once per shard, at its end).
-            std::mem::forget(std::mem::take(&mut self.bufs));
         }
+        // Otherwise the driver is gone or elsewhere: the kernel may still know the ring, so
+        // its memory is left to the process too.
     }
 }
 
@@ -505,6 +525,34 @@ mod tests {
     }
 
     #[test]
+    fn a_later_ring_on_a_thread_takes_a_group_of_its_own() {
+        // A dropped receive of a ring reported after the ring is gone must never be taken for
+        // a buffer of the next ring on the thread: each registration has its own group id.
+        for engine in engines() {
+            block_on(engine, async {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let (a, _peer) = pair(&l).await;
+                let mut first = BufRing::default();
+                let Some(r) = first.post(&a) else {
+                    return;
+                };
+                drop(r);
+                let old = first.group;
+                drop(first);
+                let mut second = BufRing::default();
+                let r = second.post(&a).expect("a second ring registers");
+                drop(r);
+                assert_ne!(second.group, old);
+                // A report of the old group is not the new ring's.
+                second.scratch.clear();
+                let before = second.held();
+                second.reclaim_dropped();
+                assert_eq!(second.held(), before);
+            });
+        }
+    }
+
+    #[test]
     fn receives_dropped_before_anything_arrived_leave_no_report() {
         // Forward auth and cache refreshes drop the receive posted on a pooled connection
         // at every checkout; with nothing to give back, nothing may be kept per drop (each
@@ -520,7 +568,8 @@ mod tests {
                 };
                 drop(first);
                 for i in 0..100u8 {
-                    drop(a.recv_select(GROUP, 0).unwrap());
+                    let group = ring.borrow().group;
+                    drop(a.recv_select(group, 0).unwrap());
                     // A turn of the runtime in the kernel: the cancels complete and are
                     // reaped.
                     peer_b.write_all(&[i]).unwrap();

@@ -256,8 +256,9 @@ impl Lot {
                 let (key, gen) = (data as u32, (data >> 32) as u32);
                 if live(&slots, key, gen) {
                     let p = slots.remove(key as usize);
-                    // Out of the set: its descriptor is about to change (the new task's
-                    // stream takes a duplicate and this one is closed).
+                    // Out of the set: the descriptor goes to the new task's stream
+                    // (`conn::resume` hands this very one to `TcpStream::from_std`), which
+                    // registers it with the shard's own driver.
                     // SAFETY: epoll_ctl on our epoll descriptor and the parked socket's,
                     // both open; DEL reads no event. Exercised as above.
                     unsafe {
