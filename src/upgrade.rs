@@ -228,9 +228,37 @@ fn receive(var: &str) -> Result<Inherited, UpgradeError> {
     if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return Err(err(format!("descriptor {fd} is not open")));
     }
+    // What the predecessor passes is an end of a Unix stream socket pair. A variable leaked
+    // into another process's environment could name anything open there (a systemd socket,
+    // a log file), which this process would then own and close: anything else is refused,
+    // and left alone.
+    let sock = |opt: libc::c_int| {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes one c_int and its length into live locals; on a
+        // descriptor that is not a socket it fails with ENOTSOCK and writes nothing.
+        // Exercised by the binary-upgrade tests (tests/handover.rs) and the unit test below.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(v)
+    };
+    if sock(libc::SO_DOMAIN) != Some(libc::AF_UNIX)
+        || sock(libc::SO_TYPE) != Some(libc::SOCK_STREAM)
+    {
+        return Err(err(format!(
+            "descriptor {fd} is not a Unix stream socket: {ENV} names no channel from a predecessor"
+        )));
+    }
     // SAFETY: the predecessor passed this descriptor (an end of its socket pair) for this
-    // process alone, and it was checked open above; it is owned from here on. Exercised by
-    // the binary-upgrade tests (tests/handover.rs).
+    // process alone, and it was checked open and a Unix stream socket above; it is owned from
+    // here on. Exercised by the binary-upgrade tests (tests/handover.rs).
     let channel = unsafe { UnixStream::from_raw_fd(fd) };
     let _ = nix::fcntl::fcntl(
         &channel,
@@ -341,5 +369,30 @@ impl Handoff {
             }
         }
         hand_over(exe, &self.args, &described, ready_within, abandon)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_descriptor_that_is_no_channel_is_refused_and_left_open() {
+        // EDGESHARD_UPGRADE_FD leaked into another process's environment may name any open
+        // descriptor: a file is not taken (nor closed), nor is a UDP socket.
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for fd in [file.as_raw_fd(), udp.as_raw_fd()] {
+            let Err(e) = receive(&fd.to_string()) else {
+                panic!("descriptor {fd} taken as the upgrade channel");
+            };
+            assert!(e.to_string().contains("not a Unix stream socket"), "{e}");
+            // SAFETY: F_GETFD only reads the flags of a descriptor this test owns.
+            assert!(
+                unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0,
+                "{fd} was closed"
+            );
+        }
     }
 }
