@@ -467,6 +467,39 @@ mod tests {
     }
 
     #[test]
+    fn the_ring_wraps_around_and_every_receive_gets_its_own_bytes() {
+        // 300 receive and recycle rounds provide past the ring's 64 slots several times
+        // (the slot index wraps at `tail & (ENTRIES - 1)`): each receive gets exactly the
+        // bytes sent for it, and the same one buffer keeps coming back.
+        for engine in engines() {
+            block_on(engine, async {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let ring = RefCell::new(BufRing::default());
+                let (s, mut peer) = pair(&l).await;
+                let mut buffers = std::collections::HashSet::new();
+                for round in 0..300u32 {
+                    let Some(op) = ring.borrow_mut().post(&s) else {
+                        assert!(monoio::utils::is_legacy(), "io_uring has rings");
+                        return;
+                    };
+                    let receive = Receive::new(op, &ring, spare);
+                    let sent = format!("round {round}");
+                    peer.write_all(sent.as_bytes()).unwrap();
+                    let Received::Data(buf) = receive.await.unwrap() else {
+                        panic!("round {round}: no data")
+                    };
+                    assert_eq!(&buf[..], sent.as_bytes(), "round {round}");
+                    buffers.insert(buf.as_ptr() as usize);
+                    ring.borrow_mut().recycle(buf);
+                }
+                let tail = ring.borrow().tail;
+                assert!(tail > 4 * ENTRIES, "{tail} provides: past the slots' wrap");
+                assert_eq!(buffers.len(), 1, "one buffer, given back each round");
+            });
+        }
+    }
+
+    #[test]
     fn responses_that_fit_a_ring_buffer() {
         use crate::http::parse::ResponseHead;
         let head = |head_len, content_length, chunked, status| ResponseHead {
