@@ -500,6 +500,54 @@ mod tests {
     }
 
     #[test]
+    fn a_full_ring_lends_every_buffer_once_and_the_next_receive_reads_directly() {
+        // 65 receives await at once: the ring is topped up to its 64 buffers, each lent to
+        // one receive, and the 65th finds the ring empty (`NoBuffer`: its bytes are read
+        // directly). No buffer goes to two receives.
+        for engine in engines() {
+            block_on(engine, async {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let ring = RefCell::new(BufRing::default());
+                let mut conns = Vec::new();
+                for _ in 0..=ENTRIES {
+                    conns.push(pair(&l).await);
+                }
+                let mut receives = Vec::new();
+                for (s, _) in &conns {
+                    let Some(op) = ring.borrow_mut().post(s) else {
+                        assert!(monoio::utils::is_legacy(), "io_uring has rings");
+                        return;
+                    };
+                    receives.push(Receive::new(op, &ring, spare));
+                }
+                assert_eq!(
+                    ring.borrow().held(),
+                    usize::from(ENTRIES),
+                    "topped up to the ring's size"
+                );
+                for (i, (_, peer)) in conns.iter_mut().enumerate() {
+                    peer.write_all(format!("conn {i}").as_bytes()).unwrap();
+                }
+                let (mut lent, mut direct) = (std::collections::HashSet::new(), 0);
+                // Kept until the end: a buffer given back could be lent again meanwhile.
+                let mut kept = Vec::new();
+                for (i, receive) in receives.into_iter().enumerate() {
+                    match receive.await.unwrap() {
+                        Received::Data(buf) => {
+                            assert_eq!(&buf[..], format!("conn {i}").as_bytes());
+                            assert!(lent.insert(buf.as_ptr() as usize), "a buffer lent twice");
+                            kept.push(buf);
+                        }
+                        Received::NoBuffer => direct += 1,
+                        Received::Eof => panic!("conn {i}: end of stream"),
+                    }
+                }
+                assert_eq!((lent.len(), direct), (usize::from(ENTRIES), 1));
+            });
+        }
+    }
+
+    #[test]
     fn responses_that_fit_a_ring_buffer() {
         use crate::http::parse::ResponseHead;
         let head = |head_len, content_length, chunked, status| ResponseHead {
