@@ -118,9 +118,10 @@ impl ShardBalancer {
             .or_else(|| self.pick_tier(table, BACKUP, key, &usable))
     }
 
-    /// Runs `f`'s picks aside from the rotation: the cursors and the smooth-weighted state are
-    /// as before it afterwards (random draws still advance the generator), and round robin
-    /// and weighted picks are (weighted) random draws among the usable members. For a second
+    /// Runs `f`'s picks aside from the rotation: the cursors are as before it afterwards
+    /// (random draws still advance the generator), and round robin and weighted picks (and
+    /// a hash algorithm's for a request without a key) are (weighted) random draws among the
+    /// usable members, which leave nginx's smooth-weighted state alone. For a second
     /// pick of one request (a retry or connect failover, or slow start's pick without the
     /// ramping backend): committed, it moved the cursor back onto the member the first pick
     /// had just passed, so a backend that failed every request got every next first try; and
@@ -228,7 +229,11 @@ impl ShardBalancer {
             // A pick aside draws among the usable members: from the cursor, every retry of
             // a failing member (or re-pick of a ramping one) went to the member after it.
             (Algorithm::RoundRobin, _) if !self.commit => self.uniform(tier, usable),
-            (Algorithm::Weighted, _) if !self.commit => self.random(tier, usable),
+            (Algorithm::Weighted, _) | (Algorithm::ConsistentHash | Algorithm::Maglev, None)
+                if !self.commit =>
+            {
+                self.random(tier, usable)
+            }
             (Algorithm::RoundRobin, _) => self.round_robin(tier, t, usable),
             (Algorithm::Weighted, _) => self.weighted(tier, t, usable),
             (Algorithm::Random, _) => self.random(tier, usable),
@@ -314,18 +319,6 @@ impl ShardBalancer {
 
     /// nginx's `ngx_http_upstream_get_peer` over the usable members: O(n).
     fn smooth_scan<F: Fn(usize) -> bool>(&mut self, tier: &Tier, usable: &F) -> Option<usize> {
-        if !self.commit {
-            // The member the scan would pick, without moving anyone's current weight.
-            let mut best: Option<(usize, i64)> = None;
-            for (pos, &m) in tier.members.iter().enumerate() {
-                let m = m as usize;
-                let c = self.current[m] + i64::from(tier.weights[pos]);
-                if usable(m) && best.is_none_or(|(_, b)| c > b) {
-                    best = Some((m, c));
-                }
-            }
-            return best.map(|(m, _)| m);
-        }
         let mut total = 0i64;
         let mut best: Option<usize> = None;
         for (pos, &m) in tier.members.iter().enumerate() {

@@ -154,12 +154,14 @@ fn weighted_without_stored_period_is_nginx_scan() {
 fn picks_aside_leave_the_rotation_alone() {
     // A request's second pick (a retry, a failover, slow start's pick without the ramping
     // member) is made aside: the rotation of first picks is the same with and without it, for
-    // the cursor algorithms and nginx's scan (weights past the stored period).
+    // the cursor algorithms and nginx's scan (weights past the stored period; also what a hash
+    // algorithm does for a request without a key).
     let scan = [10_000, 9_999, 9_998, 9_997, 9_996, 9_995, 9_994];
     for (alg, ws) in [
         (Algorithm::RoundRobin, &W10[..]),
         (Algorithm::Weighted, &W10[..]),
         (Algorithm::Weighted, &scan[..]),
+        (Algorithm::ConsistentHash, &scan[..]),
         (Algorithm::LeastConn, &W10[..]),
     ] {
         let ms = members(ws);
