@@ -72,18 +72,14 @@ pub(super) fn upstreams(
         // reload. A higher weight sends it more.
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut once = |c: &mut Checker, at: String, what: String, j: usize| {
-            match seen.get(&what)
-        {
-            Some(first) => c.err(
-                at,
-                format!(
-                    "{what} is listed twice in this upstream (also backends[{first}]): list it once, with a higher weight to send it more"
-                ),
-            ),
-            None => {
+            if let Some(first) = seen.get(&what) {
+                let fix = "list it once, with a higher weight to send it more";
+                let why =
+                    format!("{what} is listed twice in this upstream (also backends[{first}])");
+                c.err(at, format!("{why}: {fix}"));
+            } else {
                 seen.insert(what, j);
             }
-        }
         };
         for (j, b) in u.backends.iter().enumerate() {
             let bpath = format!("{path}.backends[{j}]");
