@@ -386,12 +386,10 @@ fn route<'b>(
     }
     let raw = head.target.get(buf);
     let mut target = split_target(raw);
-    if facts.method == Method::Options && target.authority.is_some() && !raw.ends_with(b"/") {
-        // `OPTIONS http://h:8001`: the server as a whole, which the last proxy asks as
-        // `OPTIONS *` (RFC 9112 §3.2.4), not `OPTIONS /`.
-        if target.path == b"/" {
-            target.path = b"*";
-        }
+    // `OPTIONS http://h:8001` (an empty path, which `split_target` gives as `/`): the server
+    // as a whole, which the last proxy asks as `OPTIONS *` (RFC 9112 §3.2.4).
+    if facts.method == Method::Options && target.path == b"/" && !raw.ends_with(b"/") {
+        target.path = b"*";
     }
     let Some((host, path)) = routing_input(&target, head.host.map(|h| h.get(buf))) else {
         return Err(Canned::BadRequest);
