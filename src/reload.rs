@@ -355,8 +355,11 @@ impl Reloader {
         if let Some(p) = self.prober.take() {
             p.stop();
         }
-        let next = Arc::new(Shared::reloaded(config, old, tls));
-        self.published.publish(next.clone());
+        // Built while the drain flags cannot change (`publish_with`): `old` is the snapshot in
+        // force, only this reloader publishes.
+        let next = self
+            .published
+            .publish_with(|now| Shared::reloaded(config, now, tls));
         let errors = self.switch_shards(opened);
         match crate::health::prober::spawn(
             next.board.clone(),

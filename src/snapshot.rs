@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
@@ -299,6 +299,10 @@ pub(crate) fn members_of(u: &crate::config::UpstreamConfig) -> Vec<Member> {
 pub struct Published {
     current: ArcSwap<Shared>,
     generation: AtomicU64,
+    /// Held by the admin API while it sets a drain flag and by the control plane while it
+    /// builds the next snapshot (which copies those flags) and publishes it: a drain lands
+    /// before the copy or on the snapshot just published, never on one being replaced.
+    control: Mutex<()>,
     pub conns: Arc<ConnTable>,
     /// The rate limits' buckets (`rate_limits.max_keys` of the first configuration sets
     /// their number).
@@ -311,6 +315,7 @@ impl Published {
         Published {
             current: ArcSwap::new(first),
             generation: AtomicU64::new(0),
+            control: Mutex::new(()),
             conns: Arc::default(),
             rates,
         }
@@ -326,11 +331,31 @@ impl Published {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Puts `next` in force; readers that loaded the old one keep it until they load again.
-    /// Only the control plane publishes (one reload at a time).
-    pub fn publish(&self, next: Arc<Shared>) {
-        self.current.store(next);
+    /// Builds the next snapshot from the one in force (`build` gets it) and puts it in force;
+    /// readers that loaded the old one keep it until they load again. Only the control plane
+    /// publishes (one reload at a time).
+    pub fn publish_with(&self, build: impl FnOnce(&Arc<Shared>) -> Shared) -> Arc<Shared> {
+        let _control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let next = Arc::new(build(&self.current.load_full()));
+        self.current.store(next.clone());
         self.generation.fetch_add(1, Ordering::Release);
+        next
+    }
+
+    /// Takes backend `addr` of `upstream` out of rotation (`drain`) or puts it back, on the
+    /// snapshot in force. Returns that snapshot, the backend's index in it and whether it was
+    /// drained before; `None` when there is no such backend.
+    pub fn set_drained(
+        &self,
+        upstream: &str,
+        addr: &str,
+        drain: bool,
+    ) -> Option<(Arc<Shared>, usize, bool)> {
+        let _control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let shared = self.current.load_full();
+        let b = shared.find_backend(upstream, addr)?;
+        let was = shared.drained[b].swap(drain, Ordering::Relaxed);
+        Some((shared, b, was))
     }
 }
 
@@ -340,6 +365,10 @@ mod tests {
     use std::path::Path;
 
     fn shared(addresses: &[&str]) -> Arc<Shared> {
+        Arc::new(unshared(addresses))
+    }
+
+    fn unshared(addresses: &[&str]) -> Shared {
         let backends: Vec<String> = addresses
             .iter()
             .map(|a| format!("{{ address = \"{a}\" }}"))
@@ -348,9 +377,7 @@ mod tests {
             "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{}]\n",
             backends.join(", ")
         );
-        Arc::new(Shared::new(
-            Config::parse(&text, Path::new("t.toml")).unwrap(),
-        ))
+        Shared::new(Config::parse(&text, Path::new("t.toml")).unwrap())
     }
 
     #[test]
@@ -360,12 +387,52 @@ mod tests {
         let held = published.load();
         assert!(Arc::ptr_eq(&held, &first));
         assert_eq!(published.generation(), 0);
-        let second = shared(&["127.0.0.1:2", "127.0.0.1:1"]);
-        published.publish(second.clone());
+        let second = published.publish_with(|_| unshared(&["127.0.0.1:2", "127.0.0.1:1"]));
         assert_eq!(published.generation(), 1);
         assert!(Arc::ptr_eq(&published.load(), &second));
         // A request that started on the first snapshot finishes on it.
         assert_eq!(held.backends.len(), 1);
+    }
+
+    /// The admin API's drain and a reload (SIGHUP, or the DNS thread) run on different
+    /// threads. A drain set on the snapshot a reload is replacing, after the reload copied
+    /// its flags, would be lost: the backend would go back into rotation by itself.
+    #[test]
+    fn a_drain_set_while_a_reload_publishes_is_kept() {
+        let published = Arc::new(Published::new(shared(&["127.0.0.1:1", "127.0.0.1:2"])));
+        let until = |what: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !what() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the other thread stalled"
+                );
+                std::hint::spin_loop();
+            }
+        };
+        for drain in [true, false, true] {
+            // Set by the reload once it copied the flags; by the test when it asks the drain.
+            let (copied, asked) = (AtomicBool::new(false), AtomicBool::new(false));
+            std::thread::scope(|s| {
+                let reload = s.spawn(|| {
+                    published.publish_with(|now| {
+                        let next = Shared::reloaded(now.config.clone(), now, now.tls.clone());
+                        copied.store(true, Ordering::Release);
+                        // The drain's turn: a millisecond before `next` is in force (it
+                        // waits for the reload instead, or lands on `now` and is lost).
+                        until(&|| asked.load(Ordering::Acquire));
+                        let asked = std::time::Instant::now();
+                        until(&|| asked.elapsed() > std::time::Duration::from_millis(1));
+                        next
+                    })
+                });
+                until(&|| copied.load(Ordering::Acquire));
+                asked.store(true, Ordering::Release);
+                published.set_drained("u", "127.0.0.1:1", drain).unwrap();
+                reload.join().unwrap();
+            });
+            assert_eq!(published.load().is_drained(0), drain);
+        }
     }
 
     #[test]

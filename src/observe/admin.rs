@@ -499,15 +499,13 @@ fn status_json(
 }
 
 async fn set_drained(state: &AdminState, upstream: &str, addr: &str, drain: bool) -> Reply {
-    let shared = state.snapshot.load();
-    let shared = &*shared;
-    let Some(b) = shared.find_backend(upstream, addr) else {
+    let Some((shared, b, was)) = state.snapshot.set_drained(upstream, addr, drain) else {
         return reply(
             "404 Not Found",
             format!("no backend {addr} in upstream {upstream:?}\n"),
         );
     };
-    let was = shared.drained[b].swap(drain, Ordering::Relaxed);
+    let shared = &*shared;
     if was != drain {
         tracing::info!(
             upstream,
