@@ -60,7 +60,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
     // or routed (even one that finds no route).
     let listener_limit = client.listener.rate_limit.as_ref().and_then(|limit| {
         let counter = &ctx.stats.limited_listener;
-        limited(ctx, limit, counter, &client.buf, head, &facts)
+        limited(ctx, client, limit, counter, head, &facts)
     });
     let prepared = match (listener_limit, client.listener.redirect_https) {
         (Some(answer), _) => Ok(answer),
@@ -268,14 +268,7 @@ async fn plan<'a>(
 ) -> Result<Plan<'a>, Canned> {
     let routed = route(ctx, client, head, facts, trace)?;
     if let Some(limit) = &ctx.shared.config.routes[routed.index].rate_limit {
-        if let Some(answer) = limited(
-            ctx,
-            limit,
-            &ctx.stats.limited_route,
-            &client.buf,
-            head,
-            facts,
-        ) {
+        if let Some(answer) = limited(ctx, client, limit, &ctx.stats.limited_route, head, facts) {
             return Ok(answer);
         }
     }
@@ -297,6 +290,7 @@ async fn plan<'a>(
                 target: routed.target.path,
                 client_ip: facts.client_ip,
                 https: crate::tls::client_facts(client).0,
+                subjects: crate::tls::Subjects::of(client, &ctx.shared),
             };
             // Boxed: only routes with auth run it, and its subrequest's timers (monoio's,
             // 128-byte aligned) would over-align every request's future (src/alloc.rs).
@@ -394,9 +388,14 @@ fn route<'b>(
     let Some((host, path)) = routing_input(&target, head.host.map(|h| h.get(buf))) else {
         return Err(Canned::BadRequest);
     };
+    let subjects = crate::tls::Subjects::of(client, shared);
     let route = shared
         .routes
         .find(host, &match_path(&path), head.method.get(buf), |name| {
+            // An mTLS subject header is the verified one, whatever the client sent.
+            if let Some(verified) = subjects.field(name) {
+                return verified;
+            }
             // A field the request's `Connection` names is not forwarded: it routes nothing.
             let hop = !head.conn_tokens.is_empty() && head.named_in_connection(buf, name);
             (!hop).then(|| head.header(buf, name)).flatten()
@@ -436,11 +435,8 @@ fn prepare<'a>(
     let shared = &*ctx.shared;
     let buf = &client.buf[..];
     let (route, target, host) = (routed, &routed.target, routed.host);
-    let headers = || {
-        head.headers
-            .iter()
-            .map(|h| (h.name.get(buf), h.value.get(buf)))
-    };
+    let subjects = crate::tls::Subjects::of(client, shared);
+    let headers = || subjects.fields(buf, head);
     // Balancing inputs that live in the head: read them now, before the buffer moves on.
     let spec = &shared.config.upstreams[route.upstream].balance;
     let key = spec.hash_key.as_ref().and_then(|k| {
@@ -571,12 +567,13 @@ fn prepare<'a>(
 /// until it has a token again.
 fn limited(
     ctx: &ShardCtx,
+    client: &Client,
     limit: &crate::config::RateLimit,
     counter: &std::cell::Cell<u64>,
-    buf: &[u8],
     head: &RequestHead,
     facts: &RequestFacts,
 ) -> Option<Plan<'static>> {
+    let buf = &client.buf[..];
     // `path` and `uri` count the path as routes compare it: `/rp/%62`, `//rp/b` and
     // `/rp%2Fb` are the bucket of `/rp/b`, not fresh ones. Other keys do not read it.
     let raw = split_target(head.target.get(buf)).path;
@@ -593,10 +590,7 @@ fn limited(
     let src = KeySource {
         client_ip: facts.client_ip,
         target: &target,
-        headers: head
-            .headers
-            .iter()
-            .map(|h| (h.name.get(buf), h.value.get(buf))),
+        headers: crate::tls::Subjects::of(client, &ctx.shared).fields(buf, head),
     };
     crate::ratelimit::check(ctx, limit, src).err().map(|secs| {
         bump(counter);

@@ -45,8 +45,19 @@ fn curl_https(
     ca: &std::path::Path,
     extra: &[&str],
 ) -> (String, String) {
+    curl_https_at(addr, host, "/", ca, extra)
+}
+
+/// [`curl_https`] for `path`.
+fn curl_https_at(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    ca: &std::path::Path,
+    extra: &[&str],
+) -> (String, String) {
     let resolve = format!("{host}:{}:127.0.0.1", addr.port());
-    let url = format!("https://{host}:{}/", addr.port());
+    let url = format!("https://{host}:{}{path}", addr.port());
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
         .arg("--cacert")
@@ -327,6 +338,59 @@ both_engines! {
         let (_, _) = curl_https(tls, "a.test", &ca_file, &["-H", "X_Client_Subject: CN=admin"]);
         let rec = origin.last_request();
         assert!(!rec.raw_head.contains("CN=admin"), "over TLS: {}", rec.raw_head);
+    }
+
+    // What the proxy itself reads of the subject header (a route's `headers`, a
+    // `header:` rate-limit key, the forward-auth check) is the verified subject, as the
+    // backend gets it: a client's copy neither reaches a route or a check nor spends
+    // another client's bucket.
+    fn every_reader_of_the_subject_header_sees_the_verified_one(engine) {
+        let ca = TestCa::new("test ca");
+        let client_ca = TestCa::new("client ca");
+        let dir = CertDir::new("mtls-readers");
+        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let client_ca_file = dir.write("client-ca.pem", &client_ca.pem);
+        let (ccert, ckey) = write_leaf(&dir, "alice", &client_ca.client("alice", "Example"));
+        let alice = ["--cert", ccert.to_str().unwrap(), "--key", ckey.to_str().unwrap()];
+        const ALICE: &str = "CN=alice, O=Example";
+        let forged = ["-H", "X-Client-Subject: CN=alice, O=Example"];
+        let (admin, main) = (Origin::start("admin"), Origin::start("main"));
+        let auth = Origin::with_handler("auth", |rec| Reply::Response {
+            status: if rec.header_all("x-client-subject") == [ALICE] { 200 } else { 403 },
+            headers: vec![],
+            body: b"auth".to_vec(),
+            mode: BodyMode::Length,
+            close_after: false,
+        });
+        let extra = format!(
+            "client_auth = {{ ca = \"{}\", required = false, subject_header = \"X-Client-Subject\" }}",
+            client_ca_file.display()
+        );
+        let proxy = Config::new()
+            .only_listener(&tls_listener(&[(&cert, &key)], &extra))
+            .upstream("admin", &[admin.addr()])
+            .upstream("main", &[main.addr()])
+            .upstream("auth", &[auth.addr()])
+            .route("admin", &format!("path_prefix = \"/who/\"\nheaders = {{ \"X-Client-Subject\" = \"{ALICE}\" }}"))
+            .route("main", "path_prefix = \"/who/\"")
+            .route("main", "path_prefix = \"/auth/\"\nauth = { forward = { upstream = \"auth\", uri = \"/check\" } }")
+            .route("main", "path_prefix = \"/rl/\"\nrate_limit = { rate = 0.001, burst = 1, key = \"header:X-Client-Subject\" }")
+            .start(engine);
+        let at = |path: &str, extra: &[&str]| curl_https_at(proxy.addr(), "a.test", path, &ca_file, extra);
+        // A route for alice's subject.
+        assert_eq!(at("/who/", &forged), ("200".into(), "main".into()), "a forged subject routed as alice");
+        assert_eq!(at("/who/", &alice), ("200".into(), "admin".into()), "alice's certificate missed her route");
+        // The forward-auth check.
+        assert_eq!(at("/auth/", &forged).0, "403", "a forged subject passed the check");
+        assert_eq!(at("/auth/", &[&alice[..], &["-H", "X-Client-Subject: CN=admin"]].concat()).0, "200");
+        let check = auth.last_request();
+        assert_eq!(check.header_all("x-client-subject"), [ALICE], "{}", check.raw_head);
+        // A bucket per verified subject (a request without one is not limited).
+        assert_eq!(at("/rl/", &forged).0, "200");
+        assert_eq!(at("/rl/", &forged).0, "200", "a forged subject has no bucket");
+        assert_eq!(at("/rl/", &alice).0, "200", "alice's bucket was spent by a forged subject");
+        assert_eq!(at("/rl/", &alice).0, "429", "alice's certificate had no bucket");
     }
 
     fn stalled_handshake_is_closed_at_the_timeout(engine) {

@@ -351,12 +351,19 @@ fn check_request(
         if h.kind != HeaderKind::Other
             || (!head.conn_tokens.is_empty() && head.named_in_connection(buf, name))
             || speaks_for_the_proxy(name)
+            || req.subjects.hides(name)
         {
             continue;
         }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value.get(buf));
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some((name, subject)) = req.subjects.verified() {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(subject);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"X-Forwarded-Method: ");

@@ -140,6 +140,8 @@ pub struct Request<'b> {
     pub client_ip: IpAddr,
     /// The client spoke TLS to us.
     pub https: bool,
+    /// The mTLS subject: the check gets the verified one, never a client's copy.
+    pub subjects: crate::tls::Subjects<'b>,
 }
 
 /// Runs the route's check.

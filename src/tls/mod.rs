@@ -25,6 +25,8 @@ use rustls::{RootCertStore, ServerConfig};
 
 use crate::client::Client;
 use crate::config::{Config, ListenerTls};
+use crate::http::fields::same_field;
+use crate::http::parse::RequestHead;
 use crate::shard::ShardCtx;
 use crate::stats::bump;
 use certs::{CertStore, SniResolver};
@@ -615,6 +617,60 @@ pub fn client_facts(client: &Client) -> (bool, Option<Field<'_>>) {
                 )
             }),
         ),
+    }
+}
+
+/// The mTLS subject as the proxy's own readers of a request's fields see it: route
+/// `headers`, `header:` keys of rate limits and balancing, the forward-auth check. They see
+/// what the backend sees: a client's copies of any listener's subject header (any spelling,
+/// [`same_field`]) are not there, and this connection's verified subject is.
+#[derive(Clone, Copy)]
+pub struct Subjects<'a> {
+    /// Every listener's subject header (empty without mTLS headers: nothing to do).
+    names: &'a [String],
+    /// This listener's header and the verified subject (empty without a certificate).
+    verified: Option<Field<'a>>,
+}
+
+impl<'a> Subjects<'a> {
+    pub fn of(client: &'a Client, shared: &'a crate::snapshot::Shared) -> Subjects<'a> {
+        Subjects {
+            names: &shared.tls.subject_headers,
+            verified: client_facts(client).1,
+        }
+    }
+
+    /// Whether `name` is a subject header: the client's copy is not its own to send.
+    pub fn hides(&self, name: &[u8]) -> bool {
+        !self.names.is_empty() && self.names.iter().any(|h| same_field(h.as_bytes(), name))
+    }
+
+    /// The verified subject's field, when this connection has one.
+    pub fn verified(&self) -> Option<Field<'a>> {
+        self.verified.filter(|(_, v)| !v.is_empty())
+    }
+
+    /// The value of field `name` when it is a subject header (`Some`: the verified subject,
+    /// if it is this listener's header), `None` when it is not one.
+    pub fn field(&self, name: &[u8]) -> Option<Option<&'a [u8]>> {
+        self.hides(name).then(|| {
+            self.verified()
+                .filter(|(h, _)| same_field(h, name))
+                .map(|(_, v)| v)
+        })
+    }
+
+    /// The request's fields as its readers see them.
+    pub fn fields(
+        self,
+        buf: &'a [u8],
+        head: &'a RequestHead,
+    ) -> impl Iterator<Item = Field<'a>> + Clone + 'a {
+        head.headers
+            .iter()
+            .map(move |h| (h.name.get(buf), h.value.get(buf)))
+            .filter(move |(n, _)| !self.hides(n))
+            .chain(self.verified())
     }
 }
 
