@@ -505,50 +505,6 @@ both_engines! {
         }
     }
 
-    // Behind a trusted proxy the backend answers for the URL its X-Forwarded-Proto and -Host
-    // name (a redirect to https, links to that host): the key names that URL too, or the
-    // answer for http is served to https clients (a redirect loop), and one host's to
-    // another's. A claim the key cannot name (a path prefix) keeps the request out.
-    fn behind_a_trusted_proxy_the_key_names_the_forwarded_url(engine) {
-        let origin = Origin::with_handler("o", |r| {
-            let cc = ("Cache-Control", "max-age=100");
-            match (r.header("x-forwarded-proto"), r.header("x-forwarded-host")) {
-                (Some("http"), _) => Reply::Response {
-                    status: 301,
-                    headers: vec![(cc.0.into(), cc.1.into()), ("Location".into(), "https://shop.example/p".into())],
-                    body: b"moved".to_vec(),
-                    mode: BodyMode::Length,
-                    close_after: false,
-                },
-                (_, host) => reply(&[cc], &format!("for {}", host.unwrap_or("?")), false),
-            }
-        });
-        let proxy = Config::new()
-            .upstream("main", &[origin.addr()])
-            .route("main", "name = \"cached\"\ncache = { }")
-            .server("trusted_proxies", "[\"127.0.0.1\"]")
-            .admin("")
-            .start(engine);
-        let mut c = Client::connect(proxy.addr());
-        let via = |proto: &'static str, host: &'static str| [("X-Forwarded-Proto", proto), ("X-Forwarded-Host", host)];
-        let r = fetch(&mut c, "GET", "/p", &via("http", "shop.example"));
-        assert_eq!((r.status(), x_cache(&r)), (301, "MISS".into()));
-        let r = fetch(&mut c, "GET", "/p", &via("https", "shop.example"));
-        assert_eq!((r.status(), r.body_str(), x_cache(&r)), (200, "for shop.example".into(), "MISS".into()));
-        let r = fetch(&mut c, "GET", "/p", &via("https", "other.example"));
-        assert_eq!((r.body_str(), x_cache(&r)), ("for other.example".into(), "MISS".into()));
-        for (proto, host, status) in [("http", "shop.example", 301), ("https", "shop.example", 200), ("https", "other.example", 200)] {
-            let r = fetch(&mut c, "GET", "/p", &via(proto, host));
-            assert_eq!((r.status(), x_cache(&r)), (status, "HIT".into()), "{proto}://{host}");
-        }
-        // Purged by the URL the backend was told.
-        let r = admin_post(proxy.admin_addr(), "/cache/purge?key=https://other.example/p", None);
-        assert_eq!(r.json()["purged"].as_u64(), Some(1), "{}", r.body);
-        let prefixed = [("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "shop.example"), ("X-Forwarded-Prefix", "/app")];
-        assert_eq!(x_cache(&fetch(&mut c, "GET", "/p", &prefixed)), "BYPASS");
-        assert_eq!(origin.request_count(), 4);
-    }
-
     // A purge while a response for the key is being fetched: that response is relayed but
     // not stored (it may be what the purge was for), and the next request fetches again.
     fn a_fill_in_flight_during_a_purge_is_not_stored(engine) {

@@ -10,6 +10,7 @@ mod balancing;
 mod bodies;
 mod cache;
 mod cache_file;
+mod cache_forwarded;
 mod cache_heads;
 mod cache_revalidate;
 mod check;

@@ -13,8 +13,10 @@ use crate::http::fields::{client_address_claim, forwarding_claim, same_field};
 /// was for, from a trusted proxy's fields (`https` and `host`: the listener's scheme and the
 /// request's own `Host`); `None` when a claim changes the URL in a way the key cannot hold.
 /// The first valid `X-Forwarded-Proto`, the first non-empty `X-Forwarded-Host` (what the
-/// proxy forwards), else the first `Forwarded` element's `proto=` and `host=`; a port from
-/// `X-Forwarded-Port` when the host names none. Client-address claims (`X-Forwarded-For`,
+/// proxy forwards), else the first `Forwarded` element's `proto=` and `host=` (`None` where
+/// the two families disagree, or the host is no valid authority); a port from
+/// `X-Forwarded-Port` when the host names none. The `Host` the backend gets is keyed beside
+/// it ([`super::policy::SENT_HOST`]). Client-address claims (`X-Forwarded-For`,
 /// `X-Real-IP`, ...) and `X-Forwarded-Server` do not change the URL.
 pub fn origin<'h>(
     https: bool,
@@ -44,8 +46,18 @@ pub fn origin<'h>(
             return None;
         }
     }
+    // The backend gets both families: where they disagree, which one it builds from is its
+    // own choice, so no key can name the answer.
+    let differ = |a: Option<&[u8]>, b: Option<&[u8]>| matches!((a, b), (Some(a), Some(b)) if !a.eq_ignore_ascii_case(b));
+    if proto.zip(f_proto).is_some_and(|(a, b)| a != b) || differ(fwd_host, f_host) {
+        return None;
+    }
     let https = proto.or(f_proto).unwrap_or(https);
     let host = fwd_host.or(f_host).unwrap_or(host);
+    // A claimed host that is no authority (`a.example/en`) would move into the key's path.
+    if !crate::route::valid_authority(host) {
+        return None;
+    }
     let mut out = host.to_vec();
     if let Some(p) = port.filter(|_| !has_port(host)) {
         out.push(b':');
@@ -180,9 +192,26 @@ mod tests {
         assert_eq!(of(&f), Some((true, "b.example".into())));
         let both = [
             ("X-Forwarded-Proto", "http"),
-            ("Forwarded", "proto=https;host=b"),
+            ("Forwarded", "proto=http;host=b"),
         ];
         assert_eq!(of(&both), Some((false, "b".into())));
+        let agree = [
+            ("X-Forwarded-Host", "B"),
+            ("Forwarded", "host=b;proto=http"),
+        ];
+        assert_eq!(of(&agree), Some((false, "B".into())));
+        // Families that disagree, and a host that is no authority, keep it out of the cache.
+        for fields in [
+            [("X-Forwarded-Proto", "http"), ("Forwarded", "proto=https")],
+            [("X-Forwarded-Host", "a"), ("Forwarded", "host=b")],
+            [
+                ("X-Forwarded-Host", "shop.example/en"),
+                ("X-Real-IP", "1.2.3.4"),
+            ],
+            [("Forwarded", "host=\"a b\""), ("X-Real-IP", "1.2.3.4")],
+        ] {
+            assert_eq!(of(&fields), None, "{fields:?}");
+        }
         // Claims the key cannot name keep the request out of the cache.
         for name in [
             "X-Forwarded-Prefix",

@@ -68,6 +68,10 @@ pub async fn lookup<'a>(
     };
     let mut key = Vec::new();
     policy::primary_key(https, host, req.target, &mut key);
+    if req.trusted_forwarding && !host.eq_ignore_ascii_case(req.host) {
+        key.extend_from_slice(policy::SENT_HOST);
+        key.extend(req.host.iter().map(u8::to_ascii_lowercase));
+    }
     // A fresh hit, the common case, needs no fill (no fetch, nothing to store).
     let first = find(cache, route, cfg, &key, req, &rules);
     if let Some(f) = first.as_ref().filter(|f| f.usable == Usable::Fresh) {

@@ -119,7 +119,11 @@ impl ShardCache {
         stores
             .values_mut()
             .map(|s| match p {
-                Purge::Key(k) => s.purge(|url| url == &k[..]),
+                // With the `Host` a trusted proxy's claim was keyed beside, too.
+                Purge::Key(k) => s.purge(|url| {
+                    url.strip_prefix(&k[..])
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(policy::SENT_HOST))
+                }),
                 Purge::Prefix(pre) => s.purge(|url| url.starts_with(pre)),
                 Purge::All => s.purge(|_| true),
             })

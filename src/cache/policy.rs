@@ -518,6 +518,11 @@ pub fn purge_key(url: &[u8], prefix: bool) -> Vec<u8> {
 /// The cache key of a request: `scheme://host/path?query` with the host lower-cased and its
 /// default port (80 for http, 443 for https) removed; `target` is the origin-form path and
 /// query as the client sent it (before any rewrite).
+/// Behind a trusted proxy whose claimed host is not the request's `Host`, the key names the
+/// claimed URL and then this and the `Host` the backend got (it may pick a site by either).
+/// `@` is no field name's byte: no `Vary` part reads the same.
+pub const SENT_HOST: &[u8] = b"\n@host:";
+
 pub fn primary_key(https: bool, host: &[u8], target: &[u8], out: &mut Vec<u8>) {
     let (scheme, port): (&[u8], &[u8]) = if https {
         (b"https://", b":443")
