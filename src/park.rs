@@ -225,6 +225,19 @@ impl Lot {
         out
     }
 
+    /// Takes out the parked connection with the earliest deadline (the longest idle: every
+    /// one was parked with `client_idle`), for a new connection at a connection limit.
+    pub fn evict_oldest(&self) -> Option<Parked> {
+        let mut expiry = self.expiry.borrow_mut();
+        let mut slots = self.slots.borrow_mut();
+        while let Some(Reverse((_, key, gen))) = expiry.pop() {
+            if live(&slots, key, gen) {
+                return Some(slots.remove(key as usize));
+            }
+        }
+        None
+    }
+
     /// The earliest deadline of a parked connection (stale heap entries may make it early:
     /// the wake finds nothing to close and sleeps again).
     fn next_deadline(&self) -> Option<Instant> {

@@ -392,10 +392,12 @@ impl Drop for PooledBuf<'_> {
 }
 
 impl ShardCtx {
-    /// This shard's counters, with the gauges only the shard can read (pool, backoff).
+    /// This shard's counters, with the gauges only the shard can read (pool, backoff, the
+    /// parking lot).
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = self.stats.snapshot();
         snap.snapshot_id = Arc::as_ptr(&self.shared) as usize;
+        snap.parked = self.common().lot.len() as u64;
         let now = Instant::now();
         let pool = self.pool.borrow();
         let c = pool.counters;

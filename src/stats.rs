@@ -106,6 +106,8 @@ impl std::ops::Deref for Stats {
 pub struct Totals {
     pub accepted: Cell<u64>,
     pub rejected_conn_limit: Cell<u64>,
+    /// Idle keep-alive connections closed to admit a new one at a connection limit.
+    pub reclaimed_idle: Cell<u64>,
     /// Closed at accept: the shard's snapshot does not have the listener (a shard that
     /// missed a reload's switch; see `worker::admit`).
     pub rejected_no_listener: Cell<u64>,
@@ -226,6 +228,7 @@ impl Totals {
         Totals {
             accepted: Cell::new(0),
             rejected_conn_limit: Cell::new(0),
+            reclaimed_idle: Cell::new(0),
             rejected_no_listener: Cell::new(0),
             rejected_total_limit: Cell::new(0),
             rejected_client_limit: Cell::new(0),
@@ -344,6 +347,8 @@ impl Stats {
         Snapshot {
             accepted: self.accepted.get(),
             rejected_conn_limit: self.rejected_conn_limit.get(),
+            reclaimed_idle: self.reclaimed_idle.get(),
+            parked: 0,
             rejected_no_listener: self.rejected_no_listener.get(),
             rejected_total_limit: self.rejected_total_limit.get(),
             rejected_client_limit: self.rejected_client_limit.get(),
@@ -452,6 +457,9 @@ pub struct UpstreamSnap {
 pub struct Snapshot {
     pub accepted: u64,
     pub rejected_conn_limit: u64,
+    pub reclaimed_idle: u64,
+    /// Idle keep-alive connections in the shard's parking lot now (a gauge the shard fills).
+    pub parked: u64,
     pub rejected_no_listener: u64,
     pub rejected_total_limit: u64,
     pub rejected_client_limit: u64,
@@ -521,6 +529,8 @@ impl Snapshot {
         }
         self.accepted += other.accepted;
         self.rejected_conn_limit += other.rejected_conn_limit;
+        self.reclaimed_idle += other.reclaimed_idle;
+        self.parked += other.parked;
         self.rejected_no_listener += other.rejected_no_listener;
         self.rejected_total_limit += other.rejected_total_limit;
         self.rejected_client_limit += other.rejected_client_limit;

@@ -534,9 +534,24 @@ async fn accept_loop(
     }
 }
 
+/// At a connection limit: closes the shard's longest-idle parked keep-alive connection (a
+/// close RFC 9112 §9.5 allows at any time; nginx reuses idle connections the same way when
+/// out of `worker_connections`), so that a new client is served instead of reset. Whether
+/// there was one.
+fn reclaim(common: &ShardCommon, ctx: &ShardCtx) -> bool {
+    let Some(idle) = common.lot.evict_oldest() else {
+        return false;
+    };
+    drop(idle);
+    bump(&ctx.stats.reclaimed_idle);
+    true
+}
+
 /// Serves an accepted connection, with the settings its listener has in the snapshot in
-/// force, unless the shard is at `max_connections_per_shard`, or that snapshot does not have
-/// the listener: then the stream is dropped (the client sees a TCP close) and counted.
+/// force. At `max_connections_per_shard` or `max_connections` the shard's longest-idle
+/// keep-alive connection is closed to make room ([`reclaim`]); without one, or over
+/// `max_connections_per_client`, or when that snapshot does not have the listener, the
+/// stream is dropped (the client sees a TCP close) and counted.
 fn admit(
     common: &ShardCommon,
     stream: monoio::net::TcpStream,
@@ -560,16 +575,23 @@ fn admit(
         return;
     };
     let limits = &ctx.shared.config.limits;
-    if ctx.active.get() >= limits.max_connections_per_shard {
+    if ctx.active.get() >= limits.max_connections_per_shard && !reclaim(common, &ctx) {
         bump(&ctx.stats.rejected_conn_limit);
         drop(stream);
         return;
     }
-    let held = match ctx.conns.enter(
-        peer.ip(),
-        limits.max_connections,
-        limits.max_connections_per_client,
-    ) {
+    let enter = || {
+        ctx.conns.enter(
+            peer.ip(),
+            limits.max_connections,
+            limits.max_connections_per_client,
+        )
+    };
+    let held = match enter() {
+        Err(Refused::Total) if reclaim(common, &ctx) => enter(),
+        entered => entered,
+    };
+    let held = match held {
         Ok(held) => held,
         Err(refused) => {
             let (counter, limit) = match refused {

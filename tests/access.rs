@@ -184,6 +184,40 @@ both_engines! {
         assert_eq!(c.read_response().status(), 200);
     }
 
+    // At a connection limit the shard's longest-idle keep-alive connection is closed to make
+    // room (nginx reuses idle connections when out of worker_connections): the new client is
+    // served, not reset, and the other idle ones stay (found by the probe7 review: five idle
+    // sockets locked every new client out for client_idle).
+    fn idle_connections_make_room_at_the_connection_limits(engine) {
+        for limit in ["max_connections_per_shard", "max_connections"] {
+            let origin = Origin::start("o");
+            let proxy = Config::single(origin.addr()).limit(limit, "3").admin("").start(engine);
+            let mut idle: Vec<Client> = (0..3)
+                .map(|i| {
+                    let mut c = Client::connect(proxy.addr());
+                    c.send(&get("e.example", &format!("/idle{i}")));
+                    assert_eq!(c.read_response().status(), 200);
+                    c
+                })
+                .collect();
+            scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "three idle connections parked", |m| {
+                m.value("edgeshard_connections_idle", &[]) == 3.0
+            });
+            let mut fresh = Client::connect(proxy.addr());
+            fresh.send(&get("e.example", "/new"));
+            assert_eq!(fresh.read_response().status(), 200, "{limit}: a new client at the limit");
+            let closed = idle[0].read_until_closed(Duration::from_secs(5));
+            assert!(closed.as_ref().is_ok_and(|b| b.is_empty()), "{limit}: the longest idle was not closed silently: {closed:?}");
+            for c in &mut idle[1..] {
+                c.send(&get("e.example", "/again"));
+                assert_eq!(c.read_response().status(), 200, "{limit}");
+            }
+            let m = scrape(proxy.admin_addr(), None);
+            assert_eq!(m.value("edgeshard_connections_reclaimed_total", &[]), 1.0, "{limit}");
+            assert_eq!(m.value("edgeshard_connections_rejected_total", &[("reason", limit)]), 0.0, "{limit}");
+        }
+    }
+
     fn the_process_total_is_bounded(engine) {
         let origin = Origin::start("o");
         let proxy = Config::single(origin.addr())

@@ -1,5 +1,6 @@
-//! Observability, read side: the `/metrics` families of stage 1½/3½, *admit* (access lists,
-//! rate limits, authentication, the PROXY protocol), written by [`super::metrics::render`].
+//! Observability, read side: the `/metrics` families of stage 1½/3½, *admit* (idle
+//! connections and those closed to make room, access lists, rate limits, authentication,
+//! the PROXY protocol), written by [`super::metrics::render`].
 
 use std::fmt::Write;
 
@@ -8,6 +9,24 @@ use crate::stats::Snapshot;
 
 /// Who was let in and who was not: access lists, rate limits, auth, PROXY protocol headers.
 pub(super) fn admission(o: &mut String, all: &Snapshot) {
+    family(
+        o,
+        "edgeshard_connections_idle",
+        "gauge",
+        "Client connections parked idle between requests (counted in edgeshard_connections_active).",
+    );
+    let _ = writeln!(o, "edgeshard_connections_idle {}", all.parked);
+    family(
+        o,
+        "edgeshard_connections_reclaimed_total",
+        "counter",
+        "Idle keep-alive connections closed to admit a new one at a connection limit.",
+    );
+    let _ = writeln!(
+        o,
+        "edgeshard_connections_reclaimed_total {}",
+        all.reclaimed_idle
+    );
     family(
         o,
         "edgeshard_access_denied_total",
