@@ -191,6 +191,23 @@ async fn keep_alive(
                 Wait::Timeout => return, // keep-alive idle expiry: close silently
             }
         }
+        // Empty lines between requests are no request (RFC 9112 §2.2: a server SHOULD ignore
+        // at least one before a request-line; old clients send a CRLF after a POST body): the
+        // connection stays idle (client_idle, parked, closed silently), not a head that
+        // times out with a 408 nobody asked for.
+        if !first
+            && client
+                .buf
+                .first()
+                .is_some_and(|&b| b == b'\r' || b == b'\n')
+        {
+            let n = client.buf.iter().take_while(|&&b| b == b'\r' || b == b'\n');
+            let n = n.count();
+            client.buf.drain(..n);
+            if client.buf.is_empty() {
+                continue;
+            }
+        }
         // A reload between requests: this request starts on the snapshot in force now (the
         // previous one finished on its own). One borrow and a pointer compare, no atomics.
         if let Some(now) = ctx.current() {

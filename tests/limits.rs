@@ -216,6 +216,38 @@ both_engines! {
             "closed before client_idle (300 ms) elapsed: {idle:?}"
         );
     }
+    // An empty line between keep-alive requests (RFC 9112 §2.2; old clients send a CRLF
+    // after a POST body) is no request: the connection stays idle and is closed silently at
+    // client_idle, not answered with a 408 at client_header that the client would read as the
+    // answer to its next request (found by the probe7 review). A request after it is served.
+    fn empty_lines_between_requests_keep_the_connection_idle(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr())
+            .timeout("client_header", "200ms")
+            .timeout("client_idle", "1s")
+            .start(engine);
+        // A CRLF after a POST body in the same packet, and a lone CRLF after a GET.
+        let post = request("POST", "/p", &[("Host", "example.com"), ("Content-Length", "2")], b"hi");
+        for (first, after) in [([&post[..], b"\r\n"].concat(), &b""[..]), (get("example.com", "/g"), &b"\r\n"[..])] {
+            let mut c = Client::connect(proxy.addr());
+            c.send(&first);
+            let method = if first.starts_with(b"POST") { "POST" } else { "GET" };
+            assert_eq!(c.read_response_for(method).status(), 200);
+            if !after.is_empty() {
+                c.send(after);
+            }
+            let t0 = Instant::now();
+            let rest = c.read_until_closed(Duration::from_secs(5));
+            assert!(rest.as_ref().is_ok_and(|b| b.is_empty()), "{method}: expected a silent close, got {:?}", rest.map(|b| String::from_utf8_lossy(&b).into_owned()));
+            assert!(t0.elapsed() >= Duration::from_millis(500), "{method}: closed after {:?}, long before client_idle (1 s)", t0.elapsed());
+        }
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/1"));
+        assert_eq!(c.read_response().status(), 200);
+        c.send(b"\r\n\r\n");
+        c.send(&get("example.com", "/2"));
+        assert_eq!(c.read_response().status(), 200);
+    }
     fn backend_silent_gets_504(engine) {
         let backend = LockStep::bind();
         let proxy = Config::single(backend.addr()).timeout("upstream_response", "300ms").start(engine);
