@@ -78,15 +78,18 @@ impl Client {
 }
 
 /// What a connection keeps of the `[[listener]]` it was accepted on: taken from the snapshot
-/// in force at the accept and kept for the connection's life (its TLS session was set up
-/// with it). A reload that changes a listener's settings, or removes it, applies to
-/// connections accepted after it; open ones keep these.
+/// in force at the accept. After a reload, its next request takes its listener's settings
+/// in force then (`conn::relisten`: a new allow/deny, rate limit or header rule applies to
+/// open connections too); a listener the reload removed, or turned from plain to TLS or
+/// back, leaves its open connections these.
 #[derive(Clone, Default)]
 pub struct ListenerSide {
+    /// Which listener (`None` only in tests' defaults).
+    pub id: Option<crate::snapshot::ListenerId>,
     /// Its TLS (`None`: a plain listener).
     pub tls: Option<Arc<TlsListener>>,
     pub redirect_https: Option<RedirectHttps>,
-    /// Its `allow`/`deny`, checked at accept.
+    /// Its `allow`/`deny`, checked at accept (and at the next request after a reload).
     pub access: AccessList,
     /// Connections start with a PROXY protocol header ([`crate::proxy_protocol`]).
     pub proxy_protocol: bool,
@@ -101,6 +104,7 @@ impl ListenerSide {
     /// The settings of `shared`'s `listener`-th listener (defaults if it has none).
     pub fn of(shared: &Shared, listener: usize) -> ListenerSide {
         ListenerSide {
+            id: shared.listener_ids.get(listener).copied(),
             rate_limit: shared
                 .config
                 .listeners

@@ -125,13 +125,46 @@ pub async fn resume(ctx: Rc<ShardCtx>, parked: Parked) {
     let Ok(stream) = TcpStream::from_std(std::net::TcpStream::from(parked.fd)) else {
         return;
     };
-    let client = Client::plain(
+    let mut client = Client::plain(
         stream,
         parked.peer,
         parked.listener,
         parked.forwarded_trusted,
     );
+    // Parked before a reload: its next request is under the listener's settings now.
+    if !relisten(&ctx, &mut client) {
+        refused_since_reload(&ctx, client).await;
+        return;
+    }
     keep_alive(ctx, client, parked.guard, None).await;
+}
+
+/// After a reload, before a connection's next request: the connection takes its listener's
+/// settings in force now (allow/deny, rate limit, header rules, redirect), as a connection
+/// accepted now would, so a reload that denies a client reaches its open connections too
+/// (nginx's old workers close theirs). Its transport stays as it was set up: a listener the
+/// reload removed, or turned from plain to TLS or back, leaves it the old settings. `false`:
+/// the listener's allow/deny now refuses the client.
+fn relisten(ctx: &ShardCtx, client: &mut Client) -> bool {
+    let Some(id) = client.listener.id else {
+        return true;
+    };
+    let Some(now) = ctx.shared.listener(id).and_then(|i| ctx.listeners.get(i)) else {
+        return true;
+    };
+    if Rc::ptr_eq(now, &client.listener) || now.tls.is_some() != client.listener.tls.is_some() {
+        return true;
+    }
+    client.listener = now.clone();
+    crate::admission::listener_admits(&now.access, client.peer.ip())
+}
+
+/// A request on a connection whose client a reload's allow/deny now refuses: `403` (over TLS
+/// too: the handshake is long done), counted as a refusal at accept would be, then closed.
+async fn refused_since_reload(ctx: &ShardCtx, mut client: Client) {
+    crate::stats::bump(&ctx.stats.denied_listener);
+    respond_canned(ctx, &mut client, Canned::Forbidden, true).await;
+    linger_close(&mut client).await;
 }
 
 /// The keep-alive loop: `accepted` for a new connection (its first request is bounded from
@@ -214,6 +247,10 @@ async fn keep_alive(
             if !Rc::ptr_eq(&now, &ctx) {
                 ctx = now;
                 limits = head_limits(&ctx);
+                if !relisten(&ctx, &mut client) {
+                    Box::pin(refused_since_reload(&ctx, client)).await;
+                    return;
+                }
             }
         }
         let head_started = if first { accepted } else { crate::clock::now() };

@@ -7,8 +7,9 @@
 //! reload moves it in the file; moving a listener to an address that overlaps it (the same
 //! port, a wildcard on one side) is refused with both key paths and changes nothing; an
 //! added TLS listener completes handshakes on every shard, with its HSTS header; a refused
-//! reload leaves the certificates in force alone; and while the process drains, a reload
-//! that adds or removes a listener is refused, naming each. Both engines.
+//! reload leaves the certificates in force alone; while the process drains, a reload
+//! that adds or removes a listener is refused, naming each; and a reload's new settings of a
+//! listener (a deny) reach the next request of its open connections. Both engines.
 
 use crate::support::tls::{tls_get, tls_listener, CertDir, TestCa};
 use crate::support::*;
@@ -236,13 +237,71 @@ both_engines! {
         assert_eq!(ask(&mut on_a, "/p", false), (200, None));
         assert_eq!(ask(&mut on_b, "/p", false), (301, Some(to_8443.into())));
 
-        // The settings swapped: new connections get the new ones; open connections keep
-        // those they were accepted with.
+        // The settings swapped: new connections get the new ones, and so does the next
+        // request of an open one.
         reload_ok(&proxy, &file(o.addr(), &[plain(b), redirecting(a, 9443)]));
         serves(a, 301, Some("https://a.test:9443/p"));
         serves(b, 200, None);
+        assert_eq!(ask(&mut on_a, "/p", false), (301, Some("https://a.test:9443/p".into())));
+        assert_eq!(ask(&mut on_b, "/p", false), (200, None));
+    }
+
+    // A reload that denies a client reaches its open connections, as nginx's old workers
+    // close theirs: the next request on each gets 403 and a close, whether it was parked
+    // idle (plain) or waiting in its task (TLS), and a client the list still admits is
+    // served on. Found by the probe7 review: a denied client kept its connection for good.
+    fn a_reload_that_denies_a_client_reaches_its_open_connections(engine) {
+        let o = Origin::start("o");
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("reload-deny");
+        let leaf = ca.leaf(&["a.test"]);
+        let cert = dir.write("a.pem", &leaf.cert_pem);
+        let key = dir.write("a.key", &leaf.key_pem);
+        let [a, b, c] = dead_addrs();
+        let listeners = |deny: &str| {
+            vec![
+                format!("{}\n{deny}", plain(a)),
+                format!("{}\n{deny}", tls(b, &cert, &key, "")),
+                plain(c),
+            ]
+        };
+        let proxy = Proxy::start(&file(o.addr(), &listeners("")), engine);
+        let mut on_a = Client::connect(a);
+        let mut on_c = Client::connect(c);
         assert_eq!(ask(&mut on_a, "/p", false), (200, None));
-        assert_eq!(ask(&mut on_b, "/p", false), (301, Some(to_8443.into())));
+        assert_eq!(ask(&mut on_c, "/p", false), (200, None));
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(ca.client_config()), "a.test".try_into().unwrap()).unwrap();
+        let sock = TcpStream::connect(b).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut on_b = rustls::StreamOwned::new(conn, sock);
+        let mut ask_tls = |what: &str| {
+            use std::io::{Read, Write};
+            on_b.write_all(b"GET /p HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = on_b.read(&mut buf).unwrap_or(0);
+                assert!(n > 0, "{what}: closed before a response: {:?}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            String::from_utf8_lossy(&got).into_owned()
+        };
+        assert!(ask_tls("before").starts_with("HTTP/1.1 200"));
+        // The plain connections idle in the parking lot.
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "idle connections parked", |m| {
+            m.value("edgeshard_connections_idle", &[]) == 2.0
+        });
+
+        reload_ok(&proxy, &file(o.addr(), &listeners("deny = [\"127.0.0.1\"]")));
+        on_a.send(&get("a.test", "/p"));
+        assert_eq!(on_a.read_response().status(), 403, "a parked connection of a denied client");
+        on_a.expect_closed();
+        let answer = ask_tls("after");
+        assert!(answer.starts_with("HTTP/1.1 403"), "an open TLS connection of a denied client: {answer}");
+        assert!(answer.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{answer}");
+        assert_eq!(ask(&mut on_c, "/p", false), (200, None), "the listener without the deny");
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_access_denied_total", &[("scope", "listener")]), 2.0);
     }
 
     fn a_listener_moved_to_an_overlapping_address_is_refused_and_nothing_changes(engine) {
