@@ -393,6 +393,28 @@ both_engines! {
         assert_eq!(at("/rl/", &alice).0, "429", "alice's certificate had no bucket");
     }
 
+    // ALPN: h2 and http/1.1 offered gets http/1.1; only http/1.0 (curl --http1.0) gets
+    // http/1.0 (it was refused, found by the probe7 review); only h2 is refused, counted as
+    // incompatible (it was counted as protocol).
+    fn alpn_agrees_on_http1_and_refuses_h2_alone(engine) {
+        let Site { ca, dir: _dir, ca_file: _ca_file, origin: _origin, config } = site("alpn", "");
+        let proxy = config.admin("").start(engine);
+        let offering = |protocols: &[&[u8]]| {
+            let mut c = ca.client_config();
+            c.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+            Arc::new(c)
+        };
+        for (offered, agreed) in [(&[&b"h2"[..], b"http/1.1"][..], &b"http/1.1"[..]), (&[&b"http/1.0"[..]][..], &b"http/1.0"[..])] {
+            let seen = tls_get(proxy.addr(), &offering(offered), "a.test", "/").unwrap_or_else(|e| panic!("{offered:?}: {e}"));
+            assert_eq!(seen.alpn.as_deref(), Some(agreed), "{offered:?}");
+            assert!(seen.response.starts_with("HTTP/1.1 200"), "{}", seen.response);
+        }
+        assert!(tls_get(proxy.addr(), &offering(&[b"h2"]), "a.test", "/").is_err(), "h2 alone must be refused");
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "the refusal counted", |m| {
+            m.value("edgeshard_tls_handshake_failures_total", &[("reason", "incompatible")]) == 1.0
+        });
+    }
+
     fn stalled_handshake_is_closed_at_the_timeout(engine) {
         let Site { ca, dir: _dir, ca_file: _ca_file, origin: _origin, config } = site("stall", "handshake_timeout = \"500ms\"");
         let proxy = config.admin("").start(engine);

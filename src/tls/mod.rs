@@ -2,7 +2,7 @@
 //! on a TLS listener is handshaken on its shard ([`handshake`]) and then read and written
 //! through [`crate::transport::Transport::Tls`]. This module builds each listener's rustls
 //! configuration once at start ([`TlsListeners::build`]): the SNI certificate table
-//! ([`certs`]), versions, suites, ALPN `http/1.1`, optional client certificates, and one
+//! ([`certs`]), versions, suites, ALPN `http/1.1` (or `http/1.0`), optional client certificates, and one
 //! session-ticket key set shared by every shard so that a client resumes on whichever shard
 //! `SO_REUSEPORT` hands its next connection to (and kept by a reload:
 //! [`TlsListeners::build_with`]). Certificates are re-read on SIGHUP and when
@@ -387,9 +387,10 @@ fn server_config(
         }
     };
     let mut sc = builder.with_cert_resolver(Arc::new(SniResolver(store)));
-    // A client that offers h2 and http/1.1 gets http/1.1; one that offers only h2 is refused
+    // A client that offers h2 and http/1.1 gets http/1.1, one that offers only http/1.0
+    // (`curl --http1.0`) http/1.0; one that offers only h2 is refused
     // (no_application_protocol), rather than spoken to in a protocol it did not ask for.
-    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    sc.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     sc.ignore_client_order = true;
     // Tickets only: a session-id cache would be per process but locked per handshake.
     sc.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});

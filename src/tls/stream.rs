@@ -57,7 +57,9 @@ impl HandshakeError {
             HandshakeError::Eof => Failure::Eof,
             HandshakeError::Io(_) => Failure::Io,
             HandshakeError::Tls(e) => match e {
-                rustls::Error::PeerIncompatible(_) => Failure::Incompatible,
+                rustls::Error::PeerIncompatible(_) | rustls::Error::NoApplicationProtocol => {
+                    Failure::Incompatible
+                }
                 rustls::Error::AlertReceived(_) => Failure::AlertReceived,
                 rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_) => {
                     Failure::ClientCertificate

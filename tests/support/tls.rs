@@ -160,6 +160,8 @@ pub struct TlsSeen {
     pub leaf: CertificateDer<'static>,
     pub resumed: bool,
     pub version: Option<rustls::ProtocolVersion>,
+    /// The protocol ALPN agreed on, if any.
+    pub alpn: Option<Vec<u8>>,
     /// The whole response (head and body) to one `GET /` with `Connection: close`.
     pub response: String,
 }
@@ -199,6 +201,7 @@ pub fn tls_get(
             .ok_or("no peer certificate")?,
         resumed: c.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
         version: c.protocol_version(),
+        alpn: c.alpn_protocol().map(<[u8]>::to_vec),
         response: String::from_utf8_lossy(&out).into_owned(),
     })
 }
