@@ -23,10 +23,10 @@ use crate::shard::ShardCtx;
 use crate::trace::record_refused;
 use crate::worker::ActiveGuard;
 
-/// Answers a connection its listener's list refuses: 403 with `Connection: close`, whatever
-/// it sends, then a lingering close so the answer is not reset away.
-async fn refuse(ctx: &ShardCtx, stream: TcpStream, peer: SocketAddr, listener: Rc<ListenerSide>) {
-    let mut client = Client::plain(stream, peer, listener, false);
+/// Answers a client its listener's list refuses (at accept, or at its next request after a
+/// reload: [`relisten`]): 403 with `Connection: close`, whatever it sends, then a lingering
+/// close so the answer is not reset away.
+async fn refuse(ctx: &ShardCtx, mut client: Client) {
     respond_canned(ctx, &mut client, Canned::Forbidden, true).await;
     linger_close(&mut client).await;
 }
@@ -84,7 +84,7 @@ async fn open(
         crate::stats::bump(&ctx.stats.denied_listener);
         // A TLS client cannot read a 403 before a handshake it is not granted: closed.
         if listener.tls.is_none() {
-            Box::pin(refuse(ctx, stream, peer, listener)).await;
+            Box::pin(refuse(ctx, Client::plain(stream, peer, listener, false))).await;
         }
         return None;
     }
@@ -133,7 +133,7 @@ pub async fn resume(ctx: Rc<ShardCtx>, parked: Parked) {
     );
     // Parked before a reload: its next request is under the listener's settings now.
     if !relisten(&ctx, &mut client) {
-        refused_since_reload(&ctx, client).await;
+        refuse(&ctx, client).await;
         return;
     }
     keep_alive(ctx, client, parked.guard, None).await;
@@ -143,8 +143,9 @@ pub async fn resume(ctx: Rc<ShardCtx>, parked: Parked) {
 /// settings in force now (allow/deny, rate limit, header rules, redirect), as a connection
 /// accepted now would, so a reload that denies a client reaches its open connections too
 /// (nginx's old workers close theirs). Its transport stays as it was set up: a listener the
-/// reload removed, or turned from plain to TLS or back, leaves it the old settings. `false`:
-/// the listener's allow/deny now refuses the client.
+/// reload removed, or turned from plain to TLS or back, leaves it the old settings. `false`
+/// (counted as a refusal at accept is): the listener's allow/deny now refuses the client,
+/// whom [`refuse`] answers (over TLS too: the handshake is long done).
 fn relisten(ctx: &ShardCtx, client: &mut Client) -> bool {
     let Some(id) = client.listener.id else {
         return true;
@@ -156,15 +157,11 @@ fn relisten(ctx: &ShardCtx, client: &mut Client) -> bool {
         return true;
     }
     client.listener = now.clone();
-    crate::admission::listener_admits(&now.access, client.peer.ip())
-}
-
-/// A request on a connection whose client a reload's allow/deny now refuses: `403` (over TLS
-/// too: the handshake is long done), counted as a refusal at accept would be, then closed.
-async fn refused_since_reload(ctx: &ShardCtx, mut client: Client) {
-    crate::stats::bump(&ctx.stats.denied_listener);
-    respond_canned(ctx, &mut client, Canned::Forbidden, true).await;
-    linger_close(&mut client).await;
+    let admitted = crate::admission::listener_admits(&now.access, client.peer.ip());
+    if !admitted {
+        crate::stats::bump(&ctx.stats.denied_listener);
+    }
+    admitted
 }
 
 /// The keep-alive loop: `accepted` for a new connection (its first request is bounded from
@@ -228,15 +225,13 @@ async fn keep_alive(
         // at least one before a request-line; old clients send a CRLF after a POST body): the
         // connection stays idle (client_idle, parked, closed silently), not a head that
         // times out with a 408 nobody asked for.
-        if !first
-            && client
-                .buf
-                .first()
-                .is_some_and(|&b| b == b'\r' || b == b'\n')
-        {
-            let n = client.buf.iter().take_while(|&&b| b == b'\r' || b == b'\n');
-            let n = n.count();
-            client.buf.drain(..n);
+        let blank = client
+            .buf
+            .iter()
+            .take_while(|&&b| matches!(b, b'\r' | b'\n'))
+            .count();
+        if !first && blank > 0 {
+            client.buf.drain(..blank);
             if client.buf.is_empty() {
                 continue;
             }
@@ -248,7 +243,7 @@ async fn keep_alive(
                 ctx = now;
                 limits = head_limits(&ctx);
                 if !relisten(&ctx, &mut client) {
-                    Box::pin(refused_since_reload(&ctx, client)).await;
+                    Box::pin(refuse(&ctx, client)).await;
                     return;
                 }
             }

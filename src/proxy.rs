@@ -388,12 +388,11 @@ fn route<'b>(
     let Some((host, path)) = routing_input(&target, head.host.map(|h| h.get(buf))) else {
         return Err(Canned::BadRequest);
     };
-    let subjects = crate::tls::Subjects::of(client, shared);
     let route = shared
         .routes
         .find(host, &match_path(&path), head.method.get(buf), |name| {
             // An mTLS subject header is the verified one, whatever the client sent.
-            if let Some(verified) = subjects.field(name) {
+            if let Some(verified) = crate::tls::Subjects::of(client, shared).field(name) {
                 return verified;
             }
             // A field the request's `Connection` names is not forwarded: it routes nothing.
@@ -435,8 +434,7 @@ fn prepare<'a>(
     let shared = &*ctx.shared;
     let buf = &client.buf[..];
     let (route, target, host) = (routed, &routed.target, routed.host);
-    let subjects = crate::tls::Subjects::of(client, shared);
-    let headers = || subjects.fields(buf, head);
+    let headers = || crate::tls::Subjects::of(client, shared).fields(buf, head);
     // Balancing inputs that live in the head: read them now, before the buffer moves on.
     let spec = &shared.config.upstreams[route.upstream].balance;
     let key = spec.hash_key.as_ref().and_then(|k| {

@@ -118,8 +118,8 @@ impl Shared {
     /// The snapshot a reload puts in force after `old`: built from `config` like the first,
     /// with what the control plane knows of the backends that remain (matched by
     /// [`BackendId`]) carried over: the admin API's drain flag and the active health state
-    /// (state and timestamps while the upstream still has a check, probe counters always). The shards' accepting flags are copied as they
-    /// are.
+    /// (state and timestamps while the upstream still has a check, probe counters always).
+    /// The shards' accepting flags are copied as they are.
     pub fn reloaded(config: Config, old: &Shared, tls: Arc<crate::tls::TlsListeners>) -> Shared {
         let next =
             Shared::build(config, old.accepting.len(), Some(old.board.epoch())).with_tls(tls);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// A backend reply with `headers` and `body` (Content-Length, or chunked).
-fn reply(headers: &[(&str, &str)], body: &str, chunked: bool) -> Reply {
+pub(crate) fn reply(headers: &[(&str, &str)], body: &str, chunked: bool) -> Reply {
     Reply::Response {
         status: 200,
         headers: headers
@@ -44,7 +44,7 @@ fn fetch(c: &mut Client, method: &str, path: &str, headers: &[(&str, &str)]) -> 
     c.read_response_for(method)
 }
 
-fn x_cache(r: &Response) -> String {
+pub(crate) fn x_cache(r: &Response) -> String {
     r.header("X-Cache").unwrap_or("none").to_string()
 }
 

@@ -3,20 +3,8 @@
 //! name, and it may pick the site by the `Host` it gets, so the key names both. Claims the
 //! key cannot name keep the request out of the cache.
 
+use crate::cache::{reply, x_cache};
 use crate::support::*;
-
-fn reply(headers: &[(&str, &str)], body: &str) -> Reply {
-    Reply::Response {
-        status: 200,
-        headers: headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect(),
-        body: body.as_bytes().to_vec(),
-        mode: BodyMode::Length,
-        close_after: false,
-    }
-}
 
 /// `GET path` with `Host: host` and `headers`.
 fn fetch_as(c: &mut Client, host: &str, path: &str, headers: &[(&str, &str)]) -> Response {
@@ -24,10 +12,6 @@ fn fetch_as(c: &mut Client, host: &str, path: &str, headers: &[(&str, &str)]) ->
     h.extend_from_slice(headers);
     c.send(&request("GET", path, &h, b""));
     c.read_response_for("GET")
-}
-
-fn x_cache(r: &Response) -> String {
-    r.header("X-Cache").unwrap_or("none").to_string()
 }
 
 fn trusted_cache(origin: &Origin, engine: Engine) -> Proxy {
@@ -55,7 +39,7 @@ both_engines! {
                     mode: BodyMode::Length,
                     close_after: false,
                 },
-                (_, host) => reply(&[cc], &format!("for {}", host.unwrap_or("?"))),
+                (_, host) => reply(&[cc], &format!("for {}", host.unwrap_or("?")), false),
             }
         });
         let proxy = trusted_cache(&origin, engine);
@@ -87,7 +71,7 @@ both_engines! {
     fn behind_a_trusted_proxy_the_key_names_the_host_the_backend_got_too(engine) {
         let origin = Origin::with_handler("o", |r| {
             let page = format!("{} for {}", r.header("host").unwrap_or("?"), r.header("x-forwarded-host").unwrap_or("?"));
-            reply(&[("Cache-Control", "max-age=100")], &page)
+            reply(&[("Cache-Control", "max-age=100")], &page, false)
         });
         let proxy = trusted_cache(&origin, engine);
         let mut c = Client::connect(proxy.addr());

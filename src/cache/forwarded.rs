@@ -48,8 +48,10 @@ pub fn origin<'h>(
     }
     // The backend gets both families: where they disagree, which one it builds from is its
     // own choice, so no key can name the answer.
-    let differ = |a: Option<&[u8]>, b: Option<&[u8]>| matches!((a, b), (Some(a), Some(b)) if !a.eq_ignore_ascii_case(b));
-    if proto.zip(f_proto).is_some_and(|(a, b)| a != b) || differ(fwd_host, f_host) {
+    let hosts_differ = fwd_host
+        .zip(f_host)
+        .is_some_and(|(a, b)| !a.eq_ignore_ascii_case(b));
+    if hosts_differ || proto.zip(f_proto).is_some_and(|(a, b)| a != b) {
         return None;
     }
     let https = proto.or(f_proto).unwrap_or(https);

@@ -195,8 +195,8 @@ impl HealthBoard {
 
     /// Copies backend `j` of `from` into slot `i` of this board, before it is published: a
     /// reload keeps the active-check state of backends that remain. The counters always; the
-    /// state, its timestamps and the run of probe results only when `checked` (the backend's upstream still has a
-    /// check): without one, nothing would ever change a copied Unhealthy again, and the
+    /// state, its timestamps and the run of probe results only when `checked` (the backend's
+    /// upstream still has a check): without one, nothing would ever change a copied Unhealthy again, and the
     /// backend stays at its built state (Unknown, usable).
     pub fn adopt(&self, i: usize, from: &HealthBoard, j: usize, checked: bool) {
         let (Some(s), Some(c), Some(view)) =

@@ -48,8 +48,9 @@ pub struct ProbeTarget {
     /// The upstream's `proxy_protocol`: probes start with the proxy's own header (v1
     /// `UNKNOWN`, v2 `LOCAL`), as a backend expecting one requires.
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
-    /// After a reload, the state and the run of probe results (see [`super::board::SlotView::streak`])
-    /// the board carried over for this backend: probing resumes from them (`None`: from the check's initial state, published at once).
+    /// After a reload, the state and the run of probe results
+    /// ([`super::board::SlotView::streak`]) the board carried over for this backend: probing
+    /// resumes from them (`None`: from the check's initial state, published at once).
     pub resume: Option<(Health, i64)>,
 }
 

@@ -2,10 +2,10 @@
 //! on a TLS listener is handshaken on its shard ([`handshake`]) and then read and written
 //! through [`crate::transport::Transport::Tls`]. This module builds each listener's rustls
 //! configuration once at start ([`TlsListeners::build`]): the SNI certificate table
-//! ([`certs`]), versions, suites, ALPN `http/1.1` (or `http/1.0`), optional client certificates, and one
-//! session-ticket key set shared by every shard so that a client resumes on whichever shard
-//! `SO_REUSEPORT` hands its next connection to (and kept by a reload:
-//! [`TlsListeners::build_with`]). Certificates are re-read on SIGHUP and when
+//! ([`certs`]), versions, suites, ALPN `http/1.1` (or `http/1.0`), optional client
+//! certificates, and one session-ticket key set shared by every shard so that a client
+//! resumes on whichever shard `SO_REUSEPORT` hands its next connection to (and kept by a
+//! reload: [`TlsListeners::build_with`]). Certificates are re-read on SIGHUP and when
 //! their files change ([`TlsListeners::reload`]); handshakes in progress and open connections
 //! keep what they started with.
 
@@ -627,7 +627,7 @@ pub fn client_facts(client: &Client) -> (bool, Option<Field<'_>>) {
 /// [`same_field`]) are not there, and this connection's verified subject is.
 #[derive(Clone, Copy)]
 pub struct Subjects<'a> {
-    /// Every listener's subject header (empty without mTLS headers: nothing to do).
+    /// Every listener's subject header (none without mTLS headers: nothing is hidden).
     names: &'a [String],
     /// This listener's header and the verified subject (empty without a certificate).
     verified: Option<Field<'a>>,
@@ -643,7 +643,7 @@ impl<'a> Subjects<'a> {
 
     /// Whether `name` is a subject header: the client's copy is not its own to send.
     pub fn hides(&self, name: &[u8]) -> bool {
-        !self.names.is_empty() && self.names.iter().any(|h| same_field(h.as_bytes(), name))
+        self.names.iter().any(|h| same_field(h.as_bytes(), name))
     }
 
     /// The verified subject's field, when this connection has one.
