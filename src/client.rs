@@ -9,8 +9,9 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
-use crate::config::{AccessList, RedirectHttps};
+use crate::config::{AccessList, Config, RedirectHttps};
 use crate::io::Deadline;
 use crate::snapshot::Shared;
 use crate::tls::TlsListener;
@@ -49,6 +50,8 @@ pub struct Client {
     /// X-Forwarded-For names the client and its request id is kept (decided at accept;
     /// never for a PROXY protocol balancer's own LOCAL or UNKNOWN connection).
     pub forwarded_trusted: bool,
+    /// When it was opened and how many requests it has carried (kept while it is parked).
+    pub served: Served,
     /// The socket is known to be `O_NONBLOCK` ([`crate::splice::send_file`] sets it once).
     /// Both engines work with either mode.
     pub nonblocking: bool,
@@ -62,6 +65,7 @@ impl Client {
         peer: SocketAddr,
         listener: Rc<ListenerSide>,
         forwarded_trusted: bool,
+        served: Served,
     ) -> Client {
         Client {
             stream: Transport::Plain(stream),
@@ -72,7 +76,60 @@ impl Client {
             listener,
             client_subject: None,
             forwarded_trusted,
+            served,
             nonblocking: false,
+        }
+    }
+}
+
+/// What a keep-alive connection has served: `limits.max_requests_per_connection` and
+/// `timeouts.client_keepalive_time` end it after a response (nginx's `keepalive_requests`
+/// and `keepalive_time`), so that long-lived clients are re-balanced across shards and
+/// proxies and no connection holds its resources for good. Eight bytes, as a parked
+/// connection keeps it too ([`crate::park`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Served {
+    /// When it was opened: milliseconds on [`epoch_ms`]'s clock, which wraps after 49 days;
+    /// ages are taken with a wrapping subtraction, so they are right below that, and a
+    /// connection is checked by `client_keepalive_time` plus `client_idle` (at most 14 days).
+    opened_ms: u32,
+    requests: u32,
+}
+
+/// Why a request is its connection's last (the index of its `retired` counter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retire {
+    Requests = 0,
+    KeepaliveTime = 1,
+}
+
+/// `t` in milliseconds since the process first asked (wrapping at 2^32).
+fn epoch_ms(t: Instant) -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    t.saturating_duration_since(epoch).as_millis() as u32
+}
+
+impl Served {
+    pub fn new(opened: Instant) -> Served {
+        Served {
+            opened_ms: epoch_ms(opened),
+            requests: 0,
+        }
+    }
+
+    /// Counts a request that started `now`; `Some` when its response must close the
+    /// connection.
+    pub fn count(&mut self, cfg: &Config, now: Instant) -> Option<Retire> {
+        self.requests = self.requests.saturating_add(1);
+        let max = cfg.limits.max_requests_per_connection;
+        let age_ms = epoch_ms(now).wrapping_sub(self.opened_ms);
+        if max != 0 && self.requests >= max {
+            Some(Retire::Requests)
+        } else if u128::from(age_ms) >= cfg.timeouts.client_keepalive_time.as_millis() {
+            Some(Retire::KeepaliveTime)
+        } else {
+            None
         }
     }
 }

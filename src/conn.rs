@@ -12,7 +12,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
-use crate::client::{Client, ListenerSide, Outcome, Transport};
+use crate::client::{Client, ListenerSide, Outcome, Served, Transport};
 use crate::http::canned::Canned;
 use crate::http::parse::{names_head, parse_request, HeadLimits, Parsed, RequestHead};
 use crate::io::{read_more, Deadline, IoFail};
@@ -84,7 +84,8 @@ async fn open(
         crate::stats::bump(&ctx.stats.denied_listener);
         // A TLS client cannot read a 403 before a handshake it is not granted: closed.
         if listener.tls.is_none() {
-            Box::pin(refuse(ctx, Client::plain(stream, peer, listener, false))).await;
+            let client = Client::plain(stream, peer, listener, false, Served::new(accepted));
+            Box::pin(refuse(ctx, client)).await;
         }
         return None;
     }
@@ -115,6 +116,7 @@ async fn open(
         listener,
         client_subject,
         forwarded_trusted,
+        served: Served::new(accepted),
         nonblocking: false,
     })
 }
@@ -130,6 +132,7 @@ pub async fn resume(ctx: Rc<ShardCtx>, parked: Parked) {
         parked.peer,
         parked.listener,
         parked.forwarded_trusted,
+        parked.served,
     );
     // Parked before a reload: its next request is under the listener's settings now.
     if !relisten(&ctx, &mut client) {
@@ -467,6 +470,7 @@ fn park(
         peer,
         listener,
         forwarded_trusted,
+        served,
         ..
     } = client;
     let Transport::Plain(stream) = stream else {
@@ -474,11 +478,19 @@ fn park(
     };
     let back = |stream, peer, listener, forwarded_trusted, guard| {
         Parking::Back(
-            Client::plain(stream, peer, listener, forwarded_trusted),
+            Client::plain(stream, peer, listener, forwarded_trusted, served),
             guard,
         )
     };
-    let parked = match Parked::new(stream, peer, listener.clone(), forwarded_trusted, guard) {
+    let parked = Parked::new(
+        stream,
+        peer,
+        listener.clone(),
+        forwarded_trusted,
+        served,
+        guard,
+    );
+    let parked = match parked {
         Ok(p) => p,
         Err((stream, guard)) => return back(stream, peer, listener, forwarded_trusted, guard),
     };
@@ -674,7 +686,8 @@ mod tests {
     /// one runs in it, so keep the futures small: every step a waiting connection is not in
     /// (the request exchange, the hot read, head reads after the first, canned answers, the
     /// cold wait) is boxed. 2026-12-04: `keep_alive` (a resumed connection's task) 952 bytes,
-    /// `serve` (a new one's: the keep-alive loop after the accept's steps) 1,336 (1,144 on
+    /// `serve` (a new one's: the keep-alive loop after the accept's steps) 1,336 (2026-12-06,
+    /// with the connection's `Served`: 976 and 1,368; 1,144 on
     /// 2026-12-03, when it had no parking and held its timeouts; 2,288 with the hot read and
     /// those steps inline).
     #[test]
@@ -698,11 +711,12 @@ mod tests {
                 let s = TcpStream::connect_addr(l.local_addr().unwrap())
                     .await
                     .unwrap();
-                let client = Client::plain(s, peer, Rc::default(), false);
+                let client =
+                    Client::plain(s, peer, Rc::default(), false, Served::new(Instant::now()));
                 let guard = ActiveGuard::new(&ctx, None);
                 std::mem::size_of_val(&keep_alive(ctx.clone(), client, guard, None))
             };
-            assert!(resumed <= 960, "keep_alive() future is {resumed} bytes");
+            assert!(resumed <= 976, "keep_alive() future is {resumed} bytes");
             {
                 // The two futures boxed per request: an alignment above 16 takes mimalloc's
                 // over-allocating path on every request (src/alloc.rs). monoio's timers are
@@ -711,7 +725,8 @@ mod tests {
                 let s = TcpStream::connect_addr(l.local_addr().unwrap())
                     .await
                     .unwrap();
-                let mut client = Client::plain(s, peer, Rc::default(), false);
+                let mut client =
+                    Client::plain(s, peer, Rc::default(), false, Served::new(Instant::now()));
                 let head = RequestHead::default();
                 let exchange = serve_request(&ctx, &mut client, &head);
                 let align = std::mem::align_of_val(&exchange);
@@ -732,7 +747,7 @@ mod tests {
             let guard = ActiveGuard::new(&ctx, None);
             let fut = serve(ctx, s, peer, Instant::now(), Rc::default(), guard);
             let size = std::mem::size_of_val(&fut);
-            assert!(size <= 1344, "serve() future is {size} bytes");
+            assert!(size <= 1368, "serve() future is {size} bytes");
         });
     }
 }

@@ -1,7 +1,7 @@
 //! Stage 2's idle half, between one exchange (*respond*) and the next *parse*: the shard's
 //! **parking lot** for idle keep-alive connections. A plain connection that stays silent
 //! through [`crate::conn`]'s hot window leaves its task: its socket, peer, listener and
-//! active-connection count are stored here (a [`Parked`], an 80-byte slab slot) and its task
+//! active-connection count are stored here (a [`Parked`], an 88-byte slab slot) and its task
 //! ends, so an idle connection holds no task, no read buffer, no timer and no head vectors.
 //!
 //! The lot owns an epoll instance of its own. Each parked socket is armed in it one-shot
@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 use slab::Slab;
 
-use crate::client::ListenerSide;
+use crate::client::{ListenerSide, Served};
 use crate::shard::ShardCommon;
 use crate::worker::ActiveGuard;
 
@@ -43,6 +43,7 @@ pub struct Parked {
     pub peer: SocketAddr,
     pub listener: Rc<ListenerSide>,
     pub forwarded_trusted: bool,
+    pub served: Served,
     /// Counts the connection as active (a drain waits for it) until it is closed.
     pub guard: ActiveGuard,
     /// Tells a slot's occupants apart (a key is reused once its connection has left).
@@ -57,6 +58,7 @@ impl Parked {
         peer: SocketAddr,
         listener: Rc<ListenerSide>,
         forwarded_trusted: bool,
+        served: Served,
         guard: ActiveGuard,
     ) -> Result<Parked, (TcpStream, ActiveGuard)> {
         // SAFETY: F_DUPFD_CLOEXEC takes no pointers; a non-negative result is a new
@@ -74,6 +76,7 @@ impl Parked {
             peer,
             listener,
             forwarded_trusted,
+            served,
             guard,
             gen: 0,
         })
@@ -437,7 +440,7 @@ mod tests {
         }
         let slot = std::mem::size_of::<Entry>();
         let heap = std::mem::size_of::<Reverse<(u64, u32, u32)>>();
-        assert!(slot <= 80, "slab slot {slot} bytes");
+        assert!(slot <= 88, "slab slot {slot} bytes");
         assert_eq!(heap, 16);
     }
 }

@@ -108,6 +108,9 @@ pub struct Totals {
     pub rejected_conn_limit: Cell<u64>,
     /// Idle keep-alive connections closed to admit a new one at a connection limit.
     pub reclaimed_idle: Cell<u64>,
+    /// Keep-alive connections closed after a response because they reached
+    /// `limits.max_requests_per_connection` ([0]) or `timeouts.client_keepalive_time` ([1]).
+    pub retired: [Cell<u64>; 2],
     /// Closed at accept: the shard's snapshot does not have the listener (a shard that
     /// missed a reload's switch; see `worker::admit`).
     pub rejected_no_listener: Cell<u64>,
@@ -229,6 +232,7 @@ impl Totals {
             accepted: Cell::new(0),
             rejected_conn_limit: Cell::new(0),
             reclaimed_idle: Cell::new(0),
+            retired: Default::default(),
             rejected_no_listener: Cell::new(0),
             rejected_total_limit: Cell::new(0),
             rejected_client_limit: Cell::new(0),
@@ -348,6 +352,7 @@ impl Stats {
             accepted: self.accepted.get(),
             rejected_conn_limit: self.rejected_conn_limit.get(),
             reclaimed_idle: self.reclaimed_idle.get(),
+            retired: self.retired.each_ref().map(get),
             parked: 0,
             rejected_no_listener: self.rejected_no_listener.get(),
             rejected_total_limit: self.rejected_total_limit.get(),
@@ -458,6 +463,7 @@ pub struct Snapshot {
     pub accepted: u64,
     pub rejected_conn_limit: u64,
     pub reclaimed_idle: u64,
+    pub retired: [u64; 2],
     /// Idle keep-alive connections in the shard's parking lot now (a gauge the shard fills).
     pub parked: u64,
     pub rejected_no_listener: u64,
@@ -530,6 +536,8 @@ impl Snapshot {
         self.accepted += other.accepted;
         self.rejected_conn_limit += other.rejected_conn_limit;
         self.reclaimed_idle += other.reclaimed_idle;
+        self.retired[0] += other.retired[0];
+        self.retired[1] += other.retired[1];
         self.parked += other.parked;
         self.rejected_no_listener += other.rejected_no_listener;
         self.rejected_total_limit += other.rejected_total_limit;

@@ -171,6 +171,7 @@ client_send = "60s"
 upstream_connect = "3s"
 upstream_response = "250ms"
 tunnel_idle = "1h"
+client_keepalive_time = "1h"
 
 [limits]
 max_header_bytes = 16384
@@ -184,6 +185,7 @@ client_body_min_rate = 500
 client_send_min_rate = "1KiB"
 auth_cache_entries = 1024
 auth_pending = 16
+max_requests_per_connection = 1000
 compress_memory = "64MiB"
 
 [admin]

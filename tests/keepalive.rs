@@ -307,3 +307,86 @@ both_engines! {
         the_response_survives_the_close(engine, "/gen/400000/cl", &one, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     }
 }
+
+both_engines! {
+    // limits.max_requests_per_connection (nginx's keepalive_requests): the response to the
+    // connection's last request says `Connection: close` and the connection ends after it.
+    // The count survives the parking lot (the connection is parked before its last request),
+    // and a new connection starts afresh.
+    fn a_connection_closes_after_its_last_request(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr())
+            .limit("max_requests_per_connection", "3")
+            .admin("")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        for i in 1..=3 {
+            if i == 3 {
+                scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "the connection parked", |m| {
+                    m.value("edgeshard_connections_idle", &[]) == 1.0
+                });
+            }
+            c.send(&get("example.com", &format!("/r{i}")));
+            let r = c.read_response();
+            assert_eq!(r.status(), 200, "request {i}");
+            assert_eq!(r.has_token("connection", "close"), i == 3, "request {i}:\n{}", r.head.raw);
+        }
+        c.expect_closed_within(Duration::from_secs(10));
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_connections_retired_total", &[("reason", "requests")]), 1.0);
+        assert_eq!(m.value("edgeshard_connections_retired_total", &[("reason", "keepalive_time")]), 0.0);
+        let mut fresh = Client::connect(proxy.addr());
+        fresh.send(&get("example.com", "/again"));
+        assert!(!fresh.read_response().has_token("connection", "close"));
+    }
+
+    // A client that pipelines past its connection's last request gets every response up to
+    // it, whole, and then the close: the request that followed is never forwarded.
+    fn requests_pipelined_past_the_last_one_are_not_forwarded(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr())
+            .limit("max_requests_per_connection", "2")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        let mut burst = Vec::new();
+        for i in 1..=4 {
+            burst.extend_from_slice(&get("example.com", &format!("/p{i}")));
+        }
+        c.send(&burst);
+        assert!(!c.read_response().has_token("connection", "close"));
+        let last = c.read_response();
+        assert_eq!((last.status(), last.has_token("connection", "close")), (200, true));
+        assert_eq!(last.header("x-path"), Some("/p2"));
+        c.expect_closed_within(Duration::from_secs(10));
+        let paths: Vec<String> = origin.requests().iter().map(|r| r.path().to_string()).collect();
+        assert_eq!(paths, ["/p1", "/p2"]);
+    }
+
+    // timeouts.client_keepalive_time (nginx's keepalive_time): a connection open that long
+    // closes after the response to its next request. The age counts from the accept, across
+    // the parking lot.
+    fn a_connection_older_than_keepalive_time_closes_after_its_next_response(engine) {
+        const AGE: Duration = Duration::from_secs(1);
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr())
+            .timeout("client_keepalive_time", "1s")
+            .admin("")
+            .start(engine);
+        let opened = std::time::Instant::now();
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/young"));
+        let r = c.read_response();
+        // (A machine stalled past AGE here has nothing to show for the young request.)
+        if opened.elapsed() < AGE {
+            assert!(!r.has_token("connection", "close"), "{}", r.head.raw);
+        }
+        // The deadline is what is exercised: past it, the connection is an old one.
+        wait_until(opened + AGE + Duration::from_millis(50));
+        c.send(&get("example.com", "/old"));
+        let r = c.read_response();
+        assert_eq!((r.status(), r.has_token("connection", "close")), (200, true), "{}", r.head.raw);
+        c.expect_closed_within(Duration::from_secs(10));
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_connections_retired_total", &[("reason", "keepalive_time")]), 1.0);
+    }
+}

@@ -40,6 +40,9 @@ pub struct Limits {
     /// charged [`crate::compress::stream::Encoder::memory`]); a response beyond it is sent
     /// uncompressed.
     pub compress_memory: u64,
+    /// Requests served on one client connection before it closes after the response
+    /// (nginx's `keepalive_requests`); 0 = no bound.
+    pub max_requests_per_connection: u32,
 }
 
 /// Checks `[limits]` (`raw`) into [`Limits`], defaults filled in.
@@ -124,5 +127,12 @@ pub(super) fn limits(c: &mut Checker, limits: &RawLimits) -> Limits {
             0,
             1 << 40,
         ),
+        max_requests_per_connection: c.count(
+            "limits.max_requests_per_connection",
+            limits.max_requests_per_connection,
+            0,
+            0,
+            u32::MAX as usize,
+        ) as u32,
     }
 }

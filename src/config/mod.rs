@@ -177,6 +177,10 @@ pub struct Timeouts {
     /// An upgraded connection (WebSocket) with no byte in either direction this long is
     /// closed.
     pub tunnel_idle: Duration,
+    /// A keep-alive connection open this long closes after its current response (nginx's
+    /// `keepalive_time`): connections are re-opened, and so re-balanced across shards and
+    /// proxies, at least this often.
+    pub client_keepalive_time: Duration,
 }
 
 /// Zero-copy relay of large bodies (`[server] splice*`).
@@ -496,6 +500,11 @@ impl Config {
             tunnel_idle: c.duration(
                 "timeouts.tunnel_idle",
                 timeouts.tunnel_idle.as_ref(),
+                Duration::from_secs(3600),
+            ),
+            client_keepalive_time: c.duration(
+                "timeouts.client_keepalive_time",
+                timeouts.client_keepalive_time.as_ref(),
                 Duration::from_secs(3600),
             ),
         };

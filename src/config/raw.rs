@@ -129,6 +129,7 @@ pub(super) struct RawTimeouts {
     pub(super) upstream_connect: Option<String>,
     pub(super) upstream_response: Option<String>,
     pub(super) tunnel_idle: Option<String>,
+    pub(super) client_keepalive_time: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -146,6 +147,7 @@ pub(super) struct RawLimits {
     pub(super) auth_cache_entries: Option<usize>,
     pub(super) auth_pending: Option<usize>,
     pub(super) compress_memory: Option<Size>,
+    pub(super) max_requests_per_connection: Option<usize>,
 }
 
 /// A byte size written as an integer or a string such as "16MiB".

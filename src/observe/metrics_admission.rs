@@ -29,6 +29,18 @@ pub(super) fn admission(o: &mut String, all: &Snapshot) {
     );
     family(
         o,
+        "edgeshard_connections_retired_total",
+        "counter",
+        "Keep-alive connections closed after a response (Connection: close) because they reached limits.max_requests_per_connection (reason=requests) or timeouts.client_keepalive_time (reason=keepalive_time).",
+    );
+    for (reason, n) in ["requests", "keepalive_time"].iter().zip(all.retired) {
+        let _ = writeln!(
+            o,
+            "edgeshard_connections_retired_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    family(
+        o,
         "edgeshard_access_denied_total",
         "counter",
         "Refused by an allow/deny list: connections by their listener's (403, or a close before a TLS handshake), requests by their route's (403).",
