@@ -3,7 +3,9 @@
 //! a declined upgrade keeps HTTP framing), bytes move both ways until both sides have
 //! closed. A half-close is passed on (`shutdown(SHUT_WR)` on the other side), an error on
 //! either side shuts both sockets down (so the other direction ends at once), and a tunnel
-//! with no byte in either direction for `timeouts.tunnel_idle` is closed.
+//! with no byte in either direction for `timeouts.tunnel_idle` is closed; once one direction
+//! has ended, for `timeouts.tunnel_half_closed` (HAProxy's `timeout client-fin`), so a peer
+//! that half-closed and an other that never answers do not hold the tunnel for an hour.
 //!
 //! Each direction is one `pump` with two modes:
 //! - **copy** (where every tunnel starts): a non-blocking `recv` into a 16 KiB buffer, then
@@ -30,7 +32,8 @@
 use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Instant;
+use std::pin::pin;
+use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
@@ -157,29 +160,39 @@ pub async fn run(ctx: &ShardCtx, mut client: TcpStream, client_early: Vec<u8>, u
     }
     let last = Cell::new(Instant::now());
     let (sent, received) = (Cell::new(0u64), Cell::new(0u64));
-    let both = async {
-        monoio::join!(
-            pump(ctx, &client, &upstream, &last, &sent),
-            pump(ctx, &upstream, &client, &last, &received)
-        )
+    let mut up = pin!(pump(ctx, &client, &upstream, &last, &sent));
+    let mut down = pin!(pump(ctx, &upstream, &client, &last, &received));
+    // Both ways open: bounded by tunnel_idle.
+    let first = monoio::select! {
+        _ = &mut up => Some(true),
+        _ = &mut down => Some(false),
+        _ = quiet(&last, idle) => None,
     };
-    let watchdog = async {
-        loop {
-            let until = last.get() + idle;
-            if Instant::now() >= until {
-                return;
+    // One way ended (a half-close passed on; after an error both sockets are shut down, so
+    // the other ends at once): the other is bounded by tunnel_half_closed from now on.
+    let ended = match first {
+        None => false,
+        Some(up_ended) => {
+            last.set(Instant::now());
+            let bound = ctx.shared.config.timeouts.tunnel_half_closed.min(idle);
+            let other = async {
+                if up_ended {
+                    (&mut down).await
+                } else {
+                    (&mut up).await
+                }
+            };
+            monoio::select! {
+                _ = other => true,
+                _ = quiet(&last, bound) => false,
             }
-            monoio::time::sleep_until(until.into()).await;
         }
-    };
-    let ended = monoio::select! {
-        _ = both => true,
-        _ = watchdog => false,
     };
     if !ended {
         tracing::debug!(
             shard = ctx.id,
-            "tunnel closed after tunnel_idle without traffic"
+            half_closed = first.is_some(),
+            "tunnel closed after tunnel_idle (or tunnel_half_closed) without traffic"
         );
     }
     let (sent, received) = (sent.get(), received.get());
@@ -188,6 +201,17 @@ pub async fn run(ctx: &ShardCtx, mut client: TcpStream, client_early: Vec<u8>, u
     let b = &ctx.stats.backends[backend];
     add(&b.bytes_sent, sent);
     add(&b.bytes_received, received);
+}
+
+/// Returns once `last` (the time a byte last moved) is `bound` ago.
+async fn quiet(last: &Cell<Instant>, bound: Duration) {
+    loop {
+        let until = last.get() + bound;
+        if Instant::now() >= until {
+            return;
+        }
+        monoio::time::sleep_until(until.into()).await;
+    }
 }
 
 /// How one direction ended.

@@ -171,6 +171,7 @@ client_send = "60s"
 upstream_connect = "3s"
 upstream_response = "250ms"
 tunnel_idle = "1h"
+tunnel_half_closed = "30s"
 client_keepalive_time = "1h"
 
 [limits]

@@ -1,8 +1,9 @@
 //! Bulk traffic through upgraded tunnels (spliced when a read fills the copy buffer): 64 MiB
 //! both ways at once arrives byte-identical and mostly spliced, small messages after a bulk
 //! phase still arrive (copied again) and an idle tunnel still closes, a half-close in the
-//! middle of bulk is passed on exactly while the other direction flows on, and a backend
-//! reset mid-bulk ends the tunnel at once on both sides.
+//! middle of bulk is passed on exactly while the other direction flows on, a backend
+//! reset mid-bulk ends the tunnel at once on both sides, and a half-closed tunnel whose other
+//! side goes quiet ends after `tunnel_half_closed`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -271,5 +272,43 @@ both_engines! {
         );
         let took = started.elapsed();
         assert!(took < Duration::from_secs(20), "tunnel outlived the reset: {took:?}, read {got}");
+    }
+}
+
+both_engines! {
+    // timeouts.tunnel_half_closed (HAProxy's `timeout client-fin`): once the client has
+    // half-closed, a backend that neither answers nor closes holds the tunnel that long, not
+    // tunnel_idle (an hour here). What it sends meanwhile still arrives, and restarts the bound.
+    fn a_half_closed_tunnel_ends_after_tunnel_half_closed(engine) {
+        const BOUND: Duration = Duration::from_millis(500);
+        let (tx, backend_saw) = mpsc::channel();
+        let (done, test_done) = mpsc::channel::<()>();
+        let backend = upgrade_backend(move |mut s| {
+            let mut got = Vec::new();
+            let read = s.read_to_end(&mut got).map(|_| got);
+            let late = Instant::now();
+            s.write_all(b"late").unwrap();
+            let _ = tx.send((read, late));
+            // Silent and open, until the test has seen the client side end.
+            let _ = test_done.recv_timeout(WAIT);
+        });
+        let proxy = Config::single(backend)
+            .timeout("tunnel_idle", "1h")
+            .timeout("tunnel_half_closed", "500ms")
+            .start(engine);
+        let mut s = upgraded(proxy.addr());
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.write_all(b"hello").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let (read, late) = backend_saw.recv_timeout(WAIT).unwrap();
+        assert_eq!(read.unwrap(), b"hello", "the client's bytes, then its EOF");
+        let mut rest = Vec::new();
+        let end = s.read_to_end(&mut rest);
+        let waited = late.elapsed();
+        let _ = done.send(());
+        assert!(end.is_ok(), "the tunnel outlived tunnel_half_closed: {end:?} after {waited:?}");
+        assert_eq!(rest, b"late");
+        // The proxy's bound runs from when it relayed "late", after `late` was taken.
+        assert!(waited >= BOUND - Duration::from_millis(20), "closed before tunnel_half_closed: {waited:?}");
     }
 }

@@ -177,6 +177,9 @@ pub struct Timeouts {
     /// An upgraded connection (WebSocket) with no byte in either direction this long is
     /// closed.
     pub tunnel_idle: Duration,
+    /// The same once one direction of the tunnel has ended (HAProxy's `timeout client-fin`
+    /// and `server-fin`); the shorter of the two applies.
+    pub tunnel_half_closed: Duration,
     /// A keep-alive connection open this long closes after its current response (nginx's
     /// `keepalive_time`): connections are re-opened, and so re-balanced across shards and
     /// proxies, at least this often.
@@ -501,6 +504,11 @@ impl Config {
                 "timeouts.tunnel_idle",
                 timeouts.tunnel_idle.as_ref(),
                 Duration::from_secs(3600),
+            ),
+            tunnel_half_closed: c.duration(
+                "timeouts.tunnel_half_closed",
+                timeouts.tunnel_half_closed.as_ref(),
+                Duration::from_secs(30),
             ),
             client_keepalive_time: c.duration(
                 "timeouts.client_keepalive_time",

@@ -130,6 +130,7 @@ pub(super) struct RawTimeouts {
     pub(super) upstream_response: Option<String>,
     pub(super) tunnel_idle: Option<String>,
     pub(super) client_keepalive_time: Option<String>,
+    pub(super) tunnel_half_closed: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
