@@ -192,7 +192,7 @@ pub fn applies(
 /// body is not byte-for-byte the representation the tag names: RFC 9110 §8.8.3). A backend
 /// `Content-Encoding: identity` is dropped, and so are digests of the uncoded bytes
 /// (`Content-Digest` and `Repr-Digest`, RFC 9530, and the obsolete `Content-MD5`): a client
-/// that checks one would refuse the coded body.
+/// that checks one would refuse the coded body. `Trailer` goes with the trailers it announced.
 pub fn rewrite_head(out: &mut Vec<u8>, alg: Algorithm) {
     let Some(body) = out.len().checked_sub(2) else {
         return;
@@ -228,6 +228,9 @@ pub fn rewrite_head(out: &mut Vec<u8>, alg: Algorithm) {
             .any(|d| name.eq_ignore_ascii_case(d))
         {
             // Digests of the uncoded bytes.
+        } else if name.eq_ignore_ascii_case(b"trailer") {
+            // The backend's trailer fields are dropped (they describe the uncoded body): none
+            // is announced.
         } else if name.eq_ignore_ascii_case(b"accept-ranges") {
             // Ranges are served over the identity body (a Range request is not compressed):
             // offsets into this coded one would fetch the wrong bytes (nginx drops it too).

@@ -157,6 +157,11 @@ fn the_head_gets_the_coding_vary_and_a_weak_etag() {
         rewrite("HTTP/1.1 200 OK\nContent-Digest: sha-256=:x:\nRepr-Digest: sha-256=:y:\nContent-MD5: z\nVary: *\n\n"),
         "HTTP/1.1 200 OK\nVary: *\nContent-Encoding: br\n\n"
     );
+    // The backend's trailers are dropped, so none is announced.
+    assert_eq!(
+        rewrite("HTTP/1.1 200 OK\nTrailer: Content-Digest\nVary: *\n\n"),
+        "HTTP/1.1 200 OK\nVary: *\nContent-Encoding: br\n\n"
+    );
 }
 
 /// Each encoder streams: fed in pieces, its output decodes (with the same crates) to the
