@@ -2,13 +2,15 @@
 //! bytes, by the same crates and by real clients (curl --compressed for gzip, br and zstd;
 //! Python's gzip), for bodies from 0 B to 64 MiB with every upstream framing; the responses
 //! that must pass unchanged; the head (`Vary`, weak `ETag`, no `Content-Length`); HTTP/1.0
-//! clients; the counters; and that a 64 MiB body streams (the proxy's peak RSS barely moves).
+//! clients; the counters; that a 64 MiB body streams (the proxy's peak RSS barely moves);
+//! and that a body whose backend pauses reaches the client decodable up to the pause.
 
 use crate::support::prom::scrape;
 use crate::support::*;
 use std::io::Read;
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 const ALGS: [&str; 3] = ["gzip", "br", "zstd"];
 const PERIOD: usize = 1_000_003;
@@ -345,14 +347,14 @@ both_engines! {
         assert_eq!(m.value("edgeshard_compress_memory_refused_total", &[]), 2.0);
         // The held clients go: their shares come back once the proxy sees them gone.
         drop(held);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut c = Client::connect(proxy.addr());
             let r = fetch(&mut c, "/t/5000/cl", Some("gzip"));
             if r.header("content-encoding") == Some("gzip") {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "the abandoned responses kept their encoders");
+            assert!(Instant::now() < deadline, "the abandoned responses kept their encoders");
         }
     }
 
@@ -367,6 +369,124 @@ both_engines! {
             assert!(r.header("content-length").is_none(), "{mode}");
             assert!(decode("zstd", &r.body) == text(70000), "{mode}");
             c.expect_closed();
+        }
+    }
+}
+
+/// A backend that answers one request with a chunked JSON body: `first`, then (once `gate`
+/// is open) `second` and the last chunk.
+fn pausing_backend(first: Vec<u8>, second: Vec<u8>, gate: Gate) -> std::net::SocketAddr {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let (first, second, gate) = (first.clone(), second.clone(), gate.clone());
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                if read_head_bytes(&mut s).is_err() {
+                    return;
+                }
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+                let mut out = head.as_bytes().to_vec();
+                out.extend_from_slice(&chunked(&first, &[first.len()])[..]);
+                out.truncate(out.len() - 5); // no last chunk yet ("0\r\n\r\n")
+                let _ = s.write_all(&out);
+                gate.wait(Duration::from_secs(20));
+                let _ = s.write_all(&chunked(&second, &[second.len()]));
+            });
+        }
+    });
+    addr
+}
+
+/// The complete chunks' data in `raw` (a chunked body from its start), and whether the last
+/// chunk was among them.
+fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
+    let mut data = Vec::new();
+    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..eol]).unwrap(), 16).unwrap();
+        if size == 0 {
+            return (data, true);
+        }
+        let Some(chunk) = raw.get(eol + 2..eol + 2 + size + 2) else {
+            break;
+        };
+        data.extend_from_slice(&chunk[..size]);
+        raw = &raw[eol + 2 + size + 2..];
+    }
+    (data, false)
+}
+
+both_engines! {
+    // A backend that pauses mid-body (a report it is still computing, a stream of events):
+    // what it has sent so far reaches the client decodable at once, not when the body ends.
+    fn a_compressed_body_is_flushed_when_the_backend_pauses(engine) {
+        let (first, second) = (text(5000), text(3000));
+        for alg in ALGS {
+            let gate = Gate::default();
+            let backend = pausing_backend(first.clone(), second.clone(), gate.clone());
+            let proxy = Config::new().upstream("main", &[backend]).route("main", "compress = {}").start(engine);
+            let mut c = Client::connect(proxy.addr());
+            c.send(&request("GET", "/p", &[("Host", "example.com"), ("Accept-Encoding", alg)], b""));
+            let head = c.read_head().unwrap();
+            assert_eq!(head.header("content-encoding"), Some(alg), "{}", head.raw);
+            // While the backend holds the rest: the first part arrives, decodable.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut raw = c.pending().to_vec();
+            let mut buf = [0u8; 65536];
+            let decoded = loop {
+                let so_far = stream_decode(alg, &dechunk(&raw).0);
+                if so_far.len() >= first.len() || Instant::now() >= deadline {
+                    break so_far;
+                }
+                c.stream().set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))).unwrap();
+                match c.stream().read(&mut buf) {
+                    Ok(0) | Err(_) => {}
+                    Ok(n) => raw.extend_from_slice(&buf[..n]),
+                }
+            };
+            assert!(decoded == first, "{alg}: {} of the {} bytes sent before the pause reached the client", decoded.len(), first.len());
+            gate.open();
+            loop {
+                let (coded, end) = dechunk(&raw);
+                if end {
+                    let mut whole = first.clone();
+                    whole.extend_from_slice(&second);
+                    assert!(decode(alg, &coded) == whole, "{alg}: the whole body");
+                    break;
+                }
+                c.stream().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let n = c.stream().read(&mut buf).unwrap();
+                assert!(n > 0, "{alg}: closed before the last chunk");
+                raw.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+}
+
+/// What a streaming decoder for `alg` makes of `coded`, a prefix of a coded body.
+fn stream_decode(alg: &str, coded: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match alg {
+        "gzip" => {
+            let mut d = flate2::write::GzDecoder::new(Vec::new());
+            let _ = d.write_all(coded);
+            let _ = d.flush();
+            std::mem::take(d.get_mut())
+        }
+        "br" => {
+            let mut d = brotli::DecompressorWriter::new(Vec::new(), 1 << 16);
+            let _ = d.write_all(coded);
+            let _ = d.flush();
+            std::mem::take(d.get_mut())
+        }
+        _ => {
+            let mut d = zstd::stream::write::Decoder::new(Vec::new()).unwrap();
+            let _ = d.write_all(coded);
+            let _ = d.flush();
+            std::mem::take(d.get_mut())
         }
     }
 }

@@ -15,13 +15,14 @@
 
 use std::io::Write;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::io::AsyncWriteRent;
 
 use crate::config::{Algorithm, CompressConfig};
 use crate::http::chunked::{encode_chunk, encode_last_chunk};
 use crate::http::parse::BodyFraming;
 use crate::io::IoFail;
 use crate::relay::{Incoming, Leg, RelayError};
+use crate::transport::Transport;
 
 /// log2 of the zstd window: 512 KiB, which bounds its memory per response (level 3's own
 /// 2 MiB gains little on web bodies).
@@ -115,6 +116,17 @@ impl Encoder {
         }
     }
 
+    /// Makes all input so far decodable from the output (gzip's sync flush, brotli's and
+    /// zstd's flush operations), at a few bytes and some ratio: done when the backend pauses,
+    /// so a streamed body (server-sent events, a slow report) reaches the client as it comes.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Encoder::Gzip(e) => e.flush(),
+            Encoder::Br(e) => e.flush(),
+            Encoder::Zstd(e) => e.flush(),
+        }
+    }
+
     /// The coded bytes emitted so far and not yet taken (clear it once they are sent).
     pub fn output(&mut self) -> &mut Vec<u8> {
         match self {
@@ -152,9 +164,14 @@ pub struct Coded {
 /// says how the body is delimited; `chunked` whether the client gets chunked framing (else
 /// the body ends with the connection). Upstream trailers are dropped (they describe the
 /// uncoded body). On success `*pos` points just past the body in `inbuf`.
+///
+/// When the backend pauses (nothing more to read now: one `recv(MSG_PEEK)` after input was
+/// fed, so a backend that keeps its socket full costs one peek per 64 KiB read) the encoder
+/// is flushed and what it gives is sent: a body is never held back waiting for bytes the
+/// backend has not sent. nginx holds it, unless buffering is off.
 #[allow(clippy::too_many_arguments)]
-pub async fn relay_compressed<S: AsyncReadRent, D: AsyncWriteRent>(
-    src: &mut S,
+pub async fn relay_compressed<D: AsyncWriteRent>(
+    src: &mut Transport,
     inbuf: &mut Vec<u8>,
     pos: &mut usize,
     dst: &mut D,
@@ -166,6 +183,8 @@ pub async fn relay_compressed<S: AsyncReadRent, D: AsyncWriteRent>(
     let coding = |_| RelayError::Write(IoFail::Io(std::io::Error::other("encoder failed")));
     let mut body = Incoming::new(incoming, chunk_overhead);
     let mut coded = Coded::default();
+    // Input fed since the encoder was last flushed.
+    let mut fed = false;
     loop {
         while !body.done && *pos < inbuf.len() {
             let (piece, consumed) = body.step(&inbuf[*pos..])?;
@@ -173,6 +192,7 @@ pub async fn relay_compressed<S: AsyncReadRent, D: AsyncWriteRent>(
             if data.1 > data.0 {
                 coded.bytes_in += (data.1 - data.0) as u64;
                 enc.write(&inbuf[data.0..data.1]).map_err(coding)?;
+                fed = true;
             }
             *pos += consumed;
         }
@@ -184,6 +204,10 @@ pub async fn relay_compressed<S: AsyncReadRent, D: AsyncWriteRent>(
             }
             leg.flush(dst, out).await?;
             return Ok(coded);
+        }
+        if fed && !src.has_unread() {
+            enc.flush().map_err(coding)?;
+            fed = false;
         }
         let produced = enc.output();
         if !produced.is_empty() {
