@@ -526,8 +526,12 @@ async fn accept_loop(
                 return;
             }
             Err(e) => {
-                // EMFILE/ENFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(shard = ctx.id, error = %e, "accept failed");
+                // EMFILE/ENFILE and friends: back off briefly instead of spinning, and log
+                // within `log.error_rate` (out of descriptors, this repeats every backoff).
+                let allowed = ctx.current().is_none_or(|now| ctx.errors.allow(&now.stats));
+                if allowed {
+                    tracing::warn!(shard = ctx.id, error = %e, "accept failed; out of file descriptors? raise LimitNOFILE / ulimit -n");
+                }
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
         }

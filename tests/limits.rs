@@ -334,3 +334,61 @@ both_engines! {
         assert_eq!(origin.request_count(), 1);
     }
 }
+
+/// Sets `pid`'s soft open-file limit to `soft` (the hard one unchanged); returns the old soft.
+fn set_fd_limit(pid: u32, soft: u64) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads `new` and writes `old`, both owned here, for a process this test
+    // started; a failure leaves both limits as they were and is asserted below.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(rc, 0, "prlimit read");
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit set");
+    old.rlim_cur
+}
+
+both_engines! {
+    // Out of descriptors, accept fails every backoff (10 ms): the warning is held to
+    // log.error_rate lines a second per shard, and once descriptors are back the waiting
+    // connection is served.
+    fn accept_failures_are_logged_within_the_error_rate(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::single(origin.addr()).section("log", "error_rate = 3").start(engine);
+        let pid = proxy.pid();
+        let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
+        let old = set_fd_limit(pid, open);
+        let mut c = Client::connect(proxy.addr());
+        proxy.wait_for_output("accept failed", 1, Duration::from_secs(10));
+        let since = Instant::now();
+        // The rate is what is under test: a stretch of failing accepts, 150 of them before.
+        wait_until(since + Duration::from_millis(1500));
+        let lines = proxy.output().matches("accept failed").count();
+        let windows = since.elapsed().as_secs() + 2;
+        set_fd_limit(pid, old);
+        assert!(lines as u64 <= 3 * windows, "{lines} accept-failure lines in {windows} one-second windows (error_rate 3)");
+        c.send(&get("example.com", "/after"));
+        assert_eq!(c.read_response().status(), 200);
+    }
+}
