@@ -83,6 +83,10 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             };
             Plan::Answer(c, b"Location", loc)
         }),
+        // A tunnel started now would be cut at shutdown_timeout, and a 101 cannot say
+        // `Connection: close`: the client is told to come back (to the successor, after a
+        // binary upgrade) instead.
+        (None, None) if facts.upgrade && ctx.draining() => Err(Canned::ServiceUnavailable),
         (None, None) => plan(ctx, client, head, &facts, &rid, &mut trace).await,
     };
     // The head has been encoded for the upstream (or refused): from here on the client buffer

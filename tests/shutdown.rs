@@ -178,6 +178,26 @@ both_engines! {
         assert_eq!(origin.request_count(), before + 1, "the origin must have served it");
         assert_exit_0(&mut proxy, Duration::from_secs(15));
     }
+    // An upgrade asked for during the drain's grace is not offered to the backend: its tunnel
+    // would be cut at shutdown_timeout. The client gets 503 with the close, and comes back.
+    fn an_upgrade_asked_for_while_draining_gets_503_and_the_close(engine) {
+        let origin = Origin::start("o");
+        let mut proxy = Config::single(origin.addr())
+            .server("shutdown_timeout", "\"30s\"")
+            .server("drain_grace", "\"5s\"")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/first"));
+        assert_eq!(c.read_response().status(), 200);
+        proxy.terminate();
+        wait_until_refused(&proxy, Duration::from_secs(5));
+        c.send(b"GET /ws HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        let r = c.try_read_response().expect("an answer to the upgrade");
+        assert_eq!((r.status(), r.has_token("connection", "close")), (503, true), "{}", r.head.raw);
+        c.expect_closed_within(Duration::from_secs(10));
+        assert_eq!(origin.request_count(), 1, "the upgrade never reached the origin");
+        assert_exit_0(&mut proxy, Duration::from_secs(15));
+    }
     // A response whose head promised keep-alive before the drain and whose body ended after
     // the drain's grace: its client may send its next request at once, and gets a grace of
     // its own to do so (it was closed at once, and that request lost).
