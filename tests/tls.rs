@@ -1,6 +1,6 @@
 //! TLS termination with real clients (curl, openssl s_client, a rustls client) and
 //! certificates made by the test: SNI choice among three certificates with a wildcard and a
-//! default, refused old versions and weak suites, resumption on another shard, certificates
+//! default, an ECDSA and an RSA certificate for one name, refused old versions and weak suites, resumption on another shard, certificates
 //! replaced on disk (and a broken replacement), mTLS with a subject header no client can
 //! spoof, a stalled handshake closed at its timeout, the https scheme, HSTS and the
 //! redirect, and large bodies both ways. Both engines.
@@ -135,6 +135,39 @@ both_engines! {
         let m = scrape(proxy.admin_addr(), None);
         assert_eq!(m.value("edgeshard_tls_sni_misses_total", &[]), 2.0);
         assert_eq!(m.value("edgeshard_tls_handshakes_total", &[("kind", "full")]), 6.0);
+    }
+
+    // An ECDSA and an RSA certificate for one name (nginx's dual-certificate setup), ECDSA
+    // first: a client that can verify only RSA signatures (TLS 1.3 sigalgs), or offers only
+    // ECDHE-RSA suites (TLS 1.2), gets the RSA one; every other client the ECDSA one.
+    fn a_name_with_ecdsa_and_rsa_certificates_serves_each_client_one_it_can_use(engine) {
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("dual");
+        let (ec, rsa) = (ca.leaf(&["a.test"]), ca.leaf_rsa(&["a.test"]));
+        let pe = write_leaf(&dir, "ec", &ec);
+        let pr = write_leaf(&dir, "rsa", &rsa);
+        let origin = Origin::start("origin");
+        let proxy = Config::single(origin.addr())
+            .only_listener(&tls_listener(&[(&pe.0, &pe.1), (&pr.0, &pr.1)], ""))
+            .start(engine);
+        let served = |args: &[&str]| {
+            let mut all = vec!["-servername", "a.test"];
+            all.extend_from_slice(args);
+            let out = s_client(proxy.addr(), &all);
+            let key = if out.contains("public key is 2048 bit") { "rsa" } else if out.contains("public key is 256 bit") { "ecdsa" } else { "none" };
+            (key, out)
+        };
+        for (args, want) in [
+            (&["-tls1_3"][..], "ecdsa"),
+            (&["-tls1_3", "-sigalgs", "RSA-PSS+SHA256:RSA-PSS+SHA384"][..], "rsa"),
+            (&["-tls1_2"][..], "ecdsa"),
+            (&["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"][..], "rsa"),
+        ] {
+            let (key, out) = served(args);
+            assert_eq!(key, want, "{args:?}:\n{out}");
+        }
+        let seen = tls_get(proxy.addr(), &Arc::new(ca.client_config()), "a.test", "/").unwrap();
+        assert!(seen.leaf == ec.der && seen.response.starts_with("HTTP/1.1 200"), "{}", seen.response);
     }
 
     fn a_certificate_name_is_escaped_in_the_metrics(engine) {

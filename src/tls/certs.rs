@@ -33,40 +33,56 @@ pub struct LoadedCert {
 
 /// The SNI table of one listener: a name goes to its exact match, else to the wildcard one
 /// label up (`*.example.com` covers `a.example.com`, not `a.b.example.com` nor
-/// `example.com`), else to the default.
+/// `example.com`), else to the default. A name may have several certificates (an ECDSA and
+/// an RSA one, as nginx serves several `ssl_certificate`s): each handshake gets the first, in
+/// the configured order, whose key can sign with a scheme the client offers.
 pub struct CertSet {
     pub certs: Vec<LoadedCert>,
-    exact: HashMap<String, usize>,
-    wildcard: HashMap<String, usize>,
-    default: usize,
+    exact: HashMap<String, Vec<usize>>,
+    wildcard: HashMap<String, Vec<usize>>,
+    /// The default first, then the others that name its first name.
+    default: Vec<usize>,
 }
 
 impl CertSet {
     fn new(certs: Vec<LoadedCert>, default: usize) -> CertSet {
-        let mut exact = HashMap::new();
-        let mut wildcard = HashMap::new();
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wildcard: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, c) in certs.iter().enumerate() {
             for n in &c.names {
-                // The first certificate naming a host keeps it.
-                match n.strip_prefix("*.") {
-                    Some(parent) => wildcard.entry(parent.to_string()).or_insert(i),
-                    None => exact.entry(n.clone()).or_insert(i),
+                let list = match n.strip_prefix("*.") {
+                    Some(parent) => wildcard.entry(parent.to_string()).or_default(),
+                    None => exact.entry(n.clone()).or_default(),
                 };
+                if !list.contains(&i) {
+                    list.push(i);
+                }
             }
         }
-        CertSet {
+        let mut set = CertSet {
             certs,
             exact,
             wildcard,
-            default,
+            default: vec![default],
+        };
+        let first = set.certs.get(default).and_then(|c| c.names.first());
+        if let Some((list, true)) = first.map(|n| set.candidates(Some(n))) {
+            let others = list
+                .iter()
+                .copied()
+                .filter(|&i| i != default)
+                .collect::<Vec<_>>();
+            set.default.extend(others);
         }
+        set
     }
 
-    /// The certificate for a client's SNI, and whether the name matched one (false: the
-    /// default was chosen for an unknown name; no SNI is not a miss).
-    pub fn lookup(&self, sni: Option<&str>) -> (usize, bool) {
+    /// The certificates for a client's SNI, in order of preference, and whether the name
+    /// matched one (false: the default's were chosen for an unknown name; no SNI is not a
+    /// miss).
+    pub fn candidates(&self, sni: Option<&str>) -> (&[usize], bool) {
         let Some(name) = sni else {
-            return (self.default, true);
+            return (&self.default, true);
         };
         let name = name.trim_end_matches('.');
         let lower;
@@ -76,16 +92,57 @@ impl CertSet {
         } else {
             name
         };
-        if let Some(&i) = self.exact.get(name) {
-            return (i, true);
+        if let Some(list) = self.exact.get(name) {
+            return (list, true);
         }
         if let Some((_, parent)) = name.split_once('.') {
-            if let Some(&i) = self.wildcard.get(parent) {
-                return (i, true);
+            if let Some(list) = self.wildcard.get(parent) {
+                return (list, true);
             }
         }
-        (self.default, false)
+        (&self.default, false)
     }
+
+    /// Of `list`, the first certificate the client can use: its key signs with a scheme in
+    /// `schemes`, and a suite in `suites` goes with it (any TLS 1.3 suite; a TLS 1.2 one
+    /// only with its own key type, ECDHE_ECDSA or ECDHE_RSA). The first of all when none
+    /// can: the handshake then fails as it must.
+    pub fn choose(
+        &self,
+        list: &[usize],
+        schemes: &[rustls::SignatureScheme],
+        suites: &[rustls::CipherSuite],
+    ) -> usize {
+        if list.len() > 1 {
+            let known = known_suites();
+            let usable = |&&i: &&usize| {
+                let key = &self.certs[i].key.key;
+                key.choose_scheme(schemes).is_some()
+                    && known
+                        .iter()
+                        .filter(|k| suites.contains(&k.suite()))
+                        .any(|k| match k {
+                            rustls::SupportedCipherSuite::Tls13(_) => true,
+                            rustls::SupportedCipherSuite::Tls12(t) => {
+                                let common = t.sign.iter().filter(|s| schemes.contains(s));
+                                key.choose_scheme(&common.copied().collect::<Vec<_>>())
+                                    .is_some()
+                            }
+                        })
+            };
+            if let Some(&i) = list.iter().find(usable) {
+                return i;
+            }
+        }
+        list[0]
+    }
+}
+
+/// The cipher suites the provider knows (a listener's are among them).
+fn known_suites() -> &'static [rustls::SupportedCipherSuite] {
+    static SUITES: std::sync::OnceLock<Vec<rustls::SupportedCipherSuite>> =
+        std::sync::OnceLock::new();
+    SUITES.get_or_init(|| super::provider().cipher_suites)
 }
 
 /// A file that cannot be read, said with what to check.
@@ -324,7 +381,8 @@ impl std::fmt::Debug for SniResolver {
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let set = self.0.current.load();
-        let (i, _) = set.lookup(hello.server_name());
+        let (list, _) = set.candidates(hello.server_name());
+        let i = set.choose(list, hello.signature_schemes(), hello.cipher_suites());
         set.certs.get(i).map(|c| c.key.clone())
     }
 }
@@ -352,16 +410,89 @@ mod tests {
         CertSet::new(certs, 0)
     }
 
+    /// The first candidate, as a handshake offering every scheme gets it.
+    fn lookup(s: &CertSet, sni: Option<&str>) -> (usize, bool) {
+        let (list, matched) = s.candidates(sni);
+        (list[0], matched)
+    }
+
     #[test]
     fn sni_exact_beats_wildcard_and_wildcard_covers_one_label() {
         let s = set(&[&["a.test"], &["*.wild.test"], &["x.wild.test"]]);
-        assert_eq!(s.lookup(Some("a.test")), (0, true));
-        assert_eq!(s.lookup(Some("A.Test.")), (0, true));
-        assert_eq!(s.lookup(Some("y.wild.test")), (1, true));
-        assert_eq!(s.lookup(Some("x.wild.test")), (2, true));
-        assert_eq!(s.lookup(Some("b.y.wild.test")), (0, false));
-        assert_eq!(s.lookup(Some("wild.test")), (0, false));
-        assert_eq!(s.lookup(Some("other.test")), (0, false));
-        assert_eq!(s.lookup(None), (0, true));
+        assert_eq!(lookup(&s, Some("a.test")), (0, true));
+        assert_eq!(lookup(&s, Some("A.Test.")), (0, true));
+        assert_eq!(lookup(&s, Some("y.wild.test")), (1, true));
+        assert_eq!(lookup(&s, Some("x.wild.test")), (2, true));
+        assert_eq!(lookup(&s, Some("b.y.wild.test")), (0, false));
+        assert_eq!(lookup(&s, Some("wild.test")), (0, false));
+        assert_eq!(lookup(&s, Some("other.test")), (0, false));
+        assert_eq!(lookup(&s, None), (0, true));
+    }
+
+    /// An ECDSA and an RSA certificate for one name, in that order: a client that offers
+    /// only RSA schemes gets the RSA one, any other the first; the default carries its
+    /// partner along for clients without SNI.
+    #[test]
+    fn a_name_with_two_key_types_serves_the_one_the_client_can_verify() {
+        use rustls::SignatureScheme as S;
+        let load = |alg: &'static rcgen::SignatureAlgorithm| {
+            let pair = rcgen::KeyPair::generate_for(alg).unwrap();
+            super::super::provider()
+                .key_provider
+                .load_private_key(PrivateKeyDer::Pkcs8(pair.serialize_der().into()))
+                .unwrap()
+        };
+        let cert = |key, names: &[&str]| LoadedCert {
+            key: Arc::new(CertifiedKey::new(vec![], key)),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            not_after: 0,
+            key_path: String::new(),
+        };
+        let (ec, rsa) = (
+            load(&rcgen::PKCS_ECDSA_P256_SHA256),
+            load(&rcgen::PKCS_RSA_SHA256),
+        );
+        let s = CertSet::new(
+            vec![
+                cert(ec.clone(), &["a.test"]),
+                cert(rsa, &["a.test", "b.test"]),
+                cert(ec, &["c.test"]),
+            ],
+            0,
+        );
+        let rsa_only = [S::RSA_PSS_SHA256, S::RSA_PKCS1_SHA256];
+        let both = [
+            S::ECDSA_NISTP256_SHA256,
+            S::RSA_PSS_SHA256,
+            S::RSA_PKCS1_SHA256,
+        ];
+        let tls13 = [rustls::CipherSuite::TLS13_AES_128_GCM_SHA256];
+        let pick = |sni, offered: &[S]| s.choose(s.candidates(sni).0, offered, &tls13);
+        assert_eq!(pick(Some("a.test"), &both), 0);
+        assert_eq!(pick(Some("a.test"), &rsa_only), 1);
+        assert_eq!(pick(Some("a.test"), &[S::ECDSA_NISTP256_SHA256]), 0);
+        assert_eq!(
+            pick(None, &rsa_only),
+            1,
+            "the default's partner, without SNI"
+        );
+        assert_eq!(
+            pick(Some("c.test"), &rsa_only),
+            2,
+            "no partner: the handshake fails there"
+        );
+        assert_eq!(pick(Some("b.test"), &both), 1);
+        // TLS 1.2: the suite names the key type too. An old client offering only ECDHE_RSA
+        // suites gets the RSA certificate though it could verify ECDSA signatures.
+        let rsa_suite = [rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256];
+        assert_eq!(
+            s.choose(s.candidates(Some("a.test")).0, &both, &rsa_suite),
+            1
+        );
+        let ec_suite = [rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256];
+        assert_eq!(
+            s.choose(s.candidates(Some("a.test")).0, &both, &ec_suite),
+            0
+        );
     }
 }

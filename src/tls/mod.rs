@@ -506,7 +506,7 @@ fn count_ok(ctx: &ShardCtx, tls: &TlsListener, s: &TlsStream) {
         rustls::Connection::Client(_) => None,
     };
     if let Some(sni) = sni {
-        if !tls.store.current().lookup(Some(sni)).1 {
+        if !tls.store.current().candidates(Some(sni)).1 {
             bump(&st.sni_miss);
         }
     }

@@ -95,6 +95,20 @@ impl TestCa {
         self.sign(params)
     }
 
+    /// The same with an RSA-2048 key (for a name that has an ECDSA certificate too).
+    pub fn leaf_rsa(&self, names: &[&str]) -> Leaf {
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
     /// A server certificate with no SAN, named only by its subject's common name `cn`.
     pub fn leaf_by_cn(&self, cn: &str) -> Leaf {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
