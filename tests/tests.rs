@@ -51,5 +51,6 @@ mod splice_streams;
 mod systemd;
 mod tls;
 mod tls_upstream;
+mod tls_validity;
 mod tunnel;
 mod upgrade;

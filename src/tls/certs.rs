@@ -27,6 +27,8 @@ pub struct LoadedCert {
     pub names: Vec<String>,
     /// notAfter of the leaf, in Unix seconds.
     pub not_after: i64,
+    /// notBefore of the leaf, in Unix seconds.
+    pub not_before: i64,
     /// e.g. `listener[0].tls.certificates[1]`, for metrics and logs.
     pub key_path: String,
 }
@@ -213,7 +215,7 @@ fn load_one(files: &CertificateFiles) -> Result<LoadedCert, TlsError> {
             format!("no PKCS#8, PKCS#1 or SEC1 private key found: {e}"),
         )
     })?;
-    let (names, not_after) =
+    let (names, not_before, not_after) =
         leaf_facts(&chain[0]).map_err(|reason| file_err(kp, "cert", &files.cert, reason))?;
     let provider = super::provider();
     let mut certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
@@ -232,12 +234,38 @@ fn load_one(files: &CertificateFiles) -> Result<LoadedCert, TlsError> {
         key: Arc::new(certified),
         names,
         not_after,
+        not_before,
         key_path: kp.clone(),
     })
 }
 
-/// The leaf's DNS names and notAfter.
-fn leaf_facts(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
+impl LoadedCert {
+    /// Why clients would refuse this certificate at `now` (Unix seconds): expired or not yet
+    /// valid. nginx serves such a certificate too; edgeshard says so when it loads one.
+    pub fn invalid_at(&self, now: i64) -> Option<String> {
+        let at = |t: i64| {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);
+            humantime::format_rfc3339_seconds(t)
+        };
+        if now > self.not_after {
+            Some(format!("expired at {}", at(self.not_after)))
+        } else if now < self.not_before {
+            Some(format!("not valid before {}", at(self.not_before)))
+        } else {
+            None
+        }
+    }
+}
+
+/// The time now in Unix seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The leaf's DNS names, notBefore and notAfter.
+fn leaf_facts(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64, i64), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
         .map_err(|e| format!("the first certificate cannot be parsed: {e}"))?;
     let mut names = Vec::new();
@@ -258,7 +286,12 @@ fn leaf_facts(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
             names.push(cn.to_ascii_lowercase());
         }
     }
-    Ok((names, cert.validity().not_after.timestamp()))
+    let validity = cert.validity();
+    Ok((
+        names,
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
 }
 
 /// What a file looked like when it was last read: a change to any of these is a reload.
@@ -322,6 +355,19 @@ impl CertStore {
         paths.map(|p: &PathBuf| stamp(p)).collect()
     }
 
+    /// One line per certificate in force that clients would refuse now (expired, or not
+    /// yet valid), naming its key path and file.
+    pub fn invalid_now(&self) -> Vec<String> {
+        let now = unix_now();
+        let set = self.current.load();
+        let files = set.certs.iter().zip(&self.files);
+        let lines = files.filter_map(|(c, f)| {
+            let why = c.invalid_at(now)?;
+            Some(format!("{}.cert ({}): {why}", c.key_path, f.cert.display()))
+        });
+        lines.collect()
+    }
+
     pub fn current(&self) -> arc_swap::Guard<Arc<CertSet>> {
         self.current.load()
     }
@@ -353,6 +399,26 @@ impl CertStore {
             .iter()
             .map(load_one)
             .collect::<Result<Vec<_>, _>>();
+        // A renewal gone wrong must not replace a good certificate with a stale one: a file
+        // now out of its validity, where the one in force is within it, keeps the set.
+        let now = unix_now();
+        let loaded = loaded.and_then(|certs| {
+            let current = self.current.load();
+            let mut stale = certs.iter().zip(&current.certs).enumerate();
+            let stale = stale.find_map(|(i, (new, old))| {
+                let why = new.invalid_at(now)?;
+                old.invalid_at(now).is_none().then_some((i, why))
+            });
+            match stale {
+                None => Ok(certs),
+                Some((i, why)) => Err(file_err(
+                    &certs[i].key_path,
+                    "cert",
+                    &self.files[i].cert,
+                    format!("{why}, while the certificate in force is valid: not replaced"),
+                )),
+            }
+        });
         Some(match loaded {
             Ok(certs) => {
                 self.current
@@ -404,6 +470,7 @@ mod tests {
                 key: Arc::new(CertifiedKey::new(vec![], key.clone())),
                 names: ns.iter().map(|n| n.to_string()).collect(),
                 not_after: 0,
+                not_before: 0,
                 key_path: String::new(),
             })
             .collect::<Vec<_>>();
@@ -446,6 +513,7 @@ mod tests {
             key: Arc::new(CertifiedKey::new(vec![], key)),
             names: names.iter().map(|n| n.to_string()).collect(),
             not_after: 0,
+            not_before: 0,
             key_path: String::new(),
         };
         let (ec, rsa) = (

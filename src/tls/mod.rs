@@ -210,12 +210,25 @@ impl TlsListeners {
                 subject_headers.push(h.clone());
             }
         }
-        Ok(TlsListeners {
+        let built = TlsListeners {
             listeners,
             upstreams,
             subject_headers,
             ticketer,
-        })
+        };
+        for line in built.invalid_now() {
+            tracing::warn!("certificate clients will refuse: {line}");
+        }
+        Ok(built)
+    }
+
+    /// One line per certificate in force that clients would refuse now (expired, or not yet
+    /// valid): loaded all the same, as nginx does, and said at start, on `check` and on each
+    /// reload; a file watched for renewal is not swapped in when it is out of its validity
+    /// and the one in force is not ([`CertStore::reload`]).
+    pub fn invalid_now(&self) -> Vec<String> {
+        let stores = self.listeners.iter().flatten();
+        stores.flat_map(|l| l.store.invalid_now()).collect()
     }
 
     /// How to speak TLS to the backends of upstream `u`, if it has `tls`.
@@ -238,7 +251,12 @@ impl TlsListeners {
         for l in self.listeners.iter().flatten() {
             match l.store.reload(force) {
                 None => {}
-                Some(Ok(())) => tracing::info!(listener = %l.key_path, "certificates reloaded"),
+                Some(Ok(())) => {
+                    tracing::info!(listener = %l.key_path, "certificates reloaded");
+                    for line in l.store.invalid_now() {
+                        tracing::warn!("certificate clients will refuse: {line}");
+                    }
+                }
                 Some(Err(e)) => tracing::error!(
                     "certificate reload failed, keeping the certificates in force: {e}"
                 ),

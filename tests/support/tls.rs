@@ -95,6 +95,16 @@ impl TestCa {
         self.sign(params)
     }
 
+    /// A server certificate for `names` valid only from `from` to `to` (year, month, day).
+    pub fn leaf_dated(&self, names: &[&str], from: (i32, u8, u8), to: (i32, u8, u8)) -> Leaf {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+        params.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
+        self.sign(params)
+    }
+
     /// The same with an RSA-2048 key (for a name that has an ECDSA certificate too).
     pub fn leaf_rsa(&self, names: &[&str]) -> Leaf {
         let params =
