@@ -168,6 +168,13 @@ both_engines! {
         }
         let seen = tls_get(proxy.addr(), &Arc::new(ca.client_config()), "a.test", "/").unwrap();
         assert!(seen.leaf == ec.der && seen.response.starts_with("HTTP/1.1 200"), "{}", seen.response);
+        // A TLS 1.2-only listener: a client offering TLS 1.3 suites beside its only ECDHE-RSA
+        // one (openssl does) can use only the RSA certificate there.
+        let only12 = Config::single(origin.addr())
+            .only_listener(&tls_listener(&[(&pe.0, &pe.1), (&pr.0, &pr.1)], "versions = [\"1.2\"]"))
+            .start(engine);
+        let out = s_client(only12.addr(), &["-servername", "a.test", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"]);
+        assert!(out.contains("public key is 2048 bit"), "{out}");
     }
 
     fn a_certificate_name_is_escaped_in_the_metrics(engine) {

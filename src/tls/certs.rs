@@ -106,31 +106,30 @@ impl CertSet {
     }
 
     /// Of `list`, the first certificate the client can use: its key signs with a scheme in
-    /// `schemes`, and a suite in `suites` goes with it (any TLS 1.3 suite; a TLS 1.2 one
-    /// only with its own key type, ECDHE_ECDSA or ECDHE_RSA). The first of all when none
-    /// can: the handshake then fails as it must.
+    /// `schemes`, and one of the listener's suites (`listener`, its versions' only) that the
+    /// client offers (`suites`) goes with it: any TLS 1.3 suite; a TLS 1.2 one only with its
+    /// own key type, ECDHE_ECDSA or ECDHE_RSA. The first of all when none can: the handshake
+    /// then fails as it must.
     pub fn choose(
         &self,
         list: &[usize],
+        listener: &[rustls::SupportedCipherSuite],
         schemes: &[rustls::SignatureScheme],
         suites: &[rustls::CipherSuite],
     ) -> usize {
         if list.len() > 1 {
-            let known = known_suites();
             let usable = |&&i: &&usize| {
                 let key = &self.certs[i].key.key;
+                let offered = listener.iter().filter(|k| suites.contains(&k.suite()));
                 key.choose_scheme(schemes).is_some()
-                    && known
-                        .iter()
-                        .filter(|k| suites.contains(&k.suite()))
-                        .any(|k| match k {
-                            rustls::SupportedCipherSuite::Tls13(_) => true,
-                            rustls::SupportedCipherSuite::Tls12(t) => {
-                                let common = t.sign.iter().filter(|s| schemes.contains(s));
-                                key.choose_scheme(&common.copied().collect::<Vec<_>>())
-                                    .is_some()
-                            }
-                        })
+                    && offered.clone().any(|k| match k {
+                        rustls::SupportedCipherSuite::Tls13(_) => true,
+                        rustls::SupportedCipherSuite::Tls12(t) => {
+                            let common = t.sign.iter().filter(|s| schemes.contains(s));
+                            key.choose_scheme(&common.copied().collect::<Vec<_>>())
+                                .is_some()
+                        }
+                    })
             };
             if let Some(&i) = list.iter().find(usable) {
                 return i;
@@ -138,13 +137,6 @@ impl CertSet {
         }
         list[0]
     }
-}
-
-/// The cipher suites the provider knows (a listener's are among them).
-fn known_suites() -> &'static [rustls::SupportedCipherSuite] {
-    static SUITES: std::sync::OnceLock<Vec<rustls::SupportedCipherSuite>> =
-        std::sync::OnceLock::new();
-    SUITES.get_or_init(|| super::provider().cipher_suites)
 }
 
 /// A file that cannot be read, said with what to check.
@@ -321,7 +313,9 @@ pub struct CertStore {
     current: ArcSwap<CertSet>,
     /// The files' stamps at the last attempt, and a change seen but not yet settled (the
     /// watcher thread's own state).
-    stamps: Mutex<(Stamps, Option<Stamps>)>,
+    /// Also when to read the files again though they have not changed (a renewal refused
+    /// because it is not valid yet is taken once it is: Unix seconds).
+    stamps: Mutex<(Stamps, Option<Stamps>, Option<i64>)>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
 }
@@ -341,7 +335,7 @@ impl CertStore {
             files: files.to_vec(),
             default,
             current: ArcSwap::from_pointee(CertSet::new(certs, default)),
-            stamps: Mutex::new((stamps, None)),
+            stamps: Mutex::new((stamps, None, None)),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
         })
@@ -380,8 +374,9 @@ impl CertStore {
         let now = Self::stamps_of(&self.files);
         {
             let mut guard = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
-            let (last, pending) = &mut *guard;
-            if !force {
+            let (last, pending, retry) = &mut *guard;
+            let due = retry.is_some_and(|t| unix_now() >= t);
+            if !force && !due {
                 if *last == now {
                     *pending = None;
                     return None;
@@ -393,6 +388,7 @@ impl CertStore {
             }
             *last = now;
             *pending = None;
+            *retry = None;
         }
         let loaded = self
             .files
@@ -411,12 +407,21 @@ impl CertStore {
             });
             match stale {
                 None => Ok(certs),
-                Some((i, why)) => Err(file_err(
-                    &certs[i].key_path,
-                    "cert",
-                    &self.files[i].cert,
-                    format!("{why}, while the certificate in force is valid: not replaced"),
-                )),
+                Some((i, why)) => {
+                    // Not valid yet: read again when it is (a good renewal for a clock a
+                    // little ahead of this host's).
+                    let valid_from = certs[i].not_before;
+                    if now < valid_from {
+                        let mut guard = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+                        guard.2 = Some(valid_from);
+                    }
+                    Err(file_err(
+                        &certs[i].key_path,
+                        "cert",
+                        &self.files[i].cert,
+                        format!("{why}, while the certificate in force is valid: not replaced"),
+                    ))
+                }
             }
         });
         Some(match loaded {
@@ -434,9 +439,13 @@ impl CertStore {
     }
 }
 
-/// What rustls asks for the certificate of each handshake.
-#[derive(Clone)]
-pub struct SniResolver(pub Arc<CertStore>);
+/// What rustls asks for the certificate of each handshake: the listener's certificates, and
+/// the suites its versions allow (to tell which of two certificates for one name a client can
+/// use, [`CertSet::choose`]).
+pub struct SniResolver {
+    pub store: Arc<CertStore>,
+    pub suites: Vec<rustls::SupportedCipherSuite>,
+}
 
 impl std::fmt::Debug for SniResolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -446,9 +455,10 @@ impl std::fmt::Debug for SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let set = self.0.current.load();
+        let set = self.store.current.load();
         let (list, _) = set.candidates(hello.server_name());
-        let i = set.choose(list, hello.signature_schemes(), hello.cipher_suites());
+        let (schemes, suites) = (hello.signature_schemes(), hello.cipher_suites());
+        let i = set.choose(list, &self.suites, schemes, suites);
         set.certs.get(i).map(|c| c.key.clone())
     }
 }
@@ -535,7 +545,8 @@ mod tests {
             S::RSA_PKCS1_SHA256,
         ];
         let tls13 = [rustls::CipherSuite::TLS13_AES_128_GCM_SHA256];
-        let pick = |sni, offered: &[S]| s.choose(s.candidates(sni).0, offered, &tls13);
+        let all = super::super::provider().cipher_suites;
+        let pick = |sni, offered: &[S]| s.choose(s.candidates(sni).0, &all, offered, &tls13);
         assert_eq!(pick(Some("a.test"), &both), 0);
         assert_eq!(pick(Some("a.test"), &rsa_only), 1);
         assert_eq!(pick(Some("a.test"), &[S::ECDSA_NISTP256_SHA256]), 0);
@@ -553,14 +564,18 @@ mod tests {
         // TLS 1.2: the suite names the key type too. An old client offering only ECDHE_RSA
         // suites gets the RSA certificate though it could verify ECDSA signatures.
         let rsa_suite = [rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256];
-        assert_eq!(
-            s.choose(s.candidates(Some("a.test")).0, &both, &rsa_suite),
-            1
-        );
+        let a = s.candidates(Some("a.test")).0;
+        assert_eq!(s.choose(a, &all, &both, &rsa_suite), 1);
         let ec_suite = [rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256];
-        assert_eq!(
-            s.choose(s.candidates(Some("a.test")).0, &both, &ec_suite),
-            0
-        );
+        assert_eq!(s.choose(a, &all, &both, &ec_suite), 0);
+        // A TLS 1.2-only listener: the TLS 1.3 suites a client offers beside ECDHE-RSA ones
+        // will not be used, so they make no certificate usable.
+        let tls12 = all
+            .iter()
+            .filter(|k| matches!(k, rustls::SupportedCipherSuite::Tls12(_)));
+        let tls12 = tls12.copied().collect::<Vec<_>>();
+        let mixed = [tls13[0], rsa_suite[0]];
+        assert_eq!(s.choose(a, &all, &both, &mixed), 0);
+        assert_eq!(s.choose(a, &tls12, &both, &mixed), 1);
     }
 }

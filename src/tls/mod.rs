@@ -367,6 +367,12 @@ fn server_config(
         key_path: key_path.to_string(),
         reason,
     };
+    // The suites a handshake on this listener may end with: its own, of its versions.
+    let suites = provider.cipher_suites.iter().filter(|k| match k {
+        rustls::SupportedCipherSuite::Tls13(_) => t.versions.tls13,
+        rustls::SupportedCipherSuite::Tls12(_) => t.versions.tls12,
+    });
+    let suites = suites.copied().collect();
     let builder = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&versions)
         .map_err(|e| {
@@ -404,7 +410,7 @@ fn server_config(
             )
         }
     };
-    let mut sc = builder.with_cert_resolver(Arc::new(SniResolver(store)));
+    let mut sc = builder.with_cert_resolver(Arc::new(SniResolver { store, suites }));
     // A client that offers h2 and http/1.1 gets http/1.1, one that offers only http/1.0
     // (`curl --http1.0`) http/1.0; one that offers only h2 is refused
     // (no_application_protocol), rather than spoken to in a protocol it did not ask for.

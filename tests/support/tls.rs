@@ -105,6 +105,17 @@ impl TestCa {
         self.sign(params)
     }
 
+    /// A server certificate for `names` valid from `unix` (seconds) for a year.
+    pub fn leaf_valid_from(&self, names: &[&str], unix: u64) -> Leaf {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        params.not_before = epoch + Duration::from_secs(unix);
+        params.not_after = epoch + Duration::from_secs(unix + 365 * 86400);
+        self.sign(params)
+    }
+
     /// The same with an RSA-2048 key (for a name that has an ECDSA certificate too).
     pub fn leaf_rsa(&self, names: &[&str]) -> Leaf {
         let params =
