@@ -4,7 +4,9 @@
 A Python origin on 127.0.0.1 sends the 1 MiB JSON body of edge.py three ways, chunked:
   burst   one write of the whole body (a backend that has it ready: the common case)
   pieces  4 KiB writes back to back (a framework that flushes per write)
-  paced   4 KiB writes 1 ms apart (a body generated as it goes: the proxy catches every pause)
+  paced   4 KiB writes 1 ms apart (a body generated as it goes)
+  rows    the body's first 300 rows of 90 bytes, one write each, 2 ms apart (a report streamed
+          row by row: a flush at every pause would halve the ratio)
 Each edgeshard binary given (e.g. the build before the flush and the one with it) fronts it with
 one shard and `compress` on; each path is fetched REPS times per algorithm (gzip 6, zstd 3, br 4)
 and the coded size (median) is reported with the ratio (input / coded bytes). Every body is
@@ -28,6 +30,7 @@ sys.path.insert(0, HERE)
 import edge  # noqa: E402  (make_json)
 
 PIECE = 4096
+ROW, ROWS = 90, 300
 
 
 def origin(port, body, stop):
@@ -51,6 +54,13 @@ def origin(port, body, stop):
                 path = head.split(b" ")[1].decode()
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                           b"Transfer-Encoding: chunked\r\n\r\n")
+                if path == "/rows":
+                    for i in range(0, ROWS * ROW, ROW):
+                        p = body[i:i + ROW]
+                        c.sendall(b"%x\r\n%s\r\n" % (len(p), p))
+                        time.sleep(0.002)
+                    c.sendall(b"0\r\n\r\n")
+                    continue
                 if path == "/burst":
                     c.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
                     continue
@@ -134,13 +144,14 @@ def main():
                     if time.time() > deadline or p.poll() is not None:
                         raise SystemExit("%s did not start" % name)
                     time.sleep(0.05)
-            for shape in ("burst", "pieces", "paced"):
+            for shape in ("burst", "pieces", "paced", "rows"):
                 for alg in ("gzip", "zstd", "br"):
                     sizes = []
                     for _ in range(a.reps):
                         coded = fetch(a.port + 1, "/" + shape, alg)
                         back = decode(alg, coded)
-                        assert back is None or back == body, "%s %s %s: decoded body differs" % (name, shape, alg)
+                        want = body[:ROW * ROWS] if shape == "rows" else body
+                        assert back is None or back == want, "%s %s %s: decoded body differs" % (name, shape, alg)
                         sizes.append(len(coded))
                     rows.setdefault((shape, alg), {})[name] = (statistics.median(sizes), min(sizes), max(sizes))
         finally:
@@ -152,7 +163,8 @@ def main():
     print("| body | coding | " + " | ".join(names) + " | " + " / ".join(names[1:] + names[:1]) + " size |")
     print("|---|---|" + "---|" * (len(names) + 1))
     for (shape, alg), got in rows.items():
-        cells = ["%d (%d-%d), ratio %.2f" % (m, lo, hi, size / m) for m, lo, hi in (got[n] for n in names)]
+        n_in = ROW * ROWS if shape == "rows" else size
+        cells = ["%d (%d-%d), ratio %.2f" % (m, lo, hi, n_in / m) for m, lo, hi in (got[n] for n in names)]
         change = got[names[-1]][0] / got[names[0]][0]
         print("| %s | %s | %s | %.3f |" % (shape, alg, " | ".join(cells), change))
 

@@ -30,19 +30,10 @@ use crate::upstream::state::PickKey;
 pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHead) -> Outcome {
     let started = crate::clock::now();
     bump(&ctx.stats.requests);
-    // The connection's last request (limits.max_requests_per_connection,
-    // timeouts.client_keepalive_time): every answer to it says `Connection: close`.
-    let mut keep_alive = head.wants_keep_alive();
-    if let Some(why) = client.served.count(&ctx.shared.config, started) {
-        if keep_alive {
-            bump(&ctx.stats.retired[why as usize]);
-            keep_alive = false;
-        }
-    }
-    let facts = RequestFacts {
+    let mut facts = RequestFacts {
         method: head.method(),
         minor: head.minor_version,
-        keep_alive,
+        keep_alive: head.wants_keep_alive(),
         framing: head.framing(),
         expect_continue: head.expect_continue,
         head_len: head.head_len,
@@ -57,6 +48,15 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             head,
         ),
     };
+    // The connection's last request (limits.max_requests_per_connection,
+    // timeouts.client_keepalive_time): every answer to it says `Connection: close` (an
+    // upgrade's 101 cannot; its connection ends with its tunnel).
+    if let Some(why) = client.served.count(&ctx.shared.config, started) {
+        if facts.keep_alive && !facts.upgrade {
+            bump(&ctx.stats.retired[why as usize]);
+            facts.keep_alive = false;
+        }
+    }
     let mut trace = Trace::default();
     let rid = request_id(ctx, client, head);
     // Copied out of the head only for requests that will be logged.
