@@ -160,7 +160,7 @@ def main():
     stop.set()
     names = [s.split("=", 1)[0] for s in a.bin]
     print("1 MiB JSON (%d bytes), %d fetches per cell, coded bytes median (min-max) and ratio\n" % (size, a.reps))
-    print("| body | coding | " + " | ".join(names) + " | " + " / ".join(names[1:] + names[:1]) + " size |")
+    print("| body | coding | " + " | ".join(names) + " | %s / %s size |" % (names[-1], names[0]))
     print("|---|---|" + "---|" * (len(names) + 1))
     for (shape, alg), got in rows.items():
         n_in = ROW * ROWS if shape == "rows" else size
