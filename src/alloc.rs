@@ -144,10 +144,6 @@ mod tests {
         set_huge_pages(before).unwrap();
     }
 
-    /// Every size up to 8 KiB, sizes across the larger bins up to 4 MiB, and every alignment from 1 to
-    /// 4 KiB: each block is aligned, writable over its whole size, zeroed where asked, grown
-    /// and shrunk by realloc with its contents kept, and freed. (The test binary's allocator
-    /// is the system's: this calls `MiAlloc` directly, through the same code the binary uses.)
     #[test]
     fn sizes_that_are_multiples_of_16_get_blocks_that_are() {
         // The plain path's premise for align 16 (module header): every bin a multiple-of-16
@@ -165,6 +161,10 @@ mod tests {
         }
     }
 
+    /// Every size up to 8 KiB, sizes across the larger bins up to 4 MiB, and every alignment from 1 to
+    /// 4 KiB: each block is aligned, writable over its whole size, zeroed where asked, grown
+    /// and shrunk by realloc with its contents kept, and freed. (The test binary's allocator
+    /// is the system's: this calls `MiAlloc` directly, through the same code the binary uses.)
     #[test]
     fn blocks_have_their_alignment_and_size() {
         let sizes = (1..=8192).chain((8193..4 << 20).step_by(65521)).chain([
