@@ -37,7 +37,7 @@ pub struct LoadedCert {
 /// label up (`*.example.com` covers `a.example.com`, not `a.b.example.com` nor
 /// `example.com`), else to the default. A name may have several certificates (an ECDSA and
 /// an RSA one, as nginx serves several `ssl_certificate`s): each handshake gets the first, in
-/// the configured order, whose key can sign with a scheme the client offers.
+/// the configured order, that the client can use ([`CertSet::choose`]).
 pub struct CertSet {
     pub certs: Vec<LoadedCert>,
     exact: HashMap<String, Vec<usize>>,
@@ -120,14 +120,14 @@ impl CertSet {
         if list.len() > 1 {
             let usable = |&&i: &&usize| {
                 let key = &self.certs[i].key.key;
-                let offered = listener.iter().filter(|k| suites.contains(&k.suite()));
+                let mut offered = listener.iter().filter(|k| suites.contains(&k.suite()));
+                // (A key signs only schemes of its own type: one of a TLS 1.2 suite's `sign`
+                // schemes names the suite's.)
                 key.choose_scheme(schemes).is_some()
-                    && offered.clone().any(|k| match k {
+                    && offered.any(|k| match k {
                         rustls::SupportedCipherSuite::Tls13(_) => true,
                         rustls::SupportedCipherSuite::Tls12(t) => {
-                            let common = t.sign.iter().filter(|s| schemes.contains(s));
-                            key.choose_scheme(&common.copied().collect::<Vec<_>>())
-                                .is_some()
+                            key.choose_scheme(t.sign).is_some()
                         }
                     })
             };
