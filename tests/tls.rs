@@ -6,37 +6,13 @@
 //! redirect, and large bodies both ways. Both engines.
 
 use crate::support::pattern::{expected_sha256, pattern_vec, sha256_hex};
-use crate::support::tls::{tls_get, tls_listener, CertDir, Leaf, TestCa};
+use crate::support::tls::{s_client, tls_get, tls_listener, CertDir, TestCa};
 use crate::support::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn write_leaf(dir: &CertDir, name: &str, leaf: &Leaf) -> (std::path::PathBuf, std::path::PathBuf) {
-    (
-        dir.write(&format!("{name}.pem"), &leaf.cert_pem),
-        dir.write(&format!("{name}.key"), &leaf.key_pem),
-    )
-}
-
-/// `openssl s_client` with `args`, stdin closed; stdout and stderr together.
-fn s_client(addr: std::net::SocketAddr, args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .arg("s_client")
-        .arg("-connect")
-        .arg(addr.to_string())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl is installed (tests/run.sh installs it)");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// curl over https to `addr` as `host`, trusting `ca`; returns (http code, body).
 fn curl_https(
@@ -86,7 +62,7 @@ struct Site {
 fn site(tag: &str, extra: &str) -> Site {
     let ca = TestCa::new("test ca");
     let dir = CertDir::new(tag);
-    let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
+    let (cert, key) = dir.write_leaf("a", &ca.leaf(&["a.test"]));
     let ca_file = dir.write("ca.pem", &ca.pem);
     let origin = Origin::start("origin");
     let extra = extra.replace("@CA@", &ca_file.display().to_string());
@@ -106,9 +82,9 @@ both_engines! {
         let ca = TestCa::new("test ca");
         let dir = CertDir::new("sni");
         let (a, wild, c) = (ca.leaf(&["a.test"]), ca.leaf(&["*.wild.test"]), ca.leaf(&["c.test"]));
-        let pa = write_leaf(&dir, "a", &a);
-        let pw = write_leaf(&dir, "wild", &wild);
-        let pc = write_leaf(&dir, "c", &c);
+        let pa = dir.write_leaf("a", &a);
+        let pw = dir.write_leaf("wild", &wild);
+        let pc = dir.write_leaf("c", &c);
         let origin = Origin::start("origin");
         let listener = format!(
             "address = \"127.0.0.1:0\"\ntls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\", default = true }}] }}",
@@ -144,8 +120,8 @@ both_engines! {
         let ca = TestCa::new("test ca");
         let dir = CertDir::new("dual");
         let (ec, rsa) = (ca.leaf(&["a.test"]), ca.leaf_rsa(&["a.test"]));
-        let pe = write_leaf(&dir, "ec", &ec);
-        let pr = write_leaf(&dir, "rsa", &rsa);
+        let pe = dir.write_leaf("ec", &ec);
+        let pr = dir.write_leaf("rsa", &rsa);
         let origin = Origin::start("origin");
         let proxy = Config::single(origin.addr())
             .only_listener(&tls_listener(&[(&pe.0, &pe.1), (&pr.0, &pr.1)], ""))
@@ -182,7 +158,7 @@ both_engines! {
         // whole of /metrics unparsable, every family lost to the scrape (found by a review).
         let ca = TestCa::new("test ca");
         let dir = CertDir::new("tls-metrics-name");
-        let (cert, key) = write_leaf(&dir, "odd", &ca.leaf_by_cn("Acme \"edge\" \\ cert\r"));
+        let (cert, key) = dir.write_leaf("odd", &ca.leaf_by_cn("Acme \"edge\" \\ cert\r"));
         let origin = Origin::start("origin");
         let proxy = Config::single(origin.addr())
             .only_listener(&tls_listener(&[(&cert, &key)], ""))
@@ -255,7 +231,7 @@ both_engines! {
         let ca = TestCa::new("test ca");
         let dir = CertDir::new("reload");
         let old = ca.leaf(&["a.test"]);
-        let (cert, key) = write_leaf(&dir, "a", &old);
+        let (cert, key) = dir.write_leaf("a", &old);
         let origin = Origin::start("origin");
         let mut proxy = Config::single(origin.addr())
             .only_listener(&tls_listener(&[(&cert, &key)], ""))
@@ -282,7 +258,7 @@ both_engines! {
 
         // Replace key and certificate on disk (renamed into place, as deploy tools do).
         let new = ca.leaf(&["a.test"]);
-        write_leaf(&dir, "a", &new);
+        dir.write_leaf("a", &new);
         proxy.wait_for_output("certificates reloaded", 1, Duration::from_secs(10));
         // A fresh client each time: a resumed session would not show the certificate.
         let fresh = || Arc::new(ca.client_config());
@@ -314,11 +290,11 @@ both_engines! {
         let ca = TestCa::new("test ca");
         let client_ca = TestCa::new("client ca");
         let dir = CertDir::new("mtls");
-        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
+        let (cert, key) = dir.write_leaf("a", &ca.leaf(&["a.test"]));
         let ca_file = dir.write("ca.pem", &ca.pem);
         let client_ca_file = dir.write("client-ca.pem", &client_ca.pem);
-        let (ccert, ckey) = write_leaf(&dir, "alice", &client_ca.client("alice", "Example"));
-        let (scert, skey) = write_leaf(&dir, "mallory", &ca.client("mallory", "Elsewhere"));
+        let (ccert, ckey) = dir.write_leaf("alice", &client_ca.client("alice", "Example"));
+        let (scert, skey) = dir.write_leaf("mallory", &ca.client("mallory", "Elsewhere"));
         let origin = Origin::start("origin");
         let extra = format!(
             "client_auth = {{ ca = \"{}\", required = true, subject_header = \"X-Client-Subject\" }}",
@@ -345,7 +321,7 @@ both_engines! {
         assert_eq!(rec.header("x-forwarded-proto"), Some("https"));
         // A CN chosen to read like another attribute is escaped (RFC 4514), so it never
         // reads as an O the backend would trust.
-        let (bcert, bkey) = write_leaf(&dir, "bob", &client_ca.client("bob, O=Admin", "Example"));
+        let (bcert, bkey) = dir.write_leaf("bob", &client_ca.client("bob, O=Admin", "Example"));
         let (code, _) = curl_https(proxy.addr(), "a.test", &ca_file, &[
             "--cert", bcert.to_str().unwrap(), "--key", bkey.to_str().unwrap()]);
         assert_eq!(code, "200");
@@ -388,10 +364,10 @@ both_engines! {
         let ca = TestCa::new("test ca");
         let client_ca = TestCa::new("client ca");
         let dir = CertDir::new("mtls-readers");
-        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
+        let (cert, key) = dir.write_leaf("a", &ca.leaf(&["a.test"]));
         let ca_file = dir.write("ca.pem", &ca.pem);
         let client_ca_file = dir.write("client-ca.pem", &client_ca.pem);
-        let (ccert, ckey) = write_leaf(&dir, "alice", &client_ca.client("alice", "Example"));
+        let (ccert, ckey) = dir.write_leaf("alice", &client_ca.client("alice", "Example"));
         let alice = ["--cert", ccert.to_str().unwrap(), "--key", ckey.to_str().unwrap()];
         const ALICE: &str = "CN=alice, O=Example";
         let forged = ["-H", "X-Client-Subject: CN=alice, O=Example"];
@@ -654,7 +630,7 @@ both_engines! {
         let client_ca = TestCa::new("client ca");
         let other_ca = TestCa::new("other client ca");
         let dir = CertDir::new("mtls-resume");
-        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
+        let (cert, key) = dir.write_leaf("a", &ca.leaf(&["a.test"]));
         let client_ca_file = dir.write("client-ca.pem", &client_ca.pem);
         let origin = Origin::start("origin");
         let open = tls_listener(&[(&cert, &key)], "");
@@ -712,7 +688,7 @@ both_engines! {
         // cut body look complete.
         let ca = TestCa::new("test ca");
         let dir = CertDir::new("cut-notify");
-        let (cert, key) = write_leaf(&dir, "a", &ca.leaf(&["a.test"]));
+        let (cert, key) = dir.write_leaf("a", &ca.leaf(&["a.test"]));
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let backend = l.local_addr().unwrap();
         std::thread::spawn(move || {

@@ -2,23 +2,22 @@
 //! nginx does, but said at start and by `check`; and a renewal gone wrong (an expired file
 //! put in place of a valid one) is not swapped in by the file watcher. Both engines.
 
-use crate::support::tls::{tls_get, tls_listener, CertDir, Leaf, TestCa};
+use crate::support::tls::{s_client, tls_get, tls_listener, CertDir, TestCa};
 use crate::support::*;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-fn write_leaf(dir: &CertDir, name: &str, leaf: &Leaf) -> (std::path::PathBuf, std::path::PathBuf) {
-    (
-        dir.write(&format!("{name}.pem"), &leaf.cert_pem),
-        dir.write(&format!("{name}.key"), &leaf.key_pem),
-    )
+/// 2020-01-01 to 2021-01-01: long expired.
+fn expired(ca: &TestCa) -> crate::support::tls::Leaf {
+    let day = |d: u64| UNIX_EPOCH + Duration::from_secs(d * 86_400);
+    ca.leaf_valid(&["a.test"], day(18_262), day(18_628))
 }
 
 both_engines! {
     fn an_expired_certificate_is_served_with_a_warning_at_start_and_from_check(engine) {
         let ca = TestCa::new("test ca");
         let dir = CertDir::new("expired");
-        let (cert, key) = write_leaf(&dir, "a", &ca.leaf_dated(&["a.test"], (2020, 1, 1), (2021, 1, 1)));
+        let (cert, key) = dir.write_leaf("a", &expired(&ca));
         let origin = Origin::start("origin");
         let proxy = Config::single(origin.addr())
             .only_listener(&tls_listener(&[(&cert, &key)], ""))
@@ -29,25 +28,25 @@ both_engines! {
         assert_eq!(code, Some(0), "{out}");
         let warned = format!("certificate clients will refuse: {said}");
         assert_eq!(out.matches(&warned).count(), 1, "{out}");
-        // Served all the same: a client that does not check dates gets it.
-        let mut cfg = ca.client_config();
-        cfg.dangerous().set_certificate_verifier(Arc::new(NoCheck));
-        let seen = tls_get(proxy.addr(), &Arc::new(cfg), "a.test", "/").unwrap();
-        assert!(seen.response.starts_with("HTTP/1.1 200"), "{}", seen.response);
+        // Served all the same: the handshake completes, and the client finds it expired.
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let ca_file = ca_file.to_str().unwrap();
+        let out = s_client(proxy.addr(), &["-servername", "a.test", "-CAfile", ca_file]);
+        assert!(out.contains("Verify return code: 10 (certificate has expired)"), "{out}");
     }
 
     fn an_expired_renewal_does_not_replace_a_valid_certificate(engine) {
         let ca = TestCa::new("test ca");
         let dir = CertDir::new("expired-renewal");
         let valid = ca.leaf(&["a.test"]);
-        let (cert, key) = write_leaf(&dir, "a", &valid);
+        let (cert, key) = dir.write_leaf("a", &valid);
         let origin = Origin::start("origin");
         let proxy = Config::single(origin.addr())
             .only_listener(&tls_listener(&[(&cert, &key)], ""))
             .admin("")
             .start(engine);
         let fresh = || Arc::new(ca.client_config());
-        write_leaf(&dir, "a", &ca.leaf_dated(&["a.test"], (2020, 1, 1), (2021, 1, 1)));
+        dir.write_leaf("a", &expired(&ca));
         proxy.wait_for_output("while the certificate in force is valid: not replaced", 1, Duration::from_secs(10));
         let seen = tls_get(proxy.addr(), &fresh(), "a.test", "/").unwrap();
         assert!(seen.leaf == valid.der, "the valid certificate stays in force");
@@ -56,7 +55,7 @@ both_engines! {
         assert_eq!((reloads("ok"), reloads("failed")), (0.0, 1.0));
         // A good renewal after it is swapped in.
         let renewed = ca.leaf(&["a.test"]);
-        write_leaf(&dir, "a", &renewed);
+        dir.write_leaf("a", &renewed);
         proxy.wait_for_output("certificates reloaded", 1, Duration::from_secs(10));
         assert!(tls_get(proxy.addr(), &fresh(), "a.test", "/").unwrap().leaf == renewed.der);
     }
@@ -67,58 +66,17 @@ both_engines! {
         let ca = TestCa::new("test ca");
         let dir = CertDir::new("early-renewal");
         let valid = ca.leaf(&["a.test"]);
-        let (cert, key) = write_leaf(&dir, "a", &valid);
+        let (cert, key) = dir.write_leaf("a", &valid);
         let origin = Origin::start("origin");
         let proxy = Config::single(origin.addr())
             .only_listener(&tls_listener(&[(&cert, &key)], ""))
             .start(engine);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let early = ca.leaf_valid_from(&["a.test"], now + 3);
-        write_leaf(&dir, "a", &early);
+        let from = SystemTime::now() + Duration::from_secs(3);
+        let early = ca.leaf_valid(&["a.test"], from, from + Duration::from_secs(365 * 86_400));
+        dir.write_leaf("a", &early);
         proxy.wait_for_output("not valid before", 1, Duration::from_secs(10));
         proxy.wait_for_output("certificates reloaded", 1, Duration::from_secs(15));
         let seen = tls_get(proxy.addr(), &Arc::new(ca.client_config()), "a.test", "/").unwrap();
         assert!(seen.leaf == early.der, "the renewal is in force once valid");
-    }
-}
-
-/// A verifier that accepts any certificate (to reach a server whose certificate expired).
-#[derive(Debug)]
-struct NoCheck;
-
-impl rustls::client::danger::ServerCertVerifier for NoCheck {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::aws_lc_rs::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }

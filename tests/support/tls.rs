@@ -1,13 +1,14 @@
-//! TLS test kit: certificates made in the test (a CA, server leaves for SNI names, client
-//! certificates, all with rcgen) written as PEM files into a temporary directory, and a
-//! rustls client over a std socket for the checks curl and openssl cannot make (which
-//! certificate was served, whether a session was resumed).
+//! TLS test kit: certificates made in the test (a CA, server leaves for SNI names, with RSA
+//! keys or given dates, client certificates, all with rcgen) written as PEM files into a
+//! temporary directory, `openssl s_client`, and a rustls client over a std socket for the
+//! checks curl and openssl cannot make (which certificate was served, whether a session was
+//! resumed).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -46,6 +47,14 @@ impl CertDir {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// Writes `leaf` as `name.pem` and `name.key`; returns (certificate, key) paths.
+    pub fn write_leaf(&self, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
+        (
+            self.write(&format!("{name}.pem"), &leaf.cert_pem),
+            self.write(&format!("{name}.key"), &leaf.key_pem),
+        )
     }
 }
 
@@ -86,48 +95,28 @@ impl TestCa {
 
     /// A server certificate for `names` (DNS SANs; `*.x` wildcards allowed).
     pub fn leaf(&self, names: &[&str]) -> Leaf {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
+        let mut params = san_params(names);
         params
             .distinguished_name
             .push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));
         self.sign(params)
     }
 
-    /// A server certificate for `names` valid only from `from` to `to` (year, month, day).
-    pub fn leaf_dated(&self, names: &[&str], from: (i32, u8, u8), to: (i32, u8, u8)) -> Leaf {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
-        params.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
-        self.sign(params)
-    }
-
-    /// A server certificate for `names` valid from `unix` (seconds) for a year.
-    pub fn leaf_valid_from(&self, names: &[&str], unix: u64) -> Leaf {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
+    /// A server certificate for `names` valid only from `from` to `to`.
+    pub fn leaf_valid(&self, names: &[&str], from: SystemTime, to: SystemTime) -> Leaf {
+        let mut params = san_params(names);
         let epoch = rcgen::date_time_ymd(1970, 1, 1);
-        params.not_before = epoch + Duration::from_secs(unix);
-        params.not_after = epoch + Duration::from_secs(unix + 365 * 86400);
+        let since_epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap();
+        params.not_before = epoch + since_epoch(from);
+        params.not_after = epoch + since_epoch(to);
         self.sign(params)
     }
 
-    /// The same with an RSA-2048 key (for a name that has an ECDSA certificate too).
+    /// A server certificate for `names` with an RSA-2048 key (for a name that has an ECDSA
+    /// certificate too).
     pub fn leaf_rsa(&self, names: &[&str]) -> Leaf {
-        let params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
         let key = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
+        self.sign_with(san_params(names), key)
     }
 
     /// A server certificate with no SAN, named only by its subject's common name `cn`.
@@ -149,7 +138,10 @@ impl TestCa {
     }
 
     fn sign(&self, params: CertificateParams) -> Leaf {
-        let key = KeyPair::generate().unwrap();
+        self.sign_with(params, KeyPair::generate().unwrap())
+    }
+
+    fn sign_with(&self, params: CertificateParams, key: KeyPair) -> Leaf {
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf {
             cert_pem: cert.pem(),
@@ -187,6 +179,28 @@ impl TestCa {
         .with_root_certificates(roots)
         .with_no_client_auth()
     }
+}
+
+/// Certificate parameters with `names` as DNS SANs.
+fn san_params(names: &[&str]) -> CertificateParams {
+    CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap()
+}
+
+/// `openssl s_client` with `args`, stdin closed; stdout and stderr together.
+pub fn s_client(addr: SocketAddr, args: &[&str]) -> String {
+    let out = std::process::Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl is installed (tests/run.sh installs it)");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// What a TLS connection made by [`tls_get`] saw.
