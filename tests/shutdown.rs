@@ -147,23 +147,28 @@ both_engines! {
     }
 }
 
+/// A proxy (drain grace 5 s) told to stop just after its keep-alive client's first answer:
+/// draining has begun (its listeners are closed), the client's connection is still open.
+fn idle_client_in_a_drain(engine: Engine) -> (Origin, Proxy, Client) {
+    let origin = Origin::start("o");
+    let proxy = Config::single(origin.addr())
+        .server("shutdown_timeout", "\"30s\"")
+        .server("drain_grace", "\"5s\"")
+        .start(engine);
+    let mut c = Client::connect(proxy.addr());
+    c.send(&get("example.com", "/first"));
+    assert_eq!(c.read_response().status(), 200);
+    proxy.terminate();
+    wait_until_refused(&proxy, Duration::from_secs(5));
+    (origin, proxy, c)
+}
+
 both_engines! {
     fn request_sent_as_the_drain_begins_is_served_with_close(engine) {
         // The race wrk saw: a keep-alive client sends its next request just as SIGTERM
         // arrives. Closing idle connections at once would lose it; the grace serves it.
-        let origin = Origin::start("o");
-        let mut proxy = Config::single(origin.addr())
-            .server("shutdown_timeout", "\"30s\"")
-            .server("drain_grace", "\"5s\"")
-            .start(engine);
-        let mut c = Client::connect(proxy.addr());
-        c.send(&get("example.com", "/first"));
-        assert_eq!(c.read_response().status(), 200);
+        let (origin, mut proxy, mut c) = idle_client_in_a_drain(engine);
         let before = origin.request_count();
-
-        proxy.terminate();
-        // Draining has begun (the listeners are closed): the next request is sent now.
-        wait_until_refused(&proxy, Duration::from_secs(5));
         c.send(&get("example.com", "/after-sigterm"));
         let r = c
             .try_read_response()
@@ -181,16 +186,7 @@ both_engines! {
     // An upgrade asked for during the drain's grace is not offered to the backend: its tunnel
     // would be cut at shutdown_timeout. The client gets 503 with the close, and comes back.
     fn an_upgrade_asked_for_while_draining_gets_503_and_the_close(engine) {
-        let origin = Origin::start("o");
-        let mut proxy = Config::single(origin.addr())
-            .server("shutdown_timeout", "\"30s\"")
-            .server("drain_grace", "\"5s\"")
-            .start(engine);
-        let mut c = Client::connect(proxy.addr());
-        c.send(&get("example.com", "/first"));
-        assert_eq!(c.read_response().status(), 200);
-        proxy.terminate();
-        wait_until_refused(&proxy, Duration::from_secs(5));
+        let (origin, mut proxy, mut c) = idle_client_in_a_drain(engine);
         c.send(b"GET /ws HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
         let r = c.try_read_response().expect("an answer to the upgrade");
         assert_eq!((r.status(), r.has_token("connection", "close")), (503, true), "{}", r.head.raw);
