@@ -88,7 +88,8 @@ pub struct Lot {
     /// The lot's epoll instance (`None` if it could not be created: nothing is parked).
     ep: Option<OwnedFd>,
     slots: RefCell<Slab<Parked>>,
-    /// (deadline in milliseconds since `epoch`, rounded up; key; generation).
+    /// (deadline in microseconds since `epoch`, rounded up; key; generation): fine enough that
+    /// [`Lot::evict_oldest`] takes the longest idle even among connections parked in one tick.
     expiry: RefCell<BinaryHeap<Reverse<(u64, u32, u32)>>>,
     epoch: Instant,
     next_gen: Cell<u32>,
@@ -171,7 +172,7 @@ impl Lot {
         p.gen = gen;
         entry.insert(p);
         self.parks.set(self.parks.get() + 1);
-        let due = self.ms(deadline);
+        let due = self.micros(deadline);
         drop(slots);
         let mut expiry = self.expiry.borrow_mut();
         expiry.push(Reverse((due, key, gen)));
@@ -182,7 +183,7 @@ impl Lot {
             expiry.retain(|Reverse((_, k, g))| live(&slots, *k, *g));
         }
         drop(expiry);
-        if self.until.get().is_none_or(|u| due < self.ms(u)) {
+        if self.until.get().is_none_or(|u| due < self.micros(u)) {
             self.kicked.set(true);
             if let Some(w) = self.waker.take() {
                 w.wake();
@@ -196,17 +197,17 @@ impl Lot {
         self.parks.get()
     }
 
-    /// `at` in milliseconds since the lot's epoch, rounded up (so never early).
-    fn ms(&self, at: Instant) -> u64 {
+    /// `at` in microseconds since the lot's epoch, rounded up (so never early).
+    fn micros(&self, at: Instant) -> u64 {
         let d = at.saturating_duration_since(self.epoch);
-        let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);
-        u64::try_from(ms).unwrap_or(u64::MAX)
+        let us = d.as_micros() + u128::from(d.subsec_nanos() % 1_000 != 0);
+        u64::try_from(us).unwrap_or(u64::MAX)
     }
 
     /// Takes out every parked connection whose deadline is at or before `now`.
     fn expired(&self, now: Instant) -> Vec<Parked> {
-        // Whole milliseconds passed: a deadline (rounded up) at or before them has passed.
-        let now = u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
+        // Whole microseconds passed: a deadline (rounded up) at or before them has passed.
+        let now = u64::try_from(now.saturating_duration_since(self.epoch).as_micros())
             .unwrap_or(u64::MAX);
         let mut out = Vec::new();
         let mut expiry = self.expiry.borrow_mut();
@@ -245,7 +246,7 @@ impl Lot {
     /// the wake finds nothing to close and sleeps again).
     fn next_deadline(&self) -> Option<Instant> {
         let at = self.expiry.borrow().peek().map(|Reverse((at, _, _))| *at)?;
-        Some(self.epoch + Duration::from_millis(at))
+        Some(self.epoch + Duration::from_micros(at))
     }
 
     /// Takes out every parked connection the epoll instance reports ready.
