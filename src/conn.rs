@@ -203,11 +203,16 @@ async fn keep_alive(
                     match park(&ctx, client, guard, idle_end, first) {
                         Parking::Done => return,
                         Parking::Back(c, g) => {
-                            (client, guard) = (c, g);
+                            client = c;
                             // What a waiting connection need not hold: the head's vectors.
                             head = RequestHead::default();
-                            // Boxed: only TLS connections and draining ones wait here.
-                            Box::pin(cold_wait(&ctx, &mut client, idle_end, since)).await
+                            // Boxed: only first requests, TLS and draining connections wait here.
+                            let (w, g) =
+                                Box::pin(cold_wait(&ctx, &mut client, g, idle_end, since)).await;
+                            // Reclaimed for a new connection at a limit: closed.
+                            let Some(g) = g else { return };
+                            guard = g;
+                            w
                         }
                     }
                 }
@@ -507,32 +512,56 @@ fn park(
 }
 
 /// The cold wait of a connection that is not parked: readiness alone (no buffer), until
-/// `idle_end` or the drain's grace, then the first read.
-async fn cold_wait(ctx: &ShardCtx, client: &mut Client, idle_end: Instant, since: Instant) -> Wait {
+/// `idle_end` or the drain's grace, then the first read. The connection's guard waits in the
+/// shard's register, where a new connection at a limit may reclaim it ([`crate::reclaim`]):
+/// given back with the outcome, or `None` if it was (the caller closes).
+async fn cold_wait(
+    ctx: &ShardCtx,
+    client: &mut Client,
+    guard: ActiveGuard,
+    idle_end: Instant,
+    since: Instant,
+) -> (Wait, Option<ActiveGuard>) {
+    let waiting = ctx.waits.enter(guard, since);
     let ready = loop {
         let left = wait_end(ctx, idle_end, since).saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return expired(ctx);
+            return (expired(ctx), waiting.leave());
         }
         let step = if ctx.draining() {
-            Step::Done(client.deadline.within(left, client.stream.readable()).await)
+            monoio::select! {
+                r = client.deadline.within(left, client.stream.readable()) => Cold::Done(r),
+                _ = waiting.reclaimed() => Cold::Reclaimed,
+            }
         } else {
             monoio::select! {
-                r = client.deadline.within(left, client.stream.readable()) => Step::Done(r),
-                _ = ctx.drain.notified() => Step::Drain,
+                r = client.deadline.within(left, client.stream.readable()) => Cold::Done(r),
+                _ = ctx.drain.notified() => Cold::Drain,
+                _ = waiting.reclaimed() => Cold::Reclaimed,
             }
         };
         match step {
-            Step::Done(r) => break r,
-            Step::Drain => continue, // the wait now ends with the grace
+            Cold::Done(r) => break r,
+            Cold::Drain => continue, // the wait now ends with the grace
+            Cold::Reclaimed => return (Wait::Closed, None),
         }
     };
-    match ready {
-        Err(_) => return expired(ctx),
-        Ok(Err(_)) => return Wait::Closed,
-        Ok(Ok(())) => {}
-    }
-    Box::pin(read_ready(ctx, client)).await
+    let Some(guard) = waiting.leave() else {
+        return (Wait::Closed, None);
+    };
+    let waited = match ready {
+        Err(_) => expired(ctx),
+        Ok(Err(_)) => Wait::Closed,
+        Ok(Ok(())) => Box::pin(read_ready(ctx, client)).await,
+    };
+    (waited, Some(guard))
+}
+
+/// One step of a cold wait: [`Step`], or a new connection at a limit reclaimed this one.
+enum Cold<T> {
+    Done(T),
+    Drain,
+    Reclaimed,
 }
 
 /// The first read of a connection whose socket is readable (data or EOF is there, so it

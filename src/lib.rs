@@ -43,6 +43,7 @@ pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod ratelimit_keys;
 pub mod ratelimit_store;
+pub mod reclaim;
 pub mod relay;
 pub mod reload;
 pub mod respond;

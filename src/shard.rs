@@ -100,6 +100,9 @@ pub struct ShardCommon {
     pub idle: Notify,
     /// Idle keep-alive connections parked outside their tasks ([`crate::park`]).
     pub lot: crate::park::Lot,
+    /// Connections waiting for a request in their own task, which a limit may reclaim
+    /// ([`crate::reclaim`]).
+    pub waits: crate::reclaim::Waits,
     /// Spare cancel handles for the keep-alive hot read ([`crate::conn`]).
     pub cancellers: crate::conn::Cancellers,
     /// TLS handshakes in progress, oldest first (`tls.max_handshakes`).
@@ -155,6 +158,7 @@ impl ShardCtx {
             grace_end: Cell::new(None),
             idle: Notify::default(),
             lot: crate::park::Lot::default(),
+            waits: crate::reclaim::Waits::default(),
             cancellers: crate::conn::Cancellers::default(),
             handshakes: crate::tls::Running::default(),
             active: Cell::new(0),
@@ -397,7 +401,7 @@ impl ShardCtx {
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = self.stats.snapshot();
         snap.snapshot_id = Arc::as_ptr(&self.shared) as usize;
-        snap.parked = self.common().lot.len() as u64;
+        snap.parked = (self.common().lot.len() + self.common().waits.len()) as u64;
         let now = Instant::now();
         let pool = self.pool.borrow();
         let c = pool.counters;

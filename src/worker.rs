@@ -538,22 +538,9 @@ async fn accept_loop(
     }
 }
 
-/// At a connection limit: closes the shard's longest-idle parked keep-alive connection (a
-/// close RFC 9112 §9.5 allows at any time; nginx reuses idle connections the same way when
-/// out of `worker_connections`), so that a new client is served instead of reset. Whether
-/// there was one.
-fn reclaim(common: &ShardCommon, ctx: &ShardCtx) -> bool {
-    let Some(idle) = common.lot.evict_oldest() else {
-        return false;
-    };
-    drop(idle);
-    bump(&ctx.stats.reclaimed_idle);
-    true
-}
-
 /// Serves an accepted connection, with the settings its listener has in the snapshot in
 /// force. At `max_connections_per_shard` or `max_connections` the shard's longest-idle
-/// keep-alive connection is closed to make room ([`reclaim`]); without one, or over
+/// or waiting connection is closed to make room ([`crate::reclaim`]); without one, or over
 /// `max_connections_per_client`, or when that snapshot does not have the listener, the
 /// stream is dropped (the client sees a TCP close) and counted.
 fn admit(
@@ -579,7 +566,9 @@ fn admit(
         return;
     };
     let limits = &ctx.shared.config.limits;
-    if ctx.active.get() >= limits.max_connections_per_shard && !reclaim(common, &ctx) {
+    if ctx.active.get() >= limits.max_connections_per_shard
+        && !crate::reclaim::reclaim(common, &ctx)
+    {
         bump(&ctx.stats.rejected_conn_limit);
         drop(stream);
         return;
@@ -592,7 +581,7 @@ fn admit(
         )
     };
     let held = match enter() {
-        Err(Refused::Total) if reclaim(common, &ctx) => enter(),
+        Err(Refused::Total) if crate::reclaim::reclaim(common, &ctx) => enter(),
         entered => entered,
     };
     let held = match held {

@@ -136,11 +136,19 @@ both_engines! {
     }
 }
 
-/// Opens `n` connections from 127.0.0.1, waits until the proxy has taken all of them in
-/// (accepted, and `refused` of them closed at accept for `reason`), then sends one request
-/// with `Connection: close` on each. Returns how many were answered.
+/// Opens `n` connections from 127.0.0.1, each sending the start of a head (a connection
+/// that sends nothing may be reclaimed for a new one at a limit; one mid-head is not), waits
+/// until the proxy has taken all of them in (accepted, and `refused` of them closed at accept
+/// for `reason`), then completes one request with `Connection: close` on each. Returns how
+/// many were answered.
 fn answered_of(proxy: &Proxy, n: usize, reason: &str, refused: f64) -> usize {
-    let mut conns: Vec<Client> = (0..n).map(|_| Client::connect(proxy.addr())).collect();
+    let mut conns: Vec<Client> = (0..n)
+        .map(|_| {
+            let mut c = Client::connect(proxy.addr());
+            let _ = c.try_send(b"GET / HTTP/1.1\r\n");
+            c
+        })
+        .collect();
     scrape_until(
         proxy.admin_addr(),
         None,
@@ -156,7 +164,7 @@ fn answered_of(proxy: &Proxy, n: usize, reason: &str, refused: f64) -> usize {
     );
     let mut answered = 0;
     for c in &mut conns {
-        let _ = c.try_send(b"GET / HTTP/1.1\r\nHost: e.example\r\nConnection: close\r\n\r\n");
+        let _ = c.try_send(b"Host: e.example\r\nConnection: close\r\n\r\n");
         if let Ok(bytes) = c.read_until_closed(Duration::from_secs(5)) {
             answered += usize::from(bytes.starts_with(b"HTTP/1.1 200 "));
         }
@@ -212,6 +220,36 @@ both_engines! {
                 c.send(&get("e.example", "/again"));
                 assert_eq!(c.read_response().status(), 200, "{limit}");
             }
+            let m = scrape(proxy.admin_addr(), None);
+            assert_eq!(m.value("edgeshard_connections_reclaimed_total", &[]), 1.0, "{limit}");
+            assert_eq!(m.value("edgeshard_connections_rejected_total", &[("reason", limit)]), 0.0, "{limit}");
+        }
+    }
+
+    // Without a parked connection, the connection that has waited longest in its own task
+    // makes room: here new connections that have not sent their first request (nginx's
+    // reusable connections include them), so connections that open and say nothing cannot
+    // lock clients out. The oldest is closed silently (no 408: it asked nothing); a
+    // connection sending its head, however slowly, is not closed.
+    fn silent_new_connections_make_room_at_the_connection_limits(engine) {
+        for limit in ["max_connections_per_shard", "max_connections"] {
+            let origin = Origin::start("o");
+            let proxy = Config::single(origin.addr()).limit(limit, "3").admin("").start(engine);
+            let mut slow = Client::connect(proxy.addr());
+            slow.send(b"GET /slow HTTP/1.1\r\n");
+            let mut silent: Vec<Client> = (0..2).map(|_| Client::connect(proxy.addr())).collect();
+            scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "two silent connections waiting", |m| {
+                m.value("edgeshard_connections_idle", &[]) == 2.0
+            });
+            let mut fresh = Client::connect(proxy.addr());
+            fresh.send(&get("e.example", "/new"));
+            assert_eq!(fresh.read_response().status(), 200, "{limit}: a new client at the limit");
+            let closed = silent[0].read_until_closed(Duration::from_secs(5));
+            assert!(closed.as_ref().is_ok_and(|b| b.is_empty()), "{limit}: the longest silent was not closed silently: {closed:?}");
+            silent[1].send(&get("e.example", "/late"));
+            assert_eq!(silent[1].read_response().status(), 200, "{limit}: the younger silent one");
+            slow.send(b"Host: e.example\r\n\r\n");
+            assert_eq!(slow.read_response().status(), 200, "{limit}: the one sending its head");
             let m = scrape(proxy.admin_addr(), None);
             assert_eq!(m.value("edgeshard_connections_reclaimed_total", &[]), 1.0, "{limit}");
             assert_eq!(m.value("edgeshard_connections_rejected_total", &[("reason", limit)]), 0.0, "{limit}");

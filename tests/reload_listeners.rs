@@ -287,9 +287,9 @@ both_engines! {
             String::from_utf8_lossy(&got).into_owned()
         };
         assert!(ask_tls("before").starts_with("HTTP/1.1 200"));
-        // The plain connections idle in the parking lot.
-        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "idle connections parked", |m| {
-            m.value("edgeshard_connections_idle", &[]) == 2.0
+        // The plain connections idle in the parking lot, the TLS one in its task.
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "all three idle", |m| {
+            m.value("edgeshard_connections_idle", &[]) == 3.0
         });
 
         reload_ok(&proxy, &file(o.addr(), &listeners("deny = [\"127.0.0.1\"]")));

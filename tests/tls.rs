@@ -478,6 +478,46 @@ both_engines! {
         }
     }
 
+    // At a connection limit an idle TLS keep-alive connection makes room like a parked plain
+    // one (it waits in its own task, not in the parking lot, and was never reclaimed: two
+    // idle TLS clients locked every new one out for client_idle).
+    fn idle_tls_connections_make_room_at_the_connection_limit(engine) {
+        let Site { ca, dir: _dir, ca_file: _ca_file, origin: _origin, config } = site("room", "");
+        let proxy = config.limit("max_connections_per_shard", "2").admin("").start(engine);
+        let config = Arc::new(ca.client_config());
+        let mut idle: Vec<_> = (0..2)
+            .map(|_| {
+                let conn = rustls::ClientConnection::new(config.clone(), "a.test".try_into().unwrap()).unwrap();
+                let sock = TcpStream::connect(proxy.addr()).unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, sock);
+                tls.write_all(b"GET /idle HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = tls.read(&mut buf).unwrap();
+                    assert!(n > 0, "closed before a response");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+                tls
+            })
+            .collect();
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "two idle TLS connections", |m| {
+            m.value("edgeshard_connections_idle", &[]) == 2.0
+        });
+        let seen = tls_get(proxy.addr(), &config, "a.test", "/new").unwrap();
+        assert!(seen.response.starts_with("HTTP/1.1 200"), "{}", seen.response);
+        // The older one was closed (its unread response body, if any, comes first).
+        let mut rest = Vec::new();
+        let end = idle[0].read_to_end(&mut rest);
+        assert!(end.is_ok() || end.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof), "{end:?}");
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_connections_reclaimed_total", &[]), 1.0);
+        assert_eq!(m.value("edgeshard_connections_rejected_total", &[("reason", "max_connections_per_shard")]), 0.0);
+        drop(idle);
+    }
+
     // `max_handshakes` is per listener: connections to one with a small cap end only that
     // listener's oldest handshakes, not those of another (they ended every one of them).
     fn a_small_handshake_cap_ends_only_its_own_listeners_handshakes(engine) {

@@ -1,0 +1,164 @@
+//! Stage 1's admission, at a connection limit: **which idle connection makes room**. A new
+//! connection at `max_connections_per_shard` or `max_connections` is served, not reset, when
+//! the shard holds a connection that is only waiting: the longest-idle connection parked
+//! between requests ([`crate::park`]) or, without one, the longest-waiting connection that
+//! waits in its own task ([`Waits`]: a new connection's first request, a TLS or mTLS
+//! connection between requests, any wait during a drain), past [`crate::conn`]'s hot window.
+//! nginx does the same when out of `worker_connections`: its "reusable" connections are the
+//! keep-alive ones and those still waiting for their first request. RFC 9112 §9.5 allows a
+//! server to close an idle connection at any time.
+//!
+//! So a flood of connections that open and say nothing cannot lock clients out: each new one
+//! closes the oldest silent one, and a client that sends its request at once is served.
+//! Connections sending a head, however slowly, are not reclaimed (`client_header` bounds them).
+//!
+//! A waiting task hands its [`ActiveGuard`] to the register for the wait ([`Waits::enter`]).
+//! Reclaiming drops the guard at once (the connection no longer counts, so the new one is
+//! admitted in the same call) and wakes the task, which closes its socket.
+
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::future::poll_fn;
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+use slab::Slab;
+
+use crate::shard::{ShardCommon, ShardCtx};
+use crate::stats::bump;
+use crate::worker::ActiveGuard;
+
+/// At a connection limit: closes the shard's longest-idle parked connection or, without one,
+/// its longest-waiting in-task wait. Whether there was one (counted in `reclaimed_idle`).
+pub fn reclaim(common: &ShardCommon, ctx: &ShardCtx) -> bool {
+    if let Some(idle) = common.lot.evict_oldest() {
+        drop(idle);
+    } else if !common.waits.evict_oldest() {
+        return false;
+    }
+    bump(&ctx.stats.reclaimed_idle);
+    true
+}
+
+/// The shard's register of connections waiting in their own task (see the module comment).
+/// No borrow is held across an `.await` or while a guard is dropped or a task woken.
+#[derive(Default)]
+pub struct Waits {
+    slots: RefCell<Slab<Slot>>,
+    /// (start of the wait, key, generation), earliest first; entries of waits that ended
+    /// stay until they surface, and are dropped when they outnumber the live ones.
+    order: RefCell<BinaryHeap<Reverse<(Instant, u32, u32)>>>,
+    next_gen: Cell<u32>,
+}
+
+struct Slot {
+    guard: ActiveGuard,
+    gen: u32,
+    waker: Option<Waker>,
+}
+
+/// One connection's wait in the register: [`Waiting::reclaimed`] resolves when a new
+/// connection took its place, [`Waiting::leave`] ends it. Dropped without `leave` (its task
+/// dropped), the wait ends and its guard with it.
+pub struct Waiting<'a> {
+    waits: &'a Waits,
+    key: u32,
+    gen: u32,
+}
+
+impl Waits {
+    /// Starts a wait, waiting since `since`: the register holds the connection's guard until
+    /// [`Waiting::leave`].
+    pub fn enter(&self, guard: ActiveGuard, since: Instant) -> Waiting<'_> {
+        let gen = self.next_gen.get().wrapping_add(1);
+        self.next_gen.set(gen);
+        let key = self.slots.borrow_mut().insert(Slot {
+            guard,
+            gen,
+            waker: None,
+        }) as u32;
+        let mut order = self.order.borrow_mut();
+        order.push(Reverse((since, key, gen)));
+        let live = self.slots.borrow().len();
+        if order.len() > 2 * live + 64 {
+            let slots = self.slots.borrow();
+            order.retain(|&Reverse((_, k, g))| is_live(&slots, k, g));
+        }
+        Waiting {
+            waits: self,
+            key,
+            gen,
+        }
+    }
+
+    /// Connections waiting now.
+    pub fn len(&self) -> usize {
+        self.slots.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Ends the longest wait: its guard is dropped now, its task woken to close the socket.
+    /// Whether there was one.
+    fn evict_oldest(&self) -> bool {
+        let slot = loop {
+            let Some(Reverse((_, key, gen))) = self.order.borrow_mut().pop() else {
+                return false;
+            };
+            let mut slots = self.slots.borrow_mut();
+            if is_live(&slots, key, gen) {
+                break slots.remove(key as usize);
+            }
+        };
+        let Slot { guard, waker, .. } = slot;
+        drop(guard);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    fn take(&self, key: u32, gen: u32) -> Option<ActiveGuard> {
+        let mut slots = self.slots.borrow_mut();
+        is_live(&slots, key, gen).then(|| slots.remove(key as usize).guard)
+    }
+}
+
+fn is_live(slots: &Slab<Slot>, key: u32, gen: u32) -> bool {
+    slots.get(key as usize).is_some_and(|s| s.gen == gen)
+}
+
+impl Waiting<'_> {
+    /// Resolves once the wait was reclaimed (its guard is gone: the connection must close).
+    pub async fn reclaimed(&self) {
+        poll_fn(|cx| {
+            let mut slots = self.waits.slots.borrow_mut();
+            match slots.get_mut(self.key as usize) {
+                Some(s) if s.gen == self.gen => {
+                    if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        s.waker = Some(cx.waker().clone());
+                    }
+                    Poll::Pending
+                }
+                _ => Poll::Ready(()),
+            }
+        })
+        .await
+    }
+
+    /// Ends the wait: the guard back, or `None` if the wait was reclaimed (close).
+    pub fn leave(self) -> Option<ActiveGuard> {
+        let guard = self.waits.take(self.key, self.gen);
+        std::mem::forget(self);
+        guard
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        drop(self.waits.take(self.key, self.gen));
+    }
+}
