@@ -1,8 +1,8 @@
 //! The per-route response cache (issue 18, first step), with a real client and a backend
 //! that answers with chosen headers: hits never reach the backend, what RFC 9111 forbids is
 //! not stored, `Vary` variants, `HEAD` and conditional requests from the cache, expiry, the
-//! size bound, the admission policy, purge, collapsed misses, the memory bound on responses
-//! being stored, and the `X-Cache` values.
+//! size bound, the admission policy, purge, the memory bound on responses being stored, and
+//! the `X-Cache` values (collapsed misses: `cache_collapse.rs`).
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ pub(crate) fn reply(headers: &[(&str, &str)], body: &str, chunked: bool) -> Repl
 }
 
 /// A proxy whose only route has `cache = { extra }` in front of `origin`.
-fn cached(origin: &Origin, cache: &str, engine: Engine) -> Proxy {
+pub(crate) fn cached(origin: &Origin, cache: &str, engine: Engine) -> Proxy {
     Config::new()
         .upstream("main", &[origin.addr()])
         .route("main", "path_prefix = \"/nc/\"\nname = \"plain\"")
@@ -562,43 +562,6 @@ both_engines! {
         assert_eq!(admin_post(admin, "/cache/purge?prefix=", None).status, 400, "an empty prefix is not ?all");
         assert_eq!(admin_get(admin, "/cache/purge?all", None).status, 405);
         assert_eq!(origin.request_count(), 4 + 1 + 2 + 4);
-    }
-
-    // 100 concurrent misses for one key on one shard: one upstream request, 99 hits. The
-    // backend holds its answer until a later request (sent after all 100) reaches it, so the
-    // others arrive while the first fetch is in flight.
-    fn concurrent_misses_collapse_into_one_fetch(engine) {
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let g = gate.clone();
-        let origin = Origin::with_handler("o", move |r| {
-            let (open, cv) = &*g;
-            if r.path() == "/marker" {
-                *open.lock().unwrap() = true;
-                cv.notify_all();
-            } else {
-                let guard = open.lock().unwrap();
-                let _ = cv.wait_timeout_while(guard, Duration::from_secs(10), |o| !*o).unwrap();
-            }
-            reply(&[("Cache-Control", "max-age=100")], "shared", false)
-        });
-        let proxy = cached(&origin, "", engine);
-        let mut clients: Vec<Client> = (0..100).map(|_| Client::connect(proxy.addr())).collect();
-        for c in &mut clients {
-            c.send(&get("example.com", "/hot"));
-        }
-        let mut marker = Client::connect(proxy.addr());
-        marker.send(&get("example.com", "/marker"));
-        assert_eq!(marker.read_response().status(), 200);
-        let mut results = Vec::new();
-        for c in &mut clients {
-            let r = c.read_response();
-            assert_eq!((r.status(), r.body_str()), (200, "shared".into()));
-            results.push(x_cache(&r));
-        }
-        let hot = origin.requests().iter().filter(|r| r.path() == "/hot").count();
-        assert_eq!(hot, 1, "one upstream request for 100 concurrent misses");
-        assert_eq!(results.iter().filter(|x| *x == "MISS").count(), 1);
-        assert_eq!(results.iter().filter(|x| *x == "HIT").count(), 99);
     }
 
     // `fill_memory` (64 KiB here) bounds what a route's responses being stored hold at once

@@ -9,6 +9,7 @@ mod auth;
 mod balancing;
 mod bodies;
 mod cache;
+mod cache_collapse;
 mod cache_file;
 mod cache_forwarded;
 mod cache_heads;

@@ -10,7 +10,9 @@ use futures_channel::oneshot;
 
 use super::policy::{self, RequestRules, Usable};
 use super::store::Entry;
-use super::{unix_now, Fill, FillState, Hit, Lookup, Request, ShardCache, Stale, HIT, STALE};
+use super::{
+    unix_now, Claim, Fill, FillState, Hit, Lookup, Request, ShardCache, Stale, HIT, STALE,
+};
 use crate::config::CacheConfig;
 use crate::http::parse::Method;
 
@@ -131,7 +133,10 @@ pub async fn lookup<'a>(
                 Some(_) => None,
                 None => {
                     inflight.insert(flight.clone(), Vec::new());
-                    fill.inflight = Some(flight);
+                    fill.inflight = Some(Claim {
+                        inflight: cache.inflight.clone(),
+                        key: flight,
+                    });
                     None
                 }
             }

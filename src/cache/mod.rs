@@ -65,10 +65,9 @@ pub const REVALIDATED: &[u8] = b"REVALIDATED";
 #[derive(Default)]
 pub struct ShardCache {
     stores: RefCell<FxHashMap<Box<str>, Store>>,
-    /// Route name + key → those waiting for its fetch (woken when the fetch's [`Fill`]
+    /// Route name + key → those waiting for its fetch (woken when the fetch's [`Claim`]
     /// drops: the senders drop with it).
-    /// Keyed with std's random per-process hash, as [`store::Store`]'s maps are.
-    inflight: RefCell<std::collections::HashMap<Vec<u8>, Vec<oneshot::Sender<()>>>>,
+    inflight: Inflight,
     pub hits: Cell<u64>,
     pub misses: Cell<u64>,
     pub bypasses: Cell<u64>,
@@ -212,6 +211,28 @@ pub struct Stale {
     pub fresh: bool,
 }
 
+/// Keys being fetched and who waits on each. Keyed with std's random per-process hash, as
+/// [`store::Store`]'s maps are. Shared with the [`Claim`]s (a fetch may move to a task of its
+/// own, [`Fill::detach`]).
+type Inflight = Rc<RefCell<std::collections::HashMap<Vec<u8>, Vec<oneshot::Sender<()>>>>>;
+
+/// A fetch's claim on its key (the first miss for it): requests of this shard missing the
+/// same key wait for it. Dropping it ends the fetch for them (their senders drop: they wake
+/// and look again). Held by the fill until its response is admitted, then by the [`Tee`]
+/// keeping the body, which drops it as soon as the body is known not to fit, so the waiters
+/// need not wait out a large body's relay.
+pub struct Claim {
+    inflight: Inflight,
+    key: Vec<u8>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let waiters = self.inflight.borrow_mut().remove(&self.key);
+        drop(waiters);
+    }
+}
+
 /// A request field kept for the `Vary` part of the key: (name, value).
 type Field = (Box<[u8]>, Box<[u8]>);
 
@@ -244,8 +265,9 @@ pub struct FillState {
     cfg: CacheConfig,
     /// The URL part of the key.
     key: Vec<u8>,
-    /// The in-flight entry this fetch registered (the first miss for the key).
-    inflight: Option<Vec<u8>>,
+    /// The in-flight entry this fetch registered (the first miss for the key), until the
+    /// response is admitted (then its [`Tee`] holds it).
+    inflight: Option<Claim>,
     /// The request's fields (names lower-case), for the `Vary` part of the key.
     req: Vec<Field>,
     rules: RequestRules,
@@ -493,6 +515,7 @@ impl Fill<'_> {
             usize::try_from(max).unwrap_or(usize::MAX),
             held,
             self.cfg.fill_memory,
+            self.s.inflight.take(),
         ));
         true
     }
@@ -513,11 +536,7 @@ impl Fill<'_> {
     /// Ends the fetch for the requests waiting on this key (they look again, then go to
     /// the backend).
     fn release(&mut self) {
-        if let Some(k) = self.inflight.take() {
-            // Dropping the senders wakes the waiters.
-            let waiters = self.cache.inflight.borrow_mut().remove(&k);
-            drop(waiters);
-        }
+        self.inflight = None;
     }
 
     /// The response was relayed whole (`complete`): stores it if it was admitted and its

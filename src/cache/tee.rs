@@ -1,10 +1,13 @@
 //! The response cache's tee, in *respond*: while a response that will be stored is relayed,
 //! `relay::relay_body` pushes each decoded piece of its body here; [`super::Fill`] stores the
 //! body once the relay completed. Bounded per response by `max_object` and per route and
-//! shard by `fill_memory`.
+//! shard by `fill_memory`; past either, the fetch's [`Claim`] is dropped at once, so the
+//! requests waiting on its key go to the backend instead of waiting for the relay's end.
 
 use std::cell::Cell;
 use std::rc::Rc;
+
+use super::Claim;
 
 /// A response body as it is relayed, decoded, kept while it fits `max` bytes and the route's
 /// `fill_memory` on this shard (what all its responses being stored hold at once).
@@ -19,13 +22,17 @@ pub struct Tee {
     pub overflow: bool,
     /// The overflow was `fill_memory`'s (counted by the fill).
     pub over_budget: bool,
+    /// The fetch's claim on its key, if this request made it: dropped with the tee (after
+    /// the entry is stored) or at the overflow.
+    claim: Option<Claim>,
 }
 
 impl Tee {
     /// A tee keeping at most `max` bytes, counted in `held` (the route's store's `teeing`)
     /// while all the route's tees on the shard stay within `held_max`.
-    pub(super) fn new(max: usize, held: Rc<Cell<u64>>, held_max: u64) -> Tee {
+    pub(super) fn new(max: usize, held: Rc<Cell<u64>>, held_max: u64, claim: Option<Claim>) -> Tee {
         Tee {
+            claim,
             body: Vec::new(),
             max,
             held,
@@ -46,6 +53,8 @@ impl Tee {
             self.overflow = true;
             self.over_budget = self.body.len() + data.len() <= self.max;
             self.take();
+            // Nothing will be stored: the waiters go to the backend now.
+            self.claim = None;
         } else {
             self.body.extend_from_slice(data);
             self.held.set(self.held.get() + n);
