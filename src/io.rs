@@ -378,7 +378,7 @@ pub async fn write_two_from<S: AsyncWriteRent>(
     res
 }
 
-/// Writes `head[hr]` then all of a shared `body` (a cache entry's) with vectored writes, each
+/// Writes `head[hr]` then `body[br]` of a shared body (a cache entry's) with vectored writes, each
 /// wait bounded by `timeout`: the body goes from where the store keeps it to the socket with
 /// no copy in user space. `head` is handed back (emptied on a timeout).
 pub async fn write_head_and_shared<S: AsyncWriteRent>(
@@ -386,11 +386,11 @@ pub async fn write_head_and_shared<S: AsyncWriteRent>(
     head: &mut Vec<u8>,
     hr: std::ops::Range<usize>,
     body: std::rc::Rc<[u8]>,
+    br: std::ops::Range<usize>,
     dl: &mut Deadline,
     timeout: Duration,
 ) -> Result<(), IoFail> {
-    let n = body.len();
-    let two = TwoRanges::new(std::mem::take(head), hr, body, 0..n);
+    let two = TwoRanges::new(std::mem::take(head), hr, body, br);
     let (res, back) = write_two(stream, two, dl, timeout).await;
     if let Some((h, _)) = back {
         *head = h;
@@ -466,7 +466,13 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let head: Vec<u8> = (0..300u32).map(|i| (i % 251) as u8).collect();
         let body: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 253) as u8).collect();
-        let expected = [&head[7..290], &body[13..body.len() - 5], &head[..10], &body].concat();
+        let expected = [
+            &head[7..290],
+            &body[13..body.len() - 5],
+            &head[..10],
+            &body[3..],
+        ]
+        .concat();
         // 2 MiB through a socket whose buffers are far smaller: writev returns short and
         // the ranges must be advanced across both iovecs; then a head and a shared body (a
         // cache hit's) the same way.
@@ -504,7 +510,8 @@ mod tests {
                 assert_eq!((&a, &b), (&head, &body), "the buffers come back unchanged");
                 let shared: std::rc::Rc<[u8]> = body.clone().into();
                 let t = Duration::from_secs(20);
-                write_head_and_shared(&mut stream, &mut a, 0..10, shared, &mut dl, t)
+                let sr = 3..shared.len();
+                write_head_and_shared(&mut stream, &mut a, 0..10, shared, sr, &mut dl, t)
                     .await
                     .unwrap();
                 assert_eq!(a, head, "the head comes back unchanged");

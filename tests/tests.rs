@@ -13,6 +13,7 @@ mod cache_collapse;
 mod cache_file;
 mod cache_forwarded;
 mod cache_heads;
+mod cache_range;
 mod cache_revalidate;
 mod check;
 mod compress;

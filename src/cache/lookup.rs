@@ -241,12 +241,7 @@ fn stale_answer<'a>(fill: &mut Fill<'_>, entry: Rc<Entry>, req: &Request<'_>) ->
 
 /// The entry `entry` as the answer to `req`, labelled `x_cache`.
 fn hit_of(entry: Rc<Entry>, req: &Request<'_>, x_cache: &'static [u8]) -> Hit {
-    let not_modified = answers_304(&entry, req.fields());
-    Hit {
-        entry,
-        not_modified,
-        x_cache,
-    }
+    Hit::new(entry, req.fields(), x_cache)
 }
 
 /// Whether the request with `fields` gets a `304` from `entry`. Conditionals only change a

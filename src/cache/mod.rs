@@ -26,6 +26,7 @@ pub mod body;
 mod forwarded;
 mod lookup;
 pub mod policy;
+mod range;
 pub mod refresh;
 pub mod revalidate;
 pub mod serve;
@@ -43,6 +44,7 @@ use rustc_hash::FxHashMap;
 use crate::config::CacheConfig;
 use crate::http::parse::{BodyFraming, Method, RequestHead, ResponseHead};
 use policy::{RequestRules, Storable};
+pub use range::Part;
 use store::{Entry, Store, StoredHead};
 pub use tee::Tee;
 
@@ -186,6 +188,38 @@ pub struct Hit {
     pub not_modified: bool,
     /// `X-Cache`: [`HIT`], [`STALE`] or [`REVALIDATED`].
     pub x_cache: &'static [u8],
+    /// The part of the body a `GET` asks for (`Range`): a `206` or a `416` ([`range`]).
+    pub part: Part,
+}
+
+impl Hit {
+    /// `entry` as the answer to a request with `fields`: a `304` when its condition holds
+    /// (evaluated before `Range`, RFC 9110 §13.2.2), else the part of a `200`'s body it
+    /// asks for.
+    fn new<'h>(
+        entry: Rc<Entry>,
+        fields: impl Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+        x_cache: &'static [u8],
+    ) -> Hit {
+        let not_modified = answers_304(&entry, fields.clone());
+        let part = if not_modified || entry.status != 200 {
+            Part::Whole
+        } else {
+            let e = &entry;
+            Part::of(
+                fields,
+                e.body.len() as u64,
+                e.etag.as_deref(),
+                e.last_modified,
+            )
+        };
+        Hit {
+            entry,
+            not_modified,
+            x_cache,
+            part,
+        }
+    }
 }
 
 /// What the lookup found.

@@ -14,7 +14,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::{answers_304, policy, unix_now, Fill, Hit, ShardCache, REVALIDATED, STALE};
+use super::{policy, unix_now, Fill, Hit, ShardCache, REVALIDATED, STALE};
 use crate::clock::micros;
 use crate::error::{Answer, ProxyError, Side};
 use crate::forward::Answered;
@@ -263,12 +263,7 @@ impl Fill<'_> {
         // Waiting requests find the refreshed entry now, not after this client's write.
         self.release();
         let fields = self.req.iter().map(|(n, v)| (&n[..], &v[..]));
-        let not_modified = answers_304(&entry, fields);
-        NotModified::Hit(Hit {
-            entry,
-            not_modified,
-            x_cache: REVALIDATED,
-        })
+        NotModified::Hit(Hit::new(entry, fields, REVALIDATED))
     }
 
     /// The revalidation (or refetch) of a stale entry failed: the backend could not be
@@ -296,12 +291,7 @@ impl Fill<'_> {
             ShardCache::bump(&c.stale);
         }
         let fields = self.req.iter().map(|(n, v)| (&n[..], &v[..]));
-        let not_modified = answers_304(&stale.entry, fields);
-        Some(Hit {
-            entry: stale.entry,
-            not_modified,
-            x_cache: STALE,
-        })
+        Some(Hit::new(stale.entry, fields, STALE))
     }
 }
 

@@ -4,11 +4,12 @@
 //! proxy's `Server`, the request id, HSTS, the listener's and route's `response_headers`),
 //! with `Age` (RFC 9111 §4.2.3) and `X-Cache` (`HIT`, or `STALE` / `REVALIDATED` for an
 //! entry served stale or just revalidated); a conditional request it satisfies gets
-//! `304 Not Modified` and no body, a `HEAD` the head alone.
+//! `304 Not Modified` and no body, a `GET` for one byte range `206 Partial Content` with
+//! that part (or `416`, [`super::range`]), a `HEAD` the head alone.
 
 use super::body::Body;
 use super::store::StoredHead;
-use super::Hit;
+use super::{Hit, Part};
 use crate::client::{Client, Outcome};
 use crate::forward::RequestFacts;
 use crate::http::canned::Canned;
@@ -33,29 +34,26 @@ pub async fn serve(
 ) -> Outcome {
     let cfg = &ctx.shared.config;
     let entry = &hit.entry;
-    // The stored head, or a 304 made from it when the request's condition holds.
-    let as_304;
-    let stored: &StoredHead = if hit.not_modified {
-        // Its fields under a 304 status line, CRLF-ended whatever the backend's lines were;
-        // no `Trailer` (a 200 hit, sent with a length, has none either).
-        let (bytes, parsed) = (&entry.head.bytes, &entry.head.parsed);
-        let mut h = Vec::with_capacity(bytes.len() + 32);
-        h.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\n");
-        for f in parsed
-            .headers
-            .iter()
-            .filter(|f| f.kind != HeaderKind::Trailer)
-        {
-            h.extend_from_slice(f.name.get(bytes));
-            h.extend_from_slice(b": ");
-            h.extend_from_slice(f.value.get(bytes));
-            h.extend_from_slice(b"\r\n");
-        }
-        h.extend_from_slice(b"\r\n");
-        match StoredHead::new(h.into()) {
+    // A range only for a GET (RFC 9110 §14.2: a HEAD ignores it).
+    let part = if facts.method == Method::Get {
+        hit.part
+    } else {
+        Part::Whole
+    };
+    // The stored head, or a 304, 206 or 416 made from it.
+    let restated;
+    let status_line: Option<&[u8]> = match part {
+        _ if hit.not_modified => Some(b"HTTP/1.1 304 Not Modified\r\n"),
+        Part::Whole => None,
+        Part::Bytes { .. } => Some(b"HTTP/1.1 206 Partial Content\r\n"),
+        Part::Unsatisfiable => Some(b"HTTP/1.1 416 Range Not Satisfiable\r\n"),
+    };
+    let stored: &StoredHead = match status_line {
+        None => &entry.head,
+        Some(line) => match restate(&entry.head, line) {
             Some(h) => {
-                as_304 = h;
-                &as_304
+                restated = h;
+                &restated
             }
             // The stored head parsed; its fields under another status line do too. Kept
             // for safety all the same.
@@ -64,26 +62,37 @@ pub async fn serve(
                 let close = !facts.keep_alive || ctx.draining();
                 return respond_canned(ctx, client, Canned::BadGateway, close).await;
             }
-        }
-    } else {
-        &entry.head
+        },
     };
     let (source, head) = (&stored.bytes[..], &stored.parsed);
     let mut age = itoa_buf(entry.age(crate::clock::now()));
-    let mut set: [(&[u8], &[u8]); 5] = [(b"", b""); 5];
+    let len = entry.body.len() as u64;
+    let mut range_value = Vec::new();
+    let mut set: [(&[u8], &[u8]); 6] = [(b"", b""); 6];
     set[0] = (b"Age", age.as_str());
     set[1] = (b"X-Cache", hit.x_cache);
+    let mut n_set = 2;
+    if let Some(v) = part.content_range(len, &mut range_value) {
+        set[2] = (b"Content-Range", v);
+        n_set = 3;
+    }
     let listener = client.listener.clone();
-    let n_set = proxy_fields(cfg, &listener, rid, &mut set, 2);
+    let n_set = proxy_fields(cfg, &listener, rid, &mut set, n_set);
     let route = trace.route.map(|i| &cfg.routes[i]);
     let vars = response_vars(facts, rid, crate::tls::client_facts(client).0, route);
     let rw = response_rewrite(cfg, &ctx.date, &listener, route, &set[..n_set], &vars);
-    let with_body = !hit.not_modified && facts.method != Method::Head;
+    // What of the body goes out: all of it, a range, or nothing (a 416).
+    let (from, to) = match part {
+        Part::Whole => (0, len),
+        Part::Bytes { start, end } => (start, end),
+        Part::Unsatisfiable => (0, 0),
+    };
+    let with_body = !hit.not_modified && facts.method != Method::Head && to > from;
     // 304 and 204 carry no body and no Content-Length (RFC 9110 §8.6).
     let framing = if hit.not_modified || entry.status == 204 {
         OutFraming::None
     } else {
-        OutFraming::Length(entry.body.len() as u64)
+        OutFraming::Length(to - from)
     };
     let close = !facts.keep_alive || ctx.draining();
     let mut out = ctx.buffer();
@@ -96,7 +105,8 @@ pub async fn serve(
         _ if !with_body => write_from(stream, &mut out, 0, n, dl, t).await,
         // In memory: in one vectored write with the head, never copied behind it.
         (Body::Memory(b), _) => {
-            write_head_and_shared(stream, &mut out, 0..n, b.clone(), dl, t).await
+            let body = from as usize..to as usize;
+            write_head_and_shared(stream, &mut out, 0..n, b.clone(), body, dl, t).await
         }
         // In the body file, to a plain socket: sent by the kernel from the file's pages.
         (Body::File(e), Some(sock)) => {
@@ -107,8 +117,8 @@ pub async fn serve(
                 &mut client.nonblocking,
                 &out[..n],
                 e.fd(),
-                e.off,
-                e.len,
+                e.off + from,
+                (to - from) as usize,
                 &mut leg,
             )
             .await
@@ -120,15 +130,14 @@ pub async fn serve(
         }
         // To a TLS client: read into the buffer a piece at a time (the first behind the
         // head), then encrypted: a slow reader holds one piece, not the whole body.
-        (Body::File(e), None) => Box::pin(send_pieces(stream, &mut out, e, dl, t)).await,
+        (Body::File(e), None) => {
+            let body = from as usize..to as usize;
+            Box::pin(send_pieces(stream, &mut out, e, body, dl, t)).await
+        }
     };
     match written {
         Ok(()) => {
-            let body = if with_body {
-                entry.body.len() as u64
-            } else {
-                0
-            };
+            let body = if with_body { to - from } else { 0 };
             add(&ctx.stats.bytes_out, body);
             trace.bytes_out = body;
             if close {
@@ -147,25 +156,46 @@ pub async fn serve(
 /// How much of a body-file extent a TLS hit reads at a time ([`send_pieces`]).
 const PIECE: usize = 64 * 1024;
 
-/// Writes `out` (the head) and the extent `e` behind it, `PIECE` bytes read at a time, each
-/// write within `t`.
+/// Writes `out` (the head) and the bytes `body` of the extent `e` behind it, `PIECE` bytes
+/// read at a time, each write within `t`.
 async fn send_pieces(
     stream: &mut crate::transport::Transport,
     out: &mut Vec<u8>,
     e: &super::body::Extent,
+    body: std::ops::Range<usize>,
     dl: &mut crate::io::Deadline,
     t: std::time::Duration,
 ) -> Result<(), IoFail> {
-    let mut done = 0;
+    let mut done = body.start;
     loop {
-        let to = (done + PIECE).min(e.len);
+        let to = (done + PIECE).min(body.end);
         e.read_into(done..to, out).map_err(IoFail::Io)?;
         let n = out.len();
         write_from(stream, out, 0, n, dl, t).await?;
         done = to;
-        if done >= e.len {
+        if done >= body.end {
             return Ok(());
         }
         out.clear();
     }
+}
+
+/// The stored head's fields under another status line (`line`, CRLF-ended), CRLF-ended
+/// whatever the backend's lines were; no `Trailer` (a hit, sent with a length, has none).
+fn restate(stored: &StoredHead, line: &[u8]) -> Option<StoredHead> {
+    let (bytes, parsed) = (&stored.bytes, &stored.parsed);
+    let mut h = Vec::with_capacity(bytes.len() + 32);
+    h.extend_from_slice(line);
+    for f in parsed
+        .headers
+        .iter()
+        .filter(|f| f.kind != HeaderKind::Trailer)
+    {
+        h.extend_from_slice(f.name.get(bytes));
+        h.extend_from_slice(b": ");
+        h.extend_from_slice(f.value.get(bytes));
+        h.extend_from_slice(b"\r\n");
+    }
+    h.extend_from_slice(b"\r\n");
+    StoredHead::new(h.into())
 }

@@ -1,0 +1,165 @@
+//! Byte ranges from the response cache (RFC 9110 §14): a hit for a `GET` with one range is
+//! answered `206` with that part of the stored body, a range past its end `416`, and what
+//! the cache does not serve (several ranges, an `If-Range` that does not match, a `HEAD`)
+//! the whole `200`; from memory, from the body file to a plain client (`sendfile`) and to a
+//! TLS client (curl). Before, every ranged hit got the whole body: a video player's seek or
+//! a resumed download fetched it all again.
+
+use std::process::Command;
+
+use crate::support::pattern::pattern_vec;
+use crate::support::tls::{tls_listener, CertDir, TestCa};
+use crate::support::*;
+
+const ETAG: &str = "\"v1\"";
+const LAST_MODIFIED: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+
+/// `/b/N`: N pattern bytes, cacheable, with an ETag and a Last-Modified.
+fn origin() -> Origin {
+    Origin::with_handler("o", |r| Reply::Response {
+        status: 200,
+        headers: vec![
+            ("Cache-Control".into(), "max-age=100".into()),
+            ("ETag".into(), ETAG.into()),
+            ("Last-Modified".into(), LAST_MODIFIED.into()),
+            ("Content-Type".into(), "application/octet-stream".into()),
+        ],
+        body: pattern_vec(r.path()[3..].parse().unwrap()),
+        mode: BodyMode::Length,
+        close_after: false,
+    })
+}
+
+fn cached(origin: &Origin) -> Config {
+    Config::new().upstream("main", &[origin.addr()]).route(
+        "main",
+        "cache = { size = \"64MiB\", max_object = \"16MiB\" }",
+    )
+}
+
+fn ask(c: &mut Client, method: &str, path: &str, extra: &[(&str, &str)]) -> Response {
+    let mut h = vec![("Host", "example.com")];
+    h.extend_from_slice(extra);
+    c.send(&request(method, path, &h, b""));
+    c.read_response_for(method)
+}
+
+/// Asks for `range` of `path` (stored, `len` bytes) and checks the `206` carries bytes
+/// `start..end` of the body.
+fn part(c: &mut Client, path: &str, len: usize, range: &str, (start, end): (usize, usize)) {
+    let r = ask(c, "GET", path, &[("Range", range)]);
+    assert_eq!(
+        (r.status(), r.header("X-Cache")),
+        (206, Some("HIT")),
+        "{range}:\n{}",
+        r.head.raw
+    );
+    let want = format!("bytes {start}-{}/{len}", end - 1);
+    assert_eq!(r.header("Content-Range"), Some(want.as_str()), "{range}");
+    assert_eq!(
+        r.header("Content-Length"),
+        Some((end - start).to_string().as_str()),
+        "{range}"
+    );
+    assert_eq!(
+        r.header("ETag"),
+        Some(ETAG),
+        "{range}: a 206 carries the validators"
+    );
+    assert!(
+        r.body == pattern_vec(len)[start..end],
+        "{range}: not bytes {start}..{end}"
+    );
+}
+
+both_engines! {
+    // A small body, kept in memory: each form of range, the 416, and what is ignored. The
+    // connection stays usable throughout and the backend is asked once.
+    fn ranges_of_a_hit(engine) {
+        let origin = origin();
+        let proxy = cached(&origin).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        // A miss forwards the Range; this backend ignores it and its 200 is stored.
+        let r = ask(&mut c, "GET", "/b/1000", &[("Range", "bytes=0-9")]);
+        assert_eq!((r.status(), r.header("X-Cache"), r.body.len()), (200, Some("MISS"), 1000));
+        part(&mut c, "/b/1000", 1000, "bytes=0-9", (0, 10));
+        part(&mut c, "/b/1000", 1000, "bytes=990-", (990, 1000));
+        part(&mut c, "/b/1000", 1000, "bytes=-7", (993, 1000));
+        part(&mut c, "/b/1000", 1000, "bytes=500-5000", (500, 1000));
+        part(&mut c, "/b/1000", 1000, "bytes=999-999", (999, 1000));
+        let strong = [("Range", "bytes=1-2"), ("If-Range", ETAG)];
+        assert_eq!(ask(&mut c, "GET", "/b/1000", &strong).status(), 206);
+        let dated = [("Range", "bytes=1-2"), ("If-Range", LAST_MODIFIED)];
+        assert_eq!(ask(&mut c, "GET", "/b/1000", &dated).status(), 206);
+
+        let r = ask(&mut c, "GET", "/b/1000", &[("Range", "bytes=1000-")]);
+        assert_eq!(r.status(), 416, "{}", r.head.raw);
+        assert_eq!(r.header("Content-Range"), Some("bytes */1000"));
+        assert!(r.body.is_empty());
+
+        for ignored in [
+            vec![("Range", "bytes=0-1,5-6")],
+            vec![("Range", "bytes=5-1")],
+            vec![("Range", "items=0-1")],
+            vec![("Range", "bytes=0-1"), ("If-Range", "\"v0\"")],
+            vec![("Range", "bytes=0-1"), ("If-Range", "W/\"v1\"")],
+            vec![("Range", "bytes=0-1"), ("If-Range", "Sun, 06 Nov 1994 08:49:38 GMT")],
+        ] {
+            let r = ask(&mut c, "GET", "/b/1000", &ignored);
+            assert_eq!((r.status(), r.body.len()), (200, 1000), "{ignored:?}");
+            assert_eq!(r.header("Content-Range"), None, "{ignored:?}");
+        }
+        let r = ask(&mut c, "HEAD", "/b/1000", &[("Range", "bytes=0-9")]);
+        assert_eq!((r.status(), r.header("Content-Length")), (200, Some("1000")), "a HEAD ignores Range");
+        // A condition that holds is a 304, whatever the range.
+        let r = ask(&mut c, "GET", "/b/1000", &[("Range", "bytes=0-9"), ("If-None-Match", ETAG)]);
+        assert_eq!(r.status(), 304);
+        assert_eq!(origin.request_count(), 1);
+    }
+
+    // A body in the body file, sent with sendfile from the range's offset.
+    fn ranges_of_a_large_hit_from_the_body_file(engine) {
+        let origin = origin();
+        let proxy = cached(&origin).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        let n = 200_003;
+        let path = format!("/b/{n}");
+        assert_eq!(ask(&mut c, "GET", &path, &[]).header("X-Cache"), Some("MISS"));
+        part(&mut c, &path, n, "bytes=0-0", (0, 1));
+        part(&mut c, &path, n, "bytes=100000-150000", (100_000, 150_001));
+        part(&mut c, &path, n, "bytes=4095-4096", (4095, 4097));
+        part(&mut c, &path, n, "bytes=-7", (n - 7, n));
+        part(&mut c, &path, n, "bytes=65536-", (65536, n));
+        let r = ask(&mut c, "GET", &path, &[]);
+        assert!(r.status() == 200 && r.body == pattern_vec(n), "the whole body after ranges");
+        assert_eq!(origin.request_count(), 1);
+    }
+
+    // A TLS client (curl --range) gets the range through the copying path.
+    fn a_range_of_a_large_hit_over_tls(engine) {
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("cache-range");
+        let (cert, key) = dir.write_leaf("a", &ca.leaf(&["a.test"]));
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let origin = origin();
+        let proxy = cached(&origin).only_listener(&tls_listener(&[(&cert, &key)], "")).start(engine);
+        let n = 300_000;
+        let url = format!("https://a.test:{}/b/{n}", proxy.addr().port());
+        let resolve = format!("a.test:{}:127.0.0.1", proxy.addr().port());
+        let curl = |range: Option<&str>| {
+            let mut cmd = Command::new("curl");
+            cmd.args(["-sS", "--max-time", "10", "-o", "-", "--cacert"]).arg(&ca_file);
+            cmd.args(["--resolve", &resolve]);
+            if let Some(r) = range {
+                cmd.args(["--range", r]);
+            }
+            let out = cmd.arg(&url).output().expect("curl is installed");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            out.stdout
+        };
+        assert_eq!(curl(None).len(), n);
+        let body = curl(Some("70000-200000"));
+        assert!(body == pattern_vec(n)[70_000..200_001], "{} bytes, not the range", body.len());
+        assert_eq!(origin.request_count(), 1);
+    }
+}
