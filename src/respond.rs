@@ -469,8 +469,11 @@ pub async fn respond_canned_with(
     ctx.stats.canned(c);
     let close = close || c.forces_close();
     let mut out = ctx.buffer();
+    let response = &ctx.shared.config.response;
     canned_head(
-        c.bytes(close),
+        response
+            .error_page(c.status(), close)
+            .unwrap_or_else(|| c.bytes(close)),
         ctx.shared.config.response.server.as_deref(),
         &ctx.date.now(),
         extra,

@@ -24,6 +24,7 @@ user = "nobody"
 group = "@GROUP@"
 server_header = "edge"
 hide_response_headers = ["X-Backend"]
+error_pages = { "502" = "@CERTS@/502.html", "503" = "@CERTS@/503.json" }
 trusted_proxies = ["10.0.0.0/8", "127.0.0.1"]
 
 [[listener]]
@@ -230,6 +231,8 @@ fn good() -> String {
         dir.write("a.key", &leaf.key_pem);
         dir.write("a.ocsp", "not checked by edgeshard: stapled as is");
         dir.write("ca.pem", &ca.pem);
+        dir.write("502.html", "<h1>we will be right back</h1>\n");
+        dir.write("503.json", "{\"error\": \"busy\"}\n");
         dir.write(
             "users",
             &format!("alice:{}\n", bcrypt::hash("pw", 4).unwrap()),

@@ -20,6 +20,7 @@ mod compress;
 mod congestion;
 mod dns;
 mod early_answer;
+mod error_pages;
 mod examples;
 mod framing;
 mod fuzz_corpus;

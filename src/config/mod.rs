@@ -214,7 +214,7 @@ pub struct Config {
     pub user: Option<String>,
     /// `server.group`: with `user`, run as this group instead of the user's primary group.
     pub group: Option<String>,
-    /// `server.server_header` and `server.hide_response_headers`.
+    /// `server.server_header`, `server.hide_response_headers` and `server.error_pages`.
     pub response: ResponseFields,
     /// `server.trusted_proxies`: peers whose X-Forwarded-For (and request id) is believed.
     pub trusted_proxies: Vec<IpNet>,
@@ -378,10 +378,15 @@ impl Config {
             "server.trusted_proxies",
             server.trusted_proxies.as_deref(),
         );
-        let response = response::response_fields(
+        let mut response = response::response_fields(
             &mut c,
             server.server_header.take(),
             server.hide_response_headers.take(),
+        );
+        response.error_pages = response::error_pages(
+            &mut c,
+            server.error_pages.take().unwrap_or_default(),
+            file.parent().unwrap_or(Path::new(".")),
         );
 
         let io_engine = match server.io_engine.as_deref() {

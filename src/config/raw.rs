@@ -28,6 +28,8 @@ pub(super) struct RawServer {
     pub(super) server_header: Option<String>,
     pub(super) trusted_proxies: Option<Vec<String>>,
     pub(super) hide_response_headers: Option<Vec<String>>,
+    /// Status code (as a string: TOML keys are) → file.
+    pub(super) error_pages: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -1,9 +1,13 @@
 //! `[server]` keys that decide what clients see of the proxy and its backends: the `Server`
-//! field the proxy sends (`server_header`) and the response fields it removes
-//! (`hide_response_headers`, beyond `Server` and `X-Powered-By`, always removed). Applied
-//! by `http::encode` to every forwarded response head and by `respond` to the proxy's own.
+//! field the proxy sends (`server_header`), the response fields it removes
+//! (`hide_response_headers`, beyond `Server` and `X-Powered-By`, always removed), and the
+//! pages it sends for the errors it answers itself (`error_pages`). Applied by
+//! `http::encode` to every forwarded response head and by `respond` to the proxy's own.
+
+use std::path::Path;
 
 use super::raw::Checker;
+use crate::http::canned::Canned;
 
 /// What the proxy shows clients of itself and hides of its backends.
 #[derive(Clone, Debug, Default)]
@@ -12,6 +16,117 @@ pub struct ResponseFields {
     pub server: Option<Box<str>>,
     /// `server.hide_response_headers`, lowercased: removed from every forwarded response.
     pub hide: Vec<Box<str>>,
+    /// `server.error_pages`, by status.
+    pub error_pages: Vec<ErrorPage>,
+}
+
+/// A page the proxy sends instead of its own short text for a status it answers itself
+/// (nginx's `error_page` with a file, HAProxy's `errorfile`): read when the configuration is
+/// loaded, so a reload picks up a changed file.
+#[derive(Clone, Debug)]
+pub struct ErrorPage {
+    pub status: u16,
+    /// The whole response (status line, `Content-Type`, `Content-Length`, the page), and the
+    /// same with `Connection: close`: written as the canned answer's bytes are.
+    keep: Box<[u8]>,
+    close: Box<[u8]>,
+}
+
+impl ResponseFields {
+    /// The configured page for `status`, as a whole response.
+    pub fn error_page(&self, status: u16, close: bool) -> Option<&[u8]> {
+        let p = self.error_pages.iter().find(|p| p.status == status)?;
+        Some(if close { &p.close } else { &p.keep })
+    }
+}
+
+/// The largest error page: a page is sent from memory, and each shard's configuration
+/// holds every page.
+const MAX_ERROR_PAGE: u64 = 1 << 20;
+
+/// `server.error_pages`: status → file (relative to the configuration file's directory).
+/// Only the error statuses the proxy answers itself (a backend's own errors are relayed as
+/// they are); the type is told by the file's extension.
+pub(super) fn error_pages(
+    c: &mut Checker,
+    raw: std::collections::BTreeMap<String, String>,
+    base: &Path,
+) -> Vec<ErrorPage> {
+    let mut pages = Vec::new();
+    for (code, file) in raw {
+        let key = format!("server.error_pages.{code}");
+        let canned = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|s| Canned::ALL.iter().find(|c| c.status() == s && s >= 400));
+        let Some(&canned) = canned else {
+            let answered: Vec<String> = Canned::ALL
+                .iter()
+                .filter(|c| c.status() >= 400)
+                .map(|c| c.status().to_string())
+                .collect();
+            c.err(
+                key,
+                format!(
+                    "{code:?} is not an error status the proxy answers itself; expected one of {}",
+                    answered.join(", ")
+                ),
+            );
+            continue;
+        };
+        let path = base.join(&file);
+        let body = match std::fs::metadata(&path) {
+            Ok(m) if m.len() > MAX_ERROR_PAGE => Err(format!(
+                "{file:?} is {} bytes; an error page may be at most 1 MiB",
+                m.len()
+            )),
+            _ => std::fs::read(&path).map_err(|e| format!("cannot read {file:?}: {e}")),
+        };
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => {
+                c.err(key, e);
+                continue;
+            }
+        };
+        let line = canned.bytes(false);
+        let line = &line[..line
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(0, |i| i + 2)];
+        let page = |close: bool| {
+            let mut out = line.to_vec();
+            out.extend_from_slice(b"Content-Type: ");
+            out.extend_from_slice(content_type(&file).as_bytes());
+            out.extend_from_slice(format!("\r\nContent-Length: {}\r\n", body.len()).as_bytes());
+            if close {
+                out.extend_from_slice(b"Connection: close\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(&body);
+            out.into_boxed_slice()
+        };
+        pages.push(ErrorPage {
+            status: canned.status(),
+            keep: page(false),
+            close: page(true),
+        });
+    }
+    pages
+}
+
+/// The `Content-Type` of an error page, by its file's extension.
+fn content_type(file: &str) -> &'static str {
+    let ext = Path::new(file)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("html" | "htm") => "text/html; charset=utf-8",
+        Some("json") => "application/json",
+        Some("xml") => "application/xml",
+        _ => "text/plain; charset=utf-8",
+    }
 }
 
 /// Fields the proxy writes itself: hiding them would break framing or the connection (or,
@@ -58,5 +173,6 @@ pub(super) fn response_fields(
     ResponseFields {
         server,
         hide: names,
+        error_pages: Vec::new(),
     }
 }

@@ -1,0 +1,131 @@
+//! `server.error_pages`: the proxy's own error answers (a dead backend's 502, no route's
+//! 404, a 408) carry the operator's page instead of the built-in text, with its type, on
+//! keep-alive and closing answers alike and under `HEAD`; a backend's own errors are relayed
+//! as they are; a reload reads the files again; bad entries are refused with the key.
+
+use std::path::Path;
+
+use crate::support::tls::CertDir;
+use crate::support::*;
+
+fn pages(dir: &CertDir, p502: &str) -> String {
+    let html = dir.write("502.html", p502);
+    let json = dir.write("404.json", "{\"error\": \"no such site\"}\n");
+    format!(
+        "{{ \"502\" = \"{}\", \"404\" = \"{}\" }}",
+        html.display(),
+        json.display()
+    )
+}
+
+fn config(dir: &CertDir, p502: &str, origin: &Origin) -> Config {
+    let dead = dead_addr();
+    Config::new()
+        .server("error_pages", &pages(dir, p502))
+        .upstream("dead", &[dead])
+        .upstream("live", &[origin.addr()])
+        .route("dead", "host = \"dead.test\"")
+        .route("live", "host = \"live.test\"")
+        .admin("")
+}
+
+fn ask(c: &mut Client, method: &str, host: &str, path: &str) -> Response {
+    c.send(&request(method, path, &[("Host", host)], b""));
+    c.read_response_for(method)
+}
+
+both_engines! {
+    fn the_proxys_own_errors_carry_the_configured_pages(engine) {
+        let dir = CertDir::new("pages");
+        let origin = Origin::start("o");
+        let page = "<html><body>back soon</body></html>\n";
+        let proxy = config(&dir, page, &origin).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        // Asked once: a dead backend is ejected after its first failure (then 503).
+        let r = ask(&mut c, "GET", "dead.test", "/");
+        assert_eq!(r.status(), 502);
+        assert_eq!(r.header("Content-Type"), Some("text/html; charset=utf-8"));
+        assert_eq!(r.body_str(), page);
+        assert!(r.header("Date").is_some(), "{}", r.head.raw);
+        // The same connection goes on: the page's answer keeps it alive as the text's did.
+        let r = ask(&mut c, "GET", "nowhere.test", "/");
+        assert_eq!((r.status(), r.header("Content-Type")), (404, Some("application/json")));
+        assert_eq!(r.body_str(), "{\"error\": \"no such site\"}\n");
+        let r = ask(&mut c, "HEAD", "nowhere.test", "/");
+        assert_eq!(r.status(), 404);
+        assert_eq!(r.header("Content-Length"), Some("26"));
+        assert!(r.body.is_empty());
+        // A backend's own error is its own.
+        let r = ask(&mut c, "GET", "live.test", "/status/502");
+        assert_eq!(r.status(), 502);
+        assert_ne!(r.body_str(), page);
+        // A status without a page keeps the built-in text; with `Connection: close` too.
+        c.send(b"GET / HTTP/1.1\r\nHost: live.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!((r.status(), r.header("Content-Type")), (400, Some("text/plain")));
+        c.expect_closed();
+        let mut c = Client::connect(proxy.addr());
+        c.send(&request("GET", "/", &[("Host", "nowhere.test"), ("Connection", "close")], b""));
+        let r = c.read_response();
+        assert_eq!((r.status(), r.body_str()), (404, "{\"error\": \"no such site\"}\n".to_string()));
+        assert!(r.has_token("connection", "close"));
+        c.expect_closed();
+    }
+
+    // (A dead backend is ejected after its first failure, and later requests for it get 503:
+    // each configuration here names a dead backend of its own, asked once.)
+    fn a_reload_reads_the_pages_again(engine) {
+        let dir = CertDir::new("pages-reload");
+        let origin = Origin::start("o");
+        let proxy = config(&dir, "first\n", &origin).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        assert_eq!(ask(&mut c, "GET", "dead.test", "/").body_str(), "first\n");
+        let text = config(&dir, "second\n", &origin).render();
+        std::fs::write(proxy.config_path(), text).unwrap();
+        let r = admin_post(proxy.admin_addr(), "/reload", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(ask(&mut c, "GET", "dead.test", "/").body_str(), "second\n");
+    }
+}
+
+#[test]
+fn bad_error_pages_are_refused_with_the_key() {
+    let dir = CertDir::new("pages-bad");
+    let big = dir.write("big.html", &"x".repeat((1 << 20) + 1));
+    let cases = [
+        (
+            format!("{{ \"200\" = \"{}\" }}", big.display()),
+            "server.error_pages.200",
+        ),
+        (
+            format!("{{ \"418\" = \"{}\" }}", big.display()),
+            "server.error_pages.418",
+        ),
+        (
+            format!("{{ \"502\" = \"{}\" }}", big.display()),
+            "at most 1 MiB",
+        ),
+        (
+            "{ \"503\" = \"/nonexistent/503.html\" }".to_string(),
+            "cannot read",
+        ),
+    ];
+    for (value, expect) in cases {
+        let text = Config::single(dead_addr())
+            .server("error_pages", &value)
+            .render();
+        let file = dir.write("edgeshard.toml", &text);
+        let out = std::process::Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(Path::new(&file))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{value}: {said}");
+        assert!(
+            said.contains(expect) && said.contains("server.error_pages"),
+            "{value}: {said}"
+        );
+    }
+}
