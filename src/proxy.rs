@@ -333,8 +333,8 @@ async fn plan<'a>(
                 trusted_forwarding: client.forwarded_trusted,
                 own_fields: &ctx.shared.own_fields,
             };
-            let t = &ctx.shared.config.timeouts;
-            let wait = t.upstream_connect + t.upstream_response;
+            let (config, u) = (&ctx.shared.config, route_cfg.upstream);
+            let wait = config.upstream_connect(u) + config.upstream_response(u);
             let name = &ctx.shared.config.routes[routed.index].name;
             match cache::lookup(&ctx.cache, name, cfg, &req, wait).await {
                 cache::Lookup::Hit(hit) => return Ok(Plan::Cached(hit)),

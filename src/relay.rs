@@ -294,22 +294,33 @@ pub struct Leg<'a> {
 
 impl<'a> Leg<'a> {
     /// A request body's leg, client → upstream: each wait for the client is bounded by
-    /// `client_body`, each wait for the upstream by `upstream_response`, and the client is
-    /// held to `client_body_min_rate` over the body.
-    pub fn request(deadline: &'a mut Deadline, cfg: &Config, written: &'a mut bool) -> Leg<'a> {
+    /// `client_body`, each wait for the upstream by `upstream` (its upstream's
+    /// [`Config::upstream_response`]), and the client is held to `client_body_min_rate` over
+    /// the body.
+    pub fn request(
+        deadline: &'a mut Deadline,
+        cfg: &Config,
+        upstream: Duration,
+        written: &'a mut bool,
+    ) -> Leg<'a> {
         let t = &cfg.timeouts;
-        let mut leg = Leg::new(deadline, t.client_body, t.upstream_response, written);
+        let mut leg = Leg::new(deadline, t.client_body, upstream, written);
         leg.pace = Pace::new(t.client_body, cfg.limits.client_body_min_rate);
         leg.paced = Side::Src;
         leg
     }
 
     /// A response body's leg, upstream → client: each wait for the upstream is bounded by
-    /// `upstream_response`, each wait for the client by `client_send`, and the client is
-    /// held to `client_send_min_rate` over the body.
-    pub fn response(deadline: &'a mut Deadline, cfg: &Config, written: &'a mut bool) -> Leg<'a> {
+    /// `upstream` (its upstream's [`Config::upstream_response`]), each wait for the client by
+    /// `client_send`, and the client is held to `client_send_min_rate` over the body.
+    pub fn response(
+        deadline: &'a mut Deadline,
+        cfg: &Config,
+        upstream: Duration,
+        written: &'a mut bool,
+    ) -> Leg<'a> {
         let t = &cfg.timeouts;
-        let mut leg = Leg::new(deadline, t.upstream_response, t.client_send, written);
+        let mut leg = Leg::new(deadline, upstream, t.client_send, written);
         leg.pace = Pace::new(t.client_send, cfg.limits.client_send_min_rate);
         leg.paced = Side::Dst;
         leg

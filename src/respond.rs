@@ -210,6 +210,8 @@ pub async fn relay_response(
     watch_client(client);
     // Interim responses relayed before this head count as written: a failure closes.
     let mut written = interim;
+    // Each wait for the backend: its upstream's `response_timeout`.
+    let wait = cfg.upstream_response(r.shared.backends[backend].upstream);
     // Compressed, or teed into the cache: copied, never spliced.
     let spliced = match coding.is_some() || teeing {
         true => None,
@@ -230,6 +232,7 @@ pub async fn relay_response(
                 conn: &mut upstream,
                 ubuf: &mut ubuf,
                 pos: &mut upos,
+                wait,
             };
             let chunked = resp_framing == OutFraming::Chunked;
             let coded = Box::pin(compressed_response(
@@ -256,6 +259,7 @@ pub async fn relay_response(
                 conn: &mut upstream,
                 ubuf: &mut ubuf,
                 pos: &mut upos,
+                wait,
             };
             Box::pin(splice_response(
                 r,
@@ -296,7 +300,7 @@ pub async fn relay_response(
                     None
                 },
             };
-            let mut leg = Leg::response(&mut client.deadline, cfg, &mut written);
+            let mut leg = Leg::response(&mut client.deadline, cfg, wait, &mut written);
             leg.tee = fill.and_then(Fill::tee);
             let dst = &mut client.stream;
             let (up, ub, pos) = (&mut upstream, &mut ubuf, &mut upos);
@@ -591,6 +595,8 @@ struct Upstream<'u> {
     conn: &'u mut Transport,
     ubuf: &'u mut Vec<u8>,
     pos: &'u mut usize,
+    /// Its upstream's `response_timeout`: the bound on each wait for it.
+    wait: Duration,
 }
 
 /// Streams the response body through the encoder for `alg` ([`compress::stream`]), after
@@ -608,7 +614,7 @@ async fn compressed_response(
 ) -> Result<compress::stream::Coded, RelayError> {
     let enc = Encoder::new(alg, cc).map_err(|e| RelayError::Read(IoFail::Io(e)))?;
     let framing = (in_framing, chunked, r.cfg.limits.max_header_bytes);
-    let mut leg = Leg::response(&mut client.deadline, r.cfg, written);
+    let mut leg = Leg::response(&mut client.deadline, r.cfg, up.wait, written);
     let coded = relay_compressed(
         up.conn,
         up.ubuf,
@@ -678,7 +684,7 @@ async fn splice_response(
             body,
             pipe: pipe.pipe(),
         },
-        &mut Leg::response(&mut client.deadline, r.cfg, written),
+        &mut Leg::response(&mut client.deadline, r.cfg, up.wait, written),
     )
     .await;
     if let Ok(total) = res {

@@ -101,6 +101,8 @@ balance = "weighted"
 backends = [{ address = "127.0.0.1:9001", weight = 3 }, { address = "127.0.0.1:9002", weight = 1, backup = true }]
 max_idle_per_backend = 64
 idle_timeout = "60s"
+connect_timeout = "2s"
+response_timeout = "120s"
 slow_start = "10s"
 sticky = { cookie = "srv", ttl = "1h", secret = "a-fleet-wide-secret-of-32-chars!" }
 

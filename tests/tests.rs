@@ -57,3 +57,4 @@ mod tls_upstream;
 mod tls_validity;
 mod tunnel;
 mod upgrade;
+mod upstream_timeouts;

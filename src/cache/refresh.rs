@@ -13,7 +13,7 @@
 //! and at most `background_revalidations` per route on a shard (it holds a slot).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Fill, ShardCache};
 use crate::forward::Prepared;
@@ -114,7 +114,8 @@ async fn fetch(
         };
         in_flight.sent = true;
         let mut ubuf = Vec::new();
-        match exchange(ctx, &mut conn, &head, &mut ubuf).await {
+        let wait = shared.config.upstream_response(upstream);
+        match exchange(ctx, &mut conn, &head, &mut ubuf, wait).await {
             // A keep-alive race: once more on a new connection.
             Err(f) if reused && !f.any_byte && !fresh => fresh = true,
             Err(f) => {
@@ -130,7 +131,7 @@ async fn fetch(
                 ctx.backends
                     .observe(shared, &ctx.stats, &ctx.errors, backend, o);
                 ctx.stats.upstream_status(backend, resp.status);
-                let reusable = answer(ctx, fill, &mut conn, &mut ubuf, &resp).await?;
+                let reusable = answer(ctx, fill, &mut conn, &mut ubuf, &resp, wait).await?;
                 if reusable {
                     let small = ctx.backends.receives(backend);
                     ctx.pool
@@ -149,9 +150,9 @@ async fn exchange(
     conn: &mut Transport,
     head: &[u8],
     ubuf: &mut Vec<u8>,
+    timeout: Duration,
 ) -> Result<ResponseHead, Failed> {
     let cfg = &ctx.shared.config;
-    let timeout = cfg.timeouts.upstream_response;
     let mut dl = Deadline::new();
     let fail = |e: IoFail, any_byte| Failed {
         outcome: match e {
@@ -212,6 +213,7 @@ async fn answer(
     conn: &mut Transport,
     ubuf: &mut Vec<u8>,
     resp: &ResponseHead,
+    wait: Duration,
 ) -> Result<bool, ()> {
     let cfg = &ctx.shared.config;
     let framing = resp.framing(Method::Get);
@@ -232,7 +234,7 @@ async fn answer(
     let mut dl = Deadline::new();
     // The whole body within `upstream_response` too: a backend that trickles it does not
     // hold a background slot for longer.
-    let deadline = Instant::now() + cfg.timeouts.upstream_response;
+    let deadline = Instant::now() + wait;
     let complete = loop {
         while !body.done && pos < ubuf.len() {
             let ((from, to), used) = body.step(&ubuf[pos..]).map_err(drop)?;

@@ -111,7 +111,8 @@ pub async fn serve(
         // In the body file, to a plain socket: sent by the kernel from the file's pages.
         (Body::File(e), Some(sock)) => {
             let mut sent = false;
-            let mut leg = Leg::response(dl, cfg, &mut sent);
+            // No backend: the upstream bound is never waited on.
+            let mut leg = Leg::response(dl, cfg, cfg.timeouts.upstream_response, &mut sent);
             send_file(
                 sock,
                 &mut client.nonblocking,

@@ -114,6 +114,11 @@ pub struct UpstreamConfig {
     pub names: Vec<NamedBackend>,
     pub max_idle_per_backend: usize,
     pub idle_timeout: Duration,
+    /// `connect_timeout` and `response_timeout`: this upstream's `upstream_connect` and
+    /// `upstream_response` (`None`: the `[timeouts]` ones; read through
+    /// [`Config::upstream_connect`] and [`Config::upstream_response`]).
+    pub connect_timeout: Option<Duration>,
+    pub response_timeout: Option<Duration>,
     /// Health checks, outlier detection (which carries `fail_timeout`), breaker, retries,
     /// slow start.
     pub resilience: Resilience,
@@ -299,6 +304,22 @@ pub use rules::{HeaderRules, Part, PathRewrite, Redirect, RouteRules, Template, 
 pub use tls::{suite_names, CertificateFiles, ListenerTls, RedirectHttps, UpstreamTls};
 
 impl Config {
+    /// The bound on a connect (TCP and TLS) to a backend of `upstream`: its
+    /// `connect_timeout`, else `timeouts.upstream_connect`.
+    pub fn upstream_connect(&self, upstream: usize) -> Duration {
+        self.upstreams[upstream]
+            .connect_timeout
+            .unwrap_or(self.timeouts.upstream_connect)
+    }
+
+    /// The bound on each wait for a backend of `upstream` (writes of the request, the
+    /// response head, each read of its body): its `response_timeout`, else
+    /// `timeouts.upstream_response`.
+    pub fn upstream_response(&self, upstream: usize) -> Duration {
+        self.upstreams[upstream]
+            .response_timeout
+            .unwrap_or(self.timeouts.upstream_response)
+    }
     /// Reads and validates a configuration file.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|e| ConfigError {

@@ -111,6 +111,8 @@ pub(super) struct RawUpstream {
     pub(super) backends: Vec<RawBackend>,
     pub(super) max_idle_per_backend: Option<usize>,
     pub(super) idle_timeout: Option<String>,
+    pub(super) connect_timeout: Option<String>,
+    pub(super) response_timeout: Option<String>,
     pub(super) fail_timeout: Option<String>,
     pub(super) slow_start: Option<String>,
     pub(super) health_check: Option<super::resilience::RawHealthCheck>,

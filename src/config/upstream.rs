@@ -172,6 +172,20 @@ pub(super) fn upstreams(
                 u.idle_timeout.as_ref(),
                 Duration::from_secs(60),
             ),
+            connect_timeout: u.connect_timeout.as_ref().map(|raw| {
+                c.duration(
+                    &format!("{path}.connect_timeout"),
+                    Some(raw),
+                    Duration::ZERO,
+                )
+            }),
+            response_timeout: u.response_timeout.as_ref().map(|raw| {
+                c.duration(
+                    &format!("{path}.response_timeout"),
+                    Some(raw),
+                    Duration::ZERO,
+                )
+            }),
             resilience: resilience::resilience(
                 c,
                 &path,

@@ -193,6 +193,7 @@ impl<'a> Forward<'a> {
         trace: &mut Trace,
     ) -> Result<Result<(), IoFail>, ProxyError> {
         let cfg = self.cfg;
+        let wait = cfg.upstream_response(self.shared.backends[backend].upstream);
         let out = &mut *prepared.out;
         let mut pos = 0;
         // Large bodies of known length are spliced when both sides are plain TCP.
@@ -221,7 +222,7 @@ impl<'a> Forward<'a> {
                     body: SplicedBody::Length(len),
                     pipe: pipe.pipe(),
                 },
-                &mut Leg::request(&mut client.deadline, cfg, &mut false),
+                &mut Leg::request(&mut client.deadline, cfg, wait, &mut false),
             )
             .await;
             if r.is_ok() {
@@ -244,7 +245,7 @@ impl<'a> Forward<'a> {
                 conn,
                 out,
                 &plan,
-                &mut Leg::request(&mut client.deadline, cfg, &mut false),
+                &mut Leg::request(&mut client.deadline, cfg, wait, &mut false),
             )
             .await
         };

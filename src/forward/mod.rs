@@ -407,7 +407,7 @@ impl<'a> Forward<'a> {
             // The common case, a bodiless head, without the body relay's layers.
             let out = &mut *prepared.out;
             let n = out.len();
-            let t = self.cfg.timeouts.upstream_response;
+            let t = self.cfg.upstream_response(tries.upstream);
             write_from(on.conn, out, 0, n, &mut client.deadline, t).await
         } else {
             let (conn, ready, backend) = (&mut *on.conn, &mut on.ready, on.backend);
@@ -423,7 +423,7 @@ impl<'a> Forward<'a> {
         // This try's bound on the response head: upstream_response, or the retry policy's
         // per-try and total timeouts when they are shorter.
         let retry = &self.cfg.upstreams[tries.upstream].resilience.retry;
-        let most = self.cfg.timeouts.upstream_response;
+        let most = self.cfg.upstream_response(tries.upstream);
         let timeout = retry
             .try_deadline(tries.first_try, sending)
             .map_or(most, |d| d.saturating_duration_since(sending).min(most));

@@ -73,7 +73,7 @@ impl Connector<'_> {
         let upstream = self.shared.backends[backend].upstream;
         let tls = self.shared.tls.upstream(upstream);
         let proxy_protocol = self.shared.config.upstreams[upstream].proxy_protocol;
-        let timeout = self.shared.config.timeouts.upstream_connect;
+        let timeout = self.shared.config.upstream_connect(upstream);
         let bstats = &self.stats.backends[backend];
         bump(&self.stats.upstream_connects);
         bump(&bstats.connects);
