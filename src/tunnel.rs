@@ -147,10 +147,17 @@ pub async fn run(ctx: &ShardCtx, mut client: TcpStream, client_early: Vec<u8>, u
         .backends
         .forwarding(&ctx.shared, &ctx.stats.backends[backend], backend);
     let mut upstream = up.upstream;
-    for (early, w) in [(up.early, &mut client), (client_early, &mut upstream)] {
+    let b = &ctx.stats.backends[backend];
+    // Counted as they move, so a long-lived tunnel shows in the metrics while it is open.
+    let sent = Moved::new(&ctx.stats.bytes_in, &b.bytes_sent);
+    let received = Moved::new(&ctx.stats.bytes_out, &b.bytes_received);
+    for (early, w, moved) in [
+        (up.early, &mut client, &received),
+        (client_early, &mut upstream, &sent),
+    ] {
         if !early.is_empty() {
             match monoio::time::timeout(send, w.write_all(early)).await {
-                Ok((Ok(_), _)) => {}
+                Ok((Ok(n), _)) => moved.add(n as u64),
                 _ => return,
             }
         }
@@ -159,7 +166,6 @@ pub async fn run(ctx: &ShardCtx, mut client: TcpStream, client_early: Vec<u8>, u
         return;
     }
     let last = Cell::new(Instant::now());
-    let (sent, received) = (Cell::new(0u64), Cell::new(0u64));
     let mut up = pin!(pump(ctx, &client, &upstream, &last, &sent));
     let mut down = pin!(pump(ctx, &upstream, &client, &last, &received));
     // Both ways open: bounded by tunnel_idle.
@@ -195,12 +201,34 @@ pub async fn run(ctx: &ShardCtx, mut client: TcpStream, client_early: Vec<u8>, u
             "tunnel closed after tunnel_idle (or tunnel_half_closed) without traffic"
         );
     }
-    let (sent, received) = (sent.get(), received.get());
-    add(&ctx.stats.bytes_in, sent);
-    add(&ctx.stats.bytes_out, received);
-    let b = &ctx.stats.backends[backend];
-    add(&b.bytes_sent, sent);
-    add(&b.bytes_received, received);
+}
+
+/// The bytes one direction of a tunnel moved: its own count (the pump's bulk test reads it)
+/// and the client and backend byte counters it feeds as they move.
+struct Moved<'a> {
+    here: Cell<u64>,
+    client: &'a Cell<u64>,
+    backend: &'a Cell<u64>,
+}
+
+impl<'a> Moved<'a> {
+    fn new(client: &'a Cell<u64>, backend: &'a Cell<u64>) -> Moved<'a> {
+        Moved {
+            here: Cell::new(0),
+            client,
+            backend,
+        }
+    }
+
+    fn add(&self, n: u64) {
+        self.here.set(self.here.get() + n);
+        add(self.client, n);
+        add(self.backend, n);
+    }
+
+    fn get(&self) -> u64 {
+        self.here.get()
+    }
 }
 
 /// Returns once `last` (the time a byte last moved) is `bound` ago.
@@ -231,7 +259,7 @@ async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
     last: &Cell<Instant>,
-    moved: &Cell<u64>,
+    moved: &Moved<'_>,
 ) {
     let may_splice = ctx.shared.config.splice.enabled;
     let mut buf = vec![0u8; TUNNEL_BUF];
@@ -271,7 +299,7 @@ async fn pump(
         if send_all(dst, &buf[..n], last).await.is_err() {
             break End::Failed;
         }
-        moved.set(moved.get() + n as u64);
+        moved.add(n as u64);
         bulk = may_splice && n == buf.len();
     };
     match end {
@@ -292,7 +320,7 @@ async fn burst(
     dst: &TcpStream,
     pipe: &Pipe,
     last: &Cell<Instant>,
-    moved: &Cell<u64>,
+    moved: &Moved<'_>,
 ) -> io::Result<bool> {
     let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
     let (pipe_r, pipe_w) = pipe.fds();
@@ -318,7 +346,7 @@ async fn burst(
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     in_pipe -= n;
-                    moved.set(moved.get() + n as u64);
+                    moved.add(n as u64);
                     add(&ctx.stats.spliced_bytes, n as u64);
                     last.set(Instant::now());
                 }

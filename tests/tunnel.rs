@@ -2,8 +2,9 @@
 //! both ways at once arrives byte-identical and mostly spliced, small messages after a bulk
 //! phase still arrive (copied again) and an idle tunnel still closes, a half-close in the
 //! middle of bulk is passed on exactly while the other direction flows on, a backend
-//! reset mid-bulk ends the tunnel at once on both sides, and a half-closed tunnel whose other
-//! side goes quiet ends after `tunnel_half_closed`.
+//! reset mid-bulk ends the tunnel at once on both sides, a half-closed tunnel whose other
+//! side goes quiet ends after `tunnel_half_closed`, and an open tunnel's bytes are counted
+//! as they move.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -13,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::pattern::{pattern_slice, BodyCheck, MAX_SLICE};
-use crate::support::{read_head_bytes, scrape, Config};
+use crate::support::{read_head_bytes, scrape, scrape_until, Config};
 
 /// Generous bound on any single wait; a hang fails the test instead of blocking it.
 const WAIT: Duration = Duration::from_secs(60);
@@ -310,5 +311,54 @@ both_engines! {
         assert_eq!(rest, b"late");
         // The proxy's bound runs from when it relayed "late", after `late` was taken.
         assert!(waited >= BOUND - Duration::from_millis(20), "closed before tunnel_half_closed: {waited:?}");
+    }
+
+    // A tunnel's bytes are counted as they move, the bytes sent with the upgrade request
+    // and with the 101 included: a long-lived WebSocket shows in the byte counters while it
+    // is open (they were counted at its end, and its first bytes never).
+    fn tunnel_bytes_are_counted_while_it_is_open(engine) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let backend = l.local_addr().unwrap();
+        thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return };
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            let Ok(head) = read_head_bytes(&mut s) else { return };
+            assert!(head.starts_with(b"GET /ws "));
+            let h = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: bulk\r\nConnection: Upgrade\r\n\r\nhello";
+            if s.write_all(h).is_err() {
+                return;
+            }
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n @ 1..) = s.read(&mut buf) {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        });
+        let proxy = Config::single(backend).admin("").start(engine);
+        let mut s = TcpStream::connect(proxy.addr()).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: bulk\r\n\r\nearly").unwrap();
+        let head = read_head_bytes(&mut s).unwrap_or_else(|h| panic!("head cut short: {h:?}"));
+        assert!(head.starts_with(b"HTTP/1.1 101 "));
+        // "hello" from the 101's write, then the echo of "early".
+        let mut got = [0u8; 10];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"helloearly");
+        s.write_all(&[b'x'; 1000]).unwrap();
+        let mut echo = vec![0u8; 1000];
+        s.read_exact(&mut echo).unwrap();
+        let up = [("upstream", "main"), ("backend", &*backend.to_string())];
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "the open tunnel's bytes counted", |m| {
+            m.value("edgeshard_client_bytes_received_total", &[]) == 1005.0
+                && m.value("edgeshard_client_bytes_sent_total", &[]) == 1010.0
+                && m.value("edgeshard_upstream_bytes_sent_total", &up) == 1005.0
+                && m.value("edgeshard_upstream_bytes_received_total", &up) == 1010.0
+        });
+        // Still open: it echoes.
+        s.write_all(b"!").unwrap();
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).unwrap();
+        assert_eq!(&one, b"!");
     }
 }
