@@ -4,6 +4,7 @@
 //! as they are; a reload reads the files again; bad entries are refused with the key.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::support::tls::CertDir;
 use crate::support::*;
@@ -92,37 +93,36 @@ both_engines! {
 fn bad_error_pages_are_refused_with_the_key() {
     let dir = CertDir::new("pages-bad");
     let big = dir.write("big.html", &"x".repeat((1 << 20) + 1));
+    // A named pipe: reading it would wait for a writer (check and reloads hung on one).
+    let fifo = dir.path("page.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let page = |code: &str, file: &Path| format!("{{ \"{code}\" = \"{}\" }}", file.display());
     let cases = [
+        (page("200", &big), "server.error_pages.200"),
+        (page("418", &big), "server.error_pages.418"),
+        (page("0404", &big), "server.error_pages.0404"),
+        (page("502", &big), "larger than 1 MiB"),
         (
-            format!("{{ \"200\" = \"{}\" }}", big.display()),
-            "server.error_pages.200",
-        ),
-        (
-            format!("{{ \"418\" = \"{}\" }}", big.display()),
-            "server.error_pages.418",
-        ),
-        (
-            format!("{{ \"502\" = \"{}\" }}", big.display()),
-            "at most 1 MiB",
-        ),
-        (
-            "{ \"503\" = \"/nonexistent/503.html\" }".to_string(),
+            page("503", Path::new("/nonexistent/503.html")),
             "cannot read",
         ),
+        (page("503", &fifo), "not a regular file"),
+        (page("503", Path::new("/dev/zero")), "not a regular file"),
     ];
     for (value, expect) in cases {
         let text = Config::single(dead_addr())
             .server("error_pages", &value)
             .render();
         let file = dir.write("edgeshard.toml", &text);
-        let out = std::process::Command::new(BIN)
-            .args(["check", "--config"])
-            .arg(Path::new(&file))
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stderr).to_string()
-            + &String::from_utf8_lossy(&out.stdout);
-        assert_eq!(out.status.code(), Some(1), "{value}: {said}");
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["check", "--config"]).arg(Path::new(&file));
+        let (status, said) =
+            run_bounded(cmd, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{value}: {e}"));
+        assert_eq!(status.code(), Some(1), "{value}: {said}");
         assert!(
             said.contains(expect) && said.contains("server.error_pages"),
             "{value}: {said}"

@@ -55,9 +55,12 @@ pub(super) fn error_pages(
     let mut pages = Vec::new();
     for (code, file) in raw {
         let key = format!("server.error_pages.{code}");
+        // Three digits as in a status line: "+404" or "0404" would be a second key for 404.
+        let digits = code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit());
         let canned = code
             .parse::<u16>()
             .ok()
+            .filter(|_| digits)
             .and_then(|s| Canned::ALL.iter().find(|c| c.status() == s && s >= 400));
         let Some(&canned) = canned else {
             let answered: Vec<String> = Canned::ALL
@@ -74,14 +77,7 @@ pub(super) fn error_pages(
             );
             continue;
         };
-        let path = base.join(&file);
-        let body = match std::fs::metadata(&path) {
-            Ok(m) if m.len() > MAX_ERROR_PAGE => Err(format!(
-                "{file:?} is {} bytes; an error page may be at most 1 MiB",
-                m.len()
-            )),
-            _ => std::fs::read(&path).map_err(|e| format!("cannot read {file:?}: {e}")),
-        };
+        let body = read_page(&base.join(&file), &file);
         let body = match body {
             Ok(b) => b,
             Err(e) => {
@@ -113,6 +109,28 @@ pub(super) fn error_pages(
         });
     }
     pages
+}
+
+/// A page's bytes: a regular file (a pipe or a device would hang the load or never end) of
+/// at most [`MAX_ERROR_PAGE`] bytes, read no further than that.
+fn read_page(path: &Path, file: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read {file:?}: {e}");
+    // Looked at before it is opened: opening a pipe waits for a writer.
+    if !std::fs::metadata(path).map_err(cannot)?.is_file() {
+        return Err(format!("{file:?} is not a regular file"));
+    }
+    let f = std::fs::File::open(path).map_err(cannot)?;
+    let mut body = Vec::new();
+    f.take(MAX_ERROR_PAGE + 1)
+        .read_to_end(&mut body)
+        .map_err(cannot)?;
+    if body.len() as u64 > MAX_ERROR_PAGE {
+        return Err(format!(
+            "{file:?} is larger than 1 MiB, the most an error page may be"
+        ));
+    }
+    Ok(body)
 }
 
 /// The `Content-Type` of an error page, by its file's extension.
