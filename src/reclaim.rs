@@ -1,7 +1,8 @@
 //! Stage 1's admission, at a connection limit: **which idle connection makes room**. A new
 //! connection at `max_connections_per_shard` or `max_connections` is served, not reset, when
 //! the shard holds a connection that is only waiting: the longest-idle connection parked
-//! between requests ([`crate::park`]) or, without one, the longest-waiting connection that
+//! between requests ([`crate::park`]), first, however long the others waited (the common
+//! case, and the cheapest to close) or, without one, the longest-waiting connection that
 //! waits in its own task ([`Waits`]: a new connection's first request, a TLS or mTLS
 //! connection between requests, any wait during a drain), past [`crate::conn`]'s hot window.
 //! nginx does the same when out of `worker_connections`: its "reusable" connections are the

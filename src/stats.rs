@@ -106,7 +106,8 @@ impl std::ops::Deref for Stats {
 pub struct Totals {
     pub accepted: Cell<u64>,
     pub rejected_conn_limit: Cell<u64>,
-    /// Idle keep-alive connections closed to admit a new one at a connection limit.
+    /// Idle connections (parked, or waiting in their task) closed to admit a new one at a
+    /// connection limit.
     pub reclaimed_idle: Cell<u64>,
     /// Keep-alive connections closed after a response because they reached
     /// `limits.max_requests_per_connection` ([0]) or `timeouts.client_keepalive_time` ([1]).
@@ -464,7 +465,8 @@ pub struct Snapshot {
     pub rejected_conn_limit: u64,
     pub reclaimed_idle: u64,
     pub retired: [u64; 2],
-    /// Idle keep-alive connections in the shard's parking lot now (a gauge the shard fills).
+    /// Connections waiting for a request now, in the shard's parking lot or in their task
+    /// (a gauge the shard fills).
     pub parked: u64,
     pub rejected_no_listener: u64,
     pub rejected_total_limit: u64,

@@ -14,19 +14,26 @@ use crate::support::*;
 const ETAG: &str = "\"v1\"";
 const LAST_MODIFIED: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
 
-/// `/b/N`: N pattern bytes, cacheable, with an ETag and a Last-Modified.
+/// `/b/N`: N pattern bytes, cacheable, with an ETag and a Last-Modified; `/n/N` the same
+/// with `Accept-Ranges: none`. Any `Range` is ignored (a whole `200`).
 fn origin() -> Origin {
-    Origin::with_handler("o", |r| Reply::Response {
-        status: 200,
-        headers: vec![
+    Origin::with_handler("o", |r| {
+        let mut headers = vec![
             ("Cache-Control".into(), "max-age=100".into()),
             ("ETag".into(), ETAG.into()),
             ("Last-Modified".into(), LAST_MODIFIED.into()),
             ("Content-Type".into(), "application/octet-stream".into()),
-        ],
-        body: pattern_vec(r.path()[3..].parse().unwrap()),
-        mode: BodyMode::Length,
-        close_after: false,
+        ];
+        if r.path().starts_with("/n/") {
+            headers.push(("Accept-Ranges".into(), "none".into()));
+        }
+        Reply::Response {
+            status: 200,
+            headers,
+            body: pattern_vec(r.path()[3..].parse().unwrap()),
+            mode: BodyMode::Length,
+            close_after: false,
+        }
     })
 }
 
@@ -96,6 +103,10 @@ both_engines! {
         assert_eq!(r.status(), 416, "{}", r.head.raw);
         assert_eq!(r.header("Content-Range"), Some("bytes */1000"));
         assert!(r.body.is_empty());
+        // It describes no representation: none of the stored one's metadata.
+        for name in ["ETag", "Last-Modified", "Content-Type", "Cache-Control"] {
+            assert_eq!(r.header(name), None, "a 416 with {name}:\n{}", r.head.raw);
+        }
 
         for ignored in [
             vec![("Range", "bytes=0-1,5-6")],
@@ -115,6 +126,36 @@ both_engines! {
         let r = ask(&mut c, "GET", "/b/1000", &[("Range", "bytes=0-9"), ("If-None-Match", ETAG)]);
         assert_eq!(r.status(), 304);
         assert_eq!(origin.request_count(), 1);
+    }
+
+    // The fetches that may fill the cache ask for the whole object, as nginx's cache does: a
+    // player's first `bytes=0-` (so range-only clients fill the cache), and a revalidation
+    // (a 206 is never stored, and would remove the entry it answers). Another range on a
+    // miss is forwarded. A backend's `Accept-Ranges: none` holds for its hits too.
+    fn fetches_that_may_be_stored_ask_for_the_whole(engine) {
+        let origin = origin();
+        let proxy = cached(&origin).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        let r = ask(&mut c, "GET", "/b/100", &[("Range", "bytes=0-"), ("If-Range", ETAG)]);
+        assert_eq!((r.status(), r.header("X-Cache")), (200, Some("MISS")));
+        let seen = origin.last_request();
+        assert!(!seen.has_header("range") && !seen.has_header("if-range"), "{}", seen.raw_head);
+        part(&mut c, "/b/100", 100, "bytes=0-", (0, 100));
+        // The client's min-fresh makes the entry revalidated first: conditionally, whole.
+        let r = ask(&mut c, "GET", "/b/100", &[("Range", "bytes=5-9"), ("Cache-Control", "min-fresh=1000")]);
+        // This backend ignores the condition: its whole 200 replaces the entry (a 206, had
+        // the range been sent, would have removed it and stored nothing).
+        assert_eq!((r.status(), r.header("X-Cache")), (200, Some("MISS")), "{}", r.head.raw);
+        let seen = origin.last_request();
+        assert!(seen.has_header("if-none-match") && !seen.has_header("range"), "{}", seen.raw_head);
+        part(&mut c, "/b/100", 100, "bytes=5-9", (5, 10));
+        let r = ask(&mut c, "GET", "/b/50", &[("Range", "bytes=5-9")]);
+        assert_eq!(r.header("X-Cache"), Some("MISS"));
+        assert_eq!(origin.last_request().header_all("range"), ["bytes=5-9"]);
+        assert_eq!(origin.request_count(), 3);
+        assert_eq!(ask(&mut c, "GET", "/n/100", &[]).header("X-Cache"), Some("MISS"));
+        let r = ask(&mut c, "GET", "/n/100", &[("Range", "bytes=0-9")]);
+        assert_eq!((r.status(), r.header("X-Cache"), r.body.len()), (200, Some("HIT"), 100));
     }
 
     // A body in the body file, sent with sendfile from the range's offset.

@@ -202,7 +202,17 @@ impl Hit {
         x_cache: &'static [u8],
     ) -> Hit {
         let not_modified = answers_304(&entry, fields.clone());
-        let part = if not_modified || entry.status != 200 {
+        // The backend said it serves no ranges of it (`Accept-Ranges: none`): nor does the
+        // cache.
+        let (bytes, head) = (&entry.head.bytes, &entry.head.parsed);
+        let no_ranges = head.headers.iter().any(|h| {
+            h.name.get(bytes).eq_ignore_ascii_case(b"accept-ranges")
+                && h.value
+                    .get(bytes)
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"none")
+        });
+        let part = if not_modified || entry.status != 200 || no_ranges {
             Part::Whole
         } else {
             let e = &entry;

@@ -5,8 +5,8 @@
 //! A range the cache does not serve is ignored, which RFC 9110 §14.2 allows: the whole `200`
 //! goes out. That is a `Range` with several ranges, a unit other than `bytes`, bad syntax,
 //! or an `If-Range` the entry does not match (§13.1.5: a strong `ETag` compared strongly,
-//! or the `Last-Modified` date exactly). A miss forwards the `Range` to the backend, whose
-//! `206` is relayed and not stored.
+//! or the `Last-Modified` date exactly), or an entry whose backend said `Accept-Ranges:
+//! none`. Which fetches drop the client's `Range` to fill the cache: `Fill::condition`.
 
 use super::policy::parse_http_date;
 
@@ -94,10 +94,13 @@ fn parse(v: &[u8], len: u64) -> Part {
     };
     let (first, last) = (&spec[..dash], &spec[dash + 1..]);
     match (number(first), number(last)) {
-        // `-n`: the last n bytes.
+        // `-n`: the last n bytes. Of an empty body, no `206` can say it (RFC 9110 §14.1.1
+        // calls it satisfiable): the whole, empty, `200`.
         (None, Some(n)) if first.is_empty() => {
-            if n == 0 || len == 0 {
+            if n == 0 {
                 Part::Unsatisfiable
+            } else if len == 0 {
+                Part::Whole
             } else {
                 Part::Bytes {
                     start: len - n.min(len),
@@ -182,7 +185,11 @@ mod tests {
         );
         assert_eq!(part("bytes=-0", 100), Part::Unsatisfiable);
         assert_eq!(part("bytes=0-", 0), Part::Unsatisfiable);
-        assert_eq!(part("bytes=-5", 0), Part::Unsatisfiable);
+        assert_eq!(
+            part("bytes=-5", 0),
+            Part::Whole,
+            "RFC 9110 §14.1.1: satisfiable, no 206"
+        );
     }
 
     #[test]

@@ -96,13 +96,28 @@ impl Fill<'_> {
     }
 
     /// Makes the upstream request head `out` (as `upstream_request_head` wrote it: one
-    /// `name: value` line per field, each ending CRLF, then an empty line) conditional on
-    /// the stale entry: the client's `If-None-Match` and `If-Modified-Since` go, the entry's
-    /// `ETag` and `Last-Modified` are sent instead. Nothing changes when not
-    /// [`Fill::revalidating`].
+    /// `name: value` line per field, each ending CRLF, then an empty line) what the cache
+    /// needs: when [`Fill::revalidating`], conditional on the stale entry (the client's
+    /// `If-None-Match` and `If-Modified-Since` go, the entry's `ETag` and `Last-Modified` are
+    /// sent instead); and without the client's `Range` and `If-Range` when the response may
+    /// be stored and replaces a stale entry or the range is all of it (`bytes=0-`, what media
+    /// players ask first), as nginx's cache asks for the whole object: a `206` is never
+    /// stored, and would remove the entry it answers. The hits then serve the parts
+    /// ([`super::range`]); another range on a miss is forwarded, and its `206` relayed.
     pub fn condition(&self, out: &mut Vec<u8>) {
-        let Some(stale) = self.stale.as_ref().filter(|_| self.revalidating()) else {
+        let revalidating = self.stale.as_ref().filter(|_| self.revalidating());
+        let whole_range = self
+            .req
+            .iter()
+            .any(|(n, v)| &n[..] == b"range" && v.trim_ascii().eq_ignore_ascii_case(b"bytes=0-"));
+        let drop_range = self.store && (self.stale.is_some() || whole_range);
+        if revalidating.is_none() && !drop_range {
             return;
+        }
+        let dropped: &[&str] = if revalidating.is_some() {
+            &["if-none-match", "if-modified-since", "range", "if-range"]
+        } else {
+            &["range", "if-range"]
         };
         let mut head = Vec::with_capacity(out.len() + 96);
         let mut lines = out.split(|&b| b == b'\n');
@@ -116,22 +131,24 @@ impl Fill<'_> {
             if line == b"\r" || line.is_empty() {
                 break;
             }
-            if is(name.trim_ascii(), &["if-none-match", "if-modified-since"]) {
+            if is(name.trim_ascii(), dropped) {
                 continue;
             }
             head.extend_from_slice(line);
             head.push(b'\n');
         }
-        let e = &stale.entry;
-        if let Some(etag) = &e.etag {
-            field(b"If-None-Match", etag, &mut head);
-        }
-        if let Some(lm) = e.last_modified {
-            field(
-                b"If-Modified-Since",
-                &crate::http::date::http_date(lm),
-                &mut head,
-            );
+        if let Some(stale) = revalidating {
+            let e = &stale.entry;
+            if let Some(etag) = &e.etag {
+                field(b"If-None-Match", etag, &mut head);
+            }
+            if let Some(lm) = e.last_modified {
+                field(
+                    b"If-Modified-Since",
+                    &crate::http::date::http_date(lm),
+                    &mut head,
+                );
+            }
         }
         head.extend_from_slice(b"\r\n");
         out.clear();

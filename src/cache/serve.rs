@@ -48,9 +48,23 @@ pub async fn serve(
         Part::Bytes { .. } => Some(b"HTTP/1.1 206 Partial Content\r\n"),
         Part::Unsatisfiable => Some(b"HTTP/1.1 416 Range Not Satisfiable\r\n"),
     };
+    // A 416 describes no representation: none of the stored one's metadata goes with it
+    // (its validators and freshness would let a downstream cache take it for the object).
+    let dropped: &[&[u8]] = match part {
+        Part::Unsatisfiable if !hit.not_modified => &[
+            b"etag",
+            b"last-modified",
+            b"content-type",
+            b"content-encoding",
+            b"cache-control",
+            b"expires",
+            b"accept-ranges",
+        ],
+        _ => &[],
+    };
     let stored: &StoredHead = match status_line {
         None => &entry.head,
-        Some(line) => match restate(&entry.head, line) {
+        Some(line) => match restate(&entry.head, line, dropped) {
             Some(h) => {
                 restated = h;
                 &restated
@@ -182,16 +196,18 @@ async fn send_pieces(
 }
 
 /// The stored head's fields under another status line (`line`, CRLF-ended), CRLF-ended
-/// whatever the backend's lines were; no `Trailer` (a hit, sent with a length, has none).
-fn restate(stored: &StoredHead, line: &[u8]) -> Option<StoredHead> {
+/// whatever the backend's lines were; no `Trailer` (a hit, sent with a length, has none),
+/// nor the fields named in `dropped` (lower case).
+fn restate(stored: &StoredHead, line: &[u8], dropped: &[&[u8]]) -> Option<StoredHead> {
     let (bytes, parsed) = (&stored.bytes, &stored.parsed);
     let mut h = Vec::with_capacity(bytes.len() + 32);
     h.extend_from_slice(line);
-    for f in parsed
-        .headers
-        .iter()
-        .filter(|f| f.kind != HeaderKind::Trailer)
-    {
+    for f in parsed.headers.iter().filter(|f| {
+        f.kind != HeaderKind::Trailer
+            && !dropped
+                .iter()
+                .any(|d| f.name.get(bytes).eq_ignore_ascii_case(d))
+    }) {
         h.extend_from_slice(f.name.get(bytes));
         h.extend_from_slice(b": ");
         h.extend_from_slice(f.value.get(bytes));

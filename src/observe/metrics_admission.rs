@@ -13,14 +13,14 @@ pub(super) fn admission(o: &mut String, all: &Snapshot) {
         o,
         "edgeshard_connections_idle",
         "gauge",
-        "Client connections parked idle between requests (counted in edgeshard_connections_active).",
+        "Client connections waiting for a request past the 200 ms hot window: parked between requests, or waiting in their task (a first request, TLS or mTLS, a drain); counted in edgeshard_connections_active.",
     );
     let _ = writeln!(o, "edgeshard_connections_idle {}", all.parked);
     family(
         o,
         "edgeshard_connections_reclaimed_total",
         "counter",
-        "Idle keep-alive connections closed to admit a new one at a connection limit.",
+        "Idle connections (those in edgeshard_connections_idle) closed to admit a new one at a connection limit.",
     );
     let _ = writeln!(
         o,
