@@ -1,7 +1,8 @@
 //! TLS to backends (`[[upstream]] tls`): requests and bodies reach a real TLS origin with the
 //! name verified against a CA, connections are pooled like plain ones, a backend whose
 //! certificate does not carry the configured name is refused (502, and the log says why),
-//! and active health checks go over TLS too. Both engines.
+//! active health checks go over TLS too, and the connect histogram counts the handshake.
+//! Both engines.
 
 use crate::support::tls::{CertDir, TestCa, TlsOrigin};
 use crate::support::*;
@@ -181,5 +182,50 @@ both_engines! {
         let text = String::from_utf8_lossy(&rest);
         assert!(!text.ends_with("0\r\n\r\n"), "a truncated body was ended as complete: {text:?}");
         assert!(text.is_empty() || text.contains("partial body"), "{text:?}");
+    }
+
+    // The connect histogram times a new connection until it can carry a request: to a TLS
+    // backend, the handshake included (as nginx's $upstream_connect_time). A relay in front
+    // of the origin holds the origin's first flight (its ServerHello) for 300 ms.
+    fn the_connect_time_of_a_tls_backend_includes_its_handshake(engine) {
+        use std::io::{Read, Write};
+        let dir = CertDir::new("up-slow-hello");
+        let ca = TestCa::new("backend ca");
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let origin = TlsOrigin::start(&ca.leaf(&["backend.test"]));
+        let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let relay_addr = relay.local_addr().unwrap();
+        let to = origin.addr;
+        std::thread::spawn(move || {
+            let Ok((mut down, _)) = relay.accept() else { return };
+            let Ok(mut up) = std::net::TcpStream::connect(to) else { return };
+            let (mut down2, mut up2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut down2, &mut up2);
+            });
+            let mut buf = vec![0u8; 65536];
+            let mut first = true;
+            while let Ok(n @ 1..) = up.read(&mut buf) {
+                if std::mem::take(&mut first) {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                if down.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        });
+        let proxy = Config::new()
+            .upstream_with("main", &[relay_addr], &upstream_tls(&ca_file, "backend.test"))
+            .route("main", "")
+            .admin("")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/"));
+        assert_eq!(c.read_response().status(), 200);
+        let m = scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "the connect timed", |m| {
+            m.value("edgeshard_upstream_connect_duration_seconds_count", &[]) == 1.0
+        });
+        let sum = m.value("edgeshard_upstream_connect_duration_seconds_sum", &[]);
+        assert!(sum >= 0.3, "the connect time leaves the handshake out: {sum} s");
     }
 }

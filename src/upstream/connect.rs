@@ -80,8 +80,6 @@ impl Connector<'_> {
         let started = Instant::now();
         let result = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
             Ok(Ok(mut s)) => {
-                self.stats
-                    .record_connect(started.elapsed().as_micros() as u64);
                 let _ = s.set_nodelay(true);
                 if let Some(name) = &self.shared.config.congestion.upstream {
                     // Validated at start-up; a refusal now leaves the host's default.
@@ -129,6 +127,12 @@ impl Connector<'_> {
                 "connect timed out",
             )),
         };
+        // Timed to when the connection can carry a request: TCP, the PROXY header and the
+        // TLS handshake (nginx's $upstream_connect_time counts the handshake too).
+        if result.is_ok() {
+            self.stats
+                .record_connect(started.elapsed().as_micros() as u64);
+        }
         if let Err(e) = &result {
             bump(&self.stats.upstream_connect_errors);
             bump(&bstats.connect_errors);
