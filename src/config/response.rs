@@ -40,8 +40,8 @@ impl ResponseFields {
     }
 }
 
-/// The largest error page: a page is sent from memory, and each shard's configuration
-/// holds every page.
+/// The largest error page: pages are held in memory (in the configuration the shards
+/// share) and each answer copies its page.
 const MAX_ERROR_PAGE: u64 = 1 << 20;
 
 /// `server.error_pages`: status → file (relative to the configuration file's directory).
