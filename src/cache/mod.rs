@@ -202,17 +202,7 @@ impl Hit {
         x_cache: &'static [u8],
     ) -> Hit {
         let not_modified = answers_304(&entry, fields.clone());
-        // The backend said it serves no ranges of it (`Accept-Ranges: none`): nor does the
-        // cache.
-        let (bytes, head) = (&entry.head.bytes, &entry.head.parsed);
-        let no_ranges = head.headers.iter().any(|h| {
-            h.name.get(bytes).eq_ignore_ascii_case(b"accept-ranges")
-                && h.value
-                    .get(bytes)
-                    .trim_ascii()
-                    .eq_ignore_ascii_case(b"none")
-        });
-        let part = if not_modified || entry.status != 200 || no_ranges {
+        let mut part = if not_modified || entry.status != 200 {
             Part::Whole
         } else {
             let e = &entry;
@@ -223,6 +213,20 @@ impl Hit {
                 e.last_modified,
             )
         };
+        // The backend said it serves no ranges of it (`Accept-Ranges: none`): nor does the
+        // cache. (Looked for only when a part is asked: most hits ask none.)
+        let (bytes, head) = (&entry.head.bytes, &entry.head.parsed);
+        if part != Part::Whole
+            && head.headers.iter().any(|h| {
+                h.name.get(bytes).eq_ignore_ascii_case(b"accept-ranges")
+                    && h.value
+                        .get(bytes)
+                        .trim_ascii()
+                        .eq_ignore_ascii_case(b"none")
+            })
+        {
+            part = Part::Whole;
+        }
         Hit {
             entry,
             not_modified,
