@@ -103,6 +103,7 @@ max_idle_per_backend = 64
 idle_timeout = "60s"
 connect_timeout = "2s"
 response_timeout = "120s"
+buffer_request_body = "1MiB"
 slow_start = "10s"
 sticky = { cookie = "srv", ttl = "1h", secret = "a-fleet-wide-secret-of-32-chars!" }
 

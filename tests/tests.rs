@@ -40,6 +40,7 @@ mod real_clients;
 mod regressions;
 mod reload;
 mod reload_listeners;
+mod request_buffering;
 mod resilience;
 mod response_framing;
 mod robustness;

@@ -119,6 +119,9 @@ pub struct UpstreamConfig {
     /// [`Config::upstream_connect`] and [`Config::upstream_response`]).
     pub connect_timeout: Option<Duration>,
     pub response_timeout: Option<Duration>,
+    /// `buffer_request_body`: a request body of known length up to this many bytes is read
+    /// whole before it goes to a backend of this upstream (0: streamed, the default).
+    pub buffer_request_body: u64,
     /// Health checks, outlier detection (which carries `fail_timeout`), breaker, retries,
     /// slow start.
     pub resilience: Resilience,

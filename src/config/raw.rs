@@ -113,6 +113,7 @@ pub(super) struct RawUpstream {
     pub(super) idle_timeout: Option<String>,
     pub(super) connect_timeout: Option<String>,
     pub(super) response_timeout: Option<String>,
+    pub(super) buffer_request_body: Option<Size>,
     pub(super) fail_timeout: Option<String>,
     pub(super) slow_start: Option<String>,
     pub(super) health_check: Option<super::resilience::RawHealthCheck>,

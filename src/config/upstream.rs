@@ -6,6 +6,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
+/// The most `buffer_request_body` may hold per request (a shard holds one per connection
+/// uploading to such an upstream).
+const MAX_BUFFERED_BODY: u64 = 64 << 20;
+
 use super::dns::host_port;
 use super::raw::{Checker, RawUpstream};
 use super::{
@@ -179,6 +183,13 @@ pub(super) fn upstreams(
                     Duration::ZERO,
                 )
             }),
+            buffer_request_body: c.size(
+                &format!("{path}.buffer_request_body"),
+                u.buffer_request_body.as_ref(),
+                0,
+                0,
+                MAX_BUFFERED_BODY,
+            ),
             response_timeout: u.response_timeout.as_ref().map(|raw| {
                 c.duration(
                     &format!("{path}.response_timeout"),

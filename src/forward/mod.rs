@@ -224,6 +224,10 @@ impl<'a> Forward<'a> {
         trace: &mut Trace,
     ) -> Result<Answered<'a>, ProxyError> {
         let upstream = prepared.upstream;
+        if self.cfg.upstreams[upstream].buffer_request_body > 0 && !facts.framing.is_empty() {
+            // Boxed: only requests with a body to an upstream that buffers them wait here.
+            Box::pin(self.buffer_body(client, &facts, upstream)).await?;
+        }
         // `proxy_protocol` upstreams: whom the header on a new connection names.
         let ends = if self.cfg.upstreams[upstream].proxy_protocol.is_some() {
             let local = client.stream.tcp().local_addr().ok();
