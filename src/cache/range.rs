@@ -44,10 +44,10 @@ impl Part {
         };
         match one(b"if-range") {
             Ok(None) => {}
-            Ok(Some(v)) if if_range_holds(trim(v), etag, last_modified) => {}
+            Ok(Some(v)) if if_range_holds(v.trim_ascii(), etag, last_modified) => {}
             _ => return Part::Whole,
         }
-        parse(trim(range), len)
+        parse(range.trim_ascii(), len)
     }
 
     /// The `Content-Range` value of a `206` or a `416` for a `len`-byte body, written into
@@ -85,7 +85,7 @@ fn parse(v: &[u8], len: u64) -> Part {
     if !unit.eq_ignore_ascii_case(b"bytes=") {
         return Part::Whole;
     }
-    let spec = trim(&v[6..]);
+    let spec = v[6..].trim_ascii();
     if spec.contains(&b',') {
         return Part::Whole;
     }
@@ -132,10 +132,6 @@ fn number(s: &[u8]) -> Option<u64> {
     Some(s.iter().fold(0u64, |n, &d| {
         n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
     }))
-}
-
-fn trim(v: &[u8]) -> &[u8] {
-    v.trim_ascii()
 }
 
 #[cfg(test)]

@@ -106,11 +106,12 @@ impl Fill<'_> {
     /// ([`super::range`]); another range on a miss is forwarded, and its `206` relayed.
     pub fn condition(&self, out: &mut Vec<u8>) {
         let revalidating = self.stale.as_ref().filter(|_| self.revalidating());
-        let whole_range = self
-            .req
-            .iter()
-            .any(|(n, v)| &n[..] == b"range" && v.trim_ascii().eq_ignore_ascii_case(b"bytes=0-"));
-        let drop_range = self.store && (self.stale.is_some() || whole_range);
+        // Only a request that has a Range: the head is rebuilt for nothing otherwise.
+        let range = self.req.iter().find(|(n, _)| &n[..] == b"range");
+        let drop_range = self.store
+            && range.is_some_and(|(_, v)| {
+                self.stale.is_some() || v.trim_ascii().eq_ignore_ascii_case(b"bytes=0-")
+            });
         if revalidating.is_none() && !drop_range {
             return;
         }
