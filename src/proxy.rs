@@ -464,8 +464,9 @@ fn prepare<'a>(
         cookie_value(headers(), s.cookie.as_bytes())
             .and_then(|v| shared.tables[route.upstream].sticky_lookup(v))
     });
+    let body_limit = shared.config.routes[route.index].max_body_bytes;
     if let BodyFraming::Length(n) = facts.framing {
-        if n > shared.config.limits.max_body_bytes {
+        if n > body_limit {
             return Err(Canned::PayloadTooLarge);
         }
     }
@@ -571,6 +572,7 @@ fn prepare<'a>(
         key: PickKey { hash: key, sticky },
         out,
         out_framing,
+        body_limit,
     })
 }
 

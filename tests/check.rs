@@ -63,6 +63,7 @@ upstream = "api"
 [[route]]
 path_prefix = "/hash/"
 upstream = "hash"
+max_body_bytes = "64MiB"
 
 [[route]]
 path_prefix = "/staff/"

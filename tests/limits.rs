@@ -131,6 +131,48 @@ both_engines! {
         c.expect_closed();
         assert_eq!(origin.request_count(), 0, "an over-limit chunked body must never complete at the origin");
     }
+    // A route's `max_body_bytes` replaces `limits.max_body_bytes` for its requests, up and
+    // down (nginx's `client_max_body_size` in a `location`), for announced and chunked bodies.
+    fn route_max_body_bytes_replaces_the_global_bound(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", "path_prefix = \"/upload/\"\nmax_body_bytes = \"4KiB\"")
+            .route("main", "path_prefix = \"/tiny/\"\nmax_body_bytes = 16")
+            .route("main", "")
+            .limit("max_body_bytes", "1024")
+            .start(engine);
+        let send = |path: &str, body: &[u8], chunk: bool| {
+            let mut c = Client::connect(proxy.addr());
+            let raw = if chunk {
+                request("POST", path, &[("Host", "example.com"), ("Transfer-Encoding", "chunked")], &chunked(body, &[512]))
+            } else {
+                let n = body.len().to_string();
+                request("POST", path, &[("Host", "example.com"), ("Content-Length", &n)], body)
+            };
+            c.send(&raw);
+            let r = c.try_read_response().unwrap_or_else(|e| panic!("{path}: no response: {e}"));
+            if r.status() == 413 {
+                c.expect_closed();
+            }
+            r.status()
+        };
+        for chunk in [false, true] {
+            let body = pattern::pattern_vec(4096);
+            assert_eq!(send("/upload/at", &body, chunk), 200, "chunked={chunk}: 4 KiB is the route's bound, over the global 1 KiB");
+            let body = pattern::pattern_vec(4097);
+            assert_eq!(send("/upload/over", &body, chunk), 413, "chunked={chunk}: one byte past the route's bound");
+            assert_eq!(send("/tiny/at", &[b'x'; 16], chunk), 200, "chunked={chunk}");
+            assert_eq!(send("/tiny/over", &[b'x'; 17], chunk), 413, "chunked={chunk}: the route's bound is under the global one");
+            assert_eq!(send("/other/at", &[b'x'; 1024], chunk), 200, "chunked={chunk}");
+            assert_eq!(send("/other/over", &[b'x'; 1025], chunk), 413, "chunked={chunk}: other routes keep the global bound");
+        }
+        let seen: Vec<String> = origin.requests().iter().map(|r| r.path().to_string()).collect();
+        assert!(!seen.iter().any(|p| p.ends_with("/over")), "no over-limit body completes at the origin: {seen:?}");
+        let at: Vec<_> = origin.requests().into_iter().filter(|r| r.path() == "/upload/at").collect();
+        assert_eq!(at.len(), 2, "{seen:?}");
+        assert!(at.iter().all(|r| r.body == pattern::pattern_vec(4096)), "the route's 4 KiB bodies arrive whole");
+    }
     // A chunk whose size line alone is over the limit gets its 413 there: the proxy does not
     // wait (here up to a minute of client_body) for bytes it would refuse anyway. With the
     // size line in the head's packet and after it (the head already sent upstream).

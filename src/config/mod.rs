@@ -172,6 +172,8 @@ pub struct RouteConfig {
     pub compress: Option<Box<CompressConfig>>,
     /// `cache`: responses kept per shard ([`crate::cache`]); `None` costs nothing.
     pub cache: Option<Box<CacheConfig>>,
+    /// Largest request body on this route: its `max_body_bytes`, else `limits.max_body_bytes`.
+    pub max_body_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -735,6 +737,13 @@ impl Config {
                 rules,
                 compress: compress::route_compress(&mut c, &path, r.compress),
                 cache: cache::route_cache(&mut c, &path, r.cache.as_ref()),
+                max_body_bytes: c.size(
+                    &format!("{path}.max_body_bytes"),
+                    r.max_body_bytes.as_ref(),
+                    limits.max_body_bytes,
+                    0,
+                    u64::MAX >> 1,
+                ),
             });
         }
         let rate_limits = table

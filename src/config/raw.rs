@@ -77,6 +77,7 @@ pub(super) struct RawRoute {
     pub(super) redirect: Option<super::rules::RawRedirect>,
     pub(super) compress: Option<RawCompress>,
     pub(super) cache: Option<super::cache::RawCache>,
+    pub(super) max_body_bytes: Option<Size>,
 }
 
 /// A route's `compress` (checked by `compress::route_compress`).

@@ -513,3 +513,24 @@ fn route_matches_that_could_never_match_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_route_body_bound_defaults_to_the_global_one_and_names_its_route() {
+    let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n[limits]\nmax_body_bytes = 1000\n";
+    let c = parse(&format!(
+        "{base}[[route]]\nupstream = \"u\"\n[[route]]\nupstream = \"u\"\nmax_body_bytes = \"2MiB\"\n"
+    ))
+    .unwrap();
+    let bounds: Vec<u64> = c.routes.iter().map(|r| r.max_body_bytes).collect();
+    assert_eq!(bounds, [1000, 2 << 20]);
+    let err = parse(&format!(
+        "{base}[[route]]\nupstream = \"u\"\n[[route]]\nupstream = \"u\"\nmax_body_bytes = \"huge\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        err.issues
+            .iter()
+            .any(|i| i.path == "route[1].max_body_bytes" && i.message.contains("invalid size")),
+        "{err}"
+    );
+}

@@ -287,7 +287,7 @@ impl<'a> Forward<'a> {
             let plan = BodyPlan {
                 incoming: facts.framing,
                 outgoing: prepared.out_framing,
-                limit: cfg.limits.max_body_bytes,
+                limit: prepared.body_limit,
                 chunk_overhead: cfg.limits.max_header_bytes,
                 trailers: None,
             };

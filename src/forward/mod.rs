@@ -64,6 +64,8 @@ pub struct Prepared<'a> {
     /// The upstream request head (kept for a possible retry).
     pub out: PooledBuf<'a>,
     pub out_framing: OutFraming,
+    /// The route's `max_body_bytes`: a chunked body past it gets `413`.
+    pub body_limit: u64,
 }
 
 /// What the forward stages use from the shard, and nothing else.
