@@ -11,12 +11,15 @@ use crate::balance::{request_key, KeySource};
 use crate::cache::{self, Settled};
 use crate::client::{Client, Outcome};
 use crate::clock::micros_total;
+use crate::config::RouteResponse;
 use crate::error::{Answer, Kind, ProxyError, Side, Stage};
 use crate::forward::{Forward, Prepared, RequestFacts};
 use crate::http::canned::Canned;
 use crate::http::encode::{split_target, upstream_request_head, OutFraming, UpstreamRequest};
 use crate::http::parse::{BodyFraming, Method, RequestHead};
-use crate::respond::{cfg_rid_header, linger_close, relay_response, respond_canned_with, Respond};
+use crate::respond::{
+    cfg_rid_header, linger_close, relay_response, respond_canned_with, respond_route, Respond,
+};
 use crate::route::{match_path, normalize_path, routing_input, valid_authority};
 use crate::rules::{location, path_and_query, rewrite_target, Fields, Vars};
 use crate::shard::ShardCtx;
@@ -114,6 +117,14 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             if body_unread {
                 outcome = close_lingering(client).await;
             }
+            Ok(Exchanged {
+                outcome,
+                early: false,
+            })
+        }
+        Ok(Plan::Respond(answer)) => {
+            trace.status = Some(answer.status);
+            let outcome = Box::pin(respond_here(ctx, client, answer, &facts, &rid)).await;
             Ok(Exchanged {
                 outcome,
                 early: false,
@@ -268,6 +279,26 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
     outcome
 }
 
+/// A route's `respond`: its answer, then a close when the request's body was not read.
+async fn respond_here(
+    ctx: &ShardCtx,
+    client: &mut Client,
+    answer: &RouteResponse,
+    facts: &RequestFacts,
+    rid: &RequestId,
+) -> Outcome {
+    let body_unread = !facts.framing.is_empty();
+    let close = !facts.keep_alive || facts.minor == 0 || body_unread || ctx.draining();
+    let head_only = facts.method == Method::Head;
+    let rid_header = cfg_rid_header(ctx, rid);
+    let fields = rid_header.as_slice();
+    let outcome = respond_route(ctx, client, answer, close, head_only, fields).await;
+    if body_unread {
+        return close_lingering(client).await;
+    }
+    outcome
+}
+
 /// Route, authenticate (the route's `auth`, when it has one) and encode: everything that
 /// needs the parsed head, which lives in the client buffer (read, never changed, while an
 /// auth check is awaited).
@@ -284,6 +315,9 @@ async fn plan<'a>(
         if let Some(answer) = limited(ctx, client, limit, &ctx.stats.limited_route, head, facts) {
             return Ok(answer);
         }
+    }
+    if let Some(answer) = &ctx.shared.config.routes[routed.index].respond {
+        return Ok(Plan::Respond(answer));
     }
     let rules = &ctx.shared.config.routes[routed.index].rules;
     if let Some(r) = &rules.redirect {
@@ -333,7 +367,8 @@ async fn plan<'a>(
                 trusted_forwarding: client.forwarded_trusted,
                 own_fields: &ctx.shared.own_fields,
             };
-            let (config, u) = (&ctx.shared.config, route_cfg.upstream);
+            let config = &ctx.shared.config;
+            let u = routed.upstream.ok_or(Canned::InternalServerError)?;
             let wait = config.upstream_connect(u) + config.upstream_response(u);
             let name = &ctx.shared.config.routes[routed.index].name;
             match cache::lookup(&ctx.cache, name, cfg, &req, wait).await {
@@ -369,8 +404,8 @@ async fn plan<'a>(
 struct Routed<'b> {
     /// Index into the configured routes.
     index: usize,
-    /// Index into the configured upstreams.
-    upstream: usize,
+    /// Index into the configured upstreams (`None`: the route answers itself).
+    upstream: Option<usize>,
     target: crate::http::encode::Target<'b>,
     host: &'b [u8],
     /// The path the route matched: the target's, normalised
@@ -421,7 +456,7 @@ fn route<'b>(
         return Err(Canned::Forbidden);
     }
     trace.route = Some(route.index);
-    trace.upstream = Some(route.upstream);
+    trace.upstream = route.upstream;
     if let Some(cc) = &shared.config.routes[route.index].compress {
         trace.compress = crate::compress::negotiate_request(buf, head, cc);
     }
@@ -447,9 +482,11 @@ fn prepare<'a>(
     let shared = &*ctx.shared;
     let buf = &client.buf[..];
     let (route, target, host) = (routed, &routed.target, routed.host);
+    // Every route that does not answer itself names an upstream (the configuration's check).
+    let upstream = route.upstream.ok_or(Canned::InternalServerError)?;
     let headers = || crate::tls::Subjects::of(client, shared).fields(buf, head);
     // Balancing inputs that live in the head: read them now, before the buffer moves on.
-    let spec = &shared.config.upstreams[route.upstream].balance;
+    let spec = &shared.config.upstreams[upstream].balance;
     let key = spec.hash_key.as_ref().and_then(|k| {
         request_key(
             k,
@@ -462,7 +499,7 @@ fn prepare<'a>(
     });
     let sticky = spec.sticky.as_ref().and_then(|s| {
         cookie_value(headers(), s.cookie.as_bytes())
-            .and_then(|v| shared.tables[route.upstream].sticky_lookup(v))
+            .and_then(|v| shared.tables[upstream].sticky_lookup(v))
     });
     let body_limit = shared.config.routes[route.index].max_body_bytes;
     if let BodyFraming::Length(n) = facts.framing {
@@ -559,7 +596,7 @@ fn prepare<'a>(
     );
     // Not to TLS backends: the tunnel's pumps need plain sockets on both sides.
     // (`facts.upgrade` is `wants_upgrade` on a plain client connection.)
-    if facts.upgrade && shared.tls.upstream(route.upstream).is_none() {
+    if facts.upgrade && shared.tls.upstream(upstream).is_none() {
         // Hop-by-hop, so dropped above; an upgrade is forwarded explicitly.
         let end = out.len() - 2;
         out.truncate(end);
@@ -568,7 +605,7 @@ fn prepare<'a>(
         out.extend_from_slice(b"\r\n\r\n");
     }
     Ok(Prepared {
-        upstream: route.upstream,
+        upstream,
         key: PickKey { hash: key, sticky },
         out,
         out_framing,
@@ -664,6 +701,8 @@ enum Plan<'a> {
     /// Answer it here with this status and one more field: `redirect_https`'s or a route
     /// `redirect`'s `Location`, a rate limit's `Retry-After`.
     Answer(Canned, &'static [u8], Vec<u8>),
+    /// The route's `respond` is the answer.
+    Respond(&'a RouteResponse),
 }
 
 /// `https://HOST[:PORT]/PATH?QUERY` for a `redirect_https` listener: the request's host

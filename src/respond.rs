@@ -2,8 +2,8 @@
 //! ([`relay_response`]: the head rewritten for the client, the body copied or spliced with
 //! the framing the client can take, the upstream connection pooled again when it can be, or
 //! an upgrade's 101 and the hand-over to the tunnel), or answer on the proxy's own behalf:
-//! canned responses (with the request id when configured), the status for a refused head,
-//! and the lingering close after a refusal with an unread body.
+//! canned responses and a route's `respond` (with the request id when configured), the
+//! status for a refused head, and the lingering close after a refusal with an unread body.
 
 use std::cell::RefCell;
 use std::os::fd::AsRawFd;
@@ -16,7 +16,7 @@ use crate::compress::{
     self,
     stream::{relay_compressed, Encoder},
 };
-use crate::config::{Algorithm, CompressConfig, Config};
+use crate::config::{Algorithm, CompressConfig, Config, RouteResponse};
 use crate::error::{Kind, ProxyError, Side, Stage};
 use crate::forward::{Answered, RequestFacts};
 use crate::http::canned::Canned;
@@ -472,17 +472,37 @@ pub async fn respond_canned_with(
 ) -> Outcome {
     ctx.stats.canned(c);
     let close = close || c.forces_close();
+    let bytes = ctx.shared.config.response.error_page(c.status(), close);
+    let bytes = bytes.unwrap_or_else(|| c.bytes(close));
+    write_own(ctx, client, bytes, close, head_only, extra).await
+}
+
+/// A route's `respond`: its answer, with the proxy's `Server`, `Date` and `extra`.
+pub async fn respond_route(
+    ctx: &ShardCtx,
+    client: &mut Client,
+    answer: &RouteResponse,
+    close: bool,
+    head_only: bool,
+    extra: &[Field<'_>],
+) -> Outcome {
+    let bytes = answer.bytes(close);
+    write_own(ctx, client, bytes, close, head_only, extra).await
+}
+
+/// Writes a whole response of the proxy's own (`bytes`, with the fields [`canned_head`]
+/// adds), or only its head.
+async fn write_own(
+    ctx: &ShardCtx,
+    client: &mut Client,
+    bytes: &[u8],
+    close: bool,
+    head_only: bool,
+    extra: &[Field<'_>],
+) -> Outcome {
     let mut out = ctx.buffer();
-    let response = &ctx.shared.config.response;
-    canned_head(
-        response
-            .error_page(c.status(), close)
-            .unwrap_or_else(|| c.bytes(close)),
-        ctx.shared.config.response.server.as_deref(),
-        &ctx.date.now(),
-        extra,
-        &mut out,
-    );
+    let server = ctx.shared.config.response.server.as_deref();
+    canned_head(bytes, server, &ctx.date.now(), extra, &mut out);
     if head_only {
         if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
             out.truncate(end + 4);

@@ -21,8 +21,8 @@ pub struct Route {
     path: PathMatch,
     methods: Vec<Box<[u8]>>,
     headers: Vec<HeaderRule>,
-    /// Index into the configured upstreams.
-    pub upstream: usize,
+    /// Index into the configured upstreams (`None`: the route answers itself).
+    pub upstream: Option<usize>,
     /// Position in the configuration, for logs and metrics.
     pub index: usize,
 }

@@ -93,6 +93,14 @@ upstream = "api"
 redirect = { status = 301, to = "https://www.example.com${path}", query = false }
 
 [[route]]
+path = "/robots.txt"
+respond = { status = 200, body = "User-agent: *\nDisallow: /\n", content_type = "text/plain" }
+
+[[route]]
+path_prefix = "/closed/"
+respond = { status = 503, file = "@CERTS@/502.html" }
+
+[[route]]
 cache = { size = "64MiB", max_object = "1MiB", policy = "tinylfu", stale_while_revalidate_max = "1h", stale_if_error_max = "1d", background_revalidations = 16, fill_memory = "4MiB" }
 upstream = "web"
 

@@ -42,6 +42,7 @@ mod reload;
 mod reload_listeners;
 mod request_buffering;
 mod resilience;
+mod respond;
 mod response_framing;
 mod robustness;
 mod routing;

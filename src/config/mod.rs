@@ -158,8 +158,11 @@ pub struct RouteConfig {
     pub methods: Vec<String>,
     /// Lower-case header names with exact values.
     pub headers: Vec<(String, String)>,
-    /// Index into [`Config::upstreams`].
-    pub upstream: usize,
+    /// Index into [`Config::upstreams`]; `None` only on a route that answers itself
+    /// (`redirect` or `respond`).
+    pub upstream: Option<usize>,
+    /// `respond`: the route's own answer, sent instead of forwarding.
+    pub respond: Option<Box<RouteResponse>>,
     /// `allow`/`deny`: checked against the client address once the route is chosen.
     pub access: AccessList,
     /// `rate_limit`: a token bucket the route's requests pass after its `allow`/`deny`.
@@ -303,7 +306,7 @@ pub use ratelimit::{RateKey, RateLimit, RateLimits};
 pub use raw::parse_size;
 use raw::{array, Checker, RawDns, RawLimits, RawRoute, RawServer, RawTimeouts, TOP_LEVEL};
 pub use resilience::Resilience;
-pub use response::ResponseFields;
+pub use response::{ResponseFields, RouteResponse};
 pub(super) use rules::valid_host;
 pub use rules::{HeaderRules, Part, PathRewrite, Redirect, RouteRules, Template, Var};
 pub use tls::{suite_names, CertificateFiles, ListenerTls, RedirectHttps, UpstreamTls};
@@ -652,7 +655,7 @@ impl Config {
                 (None, None) => PathMatch::Any,
             };
             let mut methods = Vec::new();
-            for (j, m) in r.methods.unwrap_or_default().into_iter().enumerate() {
+            for (j, m) in r.methods.take().unwrap_or_default().into_iter().enumerate() {
                 if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
                     c.err(
                         format!("{path}.methods[{j}]"),
@@ -662,7 +665,7 @@ impl Config {
                 methods.push(m.to_ascii_uppercase());
             }
             let mut headers = Vec::new();
-            for (name, value) in r.headers.unwrap_or_default() {
+            for (name, value) in r.headers.take().unwrap_or_default() {
                 if !fields::token(&name) {
                     c.err(format!("{path}.headers.{name}"), "invalid header name");
                 } else if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
@@ -673,19 +676,9 @@ impl Config {
                 }
                 headers.push((name.to_ascii_lowercase(), value));
             }
-            let upstream = match upstreams.iter().position(|u| u.name == r.upstream) {
-                Some(i) => i,
-                None => {
-                    c.err(
-                        format!("{path}.upstream"),
-                        format!(
-                            "upstream {:?} is not defined; add an [[upstream]] with name = {:?}",
-                            r.upstream, r.upstream
-                        ),
-                    );
-                    0
-                }
-            };
+            let base = file.parent().unwrap_or(Path::new("."));
+            let (upstream, respond) =
+                response::route_target(&mut c, &path, &mut r, &rules, base, &upstreams);
             let name = match r.name {
                 Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic()) => n,
                 Some(n) => {
@@ -722,7 +715,6 @@ impl Config {
                 &format!("route {name}"),
                 r.rate_limit.as_ref(),
             );
-            let base = file.parent().unwrap_or(Path::new("."));
             let auth = auth::route_auth(&mut c, &path, r.auth, base, &upstreams);
             routes.push(RouteConfig {
                 name,
@@ -731,6 +723,7 @@ impl Config {
                 methods,
                 headers,
                 upstream,
+                respond,
                 access,
                 rate_limit,
                 auth,

@@ -63,7 +63,7 @@ pub(super) struct RawRoute {
     pub(super) path: Option<String>,
     pub(super) methods: Option<Vec<String>>,
     pub(super) headers: Option<BTreeMap<String, String>>,
-    pub(super) upstream: String,
+    pub(super) upstream: Option<String>,
     pub(super) allow: Option<Vec<String>>,
     pub(super) deny: Option<Vec<String>>,
     pub(super) rate_limit: Option<super::ratelimit::RawRateLimit>,
@@ -78,6 +78,7 @@ pub(super) struct RawRoute {
     pub(super) compress: Option<RawCompress>,
     pub(super) cache: Option<super::cache::RawCache>,
     pub(super) max_body_bytes: Option<Size>,
+    pub(super) respond: Option<super::response::RawRespond>,
 }
 
 /// A route's `compress` (checked by `compress::route_compress`).

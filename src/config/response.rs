@@ -1,8 +1,9 @@
 //! `[server]` keys that decide what clients see of the proxy and its backends: the `Server`
 //! field the proxy sends (`server_header`), the response fields it removes
 //! (`hide_response_headers`, beyond `Server` and `X-Powered-By`, always removed), and the
-//! pages it sends for the errors it answers itself (`error_pages`). Applied by
-//! `http::encode` to every forwarded response head and by `respond` to the proxy's own.
+//! pages it sends for the errors it answers itself (`error_pages`), and a route's own
+//! answer (`[[route]] respond`). Applied by `http::encode` to every forwarded response head
+//! and by `respond` to the proxy's own.
 
 use std::path::Path;
 
@@ -127,10 +128,222 @@ fn read_page(path: &Path, file: &str) -> Result<Vec<u8>, String> {
         .map_err(cannot)?;
     if body.len() as u64 > MAX_ERROR_PAGE {
         return Err(format!(
-            "{file:?} is larger than 1 MiB, the most an error page may be"
+            "{file:?} is larger than 1 MiB, the most a page the proxy sends may be"
         ));
     }
     Ok(body)
+}
+
+/// A route's `respond`, as written.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRespond {
+    status: Option<u16>,
+    body: Option<String>,
+    file: Option<String>,
+    content_type: Option<String>,
+}
+
+/// A route's own answer (nginx's `return 200 "text"`, HAProxy's `http-request return`):
+/// rendered when the configuration is loaded, a file read then.
+#[derive(Clone, Debug)]
+pub struct RouteResponse {
+    pub status: u16,
+    /// The whole response without the proxy's `Server` and `Date`, and the same with
+    /// `Connection: close`.
+    keep: Box<[u8]>,
+    close: Box<[u8]>,
+}
+
+impl RouteResponse {
+    pub fn bytes(&self, close: bool) -> &[u8] {
+        if close {
+            &self.close
+        } else {
+            &self.keep
+        }
+    }
+}
+
+/// A route's upstream and `respond`: a route forwards to its upstream or answers itself
+/// (`respond`, `redirect`); a `respond` route names no upstream and none of the keys that
+/// act on a forwarded request or its response.
+pub(super) fn route_target(
+    c: &mut Checker,
+    path: &str,
+    r: &mut super::raw::RawRoute,
+    rules: &super::RouteRules,
+    base: &Path,
+    upstreams: &[super::UpstreamConfig],
+) -> (Option<usize>, Option<Box<RouteResponse>>) {
+    let respond = r.respond.take().map(|raw| respond(c, path, raw, base));
+    let upstream = match &r.upstream {
+        Some(u) if respond.is_some() => {
+            c.err(
+                format!("{path}.upstream"),
+                format!("a route with respond sends nothing upstream; remove upstream = {u:?}"),
+            );
+            None
+        }
+        Some(u) => match upstreams.iter().position(|x| x.name == *u) {
+            Some(i) => Some(i),
+            None => {
+                c.err(
+                    format!("{path}.upstream"),
+                    format!("upstream {u:?} is not defined; add an [[upstream]] with name = {u:?}"),
+                );
+                None
+            }
+        },
+        None if respond.is_some() || rules.redirect.is_some() => None,
+        None => {
+            c.err(
+                format!("{path}.upstream"),
+                "missing: name the [[upstream]] this route forwards to (or give it a redirect or a respond)",
+            );
+            None
+        }
+    };
+    if respond.is_some() {
+        // What only a forwarded request or its relayed response uses.
+        let unused = [
+            ("redirect", rules.redirect.is_some()),
+            ("auth", r.auth.is_some()),
+            ("cache", r.cache.is_some()),
+            ("compress", r.compress.is_some()),
+            ("request_headers", rules.request.is_some()),
+            ("response_headers", rules.response.is_some()),
+            (
+                "strip_prefix, add_prefix or rewrite",
+                rules.rewrite.is_some(),
+            ),
+            ("upstream_host", rules.upstream_host.is_some()),
+        ];
+        for (key, set) in unused {
+            if set {
+                c.err(
+                    format!("{path}.respond"),
+                    format!("a route with respond answers before {key} would apply; remove {key}, or respond"),
+                );
+            }
+        }
+    }
+    (upstream, respond.flatten())
+}
+
+/// `[[route]] respond = { status, body | file, content_type }`.
+pub(super) fn respond(
+    c: &mut Checker,
+    path: &str,
+    raw: RawRespond,
+    base: &Path,
+) -> Option<Box<RouteResponse>> {
+    let key = format!("{path}.respond");
+    let status = raw.status.unwrap_or(200);
+    // 1xx are interim and 304 answers a conditional request the route cannot judge.
+    if !(200..=599).contains(&status) || status == 304 {
+        c.err(
+            format!("{key}.status"),
+            format!("{status} cannot be a route's answer: use 200 to 599, not 304"),
+        );
+        return None;
+    }
+    let (body, guessed) = match (raw.body, &raw.file) {
+        (Some(_), Some(_)) => {
+            c.err(&key, "set either body or file, not both");
+            return None;
+        }
+        (Some(b), None) if b.len() as u64 > MAX_ERROR_PAGE => {
+            c.err(
+                format!("{key}.body"),
+                "larger than 1 MiB, the most a route's answer may be",
+            );
+            return None;
+        }
+        (Some(b), None) => (b.into_bytes(), "text/plain; charset=utf-8"),
+        (None, Some(f)) => match read_page(&base.join(f), f) {
+            Ok(b) => (b, content_type(f)),
+            Err(e) => {
+                c.err(format!("{key}.file"), e);
+                return None;
+            }
+        },
+        (None, None) => (Vec::new(), "text/plain; charset=utf-8"),
+    };
+    // RFC 9110 §15.3.5, §15.3.6: no content, and for 204 no Content-Length either.
+    let bodiless = matches!(status, 204 | 205);
+    if bodiless && !body.is_empty() {
+        c.err(&key, format!("a {status} response has no body"));
+        return None;
+    }
+    let ctype = match raw.content_type {
+        Some(t) if t.is_empty() || !t.bytes().all(|b| (0x20..0x7f).contains(&b)) => {
+            c.err(
+                format!("{key}.content_type"),
+                format!("{t:?}: expected a media type in printable ASCII"),
+            );
+            return None;
+        }
+        Some(t) => Some(t),
+        None => (!body.is_empty()).then(|| guessed.to_string()),
+    };
+    let render = |close: bool| {
+        let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status)).into_bytes();
+        if let Some(t) = &ctype {
+            out.extend_from_slice(format!("Content-Type: {t}\r\n").as_bytes());
+        }
+        if status != 204 {
+            out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+        }
+        if close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
+        out.into_boxed_slice()
+    };
+    Some(Box::new(RouteResponse {
+        status,
+        keep: render(false),
+        close: render(true),
+    }))
+}
+
+/// The reason phrase of a status (RFC 9110 §15); clients ignore it, and a code it does not
+/// name gets none, which RFC 9112 §4 allows.
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        409 => "Conflict",
+        410 => "Gone",
+        418 => "I'm a teapot",
+        421 => "Misdirected Request",
+        429 => "Too Many Requests",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
 }
 
 /// The `Content-Type` of an error page, by its file's extension.

@@ -534,3 +534,75 @@ fn a_route_body_bound_defaults_to_the_global_one_and_names_its_route() {
         "{err}"
     );
 }
+
+#[test]
+fn respond_routes_need_no_upstream_and_refuse_what_they_would_ignore() {
+    let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n";
+    let c = parse(&format!(
+        "{base}[[route]]\npath = \"/a\"\nrespond = {{ status = 404, body = \"no\" }}\n[[route]]\npath = \"/r\"\nredirect = {{ to = \"/x\" }}\n[[route]]\nupstream = \"u\"\n"
+    ))
+    .unwrap();
+    let ups: Vec<Option<usize>> = c.routes.iter().map(|r| r.upstream).collect();
+    assert_eq!(ups, [None, None, Some(0)]);
+    let r = c.routes[0].respond.as_ref().unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.bytes(true),
+        b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno"
+    );
+    let bad = |route: &str, key: &str, what: &str| {
+        let err = parse(&format!("{base}[[route]]\n{route}\n")).unwrap_err();
+        assert!(
+            err.issues
+                .iter()
+                .any(|i| i.path == key && i.message.contains(what)),
+            "{route}: {err}"
+        );
+    };
+    bad("path = \"/a\"", "route[0].upstream", "missing");
+    bad(
+        "respond = { body = \"x\" }\nupstream = \"u\"",
+        "route[0].upstream",
+        "sends nothing upstream",
+    );
+    bad(
+        "respond = { body = \"x\" }\ncache = { size = \"1MiB\" }",
+        "route[0].respond",
+        "remove cache",
+    );
+    bad(
+        "respond = { body = \"x\" }\nredirect = { to = \"/x\" }",
+        "route[0].respond",
+        "remove redirect",
+    );
+    bad(
+        "respond = { status = 304 }",
+        "route[0].respond.status",
+        "not 304",
+    );
+    bad(
+        "respond = { status = 99 }",
+        "route[0].respond.status",
+        "200 to 599",
+    );
+    bad(
+        "respond = { status = 204, body = \"x\" }",
+        "route[0].respond",
+        "no body",
+    );
+    bad(
+        "respond = { body = \"x\", file = \"f\" }",
+        "route[0].respond",
+        "either body or file",
+    );
+    bad(
+        "respond = { file = \"/nonexistent/page.html\" }",
+        "route[0].respond.file",
+        "cannot read",
+    );
+    bad(
+        "respond = { body = \"x\", content_type = \"a\\nb\" }",
+        "route[0].respond.content_type",
+        "printable ASCII",
+    );
+}

@@ -76,6 +76,12 @@ impl Config {
         self
     }
 
+    /// A [[route]] with no upstream (one with `respond` or `redirect`): raw TOML lines.
+    pub fn route_without_upstream(mut self, raw: &str) -> Self {
+        self.routes.push(raw.to_string());
+        self
+    }
+
     /// A top-level `[name]` section with `raw` TOML lines as its body (replacing an earlier
     /// section of that name), e.g. `.section("admin", "address = \"127.0.0.1:0\"")`.
     pub fn section(mut self, name: &str, raw: &str) -> Self {

@@ -1,0 +1,75 @@
+//! `[[route]] respond`: a route that answers itself (nginx's `return`, HAProxy's
+//! `http-request return`) with its status, body or file and type, under `HEAD` and on
+//! keep-alive connections, with no upstream named and no backend contacted; a request body
+//! it does not read closes the connection after the answer. A `redirect` route needs no
+//! upstream either.
+
+use crate::support::tls::CertDir;
+use crate::support::*;
+
+fn ask(c: &mut Client, method: &str, path: &str) -> Response {
+    c.send(&request(method, path, &[("Host", "example.com")], b""));
+    c.read_response_for(method)
+}
+
+both_engines! {
+    fn a_route_answers_itself_and_no_backend_is_asked(engine) {
+        let dir = CertDir::new("respond");
+        let page = dir.write("maintenance.html", "<p>back at six</p>\n");
+        let origin = Origin::start("o");
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route_without_upstream("path = \"/robots.txt\"\nrespond = { body = \"User-agent: *\\nDisallow: /\\n\" }")
+            .route_without_upstream(&format!("path_prefix = \"/old/\"\nrespond = {{ status = 503, file = \"{}\" }}", page.display()))
+            .route_without_upstream("path = \"/beacon\"\nrespond = { status = 204 }")
+            .route_without_upstream("path = \"/gone\"\nrespond = { status = 410, body = \"{}\", content_type = \"application/json\" }")
+            .route_without_upstream("path_prefix = \"/moved/\"\nredirect = { to = \"https://new.example${path}\" }")
+            .route("main", "")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        let r = ask(&mut c, "GET", "/robots.txt");
+        assert_eq!(r.status(), 200, "{}", r.head.raw);
+        assert_eq!(r.body_str(), "User-agent: *\nDisallow: /\n");
+        assert_eq!(r.header("Content-Type"), Some("text/plain; charset=utf-8"));
+        assert!(r.header("Date").is_some() && r.header("X-Request-Id").is_some(), "{}", r.head.raw);
+        assert!(r.header("Connection").is_none(), "{}", r.head.raw);
+        // The same connection goes on, through every kind of answer.
+        let r = ask(&mut c, "HEAD", "/robots.txt");
+        assert_eq!((r.status(), r.header("Content-Length")), (200, Some("26")));
+        assert!(r.body.is_empty());
+        let r = ask(&mut c, "GET", "/old/page?x=1");
+        assert_eq!((r.status(), r.header("Content-Type")), (503, Some("text/html; charset=utf-8")));
+        assert_eq!(r.body_str(), "<p>back at six</p>\n");
+        let r = ask(&mut c, "GET", "/beacon");
+        assert_eq!(r.status(), 204, "{}", r.head.raw);
+        assert!(r.header("Content-Length").is_none() && r.header("Content-Type").is_none(), "{}", r.head.raw);
+        let r = ask(&mut c, "DELETE", "/gone");
+        assert_eq!((r.status(), r.header("Content-Type")), (410, Some("application/json")));
+        assert_eq!(r.body_str(), "{}");
+        let r = ask(&mut c, "GET", "/moved/a");
+        assert_eq!((r.status(), r.header("Location")), (302, Some("https://new.example/moved/a")));
+        let r = ask(&mut c, "GET", "/app");
+        assert_eq!(r.status(), 200, "other routes forward: {}", r.head.raw);
+        let paths: Vec<String> = origin.requests().iter().map(|r| r.path().to_string()).collect();
+        assert_eq!(paths, ["/app"], "only the forwarding route reached the backend");
+    }
+    // A body the answer did not read cannot be told from the next request: the connection
+    // closes after the answer (as after a redirect), and the body never reaches a backend.
+    fn a_body_sent_to_an_answering_route_closes_the_connection(engine) {
+        let origin = Origin::start("o");
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route_without_upstream("path = \"/beacon\"\nrespond = { status = 204 }")
+            .route("main", "")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        let body = b"GET /smuggled HTTP/1.1\r\nHost: example.com\r\n\r\n";
+        let n = body.len().to_string();
+        c.send(&request("POST", "/beacon", &[("Host", "example.com"), ("Content-Length", &n)], body));
+        let r = c.read_response();
+        assert_eq!(r.status(), 204);
+        assert_eq!(r.header("Connection"), Some("close"), "{}", r.head.raw);
+        c.expect_closed();
+        assert_eq!(origin.head_count(), 0, "the body is not a request");
+    }
+}
