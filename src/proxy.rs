@@ -13,12 +13,13 @@ use crate::client::{Client, Outcome};
 use crate::clock::micros_total;
 use crate::config::RouteResponse;
 use crate::error::{Answer, Kind, ProxyError, Side, Stage};
-use crate::forward::{Forward, Prepared, RequestFacts};
+use crate::forward::{read_whole_body, Forward, Prepared, RequestFacts};
 use crate::http::canned::Canned;
 use crate::http::encode::{split_target, upstream_request_head, OutFraming, UpstreamRequest};
 use crate::http::parse::{BodyFraming, Method, RequestHead};
 use crate::respond::{
-    cfg_rid_header, linger_close, relay_response, respond_canned_with, respond_route, Respond,
+    cfg_rid_header, linger_close, relay_response, respond_canned_with, respond_route, Field,
+    Respond,
 };
 use crate::route::{match_path, normalize_path, routing_input, valid_authority};
 use crate::rules::{location, path_and_query, rewrite_target, Fields, Vars};
@@ -122,14 +123,19 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 early: false,
             })
         }
-        Ok(Plan::Respond(answer)) => {
-            trace.status = Some(answer.status);
-            let outcome = Box::pin(respond_here(ctx, client, answer, &facts, &rid)).await;
-            Ok(Exchanged {
-                outcome,
-                early: false,
-            })
-        }
+        Ok(Plan::Respond(answer)) => Box::pin(respond_here(ctx, client, answer, &facts, &rid))
+            .await
+            .map(|outcome| {
+                trace.status = Some(answer.status);
+                if facts.method != Method::Head {
+                    trace.bytes_out = answer.body_len;
+                    crate::stats::add(&ctx.stats.bytes_out, answer.body_len);
+                }
+                Exchanged {
+                    outcome,
+                    early: false,
+                }
+            }),
         Ok(Plan::Deny(denial)) => {
             let body_unread = !facts.framing.is_empty();
             let close = !facts.keep_alive || facts.minor == 0 || body_unread || ctx.draining();
@@ -279,24 +285,47 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
     outcome
 }
 
-/// A route's `respond`: its answer, then a close when the request's body was not read.
+/// The largest request body a route's `respond` reads (and drops) to keep the connection:
+/// a beacon's or a form's. A larger one, or one of unknown length, is left unread and the
+/// connection closes after the answer.
+const RESPOND_DISCARD_MAX: u64 = 64 << 10;
+
+/// A route's `respond`: the body read and dropped when it is small, then the answer (with
+/// the request id and the listener's HSTS), then a close when the body was not read.
 async fn respond_here(
     ctx: &ShardCtx,
     client: &mut Client,
     answer: &RouteResponse,
     facts: &RequestFacts,
     rid: &RequestId,
-) -> Outcome {
-    let body_unread = !facts.framing.is_empty();
+) -> Result<Outcome, ProxyError> {
+    let mut body_unread = !facts.framing.is_empty();
+    // A client waiting for `100 Continue` gets the answer instead (RFC 9110 §10.1.1).
+    if let (BodyFraming::Length(n), false) = (facts.framing, facts.expect_continue) {
+        if n <= RESPOND_DISCARD_MAX {
+            read_whole_body(client, n, &ctx.shared.config).await?;
+            client.buf.drain(..n as usize);
+            body_unread = false;
+        }
+    }
     let close = !facts.keep_alive || facts.minor == 0 || body_unread || ctx.draining();
     let head_only = facts.method == Method::Head;
-    let rid_header = cfg_rid_header(ctx, rid);
-    let fields = rid_header.as_slice();
-    let outcome = respond_route(ctx, client, answer, close, head_only, fields).await;
-    if body_unread {
-        return close_lingering(client).await;
+    let mut fields: [Field<'_>; 2] = [(b"", b""); 2];
+    let mut n = 0;
+    if let Some(f) = cfg_rid_header(ctx, rid) {
+        fields[n] = f;
+        n += 1;
     }
-    outcome
+    let tls = client.listener.tls.clone();
+    if let Some(h) = tls.as_ref().and_then(|t| t.hsts.as_deref()) {
+        fields[n] = (b"Strict-Transport-Security", h.as_bytes());
+        n += 1;
+    }
+    let outcome = respond_route(ctx, client, answer, close, head_only, &fields[..n]).await;
+    if body_unread {
+        return Ok(close_lingering(client).await);
+    }
+    Ok(outcome)
 }
 
 /// Route, authenticate (the route's `auth`, when it has one) and encode: everything that

@@ -1,11 +1,12 @@
 //! `[[route]] respond`: a route that answers itself (nginx's `return`, HAProxy's
 //! `http-request return`) with its status, body or file and type, under `HEAD` and on
-//! keep-alive connections, with no upstream named and no backend contacted; a request body
-//! it does not read closes the connection after the answer. A `redirect` route needs no
-//! upstream either.
+//! keep-alive connections, with no upstream named and no backend contacted; a small request
+//! body is dropped, any other closes the connection after the answer. A `redirect` route
+//! needs no upstream either.
 
 use crate::support::tls::CertDir;
 use crate::support::*;
+use std::time::Duration;
 
 fn ask(c: &mut Client, method: &str, path: &str) -> Response {
     c.send(&request(method, path, &[("Host", "example.com")], b""));
@@ -25,9 +26,15 @@ both_engines! {
             .route_without_upstream("path = \"/gone\"\nrespond = { status = 410, body = \"{}\", content_type = \"application/json\" }")
             .route_without_upstream("path_prefix = \"/moved/\"\nredirect = { to = \"https://new.example${path}\" }")
             .route("main", "")
+            .admin("")
             .start(engine);
         let mut c = Client::connect(proxy.addr());
         let r = ask(&mut c, "GET", "/robots.txt");
+        // Its body is counted as sent, and the request under its route.
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "the answer counted", |m| {
+            m.value("edgeshard_client_bytes_sent_total", &[]) == 26.0
+                && m.value("edgeshard_route_requests_total", &[("route", "route0"), ("class", "2xx")]) == 1.0
+        });
         assert_eq!(r.status(), 200, "{}", r.head.raw);
         assert_eq!(r.body_str(), "User-agent: *\nDisallow: /\n");
         assert_eq!(r.header("Content-Type"), Some("text/plain; charset=utf-8"));
@@ -53,23 +60,48 @@ both_engines! {
         let paths: Vec<String> = origin.requests().iter().map(|r| r.path().to_string()).collect();
         assert_eq!(paths, ["/app"], "only the forwarding route reached the backend");
     }
-    // A body the answer did not read cannot be told from the next request: the connection
-    // closes after the answer (as after a redirect), and the body never reaches a backend.
-    fn a_body_sent_to_an_answering_route_closes_the_connection(engine) {
+    // A small body of known length (a beacon's) is read and dropped, and the connection goes
+    // on; a larger one, a chunked one, or one the client holds back for `100 Continue` is
+    // left unread, so the connection closes after the answer (its bytes cannot be told from a
+    // next request). No body ever reaches a backend.
+    fn bodies_sent_to_an_answering_route_are_dropped_or_close_the_connection(engine) {
         let origin = Origin::start("o");
         let proxy = Config::new()
             .upstream("main", &[origin.addr()])
             .route_without_upstream("path = \"/beacon\"\nrespond = { status = 204 }")
             .route("main", "")
             .start(engine);
+        let post = |c: &mut Client, headers: &[(&str, &str)], body: &[u8]| {
+            let mut all = vec![("Host", "example.com")];
+            all.extend_from_slice(headers);
+            c.send(&request("POST", "/beacon", &all, body));
+            c.read_response()
+        };
+        let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: example.com\r\n\r\n";
         let mut c = Client::connect(proxy.addr());
-        let body = b"GET /smuggled HTTP/1.1\r\nHost: example.com\r\n\r\n";
-        let n = body.len().to_string();
-        c.send(&request("POST", "/beacon", &[("Host", "example.com"), ("Content-Length", &n)], body));
-        let r = c.read_response();
-        assert_eq!(r.status(), 204);
-        assert_eq!(r.header("Connection"), Some("close"), "{}", r.head.raw);
-        c.expect_closed();
-        assert_eq!(origin.head_count(), 0, "the body is not a request");
+        for body in [&smuggled[..], &pattern::pattern_vec(64 << 10)] {
+            let n = body.len().to_string();
+            let r = post(&mut c, &[("Content-Length", &n)], body);
+            assert_eq!(r.status(), 204);
+            assert!(r.header("Connection").is_none(), "{n} bytes are dropped, the connection kept: {}", r.head.raw);
+        }
+        // Pipelined behind a dropped body: the next request is served.
+        c.send(&get("example.com", "/after"));
+        assert_eq!(c.read_response().status(), 200);
+        let big = pattern::pattern_vec((64 << 10) + 1);
+        let n = big.len().to_string();
+        for (headers, body) in [
+            (vec![("Content-Length", n.as_str())], big.clone()),
+            (vec![("Transfer-Encoding", "chunked")], chunked(smuggled, &[8])),
+            (vec![("Content-Length", "45"), ("Expect", "100-continue")], Vec::new()),
+        ] {
+            let mut c = Client::connect(proxy.addr());
+            let r = post(&mut c, &headers, &body);
+            assert_eq!(r.status(), 204, "{headers:?}");
+            assert_eq!(r.header("Connection"), Some("close"), "{headers:?}: {}", r.head.raw);
+            c.expect_closed();
+        }
+        let paths: Vec<String> = origin.requests().iter().map(|r| r.path().to_string()).collect();
+        assert_eq!(paths, ["/after"], "no body is a request");
     }
 }

@@ -571,9 +571,14 @@ both_engines! {
     fn https_scheme_hsts_and_redirect(engine) {
         let Site { ca, dir: _dir, ca_file: _ca_file, origin, config: mut cfg } = site("scheme", "hsts = \"max-age=31536000\"");
         cfg.raw_listeners.push("address = \"127.0.0.1:0\"\nredirect_https = { port = 8443, status = 308 }".into());
+        let cfg = cfg.route_without_upstream("path = \"/robots.txt\"\nrespond = { body = \"no\" }");
         let proxy = cfg.start(engine);
         let (tls_addr, plain_addr) = (proxy.addrs()[0], proxy.addrs()[1]);
         let seen = tls_get(tls_addr, &Arc::new(ca.client_config()), "a.test", "/p?q=1").unwrap();
+        assert!(seen.response.contains("\r\nStrict-Transport-Security: max-age=31536000\r\n"), "{}", seen.response);
+        // A route's own answer carries it too.
+        let seen = tls_get(tls_addr, &Arc::new(ca.client_config()), "a.test", "/robots.txt").unwrap();
+        assert!(seen.response.starts_with("HTTP/1.1 200 "), "{}", seen.response);
         assert!(seen.response.contains("\r\nStrict-Transport-Security: max-age=31536000\r\n"), "{}", seen.response);
         let rec = origin.last_request();
         assert_eq!(rec.header("x-forwarded-proto"), Some("https"));

@@ -589,6 +589,7 @@ impl Config {
             let Some(mut r) = c.section::<RawRoute>(&path, v) else {
                 continue;
             };
+            let redirects = r.redirect.is_some();
             let rules = rules::route_rules(&mut c, &path, &mut r);
             let host = match r.host.as_deref() {
                 None | Some("*") => HostMatch::Any,
@@ -678,7 +679,7 @@ impl Config {
             }
             let base = file.parent().unwrap_or(Path::new("."));
             let (upstream, respond) =
-                response::route_target(&mut c, &path, &mut r, &rules, base, &upstreams);
+                response::route_target(&mut c, &path, &mut r, &rules, base, &upstreams, redirects);
             let name = match r.name {
                 Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic()) => n,
                 Some(n) => {

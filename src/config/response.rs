@@ -149,6 +149,8 @@ pub(super) struct RawRespond {
 #[derive(Clone, Debug)]
 pub struct RouteResponse {
     pub status: u16,
+    /// The body's length (for the access log and the byte counters).
+    pub body_len: u64,
     /// The whole response without the proxy's `Server` and `Date`, and the same with
     /// `Connection: close`.
     keep: Box<[u8]>,
@@ -175,6 +177,7 @@ pub(super) fn route_target(
     rules: &super::RouteRules,
     base: &Path,
     upstreams: &[super::UpstreamConfig],
+    redirects: bool,
 ) -> (Option<usize>, Option<Box<RouteResponse>>) {
     let respond = r.respond.take().map(|raw| respond(c, path, raw, base));
     let upstream = match &r.upstream {
@@ -195,7 +198,7 @@ pub(super) fn route_target(
                 None
             }
         },
-        None if respond.is_some() || rules.redirect.is_some() => None,
+        None if respond.is_some() || redirects => None,
         None => {
             c.err(
                 format!("{path}.upstream"),
@@ -204,10 +207,16 @@ pub(super) fn route_target(
             None
         }
     };
+    if (respond.is_some() || redirects) && r.max_body_bytes.is_some() {
+        c.err(
+            format!("{path}.max_body_bytes"),
+            "a route that answers itself forwards no body; remove max_body_bytes",
+        );
+    }
     if respond.is_some() {
         // What only a forwarded request or its relayed response uses.
         let unused = [
-            ("redirect", rules.redirect.is_some()),
+            ("redirect", redirects),
             ("auth", r.auth.is_some()),
             ("cache", r.cache.is_some()),
             ("compress", r.compress.is_some()),
@@ -223,7 +232,7 @@ pub(super) fn route_target(
             if set {
                 c.err(
                     format!("{path}.respond"),
-                    format!("a route with respond answers before {key} would apply; remove {key}, or respond"),
+                    format!("{key} acts on forwarded requests and relayed responses, and a route with respond forwards nothing; remove {key}, or respond"),
                 );
             }
         }
@@ -240,11 +249,26 @@ pub(super) fn respond(
 ) -> Option<Box<RouteResponse>> {
     let key = format!("{path}.respond");
     let status = raw.status.unwrap_or(200);
-    // 1xx are interim and 304 answers a conditional request the route cannot judge.
-    if !(200..=599).contains(&status) || status == 304 {
+    // Statuses whose meaning needs a field the answer cannot carry (RFC 9110 §15: a 3xx's
+    // `Location`, a 401's `WWW-Authenticate`, a 405's `Allow`, a 206's or 416's
+    // `Content-Range`, a 426's `Upgrade`), that answer a conditional request (304), or that
+    // must close the connection (408). 1xx are interim.
+    let why = match status {
+        _ if !(200..=599).contains(&status) => Some("use a final status, 200 to 599"),
+        300..=399 => Some("a 3xx needs a Location: use redirect"),
+        401 | 407 => Some("it needs a challenge field: use auth"),
+        206 | 416 => Some("it needs a Content-Range"),
+        405 => {
+            Some("it needs an Allow field: use the route's methods and let the rest fall through")
+        }
+        408 => Some("it closes the connection; use 503 or 429"),
+        426 => Some("it needs an Upgrade field"),
+        _ => None,
+    };
+    if let Some(why) = why {
         c.err(
             format!("{key}.status"),
-            format!("{status} cannot be a route's answer: use 200 to 599, not 304"),
+            format!("{status} cannot be a route's answer: {why}"),
         );
         return None;
     }
@@ -277,6 +301,13 @@ pub(super) fn respond(
         return None;
     }
     let ctype = match raw.content_type {
+        Some(_) if bodiless => {
+            c.err(
+                format!("{key}.content_type"),
+                format!("a {status} response has no body, so no type"),
+            );
+            return None;
+        }
         Some(t) if t.is_empty() || !t.bytes().all(|b| (0x20..0x7f).contains(&b)) => {
             c.err(
                 format!("{key}.content_type"),
@@ -304,6 +335,7 @@ pub(super) fn respond(
     };
     Some(Box::new(RouteResponse {
         status,
+        body_len: body.len() as u64,
         keep: render(false),
         close: render(true),
     }))
@@ -356,7 +388,20 @@ fn content_type(file: &str) -> &'static str {
         Some("html" | "htm") => "text/html; charset=utf-8",
         Some("json") => "application/json",
         Some("xml") => "application/xml",
-        _ => "text/plain; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("ico") => "image/x-icon",
+        Some("woff2") => "font/woff2",
+        Some("pdf") => "application/pdf",
+        Some("txt") => "text/plain; charset=utf-8",
+        // Not guessed: bytes a browser must not read as text.
+        Some(_) => "application/octet-stream",
+        None => "text/plain; charset=utf-8",
     }
 }
 

@@ -575,15 +575,38 @@ fn respond_routes_need_no_upstream_and_refuse_what_they_would_ignore() {
         "route[0].respond",
         "remove redirect",
     );
+    for (status, why) in [
+        (99, "200 to 599"),
+        (304, "use redirect"),
+        (301, "use redirect"),
+        (401, "use auth"),
+        (405, "Allow"),
+        (408, "closes"),
+        (416, "Content-Range"),
+    ] {
+        let route = format!("respond = {{ status = {status} }}");
+        bad(&route, "route[0].respond.status", why);
+    }
     bad(
-        "respond = { status = 304 }",
-        "route[0].respond.status",
-        "not 304",
+        "respond = { status = 204, content_type = \"text/plain\" }",
+        "route[0].respond.content_type",
+        "no type",
     );
     bad(
-        "respond = { status = 99 }",
-        "route[0].respond.status",
-        "200 to 599",
+        "respond = { body = \"x\" }\nmax_body_bytes = 10",
+        "route[0].max_body_bytes",
+        "forwards no body",
+    );
+    bad(
+        "redirect = { to = \"/x\" }\nmax_body_bytes = 10",
+        "route[0].max_body_bytes",
+        "forwards no body",
+    );
+    // An invalid redirect is reported as such, not as a missing upstream too.
+    let err = parse(&format!("{base}[[route]]\nredirect = {{ to = \"\" }}\n")).unwrap_err();
+    assert!(
+        err.issues.iter().all(|i| i.path != "route[0].upstream"),
+        "{err}"
     );
     bad(
         "respond = { status = 204, body = \"x\" }",

@@ -175,8 +175,7 @@ impl<'a> Forward<'a> {
     /// `option http-buffer-request`): a body of known length up to the bound is read whole
     /// into the client buffer before a backend is picked, so a slow upload holds no backend
     /// connection (nor a thread of a backend that has one per request), and the request can
-    /// be sent again after a failed connect. Each read within `client_body`, the whole within
-    /// `client_body` plus what `client_body_min_rate` allows for its length: else `408`.
+    /// be sent again after a failed connect ([`read_whole_body`]).
     pub(super) async fn buffer_body(
         &self,
         client: &mut Client,
@@ -195,31 +194,7 @@ impl<'a> Forward<'a> {
         if facts.expect_continue && facts.minor == 1 && client.buf.is_empty() {
             Box::pin(self.send_continue(client)).await?;
         }
-        let t = self.cfg.timeouts.client_body;
-        let rate = self.cfg.limits.client_body_min_rate;
-        let whole = (rate > 0).then(|| t + Duration::from_secs_f64(n as f64 / rate as f64));
-        let started = Instant::now();
-        client.buf.reserve(n as usize - client.buf.len());
-        while (client.buf.len() as u64) < n {
-            let left = whole.map_or(t, |w| w.saturating_sub(started.elapsed()).min(t));
-            if left.is_zero() {
-                return Err(ProxyError::client(Kind::TooSlow, Stage::Send));
-            }
-            let read = crate::io::read_more(
-                &mut client.stream,
-                &mut client.buf,
-                &mut client.deadline,
-                left,
-            )
-            .await;
-            match read {
-                Ok(0) => return Err(ProxyError::client(Kind::Closed, Stage::Send)),
-                Ok(_) => {}
-                Err(IoFail::Timeout) => return Err(ProxyError::client(Kind::Timeout, Stage::Send)),
-                Err(_) => return Err(ProxyError::client(Kind::Closed, Stage::Send)),
-            }
-        }
-        Ok(())
+        read_whole_body(client, n, self.cfg).await
     }
 
     pub(super) async fn send_continue(&self, client: &mut Client) -> Result<(), ProxyError> {
@@ -321,6 +296,43 @@ impl<'a> Forward<'a> {
         }
         .map_err(|e| ProxyError { sent: true, ..e })
     }
+}
+
+/// Reads a body of `n` bytes (`Content-Length`) whole into the client buffer, behind what
+/// it already holds: each read within `client_body`, the whole within `client_body` plus
+/// what `client_body_min_rate` allows for its length, else a timeout (`408`).
+pub(crate) async fn read_whole_body(
+    client: &mut Client,
+    n: u64,
+    cfg: &crate::config::Config,
+) -> Result<(), ProxyError> {
+    let t = cfg.timeouts.client_body;
+    let rate = cfg.limits.client_body_min_rate;
+    let whole = (rate > 0).then(|| t + Duration::from_secs_f64(n as f64 / rate as f64));
+    let started = Instant::now();
+    client
+        .buf
+        .reserve((n as usize).saturating_sub(client.buf.len()));
+    while (client.buf.len() as u64) < n {
+        let left = whole.map_or(t, |w| w.saturating_sub(started.elapsed()).min(t));
+        if left.is_zero() {
+            return Err(ProxyError::client(Kind::TooSlow, Stage::Send));
+        }
+        let read = crate::io::read_more(
+            &mut client.stream,
+            &mut client.buf,
+            &mut client.deadline,
+            left,
+        )
+        .await;
+        match read {
+            Ok(0) => return Err(ProxyError::client(Kind::Closed, Stage::Send)),
+            Ok(_) => {}
+            Err(IoFail::Timeout) => return Err(ProxyError::client(Kind::Timeout, Stage::Send)),
+            Err(_) => return Err(ProxyError::client(Kind::Closed, Stage::Send)),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use crate::upstream::pool::{Pool, Posted};
 use crate::upstream::state::{Backends, Forwarding, Pick, PickKey};
 
 mod body;
+pub(crate) use body::read_whole_body;
 mod wait;
 
 use wait::{already_received, wait_ready, wait_response, Awaited};
