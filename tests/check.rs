@@ -94,7 +94,7 @@ redirect = { status = 301, to = "https://www.example.com${path}", query = false 
 
 [[route]]
 path = "/robots.txt"
-respond = { status = 200, body = "User-agent: *\nDisallow: /\n", content_type = "text/plain" }
+respond = { status = 200, body = "User-agent: *\nDisallow: /\n", content_type = "text/plain", headers = { "Cache-Control" = "max-age=86400" } }
 
 [[route]]
 path_prefix = "/closed/"

@@ -20,7 +20,7 @@ both_engines! {
         let origin = Origin::start("o");
         let proxy = Config::new()
             .upstream("main", &[origin.addr()])
-            .route_without_upstream("path = \"/robots.txt\"\nrespond = { body = \"User-agent: *\\nDisallow: /\\n\" }")
+            .route_without_upstream("path = \"/robots.txt\"\nrespond = { body = \"User-agent: *\\nDisallow: /\\n\", headers = { \"Cache-Control\" = \"max-age=86400\" } }")
             .route_without_upstream(&format!("path_prefix = \"/old/\"\nrespond = {{ status = 503, file = \"{}\" }}", page.display()))
             .route_without_upstream("path = \"/beacon\"\nrespond = { status = 204 }")
             .route_without_upstream("path = \"/gone\"\nrespond = { status = 410, body = \"{}\", content_type = \"application/json\" }")
@@ -40,6 +40,7 @@ both_engines! {
         assert_eq!(r.header("Content-Type"), Some("text/plain; charset=utf-8"));
         assert!(r.header("Date").is_some() && r.header("X-Request-Id").is_some(), "{}", r.head.raw);
         assert!(r.header("Connection").is_none(), "{}", r.head.raw);
+        assert_eq!(r.header("Cache-Control"), Some("max-age=86400"));
         // The same connection goes on, through every kind of answer.
         let r = ask(&mut c, "HEAD", "/robots.txt");
         assert_eq!((r.status(), r.header("Content-Length")), (200, Some("26")));

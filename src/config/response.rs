@@ -142,6 +142,7 @@ pub(super) struct RawRespond {
     body: Option<String>,
     file: Option<String>,
     content_type: Option<String>,
+    headers: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A route's own answer (nginx's `return 200 "text"`, HAProxy's `http-request return`):
@@ -249,18 +250,26 @@ pub(super) fn respond(
 ) -> Option<Box<RouteResponse>> {
     let key = format!("{path}.respond");
     let status = raw.status.unwrap_or(200);
-    // Statuses whose meaning needs a field the answer cannot carry (RFC 9110 §15: a 3xx's
-    // `Location`, a 401's `WWW-Authenticate`, a 405's `Allow`, a 206's or 416's
-    // `Content-Range`, a 426's `Upgrade`), that answer a conditional request (304), or that
-    // must close the connection (408). 1xx are interim.
+    // Statuses whose meaning needs a field (RFC 9110 §15): a 3xx's `Location`, a 401's
+    // `WWW-Authenticate`, a 407's `Proxy-Authenticate`, a 405's `Allow`, given in `headers`;
+    // a 206's or 416's `Content-Range` or a 426's `Upgrade`, which an answer to any request
+    // cannot have. 304 answers a conditional request; 408 must close; 1xx are interim.
+    let has = |field: &str| {
+        let names = raw.headers.iter().flat_map(|h| h.keys());
+        names.into_iter().any(|n| n.eq_ignore_ascii_case(field))
+    };
     let why = match status {
         _ if !(200..=599).contains(&status) => Some("use a final status, 200 to 599"),
-        300..=399 => Some("a 3xx needs a Location: use redirect"),
-        401 | 407 => Some("it needs a challenge field: use auth"),
-        206 | 416 => Some("it needs a Content-Range"),
-        405 => {
-            Some("it needs an Allow field: use the route's methods and let the rest fall through")
+        304 => Some("it answers a conditional request"),
+        300..=399 if !has("location") => {
+            Some("a 3xx needs a Location in headers (or use redirect)")
         }
+        401 if !has("www-authenticate") => {
+            Some("it needs a WWW-Authenticate in headers (or use auth)")
+        }
+        407 if !has("proxy-authenticate") => Some("it needs a Proxy-Authenticate in headers"),
+        405 if !has("allow") => Some("it needs an Allow in headers"),
+        206 | 416 => Some("it needs a Content-Range"),
         408 => Some("it closes the connection; use 503 or 429"),
         426 => Some("it needs an Upgrade field"),
         _ => None,
@@ -318,10 +327,32 @@ pub(super) fn respond(
         Some(t) => Some(t),
         None => (!body.is_empty()).then(|| guessed.to_string()),
     };
+    // Fields of the operator's own (`Cache-Control` on a robots.txt, a CORS field), never
+    // the framing or the proxy's own, nor the type (`content_type` says it).
+    let mut fields = Vec::new();
+    for (name, value) in raw.headers.unwrap_or_default() {
+        let field = format!("{key}.headers.{name}");
+        let lower = name.to_ascii_lowercase();
+        if !super::fields::token(&name) {
+            c.err(field, "not a header field name");
+        } else if super::fields::reserved_response_field(&lower) || lower == "content-type" {
+            c.err(
+                field,
+                format!("{name:?} is written by the proxy (content_type sets the type)"),
+            );
+        } else if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+            c.err(field, format!("{value:?} holds a control character"));
+        } else {
+            fields.push(format!("{name}: {}\r\n", value.trim()));
+        }
+    }
     let render = |close: bool| {
         let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status)).into_bytes();
         if let Some(t) = &ctype {
             out.extend_from_slice(format!("Content-Type: {t}\r\n").as_bytes());
+        }
+        for f in &fields {
+            out.extend_from_slice(f.as_bytes());
         }
         if status != 204 {
             out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());

@@ -577,9 +577,9 @@ fn respond_routes_need_no_upstream_and_refuse_what_they_would_ignore() {
     );
     for (status, why) in [
         (99, "200 to 599"),
-        (304, "use redirect"),
-        (301, "use redirect"),
-        (401, "use auth"),
+        (304, "conditional"),
+        (301, "Location"),
+        (401, "WWW-Authenticate"),
         (405, "Allow"),
         (408, "closes"),
         (416, "Content-Range"),
@@ -601,6 +601,29 @@ fn respond_routes_need_no_upstream_and_refuse_what_they_would_ignore() {
         "redirect = { to = \"/x\" }\nmax_body_bytes = 10",
         "route[0].max_body_bytes",
         "forwards no body",
+    );
+    bad(
+        "respond = { body = \"x\", headers = { \"Content-Length\" = \"9\" } }",
+        "route[0].respond.headers.Content-Length",
+        "written by the proxy",
+    );
+    bad(
+        "respond = { body = \"x\", headers = { \"X-A\" = \"a\\nb\" } }",
+        "route[0].respond.headers.X-A",
+        "control character",
+    );
+    // With the field its status needs, a status is fine.
+    let c = parse(&format!(
+        "{base}[[route]]\nrespond = {{ status = 405, headers = {{ allow = \"GET\", \"Cache-Control\" = \"no-store\" }} }}\n"
+    ))
+    .unwrap();
+    let bytes = c.routes[0].respond.as_ref().unwrap().bytes(false);
+    assert!(
+        bytes.starts_with(
+            b"HTTP/1.1 405 Method Not Allowed\r\nCache-Control: no-store\r\nallow: GET\r\n"
+        ),
+        "{}",
+        String::from_utf8_lossy(bytes)
     );
     // An invalid redirect is reported as such, not as a missing upstream too.
     let err = parse(&format!("{base}[[route]]\nredirect = {{ to = \"\" }}\n")).unwrap_err();
