@@ -14,7 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 pub enum ListenError {
     #[error("cannot listen on {addr}: the address is already in use; stop the other process or change [[listener]] address")]
     InUse { addr: SocketAddr },
-    #[error("cannot listen on {addr}: the address is already in use: {holder} listens on it (a second listener with SO_REUSEPORT would silently take part of its connections); stop that process or change [[listener]] address")]
+    #[error("cannot listen on {addr}: the address is already in use, held by {holder} (a second listener with SO_REUSEPORT would silently take part of its connections); stop it or change [[listener]] address")]
     Owned { addr: SocketAddr, holder: Holder },
     /// This very process holds it: another of its `[[listener]]` addresses, or its
     /// `[admin]` one, overlaps it (see [`overlaps`]).
@@ -176,8 +176,10 @@ pub fn take_over(
 /// What holds an address, for the operator.
 #[derive(Debug)]
 pub enum Holder {
-    /// The process listening on it.
-    Process(u32, String),
+    /// The processes with a descriptor of the listening socket (PID and name, by PID; at
+    /// least one): an nginx master and its workers, or a process and a child it has just
+    /// forked, before the child's exec closes its copy.
+    Processes(Vec<(u32, String)>),
     /// A listening socket whose process is not visible here.
     Hidden,
     /// No socket listens on it: one is bound to it without listening.
@@ -187,7 +189,17 @@ pub enum Holder {
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Holder::Process(pid, name) => write!(f, "process {pid} ({name})"),
+            Holder::Processes(all) => {
+                const NAMED: usize = 4;
+                for (i, (pid, name)) in all.iter().take(NAMED).enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    write!(f, "{sep}process {pid} ({name})")?;
+                }
+                if all.len() > NAMED {
+                    write!(f, " and {} more", all.len() - NAMED)?;
+                }
+                Ok(())
+            }
             Holder::Hidden => write!(
                 f,
                 "another process (its PID is not visible here: another user's, or another network namespace's)"
@@ -211,7 +223,7 @@ fn probe_unowned(addr: SocketAddr) -> Result<(), ListenError> {
     match probe.bind(&addr.into()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => match find_holder(addr) {
-            Holder::Process(pid, _) if pid == std::process::id() => {
+            Holder::Processes(all) if all.iter().any(|(pid, _)| *pid == std::process::id()) => {
                 Err(ListenError::Overlaps { addr })
             }
             holder => Err(ListenError::Owned { addr, holder }),
@@ -221,8 +233,9 @@ fn probe_unowned(addr: SocketAddr) -> Result<(), ListenError> {
     }
 }
 
-/// What holds `addr`: the process with a listening socket on it (the socket's inode from
-/// /proc/net/tcp{,6}, then the process whose /proc/PID/fd links to it), or why none is named.
+/// What holds `addr`: the processes with a listening socket on it (the socket's inode from
+/// /proc/net/tcp{,6}, then every process whose /proc/PID/fd links to it), or why none is
+/// named.
 pub fn find_holder(addr: SocketAddr) -> Holder {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
@@ -240,6 +253,7 @@ pub fn find_holder(addr: SocketAddr) -> Holder {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Holder::Hidden;
     };
+    let mut holders = Vec::new();
     for proc_entry in procs.flatten() {
         let Some(pid) = proc_entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
             continue;
@@ -255,11 +269,16 @@ pub fn find_holder(addr: SocketAddr) -> Holder {
                 let name = std::fs::read_to_string(proc_entry.path().join("comm"))
                     .map(|c| c.trim().to_string())
                     .unwrap_or_else(|_| "?".into());
-                return Holder::Process(pid, name);
+                holders.push((pid, name));
+                break;
             }
         }
     }
-    Holder::Hidden
+    if holders.is_empty() {
+        return Holder::Hidden;
+    }
+    holders.sort_unstable();
+    Holder::Processes(holders)
 }
 
 /// The inode of a /proc/net/tcp{,6} line if it is a listening socket on `addr`'s port whose

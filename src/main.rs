@@ -407,7 +407,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
             None => Some(std::net::TcpListener::bind(a.address).map_err(|e| {
                 let why = match e.kind() {
                     std::io::ErrorKind::AddrInUse => format!(
-                        "the address is already in use: {} listens on it; stop that process or change [admin] address",
+                        "the address is already in use, held by {}; stop it or change [admin] address",
                         edgeshard::listener::find_holder(a.address)
                     ),
                     _ => format!("{e}; choose another [admin] address"),

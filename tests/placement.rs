@@ -202,6 +202,42 @@ fn port_in_use_is_a_clear_error() {
     drop(holder);
 }
 
+// Every process with a copy of the listening socket is named, not the first one found: here
+// this test process and a child that inherited the socket as its stdin (as a forked child
+// holds every descriptor until its exec closes them, or nginx's workers their master's).
+#[test]
+fn every_process_holding_the_port_is_named() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let copy = std::os::fd::OwnedFd::from(holder.try_clone().unwrap());
+    let mut child = Command::new("sleep")
+        .arg("30")
+        .stdin(std::process::Stdio::from(copy))
+        .spawn()
+        .unwrap();
+    let origin = Origin::start("o");
+    let cfg = Config::single(origin.addr())
+        .render()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = std::env::temp_dir().join(format!("edgeshard-inuse2-{}.toml", std::process::id()));
+    std::fs::write(&path, cfg).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"]).arg(&path);
+    let r = run_bounded(cmd, EXIT_WITHIN);
+    let _ = std::fs::remove_file(&path);
+    let _ = child.kill();
+    let _ = child.wait();
+    let (status, text) = r.unwrap_or_else(|e| panic!("a port in use must fail the start-up: {e}"));
+    assert_eq!(status.code(), Some(1), "{text}");
+    for who in [
+        format!("process {} ", std::process::id()),
+        format!("process {} (sleep)", child.id()),
+    ] {
+        assert!(text.contains(&who), "the error must name {who:?}:\n{text}");
+    }
+    drop(holder);
+}
+
 both_engines! {
     fn a_second_edgeshard_on_the_same_address_refuses_to_start(engine) {
         // Both would set SO_REUSEPORT, so without the check the second would bind too and
