@@ -18,8 +18,7 @@ use crate::http::canned::Canned;
 use crate::http::encode::{split_target, upstream_request_head, OutFraming, UpstreamRequest};
 use crate::http::parse::{BodyFraming, Method, RequestHead};
 use crate::respond::{
-    cfg_rid_header, linger_close, relay_response, respond_canned_with, respond_route, Field,
-    Respond,
+    cfg_rid_header, linger_close, relay_response, respond_canned_with, respond_own, Field, Respond,
 };
 use crate::route::{match_path, normalize_path, routing_input, valid_authority};
 use crate::rules::{location, path_and_query, rewrite_target, Fields, Vars};
@@ -316,12 +315,13 @@ async fn respond_here(
         fields[n] = f;
         n += 1;
     }
-    let tls = client.listener.tls.clone();
-    if let Some(h) = tls.as_ref().and_then(|t| t.hsts.as_deref()) {
+    if let Some(h) = client.listener.tls.as_ref().and_then(|t| t.hsts.as_deref()) {
         fields[n] = (b"Strict-Transport-Security", h.as_bytes());
         n += 1;
     }
-    let outcome = respond_route(ctx, client, answer, close, head_only, &fields[..n]).await;
+    let (stream, deadline, extra) = (&mut client.stream, &mut client.deadline, &fields[..n]);
+    let bytes = answer.bytes(close);
+    let outcome = respond_own(ctx, stream, deadline, bytes, close, head_only, extra).await;
     if body_unread {
         return Ok(close_lingering(client).await);
     }

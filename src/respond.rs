@@ -16,7 +16,7 @@ use crate::compress::{
     self,
     stream::{relay_compressed, Encoder},
 };
-use crate::config::{Algorithm, CompressConfig, Config, RouteResponse};
+use crate::config::{Algorithm, CompressConfig, Config};
 use crate::error::{Kind, ProxyError, Side, Stage};
 use crate::forward::{Answered, RequestFacts};
 use crate::http::canned::Canned;
@@ -26,7 +26,7 @@ use crate::http::encode::{
     TrailerFilter,
 };
 use crate::http::parse::{BodyFraming, Method, ParseError, ResponseHead};
-use crate::io::{read_more, write_from, IoFail};
+use crate::io::{read_more, write_from, Deadline, IoFail};
 use crate::relay::{relay_body, BodyPlan, Leg, RelayError};
 use crate::rules::{Fields, Vars};
 use crate::shard::ShardCtx;
@@ -474,27 +474,17 @@ pub async fn respond_canned_with(
     let close = close || c.forces_close();
     let bytes = ctx.shared.config.response.error_page(c.status(), close);
     let bytes = bytes.unwrap_or_else(|| c.bytes(close));
-    write_own(ctx, client, bytes, close, head_only, extra).await
+    let (stream, deadline) = (&mut client.stream, &mut client.deadline);
+    respond_own(ctx, stream, deadline, bytes, close, head_only, extra).await
 }
 
-/// A route's `respond`: its answer, with the proxy's `Server`, `Date` and `extra`.
-pub async fn respond_route(
+/// Writes a whole response of the proxy's own (a canned answer, an error page, a route's
+/// `respond`: `bytes`, with the fields [`canned_head`] adds), or only its head. It takes the
+/// client's stream and deadline, not the client, so `extra` may borrow the rest of it.
+pub async fn respond_own(
     ctx: &ShardCtx,
-    client: &mut Client,
-    answer: &RouteResponse,
-    close: bool,
-    head_only: bool,
-    extra: &[Field<'_>],
-) -> Outcome {
-    let bytes = answer.bytes(close);
-    write_own(ctx, client, bytes, close, head_only, extra).await
-}
-
-/// Writes a whole response of the proxy's own (`bytes`, with the fields [`canned_head`]
-/// adds), or only its head.
-async fn write_own(
-    ctx: &ShardCtx,
-    client: &mut Client,
+    stream: &mut Transport,
+    deadline: &mut Deadline,
     bytes: &[u8],
     close: bool,
     head_only: bool,
@@ -510,7 +500,7 @@ async fn write_own(
     }
     let n = out.len();
     let t = ctx.shared.config.timeouts.client_send;
-    let r = write_from(&mut client.stream, &mut out, 0, n, &mut client.deadline, t).await;
+    let r = write_from(stream, &mut out, 0, n, deadline, t).await;
     match r {
         Ok(()) if !close => Outcome::KeepAlive,
         Ok(()) => Outcome::Close,

@@ -173,40 +173,13 @@ fn more_shards_than_cpus_is_a_clear_error() {
     run_fails_with(&["--shards", &n], &["--shards"]);
 }
 
+// The error names every process with a copy of the listening socket, not the first one
+// found: here this test process and a child that inherited the socket as its stdin (as a
+// forked child holds every descriptor until its exec closes them, or nginx's workers their
+// master's).
 #[test]
 fn port_in_use_is_a_clear_error() {
     // A listener without SO_REUSEPORT holds the port, so the proxy cannot share it.
-    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = holder.local_addr().unwrap().port();
-    let origin = Origin::start("o");
-    let cfg = Config::single(origin.addr())
-        .render()
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    let path = std::env::temp_dir().join(format!("edgeshard-inuse-{}.toml", std::process::id()));
-    std::fs::write(&path, cfg).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["run", "--config"]).arg(&path);
-    let r = run_bounded(cmd, EXIT_WITHIN);
-    let _ = std::fs::remove_file(&path);
-    let (status, text) = r.unwrap_or_else(|e| {
-        panic!("a port in use must fail the start-up, but edgeshard kept running: {e}")
-    });
-    assert_eq!(status.code(), Some(1), "{text}");
-    assert!(text.contains("already in use"), "{text}");
-    // Named as a reload names it: the file and the key.
-    let key = format!("{}: listener[0].address: ", path.display());
-    assert!(text.contains(&key), "the error must name {key:?}:\n{text}");
-    // The holder is this test process: the message names it.
-    let me = format!("process {} ", std::process::id());
-    assert!(text.contains(&me), "the error must name {me:?}:\n{text}");
-    drop(holder);
-}
-
-// Every process with a copy of the listening socket is named, not the first one found: here
-// this test process and a child that inherited the socket as its stdin (as a forked child
-// holds every descriptor until its exec closes them, or nginx's workers their master's).
-#[test]
-fn every_process_holding_the_port_is_named() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
     let copy = std::os::fd::OwnedFd::from(holder.try_clone().unwrap());
@@ -219,7 +192,7 @@ fn every_process_holding_the_port_is_named() {
     let cfg = Config::single(origin.addr())
         .render()
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    let path = std::env::temp_dir().join(format!("edgeshard-inuse2-{}.toml", std::process::id()));
+    let path = std::env::temp_dir().join(format!("edgeshard-inuse-{}.toml", std::process::id()));
     std::fs::write(&path, cfg).unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(["run", "--config"]).arg(&path);
@@ -227,8 +200,14 @@ fn every_process_holding_the_port_is_named() {
     let _ = std::fs::remove_file(&path);
     let _ = child.kill();
     let _ = child.wait();
-    let (status, text) = r.unwrap_or_else(|e| panic!("a port in use must fail the start-up: {e}"));
+    let (status, text) = r.unwrap_or_else(|e| {
+        panic!("a port in use must fail the start-up, but edgeshard kept running: {e}")
+    });
     assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("already in use"), "{text}");
+    // Named as a reload names it: the file and the key.
+    let key = format!("{}: listener[0].address: ", path.display());
+    assert!(text.contains(&key), "the error must name {key:?}:\n{text}");
     for who in [
         format!("process {} ", std::process::id()),
         format!("process {} (sleep)", child.id()),

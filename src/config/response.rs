@@ -91,18 +91,8 @@ pub(super) fn error_pages(
             .windows(2)
             .position(|w| w == b"\r\n")
             .map_or(0, |i| i + 2)];
-        let page = |close: bool| {
-            let mut out = line.to_vec();
-            out.extend_from_slice(b"Content-Type: ");
-            out.extend_from_slice(content_type(&file).as_bytes());
-            out.extend_from_slice(format!("\r\nContent-Length: {}\r\n", body.len()).as_bytes());
-            if close {
-                out.extend_from_slice(b"Connection: close\r\n");
-            }
-            out.extend_from_slice(b"\r\n");
-            out.extend_from_slice(&body);
-            out.into_boxed_slice()
-        };
+        let ctype = Some(content_type(&file));
+        let page = |close| render(line, ctype, &[], Some(&body), close);
         pages.push(ErrorPage {
             status: canned.status(),
             keep: page(false),
@@ -255,8 +245,8 @@ pub(super) fn respond(
     // a 206's or 416's `Content-Range` or a 426's `Upgrade`, which an answer to any request
     // cannot have. 304 answers a conditional request; 408 must close; 1xx are interim.
     let has = |field: &str| {
-        let names = raw.headers.iter().flat_map(|h| h.keys());
-        names.into_iter().any(|n| n.eq_ignore_ascii_case(field))
+        let mut names = raw.headers.iter().flat_map(|h| h.keys());
+        names.any(|n| n.eq_ignore_ascii_case(field))
     };
     let why = match status {
         _ if !(200..=599).contains(&status) => Some("use a final status, 200 to 599"),
@@ -346,30 +336,43 @@ pub(super) fn respond(
             fields.push(format!("{name}: {}\r\n", value.trim()));
         }
     }
-    let render = |close: bool| {
-        let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status)).into_bytes();
-        if let Some(t) = &ctype {
-            out.extend_from_slice(format!("Content-Type: {t}\r\n").as_bytes());
-        }
-        for f in &fields {
-            out.extend_from_slice(f.as_bytes());
-        }
-        if status != 204 {
-            out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
-        }
-        if close {
-            out.extend_from_slice(b"Connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&body);
-        out.into_boxed_slice()
-    };
+    let line = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    let body = (status != 204).then_some(&body[..]);
+    let page = |close| render(line.as_bytes(), ctype.as_deref(), &fields, body, close);
     Some(Box::new(RouteResponse {
         status,
-        body_len: body.len() as u64,
-        keep: render(false),
-        close: render(true),
+        body_len: body.map_or(0, |b| b.len() as u64),
+        keep: page(false),
+        close: page(true),
     }))
+}
+
+/// A whole response the proxy sends as it is (an error page, a route's answer): the status
+/// `line`, `Content-Type`, `fields` (each ending in CRLF), `Content-Length` and the `body`
+/// (none for a 204), `Connection: close` when `close`.
+fn render(
+    line: &[u8],
+    ctype: Option<&str>,
+    fields: &[String],
+    body: Option<&[u8]>,
+    close: bool,
+) -> Box<[u8]> {
+    let mut out = line.to_vec();
+    if let Some(t) = ctype {
+        out.extend_from_slice(format!("Content-Type: {t}\r\n").as_bytes());
+    }
+    for f in fields {
+        out.extend_from_slice(f.as_bytes());
+    }
+    if let Some(b) = body {
+        out.extend_from_slice(format!("Content-Length: {}\r\n", b.len()).as_bytes());
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.unwrap_or_default());
+    out.into_boxed_slice()
 }
 
 /// The reason phrase of a status (RFC 9110 §15); clients ignore it, and a code it does not
@@ -409,7 +412,7 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// The `Content-Type` of an error page, by its file's extension.
+/// The `Content-Type` of an error page or a route's answer file, by the file's extension.
 fn content_type(file: &str) -> &'static str {
     let ext = Path::new(file)
         .extension()
