@@ -118,6 +118,11 @@ impl Served {
         }
     }
 
+    /// Requests counted so far.
+    pub fn requests(&self) -> u32 {
+        self.requests
+    }
+
     /// Counts a request that started `now`; `Some` when its response must close the
     /// connection.
     pub fn count(&mut self, cfg: &Config, now: Instant) -> Option<Retire> {

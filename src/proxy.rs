@@ -67,7 +67,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         .access
         .as_ref()
         .filter(|log| log.sampled())
-        .map(|_| log_fields(&client.buf, head, rid.bytes()));
+        .map(|log| log_fields(log, &client.buf, head, rid.bytes()));
     // The listener's rate limit first: it counts every request on the listener, redirected
     // or routed (even one that finds no route).
     let listener_limit = client.listener.rate_limit.as_ref().and_then(|limit| {
@@ -277,6 +277,9 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 route: trace.route.map(|r| cfg.routes[r].name.as_str()),
                 upstream: trace.upstream.map(|u| cfg.upstreams[u].name.as_str()),
                 backend: trace.backend.map(|b| ctx.shared.backends[b].address),
+                cache: trace.cache,
+                tls: crate::tls::log_facts(client),
+                connection_requests: client.served.requests(),
             },
             &ctx.stats,
         );

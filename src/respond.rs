@@ -103,6 +103,7 @@ pub async fn relay_response(
     let x_cache = fill
         .as_deref_mut()
         .map(|f| f.admit(&ubuf, &head, head.framing(facts.method)));
+    trace.cache = x_cache;
     if let Some(v) = x_cache {
         set[n_set] = (b"X-Cache", v);
         n_set += 1;

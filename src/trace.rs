@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::client::Client;
 use crate::clock::micros_total;
 use crate::http::parse::RequestHead;
-use crate::observe::access::{Outcome, RequestFields};
+use crate::observe::access::{AccessLog, HeadFacts, Outcome, RequestFields};
 use crate::observe::reqid::valid_incoming;
 use crate::shard::ShardCtx;
 
@@ -25,6 +25,8 @@ pub struct Trace {
     pub upstream_us: Option<u64>,
     /// Closed without a complete response (client gone, or a body cut short).
     pub aborted: bool,
+    /// The response's `X-Cache`, on a route with `cache`.
+    pub cache: Option<&'static [u8]>,
     /// The coding the client accepts best among its route's `compress.algorithms`
     /// ([`crate::compress::negotiate`]); None for a route without `compress`.
     pub compress: Option<crate::config::Algorithm>,
@@ -52,7 +54,7 @@ pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, started: Ins
     let total_us = micros_total(started);
     ctx.stats.finish_request(None, Some(status), total_us);
     if let Some(log) = ctx.access.as_ref().filter(|l| l.sampled()) {
-        let fields = RequestFields::new(b"", b"", 1, b"", b"", b"", b"");
+        let fields = RequestFields::unparsed();
         log.push(
             &fields,
             &Outcome {
@@ -65,6 +67,9 @@ pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, started: Ins
                 route: None,
                 upstream: None,
                 backend: None,
+                cache: None,
+                tls: crate::tls::log_facts(client),
+                connection_requests: client.served.requests(),
             },
             &ctx.stats,
         );
@@ -84,15 +89,31 @@ pub fn request_id(ctx: &ShardCtx, client: &Client, head: &RequestHead) -> Reques
     RequestId::Generated(ctx.ids.generate())
 }
 
-pub fn log_fields(buf: &[u8], head: &RequestHead, rid: &[u8]) -> RequestFields {
+/// The request facts `log` writes, copied out of the head (boxed: they wait in the
+/// exchange's future, which every request allocates, logged or not).
+pub fn log_fields(
+    log: &AccessLog,
+    buf: &[u8],
+    head: &RequestHead,
+    rid: &[u8],
+) -> Box<RequestFields> {
     let header = |name: &[u8]| head.header(buf, name).unwrap_or_default();
-    RequestFields::new(
-        head.method.get(buf),
-        head.target.get(buf),
-        head.minor_version,
-        head.host.map_or(&b""[..], |h| h.get(buf)),
-        header(b"referer"),
-        header(b"user-agent"),
-        rid,
-    )
+    let user = match log.wants_user() {
+        true => crate::auth::basic::user_name(buf, head),
+        false => None,
+    };
+    Box::new(RequestFields::new(
+        &HeadFacts {
+            method: head.method.get(buf),
+            target: head.target.get(buf),
+            minor: head.minor_version,
+            head_len: head.head_len,
+            host: head.host.map_or(&b""[..], |h| h.get(buf)),
+            referer: header(b"referer"),
+            user_agent: header(b"user-agent"),
+            request_id: rid,
+            user: user.as_deref().unwrap_or_default(),
+        },
+        log.headers().iter().map(|name| header(name)),
+    ))
 }

@@ -211,7 +211,8 @@ allow_remote_without_token = false
 level = "info"
 error_rate = 10
 access = "stdout"
-access_format = "json"
+access_format = '{"client":"$remote_addr","request":"$request","status":$status,"cache":"$upstream_cache_status"}'
+access_escape = "json"
 access_sample = 1.0
 access_buffer = "64KiB"
 access_flush = "1s"
@@ -562,6 +563,22 @@ fn check_refuses_a_route_named_as_the_unrouted_label() {
         .replace("name = \"web\"", "name = \"-\"")
         .replace("upstream = \"web\"", "upstream = \"-\"");
     expect_error(&cfg, &[".name", "\"-\" is reserved", "access log"]);
+}
+
+#[test]
+fn check_names_what_is_wrong_in_an_access_log_template() {
+    let template = "access_format = '{\"client\":\"$remote_addr\"";
+    assert!(good().contains(template));
+    let cfg = good().replace(template, "access_format = '{\"client\":\"$remote_adr\"");
+    expect_error(
+        &cfg,
+        &["log.access_format", "$remote_adr is not a variable"],
+    );
+    let cfg = good().replace("access_escape = \"json\"", "access_escape = \"none\"");
+    expect_error(&cfg, &["log.access_escape", "\"none\""]);
+    // Escaping belongs to templates only.
+    let cfg = good().replace(template, "access_format = 'json' #");
+    expect_error(&cfg, &["log.access_escape", "only to an access_format"]);
 }
 
 #[test]

@@ -87,6 +87,12 @@ async fn verify(ctx: &ShardCtx, auth: &BasicAuth, buf: &[u8], head: &RequestHead
     }
 }
 
+/// The user name of the request's one `Authorization: Basic` field, as the client sent it
+/// (verified or not, as nginx's `$remote_user`), for the access log.
+pub fn user_name(buf: &[u8], head: &RequestHead) -> Option<Vec<u8>> {
+    credentials(buf, head).map(|(user, _)| user)
+}
+
 /// The user and password of the request's one `Authorization: Basic` field; `None` when
 /// there is none, more than one, or it does not decode.
 fn credentials(buf: &[u8], head: &RequestHead) -> Option<(Vec<u8>, Zeroizing<Vec<u8>>)> {

@@ -34,6 +34,7 @@ pub async fn serve(
 ) -> Outcome {
     let cfg = &ctx.shared.config;
     let entry = &hit.entry;
+    trace.cache = Some(hit.x_cache);
     // A range only for a GET (RFC 9110 §14.2: a HEAD ignores it).
     let part = if facts.method == Method::Get {
         hit.part

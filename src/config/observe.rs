@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::raw::{Checker, Size};
+use crate::observe::template::{self, Escape, Template};
 
 /// `[admin]`: the operator's HTTP endpoint (metrics, status, drain), off the public listeners.
 #[derive(Clone, Debug)]
@@ -19,12 +20,14 @@ pub struct AdminConfig {
     pub token: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AccessFormat {
     /// nginx's `combined`, followed by `key=value` fields (route, upstream, timings, id).
     Combined,
     /// One JSON object per line.
     Json,
+    /// The operator's own line of `$variables` (nginx's `log_format`).
+    Template(std::sync::Arc<Template>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +91,7 @@ pub(super) struct RawLog {
     error_rate: Option<u32>,
     access: Option<String>,
     access_format: Option<String>,
+    access_escape: Option<String>,
     access_sample: Option<f64>,
     access_buffer: Option<Size>,
     access_flush: Option<String>,
@@ -106,6 +110,48 @@ pub(super) struct Observe {
     pub admin: Option<AdminConfig>,
     pub log: LogConfig,
     pub request_id: RequestIdConfig,
+}
+
+/// `log.access_format` and `log.access_escape`.
+fn access_format(c: &mut Checker, raw: &RawLog) -> AccessFormat {
+    let escape = match raw.access_escape.as_deref() {
+        None | Some("default") => Escape::Default,
+        Some("json") => Escape::Json,
+        Some(other) => {
+            c.err(
+                "log.access_escape",
+                format!("unknown escaping {other:?}; expected default or json"),
+            );
+            Escape::Default
+        }
+    };
+    let format = match raw.access_format.as_deref() {
+        None | Some("combined") => AccessFormat::Combined,
+        Some("json") => AccessFormat::Json,
+        Some(line) if line.contains('$') => match template::parse(line, escape) {
+            Ok(t) => AccessFormat::Template(std::sync::Arc::new(t)),
+            Err(e) => {
+                c.err("log.access_format", e);
+                AccessFormat::Combined
+            }
+        },
+        Some(other) => {
+            c.err(
+                "log.access_format",
+                format!(
+                    "unknown format {other:?}; expected combined, json, or a line of $variables"
+                ),
+            );
+            AccessFormat::Combined
+        }
+    };
+    if raw.access_escape.is_some() && !matches!(format, AccessFormat::Template(_)) {
+        c.err(
+            "log.access_escape",
+            "applies only to an access_format written as a line of $variables",
+        );
+    }
+    format
 }
 
 /// Fields the request id must not replace.
@@ -184,7 +230,7 @@ pub(super) fn observe_sections(
         .remove("log")
         .and_then(|v| c.section("log", v))
         .unwrap_or_default();
-    let level = raw.level.unwrap_or_else(|| "info".into());
+    let level = raw.level.clone().unwrap_or_else(|| "info".into());
     if !filter_ok(&level) {
         c.err(
             "log.level",
@@ -205,6 +251,7 @@ pub(super) fn observe_sections(
         None | Some("off") => {
             for (set, key) in [
                 (raw.access_format.is_some(), "access_format"),
+                (raw.access_escape.is_some(), "access_escape"),
                 (raw.access_sample.is_some(), "access_sample"),
                 (raw.access_buffer.is_some(), "access_buffer"),
                 (raw.access_flush.is_some(), "access_flush"),
@@ -228,17 +275,7 @@ pub(super) fn observe_sections(
                 }
                 path => AccessTarget::File(PathBuf::from(path)),
             };
-            let format = match raw.access_format.as_deref() {
-                None | Some("combined") => AccessFormat::Combined,
-                Some("json") => AccessFormat::Json,
-                Some(other) => {
-                    c.err(
-                        "log.access_format",
-                        format!("unknown format {other:?}; expected combined or json"),
-                    );
-                    AccessFormat::Combined
-                }
-            };
+            let format = access_format(c, &raw);
             let sample = match raw.access_sample {
                 None => 1.0,
                 Some(s) if s > 0.0 && s <= 1.0 => s,

@@ -22,6 +22,8 @@ use crate::http::date::{split_time, MONTHS};
 use crate::http::encode::itoa_buf;
 use crate::stats::{add, Stats};
 
+use super::template::Clock;
+
 /// What shards and the signal handler send the writer.
 pub enum LogMsg {
     /// Whole lines (the sender counts them, and counts them dropped if the queue is full).
@@ -213,7 +215,26 @@ pub struct RequestFields {
     referer: Range<usize>,
     user_agent: Range<usize>,
     request_id: Range<usize>,
+    /// The user name of an `Authorization: Basic` field (nginx's `$remote_user`).
+    user: Range<usize>,
+    /// A template's `$http_NAME` fields, in [`Template::headers`] order.
+    headers: Vec<Range<usize>>,
     pub minor: u8,
+    /// The request head's length in bytes.
+    pub head_len: u32,
+}
+
+/// The fields [`RequestFields::new`] copies.
+pub struct HeadFacts<'a> {
+    pub method: &'a [u8],
+    pub target: &'a [u8],
+    pub minor: u8,
+    pub head_len: usize,
+    pub host: &'a [u8],
+    pub referer: &'a [u8],
+    pub user_agent: &'a [u8],
+    pub request_id: &'a [u8],
+    pub user: &'a [u8],
 }
 
 impl RequestFields {
@@ -223,39 +244,83 @@ impl RequestFields {
         start..self.data.len()
     }
 
-    pub fn new(
-        method: &[u8],
-        target: &[u8],
-        minor: u8,
-        host: &[u8],
-        referer: &[u8],
-        user_agent: &[u8],
-        request_id: &[u8],
-    ) -> RequestFields {
+    /// Copies `h`, then each of `headers` (a template's `$http_` fields, empty when absent).
+    pub fn new<'h>(h: &HeadFacts<'_>, headers: impl ExactSizeIterator<Item = &'h [u8]>) -> Self {
         let mut f = RequestFields {
             data: Vec::with_capacity(
-                method.len()
-                    + target.len()
-                    + host.len()
-                    + referer.len()
-                    + user_agent.len()
-                    + request_id.len(),
+                h.method.len()
+                    + h.target.len()
+                    + h.host.len()
+                    + h.referer.len()
+                    + h.user_agent.len()
+                    + h.request_id.len()
+                    + h.user.len(),
             ),
-            minor,
+            minor: h.minor,
+            head_len: u32::try_from(h.head_len).unwrap_or(u32::MAX),
+            headers: Vec::with_capacity(headers.len()),
             ..Default::default()
         };
-        f.method = f.put(method);
-        f.target = f.put(target);
-        f.host = f.put(host);
-        f.referer = f.put(referer);
-        f.user_agent = f.put(user_agent);
-        f.request_id = f.put(request_id);
+        f.method = f.put(h.method);
+        f.target = f.put(h.target);
+        f.host = f.put(h.host);
+        f.referer = f.put(h.referer);
+        f.user_agent = f.put(h.user_agent);
+        f.request_id = f.put(h.request_id);
+        f.user = f.put(h.user);
+        for v in headers {
+            let r = f.put(v);
+            f.headers.push(r);
+        }
         f
+    }
+
+    /// Fields of a request refused before its head could be parsed.
+    pub fn unparsed() -> RequestFields {
+        RequestFields {
+            minor: 1,
+            ..Default::default()
+        }
     }
 
     fn get(&self, r: &Range<usize>) -> &[u8] {
         &self.data[r.clone()]
     }
+
+    pub fn method(&self) -> &[u8] {
+        self.get(&self.method)
+    }
+
+    pub fn target(&self) -> &[u8] {
+        self.get(&self.target)
+    }
+
+    pub fn host(&self) -> &[u8] {
+        self.get(&self.host)
+    }
+
+    pub fn request_id(&self) -> &[u8] {
+        self.get(&self.request_id)
+    }
+
+    pub fn user(&self) -> &[u8] {
+        self.get(&self.user)
+    }
+
+    /// The template's `i`th `$http_` field (empty when the request had none).
+    pub fn header(&self, i: usize) -> &[u8] {
+        self.headers.get(i).map_or(&[], |r| self.get(r))
+    }
+}
+
+/// The TLS session a request came over.
+#[derive(Clone, Copy)]
+pub struct TlsFacts<'a> {
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub protocol: &'static str,
+    /// The suite's IANA name as rustls spells it (`TLS13_AES_128_GCM_SHA256`).
+    pub cipher: &'static str,
+    pub server_name: Option<&'a str>,
 }
 
 /// What the exchange learned, for the log line.
@@ -271,11 +336,17 @@ pub struct Outcome<'a> {
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
     pub backend: Option<SocketAddr>,
+    /// The response's `X-Cache` (a route with `cache`).
+    pub cache: Option<&'static [u8]>,
+    pub tls: Option<TlsFacts<'a>>,
+    /// Requests on this connection so far, this one included.
+    pub connection_requests: u32,
 }
 
 /// One shard's access log: a buffer, a sampler and the queue to the writer.
 pub struct AccessLog {
     format: AccessFormat,
+    shard: usize,
     /// A request is logged when the next random number is below this (all when u64::MAX).
     sample_below: u64,
     rng: Cell<u64>,
@@ -295,7 +366,8 @@ impl AccessLog {
             (cfg.sample * u64::MAX as f64) as u64
         };
         AccessLog {
-            format: cfg.format,
+            format: cfg.format.clone(),
+            shard,
             sample_below,
             rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ ((shard as u64 + 1) << 32)),
             buf: RefCell::new(Vec::with_capacity(cfg.buffer_bytes)),
@@ -303,6 +375,24 @@ impl AccessLog {
             cap: cfg.buffer_bytes,
             sink,
             clock: RefCell::new((u64::MAX, String::new(), String::new())),
+        }
+    }
+
+    /// The template's `$http_` field names (none for the built-in formats).
+    pub fn headers(&self) -> &[Box<[u8]>] {
+        match &self.format {
+            AccessFormat::Template(t) => &t.headers,
+            _ => &[],
+        }
+    }
+
+    /// Whether lines show the Basic user name (`combined`, or a template with
+    /// `$remote_user`).
+    pub fn wants_user(&self) -> bool {
+        match &self.format {
+            AccessFormat::Combined => true,
+            AccessFormat::Json => false,
+            AccessFormat::Template(t) => t.user,
         }
     }
 
@@ -334,9 +424,18 @@ impl AccessLog {
                     format_iso_time(now.as_secs()),
                 );
             }
-            match self.format {
+            match &self.format {
                 AccessFormat::Combined => combined_line(&mut buf, &clock.1, req, out),
                 AccessFormat::Json => json_line(&mut buf, &clock.2, now.subsec_millis(), req, out),
+                AccessFormat::Template(t) => {
+                    let clock = Clock {
+                        unix: clock.0,
+                        millis: now.subsec_millis(),
+                        local: &clock.1,
+                        iso: &clock.2,
+                    };
+                    t.render(&mut buf, &clock, self.shard, req, out);
+                }
             }
             self.lines.set(self.lines.get() + 1);
         }
@@ -388,12 +487,12 @@ impl AccessLog {
     }
 }
 
-fn num(buf: &mut Vec<u8>, n: u64) {
+pub(super) fn num(buf: &mut Vec<u8>, n: u64) {
     buf.extend_from_slice(itoa_buf(n).as_str());
 }
 
 /// Seconds with millisecond precision, as nginx's `$request_time` (e.g. `0.003`).
-fn secs(buf: &mut Vec<u8>, micros: u64) {
+pub(super) fn secs(buf: &mut Vec<u8>, micros: u64) {
     let ms = micros / 1000;
     num(buf, ms / 1000);
     let frac = ms % 1000;
@@ -404,7 +503,7 @@ fn secs(buf: &mut Vec<u8>, micros: u64) {
 }
 
 /// nginx's escaping for `combined`: `"`, `\`, control and non-ASCII bytes as `\xHH`.
-fn escaped(buf: &mut Vec<u8>, v: &[u8]) {
+pub(super) fn escaped(buf: &mut Vec<u8>, v: &[u8]) {
     for &b in v {
         if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
             buf.extend_from_slice(b"\\x");
@@ -425,7 +524,9 @@ fn dash_or(buf: &mut Vec<u8>, v: &[u8]) {
 }
 
 fn combined_line(buf: &mut Vec<u8>, time: &str, req: &RequestFields, out: &Outcome<'_>) {
-    let _ = write!(buf, "{} - - [{time}] \"", out.client);
+    let _ = write!(buf, "{} - ", out.client);
+    dash_or(buf, req.user());
+    let _ = write!(buf, " [{time}] \"");
     if req.method.is_empty() {
         // Refused before the request line could be parsed (nginx writes "-" too).
         buf.extend_from_slice(b"-\" ");
@@ -474,14 +575,17 @@ fn combined_line(buf: &mut Vec<u8>, time: &str, req: &RequestFields, out: &Outco
     buf.push(b'\n');
 }
 
-/// A JSON string: valid UTF-8 is kept (control characters escaped); otherwise every byte
-/// that is not printable ASCII becomes `\u00XX`, so the line is valid JSON whatever the
-/// client sent.
 /// A JSON string: valid UTF-8 stays UTF-8 (as nginx's `escape=json` keeps it), except the
 /// line and paragraph separators U+2028/U+2029, which JavaScript reads as line ends; any
 /// other byte that is not printable ASCII, in a value that is not UTF-8 too, is `\u00XX`.
 fn json_str(buf: &mut Vec<u8>, v: &[u8]) {
     buf.push(b'"');
+    json_inner(buf, v);
+    buf.push(b'"');
+}
+
+/// What [`json_str`] writes between its quotes.
+pub(super) fn json_inner(buf: &mut Vec<u8>, v: &[u8]) {
     match std::str::from_utf8(v) {
         Ok(s) if !s.is_ascii() => {
             for c in s.chars() {
@@ -495,7 +599,6 @@ fn json_str(buf: &mut Vec<u8>, v: &[u8]) {
         }
         _ => v.iter().for_each(|&b| json_byte(buf, b)),
     }
-    buf.push(b'"');
 }
 
 fn json_byte(buf: &mut Vec<u8>, b: u8) {
@@ -585,22 +688,27 @@ pub fn format_iso_time(unix: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn fields() -> RequestFields {
+    pub(in crate::observe) fn fields() -> RequestFields {
         RequestFields::new(
-            b"GET",
-            b"/a?\"q\"",
-            1,
-            b"example.com",
-            b"",
-            b"curl/8 \xff",
-            b"abc",
+            &HeadFacts {
+                method: b"GET",
+                target: b"/a?\"q\"",
+                minor: 1,
+                head_len: 40,
+                host: b"Example.com:8080",
+                referer: b"",
+                user_agent: b"curl/8 \xff",
+                request_id: b"abc",
+                user: b"",
+            },
+            [&b"v\n1"[..], b""].into_iter(),
         )
     }
 
-    fn outcome() -> Outcome<'static> {
+    pub(in crate::observe) fn outcome() -> Outcome<'static> {
         Outcome {
             client: "10.0.0.1".parse().unwrap(),
             status: Some(200),
@@ -611,6 +719,9 @@ mod tests {
             route: Some("api"),
             upstream: Some("app"),
             backend: Some("127.0.0.1:9000".parse().unwrap()),
+            cache: None,
+            tls: None,
+            connection_requests: 3,
         }
     }
 

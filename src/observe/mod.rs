@@ -9,3 +9,4 @@ pub mod errors;
 pub mod metrics;
 mod metrics_admission;
 pub mod reqid;
+pub mod template;

@@ -536,6 +536,32 @@ fn count_ok(ctx: &ShardCtx, tls: &TlsListener, s: &TlsStream) {
     }
 }
 
+/// The session a client's request came over, for the access log (`None` on plain TCP).
+pub fn log_facts(client: &Client) -> Option<crate::observe::access::TlsFacts<'_>> {
+    let crate::transport::Transport::Tls(s) = &client.stream else {
+        return None;
+    };
+    let c = s.conn();
+    let protocol = match c.protocol_version()? {
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        _ => "-",
+    };
+    let cipher = c
+        .negotiated_cipher_suite()
+        .and_then(|s| s.suite().as_str())
+        .unwrap_or("-");
+    let server_name = match c {
+        rustls::Connection::Server(s) => s.server_name(),
+        rustls::Connection::Client(_) => None,
+    };
+    Some(crate::observe::access::TlsFacts {
+        protocol,
+        cipher,
+        server_name,
+    })
+}
+
 /// The verified client certificate's subject, made safe for a header value.
 pub fn client_subject(s: &TlsStream) -> Option<String> {
     let der = s.conn().peer_certificates()?.first()?;

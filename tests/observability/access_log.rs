@@ -111,8 +111,9 @@ both_engines! {
             .start(engine);
         let addr = proxy.addr();
         let mut c = Client::connect(addr);
-        // 1. A GET whose Referer and User-Agent need escaping (a quote, a backslash, UTF-8).
-        c.send("GET /c/1?q=x HTTP/1.1\r\nHost: c.example\r\nReferer: http://r.example/\"p\"\r\nUser-Agent: ua\\1 caf\u{e9}\r\n\r\n".as_bytes());
+        // 1. A GET whose Referer and User-Agent need escaping (a quote, a backslash, UTF-8),
+        // with a Basic user name (nginx's `$remote_user`, as sent) that needs it too.
+        c.send("GET /c/1?q=x HTTP/1.1\r\nHost: c.example\r\nAuthorization: Basic dSJzZXI6cHc=\r\nReferer: http://r.example/\"p\"\r\nUser-Agent: ua\\1 caf\u{e9}\r\n\r\n".as_bytes());
         let r1 = c.read_response();
         assert_eq!(r1.status(), 200);
         // 2. A POST with a body.
@@ -145,6 +146,7 @@ both_engines! {
 
         let l = &p[0];
         assert_eq!(l.client.to_string(), "127.0.0.1");
+        assert_eq!(l.user, "u\\x22ser", "{}", lines[0]);
         assert_eq!(l.request, Some(("GET".into(), "/c/1?q=x".into(), "HTTP/1.1".into())), "{}", lines[0]);
         assert_eq!((l.status, l.bytes), (200, 8), "{}", lines[0]);
         assert_eq!(l.referer, "http://r.example/\\x22p\\x22", "{}", lines[0]);
@@ -161,6 +163,7 @@ both_engines! {
         assert_eq!((l.status, l.bytes, l.bytes_in), (200, 8, 10), "{}", lines[1]);
         assert_eq!((l.referer.as_str(), l.user_agent.as_str()), ("-", "-"));
         assert_eq!(l.rid, rid(&r2));
+        assert_eq!(l.user, "-");
 
         let l = &p[2];
         assert_eq!(l.request, Some(("GET".into(), "/nope".into(), "HTTP/1.1".into())));

@@ -15,6 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod access_log;
+mod access_template;
 mod admin;
 mod counters;
 mod errors;
@@ -270,6 +271,8 @@ fn wrk(url: &str, connections: u32, seconds: u32) -> u64 {
 #[derive(Debug)]
 struct Combined {
     client: IpAddr,
+    /// The Basic user name, `-` without one.
+    user: String,
     time: String,
     /// None for `"-"` (refused before the request line was parsed).
     request: Option<(String, String, String)>,
@@ -351,8 +354,9 @@ fn combined_time_ok(t: &str) -> bool {
 /// `IP - - [TIME] "REQUEST" STATUS BYTES "REFERER" "UA" rt=S urt=S|- route=R upstream=U
 /// backend=B in=N rid=ID`.
 fn parse_combined(line: &str) -> Result<Combined, String> {
-    let (ip, rest) = line.split_once(" - - [").ok_or("no ` - - [`")?;
+    let (ip, rest) = line.split_once(" - ").ok_or("no ` - `")?;
     let client: IpAddr = ip.parse().map_err(|e| format!("client {ip:?}: {e}"))?;
+    let (user, rest) = rest.split_once(" [").ok_or("no ` [`")?;
     let (time, rest) = rest.split_once("] ").ok_or("no `] `")?;
     if !combined_time_ok(time) {
         return Err(format!("bad time {time:?}"));
@@ -420,6 +424,7 @@ fn parse_combined(line: &str) -> Result<Combined, String> {
         .map_err(|_| format!("bad in {:?}", vals[5]))?;
     Ok(Combined {
         client,
+        user: user.to_string(),
         time: time.to_string(),
         request,
         status,

@@ -1,0 +1,501 @@
+//! Observability, access-log templates: `[log] access_format` written as a line of
+//! `$variables`, as nginx's `log_format` is, parsed once when the configuration is loaded
+//! into [`Template`] pieces, and rendered for each logged request by
+//! [`crate::observe::access`] (after *respond*). The variables carry nginx's names where
+//! nginx has the same fact, so an operator's existing format mostly carries over; the few
+//! that are edgeshard's own (`$route`, `$upstream_name`, `$shard`) say so in CONFIG.md.
+
+use std::io::Write;
+
+use super::access::{Outcome, RequestFields};
+
+/// How variable values are written into the line (nginx's `escape=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Escape {
+    /// `"`, `\`, control and non-ASCII bytes as `\xHH`; an unset variable is `-`.
+    Default,
+    /// As inside a JSON string: `\"`, `\\`, `\u00XX` (valid UTF-8 kept); an unset variable
+    /// is empty, so a template can put every value between quotes.
+    Json,
+}
+
+/// One fact of the request or its outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Var {
+    RemoteAddr,
+    RemoteUser,
+    TimeLocal,
+    TimeIso8601,
+    Msec,
+    Request,
+    RequestMethod,
+    RequestUri,
+    Uri,
+    Args,
+    ServerProtocol,
+    Host,
+    Status,
+    BodyBytesSent,
+    RequestLength,
+    RequestTime,
+    UpstreamResponseTime,
+    UpstreamAddr,
+    UpstreamName,
+    UpstreamCacheStatus,
+    RequestId,
+    Route,
+    SslProtocol,
+    SslCipher,
+    SslServerName,
+    Shard,
+    ConnectionRequests,
+    /// `$http_NAME`: the request's first field of that name (index into
+    /// [`Template::headers`]).
+    Header(usize),
+}
+
+/// The variables by name (`$http_NAME` is handled apart).
+const VARS: &[(&str, Var)] = &[
+    ("remote_addr", Var::RemoteAddr),
+    ("remote_user", Var::RemoteUser),
+    ("time_local", Var::TimeLocal),
+    ("time_iso8601", Var::TimeIso8601),
+    ("msec", Var::Msec),
+    ("request", Var::Request),
+    ("request_method", Var::RequestMethod),
+    ("request_uri", Var::RequestUri),
+    ("uri", Var::Uri),
+    ("args", Var::Args),
+    ("query_string", Var::Args),
+    ("server_protocol", Var::ServerProtocol),
+    ("host", Var::Host),
+    ("status", Var::Status),
+    ("body_bytes_sent", Var::BodyBytesSent),
+    ("request_length", Var::RequestLength),
+    ("request_time", Var::RequestTime),
+    ("upstream_response_time", Var::UpstreamResponseTime),
+    ("upstream_addr", Var::UpstreamAddr),
+    ("upstream_name", Var::UpstreamName),
+    ("upstream_cache_status", Var::UpstreamCacheStatus),
+    ("request_id", Var::RequestId),
+    ("route", Var::Route),
+    ("ssl_protocol", Var::SslProtocol),
+    ("ssl_cipher", Var::SslCipher),
+    ("ssl_server_name", Var::SslServerName),
+    ("shard", Var::Shard),
+    ("connection_requests", Var::ConnectionRequests),
+];
+
+/// The longest template accepted, and the most distinct `$http_` fields it may name.
+pub const MAX_TEMPLATE: usize = 4096;
+pub const MAX_HEADERS: usize = 32;
+
+#[derive(Debug, PartialEq, Eq)]
+enum Piece {
+    Text(Box<[u8]>),
+    Var(Var),
+}
+
+/// A parsed `access_format` template.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Template {
+    pieces: Vec<Piece>,
+    /// Lower-case field names of its `$http_NAME` variables, each once.
+    pub headers: Vec<Box<[u8]>>,
+    pub escape: Escape,
+    /// Whether it writes `$remote_user` (only then is `Authorization` decoded).
+    pub user: bool,
+}
+
+/// Parses `src`: text with `$name` or `${name}` variables. The error says what is wrong,
+/// for the config error that names the field.
+pub fn parse(src: &str, escape: Escape) -> Result<Template, String> {
+    if src.len() > MAX_TEMPLATE {
+        return Err(format!("is {} bytes; at most {MAX_TEMPLATE}", src.len()));
+    }
+    if let Some(c) = src.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "holds the control character {c:?}; each line ends by itself"
+        ));
+    }
+    let mut t = Template {
+        pieces: Vec::new(),
+        headers: Vec::new(),
+        escape,
+        user: false,
+    };
+    let mut text = Vec::new();
+    let mut rest = src;
+    while let Some(at) = rest.find('$') {
+        text.extend_from_slice(&rest.as_bytes()[..at]);
+        let after = &rest[at + 1..];
+        let (name, next) = match after.strip_prefix('{') {
+            Some(inner) => match inner.find('}') {
+                Some(end) => (&inner[..end], &inner[end + 1..]),
+                None => return Err(format!("\"${{{inner}\" has no closing }}")),
+            },
+            None => {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            }
+        };
+        let var = variable(name, &mut t.headers)?;
+        if !text.is_empty() {
+            t.pieces
+                .push(Piece::Text(std::mem::take(&mut text).into_boxed_slice()));
+        }
+        t.user |= var == Var::RemoteUser;
+        t.pieces.push(Piece::Var(var));
+        rest = next;
+    }
+    text.extend_from_slice(rest.as_bytes());
+    if !text.is_empty() {
+        t.pieces.push(Piece::Text(text.into_boxed_slice()));
+    }
+    if !t.pieces.iter().any(|p| matches!(p, Piece::Var(_))) {
+        return Err("names no variable; write combined, json, or a line with $variables".into());
+    }
+    Ok(t)
+}
+
+fn variable(name: &str, headers: &mut Vec<Box<[u8]>>) -> Result<Var, String> {
+    if name.is_empty() {
+        return Err("has a \"$\" without a variable name after it".into());
+    }
+    if let Some((_, v)) = VARS.iter().find(|(n, _)| *n == name) {
+        return Ok(*v);
+    }
+    if let Some(field) = name.strip_prefix("http_") {
+        let ok = !field.is_empty()
+            && field
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok {
+            return Err(format!("${name}: not a field name after http_"));
+        }
+        let lower: Box<[u8]> = field
+            .bytes()
+            .map(|b| {
+                if b == b'_' {
+                    b'-'
+                } else {
+                    b.to_ascii_lowercase()
+                }
+            })
+            .collect();
+        let i = match headers.iter().position(|h| *h == lower) {
+            Some(i) => i,
+            None if headers.len() >= MAX_HEADERS => {
+                return Err(format!("names more than {MAX_HEADERS} $http_ fields"))
+            }
+            None => {
+                headers.push(lower);
+                headers.len() - 1
+            }
+        };
+        return Ok(Var::Header(i));
+    }
+    Err(format!(
+        "${name} is not a variable; known: {}, and $http_NAME",
+        VARS.iter()
+            .map(|(n, _)| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// The clock as a line sees it: the formatted second and the milliseconds within it.
+pub struct Clock<'a> {
+    pub unix: u64,
+    pub millis: u32,
+    pub local: &'a str,
+    pub iso: &'a str,
+}
+
+/// What a value is, before escaping.
+enum Value<'a> {
+    Bytes(&'a [u8]),
+    Num(u64),
+    Secs(u64),
+    Unset,
+}
+
+impl Template {
+    /// Appends one line for `req` and `out`.
+    pub fn render(
+        &self,
+        buf: &mut Vec<u8>,
+        clock: &Clock<'_>,
+        shard: usize,
+        req: &RequestFields,
+        out: &Outcome<'_>,
+    ) {
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(t) => buf.extend_from_slice(t),
+                Piece::Var(v) => self.var(buf, *v, clock, shard, req, out),
+            }
+        }
+        buf.push(b'\n');
+    }
+
+    fn var(
+        &self,
+        buf: &mut Vec<u8>,
+        var: Var,
+        clock: &Clock<'_>,
+        shard: usize,
+        req: &RequestFields,
+        out: &Outcome<'_>,
+    ) {
+        let parsed = !req.method().is_empty();
+        fn text(s: Option<&str>) -> Value<'_> {
+            s.map_or(Value::Unset, |s| Value::Bytes(s.as_bytes()))
+        }
+        let value = match var {
+            Var::RemoteAddr => {
+                let _ = write!(buf, "{}", out.client);
+                return;
+            }
+            Var::UpstreamAddr => match out.backend {
+                Some(a) => {
+                    let _ = write!(buf, "{a}");
+                    return;
+                }
+                None => Value::Unset,
+            },
+            Var::TimeLocal => Value::Bytes(clock.local.as_bytes()),
+            Var::TimeIso8601 => Value::Bytes(clock.iso.as_bytes()),
+            Var::Msec => {
+                let _ = write!(buf, "{}.{:03}", clock.unix, clock.millis);
+                return;
+            }
+            Var::Request if parsed => {
+                self.escaped(buf, req.method());
+                buf.push(b' ');
+                self.escaped(buf, req.target());
+                buf.push(b' ');
+                buf.extend_from_slice(protocol(req));
+                return;
+            }
+            Var::RequestMethod if parsed => Value::Bytes(req.method()),
+            Var::RequestUri if parsed => Value::Bytes(req.target()),
+            Var::Uri if parsed => Value::Bytes(split_query(req.target()).0),
+            Var::Args => split_query(req.target())
+                .1
+                .map_or(Value::Unset, Value::Bytes),
+            Var::ServerProtocol if parsed => Value::Bytes(protocol(req)),
+            Var::Request | Var::RequestMethod | Var::RequestUri | Var::Uri => Value::Unset,
+            Var::ServerProtocol => Value::Unset,
+            Var::Host => {
+                let h = host_name(req.host());
+                if h.is_empty() {
+                    Value::Unset
+                } else {
+                    self.escaped(buf, &h.to_ascii_lowercase());
+                    return;
+                }
+            }
+            Var::RemoteUser => Value::Bytes(req.user()),
+            // No response: `000` as in `combined`, but a number JSON can read.
+            Var::Status => match out.status {
+                Some(s) => Value::Num(u64::from(s)),
+                None if self.escape == Escape::Json => Value::Num(0),
+                None => Value::Bytes(b"000"),
+            },
+            Var::BodyBytesSent => Value::Num(out.bytes_out),
+            Var::RequestLength => Value::Num(u64::from(req.head_len) + out.bytes_in),
+            Var::RequestTime => Value::Secs(out.total_us),
+            Var::UpstreamResponseTime => out.upstream_us.map_or(Value::Unset, Value::Secs),
+            Var::UpstreamName => text(out.upstream),
+            Var::Route => text(out.route),
+            Var::UpstreamCacheStatus => out.cache.map_or(Value::Unset, Value::Bytes),
+            Var::RequestId => Value::Bytes(req.request_id()),
+            Var::SslProtocol => text(out.tls.map(|t| t.protocol)),
+            Var::SslCipher => text(out.tls.map(|t| t.cipher)),
+            Var::SslServerName => out
+                .tls
+                .and_then(|t| t.server_name)
+                .map_or(Value::Unset, |s| Value::Bytes(s.as_bytes())),
+            Var::Shard => Value::Num(shard as u64),
+            Var::ConnectionRequests => Value::Num(u64::from(out.connection_requests)),
+            Var::Header(i) => Value::Bytes(req.header(i)),
+        };
+        match value {
+            Value::Bytes([]) | Value::Unset => {
+                if self.escape == Escape::Default {
+                    buf.push(b'-');
+                }
+            }
+            Value::Bytes(b) => self.escaped(buf, b),
+            Value::Num(n) => super::access::num(buf, n),
+            Value::Secs(us) => super::access::secs(buf, us),
+        }
+    }
+
+    fn escaped(&self, buf: &mut Vec<u8>, v: &[u8]) {
+        match self.escape {
+            Escape::Default => super::access::escaped(buf, v),
+            Escape::Json => super::access::json_inner(buf, v),
+        }
+    }
+}
+
+fn protocol(req: &RequestFields) -> &'static [u8] {
+    if req.minor == 0 {
+        b"HTTP/1.0"
+    } else {
+        b"HTTP/1.1"
+    }
+}
+
+/// The path and the query (without its `?`; `None` when there is none or it is empty).
+fn split_query(target: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match target.iter().position(|&b| b == b'?') {
+        Some(q) => (
+            &target[..q],
+            Some(&target[q + 1..]).filter(|a| !a.is_empty()),
+        ),
+        None => (target, None),
+    }
+}
+
+/// `Host` without its port (`[v6]` kept whole).
+fn host_name(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        return match host.iter().position(|&b| b == b']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.iter().rposition(|&b| b == b':') {
+        Some(colon) => &host[..colon],
+        None => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::access::tests::{fields, outcome};
+    use super::super::access::TlsFacts;
+    use super::*;
+
+    #[test]
+    fn parses_nginx_main_and_refuses_what_it_cannot_write() {
+        let main = r#"$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" "$http_x_forwarded_for""#;
+        let t = parse(main, Escape::Default).unwrap();
+        assert!(t.user);
+        assert_eq!(
+            t.headers,
+            vec![
+                Box::from(&b"referer"[..]),
+                Box::from(&b"user-agent"[..]),
+                Box::from(&b"x-forwarded-for"[..])
+            ]
+        );
+        let braces = parse("${status}x${http_X_Y}", Escape::Json).unwrap();
+        assert_eq!(braces.pieces.len(), 3);
+        assert_eq!(braces.headers, vec![Box::from(&b"x-y"[..])]);
+        for (bad, says) in [
+            ("$nope", "$nope is not a variable"),
+            ("a $ b", "without a variable name"),
+            ("${status", "no closing"),
+            ("no variables", "names no variable"),
+            ("$http_", "not a field name"),
+            ("$status\n", "control character"),
+        ] {
+            let e = parse(bad, Escape::Default).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("$http_h{i} ")).collect();
+        assert!(parse(&many, Escape::Default)
+            .unwrap_err()
+            .contains("more than"));
+        assert!(parse(&"$status".repeat(1000), Escape::Default)
+            .unwrap_err()
+            .contains("at most"));
+    }
+
+    fn line(t: &Template, out: &Outcome<'_>) -> String {
+        let clock = Clock {
+            unix: 1_795_891_389,
+            millis: 7,
+            local: "28/Nov/2026:18:43:09 +0000",
+            iso: "2026-11-28T18:43:09",
+        };
+        let mut buf = Vec::new();
+        t.render(&mut buf, &clock, 1, &fields(), out);
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn renders_every_variable() {
+        let all = VARS
+            .iter()
+            .map(|(n, _)| format!("{n}=${n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+            + " h=$http_x_a g=$http_gone";
+        let t = parse(&all, Escape::Default).unwrap();
+        let mut out = outcome();
+        out.cache = Some(b"HIT");
+        out.tls = Some(TlsFacts {
+            protocol: "TLSv1.3",
+            cipher: "TLS13_AES_128_GCM_SHA256",
+            server_name: Some("a.test"),
+        });
+        assert_eq!(
+            line(&t, &out),
+            "remote_addr=10.0.0.1 remote_user=- time_local=28/Nov/2026:18:43:09 +0000 \
+             time_iso8601=2026-11-28T18:43:09 msec=1795891389.007 \
+             request=GET /a?\\x22q\\x22 HTTP/1.1 request_method=GET \
+             request_uri=/a?\\x22q\\x22 uri=/a args=\\x22q\\x22 query_string=\\x22q\\x22 \
+             server_protocol=HTTP/1.1 host=example.com status=200 body_bytes_sent=1234 \
+             request_length=40 request_time=0.001 upstream_response_time=0.001 \
+             upstream_addr=127.0.0.1:9000 upstream_name=app upstream_cache_status=HIT \
+             request_id=abc route=api ssl_protocol=TLSv1.3 \
+             ssl_cipher=TLS13_AES_128_GCM_SHA256 ssl_server_name=a.test shard=1 \
+             connection_requests=3 h=v\\x0A1 g=-\n"
+        );
+        // Unset: a dash by default, nothing in JSON; the request line unknown.
+        let mut none = outcome();
+        none.status = None;
+        none.backend = None;
+        none.upstream_us = None;
+        let t = parse(
+            "$status $upstream_addr $upstream_response_time $ssl_protocol",
+            Escape::Default,
+        )
+        .unwrap();
+        assert_eq!(line(&t, &none), "000 - - -\n");
+        let json = r#"{"u":"$upstream_addr","h":"$http_x_a","r":"$request_uri","n":$status}"#;
+        let t = parse(json, Escape::Json).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line(&t, &none)).unwrap();
+        assert_eq!(v["u"], "");
+        assert_eq!(v["h"], "v\n1");
+        assert_eq!(v["r"], "/a?\"q\"");
+        assert_eq!(v["n"], 0);
+        let t = parse("[$request] $request_method", Escape::Default).unwrap();
+        let mut buf = Vec::new();
+        let clock = Clock {
+            unix: 0,
+            millis: 0,
+            local: "",
+            iso: "",
+        };
+        t.render(&mut buf, &clock, 0, &RequestFields::unparsed(), &none);
+        assert_eq!(buf, b"[-] -\n");
+    }
+
+    #[test]
+    fn hosts_lose_their_port_and_queries_their_mark() {
+        assert_eq!(host_name(b"Example.com:8080"), b"Example.com");
+        assert_eq!(host_name(b"[::1]:8080"), b"[::1]");
+        assert_eq!(host_name(b"a"), b"a");
+        assert_eq!(split_query(b"/p?a=1"), (&b"/p"[..], Some(&b"a=1"[..])));
+        assert_eq!(split_query(b"/p?"), (&b"/p"[..], None));
+        assert_eq!(split_query(b"/p"), (&b"/p"[..], None));
+    }
+}

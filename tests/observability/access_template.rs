@@ -1,0 +1,90 @@
+//! The access log written from an operator's template (`access_format` as a line of
+//! `$variables`, nginx's `log_format`): the values real requests leave behind on a plain
+//! listener with a cache (MISS then HIT), a Basic user name and a chosen request field, and
+//! over TLS with JSON escaping (protocol, suite, SNI).
+
+use super::*;
+use crate::cache::reply;
+use crate::support::tls::{tls_get, tls_listener, CertDir, TestCa};
+use std::sync::Arc;
+
+/// Waits for `n` lines in `log`.
+fn lines(dir: &TempDir, log: &Path, n: usize) -> Vec<String> {
+    wait_for_files(
+        dir.root(),
+        Duration::from_secs(10),
+        &format!("{n} lines"),
+        || {
+            let l = read_lines(log);
+            (l.len() >= n).then_some(l)
+        },
+    )
+}
+
+both_engines! {
+    fn access_log_template_writes_what_each_request_did(engine) {
+        let dir = TempDir::new("template");
+        let log = dir.path("access.log");
+        let origin = Origin::with_handler("o", |_| reply(&[("Cache-Control", "max-age=100")], "twelve bytes", false));
+        let format = r#"access_format = '$remote_addr $remote_user "$request" $status $body_bytes_sent cache=$upstream_cache_status up=$upstream_addr route=$route/$upstream_name trace="$http_x_trace" host=$host uri=$uri args=$args n=$connection_requests len=$request_length rid=$request_id'"#;
+        let proxy = Config::new()
+            .upstream("web", &[origin.addr()])
+            .route("web", "name = \"cached\"\ncache = { size = \"1MiB\" }")
+            .section("log", &access_log_section(&log, format))
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        let first = request("GET", "/p?a=1", &[("Host", "Ex.Example:80"), ("X-Trace", "t\"1")], b"");
+        c.send(&first);
+        let r1 = c.read_response();
+        assert_eq!((r1.status(), r1.header("X-Cache")), (200, Some("MISS")));
+        c.send(&request("GET", "/p?a=1", &[("Host", "ex.example")], b""));
+        let r2 = c.read_response();
+        assert_eq!((r2.status(), r2.header("X-Cache")), (200, Some("HIT")));
+        assert_eq!(origin.request_count(), 1);
+        // The answer to a request with credentials is not stored; its user is logged (as
+        // nginx's $remote_user: as sent).
+        let third = request("GET", "/auth", &[("Host", "ex.example"), ("Authorization", "Basic dXNlcjpwdw==")], b"");
+        c.send(&third);
+        let r3 = c.read_response();
+        assert_eq!((r3.status(), r3.header("X-Cache")), (200, Some("BYPASS")));
+        let l = lines(&dir, &log, 3);
+        let rid = |r: &Response| r.header("x-request-id").unwrap().to_string();
+        let up = origin.addr();
+        assert_eq!(
+            l[0],
+            format!("127.0.0.1 - \"GET /p?a=1 HTTP/1.1\" 200 12 cache=MISS up={up} route=cached/web trace=\"t\\x221\" host=ex.example uri=/p args=a=1 n=1 len={} rid={}", first.len(), rid(&r1)),
+        );
+        let len2 = request("GET", "/p?a=1", &[("Host", "ex.example")], b"").len();
+        assert_eq!(
+            l[1],
+            format!("127.0.0.1 - \"GET /p?a=1 HTTP/1.1\" 200 12 cache=HIT up=- route=cached/web trace=\"-\" host=ex.example uri=/p args=a=1 n=2 len={len2} rid={}", rid(&r2)),
+        );
+        assert_eq!(
+            l[2],
+            format!("127.0.0.1 user \"GET /auth HTTP/1.1\" 200 12 cache=BYPASS up={up} route=cached/web trace=\"-\" host=ex.example uri=/auth args=- n=3 len={} rid={}", third.len(), rid(&r3)),
+        );
+    }
+
+    fn access_log_template_in_json_names_the_tls_session(engine) {
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("template-tls");
+        let (cert, key) = dir.write_leaf("a", &ca.leaf(&["a.test"]));
+        let logs = TempDir::new("template-tls-log");
+        let log = logs.path("access.log");
+        let origin = Origin::start("origin");
+        let format = r#"access_format = '{"p":"$ssl_protocol","c":"$ssl_cipher","sni":"$ssl_server_name","s":$status,"ua":"$http_user_agent","cache":"$upstream_cache_status","t":$request_time}'
+access_escape = "json""#;
+        let proxy = Config::single(origin.addr())
+            .only_listener(&tls_listener(&[(&cert, &key)], ""))
+            .section("log", &access_log_section(&log, format))
+            .start(engine);
+        let seen = tls_get(proxy.addr(), &Arc::new(ca.client_config()), "a.test", "/").unwrap();
+        assert!(seen.response.starts_with("HTTP/1.1 200"), "{}", seen.response);
+        let l = lines(&logs, &log, 1);
+        let v: serde_json::Value = serde_json::from_str(&l[0]).unwrap_or_else(|e| panic!("{e}: {}", l[0]));
+        assert_eq!(v["p"], "TLSv1.3", "{}", l[0]);
+        assert!(v["c"].as_str().unwrap().starts_with("TLS13_"), "{}", l[0]);
+        assert_eq!((&v["sni"], &v["s"], &v["ua"], &v["cache"]), (&"a.test".into(), &200.into(), &"".into(), &"".into()), "{}", l[0]);
+        assert!(v["t"].as_f64().is_some(), "{}", l[0]);
+    }
+}
