@@ -263,8 +263,9 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         if trace.aborted { None } else { trace.status },
         total_us,
     );
-    if let (Some(log), Some(fields)) = (&ctx.access, log_fields) {
-        let cfg = &ctx.shared.config;
+    let cfg = &ctx.shared.config;
+    let logged = trace.route.is_none_or(|r| cfg.routes[r].access_log);
+    if let (Some(log), Some(fields), true) = (&ctx.access, log_fields, logged) {
         log.push(
             &fields,
             &crate::observe::access::Outcome {

@@ -59,6 +59,7 @@ name = "exact"
 host = "*.example.com"
 path = "/exact"
 upstream = "api"
+access_log = false
 
 [[route]]
 path_prefix = "/hash/"

@@ -177,6 +177,8 @@ pub struct RouteConfig {
     pub cache: Option<Box<CacheConfig>>,
     /// Largest request body on this route: its `max_body_bytes`, else `limits.max_body_bytes`.
     pub max_body_bytes: u64,
+    /// `access_log = false`: its requests are left out of the access log.
+    pub access_log: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -738,6 +740,7 @@ impl Config {
                     0,
                     u64::MAX >> 1,
                 ),
+                access_log: r.access_log.unwrap_or(true),
             });
         }
         let rate_limits = table

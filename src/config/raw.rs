@@ -79,6 +79,7 @@ pub(super) struct RawRoute {
     pub(super) cache: Option<super::cache::RawCache>,
     pub(super) max_body_bytes: Option<Size>,
     pub(super) respond: Option<super::response::RawRespond>,
+    pub(super) access_log: Option<bool>,
 }
 
 /// A route's `compress` (checked by `compress::route_compress`).

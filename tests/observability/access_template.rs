@@ -65,6 +65,29 @@ both_engines! {
         );
     }
 
+    fn a_route_with_access_log_off_writes_no_line(engine) {
+        let dir = TempDir::new("route-off");
+        let log = dir.path("access.log");
+        let o = Origin::start("o");
+        let proxy = Config::new()
+            .admin("")
+            .upstream("web", &[o.addr()])
+            .route("web", "name = \"probe\"\npath = \"/healthz\"\naccess_log = false")
+            .route("web", "name = \"site\"")
+            .section("log", &access_log_section(&log, "access_format = '$route $request_uri'"))
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        for path in ["/a", "/healthz", "/healthz", "/b"] {
+            assert_eq!(get_on(&mut c, "x.example", path).status(), 200);
+        }
+        // The shard writes its lines in order: once /b is there, a /healthz line would be too.
+        let l = lines(&dir, &log, 2);
+        assert_eq!(l, ["site /a", "site /b"]);
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_access_log_lines_total", &[]), 2.0);
+        assert_eq!(m.value("edgeshard_requests_total", &[]), 4.0);
+    }
+
     fn access_log_template_in_json_names_the_tls_session(engine) {
         let ca = TestCa::new("test ca");
         let dir = CertDir::new("template-tls");
