@@ -4,9 +4,8 @@
 //! is wrong, so `edgeshard check` reads like `nginx -t`.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 /// Idle upstream connections a shard keeps per backend unless configured. The pool never holds
@@ -23,58 +22,6 @@ pub const NO_ROUTE: &str = "none";
 /// What the access log writes for a request's route or upstream when it had none (nginx's
 /// `-`): reserved, no route or upstream may be named so.
 pub const LOG_NONE: &str = "-";
-
-/// One problem in a configuration file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigIssue {
-    /// Key path such as `route[2].upstream`; empty for file-level problems.
-    pub path: String,
-    pub message: String,
-}
-
-/// Everything wrong with one configuration file.
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub issues: Vec<ConfigIssue>,
-}
-
-fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.chars().any(char::is_control) {
-        s.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect::<String>()
-            .into()
-    } else {
-        s.into()
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, issue) in self.issues.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            // A key or value from the file may hold a line break or another control
-            // character: escaped, so that each problem stays one line and none can be forged.
-            let message = escape_controls(&issue.message);
-            if issue.path.is_empty() {
-                write!(f, "{}: {message}", self.file.display())?;
-            } else {
-                let path = escape_controls(&issue.path);
-                write!(f, "{}: {path}: {message}", self.file.display())?;
-            }
-        }
-        Ok(())
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoEngine {
@@ -305,8 +252,8 @@ pub use observe::{
     AccessFormat, AccessLogConfig, AccessTarget, AdminConfig, LogConfig, RequestIdConfig,
 };
 pub use ratelimit::{RateKey, RateLimit, RateLimits};
-pub use raw::parse_size;
 use raw::{array, Checker, RawDns, RawLimits, RawRoute, RawServer, RawTimeouts, TOP_LEVEL};
+pub use raw::{parse_size, ConfigError, ConfigIssue};
 pub use resilience::Resilience;
 pub use response::{ResponseFields, RouteResponse};
 pub(super) use rules::valid_host;

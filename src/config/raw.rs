@@ -1,14 +1,67 @@
-//! Config, raw side: the TOML shapes exactly as written (serde, `deny_unknown_fields`) and the
+//! Config, raw side: the TOML shapes exactly as written (serde, `deny_unknown_fields`), the
 //! [`Checker`] that turns their strings into typed values while collecting every problem with
-//! its key path. `super` (config/mod.rs) assembles the typed [`super::Config`].
+//! its key path, and the [`ConfigError`] those problems make. `super` (config/mod.rs)
+//! assembles the typed [`super::Config`].
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::ConfigIssue;
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Key path such as `route[2].upstream`; empty for file-level problems.
+    pub path: String,
+    pub message: String,
+}
+
+/// Everything wrong with one configuration file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub issues: Vec<ConfigIssue>,
+}
+
+fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            // A key or value from the file may hold a line break or another control
+            // character: escaped, so that each problem stays one line and none can be forged.
+            let message = escape_controls(&issue.message);
+            if issue.path.is_empty() {
+                write!(f, "{}: {message}", self.file.display())?;
+            } else {
+                let path = escape_controls(&issue.path);
+                write!(f, "{}: {path}: {message}", self.file.display())?;
+            }
+        }
+        Ok(())
+    }
+}
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
