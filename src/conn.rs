@@ -287,7 +287,7 @@ async fn keep_alive(
                     let status = parse_error_status(e);
                     let head_only = names_head(&client.buf);
                     let answer =
-                        respond_canned_with(&ctx, &mut client, status, true, head_only, &[]);
+                        respond_canned_with(&ctx, &mut client, status, true, head_only, &[], &[]);
                     Box::pin(answer).await;
                     record_refused(&ctx, &client, status.status(), head_started);
                     Box::pin(linger_close(&mut client)).await;

@@ -18,7 +18,8 @@ use crate::http::canned::Canned;
 use crate::http::encode::{split_target, upstream_request_head, OutFraming, UpstreamRequest};
 use crate::http::parse::{BodyFraming, Method, RequestHead};
 use crate::respond::{
-    cfg_rid_header, linger_close, relay_response, respond_canned_with, respond_own, Field, Respond,
+    cfg_rid_header, linger_close, relay_response, respond_canned_with, respond_own, route_pages,
+    Field, Respond,
 };
 use crate::route::{match_path, normalize_path, routing_input, valid_authority};
 use crate::rules::{location, path_and_query, rewrite_target, Fields, Vars};
@@ -112,6 +113,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 close,
                 head_only,
                 &fields[..n],
+                route_pages(ctx, trace.route),
             ))
             .await;
             if body_unread {
@@ -247,6 +249,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                     close,
                     facts.method == Method::Head,
                     rid_header.as_slice(),
+                    route_pages(ctx, trace.route),
                 ))
                 .await;
                 if body_unread {
@@ -483,12 +486,13 @@ fn route<'b>(
     let Some(route) = route else {
         return Err(Canned::NotFound);
     };
+    // Set before the access check: a refusal is this route's (its label, its error pages).
+    trace.route = Some(route.index);
     let access = &shared.config.routes[route.index].access;
     if !access.is_open() && !access.admits(facts.client_ip) {
         bump(&ctx.stats.denied_route);
         return Err(Canned::Forbidden);
     }
-    trace.route = Some(route.index);
     trace.upstream = route.upstream;
     if let Some(cc) = &shared.config.routes[route.index].compress {
         trace.compress = crate::compress::negotiate_request(buf, head, cc);

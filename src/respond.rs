@@ -16,7 +16,7 @@ use crate::compress::{
     self,
     stream::{relay_compressed, Encoder},
 };
-use crate::config::{Algorithm, CompressConfig, Config};
+use crate::config::{error_page, Algorithm, CompressConfig, Config, ErrorPage};
 use crate::error::{Kind, ProxyError, Side, Stage};
 use crate::forward::{Answered, RequestFacts};
 use crate::http::canned::Canned;
@@ -383,7 +383,12 @@ pub async fn respond_canned(
     c: Canned,
     close: bool,
 ) -> Outcome {
-    respond_canned_with(ctx, client, c, close, false, &[]).await
+    respond_canned_with(ctx, client, c, close, false, &[], &[]).await
+}
+
+/// The `error_pages` of route `route` (none without a route).
+pub fn route_pages(ctx: &ShardCtx, route: Option<usize>) -> &[ErrorPage] {
+    route.map_or(&[], |r| &ctx.shared.config.routes[r].error_pages)
 }
 
 /// The request-id field for the proxy's own answers, when ids are returned to clients.
@@ -462,7 +467,8 @@ pub fn response_vars<'a>(
 
 /// [`respond_canned`] with more header fields (the request id, `Location`, `Retry-After`,
 /// `WWW-Authenticate`) in the head; `head_only`: the answer to a `HEAD` (the same head, no
-/// body: the client would read a body as the start of the next response).
+/// body: the client would read a body as the start of the next response). `pages`: the
+/// route's `error_pages`, which come before `server.error_pages`.
 pub async fn respond_canned_with(
     ctx: &ShardCtx,
     client: &mut Client,
@@ -470,11 +476,14 @@ pub async fn respond_canned_with(
     close: bool,
     head_only: bool,
     extra: &[Field<'_>],
+    pages: &[ErrorPage],
 ) -> Outcome {
     ctx.stats.canned(c);
     let close = close || c.forces_close();
-    let bytes = ctx.shared.config.response.error_page(c.status(), close);
-    let bytes = bytes.unwrap_or_else(|| c.bytes(close));
+    let server = &ctx.shared.config.response.error_pages;
+    let bytes = error_page(pages, c.status(), close)
+        .or_else(|| error_page(server, c.status(), close))
+        .unwrap_or_else(|| c.bytes(close));
     let (stream, deadline) = (&mut client.stream, &mut client.deadline);
     respond_own(ctx, stream, deadline, bytes, close, head_only, extra).await
 }

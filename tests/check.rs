@@ -60,6 +60,7 @@ host = "*.example.com"
 path = "/exact"
 upstream = "api"
 access_log = false
+error_pages = { "503" = "@CERTS@/503.json" }
 
 [[route]]
 path_prefix = "/hash/"

@@ -1,7 +1,8 @@
 //! `server.error_pages`: the proxy's own error answers (a dead backend's 502, no route's
 //! 404, a 408) carry the operator's page instead of the built-in text, with its type, on
 //! keep-alive and closing answers alike and under `HEAD`; a backend's own errors are relayed
-//! as they are; a reload reads the files again; bad entries are refused with the key.
+//! as they are; a reload reads the files again; bad entries are refused with the key. A
+//! route's own `error_pages` come first for the answers given on that route.
 
 use std::path::Path;
 use std::time::Duration;
@@ -87,6 +88,46 @@ both_engines! {
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(ask(&mut c, "GET", "dead.test", "/").body_str(), "second\n");
     }
+
+    fn a_routes_own_pages_come_before_the_servers(engine) {
+        let dir = CertDir::new("pages-route");
+        let shop502 = dir.write("shop-502.html", "shop is down\n");
+        let shop403 = dir.write("shop-403.txt", "shop says no\n");
+        let shop429 = dir.write("shop-429.json", "{\"slow\": \"down\"}");
+        let own = format!(
+            "error_pages = {{ \"502\" = \"{}\", \"403\" = \"{}\", \"429\" = \"{}\" }}",
+            shop502.display(),
+            shop403.display(),
+            shop429.display()
+        );
+        let proxy = Config::new()
+            .server("error_pages", &pages(&dir, "site is down\n"))
+            .upstream("shop", &[dead_addr()])
+            .upstream("blog", &[dead_addr()])
+            .route("shop", &format!("host = \"shop.test\"\npath_prefix = \"/admin\"\ndeny = [\"127.0.0.1\"]\n{own}"))
+            .route("shop", &format!("host = \"shop.test\"\npath_prefix = \"/api\"\nrate_limit = {{ rate = 1, burst = 1, key = \"route\" }}\n{own}"))
+            .route("shop", &format!("host = \"shop.test\"\n{own}"))
+            .route("blog", "host = \"blog.test\"")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        let r = ask(&mut c, "GET", "shop.test", "/");
+        assert_eq!((r.status(), r.body_str()), (502, "shop is down\n".to_string()));
+        assert_eq!(r.header("Content-Type"), Some("text/html; charset=utf-8"));
+        let r = ask(&mut c, "GET", "shop.test", "/admin");
+        assert_eq!((r.status(), r.body_str()), (403, "shop says no\n".to_string()));
+        assert_eq!(r.header("Content-Type"), Some("text/plain; charset=utf-8"));
+        // The bucket's one token goes to the first request (a 503: the dead backend was
+        // ejected by the first 502).
+        assert_eq!(ask(&mut c, "GET", "shop.test", "/api").status(), 503);
+        let r = ask(&mut c, "GET", "shop.test", "/api");
+        assert_eq!((r.status(), r.body_str()), (429, "{\"slow\": \"down\"}".to_string()));
+        assert!(r.header("Retry-After").is_some(), "{}", r.head.raw);
+        // Another route falls back to the server's page, and the unrouted to the server's 404.
+        let r = ask(&mut c, "GET", "blog.test", "/");
+        assert_eq!((r.status(), r.body_str()), (502, "site is down\n".to_string()));
+        let r = ask(&mut c, "GET", "nowhere.test", "/");
+        assert_eq!((r.status(), r.body_str()), (404, "{\"error\": \"no such site\"}\n".to_string()));
+    }
 }
 
 #[test]
@@ -128,4 +169,14 @@ fn bad_error_pages_are_refused_with_the_key() {
             "{value}: {said}"
         );
     }
+    // A route's pages are checked alike, named by the route.
+    let text = Config::single(dead_addr())
+        .route("main", &format!("error_pages = {}", page("299", &big)))
+        .render();
+    let file = dir.write("edgeshard.toml", &text);
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["check", "--config"]).arg(Path::new(&file));
+    let (status, said) = run_bounded(cmd, Duration::from_secs(20)).unwrap();
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(said.contains("route[1].error_pages.299"), "{said}");
 }

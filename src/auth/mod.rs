@@ -180,7 +180,8 @@ pub async fn answer(
                 fields[n] = f;
                 n += 1;
             }
-            respond_canned_with(ctx, client, *c, close, head_only, &fields[..n]).await
+            let pages = route.map_or(&[][..], |r| &r.error_pages);
+            respond_canned_with(ctx, client, *c, close, head_only, &fields[..n], pages).await
         }
         Denial::Relayed { head, body, .. } => {
             let cfg = &ctx.shared.config;

@@ -126,6 +126,8 @@ pub struct RouteConfig {
     pub max_body_bytes: u64,
     /// `access_log = false`: its requests are left out of the access log.
     pub access_log: bool,
+    /// `error_pages`: this route's pages, before `server.error_pages`.
+    pub error_pages: Vec<ErrorPage>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -255,7 +257,7 @@ pub use ratelimit::{RateKey, RateLimit, RateLimits};
 use raw::{array, Checker, RawDns, RawLimits, RawRoute, RawServer, RawTimeouts, TOP_LEVEL};
 pub use raw::{parse_size, ConfigError, ConfigIssue};
 pub use resilience::Resilience;
-pub use response::{ResponseFields, RouteResponse};
+pub use response::{error_page, ErrorPage, ResponseFields, RouteResponse};
 pub(super) use rules::valid_host;
 pub use rules::{HeaderRules, Part, PathRewrite, Redirect, RouteRules, Template, Var};
 pub use tls::{suite_names, CertificateFiles, ListenerTls, RedirectHttps, UpstreamTls};
@@ -363,6 +365,7 @@ impl Config {
         );
         response.error_pages = response::error_pages(
             &mut c,
+            "server.error_pages",
             server.error_pages.take().unwrap_or_default(),
             file.parent().unwrap_or(Path::new(".")),
         );
@@ -688,6 +691,12 @@ impl Config {
                     u64::MAX >> 1,
                 ),
                 access_log: r.access_log.unwrap_or(true),
+                error_pages: response::error_pages(
+                    &mut c,
+                    &format!("{path}.error_pages"),
+                    r.error_pages.unwrap_or_default(),
+                    base,
+                ),
             });
         }
         let rate_limits = table

@@ -133,6 +133,7 @@ pub(super) struct RawRoute {
     pub(super) max_body_bytes: Option<Size>,
     pub(super) respond: Option<super::response::RawRespond>,
     pub(super) access_log: Option<bool>,
+    pub(super) error_pages: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A route's `compress` (checked by `compress::route_compress`).

@@ -33,29 +33,28 @@ pub struct ErrorPage {
     close: Box<[u8]>,
 }
 
-impl ResponseFields {
-    /// The configured page for `status`, as a whole response.
-    pub fn error_page(&self, status: u16, close: bool) -> Option<&[u8]> {
-        let p = self.error_pages.iter().find(|p| p.status == status)?;
-        Some(if close { &p.close } else { &p.keep })
-    }
+/// The page for `status` among `pages`, as a whole response.
+pub fn error_page(pages: &[ErrorPage], status: u16, close: bool) -> Option<&[u8]> {
+    let p = pages.iter().find(|p| p.status == status)?;
+    Some(if close { &p.close } else { &p.keep })
 }
 
 /// The largest error page: pages are held in memory (in the configuration the shards
 /// share) and each answer copies its page.
 const MAX_ERROR_PAGE: u64 = 1 << 20;
 
-/// `server.error_pages`: status → file (relative to the configuration file's directory).
-/// Only the error statuses the proxy answers itself (a backend's own errors are relayed as
-/// they are); the type is told by the file's extension.
+/// `server.error_pages` or a route's (`at`): status → file (relative to the configuration
+/// file's directory). Only the error statuses the proxy answers itself (a backend's own
+/// errors are relayed as they are); the type is told by the file's extension.
 pub(super) fn error_pages(
     c: &mut Checker,
+    at: &str,
     raw: std::collections::BTreeMap<String, String>,
     base: &Path,
 ) -> Vec<ErrorPage> {
     let mut pages = Vec::new();
     for (code, file) in raw {
-        let key = format!("server.error_pages.{code}");
+        let key = format!("{at}.{code}");
         // Three digits as in a status line: "+404" or "0404" would be a second key for 404.
         let digits = code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit());
         let canned = code
