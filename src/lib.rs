@@ -62,6 +62,7 @@ pub mod transport;
 pub mod tunnel;
 pub mod upgrade;
 pub mod upstream;
+pub mod weights;
 pub mod worker;
 
 /// The io_uring runtime `test_engines::block_on` runs unit tests on: the shards' own.

@@ -28,6 +28,7 @@ use crate::health::prober::{ProbeTarget, ProberHandle};
 use crate::listening::{Changes, Failed, Listening, OpenError, Opened};
 use crate::snapshot::{ListenerId, Published, Shared};
 use crate::tls::{TlsError, TlsListener, TlsListeners};
+use crate::weights::{WeightError, Weights};
 use crate::worker::{ShardQuery, ShardReload, Switched};
 
 /// How long a reload waits for every shard to switch.
@@ -141,6 +142,17 @@ pub struct Reloader {
     /// Set once a successor serves the listeners: nothing is reloaded here any more (a
     /// reload that waited for the upgrade's outcome would change a process on its way out).
     handed_over: bool,
+    /// Backend weights set through the admin API, laid over every snapshot built here.
+    weights: Weights,
+}
+
+/// A weight set (or given back to the file) through the admin API.
+pub struct WeightSet {
+    /// The weight in force now, and the file's.
+    pub weight: u32,
+    pub file_weight: u32,
+    /// The snapshot it is in force from.
+    pub generation: u64,
 }
 
 impl Reloader {
@@ -173,6 +185,7 @@ impl Reloader {
             listening,
             stopping: false,
             handed_over: false,
+            weights: Weights::default(),
         };
         r.watch(shared.tls.clone());
         Ok(r)
@@ -326,8 +339,9 @@ impl Reloader {
         // certificates re-read in place (they are those in force too).
         reread_certificates(&kept);
         dns.track(&config);
-        let resolved = dns.apply(&config);
+        let mut resolved = dns.apply(&config);
         drop(dns);
+        self.weights.lay_over(&mut resolved);
         self.base = config;
         let errors = self.put_in_force(resolved, &old, tls.clone(), Some(opened));
         self.watch(tls);
@@ -380,11 +394,12 @@ impl Reloader {
             return;
         }
         let started = Instant::now();
-        let config = self
+        let mut config = self
             .dns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .apply(&self.base);
+        self.weights.lay_over(&mut config);
         let old = self.published.load();
         let tls = old.tls.clone();
         // No listener changes: nothing to report but a late shard, which is logged.
@@ -394,6 +409,42 @@ impl Reloader {
             ms = started.elapsed().as_millis() as u64,
             "dns: backends updated"
         );
+    }
+
+    /// Sets the weight of `upstream`'s backend `addr` (`None`: back to the file's) and puts
+    /// it in force on every shard, as a reload of the same file would.
+    pub fn set_weight(
+        &mut self,
+        upstream: &str,
+        addr: &str,
+        weight: Option<u32>,
+    ) -> Result<WeightSet, WeightError> {
+        if self.stopping {
+            return Err(WeightError::Stopping);
+        }
+        let mut config = self
+            .dns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(&self.base);
+        let file_weight = self.weights.set(&config, upstream, addr, weight)?;
+        self.weights.lay_over(&mut config);
+        let old = self.published.load();
+        let tls = old.tls.clone();
+        self.put_in_force(config, &old, tls, None);
+        let generation = self.published.generation();
+        tracing::info!(
+            upstream,
+            backend = addr,
+            weight = weight.unwrap_or(file_weight),
+            generation,
+            "backend weight set through the admin API"
+        );
+        Ok(WeightSet {
+            weight: weight.unwrap_or(file_weight),
+            file_weight,
+            generation,
+        })
     }
 
     /// Tells every shard to switch (with its sockets of the listeners `opened` adds, and

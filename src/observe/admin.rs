@@ -2,7 +2,8 @@
 //! (never on the public listeners). It reads shard state only by asking each shard for a
 //! [`Snapshot`] over a channel and merging the answers, so shards keep writing plain
 //! per-shard counters. Endpoints: `GET /metrics` (Prometheus), `GET /status` (JSON),
-//! `GET /healthz`, `GET /ready`, `POST /upstreams/NAME/backends/ADDR/drain|enable`, and
+//! `GET /healthz`, `GET /ready`, `POST /upstreams/NAME/backends/ADDR/drain|enable`,
+//! `POST /upstreams/NAME/backends/ADDR/weight/N` ([`crate::weights`]), and
 //! `POST /reload` (a hot reload, [`crate::reload`]; the outcome as JSON), and
 //! `POST /cache/purge` (the routes' caches, every shard).
 //! Responses close the connection; requests are small and bounded.
@@ -318,7 +319,11 @@ async fn route(state: &AdminState, method: &str, target: &str, auth: Option<&[u8
                 ("POST", ["upstreams", name, "backends", addr, action @ ("drain" | "enable")]) => {
                     set_drained(state, name, addr, *action == "drain").await
                 }
-                (_, ["upstreams", _, "backends", _, "drain" | "enable"]) => {
+                ("POST", ["upstreams", name, "backends", addr, "weight", value]) => {
+                    set_weight(state, name, addr, value)
+                }
+                (_, ["upstreams", _, "backends", _, "drain" | "enable"])
+                | (_, ["upstreams", _, "backends", _, "weight", _]) => {
                     reply("405 Method Not Allowed", "use POST\n")
                 }
                 _ => reply("404 Not Found", "not found\n"),
@@ -537,6 +542,33 @@ async fn set_drained(state: &AdminState, upstream: &str, addr: &str, drain: bool
             "in_flight": snap.in_flight,
         }),
     )
+}
+
+/// `POST /upstreams/NAME/backends/ADDR/weight/N` (or `/weight/file`): a new snapshot with
+/// that weight, built and switched to as a reload's is (on this thread).
+fn set_weight(state: &AdminState, upstream: &str, addr: &str, value: &str) -> Reply {
+    use crate::weights::WeightError;
+    let set = crate::weights::parse(value).and_then(|w| {
+        let mut reloader = state.reloader.lock().unwrap_or_else(|p| p.into_inner());
+        reloader.set_weight(upstream, addr, w)
+    });
+    match set {
+        Ok(s) => json(
+            "200 OK",
+            serde_json::json!({
+                "upstream": upstream,
+                "backend": addr,
+                "weight": s.weight,
+                "file_weight": s.file_weight,
+                "generation": s.generation,
+            }),
+        ),
+        Err(e @ WeightError::NoBackend { .. }) => reply("404 Not Found", format!("{e}\n")),
+        Err(e @ WeightError::Value(_)) => reply("400 Bad Request", format!("{e}\n")),
+        Err(e @ (WeightError::Ignored(_) | WeightError::Stopping)) => {
+            reply("409 Conflict", format!("{e}\n"))
+        }
+    }
 }
 
 /// `POST /cache/purge?key=URL`, `?prefix=URL`, or `?all`: removes those entries from every

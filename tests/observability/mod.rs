@@ -21,6 +21,7 @@ mod counters;
 mod errors;
 mod metrics;
 mod request_id;
+mod weights;
 
 /// A directory under the temp dir, removed on drop.
 struct TempDir(PathBuf);
