@@ -432,6 +432,7 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
         Some(a) => Some(LogWriter::open(a).with_context(|| match &a.target {
             edgeshard::config::AccessTarget::File(_) => format!("{file}log.access"),
             edgeshard::config::AccessTarget::Stdout => format!("{file}log.access: stdout"),
+            edgeshard::config::AccessTarget::Syslog(_) => format!("{file}log.access: syslog"),
         })?),
     };
 

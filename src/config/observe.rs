@@ -34,6 +34,8 @@ pub enum AccessFormat {
 pub enum AccessTarget {
     Stdout,
     File(PathBuf),
+    /// `syslog:server=...`: one datagram per line.
+    Syslog(crate::observe::syslog::SyslogTarget),
 }
 
 /// The access log: one line per request, buffered per shard, written by one writer thread.
@@ -270,8 +272,20 @@ pub(super) fn observe_sections(
             let target = match t {
                 "stdout" | "-" => AccessTarget::Stdout,
                 "" => {
-                    c.err("log.access", "write \"stdout\", \"off\" or a file path");
+                    c.err(
+                        "log.access",
+                        "write \"stdout\", \"off\", a file path or syslog:server=ADDR",
+                    );
                     AccessTarget::Stdout
+                }
+                t if t.starts_with("syslog:") => {
+                    match crate::observe::syslog::parse(&t["syslog:".len()..]) {
+                        Ok(s) => AccessTarget::Syslog(s),
+                        Err(e) => {
+                            c.err("log.access", e);
+                            AccessTarget::Stdout
+                        }
+                    }
                 }
                 path => AccessTarget::File(PathBuf::from(path)),
             };

@@ -22,6 +22,7 @@ use crate::http::date::{split_time, MONTHS};
 use crate::http::encode::itoa_buf;
 use crate::stats::{add, Stats};
 
+use super::syslog::Syslog;
 use super::template::Clock;
 
 /// What shards and the signal handler send the writer.
@@ -129,6 +130,7 @@ impl LogWriter {
 enum Output {
     Stdout,
     File(PathBuf, File),
+    Syslog(Box<Syslog>),
 }
 
 impl Output {
@@ -136,6 +138,7 @@ impl Output {
         match target {
             AccessTarget::Stdout => Ok(Output::Stdout),
             AccessTarget::File(p) => Ok(Output::File(p.clone(), open_append(p)?)),
+            AccessTarget::Syslog(s) => Ok(Output::Syslog(Box::new(Syslog::open(s)?))),
         }
     }
 
@@ -147,6 +150,7 @@ impl Output {
                 o.flush()
             }
             Output::File(_, f) => f.write_all(bytes),
+            Output::Syslog(s) => s.send(bytes),
         }
     }
 }
@@ -190,6 +194,14 @@ fn writer_loop(mut out: Output, rx: Receiver<LogMsg>, reopen: &AtomicBool) {
 }
 
 fn reopen_output(out: &mut Output) {
+    if let Output::Syslog(s) = out {
+        match s.reopen() {
+            Ok(()) => tracing::info!("access log: syslog socket reconnected"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reconnect to syslog; still using the old socket")
+            }
+        }
+    }
     if let Output::File(p, f) = out {
         match open_append(p) {
             Ok(new) => {

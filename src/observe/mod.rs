@@ -9,4 +9,5 @@ pub mod errors;
 pub mod metrics;
 mod metrics_admission;
 pub mod reqid;
+pub mod syslog;
 pub mod template;

@@ -15,6 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod access_log;
+mod access_syslog;
 mod access_template;
 mod admin;
 mod counters;
