@@ -21,7 +21,7 @@ use crate::respond::{
     cfg_rid_header, linger_close, relay_response, respond_canned_with, respond_own, route_pages,
     Field, Respond,
 };
-use crate::route::{match_path, normalize_path, routing_input, valid_authority};
+use crate::route::{match_path, normalize_path, routing_input};
 use crate::rules::{location, path_and_query, rewrite_target, Fields, Vars};
 use crate::shard::ShardCtx;
 use crate::stats::bump;
@@ -79,7 +79,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         (Some(answer), _) => Ok(answer),
         // CONNECT names no resource to redirect to: refused as on any listener.
         (None, Some(_)) if facts.method == Method::Connect => Err(Canned::MethodNotAllowed),
-        (None, Some(r)) => https_location(&client.buf, head, r.port).map(|loc| {
+        (None, Some(r)) => crate::rules::https_location(&client.buf, head, r.port).map(|loc| {
             let c = if r.status == 308 {
                 Canned::PermanentRedirect
             } else {
@@ -740,43 +740,6 @@ enum Plan<'a> {
     Answer(Canned, &'static [u8], Vec<u8>),
     /// The route's `respond` is the answer.
     Respond(&'a RouteResponse),
-}
-
-/// `https://HOST[:PORT]/PATH?QUERY` for a `redirect_https` listener: the request's host
-/// without its port, and its target in origin form. A request without a valid host is a 400.
-fn https_location(buf: &[u8], head: &RequestHead, port: u16) -> Result<Vec<u8>, Canned> {
-    let target = split_target(head.target.get(buf));
-    let host: &[u8] = match (target.authority, head.host) {
-        (Some(a), _) => a,
-        (None, Some(h)) => h.get(buf),
-        (None, None) => b"",
-    };
-    if host.is_empty() || !valid_authority(host) {
-        return Err(Canned::BadRequest);
-    }
-    // Strip a port (an IPv6 literal keeps its brackets).
-    let name = match host.iter().rposition(|&b| b == b':') {
-        Some(i) if !host[i..].contains(&b']') => &host[..i],
-        _ => host,
-    };
-    let mut loc = Vec::with_capacity(16 + host.len() + target.path.len());
-    loc.extend_from_slice(b"https://");
-    loc.extend_from_slice(name);
-    if port != 443 {
-        loc.push(b':');
-        loc.extend_from_slice(port.to_string().as_bytes());
-    }
-    // `OPTIONS *` asks about the server, not a resource: its redirect names the root.
-    let path = if target.path == b"*" {
-        &b""[..]
-    } else {
-        target.path
-    };
-    if path.first() != Some(&b'/') {
-        loc.push(b'/');
-    }
-    loc.extend_from_slice(path);
-    Ok(crate::rules::escape_uri(&loc))
 }
 
 /// How a forwarded request ended for the client connection.

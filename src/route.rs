@@ -190,14 +190,20 @@ pub fn routing_input<'b>(
     host_field: Option<&'b [u8]>,
 ) -> Option<(&'b [u8], Cow<'b, [u8]>)> {
     let host = target.authority.or(host_field).unwrap_or(b"");
+    // RFC 9112 §3.2: a Host with an invalid value is refused whatever the target's form,
+    // though behind an absolute-form target it routes nothing (in origin form it is `host`,
+    // checked below).
+    let host_field_ok = target.authority.is_none() || host_field.is_none_or(valid_authority);
     let raw = target
         .path
         .split(|&b| b == b'?')
         .next()
         .unwrap_or(target.path);
     let path = normalize_path(raw);
-    let routable =
-        valid_authority(host) && !has_dot_segment(&path) && !param_hides_separator(&path);
+    let routable = valid_authority(host)
+        && host_field_ok
+        && !has_dot_segment(&path)
+        && !param_hides_separator(&path);
     routable.then_some((host, path))
 }
 

@@ -1,6 +1,7 @@
 //! Stage 3 of the pipeline, *route* (its rules): what a chosen route, and the listener,
 //! change in a request and its response, compiled by `config/rules.rs`. [`crate::proxy`]
-//! answers a route's `redirect` ([`location`]) and rewrites the target ([`rewrite_target`])
+//! answers a route's `redirect` ([`location`]) and a `redirect_https` listener's
+//! ([`https_location`]), and rewrites the target ([`rewrite_target`])
 //! before encoding; the head encoders ([`crate::http::encode`]) apply header rules
 //! ([`Fields`]) while they copy fields. A request on a route without rules meets none of
 //! this: every entry point is behind an `Option` that is `None`.
@@ -8,9 +9,11 @@
 use std::net::IpAddr;
 
 use crate::config::{HeaderRules, Part, PathRewrite, Redirect, Template, Var};
-use crate::http::encode::{write_ip, SetHeader};
+use crate::http::canned::Canned;
+use crate::http::encode::{split_target, write_ip, SetHeader};
 use crate::http::fields::same_field;
-use crate::route::has_dot_segment;
+use crate::http::parse::RequestHead;
+use crate::route::{has_dot_segment, valid_authority};
 
 /// The values of the template variables for one request: the request as the client sent it.
 pub struct Vars<'a> {
@@ -267,6 +270,46 @@ pub fn escape_uri(raw: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// `https://HOST[:PORT]/PATH?QUERY` for a `redirect_https` listener: the request's host
+/// without its port, and its target in origin form. A request without a valid host is a 400.
+pub fn https_location(buf: &[u8], head: &RequestHead, port: u16) -> Result<Vec<u8>, Canned> {
+    let target = split_target(head.target.get(buf));
+    let host: &[u8] = match (target.authority, head.host) {
+        (Some(a), _) => a,
+        (None, Some(h)) => h.get(buf),
+        (None, None) => b"",
+    };
+    // A Host with an invalid value is refused even behind an absolute-form target (as
+    // `route::routing_input` refuses it).
+    let host_field_ok = head.host.is_none_or(|h| valid_authority(h.get(buf)));
+    if host.is_empty() || !valid_authority(host) || !host_field_ok {
+        return Err(Canned::BadRequest);
+    }
+    // Strip a port (an IPv6 literal keeps its brackets).
+    let name = match host.iter().rposition(|&b| b == b':') {
+        Some(i) if !host[i..].contains(&b']') => &host[..i],
+        _ => host,
+    };
+    let mut loc = Vec::with_capacity(16 + host.len() + target.path.len());
+    loc.extend_from_slice(b"https://");
+    loc.extend_from_slice(name);
+    if port != 443 {
+        loc.push(b':');
+        loc.extend_from_slice(port.to_string().as_bytes());
+    }
+    // `OPTIONS *` asks about the server, not a resource: its redirect names the root.
+    let path = if target.path == b"*" {
+        &b""[..]
+    } else {
+        target.path
+    };
+    if path.first() != Some(&b'/') {
+        loc.push(b'/');
+    }
+    loc.extend_from_slice(path);
+    Ok(escape_uri(&loc))
 }
 
 #[cfg(test)]

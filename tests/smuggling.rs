@@ -506,6 +506,12 @@ both_engines! {
     fn absolute_form_without_host_rejected(engine) {
         refused_head(engine, b"GET http://b.example/x HTTP/1.1\r\n\r\n", 400);
     }
+    fn absolute_form_with_an_invalid_host_rejected(engine) {
+        // RFC 9112 §3.2: a Host with an invalid value is a 400 whatever the target's form (it
+        // was ignored, unchecked, behind an absolute-form target; found by a review).
+        refused_head(engine, b"GET http://b.example/x HTTP/1.1\r\nHost: x y [z]\r\n\r\n", 400);
+        refused_head(engine, b"GET http://b.example/x HTTP/1.1\r\nHost: a.example:80:81\r\n\r\n", 400);
+    }
     fn absolute_form_with_two_hosts_rejected(engine) {
         refused_head(engine, b"GET http://b.example/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400);
     }

@@ -590,6 +590,11 @@ both_engines! {
         assert_eq!(r.status(), 308);
         assert_eq!(r.header("location"), Some("https://a.test:8443/p?q=1"));
         assert!(r.header("strict-transport-security").is_none());
+        // An invalid Host is refused behind an absolute-form target too (RFC 9112 §3.2).
+        let mut c = Client::connect(plain_addr);
+        c.send(b"GET http://a.test/x HTTP/1.1\r\nHost: x y\r\n\r\n");
+        assert_eq!(c.read_response().status(), 400, "an invalid Host");
+        let mut c = Client::connect(plain_addr);
         c.send(b"GET / HTTP/1.1\r\n\r\n");
         assert_eq!(c.read_response().status(), 400, "no Host: nothing to redirect to");
         // CONNECT names no resource: refused as on any listener, not redirected.
