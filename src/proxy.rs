@@ -267,8 +267,11 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         total_us,
     );
     let cfg = &ctx.shared.config;
-    let logged = trace.route.is_none_or(|r| cfg.routes[r].access_log);
-    if let (Some(log), Some(fields), true) = (&ctx.access, log_fields, logged) {
+    let logged = |r: usize| cfg.routes[r].access_log;
+    if let (Some(log), Some(fields)) = (&ctx.access, log_fields) {
+        if !trace.route.is_none_or(logged) {
+            return outcome;
+        }
         log.push(
             &fields,
             &crate::observe::access::Outcome {

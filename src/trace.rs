@@ -69,7 +69,8 @@ pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, started: Ins
                 backend: None,
                 cache: None,
                 tls: crate::tls::log_facts(client),
-                connection_requests: client.served.requests(),
+                // The refused request counts too (it was never counted by `Served::count`).
+                connection_requests: client.served.requests().saturating_add(1),
             },
             &ctx.stats,
         );
@@ -98,6 +99,12 @@ pub fn log_fields(
     rid: &[u8],
 ) -> Box<RequestFields> {
     let header = |name: &[u8]| head.header(buf, name).unwrap_or_default();
+    // The host the request was routed on (an absolute-form target's authority, else Host),
+    // when it is one (nginx's `$host`; a malformed one is not logged).
+    let authority = crate::http::encode::split_target(head.target.get(buf)).authority;
+    let host = authority
+        .or(head.host.map(|h| h.get(buf)))
+        .filter(|h| crate::route::valid_authority(h));
     let user = match log.wants_user() {
         true => crate::auth::basic::user_name(buf, head),
         false => None,
@@ -108,7 +115,7 @@ pub fn log_fields(
             target: head.target.get(buf),
             minor: head.minor_version,
             head_len: head.head_len,
-            host: head.host.map_or(&b""[..], |h| h.get(buf)),
+            host: host.unwrap_or_default(),
             referer: header(b"referer"),
             user_agent: header(b"user-agent"),
             request_id: rid,

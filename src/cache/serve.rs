@@ -17,7 +17,9 @@ use crate::http::encode::{client_response_head, itoa_buf, OutFraming};
 use crate::http::parse::{HeaderKind, Method};
 use crate::io::{write_from, write_head_and_shared, IoFail};
 use crate::relay::{Leg, RelayError};
-use crate::respond::{proxy_fields, respond_canned, response_rewrite, response_vars};
+use crate::respond::{
+    cfg_rid_header, proxy_fields, respond_canned_with, response_rewrite, response_vars, route_pages,
+};
 use crate::shard::ShardCtx;
 use crate::splice::send_file;
 use crate::stats::add;
@@ -75,7 +77,18 @@ pub async fn serve(
             None => {
                 trace.status = Some(502);
                 let close = !facts.keep_alive || ctx.draining();
-                return respond_canned(ctx, client, Canned::BadGateway, close).await;
+                let rid = cfg_rid_header(ctx, rid);
+                let pages = route_pages(ctx, trace.route);
+                let answer = respond_canned_with(
+                    ctx,
+                    client,
+                    Canned::BadGateway,
+                    close,
+                    facts.method == Method::Head,
+                    rid.as_slice(),
+                    pages,
+                );
+                return Box::pin(answer).await;
             }
         },
     };

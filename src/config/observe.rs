@@ -147,7 +147,11 @@ fn access_format(c: &mut Checker, raw: &RawLog) -> AccessFormat {
             AccessFormat::Combined
         }
     };
-    if raw.access_escape.is_some() && !matches!(format, AccessFormat::Template(_)) {
+    let template = raw
+        .access_format
+        .as_deref()
+        .is_some_and(|f| f.contains('$'));
+    if raw.access_escape.is_some() && !template {
         c.err(
             "log.access_escape",
             "applies only to an access_format written as a line of $variables",

@@ -527,6 +527,21 @@ pub(super) fn escaped(buf: &mut Vec<u8>, v: &[u8]) {
     }
 }
 
+/// The Basic user name as `combined` writes it: unquoted in the line, so only token
+/// characters stay as they are; anything else (a space, `[`, `"`) is `\xHH`.
+pub(super) fn token_escaped(buf: &mut Vec<u8>, v: &[u8]) {
+    for &b in v {
+        let token = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if token {
+            buf.push(b);
+        } else {
+            buf.extend_from_slice(b"\\x");
+            buf.push(b"0123456789ABCDEF"[(b >> 4) as usize]);
+            buf.push(b"0123456789ABCDEF"[(b & 0xf) as usize]);
+        }
+    }
+}
+
 fn dash_or(buf: &mut Vec<u8>, v: &[u8]) {
     if v.is_empty() {
         buf.push(b'-');
@@ -537,7 +552,10 @@ fn dash_or(buf: &mut Vec<u8>, v: &[u8]) {
 
 fn combined_line(buf: &mut Vec<u8>, time: &str, req: &RequestFields, out: &Outcome<'_>) {
     let _ = write!(buf, "{} - ", out.client);
-    dash_or(buf, req.user());
+    match req.user() {
+        [] => buf.push(b'-'),
+        user => token_escaped(buf, user),
+    }
     let _ = write!(buf, " [{time}] \"");
     if req.method.is_empty() {
         // Refused before the request line could be parsed (nginx writes "-" too).
@@ -604,6 +622,10 @@ pub(super) fn json_inner(buf: &mut Vec<u8>, v: &[u8]) {
                 match c {
                     '\u{2028}' => buf.extend_from_slice(b"\\u2028"),
                     '\u{2029}' => buf.extend_from_slice(b"\\u2029"),
+                    // C1 controls (NEL is a line end to some readers).
+                    '\u{80}'..='\u{9f}' => {
+                        let _ = write!(buf, "\\u{:04x}", c as u32);
+                    }
                     c if c.is_ascii() => json_byte(buf, c as u8),
                     c => buf.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
                 }
@@ -790,6 +812,8 @@ pub(super) mod tests {
         assert_eq!(utf8, "\"caf\u{e9} \\u2028\\u2029\\u000a\\\"\"".as_bytes());
         let v: String = serde_json::from_slice(&utf8).unwrap();
         assert_eq!(v, "caf\u{e9} \u{2028}\u{2029}\n\"");
+        // C1 controls too: NEL (U+0085) ends a line for some readers.
+        assert_eq!(line("a\u{85}b".as_bytes()), b"\"a\\u0085b\"");
         // Not UTF-8: every byte that is not printable ASCII escaped, each on its own.
         assert_eq!(line(b"a\xc3\xff"), b"\"a\\u00c3\\u00ff\"");
     }

@@ -93,7 +93,9 @@ pub const MAX_HEADERS: usize = 32;
 #[derive(Debug, PartialEq, Eq)]
 enum Piece {
     Text(Box<[u8]>),
-    Var(Var),
+    /// A variable, and whether the text before it ends with `"` (JSON: an unset value
+    /// between quotes is an empty string; anywhere else it is `null`).
+    Var(Var, bool),
 }
 
 /// A parsed `access_format` template.
@@ -142,19 +144,20 @@ pub fn parse(src: &str, escape: Escape) -> Result<Template, String> {
             }
         };
         let var = variable(name, &mut t.headers)?;
+        let quoted = text.last() == Some(&b'"');
         if !text.is_empty() {
             t.pieces
                 .push(Piece::Text(std::mem::take(&mut text).into_boxed_slice()));
         }
         t.user |= var == Var::RemoteUser;
-        t.pieces.push(Piece::Var(var));
+        t.pieces.push(Piece::Var(var, quoted));
         rest = next;
     }
     text.extend_from_slice(rest.as_bytes());
     if !text.is_empty() {
         t.pieces.push(Piece::Text(text.into_boxed_slice()));
     }
-    if !t.pieces.iter().any(|p| matches!(p, Piece::Var(_))) {
+    if !t.pieces.iter().any(|p| matches!(p, Piece::Var(..))) {
         return Err("names no variable; write combined, json, or a line with $variables".into());
     }
     Ok(t)
@@ -235,16 +238,18 @@ impl Template {
         for piece in &self.pieces {
             match piece {
                 Piece::Text(t) => buf.extend_from_slice(t),
-                Piece::Var(v) => self.var(buf, *v, clock, shard, req, out),
+                Piece::Var(v, quoted) => self.var(buf, *v, *quoted, clock, shard, req, out),
             }
         }
         buf.push(b'\n');
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn var(
         &self,
         buf: &mut Vec<u8>,
         var: Var,
+        quoted: bool,
         clock: &Clock<'_>,
         shard: usize,
         req: &RequestFields,
@@ -267,7 +272,11 @@ impl Template {
                 None => Value::Unset,
             },
             Var::TimeLocal => Value::Bytes(clock.local.as_bytes()),
-            Var::TimeIso8601 => Value::Bytes(clock.iso.as_bytes()),
+            Var::TimeIso8601 => {
+                buf.extend_from_slice(clock.iso.as_bytes());
+                buf.extend_from_slice(b"+00:00");
+                return;
+            }
             Var::Msec => {
                 let _ = write!(buf, "{}.{:03}", clock.unix, clock.millis);
                 return;
@@ -281,9 +290,9 @@ impl Template {
                 return;
             }
             Var::RequestMethod if parsed => Value::Bytes(req.method()),
-            Var::RequestUri if parsed => Value::Bytes(req.target()),
-            Var::Uri if parsed => Value::Bytes(split_query(req.target()).0),
-            Var::Args => split_query(req.target())
+            Var::RequestUri if parsed => Value::Bytes(origin_form(req.target())),
+            Var::Uri if parsed => Value::Bytes(split_query(origin_form(req.target())).0),
+            Var::Args => split_query(origin_form(req.target()))
                 .1
                 .map_or(Value::Unset, Value::Bytes),
             Var::ServerProtocol if parsed => Value::Bytes(protocol(req)),
@@ -297,6 +306,15 @@ impl Template {
                     self.escaped(buf, &h.to_ascii_lowercase());
                     return;
                 }
+            }
+            // A client's bytes in a field logs often leave unquoted: only token characters
+            // stay as they are (nginx would let a space or `[` through).
+            Var::RemoteUser if self.escape == Escape::Default => {
+                match req.user() {
+                    [] => buf.push(b'-'),
+                    user => super::access::token_escaped(buf, user),
+                }
+                return;
             }
             Var::RemoteUser => Value::Bytes(req.user()),
             // No response: `000` as in `combined`, but a number JSON can read.
@@ -324,11 +342,11 @@ impl Template {
             Var::Header(i) => Value::Bytes(req.header(i)),
         };
         match value {
-            Value::Bytes([]) | Value::Unset => {
-                if self.escape == Escape::Default {
-                    buf.push(b'-');
-                }
-            }
+            Value::Bytes([]) | Value::Unset => match self.escape {
+                Escape::Default => buf.push(b'-'),
+                Escape::Json if !quoted => buf.extend_from_slice(b"null"),
+                Escape::Json => {}
+            },
             Value::Bytes(b) => self.escaped(buf, b),
             Value::Num(n) => super::access::num(buf, n),
             Value::Secs(us) => super::access::secs(buf, us),
@@ -360,6 +378,12 @@ fn split_query(target: &[u8]) -> (&[u8], Option<&[u8]>) {
         ),
         None => (target, None),
     }
+}
+
+/// The target's path and query: an absolute-form target's (`http://a/p?q` is `/p?q`), as
+/// nginx's `$request_uri` has it.
+fn origin_form(target: &[u8]) -> &[u8] {
+    crate::http::encode::split_target(target).path
 }
 
 /// `Host` without its port (`[v6]` kept whole).
@@ -449,7 +473,7 @@ mod tests {
         assert_eq!(
             line(&t, &out),
             "remote_addr=10.0.0.1 remote_user=- time_local=28/Nov/2026:18:43:09 +0000 \
-             time_iso8601=2026-11-28T18:43:09 msec=1795891389.007 \
+             time_iso8601=2026-11-28T18:43:09+00:00 msec=1795891389.007 \
              request=GET /a?\\x22q\\x22 HTTP/1.1 request_method=GET \
              request_uri=/a?\\x22q\\x22 uri=/a args=\\x22q\\x22 query_string=\\x22q\\x22 \
              server_protocol=HTTP/1.1 host=example.com status=200 body_bytes_sent=1234 \
@@ -470,10 +494,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(line(&t, &none), "000 - - -\n");
-        let json = r#"{"u":"$upstream_addr","h":"$http_x_a","r":"$request_uri","n":$status}"#;
+        // JSON: unset between quotes is "", anywhere else null (the line stays JSON).
+        let json = r#"{"u":"$upstream_addr","h":"$http_x_a","r":"$request_uri","n":$status,"urt":$upstream_response_time}"#;
         let t = parse(json, Escape::Json).unwrap();
         let v: serde_json::Value = serde_json::from_str(&line(&t, &none)).unwrap();
         assert_eq!(v["u"], "");
+        assert!(v["urt"].is_null());
         assert_eq!(v["h"], "v\n1");
         assert_eq!(v["r"], "/a?\"q\"");
         assert_eq!(v["n"], 0);
@@ -487,6 +513,37 @@ mod tests {
         };
         t.render(&mut buf, &clock, 0, &RequestFields::unparsed(), &none);
         assert_eq!(buf, b"[-] -\n");
+    }
+
+    #[test]
+    fn a_user_name_and_an_absolute_target_cannot_reshape_the_line() {
+        let fields = RequestFields::new(
+            &super::super::access::HeadFacts {
+                method: b"GET",
+                target: b"http://good.example/p?q=1",
+                minor: 1,
+                head_len: 1,
+                host: b"good.example",
+                referer: b"",
+                user_agent: b"",
+                request_id: b"",
+                user: b"evil [01/Jan/1970",
+            },
+            std::iter::empty(),
+        );
+        let t = parse("$remote_user [$request_uri] $uri $args", Escape::Default).unwrap();
+        let clock = Clock {
+            unix: 0,
+            millis: 0,
+            local: "",
+            iso: "",
+        };
+        let mut buf = Vec::new();
+        t.render(&mut buf, &clock, 0, &fields, &outcome());
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "evil\\x20\\x5B01\\x2FJan\\x2F1970 [/p?q=1] /p q=1\n"
+        );
     }
 
     #[test]
