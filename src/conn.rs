@@ -288,8 +288,8 @@ async fn keep_alive(
                     let head_only = names_head(&client.buf);
                     let answer =
                         respond_canned_with(&ctx, &mut client, status, true, head_only, &[], &[]);
-                    Box::pin(answer).await;
-                    record_refused(&ctx, &client, status.status(), head_started);
+                    let own = Box::pin(answer).await;
+                    record_refused(&ctx, &client, status.status(), own.body, head_started);
                     Box::pin(linger_close(&mut client)).await;
                     return;
                 }
@@ -384,8 +384,8 @@ async fn close_tls(ctx: &ShardCtx, client: &mut Client) {
 /// Answers 408 (closing) to a client whose head did not arrive within `client_header` of
 /// `since`, and logs it. Boxed: a waiting connection's task need not hold this step.
 async fn request_timeout(ctx: &ShardCtx, client: &mut Client, since: Instant) {
-    Box::pin(respond_canned(ctx, client, Canned::RequestTimeout, true)).await;
-    record_refused(ctx, client, 408, since);
+    let own = Box::pin(respond_canned(ctx, client, Canned::RequestTimeout, true)).await;
+    record_refused(ctx, client, 408, own.body, since);
 }
 
 fn head_limits(ctx: &ShardCtx) -> HeadLimits {

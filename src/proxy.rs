@@ -106,7 +106,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             let rid_header = cfg_rid_header(ctx, &rid);
             let fields = [(name, &value[..]), rid_header.unwrap_or((b"", b""))];
             let n = if rid_header.is_some() { 2 } else { 1 };
-            let mut outcome = Box::pin(respond_canned_with(
+            let own = Box::pin(respond_canned_with(
                 ctx,
                 client,
                 c,
@@ -116,6 +116,8 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 route_pages(ctx, trace.route),
             ))
             .await;
+            trace.bytes_out = own.body;
+            let mut outcome = own.outcome;
             if body_unread {
                 outcome = close_lingering(client).await;
             }
@@ -126,12 +128,9 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         }
         Ok(Plan::Respond(answer)) => Box::pin(respond_here(ctx, client, answer, &facts, &rid))
             .await
-            .map(|outcome| {
+            .map(|(outcome, body)| {
                 trace.status = Some(answer.status);
-                if facts.method != Method::Head {
-                    trace.bytes_out = answer.body_len;
-                    crate::stats::add(&ctx.stats.bytes_out, answer.body_len);
-                }
+                trace.bytes_out = body;
                 Exchanged {
                     outcome,
                     early: false,
@@ -143,7 +142,9 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             trace.status = Some(denial.status());
             let route = trace.route.map(|i| &ctx.shared.config.routes[i]);
             let answer = auth::answer(ctx, client, &denial, close, &facts, &rid, route);
-            let mut outcome = Box::pin(answer).await;
+            let own = Box::pin(answer).await;
+            trace.bytes_out = own.body;
+            let mut outcome = own.outcome;
             if body_unread {
                 outcome = close_lingering(client).await;
             }
@@ -240,9 +241,8 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 let body_unread = !facts.framing.is_empty();
                 let close = !facts.keep_alive || facts.minor == 0 || body_unread || ctx.draining();
                 trace.status = Some(c.status());
-                trace.bytes_out = 0;
                 let rid_header = cfg_rid_header(ctx, &rid);
-                let outcome = Box::pin(respond_canned_with(
+                let own = Box::pin(respond_canned_with(
                     ctx,
                     client,
                     c,
@@ -252,10 +252,11 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                     route_pages(ctx, trace.route),
                 ))
                 .await;
+                trace.bytes_out = own.body;
                 if body_unread {
                     close_lingering(client).await
                 } else {
-                    outcome
+                    own.outcome
                 }
             }
         },
@@ -300,14 +301,15 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
 const RESPOND_DISCARD_MAX: u64 = 64 << 10;
 
 /// A route's `respond`: the body read and dropped when it is small, then the answer (with
-/// the request id and the listener's HSTS), then a close when the body was not read.
+/// the request id and the listener's HSTS), then a close when the body was not read. Says
+/// how the connection goes on and the body bytes sent.
 async fn respond_here(
     ctx: &ShardCtx,
     client: &mut Client,
     answer: &RouteResponse,
     facts: &RequestFacts,
     rid: &RequestId,
-) -> Result<Outcome, ProxyError> {
+) -> Result<(Outcome, u64), ProxyError> {
     let mut body_unread = !facts.framing.is_empty();
     // A client waiting for `100 Continue` gets the answer instead (RFC 9110 §10.1.1).
     if let (BodyFraming::Length(n), false) = (facts.framing, facts.expect_continue) {
@@ -331,11 +333,11 @@ async fn respond_here(
     }
     let (stream, deadline, extra) = (&mut client.stream, &mut client.deadline, &fields[..n]);
     let bytes = answer.bytes(close);
-    let outcome = respond_own(ctx, stream, deadline, bytes, close, head_only, extra).await;
+    let own = respond_own(ctx, stream, deadline, bytes, close, head_only, extra).await;
     if body_unread {
-        return Ok(close_lingering(client).await);
+        return Ok((close_lingering(client).await, own.body));
     }
-    Ok(outcome)
+    Ok((own.outcome, own.body))
 }
 
 /// Route, authenticate (the route's `auth`, when it has one) and encode: everything that

@@ -376,13 +376,15 @@ fn watch_client(client: &mut Client) {
     client.deadline.watch(client.stream.tcp().as_raw_fd());
 }
 
+/// What writing one of the proxy's own answers did: whether the connection goes on, and the
+/// body bytes sent (the access log's `$body_bytes_sent`; counted in the metrics already).
+pub struct Own {
+    pub outcome: Outcome,
+    pub body: u64,
+}
+
 /// Writes a canned response and says whether the connection must close afterwards.
-pub async fn respond_canned(
-    ctx: &ShardCtx,
-    client: &mut Client,
-    c: Canned,
-    close: bool,
-) -> Outcome {
+pub async fn respond_canned(ctx: &ShardCtx, client: &mut Client, c: Canned, close: bool) -> Own {
     respond_canned_with(ctx, client, c, close, false, &[], &[]).await
 }
 
@@ -477,7 +479,7 @@ pub async fn respond_canned_with(
     head_only: bool,
     extra: &[Field<'_>],
     pages: &[ErrorPage],
-) -> Outcome {
+) -> Own {
     ctx.stats.canned(c);
     let close = close || c.forces_close();
     let server = &ctx.shared.config.response.error_pages;
@@ -499,23 +501,28 @@ pub async fn respond_own(
     close: bool,
     head_only: bool,
     extra: &[Field<'_>],
-) -> Outcome {
+) -> Own {
     let mut out = ctx.buffer();
     let server = ctx.shared.config.response.server.as_deref();
     canned_head(bytes, server, &ctx.date.now(), extra, &mut out);
+    let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").map(|e| e + 4);
     if head_only {
-        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
-            out.truncate(end + 4);
+        if let Some(end) = head_end {
+            out.truncate(end);
         }
     }
+    let body = (out.len() - head_end.unwrap_or(out.len())) as u64;
     let n = out.len();
     let t = ctx.shared.config.timeouts.client_send;
     let r = write_from(stream, &mut out, 0, n, deadline, t).await;
-    match r {
+    let outcome = match r {
         Ok(()) if !close => Outcome::KeepAlive,
         Ok(()) => Outcome::Close,
         Err(_) => Outcome::Cut,
-    }
+    };
+    let body = if outcome == Outcome::Cut { 0 } else { body };
+    crate::stats::add(&ctx.stats.bytes_out, body);
+    Own { outcome, body }
 }
 
 /// A canned response with the fields that vary added after its status line: the proxy's

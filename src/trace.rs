@@ -48,8 +48,8 @@ impl RequestId {
 }
 
 /// Counts and logs a request refused before it could be parsed (bad head, or a connection
-/// that sent nothing within `client_header`): the client got `status`.
-pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, started: Instant) {
+/// that sent nothing within `client_header`): the client got `status` with `body` bytes.
+pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, body: u64, started: Instant) {
     crate::stats::bump(&ctx.stats.requests);
     let total_us = micros_total(started);
     ctx.stats.finish_request(None, Some(status), total_us);
@@ -61,7 +61,7 @@ pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, started: Ins
                 client: client.peer.ip(),
                 status: Some(status),
                 bytes_in: 0,
-                bytes_out: 0,
+                bytes_out: body,
                 total_us,
                 upstream_us: None,
                 route: None,

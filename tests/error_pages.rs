@@ -108,10 +108,15 @@ both_engines! {
             .route("shop", &format!("host = \"shop.test\"\npath_prefix = \"/api\"\nrate_limit = {{ rate = 1, burst = 1, key = \"route\" }}\n{own}"))
             .route("shop", &format!("host = \"shop.test\"\n{own}"))
             .route("blog", "host = \"blog.test\"")
+            .admin("")
             .start(engine);
         let mut c = Client::connect(proxy.addr());
         let r = ask(&mut c, "GET", "shop.test", "/");
         assert_eq!((r.status(), r.body_str()), (502, "shop is down\n".to_string()));
+        // The page's body is counted (once the shard has, after its write).
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "13 bytes sent", |m| {
+            m.value("edgeshard_client_bytes_sent_total", &[]) == 13.0
+        });
         assert_eq!(r.header("Content-Type"), Some("text/html; charset=utf-8"));
         let r = ask(&mut c, "GET", "shop.test", "/admin");
         assert_eq!((r.status(), r.body_str()), (403, "shop says no\n".to_string()));

@@ -27,7 +27,7 @@ use crate::http::parse::Method;
 use crate::http::parse::RequestHead;
 use crate::io::write_from;
 use crate::respond::{
-    cfg_rid_header, proxy_fields, respond_canned_with, response_rewrite, response_vars, Field,
+    cfg_rid_header, proxy_fields, respond_canned_with, response_rewrite, response_vars, Field, Own,
 };
 use crate::shard::ShardCtx;
 use crate::stats::{bump, Stats};
@@ -165,7 +165,7 @@ pub async fn answer(
     facts: &RequestFacts,
     rid: &RequestId,
     route: Option<&RouteConfig>,
-) -> Outcome {
+) -> Own {
     let head_only = facts.method == Method::Head;
     match denial {
         Denial::Canned(c, extra) => {
@@ -200,11 +200,17 @@ pub async fn answer(
             let n = out.len();
             let t = ctx.shared.config.timeouts.client_send;
             let r = write_from(&mut client.stream, &mut out, 0, n, &mut client.deadline, t).await;
-            match r {
+            let outcome = match r {
                 Ok(()) if !close => Outcome::KeepAlive,
                 Ok(()) => Outcome::Close,
                 Err(_) => Outcome::Cut,
-            }
+            };
+            let body = match (outcome, head_only) {
+                (Outcome::Cut, _) | (_, true) => 0,
+                _ => body.len() as u64,
+            };
+            crate::stats::add(&ctx.stats.bytes_out, body);
+            Own { outcome, body }
         }
     }
 }

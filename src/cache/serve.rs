@@ -88,7 +88,9 @@ pub async fn serve(
                     rid.as_slice(),
                     pages,
                 );
-                return Box::pin(answer).await;
+                let own = Box::pin(answer).await;
+                trace.bytes_out = own.body;
+                return own.outcome;
             }
         },
     };

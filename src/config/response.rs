@@ -139,8 +139,6 @@ pub(super) struct RawRespond {
 #[derive(Clone, Debug)]
 pub struct RouteResponse {
     pub status: u16,
-    /// The body's length (for the access log and the byte counters).
-    pub body_len: u64,
     /// The whole response without the proxy's `Server` and `Date`, and the same with
     /// `Connection: close`.
     keep: Box<[u8]>,
@@ -340,7 +338,6 @@ pub(super) fn respond(
     let page = |close| render(line.as_bytes(), ctype.as_deref(), &fields, body, close);
     Some(Box::new(RouteResponse {
         status,
-        body_len: body.map_or(0, |b| b.len() as u64),
         keep: page(false),
         close: page(true),
     }))
