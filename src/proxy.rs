@@ -163,6 +163,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         {
             Ok(answered) => {
                 let early = answered.early;
+                trace.upstream_status = Some(answered.head.status);
                 let respond = Respond::new(ctx);
                 // The cache's revalidation: its 304 (or a 5xx within stale-if-error) is
                 // answered with the stored entry, not relayed.
@@ -288,6 +289,8 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 cache: trace.cache,
                 tls: crate::tls::log_facts(client),
                 connection_requests: client.served.requests(),
+                peer_port: client.peer.port(),
+                upstream_status: trace.upstream_status,
             },
             &ctx.stats,
         );

@@ -25,6 +25,8 @@ pub struct Trace {
     pub upstream_us: Option<u64>,
     /// Closed without a complete response (client gone, or a body cut short).
     pub aborted: bool,
+    /// The status of the backend's response (the access log's `$upstream_status`).
+    pub upstream_status: Option<u16>,
     /// The response's `X-Cache`, on a route with `cache`.
     pub cache: Option<&'static [u8]>,
     /// The coding the client accepts best among its route's `compress.algorithms`
@@ -71,6 +73,8 @@ pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, body: u64, s
                 tls: crate::tls::log_facts(client),
                 // The refused request counts too (it was never counted by `Served::count`).
                 connection_requests: client.served.requests().saturating_add(1),
+                peer_port: client.peer.port(),
+                upstream_status: None,
             },
             &ctx.stats,
         );

@@ -353,6 +353,10 @@ pub struct Outcome<'a> {
     pub tls: Option<TlsFacts<'a>>,
     /// Requests on this connection so far, this one included.
     pub connection_requests: u32,
+    /// The connection's peer port (nginx's `$remote_port`).
+    pub peer_port: u16,
+    /// The status of the backend's response (`None`: no backend answered).
+    pub upstream_status: Option<u16>,
 }
 
 /// One shard's access log: a buffer, a sampler and the queue to the writer.
@@ -756,6 +760,8 @@ pub(super) mod tests {
             cache: None,
             tls: None,
             connection_requests: 3,
+            peer_port: 40000,
+            upstream_status: Some(200),
         }
     }
 

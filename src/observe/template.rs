@@ -23,7 +23,9 @@ pub enum Escape {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Var {
     RemoteAddr,
+    RemotePort,
     RemoteUser,
+    Scheme,
     TimeLocal,
     TimeIso8601,
     Msec,
@@ -40,6 +42,7 @@ pub enum Var {
     RequestTime,
     UpstreamResponseTime,
     UpstreamAddr,
+    UpstreamStatus,
     UpstreamName,
     UpstreamCacheStatus,
     RequestId,
@@ -57,7 +60,9 @@ pub enum Var {
 /// The variables by name (`$http_NAME` is handled apart).
 const VARS: &[(&str, Var)] = &[
     ("remote_addr", Var::RemoteAddr),
+    ("remote_port", Var::RemotePort),
     ("remote_user", Var::RemoteUser),
+    ("scheme", Var::Scheme),
     ("time_local", Var::TimeLocal),
     ("time_iso8601", Var::TimeIso8601),
     ("msec", Var::Msec),
@@ -75,6 +80,7 @@ const VARS: &[(&str, Var)] = &[
     ("request_time", Var::RequestTime),
     ("upstream_response_time", Var::UpstreamResponseTime),
     ("upstream_addr", Var::UpstreamAddr),
+    ("upstream_status", Var::UpstreamStatus),
     ("upstream_name", Var::UpstreamName),
     ("upstream_cache_status", Var::UpstreamCacheStatus),
     ("request_id", Var::RequestId),
@@ -271,6 +277,11 @@ impl Template {
                 }
                 None => Value::Unset,
             },
+            Var::RemotePort => Value::Num(u64::from(out.peer_port)),
+            Var::Scheme => Value::Bytes(if out.tls.is_some() { b"https" } else { b"http" }),
+            Var::UpstreamStatus => out
+                .upstream_status
+                .map_or(Value::Unset, |s| Value::Num(u64::from(s))),
             Var::TimeLocal => Value::Bytes(clock.local.as_bytes()),
             Var::TimeIso8601 => {
                 buf.extend_from_slice(clock.iso.as_bytes());
@@ -472,13 +483,13 @@ mod tests {
         });
         assert_eq!(
             line(&t, &out),
-            "remote_addr=10.0.0.1 remote_user=- time_local=28/Nov/2026:18:43:09 +0000 \
+            "remote_addr=10.0.0.1 remote_port=40000 remote_user=- scheme=https time_local=28/Nov/2026:18:43:09 +0000 \
              time_iso8601=2026-11-28T18:43:09+00:00 msec=1795891389.007 \
              request=GET /a?\\x22q\\x22 HTTP/1.1 request_method=GET \
              request_uri=/a?\\x22q\\x22 uri=/a args=\\x22q\\x22 query_string=\\x22q\\x22 \
              server_protocol=HTTP/1.1 host=example.com status=200 body_bytes_sent=1234 \
              request_length=40 request_time=0.001 upstream_response_time=0.001 \
-             upstream_addr=127.0.0.1:9000 upstream_name=app upstream_cache_status=HIT \
+             upstream_addr=127.0.0.1:9000 upstream_status=200 upstream_name=app upstream_cache_status=HIT \
              request_id=abc route=api ssl_protocol=TLSv1.3 \
              ssl_cipher=TLS13_AES_128_GCM_SHA256 ssl_server_name=a.test shard=1 \
              connection_requests=3 h=v\\x0A1 g=-\n"

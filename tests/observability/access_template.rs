@@ -26,7 +26,7 @@ both_engines! {
         let dir = TempDir::new("template");
         let log = dir.path("access.log");
         let origin = Origin::with_handler("o", |_| reply(&[("Cache-Control", "max-age=100")], "twelve bytes", false));
-        let format = r#"access_format = '$remote_addr $remote_user "$request" $status $body_bytes_sent cache=$upstream_cache_status up=$upstream_addr route=$route/$upstream_name trace="$http_x_trace" host=$host uri=$uri args=$args n=$connection_requests len=$request_length rid=$request_id'"#;
+        let format = r#"access_format = '$remote_addr $remote_user "$request" $status $body_bytes_sent cache=$upstream_cache_status up=$upstream_addr route=$route/$upstream_name trace="$http_x_trace" host=$host uri=$uri args=$args n=$connection_requests len=$request_length rid=$request_id $scheme us=$upstream_status'"#;
         let proxy = Config::new()
             .upstream("web", &[origin.addr()])
             .route("web", "name = \"cached\"\ncache = { size = \"1MiB\" }")
@@ -52,16 +52,16 @@ both_engines! {
         let up = origin.addr();
         assert_eq!(
             l[0],
-            format!("127.0.0.1 - \"GET /p?a=1 HTTP/1.1\" 200 12 cache=MISS up={up} route=cached/web trace=\"t\\x221\" host=ex.example uri=/p args=a=1 n=1 len={} rid={}", first.len(), rid(&r1)),
+            format!("127.0.0.1 - \"GET /p?a=1 HTTP/1.1\" 200 12 cache=MISS up={up} route=cached/web trace=\"t\\x221\" host=ex.example uri=/p args=a=1 n=1 len={} rid={} http us=200", first.len(), rid(&r1)),
         );
         let len2 = request("GET", "/p?a=1", &[("Host", "ex.example")], b"").len();
         assert_eq!(
             l[1],
-            format!("127.0.0.1 - \"GET /p?a=1 HTTP/1.1\" 200 12 cache=HIT up=- route=cached/web trace=\"-\" host=ex.example uri=/p args=a=1 n=2 len={len2} rid={}", rid(&r2)),
+            format!("127.0.0.1 - \"GET /p?a=1 HTTP/1.1\" 200 12 cache=HIT up=- route=cached/web trace=\"-\" host=ex.example uri=/p args=a=1 n=2 len={len2} rid={} http us=-", rid(&r2)),
         );
         assert_eq!(
             l[2],
-            format!("127.0.0.1 user \"GET /auth HTTP/1.1\" 200 12 cache=BYPASS up={up} route=cached/web trace=\"-\" host=ex.example uri=/auth args=- n=3 len={} rid={}", third.len(), rid(&r3)),
+            format!("127.0.0.1 user \"GET /auth HTTP/1.1\" 200 12 cache=BYPASS up={up} route=cached/web trace=\"-\" host=ex.example uri=/auth args=- n=3 len={} rid={} http us=200", third.len(), rid(&r3)),
         );
     }
 
@@ -95,7 +95,7 @@ both_engines! {
         let logs = TempDir::new("template-tls-log");
         let log = logs.path("access.log");
         let origin = Origin::start("origin");
-        let format = r#"access_format = '{"p":"$ssl_protocol","c":"$ssl_cipher","sni":"$ssl_server_name","s":$status,"ua":"$http_user_agent","cache":"$upstream_cache_status","t":$request_time}'
+        let format = r#"access_format = '{"p":"$ssl_protocol","c":"$ssl_cipher","sni":"$ssl_server_name","s":$status,"ua":"$http_user_agent","cache":"$upstream_cache_status","t":$request_time,"sc":"$scheme","us":$upstream_status}'
 access_escape = "json""#;
         let proxy = Config::single(origin.addr())
             .only_listener(&tls_listener(&[(&cert, &key)], ""))
@@ -109,5 +109,6 @@ access_escape = "json""#;
         assert!(v["c"].as_str().unwrap().starts_with("TLS13_"), "{}", l[0]);
         assert_eq!((&v["sni"], &v["s"], &v["ua"], &v["cache"]), (&"a.test".into(), &200.into(), &"".into(), &"".into()), "{}", l[0]);
         assert!(v["t"].as_f64().is_some(), "{}", l[0]);
+        assert_eq!((&v["sc"], &v["us"]), (&"https".into(), &200.into()), "{}", l[0]);
     }
 }
