@@ -12,7 +12,7 @@ use edgeshard::upgrade::Handoff;
 /// every SIGHUP reloads the configuration (certificates included).
 pub fn wait_for_stop(
     signals: &mut signal_hook::iterator::Signals,
-    log: Option<&edgeshard::observe::access::LogSink>,
+    log: Option<&edgeshard::observe::log_writer::LogSink>,
     reloader: &Mutex<Reloader>,
     handoff: Option<&Handoff>,
 ) -> Option<StopReason> {

@@ -20,7 +20,7 @@ use monoio::net::TcpListener;
 use crate::admission::{Held, Refused};
 use crate::config::IoEngine;
 use crate::notify::Notify;
-use crate::observe::access::LogSink;
+use crate::observe::log_writer::LogSink;
 use crate::shard::{ShardCommon, ShardCtx};
 use crate::snapshot::{ListenerId, Published};
 use crate::stats::{bump, Snapshot};

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod admin;
 pub mod errors;
+pub mod log_writer;
 pub mod metrics;
 mod metrics_admission;
 pub mod reqid;
