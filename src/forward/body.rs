@@ -1,8 +1,7 @@
 //! Stage 6 of the pipeline, *forward*, for a request with a body (or an `Expect:
-//! 100-continue`): for an upstream that buffers bodies, the body read whole before a backend
-//! is picked ([`Forward::buffer_body`]); the `100 Continue` and the request body sent behind
-//! its head, spliced when it is large, of known length and both sides are plain TCP, copied
-//! otherwise; watched for an answer that comes before the body's end: by the receive posted
+//! 100-continue`): the `100 Continue` and the request body sent behind its head (read whole
+//! before, for an upstream that buffers bodies: `forward/buffer.rs`), spliced when it is
+//! large, of known length and both sides are plain TCP, copied otherwise; watched for an answer that comes before the body's end: by the receive posted
 //! on a pooled connection ([`until_received`]), a second handle on other plain ones
 //! ([`until_answered`]), and on TLS ones by the write itself (`TlsStream::flush_tls`). The
 //! attempt loop that calls it is in `forward/mod.rs`.
@@ -22,11 +21,9 @@ use crate::transport::Transport;
 use super::wait::Awaited;
 use super::{Forward, Prepared, RequestFacts};
 
+use monoio::net::TcpStream;
 use std::future::Future;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::time::{Duration, Instant};
-
-use monoio::net::TcpStream;
 
 /// A second handle to a plain backend connection's socket, to watch for the backend's answer
 /// while the body goes out on the first: a backend may answer an upload early (a 401, a 413)
@@ -171,32 +168,6 @@ impl<'a> Forward<'a> {
     }
 
     /// Writes `100 Continue` to the client.
-    /// `[[upstream]] buffer_request_body` (nginx's `proxy_request_buffering`, HAProxy's
-    /// `option http-buffer-request`): a body of known length up to the bound is read whole
-    /// into the client buffer before a backend is picked, so a slow upload holds no backend
-    /// connection (nor a thread of a backend that has one per request), and the request can
-    /// be sent again after a failed connect ([`read_whole_body`]).
-    pub(super) async fn buffer_body(
-        &self,
-        client: &mut Client,
-        facts: &RequestFacts,
-        upstream: usize,
-    ) -> Result<(), ProxyError> {
-        let limit = self.cfg.upstreams[upstream].buffer_request_body;
-        let BodyFraming::Length(n) = facts.framing else {
-            return Ok(());
-        };
-        if n == 0 || n > limit || client.buf.len() as u64 >= n {
-            return Ok(());
-        }
-        // A client that waits for it before its body gets it from here (the forward, seeing
-        // the body, will not send another).
-        if facts.expect_continue && facts.minor == 1 && client.buf.is_empty() {
-            Box::pin(self.send_continue(client)).await?;
-        }
-        read_whole_body(client, n, self.cfg).await
-    }
-
     pub(super) async fn send_continue(&self, client: &mut Client) -> Result<(), ProxyError> {
         write_static(
             &mut client.stream,
@@ -296,43 +267,6 @@ impl<'a> Forward<'a> {
         }
         .map_err(|e| ProxyError { sent: true, ..e })
     }
-}
-
-/// Reads a body of `n` bytes (`Content-Length`) whole into the client buffer, behind what
-/// it already holds: each read within `client_body`, the whole within `client_body` plus
-/// what `client_body_min_rate` allows for its length, else a timeout (`408`).
-pub(crate) async fn read_whole_body(
-    client: &mut Client,
-    n: u64,
-    cfg: &crate::config::Config,
-) -> Result<(), ProxyError> {
-    let t = cfg.timeouts.client_body;
-    let rate = cfg.limits.client_body_min_rate;
-    let whole = (rate > 0).then(|| t + Duration::from_secs_f64(n as f64 / rate as f64));
-    let started = Instant::now();
-    client
-        .buf
-        .reserve((n as usize).saturating_sub(client.buf.len()));
-    while (client.buf.len() as u64) < n {
-        let left = whole.map_or(t, |w| w.saturating_sub(started.elapsed()).min(t));
-        if left.is_zero() {
-            return Err(ProxyError::client(Kind::TooSlow, Stage::Send));
-        }
-        let read = crate::io::read_more(
-            &mut client.stream,
-            &mut client.buf,
-            &mut client.deadline,
-            left,
-        )
-        .await;
-        match read {
-            Ok(0) => return Err(ProxyError::client(Kind::Closed, Stage::Send)),
-            Ok(_) => {}
-            Err(IoFail::Timeout) => return Err(ProxyError::client(Kind::Timeout, Stage::Send)),
-            Err(_) => return Err(ProxyError::client(Kind::Closed, Stage::Send)),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -38,7 +38,8 @@ use crate::upstream::pool::{Pool, Posted};
 use crate::upstream::state::{Backends, Forwarding, Pick, PickKey};
 
 mod body;
-pub(crate) use body::read_whole_body;
+mod buffer;
+pub(crate) use buffer::read_whole_body;
 mod wait;
 
 use wait::{already_received, wait_ready, wait_response, Awaited};
@@ -222,14 +223,14 @@ impl<'a> Forward<'a> {
     pub async fn forward(
         &self,
         client: &mut Client,
-        prepared: Prepared<'a>,
-        facts: RequestFacts,
+        mut prepared: Prepared<'a>,
+        mut facts: RequestFacts,
         trace: &mut Trace,
     ) -> Result<Answered<'a>, ProxyError> {
         let upstream = prepared.upstream;
         if self.cfg.upstreams[upstream].buffer_request_body > 0 && !facts.framing.is_empty() {
             // Boxed: only requests with a body to an upstream that buffers them wait here.
-            Box::pin(self.buffer_body(client, &facts, upstream)).await?;
+            Box::pin(self.buffer_body(client, &mut facts, &mut prepared)).await?;
         }
         // `proxy_protocol` upstreams: whom the header on a new connection names.
         let ends = if self.cfg.upstreams[upstream].proxy_protocol.is_some() {

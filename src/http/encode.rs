@@ -240,6 +240,21 @@ fn write_framing(framing: OutFraming, out: &mut Vec<u8>) {
     }
 }
 
+/// Turns an upstream request head written by [`upstream_request_head`] with
+/// [`OutFraming::Chunked`] into one with `Content-Length: n`: the framing field is the last
+/// one it writes. For a chunked body read whole and decoded (`forward/buffer.rs`). False,
+/// and `out` unchanged, when `out` does not end that way.
+pub fn reframe_with_length(out: &mut Vec<u8>, n: u64) -> bool {
+    const CHUNKED: &[u8] = b"\r\nTransfer-Encoding: chunked\r\n\r\n";
+    if !out.ends_with(CHUNKED) {
+        return false;
+    }
+    out.truncate(out.len() - CHUNKED.len() + 2);
+    write_framing(OutFraming::Length(n), out);
+    out.extend_from_slice(b"\r\n");
+    true
+}
+
 /// Decides how a response body is written to the client, given how it arrives and the
 /// client's HTTP version; returns the outgoing framing and whether the client connection
 /// must close afterwards because the body is close-delimited.

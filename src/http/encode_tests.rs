@@ -57,6 +57,40 @@ Via: 1.1 edgeshard\r\nTransfer-Encoding: chunked\r\n\r\n"
 }
 
 #[test]
+fn a_chunked_head_is_reframed_with_a_length_only_as_written() {
+    let raw = b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nX-Te: chunked\r\n\r\n";
+    let mut head = RequestHead::default();
+    assert!(matches!(
+        parse_request(raw, &L, &mut head),
+        Ok(Parsed::Complete(()))
+    ));
+    let t = split_target(head.target.get(raw));
+    let req = |framing| UpstreamRequest {
+        target: &t,
+        host: b"a",
+        client_ip: "10.0.0.9".parse().unwrap(),
+        keep_forwarded_for: false,
+        framing,
+        set: &[],
+        https: false,
+        upstream_host: None,
+        rules: None,
+    };
+    let (mut chunked, mut length) = (Vec::new(), Vec::new());
+    upstream_request_head(raw, &head, &req(OutFraming::Chunked), &mut chunked);
+    upstream_request_head(raw, &head, &req(OutFraming::Length(11)), &mut length);
+    assert!(reframe_with_length(&mut chunked, 11));
+    assert_eq!(
+        String::from_utf8_lossy(&chunked),
+        String::from_utf8_lossy(&length)
+    );
+    // A head that does not end with the chunked framing is left alone.
+    let before = length.clone();
+    assert!(!reframe_with_length(&mut length, 3));
+    assert_eq!(length, before);
+}
+
+#[test]
 fn lookalikes_other_client_address_names_and_httpoxy_are_not_forwarded() {
     let raw = b"GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 1.2.3.4\r\nX_Forwarded-Host: evil\r\n\
 X_Request_Id: spoofed\r\nX-Client_Subject: CN=admin\r\nX-Real-IP: 1.2.3.4\r\nTrue-Client-IP: 1.2.3.4\r\n\
