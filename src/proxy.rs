@@ -291,6 +291,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 connection_requests: client.served.requests(),
                 peer_port: client.peer.port(),
                 upstream_status: trace.upstream_status,
+                earlier: trace.earlier(),
             },
             &ctx.stats,
         );

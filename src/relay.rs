@@ -43,6 +43,17 @@ pub enum HeadFail {
     Client(IoFail),
 }
 
+impl HeadFail {
+    /// The status nginx logs in `$upstream_status` for such a try: 504 when it timed out,
+    /// else 502.
+    pub fn logged_status(&self) -> u16 {
+        match self {
+            HeadFail::Io(IoFail::Timeout) => 504,
+            _ => 502,
+        }
+    }
+}
+
 /// The most one read of a response head asks for. What follows a head in the same read is a
 /// body prefix that is copied even when the rest is spliced, so the body part of the read is
 /// capped at a quarter of the smallest body that may be spliced (16 KiB to 64 KiB), or at

@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::client::Client;
 use crate::clock::micros_total;
 use crate::http::parse::RequestHead;
-use crate::observe::access::{AccessLog, HeadFacts, Outcome, RequestFields};
+use crate::observe::access::{AccessLog, HeadFacts, Outcome, RequestFields, UpstreamTry};
 use crate::observe::reqid::valid_incoming;
 use crate::shard::ShardCtx;
 
@@ -25,13 +25,37 @@ pub struct Trace {
     pub upstream_us: Option<u64>,
     /// Closed without a complete response (client gone, or a body cut short).
     pub aborted: bool,
-    /// The status of the backend's response (the access log's `$upstream_status`).
+    /// The status of the backend's response (the access log's `$upstream_status`), or the
+    /// 502 or 504 nginx writes for a last try that got none.
     pub upstream_status: Option<u16>,
+    /// The tries a retry followed, in order (`backend` is the last one's). Boxed: most
+    /// requests have none, and the trace lives in every request's future (one word here
+    /// where a `Vec` takes three).
+    #[allow(clippy::box_collection)]
+    earlier: Option<Box<Vec<UpstreamTry>>>,
     /// The response's `X-Cache`, on a route with `cache`.
     pub cache: Option<&'static [u8]>,
     /// The coding the client accepts best among its route's `compress.algorithms`
     /// ([`crate::compress::negotiate`]); None for a route without `compress`.
     pub compress: Option<crate::config::Algorithm>,
+}
+
+impl Trace {
+    /// Records a try that a retry followed: its backend, the status it gave (the backend's,
+    /// or [`crate::relay::HeadFail::logged_status`]'s) and its time.
+    pub fn tried(&mut self, address: std::net::SocketAddr, status: u16, us: u64) {
+        let t = UpstreamTry {
+            address,
+            status,
+            us,
+        };
+        self.earlier.get_or_insert_default().push(t);
+    }
+
+    /// The tries a retry followed, in order.
+    pub fn earlier(&self) -> &[UpstreamTry] {
+        self.earlier.as_deref().map_or(&[], Vec::as_slice)
+    }
 }
 
 /// The request id: generated here, or kept from a trusted peer (then it travels unchanged).
@@ -75,6 +99,7 @@ pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, body: u64, s
                 connection_requests: client.served.requests().saturating_add(1),
                 peer_port: client.peer.port(),
                 upstream_status: None,
+                earlier: &[],
             },
             &ctx.stats,
         );

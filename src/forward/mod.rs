@@ -300,7 +300,10 @@ impl<'a> Forward<'a> {
                             reused: false,
                             guards,
                         },
-                        None => self.connect_failed(&mut req, backend)?,
+                        None => {
+                            let picked = guards.in_flight.since();
+                            self.connect_failed(&mut req, backend, trace, picked)?
+                        }
                     },
                 },
                 Step::Exchange {
@@ -352,6 +355,12 @@ impl<'a> Forward<'a> {
                             .then(|| self.retry_pick(backend, o, req.prepared.key, &mut req.tries))
                             .flatten();
                         if let Some(next) = retry {
+                            let status = t
+                                .got
+                                .as_ref()
+                                .map_or_else(|f| f.logged_status(), |h| h.status);
+                            let address = self.shared.backends[backend].address;
+                            trace.tried(address, status, micros(t.sending));
                             // A reset says nothing about the backend's speed.
                             if o == TryOutcome::Reset {
                                 guards.in_flight.sent = false;
@@ -362,7 +371,10 @@ impl<'a> Forward<'a> {
                         } else {
                             let head = match t.got {
                                 Ok(head) => head,
-                                Err(ref fail) => return Err(t.error(fail, reused)),
+                                Err(ref fail) => {
+                                    trace.upstream_status = Some(fail.logged_status());
+                                    return Err(t.error(fail, reused));
+                                }
                             };
                             self.stats.record_first_byte(micros(t.sending));
                             return Ok(Answered {
@@ -565,6 +577,8 @@ impl<'a> Forward<'a> {
         &self,
         req: &mut Request<'a>,
         backend: usize,
+        trace: &mut Trace,
+        picked: Instant,
     ) -> Result<Step<'a>, ProxyError> {
         req.tries.tried.push(backend);
         req.tries.connect_failures += 1;
@@ -576,8 +590,14 @@ impl<'a> Forward<'a> {
             (false, true),
             (false, false),
         ) {
-            Decision::ConnectAnother => Ok(Step::Pick { chosen: None }),
-            _ => Err(ProxyError::upstream(Kind::Exhausted, Stage::Connect)),
+            Decision::ConnectAnother => {
+                trace.tried(self.shared.backends[backend].address, 502, micros(picked));
+                Ok(Step::Pick { chosen: None })
+            }
+            _ => {
+                trace.upstream_status = Some(502);
+                Err(ProxyError::upstream(Kind::Exhausted, Stage::Connect))
+            }
         }
     }
 

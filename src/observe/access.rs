@@ -161,6 +161,22 @@ pub struct Outcome<'a> {
     pub peer_port: u16,
     /// The status of the backend's response (`None`: no backend answered).
     pub upstream_status: Option<u16>,
+    /// The tries before the last one (`backend`), for the lists of `$upstream_addr`,
+    /// `$upstream_status` and `$upstream_response_time`.
+    pub earlier: &'a [UpstreamTry],
+}
+
+/// A try of a request that a retry followed (a failed connect, or an answer the retry rule
+/// sent to another backend), as nginx lists it in `$upstream_addr`, `$upstream_status` and
+/// `$upstream_response_time`.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamTry {
+    pub address: SocketAddr,
+    /// The backend's status, or 502 (connect failed, connection closed, bad head) or 504
+    /// (timed out), as nginx writes them.
+    pub status: u16,
+    /// From the pick (a failed connect) or from the request's first byte sent.
+    pub us: u64,
 }
 
 /// One shard's access log: a buffer, a sampler and the queue to the writer.
@@ -569,6 +585,7 @@ pub(super) mod tests {
             connection_requests: 3,
             peer_port: 40000,
             upstream_status: Some(200),
+            earlier: &[],
         }
     }
 

@@ -265,6 +265,14 @@ impl Template {
         fn text(s: Option<&str>) -> Value<'_> {
             s.map_or(Value::Unset, |s| Value::Bytes(s.as_bytes()))
         }
+        if !out.earlier.is_empty()
+            && matches!(
+                var,
+                Var::UpstreamAddr | Var::UpstreamStatus | Var::UpstreamResponseTime
+            )
+        {
+            return self.tries(buf, var, quoted, out);
+        }
         let value = match var {
             Var::RemoteAddr => {
                 let _ = write!(buf, "{}", out.client);
@@ -361,6 +369,48 @@ impl Template {
             Value::Bytes(b) => self.escaped(buf, b),
             Value::Num(n) => super::access::num(buf, n),
             Value::Secs(us) => super::access::secs(buf, us),
+        }
+    }
+
+    /// `$upstream_addr`, `$upstream_status` or `$upstream_response_time` of a request that
+    /// was retried: one value per try, `, ` between them, as nginx writes them; the last
+    /// try's status or time is `-` when it has none. Bare in a JSON template, the list is
+    /// written as a string.
+    fn tries(&self, buf: &mut Vec<u8>, var: Var, quoted: bool, out: &Outcome<'_>) {
+        let string = self.escape == Escape::Json && !quoted;
+        if string {
+            buf.push(b'"');
+        }
+        for (i, t) in out.earlier.iter().enumerate() {
+            if i > 0 {
+                buf.extend_from_slice(b", ");
+            }
+            match var {
+                Var::UpstreamAddr => {
+                    let _ = write!(buf, "{}", t.address);
+                }
+                Var::UpstreamStatus => super::access::num(buf, u64::from(t.status)),
+                _ => super::access::secs(buf, t.us),
+            }
+        }
+        // The last try, unless it is the last listed (a failed connect that no other backend
+        // followed: the pick found none).
+        let last = out
+            .backend
+            .filter(|&b| out.earlier.last().is_none_or(|t| t.address != b));
+        if let Some(address) = last {
+            buf.extend_from_slice(b", ");
+            match (var, out.upstream_status, out.upstream_us) {
+                (Var::UpstreamAddr, ..) => {
+                    let _ = write!(buf, "{address}");
+                }
+                (Var::UpstreamStatus, Some(s), _) => super::access::num(buf, u64::from(s)),
+                (Var::UpstreamResponseTime, _, Some(us)) => super::access::secs(buf, us),
+                _ => buf.push(b'-'),
+            }
+        }
+        if string {
+            buf.push(b'"');
         }
     }
 
@@ -463,6 +513,56 @@ mod tests {
         let mut buf = Vec::new();
         t.render(&mut buf, &clock, 1, &fields(), out);
         String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn a_retried_request_lists_each_try_as_nginx_does() {
+        use super::super::access::UpstreamTry;
+        let earlier = [
+            UpstreamTry {
+                address: "127.0.0.1:9001".parse().unwrap(),
+                status: 502,
+                us: 250,
+            },
+            UpstreamTry {
+                address: "127.0.0.1:9002".parse().unwrap(),
+                status: 503,
+                us: 2_000,
+            },
+        ];
+        let mut out = outcome();
+        out.earlier = &earlier;
+        let t = parse(
+            "$upstream_addr|$upstream_status|$upstream_response_time",
+            Escape::Default,
+        )
+        .unwrap();
+        assert_eq!(
+            line(&t, &out),
+            "127.0.0.1:9001, 127.0.0.1:9002, 127.0.0.1:9000|502, 503, 200|0.000, 0.002, 0.001\n"
+        );
+        // The last try got no answer: its status and time are dashes.
+        out.upstream_status = None;
+        out.upstream_us = None;
+        assert_eq!(
+            line(&t, &out),
+            "127.0.0.1:9001, 127.0.0.1:9002, 127.0.0.1:9000|502, 503, -|0.000, 0.002, -\n"
+        );
+        // The last listed is the last try (its connect failed and no backend was left).
+        out.backend = Some(earlier[1].address);
+        assert_eq!(
+            line(&t, &out),
+            "127.0.0.1:9001, 127.0.0.1:9002|502, 503|0.000, 0.002\n"
+        );
+        // Bare in JSON, a list is a string; quoted, it is the string's content.
+        let t = parse(
+            r#"{"a":"$upstream_addr","s":$upstream_status}"#,
+            Escape::Json,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line(&t, &out)).unwrap();
+        assert_eq!(v["a"], "127.0.0.1:9001, 127.0.0.1:9002");
+        assert_eq!(v["s"], "502, 503");
     }
 
     #[test]

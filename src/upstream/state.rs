@@ -361,6 +361,13 @@ pub struct Forwarding<'a> {
     pub sent: bool,
 }
 
+impl Forwarding<'_> {
+    /// When the backend was picked.
+    pub fn since(&self) -> Instant {
+        self.since
+    }
+}
+
 impl Drop for Forwarding<'_> {
     fn drop(&mut self) {
         let mut balancers = self.backends.balancers.borrow_mut();

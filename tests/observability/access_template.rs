@@ -1,7 +1,8 @@
 //! The access log written from an operator's template (`access_format` as a line of
 //! `$variables`, nginx's `log_format`): the values real requests leave behind on a plain
 //! listener with a cache (MISS then HIT), a Basic user name and a chosen request field, and
-//! over TLS with JSON escaping (protocol, suite, SNI).
+//! over TLS with JSON escaping (protocol, suite, SNI); a retried request lists each try, as
+//! nginx does.
 
 use super::*;
 use crate::cache::reply;
@@ -110,5 +111,62 @@ access_escape = "json""#;
         assert_eq!((&v["sni"], &v["s"], &v["ua"], &v["cache"]), (&"a.test".into(), &200.into(), &"".into(), &"".into()), "{}", l[0]);
         assert!(v["t"].as_f64().is_some(), "{}", l[0]);
         assert_eq!((&v["sc"], &v["us"]), (&"https".into(), &200.into()), "{}", l[0]);
+    }
+
+    // A connect that fails, a 503 the retry rule sends on, then a 200: `$upstream_addr`,
+    // `$upstream_status` and `$upstream_response_time` list the three tries in order (round
+    // robin on one shard starts at the first backend). A request whose every try fails ends
+    // with nginx's 502 for the last, whether no backend was left to try or the connects
+    // allowed were spent.
+    fn a_retried_request_logs_every_try(engine) {
+        let dir = TempDir::new("tries");
+        let log = dir.path("access.log");
+        let dead = dead_addr();
+        let four = dead_addrs::<4>();
+        let busy = Origin::with_handler("busy", |_| Reply::Response {
+            status: 503,
+            headers: vec![],
+            body: b"busy".to_vec(),
+            mode: BodyMode::Length,
+            close_after: false,
+        });
+        let ok = Origin::start("ok");
+        let retry = "balance = \"round_robin\"\nretry = { attempts = 3, budget = 1.0 }";
+        let format = r#"access_format = '$status $upstream_addr|$upstream_status|$upstream_response_time'"#;
+        let proxy = Config::new()
+            .upstream_with("web", &[dead, busy.addr(), ok.addr()], retry)
+            .upstream_with("gone", &[dead], "")
+            .route("gone", "path = \"/gone\"")
+            .upstream_with("four", &four, "")
+            .route("four", "path = \"/four\"")
+            .route("web", "")
+            .section("log", &access_log_section(&log, format))
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&request("GET", "/x", &[("Host", "t")], b""));
+        assert_eq!(c.read_response().status(), 200);
+        c.send(&request("GET", "/gone", &[("Host", "t")], b""));
+        assert_eq!(c.read_response().status(), 502);
+        // Four failed connects: the last one ends the request (MAX_CONNECTS).
+        c.send(&request("GET", "/four", &[("Host", "t")], b""));
+        assert_eq!(c.read_response().status(), 502);
+        let l = lines(&dir, &log, 3);
+        let (addrs, rest) = l[0].split_once('|').unwrap();
+        let (statuses, times) = rest.split_once('|').unwrap();
+        assert_eq!(addrs, format!("200 {dead}, {}, {}", busy.addr(), ok.addr()));
+        assert_eq!(statuses, "502, 503, 200");
+        let times: Vec<&str> = times.split(", ").collect();
+        assert_eq!(times.len(), 3, "{}", l[0]);
+        assert!(times.iter().all(|t| t.parse::<f64>().is_ok()), "{}", l[0]);
+        let (head, time) = l[1].rsplit_once('|').unwrap();
+        assert_eq!(head, format!("502 {dead}|502"));
+        assert!(time.parse::<f64>().is_ok(), "{}", l[1]);
+        let fields: Vec<&str> = l[2].split('|').collect();
+        let mut tried: Vec<String> = fields[0].trim_start_matches("502 ").split(", ").map(String::from).collect();
+        tried.sort();
+        let mut want: Vec<String> = four.iter().map(|a| a.to_string()).collect();
+        want.sort();
+        assert_eq!(tried, want, "{}", l[2]);
+        assert_eq!(fields[1], "502, 502, 502, 502", "{}", l[2]);
     }
 }
