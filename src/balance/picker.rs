@@ -208,8 +208,20 @@ impl ShardBalancer {
         self.update_score(i);
     }
 
+    /// Takes `n` requests in flight to member `i` over from the balancer this one replaces
+    /// (a reload): least_conn, p2c and bounded loads see the load that was there.
+    pub fn carry_in_flight(&mut self, i: usize, n: u32) {
+        let Some(count) = self.in_flight.get_mut(i) else {
+            return;
+        };
+        let t = usize::from(self.tier_of[i]).min(BACKUP);
+        self.tier_in_flight[t] =
+            self.tier_in_flight[t].saturating_sub(u64::from(*count)) + u64::from(n);
+        *count = n;
+        self.update_score(i);
+    }
+
     /// Shard-local in-flight requests of member `i`.
-    #[cfg(test)]
     pub fn in_flight(&self, i: usize) -> u32 {
         self.in_flight.get(i).copied().unwrap_or(0)
     }

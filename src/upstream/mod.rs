@@ -1,6 +1,8 @@
 //! Stages 4 and 5 of the pipeline, *balance* and *pool*, per shard: this shard's view of the
-//! backends ([`state`]: picks, passive checks, breakers, retry budgets), its idle upstream
-//! connections ([`pool`]) and new connections ([`connect`]).
+//! backends ([`state`]: picks, passive checks, breakers, retry budgets; [`loads`]: the
+//! balancers' counts carried across reloads), its idle upstream connections ([`pool`]) and
+//! new connections ([`connect`]).
 pub mod connect;
+pub mod loads;
 pub mod pool;
 pub mod state;

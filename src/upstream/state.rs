@@ -18,6 +18,7 @@ use crate::health::Outcome as TryOutcome;
 use crate::observe::errors::ErrorLimiter;
 use crate::snapshot::{members_of, Shared};
 use crate::stats::{bump, BackendStats, Stats};
+use crate::upstream::loads::{Change, Loads};
 
 /// The outcome of choosing a backend for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +42,8 @@ pub struct PickKey {
 /// One shard's view of every backend. Indices are global backend indices (positions in
 /// [`Shared::backends`]) unless named local.
 pub struct Backends {
-    balancers: RefCell<Vec<ShardBalancer>>,
+    /// The balancers, linked to the next snapshot's after a reload (`loads.rs`).
+    loads: Rc<Loads>,
     /// Passive checks per upstream (indices local to the upstream).
     outliers: RefCell<Vec<OutlierDetector>>,
     /// Per backend: this shard's share of its circuit-breaker limits.
@@ -71,7 +73,7 @@ impl Backends {
         let now = Instant::now();
         let upstreams = &shared.config.upstreams;
         Backends {
-            balancers: RefCell::new(
+            loads: Loads::new(
                 upstreams
                     .iter()
                     .map(|u| ShardBalancer::new(&u.balance, &members_of(u), shard))
@@ -108,8 +110,9 @@ impl Backends {
     /// the old list (matched by [`crate::snapshot::BackendId`]). Kept: passive-check state
     /// (failure counts, ejections), the breaker (the same object, so requests still in
     /// flight on the old snapshot release what they hold) when its limits are unchanged, the
-    /// retry budget of an upstream of the same name and retry settings, and the splice hint.
-    /// Balancer cursors and load counts start afresh (the tables may have changed).
+    /// retry budget of an upstream of the same name and retry settings, the splice hint, and
+    /// each backend's requests in flight (the old balancers pass on every start and end:
+    /// `loads.rs`). Balancer cursors start afresh (the tables may have changed).
     pub fn carried(
         shared: &Shared,
         shard: usize,
@@ -146,6 +149,19 @@ impl Backends {
                 }
             }
         }
+        let mut to: Vec<Vec<Option<(usize, usize)>>> = old_shared
+            .config
+            .upstreams
+            .iter()
+            .map(|u| vec![None; u.backends.len()])
+            .collect();
+        for (i, b) in shared.backends.iter().enumerate() {
+            if let Some(Some(j)) = map.get(i).copied() {
+                let was = &old_shared.backends[j];
+                to[was.upstream][was.local] = Some((b.upstream, b.local));
+            }
+        }
+        old.loads.hand_over(next.loads.clone(), to);
         let mut next = next;
         for (i, m) in map.iter().enumerate() {
             let Some(j) = *m else { continue };
@@ -189,7 +205,7 @@ impl Backends {
         let board = &shared.board;
         let usable = |i: usize| usable(shared, outlier, range.start, tried, now, i);
         let table = &shared.tables[upstream];
-        let balancer = &mut self.balancers.borrow_mut()[upstream];
+        let balancer = &mut self.loads.balancers.borrow_mut()[upstream];
         let first = |b: &mut ShardBalancer| {
             if table.sticky().is_some() {
                 let cookie = key.sticky.map(|i| table.sticky_value(i).as_bytes());
@@ -249,7 +265,7 @@ impl Backends {
         backend: usize,
     ) -> Forwarding<'a> {
         let info = &shared.backends[backend];
-        self.balancers.borrow_mut()[info.upstream].started(info.local);
+        self.loads.count(info.upstream, info.local, Change::Started);
         stats.in_flight.set(stats.in_flight.get() + 1);
         Forwarding {
             backends: self,
@@ -370,16 +386,12 @@ impl Forwarding<'_> {
 
 impl Drop for Forwarding<'_> {
     fn drop(&mut self) {
-        let mut balancers = self.backends.balancers.borrow_mut();
-        if self.sent {
-            balancers[self.upstream].finished(
-                self.local,
-                crate::clock::now().saturating_duration_since(self.since),
-            );
+        let change = if self.sent {
+            Change::Finished(crate::clock::now().saturating_duration_since(self.since))
         } else {
-            balancers[self.upstream].abandoned(self.local);
-        }
-        drop(balancers);
+            Change::Abandoned
+        };
+        self.backends.loads.count(self.upstream, self.local, change);
         let c = &self.stats.in_flight;
         c.set(c.get().saturating_sub(1));
     }

@@ -94,3 +94,69 @@ fn drained_unhealthy_and_ejected_backends_are_not_picked() {
         Pick::Backend(0)
     ));
 }
+
+/// Member `local` of upstream 0's requests in flight on `b`'s balancer.
+fn in_flight(b: &Backends, local: usize) -> u32 {
+    b.loads.balancers.borrow()[0].in_flight(local)
+}
+
+/// A snapshot whose one upstream, `u`, balances `addrs` (in that order) by least_conn.
+fn shared_of(addrs: &[&str]) -> Arc<Shared> {
+    let list: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect();
+    let text = format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbalance = \"least_conn\"\nbackends = [{}]\n",
+        list.join(", ")
+    );
+    Arc::new(Shared::new(
+        Config::parse(&text, Path::new("t.toml")).unwrap(),
+    ))
+}
+
+// A reload keeps what least_conn sees: requests (and tunnels) open on the old snapshot count
+// on the new one's balancer until they end, including one started on the old snapshot
+// after the reload (a retry), across two reloads, and with the backends in another order.
+#[test]
+fn requests_in_flight_on_a_replaced_snapshot_count_on_the_next() {
+    let (a, b) = ("127.0.0.1:1", "127.0.0.1:2");
+    let s1 = shared_of(&[a, b]);
+    let stats = Stats::new(s1.routes.len(), s1.backends.len());
+    let old = Backends::new(&s1, 0);
+    let g1 = old.forwarding(&s1, &stats.backends[0], 0);
+    let g2 = old.forwarding(&s1, &stats.backends[0], 0);
+    // The next snapshot lists b first: a is member 1 there.
+    let s2 = shared_of(&[b, a]);
+    let new = Backends::carried(&s2, 0, &old, &s1, &s2.backend_map(&s1));
+    assert_eq!((in_flight(&new, 0), in_flight(&new, 1)), (0, 2));
+    // least_conn sends the next request to b, which has none.
+    let pick = new.pick(&s2, 0, &[], Instant::now(), PickKey::default()).0;
+    assert_eq!(pick, Pick::Backend(0));
+    // A retry picked on the old snapshot after the reload counts there too.
+    let g3 = old.forwarding(&s1, &stats.backends[0], 0);
+    assert_eq!(in_flight(&new, 1), 3);
+    drop(g1);
+    assert_eq!((in_flight(&old, 0), in_flight(&new, 1)), (2, 2));
+    // A second reload: the oldest snapshot's requests still end on the newest.
+    let s3 = shared_of(&[a, b]);
+    let newest = Backends::carried(&s3, 0, &new, &s2, &s3.backend_map(&s2));
+    assert_eq!(in_flight(&newest, 0), 2);
+    drop(g2);
+    drop(g3);
+    assert_eq!(
+        (
+            in_flight(&old, 0),
+            in_flight(&new, 1),
+            in_flight(&newest, 0)
+        ),
+        (0, 0, 0)
+    );
+    // A backend the reload removed takes nothing with it.
+    let s4 = shared_of(&[b]);
+    let g4 = newest.forwarding(&s3, &stats.backends[0], 0);
+    let last = Backends::carried(&s4, 0, &newest, &s3, &s4.backend_map(&s3));
+    assert_eq!(in_flight(&last, 0), 0);
+    drop(g4);
+    assert_eq!(in_flight(&last, 0), 0);
+}

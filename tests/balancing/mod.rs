@@ -13,6 +13,7 @@ mod algorithms;
 mod bounded;
 mod config_errors;
 mod hashing;
+mod reloads;
 mod sticky;
 
 // ---- helpers -----------------------------------------------------------------------------
