@@ -433,6 +433,14 @@ async fn plan<'a>(
                     return Err(Canned::GatewayTimeout)
                 }
                 cache::Lookup::Miss(fill) => Some(fill),
+                // A part on a miss: the whole object fetched in the background (the request
+                // as it would be forwarded, without its Range), the part forwarded now.
+                cache::Lookup::RangeMiss(fill, whole) => {
+                    if let Ok(p) = prepare(ctx, client, head, facts, rid, &routed, &granted) {
+                        cache::refresh::spawn(ctx, whole, p);
+                    }
+                    Some(fill)
+                }
             }
         }
     };

@@ -176,6 +176,18 @@ pub async fn lookup<'a>(
         };
         (st, while_revalidate)
     });
+    // A ranged miss this request fetches: the whole object in the background (holding the
+    // key's claim, so concurrent misses wait for it), the range forwarded as it came.
+    if stale.is_none()
+        && fill.store
+        && fill.inflight.is_some()
+        && super::range::asks_part(req.fields())
+        && fill.claim_background()
+    {
+        let mut relayed = new_fill(cache, route, cfg, req, fill.rules, Vec::new());
+        relayed.bypass = false;
+        return Lookup::RangeMiss(Box::new(relayed), Box::new(fill));
+    }
     match stale {
         Some((st, true)) if fill.inflight.is_none() => {
             // Someone else revalidates it.

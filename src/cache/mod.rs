@@ -246,6 +246,10 @@ pub enum Lookup<'a> {
     /// Forward it; the fill stores the response when it may (and revalidates a stale
     /// entry: [`Fill::condition`], [`settle`]).
     Miss(Box<Fill<'a>>),
+    /// A miss for a byte range other than `bytes=0-`: the request is forwarded as it is
+    /// with the first fill (its `206` relayed, not stored), and the whole object is fetched
+    /// in the background with the second ([`refresh::spawn`]), so the next ranges hit.
+    RangeMiss(Box<Fill<'a>>, Box<Fill<'a>>),
 }
 
 /// The stale entry a fill revalidates or falls back to.
@@ -485,16 +489,14 @@ impl Fill<'_> {
     /// Takes one of the route's `background_revalidations` slots on this shard for this
     /// fill (given back when it drops); false when none is free.
     fn claim_background(&mut self) -> bool {
-        let mut stores = self.cache.stores.borrow_mut();
-        let Some(store) = stores.get_mut(&self.route) else {
-            return false;
-        };
-        if store.background >= self.cfg.background_revalidations {
-            return false;
-        }
-        store.background += 1;
-        self.background = true;
-        true
+        let limit = self.cfg.background_revalidations;
+        let claimed = self.with_store(|store| {
+            let free = store.background < limit;
+            store.background += usize::from(free);
+            free
+        });
+        self.background = claimed;
+        claimed
     }
 
     /// The fill without its cache reference, for a task of its own; dropping this one

@@ -21,6 +21,20 @@ pub enum Part {
     Unsatisfiable,
 }
 
+/// Whether a request with `fields` asks for a part of the object that a fetch of the whole
+/// would hold: one `Range: bytes=...` other than `bytes=0-` (all of it). Such a miss fetches
+/// the whole object in the background ([`super::Lookup::RangeMiss`]).
+pub fn asks_part<'h>(mut fields: impl Iterator<Item = (&'h [u8], &'h [u8])>) -> bool {
+    let mut ranges = fields
+        .by_ref()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"range"));
+    let (Some((_, v)), None) = (ranges.next(), ranges.next()) else {
+        return false;
+    };
+    let v = v.trim_ascii();
+    v.len() > 6 && v[..6].eq_ignore_ascii_case(b"bytes=") && !v.eq_ignore_ascii_case(b"bytes=0-")
+}
+
 impl Part {
     /// The part of a `len`-byte body with ETag `etag` and `Last-Modified` `last_modified`
     /// (Unix seconds) that a request with `fields` asks for.
@@ -149,6 +163,20 @@ mod tests {
 
     fn bytes(start: u64, end: u64) -> Part {
         Part::Bytes { start, end }
+    }
+
+    #[test]
+    fn which_ranges_a_whole_fetch_would_answer() {
+        let f = |v: &'static [u8]| [(&b"Range"[..], v)];
+        assert!(asks_part(f(b"bytes=100-").into_iter()));
+        assert!(asks_part(f(b" BYTES=0-9 ").into_iter()));
+        assert!(asks_part(f(b"bytes=-500").into_iter()));
+        assert!(!asks_part(f(b"bytes=0-").into_iter()));
+        assert!(!asks_part(f(b"items=1-2").into_iter()));
+        assert!(!asks_part(f(b"bytes=").into_iter()));
+        assert!(!asks_part(std::iter::empty()));
+        let two = [(&b"range"[..], &b"bytes=1-2"[..]), (b"range", b"bytes=3-4")];
+        assert!(!asks_part(two.into_iter()));
     }
 
     #[test]

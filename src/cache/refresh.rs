@@ -1,6 +1,8 @@
-//! The response cache's background revalidation (RFC 5861 `stale-while-revalidate`): a
-//! task of the shard, beside its connections, started between *route* and *forward* by
-//! the request that was answered with the stale entry ([`spawn`]). It runs the steps of
+//! The response cache's background fetches: the revalidation of a stale entry (RFC 5861
+//! `stale-while-revalidate`), started by the request that was answered with it, and the
+//! whole object behind a ranged miss ([`super::Lookup::RangeMiss`]), started by the request
+//! whose range is forwarded. Each is a task of the shard, beside its connections, started
+//! between *route* and *forward* ([`spawn`]). It runs the steps of
 //! *balance, pool and forward* on its own, with no client: one backend picked by the
 //! upstream's balancer (counted in flight, within its breaker's request permits), a pooled
 //! connection or a new one (a pooled one that fails before any response byte is tried
@@ -57,7 +59,8 @@ struct Failed {
 }
 
 async fn run(ctx: &ShardCtx, mut fill: Fill<'_>, upstream: usize, key: PickKey, head: Vec<u8>) {
-    if fetch(ctx, &mut fill, upstream, key, head).await.is_err() {
+    let revalidation = fill.stale.is_some();
+    if fetch(ctx, &mut fill, upstream, key, head).await.is_err() && revalidation {
         // The stale entry stays, for its windows.
         ShardCache::bump(&fill.cache.revalidations_failed);
     }

@@ -100,17 +100,21 @@ impl Fill<'_> {
     /// needs: when [`Fill::revalidating`], conditional on the stale entry (the client's
     /// `If-None-Match` and `If-Modified-Since` go, the entry's `ETag` and `Last-Modified` are
     /// sent instead); and without the client's `Range` and `If-Range` when the response may
-    /// be stored and replaces a stale entry or the range is all of it (`bytes=0-`, what media
-    /// players ask first), as nginx's cache asks for the whole object: a `206` is never
-    /// stored, and would remove the entry it answers. The hits then serve the parts
-    /// ([`super::range`]); another range on a miss is forwarded, and its `206` relayed.
+    /// be stored and replaces a stale entry, is fetched in the background, or the range is
+    /// all of it (`bytes=0-`, what media players ask first), as nginx's cache asks for the
+    /// whole object: a `206` is never stored, and would remove the entry it answers. The
+    /// hits then serve the parts ([`super::range`]); another range on a miss is forwarded,
+    /// its `206` relayed, and the whole object fetched in the background
+    /// ([`super::Lookup::RangeMiss`]).
     pub fn condition(&self, out: &mut Vec<u8>) {
         let revalidating = self.stale.as_ref().filter(|_| self.revalidating());
         // Only a request that has a Range: the head is rebuilt for nothing otherwise.
         let range = self.req.iter().find(|(n, _)| &n[..] == b"range");
         let drop_range = self.store
             && range.is_some_and(|(_, v)| {
-                self.stale.is_some() || v.trim_ascii().eq_ignore_ascii_case(b"bytes=0-")
+                self.stale.is_some()
+                    || self.background
+                    || v.trim_ascii().eq_ignore_ascii_case(b"bytes=0-")
             });
         if revalidating.is_none() && !drop_range {
             return;
