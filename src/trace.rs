@@ -28,7 +28,7 @@ pub struct Trace {
     /// The status of the backend's response (the access log's `$upstream_status`), or the
     /// 502 or 504 nginx writes for a last try that got none.
     pub upstream_status: Option<u16>,
-    /// The tries a retry followed, in order (`backend` is the last one's). Boxed: most
+    /// The tries a retry followed, in order (`backend` is the one after them). Boxed: most
     /// requests have none, and the trace lives in every request's future (one word here
     /// where a `Vec` takes three).
     #[allow(clippy::box_collection)]
@@ -50,6 +50,16 @@ impl Trace {
             us,
         };
         self.earlier.get_or_insert_default().push(t);
+    }
+
+    /// The request ends without another try (no backend left, or its breaker refused):
+    /// the last try listed becomes the last try (`backend`, `upstream_status`,
+    /// `upstream_us`), so the lists end with it once.
+    pub fn last_try_was_listed(&mut self) {
+        if let Some(t) = self.earlier.as_mut().and_then(|e| e.pop()) {
+            self.upstream_status = Some(t.status);
+            self.upstream_us = Some(t.us);
+        }
     }
 
     /// The tries a retry followed, in order.

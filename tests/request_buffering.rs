@@ -215,4 +215,31 @@ both_engines! {
         c.expect_closed();
         assert_eq!(backend.accepted(), 0);
     }
+
+    // With no minimum rate only each read is bounded: a chunked body that keeps coming, a
+    // chunk every 400 ms for 2.4 s with `client_body = "1s"`, is read whole, as one of known
+    // length is (it was a 408 at 1 s).
+    fn a_slow_steady_chunked_body_with_no_minimum_rate_is_read_whole(engine) {
+        let backend = LockStep::bind();
+        let proxy = Config::new()
+            .timeout("client_body", "1s")
+            .limit("client_body_min_rate", "0")
+            .upstream_with("main", &[backend.addr()], "buffer_request_body = \"64KiB\"")
+            .route("main", "")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&chunked_head(""));
+        let start = std::time::Instant::now();
+        for i in 1..=6 {
+            wait_until(start + Duration::from_millis(400 * i));
+            c.send(b"1\r\na\r\n");
+        }
+        c.send(b"0\r\n\r\n");
+        let mut conn = backend.accept();
+        let head = conn.read_head();
+        assert_eq!(field(&head, "content-length"), Some("6"), "{head}");
+        assert_eq!(conn.read_exact(6), b"aaaaaa");
+        conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(c.read_response().status(), 200);
+    }
 }

@@ -116,14 +116,23 @@ impl Forward<'_> {
                     return Ok(None);
                 }
             }
-            let allowed = if rate > 0 {
-                t + Duration::from_secs_f64(raw as f64 / rate as f64)
-            } else {
-                t
+            // With no minimum rate, only each read is bounded (as for a known length).
+            let left = match rate {
+                0 => t,
+                _ => (t + Duration::from_secs_f64(raw as f64 / rate as f64))
+                    .saturating_sub(started.elapsed())
+                    .min(t),
             };
-            let left = allowed.saturating_sub(started.elapsed()).min(t);
             if left.is_zero() {
                 return Err(ProxyError::client(Kind::TooSlow, Stage::Send));
+            }
+            // Grown by what the cap still allows, not doubled past it.
+            let buf = &mut client.buf;
+            if buf.len() == buf.capacity() {
+                let room = raw_cap(limit)
+                    .saturating_sub(raw)
+                    .clamp(4096, buf.capacity().max(4096));
+                buf.reserve_exact(room);
             }
             let read = crate::io::read_more(
                 &mut client.stream,

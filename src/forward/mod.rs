@@ -259,8 +259,12 @@ impl<'a> Forward<'a> {
         loop {
             step = match step {
                 Step::Pick { chosen } => {
-                    let backend = self.pick(upstream, chosen, req.prepared.key, &mut req.tries)?;
-                    trace.backend = Some(backend);
+                    // No backend left, or its breaker refuses: the last try listed is the
+                    // request's last.
+                    let key = req.prepared.key;
+                    let backend = self
+                        .pick(upstream, chosen, key, &mut req.tries)
+                        .inspect_err(|_| trace.last_try_was_listed())?;
                     // Counted against the backend from the pick on (load-aware balancers
                     // see it); the breaker's request permit is this shard's share.
                     let in_flight = self.backends.forwarding(
@@ -270,7 +274,11 @@ impl<'a> Forward<'a> {
                     );
                     let permit = self.backends.breakers[backend]
                         .try_acquire(Resource::Requests)
-                        .map_err(|open| self.breaker_open(backend, open))?;
+                        .map_err(|open| {
+                            trace.last_try_was_listed();
+                            self.breaker_open(backend, open)
+                        })?;
+                    trace.backend = Some(backend);
                     Step::Connect {
                         backend,
                         fresh: req.tries.resending,
@@ -373,6 +381,7 @@ impl<'a> Forward<'a> {
                                 Ok(head) => head,
                                 Err(ref fail) => {
                                     trace.upstream_status = Some(fail.logged_status());
+                                    trace.upstream_us = Some(micros(t.sending));
                                     return Err(t.error(fail, reused));
                                 }
                             };
@@ -596,6 +605,7 @@ impl<'a> Forward<'a> {
             }
             _ => {
                 trace.upstream_status = Some(502);
+                trace.upstream_us = Some(micros(picked));
                 Err(ProxyError::upstream(Kind::Exhausted, Stage::Connect))
             }
         }

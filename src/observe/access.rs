@@ -159,7 +159,8 @@ pub struct Outcome<'a> {
     pub connection_requests: u32,
     /// The connection's peer port (nginx's `$remote_port`).
     pub peer_port: u16,
-    /// The status of the backend's response (`None`: no backend answered).
+    /// The status of the last try's backend response, or 502/504 for a last try that got
+    /// none (`None`: no backend was tried, or the client left first).
     pub upstream_status: Option<u16>,
     /// The tries before the last one (`backend`), for the lists of `$upstream_addr`,
     /// `$upstream_status` and `$upstream_response_time`.

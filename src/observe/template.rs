@@ -393,12 +393,7 @@ impl Template {
                 _ => super::access::secs(buf, t.us),
             }
         }
-        // The last try, unless it is the last listed (a failed connect that no other backend
-        // followed: the pick found none).
-        let last = out
-            .backend
-            .filter(|&b| out.earlier.last().is_none_or(|t| t.address != b));
-        if let Some(address) = last {
+        if let Some(address) = out.backend {
             buf.extend_from_slice(b", ");
             match (var, out.upstream_status, out.upstream_us) {
                 (Var::UpstreamAddr, ..) => {
@@ -541,18 +536,12 @@ mod tests {
             line(&t, &out),
             "127.0.0.1:9001, 127.0.0.1:9002, 127.0.0.1:9000|502, 503, 200|0.000, 0.002, 0.001\n"
         );
-        // The last try got no answer: its status and time are dashes.
+        // The last try got no answer (the client left): its status and time are dashes.
         out.upstream_status = None;
         out.upstream_us = None;
         assert_eq!(
             line(&t, &out),
             "127.0.0.1:9001, 127.0.0.1:9002, 127.0.0.1:9000|502, 503, -|0.000, 0.002, -\n"
-        );
-        // The last listed is the last try (its connect failed and no backend was left).
-        out.backend = Some(earlier[1].address);
-        assert_eq!(
-            line(&t, &out),
-            "127.0.0.1:9001, 127.0.0.1:9002|502, 503|0.000, 0.002\n"
         );
         // Bare in JSON, a list is a string; quoted, it is the string's content.
         let t = parse(
@@ -561,8 +550,8 @@ mod tests {
         )
         .unwrap();
         let v: serde_json::Value = serde_json::from_str(&line(&t, &out)).unwrap();
-        assert_eq!(v["a"], "127.0.0.1:9001, 127.0.0.1:9002");
-        assert_eq!(v["s"], "502, 503");
+        assert_eq!(v["a"], "127.0.0.1:9001, 127.0.0.1:9002, 127.0.0.1:9000");
+        assert_eq!(v["s"], "502, 503, -");
     }
 
     #[test]

@@ -168,5 +168,7 @@ access_escape = "json""#;
         want.sort();
         assert_eq!(tried, want, "{}", l[2]);
         assert_eq!(fields[1], "502, 502, 502, 502", "{}", l[2]);
+        let times: Vec<&str> = fields[2].split(", ").collect();
+        assert!(times.len() == 4 && times.iter().all(|t| t.parse::<f64>().is_ok()), "{}", l[2]);
     }
 }
