@@ -284,8 +284,14 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 total_us,
                 upstream_us: trace.upstream_us,
                 route: trace.route.map(|r| cfg.routes[r].name.as_str()),
-                upstream: trace.upstream.map(|u| cfg.upstreams[u].name.as_str()),
-                backend: trace.backend.map(|b| ctx.shared.backends[b].address),
+                upstream: trace
+                    .upstream
+                    .map(|u| cfg.upstreams[u as usize].name.as_str()),
+                backend: trace
+                    .backend
+                    .map(|b| ctx.shared.backends[b as usize].address),
+                upstream_connect_us: trace.upstream_connect_us.map(u64::from),
+                upstream_header_us: trace.upstream_header_us.map(u64::from),
                 cache: trace.cache,
                 tls: crate::tls::log_facts(client),
                 connection_requests: client.served.requests(),
@@ -510,7 +516,7 @@ fn route<'b>(
         bump(&ctx.stats.denied_route);
         return Err(Canned::Forbidden);
     }
-    trace.upstream = route.upstream;
+    trace.upstream = route.upstream.map(|u| u as u32);
     if let Some(cc) = &shared.config.routes[route.index].compress {
         trace.compress = crate::compress::negotiate_request(buf, head, cc);
     }

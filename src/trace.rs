@@ -15,14 +15,20 @@ use crate::shard::ShardCtx;
 #[derive(Default)]
 pub struct Trace {
     pub route: Option<usize>,
-    pub upstream: Option<usize>,
-    pub backend: Option<usize>,
+    /// Indices as `u32`: the trace lives in every request's future.
+    pub upstream: Option<u32>,
+    pub backend: Option<u32>,
     /// The status the client got (None: closed without a response).
     pub status: Option<u16>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// From the request's first byte sent upstream to the last response byte relayed.
     pub upstream_us: Option<u64>,
+    /// The last try's connect, from its pick (0 on a pooled connection; nginx's
+    /// `$upstream_connect_time`), and its response head, from its first byte sent
+    /// (`$upstream_header_time`), in µs (saturating at `u32::MAX`, 71 minutes).
+    pub upstream_connect_us: Option<u32>,
+    pub upstream_header_us: Option<u32>,
     /// Closed without a complete response (client gone, or a body cut short).
     pub aborted: bool,
     /// The status of the backend's response (the access log's `$upstream_status`), or the
@@ -43,13 +49,19 @@ pub struct Trace {
 impl Trace {
     /// Records a try that a retry followed: its backend, the status it gave (the backend's,
     /// or [`crate::relay::HeadFail::logged_status`]'s) and its time.
-    pub fn tried(&mut self, address: std::net::SocketAddr, status: u16, us: u64) {
-        let t = UpstreamTry {
-            address,
-            status,
-            us,
-        };
+    pub fn tried(&mut self, t: UpstreamTry) {
         self.earlier.get_or_insert_default().push(t);
+    }
+
+    /// The last try's times (and, when it got no head, its 502 or 504 and the time until
+    /// then; an answered one's status and time are set as it is relayed).
+    pub fn last_try(&mut self, t: &UpstreamTry) {
+        self.upstream_connect_us = t.connect_us.map(saturating_u32);
+        self.upstream_header_us = t.header_us.map(saturating_u32);
+        if t.header_us.is_none() {
+            self.upstream_status = Some(t.status);
+            self.upstream_us = Some(t.us);
+        }
     }
 
     /// The request ends without another try (no backend left, or its breaker refused):
@@ -57,6 +69,8 @@ impl Trace {
     /// `upstream_us`), so the lists end with it once.
     pub fn last_try_was_listed(&mut self) {
         if let Some(t) = self.earlier.as_mut().and_then(|e| e.pop()) {
+            self.last_try(&t);
+            // An answer a retry was to follow: its status and time as well.
             self.upstream_status = Some(t.status);
             self.upstream_us = Some(t.us);
         }
@@ -66,6 +80,11 @@ impl Trace {
     pub fn earlier(&self) -> &[UpstreamTry] {
         self.earlier.as_deref().map_or(&[], Vec::as_slice)
     }
+}
+
+/// Microseconds as the trace keeps them.
+pub fn saturating_u32(us: u64) -> u32 {
+    u32::try_from(us).unwrap_or(u32::MAX)
 }
 
 /// The request id: generated here, or kept from a trusted peer (then it travels unchanged).
@@ -100,6 +119,8 @@ pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, body: u64, s
                 bytes_out: body,
                 total_us,
                 upstream_us: None,
+                upstream_connect_us: None,
+                upstream_header_us: None,
                 route: None,
                 upstream: None,
                 backend: None,

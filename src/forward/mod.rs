@@ -25,13 +25,14 @@ use crate::health::Outcome as TryOutcome;
 use crate::http::encode::OutFraming;
 use crate::http::parse::{BodyFraming, HeadLimits, Method, ResponseHead};
 use crate::io::{write_from, IoFail};
+use crate::observe::access::UpstreamTry;
 use crate::observe::errors::ErrorLimiter;
 use crate::relay::{head_read_size, read_response_head, HeadFail, HeadRead, Interim};
 use crate::shard::{Buffers, PooledBuf, ShardCtx};
 use crate::snapshot::Shared;
 use crate::splice::PipePool;
 use crate::stats::{bump, Stats};
-use crate::trace::Trace;
+use crate::trace::{saturating_u32, Trace};
 use crate::transport::Transport;
 use crate::upstream::connect::{Connector, Refused};
 use crate::upstream::pool::{Pool, Posted};
@@ -39,6 +40,7 @@ use crate::upstream::state::{Backends, Forwarding, Pick, PickKey};
 
 mod body;
 mod buffer;
+mod steps;
 pub(crate) use buffer::read_whole_body;
 mod wait;
 
@@ -278,7 +280,7 @@ impl<'a> Forward<'a> {
                             trace.last_try_was_listed();
                             self.breaker_open(backend, open)
                         })?;
-                    trace.backend = Some(backend);
+                    trace.backend = Some(backend as u32);
                     Step::Connect {
                         backend,
                         fresh: req.tries.resending,
@@ -293,21 +295,28 @@ impl<'a> Forward<'a> {
                     fresh,
                     guards,
                 } => match self.pooled(backend, fresh) {
-                    Some((conn, ready)) => Step::Exchange {
-                        backend,
-                        conn,
-                        ready,
-                        reused: true,
-                        guards,
-                    },
-                    None => match self.connect(backend, ends).await? {
-                        Some(conn) => Step::Exchange {
+                    Some((conn, ready)) => {
+                        trace.upstream_connect_us = Some(0);
+                        Step::Exchange {
                             backend,
                             conn,
-                            ready: None,
-                            reused: false,
+                            ready,
+                            reused: true,
                             guards,
-                        },
+                        }
+                    }
+                    None => match self.connect(backend, ends).await? {
+                        Some(conn) => {
+                            let us = micros(guards.in_flight.since());
+                            trace.upstream_connect_us = Some(saturating_u32(us));
+                            Step::Exchange {
+                                backend,
+                                conn,
+                                ready: None,
+                                reused: false,
+                                guards,
+                            }
+                        }
                         None => {
                             let picked = guards.in_flight.since();
                             self.connect_failed(&mut req, backend, trace, picked)?
@@ -362,13 +371,9 @@ impl<'a> Forward<'a> {
                         let retry = (decision == Decision::RetryAnother)
                             .then(|| self.retry_pick(backend, o, req.prepared.key, &mut req.tries))
                             .flatten();
+                        let logged = self.logged(backend, &t, trace.upstream_connect_us);
                         if let Some(next) = retry {
-                            let status = t
-                                .got
-                                .as_ref()
-                                .map_or_else(|f| f.logged_status(), |h| h.status);
-                            let address = self.shared.backends[backend].address;
-                            trace.tried(address, status, micros(t.sending));
+                            trace.tried(logged);
                             // A reset says nothing about the backend's speed.
                             if o == TryOutcome::Reset {
                                 guards.in_flight.sent = false;
@@ -377,15 +382,12 @@ impl<'a> Forward<'a> {
                             // The connection is dropped: its response (if any) is unread.
                             Step::Pick { chosen: Some(next) }
                         } else {
+                            trace.last_try(&logged);
                             let head = match t.got {
                                 Ok(head) => head,
-                                Err(ref fail) => {
-                                    trace.upstream_status = Some(fail.logged_status());
-                                    trace.upstream_us = Some(micros(t.sending));
-                                    return Err(t.error(fail, reused));
-                                }
+                                Err(ref fail) => return Err(t.error(fail, reused)),
                             };
-                            self.stats.record_first_byte(micros(t.sending));
+                            self.stats.record_first_byte(logged.us);
                             return Ok(Answered {
                                 upstream: conn,
                                 backend,
@@ -579,201 +581,6 @@ impl<'a> Forward<'a> {
             body_stopped,
             sending,
         })
-    }
-
-    /// A connect failed (nothing was sent): another backend, by the retry rule, or 502.
-    fn connect_failed(
-        &self,
-        req: &mut Request<'a>,
-        backend: usize,
-        trace: &mut Trace,
-        picked: Instant,
-    ) -> Result<Step<'a>, ProxyError> {
-        req.tries.tried.push(backend);
-        req.tries.connect_failures += 1;
-        let failed = TryOutcome::ConnectFailure;
-        match self.after(
-            &req.facts,
-            &req.tries,
-            failed,
-            (false, true),
-            (false, false),
-        ) {
-            Decision::ConnectAnother => {
-                trace.tried(self.shared.backends[backend].address, 502, micros(picked));
-                Ok(Step::Pick { chosen: None })
-            }
-            _ => {
-                trace.upstream_status = Some(502);
-                trace.upstream_us = Some(micros(picked));
-                Err(ProxyError::upstream(Kind::Exhausted, Stage::Connect))
-            }
-        }
-    }
-
-    /// Balance: the chosen backend, or the balancer's pick among those not yet tried.
-    fn pick(
-        &self,
-        upstream: usize,
-        chosen: Option<usize>,
-        key: PickKey,
-        tries: &mut Tries,
-    ) -> Result<usize, ProxyError> {
-        if let Some(b) = chosen {
-            return Ok(b);
-        }
-        let (pick, set) = self.backends.pick(
-            self.shared,
-            upstream,
-            &tries.tried,
-            crate::clock::now(),
-            key,
-        );
-        tries.set_cookie = set;
-        match pick {
-            Pick::Backend(b) => Ok(b),
-            Pick::NoneUsable => Err(ProxyError::upstream(Kind::NoneUsable, Stage::Connect)),
-            Pick::Exhausted => Err(ProxyError::upstream(Kind::Exhausted, Stage::Connect)),
-        }
-    }
-
-    /// The guards of a resend to the same backend (the previous ones were released first).
-    fn regain(&self, backend: usize) -> Result<TryGuards<'a>, ProxyError> {
-        let in_flight =
-            self.backends
-                .forwarding(self.shared, &self.stats.backends[backend], backend);
-        let permit = self.backends.breakers[backend]
-            .try_acquire(Resource::Requests)
-            .map_err(|open| self.breaker_open(backend, open))?;
-        Ok(TryGuards {
-            in_flight,
-            _permit: permit,
-        })
-    }
-
-    /// The one retry rule, with this request's facts. `(any_response_byte, responded)`: some
-    /// response byte arrived from the backend; some (interim) response byte went to the
-    /// client.
-    fn after(
-        &self,
-        facts: &RequestFacts,
-        tries: &Tries,
-        outcome: TryOutcome,
-        (reused, head_kept): (bool, bool),
-        (any_response_byte, responded): (bool, bool),
-    ) -> Decision {
-        let res = &self.cfg.upstreams[tries.upstream].resilience;
-        decide(
-            &res.retry,
-            &Try {
-                outcome,
-                idempotent: facts.method.is_idempotent(),
-                has_body: !facts.framing.is_empty(),
-                reused,
-                any_response_byte,
-                responded,
-                attempt: tries.attempt,
-                connect_failures: tries.connect_failures,
-                was_resend: tries.resending,
-                head_kept,
-                // Read the clock only when a total timeout is set.
-                time_left: res.retry.total_timeout.is_none()
-                    || res
-                        .retry
-                        .has_time_left(tries.first_try, crate::clock::now()),
-            },
-        )
-    }
-
-    /// A policy retry: a usable backend this request has not tried, if the budget allows.
-    fn retry_pick(
-        &self,
-        failed: usize,
-        outcome: TryOutcome,
-        key: PickKey,
-        tries: &mut Tries,
-    ) -> Option<usize> {
-        let upstream = tries.upstream;
-        // The budget first: a pick moves the balancer (round robin's cursor), and a refused
-        // retry that had picked would hand the failing backend every next first try.
-        let mut others = tries.tried.clone();
-        others.push(failed);
-        if !self.backends.budget_allows(upstream) {
-            // Counted only when the retry had somewhere to go.
-            let now = crate::clock::now();
-            if self
-                .backends
-                .any_usable(self.shared, upstream, &others, now)
-            {
-                self.backends.budget_deny(upstream);
-            }
-            return None;
-        }
-        let (pick, set) =
-            self.backends
-                .pick(self.shared, upstream, &others, crate::clock::now(), key);
-        let Pick::Backend(next) = pick else {
-            return None;
-        };
-        self.backends.budget_spend(upstream);
-        tries.set_cookie = set;
-        bump(&self.stats.retries);
-        if self.errors.allow(self.stats) {
-            tracing::info!(backend = %self.shared.backends[failed].address, ?outcome, "retrying on another backend");
-        }
-        tries.tried.push(failed);
-        tries.attempt += 1;
-        tries.resending = false;
-        Some(next)
-    }
-
-    /// Pool: a pooled connection to `backend`, unless this try must be `fresh`.
-    #[inline]
-    fn pooled(&self, backend: usize, fresh: bool) -> Option<(Transport, Option<Awaited<'a>>)> {
-        if fresh {
-            return None;
-        }
-        let (conn, posted) = self
-            .pool
-            .borrow_mut()
-            .checkout_armed(backend, crate::clock::now())?;
-        let awaited = posted.map(|p| match p {
-            Posted::Receive(op) => Awaited::Receive(self.buffers.await_receive(op)),
-            Posted::Ready(wait) => Awaited::Ready(wait),
-        });
-        Some((conn, awaited))
-    }
-
-    /// A new connection to `backend`, within the breaker's connection and pending limits.
-    /// `ends`: whom a PROXY header names (see [`Connector::ends`]). `Ok(None)`: the connect
-    /// failed.
-    async fn connect(
-        &self,
-        backend: usize,
-        ends: Option<(SocketAddr, SocketAddr)>,
-    ) -> Result<Option<Transport>, ProxyError> {
-        let connector = Connector {
-            shared: self.shared,
-            stats: self.stats,
-            errors: self.errors,
-            backends: self.backends,
-            ends,
-        };
-        let idle = self.pool.borrow().idle_for(backend);
-        match connector.connect_within(backend, idle).await {
-            Ok(c) => Ok(Some(c)),
-            Err(Refused::Failed(_)) => Ok(None),
-            Err(Refused::Breaker(open)) => Err(self.breaker_open(backend, open)),
-        }
-    }
-
-    /// A breaker limit was reached: count it and answer 503 without trying.
-    fn breaker_open(&self, backend: usize, open: Open) -> ProxyError {
-        bump(&self.stats.backends[backend].breaker_rejected);
-        if self.errors.allow(self.stats) {
-            tracing::warn!(backend = %self.shared.backends[backend].address, "{open}");
-        }
-        ProxyError::upstream(Kind::BreakerOpen, Stage::Connect)
     }
 
     /// How this try reads the response head (`ready`: its socket was just found readable).

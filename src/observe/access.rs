@@ -149,6 +149,9 @@ pub struct Outcome<'a> {
     pub total_us: u64,
     /// From sending the request upstream to the last response byte relayed.
     pub upstream_us: Option<u64>,
+    /// The last try's connect (0 when pooled) and response head times.
+    pub upstream_connect_us: Option<u64>,
+    pub upstream_header_us: Option<u64>,
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
     pub backend: Option<SocketAddr>,
@@ -178,6 +181,10 @@ pub struct UpstreamTry {
     pub status: u16,
     /// From the pick (a failed connect) or from the request's first byte sent.
     pub us: u64,
+    /// Its connect, from the pick: 0 on a pooled connection, the time spent on a failed one.
+    pub connect_us: Option<u64>,
+    /// Its response head, from its first byte sent (`None`: no head came).
+    pub header_us: Option<u64>,
 }
 
 /// One shard's access log: a buffer, a sampler and the queue to the writer.
@@ -578,6 +585,8 @@ pub(super) mod tests {
             bytes_out: 1234,
             total_us: 1_500,
             upstream_us: Some(1_000),
+            upstream_connect_us: Some(0),
+            upstream_header_us: Some(1_000),
             route: Some("api"),
             upstream: Some("app"),
             backend: Some("127.0.0.1:9000".parse().unwrap()),

@@ -6,6 +6,7 @@
 //! that are edgeshard's own (`$route`, `$upstream_name`, `$shard`) say so in CONFIG.md.
 
 use std::io::Write;
+use std::net::SocketAddr;
 
 use super::access::{Outcome, RequestFields};
 
@@ -41,6 +42,8 @@ pub enum Var {
     RequestLength,
     RequestTime,
     UpstreamResponseTime,
+    UpstreamConnectTime,
+    UpstreamHeaderTime,
     UpstreamAddr,
     UpstreamStatus,
     UpstreamName,
@@ -79,6 +82,8 @@ const VARS: &[(&str, Var)] = &[
     ("request_length", Var::RequestLength),
     ("request_time", Var::RequestTime),
     ("upstream_response_time", Var::UpstreamResponseTime),
+    ("upstream_connect_time", Var::UpstreamConnectTime),
+    ("upstream_header_time", Var::UpstreamHeaderTime),
     ("upstream_addr", Var::UpstreamAddr),
     ("upstream_status", Var::UpstreamStatus),
     ("upstream_name", Var::UpstreamName),
@@ -268,7 +273,11 @@ impl Template {
         if !out.earlier.is_empty()
             && matches!(
                 var,
-                Var::UpstreamAddr | Var::UpstreamStatus | Var::UpstreamResponseTime
+                Var::UpstreamAddr
+                    | Var::UpstreamStatus
+                    | Var::UpstreamResponseTime
+                    | Var::UpstreamConnectTime
+                    | Var::UpstreamHeaderTime
             )
         {
             return self.tries(buf, var, quoted, out);
@@ -346,6 +355,8 @@ impl Template {
             Var::RequestLength => Value::Num(u64::from(req.head_len) + out.bytes_in),
             Var::RequestTime => Value::Secs(out.total_us),
             Var::UpstreamResponseTime => out.upstream_us.map_or(Value::Unset, Value::Secs),
+            Var::UpstreamConnectTime => out.upstream_connect_us.map_or(Value::Unset, Value::Secs),
+            Var::UpstreamHeaderTime => out.upstream_header_us.map_or(Value::Unset, Value::Secs),
             Var::UpstreamName => text(out.upstream),
             Var::Route => text(out.route),
             Var::UpstreamCacheStatus => out.cache.map_or(Value::Unset, Value::Bytes),
@@ -381,28 +392,46 @@ impl Template {
         if string {
             buf.push(b'"');
         }
+        // One try's value: the address, the status, or a time (`-` when it has none).
+        let one = |buf: &mut Vec<u8>,
+                   address: SocketAddr,
+                   status: Option<u16>,
+                   times: [Option<u64>; 3]| {
+            let time = match var {
+                Var::UpstreamAddr => {
+                    let _ = write!(buf, "{address}");
+                    return;
+                }
+                Var::UpstreamStatus => status.map(|s| (u64::from(s), false)),
+                Var::UpstreamConnectTime => times[1].map(|us| (us, true)),
+                Var::UpstreamHeaderTime => times[2].map(|us| (us, true)),
+                _ => times[0].map(|us| (us, true)),
+            };
+            match time {
+                Some((n, false)) => super::access::num(buf, n),
+                Some((us, true)) => super::access::secs(buf, us),
+                None => buf.push(b'-'),
+            }
+        };
         for (i, t) in out.earlier.iter().enumerate() {
             if i > 0 {
                 buf.extend_from_slice(b", ");
             }
-            match var {
-                Var::UpstreamAddr => {
-                    let _ = write!(buf, "{}", t.address);
-                }
-                Var::UpstreamStatus => super::access::num(buf, u64::from(t.status)),
-                _ => super::access::secs(buf, t.us),
-            }
+            one(
+                buf,
+                t.address,
+                Some(t.status),
+                [Some(t.us), t.connect_us, t.header_us],
+            );
         }
         if let Some(address) = out.backend {
             buf.extend_from_slice(b", ");
-            match (var, out.upstream_status, out.upstream_us) {
-                (Var::UpstreamAddr, ..) => {
-                    let _ = write!(buf, "{address}");
-                }
-                (Var::UpstreamStatus, Some(s), _) => super::access::num(buf, u64::from(s)),
-                (Var::UpstreamResponseTime, _, Some(us)) => super::access::secs(buf, us),
-                _ => buf.push(b'-'),
-            }
+            let times = [
+                out.upstream_us,
+                out.upstream_connect_us,
+                out.upstream_header_us,
+            ];
+            one(buf, address, out.upstream_status, times);
         }
         if string {
             buf.push(b'"');
@@ -518,11 +547,15 @@ mod tests {
                 address: "127.0.0.1:9001".parse().unwrap(),
                 status: 502,
                 us: 250,
+                connect_us: Some(250),
+                header_us: None,
             },
             UpstreamTry {
                 address: "127.0.0.1:9002".parse().unwrap(),
                 status: 503,
                 us: 2_000,
+                connect_us: Some(0),
+                header_us: Some(2_000),
             },
         ];
         let mut out = outcome();
@@ -536,6 +569,12 @@ mod tests {
             line(&t, &out),
             "127.0.0.1:9001, 127.0.0.1:9002, 127.0.0.1:9000|502, 503, 200|0.000, 0.002, 0.001\n"
         );
+        let times = parse(
+            "$upstream_connect_time|$upstream_header_time",
+            Escape::Default,
+        )
+        .unwrap();
+        assert_eq!(line(&times, &out), "0.000, 0.000, 0.000|-, 0.002, 0.001\n");
         // The last try got no answer (the client left): its status and time are dashes.
         out.upstream_status = None;
         out.upstream_us = None;
@@ -578,7 +617,7 @@ mod tests {
              request_uri=/a?\\x22q\\x22 uri=/a args=\\x22q\\x22 query_string=\\x22q\\x22 \
              server_protocol=HTTP/1.1 host=example.com status=200 body_bytes_sent=1234 \
              request_length=40 request_time=0.001 upstream_response_time=0.001 \
-             upstream_addr=127.0.0.1:9000 upstream_status=200 upstream_name=app upstream_cache_status=HIT \
+             upstream_connect_time=0.000 upstream_header_time=0.001 upstream_addr=127.0.0.1:9000 upstream_status=200 upstream_name=app upstream_cache_status=HIT \
              request_id=abc route=api ssl_protocol=TLSv1.3 \
              ssl_cipher=TLS13_AES_128_GCM_SHA256 ssl_server_name=a.test shard=1 \
              connection_requests=3 h=v\\x0A1 g=-\n"

@@ -1,0 +1,235 @@
+//! Stages 4 and 5 of the pipeline for one request, the attempt machine's choices
+//! (`forward/mod.rs` runs the machine): *balance*, the pick and a retry's pick, within the
+//! retry budget; *pool*, a pooled connection or a new one, and what a failed connect leads
+//! to by the retry rule; the breaker's refusal; and each try as the access log lists it.
+
+use std::time::Instant;
+
+use super::*;
+
+impl<'a> Forward<'a> {
+    /// A try as the access log lists it: the backend's status (or the 502 or 504 nginx
+    /// writes), from its first byte sent to its head, and its connect.
+    pub(super) fn logged(
+        &self,
+        backend: usize,
+        t: &TryResult,
+        connect_us: Option<u32>,
+    ) -> UpstreamTry {
+        let us = micros(t.sending);
+        UpstreamTry {
+            address: self.shared.backends[backend].address,
+            status: t
+                .got
+                .as_ref()
+                .map_or_else(|f| f.logged_status(), |h| h.status),
+            us,
+            connect_us: connect_us.map(u64::from),
+            header_us: t.got.is_ok().then_some(us),
+        }
+    }
+
+    /// A connect failed (nothing was sent): another backend, by the retry rule, or 502.
+    pub(super) fn connect_failed(
+        &self,
+        req: &mut Request<'a>,
+        backend: usize,
+        trace: &mut Trace,
+        picked: Instant,
+    ) -> Result<Step<'a>, ProxyError> {
+        req.tries.tried.push(backend);
+        req.tries.connect_failures += 1;
+        let failed = TryOutcome::ConnectFailure;
+        let decision = self.after(
+            &req.facts,
+            &req.tries,
+            failed,
+            (false, true),
+            (false, false),
+        );
+        let us = micros(picked);
+        let t = UpstreamTry {
+            address: self.shared.backends[backend].address,
+            status: 502,
+            us,
+            connect_us: Some(us),
+            header_us: None,
+        };
+        if decision == Decision::ConnectAnother {
+            trace.tried(t);
+            Ok(Step::Pick { chosen: None })
+        } else {
+            trace.last_try(&t);
+            Err(ProxyError::upstream(Kind::Exhausted, Stage::Connect))
+        }
+    }
+
+    /// Balance: the chosen backend, or the balancer's pick among those not yet tried.
+    pub(super) fn pick(
+        &self,
+        upstream: usize,
+        chosen: Option<usize>,
+        key: PickKey,
+        tries: &mut Tries,
+    ) -> Result<usize, ProxyError> {
+        if let Some(b) = chosen {
+            return Ok(b);
+        }
+        let (pick, set) = self.backends.pick(
+            self.shared,
+            upstream,
+            &tries.tried,
+            crate::clock::now(),
+            key,
+        );
+        tries.set_cookie = set;
+        match pick {
+            Pick::Backend(b) => Ok(b),
+            Pick::NoneUsable => Err(ProxyError::upstream(Kind::NoneUsable, Stage::Connect)),
+            Pick::Exhausted => Err(ProxyError::upstream(Kind::Exhausted, Stage::Connect)),
+        }
+    }
+
+    /// The guards of a resend to the same backend (the previous ones were released first).
+    pub(super) fn regain(&self, backend: usize) -> Result<TryGuards<'a>, ProxyError> {
+        let in_flight =
+            self.backends
+                .forwarding(self.shared, &self.stats.backends[backend], backend);
+        let permit = self.backends.breakers[backend]
+            .try_acquire(Resource::Requests)
+            .map_err(|open| self.breaker_open(backend, open))?;
+        Ok(TryGuards {
+            in_flight,
+            _permit: permit,
+        })
+    }
+
+    /// The one retry rule, with this request's facts. `(any_response_byte, responded)`: some
+    /// response byte arrived from the backend; some (interim) response byte went to the
+    /// client.
+    pub(super) fn after(
+        &self,
+        facts: &RequestFacts,
+        tries: &Tries,
+        outcome: TryOutcome,
+        (reused, head_kept): (bool, bool),
+        (any_response_byte, responded): (bool, bool),
+    ) -> Decision {
+        let res = &self.cfg.upstreams[tries.upstream].resilience;
+        decide(
+            &res.retry,
+            &Try {
+                outcome,
+                idempotent: facts.method.is_idempotent(),
+                has_body: !facts.framing.is_empty(),
+                reused,
+                any_response_byte,
+                responded,
+                attempt: tries.attempt,
+                connect_failures: tries.connect_failures,
+                was_resend: tries.resending,
+                head_kept,
+                // Read the clock only when a total timeout is set.
+                time_left: res.retry.total_timeout.is_none()
+                    || res
+                        .retry
+                        .has_time_left(tries.first_try, crate::clock::now()),
+            },
+        )
+    }
+
+    /// A policy retry: a usable backend this request has not tried, if the budget allows.
+    pub(super) fn retry_pick(
+        &self,
+        failed: usize,
+        outcome: TryOutcome,
+        key: PickKey,
+        tries: &mut Tries,
+    ) -> Option<usize> {
+        let upstream = tries.upstream;
+        // The budget first: a pick moves the balancer (round robin's cursor), and a refused
+        // retry that had picked would hand the failing backend every next first try.
+        let mut others = tries.tried.clone();
+        others.push(failed);
+        if !self.backends.budget_allows(upstream) {
+            // Counted only when the retry had somewhere to go.
+            let now = crate::clock::now();
+            if self
+                .backends
+                .any_usable(self.shared, upstream, &others, now)
+            {
+                self.backends.budget_deny(upstream);
+            }
+            return None;
+        }
+        let (pick, set) =
+            self.backends
+                .pick(self.shared, upstream, &others, crate::clock::now(), key);
+        let Pick::Backend(next) = pick else {
+            return None;
+        };
+        self.backends.budget_spend(upstream);
+        tries.set_cookie = set;
+        bump(&self.stats.retries);
+        if self.errors.allow(self.stats) {
+            tracing::info!(backend = %self.shared.backends[failed].address, ?outcome, "retrying on another backend");
+        }
+        tries.tried.push(failed);
+        tries.attempt += 1;
+        tries.resending = false;
+        Some(next)
+    }
+
+    /// Pool: a pooled connection to `backend`, unless this try must be `fresh`.
+    #[inline]
+    pub(super) fn pooled(
+        &self,
+        backend: usize,
+        fresh: bool,
+    ) -> Option<(Transport, Option<Awaited<'a>>)> {
+        if fresh {
+            return None;
+        }
+        let (conn, posted) = self
+            .pool
+            .borrow_mut()
+            .checkout_armed(backend, crate::clock::now())?;
+        let awaited = posted.map(|p| match p {
+            Posted::Receive(op) => Awaited::Receive(self.buffers.await_receive(op)),
+            Posted::Ready(wait) => Awaited::Ready(wait),
+        });
+        Some((conn, awaited))
+    }
+
+    /// A new connection to `backend`, within the breaker's connection and pending limits.
+    /// `ends`: whom a PROXY header names (see [`Connector::ends`]). `Ok(None)`: the connect
+    /// failed.
+    pub(super) async fn connect(
+        &self,
+        backend: usize,
+        ends: Option<(SocketAddr, SocketAddr)>,
+    ) -> Result<Option<Transport>, ProxyError> {
+        let connector = Connector {
+            shared: self.shared,
+            stats: self.stats,
+            errors: self.errors,
+            backends: self.backends,
+            ends,
+        };
+        let idle = self.pool.borrow().idle_for(backend);
+        match connector.connect_within(backend, idle).await {
+            Ok(c) => Ok(Some(c)),
+            Err(Refused::Failed(_)) => Ok(None),
+            Err(Refused::Breaker(open)) => Err(self.breaker_open(backend, open)),
+        }
+    }
+
+    /// A breaker limit was reached: count it and answer 503 without trying.
+    pub(super) fn breaker_open(&self, backend: usize, open: Open) -> ProxyError {
+        bump(&self.stats.backends[backend].breaker_rejected);
+        if self.errors.allow(self.stats) {
+            tracing::warn!(backend = %self.shared.backends[backend].address, "{open}");
+        }
+        ProxyError::upstream(Kind::BreakerOpen, Stage::Connect)
+    }
+}
