@@ -63,12 +63,13 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
     }
     let mut trace = Trace::default();
     let rid = request_id(ctx, client, head);
-    // Copied out of the head only for requests that will be logged.
-    let log_fields = ctx
-        .access
-        .as_ref()
-        .filter(|log| log.sampled())
-        .map(|log| log_fields(log, &client.buf, head, rid.bytes()));
+    // Copied out of the head only for requests that may be logged.
+    let log_fields = ctx.access.as_ref().and_then(|log| {
+        let sampled = log.takes()?;
+        let mut fields = log_fields(log, &client.buf, head, rid.bytes());
+        fields.sampled = sampled;
+        Some(fields)
+    });
     // The listener's rate limit first: it counts every request on the listener, redirected
     // or routed (even one that finds no route).
     let listener_limit = client.listener.rate_limit.as_ref().and_then(|limit| {
@@ -271,7 +272,8 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
     let cfg = &ctx.shared.config;
     let logged = |r: usize| cfg.routes[r].access_log;
     if let (Some(log), Some(fields)) = (&ctx.access, log_fields) {
-        if !trace.route.is_none_or(logged) {
+        let status = if trace.aborted { None } else { trace.status };
+        if !trace.route.is_none_or(logged) || !log.writes(fields.sampled, status, total_us) {
             return outcome;
         }
         log.push(

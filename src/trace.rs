@@ -108,7 +108,11 @@ pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, body: u64, s
     crate::stats::bump(&ctx.stats.requests);
     let total_us = micros_total(started);
     ctx.stats.finish_request(None, Some(status), total_us);
-    if let Some(log) = ctx.access.as_ref().filter(|l| l.sampled()) {
+    let log = ctx.access.as_ref();
+    if let Some(log) = log.filter(|l| {
+        l.takes()
+            .is_some_and(|s| l.writes(s, Some(status), total_us))
+    }) {
         let fields = RequestFields::unparsed();
         log.push(
             &fields,

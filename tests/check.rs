@@ -216,6 +216,8 @@ access = "stdout"
 access_format = '{"client":"$remote_addr","request":"$request","status":$status,"cache":"$upstream_cache_status"}'
 access_escape = "json"
 access_sample = 1.0
+access_keep_status = 500
+access_keep_slower_than = "2s"
 access_buffer = "64KiB"
 access_flush = "1s"
 access_queue = 64
@@ -581,6 +583,29 @@ fn check_names_what_is_wrong_in_an_access_log_template() {
     // Escaping belongs to templates only.
     let cfg = good().replace(template, "access_format = 'json' #");
     expect_error(&cfg, &["log.access_escape", "only to an access_format"]);
+}
+
+#[test]
+fn check_names_what_is_wrong_in_the_access_log_keep_rules() {
+    let cfg = good().replace("access_keep_status = 500", "access_keep_status = 700");
+    expect_error(&cfg, &["log.access_keep_status", "700 is not a status"]);
+    let cfg = good().replace(
+        "access_keep_slower_than = \"2s\"",
+        "access_keep_slower_than = \"soon\"",
+    );
+    expect_error(&cfg, &["log.access_keep_slower_than"]);
+    // Sampling nothing is allowed only beside a rule that keeps some lines.
+    let zero = good().replace("access_sample = 1.0", "access_sample = 0.0");
+    assert!(!zero.contains("access_sample = 1.0"));
+    let (code, out) = run_check(&zero);
+    assert_eq!(code, Some(0), "{out}");
+    let none = zero
+        .replace("access_keep_status = 500\n", "")
+        .replace("access_keep_slower_than = \"2s\"\n", "");
+    expect_error(
+        &none,
+        &["log.access_sample", "0 only with access_keep_status"],
+    );
 }
 
 #[test]

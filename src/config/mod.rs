@@ -251,7 +251,7 @@ use dns::dns_config;
 pub use dns::{DnsConfig, NamedBackend};
 pub use limits::{Limits, DEFAULT_MIN_RATE};
 pub use observe::{
-    AccessFormat, AccessLogConfig, AccessTarget, AdminConfig, LogConfig, RequestIdConfig,
+    AccessFormat, AccessLogConfig, AccessTarget, AdminConfig, Keep, LogConfig, RequestIdConfig,
 };
 pub use ratelimit::{RateKey, RateLimit, RateLimits};
 use raw::{array, Checker, RawDns, RawLimits, RawRoute, RawServer, RawTimeouts, TOP_LEVEL};

@@ -43,8 +43,10 @@ pub enum AccessTarget {
 pub struct AccessLogConfig {
     pub target: AccessTarget,
     pub format: AccessFormat,
-    /// Fraction of requests logged, 0 < sample <= 1.
+    /// Fraction of requests logged, 0 < sample <= 1 (0 too when `keep` has a rule).
     pub sample: f64,
+    /// Requests logged whatever the sample says.
+    pub keep: Keep,
     /// Per-shard buffer: handed to the writer when this full (or at `flush`).
     pub buffer_bytes: usize,
     /// Longest time a line waits in a shard's buffer.
@@ -52,6 +54,29 @@ pub struct AccessLogConfig {
     /// Buffers queued for the writer, per process; when all are taken, lines are dropped
     /// and counted instead of stalling a shard.
     pub queue: usize,
+}
+
+/// `access_keep_status` and `access_keep_slower_than`: the requests an operator wants every
+/// line of (errors, slow ones) while `access_sample` thins out the rest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Keep {
+    /// Requests answered with this status or above, or with none (`000`).
+    pub status: Option<u16>,
+    /// Requests that took at least this long, in µs.
+    pub slower_than_us: Option<u64>,
+}
+
+impl Keep {
+    /// Whether a request that got `status` (None: no response) after `total_us` is kept.
+    pub fn keeps(&self, status: Option<u16>, total_us: u64) -> bool {
+        self.status
+            .is_some_and(|min| status.is_none_or(|s| s >= min))
+            || self.slower_than_us.is_some_and(|t| total_us >= t)
+    }
+
+    pub fn any(&self) -> bool {
+        self.status.is_some() || self.slower_than_us.is_some()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -95,6 +120,8 @@ pub(super) struct RawLog {
     access_format: Option<String>,
     access_escape: Option<String>,
     access_sample: Option<f64>,
+    access_keep_status: Option<u16>,
+    access_keep_slower_than: Option<String>,
     access_buffer: Option<Size>,
     access_flush: Option<String>,
     access_queue: Option<usize>,
@@ -259,6 +286,11 @@ pub(super) fn observe_sections(
                 (raw.access_format.is_some(), "access_format"),
                 (raw.access_escape.is_some(), "access_escape"),
                 (raw.access_sample.is_some(), "access_sample"),
+                (raw.access_keep_status.is_some(), "access_keep_status"),
+                (
+                    raw.access_keep_slower_than.is_some(),
+                    "access_keep_slower_than",
+                ),
                 (raw.access_buffer.is_some(), "access_buffer"),
                 (raw.access_flush.is_some(), "access_flush"),
                 (raw.access_queue.is_some(), "access_queue"),
@@ -294,14 +326,36 @@ pub(super) fn observe_sections(
                 path => AccessTarget::File(PathBuf::from(path)),
             };
             let format = access_format(c, &raw);
+            let keep = Keep {
+                status: raw.access_keep_status.filter(|s| {
+                    let ok = (100..=599).contains(s);
+                    if !ok {
+                        c.err(
+                            "log.access_keep_status",
+                            format!("{s} is not a status (100..=599)"),
+                        );
+                    }
+                    ok
+                }),
+                slower_than_us: raw.access_keep_slower_than.as_ref().map(|_| {
+                    let d = c.duration(
+                        "log.access_keep_slower_than",
+                        raw.access_keep_slower_than.as_ref(),
+                        Duration::ZERO,
+                    );
+                    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+                }),
+            };
             let sample = match raw.access_sample {
                 None => 1.0,
                 Some(s) if s > 0.0 && s <= 1.0 => s,
+                // Only the kept requests: HAProxy's `option dontlog-normal`.
+                Some(s) if s == 0.0 && keep.any() => s,
                 Some(s) => {
                     c.err(
                         "log.access_sample",
                         format!(
-                            "{s} is out of range: write a fraction greater than 0 and at most 1"
+                            "{s} is out of range: write a fraction greater than 0 and at most 1 (0 only with access_keep_status or access_keep_slower_than)"
                         ),
                     );
                     1.0
@@ -311,6 +365,7 @@ pub(super) fn observe_sections(
                 target,
                 format,
                 sample,
+                keep,
                 buffer_bytes: c.size(
                     "log.access_buffer",
                     raw.access_buffer.as_ref(),

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::sync::mpsc::TrySendError;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{AccessFormat, AccessLogConfig};
+use crate::config::{AccessFormat, AccessLogConfig, Keep};
 use crate::http::date::{split_time, MONTHS};
 use crate::http::encode::itoa_buf;
 use crate::stats::{add, Stats};
@@ -38,6 +38,8 @@ pub struct RequestFields {
     pub minor: u8,
     /// The request head's length in bytes.
     pub head_len: u32,
+    /// The sampler chose the request: logged whatever `access_keep_*` say.
+    pub sampled: bool,
 }
 
 /// The fields [`RequestFields::new`] copies.
@@ -193,6 +195,8 @@ pub struct AccessLog {
     shard: usize,
     /// A request is logged when the next random number is below this (all when u64::MAX).
     sample_below: u64,
+    /// Requests logged whatever the sample says.
+    keep: Keep,
     rng: Cell<u64>,
     buf: RefCell<Vec<u8>>,
     lines: Cell<u64>,
@@ -213,6 +217,7 @@ impl AccessLog {
             format: cfg.format.clone(),
             shard,
             sample_below,
+            keep: cfg.keep,
             rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ ((shard as u64 + 1) << 32)),
             buf: RefCell::new(Vec::with_capacity(cfg.buffer_bytes)),
             lines: Cell::new(0),
@@ -240,8 +245,20 @@ impl AccessLog {
         }
     }
 
+    /// Whether the request's fields are to be copied: it was sampled, or it may be kept
+    /// when it ends ([`AccessLog::writes`]). `Some(sampled)`.
+    pub fn takes(&self) -> Option<bool> {
+        let sampled = self.sampled();
+        (sampled || self.keep.any()).then_some(sampled)
+    }
+
+    /// Whether a request ends in a line: sampled, or kept for its status or its time.
+    pub fn writes(&self, sampled: bool, status: Option<u16>, total_us: u64) -> bool {
+        sampled || self.keep.keeps(status, total_us)
+    }
+
     /// Whether this request is to be logged (xorshift64*; per shard, no sharing).
-    pub fn sampled(&self) -> bool {
+    fn sampled(&self) -> bool {
         if self.sample_below == u64::MAX {
             return true;
         }

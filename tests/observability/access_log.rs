@@ -244,6 +244,41 @@ both_engines! {
         }
     }
 
+    // `access_sample = 0` with keep rules: only errors (a 404, a refused head's 400) and slow
+    // requests (a backend that holds its head past `access_keep_slower_than`) leave a line,
+    // HAProxy's `option dontlog-normal`; fast 200s leave none.
+    fn access_log_keeps_errors_and_slow_requests_while_sampling_none(engine) {
+        let dir = TempDir::new("keep");
+        let log = dir.path("access.log");
+        let (origin, gate) = held_origin("/slow");
+        let keep = "access_format = '$status $uri'\naccess_sample = 0\naccess_keep_status = 400\naccess_keep_slower_than = \"150ms\"";
+        let proxy = Config::new()
+            .upstream("web", &[origin.addr()])
+            .route("web", "path_prefix = \"/\"\nhost = \"site.example\"")
+            .section("log", &access_log_section(&log, keep))
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        assert_eq!(get_on(&mut c, "site.example", "/fast").status(), 200);
+        assert_eq!(get_on(&mut c, "other.example", "/nowhere").status(), 404);
+        c.send(&get("site.example", "/slow"));
+        assert!(origin.wait_for(Duration::from_secs(10), |s| s.requests.iter().any(|r| r.path() == "/slow")));
+        wait_until(Instant::now() + Duration::from_millis(200));
+        gate.open();
+        assert_eq!(c.read_response().status(), 200);
+        assert_eq!(get_on(&mut c, "site.example", "/fast2").status(), 200);
+        let mut bad = Client::connect(proxy.addr());
+        bad.send(b"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n");
+        assert_eq!(bad.read_response().status(), 400);
+        // The shard writes in order: once the last request's line is there, so are the others.
+        let lines = wait_for_files(dir.root(), Duration::from_secs(10), "the kept lines", || {
+            let l = read_lines(&log);
+            l.iter().any(|l| l.starts_with("400 ")).then_some(l)
+        });
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(&lines[..2], ["404 /nowhere", "200 /slow"]);
+        assert!(lines[2].starts_with("400 "), "{lines:?}");
+    }
+
     fn access_log_rotation_with_sigusr1_loses_no_line(engine) {
         let dir = TempDir::new("rotate");
         let log = dir.path("access.log");
