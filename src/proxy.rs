@@ -88,10 +88,6 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             };
             Plan::Answer(c, b"Location", loc)
         }),
-        // A tunnel started now would be cut at shutdown_timeout, and a 101 cannot say
-        // `Connection: close`: the client is told to come back (to the successor, after a
-        // binary upgrade) instead.
-        (None, None) if facts.upgrade && ctx.draining() => Err(Canned::ServiceUnavailable),
         (None, None) => plan(ctx, client, head, &facts, &rid, &mut trace).await,
     };
     // The head has been encoded for the upstream (or refused): from here on the client buffer
@@ -379,6 +375,12 @@ async fn plan<'a>(
             Some(to) => Ok(Plan::Answer(r.status, b"Location", to)),
             None => Err(Canned::BadRequest),
         };
+    }
+    // A tunnel started now would be cut at shutdown_timeout, and a 101 cannot say
+    // `Connection: close`: the client is told to come back (to the successor, after a binary
+    // upgrade) instead. A route that answers itself (above) still does, with the close.
+    if facts.upgrade && ctx.draining() {
+        return Err(Canned::ServiceUnavailable);
     }
     let granted = match &ctx.shared.config.routes[routed.index].auth {
         None => Granted::default(),

@@ -194,6 +194,29 @@ both_engines! {
         assert_eq!(origin.request_count(), 1, "the upgrade never reached the origin");
         assert_exit_0(&mut proxy, Duration::from_secs(15));
     }
+    // Only a tunnel is refused while draining: an upgrade asked of a route that answers
+    // itself (a redirect) gets that answer, with the close, not a 503.
+    fn an_upgrade_to_a_redirect_route_while_draining_gets_the_redirect(engine) {
+        let origin = Origin::start("o");
+        let mut proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route_without_upstream("path_prefix = \"/old/\"\nredirect = { to = \"https://new.example/\", status = 301 }")
+            .route("main", "")
+            .server("shutdown_timeout", "\"30s\"")
+            .server("drain_grace", "\"5s\"")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/first"));
+        assert_eq!(c.read_response().status(), 200);
+        proxy.terminate();
+        wait_until_refused(&proxy, Duration::from_secs(5));
+        c.send(b"GET /old/ws HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        let r = c.try_read_response().expect("an answer to the upgrade");
+        assert_eq!((r.status(), r.header("location")), (301, Some("https://new.example/")), "{}", r.head.raw);
+        assert!(r.has_token("connection", "close"), "{}", r.head.raw);
+        c.expect_closed_within(Duration::from_secs(10));
+        assert_exit_0(&mut proxy, Duration::from_secs(15));
+    }
     // A response whose head promised keep-alive before the drain and whose body ended after
     // the drain's grace: its client may send its next request at once, and gets a grace of
     // its own to do so (it was closed at once, and that request lost).
