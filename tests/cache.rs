@@ -183,6 +183,40 @@ both_engines! {
 
     // What RFC 9111 keeps out of a shared cache is forwarded every time, marked BYPASS; so is
     // a request that asks for no-store or no-cache, and a non-GET.
+    // `cache.valid` (nginx's `proxy_cache_valid`): responses that say nothing of their
+    // freshness are stored for the lifetime given to their status, a 302 included; a status
+    // it does not name, a response's own `max-age` and its `private` still rule.
+    fn valid_gives_a_lifetime_to_responses_without_one(engine) {
+        let origin = Origin::with_handler("o", |r| {
+            let (status, headers): (u16, Vec<(String, String)>) = match r.path() {
+                "/moved" => (302, vec![("Location".into(), "/new".into())]),
+                "/gone" => (404, vec![]),
+                "/own" => (200, vec![("Cache-Control".into(), "max-age=0".into())]),
+                "/mine" => (200, vec![("Cache-Control".into(), "private".into())]),
+                _ => (200, vec![]),
+            };
+            Reply::Response { status, headers, body: b"body".to_vec(), mode: BodyMode::Length, close_after: false }
+        });
+        let proxy = cached(&origin, "valid = { \"200\" = \"10m\", \"302\" = \"1m\" }", engine);
+        let mut c = Client::connect(proxy.addr());
+        for (path, status, second) in [
+            ("/page", 200, "HIT"),
+            ("/moved", 302, "HIT"),
+            ("/gone", 404, "BYPASS"),
+            ("/own", 200, "BYPASS"),
+            ("/mine", 200, "BYPASS"),
+        ] {
+            let first = fetch(&mut c, "GET", path, &[]);
+            assert_eq!((first.status(), x_cache(&first).as_str()), (status, if second == "HIT" { "MISS" } else { "BYPASS" }), "{path}");
+            let again = fetch(&mut c, "GET", path, &[]);
+            assert_eq!((again.status(), x_cache(&again).as_str()), (status, second), "{path}");
+        }
+        // The hit's age counts against the configured lifetime.
+        let hit = fetch(&mut c, "GET", "/page", &[]);
+        assert!(hit.header("Age").is_some(), "{}", hit.head.raw);
+        assert_eq!(origin.request_count(), 2 + 2 * 3);
+    }
+
     fn uncacheable_responses_and_requests_bypass_the_cache(engine) {
         let origin = Origin::with_handler("o", |r| {
             let cc = match r.path() {

@@ -103,7 +103,7 @@ path_prefix = "/closed/"
 respond = { status = 503, file = "@CERTS@/502.html" }
 
 [[route]]
-cache = { size = "64MiB", max_object = "1MiB", policy = "tinylfu", stale_while_revalidate_max = "1h", stale_if_error_max = "1d", background_revalidations = 16, fill_memory = "4MiB" }
+cache = { size = "64MiB", max_object = "1MiB", policy = "tinylfu", stale_while_revalidate_max = "1h", stale_if_error_max = "1d", background_revalidations = 16, fill_memory = "4MiB", valid = { "200" = "10m", "404" = "1m" } }
 upstream = "web"
 
 [[upstream]]
@@ -583,6 +583,21 @@ fn check_names_what_is_wrong_in_an_access_log_template() {
     // Escaping belongs to templates only.
     let cfg = good().replace(template, "access_format = 'json' #");
     expect_error(&cfg, &["log.access_escape", "only to an access_format"]);
+}
+
+#[test]
+fn check_names_what_is_wrong_in_a_cache_valid_lifetime() {
+    let valid = "valid = { \"200\" = \"10m\", \"404\" = \"1m\" }";
+    assert!(good().contains(valid));
+    let cfg = good().replace(valid, "valid = { \"500\" = \"10m\" }");
+    expect_error(
+        &cfg,
+        &["cache.valid.500", "not a status the cache may store"],
+    );
+    let cfg = good().replace(valid, "valid = { \"302\" = \"0s\" }");
+    expect_error(&cfg, &["cache.valid.302", "from 1s to 365d"]);
+    let cfg = good().replace(valid, "valid = { \"200\" = \"later\" }");
+    expect_error(&cfg, &["cache.valid.200"]);
 }
 
 #[test]

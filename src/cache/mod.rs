@@ -526,8 +526,9 @@ impl Fill<'_> {
                 .filter(|(n, _)| !(named && head.named_in_connection(buf, n))),
         );
         let now = unix_now();
+        let valid = self.cfg.valid_for(head.status);
         let Storable::Yes { lifetime } =
-            policy::storable(head.status, &facts, self.rules, &self.own, now)
+            policy::storable(head.status, &facts, self.rules, &self.own, (now, valid))
         else {
             return false;
         };

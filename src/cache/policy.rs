@@ -218,19 +218,20 @@ pub enum Storable {
 }
 
 /// Whether a shared cache may store this response (RFC 9111 §3), and its freshness lifetime
-/// (§4.2.1: `s-maxage`, else `max-age`, else `Expires` − `Date`; no heuristics). `no-cache`
-/// would need revalidation on every use, which this cache does not do yet: not stored.
-/// `own`: fields the proxy writes under names the configuration chose
+/// (§4.2.1: `s-maxage`, else `max-age`, else `Expires` − `Date`; no heuristics, but the
+/// operator's `valid` lifetime for the status, nginx's `proxy_cache_valid`, when the response
+/// gives none). `no-cache` would need revalidation on every use, which this cache does not do
+/// yet: not stored. `own`: fields the proxy writes under names the configuration chose
 /// ([`crate::snapshot::Shared::own_fields`]), beside those it always writes.
 pub fn storable(
     status: u16,
     f: &ResponseFacts,
     req: RequestRules,
     own: &[Box<[u8]>],
-    now: u64,
+    (now, valid): (u64, Option<u64>),
 ) -> Storable {
     let d = &f.directives;
-    if !cacheable_status(status) {
+    if !cacheable_status(status) && valid.is_none() {
         return Storable::No("status");
     }
     if d.no_store || d.private || d.no_cache {
@@ -252,7 +253,10 @@ pub fn storable(
         (Some(s), _, _) => s,
         (None, Some(m), _) => m,
         (None, None, Some(e)) => e.saturating_sub(f.date.unwrap_or(now)),
-        (None, None, None) => return Storable::No("no explicit freshness"),
+        (None, None, None) => match valid {
+            Some(t) => t,
+            None => return Storable::No("no explicit freshness"),
+        },
     };
     if lifetime == 0 {
         return Storable::No("stale");

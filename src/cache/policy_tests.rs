@@ -13,12 +13,12 @@ fn freshness_prefers_s_maxage_then_max_age_then_expires_minus_date() {
     let req = RequestRules::default();
     let f = facts(&[("Cache-Control", "max-age=60, s-maxage=120")]);
     assert_eq!(
-        storable(200, &f, req, &[], NOW),
+        storable(200, &f, req, &[], (NOW, None)),
         Storable::Yes { lifetime: 120 }
     );
     let f = facts(&[("cache-control", "public, MAX-AGE=\"30\"")]);
     assert_eq!(
-        storable(200, &f, req, &[], NOW),
+        storable(200, &f, req, &[], (NOW, None)),
         Storable::Yes { lifetime: 30 }
     );
     let f = facts(&[
@@ -26,22 +26,28 @@ fn freshness_prefers_s_maxage_then_max_age_then_expires_minus_date() {
         ("Expires", "Sun, 06 Nov 1994 08:50:37 GMT"),
     ]);
     assert_eq!(
-        storable(200, &f, req, &[], NOW),
+        storable(200, &f, req, &[], (NOW, None)),
         Storable::Yes { lifetime: 60 }
     );
     let f = facts(&[("Expires", "0")]);
-    assert_eq!(storable(200, &f, req, &[], NOW), Storable::No("stale"));
     assert_eq!(
-        storable(200, &facts(&[]), req, &[], NOW),
+        storable(200, &f, req, &[], (NOW, None)),
+        Storable::No("stale")
+    );
+    assert_eq!(
+        storable(200, &facts(&[]), req, &[], (NOW, None)),
         Storable::No("no explicit freshness")
     );
     let f = facts(&[("Cache-Control", "max-age=99999999999999999999999")]);
     assert_eq!(
-        storable(200, &f, req, &[], NOW),
+        storable(200, &f, req, &[], (NOW, None)),
         Storable::Yes { lifetime: u64::MAX }
     );
     let f = facts(&[("Cache-Control", "max-age=abc")]);
-    assert_eq!(storable(200, &f, req, &[], NOW), Storable::No("stale"));
+    assert_eq!(
+        storable(200, &f, req, &[], (NOW, None)),
+        Storable::No("stale")
+    );
     // A directive given twice keeps its strictest value, in one field or two.
     for fields in [
         &[("Cache-Control", "max-age=0, max-age=3600")][..],
@@ -53,13 +59,13 @@ fn freshness_prefers_s_maxage_then_max_age_then_expires_minus_date() {
         &[("Cache-Control", "s-maxage=0, s-maxage=3600, max-age=60")],
     ] {
         assert_eq!(
-            storable(200, &facts(fields), req, &[], NOW),
+            storable(200, &facts(fields), req, &[], (NOW, None)),
             Storable::No("stale")
         );
     }
     let f = facts(&[("Cache-Control", "max-age=3600, max-age=60")]);
     assert_eq!(
-        storable(200, &f, req, &[], NOW),
+        storable(200, &f, req, &[], (NOW, None)),
         Storable::Yes { lifetime: 60 }
     );
     let f = facts(&[
@@ -67,7 +73,10 @@ fn freshness_prefers_s_maxage_then_max_age_then_expires_minus_date() {
         ("Expires", "Sun, 06 Nov 1994 08:50:37 GMT"),
         ("Expires", "Sun, 06 Nov 1994 09:50:37 GMT"),
     ]);
-    assert_eq!(storable(200, &f, req, &[], NOW), Storable::No("stale"));
+    assert_eq!(
+        storable(200, &f, req, &[], (NOW, None)),
+        Storable::No("stale")
+    );
     let mut d = Directives::default();
     d.add(b"min-fresh=5, stale-if-error=60, min-fresh=50, stale-if-error=6");
     assert_eq!((d.min_fresh, d.stale_if_error), (Some(50), Some(6)));
@@ -105,32 +114,74 @@ fn what_is_never_stored() {
         (&[("Cache-Control", "max-age=60"), ("Vary", "Via")], "vary"),
     ] {
         assert_eq!(
-            storable(200, &facts(fields), req, &[], NOW),
+            storable(200, &facts(fields), req, &[], (NOW, None)),
             Storable::No(why)
         );
     }
     // A field the configuration named for the proxy (a request id, an mTLS subject).
     let own: [Box<[u8]>; 1] = [Box::from(&b"x-trace"[..])];
     let f = facts(&[("Cache-Control", "max-age=60"), ("Vary", "Accept, X_Trace")]);
-    assert_eq!(storable(200, &f, req, &own, NOW), Storable::No("vary"));
     assert_eq!(
-        storable(200, &f, req, &[], NOW),
+        storable(200, &f, req, &own, (NOW, None)),
+        Storable::No("vary")
+    );
+    assert_eq!(
+        storable(200, &f, req, &[], (NOW, None)),
         Storable::Yes { lifetime: 60 }
     );
+    // `cache.valid` (nginx's proxy_cache_valid): a lifetime for a response without one of
+    // its own, for a status it names (302 too); the response's own lifetime, and its refusal,
+    // come first.
+    let none = facts(&[]);
+    assert_eq!(
+        storable(200, &none, req, &[], (NOW, Some(600))),
+        Storable::Yes { lifetime: 600 }
+    );
+    assert_eq!(
+        storable(302, &none, req, &[], (NOW, Some(600))),
+        Storable::Yes { lifetime: 600 }
+    );
+    assert_eq!(
+        storable(302, &none, req, &[], (NOW, None)),
+        Storable::No("status")
+    );
+    let own_age = facts(&[("Cache-Control", "max-age=5")]);
+    assert_eq!(
+        storable(200, &own_age, req, &[], (NOW, Some(600))),
+        Storable::Yes { lifetime: 5 }
+    );
+    for refused in ["private", "no-store", "no-cache"] {
+        let f = facts(&[("Cache-Control", refused)]);
+        assert_eq!(
+            storable(200, &f, req, &[], (NOW, Some(600))),
+            Storable::No("cache-control")
+        );
+    }
+    let expired = facts(&[("Expires", "Thu, 01 Jan 1970 00:00:00 GMT")]);
+    assert_eq!(
+        storable(200, &expired, req, &[], (NOW, Some(600))),
+        Storable::No("stale")
+    );
     let f = facts(&[("Cache-Control", "max-age=60")]);
-    assert_eq!(storable(500, &f, req, &[], NOW), Storable::No("status"));
-    assert_eq!(storable(206, &f, req, &[], NOW), Storable::No("status"));
+    assert_eq!(
+        storable(500, &f, req, &[], (NOW, None)),
+        Storable::No("status")
+    );
+    assert_eq!(
+        storable(206, &f, req, &[], (NOW, None)),
+        Storable::No("status")
+    );
     let auth = RequestRules {
         authorization: true,
         ..Default::default()
     };
     assert_eq!(
-        storable(200, &f, auth, &[], NOW),
+        storable(200, &f, auth, &[], (NOW, None)),
         Storable::No("authorization")
     );
     let f = facts(&[("Cache-Control", "public, max-age=60")]);
     assert_eq!(
-        storable(200, &f, auth, &[], NOW),
+        storable(200, &f, auth, &[], (NOW, None)),
         Storable::Yes { lifetime: 60 }
     );
 }

@@ -227,7 +227,13 @@ impl Fill<'_> {
         let merged_list = fields_of(&merged.parsed, &merged.bytes);
         let facts = policy::response_facts(merged_list.iter().copied());
         let initial_age = policy::initial_age(&sent, self.request_time, now);
-        let lifetime = match policy::storable(old.status, &facts, self.rules, &self.own, now) {
+        let lifetime = match policy::storable(
+            old.status,
+            &facts,
+            self.rules,
+            &self.own,
+            (now, self.cfg.valid_for(old.status)),
+        ) {
             policy::Storable::Yes { lifetime } => lifetime,
             policy::Storable::No(_) => 0,
         };

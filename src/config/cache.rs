@@ -1,7 +1,9 @@
 //! Config for the response cache of stage 5½ (between *route* and *forward*): a route's
 //! `cache = { size, max_object, policy, stale_while_revalidate_max, stale_if_error_max,
-//! background_revalidations, fill_memory }`, checked into [`CacheConfig`]; used by [`crate::cache`].
+//! background_revalidations, fill_memory, valid }`, checked into [`CacheConfig`]; used by
+//! [`crate::cache`].
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -19,6 +21,7 @@ pub(super) struct RawCache {
     stale_if_error_max: Option<String>,
     background_revalidations: Option<usize>,
     fill_memory: Option<Size>,
+    valid: Option<BTreeMap<String, String>>,
 }
 
 /// Default `cache.size`: bytes one shard may hold for the route.
@@ -53,7 +56,30 @@ pub struct CacheConfig {
     /// may hold at once on one shard; beyond it a response is relayed without being stored.
     pub fill_memory: u64,
     pub policy: CachePolicy,
+    /// `cache.valid`: (status, seconds) a response of that status without explicit
+    /// freshness of its own is fresh for (nginx's `proxy_cache_valid`).
+    pub valid: Vec<(u16, u64)>,
 }
+
+impl CacheConfig {
+    /// The lifetime `cache.valid` gives a response of `status` without one of its own.
+    pub fn valid_for(&self, status: u16) -> Option<u64> {
+        self.valid
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, t)| *t)
+    }
+}
+
+/// The statuses `cache.valid` may name: those a cache may store by default
+/// ([`crate::cache::policy::cacheable_status`]) and the temporary redirects nginx's
+/// `proxy_cache_valid` is often given (302, 307).
+fn valid_status(status: u16) -> bool {
+    crate::cache::policy::cacheable_status(status) || matches!(status, 302 | 307)
+}
+
+/// The longest `cache.valid` lifetime.
+const VALID_MAX: Duration = Duration::from_secs(365 * 86_400);
 
 /// `cache.policy`: which responses a full store takes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +161,24 @@ pub(super) fn route_cache(
         0,
         1024,
     );
+    let mut valid = Vec::new();
+    for (status, d) in raw.valid.iter().flatten() {
+        let key = format!("{path}.cache.valid.{status}");
+        match status.parse::<u16>() {
+            Ok(s) if status.len() == 3 && valid_status(s) => {
+                let t = c.duration(&key, Some(d), Duration::ZERO);
+                if t.is_zero() || t > VALID_MAX {
+                    c.err(key, format!("{d:?}: write a lifetime from 1s to 365d"));
+                } else {
+                    valid.push((s, t.as_secs().max(1)));
+                }
+            }
+            _ => c.err(
+                key,
+                format!("{status:?} is not a status the cache may store: 200, 203, 204, 300, 301, 302, 307, 308, 404, 405, 410, 414 or 501"),
+            ),
+        }
+    }
     Some(Box::new(CacheConfig {
         size,
         max_object,
@@ -143,6 +187,7 @@ pub(super) fn route_cache(
         background_revalidations,
         fill_memory,
         policy,
+        valid,
     }))
 }
 
