@@ -69,6 +69,11 @@ impl Backends {
     }
 
     pub fn new(shared: &Shared, shard: usize) -> Backends {
+        Backends::build(shared, shard, None)
+    }
+
+    /// A fresh view of `shared`; `after`: the loads of the snapshot it replaces.
+    fn build(shared: &Shared, shard: usize, after: Option<&Loads>) -> Backends {
         let shards = shared.accepting.len().max(1);
         let now = Instant::now();
         let upstreams = &shared.config.upstreams;
@@ -78,6 +83,8 @@ impl Backends {
                     .iter()
                     .map(|u| ShardBalancer::new(&u.balance, &members_of(u), shard))
                     .collect(),
+                shared,
+                after,
             ),
             outliers: RefCell::new(
                 upstreams
@@ -120,7 +127,7 @@ impl Backends {
         old_shared: &Shared,
         map: &[Option<usize>],
     ) -> Backends {
-        let next = Backends::new(shared, shard);
+        let next = Backends::build(shared, shard, Some(&old.loads));
         let old_upstream = |name: &str| {
             old_shared
                 .config
@@ -149,19 +156,7 @@ impl Backends {
                 }
             }
         }
-        let mut to: Vec<Vec<Option<(usize, usize)>>> = old_shared
-            .config
-            .upstreams
-            .iter()
-            .map(|u| vec![None; u.backends.len()])
-            .collect();
-        for (i, b) in shared.backends.iter().enumerate() {
-            if let Some(Some(j)) = map.get(i).copied() {
-                let was = &old_shared.backends[j];
-                to[was.upstream][was.local] = Some((b.upstream, b.local));
-            }
-        }
-        old.loads.hand_over(next.loads.clone(), to);
+        old.loads.hand_over(&next.loads);
         let mut next = next;
         for (i, m) in map.iter().enumerate() {
             let Some(j) = *m else { continue };

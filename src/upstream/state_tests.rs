@@ -117,7 +117,8 @@ fn shared_of(addrs: &[&str]) -> Arc<Shared> {
 
 // A reload keeps what least_conn sees: requests (and tunnels) open on the old snapshot count
 // on the new one's balancer until they end, including one started on the old snapshot
-// after the reload (a retry), across two reloads, and with the backends in another order.
+// after the reload (a retry), across two reloads, and with the backends in another order;
+// the snapshots in between are not kept alive.
 #[test]
 fn requests_in_flight_on_a_replaced_snapshot_count_on_the_next() {
     let (a, b) = ("127.0.0.1:1", "127.0.0.1:2");
@@ -144,14 +145,27 @@ fn requests_in_flight_on_a_replaced_snapshot_count_on_the_next() {
     assert_eq!(in_flight(&newest, 0), 2);
     drop(g2);
     drop(g3);
+    // The snapshot between them is passed over: nothing picks from it any more.
     assert_eq!(
         (
             in_flight(&old, 0),
             in_flight(&new, 1),
             in_flight(&newest, 0)
         ),
-        (0, 0, 0)
+        (0, 2, 0)
     );
+    // A replaced snapshot keeps none after it alive: with a request open on `old`, the
+    // snapshots between it and the newest go as soon as nothing else holds them.
+    let g5 = old.forwarding(&s1, &stats.backends[0], 0);
+    let gone = Rc::downgrade(&new.loads);
+    drop(new);
+    assert!(
+        gone.upgrade().is_none(),
+        "a replaced snapshot's loads outlived it"
+    );
+    assert_eq!(in_flight(&newest, 0), 1);
+    drop(g5);
+    assert_eq!(in_flight(&newest, 0), 0);
     // A backend the reload removed takes nothing with it.
     let s4 = shared_of(&[b]);
     let g4 = newest.forwarding(&s3, &stats.backends[0], 0);
