@@ -164,7 +164,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 let respond = Respond::new(ctx);
                 // The cache's revalidation: its 304 (or a 5xx within stale-if-error) is
                 // answered with the stored entry, not relayed.
-                match cache::settle(fill.as_deref_mut(), &respond, answered, &mut trace) {
+                match cache::settle(ctx, fill.as_deref_mut(), &respond, answered, &mut trace) {
                     Settled::Hit(hit) => Ok(Exchanged {
                         outcome: cache::serve(ctx, client, hit, &facts, &rid, &mut trace).await,
                         early: false,
@@ -445,9 +445,11 @@ async fn plan<'a>(
                 cache::Lookup::Miss(fill) => Some(fill),
                 // A part on a miss: the whole object fetched in the background (the request
                 // as it would be forwarded, without its Range), the part forwarded now.
-                cache::Lookup::RangeMiss(fill, whole) => {
+                cache::Lookup::RangeMiss(mut fill, whole) => {
                     if let Ok(p) = prepare(ctx, client, head, facts, rid, &routed, &granted) {
-                        cache::refresh::spawn(ctx, whole, p);
+                        let mut out = p.out.to_vec();
+                        whole.condition(&mut out);
+                        fill.defer_whole(whole, out, p.upstream, p.key);
                     }
                     Some(fill)
                 }

@@ -104,8 +104,8 @@ both_engines! {
         let origin = origin();
         let proxy = cached(&origin).start(engine);
         let mut c = Client::connect(proxy.addr());
-        // A miss forwards the Range (this backend ignores it: its 200 is relayed) and fetches
-        // the whole object in the background, which is stored.
+        // A miss forwards the Range; this backend ignores it and its 200 is stored (no
+        // whole fetch follows: only a 206 starts one).
         let r = ask(&mut c, "GET", "/b/1000", &[("Range", "bytes=0-9")]);
         assert_eq!((r.status(), r.header("X-Cache"), r.body.len()), (200, Some("MISS"), 1000));
         part(&mut c, "/b/1000", 1000, "bytes=0-9", (0, 10));
@@ -144,7 +144,7 @@ both_engines! {
         // A condition that holds is a 304, whatever the range.
         let r = ask(&mut c, "GET", "/b/1000", &[("Range", "bytes=0-9"), ("If-None-Match", ETAG)]);
         assert_eq!(r.status(), 304);
-        assert_eq!(origin.request_count(), 2);
+        assert_eq!(origin.request_count(), 1);
     }
 
     // The fetches that may fill the cache ask for the whole object, as nginx's cache does: a
@@ -240,6 +240,10 @@ both_engines! {
             .collect();
         ranges.sort();
         assert_eq!(ranges, [None, Some("bytes=100-199".to_string())]);
+        // `only-if-cached` on a ranged miss: 504, no backend, no fetch.
+        let r = ask(&mut c, "GET", "/r/2000", &[("Range", "bytes=0-9"), ("Cache-Control", "only-if-cached")]);
+        assert_eq!(r.status(), 504);
+        assert_eq!(origin.request_count(), 2);
         // Without background fetches (`background_revalidations = 0`) a ranged miss stores
         // nothing.
         let origin = self::origin();
@@ -254,5 +258,19 @@ both_engines! {
             assert_eq!((r.status(), r.header("X-Cache")), (206, Some("BYPASS")));
         }
         assert_eq!(origin.request_count(), 2);
+        // An object the cache could not store (over `max_object`, or `private`) is not
+        // fetched whole: its 206 says so, and each range goes to the backend once.
+        let origin = self::origin();
+        let proxy = Config::new().upstream("main", &[origin.addr()]).route(
+            "main",
+            "cache = { size = \"64MiB\", max_object = \"1KiB\" }",
+        ).start(engine);
+        let mut c = Client::connect(proxy.addr());
+        for range in ["bytes=0-9", "bytes=100-109", "bytes=4000-4009"] {
+            let r = ask(&mut c, "GET", "/r/5000", &[("Range", range)]);
+            assert_eq!((r.status(), r.header("X-Cache")), (206, Some("MISS")), "{range}");
+        }
+        assert_eq!(origin.request_count(), 3);
+        assert!(origin.requests().iter().all(|q| q.header("range").is_some()));
     }
 }

@@ -597,7 +597,12 @@ fn check_names_what_is_wrong_in_a_cache_valid_lifetime() {
     let cfg = good().replace(valid, "valid = { \"302\" = \"0s\" }");
     expect_error(&cfg, &["cache.valid.302", "from 1s to 365d"]);
     let cfg = good().replace(valid, "valid = { \"200\" = \"later\" }");
-    expect_error(&cfg, &["cache.valid.200"]);
+    expect_error(&cfg, &["cache.valid.200", "invalid duration"]);
+    let cfg = good().replace(valid, "valid = { \"200\" = \"500ms\" }");
+    expect_error(&cfg, &["cache.valid.200", "from 1s to 365d"]);
+    // Longer than the 7 days other durations allow: a year is fine.
+    let (code, out) = run_check(&good().replace(valid, "valid = { \"301\" = \"365d\" }"));
+    assert_eq!(code, Some(0), "{out}");
 }
 
 #[test]

@@ -178,14 +178,20 @@ pub async fn lookup<'a>(
     });
     // A ranged miss this request fetches: the whole object in the background (holding the
     // key's claim, so concurrent misses wait for it), the range forwarded as it came.
+    // The range's own fill may store a backend's whole 200 (one that ignores `Range`).
     if stale.is_none()
         && fill.store
         && fill.inflight.is_some()
+        && !fill.rules.only_if_cached
         && super::range::asks_part(req.fields())
         && fill.claim_background()
     {
-        let mut relayed = new_fill(cache, route, cfg, req, fill.rules, Vec::new());
+        let mut relayed = new_fill(cache, route, cfg, req, fill.rules, fill.key.clone());
         relayed.bypass = false;
+        relayed.store = true;
+        relayed.ranged = true;
+        relayed.req = fill.req.clone();
+        relayed.request_time = fill.request_time;
         return Lookup::RangeMiss(Box::new(relayed), Box::new(fill));
     }
     match stale {
@@ -221,6 +227,7 @@ fn new_fill<'a>(
 ) -> Fill<'a> {
     Fill {
         cache,
+        whole: None,
         s: FillState {
             route: route.into(),
             cfg: cfg.clone(),
@@ -239,6 +246,7 @@ fn new_fill<'a>(
             stale: None,
             replaces: false,
             background: false,
+            ranged: false,
             purges: cache.purges.get(),
         },
     }

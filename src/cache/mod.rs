@@ -308,6 +308,18 @@ struct Admitted {
 pub struct Fill<'a> {
     cache: &'a ShardCache,
     s: FillState,
+    /// A ranged miss's fetch of the whole object, held until the backend's `206` shows the
+    /// object may be stored ([`Fill::take_whole`]).
+    whole: Option<Box<Whole<'a>>>,
+}
+
+/// The background fetch of a ranged miss's whole object: its fill (holding the key's claim
+/// and a background slot), the request head without the `Range`, and where it goes.
+pub struct Whole<'a> {
+    pub fill: Box<Fill<'a>>,
+    pub head: Vec<u8>,
+    pub upstream: usize,
+    pub key: crate::upstream::state::PickKey,
 }
 
 /// A fill without its shard's cache: what a background revalidation carries into its task
@@ -343,6 +355,8 @@ pub struct FillState {
     /// A background revalidation: counts no `X-Cache` result, holds a slot of
     /// `background_revalidations`.
     background: bool,
+    /// The request is a ranged miss ([`Lookup::RangeMiss`]): its `206` is a `MISS`.
+    ranged: bool,
     /// [`ShardCache`]'s purge count when the fetch began.
     purges: u64,
 }
@@ -363,7 +377,11 @@ impl DerefMut for Fill<'_> {
 impl FillState {
     /// The fill again, on its shard's cache.
     pub fn attach(self, cache: &ShardCache) -> Fill<'_> {
-        Fill { cache, s: self }
+        Fill {
+            cache,
+            s: self,
+            whole: None,
+        }
     }
 
     /// An empty state, left behind by [`Fill::detach`] (drops without effect).
@@ -386,12 +404,13 @@ impl FillState {
             stale: None,
             replaces: false,
             background: false,
+            ranged: false,
             purges: 0,
         }
     }
 }
 
-impl Fill<'_> {
+impl<'a> Fill<'a> {
     /// The request asked for a stored response only (`only-if-cached`): a miss is a `504`.
     pub fn only_if_cached(&self) -> bool {
         self.s.rules.only_if_cached
@@ -409,6 +428,9 @@ impl Fill<'_> {
         let verdict = if self.bypass {
             BYPASS
         } else if !self.store || self.decide(buf, head, framing) {
+            MISS
+        } else if self.ranged && head.status == 206 {
+            // Not stored, but its object is fetched (or could not be): a miss.
             MISS
         } else {
             BYPASS
@@ -497,6 +519,62 @@ impl Fill<'_> {
         });
         self.background = claimed;
         claimed
+    }
+
+    /// Holds `whole`, the fetch of the whole object behind this ranged miss, until the
+    /// response head says whether to start it ([`Fill::take_whole`]).
+    pub fn defer_whole(
+        &mut self,
+        fill: Box<Fill<'a>>,
+        head: Vec<u8>,
+        upstream: usize,
+        key: crate::upstream::state::PickKey,
+    ) {
+        self.whole = Some(Box::new(Whole {
+            fill,
+            head,
+            upstream,
+            key,
+        }));
+    }
+
+    /// The deferred whole-object fetch, when the response head `head` (in `buf`) shows the
+    /// object may be stored: a `206` whose `Content-Range` names a length within
+    /// `max_object` and `fill_memory`, with the fields a `200` would need to be stored
+    /// (freshness, no `private`, `no-store`, `Set-Cookie`, ...). Otherwise it is dropped
+    /// (its claim and slot released), and the backend is asked once per range, as before.
+    pub fn take_whole(&mut self, buf: &[u8], head: &ResponseHead) -> Option<Box<Whole<'a>>> {
+        let mut whole = self.whole.take()?;
+        if self.whole_storable(buf, head) {
+            return Some(whole);
+        }
+        // Not a miss of its own: the request's fill counts it.
+        whole.fill.verdict = Some(MISS);
+        None
+    }
+
+    fn whole_storable(&self, buf: &[u8], head: &ResponseHead) -> bool {
+        if head.status != 206 || buf.len() < head.head_len {
+            return false;
+        }
+        let fields = || {
+            head.headers
+                .iter()
+                .map(|h| (h.name.get(buf), h.value.get(buf)))
+        };
+        let total = fields()
+            .find(|(n, _)| n.eq_ignore_ascii_case(b"content-range"))
+            .and_then(|(_, v)| range::total_length(v));
+        if total.is_none_or(|t| t > self.cfg.max_object || t > self.cfg.fill_memory) {
+            return false;
+        }
+        let named = !head.conn_tokens.is_empty();
+        let facts = policy::response_facts(
+            fields().filter(|(n, _)| !(named && head.named_in_connection(buf, n))),
+        );
+        let valid = self.cfg.valid_for(200);
+        let storable = policy::storable(200, &facts, self.rules, &self.own, (unix_now(), valid));
+        matches!(storable, Storable::Yes { .. }) && (!self.no_vary || facts.vary.is_empty())
     }
 
     /// The fill without its cache reference, for a task of its own; dropping this one
@@ -633,7 +711,7 @@ impl Drop for Fill<'_> {
                 store.background = store.background.saturating_sub(1);
             }
         }
-        if self.verdict.is_none() {
+        if self.verdict.is_none() && !self.background {
             // No response head came (the backend failed): a miss all the same.
             let c = &self.cache;
             ShardCache::bump(if self.bypass { &c.bypasses } else { &c.misses });

@@ -35,6 +35,21 @@ pub fn asks_part<'h>(mut fields: impl Iterator<Item = (&'h [u8], &'h [u8])>) -> 
     v.len() > 6 && v[..6].eq_ignore_ascii_case(b"bytes=") && !v.eq_ignore_ascii_case(b"bytes=0-")
 }
 
+/// The complete length a `206`'s `Content-Range: bytes A-B/LENGTH` names (`None` for `*`
+/// or anything else).
+pub fn total_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.len() < 6 || !v[..6].eq_ignore_ascii_case(b"bytes ") {
+        return None;
+    }
+    let slash = v.iter().rposition(|&b| b == b'/')?;
+    let len = &v[slash + 1..];
+    if len.is_empty() || len.len() > 19 || !len.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(len).ok()?.parse().ok()
+}
+
 impl Part {
     /// The part of a `len`-byte body with ETag `etag` and `Last-Modified` `last_modified`
     /// (Unix seconds) that a request with `fields` asks for.
@@ -163,6 +178,27 @@ mod tests {
 
     fn bytes(start: u64, end: u64) -> Part {
         Part::Bytes { start, end }
+    }
+
+    #[test]
+    fn the_length_a_content_range_names() {
+        assert_eq!(total_length(b"bytes 0-9/1000"), Some(1000));
+        assert_eq!(total_length(b" Bytes 5-9/10 "), Some(10));
+        for none in [
+            &b"bytes 0-9/*"[..],
+            b"bytes */1000x",
+            b"items 0-1/2",
+            b"bytes 0-9/",
+            b"bytes 0-9/99999999999999999999",
+            b"",
+        ] {
+            assert_eq!(
+                total_length(none),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(none)
+            );
+        }
     }
 
     #[test]

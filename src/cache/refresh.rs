@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Fill, ShardCache};
+use super::{Fill, ShardCache, Whole};
 use crate::forward::Prepared;
 use crate::health::breaker::Resource;
 use crate::health::Outcome as TryOutcome;
@@ -34,16 +34,34 @@ use crate::upstream::state::{Pick, PickKey};
 /// client that got the stale entry (made conditional here). Nothing starts when the shard
 /// has moved to another configuration since, or is draining (the fill drops: the claim is released).
 pub fn spawn(ctx: &ShardCtx, fill: Box<Fill<'_>>, prepared: Prepared<'_>) {
+    let mut head = prepared.out.to_vec();
+    fill.condition(&mut head);
+    start(ctx, *fill, prepared.upstream, prepared.key, head);
+}
+
+/// Starts the whole-object fetch a ranged miss's `fill` holds when the response head `head`
+/// (in `buf`) shows the object may be stored ([`Fill::take_whole`]). Called from
+/// [`super::settle`], outside the request's future (inline there, its temporaries took 336
+/// bytes of every request's future).
+pub fn start_whole(ctx: &ShardCtx, fill: &mut Fill<'_>, buf: &[u8], head: &ResponseHead) {
+    if let Some(whole) = fill.take_whole(buf, head) {
+        let Whole {
+            fill,
+            head,
+            upstream,
+            key,
+        } = *whole;
+        start(ctx, *fill, upstream, key, head);
+    }
+}
+
+fn start(ctx: &ShardCtx, fill: Fill<'_>, upstream: usize, key: PickKey, head: Vec<u8>) {
     let Some(current) = ctx
         .current()
         .filter(|c| Arc::ptr_eq(&c.shared, &ctx.shared) && !c.draining())
     else {
         return;
     };
-    let mut head = prepared.out.to_vec();
-    fill.condition(&mut head);
-    let (upstream, key) = (prepared.upstream, prepared.key);
-    drop(prepared);
     let state = fill.detach();
     monoio::spawn(async move {
         let fill = state.attach(&current.cache);

@@ -339,6 +339,7 @@ fn fields_of<'b>(head: &ResponseHead, buf: &'b [u8]) -> Vec<(&'b [u8], &'b [u8])
 // would into `relay_response`; boxing it would allocate on every cached-route miss.
 #[allow(clippy::result_large_err)]
 pub fn settle<'x>(
+    ctx: &crate::shard::ShardCtx,
     fill: Option<&mut Fill<'_>>,
     r: &Respond<'_>,
     answered: Answered<'x>,
@@ -347,6 +348,9 @@ pub fn settle<'x>(
     let Some(fill) = fill else {
         return Settled::Relay(answered);
     };
+    // A ranged miss: the whole object fetched in the background, when its `206` says it may
+    // be stored.
+    super::refresh::start_whole(ctx, fill, &answered.ubuf, &answered.head);
     let status = answered.head.status;
     let hit = match status {
         304 => match fill.not_modified(&answered.ubuf, &answered.head) {

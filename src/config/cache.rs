@@ -166,11 +166,15 @@ pub(super) fn route_cache(
         let key = format!("{path}.cache.valid.{status}");
         match status.parse::<u16>() {
             Ok(s) if status.len() == 3 && valid_status(s) => {
-                let t = c.duration(&key, Some(d), Duration::ZERO);
-                if t.is_zero() || t > VALID_MAX {
-                    c.err(key, format!("{d:?}: write a lifetime from 1s to 365d"));
-                } else {
-                    valid.push((s, t.as_secs().max(1)));
+                match humantime::parse_duration(d.trim()) {
+                    Ok(t) if (Duration::from_secs(1)..=VALID_MAX).contains(&t) => {
+                        valid.push((s, t.as_secs()));
+                    }
+                    Ok(_) => c.err(key, format!("{d:?}: write a lifetime from 1s to 365d")),
+                    Err(e) => c.err(
+                        key,
+                        format!("invalid duration {d:?} ({e}); write e.g. \"10m\" or \"1d\""),
+                    ),
                 }
             }
             _ => c.err(
