@@ -512,10 +512,22 @@ pub async fn respond_own(
         }
     }
     let body = (out.len() - head_end.unwrap_or(out.len())) as u64;
+    write_own(ctx, stream, deadline, &mut out, close, body).await
+}
+
+/// Writes `out`, one of the proxy's own answers whose last `body` bytes are its body, within
+/// `client_send`: how the connection goes on, and the body bytes sent (0 when cut), counted.
+pub async fn write_own(
+    ctx: &ShardCtx,
+    stream: &mut Transport,
+    deadline: &mut Deadline,
+    out: &mut Vec<u8>,
+    close: bool,
+    body: u64,
+) -> Own {
     let n = out.len();
     let t = ctx.shared.config.timeouts.client_send;
-    let r = write_from(stream, &mut out, 0, n, deadline, t).await;
-    let outcome = match r {
+    let outcome = match write_from(stream, out, 0, n, deadline, t).await {
         Ok(()) if !close => Outcome::KeepAlive,
         Ok(()) => Outcome::Close,
         Err(_) => Outcome::Cut,

@@ -17,7 +17,7 @@ pub mod forward;
 
 use std::net::IpAddr;
 
-use crate::client::{Client, Outcome};
+use crate::client::Client;
 use crate::config::RouteAuth;
 use crate::config::RouteConfig;
 use crate::forward::RequestFacts;
@@ -25,9 +25,9 @@ use crate::http::canned::Canned;
 use crate::http::encode::{client_response_head, OutFraming};
 use crate::http::parse::Method;
 use crate::http::parse::RequestHead;
-use crate::io::write_from;
 use crate::respond::{
-    cfg_rid_header, proxy_fields, respond_canned_with, response_rewrite, response_vars, Field, Own,
+    cfg_rid_header, proxy_fields, respond_canned_with, response_rewrite, response_vars, write_own,
+    Field, Own,
 };
 use crate::shard::ShardCtx;
 use crate::stats::{bump, Stats};
@@ -194,23 +194,12 @@ pub async fn answer(
             let mut out = ctx.buffer();
             let (bytes, parsed) = (&head.bytes[..], &head.parsed);
             client_response_head(bytes, parsed, framing, close, facts.minor, rw, &mut out);
+            let sent = if head_only { 0 } else { body.len() as u64 };
             if !head_only {
                 out.extend_from_slice(body);
             }
-            let n = out.len();
-            let t = ctx.shared.config.timeouts.client_send;
-            let r = write_from(&mut client.stream, &mut out, 0, n, &mut client.deadline, t).await;
-            let outcome = match r {
-                Ok(()) if !close => Outcome::KeepAlive,
-                Ok(()) => Outcome::Close,
-                Err(_) => Outcome::Cut,
-            };
-            let body = match (outcome, head_only) {
-                (Outcome::Cut, _) | (_, true) => 0,
-                _ => body.len() as u64,
-            };
-            crate::stats::add(&ctx.stats.bytes_out, body);
-            Own { outcome, body }
+            let (stream, deadline) = (&mut client.stream, &mut client.deadline);
+            write_own(ctx, stream, deadline, &mut out, close, sent).await
         }
     }
 }

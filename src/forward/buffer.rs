@@ -123,9 +123,6 @@ impl Forward<'_> {
                     .saturating_sub(started.elapsed())
                     .min(t),
             };
-            if left.is_zero() {
-                return Err(ProxyError::client(Kind::TooSlow, Stage::Send));
-            }
             // Grown by what the cap still allows, not doubled past it.
             let buf = &mut client.buf;
             if buf.len() == buf.capacity() {
@@ -134,19 +131,7 @@ impl Forward<'_> {
                     .clamp(4096, buf.capacity().max(4096));
                 buf.reserve_exact(room);
             }
-            let read = crate::io::read_more(
-                &mut client.stream,
-                &mut client.buf,
-                &mut client.deadline,
-                left,
-            )
-            .await;
-            match read {
-                Ok(0) => return Err(ProxyError::client(Kind::Closed, Stage::Send)),
-                Ok(_) => {}
-                Err(IoFail::Timeout) => return Err(ProxyError::client(Kind::Timeout, Stage::Send)),
-                Err(_) => return Err(ProxyError::client(Kind::Closed, Stage::Send)),
-            }
+            read_body(client, left).await?;
         }
     }
 }
@@ -193,24 +178,30 @@ pub(crate) async fn read_whole_body(
         .reserve((n as usize).saturating_sub(client.buf.len()));
     while (client.buf.len() as u64) < n {
         let left = whole.map_or(t, |w| w.saturating_sub(started.elapsed()).min(t));
-        if left.is_zero() {
-            return Err(ProxyError::client(Kind::TooSlow, Stage::Send));
-        }
-        let read = crate::io::read_more(
-            &mut client.stream,
-            &mut client.buf,
-            &mut client.deadline,
-            left,
-        )
-        .await;
-        match read {
-            Ok(0) => return Err(ProxyError::client(Kind::Closed, Stage::Send)),
-            Ok(_) => {}
-            Err(IoFail::Timeout) => return Err(ProxyError::client(Kind::Timeout, Stage::Send)),
-            Err(_) => return Err(ProxyError::client(Kind::Closed, Stage::Send)),
-        }
+        read_body(client, left).await?;
     }
     Ok(())
+}
+
+/// One read of a request body into the client buffer within `left`: no time left is a
+/// client too slow (`408`), as is a read that times out; an EOF or a failed read ends it.
+async fn read_body(client: &mut Client, left: Duration) -> Result<(), ProxyError> {
+    if left.is_zero() {
+        return Err(ProxyError::client(Kind::TooSlow, Stage::Send));
+    }
+    let read = crate::io::read_more(
+        &mut client.stream,
+        &mut client.buf,
+        &mut client.deadline,
+        left,
+    )
+    .await;
+    match read {
+        Ok(0) => Err(ProxyError::client(Kind::Closed, Stage::Send)),
+        Ok(_) => Ok(()),
+        Err(IoFail::Timeout) => Err(ProxyError::client(Kind::Timeout, Stage::Send)),
+        Err(_) => Err(ProxyError::client(Kind::Closed, Stage::Send)),
+    }
 }
 
 #[cfg(test)]
