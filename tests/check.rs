@@ -595,7 +595,9 @@ fn check_names_what_is_wrong_in_a_cache_valid_lifetime() {
         &["cache.valid.500", "not a status the cache may store"],
     );
     let cfg = good().replace(valid, "valid = { \"302\" = \"0s\" }");
-    expect_error(&cfg, &["cache.valid.302", "from 1s to 365d"]);
+    expect_error(&cfg, &["cache.valid.302", "greater than zero"]);
+    let cfg = good().replace(valid, "valid = { \"302\" = \"400d\" }");
+    expect_error(&cfg, &["cache.valid.302", "maximum of 365 days"]);
     let cfg = good().replace(valid, "valid = { \"200\" = \"later\" }");
     expect_error(&cfg, &["cache.valid.200", "invalid duration"]);
     let cfg = good().replace(valid, "valid = { \"200\" = \"500ms\" }");

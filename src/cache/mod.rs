@@ -247,8 +247,10 @@ pub enum Lookup<'a> {
     /// entry: [`Fill::condition`], [`settle`]).
     Miss(Box<Fill<'a>>),
     /// A miss for a byte range other than `bytes=0-`: the request is forwarded as it is
-    /// with the first fill (its `206` relayed, not stored), and the whole object is fetched
-    /// in the background with the second ([`refresh::spawn`]), so the next ranges hit.
+    /// with the first fill (a `206` relayed, not stored; a backend's whole `200` stored), which
+    /// holds the second until the response head ([`Fill::defer_whole`]): a `206` showing the
+    /// object may be stored starts its whole fetch in the background
+    /// ([`refresh::start_whole`]), so the next ranges hit.
     RangeMiss(Box<Fill<'a>>, Box<Fill<'a>>),
 }
 
@@ -557,21 +559,15 @@ impl<'a> Fill<'a> {
         if head.status != 206 || buf.len() < head.head_len {
             return false;
         }
-        let fields = || {
-            head.headers
-                .iter()
-                .map(|h| (h.name.get(buf), h.value.get(buf)))
-        };
-        let total = fields()
-            .find(|(n, _)| n.eq_ignore_ascii_case(b"content-range"))
-            .and_then(|(_, v)| range::total_length(v));
+        let total = head
+            .headers
+            .iter()
+            .find(|h| h.name.get(buf).eq_ignore_ascii_case(b"content-range"))
+            .and_then(|h| range::total_length(h.value.get(buf)));
         if total.is_none_or(|t| t > self.cfg.max_object || t > self.cfg.fill_memory) {
             return false;
         }
-        let named = !head.conn_tokens.is_empty();
-        let facts = policy::response_facts(
-            fields().filter(|(n, _)| !(named && head.named_in_connection(buf, n))),
-        );
+        let facts = stored_facts(buf, head);
         let valid = self.cfg.valid_for(200);
         let storable = policy::storable(200, &facts, self.rules, &self.own, (unix_now(), valid));
         matches!(storable, Storable::Yes { .. }) && (!self.no_vary || facts.vary.is_empty())
@@ -594,15 +590,7 @@ impl<'a> Fill<'a> {
             BodyFraming::None if head.status == 204 => {}
             BodyFraming::None => return false,
         }
-        // A field the backend's `Connection` names is for that hop only: the client never sees
-        // it, and neither does the cache (`Connection: Cache-Control` hides its freshness).
-        let named = !head.conn_tokens.is_empty();
-        let facts = policy::response_facts(
-            head.headers
-                .iter()
-                .map(|h| (h.name.get(buf), h.value.get(buf)))
-                .filter(|(n, _)| !(named && head.named_in_connection(buf, n))),
-        );
+        let facts = stored_facts(buf, head);
         let now = unix_now();
         let valid = self.cfg.valid_for(head.status);
         let Storable::Yes { lifetime } =
@@ -718,6 +706,19 @@ impl Drop for Fill<'_> {
         }
         self.release();
     }
+}
+
+/// What storing the response `head` (in `buf`) depends on. A field the backend's
+/// `Connection` names is for that hop only: the client never sees it, and neither does the
+/// cache (`Connection: Cache-Control` hides its freshness).
+fn stored_facts(buf: &[u8], head: &ResponseHead) -> policy::ResponseFacts {
+    let named = !head.conn_tokens.is_empty();
+    policy::response_facts(
+        head.headers
+            .iter()
+            .map(|h| (h.name.get(buf), h.value.get(buf)))
+            .filter(|(n, _)| !(named && head.named_in_connection(buf, n))),
+    )
 }
 
 fn unix_now() -> u64 {

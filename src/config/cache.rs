@@ -166,15 +166,13 @@ pub(super) fn route_cache(
         let key = format!("{path}.cache.valid.{status}");
         match status.parse::<u16>() {
             Ok(s) if status.len() == 3 && valid_status(s) => {
-                match humantime::parse_duration(d.trim()) {
-                    Ok(t) if (Duration::from_secs(1)..=VALID_MAX).contains(&t) => {
-                        valid.push((s, t.as_secs()));
+                // Zero: refused already (malformed, zero or over the maximum).
+                match c.duration_up_to(&key, Some(d), Duration::ZERO, (VALID_MAX, "365 days")) {
+                    t if t.is_zero() => {}
+                    t if t < Duration::from_secs(1) => {
+                        c.err(key, format!("{d:?}: write a lifetime from 1s to 365d"));
                     }
-                    Ok(_) => c.err(key, format!("{d:?}: write a lifetime from 1s to 365d")),
-                    Err(e) => c.err(
-                        key,
-                        format!("invalid duration {d:?} ({e}); write e.g. \"10m\" or \"1d\""),
-                    ),
+                    t => valid.push((s, t.as_secs())),
                 }
             }
             _ => c.err(

@@ -305,11 +305,22 @@ impl Checker {
         raw: Option<&String>,
         default: Duration,
     ) -> Duration {
+        self.duration_up_to(path, raw, default, (MAX_DURATION, "7 days"))
+    }
+
+    /// [`Checker::duration`] with another maximum than 7 days: `(max, as the error says it)`.
+    pub(super) fn duration_up_to(
+        &mut self,
+        path: &str,
+        raw: Option<&String>,
+        default: Duration,
+        (max, said): (Duration, &str),
+    ) -> Duration {
         match raw {
             None => default,
             Some(s) => match humantime::parse_duration(s.trim()) {
-                Ok(d) if d > MAX_DURATION => {
-                    self.err(path, format!("{s:?} is longer than the maximum of 7 days"));
+                Ok(d) if d > max => {
+                    self.err(path, format!("{s:?} is longer than the maximum of {said}"));
                     default
                 }
                 Ok(d) if !d.is_zero() => d,
