@@ -109,10 +109,7 @@ pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, body: u64, s
     let total_us = micros_total(started);
     ctx.stats.finish_request(None, Some(status), total_us);
     let log = ctx.access.as_ref();
-    if let Some(log) = log.filter(|l| {
-        l.takes()
-            .is_some_and(|s| l.writes(s, Some(status), total_us))
-    }) {
+    if let Some(log) = log.filter(|l| l.writes(l.sampled(), Some(status), total_us)) {
         let fields = RequestFields::unparsed();
         log.push(
             &fields,

@@ -151,7 +151,13 @@ both_engines! {
 /// draining has begun (its listeners are closed), the client's connection is still open.
 fn idle_client_in_a_drain(engine: Engine) -> (Origin, Proxy, Client) {
     let origin = Origin::start("o");
-    let proxy = Config::single(origin.addr())
+    let (proxy, c) = idle_client_draining(Config::single(origin.addr()), engine);
+    (origin, proxy, c)
+}
+
+/// [`idle_client_in_a_drain`] on `config`, whose routes answer `/first`.
+fn idle_client_draining(config: Config, engine: Engine) -> (Proxy, Client) {
+    let proxy = config
         .server("shutdown_timeout", "\"30s\"")
         .server("drain_grace", "\"5s\"")
         .start(engine);
@@ -160,7 +166,7 @@ fn idle_client_in_a_drain(engine: Engine) -> (Origin, Proxy, Client) {
     assert_eq!(c.read_response().status(), 200);
     proxy.terminate();
     wait_until_refused(&proxy, Duration::from_secs(5));
-    (origin, proxy, c)
+    (proxy, c)
 }
 
 both_engines! {
@@ -198,18 +204,11 @@ both_engines! {
     // itself (a redirect) gets that answer, with the close, not a 503.
     fn an_upgrade_to_a_redirect_route_while_draining_gets_the_redirect(engine) {
         let origin = Origin::start("o");
-        let mut proxy = Config::new()
+        let config = Config::new()
             .upstream("main", &[origin.addr()])
             .route_without_upstream("path_prefix = \"/old/\"\nredirect = { to = \"https://new.example/\", status = 301 }")
-            .route("main", "")
-            .server("shutdown_timeout", "\"30s\"")
-            .server("drain_grace", "\"5s\"")
-            .start(engine);
-        let mut c = Client::connect(proxy.addr());
-        c.send(&get("example.com", "/first"));
-        assert_eq!(c.read_response().status(), 200);
-        proxy.terminate();
-        wait_until_refused(&proxy, Duration::from_secs(5));
+            .route("main", "");
+        let (mut proxy, mut c) = idle_client_draining(config, engine);
         c.send(b"GET /old/ws HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
         let r = c.try_read_response().expect("an answer to the upgrade");
         assert_eq!((r.status(), r.header("location")), (301, Some("https://new.example/")), "{}", r.head.raw);

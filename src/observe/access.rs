@@ -257,8 +257,8 @@ impl AccessLog {
         sampled || self.keep.keeps(status, total_us)
     }
 
-    /// Whether this request is to be logged (xorshift64*; per shard, no sharing).
-    fn sampled(&self) -> bool {
+    /// Whether the sampler draws this request (xorshift64*; per shard, no sharing).
+    pub fn sampled(&self) -> bool {
         if self.sample_below == u64::MAX {
             return true;
         }

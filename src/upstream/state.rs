@@ -42,7 +42,8 @@ pub struct PickKey {
 /// One shard's view of every backend. Indices are global backend indices (positions in
 /// [`Shared::backends`]) unless named local.
 pub struct Backends {
-    /// The balancers, linked to the next snapshot's after a reload (`loads.rs`).
+    /// The balancers; once a reload replaced this snapshot, what they count is counted on
+    /// the shard's newest too (`loads.rs`).
     loads: Rc<Loads>,
     /// Passive checks per upstream (indices local to the upstream).
     outliers: RefCell<Vec<OutlierDetector>>,

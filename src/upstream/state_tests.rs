@@ -28,13 +28,24 @@ impl Ctx {
     }
 }
 
-fn ctx(extra: &str) -> Ctx {
+/// A snapshot whose one upstream, `u`, has the backends `addrs` (in that order) and the
+/// `extra` lines.
+fn shared_with(addrs: &[&str], extra: &str) -> Arc<Shared> {
+    let list: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect();
     let text = format!(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{{ address = \"127.0.0.1:1\" }}, {{ address = \"127.0.0.1:2\" }}]\n{extra}\n"
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{}]\n{extra}\n",
+        list.join(", ")
     );
-    let shared = Arc::new(Shared::new(
+    Arc::new(Shared::new(
         Config::parse(&text, Path::new("t.toml")).unwrap(),
-    ));
+    ))
+}
+
+fn ctx(extra: &str) -> Ctx {
+    let shared = shared_with(&["127.0.0.1:1", "127.0.0.1:2"], extra);
     Ctx {
         backends: Backends::new(&shared, 0),
         stats: Stats::new(shared.routes.len(), shared.backends.len()),
@@ -102,17 +113,7 @@ fn in_flight(b: &Backends, local: usize) -> u32 {
 
 /// A snapshot whose one upstream, `u`, balances `addrs` (in that order) by least_conn.
 fn shared_of(addrs: &[&str]) -> Arc<Shared> {
-    let list: Vec<String> = addrs
-        .iter()
-        .map(|a| format!("{{ address = \"{a}\" }}"))
-        .collect();
-    let text = format!(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbalance = \"least_conn\"\nbackends = [{}]\n",
-        list.join(", ")
-    );
-    Arc::new(Shared::new(
-        Config::parse(&text, Path::new("t.toml")).unwrap(),
-    ))
+    shared_with(addrs, "balance = \"least_conn\"")
 }
 
 // A reload keeps what least_conn sees: requests (and tunnels) open on the old snapshot count
