@@ -158,6 +158,33 @@ both_engines! {
         origin.assert_no_errors();
     }
 
+    // A response's age counts its delay as measured, not as the difference of two
+    // whole-second clocks: a `max-age=1` response asked for half a second into one second
+    // and received just after the next tick is stored, not refused as a second old (the
+    // test above failed so under load, about once in a hundred runs).
+    fn a_response_that_straddles_a_second_tick_is_not_a_second_old(engine) {
+        let answer_at = Arc::new(Mutex::new(None::<Instant>));
+        let held = answer_at.clone();
+        let origin = Origin::with_handler("o", move |_| {
+            let at = *held.lock().unwrap();
+            if let Some(at) = at {
+                wait_until(at);
+            }
+            response(200, &[("Cache-Control", "max-age=1")], "short")
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        let subsec = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        let tick = Instant::now() + Duration::from_nanos(1_000_000_000 - u64::from(subsec));
+        wait_until(tick + Duration::from_millis(500));
+        *answer_at.lock().unwrap() = Some(tick + Duration::from_millis(1050));
+        let r = fetch(&mut c, "/tick", &[]);
+        assert_eq!((r.body_str(), x_cache(&r)), ("short".into(), "MISS".into()));
+        let r = fetch(&mut c, "/tick", &[]);
+        assert_eq!((r.body_str(), x_cache(&r)), ("short".into(), "HIT".into()));
+        assert_eq!(origin.request_count(), 1);
+    }
+
     // A field the stored response's own `Connection` named was not read for freshness when
     // it was stored (hop-only); a 304 refreshing the entry must not start reading it: the
     // refreshed entry keeps the 304's freshness (`Expires` 100 s after its `Date`), not the

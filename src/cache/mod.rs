@@ -337,7 +337,8 @@ pub struct FillState {
     /// The request's fields (names lower-case), for the `Vary` part of the key.
     req: Vec<Field>,
     rules: RequestRules,
-    request_time: u64,
+    /// When the request went to the backend: the response's age counts its delay.
+    request_sent: Instant,
     /// Responses with a `Vary` are not stored ([`Request::proxied_fields`]).
     no_vary: bool,
     /// [`Request::own_fields`].
@@ -395,7 +396,7 @@ impl FillState {
             inflight: None,
             req: Vec::new(),
             rules: RequestRules::default(),
-            request_time: 0,
+            request_sent: Instant::now(),
             no_vary: false,
             own: Vec::new(),
             store: false,
@@ -601,7 +602,7 @@ impl<'a> Fill<'a> {
         if self.no_vary && !facts.vary.is_empty() {
             return false;
         }
-        let initial_age = policy::initial_age(&facts, self.request_time, now);
+        let initial_age = policy::initial_age(&facts, self.request_sent.elapsed(), now);
         if initial_age >= lifetime || buf.len() < head.head_len {
             return false;
         }

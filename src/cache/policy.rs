@@ -5,6 +5,7 @@
 //! over byte slices; nothing here can panic on network input.
 
 use crate::http::fields::{same_field, written_by_proxy};
+use std::time::Duration;
 
 /// `Cache-Control` directives the cache acts on (others are ignored).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -336,12 +337,14 @@ pub fn for_request(u: Usable, age: u64, lifetime: u64, req: &RequestRules) -> Us
     }
 }
 
-/// The corrected initial age (RFC 9111 §4.2.3) of a response requested at `request_time`
-/// and received at `response_time` (Unix seconds); its current age is this plus the time
-/// it has been stored.
-pub fn initial_age(f: &ResponseFacts, request_time: u64, response_time: u64) -> u64 {
+/// The corrected initial age (RFC 9111 §4.2.3) of a response received at `response_time`
+/// (Unix seconds) `delay` after its request was sent; its current age is this plus the
+/// time it has been stored. The delay is measured, not the difference of two whole-second
+/// clocks: those would add a second to a response that straddled a tick, and make one with
+/// `max-age=1` unstorable.
+pub fn initial_age(f: &ResponseFacts, delay: Duration, response_time: u64) -> u64 {
     let apparent = response_time.saturating_sub(f.date.unwrap_or(response_time));
-    let delay = response_time.saturating_sub(request_time);
+    let delay = delay.as_secs();
     let corrected = f.age.unwrap_or(0).saturating_add(delay);
     apparent.max(corrected)
 }

@@ -249,17 +249,26 @@ fn request_max_age_and_min_fresh_narrow_what_is_used() {
     );
 }
 
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
 #[test]
 fn age_is_corrected_per_rfc_9111() {
     let f = facts(&[("Age", "10"), ("Date", "Sun, 06 Nov 1994 08:49:37 GMT")]);
     let date = parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
     // Apparent age 5 (received 5 s after its Date), age value 10 + 2 s of delay.
-    assert_eq!(initial_age(&f, date + 3, date + 5), 12);
-    assert_eq!(initial_age(&f, date, date + 30), 40, "10 + 30 s of delay");
+    assert_eq!(initial_age(&f, secs(2), date + 5), 12);
+    assert_eq!(
+        initial_age(&f, secs(30), date + 30),
+        40,
+        "10 + 30 s of delay"
+    );
+    // A delay under a second adds nothing, whichever ticks it straddled.
+    assert_eq!(initial_age(&facts(&[]), Duration::from_millis(999), 100), 0);
     // A Date in the future is not a negative age.
-    assert_eq!(initial_age(&facts(&[]), 100, 100), 0);
     let f = facts(&[("Date", "Sun, 06 Nov 1994 08:49:37 GMT")]);
-    assert_eq!(initial_age(&f, date - 10, date - 10), 0);
+    assert_eq!(initial_age(&f, secs(0), date - 10), 0);
 }
 
 #[test]

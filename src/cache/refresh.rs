@@ -78,6 +78,8 @@ struct Failed {
 
 async fn run(ctx: &ShardCtx, mut fill: Fill<'_>, upstream: usize, key: PickKey, head: Vec<u8>) {
     let revalidation = fill.stale.is_some();
+    // Its age counts from now: a whole object's fetch waited for its range's head.
+    fill.request_sent = Instant::now();
     if fetch(ctx, &mut fill, upstream, key, head).await.is_err() && revalidation {
         // The stale entry stays, for its windows.
         ShardCache::bump(&fill.cache.revalidations_failed);

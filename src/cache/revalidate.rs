@@ -217,7 +217,7 @@ impl Fill<'_> {
                 head: old.head.clone(),
                 body: old.body.clone(),
                 stored: Instant::now(),
-                initial_age: policy::initial_age(&sent, self.request_time, now),
+                initial_age: policy::initial_age(&sent, self.request_sent.elapsed(), now),
                 etag: old.etag.clone(),
                 ..**old
             };
@@ -226,7 +226,7 @@ impl Fill<'_> {
         let merged = Rc::new(merged);
         let merged_list = fields_of(&merged.parsed, &merged.bytes);
         let facts = policy::response_facts(merged_list.iter().copied());
-        let initial_age = policy::initial_age(&sent, self.request_time, now);
+        let initial_age = policy::initial_age(&sent, self.request_sent.elapsed(), now);
         let lifetime = match policy::storable(
             old.status,
             &facts,
