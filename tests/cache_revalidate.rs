@@ -482,14 +482,8 @@ both_engines! {
             let r = fetch(&mut c, p, &[]);
             assert_eq!((r.status(), r.body_str()), (503, "down".into()), "{p}");
         }
-        origin.close();
-        // Its port held by a socket bound and not listening (connects are refused), so that
-        // no other test's listener takes it meanwhile: one did once, after the proxy had
-        // closed the origin's last connection (no TIME_WAIT kept the port). The bind fails
-        // only while such a TIME_WAIT holds it, or if another socket took it already, which
-        // the assertion below catches.
-        let hold = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        let _held = hold.bind(&addr.into());
+        // Its port held, bound and not listening: connects are refused.
+        let _held = origin.close();
         assert!(std::net::TcpStream::connect(addr).is_err(), "the backend is gone");
         let r = fetch(&mut c, "/sie", &[]);
         assert_eq!((r.status(), r.body_str(), x_cache(&r)), (200, "stale body".into(), "STALE".into()));

@@ -292,9 +292,13 @@ impl Origin {
 impl Origin {
     /// Stops accepting and returns once the listening socket is closed, so that a new
     /// connection to the origin's port is refused (connections already accepted are still
-    /// served, as by a dropped origin). Panics if the accept thread has not closed it within
-    /// 5 s.
-    pub fn close(self) {
+    /// served, as by a dropped origin) for as long as the returned socket lives: bound to
+    /// the port beside the listener before it closed (both with `SO_REUSEPORT`), it keeps
+    /// any other test's listener off the port (a `bind` to port 0 never shares one). Without
+    /// it, under load, another test's proxy once listened on the "closed" origin's port.
+    /// Panics if the accept thread has not closed the listener within 5 s.
+    pub fn close(self) -> socket2::Socket {
+        let hold = unlistened(self.addr).expect("hold the origin's port");
         self.stop_accepting();
         let closed = self.listener_closed.recv_timeout(Duration::from_secs(5));
         assert!(
@@ -303,6 +307,7 @@ impl Origin {
             self.name(),
             self.addr
         );
+        hold
     }
 
     fn stop_accepting(&self) {
@@ -320,16 +325,24 @@ impl Origin {
 /// connections it accepted, and their TIME_WAIT, keep its port from any other bind after the
 /// origin closes: with the flag, Linux lets a socket that also has it bind next to everything
 /// but a listener, and another test's proxy (binding port 0 with `SO_REUSEADDR`) was once
-/// given a just-closed origin's port, so a connect to the "closed" origin succeeded.
+/// given a just-closed origin's port, so a connect to the "closed" origin succeeded. It has
+/// `SO_REUSEPORT`, for [`Origin::close`]'s hold.
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = unlistened(addr)?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// A socket bound to `addr` with `SO_REUSEPORT` only, not listening.
+fn unlistened(addr: SocketAddr) -> io::Result<socket2::Socket> {
     let s = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         None,
     )?;
+    s.set_reuse_port(true)?;
     s.bind(&addr.into())?;
-    s.listen(1024)?;
-    Ok(s.into())
+    Ok(s)
 }
 
 impl Drop for Origin {
