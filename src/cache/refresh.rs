@@ -2,33 +2,26 @@
 //! `stale-while-revalidate`), started by the request that was answered with it, and the
 //! whole object behind a ranged miss ([`super::Lookup::RangeMiss`]), started by the request
 //! whose range is forwarded. Each is a task of the shard, beside its connections, started
-//! between *route* and *forward* ([`spawn`]). It runs the steps of
-//! *balance, pool and forward* on its own, with no client: one backend picked by the
-//! upstream's balancer (counted in flight, within its breaker's request permits), a pooled
-//! connection or a new one (a pooled one that fails before any response byte is tried
-//! once more on a new connection; a `proxy_protocol` header names the proxy's own
-//! connection, there being no client), the conditional request written, the response head
-//! read within `upstream_response` (interim responses dropped). A `304` refreshes the entry
-//! ([`Fill::not_modified`]); another response is stored when it may be, its body read into
-//! memory up to `max_object` within `upstream_response` more ([`Fill::admit`], then the
-//! fill's store step); a failure or a 5xx keeps the stale entry. One such task per key at a time (it holds the key's in-flight claim)
-//! and at most `background_revalidations` per route on a shard (it holds a slot).
+//! between *route* and *forward* ([`spawn`]). It sends the request through
+//! [`background::exchange`] (*balance, pool and forward* with no client). A `304` refreshes
+//! the entry ([`Fill::not_modified`]); another response is stored when it may be, its body
+//! read into memory up to `max_object` within `upstream_response` more ([`Fill::admit`],
+//! then the fill's store step); a failure or a 5xx keeps the stale entry. One such task per key at a
+//! time (it holds the key's in-flight claim) and at most `background_revalidations` per
+//! route on a shard (it holds a slot).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Fill, ShardCache, Whole};
 use crate::forward::Prepared;
-use crate::health::breaker::Resource;
-use crate::health::Outcome as TryOutcome;
-use crate::http::parse::{parse_response, HeadLimits, Method, Parsed, ResponseHead};
-use crate::io::{read_more, write_from, Deadline, IoFail};
-use crate::relay::{Incoming, MAX_INTERIM};
+use crate::http::parse::{Method, ResponseHead};
+use crate::io::{read_more, Deadline};
+use crate::relay::Incoming;
 use crate::shard::ShardCtx;
-use crate::stats::bump;
 use crate::transport::Transport;
-use crate::upstream::connect::{Connector, Refused};
-use crate::upstream::state::{Pick, PickKey};
+use crate::upstream::background;
+use crate::upstream::state::PickKey;
 
 /// Starts the background revalidation `fill` claimed, with the request `prepared` for the
 /// client that got the stale entry (made conditional here). Nothing starts when the shard
@@ -69,13 +62,6 @@ fn start(ctx: &ShardCtx, fill: Fill<'_>, upstream: usize, key: PickKey, head: Ve
     });
 }
 
-/// Why the exchange gave no response head.
-struct Failed {
-    outcome: TryOutcome,
-    /// Some response byte came (a pooled connection that did not fail at once).
-    any_byte: bool,
-}
-
 async fn run(ctx: &ShardCtx, mut fill: Fill<'_>, upstream: usize, key: PickKey, head: Vec<u8>) {
     let revalidation = fill.stale.is_some();
     // Its age counts from now: a whole object's fetch waited for its range's head.
@@ -94,137 +80,12 @@ async fn fetch(
     key: PickKey,
     head: Vec<u8>,
 ) -> Result<(), ()> {
-    let shared = &*ctx.shared;
-    let (pick, _) = ctx
-        .backends
-        .pick(shared, upstream, &[], Instant::now(), key);
-    let Pick::Backend(backend) = pick else {
-        return Err(());
-    };
-    let mut in_flight = ctx
-        .backends
-        .forwarding(shared, &ctx.stats.backends[backend], backend);
-    let _permit = ctx.backends.breakers[backend]
-        .try_acquire(Resource::Requests)
-        .map_err(|_| bump(&ctx.stats.backends[backend].breaker_rejected))?;
-    let mut fresh = false;
-    loop {
-        let pooled = match fresh {
-            true => None,
-            false => ctx.pool.borrow_mut().checkout(backend, Instant::now()),
-        };
-        let reused = pooled.is_some();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => {
-                let connector = Connector {
-                    shared,
-                    stats: &ctx.stats,
-                    errors: &ctx.errors,
-                    backends: &ctx.backends,
-                    ends: None,
-                };
-                let idle = ctx.pool.borrow().idle_for(backend);
-                match connector.connect_within(backend, idle).await {
-                    Ok(c) => c,
-                    Err(Refused::Breaker(_)) => {
-                        bump(&ctx.stats.backends[backend].breaker_rejected);
-                        return Err(());
-                    }
-                    Err(Refused::Failed(_)) => return Err(()),
-                }
-            }
-        };
-        in_flight.sent = true;
-        let mut ubuf = Vec::new();
-        let wait = shared.config.upstream_response(upstream);
-        match exchange(ctx, &mut conn, &head, &mut ubuf, wait).await {
-            // A keep-alive race: once more on a new connection.
-            Err(f) if reused && !f.any_byte && !fresh => fresh = true,
-            Err(f) => {
-                let o = f.outcome;
-                ctx.backends
-                    .observe(shared, &ctx.stats, &ctx.errors, backend, o);
-                return Err(());
-            }
-            Ok(resp) => {
-                let o = TryOutcome::Response {
-                    status: resp.status,
-                };
-                ctx.backends
-                    .observe(shared, &ctx.stats, &ctx.errors, backend, o);
-                ctx.stats.upstream_status(backend, resp.status);
-                let reusable = answer(ctx, fill, &mut conn, &mut ubuf, &resp, wait).await?;
-                if reusable {
-                    let small = ctx.backends.receives(backend);
-                    ctx.pool
-                        .borrow_mut()
-                        .checkin(backend, conn, Instant::now(), small);
-                }
-                return Ok(());
-            }
-        }
-    }
-}
-
-/// Writes the request head and reads the response head into `ubuf`.
-async fn exchange(
-    ctx: &ShardCtx,
-    conn: &mut Transport,
-    head: &[u8],
-    ubuf: &mut Vec<u8>,
-    timeout: Duration,
-) -> Result<ResponseHead, Failed> {
-    let cfg = &ctx.shared.config;
-    let mut dl = Deadline::new();
-    let fail = |e: IoFail, any_byte| Failed {
-        outcome: match e {
-            IoFail::Timeout => TryOutcome::Timeout,
-            _ => TryOutcome::Reset,
-        },
-        any_byte,
-    };
-    // A copy per try: a write that times out loses its buffer.
-    let mut out = head.to_vec();
-    let n = out.len();
-    write_from(conn, &mut out, 0, n, &mut dl, timeout)
-        .await
-        .map_err(|e| fail(e, false))?;
-    let limits = HeadLimits {
-        max_header_bytes: cfg.limits.max_header_bytes.max(16384),
-        max_headers: cfg.limits.max_headers.max(100),
-        max_uri_bytes: cfg.limits.max_uri_bytes,
-    };
-    let deadline = Instant::now() + timeout;
-    let (mut any_byte, mut interims) = (false, 0);
-    let bad = Failed {
-        outcome: TryOutcome::Reset,
-        any_byte: true,
-    };
-    loop {
-        if !ubuf.is_empty() {
-            let mut resp = ResponseHead::default();
-            match parse_response(ubuf, &limits, &mut resp) {
-                Ok(Parsed::Complete(())) if resp.status >= 200 => return Ok(resp),
-                // Interim responses go nowhere (there is no client); a 101 was not asked for.
-                Ok(Parsed::Complete(())) if resp.status != 101 && interims < MAX_INTERIM => {
-                    interims += 1;
-                    ubuf.drain(..resp.head_len);
-                    continue;
-                }
-                Ok(Parsed::Partial) => {}
-                _ => return Err(bad),
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(fail(IoFail::Timeout, any_byte));
-        }
-        read_more(conn, ubuf, &mut dl, left)
-            .await
-            .map_err(|e| fail(e, any_byte))?;
-        any_byte = true;
-    }
+    let mut got = background::exchange(ctx, upstream, key, &head).await?;
+    let wait = ctx.shared.config.upstream_response(upstream);
+    let (conn, ubuf) = (&mut got.conn, &mut got.ubuf);
+    let reusable = answer(ctx, fill, conn, ubuf, &got.head, wait).await?;
+    got.finish(ctx, reusable);
+    Ok(())
 }
 
 /// What the revalidation does with the response `resp` (head in `ubuf`): a `304` refreshes
