@@ -49,6 +49,7 @@ pub mod reload;
 pub mod respond;
 pub mod route;
 pub mod rules;
+pub mod sample;
 pub mod sdnotify;
 pub mod shard;
 pub mod snapshot;

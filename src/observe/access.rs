@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::config::{AccessFormat, AccessLogConfig, Keep};
 use crate::http::date::{split_time, MONTHS};
 use crate::http::encode::itoa_buf;
+use crate::sample::{threshold, Rng};
 use crate::stats::{add, Stats};
 
 use super::log_writer::{LogMsg, LogSink};
@@ -197,7 +198,7 @@ pub struct AccessLog {
     sample_below: u64,
     /// Requests logged whatever the sample says.
     keep: Keep,
-    rng: Cell<u64>,
+    rng: Rng,
     buf: RefCell<Vec<u8>>,
     lines: Cell<u64>,
     cap: usize,
@@ -208,17 +209,13 @@ pub struct AccessLog {
 
 impl AccessLog {
     pub fn new(shard: usize, cfg: &AccessLogConfig, sink: LogSink) -> AccessLog {
-        let sample_below = if cfg.sample >= 1.0 {
-            u64::MAX
-        } else {
-            (cfg.sample * u64::MAX as f64) as u64
-        };
+        let sample_below = threshold(cfg.sample);
         AccessLog {
             format: cfg.format.clone(),
             shard,
             sample_below,
             keep: cfg.keep,
-            rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ ((shard as u64 + 1) << 32)),
+            rng: Rng::new(shard, 0),
             buf: RefCell::new(Vec::with_capacity(cfg.buffer_bytes)),
             lines: Cell::new(0),
             cap: cfg.buffer_bytes,
@@ -257,17 +254,9 @@ impl AccessLog {
         sampled || self.keep.keeps(status, total_us)
     }
 
-    /// Whether the sampler draws this request (xorshift64*; per shard, no sharing).
+    /// Whether the sampler draws this request.
     pub fn sampled(&self) -> bool {
-        if self.sample_below == u64::MAX {
-            return true;
-        }
-        let mut x = self.rng.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D) < self.sample_below
+        self.rng.below(self.sample_below)
     }
 
     /// Appends one line; hands the buffer over when it is full.
