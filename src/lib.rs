@@ -34,6 +34,7 @@ pub mod http;
 pub mod io;
 pub mod listener;
 pub mod listening;
+pub mod mirror;
 pub mod notify;
 pub mod observe;
 pub mod park;

@@ -78,6 +78,8 @@ pub struct ShardCommon {
     /// Rate limit for client- and backend-caused error-log lines.
     pub errors: ErrorLimiter,
     pub ids: RequestIds,
+    /// Draws for sampled work: a route's `mirror.sample` ([`crate::mirror`]).
+    pub draws: crate::sample::Rng,
     /// Pipes for splicing large bodies.
     pub pipes: PipePool,
     /// `auth.basic`: recently verified credentials and the bcrypt checks in flight.
@@ -145,6 +147,7 @@ impl ShardCtx {
             },
             errors: ErrorLimiter::new(shared.config.log.error_rate),
             ids: RequestIds::new(id),
+            draws: crate::sample::Rng::new(id, 0x6d69_7272_6f72),
             pipes: PipePool::new(
                 shared.config.splice.max_pipes,
                 shared.config.splice.pipe_bytes,

@@ -17,6 +17,10 @@ pub struct RouteStats {
     pub status: [Cell<u64>; 5],
     /// Closed without a response (client gone, or a body cut short after the head).
     pub aborted: Cell<u64>,
+    /// `mirror` copies by [`crate::mirror::Result`].
+    pub mirror: [Cell<u64>; crate::mirror::RESULTS],
+    /// `mirror` copies under way (a gauge, and the bound `max_in_flight` checks).
+    pub mirror_in_flight: Cell<u64>,
 }
 
 /// One backend as this shard saw it.
@@ -384,6 +388,8 @@ impl Stats {
                 .map(|r| RouteSnap {
                     status: five(&r.status),
                     aborted: r.aborted.get(),
+                    mirror: r.mirror.each_ref().map(Cell::get),
+                    mirror_in_flight: r.mirror_in_flight.get(),
                 })
                 .collect(),
             backends: self
@@ -433,6 +439,8 @@ impl Stats {
 pub struct RouteSnap {
     pub status: [u64; 5],
     pub aborted: u64,
+    pub mirror: [u64; crate::mirror::RESULTS],
+    pub mirror_in_flight: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -567,6 +575,8 @@ impl Snapshot {
         for (a, b) in self.routes.iter_mut().zip(&other.routes) {
             sum(&mut a.status, &b.status);
             a.aborted += b.aborted;
+            sum(&mut a.mirror, &b.mirror);
+            a.mirror_in_flight += b.mirror_in_flight;
         }
         for (a, b) in self.backends.iter_mut().zip(&other.backends) {
             sum(&mut a.status, &b.status);

@@ -66,6 +66,7 @@ error_pages = { "503" = "@CERTS@/503.json" }
 path_prefix = "/hash/"
 upstream = "hash"
 max_body_bytes = "64MiB"
+mirror = { upstream = "api", sample = 0.5, max_in_flight = 32 }
 
 [[route]]
 path_prefix = "/staff/"
@@ -628,6 +629,35 @@ fn check_names_what_is_wrong_in_the_access_log_keep_rules() {
         &none,
         &["log.access_sample", "0 only with access_keep_status"],
     );
+}
+
+#[test]
+fn check_names_what_is_wrong_in_a_mirror() {
+    let mirror = "mirror = { upstream = \"api\", sample = 0.5, max_in_flight = 32 }";
+    assert!(good().contains(mirror));
+    let with = |m: &str| good().replace(mirror, m);
+    expect_error(
+        &with("mirror = { upstream = \"nope\" }"),
+        &["mirror.upstream", "\"nope\" is not defined"],
+    );
+    expect_error(
+        &with("mirror = { upstream = \"api\", sample = 1.5 }"),
+        &["mirror.sample", "1.5 is out of range"],
+    );
+    expect_error(
+        &with("mirror = { upstream = \"api\", max_in_flight = 0 }"),
+        &["mirror.max_in_flight", "out of range"],
+    );
+    expect_error(
+        &with("mirror = { upstream = \"api\", copies = 2 }"),
+        &["mirror", "copies"],
+    );
+    // A route that answers itself has nothing to copy.
+    let cfg = good().replace(
+        "redirect = { status = 301,",
+        "mirror = { upstream = \"api\" }\nredirect = { status = 301,",
+    );
+    expect_error(&cfg, &["mirror", "answers itself"]);
 }
 
 #[test]

@@ -30,6 +30,7 @@ mod interim;
 mod keepalive;
 mod limits;
 mod messages;
+mod mirror;
 mod observability;
 mod placement;
 mod privileges;

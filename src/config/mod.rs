@@ -128,6 +128,9 @@ pub struct RouteConfig {
     pub access_log: bool,
     /// `error_pages`: this route's pages, before `server.error_pages`.
     pub error_pages: Vec<ErrorPage>,
+    /// `mirror`: a copy of each forwarded request (or a share) sent to another upstream
+    /// ([`crate::mirror`]).
+    pub mirror: Option<Mirror>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -232,6 +235,7 @@ mod congestion;
 mod dns;
 mod fields;
 mod limits;
+mod mirror;
 mod observe;
 mod ratelimit;
 mod raw;
@@ -250,6 +254,7 @@ pub use congestion::Congestion;
 use dns::dns_config;
 pub use dns::{DnsConfig, NamedBackend};
 pub use limits::{Limits, DEFAULT_MIN_RATE};
+pub use mirror::Mirror;
 pub use observe::{
     AccessFormat, AccessLogConfig, AccessTarget, AdminConfig, Keep, LogConfig, RequestIdConfig,
 };
@@ -669,6 +674,8 @@ impl Config {
                 r.rate_limit.as_ref(),
             );
             let auth = auth::route_auth(&mut c, &path, r.auth, base, &upstreams);
+            let forwards = !redirects && respond.is_none();
+            let mirror = mirror::route_mirror(&mut c, &path, r.mirror, &upstreams, forwards);
             routes.push(RouteConfig {
                 name,
                 host,
@@ -697,6 +704,7 @@ impl Config {
                     r.error_pages.unwrap_or_default(),
                     base,
                 ),
+                mirror,
             });
         }
         let rate_limits = table

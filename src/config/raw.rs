@@ -134,6 +134,7 @@ pub(super) struct RawRoute {
     pub(super) respond: Option<super::response::RawRespond>,
     pub(super) access_log: Option<bool>,
     pub(super) error_pages: Option<std::collections::BTreeMap<String, String>>,
+    pub(super) mirror: Option<super::mirror::RawMirror>,
 }
 
 /// A route's `compress` (checked by `compress::route_compress`).

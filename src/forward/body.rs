@@ -173,7 +173,7 @@ impl<'a> Forward<'a> {
             &mut client.stream,
             b"HTTP/1.1 100 Continue\r\n\r\n",
             &mut client.deadline,
-            self.cfg.timeouts.client_send,
+            self.cfg().timeouts.client_send,
         )
         .await
         .map_err(|_| ProxyError::client(Kind::Closed, Stage::Send))
@@ -191,7 +191,7 @@ impl<'a> Forward<'a> {
         backend: usize,
         trace: &mut Trace,
     ) -> Result<Result<(), IoFail>, ProxyError> {
-        let cfg = self.cfg;
+        let cfg = self.cfg();
         let wait = cfg.upstream_response(self.shared.backends[backend].upstream);
         let out = &mut *prepared.out;
         let mut pos = 0;

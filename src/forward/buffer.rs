@@ -39,7 +39,7 @@ impl Forward<'_> {
         facts: &mut RequestFacts,
         prepared: &mut Prepared<'_>,
     ) -> Result<(), ProxyError> {
-        let limit = self.cfg.upstreams[prepared.upstream].buffer_request_body;
+        let limit = self.cfg().upstreams[prepared.upstream].buffer_request_body;
         let whole = match facts.framing {
             BodyFraming::Length(n) => n > 0 && n <= limit && (client.buf.len() as u64) < n,
             // The head of an upgrade ends with its offer, not with the framing rewritten.
@@ -55,7 +55,7 @@ impl Forward<'_> {
             Box::pin(self.send_continue(client)).await?;
         }
         match facts.framing {
-            BodyFraming::Length(n) => read_whole_body(client, n, self.cfg).await,
+            BodyFraming::Length(n) => read_whole_body(client, n, self.cfg()).await,
             _ => {
                 let Some(n) = self
                     .buffer_chunked(client, limit, prepared.body_limit)
@@ -87,7 +87,7 @@ impl Forward<'_> {
         limit: u64,
         body_limit: u64,
     ) -> Result<Option<u64>, ProxyError> {
-        let cfg = self.cfg;
+        let cfg = self.cfg();
         let overhead = cfg.limits.max_header_bytes;
         let mut decoder = ChunkedDecoder::new(overhead);
         let (mut raw, mut payload) = (0usize, 0u64);

@@ -74,8 +74,9 @@ pub struct Prepared<'a> {
 
 /// What the forward stages use from the shard, and nothing else.
 pub struct Forward<'a> {
+    /// The shard: a route's `mirror` starts its copies there ([`crate::mirror::copy`]).
+    pub ctx: &'a ShardCtx,
     pub shared: &'a Shared,
-    pub cfg: &'a Config,
     pub backends: &'a Backends,
     pub pool: &'a RefCell<Pool>,
     pub stats: &'a Stats,
@@ -85,10 +86,15 @@ pub struct Forward<'a> {
 }
 
 impl<'a> Forward<'a> {
+    /// The configuration in force for this request (the snapshot's).
+    pub fn cfg(&self) -> &'a Config {
+        &self.shared.config
+    }
+
     pub fn new(ctx: &'a ShardCtx) -> Forward<'a> {
         Forward {
+            ctx,
             shared: &ctx.shared,
-            cfg: &ctx.shared.config,
             backends: &ctx.backends,
             pool: &ctx.pool,
             stats: &ctx.stats,
@@ -230,12 +236,16 @@ impl<'a> Forward<'a> {
         trace: &mut Trace,
     ) -> Result<Answered<'a>, ProxyError> {
         let upstream = prepared.upstream;
-        if self.cfg.upstreams[upstream].buffer_request_body > 0 && !facts.framing.is_empty() {
+        if self.cfg().upstreams[upstream].buffer_request_body > 0 && !facts.framing.is_empty() {
             // Boxed: only requests with a body to an upstream that buffers them wait here.
             Box::pin(self.buffer_body(client, &mut facts, &mut prepared)).await?;
         }
+        // The route's `mirror`: a copy now, with the body if it is in hand.
+        if let Some(route) = trace.route {
+            crate::mirror::copy(self.ctx, route, &prepared, &facts, &client.buf);
+        }
         // `proxy_protocol` upstreams: whom the header on a new connection names.
-        let ends = if self.cfg.upstreams[upstream].proxy_protocol.is_some() {
+        let ends = if self.cfg().upstreams[upstream].proxy_protocol.is_some() {
             let local = client.stream.tcp().local_addr().ok();
             local.map(|l| (client.peer, l))
         } else {
@@ -438,7 +448,7 @@ impl<'a> Forward<'a> {
             // The common case, a bodiless head, without the body relay's layers.
             let out = &mut *prepared.out;
             let n = out.len();
-            let t = self.cfg.upstream_response(tries.upstream);
+            let t = self.cfg().upstream_response(tries.upstream);
             write_from(on.conn, out, 0, n, &mut client.deadline, t).await
         } else {
             let (conn, ready, backend) = (&mut *on.conn, &mut on.ready, on.backend);
@@ -453,8 +463,8 @@ impl<'a> Forward<'a> {
         };
         // This try's bound on the response head: upstream_response, or the retry policy's
         // per-try and total timeouts when they are shorter.
-        let retry = &self.cfg.upstreams[tries.upstream].resilience.retry;
-        let most = self.cfg.upstream_response(tries.upstream);
+        let retry = &self.cfg().upstreams[tries.upstream].resilience.retry;
+        let most = self.cfg().upstream_response(tries.upstream);
         let timeout = retry
             .try_deadline(tries.first_try, sending)
             .map_or(most, |d| d.saturating_duration_since(sending).min(most));
@@ -465,8 +475,8 @@ impl<'a> Forward<'a> {
         let mut interim = Interim {
             client: &mut client.stream,
             client_minor: facts.minor,
-            write_timeout: self.cfg.timeouts.client_send,
-            hide: &self.cfg.response.hide,
+            write_timeout: self.cfg().timeouts.client_send,
+            hide: &self.cfg().response.hide,
             relayed: false,
         };
         let body_stopped = sent.is_err();
@@ -591,7 +601,7 @@ impl<'a> Forward<'a> {
         timeout: Duration,
         ready: bool,
     ) -> HeadRead {
-        let cfg = self.cfg;
+        let cfg = self.cfg();
         HeadRead {
             limits: HeadLimits {
                 max_header_bytes: cfg.limits.max_header_bytes.max(16384),

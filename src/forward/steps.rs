@@ -115,7 +115,7 @@ impl<'a> Forward<'a> {
         (reused, head_kept): (bool, bool),
         (any_response_byte, responded): (bool, bool),
     ) -> Decision {
-        let res = &self.cfg.upstreams[tries.upstream].resilience;
+        let res = &self.cfg().upstreams[tries.upstream].resilience;
         decide(
             &res.retry,
             &Try {

@@ -12,6 +12,7 @@ use crate::snapshot::Shared;
 use crate::stats::Snapshot;
 
 use super::metrics_admission::admission;
+use super::metrics_routes::routes;
 
 /// Bucket bounds, in seconds, of every latency histogram.
 pub const BUCKETS: &[f64] = &[
@@ -22,7 +23,7 @@ pub const BUCKETS: &[f64] = &[
 pub const QUANTILES: &[(f64, &str)] =
     &[(0.5, "0.5"), (0.9, "0.9"), (0.99, "0.99"), (0.999, "0.999")];
 
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+pub(super) const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// A per-backend metric family: name, type, help, and how to read it from a snapshot.
 type BackendFamily = (
@@ -302,26 +303,7 @@ pub fn render(
         "Requests received (heads parsed).",
     );
     let _ = writeln!(o, "edgeshard_requests_total {}", all.requests);
-    family(&mut o, "edgeshard_route_requests_total", "counter", "Requests by route and the status class the client got; class=\"aborted\" when it got none.");
-    let route_name = |i: usize| {
-        cfg.routes
-            .get(i)
-            .map_or(crate::config::NO_ROUTE, |r| r.name.as_str())
-    };
-    for (i, r) in all.routes.iter().enumerate() {
-        let route = esc(route_name(i));
-        for (c, n) in CLASSES.iter().zip(r.status) {
-            let _ = writeln!(
-                o,
-                "edgeshard_route_requests_total{{route=\"{route}\",class=\"{c}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            o,
-            "edgeshard_route_requests_total{{route=\"{route}\",class=\"aborted\"}} {}",
-            r.aborted
-        );
-    }
+    routes(&mut o, cfg, all);
     family(
         &mut o,
         "edgeshard_responses_generated_total",

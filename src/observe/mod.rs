@@ -9,6 +9,7 @@ pub mod errors;
 pub mod log_writer;
 pub mod metrics;
 mod metrics_admission;
+mod metrics_routes;
 pub mod reqid;
 pub mod syslog;
 pub mod template;

@@ -1,0 +1,82 @@
+//! A route's `mirror = { upstream, sample, max_in_flight }` (nginx's `mirror`), checked
+//! into [`Mirror`]; the copies are sent by [`crate::mirror`].
+
+use serde::Deserialize;
+
+use super::raw::Checker;
+use super::UpstreamConfig;
+
+/// Default `mirror.max_in_flight`: copies per shard for the route.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMirror {
+    upstream: String,
+    sample: Option<f64>,
+    max_in_flight: Option<usize>,
+}
+
+/// Where a route's requests are copied to, and how many.
+#[derive(Clone, Debug)]
+pub struct Mirror {
+    /// Index into [`super::Config::upstreams`].
+    pub upstream: usize,
+    /// The share of the route's forwarded requests copied (0 to 1).
+    pub sample: f64,
+    /// [`crate::sample::threshold`] of `sample`.
+    pub sample_below: u64,
+    /// Copies under way on a shard for the route; a request past it is not copied.
+    pub max_in_flight: usize,
+}
+
+pub(super) fn route_mirror(
+    c: &mut Checker,
+    path: &str,
+    raw: Option<RawMirror>,
+    upstreams: &[UpstreamConfig],
+    forwards: bool,
+) -> Option<Mirror> {
+    let raw = raw?;
+    let path = format!("{path}.mirror");
+    if !forwards {
+        c.err(
+            &path,
+            "the route answers itself (redirect or respond), so it has no request to copy",
+        );
+    }
+    let upstream = match upstreams.iter().position(|u| u.name == raw.upstream) {
+        Some(i) => i,
+        None => {
+            c.err(
+                format!("{path}.upstream"),
+                format!("upstream {:?} is not defined", raw.upstream),
+            );
+            0
+        }
+    };
+    let sample = match raw.sample {
+        None => 1.0,
+        Some(s) if s > 0.0 && s <= 1.0 => s,
+        Some(s) => {
+            c.err(
+                format!("{path}.sample"),
+                format!("{s} is out of range: write a fraction greater than 0 and at most 1"),
+            );
+            1.0
+        }
+    };
+    let max_in_flight = c.count(
+        &format!("{path}.max_in_flight"),
+        raw.max_in_flight,
+        MAX_IN_FLIGHT,
+        1,
+        1 << 20,
+    );
+    Some(Mirror {
+        upstream,
+        sample,
+        sample_below: crate::sample::threshold(sample),
+        max_in_flight,
+    })
+}

@@ -1,0 +1,188 @@
+//! Request mirroring (nginx's `mirror`), beside stage 6 *forward*: a route's `mirror` sends
+//! a copy of the requests it forwards (all, or a `sample` of them) to another upstream and
+//! drops the answers. The forward step calls [`copy`] once the request's body is in hand
+//! (after `buffer_request_body` read it); the copy is a task of the shard that runs
+//! *balance, pool and forward* on its own ([`background::exchange`]), so the client's
+//! request never waits on it and nothing of the mirror reaches the client. The copy is the
+//! request as it goes to the route's upstream (its head rewritten, hop-by-hop fields gone,
+//! `X-Forwarded-*` written), sent once, never retried.
+//!
+//! Not copied, each counted: a request past `max_in_flight` copies under way on the shard
+//! for the route (`busy`), and one whose body is not whole in hand (`unbuffered`: a body
+//! still streaming, chunked or longer than what was read with the head; an upstream's
+//! `buffer_request_body` reads it first). Upgrades (WebSocket) are never copied, and nothing
+//! is while the shard drains. The copy's response is read to its end (up to
+//! [`DRAIN_MAX`], within `upstream_response`) so that its connection is pooled again.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::forward::{Prepared, RequestFacts};
+use crate::http::parse::{BodyFraming, Method};
+use crate::io::{read_more, Deadline};
+use crate::relay::Incoming;
+use crate::shard::ShardCtx;
+use crate::stats::{bump, RouteStats};
+use crate::upstream::background::{self, Exchanged};
+use crate::upstream::state::PickKey;
+
+/// How many [`Copied`] results there are.
+pub const RESULTS: usize = 4;
+
+/// The largest response body a copy reads to pool its connection again; past it the
+/// connection closes.
+pub const DRAIN_MAX: u64 = 1 << 20;
+
+/// What became of a request the route's `mirror` would copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Copied {
+    /// The mirror answered (whatever its status; its backend's counters say which).
+    Answered,
+    /// Sent, or not, but no response came: no backend, a breaker, a failed connect, a
+    /// timeout, a reset.
+    Failed,
+    /// Not copied: `max_in_flight` copies were under way.
+    Busy,
+    /// Not copied: the body was not whole in hand.
+    Unbuffered,
+}
+
+impl Copied {
+    pub const ALL: [Copied; RESULTS] = [
+        Copied::Answered,
+        Copied::Failed,
+        Copied::Busy,
+        Copied::Unbuffered,
+    ];
+
+    /// The `result` label of `edgeshard_mirror_requests_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Copied::Answered => "answered",
+            Copied::Failed => "failed",
+            Copied::Busy => "busy",
+            Copied::Unbuffered => "unbuffered",
+        }
+    }
+}
+
+/// Starts the copy of the request `prepared` (the head for the route's upstream) to
+/// `route`'s mirror, when it has one and this request is drawn. `body` is the client
+/// buffer: it starts with the request body, whole when [`copy`] can send it.
+pub fn copy(
+    ctx: &ShardCtx,
+    route: usize,
+    prepared: &Prepared<'_>,
+    facts: &RequestFacts,
+    body: &[u8],
+) {
+    let Some(mirror) = &ctx.shared.config.routes[route].mirror else {
+        return;
+    };
+    if facts.upgrade || !ctx.draws.below(mirror.sample_below) {
+        return;
+    }
+    let stats = &ctx.stats.routes[route];
+    let body = match facts.framing {
+        BodyFraming::None => &[][..],
+        BodyFraming::Length(n) if body.len() as u64 >= n => &body[..n as usize],
+        _ => return count(stats, Copied::Unbuffered),
+    };
+    if stats.mirror_in_flight.get() >= mirror.max_in_flight as u64 {
+        return count(stats, Copied::Busy);
+    }
+    let Some(current) = ctx
+        .current()
+        .filter(|c| Arc::ptr_eq(&c.shared, &ctx.shared) && !c.draining())
+    else {
+        return;
+    };
+    let mut request = Vec::with_capacity(prepared.out.len() + body.len());
+    request.extend_from_slice(&prepared.out);
+    request.extend_from_slice(body);
+    let upstream = mirror.upstream;
+    // The route upstream's hash key: a hashing mirror upstream is keyed the same way.
+    let key = PickKey {
+        hash: prepared.key.hash,
+        sticky: None,
+    };
+    let under_way = UnderWay::start(stats.clone());
+    let method = facts.method;
+    monoio::spawn(async move {
+        let copied = match background::exchange(&current, upstream, key, &request).await {
+            Ok(mut got) => {
+                let reusable = drain(&current, &mut got, method, upstream).await;
+                got.finish(&current, reusable);
+                Copied::Answered
+            }
+            Err(()) => Copied::Failed,
+        };
+        count(&under_way.0, copied);
+    });
+}
+
+fn count(stats: &RouteStats, copied: Copied) {
+    bump(&stats.mirror[copied as usize]);
+}
+
+/// One copy under way, counted in the route's gauge until it ends, however it ends (the
+/// shard may drop the task when it stops).
+struct UnderWay(Rc<RouteStats>);
+
+impl UnderWay {
+    fn start(stats: Rc<RouteStats>) -> UnderWay {
+        stats.mirror_in_flight.set(stats.mirror_in_flight.get() + 1);
+        UnderWay(stats)
+    }
+}
+
+impl Drop for UnderWay {
+    fn drop(&mut self) {
+        let n = &self.0.mirror_in_flight;
+        n.set(n.get().saturating_sub(1));
+    }
+}
+
+/// Reads the copy's response body to its end, dropping it; whether the connection may be
+/// pooled again (the body ended within [`DRAIN_MAX`] and `upstream_response`).
+async fn drain(ctx: &ShardCtx, got: &mut Exchanged<'_>, method: Method, upstream: usize) -> bool {
+    let framing = got.head.framing(method);
+    if framing == BodyFraming::UntilClose || !got.head.upstream_keep_alive() {
+        return false;
+    }
+    let cfg = &ctx.shared.config;
+    let mut body = Incoming::new(framing, cfg.limits.max_header_bytes);
+    let mut pos = got.head.head_len;
+    let mut seen = 0u64;
+    let mut dl = Deadline::new();
+    let deadline = Instant::now() + cfg.upstream_response(upstream);
+    loop {
+        while !body.done && pos < got.ubuf.len() {
+            let Ok(((from, to), used)) = body.step(&got.ubuf[pos..]) else {
+                return false;
+            };
+            if used == 0 {
+                return false;
+            }
+            seen += (to - from) as u64;
+            pos += used;
+        }
+        if body.done {
+            return pos == got.ubuf.len();
+        }
+        if seen > DRAIN_MAX {
+            return false;
+        }
+        got.ubuf.clear();
+        pos = 0;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero()
+            || read_more(&mut got.conn, &mut got.ubuf, &mut dl, left)
+                .await
+                .is_err()
+        {
+            return false;
+        }
+    }
+}
