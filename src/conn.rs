@@ -325,15 +325,7 @@ async fn keep_alive(
         if outcome == Outcome::Upgraded {
             if let Some(up) = client.upgraded.take() {
                 let Client { stream, buf, .. } = client;
-                // The tunnel's pumps move raw socket bytes (splice or recv/send).
-                match stream {
-                    Transport::Plain(tcp) => {
-                        Box::pin(crate::tunnel::run(&ctx, tcp, buf, *up)).await;
-                    }
-                    // Upgrades are not offered to backends on TLS listeners (see
-                    // proxy::serve_request), so no 101 arrives here.
-                    Transport::Tls(_) => {}
-                }
+                Box::pin(crate::tunnel::run(&ctx, stream, buf, *up)).await;
             }
             return;
         }

@@ -62,6 +62,7 @@ pub mod tls;
 pub mod trace;
 pub mod transport;
 pub mod tunnel;
+pub mod tunnel_tls;
 pub mod upgrade;
 pub mod upstream;
 pub mod weights;

@@ -41,9 +41,8 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         framing: head.framing(),
         expect_continue: head.expect_continue,
         head_len: head.head_len,
-        // The tunnel's pumps need the plain socket: no upgrade is offered to a backend on a
-        // TLS listener (the Upgrade field is hop-by-hop, so it is not forwarded either).
-        upgrade: client.stream.plain().is_some() && wants_upgrade(&client.buf, head),
+        // On a TLS listener too: the tunnel's client side is then crate::tunnel_tls.
+        upgrade: wants_upgrade(&client.buf, head),
         client_ip: client_address(
             &ctx.shared.config.trusted_proxies,
             client.peer.ip(),
@@ -660,8 +659,7 @@ fn prepare<'a>(
         },
         &mut out,
     );
-    // Not to TLS backends: the tunnel's pumps need plain sockets on both sides.
-    // (`facts.upgrade` is `wants_upgrade` on a plain client connection.)
+    // Not to TLS backends: the tunnel's backend side is a plain socket.
     if facts.upgrade && shared.tls.upstream(upstream).is_none() {
         // Hop-by-hop, so dropped above; an upgrade is forwarded explicitly.
         let end = out.len() - 2;

@@ -6,6 +6,8 @@
 //! with no byte in either direction for `timeouts.tunnel_idle` is closed; once one direction
 //! has ended, for `timeouts.tunnel_half_closed` (HAProxy's `timeout client-fin`), so a peer
 //! that half-closed and an other that never answers do not hold the tunnel for an hour.
+//! On a TLS listener the client's side is [`crate::tunnel_tls`]'s (copied through rustls);
+//! what follows is the plain tunnel's.
 //!
 //! Each direction is one `pump` with two modes:
 //! - **copy** (where every tunnel starts): a non-blocking `recv` into a 16 KiB buffer, then
@@ -30,9 +32,10 @@
 //! No `IORING_OP_SPLICE` (the kernel would run it on io-wq worker threads).
 
 use std::cell::Cell;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
@@ -42,10 +45,11 @@ use crate::http::parse::{list_items, HeaderKind, RequestHead, ResponseHead};
 use crate::shard::ShardCtx;
 use crate::splice::{set_nonblocking, splice_once, would_block, Pipe};
 use crate::stats::add;
-use crate::transport::{recv_into, send_now};
+use crate::transport::{recv_into, send_now, Transport};
+use crate::tunnel_tls::TlsEnd;
 
 /// Per direction, the copy buffer; a read that fills it switches the direction to splicing.
-const TUNNEL_BUF: usize = 16 * 1024;
+pub(crate) const TUNNEL_BUF: usize = 16 * 1024;
 
 /// The backend side of an upgraded exchange, handed from the proxy to the connection loop.
 pub struct Upgraded {
@@ -133,9 +137,8 @@ pub fn switch_agreed(offer: &[u8], buf: &[u8], head: &ResponseHead) -> bool {
 }
 
 /// Runs the tunnel to its end. `client_early` holds bytes the client sent after its request
-/// head (already the new protocol).
-pub async fn run(ctx: &ShardCtx, mut client: TcpStream, client_early: Vec<u8>, up: Upgraded) {
-    let idle = ctx.shared.config.timeouts.tunnel_idle;
+/// head (already the new protocol). A TLS client's side is [`crate::tunnel_tls`]'s.
+pub async fn run(ctx: &ShardCtx, client: Transport, client_early: Vec<u8>, up: Upgraded) {
     let send = ctx.shared.config.timeouts.client_send;
     let backend = up.backend;
     // The tunnel holds a connection to the backend: counted, until it ends, as a request in
@@ -151,28 +154,67 @@ pub async fn run(ctx: &ShardCtx, mut client: TcpStream, client_early: Vec<u8>, u
     // Counted as they move, so a long-lived tunnel shows in the metrics while it is open.
     let sent = Moved::new(&ctx.stats.bytes_in, &b.bytes_sent);
     let received = Moved::new(&ctx.stats.bytes_out, &b.bytes_received);
-    for (early, w, moved) in [
-        (up.early, &mut client, &received),
-        (client_early, &mut upstream, &sent),
-    ] {
-        if !early.is_empty() {
-            match monoio::time::timeout(send, w.write_all(early)).await {
-                Ok((Ok(n), _)) => moved.add(n as u64),
-                _ => return,
+    let last = Cell::new(Instant::now());
+    match client {
+        Transport::Plain(mut client) => {
+            for (early, w, moved) in [
+                (up.early, &mut client, &received),
+                (client_early, &mut upstream, &sent),
+            ] {
+                if !early.is_empty() {
+                    match monoio::time::timeout(send, w.write_all(early)).await {
+                        Ok((Ok(n), _)) => moved.add(n as u64),
+                        _ => return,
+                    }
+                }
             }
+            if set_nonblocking(&client).is_err() || set_nonblocking(&upstream).is_err() {
+                return;
+            }
+            let up = pin!(pump(ctx, &client, &upstream, &last, &sent));
+            let down = pin!(pump(ctx, &upstream, &client, &last, &received));
+            both_ways(ctx, up, down, &last).await;
+        }
+        Transport::Tls(tls) => {
+            let client = TlsEnd::new(tls.into_parts());
+            if set_nonblocking(&client.tcp).is_err() || set_nonblocking(&upstream).is_err() {
+                return;
+            }
+            for (early, tls, moved) in [(up.early, true, &received), (client_early, false, &sent)] {
+                let wrote = match tls {
+                    true => monoio::time::timeout(send, client.send(&early, &last)).await,
+                    false => monoio::time::timeout(send, send_all(&upstream, &early, &last)).await,
+                };
+                match wrote {
+                    Ok(Ok(())) => moved.add(early.len() as u64),
+                    _ => return,
+                }
+            }
+            let up = pin!(crate::tunnel_tls::from_client(
+                &client, &upstream, &last, &sent
+            ));
+            let down = pin!(crate::tunnel_tls::to_client(
+                &upstream, &client, &last, &received
+            ));
+            both_ways(ctx, up, down, &last).await;
         }
     }
-    if set_nonblocking(&client).is_err() || set_nonblocking(&upstream).is_err() {
-        return;
-    }
-    let last = Cell::new(Instant::now());
-    let mut up = pin!(pump(ctx, &client, &upstream, &last, &sent));
-    let mut down = pin!(pump(ctx, &upstream, &client, &last, &received));
+}
+
+/// Runs the two directions `up` and `down` until both have ended: while both are open,
+/// bounded by `tunnel_idle` without a byte; once one has ended, by `tunnel_half_closed`.
+async fn both_ways(
+    ctx: &ShardCtx,
+    mut up: Pin<&mut impl Future<Output = ()>>,
+    mut down: Pin<&mut impl Future<Output = ()>>,
+    last: &Cell<Instant>,
+) {
+    let idle = ctx.shared.config.timeouts.tunnel_idle;
     // Both ways open: bounded by tunnel_idle.
     let first = monoio::select! {
         _ = &mut up => Some(true),
         _ = &mut down => Some(false),
-        _ = quiet(&last, idle) => None,
+        _ = quiet(last, idle) => None,
     };
     // One way ended (a half-close passed on; after an error both sockets are shut down, so
     // the other ends at once): the other is bounded by tunnel_half_closed from now on.
@@ -190,7 +232,7 @@ pub async fn run(ctx: &ShardCtx, mut client: TcpStream, client_early: Vec<u8>, u
             };
             monoio::select! {
                 _ = other => true,
-                _ = quiet(&last, bound) => false,
+                _ = quiet(last, bound) => false,
             }
         }
     };
@@ -205,7 +247,7 @@ pub async fn run(ctx: &ShardCtx, mut client: TcpStream, client_early: Vec<u8>, u
 
 /// The bytes one direction of a tunnel moved: its own count (the pump's bulk test reads it)
 /// and the client and backend byte counters it feeds as they move.
-struct Moved<'a> {
+pub(crate) struct Moved<'a> {
     here: Cell<u64>,
     client: &'a Cell<u64>,
     backend: &'a Cell<u64>,
@@ -220,7 +262,7 @@ impl<'a> Moved<'a> {
         }
     }
 
-    fn add(&self, n: u64) {
+    pub(crate) fn add(&self, n: u64) {
         self.here.set(self.here.get() + n);
         add(self.client, n);
         add(self.backend, n);
@@ -361,7 +403,11 @@ async fn burst(
 }
 
 /// Sends all of `data`, waiting for writability whenever the socket buffer is full.
-async fn send_all(dst: &TcpStream, mut data: &[u8], last: &Cell<Instant>) -> io::Result<()> {
+pub(crate) async fn send_all(
+    dst: &TcpStream,
+    mut data: &[u8],
+    last: &Cell<Instant>,
+) -> io::Result<()> {
     while !data.is_empty() {
         match send_now(dst.as_raw_fd(), &[io::IoSlice::new(data)]) {
             Ok(n) => {
@@ -375,7 +421,7 @@ async fn send_all(dst: &TcpStream, mut data: &[u8], last: &Cell<Instant>) -> io:
     Ok(())
 }
 
-fn shutdown(fd: RawFd, how: libc::c_int) {
+pub(crate) fn shutdown(fd: RawFd, how: libc::c_int) {
     // SAFETY: shutdown(2) on a socket of this tunnel, kept alive by the caller's
     // `&TcpStream`; it changes socket state only (an error, e.g. ENOTCONN once the peer is
     // gone, is of no consequence). Exercised by the half-close and reset tests.

@@ -7,7 +7,6 @@ use super::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -64,7 +63,7 @@ async fn tunnel_between(ctx: &ShardCtx, client: SocketAddr, backend: SocketAddr)
         backend: 0,
         early: Vec::new(),
     };
-    run(ctx, client, Vec::new(), up).await;
+    run(ctx, Transport::Plain(client), Vec::new(), up).await;
 }
 
 type Block<'a> = &'a mut dyn FnMut(Pin<Box<dyn std::future::Future<Output = ()> + '_>>);

@@ -59,5 +59,6 @@ mod tls;
 mod tls_upstream;
 mod tls_validity;
 mod tunnel;
+mod tunnel_tls;
 mod upgrade;
 mod upstream_timeouts;

@@ -196,6 +196,57 @@ fn classify(e: io::Error) -> HandshakeError {
     HandshakeError::Io(e)
 }
 
+/// Feeds the ciphertext `rbuf[*rpos..]` to rustls until it is all taken or rustls holds as
+/// much plaintext as it will (then the rest waits for the reader). A TLS error becomes
+/// `InvalidData` carrying the rustls error.
+pub(crate) fn feed(conn: &mut Connection, rbuf: &mut Vec<u8>, rpos: &mut usize) -> io::Result<()> {
+    while *rpos < rbuf.len() {
+        let mut rd = &rbuf[*rpos..];
+        let n = match conn.read_tls(&mut rd) {
+            Ok(n) => n,
+            // Plaintext buffer full: the reader must consume first.
+            Err(_) if *rpos > 0 || !conn.wants_read() => break,
+            Err(e) => return Err(e),
+        };
+        *rpos += n;
+        conn.process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if n == 0 || !conn.wants_read() {
+            break;
+        }
+    }
+    if *rpos == rbuf.len() {
+        *rpos = 0;
+        rbuf.clear();
+    }
+    Ok(())
+}
+
+/// Sends what rustls has queued on the socket `fd` as far as it takes it now, without
+/// waiting, straight from rustls' record buffers ([`DirectSend`]). `Ok` with
+/// `conn.wants_write()` still true: the socket is full.
+pub(crate) fn send_queued(conn: &mut Connection, fd: std::os::fd::RawFd) -> io::Result<()> {
+    while conn.wants_write() {
+        match conn.write_tls(&mut DirectSend(fd)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A TLS stream taken apart for the tunnel ([`crate::tunnel`]): its socket, its rustls
+/// connection, and the ciphertext read but not yet fed to rustls.
+pub struct Parts {
+    pub tcp: TcpStream,
+    pub conn: Connection,
+    pub unfed: Vec<u8>,
+    /// The socket reached its end (rustls was told).
+    pub eof: bool,
+}
+
 impl TlsStream {
     /// The rustls connection: negotiated version, suite, SNI, peer certificates.
     pub fn conn(&self) -> &Connection {
@@ -216,6 +267,18 @@ impl TlsStream {
         &self.tcp
     }
 
+    /// The stream taken apart, nothing it holds lost ([`Parts`]).
+    pub fn into_parts(self) -> Parts {
+        let mut unfed = self.rbuf;
+        unfed.drain(..self.rpos);
+        Parts {
+            tcp: self.tcp,
+            conn: self.conn,
+            unfed,
+            eof: self.eof,
+        }
+    }
+
     /// The socket underneath, to read and discard what a client still sends after this side
     /// closed ([`crate::respond::linger_close`]): its records are never decrypted.
     pub fn tcp_mut(&mut self) -> &mut TcpStream {
@@ -229,30 +292,9 @@ impl TlsStream {
             || !matches!(self.conn.reader().fill_buf(), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Feeds buffered ciphertext to rustls until it is all taken or rustls holds as much
-    /// plaintext as it will. A TLS error becomes `InvalidData` carrying the rustls error.
+    /// Feeds buffered ciphertext to rustls ([`feed`]).
     fn feed(&mut self) -> io::Result<()> {
-        while self.rpos < self.rbuf.len() {
-            let mut rd = &self.rbuf[self.rpos..];
-            let n = match self.conn.read_tls(&mut rd) {
-                Ok(n) => n,
-                // Plaintext buffer full: the reader must consume first.
-                Err(_) if self.rpos > 0 || !self.conn.wants_read() => break,
-                Err(e) => return Err(e),
-            };
-            self.rpos += n;
-            self.conn
-                .process_new_packets()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            if n == 0 || !self.conn.wants_read() {
-                break;
-            }
-        }
-        if self.rpos == self.rbuf.len() {
-            self.rpos = 0;
-            self.rbuf.clear();
-        }
-        Ok(())
+        feed(&mut self.conn, &mut self.rbuf, &mut self.rpos)
     }
 
     /// One read from the socket into `rbuf` (which is empty), fed to rustls.
@@ -331,17 +373,9 @@ impl TlsStream {
             && matches!(self.conn.reader().fill_buf(), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Sends what rustls has queued as far as the socket takes it now, without waiting.
+    /// Sends what rustls has queued as far as the socket takes it now ([`send_queued`]).
     fn flush_now(&mut self) -> io::Result<()> {
-        while self.conn.wants_write() {
-            match self.conn.write_tls(&mut DirectSend(self.tcp.as_raw_fd())) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        send_queued(&mut self.conn, self.tcp.as_raw_fd())
     }
 
     /// Takes in what the socket holds now (without waiting) and applies `test` to the start
