@@ -5,14 +5,17 @@
 //! *balance, pool and forward* on its own ([`background::exchange`]), so the client's
 //! request never waits on it and nothing of the mirror reaches the client. The copy is the
 //! request as it goes to the route's upstream (its head rewritten, hop-by-hop fields gone,
-//! `X-Forwarded-*` written), sent once, never retried.
+//! `X-Forwarded-*` written), sent once: after a pooled connection's reset, only an
+//! idempotent bodiless copy goes again, as on the main path.
 //!
 //! Not copied, each counted: a request past `max_in_flight` copies under way on the shard
-//! for the route (`busy`), and one whose body is not whole in hand (`unbuffered`: a body
-//! still streaming, chunked or longer than what was read with the head; an upstream's
-//! `buffer_request_body` reads it first). Upgrades (WebSocket) are never copied, and nothing
-//! is while the shard drains. The copy's response is read to its end (up to
-//! [`DRAIN_MAX`], within `upstream_response`) so that its connection is pooled again.
+//! for the route (`busy`), one whose body is larger than `max_body` (`too_large`), and one
+//! whose body is not whole in hand (`unbuffered`: a body still streaming, chunked or longer
+//! than what was read with the head; an upstream's `buffer_request_body` reads it first).
+//! Upgrades (WebSocket) are never copied, and nothing is while the shard drains. So a
+//! route's copies hold at most `max_in_flight` times head and `max_body` (twice while one is
+//! written) per shard. The copy's response is read to its end (up to [`DRAIN_MAX`], within
+//! `upstream_response`) so that its connection is pooled again.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -28,7 +31,7 @@ use crate::upstream::background::{self, Exchanged};
 use crate::upstream::state::PickKey;
 
 /// How many [`Copied`] results there are.
-pub const RESULTS: usize = 4;
+pub const RESULTS: usize = 5;
 
 /// The largest response body a copy reads to pool its connection again; past it the
 /// connection closes.
@@ -46,6 +49,8 @@ pub enum Copied {
     Busy,
     /// Not copied: the body was not whole in hand.
     Unbuffered,
+    /// Not copied: the body is larger than `max_body`.
+    TooLarge,
 }
 
 impl Copied {
@@ -54,6 +59,7 @@ impl Copied {
         Copied::Failed,
         Copied::Busy,
         Copied::Unbuffered,
+        Copied::TooLarge,
     ];
 
     /// The `result` label of `edgeshard_mirror_requests_total`.
@@ -63,6 +69,7 @@ impl Copied {
             Copied::Failed => "failed",
             Copied::Busy => "busy",
             Copied::Unbuffered => "unbuffered",
+            Copied::TooLarge => "too_large",
         }
     }
 }
@@ -77,7 +84,8 @@ pub fn copy(
     facts: &RequestFacts,
     body: &[u8],
 ) {
-    let Some(mirror) = &ctx.shared.config.routes[route].mirror else {
+    let config = &ctx.shared.config;
+    let Some(mirror) = &config.routes[route].mirror else {
         return;
     };
     if facts.upgrade || !ctx.draws.below(mirror.sample_below) {
@@ -86,31 +94,44 @@ pub fn copy(
     let stats = &ctx.stats.routes[route];
     let body = match facts.framing {
         BodyFraming::None => &[][..],
+        BodyFraming::Length(n) if n > mirror.max_body => {
+            return count(stats, Copied::TooLarge);
+        }
         BodyFraming::Length(n) if body.len() as u64 >= n => &body[..n as usize],
         _ => return count(stats, Copied::Unbuffered),
     };
     if stats.mirror_in_flight.get() >= mirror.max_in_flight as u64 {
         return count(stats, Copied::Busy);
     }
-    let Some(current) = ctx
-        .current()
-        .filter(|c| Arc::ptr_eq(&c.shared, &ctx.shared) && !c.draining())
-    else {
+    // The configuration in force now: a request that began before a reload is copied to the
+    // mirror upstream of that name in the new one (its indices may differ).
+    let Some(current) = ctx.current().filter(|c| !c.draining()) else {
         return;
+    };
+    let name = &config.upstreams[mirror.upstream].name;
+    let upstreams = &current.shared.config.upstreams;
+    let Some(upstream) = (match Arc::ptr_eq(&current.shared, &ctx.shared) {
+        true => Some(mirror.upstream),
+        false => upstreams.iter().position(|u| u.name == *name),
+    }) else {
+        return count(stats, Copied::Failed);
     };
     let mut request = Vec::with_capacity(prepared.out.len() + body.len());
     request.extend_from_slice(&prepared.out);
     request.extend_from_slice(body);
-    let upstream = mirror.upstream;
-    // The route upstream's hash key: a hashing mirror upstream is keyed the same way.
+    // The route upstream's hash value: a hashing mirror upstream is keyed by it.
     let key = PickKey {
         hash: prepared.key.hash,
         sticky: None,
     };
     let under_way = UnderWay::start(stats.clone());
     let method = facts.method;
+    // After a pooled connection's reset, resent only as the main path would (no body, an
+    // idempotent method): a copy that may have reached the mirror is not replayed.
+    let resend = method.is_idempotent() && body.is_empty();
     monoio::spawn(async move {
-        let copied = match background::exchange(&current, upstream, key, &request).await {
+        let sent = background::exchange(&current, upstream, key, &request, resend).await;
+        let copied = match sent {
             Ok(mut got) => {
                 let reusable = drain(&current, &mut got, method, upstream).await;
                 got.finish(&current, reusable);

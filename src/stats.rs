@@ -17,7 +17,7 @@ pub struct RouteStats {
     pub status: [Cell<u64>; 5],
     /// Closed without a response (client gone, or a body cut short after the head).
     pub aborted: Cell<u64>,
-    /// `mirror` copies by [`crate::mirror::Result`].
+    /// `mirror` copies by [`crate::mirror::Copied`].
     pub mirror: [Cell<u64>; crate::mirror::RESULTS],
     /// `mirror` copies under way (a gauge, and the bound `max_in_flight` checks).
     pub mirror_in_flight: Cell<u64>,

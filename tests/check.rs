@@ -66,7 +66,7 @@ error_pages = { "503" = "@CERTS@/503.json" }
 path_prefix = "/hash/"
 upstream = "hash"
 max_body_bytes = "64MiB"
-mirror = { upstream = "api", sample = 0.5, max_in_flight = 32 }
+mirror = { upstream = "api", sample = 0.5, max_in_flight = 32, max_body = "1MiB" }
 
 [[route]]
 path_prefix = "/staff/"
@@ -633,7 +633,8 @@ fn check_names_what_is_wrong_in_the_access_log_keep_rules() {
 
 #[test]
 fn check_names_what_is_wrong_in_a_mirror() {
-    let mirror = "mirror = { upstream = \"api\", sample = 0.5, max_in_flight = 32 }";
+    let mirror =
+        "mirror = { upstream = \"api\", sample = 0.5, max_in_flight = 32, max_body = \"1MiB\" }";
     assert!(good().contains(mirror));
     let with = |m: &str| good().replace(mirror, m);
     expect_error(
@@ -651,6 +652,15 @@ fn check_names_what_is_wrong_in_a_mirror() {
     expect_error(
         &with("mirror = { upstream = \"api\", copies = 2 }"),
         &["mirror", "copies"],
+    );
+    expect_error(
+        &with("mirror = { upstream = \"api\", max_body = \"65MiB\" }"),
+        &["mirror.max_body"],
+    );
+    // The route's own upstream (this route forwards to "hash").
+    expect_error(
+        &with("mirror = { upstream = \"hash\" }"),
+        &["mirror.upstream", "the route's own upstream"],
     );
     // A route that answers itself has nothing to copy.
     let cfg = good().replace(

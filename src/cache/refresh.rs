@@ -80,7 +80,8 @@ async fn fetch(
     key: PickKey,
     head: Vec<u8>,
 ) -> Result<(), ()> {
-    let mut got = background::exchange(ctx, upstream, key, &head).await?;
+    // A conditional GET: idempotent and bodiless, so it may be resent.
+    let mut got = background::exchange(ctx, upstream, key, &head, true).await?;
     let wait = ctx.shared.config.upstream_response(upstream);
     let (conn, ubuf) = (&mut got.conn, &mut got.ubuf);
     let reusable = answer(ctx, fill, conn, ubuf, &got.head, wait).await?;

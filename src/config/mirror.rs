@@ -3,11 +3,14 @@
 
 use serde::Deserialize;
 
-use super::raw::Checker;
+use super::raw::{Checker, Size};
 use super::UpstreamConfig;
 
 /// Default `mirror.max_in_flight`: copies per shard for the route.
 pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Default `mirror.max_body`: the largest request body copied.
+pub const MAX_BODY: u64 = 64 * 1024;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -15,6 +18,7 @@ pub(super) struct RawMirror {
     upstream: String,
     sample: Option<f64>,
     max_in_flight: Option<usize>,
+    max_body: Option<Size>,
 }
 
 /// Where a route's requests are copied to, and how many.
@@ -28,6 +32,8 @@ pub struct Mirror {
     pub sample_below: u64,
     /// Copies under way on a shard for the route; a request past it is not copied.
     pub max_in_flight: usize,
+    /// The largest request body copied; a request with a larger one is not copied.
+    pub max_body: u64,
 }
 
 pub(super) fn route_mirror(
@@ -35,6 +41,7 @@ pub(super) fn route_mirror(
     path: &str,
     raw: Option<RawMirror>,
     upstreams: &[UpstreamConfig],
+    route_upstream: Option<usize>,
     forwards: bool,
 ) -> Option<Mirror> {
     let raw = raw?;
@@ -46,6 +53,18 @@ pub(super) fn route_mirror(
         );
     }
     let upstream = match upstreams.iter().position(|u| u.name == raw.upstream) {
+        // Every request twice to the same backends, the copies taking their breaker permits
+        // and counting in their passive checks: not a mirror.
+        Some(i) if forwards && Some(i) == route_upstream => {
+            c.err(
+                format!("{path}.upstream"),
+                format!(
+                    "{:?} is the route's own upstream: a mirror is another one",
+                    raw.upstream
+                ),
+            );
+            i
+        }
         Some(i) => i,
         None => {
             c.err(
@@ -73,10 +92,18 @@ pub(super) fn route_mirror(
         1,
         1 << 20,
     );
+    let max_body = c.size(
+        &format!("{path}.max_body"),
+        raw.max_body.as_ref(),
+        MAX_BODY,
+        0,
+        64 << 20,
+    );
     Some(Mirror {
         upstream,
         sample,
         sample_below: crate::sample::threshold(sample),
         max_in_flight,
+        max_body,
     })
 }

@@ -675,7 +675,8 @@ impl Config {
             );
             let auth = auth::route_auth(&mut c, &path, r.auth, base, &upstreams);
             let forwards = !redirects && respond.is_none();
-            let mirror = mirror::route_mirror(&mut c, &path, r.mirror, &upstreams, forwards);
+            let mirror =
+                mirror::route_mirror(&mut c, &path, r.mirror, &upstreams, upstream, forwards);
             routes.push(RouteConfig {
                 name,
                 host,

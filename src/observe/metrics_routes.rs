@@ -38,7 +38,7 @@ pub(super) fn routes(o: &mut String, cfg: &Config, all: &Snapshot) {
     if mirroring().next().is_none() {
         return;
     }
-    family(o, "edgeshard_mirror_requests_total", "counter", "Copies of a route's requests for its mirror: answered (any status: the mirror's backends count them), failed (no response), and those not sent: busy (mirror.max_in_flight copies under way) or unbuffered (the body was not whole in hand).");
+    family(o, "edgeshard_mirror_requests_total", "counter", "Copies of a route's requests for its mirror: answered (any status: the mirror's backends count them), failed (no response), and those not sent: busy (mirror.max_in_flight copies under way), unbuffered (the body was not whole in hand) or too_large (a body over mirror.max_body).");
     for (i, r) in mirroring() {
         let route = esc(route_name(i));
         for (c, n) in Copied::ALL.iter().zip(r.mirror) {

@@ -5,7 +5,9 @@
 //! that fails before any response byte is tried once more on a new connection; a
 //! `proxy_protocol` header names the proxy's own connection, there being no client), the
 //! request written, the response head read within `upstream_response` (interim responses
-//! dropped). No retry on another backend: the caller's client, if any, has its answer.
+//! dropped). A pooled connection reset before any response byte is a keep-alive race: the
+//! request goes once more on a new connection, only when the caller says it may be resent
+//! (idempotent and bodiless, the main path's rule). No retry on another backend.
 //! What the body of the response becomes is the caller's; [`Exchanged::finish`] pools the
 //! connection again when the caller read the response whole.
 
@@ -56,12 +58,14 @@ struct Failed {
 
 /// Sends `request` (head, and body if any) to a backend of `upstream` and reads the response
 /// head; `Err` when none came (no backend, its breaker, a failed connect, a timeout, a reset
-/// or a malformed head: each counted where the proxy's own requests count it).
+/// or a malformed head: each counted where the proxy's own requests count it). `resend`:
+/// the request may go once more after a pooled connection's reset (see above).
 pub async fn exchange<'a>(
     ctx: &'a ShardCtx,
     upstream: usize,
     key: PickKey,
     request: &[u8],
+    resend: bool,
 ) -> Result<Exchanged<'a>, ()> {
     let shared = &*ctx.shared;
     let (pick, _) = ctx
@@ -108,8 +112,13 @@ pub async fn exchange<'a>(
         let mut ubuf = Vec::new();
         let wait = shared.config.upstream_response(upstream);
         match one_try(ctx, &mut conn, request, &mut ubuf, wait).await {
-            // A keep-alive race: once more on a new connection.
-            Err(f) if reused && !f.any_byte && !fresh => fresh = true,
+            // A keep-alive race: once more on a new connection (never a timeout: the
+            // backend may be working on it).
+            Err(f)
+                if resend && reused && !f.any_byte && !fresh && f.outcome == TryOutcome::Reset =>
+            {
+                fresh = true
+            }
             Err(f) => {
                 let o = f.outcome;
                 ctx.backends
