@@ -77,6 +77,26 @@ both_engines! {
         assert_eq!(origin.accepted(), 1);
     }
 
+    // An idle pooled TLS connection the pool closes (its idle_timeout passed) ends with a
+    // close_notify, as a TLS peer expects, not a bare TCP close the backend logs as a
+    // truncation.
+    fn the_pool_closes_an_idle_tls_connection_with_close_notify(engine) {
+        let dir = CertDir::new("up-idle");
+        let ca = TestCa::new("backend ca");
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let origin = TlsOrigin::start(&ca.leaf(&["backend.test"]));
+        let tls = upstream_tls(&ca_file, "backend.test");
+        let proxy = Config::new()
+            .upstream_with("main", &[origin.addr], &format!("{tls}\nidle_timeout = \"1s\""))
+            .route("main", "")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/"));
+        assert_eq!(c.read_response().status(), 200);
+        // The pool's sweep runs every second: the connection ends within about two.
+        assert_eq!(origin.ends(1, Duration::from_secs(10)), ["close_notify"]);
+    }
+
     // A pooled TLS connection whose backend sent close_notify with its last response (the
     // TCP connection left open) is not waited on for an answer that cannot come: the next
     // request ends it at once and is resent on a fresh connection (not a 504 after

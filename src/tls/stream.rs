@@ -267,6 +267,14 @@ impl TlsStream {
         &self.tcp
     }
 
+    /// Queues a close_notify and sends it, behind anything queued before it, as far as the
+    /// socket takes it now (never waiting): for a connection about to be dropped, whose peer
+    /// then sees the end of the stream rather than a truncation.
+    pub fn close_notify_now(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush_now();
+    }
+
     /// The stream taken apart, nothing it holds lost ([`Parts`]).
     pub fn into_parts(self) -> Parts {
         let mut unfed = self.rbuf;

@@ -28,6 +28,15 @@ use crate::transport::{recv_into, Transport};
 /// without a syscall ([`Pool::prefer_seen`]).
 const SEEN_SEARCH: usize = 8;
 
+/// Closes a connection the pool lets go: a TLS one with a close_notify first (sent if the
+/// socket takes it now, never waited for), so that its backend sees the end of the stream,
+/// not a truncation.
+fn retire(mut stream: Transport) {
+    if let Transport::Tls(tls) = &mut stream {
+        tls.close_notify_now();
+    }
+}
+
 struct Idle {
     stream: Transport,
     /// io_uring and a plain connection: the op posted at checkin.
@@ -208,10 +217,12 @@ impl Pool {
             let mut idle = self.conns.remove(key);
             if now.duration_since(idle.since) >= timeout {
                 self.counters.evicted_idle += 1;
+                retire(idle.stream);
                 continue;
             }
             if look(&mut idle, self.ring.as_deref(), &mut self.counters.probes) == Probe::Dead {
                 self.counters.evicted_dead += 1;
+                retire(idle.stream);
                 continue;
             }
             self.counters.hits += 1;
@@ -255,22 +266,21 @@ impl Pool {
         // look at the socket would not see them, and the next request would read them.
         if stream.holds_input() {
             self.counters.evicted_dead += 1;
-            return;
+            return retire(stream);
         }
         if let Some(next) = &self.successor {
             // A request that started before a reload: its backend in the new list, if it
             // remains; a removed backend's connection is closed. The successor is never
             // borrowed while this one is (checkins do not nest).
-            if let (Some(Some(b)), Ok(mut pool)) =
-                (next.map.get(backend), next.pool.try_borrow_mut())
-            {
-                pool.checkin(*b, stream, now, small);
+            match (next.map.get(backend), next.pool.try_borrow_mut()) {
+                (Some(Some(b)), Ok(mut pool)) => pool.checkin(*b, stream, now, small),
+                _ => retire(stream),
             }
             return;
         }
         if self.stacks[backend].len() >= self.max_idle[backend] {
             self.counters.rejected_full += 1;
-            return;
+            return retire(stream);
         }
         let key = self.conns.insert(Idle {
             armed: Armed::post(&stream, self.ring.as_deref().filter(|_| small)),
@@ -296,6 +306,7 @@ impl Pool {
         for key in dead {
             let idle = self.conns.remove(key);
             self.stacks[idle.backend].retain(|&k| k != key);
+            retire(idle.stream);
         }
     }
 

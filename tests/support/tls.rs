@@ -292,6 +292,8 @@ const STALE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTALE!";
 pub struct TlsOrigin {
     pub addr: SocketAddr,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
+    /// How each connection the proxy ended between requests ended ([`TlsOrigin::ends`]).
+    ends: Ends,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -314,7 +316,8 @@ impl TlsOrigin {
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (acc, st) = (accepted.clone(), stop.clone());
+        let ends = Ends::default();
+        let (acc, st, en) = (accepted.clone(), stop.clone(), ends.clone());
         std::thread::spawn(move || {
             for s in listener.incoming() {
                 if st.load(std::sync::atomic::Ordering::SeqCst) {
@@ -323,12 +326,14 @@ impl TlsOrigin {
                 let Ok(s) = s else { continue };
                 let id = acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let config = config.clone();
-                std::thread::spawn(move || serve_tls(config, s, id));
+                let ends = en.clone();
+                std::thread::spawn(move || serve_tls(config, s, id, &ends));
             }
         });
         TlsOrigin {
             addr,
             accepted,
+            ends,
             stop,
         }
     }
@@ -336,6 +341,29 @@ impl TlsOrigin {
     /// TCP connections accepted so far (handshakes attempted).
     pub fn accepted(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits up to `within` until `n` connections have ended between requests; how each
+    /// ended: `"close_notify"`, `"eof"` (a TCP end without it) or `"error"`.
+    pub fn ends(&self, n: usize, within: Duration) -> Vec<&'static str> {
+        let (ends, cv) = &*self.ends.0;
+        let guard = ends.lock().unwrap();
+        let guard = cv
+            .wait_timeout_while(guard, within, |e| e.len() < n)
+            .unwrap()
+            .0;
+        guard.clone()
+    }
+}
+
+/// How connections to a [`TlsOrigin`] ended, and a wake-up for those who wait on it.
+#[derive(Clone, Default)]
+struct Ends(Arc<(std::sync::Mutex<Vec<&'static str>>, std::sync::Condvar)>);
+
+impl Ends {
+    fn record(&self, how: &'static str) {
+        self.0 .0.lock().unwrap().push(how);
+        self.0 .1.notify_all();
     }
 }
 
@@ -346,7 +374,7 @@ impl Drop for TlsOrigin {
     }
 }
 
-fn serve_tls(config: Arc<rustls::ServerConfig>, sock: TcpStream, id: usize) {
+fn serve_tls(config: Arc<rustls::ServerConfig>, sock: TcpStream, id: usize, ends: &Ends) {
     let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(conn) = rustls::ServerConnection::new(config) else {
         return;
@@ -360,7 +388,11 @@ fn serve_tls(config: Arc<rustls::ServerConfig>, sock: TcpStream, id: usize) {
             }
             let mut chunk = [0u8; 4096];
             match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
+                Ok(0) if buf.is_empty() => return ends.record("close_notify"),
+                Err(e) if buf.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return ends.record("eof")
+                }
+                Ok(0) | Err(_) => return ends.record("error"),
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         };
