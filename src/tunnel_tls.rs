@@ -120,20 +120,22 @@ impl TlsEnd {
         Ok(true)
     }
 
+    /// Sends what rustls has queued as far as the socket takes it now; whether some is left.
+    /// A byte sent counts as traffic for `tunnel_idle`; nothing sent does not.
+    fn send_now(&self, last: &Cell<Instant>) -> io::Result<bool> {
+        let mut st = self.state.borrow_mut();
+        if send_queued(&mut st.conn, self.tcp.as_raw_fd())? > 0 {
+            last.set(Instant::now());
+        }
+        Ok(st.conn.wants_write())
+    }
+
     /// Sends everything rustls has queued, waiting for the socket when it is full.
     async fn flush(&self, last: &Cell<Instant>) -> io::Result<()> {
-        loop {
-            let pending = {
-                let mut st = self.state.borrow_mut();
-                send_queued(&mut st.conn, self.tcp.as_raw_fd())?;
-                st.conn.wants_write()
-            };
-            last.set(Instant::now());
-            if !pending {
-                return Ok(());
-            }
+        while self.send_now(last)? {
             self.tcp.writable(false).await?;
         }
+        Ok(())
     }
 
     /// Encrypts `data` and sends it all.
@@ -171,8 +173,11 @@ pub(crate) async fn from_client(
             Err(_) => break false,
         }
         let took = end.take_in();
-        // Replies rustls owes the client (an alert for bad input among them).
-        if end.flush(last).await.is_err() {
+        // Replies rustls owes the client (a key update; an alert for bad input), as far as
+        // the socket takes them now: never waited for here, as the queue may hold
+        // to_client's records for a client that reads its download later (waiting would
+        // stop the upload until it does). to_client's flush sends the rest in order.
+        if end.send_now(last).is_err() {
             break false;
         }
         match took {

@@ -205,7 +205,10 @@ pub(crate) fn feed(conn: &mut Connection, rbuf: &mut Vec<u8>, rpos: &mut usize) 
         let n = match conn.read_tls(&mut rd) {
             Ok(n) => n,
             // Plaintext buffer full: the reader must consume first.
-            Err(_) if *rpos > 0 || !conn.wants_read() => break,
+            Err(_) if !conn.wants_read() => break,
+            // Anything else fails the same way on every call (a handshake message longer
+            // than rustls joins: "message buffer full"): an error, never a retry, or the
+            // caller would spin on the shard (a 64 KiB ClientHello in plain records did).
             Err(e) => return Err(e),
         };
         *rpos += n;
@@ -223,18 +226,19 @@ pub(crate) fn feed(conn: &mut Connection, rbuf: &mut Vec<u8>, rpos: &mut usize) 
 }
 
 /// Sends what rustls has queued on the socket `fd` as far as it takes it now, without
-/// waiting, straight from rustls' record buffers ([`DirectSend`]). `Ok` with
+/// waiting, straight from rustls' record buffers ([`DirectSend`]); the bytes sent. `Ok` with
 /// `conn.wants_write()` still true: the socket is full.
-pub(crate) fn send_queued(conn: &mut Connection, fd: std::os::fd::RawFd) -> io::Result<()> {
+pub(crate) fn send_queued(conn: &mut Connection, fd: std::os::fd::RawFd) -> io::Result<usize> {
+    let mut sent = 0;
     while conn.wants_write() {
         match conn.write_tls(&mut DirectSend(fd)) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(sent),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(sent)
 }
 
 /// A TLS stream taken apart for the tunnel ([`crate::tunnel`]): its socket, its rustls
@@ -383,7 +387,7 @@ impl TlsStream {
 
     /// Sends what rustls has queued as far as the socket takes it now ([`send_queued`]).
     fn flush_now(&mut self) -> io::Result<()> {
-        send_queued(&mut self.conn, self.tcp.as_raw_fd())
+        send_queued(&mut self.conn, self.tcp.as_raw_fd()).map(drop)
     }
 
     /// Takes in what the socket holds now (without waiting) and applies `test` to the start
