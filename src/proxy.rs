@@ -659,8 +659,7 @@ fn prepare<'a>(
         },
         &mut out,
     );
-    // Not to TLS backends: the tunnel's backend side is a plain socket.
-    if facts.upgrade && shared.tls.upstream(upstream).is_none() {
+    if facts.upgrade {
         // Hop-by-hop, so dropped above; an upgrade is forwarded explicitly.
         let end = out.len() - 2;
         out.truncate(end);

@@ -123,11 +123,6 @@ pub async fn relay_response(
     out.clear();
     if head.status == 101 {
         trace.upstream_us = Some(micros(sending));
-        // Upgrades are offered only to plain backends (`proxy::prepare`): the tunnel's pumps
-        // move raw socket bytes.
-        let Transport::Plain(upstream) = upstream else {
-            return Err(ProxyError::upstream(Kind::Framing, Stage::Head).with_responded(interim));
-        };
         let up = Upgraded {
             upstream,
             backend,

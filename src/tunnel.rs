@@ -6,8 +6,8 @@
 //! with no byte in either direction for `timeouts.tunnel_idle` is closed; once one direction
 //! has ended, for `timeouts.tunnel_half_closed` (HAProxy's `timeout client-fin`), so a peer
 //! that half-closed and an other that never answers do not hold the tunnel for an hour.
-//! On a TLS listener the client's side is [`crate::tunnel_tls`]'s (copied through rustls);
-//! what follows is the plain tunnel's.
+//! With TLS on either side (a TLS listener, a TLS backend) both directions are
+//! [`crate::tunnel_tls`]'s (copied through rustls); what follows is the plain tunnel's.
 //!
 //! Each direction is one `pump` with two modes:
 //! - **copy** (where every tunnel starts): a non-blocking `recv` into a 16 KiB buffer, then
@@ -46,14 +46,14 @@ use crate::shard::ShardCtx;
 use crate::splice::{set_nonblocking, splice_once, would_block, Pipe};
 use crate::stats::add;
 use crate::transport::{recv_into, send_now, Transport};
-use crate::tunnel_tls::TlsEnd;
+use crate::tunnel_tls::{self, Side};
 
 /// Per direction, the copy buffer; a read that fills it switches the direction to splicing.
 pub(crate) const TUNNEL_BUF: usize = 16 * 1024;
 
 /// The backend side of an upgraded exchange, handed from the proxy to the connection loop.
 pub struct Upgraded {
-    pub upstream: TcpStream,
+    pub upstream: Transport,
     pub backend: usize,
     /// Bytes the backend sent after its 101 head (already the new protocol).
     pub early: Vec<u8>,
@@ -149,14 +149,13 @@ pub async fn run(ctx: &ShardCtx, client: Transport, client_early: Vec<u8>, up: U
     let _open = ctx
         .backends
         .forwarding(&ctx.shared, &ctx.stats.backends[backend], backend);
-    let mut upstream = up.upstream;
     let b = &ctx.stats.backends[backend];
     // Counted as they move, so a long-lived tunnel shows in the metrics while it is open.
     let sent = Moved::new(&ctx.stats.bytes_in, &b.bytes_sent);
     let received = Moved::new(&ctx.stats.bytes_out, &b.bytes_received);
     let last = Cell::new(Instant::now());
-    match client {
-        Transport::Plain(mut client) => {
+    match (client, up.upstream) {
+        (Transport::Plain(mut client), Transport::Plain(mut upstream)) => {
             for (early, w, moved) in [
                 (up.early, &mut client, &received),
                 (client_early, &mut upstream, &sent),
@@ -175,27 +174,23 @@ pub async fn run(ctx: &ShardCtx, client: Transport, client_early: Vec<u8>, up: U
             let down = pin!(pump(ctx, &upstream, &client, &last, &received));
             both_ways(ctx, up, down, &last).await;
         }
-        Transport::Tls(tls) => {
-            let client = TlsEnd::new(tls.into_parts());
-            if set_nonblocking(&client.tcp).is_err() || set_nonblocking(&upstream).is_err() {
+        // TLS on either side: copied through rustls ([`crate::tunnel_tls`]).
+        (client, upstream) => {
+            let (client, upstream) = (Side::new(client), Side::new(upstream));
+            if set_nonblocking(client.tcp()).is_err() || set_nonblocking(upstream.tcp()).is_err() {
                 return;
             }
-            for (early, tls, moved) in [(up.early, true, &received), (client_early, false, &sent)] {
-                let wrote = match tls {
-                    true => monoio::time::timeout(send, client.send(&early, &last)).await,
-                    false => monoio::time::timeout(send, send_all(&upstream, &early, &last)).await,
-                };
-                match wrote {
+            for (early, to, moved) in [
+                (up.early, &client, &received),
+                (client_early, &upstream, &sent),
+            ] {
+                match monoio::time::timeout(send, to.write(&early, &last)).await {
                     Ok(Ok(())) => moved.add(early.len() as u64),
                     _ => return,
                 }
             }
-            let up = pin!(crate::tunnel_tls::from_client(
-                &client, &upstream, &last, &sent
-            ));
-            let down = pin!(crate::tunnel_tls::to_client(
-                &upstream, &client, &last, &received
-            ));
+            let up = pin!(tunnel_tls::pump(&client, &upstream, &last, &sent));
+            let down = pin!(tunnel_tls::pump(&upstream, &client, &last, &received));
             both_ways(ctx, up, down, &last).await;
         }
     }

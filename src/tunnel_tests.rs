@@ -59,7 +59,7 @@ async fn tunnel_between(ctx: &ShardCtx, client: SocketAddr, backend: SocketAddr)
     let client = TcpStream::connect_addr(client).await.unwrap();
     let upstream = TcpStream::connect_addr(backend).await.unwrap();
     let up = Upgraded {
-        upstream,
+        upstream: Transport::Plain(upstream),
         backend: 0,
         early: Vec::new(),
     };

@@ -1,22 +1,21 @@
-//! Stage 6 for upgraded connections on TLS listeners (`wss://`): the tunnel of
-//! [`crate::tunnel`] with its client side a TLS stream and its backend side plain. The
-//! stream is taken apart ([`crate::tls::stream::Parts`]): its socket stays whole for both
-//! directions' readiness waits, as the plain tunnel's do, and its rustls connection sits in
-//! a `RefCell` borrowed only between awaits. Nothing the stream held is lost: ciphertext
-//! read but not fed yet is fed first, plaintext rustls decrypted but the HTTP side had not
-//! read is sent first.
+//! Stage 6 for upgraded connections with TLS on either side (`wss://` on a TLS listener, a
+//! WebSocket to a TLS backend, or both): the tunnel of [`crate::tunnel`] with each side an
+//! [`Side`], a plain socket or a TLS stream taken apart ([`crate::tls::stream::Parts`]). A TLS
+//! side's socket stays whole for both directions' readiness waits, as the plain tunnel's
+//! do, and its rustls connection sits in a `RefCell` borrowed only between awaits. Nothing
+//! the stream held is lost: ciphertext read but not fed yet is fed first, plaintext rustls
+//! decrypted but the HTTP side had not read is sent first.
 //!
-//! - **From the client**: ciphertext by a non-blocking `recv` into a record-sized buffer,
-//!   fed to rustls only as fast as its plaintext is sent on ([`feed`]), plaintext sent to the
-//!   backend; what rustls owes the client on the way (an alert, a key update) goes out as
-//!   soon as it is queued. close_notify, or a TCP end without it (browsers skip it), is a
-//!   half-close passed on to the backend.
-//! - **To the client**: the backend's bytes by a non-blocking `recv`, encrypted by rustls and
-//!   sent straight from its record buffers ([`send_queued`]) before the next `recv`, so
-//!   rustls never holds more than one read's records. The backend's end is passed on as
-//!   close_notify, then a half-close of the socket.
+//! Each direction is one [`pump`]: read, then write all of it, then read again.
+//! - **Reading a TLS side**: ciphertext by a non-blocking `recv` into a record-sized buffer,
+//!   fed to rustls only as fast as its plaintext is sent on ([`feed`]); what rustls owes that
+//!   peer on the way (an alert, a key update) goes out as far as the socket takes it.
+//!   close_notify, or a TCP end without it (browsers skip it), is the end of the stream.
+//! - **Writing a TLS side**: encrypted by rustls and sent straight from its record buffers
+//!   ([`send_queued`]) before the next read, so rustls never holds more than one read's
+//!   records. The other side's end is passed on as close_notify, then a half-close.
 //!
-//! Always copied, never spliced: the bytes on the client's socket are records.
+//! Always copied, never spliced: the bytes on a TLS side's socket are records.
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
@@ -28,7 +27,7 @@ use rustls::Connection;
 
 use crate::splice::would_block;
 use crate::tls::stream::{feed, send_queued, Parts};
-use crate::transport::recv_into;
+use crate::transport::{recv_into, Transport};
 use crate::tunnel::{send_all, shutdown, Moved, TUNNEL_BUF};
 
 /// Ciphertext read per `recv`: a full record and its overhead.
@@ -149,88 +148,99 @@ impl TlsEnd {
     }
 }
 
-/// Client → backend: decrypts and sends on until the client's end or an error.
-pub(crate) async fn from_client(
-    end: &TlsEnd,
-    dst: &TcpStream,
-    last: &Cell<Instant>,
-    moved: &Moved<'_>,
-) {
-    let mut buf = vec![0u8; TUNNEL_BUF];
-    let ended = loop {
-        crate::coop::step().await;
-        match end.plain(&mut buf) {
-            Ok(Plain::Data(n)) => {
-                last.set(Instant::now());
-                if send_all(dst, &buf[..n], last).await.is_err() {
-                    break false;
+/// One side of a tunnel that is not plain on both: a plain socket, or a TLS stream taken
+/// apart.
+pub enum Side {
+    Plain(TcpStream),
+    /// Boxed: the rustls connection is over a kilobyte.
+    Tls(Box<TlsEnd>),
+}
+
+impl Side {
+    pub fn new(t: Transport) -> Side {
+        match t {
+            Transport::Plain(s) => Side::Plain(s),
+            Transport::Tls(tls) => Side::Tls(Box::new(TlsEnd::new(tls.into_parts()))),
+        }
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Side::Plain(s) => s,
+            Side::Tls(t) => &t.tcp,
+        }
+    }
+
+    /// The next bytes of the stream into `buf`, waiting for them; `Ok(0)` at its end (a
+    /// TLS side's close_notify, or a TCP end without one).
+    pub(crate) async fn read(&self, buf: &mut [u8], last: &Cell<Instant>) -> io::Result<usize> {
+        let tls = match self {
+            Side::Tls(t) => t,
+            Side::Plain(s) => loop {
+                match recv_into(s.as_raw_fd(), buf, 0) {
+                    Err(e) if would_block(&e) => s.readable(false).await?,
+                    got => return got,
                 }
-                moved.add(n as u64);
-                continue;
+            },
+        };
+        loop {
+            match tls.plain(buf)? {
+                Plain::Data(n) => return Ok(n),
+                Plain::End => return Ok(0),
+                Plain::Empty => {}
             }
-            Ok(Plain::End) => break true,
-            Ok(Plain::Empty) => {}
-            Err(_) => break false,
-        }
-        let took = end.take_in();
-        // Replies rustls owes the client (a key update; an alert for bad input), as far as
-        // the socket takes them now: never waited for here, as the queue may hold
-        // to_client's records for a client that reads its download later (waiting would
-        // stop the upload until it does). to_client's flush sends the rest in order.
-        if end.send_now(last).is_err() {
-            break false;
-        }
-        match took {
-            Ok(true) => {}
-            Ok(false) => {
-                if end.tcp.readable(false).await.is_err() {
-                    break false;
-                }
+            let took = tls.take_in();
+            // Replies rustls owes the peer (a key update; an alert for bad input), as far as
+            // the socket takes them now: never waited for here, as the queue may hold the
+            // other direction's records for a peer that reads them later (waiting would
+            // stop this direction until it does). Their own flush sends the rest in order.
+            tls.send_now(last)?;
+            if !took? {
+                tls.tcp.readable(false).await?;
             }
-            Err(_) => break false,
         }
-    };
-    if ended {
-        shutdown(dst.as_raw_fd(), libc::SHUT_WR);
-    } else {
-        shutdown(end.tcp.as_raw_fd(), libc::SHUT_RDWR);
-        shutdown(dst.as_raw_fd(), libc::SHUT_RDWR);
+    }
+
+    /// Sends all of `data` (encrypted on a TLS side).
+    pub(crate) async fn write(&self, data: &[u8], last: &Cell<Instant>) -> io::Result<()> {
+        match self {
+            Side::Plain(s) => send_all(s, data, last).await,
+            Side::Tls(t) => t.send(data, last).await,
+        }
+    }
+
+    /// Passes the other side's end on: close_notify first on a TLS side, then a half-close.
+    pub(crate) async fn finish(&self, last: &Cell<Instant>) -> io::Result<()> {
+        if let Side::Tls(t) = self {
+            t.state.borrow_mut().conn.send_close_notify();
+            t.flush(last).await?;
+        }
+        shutdown(self.tcp().as_raw_fd(), libc::SHUT_WR);
+        Ok(())
     }
 }
 
-/// Backend → client: encrypts what the backend sends until its end (then close_notify and
-/// a half-close) or an error.
-pub(crate) async fn to_client(
-    src: &TcpStream,
-    end: &TlsEnd,
-    last: &Cell<Instant>,
-    moved: &Moved<'_>,
-) {
+/// Moves one direction until `src`'s end (passed on to `dst`) or an error (both sockets
+/// shut down, so the other direction ends at once), counting into `moved` and setting
+/// `last` as bytes move.
+pub(crate) async fn pump(src: &Side, dst: &Side, last: &Cell<Instant>, moved: &Moved<'_>) {
     let mut buf = vec![0u8; TUNNEL_BUF];
     let ended = loop {
         crate::coop::step().await;
-        let n = match recv_into(src.as_raw_fd(), &mut buf, 0) {
+        let n = match src.read(&mut buf, last).await {
             Ok(0) => break true,
             Ok(n) => n,
-            Err(e) if would_block(&e) => match src.readable(false).await {
-                Ok(()) => continue,
-                Err(_) => break false,
-            },
             Err(_) => break false,
         };
         last.set(Instant::now());
-        if end.send(&buf[..n], last).await.is_err() {
+        if dst.write(&buf[..n], last).await.is_err() {
             break false;
         }
         moved.add(n as u64);
     };
-    if ended {
-        end.state.borrow_mut().conn.send_close_notify();
-        if end.flush(last).await.is_ok() {
-            shutdown(end.tcp.as_raw_fd(), libc::SHUT_WR);
-            return;
-        }
+    if ended && dst.finish(last).await.is_ok() {
+        return;
     }
-    shutdown(src.as_raw_fd(), libc::SHUT_RDWR);
-    shutdown(end.tcp.as_raw_fd(), libc::SHUT_RDWR);
+    shutdown(src.tcp().as_raw_fd(), libc::SHUT_RDWR);
+    shutdown(dst.tcp().as_raw_fd(), libc::SHUT_RDWR);
 }

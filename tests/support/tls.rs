@@ -297,21 +297,25 @@ pub struct TlsOrigin {
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// A rustls server configuration serving `leaf`, for the test's own TLS backends.
+pub fn server_config(leaf: &Leaf) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der.clone()], key)
+        .unwrap(),
+    )
+}
+
 impl TlsOrigin {
     pub fn start(leaf: &Leaf) -> TlsOrigin {
-        use rustls::pki_types::pem::PemObject;
-        let key =
-            rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-        let config = Arc::new(
-            rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![leaf.der.clone()], key)
-            .unwrap(),
-        );
+        let config = server_config(leaf);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
