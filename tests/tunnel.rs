@@ -26,6 +26,16 @@ fn spliced_bytes(admin: SocketAddr) -> f64 {
 /// A backend that accepts one connection, reads an upgrade request head, answers 101 and
 /// hands the socket to `then` (on the accepting thread).
 fn upgrade_backend(then: impl FnOnce(TcpStream) + Send + 'static) -> SocketAddr {
+    upgrade_backend_to("bulk", b"", then)
+}
+
+/// The same, switching to `protocol`, with `after` in the write of the 101 head (bytes of
+/// the new protocol that come with it).
+pub(crate) fn upgrade_backend_to(
+    protocol: &'static str,
+    after: &'static [u8],
+    then: impl FnOnce(TcpStream) + Send + 'static,
+) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     thread::spawn(move || {
@@ -35,8 +45,9 @@ fn upgrade_backend(then: impl FnOnce(TcpStream) + Send + 'static) -> SocketAddr 
         if read_head_bytes(&mut s).is_err() {
             return;
         }
-        let h = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: bulk\r\nConnection: Upgrade\r\n\r\n";
-        if s.write_all(h).is_ok() {
+        let mut h = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: {protocol}\r\nConnection: Upgrade\r\n\r\n").into_bytes();
+        h.extend_from_slice(after);
+        if s.write_all(&h).is_ok() {
             then(s);
         }
     });

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::support::pattern::{pattern_slice, BodyCheck};
 use crate::support::tls::{server_config, tls_listener, CertDir, TestCa};
 use crate::support::*;
+use crate::tunnel::upgrade_backend_to;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -26,54 +27,15 @@ type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 /// `welcome` in the same write, then echoes every read until the proxy half-closes, and
 /// answers that with `bye` and its own end.
 fn echo_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    thread::spawn(move || {
-        let Ok((mut s, _)) = l.accept() else { return };
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        s.set_write_timeout(Some(WAIT)).unwrap();
-        if read_head_bytes(&mut s).is_err() {
-            return;
-        }
-        let h = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nwelcome";
-        if s.write_all(h).is_err() {
-            return;
-        }
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if s.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-                Err(_) => return,
-            }
-        }
+    upgrade_backend_to("websocket", b"welcome", |mut s| {
+        echo(s.try_clone().unwrap());
         let _ = s.write_all(b"bye");
-    });
-    addr
+    })
 }
 
-/// A backend that accepts one connection, reads an upgrade request head, answers `101` and
-/// hands the socket to `then`.
+/// A backend that answers `101` and hands the socket to `then`.
 fn upgrade_backend(then: impl FnOnce(TcpStream) + Send + 'static) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    thread::spawn(move || {
-        let Ok((mut s, _)) = l.accept() else { return };
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        s.set_write_timeout(Some(WAIT)).unwrap();
-        if read_head_bytes(&mut s).is_err() {
-            return;
-        }
-        let h = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
-        if s.write_all(h).is_ok() {
-            then(s);
-        }
-    });
-    addr
+    upgrade_backend_to("websocket", b"", then)
 }
 
 fn echo(mut s: TcpStream) {
