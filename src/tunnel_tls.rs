@@ -46,6 +46,8 @@ struct State {
     rpos: usize,
     /// The socket reached its end (rustls was told).
     eof: bool,
+    /// A backend: a TCP end without close_notify is an error, never passed on as an end.
+    strict_eof: bool,
 }
 
 /// What the client's side has for the backend now.
@@ -66,6 +68,7 @@ impl TlsEnd {
                 rbuf: parts.unfed,
                 rpos: 0,
                 eof: parts.eof,
+                strict_eof: parts.strict_eof,
             }),
         }
     }
@@ -78,7 +81,7 @@ impl TlsEnd {
             Ok(n) => Ok(Plain::Data(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Plain::Empty),
             // A TCP end without close_notify: clients often skip it.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Plain::End),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !st.strict_eof => Ok(Plain::End),
             Err(e) => Err(e),
         }
     }

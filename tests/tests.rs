@@ -60,5 +60,6 @@ mod tls_upstream;
 mod tls_validity;
 mod tunnel;
 mod tunnel_tls;
+mod tunnel_tls_backend;
 mod upgrade;
 mod upstream_timeouts;

@@ -97,6 +97,34 @@ both_engines! {
         assert_eq!(origin.ends(1, Duration::from_secs(10)), ["close_notify"]);
     }
 
+    // A reload that removes a TLS backend closes its idle pooled connection with a
+    // close_notify too (Pool::hand_over).
+    fn a_reload_that_removes_a_tls_backend_closes_its_idle_connection_with_close_notify(engine) {
+        let dir = CertDir::new("up-reload");
+        let ca = TestCa::new("backend ca");
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let origin = TlsOrigin::start(&ca.leaf(&["backend.test"]));
+        let other = Origin::start("other");
+        let tls = format!("tls = {{ sni = \"backend.test\", ca = \"{}\" }}", ca_file.display());
+        let proxy = Config::new()
+            .upstream_with("main", &[origin.addr], &tls)
+            .route("main", "")
+            .admin("")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/"));
+        assert_eq!(c.read_response().status(), 200);
+        let text = Config::new()
+            .upstream("main", &[other.addr()])
+            .route("main", "")
+            .admin("")
+            .render();
+        std::fs::write(proxy.config_path(), text).unwrap();
+        let r = admin_post(proxy.admin_addr(), "/reload", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(origin.ends(1, Duration::from_secs(10)), ["close_notify"]);
+    }
+
     // A pooled TLS connection whose backend sent close_notify with its last response (the
     // TCP connection left open) is not waited on for an answer that cannot come: the next
     // request ends it at once and is resent on a fresh connection (not a 504 after

@@ -5,17 +5,16 @@
 //! a quiet tunnel closed at `tunnel_idle`; an upload that goes on while the client leaves
 //! its download unread; bytes pipelined behind the upgrade request; a handshake message
 //! rustls cannot join ends the tunnel (and, in a first flight, the handshake) instead of
-//! spinning. WebSockets to a TLS backend, from plain and TLS clients. A real rustls client
-//! over a std socket; TLS backends made by the test.
+//! spinning. A real rustls client over a std socket. TLS backends: `tunnel_tls_backend.rs`.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::pattern::{pattern_slice, BodyCheck};
-use crate::support::tls::{server_config, tls_listener, CertDir, TestCa};
+use crate::support::tls::{tls_listener, CertDir, TestCa};
 use crate::support::*;
 use crate::tunnel::upgrade_backend_to;
 
@@ -103,44 +102,6 @@ fn ends_within(sock: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
-/// A TLS backend (`backend.test`, signed by `ca`) that accepts one connection, reads an
-/// upgrade request head, answers `101` with `welcome`, echoes until the proxy's
-/// close_notify, then sends `bye` and its own close_notify. Its CA file is written to `dir`.
-fn tls_echo_backend(ca: &TestCa, dir: &CertDir) -> (SocketAddr, String) {
-    let config = server_config(&ca.leaf(&["backend.test"]));
-    let ca_file = dir.write("backend-ca.pem", &ca.pem);
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    thread::spawn(move || {
-        let Ok((s, _)) = l.accept() else { return };
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        let conn = rustls::ServerConnection::new(config).unwrap();
-        let mut tls = rustls::StreamOwned::new(conn, s);
-        if read_head_bytes(&mut tls).is_err() {
-            return;
-        }
-        let h = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nwelcome";
-        if tls.write_all(h).is_err() {
-            return;
-        }
-        let mut buf = vec![0u8; 64 * 1024];
-        // Ok(0) only for a close_notify: a bare TCP end is an error to a rustls reader.
-        while let Ok(n @ 1..) = tls.read(&mut buf) {
-            if tls.write_all(&buf[..n]).is_err() {
-                return;
-            }
-        }
-        let _ = tls.write_all(b"bye");
-        tls.conn.send_close_notify();
-        let _ = tls.flush();
-    });
-    let upstream = format!(
-        "tls = {{ sni = \"backend.test\", ca = \"{}\" }}",
-        ca_file.display()
-    );
-    (addr, upstream)
-}
-
 /// A proxy with one TLS listener in front of `backend`, and a client config that trusts it.
 fn tls_proxy(
     backend: SocketAddr,
@@ -176,25 +137,6 @@ fn upgrade(proxy: SocketAddr, config: &Arc<rustls::ClientConfig>, early: &[u8]) 
     let head = String::from_utf8(head).unwrap();
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     tls
-}
-
-/// A client stream, plain or TLS, that can end its side.
-trait ReadWrite: Read + Write {
-    /// A TCP half-close, or a TLS close_notify.
-    fn half_close(&mut self);
-}
-
-impl ReadWrite for TcpStream {
-    fn half_close(&mut self) {
-        self.shutdown(std::net::Shutdown::Write).unwrap();
-    }
-}
-
-impl ReadWrite for Tls {
-    fn half_close(&mut self) {
-        self.conn.send_close_notify();
-        self.flush().unwrap();
-    }
 }
 
 fn read_n(tls: &mut Tls, n: usize) -> Vec<u8> {
@@ -380,49 +322,5 @@ both_engines! {
         let mut tls = connect(proxy.addr(), config);
         tls.write_all(REQ).unwrap();
         expect_101(&mut tls);
-    }
-
-    // A WebSocket to a TLS backend, from a plain client and from a TLS one: the 101 and the
-    // bytes with it, messages echoed through both sides' records, and each side's end
-    // passed on (the client's close to the backend as close_notify; the backend's
-    // close_notify to the client as its end, after its last bytes).
-    fn a_websocket_to_a_tls_backend_from_plain_and_tls_clients(engine) {
-        for tls_client in [false, true] {
-            let ca = TestCa::new("backend ca");
-            let dir = CertDir::new("tunnel-up");
-            let (backend, upstream) = tls_echo_backend(&ca, &dir);
-            let (cert, key) = dir.write_leaf("a", &ca.leaf(&["a.test"]));
-            let config = Config::new().upstream_with("main", &[backend], &upstream).route("main", "");
-            let config = match tls_client {
-                true => config.only_listener(&tls_listener(&[(&cert, &key)], "")),
-                false => config,
-            };
-            let proxy = config.start(engine);
-            let mut stream: Box<dyn ReadWrite> = match tls_client {
-                true => Box::new(connect(proxy.addr(), Arc::new(ca.client_config()))),
-                false => {
-                    let s = TcpStream::connect(proxy.addr()).unwrap();
-                    s.set_read_timeout(Some(WAIT)).unwrap();
-                    Box::new(s)
-                }
-            };
-            stream.write_all(REQ).unwrap();
-            expect_101(&mut stream);
-            let mut got = [0u8; 7];
-            stream.read_exact(&mut got).unwrap();
-            assert_eq!(&got, b"welcome");
-            let mut off = 0u64;
-            for len in [10usize, 100, 20_000, 70_000] {
-                stream.write_all(pattern_slice(off, len)).unwrap();
-                let mut back = vec![0u8; len];
-                stream.read_exact(&mut back).unwrap();
-                assert_eq!(&back[..], pattern_slice(off, len), "tls client: {tls_client}");
-                off += len as u64;
-            }
-            stream.half_close();
-            let mut rest = Vec::new();
-            stream.read_to_end(&mut rest).expect("the backend's end after its last bytes");
-            assert_eq!(rest, b"bye", "tls client: {tls_client}");
-        }
     }
 }

@@ -249,6 +249,8 @@ pub struct Parts {
     pub unfed: Vec<u8>,
     /// The socket reached its end (rustls was told).
     pub eof: bool,
+    /// A TCP end without close_notify is a truncation (a backend), not the end.
+    pub strict_eof: bool,
 }
 
 impl TlsStream {
@@ -288,6 +290,7 @@ impl TlsStream {
             conn: self.conn,
             unfed,
             eof: self.eof,
+            strict_eof: self.strict_eof,
         }
     }
 

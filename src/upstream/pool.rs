@@ -334,11 +334,14 @@ impl Pool {
                 for key in stack {
                     let idle = self.conns.remove(key);
                     let Some(Some(b)) = map.get(idle.backend).copied() else {
+                        retire(idle.stream);
                         continue;
                     };
                     if to.stacks.get(b).is_some_and(|s| s.len() < to.max_idle[b]) {
                         let key = to.conns.insert(Idle { backend: b, ..idle });
                         to.stacks[b].push(key);
+                    } else {
+                        retire(idle.stream);
                     }
                 }
             }
@@ -350,7 +353,9 @@ impl Pool {
 
     /// Drops every idle connection (shutdown).
     pub fn clear(&mut self) {
-        self.conns.clear();
+        for idle in self.conns.drain() {
+            retire(idle.stream);
+        }
         for s in &mut self.stacks {
             s.clear();
         }
