@@ -9,7 +9,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{read_head_bytes, Client, Config, Origin};
+use crate::support::tls::{tls_listener, CertDir, TestCa};
+use crate::support::{read_head_bytes, Client, Config, Engine, Origin};
 
 /// A backend that answers one upgrade request with 101 and then: sends `early` right after
 /// its head, echoes every byte, and when the client half-closes, writes "bye" and closes.
@@ -85,10 +86,13 @@ asyncio.run(main())
 "#;
 
 const WS_CLIENT: &str = r#"
-import asyncio, os, random, sys, websockets
-async def main(url, n):
+import asyncio, os, random, ssl, sys, websockets
+async def main(url, n, ca):
     random.seed(7)
-    async with websockets.connect(url, max_size=None) as ws:
+    tls = {}
+    if ca:
+        tls = {"ssl": ssl.create_default_context(cafile=ca), "server_hostname": "a.test"}
+    async with websockets.connect(url, max_size=None, **tls) as ws:
         for i in range(n):
             big = i % 50 == 0
             size = random.choice([0, 1, 125, 126, 127, 65535, 65536, 70000]) if big else random.randint(0, 300)
@@ -99,8 +103,66 @@ async def main(url, n):
                 print("mismatch at message", i, "size", size)
                 sys.exit(1)
     print("ok", n)
-asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None))
 "#;
+
+/// `n` messages through the proxy between the `websockets` library's client and echo server
+/// (`tls`: the client speaks wss:// to a TLS listener); each must come back byte-identical.
+fn python_echo(engine: Engine, n: usize, tls: bool) {
+    assert!(
+        python_websockets(),
+        "python3 module `websockets` missing: python3 -m pip install websockets (.ci/run does)"
+    );
+    let mut server = Command::new("python3")
+        .args(["-c", WS_SERVER])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let out = server.stdout.take().unwrap();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    }
+    let port: u16 = line.trim().parse().expect("server port");
+    let backend: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let ca = TestCa::new("ws ca");
+    let dir = CertDir::new("ws");
+    let (cert, key) = dir.write_leaf("a", &ca.leaf(&["a.test"]));
+    let ca_file = dir.write("ca.pem", &ca.pem);
+    let config = Config::single(backend);
+    let (config, scheme, ca_arg) = match tls {
+        true => (
+            config.only_listener(&tls_listener(&[(&cert, &key)], "")),
+            "wss",
+            ca_file.display().to_string(),
+        ),
+        false => (config, "ws", String::new()),
+    };
+    let proxy = config.start(engine);
+    let url = format!("{scheme}://{}/echo", proxy.addr());
+    let mut args = vec![
+        "90".to_string(),
+        "python3".into(),
+        "-c".into(),
+        WS_CLIENT.into(),
+        url,
+        n.to_string(),
+    ];
+    if tls {
+        args.push(ca_arg);
+    }
+    let out = Command::new("timeout").args(&args).output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("ok {n}")),
+        "client: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
 /// A backend that answers 101, reads one byte, then resets the connection (SO_LINGER 0).
 fn resetting_backend() -> SocketAddr {
@@ -264,34 +326,13 @@ both_engines! {
         // Issue 7: a real WebSocket library on both sides, 10,000 messages of mixed sizes
         // (text and binary, 0 B to 70,000 B, across the 125/126/65535/65536 frame-length
         // boundaries), each echoed back byte-identical through edgeshard.
-        assert!(python_websockets(), "python3 module `websockets` missing: python3 -m pip install websockets (.ci/run does)");
-        let mut server = Command::new("python3")
-            .args(["-c", WS_SERVER])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        {
-            use std::io::BufRead;
-            let out = server.stdout.take().unwrap();
-            std::io::BufReader::new(out).read_line(&mut line).unwrap();
-        }
-        let port: u16 = line.trim().parse().expect("server port");
-        let backend: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let proxy = Config::single(backend).start(engine);
-        let out = Command::new("timeout")
-            .args(["90", "python3", "-c", WS_CLIENT, &format!("ws://{}/echo", proxy.addr()), "10000"])
-            .output()
-            .unwrap();
-        let _ = server.kill();
-        let _ = server.wait();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("ok 10000"),
-            "client: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        python_echo(engine, 10_000, false);
+    }
+
+    // The same library's client over wss:// to a TLS listener (the proxy terminates TLS;
+    // the backend is plain), 2,000 messages.
+    fn websocket_echo_over_tls_with_a_real_client(engine) {
+        python_echo(engine, 2_000, true);
     }
 
     fn upgrade_switches_to_a_tunnel_with_early_bytes_and_half_close(engine) {
