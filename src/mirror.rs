@@ -19,12 +19,9 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::forward::{Prepared, RequestFacts};
 use crate::http::parse::{BodyFraming, Method};
-use crate::io::{read_more, Deadline};
-use crate::relay::Incoming;
 use crate::shard::ShardCtx;
 use crate::stats::{bump, RouteStats};
 use crate::upstream::background::{self, Exchanged};
@@ -130,7 +127,7 @@ pub fn copy(
     // idempotent method): a copy that may have reached the mirror is not replayed.
     let resend = method.is_idempotent() && body.is_empty();
     monoio::spawn(async move {
-        let sent = background::exchange(&current, upstream, key, &request, resend).await;
+        let sent = background::exchange(&current, upstream, key, request, resend).await;
         let copied = match sent {
             Ok(mut got) => {
                 let reusable = drain(&current, &mut got, method, upstream).await;
@@ -172,38 +169,11 @@ async fn drain(ctx: &ShardCtx, got: &mut Exchanged<'_>, method: Method, upstream
     if framing == BodyFraming::UntilClose || !got.head.upstream_keep_alive() {
         return false;
     }
-    let cfg = &ctx.shared.config;
-    let mut body = Incoming::new(framing, cfg.limits.max_header_bytes);
-    let mut pos = got.head.head_len;
+    let wait = ctx.shared.config.upstream_response(upstream);
     let mut seen = 0u64;
-    let mut dl = Deadline::new();
-    let deadline = Instant::now() + cfg.upstream_response(upstream);
-    loop {
-        while !body.done && pos < got.ubuf.len() {
-            let Ok(((from, to), used)) = body.step(&got.ubuf[pos..]) else {
-                return false;
-            };
-            if used == 0 {
-                return false;
-            }
-            seen += (to - from) as u64;
-            pos += used;
-        }
-        if body.done {
-            return pos == got.ubuf.len();
-        }
-        if seen > DRAIN_MAX {
-            return false;
-        }
-        got.ubuf.clear();
-        pos = 0;
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero()
-            || read_more(&mut got.conn, &mut got.ubuf, &mut dl, left)
-                .await
-                .is_err()
-        {
-            return false;
-        }
-    }
+    let read = got.read_body(ctx, framing, wait, |piece| {
+        seen += piece.len() as u64;
+        seen <= DRAIN_MAX
+    });
+    read.await.is_ok_and(|end| end.reusable)
 }

@@ -16,11 +16,8 @@ use std::time::{Duration, Instant};
 use super::{Fill, ShardCache, Whole};
 use crate::forward::Prepared;
 use crate::http::parse::{Method, ResponseHead};
-use crate::io::{read_more, Deadline};
-use crate::relay::Incoming;
 use crate::shard::ShardCtx;
-use crate::transport::Transport;
-use crate::upstream::background;
+use crate::upstream::background::{self, Exchanged};
 use crate::upstream::state::PickKey;
 
 /// Starts the background revalidation `fill` claimed, with the request `prepared` for the
@@ -81,10 +78,9 @@ async fn fetch(
     head: Vec<u8>,
 ) -> Result<(), ()> {
     // A conditional GET: idempotent and bodiless, so it may be resent.
-    let mut got = background::exchange(ctx, upstream, key, &head, true).await?;
+    let mut got = background::exchange(ctx, upstream, key, head, true).await?;
     let wait = ctx.shared.config.upstream_response(upstream);
-    let (conn, ubuf) = (&mut got.conn, &mut got.ubuf);
-    let reusable = answer(ctx, fill, conn, ubuf, &got.head, wait).await?;
+    let reusable = answer(ctx, fill, &mut got, wait).await?;
     got.finish(ctx, reusable);
     Ok(())
 }
@@ -95,55 +91,29 @@ async fn fetch(
 async fn answer(
     ctx: &ShardCtx,
     fill: &mut Fill<'_>,
-    conn: &mut Transport,
-    ubuf: &mut Vec<u8>,
-    resp: &ResponseHead,
+    got: &mut Exchanged<'_>,
     wait: Duration,
 ) -> Result<bool, ()> {
-    let cfg = &ctx.shared.config;
+    let resp = &got.head;
     let framing = resp.framing(Method::Get);
     if resp.status == 304 {
-        let _ = fill.not_modified(ubuf, resp);
-        return Ok(resp.upstream_keep_alive() && ubuf.len() == resp.head_len);
+        let _ = fill.not_modified(&got.ubuf, resp);
+        return Ok(resp.upstream_keep_alive() && got.ubuf.len() == resp.head_len);
     }
     if matches!(resp.status, 500 | 502 | 503 | 504) {
         return Err(());
     }
-    fill.admit(ubuf, resp, framing);
+    fill.admit(&got.ubuf, resp, framing);
     let Some(tee) = fill.tee() else {
         // Not stored (and the stale entry is gone): the body is not read.
         return Ok(false);
     };
-    let mut body = Incoming::new(framing, cfg.limits.max_header_bytes);
-    let mut pos = resp.head_len;
-    let mut dl = Deadline::new();
-    // The whole body within `upstream_response` too: a backend that trickles it does not
-    // hold a background slot for longer.
-    let deadline = Instant::now() + wait;
-    let complete = loop {
-        while !body.done && pos < ubuf.len() {
-            let ((from, to), used) = body.step(&ubuf[pos..]).map_err(drop)?;
-            if used == 0 {
-                // The decoder keeps what it cannot use yet: never happens; never spins.
-                return Err(());
-            }
-            tee.push(&ubuf[pos + from..pos + to]);
-            pos += used;
-            if tee.overflow {
-                break;
-            }
-        }
-        if body.done || tee.overflow {
-            break body.done;
-        }
-        ubuf.clear();
-        pos = 0;
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || read_more(conn, ubuf, &mut dl, left).await.is_err() {
-            break false;
-        }
-    };
-    let reusable = complete && resp.upstream_keep_alive() && pos == ubuf.len();
-    fill.keep(complete);
-    Ok(reusable)
+    let end = got
+        .read_body(ctx, framing, wait, |piece| {
+            tee.push(piece);
+            !tee.overflow
+        })
+        .await?;
+    fill.keep(end.complete);
+    Ok(end.reusable)
 }

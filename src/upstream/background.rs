@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use crate::health::breaker::{Permit, Resource};
 use crate::health::Outcome as TryOutcome;
-use crate::http::parse::{parse_response, HeadLimits, Parsed, ResponseHead};
+use crate::http::parse::{parse_response, BodyFraming, HeadLimits, Parsed, ResponseHead};
 use crate::io::{read_more, write_from, Deadline, IoFail};
-use crate::relay::MAX_INTERIM;
+use crate::relay::{Incoming, MAX_INTERIM};
 use crate::shard::ShardCtx;
 use crate::stats::bump;
 use crate::transport::Transport;
@@ -36,7 +36,59 @@ pub struct Exchanged<'a> {
     _permit: Permit,
 }
 
+/// How a response body read by [`Exchanged::read_body`] ended.
+pub struct BodyEnd {
+    /// The body ended (not cut short by the caller, the deadline or the backend).
+    pub complete: bool,
+    /// Complete, with nothing after it, from a backend that keeps the connection open.
+    pub reusable: bool,
+}
+
 impl Exchanged<'_> {
+    /// Reads the response body to its end, within `wait` for the whole of it (a backend that
+    /// trickles it holds the caller no longer), handing each piece of payload to `take`;
+    /// `take` returning `false` stops the read there. `Err`: its framing is broken.
+    pub async fn read_body(
+        &mut self,
+        ctx: &ShardCtx,
+        framing: BodyFraming,
+        wait: Duration,
+        mut take: impl FnMut(&[u8]) -> bool,
+    ) -> Result<BodyEnd, ()> {
+        let mut body = Incoming::new(framing, ctx.shared.config.limits.max_header_bytes);
+        let mut pos = self.head.head_len;
+        let mut dl = Deadline::new();
+        let deadline = Instant::now() + wait;
+        let complete = loop {
+            let mut more = true;
+            while more && !body.done && pos < self.ubuf.len() {
+                let ((from, to), used) = body.step(&self.ubuf[pos..]).map_err(drop)?;
+                if used == 0 {
+                    // The decoder keeps what it cannot use yet: never happens; never spins.
+                    return Err(());
+                }
+                more = take(&self.ubuf[pos + from..pos + to]);
+                pos += used;
+            }
+            if body.done || !more {
+                break body.done;
+            }
+            self.ubuf.clear();
+            pos = 0;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let conn = &mut self.conn;
+            if left.is_zero()
+                || read_more(conn, &mut self.ubuf, &mut dl, left)
+                    .await
+                    .is_err()
+            {
+                break false;
+            }
+        };
+        let reusable = complete && self.head.upstream_keep_alive() && pos == self.ubuf.len();
+        Ok(BodyEnd { complete, reusable })
+    }
+
     /// Ends the exchange: the connection goes back to the pool when the caller read the
     /// response whole from a backend that keeps it open (`reusable`).
     pub fn finish(self, ctx: &ShardCtx, reusable: bool) {
@@ -64,7 +116,7 @@ pub async fn exchange<'a>(
     ctx: &'a ShardCtx,
     upstream: usize,
     key: PickKey,
-    request: &[u8],
+    mut request: Vec<u8>,
     resend: bool,
 ) -> Result<Exchanged<'a>, ()> {
     let shared = &*ctx.shared;
@@ -111,7 +163,12 @@ pub async fn exchange<'a>(
         in_flight.sent = true;
         let mut ubuf = Vec::new();
         let wait = shared.config.upstream_response(upstream);
-        match one_try(ctx, &mut conn, request, &mut ubuf, wait).await {
+        // A write that times out loses its buffer: a copy when a resend may follow.
+        let out = match resend && !fresh {
+            true => request.clone(),
+            false => std::mem::take(&mut request),
+        };
+        match one_try(ctx, &mut conn, out, &mut ubuf, wait).await {
             // A keep-alive race: once more on a new connection (never a timeout: the
             // backend may be working on it).
             Err(f)
@@ -149,7 +206,7 @@ pub async fn exchange<'a>(
 async fn one_try(
     ctx: &ShardCtx,
     conn: &mut Transport,
-    request: &[u8],
+    mut out: Vec<u8>,
     ubuf: &mut Vec<u8>,
     timeout: Duration,
 ) -> Result<ResponseHead, Failed> {
@@ -162,8 +219,6 @@ async fn one_try(
         },
         any_byte,
     };
-    // A copy per try: a write that times out loses its buffer.
-    let mut out = request.to_vec();
     let n = out.len();
     write_from(conn, &mut out, 0, n, &mut dl, timeout)
         .await
