@@ -248,16 +248,9 @@ fn forward(
     f: RawForward,
     upstreams: &[UpstreamConfig],
 ) -> Option<ForwardAuth> {
-    let upstream = match upstreams.iter().position(|u| u.name == f.upstream) {
-        Some(i) => i,
-        None => {
-            c.err(
-                format!("{path}.upstream"),
-                format!("upstream {:?} is not defined", f.upstream),
-            );
-            0
-        }
-    };
+    let upstream = c
+        .upstream_named(format!("{path}.upstream"), &f.upstream, upstreams)
+        .unwrap_or(0);
     let uri = f.uri.unwrap_or_else(|| "/".into());
     if !uri.starts_with('/') || !uri.bytes().all(|b| b.is_ascii_graphic()) {
         c.err(

@@ -52,28 +52,20 @@ pub(super) fn route_mirror(
             "the route answers itself (redirect or respond), so it has no request to copy",
         );
     }
-    let upstream = match upstreams.iter().position(|u| u.name == raw.upstream) {
-        // Every request twice to the same backends, the copies taking their breaker permits
-        // and counting in their passive checks: not a mirror.
-        Some(i) if forwards && Some(i) == route_upstream => {
-            c.err(
-                format!("{path}.upstream"),
-                format!(
-                    "{:?} is the route's own upstream: a mirror is another one",
-                    raw.upstream
-                ),
-            );
-            i
-        }
-        Some(i) => i,
-        None => {
-            c.err(
-                format!("{path}.upstream"),
-                format!("upstream {:?} is not defined", raw.upstream),
-            );
-            0
-        }
-    };
+    let upstream_path = format!("{path}.upstream");
+    let upstream = c.upstream_named(upstream_path.clone(), &raw.upstream, upstreams);
+    // Every request twice to the same backends, the copies taking their breaker permits
+    // and counting in their passive checks: not a mirror.
+    if forwards && upstream.is_some() && upstream == route_upstream {
+        c.err(
+            upstream_path,
+            format!(
+                "{:?} is the route's own upstream: a mirror is another one",
+                raw.upstream
+            ),
+        );
+    }
+    let upstream = upstream.unwrap_or(0);
     let sample = match raw.sample {
         None => 1.0,
         Some(s) if s > 0.0 && s <= 1.0 => s,

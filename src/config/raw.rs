@@ -369,6 +369,26 @@ impl Checker {
         v
     }
 
+    /// The index of the `[[upstream]]` named `name`, given at `path`; an error when there is
+    /// none.
+    pub(super) fn upstream_named(
+        &mut self,
+        path: String,
+        name: &str,
+        upstreams: &[super::UpstreamConfig],
+    ) -> Option<usize> {
+        let found = upstreams.iter().position(|u| u.name == name);
+        if found.is_none() {
+            self.err(
+                path,
+                format!(
+                    "upstream {name:?} is not defined; add an [[upstream]] with name = {name:?}"
+                ),
+            );
+        }
+        found
+    }
+
     pub(super) fn count(
         &mut self,
         path: &str,

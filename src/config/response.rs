@@ -176,16 +176,7 @@ pub(super) fn route_target(
             );
             None
         }
-        Some(u) => match upstreams.iter().position(|x| x.name == *u) {
-            Some(i) => Some(i),
-            None => {
-                c.err(
-                    format!("{path}.upstream"),
-                    format!("upstream {u:?} is not defined; add an [[upstream]] with name = {u:?}"),
-                );
-                None
-            }
-        },
+        Some(u) => c.upstream_named(format!("{path}.upstream"), u, upstreams),
         None if respond.is_some() || redirects => None,
         None => {
             c.err(
