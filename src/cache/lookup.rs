@@ -4,7 +4,7 @@
 //! waits for that fetch. What it returns is in the parent module ([`super::Lookup`]).
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_channel::oneshot;
 
@@ -154,7 +154,7 @@ pub async fn lookup<'a>(
     // RFC 9111 §4.2.3: the age counts from when the request goes to the backend, not from
     // when it began to wait on another's fetch (up to MAX_WAIT, which would age the response
     // by as much, or make a short-lived one unstorable).
-    fill.request_sent = Instant::now();
+    fill.request_sent = crate::clock::now();
     if req.method == Method::Get {
         fill.store = true;
         fill.req = req
@@ -235,7 +235,7 @@ fn new_fill<'a>(
             inflight: None,
             req: Vec::new(),
             rules,
-            request_sent: Instant::now(),
+            request_sent: crate::clock::now(),
             store: false,
             no_vary: req.proxied_fields,
             own: req.own_fields.to_vec(),

@@ -396,7 +396,7 @@ impl FillState {
             inflight: None,
             req: Vec::new(),
             rules: RequestRules::default(),
-            request_sent: Instant::now(),
+            request_sent: crate::clock::now(),
             no_vary: false,
             own: Vec::new(),
             store: false,
