@@ -759,7 +759,7 @@ mod tests {
                 // upgrades, request bodies) are boxed where they are awaited, so the future
                 // every request allocates holds only the common path (4,368 bytes before).
                 let size = std::mem::size_of_val(&exchange);
-                assert!(size <= 3840, "serve_request() future is {size} bytes");
+                assert!(size <= 3784, "serve_request() future is {size} bytes");
                 drop(exchange);
                 let hot = hot_read(&ctx, &mut client, Instant::now(), Instant::now());
                 let align = std::mem::align_of_val(&hot);

@@ -192,7 +192,7 @@ impl<'a> Forward<'a> {
         trace: &mut Trace,
     ) -> Result<Result<(), IoFail>, ProxyError> {
         let cfg = self.cfg();
-        let wait = cfg.upstream_response(self.shared.backends[backend].upstream);
+        let wait = cfg.upstream_response(self.shared().backends[backend].upstream);
         let out = &mut *prepared.out;
         let mut pos = 0;
         // Large bodies of known length are spliced when both sides are plain TCP.
@@ -205,12 +205,12 @@ impl<'a> Forward<'a> {
             (BodyFraming::Length(n), OutFraming::Length(_), Some(tcp), Transport::Plain(up))
                 if cfg.splice.enabled && n >= cfg.splice.min_bytes =>
             {
-                self.pipes.lend().map(|p| (p, n, tcp, up))
+                self.pipes().lend().map(|p| (p, n, tcp, up))
             }
             _ => None,
         };
         let r = if let Some((pipe, len, tcp, up)) = spliced {
-            bump(&self.stats.spliced);
+            bump(&self.stats().spliced);
             let r = relay_spliced(
                 tcp,
                 &client.buf,
@@ -226,7 +226,7 @@ impl<'a> Forward<'a> {
             .await;
             if r.is_ok() {
                 pipe.give_back();
-                add(&self.stats.spliced_bytes, len - pos as u64);
+                add(&self.stats().spliced_bytes, len - pos as u64);
             }
             r
         } else {
@@ -250,8 +250,8 @@ impl<'a> Forward<'a> {
         };
         match r {
             Ok(n) => {
-                add(&self.stats.bytes_in, n);
-                add(&self.stats.backends[backend].bytes_sent, n);
+                add(&self.stats().bytes_in, n);
+                add(&self.stats().backends[backend].bytes_sent, n);
                 trace.bytes_in = n;
                 client.buf.drain(..pos);
                 Ok(Ok(()))

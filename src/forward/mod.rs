@@ -72,36 +72,49 @@ pub struct Prepared<'a> {
     pub body_limit: u64,
 }
 
-/// What the forward stages use from the shard, and nothing else.
+/// The forward stages of one request, on its shard: the snapshot's configuration and
+/// backends, the pool, the counters, and the shard's own (a route's `mirror` starts its
+/// copies there, [`crate::mirror::copy`]). One reference: every request's future holds it.
 pub struct Forward<'a> {
-    /// The shard: a route's `mirror` starts its copies there ([`crate::mirror::copy`]).
     pub ctx: &'a ShardCtx,
-    pub shared: &'a Shared,
-    pub backends: &'a Backends,
-    pub pool: &'a RefCell<Pool>,
-    pub stats: &'a Stats,
-    pub errors: &'a ErrorLimiter,
-    pub pipes: &'a PipePool,
-    pub buffers: &'a Buffers,
 }
 
 impl<'a> Forward<'a> {
-    /// The configuration in force for this request (the snapshot's).
-    pub fn cfg(&self) -> &'a Config {
-        &self.shared.config
+    pub fn new(ctx: &'a ShardCtx) -> Forward<'a> {
+        Forward { ctx }
     }
 
-    pub fn new(ctx: &'a ShardCtx) -> Forward<'a> {
-        Forward {
-            ctx,
-            shared: &ctx.shared,
-            backends: &ctx.backends,
-            pool: &ctx.pool,
-            stats: &ctx.stats,
-            errors: &ctx.errors,
-            pipes: &ctx.pipes,
-            buffers: &ctx.buffers,
-        }
+    /// The configuration in force for this request (the snapshot's).
+    pub fn cfg(&self) -> &'a Config {
+        &self.ctx.shared.config
+    }
+
+    pub fn shared(&self) -> &'a Shared {
+        &self.ctx.shared
+    }
+
+    pub fn backends(&self) -> &'a Backends {
+        &self.ctx.backends
+    }
+
+    pub fn pool(&self) -> &'a RefCell<Pool> {
+        &self.ctx.pool
+    }
+
+    pub fn stats(&self) -> &'a Stats {
+        &self.ctx.stats
+    }
+
+    pub fn errors(&self) -> &'a ErrorLimiter {
+        &self.ctx.errors
+    }
+
+    pub fn pipes(&self) -> &'a PipePool {
+        &self.ctx.pipes
+    }
+
+    pub fn buffers(&self) -> &'a Buffers {
+        &self.ctx.buffers
     }
 }
 
@@ -252,11 +265,11 @@ impl<'a> Forward<'a> {
             None
         };
         let first_try = crate::clock::now();
-        self.backends.budget_request(upstream);
+        self.backends().budget_request(upstream);
         let mut req = Request {
             prepared,
             facts,
-            ubuf: self.buffers.none(),
+            ubuf: self.buffers().none(),
             tries: Tries {
                 upstream,
                 first_try,
@@ -279,12 +292,12 @@ impl<'a> Forward<'a> {
                         .inspect_err(|_| trace.last_try_was_listed())?;
                     // Counted against the backend from the pick on (load-aware balancers
                     // see it); the breaker's request permit is this shard's share.
-                    let in_flight = self.backends.forwarding(
-                        self.shared,
-                        &self.stats.backends[backend],
+                    let in_flight = self.backends().forwarding(
+                        self.shared(),
+                        &self.stats().backends[backend],
                         backend,
                     );
-                    let permit = self.backends.breakers[backend]
+                    let permit = self.backends().breakers[backend]
                         .try_acquire(Resource::Requests)
                         .map_err(|open| {
                             trace.last_try_was_listed();
@@ -363,7 +376,7 @@ impl<'a> Forward<'a> {
                     );
                     if decision == Decision::ResendFresh {
                         // A keep-alive race, not the backend's latency.
-                        bump(&self.stats.retries);
+                        bump(&self.stats().retries);
                         guards.in_flight.sent = false;
                         req.tries.resending = true;
                         req.ubuf.clear();
@@ -376,8 +389,13 @@ impl<'a> Forward<'a> {
                         }
                     } else {
                         let o = t.outcome;
-                        self.backends
-                            .observe(self.shared, self.stats, self.errors, backend, o);
+                        self.backends().observe(
+                            self.shared(),
+                            self.stats(),
+                            self.errors(),
+                            backend,
+                            o,
+                        );
                         let retry = (decision == Decision::RetryAnother)
                             .then(|| self.retry_pick(backend, o, req.prepared.key, &mut req.tries))
                             .flatten();
@@ -397,7 +415,7 @@ impl<'a> Forward<'a> {
                                 Ok(head) => head,
                                 Err(ref fail) => return Err(t.error(fail, reused)),
                             };
-                            self.stats.record_first_byte(logged.us);
+                            self.stats().record_first_byte(logged.us);
                             return Ok(Answered {
                                 upstream: conn,
                                 backend,
@@ -510,7 +528,7 @@ impl<'a> Forward<'a> {
                 let receiving =
                     matches!(on.ready, Some(Awaited::Receive(_) | Awaited::Received(_)));
                 let wait_first =
-                    receiving || ubuf.capacity() == 0 && (direct || !self.buffers.large_free());
+                    receiving || ubuf.capacity() == 0 && (direct || !self.buffers().large_free());
                 let how = self.head_read(facts, on.backend, timeout, wait_first);
                 let ready = if wait_first {
                     let dl = &mut client.deadline;
@@ -522,8 +540,8 @@ impl<'a> Forward<'a> {
                         Some(Awaited::Received(got)) => already_received(got, timeout),
                         None => {
                             let fresh = match on.conn.plain() {
-                                Some(s) if direct && self.backends.receives(on.backend) => {
-                                    self.buffers.receive(s)
+                                Some(s) if direct && self.backends().receives(on.backend) => {
+                                    self.buffers().receive(s)
                                 }
                                 _ => None,
                             };
@@ -541,11 +559,11 @@ impl<'a> Forward<'a> {
                             // Already read: parsed before any read of its own (a buffer
                             // held before, empty, goes back to its list).
                             debug_assert!(ubuf.is_empty());
-                            *ubuf = self.buffers.lend(got);
+                            *ubuf = self.buffers().lend(got);
                             how.ready = false;
                             any_byte = true;
                         } else if ubuf.capacity() == 0 {
-                            *ubuf = self.buffers.take_large();
+                            *ubuf = self.buffers().take_large();
                         }
                         let dl = &mut client.deadline;
                         let i = &mut interim;
@@ -576,7 +594,7 @@ impl<'a> Forward<'a> {
             });
         }
         if let Ok(h) = &got {
-            self.backends.small_last[on.backend].set(crate::bufring::fits(h));
+            self.backends().small_last[on.backend].set(crate::bufring::fits(h));
         }
         let outcome = match &got {
             Ok(h) => TryOutcome::Response { status: h.status },
@@ -610,7 +628,7 @@ impl<'a> Forward<'a> {
             },
             timeout,
             upgrade: facts.upgrade,
-            max_read: head_read_size(&cfg.splice, self.backends.spliced_last[backend].get()),
+            max_read: head_read_size(&cfg.splice, self.backends().spliced_last[backend].get()),
             ready,
         }
     }

@@ -18,7 +18,7 @@ impl<'a> Forward<'a> {
     ) -> UpstreamTry {
         let us = micros(t.sending);
         UpstreamTry {
-            address: self.shared.backends[backend].address,
+            address: self.shared().backends[backend].address,
             status: t
                 .got
                 .as_ref()
@@ -49,7 +49,7 @@ impl<'a> Forward<'a> {
         );
         let us = micros(picked);
         let t = UpstreamTry {
-            address: self.shared.backends[backend].address,
+            address: self.shared().backends[backend].address,
             status: 502,
             us,
             connect_us: Some(us),
@@ -75,8 +75,8 @@ impl<'a> Forward<'a> {
         if let Some(b) = chosen {
             return Ok(b);
         }
-        let (pick, set) = self.backends.pick(
-            self.shared,
+        let (pick, set) = self.backends().pick(
+            self.shared(),
             upstream,
             &tries.tried,
             crate::clock::now(),
@@ -93,9 +93,9 @@ impl<'a> Forward<'a> {
     /// The guards of a resend to the same backend (the previous ones were released first).
     pub(super) fn regain(&self, backend: usize) -> Result<TryGuards<'a>, ProxyError> {
         let in_flight =
-            self.backends
-                .forwarding(self.shared, &self.stats.backends[backend], backend);
-        let permit = self.backends.breakers[backend]
+            self.backends()
+                .forwarding(self.shared(), &self.stats().backends[backend], backend);
+        let permit = self.backends().breakers[backend]
             .try_acquire(Resource::Requests)
             .map_err(|open| self.breaker_open(backend, open))?;
         Ok(TryGuards {
@@ -151,28 +151,28 @@ impl<'a> Forward<'a> {
         // retry that had picked would hand the failing backend every next first try.
         let mut others = tries.tried.clone();
         others.push(failed);
-        if !self.backends.budget_allows(upstream) {
+        if !self.backends().budget_allows(upstream) {
             // Counted only when the retry had somewhere to go.
             let now = crate::clock::now();
             if self
-                .backends
-                .any_usable(self.shared, upstream, &others, now)
+                .backends()
+                .any_usable(self.shared(), upstream, &others, now)
             {
-                self.backends.budget_deny(upstream);
+                self.backends().budget_deny(upstream);
             }
             return None;
         }
         let (pick, set) =
-            self.backends
-                .pick(self.shared, upstream, &others, crate::clock::now(), key);
+            self.backends()
+                .pick(self.shared(), upstream, &others, crate::clock::now(), key);
         let Pick::Backend(next) = pick else {
             return None;
         };
-        self.backends.budget_spend(upstream);
+        self.backends().budget_spend(upstream);
         tries.set_cookie = set;
-        bump(&self.stats.retries);
-        if self.errors.allow(self.stats) {
-            tracing::info!(backend = %self.shared.backends[failed].address, ?outcome, "retrying on another backend");
+        bump(&self.stats().retries);
+        if self.errors().allow(self.stats()) {
+            tracing::info!(backend = %self.shared().backends[failed].address, ?outcome, "retrying on another backend");
         }
         tries.tried.push(failed);
         tries.attempt += 1;
@@ -191,11 +191,11 @@ impl<'a> Forward<'a> {
             return None;
         }
         let (conn, posted) = self
-            .pool
+            .pool()
             .borrow_mut()
             .checkout_armed(backend, crate::clock::now())?;
         let awaited = posted.map(|p| match p {
-            Posted::Receive(op) => Awaited::Receive(self.buffers.await_receive(op)),
+            Posted::Receive(op) => Awaited::Receive(self.buffers().await_receive(op)),
             Posted::Ready(wait) => Awaited::Ready(wait),
         });
         Some((conn, awaited))
@@ -210,13 +210,13 @@ impl<'a> Forward<'a> {
         ends: Option<(SocketAddr, SocketAddr)>,
     ) -> Result<Option<Transport>, ProxyError> {
         let connector = Connector {
-            shared: self.shared,
-            stats: self.stats,
-            errors: self.errors,
-            backends: self.backends,
+            shared: self.shared(),
+            stats: self.stats(),
+            errors: self.errors(),
+            backends: self.backends(),
             ends,
         };
-        let idle = self.pool.borrow().idle_for(backend);
+        let idle = self.pool().borrow().idle_for(backend);
         match connector.connect_within(backend, idle).await {
             Ok(c) => Ok(Some(c)),
             Err(Refused::Failed(_)) => Ok(None),
@@ -226,9 +226,9 @@ impl<'a> Forward<'a> {
 
     /// A breaker limit was reached: count it and answer 503 without trying.
     pub(super) fn breaker_open(&self, backend: usize, open: Open) -> ProxyError {
-        bump(&self.stats.backends[backend].breaker_rejected);
-        if self.errors.allow(self.stats) {
-            tracing::warn!(backend = %self.shared.backends[backend].address, "{open}");
+        bump(&self.stats().backends[backend].breaker_rejected);
+        if self.errors().allow(self.stats()) {
+            tracing::warn!(backend = %self.shared().backends[backend].address, "{open}");
         }
         ProxyError::upstream(Kind::BreakerOpen, Stage::Connect)
     }
