@@ -36,7 +36,7 @@ use crate::stats::{add, bump, Stats};
 use crate::trace::{RequestId, Trace};
 use crate::tunnel::Upgraded;
 use crate::tunnel::{offered_upgrade, switch_agreed};
-use crate::upstream::pool::Pool;
+use crate::upstream::pool::{end_exchange, Pool};
 use crate::upstream::state::Backends;
 
 /// What relaying a response uses from the shard.
@@ -313,12 +313,8 @@ pub async fn relay_response(
                 received.unwrap_or(n),
             );
             trace.bytes_out = n;
-            if upstream_reusable && upos == ubuf.len() {
-                let small = r.backends.receives(backend);
-                r.pool
-                    .borrow_mut()
-                    .checkin(backend, upstream, crate::clock::now(), small);
-            }
+            let reusable = upstream_reusable && upos == ubuf.len();
+            end_exchange(r.pool, r.backends, backend, upstream, reusable);
             Ok(if close {
                 Outcome::Close
             } else {

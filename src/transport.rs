@@ -59,6 +59,17 @@ impl Transport {
             )
     }
 
+    /// Closes a connection whose last exchange ended in order (the pool lets it go, or it
+    /// cannot be reused): a TLS one with a close_notify first, sent if the socket takes it
+    /// now, never waited for, so that its peer sees the end of the stream, not a truncation
+    /// (OpenSSL 3 logs one as "unexpected eof"). A connection that failed or timed out is
+    /// dropped as it is.
+    pub fn close_now(mut self) {
+        if let Transport::Tls(tls) = &mut self {
+            tls.close_notify_now();
+        }
+    }
+
     /// Makes the coming close a reset (`SO_LINGER` 0) where an orderly one would say too
     /// much: a plain connection whose close-delimited body was cut short (a TLS one ends it
     /// without close_notify, which says so already). Best effort.

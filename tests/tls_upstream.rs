@@ -125,6 +125,38 @@ both_engines! {
         assert_eq!(origin.ends(1, Duration::from_secs(10)), ["close_notify"]);
     }
 
+    // A connection that cannot be pooled after its exchange (after a HEAD, whose response
+    // a backend might follow with a body) ends with close_notify too: it ended in order.
+    fn a_tls_connection_closed_after_a_head_ends_with_close_notify(engine) {
+        let dir = CertDir::new("up-head");
+        let (origin, proxy) = verified_backend(engine, &dir, |c| c);
+        let mut c = Client::connect(proxy.addr());
+        c.send(b"HEAD / HTTP/1.1\r\nHost: example.com\r\n\r\n");
+        let h = c.read_head().unwrap();
+        assert_eq!(h.status, 200, "{}", h.raw);
+        assert_eq!(origin.ends(1, Duration::from_secs(10)), ["close_notify"]);
+    }
+
+    // TLS health checks, `http` and `tcp`, end each probe's connection with close_notify:
+    // a bare TCP close would be logged by the backend as a truncation at every interval.
+    fn tls_health_checks_end_their_connections_with_close_notify(engine) {
+        let ca = TestCa::new("backend ca");
+        let dir = CertDir::new("up-probe-end");
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let http = TlsOrigin::start(&ca.leaf(&["backend.test"]));
+        let tcp = TlsOrigin::start(&ca.leaf(&["backend.test"]));
+        let check = |kind: &str| format!("health_check = {{ type = \"{kind}\", interval = \"100ms\", timeout = \"1s\" }}");
+        let tls = upstream_tls(&ca_file, "backend.test");
+        let _proxy = Config::new()
+            .upstream_with("http", &[http.addr], &format!("{tls}\n{}", check("http")))
+            .upstream_with("tcp", &[tcp.addr], &format!("{tls}\n{}", check("tcp")))
+            .route("http", "")
+            .start(engine);
+        for origin in [&http, &tcp] {
+            assert_eq!(origin.ends(2, Duration::from_secs(10))[..2], ["close_notify"; 2]);
+        }
+    }
+
     // A pooled TLS connection whose backend sent close_notify with its last response (the
     // TCP connection left open) is not waited on for an answer that cannot come: the next
     // request ends it at once and is resent on a fresh connection (not a 504 after

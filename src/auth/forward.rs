@@ -31,6 +31,7 @@ use crate::shard::ShardCtx;
 use crate::stats::bump;
 use crate::transport::Transport;
 use crate::upstream::connect::{Connector, Refused};
+use crate::upstream::pool::end_exchange;
 use crate::upstream::state::{Pick, PickKey};
 
 /// More interim (1xx) answers than this before the final one is a malformed answer.
@@ -148,12 +149,7 @@ async fn ask(ctx: &ShardCtx, fa: &ForwardAuth, req: &Request<'_>) -> Result<Said
             .observe(shared, &ctx.stats, &ctx.errors, backend, outcome);
         let (head, reusable) = got?;
         let said = said(fa, &ubuf, &head);
-        if reusable {
-            let small = ctx.backends.receives(backend);
-            ctx.pool
-                .borrow_mut()
-                .checkin(backend, conn, Instant::now(), small);
-        }
+        end_exchange(&ctx.pool, &ctx.backends, backend, conn, reusable);
         // A head that parsed once and not a second time (kept for safety).
         return said.ok_or(AuthError::Bad);
     }

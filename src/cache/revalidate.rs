@@ -21,6 +21,7 @@ use crate::forward::Answered;
 use crate::http::parse::{HeaderKind, ResponseHead};
 use crate::respond::Respond;
 use crate::trace::Trace;
+use crate::upstream::pool::end_exchange;
 
 use super::store::{Entry, StoredHead};
 
@@ -371,16 +372,17 @@ pub fn settle<'x>(
     r.stats.upstream_status(answered.backend, status);
     trace.upstream_us = Some(micros(answered.sending));
     let head = &answered.head;
-    if status == 304
+    let reusable = status == 304
         && head.upstream_keep_alive()
         && answered.ubuf.len() == head.head_len
-        && !answered.early
-    {
-        let small = r.backends.receives(answered.backend);
-        r.pool
-            .borrow_mut()
-            .checkin(answered.backend, answered.upstream, Instant::now(), small);
-    }
+        && !answered.early;
+    end_exchange(
+        r.pool,
+        r.backends,
+        answered.backend,
+        answered.upstream,
+        reusable,
+    );
     Settled::Hit(hit)
 }
 

@@ -317,7 +317,7 @@ async fn probe_unbounded(
     }
     // Over TLS a `tcp` check includes the handshake: a backend whose certificate does not
     // verify is as unusable as one that refuses connections.
-    let stream = match tls {
+    let mut stream = match tls {
         None => Transport::Plain(tcp),
         Some(t) => Transport::Tls(Box::new(t.connect(tcp, address).await.map_err(|e| {
             ProbeFailure::Tls {
@@ -325,15 +325,21 @@ async fn probe_unbounded(
             }
         })?)),
     };
-    match kind {
+    let verdict = match kind {
         CheckKind::Tcp => Ok(()),
-        CheckKind::Http(check) => http_probe(stream, address, check).await,
+        CheckKind::Http(check) => http_probe(&mut stream, address, check).await,
+    };
+    // A probe that got its answer (good or bad) ends in order: over TLS with close_notify,
+    // which a backend does not log as a truncation at every interval.
+    if !matches!(verdict, Err(ProbeFailure::Io { .. })) {
+        stream.close_now();
     }
+    verdict
 }
 
 /// Sends the check request and feeds the response to the matcher until it decides.
 async fn http_probe(
-    mut stream: Transport,
+    stream: &mut Transport,
     address: SocketAddr,
     check: &HttpCheck,
 ) -> Result<(), ProbeFailure> {

@@ -22,6 +22,7 @@ use crate::shard::ShardCtx;
 use crate::stats::bump;
 use crate::transport::Transport;
 use crate::upstream::connect::{Connector, Refused};
+use crate::upstream::pool::end_exchange;
 use crate::upstream::state::{Forwarding, Pick, PickKey};
 
 /// A response head from one backend, with the connection it came on and what counts the
@@ -92,12 +93,7 @@ impl Exchanged<'_> {
     /// Ends the exchange: the connection goes back to the pool when the caller read the
     /// response whole from a backend that keeps it open (`reusable`).
     pub fn finish(self, ctx: &ShardCtx, reusable: bool) {
-        if reusable {
-            let small = ctx.backends.receives(self.backend);
-            ctx.pool
-                .borrow_mut()
-                .checkin(self.backend, self.conn, Instant::now(), small);
-        }
+        end_exchange(&ctx.pool, &ctx.backends, self.backend, self.conn, reusable);
     }
 }
 

@@ -23,17 +23,29 @@ use slab::Slab;
 
 use crate::bufring::BufRing;
 use crate::transport::{recv_into, Transport};
+use crate::upstream::state::Backends;
 
 /// How far below the most recent idle connection a checkout looks for one it can check
 /// without a syscall ([`Pool::prefer_seen`]).
 const SEEN_SEARCH: usize = 8;
 
-/// Closes a connection the pool lets go: a TLS one with a close_notify first (sent if the
-/// socket takes it now, never waited for), so that its backend sees the end of the stream,
-/// not a truncation.
-fn retire(mut stream: Transport) {
-    if let Transport::Tls(tls) = &mut stream {
-        tls.close_notify_now();
+/// Ends an exchange with `backend` on `stream`: back to `pool` when the exchange left it
+/// `reusable` (its response read whole and nothing past it, from a backend that keeps it
+/// open), else closed ([`Transport::close_now`]). Every exchange that ends in order ends
+/// here; one that failed drops its connection as it is.
+pub fn end_exchange(
+    pool: &RefCell<Pool>,
+    backends: &Backends,
+    backend: usize,
+    stream: Transport,
+    reusable: bool,
+) {
+    if reusable {
+        let small = backends.receives(backend);
+        pool.borrow_mut()
+            .checkin(backend, stream, crate::clock::now(), small);
+    } else {
+        stream.close_now();
     }
 }
 
@@ -217,12 +229,12 @@ impl Pool {
             let mut idle = self.conns.remove(key);
             if now.duration_since(idle.since) >= timeout {
                 self.counters.evicted_idle += 1;
-                retire(idle.stream);
+                idle.stream.close_now();
                 continue;
             }
             if look(&mut idle, self.ring.as_deref(), &mut self.counters.probes) == Probe::Dead {
                 self.counters.evicted_dead += 1;
-                retire(idle.stream);
+                idle.stream.close_now();
                 continue;
             }
             self.counters.hits += 1;
@@ -266,7 +278,7 @@ impl Pool {
         // look at the socket would not see them, and the next request would read them.
         if stream.holds_input() {
             self.counters.evicted_dead += 1;
-            return retire(stream);
+            return stream.close_now();
         }
         if let Some(next) = &self.successor {
             // A request that started before a reload: its backend in the new list, if it
@@ -274,13 +286,13 @@ impl Pool {
             // borrowed while this one is (checkins do not nest).
             match (next.map.get(backend), next.pool.try_borrow_mut()) {
                 (Some(Some(b)), Ok(mut pool)) => pool.checkin(*b, stream, now, small),
-                _ => retire(stream),
+                _ => stream.close_now(),
             }
             return;
         }
         if self.stacks[backend].len() >= self.max_idle[backend] {
             self.counters.rejected_full += 1;
-            return retire(stream);
+            return stream.close_now();
         }
         let key = self.conns.insert(Idle {
             armed: Armed::post(&stream, self.ring.as_deref().filter(|_| small)),
@@ -306,7 +318,7 @@ impl Pool {
         for key in dead {
             let idle = self.conns.remove(key);
             self.stacks[idle.backend].retain(|&k| k != key);
-            retire(idle.stream);
+            idle.stream.close_now();
         }
     }
 
@@ -334,14 +346,14 @@ impl Pool {
                 for key in stack {
                     let idle = self.conns.remove(key);
                     let Some(Some(b)) = map.get(idle.backend).copied() else {
-                        retire(idle.stream);
+                        idle.stream.close_now();
                         continue;
                     };
                     if to.stacks.get(b).is_some_and(|s| s.len() < to.max_idle[b]) {
                         let key = to.conns.insert(Idle { backend: b, ..idle });
                         to.stacks[b].push(key);
                     } else {
-                        retire(idle.stream);
+                        idle.stream.close_now();
                     }
                 }
             }
@@ -354,7 +366,7 @@ impl Pool {
     /// Drops every idle connection (shutdown).
     pub fn clear(&mut self) {
         for idle in self.conns.drain() {
-            retire(idle.stream);
+            idle.stream.close_now();
         }
         for s in &mut self.stacks {
             s.clear();

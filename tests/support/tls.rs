@@ -283,7 +283,7 @@ const STALE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTALE!";
 /// A request for `/bye` is answered (as keep-alive) with a close_notify in the same TCP
 /// write, and the connection is then held open without answering anything more. One for
 /// `/until-close/clean` gets a close-delimited body ended by close_notify, any other
-/// `/until-close...` the same body ended by a bare TCP close. A `POST /hold` is answered
+/// `/until-close...` the same body ended by a bare TCP close. A `HEAD` gets a `GET`'s head. A `POST /hold` is answered
 /// 401 before its body, which is never read (the connection is held open for 30 s); a
 /// `POST /hold-after-100` the same after a `100 Continue`; a `POST /refuse` 401 before its
 /// body, then a close without close_notify (a reset: the body is unread) once the proxy has
@@ -487,6 +487,14 @@ fn serve_tls(config: Arc<rustls::ServerConfig>, sock: TcpStream, id: usize, ends
             let _ = s.conn.writer().write_all(resp.as_bytes());
             let _ = s.conn.writer().write_all(STALE);
             if s.flush().is_err() {
+                return;
+            }
+            continue;
+        }
+        if head.starts_with("HEAD ") {
+            // The head a GET would get, without its body.
+            let end = resp.find("\r\n\r\n").unwrap() + 4;
+            if s.write_all(&resp.as_bytes()[..end]).is_err() {
                 return;
             }
             continue;
