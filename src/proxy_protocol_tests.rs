@@ -308,32 +308,21 @@ fn a_truncated_header_stays_incomplete_and_never_completes_on_its_own() {
     }
 }
 
-/// A small deterministic generator (no dependency): xorshift64*.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 #[test]
 fn no_input_panics_and_taking_never_passes_the_header() {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let rng = crate::sample::Rng::seeded(0x9e37_79b9_7f4a_7c15);
     let seeds: Vec<Vec<u8>> = valid().into_iter().map(|(h, ..)| h).collect();
     for i in 0..20_000 {
         // Mutate a valid header: flip, drop or insert bytes, or cut it.
         let mut b = seeds[i % seeds.len()].clone();
-        for _ in 0..1 + rng.next() % 4 {
-            let at = (rng.next() as usize) % (b.len() + 1);
-            match rng.next() % 4 {
-                0 if at < b.len() => b[at] = rng.next() as u8,
+        for _ in 0..1 + rng.next_u64() % 4 {
+            let at = (rng.next_u64() as usize) % (b.len() + 1);
+            match rng.next_u64() % 4 {
+                0 if at < b.len() => b[at] = rng.next_u64() as u8,
                 1 if at < b.len() => {
                     b.remove(at);
                 }
-                2 => b.insert(at, rng.next() as u8),
+                2 => b.insert(at, rng.next_u64() as u8),
                 _ => b.truncate(at),
             }
         }
@@ -341,7 +330,7 @@ fn no_input_panics_and_taking_never_passes_the_header() {
         if let Ok(Some(h)) = whole {
             assert!(h.len <= b.len() && h.len <= MAX_HEADER);
         }
-        let cut = (rng.next() as usize) % (b.len() + 1);
+        let cut = (rng.next_u64() as usize) % (b.len() + 1);
         let (fed, took) = feed(&b, &[cut]);
         assert!(took <= b.len());
         match (whole, fed) {

@@ -131,13 +131,8 @@ mod tests {
 
     #[test]
     fn matches_the_scan_on_random_histories() {
-        let mut rng = 0x1234_5678_9abc_def0u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let rng = crate::sample::Rng::seeded(0x1234_5678_9abc_def0);
+        let next = || rng.next_u64();
         for n in [1usize, 3, 64, 65, 130] {
             let mut scores = vec![0u64; n];
             let mut levels = Levels::new(n, 0..n);

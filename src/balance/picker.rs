@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::levels::Levels;
 use super::schedule::below;
 use super::{mix64, Algorithm, Member, Spec, Table, Tier, BACKUP, PRIMARY};
+use crate::sample::Rng;
 
 /// Schedule entries a `weighted` pick reads past unusable members before it falls back to
 /// nginx's scan over the usable ones.
@@ -54,7 +55,7 @@ pub struct ShardBalancer {
     pub(super) current: Vec<i64>,
     /// False inside [`aside`](ShardBalancer::aside): a pick then leaves the rotation as it was.
     commit: bool,
-    rng: u64,
+    rng: Rng,
 }
 
 /// The result of [`ShardBalancer::pick_sticky`].
@@ -89,7 +90,7 @@ impl ShardBalancer {
             cursor: [shard; 2],
             current: vec![0; n],
             commit: true,
-            rng: mix64(0x5368_6172_6442_616c ^ shard as u64),
+            rng: Rng::seeded(mix64(0x5368_6172_6442_616c ^ shard as u64)),
         }
     }
 
@@ -394,10 +395,7 @@ impl ShardBalancer {
         None
     }
 
-    /// wyrand: a cheap, good-enough 64-bit generator (no dependency).
     pub(super) fn next_u64(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0xa076_1d64_78bd_642f);
-        let t = u128::from(self.rng) * u128::from(self.rng ^ 0xe703_7ed1_a0b4_28db);
-        ((t >> 64) as u64) ^ (t as u64)
+        self.rng.next_u64()
     }
 }

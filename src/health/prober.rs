@@ -26,6 +26,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::notify::Notify;
+use crate::sample::Rng;
 use crate::transport::Transport;
 
 use super::board::HealthBoard;
@@ -185,7 +186,7 @@ async fn run(
     let tasks: Vec<_> = targets
         .into_iter()
         .map(|t| {
-            let rng = Rng::new(seed ^ (t.backend as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let rng = Rng::seeded(seed ^ (t.backend as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             monoio::spawn(probe_loop(
                 t,
                 board.clone(),
@@ -209,7 +210,7 @@ async fn probe_loop(
     board: Arc<HealthBoard>,
     events: Option<mpsc::Sender<HealthEvent>>,
     stop: Rc<Notify>,
-    mut rng: Rng,
+    rng: Rng,
 ) {
     let spec = target.spec.clone();
     let mut state = match target.resume {
@@ -364,29 +365,6 @@ async fn http_probe(
     }
 }
 
-/// SplitMix64: a tiny deterministic generator for jitter (no dependency, not for secrets).
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// A seed that differs between processes, so that proxies started together do not probe in
 /// lock-step.
 fn seed_from_clock() -> u64 {
@@ -406,19 +384,6 @@ fn jittered(interval: Duration, jitter: f64, unit: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rng_is_deterministic_and_uniform_enough() {
-        let mut a = Rng::new(42);
-        let mut b = Rng::new(42);
-        let xs: Vec<f64> = (0..10_000).map(|_| a.unit()).collect();
-        assert!(xs.iter().all(|&x| (0.0..1.0).contains(&x)));
-        assert_eq!(xs[..3], [b.unit(), b.unit(), b.unit()]);
-        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
-        assert!((mean - 0.5).abs() < 0.02, "mean {mean}");
-        let low = xs.iter().filter(|&&x| x < 0.1).count();
-        assert!((800..1200).contains(&low), "{low}");
-    }
 
     #[test]
     fn jitter_places_the_wait_within_the_interval_times_one_plus_or_minus_jitter() {

@@ -58,8 +58,8 @@ pub struct Backends {
     /// Per backend: its last response on this shard fit in one of the shard's ring buffers
     /// (`crate::bufring::fits`), so the next is received into one.
     pub small_last: Vec<Cell<bool>>,
-    /// xorshift64 state for slow start (per shard, never shared).
-    rng: Cell<u64>,
+    /// Slow start's draws (per shard, never shared).
+    rng: crate::sample::Rng,
 }
 
 impl Backends {
@@ -109,7 +109,7 @@ impl Backends {
             ),
             spliced_last: shared.backends.iter().map(|_| Cell::new(false)).collect(),
             small_last: shared.backends.iter().map(|_| Cell::new(true)).collect(),
-            rng: Cell::new(0x2545_F491_4F6C_DD1D ^ ((shard as u64 + 1) << 17)),
+            rng: crate::sample::Rng::new(shard, 0x736c_6f77),
         }
     }
 
@@ -225,7 +225,7 @@ impl Backends {
         if let Some((i, set)) = picked {
             if !slow.is_zero() && !table.algorithm().is_hash() && (key.sticky != Some(i) || set) {
                 let share = kept_share(board.ramp_from(range.start + i), slow, now);
-                if share < 1.0 && self.unit_random() >= share {
+                if share < 1.0 && self.rng.unit() >= share {
                     let others = |j: usize| j != i && usable(j);
                     if let Some(j) = balancer.aside(|b| b.pick(table, key.hash, others)) {
                         picked = Some((j, set));
@@ -238,16 +238,6 @@ impl Backends {
             None if tried.is_empty() => (Pick::NoneUsable, false),
             None => (Pick::Exhausted, false),
         }
-    }
-
-    /// A number in [0, 1) from the shard's own generator.
-    fn unit_random(&self) -> f64 {
-        let mut x = self.rng.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// A request is assigned to `backend` from its pick until the guard drops (the in-flight
