@@ -118,6 +118,14 @@ impl RequestFields {
         self.get(&self.host)
     }
 
+    pub fn referer(&self) -> &[u8] {
+        self.get(&self.referer)
+    }
+
+    pub fn user_agent(&self) -> &[u8] {
+        self.get(&self.user_agent)
+    }
+
     pub fn request_id(&self) -> &[u8] {
         self.get(&self.request_id)
     }
@@ -418,9 +426,9 @@ fn combined_line(buf: &mut Vec<u8>, time: &str, req: &RequestFields, out: &Outco
     buf.push(b' ');
     num(buf, out.bytes_out);
     buf.extend_from_slice(b" \"");
-    dash_or(buf, req.get(&req.referer));
+    dash_or(buf, req.referer());
     buf.extend_from_slice(b"\" \"");
-    dash_or(buf, req.get(&req.user_agent));
+    dash_or(buf, req.user_agent());
     buf.extend_from_slice(b"\" rt=");
     secs(buf, out.total_us);
     buf.extend_from_slice(b" urt=");
@@ -534,9 +542,9 @@ fn json_line(buf: &mut Vec<u8>, time: &str, ms: u32, req: &RequestFields, out: &
     buf.extend_from_slice(b",\"request_id\":");
     json_str(buf, req.get(&req.request_id));
     buf.extend_from_slice(b",\"referer\":");
-    json_str(buf, req.get(&req.referer));
+    json_str(buf, req.referer());
     buf.extend_from_slice(b",\"user_agent\":");
-    json_str(buf, req.get(&req.user_agent));
+    json_str(buf, req.user_agent());
     buf.extend_from_slice(b"}\n");
 }
 

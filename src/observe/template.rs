@@ -55,6 +55,9 @@ pub enum Var {
     SslServerName,
     Shard,
     ConnectionRequests,
+    /// `$http_referer` and `$http_user_agent`: copied for the built-in formats already.
+    Referer,
+    UserAgent,
     /// `$http_NAME`: the request's first field of that name (index into
     /// [`Template::headers`]).
     Header(usize),
@@ -199,6 +202,11 @@ fn variable(name: &str, headers: &mut Vec<Box<[u8]>>) -> Result<Var, String> {
                 }
             })
             .collect();
+        match &*lower {
+            b"referer" => return Ok(Var::Referer),
+            b"user-agent" => return Ok(Var::UserAgent),
+            _ => {}
+        }
         let i = match headers.iter().position(|h| *h == lower) {
             Some(i) => i,
             None if headers.len() >= MAX_HEADERS => {
@@ -369,6 +377,8 @@ impl Template {
                 .map_or(Value::Unset, |s| Value::Bytes(s.as_bytes())),
             Var::Shard => Value::Num(shard as u64),
             Var::ConnectionRequests => Value::Num(u64::from(out.connection_requests)),
+            Var::Referer => Value::Bytes(req.referer()),
+            Var::UserAgent => Value::Bytes(req.user_agent()),
             Var::Header(i) => Value::Bytes(req.header(i)),
         };
         match value {
@@ -498,11 +508,8 @@ mod tests {
         assert!(t.user);
         assert_eq!(
             t.headers,
-            vec![
-                Box::from(&b"referer"[..]),
-                Box::from(&b"user-agent"[..]),
-                Box::from(&b"x-forwarded-for"[..])
-            ]
+            vec![Box::from(&b"x-forwarded-for"[..])],
+            "the referer and user agent are copied once, as the built-in formats' fields"
         );
         let braces = parse("${status}x${http_X_Y}", Escape::Json).unwrap();
         assert_eq!(braces.pieces.len(), 3);
@@ -600,7 +607,7 @@ mod tests {
             .map(|(n, _)| format!("{n}=${n}"))
             .collect::<Vec<_>>()
             .join(" ")
-            + " h=$http_x_a g=$http_gone";
+            + " h=$http_x_a g=$http_gone ua=$http_User_Agent r=$http_referer";
         let t = parse(&all, Escape::Default).unwrap();
         let mut out = outcome();
         out.cache = Some(b"HIT");
@@ -620,7 +627,7 @@ mod tests {
              upstream_connect_time=0.000 upstream_header_time=0.001 upstream_addr=127.0.0.1:9000 upstream_status=200 upstream_name=app upstream_cache_status=HIT \
              request_id=abc route=api ssl_protocol=TLSv1.3 \
              ssl_cipher=TLS13_AES_128_GCM_SHA256 ssl_server_name=a.test shard=1 \
-             connection_requests=3 h=v\\x0A1 g=-\n"
+             connection_requests=3 h=v\\x0A1 g=- ua=curl/8 \\xFF r=-\n"
         );
         // Unset: a dash by default, nothing in JSON; the request line unknown.
         let mut none = outcome();
