@@ -316,6 +316,15 @@ both_engines! {
         assert_eq!(x_cache(&r), "MISS", "the underscore spelling's answer was served for none");
         let r = fetch(&mut c, "GET", "/u", &[("accept_language", "it")]);
         assert_eq!(x_cache(&r), "HIT", "and it is found again in any case");
+        // Nor is it the answer for `Accept-Language: it`: a backend that does not read the
+        // `_` spelling (most are not CGI) answers it with its default, which one request
+        // would otherwise store for every Italian client.
+        let r = fetch(&mut c, "GET", "/u", &[("Accept-Language", "it")]);
+        assert_eq!((x_cache(&r), r.body_str()), ("MISS".into(), "it".into()));
+        let r = fetch(&mut c, "GET", "/w", &[("Accept_Language", "fr")]);
+        assert_eq!((x_cache(&r), r.body_str()), ("MISS".into(), "-".into()), "this origin does not read it");
+        let r = fetch(&mut c, "GET", "/w", &[("Accept-Language", "fr")]);
+        assert_eq!((x_cache(&r), r.body_str()), ("MISS".into(), "fr".into()), "poisoned by the _ spelling");
     }
 
     // The key holds what the backend received: a field the client's `Connection` names is

@@ -547,9 +547,11 @@ pub fn primary_key(https: bool, host: &[u8], target: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Appends the `Vary` part of a key: for each name, `\n` name `:` the values of that field
-/// among the request's `fields` (several joined by `,`, each trimmed), in every spelling a
-/// backend may read as that field ([`same_field`]: `Accept_Language` is `Accept-Language` to
-/// a CGI or WSGI backend, so it must separate variants as that field does).
+/// among the request's `fields` (several joined by `,`, each trimmed), then, when the
+/// request also spells the name with `_` for `-` ([`same_field`]), `\n_:` their values.
+/// `Accept_Language` is `Accept-Language` to a CGI or WSGI backend but an unknown field to
+/// most others: keyed apart, neither kind of backend's answer to it is served for the
+/// other spelling.
 pub fn vary_key<'h, I>(names: &[Box<[u8]>], fields: I, out: &mut Vec<u8>)
 where
     I: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
@@ -560,22 +562,29 @@ where
         // An absent field matches only an absent one (RFC 9111 §4.1), not an empty one: `!`
         // marks absence, `:` starts the values (field values hold neither a newline nor
         // anything that could forge this layout).
-        let mut values = fields
+        let exact = |n: &[u8]| n.eq_ignore_ascii_case(name);
+        values(fields.clone().filter(|(n, _)| exact(n)), out);
+        let mut other = fields
             .clone()
-            .filter(|(n, _)| same_field(n, name))
-            .map(|(_, v)| v)
+            .filter(|(n, _)| same_field(n, name) && !exact(n))
             .peekable();
-        if values.peek().is_none() {
-            out.push(b'!');
-            continue;
+        if other.peek().is_some() {
+            out.extend_from_slice(b"\n_");
+            values(other, out);
         }
-        out.push(b':');
-        for (i, v) in values.enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(v.trim_ascii());
-        }
+    }
+}
+
+/// `!` for no field, else `:` and the fields' values, trimmed, joined by `,`.
+fn values<'h>(fields: impl Iterator<Item = (&'h [u8], &'h [u8])>, out: &mut Vec<u8>) {
+    let mut any = false;
+    for (_, v) in fields {
+        out.push(if any { b',' } else { b':' });
+        out.extend_from_slice(v.trim_ascii());
+        any = true;
+    }
+    if !any {
+        out.push(b'!');
     }
 }
 

@@ -442,6 +442,22 @@ fn keys_normalise_scheme_host_and_default_port() {
     );
     assert_eq!(absent, b"\naccept-encoding!");
     assert_eq!(empty, b"\naccept-encoding:");
+    // A `_` spelling is keyed apart from the field itself: a backend may read it as the
+    // field (CGI) or not at all.
+    let mut under = Vec::new();
+    vary_key(
+        &names,
+        [(&b"Accept_Encoding"[..], &b"br"[..])].into_iter(),
+        &mut under,
+    );
+    assert_eq!(under, b"\naccept-encoding!\n_:br");
+    let mut both = Vec::new();
+    let fields = [
+        (&b"accept-encoding"[..], &b"gzip"[..]),
+        (b"accept_encoding", b"br"),
+    ];
+    vary_key(&names, fields.into_iter(), &mut both);
+    assert_eq!(both, b"\naccept-encoding:gzip\n_:br");
 }
 
 #[test]
