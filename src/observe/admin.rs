@@ -214,6 +214,9 @@ async fn handle(mut stream: TcpStream, _peer: SocketAddr, state: &AdminState) {
                 if auths.next().is_some() {
                     break Err("400 Bad Request");
                 }
+                if from_a_web_page(req.headers, state.token.is_none()) {
+                    break Err("403 Forbidden");
+                }
                 break Ok((method, path, auth));
             }
             Ok(httparse::Status::Partial) => continue,
@@ -224,6 +227,7 @@ async fn handle(mut stream: TcpStream, _peer: SocketAddr, state: &AdminState) {
         }
     };
     let (r, head_only) = match parsed {
+        Err(status @ "403 Forbidden") => (reply(status, "not for browsers\n"), false),
         Err(status) => (reply(status, "bad request\n"), false),
         Ok((method, path, auth)) => (
             route(state, &method, &path, auth.as_deref()).await,
@@ -242,6 +246,40 @@ async fn handle(mut stream: TcpStream, _peer: SocketAddr, state: &AdminState) {
         bytes.extend_from_slice(r.body.as_bytes());
     }
     let _ = monoio::time::timeout(IO_TIMEOUT, stream.write_all(bytes)).await;
+}
+
+/// A request a web page made the operator's browser send (cross-site request forgery, or a
+/// name rebound to this address): it carries an `Origin`, or a `Sec-Fetch-Site` other than
+/// `none` (which a typed URL gets), or, with no token to stop it, a `Host` that is a name
+/// other than `localhost`. Curl, Prometheus and `edgeshard reload` send none of these; a page
+/// needs no answer to make a `POST /cache/purge?all` or `/reload` (a "simple" request).
+fn from_a_web_page(headers: &[httparse::Header<'_>], tokenless: bool) -> bool {
+    headers.iter().any(|h| {
+        let name = h.name.as_bytes();
+        name.eq_ignore_ascii_case(b"origin")
+            || (name.eq_ignore_ascii_case(b"sec-fetch-site") && h.value.trim_ascii() != b"none")
+            || (tokenless && name.eq_ignore_ascii_case(b"host") && !local_host(h.value))
+    })
+}
+
+/// `localhost` or an IP address, with or without a port: what a tool given the address
+/// sends as `Host`.
+fn local_host(v: &[u8]) -> bool {
+    let Ok(v) = std::str::from_utf8(v.trim_ascii()) else {
+        return false;
+    };
+    if v.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    let host = match v.rsplit_once(':') {
+        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => v,
+    };
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::Ipv4Addr>().is_ok()
+        || bare.is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
+        || v.parse::<std::net::Ipv6Addr>().is_ok()
 }
 
 /// Compares without an early exit, so the token cannot be guessed byte by byte from timing.

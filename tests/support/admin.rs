@@ -48,7 +48,7 @@ pub fn admin_request(
     path: &str,
     token: Option<&str>,
 ) -> AdminReply {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
