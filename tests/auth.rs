@@ -143,6 +143,30 @@ both_engines! {
 
     // The second login with the same credentials is taken from the shard's cache: bcrypt
     // runs once. `forward_authorization` passes the field on.
+    // A route guarding `/admin/` for GET and POST, a catch-all to the same upstream: a
+    // HEAD (a GET without the body, which backends answer with their GET handler) is held to
+    // the guarded route, as nginx's `limit_except GET` holds it, not passed to the catch-all.
+    fn head_is_held_to_the_auth_of_a_get_route(engine) {
+        let origin = Origin::start("o");
+        let users = UsersFile::new();
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", &format!(
+                "path_prefix = \"/admin/\"\nmethods = [\"GET\", \"POST\"]\nauth = {{ basic = {{ users = \"{}\" }} }}",
+                users.0.display()
+            ))
+            .route("main", "")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("e.example", "/admin/secret"));
+        assert_eq!(c.read_response().status(), 401, "GET is guarded");
+        c.send(&request("HEAD", "/admin/secret", &[("Host", "e.example")], b""));
+        assert_eq!(c.read_response_for("HEAD").status(), 401, "and HEAD with it");
+        c.send(&request("PUT", "/admin/secret", &[("Host", "e.example"), ("Content-Length", "0")], b""));
+        assert_eq!(c.read_response().status(), 200, "other methods go on to the next route");
+        assert_eq!(origin.request_count(), 1);
+    }
+
     fn repeat_logins_cost_no_bcrypt(engine) {
         let origin = Origin::start("o");
         let users = UsersFile::new();

@@ -622,6 +622,12 @@ impl Config {
                 }
                 methods.push(m.to_ascii_uppercase());
             }
+            // HEAD is GET without the body (RFC 9110 §9.3.2; backends run the GET handler):
+            // a route for GET takes it too, as nginx's `limit_except GET` does, or a HEAD
+            // would fall to a later route without this one's `auth` or limits.
+            if methods.iter().any(|m| m == "GET") && !methods.iter().any(|m| m == "HEAD") {
+                methods.push("HEAD".into());
+            }
             let mut headers = Vec::new();
             for (name, value) in r.headers.take().unwrap_or_default() {
                 if !fields::token(&name) {

@@ -35,7 +35,11 @@ fn good_config_validates() {
     assert_eq!(c.limits.max_body_bytes, 1 << 20);
     assert_eq!(c.timeouts.client_header, Duration::from_millis(250));
     assert_eq!(c.routes[0].host, HostMatch::Suffix(".example.com".into()));
-    assert_eq!(c.routes[0].methods, vec!["GET"]);
+    assert_eq!(
+        c.routes[0].methods,
+        vec!["GET", "HEAD"],
+        "GET brings HEAD along"
+    );
     assert_eq!(c.routes[0].headers[0].0, "x-canary");
 }
 
