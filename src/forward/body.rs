@@ -9,8 +9,9 @@
 use crate::bufring::{Receive, Received};
 use crate::client::Client;
 use crate::error::{Kind, ProxyError, Stage};
+use crate::http::early::{holds_answer, holds_final_response};
 use crate::http::encode::OutFraming;
-use crate::http::parse::{holds_answer, holds_final_response, BodyFraming};
+use crate::http::parse::BodyFraming;
 use crate::io::{write_static, IoFail};
 use crate::relay::{relay_body, BodyPlan, Leg, RelayError};
 use crate::splice::{relay_spliced, SplicePlan, SplicedBody};

@@ -16,7 +16,7 @@ use std::io::{self, BufRead, Write as _};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use crate::http::parse::holds_final_response;
+use crate::http::early::holds_final_response;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, CancelHandle, CancelableAsyncReadRent};
 use monoio::net::TcpStream;

@@ -1,0 +1,99 @@
+//! Stage 6, *forward*, while a request body goes out: what the backend sent meanwhile.
+//! A backend may answer before it read the whole body (a `401`, a `413` to an upload), or
+//! send interim heads (`100`, `103`) unasked; the body's relay looks at those bytes, without
+//! parsing them as a response yet, to tell which ([`crate::forward::body`], and over TLS
+//! [`crate::tls::stream::TlsStream`]).
+
+/// Whether `b` starts a final response (`HTTP/1.x ` and a status that is not 1xx). Fewer
+/// than 10 bytes is not yet.
+fn starts_final_response(b: &[u8]) -> bool {
+    b.len() >= 10 && b.starts_with(b"HTTP/1.") && b[8] == b' ' && (b'2'..=b'9').contains(&b[9])
+}
+
+/// Whether `b` is, or may still become, the start of an interim (1xx) response head.
+fn may_start_interim(b: &[u8]) -> bool {
+    let n = b.len().min(10);
+    b[..n]
+        .iter()
+        .zip(b"HTTP/1.x 1")
+        .all(|(&c, &p)| c == p || p == b'x' && c.is_ascii_digit())
+}
+
+/// What a backend sent before the whole request went out, past the complete interim (1xx)
+/// heads at its start (a `100`, a `103`: relayed or dropped later, never the answer).
+fn after_interim(mut b: &[u8]) -> &[u8] {
+    while !b.is_empty() && may_start_interim(b) {
+        let end = b.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+        let end = match b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) {
+            Some(crlf) => Some(end.map_or(crlf, |lf| lf.min(crlf))),
+            None => end,
+        };
+        match end {
+            Some(end) => b = &b[end..],
+            None => return b,
+        }
+    }
+    b
+}
+
+/// Whether `b`, the bytes a backend sent while the request's body was still going out,
+/// hold its final answer (after any complete interim heads): the body stops there. How a
+/// backend's early answer (a 401, a 413 to an upload) is told from a `100` it sent unasked.
+/// A 2xx counts too: the proxy does not relay a response while it still sends the request
+/// (a backend that streams its answer while it reads, an echo, gets its body cut there).
+pub fn holds_final_response(b: &[u8]) -> bool {
+    starts_final_response(after_interim(b))
+}
+
+/// Whether `b`, what a backend sent before a request body's write timed out, is its answer
+/// to read: anything but interim heads (complete, or a start that may still become one).
+/// A final response, or bytes that are no response at all (the head's read refuses them as
+/// a 502), are read; a backend that sent only a `100` and then stopped is not waited for a
+/// second time.
+pub fn holds_answer(b: &[u8]) -> bool {
+    let rest = after_interim(b);
+    !rest.is_empty() && !may_start_interim(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_early_answer_is_told_from_interim_heads_at_every_split() {
+        let interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n";
+        let cont = b"HTTP/1.1 100 Continue\n\n";
+        let answer = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\nno key";
+        // Final: after any complete interim heads, a final status line.
+        for bytes in [
+            answer.to_vec(),
+            [&interim[..], answer].concat(),
+            [&cont[..], interim, answer].concat(),
+        ] {
+            assert!(holds_final_response(&bytes));
+            assert!(holds_answer(&bytes));
+            // Every prefix: final once 10 bytes of the final status line are there, never before.
+            let start = bytes.len() - answer.len();
+            for cut in 0..bytes.len() {
+                let part = &bytes[..cut];
+                assert_eq!(holds_final_response(part), cut >= start + 10, "{cut}");
+                assert_eq!(holds_answer(part), cut >= start + 10, "{cut}");
+            }
+        }
+        // Only interim heads (or the start of one): no answer, whatever the split.
+        for bytes in [&interim[..], cont, b"HTTP/1.1 1", b"HTT", b""] {
+            assert!(!holds_final_response(bytes));
+            assert!(!holds_answer(bytes));
+        }
+        // Bytes that are no response: not a final answer (the body goes on), but an answer to
+        // read once the body's write timed out (the head's read refuses them with a 502).
+        for bytes in [
+            &b"garbage!!!\r\n"[..],
+            b"HTTP/2 200\r\n\r\n",
+            b"HTTP/1.1 099 x\r\n\r\n",
+        ] {
+            assert!(!holds_final_response(bytes), "{bytes:?}");
+            assert!(holds_answer(bytes), "{bytes:?}");
+        }
+    }
+}
