@@ -167,6 +167,33 @@ both_engines! {
         assert_eq!(origin.request_count(), 1);
     }
 
+    // Two `Authorization` fields: an auth service checks one (the first, for most), a
+    // backend may act on the other, never checked. Refused with 400 before anything is
+    // asked, as nginx refuses them.
+    fn two_authorization_fields_are_refused_before_the_auth_service_is_asked(engine) {
+        let origin = Origin::start("o");
+        let service = Origin::with_handler("auth", |rec| {
+            let ok = rec.header("authorization") == Some("Bearer mine");
+            Reply::Response { status: if ok { 200 } else { 401 }, headers: vec![], body: vec![], mode: BodyMode::Length, close_after: false }
+        });
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .upstream("auth", &[service.addr()])
+            .route("main", "auth = { forward = { upstream = \"auth\", uri = \"/check\" } }")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&request("GET", "/app", &[
+            ("Host", "e.example"),
+            ("Authorization", "Bearer mine"),
+            ("authorization", "Bearer forged-admin"),
+        ], b""));
+        assert_eq!(c.read_response().status(), 400);
+        assert_eq!((service.request_count(), origin.request_count()), (0, 0));
+        let mut c = Client::connect(proxy.addr());
+        c.send(&request("GET", "/app", &[("Host", "e.example"), ("Authorization", "Bearer mine")], b""));
+        assert_eq!(c.read_response().status(), 200, "one is served");
+    }
+
     fn repeat_logins_cost_no_bcrypt(engine) {
         let origin = Origin::start("o");
         let users = UsersFile::new();

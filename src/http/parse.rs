@@ -358,7 +358,7 @@ fn scan_fields(
         conn_close: false,
         conn_keep_alive: false,
     };
-    let mut te_seen = false;
+    let (mut te_seen, mut auth_seen) = (false, false);
     out.clear();
     conn_tokens.clear();
     for h in raw {
@@ -425,6 +425,19 @@ fn scan_fields(
                         return Err(ParseError::Expectation);
                     }
                 }
+            }
+            // One set of credentials (RFC 9110 §11.6.2): with two, what a route's `auth` or
+            // its auth service checked and what the backend reads could differ. nginx
+            // refuses them too.
+            HeaderKind::Other
+                if is_request
+                    && name.len() == 13
+                    && name.eq_ignore_ascii_case(b"authorization") =>
+            {
+                if auth_seen {
+                    return Err(ParseError::Malformed("duplicate Authorization"));
+                }
+                auth_seen = true;
             }
             _ => {}
         }

@@ -244,6 +244,7 @@ fn framing_rules() {
         b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"GET / HTTP/1.1\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Basic a\r\nauthorization: Basic b\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
