@@ -632,6 +632,30 @@ fn check_names_what_is_wrong_in_the_access_log_keep_rules() {
 }
 
 #[test]
+fn check_refuses_a_rate_limit_keyed_on_a_forwarding_claim() {
+    let limit = "rate_limit = { rate = 50, burst = 100, key = \"client_ip\" }";
+    assert!(good().contains(limit));
+    for name in [
+        "X-Forwarded-For",
+        "x-real-ip",
+        "Forwarded",
+        "X_Forwarded_For",
+    ] {
+        let cfg = good().replace(
+            limit,
+            &format!("rate_limit = {{ rate = 50, key = \"header:{name}\" }}"),
+        );
+        expect_error(&cfg, &["rate_limit.key", "forwarding claim", "client_ip"]);
+    }
+    let cfg = good().replace(
+        limit,
+        "rate_limit = { rate = 50, key = \"header:X-Api-Key\" }",
+    );
+    let (code, out) = run_check(&cfg);
+    assert_eq!(code, Some(0), "another header is a key:\n{out}");
+}
+
+#[test]
 fn check_names_what_is_wrong_in_a_mirror() {
     let mirror =
         "mirror = { upstream = \"api\", sample = 0.5, max_in_flight = 32, max_body = \"1MiB\" }";

@@ -101,6 +101,15 @@ pub(super) fn rate_limit(
         None => RateKey::Request(HashKey::ClientIp),
         Some("route" | "listener") => RateKey::Whole,
         Some(k) => match hash_key(k) {
+            // The client writes what it likes there and the backend never sees it (the
+            // proxy replaces or drops it): a new value per request would be a new bucket.
+            Some(HashKey::Header(n)) if crate::http::fields::forwarding_claim(n.as_bytes()) => {
+                c.err(
+                    format!("{path}.key"),
+                    format!("{k:?} is a forwarding claim a client can send anything in; count clients with key = \"client_ip\", which server.trusted_proxies derives from it"),
+                );
+                return None;
+            }
             Some(k) => RateKey::Request(k),
             None => {
                 c.err(
