@@ -202,7 +202,7 @@ impl RateTable {
                 } else {
                     // Share of the capacity still to refill, in parts per 2^16.
                     let (_, cap) = unpack_rule(s.rule.load(Ordering::Relaxed));
-                    let owed = ((tat - now) << 16) / cap.max(1);
+                    let owed = ((u128::from(tat - now) << 16) / u128::from(cap.max(1))) as u64;
                     if fullest.is_none_or(|(_, _, o)| owed < o) {
                         fullest = Some((s, tag, owed));
                     }
@@ -692,6 +692,38 @@ mod tests {
         // Charges stop a minute beyond the capacity.
         t.charge(k.tag, 1_000_000, 0);
         assert_eq!(t.take(&slow, k, 1, 161 * SEC).granted, 1);
+    }
+
+    #[test]
+    fn eviction_takes_the_fullest_bucket_also_with_a_long_capacity() {
+        // One token per 1000 s, burst 1000: capacity 10^15 ns. A bucket owed more than 2^48 ns
+        // (282 tokens here) overflows `(tat - now) << 16` in `slot` and looks nearly full.
+        let t = RateTable::new(8, false); // 16 slots, windows of 8
+        let l = limit(0.001, 1000);
+        let now = SEC;
+        let keys: Vec<Key> = (0..4000u32).map(|i| t.key(&l, &i.to_le_bytes())).collect();
+        let home = |k: &Key| k.tag as usize & t.mask;
+        let h = home(&keys[0]);
+        let same: Vec<Key> = keys
+            .iter()
+            .copied()
+            .filter(|k| home(k) == h)
+            .take(9)
+            .collect();
+        assert_eq!(same.len(), 9);
+        // The window h..h+8 filled: the first key drained by 282 tokens (28 % owed), the
+        // other seven by 100 (10 % owed).
+        assert_eq!(t.take(&l, same[0], 282, now).granted, 282);
+        for k in &same[1..8] {
+            assert_eq!(t.take(&l, *k, 100, now).granted, 100);
+        }
+        // A ninth key must take over one of the 10 %-owed buckets, not the 28 %-owed one.
+        assert!(t.take(&l, same[8], 1, now).evicted);
+        let left = t.take(&l, same[0], 1000, now).granted;
+        assert_eq!(
+            left, 718,
+            "the most drained bucket was evicted and refilled ({left} tokens instead of 718)"
+        );
     }
 
     #[test]
