@@ -194,6 +194,29 @@ both_engines! {
         assert_eq!(c.read_response().status(), 200, "one is served");
     }
 
+    // A request without a host (HTTP/1.0) has no URL: `http:///evil.example/x`, which a
+    // WHATWG parser (Node's `new URL`) reads as host `evil.example`, is never sent to the
+    // auth service; the target still is.
+    fn forward_auth_never_sends_a_url_with_an_empty_host(engine) {
+        let origin = Origin::start("o");
+        let service = Origin::start("auth");
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .upstream("auth", &[service.addr()])
+            .route("main", "auth = { forward = { upstream = \"auth\", uri = \"/check\" } }")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(b"GET /evil.example/x HTTP/1.0\r\n\r\n");
+        assert_eq!(c.read_response().status(), 200);
+        let check = service.last_request();
+        assert_eq!(check.header("x-original-url"), None, "{}", check.raw_head);
+        assert_eq!(check.header("x-forwarded-uri"), Some("/evil.example/x"));
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("e.example", "/x"));
+        assert_eq!(c.read_response().status(), 200);
+        assert_eq!(service.last_request().header("x-original-url"), Some("http://e.example/x"));
+    }
+
     fn repeat_logins_cost_no_bcrypt(engine) {
         let origin = Origin::start("o");
         let users = UsersFile::new();

@@ -377,9 +377,13 @@ fn check_request(
     // The same facts under the names nginx `auth_request` setups pass (Authelia, Authentik).
     out.extend_from_slice(b"\r\nX-Original-Method: ");
     out.extend_from_slice(head.method.get(buf));
-    out.extend_from_slice(b"\r\nX-Original-URL: ");
-    out.extend_from_slice(if req.https { b"https://" } else { b"http://" });
-    out.extend_from_slice(req.host);
-    out.extend_from_slice(req.target);
+    // Without a host (an HTTP/1.0 request) there is no URL: `http:///evil.example/x` would
+    // name host `evil.example` to a WHATWG parser.
+    if !req.host.is_empty() {
+        out.extend_from_slice(b"\r\nX-Original-URL: ");
+        out.extend_from_slice(if req.https { b"https://" } else { b"http://" });
+        out.extend_from_slice(req.host);
+        out.extend_from_slice(req.target);
+    }
     out.extend_from_slice(b"\r\n\r\n");
 }
