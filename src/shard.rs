@@ -82,7 +82,7 @@ pub struct ShardCommon {
     pub draws: crate::sample::Rng,
     /// Pipes for splicing large bodies.
     pub pipes: PipePool,
-    /// `auth.basic`: recently verified credentials and the bcrypt checks in flight.
+    /// `auth.basic`: recently verified credentials.
     pub auth: crate::auth::basic::Remembered,
     /// Routes' `cache`: this shard's stored responses ([`crate::cache`]).
     pub cache: crate::cache::ShardCache,

@@ -4,15 +4,17 @@
 //! bcrypt is slow on purpose (tens of milliseconds at the usual cost): it runs on
 //! [`VERIFIER_THREADS`] verifier threads, never on a shard, which awaits the answer on a
 //! oneshot channel and serves its other connections meanwhile. At most
-//! `limits.auth_pending` checks per shard wait for them; beyond that the request is
-//! answered 503 at once (a flood of wrong passwords cannot queue without bound). A
+//! `limits.auth_pending` checks of the whole process wait for them; beyond that the request
+//! is answered 503 at once (a flood of wrong passwords cannot queue without bound, nor
+//! grow the wait with the number of shards). A
 //! verified (user, password, stored hash) is remembered per shard ([`Remembered`]) for
 //! `cache_ttl` under a keyed 128-bit hash (random keys per process: neither the password
 //! nor anything an attacker could precompute is kept), so repeat requests cost no bcrypt.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -27,8 +29,8 @@ use crate::shard::ShardCtx;
 use crate::stats::bump;
 
 /// Threads that run bcrypt for all shards. Two keep a burst of new logins from waiting on
-/// one another without taking cores from the shards; a shard's queue bound
-/// (`limits.auth_pending`) keeps the work they are given bounded.
+/// one another without taking cores from the shards; the queue bound
+/// (`limits.auth_pending`, [`PENDING`]) keeps the work they are given bounded.
 pub const VERIFIER_THREADS: usize = 2;
 
 /// The longest `Authorization` value looked at (a user name and password of a few hundred
@@ -72,7 +74,7 @@ async fn verify(ctx: &ShardCtx, auth: &BasicAuth, buf: &[u8], head: &RequestHead
         return Verdict::Ok;
     }
     let limits = &ctx.shared.config.limits;
-    let Some(_pending) = Pending::take(&remembered.pending, limits.auth_pending) else {
+    let Some(_pending) = Pending::take(&PENDING, limits.auth_pending) else {
         return Verdict::Overloaded;
     };
     bump(&ctx.stats.auth_bcrypt);
@@ -121,15 +123,13 @@ fn credentials(buf: &[u8], head: &RequestHead) -> Option<(Vec<u8>, Zeroizing<Vec
     ))
 }
 
-/// One shard's bcrypt state: recently verified credentials and the checks in flight.
+/// One shard's recently verified credentials.
 /// Lives for the shard's life (across reloads: an entry names the stored hash, so a
 /// changed password in a reloaded file is not matched).
 pub struct Remembered {
     keys: (RandomState, RandomState),
     /// Keyed hash of (user, password, stored hash) → until when it is trusted.
     seen: RefCell<HashMap<u128, Instant>>,
-    /// Checks sent to the verifier threads and not yet answered.
-    pending: Cell<usize>,
 }
 
 impl Default for Remembered {
@@ -138,7 +138,6 @@ impl Default for Remembered {
             // Two independently keyed SipHashes: 128 bits, keys random per process.
             keys: (RandomState::new(), RandomState::new()),
             seen: RefCell::default(),
-            pending: Cell::new(0),
         }
     }
 }
@@ -186,22 +185,27 @@ impl Remembered {
     }
 }
 
-/// A place among a shard's in-flight checks, given back on drop.
-struct Pending<'a>(&'a Cell<usize>);
+/// Checks of the whole process sent to the verifier threads and not yet answered: the
+/// threads serve every shard, so the bound on their queue is the process's (an atomic, but
+/// touched only by requests that need bcrypt, never by a remembered login).
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+
+/// A place among the process's in-flight checks, given back on drop.
+struct Pending<'a>(&'a AtomicUsize);
 
 impl<'a> Pending<'a> {
-    fn take(c: &'a Cell<usize>, max: usize) -> Option<Pending<'a>> {
-        if c.get() >= max {
-            return None;
-        }
-        c.set(c.get() + 1);
+    fn take(c: &'a AtomicUsize, max: usize) -> Option<Pending<'a>> {
+        c.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()?;
         Some(Pending(c))
     }
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -266,6 +270,10 @@ fn verifier(rx: &Mutex<mpsc::Receiver<Job>>) {
                 Err(_) => return,
             }
         };
+        // The shard gave up (its client left): no one waits for the answer.
+        if job.reply.is_canceled() {
+            continue;
+        }
         // Hashes were checked when the file was loaded: an error here is a refusal.
         let ok = bcrypt::verify(&job.password[..], &job.hash).unwrap_or(false);
         drop(job.password);
@@ -357,14 +365,14 @@ mod tests {
 
     #[test]
     fn pending_places_are_bounded_and_given_back() {
-        let c = Cell::new(0);
+        let c = AtomicUsize::new(0);
         let a = Pending::take(&c, 2).unwrap();
         let b = Pending::take(&c, 2).unwrap();
         assert!(Pending::take(&c, 2).is_none());
         drop(a);
         assert!(Pending::take(&c, 2).is_some());
         drop(b);
-        assert_eq!(c.get(), 0);
+        assert_eq!(c.load(Ordering::Relaxed), 0);
     }
 
     #[test]
