@@ -497,4 +497,50 @@ both_engines! {
         assert_eq!(m.value("edgeshard_cache_revalidations_total", &[("result", "failed")]), 5.0);
         assert_eq!(m.value("edgeshard_cache_requests_total", &[("result", "stale")]), 2.0);
     }
+
+    // A revalidation goes out with the client's own fields: a refusal about that client (a
+    // 401 to its credentials, a 412 to its precondition) says nothing of the resource, and
+    // does not remove the stale entry every other client is served, nor its
+    // stale-if-error. A 404 is about the resource: the entry goes.
+    fn a_clients_own_refusal_does_not_remove_the_stale_entry(engine) {
+        let failing = Arc::new(AtomicBool::new(false));
+        let f = failing.clone();
+        let origin = Origin::with_handler("o", move |r| {
+            if f.load(Ordering::SeqCst) {
+                return response(503, &[], "down");
+            }
+            if r.header("Authorization").is_some() {
+                return response(401, &[], "who?");
+            }
+            if r.header("If-Match").is_some() {
+                return response(412, &[], "no");
+            }
+            if r.header("X-Gone").is_some() {
+                return response(404, &[], "gone");
+            }
+            response(200, &[("Cache-Control", "max-age=2, stale-if-error=600"), ("ETag", "\"e\"")], "stale body")
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        for p in ["/sie", "/gone"] {
+            assert_eq!(x_cache(&fetch(&mut c, p, &[])), "MISS");
+        }
+        let stored = Instant::now();
+        wait_until(stored + Duration::from_millis(2200));
+        let r = fetch(&mut c, "/sie", &[("Authorization", "Basic Zm9vOmJhcg==")]);
+        assert_eq!(r.status(), 401);
+        let r = fetch(&mut c, "/sie", &[("If-Match", "\"other\"")]);
+        assert_eq!(r.status(), 412);
+        let r = fetch(&mut c, "/gone", &[("X-Gone", "1")]);
+        assert_eq!(r.status(), 404);
+        failing.store(true, Ordering::SeqCst);
+        let r = fetch(&mut c, "/sie", &[]);
+        assert_eq!(
+            (r.status(), r.body_str(), x_cache(&r)),
+            (200, "stale body".into(), "STALE".into()),
+            "one client's refusal removed the entry for everyone"
+        );
+        let r = fetch(&mut c, "/gone", &[]);
+        assert_eq!((r.status(), r.body_str()), (503, "down".into()), "a 404 removes it");
+    }
 }

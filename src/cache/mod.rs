@@ -440,9 +440,14 @@ impl<'a> Fill<'a> {
         };
         self.verdict = Some(verdict);
         if let Some(stale) = self.stale.take() {
-            // A new response (not the 304 or the 5xx [`settle`] takes): it replaces the
-            // stale entry, stored or not.
-            if self.store && head.status < 500 {
+            // A new response (not the 304 or the 5xx [`settle`] takes) about the resource
+            // itself replaces the stale entry, stored or not. Not one about this request
+            // (its own credentials, preconditions, ranges: a 401, 412, 416, 429): the
+            // revalidation went out with the client's fields, and one client's refusal
+            // must not remove what every other client is served, `stale-if-error` too.
+            let about_the_resource =
+                head.status < 400 || matches!(head.status, 404 | 405 | 410 | 414);
+            if self.store && about_the_resource {
                 // A fresh entry stays until the new response is stored over it (it may not
                 // be: a client gone mid-body, a body over `max_object`, compression).
                 if !stale.fresh {
