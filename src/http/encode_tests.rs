@@ -96,7 +96,8 @@ fn lookalikes_other_client_address_names_and_httpoxy_are_not_forwarded() {
 X_Request_Id: spoofed\r\nX-Client_Subject: CN=admin\r\nX-Real-IP: 1.2.3.4\r\nTrue-Client-IP: 1.2.3.4\r\n\
 X-Client-IP: 1.2.3.4\r\nCF-Connecting-IP: 1.2.3.4\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\n\
 Proxy: http://evil:8080\r\nProxy-Authorization: Basic eDp5\r\nX-Real: kept\r\nX-Host: evil.host\r\n\
-X-Original-Host: evil.origin\r\nAccept: */*\r\n\r\n";
+X-Original-Host: evil.origin\r\nX-Scheme: https\r\nX-Script-Name: //evil.example\r\nX-Url-Scheme: https\r\n\
+Front-End-Https: on\r\nX-HTTP-Host-Override: evil.over\r\nX-Original-Forwarded-For: 1.2.3.4\r\nAccept: */*\r\n\r\n";
     let mut head = RequestHead::default();
     assert!(matches!(
         parse_request(raw, &L, &mut head),
@@ -134,6 +135,20 @@ X-Original-Host: evil.origin\r\nAccept: */*\r\n\r\n";
         assert!(!s.contains("X_Forwarded"), "{s}");
         assert_eq!(s.contains("X-Host: evil.host"), trusted, "{s}");
         assert_eq!(s.contains("X-Original-Host: evil.origin"), trusted, "{s}");
+        // Scheme and prefix claims that links are built from.
+        for claim in [
+            "X-Scheme",
+            "X-Script-Name",
+            "X-Url-Scheme",
+            "Front-End-Https",
+            "X-HTTP-Host-Override",
+        ] {
+            assert_eq!(
+                s.contains(&format!("\r\n{claim}: ")),
+                trusted,
+                "{claim}: {s}"
+            );
+        }
     }
 }
 

@@ -28,13 +28,20 @@ pub fn forwarding_claim(name: &[u8]) -> bool {
     const X: &[u8] = b"x-forwarded-";
     // The other names proxies and CDNs give the client's address, the URL overrides some
     // servers route by (IIS URL Rewrite, older Symfony and Zend: `X-Original-URL: /admin`),
-    // and the host overrides some build links from (`X-Host`, IIS ARR's `X-Original-Host`).
-    const CLAIMS: [&[u8]; 5] = [
+    // the host overrides some build links from (`X-Host`, IIS ARR's `X-Original-Host`), and
+    // the scheme and prefix claims others do (the widely copied Flask "ReverseProxied"
+    // recipe reads `X-Scheme` and `X-Script-Name`; IIS and OWA `Front-End-Https: on`).
+    const CLAIMS: [&[u8]; 10] = [
         b"forwarded",
         b"x-original-url",
         b"x-rewrite-url",
         b"x-host",
         b"x-original-host",
+        b"x-http-host-override",
+        b"x-scheme",
+        b"x-url-scheme",
+        b"front-end-https",
+        b"x-script-name",
     ];
     (name.len() > X.len() && same_field(&name[..X.len()], X))
         || CLAIMS.iter().any(|c| same_field(name, c))
@@ -45,8 +52,9 @@ pub fn forwarding_claim(name: &[u8]) -> bool {
 /// proxies and CDNs send them, and as "client IP" code reads them (PHP's `HTTP_CLIENT_IP`
 /// and `HTTP_X_FORWARDED` are the usual first choices).
 pub fn client_address_claim(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 15] = [
+    const NAMES: [&[u8]; 16] = [
         b"x-real-ip",
+        b"x-original-forwarded-for",
         b"true-client-ip",
         b"x-client-ip",
         b"x-cluster-client-ip",
