@@ -617,7 +617,10 @@ async fn purge(state: &AdminState, target: &str) -> Reply {
     let query = target.split_once('?').map_or("", |(_, q)| q);
     // Keys and prefixes are compared as the cache writes its keys (host lower-cased,
     // default port dropped); an empty prefix is not a way to say `all`.
-    let key = |v, prefix| percent_decode(v).map(|u| crate::cache::policy::purge_key(&u, prefix));
+    let key = |v, prefix| {
+        let url = escape_unsendable(&percent_decode(v)?);
+        Some(crate::cache::policy::purge_key(&url, prefix))
+    };
     let p = match query.split_once('=') {
         Some(("key", v)) => key(v, false).map(Purge::Key),
         Some(("prefix", v)) => key(v, true).filter(|p| !p.is_empty()).map(Purge::Prefix),
@@ -672,6 +675,22 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// A decoded URL with the bytes no request target may hold raw (controls, space, DEL,
+/// non-ASCII) escaped again as `%XX`: keys hold targets as clients sent them, so
+/// `?key=http://h/a%20b` (decoded to `a b`) finds the entry of `GET /a%20b`, as does the
+/// doubly encoded `?key=http://h/a%2520b`.
+fn escape_unsendable(url: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(url.len());
+    for &b in url {
+        if b <= b' ' || b >= 0x7f {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+    out
 }
 
 /// Seconds since the epoch, for `loaded_unix`.
