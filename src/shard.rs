@@ -433,6 +433,7 @@ impl ShardCtx {
             k.revalidations_failed.get(),
             k.rejected.get(),
             k.fill_dropped.get(),
+            k.invalidated.get(),
         ];
         for (i, b) in snap.backends.iter_mut().enumerate() {
             b.idle = pool.idle_for(i) as u64;

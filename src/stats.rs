@@ -428,7 +428,7 @@ impl Stats {
             compress_memory_refused: self.compress_memory_refused.get(),
             compressed_in: self.compressed_in.each_ref().map(get),
             compressed_out: self.compressed_out.each_ref().map(get),
-            cache: [0; 13],
+            cache: [0; 14],
             latency: self.latency.borrow().clone(),
             tls: self.tls.snapshot(),
         }
@@ -528,9 +528,10 @@ pub struct Snapshot {
     pub compressed_out: [u64; 3],
     /// The routes' caches ([`crate::cache`]): hits, misses, bypasses, evictions, the gauges
     /// bytes held and entries, then stale and revalidated answers, revalidations by result
-    /// (not modified, replaced, failed), responses the admission policy did not store, and
-    /// responses not stored for `fill_memory` (filled in by the shard).
-    pub cache: [u64; 13],
+    /// (not modified, replaced, failed), responses the admission policy did not store,
+    /// responses not stored for `fill_memory`, and entries an unsafe request's success
+    /// removed (filled in by the shard).
+    pub cache: [u64; 14],
     pub latency: Latencies,
     pub tls: crate::tls::stats::TlsSnap,
 }

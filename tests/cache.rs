@@ -4,6 +4,7 @@
 //! size bound, the admission policy, purge, the memory bound on responses being stored, and
 //! the `X-Cache` values (collapsed misses: `cache_collapse.rs`).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -571,6 +572,49 @@ both_engines! {
         assert_eq!(x_cache(&fetch(&mut c, "GET", "/slow", &[])), "MISS", "stored despite the purge");
         assert_eq!(x_cache(&fetch(&mut c, "GET", "/slow", &[])), "HIT");
         assert_eq!(origin.request_count(), 2);
+    }
+
+    // RFC 9111 §4.4: an unsafe method's 2xx or 3xx removes the entries of its URL (every
+    // variant) on the shard that relayed it; a 4xx or 5xx, a safe method, or another URL
+    // leaves them.
+    fn an_unsafe_methods_success_removes_its_urls_entries(engine) {
+        let version = Arc::new(AtomicUsize::new(1));
+        let v = version.clone();
+        let origin = Origin::with_handler("o", move |r| {
+            if r.method != "GET" {
+                if r.header("X-Fail").is_some() {
+                    return Reply::Response { status: 409, headers: vec![], body: b"no".to_vec(), mode: BodyMode::Length, close_after: false };
+                }
+                v.fetch_add(1, Ordering::SeqCst);
+                return reply(&[], "changed", false);
+            }
+            let lang = r.header("Accept-Language").unwrap_or("-").to_string();
+            let body = format!("v{} {lang}", v.load(Ordering::SeqCst));
+            reply(&[("Cache-Control", "max-age=100"), ("Vary", "Accept-Language")], &body, false)
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        let fr = [("Accept-Language", "fr")];
+        for method in ["POST", "PUT", "DELETE", "PATCH"] {
+            for (path, h) in [("/doc", &[][..]), ("/doc", &fr[..]), ("/other", &[][..])] {
+                fetch(&mut c, "GET", path, h);
+                assert_eq!(x_cache(&fetch(&mut c, "GET", path, h)), "HIT", "{method}: {path} stored");
+            }
+            // Refused: nothing changed, the entries stay.
+            assert_eq!(fetch(&mut c, method, "/doc", &[("X-Fail", "1")]).status(), 409);
+            assert_eq!(x_cache(&fetch(&mut c, "GET", "/doc", &[])), "HIT", "{method}: a 409 leaves it");
+            let r = fetch(&mut c, method, "/doc", &[]);
+            assert_eq!((r.status(), x_cache(&r)), (200, "BYPASS".into()), "{method}");
+            let n = version.load(Ordering::SeqCst);
+            for h in [&[][..], &fr[..]] {
+                let after = fetch(&mut c, "GET", "/doc", h);
+                assert_eq!(x_cache(&after), "MISS", "{method} /doc succeeded: its old variants go");
+                assert!(after.body_str().starts_with(&format!("v{n} ")), "{}", after.body_str());
+            }
+            assert_eq!(x_cache(&fetch(&mut c, "GET", "/other", &[])), "HIT", "{method}: another URL stays");
+        }
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_cache_invalidated_total", &[]), 8.0, "two variants, four times");
     }
 
     // POST /cache/purge: one key (with its variants), a prefix, everything.

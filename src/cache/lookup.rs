@@ -52,28 +52,25 @@ pub async fn lookup<'a>(
         true => super::forwarded::origin(req.https, req.host, req.fields()),
         false => Some((req.https, Vec::new())),
     };
-    let Some((https, claimed_host)) = claimed.filter(|_| usable && !req.unusual && !rules.bypass)
+    let Some((https, claimed_host)) = claimed
+        .as_ref()
+        .filter(|_| usable && !req.unusual && !rules.bypass)
     else {
-        return Lookup::Miss(Box::new(new_fill(
-            cache,
-            route,
-            cfg,
-            req,
-            rules,
-            Vec::new(),
-        )));
+        // An unsafe method's success removes its URL's entries (RFC 9111 §4.4): its key,
+        // when one can name it.
+        let invalidates = !matches!(
+            req.method,
+            Method::Get | Method::Head | Method::Options | Method::Trace
+        );
+        let key = match claimed.filter(|_| invalidates) {
+            Some((https, claimed_host)) => url_key(req, https, &claimed_host),
+            None => Vec::new(),
+        };
+        let mut fill = new_fill(cache, route, cfg, req, rules, key);
+        fill.s.invalidates = invalidates && !fill.key.is_empty();
+        return Lookup::Miss(Box::new(fill));
     };
-    let host = if req.trusted_forwarding {
-        &claimed_host[..]
-    } else {
-        req.host
-    };
-    let mut key = Vec::new();
-    policy::primary_key(https, host, req.target, &mut key);
-    if req.trusted_forwarding && !host.eq_ignore_ascii_case(req.host) {
-        key.extend_from_slice(policy::SENT_HOST);
-        key.extend(req.host.iter().map(u8::to_ascii_lowercase));
-    }
+    let key = url_key(req, *https, claimed_host);
     // A fresh hit, the common case, needs no fill (no fetch, nothing to store).
     let first = find(cache, route, cfg, &key, req, &rules);
     if let Some(f) = first.as_ref().filter(|f| f.usable == Usable::Fresh) {
@@ -217,6 +214,23 @@ pub async fn lookup<'a>(
 }
 
 /// The fill of a request that is not a fresh hit (a bypass until the lookup says otherwise).
+/// The URL part of the request's key: `https` and the host a trusted proxy's claims name
+/// (`claimed_host`; the request's `Host` otherwise), then that `Host` too where it differs.
+fn url_key(req: &Request<'_>, https: bool, claimed_host: &[u8]) -> Vec<u8> {
+    let host = if req.trusted_forwarding {
+        claimed_host
+    } else {
+        req.host
+    };
+    let mut key = Vec::new();
+    policy::primary_key(https, host, req.target, &mut key);
+    if req.trusted_forwarding && !host.eq_ignore_ascii_case(req.host) {
+        key.extend_from_slice(policy::SENT_HOST);
+        key.extend(req.host.iter().map(u8::to_ascii_lowercase));
+    }
+    key
+}
+
 fn new_fill<'a>(
     cache: &'a ShardCache,
     route: &str,
@@ -248,6 +262,7 @@ fn new_fill<'a>(
             background: false,
             ranged: false,
             purges: cache.purges.get(),
+            invalidates: false,
         },
     }
 }

@@ -81,6 +81,8 @@ pub struct ShardCache {
     pub rejected: Cell<u64>,
     /// Responses not stored because they would have passed `cache.fill_memory`.
     pub fill_dropped: Cell<u64>,
+    /// Entries removed because an unsafe request to their URL succeeded (RFC 9111 §4.4).
+    pub invalidated: Cell<u64>,
     /// Revalidations (foreground and background) by result: the backend answered `304`,
     /// a new response (stored or not), or failed (unreachable, timed out, 5xx).
     pub revalidations_not_modified: Cell<u64>,
@@ -347,6 +349,9 @@ pub struct FillState {
     store: bool,
     /// The request bypassed the cache (method, body, `no-store`/`no-cache`).
     bypass: bool,
+    /// An unsafe method (not GET, HEAD, OPTIONS, TRACE): its success removes the entries of
+    /// its URL, `key` (RFC 9111 §4.4).
+    invalidates: bool,
     verdict: Option<&'static [u8]>,
     admitted: Option<Admitted>,
     tee: Option<Tee>,
@@ -409,6 +414,7 @@ impl FillState {
             background: false,
             ranged: false,
             purges: 0,
+            invalidates: false,
         }
     }
 }
@@ -439,6 +445,11 @@ impl<'a> Fill<'a> {
             BYPASS
         };
         self.verdict = Some(verdict);
+        if self.invalidates && (200..400).contains(&head.status) {
+            let url = &self.s.key;
+            let gone = self.with_store(|store| store.remove_url(url));
+            crate::stats::add(&self.cache.invalidated, gone);
+        }
         if let Some(stale) = self.stale.take() {
             // A new response (not the 304 or the 5xx [`settle`] takes) about the resource
             // itself replaces the stale entry, stored or not. Not one about this request

@@ -106,10 +106,10 @@ struct Slot {
     size: u64,
 }
 
-/// The `Vary` names of one URL and how many entries it has.
+/// The `Vary` names of one URL and the keys of its entries (one per variant).
 struct Variants {
     names: Rc<[Box<[u8]>]>,
-    entries: usize,
+    keys: Vec<Rc<[u8]>>,
 }
 
 /// Entries of one route on one shard.
@@ -255,10 +255,10 @@ impl Store {
         let url: Box<[u8]> = key[..primary.min(key.len())].into();
         let v = self.vary.entry(url).or_insert_with(|| Variants {
             names: names.clone(),
-            entries: 0,
+            keys: Vec::new(),
         });
         v.names = names;
-        v.entries += 1;
+        v.keys.push(key.clone());
         self.tick += 1;
         self.order.insert(self.tick, key.clone());
         self.bytes += size;
@@ -310,12 +310,22 @@ impl Store {
         self.bytes -= slot.size;
         let url = &key[..slot.primary.min(key.len())];
         if let Some(v) = self.vary.get_mut(url) {
-            v.entries -= 1;
-            if v.entries == 0 {
+            v.keys.retain(|k| **k != *key);
+            if v.keys.is_empty() {
                 self.vary.remove(url);
             }
         }
         true
+    }
+
+    /// Removes every entry of the URL `url` (each of its `Vary` variants); returns how many.
+    pub fn remove_url(&mut self, url: &[u8]) -> u64 {
+        let keys = self
+            .vary
+            .get(url)
+            .map(|v| v.keys.clone())
+            .unwrap_or_default();
+        keys.iter().filter(|k| self.remove(k)).count() as u64
     }
 
     /// Removes every entry whose URL (the key without its `Vary` part) `matches`; returns how
@@ -399,6 +409,14 @@ mod tests {
         assert_eq!(s.purge(|url| url.starts_with(b"http://h/")), 1);
         assert!(s.is_empty());
         assert_eq!(s.bytes(), 0);
+        // By URL: every variant, no scan.
+        s.insert(b"http://h/a\naccept:x", 10, names.clone(), entry(1));
+        s.insert(b"http://h/a\naccept:y", 10, names.clone(), entry(1));
+        s.insert(b"http://h/ab", 11, none(), entry(1));
+        assert_eq!(s.remove_url(b"http://h/a"), 2);
+        assert_eq!((s.len(), s.remove_url(b"http://h/a")), (1, 0));
+        assert_eq!(s.remove_url(b"http://h/ab"), 1);
+        assert!(s.is_empty() && s.vary.is_empty());
     }
 
     #[test]

@@ -566,6 +566,13 @@ pub fn render(
         "Storable responses not stored because the route's responses being stored on the shard would have held more than cache.fill_memory.",
     );
     let _ = writeln!(o, "edgeshard_cache_fill_memory_dropped_total {}", c[12]);
+    family(
+        &mut o,
+        "edgeshard_cache_invalidated_total",
+        "counter",
+        "Cache entries removed because an unsafe request (POST, PUT, DELETE, ...) to their URL got a 2xx or 3xx on their shard (RFC 9111 4.4).",
+    );
+    let _ = writeln!(o, "edgeshard_cache_invalidated_total {}", c[13]);
     family(&mut o, "edgeshard_cache_bytes", "gauge", "Bytes held by the routes' caches, all shards (each shard holds at most a route's cache.size).");
     let _ = writeln!(o, "edgeshard_cache_bytes {}", c[4]);
     family(
