@@ -442,8 +442,19 @@ impl<'a> Leg<'a> {
     ) -> Result<(), RelayError> {
         *self.written = true;
         let wait = self.begin(Side::Dst)?;
+        self.client_wait(true);
         let r = write_from(dst, buf, from, to, self.deadline, wait.timeout).await;
+        self.client_wait(false);
         self.end(wait, r, to - from)
+    }
+
+    /// A relay filling the cache tells the requests waiting on it when it waits on its
+    /// client ([`crate::cache::Tee::client_wait`]).
+    #[inline]
+    fn client_wait(&self, waiting: bool) {
+        if let Some(tee) = self.tee.as_deref() {
+            tee.client_wait(waiting.then(crate::clock::now));
+        }
     }
 
     /// Writes all of `out`, then `buf[from..to]`, to `dst` in vectored writes, and empties
@@ -459,7 +470,9 @@ impl<'a> Leg<'a> {
         *self.written = true;
         let n = out.len();
         let wait = self.begin(Side::Dst)?;
+        self.client_wait(true);
         let r = write_two_from(dst, out, 0..n, buf, from..to, self.deadline, wait.timeout).await;
+        self.client_wait(false);
         self.end(wait, r, n + (to - from))?;
         out.clear();
         Ok(())

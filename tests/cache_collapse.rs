@@ -51,6 +51,38 @@ both_engines! {
     // waiting on its key as soon as its body passes the bound (nothing will be stored), not
     // at its relay's end: a large chunked download held every other request for its URL
     // until the download ended or the 5 s lock bound passed.
+    // The entry is stored once its body has gone through to the client that asked first;
+    // a client that stops reading holds that relay. The requests waiting on it stop
+    // waiting once one write to that client has been held 200 ms, and fetch for
+    // themselves, not after the lock's 5 s (nginx's proxy_cache_lock fills at the
+    // backend's pace).
+    fn waiters_go_on_when_the_first_client_stops_reading(engine) {
+        let big = vec![b'x'; 32 << 20];
+        let origin = Origin::with_handler("o", move |_| Reply::Response {
+            status: 200,
+            headers: vec![("Cache-Control".into(), "max-age=100".into())],
+            body: big.clone(),
+            mode: BodyMode::Length,
+            close_after: false,
+        });
+        let proxy = cached(&origin, "size = \"256MiB\", max_object = \"64MiB\"", engine);
+        let mut leader = Client::connect(proxy.addr());
+        leader.send(&get("example.com", "/big"));
+        let head = leader.read_head().expect("the leader's head");
+        assert_eq!(head.status, 200);
+        // The leader reads no more: the relay to it stops once the socket buffers fill.
+        let mut waiter = Client::connect(proxy.addr());
+        let asked = Instant::now();
+        waiter.send(&get("example.com", "/big"));
+        let r = waiter.read_head().expect("the waiter's head");
+        let waited = asked.elapsed();
+        assert_eq!(r.status, 200);
+        // Hundreds of milliseconds; the lock's bound is 5 s.
+        assert!(waited < Duration::from_secs(4), "the waiter waited for the leader's client: {waited:?}");
+        assert_eq!(origin.request_count(), 2, "the waiter fetched for itself");
+        drop(leader);
+    }
+
     fn waiters_go_on_once_the_fetch_outgrows_max_object(engine) {
         let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = backend.local_addr().unwrap();

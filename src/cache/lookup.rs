@@ -11,7 +11,8 @@ use futures_channel::oneshot;
 use super::policy::{self, RequestRules, Usable};
 use super::store::Entry;
 use super::{
-    unix_now, Claim, Fill, FillState, Hit, Lookup, Request, ShardCache, Stale, HIT, STALE,
+    unix_now, Claim, ClientWait, Fill, FillState, Flight, Hit, Lookup, Request, ShardCache, Stale,
+    HIT, STALE,
 };
 use crate::config::CacheConfig;
 use crate::http::parse::Method;
@@ -120,29 +121,34 @@ pub async fn lookup<'a>(
             match inflight.get_mut(&flight) {
                 // Another request is revalidating it: the stale entry is the answer now.
                 Some(_) if while_revalidate => None,
-                Some(waiters) if !waited && waiters.len() < MAX_WAITERS => {
+                Some(f) if !waited && f.waiters.len() < MAX_WAITERS => {
                     // Senders of waiters that gave up are dropped here, not kept.
-                    waiters.retain(|tx| !tx.is_canceled());
+                    f.waiters.retain(|tx| !tx.is_canceled());
                     let (tx, rx) = oneshot::channel();
-                    waiters.push(tx);
-                    Some(rx)
+                    f.waiters.push(tx);
+                    Some((rx, f.client_wait.clone()))
                 }
                 Some(_) => None,
                 None => {
-                    inflight.insert(flight.clone(), Vec::new());
+                    let client_wait = ClientWait::default();
+                    let f = Flight {
+                        waiters: Vec::new(),
+                        client_wait: client_wait.clone(),
+                    };
+                    inflight.insert(flight.clone(), f);
                     fill.inflight = Some(Claim {
                         inflight: cache.inflight.clone(),
                         key: flight,
+                        client_wait,
                     });
                     None
                 }
             }
         };
         match rx {
-            Some(rx) => {
-                // Woken when the fetch ends, stored or not (its sender drops).
+            Some((rx, client_wait)) => {
                 // Boxed: a monoio timer inline would over-align the request's future.
-                let _ = Box::pin(monoio::time::timeout(wait.min(MAX_WAIT), rx)).await;
+                Box::pin(wait_for_fetch(rx, &client_wait, wait.min(MAX_WAIT))).await;
                 waited = true;
             }
             None => break,
@@ -214,6 +220,32 @@ pub async fn lookup<'a>(
 }
 
 /// The fill of a request that is not a fresh hit (a bypass until the lookup says otherwise).
+/// How often a request waiting on another's fetch looks whether that fetch's relay is held
+/// by its client, and how long such a hold may last before it stops waiting.
+const LOOK_EVERY: Duration = Duration::from_millis(50);
+const HELD_BY_CLIENT: Duration = Duration::from_millis(200);
+
+/// Waits until another request's fetch of the key ends (its claim drops, stored or not), at
+/// most `max`, and no longer once that fetch's relay has waited [`HELD_BY_CLIENT`] on one
+/// write to its client: the entry is stored when the body has gone through to that client,
+/// and one that stops reading would otherwise hold every waiter for `max` (nginx's
+/// `proxy_cache_lock` fills at the backend's pace). The waiter then fetches for itself.
+async fn wait_for_fetch(mut rx: oneshot::Receiver<()>, client_wait: &ClientWait, max: Duration) {
+    let until = crate::clock::now() + max;
+    loop {
+        let now = crate::clock::now();
+        if now >= until || client_wait.get().is_some_and(|t| now - t >= HELD_BY_CLIENT) {
+            return;
+        }
+        if monoio::time::timeout(LOOK_EVERY.min(until - now), &mut rx)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
 /// The URL part of the request's key: `https` and the host a trusted proxy's claims name
 /// (`claimed_host`; the request's `Host` otherwise), then that `Host` too where it differs.
 fn url_key(req: &Request<'_>, https: bool, claimed_host: &[u8]) -> Vec<u8> {

@@ -270,7 +270,18 @@ pub struct Stale {
 /// Keys being fetched and who waits on each. Keyed with std's random per-process hash, as
 /// [`store::Store`]'s maps are. Shared with the [`Claim`]s (a fetch may move to a task of its
 /// own, [`Fill::detach`]).
-type Inflight = Rc<RefCell<std::collections::HashMap<Vec<u8>, Vec<oneshot::Sender<()>>>>>;
+type Inflight = Rc<RefCell<std::collections::HashMap<Vec<u8>, Flight>>>;
+
+/// One key's fetch as its waiters see it: their senders, and since when its relay has been
+/// waiting on its own client ([`Tee::client_wait`]), whose pace it is held to.
+pub(super) struct Flight {
+    pub waiters: Vec<oneshot::Sender<()>>,
+    pub client_wait: ClientWait,
+}
+
+/// When the relay that fills an entry began the client write it still waits on (`None`
+/// while it does not).
+pub(super) type ClientWait = Rc<Cell<Option<Instant>>>;
 
 /// A fetch's claim on its key (the first miss for it): requests of this shard missing the
 /// same key wait for it. Dropping it ends the fetch for them (their senders drop: they wake
@@ -280,6 +291,7 @@ type Inflight = Rc<RefCell<std::collections::HashMap<Vec<u8>, Vec<oneshot::Sende
 pub struct Claim {
     inflight: Inflight,
     key: Vec<u8>,
+    client_wait: ClientWait,
 }
 
 impl Drop for Claim {

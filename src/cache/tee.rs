@@ -42,6 +42,16 @@ impl Tee {
         }
     }
 
+    /// The relay begins (`Some(now)`) or ends (`None`) a write to its client. Requests
+    /// waiting on this fetch see how long one has been waiting ([`super::lookup`]): a
+    /// client that stops reading holds the relay, and them with it, until they give up.
+    #[inline]
+    pub fn client_wait(&self, since: Option<std::time::Instant>) {
+        if let Some(c) = &self.claim {
+            c.client_wait.set(since);
+        }
+    }
+
     /// Keeps `data` (the next piece of the decoded body).
     #[inline]
     pub fn push(&mut self, data: &[u8]) {
