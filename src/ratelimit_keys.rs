@@ -9,9 +9,13 @@
 //!   CGI or WSGI backend reads as the same variable); empty lines are skipped.
 //! - `cookie:NAME`: every pair of that name (any case) in every `Cookie` line, split at `;`
 //!   and at `,` (RFC 6265 parsers split at `;` only, nginx at both: both readings count),
-//!   with surrounding quotes taken off the value.
+//!   with surrounding quotes taken off the value; the value as sent and percent-decoded
+//!   (PHP's `$_COOKIE`, Express's cookie-parser decode it), names decoded too.
 //! - `query:NAME`: every argument of that name, arguments split at `&` and `;`, names and
 //!   values percent-decoded (`+` is a space) and names compared in any case.
+//!
+//! A name also matches as PHP reads it: `.` and space in it read as `_` (`api.key=` is
+//! `$_GET['api_key']`).
 //!
 //! Counting one request against several buckets is stricter than any backend's reading,
 //! never looser; a request that repeats its key is unusual.
@@ -72,12 +76,13 @@ where
                     let Some((n, v)) = split_pair(pair) else {
                         continue;
                     };
-                    if n.trim_ascii().eq_ignore_ascii_case(name) {
+                    if names(&decode(n.trim_ascii(), false), name) {
                         let v = v.trim_ascii();
                         let v = v
                             .strip_prefix(b"\"")
                             .and_then(|v| v.strip_suffix(b"\""))
                             .unwrap_or(v);
+                        add(decode(v, false));
                         add(Cow::Borrowed(v));
                     }
                 }
@@ -93,8 +98,8 @@ where
                 let Some((n, v)) = split_pair(arg) else {
                     continue;
                 };
-                if decode(n).eq_ignore_ascii_case(name.as_bytes()) {
-                    add(decode(v));
+                if names(&decode(n, true), name.as_bytes()) {
+                    add(decode(v, true));
                 }
             }
         }
@@ -121,10 +126,22 @@ fn split_pair(s: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&s[..i], &s[i + 1..]))
 }
 
-/// `s` percent-decoded, `+` as a space (a form-encoded query); a broken escape stays as it
-/// is. Borrowed when there is nothing to decode.
-fn decode(s: &[u8]) -> Cow<'_, [u8]> {
-    if !s.iter().any(|&b| b == b'%' || b == b'+') {
+/// Whether `sent`, a decoded argument or cookie name, names the key's `name` (any case) for
+/// some backend: as it is, or as PHP reads it, with `.` and space as `_`.
+fn names(sent: &[u8], name: &[u8]) -> bool {
+    let php = |b: u8| if b == b'.' || b == b' ' { b'_' } else { b };
+    sent.eq_ignore_ascii_case(name)
+        || (sent.len() == name.len()
+            && sent
+                .iter()
+                .zip(name)
+                .all(|(&s, &n)| php(s).eq_ignore_ascii_case(&n)))
+}
+
+/// `s` percent-decoded, with `plus` `+` as a space (a form-encoded query; a cookie keeps
+/// it); a broken escape stays as it is. Borrowed when there is nothing to decode.
+fn decode(s: &[u8], plus: bool) -> Cow<'_, [u8]> {
+    if !s.iter().any(|&b| b == b'%' || (plus && b == b'+')) {
         return Cow::Borrowed(s);
     }
     let hex = |b: u8| crate::route::hex(b);
@@ -143,7 +160,7 @@ fn decode(s: &[u8]) -> Cow<'_, [u8]> {
                 }
                 _ => out.push(b'%'),
             },
-            b'+' => out.push(b' '),
+            b'+' if plus => out.push(b' '),
             b => out.push(b),
         }
         i += 1;
@@ -225,6 +242,29 @@ mod tests {
             c(&[("Cookie", "sid=decoy"), ("cookie", "sid=victim")]),
             ["decoy", "victim"]
         );
+        // Cookie values as PHP and Express read them (percent-decoded, `+` kept), and the
+        // name too.
+        assert_eq!(c(&[("Cookie", "sid=%76ictim")]), ["victim", "%76ictim"]);
+        assert_eq!(c(&[("Cookie", "s%69d=a+b")]), ["a+b"]);
+        // Names as PHP reads them: `.` and space as `_`.
+        let php = |k: HashKey, t: &str, h: &[(&str, &str)]| values(k, t, h);
+        assert_eq!(
+            php(HashKey::Query("api_key".into()), "/p?api.key=victim", &[]),
+            ["victim"]
+        );
+        assert_eq!(
+            php(HashKey::Query("api_key".into()), "/p?api+key=victim", &[]),
+            ["victim"]
+        );
+        assert_eq!(
+            php(
+                HashKey::Cookie("s_id".into()),
+                "/",
+                &[("Cookie", "s.id=victim")]
+            ),
+            ["victim"]
+        );
+        assert!(php(HashKey::Query("api.key".into()), "/p?api_key=v", &[]).is_empty());
         let h = |h: &[(&str, &str)]| values(HashKey::Header("X-Api-Key".into()), "/", h);
         assert_eq!(h(&[("X_Api_Key", "victim")]), ["victim"]);
         assert_eq!(
