@@ -617,6 +617,40 @@ both_engines! {
         assert_eq!(m.value("edgeshard_cache_invalidated_total", &[]), 8.0, "two variants, four times");
     }
 
+    // `bypass`: a request carrying a session cookie, a debug header or a `nocache` argument
+    // (in any spelling a backend reads as one) is neither answered from the cache nor
+    // stored: its answer may be that user's (web cache deception through `cache.valid`).
+    fn requests_carrying_a_bypass_key_are_neither_served_nor_stored(engine) {
+        let origin = Origin::with_handler("o", |r| {
+            let who = r.header("Cookie").unwrap_or("anyone").to_string();
+            reply(&[("Cache-Control", "max-age=100")], &format!("page for {who}"), false)
+        });
+        let proxy = cached(&origin, "bypass = [\"cookie:session\", \"header:X-Debug\", \"query:nocache\"]", engine);
+        let mut c = Client::connect(proxy.addr());
+        assert_eq!(x_cache(&fetch(&mut c, "GET", "/p", &[])), "MISS");
+        assert_eq!(x_cache(&fetch(&mut c, "GET", "/p", &[])), "HIT");
+        for (path, h) in [
+            ("/p", ("Cookie", "theme=dark; session=alice")),
+            ("/p", ("Cookie", "SESSION=%61lice")),
+            ("/p", ("X_Debug", "1")),
+            ("/p?nocache=yes", ("Accept", "*/*")),
+        ] {
+            let r = fetch(&mut c, "GET", path, &[h]);
+            assert_eq!(x_cache(&r), "BYPASS", "{path} {h:?}");
+        }
+        // Not stored: the next plain request still gets the shared page.
+        let r = fetch(&mut c, "GET", "/p", &[]);
+        assert_eq!((x_cache(&r), r.body_str()), ("HIT".into(), "page for anyone".into()));
+        let r = fetch(&mut c, "GET", "/q", &[("Cookie", "session=bob")]);
+        assert_eq!(x_cache(&r), "BYPASS");
+        assert_eq!(x_cache(&fetch(&mut c, "GET", "/q", &[])), "MISS", "bob's page was not stored");
+        // Empty, `0`, or another cookie: cached as usual.
+        for h in [("Cookie", "session="), ("X-Debug", "0"), ("Cookie", "theme=dark")] {
+            assert_eq!(x_cache(&fetch(&mut c, "GET", "/p", &[h])), "HIT", "{h:?}");
+        }
+        assert_eq!(origin.request_count(), 1 + 4 + 2);
+    }
+
     // POST /cache/purge: one key (with its variants), a prefix, everything.
     fn purge_through_the_admin_api(engine) {
         let origin = Origin::with_handler("o", |_| reply(&[("Cache-Control", "max-age=100")], "p", false));

@@ -104,7 +104,7 @@ path_prefix = "/closed/"
 respond = { status = 503, file = "@CERTS@/502.html" }
 
 [[route]]
-cache = { size = "64MiB", max_object = "1MiB", policy = "tinylfu", stale_while_revalidate_max = "1h", stale_if_error_max = "1d", background_revalidations = 16, fill_memory = "4MiB", valid = { "200" = "10m", "404" = "1m" } }
+cache = { size = "64MiB", max_object = "1MiB", policy = "tinylfu", stale_while_revalidate_max = "1h", stale_if_error_max = "1d", background_revalidations = 16, fill_memory = "4MiB", valid = { "200" = "10m", "404" = "1m" }, bypass = ["cookie:session", "header:X-Debug"] }
 upstream = "web"
 
 [[upstream]]
@@ -606,6 +606,15 @@ fn check_names_what_is_wrong_in_a_cache_valid_lifetime() {
     // Longer than the 7 days other durations allow: a year is fine.
     let (code, out) = run_check(&good().replace(valid, "valid = { \"301\" = \"365d\" }"));
     assert_eq!(code, Some(0), "{out}");
+    let bypass = "bypass = [\"cookie:session\", \"header:X-Debug\"]";
+    assert!(good().contains(bypass));
+    for bad in ["client_ip", "path", "cookie:", "session"] {
+        let cfg = good().replace(bypass, &format!("bypass = [\"cookie:a\", \"{bad}\"]"));
+        expect_error(
+            &cfg,
+            &["cache.bypass[1]", "header:NAME, cookie:NAME or query:NAME"],
+        );
+    }
 }
 
 #[test]

@@ -46,6 +46,7 @@ pub async fn lookup<'a>(
 ) -> Lookup<'a> {
     let mut rules = policy::request_rules(req.fields());
     rules.authorization |= req.proxied_fields;
+    rules.bypass |= req.carries_any(&cfg.bypass);
     let usable = matches!(req.method, Method::Get | Method::Head);
     // Behind a trusted proxy, the URL its claims tell the backend (`None`: one a key cannot
     // name).

@@ -165,6 +165,23 @@ pub struct Request<'r> {
 }
 
 impl Request<'_> {
+    /// Whether the request carries a value for one of `keys` (`cache.bypass`): one a backend
+    /// may read as it ([`crate::ratelimit_keys`]: any spelling, decoded), not empty and not
+    /// `0`, as nginx's `proxy_cache_bypass` tests its strings.
+    fn carries_any(&self, keys: &[crate::balance::HashKey]) -> bool {
+        keys.iter().any(|key| {
+            let src = crate::balance::key::KeySource {
+                client_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+                target: self.target,
+                headers: self.fields(),
+            };
+            let mut ip = crate::balance::key::IpText::default();
+            let mut found = false;
+            let each = |v: &[u8]| found |= v != b"0";
+            crate::ratelimit_keys::for_each_value(key, src, &mut ip, each).is_err() || found
+        })
+    }
+
     fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone + '_ {
         self.head
             .headers

@@ -1,6 +1,6 @@
 //! Config for the response cache of stage 5½ (between *route* and *forward*): a route's
 //! `cache = { size, max_object, policy, stale_while_revalidate_max, stale_if_error_max,
-//! background_revalidations, fill_memory, valid }`, checked into [`CacheConfig`]; used by
+//! background_revalidations, fill_memory, valid, bypass }`, checked into [`CacheConfig`]; used by
 //! [`crate::cache`].
 
 use std::collections::BTreeMap;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::raw::{Checker, Size};
+use crate::balance::HashKey;
 
 /// `cache = { size = "64MiB", max_object = "8MiB" }` as written.
 #[derive(Deserialize, Clone)]
@@ -22,6 +23,7 @@ pub(super) struct RawCache {
     background_revalidations: Option<usize>,
     fill_memory: Option<Size>,
     valid: Option<BTreeMap<String, String>>,
+    bypass: Option<Vec<String>>,
 }
 
 /// Default `cache.size`: bytes one shard may hold for the route.
@@ -59,6 +61,9 @@ pub struct CacheConfig {
     /// `cache.valid`: (status, seconds) a response of that status without explicit
     /// freshness of its own is fresh for (nginx's `proxy_cache_valid`).
     pub valid: Vec<(u16, u64)>,
+    /// `cache.bypass`: a request carrying one of these (not empty, not `0`) is neither
+    /// answered from the cache nor stored (nginx's `proxy_cache_bypass` with `proxy_no_cache`).
+    pub bypass: Vec<HashKey>,
 }
 
 impl CacheConfig {
@@ -181,7 +186,20 @@ pub(super) fn route_cache(
             ),
         }
     }
+    let mut bypass = Vec::new();
+    for (i, k) in raw.bypass.iter().flatten().enumerate() {
+        match super::balancing::hash_key(k) {
+            Some(k @ (HashKey::Header(_) | HashKey::Cookie(_) | HashKey::Query(_))) => {
+                bypass.push(k)
+            }
+            _ => c.err(
+                format!("{path}.cache.bypass[{i}]"),
+                format!("{k:?}: write header:NAME, cookie:NAME or query:NAME"),
+            ),
+        }
+    }
     Some(Box::new(CacheConfig {
+        bypass,
         size,
         max_object,
         stale_while_revalidate_max: swr,
