@@ -89,6 +89,8 @@ pub struct RateTable {
     seed: RandomState,
     /// A fleet store is configured: keys get a `name`.
     fleet: bool,
+    /// With a password on the store, names are keyed by it ([`RateTable::key`]).
+    fleet_key: Option<[u8; 16]>,
     /// The fleet store's syncs by result (`ratelimit_store`).
     pub store_ok: AtomicU64,
     pub store_failed: AtomicU64,
@@ -119,6 +121,24 @@ pub fn fnv1a(parts: &[&[u8]]) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
+}
+
+/// The key of fleet names, from the store's password, which every process of the fleet
+/// shares: without it, names are FNV-1a, whose second preimages anyone can compute, so a
+/// client choosing its key's value (a `header:` or `query:` key) could name another's and
+/// have its spending charged to that key on the other processes.
+fn fleet_key(password: &str) -> [u8; 16] {
+    use std::hash::Hasher;
+    let half = |salt: u64| {
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(salt, !salt);
+        h.write(password.as_bytes());
+        h.finish().to_le_bytes()
+    };
+    let (a, b) = (half(0x6564_6765_7368_6172), half(0x666c_6565_746b_6579));
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&a);
+    k[8..].copy_from_slice(&b);
+    k
 }
 
 /// `n` unused slots (n > 0), zeroed by the allocator.
@@ -152,6 +172,7 @@ impl RateTable {
             epoch: Instant::now(),
             seed: RandomState::new(),
             fleet,
+            fleet_key: None,
             store_ok: AtomicU64::new(0),
             store_failed: AtomicU64::new(0),
         }
@@ -159,7 +180,10 @@ impl RateTable {
 
     /// The table for `config`'s `[rate_limits]`.
     pub fn for_config(cfg: &crate::config::RateLimits) -> RateTable {
-        RateTable::new(cfg.max_keys, cfg.store.is_some())
+        let mut t = RateTable::new(cfg.max_keys, cfg.store.is_some());
+        let password = cfg.store.as_ref().and_then(|s| s.password.as_deref());
+        t.fleet_key = password.map(fleet_key);
+        t
     }
 
     /// Now, on the table's clock (nanoseconds since it was made).
@@ -171,10 +195,16 @@ impl RateTable {
     pub fn key(&self, limit: &RateLimit, bytes: &[u8]) -> Key {
         Key {
             tag: self.seed.hash_one((limit.id, bytes)) | 1,
-            name: if self.fleet {
-                fnv1a(&[&limit.id.to_le_bytes(), bytes])
-            } else {
-                0
+            name: match (self.fleet, &self.fleet_key) {
+                (false, _) => 0,
+                (true, None) => fnv1a(&[&limit.id.to_le_bytes(), bytes]),
+                (true, Some(k)) => {
+                    use std::hash::Hasher;
+                    let mut h = siphasher::sip::SipHasher13::new_with_key(k);
+                    h.write(&limit.id.to_le_bytes());
+                    h.write(bytes);
+                    h.finish()
+                }
             },
         }
     }
@@ -726,11 +756,29 @@ mod tests {
         );
     }
 
+    /// `fleet_key("s3cret")`: SipHash-1-3 is fixed, so every build computes this.
+    const PINNED: [u8; 16] = [
+        58, 96, 117, 158, 48, 149, 187, 85, 217, 244, 60, 222, 86, 72, 188, 238,
+    ];
+
     #[test]
     fn fleet_names_are_fixed() {
         // The value every process of a fleet must compute, whatever its build.
         assert_eq!(fnv1a(&[]), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(&[b"a", b"bc"]), fnv1a(&[b"a", b"bc"]));
         assert_ne!(fnv1a(&[b"a", b"bc"]), fnv1a(&[b"ab", b"c"]));
+        // Keyed by the store's password: the same in every process that has it, another
+        // with another password, and pinned (builds apart must agree).
+        let l = limit(1.0, 1);
+        let with = |password: Option<&str>| {
+            let mut t = RateTable::new(16, true);
+            t.fleet_key = password.map(fleet_key);
+            t.key(&l, b"victim").name
+        };
+        assert_eq!(with(Some("s3cret")), with(Some("s3cret")));
+        assert_ne!(with(Some("s3cret")), with(Some("other")));
+        assert_ne!(with(Some("s3cret")), with(None));
+        assert_eq!(with(None), fnv1a(&[&l.id.to_le_bytes(), b"victim"]));
+        assert_eq!(fleet_key("s3cret"), PINNED);
     }
 }

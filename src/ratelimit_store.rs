@@ -1,5 +1,5 @@
 //! Beside stage 3½ (*admit* by rate), off the request path: the fleet store. With
-//! `rate_limits.store = "redis://HOST:PORT"`, several edgeshard processes (hosts behind ECMP
+//! `rate_limits.store = "redis://[USER:PASSWORD@]HOST:PORT"`, several edgeshard processes (hosts behind ECMP
 //! or DNS) share each key's rate. Each process keeps admitting from its own buckets
 //! ([`crate::ratelimit`], no round trip per request); this thread, every
 //! `rate_limits.sync_interval`, adds what the process admitted per key since the last sync to a
@@ -48,21 +48,24 @@ struct Known {
     active: u64,
 }
 
-/// Starts the store thread for `table`, syncing with Redis at `addr` (`HOST:PORT`) every
+/// Starts the store thread for `table`, syncing with the Redis server `store` every
 /// `every`. It runs until the process exits.
 pub fn spawn(
     table: Arc<RateTable>,
-    addr: String,
+    store: crate::config::RateStore,
     every: Duration,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("ratelimit-store".into())
-        .spawn(move || Store::new(table, addr, every).run())
+        .spawn(move || Store::new(table, store, every).run())
 }
 
 struct Store {
     table: Arc<RateTable>,
+    /// `HOST:PORT`, for the log.
     addr: String,
+    /// Where and as whom to connect.
+    info: redis::RedisResult<redis::ConnectionInfo>,
     every: Duration,
     conn: Option<redis::Connection>,
     known: HashMap<u64, Known>,
@@ -74,10 +77,24 @@ struct Store {
 }
 
 impl Store {
-    fn new(table: Arc<RateTable>, addr: String, every: Duration) -> Store {
+    fn new(table: Arc<RateTable>, store: crate::config::RateStore, every: Duration) -> Store {
+        use redis::IntoConnectionInfo;
+        let info = format!("redis://{}/", store.addr)
+            .into_connection_info()
+            .map(|info| {
+                let mut settings = info.redis_settings().clone();
+                if let Some(user) = &store.username {
+                    settings = settings.set_username(user);
+                }
+                if let Some(password) = &store.password {
+                    settings = settings.set_password(password);
+                }
+                info.set_redis_settings(settings)
+            });
         Store {
             table,
-            addr,
+            addr: store.addr,
+            info,
             every,
             conn: None,
             known: HashMap::new(),
@@ -176,7 +193,8 @@ impl Store {
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => {
-                let client = redis::Client::open(format!("redis://{}/", self.addr))?;
+                let info = self.info.as_ref().map_err(Clone::clone)?;
+                let client = redis::Client::open(info.clone())?;
                 let conn = client.get_connection_with_timeout(timeout)?;
                 conn.set_read_timeout(Some(timeout))?;
                 conn.set_write_timeout(Some(timeout))?;

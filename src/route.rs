@@ -312,6 +312,26 @@ pub fn routed_path(p: &str, prefix: bool) -> Option<String> {
     String::from_utf8(seen).ok()
 }
 
+/// `%XX` decoded (and `+` kept as is); None for a bad escape: the admin API's query
+/// strings and the userinfo of `rate_limits.store`.
+pub(crate) fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            // Two hex digits, nothing else (`from_str_radix` also took a sign: `%+f`).
+            let digit = |at: usize| hex(*b.get(at)?);
+            out.push(digit(i + 1)? << 4 | digit(i + 2)?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
 /// One hex digit's value (`%XX` escapes: here and in the admin API's query strings).
 pub(crate) fn hex(b: u8) -> Option<u8> {
     match b {

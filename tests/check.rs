@@ -171,7 +171,7 @@ proxy_protocol = "v2"
 
 [rate_limits]
 max_keys = 100000
-store = "redis://127.0.0.1:6379"
+store = "redis://:p%40ss@127.0.0.1:6379"
 sync_interval = "50ms"
 
 [dns]

@@ -1,6 +1,7 @@
 //! Rate limits across hosts (issue 16): two edgeshard processes sharing one real Redis server
-//! (`rate_limits.store`) admit, together, within 10 % of one rate; with Redis stopped they keep
-//! serving, each on its own bucket, and count the failed syncs.
+//! (`rate_limits.store`, with a password, as managed Redis servers require) admit, together,
+//! within 10 % of one rate; with Redis stopped they keep serving, each on its own bucket, and
+//! count the failed syncs. A wrong password is a failed sync, logged with Redis's reason.
 
 use crate::rate_limits::hammer;
 use crate::support::*;
@@ -9,11 +10,14 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A `redis-server` of the test's own, on a free loopback port, no persistence.
+/// A `redis-server` of the test's own, on a free loopback port, no persistence, with the
+/// password [`PASSWORD`].
 struct Redis {
     child: Child,
     addr: SocketAddr,
 }
+
+const PASSWORD: &str = "s3cret:@pw";
 
 impl Redis {
     fn start() -> Redis {
@@ -35,6 +39,8 @@ impl Redis {
                     "",
                     "--appendonly",
                     "no",
+                    "--requirepass",
+                    PASSWORD,
                 ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -60,10 +66,11 @@ impl Redis {
             }
             if let Ok(mut s) = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)) {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                // Before AUTH, a server that is up refuses: `-NOAUTH ...`.
                 let mut buf = [0u8; 7];
                 if s.write_all(b"PING\r\n").is_ok()
                     && s.read_exact(&mut buf).is_ok()
-                    && &buf == b"+PONG\r\n"
+                    && &buf == b"-NOAUTH"
                 {
                     return true;
                 }
@@ -101,7 +108,7 @@ both_engines! {
         let config = Config::new()
             .upstream("main", &[origin.addr()])
             .route("main", &format!("rate_limit = {{ rate = {RATE}, burst = {BURST} }}"))
-            .section("rate_limits", &format!("store = \"redis://{}\"\nsync_interval = \"50ms\"", redis.addr))
+            .section("rate_limits", &format!("store = \"redis://:s3cret%3A%40pw@{}\"\nsync_interval = \"50ms\"", redis.addr))
             .admin("");
         let (a, b) = (config.start(engine), config.start(engine));
 
@@ -140,5 +147,29 @@ both_engines! {
             (ok as f64) > 0.75 * alone && (ok as f64) < 1.1 * alone + 2.0 * BURST,
             "with the store down, two processes admitted {ok} in {secs:.2} s (each alone: {alone:.0} together)"
         );
+    }
+
+    // The wrong password: every sync fails (each process limits on its own), and the log
+    // says why, without the password.
+    fn a_wrong_store_password_is_a_failed_sync_with_redis_reason(engine) {
+        let origin = Origin::start("o");
+        let redis = Redis::start();
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", "rate_limit = { rate = 100, burst = 10 }")
+            .section("rate_limits", &format!("store = \"redis://:wrong-pw@{}\"\nsync_interval = \"50ms\"", redis.addr))
+            .admin("")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/"));
+        assert_eq!(c.read_response().status(), 200);
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "a failed sync", |m| {
+            m.value("edgeshard_rate_limit_store_syncs_total", &[("result", "failed")]) > 0.0
+        });
+        assert_eq!(syncs(&proxy, "ok"), 0.0);
+        proxy.wait_for_output("rate-limit store unreachable", 1, Duration::from_secs(5));
+        let out = proxy.output();
+        assert!(out.contains("Password authentication failed"), "{out}");
+        assert!(!out.contains("wrong-pw"), "the password is never logged:\n{out}");
     }
 }

@@ -258,7 +258,7 @@ pub use mirror::Mirror;
 pub use observe::{
     AccessFormat, AccessLogConfig, AccessTarget, AdminConfig, Keep, LogConfig, RequestIdConfig,
 };
-pub use ratelimit::{RateKey, RateLimit, RateLimits};
+pub use ratelimit::{RateKey, RateLimit, RateLimits, Store as RateStore};
 use raw::{array, Checker, RawDns, RawLimits, RawRoute, RawServer, RawTimeouts, TOP_LEVEL};
 pub use raw::{parse_size, ConfigError, ConfigIssue};
 pub use resilience::Resilience;

@@ -63,10 +63,31 @@ pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimits {
     pub max_keys: usize,
-    /// `store = "redis://HOST:PORT"`: the host and port of the Redis server the buckets are
+    /// `store = "redis://[USER:PASSWORD@]HOST:PORT"`: the Redis server the buckets are
     /// shared through with other edgeshard processes.
-    pub store: Option<String>,
+    pub store: Option<Store>,
     pub sync_interval: Duration,
+}
+
+/// The fleet store's address and credentials.
+#[derive(Clone, PartialEq)]
+pub struct Store {
+    /// `HOST:PORT`.
+    pub addr: String,
+    /// Sent with `AUTH` (Redis 6 ACLs: a user; before: only the password).
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Store {
+    /// Never the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("addr", &self.addr)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 /// Checks one `rate_limit` written at `path` (`scope` names where: the listener's address or
@@ -154,7 +175,7 @@ pub(super) fn rate_limits(c: &mut Checker, raw: Option<RawRateLimits>) -> RateLi
         None => {
             c.err(
                 "rate_limits.store",
-                format!("{s:?}: write \"redis://HOST:PORT\" (HOST a name, an IPv4 address or [IPv6]; no user, password, database or path)"),
+                format!("{:?}: write \"redis://HOST:PORT\" or \"redis://USER:PASSWORD@HOST:PORT\" (HOST a name, an IPv4 address or [IPv6]; USER may be empty; % escapes in USER and PASSWORD; no database or path)", redacted(&s)),
             );
             None
         }
@@ -183,11 +204,43 @@ pub(super) fn rate_limits(c: &mut Checker, raw: Option<RawRateLimits>) -> RateLi
     }
 }
 
-/// `redis://HOST:PORT` (or `redis://HOST`, port 6379) as `HOST:PORT`: HOST a DNS name, an
-/// IPv4 address or a bracketed IPv6 address; nothing after the port but an optional `/`.
-fn store_address(s: &str) -> Option<String> {
+/// `s` with the password of a `redis://` URL hidden, for messages.
+fn redacted(s: &str) -> String {
+    match s.strip_prefix("redis://").and_then(|r| r.rsplit_once('@')) {
+        Some((user, host)) => {
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            format!("redis://{user}:…@{host}")
+        }
+        None => s.to_string(),
+    }
+}
+
+/// `redis://[USER[:PASSWORD]@]HOST[:PORT]` (port 6379 by default): HOST a DNS name, an IPv4
+/// address or a bracketed IPv6 address; nothing after the port but an optional `/`; USER and
+/// PASSWORD percent-decoded (an empty USER is none: `redis://:secret@h`, Redis before 6).
+fn store_address(s: &str) -> Option<Store> {
     let rest = s.strip_prefix("redis://")?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((u, r)) => (Some(u), r),
+        None => (None, rest),
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(u) => {
+            let (user, pass) = u.split_once(':').unwrap_or((u, ""));
+            let decode = |v: &str| {
+                let v = crate::route::percent_decode(v)?;
+                String::from_utf8(v).ok()
+            };
+            let user = decode(user)?;
+            let pass = decode(pass)?;
+            if pass.is_empty() {
+                return None;
+            }
+            ((!user.is_empty()).then_some(user), Some(pass))
+        }
+    };
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if (h.starts_with('[') && h.ends_with(']')) || !h.contains(':') => {
             (h, p.parse::<u16>().ok().filter(|&p| p != 0)?)
@@ -204,12 +257,16 @@ fn store_address(s: &str) -> Option<String> {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         }
     };
-    ok.then(|| format!("{host}:{port}"))
+    ok.then(|| Store {
+        addr: format!("{host}:{port}"),
+        username,
+        password,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::store_address;
+    use super::{redacted, store_address};
 
     #[test]
     fn store_addresses() {
@@ -221,12 +278,32 @@ mod tests {
             ("redis://[::1]", Some("[::1]:6379")),
             ("redis://h:6379/0", None),
             ("redis://::1", None),
-            ("redis://user:pw@h:1", None),
             ("redis://h:0", None),
             ("redis://", None),
             ("http://h:1", None),
         ] {
-            assert_eq!(store_address(text).as_deref(), want, "{text}");
+            let got = store_address(text);
+            assert_eq!(got.as_ref().map(|s| s.addr.as_str()), want, "{text}");
+            assert!(got.is_none_or(|s| s.password.is_none()), "{text}");
         }
+        for (text, user, pass) in [
+            ("redis://:s3cret@h:6380", None, "s3cret"),
+            ("redis://edge:p%40ss%3Aw@[::1]", Some("edge"), "p@ss:w"),
+        ] {
+            let got = store_address(text).unwrap();
+            assert_eq!(
+                (got.username.as_deref(), got.password.as_deref()),
+                (user, Some(pass)),
+                "{text}"
+            );
+            assert!(
+                !format!("{got:?}").contains(pass),
+                "the password stays out of debug output"
+            );
+        }
+        for bad in ["redis://user@h", "redis://:@h", "redis://:%zz@h"] {
+            assert!(store_address(bad).is_none(), "{bad}");
+        }
+        assert_eq!(redacted("redis://edge:s3cret@h:1"), "redis://edge:…@h:1");
     }
 }

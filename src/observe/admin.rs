@@ -618,7 +618,7 @@ async fn purge(state: &AdminState, target: &str) -> Reply {
     // Keys and prefixes are compared as the cache writes its keys (host lower-cased,
     // default port dropped); an empty prefix is not a way to say `all`.
     let key = |v, prefix| {
-        let url = escape_unsendable(&percent_decode(v)?);
+        let url = escape_unsendable(&crate::route::percent_decode(v)?);
         Some(crate::cache::policy::purge_key(&url, prefix))
     };
     let p = match query.split_once('=') {
@@ -656,25 +656,6 @@ async fn purge(state: &AdminState, target: &str) -> Reply {
         "200 OK",
         serde_json::json!({ "purged": purged, "shards": shards }),
     )
-}
-
-/// `%XX` decoded (and `+` kept as is); None for a bad escape.
-fn percent_decode(s: &str) -> Option<Vec<u8>> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            // Two hex digits, nothing else (`from_str_radix` also took a sign: `%+f`).
-            let digit = |at: usize| crate::route::hex(*b.get(at)?);
-            out.push(digit(i + 1)? << 4 | digit(i + 2)?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    Some(out)
 }
 
 /// A decoded URL with the bytes no request target may hold raw (controls, space, DEL,
