@@ -7,7 +7,7 @@
 // Keys are the URLs clients choose: std's `HashMap` hashes with a per-process random key
 // (SipHash), where an unseeded hash let a client build keys that all collide (each lookup then
 // walked every one of them: 11 times slower at 12,000 entries, probe6-b).
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -106,10 +106,11 @@ struct Slot {
     size: u64,
 }
 
-/// The `Vary` names of one URL and the keys of its entries (one per variant).
+/// The `Vary` names of one URL and the keys of its entries (one per variant: as many as
+/// clients choose, under `Vary: Cookie`, so a set, not a list to scan).
 struct Variants {
     names: Rc<[Box<[u8]>]>,
-    keys: Vec<Rc<[u8]>>,
+    keys: HashSet<Rc<[u8]>>,
 }
 
 /// Entries of one route on one shard.
@@ -255,10 +256,10 @@ impl Store {
         let url: Box<[u8]> = key[..primary.min(key.len())].into();
         let v = self.vary.entry(url).or_insert_with(|| Variants {
             names: names.clone(),
-            keys: Vec::new(),
+            keys: HashSet::new(),
         });
         v.names = names;
-        v.keys.push(key.clone());
+        v.keys.insert(key.clone());
         self.tick += 1;
         self.order.insert(self.tick, key.clone());
         self.bytes += size;
@@ -310,7 +311,7 @@ impl Store {
         self.bytes -= slot.size;
         let url = &key[..slot.primary.min(key.len())];
         if let Some(v) = self.vary.get_mut(url) {
-            v.keys.retain(|k| **k != *key);
+            v.keys.remove(key);
             if v.keys.is_empty() {
                 self.vary.remove(url);
             }
@@ -320,12 +321,16 @@ impl Store {
 
     /// Removes every entry of the URL `url` (each of its `Vary` variants); returns how many.
     pub fn remove_url(&mut self, url: &[u8]) -> u64 {
-        let keys = self
-            .vary
-            .get(url)
-            .map(|v| v.keys.clone())
-            .unwrap_or_default();
-        keys.iter().filter(|k| self.remove(k)).count() as u64
+        let Some(v) = self.vary.remove(url) else {
+            return 0;
+        };
+        for key in &v.keys {
+            if let Some(slot) = self.entries.remove(key) {
+                self.order.remove(&slot.tick);
+                self.bytes -= slot.size;
+            }
+        }
+        v.keys.len() as u64
     }
 
     /// Removes every entry whose URL (the key without its `Vary` part) `matches`; returns how
