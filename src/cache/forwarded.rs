@@ -16,8 +16,10 @@ use crate::http::fields::{client_address_claim, forwarding_claim, same_field};
 /// proxy forwards), else the first `Forwarded` element's `proto=` and `host=` (`None` where
 /// the two families disagree, or the host is no valid authority); a port from
 /// `X-Forwarded-Port` when the host names none. The `Host` the backend gets is keyed beside
-/// it ([`super::policy::SENT_HOST`]). Client-address claims (`X-Forwarded-For`,
-/// `X-Real-IP`, ...) and `X-Forwarded-Server` do not change the URL.
+/// it ([`super::policy::SENT_HOST`]). The other scheme claims (`X-Scheme`, which
+/// ingress-nginx sends on every request, `X-Url-Scheme`, `Front-End-Https: on`) must agree
+/// with the `X-Forwarded-Proto` the backend gets (the proxy's own when none was sent). Client-address claims (`X-Forwarded-For`, `X-Real-IP`, ...) and
+/// `X-Forwarded-Server` do not change the URL.
 pub fn origin<'h>(
     https: bool,
     host: &'h [u8],
@@ -27,8 +29,25 @@ pub fn origin<'h>(
         (None, None, None);
     let (mut f_proto, mut f_host): (Option<bool>, Option<&[u8]>) = (None, None);
     let mut forwarded_seen = false;
+    // `X-Scheme` and the like: every one must say the same.
+    let mut other_proto: Option<bool> = None;
     for (name, value) in fields {
         if !forwarding_claim(name) {
+            continue;
+        }
+        let other = if same_field(name, b"x-scheme") || same_field(name, b"x-url-scheme") {
+            Some(scheme(value))
+        } else if same_field(name, b"front-end-https") {
+            Some(on_off(value))
+        } else {
+            None
+        };
+        if let Some(s) = other {
+            let s = s?;
+            if other_proto.is_some_and(|o| o != s) {
+                return None;
+            }
+            other_proto = Some(s);
             continue;
         }
         if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
@@ -51,7 +70,11 @@ pub fn origin<'h>(
     let hosts_differ = fwd_host
         .zip(f_host)
         .is_some_and(|(a, b)| !a.eq_ignore_ascii_case(b));
-    if hosts_differ || proto.zip(f_proto).is_some_and(|(a, b)| a != b) {
+    // `X-Scheme` and the like beside the `X-Forwarded-Proto` the backend gets (the proxy's
+    // own when the front sent none).
+    let other_differs =
+        other_proto.is_some_and(|o| o != proto.unwrap_or(https) || f_proto.is_some_and(|f| f != o));
+    if hosts_differ || other_differs || proto.zip(f_proto).is_some_and(|(a, b)| a != b) {
         return None;
     }
     let https = proto.or(f_proto).unwrap_or(https);
@@ -66,6 +89,17 @@ pub fn origin<'h>(
         out.extend_from_slice(p);
     }
     Some((https, out))
+}
+
+/// `Front-End-Https`: `on` or `off` (any case).
+fn on_off(v: &[u8]) -> Option<bool> {
+    if v.eq_ignore_ascii_case(b"on") {
+        Some(true)
+    } else if v.eq_ignore_ascii_case(b"off") {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// `http` or `https` (any case), as the proxy forwards it.
@@ -220,8 +254,33 @@ mod tests {
             "X-Original-URL",
             "x_host",
             "X-Forwarded-Ssl",
+            "X-Script-Name",
         ] {
             assert_eq!(of(&[(name, "/x")]), None, "{name}");
+        }
+        // Other scheme claims (ingress-nginx sends X-Scheme on every request): keyed when
+        // they agree with the rest, out of the cache when not (or not a scheme).
+        let https = Some((true, "shop.example".to_string()));
+        assert_eq!(
+            of(&[("X-Scheme", "https"), ("X-Forwarded-Proto", "https")]),
+            https
+        );
+        let three = [
+            ("Front-End-Https", "ON"),
+            ("X_Url_Scheme", "https"),
+            ("X-Forwarded-Proto", "https"),
+        ];
+        assert_eq!(of(&three), https);
+        assert_eq!(of(&[("X-Scheme", "http")]), own);
+        // Alone, against the `X-Forwarded-Proto: http` the proxy then writes.
+        assert_eq!(of(&[("X-Scheme", "https"), ("X-Real-IP", "1.2.3.4")]), None);
+        for fields in [
+            [("X-Scheme", "https"), ("X-Forwarded-Proto", "http")],
+            [("X-Scheme", "https"), ("X-Scheme", "http")],
+            [("Front-End-Https", "off"), ("Forwarded", "proto=https")],
+            [("X-Scheme", "gopher"), ("X-Real-IP", "1.2.3.4")],
+        ] {
+            assert_eq!(of(&fields), None, "{fields:?}");
         }
     }
 }
