@@ -279,9 +279,9 @@ both_engines! {
 
     // A web page open in the operator's browser can make it send a "simple" POST to the
     // admin address (no answer needed to purge or reload), or rebind a name of its own to
-    // it: such requests carry an Origin, a Sec-Fetch-Site other than `none`, or (reaching a
-    // token-less loopback admin) a Host that names a site. They are refused; tools and a
-    // URL typed into the browser are not.
+    // it: such requests carry an Origin or a Sec-Fetch-Site other than `none`. They are
+    // refused; tools (which may name the admin by a host name) and a URL typed into the
+    // browser are not.
     fn admin_refuses_requests_made_by_web_pages(engine) {
         let o = Origin::start("o");
         let proxy = Config::single(o.addr()).admin("").start(engine);
@@ -297,9 +297,7 @@ both_engines! {
             format!("{host}Origin: http://evil.example\r\nContent-Type: text/plain\r\n"),
             format!("{host}Origin: null\r\n"),
             format!("{host}Sec-Fetch-Site: cross-site\r\n"),
-            format!("{host}Sec-Fetch-Site: same-origin\r\n"),
-            "Host: rebind.evil.example\r\n".to_string(),
-            format!("Host: rebind.evil.example:{}\r\n", admin.port()),
+            format!("Host: rebind.evil.example:{}\r\nSec-Fetch-Site: same-origin\r\n", admin.port()),
         ] {
             for (method, path) in [("POST", drain.as_str()), ("POST", "/reload"), ("GET", "/metrics")] {
                 let text = ask(method, path, &fields);
@@ -312,6 +310,8 @@ both_engines! {
             format!("Host: localhost:{}\r\n", admin.port()),
             "Host: [::1]:9901\r\n".to_string(),
             "Host: 127.0.0.1\r\n".to_string(),
+            format!("Host: proxy1.prod.internal:{}\r\nUser-Agent: Prometheus/2.53.0\r\n", admin.port()),
+            "Host: localhost.\r\n".to_string(),
             String::new(),
             format!("{host}Sec-Fetch-Site: none\r\n"),
         ] {
