@@ -682,6 +682,12 @@ both_engines! {
             let r = admin_post(admin, &format!("/cache/purge?key=http://example.com{key}"), None);
             assert_eq!(r.json()["purged"].as_u64(), Some(1), "{key}: {}", r.body);
         }
+        // Escapes in either case are one URL (RFC 3986 §6.2.2.1): one entry, found by
+        // either spelling.
+        assert_eq!(x_cache(&fetch(&mut c, "GET", "/caf%c3%a9", &[])), "MISS");
+        assert_eq!(x_cache(&fetch(&mut c, "GET", "/caf%C3%A9", &[])), "HIT");
+        let r = admin_post(admin, "/cache/purge?key=http://example.com/caf%c3%a9", None);
+        assert_eq!(r.json()["purged"].as_u64(), Some(1), "{}", r.body);
         assert_eq!(admin_post(admin, "/cache/purge?what=1", None).status, 400);
         for bad in ["%+f", "%zz", "%f", "%-1"] {
             let r = admin_post(admin, &format!("/cache/purge?key={bad}"), None);
@@ -689,7 +695,7 @@ both_engines! {
         }
         assert_eq!(admin_post(admin, "/cache/purge?prefix=", None).status, 400, "an empty prefix is not ?all");
         assert_eq!(admin_get(admin, "/cache/purge?all", None).status, 405);
-        assert_eq!(origin.request_count(), 4 + 1 + 2 + 4 + 2);
+        assert_eq!(origin.request_count(), 4 + 1 + 2 + 4 + 2 + 1);
     }
 
     // `fill_memory` (64 KiB here) bounds what a route's responses being stored hold at once

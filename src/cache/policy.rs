@@ -522,14 +522,16 @@ pub fn purge_key(url: &[u8], prefix: bool) -> Vec<u8> {
     out
 }
 
-/// The cache key of a request: `scheme://host/path?query` with the host lower-cased and its
-/// default port (80 for http, 443 for https) removed; `target` is the origin-form path and
-/// query as the client sent it (before any rewrite).
 /// Behind a trusted proxy whose claimed host is not the request's `Host`, the key names the
 /// claimed URL and then this and the `Host` the backend got (it may pick a site by either).
 /// `@` is no field name's byte: no `Vary` part reads the same.
 pub const SENT_HOST: &[u8] = b"\n@host:";
 
+/// The cache key of a request: `scheme://host/path?query` with the host lower-cased and its
+/// default port (80 for http, 443 for https) removed; `target` is the origin-form path and
+/// query as the client sent it (before any rewrite), but for the hex digits of its `%XX`
+/// escapes, upper-cased: `%c3%a9` and `%C3%A9` are one URL to every backend (RFC 3986
+/// §6.2.2.1), so one entry, and one purge finds it.
 pub fn primary_key(https: bool, host: &[u8], target: &[u8], out: &mut Vec<u8>) {
     let (scheme, port): (&[u8], &[u8]) = if https {
         (b"https://", b":443")
@@ -543,12 +545,23 @@ pub fn primary_key(https: bool, host: &[u8], target: &[u8], out: &mut Vec<u8>) {
     if target.first() != Some(&b'/') {
         out.push(b'/');
     }
+    let start = out.len();
     out.extend_from_slice(target);
+    if target.contains(&b'%') {
+        let t = &mut out[start..];
+        for i in 0..t.len().saturating_sub(2) {
+            if t[i] == b'%' && t[i + 1].is_ascii_hexdigit() && t[i + 2].is_ascii_hexdigit() {
+                t[i + 1].make_ascii_uppercase();
+                t[i + 2].make_ascii_uppercase();
+            }
+        }
+    }
 }
 
 /// Appends the `Vary` part of a key: for each name, `\n` name `:` the values of that field
 /// among the request's `fields` (several joined by `,`, each trimmed), then, when the
-/// request also spells the name with `_` for `-` ([`same_field`]), `\n_:` their values.
+/// request also spells the name with `_` for `-` ([`same_field`]), `\n@_:` their values
+/// (`@` is no field name's byte).
 /// `Accept_Language` is `Accept-Language` to a CGI or WSGI backend but an unknown field to
 /// most others: keyed apart, neither kind of backend's answer to it is served for the
 /// other spelling.
@@ -569,7 +582,7 @@ where
             .filter(|(n, _)| same_field(n, name) && !exact(n))
             .peekable();
         if other.peek().is_some() {
-            out.extend_from_slice(b"\n_");
+            out.extend_from_slice(b"\n@_");
             values(other, out);
         }
     }

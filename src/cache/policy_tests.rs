@@ -423,6 +423,12 @@ fn keys_normalise_scheme_host_and_default_port() {
         key(true, "example.com:80", "/x"),
         "https://example.com:80/x"
     );
+    // Escapes' hex digits in one case; nothing else of the target changes.
+    assert_eq!(
+        key(false, "h", "/caf%c3%a9?q=%2f%zz%a"),
+        "http://h/caf%C3%A9?q=%2F%zz%a"
+    );
+    assert_eq!(key(false, "h", "/ab%"), "http://h/ab%");
     let mut k = Vec::new();
     let names: Vec<Box<[u8]>> = vec![b"accept-encoding".to_vec().into()];
     let fields = [
@@ -450,14 +456,14 @@ fn keys_normalise_scheme_host_and_default_port() {
         [(&b"Accept_Encoding"[..], &b"br"[..])].into_iter(),
         &mut under,
     );
-    assert_eq!(under, b"\naccept-encoding!\n_:br");
+    assert_eq!(under, b"\naccept-encoding!\n@_:br");
     let mut both = Vec::new();
     let fields = [
         (&b"accept-encoding"[..], &b"gzip"[..]),
         (b"accept_encoding", b"br"),
     ];
     vary_key(&names, fields.into_iter(), &mut both);
-    assert_eq!(both, b"\naccept-encoding:gzip\n_:br");
+    assert_eq!(both, b"\naccept-encoding:gzip\n@_:br");
 }
 
 #[test]
