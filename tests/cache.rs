@@ -617,6 +617,37 @@ both_engines! {
         assert_eq!(m.value("edgeshard_cache_invalidated_total", &[]), 8.0, "two variants, four times");
     }
 
+    // A GET whose fetch was in flight when a PUT changed the resource (sent before it) is
+    // relayed but not stored: the writer then reads the new version, not the old one.
+    fn a_fill_in_flight_is_not_stored_over_an_invalidation(engine) {
+        let (gate, version) = (Gate::default(), Arc::new(AtomicUsize::new(1)));
+        let (g, v) = (gate.clone(), version.clone());
+        let origin = Origin::with_handler("o", move |r| {
+            if r.method != "GET" {
+                v.fetch_add(1, Ordering::SeqCst);
+                return reply(&[], "changed", false);
+            }
+            let seen = v.load(Ordering::SeqCst);
+            if r.header("x-hold").is_some() {
+                g.wait(Duration::from_secs(20));
+            }
+            reply(&[("Cache-Control", "max-age=100")], &format!("v{seen}"), false)
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut reader = Client::connect(proxy.addr());
+        reader.send(&request("GET", "/doc", &[("Host", "example.com"), ("X-Hold", "1")], b""));
+        assert!(origin.wait_for(Duration::from_secs(10), |o| o.requests.len() == 1), "the held GET at the origin");
+        let mut writer = Client::connect(proxy.addr());
+        let r = fetch(&mut writer, "PUT", "/doc", &[("Content-Length", "0")]);
+        assert_eq!(r.status(), 200);
+        gate.open();
+        let old = reader.read_response_for("GET");
+        assert_eq!((x_cache(&old), old.body_str()), ("MISS".into(), "v1".into()));
+        let after = fetch(&mut writer, "GET", "/doc", &[]);
+        assert_eq!((x_cache(&after), after.body_str()), ("MISS".into(), "v2".into()), "the old version was stored after the PUT");
+        assert_eq!(x_cache(&fetch(&mut writer, "GET", "/doc", &[])), "HIT");
+    }
+
     // `bypass`: a request carrying a session cookie, a debug header or a `nocache` argument
     // (in any spelling a backend reads as one) is neither answered from the cache nor
     // stored: its answer may be that user's (web cache deception through `cache.valid`).

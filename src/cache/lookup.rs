@@ -272,6 +272,7 @@ fn new_fill<'a>(
     rules: RequestRules,
     key: Vec<u8>,
 ) -> Fill<'a> {
+    let invalidations = cache.invalidations_of(&key).get();
     Fill {
         cache,
         whole: None,
@@ -295,6 +296,7 @@ fn new_fill<'a>(
             background: false,
             ranged: false,
             purges: cache.purges.get(),
+            invalidations,
             invalidates: false,
         },
     }

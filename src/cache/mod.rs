@@ -93,6 +93,10 @@ pub struct ShardCache {
     /// Purges so far: a fill that was in flight during one is not stored (its response may
     /// predate what the purge was for).
     purges: Cell<u64>,
+    /// Invalidations so far (RFC 9111 §4.4), by a hash of the URL: a fill in flight for a
+    /// URL of a bucket that moved is not stored (it may predate the change). 32 buckets:
+    /// another URL's invalidation skips a store now and then, never more.
+    invalidations: [Cell<u32>; 32],
 }
 
 /// What `POST /cache/purge` removes.
@@ -135,6 +139,14 @@ impl ShardCache {
 
     fn bump(c: &Cell<u64>) {
         c.set(c.get() + 1);
+    }
+
+    /// The invalidation count of `url`'s bucket.
+    fn invalidations_of(&self, url: &[u8]) -> &Cell<u32> {
+        use std::hash::Hasher;
+        let mut h = rustc_hash::FxHasher::default();
+        h.write(url);
+        &self.invalidations[h.finish() as usize % self.invalidations.len()]
     }
 }
 
@@ -396,6 +408,8 @@ pub struct FillState {
     ranged: bool,
     /// [`ShardCache`]'s purge count when the fetch began.
     purges: u64,
+    /// The invalidation count of its URL's bucket when the fetch began.
+    invalidations: u32,
 }
 
 impl Deref for Fill<'_> {
@@ -443,6 +457,7 @@ impl FillState {
             background: false,
             ranged: false,
             purges: 0,
+            invalidations: 0,
             invalidates: false,
         }
     }
@@ -478,6 +493,8 @@ impl<'a> Fill<'a> {
             let url = &self.s.key;
             let gone = self.with_store(|store| store.remove_url(url));
             crate::stats::add(&self.cache.invalidated, gone);
+            let n = self.cache.invalidations_of(url);
+            n.set(n.get().wrapping_add(1));
         }
         if let Some(stale) = self.stale.take() {
             // A new response (not the 304 or the 5xx [`settle`] takes) about the resource
@@ -716,8 +733,10 @@ impl<'a> Fill<'a> {
         if tee.over_budget {
             ShardCache::bump(&self.cache.fill_dropped);
         }
-        // A purge while it was fetched: what it purged may be this response.
-        if !complete || tee.overflow || self.cache.purges.get() != self.purges {
+        // A purge or an invalidation of its URL while it was fetched: what it removed may
+        // be this response.
+        let invalidated = self.cache.invalidations_of(&self.key).get() != self.invalidations;
+        if !complete || tee.overflow || self.cache.purges.get() != self.purges || invalidated {
             return;
         }
         let mut key = self.key.clone();
