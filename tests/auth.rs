@@ -141,8 +141,6 @@ both_engines! {
         assert_eq!(m.value("edgeshard_responses_generated_total", &[("status", "401"), ("reason", "unauthorized")]), 4.0);
     }
 
-    // The second login with the same credentials is taken from the shard's cache: bcrypt
-    // runs once. `forward_authorization` passes the field on.
     // A route guarding `/admin/` for GET and POST, a catch-all to the same upstream: a
     // HEAD (a GET without the body, which backends answer with their GET handler) is held to
     // the guarded route, as nginx's `limit_except GET` holds it, not passed to the catch-all.
@@ -217,6 +215,8 @@ both_engines! {
         assert_eq!(service.last_request().header("x-original-url"), Some("http://e.example/x"));
     }
 
+    // The second login with the same credentials is taken from the shard's cache: bcrypt
+    // runs once. `forward_authorization` passes the field on.
     fn repeat_logins_cost_no_bcrypt(engine) {
         let origin = Origin::start("o");
         let users = UsersFile::new();

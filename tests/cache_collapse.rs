@@ -47,10 +47,6 @@ both_engines! {
         assert_eq!(results.iter().filter(|x| *x == "HIT").count(), 99);
     }
 
-    // A response that turns out larger than `max_object` ends the fetch for the requests
-    // waiting on its key as soon as its body passes the bound (nothing will be stored), not
-    // at its relay's end: a large chunked download held every other request for its URL
-    // until the download ended or the 5 s lock bound passed.
     // The entry is stored once its body has gone through to the client that asked first;
     // a client that stops reading holds that relay. The requests waiting on it stop
     // waiting once one write to that client has been held 200 ms, and fetch for
@@ -83,6 +79,10 @@ both_engines! {
         drop(leader);
     }
 
+    // A response that turns out larger than `max_object` ends the fetch for the requests
+    // waiting on its key as soon as its body passes the bound (nothing will be stored), not
+    // at its relay's end: a large chunked download held every other request for its URL
+    // until the download ended or the 5 s lock bound passed.
     fn waiters_go_on_once_the_fetch_outgrows_max_object(engine) {
         let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = backend.local_addr().unwrap();

@@ -542,5 +542,9 @@ both_engines! {
         );
         let r = fetch(&mut c, "/gone", &[]);
         assert_eq!((r.status(), r.body_str()), (503, "down".into()), "a 404 removes it");
+        let m = scrape(proxy.admin_addr(), None);
+        let n = |result| m.value("edgeshard_cache_revalidations_total", &[("result", result)]);
+        // The 401 and 412 (not revalidated) and /sie's 503; the 404 replaced /gone's.
+        assert_eq!((n("failed"), n("replaced")), (3.0, 1.0));
     }
 }

@@ -513,6 +513,10 @@ impl<'a> Fill<'a> {
                 }
                 self.replaces = true;
             } else {
+                if self.store && head.status < 500 {
+                    // An answer about the request: the entry was not revalidated.
+                    ShardCache::bump(&self.cache.revalidations_failed);
+                }
                 self.stale = Some(stale);
             }
         }

@@ -582,7 +582,7 @@ pub fn render(
         "Responses held by the routes' caches, all shards.",
     );
     let _ = writeln!(o, "edgeshard_cache_entries {}", c[5]);
-    family(&mut o, "edgeshard_cache_revalidations_total", "counter", "Revalidations of stale cache entries with the backend (foreground and background), by result: not_modified (a 304 refreshed the entry), replaced (a new response replaced it), failed (unreachable, timed out or a 5xx: the stale entry stays).");
+    family(&mut o, "edgeshard_cache_revalidations_total", "counter", "Revalidations of stale cache entries with the backend (foreground and background), by result: not_modified (a 304 refreshed the entry), replaced (a new response replaced it), failed (unreachable, timed out, a 5xx, or a 4xx about the request such as a 401: the stale entry stays).");
     for (result, n) in [
         ("not_modified", c[8]),
         ("replaced", c[9]),
