@@ -474,6 +474,10 @@ where
     match &limit.key {
         RateKey::Whole => admit_one(ctx, limit, b""),
         RateKey::Request(k) => {
+            let src = KeySource {
+                client_ip: prefix_of(src.client_ip, limit.ipv6_prefix),
+                ..src
+            };
             let mut wait = None;
             let counted = for_each_value(k, src, &mut ip, |v| {
                 if let Err(s) = admit_one(ctx, limit, v) {
@@ -486,6 +490,18 @@ where
             }
             wait.map_or(Ok(()), Err)
         }
+    }
+}
+
+/// `ip` as a rate limit counts it: an IPv6 address by its first `bits` bits (the rest
+/// zero), an IPv4 one whole.
+fn prefix_of(ip: std::net::IpAddr, bits: u8) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) if bits < 128 => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            std::net::Ipv6Addr::from(u128::from(v6) & mask).into()
+        }
+        other => other,
     }
 }
 
@@ -522,11 +538,24 @@ mod tests {
             burst,
             key: RateKey::Whole,
             interval_ns: (1e9 / rate) as u64,
+            ipv6_prefix: 64,
             id: 7,
         }
     }
 
     const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_prefix() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let p = |s: &str, bits| prefix_of(ip(s), bits);
+        assert_eq!(p("2001:db8:1:2:3:4:5:6", 64), ip("2001:db8:1:2::"));
+        assert_eq!(p("2001:db8:1:2:3:4:5:6", 48), ip("2001:db8:1::"));
+        assert_eq!(p("2001:db8:1:2:3:4:5:6", 128), ip("2001:db8:1:2:3:4:5:6"));
+        assert_eq!(p("2001:db8:1:2:3:4:5:6", 1), ip("::"));
+        assert_eq!(p("ffff::1", 1), ip("8000::"));
+        assert_eq!(p("192.0.2.7", 64), ip("192.0.2.7"), "IPv4 whole");
+    }
 
     #[test]
     fn a_new_table_starts_with_every_slot_unused() {

@@ -52,7 +52,7 @@ headers = { "x-canary" = "1" }
 upstream = "api"
 allow = ["10.0.0.0/8"]
 deny = ["10.6.6.0/24"]
-rate_limit = { rate = 50, burst = 100, key = "client_ip" }
+rate_limit = { rate = 50, burst = 100, key = "client_ip", ipv6_prefix = 64 }
 
 [[route]]
 name = "exact"
@@ -642,7 +642,7 @@ fn check_names_what_is_wrong_in_the_access_log_keep_rules() {
 
 #[test]
 fn check_refuses_a_rate_limit_keyed_on_a_forwarding_claim() {
-    let limit = "rate_limit = { rate = 50, burst = 100, key = \"client_ip\" }";
+    let limit = "rate_limit = { rate = 50, burst = 100, key = \"client_ip\", ipv6_prefix = 64 }";
     assert!(good().contains(limit));
     for name in [
         "X-Forwarded-For",
@@ -662,6 +662,13 @@ fn check_refuses_a_rate_limit_keyed_on_a_forwarding_claim() {
     );
     let (code, out) = run_check(&cfg);
     assert_eq!(code, Some(0), "another header is a key:\n{out}");
+    let cfg = good().replace(limit, "rate_limit = { rate = 50, ipv6_prefix = 0 }");
+    expect_error(&cfg, &["rate_limit.ipv6_prefix", "out of range 1..=128"]);
+    let cfg = good().replace(
+        limit,
+        "rate_limit = { rate = 50, key = \"path\", ipv6_prefix = 48 }",
+    );
+    expect_error(&cfg, &["rate_limit.ipv6_prefix", "client_ip\" only"]);
 }
 
 #[test]

@@ -212,6 +212,25 @@ both_engines! {
         assert_eq!(origin.last_request().header("X-Forwarded-For"), Some("127.0.0.1"));
     }
 
+    // An IPv6 client is counted by its /64 (`ipv6_prefix`): the addresses of one subscriber
+    // share a bucket, another /64 has its own; `ipv6_prefix = 128` counts whole addresses.
+    // (Clients named by a trusted proxy's X-Forwarded-For: loopback has one IPv6 address.)
+    fn an_ipv6_client_is_counted_by_its_prefix(engine) {
+        let origin = Origin::start("o");
+        for (prefix, second) in [("", 429), (", ipv6_prefix = 128", 200)] {
+            let proxy = Config::new()
+                .upstream("main", &[origin.addr()])
+                .server("trusted_proxies", "[\"127.0.0.1\"]")
+                .route("main", &format!("rate_limit = {{ rate = 0.01, burst = 1, key = \"client_ip\"{prefix} }}"))
+                .start(engine);
+            let mut c = Client::connect(proxy.addr());
+            for (client, want) in [("2001:db8::1", 200), ("2001:db8::2:3", second), ("2001:db8:0:1::1", 200)] {
+                c.send(&request("GET", "/", &[("Host", "e.example"), ("X-Forwarded-For", client)], b""));
+                assert_eq!(c.read_response().status(), want, "{client}{prefix}");
+            }
+        }
+    }
+
     // A `path` key counts the path as routes compare it: respelling the path (an escaped
     // letter, doubled or encoded slashes) finds the same, empty bucket.
     fn a_path_key_counts_the_path_routes_compare(engine) {

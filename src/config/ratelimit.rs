@@ -17,6 +17,7 @@ pub(super) struct RawRateLimit {
     rate: f64,
     burst: Option<u32>,
     key: Option<String>,
+    ipv6_prefix: Option<u8>,
 }
 
 /// `[rate_limits]` as written.
@@ -48,6 +49,9 @@ pub struct RateLimit {
     pub key: RateKey,
     /// Nanoseconds per token (1 s / rate).
     pub interval_ns: u64,
+    /// A `client_ip` key counts an IPv6 client by its first this many bits (a /64 is one
+    /// subscriber's: counted by whole addresses, one client would have 2^64 buckets).
+    pub ipv6_prefix: u8,
     /// Which limit this is, mixed into every key's hash: stable across reloads while the rule
     /// and where it is written (`scope`) stay the same, so buckets survive a reload.
     pub id: u64,
@@ -55,6 +59,9 @@ pub struct RateLimit {
 
 /// Default `rate_limits.max_keys`: distinct keys held at once, all limits together.
 pub const DEFAULT_MAX_KEYS: usize = 65_536;
+
+/// Default `ipv6_prefix` of a rate limit: an IPv6 client is its /64.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 /// Default `rate_limits.sync_interval`.
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(50);
@@ -141,6 +148,23 @@ pub(super) fn rate_limit(
             }
         },
     };
+    let ipv6_prefix = raw.ipv6_prefix.unwrap_or(DEFAULT_IPV6_PREFIX);
+    if !(1..=128).contains(&ipv6_prefix) {
+        c.err(
+            format!("{path}.ipv6_prefix"),
+            format!(
+                "{ipv6_prefix} is out of range 1..=128 (bits of an IPv6 client address counted)"
+            ),
+        );
+        return None;
+    }
+    if raw.ipv6_prefix.is_some() && !matches!(key, RateKey::Request(HashKey::ClientIp)) {
+        c.err(
+            format!("{path}.ipv6_prefix"),
+            "applies to key = \"client_ip\" only",
+        );
+        return None;
+    }
     let interval_ns = (1e9 / raw.rate).round().max(1.0) as u64;
     // A fixed hash (not std's, which may change between releases): processes of a fleet
     // sharing a store must give a rule the same id.
@@ -149,12 +173,14 @@ pub(super) fn rate_limit(
         format!("{key:?}").as_bytes(),
         &interval_ns.to_le_bytes(),
         &burst.to_le_bytes(),
+        &[ipv6_prefix],
     ]);
     Some(RateLimit {
         rate: raw.rate,
         burst,
         key,
         interval_ns,
+        ipv6_prefix,
         id,
     })
 }
