@@ -38,7 +38,7 @@ pub fn origin<'h>(
         let other = if same_field(name, b"x-scheme") || same_field(name, b"x-url-scheme") {
             Some(scheme(value))
         } else if same_field(name, b"front-end-https") {
-            Some(on_off(value))
+            Some(either(value, b"on", b"off"))
         } else {
             None
         };
@@ -91,11 +91,12 @@ pub fn origin<'h>(
     Some((https, out))
 }
 
-/// `Front-End-Https`: `on` or `off` (any case).
-fn on_off(v: &[u8]) -> Option<bool> {
-    if v.eq_ignore_ascii_case(b"on") {
+/// `Some(true)` for `yes`, `Some(false)` for `no` (any case), else `None`: a scheme claim's
+/// `https` / `http`, `Front-End-Https`'s `on` / `off`.
+fn either(v: &[u8], yes: &[u8], no: &[u8]) -> Option<bool> {
+    if v.eq_ignore_ascii_case(yes) {
         Some(true)
-    } else if v.eq_ignore_ascii_case(b"off") {
+    } else if v.eq_ignore_ascii_case(no) {
         Some(false)
     } else {
         None
@@ -104,13 +105,7 @@ fn on_off(v: &[u8]) -> Option<bool> {
 
 /// `http` or `https` (any case), as the proxy forwards it.
 fn scheme(v: &[u8]) -> Option<bool> {
-    if v.eq_ignore_ascii_case(b"https") {
-        Some(true)
-    } else if v.eq_ignore_ascii_case(b"http") {
-        Some(false)
-    } else {
-        None
-    }
+    either(v, b"https", b"http")
 }
 
 fn valid_port(v: &[u8]) -> bool {
