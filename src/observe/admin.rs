@@ -214,7 +214,7 @@ async fn handle(mut stream: TcpStream, _peer: SocketAddr, state: &AdminState) {
                 if auths.next().is_some() {
                     break Err("400 Bad Request");
                 }
-                if from_a_web_page(req.headers) {
+                if from_a_web_page(req.headers, &path, state.token.is_none()) {
                     break Err("403 Forbidden");
                 }
                 break Ok((method, path, auth));
@@ -248,18 +248,44 @@ async fn handle(mut stream: TcpStream, _peer: SocketAddr, state: &AdminState) {
     let _ = monoio::time::timeout(IO_TIMEOUT, stream.write_all(bytes)).await;
 }
 
-/// A request a web page made the operator's browser send (cross-site request forgery, or a
-/// name rebound to this address): it carries an `Origin`, or a `Sec-Fetch-Site` other than
-/// `none` (what a typed URL gets; every current browser sends the field, same-origin
-/// requests after a rebinding included). Curl, Prometheus and `edgeshard reload` send
-/// neither; a page needs no answer to make a `POST /cache/purge?all` or `/reload` (a
-/// "simple" request). The `Host` is not looked at: tools name the admin by host names.
-fn from_a_web_page(headers: &[httparse::Header<'_>]) -> bool {
+/// A request a web page made the operator's browser send: cross-site request forgery (it
+/// carries an `Origin`, or a `Sec-Fetch-Site` other than `none`, what a typed URL gets), or,
+/// to an admin without a token, a name of the page's own rebound to this address (a `Host`
+/// other than `localhost` or an address: browsers send no `Origin` and, to a plain-http
+/// site, no `Sec-Fetch-Site` on such a page's GETs, which would read `/status`). Curl,
+/// Prometheus and `edgeshard reload` send none of these; a page needs no answer to make a
+/// `POST /cache/purge?all` or `/reload` (a "simple" request). The liveness and readiness
+/// probes answer whatever the `Host` (services probe them by name; their answer tells nothing).
+fn from_a_web_page(headers: &[httparse::Header<'_>], path: &str, tokenless: bool) -> bool {
+    let probe = matches!(path.split('?').next(), Some("/healthz" | "/ready"));
     headers.iter().any(|h| {
         let name = h.name.as_bytes();
         name.eq_ignore_ascii_case(b"origin")
             || (name.eq_ignore_ascii_case(b"sec-fetch-site") && h.value.trim_ascii() != b"none")
+            || (tokenless && !probe && name.eq_ignore_ascii_case(b"host") && !local_host(h.value))
     })
+}
+
+/// `localhost` (or `localhost.`) or an IP address, with or without a port: what a tool given
+/// the address sends as `Host`.
+fn local_host(v: &[u8]) -> bool {
+    let Ok(v) = std::str::from_utf8(v.trim_ascii()) else {
+        return false;
+    };
+    if v.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    let host = match v.rsplit_once(':') {
+        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => v,
+    };
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    matches!(
+        host.to_ascii_lowercase().as_str(),
+        "localhost" | "localhost."
+    ) || host.parse::<std::net::Ipv4Addr>().is_ok()
+        || bare.is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
+        || v.parse::<std::net::Ipv6Addr>().is_ok()
 }
 
 /// Compares without an early exit, so the token cannot be guessed byte by byte from timing.

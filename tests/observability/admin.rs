@@ -279,28 +279,34 @@ both_engines! {
 
     // A web page open in the operator's browser can make it send a "simple" POST to the
     // admin address (no answer needed to purge or reload), or rebind a name of its own to
-    // it: such requests carry an Origin or a Sec-Fetch-Site other than `none`. They are
-    // refused; tools (which may name the admin by a host name) and a URL typed into the
-    // browser are not.
+    // it and read `/status`: such requests carry an Origin, a Sec-Fetch-Site other than
+    // `none`, or (reaching an admin without a token) a Host that names a site; browsers
+    // send neither of the first two on a plain-http page's GET. They are refused; tools and
+    // a URL typed into the browser are not, and the liveness and readiness probes answer
+    // whatever the Host (services probe them by name). With a token, the Host is not looked
+    // at: Prometheus scrapes by name with the token.
     fn admin_refuses_requests_made_by_web_pages(engine) {
         let o = Origin::start("o");
         let proxy = Config::single(o.addr()).admin("").start(engine);
         let admin = proxy.admin_addr();
         let drain = drain_path("main", o.addr(), "drain");
-        let ask = |method: &str, path: &str, fields: &str| {
+        let ask = |admin: std::net::SocketAddr, method: &str, path: &str, fields: &str| {
             let req = format!("{method} {path} HTTP/1.1\r\n{fields}Content-Length: 0\r\n\r\n");
             let raw = admin_raw(admin, req.as_bytes()).unwrap();
             String::from_utf8_lossy(&raw).into_owned()
         };
         let host = format!("Host: {admin}\r\n");
+        let rebound = format!("Host: rebind.evil.example:{}\r\n", admin.port());
         for fields in [
             format!("{host}Origin: http://evil.example\r\nContent-Type: text/plain\r\n"),
             format!("{host}Origin: null\r\n"),
             format!("{host}Sec-Fetch-Site: cross-site\r\n"),
-            format!("Host: rebind.evil.example:{}\r\nSec-Fetch-Site: same-origin\r\n", admin.port()),
+            format!("{host}Sec-Fetch-Site: same-origin\r\n"),
+            rebound.clone(),
+            "Host: rebind.evil.example\r\n".to_string(),
         ] {
-            for (method, path) in [("POST", drain.as_str()), ("POST", "/reload"), ("GET", "/metrics")] {
-                let text = ask(method, path, &fields);
+            for (method, path) in [("POST", drain.as_str()), ("POST", "/reload"), ("GET", "/metrics"), ("GET", "/status")] {
+                let text = ask(admin, method, path, &fields);
                 assert!(text.starts_with("HTTP/1.1 403 "), "{method} {path} with {fields:?}:\n{text}");
             }
         }
@@ -308,18 +314,28 @@ both_engines! {
         for fields in [
             host.clone(),
             format!("Host: localhost:{}\r\n", admin.port()),
+            format!("Host: LOCALHOST.:{}\r\n", admin.port()),
             "Host: [::1]:9901\r\n".to_string(),
             "Host: 127.0.0.1\r\n".to_string(),
-            format!("Host: proxy1.prod.internal:{}\r\nUser-Agent: Prometheus/2.53.0\r\n", admin.port()),
-            "Host: localhost.\r\n".to_string(),
             String::new(),
             format!("{host}Sec-Fetch-Site: none\r\n"),
         ] {
-            let text = ask("GET", "/metrics", &fields);
+            let text = ask(admin, "GET", "/metrics", &fields);
             assert!(text.starts_with("HTTP/1.1 200 "), "{fields:?}:\n{text}");
         }
-        assert!(ask("POST", &drain, &host).starts_with("HTTP/1.1 200 "));
+        // Probes by a service name.
+        for path in ["/healthz", "/ready"] {
+            let text = ask(admin, "GET", path, "Host: edgeshard:9901\r\n");
+            assert!(text.starts_with("HTTP/1.1 200 "), "{path}:\n{text}");
+        }
+        assert!(ask(admin, "POST", &drain, &host).starts_with("HTTP/1.1 200 "));
         assert_eq!(backend_status(admin, o.addr())["state"], "drained");
+        // With a token, a name is fine (Prometheus scraping `edge1.internal:9901`).
+        let proxy = Config::single(o.addr()).admin("token = \"s3cret\"").start(engine);
+        let named = "Host: edge1.internal:9901\r\nAuthorization: Bearer s3cret\r\n".to_string();
+        assert!(ask(proxy.admin_addr(), "GET", "/metrics", &named).starts_with("HTTP/1.1 200 "));
+        let page = format!("{named}Origin: http://evil.example\r\n");
+        assert!(ask(proxy.admin_addr(), "GET", "/metrics", &page).starts_with("HTTP/1.1 403 "));
     }
 
     fn admin_token_scheme_is_case_insensitive(engine) {
