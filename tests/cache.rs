@@ -648,6 +648,34 @@ both_engines! {
         assert_eq!(x_cache(&fetch(&mut writer, "GET", "/doc", &[])), "HIT");
     }
 
+    // Only an invalidation of its own URL keeps a fetch from being stored: a POST to
+    // another URL meanwhile does not.
+    fn another_urls_invalidation_does_not_stop_a_store(engine) {
+        let gate = Gate::default();
+        let g = gate.clone();
+        let origin = Origin::with_handler("o", move |r| {
+            if r.method != "GET" {
+                return reply(&[], "noted", false);
+            }
+            if r.header("x-hold").is_some() {
+                g.wait(Duration::from_secs(20));
+            }
+            reply(&[("Cache-Control", "max-age=100")], "doc", false)
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut reader = Client::connect(proxy.addr());
+        reader.send(&request("GET", "/doc", &[("Host", "example.com"), ("X-Hold", "1")], b""));
+        assert!(origin.wait_for(Duration::from_secs(10), |o| o.requests.len() == 1), "the held GET at the origin");
+        let mut poster = Client::connect(proxy.addr());
+        for n in 0..64 {
+            let r = fetch(&mut poster, "POST", &format!("/track?n={n}"), &[("Content-Length", "0")]);
+            assert_eq!(r.status(), 200);
+        }
+        gate.open();
+        assert_eq!(x_cache(&reader.read_response_for("GET")), "MISS");
+        assert_eq!(x_cache(&fetch(&mut reader, "GET", "/doc", &[])), "HIT", "/doc was not stored");
+    }
+
     // `bypass`: a request carrying a session cookie, a debug header or a `nocache` argument
     // (in any spelling a backend reads as one) is neither answered from the cache nor
     // stored: its answer may be that user's (web cache deception through `cache.valid`).

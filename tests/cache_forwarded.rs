@@ -24,14 +24,15 @@ fn trusted_cache(origin: &Origin, engine: Engine) -> Proxy {
 }
 
 both_engines! {
-    // ingress-nginx sends `X-Scheme` beside `X-Forwarded-Proto` on every request: from a
+    // ingress-nginx sends `X-Scheme` and `X-Forwarded-Scheme` beside `X-Forwarded-Proto` on
+    // every request: from a
     // trusted proxy it is a scheme claim the key names (when it agrees), not one that keeps
     // every request out of the cache.
     fn a_trusted_proxys_x_scheme_is_keyed_as_its_scheme(engine) {
         let origin = Origin::with_handler("o", |_| reply(&[("Cache-Control", "max-age=100")], "page", false));
         let proxy = trusted_cache(&origin, engine);
         let mut c = Client::connect(proxy.addr());
-        let via = [("X-Forwarded-Proto", "https"), ("X-Scheme", "https")];
+        let via = [("X-Forwarded-Proto", "https"), ("X-Forwarded-Scheme", "https"), ("X-Scheme", "https")];
         assert_eq!(x_cache(&fetch_as(&mut c, "shop.example", "/p", &via)), "MISS");
         assert_eq!(x_cache(&fetch_as(&mut c, "shop.example", "/p", &via)), "HIT");
         assert_eq!(x_cache(&fetch_as(&mut c, "shop.example", "/p", &[("X-Forwarded-Proto", "https")])), "HIT", "the same https URL");

@@ -16,8 +16,9 @@ use crate::http::fields::{client_address_claim, forwarding_claim, same_field};
 /// proxy forwards), else the first `Forwarded` element's `proto=` and `host=` (`None` where
 /// the two families disagree, or the host is no valid authority); a port from
 /// `X-Forwarded-Port` when the host names none. The `Host` the backend gets is keyed beside
-/// it ([`super::policy::SENT_HOST`]). The other scheme claims (`X-Scheme`, which
-/// ingress-nginx sends on every request, `X-Url-Scheme`, `Front-End-Https: on`) must agree
+/// it ([`super::policy::SENT_HOST`]). The other scheme claims (`X-Scheme` and
+/// `X-Forwarded-Scheme`, which ingress-nginx sends on every request, `X-Url-Scheme`,
+/// `Front-End-Https: on`, `X-Forwarded-Ssl: on`) must agree
 /// with the `X-Forwarded-Proto` the backend gets (the proxy's own when none was sent). Client-address claims (`X-Forwarded-For`, `X-Real-IP`, ...) and
 /// `X-Forwarded-Server` do not change the URL.
 pub fn origin<'h>(
@@ -35,9 +36,12 @@ pub fn origin<'h>(
         if !forwarding_claim(name) {
             continue;
         }
-        let other = if same_field(name, b"x-scheme") || same_field(name, b"x-url-scheme") {
+        let other = if same_field(name, b"x-scheme")
+            || same_field(name, b"x-url-scheme")
+            || same_field(name, b"x-forwarded-scheme")
+        {
             Some(scheme(value))
-        } else if same_field(name, b"front-end-https") {
+        } else if same_field(name, b"front-end-https") || same_field(name, b"x-forwarded-ssl") {
             Some(either(value, b"on", b"off"))
         } else {
             None
@@ -249,6 +253,7 @@ mod tests {
             "X-Original-URL",
             "x_host",
             "X-Forwarded-Ssl",
+            "X-Forwarded-Scheme",
             "X-Script-Name",
         ] {
             assert_eq!(of(&[(name, "/x")]), None, "{name}");
@@ -266,6 +271,14 @@ mod tests {
             ("X-Forwarded-Proto", "https"),
         ];
         assert_eq!(of(&three), https);
+        // ingress-nginx: X-Forwarded-Proto, X-Forwarded-Scheme and X-Scheme together.
+        let ingress = [
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Scheme", "https"),
+            ("X-Scheme", "https"),
+            ("X-Forwarded-Ssl", "on"),
+        ];
+        assert_eq!(of(&ingress), https);
         assert_eq!(of(&[("X-Scheme", "http")]), own);
         // Alone, against the `X-Forwarded-Proto: http` the proxy then writes.
         assert_eq!(of(&[("X-Scheme", "https"), ("X-Real-IP", "1.2.3.4")]), None);

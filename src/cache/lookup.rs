@@ -113,10 +113,7 @@ pub async fn lookup<'a>(
             }
             break;
         }
-        let mut flight = Vec::with_capacity(route.len() + 1 + fill.key.len());
-        flight.extend_from_slice(route.as_bytes());
-        flight.push(b' ');
-        flight.extend_from_slice(&fill.key);
+        let flight = super::fetch_key(route, &fill.key);
         let rx = {
             let mut inflight = cache.inflight.borrow_mut();
             match inflight.get_mut(&flight) {
@@ -161,6 +158,7 @@ pub async fn lookup<'a>(
     fill.request_sent = crate::clock::now();
     if req.method == Method::Get {
         fill.store = true;
+        fill.s.fetch = Some(cache.fetch(route, &fill.key));
         fill.req = req
             .forwarded_fields()
             .map(|(n, v)| (n.to_ascii_lowercase().into(), v.into()))
@@ -196,6 +194,7 @@ pub async fn lookup<'a>(
         relayed.ranged = true;
         relayed.req = fill.req.clone();
         relayed.request_sent = fill.request_sent;
+        relayed.s.fetch = Some(cache.fetch(route, &relayed.key));
         return Lookup::RangeMiss(Box::new(relayed), Box::new(fill));
     }
     match stale {
@@ -272,7 +271,6 @@ fn new_fill<'a>(
     rules: RequestRules,
     key: Vec<u8>,
 ) -> Fill<'a> {
-    let invalidations = cache.invalidations_of(&key).get();
     Fill {
         cache,
         whole: None,
@@ -296,7 +294,7 @@ fn new_fill<'a>(
             background: false,
             ranged: false,
             purges: cache.purges.get(),
-            invalidations,
+            fetch: None,
             invalidates: false,
         },
     }

@@ -93,10 +93,42 @@ pub struct ShardCache {
     /// Purges so far: a fill that was in flight during one is not stored (its response may
     /// predate what the purge was for).
     purges: Cell<u64>,
-    /// Invalidations so far (RFC 9111 §4.4), by a hash of the URL: a fill in flight for a
-    /// URL of a bucket that moved is not stored (it may predate the change). 32 buckets:
-    /// another URL's invalidation skips a store now and then, never more.
-    invalidations: [Cell<u32>; 32],
+    /// Route name + key of each URL being fetched to be stored → (fetches, invalidations
+    /// since the first): a fetch during which its URL was invalidated (RFC 9111 §4.4) is not
+    /// stored, it may predate the change. Held only while fetches are in flight ([`Fetch`]).
+    fetching: Fetching,
+}
+
+type Fetching = Rc<RefCell<std::collections::HashMap<Vec<u8>, (u32, u32)>>>;
+
+/// A fetch whose response may be stored, counted in [`ShardCache::fetching`] until dropped.
+pub struct Fetch {
+    fetching: Fetching,
+    key: Vec<u8>,
+    /// The URL's invalidation count when the request went to the backend.
+    seen: u32,
+}
+
+impl Fetch {
+    /// The URL was invalidated since the request went to the backend.
+    fn invalidated(&self) -> bool {
+        self.fetching
+            .borrow()
+            .get(&self.key)
+            .is_some_and(|&(_, n)| n != self.seen)
+    }
+}
+
+impl Drop for Fetch {
+    fn drop(&mut self) {
+        let mut map = self.fetching.borrow_mut();
+        if let Some(e) = map.get_mut(&self.key) {
+            e.0 -= 1;
+            if e.0 == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// What `POST /cache/purge` removes.
@@ -141,12 +173,24 @@ impl ShardCache {
         c.set(c.get() + 1);
     }
 
-    /// The invalidation count of `url`'s bucket.
-    fn invalidations_of(&self, url: &[u8]) -> &Cell<u32> {
-        use std::hash::Hasher;
-        let mut h = rustc_hash::FxHasher::default();
-        h.write(url);
-        &self.invalidations[h.finish() as usize % self.invalidations.len()]
+    /// The URL `key` of `route` is fetched to be stored, from now.
+    fn fetch(&self, route: &str, key: &[u8]) -> Fetch {
+        let key = fetch_key(route, key);
+        let mut map = self.fetching.borrow_mut();
+        let e = map.entry(key.clone()).or_insert((0, 0));
+        e.0 += 1;
+        Fetch {
+            fetching: self.fetching.clone(),
+            seen: e.1,
+            key,
+        }
+    }
+
+    /// The URL `key` of `route` was invalidated: its fetches in flight are not stored.
+    fn invalidated(&self, route: &str, key: &[u8]) {
+        if let Some(e) = self.fetching.borrow_mut().get_mut(&fetch_key(route, key)) {
+            e.1 = e.1.wrapping_add(1);
+        }
     }
 }
 
@@ -312,6 +356,16 @@ pub(super) struct Flight {
 /// while it does not).
 pub(super) type ClientWait = Rc<Cell<Option<Instant>>>;
 
+/// The key of a route's URL in [`ShardCache::fetching`] and the in-flight map: the route's
+/// name, a space, the URL key.
+fn fetch_key(route: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(route.len() + 1 + key.len());
+    k.extend_from_slice(route.as_bytes());
+    k.push(b' ');
+    k.extend_from_slice(key);
+    k
+}
+
 /// A fetch's claim on its key (the first miss for it): requests of this shard missing the
 /// same key wait for it. Dropping it ends the fetch for them (their senders drop: they wake
 /// and look again). Held by the fill until its response is admitted, then by the [`Tee`]
@@ -408,8 +462,8 @@ pub struct FillState {
     ranged: bool,
     /// [`ShardCache`]'s purge count when the fetch began.
     purges: u64,
-    /// The invalidation count of its URL's bucket when the fetch began.
-    invalidations: u32,
+    /// Registered when the request goes to the backend, for a response that may be stored.
+    fetch: Option<Fetch>,
 }
 
 impl Deref for Fill<'_> {
@@ -457,7 +511,7 @@ impl FillState {
             background: false,
             ranged: false,
             purges: 0,
-            invalidations: 0,
+            fetch: None,
             invalidates: false,
         }
     }
@@ -493,8 +547,7 @@ impl<'a> Fill<'a> {
             let url = &self.s.key;
             let gone = self.with_store(|store| store.remove_url(url));
             crate::stats::add(&self.cache.invalidated, gone);
-            let n = self.cache.invalidations_of(url);
-            n.set(n.get().wrapping_add(1));
+            self.cache.invalidated(&self.s.route, url);
         }
         if let Some(stale) = self.stale.take() {
             // A new response (not the 304 or the 5xx [`settle`] takes) about the resource
@@ -739,7 +792,7 @@ impl<'a> Fill<'a> {
         }
         // A purge or an invalidation of its URL while it was fetched: what it removed may
         // be this response.
-        let invalidated = self.cache.invalidations_of(&self.key).get() != self.invalidations;
+        let invalidated = self.fetch.as_ref().is_some_and(Fetch::invalidated);
         if !complete || tee.overflow || self.cache.purges.get() != self.purges || invalidated {
             return;
         }
