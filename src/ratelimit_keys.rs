@@ -127,15 +127,25 @@ fn split_pair(s: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// Whether `sent`, a decoded argument or cookie name, names the key's `name` (any case) for
-/// some backend: as it is, or as PHP reads it, with `.` and space as `_`.
+/// some backend: as it is, or as PHP reads it (`php_register_variable_ex`): leading spaces
+/// dropped, `.`, space and an unclosed `[` as `_`.
 fn names(sent: &[u8], name: &[u8]) -> bool {
-    let php = |b: u8| if b == b'.' || b == b' ' { b'_' } else { b };
-    sent.eq_ignore_ascii_case(name)
-        || (sent.len() == name.len()
-            && sent
-                .iter()
-                .zip(name)
-                .all(|(&s, &n)| php(s).eq_ignore_ascii_case(&n)))
+    let php = |b: u8| {
+        if matches!(b, b'.' | b' ' | b'[') {
+            b'_'
+        } else {
+            b
+        }
+    };
+    if sent.eq_ignore_ascii_case(name) {
+        return true;
+    }
+    let sent = &sent[sent.iter().take_while(|&&b| b == b' ').count()..];
+    sent.len() == name.len()
+        && sent
+            .iter()
+            .zip(name)
+            .all(|(&s, &n)| php(s).eq_ignore_ascii_case(&n))
 }
 
 /// `s` percent-decoded, with `plus` `+` as a space (a form-encoded query; a cookie keeps
@@ -265,6 +275,26 @@ mod tests {
             ["victim"]
         );
         assert!(php(HashKey::Query("api.key".into()), "/p?api_key=v", &[]).is_empty());
+        // Leading spaces dropped, an unclosed `[` read as `_`.
+        for t in [
+            "/p?%20api_key=victim",
+            "/p?+api_key=victim",
+            "/p?api[key=victim",
+        ] {
+            assert_eq!(
+                php(HashKey::Query("api_key".into()), t, &[]),
+                ["victim"],
+                "{t}"
+            );
+        }
+        assert_eq!(
+            php(
+                HashKey::Cookie("s_id".into()),
+                "/",
+                &[("Cookie", "s[id=victim")]
+            ),
+            ["victim"]
+        );
         let h = |h: &[(&str, &str)]| values(HashKey::Header("X-Api-Key".into()), "/", h);
         assert_eq!(h(&[("X_Api_Key", "victim")]), ["victim"]);
         assert_eq!(

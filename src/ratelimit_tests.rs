@@ -26,6 +26,16 @@ fn ipv6_clients_are_counted_by_their_prefix() {
     assert_eq!(p("2001:db8:1:2:3:4:5:6", 1), ip("::"));
     assert_eq!(p("ffff::1", 1), ip("8000::"));
     assert_eq!(p("192.0.2.7", 64), ip("192.0.2.7"), "IPv4 whole");
+    assert_eq!(
+        p("64:ff9b::c000:207", 64),
+        ip("192.0.2.7"),
+        "NAT64: the IPv4 client"
+    );
+    assert_eq!(
+        p("64:ff9b:1::c000:207", 64),
+        ip("64:ff9b:1::"),
+        "not the well-known prefix"
+    );
 }
 
 #[test]

@@ -161,3 +161,21 @@ fn shards_that_do_not_take_their_sockets_are_reported_however_they_fail() {
         failed[3].why
     );
 }
+
+/// The store's password is read at start only, like the rest of `[rate_limits]`: a reload
+/// that changes only it says so (its Debug text hides it, so the values are compared).
+#[test]
+fn a_new_store_password_needs_a_restart_and_says_so() {
+    let dir = certs();
+    let cfg = |pw: &str| {
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[rate_limits]\nstore = \"redis://:{pw}@127.0.0.1:6379\"\n"
+        );
+        Config::parse(&text, &dir.0.join("edge.toml")).unwrap()
+    };
+    let notes = restart_only_changes(&cfg("old-password"), &cfg("new-password"));
+    assert!(
+        notes.iter().any(|n| n.contains("rate_limits")),
+        "a changed store password is not reported: {notes:?}"
+    );
+}

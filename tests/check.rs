@@ -876,3 +876,32 @@ fn check_into_a_closed_pipe_ends_quietly() {
         out.status
     );
 }
+
+// `check` (and start, and a refused reload) must not print the store's password
+// in any spelling a user may write: `rediss://` (TLS, what managed Redis hands out) and
+// `redis://PASSWORD@HOST` (the password where the user goes) are refused, and the message
+// quotes them.
+#[test]
+fn check_never_prints_the_store_password() {
+    let store = "store = \"redis://:p%40ss@127.0.0.1:6379\"";
+    assert!(good().contains(store));
+    let mut leaks = Vec::new();
+    for bad in [
+        "redis://:Hunter2pw@127.0.0.1:6379/0",
+        "rediss://:Hunter2pw@cache.example:6380",
+        "redis://Hunter2pw@127.0.0.1:6379",
+    ] {
+        let cfg = good().replace(store, &format!("store = \"{bad}\""));
+        let out = expect_error(&cfg, &["rate_limits.store"]);
+        leaks.extend(
+            out.lines()
+                .filter(|l| l.contains("Hunter2pw"))
+                .map(String::from),
+        );
+    }
+    assert!(
+        leaks.is_empty(),
+        "the password is printed:\n{}",
+        leaks.join("\n")
+    );
+}

@@ -173,7 +173,13 @@ pub(super) fn rate_limit(
         format!("{key:?}").as_bytes(),
         &interval_ns.to_le_bytes(),
         &burst.to_le_bytes(),
-        &[ipv6_prefix],
+        // Only when not the default: a rule's id (and its buckets in a fleet store) stays
+        // what it was before the key existed.
+        if ipv6_prefix == DEFAULT_IPV6_PREFIX {
+            &[]
+        } else {
+            std::slice::from_ref(&ipv6_prefix)
+        },
     ]);
     Some(RateLimit {
         rate: raw.rate,
@@ -230,13 +236,14 @@ pub(super) fn rate_limits(c: &mut Checker, raw: Option<RawRateLimits>) -> RateLi
     }
 }
 
-/// `s` with the password of a `redis://` URL hidden, for messages.
+/// `s` with a URL's userinfo hidden, for messages: what is before the `@` of any scheme's
+/// URL may be a password (`rediss://:PW@h`, `redis://PW@h`), and an `@` without a scheme
+/// hides what comes before it too.
 fn redacted(s: &str) -> String {
-    match s.strip_prefix("redis://").and_then(|r| r.rsplit_once('@')) {
-        Some((user, host)) => {
-            let user = user.split_once(':').map_or(user, |(u, _)| u);
-            format!("redis://{user}:…@{host}")
-        }
+    let (scheme, rest) = s.split_once("://").unwrap_or(("", s));
+    match rest.rsplit_once('@') {
+        Some((_, host)) if scheme.is_empty() => format!("…@{host}"),
+        Some((_, host)) => format!("{scheme}://…@{host}"),
         None => s.to_string(),
     }
 }
@@ -330,6 +337,14 @@ mod tests {
         for bad in ["redis://user@h", "redis://:@h", "redis://:%zz@h"] {
             assert!(store_address(bad).is_none(), "{bad}");
         }
-        assert_eq!(redacted("redis://edge:s3cret@h:1"), "redis://edge:…@h:1");
+        for (text, shown) in [
+            ("redis://edge:s3cret@h:1", "redis://…@h:1"),
+            ("rediss://:s3cret@h:1", "rediss://…@h:1"),
+            ("redis://s3cret@h", "redis://…@h"),
+            ("s3cret@h:1", "…@h:1"),
+            ("redis://h:1", "redis://h:1"),
+        ] {
+            assert_eq!(redacted(text), shown, "{text}");
+        }
     }
 }
