@@ -620,8 +620,8 @@ both_engines! {
     // A GET whose fetch was in flight when a PUT changed the resource (sent before it) is
     // relayed but not stored: the writer then reads the new version, not the old one.
     fn a_fill_in_flight_is_not_stored_over_an_invalidation(engine) {
-        let (gate, version) = (Gate::default(), Arc::new(AtomicUsize::new(1)));
-        let (g, v) = (gate.clone(), version.clone());
+        let (gate, arrived, version) = (Gate::default(), Gate::default(), Arc::new(AtomicUsize::new(1)));
+        let (g, a, v) = (gate.clone(), arrived.clone(), version.clone());
         let origin = Origin::with_handler("o", move |r| {
             if r.method != "GET" {
                 v.fetch_add(1, Ordering::SeqCst);
@@ -629,6 +629,8 @@ both_engines! {
             }
             let seen = v.load(Ordering::SeqCst);
             if r.header("x-hold").is_some() {
+                // Its version read: the PUT may go.
+                a.open();
                 g.wait(Duration::from_secs(20));
             }
             reply(&[("Cache-Control", "max-age=100")], &format!("v{seen}"), false)
@@ -636,7 +638,7 @@ both_engines! {
         let proxy = cached(&origin, "", engine);
         let mut reader = Client::connect(proxy.addr());
         reader.send(&request("GET", "/doc", &[("Host", "example.com"), ("X-Hold", "1")], b""));
-        assert!(origin.wait_for(Duration::from_secs(10), |o| o.requests.len() == 1), "the held GET at the origin");
+        assert!(arrived.wait(Duration::from_secs(10)), "the held GET at the origin");
         let mut writer = Client::connect(proxy.addr());
         let r = fetch(&mut writer, "PUT", "/doc", &[("Content-Length", "0")]);
         assert_eq!(r.status(), 200);
