@@ -71,8 +71,9 @@ impl Transport {
     }
 
     /// Makes the coming close a reset (`SO_LINGER` 0) where an orderly one would say too
-    /// much: a plain connection whose close-delimited body was cut short (a TLS one ends it
-    /// without close_notify, which says so already). Best effort.
+    /// much: a plain connection whose close-delimited body was cut short, or a backend's
+    /// whose request body the client cut short (a TLS one ends without close_notify, which
+    /// says so already). Best effort.
     pub fn reset_on_close(&self) {
         if let Transport::Plain(s) = self {
             // SAFETY: `s` owns the descriptor and outlives this borrow, which only sets an

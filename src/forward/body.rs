@@ -249,6 +249,12 @@ impl<'a> Forward<'a> {
             )
             .await
         };
+        if matches!(&r, Err(e) if !matches!(e, RelayError::Write(_))) {
+            // The client's side failed mid-body: the backend has part of a body it must not
+            // take for the whole. A reset says so; an orderly close, to a server that reads
+            // a short body to EOF as complete (gunicorn), would not.
+            conn.reset_on_close();
+        }
         match r {
             Ok(n) => {
                 add(&self.stats().bytes_in, n);
