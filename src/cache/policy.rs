@@ -519,6 +519,14 @@ pub fn purge_key(url: &[u8], prefix: bool) -> Vec<u8> {
     if prefix && target.is_empty() {
         out.pop();
     }
+    // A prefix that ends inside an escape (`/caf%c`): its hex digit in the keys' case.
+    if prefix {
+        if let [.., b'%', d] = &mut out[..] {
+            if d.is_ascii_hexdigit() {
+                d.make_ascii_uppercase();
+            }
+        }
+    }
     out
 }
 

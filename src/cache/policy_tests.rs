@@ -488,6 +488,15 @@ fn purge_urls_are_keyed_as_requests_are() {
         "a prefix may end inside a host"
     );
     assert_eq!(k("/not-a-url", false), "/not-a-url");
+    // Escapes in the keys' case, a prefix's last one cut short too.
+    assert_eq!(k("http://h/caf%c3%a9", false), "http://h/caf%C3%A9");
+    assert_eq!(k("http://h/caf%c", true), "http://h/caf%C");
+    assert_eq!(k("http://h/caf%", true), "http://h/caf%");
+    assert_eq!(
+        k("http://h/caf%g", true),
+        "http://h/caf%g",
+        "not an escape: as written"
+    );
     // The key a request gets, for comparison.
     let mut req = Vec::new();
     primary_key(false, b"Shop.Example:80", b"/a?b=1", &mut req);
