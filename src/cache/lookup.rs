@@ -8,12 +8,10 @@ use std::time::Duration;
 
 use futures_channel::oneshot;
 
+use super::inflight::{fetch_key, Claim, ClientWait, Flight};
 use super::policy::{self, RequestRules, Usable};
 use super::store::Entry;
-use super::{
-    unix_now, Claim, ClientWait, Fill, FillState, Flight, Hit, Lookup, Request, ShardCache, Stale,
-    HIT, STALE,
-};
+use super::{unix_now, Fill, FillState, Hit, Lookup, Request, ShardCache, Stale, HIT, STALE};
 use crate::config::CacheConfig;
 use crate::http::parse::Method;
 
@@ -113,7 +111,7 @@ pub async fn lookup<'a>(
             }
             break;
         }
-        let flight = super::fetch_key(route, &fill.key);
+        let flight = fetch_key(route, &fill.key);
         let rx = {
             let mut inflight = cache.inflight.borrow_mut();
             match inflight.get_mut(&flight) {
