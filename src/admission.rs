@@ -75,6 +75,23 @@ fn parse_hop(entry: &[u8]) -> Option<IpAddr> {
     Some(ip.to_canonical())
 }
 
+/// `ip` as one client, for a rate limit's bucket and `limits.max_connections_per_client`:
+/// an IPv6 address by its first `bits` bits (the rest zero: one subscriber's /64 is one
+/// client, not 2^64 of them), an IPv4 one whole, and so one a NAT64 gateway writes in
+/// `64:ff9b::/96` (RFC 6052: its last 32 bits are the IPv4 client) or an IPv4-mapped one.
+pub fn client_prefix(ip: IpAddr, bits: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) if u128::from(v6) >> 32 == 0x64_ff9b << 64 => {
+            std::net::Ipv4Addr::from(u128::from(v6) as u32).into()
+        }
+        IpAddr::V6(v6) if bits < 128 => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            std::net::Ipv6Addr::from(u128::from(v6) & mask).into()
+        }
+        other => other,
+    }
+}
+
 /// Counters per row of the per-address sketch.
 const WIDTH: usize = 4096;
 
@@ -177,6 +194,29 @@ mod tests {
     use super::*;
     use crate::http::parse::{parse_request, HeadLimits, Parsed};
 
+    #[test]
+    fn ipv6_clients_are_counted_by_their_prefix() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let p = |s: &str, bits| client_prefix(ip(s), bits);
+        assert_eq!(p("2001:db8:1:2:3:4:5:6", 64), ip("2001:db8:1:2::"));
+        assert_eq!(p("2001:db8:1:2:3:4:5:6", 48), ip("2001:db8:1::"));
+        assert_eq!(p("2001:db8:1:2:3:4:5:6", 128), ip("2001:db8:1:2:3:4:5:6"));
+        assert_eq!(p("2001:db8:1:2:3:4:5:6", 1), ip("::"));
+        assert_eq!(p("ffff::1", 1), ip("8000::"));
+        assert_eq!(p("192.0.2.7", 64), ip("192.0.2.7"), "IPv4 whole");
+        assert_eq!(p("::ffff:192.0.2.7", 64), ip("192.0.2.7"), "IPv4-mapped");
+        assert_eq!(
+            p("64:ff9b::c000:207", 64),
+            ip("192.0.2.7"),
+            "NAT64: the IPv4 client"
+        );
+        assert_eq!(
+            p("64:ff9b:1::c000:207", 64),
+            ip("64:ff9b:1::"),
+            "not the well-known prefix"
+        );
+    }
+
     fn client(trusted: &[&str], peer: &str, xff: &[&str]) -> IpAddr {
         let trusted: Vec<IpNet> = trusted.iter().map(|t| IpNet::parse(t).unwrap()).collect();
         let mut raw = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
@@ -200,6 +240,25 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn one_ipv6_subscriber_is_one_client_of_the_table() {
+        // As admit() counts them: a /64's addresses share one count (were they counted
+        // whole, one subscriber would have 2^64 clients' worth of connections).
+        let t = ConnTable::default();
+        let enter = |s: &str, bits| t.enter(client_prefix(ip(s), bits), 0, 2);
+        let held = [enter("2001:db8:1:2::a", 64), enter("2001:db8:1:2::b", 64)];
+        assert!(held.iter().all(|h| matches!(h, Ok(Some(_)))));
+        assert_eq!(enter("2001:db8:1:2:ffff::c", 64), Err(Refused::PerClient));
+        assert!(
+            matches!(enter("2001:db8:1:3::a", 64), Ok(Some(_))),
+            "the next /64"
+        );
+        assert!(
+            matches!(enter("2001:db8:1:2::c", 128), Ok(Some(_))),
+            "128 counts each address apart"
+        );
     }
 
     #[test]

@@ -475,7 +475,7 @@ where
         RateKey::Whole => admit_one(ctx, limit, b""),
         RateKey::Request(k) => {
             let src = KeySource {
-                client_ip: prefix_of(src.client_ip, limit.ipv6_prefix),
+                client_ip: crate::admission::client_prefix(src.client_ip, limit.ipv6_prefix),
                 ..src
             };
             let mut wait = None;
@@ -490,22 +490,6 @@ where
             }
             wait.map_or(Ok(()), Err)
         }
-    }
-}
-
-/// `ip` as a rate limit counts it: an IPv6 address by its first `bits` bits (the rest
-/// zero), an IPv4 one whole, and so one a NAT64 gateway writes in `64:ff9b::/96` (RFC 6052:
-/// its last 32 bits are the IPv4 client).
-fn prefix_of(ip: std::net::IpAddr, bits: u8) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V6(v6) if u128::from(v6) >> 32 == 0x64_ff9b << 64 => {
-            std::net::Ipv4Addr::from(u128::from(v6) as u32).into()
-        }
-        std::net::IpAddr::V6(v6) if bits < 128 => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-            std::net::Ipv6Addr::from(u128::from(v6) & mask).into()
-        }
-        other => other,
     }
 }
 

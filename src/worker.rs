@@ -575,7 +575,7 @@ fn admit(
     }
     let enter = || {
         ctx.conns.enter(
-            peer.ip(),
+            crate::admission::client_prefix(peer.ip(), limits.per_client_ipv6_prefix),
             limits.max_connections,
             limits.max_connections_per_client,
         )

@@ -198,6 +198,7 @@ max_body_bytes = "16MiB"
 max_connections_per_shard = 65536
 max_connections = 1000000
 max_connections_per_client = 4096
+per_client_ipv6_prefix = 56
 client_body_min_rate = 500
 client_send_min_rate = "1KiB"
 auth_cache_entries = 1024

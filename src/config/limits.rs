@@ -24,6 +24,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open client connections per client address, all shards together; 0 = no bound.
     pub max_connections_per_client: usize,
+    /// Bits of an IPv6 client address that `max_connections_per_client` counts as one
+    /// client ([`crate::admission::client_prefix`]).
+    pub per_client_ipv6_prefix: u8,
     /// Bytes per second a request body must average over the time spent waiting for it
     /// (`client_body` plus 1 s per this many bytes); 0: no rule ([`crate::relay::Pace`]).
     pub client_body_min_rate: u64,
@@ -98,6 +101,13 @@ pub(super) fn limits(c: &mut Checker, limits: &RawLimits) -> Limits {
             0,
             1 << 24,
         ),
+        per_client_ipv6_prefix: c.count(
+            "limits.per_client_ipv6_prefix",
+            limits.per_client_ipv6_prefix,
+            usize::from(super::ratelimit::DEFAULT_IPV6_PREFIX),
+            1,
+            128,
+        ) as u8,
         client_body_min_rate: c.size(
             "limits.client_body_min_rate",
             limits.client_body_min_rate.as_ref(),

@@ -206,6 +206,7 @@ pub(super) struct RawLimits {
     pub(super) max_connections_per_shard: Option<usize>,
     pub(super) max_connections: Option<usize>,
     pub(super) max_connections_per_client: Option<usize>,
+    pub(super) per_client_ipv6_prefix: Option<usize>,
     pub(super) client_body_min_rate: Option<Size>,
     pub(super) client_send_min_rate: Option<Size>,
     pub(super) auth_cache_entries: Option<usize>,
