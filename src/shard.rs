@@ -128,7 +128,8 @@ impl ShardCtx {
     #[cfg(test)]
     pub fn new(id: usize, shared: Arc<Shared>) -> ShardCtx {
         let rates = Arc::new(RateTable::for_config(&shared.config.rate_limits));
-        ShardCtx::with_log(id, shared, None, Arc::default(), rates)
+        let invalidations = Arc::new(crate::cache::invalidate::Invalidations::new(1));
+        ShardCtx::with_log(id, shared, None, Arc::default(), rates, invalidations)
     }
 
     pub fn with_log(
@@ -137,6 +138,7 @@ impl ShardCtx {
         sink: Option<LogSink>,
         conns: Arc<ConnTable>,
         rates: Arc<RateTable>,
+        invalidations: Arc<crate::cache::invalidate::Invalidations>,
     ) -> ShardCtx {
         let common = Rc::new(ShardCommon {
             id,
@@ -154,7 +156,7 @@ impl ShardCtx {
             ),
             date: DateCache::default(),
             auth: Default::default(),
-            cache: Default::default(),
+            cache: crate::cache::ShardCache::shared(invalidations, id),
             conns,
             rates,
             leases: Leases::default(),
@@ -434,6 +436,7 @@ impl ShardCtx {
             k.rejected.get(),
             k.fill_dropped.get(),
             k.invalidated.get(),
+            k.invalidation_overflows.get(),
         ];
         for (i, b) in snap.backends.iter_mut().enumerate() {
             b.idle = pool.idle_for(i) as u64;

@@ -428,7 +428,7 @@ impl Stats {
             compress_memory_refused: self.compress_memory_refused.get(),
             compressed_in: self.compressed_in.each_ref().map(get),
             compressed_out: self.compressed_out.each_ref().map(get),
-            cache: [0; 14],
+            cache: [0; 15],
             latency: self.latency.borrow().clone(),
             tls: self.tls.snapshot(),
         }
@@ -531,7 +531,7 @@ pub struct Snapshot {
     /// (not modified, replaced, failed), responses the admission policy did not store,
     /// responses not stored for `fill_memory`, and entries an unsafe request's success
     /// removed (filled in by the shard).
-    pub cache: [u64; 14],
+    pub cache: [u64; 15],
     pub latency: Latencies,
     pub tls: crate::tls::stats::TlsSnap,
 }

@@ -199,6 +199,7 @@ async fn shard_main(start: ShardStart) -> ShardReport {
         log_sink,
         snapshot.conns.clone(),
         snapshot.rates.clone(),
+        snapshot.invalidations.clone(),
     ));
     ctx.set_current(Some(ctx.clone()));
     let common = ctx.common().clone();

@@ -15,6 +15,7 @@ mod cache_forwarded;
 mod cache_heads;
 mod cache_range;
 mod cache_revalidate;
+mod cache_shards;
 mod check;
 mod compress;
 mod congestion;

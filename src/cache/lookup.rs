@@ -42,6 +42,8 @@ pub async fn lookup<'a>(
     req: &Request<'_>,
     wait: Duration,
 ) -> Lookup<'a> {
+    // What other shards invalidated before this request could have been sent.
+    cache.catch_up();
     let mut rules = policy::request_rules(req.fields());
     rules.authorization |= req.proxied_fields;
     rules.bypass |= req.carries_any(&cfg.bypass);

@@ -6,7 +6,8 @@
 //! such a response is never spliced), and stores it once relayed whole ([`Fill::finish`]).
 //!
 //! Layout: one cache per shard ([`ShardCache`], in [`crate::shard::ShardCommon`]), one
-//! [`store::Store`] per cached route, no locks and nothing shared between shards. With N
+//! [`store::Store`] per cached route, no locks and nothing shared between shards but the
+//! inboxes that carry invalidations to the others ([`invalidate`]). With N
 //! shards a key may be stored (and fetched) up to N times, and each shard holds up to the
 //! route's `size`. Concurrent misses for one key on one shard collapse into one upstream
 //! fetch: the first registers the key as in flight, the others wait for it to finish.
@@ -25,6 +26,7 @@ pub mod admission;
 pub mod body;
 mod forwarded;
 mod inflight;
+pub mod invalidate;
 mod lookup;
 pub mod policy;
 mod range;
@@ -98,6 +100,11 @@ pub struct ShardCache {
     /// since the first): a fetch during which its URL was invalidated (RFC 9111 §4.4) is not
     /// stored, it may predate the change. Held only while fetches are in flight ([`Fetch`]).
     fetching: Fetching,
+    /// The process's invalidation inboxes and this shard's id ([`invalidate`]); `None` in
+    /// unit tests of one cache.
+    peers: Option<(std::sync::Arc<invalidate::Invalidations>, usize)>,
+    /// Times this shard's inbox overflowed and it emptied its cache ([`invalidate`]).
+    pub invalidation_overflows: Cell<u64>,
 }
 
 /// What `POST /cache/purge` removes.
@@ -453,6 +460,7 @@ impl<'a> Fill<'a> {
             let gone = self.with_store(|store| store.remove_url(url));
             crate::stats::add(&self.cache.invalidated, gone);
             self.cache.invalidated(&self.s.route, url);
+            self.cache.tell_others(&self.s.route, url);
         }
         if let Some(stale) = self.stale.take() {
             // A new response (not the 304 or the 5xx [`settle`] takes) about the resource
@@ -695,8 +703,9 @@ impl<'a> Fill<'a> {
         if tee.over_budget {
             ShardCache::bump(&self.cache.fill_dropped);
         }
-        // A purge or an invalidation of its URL while it was fetched: what it removed may
-        // be this response.
+        // A purge or an invalidation of its URL while it was fetched (here or on another
+        // shard): what it removed may be this response.
+        self.cache.catch_up();
         let invalidated = self.fetch.as_ref().is_some_and(Fetch::invalidated);
         if !complete || tee.overflow || self.cache.purges.get() != self.purges || invalidated {
             return;

@@ -1,0 +1,121 @@
+//! The response cache with two shards, each with a cache of its own: an unsafe request's
+//! success (RFC 9111 §4.4) removes its URL's entries on every shard, not only on the one
+//! that relayed it, so the client's next connection reads the new version whichever shard
+//! it lands on; and a shard told of more invalidations than its inbox holds empties its
+//! cache rather than serve one of them.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::{reply, x_cache};
+use crate::support::*;
+
+fn fetch(c: &mut Client, method: &str, path: &str) -> Response {
+    c.send(&request(method, path, &[("Host", "example.com")], b""));
+    c.read_response_for(method)
+}
+
+/// A backend whose GETs return the version of the resource (`max-age=100`) and whose other
+/// methods change it, and a proxy with two shards caching it.
+fn setup(engine: Engine) -> (Origin, Proxy, Arc<AtomicUsize>) {
+    let version = Arc::new(AtomicUsize::new(1));
+    let v = version.clone();
+    let origin = Origin::with_handler("o", move |r| {
+        if r.method != "GET" {
+            v.fetch_add(1, Ordering::SeqCst);
+            return reply(&[], "changed", false);
+        }
+        let body = format!("v{}", v.load(Ordering::SeqCst));
+        reply(&[("Cache-Control", "max-age=100")], &body, false)
+    });
+    let proxy = Config::new()
+        .upstream("main", &[origin.addr()])
+        .route("main", "path_prefix = \"/nc/\"\nname = \"plain\"")
+        .route("main", "name = \"cached\"\ncache = { }")
+        .admin("")
+        .start_shards(engine, 2);
+    (origin, proxy, version)
+}
+
+/// One keep-alive connection served by each shard: connections are opened until each
+/// shard has served one (SO_REUSEPORT picks by the connection's addresses), told apart by
+/// the shard's request counter.
+fn one_per_shard(proxy: &Proxy) -> [Client; 2] {
+    let count = |m: &Metrics, s: usize| {
+        m.value(
+            "edgeshard_shard_requests_total",
+            &[("shard", &s.to_string())],
+        )
+    };
+    let mut found: [Option<Client>; 2] = [None, None];
+    for _ in 0..64 {
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+        let before = scrape(proxy.admin_addr(), None);
+        let total = count(&before, 0) + count(&before, 1);
+        let mut c = Client::connect(proxy.addr());
+        assert_eq!(fetch(&mut c, "GET", "/nc/which").status(), 200);
+        let after = scrape_until(
+            proxy.admin_addr(),
+            None,
+            Duration::from_secs(10),
+            "counted",
+            |m| count(m, 0) + count(m, 1) > total,
+        );
+        let shard = usize::from(count(&after, 1) > count(&before, 1));
+        found[shard].get_or_insert(c);
+    }
+    let [Some(a), Some(b)] = found else {
+        panic!("64 connections did not reach both shards");
+    };
+    [a, b]
+}
+
+both_engines! {
+    // The client changes a resource on one connection and reads it on another that landed
+    // on the other shard: it reads the new version (before, the other shard kept serving
+    // its copy as a HIT until it expired).
+    fn an_invalidation_reaches_the_other_shard(engine) {
+        let (origin, proxy, version) = setup(engine);
+        let [mut a, mut b] = one_per_shard(&proxy);
+        let probes = origin.request_count();
+        for c in [&mut a, &mut b] {
+            assert_eq!(x_cache(&fetch(c, "GET", "/doc")), "MISS", "each shard fetches its own");
+            assert_eq!(x_cache(&fetch(c, "GET", "/doc")), "HIT");
+        }
+        for (writer, reader) in [(0, 1), (1, 0)] {
+            let mut conns = [&mut a, &mut b];
+            assert_eq!(fetch(conns[writer], "PUT", "/doc").status(), 200);
+            let n = version.load(Ordering::SeqCst);
+            let r = fetch(conns[reader], "GET", "/doc");
+            assert_eq!((x_cache(&r), r.body_str()), ("MISS".into(), format!("v{n}")), "the other shard");
+            let r = fetch(conns[writer], "GET", "/doc");
+            assert_eq!((x_cache(&r), r.body_str()), ("MISS".into(), format!("v{n}")), "its own shard");
+            conns.iter_mut().for_each(|c| assert_eq!(x_cache(&fetch(c, "GET", "/doc")), "HIT"));
+        }
+        assert_eq!(origin.request_count() - probes, 2 + 2 * 3, "2 PUTs, 6 misses");
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_cache_invalidated_total", &[]), 4.0, "both copies, twice");
+        assert_eq!(m.value("edgeshard_cache_invalidation_overflows_total", &[]), 0.0);
+    }
+
+    // More invalidations than the other shard's inbox holds (4,096) before it next looks:
+    // it empties its cache when it looks, rather than keep an entry it was told to remove.
+    fn an_overflowing_inbox_empties_the_shards_cache(engine) {
+        let (_origin, proxy, _version) = setup(engine);
+        let [mut a, mut b] = one_per_shard(&proxy);
+        fetch(&mut b, "GET", "/doc");
+        assert_eq!(x_cache(&fetch(&mut b, "GET", "/doc")), "HIT");
+        // 4,096 other URLs, then /doc itself: the 4,097th posting overflows.
+        for i in 0..4096 {
+            assert_eq!(fetch(&mut a, "POST", &format!("/other/{i}")).status(), 200);
+        }
+        assert_eq!(fetch(&mut a, "POST", "/doc").status(), 200);
+        assert_eq!(x_cache(&fetch(&mut b, "GET", "/doc")), "MISS");
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_cache_invalidation_overflows_total", &[]), 1.0);
+        assert_eq!(x_cache(&fetch(&mut b, "GET", "/doc")), "HIT", "and caches again");
+    }
+}
