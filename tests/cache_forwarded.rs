@@ -114,6 +114,9 @@ both_engines! {
         for claims in [
             [("X-Forwarded-Host", "shop.example"), ("Forwarded", "host=evil.example")],
             [("X-Forwarded-Proto", "https"), ("Forwarded", "proto=http")],
+            // A front that speaks only `Forwarded`: the backend is told `http` by
+            // `X-Forwarded-Proto` (this listener's) and `https` by `Forwarded`.
+            [("Forwarded", "proto=https"), ("X-Real-IP", "192.0.2.1")],
         ] {
             assert_eq!(x_cache(&fetch_as(&mut c, "shop.example", "/x", &claims)), "BYPASS", "{claims:?}");
         }

@@ -12,9 +12,10 @@ use crate::http::fields::{client_address_claim, forwarding_claim, same_field};
 /// The scheme and host (with a port when one was claimed) the backend is told the request
 /// was for, from a trusted proxy's fields (`https` and `host`: the listener's scheme and the
 /// request's own `Host`); `None` when a claim changes the URL in a way the key cannot hold.
-/// The first valid `X-Forwarded-Proto`, the first non-empty `X-Forwarded-Host` (what the
-/// proxy forwards), else the first `Forwarded` element's `proto=` and `host=` (`None` where
-/// the two families disagree, or the host is no valid authority); a port from
+/// The first valid `X-Forwarded-Proto` and the first non-empty `X-Forwarded-Host` the
+/// proxy forwards, else the `X-Forwarded-Proto` and `X-Forwarded-Host` it writes (the
+/// listener's scheme, the request's `Host`); `None` where the first `Forwarded` element's
+/// `proto=` or `host=` disagrees with them, or the host is no valid authority; a port from
 /// `X-Forwarded-Port` when the host names none. The `Host` the backend gets is keyed beside
 /// it ([`super::policy::SENT_HOST`]). The other scheme claims (`X-Scheme` and
 /// `X-Forwarded-Scheme`, which ingress-nginx sends on every request, `X-Url-Scheme`,
@@ -69,20 +70,19 @@ pub fn origin<'h>(
             return None;
         }
     }
-    // The backend gets both families: where they disagree, which one it builds from is its
-    // own choice, so no key can name the answer.
-    let hosts_differ = fwd_host
-        .zip(f_host)
-        .is_some_and(|(a, b)| !a.eq_ignore_ascii_case(b));
-    // `X-Scheme` and the like beside the `X-Forwarded-Proto` the backend gets (the proxy's
-    // own when the front sent none).
-    let other_differs =
-        other_proto.is_some_and(|o| o != proto.unwrap_or(https) || f_proto.is_some_and(|f| f != o));
-    if hosts_differ || other_differs || proto.zip(f_proto).is_some_and(|(a, b)| a != b) {
+    // What the backend gets in `X-Forwarded-Proto` and `X-Forwarded-Host` (`http::encode`):
+    // the front's first valid claims, else the listener's scheme and the request's `Host`.
+    let (https, host) = (proto.unwrap_or(https), fwd_host.unwrap_or(host));
+    // It gets `Forwarded` and `X-Scheme` and the like beside them: where they disagree,
+    // which one it builds from is its own choice, so no key can name the answer. (A
+    // `Forwarded: proto=https` alone from a front that sends no `X-Forwarded-Proto` to a
+    // plain listener is such a disagreement: the backend is told `http` too.)
+    let hosts_differ = f_host.is_some_and(|f| !f.eq_ignore_ascii_case(host));
+    let protos_differ =
+        f_proto.is_some_and(|f| f != https) || other_proto.is_some_and(|o| o != https);
+    if hosts_differ || protos_differ {
         return None;
     }
-    let https = proto.or(f_proto).unwrap_or(https);
-    let host = fwd_host.or(f_host).unwrap_or(host);
     // A claimed host that is no authority (`a.example/en`) would move into the key's path.
     if !crate::route::valid_authority(host) {
         return None;
@@ -219,17 +219,25 @@ mod tests {
                 .1,
             "[::1]:81"
         );
-        // Forwarded's first element, when the X- fields say nothing.
+        // Forwarded's first element must say what the X- fields the backend gets say (the
+        // listener's scheme and the request's `Host` when the front sent none).
         let f = [(
             "Forwarded",
-            "for=1.2.3.4;proto=https;host=\"b.example\", for=5.6.7.8;proto=http",
+            "for=1.2.3.4;proto=http;host=\"shop.example\", for=5.6.7.8;proto=https",
         )];
-        assert_eq!(of(&f), Some((true, "b.example".into())));
+        assert_eq!(of(&f), Some((false, "shop.example".into())));
+        let tls_front = [("Forwarded", "for=1.2.3.4;proto=https;host=\"b.example\"")];
+        assert_eq!(
+            of(&tls_front),
+            None,
+            "the backend also gets http and shop.example"
+        );
         let both = [
-            ("X-Forwarded-Proto", "http"),
-            ("Forwarded", "proto=http;host=b"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "b"),
+            ("Forwarded", "proto=https;host=b"),
         ];
-        assert_eq!(of(&both), Some((false, "b".into())));
+        assert_eq!(of(&both), Some((true, "b".into())));
         let agree = [
             ("X-Forwarded-Host", "B"),
             ("Forwarded", "host=b;proto=http"),
