@@ -1,8 +1,7 @@
 //! The response cache with two shards, each with a cache of its own: an unsafe request's
 //! success (RFC 9111 §4.4) removes its URL's entries on every shard, not only on the one
 //! that relayed it, so the client's next connection reads the new version whichever shard
-//! it lands on; and a shard told of more invalidations than its inbox holds empties its
-//! cache rather than serve one of them.
+//! it lands on, also after a flood of them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -101,21 +100,22 @@ both_engines! {
         assert_eq!(m.value("edgeshard_cache_invalidation_overflows_total", &[]), 0.0);
     }
 
-    // More invalidations than the other shard's inbox holds (4,096) before it next looks:
-    // it empties its cache when it looks, rather than keep an entry it was told to remove.
-    fn an_overflowing_inbox_empties_the_shards_cache(engine) {
+    // A flood of invalidations (more bytes of URLs than a shard's inbox holds, 1 MiB, within
+    // about a second, when the shard empties it on its own): the last one is honoured
+    // whether the inbox overflowed (then the other shard empties its cache) or not.
+    fn a_flood_of_invalidations_leaves_no_removed_entry_served(engine) {
         let (_origin, proxy, _version) = setup(engine);
         let [mut a, mut b] = one_per_shard(&proxy);
         fetch(&mut b, "GET", "/doc");
         assert_eq!(x_cache(&fetch(&mut b, "GET", "/doc")), "HIT");
-        // 4,096 other URLs, then /doc itself: the 4,097th posting overflows.
-        for i in 0..4096 {
-            assert_eq!(fetch(&mut a, "POST", &format!("/other/{i}")).status(), 200);
+        let long = format!("/other/{}", "x".repeat(8000));
+        for i in 0..140 {
+            assert_eq!(fetch(&mut a, "POST", &format!("{long}{i}")).status(), 200);
         }
         assert_eq!(fetch(&mut a, "POST", "/doc").status(), 200);
         assert_eq!(x_cache(&fetch(&mut b, "GET", "/doc")), "MISS");
-        let m = scrape(proxy.admin_addr(), None);
-        assert_eq!(m.value("edgeshard_cache_invalidation_overflows_total", &[]), 1.0);
         assert_eq!(x_cache(&fetch(&mut b, "GET", "/doc")), "HIT", "and caches again");
+        let m = scrape(proxy.admin_addr(), None);
+        assert!(m.value("edgeshard_cache_invalidation_overflows_total", &[]) <= 1.0);
     }
 }
