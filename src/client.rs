@@ -47,9 +47,13 @@ pub struct Client {
     /// mTLS: the verified client certificate's subject.
     pub client_subject: Option<Box<str>>,
     /// The peer is one of `server.trusted_proxies` speaking for its clients: its
-    /// X-Forwarded-For names the client and its request id is kept (decided at accept;
-    /// never for a PROXY protocol balancer's own LOCAL or UNKNOWN connection).
+    /// X-Forwarded-For names the client and its request id is kept (decided at accept and
+    /// again after a reload, [`crate::conn`]'s `relisten`; never for a PROXY protocol
+    /// balancer's own LOCAL or UNKNOWN connection).
     pub forwarded_trusted: bool,
+    /// The peer is a PROXY protocol balancer's own connection (LOCAL, UNKNOWN): never
+    /// trusted to speak for clients, whatever `trusted_proxies` says.
+    pub balancer_itself: bool,
     /// When it was opened and how many requests it has carried (kept while it is parked).
     pub served: Served,
     /// The socket is known to be `O_NONBLOCK` ([`crate::splice::send_file`] sets it once).
@@ -64,7 +68,7 @@ impl Client {
         stream: monoio::net::TcpStream,
         peer: SocketAddr,
         listener: Rc<ListenerSide>,
-        forwarded_trusted: bool,
+        (forwarded_trusted, balancer_itself): (bool, bool),
         served: Served,
     ) -> Client {
         Client {
@@ -76,6 +80,7 @@ impl Client {
             listener,
             client_subject: None,
             forwarded_trusted,
+            balancer_itself,
             served,
             nonblocking: false,
         }

@@ -84,7 +84,8 @@ async fn open(
         crate::stats::bump(&ctx.stats.denied_listener);
         // A TLS client cannot read a 403 before a handshake it is not granted: closed.
         if listener.tls.is_none() {
-            let client = Client::plain(stream, peer, listener, false, Served::new(accepted));
+            let trust = (false, balancer_itself);
+            let client = Client::plain(stream, peer, listener, trust, Served::new(accepted));
             Box::pin(refuse(ctx, client)).await;
         }
         return None;
@@ -116,6 +117,7 @@ async fn open(
         listener,
         client_subject,
         forwarded_trusted,
+        balancer_itself,
         served: Served::new(accepted),
         nonblocking: false,
     })
@@ -131,7 +133,7 @@ pub async fn resume(ctx: Rc<ShardCtx>, parked: Parked) {
         stream,
         parked.peer,
         parked.listener,
-        parked.forwarded_trusted,
+        parked.trust,
         parked.served,
     );
     // Parked before a reload: its next request is under the listener's settings now.
@@ -150,6 +152,10 @@ pub async fn resume(ctx: Rc<ShardCtx>, parked: Parked) {
 /// (counted as a refusal at accept is): the listener's allow/deny now refuses the client,
 /// whom [`refuse`] answers (over TLS too: the handshake is long done).
 fn relisten(ctx: &ShardCtx, client: &mut Client) -> bool {
+    // A reload that removes a peer from `trusted_proxies` (or adds one) reaches its open
+    // connections too: its X-Forwarded-For is no longer believed from the next request.
+    client.forwarded_trusted = !client.balancer_itself
+        && crate::config::holds(&ctx.shared.config.trusted_proxies, client.peer.ip());
     let Some(id) = client.listener.id else {
         return true;
     };
@@ -467,29 +473,21 @@ fn park(
         peer,
         listener,
         forwarded_trusted,
+        balancer_itself,
         served,
         ..
     } = client;
+    let trust = (forwarded_trusted, balancer_itself);
     let Transport::Plain(stream) = stream else {
         unreachable!("checked plain above")
     };
-    let back = |stream, peer, listener, forwarded_trusted, guard| {
-        Parking::Back(
-            Client::plain(stream, peer, listener, forwarded_trusted, served),
-            guard,
-        )
+    let back = |stream, peer, listener, trust, guard| {
+        Parking::Back(Client::plain(stream, peer, listener, trust, served), guard)
     };
-    let parked = Parked::new(
-        stream,
-        peer,
-        listener.clone(),
-        forwarded_trusted,
-        served,
-        guard,
-    );
+    let parked = Parked::new(stream, peer, listener.clone(), trust, served, guard);
     let parked = match parked {
         Ok(p) => p,
-        Err((stream, guard)) => return back(stream, peer, listener, forwarded_trusted, guard),
+        Err((stream, guard)) => return back(stream, peer, listener, trust, guard),
     };
     drop(listener);
     match ctx.lot.park(parked, idle_end) {
@@ -497,7 +495,7 @@ fn park(
         // Not parked (a failed epoll_ctl, the lot stopped): back to a stream, or closed if
         // even that fails.
         Err(p) => match TcpStream::from_std(std::net::TcpStream::from(p.fd)) {
-            Ok(stream) => back(stream, p.peer, p.listener, p.forwarded_trusted, p.guard),
+            Ok(stream) => back(stream, p.peer, p.listener, p.trust, p.guard),
             Err(_) => Parking::Done,
         },
     }
@@ -732,8 +730,13 @@ mod tests {
                 let s = TcpStream::connect_addr(l.local_addr().unwrap())
                     .await
                     .unwrap();
-                let client =
-                    Client::plain(s, peer, Rc::default(), false, Served::new(Instant::now()));
+                let client = Client::plain(
+                    s,
+                    peer,
+                    Rc::default(),
+                    (false, false),
+                    Served::new(Instant::now()),
+                );
                 let guard = ActiveGuard::new(&ctx, None);
                 std::mem::size_of_val(&keep_alive(ctx.clone(), client, guard, None))
             };
@@ -746,8 +749,13 @@ mod tests {
                 let s = TcpStream::connect_addr(l.local_addr().unwrap())
                     .await
                     .unwrap();
-                let mut client =
-                    Client::plain(s, peer, Rc::default(), false, Served::new(Instant::now()));
+                let mut client = Client::plain(
+                    s,
+                    peer,
+                    Rc::default(),
+                    (false, false),
+                    Served::new(Instant::now()),
+                );
                 let head = RequestHead::default();
                 let exchange = serve_request(&ctx, &mut client, &head);
                 let align = std::mem::align_of_val(&exchange);

@@ -42,7 +42,8 @@ pub struct Parked {
     pub fd: OwnedFd,
     pub peer: SocketAddr,
     pub listener: Rc<ListenerSide>,
-    pub forwarded_trusted: bool,
+    /// [`crate::client::Client::forwarded_trusted`] and `balancer_itself`.
+    pub trust: (bool, bool),
     pub served: Served,
     /// Counts the connection as active (a drain waits for it) until it is closed.
     pub guard: ActiveGuard,
@@ -57,7 +58,7 @@ impl Parked {
         stream: TcpStream,
         peer: SocketAddr,
         listener: Rc<ListenerSide>,
-        forwarded_trusted: bool,
+        trust: (bool, bool),
         served: Served,
         guard: ActiveGuard,
     ) -> Result<Parked, (TcpStream, ActiveGuard)> {
@@ -75,7 +76,7 @@ impl Parked {
             fd,
             peer,
             listener,
-            forwarded_trusted,
+            trust,
             served,
             guard,
             gen: 0,

@@ -116,6 +116,46 @@ both_engines! {
         assert_eq!(origin.request_count(), 1);
     }
 
+    // A reload that takes a peer out of trusted_proxies reaches its open connections: from
+    // their next request its X-Forwarded-For is a claim again (found by the session 12
+    // review: a forged address kept passing a route's allow on a connection opened before).
+    fn a_reload_that_untrusts_a_proxy_reaches_its_open_connections(engine) {
+        let origin = Origin::start("o");
+        let config = |trusted: &str| {
+            Config::new()
+                .server("trusted_proxies", trusted)
+                .upstream("main", &[origin.addr()])
+                .route("main", "allow = [\"10.0.0.0/8\"]")
+                .admin("")
+        };
+        let proxy = config("[\"127.0.0.1\"]").start(engine);
+        let xff = [("Host", "e.example"), ("X-Forwarded-For", "10.1.1.1")];
+        let mut conns = [Client::connect(proxy.addr()), Client::connect(proxy.addr())];
+        for c in &mut conns {
+            c.send(&request("GET", "/a", &xff, b""));
+            assert_eq!(c.read_response().status(), 200);
+        }
+        // Both idle, parked past the hot window.
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "both idle", |m| {
+            m.value("edgeshard_connections_idle", &[]) == 2.0
+        });
+        std::fs::write(proxy.config_path(), config("[]").render()).unwrap();
+        let r = admin_post(proxy.admin_addr(), "/reload", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        for c in &mut conns {
+            c.send(&request("GET", "/b", &xff, b""));
+            assert_eq!(c.read_response().status(), 403, "no longer believed");
+        }
+        assert_eq!(origin.request_count(), 2);
+        // And the other way: trusted again, believed again on the same connections.
+        std::fs::write(proxy.config_path(), config("[\"127.0.0.1\"]").render()).unwrap();
+        assert_eq!(admin_post(proxy.admin_addr(), "/reload", None).status, 200);
+        for c in &mut conns {
+            c.send(&request("GET", "/c", &xff, b""));
+            assert_eq!(c.read_response().status(), 200);
+        }
+    }
+
     // From a peer that is not a trusted proxy, X-Forwarded-For is a claim: it neither admits
     // the request nor reaches the backend.
     fn an_untrusted_peer_cannot_claim_another_address(engine) {
