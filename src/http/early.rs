@@ -4,10 +4,11 @@
 //! parsing them as a response yet, to tell which ([`crate::forward::body`], and over TLS
 //! [`crate::tls::stream::TlsStream`]).
 
-/// Whether `b` starts a final response (`HTTP/1.x ` and a status that is not 1xx). Fewer
-/// than 10 bytes is not yet.
-fn starts_final_response(b: &[u8]) -> bool {
-    b.len() >= 10 && b.starts_with(b"HTTP/1.") && b[8] == b' ' && (b'2'..=b'9').contains(&b[9])
+/// Whether `b` starts an error response (`HTTP/1.x ` and a 4xx or 5xx status: RFC 9112
+/// §9.5's "an error response" that tells the client to stop sending). Fewer than 10 bytes is
+/// not yet.
+fn starts_error_response(b: &[u8]) -> bool {
+    b.len() >= 10 && b.starts_with(b"HTTP/1.") && b[8] == b' ' && (b'4'..=b'9').contains(&b[9])
 }
 
 /// Whether `b` is, or may still become, the start of an interim (1xx) response head.
@@ -37,12 +38,13 @@ fn after_interim(mut b: &[u8]) -> &[u8] {
 }
 
 /// Whether `b`, the bytes a backend sent while the request's body was still going out,
-/// hold its final answer (after any complete interim heads): the body stops there. How a
-/// backend's early answer (a 401, a 413 to an upload) is told from a `100` it sent unasked.
-/// A 2xx counts too: the proxy does not relay a response while it still sends the request
-/// (a backend that streams its answer while it reads, an echo, gets its body cut there).
+/// hold an early error answer (after any complete interim heads: a 401, a 413 to an upload):
+/// the body stops there. A `100` it sent unasked does not, and neither does a 2xx or 3xx: a
+/// backend that streams its answer while it reads (an echo, a transcoder) or answers at once
+/// and then reads the rest gets the whole body, its answer read once the body is out (or
+/// once the body's write has timed out, [`holds_answer`]).
 pub fn holds_final_response(b: &[u8]) -> bool {
-    starts_final_response(after_interim(b))
+    starts_error_response(after_interim(b))
 }
 
 /// Whether `b`, what a backend sent before a request body's write timed out, is its answer
@@ -85,12 +87,16 @@ mod tests {
             assert!(!holds_final_response(bytes));
             assert!(!holds_answer(bytes));
         }
-        // Bytes that are no response: not a final answer (the body goes on), but an answer to
-        // read once the body's write timed out (the head's read refuses them with a 502).
+        // Bytes that are no response, and a 2xx or 3xx (a backend that streams its answer
+        // while it reads): not an early error answer (the body goes on), but an answer to
+        // read once the body's write timed out.
         for bytes in [
             &b"garbage!!!\r\n"[..],
             b"HTTP/2 200\r\n\r\n",
             b"HTTP/1.1 099 x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n",
+            b"HTTP/1.1 307 Temporary Redirect\r\n",
         ] {
             assert!(!holds_final_response(bytes), "{bytes:?}");
             assert!(holds_answer(bytes), "{bytes:?}");
