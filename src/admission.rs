@@ -92,6 +92,32 @@ pub fn client_prefix(ip: IpAddr, bits: u8) -> IpAddr {
     }
 }
 
+/// The default `limits.max_connections_per_shard`: half the process's descriptors
+/// (`nofile`, less 128 for listeners, rings, logs and the admin listener) shared by the
+/// shards, at most 65,536. The other half is for what the connections open: an upstream
+/// connection each while a request is in flight, the pools' idle ones, splice pipes. So at
+/// the bound the shard closes its longest-idle connection for a new one ([`crate::reclaim`])
+/// before `accept` runs out of descriptors, where no client, and no admin probe, gets in.
+pub fn connections_per_shard(nofile: u64, shards: usize) -> usize {
+    let per_shard = nofile.saturating_sub(128) / 2 / shards.max(1) as u64;
+    per_shard.clamp(16, 65536) as usize
+}
+
+/// The process's open-file limit (`RLIMIT_NOFILE`, soft: `main` raises it to the hard one
+/// first); 1024 if it cannot be read.
+pub fn descriptor_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the `rlimit` we own; failure is its return value.
+    // Exercised by every proxy start (the snapshot's default connection bound).
+    match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } {
+        0 => lim.rlim_cur,
+        _ => 1024,
+    }
+}
+
 /// Counters per row of the per-address sketch.
 const WIDTH: usize = 4096;
 
@@ -240,6 +266,20 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_default_connection_bound_leaves_half_the_descriptors() {
+        assert_eq!(connections_per_shard(20_000, 2), 4968);
+        assert_eq!(connections_per_shard(1 << 20, 16), 32764);
+        assert_eq!(
+            connections_per_shard(1 << 30, 1),
+            65536,
+            "at most nginx-sized bounds"
+        );
+        assert_eq!(connections_per_shard(1024, 64), 16, "at least a few");
+        assert_eq!(connections_per_shard(100, 0), 16);
+        assert!(descriptor_limit() >= 16);
     }
 
     #[test]

@@ -176,7 +176,12 @@ impl Shared {
         map
     }
 
-    fn build(config: Config, shards: usize, epoch: Option<std::time::Instant>) -> Shared {
+    fn build(mut config: Config, shards: usize, epoch: Option<std::time::Instant>) -> Shared {
+        if config.limits.max_connections_per_shard == 0 {
+            let nofile = crate::admission::descriptor_limit();
+            config.limits.max_connections_per_shard =
+                crate::admission::connections_per_shard(nofile, shards);
+        }
         let routes = RouteTable::new(&config);
         let listener_ids = ListenerId::all(&config.listeners);
         let mut backends = Vec::new();

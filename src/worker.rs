@@ -529,8 +529,20 @@ async fn accept_loop(
                 return;
             }
             Err(e) => {
-                // EMFILE/ENFILE and friends: back off briefly instead of spinning, and log
-                // within `log.error_rate` (out of descriptors, this repeats every backoff).
+                // Out of descriptors (a bound set above the descriptor limit, or upstream
+                // connections and pipes using the rest): close the longest-idle connection,
+                // as at a connection limit, and accept again once its task had a turn.
+                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                if out_of_fds
+                    && ctx
+                        .current()
+                        .is_some_and(|now| crate::reclaim::reclaim(&ctx, &now))
+                {
+                    monoio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                // Otherwise back off briefly instead of spinning, and log within
+                // `log.error_rate` (out of descriptors, this repeats every backoff).
                 let allowed = ctx.current().is_none_or(|now| ctx.errors.allow(&now.stats));
                 if allowed {
                     tracing::warn!(shard = ctx.id, error = %e, "accept failed; out of file descriptors? raise LimitNOFILE / ulimit -n");

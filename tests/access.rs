@@ -3,6 +3,7 @@
 //! `server.trusted_proxies`, the address its `X-Forwarded-For` names.
 
 use crate::support::*;
+use std::net::TcpStream;
 use std::time::Duration;
 
 fn denied(admin: std::net::SocketAddr, scope: &str, n: f64) {
@@ -263,6 +264,53 @@ both_engines! {
             let m = scrape(proxy.admin_addr(), None);
             assert_eq!(m.value("edgeshard_connections_reclaimed_total", &[]), 1.0, "{limit}");
             assert_eq!(m.value("edgeshard_connections_rejected_total", &[("reason", limit)]), 0.0, "{limit}");
+        }
+    }
+
+    // Out of descriptors before any connection bound (found by the session 12 resource
+    // review: 19,950 silent connections under a 20,000 descriptor limit locked out every
+    // client and the admin listener). By default a shard's bound is half the descriptors,
+    // so it closes silent connections for new ones before `accept` fails; and with a bound
+    // set above the limit, an `accept` that fails for want of descriptors closes one too.
+    fn a_flood_of_silent_connections_does_not_exhaust_the_descriptors(engine) {
+        for bound in [None, Some("1000000")] {
+            let origin = Origin::start("o");
+            // Silent connections are not closed by their own timeout within the test.
+            let mut config = Config::single(origin.addr()).admin("").timeout("client_header", "120s");
+            if let Some(b) = bound {
+                config = config.limit("max_connections_per_shard", b);
+            }
+            let proxy = config.start(engine);
+            // Descriptors in use now, plus room for a few connections, then a reload so
+            // the default bound is taken from the lowered limit.
+            let open = std::fs::read_dir(format!("/proc/{}/fd", proxy.pid())).unwrap().count() as u64;
+            let limit = libc::rlimit { rlim_cur: open + 60, rlim_max: open + 60 };
+            // SAFETY: prlimit on the proxy's pid, reading nothing back (null old limit).
+            let set = unsafe { libc::prlimit(proxy.pid() as i32, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+            assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+            assert_eq!(admin_post(proxy.admin_addr(), "/reload", None).status, 200);
+            // Twice as many silent connections as there are descriptors left.
+            let silent: Vec<TcpStream> = (0..120).filter_map(|_| TcpStream::connect(proxy.addr()).ok()).collect();
+            assert!(silent.len() >= 100);
+            // A client that sends its request gets in (retrying a connection that was
+            // closed unanswered, as a client whose connection was reclaimed would).
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let served = loop {
+                let got = Client::try_connect(proxy.addr()).ok().and_then(|mut c| {
+                    c.timeout = Duration::from_secs(3);
+                    c.try_send(&get("e.example", "/in")).ok()?;
+                    c.try_read_response().ok()
+                });
+                if got.as_ref().is_some_and(|r| r.status() == 200) || std::time::Instant::now() > deadline {
+                    break got.map(|r| r.status());
+                }
+            };
+            assert_eq!(served, Some(200), "{bound:?}: a new client gets in");
+            drop(silent);
+            let m = scrape_until(proxy.admin_addr(), None, Duration::from_secs(20), "reclaimed", |m| {
+                m.value("edgeshard_connections_reclaimed_total", &[]) > 0.0
+            });
+            assert!(m.value("edgeshard_connections_reclaimed_total", &[]) > 0.0, "{bound:?}");
         }
     }
 

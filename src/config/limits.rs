@@ -19,6 +19,8 @@ pub struct Limits {
     pub max_headers: usize,
     pub max_uri_bytes: usize,
     pub max_body_bytes: u64,
+    /// Open client connections per shard; 0 in a checked file that leaves it unset, made
+    /// [`crate::admission::connections_per_shard`] when the snapshot is built.
     pub max_connections_per_shard: usize,
     /// Open client connections of the whole process; 0 = only the per-shard bound.
     pub max_connections: usize,
@@ -80,10 +82,12 @@ pub(super) fn limits(c: &mut Checker, limits: &RawLimits) -> Limits {
             0,
             u64::MAX >> 1,
         ),
+        // 0: from the descriptor limit, when the snapshot is built
+        // ([`crate::admission::connections_per_shard`]).
         max_connections_per_shard: c.count(
             "limits.max_connections_per_shard",
             limits.max_connections_per_shard,
-            65536,
+            0,
             1,
             1 << 24,
         ),
