@@ -184,21 +184,17 @@ impl ShardCtx {
     }
 
     /// This shard's state for the reloaded snapshot `shared`, keeping, for backends that
-    /// remain (by [`crate::snapshot::BackendId`]), their pooled connections (handed over;
-    /// removed backends' are closed), passive-check state, breakers and counters, and the
+    /// remain (by [`crate::snapshot::BackendId`]), their pooled connections (handed over
+    /// where their transport is unchanged; removed backends' and the others are closed), passive-check state, breakers and counters, and the
     /// per-route counters of routes of the same name. Shard-wide state is shared.
     pub fn successor(&self, shared: Arc<Shared>) -> ShardCtx {
         let map = shared.backend_map(&self.shared);
         let pool = Pool::new(&pool_limits(&shared)).with_ring(self.buffers.ring());
         let pool = Rc::new(RefCell::new(pool));
-        // Old index → new index, for the pool.
-        let mut back = vec![None; self.shared.backends.len()];
-        for (i, m) in map.iter().enumerate() {
-            if let Some(j) = *m {
-                back[j] = Some(i);
-            }
-        }
-        self.pool.borrow_mut().hand_over(pool.clone(), back);
+        // Old index → new index, for the pool: only where connections are made the same way.
+        self.pool
+            .borrow_mut()
+            .hand_over(pool.clone(), shared.pool_map(&self.shared));
         ShardCtx {
             id: self.id,
             pool,

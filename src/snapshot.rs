@@ -29,6 +29,22 @@ pub struct BackendId {
     pub address: SocketAddr,
 }
 
+/// [`BackendInfo::transport`] of `up`'s backends.
+fn transport_of(up: &crate::config::UpstreamConfig) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    if let Some(t) = &up.tls {
+        (&t.sni, &t.ca, t.verify).hash(&mut h);
+        // The file may change under the same name: read as the reload read it.
+        t.ca.as_ref()
+            .and_then(|ca| std::fs::read(ca).ok())
+            .hash(&mut h);
+    }
+    up.tls.is_some().hash(&mut h);
+    up.proxy_protocol.map(|v| v as u8).hash(&mut h);
+    h.finish()
+}
+
 /// A listener's identity across snapshots: its configured address and, for an address the
 /// file gives more than once (only `:0` ones may repeat), which of those it is, in file
 /// order. A reload keeps the sockets of every identity that remains.
@@ -71,6 +87,10 @@ pub struct BackendInfo {
     pub local: usize,
     /// Stable across snapshots (see [`BackendId`]).
     pub id: BackendId,
+    /// How connections to it are made: its upstream's `tls` (with its CA file's contents)
+    /// and `proxy_protocol`, hashed. A pooled connection is carried across a reload only to
+    /// a backend whose transport is the same ([`Shared::pool_map`]).
+    pub transport: u64,
 }
 
 /// The immutable snapshot every shard reads: configuration, route table, backend list, plus
@@ -163,6 +183,22 @@ impl Shared {
             .collect()
     }
 
+    /// For each backend of `old`, the index of the same backend in this snapshot when its
+    /// pooled connections may serve it: the same identity and the same transport. A reload
+    /// that turns verification on, changes the CA, the SNI name, or switches the upstream to
+    /// or from TLS or PROXY protocol closes the connections made under the old settings (a
+    /// pooled connection to a backend no longer trusted would otherwise serve on).
+    pub fn pool_map(&self, old: &Shared) -> Vec<Option<usize>> {
+        let mut back = vec![None; old.backends.len()];
+        for (j, m) in self.backend_map(old).into_iter().enumerate() {
+            if let Some(i) = m.filter(|&i| old.backends[i].transport == self.backends[j].transport)
+            {
+                back[i] = Some(j);
+            }
+        }
+        back
+    }
+
     /// For each route of this snapshot, and last the "no route" slot, the index of the
     /// route of the same name in `old` (the per-route counters are kept by name).
     pub fn route_map(&self, old: &Shared) -> Vec<Option<usize>> {
@@ -188,6 +224,7 @@ impl Shared {
         let mut upstream_backends = Vec::new();
         for (u, up) in config.upstreams.iter().enumerate() {
             let start = backends.len();
+            let transport = transport_of(up);
             for (local, b) in up.backends.iter().enumerate() {
                 backends.push(BackendInfo {
                     address: b.address,
@@ -197,6 +234,7 @@ impl Shared {
                         upstream: up.name.as_str().into(),
                         address: b.address,
                     },
+                    transport,
                 });
             }
             upstream_backends.push(start..backends.len());

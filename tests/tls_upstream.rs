@@ -58,6 +58,35 @@ fn refused_backend(
 }
 
 both_engines! {
+    // A reload that changes how an upstream's connections are made (here: plain to TLS)
+    // closes the connections pooled under the old settings: found by the session 12 reload
+    // review, where a pooled cleartext connection kept carrying requests after the file
+    // asked for TLS, and pooled connections to a backend the new CA refuses kept answering.
+    // The same file reloaded again keeps its pooled connections.
+    fn a_reload_that_changes_an_upstreams_transport_drops_its_pooled_connections(engine) {
+        let origin = Origin::start("plain");
+        let config = |tls: &str| Config::new().upstream_with("main", &[origin.addr()], tls).route("main", "").admin("");
+        let proxy = config("").start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("e.example", "/a"));
+        assert_eq!(c.read_response().status(), 200);
+        let reload = |text: String| {
+            std::fs::write(proxy.config_path(), text).unwrap();
+            let r = admin_post(proxy.admin_addr(), "/reload", None);
+            assert_eq!(r.status, 200, "{}", r.body);
+        };
+        reload(config("").render());
+        c.send(&get("e.example", "/b"));
+        assert_eq!(c.read_response().status(), 200);
+        assert_eq!(origin.accepted(), 1, "kept across the same file");
+        // Now TLS to a backend that speaks plain HTTP: every request fails its handshake.
+        reload(config("tls = { verify = false }").render());
+        let before = origin.request_count();
+        c.send(&get("e.example", "/c"));
+        assert_eq!(c.read_response().status(), 502, "not the cleartext connection pooled before");
+        assert_eq!(origin.request_count(), before, "no request went in cleartext");
+    }
+
     fn requests_reach_a_verified_tls_backend_over_pooled_connections(engine) {
         let dir = CertDir::new("up");
         let (origin, proxy) = verified_backend(engine, &dir, |c| c);
