@@ -138,7 +138,7 @@ fn init_tracing(level: &str) {
                 .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| edgeshard::observe::errors::Stderr)
         // Colours only for a terminal: a log file or journal gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

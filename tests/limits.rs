@@ -2,6 +2,7 @@
 //! (404, 408, 413, 414, 431, 502, 503, 504).
 
 use crate::support::*;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 fn assert_error_body(r: &Response) {
@@ -432,5 +433,101 @@ both_engines! {
         assert!(lines as u64 <= 3 * windows, "{lines} accept-failure lines in {windows} one-second windows (error_rate 3)");
         c.send(&get("example.com", "/after"));
         assert_eq!(c.read_response().status(), 200);
+    }
+}
+
+/// A proxy whose stderr is a pipe nobody reads (a stalled journal or log driver); its
+/// listening and admin addresses from stdout.
+/// Ends the child when dropped, so a failed test leaves no proxy behind.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn with_stalled_stderr(
+    config: &Config,
+    engine: Engine,
+) -> (Killed, std::os::fd::OwnedFd, SocketAddr, SocketAddr) {
+    use std::io::BufRead;
+    let path = std::env::temp_dir().join(format!(
+        "edgeshard-stalled-{}-{}.toml",
+        std::process::id(),
+        engine.as_str()
+    ));
+    std::fs::write(&path, config.render()).unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array we own; each is then owned
+    // by exactly one OwnedFd.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    use std::os::fd::FromRawFd;
+    // SAFETY: as above: fresh descriptors nothing else owns.
+    let (reader, writer) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+            "--shards",
+            "1",
+            "--io-engine",
+            engine.as_str(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::from(writer))
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut child = Killed(child);
+    let (mut addr, mut admin) = (None, None);
+    while addr.is_none() || admin.is_none() {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.0.wait();
+            panic!(
+                "edgeshard exited before it listened (see {})",
+                path.display()
+            );
+        };
+        if let Some(a) = line.strip_prefix("edgeshard: listening on ") {
+            addr = a.trim().parse().ok();
+        } else if let Some(a) = line.strip_prefix("edgeshard: admin on ") {
+            admin = a.trim().parse().ok();
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    let _ = std::fs::remove_file(&path);
+    (child, reader, addr.unwrap(), admin.unwrap())
+}
+
+both_engines! {
+    // A shard never waits on its error log: with stderr a pipe whose reader stalled (found
+    // by the session 12 resource review: requests timed out once the 64 KiB pipe was
+    // full), bad requests keep being answered, the good ones served, and the log lines
+    // that did not fit are counted.
+    fn a_stalled_stderr_reader_does_not_stop_the_proxy(engine) {
+        let origin = Origin::start("o");
+        let config = Config::single(origin.addr()).section("log", "error_rate = 100000").admin("");
+        let (child, _unread, addr, admin) = with_stalled_stderr(&config, engine);
+        let mut c = Client::connect(addr);
+        // Each a 400 and a log line: far more than the pipe holds.
+        for i in 0..2000 {
+            c.send(format!("GET /{i} HTTP/1.1\r\nHost: e\r\nBad Header Line\r\n\r\n").as_bytes());
+            assert_eq!(c.read_response().status(), 400, "{i}");
+            c = Client::connect(addr);
+        }
+        c.send(&get("e.example", "/fine"));
+        assert_eq!(c.read_response().status(), 200);
+        let dropped = scrape(admin, None).value("edgeshard_log_lines_dropped_total", &[]);
+        drop(child);
+        assert!(dropped > 0.0, "the pipe was full, yet nothing dropped");
     }
 }

@@ -688,6 +688,9 @@ pub fn render(
         "Error log lines held back by log.error_rate.",
     );
     let _ = writeln!(o, "edgeshard_log_suppressed_total {}", all.log_suppressed);
+    let dropped = super::errors::STDERR_DROPPED.load(std::sync::atomic::Ordering::Relaxed);
+    family(&mut o, "edgeshard_log_lines_dropped_total", "counter", "Error log lines (or their ends) dropped because stderr would have blocked: its reader had stalled.");
+    let _ = writeln!(o, "edgeshard_log_lines_dropped_total {dropped}");
 
     family(
         &mut o,
