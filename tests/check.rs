@@ -210,6 +210,9 @@ compress_memory = "64MiB"
 address = "127.0.0.1:9901"
 token = "s3cret"
 allow_remote_without_token = false
+max_connections = 64
+header_timeout = "2s"
+send_timeout = "5s"
 
 [log]
 level = "info"

@@ -18,6 +18,22 @@ pub struct AdminConfig {
     pub address: SocketAddr,
     /// When set, every endpoint but `/healthz` and `/ready` needs `Authorization: Bearer TOKEN`.
     pub token: Option<String>,
+    /// Connections served at once. A new one beyond it closes the oldest that has not sent
+    /// its whole head (so slow clients cannot lock probes out).
+    pub max_connections: usize,
+    /// The whole request head must arrive within this of the accept.
+    pub header_timeout: Duration,
+    /// Writing the response.
+    pub send_timeout: Duration,
+}
+
+impl AdminConfig {
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+    pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=4096;
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+    /// The most either timeout may be: longer would let slow clients hold the listener.
+    pub const MAX_TIMEOUT: (Duration, &'static str) = (Duration::from_secs(60), "60s");
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +125,9 @@ pub(super) struct RawAdmin {
     token_file: Option<String>,
     #[serde(default)]
     allow_remote_without_token: bool,
+    max_connections: Option<usize>,
+    header_timeout: Option<String>,
+    send_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -256,7 +275,37 @@ pub(super) fn observe_sections(
                     ),
                 );
             }
-            Some(AdminConfig { address, token })
+            let range = AdminConfig::MAX_CONNECTIONS_RANGE;
+            let max_connections = match a.max_connections {
+                None => AdminConfig::DEFAULT_MAX_CONNECTIONS,
+                Some(n) if range.contains(&n) => n,
+                Some(n) => {
+                    c.err(
+                        "admin.max_connections",
+                        format!("{n} is out of range {}..={}", range.start(), range.end()),
+                    );
+                    AdminConfig::DEFAULT_MAX_CONNECTIONS
+                }
+            };
+            let header_timeout = c.duration_up_to(
+                "admin.header_timeout",
+                a.header_timeout.as_ref(),
+                AdminConfig::DEFAULT_HEADER_TIMEOUT,
+                AdminConfig::MAX_TIMEOUT,
+            );
+            let send_timeout = c.duration_up_to(
+                "admin.send_timeout",
+                a.send_timeout.as_ref(),
+                AdminConfig::DEFAULT_SEND_TIMEOUT,
+                AdminConfig::MAX_TIMEOUT,
+            );
+            Some(AdminConfig {
+                address,
+                token,
+                max_connections,
+                header_timeout,
+                send_timeout,
+            })
         });
 
     let raw: RawLog = table

@@ -294,6 +294,34 @@ fn a_remote_admin_address_needs_a_token_or_an_explicit_waiver() {
 }
 
 #[test]
+fn admin_connection_bounds_have_safe_defaults_and_ranges() {
+    let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n[admin]\naddress = \"127.0.0.1:9901\"\n";
+    let a = parse(base).unwrap().admin.unwrap();
+    assert_eq!(a.max_connections, 64);
+    assert_eq!(a.header_timeout, Duration::from_secs(2));
+    assert_eq!(a.send_timeout, Duration::from_secs(5));
+    let a = parse(&format!(
+        "{base}max_connections = 8\nheader_timeout = \"500ms\"\nsend_timeout = \"1m\"\n"
+    ))
+    .unwrap()
+    .admin
+    .unwrap();
+    assert_eq!(a.max_connections, 8);
+    assert_eq!(a.header_timeout, Duration::from_millis(500));
+    assert_eq!(a.send_timeout, Duration::from_secs(60));
+    for (bad, path) in [
+        ("max_connections = 0", "admin.max_connections"),
+        ("max_connections = 5000", "admin.max_connections"),
+        ("header_timeout = \"0s\"", "admin.header_timeout"),
+        ("header_timeout = \"2m\"", "admin.header_timeout"),
+        ("send_timeout = \"soon\"", "admin.send_timeout"),
+    ] {
+        let err = parse(&format!("{base}{bad}\n")).unwrap_err();
+        assert_eq!(err.issues[0].path, path, "{bad}: {err}");
+    }
+}
+
+#[test]
 fn sizes() {
     assert_eq!(parse_size("16MiB"), Some(16 << 20));
     assert_eq!(parse_size("64 KiB"), Some(64 << 10));

@@ -6,9 +6,9 @@
 //! `POST /upstreams/NAME/backends/ADDR/weight/N` ([`crate::weights`]), and
 //! `POST /reload` (a hot reload, [`crate::reload`]; the outcome as JSON), and
 //! `POST /cache/purge` (the routes' caches, every shard).
-//! Responses close the connection; requests are small and bounded.
+//! Responses close the connection; requests are small and bounded. The listener itself
+//! (accepting, the connection bound, reading heads, answering) is in `admin_listen.rs`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -16,20 +16,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_channel::{mpsc, oneshot};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::{TcpListener, TcpStream};
 
+use crate::observe::admin_listen::{self, Counters};
 use crate::observe::metrics::{render, ProcessInfo};
 use crate::reload::{ReloadStats, Reloader};
 use crate::snapshot::{Published, Shared};
 use crate::stats::Snapshot;
 use crate::worker::ShardQuery;
 
-/// Largest admin request head.
-const MAX_HEAD: usize = 8192;
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNS: usize = 64;
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a scrape waits for one shard's answer.
 const SHARD_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -87,7 +81,7 @@ pub fn start(listener: std::net::TcpListener, state: AdminState) -> std::io::Res
                 .enable_timer()
                 .build();
             match rt {
-                Ok(mut rt) => rt.block_on(serve(listener, Rc::new(state), stop_rx)),
+                Ok(mut rt) => rt.block_on(admin_listen::serve(listener, Rc::new(state), stop_rx)),
                 Err(e) => tracing::error!(error = %e, "admin: cannot start its runtime"),
             }
         })?;
@@ -97,72 +91,15 @@ pub fn start(listener: std::net::TcpListener, state: AdminState) -> std::io::Res
     })
 }
 
-async fn serve(
-    listener: std::net::TcpListener,
-    state: Rc<AdminState>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    // monoio's drivers need a non-blocking socket (std binds it blocking).
-    let listener = match listener
-        .set_nonblocking(true)
-        .and_then(|()| TcpListener::from_std(listener))
-    {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "admin: cannot register its listener");
-            return;
-        }
-    };
-    let active = Rc::new(std::cell::Cell::new(0usize));
-    // A one-shot notification, replaced each time it fires.
-    let slot_freed = Rc::new(std::cell::RefCell::new(Rc::new(
-        crate::notify::Notify::default(),
-    )));
-    loop {
-        // At the bound, stop accepting until a connection ends: later ones wait in the
-        // listen backlog instead of being refused.
-        while active.get() >= MAX_CONNS {
-            let freed = slot_freed.borrow().clone();
-            monoio::select! {
-                _ = freed.notified() => {}
-                _ = &mut stop => return,
-            }
-        }
-        let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = &mut stop => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                active.set(active.get() + 1);
-                let state = state.clone();
-                let active = active.clone();
-                let slot_freed = slot_freed.clone();
-                monoio::spawn(async move {
-                    let _ =
-                        monoio::time::timeout(IO_TIMEOUT * 2, handle(stream, peer, &state)).await;
-                    active.set(active.get() - 1);
-                    let fired = std::mem::take(&mut *slot_freed.borrow_mut());
-                    fired.notify_all();
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "admin: accept failed");
-                monoio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
 /// A response: status line, content type, body.
-struct Reply {
-    status: &'static str,
-    content_type: &'static str,
-    body: String,
-    extra: &'static str,
+pub(super) struct Reply {
+    pub(super) status: &'static str,
+    pub(super) content_type: &'static str,
+    pub(super) body: String,
+    pub(super) extra: &'static str,
 }
 
-fn reply(status: &'static str, body: impl Into<String>) -> Reply {
+pub(super) fn reply(status: &'static str, body: impl Into<String>) -> Reply {
     Reply {
         status,
         content_type: "text/plain; charset=utf-8",
@@ -180,112 +117,6 @@ fn json(status: &'static str, v: serde_json::Value) -> Reply {
         body,
         extra: "",
     }
-}
-
-async fn handle(mut stream: TcpStream, _peer: SocketAddr, state: &AdminState) {
-    // Read the head (bounded); a body, if any, is ignored: the connection closes after.
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    // `Err(status)`: the answer to a head that is not served.
-    let parsed = loop {
-        if buf.len() >= MAX_HEAD {
-            break Err("431 Request Header Fields Too Large");
-        }
-        let spare = Vec::with_capacity(MAX_HEAD - buf.len());
-        let (res, chunk) = match monoio::time::timeout(IO_TIMEOUT, stream.read(spare)).await {
-            Ok(r) => r,
-            Err(_) => return,
-        };
-        match res {
-            Ok(0) | Err(_) => return,
-            Ok(_) => buf.extend_from_slice(&chunk),
-        }
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                let method = req.method.unwrap_or("").to_string();
-                let path = req.path.unwrap_or("").to_string();
-                let mut auths = req
-                    .headers
-                    .iter()
-                    .filter(|h| h.name.eq_ignore_ascii_case("authorization"));
-                let auth = auths.next().map(|h| h.value.to_vec());
-                // Two credentials: which one counts is a guess; none is served.
-                if auths.next().is_some() {
-                    break Err("400 Bad Request");
-                }
-                if from_a_web_page(req.headers, &path, state.token.is_none()) {
-                    break Err("403 Forbidden");
-                }
-                break Ok((method, path, auth));
-            }
-            Ok(httparse::Status::Partial) => continue,
-            Err(httparse::Error::TooManyHeaders) => {
-                break Err("431 Request Header Fields Too Large")
-            }
-            Err(_) => break Err("400 Bad Request"),
-        }
-    };
-    let (r, head_only) = match parsed {
-        Err(status @ "403 Forbidden") => (reply(status, "not for browsers\n"), false),
-        Err(status) => (reply(status, "bad request\n"), false),
-        Ok((method, path, auth)) => (
-            route(state, &method, &path, auth.as_deref()).await,
-            method == "HEAD",
-        ),
-    };
-    let head = format!(
-        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n{}\r\n",
-        r.status,
-        r.content_type,
-        r.body.len(),
-        r.extra
-    );
-    let mut bytes = head.into_bytes();
-    if !head_only {
-        bytes.extend_from_slice(r.body.as_bytes());
-    }
-    let _ = monoio::time::timeout(IO_TIMEOUT, stream.write_all(bytes)).await;
-}
-
-/// A request a web page made the operator's browser send: cross-site request forgery (it
-/// carries an `Origin`, or a `Sec-Fetch-Site` other than `none`, what a typed URL gets), or,
-/// to an admin without a token, a name of the page's own rebound to this address (a `Host`
-/// other than `localhost` or an address: browsers send no `Origin` and, to a plain-http
-/// site, no `Sec-Fetch-Site` on such a page's GETs, which would read `/status`). Curl,
-/// Prometheus and `edgeshard reload` send none of these; a page needs no answer to make a
-/// `POST /cache/purge?all` or `/reload` (a "simple" request). The liveness and readiness
-/// probes answer whatever the `Host` (services probe them by name; their answer tells nothing).
-fn from_a_web_page(headers: &[httparse::Header<'_>], path: &str, tokenless: bool) -> bool {
-    let probe = matches!(path.split('?').next(), Some("/healthz" | "/ready"));
-    headers.iter().any(|h| {
-        let name = h.name.as_bytes();
-        name.eq_ignore_ascii_case(b"origin")
-            || (name.eq_ignore_ascii_case(b"sec-fetch-site") && h.value.trim_ascii() != b"none")
-            || (tokenless && !probe && name.eq_ignore_ascii_case(b"host") && !local_host(h.value))
-    })
-}
-
-/// `localhost` (or `localhost.`) or an IP address, with or without a port: what a tool given
-/// the address sends as `Host`.
-fn local_host(v: &[u8]) -> bool {
-    let Ok(v) = std::str::from_utf8(v.trim_ascii()) else {
-        return false;
-    };
-    if v.parse::<std::net::SocketAddr>().is_ok() {
-        return true;
-    }
-    let host = match v.rsplit_once(':') {
-        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => v,
-    };
-    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
-    matches!(
-        host.to_ascii_lowercase().as_str(),
-        "localhost" | "localhost."
-    ) || host.parse::<std::net::Ipv4Addr>().is_ok()
-        || bare.is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
-        || v.parse::<std::net::Ipv6Addr>().is_ok()
 }
 
 /// Compares without an early exit, so the token cannot be guessed byte by byte from timing.
@@ -306,7 +137,14 @@ fn authorized(state: &AdminState, auth: Option<&[u8]>) -> bool {
     }
 }
 
-async fn route(state: &AdminState, method: &str, target: &str, auth: Option<&[u8]>) -> Reply {
+/// The answer to one request; `counters` are the admin thread's own (in `/metrics`).
+pub(super) async fn route(
+    state: &AdminState,
+    counters: &Counters,
+    method: &str,
+    target: &str,
+    auth: Option<&[u8]>,
+) -> Reply {
     let path = target.split('?').next().unwrap_or(target);
     // Liveness and readiness stay open to probes that carry no token.
     match (method, path) {
@@ -327,12 +165,16 @@ async fn route(state: &AdminState, method: &str, target: &str, auth: Option<&[u8
     }
     match (method, path) {
         ("GET" | "HEAD", "/metrics") => {
-            let (shared, per_shard, all) = gather(state).await;
+            let (shared, per_shard, mut all) = gather(state).await;
+            // The admin thread's own held-back error lines count with the shards'.
+            all.log_suppressed += counters.log_suppressed();
             let info = process_info(state);
+            let mut body = render(&shared, &info, &per_shard, &all);
+            counters.render(&mut body);
             Reply {
                 status: "200 OK",
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: render(&shared, &info, &per_shard, &all),
+                body,
                 extra: "",
             }
         }

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod admin;
+mod admin_listen;
 pub mod errors;
 pub mod log_writer;
 pub mod metrics;

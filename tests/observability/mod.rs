@@ -18,6 +18,7 @@ mod access_log;
 mod access_syslog;
 mod access_template;
 mod admin;
+mod admin_limits;
 mod counters;
 mod errors;
 mod metrics;
