@@ -5,9 +5,10 @@
 //! to client, from [`crate::respond`]). [`Leg`] (one direction's timer, wait bounds and
 //! whether it has written) is shared with [`crate::splice`], which relays large bodies.
 //!
-//! The minimum-rate rule for slow clients ([`Pace`]) lives in [`Leg`] too: every wait of a
-//! body relay, copied, spliced or through TLS, goes through [`Leg::begin`] and [`Leg::end`],
-//! so the rule is written once.
+//! The minimum-rate rule for slow clients ([`Pace`], in `relay/pace.rs`) is applied in
+//! [`Leg`] too: every wait of a body relay, copied, spliced or through TLS, goes through
+//! [`Leg::begin`] and [`Leg::end`], so the rule is written once; only payload earns time, not
+//! chunk framing ([`Leg::framing`]).
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,9 @@ use crate::http::encode::TrailerFilter;
 use crate::http::encode::{interim_response_head, OutFraming};
 use crate::http::parse::{parse_response, BodyFraming, HeadLimits, Parsed, ResponseHead};
 use crate::io::{read_more, read_more_at_most, write_from, write_two_from, Deadline, IoFail};
+
+mod pace;
+pub use pace::{rate_allowance, Pace};
 
 /// Why a body relay stopped early.
 #[derive(Debug)]
@@ -230,53 +234,6 @@ pub enum Side {
     Dst,
 }
 
-/// How long a body's client may still be waited for under a minimum rate: `base`, plus one
-/// second for every `rate` bytes moved so far, less the time already spent waiting for it.
-/// Like Apache's `mod_reqtimeout` (`body=20,MinRate=500`), but only the time the proxy waits
-/// on the client is charged, so a slow backend (or a server-sent event stream that is quiet
-/// for minutes) never counts against the client. Saturating: no input can overflow or
-/// panic. A `rate` of 0 is read as 1 ([`Pace`] never asks with 0: it means no rule).
-pub fn rate_allowance(base: Duration, rate: u64, bytes: u64, waited: Duration) -> Duration {
-    let rate = rate.max(1);
-    let secs = bytes / rate;
-    // (bytes % rate) < rate, so the product fits in u128 and the quotient below 1e9.
-    let nanos = (u128::from(bytes % rate) * 1_000_000_000 / u128::from(rate)) as u32;
-    base.saturating_add(Duration::new(secs, nanos))
-        .saturating_sub(waited)
-}
-
-/// A minimum transfer rate on the client's side of one body: the time spent waiting on the
-/// client, over the whole body, must stay within [`rate_allowance`]. Off when `rate` is 0.
-#[derive(Clone, Copy, Debug)]
-pub struct Pace {
-    /// Bytes per second; 0: no rule.
-    pub rate: u64,
-    /// The allowance before any byte moved (the side's per-wait timeout).
-    pub base: Duration,
-    /// Body bytes the client has moved so far (received from it, or accepted by its socket).
-    pub bytes: u64,
-    /// Time spent waiting on the client so far.
-    pub waited: Duration,
-}
-
-impl Pace {
-    pub const OFF: Pace = Pace::new(Duration::ZERO, 0);
-
-    pub const fn new(base: Duration, rate: u64) -> Pace {
-        Pace {
-            rate,
-            base,
-            bytes: 0,
-            waited: Duration::ZERO,
-        }
-    }
-
-    /// What is left of the allowance; None when there is no rule.
-    pub fn left(&self) -> Option<Duration> {
-        (self.rate > 0).then(|| rate_allowance(self.base, self.rate, self.bytes, self.waited))
-    }
-}
-
 /// One wait begun by [`Leg::begin`]: its bound, and for a wait on the paced side when it
 /// started and whether the rate (not the per-wait timeout) is what bounds it.
 #[must_use]
@@ -417,6 +374,15 @@ impl<'a> Leg<'a> {
     pub fn moved(&mut self, side: Side, n: usize) {
         if side == self.paced {
             self.pace.bytes = self.pace.bytes.saturating_add(n as u64);
+        }
+    }
+
+    /// Notes `n` bytes read from the source that were chunk framing, not payload: on the
+    /// paced side they earn no time ([`Pace::framing`]).
+    #[inline]
+    pub fn framing(&mut self, n: usize) {
+        if self.paced == Side::Src {
+            self.pace.framing = self.pace.framing.saturating_add(n as u64);
         }
     }
 
@@ -615,12 +581,17 @@ pub async fn relay_body<S: AsyncReadRent, D: AsyncWriteRent>(
     let mut body = Incoming::new(incoming, chunk_overhead);
     let rechunk = outgoing == OutFraming::Chunked;
     let mut total: u64 = 0;
+    // Whether `inbuf` holds bytes this relay read (credited to the leg), not an earlier read's.
+    let mut read = false;
     loop {
         while !body.done && *pos < inbuf.len() {
             let (piece, consumed) = body.step(&inbuf[*pos..])?;
             let data = (*pos + piece.0, *pos + piece.1);
             let len = data.1 - data.0;
             total += len as u64;
+            if read {
+                leg.framing(consumed.saturating_sub(len));
+            }
             // A chunk whose size line already says it cannot fit is refused there, before
             // its bytes are waited for (and before the head goes out with the first ones).
             let announced = body.decoder.as_ref().map_or(0, ChunkedDecoder::announced);
@@ -658,6 +629,7 @@ pub async fn relay_body<S: AsyncReadRent, D: AsyncWriteRent>(
         }
         crate::coop::step().await;
         body.refill(src, inbuf, pos, leg).await?;
+        read = true;
     }
 }
 
@@ -699,52 +671,6 @@ mod tests {
         assert_eq!(size(false, 0, true), (64 + 4) * 1024);
     }
 
-    #[test]
-    fn the_rate_allowance_is_the_base_plus_a_second_per_rate_bytes_less_the_time_waited() {
-        let s = Duration::from_secs;
-        let ms = Duration::from_millis;
-        // Nothing moved yet: the base.
-        assert_eq!(rate_allowance(s(30), 500, 0, s(0)), s(30));
-        // 1 s per 500 bytes, fractions included.
-        assert_eq!(rate_allowance(s(30), 500, 1000, s(0)), s(32));
-        assert_eq!(rate_allowance(s(30), 500, 250, s(0)), ms(30_500));
-        assert_eq!(
-            rate_allowance(s(1), 3, 1, s(0)),
-            Duration::new(1, 333_333_333)
-        );
-        // The time waited on the client comes off.
-        assert_eq!(rate_allowance(s(30), 500, 1000, s(12)), s(20));
-        // A trickle of 1 byte/s against 500 bytes/s: after 40 s of waiting for 40 bytes,
-        // nothing is left (30 + 0.08 < 40); saturating, not negative.
-        assert_eq!(rate_allowance(s(30), 500, 40, s(40)), s(0));
-        // No input overflows or panics.
-        assert_eq!(
-            rate_allowance(Duration::MAX, 1, u64::MAX, s(0)),
-            Duration::MAX
-        );
-        assert_eq!(rate_allowance(s(1), u64::MAX, u64::MAX, s(0)), s(2));
-        assert_eq!(
-            rate_allowance(s(1), u64::MAX, u64::MAX - 1, s(0)),
-            ms(1999) + Duration::new(0, 999_999)
-        );
-        assert_eq!(
-            rate_allowance(s(1), 0, 5, s(0)),
-            s(6),
-            "0 is read as 1, never a division by zero"
-        );
-        assert_eq!(rate_allowance(s(0), 7, 0, Duration::MAX), s(0));
-    }
-
-    #[test]
-    fn a_rate_of_zero_is_no_rule() {
-        assert_eq!(Pace::OFF.left(), None);
-        let mut p = Pace::new(Duration::from_secs(1), 0);
-        p.waited = Duration::from_secs(3600);
-        assert_eq!(p.left(), None);
-        let p = Pace::new(Duration::from_secs(1), 100);
-        assert_eq!(p.left(), Some(Duration::from_secs(1)));
-    }
-
     /// The leg applies the rate to its paced side only, bounds a wait by the rate when that
     /// is shorter, names a timeout the rate caused `TooSlow` (any other stays that side's
     /// timeout), and refuses a wait when nothing is left.
@@ -765,7 +691,8 @@ mod tests {
                 let r: Result<(), _> = leg.end(wait, Err(IoFail::Timeout), 0);
                 assert!(matches!(r, Err(RelayError::Read(IoFail::Timeout))));
                 leg.moved(Side::Src, 1000);
-                assert_eq!(leg.pace.bytes, 0);
+                leg.framing(1000);
+                assert_eq!((leg.pace.bytes, leg.pace.framing), (0, 0));
                 // The paced side: the rate leaves 10 s, less than the 20 s per wait.
                 let wait = leg.begin(Side::Dst).unwrap();
                 assert!(wait.timeout <= s(10) && wait.timeout > s(9));
@@ -789,6 +716,11 @@ mod tests {
                 leg.pace.waited = s(3600);
                 assert!(matches!(leg.begin(Side::Dst), Err(RelayError::TooSlow)));
                 assert!(leg.begin(Side::Src).is_ok());
+                // On a paced source (a request body) chunk framing earns no time.
+                (leg.paced, leg.pace) = (Side::Src, Pace::new(s(10), 100));
+                leg.moved(Side::Src, 700);
+                leg.framing(600);
+                assert_eq!(leg.pace.left(), Some(s(11)));
             }),
         );
     }

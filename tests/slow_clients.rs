@@ -3,6 +3,8 @@
 //! body at a healthy rate is not cut however long it lasts, a client reading a response
 //! below `limits.client_send_min_rate` is closed (spliced or copied), one reading at a
 //! healthy rate gets every byte, and 200 trickling bodies do not starve a normal client.
+//! Only payload earns time: a chunked body padded with chunk extensions is cut as its payload
+//! rate says, streamed or read first.
 //! Each cut is counted in `edgeshard_slow_clients_total{reason}`, and the backend connection
 //! it ran on is closed, not pooled.
 //!
@@ -295,6 +297,57 @@ both_engines! {
         c.send(&get("t", "/"));
         assert_eq!(c.read_response().status(), 200);
     }
+
+    fn a_chunked_body_padded_with_extensions_is_cut_by_its_payload_rate(engine) {
+        padded_chunks_are_cut(engine, "");
+    }
+
+    fn a_chunked_body_padded_with_extensions_is_cut_while_read_first(engine) {
+        padded_chunks_are_cut(engine, "buffer_request_body = \"64KiB\"");
+    }
+}
+
+/// A chunked body of 1-byte chunks, each padded with 60 bytes of extensions, one every 100
+/// ms: 700 bytes a second against a minimum rate of 100, but 10 of payload. Only payload earns
+/// time, so it is cut with a 408 at the deadline its payload gives (1 s + 1 s per 100 payload
+/// bytes: about 1.11 s), streamed or read first (`upstream_extra`), long before the 5 s the
+/// test waits and the 10 s the trickle lasts. While framing earned time it never was (review
+/// 2, F5: 20 such bodies at the default 500 B/s still open at 58 s).
+fn padded_chunks_are_cut(engine: Engine, upstream_extra: &str) {
+    let origin = Origin::start("origin");
+    let proxy = Config::new()
+        .upstream_with("main", &[origin.addr()], upstream_extra)
+        .route("main", "")
+        .timeout("client_body", "1s")
+        .limit("client_body_min_rate", "100")
+        .start(engine);
+    let mut s = TcpStream::connect(proxy.addr()).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (mut w, stopped) = (s.try_clone().unwrap(), stop.clone());
+    let chunk = format!("1;pad={}\r\nx\r\n", "a".repeat(60)).into_bytes();
+    let trickler = thread::spawn(move || {
+        let mut pace = Pace::new(Duration::from_millis(100));
+        for _ in 0..100 {
+            pace.tick();
+            if stopped.load(Ordering::SeqCst) || w.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let head = read_head_bytes(&mut s).unwrap_or_else(|h| h);
+    stop.store(true, Ordering::SeqCst);
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(
+        head.starts_with("HTTP/1.1 408 "),
+        "not cut within 5 s: {head:?}"
+    );
+    expect_eof(&mut s, Duration::from_secs(5));
+    assert_eq!(origin.request_count(), 0);
+    trickler.join().unwrap();
 }
 
 const RESPONSE_LEN: usize = 32 << 20;

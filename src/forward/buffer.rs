@@ -80,7 +80,7 @@ impl Forward<'_> {
     /// was pipelined after it. `None`: the payload passed `limit` (or its framing
     /// [`raw_cap`]) first, and the buffer holds the body as it came, to be streamed. Each read
     /// within `client_body`; the whole within `client_body` plus what `client_body_min_rate`
-    /// allows for the bytes received.
+    /// allows for the payload received (framing earns no time, as in [`crate::relay::Pace`]).
     async fn buffer_chunked(
         &self,
         client: &mut Client,
@@ -119,7 +119,7 @@ impl Forward<'_> {
             // With no minimum rate, only each read is bounded (as for a known length).
             let left = match rate {
                 0 => t,
-                _ => (t + Duration::from_secs_f64(raw as f64 / rate as f64))
+                _ => (t + Duration::from_secs_f64(payload as f64 / rate as f64))
                     .saturating_sub(started.elapsed())
                     .min(t),
             };
