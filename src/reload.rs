@@ -11,9 +11,11 @@
 //! the caller as an error, the configuration being in force otherwise. Listeners are matched
 //! by address ([`crate::snapshot::ListenerId`]), so one that remains keeps its sockets
 //! wherever it moved in the file. Kept TLS listeners re-read their certificates only once
-//! nothing can refuse the reload. The health prober is restarted on the new backend
-//! set, resuming from the carried states. One reload runs at a time, and none during a binary
-//! upgrade (the callers hold the `Reloader` in a mutex); nothing here is on the request path.
+//! nothing can refuse the reload. The health prober is handed the new backend set
+//! ([`crate::health::prober::ProberHandle::retarget`]): a backend checked as before keeps its
+//! probing, probe in flight included; the others resume from the carried states. One reload
+//! runs at a time, and none during a binary upgrade (the callers hold the `Reloader` in a
+//! mutex); nothing here is on the request path.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -353,10 +355,9 @@ impl Reloader {
         Ok(Applied { notes, errors })
     }
 
-    /// Publishes `config` as the next snapshot, switches every shard to it (closing the
-    /// listeners `opened` removes and accepting on those it adds) and restarts the prober on
-    /// its backends (resuming from the carried states). Returns a line for each added
-    /// listener some shard does not serve.
+    /// Publishes `config` as the next snapshot, hands the prober its backends and switches
+    /// every shard to it (closing the listeners `opened` removes and accepting on those it
+    /// adds). Returns a line for each added listener some shard does not serve.
     fn put_in_force(
         &mut self,
         config: Config,
@@ -364,26 +365,28 @@ impl Reloader {
         tls: Arc<TlsListeners>,
         opened: Option<Opened>,
     ) -> Vec<String> {
-        // The old prober stops first: a transition it published after the next board was
-        // copied from its own would be lost.
-        if let Some(p) = self.prober.take() {
-            p.stop();
+        // The prober keeps its results to itself while the next board is copied from its
+        // own (a transition published after the copy would be lost); its probes go on.
+        if let Some(p) = &self.prober {
+            p.hold();
         }
         // Built while the drain flags cannot change (`publish_with`): `old` is the snapshot in
         // force, only this reloader publishes.
         let next = self
             .published
             .publish_with(|now| Shared::reloaded(config, now, tls));
-        let errors = self.switch_shards(opened);
-        match crate::health::prober::spawn(
-            next.board.clone(),
-            probe_targets(&next, Some(old)),
-            None,
-        ) {
-            Ok(p) => self.prober = Some(p),
-            Err(e) => tracing::error!(error = %e, "reload: cannot restart the health prober"),
+        // Backends probed as before keep their task, probe in flight and schedule included:
+        // changes more frequent than a check's `timeout` must not keep a hung backend in.
+        let targets = probe_targets(&next, Some(old));
+        let retargeted = match self.prober.as_mut() {
+            Some(p) => p.retarget(next.board.clone(), targets),
+            None => crate::health::prober::spawn(next.board.clone(), targets, None)
+                .map(|p| self.prober = Some(p)),
+        };
+        if let Err(e) = retargeted {
+            tracing::error!(error = %e, "reload: cannot restart the health prober");
         }
-        errors
+        self.switch_shards(opened)
     }
 
     /// A host name's answer changed (the DNS thread): the file's configuration in force with
@@ -689,7 +692,7 @@ fn restart_only_changes(started: &Config, new: &Config) -> Vec<String> {
 
 /// The prober's targets for `shared`: every backend of an upstream with a health check.
 /// After a reload (`old` given) a backend that remains, and was checked, resumes from its
-/// carried state.
+/// carried state if the prober starts a task for it (one it keeps goes on from its own).
 pub fn probe_targets(shared: &Shared, old: Option<&Shared>) -> Vec<ProbeTarget> {
     let map = old.map(|o| shared.backend_map(o));
     shared

@@ -111,7 +111,7 @@ pub struct RedirectHttps {
 }
 
 /// `[[upstream]] tls = { ... }`: backends of this upstream are spoken to over TLS.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpstreamTls {
     /// The name sent as SNI and verified in the backend's certificate; `None`: each
     /// backend's IP address (verified against the certificate's IP SANs).

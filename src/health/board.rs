@@ -54,7 +54,7 @@ struct Counters {
     checks_failed: AtomicU64,
     transitions: AtomicU64,
     /// The current run of probe results: `n > 0` successes or `-n` failures in a row (the
-    /// prober's `rise`/`fall` count, so that a reload's new prober resumes it).
+    /// prober's `rise`/`fall` count, so that a task a reload starts resumes it).
     streak: AtomicI64,
 }
 

@@ -8,13 +8,26 @@
 //!
 //! A probe is bounded as a whole by the check's `timeout` (connect, send, response); the
 //! next one starts `interval × (1 ± jitter)` after it ended. The first probe of each backend
-//! starts within `jitter × interval` of start-up, so states settle quickly but probes of many
-//! backends are still spread out.
+//! starts within `jitter × interval` of its task's start, so states settle quickly but probes
+//! of many backends are still spread out.
 //!
-//! Stopping: [`ProberHandle::stop`] (or dropping the handle) fires a oneshot that the runtime
-//! awaits; every task races its sleep and its probe against a shared notification, so the
-//! thread ends at once, never after a whole interval, and the handle joins it.
+//! Configuration changes (a reload, a DNS answer change, an admin weight change) keep the
+//! thread: [`ProberHandle::hold`] makes every task keep its next result to itself while the
+//! reloader copies the board into the next snapshot's, then [`ProberHandle::retarget`] hands
+//! over the new board and targets. A backend whose identity (upstream name and address) and
+//! check (spec, `proxy_protocol`, upstream TLS settings) are unchanged keeps its task, re-pointed
+//! at its new slot: its probe in flight, its count towards `rise`/`fall` and its schedule go
+//! on, so changes however frequent cannot keep a slow failure from being counted. Tasks start
+//! only for new or changed backends (resuming from the carried state) and stop only for
+//! removed or changed ones.
+//!
+//! Stopping: [`ProberHandle::stop`] (or dropping the handle) closes the command channel that
+//! the runtime awaits; every task races its sleep and its probe against its stop
+//! notification, so the thread ends at once, never after a whole interval, and the handle
+//! joins it.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::mpsc;
@@ -22,6 +35,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use futures_channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
@@ -39,7 +53,7 @@ use super::state::{Health, HealthState, Transition};
 pub struct ProbeTarget {
     /// The backend's slot on the board (its index in the flat backend list).
     pub backend: usize,
-    /// The upstream's name, for log lines.
+    /// The upstream's name, for log lines (with `address`, the backend's identity).
     pub upstream: String,
     pub address: SocketAddr,
     /// The upstream's check (shared by its backends).
@@ -50,9 +64,27 @@ pub struct ProbeTarget {
     /// `UNKNOWN`, v2 `LOCAL`), as a backend expecting one requires.
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
     /// After a reload, the state and the run of probe results
-    /// ([`super::board::SlotView::streak`]) the board carried over for this backend: probing
-    /// resumes from them (`None`: from the check's initial state, published at once).
+    /// ([`super::board::SlotView::streak`]) the board carried over for this backend: a task
+    /// started for it resumes from them (`None`: from the check's initial state, published at
+    /// once). A kept task ignores it: its own count is the board's.
     pub resume: Option<(Health, i64)>,
+}
+
+impl ProbeTarget {
+    /// Whether a task probing `self` may go on probing `next`: the same backend (upstream
+    /// name and address) checked the same way.
+    fn probes_like(&self, next: &ProbeTarget) -> bool {
+        let same_tls = match (&self.tls, &next.tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.settings() == b.settings(),
+            _ => false,
+        };
+        self.upstream == next.upstream
+            && self.address == next.address
+            && *self.spec == *next.spec
+            && self.proxy_protocol == next.proxy_protocol
+            && same_tls
+    }
 }
 
 /// A published transition, as reported on the events channel.
@@ -68,11 +100,34 @@ pub struct HealthEvent {
     pub generation: u64,
 }
 
+/// What the handle asks of the prober's runtime; each is answered on `done` once done.
+enum Command {
+    /// Keep probe results from the board until the next `Retarget`.
+    Hold { done: mpsc::Sender<()> },
+    /// Probe `targets`, publishing on `board`, then publish again.
+    Retarget {
+        board: Arc<HealthBoard>,
+        targets: Vec<ProbeTarget>,
+        done: mpsc::Sender<()>,
+    },
+}
+
 /// Owns the prober thread; stopping or dropping it ends the thread promptly.
 #[derive(Debug)]
 pub struct ProberHandle {
-    stop: Option<futures_channel::oneshot::Sender<()>>,
+    commands: Option<UnboundedSender<Command>>,
     thread: Option<JoinHandle<()>>,
+    /// The events channel, for a thread started again by [`ProberHandle::retarget`].
+    events: Option<mpsc::Sender<HealthEvent>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Hold { .. } => f.write_str("Hold"),
+            Command::Retarget { targets, .. } => write!(f, "Retarget({} targets)", targets.len()),
+        }
+    }
 }
 
 impl ProberHandle {
@@ -81,10 +136,55 @@ impl ProberHandle {
         self.shutdown();
     }
 
-    fn shutdown(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+    /// Makes every task keep its probe results from the board until the next
+    /// [`ProberHandle::retarget`], and returns once none can write to it any more: the board
+    /// can then be copied into the next snapshot's without losing a transition. Probes go on
+    /// meanwhile. No-op without a thread.
+    pub fn hold(&self) {
+        let (done, answered) = mpsc::channel();
+        if let Some(tx) = &self.commands {
+            if tx.unbounded_send(Command::Hold { done }).is_ok() {
+                let _ = answered.recv();
+            }
         }
+    }
+
+    /// Probes `targets` from now on, publishing on `board` (see the module header for what
+    /// is kept), and lifts a [`ProberHandle::hold`]. Starts the thread if there was none;
+    /// with no targets, stops it. Fails as [`spawn`] does; the prober is stopped then.
+    pub fn retarget(
+        &mut self,
+        board: Arc<HealthBoard>,
+        targets: Vec<ProbeTarget>,
+    ) -> std::io::Result<()> {
+        if let Err(e) = validate(&board, &targets) {
+            self.shutdown();
+            return Err(e);
+        }
+        if targets.is_empty() {
+            self.shutdown();
+            return Ok(());
+        }
+        if let Some(tx) = &self.commands {
+            let (done, answered) = mpsc::channel();
+            let cmd = Command::Retarget {
+                board: board.clone(),
+                targets: targets.clone(),
+                done,
+            };
+            if tx.unbounded_send(cmd).is_ok() && answered.recv().is_ok() {
+                return Ok(());
+            }
+        }
+        // No thread, or it ended (a panic, logged when joined): a fresh one.
+        self.shutdown();
+        *self = spawn(board, targets, self.events.take())?;
+        Ok(())
+    }
+
+    fn shutdown(&mut self) {
+        // The runtime stops once the channel is closed.
+        self.commands = None;
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
                 tracing::error!("health prober thread panicked");
@@ -99,18 +199,12 @@ impl Drop for ProberHandle {
     }
 }
 
-/// Starts the prober thread for `targets`, publishing on `board` (and on `events` if given).
-/// Fails if a spec is invalid, a target's slot is outside the board or appears twice (one
-/// writer per slot, see [`HealthBoard`]), or the thread or its
-/// runtime cannot be created. With no targets, no thread is started.
-pub fn spawn(
-    board: Arc<HealthBoard>,
-    targets: Vec<ProbeTarget>,
-    events: Option<mpsc::Sender<HealthEvent>>,
-) -> std::io::Result<ProberHandle> {
+/// Refuses an invalid spec, a slot outside the board or one probed twice (one writer per
+/// slot, see [`HealthBoard`]).
+fn validate(board: &HealthBoard, targets: &[ProbeTarget]) -> std::io::Result<()> {
     let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg);
     let mut seen = vec![false; board.len()];
-    for t in &targets {
+    for t in targets {
         if seen.get(t.backend).copied().unwrap_or(false) {
             return Err(invalid(format!(
                 "upstream {}: backend slot {} is probed twice",
@@ -132,14 +226,29 @@ pub fn spawn(
             )));
         }
     }
+    Ok(())
+}
+
+/// Starts the prober thread for `targets`, publishing on `board` (and on `events` if given).
+/// Fails if a spec is invalid, a target's slot is outside the board or appears twice (one
+/// writer per slot, see [`HealthBoard`]), or the thread or its
+/// runtime cannot be created. With no targets, no thread is started.
+pub fn spawn(
+    board: Arc<HealthBoard>,
+    targets: Vec<ProbeTarget>,
+    events: Option<mpsc::Sender<HealthEvent>>,
+) -> std::io::Result<ProberHandle> {
+    validate(&board, &targets)?;
     if targets.is_empty() {
         return Ok(ProberHandle {
-            stop: None,
+            commands: None,
             thread: None,
+            events,
         });
     }
-    let (stop_tx, stop_rx) = futures_channel::oneshot::channel::<()>();
+    let (tx, rx) = futures_channel::mpsc::unbounded::<Command>();
     let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<()>>();
+    let thread_events = events.clone();
     let thread = std::thread::Builder::new()
         .name("health-prober".to_owned())
         .spawn(move || {
@@ -154,12 +263,13 @@ pub fn spawn(
                 }
             };
             let _ = ready_tx.send(Ok(()));
-            rt.block_on(run(board, targets, events, stop_rx));
+            rt.block_on(run(board, targets, thread_events, rx));
         })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(ProberHandle {
-            stop: Some(stop_tx),
+            commands: Some(tx),
             thread: Some(thread),
+            events,
         }),
         Ok(Err(e)) => {
             let _ = thread.join();
@@ -174,67 +284,216 @@ pub fn spawn(
     }
 }
 
-/// The prober runtime's main task: one task per target, until told to stop.
+/// Where a task publishes: its target (slot, TLS client) and the board in force. Replaced
+/// by a retarget; never borrowed across an `.await`.
+struct Live {
+    target: ProbeTarget,
+    board: Arc<HealthBoard>,
+}
+
+/// One backend's task, as the runtime's main task keeps it.
+struct Task {
+    live: Rc<RefCell<Live>>,
+    stop: Rc<Notify>,
+    handle: monoio::task::JoinHandle<()>,
+}
+
+/// Closed while a reload copies the board: tasks wait before publishing.
+#[derive(Default)]
+struct Gate {
+    /// Fired (and cleared) when the gate opens.
+    held: RefCell<Option<Rc<Notify>>>,
+}
+
+impl Gate {
+    fn close(&self) {
+        let mut held = self.held.borrow_mut();
+        if held.is_none() {
+            *held = Some(Rc::new(Notify::default()));
+        }
+    }
+
+    fn open(&self) {
+        let held = self.held.borrow_mut().take();
+        if let Some(n) = held {
+            n.notify_all();
+        }
+    }
+
+    /// Returns once the gate is open (at once if it is): checked again after each wake-up,
+    /// as another hold may have come before this task ran.
+    async fn passed(&self) {
+        loop {
+            let held = self.held.borrow().clone();
+            match held {
+                Some(n) => n.notified().await,
+                None => return,
+            }
+        }
+    }
+}
+
+/// The runtime's tasks by backend identity (upstream name, address), and what they share.
+struct Tasks {
+    by_id: HashMap<(String, SocketAddr), Task>,
+    gate: Rc<Gate>,
+    events: Option<mpsc::Sender<HealthEvent>>,
+    seed: u64,
+    /// Tasks started so far, mixed into each one's seed.
+    started: u64,
+}
+
+impl Tasks {
+    /// Keeps the task of every backend of `targets` that probes as before (re-pointed at
+    /// its new slot and `board`), stops the others and starts tasks for the rest; then
+    /// opens the gate.
+    fn retarget(&mut self, board: Arc<HealthBoard>, targets: Vec<ProbeTarget>) {
+        let mut old = std::mem::take(&mut self.by_id);
+        for t in targets {
+            let id = (t.upstream.clone(), t.address);
+            let kept = old.remove(&id).and_then(|task| {
+                let same = task.live.borrow().target.probes_like(&t);
+                if !same {
+                    task.stop.notify_all();
+                }
+                same.then_some(task)
+            });
+            let task = match kept {
+                Some(task) => {
+                    *task.live.borrow_mut() = Live {
+                        target: t,
+                        board: board.clone(),
+                    };
+                    task
+                }
+                None => self.start(t, board.clone()),
+            };
+            self.by_id.insert(id, task);
+        }
+        for task in old.into_values() {
+            task.stop.notify_all();
+        }
+        self.gate.open();
+    }
+
+    fn start(&mut self, target: ProbeTarget, board: Arc<HealthBoard>) -> Task {
+        let spec = &target.spec;
+        let state = match target.resume {
+            Some((h, streak)) => HealthState::resumed(h, streak, spec.rise, spec.fall),
+            None => {
+                let st = HealthState::new(spec.initial, spec.rise, spec.fall);
+                // The board may have been created with another initial state: align it
+                // quietly (now, on this thread: no hold can be under way).
+                board.publish(target.backend, st.current(), Instant::now());
+                st
+            }
+        };
+        self.started += 1;
+        let rng = Rng::seeded(self.seed ^ self.started.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let live = Rc::new(RefCell::new(Live { target, board }));
+        let stop = Rc::new(Notify::default());
+        let handle = monoio::spawn(probe_loop(
+            live.clone(),
+            state,
+            self.events.clone(),
+            self.gate.clone(),
+            stop.clone(),
+            rng,
+        ));
+        Task { live, stop, handle }
+    }
+}
+
+/// The prober runtime's main task: runs the handle's commands until its channel closes, then
+/// stops every task.
 async fn run(
     board: Arc<HealthBoard>,
     targets: Vec<ProbeTarget>,
     events: Option<mpsc::Sender<HealthEvent>>,
-    stop_rx: futures_channel::oneshot::Receiver<()>,
+    mut commands: UnboundedReceiver<Command>,
 ) {
-    let stop = Rc::new(Notify::default());
-    let seed = seed_from_clock();
-    let tasks: Vec<_> = targets
-        .into_iter()
-        .map(|t| {
-            let rng = Rng::seeded(seed ^ (t.backend as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            monoio::spawn(probe_loop(
-                t,
-                board.clone(),
-                events.clone(),
-                stop.clone(),
-                rng,
-            ))
-        })
-        .collect();
-    // A dropped sender (the handle was leaked or the process is going down) stops too.
-    let _ = stop_rx.await;
-    stop.notify_all();
-    for t in tasks {
-        t.await;
+    let mut tasks = Tasks {
+        by_id: HashMap::new(),
+        gate: Rc::default(),
+        events,
+        seed: seed_from_clock(),
+        started: 0,
+    };
+    tasks.retarget(board, targets);
+    // A closed channel (the handle stopped or dropped, or the process is going down) stops.
+    while let Some(cmd) = next_command(&mut commands).await {
+        match cmd {
+            Command::Hold { done } => {
+                tasks.gate.close();
+                let _ = done.send(());
+            }
+            Command::Retarget {
+                board,
+                targets,
+                done,
+            } => {
+                tasks.retarget(board, targets);
+                let _ = done.send(());
+            }
+        }
+    }
+    for task in tasks.by_id.values() {
+        task.stop.notify_all();
+    }
+    for (_, task) in tasks.by_id.drain() {
+        task.handle.await;
     }
 }
 
-/// Probes one backend every interval until `stop` fires.
+async fn next_command(rx: &mut UnboundedReceiver<Command>) -> Option<Command> {
+    std::future::poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut *rx), cx))
+        .await
+}
+
+/// Probes one backend every interval until `stop` fires, publishing where `live` says.
 async fn probe_loop(
-    target: ProbeTarget,
-    board: Arc<HealthBoard>,
+    live: Rc<RefCell<Live>>,
+    mut state: HealthState,
     events: Option<mpsc::Sender<HealthEvent>>,
+    gate: Rc<Gate>,
     stop: Rc<Notify>,
     rng: Rng,
 ) {
-    let spec = target.spec.clone();
-    let mut state = match target.resume {
-        Some((h, streak)) => HealthState::resumed(h, streak, spec.rise, spec.fall),
-        None => {
-            let st = HealthState::new(spec.initial, spec.rise, spec.fall);
-            // The board may have been created with another initial state: align it quietly.
-            board.publish(target.backend, st.current(), Instant::now());
-            st
-        }
-    };
+    // A kept task's check is unchanged (`ProbeTarget::probes_like`).
+    let spec = live.borrow().target.spec.clone();
     let mut delay = spec.interval.mul_f64(spec.jitter * rng.unit());
     loop {
         monoio::select! {
             _ = monoio::time::sleep(delay) => {}
             _ = stop.notified() => return,
         }
+        let (address, tls, proxy_protocol) = {
+            let l = live.borrow();
+            (
+                l.target.address,
+                l.target.tls.clone(),
+                l.target.proxy_protocol,
+            )
+        };
         let result = monoio::select! {
-            r = probe(target.address, &spec, target.tls.as_deref(), target.proxy_protocol) => r,
+            r = probe(address, &spec, tls.as_deref(), proxy_protocol) => r,
             _ = stop.notified() => return,
         };
-        board.count_check(target.backend, result.is_ok());
-        if let Some(t) = state.observe(result.is_ok()) {
-            report(&target, &board, events.as_ref(), t, &result);
+        // While a reload copies the board, the result waits; then it goes to the slot in
+        // force, unless the backend was removed or its check changed meanwhile.
+        monoio::select! {
+            _ = gate.passed() => {}
+            _ = stop.notified() => return,
+        }
+        if stop.is_fired() {
+            return;
+        }
+        {
+            let l = live.borrow();
+            l.board.count_check(l.target.backend, result.is_ok());
+            if let Some(t) = state.observe(result.is_ok()) {
+                report(&l.target, &l.board, events.as_ref(), t, &result);
+            }
         }
         delay = jittered(spec.interval, spec.jitter, rng.unit());
     }

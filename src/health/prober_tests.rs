@@ -246,6 +246,74 @@ fn http_backend_that_never_answers_times_out() {
     stop_within_margin(handle);
 }
 
+/// A reload's retarget keeps the task of a backend probed as before: its probe in flight
+/// ends and counts, on the slot the backend has by then, however often the targets change
+/// (here every 20 ms, against a 300 ms timeout; a restarted prober never finished a probe).
+#[test]
+fn retargets_faster_than_the_timeout_still_take_a_hung_backend_out() {
+    let hang = TestBackend::start(Behaviour::Hang);
+    let up = listen();
+    let up_addr = up.local_addr().unwrap();
+    let s = spec(http("200-399", None), 300, 1, 2);
+    let tcp = spec(CheckKind::Tcp, 300, 1, 2);
+    let (mut board, rx, mut handle) = start(1, vec![target(0, hang.addr, &s)]);
+    let deadline = Instant::now() + WAIT;
+    let mut slot = 0;
+    let mut changes = 0;
+    let ev = loop {
+        // The next snapshot's board: the hung backend moves to the other slot, the other
+        // backend (added by the first change) takes its place.
+        handle.hold();
+        let next = Arc::new(HealthBoard::all_unknown(2));
+        let moved = 1 - slot;
+        next.adopt(moved, &board, slot, true);
+        next.adopt(slot, &board, moved, true);
+        let targets = vec![target(moved, hang.addr, &s), target(slot, up_addr, &tcp)];
+        handle.retarget(next.clone(), targets).unwrap();
+        (board, slot) = (next, moved);
+        changes += 1;
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(ev) if ev.address == hang.addr && ev.transition.to == Health::Unhealthy => break ev,
+            _ => assert!(
+                Instant::now() < deadline,
+                "still not unhealthy after {changes} retargets"
+            ),
+        }
+    };
+    assert_eq!(ev.backend, slot, "published on the slot in force");
+    assert_eq!(ev.transition.cause, Cause::Fall { failures: 2 });
+    assert!(ev.reason.contains("no answer within"), "{}", ev.reason);
+    assert_eq!(board.state(slot), Health::Unhealthy);
+    assert!(board.slot(slot).unwrap().checks_failed >= 2);
+    // The other backend was probed all along, on its own moving slot.
+    wait_for_state(&board, 1 - slot, Health::Healthy, &rx);
+    stop_within_margin(handle);
+    drop(up);
+}
+
+#[test]
+fn retarget_starts_and_stops_the_thread() {
+    let listener = listen();
+    let s = spec(CheckKind::Tcp, 200, 1, 1);
+    let board = Arc::new(HealthBoard::all_unknown(1));
+    let (tx, rx) = mpsc::channel();
+    let mut handle = prober::spawn(board.clone(), Vec::new(), Some(tx)).unwrap();
+    // A check added by a reload: a thread starts, with the events channel kept.
+    let targets = vec![target(0, listener.local_addr().unwrap(), &s)];
+    handle.retarget(board.clone(), targets).unwrap();
+    wait_for(&rx, 0, Health::Healthy);
+    // Every check removed: the thread ends (promptly, as a stop does).
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        handle.retarget(board, Vec::new()).unwrap();
+        let _ = done_tx.send(handle);
+    });
+    let handle = done_rx
+        .recv_timeout(MARGIN)
+        .expect("retarget to nothing took too long");
+    stop_within_margin(handle);
+}
+
 #[test]
 fn http_body_substring_mismatch_is_unhealthy() {
     let good = TestBackend::start(Behaviour::Respond(

@@ -20,6 +20,9 @@ pub struct UpstreamTlsClient {
     config: Arc<ClientConfig>,
     /// The configured SNI name; `None`: each backend's IP address.
     sni: Option<ServerName<'static>>,
+    /// What it was built from (a reload keeps a health probe going only when these are
+    /// unchanged).
+    settings: UpstreamTls,
 }
 
 impl UpstreamTlsClient {
@@ -75,7 +78,13 @@ impl UpstreamTlsClient {
         Ok(UpstreamTlsClient {
             config: Arc::new(config),
             sni,
+            settings: t.clone(),
         })
+    }
+
+    /// The `tls` settings it was built from.
+    pub fn settings(&self) -> &UpstreamTls {
+        &self.settings
     }
 
     /// The handshake with the backend at `addr` on its fresh connection `tcp`. The caller

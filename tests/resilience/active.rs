@@ -106,17 +106,20 @@ both_engines! {
     }
 
     fn reloads_more_often_than_rise_probes_do_not_hold_a_backend_out(engine) {
-        // rise = 3 probes 10 s apart; each reload restarts the prober, whose first probe is
-        // at once (jitter 0). Three reloads, three good probes: the backend is in. (The
-        // restarted prober counted from zero, so a reload more often than rise × interval,
-        // a DNS answer that keeps changing say, kept it out for as long as they went on.)
+        // rise = 3 probes 10 s apart. Each reload changes the check (its timeout), so the
+        // prober starts the backend's task again, whose first probe is at once (jitter 0).
+        // Three reloads, three good probes: the backend is in. (Counting from zero, a reload
+        // more often than rise × interval, a DNS answer that keeps changing say, kept it out
+        // for as long as they went on.)
         let b = Origin::start("b");
-        let up = format!(
-            "{}\n[upstream.health_check]\ntype = \"tcp\"\ninterval = \"10s\"\ntimeout = \"1s\"\n\
-             rise = 3\nfall = 1\njitter = 0.0\ninitial = \"unhealthy\"\n",
-            backends(&[b.addr()])
-        );
-        let proxy = Proxy::start(&config(true, &up), engine);
+        let up = |timeout: &str| {
+            format!(
+                "{}\n[upstream.health_check]\ntype = \"tcp\"\ninterval = \"10s\"\ntimeout = \"{timeout}\"\n\
+                 rise = 3\nfall = 1\njitter = 0.0\ninitial = \"unhealthy\"\n",
+                backends(&[b.addr()])
+            )
+        };
+        let proxy = Proxy::start(&config(true, &up("1s")), engine);
         let a = b.addr().to_string();
         let ok = || {
             let labels = [("upstream", "app"), ("backend", a.as_str()), ("result", "ok")];
@@ -130,13 +133,61 @@ both_engines! {
             }
         };
         wait_ok(1.0);
-        for n in 2..=3 {
+        for (n, timeout) in [(2, "2s"), (3, "1s")] {
+            std::fs::write(proxy.config_path(), config(true, &up(timeout))).unwrap();
             let r = admin_request(proxy.admin_addr(), "POST", "/reload", None);
             assert_eq!(r.status, 200, "{}", r.body);
             wait_ok(f64::from(n));
         }
         wait_transition(&proxy, b.addr(), "healthy", 1, Duration::from_secs(3));
         assert_eq!(ok(), 3.0, "in after three good probes, not a fourth");
+    }
+
+    fn changes_faster_than_the_check_timeout_still_take_a_hung_backend_out(engine) {
+        // A backend that accepts and never answers fails a probe only at `timeout` (1 s
+        // here). Each reload, DNS answer change or admin weight change used to restart the
+        // prober, dropping the probe in flight, so with changes more often than `timeout` no
+        // probe of it ever ended and it stayed in rotation for as long as they went on.
+        let hung = Origin::with_handler("hung", |_| Reply::Hang);
+        let b = Origin::start("b");
+        let up = format!(
+            "balance = \"weighted\"\n{}\n{}",
+            backends(&[hung.addr(), b.addr()]),
+            http_check("1s")
+        );
+        let proxy = Proxy::start(&config(true, &up), engine);
+        let admin = proxy.admin_addr();
+        let h = hung.addr().to_string();
+        let unhealthy = || {
+            let labels = [("upstream", "app"), ("backend", h.as_str()), ("state", "unhealthy")];
+            metric(&proxy, "edgeshard_backend_health", &labels) == 1.0
+        };
+        // Reloads and weight changes back to back (each a few milliseconds), until the
+        // prober takes the hung backend out: after `fall` = 2 probes of 1 s each, with
+        // `interval` between them.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut changes = 0u32;
+        while !unhealthy() {
+            assert!(
+                Instant::now() < deadline,
+                "the hung backend is still in rotation after {changes} configuration changes in 15 s"
+            );
+            let r = match changes % 3 {
+                0 => admin_post(admin, "/reload", None),
+                1 => admin_post(admin, &format!("/upstreams/app/backends/{}/weight/2", b.addr()), None),
+                _ => admin_post(admin, &format!("/upstreams/app/backends/{}/weight/file", b.addr()), None),
+            };
+            assert_eq!(r.status, 200, "{}", r.body);
+            changes += 1;
+        }
+        let line = wait_transition(&proxy, hung.addr(), "unhealthy", 1, Duration::from_secs(5));
+        assert!(line.contains("2 consecutive"), "{line}");
+        assert!(line.contains("no answer within 1s"), "{line}");
+        eprintln!("hung backend out after {changes} configuration changes");
+        // Out of rotation: every request goes to `b`.
+        let served = burst(&proxy, 10);
+        assert!(served.iter().all(|n| n == "b"), "{served:?}");
+        assert_eq!(traffic(&hung), 0, "a request reached the hung backend");
     }
 
     fn initial_unhealthy_gets_no_traffic_until_rise_successes(engine) {
