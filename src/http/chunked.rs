@@ -352,9 +352,13 @@ pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(CHUNK_DATA_END);
 }
 
-/// Trailer fields never forwarded: framing, routing and connection fields, which RFC 9110
-/// §6.5.1 does not allow in a trailer section (a recipient that merged them into the head
-/// would re-frame or re-route the message).
+/// Trailer fields never forwarded: those RFC 9110 §6.5.1 does not allow in a trailer
+/// section, which a recipient that merged them into the head would act on: framing, routing
+/// and connection fields (it would re-frame or re-route the message), request modifiers
+/// (controls, conditionals), authentication and cookies, response control data (a
+/// `Location`, a `Cache-Control` that a cache would store with the response) and the
+/// content's own metadata. nginx drops every trailer field; HAProxy refuses such a
+/// response. Fields a trailer may carry (checksums, timings, `grpc-status`) pass.
 const NEVER_IN_TRAILERS: &[&[u8]] = &[
     b"content-length",
     b"transfer-encoding",
@@ -365,6 +369,35 @@ const NEVER_IN_TRAILERS: &[&[u8]] = &[
     b"te",
     b"trailer",
     b"upgrade",
+    b"expect",
+    b"range",
+    b"if-match",
+    b"if-none-match",
+    b"if-modified-since",
+    b"if-unmodified-since",
+    b"if-range",
+    b"max-forwards",
+    b"authorization",
+    b"proxy-authorization",
+    b"www-authenticate",
+    b"proxy-authenticate",
+    b"authentication-info",
+    b"cookie",
+    b"set-cookie",
+    b"age",
+    b"cache-control",
+    b"expires",
+    b"date",
+    b"location",
+    b"retry-after",
+    b"vary",
+    b"warning",
+    b"pragma",
+    b"content-encoding",
+    b"content-type",
+    b"content-range",
+    b"content-location",
+    b"strict-transport-security",
 ];
 
 /// Writes the last chunk and the (already validated) trailer section, less the fields in
@@ -538,10 +571,14 @@ mod tests {
             b"Content-Length: 5\r\nX-A: 1\r\ntransfer-encoding: chunked\r\nHost: h\r\n\
               Connection: c\r\nKeep-Alive: 1\r\nProxy-Connection: p\r\nTE: t\r\n\
               Trailer: X\r\nUpgrade: u\r\nX-Content-Length: 2\r\nContent_Length: 3\r\n\
-              X-Hidden: h\r\n",
+              X-Hidden: h\r\nSet-Cookie: s=1\r\nLocation: /x\r\nCache-Control: max-age=9\r\n\
+              Content-Type: text/html\r\nWWW_Authenticate: Basic\r\nServer-Timing: db;dur=5\r\n",
             &|name| !name.eq_ignore_ascii_case(b"x-hidden"),
             &mut out,
         );
-        assert_eq!(out, b"0\r\nX-A: 1\r\nX-Content-Length: 2\r\n\r\n");
+        assert_eq!(
+            out,
+            b"0\r\nX-A: 1\r\nX-Content-Length: 2\r\nServer-Timing: db;dur=5\r\n\r\n"
+        );
     }
 }
