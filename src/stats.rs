@@ -175,6 +175,10 @@ pub struct Totals {
     pub compress_memory: Cell<u64>,
     /// Responses sent uncompressed because `limits.compress_memory` was taken.
     pub compress_memory_refused: Cell<u64>,
+    /// Bytes of request bodies this shard holds read whole (`buffer_request_body`), and
+    /// those streamed instead because `limits.buffer_memory` was taken.
+    pub buffer_memory: Cell<u64>,
+    pub buffer_memory_refused: Cell<u64>,
     pub compressed_in: [Cell<u64>; 3],
     pub compressed_out: [Cell<u64>; 3],
     pub latency: RefCell<Latencies>,
@@ -272,6 +276,8 @@ impl Totals {
             compressed: Default::default(),
             compress_memory: Cell::new(0),
             compress_memory_refused: Cell::new(0),
+            buffer_memory: Cell::new(0),
+            buffer_memory_refused: Cell::new(0),
             compressed_in: Default::default(),
             compressed_out: Default::default(),
             latency: RefCell::new(Latencies::default()),
@@ -426,6 +432,7 @@ impl Stats {
             spliced_bytes: self.spliced_bytes.get(),
             compressed: self.compressed.each_ref().map(get),
             compress_memory_refused: self.compress_memory_refused.get(),
+            buffer_memory_refused: self.buffer_memory_refused.get(),
             compressed_in: self.compressed_in.each_ref().map(get),
             compressed_out: self.compressed_out.each_ref().map(get),
             cache: [0; 15],
@@ -524,6 +531,7 @@ pub struct Snapshot {
     pub spliced_bytes: u64,
     pub compressed: [u64; 3],
     pub compress_memory_refused: u64,
+    pub buffer_memory_refused: u64,
     pub compressed_in: [u64; 3],
     pub compressed_out: [u64; 3],
     /// The routes' caches ([`crate::cache`]): hits, misses, bypasses, evictions, the gauges
@@ -615,6 +623,7 @@ impl Snapshot {
         self.spliced_bytes += other.spliced_bytes;
         sum(&mut self.compressed, &other.compressed);
         self.compress_memory_refused += other.compress_memory_refused;
+        self.buffer_memory_refused += other.buffer_memory_refused;
         sum(&mut self.compressed_in, &other.compressed_in);
         sum(&mut self.compressed_out, &other.compressed_out);
         sum(&mut self.cache, &other.cache);

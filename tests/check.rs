@@ -205,6 +205,7 @@ auth_cache_entries = 1024
 auth_pending = 16
 max_requests_per_connection = 1000
 compress_memory = "64MiB"
+buffer_memory = "64MiB"
 
 [admin]
 address = "127.0.0.1:9901"

@@ -61,6 +61,50 @@ fn post_head(len: usize, extra: &str) -> Vec<u8> {
 }
 
 both_engines! {
+    // Bodies read whole are bounded per shard, not only per connection (found by the
+    // session 12 resource review: 60 uploads stopping 100 bytes short pinned a gigabyte).
+    // Within limits.buffer_memory a body is buffered; past it the next one streams at once
+    // (its backend is asked before its body is in) and is counted; once the first is
+    // forwarded its charge is given back and bodies are buffered again.
+    fn buffered_bodies_are_bounded_per_shard(engine) {
+        let backend = LockStep::bind();
+        let proxy = Config::new()
+            .timeout("client_body", "10s")
+            .limit("buffer_memory", "\"48KiB\"")
+            .upstream_with("main", &[backend.addr()], "buffer_request_body = \"64KiB\"")
+            .route("main", "")
+            .admin("")
+            .start_shards(engine, 1);
+        // 40 KiB announced, half sent: held, no backend asked.
+        let mut first = Client::connect(proxy.addr());
+        first.send(&post_head(40_000, ""));
+        first.send(&[b'a'; 20_000]);
+        assert!(backend.try_accept(Duration::from_millis(300)).is_none(), "the first is buffered");
+        // Another 40 KiB would pass 48 KiB: it streams, its head reaches the backend now.
+        let mut second = Client::connect(proxy.addr());
+        second.send(&post_head(40_000, ""));
+        second.send(&[b'b'; 20_000]);
+        let mut conn = backend.accept();
+        assert!(conn.read_head().starts_with("POST /up HTTP/1.1\r\n"));
+        second.send(&[b'b'; 20_000]);
+        assert_eq!(conn.read_exact(40_000), vec![b'b'; 40_000]);
+        conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        assert_eq!(second.read_response().status(), 200);
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_request_buffer_memory_refused_total", &[]), 1.0);
+        // The first completes, is forwarded, and gives its charge back.
+        first.send(&[b'a'; 20_000]);
+        let mut conn = backend.accept();
+        assert!(conn.read_head().starts_with("POST /up HTTP/1.1\r\n"));
+        assert_eq!(conn.read_exact(40_000), vec![b'a'; 40_000]);
+        conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        assert_eq!(first.read_response().status(), 200);
+        let mut third = Client::connect(proxy.addr());
+        third.send(&post_head(40_000, ""));
+        third.send(&[b'c'; 20_000]);
+        assert!(backend.try_accept(Duration::from_millis(300)).is_none(), "buffered again");
+    }
+
     fn a_body_within_the_bound_reaches_the_backend_whole(engine) {
         let backend = LockStep::bind();
         let proxy = buffering(backend.addr(), engine);

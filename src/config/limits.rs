@@ -45,6 +45,9 @@ pub struct Limits {
     /// charged [`crate::compress::stream::Encoder::memory`]); a response beyond it is sent
     /// uncompressed.
     pub compress_memory: u64,
+    /// Per shard: bytes of request bodies `buffer_request_body` may hold read whole at
+    /// once; a body beyond it streams ([`crate::forward`]'s `buffer_body`).
+    pub buffer_memory: u64,
     /// Requests served on one client connection before it closes after the response
     /// (nginx's `keepalive_requests`); 0 = no bound.
     pub max_requests_per_connection: u32,
@@ -138,6 +141,13 @@ pub(super) fn limits(c: &mut Checker, limits: &RawLimits) -> Limits {
             "limits.compress_memory",
             limits.compress_memory.as_ref(),
             64 << 20,
+            0,
+            1 << 40,
+        ),
+        buffer_memory: c.size(
+            "limits.buffer_memory",
+            limits.buffer_memory.as_ref(),
+            128 << 20,
             0,
             1 << 40,
         ),

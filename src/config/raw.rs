@@ -212,6 +212,7 @@ pub(super) struct RawLimits {
     pub(super) auth_cache_entries: Option<usize>,
     pub(super) auth_pending: Option<usize>,
     pub(super) compress_memory: Option<Size>,
+    pub(super) buffer_memory: Option<Size>,
     pub(super) max_requests_per_connection: Option<usize>,
 }
 

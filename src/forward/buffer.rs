@@ -25,6 +25,27 @@ fn raw_cap(limit: u64) -> usize {
     usize::try_from(limit.saturating_mul(2).saturating_add(16 << 10)).unwrap_or(usize::MAX)
 }
 
+/// One buffered body's charge against the shard's `limits.buffer_memory`, given back when
+/// the request's forward ends.
+pub(super) struct Held<'s> {
+    held: &'s std::cell::Cell<u64>,
+    bytes: u64,
+}
+
+impl<'s> Held<'s> {
+    fn take(held: &'s std::cell::Cell<u64>, limit: u64, bytes: u64) -> Option<Held<'s>> {
+        let now = held.get().checked_add(bytes).filter(|&n| n <= limit)?;
+        held.set(now);
+        Some(Held { held, bytes })
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.held.set(self.held.get() - self.bytes);
+    }
+}
+
 impl Forward<'_> {
     /// Reads the request body whole into the client buffer when the upstream buffers bodies
     /// and this one fits: a `Content-Length` up to the bound, or a chunked body whose payload
@@ -33,12 +54,14 @@ impl Forward<'_> {
     /// without buffering; one larger than the route's `max_body_bytes` is refused (`413`)
     /// before any backend sees it. A client that sent `Expect: 100-continue` gets the
     /// `100 Continue` from the proxy.
+    /// The body's bytes are charged to the shard's `limits.buffer_memory` while the request
+    /// is forwarded (the returned [`Held`]); a body that would pass it streams instead.
     pub(super) async fn buffer_body(
         &self,
         client: &mut Client,
         facts: &mut RequestFacts,
         prepared: &mut Prepared<'_>,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Option<Held<'_>>, ProxyError> {
         let limit = self.cfg().upstreams[prepared.upstream].buffer_request_body;
         let whole = match facts.framing {
             BodyFraming::Length(n) => n > 0 && n <= limit && (client.buf.len() as u64) < n,
@@ -47,26 +70,42 @@ impl Forward<'_> {
             BodyFraming::None | BodyFraming::UntilClose => false,
         };
         if !whole {
-            return Ok(());
+            return Ok(None);
         }
+        // At most what it may hold: a known length, or a chunked body's raw bound.
+        let charge = match facts.framing {
+            BodyFraming::Length(n) => n,
+            _ => raw_cap(limit) as u64,
+        };
+        let stats = &self.ctx.stats;
+        let Some(held) = Held::take(
+            &stats.buffer_memory,
+            self.cfg().limits.buffer_memory,
+            charge,
+        ) else {
+            crate::stats::bump(&stats.buffer_memory_refused);
+            return Ok(None);
+        };
         // A client that waits for it before its body gets it from here (the forward, seeing
         // the body, will not send another).
         if facts.expect_continue && facts.minor == 1 && client.buf.is_empty() {
             Box::pin(self.send_continue(client)).await?;
         }
         match facts.framing {
-            BodyFraming::Length(n) => read_whole_body(client, n, self.cfg()).await,
+            BodyFraming::Length(n) => read_whole_body(client, n, self.cfg())
+                .await
+                .map(|()| Some(held)),
             _ => {
                 let Some(n) = self
                     .buffer_chunked(client, limit, prepared.body_limit)
                     .await?
                 else {
-                    return Ok(());
+                    return Ok(Some(held));
                 };
                 if reframe_with_length(&mut prepared.out, n) {
                     facts.framing = BodyFraming::Length(n);
                     prepared.out_framing = OutFraming::Length(n);
-                    Ok(())
+                    Ok(Some(held))
                 } else {
                     // The head was not written as `upstream_request_head` writes one.
                     Err(ProxyError::client(Kind::Framing, Stage::Send))

@@ -249,9 +249,11 @@ impl<'a> Forward<'a> {
         trace: &mut Trace,
     ) -> Result<Answered<'a>, ProxyError> {
         let upstream = prepared.upstream;
+        // The body read whole holds its charge until the forward ends.
+        let mut _buffered = None;
         if self.cfg().upstreams[upstream].buffer_request_body > 0 && !facts.framing.is_empty() {
             // Boxed: only requests with a body to an upstream that buffers them wait here.
-            Box::pin(self.buffer_body(client, &mut facts, &mut prepared)).await?;
+            _buffered = Box::pin(self.buffer_body(client, &mut facts, &mut prepared)).await?;
         }
         // The route's `mirror`: a copy now, with the body if it is in hand.
         if let Some(route) = trace.route {

@@ -787,4 +787,10 @@ fn compressed(o: &mut String, all: &Snapshot) {
         "edgeshard_compress_memory_refused_total {}",
         all.compress_memory_refused
     );
+    family(o, "edgeshard_request_buffer_memory_refused_total", "counter", "Request bodies streamed instead of read whole (buffer_request_body) because the shard's buffered bodies already held limits.buffer_memory.");
+    let _ = writeln!(
+        o,
+        "edgeshard_request_buffer_memory_refused_total {}",
+        all.buffer_memory_refused
+    );
 }
