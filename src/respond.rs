@@ -118,7 +118,8 @@ pub async fn relay_response(
     let rw = response_rewrite(cfg, r.date, &listener, route, &set[..n_set], &vars);
     // `out` still holds the head sent upstream, with the protocols the client offered.
     if head.status == 101 && !switch_agreed(offered_upgrade(&out), &ubuf, &head) {
-        return Err(ProxyError::upstream(Kind::Framing, Stage::Head).with_responded(interim));
+        // After interim heads too: the final answer is still to come (a 502).
+        return Err(ProxyError::upstream(Kind::Framing, Stage::Head));
     }
     out.clear();
     if head.status == 101 {

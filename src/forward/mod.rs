@@ -216,10 +216,12 @@ impl TryResult {
         } else {
             Stage::Head
         };
+        // Interim heads relayed (`self.responded`) still leave the final response to send: the
+        // client gets the 502 or 504, as HAProxy sends it after a 103 (nothing is retried).
         ProxyError {
             reused,
             sent: true,
-            ..ProxyError::upstream(kind, stage).with_responded(self.responded)
+            ..ProxyError::upstream(kind, stage)
         }
     }
 }
