@@ -470,6 +470,21 @@ async fn next_query(rx: &mut mpsc::UnboundedReceiver<ShardQuery>) -> Option<Shar
         .await
 }
 
+/// Whether a connection waits in `listener`'s accept queue (it is readable), looked at
+/// without taking a descriptor.
+fn has_pending(listener: &TcpListener) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes the one `pollfd` we own, for the call only; the
+    // descriptor is `listener`'s, alive for the call. Exercised by the descriptor tests
+    // (tests/access.rs, tests/limits.rs).
+    unsafe { libc::poll(&mut fd, 1, 0) == 1 && fd.revents & libc::POLLIN != 0 }
+}
+
 /// Takes a listening socket out of LISTEN state at once: on io_uring dropping the listener
 /// only queues an asynchronous close, and until it runs the kernel would still complete
 /// handshakes into a backlog nobody accepts from.
@@ -530,10 +545,13 @@ async fn accept_loop(
             }
             Err(e) => {
                 // Out of descriptors (a bound set above the descriptor limit, or upstream
-                // connections and pipes using the rest): close the longest-idle connection,
-                // as at a connection limit, and accept again once its task had a turn.
+                // connections and pipes using the rest) with a client waiting in the queue
+                // (`accept` fails for want of a descriptor whether or not one is): close
+                // the longest-idle connection, as at a connection limit, and accept again
+                // once its task had a turn.
                 let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
                 if out_of_fds
+                    && has_pending(&listener)
                     && ctx
                         .current()
                         .is_some_and(|now| crate::reclaim::reclaim(&ctx, &now))

@@ -166,6 +166,7 @@ async fn connect(
         errors: &ctx.errors,
         backends: &ctx.backends,
         ends: None,
+        room: None,
     };
     let idle = ctx.pool.borrow().idle_for(backend);
     match monoio::time::timeout(left(deadline), connector.connect_within(backend, idle)).await {

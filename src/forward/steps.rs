@@ -209,12 +209,14 @@ impl<'a> Forward<'a> {
         backend: usize,
         ends: Option<(SocketAddr, SocketAddr)>,
     ) -> Result<Option<Transport>, ProxyError> {
+        let room = || crate::reclaim::reclaim(self.ctx, self.ctx);
         let connector = Connector {
             shared: self.shared(),
             stats: self.stats(),
             errors: self.errors(),
             backends: self.backends(),
             ends,
+            room: Some(&room),
         };
         let idle = self.pool().borrow().idle_for(backend);
         match connector.connect_within(backend, idle).await {

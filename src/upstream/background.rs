@@ -144,6 +144,7 @@ pub async fn exchange<'a>(
                     errors: &ctx.errors,
                     backends: &ctx.backends,
                     ends: None,
+                    room: None,
                 };
                 let idle = ctx.pool.borrow().idle_for(backend);
                 match connector.connect_within(backend, idle).await {

@@ -29,6 +29,14 @@ pub struct Connector<'a> {
     /// The client's address and the address it connected to, for a PROXY header (`None`:
     /// not known, sent as the proxy's own connection).
     pub ends: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    /// Out of descriptors: closes one of the shard's idle client connections to make room
+    /// ([`crate::reclaim::reclaim`]); `None` where the connect serves no client.
+    pub room: Option<&'a dyn Fn() -> bool>,
+}
+
+/// A socket could not be made for want of descriptors: the proxy's state, not the backend's.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// Why [`Connector::connect_within`] made no connection.
@@ -78,7 +86,15 @@ impl Connector<'_> {
         bump(&self.stats.upstream_connects);
         bump(&bstats.connects);
         let started = Instant::now();
-        let result = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        let mut tcp = monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await;
+        if matches!(&tcp, Ok(Err(e)) if out_of_descriptors(e))
+            && self.room.is_some_and(|room| room())
+        {
+            // One descriptor freed by closing the longest-idle client connection.
+            let left = timeout.saturating_sub(started.elapsed());
+            tcp = monoio::time::timeout(left, TcpStream::connect_addr(addr)).await;
+        }
+        let result = match tcp {
             Ok(Ok(mut s)) => {
                 let _ = s.set_nodelay(true);
                 if let Some(name) = &self.shared.config.congestion.upstream {
@@ -139,13 +155,16 @@ impl Connector<'_> {
             if self.errors.allow(self.stats) {
                 tracing::warn!(backend = %addr, error = %e, "upstream connect failed");
             }
-            self.backends.observe(
-                self.shared,
-                self.stats,
-                self.errors,
-                backend,
-                TryOutcome::ConnectFailure,
-            );
+            // Out of descriptors says nothing about the backend: it is not marked failing.
+            if !out_of_descriptors(e) {
+                self.backends.observe(
+                    self.shared,
+                    self.stats,
+                    self.errors,
+                    backend,
+                    TryOutcome::ConnectFailure,
+                );
+            }
         }
         result
     }
