@@ -128,7 +128,7 @@ impl ShardCtx {
     #[cfg(test)]
     pub fn new(id: usize, shared: Arc<Shared>) -> ShardCtx {
         let rates = Arc::new(RateTable::for_config(&shared.config.rate_limits));
-        let invalidations = Arc::new(crate::cache::invalidate::Invalidations::new(1));
+        let invalidations = Arc::default();
         ShardCtx::with_log(id, shared, None, Arc::default(), rates, invalidations)
     }
 
@@ -156,7 +156,7 @@ impl ShardCtx {
             ),
             date: DateCache::default(),
             auth: Default::default(),
-            cache: crate::cache::ShardCache::shared(invalidations, id),
+            cache: crate::cache::ShardCache::shared(invalidations),
             conns,
             rates,
             leases: Leases::default(),
@@ -432,7 +432,6 @@ impl ShardCtx {
             k.rejected.get(),
             k.fill_dropped.get(),
             k.invalidated.get(),
-            k.invalidation_overflows.get(),
         ];
         for (i, b) in snap.backends.iter_mut().enumerate() {
             b.idle = pool.idle_for(i) as u64;

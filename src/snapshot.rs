@@ -350,16 +350,14 @@ pub struct Published {
     /// The rate limits' buckets (`rate_limits.max_keys` of the first configuration sets
     /// their number).
     pub rates: Arc<RateTable>,
-    /// The shards' cache invalidation inboxes ([`crate::cache::invalidate`]).
+    /// The shards' cache invalidation table ([`crate::cache::invalidate`]).
     pub invalidations: Arc<crate::cache::invalidate::Invalidations>,
 }
 
 impl Published {
     pub fn new(first: Arc<Shared>) -> Published {
         let rates = Arc::new(RateTable::for_config(&first.config.rate_limits));
-        let invalidations = Arc::new(crate::cache::invalidate::Invalidations::new(
-            first.accepting.len(),
-        ));
+        let invalidations = Arc::default();
         Published {
             current: ArcSwap::new(first),
             generation: AtomicU64::new(0),

@@ -435,7 +435,7 @@ impl Stats {
             buffer_memory_refused: self.buffer_memory_refused.get(),
             compressed_in: self.compressed_in.each_ref().map(get),
             compressed_out: self.compressed_out.each_ref().map(get),
-            cache: [0; 15],
+            cache: [0; 14],
             latency: self.latency.borrow().clone(),
             tls: self.tls.snapshot(),
         }
@@ -539,7 +539,7 @@ pub struct Snapshot {
     /// (not modified, replaced, failed), responses the admission policy did not store,
     /// responses not stored for `fill_memory`, and entries an unsafe request's success
     /// removed (filled in by the shard).
-    pub cache: [u64; 15],
+    pub cache: [u64; 14],
     pub latency: Latencies,
     pub tls: crate::tls::stats::TlsSnap,
 }

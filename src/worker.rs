@@ -242,8 +242,6 @@ async fn shard_main(start: ShardStart) -> ShardReport {
                 let Some(ctx) = common.current() else { break };
                 let now = Instant::now();
                 if now.duration_since(last_sweep) >= Duration::from_secs(1) {
-                    // Invalidations by other shards, where no lookup took them.
-                    common.cache.catch_up();
                     ctx.pool.borrow_mut().sweep(now);
                     ctx.leases.sweep(&ctx.rates, ctx.rates.now_ns());
                     last_sweep = now;

@@ -97,17 +97,19 @@ both_engines! {
         assert_eq!(origin.request_count() - probes, 2 + 2 * 3, "2 PUTs, 6 misses");
         let m = scrape(proxy.admin_addr(), None);
         assert_eq!(m.value("edgeshard_cache_invalidated_total", &[]), 4.0, "both copies, twice");
-        assert_eq!(m.value("edgeshard_cache_invalidation_overflows_total", &[]), 0.0);
     }
 
-    // A flood of invalidations (more bytes of URLs than a shard's inbox holds, 1 MiB, within
-    // about a second, when the shard empties it on its own): the last one is honoured
-    // whether the inbox overflowed (then the other shard empties its cache) or not.
+    // A flood of invalidations (140 POSTs of 8 KiB URLs, which overflowed the first
+    // version's inboxes and emptied every other shard's cache: session 12 review): the last
+    // one is honoured, and the other shard keeps what was not invalidated.
     fn a_flood_of_invalidations_leaves_no_removed_entry_served(engine) {
         let (_origin, proxy, _version) = setup(engine);
         let [mut a, mut b] = one_per_shard(&proxy);
-        fetch(&mut b, "GET", "/doc");
-        assert_eq!(x_cache(&fetch(&mut b, "GET", "/doc")), "HIT");
+        let kept: Vec<String> = (0..8).map(|i| format!("/kept/{i}")).collect();
+        for path in kept.iter().map(String::as_str).chain(["/doc"]) {
+            fetch(&mut b, "GET", path);
+            assert_eq!(x_cache(&fetch(&mut b, "GET", path)), "HIT");
+        }
         let long = format!("/other/{}", "x".repeat(8000));
         for i in 0..140 {
             assert_eq!(fetch(&mut a, "POST", &format!("{long}{i}")).status(), 200);
@@ -115,7 +117,9 @@ both_engines! {
         assert_eq!(fetch(&mut a, "POST", "/doc").status(), 200);
         assert_eq!(x_cache(&fetch(&mut b, "GET", "/doc")), "MISS");
         assert_eq!(x_cache(&fetch(&mut b, "GET", "/doc")), "HIT", "and caches again");
-        let m = scrape(proxy.admin_addr(), None);
-        assert!(m.value("edgeshard_cache_invalidation_overflows_total", &[]) <= 1.0);
+        // Not emptied. (A URL whose slot in the shared table one of the 141 took misses
+        // once: about 1 in 460 each, so at most one of the eight is allowed to.)
+        let hits = kept.iter().filter(|p| x_cache(&fetch(&mut b, "GET", p)) == "HIT").count();
+        assert!(hits >= 7, "{hits} of 8 untouched entries kept");
     }
 }

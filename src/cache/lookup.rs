@@ -42,8 +42,6 @@ pub async fn lookup<'a>(
     req: &Request<'_>,
     wait: Duration,
 ) -> Lookup<'a> {
-    // What other shards invalidated before this request could have been sent.
-    cache.catch_up();
     let mut rules = policy::request_rules(req.fields());
     rules.authorization |= req.proxied_fields;
     rules.bypass |= req.carries_any(&cfg.bypass);
@@ -389,6 +387,12 @@ fn find(
     let mut key = url.to_vec();
     policy::vary_key(&names, req.forwarded_fields(), &mut key);
     let entry = store.get(&key)?;
+    // Invalidated since it was stored, here or on another shard ([`super::invalidate`]).
+    if cache.invalidated_since(route, url, entry.stored) {
+        let gone = store.remove_url(url);
+        crate::stats::add(&cache.invalidated, gone);
+        return None;
+    }
     let age = entry.age(crate::clock::now());
     let usable = policy::usable(age, entry.lifetime, windows(&entry, cfg));
     if usable == (Usable::Stale { if_error: false }) && !entry.has_validator() {

@@ -7,7 +7,7 @@
 //!
 //! Layout: one cache per shard ([`ShardCache`], in [`crate::shard::ShardCommon`]), one
 //! [`store::Store`] per cached route, no locks and nothing shared between shards but the
-//! inboxes that carry invalidations to the others ([`invalidate`]). With N
+//! table that tells them of invalidations ([`invalidate`]). With N
 //! shards a key may be stored (and fetched) up to N times, and each shard holds up to the
 //! route's `size`. Concurrent misses for one key on one shard collapse into one upstream
 //! fetch: the first registers the key as in flight, the others wait for it to finish.
@@ -100,11 +100,8 @@ pub struct ShardCache {
     /// since the first): a fetch during which its URL was invalidated (RFC 9111 §4.4) is not
     /// stored, it may predate the change. Held only while fetches are in flight ([`Fetch`]).
     fetching: Fetching,
-    /// The process's invalidation inboxes and this shard's id ([`invalidate`]); `None` in
-    /// unit tests of one cache.
-    peers: Option<(std::sync::Arc<invalidate::Invalidations>, usize)>,
-    /// Times this shard's inbox overflowed and it emptied its cache ([`invalidate`]).
-    pub invalidation_overflows: Cell<u64>,
+    /// The process's invalidation table ([`invalidate`]); `None` in unit tests of one cache.
+    peers: Option<std::sync::Arc<invalidate::Invalidations>>,
 }
 
 /// What `POST /cache/purge` removes.
@@ -705,8 +702,10 @@ impl<'a> Fill<'a> {
         }
         // A purge or an invalidation of its URL while it was fetched (here or on another
         // shard): what it removed may be this response.
-        self.cache.catch_up();
-        let invalidated = self.fetch.as_ref().is_some_and(Fetch::invalidated);
+        let invalidated = self.fetch.as_ref().is_some_and(Fetch::invalidated)
+            || self
+                .cache
+                .invalidated_since(&self.route, &self.key, self.request_sent);
         if !complete || tee.overflow || self.cache.purges.get() != self.purges || invalidated {
             return;
         }

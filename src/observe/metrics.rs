@@ -573,8 +573,6 @@ pub fn render(
         "Cache entries removed because an unsafe request (POST, PUT, DELETE, ...) to their URL got a 2xx or 3xx, on every shard (RFC 9111 4.4).",
     );
     let _ = writeln!(o, "edgeshard_cache_invalidated_total {}", c[13]);
-    family(&mut o, "edgeshard_cache_invalidation_overflows_total", "counter", "Times a shard was told of more invalidations by other shards than its inbox holds (4,096 URLs, 1 MiB) before it next looked, and emptied its caches instead.");
-    let _ = writeln!(o, "edgeshard_cache_invalidation_overflows_total {}", c[14]);
     family(&mut o, "edgeshard_cache_bytes", "gauge", "Bytes held by the routes' caches, all shards (each shard holds at most a route's cache.size).");
     let _ = writeln!(o, "edgeshard_cache_bytes {}", c[4]);
     family(
