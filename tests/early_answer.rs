@@ -491,6 +491,17 @@ both_engines! {
         }
     }
 
+    // A 2xx that says the backend closes (RFC 9112 §9.5's other stop signal) stops the
+    // body: a backend that answers so and stops reading got its answer relayed only when
+    // the body's write timed out, 30 s later (session 12 review of c9ed4be).
+    fn a_2xx_that_closes_the_connection_stops_the_body(engine) {
+        let addr = answering_backend(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok");
+        let proxy = Config::single(addr).limit("max_body_bytes", "\"64MiB\"").start(engine);
+        let (r, closed) = upload(&proxy, 8 << 20, false);
+        assert_eq!((r.status(), r.body_str()), (200, "ok".into()), "{}", r.head.raw);
+        assert!(closed, "the client connection closes after an early answer");
+    }
+
     // A backend that sends its 200 head as soon as it has the request's head and then reads
     // the body, answering as it goes (an echo, a transcoder), gets the whole body: only an
     // error answer (4xx, 5xx) stops an upload (RFC 9112 §9.5). Found by the session 12

@@ -8,7 +8,7 @@
 /// §9.5's "an error response" that tells the client to stop sending). Fewer than 10 bytes is
 /// not yet.
 fn starts_error_response(b: &[u8]) -> bool {
-    b.len() >= 10 && b.starts_with(b"HTTP/1.") && b[8] == b' ' && (b'4'..=b'9').contains(&b[9])
+    starts_final(b) && b[9] >= b'4'
 }
 
 /// Whether `b` is, or may still become, the start of an interim (1xx) response head.
@@ -38,13 +38,39 @@ fn after_interim(mut b: &[u8]) -> &[u8] {
 }
 
 /// Whether `b`, the bytes a backend sent while the request's body was still going out,
-/// hold an early error answer (after any complete interim heads: a 401, a 413 to an upload):
-/// the body stops there. A `100` it sent unasked does not, and neither does a 2xx or 3xx: a
-/// backend that streams its answer while it reads (an echo, a transcoder) or answers at once
-/// and then reads the rest gets the whole body, its answer read once the body is out (or
-/// once the body's write has timed out, [`holds_answer`]).
+/// hold an early answer that asks the body to stop (RFC 9112 §9.5): after any complete
+/// interim heads, an error answer (a 401, a 413 to an upload), or any final head, complete
+/// here, that says the backend closes the connection (`Connection: close`). A `100` it sent
+/// unasked does not, and neither does a 2xx or 3xx that keeps the connection: a backend that
+/// streams its answer while it reads (an echo, a transcoder) or answers at once and then
+/// reads the rest gets the whole body, its answer read once the body is out (or once the
+/// body's write has timed out, [`holds_answer`]).
 pub fn holds_final_response(b: &[u8]) -> bool {
-    starts_error_response(after_interim(b))
+    let rest = after_interim(b);
+    starts_error_response(rest) || (starts_final(rest) && head_says_close(rest))
+}
+
+/// `HTTP/1.x ` and a status that is not 1xx.
+fn starts_final(b: &[u8]) -> bool {
+    b.len() >= 10 && b.starts_with(b"HTTP/1.") && b[8] == b' ' && (b'2'..=b'9').contains(&b[9])
+}
+
+/// Whether the head at the start of `b` is complete and has a `Connection` field with the
+/// `close` option (an incomplete head says nothing yet: the body goes on).
+fn head_says_close(b: &[u8]) -> bool {
+    let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    b[..end].split(|&c| c == b'\n').skip(1).any(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&c| c == b':') else {
+            return false;
+        };
+        line[..colon].eq_ignore_ascii_case(b"connection")
+            && line[colon + 1..]
+                .split(|&c| c == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
 }
 
 /// Whether `b`, what a backend sent before a request body's write timed out, is its answer
@@ -97,9 +123,18 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n",
             b"HTTP/1.1 307 Temporary Redirect\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Connection: close\r\n\r\n",
         ] {
             assert!(!holds_final_response(bytes), "{bytes:?}");
             assert!(holds_answer(bytes), "{bytes:?}");
+        }
+        // A complete 2xx or 3xx head that closes the connection stops the body.
+        for bytes in [
+            &b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"[..],
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 303 See Other\r\nconnection: keep-alive, Close\r\n\r\n",
+        ] {
+            assert!(holds_final_response(bytes), "{bytes:?}");
         }
     }
 }
