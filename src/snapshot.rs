@@ -35,10 +35,6 @@ fn transport_of(up: &crate::config::UpstreamConfig) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     if let Some(t) = &up.tls {
         (&t.sni, &t.ca, t.verify).hash(&mut h);
-        // The file may change under the same name: read as the reload read it.
-        t.ca.as_ref()
-            .and_then(|ca| std::fs::read(ca).ok())
-            .hash(&mut h);
     }
     up.tls.is_some().hash(&mut h);
     up.proxy_protocol.map(|v| v as u8).hash(&mut h);
@@ -87,9 +83,10 @@ pub struct BackendInfo {
     pub local: usize,
     /// Stable across snapshots (see [`BackendId`]).
     pub id: BackendId,
-    /// How connections to it are made: its upstream's `tls` (with its CA file's contents)
-    /// and `proxy_protocol`, hashed. A pooled connection is carried across a reload only to
-    /// a backend whose transport is the same ([`Shared::pool_map`]).
+    /// How connections to it are made: its upstream's `tls` settings and `proxy_protocol`,
+    /// hashed. A pooled connection is carried across a reload only to a backend whose
+    /// transport is the same, and whose TLS client trusts the same CA certificates
+    /// ([`Shared::pool_map`]).
     pub transport: u64,
 }
 
@@ -189,10 +186,17 @@ impl Shared {
     /// or from TLS or PROXY protocol closes the connections made under the old settings (a
     /// pooled connection to a backend no longer trusted would otherwise serve on).
     pub fn pool_map(&self, old: &Shared) -> Vec<Option<usize>> {
+        // The CA certificates the TLS client in force was built from (a file replaced under
+        // the same name is read again only by a reload, which builds a new client).
+        let ca = |s: &Shared, b: &BackendInfo| s.tls.upstream(b.upstream).map(|c| c.ca_hash);
         let mut back = vec![None; old.backends.len()];
         for (j, m) in self.backend_map(old).into_iter().enumerate() {
-            if let Some(i) = m.filter(|&i| old.backends[i].transport == self.backends[j].transport)
-            {
+            let new = &self.backends[j];
+            let same = |i: usize| {
+                let was = &old.backends[i];
+                was.transport == new.transport && ca(old, was) == ca(self, new)
+            };
+            if let Some(i) = m.filter(|&i| same(i)) {
                 back[i] = Some(j);
             }
         }

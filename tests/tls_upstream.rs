@@ -58,6 +58,31 @@ fn refused_backend(
 }
 
 both_engines! {
+    // The CA file replaced under the same name, then a reload: connections pooled under
+    // the CA the file no longer holds are closed, not carried (session 12 review: a
+    // fingerprint read from the file at each snapshot let a weight change in between carry
+    // them past the reload).
+    fn a_reload_with_another_ca_in_the_same_file_drops_pooled_connections(engine) {
+        let dir = CertDir::new("up-ca-swap");
+        let (ca, other) = (TestCa::new("backend ca"), TestCa::new("other ca"));
+        let ca_file = dir.write("ca.pem", &ca.pem);
+        let origin = TlsOrigin::start(&ca.leaf(&["backend.test"]));
+        let proxy = Config::new()
+            .upstream_with("main", &[origin.addr], &upstream_tls(&ca_file, "backend.test"))
+            .route("main", "")
+            .admin("")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("example.com", "/a"));
+        assert_eq!(c.read_response().status(), 200);
+        // Same settings, same file name: only its contents changed.
+        dir.write("ca.pem", &other.pem);
+        let r = admin_post(proxy.admin_addr(), "/reload", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        c.send(&get("example.com", "/b"));
+        assert_eq!(c.read_response().status(), 502, "not over the connection the old CA verified");
+    }
+
     // A reload that changes how an upstream's connections are made (here: plain to TLS)
     // closes the connections pooled under the old settings: found by the session 12 reload
     // review, where a pooled cleartext connection kept carrying requests after the file

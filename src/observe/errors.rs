@@ -80,6 +80,12 @@ pub struct Stderr;
 
 impl std::io::Write for Stderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // One writer at a time between the look and the write: two shards that both saw
+        // room for one more line must not both write into it (the second would block).
+        let mut stderr = std::io::stderr().lock();
+        // At most what a pipe takes at once when it has room (PIPE_BUF): a longer line's
+        // rest is written the same way, or dropped.
+        let buf = &buf[..buf.len().min(libc::PIPE_BUF)];
         let mut fd = libc::pollfd {
             fd: libc::STDERR_FILENO,
             events: libc::POLLOUT,
@@ -93,7 +99,7 @@ impl std::io::Write for Stderr {
             // Taken whole: the caller does not retry, the line is gone.
             return Ok(buf.len());
         }
-        std::io::stderr().write(buf)
+        stderr.write(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

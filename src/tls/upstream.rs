@@ -23,11 +23,16 @@ pub struct UpstreamTlsClient {
     /// What it was built from (a reload keeps a health probe going only when these are
     /// unchanged).
     settings: UpstreamTls,
+    /// A hash of the CA certificates it trusts as read when it was built (0: the host's
+    /// store, or none verified): a reload carries pooled connections only to a client that
+    /// trusts the same ([`crate::snapshot::Shared::pool_map`]).
+    pub ca_hash: u64,
 }
 
 impl UpstreamTlsClient {
     pub fn build(t: &UpstreamTls, key_path: &str) -> Result<UpstreamTlsClient, TlsError> {
         let provider = Arc::new(super::provider());
+        let mut ca_hash = 0;
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Setup {
@@ -44,6 +49,12 @@ impl UpstreamTlsClient {
             match &t.ca {
                 Some(ca) => {
                     for c in super::certs::read_chain(key_path, "ca", ca)? {
+                        ca_hash = {
+                            use std::hash::{Hash, Hasher};
+                            let mut h = std::collections::hash_map::DefaultHasher::new();
+                            (ca_hash, c.as_ref()).hash(&mut h);
+                            h.finish()
+                        };
                         roots.add(c).map_err(|e| TlsError::File {
                             key_path: key_path.to_string(),
                             field: "ca",
@@ -79,6 +90,7 @@ impl UpstreamTlsClient {
             config: Arc::new(config),
             sni,
             settings: t.clone(),
+            ca_hash,
         })
     }
 
