@@ -148,7 +148,7 @@ pub async fn relay_response(
     let loan = match coding {
         Some((alg, cc)) => {
             let limit = r.cfg.limits.compress_memory;
-            let loan = compress::Loan::take(&r.stats.compress_memory, limit, alg, cc);
+            let loan = compress::loan(&r.stats.compress_memory, limit, alg, cc);
             if loan.is_none() {
                 coding = None;
                 bump(&r.stats.compress_memory_refused);

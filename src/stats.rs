@@ -84,6 +84,28 @@ impl Latencies {
     }
 }
 
+/// Bytes charged to a shard-wide budget held in `held` (`limits.compress_memory`,
+/// `limits.buffer_memory`), given back when the charge drops.
+pub struct Charge<'s> {
+    held: &'s Cell<u64>,
+    bytes: u64,
+}
+
+impl<'s> Charge<'s> {
+    /// `bytes` more, if `held` stays within `limit` with them.
+    pub fn take(held: &'s Cell<u64>, limit: u64, bytes: u64) -> Option<Charge<'s>> {
+        let now = held.get().checked_add(bytes).filter(|&n| n <= limit)?;
+        held.set(now);
+        Some(Charge { held, bytes })
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        self.held.set(self.held.get() - self.bytes);
+    }
+}
+
 /// One shard's counters: the shard-wide [`Totals`] (reached through `Deref`), and the per-route
 /// and per-backend arrays of the snapshot in force. A reload builds new arrays around the same
 /// `Totals` and the same `Rc`s for the routes (by name) and backends (by `BackendId`) that

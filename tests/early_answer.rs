@@ -92,6 +92,18 @@ fn holding_after_a_get_backend(answer: &'static [u8]) -> (SocketAddr, mpsc::Rece
     (addr, rx)
 }
 
+/// A request head's `Content-Length` (0 without one).
+fn content_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(head)
+        .to_ascii_lowercase()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// `n` bytes of `abc...z` repeated: a body whose cut or shifted bytes show.
 fn letters(n: usize) -> Vec<u8> {
     (0..n).map(|i| b'a' + (i % 26) as u8).collect()
@@ -517,12 +529,7 @@ both_engines! {
                 let Ok(mut s) = s else { return };
                 s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
                 while let Ok(head) = read_head_bytes(&mut s) {
-                    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
+                    let len = content_length(&head);
                     let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
                     let _ = answered.send(());
                     let mut body = vec![0u8; len];
@@ -569,12 +576,7 @@ both_engines! {
             let Ok((mut s, _)) = l.accept() else { return };
             s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
             while let Ok(head) = read_head_bytes(&mut s) {
-                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
+                let len = content_length(&head);
                 let _ = s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
                 let mut body = vec![0u8; len];
                 if std::io::Read::read_exact(&mut s, &mut body).is_err() {

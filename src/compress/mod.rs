@@ -252,31 +252,17 @@ pub fn rewrite_head(out: &mut Vec<u8>, alg: Algorithm) {
 
 /// One compressing response's charge against the shard's `limits.compress_memory`
 /// ([`stream::Encoder::memory`]), given back when it drops.
-pub struct Loan<'s> {
+pub type Loan<'s> = crate::stats::Charge<'s>;
+
+/// The charge for an encoder of `alg` at `cfg`'s level, if `held` (the shard's bytes in
+/// encoders) stays within `limit` with it.
+pub fn loan<'s>(
     held: &'s Cell<u64>,
-    bytes: u64,
-}
-
-impl<'s> Loan<'s> {
-    /// The charge for an encoder of `alg` at `cfg`'s level, if `held` (the shard's bytes in
-    /// encoders) stays within `limit` with it.
-    pub fn take(
-        held: &'s Cell<u64>,
-        limit: u64,
-        alg: Algorithm,
-        cfg: &CompressConfig,
-    ) -> Option<Loan<'s>> {
-        let bytes = stream::Encoder::memory(alg, cfg);
-        let now = held.get().checked_add(bytes).filter(|&n| n <= limit)?;
-        held.set(now);
-        Some(Loan { held, bytes })
-    }
-}
-
-impl Drop for Loan<'_> {
-    fn drop(&mut self) {
-        self.held.set(self.held.get() - self.bytes);
-    }
+    limit: u64,
+    alg: Algorithm,
+    cfg: &CompressConfig,
+) -> Option<Loan<'s>> {
+    crate::stats::Charge::take(held, limit, stream::Encoder::memory(alg, cfg))
 }
 
 #[cfg(test)]

@@ -207,24 +207,21 @@ fn every_encoder_round_trips_in_pieces() {
 
 #[test]
 fn loans_stay_within_the_limit_and_come_back() {
-    use super::Loan;
+    use super::loan;
     use Algorithm::{Br, Gzip, Zstd};
     let held = std::cell::Cell::new(0);
     let limit = 3 << 20;
     let c = cfg();
-    let zstd = Loan::take(&held, limit, Zstd, &c).expect("2.25 MiB of 3");
-    assert!(
-        Loan::take(&held, limit, Br, &c).is_none(),
-        "3.5 MiB more is over"
-    );
-    let gzip = Loan::take(&held, limit, Gzip, &c).expect("640 KiB more fits");
+    let zstd = loan(&held, limit, Zstd, &c).expect("2.25 MiB of 3");
+    assert!(loan(&held, limit, Br, &c).is_none(), "3.5 MiB more is over");
+    let gzip = loan(&held, limit, Gzip, &c).expect("640 KiB more fits");
     assert_eq!(held.get(), (2304 + 640) << 10);
     drop(zstd);
     assert_eq!(held.get(), 640 << 10);
     drop(gzip);
     assert_eq!(held.get(), 0);
     assert!(
-        Loan::take(&held, 0, Gzip, &c).is_none(),
+        loan(&held, 0, Gzip, &c).is_none(),
         "0 refuses every encoder"
     );
 }

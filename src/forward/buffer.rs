@@ -27,24 +27,7 @@ fn raw_cap(limit: u64) -> usize {
 
 /// One buffered body's charge against the shard's `limits.buffer_memory`, given back when
 /// the request's forward ends.
-pub(super) struct Held<'s> {
-    held: &'s std::cell::Cell<u64>,
-    bytes: u64,
-}
-
-impl<'s> Held<'s> {
-    fn take(held: &'s std::cell::Cell<u64>, limit: u64, bytes: u64) -> Option<Held<'s>> {
-        let now = held.get().checked_add(bytes).filter(|&n| n <= limit)?;
-        held.set(now);
-        Some(Held { held, bytes })
-    }
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.held.set(self.held.get() - self.bytes);
-    }
-}
+pub(super) type Held<'s> = crate::stats::Charge<'s>;
 
 impl Forward<'_> {
     /// Reads the request body whole into the client buffer when the upstream buffers bodies
