@@ -6,37 +6,35 @@
 use super::*;
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::mpsc;
 
 /// A head that never ends: a field whose value grows by one byte per `trickle`.
 const PARTIAL: &[u8] = b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
 
 /// `n` connections to `admin`, each sending [`PARTIAL`] and then one more byte every
 /// `every`, reconnecting when the admin closes one (as an attacker would), until the
-/// returned flag is set. Returns the flag and the thread.
+/// returned sender sends or drops. Returns the sender and the thread.
 fn trickle(
     admin: SocketAddr,
     n: usize,
     every: Duration,
-) -> (Arc<AtomicBool>, thread::JoinHandle<usize>) {
+) -> (mpsc::Sender<()>, thread::JoinHandle<usize>) {
     let open = move |_: usize| {
         let mut s = TcpStream::connect(admin).expect("connect to the admin listener");
         s.write_all(PARTIAL).expect("send a partial head");
         s
     };
     let mut conns: Vec<TcpStream> = (0..n).map(open).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopped = stop.clone();
+    let (stop, stopped) = mpsc::channel::<()>();
     let t = thread::spawn(move || {
         let mut reconnects = 0;
         // Bounded: 1000 rounds at most, whatever the test does.
         for _ in 0..1000 {
-            if stopped.load(Ordering::Relaxed) {
-                break;
+            // The attack's pace: a byte every `every`, until told to stop (at once).
+            match stopped.recv_timeout(every) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                _ => break,
             }
-            // The attack's own pace, not a synchronisation.
-            thread::sleep(every);
             for c in &mut conns {
                 if c.write_all(b"a").is_err() {
                     *c = open(0);
@@ -81,7 +79,7 @@ both_engines! {
                 failed.push(format!("probe {i}: {e}"));
             }
         }
-        stop.store(true, Ordering::Relaxed);
+        let _ = stop.send(());
         attack.join().unwrap();
         assert!(failed.is_empty(), "/healthz behind 64 slow admin connections: {failed:?}");
         // The proxy itself was never touched.
