@@ -42,6 +42,26 @@ pub fn reclaim(common: &ShardCommon, ctx: &ShardCtx) -> bool {
     true
 }
 
+/// How long an accept or a connect that made room with [`descriptor`] waits for the freed
+/// descriptor (trying again each millisecond) before it may close another connection or
+/// give up.
+pub const ROOM_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Out of descriptors (`EMFILE`, `ENFILE`) for an accept with a client waiting or for an
+/// upstream connect: closes the shard's oldest idle pooled upstream connection, which costs
+/// no client anything ([`crate::upstream::pool::Pool::evict_oldest`]), or without one, as at
+/// a connection limit, its longest-idle client connection ([`reclaim`]). Whether one was
+/// closed. On io_uring the descriptor is free only once the driver has submitted the close
+/// (a turn or two of the loop): the caller waits before it tries again.
+pub fn descriptor(common: &ShardCommon, ctx: &ShardCtx) -> bool {
+    // The pool of the snapshot in force: a request that began before a reload holds the
+    // old one, which has handed its connections over.
+    let live = common.current();
+    let pool = &live.as_deref().unwrap_or(ctx).pool;
+    let pooled = pool.try_borrow_mut().is_ok_and(|mut p| p.evict_oldest());
+    pooled || reclaim(common, ctx)
+}
+
 /// The shard's register of connections waiting in their own task (see the module comment).
 /// No borrow is held across an `.await` or while a guard is dropped or a task woken.
 #[derive(Default)]

@@ -173,7 +173,9 @@ impl ShardCtx {
         ShardCtx {
             id,
             pool: Rc::new(RefCell::new(
-                Pool::new(&pool_limits(&shared)).with_ring(common.buffers.ring()),
+                Pool::new(&pool_limits(&shared))
+                    .with_shard_cap(shared.config.limits.max_idle_upstream_per_shard)
+                    .with_ring(common.buffers.ring()),
             )),
             backends: Backends::new(&shared, id),
             stats: Stats::new(shared.routes.len(), shared.backends.len()),
@@ -189,7 +191,9 @@ impl ShardCtx {
     /// per-route counters of routes of the same name. Shard-wide state is shared.
     pub fn successor(&self, shared: Arc<Shared>) -> ShardCtx {
         let map = shared.backend_map(&self.shared);
-        let pool = Pool::new(&pool_limits(&shared)).with_ring(self.buffers.ring());
+        let pool = Pool::new(&pool_limits(&shared))
+            .with_shard_cap(shared.config.limits.max_idle_upstream_per_shard)
+            .with_ring(self.buffers.ring());
         let pool = Rc::new(RefCell::new(pool));
         // Old index → new index, for the pool: only where connections are made the same way.
         self.pool
@@ -412,6 +416,8 @@ impl ShardCtx {
         snap.pool_evicted_idle = c.evicted_idle;
         snap.pool_evicted_dead = c.evicted_dead;
         snap.pool_rejected_full = c.rejected_full;
+        snap.pool_evicted_shard_full = c.evicted_shard_full;
+        snap.pool_evicted_descriptors = c.evicted_descriptors;
         snap.pool_probes = c.probes;
         let ring = self.buffers.ring.borrow().counters;
         snap.pool_ring_buffered = ring.buffered;

@@ -217,10 +217,16 @@ impl Shared {
     }
 
     fn build(mut config: Config, shards: usize, epoch: Option<std::time::Instant>) -> Shared {
-        if config.limits.max_connections_per_shard == 0 {
+        let limits = &mut config.limits;
+        if limits.max_connections_per_shard == 0 || limits.max_idle_upstream_per_shard == 0 {
             let nofile = crate::admission::descriptor_limit();
-            config.limits.max_connections_per_shard =
-                crate::admission::connections_per_shard(nofile, shards);
+            let per_shard = crate::admission::connections_per_shard(nofile, shards);
+            if limits.max_connections_per_shard == 0 {
+                limits.max_connections_per_shard = per_shard;
+            }
+            if limits.max_idle_upstream_per_shard == 0 {
+                limits.max_idle_upstream_per_shard = per_shard;
+            }
         }
         let routes = RouteTable::new(&config);
         let listener_ids = ListenerId::all(&config.listeners);

@@ -444,6 +444,8 @@ impl Stats {
             pool_evicted_idle: 0,
             pool_evicted_dead: 0,
             pool_rejected_full: 0,
+            pool_evicted_shard_full: 0,
+            pool_evicted_descriptors: 0,
             pool_probes: 0,
             pool_ring_buffered: 0,
             pool_ring_empty: 0,
@@ -540,6 +542,8 @@ pub struct Snapshot {
     pub pool_evicted_idle: u64,
     pub pool_evicted_dead: u64,
     pub pool_rejected_full: u64,
+    pub pool_evicted_shard_full: u64,
+    pub pool_evicted_descriptors: u64,
     /// Pool checks that peeked with a syscall (see `upstream::pool`).
     pub pool_probes: u64,
     /// Responses received into the shard's ring buffers (io_uring, `crate::bufring`).
@@ -635,6 +639,8 @@ impl Snapshot {
         self.pool_evicted_idle += other.pool_evicted_idle;
         self.pool_evicted_dead += other.pool_evicted_dead;
         self.pool_rejected_full += other.pool_rejected_full;
+        self.pool_evicted_shard_full += other.pool_evicted_shard_full;
+        self.pool_evicted_descriptors += other.pool_evicted_descriptors;
         self.pool_probes += other.pool_probes;
         self.pool_ring_buffered += other.pool_ring_buffered;
         self.pool_ring_empty += other.pool_ring_empty;

@@ -504,6 +504,8 @@ async fn accept_loop(
     handing_over: Rc<Cell<bool>>,
     close: Rc<Notify>,
 ) {
+    // When an accept out of descriptors last closed an idle connection.
+    let mut made_room = None;
     loop {
         let canceller = Canceller::new();
         let accept = listener.cancelable_accept(canceller.handle());
@@ -545,17 +547,25 @@ async fn accept_loop(
                 // Out of descriptors (a bound set above the descriptor limit, or upstream
                 // connections and pipes using the rest) with a client waiting in the queue
                 // (`accept` fails for want of a descriptor whether or not one is): close
-                // the longest-idle connection, as at a connection limit, and accept again
-                // once its task had a turn.
+                // an idle connection, pooled upstream first ([`crate::reclaim::descriptor`]),
+                // and accept again once the loop had a turn. The descriptor is free only
+                // once the close is submitted (io_uring): until then, and for at most
+                // `reclaim::ROOM_WAIT`, the loop tries again without closing another.
                 let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
-                if out_of_fds
-                    && has_pending(&listener)
-                    && ctx
-                        .current()
-                        .is_some_and(|now| crate::reclaim::reclaim(&ctx, &now))
-                {
-                    monoio::time::sleep(Duration::from_millis(1)).await;
-                    continue;
+                if out_of_fds && has_pending(&listener) {
+                    let waiting =
+                        made_room.is_some_and(|t: Instant| t.elapsed() < crate::reclaim::ROOM_WAIT);
+                    if waiting
+                        || ctx
+                            .current()
+                            .is_some_and(|now| crate::reclaim::descriptor(&ctx, &now))
+                    {
+                        if !waiting {
+                            made_room = Some(Instant::now());
+                        }
+                        monoio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
                 }
                 // Otherwise back off briefly instead of spinning, and log within
                 // `log.error_rate` (out of descriptors, this repeats every backoff).

@@ -314,6 +314,67 @@ both_engines! {
         }
     }
 
+    // Out of descriptors, idle pooled upstream connections are closed before any client's
+    // (session 12 session review F2): an accept with a client waiting, then the upstream
+    // connect its request needs, each close the shard's oldest idle pooled connection, and
+    // the idle and the silent client connections all stay open.
+    fn out_of_descriptors_pooled_connections_go_before_clients(engine) {
+        let (a, b) = (Origin::start("a"), Origin::start("b"));
+        let proxy = Config::new()
+            .upstream("a", &[a.addr()])
+            .upstream("b", &[b.addr()])
+            .route("a", "host = \"a.example\"")
+            .route("b", "host = \"b.example\"")
+            .limit("max_connections_per_shard", "1000000")
+            .timeout("client_header", "120s")
+            .admin("")
+            .start(engine);
+        // One idle pooled connection to each backend, a's the older.
+        let mut kept = Client::connect(proxy.addr());
+        for host in ["a.example", "b.example"] {
+            kept.send(&get(host, "/warm"));
+            assert_eq!(kept.read_response().status(), 200);
+        }
+        let fds = || -> Vec<u64> {
+            let dir = std::fs::read_dir(format!("/proc/{}/fd", proxy.pid())).unwrap();
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+        };
+        let set_soft = |soft: Option<u64>| {
+            let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: prlimit on the proxy's pid, reading its limit into `old`, which we own.
+            let got = unsafe { libc::prlimit(proxy.pid() as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+            assert_eq!(got, 0, "prlimit: {}", std::io::Error::last_os_error());
+            let new = libc::rlimit { rlim_cur: soft.unwrap_or(old.rlim_max), rlim_max: old.rlim_max };
+            // SAFETY: as above, setting a soft limit at most the hard one.
+            let set = unsafe { libc::prlimit(proxy.pid() as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+            assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+        };
+        // Every descriptor taken by four silent clients: the limit bounds descriptor numbers
+        // (a new one takes the lowest free), so it is set where four numbers are free below.
+        let open = fds();
+        let limit = (0..).find(|&l| l - open.iter().filter(|&&fd| fd < l).count() as u64 == 4).unwrap();
+        set_soft(Some(limit));
+        let mut silent: Vec<Client> = (0..4).map(|_| Client::connect(proxy.addr())).collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while fds().len() < open.len() + 4 {
+            assert!(std::time::Instant::now() < deadline, "the silent clients were not accepted");
+            std::thread::yield_now();
+        }
+        let mut fresh = Client::connect(proxy.addr());
+        fresh.send(&get("a.example", "/new"));
+        assert_eq!(fresh.read_response().status(), 200, "a new client out of descriptors");
+        // Every client connection is still open: each is served in turn on the connection
+        // the new client's request left in the pool.
+        for c in std::iter::once(&mut kept).chain(silent.iter_mut()) {
+            c.send(&get("a.example", "/again"));
+            assert_eq!(c.read_response().status(), 200, "a client connection was closed");
+        }
+        set_soft(None);
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_pool_evictions_total", &[("reason", "out_of_descriptors")]), 2.0);
+        assert_eq!(m.value("edgeshard_connections_reclaimed_total", &[]), 0.0);
+    }
+
     // Without a parked connection, the connection that has waited longest in its own task
     // makes room: here new connections that have not sent their first request (nginx's
     // reusable connections include them), so connections that open and say nothing cannot

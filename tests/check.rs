@@ -196,6 +196,7 @@ max_headers = 100
 max_uri_bytes = 8192
 max_body_bytes = "16MiB"
 max_connections_per_shard = 65536
+max_idle_upstream_per_shard = 8192
 max_connections = 1000000
 max_connections_per_client = 4096
 per_client_ipv6_prefix = 56

@@ -24,6 +24,10 @@ pub struct Limits {
     pub max_connections_per_shard: usize,
     /// Open client connections of the whole process; 0 = only the per-shard bound.
     pub max_connections: usize,
+    /// Idle pooled upstream connections per shard, all backends together; 0 in a checked
+    /// file that leaves it unset, made [`crate::admission::connections_per_shard`] when the
+    /// snapshot is built.
+    pub max_idle_upstream_per_shard: usize,
     /// Open client connections per client address, all shards together; 0 = no bound.
     pub max_connections_per_client: usize,
     /// Bits of an IPv6 client address that `max_connections_per_client` counts as one
@@ -100,6 +104,14 @@ pub(super) fn limits(c: &mut Checker, limits: &RawLimits) -> Limits {
             0,
             0,
             1 << 30,
+        ),
+        // 0: from the descriptor limit, when the snapshot is built.
+        max_idle_upstream_per_shard: c.count(
+            "limits.max_idle_upstream_per_shard",
+            limits.max_idle_upstream_per_shard,
+            0,
+            1,
+            1 << 24,
         ),
         max_connections_per_client: c.count(
             "limits.max_connections_per_client",

@@ -205,6 +205,7 @@ pub(super) struct RawLimits {
     pub(super) max_body_bytes: Option<Size>,
     pub(super) max_connections_per_shard: Option<usize>,
     pub(super) max_connections: Option<usize>,
+    pub(super) max_idle_upstream_per_shard: Option<usize>,
     pub(super) max_connections_per_client: Option<usize>,
     pub(super) per_client_ipv6_prefix: Option<usize>,
     pub(super) client_body_min_rate: Option<Size>,

@@ -209,7 +209,7 @@ impl<'a> Forward<'a> {
         backend: usize,
         ends: Option<(SocketAddr, SocketAddr)>,
     ) -> Result<Option<Transport>, ProxyError> {
-        let room = || crate::reclaim::reclaim(self.ctx, self.ctx);
+        let room = || crate::reclaim::descriptor(self.ctx, self.ctx);
         let connector = Connector {
             shared: self.shared(),
             stats: self.stats(),

@@ -637,21 +637,18 @@ pub fn render(
         "counter",
         "Pooled connections closed instead of reused, by reason.",
     );
-    let _ = writeln!(
-        o,
-        "edgeshard_pool_evictions_total{{reason=\"idle_timeout\"}} {}",
-        all.pool_evicted_idle
-    );
-    let _ = writeln!(
-        o,
-        "edgeshard_pool_evictions_total{{reason=\"closed_by_backend\"}} {}",
-        all.pool_evicted_dead
-    );
-    let _ = writeln!(
-        o,
-        "edgeshard_pool_evictions_total{{reason=\"pool_full\"}} {}",
-        all.pool_rejected_full
-    );
+    for (reason, n) in [
+        ("idle_timeout", all.pool_evicted_idle),
+        ("closed_by_backend", all.pool_evicted_dead),
+        ("pool_full", all.pool_rejected_full),
+        ("shard_full", all.pool_evicted_shard_full),
+        ("out_of_descriptors", all.pool_evicted_descriptors),
+    ] {
+        let _ = writeln!(
+            o,
+            "edgeshard_pool_evictions_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
     family(
         &mut o,
         "edgeshard_memory_returns_total",

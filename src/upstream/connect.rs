@@ -6,7 +6,7 @@
 //! (before a TLS handshake), within the same bound. Every connect goes through the backend's
 //! circuit breaker first ([`Connector::connect_within`]).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
@@ -90,9 +90,19 @@ impl Connector<'_> {
         if matches!(&tcp, Ok(Err(e)) if out_of_descriptors(e))
             && self.room.is_some_and(|room| room())
         {
-            // One descriptor freed by closing the longest-idle client connection.
-            let left = timeout.saturating_sub(started.elapsed());
-            tcp = monoio::time::timeout(left, TcpStream::connect_addr(addr)).await;
+            // One descriptor freed by closing an idle connection (`reclaim::descriptor`):
+            // free once the loop has had a turn (on io_uring, once the driver has
+            // submitted the close), within a few milliseconds and within the timeout.
+            let wait_until = started + timeout.min(crate::reclaim::ROOM_WAIT);
+            loop {
+                monoio::time::sleep(Duration::from_millis(1)).await;
+                let left = timeout.saturating_sub(started.elapsed());
+                tcp = monoio::time::timeout(left, TcpStream::connect_addr(addr)).await;
+                let again = matches!(&tcp, Ok(Err(e)) if out_of_descriptors(e));
+                if !again || Instant::now() >= wait_until {
+                    break;
+                }
+            }
         }
         let result = match tcp {
             Ok(Ok(mut s)) => {

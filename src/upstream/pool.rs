@@ -1,7 +1,11 @@
 //! Stage 5 of the pipeline, *pool*: each shard keeps its own idle keep-alive connections to
 //! backends in a `slab`, with a LIFO stack of slab keys per backend (the most recently used
-//! connection is the warmest). Idle connections are bounded per backend, closed after the
-//! upstream's `idle_timeout`, and a periodic sweep closes those the backend has closed. Every
+//! connection is the warmest). Idle connections are bounded per backend and per shard
+//! (`limits.max_idle_upstream_per_shard`: at it, a checkin closes the shard's oldest idle
+//! connection, whichever its backend, found through a list of all of them in checkin order),
+//! closed after the upstream's `idle_timeout`, and a periodic sweep closes those the backend
+//! has closed. Out of descriptors, the oldest idle one is closed before any client's
+//! ([`Pool::evict_oldest`], [`crate::reclaim::descriptor`]). Every
 //! checkout looks at its candidate ([`Pool::checkout_armed`]), so that it never hands out a
 //! connection the backend closed or wrote stray bytes on: on io_uring a plain connection is
 //! checked in with an op posted on it (no syscall: it goes with the driver's next submission),
@@ -55,7 +59,14 @@ struct Idle {
     armed: Option<Armed>,
     backend: usize,
     since: Instant,
+    /// The shard's idle connections in checkin order: the slab keys of the one checked in
+    /// just before this one and just after it ([`NONE`] at the ends).
+    older: usize,
+    newer: usize,
 }
+
+/// No slab key: the end of [`Idle`]'s list.
+const NONE: usize = usize::MAX;
 
 /// What is posted on an idle connection: a receive into the shard's ring
 /// ([`crate::bufring`]), or a read-readiness wait where there is no ring. Either completes
@@ -169,6 +180,10 @@ pub struct PoolCounters {
     pub evicted_idle: u64,
     pub evicted_dead: u64,
     pub rejected_full: u64,
+    /// The oldest idle connection closed for a checkin at the shard's bound.
+    pub evicted_shard_full: u64,
+    /// The oldest idle connection closed for a descriptor ([`Pool::evict_oldest`]).
+    pub evicted_descriptors: u64,
     /// Checks that peeked with a syscall ([`probe`]) instead of looking at a posted wait.
     pub probes: u64,
 }
@@ -182,6 +197,11 @@ pub struct Pool {
     stacks: Vec<Vec<usize>>,
     max_idle: Vec<usize>,
     idle_timeout: Vec<Duration>,
+    /// Idle connections the shard keeps, all backends together.
+    max_total: usize,
+    /// Ends of the list of idle connections in checkin order ([`Idle::older`]).
+    oldest: usize,
+    newest: usize,
     /// The shard's ring, which receives are posted into at checkin ([`crate::bufring`]).
     ring: Option<Rc<RefCell<BufRing>>>,
     pub counters: PoolCounters,
@@ -196,6 +216,9 @@ impl Pool {
             stacks: vec![Vec::new(); limits.len()],
             max_idle: limits.iter().map(|l| l.0).collect(),
             idle_timeout: limits.iter().map(|l| l.1).collect(),
+            max_total: usize::MAX,
+            oldest: NONE,
+            newest: NONE,
             ring: None,
             counters: PoolCounters::default(),
         }
@@ -207,6 +230,71 @@ impl Pool {
             ring: Some(ring),
             ..self
         }
+    }
+
+    /// Keeps at most `max` idle connections, all backends together
+    /// (`limits.max_idle_upstream_per_shard`).
+    pub fn with_shard_cap(self, max: usize) -> Pool {
+        Pool {
+            max_total: max,
+            ..self
+        }
+    }
+
+    /// Stores `idle` as the newest idle connection; its key.
+    fn insert(&mut self, idle: Idle) -> usize {
+        let key = self.conns.insert(Idle {
+            older: self.newest,
+            newer: NONE,
+            ..idle
+        });
+        match self.newest {
+            NONE => self.oldest = key,
+            newest => self.conns[newest].newer = key,
+        }
+        self.newest = key;
+        key
+    }
+
+    /// Takes `key` out of the slab and of the list (not out of its backend's stack).
+    fn remove(&mut self, key: usize) -> Idle {
+        let idle = self.conns.remove(key);
+        match idle.older {
+            NONE => self.oldest = idle.newer,
+            older => self.conns[older].newer = idle.newer,
+        }
+        match idle.newer {
+            NONE => self.newest = idle.older,
+            newer => self.conns[newer].older = idle.older,
+        }
+        idle
+    }
+
+    /// Closes the shard's oldest idle connection, whichever its backend: the one least
+    /// likely to be wanted again. Whether there was one.
+    fn close_oldest(&mut self) -> bool {
+        let key = self.oldest;
+        if key == NONE {
+            return false;
+        }
+        let idle = self.remove(key);
+        let stack = &mut self.stacks[idle.backend];
+        // The oldest of the shard is nearly always the oldest of its backend: the front.
+        if let Some(i) = stack.iter().position(|&k| k == key) {
+            stack.remove(i);
+        }
+        idle.stream.close_now();
+        true
+    }
+
+    /// Out of descriptors: closes the oldest idle connection ([`crate::reclaim::descriptor`]
+    /// tries this before closing a client's). Whether there was one.
+    pub fn evict_oldest(&mut self) -> bool {
+        let closed = self.close_oldest();
+        if closed {
+            self.counters.evicted_descriptors += 1;
+        }
+        closed
     }
 
     /// Takes the most recently returned connection to `backend` that has not expired and on
@@ -226,7 +314,7 @@ impl Pool {
         let timeout = self.idle_timeout[backend];
         self.prefer_seen(backend);
         while let Some(key) = self.stacks[backend].pop() {
-            let mut idle = self.conns.remove(key);
+            let mut idle = self.remove(key);
             if now.duration_since(idle.since) >= timeout {
                 self.counters.evicted_idle += 1;
                 idle.stream.close_now();
@@ -269,7 +357,8 @@ impl Pool {
     }
 
     /// Returns a connection for reuse; drops it when the backend's idle bound is reached or when
-    /// it holds bytes past its response ([`Transport::holds_input`]).
+    /// it holds bytes past its response ([`Transport::holds_input`]). At the shard's bound the
+    /// shard's oldest idle connection is closed for it.
     /// `small`: its next response is expected to fit in a ring buffer
     /// ([`crate::upstream::state::Backends::receives`]): a receive is posted on it, else a
     /// readiness wait.
@@ -290,15 +379,20 @@ impl Pool {
             }
             return;
         }
-        if self.stacks[backend].len() >= self.max_idle[backend] {
+        if self.stacks[backend].len() >= self.max_idle[backend] || self.max_total == 0 {
             self.counters.rejected_full += 1;
             return stream.close_now();
         }
-        let key = self.conns.insert(Idle {
+        if self.conns.len() >= self.max_total && self.close_oldest() {
+            self.counters.evicted_shard_full += 1;
+        }
+        let key = self.insert(Idle {
             armed: Armed::post(&stream, self.ring.as_deref().filter(|_| small)),
             stream,
             backend,
             since: now,
+            older: NONE,
+            newer: NONE,
         });
         self.stacks[backend].push(key);
     }
@@ -316,7 +410,7 @@ impl Pool {
             }
         }
         for key in dead {
-            let idle = self.conns.remove(key);
+            let idle = self.remove(key);
             self.stacks[idle.backend].retain(|&k| k != key);
             idle.stream.close_now();
         }
@@ -341,20 +435,24 @@ impl Pool {
         {
             let mut to = next.borrow_mut();
             to.counters = self.counters;
-            // Oldest first, so that each backend's stack keeps its LIFO order.
-            for stack in std::mem::take(&mut self.stacks) {
-                for key in stack {
-                    let idle = self.conns.remove(key);
-                    let Some(Some(b)) = map.get(idle.backend).copied() else {
-                        idle.stream.close_now();
-                        continue;
-                    };
-                    if to.stacks.get(b).is_some_and(|s| s.len() < to.max_idle[b]) {
-                        let key = to.conns.insert(Idle { backend: b, ..idle });
-                        to.stacks[b].push(key);
-                    } else {
-                        idle.stream.close_now();
-                    }
+            // Oldest first, so that each backend's stack keeps its LIFO order and the new
+            // list its checkin order.
+            let mut key = self.oldest;
+            while key != NONE {
+                let next = self.conns[key].newer;
+                let idle = self.remove(key);
+                key = next;
+                let Some(Some(b)) = map.get(idle.backend).copied() else {
+                    idle.stream.close_now();
+                    continue;
+                };
+                if to.stacks.get(b).is_some_and(|s| s.len() < to.max_idle[b])
+                    && to.conns.len() < to.max_total
+                {
+                    let key = to.insert(Idle { backend: b, ..idle });
+                    to.stacks[b].push(key);
+                } else {
+                    idle.stream.close_now();
                 }
             }
         }
@@ -368,6 +466,8 @@ impl Pool {
         for idle in self.conns.drain() {
             idle.stream.close_now();
         }
+        self.oldest = NONE;
+        self.newest = NONE;
         for s in &mut self.stacks {
             s.clear();
         }
@@ -611,6 +711,94 @@ mod tests {
                     "expired connections are dropped"
                 );
                 assert_eq!(pool.counters.evicted_idle, 1);
+            })
+        });
+    }
+
+    #[test]
+    fn the_shard_bound_closes_the_oldest_idle_connection_of_any_backend() {
+        on_both_drivers(|| {
+            Box::pin(async {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = l.local_addr().unwrap();
+                let limits = [(8, Duration::from_secs(60)); 3];
+                let mut pool = Pool::new(&limits).with_shard_cap(3);
+                let now = Instant::now();
+                let mut peers = Vec::new();
+                let mut locals = Vec::new();
+                // Backends 0, 1, 0, 2, 1: the bound of 3 closes the two oldest, the first
+                // of backend 0 and the first of backend 1.
+                for backend in [0, 1, 0, 2, 1] {
+                    let s = TcpStream::connect_addr(addr).await.unwrap();
+                    peers.push(l.accept().unwrap().0);
+                    locals.push(s.local_addr().unwrap());
+                    pool.checkin(backend, Transport::Plain(s), now, true);
+                }
+                assert_eq!(pool.idle_count(), 3);
+                assert_eq!(pool.counters.evicted_shard_full, 2);
+                assert_eq!(
+                    (pool.idle_for(0), pool.idle_for(1), pool.idle_for(2)),
+                    (1, 1, 1)
+                );
+                let local = |t: Transport| t.tcp().local_addr().unwrap();
+                assert_eq!(local(pool.checkout(1, now).unwrap()), locals[4]);
+                // Out of descriptors: the oldest left (backend 0's second) goes first.
+                assert!(pool.evict_oldest());
+                assert_eq!(pool.counters.evicted_descriptors, 1);
+                assert_eq!(pool.idle_for(0), 0);
+                assert_eq!(local(pool.checkout(2, now).unwrap()), locals[3]);
+                assert!(!pool.evict_oldest(), "nothing left to close");
+                assert_eq!(pool.idle_count(), 0);
+                // The list is whole again after emptying: a new checkin is the oldest.
+                let s = TcpStream::connect_addr(addr).await.unwrap();
+                peers.push(l.accept().unwrap().0);
+                pool.checkin(2, Transport::Plain(s), now, true);
+                assert!(pool.evict_oldest());
+                assert_eq!(pool.idle_count(), 0);
+                // Closed ones are closed: each peer of an evicted connection reads its EOF
+                // (awaited: on io_uring the close goes with the driver's next submission).
+                for (i, peer) in peers.into_iter().enumerate().take(3) {
+                    peer.set_nonblocking(true).unwrap();
+                    let mut peer = TcpStream::from_std(peer).unwrap();
+                    let (n, _) = monoio::io::AsyncReadRent::read(&mut peer, vec![0u8; 1]).await;
+                    assert_eq!(n.unwrap(), 0, "{i}");
+                }
+            })
+        });
+    }
+
+    #[test]
+    fn a_hand_over_keeps_the_shard_bound_and_the_oldest_first() {
+        on_both_drivers(|| {
+            Box::pin(async {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = l.local_addr().unwrap();
+                let limits = [(8, Duration::from_secs(60)); 2];
+                let mut old = Pool::new(&limits);
+                let now = Instant::now();
+                let mut peers = Vec::new();
+                let mut locals = Vec::new();
+                for backend in [0, 1, 0, 1] {
+                    let s = TcpStream::connect_addr(addr).await.unwrap();
+                    peers.push(l.accept().unwrap().0);
+                    locals.push(s.local_addr().unwrap());
+                    old.checkin(backend, Transport::Plain(s), now, true);
+                }
+                let next = Rc::new(RefCell::new(Pool::new(&limits).with_shard_cap(3)));
+                old.hand_over(next.clone(), vec![Some(1), Some(0)]);
+                assert_eq!(old.idle_count(), 0);
+                let mut next = next.borrow_mut();
+                assert_eq!(
+                    (next.idle_for(0), next.idle_for(1)),
+                    (1, 2),
+                    "backends swapped"
+                );
+                // The last one found the bound: the three oldest moved, in their order.
+                assert!(next.evict_oldest());
+                let local = |t: Transport| t.tcp().local_addr().unwrap();
+                assert_eq!(local(next.checkout(1, now).unwrap()), locals[2]);
+                assert_eq!(local(next.checkout(0, now).unwrap()), locals[1]);
+                assert!(next.checkout(1, now).is_none());
             })
         });
     }

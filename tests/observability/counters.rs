@@ -97,6 +97,30 @@ both_engines! {
         assert_eq!(m.value("edgeshard_pool_hits_total", &[]), 0.0);
     }
 
+    // `limits.max_idle_upstream_per_shard` bounds the idle connections of all backends
+    // together: at it, a connection returned closes the oldest idle one, whichever its
+    // backend (here a's, when b's comes back), instead of keeping both.
+    fn the_shard_bound_on_idle_connections_closes_the_oldest(engine) {
+        let (a, b) = (Origin::start("a"), Origin::start("b"));
+        let proxy = Config::new()
+            .upstream("a", &[a.addr()])
+            .upstream("b", &[b.addr()])
+            .route("a", "host = \"a.example\"")
+            .route("b", "host = \"b.example\"")
+            .limit("max_idle_upstream_per_shard", "1")
+            .admin("")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        for host in ["a.example", "b.example", "b.example"] {
+            assert_eq!(get_on(&mut c, host, "/").status(), 200);
+        }
+        assert!(a.wait_for(Duration::from_secs(10), |s| s.closed == 1), "a's idle connection was not closed");
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_pool_evictions_total", &[("reason", "shard_full")]), 1.0);
+        assert_eq!(m.value("edgeshard_pool_hits_total", &[]), 1.0, "b's connection was kept and reused");
+        assert_eq!((a.accepted(), b.accepted()), (1, 1));
+    }
+
     // On io_uring a pooled connection is looked at through the receive posted when it
     // was returned (no syscall); on epoll each check peeks with recv(MSG_PEEK). One client's
     // sequential requests: the shard has always waited in the kernel since the checkin.
