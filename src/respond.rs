@@ -157,10 +157,6 @@ pub async fn relay_response(
         }
         None => None,
     };
-    if let (Some(_), Some(f)) = (coding, fill.as_deref_mut()) {
-        // A compressed body is not what the key names: the cache stores only identity.
-        f.skip();
-    }
     let (resp_framing, close_delimited) = match coding {
         None => response_out_framing(in_framing, facts.minor),
         Some(_) => response_out_framing(BodyFraming::Chunked, facts.minor),
@@ -232,14 +228,16 @@ pub async fn relay_response(
                 wait,
             };
             let chunked = resp_framing == OutFraming::Chunked;
+            // A response being stored is teed as it came, before the encoder: the cache
+            // keeps identity bodies, and codes its hits for each client.
+            let tee = fill.and_then(Fill::tee);
             let coded = Box::pin(compressed_response(
                 r,
                 client,
                 up,
                 &mut out,
                 (coding, loan),
-                in_framing,
-                chunked,
+                (in_framing, chunked, tee),
                 &mut written,
             ))
             .await;
@@ -631,7 +629,8 @@ struct Upstream<'u> {
 }
 
 /// Streams the response body through the encoder for `alg` ([`compress::stream`]), after
-/// `out` (the client's head, already rewritten); counts it per algorithm.
+/// `out` (the client's head, already rewritten), teeing it uncoded into `tee` when it is
+/// being stored; counts it per algorithm.
 #[allow(clippy::too_many_arguments)]
 async fn compressed_response(
     r: &Respond<'_>,
@@ -639,13 +638,13 @@ async fn compressed_response(
     up: Upstream<'_>,
     out: &mut Vec<u8>,
     ((alg, cc), _loan): ((Algorithm, &CompressConfig), Option<compress::Loan<'_>>),
-    in_framing: BodyFraming,
-    chunked: bool,
+    (in_framing, chunked, tee): (BodyFraming, bool, Option<&mut crate::cache::Tee>),
     written: &mut bool,
 ) -> Result<compress::stream::Coded, RelayError> {
     let enc = Encoder::new(alg, cc).map_err(|e| RelayError::Read(IoFail::Io(e)))?;
     let framing = (in_framing, chunked, r.cfg.limits.max_header_bytes);
     let mut leg = Leg::response(&mut client.deadline, r.cfg, up.wait, written);
+    leg.tee = tee;
     let coded = relay_compressed(
         up.conn,
         up.ubuf,

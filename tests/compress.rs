@@ -98,7 +98,7 @@ fn setup(engine: Engine, compress: &str) -> (Proxy, Origin) {
     (proxy, origin)
 }
 
-fn decode(alg: &str, coded: &[u8]) -> Vec<u8> {
+pub(crate) fn decode(alg: &str, coded: &[u8]) -> Vec<u8> {
     let mut back = Vec::new();
     match alg {
         "gzip" => flate2::read::GzDecoder::new(coded)

@@ -469,7 +469,7 @@ impl<'a> Fill<'a> {
                 head.status < 400 || matches!(head.status, 404 | 405 | 410 | 414);
             if self.store && about_the_resource {
                 // A fresh entry stays until the new response is stored over it (it may not
-                // be: a client gone mid-body, a body over `max_object`, compression).
+                // be: a client gone mid-body, a body over `max_object`).
                 if !stale.fresh {
                     self.remove(&stale.key);
                     ShardCache::bump(&self.cache.revalidations_replaced);
@@ -670,14 +670,6 @@ impl<'a> Fill<'a> {
     /// Where the relay keeps the body of a response being stored.
     pub fn tee(&mut self) -> Option<&mut Tee> {
         self.tee.as_mut()
-    }
-
-    /// The response is relayed transformed (compressed for this client): nothing of it is
-    /// stored, and the fetch ends without an entry when the fill is finished or dropped.
-    pub fn skip(&mut self) {
-        self.tee = None;
-        self.admitted = None;
-        self.release();
     }
 
     /// Ends the fetch for the requests waiting on this key (they look again, then go to

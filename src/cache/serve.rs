@@ -5,16 +5,23 @@
 //! with `Age` (RFC 9111 §4.2.3) and `X-Cache` (`HIT`, or `STALE` / `REVALIDATED` for an
 //! entry served stale or just revalidated); a conditional request it satisfies gets
 //! `304 Not Modified` and no body, a `GET` for one byte range `206 Partial Content` with
-//! that part (or `416`, [`super::range`]), a `HEAD` the head alone.
+//! that part (or `416`, [`super::range`]), a `HEAD` the head alone. On a route with
+//! `compress`, a whole body is coded for a client that takes one of its codings, as a
+//! relayed one is (the cache keeps identity bodies).
 
 use super::body::Body;
 use super::store::StoredHead;
 use super::{Hit, Part};
 use crate::client::{Client, Outcome};
+use crate::compress::{
+    self,
+    stream::{send_compressed, Encoder},
+};
+use crate::config::{Algorithm, CompressConfig};
 use crate::forward::RequestFacts;
 use crate::http::canned::Canned;
-use crate::http::encode::{client_response_head, itoa_buf, OutFraming};
-use crate::http::parse::{HeaderKind, Method};
+use crate::http::encode::{client_response_head, itoa_buf, response_out_framing, OutFraming};
+use crate::http::parse::{BodyFraming, HeaderKind, Method, ResponseHead};
 use crate::io::{write_from, write_head_and_shared, IoFail};
 use crate::relay::{Leg, RelayError};
 use crate::respond::{
@@ -22,7 +29,7 @@ use crate::respond::{
 };
 use crate::shard::ShardCtx;
 use crate::splice::send_file;
-use crate::stats::add;
+use crate::stats::{add, bump};
 use crate::trace::{RequestId, Trace};
 
 /// Writes the hit to the client.
@@ -126,9 +133,45 @@ pub async fn serve(
     };
     let close = !facts.keep_alive || ctx.draining();
     let mut out = ctx.buffer();
+    trace.status = Some(head.status);
+    let whole = with_body && part == Part::Whole;
+    if let Some(coding) = whole
+        .then(|| hit_coding(ctx, trace, source, head, len))
+        .flatten()
+    {
+        // Chunked, or close-delimited to an HTTP/1.0 client.
+        let (framing, close_delimited) = response_out_framing(BodyFraming::Chunked, facts.minor);
+        let close = close || close_delimited;
+        client_response_head(source, head, framing, close, facts.minor, rw, &mut out);
+        compress::rewrite_head(&mut out, coding.0);
+        let chunked = framing == OutFraming::Chunked;
+        let sent = Box::pin(send_coded(
+            ctx,
+            client,
+            &entry.body,
+            &mut out,
+            coding,
+            chunked,
+        ))
+        .await;
+        return match sent {
+            Ok(n) => {
+                add(&ctx.stats.bytes_out, n);
+                trace.bytes_out = n;
+                if close {
+                    Outcome::Close
+                } else {
+                    Outcome::KeepAlive
+                }
+            }
+            Err(_) => {
+                trace.aborted = true;
+                Outcome::Cut
+            }
+        };
+    }
     client_response_head(source, head, framing, close, facts.minor, rw, &mut out);
     let n = out.len();
-    trace.status = Some(head.status);
     let t = cfg.timeouts.client_send;
     let (stream, dl) = (&mut client.stream, &mut client.deadline);
     let written = match (&entry.body, stream.plain()) {
@@ -182,6 +225,59 @@ pub async fn serve(
             Outcome::Cut
         }
     }
+}
+
+/// The coding a whole hit is sent with: the one its client takes of the route's `compress`
+/// algorithms, when the stored response qualifies ([`compress::applies`]) and an encoder
+/// fits the shard's `limits.compress_memory` (beyond it the hit goes as stored, counted).
+fn hit_coding<'c>(
+    ctx: &'c ShardCtx,
+    trace: &Trace,
+    source: &[u8],
+    head: &ResponseHead,
+    len: u64,
+) -> Option<(Algorithm, &'c CompressConfig, compress::Loan<'c>)> {
+    let alg = trace.compress?;
+    let cfg = &ctx.shared.config;
+    let cc = cfg.routes.get(trace.route?)?.compress.as_deref()?;
+    if !compress::applies(cc, source, head, BodyFraming::Length(len)) {
+        return None;
+    }
+    let limit = cfg.limits.compress_memory;
+    let loan = compress::loan(&ctx.stats.compress_memory, limit, alg, cc);
+    if loan.is_none() {
+        bump(&ctx.stats.compress_memory_refused);
+    }
+    Some((alg, cc, loan?))
+}
+
+/// Writes `out` (the coded hit's head) and the stored `body` coded for the client
+/// ([`compress::stream::send_compressed`]); counts it per algorithm. The coded bytes sent.
+async fn send_coded(
+    ctx: &ShardCtx,
+    client: &mut Client,
+    body: &Body,
+    out: &mut Vec<u8>,
+    (alg, cc, _loan): (Algorithm, &CompressConfig, compress::Loan<'_>),
+    chunked: bool,
+) -> Result<u64, RelayError> {
+    let cfg = &ctx.shared.config;
+    let enc = Encoder::new(alg, cc).map_err(|e| RelayError::Read(IoFail::Io(e)))?;
+    let read = |r: std::ops::Range<usize>, buf: &mut Vec<u8>| match body {
+        Body::Memory(b) => {
+            buf.extend_from_slice(&b[r]);
+            Ok(())
+        }
+        Body::File(e) => e.read_into(r, buf),
+    };
+    let mut sent = false;
+    // No backend: the upstream bound is never waited on.
+    let up = cfg.timeouts.upstream_response;
+    let mut leg = Leg::response(&mut client.deadline, cfg, up, &mut sent);
+    let stream = &mut client.stream;
+    let coded = send_compressed(stream, out, (body.len(), &read), chunked, enc, &mut leg).await?;
+    ctx.stats.compressed(alg, coded.bytes_in, coded.bytes_out);
+    Ok(coded.bytes_out)
 }
 
 /// How much of a body-file extent a TLS hit reads at a time ([`send_pieces`]).

@@ -160,7 +160,8 @@ pub struct Coded {
     pub bytes_out: u64,
 }
 
-/// Relays one body from `src` to `dst` through `enc`. Bytes already read sit in
+/// Relays one body from `src` to `dst` through `enc`, each decoded piece also pushed to
+/// `leg.tee` when the response is being stored (uncoded). Bytes already read sit in
 /// `inbuf[*pos..]`; `out` holds the client head, sent with the first coded bytes. `incoming`
 /// says how the body is delimited; `chunked` whether the client gets chunked framing (else
 /// the body ends with the connection). Upstream trailers are dropped (they describe the
@@ -194,6 +195,10 @@ pub async fn relay_compressed<D: AsyncWriteRent>(
             if data.1 > data.0 {
                 coded.bytes_in += (data.1 - data.0) as u64;
                 enc.write(&inbuf[data.0..data.1]).map_err(coding)?;
+                if let Some(tee) = leg.tee.as_deref_mut() {
+                    // Stored as it came: the cache keeps identity bodies.
+                    tee.push(&inbuf[data.0..data.1]);
+                }
                 fed = true;
             }
             *pos += consumed;
@@ -222,6 +227,53 @@ pub async fn relay_compressed<D: AsyncWriteRent>(
         crate::coop::step().await;
         body.refill(src, inbuf, pos, leg).await?;
     }
+}
+
+/// Appends the given bytes of a stored body to the buffer ([`send_compressed`]).
+pub type ReadStored<'a> = dyn Fn(std::ops::Range<usize>, &mut Vec<u8>) -> std::io::Result<()> + 'a;
+
+/// How much of a stored body [`send_compressed`] codes at a time.
+const PIECE: usize = 64 * 1024;
+
+/// Writes a stored identity body of `len` bytes through `enc` after `out` (the client's
+/// head, already rewritten): a cache hit for a client that takes a coding, coded on the way
+/// out as nginx's `gzip` codes its `proxy_cache` hits. `read(range, buf)` appends those
+/// bytes of the body to `buf` (from memory or the body file); [`PIECE`] bytes are coded and
+/// sent at a time, so a slow reader holds one piece and its output, not the whole body.
+pub async fn send_compressed<D: AsyncWriteRent>(
+    dst: &mut D,
+    out: &mut Vec<u8>,
+    (len, read): (usize, &ReadStored<'_>),
+    chunked: bool,
+    mut enc: Encoder,
+    leg: &mut Leg<'_>,
+) -> Result<Coded, RelayError> {
+    let coding = |_| RelayError::Write(IoFail::Io(std::io::Error::other("encoder failed")));
+    let mut coded = Coded::default();
+    let mut piece = Vec::new();
+    let mut done = 0;
+    while done < len {
+        let to = (done + PIECE).min(len);
+        piece.clear();
+        read(done..to, &mut piece).map_err(|e| RelayError::Read(IoFail::Io(e)))?;
+        enc.write(&piece).map_err(coding)?;
+        coded.bytes_in += piece.len() as u64;
+        done = to;
+        let produced = enc.output();
+        frame(produced, chunked, out, &mut coded);
+        produced.clear();
+        if !out.is_empty() && done < len {
+            leg.flush(dst, out).await?;
+        }
+        crate::coop::step().await;
+    }
+    let rest = enc.finish().map_err(coding)?;
+    frame(&rest, chunked, out, &mut coded);
+    if chunked {
+        encode_last_chunk(b"", &|_| true, out);
+    }
+    leg.flush(dst, out).await?;
+    Ok(coded)
 }
 
 /// How long a backend that has nothing more to read may pause before what it sent so far is
