@@ -82,12 +82,18 @@ impl RouteTable {
                 upstream: r.upstream,
                 index,
             });
-            match &r.host {
-                HostMatch::Any => t.any.push(id),
-                HostMatch::Exact(h) => t.exact.entry(h.as_bytes().into()).or_default().push(id),
-                HostMatch::Suffix(s) => {
-                    t.max_suffix_len = t.max_suffix_len.max(s.len());
-                    t.suffix.entry(s.as_bytes().into()).or_default().push(id)
+            if r.hosts.is_empty() {
+                t.any.push(id);
+            }
+            // A route with several hosts sits in each one's bucket.
+            for host in &r.hosts {
+                match host {
+                    HostMatch::Any => t.any.push(id),
+                    HostMatch::Exact(h) => t.exact.entry(h.as_bytes().into()).or_default().push(id),
+                    HostMatch::Suffix(s) => {
+                        t.max_suffix_len = t.max_suffix_len.max(s.len());
+                        t.suffix.entry(s.as_bytes().into()).or_default().push(id)
+                    }
                 }
             }
         }

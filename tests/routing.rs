@@ -16,6 +16,7 @@ const NAMES: &[&str] = &[
     "canary",
     "stable",
     "exactpath",
+    "aliases",
     "any",
 ];
 
@@ -46,6 +47,10 @@ impl Routing {
             )
             .route("stable", "path_prefix = \"/c/\"")
             .route("exactpath", "path = \"/exact\"")
+            .route(
+                "aliases",
+                "host = [\"shop.test\", \"www.shop.test\", \"*.cdn.test\"]\npath_prefix = \"/s/\"",
+            )
             .route("any", "");
         Routing {
             proxy: cfg.start(engine),
@@ -110,6 +115,17 @@ both_engines! {
         r.expect("GET", "api.example", "/v1/users", &[], "api_v1");
         r.expect("GET", "api.example", "/v1/admin/users", &[], "admin");
         r.expect("GET", "api.example", "/v1/admin/", &[], "admin");
+    }
+    // One route for several hosts (nginx's `server_name a b;`): each name, exact or
+    // wildcard, finds it, with its path condition, and no other host does.
+    fn a_route_names_several_hosts(engine) {
+        let r = Routing::start(engine);
+        for host in ["shop.test", "WWW.shop.test:8080", "img.cdn.test"] {
+            r.expect("GET", host, "/s/cart", &[], "aliases");
+        }
+        r.expect("GET", "shop.test", "/other", &[], "any");
+        r.expect("GET", "cdn.test", "/s/cart", &[], "any");
+        r.expect("GET", "other.test", "/s/cart", &[], "any");
     }
     fn exact_path_matches_only_that_path(engine) {
         let r = Routing::start(engine);

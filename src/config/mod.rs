@@ -99,7 +99,8 @@ pub enum PathMatch {
 pub struct RouteConfig {
     /// For logs and metrics: `name` from the file, else `route<N>` (its position).
     pub name: String,
-    pub host: HostMatch,
+    /// The hosts it matches (`host`, one name or a list); empty: any host.
+    pub hosts: Vec<HostMatch>,
     pub path: PathMatch,
     /// Upper-case method names; empty = any.
     pub methods: Vec<String>,
@@ -548,29 +549,29 @@ impl Config {
             };
             let redirects = r.redirect.is_some();
             let rules = rules::route_rules(&mut c, &path, &mut r);
-            let host = match r.host.as_deref() {
-                None | Some("*") => HostMatch::Any,
-                Some(h) => match h.strip_prefix("*.") {
-                    _ if h.ends_with('.') || h.starts_with('.') || h.contains("..") => {
-                        // A request's trailing dot is removed before lookup: such a route
-                        // would never match.
-                        let bare = h
-                            .split('.')
-                            .filter(|l| !l.is_empty())
-                            .collect::<Vec<_>>()
-                            .join(".");
-                        c.err(format!("{path}.host"), format!("invalid host {h:?}: requests are looked up without a trailing dot, and a name has no empty label; write {bare:?}"));
-                        HostMatch::Any
+            let hosts = match &r.host {
+                None => Vec::new(),
+                Some(raw::RawHosts::One(h)) => {
+                    vec![rules::host_match(&mut c, &format!("{path}.host"), h)]
+                }
+                Some(raw::RawHosts::Many(list)) => {
+                    if list.is_empty() {
+                        c.err(format!("{path}.host"), "an empty list matches no host; leave host out (or write \"*\") to match any");
                     }
-                    Some(rest) if valid_host(rest) => {
-                        HostMatch::Suffix(format!(".{}", rest.to_ascii_lowercase()))
+                    let mut hosts: Vec<HostMatch> = Vec::new();
+                    for (j, h) in list.iter().enumerate() {
+                        let m = rules::host_match(&mut c, &format!("{path}.host[{j}]"), h);
+                        if !hosts.contains(&m) {
+                            hosts.push(m);
+                        }
                     }
-                    None if valid_host(h) => HostMatch::Exact(h.to_ascii_lowercase()),
-                    _ => {
-                        c.err(format!("{path}.host"), format!("invalid host {h:?}; write \"api.example.com\" or \"*.example.com\" (no port: any port matches)"));
-                        HostMatch::Any
-                    }
-                },
+                    hosts
+                }
+            };
+            // "*" among names matches any host: the others add nothing.
+            let hosts = match hosts.contains(&HostMatch::Any) {
+                true => Vec::new(),
+                false => hosts,
             };
             let pathm = match (&r.path_prefix, &r.path) {
                 (Some(_), Some(_)) => {
@@ -685,7 +686,7 @@ impl Config {
                 mirror::route_mirror(&mut c, &path, r.mirror, &upstreams, upstream, forwards);
             routes.push(RouteConfig {
                 name,
-                host,
+                hosts,
                 path: pathm,
                 methods,
                 headers,

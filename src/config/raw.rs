@@ -107,11 +107,22 @@ pub(super) struct RawListener {
     pub(super) response_headers: Option<super::rules::RawHeaderRules>,
 }
 
+/// A route's `host`: one name, or a list of them (nginx's `server_name a b;`).
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a host name (\"api.example.com\", \"*.example.com\", \"*\") or a list of them"
+)]
+pub(super) enum RawHosts {
+    One(String),
+    Many(Vec<String>),
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRoute {
     pub(super) name: Option<String>,
-    pub(super) host: Option<String>,
+    pub(super) host: Option<RawHosts>,
     pub(super) path_prefix: Option<String>,
     pub(super) path: Option<String>,
     pub(super) methods: Option<Vec<String>>,

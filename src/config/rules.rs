@@ -219,6 +219,33 @@ pub(crate) fn valid_host(h: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
 }
 
+/// One name of a route's `host` (at `key`): `"*"` (any), `"*.suffix"` or an exact name.
+pub(super) fn host_match(c: &mut Checker, key: &str, h: &str) -> super::HostMatch {
+    use super::HostMatch;
+    match h.strip_prefix("*.") {
+        _ if h == "*" => HostMatch::Any,
+        _ if h.ends_with('.') || h.starts_with('.') || h.contains("..") => {
+            // A request's trailing dot is removed before lookup: such a route would never
+            // match.
+            let bare = h
+                .split('.')
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(".");
+            c.err(key, format!("invalid host {h:?}: requests are looked up without a trailing dot, and a name has no empty label; write {bare:?}"));
+            HostMatch::Any
+        }
+        Some(rest) if valid_host(rest) => {
+            HostMatch::Suffix(format!(".{}", rest.to_ascii_lowercase()))
+        }
+        None if valid_host(h) => HostMatch::Exact(h.to_ascii_lowercase()),
+        _ => {
+            c.err(key, format!("invalid host {h:?}; write \"api.example.com\" or \"*.example.com\" (no port: any port matches)"));
+            HostMatch::Any
+        }
+    }
+}
+
 /// Checks and compiles `request_headers` (`response = false`) or `response_headers`.
 pub(super) fn header_rules(
     c: &mut Checker,

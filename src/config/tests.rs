@@ -34,7 +34,10 @@ fn good_config_validates() {
     assert!(on.huge_pages);
     assert_eq!(c.limits.max_body_bytes, 1 << 20);
     assert_eq!(c.timeouts.client_header, Duration::from_millis(250));
-    assert_eq!(c.routes[0].host, HostMatch::Suffix(".example.com".into()));
+    assert_eq!(
+        c.routes[0].hosts,
+        [HostMatch::Suffix(".example.com".into())]
+    );
     assert_eq!(
         c.routes[0].methods,
         vec!["GET", "HEAD"],
@@ -178,6 +181,13 @@ fn route_values_no_request_could_match_are_refused() {
             "\"*.corp.example\"",
         ),
         ("host = \"a..example\"", "route[0].host", "empty label"),
+        (
+            "host = [\"a.example\", \"b.example.\"]",
+            "route[0].host[1]",
+            "\"b.example\"",
+        ),
+        ("host = []", "route[0].host", "leave host out"),
+        ("host = 5", "route[0].host", "a host name"),
         (
             "path_prefix = \"/%7Ebob/\"",
             "route[0].path_prefix",
@@ -683,4 +693,22 @@ fn respond_routes_need_no_upstream_and_refuse_what_they_would_ignore() {
         "route[0].respond.content_type",
         "printable ASCII",
     );
+}
+
+#[test]
+fn a_route_may_name_several_hosts() {
+    let text = |hosts: &str| {
+        format!("[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nhost = {hosts}\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n")
+    };
+    let c = parse(&text("[\"A.example\", \"*.b.example\", \"a.example\"]")).unwrap();
+    let want = [
+        HostMatch::Exact("a.example".into()),
+        HostMatch::Suffix(".b.example".into()),
+    ];
+    assert_eq!(
+        c.routes[0].hosts, want,
+        "lower-cased, the repeated one once"
+    );
+    let c = parse(&text("[\"a.example\", \"*\"]")).unwrap();
+    assert!(c.routes[0].hosts.is_empty(), "\"*\" among them: any host");
 }
