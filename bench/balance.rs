@@ -84,8 +84,10 @@ fn picks(c: &mut Criterion) {
     let spec = Spec {
         sticky: Some(StickySpec {
             cookie: "srv".into(),
-            ttl: Duration::from_secs(3600),
+            ttl: Some(Duration::from_secs(3600)),
             secret: None,
+            secure: None,
+            same_site: None,
         }),
         ..Spec::new(Algorithm::Weighted)
     };

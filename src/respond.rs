@@ -174,7 +174,8 @@ pub async fn relay_response(
         let end = out.len() - 2;
         out.truncate(end);
         out.extend_from_slice(b"Set-Cookie: ");
-        r.shared.tables[info.upstream].write_set_cookie(info.local, &mut out);
+        let tls = client.stream.plain().is_none();
+        r.shared.tables[info.upstream].write_set_cookie(info.local, tls, &mut out);
         out.extend_from_slice(b"\r\n\r\n");
     }
     let mut upos = head.head_len;

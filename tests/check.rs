@@ -117,7 +117,7 @@ connect_timeout = "2s"
 response_timeout = "120s"
 buffer_request_body = "1MiB"
 slow_start = "10s"
-sticky = { cookie = "srv", ttl = "1h", secret = "a-fleet-wide-secret-of-32-chars!" }
+sticky = { cookie = "srv", ttl = "1h", secret = "a-fleet-wide-secret-of-32-chars!", secure = true, same_site = "Lax" }
 
 [upstream.health_check]
 type = "http"

@@ -62,6 +62,7 @@ use std::time::Duration;
 
 pub use key::{key_hash, request_key, KeySource};
 pub use picker::{ShardBalancer, StickyPick};
+pub use sticky::SameSite;
 
 /// The `balance = ...` algorithm of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,11 +108,16 @@ pub enum HashKey {
     Query(String),
 }
 
-/// `sticky = { cookie = "NAME", ttl = "1h", secret = "..." }`.
+/// `sticky = { cookie = "NAME", ttl = "1h", secret = "...", secure, same_site }`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StickySpec {
     pub cookie: String,
-    pub ttl: Duration,
+    /// The cookie's `Max-Age`; `None`: a session cookie (`ttl = "session"`).
+    pub ttl: Option<Duration>,
+    /// `Secure`: `None` sets it on responses to TLS clients (and always with
+    /// `SameSite=None`, which browsers take only with it).
+    pub secure: Option<bool>,
+    pub same_site: Option<SameSite>,
     /// Keys the cookie values ([`sticky`]): without it a value is a public hash of the
     /// backend's name, which names that can be guessed (addresses) give away.
     pub secret: Option<String>,
@@ -123,6 +129,8 @@ impl std::fmt::Debug for StickySpec {
         f.debug_struct("StickySpec")
             .field("cookie", &self.cookie)
             .field("ttl", &self.ttl)
+            .field("secure", &self.secure)
+            .field("same_site", &self.same_site)
             .field("secret", &self.secret.as_ref().map(|_| "(set)"))
             .finish()
     }
@@ -296,9 +304,13 @@ impl Table {
 
     /// Appends the `Set-Cookie` value naming member `i`
     /// (`NAME=VALUE; Max-Age=SECS; Path=/; HttpOnly`); nothing without sticky settings.
-    pub fn write_set_cookie(&self, i: usize, out: &mut Vec<u8>) {
+    /// `tls`: the response goes to a TLS client (the cookie is `Secure` unless `secure` says).
+    pub fn write_set_cookie(&self, i: usize, tls: bool, out: &mut Vec<u8>) {
         if let Some(s) = &self.sticky_spec {
-            sticky::write_set_cookie(&s.cookie, self.sticky_value(i), s.ttl.as_secs(), out);
+            let secure = s.secure.unwrap_or(tls) || s.same_site == Some(SameSite::None);
+            let cookie = (s.cookie.as_str(), self.sticky_value(i));
+            let ttl = s.ttl.map(|t| t.as_secs());
+            sticky::write_set_cookie(cookie, ttl, secure, s.same_site, out);
         }
     }
 }

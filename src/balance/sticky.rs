@@ -83,25 +83,69 @@ fn parse_hex16(v: &[u8]) -> Option<u64> {
     Some(h)
 }
 
-/// Appends a `Set-Cookie` field value: `NAME=VALUE; Max-Age=SECS; Path=/; HttpOnly`.
-pub(super) fn write_set_cookie(name: &str, value: &str, ttl_secs: u64, out: &mut Vec<u8>) {
+/// Writes the sticky cookie's `Set-Cookie` value: `NAME=VALUE; Max-Age=TTL; Path=/; HttpOnly`
+/// (no `Max-Age` for a session cookie, `ttl` None), then `Secure` when `secure` and
+/// `SameSite=` when set.
+pub(super) fn write_set_cookie(
+    (name, value): (&str, &str),
+    ttl_secs: Option<u64>,
+    secure: bool,
+    same_site: Option<SameSite>,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(name.as_bytes());
     out.push(b'=');
     out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(b"; Max-Age=");
-    let mut digits = [0u8; 20];
-    let mut n = ttl_secs;
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+    if let Some(mut n) = ttl_secs {
+        out.extend_from_slice(b"; Max-Age=");
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&digits[at..]);
+    }
+    out.extend_from_slice(b"; Path=/; HttpOnly");
+    if secure {
+        out.extend_from_slice(b"; Secure");
+    }
+    if let Some(s) = same_site {
+        out.extend_from_slice(b"; SameSite=");
+        out.extend_from_slice(s.as_str().as_bytes());
+    }
+}
+
+/// The sticky cookie's `SameSite` attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    /// Sent on cross-site requests too; browsers take it only with `Secure`.
+    None,
+}
+
+impl SameSite {
+    pub fn parse(s: &str) -> Option<SameSite> {
+        match s.to_ascii_lowercase().as_str() {
+            "strict" => Some(SameSite::Strict),
+            "lax" => Some(SameSite::Lax),
+            "none" => Some(SameSite::None),
+            _ => None,
         }
     }
-    out.extend_from_slice(&digits[at..]);
-    out.extend_from_slice(b"; Path=/; HttpOnly");
+
+    fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -119,10 +163,21 @@ mod tests {
     #[test]
     fn set_cookie_text() {
         let mut out = Vec::new();
-        write_set_cookie("srv", "0123456789abcdef", 3600, &mut out);
+        write_set_cookie(
+            ("srv", "0123456789abcdef"),
+            Some(3600),
+            false,
+            None,
+            &mut out,
+        );
         assert_eq!(out, b"srv=0123456789abcdef; Max-Age=3600; Path=/; HttpOnly");
         out.clear();
-        write_set_cookie("s", "v", 0, &mut out);
+        write_set_cookie(("s", "v"), Some(0), false, None, &mut out);
         assert_eq!(out, b"s=v; Max-Age=0; Path=/; HttpOnly");
+        out.clear();
+        write_set_cookie(("s", "v"), None, true, Some(SameSite::Lax), &mut out);
+        assert_eq!(out, b"s=v; Path=/; HttpOnly; Secure; SameSite=Lax");
+        assert_eq!(SameSite::parse("NONE"), Some(SameSite::None));
+        assert_eq!(SameSite::parse("lax "), None);
     }
 }

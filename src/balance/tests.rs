@@ -495,8 +495,10 @@ fn sticky_cookie_round_trips() {
     let s = Spec {
         sticky: Some(StickySpec {
             cookie: "srv".into(),
-            ttl: Duration::from_secs(3600),
+            ttl: Some(Duration::from_secs(3600)),
             secret: None,
+            secure: None,
+            same_site: None,
         }),
         ..spec(Algorithm::RoundRobin)
     };
@@ -542,7 +544,7 @@ fn sticky_cookie_round_trips() {
     let first = b.pick_sticky(&table, None, None, |_| true).unwrap();
     assert!(first.set_cookie);
     let mut header = Vec::new();
-    table.write_set_cookie(first.index, &mut header);
+    table.write_set_cookie(first.index, false, &mut header);
     let text = String::from_utf8(header).unwrap();
     let value = text
         .strip_prefix("srv=")
@@ -551,6 +553,10 @@ fn sticky_cookie_round_trips() {
         .next()
         .unwrap();
     assert!(text.ends_with("; Max-Age=3600; Path=/; HttpOnly"));
+    // To a TLS client it is Secure, unless `secure = false` says otherwise.
+    let mut tls = Vec::new();
+    table.write_set_cookie(first.index, true, &mut tls);
+    assert!(tls.ends_with(b"; HttpOnly; Secure"));
     for shard in 0..4 {
         let mut b = ShardBalancer::new(&s, &ms, shard);
         for _ in 0..10 {

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::fields::token;
 use super::raw::Checker;
-use crate::balance::{Algorithm, HashKey, Spec, StickySpec};
+use crate::balance::{Algorithm, HashKey, SameSite, Spec, StickySpec};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,6 +16,8 @@ pub(super) struct RawSticky {
     cookie: String,
     ttl: Option<String>,
     secret: Option<String>,
+    secure: Option<bool>,
+    same_site: Option<String>,
 }
 
 pub(super) struct RawBalancing<'a> {
@@ -113,16 +115,33 @@ pub(super) fn balancing(c: &mut Checker, path: &str, raw: RawBalancing<'_>) -> S
                 "must be a cookie name (letters, digits, - _ .)",
             );
         }
-        let ttl = c.duration(
-            &format!("{path}.sticky.ttl"),
-            s.ttl.as_ref(),
-            Duration::from_secs(3600),
-        );
+        // "session": no Max-Age, the browser drops the cookie when it closes.
+        let ttl = match s.ttl.as_deref() {
+            Some("session") => None,
+            _ => Some(c.duration(
+                &format!("{path}.sticky.ttl"),
+                s.ttl.as_ref(),
+                Duration::from_secs(3600),
+            )),
+        };
         // Max-Age is in whole seconds, and Max-Age=0 deletes the cookie: no session would stick.
-        if ttl.subsec_nanos() != 0 {
+        if let Some(ttl) = ttl.filter(|t| t.subsec_nanos() != 0) {
             c.err(
                 format!("{path}.sticky.ttl"),
                 format!("{ttl:?} is not whole seconds, as the cookie's Max-Age must be (a Max-Age of 0 deletes it); write \"{}s\"", ttl.as_secs().max(1)),
+            );
+        }
+        let same_site = s.same_site.as_deref().and_then(|v| {
+            let parsed = SameSite::parse(v);
+            if parsed.is_none() {
+                c.err(format!("{path}.sticky.same_site"), format!("{v:?}: write \"Strict\", \"Lax\" or \"None\""));
+            }
+            parsed
+        });
+        if same_site == Some(SameSite::None) && s.secure == Some(false) {
+            c.err(
+                format!("{path}.sticky.secure"),
+                "cannot be false with same_site = \"None\": browsers refuse such a cookie without Secure",
             );
         }
         if s.secret.as_deref().is_some_and(|k| k.len() < 16) {
@@ -135,6 +154,8 @@ pub(super) fn balancing(c: &mut Checker, path: &str, raw: RawBalancing<'_>) -> S
             cookie: s.cookie.clone(),
             ttl,
             secret: s.secret.clone(),
+            secure: s.secure,
+            same_site,
         }
     });
     Spec {

@@ -93,6 +93,20 @@ fn check_rejects_a_sticky_ttl_that_is_not_whole_seconds() {
 }
 
 #[test]
+fn check_rejects_bad_sticky_cookie_attributes() {
+    expect_check_error(
+        "sticky = { cookie = \"srv\", same_site = \"loose\" }",
+        "upstream[0].sticky.same_site",
+        &["Strict", "Lax", "None"],
+    );
+    expect_check_error(
+        "sticky = { cookie = \"srv\", same_site = \"None\", secure = false }",
+        "upstream[0].sticky.secure",
+        &["without Secure"],
+    );
+}
+
+#[test]
 fn check_accepts_every_balancing_key() {
     let text = config(
         false,

@@ -67,6 +67,25 @@ fn collect_cookies(proxy: &Proxy, n: usize) -> BTreeMap<String, String> {
 }
 
 both_engines! {
+    // The cookie's attributes (operator review, session 13: a cookie without Secure on an
+    // https site is flagged by every scanner): a session cookie (no Max-Age), SameSite as
+    // configured, and Secure whenever SameSite=None asks for it (browsers refuse it
+    // without); on a TLS listener Secure is the default (unit test in src/balance/tests.rs).
+    fn sticky_cookie_attributes_are_configurable(engine) {
+        let o = origins(&["a"]);
+        for (attrs, want) in [
+            ("ttl = \"session\", same_site = \"lax\"", " Path=/; HttpOnly; SameSite=Lax"),
+            ("same_site = \"None\"", " Max-Age=3600; Path=/; HttpOnly; Secure; SameSite=None"),
+            ("secure = true", " Max-Age=3600; Path=/; HttpOnly; Secure"),
+        ] {
+            let up = format!("sticky = {{ cookie = \"srv\", {attrs} }}\n{}", plain(&[&o[0]]));
+            let proxy = Proxy::start(&config(false, &up), engine);
+            let r = ask_new(proxy.addr(), "/", &[]);
+            let v = r.header("set-cookie").unwrap_or_else(|| panic!("{attrs}: no cookie"));
+            assert_eq!(v.split_once(';').map(|(_, a)| a), Some(want), "{attrs}");
+        }
+    }
+
     fn sticky_cookie_keeps_a_client_on_its_backend_for_1000_requests(engine) {
         let o = origins(&["a", "b", "c"]);
         let up = sticky_upstream(&plain(&[&o[0], &o[1], &o[2]]), "");
