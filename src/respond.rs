@@ -136,12 +136,14 @@ pub async fn relay_response(
     }
 
     let in_framing = head.framing(facts.method);
-    // A route with `compress`, a client that accepts one of its codings, and a response that
-    // qualifies: coded, chunked (or close-delimited for HTTP/1.0), never spliced.
-    let coding = trace.compress.and_then(|alg| {
-        let cc = cfg.routes.get(trace.route?)?.compress.as_deref()?;
-        compress::applies(cc, &ubuf, &head, in_framing).then_some((alg, cc))
-    });
+    // A route with `compress` and a response that qualifies: `Vary: Accept-Encoding`, and
+    // for a client that accepts one of its codings, coded, chunked (or close-delimited for
+    // HTTP/1.0), never spliced.
+    let codable = trace
+        .route
+        .and_then(|i| cfg.routes[i].compress.as_deref())
+        .filter(|cc| compress::applies(cc, &ubuf, &head, in_framing));
+    let coding = trace.compress.zip(codable);
     // The encoder's memory, within the shard's `limits.compress_memory`; beyond it the
     // response goes as it came (and may be stored). The loan moves into the (boxed) relay.
     let mut coding = coding;
@@ -164,8 +166,10 @@ pub async fn relay_response(
     // An early answer leaves the request body unread: the connection cannot carry another.
     let close = !facts.keep_alive || close_delimited || r.draining || early;
     client_response_head(&ubuf, &head, resp_framing, close, facts.minor, rw, &mut out);
-    if let Some((alg, _)) = coding {
-        compress::rewrite_head(&mut out, alg);
+    match coding {
+        Some((alg, _)) => compress::rewrite_head(&mut out, alg),
+        None if codable.is_some() => compress::add_vary(&mut out),
+        None => {}
     }
     if set_cookie {
         // A sticky session starts (or moved): name the backend in a cookie, inserted before
@@ -477,8 +481,25 @@ pub async fn respond_canned_with(
     let bytes = error_page(pages, c.status(), close)
         .or_else(|| error_page(server, c.status(), close))
         .unwrap_or_else(|| c.bytes(close));
+    // On a TLS listener with `hsts`, the proxy's own answers carry it too (nginx's
+    // `add_header ... always`): a refusal or an error page is the site's answer as well.
+    let mut fields: [Field<'_>; 3] = [(b"", b""); 3];
+    debug_assert!(
+        extra.len() <= 2,
+        "respond_canned_with takes at most two fields"
+    );
+    let n = extra.len().min(2);
+    fields[..n].copy_from_slice(&extra[..n]);
+    let hsts = client.listener.tls.as_ref().and_then(|t| t.hsts.as_deref());
+    let n = match hsts {
+        Some(h) => {
+            fields[n] = (b"Strict-Transport-Security", h.as_bytes());
+            n + 1
+        }
+        None => n,
+    };
     let (stream, deadline) = (&mut client.stream, &mut client.deadline);
-    respond_own(ctx, stream, deadline, bytes, close, head_only, extra).await
+    respond_own(ctx, stream, deadline, bytes, close, head_only, &fields[..n]).await
 }
 
 /// Writes a whole response of the proxy's own (a canned answer, an error page, a route's

@@ -133,6 +133,7 @@ both_engines! {
             // Without a coding, a range, or a HEAD: the stored identity body, as stored.
             let r = fetch(&mut c, "GET", "/a", &[]);
             assert_eq!((x_cache(&r).as_str(), r.header("Content-Encoding")), ("HIT", None), "{size}");
+            assert_eq!(r.header("Vary"), Some("Accept-Encoding"), "{size}: the variant is named");
             assert!(r.body == body);
             let r = fetch(&mut c, "GET", "/a", &[("Accept-Encoding", "gzip"), ("Range", "bytes=10-19")]);
             assert_eq!((r.status(), r.header("Content-Encoding")), (206, None), "{size}: a range is of the identity body");

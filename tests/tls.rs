@@ -572,8 +572,17 @@ both_engines! {
         let Site { ca, dir: _dir, ca_file: _ca_file, origin, config: mut cfg } = site("scheme", "hsts = \"max-age=31536000\"");
         cfg.raw_listeners.push("address = \"127.0.0.1:0\"\nredirect_https = { port = 8443, status = 308 }".into());
         let cfg = cfg.route_without_upstream("path = \"/robots.txt\"\nrespond = { body = \"no\" }");
+        let cfg = cfg.route("main", "path_prefix = \"/private/\"\ndeny = [\"127.0.0.0/8\"]");
         let proxy = cfg.start(engine);
         let (tls_addr, plain_addr) = (proxy.addrs()[0], proxy.addrs()[1]);
+        // The proxy's own refusals and errors carry it as well (nginx's `add_header ...
+        // always`; operator review, session 13): a 403 and a 400.
+        let seen = tls_get(tls_addr, &Arc::new(ca.client_config()), "a.test", "/private/x").unwrap();
+        assert!(seen.response.starts_with("HTTP/1.1 403 "), "{}", seen.response);
+        assert!(seen.response.contains("\r\nStrict-Transport-Security: max-age=31536000\r\n"), "{}", seen.response);
+        let seen = tls_get(tls_addr, &Arc::new(ca.client_config()), "a.test", "/%zz").unwrap();
+        assert!(seen.response.starts_with("HTTP/1.1 400 "), "{}", seen.response);
+        assert!(seen.response.contains("\r\nStrict-Transport-Security: max-age=31536000\r\n"), "{}", seen.response);
         let seen = tls_get(tls_addr, &Arc::new(ca.client_config()), "a.test", "/p?q=1").unwrap();
         assert!(seen.response.contains("\r\nStrict-Transport-Security: max-age=31536000\r\n"), "{}", seen.response);
         // A route's own answer carries it too.

@@ -171,6 +171,11 @@ pub async fn serve(
         };
     }
     client_response_head(source, head, framing, close, facts.minor, rw, &mut out);
+    if with_body && codable(ctx, trace, source, head, len).is_some() {
+        // Sent uncoded (a client that takes no coding, a range, no encoder memory): a
+        // cache in front must still tell the variants apart.
+        compress::add_vary(&mut out);
+    }
     let n = out.len();
     let t = cfg.timeouts.client_send;
     let (stream, dl) = (&mut client.stream, &mut client.deadline);
@@ -238,17 +243,31 @@ fn hit_coding<'c>(
     len: u64,
 ) -> Option<(Algorithm, &'c CompressConfig, compress::Loan<'c>)> {
     let alg = trace.compress?;
-    let cfg = &ctx.shared.config;
-    let cc = cfg.routes.get(trace.route?)?.compress.as_deref()?;
-    if !compress::applies(cc, source, head, BodyFraming::Length(len)) {
-        return None;
-    }
-    let limit = cfg.limits.compress_memory;
+    let cc = codable(ctx, trace, source, head, len)?;
+    let limit = ctx.shared.config.limits.compress_memory;
     let loan = compress::loan(&ctx.stats.compress_memory, limit, alg, cc);
     if loan.is_none() {
         bump(&ctx.stats.compress_memory_refused);
     }
     Some((alg, cc, loan?))
+}
+
+/// The route's `compress`, when the stored response is one it codes ([`compress::applies`]).
+fn codable<'c>(
+    ctx: &'c ShardCtx,
+    trace: &Trace,
+    source: &[u8],
+    head: &ResponseHead,
+    len: u64,
+) -> Option<&'c CompressConfig> {
+    let cc = ctx
+        .shared
+        .config
+        .routes
+        .get(trace.route?)?
+        .compress
+        .as_deref()?;
+    compress::applies(cc, source, head, BodyFraming::Length(len)).then_some(cc)
 }
 
 /// Writes `out` (the coded hit's head) and the stored `body` coded for the client

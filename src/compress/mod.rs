@@ -186,29 +186,55 @@ pub fn applies(
     typed
 }
 
+/// Adds `Accept-Encoding` to the `Vary` of a client response head in `out` (ending in its
+/// empty line): to the first `Vary` field, or as a field of its own; nothing when some
+/// `Vary` is `*` or already lists it. Every response a route could code carries it, coded
+/// or not (nginx's `gzip_vary`): a cache in front would otherwise keep one client's
+/// variant for all.
+pub fn add_vary(out: &mut Vec<u8>) {
+    let Some(body) = out.len().checked_sub(2) else {
+        return;
+    };
+    let mut first_vary_end = None;
+    let mut at = 0;
+    for (i, line) in out[..body].split_inclusive(|&b| b == b'\n').enumerate() {
+        let start = at;
+        at += line.len();
+        let colon = line.iter().position(|&b| b == b':').unwrap_or(0);
+        if i == 0 || !line[..colon].eq_ignore_ascii_case(b"vary") {
+            continue;
+        }
+        let value = line[colon + 1..].trim_ascii();
+        if lists(value, b"*") || lists(value, b"accept-encoding") {
+            return;
+        }
+        // Before its line end (CRLF: the head was written by the proxy).
+        first_vary_end.get_or_insert(start + line.len() - 2);
+    }
+    match first_vary_end {
+        Some(end) => {
+            out.splice(end..end, b", Accept-Encoding".iter().copied());
+        }
+        None => {
+            out.splice(body..body, b"Vary: Accept-Encoding\r\n".iter().copied());
+        }
+    }
+}
+
 /// Rewrites a client response head in `out` (ending in its empty line) for a body coded
-/// with `alg`: adds `Content-Encoding`, adds `Accept-Encoding` to `Vary` (or a `Vary` field;
-/// left alone when it is `*` or already lists it), and weakens a strong `ETag` (the coded
-/// body is not byte-for-byte the representation the tag names: RFC 9110 §8.8.3). A backend
-/// `Content-Encoding: identity` is dropped, and so are digests of the uncoded bytes
-/// (`Content-Digest` and `Repr-Digest`, RFC 9530, and the obsolete `Content-MD5`): a client
-/// that checks one would refuse the coded body. `Trailer` goes with the trailers it announced.
+/// with `alg`: adds `Content-Encoding`, adds `Accept-Encoding` to `Vary` ([`add_vary`]), and
+/// weakens a strong `ETag` (the coded body is not byte-for-byte the representation the tag
+/// names: RFC 9110 §8.8.3). A backend `Content-Encoding: identity` is dropped, and so are
+/// digests of the uncoded bytes (`Content-Digest` and `Repr-Digest`, RFC 9530, and the
+/// obsolete `Content-MD5`): a client that checks one would refuse the coded body. `Trailer`
+/// goes with the trailers it announced.
 pub fn rewrite_head(out: &mut Vec<u8>, alg: Algorithm) {
+    add_vary(out);
     let Some(body) = out.len().checked_sub(2) else {
         return;
     };
     let old = std::mem::take(out);
     out.reserve(old.len() + 64);
-    // Some `Vary` field (of several, maybe) already covers the coding: none is changed.
-    let mut vary_done = old[..body]
-        .split_inclusive(|&b| b == b'\n')
-        .skip(1)
-        .any(|line| {
-            let colon = line.iter().position(|&b| b == b':').unwrap_or(0);
-            let value = line[colon + 1..].trim_ascii();
-            line[..colon].eq_ignore_ascii_case(b"vary")
-                && (lists(value, b"*") || lists(value, b"accept-encoding"))
-        });
     let mut lines = old[..body].split_inclusive(|&b| b == b'\n');
     if let Some(status) = lines.next() {
         out.extend_from_slice(status);
@@ -234,16 +260,9 @@ pub fn rewrite_head(out: &mut Vec<u8>, alg: Algorithm) {
         } else if name.eq_ignore_ascii_case(b"accept-ranges") {
             // Ranges are served over the identity body (a Range request is not compressed):
             // offsets into this coded one would fetch the wrong bytes (nginx drops it too).
-        } else if name.eq_ignore_ascii_case(b"vary") && !vary_done {
-            vary_done = true;
-            out.extend_from_slice(&line[..line.len() - 2]);
-            out.extend_from_slice(b", Accept-Encoding\r\n");
         } else {
             out.extend_from_slice(line);
         }
-    }
-    if !vary_done {
-        out.extend_from_slice(b"Vary: Accept-Encoding\r\n");
     }
     out.extend_from_slice(b"Content-Encoding: ");
     out.extend_from_slice(alg.token().as_bytes());

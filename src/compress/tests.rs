@@ -251,3 +251,25 @@ fn the_charge_follows_the_level() {
     assert!(coded.len() * 10 < body.len());
     assert_eq!(zstd::decode_all(&coded[..]).unwrap(), body);
 }
+
+#[test]
+fn vary_names_the_coding_once() {
+    let vary = |head: &str| {
+        let mut out = head.as_bytes().to_vec();
+        add_vary(&mut out);
+        String::from_utf8(out).unwrap()
+    };
+    let base = "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n";
+    assert_eq!(
+        vary(&format!("{base}\r\n")),
+        format!("{base}Vary: Accept-Encoding\r\n\r\n")
+    );
+    assert_eq!(
+        vary(&format!("{base}Vary: Cookie\r\nVary: Origin\r\n\r\n")),
+        format!("{base}Vary: Cookie, Accept-Encoding\r\nVary: Origin\r\n\r\n")
+    );
+    for covered in ["Vary: *\r\n", "vary: Origin, accept-encoding\r\n"] {
+        let head = format!("{base}{covered}\r\n");
+        assert_eq!(vary(&head), head);
+    }
+}
