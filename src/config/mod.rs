@@ -307,7 +307,7 @@ impl Config {
 
     /// Validates configuration text; `file` is only used in messages.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let mut c = Checker { issues: Vec::new() };
+        let mut c = Checker::default();
         let fail = |c: Checker| ConfigError {
             file: file.to_path_buf(),
             issues: c.issues,

@@ -281,8 +281,11 @@ pub(super) const TOP_LEVEL: &[&str] = &[
     "rate_limits",
 ];
 
+#[derive(Default)]
 pub(super) struct Checker {
     pub(super) issues: Vec<ConfigIssue>,
+    /// (name, key path) of each `[[upstream]]` left out for an error in its entry.
+    pub(super) skipped_upstreams: Vec<(String, String)>,
 }
 
 impl Checker {
@@ -393,12 +396,16 @@ impl Checker {
     ) -> Option<usize> {
         let found = upstreams.iter().position(|u| u.name == name);
         if found.is_none() {
-            self.err(
-                path,
-                format!(
+            let skipped = self.skipped_upstreams.iter().find(|(n, _)| n == name);
+            let message = match skipped {
+                Some((_, at)) => format!(
+                    "upstream {name:?} was left out for the error in its entry ({at}): fix that one"
+                ),
+                None => format!(
                     "upstream {name:?} is not defined; add an [[upstream]] with name = {name:?}"
                 ),
-            );
+            };
+            self.err(path, message);
         }
         found
     }

@@ -594,7 +594,7 @@ mod tests {
 
     fn check(toml_text: &str, response: bool) -> (Option<Box<HeaderRules>>, Vec<String>) {
         let raw: RawHeaderRules = toml::from_str(toml_text).unwrap();
-        let mut c = Checker { issues: vec![] };
+        let mut c = Checker::default();
         let r = header_rules(&mut c, "route[0].h", Some(raw), response);
         (
             r,

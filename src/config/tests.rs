@@ -56,6 +56,8 @@ upstream = "missing"
 colour = "blue"
 [[route]]
 upstream = "missing"
+[[route]]
+upstream = "api"
 [[upstream]]
 name = "api"
 backends = [{ address = "127.0.0.1:1", wieght = 1 }]
@@ -79,6 +81,14 @@ max_body_bytes = "lots"
     );
     assert!(
         has("upstream[0].backends[0].wieght", "unknown field `wieght`"),
+        "{text}"
+    );
+    // A route naming the upstream whose entry failed is told so, not to define it.
+    assert!(
+        has(
+            "route[2].upstream",
+            "left out for the error in its entry (upstream[0])"
+        ),
         "{text}"
     );
     assert!(has("limits.max_body_bytes", "invalid size"), "{text}");

@@ -28,7 +28,10 @@ pub(super) fn upstreams(
     let mut names = HashSet::new();
     for (i, v) in raw.into_iter().enumerate() {
         let path = format!("upstream[{i}]");
+        let name = v.get("name").and_then(|n| n.as_str()).map(str::to_owned);
         let Some(u) = c.section::<RawUpstream>(&path, v) else {
+            // Routes naming it are told why it is missing ([`Checker::upstream_named`]).
+            c.skipped_upstreams.extend(name.map(|n| (n, path)));
             continue;
         };
         if u.name.is_empty() {
