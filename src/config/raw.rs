@@ -476,7 +476,15 @@ impl Checker {
 
 pub(super) fn clean_serde_message(m: &str) -> String {
     // serde_path_to_error already carries the path; toml adds a location line we do not need.
-    m.lines().next().unwrap_or(m).trim().to_string()
+    let m = m.lines().next().unwrap_or(m).trim();
+    // A bare number where text is expected is nearly always a duration written without its
+    // unit and quotes (`interval = 1`): say how to write one.
+    if m.starts_with("invalid type: integer") || m.starts_with("invalid type: floating point") {
+        if let Some(head) = m.strip_suffix("expected a string") {
+            return format!("{head}expected a string: quote it, and give a duration its unit, e.g. \"10s\" or \"250ms\"");
+        }
+    }
+    m.to_string()
 }
 
 /// Parses "16384", "64KiB", "16MiB", "1GiB", "10KB", "1MB" (K/M/G are powers of 1024 too).

@@ -722,3 +722,13 @@ fn a_route_may_name_several_hosts() {
     let c = parse(&text("[\"a.example\", \"*\"]")).unwrap();
     assert!(c.routes[0].hosts.is_empty(), "\"*\" among them: any host");
 }
+
+#[test]
+fn a_bare_number_for_a_duration_says_how_to_write_one() {
+    let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n[timeouts]\nclient_header = 10\n";
+    let err = parse(text).unwrap_err();
+    let issue = &err.issues[0];
+    assert_eq!(issue.path, "timeouts.client_header", "{err}");
+    assert!(issue.message.contains("integer `10`"), "{err}");
+    assert!(issue.message.contains("e.g. \"10s\""), "{err}");
+}
