@@ -322,6 +322,18 @@ impl Buffers {
         !self.large.borrow().is_empty()
     }
 
+    /// A cleared buffer with room for at least `n` bytes (at most [`LARGE_BUFFER`]) that goes
+    /// back to the large list: a free large one, else a new one of that list's size. For a
+    /// tunnel's copy while bytes flow ([`crate::tunnel`]), given back whenever it waits.
+    pub fn take_bulk(&self, n: usize) -> PooledBuf<'_> {
+        debug_assert!(n <= LARGE_BUFFER);
+        let buf = self.large.borrow_mut().pop();
+        PooledBuf {
+            buf: buf.unwrap_or_else(|| Vec::with_capacity(LARGE_BUFFER.max(n))),
+            home: self,
+        }
+    }
+
     /// A cleared buffer for reading a response: a large one if one is free (it will likely
     /// grow to that size anyway), else a new one: not one of the small list's, which heads
     /// need (with more responses being read than the large list holds, it would be drained).

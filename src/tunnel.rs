@@ -11,7 +11,8 @@
 //!
 //! Each direction is one `pump` with two modes:
 //! - **copy** (where every tunnel starts): a non-blocking `recv` into a 16 KiB buffer, then
-//!   `send` until all of it is out. Small messages (most WebSocket traffic) stay here: below
+//!   `send` until all of it is out. The buffer comes from the shard's free list when the
+//!   source has bytes and goes back when it has none, so an idle tunnel holds none. Small messages (most WebSocket traffic) stay here: below
 //!   ~64-256 KiB per piece, splicing costs more than copying (`loadtest/splice.sh`).
 //! - **splice**: when one read fills the whole buffer (the sign of bulk) and the shard's
 //!   `PipePool` lends a pipe, the direction moves what the source has *now* socket → pipe →
@@ -45,7 +46,7 @@ use crate::http::parse::{list_items, HeaderKind, RequestHead, ResponseHead};
 use crate::shard::ShardCtx;
 use crate::splice::{set_nonblocking, splice_once, would_block, Pipe};
 use crate::stats::add;
-use crate::transport::{recv_into, send_now, Transport};
+use crate::transport::{recv_now, send_now, Transport};
 use crate::tunnel_tls::{self, Side};
 
 /// Per direction, the copy buffer; a read that fills it switches the direction to splicing.
@@ -299,11 +300,16 @@ async fn pump(
     moved: &Moved<'_>,
 ) {
     let may_splice = ctx.shared.config.splice.enabled;
-    let mut buf = vec![0u8; TUNNEL_BUF];
+    // Taken from the shard's free list when the source has bytes, given back when it has
+    // no more: an idle tunnel holds no buffer (it held 16 KiB per direction for up to
+    // `tunnel_idle`), a busy shard recycles a few.
+    let mut buf = None;
     let mut bulk = false;
     let end = loop {
         crate::coop::step().await;
         if bulk {
+            // Splicing needs no buffer, and its waits hold none.
+            buf = None;
             if let Some(loan) = ctx.pipes.lend() {
                 let before = moved.get();
                 let eof = match burst(ctx, src, dst, loan.pipe(), last, moved).await {
@@ -323,21 +329,32 @@ async fn pump(
             }
             bulk = false;
         }
-        let n = match recv_into(src.as_raw_fd(), &mut buf, 0) {
+        let b = buf.get_or_insert_with(|| ctx.buffers.take_bulk(TUNNEL_BUF));
+        b.clear();
+        let n = match recv_now(
+            src.as_raw_fd(),
+            &mut b.spare_capacity_mut()[..TUNNEL_BUF],
+            0,
+        ) {
             Ok(0) => break End::Eof,
             Ok(n) => n,
-            Err(e) if would_block(&e) => match src.readable(false).await {
-                Ok(()) => continue,
-                Err(_) => break End::Failed,
-            },
+            Err(e) if would_block(&e) => {
+                buf = None;
+                match src.readable(false).await {
+                    Ok(()) => continue,
+                    Err(_) => break End::Failed,
+                }
+            }
             Err(_) => break End::Failed,
         };
+        // SAFETY: `recv_now` initialised the `n` bytes it received at the vector's start.
+        unsafe { b.set_len(n) };
         last.set(Instant::now());
-        if send_all(dst, &buf[..n], last).await.is_err() {
+        if send_all(dst, b, last).await.is_err() {
             break End::Failed;
         }
         moved.add(n as u64);
-        bulk = may_splice && n == buf.len();
+        bulk = may_splice && n == TUNNEL_BUF;
     };
     match end {
         End::Eof => shutdown(dst.as_raw_fd(), libc::SHUT_WR),

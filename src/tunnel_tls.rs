@@ -106,7 +106,8 @@ impl TlsEnd {
         let n = match got {
             Ok(n) => n,
             Err(e) => {
-                st.rbuf.clear();
+                // Freed, not cleared: a quiet tunnel holds no read buffer.
+                st.rbuf = Vec::new();
                 return if would_block(&e) { Ok(false) } else { Err(e) };
             }
         };
@@ -174,14 +175,20 @@ impl Side {
         }
     }
 
-    /// The next bytes of the stream into `buf`, waiting for them; `Ok(0)` at its end (a
-    /// TLS side's close_notify, or a TCP end without one).
-    pub(crate) async fn read(&self, buf: &mut [u8], last: &Cell<Instant>) -> io::Result<usize> {
+    /// The next bytes of the stream into `buf` (made [`TUNNEL_BUF`] long), waiting for them;
+    /// `Ok(0)` at its end (a TLS side's close_notify, or a TCP end without one). `buf` is
+    /// freed while the wait lasts, so a quiet tunnel holds no buffer.
+    pub(crate) async fn read(&self, buf: &mut Vec<u8>, last: &Cell<Instant>) -> io::Result<usize> {
+        buf.resize(TUNNEL_BUF, 0);
         let tls = match self {
             Side::Tls(t) => t,
             Side::Plain(s) => loop {
                 match recv_into(s.as_raw_fd(), buf, 0) {
-                    Err(e) if would_block(&e) => s.readable(false).await?,
+                    Err(e) if would_block(&e) => {
+                        *buf = Vec::new();
+                        s.readable(false).await?;
+                        buf.resize(TUNNEL_BUF, 0);
+                    }
                     got => return got,
                 }
             },
@@ -199,7 +206,9 @@ impl Side {
             // stop this direction until it does). Their own flush sends the rest in order.
             tls.send_now(last)?;
             if !took? {
+                *buf = Vec::new();
                 tls.tcp.readable(false).await?;
+                buf.resize(TUNNEL_BUF, 0);
             }
         }
     }
@@ -227,7 +236,7 @@ impl Side {
 /// shut down, so the other direction ends at once), counting into `moved` and setting
 /// `last` as bytes move.
 pub(crate) async fn pump(src: &Side, dst: &Side, last: &Cell<Instant>, moved: &Moved<'_>) {
-    let mut buf = vec![0u8; TUNNEL_BUF];
+    let mut buf = Vec::new();
     let ended = loop {
         crate::coop::step().await;
         let n = match src.read(&mut buf, last).await {
