@@ -127,6 +127,12 @@ both_engines! {
             assert!(r.header("WWW-Authenticate").is_some());
         }
         assert_eq!(origin.request_count(), 0, "nothing refused reaches the backend");
+        // Each refused user and why is logged with the client's address (what fail2ban reads
+        // in nginx's error log); the browser's first request without credentials is not.
+        proxy.wait_for_output("client=127.0.0.1 user=\"alice\"", 1, Duration::from_secs(10));
+        proxy.wait_for_output("basic auth refused: wrong password", 1, Duration::from_secs(10));
+        proxy.wait_for_output("user=\"mallory\"", 1, Duration::from_secs(10));
+        proxy.wait_for_output("basic auth refused: unknown user", 1, Duration::from_secs(10));
         // The right one: through, without the credentials.
         c.send(&request("GET", "/private/c", &[("Host", "e.example"), ("Authorization", &basic("alice:open sesame"))], b""));
         assert_eq!(c.read_response().status(), 200);

@@ -49,6 +49,10 @@ both_engines! {
         let mut on_plain = plain.accept();
         assert!(on_plain.read_head().starts_with("GET /x "));
         assert_eq!(hurried.read_response().status(), 504, "the global bound");
+        // Logged as nginx logs it ("upstream timed out ... while reading response header").
+        let line = format!("backend={} route=", plain.addr());
+        proxy.wait_for_output(&line, 1, std::time::Duration::from_secs(10));
+        proxy.wait_for_output("upstream timed out while the response head was awaited", 1, std::time::Duration::from_secs(10));
         on_slow.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate");
         let r = waiting.read_response();
         assert_eq!((r.status(), r.body_str()), (200, "late".to_string()), "{}", r.head.raw);

@@ -39,7 +39,7 @@ const MAX_CREDENTIALS: usize = 4096;
 
 /// Checks the request's credentials against `auth`.
 pub async fn check(ctx: &ShardCtx, auth: &BasicAuth, req: &Request<'_>) -> Result<Granted, Denial> {
-    let verdict = verify(ctx, auth, req.buf, req.head).await;
+    let verdict = verify(ctx, auth, req).await;
     count(&ctx.stats, Mode::Basic, verdict);
     match verdict {
         Verdict::Ok => Ok(Granted {
@@ -58,13 +58,15 @@ pub async fn check(ctx: &ShardCtx, auth: &BasicAuth, req: &Request<'_>) -> Resul
     }
 }
 
-async fn verify(ctx: &ShardCtx, auth: &BasicAuth, buf: &[u8], head: &RequestHead) -> Verdict {
-    let Some((user, password)) = credentials(buf, head) else {
+async fn verify(ctx: &ShardCtx, auth: &BasicAuth, req: &Request<'_>) -> Verdict {
+    let Some((user, password)) = credentials(req.buf, req.head) else {
+        // No credentials: a browser's first request, answered with the challenge.
         return Verdict::Denied;
     };
     // An unknown user is refused without bcrypt: cheaper under a flood, at the cost of
     // telling by timing which user names exist.
     let Some(hash) = auth.users.hash(&user) else {
+        refused(ctx, req, &user, "unknown user");
         return Verdict::Denied;
     };
     let remembered = &ctx.auth;
@@ -84,8 +86,20 @@ async fn verify(ctx: &ShardCtx, auth: &BasicAuth, buf: &[u8], head: &RequestHead
             remembered.remember(key, until, limits.auth_cache_entries);
             Verdict::Ok
         }
-        Some(false) => Verdict::Denied,
+        Some(false) => {
+            refused(ctx, req, &user, "wrong password");
+            Verdict::Denied
+        }
         None => Verdict::Error,
+    }
+}
+
+/// Logs refused credentials within `log.error_rate`, with the client's address and the user
+/// name (escaped), as nginx's `user "x": password mismatch` line that fail2ban reads.
+fn refused(ctx: &ShardCtx, req: &Request<'_>, user: &[u8], why: &str) {
+    if ctx.errors.allow(&ctx.stats) {
+        let user = String::from_utf8_lossy(user);
+        tracing::warn!(client = %req.client_ip, user = ?user, "basic auth refused: {why}");
     }
 }
 
