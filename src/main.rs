@@ -80,7 +80,7 @@ struct Placement {
     /// Number of shards: the first N of the CPU list.
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
-    /// io_uring, epoll, or auto (io_uring when the kernel allows it, else epoll). Overrides
+    /// uring (io_uring), epoll, or auto (io_uring when the kernel allows it, else epoll). Overrides
     /// `server.io_engine`.
     #[arg(long, value_enum, value_name = "ENGINE")]
     io_engine: Option<EngineArg>,

@@ -495,14 +495,16 @@ impl super::Config {
                 0 => String::new(),
                 n => format!(", {n} by host name"),
             };
+            let n = u.backends.len();
+            let plural = if n == 1 { "" } else { "s" };
             s.push_str(&format!(
-                "upstream {} ({}, {} backends{named})\n",
+                "upstream {} ({}, {n} backend{plural}{named})\n",
                 u.name,
                 u.balance.algorithm.as_str(),
-                u.backends.len()
             ));
         }
-        s.push_str(&format!("{} routes\n", self.routes.len()));
+        let n = self.routes.len();
+        s.push_str(&format!("{n} route{}\n", if n == 1 { "" } else { "s" }));
         s
     }
 }
