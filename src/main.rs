@@ -366,12 +366,6 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
     // Certificates are read before anything binds: a bad file stops start-up, naming it.
     let tls =
         Arc::new(TlsListeners::build(&config).map_err(|e| anyhow::anyhow!(per_line(&file, &e)))?);
-    if tls.any() {
-        tracing::info!(
-            ktls = edgeshard::tls::ktls_available(),
-            "TLS listeners ready (records are encrypted in user space; kTLS is detected, not used yet)"
-        );
-    }
     // A successor (binary upgrade) takes its predecessor's listening sockets over.
     let mut inherited = Inherited::take()
         .transpose()
@@ -395,6 +389,13 @@ fn run(config: Config, placement: &Placement, meta: ConfigMeta) -> Result<()> {
             None => anyhow::anyhow!("{file}{e}"),
         }
     })?;
+    // Said once the listeners are bound: a bind failure after it would mislead the journal.
+    if tls.any() {
+        tracing::info!(
+            ktls = edgeshard::tls::ktls_available(),
+            "TLS listeners ready (records are encrypted in user space; kTLS is detected, not used yet)"
+        );
+    }
     let admin_listener = match &config.admin {
         None => None,
         // A `:0` admin address takes the predecessor's port, as `:0` listeners do.
