@@ -84,6 +84,44 @@ impl ProxyError {
     }
 }
 
+/// Why the proxy answered a request itself or its exchange ended early: the access log's
+/// `$error_reason` ([`Reason::name`]). Four bytes: it lives in every request's trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// One of the proxy's own answers, by its status: its
+    /// `edgeshard_responses_generated_total` reason (`forbidden`, `rate_limited`, ...).
+    Own(u16),
+    ClientTimeout,
+    ClientTooSlow,
+    ClientClosed,
+    NoUsableBackend,
+    BreakerOpen,
+    ConnectFailed,
+    UpstreamTimeout,
+    UpstreamClosed,
+    UpstreamBadResponse,
+    /// A route's `auth.forward` service refused the request (its answer was relayed).
+    AuthDenied,
+}
+
+impl Reason {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Own(status) => crate::http::canned::reason_of(status),
+            Reason::ClientTimeout => "client_timeout",
+            Reason::ClientTooSlow => "client_too_slow",
+            Reason::ClientClosed => "client_closed",
+            Reason::NoUsableBackend => "no_usable_backend",
+            Reason::BreakerOpen => "breaker_open",
+            Reason::ConnectFailed => "connect_failed",
+            Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::UpstreamClosed => "upstream_closed",
+            Reason::UpstreamBadResponse => "upstream_bad_response",
+            Reason::AuthDenied => "auth_denied",
+        }
+    }
+}
+
 /// What the client gets for a failed exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
@@ -141,6 +179,24 @@ impl ProxyError {
             (_, Kind::Closed | Kind::Framing) => Canned::BadGateway,
         };
         Answer::Status(status)
+    }
+
+    /// Why the exchange ended so, for the access log's `$error_reason`.
+    pub fn reason(&self) -> Reason {
+        match (self.side, self.kind) {
+            (_, Kind::Refused(c)) => Reason::Own(c.status()),
+            (_, Kind::TooLarge) => Reason::Own(413),
+            (Side::Client, Kind::Framing) => Reason::Own(400),
+            (Side::Client, Kind::Timeout) => Reason::ClientTimeout,
+            (Side::Client, Kind::TooSlow) => Reason::ClientTooSlow,
+            (Side::Client, Kind::Closed) => Reason::ClientClosed,
+            (_, Kind::NoneUsable) => Reason::NoUsableBackend,
+            (_, Kind::BreakerOpen) => Reason::BreakerOpen,
+            (_, Kind::Exhausted) => Reason::ConnectFailed,
+            (_, Kind::Timeout | Kind::TooSlow) => Reason::UpstreamTimeout,
+            (_, Kind::Closed) => Reason::UpstreamClosed,
+            (_, Kind::Framing) => Reason::UpstreamBadResponse,
+        }
     }
 
     /// Counts the failure: a client that went away is a client abort; a backend that failed

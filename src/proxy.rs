@@ -98,6 +98,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             let body_unread = !facts.framing.is_empty();
             let close = !facts.keep_alive || facts.minor == 0 || body_unread || ctx.draining();
             trace.status = Some(c.status());
+            trace.error = Some(ProxyError::refused(c).reason());
             let head_only = facts.method == Method::Head;
             let rid_header = cfg_rid_header(ctx, &rid);
             let fields = [(name, &value[..]), rid_header.unwrap_or((b"", b""))];
@@ -136,6 +137,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             let body_unread = !facts.framing.is_empty();
             let close = !facts.keep_alive || facts.minor == 0 || body_unread || ctx.draining();
             trace.status = Some(denial.status());
+            trace.error = Some(denial.reason());
             let route = trace.route.map(|i| &ctx.shared.config.routes[i]);
             let answer = auth::answer(ctx, client, &denial, close, &facts, &rid, route);
             let own = Box::pin(answer).await;
@@ -213,6 +215,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         Err(e) => match e.answer() {
             Answer::Close => {
                 e.count(&ctx.stats);
+                trace.error = Some(e.reason());
                 // The client got no response, or one cut short.
                 trace.aborted = true;
                 if e.side == Side::Upstream && facts.minor == 1 {
@@ -232,6 +235,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             }
             Answer::Status(c) => {
                 e.count(&ctx.stats);
+                trace.error = Some(e.reason());
                 if e.side == Side::Upstream {
                     upstream_failed(ctx, &e, &trace);
                 }
@@ -298,6 +302,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 peer_port: client.peer.port(),
                 upstream_status: trace.upstream_status,
                 earlier: trace.earlier(),
+                error: trace.error,
             },
             &ctx.stats,
         );

@@ -41,6 +41,9 @@ pub struct Trace {
     earlier: Option<Box<Vec<UpstreamTry>>>,
     /// The response's `X-Cache`, on a route with `cache`.
     pub cache: Option<&'static [u8]>,
+    /// Why the proxy answered itself or the exchange ended early (`$error_reason`): a
+    /// refusal's or a failure's reason ([`crate::error::ProxyError::reason`]).
+    pub error: Option<crate::error::Reason>,
     /// The coding the client accepts best among its route's `compress.algorithms`
     /// ([`crate::compress::negotiate`]); None for a route without `compress`.
     pub compress: Option<crate::config::Algorithm>,
@@ -132,6 +135,7 @@ pub fn record_refused(ctx: &ShardCtx, client: &Client, status: u16, body: u64, s
                 peer_port: client.peer.port(),
                 upstream_status: None,
                 earlier: &[],
+                error: Some(crate::error::Reason::Own(status)),
             },
             &ctx.stats,
         );

@@ -126,6 +126,14 @@ impl Denial {
             Denial::Relayed { status, .. } => *status,
         }
     }
+
+    /// Its `$error_reason`: the proxy's own answer's, or the auth service's refusal.
+    pub fn reason(&self) -> crate::error::Reason {
+        match self {
+            Denial::Canned(c, _) => crate::error::Reason::Own(c.status()),
+            Denial::Relayed { .. } => crate::error::Reason::AuthDenied,
+        }
+    }
 }
 
 /// The request as the checks see it: its head in the client buffer and what routing read.

@@ -97,3 +97,29 @@ canned_table! {
     GatewayTimeout => 504, "Gateway Timeout", 16, "gateway timeout\n", false;
     VersionNotSupported => 505, "HTTP Version Not Supported", 27, "http version not supported\n", true;
 }
+
+/// The reason a status of the proxy's own is counted under
+/// (`edgeshard_responses_generated_total{reason}`) and logged as (`$error_reason`).
+pub fn reason_of(status: u16) -> &'static str {
+    match status {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "no_route",
+        405 => "method_not_allowed",
+        408 => "timeout",
+        413 => "body_too_large",
+        414 => "uri_too_long",
+        417 => "expectation_failed",
+        429 => "rate_limited",
+        431 => "headers_too_large",
+        500 => "auth_unavailable",
+        502 => "bad_gateway",
+        503 => "no_backend",
+        504 => "upstream_timeout",
+        505 => "version",
+        301 | 308 => "redirect_https",
+        302 | 303 | 307 => "redirect",
+        _ => "other",
+    }
+}

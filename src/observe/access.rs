@@ -179,6 +179,8 @@ pub struct Outcome<'a> {
     /// The tries before the last one (`backend`), for the lists of `$upstream_addr`,
     /// `$upstream_status` and `$upstream_response_time`.
     pub earlier: &'a [UpstreamTry],
+    /// Why the proxy answered itself or the exchange ended early (`$error_reason`).
+    pub error: Option<crate::error::Reason>,
 }
 
 /// A try of a request that a retry followed (a failed connect, or an answer the retry rule
@@ -610,6 +612,7 @@ pub(super) mod tests {
             peer_port: 40000,
             upstream_status: Some(200),
             earlier: &[],
+            error: None,
         }
     }
 

@@ -74,30 +74,6 @@ pub(super) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn canned_reason(c: Canned) -> &'static str {
-    match c.status() {
-        400 => "bad_request",
-        401 => "unauthorized",
-        403 => "forbidden",
-        404 => "no_route",
-        405 => "method_not_allowed",
-        408 => "timeout",
-        413 => "body_too_large",
-        414 => "uri_too_long",
-        417 => "expectation_failed",
-        429 => "rate_limited",
-        431 => "headers_too_large",
-        500 => "auth_unavailable",
-        502 => "bad_gateway",
-        503 => "no_backend",
-        504 => "upstream_timeout",
-        505 => "version",
-        301 | 308 => "redirect_https",
-        302 | 303 | 307 => "redirect",
-        _ => "other",
-    }
-}
-
 /// Writes one hdrhistogram (microseconds) as a Prometheus histogram in seconds, plus its
 /// quantile gauges under `{name}_quantile_seconds`... written by the caller's loop.
 fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram<u64>) {
@@ -315,7 +291,7 @@ pub fn render(
             o,
             "edgeshard_responses_generated_total{{status=\"{}\",reason=\"{}\"}} {n}",
             c.status(),
-            canned_reason(*c)
+            crate::http::canned::reason_of(c.status())
         );
     }
     family(

@@ -55,6 +55,8 @@ pub enum Var {
     SslServerName,
     Shard,
     ConnectionRequests,
+    /// `$error_reason`: why the proxy answered itself or the exchange ended early.
+    ErrorReason,
     /// `$http_referer` and `$http_user_agent`: copied for the built-in formats already.
     Referer,
     UserAgent,
@@ -98,6 +100,7 @@ const VARS: &[(&str, Var)] = &[
     ("ssl_server_name", Var::SslServerName),
     ("shard", Var::Shard),
     ("connection_requests", Var::ConnectionRequests),
+    ("error_reason", Var::ErrorReason),
 ];
 
 /// The longest template accepted, and the most distinct `$http_` fields it may name.
@@ -377,6 +380,9 @@ impl Template {
                 .map_or(Value::Unset, |s| Value::Bytes(s.as_bytes())),
             Var::Shard => Value::Num(shard as u64),
             Var::ConnectionRequests => Value::Num(u64::from(out.connection_requests)),
+            Var::ErrorReason => out
+                .error
+                .map_or(Value::Unset, |r| Value::Bytes(r.name().as_bytes())),
             Var::Referer => Value::Bytes(req.referer()),
             Var::UserAgent => Value::Bytes(req.user_agent()),
             Var::Header(i) => Value::Bytes(req.header(i)),
@@ -611,6 +617,7 @@ mod tests {
         let t = parse(&all, Escape::Default).unwrap();
         let mut out = outcome();
         out.cache = Some(b"HIT");
+        out.error = Some(crate::error::Reason::UpstreamClosed);
         out.tls = Some(TlsFacts {
             protocol: "TLSv1.3",
             cipher: "TLS13_AES_128_GCM_SHA256",
@@ -627,7 +634,7 @@ mod tests {
              upstream_connect_time=0.000 upstream_header_time=0.001 upstream_addr=127.0.0.1:9000 upstream_status=200 upstream_name=app upstream_cache_status=HIT \
              request_id=abc route=api ssl_protocol=TLSv1.3 \
              ssl_cipher=TLS13_AES_128_GCM_SHA256 ssl_server_name=a.test shard=1 \
-             connection_requests=3 h=v\\x0A1 g=- ua=curl/8 \\xFF r=-\n"
+             connection_requests=3 error_reason=upstream_closed h=v\\x0A1 g=- ua=curl/8 \\xFF r=-\n"
         );
         // Unset: a dash by default, nothing in JSON; the request line unknown.
         let mut none = outcome();

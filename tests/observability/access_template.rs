@@ -66,6 +66,47 @@ both_engines! {
         );
     }
 
+    // `$error_reason` tells apart what the status alone does not (operator review, session
+    // 13; HAProxy's termination state): a 503 for no usable backend, a 502 for a refused
+    // connect, a 504, the proxy's own refusals, a malformed head; unset when a response was
+    // relayed.
+    fn access_log_error_reason_says_why_the_proxy_answered(engine) {
+        let dir = TempDir::new("reason");
+        let log = dir.path("access.log");
+        let origin = Origin::start("o");
+        let (slow, gone) = (LockStep::bind(), LockStep::bind());
+        let gone_addr = gone.addr();
+        drop(gone);
+        let proxy = Config::new()
+            .timeout("upstream_response", "300ms")
+            .upstream("web", &[origin.addr()])
+            .upstream("slow", &[slow.addr()])
+            .upstream("gone", &[gone_addr])
+            .route("web", "path_prefix = \"/ok\"")
+            .route("web", "path_prefix = \"/no\"\ndeny = [\"127.0.0.0/8\"]")
+            .route("slow", "path_prefix = \"/slow\"")
+            .route("gone", "path_prefix = \"/gone\"")
+            .section("log", &access_log_section(&log, "access_format = '$status $error_reason'"))
+            .admin("")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        assert_eq!(get_on(&mut c, "x.example", "/ok").status(), 200);
+        assert_eq!(get_on(&mut c, "x.example", "/no").status(), 403);
+        assert_eq!(get_on(&mut c, "x.example", "/missing").status(), 404);
+        assert_eq!(get_on(&mut c, "x.example", "/gone").status(), 502);
+        c.send(&get("x.example", "/slow"));
+        let _held = slow.accept();
+        assert_eq!(c.read_response().status(), 504);
+        admin_post(proxy.admin_addr(), &format!("/upstreams/web/backends/{}/drain", origin.addr()), None);
+        assert_eq!(get_on(&mut c, "x.example", "/ok").status(), 503);
+        let mut bad = Client::connect(proxy.addr());
+        bad.send(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n");
+        assert_eq!(bad.read_response().status(), 400);
+        let l = lines(&dir, &log, 7);
+        assert_eq!(l[..6], ["200 -", "403 forbidden", "404 no_route", "502 connect_failed", "504 upstream_timeout", "503 no_usable_backend"]);
+        assert_eq!(l[6], "400 bad_request");
+    }
+
     fn a_route_with_access_log_off_writes_no_line(engine) {
         let dir = TempDir::new("route-off");
         let log = dir.path("access.log");
