@@ -129,13 +129,15 @@ impl Backends {
         map: &[Option<usize>],
     ) -> Backends {
         let next = Backends::build(shared, shard, Some(&old.loads));
-        let old_upstream = |name: &str| {
-            old_shared
-                .config
-                .upstreams
-                .iter()
-                .position(|u| u.name == name)
-        };
+        // Hashed, not searched per upstream: this runs on the shard while it switches.
+        let by_name: rustc_hash::FxHashMap<&str, usize> = old_shared
+            .config
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name.as_str(), i))
+            .collect();
+        let old_upstream = |name: &str| by_name.get(name).copied();
         {
             let mut outliers = next.outliers.borrow_mut();
             let old_outliers = old.outliers.borrow();
