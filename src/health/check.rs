@@ -227,6 +227,10 @@ pub enum ProbeFailure {
     Connect {
         error: std::io::ErrorKind,
     },
+    /// No probe could be made: the proxy is out of file descriptors (`EMFILE`, `ENFILE`).
+    /// Says nothing about the backend, so it is not counted towards `fall` (as a request's
+    /// connect that fails so does not mark the backend failing).
+    NoDescriptors,
     Timeout {
         after: Duration,
     },
@@ -252,6 +256,9 @@ impl fmt::Display for ProbeFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProbeFailure::Connect { error } => write!(f, "connect failed: {error}"),
+            ProbeFailure::NoDescriptors => {
+                f.write_str("no probe made: the proxy is out of file descriptors")
+            }
             ProbeFailure::Timeout { after } => write!(f, "no answer within {after:?}"),
             ProbeFailure::Io { error } => write!(f, "i/o error: {error}"),
             ProbeFailure::Tls { error } => write!(f, "TLS handshake failed: {error}"),

@@ -488,6 +488,12 @@ async fn probe_loop(
         if stop.is_fired() {
             return;
         }
+        if let Err(ProbeFailure::NoDescriptors) = result {
+            // The proxy's shortage, not the backend's: counted neither way.
+            skipped_for_descriptors(&live.borrow().target);
+            delay = jittered(spec.interval, spec.jitter, rng.unit());
+            continue;
+        }
         {
             let l = live.borrow();
             l.board.count_check(l.target.backend, result.is_ok());
@@ -497,6 +503,33 @@ async fn probe_loop(
         }
         delay = jittered(spec.interval, spec.jitter, rng.unit());
     }
+}
+
+thread_local! {
+    /// Probes skipped for want of descriptors since the last line saying so, and when that
+    /// was: every task of the prober's thread shares them.
+    static SKIPPED: std::cell::Cell<(u64, Option<Instant>)> = const { std::cell::Cell::new((0, None)) };
+}
+
+/// Counts a probe the proxy could not make for want of descriptors and logs, at most once a
+/// second for the whole prober, how many were skipped: a start-up burst of tens of thousands
+/// of checked backends would otherwise log a line each.
+fn skipped_for_descriptors(target: &ProbeTarget) {
+    SKIPPED.with(|c| {
+        let (n, last) = c.get();
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            c.set((n + 1, last));
+            return;
+        }
+        tracing::warn!(
+            upstream = %target.upstream,
+            backend = %target.address,
+            skipped = n + 1,
+            "health check skipped: out of file descriptors (not counted against the backend)"
+        );
+        c.set((0, Some(now)));
+    });
 }
 
 /// Publishes a transition, logs it and sends it to the events channel.
@@ -568,9 +601,12 @@ async fn probe_unbounded(
     tls: Option<&crate::tls::upstream::UpstreamTlsClient>,
     proxy_protocol: Option<crate::proxy_protocol::Version>,
 ) -> Result<(), ProbeFailure> {
-    let mut tcp = TcpStream::connect_addr(address)
-        .await
-        .map_err(|e| ProbeFailure::Connect { error: e.kind() })?;
+    let mut tcp = TcpStream::connect_addr(address).await.map_err(|e| {
+        match matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+            true => ProbeFailure::NoDescriptors,
+            false => ProbeFailure::Connect { error: e.kind() },
+        }
+    })?;
     if let Some(v) = proxy_protocol {
         let (res, _) = tcp.write_all(crate::proxy_protocol::encode(v, None)).await;
         res.map_err(|e| ProbeFailure::Connect { error: e.kind() })?;

@@ -105,6 +105,55 @@ both_engines! {
         assert_eq!(k.served() - before, 10, "the restarted backend is back in rotation: {served:?}");
     }
 
+    // Found by the session 13 scale review: with thousands of checked backends, some of
+    // them blackholed (each such probe holds a socket for its whole timeout), the prober ran
+    // the process out of descriptors and counted its own failed `socket()` ("connect failed:
+    // uncategorized error") against every backend it then probed: 975 backends that answered
+    // their checks were taken out. A request's connect that fails so already leaves the
+    // backend alone; the prober now does the same, and says why.
+    fn a_prober_out_of_descriptors_does_not_take_a_healthy_backend_out(engine) {
+        let (a, _sw) = switchable("a");
+        let up = format!(
+            "{}\n[upstream.health_check]\ntype = \"http\"\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"500ms\"\n\
+             rise = 1\nfall = 1\njitter = 0.0\npath = \"/health\"\n",
+            backends(&[a.addr()])
+        );
+        let proxy = Proxy::start(&config(false, &up), engine);
+        wait_transition(&proxy, a.addr(), "healthy", 1, Duration::from_secs(5));
+        let pid = proxy.pid() as i32;
+        let mut was = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: prlimit on the proxy's pid, writing only the rlimit owned here.
+        assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut was) }, 0);
+        // No room for one more descriptor (the hard limit kept, so it can be raised again).
+        let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
+        let low = libc::rlimit { rlim_cur: open.saturating_sub(1), rlim_max: was.rlim_max };
+        // SAFETY: as above, reading nothing back.
+        assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &low, std::ptr::null_mut()) }, 0);
+        proxy.wait_for_output("out of file descriptors", 1, Duration::from_secs(5));
+        let probes_then = probes(&a);
+        // Ten intervals without descriptors: with fall = 1, one counted failure was enough.
+        thread::sleep(Duration::from_millis(INTERVAL_MS * 10));
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &was, std::ptr::null_mut()) }, 0);
+        assert_eq!(probes(&a), probes_then, "no probe reached the backend while out of descriptors");
+        assert!(
+            transitions(&proxy, a.addr(), "unhealthy").is_empty(),
+            "the prober's own shortage took the backend out:\n{}",
+            proxy.output()
+        );
+        let lines = proxy.output().matches("health check skipped: out of file descriptors").count();
+        assert!((1..=2).contains(&lines), "logged at most once a second, not every interval: {lines}");
+        // Descriptors back: probes reach the backend again, still healthy.
+        let deadline = Instant::now() + within(3);
+        while probes(&a) == probes_then {
+            assert!(Instant::now() < deadline, "probing did not resume");
+            thread::sleep(Duration::from_millis(10));
+        }
+        let r = ask_new(proxy.addr(), "/after");
+        assert_eq!(r.status(), 200);
+        assert!(transitions(&proxy, a.addr(), "unhealthy").is_empty(), "{}", proxy.output());
+    }
+
     fn reloads_more_often_than_rise_probes_do_not_hold_a_backend_out(engine) {
         // rise = 3 probes 10 s apart. Each reload changes the check (its timeout), so the
         // prober starts the backend's task again, whose first probe is at once (jitter 0).
