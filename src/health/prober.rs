@@ -625,6 +625,12 @@ async fn probe_unbounded(
         CheckKind::Tcp => Ok(()),
         CheckKind::Http(check) => http_probe(&mut stream, address, check).await,
     };
+    // A plain probe's socket ends with a reset (`SO_LINGER` 0), as HAProxy ends its checks:
+    // closed first by the proxy (a `tcp` check always, an `http` one that did not read to
+    // the backend's close), each probe left a TIME_WAIT on this host for 60 s, and the same
+    // backend in many upstreams (2,000 with `tcp` checks every 5 s: ~24,000 at once) takes
+    // most of the ~28,000 ephemeral ports to its address, which requests to it need too.
+    stream.reset_on_close();
     // A probe that got its answer (good or bad) ends in order: over TLS with close_notify,
     // which a backend does not log as a truncation at every interval.
     if !matches!(verdict, Err(ProbeFailure::Io { .. })) {

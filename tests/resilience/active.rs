@@ -154,6 +154,50 @@ both_engines! {
         assert!(transitions(&proxy, a.addr(), "unhealthy").is_empty(), "{}", proxy.output());
     }
 
+    // Found by the session 13 scale review: a `tcp` check connects and closes first, so
+    // every probe left a TIME_WAIT on the proxy's host for 60 s. One backend in 2,000
+    // upstreams checked every 5 s held ~24,000 of the ~28,000 ephemeral ports to its address
+    // (requests to it need them too; outside loopback, tcp_tw_reuse does not lend them).
+    // Probes now end with a reset, as HAProxy's do.
+    fn probes_leave_no_time_wait_on_the_proxy_host(engine) {
+        let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = backend.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        {
+            let accepted = accepted.clone();
+            // Closes each probe's connection once the proxy has closed its side, as a server
+            // does: the proxy's side, which closed first, is the one that waits.
+            thread::spawn(move || {
+                for mut s in backend.incoming().flatten() {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    thread::spawn(move || while matches!(s.read(&mut [0u8; 64]), Ok(n) if n > 0) {});
+                }
+            });
+        }
+        let up = format!(
+            "{}\n[upstream.health_check]\ntype = \"tcp\"\ninterval = \"20ms\"\ntimeout = \"500ms\"\njitter = 0.0\n",
+            backends(&[addr])
+        );
+        let _proxy = Proxy::start(&config(false, &up), engine);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while accepted.load(Ordering::SeqCst) < 20 {
+            assert!(Instant::now() < deadline, "the prober did not probe");
+            thread::sleep(Duration::from_millis(10));
+        }
+        // TIME_WAIT (state 06) sockets whose remote end is the backend: the proxy's side.
+        let port = format!(":{:04X}", addr.port());
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let waiting = table
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && f[2].ends_with(&port) && f[3] == "06"
+            })
+            .count();
+        assert_eq!(waiting, 0, "{} probes left {waiting} TIME_WAIT sockets", accepted.load(Ordering::SeqCst));
+    }
+
     fn reloads_more_often_than_rise_probes_do_not_hold_a_backend_out(engine) {
         // rise = 3 probes 10 s apart. Each reload changes the check (its timeout), so the
         // prober starts the backend's task again, whose first probe is at once (jitter 0).
