@@ -124,9 +124,14 @@ both_engines! {
         let mut was = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: prlimit on the proxy's pid, writing only the rlimit owned here.
         assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut was) }, 0);
-        // No room for one more descriptor (the hard limit kept, so it can be raised again).
-        let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
-        let low = libc::rlimit { rlim_cur: open.saturating_sub(1), rlim_max: was.rlim_max };
+        // No room for one more descriptor (the hard limit kept, so it can be raised again):
+        // the limit bounds descriptor numbers and a new one takes the lowest free, so it is
+        // set at the lowest free number.
+        let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+        let open: std::collections::HashSet<u64> =
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+        let lowest_free = (0..).find(|n| !open.contains(n)).unwrap();
+        let low = libc::rlimit { rlim_cur: lowest_free, rlim_max: was.rlim_max };
         // SAFETY: as above, reading nothing back.
         assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &low, std::ptr::null_mut()) }, 0);
         proxy.wait_for_output("out of file descriptors", 1, Duration::from_secs(5));
@@ -162,27 +167,27 @@ both_engines! {
     fn probes_leave_no_time_wait_on_the_proxy_host(engine) {
         let backend = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = backend.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        {
-            let accepted = accepted.clone();
-            // Closes each probe's connection once the proxy has closed its side, as a server
-            // does: the proxy's side, which closed first, is the one that waits.
-            thread::spawn(move || {
-                for mut s in backend.incoming().flatten() {
-                    accepted.fetch_add(1, Ordering::SeqCst);
-                    thread::spawn(move || while matches!(s.read(&mut [0u8; 64]), Ok(n) if n > 0) {});
-                }
-            });
-        }
+        // Each probe's connection is closed once the proxy has closed its side, as a server
+        // does: the proxy's side, which closed first, is the one that waits. Each end is
+        // reported, so the test knows when 20 probes have ended.
+        let (ended, probes_ended) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for mut s in backend.incoming().flatten() {
+                let ended = ended.clone();
+                thread::spawn(move || {
+                    while matches!(s.read(&mut [0u8; 64]), Ok(n) if n > 0) {}
+                    drop(s);
+                    let _ = ended.send(());
+                });
+            }
+        });
         let up = format!(
             "{}\n[upstream.health_check]\ntype = \"tcp\"\ninterval = \"20ms\"\ntimeout = \"500ms\"\njitter = 0.0\n",
             backends(&[addr])
         );
         let _proxy = Proxy::start(&config(false, &up), engine);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while accepted.load(Ordering::SeqCst) < 20 {
-            assert!(Instant::now() < deadline, "the prober did not probe");
-            thread::sleep(Duration::from_millis(10));
+        for n in 0..20 {
+            probes_ended.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("{n} probes ended in 10 s"));
         }
         // TIME_WAIT (state 06) sockets whose remote end is the backend: the proxy's side.
         let port = format!(":{:04X}", addr.port());
@@ -195,7 +200,7 @@ both_engines! {
                 f.len() > 3 && f[2].ends_with(&port) && f[3] == "06"
             })
             .count();
-        assert_eq!(waiting, 0, "{} probes left {waiting} TIME_WAIT sockets", accepted.load(Ordering::SeqCst));
+        assert_eq!(waiting, 0, "20 probes left {waiting} TIME_WAIT sockets");
     }
 
     fn reloads_more_often_than_rise_probes_do_not_hold_a_backend_out(engine) {
