@@ -7,9 +7,9 @@
 //! channel (tests, later the admin API).
 //!
 //! A probe is bounded as a whole by the check's `timeout` (connect, send, response); the
-//! next one starts `interval × (1 ± jitter)` after it ended. The first probe of each backend
-//! starts within `jitter × interval` of its task's start, so states settle quickly but probes
-//! of many backends are still spread out.
+//! next one starts `interval × (1 ± jitter)` after it ended. The first probe of a backend in
+//! use starts anywhere in its task's first interval, so the probes of many backends are spread
+//! from the first round on; one out of use is probed within `jitter × interval` ([`first_delay`]).
 //!
 //! Configuration changes (a reload, a DNS answer change, an admin weight change) keep the
 //! thread: [`ProberHandle::hold`] makes every task keep its next result to itself while the
@@ -461,7 +461,7 @@ async fn probe_loop(
 ) {
     // A kept task's check is unchanged (`ProbeTarget::probes_like`).
     let spec = live.borrow().target.spec.clone();
-    let mut delay = spec.interval.mul_f64(spec.jitter * rng.unit());
+    let mut delay = first_delay(&spec, state.current().is_usable(), rng.unit());
     loop {
         monoio::select! {
             _ = monoio::time::sleep(delay) => {}
@@ -675,6 +675,25 @@ fn seed_from_clock() -> u64 {
     nanos ^ u64::from(std::process::id()).rotate_left(32)
 }
 
+/// The wait before a task's first probe, placed by `unit` (a draw from [0, 1)): anywhere in
+/// the first interval for a backend in use (Unknown or Healthy), so the probes of thousands
+/// of backends started together are spread over the whole interval from the first round on
+/// (HAProxy spreads its first checks so: within `jitter × interval` they all fired in the
+/// same tenth of it and stayed in phase, and 60,000 checked backends took the p99 of
+/// requests from 9 to 150 ms); within `jitter × interval` for one out of use, which waits
+/// for its probes to come back; at once with `jitter = 0` (probes in phase, as asked).
+fn first_delay(spec: &CheckSpec, usable: bool, unit: f64) -> Duration {
+    let spread = if usable {
+        1.0
+    } else {
+        spec.jitter.clamp(0.0, 1.0)
+    };
+    if spec.jitter <= 0.0 {
+        return Duration::ZERO;
+    }
+    spec.interval.mul_f64(spread * unit)
+}
+
 /// The wait before the next probe: `interval × (1 ± jitter)`, placed in that range by `unit`
 /// (a draw from [0, 1)); a jitter outside [0, 1] is clamped, so the wait is never negative.
 fn jittered(interval: Duration, jitter: f64, unit: f64) -> Duration {
@@ -685,6 +704,23 @@ fn jittered(interval: Duration, jitter: f64, unit: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_probe_of_a_backend_in_use_is_spread_over_the_interval() {
+        let mut spec = CheckSpec {
+            interval: Duration::from_secs(10),
+            jitter: 0.1,
+            ..CheckSpec::default()
+        };
+        assert_eq!(first_delay(&spec, true, 0.9), Duration::from_secs(9));
+        assert_eq!(first_delay(&spec, false, 0.9), Duration::from_millis(900));
+        spec.jitter = 0.0;
+        assert_eq!(
+            first_delay(&spec, true, 0.9),
+            Duration::ZERO,
+            "no jitter: at once"
+        );
+    }
 
     #[test]
     fn jitter_places_the_wait_within_the_interval_times_one_plus_or_minus_jitter() {
