@@ -288,11 +288,25 @@ pub(super) struct Checker {
     pub(super) skipped_upstreams: Vec<(String, String)>,
 }
 
+/// The longest message a config issue keeps: many quote the value they refuse, and a value
+/// may be megabytes long (a pasted file, a generated list).
+const MAX_MESSAGE: usize = 1024;
+
 impl Checker {
     pub(super) fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let mut message = message.into();
+        if message.len() > MAX_MESSAGE {
+            let mut end = MAX_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            let cut = message.len() - end;
+            message.truncate(end);
+            message.push_str(&format!("… ({cut} more bytes)"));
+        }
         self.issues.push(ConfigIssue {
             path: path.into(),
-            message: message.into(),
+            message,
         });
     }
 

@@ -732,3 +732,18 @@ fn a_bare_number_for_a_duration_says_how_to_write_one() {
     assert!(issue.message.contains("integer `10`"), "{err}");
     assert!(issue.message.contains("e.g. \"10s\""), "{err}");
 }
+
+#[test]
+fn a_huge_value_is_not_echoed_whole() {
+    let huge = "x".repeat(1 << 20);
+    let text = format!("[[listener]]\naddress = \"{huge}\"\n");
+    let err = parse(&text).unwrap_err();
+    let issue = &err.issues[0];
+    assert_eq!(issue.path, "listener[0].address", "{err}");
+    assert!(issue.message.len() < 2048, "{} bytes", issue.message.len());
+    assert!(
+        issue.message.ends_with("more bytes)"),
+        "{}",
+        &issue.message[..100]
+    );
+}
