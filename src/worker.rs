@@ -536,7 +536,13 @@ async fn accept_loop(
             }
         };
         match accepted {
-            Ok((stream, peer)) => admit(&ctx, stream, peer, id),
+            Ok((stream, peer)) => {
+                // The room made (if any) was taken: a client queued behind this one that
+                // finds no descriptor makes room again at once, instead of waiting out
+                // `ROOM_WAIT` for a close that was already used.
+                made_room = None;
+                admit(&ctx, stream, peer, id)
+            }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 // The socket no longer listens: the reloader shut it down, having stopped
                 // waiting for this shard to take it (`Listening::apply`). Nothing more comes.

@@ -375,6 +375,73 @@ both_engines! {
         assert_eq!(m.value("edgeshard_connections_reclaimed_total", &[]), 0.0);
     }
 
+    // Out of descriptors with several clients queued (review 13): each accept closes one
+    // idle pooled connection and the next accept follows within a turn or two. The 50 ms
+    // `reclaim::ROOM_WAIT` is a wait for the close just made, not for one made for a client
+    // already accepted: were it kept across a successful accept, each further queued client
+    // would wait it out (1 accept per 50 ms, 20 a second, for the whole queue).
+    fn out_of_descriptors_a_queue_of_clients_is_not_accepted_one_per_room_wait(engine) {
+        let origin = Origin::with_handler("a", |r| {
+            if r.path().starts_with("/hold") {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Reply::Default
+        });
+        let proxy = Config::new()
+            .upstream("a", &[origin.addr()])
+            .route("a", "")
+            .limit("max_connections_per_shard", "1000000")
+            .timeout("client_header", "120s")
+            .admin("")
+            .start(engine);
+        // 24 idle pooled connections: 24 requests at once, each held by the origin.
+        let mut warm: Vec<Client> = (0..24).map(|_| Client::connect(proxy.addr())).collect();
+        for c in &mut warm {
+            c.send(&get("a.example", "/hold"));
+        }
+        for c in &mut warm {
+            assert_eq!(c.read_response().status(), 200);
+        }
+        assert_eq!(origin.accepted(), 24);
+        let fds = || -> Vec<u64> {
+            let dir = std::fs::read_dir(format!("/proc/{}/fd", proxy.pid())).unwrap();
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+        };
+        let set_soft = |soft: Option<u64>| {
+            let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: prlimit on the proxy's pid, reading its limit into `old`, which we own.
+            let got = unsafe { libc::prlimit(proxy.pid() as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+            assert_eq!(got, 0, "prlimit: {}", std::io::Error::last_os_error());
+            let new = libc::rlimit { rlim_cur: soft.unwrap_or(old.rlim_max), rlim_max: old.rlim_max };
+            // SAFETY: as above, setting a soft limit at most the hard one.
+            let set = unsafe { libc::prlimit(proxy.pid() as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+            assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+        };
+        // No descriptor free: the limit is the lowest free number.
+        let open = fds();
+        let limit = (0..).find(|l| !open.contains(l)).unwrap();
+        set_soft(Some(limit));
+        // 16 clients queued at once, each needing a descriptor at its accept.
+        let started = std::time::Instant::now();
+        let mut fresh: Vec<Client> = (0..16).map(|_| Client::connect(proxy.addr())).collect();
+        for c in &mut fresh {
+            c.send(&get("a.example", "/new"));
+        }
+        for c in &mut fresh {
+            assert_eq!(c.read_response().status(), 200, "a queued client out of descriptors");
+        }
+        let took = started.elapsed();
+        set_soft(None);
+        let m = scrape(proxy.admin_addr(), None);
+        // One accept per ROOM_WAIT would take 15 x 50 ms = 750 ms at least.
+        assert!(took < Duration::from_millis(400), "16 queued clients took {took:?}");
+        // (A descriptor the proxy had open when the limit was set, and closed since, may
+        // have made room for one of them.)
+        let evicted = m.value("edgeshard_pool_evictions_total", &[("reason", "out_of_descriptors")]);
+        assert!((12.0..=16.0).contains(&evicted), "{evicted}");
+        assert_eq!(m.value("edgeshard_connections_reclaimed_total", &[]), 0.0);
+    }
+
     // Without a parked connection, the connection that has waited longest in its own task
     // makes room: here new connections that have not sent their first request (nginx's
     // reusable connections include them), so connections that open and say nothing cannot
