@@ -491,11 +491,12 @@ impl Checker {
 pub(super) fn clean_serde_message(m: &str) -> String {
     // serde_path_to_error already carries the path; toml adds a location line we do not need.
     let m = m.lines().next().unwrap_or(m).trim();
-    // A bare number where text is expected is nearly always a duration written without its
-    // unit and quotes (`interval = 1`): say how to write one.
+    // A bare number where text is expected is most often a duration written without its
+    // unit and quotes (`interval = 1`), but not always (`address = 8080`): say to quote it,
+    // and how a duration is written, without calling every such key a duration.
     if m.starts_with("invalid type: integer") || m.starts_with("invalid type: floating point") {
         if let Some(head) = m.strip_suffix("expected a string") {
-            return format!("{head}expected a string: quote it, and give a duration its unit, e.g. \"10s\" or \"250ms\"");
+            return format!("{head}expected a string: write it in quotes (a duration with its unit, e.g. \"10s\" or \"250ms\")");
         }
     }
     m.to_string()

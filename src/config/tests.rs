@@ -731,6 +731,13 @@ fn a_bare_number_for_a_duration_says_how_to_write_one() {
     assert_eq!(issue.path, "timeouts.client_header", "{err}");
     assert!(issue.message.contains("integer `10`"), "{err}");
     assert!(issue.message.contains("e.g. \"10s\""), "{err}");
+    // Not every string key is a duration: the hint does not say the key is one.
+    let text = "[[listener]]\naddress = 8080\n";
+    let err = parse(text).unwrap_err();
+    let issue = &err.issues[0];
+    assert_eq!(issue.path, "listener[0].address", "{err}");
+    assert!(issue.message.contains("write it in quotes"), "{err}");
+    assert!(!issue.message.contains("give a duration"), "{err}");
 }
 
 #[test]
