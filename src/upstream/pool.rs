@@ -802,4 +802,163 @@ mod tests {
             })
         });
     }
+
+    /// The list of idle connections in checkin order is whole after every kind of removal:
+    /// walked both ways it holds exactly the slab's keys, each stack's keys are in it, and
+    /// the oldest is the one `evict_oldest` closes (review 13: a model of the list checked
+    /// after random checkins, checkouts, evictions at the shard bound and for descriptors,
+    /// and sweeps of expired connections, then a hand-over and a clear).
+    fn assert_whole(pool: &Pool, model: &[usize]) {
+        let mut forward = Vec::new();
+        let mut key = pool.oldest;
+        let mut prev = NONE;
+        while key != NONE {
+            assert_eq!(pool.conns[key].older, prev, "older link of {key}");
+            forward.push(key);
+            prev = key;
+            key = pool.conns[key].newer;
+        }
+        assert_eq!(pool.newest, prev, "newest end");
+        assert_eq!(
+            forward.len(),
+            pool.conns.len(),
+            "the list holds every idle connection"
+        );
+        let in_stacks: usize = pool.stacks.iter().map(Vec::len).sum();
+        assert_eq!(
+            in_stacks,
+            pool.conns.len(),
+            "the stacks hold every idle connection"
+        );
+        for (b, stack) in pool.stacks.iter().enumerate() {
+            for &k in stack {
+                assert_eq!(pool.conns[k].backend, b);
+            }
+        }
+        assert_eq!(forward.len(), model.len(), "model size");
+    }
+
+    #[test]
+    fn the_idle_list_stays_whole_through_every_removal() {
+        on_both_drivers(|| {
+            Box::pin(async {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = l.local_addr().unwrap();
+                let limits = [
+                    (4, Duration::from_secs(60)),
+                    (4, Duration::from_secs(60)),
+                    (4, Duration::from_millis(1)),
+                ];
+                let mut pool = Pool::new(&limits).with_shard_cap(6);
+                // The model: local ports of the idle connections, oldest first.
+                let mut model: Vec<(u16, usize)> = Vec::new();
+                let mut peers = Vec::new();
+                let mut seed = 0x2545_f491_4f6c_dd1du64;
+                let mut next = || {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed
+                };
+                let port =
+                    |p: &Pool, k: usize| p.conns[k].stream.tcp().local_addr().unwrap().port();
+                for step in 0..300 {
+                    let r = next();
+                    let backend = (r >> 8) as usize % 3;
+                    let now = Instant::now();
+                    match r % 5 {
+                        0 | 1 => {
+                            let s = TcpStream::connect_addr(addr).await.unwrap();
+                            peers.push(l.accept().unwrap().0);
+                            let p = s.local_addr().unwrap().port();
+                            let full = model.iter().filter(|m| m.1 == backend).count() >= 4;
+                            pool.checkin(backend, Transport::Plain(s), now, true);
+                            if !full {
+                                if model.len() >= 6 {
+                                    model.remove(0);
+                                }
+                                model.push((p, backend));
+                            }
+                        }
+                        2 => {
+                            // Backend 2's connections expire at once: a checkout of it
+                            // closes them all.
+                            let got = pool.checkout(
+                                backend,
+                                now + Duration::from_millis(2 * (backend == 2) as u64),
+                            );
+                            match got {
+                                Some(t) => {
+                                    let p = t.tcp().local_addr().unwrap().port();
+                                    let i = model
+                                        .iter()
+                                        .position(|m| m.0 == p)
+                                        .expect("a connection the model has");
+                                    assert_eq!(model[i].1, backend);
+                                    model.remove(i);
+                                }
+                                None => model.retain(|m| m.1 != backend),
+                            }
+                        }
+                        3 => {
+                            let oldest = (pool.oldest != NONE).then(|| port(&pool, pool.oldest));
+                            assert_eq!(
+                                oldest,
+                                model.first().map(|m| m.0),
+                                "step {step}: the oldest"
+                            );
+                            assert_eq!(pool.evict_oldest(), !model.is_empty());
+                            if !model.is_empty() {
+                                model.remove(0);
+                            }
+                        }
+                        _ => {
+                            pool.sweep(now + Duration::from_millis(2));
+                            model.retain(|m| m.1 != 2);
+                        }
+                    }
+                    let order: Vec<u16> = {
+                        let mut v = Vec::new();
+                        let mut k = pool.oldest;
+                        while k != NONE {
+                            v.push(port(&pool, k));
+                            k = pool.conns[k].newer;
+                        }
+                        v
+                    };
+                    assert_eq!(
+                        order,
+                        model.iter().map(|m| m.0).collect::<Vec<_>>(),
+                        "step {step}: checkin order"
+                    );
+                    assert_whole(
+                        &pool,
+                        &model.iter().map(|m| m.0 as usize).collect::<Vec<_>>(),
+                    );
+                }
+                let next = Rc::new(RefCell::new(Pool::new(&limits).with_shard_cap(6)));
+                pool.hand_over(next.clone(), vec![Some(1), Some(0), None]);
+                assert_whole(&pool, &[]);
+                model.retain(|m| m.1 != 2);
+                let moved: Vec<u16> = {
+                    let to = next.borrow();
+                    let mut v = Vec::new();
+                    let mut k = to.oldest;
+                    while k != NONE {
+                        v.push(port(&to, k));
+                        k = to.conns[k].newer;
+                    }
+                    assert_whole(&to, &model.iter().map(|m| m.0 as usize).collect::<Vec<_>>());
+                    v
+                };
+                assert_eq!(
+                    moved,
+                    model.iter().map(|m| m.0).collect::<Vec<_>>(),
+                    "hand-over keeps the order"
+                );
+                next.borrow_mut().clear();
+                assert_whole(&next.borrow(), &[]);
+            })
+        });
+    }
 }
