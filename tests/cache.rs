@@ -147,6 +147,41 @@ both_engines! {
         }
     }
 
+    // Review 13: a compressed miss from a chunked backend stores the decoded identity body
+    // (the tee sits before the encoder, after the chunked decoder), and a coded hit to an
+    // HTTP/1.0 client is close-delimited (no chunked framing it cannot read).
+    fn a_chunked_compressed_miss_is_stored_whole_and_a_coded_hit_to_http10_is_close_delimited(engine) {
+        let text: String = (0..200 * 1024 / 16).map(|i| format!("line {i:>8} ....\n")).collect();
+        let body = text.clone().into_bytes();
+        let origin = Origin::with_handler("o", move |_| {
+            reply(&[("Cache-Control", "max-age=100"), ("Content-Type", "text/plain")], &text, true)
+        });
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", "cache = { size = \"4MiB\" }\ncompress = { algorithms = [\"gzip\"] }")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        let r = fetch(&mut c, "GET", "/a", &[("Accept-Encoding", "gzip")]);
+        assert_eq!((x_cache(&r).as_str(), r.header("Content-Encoding")), ("MISS", Some("gzip")));
+        assert!(crate::compress::decode("gzip", &r.body) == body, "the coded miss");
+        let r = fetch(&mut c, "GET", "/a", &[]);
+        assert_eq!((x_cache(&r).as_str(), r.header("Content-Encoding")), ("HIT", None));
+        assert_eq!(r.body.len(), body.len(), "the stored identity body");
+        assert!(r.body == body, "the stored identity body");
+        // HTTP/1.0 with gzip: coded, close-delimited.
+        let mut raw = std::net::TcpStream::connect(proxy.addr()).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        std::io::Write::write_all(&mut raw, b"GET /a HTTP/1.0\r\nHost: example.com\r\nAccept-Encoding: gzip\r\n\r\n").unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut raw, &mut got).unwrap();
+        let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        assert!(head.contains("x-cache: hit") && head.contains("content-encoding: gzip"), "{head}");
+        assert!(!head.contains("transfer-encoding") && !head.contains("content-length"), "{head}");
+        assert!(crate::compress::decode("gzip", &got[end..]) == body, "the HTTP/1.0 coded hit");
+        assert_eq!(origin.request_count(), 1);
+    }
+
     // A cacheable response (chunked from the backend) is stored while relayed; the next
     // request is answered from memory: same status, fields and body, an Age, X-Cache: HIT,
     // and the backend sees nothing. A route without `cache` carries no X-Cache.
