@@ -446,9 +446,11 @@ impl Pool {
                     idle.stream.close_now();
                     continue;
                 };
-                if to.stacks.get(b).is_some_and(|s| s.len() < to.max_idle[b])
-                    && to.conns.len() < to.max_total
-                {
+                if to.stacks.get(b).is_some_and(|s| s.len() < to.max_idle[b]) && to.max_total > 0 {
+                    // Over a lower shard bound the newest stay, as at a checkin.
+                    if to.conns.len() >= to.max_total {
+                        to.close_oldest();
+                    }
                     let key = to.insert(Idle { backend: b, ..idle });
                     to.stacks[b].push(key);
                 } else {
@@ -768,7 +770,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hand_over_keeps_the_shard_bound_and_the_oldest_first() {
+    fn a_hand_over_keeps_the_shard_bound_and_the_newest() {
         on_both_drivers(|| {
             Box::pin(async {
                 let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -790,14 +792,14 @@ mod tests {
                 let mut next = next.borrow_mut();
                 assert_eq!(
                     (next.idle_for(0), next.idle_for(1)),
-                    (1, 2),
+                    (2, 1),
                     "backends swapped"
                 );
-                // The last one found the bound: the three oldest moved, in their order.
+                // The bound keeps the three newest, in their order (the oldest was closed).
                 assert!(next.evict_oldest());
                 let local = |t: Transport| t.tcp().local_addr().unwrap();
                 assert_eq!(local(next.checkout(1, now).unwrap()), locals[2]);
-                assert_eq!(local(next.checkout(0, now).unwrap()), locals[1]);
+                assert_eq!(local(next.checkout(0, now).unwrap()), locals[3]);
                 assert!(next.checkout(1, now).is_none());
             })
         });
