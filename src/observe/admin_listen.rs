@@ -315,11 +315,25 @@ async fn handle(
         r.body.len(),
         r.extra
     );
+    // A large body (a big configuration's /metrics is megabytes) goes as it was rendered,
+    // after the head, not copied behind it: each scrape in flight would hold it twice. A
+    // small one goes with the head, in one write (two small writes would meet Nagle).
     let mut bytes = head.into_bytes();
-    if !head_only {
-        bytes.extend_from_slice(r.body.as_bytes());
-    }
-    let _ = monoio::time::timeout(limits.send_timeout, stream.write_all(bytes)).await;
+    let body = match head_only {
+        true => None,
+        false if r.body.len() < 64 * 1024 => {
+            bytes.extend_from_slice(r.body.as_bytes());
+            None
+        }
+        false => Some(r.body.into_bytes()),
+    };
+    let send = async {
+        let (sent, _) = stream.write_all(bytes).await;
+        if let (Ok(_), Some(body)) = (sent, body) {
+            let _ = stream.write_all(body).await;
+        }
+    };
+    let _ = monoio::time::timeout(limits.send_timeout, send).await;
 }
 
 /// Reads the head (bounded); a body, if any, is ignored: the connection closes after the

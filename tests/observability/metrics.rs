@@ -381,6 +381,23 @@ both_engines! {
         check_histogram(&m, "edgeshard_request_duration_seconds");
     }
 
+    // A /metrics body of megabytes (a large configuration: here 400 routes) goes out after
+    // its head as it was rendered, not copied behind it; it arrives whole and parses.
+    fn a_large_metrics_body_arrives_whole(engine) {
+        let origin = Origin::start("o");
+        let mut config = Config::new().upstream("main", &[origin.addr()]).admin("");
+        for i in 0..400 {
+            config = config.route("main", &format!("name = \"route-{i}\"\npath = \"/r{i}\""));
+        }
+        let proxy = config.start(engine);
+        let r = admin_get(proxy.admin_addr(), "/metrics", None);
+        assert!(r.body.len() > 64 * 1024, "{} bytes: not a large body", r.body.len());
+        assert_eq!(r.header("content-length"), Some(r.body.len().to_string().as_str()));
+        let m = parse_prometheus(&r.body);
+        let last = [("route", "route-399"), ("class", "2xx")];
+        assert_eq!(m.value("edgeshard_route_requests_total", &last), 0.0, "{}", &r.body[r.body.len() - 300..]);
+    }
+
     fn metrics_escape_odd_route_and_upstream_names(engine) {
         let o = Origin::start("o");
         // Route and upstream names are printable ASCII without spaces, quotes and backslashes
