@@ -16,6 +16,32 @@ fn denied(admin: std::net::SocketAddr, scope: &str, n: f64) {
     );
 }
 
+/// The descriptor numbers process `pid` has open.
+fn descriptors(pid: u32) -> Vec<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Sets process `pid`'s soft RLIMIT_NOFILE to `soft`, or back to its hard limit (`None`).
+/// RLIMIT_NOFILE bounds descriptor numbers, and a new descriptor takes the lowest free one.
+fn set_soft_nofile(pid: u32, soft: Option<u64>) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on the proxy's pid, reading its limit into `old`, which we own.
+    let got = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(got, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft.unwrap_or(old.rlim_max),
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above, setting a soft limit at most the hard one.
+    let set = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
 both_engines! {
     // Forwarding claims other than X-Forwarded-For (Forwarded, X-Forwarded-Port, ...) are
     // believed like it: kept from a trusted proxy, dropped from anyone else (a backend that
@@ -335,20 +361,8 @@ both_engines! {
             kept.send(&get(host, "/warm"));
             assert_eq!(kept.read_response().status(), 200);
         }
-        let fds = || -> Vec<u64> {
-            let dir = std::fs::read_dir(format!("/proc/{}/fd", proxy.pid())).unwrap();
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
-        };
-        let set_soft = |soft: Option<u64>| {
-            let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            // SAFETY: prlimit on the proxy's pid, reading its limit into `old`, which we own.
-            let got = unsafe { libc::prlimit(proxy.pid() as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
-            assert_eq!(got, 0, "prlimit: {}", std::io::Error::last_os_error());
-            let new = libc::rlimit { rlim_cur: soft.unwrap_or(old.rlim_max), rlim_max: old.rlim_max };
-            // SAFETY: as above, setting a soft limit at most the hard one.
-            let set = unsafe { libc::prlimit(proxy.pid() as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
-            assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
-        };
+        let fds = || descriptors(proxy.pid());
+        let set_soft = |soft: Option<u64>| set_soft_nofile(proxy.pid(), soft);
         // Every descriptor taken by four silent clients: the limit bounds descriptor numbers
         // (a new one takes the lowest free), so it is set where four numbers are free below.
         let open = fds();
@@ -403,20 +417,8 @@ both_engines! {
             assert_eq!(c.read_response().status(), 200);
         }
         assert_eq!(origin.accepted(), 24);
-        let fds = || -> Vec<u64> {
-            let dir = std::fs::read_dir(format!("/proc/{}/fd", proxy.pid())).unwrap();
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
-        };
-        let set_soft = |soft: Option<u64>| {
-            let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            // SAFETY: prlimit on the proxy's pid, reading its limit into `old`, which we own.
-            let got = unsafe { libc::prlimit(proxy.pid() as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
-            assert_eq!(got, 0, "prlimit: {}", std::io::Error::last_os_error());
-            let new = libc::rlimit { rlim_cur: soft.unwrap_or(old.rlim_max), rlim_max: old.rlim_max };
-            // SAFETY: as above, setting a soft limit at most the hard one.
-            let set = unsafe { libc::prlimit(proxy.pid() as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
-            assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
-        };
+        let fds = || descriptors(proxy.pid());
+        let set_soft = |soft: Option<u64>| set_soft_nofile(proxy.pid(), soft);
         // No descriptor free: the limit is the lowest free number.
         let open = fds();
         let limit = (0..).find(|l| !open.contains(l)).unwrap();

@@ -154,21 +154,7 @@ pub async fn serve(
             chunked,
         ))
         .await;
-        return match sent {
-            Ok(n) => {
-                add(&ctx.stats.bytes_out, n);
-                trace.bytes_out = n;
-                if close {
-                    Outcome::Close
-                } else {
-                    Outcome::KeepAlive
-                }
-            }
-            Err(_) => {
-                trace.aborted = true;
-                Outcome::Cut
-            }
-        };
+        return finished(ctx, trace, sent.ok(), close);
     }
     client_response_head(source, head, framing, close, facts.minor, rw, &mut out);
     if with_body && codable(ctx, trace, source, head, len).is_some() {
@@ -214,21 +200,23 @@ pub async fn serve(
             Box::pin(send_pieces(stream, &mut out, e, body, dl, t)).await
         }
     };
-    match written {
-        Ok(()) => {
-            let body = if with_body { to - from } else { 0 };
-            add(&ctx.stats.bytes_out, body);
-            trace.bytes_out = body;
-            if close {
-                Outcome::Close
-            } else {
-                Outcome::KeepAlive
-            }
-        }
-        Err(_) => {
-            trace.aborted = true;
-            Outcome::Cut
-        }
+    let body = if with_body { to - from } else { 0 };
+    finished(ctx, trace, written.ok().map(|()| body), close)
+}
+
+/// How the connection goes on after a hit whose body bytes sent are `sent` (`None`: the
+/// write failed, the response is cut), counted.
+fn finished(ctx: &ShardCtx, trace: &mut Trace, sent: Option<u64>, close: bool) -> Outcome {
+    let Some(body) = sent else {
+        trace.aborted = true;
+        return Outcome::Cut;
+    };
+    add(&ctx.stats.bytes_out, body);
+    trace.bytes_out = body;
+    if close {
+        Outcome::Close
+    } else {
+        Outcome::KeepAlive
     }
 }
 
