@@ -237,7 +237,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 e.count(&ctx.stats);
                 trace.error = Some(e.reason());
                 if e.side == Side::Upstream {
-                    upstream_failed(ctx, &e, &trace);
+                    crate::observe::errors::upstream_failed(ctx, &e, &trace);
                 }
                 // The body may still be unread: the connection can only be reused if there was
                 // none. HTTP/1.0 clients get a close: canned responses carry no
@@ -353,36 +353,6 @@ async fn respond_here(
         return Ok((close_lingering(client).await, own.body));
     }
     Ok((own.outcome, own.body))
-}
-
-/// Logs, within `log.error_rate`, a backend that failed a request the client is answered
-/// `502` or `504` for: it timed out, closed, or broke HTTP framing, and at which step (a
-/// failed connect is logged where it fails, `upstream::connect`), as nginx's "upstream timed
-/// out ... while reading response header from upstream" line.
-fn upstream_failed(ctx: &ShardCtx, e: &ProxyError, trace: &Trace) {
-    let what = match e.kind {
-        Kind::Timeout => "timed out",
-        Kind::Closed => "closed the connection",
-        Kind::Framing => "sent a malformed response",
-        _ => return,
-    };
-    let step = match e.stage {
-        Stage::Send => "while sending the request",
-        Stage::Head => "while the response head was awaited",
-        _ => return,
-    };
-    if !ctx.errors.allow(&ctx.stats) {
-        return;
-    }
-    let shared = &ctx.shared;
-    let backend = trace.backend.and_then(|b| shared.backends.get(b as usize));
-    let route = trace
-        .route
-        .map_or("", |r| shared.config.routes[r].name.as_str());
-    match backend {
-        Some(b) => tracing::warn!(backend = %b.address, route, "upstream {what} {step}"),
-        None => tracing::warn!(route, "upstream {what} {step}"),
-    }
 }
 
 /// Route, authenticate (the route's `auth`, when it has one) and encode: everything that

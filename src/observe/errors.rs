@@ -1,12 +1,16 @@
 //! Observability, error log: a per-shard rate limit on the log lines that clients and
 //! backends can cause (bad requests, failed connects), so a flood of bad input cannot flood
 //! the log. What is held back is counted (`edgeshard_log_suppressed_total`) and summarised in
-//! one line per second.
+//! one line per second. The lines themselves where no stage logs them: a backend's failure
+//! behind a `502` or `504` ([`upstream_failed`]).
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+use crate::error::ProxyError;
+use crate::shard::ShardCtx;
 use crate::stats::{bump, Stats};
+use crate::trace::Trace;
 
 /// A fixed one-second window of at most `rate` lines, per shard (no sharing, no atomics).
 #[derive(Debug)]
@@ -104,6 +108,37 @@ impl std::io::Write for Stderr {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Logs, within `log.error_rate`, a backend that failed a request the client is answered
+/// `502` or `504` for: it timed out, closed, or broke HTTP framing, and at which step (a
+/// failed connect is logged where it fails, `upstream::connect`), as nginx's "upstream timed
+/// out ... while reading response header from upstream" line.
+pub fn upstream_failed(ctx: &ShardCtx, e: &ProxyError, trace: &Trace) {
+    use crate::error::{Kind, Stage};
+    let what = match e.kind {
+        Kind::Timeout => "timed out",
+        Kind::Closed => "closed the connection",
+        Kind::Framing => "sent a malformed response",
+        _ => return,
+    };
+    let step = match e.stage {
+        Stage::Send => "while sending the request",
+        Stage::Head => "while the response head was awaited",
+        _ => return,
+    };
+    if !ctx.errors.allow(&ctx.stats) {
+        return;
+    }
+    let shared = &ctx.shared;
+    let backend = trace.backend.and_then(|b| shared.backends.get(b as usize));
+    let route = trace
+        .route
+        .map_or("", |r| shared.config.routes[r].name.as_str());
+    match backend {
+        Some(b) => tracing::warn!(backend = %b.address, route, "upstream {what} {step}"),
+        None => tracing::warn!(route, "upstream {what} {step}"),
     }
 }
 
