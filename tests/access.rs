@@ -395,12 +395,7 @@ both_engines! {
     // already accepted: were it kept across a successful accept, each further queued client
     // would wait it out (1 accept per 50 ms, 20 a second, for the whole queue).
     fn out_of_descriptors_a_queue_of_clients_is_not_accepted_one_per_room_wait(engine) {
-        let origin = Origin::with_handler("a", |r| {
-            if r.path().starts_with("/hold") {
-                std::thread::sleep(Duration::from_millis(300));
-            }
-            Reply::Default
-        });
+        let (origin, release) = held_origin("/hold");
         let proxy = Config::new()
             .upstream("a", &[origin.addr()])
             .route("a", "")
@@ -413,6 +408,10 @@ both_engines! {
         for c in &mut warm {
             c.send(&get("a.example", "/hold"));
         }
+        // All 24 held at the origin at once, each on a connection of its own: then released.
+        let all_in = origin.wait_for(Duration::from_secs(10), |s| s.heads.len() == 24);
+        assert!(all_in, "the 24 requests did not all reach the origin");
+        release.open();
         for c in &mut warm {
             assert_eq!(c.read_response().status(), 200);
         }
