@@ -342,8 +342,8 @@ async fn respond_here(
         fields[n] = f;
         n += 1;
     }
-    if let Some(h) = client.listener.tls.as_ref().and_then(|t| t.hsts.as_deref()) {
-        fields[n] = (b"Strict-Transport-Security", h.as_bytes());
+    if let Some(f) = crate::respond::hsts(&client.listener) {
+        fields[n] = f;
         n += 1;
     }
     let (stream, deadline, extra) = (&mut client.stream, &mut client.deadline, &fields[..n]);

@@ -143,22 +143,14 @@ pub async fn relay_response(
         .route
         .and_then(|i| cfg.routes[i].compress.as_deref())
         .filter(|cc| compress::applies(cc, &ubuf, &head, in_framing));
-    let coding = trace.compress.zip(codable);
     // The encoder's memory, within the shard's `limits.compress_memory`; beyond it the
     // response goes as it came (and may be stored). The loan moves into the (boxed) relay.
-    let mut coding = coding;
-    let loan = match coding {
-        Some((alg, cc)) => {
-            let limit = r.cfg.limits.compress_memory;
-            let loan = compress::loan(&r.stats.compress_memory, limit, alg, cc);
-            if loan.is_none() {
-                coding = None;
-                bump(&r.stats.compress_memory_refused);
-            }
-            loan
-        }
-        None => None,
-    };
+    let limit = r.cfg.limits.compress_memory;
+    let loan = trace
+        .compress
+        .zip(codable)
+        .and_then(|(alg, cc)| compress::loan(r.stats, limit, alg, cc));
+    let coding = trace.compress.zip(codable).filter(|_| loan.is_some());
     let (resp_framing, close_delimited) = match coding {
         None => response_out_framing(in_framing, facts.minor),
         Some(_) => response_out_framing(BodyFraming::Chunked, facts.minor),
@@ -414,13 +406,20 @@ pub fn proxy_fields<'a>(
     if cfg.request_id.respond {
         push((cfg.request_id.header.as_bytes(), rid.bytes()));
     }
-    if let Some(h) = listener.tls.as_ref().and_then(|t| t.hsts.as_deref()) {
-        push((b"Strict-Transport-Security", h.as_bytes()));
+    if let Some(f) = hsts(listener) {
+        push(f);
     }
     if let Some(server) = cfg.response.server.as_deref() {
         push((b"Server", server.as_bytes()));
     }
     n
+}
+
+/// The listener's `tls.hsts` as a field: on every response of a TLS listener that has one,
+/// relayed, from the cache, or the proxy's own.
+pub fn hsts(listener: &crate::client::ListenerSide) -> Option<Field<'_>> {
+    let h = listener.tls.as_ref()?.hsts.as_deref()?;
+    Some((b"Strict-Transport-Security", h.as_bytes()))
 }
 
 /// What a response the proxy relays or answers from its cache or its auth check goes
@@ -490,10 +489,9 @@ pub async fn respond_canned_with(
     );
     let n = extra.len().min(2);
     fields[..n].copy_from_slice(&extra[..n]);
-    let hsts = client.listener.tls.as_ref().and_then(|t| t.hsts.as_deref());
-    let n = match hsts {
-        Some(h) => {
-            fields[n] = (b"Strict-Transport-Security", h.as_bytes());
+    let n = match hsts(&client.listener) {
+        Some(f) => {
+            fields[n] = f;
             n + 1
         }
         None => n,

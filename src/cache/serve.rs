@@ -29,7 +29,7 @@ use crate::respond::{
 };
 use crate::shard::ShardCtx;
 use crate::splice::send_file;
-use crate::stats::{add, bump};
+use crate::stats::add;
 use crate::trace::{RequestId, Trace};
 
 /// Writes the hit to the client.
@@ -134,11 +134,17 @@ pub async fn serve(
     let close = !facts.keep_alive || ctx.draining();
     let mut out = ctx.buffer();
     trace.status = Some(head.status);
-    let whole = with_body && part == Part::Whole;
-    if let Some(coding) = whole
-        .then(|| hit_coding(ctx, trace, source, head, len))
+    // The route's `compress`, when the stored response is one it codes: coded for a client
+    // that takes a coding, when whole and an encoder fits; else `Vary` all the same.
+    let codable = with_body
+        .then(|| codable(ctx, trace, source, head, len))
+        .flatten();
+    let limit = cfg.limits.compress_memory;
+    let coding = (part == Part::Whole)
+        .then(|| trace.compress.zip(codable))
         .flatten()
-    {
+        .and_then(|(alg, cc)| Some((alg, cc, compress::loan(&ctx.stats, limit, alg, cc)?)));
+    if let Some(coding) = coding {
         // Chunked, or close-delimited to an HTTP/1.0 client.
         let (framing, close_delimited) = response_out_framing(BodyFraming::Chunked, facts.minor);
         let close = close || close_delimited;
@@ -157,7 +163,7 @@ pub async fn serve(
         return finished(ctx, trace, sent.ok(), close);
     }
     client_response_head(source, head, framing, close, facts.minor, rw, &mut out);
-    if with_body && codable(ctx, trace, source, head, len).is_some() {
+    if codable.is_some() {
         // Sent uncoded (a client that takes no coding, a range, no encoder memory): a
         // cache in front must still tell the variants apart.
         compress::add_vary(&mut out);
@@ -218,26 +224,6 @@ fn finished(ctx: &ShardCtx, trace: &mut Trace, sent: Option<u64>, close: bool) -
     } else {
         Outcome::KeepAlive
     }
-}
-
-/// The coding a whole hit is sent with: the one its client takes of the route's `compress`
-/// algorithms, when the stored response qualifies ([`compress::applies`]) and an encoder
-/// fits the shard's `limits.compress_memory` (beyond it the hit goes as stored, counted).
-fn hit_coding<'c>(
-    ctx: &'c ShardCtx,
-    trace: &Trace,
-    source: &[u8],
-    head: &ResponseHead,
-    len: u64,
-) -> Option<(Algorithm, &'c CompressConfig, compress::Loan<'c>)> {
-    let alg = trace.compress?;
-    let cc = codable(ctx, trace, source, head, len)?;
-    let limit = ctx.shared.config.limits.compress_memory;
-    let loan = compress::loan(&ctx.stats.compress_memory, limit, alg, cc);
-    if loan.is_none() {
-        bump(&ctx.stats.compress_memory_refused);
-    }
-    Some((alg, cc, loan?))
 }
 
 /// The route's `compress`, when the stored response is one it codes ([`compress::applies`]).

@@ -11,8 +11,6 @@
 
 pub mod stream;
 
-use std::cell::Cell;
-
 use crate::config::{Algorithm, CompressConfig};
 use crate::http::parse::{BodyFraming, HeaderKind, RequestHead, ResponseHead};
 
@@ -273,15 +271,21 @@ pub fn rewrite_head(out: &mut Vec<u8>, alg: Algorithm) {
 /// ([`stream::Encoder::memory`]), given back when it drops.
 pub type Loan<'s> = crate::stats::Charge<'s>;
 
-/// The charge for an encoder of `alg` at `cfg`'s level, if `held` (the shard's bytes in
-/// encoders) stays within `limit` with it.
+/// The charge for an encoder of `alg` at `cfg`'s level, if the shard's bytes in encoders
+/// (`stats.compress_memory`) stay within `limit` with it; else `None`, counted in
+/// `stats.compress_memory_refused` (the response goes uncoded).
 pub fn loan<'s>(
-    held: &'s Cell<u64>,
+    stats: &'s crate::stats::Stats,
     limit: u64,
     alg: Algorithm,
     cfg: &CompressConfig,
 ) -> Option<Loan<'s>> {
-    crate::stats::Charge::take(held, limit, stream::Encoder::memory(alg, cfg))
+    let memory = stream::Encoder::memory(alg, cfg);
+    let loan = crate::stats::Charge::take(&stats.compress_memory, limit, memory);
+    if loan.is_none() {
+        crate::stats::bump(&stats.compress_memory_refused);
+    }
+    loan
 }
 
 #[cfg(test)]

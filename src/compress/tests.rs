@@ -209,19 +209,28 @@ fn every_encoder_round_trips_in_pieces() {
 fn loans_stay_within_the_limit_and_come_back() {
     use super::loan;
     use Algorithm::{Br, Gzip, Zstd};
-    let held = std::cell::Cell::new(0);
+    let stats = crate::stats::Stats::new(0, 0);
+    let held = &stats.compress_memory;
     let limit = 3 << 20;
     let c = cfg();
-    let zstd = loan(&held, limit, Zstd, &c).expect("2.25 MiB of 3");
-    assert!(loan(&held, limit, Br, &c).is_none(), "3.5 MiB more is over");
-    let gzip = loan(&held, limit, Gzip, &c).expect("640 KiB more fits");
+    let zstd = loan(&stats, limit, Zstd, &c).expect("2.25 MiB of 3");
+    assert!(
+        loan(&stats, limit, Br, &c).is_none(),
+        "3.5 MiB more is over"
+    );
+    assert_eq!(
+        stats.compress_memory_refused.get(),
+        1,
+        "a refusal is counted"
+    );
+    let gzip = loan(&stats, limit, Gzip, &c).expect("640 KiB more fits");
     assert_eq!(held.get(), (2304 + 640) << 10);
     drop(zstd);
     assert_eq!(held.get(), 640 << 10);
     drop(gzip);
     assert_eq!(held.get(), 0);
     assert!(
-        loan(&held, 0, Gzip, &c).is_none(),
+        loan(&stats, 0, Gzip, &c).is_none(),
         "0 refuses every encoder"
     );
 }

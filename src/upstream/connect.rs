@@ -29,8 +29,8 @@ pub struct Connector<'a> {
     /// The client's address and the address it connected to, for a PROXY header (`None`:
     /// not known, sent as the proxy's own connection).
     pub ends: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
-    /// Out of descriptors: closes one of the shard's idle client connections to make room
-    /// ([`crate::reclaim::reclaim`]); `None` where the connect serves no client.
+    /// Out of descriptors: closes an idle connection to make room, pooled upstream first
+    /// ([`crate::reclaim::descriptor`]); `None` where the connect serves no client.
     pub room: Option<&'a dyn Fn() -> bool>,
 }
 
