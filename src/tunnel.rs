@@ -12,8 +12,9 @@
 //! Each direction is one `pump` with two modes:
 //! - **copy** (where every tunnel starts): a non-blocking `recv` into a 16 KiB buffer, then
 //!   `send` until all of it is out. The buffer comes from the shard's free list when the
-//!   source has bytes and goes back when it has none, so an idle tunnel holds none. Small messages (most WebSocket traffic) stay here: below
-//!   ~64-256 KiB per piece, splicing costs more than copying (`loadtest/splice.sh`).
+//!   source has bytes and goes back when it has none, so an idle tunnel holds none. Small
+//!   messages (most WebSocket traffic) stay here: below ~64-256 KiB per piece, splicing costs
+//!   more than copying (`loadtest/splice.sh`).
 //! - **splice**: when one read fills the whole buffer (the sign of bulk) and the shard's
 //!   `PipePool` lends a pipe, the direction moves what the source has *now* socket → pipe →
 //!   socket with non-blocking `splice(2)` (a *burst*: it waits only for the destination's
