@@ -1,8 +1,8 @@
 //! Criterion micro-benchmarks of the request path's CPU work, stage by stage: request-head
 //! parse (minimal, typical browser, 64 headers), route lookup (10, 1,000 and 100,000 host
-//! routes), upstream head encode, and pool checkout + checkin. Inputs are built
-//! outside the timed loops. Baseline figures live in bench/README.md; balancer picks are
-//! `bench/balance.rs`.
+//! routes; 10, 1,000 and 10,000 path prefixes on one host), upstream head encode, and pool
+//! checkout + checkin. Inputs are built outside the timed loops. Baseline figures live in
+//! bench/README.md; balancer picks are `bench/balance.rs`.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -97,6 +97,55 @@ fn route(c: &mut Criterion) {
     g.finish();
 }
 
+/// N any-host routes `path_prefix = "/svcI/"` and a catch-all, as an API gateway with many
+/// paths on one host has them.
+fn path_config(n: usize) -> Config {
+    let mut text = String::from("[[listener]]\naddress = \"127.0.0.1:0\"\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "[[route]]\npath_prefix = \"/svc{i}/\"\nupstream = \"u\"\n"
+        ));
+    }
+    text.push_str("[[route]]\nupstream = \"u\"\n");
+    text.push_str("[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n");
+    Config::parse(&text, Path::new("bench.toml")).expect("bench config")
+}
+
+fn route_paths(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_paths");
+    for n in [10usize, 1_000, 10_000] {
+        let table = RouteTable::new(&path_config(n));
+        let hit = format!("/svc{}/users/42", n / 2);
+        g.bench_with_input(BenchmarkId::new("prefix_hit", n), &hit, |b, path| {
+            b.iter(|| {
+                let r = table.find(
+                    b"api.example.com",
+                    black_box(path.as_bytes()),
+                    b"GET",
+                    |_| None,
+                );
+                assert_eq!(r.map(|r| r.index), Some(n / 2));
+            })
+        });
+        g.bench_with_input(
+            BenchmarkId::new("catch_all", n),
+            &"/index.html",
+            |b, path| {
+                b.iter(|| {
+                    let r = table.find(
+                        b"api.example.com",
+                        black_box(path.as_bytes()),
+                        b"GET",
+                        |_| None,
+                    );
+                    assert_eq!(r.map(|r| r.index), Some(n));
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
 fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode_upstream_head");
     for (name, input) in [("minimal", minimal()), ("browser", browser())] {
@@ -163,6 +212,6 @@ fn pool(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = parse, route, encode, pool
+    targets = parse, route, route_paths, encode, pool
 }
 criterion_main!(benches);
