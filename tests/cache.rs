@@ -544,6 +544,46 @@ both_engines! {
         assert_eq!(x_cache(&fetch(&mut c, "GET", "/short", &[])), "MISS", "never expired");
     }
 
+    // An `Age` given as a list, on one line or several, counts by its first member (RFC 9111
+    // §5.1): `7200, 0` is two hours old, `0, 7200` is new. An `Age` that is no number
+    // (`abc`, `-7200`, `7200.0`, `7200;foo=bar`) is stale, not 0: an upstream cache said
+    // the response is old, and reading it as new would serve it as fresh for its max-age
+    // (http-cache-tests' age-parse tests).
+    fn an_age_list_counts_by_its_first_member_and_an_invalid_age_as_stale(engine) {
+        let origin = Origin::with_handler("o", |r| {
+            let age: &[(&str, &str)] = match r.path() {
+                "/old-first" => &[("Age", "7200, 0")],
+                "/old-first-lines" => &[("Age", "7200"), ("Age", "0")],
+                "/alpha" => &[("Age", "abc")],
+                "/negative" => &[("Age", "-7200")],
+                "/float" => &[("Age", "7200.0")],
+                "/parameter" => &[("Age", "7200;foo=bar")],
+                "/new-first" => &[("Age", "0, 7200")],
+                _ => &[("Age", "0"), ("Age", "7200")],
+            };
+            let mut fields = vec![("Cache-Control", "max-age=3600")];
+            fields.extend_from_slice(age);
+            reply(&fields, "x", false)
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        for path in ["/old-first", "/old-first-lines", "/alpha", "/negative", "/float", "/parameter"] {
+            for i in 1..=2 {
+                assert_eq!(x_cache(&fetch(&mut c, "GET", path, &[])), "BYPASS", "{path} {i}");
+            }
+        }
+        assert_eq!(origin.request_count(), 12, "none was stored");
+        for path in ["/new-first", "/new-first-lines"] {
+            assert_eq!(x_cache(&fetch(&mut c, "GET", path, &[])), "MISS", "{path}");
+            let r = fetch(&mut c, "GET", path, &[]);
+            assert_eq!(x_cache(&r), "HIT", "{path}");
+            // The hit's own age, one number: not the stored list, nor its 7200.
+            let age: u64 = r.header("Age").expect("an Age").parse().expect("one number");
+            assert!(age < 3600, "{path}: {age}");
+        }
+        assert_eq!(origin.request_count(), 14);
+    }
+
     // A route's cache never holds more than its size: older entries are evicted (least
     // recently used first) and counted; a body over max_object passes through uncached.
     fn the_cache_stays_within_its_size(engine) {

@@ -200,7 +200,19 @@ pub fn response_facts<'h>(fields: impl Iterator<Item = (&'h [u8], &'h [u8])>) ->
             let at = parse_http_date(value).unwrap_or(0);
             f.expires = Some(if f.expires.is_some() { 0 } else { at });
         } else if is("age") {
-            f.age = Some(delta_seconds(value.trim_ascii()));
+            // A list (`7200, 0`, or one line per value) counts by its first member (RFC 9111
+            // §5.1). One that is no delta-seconds (`abc`, `-5`, `7200.0`, `7200;x=1`) is the
+            // greatest age (§1.2.2), stale: invalid freshness information is stale (§4.2.1),
+            // and 0 would serve as fresh a response an upstream cache says is old.
+            if f.age.is_none() {
+                f.age = crate::http::fields::list_members(value)
+                    .map(<[u8]>::trim_ascii)
+                    .find(|m| !m.is_empty())
+                    .map(|m| match m.iter().all(u8::is_ascii_digit) {
+                        true => delta_seconds(m),
+                        false => u64::MAX,
+                    });
+            }
         } else if is("etag") {
             f.etag = Some(value.trim_ascii().into());
         } else if is("last-modified") {

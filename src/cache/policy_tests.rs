@@ -272,6 +272,29 @@ fn age_is_corrected_per_rfc_9111() {
 }
 
 #[test]
+fn an_age_list_counts_by_its_first_member_and_an_invalid_age_as_stale() {
+    let age = |fields: &[(&str, &str)]| facts(fields).age;
+    assert_eq!(age(&[("Age", "7200, 0")]), Some(7200));
+    assert_eq!(age(&[("Age", "7200"), ("Age", "0")]), Some(7200));
+    assert_eq!(age(&[("Age", "0,7200")]), Some(0));
+    assert_eq!(age(&[("Age", "0"), ("Age", "7200")]), Some(0));
+    assert_eq!(
+        age(&[("Age", " , 30")]),
+        Some(30),
+        "an empty member is no member"
+    );
+    for v in ["abc", "-7200", "7200.0", "7200;foo=bar", "\"10\""] {
+        assert_eq!(age(&[("Age", v)]), Some(u64::MAX), "{v}");
+    }
+    // Older than any lifetime, however long: never stored.
+    let f = facts(&[
+        ("Cache-Control", "max-age=99999999999999999999"),
+        ("Age", "abc"),
+    ]);
+    assert_eq!(initial_age(&f, secs(0), NOW), u64::MAX);
+}
+
+#[test]
 fn stale_windows_count_from_the_end_of_the_lifetime() {
     let d = |v: &str| facts(&[("Cache-Control", v)]).directives;
     let w = stale_windows(&d(
