@@ -1,7 +1,8 @@
 //! The response cache with two shards, each with a cache of its own: an unsafe request's
 //! success (RFC 9111 §4.4) removes its URL's entries on every shard, not only on the one
 //! that relayed it, so the client's next connection reads the new version whichever shard
-//! it lands on, also after a flood of them.
+//! it lands on, also after a flood of them, and so does one of the URLs its `Location` or
+//! `Content-Location` names in its origin.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -121,5 +122,77 @@ both_engines! {
         // once: about 1 in 460 each, so at most one of the eight is allowed to.)
         let hits = kept.iter().filter(|p| x_cache(&fetch(&mut b, "GET", p)) == "HIT").count();
         assert!(hits >= 7, "{hits} of 8 untouched entries kept");
+    }
+
+    // RFC 9111 §4.4: the URLs an unsafe request's success names in `Location` or
+    // `Content-Location` are invalidated too, on every shard, when they are of the request's
+    // origin; another origin's entries stay (a site must not empty another's).
+    fn the_urls_a_success_names_are_invalidated_in_its_origin_only(engine) {
+        let version = Arc::new(AtomicUsize::new(1));
+        let v = version.clone();
+        let origin = Origin::with_handler("o", move |r| {
+            if r.method == "GET" {
+                let body = format!("v{} {}", v.load(Ordering::SeqCst), r.header("Host").unwrap_or("-"));
+                return reply(&[("Cache-Control", "max-age=100")], &body, false);
+            }
+            v.fetch_add(1, Ordering::SeqCst);
+            let named: Vec<(String, String)> = ["Location", "Content-Location"]
+                .iter()
+                .filter_map(|n| r.header(&format!("X-{n}")).map(|v| (n.to_string(), v.to_string())))
+                .collect();
+            Reply::Response { status: 201, headers: named, body: b"ok".to_vec(), mode: BodyMode::Length, close_after: false }
+        });
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .route("main", "path_prefix = \"/nc/\"\nname = \"plain\"")
+            .route("main", "name = \"cached\"\ncache = { }")
+            .admin("")
+            .start_shards(engine, 2);
+        let [mut a, mut b] = one_per_shard(&proxy);
+        let get = |c: &mut Client, host: &str, path: &str| {
+            c.send(&request("GET", path, &[("Host", host)], b""));
+            let r = c.read_response();
+            (x_cache(&r), r.body_str())
+        };
+        let change = |c: &mut Client, method: &str, path: &str, named: &[(&str, &str)]| {
+            let mut h = vec![("Host", "shop.example"), ("Content-Length", "0")];
+            h.extend_from_slice(named);
+            c.send(&request(method, path, &h, b""));
+            assert_eq!(c.read_response().status(), 201);
+        };
+        let warm = |a: &mut Client, b: &mut Client, host: &str| {
+            for c in [a, b] {
+                get(c, host, "/items/7");
+                assert_eq!(get(c, host, "/items/7").0, "HIT", "{host} stored");
+            }
+        };
+        let fresh = |a: &mut Client, b: &mut Client, why: &str| {
+            let n = version.load(Ordering::SeqCst);
+            for c in [a, b] {
+                let want = ("MISS".to_string(), format!("v{n} shop.example"));
+                assert_eq!(get(c, "shop.example", "/items/7"), want, "{why}");
+            }
+        };
+        for (method, path, named, why) in [
+            ("POST", "/items", ("X-Location", "/items/7"), "an absolute path"),
+            ("POST", "/items/", ("X-Location", "http://Shop.Example:80/items/7#f"), "an absolute URL"),
+            ("PUT", "/items/list", ("X-Content-Location", "7"), "a relative Content-Location"),
+            ("DELETE", "/items/a/b", ("X-Location", "../7"), "a dot segment"),
+        ] {
+            warm(&mut a, &mut b, "shop.example");
+            change(&mut a, method, path, &[named]);
+            fresh(&mut a, &mut b, why);
+        }
+        // Another origin's entry of the same path, on the same route, stays, and so does this
+        // origin's when only the other is named.
+        warm(&mut a, &mut b, "shop.example");
+        warm(&mut a, &mut b, "other.example");
+        for named in ["http://other.example/items/7", "//other.example/items/7", "https://shop.example/items/7"] {
+            change(&mut a, "POST", "/items", &[("X-Location", named)]);
+            for c in [&mut a, &mut b] {
+                assert_eq!(get(c, "other.example", "/items/7").0, "HIT", "{named}");
+                assert_eq!(get(c, "shop.example", "/items/7").0, "HIT", "{named}");
+            }
+        }
     }
 }

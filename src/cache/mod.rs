@@ -453,11 +453,19 @@ impl<'a> Fill<'a> {
         };
         self.verdict = Some(verdict);
         if self.invalidates && (200..400).contains(&head.status) {
-            let url = &self.s.key;
-            let gone = self.with_store(|store| store.remove_url(url));
-            crate::stats::add(&self.cache.invalidated, gone);
-            self.cache.invalidated(&self.s.route, url);
-            self.cache.tell_others(&self.s.route, url);
+            self.invalidate(&self.s.key);
+            // The URLs the answer names, in this origin (RFC 9111 §4.4): a POST's `201` with
+            // `Location: /items/7`, a PUT's `Content-Location`.
+            for name in [&b"location"[..], b"content-location"] {
+                let named = head
+                    .headers
+                    .iter()
+                    .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
+                    .and_then(|h| policy::named_url(&self.s.key, h.value.get(buf)));
+                if let Some(url) = named.filter(|url| *url != self.s.key) {
+                    self.invalidate(&url);
+                }
+            }
         }
         if let Some(stale) = self.stale.take() {
             // A new response (not the 304 or the 5xx [`settle`] takes) about the resource
@@ -500,6 +508,14 @@ impl<'a> Fill<'a> {
     }
 
     /// Removes the entry under `key` from the route's store.
+    /// Removes every entry of `url` (each `Vary` variant) here, and tells the other shards.
+    fn invalidate(&self, url: &[u8]) {
+        let gone = self.with_store(|store| store.remove_url(url));
+        crate::stats::add(&self.cache.invalidated, gone);
+        self.cache.invalidated(&self.s.route, url);
+        self.cache.tell_others(&self.s.route, url);
+    }
+
     fn remove(&self, key: &[u8]) {
         if let Some(store) = self.cache.stores.borrow_mut().get_mut(&self.route) {
             store.remove(key);

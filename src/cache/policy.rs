@@ -542,6 +542,88 @@ pub fn purge_key(url: &[u8], prefix: bool) -> Vec<u8> {
     out
 }
 
+/// The key ([`primary_key`]'s form) of the URL an unsafe request's `Location` or
+/// `Content-Location` names, resolved against the request's own key `base` (RFC 3986 §5.2),
+/// when it has the base's origin: RFC 9111 §4.4 lets a cache invalidate these URLs too, and
+/// forbids it for another origin's (one site's answers must not empty another's entries).
+/// `None` for another origin or scheme, or what is no URI reference.
+pub fn named_url(base: &[u8], reference: &[u8]) -> Option<Vec<u8>> {
+    let r = reference.trim_ascii();
+    let r = &r[..r.iter().position(|&b| b == b'#').unwrap_or(r.len())];
+    if r.is_empty() || !r.iter().all(u8::is_ascii_graphic) {
+        return None;
+    }
+    // Behind a trusted proxy the key ends with the `Host` the backend got: kept as it is.
+    let sent = base
+        .windows(SENT_HOST.len())
+        .position(|w| w == SENT_HOST)
+        .unwrap_or(base.len());
+    let (base, sent) = base.split_at(sent);
+    let scheme = base.iter().position(|&b| b == b':')?;
+    let path_at = scheme + 3 + base.get(scheme + 3..)?.iter().position(|&b| b == b'/')?;
+    let origin = &base[..path_at];
+    let query = base[path_at..].iter().position(|&b| b == b'?');
+    let base_path = &base[path_at..query.map_or(base.len(), |q| path_at + q)];
+    let scheme_end = r
+        .iter()
+        .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')));
+    let url = match scheme_end {
+        Some(i) if i > 0 && r[i] == b':' && r[0].is_ascii_alphabetic() => r.to_vec(),
+        _ if r.starts_with(b"//") => [&base[..=scheme], r].concat(),
+        _ if r[0] == b'/' => [origin, r].concat(),
+        _ if r[0] == b'?' => [origin, base_path, r].concat(),
+        _ => {
+            let dir = base_path
+                .iter()
+                .rposition(|&b| b == b'/')
+                .map_or(0, |i| i + 1);
+            [origin, &base_path[..dir], r].concat()
+        }
+    };
+    let mut key = purge_key(&without_dot_segments(&url)?, false);
+    let same_origin = key.starts_with(origin) && key.get(origin.len()) == Some(&b'/');
+    key.extend_from_slice(sent);
+    same_origin.then_some(key)
+}
+
+/// An absolute `http(s)` URL with its path's `.` and `..` segments resolved (RFC 3986
+/// §5.2.4); `None` for another scheme.
+fn without_dot_segments(url: &[u8]) -> Option<Vec<u8>> {
+    let start = url.windows(3).position(|w| w == b"://")? + 3;
+    let path = start
+        + url[start..]
+            .iter()
+            .position(|&b| b == b'/' || b == b'?')
+            .unwrap_or(url.len() - start);
+    let query = url[path..]
+        .iter()
+        .position(|&b| b == b'?')
+        .map_or(url.len(), |q| path + q);
+    let mut out = url[..path].to_vec();
+    let segments: Vec<&[u8]> = url[path..query].split(|&b| b == b'/').skip(1).collect();
+    let mut kept: Vec<&[u8]> = Vec::with_capacity(segments.len());
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *seg {
+            b"." | b".." => {
+                if *seg == b".." {
+                    kept.pop();
+                }
+                if last {
+                    kept.push(b"");
+                }
+            }
+            seg => kept.push(seg),
+        }
+    }
+    for seg in kept {
+        out.push(b'/');
+        out.extend_from_slice(seg);
+    }
+    out.extend_from_slice(&url[query..]);
+    Some(out)
+}
+
 /// Behind a trusted proxy whose claimed host is not the request's `Host`, the key names the
 /// claimed URL and then this and the `Host` the backend got (it may pick a site by either).
 /// `@` is no field name's byte: no `Vary` part reads the same.

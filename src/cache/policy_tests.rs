@@ -538,3 +538,54 @@ fn a_comma_inside_a_quoted_directive_value_does_not_start_a_directive() {
     assert!(none_match(r#""x", "a,b""#.as_bytes(), Some(br#""a,b""#)));
     assert!(!none_match(r#""a", "b""#.as_bytes(), Some(br#""a,b""#)));
 }
+
+#[test]
+fn location_urls_resolve_against_the_request_and_stay_in_its_origin() {
+    let base = b"http://shop.example/items/list?page=2";
+    let n = |r: &str| named_url(base, r.as_bytes()).map(|k| String::from_utf8(k).unwrap());
+    let same = |r: &str, want: &str| assert_eq!(n(r).as_deref(), Some(want), "{r}");
+    // RFC 3986 §5.4's kinds of reference.
+    same("/items/7", "http://shop.example/items/7");
+    same("7", "http://shop.example/items/7");
+    same("./7?x=1#top", "http://shop.example/items/7?x=1");
+    same("../cart", "http://shop.example/cart");
+    same("../../../cart", "http://shop.example/cart");
+    same("..", "http://shop.example/");
+    same("sub/./a/../b", "http://shop.example/items/sub/b");
+    same("?page=3", "http://shop.example/items/list?page=3");
+    same("//Shop.Example:80/a", "http://shop.example/a");
+    same(
+        "HTTP://SHOP.example/a/%c3%a9",
+        "http://shop.example/a/%C3%A9",
+    );
+    same("http://shop.example", "http://shop.example/");
+    same("  /spaced  ", "http://shop.example/spaced");
+    // Another origin (host, port or scheme), another scheme, or no reference at all.
+    for other in [
+        "http://evil.example/items/7",
+        "//evil.example/x",
+        "http://shop.example:8080/items/7",
+        "https://shop.example/items/7",
+        "http://shop.example.evil/x",
+        "http://shop.exampl/x",
+        "mailto:a@shop.example",
+        "",
+        "#frag",
+        "/a b",
+        "/a\u{7f}",
+    ] {
+        assert_eq!(n(other), None, "{other:?}");
+    }
+    // Behind a trusted proxy the key's `Host` part is kept.
+    let mut fwd = b"https://shop.example/a".to_vec();
+    fwd.extend_from_slice(SENT_HOST);
+    fwd.extend_from_slice(b"internal");
+    let mut want = b"https://shop.example/b".to_vec();
+    want.extend_from_slice(SENT_HOST);
+    want.extend_from_slice(b"internal");
+    assert_eq!(named_url(&fwd, b"/b"), Some(want));
+    // What a request for the URL is keyed as.
+    let mut req = Vec::new();
+    primary_key(false, b"shop.example", b"/items/7", &mut req);
+    assert_eq!(n("7").unwrap().as_bytes(), &req[..]);
+}
