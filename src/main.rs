@@ -173,6 +173,9 @@ fn main() {
         Command::Run { config, placement } => match Config::load(&config) {
             Ok(c) => {
                 init_tracing(&c.log.level);
+                for w in c.warning_lines(&config) {
+                    tracing::warn!("{w}");
+                }
                 let text = std::fs::read(&config).unwrap_or_default();
                 let meta = ConfigMeta {
                     path: Some(std::fs::canonicalize(&config).unwrap_or(config)),
@@ -231,6 +234,9 @@ fn check(path: &std::path::Path) -> i32 {
             if let Err(e) = run_as(&c) {
                 eprintln!("{}: {e}", path.display());
                 return 1;
+            }
+            for w in c.warning_lines(path) {
+                eprintln!("{w}");
             }
             println!("{}: configuration is valid", path.display());
             print!("{}", c.summary());

@@ -101,6 +101,8 @@ pub struct Outcome {
     pub errors: Vec<String>,
     /// Changes that were not applied and need a restart (when `applied`).
     pub notes: Vec<String>,
+    /// The file's warnings ([`Config::warning_lines`]), when it was put in force.
+    pub warnings: Vec<String>,
 }
 
 impl Outcome {
@@ -111,6 +113,7 @@ impl Outcome {
             "generation": self.generation,
             "errors": self.errors,
             "not_applied": self.notes,
+            "warnings": self.warnings,
         })
     }
 }
@@ -120,6 +123,7 @@ impl Outcome {
 struct Applied {
     notes: Vec<String>,
     errors: Vec<String>,
+    warnings: Vec<String>,
 }
 
 /// Owns what a reload replaces besides the snapshot: the prober and the certificate watcher.
@@ -241,7 +245,11 @@ impl Reloader {
     pub fn reload(&mut self) -> Outcome {
         let started = Instant::now();
         match self.try_reload() {
-            Ok(Applied { notes, errors }) => {
+            Ok(Applied {
+                notes,
+                errors,
+                warnings,
+            }) => {
                 let generation = self.published.generation();
                 tracing::info!(
                     generation,
@@ -250,6 +258,9 @@ impl Reloader {
                 );
                 for n in &notes {
                     tracing::warn!("reload: not applied until restart: {n}");
+                }
+                for w in &warnings {
+                    tracing::warn!("reload: {w}");
                 }
                 for e in &errors {
                     tracing::error!("reload: {e}");
@@ -267,6 +278,7 @@ impl Reloader {
                     generation,
                     errors,
                     notes,
+                    warnings,
                 }
             }
             Err(e) => {
@@ -290,6 +302,7 @@ impl Reloader {
                     generation: self.published.generation(),
                     errors,
                     notes: Vec::new(),
+                    warnings: Vec::new(),
                 }
             }
         }
@@ -315,6 +328,7 @@ impl Reloader {
         let (tls, kept) = carry_tls(&old, &config)?;
         let tls = Arc::new(tls);
         let notes = restart_only_changes(&self.started, &config);
+        let warnings = config.warning_lines(&path);
         // Host names: new ones are resolved now (one that does not resolve refuses the
         // reload); the others keep their last good answer. A refusal from here on forgets
         // what was resolved for this file (`Dns::refused`).
@@ -352,7 +366,11 @@ impl Reloader {
         self.stats
             .loaded_unix
             .store(crate::observe::admin::unix_now(), Ordering::Relaxed);
-        Ok(Applied { notes, errors })
+        Ok(Applied {
+            notes,
+            errors,
+            warnings,
+        })
     }
 
     /// Publishes `config` as the next snapshot, hands the prober its backends and switches

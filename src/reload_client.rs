@@ -49,6 +49,9 @@ pub fn reload(
                     n.as_str().unwrap_or_default()
                 );
             }
+            for w in v["warnings"].as_array().into_iter().flatten() {
+                eprintln!("{}", w.as_str().unwrap_or_default());
+            }
         }
         Some(v) if v["applied"] == true => {
             eprintln!(

@@ -18,6 +18,7 @@ mod cache_revalidate;
 mod cache_shards;
 mod check;
 mod compress;
+mod config_warnings;
 mod congestion;
 mod dns;
 mod early_answer;

@@ -80,7 +80,7 @@ pub struct UpstreamConfig {
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HostMatch {
     Any,
     Exact(String),
@@ -88,7 +88,7 @@ pub enum HostMatch {
     Suffix(String),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PathMatch {
     Any,
     Prefix(String),
@@ -196,6 +196,9 @@ pub struct Config {
     pub request_id: RequestIdConfig,
     pub dns: DnsConfig,
     pub rate_limits: RateLimits,
+    /// What is valid but probably not meant (a route no request reaches), each with its key
+    /// path; shown by `check` and logged at start and reload ([`Config::warning_lines`]).
+    pub warnings: Vec<ConfigIssue>,
 }
 
 /// One `[[listener]]`: its address and, when it terminates TLS, how; or the https redirect a
@@ -243,6 +246,7 @@ mod raw;
 mod resilience;
 mod response;
 mod rules;
+mod shadow;
 mod tls;
 mod upstream;
 
@@ -723,6 +727,7 @@ impl Config {
         if !c.issues.is_empty() {
             return Err(fail(c));
         }
+        let warnings = shadow::shadowed_routes(&routes);
         Ok(Config {
             io_engine,
             huge_pages: server.huge_pages.unwrap_or(false),
@@ -744,7 +749,20 @@ impl Config {
             request_id: observe.request_id,
             dns,
             rate_limits,
+            warnings,
         })
+    }
+
+    /// The warnings, one line each, named as errors are: `FILE: KEY: warning: ...`.
+    pub fn warning_lines(&self, file: &Path) -> Vec<String> {
+        if self.warnings.is_empty() {
+            return Vec::new();
+        }
+        let all = ConfigError {
+            file: file.to_path_buf(),
+            issues: self.warnings.clone(),
+        };
+        all.to_string().lines().map(str::to_string).collect()
     }
 }
 
