@@ -77,6 +77,9 @@ pub struct ShardCommon {
     pub access: Option<AccessLog>,
     /// Rate limit for client- and backend-caused error-log lines.
     pub errors: ErrorLimiter,
+    /// The same for refused logins' lines, on a budget of their own
+    /// ([`ErrorLimiter::of`]).
+    pub logins: ErrorLimiter,
     pub ids: RequestIds,
     /// Draws for sampled work: a route's `mirror.sample` ([`crate::mirror`]).
     pub draws: crate::sample::Rng,
@@ -148,6 +151,7 @@ impl ShardCtx {
                 _ => None,
             },
             errors: ErrorLimiter::new(shared.config.log.error_rate),
+            logins: ErrorLimiter::of("refused-login lines", shared.config.log.error_rate),
             ids: RequestIds::new(id),
             draws: crate::sample::Rng::new(id, 0x6d69_7272_6f72),
             pipes: PipePool::new(

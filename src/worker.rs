@@ -269,6 +269,7 @@ async fn shard_main(start: ShardStart) -> ShardReport {
                     log.flush(&ctx.stats);
                 }
                 ctx.errors.report(ctx.id, &ctx.stats);
+                ctx.logins.report(ctx.id, &ctx.stats);
             }
         })
     };

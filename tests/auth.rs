@@ -100,6 +100,35 @@ fn forward_route(uri: &str) -> String {
 }
 
 both_engines! {
+    // Refused logins are logged on a budget of their own (`log.error_rate` each): a backend
+    // failing at that rate cannot hide them from fail2ban, nor a password flood hide the
+    // backend's failures. Before, the two shared one budget: at `error_rate = 1` the second
+    // line of a second was dropped, whichever it was.
+    fn refused_logins_and_backend_failures_are_logged_on_budgets_of_their_own(engine) {
+        let origin = Origin::start("o");
+        let users = UsersFile::new();
+        let proxy = Config::new()
+            .upstream("main", &[origin.addr()])
+            .upstream("dead", &[dead_addr()])
+            .route("dead", "path_prefix = \"/dead/\"")
+            .route("main", &format!(
+                "path_prefix = \"/private/\"\nauth = {{ basic = {{ realm = \"r\", users = \"{}\" }} }}",
+                users.0.display()
+            ))
+            .section("log", "error_rate = 1")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("e.example", "/dead/x"));
+        assert_eq!(c.read_response().status(), 502);
+        for _ in 0..3 {
+            c.send(&request("GET", "/private/b", &[("Host", "e.example"), ("Authorization", &basic("alice:wrong"))], b""));
+            assert_eq!(c.read_response().status(), 401);
+        }
+        proxy.wait_for_output("upstream connect failed", 1, Duration::from_secs(10));
+        proxy.wait_for_output("basic auth refused: wrong password", 1, Duration::from_secs(10));
+        proxy.wait_for_output("refused-login lines suppressed by log.error_rate", 1, Duration::from_secs(10));
+    }
+
     fn basic_auth_challenges_refuses_and_admits(engine) {
         let origin = Origin::start("o");
         let users = UsersFile::new();

@@ -94,10 +94,11 @@ async fn verify(ctx: &ShardCtx, auth: &BasicAuth, req: &Request<'_>) -> Verdict 
     }
 }
 
-/// Logs refused credentials within `log.error_rate`, with the client's address and the user
-/// name (escaped), as nginx's `user "x": password mismatch` line that fail2ban reads.
+/// Logs refused credentials within `log.error_rate` (a budget of their own), with the
+/// client's address and the user name (escaped), as nginx's `user "x": password mismatch`
+/// line that fail2ban reads.
 fn refused(ctx: &ShardCtx, req: &Request<'_>, user: &[u8], why: &str) {
-    if ctx.errors.allow(&ctx.stats) {
+    if ctx.logins.allow(&ctx.stats) {
         let user = String::from_utf8_lossy(user);
         tracing::warn!(client = %req.client_ip, user = ?user, "basic auth refused: {why}");
     }

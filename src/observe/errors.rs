@@ -15,6 +15,8 @@ use crate::trace::Trace;
 /// A fixed one-second window of at most `rate` lines, per shard (no sharing, no atomics).
 #[derive(Debug)]
 pub struct ErrorLimiter {
+    /// What its lines are, for the summary line.
+    what: &'static str,
     rate: u32,
     window: Cell<Option<Instant>>,
     used: Cell<u32>,
@@ -24,7 +26,15 @@ pub struct ErrorLimiter {
 
 impl ErrorLimiter {
     pub fn new(rate: u32) -> ErrorLimiter {
+        ErrorLimiter::of("error log lines", rate)
+    }
+
+    /// A budget of its own for one kind of line: refused logins ([`ShardCtx::logins`]) are
+    /// what fail2ban reads, so a flood of failing backends must not hide them, nor a
+    /// password flood the lines of failing backends.
+    pub fn of(what: &'static str, rate: u32) -> ErrorLimiter {
         ErrorLimiter {
+            what,
             rate,
             window: Cell::new(None),
             used: Cell::new(0),
@@ -63,7 +73,8 @@ impl ErrorLimiter {
             tracing::warn!(
                 shard,
                 suppressed = held,
-                "error log lines suppressed by log.error_rate"
+                "{} suppressed by log.error_rate",
+                self.what
             );
         }
     }
