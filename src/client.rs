@@ -182,7 +182,7 @@ impl ListenerSide {
                 .config
                 .listeners
                 .get(listener)
-                .and_then(|l| l.redirect_https),
+                .and_then(|l| l.redirect_https.clone()),
             access: shared
                 .config
                 .listeners

@@ -75,7 +75,9 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
         let counter = &ctx.stats.limited_listener;
         limited(ctx, client, limit, counter, head, &facts)
     });
-    let prepared = match (listener_limit, client.listener.redirect_https) {
+    let redirect = (client.listener.redirect_https.as_ref())
+        .filter(|r| crate::rules::redirected(&client.buf, head, r));
+    let prepared = match (listener_limit, redirect) {
         (Some(answer), _) => Ok(answer),
         // CONNECT names no resource to redirect to: refused as on any listener.
         (None, Some(_)) if facts.method == Method::Connect => Err(Canned::MethodNotAllowed),

@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::{HeaderRules, Part, PathRewrite, Redirect, Template, Var};
+use crate::config::{HeaderRules, Part, PathRewrite, Redirect, RedirectHttps, Template, Var};
 use crate::http::canned::Canned;
 use crate::http::encode::{split_target, write_ip, SetHeader};
 use crate::http::fields::same_field;
@@ -274,6 +274,20 @@ pub fn escape_uri(raw: &[u8]) -> Vec<u8> {
 
 /// `https://HOST[:PORT]/PATH?QUERY` for a `redirect_https` listener: the request's host
 /// without its port, and its target in origin form. A request without a valid host is a 400.
+/// Whether a `redirect_https` listener redirects this request: not when its path (as routes
+/// compare it) is under one of the listener's `except` prefixes; always when it cannot be
+/// routed (the redirect then refuses it, as routing would).
+pub fn redirected(buf: &[u8], head: &RequestHead, r: &RedirectHttps) -> bool {
+    if r.except.is_empty() {
+        return true;
+    }
+    let target = split_target(head.target.get(buf));
+    match crate::route::routing_input(&target, head.host.map(|h| h.get(buf))) {
+        Some((_, path)) => r.redirects(&crate::route::match_path(&path)),
+        None => true,
+    }
+}
+
 pub fn https_location(buf: &[u8], head: &RequestHead, port: u16) -> Result<Vec<u8>, Canned> {
     let target = split_target(head.target.get(buf));
     let host: &[u8] = match (target.authority, head.host) {

@@ -41,7 +41,7 @@ tls = { certificates = [{ cert = "@CERTS@/a.pem", key = "@CERTS@/a.key", ocsp = 
 
 [[listener]]
 address = "127.0.0.1:0"
-redirect_https = { port = 443, status = 301 }
+redirect_https = { port = 443, status = 301, except = ["/.well-known/acme-challenge/"] }
 proxy_protocol = true
 
 [[route]]

@@ -202,3 +202,38 @@ both_engines! {
         assert!((270..=330).contains(&na), "weights 3:1 over 400 requests: a={na} b={nb}");
     }
 }
+
+both_engines! {
+    // `redirect_https.except`: an ACME client answering http-01 challenges on plain http
+    // (certbot --standalone or --webroot behind a backend) gets its requests routed while
+    // everything else on the listener is redirected; the prefix is compared as routes
+    // compare paths, so an escaped or doubled spelling is routed too, and a path that only
+    // starts like it (no trailing `/`) is redirected.
+    fn redirect_https_routes_the_paths_it_excepts(engine) {
+        let (acme, site) = (Origin::start("acme"), Origin::start("site"));
+        let proxy = Config::new()
+            .only_listener("address = \"127.0.0.1:0\"\nredirect_https = { except = [\"/.well-known/acme-challenge/\"] }")
+            .upstream("acme", &[acme.addr()])
+            .upstream("site", &[site.addr()])
+            .route("acme", "path_prefix = \"/.well-known/acme-challenge/\"")
+            .route("site", "")
+            .start(engine);
+        let mut c = Client::connect(proxy.addr());
+        for path in [
+            "/.well-known/acme-challenge/tok3n",
+            "/.well-known/acme-challenge/%74ok",
+            "//.well-known//acme-challenge/t",
+        ] {
+            c.send(&get("a.example", path));
+            let r = c.read_response();
+            assert_eq!((r.status(), r.body_str()), (200, "acme".into()), "{path}");
+        }
+        for path in ["/.well-known/acme-challenge", "/", "/login?next=/"] {
+            c.send(&get("a.example", path));
+            let r = c.read_response();
+            assert_eq!(r.status(), 301, "{path}");
+            assert_eq!(r.header("Location"), Some(&*format!("https://a.example{path}")));
+        }
+        assert_eq!((acme.request_count(), site.request_count()), (3, 0));
+    }
+}

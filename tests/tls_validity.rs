@@ -1,6 +1,7 @@
 //! Certificates out of their validity (expired, or not valid yet): loaded and served as
 //! nginx does, but said at start and by `check`; and a renewal gone wrong (an expired file
-//! put in place of a valid one) is not swapped in by the file watcher. Both engines.
+//! put in place of a valid one) is not swapped in by the file watcher; a certbot renewal
+//! (symlinks in `live/` re-pointed one at a time) is. Both engines.
 
 use crate::support::tls::{s_client, tls_get, tls_listener, CertDir, TestCa};
 use crate::support::*;
@@ -78,5 +79,48 @@ both_engines! {
         proxy.wait_for_output("certificates reloaded", 1, Duration::from_secs(15));
         let seen = tls_get(proxy.addr(), &Arc::new(ca.client_config()), "a.test", "/").unwrap();
         assert!(seen.leaf == early.der, "the renewal is in force once valid");
+    }
+
+    // Certbot's layout and renewal as certbot 2.x does it (`storage.py`, `_update_link_to`):
+    // `live/NAME/*.pem` are symlinks into `archive/NAME/`; a renewal writes `*2.pem` there,
+    // then, for cert, privkey, chain and fullchain in turn, unlinks the link and makes it
+    // again. So for a moment the key is new and the certificate old, and a link is missing:
+    // the watcher may see either, and must end on the new pair.
+    fn a_certbot_renewal_through_its_symlinks_is_served(engine) {
+        use std::os::unix::fs::symlink;
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("certbot");
+        let (live, archive) = (dir.path("live"), dir.path("archive"));
+        std::fs::create_dir_all(&live).unwrap();
+        std::fs::create_dir_all(&archive).unwrap();
+        let issue = |version: u32| {
+            let leaf = ca.leaf(&["a.test"]);
+            for (kind, pem) in [("cert", &leaf.cert_pem), ("privkey", &leaf.key_pem), ("chain", &ca.pem), ("fullchain", &leaf.cert_pem)] {
+                std::fs::write(archive.join(format!("{kind}{version}.pem")), pem).unwrap();
+            }
+            leaf
+        };
+        let link = |kind: &str, version: u32| {
+            let at = live.join(format!("{kind}.pem"));
+            let _ = std::fs::remove_file(&at);
+            symlink(format!("../archive/{kind}{version}.pem"), &at).unwrap();
+        };
+        let first = issue(1);
+        for kind in ["cert", "privkey", "chain", "fullchain"] {
+            link(kind, 1);
+        }
+        let origin = Origin::start("origin");
+        let proxy = Config::single(origin.addr())
+            .only_listener(&tls_listener(&[(&live.join("fullchain.pem"), &live.join("privkey.pem"))], ""))
+            .start(engine);
+        let fresh = || Arc::new(ca.client_config());
+        assert!(tls_get(proxy.addr(), &fresh(), "a.test", "/").unwrap().leaf == first.der);
+        let renewed = issue(2);
+        for kind in ["cert", "privkey", "chain", "fullchain"] {
+            link(kind, 2);
+        }
+        proxy.wait_for_output("certificates reloaded", 1, Duration::from_secs(15));
+        let seen = tls_get(proxy.addr(), &fresh(), "a.test", "/").unwrap();
+        assert!(seen.leaf == renewed.der, "the renewal is in force");
     }
 }

@@ -516,6 +516,22 @@ fn peers_must_be_addresses_one_can_connect_to() {
             .any(|i| i.path == "listener[0].redirect_https.port"),
         "{err}"
     );
+    // `except` prefixes are written as routes' are: one that no request path has is refused.
+    for bad in ["acme/", "/a//b/", "/%61/", "/a/../b/", "/a?b", ""] {
+        let redirect = GOOD.replace(
+            "address = \"127.0.0.1:0\"\n",
+            &format!(
+                "address = \"127.0.0.1:0\"\nredirect_https = {{ except = [\"/ok/\", {bad:?}] }}\n"
+            ),
+        );
+        let err = parse(&redirect).unwrap_err();
+        assert!(
+            err.issues
+                .iter()
+                .any(|i| i.path == "listener[0].redirect_https.except[1]"),
+            "{bad}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -53,6 +53,7 @@ pub(super) struct RawUpstreamTls {
 pub(super) struct RawRedirect {
     port: Option<u16>,
     status: Option<u16>,
+    except: Option<Vec<String>>,
 }
 
 /// One certificate of a TLS listener: the files, resolved against the configuration file's
@@ -102,12 +103,23 @@ pub struct ListenerTls {
 }
 
 /// `[[listener]] redirect_https = { ... }`: every request on this (plain) listener is answered
-/// with a redirect to the same host and path over https.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// with a redirect to the same host and path over https, but those under `except`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedirectHttps {
     pub port: u16,
     /// 301 or 308 (308 keeps the method and body).
     pub status: u16,
+    /// Path prefixes (written as routes' are) whose requests are routed, not redirected:
+    /// `/.well-known/acme-challenge/` for an ACME client answering on plain http.
+    pub except: std::sync::Arc<[Box<[u8]>]>,
+}
+
+impl RedirectHttps {
+    /// Whether a request with this (routing, [`crate::route::match_path`]ed) path is
+    /// redirected.
+    pub fn redirects(&self, path: &[u8]) -> bool {
+        !self.except.iter().any(|p| path.starts_with(p))
+    }
 }
 
 /// `[[upstream]] tls = { ... }`: backends of this upstream are spoken to over TLS.
@@ -293,9 +305,25 @@ pub(super) fn redirect(c: &mut Checker, path: &str, raw: RawRedirect) -> Option<
         );
         return None;
     }
+    let mut except = Vec::new();
+    for (i, p) in raw.except.unwrap_or_default().into_iter().enumerate() {
+        // Compared as route prefixes are, so written as they must be.
+        if !p.starts_with('/')
+            || !p.bytes().all(|b| b.is_ascii_graphic())
+            || crate::route::routed_path(&p, true).as_deref() != Some(p.as_str())
+        {
+            c.err(
+                format!("{path}.except[{i}]"),
+                format!("{p:?} is not a path prefix as requests are compared (it must start with '/', hold only visible ASCII, no dot segment, '?', '#' or escape of an unreserved character, no '//')"),
+            );
+            return None;
+        }
+        except.push(p.into_bytes().into_boxed_slice());
+    }
     Some(RedirectHttps {
         port: raw.port.unwrap_or(443),
         status,
+        except: except.into(),
     })
 }
 
