@@ -483,7 +483,10 @@ impl super::Config {
         let mut s = String::new();
         for l in &self.listeners {
             let kind = match (&l.tls, &l.redirect_https) {
-                (Some(t), _) => format!(" (tls, {} certificates)", t.certificates.len()),
+                (Some(t), _) => match t.certificates.len() {
+                    1 => " (tls, 1 certificate)".to_string(),
+                    n => format!(" (tls, {n} certificates)"),
+                },
                 (None, Some(r)) => format!(" (redirects to https port {})", r.port),
                 (None, None) => String::new(),
             };

@@ -770,3 +770,12 @@ fn a_huge_value_is_not_echoed_whole() {
         &issue.message[..100]
     );
 }
+
+#[test]
+fn the_summary_counts_in_words() {
+    let text = "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = { certificates = [{ cert = \"a.pem\", key = \"a.key\" }] }\n[[listener]]\naddress = \"127.0.0.1:0\"\ntls = { certificates = [{ cert = \"a.pem\", key = \"a.key\" }, { cert = \"b.pem\", key = \"b.key\" }] }\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n[[route]]\nupstream = \"u\"\n";
+    let summary = parse(text).unwrap().summary();
+    assert!(summary.contains("(tls, 1 certificate)\n"), "{summary}");
+    assert!(summary.contains("(tls, 2 certificates)\n"), "{summary}");
+    assert!(summary.contains("(round_robin, 1 backend)\n"), "{summary}");
+}
