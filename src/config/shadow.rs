@@ -11,13 +11,54 @@ use super::{ConfigIssue, HostMatch, PathMatch, RouteConfig};
 
 /// One warning per route that an earlier route shadows whole, naming the first such route.
 pub(super) fn shadowed_routes(routes: &[RouteConfig]) -> Vec<ConfigIssue> {
-    // Routes by (path, one of their hosts): a shadowing route has the same path and every
-    // host of the shadowed one, so the shadowed route's first host's group holds it.
-    let mut groups: FxHashMap<(&PathMatch, Option<&HostMatch>), Vec<usize>> = FxHashMap::default();
+    shadowed_counting(routes).0
+}
+
+/// Header conditions, sorted: a route's set of them.
+type Headers<'r> = Vec<&'r (String, String)>;
+
+/// Earlier routes are looked for among at most this many of one group: a table of thousands
+/// of routes with the same path, hosts and headers but other methods may miss a warning, and
+/// no table costs more than this many comparisons a route.
+const CANDIDATES: usize = 64;
+
+/// A route with more header conditions than this is only looked for under all of them and
+/// under none (not each of their 2^n subsets).
+const SUBSET_HEADERS: usize = 6;
+
+/// [`shadowed_routes`], and how many pairs of routes it compared.
+fn shadowed_counting(routes: &[RouteConfig]) -> (Vec<ConfigIssue>, u64) {
+    let mut compared = 0u64;
+    // Routes by (path, one of their hosts or none, their header conditions), each group in
+    // declaration order. A route that shadows `b` has `b`'s path, is in the group of each of
+    // `b`'s hosts, and its header conditions are a subset of `b`'s: for each such subset, the
+    // smallest of those groups holds it, and the others tell whether it has every host. Routes
+    // told apart by a header's value (one upstream per tenant) are then never compared.
+    let mut groups: FxHashMap<(&PathMatch, Option<&HostMatch>, Headers), Vec<usize>> =
+        FxHashMap::default();
     let mut warnings = Vec::new();
     for (i, b) in routes.iter().enumerate() {
-        let earlier = groups.entry((&b.path, b.hosts.first())).or_default();
-        if let Some(&a) = earlier.iter().find(|&&a| covers(&routes[a], b)) {
+        let hosts: Vec<Option<&HostMatch>> = match b.hosts.is_empty() {
+            true => vec![None],
+            false => b.hosts.iter().map(Some).collect(),
+        };
+        let mut headers: Headers = b.headers.iter().collect();
+        headers.sort();
+        let shadowing = subsets(&headers)
+            .filter_map(|sub| {
+                let lists = hosts
+                    .iter()
+                    .map(|&h| groups.get(&(&b.path, h, sub.clone())))
+                    .collect::<Option<Vec<&Vec<usize>>>>()?;
+                let smallest = lists.iter().min_by_key(|l| l.len())?;
+                smallest.iter().take(CANDIDATES).copied().find(|&a| {
+                    compared += 1;
+                    methods_cover(&routes[a], b)
+                        && lists.iter().all(|l| l.binary_search(&a).is_ok())
+                })
+            })
+            .min();
+        if let Some(a) = shadowing {
             warnings.push(ConfigIssue {
                 path: format!("route[{i}]"),
                 message: format!(
@@ -38,29 +79,38 @@ pub(super) fn shadowed_routes(routes: &[RouteConfig]) -> Vec<ConfigIssue> {
                 ),
             });
         }
-        for host in b
-            .hosts
-            .iter()
-            .map(Some)
-            .chain(b.hosts.is_empty().then_some(None))
-        {
-            groups.entry((&b.path, host)).or_default().push(i);
+        for host in hosts {
+            groups
+                .entry((&b.path, host, headers.clone()))
+                .or_default()
+                .push(i);
         }
     }
-    warnings
+    (warnings, compared)
 }
 
-/// Whether `a`, declared before `b`, takes every request `b` matches: the same path match,
-/// each of `b`'s hosts in `a`'s (a host-less `a` only covers a host-less `b`: hosts are
-/// tried first), `a`'s methods (none: any) including `b`'s, `a`'s header conditions among
-/// `b`'s.
-fn covers(a: &RouteConfig, b: &RouteConfig) -> bool {
-    a.path == b.path
-        && a.hosts.is_empty() == b.hosts.is_empty()
-        && b.hosts.iter().all(|h| a.hosts.contains(h))
-        && (a.methods.is_empty()
-            || (!b.methods.is_empty() && b.methods.iter().all(|m| a.methods.contains(m))))
-        && a.headers.iter().all(|h| b.headers.contains(h))
+/// The subsets of `headers` (sorted, as they are), each sorted; above [`SUBSET_HEADERS`],
+/// only the empty one and the whole.
+fn subsets<'h, 'r>(headers: &'h Headers<'r>) -> impl Iterator<Item = Headers<'r>> + 'h {
+    let n = headers.len();
+    let all = (1u32 << n.min(SUBSET_HEADERS)) - 1;
+    let few = n <= SUBSET_HEADERS;
+    (0..=all)
+        .filter(move |&m| few || m == 0 || m == all)
+        .map(move |m| match few || m == 0 {
+            true => (headers.iter().enumerate())
+                .filter(|&(j, _)| m >> j & 1 == 1)
+                .map(|(_, h)| *h)
+                .collect(),
+            false => headers.clone(),
+        })
+}
+
+/// Whether `a`'s methods (none: any) include every one of `b`'s (none: any), so that with
+/// the same path, hosts and `a`'s headers among `b`'s, `a` takes every request `b` matches.
+fn methods_cover(a: &RouteConfig, b: &RouteConfig) -> bool {
+    a.methods.is_empty()
+        || (!b.methods.is_empty() && b.methods.iter().all(|m| a.methods.contains(m)))
 }
 
 fn describe(path: &PathMatch) -> String {
@@ -73,6 +123,7 @@ fn describe(path: &PathMatch) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::shadowed_counting;
     use crate::config::Config;
     use std::path::Path;
 
@@ -114,6 +165,14 @@ mod tests {
             ("methods = [\"GET\"]", "methods = [\"HEAD\"]"),
             ("methods = [\"GET\", \"POST\"]", "methods = [\"POST\"]"),
             (
+                "headers = { \"x-b\" = \"2\" }",
+                "headers = { \"x-a\" = \"1\", \"x-b\" = \"2\", \"x-c\" = \"3\" }",
+            ),
+            (
+                "host = [\"b.example\", \"a.example\"]\nmethods = [\"GET\"]",
+                "host = [\"a.example\", \"b.example\"]\nheaders = { \"x-a\" = \"1\" }\nmethods = [\"HEAD\"]",
+            ),
+            (
                 "headers = { \"x-a\" = \"1\" }",
                 "headers = { \"x-a\" = \"1\", \"x-b\" = \"2\" }",
             ),
@@ -140,6 +199,14 @@ mod tests {
                 "host = [\"a.example\", \"b.example\"]",
             ),
             ("host = \"*.example\"", "host = \"a.example\""),
+            (
+                "host = [\"a.example\", \"c.example\"]",
+                "host = [\"a.example\", \"b.example\"]",
+            ),
+            (
+                "headers = { \"x-a\" = \"1\", \"x-b\" = \"2\" }",
+                "headers = { \"x-a\" = \"1\", \"x-c\" = \"2\" }",
+            ),
         ] {
             assert_eq!(r(a, b), vec![], "{a:?} then {b:?}");
         }
@@ -165,5 +232,36 @@ mod tests {
             c.warning_lines(Path::new("edge.toml")),
             vec!["edge.toml: route[1]: warning: route \"again\" never matches: route[0] (\"all\"), declared before it for any host with no path, takes every request it would; declare this one first if it should take them, or remove it"]
         );
+    }
+
+    /// Routes that share a path and host but differ by a header's value (one upstream per
+    /// tenant) are no pairs to compare: 40,000 of them cost 51 s of `check`, start and
+    /// reload (longer than `edgeshard reload` waits) when each was compared with every
+    /// earlier one. The comparisons grow with the routes, not their square, and a duplicate
+    /// among them is still found.
+    #[test]
+    fn routes_told_apart_by_a_header_are_not_compared_pairwise() {
+        let n = 4000;
+        let mut text = String::from("[[listener]]\naddress = \"127.0.0.1:0\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n");
+        for i in 0..n {
+            text.push_str(&format!("[[route]]\nupstream = \"u\"\nhost = [\"a.example\", \"t{i}.example\"]\npath_prefix = \"/\"\nheaders = {{ \"x-tenant\" = \"{i}\" }}\n"));
+        }
+        for (extra, i) in [("", 17), ("methods = [\"POST\"]\n", 18)] {
+            text.push_str(&format!("[[route]]\nupstream = \"u\"\nhost = \"a.example\"\npath_prefix = \"/\"\nheaders = {{ \"x-tenant\" = \"{i}\", \"x-b\" = \"1\" }}\n{extra}"));
+        }
+        let c = Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        let (warnings, compared) = shadowed_counting(&c.routes);
+        let named: Vec<_> = warnings
+            .iter()
+            .map(|w| (&w.path[..], w.message.contains(&format!("route[{}]", 17))))
+            .collect();
+        assert_eq!(named.len(), 2, "{named:?}");
+        assert_eq!(named[0], ("route[4000]", true));
+        assert!(
+            warnings[1].message.contains("route[18] "),
+            "{}",
+            warnings[1].message
+        );
+        assert!(compared <= 4 * n, "{compared} comparisons for {n} routes");
     }
 }
