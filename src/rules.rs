@@ -272,11 +272,10 @@ pub fn escape_uri(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `https://HOST[:PORT]/PATH?QUERY` for a `redirect_https` listener: the request's host
-/// without its port, and its target in origin form. A request without a valid host is a 400.
 /// Whether a `redirect_https` listener redirects this request: not when its path (as routes
 /// compare it) is under one of the listener's `except` prefixes; always when it cannot be
-/// routed (the redirect then refuses it, as routing would).
+/// routed (an invalid Host is refused by the redirect; a path with a dot segment or a
+/// parameter hiding a separator is redirected, and refused by the https side's routing).
 pub fn redirected(buf: &[u8], head: &RequestHead, r: &RedirectHttps) -> bool {
     if r.except.is_empty() {
         return true;
@@ -288,6 +287,8 @@ pub fn redirected(buf: &[u8], head: &RequestHead, r: &RedirectHttps) -> bool {
     }
 }
 
+/// `https://HOST[:PORT]/PATH?QUERY` for a `redirect_https` listener: the request's host
+/// without its port, and its target in origin form. A request without a valid host is a 400.
 pub fn https_location(buf: &[u8], head: &RequestHead, port: u16) -> Result<Vec<u8>, Canned> {
     let target = split_target(head.target.get(buf));
     let host: &[u8] = match (target.authority, head.host) {

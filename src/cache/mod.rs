@@ -507,7 +507,6 @@ impl<'a> Fill<'a> {
         verdict
     }
 
-    /// Removes the entry under `key` from the route's store.
     /// Removes every entry of `url` (each `Vary` variant) here, and tells the other shards.
     fn invalidate(&self, url: &[u8]) {
         let gone = self.with_store(|store| store.remove_url(url));
@@ -516,6 +515,7 @@ impl<'a> Fill<'a> {
         self.cache.tell_others(&self.s.route, url);
     }
 
+    /// Removes the entry under `key` from the route's store.
     fn remove(&self, key: &[u8]) {
         if let Some(store) = self.cache.stores.borrow_mut().get_mut(&self.route) {
             store.remove(key);

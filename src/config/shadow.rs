@@ -74,7 +74,7 @@ fn shadowed_counting(routes: &[RouteConfig]) -> (Vec<ConfigIssue>, u64) {
                     if routes[a].methods.is_empty() && routes[a].headers.is_empty() {
                         ""
                     } else {
-                        " and methods and headers that include this one's"
+                        " and conditions (methods, headers) that every request of this one meets"
                     },
                 ),
             });
