@@ -49,9 +49,7 @@ pub fn reload(
                     n.as_str().unwrap_or_default()
                 );
             }
-            for w in v["warnings"].as_array().into_iter().flatten() {
-                eprintln!("{}", w.as_str().unwrap_or_default());
-            }
+            warnings(&v);
         }
         Some(v) if v["applied"] == true => {
             eprintln!(
@@ -61,6 +59,7 @@ pub fn reload(
             for e in v["errors"].as_array().into_iter().flatten() {
                 eprintln!("  {}", e.as_str().unwrap_or_default());
             }
+            warnings(&v);
         }
         Some(v) => {
             eprintln!("reload failed; the configuration in force is unchanged:");
@@ -132,4 +131,11 @@ fn admin_of(path: &std::path::Path) -> Result<(std::net::SocketAddr, Option<Stri
         (None, None) => None,
     };
     Ok((addr, token))
+}
+
+/// The file's warnings from a reload put in force, one per line on stderr.
+fn warnings(v: &serde_json::Value) {
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        eprintln!("{}", w.as_str().unwrap_or_default());
+    }
 }

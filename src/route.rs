@@ -2,7 +2,9 @@
 //! shared read-only by every shard. Lookup is most-specific first: exact host, then wildcard
 //! hosts from the longest suffix, then any host; within a host bucket, exact paths and longer
 //! prefixes first, then declaration order. Hosts are hashed and each bucket's paths indexed
-//! ([`Bucket`]), so a lookup does not grow with the number of routes; it allocates nothing.
+//! ([`Bucket`]), so a lookup does not grow with the number of hosts or paths (routes that
+//! share one path, told apart by methods or headers, are tried in order); it allocates
+//! nothing.
 
 use std::borrow::Cow;
 
