@@ -29,13 +29,18 @@ fn setup(engine: Engine) -> (Origin, Proxy, Arc<AtomicUsize>) {
         let body = format!("v{}", v.load(Ordering::SeqCst));
         reply(&[("Cache-Control", "max-age=100")], &body, false)
     });
-    let proxy = Config::new()
+    let proxy = two_shards(&origin, engine);
+    (origin, proxy, version)
+}
+
+/// A proxy with two shards caching `origin` (but under `/nc/`).
+fn two_shards(origin: &Origin, engine: Engine) -> Proxy {
+    Config::new()
         .upstream("main", &[origin.addr()])
         .route("main", "path_prefix = \"/nc/\"\nname = \"plain\"")
         .route("main", "name = \"cached\"\ncache = { }")
         .admin("")
-        .start_shards(engine, 2);
-    (origin, proxy, version)
+        .start_shards(engine, 2)
 }
 
 /// One keep-alive connection served by each shard: connections are opened until each
@@ -142,12 +147,7 @@ both_engines! {
                 .collect();
             Reply::Response { status: 201, headers: named, body: b"ok".to_vec(), mode: BodyMode::Length, close_after: false }
         });
-        let proxy = Config::new()
-            .upstream("main", &[origin.addr()])
-            .route("main", "path_prefix = \"/nc/\"\nname = \"plain\"")
-            .route("main", "name = \"cached\"\ncache = { }")
-            .admin("")
-            .start_shards(engine, 2);
+        let proxy = two_shards(&origin, engine);
         let [mut a, mut b] = one_per_shard(&proxy);
         let get = |c: &mut Client, host: &str, path: &str| {
             c.send(&request("GET", path, &[("Host", host)], b""));
