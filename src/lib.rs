@@ -17,6 +17,7 @@ pub mod auth;
 pub mod balance;
 pub mod bufring;
 pub mod cache;
+pub mod carry;
 pub mod client;
 pub mod clock;
 pub mod compress;

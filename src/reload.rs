@@ -712,7 +712,8 @@ fn restart_only_changes(started: &Config, new: &Config) -> Vec<String> {
 /// After a reload (`old` given) a backend that remains, and was checked, resumes from its
 /// carried state if the prober starts a task for it (one it keeps goes on from its own).
 pub fn probe_targets(shared: &Shared, old: Option<&Shared>) -> Vec<ProbeTarget> {
-    let map = old.map(|o| shared.backend_map(o));
+    // The reload that built `shared` worked the map out already (`Shared::carry`).
+    let map = old.map(|o| shared.carry_from(o));
     shared
         .backends
         .iter()
@@ -722,7 +723,7 @@ pub fn probe_targets(shared: &Shared, old: Option<&Shared>) -> Vec<ProbeTarget> 
             let spec = up.resilience.health_check.as_ref()?;
             let carried = map
                 .as_ref()
-                .and_then(|m| m[i])
+                .and_then(|m| m.backends[i])
                 .zip(old)
                 .is_some_and(|(j, o)| o.checked(j));
             Some(ProbeTarget {

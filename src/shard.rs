@@ -194,7 +194,9 @@ impl ShardCtx {
     /// where their transport is unchanged; removed backends' and the others are closed), passive-check state, breakers and counters, and the
     /// per-route counters of routes of the same name. Shard-wide state is shared.
     pub fn successor(&self, shared: Arc<Shared>) -> ShardCtx {
-        let map = shared.backend_map(&self.shared);
+        // Worked out once by the reload that built `shared` when this shard is on the
+        // snapshot it replaced (the usual case), else now (`carry.rs`).
+        let carry = shared.carry_from(&self.shared);
         let pool = Pool::new(&pool_limits(&shared))
             .with_shard_cap(shared.config.limits.max_idle_upstream_per_shard)
             .with_ring(self.buffers.ring());
@@ -202,12 +204,15 @@ impl ShardCtx {
         // Old index → new index, for the pool: only where connections are made the same way.
         self.pool
             .borrow_mut()
-            .hand_over(pool.clone(), shared.pool_map(&self.shared));
+            .hand_over(pool.clone(), carry.pool.clone());
+        let backends = Backends::carried(&shared, self.id, &self.backends, &self.shared, &carry);
+        let stats = self.stats.carried(&carry.routes, &carry.backends);
+        drop(carry);
         ShardCtx {
             id: self.id,
             pool,
-            backends: Backends::carried(&shared, self.id, &self.backends, &self.shared, &map),
-            stats: self.stats.carried(&shared.route_map(&self.shared), &map),
+            backends,
+            stats,
             listeners: listener_sides(&shared),
             common: self.common.clone(),
             shared,
@@ -476,6 +481,93 @@ impl ShardCtx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A configuration of one upstream `u` balancing `backends`, with `retry.attempts`, and
+    /// routes named `routes` to it.
+    fn config(backends: &[&str], routes: &[&str], attempts: u32) -> crate::config::Config {
+        let backends: Vec<String> = backends
+            .iter()
+            .map(|a| format!("{{ address = \"{a}\" }}"))
+            .collect();
+        let mut text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[[upstream]]\nname = \"u\"\nbackends = [{}]\n[upstream.retry]\nattempts = {attempts}\n",
+            backends.join(", ")
+        );
+        for r in routes {
+            text.push_str(&format!("[[route]]\nname = \"{r}\"\nupstream = \"u\"\n"));
+        }
+        crate::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    /// A reload works out once what every shard carries over (`carry.rs`) and the shard
+    /// switching from the snapshot it replaced takes that; a shard still on an older one (it
+    /// switched late, after a later reload) must not (those maps lead from another snapshot:
+    /// here they would give backend `a`'s counters to `c`) but work its own out. Either way
+    /// counters follow their backend and route by identity and name, breakers are the same
+    /// objects, pooled connections go to the same backend, and a retry budget is kept only
+    /// under the same settings.
+    #[test]
+    fn a_shard_carries_by_the_reloads_maps_or_by_its_own_when_it_skipped_one() {
+        use std::borrow::Cow;
+        let (a, b, c) = ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3");
+        let s1 = Arc::new(Shared::new(config(&[a, b], &["r1", "r2"], 2)));
+        let s2 = Arc::new(Shared::reloaded(
+            config(&[b, a, c], &["r2", "r1", "r3"], 2),
+            &s1,
+            Arc::default(),
+        ));
+        let s3 = Arc::new(Shared::reloaded(
+            config(&[c, a], &["r3", "r1"], 3),
+            &s2,
+            Arc::default(),
+        ));
+        assert!(matches!(s2.carry_from(&s1), Cow::Borrowed(_)));
+        assert!(matches!(s3.carry_from(&s2), Cow::Borrowed(_)));
+        assert!(
+            matches!(s3.carry_from(&s1), Cow::Owned(_)),
+            "maps from another snapshot"
+        );
+
+        let ctx = ShardCtx::new(0, s1.clone());
+        ctx.stats.backends[0].connects.set(7); // a
+        ctx.stats.backends[1].connects.set(5); // b
+        ctx.stats.routes[0].status[1].set(3); // r1's 2xx
+        ctx.stats.routes[2].status[3].set(4); // unrouted 4xx
+        let connects = |c: &ShardCtx| -> Vec<u64> {
+            c.stats.backends.iter().map(|b| b.connects.get()).collect()
+        };
+        let ok = |c: &ShardCtx| -> Vec<u64> {
+            c.stats.routes.iter().map(|r| r.status[1].get()).collect()
+        };
+
+        // The usual switch: s1 to s2, by the reload's maps.
+        let next = ctx.successor(s2.clone());
+        assert_eq!(connects(&next), [5, 7, 0]);
+        assert_eq!(ok(&next), [0, 3, 0, 0]);
+        assert_eq!(next.stats.routes[3].status[3].get(), 4, "the unrouted slot");
+        assert!(Rc::ptr_eq(
+            &next.backends.breakers[1],
+            &ctx.backends.breakers[0]
+        ));
+        assert_eq!(&*s2.carry_from(&s1).pool, [Some(1), Some(0)]);
+        assert_eq!(&*s2.carry_from(&s1).budgets, [Some(0)]);
+
+        // A late shard: from s1 straight to s3, whose maps lead from s2.
+        let late = ctx.successor(s3.clone());
+        assert_eq!(connects(&late), [0, 7], "c is new to this shard; a kept");
+        assert_eq!(ok(&late), [0, 3, 0]);
+        assert!(Rc::ptr_eq(
+            &late.backends.breakers[1],
+            &ctx.backends.breakers[0]
+        ));
+        assert!(!Rc::ptr_eq(
+            &late.backends.breakers[0],
+            &ctx.backends.breakers[0]
+        ));
+        let carry = s3.carry_from(&s1);
+        assert_eq!(&*carry.pool, [Some(1), None], "b was removed");
+        assert_eq!(&*carry.budgets, [None], "other retry settings");
+    }
 
     #[test]
     fn loans_come_back_by_size_and_a_quiet_shard_frees_them() {

@@ -17,6 +17,7 @@ use rustc_hash::FxHashMap;
 
 use crate::admission::ConnTable;
 use crate::balance::{Member, Table};
+use crate::carry::{BackendIndex, Carry};
 use crate::config::Config;
 use crate::health::{Health, HealthBoard};
 use crate::ratelimit::RateTable;
@@ -120,7 +121,17 @@ pub struct Shared {
     /// [`Shared::with_tls`]). A client's copy never reaches a backend, so the cache stores no
     /// response that varies on one. Empty with the defaults.
     pub own_fields: Box<[Box<[u8]>]>,
+    /// Unique to this snapshot in the process (a [`Carry`] names the one it leads from).
+    pub serial: u64,
+    /// The backends by identity, hashed once and shared by every shard's balancers.
+    pub index: Arc<BackendIndex>,
+    /// Built by a reload: where each backend, route and upstream was in the snapshot this one
+    /// replaced, worked out once here rather than by every shard while it switches.
+    pub carry: Option<Carry>,
 }
+
+/// The next [`Shared::serial`].
+static SERIAL: AtomicU64 = AtomicU64::new(1);
 
 impl Shared {
     /// A snapshot for one shard (unit tests).
@@ -139,10 +150,11 @@ impl Shared {
     /// (state and timestamps while the upstream still has a check, probe counters always).
     /// The shards' accepting flags are copied as they are.
     pub fn reloaded(config: Config, old: &Shared, tls: Arc<crate::tls::TlsListeners>) -> Shared {
-        let next =
+        let mut next =
             Shared::build(config, old.accepting.len(), Some(old.board.epoch())).with_tls(tls);
-        for (i, m) in next.backend_map(old).into_iter().enumerate() {
-            if let Some(j) = m {
+        let carry = Carry::between(&next, old);
+        for (i, m) in carry.backends.iter().enumerate() {
+            if let Some(j) = *m {
                 let checked = next.checked(i) && old.checked(j);
                 next.board.adopt(i, &old.board, j, checked);
                 next.drained[i].store(old.is_drained(j), Ordering::Relaxed);
@@ -151,7 +163,18 @@ impl Shared {
         for (flag, was) in next.accepting.iter().zip(old.accepting.iter()) {
             flag.store(was.load(Ordering::Acquire), Ordering::Release);
         }
+        next.carry = Some(carry);
         next
+    }
+
+    /// What a shard on `old` carries over to this snapshot: the maps this snapshot's reload
+    /// worked out when `old` is the snapshot it replaced, else (a shard that switches late,
+    /// past a snapshot) worked out now.
+    pub fn carry_from(&self, old: &Shared) -> std::borrow::Cow<'_, Carry> {
+        match &self.carry {
+            Some(c) if c.from == old.serial => std::borrow::Cow::Borrowed(c),
+            _ => std::borrow::Cow::Owned(Carry::between(self, old)),
+        }
     }
 
     /// Whether backend `i`'s upstream has an active health check: its board state is the
@@ -169,16 +192,7 @@ impl Shared {
     /// For each backend of this snapshot, its index in `old` (same [`BackendId`]), or `None`
     /// for a backend `old` did not have.
     pub fn backend_map(&self, old: &Shared) -> Vec<Option<usize>> {
-        let by_id: std::collections::HashMap<&BackendId, usize> = old
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (&b.id, i))
-            .collect();
-        self.backends
-            .iter()
-            .map(|b| by_id.get(&b.id).copied())
-            .collect()
+        self.backends.iter().map(|b| old.index.get(&b.id)).collect()
     }
 
     /// For each backend of `old`, the index of the same backend in this snapshot when its
@@ -187,21 +201,7 @@ impl Shared {
     /// or from TLS or PROXY protocol closes the connections made under the old settings (a
     /// pooled connection to a backend no longer trusted would otherwise serve on).
     pub fn pool_map(&self, old: &Shared) -> Vec<Option<usize>> {
-        // The CA certificates the TLS client in force was built from (a file replaced under
-        // the same name is read again only by a reload, which builds a new client).
-        let ca = |s: &Shared, b: &BackendInfo| s.tls.upstream(b.upstream).map(|c| c.ca_hash);
-        let mut back = vec![None; old.backends.len()];
-        for (j, m) in self.backend_map(old).into_iter().enumerate() {
-            let new = &self.backends[j];
-            let same = |i: usize| {
-                let was = &old.backends[i];
-                was.transport == new.transport && ca(old, was) == ca(self, new)
-            };
-            if let Some(i) = m.filter(|&i| same(i)) {
-                back[i] = Some(j);
-            }
-        }
-        back
+        crate::carry::pool_map(self, old, &self.backend_map(old))
     }
 
     /// For each route of this snapshot, and last the "no route" slot, the index of the
@@ -280,6 +280,9 @@ impl Shared {
             .collect();
         Shared {
             tables,
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+            index: Arc::new(BackendIndex::new(&backends, &upstream_backends)),
+            carry: None,
             board: Arc::new(match epoch {
                 Some(e) => HealthBoard::with_epoch(&initial, e),
                 None => HealthBoard::new(&initial),

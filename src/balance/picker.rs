@@ -71,15 +71,29 @@ impl ShardBalancer {
     /// `shard` seeds the RNG and the start of the round-robin cursors (so that shards do not
     /// move in lock-step; shard 0 starts where nginx starts).
     pub fn new(spec: &Spec, members: &[Member], shard: usize) -> ShardBalancer {
-        let n = members.len();
+        ShardBalancer::with_weights(spec, members.iter().map(|m| (m.weight, m.backup)), shard)
+    }
+
+    /// [`ShardBalancer::new`] from each member's weight and whether it is a backup: what a
+    /// shard builds for every upstream at each reload, without the members' names (each an
+    /// allocation, which only the shared tables hash).
+    pub fn with_weights(
+        spec: &Spec,
+        members: impl Iterator<Item = (u32, bool)>,
+        shard: usize,
+    ) -> ShardBalancer {
+        let (weights, tier_of): (Vec<u32>, Vec<u8>) = members
+            .map(|(w, backup)| (w.max(1), u8::from(backup)))
+            .unzip();
+        let n = weights.len();
+        let levels = [0, 1].map(|tier| Levels::new(n, (0..n).filter(|&i| tier_of[i] == tier)));
         ShardBalancer {
             len: n,
-            weights: members.iter().map(|m| m.weight.max(1)).collect(),
-            tier_of: members.iter().map(|m| u8::from(m.backup)).collect(),
+            weights,
+            tier_of,
+            levels,
             in_flight: vec![0; n],
             score: vec![0; n],
-            levels: [false, true]
-                .map(|backup| Levels::new(n, (0..n).filter(move |&i| members[i].backup == backup))),
             keeps_levels: matches!(spec.algorithm, Algorithm::LeastConn | Algorithm::P2c)
                 || (spec.algorithm.is_hash() && spec.bounded_load.is_some()),
             tier_in_flight: [0; 2],

@@ -3,19 +3,20 @@
 //! pick to its end on the balancer of the snapshot it started on; after a reload (a SIGHUP,
 //! a DNS change, a weight set through the admin API) the next snapshot's balancers start with
 //! the counts of the backends that remain, and every later start and end on a replaced
-//! snapshot is passed on to the shard's newest one (found by [`BackendId`]), so least_conn,
+//! snapshot is passed on to the shard's newest one (found by [`crate::snapshot::BackendId`]), so least_conn,
 //! p2c and bounded loads keep seeing the requests and tunnels still open on old snapshots
 //! (nginx's workers lose them at a reload). A replaced snapshot holds no link to the ones
 //! after it: one tunnel open across a thousand reloads keeps its own snapshot alive, not
 //! the thousand.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balance::ShardBalancer;
-use crate::snapshot::{BackendId, Shared};
+use crate::carry::BackendIndex;
+use crate::snapshot::Shared;
 
 /// The shard's newest [`Loads`], shared by every snapshot's.
 type Newest = Rc<RefCell<Weak<Loads>>>;
@@ -23,10 +24,9 @@ type Newest = Rc<RefCell<Weak<Loads>>>;
 /// One snapshot's balancers (per upstream), and the way to the shard's newest ones.
 pub struct Loads {
     pub balancers: RefCell<Vec<ShardBalancer>>,
-    /// `[upstream][local]`: each member's identity, to find it in the newest snapshot.
-    ids: Vec<Vec<BackendId>>,
-    /// Identity → `(upstream, local)` here.
-    index: HashMap<BackendId, (usize, usize)>,
+    /// The snapshot's backends by identity (built once per snapshot, shared by the shards):
+    /// each member's identity, to find it in the newest snapshot, and the way back.
+    index: Arc<BackendIndex>,
     /// A newer snapshot replaced this one: counts go on to [`Loads::newest`] too.
     superseded: Cell<bool>,
     newest: Newest,
@@ -47,21 +47,10 @@ impl Loads {
     /// the snapshot it replaces (their shard's newest is this one's from
     /// [`Loads::hand_over`] on).
     pub fn new(balancers: Vec<ShardBalancer>, shared: &Shared, after: Option<&Loads>) -> Rc<Loads> {
-        let mut ids: Vec<Vec<BackendId>> = vec![Vec::new(); shared.config.upstreams.len()];
-        let mut index = HashMap::with_capacity(shared.backends.len());
-        // `shared.backends` lists each upstream's members in order (`local`).
-        for b in shared.backends.iter() {
-            if let Some(members) = ids.get_mut(b.upstream) {
-                debug_assert_eq!(members.len(), b.local);
-                index.insert(b.id.clone(), (b.upstream, b.local));
-                members.push(b.id.clone());
-            }
-        }
         let newest = after.map_or_else(Newest::default, |a| a.newest.clone());
         let loads = Rc::new(Loads {
             balancers: RefCell::new(balancers),
-            ids,
-            index,
+            index: shared.index.clone(),
             superseded: Cell::new(false),
             newest,
         });
@@ -91,26 +80,29 @@ impl Loads {
         let Some(newest) = self.newest.borrow().upgrade() else {
             return;
         };
-        let id = self.ids.get(upstream).and_then(|m| m.get(local));
-        if let Some(&(u, l)) = id.and_then(|id| newest.index.get(id)) {
+        let id = self.index.id(upstream, local);
+        let at = id.and_then(|id| newest.index.get(id));
+        if let Some((u, l)) = at.and_then(|i| newest.index.place(i)) {
             newest.apply(u, l, change);
         }
     }
 
     /// `next` replaces this snapshot, the shard's newest so far: it starts with the counts of
-    /// the backends that remain, and becomes the newest.
-    pub fn hand_over(&self, next: &Rc<Loads>) {
+    /// the backends that remain (`map`: per backend of `next`, its index here), and becomes
+    /// the newest.
+    pub fn hand_over(&self, next: &Rc<Loads>, map: &[Option<usize>]) {
         {
             let old = self.balancers.borrow();
             let mut new = next.balancers.borrow_mut();
-            for (u, members) in self.ids.iter().enumerate() {
-                for (l, id) in members.iter().enumerate() {
-                    let (Some(&(nu, nl)), Some(b)) = (next.index.get(id), old.get(u)) else {
-                        continue;
-                    };
-                    if let Some(n) = new.get_mut(nu) {
-                        n.carry_in_flight(nl, b.in_flight(l));
-                    }
+            for (i, m) in map.iter().enumerate() {
+                let (Some(j), Some((nu, nl))) = (*m, next.index.place(i)) else {
+                    continue;
+                };
+                let Some((u, l)) = self.index.place(j) else {
+                    continue;
+                };
+                if let (Some(n), Some(b)) = (new.get_mut(nu), old.get(u)) {
+                    n.carry_in_flight(nl, b.in_flight(l));
                 }
             }
         }

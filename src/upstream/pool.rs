@@ -148,8 +148,8 @@ fn look(idle: &mut Idle, ring: Option<&RefCell<BufRing>>, probes: &mut u64) -> P
 /// Where a replaced pool sends later checkins (see [`Pool::hand_over`]).
 struct Successor {
     pool: Rc<RefCell<Pool>>,
-    /// Old backend index → new one.
-    map: Vec<Option<usize>>,
+    /// Old backend index → new one (shared by every shard: `carry::Carry::pool`).
+    map: std::sync::Arc<[Option<usize>]>,
 }
 
 /// What a liveness probe of an idle connection found.
@@ -431,7 +431,12 @@ impl Pool {
     /// connections are closed (its drain: nothing new is sent to it). From now on this pool
     /// forwards checkins there too. Counters move with the connections. Whatever the pool
     /// stores is moved as it is.
-    pub fn hand_over(&mut self, next: Rc<RefCell<Pool>>, map: Vec<Option<usize>>) {
+    pub fn hand_over(
+        &mut self,
+        next: Rc<RefCell<Pool>>,
+        map: impl Into<std::sync::Arc<[Option<usize>]>>,
+    ) {
+        let map = map.into();
         {
             let mut to = next.borrow_mut();
             to.counters = self.counters;

@@ -10,15 +10,39 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use crate::balance::ShardBalancer;
+use crate::carry::Carry;
 use crate::health::breaker::{Breaker, BreakerLimits};
 use crate::health::outlier::{OutlierDetector, OutlierEvent};
 use crate::health::retry::RetryBudget;
 use crate::health::slow_start::kept_share;
 use crate::health::Outcome as TryOutcome;
 use crate::observe::errors::ErrorLimiter;
-use crate::snapshot::{members_of, Shared};
+use crate::snapshot::Shared;
 use crate::stats::{bump, BackendStats, Stats};
 use crate::upstream::loads::{Change, Loads};
+
+/// This shard's balancer of each upstream of `shared`.
+fn balancers(shared: &Shared, shard: usize) -> Vec<ShardBalancer> {
+    shared
+        .config
+        .upstreams
+        .iter()
+        .map(|u| {
+            let members = u.backends.iter().map(|b| (b.weight, b.backup));
+            ShardBalancer::with_weights(&u.balance, members, shard)
+        })
+        .collect()
+}
+
+/// A fresh passive check of each upstream of `shared`.
+fn outliers(shared: &Shared) -> Vec<OutlierDetector> {
+    shared
+        .config
+        .upstreams
+        .iter()
+        .map(|u| OutlierDetector::new(u.resilience.outlier.clone(), u.backends.len()))
+        .collect()
+}
 
 /// The outcome of choosing a backend for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,29 +94,17 @@ impl Backends {
     }
 
     pub fn new(shared: &Shared, shard: usize) -> Backends {
-        Backends::build(shared, shard, None)
+        Backends::build(shared, shard)
     }
 
-    /// A fresh view of `shared`; `after`: the loads of the snapshot it replaces.
-    fn build(shared: &Shared, shard: usize, after: Option<&Loads>) -> Backends {
+    /// A fresh view of `shared`.
+    fn build(shared: &Shared, shard: usize) -> Backends {
         let shards = shared.accepting.len().max(1);
         let now = Instant::now();
         let upstreams = &shared.config.upstreams;
         Backends {
-            loads: Loads::new(
-                upstreams
-                    .iter()
-                    .map(|u| ShardBalancer::new(&u.balance, &members_of(u), shard))
-                    .collect(),
-                shared,
-                after,
-            ),
-            outliers: RefCell::new(
-                upstreams
-                    .iter()
-                    .map(|u| OutlierDetector::new(u.resilience.outlier.clone(), u.backends.len()))
-                    .collect(),
-            ),
+            loads: Loads::new(balancers(shared, shard), shared, None),
+            outliers: RefCell::new(outliers(shared)),
             breakers: shared
                 .backends
                 .iter()
@@ -114,61 +126,76 @@ impl Backends {
     }
 
     /// This shard's view for a reloaded snapshot `shared`, keeping what `old` (the view of
-    /// `old_shared`) knew of the backends that remain: `map[i]` is new backend `i`'s index in
-    /// the old list (matched by [`crate::snapshot::BackendId`]). Kept: passive-check state
-    /// (failure counts, ejections), the breaker (the same object, so requests still in
-    /// flight on the old snapshot release what they hold) when its limits are unchanged, the
-    /// retry budget of an upstream of the same name and retry settings, the splice hint, and
-    /// each backend's requests in flight (the old balancers pass on every start and end:
-    /// `loads.rs`). Balancer cursors start afresh (the tables may have changed).
+    /// `old_shared`) knew of the backends that remain: `carry` says where each was in
+    /// `old_shared` (matched by [`crate::snapshot::BackendId`]; `Shared::carry_from`). Kept:
+    /// passive-check state (failure counts, ejections), the breaker (the same object, so
+    /// requests still in flight on the old snapshot release what they hold) when its limits
+    /// are unchanged, the retry budget of an upstream of the same name and retry settings,
+    /// the splice hint, and each backend's requests in flight (the old balancers pass on
+    /// every start and end: `loads.rs`). Balancer cursors start afresh (the tables may have
+    /// changed). This runs on the shard while it switches: what is carried is taken as it
+    /// is, not built and then replaced.
     pub fn carried(
         shared: &Shared,
         shard: usize,
         old: &Backends,
         old_shared: &Shared,
-        map: &[Option<usize>],
+        carry: &Carry,
     ) -> Backends {
-        let next = Backends::build(shared, shard, Some(&old.loads));
-        // Hashed, not searched per upstream: this runs on the shard while it switches.
-        let by_name: rustc_hash::FxHashMap<&str, usize> = old_shared
-            .config
-            .upstreams
-            .iter()
-            .enumerate()
-            .map(|(i, u)| (u.name.as_str(), i))
-            .collect();
-        let old_upstream = |name: &str| by_name.get(name).copied();
+        let shards = shared.accepting.len().max(1);
+        let now = Instant::now();
+        let upstreams = &shared.config.upstreams;
+        let map = &carry.backends;
+        let mut outliers = outliers(shared);
         {
-            let mut outliers = next.outliers.borrow_mut();
             let old_outliers = old.outliers.borrow();
-            for (i, b) in shared.backends.iter().enumerate() {
-                let Some(Some(j)) = map.get(i).copied() else {
-                    continue;
-                };
+            for (b, m) in shared.backends.iter().zip(map.iter()) {
+                let Some(j) = *m else { continue };
                 let was = &old_shared.backends[j];
                 outliers[b.upstream].adopt(b.local, &old_outliers[was.upstream], was.local);
             }
-            let mut budgets = next.budgets.borrow_mut();
+        }
+        let budgets = {
             let old_budgets = old.budgets.borrow();
-            for (u, up) in shared.config.upstreams.iter().enumerate() {
-                if let Some(o) = old_upstream(&up.name) {
-                    let before = &old_shared.config.upstreams[o].resilience.retry;
-                    if format!("{before:?}") == format!("{:?}", up.resilience.retry) {
-                        budgets[u] = old_budgets[o].clone();
-                    }
+            upstreams
+                .iter()
+                .zip(carry.budgets.iter())
+                .map(|(up, kept)| match kept.and_then(|o| old_budgets.get(o)) {
+                    Some(b) => b.clone(),
+                    None => RetryBudget::from_spec(&up.resilience.retry, now),
+                })
+                .collect()
+        };
+        let breakers = shared
+            .backends
+            .iter()
+            .zip(map.iter())
+            .map(|(b, m)| {
+                let limits = upstreams[b.upstream]
+                    .resilience
+                    .breaker
+                    .shard_share(shards, shard);
+                match m.and_then(|j| old.breakers.get(j)) {
+                    Some(was) if was.limits() == limits => was.clone(),
+                    _ => Breaker::new(limits),
                 }
-            }
-        }
-        old.loads.hand_over(&next.loads);
-        let mut next = next;
-        for (i, m) in map.iter().enumerate() {
-            let Some(j) = *m else { continue };
-            if old.breakers[j].limits() == next.breakers[i].limits() {
-                next.breakers[i] = old.breakers[j].clone();
-            }
-            next.spliced_last[i].set(old.spliced_last[j].get());
-            next.small_last[i].set(old.small_last[j].get());
-        }
+            })
+            .collect();
+        let hint = |of: &[Cell<bool>], fresh: bool| -> Vec<Cell<bool>> {
+            map.iter()
+                .map(|m| Cell::new(m.and_then(|j| of.get(j)).map_or(fresh, Cell::get)))
+                .collect()
+        };
+        let next = Backends {
+            loads: Loads::new(balancers(shared, shard), shared, Some(&old.loads)),
+            outliers: RefCell::new(outliers),
+            breakers,
+            budgets: RefCell::new(budgets),
+            spliced_last: hint(&old.spliced_last, false),
+            small_last: hint(&old.small_last, true),
+            rng: crate::sample::Rng::new(shard, 0x736c_6f77),
+        };
+        old.loads.hand_over(&next.loads, map);
         next
     }
 

@@ -130,7 +130,7 @@ fn requests_in_flight_on_a_replaced_snapshot_count_on_the_next() {
     let g2 = old.forwarding(&s1, &stats.backends[0], 0);
     // The next snapshot lists b first: a is member 1 there.
     let s2 = shared_of(&[b, a]);
-    let new = Backends::carried(&s2, 0, &old, &s1, &s2.backend_map(&s1));
+    let new = Backends::carried(&s2, 0, &old, &s1, &s2.carry_from(&s1));
     assert_eq!((in_flight(&new, 0), in_flight(&new, 1)), (0, 2));
     // least_conn sends the next request to b, which has none.
     let pick = new.pick(&s2, 0, &[], Instant::now(), PickKey::default()).0;
@@ -142,7 +142,7 @@ fn requests_in_flight_on_a_replaced_snapshot_count_on_the_next() {
     assert_eq!((in_flight(&old, 0), in_flight(&new, 1)), (2, 2));
     // A second reload: the oldest snapshot's requests still end on the newest.
     let s3 = shared_of(&[a, b]);
-    let newest = Backends::carried(&s3, 0, &new, &s2, &s3.backend_map(&s2));
+    let newest = Backends::carried(&s3, 0, &new, &s2, &s3.carry_from(&s2));
     assert_eq!(in_flight(&newest, 0), 2);
     drop(g2);
     drop(g3);
@@ -170,7 +170,7 @@ fn requests_in_flight_on_a_replaced_snapshot_count_on_the_next() {
     // A backend the reload removed takes nothing with it.
     let s4 = shared_of(&[b]);
     let g4 = newest.forwarding(&s3, &stats.backends[0], 0);
-    let last = Backends::carried(&s4, 0, &newest, &s3, &s4.backend_map(&s3));
+    let last = Backends::carried(&s4, 0, &newest, &s3, &s4.carry_from(&s3));
     assert_eq!(in_flight(&last, 0), 0);
     drop(g4);
     assert_eq!(in_flight(&last, 0), 0);
