@@ -1,8 +1,8 @@
 //! Criterion micro-benchmarks of the request path's CPU work, stage by stage: request-head
 //! parse (minimal, typical browser, 64 headers), route lookup (10, 1,000 and 100,000 host
-//! routes; 10, 1,000 and 10,000 path prefixes on one host), upstream head encode, and pool
-//! checkout + checkin. Inputs are built outside the timed loops. Baseline figures live in
-//! bench/README.md; balancer picks are `bench/balance.rs`.
+//! routes; 10, 1,000 and 10,000 path prefixes on one host), the route map a reload makes,
+//! upstream head encode, and pool checkout + checkin. Inputs are built outside the timed
+//! loops. Baseline figures live in bench/README.md; balancer picks are `bench/balance.rs`.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -14,6 +14,7 @@ use edgeshard::config::Config;
 use edgeshard::http::encode::{split_target, upstream_request_head, OutFraming, UpstreamRequest};
 use edgeshard::http::parse::{parse_request, HeadLimits, Parsed, RequestHead};
 use edgeshard::route::RouteTable;
+use edgeshard::snapshot::Shared;
 use edgeshard::upstream::pool::Pool;
 
 const LIMITS: HeadLimits = HeadLimits {
@@ -146,6 +147,29 @@ fn route_paths(c: &mut Criterion) {
     g.finish();
 }
 
+/// `Shared::route_map` (a reload runs it once, and a shard that skipped a snapshot while its
+/// requests wait) between two tables of 40,000 routes, one reversed.
+fn reload(c: &mut Criterion) {
+    let routes = |names: &mut dyn Iterator<Item = String>| {
+        let mut text = String::from(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
+        );
+        for n in names {
+            text.push_str(&format!("[[route]]\nname = \"{n}\"\nupstream = \"u\"\n"));
+        }
+        Shared::with_shards(
+            Config::parse(&text, Path::new("bench.toml")).expect("bench config"),
+            1,
+        )
+    };
+    const N: usize = 40_000;
+    let old = routes(&mut (0..N).map(|i| format!("r{i}")));
+    let new = routes(&mut (0..N).rev().map(|i| format!("r{i}")));
+    c.bench_function("reload/route_map/40000", |b| {
+        b.iter(|| black_box(new.route_map(black_box(&old))).len())
+    });
+}
+
 fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode_upstream_head");
     for (name, input) in [("minimal", minimal()), ("browser", browser())] {
@@ -212,6 +236,6 @@ fn pool(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = parse, route, route_paths, encode, pool
+    targets = parse, route, route_paths, reload, encode, pool
 }
 criterion_main!(benches);

@@ -206,9 +206,9 @@ impl Shared {
 
     /// For each route of this snapshot, and last the "no route" slot, the index of the
     /// route of the same name in `old` (the per-route counters are kept by name).
-    /// Every shard runs this while it switches (its requests wait), so the old names are
-    /// hashed: a search of the old list for each route was quadratic, 10,000 routes held
-    /// each shard ~140 ms on every reload.
+    /// The reload runs it once ([`Carry`]), and a shard that skipped a snapshot while it
+    /// switches (its requests wait), so the old names are hashed: a search of the old list
+    /// for each route was quadratic, 10,000 routes held each shard ~140 ms on every reload.
     pub fn route_map(&self, old: &Shared) -> Vec<Option<usize>> {
         let by_name: FxHashMap<&str, usize> = old
             .config
@@ -455,7 +455,7 @@ mod tests {
     /// switches (its requests wait). Searched, 10,000 routes held each shard ~140 ms on every
     /// reload and 20,000 ~430 ms (quadratic; found by the session 13 scale review).
     #[test]
-    fn route_map_matches_by_name_and_stays_linear_at_scale() {
+    fn route_map_matches_by_name_reordered_added_and_removed() {
         let routes = |names: &mut dyn Iterator<Item = String>| {
             let mut text = String::from(
                 "[[listener]]\naddress = \"127.0.0.1:0\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
@@ -473,19 +473,14 @@ mod tests {
         const N: usize = 40_000;
         let old = routes(&mut (0..N).map(|i| format!("r{i}")));
         let new = routes(&mut (0..N).rev().map(|i| format!("r{i}")));
-        let t0 = std::time::Instant::now();
         let map = new.route_map(&old);
-        let took = t0.elapsed();
         assert_eq!(map.len(), N + 1);
         assert!(map[..N]
             .iter()
             .enumerate()
             .all(|(i, m)| *m == Some(N - 1 - i)));
-        // Hashed: a few ms even unoptimised; searched: 8 × 10^8 comparisons, seconds.
-        assert!(
-            took < std::time::Duration::from_millis(500),
-            "route_map took {took:?}"
-        );
+        // Its cost at this size is `bench/engine.rs`'s `reload/route_map/40000` (hashed: a few
+        // ms; searched, 8 × 10^8 comparisons: seconds), not a timed assertion here.
     }
 
     #[test]
