@@ -5,7 +5,9 @@
 //! ([`spawn`]) re-resolves the names that are due and, when an answer changed, has the
 //! [`Reloader`] put the file's configuration with the new addresses in force, through the same
 //! path as a reload ([`Reloader::apply_dns`]): backends whose address stays keep their pool,
-//! health, outlier and breaker state (backend identity is upstream name + address).
+//! health, outlier and breaker state (backend identity is upstream name + address). Changed
+//! answers go in force at most once per `min_ttl` ([`Coalesce`]): each update switches every
+//! shard.
 //!
 //! A failed resolution keeps the last good answer, is counted
 //! (`edgeshard_dns_resolutions_total{result="failed"}`), logged with the name, and retried
@@ -38,6 +40,10 @@ use crate::reload::Reloader;
 pub struct DnsStats {
     pub ok: AtomicU64,
     pub failed: AtomicU64,
+    /// Answers that changed (a name's new address set).
+    pub changes: AtomicU64,
+    /// Configurations put in force for changed answers (each switches every shard).
+    pub updates: AtomicU64,
 }
 
 struct Answer {
@@ -148,6 +154,10 @@ impl Dns {
             Ok(r) => lookup_all(&r, &new, bounds),
             Err(e) => new.iter().map(|_| Err(e.clone())).collect(),
         };
+        // One instant for the batch: names resolved together come due together, and are
+        // asked again in one round (their changes then make one rebuild, not one per name
+        // whose due time the logging between them moved past the round's start).
+        let now = Instant::now();
         for (host, result) in new.into_iter().zip(results) {
             count(&self.stats, &result);
             match result {
@@ -157,7 +167,7 @@ impl Dns {
                         host,
                         Answer {
                             ips,
-                            due: Instant::now() + ttl,
+                            due: now + ttl,
                         },
                     );
                 }
@@ -229,14 +239,16 @@ impl Dns {
 
     /// Keeps what a [`Due`] resolved: a changed answer replaces the last good one, a failure
     /// keeps it and is retried after `min_ttl`. Nothing is kept when `[dns]` changed
-    /// meanwhile (the new servers are asked next), nor for a name no longer in use. True
-    /// when an answer changed.
-    pub fn settle(&mut self, epoch: u64, resolved: Vec<(String, Resolved)>) -> bool {
+    /// meanwhile (the new servers are asked next), nor for a name no longer in use. Returns
+    /// how many answers changed. The names of one round are due again at one instant (see
+    /// [`Dns::ensure`]).
+    pub fn settle(&mut self, epoch: u64, resolved: Vec<(String, Resolved)>) -> usize {
         if epoch != self.epoch {
-            return false;
+            return 0;
         }
         let min = self.config.min_ttl;
-        let mut changed = false;
+        let now = Instant::now();
+        let mut changed = 0;
         for (host, result) in resolved {
             let Some(a) = self.answers.get_mut(&host) else {
                 continue;
@@ -246,13 +258,14 @@ impl Dns {
                     if ips != a.ips {
                         tracing::info!(name = %host, from = ?a.ips, to = ?ips, "dns: the answer changed");
                         a.ips = ips;
-                        changed = true;
+                        changed += 1;
+                        self.stats.changes.fetch_add(1, Ordering::Relaxed);
                     }
-                    a.due = Instant::now() + ttl;
+                    a.due = now + ttl;
                 }
                 Err(e) => {
                     tracing::warn!(name = %host, error = %e, kept = ?a.ips, "dns: resolution failed, keeping the last good answer");
-                    a.due = Instant::now() + min;
+                    a.due = now + min;
                 }
             }
         }
@@ -370,10 +383,47 @@ fn count(stats: &DnsStats, result: &Resolved) {
 /// The shortest wait of the DNS thread between two rounds.
 const MIN_WAIT: Duration = Duration::from_millis(10);
 
+/// When the DNS thread puts changed answers in force: at once when it put none in force within
+/// the last `interval` (`[dns] min_ttl`), else once that interval has passed, every answer
+/// that changed meanwhile in one rebuild. Each rebuild switches every shard to a new snapshot
+/// (their requests wait meanwhile) and costs the control plane a full build: 2,000 names with
+/// 1 s TTLs made 2 to 6 of them a second. `min_ttl` is the bound the operator set on how
+/// often any one name is asked, so an answer is never held back longer than it could be
+/// stale anyway.
+#[derive(Debug, Default)]
+pub struct Coalesce {
+    /// When the last rebuild was asked for.
+    last: Option<Instant>,
+    /// Answers changed since, not yet in force.
+    pending: usize,
+}
+
+impl Coalesce {
+    /// `n` answers changed.
+    pub fn changed(&mut self, n: usize) {
+        self.pending += n;
+    }
+
+    /// When the changed answers go in force (`now` at the earliest); `None`: none changed.
+    pub fn due(&self, now: Instant, interval: Duration) -> Option<Instant> {
+        (self.pending > 0).then(|| self.last.map_or(now, |l| (l + interval).max(now)))
+    }
+
+    /// The number of changed answers to put in force now, if it is time; from then on the
+    /// next rebuild waits `interval`.
+    pub fn take(&mut self, now: Instant, interval: Duration) -> Option<usize> {
+        if self.due(now, interval)? > now {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.pending))
+    }
+}
+
 /// The DNS thread: sleeps until a name is due, resolves the names due (holding no lock while
-/// it waits on a server), and when an answer changed puts the new backend set in force
-/// through the reloader. Stops when `stop` is set (and the thread unparked), before the next
-/// name it would resolve.
+/// it waits on a server), and puts changed answers in force through the reloader, at most
+/// once per `[dns] min_ttl` ([`Coalesce`]). Stops when `stop` is set (and the thread
+/// unparked), before the next name it would resolve.
 pub fn spawn(
     reloader: Arc<Mutex<Reloader>>,
     dns: Arc<Mutex<Dns>>,
@@ -381,25 +431,35 @@ pub fn spawn(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("dns".into())
-        .spawn(move || loop {
-            let next = lock(&dns).next_due();
-            // At least `MIN_WAIT` between rounds: should a name ever be due with nothing to
-            // take, the thread waits instead of spinning on the lock.
-            let wait = next
-                .map(|t| t.saturating_duration_since(Instant::now()))
-                .unwrap_or(Duration::from_secs(1))
-                .clamp(MIN_WAIT, Duration::from_secs(1));
-            std::thread::park_timeout(wait);
-            if stop.load(Ordering::Acquire) {
-                return;
-            }
-            let Some(due) = lock(&dns).due() else {
-                continue;
-            };
-            let resolved = due.resolve(&stop);
-            let changed = lock(&dns).settle(due.epoch, resolved);
-            if changed && !stop.load(Ordering::Acquire) {
-                lock(&reloader).apply_dns();
+        .spawn(move || {
+            let mut changes = Coalesce::default();
+            loop {
+                let (next, interval) = {
+                    let d = lock(&dns);
+                    (d.next_due(), d.config.min_ttl)
+                };
+                let now = Instant::now();
+                let wake = next.into_iter().chain(changes.due(now, interval)).min();
+                // At least `MIN_WAIT` between rounds: should a name ever be due with nothing to
+                // take, the thread waits instead of spinning on the lock.
+                let wait = wake
+                    .map(|t| t.saturating_duration_since(now))
+                    .unwrap_or(Duration::from_secs(1))
+                    .clamp(MIN_WAIT, Duration::from_secs(1));
+                std::thread::park_timeout(wait);
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let due = lock(&dns).due();
+                if let Some(due) = due {
+                    let resolved = due.resolve(&stop);
+                    changes.changed(lock(&dns).settle(due.epoch, resolved));
+                }
+                if let Some(names) = changes.take(Instant::now(), interval) {
+                    if !stop.load(Ordering::Acquire) {
+                        lock(&reloader).apply_dns(names);
+                    }
+                }
             }
         })
 }
@@ -417,6 +477,72 @@ mod tests {
             ips: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             due,
         }
+    }
+
+    /// Changed answers go in force at once after a quiet spell, then at most once per
+    /// interval, everything that changed meanwhile in one update (the instants are made up:
+    /// nothing waits).
+    #[test]
+    fn changed_answers_go_in_force_at_most_once_per_interval() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let interval = Duration::from_secs(1);
+        let mut c = Coalesce::default();
+        assert_eq!(c.due(t0, interval), None, "nothing changed");
+        assert_eq!(c.take(t0, interval), None);
+        // A first change goes in force at once.
+        c.changed(3);
+        assert_eq!(c.due(t0, interval), Some(t0));
+        assert_eq!(c.take(t0, interval), Some(3));
+        // A burst in the interval after it: held, then one update for all of it.
+        for at in [10, 300, 990] {
+            c.changed(1);
+            assert_eq!(
+                c.take(ms(at), interval),
+                None,
+                "{at} ms after the last update"
+            );
+            assert_eq!(c.due(ms(at), interval), Some(ms(1000)));
+        }
+        assert_eq!(c.take(ms(1000), interval), Some(3));
+        // A round that changed nothing makes no update, however long after.
+        c.changed(0);
+        assert_eq!(c.take(ms(5000), interval), None);
+        // After a quiet interval the next change goes in force at once again.
+        c.changed(2);
+        assert_eq!(c.due(ms(5000), interval), Some(ms(5000)));
+        assert_eq!(c.take(ms(5000), interval), Some(2));
+    }
+
+    /// The names of one round are due again at one instant, so the next refresh asks them in
+    /// one round and their changes make one update (each had its own instant, microseconds
+    /// apart, and a refresh split into rounds, each with an update of its own).
+    #[test]
+    fn names_resolved_together_come_due_together() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"a.test:80\" }]\n";
+        let config = Config::parse(text, std::path::Path::new("edge.toml")).unwrap();
+        let mut dns = Dns::new(&config.dns, Arc::default());
+        let names: Vec<String> = (0..200).map(|i| format!("n{i}.test")).collect();
+        let past = Instant::now() - Duration::from_secs(1);
+        for n in &names {
+            dns.answers.insert(n.clone(), answer(past));
+        }
+        let ttl = Duration::from_secs(1);
+        let resolved = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let ip = SocketAddr::from(([127, 0, 0, 1 + (i % 2) as u8], 0));
+                (n.clone(), Ok((vec![ip], ttl)))
+            })
+            .collect();
+        assert_eq!(
+            dns.settle(dns.epoch, resolved),
+            100,
+            "the answers that changed"
+        );
+        let due: BTreeSet<Instant> = dns.answers.values().map(|a| a.due).collect();
+        assert_eq!(due.len(), 1, "one round, one instant");
     }
 
     #[test]

@@ -407,9 +407,10 @@ impl Reloader {
         self.switch_shards(opened)
     }
 
-    /// A host name's answer changed (the DNS thread): the file's configuration in force with
-    /// the current answers becomes the next snapshot, like a reload of the same file.
-    pub fn apply_dns(&mut self) {
+    /// Host names' answers changed (`names` of them, since the DNS thread's last call): the
+    /// file's configuration in force with the current answers becomes the next snapshot, like
+    /// a reload of the same file.
+    pub fn apply_dns(&mut self, names: usize) {
         if self.stopping {
             // Draining (or handed over): the shards take no new backend set.
             return;
@@ -425,8 +426,15 @@ impl Reloader {
         let tls = old.tls.clone();
         // No listener changes: nothing to report but a late shard, which is logged.
         self.put_in_force(config, &old, tls, None);
+        self.dns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stats
+            .updates
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             generation = self.published.generation(),
+            names,
             ms = started.elapsed().as_millis() as u64,
             "dns: backends updated"
         );

@@ -290,6 +290,8 @@ fn process_info(state: &AdminState) -> ProcessInfo<'static> {
         reloads_failed: state.reloads.failed.load(Ordering::Relaxed),
         dns_ok: state.dns.ok.load(Ordering::Relaxed),
         dns_failed: state.dns.failed.load(Ordering::Relaxed),
+        dns_changes: state.dns.changes.load(Ordering::Relaxed),
+        dns_updates: state.dns.updates.load(Ordering::Relaxed),
         store_ok: state.snapshot.rates.store_ok.load(Ordering::Relaxed),
         store_failed: state.snapshot.rates.store_failed.load(Ordering::Relaxed),
         generation: state.snapshot.generation(),

@@ -43,6 +43,8 @@ pub struct ProcessInfo<'a> {
     /// Host-name resolutions of backends (dns.rs) that answered, and that failed.
     pub dns_ok: u64,
     pub dns_failed: u64,
+    pub dns_changes: u64,
+    pub dns_updates: u64,
     /// Syncs with the rate limits' fleet store (ratelimit_store.rs), by result.
     pub store_ok: u64,
     pub store_failed: u64,
@@ -166,6 +168,20 @@ pub fn render(
         "edgeshard_dns_resolutions_total{{result=\"ok\"}} {}\nedgeshard_dns_resolutions_total{{result=\"failed\"}} {}",
         info.dns_ok, info.dns_failed
     );
+    family(
+        &mut o,
+        "edgeshard_dns_answer_changes_total",
+        "counter",
+        "Resolutions whose addresses differed from the name's last answer.",
+    );
+    let _ = writeln!(o, "edgeshard_dns_answer_changes_total {}", info.dns_changes);
+    family(
+        &mut o,
+        "edgeshard_dns_updates_total",
+        "counter",
+        "Backend sets put in force for changed DNS answers (at most one per dns.min_ttl; each switches every shard).",
+    );
+    let _ = writeln!(o, "edgeshard_dns_updates_total {}", info.dns_updates);
     family(
         &mut o,
         "edgeshard_rate_limit_store_syncs_total",
