@@ -1,10 +1,14 @@
 #!/bin/bash
 # usage: setup.sh -- in /tmp/rsw (W=): ports, 400 certs, backend nginx (2 ports), blackhole, configs big/huge (+ B variants)
+# Run it from this directory in the repository (it finds session 13's generators beside it); W is the work directory.
 # Everything on 127.0.0.1. Processes started here record their pid in $W/*.pid; stop with stop.sh.
-W=${W:-/tmp/rsw}; cd $W
-[ -f ports ] || python3 freeport.py 8 > ports
+W=${W:-/tmp/rsw}
+# The generators unchanged from session 13's scale review: used from there, not copied.
+CS=$(cd "$(dirname "$0")/../../2026-12-07-vm-session13/config-scale" && pwd)
+cd $W
+[ -f ports ] || python3 $CS/freeport.py 8 > ports
 read LP TLSP AP BE1 BE2 DEAD BH DNSP < ports
-[ -d certs ] || python3 gencerts.py 400 $W/certs
+[ -d certs ] || python3 $CS/gencerts.py 400 $W/certs
 mkdir -p nbe/logs
 cat > nbe/nginx.conf <<NG
 worker_processes 1;
@@ -25,9 +29,9 @@ fi
 # the backend worker on CPU 0 at SCHED_FIFO 10 (see stallprobe.sh, RT)
 sleep 0.5; for w in $(pgrep -f "nginx: worker process" ); do grep -q $W/nbe /proc/$(awk '{print $4}' /proc/$w/stat)/cmdline && { taskset -pc 0 $w >/dev/null; chrt -f -p 10 $w; }; done
 if ! [ -f bh.pid ] || ! kill -0 $(cat bh.pid) 2>/dev/null; then
-  python3 blackhole.py $BH 7200 >/dev/null 2>&1 & echo $! > bh.pid
+  python3 $CS/blackhole.py $BH 7200 >/dev/null 2>&1 & echo $! > bh.pid
 fi
-G="python3 genconf.py --listen $LP --admin $AP --live $BE1,$BE2 --certdir $W/certs"
+G="python3 $CS/genconf.py --listen $LP --admin $AP --live $BE1,$BE2 --certdir $W/certs"
 $G --out big.toml  --routes 10000 --upstreams 2000 --dead $DEAD --blackhole $BH --certs 400 --tls-listen $TLSP --hc 5s --regex 500
 $G --out bigB.toml --routes 10000 --upstreams 2000 --dead $DEAD --blackhole $BH --certs 400 --tls-listen $TLSP --hc 5s --regex 500 --tag b
 $G --out huge.toml --routes 40000 --upstreams 20000 --hosts 5000 --dead $DEAD
