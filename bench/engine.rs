@@ -66,16 +66,24 @@ fn parse(c: &mut Criterion) {
     g.finish();
 }
 
-fn route_config(n: usize) -> Config {
-    let mut text = String::from("[[listener]]\naddress = \"127.0.0.1:0\"\n");
-    for i in 0..n {
-        text.push_str(&format!(
-            "[[route]]\nhost = \"host{i}.example.com\"\nupstream = \"u\"\n"
-        ));
+/// One listener, one upstream `u`, and a `[[route]]` to it with each of `routes`' keys.
+fn routes_config(routes: impl Iterator<Item = String>) -> Config {
+    let mut text = String::from(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
+    );
+    for keys in routes {
+        text.push_str(&format!("[[route]]\n{keys}\nupstream = \"u\"\n"));
     }
-    text.push_str("[[route]]\nhost = \"*.wild.example.com\"\nupstream = \"u\"\n");
-    text.push_str("[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n");
     Config::parse(&text, Path::new("bench.toml")).expect("bench config")
+}
+
+/// N exact-host routes and one wildcard.
+fn route_config(n: usize) -> Config {
+    routes_config(
+        (0..n)
+            .map(|i| format!("host = \"host{i}.example.com\""))
+            .chain(["host = \"*.wild.example.com\"".to_string()]),
+    )
 }
 
 fn route(c: &mut Criterion) {
@@ -101,15 +109,11 @@ fn route(c: &mut Criterion) {
 /// N any-host routes `path_prefix = "/svcI/"` and a catch-all, as an API gateway with many
 /// paths on one host has them.
 fn path_config(n: usize) -> Config {
-    let mut text = String::from("[[listener]]\naddress = \"127.0.0.1:0\"\n");
-    for i in 0..n {
-        text.push_str(&format!(
-            "[[route]]\npath_prefix = \"/svc{i}/\"\nupstream = \"u\"\n"
-        ));
-    }
-    text.push_str("[[route]]\nupstream = \"u\"\n");
-    text.push_str("[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n");
-    Config::parse(&text, Path::new("bench.toml")).expect("bench config")
+    routes_config(
+        (0..n)
+            .map(|i| format!("path_prefix = \"/svc{i}/\""))
+            .chain([String::new()]),
+    )
 }
 
 fn route_paths(c: &mut Criterion) {
@@ -150,21 +154,10 @@ fn route_paths(c: &mut Criterion) {
 /// `Shared::route_map` (a reload runs it once, and a shard that skipped a snapshot while its
 /// requests wait) between two tables of 40,000 routes, one reversed.
 fn reload(c: &mut Criterion) {
-    let routes = |names: &mut dyn Iterator<Item = String>| {
-        let mut text = String::from(
-            "[[listener]]\naddress = \"127.0.0.1:0\"\n[[upstream]]\nname = \"u\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
-        );
-        for n in names {
-            text.push_str(&format!("[[route]]\nname = \"{n}\"\nupstream = \"u\"\n"));
-        }
-        Shared::with_shards(
-            Config::parse(&text, Path::new("bench.toml")).expect("bench config"),
-            1,
-        )
-    };
+    let named = |i: usize| format!("name = \"r{i}\"");
     const N: usize = 40_000;
-    let old = routes(&mut (0..N).map(|i| format!("r{i}")));
-    let new = routes(&mut (0..N).rev().map(|i| format!("r{i}")));
+    let old = Shared::with_shards(routes_config((0..N).map(named)), 1);
+    let new = Shared::with_shards(routes_config((0..N).rev().map(named)), 1);
     c.bench_function("reload/route_map/40000", |b| {
         b.iter(|| black_box(new.route_map(black_box(&old))).len())
     });
