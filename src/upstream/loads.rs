@@ -3,11 +3,11 @@
 //! pick to its end on the balancer of the snapshot it started on; after a reload (a SIGHUP,
 //! a DNS change, a weight set through the admin API) the next snapshot's balancers start with
 //! the counts of the backends that remain, and every later start and end on a replaced
-//! snapshot is passed on to the shard's newest one (found by [`crate::snapshot::BackendId`]), so least_conn,
-//! p2c and bounded loads keep seeing the requests and tunnels still open on old snapshots
-//! (nginx's workers lose them at a reload). A replaced snapshot holds no link to the ones
-//! after it: one tunnel open across a thousand reloads keeps its own snapshot alive, not
-//! the thousand.
+//! snapshot is passed on to the shard's newest one (found by
+//! [`crate::snapshot::BackendId`]), so least_conn, p2c and bounded loads keep seeing the
+//! requests and tunnels still open on old snapshots (nginx's workers lose them at a reload).
+//! A replaced snapshot holds no link to the ones after it: one tunnel open across a thousand
+//! reloads keeps its own snapshot alive, not the thousand.
 
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
