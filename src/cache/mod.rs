@@ -457,11 +457,8 @@ impl<'a> Fill<'a> {
             // The URLs the answer names, in this origin (RFC 9111 §4.4): a POST's `201` with
             // `Location: /items/7`, a PUT's `Content-Location`.
             for name in [&b"location"[..], b"content-location"] {
-                let named = head
-                    .headers
-                    .iter()
-                    .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
-                    .and_then(|h| policy::named_url(&self.s.key, h.value.get(buf)));
+                let named = (head.header(buf, name))
+                    .and_then(|value| policy::named_url(&self.s.key, value));
                 if let Some(url) = named.filter(|url| *url != self.s.key) {
                     self.invalidate(&url);
                 }
@@ -605,11 +602,7 @@ impl<'a> Fill<'a> {
         if head.status != 206 || buf.len() < head.head_len {
             return false;
         }
-        let total = head
-            .headers
-            .iter()
-            .find(|h| h.name.get(buf).eq_ignore_ascii_case(b"content-range"))
-            .and_then(|h| range::total_length(h.value.get(buf)));
+        let total = (head.header(buf, b"content-range")).and_then(range::total_length);
         if total.is_none_or(|t| t > self.cfg.max_object || t > self.cfg.fill_memory) {
             return false;
         }

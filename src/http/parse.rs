@@ -308,6 +308,13 @@ impl ResponseHead {
             .iter()
             .any(|t| super::fields::same_field(t.get(buf), name))
     }
+    /// The value of the first field named `name` (compared case-insensitively), if any.
+    pub fn header<'b>(&self, buf: &'b [u8], name: &[u8]) -> Option<&'b [u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
+            .map(|h| h.value.get(buf))
+    }
 }
 
 fn parse_content_length(v: &[u8]) -> Option<u64> {
