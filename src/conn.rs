@@ -16,9 +16,10 @@ use crate::client::{Client, ListenerSide, Outcome, Served, Transport};
 use crate::http::canned::Canned;
 use crate::http::parse::{names_head, parse_request, HeadLimits, Parsed, RequestHead};
 use crate::io::{read_more, Deadline, IoFail};
+use crate::linger::{close_after_response, linger_close};
 use crate::park::Parked;
 use crate::proxy::serve_request;
-use crate::respond::{linger_close, parse_error_status, respond_canned, respond_canned_with};
+use crate::respond::{parse_error_status, respond_canned, respond_canned_with};
 use crate::shard::ShardCtx;
 use crate::trace::record_refused;
 use crate::worker::ActiveGuard;
@@ -28,7 +29,7 @@ use crate::worker::ActiveGuard;
 /// close so the answer is not reset away.
 async fn refuse(ctx: &ShardCtx, mut client: Client) {
     respond_canned(ctx, &mut client, Canned::Forbidden, true).await;
-    linger_close(&mut client).await;
+    linger_close(ctx, &mut client).await;
 }
 
 /// Client read buffers start small (idle keep-alive connections are the common case) and
@@ -296,7 +297,7 @@ async fn keep_alive(
                         respond_canned_with(&ctx, &mut client, status, true, head_only, &[], &[]);
                     let own = Box::pin(answer).await;
                     record_refused(&ctx, &client, status.status(), own.body, head_started);
-                    Box::pin(linger_close(&mut client)).await;
+                    Box::pin(linger_close(&ctx, &mut client)).await;
                     return;
                 }
             }
@@ -347,9 +348,9 @@ async fn keep_alive(
                 // or one that sent more after asking for the close: closed with that unread,
                 // the kernel would answer it with a reset that destroys the end of the
                 // response still in flight (RFC 9112 §9.6). A TLS one's close_notify too.
-                Box::pin(linger_close(&mut client)).await;
-            } else if matches!(client.stream, Transport::Tls(_)) {
-                Box::pin(close_tls(&ctx, &mut client)).await;
+                Box::pin(linger_close(&ctx, &mut client)).await;
+            } else {
+                Box::pin(close_after_response(&ctx, &mut client)).await;
             }
             return;
         }
@@ -360,23 +361,6 @@ async fn keep_alive(
             client.buf.shrink_to(INITIAL_BUF);
         }
     }
-}
-
-/// Ends a TLS client's connection after a complete response that closes it with close_notify
-/// (RFC 8446 §6.1): a close-delimited body (an HTTP/1.0 client's) is complete to the client
-/// only with it (RFC 9112 §9.8); a response cut short ends without one ([`Outcome::Cut`]).
-/// Within a second (and `client_send`): a client that does not read gets the TCP close then.
-async fn close_tls(ctx: &ShardCtx, client: &mut Client) {
-    let Transport::Tls(s) = &mut client.stream else {
-        return;
-    };
-    let t = ctx
-        .shared
-        .config
-        .timeouts
-        .client_send
-        .min(Duration::from_secs(1));
-    let _ = client.deadline.within(t, s.close()).await;
 }
 
 /// Answers 408 (closing) to a client whose head did not arrive within `client_header` of

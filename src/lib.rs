@@ -33,6 +33,7 @@ pub mod fuzz_checks;
 pub mod health;
 pub mod http;
 pub mod io;
+pub mod linger;
 pub mod listener;
 pub mod listening;
 pub mod mirror;

@@ -17,9 +17,9 @@ use crate::forward::{read_whole_body, Forward, Prepared, RequestFacts};
 use crate::http::canned::Canned;
 use crate::http::encode::{split_target, upstream_request_head, OutFraming, UpstreamRequest};
 use crate::http::parse::{BodyFraming, Method, RequestHead};
+use crate::linger::linger_close;
 use crate::respond::{
-    cfg_rid_header, linger_close, relay_response, respond_canned_with, respond_own, route_pages,
-    Field, Respond,
+    cfg_rid_header, relay_response, respond_canned_with, respond_own, route_pages, Field, Respond,
 };
 use crate::route::{match_path, normalize_path, routing_input};
 use crate::rules::{location, path_and_query, rewrite_target, Fields, Vars};
@@ -118,7 +118,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             trace.bytes_out = own.body;
             let mut outcome = own.outcome;
             if body_unread {
-                outcome = close_lingering(client).await;
+                outcome = close_lingering(ctx, client).await;
             }
             Ok(Exchanged {
                 outcome,
@@ -146,7 +146,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             trace.bytes_out = own.body;
             let mut outcome = own.outcome;
             if body_unread {
-                outcome = close_lingering(client).await;
+                outcome = close_lingering(ctx, client).await;
             }
             Ok(Exchanged {
                 outcome,
@@ -209,7 +209,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             if early {
                 // The backend answered before the whole body: the rest is read and dropped
                 // for a bounded time, so the close does not reset the response away.
-                close_lingering(client).await
+                close_lingering(ctx, client).await
             } else {
                 outcome
             }
@@ -225,7 +225,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                     // so an orderly close reads as the truncation it is. Closed with
                     // pipelined requests unread, the kernel would answer them with a reset
                     // that destroys the earlier responses still in flight.
-                    close_lingering(client).await
+                    close_lingering(ctx, client).await
                 } else {
                     if e.side == Side::Upstream {
                         // An HTTP/1.0 client's body may be close-delimited: an orderly
@@ -260,7 +260,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 .await;
                 trace.bytes_out = own.body;
                 if body_unread {
-                    close_lingering(client).await
+                    close_lingering(ctx, client).await
                 } else {
                     own.outcome
                 }
@@ -352,7 +352,7 @@ async fn respond_here(
     let bytes = answer.bytes(close);
     let own = respond_own(ctx, stream, deadline, bytes, close, head_only, extra).await;
     if body_unread {
-        return Ok((close_lingering(client).await, own.body));
+        return Ok((close_lingering(ctx, client).await, own.body));
     }
     Ok((own.outcome, own.body))
 }
@@ -789,7 +789,7 @@ struct Exchanged {
 /// which also ends a TLS client's side with close_notify): the connection is then done
 /// with, and the keep-alive loop only drops it ([`Outcome::Cut`]: not a second lingering
 /// read, which doubled the time a client that keeps sending was held).
-async fn close_lingering(client: &mut Client) -> Outcome {
-    Box::pin(linger_close(client)).await;
+async fn close_lingering(ctx: &ShardCtx, client: &mut Client) -> Outcome {
+    Box::pin(linger_close(ctx, client)).await;
     Outcome::Cut
 }

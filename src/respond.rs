@@ -3,11 +3,11 @@
 //! the framing the client can take, the upstream connection pooled again when it can be, or
 //! an upgrade's 101 and the hand-over to the tunnel), or answer on the proxy's own behalf:
 //! canned responses and a route's `respond` (with the request id when configured), the
-//! status for a refused head, and the lingering close after a refusal with an unread body.
+//! status for a refused head. How the connection then closes is `linger.rs`.
 
 use std::cell::RefCell;
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cache::Fill;
 use crate::client::{Client, Outcome, Transport};
@@ -26,7 +26,7 @@ use crate::http::encode::{
     TrailerFilter,
 };
 use crate::http::parse::{BodyFraming, Method, ParseError, ResponseHead};
-use crate::io::{read_more, write_from, Deadline, IoFail};
+use crate::io::{write_from, Deadline, IoFail};
 use crate::relay::{relay_body, BodyPlan, Leg, RelayError};
 use crate::rules::{Fields, Vars};
 use crate::shard::ShardCtx;
@@ -576,55 +576,6 @@ fn canned_head(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(&bytes[status_end..]);
-}
-
-/// Closes a connection whose client may still be sending (an unread body, a refused head):
-/// half-close, then read and discard for a bounded time, so that the kernel does not answer
-/// the unread bytes with a reset that could destroy the response (RFC 9112 §9.6): up to 1 s
-/// and 256 KiB, and beyond that for as long as the response is not all taken by the client
-/// (its bytes still in the socket's send queue, which a reset would drop), each read within
-/// 1 s of the last, all within 30 s and 16 MiB (nginx's `lingering_timeout` and
-/// `lingering_time`; the byte bound is ours: a client that sends fast and never reads would
-/// otherwise keep the shard reading for those 30 s). A TLS client's side is ended with
-/// close_notify (within those 30 s), and what it sends after is read from the socket as it
-/// is, never decrypted: nothing of it is used, and a read cut short by its timeout may lose
-/// bytes (io_uring), which through rustls would be a broken record and an early close.
-pub async fn linger_close(client: &mut Client) {
-    use monoio::io::AsyncWriteRent;
-    const LINGER: Duration = Duration::from_secs(1);
-    const LINGER_BYTES: usize = 256 * 1024;
-    const LINGER_MAX: Duration = Duration::from_secs(30);
-    const LINGER_MAX_BYTES: usize = 16 << 20;
-    let _ = client
-        .deadline
-        .within(LINGER_MAX, client.stream.shutdown())
-        .await;
-    let fd = client.stream.tcp().as_raw_fd();
-    let start = Instant::now();
-    let mut drained = 0;
-    loop {
-        let elapsed = start.elapsed();
-        let base = drained < LINGER_BYTES && elapsed < LINGER;
-        if !base && crate::transport::unsent(fd) == 0
-            || elapsed >= LINGER_MAX
-            || drained >= LINGER_MAX_BYTES
-        {
-            break;
-        }
-        let wait = if base { LINGER - elapsed } else { LINGER };
-        client.buf.clear();
-        let raw = match &mut client.stream {
-            Transport::Plain(s) => s,
-            Transport::Tls(s) => s.tcp_mut(),
-        };
-        let wait = wait.min(LINGER_MAX - elapsed);
-        match read_more(raw, &mut client.buf, &mut client.deadline, wait).await {
-            Ok(n) => drained += n,
-            // The first second ran out: what is still unsent decides (above).
-            Err(IoFail::Timeout) if base => {}
-            Err(_) => break,
-        }
-    }
 }
 
 /// Maps a request-head parse error to its status.

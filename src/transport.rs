@@ -51,12 +51,7 @@ impl Transport {
     /// stream's input already taken in ([`Transport::holds_input`]). For a close, not the
     /// hot path: one `recv(2)`.
     pub fn has_unread(&mut self) -> bool {
-        let mut byte = [MaybeUninit::uninit()];
-        self.holds_input()
-            || matches!(
-                recv_now(self.tcp().as_raw_fd(), &mut byte, libc::MSG_PEEK),
-                Ok(n) if n > 0
-            )
+        self.holds_input() || unread(self.tcp().as_raw_fd())
     }
 
     /// Closes a connection whose last exchange ended in order (the pool lets it go, or it
@@ -229,6 +224,12 @@ pub fn recv_now(fd: RawFd, buf: &mut [MaybeUninit<u8>], flags: libc::c_int) -> i
     // open while it is borrowed.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     socket2::SockRef::from(&fd).recv_with_flags(buf, libc::MSG_DONTWAIT | flags)
+}
+
+/// Whether bytes wait on the socket `fd`, not read yet (a peek).
+pub fn unread(fd: RawFd) -> bool {
+    let mut byte = [MaybeUninit::uninit()];
+    matches!(recv_now(fd, &mut byte, libc::MSG_PEEK), Ok(n) if n > 0)
 }
 
 /// Bytes the socket `fd` has not had acknowledged by its peer (sent or not yet sent:

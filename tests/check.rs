@@ -189,6 +189,8 @@ upstream_response = "250ms"
 tunnel_idle = "1h"
 tunnel_half_closed = "30s"
 client_keepalive_time = "1h"
+lingering_timeout = "1s"
+lingering_time = "30s"
 
 [limits]
 max_header_bytes = 16384

@@ -542,30 +542,47 @@ both_engines! {
 
     // A TLS client that asked for the close and sent more: the close lingers as on plain
     // connections (it was close_notify and a drop, and the kernel's reset, answering the
-    // unread bytes, destroyed the end of the response still in the send buffer).
+    // unread bytes, destroyed the end of the response still in the send buffer). Twice, as
+    // in keepalive.rs: the bytes sent while the response is under way, the client reading
+    // once the proxy let go; then sent once it was all queued (the proxy had seen nothing
+    // more, and the close waits on the response in flight), the client reading at once.
     fn bytes_sent_after_asking_for_the_close_do_not_reset_a_tls_response(engine) {
         const LEN: usize = 400_000;
-        let Site { ca, dir: _dir, ca_file: _ca_file, origin, config } = site("more", "");
-        let proxy = config.admin("").start(engine);
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        sock.set_recv_buffer_size(16 * 1024).unwrap();
-        sock.connect(&proxy.addr().into()).unwrap();
-        let sock: TcpStream = sock.into();
-        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let conn = rustls::ClientConnection::new(Arc::new(ca.client_config()), "a.test".try_into().unwrap()).unwrap();
-        let mut tls = rustls::StreamOwned::new(conn, sock);
-        let first = format!("GET /gen/{LEN}/cl HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
-        tls.write_all(first.as_bytes()).unwrap();
-        assert!(origin.wait_for(Duration::from_secs(10), |o| !o.requests.is_empty()));
-        tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
-        scrape_until(proxy.admin_addr(), None, Duration::from_secs(20), "the connection ended", |m| {
-            m.value("edgeshard_connections_active", &[]) == 0.0
-        });
-        let mut got = Vec::new();
-        let end = tls.read_to_end(&mut got);
-        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
-        assert!(got.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&got[..head_end]));
-        assert_eq!((got.len() - head_end, end.err().map(|e| e.kind())), (LEN, None), "the whole body, then close_notify");
+        for queued in [false, true] {
+            let Site { ca, dir: _dir, ca_file: _ca_file, origin, config } = site("more", "");
+            let config = if queued { config.timeout("lingering_timeout", "20s") } else { config };
+            let proxy = config.admin("").start(engine);
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.set_recv_buffer_size(16 * 1024).unwrap();
+            sock.connect(&proxy.addr().into()).unwrap();
+            let sock: TcpStream = sock.into();
+            sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let conn = rustls::ClientConnection::new(Arc::new(ca.client_config()), "a.test".try_into().unwrap()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            let first = format!("GET /gen/{LEN}/cl HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+            tls.write_all(first.as_bytes()).unwrap();
+            let then = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+            let ended = |m: &Metrics| m.value("edgeshard_connections_active", &[]) == 0.0;
+            let mut got = Vec::new();
+            let end = if queued {
+                scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "the response queued", |m| {
+                    m.value("edgeshard_request_duration_seconds_count", &[]) == 1.0
+                });
+                tls.write_all(then).unwrap();
+                let end = tls.read_to_end(&mut got);
+                scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "the connection ended", ended);
+                end
+            } else {
+                assert!(origin.wait_for(Duration::from_secs(10), |o| !o.requests.is_empty()));
+                tls.write_all(then).unwrap();
+                scrape_until(proxy.admin_addr(), None, Duration::from_secs(20), "the connection ended", ended);
+                tls.read_to_end(&mut got)
+            };
+            let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+            assert!(got.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&got[..head_end]));
+            let whole = (got.len() - head_end, end.err().map(|e| e.kind()));
+            assert_eq!(whole, (LEN, None), "queued: {queued}: the whole body, then close_notify");
+        }
     }
 
     fn https_scheme_hsts_and_redirect(engine) {

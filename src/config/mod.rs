@@ -152,6 +152,11 @@ pub struct Timeouts {
     /// `keepalive_time`): connections are re-opened, and so re-balanced across shards and
     /// proxies, at least this often.
     pub client_keepalive_time: Duration,
+    /// A lingering close (`linger::linger_close`): its first part, and the most it waits
+    /// for each read after (nginx's `lingering_timeout`).
+    pub lingering_timeout: Duration,
+    /// The whole of a lingering close (nginx's `lingering_time`).
+    pub lingering_time: Duration,
 }
 
 /// Zero-copy relay of large bodies (`[server] splice*`).
@@ -510,6 +515,16 @@ impl Config {
                 "timeouts.client_keepalive_time",
                 timeouts.client_keepalive_time.as_ref(),
                 Duration::from_secs(3600),
+            ),
+            lingering_timeout: c.duration(
+                "timeouts.lingering_timeout",
+                timeouts.lingering_timeout.as_ref(),
+                Duration::from_secs(1),
+            ),
+            lingering_time: c.duration(
+                "timeouts.lingering_time",
+                timeouts.lingering_time.as_ref(),
+                Duration::from_secs(30),
             ),
         };
         let limits = limits::limits(&mut c, &limits);

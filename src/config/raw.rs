@@ -205,6 +205,8 @@ pub(super) struct RawTimeouts {
     pub(super) tunnel_idle: Option<String>,
     pub(super) client_keepalive_time: Option<String>,
     pub(super) tunnel_half_closed: Option<String>,
+    pub(super) lingering_timeout: Option<String>,
+    pub(super) lingering_time: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -295,7 +295,7 @@ impl TlsStream {
     }
 
     /// The socket underneath, to read and discard what a client still sends after this side
-    /// closed ([`crate::respond::linger_close`]): its records are never decrypted.
+    /// closed ([`crate::linger::linger_close`]): its records are never decrypted.
     pub fn tcp_mut(&mut self) -> &mut TcpStream {
         &mut self.tcp
     }

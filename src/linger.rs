@@ -1,0 +1,107 @@
+//! The end of the pipeline, *close*: how a client connection closes after its last response
+//! (RFC 9112 §9.6), in stages, so that bytes the client sent or still sends do not make the
+//! kernel answer with a reset that destroys the end of the response still in flight:
+//! [`linger_close`] when the client may still be sending (an unread body, a refused head, a
+//! pipelined request), [`close_after_response`] when it had sent nothing more.
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use crate::client::{Client, Transport};
+use crate::io::{read_more, IoFail};
+use crate::shard::ShardCtx;
+
+/// Closes a connection whose client may still be sending (an unread body, a refused head):
+/// half-close, then read and discard for a bounded time, so that the kernel does not answer
+/// the unread bytes with a reset that could destroy the response (RFC 9112 §9.6): for
+/// `timeouts.lingering_timeout` (up to 256 KiB), and beyond that for as long as the response
+/// is not all taken by the client (its bytes still in the socket's send queue, which a reset
+/// would drop), each read within `lingering_timeout` of the last, all within
+/// `timeouts.lingering_time` and 16 MiB (nginx's `lingering_timeout` and `lingering_time`;
+/// the byte bound is ours: a client that sends fast and never reads would otherwise keep the
+/// shard reading all that time). A TLS client's side is ended with close_notify (within
+/// `lingering_time`), and what it sends after is read from the socket as it is, never
+/// decrypted: nothing of it is used, and a read cut short by its timeout may lose bytes
+/// (io_uring), which through rustls would be a broken record and an early close.
+pub async fn linger_close(ctx: &ShardCtx, client: &mut Client) {
+    let within = ctx.shared.config.timeouts.lingering_time;
+    linger(ctx, client, within, true).await
+}
+
+/// Closes after a complete response that ends its connection, to a client that had sent
+/// nothing more by then: the half-close, then only the second part of [`linger_close`]: what
+/// the client sends while the response is still in flight is read and discarded. A client
+/// that sends more once the whole response was queued (a confused pipeliner) is then not
+/// answered with a reset that destroys the end still in flight (RFC 9112 §9.6 closes in
+/// stages, until the client has acknowledged the response); one that takes the response and
+/// closes, or acknowledges it, ends it within [`LINGER_STEP`]. A TLS client's side ends with
+/// close_notify (RFC 8446 §6.1): a close-delimited body (an HTTP/1.0 client's) is complete to
+/// the client only with it (RFC 9112 §9.8); a response cut short ends without one
+/// ([`crate::client::Outcome::Cut`]). It is waited for within `lingering_timeout` (and
+/// `client_send`): a client that does not read gets the TCP close then.
+pub async fn close_after_response(ctx: &ShardCtx, client: &mut Client) {
+    let t = &ctx.shared.config.timeouts;
+    linger(ctx, client, t.client_send.min(t.lingering_timeout), false).await
+}
+
+/// How often a close waiting on the response in flight looks at the send queue again: no
+/// event says that the client acknowledged it.
+const LINGER_STEP: Duration = Duration::from_millis(100);
+
+/// [`linger_close`] (`first_part`) and [`close_after_response`].
+async fn linger(ctx: &ShardCtx, client: &mut Client, shutdown_within: Duration, first_part: bool) {
+    use monoio::io::AsyncWriteRent;
+    const LINGER_BYTES: usize = 256 * 1024;
+    const LINGER_MAX_BYTES: usize = 16 << 20;
+    let timeouts = &ctx.shared.config.timeouts;
+    let (linger, linger_max) = (timeouts.lingering_timeout, timeouts.lingering_time);
+    let shut = client
+        .deadline
+        .within(shutdown_within, client.stream.shutdown())
+        .await;
+    if !first_part && !matches!(shut, Ok(Ok(()))) {
+        return;
+    }
+    let fd = client.stream.tcp().as_raw_fd();
+    let start = Instant::now();
+    // The last read, or the end of the first part: past it, reads come within `linger`.
+    let mut last = start;
+    let mut drained = 0;
+    loop {
+        let now = Instant::now();
+        let elapsed = now - start;
+        if elapsed >= linger_max || drained >= LINGER_MAX_BYTES {
+            break;
+        }
+        let base = first_part && drained < LINGER_BYTES && elapsed < linger;
+        let wait = if base {
+            linger - elapsed
+        } else {
+            let quiet = now - last;
+            // Bytes that came with the last wait's end are read first: unread, they would
+            // make the close a reset after all.
+            let taken = crate::transport::unsent(fd) == 0 && !crate::transport::unread(fd);
+            if taken || quiet >= linger {
+                break;
+            }
+            (linger - quiet).min(LINGER_STEP)
+        };
+        client.buf.clear();
+        let raw = match &mut client.stream {
+            Transport::Plain(s) => s,
+            Transport::Tls(s) => s.tcp_mut(),
+        };
+        let wait = wait.min(linger_max - elapsed);
+        match read_more(raw, &mut client.buf, &mut client.deadline, wait).await {
+            Ok(n) => {
+                drained += n;
+                last = Instant::now();
+            }
+            // The first part ran out: what is still unsent decides (above), and the next
+            // read has `linger` from here.
+            Err(IoFail::Timeout) if base => last = Instant::now(),
+            Err(IoFail::Timeout) => {}
+            Err(_) => break,
+        }
+    }
+}
