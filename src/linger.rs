@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::client::{Client, Transport};
 use crate::io::{read_more, IoFail};
 use crate::shard::ShardCtx;
+use crate::transport::unsent;
 
 /// Closes a connection whose client may still be sending (an unread body, a refused head):
 /// half-close, then read and discard for a bounded time, so that the kernel does not answer
@@ -55,14 +56,24 @@ async fn linger(ctx: &ShardCtx, client: &mut Client, shutdown_within: Duration, 
     const LINGER_MAX_BYTES: usize = 16 << 20;
     let timeouts = &ctx.shared.config.timeouts;
     let (linger, linger_max) = (timeouts.lingering_timeout, timeouts.lingering_time);
+    let fd = client.stream.tcp().as_raw_fd();
+    // All acknowledged already (the common case on a fast path): nothing a reset could
+    // destroy; the close sends the FIN (a TLS one's close_notify first).
+    let acked = !first_part && unsent(fd) == 0;
+    if acked && matches!(client.stream, Transport::Plain(_)) {
+        return;
+    }
     let shut = client
         .deadline
         .within(shutdown_within, client.stream.shutdown())
         .await;
-    if !first_part && !matches!(shut, Ok(Ok(()))) {
+    let shut = matches!(shut, Ok(Ok(())));
+    if !first_part && (acked || !shut) {
         return;
     }
-    let fd = client.stream.tcp().as_raw_fd();
+    // The FIN, once queued, takes a sequence number of its own: all the response is
+    // acknowledged when at most that one is not.
+    let fin = usize::from(shut);
     let start = Instant::now();
     // The last read, or the end of the first part: past it, reads come within `linger`.
     let mut last = start;
@@ -80,7 +91,7 @@ async fn linger(ctx: &ShardCtx, client: &mut Client, shutdown_within: Duration, 
             let quiet = now - last;
             // Bytes that came with the last wait's end are read first: unread, they would
             // make the close a reset after all.
-            let taken = crate::transport::unsent(fd) == 0 && !crate::transport::unread(fd);
+            let taken = unsent(fd) <= fin && !crate::transport::unread(fd);
             if taken || quiet >= linger {
                 break;
             }
