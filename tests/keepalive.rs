@@ -246,8 +246,9 @@ both_engines! {
 /// - Not `queued`: `then` is sent once the proxy has read `first` (the origin has it), while
 ///   the response is relayed, and the client reads nothing until the proxy has let go of
 ///   the connection.
-/// - `queued`: `then` is sent once the whole response was queued (the proxy had seen nothing
-///   more when it closed), and the client then reads it all. The proxy waits up to 20 s for
+/// - `queued`: `then` is sent once the whole response was queued and the proxy, which had
+///   seen nothing more, has half-closed (`wait_proxy_half_closed`), and the client then
+///   reads it all. The proxy waits up to 20 s for
 ///   each read (`lingering_timeout`; no loaded machine takes that long to send `then`), and
 ///   lets go once its response is taken, not after those 20 s.
 fn the_response_survives_the_close(
@@ -280,12 +281,13 @@ fn the_response_survives_the_close(
     let ended = |m: &Metrics| m.value("edgeshard_connections_active", &[]) == 0.0;
     let mut got = Vec::new();
     let end = if queued {
-        scrape_until(
-            proxy.admin_addr(),
-            None,
+        // The proxy's half-close: it looked for unread bytes before it, so `then` comes
+        // after that look (the count of the response, an earlier signal, left it to chance
+        // which close ran: a shard slower than the client took the lingering one).
+        wait_proxy_half_closed(
+            proxy.addr(),
+            s.local_addr().unwrap(),
             Duration::from_secs(10),
-            "the response queued",
-            |m| m.value("edgeshard_request_duration_seconds_count", &[]) == 1.0,
         );
         s.write_all(then).unwrap();
         let end = s.read_to_end(&mut got);

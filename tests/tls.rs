@@ -565,9 +565,10 @@ both_engines! {
             let ended = |m: &Metrics| m.value("edgeshard_connections_active", &[]) == 0.0;
             let mut got = Vec::new();
             let end = if queued {
-                scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "the response queued", |m| {
-                    m.value("edgeshard_request_duration_seconds_count", &[]) == 1.0
-                });
+                // After the proxy's half-close (close_notify, then the TCP one), so after its
+                // look for unread bytes, as in keepalive.rs.
+                let client = tls.get_ref().local_addr().unwrap();
+                wait_proxy_half_closed(proxy.addr(), client, Duration::from_secs(10));
                 tls.write_all(then).unwrap();
                 let end = tls.read_to_end(&mut got);
                 scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "the connection ended", ended);
