@@ -352,6 +352,92 @@ both_engines! {
     }
 }
 
+/// A proxy whose lingering bounds are `lingering_timeout` and `lingering_time`, and a client
+/// with a small receive buffer that has asked for `LEN` bytes with `Connection: close` and
+/// reads nothing yet: most of the response waits in the proxy's send queue as it closes.
+fn closing_with_the_response_in_flight(
+    engine: Engine,
+    lingering_timeout: &str,
+    lingering_time: &str,
+) -> (Origin, Proxy, std::net::TcpStream) {
+    use std::io::Write;
+    let origin = Origin::start("o");
+    let proxy = Config::single(origin.addr())
+        .timeout("lingering_timeout", lingering_timeout)
+        .timeout("lingering_time", lingering_time)
+        .admin("")
+        .start(engine);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    sock.connect(&proxy.addr().into()).unwrap();
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!("GET /gen/{LEN}/cl HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    (origin, proxy, s)
+}
+
+/// Reads the rest of the response from `s`: the whole body, then an orderly end.
+fn read_whole_response(s: &mut std::net::TcpStream) {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let end = s.read_to_end(&mut got);
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&got[..head_end])
+    );
+    let whole = (got.len() - head_end, end.err().map(|e| e.kind()));
+    assert_eq!(whole, (LEN, None), "the whole body, then the close");
+}
+
+both_engines! {
+    // A client that takes the whole response and keeps its socket open (it does not close,
+    // and sends nothing): the close after the response ends once the client has acknowledged
+    // it (`SIOCOUTQ` at 0, looked at every 100 ms), not after `lingering_timeout` (60 s here;
+    // the 20 s deadline is far from both).
+    fn a_client_that_takes_the_response_and_stays_is_let_go_at_once(engine) {
+        let (_origin, proxy, mut s) = closing_with_the_response_in_flight(engine, "60s", "60s");
+        read_whole_response(&mut s);
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(20), "the connection let go", |m| {
+            m.value("edgeshard_connections_active", &[]) == 0.0
+        });
+        drop(s);
+    }
+
+    // A client that reads nothing and sends nothing: the close waits `lingering_timeout`
+    // (1 s) after the half-close, not `lingering_time` (60 s), and the close is orderly
+    // (nothing was left unread): once the proxy has let go, the kernel still delivers the
+    // whole response, then the end.
+    fn a_client_that_never_reads_is_let_go_after_lingering_timeout(engine) {
+        let (_origin, proxy, mut s) = closing_with_the_response_in_flight(engine, "1s", "60s");
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(20), "the connection let go", |m| {
+            m.value("edgeshard_connections_active", &[]) == 0.0
+        });
+        read_whole_response(&mut s);
+    }
+
+    // A client that reads nothing and keeps sending (a byte before each scrape, every 25 ms,
+    // far inside `lingering_timeout`, 60 s): `lingering_time` (1 s) ends the close all the
+    // same. The bytes start once the proxy has half-closed, so this is the close after a
+    // complete response, not the lingering close of a client that had sent more.
+    fn lingering_time_bounds_a_client_that_keeps_sending(engine) {
+        use std::io::Write;
+        let (_origin, proxy, s) = closing_with_the_response_in_flight(engine, "60s", "1s");
+        wait_proxy_half_closed(proxy.addr(), s.local_addr().unwrap(), Duration::from_secs(10));
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(20), "the connection let go", |m| {
+            // Once the proxy has closed, this byte draws a reset and later writes fail.
+            let _ = (&s).write(b"x");
+            m.value("edgeshard_connections_active", &[]) == 0.0
+        });
+    }
+}
+
 both_engines! {
     // limits.max_requests_per_connection (nginx's keepalive_requests): the response to the
     // connection's last request says `Connection: close` and the connection ends after it.
