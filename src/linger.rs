@@ -63,9 +63,11 @@ async fn linger(ctx: &ShardCtx, client: &mut Client, shutdown_within: Duration, 
     if acked && matches!(client.stream, Transport::Plain(_)) {
         return;
     }
+    // `lingering_time` bounds the whole close, a TLS close_notify's wait included.
+    let start = Instant::now();
     let shut = client
         .deadline
-        .within(shutdown_within, client.stream.shutdown())
+        .within(shutdown_within.min(linger_max), client.stream.shutdown())
         .await;
     let shut = matches!(shut, Ok(Ok(())));
     if !first_part && (acked || !shut) {
@@ -74,7 +76,6 @@ async fn linger(ctx: &ShardCtx, client: &mut Client, shutdown_within: Duration, 
     // The FIN, once queued, takes a sequence number of its own: all the response is
     // acknowledged when at most that one is not.
     let fin = usize::from(shut);
-    let start = Instant::now();
     // The last read, or the end of the first part: past it, reads come within `linger`.
     let mut last = start;
     let mut drained = 0;
