@@ -342,16 +342,14 @@ async fn keep_alive(
         // promised keep-alive, and the client may send its next request at once; the wait
         // below, draining, gives it the grace and answers it with `Connection: close`.
         if outcome == Outcome::Close {
-            if head.wants_keep_alive() || !client.buf.is_empty() || client.stream.has_unread() {
-                // The proxy chose to close (a close-delimited body for an HTTP/1.0 client, a
-                // drain, ...) a connection whose client may have pipelined its next request,
-                // or one that sent more after asking for the close: closed with that unread,
-                // the kernel would answer it with a reset that destroys the end of the
-                // response still in flight (RFC 9112 §9.6). A TLS one's close_notify too.
-                Box::pin(linger_close(&ctx, &mut client)).await;
-            } else {
-                Box::pin(close_after_response(&ctx, &mut client)).await;
-            }
+            // The proxy chose to close (a close-delimited body for an HTTP/1.0 client, a
+            // drain, ...) a connection whose client may have pipelined its next request, or
+            // one that sent more after asking for the close: closed with that unread, the
+            // kernel would answer it with a reset that destroys the end of the response
+            // still in flight (RFC 9112 §9.6). A TLS one's close_notify too.
+            let unread =
+                head.wants_keep_alive() || !client.buf.is_empty() || client.stream.has_unread();
+            Box::pin(close(&ctx, &mut client, guard, unread)).await;
             return;
         }
         if outcome == Outcome::Cut {
@@ -360,6 +358,25 @@ async fn keep_alive(
         if client.buf.capacity() > KEEP_BUF && client.buf.len() < INITIAL_BUF {
             client.buf.shrink_to(INITIAL_BUF);
         }
+    }
+}
+
+/// Closes a connection after its last response, in stages ([`linger_close`] when the client
+/// may still be sending, else [`close_after_response`]). Its guard waits in the shard's
+/// register of closes, which a new connection at a limit reclaims first ([`crate::reclaim`]):
+/// the close then ends at once, the way it went before it was staged.
+async fn close(ctx: &ShardCtx, client: &mut Client, guard: ActiveGuard, unread: bool) {
+    let closing = ctx.closing.enter(guard, Instant::now());
+    let staged = async {
+        if unread {
+            linger_close(ctx, client).await
+        } else {
+            close_after_response(ctx, client).await
+        }
+    };
+    monoio::select! {
+        _ = staged => {}
+        _ = closing.reclaimed() => {}
     }
 }
 

@@ -109,6 +109,9 @@ pub struct ShardCommon {
     /// Connections waiting for a request in their own task, which a limit may reclaim
     /// ([`crate::reclaim`]).
     pub waits: crate::reclaim::Waits,
+    /// Connections whose last response is complete and that only close, in stages
+    /// ([`crate::linger`]): the first a limit reclaims.
+    pub closing: crate::reclaim::Waits,
     /// Spare cancel handles for the keep-alive hot read ([`crate::conn`]).
     pub cancellers: crate::conn::Cancellers,
     /// TLS handshakes in progress, oldest first (`tls.max_handshakes`).
@@ -169,6 +172,7 @@ impl ShardCtx {
             idle: Notify::default(),
             lot: crate::park::Lot::default(),
             waits: crate::reclaim::Waits::default(),
+            closing: crate::reclaim::Waits::default(),
             cancellers: crate::conn::Cancellers::default(),
             handshakes: crate::tls::Running::default(),
             active: Cell::new(0),

@@ -359,14 +359,18 @@ fn closing_with_the_response_in_flight(
     engine: Engine,
     lingering_timeout: &str,
     lingering_time: &str,
+    limits: &[(&str, &str)],
 ) -> (Origin, Proxy, std::net::TcpStream) {
     use std::io::Write;
     let origin = Origin::start("o");
-    let proxy = Config::single(origin.addr())
+    let mut config = Config::single(origin.addr())
         .timeout("lingering_timeout", lingering_timeout)
         .timeout("lingering_time", lingering_time)
-        .admin("")
-        .start(engine);
+        .admin("");
+    for (key, raw) in limits {
+        config = config.limit(key, raw);
+    }
+    let proxy = config.start(engine);
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.set_recv_buffer_size(16 * 1024).unwrap();
     sock.connect(&proxy.addr().into()).unwrap();
@@ -402,7 +406,7 @@ both_engines! {
     // it (`SIOCOUTQ` at 0, looked at every 100 ms), not after `lingering_timeout` (60 s here;
     // the 20 s deadline is far from both).
     fn a_client_that_takes_the_response_and_stays_is_let_go_at_once(engine) {
-        let (_origin, proxy, mut s) = closing_with_the_response_in_flight(engine, "60s", "60s");
+        let (_origin, proxy, mut s) = closing_with_the_response_in_flight(engine, "60s", "60s", &[]);
         read_whole_response(&mut s);
         scrape_until(proxy.admin_addr(), None, Duration::from_secs(20), "the connection let go", |m| {
             m.value("edgeshard_connections_active", &[]) == 0.0
@@ -415,7 +419,7 @@ both_engines! {
     // (nothing was left unread): once the proxy has let go, the kernel still delivers the
     // whole response, then the end.
     fn a_client_that_never_reads_is_let_go_after_lingering_timeout(engine) {
-        let (_origin, proxy, mut s) = closing_with_the_response_in_flight(engine, "1s", "60s");
+        let (_origin, proxy, mut s) = closing_with_the_response_in_flight(engine, "1s", "60s", &[]);
         scrape_until(proxy.admin_addr(), None, Duration::from_secs(20), "the connection let go", |m| {
             m.value("edgeshard_connections_active", &[]) == 0.0
         });
@@ -428,13 +432,30 @@ both_engines! {
     // complete response, not the lingering close of a client that had sent more.
     fn lingering_time_bounds_a_client_that_keeps_sending(engine) {
         use std::io::Write;
-        let (_origin, proxy, s) = closing_with_the_response_in_flight(engine, "60s", "1s");
+        let (_origin, proxy, s) = closing_with_the_response_in_flight(engine, "60s", "1s", &[]);
         wait_proxy_half_closed(proxy.addr(), s.local_addr().unwrap(), Duration::from_secs(10));
         scrape_until(proxy.admin_addr(), None, Duration::from_secs(20), "the connection let go", |m| {
             // Once the proxy has closed, this byte draws a reset and later writes fail.
             let _ = (&s).write(b"x");
             m.value("edgeshard_connections_active", &[]) == 0.0
         });
+    }
+
+    // At a connection limit, a close in stages is the first connection to make room
+    // (crate::reclaim): its response is complete, so the close ends at once, as it went
+    // before it was staged, and the new client is served (it was refused at accept while the
+    // old one lingered, for up to `lingering_timeout`: 60 s here).
+    fn a_closing_connection_makes_room_at_the_connection_limit(engine) {
+        let limits = [("max_connections_per_shard", "1")];
+        let (_origin, proxy, s) = closing_with_the_response_in_flight(engine, "60s", "60s", &limits);
+        wait_proxy_half_closed(proxy.addr(), s.local_addr().unwrap(), Duration::from_secs(10));
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get("t", "/next"));
+        assert_eq!(c.read_response().status(), 200);
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_connections_reclaimed_total", &[]), 1.0);
+        assert_eq!(m.value("edgeshard_connections_rejected_total", &[("reason", "max_connections_per_shard")]), 0.0);
+        drop(s);
     }
 }
 
