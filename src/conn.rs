@@ -16,7 +16,7 @@ use crate::client::{Client, ListenerSide, Outcome, Served, Transport};
 use crate::http::canned::Canned;
 use crate::http::parse::{names_head, parse_request, HeadLimits, Parsed, RequestHead};
 use crate::io::{read_more, Deadline, IoFail};
-use crate::linger::{close_after_response, linger_close};
+use crate::linger::linger_close;
 use crate::park::Parked;
 use crate::proxy::serve_request;
 use crate::respond::{parse_error_status, respond_canned, respond_canned_with};
@@ -349,7 +349,7 @@ async fn keep_alive(
             // still in flight (RFC 9112 §9.6). A TLS one's close_notify too.
             let unread =
                 head.wants_keep_alive() || !client.buf.is_empty() || client.stream.has_unread();
-            Box::pin(close(&ctx, &mut client, guard, unread)).await;
+            Box::pin(crate::linger::close(&ctx, &mut client, guard, unread)).await;
             return;
         }
         if outcome == Outcome::Cut {
@@ -358,25 +358,6 @@ async fn keep_alive(
         if client.buf.capacity() > KEEP_BUF && client.buf.len() < INITIAL_BUF {
             client.buf.shrink_to(INITIAL_BUF);
         }
-    }
-}
-
-/// Closes a connection after its last response, in stages ([`linger_close`] when the client
-/// may still be sending, else [`close_after_response`]). Its guard waits in the shard's
-/// register of closes, which a new connection at a limit reclaims first ([`crate::reclaim`]):
-/// the close then ends at once, the way it went before it was staged.
-async fn close(ctx: &ShardCtx, client: &mut Client, guard: ActiveGuard, unread: bool) {
-    let closing = ctx.closing.enter(guard, Instant::now());
-    let staged = async {
-        if unread {
-            linger_close(ctx, client).await
-        } else {
-            close_after_response(ctx, client).await
-        }
-    };
-    monoio::select! {
-        _ = staged => {}
-        _ = closing.reclaimed() => {}
     }
 }
 

@@ -2,7 +2,8 @@
 //! (RFC 9112 §9.6), in stages, so that bytes the client sent or still sends do not make the
 //! kernel answer with a reset that destroys the end of the response still in flight:
 //! [`linger_close`] when the client may still be sending (an unread body, a refused head, a
-//! pipelined request), [`close_after_response`] when it had sent nothing more.
+//! pipelined request), [`close_after_response`] when it had sent nothing more; [`close`]
+//! chooses between them after a complete response.
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use crate::client::{Client, Transport};
 use crate::io::{read_more, IoFail};
 use crate::shard::ShardCtx;
 use crate::transport::unsent;
+use crate::worker::ActiveGuard;
 
 /// Closes a connection whose client may still be sending (an unread body, a refused head):
 /// half-close, then read and discard for a bounded time, so that the kernel does not answer
@@ -29,6 +31,31 @@ pub async fn linger_close(ctx: &ShardCtx, client: &mut Client) {
     linger(ctx, client, within, true).await
 }
 
+/// Closes a connection after its last, complete response: `unread`, the client may still be
+/// sending ([`linger_close`]); else [`close_after_response`], unless it is a plain one whose
+/// response is all acknowledged already (`SIOCOUTQ` at 0, the common case on a fast path:
+/// no reset could destroy any of it), which is dropped (the close sends the FIN). The guard
+/// waits in the shard's register of closes, which a new connection at a limit reclaims first
+/// ([`crate::reclaim`]): the close then ends at once, as closes went before they were staged.
+pub async fn close(ctx: &ShardCtx, client: &mut Client, guard: ActiveGuard, unread: bool) {
+    let plain = matches!(client.stream, Transport::Plain(_));
+    if !unread && plain && unsent(client.stream.tcp().as_raw_fd()) == 0 {
+        return;
+    }
+    let closing = ctx.closing.enter(guard, Instant::now());
+    let staged = async {
+        if unread {
+            linger_close(ctx, client).await
+        } else {
+            close_after_response(ctx, client).await
+        }
+    };
+    monoio::select! {
+        _ = staged => {}
+        _ = closing.reclaimed() => {}
+    }
+}
+
 /// Closes after a complete response that ends its connection, to a client that had sent
 /// nothing more by then: the half-close, then only the second part of [`linger_close`]: what
 /// the client sends while the response is still in flight is read and discarded. A client
@@ -40,7 +67,7 @@ pub async fn linger_close(ctx: &ShardCtx, client: &mut Client) {
 /// the client only with it (RFC 9112 §9.8); a response cut short ends without one
 /// ([`crate::client::Outcome::Cut`]). It is waited for within `lingering_timeout` (and
 /// `client_send`): a client that does not read gets the TCP close then.
-pub async fn close_after_response(ctx: &ShardCtx, client: &mut Client) {
+async fn close_after_response(ctx: &ShardCtx, client: &mut Client) {
     let t = &ctx.shared.config.timeouts;
     linger(ctx, client, t.client_send.min(t.lingering_timeout), false).await
 }
@@ -57,12 +84,9 @@ async fn linger(ctx: &ShardCtx, client: &mut Client, shutdown_within: Duration, 
     let timeouts = &ctx.shared.config.timeouts;
     let (linger, linger_max) = (timeouts.lingering_timeout, timeouts.lingering_time);
     let fd = client.stream.tcp().as_raw_fd();
-    // All acknowledged already (the common case on a fast path): nothing a reset could
-    // destroy; the close sends the FIN (a TLS one's close_notify first).
+    // All acknowledged already: nothing a reset could destroy; a TLS one's close_notify
+    // goes, then the FIN (a plain one never gets here: [`close`]).
     let acked = !first_part && unsent(fd) == 0;
-    if acked && matches!(client.stream, Transport::Plain(_)) {
-        return;
-    }
     // `lingering_time` bounds the whole close, a TLS close_notify's wait included.
     let start = Instant::now();
     let shut = client
