@@ -433,6 +433,7 @@ impl ShardCtx {
         let mut snap = self.stats.snapshot();
         snap.snapshot_id = Arc::as_ptr(&self.shared) as usize;
         snap.parked = (self.common().lot.len() + self.common().waits.len()) as u64;
+        snap.closing = self.common().closing.len() as u64;
         let now = Instant::now();
         let pool = self.pool.borrow();
         let c = pool.counters;

@@ -387,6 +387,7 @@ impl Stats {
             reclaimed_idle: self.reclaimed_idle.get(),
             retired: self.retired.each_ref().map(get),
             parked: 0,
+            closing: 0,
             rejected_no_listener: self.rejected_no_listener.get(),
             rejected_total_limit: self.rejected_total_limit.get(),
             rejected_client_limit: self.rejected_client_limit.get(),
@@ -507,6 +508,9 @@ pub struct Snapshot {
     /// Connections waiting for a request now, in the shard's parking lot or in their task
     /// (a gauge the shard fills).
     pub parked: u64,
+    /// Connections closing in stages after their last response ([`crate::linger`]; a gauge
+    /// the shard fills).
+    pub closing: u64,
     pub rejected_no_listener: u64,
     pub rejected_total_limit: u64,
     pub rejected_client_limit: u64,
@@ -584,6 +588,7 @@ impl Snapshot {
         self.retired[0] += other.retired[0];
         self.retired[1] += other.retired[1];
         self.parked += other.parked;
+        self.closing += other.closing;
         self.rejected_no_listener += other.rejected_no_listener;
         self.rejected_total_limit += other.rejected_total_limit;
         self.rejected_client_limit += other.rejected_client_limit;

@@ -449,10 +449,13 @@ both_engines! {
         let limits = [("max_connections_per_shard", "1")];
         let (_origin, proxy, s) = closing_with_the_response_in_flight(engine, "60s", "60s", &limits);
         wait_proxy_half_closed(proxy.addr(), s.local_addr().unwrap(), Duration::from_secs(10));
+        let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_connections_closing", &[]), 1.0, "the close in its register");
         let mut c = Client::connect(proxy.addr());
         c.send(&get("t", "/next"));
         assert_eq!(c.read_response().status(), 200);
         let m = scrape(proxy.admin_addr(), None);
+        assert_eq!(m.value("edgeshard_connections_closing", &[]), 0.0);
         assert_eq!(m.value("edgeshard_connections_reclaimed_total", &[]), 1.0);
         assert_eq!(m.value("edgeshard_connections_rejected_total", &[("reason", "max_connections_per_shard")]), 0.0);
         drop(s);

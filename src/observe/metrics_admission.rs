@@ -18,9 +18,16 @@ pub(super) fn admission(o: &mut String, all: &Snapshot) {
     let _ = writeln!(o, "edgeshard_connections_idle {}", all.parked);
     family(
         o,
+        "edgeshard_connections_closing",
+        "gauge",
+        "Client connections closing in stages after their last response, waiting while it is in flight or reading what the client still sends (timeouts.lingering_timeout); counted in edgeshard_connections_active.",
+    );
+    let _ = writeln!(o, "edgeshard_connections_closing {}", all.closing);
+    family(
+        o,
         "edgeshard_connections_reclaimed_total",
         "counter",
-        "Idle connections (those in edgeshard_connections_idle) closed to admit a new one at a connection limit.",
+        "Idle connections (those in edgeshard_connections_idle) and closing ones (edgeshard_connections_closing) closed to admit a new one at a connection limit.",
     );
     let _ = writeln!(
         o,
