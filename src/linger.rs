@@ -88,7 +88,7 @@ async fn linger(ctx: &ShardCtx, client: &mut Client, shutdown_within: Duration, 
     // goes, then the FIN (a plain one never gets here: [`close`]).
     let acked = !first_part && unsent(fd) == 0;
     // `lingering_time` bounds the whole close, a TLS close_notify's wait included.
-    let start = Instant::now();
+    let begun = Instant::now();
     let shut = client
         .deadline
         .within(shutdown_within.min(linger_max), client.stream.shutdown())
@@ -100,13 +100,18 @@ async fn linger(ctx: &ShardCtx, client: &mut Client, shutdown_within: Duration, 
     // The FIN, once queued, takes a sequence number of its own: all the response is
     // acknowledged when at most that one is not.
     let fin = usize::from(shut);
+    // The reads' clocks start once the half-close is done: a close_notify that waited on a
+    // client that did not read says nothing of what that client sends meanwhile, which waits
+    // unread in the socket (taken for quiet, it would be closed on unread: the reset).
+    let start = Instant::now();
     // The last read, or the end of the first part: past it, reads come within `linger`.
     let mut last = start;
     let mut drained = 0;
     loop {
         let now = Instant::now();
         let elapsed = now - start;
-        if elapsed >= linger_max || drained >= LINGER_MAX_BYTES {
+        let total = now - begun;
+        if total >= linger_max || drained >= LINGER_MAX_BYTES {
             break;
         }
         let base = first_part && drained < LINGER_BYTES && elapsed < linger;
@@ -127,7 +132,7 @@ async fn linger(ctx: &ShardCtx, client: &mut Client, shutdown_within: Duration, 
             Transport::Plain(s) => s,
             Transport::Tls(s) => s.tcp_mut(),
         };
-        let wait = wait.min(linger_max - elapsed);
+        let wait = wait.min(linger_max - total);
         match read_more(raw, &mut client.buf, &mut client.deadline, wait).await {
             Ok(n) => {
                 drained += n;
