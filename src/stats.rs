@@ -132,8 +132,8 @@ impl std::ops::Deref for Stats {
 pub struct Totals {
     pub accepted: Cell<u64>,
     pub rejected_conn_limit: Cell<u64>,
-    /// Idle connections (parked, or waiting in their task) closed to admit a new one at a
-    /// connection limit.
+    /// Idle connections (parked, or waiting in their task), and closes in stages, ended to
+    /// admit a new one at a connection limit.
     pub reclaimed_idle: Cell<u64>,
     /// Keep-alive connections closed after a response because they reached
     /// `limits.max_requests_per_connection` ([0]) or `timeouts.client_keepalive_time` ([1]).
