@@ -35,23 +35,23 @@ pub async fn linger_close(ctx: &ShardCtx, client: &mut Client) {
 /// sending ([`linger_close`]); else [`close_after_response`], unless it is a plain one whose
 /// response is all acknowledged already (`SIOCOUTQ` at 0, the common case on a fast path:
 /// no reset could destroy any of it), which is dropped (the close sends the FIN). The guard
-/// waits in the shard's register of closes, which a new connection at a limit reclaims first
-/// ([`crate::reclaim`]): the close then ends at once, as closes went before they were staged.
+/// of a [`close_after_response`] waits in the shard's register of closes, which a new
+/// connection at a limit reclaims first ([`crate::reclaim`]): its client had sent nothing,
+/// so the close then ends at once, orderly, as closes went before they were staged. A
+/// [`linger_close`] keeps its guard: reclaimed, it would close on what its client sends.
 pub async fn close(ctx: &ShardCtx, client: &mut Client, guard: ActiveGuard, unread: bool) {
-    let plain = matches!(client.stream, Transport::Plain(_));
-    if !unread && plain && unsent(client.stream.tcp().as_raw_fd()) == 0 {
+    if unread {
+        linger_close(ctx, client).await;
+        drop(guard);
+        return;
+    }
+    if matches!(client.stream, Transport::Plain(_)) && unsent(client.stream.tcp().as_raw_fd()) == 0
+    {
         return;
     }
     let closing = ctx.closing.enter(guard, Instant::now());
-    let staged = async {
-        if unread {
-            linger_close(ctx, client).await
-        } else {
-            close_after_response(ctx, client).await
-        }
-    };
     monoio::select! {
-        _ = staged => {}
+        _ = close_after_response(ctx, client) => {}
         _ = closing.reclaimed() => {}
     }
 }
@@ -84,9 +84,6 @@ async fn linger(ctx: &ShardCtx, client: &mut Client, shutdown_within: Duration, 
     let timeouts = &ctx.shared.config.timeouts;
     let (linger, linger_max) = (timeouts.lingering_timeout, timeouts.lingering_time);
     let fd = client.stream.tcp().as_raw_fd();
-    // All acknowledged already: nothing a reset could destroy; a TLS one's close_notify
-    // goes, then the FIN (a plain one never gets here: [`close`]).
-    let acked = !first_part && unsent(fd) == 0;
     // `lingering_time` bounds the whole close, a TLS close_notify's wait included.
     let begun = Instant::now();
     let shut = client
@@ -94,7 +91,7 @@ async fn linger(ctx: &ShardCtx, client: &mut Client, shutdown_within: Duration, 
         .within(shutdown_within.min(linger_max), client.stream.shutdown())
         .await;
     let shut = matches!(shut, Ok(Ok(())));
-    if !first_part && (acked || !shut) {
+    if !first_part && !shut {
         return;
     }
     // The FIN, once queued, takes a sequence number of its own: all the response is

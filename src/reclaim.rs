@@ -1,8 +1,8 @@
 //! Stage 1's admission, at a connection limit: **which idle connection makes room**. A new
 //! connection at `max_connections_per_shard` or `max_connections` is served, not reset, when
-//! the shard holds a connection that only closes after a complete response, in stages
-//! ([`crate::linger`]; the oldest first: its close then ends at once, as closes went before
-//! they were staged) or one that is only waiting: the longest-idle connection parked between
+//! the shard holds a connection that only closes after a complete response to a client that
+//! had sent nothing more ([`crate::linger::close`]; the oldest first: its close then ends at
+//! once, orderly, as closes went before they were staged) or one that is only waiting: the longest-idle connection parked between
 //! requests ([`crate::park`]), however long the others waited (the common case, and the
 //! cheapest to close) or, without one, the longest-waiting connection that
 //! waits in its own task ([`Waits`]: a new connection's first request, a TLS or mTLS
@@ -32,13 +32,13 @@ use crate::shard::{ShardCommon, ShardCtx};
 use crate::stats::bump;
 use crate::worker::ActiveGuard;
 
-/// At a connection limit: ends the shard's oldest close in stages ([`crate::linger`]), else
-/// closes its longest-idle parked connection or, without one, its longest-waiting in-task
-/// wait. Whether there was one (counted in `reclaimed_idle`).
+/// At a connection limit: ends the shard's oldest close after a complete response
+/// ([`crate::linger::close`]), else closes its longest-idle parked connection or, without
+/// one, its longest-waiting in-task wait. Whether there was one (counted in `reclaimed_idle`).
 pub fn reclaim(common: &ShardCommon, ctx: &ShardCtx) -> bool {
     if common.closing.evict_oldest() {
-        // A close in stages: its response is complete; it now ends as closes went before
-        // they were staged.
+        // Its response is complete and its client had sent nothing more: it now ends,
+        // orderly, as closes went before they were staged.
     } else if let Some(idle) = common.lot.evict_oldest() {
         drop(idle);
     } else if !common.waits.evict_oldest() {

@@ -109,8 +109,8 @@ pub struct ShardCommon {
     /// Connections waiting for a request in their own task, which a limit may reclaim
     /// ([`crate::reclaim`]).
     pub waits: crate::reclaim::Waits,
-    /// Connections whose last response is complete and that only close, in stages
-    /// ([`crate::linger`]): the first a limit reclaims.
+    /// Connections whose last response is complete, their client having sent nothing more,
+    /// that only close, in stages ([`crate::linger::close`]): the first a limit reclaims.
     pub closing: crate::reclaim::Waits,
     /// Spare cancel handles for the keep-alive hot read ([`crate::conn`]).
     pub cancellers: crate::conn::Cancellers,

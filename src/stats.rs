@@ -132,8 +132,8 @@ impl std::ops::Deref for Stats {
 pub struct Totals {
     pub accepted: Cell<u64>,
     pub rejected_conn_limit: Cell<u64>,
-    /// Idle connections (parked, or waiting in their task), and closes in stages, ended to
-    /// admit a new one at a connection limit.
+    /// Idle connections (parked, or waiting in their task), and closes after a complete
+    /// response ([`crate::linger::close`]), ended to admit a new one at a connection limit.
     pub reclaimed_idle: Cell<u64>,
     /// Keep-alive connections closed after a response because they reached
     /// `limits.max_requests_per_connection` ([0]) or `timeouts.client_keepalive_time` ([1]).
@@ -508,8 +508,8 @@ pub struct Snapshot {
     /// Connections waiting for a request now, in the shard's parking lot or in their task
     /// (a gauge the shard fills).
     pub parked: u64,
-    /// Connections closing in stages after their last response ([`crate::linger`]; a gauge
-    /// the shard fills).
+    /// Connections closing after a complete response ([`crate::linger::close`]; a gauge the
+    /// shard fills).
     pub closing: u64,
     pub rejected_no_listener: u64,
     pub rejected_total_limit: u64,

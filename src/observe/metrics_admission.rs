@@ -20,7 +20,7 @@ pub(super) fn admission(o: &mut String, all: &Snapshot) {
         o,
         "edgeshard_connections_closing",
         "gauge",
-        "Client connections closing in stages after their last response, waiting while it is in flight or reading what the client still sends (timeouts.lingering_timeout); counted in edgeshard_connections_active.",
+        "Client connections closing after a complete response to a client that had sent nothing more, waiting while it is in flight (timeouts.lingering_timeout); counted in edgeshard_connections_active.",
     );
     let _ = writeln!(o, "edgeshard_connections_closing {}", all.closing);
     family(
