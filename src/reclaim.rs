@@ -2,11 +2,12 @@
 //! connection at `max_connections_per_shard` or `max_connections` is served, not reset, when
 //! the shard holds a connection that only closes after a complete response to a client that
 //! had sent nothing more ([`crate::linger::close`]; the oldest first: its close then ends at
-//! once, orderly, as closes went before they were staged) or one that is only waiting: the longest-idle connection parked between
-//! requests ([`crate::park`]), however long the others waited (the common case, and the
-//! cheapest to close) or, without one, the longest-waiting connection that
-//! waits in its own task ([`Waits`]: a new connection's first request, a TLS or mTLS
-//! connection between requests, any wait during a drain), past [`crate::conn`]'s hot window.
+//! once, orderly, as closes went before they were staged) or one that is only waiting: the
+//! longest-idle connection parked between requests ([`crate::park`]), however long the
+//! others waited (the common case, and the cheapest to close) or, without one, the
+//! longest-waiting connection that waits in its own task ([`Waits`]: a new connection's
+//! first request, a TLS or mTLS connection between requests, any wait during a drain), past
+//! [`crate::conn`]'s hot window.
 //! nginx does the same when out of `worker_connections`: its "reusable" connections are the
 //! keep-alive ones and those still waiting for their first request. RFC 9112 §9.5 allows a
 //! server to close an idle connection at any time.

@@ -18,6 +18,7 @@ pub mod lockstep;
 pub mod origin;
 pub mod pattern;
 pub mod prom;
+pub mod tcp_state;
 pub mod tls;
 
 #[allow(unused_imports)]
@@ -30,6 +31,7 @@ pub use lockstep::{dead_addr, dead_addrs, LockConn, LockStep, Misbehave, Misbeha
 pub use origin::{BodyMode, Origin, Recorded, Reply};
 #[allow(unused_imports)]
 pub use prom::{parse_prometheus, parse_quick, scrape, scrape_until, Metrics, Sample};
+pub use tcp_state::wait_proxy_half_closed;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -56,43 +58,6 @@ pub fn wait_until(at: Instant) {
         .filter(|d| !d.is_zero())
     {
         thread::park_timeout(left);
-    }
-}
-
-/// The state of the proxy's side of the TCP connection from `client` (the client socket's
-/// local address) to `proxy`, as /proc/net/tcp shows it ("01" established, "04" FIN_WAIT1,
-/// "05" FIN_WAIT2, ...); `None` when there is no such socket (never opened, or reset).
-pub fn proxy_side_state(proxy: SocketAddr, client: SocketAddr) -> Option<String> {
-    fn hex(a: SocketAddr) -> String {
-        let std::net::IpAddr::V4(ip) = a.ip() else {
-            panic!("{a}: IPv4 only")
-        };
-        format!("{:08X}:{:04X}", u32::from_ne_bytes(ip.octets()), a.port())
-    }
-    let (local, remote) = (hex(proxy), hex(client));
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    table.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 3 && f[1] == local && f[2] == remote).then(|| f[3].to_string())
-    })
-}
-
-/// Waits until the proxy has half-closed its side of the connection from `client` (its FIN
-/// is queued: FIN_WAIT1, FIN_WAIT2 or CLOSING): it has sent the whole response and decided
-/// how to close, its look for unread bytes behind it. The kernel announces no state change,
-/// so the table is read on a 5 ms schedule up to the deadline.
-pub fn wait_proxy_half_closed(proxy: SocketAddr, client: SocketAddr, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let state = proxy_side_state(proxy, client);
-        if matches!(state.as_deref(), Some("04" | "05" | "0B")) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the proxy did not half-close its side of {client} within {within:?} (state {state:?})"
-        );
-        wait_until(Instant::now() + Duration::from_millis(5));
     }
 }
 
