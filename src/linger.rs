@@ -27,8 +27,7 @@ use crate::worker::ActiveGuard;
 /// decrypted: nothing of it is used, and a read cut short by its timeout may lose bytes
 /// (io_uring), which through rustls would be a broken record and an early close.
 pub async fn linger_close(ctx: &ShardCtx, client: &mut Client) {
-    let within = ctx.shared.config.timeouts.lingering_time;
-    linger(ctx, client, within, true).await
+    linger(ctx, client, true).await
 }
 
 /// Closes a connection after its last, complete response: `unread`, the client may still be
@@ -68,8 +67,7 @@ pub async fn close(ctx: &ShardCtx, client: &mut Client, guard: ActiveGuard, unre
 /// ([`crate::client::Outcome::Cut`]). It is waited for within `lingering_timeout` (and
 /// `client_send`): a client that does not read gets the TCP close then.
 async fn close_after_response(ctx: &ShardCtx, client: &mut Client) {
-    let t = &ctx.shared.config.timeouts;
-    linger(ctx, client, t.client_send.min(t.lingering_timeout), false).await
+    linger(ctx, client, false).await
 }
 
 /// How often a close waiting on the response in flight looks at the send queue again: no
@@ -77,18 +75,24 @@ async fn close_after_response(ctx: &ShardCtx, client: &mut Client) {
 const LINGER_STEP: Duration = Duration::from_millis(100);
 
 /// [`linger_close`] (`first_part`) and [`close_after_response`].
-async fn linger(ctx: &ShardCtx, client: &mut Client, shutdown_within: Duration, first_part: bool) {
+async fn linger(ctx: &ShardCtx, client: &mut Client, first_part: bool) {
     use monoio::io::AsyncWriteRent;
     const LINGER_BYTES: usize = 256 * 1024;
     const LINGER_MAX_BYTES: usize = 16 << 20;
     let timeouts = &ctx.shared.config.timeouts;
     let (linger, linger_max) = (timeouts.lingering_timeout, timeouts.lingering_time);
     let fd = client.stream.tcp().as_raw_fd();
-    // `lingering_time` bounds the whole close, a TLS close_notify's wait included.
+    // `lingering_time` bounds the whole close, a TLS close_notify's wait included; after a
+    // complete response, `lingering_timeout` and `client_send` bound that wait too.
+    let shutdown_within = if first_part {
+        linger_max
+    } else {
+        linger_max.min(linger).min(timeouts.client_send)
+    };
     let begun = Instant::now();
     let shut = client
         .deadline
-        .within(shutdown_within.min(linger_max), client.stream.shutdown())
+        .within(shutdown_within, client.stream.shutdown())
         .await;
     let shut = matches!(shut, Ok(Ok(())));
     if !first_part && !shut {
