@@ -258,7 +258,7 @@ fn the_response_survives_the_close(
     then: &[u8],
     queued: bool,
 ) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     // Unless `queued`, the origin holds the response until `then` is sent: the bytes come
     // while the response is under way (a loaded machine made this test race the close).
     let (origin, gate) = held_origin(path);
@@ -271,59 +271,40 @@ fn the_response_survives_the_close(
         config = config.timeout("lingering_timeout", "20s");
     }
     let proxy = config.start(engine);
-    // A small receive buffer: most of the body waits in the proxy's send buffer.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(16 * 1024).unwrap();
-    sock.connect(&proxy.addr().into()).unwrap();
-    let mut s: std::net::TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = small_window_client(proxy.addr());
     s.write_all(first.as_bytes()).unwrap();
     let ended = |m: &Metrics| m.value("edgeshard_connections_active", &[]) == 0.0;
-    let mut got = Vec::new();
-    let end = if queued {
+    let what = if queued { "queued" } else { "under way" };
+    if queued {
         // The proxy's half-close: it looked for unread bytes before it, so `then` comes
         // after that look (the count of the response, an earlier signal, left it to chance
         // which close ran: a shard slower than the client took the lingering one).
-        wait_proxy_half_closed(
-            proxy.addr(),
-            s.local_addr().unwrap(),
-            Duration::from_secs(10),
-        );
+        let client = s.local_addr().unwrap();
+        wait_proxy_half_closed(proxy.addr(), client, Duration::from_secs(10));
         s.write_all(then).unwrap();
-        let end = s.read_to_end(&mut got);
+        read_whole_response(&mut s, LEN, what);
+        let admin = proxy.admin_addr();
         scrape_until(
-            proxy.admin_addr(),
+            admin,
             None,
             Duration::from_secs(10),
             "the connection ended",
             ended,
         );
-        end
     } else {
         assert!(origin.wait_for(Duration::from_secs(10), |o| !o.requests.is_empty()));
         s.write_all(then).unwrap();
         gate.open();
+        let admin = proxy.admin_addr();
         scrape_until(
-            proxy.admin_addr(),
+            admin,
             None,
             Duration::from_secs(20),
             "the connection ended",
             ended,
         );
-        s.read_to_end(&mut got)
-    };
-    let head_end = got
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a head")
-        + 4;
-    assert!(
-        got.starts_with(b"HTTP/1.1 200 "),
-        "{}",
-        String::from_utf8_lossy(&got[..head_end])
-    );
-    let whole = (got.len() - head_end, end.err().map(|e| e.kind()));
-    assert_eq!(whole, (LEN, None), "the whole body, then the close");
+        read_whole_response(&mut s, LEN, what);
+    }
 }
 
 const LEN: usize = 400_000;
@@ -371,33 +352,10 @@ fn closing_with_the_response_in_flight(
         config = config.limit(key, raw);
     }
     let proxy = config.start(engine);
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(16 * 1024).unwrap();
-    sock.connect(&proxy.addr().into()).unwrap();
-    let mut s: std::net::TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = small_window_client(proxy.addr());
     let req = format!("GET /gen/{LEN}/cl HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).unwrap();
     (origin, proxy, s)
-}
-
-/// Reads the rest of the response from `s`: the whole body, then an orderly end.
-fn read_whole_response(s: &mut std::net::TcpStream) {
-    use std::io::Read;
-    let mut got = Vec::new();
-    let end = s.read_to_end(&mut got);
-    let head_end = got
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a head")
-        + 4;
-    assert!(
-        got.starts_with(b"HTTP/1.1 200 "),
-        "{}",
-        String::from_utf8_lossy(&got[..head_end])
-    );
-    let whole = (got.len() - head_end, end.err().map(|e| e.kind()));
-    assert_eq!(whole, (LEN, None), "the whole body, then the close");
 }
 
 both_engines! {
@@ -407,7 +365,7 @@ both_engines! {
     // the 20 s deadline is far from both).
     fn a_client_that_takes_the_response_and_stays_is_let_go_at_once(engine) {
         let (_origin, proxy, mut s) = closing_with_the_response_in_flight(engine, "60s", "60s", &[]);
-        read_whole_response(&mut s);
+        read_whole_response(&mut s, LEN, "a client that stays");
         scrape_until(proxy.admin_addr(), None, Duration::from_secs(20), "the connection let go", |m| {
             m.value("edgeshard_connections_active", &[]) == 0.0
         });
@@ -423,7 +381,7 @@ both_engines! {
         scrape_until(proxy.admin_addr(), None, Duration::from_secs(20), "the connection let go", |m| {
             m.value("edgeshard_connections_active", &[]) == 0.0
         });
-        read_whole_response(&mut s);
+        read_whole_response(&mut s, LEN, "a client that never reads");
     }
 
     // A client that reads nothing and keeps sending (a byte before each scrape, every 25 ms,
@@ -462,7 +420,7 @@ both_engines! {
             assert_eq!(m.value("edgeshard_connections_closing", &[]), 0.0, "{limit}");
             assert_eq!(m.value("edgeshard_connections_reclaimed_total", &[]), 1.0, "{limit}");
             assert_eq!(m.value("edgeshard_connections_rejected_total", &[("reason", limit)]), 0.0, "{limit}");
-            read_whole_response(&mut s);
+            read_whole_response(&mut s, LEN, limit);
         }
     }
 }

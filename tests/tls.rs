@@ -552,37 +552,28 @@ both_engines! {
             let Site { ca, dir: _dir, ca_file: _ca_file, origin, config } = site("more", "");
             let config = if queued { config.timeout("lingering_timeout", "20s") } else { config };
             let proxy = config.admin("").start(engine);
-            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            sock.set_recv_buffer_size(16 * 1024).unwrap();
-            sock.connect(&proxy.addr().into()).unwrap();
-            let sock: TcpStream = sock.into();
-            sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let sock = small_window_client(proxy.addr());
             let conn = rustls::ClientConnection::new(Arc::new(ca.client_config()), "a.test".try_into().unwrap()).unwrap();
             let mut tls = rustls::StreamOwned::new(conn, sock);
             let first = format!("GET /gen/{LEN}/cl HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
             tls.write_all(first.as_bytes()).unwrap();
             let then = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
             let ended = |m: &Metrics| m.value("edgeshard_connections_active", &[]) == 0.0;
-            let mut got = Vec::new();
-            let end = if queued {
+            let what = if queued { "queued" } else { "under way" };
+            if queued {
                 // After the proxy's half-close (close_notify, then the TCP one), so after its
                 // look for unread bytes, as in keepalive.rs.
                 let client = tls.get_ref().local_addr().unwrap();
                 wait_proxy_half_closed(proxy.addr(), client, Duration::from_secs(10));
                 tls.write_all(then).unwrap();
-                let end = tls.read_to_end(&mut got);
+                read_whole_response(&mut tls, LEN, what);
                 scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "the connection ended", ended);
-                end
             } else {
                 assert!(origin.wait_for(Duration::from_secs(10), |o| !o.requests.is_empty()));
                 tls.write_all(then).unwrap();
                 scrape_until(proxy.admin_addr(), None, Duration::from_secs(20), "the connection ended", ended);
-                tls.read_to_end(&mut got)
-            };
-            let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
-            assert!(got.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&got[..head_end]));
-            let whole = (got.len() - head_end, end.err().map(|e| e.kind()));
-            assert_eq!(whole, (LEN, None), "queued: {queued}: the whole body, then close_notify");
+                read_whole_response(&mut tls, LEN, what);
+            }
         }
     }
 

@@ -1,7 +1,9 @@
-//! The kernel's view of a test connection's proxy side (/proc/net/tcp): which state its
-//! socket is in, and a wait for the proxy's half-close (the kernel announces no change).
+//! For tests of how the proxy closes a client connection: a client whose large response
+//! waits in the proxy's send queue, a wait for the proxy's half-close in the kernel's view
+//! of its side (/proc/net/tcp), and the whole response read.
 
-use std::net::SocketAddr;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use super::wait_until;
@@ -41,4 +43,31 @@ pub fn wait_proxy_half_closed(proxy: SocketAddr, client: SocketAddr, within: Dur
         );
         wait_until(Instant::now() + Duration::from_millis(5));
     }
+}
+
+/// A client connected to `addr` with a 16 KiB receive buffer: most of a large response waits
+/// in the proxy's send queue until it reads. Reads time out after 10 s.
+pub fn small_window_client(addr: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Reads `s` to its end: a 200 whose body is `len` bytes, then an orderly end (a TLS one's
+/// close_notify), not a reset that cut the body short. `what` names the case.
+pub fn read_whole_response(s: &mut impl Read, len: usize, what: &str) {
+    let mut got = Vec::new();
+    let end = s.read_to_end(&mut got);
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]);
+    assert!(got.starts_with(b"HTTP/1.1 200 "), "{what}: {head}");
+    let whole = (got.len() - head_end, end.err().map(|e| e.kind()));
+    assert_eq!(whole, (len, None), "{what}: the whole body, then the end");
 }

@@ -12,18 +12,19 @@
 
 pub mod admin;
 pub mod client;
+pub mod close;
 pub mod config;
 pub mod gate;
 pub mod lockstep;
 pub mod origin;
 pub mod pattern;
 pub mod prom;
-pub mod tcp_state;
 pub mod tls;
 
 #[allow(unused_imports)]
 pub use admin::{admin_get, admin_post, admin_raw, admin_request, AdminReply};
 pub use client::{chunked, get, request, Client, ClientError, Framing, Response};
+pub use close::{read_whole_response, small_window_client, wait_proxy_half_closed};
 pub use config::Config;
 pub use gate::{held_origin, Gate};
 #[allow(unused_imports)]
@@ -31,7 +32,6 @@ pub use lockstep::{dead_addr, dead_addrs, LockConn, LockStep, Misbehave, Misbeha
 pub use origin::{BodyMode, Origin, Recorded, Reply};
 #[allow(unused_imports)]
 pub use prom::{parse_prometheus, parse_quick, scrape, scrape_until, Metrics, Sample};
-pub use tcp_state::wait_proxy_half_closed;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
