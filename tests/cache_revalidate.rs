@@ -115,6 +115,38 @@ both_engines! {
         origin.assert_no_errors();
     }
 
+    // An age past 2^31 is sent as 2^31 (RFC 9111 §1.2.2), not as the 20 digits of the
+    // cache's own arithmetic: a 304 whose `Age` is not a number (the refreshed entry counts
+    // as stale), and a response old beyond 2^31 seconds but fresher than its max-age.
+    fn an_age_past_2_31_is_sent_as_2_31(engine) {
+        let origin = Origin::with_handler("o", |r| {
+            if r.path() == "/ancient" {
+                let cc = ("Cache-Control", "max-age=4000000000");
+                return response(200, &[cc, ("Age", "3000000000")], "ancient");
+            }
+            if r.header("If-None-Match").is_some() {
+                let cc = ("Cache-Control", "max-age=200");
+                return response(304, &[cc, ("ETag", "\"v1\""), ("Age", "abc")], "");
+            }
+            response(200, &[("Cache-Control", "max-age=1"), ("ETag", "\"v1\"")], "original")
+        });
+        let proxy = cached(&origin, "", engine);
+        let mut c = Client::connect(proxy.addr());
+        assert_eq!(x_cache(&fetch(&mut c, "/ancient", &[])), "MISS");
+        let r = fetch(&mut c, "/ancient", &[]);
+        assert_eq!((r.body_str(), x_cache(&r)), ("ancient".into(), "HIT".into()));
+        assert_eq!(r.header("Age"), Some("2147483648"));
+        assert_eq!(x_cache(&fetch(&mut c, "/r", &[])), "MISS");
+        let stored = Instant::now();
+        // max-age=1: certainly stale 1.2 s after the store.
+        wait_until(stored + Duration::from_millis(1200));
+        let r = fetch(&mut c, "/r", &[]);
+        assert_eq!((r.body_str(), x_cache(&r)), ("original".into(), "REVALIDATED".into()));
+        assert_eq!(r.header("Age"), Some("2147483648"), "{}", r.head.raw);
+        assert_eq!(origin.request_count(), 3);
+        origin.assert_no_errors();
+    }
+
     // A 304's fields that its own `Connection` names are for that hop only: not merged into
     // the entry (nor read for freshness). A 304 that changes `Vary` changes which requests
     // the entry answers: it answers this one and is not stored again under the old key.

@@ -349,6 +349,11 @@ pub fn for_request(u: Usable, age: u64, lifetime: u64, req: &RequestRules) -> Us
     }
 }
 
+/// The largest `Age` the cache sends (RFC 9111 §1.2.2's 2^31): an age past it (a backend's
+/// `Age` of many digits, or an invalid one, which counts as stale) is sent as this, not as a
+/// 20-digit number that a recipient reading delta-seconds into 32 or 63 bits would refuse.
+pub const SENT_AGE_MAX: u64 = 1 << 31;
+
 /// The corrected initial age (RFC 9111 §4.2.3) of a response received at `response_time`
 /// (Unix seconds) `delay` after its request was sent; its current age is this plus the
 /// time it has been stored. The delay is measured, not the difference of two whole-second

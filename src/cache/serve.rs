@@ -102,7 +102,11 @@ pub async fn serve(
         },
     };
     let (source, head) = (&stored.bytes[..], &stored.parsed);
-    let mut age = itoa_buf(entry.age(crate::clock::now()));
+    let mut age = itoa_buf(
+        entry
+            .age(crate::clock::now())
+            .min(super::policy::SENT_AGE_MAX),
+    );
     let len = entry.body.len() as u64;
     let mut range_value = Vec::new();
     let mut set: [(&[u8], &[u8]); 6] = [(b"", b""); 6];
