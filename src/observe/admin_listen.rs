@@ -3,15 +3,18 @@
 //! `admin.header_timeout` of the accept, and writing the answer [`super::admin`] routes.
 //!
 //! Slow clients must not lock the probes out: at the bound, a new connection closes the
-//! oldest one that has not sent its whole head yet (a probe sends its head at once, so it
-//! is never the oldest for long); accept waits only while every connection is past its
-//! head, and those are answering (bounded). Failed accepts are logged within
+//! oldest one that has not sent its whole head yet, passing over those whose whole head is
+//! in their socket, unread (a probe sends its head at once, but under a flood of connections
+//! the accept loop runs ahead of the tasks that read); accept waits only while every
+//! connection is past its head, and those are answering (bounded). Failed accepts are logged within
 //! `log.error_rate`, as the shards' are. Single-threaded (the admin thread's runtime):
 //! `Rc`/`Cell`, and no borrow is held across an `.await`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -151,9 +154,9 @@ impl Counters {
 struct Conns {
     active: Cell<usize>,
     next_id: Cell<u64>,
-    /// Connections whose head has not all arrived, oldest (lowest id) first: their signal
-    /// to close.
-    heads: RefCell<BTreeMap<u64, Rc<Notify>>>,
+    /// Connections whose head has not all been read, oldest (lowest id) first: their
+    /// socket, and their signal to close.
+    heads: RefCell<BTreeMap<u64, (RawFd, Rc<Notify>)>>,
     /// Fires when a connection ends; a one-shot, replaced each time it fires.
     freed: RefCell<Rc<Notify>>,
 }
@@ -167,12 +170,12 @@ struct Slot {
 }
 
 impl Conns {
-    fn admit(self: &Rc<Self>) -> Slot {
+    fn admit(self: &Rc<Self>, fd: RawFd) -> Slot {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         self.active.set(self.active.get() + 1);
         let evict = Rc::new(Notify::default());
-        self.heads.borrow_mut().insert(id, evict.clone());
+        self.heads.borrow_mut().insert(id, (fd, evict.clone()));
         Slot {
             conns: self.clone(),
             id,
@@ -181,11 +184,21 @@ impl Conns {
     }
 
     /// Closes the connection that has waited longest for its head, giving its place back
-    /// now; false when every connection has sent its head.
+    /// now, passing over those whose whole head waits in their socket ([`head_waits`]: their
+    /// task has yet to read it) unless all do; false when every connection's head is read.
     fn evict_oldest(&self) -> bool {
-        let Some((_, evict)) = self.heads.borrow_mut().pop_first() else {
+        let mut heads = self.heads.borrow_mut();
+        let id = match heads.iter().find(|(_, (fd, _))| !head_waits(*fd)) {
+            Some((&id, _)) => id,
+            None => match heads.first_key_value() {
+                Some((&id, _)) => id,
+                None => return false,
+            },
+        };
+        let Some((_, evict)) = heads.remove(&id) else {
             return false;
         };
+        drop(heads);
         self.active.set(self.active.get() - 1);
         evict.notify_all();
         true
@@ -194,6 +207,20 @@ impl Conns {
     fn freed(&self) -> Rc<Notify> {
         self.freed.borrow().clone()
     }
+}
+
+/// Whether a whole request head (up to its empty line) waits unread in the socket `fd`: a
+/// peek of up to [`MAX_HEAD`] bytes, without taking them.
+fn head_waits(fd: RawFd) -> bool {
+    let mut buf = [MaybeUninit::<u8>::uninit(); MAX_HEAD];
+    let Ok(n) = crate::transport::recv_now(fd, &mut buf, libc::MSG_PEEK) else {
+        return false;
+    };
+    // SAFETY: `recv_now` wrote the first `n` bytes of `buf` (bytes the kernel received), so
+    // they are initialised; `n <= buf.len()`. Exercised by
+    // tests/observability/admin_limits.rs (a probe queued behind a connect flood).
+    let peeked = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+    peeked.windows(2).any(|w| w == b"\n\n") || peeked.windows(4).any(|w| w == b"\r\n\r\n")
 }
 
 impl Slot {
@@ -263,7 +290,7 @@ pub(super) async fn serve(
                 _ = &mut stop => return,
             }
         }
-        let slot = conns.admit();
+        let slot = conns.admit(stream.as_raw_fd());
         let state = state.clone();
         let counters = counters.clone();
         monoio::spawn(async move {
@@ -283,6 +310,8 @@ async fn handle(
     counters: &Counters,
     limits: Limits,
 ) {
+    // A local, dropped before `stream`: the socket is open while `Conns` may peek at it.
+    let slot = slot;
     // The whole head within `header_timeout` of the accept, not each read: a client sending
     // a byte at a time cannot hold its place for longer.
     let read = monoio::time::timeout(limits.header_timeout, read_head(&mut stream, state));
@@ -446,7 +475,9 @@ mod tests {
     #[test]
     fn at_the_bound_the_oldest_unfinished_head_goes_first() {
         let conns = Rc::new(Conns::default());
-        let slots: Vec<Slot> = (0..3).map(|_| conns.admit()).collect();
+        // A socket with nothing to peek at (a listener): no head waits in it.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let slots: Vec<Slot> = (0..3).map(|_| conns.admit(l.as_raw_fd())).collect();
         slots[0].head_done();
         assert_eq!(conns.active.get(), 3);
         // Slot 0 is answering: slot 1 is the oldest still reading its head.
