@@ -42,8 +42,8 @@ pub struct Limits {
     /// Per shard: (user, password) pairs a route's `auth.basic` verified, remembered so
     /// the next request with them costs no bcrypt (`auth.basic.cache_ttl`); 0: none.
     pub auth_cache_entries: usize,
-    /// Per shard: bcrypt verifications waiting for or on the verifier threads; a request
-    /// beyond it is answered 503 at once.
+    /// For the whole process: bcrypt verifications waiting for or on the verifier threads;
+    /// a request beyond it is answered 503 at once.
     pub auth_pending: usize,
     /// Per shard: bytes the encoders of compressing responses may hold at once (each is
     /// charged [`crate::compress::stream::Encoder::memory`]); a response beyond it is sent
