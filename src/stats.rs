@@ -40,6 +40,8 @@ pub struct BackendStats {
     pub ejections_suppressed: Cell<u64>,
     /// Requests refused with 503 because this shard's share of a breaker limit was reached.
     pub breaker_rejected: Cell<u64>,
+    /// Requests that waited in its breaker's queue (`queue`), served or not.
+    pub breaker_queued: Cell<u64>,
     /// Requests now being forwarded to it (a gauge).
     pub in_flight: Cell<u64>,
     /// Whether this shard currently skips it after a failed connect (a gauge, 0 or 1).
@@ -433,6 +435,7 @@ impl Stats {
                     ejections: b.ejections.get(),
                     ejections_suppressed: b.ejections_suppressed.get(),
                     breaker_rejected: b.breaker_rejected.get(),
+                    breaker_queued: b.breaker_queued.get(),
                     in_flight: b.in_flight.get(),
                     failing: b.failing.get(),
                     idle: 0,
@@ -485,6 +488,7 @@ pub struct BackendSnap {
     pub ejections: u64,
     pub ejections_suppressed: u64,
     pub breaker_rejected: u64,
+    pub breaker_queued: u64,
     pub in_flight: u64,
     pub failing: u64,
     /// Idle pooled connections (a gauge).
@@ -627,6 +631,7 @@ impl Snapshot {
             a.ejections += b.ejections;
             a.ejections_suppressed += b.ejections_suppressed;
             a.breaker_rejected += b.breaker_rejected;
+            a.breaker_queued += b.breaker_queued;
             a.in_flight += b.in_flight;
             a.failing += b.failing;
             a.idle += b.idle;

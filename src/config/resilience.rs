@@ -50,7 +50,14 @@ pub(super) struct RawBreaker {
     max_connections: Option<u32>,
     max_pending: Option<u32>,
     max_requests: Option<u32>,
+    queue: Option<u32>,
+    queue_timeout: Option<String>,
 }
+
+/// How long a request over `max_requests` waits in its backend's queue by default:
+/// `timeouts.upstream_connect`'s default, as HAProxy's `timeout queue` falls back to its
+/// `timeout connect`.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,6 +241,7 @@ pub(super) fn resilience(c: &mut Checker, path: &str, raw: RawResilience<'_>) ->
                 (b.max_connections, "max_connections"),
                 (b.max_pending, "max_pending"),
                 (b.max_requests, "max_requests"),
+                (b.queue, "queue"),
             ] {
                 if v == Some(0) {
                     c.err(
@@ -242,10 +250,25 @@ pub(super) fn resilience(c: &mut Checker, path: &str, raw: RawResilience<'_>) ->
                     );
                 }
             }
+            if b.queue.is_some() && b.max_requests.is_none() {
+                c.err(
+                    format!("{path}.breaker.queue"),
+                    "needs max_requests: requests wait for one of those to finish",
+                );
+            }
+            if b.queue_timeout.is_some() && b.queue.is_none() {
+                c.err(
+                    format!("{path}.breaker.queue_timeout"),
+                    "needs queue (without one, no request waits)",
+                );
+            }
+            let p = format!("{path}.breaker.queue_timeout");
             BreakerLimits {
                 max_connections: b.max_connections,
                 max_pending: b.max_pending,
                 max_requests: b.max_requests,
+                queue: b.queue,
+                queue_timeout: c.duration(&p, b.queue_timeout.as_ref(), QUEUE_TIMEOUT),
             }
         }
     };

@@ -294,19 +294,28 @@ impl<'a> Forward<'a> {
                     let backend = self
                         .pick(upstream, chosen, key, &mut req.tries)
                         .inspect_err(|_| trace.last_try_was_listed())?;
-                    // Counted against the backend from the pick on (load-aware balancers
-                    // see it); the breaker's request permit is this shard's share.
+                    // The breaker's request permit is this shard's share; over it, a
+                    // backend with a queue has the request wait for a place (boxed: only
+                    // then is the wait's state needed).
+                    let breaker = self.backends().breakers[backend].clone();
+                    let permit = match breaker.try_acquire(Resource::Requests) {
+                        Err(_) if breaker.queues() => {
+                            let queued = &self.stats().backends[backend].breaker_queued;
+                            Box::pin(breaker.wait_request(|| bump(queued))).await
+                        }
+                        got => got,
+                    }
+                    .map_err(|open| {
+                        trace.last_try_was_listed();
+                        self.breaker_open(backend, open)
+                    })?;
+                    // Counted against the backend from here on (load-aware balancers see
+                    // it; its latency sample leaves the wait out).
                     let in_flight = self.backends().forwarding(
                         self.shared(),
                         &self.stats().backends[backend],
                         backend,
                     );
-                    let permit = self.backends().breakers[backend]
-                        .try_acquire(Resource::Requests)
-                        .map_err(|open| {
-                            trace.last_try_was_listed();
-                            self.breaker_open(backend, open)
-                        })?;
                     trace.backend = Some(backend as u32);
                     Step::Connect {
                         backend,

@@ -483,13 +483,26 @@ pub fn render(
         &mut o,
         "edgeshard_breaker_rejected_total",
         "counter",
-        "Requests answered 503 at once because a circuit-breaker limit of the backend was reached.",
+        "Requests answered 503 because a circuit-breaker limit of the backend was reached.",
     );
     for ((u, a), b) in backends.iter().zip(&all.backends) {
         let _ = writeln!(
             o,
             "edgeshard_breaker_rejected_total{{upstream=\"{u}\",backend=\"{a}\"}} {}",
             b.breaker_rejected
+        );
+    }
+    family(
+        &mut o,
+        "edgeshard_breaker_queued_total",
+        "counter",
+        "Requests that waited in the backend's breaker queue for a max_requests place.",
+    );
+    for ((u, a), b) in backends.iter().zip(&all.backends) {
+        let q = b.breaker_queued;
+        let _ = writeln!(
+            o,
+            "edgeshard_breaker_queued_total{{upstream=\"{u}\",backend=\"{a}\"}} {q}"
         );
     }
     family(

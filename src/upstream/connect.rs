@@ -62,6 +62,7 @@ impl Connector<'_> {
                 return Err(Refused::Breaker(Open {
                     resource: Resource::Connections,
                     limit,
+                    queue: None,
                 }));
             }
         }

@@ -231,7 +231,7 @@ impl Backends {
         let usable = |i: usize| usable(shared, outlier, range.start, tried, now, i);
         let table = &shared.tables[upstream];
         let balancer = &mut self.loads.balancers.borrow_mut()[upstream];
-        let first = |b: &mut ShardBalancer| {
+        let first = |b: &mut ShardBalancer, usable: &dyn Fn(usize) -> bool| {
             if table.sticky().is_some() {
                 let cookie = key.sticky.map(|i| table.sticky_value(i).as_bytes());
                 b.pick_sticky(table, cookie, key.hash, usable)
@@ -240,12 +240,28 @@ impl Backends {
                 b.pick(table, key.hash, usable).map(|i| (i, false))
             }
         };
+        // With a breaker queue, a backend at its `max_requests` is passed over while another
+        // has room (HAProxy's full servers); only when all are full does the request wait,
+        // at the backend picked as usual. Hash algorithms and sticky cookies keep their
+        // backend, and wait for it.
+        let queues = shared.config.upstreams[upstream]
+            .resilience
+            .breaker
+            .queue
+            .is_some()
+            && !table.algorithm().is_hash()
+            && table.sticky().is_none();
+        let room = |i: usize| usable(i) && self.breakers[range.start + i].has_request_room();
+        let pick = |b: &mut ShardBalancer| match queues {
+            true => first(b, &room).or_else(|| first(b, &usable)),
+            false => first(b, &usable),
+        };
         // A request's later picks (a retry, a connect failover) leave the rotation where its
         // first pick put it ([`ShardBalancer::aside`]).
         let mut picked = if tried.is_empty() {
-            first(balancer)
+            pick(balancer)
         } else {
-            balancer.aside(first)
+            balancer.aside(pick)
         };
         // Slow start: a backend that just came back keeps a growing share of its picks
         // (`health::slow_start`); otherwise the pick is made again without it (hash

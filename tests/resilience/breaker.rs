@@ -130,3 +130,126 @@ both_engines! {
         assert_eq!(metric(&proxy, "edgeshard_breaker_rejected_total", &labels), 1.0);
     }
 }
+
+/// Polls `name{upstream="app",backend=b}` on the admin listener until it reads `want`, for
+/// at most 10 s (the proxy counts a queued request as it enters the queue).
+fn wait_metric(proxy: &Proxy, name: &str, b: SocketAddr, want: f64) {
+    let b = b.to_string();
+    let labels = [("upstream", "app"), ("backend", b.as_str())];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(proxy, name, &labels) != want {
+        assert!(Instant::now() < deadline, "{name} never reached {want}");
+        thread::yield_now();
+    }
+}
+
+both_engines! {
+    fn breaker_queue_holds_requests_until_a_place_frees_first_come_first_served(engine) {
+        // HAProxy's maxconn and queue: over max_requests, requests wait for a place instead
+        // of the 503, in the order they came, up to `queue` of them; one more gets the 503.
+        let lock = LockStep::bind();
+        let up = format!(
+            "{}\n[upstream.breaker]\nmax_requests = 1\nqueue = 2\nqueue_timeout = \"60s\"\n",
+            backends(&[lock.addr()])
+        );
+        let proxy = Proxy::start(&config(true, &up), engine);
+        let mut c1 = Client::connect(proxy.addr());
+        c1.send(&get_req("/one"));
+        let mut conn = lock.accept();
+        assert!(conn.read_head().starts_with("GET /one "));
+        let mut waiting = Vec::new();
+        for (i, path) in ["/two", "/three"].into_iter().enumerate() {
+            let mut c = Client::connect(proxy.addr());
+            c.send(&get_req(path));
+            wait_metric(&proxy, "edgeshard_breaker_queued_total", lock.addr(), i as f64 + 1.0);
+            waiting.push(c);
+        }
+        // The queue is full: the next gets the proxy's 503, and nothing reached the backend.
+        assert_own_503(&ask_new(proxy.addr(), "/four"), "max_requests = 1 and a queue of 2, full");
+        assert_eq!(lock.accepted(), 1);
+        // Each finishing request lets the next waiting one through, in order.
+        conn.write(OK_CLOSE);
+        conn.close();
+        assert_eq!(served_by(&c1.read_response()), "lock");
+        for (c, path) in waiting.iter_mut().zip(["/two", "/three"]) {
+            let mut conn = lock.accept();
+            let head = conn.read_head();
+            assert!(head.starts_with(&format!("GET {path} ")), "{path} next: {head}");
+            conn.write(OK_CLOSE);
+            conn.close();
+            assert_eq!(served_by(&c.read_response()), "lock");
+        }
+        let b = lock.addr().to_string();
+        let labels = [("upstream", "app"), ("backend", b.as_str())];
+        assert_eq!(metric(&proxy, "edgeshard_breaker_rejected_total", &labels), 1.0);
+        assert_eq!(metric(&proxy, "edgeshard_breaker_queued_total", &labels), 2.0);
+    }
+
+    fn breaker_queue_answers_503_when_the_wait_ends(engine) {
+        let lock = LockStep::bind();
+        let up = format!(
+            "{}\n[upstream.breaker]\nmax_requests = 1\nqueue = 1\nqueue_timeout = \"300ms\"\n",
+            backends(&[lock.addr()])
+        );
+        let proxy = Proxy::start(&config(true, &up), engine);
+        let mut c1 = Client::connect(proxy.addr());
+        c1.send(&get_req("/one"));
+        let mut conn = lock.accept();
+        assert!(conn.read_head().starts_with("GET /one "));
+        // Not a speed bound: the 503 comes only after the request waited queue_timeout.
+        let t = Instant::now();
+        assert_own_503(&ask_new(proxy.addr(), "/two"), "a queued request past queue_timeout");
+        assert!(t.elapsed() >= Duration::from_millis(300), "answered after {:?}", t.elapsed());
+        assert_eq!(lock.accepted(), 1);
+        conn.write(OK_CLOSE);
+        conn.close();
+        assert_eq!(served_by(&c1.read_response()), "lock");
+        // The place the ended wait held in the queue is free again.
+        let mut c = Client::connect(proxy.addr());
+        c.send(&get_req("/three"));
+        let mut conn = lock.accept();
+        assert!(conn.read_head().starts_with("GET /three "));
+        conn.write(OK_CLOSE);
+        conn.close();
+        assert_eq!(served_by(&c.read_response()), "lock");
+        let b = lock.addr().to_string();
+        let labels = [("upstream", "app"), ("backend", b.as_str())];
+        assert_eq!(metric(&proxy, "edgeshard_breaker_rejected_total", &labels), 1.0);
+        assert_eq!(metric(&proxy, "edgeshard_breaker_queued_total", &labels), 1.0);
+    }
+
+    fn breaker_queue_passes_a_full_backend_over_while_another_has_room(engine) {
+        // Round robin over two backends, one request each at most: with one backend busy,
+        // the next requests all go to the other instead of waiting their turn at the busy
+        // one (which would hold them here for the 60 s wait).
+        let (a, b) = (LockStep::bind(), LockStep::bind());
+        let up = format!(
+            "{}\n[upstream.breaker]\nmax_requests = 1\nqueue = 4\nqueue_timeout = \"60s\"\n",
+            backends(&[a.addr(), b.addr()])
+        );
+        let proxy = Proxy::start(&config(true, &up), engine);
+        // One shard's cursor starts at the first backend.
+        let mut c1 = Client::connect(proxy.addr());
+        c1.send(&get_req("/held"));
+        let mut held = a.accept();
+        assert!(held.read_head().starts_with("GET /held "));
+        for i in 0..3 {
+            let mut c = Client::connect(proxy.addr());
+            c.send(&get_req(&format!("/next/{i}")));
+            let mut conn = b.accept();
+            assert!(conn.read_head().starts_with(&format!("GET /next/{i} ")));
+            conn.write(OK_CLOSE);
+            conn.close();
+            assert_eq!(served_by(&c.read_response()), "lock");
+        }
+        assert_eq!(a.accepted(), 1);
+        held.write(OK_CLOSE);
+        held.close();
+        assert_eq!(served_by(&c1.read_response()), "lock");
+        for l in [&a, &b] {
+            let s = l.addr().to_string();
+            let labels = [("upstream", "app"), ("backend", s.as_str())];
+            assert_eq!(metric(&proxy, "edgeshard_breaker_queued_total", &labels), 0.0);
+        }
+    }
+}

@@ -65,13 +65,32 @@ fn check_rejects_an_ejection_percentage_over_100_by_name() {
 
 #[test]
 fn check_rejects_breaker_limits_of_zero() {
-    for key in ["max_connections", "max_pending", "max_requests"] {
+    for key in ["max_connections", "max_pending", "max_requests", "queue"] {
         expect_check_error(
             &format!("[upstream.breaker]\n{key} = 0"),
             &format!("upstream[0].breaker.{key}"),
             &["at least 1"],
         );
     }
+}
+
+#[test]
+fn check_rejects_a_breaker_queue_without_what_it_needs() {
+    expect_check_error(
+        "[upstream.breaker]\nqueue = 10",
+        "upstream[0].breaker.queue",
+        &["needs max_requests"],
+    );
+    expect_check_error(
+        "[upstream.breaker]\nmax_requests = 5\nqueue_timeout = \"1s\"",
+        "upstream[0].breaker.queue_timeout",
+        &["needs queue"],
+    );
+    expect_check_error(
+        "[upstream.breaker]\nmax_requests = 5\nqueue = 10\nqueue_timeout = \"0s\"",
+        "upstream[0].breaker.queue_timeout",
+        &["greater than zero"],
+    );
 }
 
 #[test]
@@ -94,7 +113,7 @@ fn check_accepts_every_resilience_key() {
          expect_status = \"200-399\"\nbody_contains = \"ok\"\n\
          [upstream.outlier]\nconsecutive = 3\non = [\"connect-failure\", \"reset\", \"timeout\", \"5xx\", \"503\"]\n\
          base_ejection = \"1s\"\nmax_ejection = \"10s\"\nmax_ejection_percent = 50\n\
-         [upstream.breaker]\nmax_connections = 10\nmax_pending = 10\nmax_requests = 2\n\
+         [upstream.breaker]\nmax_connections = 10\nmax_pending = 10\nmax_requests = 2\nqueue = 8\nqueue_timeout = \"1s\"\n\
          [upstream.retry]\nattempts = 3\non = [\"reset\", \"timeout\", \"503\"]\nbudget = 0.2\nmin_retries_per_sec = 3\n\
          budget_window = \"10s\"\nper_try_timeout = \"300ms\"\ntotal_timeout = \"2s\"",
     );
