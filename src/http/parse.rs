@@ -102,15 +102,6 @@ impl HeaderKind {
                 | HeaderKind::FramingLookalike
         )
     }
-
-    /// Hop-by-hop headers (RFC 9110 §7.6.1) are never forwarded; the proxy writes its own
-    /// framing. X-Forwarded-* are replaced by the proxy's own values.
-    pub fn is_hop_by_hop(self) -> bool {
-        !matches!(
-            self,
-            HeaderKind::Host | HeaderKind::Other | HeaderKind::XForwardedFor
-        )
-    }
 }
 
 #[derive(Clone, Copy, Debug)]
