@@ -86,7 +86,7 @@ pub struct Carry {
     /// Per backend: its index in the old snapshot (same [`BackendId`]).
     pub backends: Box<[Option<usize>]>,
     /// Per backend of the old snapshot: its index here when its pooled connections may
-    /// serve on (the same identity and transport, see [`Shared::pool_map`]). Shared with
+    /// serve on (the same identity and transport, see `carry::pool_map`). Shared with
     /// each shard's replaced pool, which forwards later checkins by it.
     pub pool: Arc<[Option<usize>]>,
     /// Per route, and last the "no route" slot: the old route of the same name.
@@ -130,7 +130,10 @@ impl Carry {
 }
 
 /// For each backend of `old`, the index of the same backend in `new` when its pooled
-/// connections may serve it (`map`: new → old by identity); see [`Shared::pool_map`].
+/// connections may serve it (`map`: new → old by identity): the same identity and the same
+/// transport. A reload that turns verification on, changes the CA, the SNI name, or switches
+/// the upstream to or from TLS or PROXY protocol closes the connections made under the old
+/// settings (a pooled connection to a backend no longer trusted would otherwise serve on).
 pub(crate) fn pool_map(new: &Shared, old: &Shared, map: &[Option<usize>]) -> Vec<Option<usize>> {
     // The CA certificates the TLS client in force was built from (a file replaced under the
     // same name is read again only by a reload, which builds a new client).

@@ -88,7 +88,7 @@ pub struct BackendInfo {
     /// How connections to it are made: its upstream's `tls` settings and `proxy_protocol`,
     /// hashed. A pooled connection is carried across a reload only to a backend whose
     /// transport is the same, and whose TLS client trusts the same CA certificates
-    /// ([`Shared::pool_map`]).
+    /// ([`Carry::pool`]).
     pub transport: u64,
 }
 
@@ -187,21 +187,6 @@ impl Shared {
             .resilience
             .health_check
             .is_some()
-    }
-
-    /// For each backend of this snapshot, its index in `old` (same [`BackendId`]), or `None`
-    /// for a backend `old` did not have.
-    pub fn backend_map(&self, old: &Shared) -> Vec<Option<usize>> {
-        self.backends.iter().map(|b| old.index.get(&b.id)).collect()
-    }
-
-    /// For each backend of `old`, the index of the same backend in this snapshot when its
-    /// pooled connections may serve it: the same identity and the same transport. A reload
-    /// that turns verification on, changes the CA, the SNI name, or switches the upstream to
-    /// or from TLS or PROXY protocol closes the connections made under the old settings (a
-    /// pooled connection to a backend no longer trusted would otherwise serve on).
-    pub fn pool_map(&self, old: &Shared) -> Vec<Option<usize>> {
-        crate::carry::pool_map(self, old, &self.backend_map(old))
     }
 
     /// For each route of this snapshot, and last the "no route" slot, the index of the

@@ -25,7 +25,7 @@ pub struct UpstreamTlsClient {
     settings: UpstreamTls,
     /// A hash of the CA certificates it trusts as read when it was built (0: the host's
     /// store, or none verified): a reload carries pooled connections only to a client that
-    /// trusts the same ([`crate::snapshot::Shared::pool_map`]).
+    /// trusts the same ([`crate::carry::Carry::pool`]).
     pub ca_hash: u64,
 }
 
