@@ -26,9 +26,8 @@ pub(super) struct RawMirror {
 pub struct Mirror {
     /// Index into [`super::Config::upstreams`].
     pub upstream: usize,
-    /// The share of the route's forwarded requests copied (0 to 1).
-    pub sample: f64,
-    /// [`crate::sample::threshold`] of `sample`.
+    /// [`crate::sample::threshold`] of `mirror.sample`, the share of the route's forwarded
+    /// requests copied (0 to 1).
     pub sample_below: u64,
     /// Copies under way on a shard for the route; a request past it is not copied.
     pub max_in_flight: usize,
@@ -93,7 +92,6 @@ pub(super) fn route_mirror(
     );
     Some(Mirror {
         upstream,
-        sample,
         sample_below: crate::sample::threshold(sample),
         max_in_flight,
         max_body,
