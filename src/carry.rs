@@ -65,15 +65,6 @@ impl BackendIndex {
     pub fn place(&self, i: usize) -> Option<(usize, usize)> {
         self.places.get(i).copied()
     }
-
-    /// The number of backends.
-    pub fn len(&self) -> usize {
-        self.places.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.places.is_empty()
-    }
 }
 
 /// Where each thing of a snapshot was in the one before it (`from`), for the shards' switch
