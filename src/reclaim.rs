@@ -1,13 +1,15 @@
 //! Stage 1's admission, at a connection limit: **which idle connection makes room**. A new
 //! connection at `max_connections_per_shard` or `max_connections` is served, not reset, when
-//! the shard holds a connection that only closes after a complete response to a client that
-//! had sent nothing more ([`crate::linger::close`]; the oldest first: its close then ends at
-//! once, orderly, as closes went before they were staged) or one that is only waiting: the
-//! longest-idle connection parked between requests ([`crate::park`]), however long the
-//! others waited (the common case, and the cheapest to close) or, without one, the
-//! longest-waiting connection that waits in its own task ([`Waits`]: a new connection's
-//! first request, a TLS or mTLS connection between requests, any wait during a drain), past
-//! [`crate::conn`]'s hot window.
+//! the shard holds a connection that is only waiting: the longest-idle connection parked
+//! between requests ([`crate::park`]), however long the others waited (the common case, and
+//! the cheapest to close) or, without one, the longest-waiting connection that waits in its
+//! own task ([`Waits`]: a new connection's first request, a TLS or mTLS connection between
+//! requests, any wait during a drain), past [`crate::conn`]'s hot window; without either,
+//! the oldest connection that only closes after a complete response to a client that had
+//! sent nothing more ([`crate::linger::close`]: its close then ends at once, as closes went
+//! before they were staged). That one comes last: should its client send more bytes while
+//! the end of the response is unacknowledged, the kernel answers them with a reset that
+//! destroys that end, while closing an idle connection costs its client nothing.
 //! nginx does the same when out of `worker_connections`: its "reusable" connections are the
 //! keep-alive ones and those still waiting for their first request. RFC 9112 §9.5 allows a
 //! server to close an idle connection at any time.
@@ -33,16 +35,21 @@ use crate::shard::{ShardCommon, ShardCtx};
 use crate::stats::bump;
 use crate::worker::ActiveGuard;
 
-/// At a connection limit: ends the shard's oldest close after a complete response
-/// ([`crate::linger::close`]), else closes its longest-idle parked connection or, without
-/// one, its longest-waiting in-task wait. Whether there was one (counted in `reclaimed_idle`).
+/// At a connection limit: closes the shard's longest-idle parked connection or, without
+/// one, its longest-waiting in-task wait or, without either, ends its oldest close after a
+/// complete response ([`crate::linger::close`]). Whether there was one (counted in
+/// `reclaimed_idle`).
 pub fn reclaim(common: &ShardCommon, ctx: &ShardCtx) -> bool {
-    if common.closing.evict_oldest() {
-        // Its response is complete and its client had sent nothing more: it now ends,
-        // orderly, as closes went before they were staged.
-    } else if let Some(idle) = common.lot.evict_oldest() {
-        drop(idle);
-    } else if !common.waits.evict_oldest() {
+    // Last, a close after a complete response whose client had sent nothing more: it now
+    // ends as closes went before they were staged.
+    let made_room = match common.lot.evict_oldest() {
+        Some(idle) => {
+            drop(idle);
+            true
+        }
+        None => common.waits.evict_oldest() || common.closing.evict_oldest(),
+    };
+    if !made_room {
         return false;
     }
     bump(&ctx.stats.reclaimed_idle);

@@ -110,7 +110,7 @@ pub struct ShardCommon {
     /// ([`crate::reclaim`]).
     pub waits: crate::reclaim::Waits,
     /// Connections whose last response is complete, their client having sent nothing more,
-    /// that only close, in stages ([`crate::linger::close`]): the first a limit reclaims.
+    /// that only close, in stages ([`crate::linger::close`]): the last a limit reclaims.
     pub closing: crate::reclaim::Waits,
     /// Spare cancel handles for the keep-alive hot read ([`crate::conn`]).
     pub cancellers: crate::conn::Cancellers,

@@ -399,7 +399,7 @@ both_engines! {
         });
     }
 
-    // At a connection limit, a close in stages is the first connection to make room
+    // At a connection limit with no idle connection, a close in stages makes room
     // (crate::reclaim): its response is complete, so the close ends at once, as it went
     // before it was staged, and the new client is served (it was refused at accept while the
     // old one lingered, for up to `lingering_timeout`: 60 s here). The shard's bound and the
@@ -421,6 +421,37 @@ both_engines! {
             assert_eq!(m.value("edgeshard_connections_reclaimed_total", &[]), 1.0, "{limit}");
             assert_eq!(m.value("edgeshard_connections_rejected_total", &[("reason", limit)]), 0.0, "{limit}");
             read_whole_response(&mut s, LEN, limit);
+        }
+    }
+}
+
+both_engines! {
+    // At the limit an idle keep-alive connection makes room before a close whose response is
+    // still in flight: closing an idle connection costs its client nothing (RFC 9112 §9.5),
+    // while a reclaimed close whose client then sends more bytes (junk, or a request after
+    // its `Connection: close`) draws the reset that destroys the end of its response (found
+    // by a soak at `max_connections_per_shard = 64`: 19-23 responses cut per run).
+    fn at_the_limit_an_idle_connection_goes_before_a_closing_one(engine) {
+        use std::io::Write;
+        for limit in ["max_connections_per_shard", "max_connections"] {
+            let limits = [(limit, "2")];
+            let (_origin, proxy, mut s) = closing_with_the_response_in_flight(engine, "60s", "60s", &limits);
+            wait_proxy_half_closed(proxy.addr(), s.local_addr().unwrap(), Duration::from_secs(10));
+            let mut idle = Client::connect(proxy.addr());
+            idle.send(&get("t", "/idle"));
+            assert_eq!(idle.read_response().status(), 200, "{limit}");
+            scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "the connection parked", |m| {
+                m.value("edgeshard_connections_idle", &[]) == 1.0
+            });
+            let mut c = Client::connect(proxy.addr());
+            c.send(&get("t", "/next"));
+            assert_eq!(c.read_response().status(), 200, "{limit}");
+            idle.expect_closed_within(Duration::from_secs(10));
+            // The closing client sends more, and still gets its whole response.
+            s.write_all(b"GET /more HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            read_whole_response(&mut s, LEN, limit);
+            let m = scrape(proxy.admin_addr(), None);
+            assert_eq!(m.value("edgeshard_connections_reclaimed_total", &[]), 1.0, "{limit}");
         }
     }
 }
