@@ -259,14 +259,6 @@ impl Breaker {
         }
     }
 
-    /// Whether the next `try_acquire(resource)` would fail.
-    #[cfg(test)]
-    fn is_open(&self, resource: Resource) -> bool {
-        self.limits
-            .get(resource)
-            .is_some_and(|l| self.in_use[resource as usize].get() >= l)
-    }
-
     #[cfg(test)]
     fn in_use(&self, resource: Resource) -> u32 {
         self.in_use[resource as usize].get()
@@ -315,6 +307,13 @@ impl Drop for Place<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Breaker {
+        /// Whether `try_acquire(resource)` fails now (the unit it takes, if any, given back).
+        fn is_open(self: &Rc<Self>, resource: Resource) -> bool {
+            self.try_acquire(resource).is_err()
+        }
+    }
 
     #[test]
     fn shares_add_up_to_the_limit() {
