@@ -55,7 +55,8 @@ fn picks(c: &mut Criterion) {
         };
         let table = Table::build(&spec, &ms);
         for (case, up) in [("all_usable", &all), ("10pct_unusable", &some)] {
-            let mut b = ShardBalancer::new(&spec, &ms, 0);
+            let mut b =
+                ShardBalancer::with_weights(&spec, ms.iter().map(|m| (m.weight, m.backup)), 0);
             // Some load, so that least_conn, p2c and the bounds compare real numbers: 3
             // requests in flight per backend on average, latencies 1..=4 ms.
             for i in 0..3 * BACKENDS {

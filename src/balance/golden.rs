@@ -63,7 +63,11 @@ fn ketama_picks_what_nginx_picked() {
         let table = Table::build(&spec, &g.servers);
         // Every shard must agree with nginx: the key alone decides.
         for shard in [0, 1, 7] {
-            let mut b = ShardBalancer::new(&spec, &g.servers, shard);
+            let mut b = ShardBalancer::with_weights(
+                &spec,
+                g.servers.iter().map(|m| (m.weight, m.backup)),
+                shard,
+            );
             for (key, want) in &g.picks {
                 let i = b.pick(&table, Some(key_hash(key.as_bytes())), |_| true);
                 let got = i.map(|i| g.servers[i].name.as_str());
@@ -111,7 +115,8 @@ fn empty_key_follows_nginx_round_robin() {
     for algorithm in [Algorithm::ConsistentHash, Algorithm::Maglev] {
         let spec = Spec::new(algorithm);
         let table = Table::build(&spec, &g.servers);
-        let mut b = ShardBalancer::new(&spec, &g.servers, 0);
+        let mut b =
+            ShardBalancer::with_weights(&spec, g.servers.iter().map(|m| (m.weight, m.backup)), 0);
         for (n, want) in g.empty.iter().enumerate() {
             let i = b.pick(&table, None, |_| true).expect("a pick");
             assert_eq!(&g.servers[i].name, want, "request {n} without a key");
@@ -127,7 +132,8 @@ fn unusable_server_falls_to_the_next_ring_point() {
     let spec = Spec::new(Algorithm::ConsistentHash);
     let full = Table::build(&spec, &g.servers);
     let without = Table::build_with(&spec, &g.servers, |i| i != 4);
-    let mut b = ShardBalancer::new(&spec, &g.servers, 0);
+    let mut b =
+        ShardBalancer::with_weights(&spec, g.servers.iter().map(|m| (m.weight, m.backup)), 0);
     for (key, _) in &g.picks {
         let k = Some(key_hash(key.as_bytes()));
         let skipped = b.pick(&full, k, |i| i != 4);

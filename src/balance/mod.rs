@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! let table = Arc::new(Table::build(&spec, &members));          // config / health change
-//! let mut b = ShardBalancer::new(&spec, &members, shard_id);     // once per shard
+//! let mut b = ShardBalancer::with_weights(&spec, weights, shard); // once per shard
 //! let key = key::request_key(&hash_key, KeySource { .. });       // hash algorithms only
 //! let i = b.pick(&table, key, |i| usable(i))?;                   // or pick_sticky(..)
 //! b.started(i);  ...  b.finished(i, latency);                     // around the exchange

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::levels::Levels;
 use super::schedule::below;
-use super::{mix64, Algorithm, Member, Spec, Table, Tier, BACKUP, PRIMARY};
+use super::{mix64, Algorithm, Spec, Table, Tier, BACKUP, PRIMARY};
 use crate::sample::Rng;
 
 /// Schedule entries a `weighted` pick reads past unusable members before it falls back to
@@ -68,15 +68,10 @@ pub struct StickyPick {
 }
 
 impl ShardBalancer {
-    /// `shard` seeds the RNG and the start of the round-robin cursors (so that shards do not
-    /// move in lock-step; shard 0 starts where nginx starts).
-    pub fn new(spec: &Spec, members: &[Member], shard: usize) -> ShardBalancer {
-        ShardBalancer::with_weights(spec, members.iter().map(|m| (m.weight, m.backup)), shard)
-    }
-
-    /// [`ShardBalancer::new`] from each member's weight and whether it is a backup: what a
-    /// shard builds for every upstream at each reload, without the members' names (each an
-    /// allocation, which only the shared tables hash).
+    /// From each member's weight and whether it is a backup: what a shard builds for every
+    /// upstream at each reload, without the members' names (each an allocation, which only
+    /// the shared tables hash). `shard` seeds the RNG and the start of the round-robin cursors
+    /// (so that shards do not move in lock-step; shard 0 starts where nginx starts).
     pub fn with_weights(
         spec: &Spec,
         members: impl Iterator<Item = (u32, bool)>,

@@ -8,6 +8,11 @@ use std::time::Duration;
 
 use super::*;
 
+/// A shard's balancer over `ms`, as a shard builds it ([`ShardBalancer::with_weights`]).
+fn balancer(s: &Spec, ms: &[Member], shard: usize) -> ShardBalancer {
+    ShardBalancer::with_weights(s, ms.iter().map(|m| (m.weight, m.backup)), shard)
+}
+
 const N: usize = 100_000;
 
 fn members(weights: &[u32]) -> Vec<Member> {
@@ -34,7 +39,7 @@ fn key(i: usize) -> u32 {
 fn idle_counts(s: &Spec, weights: &[u32], usable: impl Fn(usize) -> bool) -> Vec<usize> {
     let ms = members(weights);
     let table = Table::build(s, &ms);
-    let mut b = ShardBalancer::new(s, &ms, 0);
+    let mut b = balancer(s, &ms, 0);
     let mut counts = vec![0; ms.len()];
     for i in 0..N {
         let m = b.pick(&table, Some(key(i)), &usable).expect("a pick");
@@ -143,7 +148,7 @@ fn weighted_without_stored_period_is_nginx_scan() {
     let ms = members(&ws);
     let s = spec(Algorithm::Weighted);
     let table = Table::build(&s, &ms);
-    let mut b = ShardBalancer::new(&s, &ms, 0);
+    let mut b = balancer(&s, &ms, 0);
     let first: Vec<usize> = (0..7)
         .map(|_| b.pick(&table, None, |_| true).unwrap())
         .collect();
@@ -167,10 +172,7 @@ fn picks_aside_leave_the_rotation_alone() {
         let ms = members(ws);
         let s = spec(alg);
         let table = Table::build(&s, &ms);
-        let (mut plain, mut with_aside) = (
-            ShardBalancer::new(&s, &ms, 0),
-            ShardBalancer::new(&s, &ms, 0),
-        );
+        let (mut plain, mut with_aside) = (balancer(&s, &ms, 0), balancer(&s, &ms, 0));
         for i in 0..1_000 {
             let a = plain.pick(&table, None, |_| true).unwrap();
             let b = with_aside.pick(&table, None, |_| true).unwrap();
@@ -188,7 +190,7 @@ fn picks_aside_leave_the_rotation_alone() {
         let ms = members(&[1, 1, 1]);
         let s = spec(alg);
         let table = Table::build(&s, &ms);
-        let mut b = ShardBalancer::new(&s, &ms, 0);
+        let mut b = balancer(&s, &ms, 0);
         let mut retries = [0usize; 3];
         for _ in 0..9_000 {
             if b.pick(&table, None, |_| true) == Some(0) {
@@ -244,7 +246,7 @@ fn loaded_counts(
 ) -> Vec<usize> {
     let ms = members(weights);
     let table = Table::build(s, &ms);
-    let mut b = ShardBalancer::new(s, &ms, 0);
+    let mut b = balancer(s, &ms, 0);
     let mut counts = vec![0; ms.len()];
     let mut open = VecDeque::new();
     for i in 0..N {
@@ -267,7 +269,7 @@ fn least_conn_under_load_keeps_in_flight_per_weight_level() {
     let ms = members(&W10);
     let s = spec(Algorithm::LeastConn);
     let table = Table::build(&s, &ms);
-    let mut b = ShardBalancer::new(&s, &ms, 3);
+    let mut b = balancer(&s, &ms, 3);
     for _ in 0..1_000 {
         let m = b.pick(&table, None, |_| true).unwrap();
         b.started(m);
@@ -339,7 +341,7 @@ fn maglev_spreads_keys_by_weight() {
 
 /// Picks of `N` keys over `table` from a fresh shard-0 balancer.
 fn mapping(s: &Spec, ms: &[Member], table: &Table, usable: impl Fn(usize) -> bool) -> Vec<usize> {
-    let mut b = ShardBalancer::new(s, ms, 0);
+    let mut b = balancer(s, ms, 0);
     (0..N)
         .map(|i| b.pick(table, Some(key(i)), &usable).expect("a pick"))
         .collect()
@@ -388,8 +390,7 @@ fn same_key_same_backend_on_every_shard() {
             };
             let ms = members(&W10);
             let table = Table::build(&s, &ms);
-            let mut shards: Vec<ShardBalancer> =
-                (0..8).map(|id| ShardBalancer::new(&s, &ms, id)).collect();
+            let mut shards: Vec<ShardBalancer> = (0..8).map(|id| balancer(&s, &ms, id)).collect();
             // Different histories on each shard must not matter (idle, so bounds don't bind).
             for (id, b) in shards.iter_mut().enumerate() {
                 for _ in 0..id * 37 {
@@ -426,7 +427,7 @@ fn bounded_load_keeps_every_backend_under_the_bound_with_skewed_keys() {
                 };
                 let ms = members(ws);
                 let table = Table::build(&s, &ms);
-                let mut b = ShardBalancer::new(&s, &ms, 0);
+                let mut b = balancer(&s, &ms, 0);
                 let mut open = VecDeque::new();
                 let mut worst = 0.0f64;
                 for i in 0..N {
@@ -474,7 +475,7 @@ fn backups_only_when_no_primary_is_usable() {
     ] {
         let s = spec(algorithm);
         let table = Table::build(&s, &ms);
-        let mut b = ShardBalancer::new(&s, &ms, 1);
+        let mut b = balancer(&s, &ms, 1);
         for i in 0..1_000 {
             let k = (i % 2 == 0).then(|| key(i));
             let p = b.pick(&table, k, |_| true).unwrap();
@@ -540,7 +541,7 @@ fn sticky_cookie_round_trips() {
     assert_eq!(table.sticky_lookup(b"garbage"), None);
     assert_eq!(table.sticky_lookup(b"0000000000000000"), None);
 
-    let mut b = ShardBalancer::new(&s, &ms, 0);
+    let mut b = balancer(&s, &ms, 0);
     let first = b.pick_sticky(&table, None, None, |_| true).unwrap();
     assert!(first.set_cookie);
     let mut header = Vec::new();
@@ -558,7 +559,7 @@ fn sticky_cookie_round_trips() {
     table.write_set_cookie(first.index, true, &mut tls);
     assert!(tls.ends_with(b"; HttpOnly; Secure"));
     for shard in 0..4 {
-        let mut b = ShardBalancer::new(&s, &ms, shard);
+        let mut b = balancer(&s, &ms, shard);
         for _ in 0..10 {
             let p = b.pick_sticky(&table, Some(value.as_bytes()), None, |_| true);
             assert_eq!(
@@ -589,7 +590,7 @@ fn sticky_backup_only_while_primaries_are_down() {
     ms[2].backup = true;
     let s = spec(Algorithm::Weighted);
     let table = Table::build(&s, &ms);
-    let mut b = ShardBalancer::new(&s, &ms, 0);
+    let mut b = balancer(&s, &ms, 0);
     let v = table.sticky_value(2).as_bytes().to_vec();
     let p = b.pick_sticky(&table, Some(&v), None, |_| true).unwrap();
     assert!(
@@ -616,7 +617,7 @@ fn odd_inputs_do_not_panic() {
             ..spec(algorithm)
         };
         let empty = Table::build(&s, &[]);
-        let mut b = ShardBalancer::new(&s, &[], 0);
+        let mut b = balancer(&s, &[], 0);
         assert_eq!(b.pick(&empty, Some(1), |_| true), None);
         b.started(5);
         b.finished(5, Duration::MAX);
@@ -627,7 +628,7 @@ fn odd_inputs_do_not_panic() {
             None,
             "table of another length"
         );
-        let mut b = ShardBalancer::new(&s, &ms, usize::MAX);
+        let mut b = balancer(&s, &ms, usize::MAX);
         for i in 0..100 {
             b.finished(0, Duration::ZERO);
             let p = b.pick(&table, Some(key(i)), |_| true).unwrap();
@@ -666,7 +667,7 @@ fn hash_tables_across_processes_and_member_order() {
         let s = spec(algo);
         let m = build(order);
         let table = Table::build(&s, &m);
-        let mut b = ShardBalancer::new(&s, &m, shard);
+        let mut b = balancer(&s, &m, shard);
         (0..2000)
             .map(|k| {
                 m[b.pick(&table, Some(key(k)), |_| true).unwrap()]
@@ -743,7 +744,7 @@ fn an_unusable_member_moves_only_its_keys_and_they_stay_put() {
     for algorithm in [Algorithm::ConsistentHash, Algorithm::Maglev] {
         let s = spec(algorithm);
         let table = Table::build(&s, &ms);
-        let mut b = ShardBalancer::new(&s, &ms, 0);
+        let mut b = balancer(&s, &ms, 0);
         let usable = |i: usize| i != 3;
         let mut moved_to = [0usize; 4];
         // One key per Maglev slot (the smallest hash that lands in it), which for ketama is

@@ -159,9 +159,9 @@ pub(super) fn balancing(c: &mut Checker, path: &str, raw: RawBalancing<'_>) -> S
         }
     });
     Spec {
-        algorithm,
         hash_key,
         bounded_load,
         sticky,
+        ..Spec::new(algorithm)
     }
 }

@@ -306,7 +306,7 @@ impl TrailerFilter<'_> {
 }
 
 impl<'a> Rewrite<'a> {
-    /// Only `set`: what unit tests and the fixed removals need.
+    /// Only `set`: what the unit tests and the fuzz checks (`fuzz_checks.rs`) build.
     pub fn set(set: SetHeader<'a>) -> Rewrite<'a> {
         Rewrite {
             set,
