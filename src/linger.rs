@@ -35,8 +35,8 @@ pub async fn linger_close(ctx: &ShardCtx, client: &mut Client) {
 /// response is all acknowledged already (`SIOCOUTQ` at 0, the common case on a fast path:
 /// no reset could destroy any of it), which is dropped (the close sends the FIN). The guard
 /// of a [`close_after_response`] waits in the shard's register of closes, which a new
-/// connection at a limit reclaims when no idle connection is left ([`crate::reclaim`]): the
-/// close then ends at once, as closes went before they were staged. A
+/// connection at a limit reclaims when no idle connection is left and the client has
+/// acknowledged the whole response ([`crate::reclaim`]): the close then ends at once. A
 /// [`linger_close`] keeps its guard: reclaimed, it would close on what its client sends.
 pub async fn close(ctx: &ShardCtx, client: &mut Client, guard: ActiveGuard, unread: bool) {
     if unread {
@@ -48,7 +48,8 @@ pub async fn close(ctx: &ShardCtx, client: &mut Client, guard: ActiveGuard, unre
     {
         return;
     }
-    let closing = ctx.closing.enter(guard, Instant::now());
+    let fd = client.stream.tcp().as_raw_fd();
+    let closing = ctx.closing.enter_close(guard, Instant::now(), fd);
     monoio::select! {
         _ = close_after_response(ctx, client) => {}
         _ = closing.reclaimed() => {}

@@ -6,10 +6,12 @@
 //! own task ([`Waits`]: a new connection's first request, a TLS or mTLS connection between
 //! requests, any wait during a drain), past [`crate::conn`]'s hot window; without either,
 //! the oldest connection that only closes after a complete response to a client that had
-//! sent nothing more ([`crate::linger::close`]: its close then ends at once, as closes went
-//! before they were staged). That one comes last: should its client send more bytes while
-//! the end of the response is unacknowledged, the kernel answers them with a reset that
-//! destroys that end, while closing an idle connection costs its client nothing.
+//! sent nothing more ([`crate::linger::close`]), once its client has acknowledged the whole
+//! response: its close then ends at once. A close whose response is still in flight is not
+//! reclaimed, as no connection with a response in flight is: should its client send more
+//! bytes, the kernel would answer them with a reset that destroys the end of the response.
+//! Only the oldest close is looked at (one `SIOCOUTQ`); a close ends by itself within
+//! [`crate::linger`]'s step of its acknowledgement anyway.
 //! nginx does the same when out of `worker_connections`: its "reusable" connections are the
 //! keep-alive ones and those still waiting for their first request. RFC 9112 §9.5 allows a
 //! server to close an idle connection at any time.
@@ -26,6 +28,7 @@ use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::future::poll_fn;
+use std::os::fd::RawFd;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
@@ -37,17 +40,20 @@ use crate::worker::ActiveGuard;
 
 /// At a connection limit: closes the shard's longest-idle parked connection or, without
 /// one, its longest-waiting in-task wait or, without either, ends its oldest close after a
-/// complete response ([`crate::linger::close`]). Whether there was one (counted in
-/// `reclaimed_idle`).
+/// complete response ([`crate::linger::close`]) if its client has acknowledged it all.
+/// Whether there was one (counted in `reclaimed_idle`).
 pub fn reclaim(common: &ShardCommon, ctx: &ShardCtx) -> bool {
-    // Last, a close after a complete response whose client had sent nothing more: it now
-    // ends as closes went before they were staged.
     let made_room = match common.lot.evict_oldest() {
         Some(idle) => {
             drop(idle);
             true
         }
-        None => common.waits.evict_oldest() || common.closing.evict_oldest(),
+        None => {
+            common.waits.evict_oldest()
+                || common
+                    .closing
+                    .evict_oldest_if(|fd| crate::transport::unsent(fd) <= 1)
+        }
     };
     if !made_room {
         return false;
@@ -91,6 +97,8 @@ struct Slot {
     guard: ActiveGuard,
     gen: u32,
     waker: Option<Waker>,
+    /// The connection's socket, where the register looks at it ([`Waits::enter_close`]).
+    fd: RawFd,
 }
 
 /// One connection's wait in the register: [`Waiting::reclaimed`] resolves when a new
@@ -106,12 +114,19 @@ impl Waits {
     /// Starts a wait, waiting since `since`: the register holds the connection's guard until
     /// [`Waiting::leave`].
     pub fn enter(&self, guard: ActiveGuard, since: Instant) -> Waiting<'_> {
+        self.enter_close(guard, since, -1)
+    }
+
+    /// [`Waits::enter`] for a close on the socket `fd`, which [`Waits::evict_oldest_if`]
+    /// looks at (the socket stays open while the wait lasts: its task holds it).
+    pub fn enter_close(&self, guard: ActiveGuard, since: Instant, fd: RawFd) -> Waiting<'_> {
         let gen = self.next_gen.get().wrapping_add(1);
         self.next_gen.set(gen);
         let key = self.slots.borrow_mut().insert(Slot {
             guard,
             gen,
             waker: None,
+            fd,
         }) as u32;
         let mut order = self.order.borrow_mut();
         order.push(Reverse((since, key, gen)));
@@ -139,14 +154,26 @@ impl Waits {
     /// Ends the longest wait: its guard is dropped now, its task woken to close the socket.
     /// Whether there was one.
     fn evict_oldest(&self) -> bool {
+        self.evict_oldest_if(|_| true)
+    }
+
+    /// [`Waits::evict_oldest`] if `ok` says yes for the longest wait's socket; else nothing.
+    fn evict_oldest_if(&self, ok: impl FnOnce(RawFd) -> bool) -> bool {
         let slot = loop {
-            let Some(Reverse((_, key, gen))) = self.order.borrow_mut().pop() else {
+            let Some(&Reverse((_, key, gen))) = self.order.borrow().peek() else {
                 return false;
             };
             let mut slots = self.slots.borrow_mut();
-            if is_live(&slots, key, gen) {
-                break slots.remove(key as usize);
+            if !is_live(&slots, key, gen) {
+                drop(slots);
+                self.order.borrow_mut().pop();
+                continue;
             }
+            if !ok(slots[key as usize].fd) {
+                return false;
+            }
+            self.order.borrow_mut().pop();
+            break slots.remove(key as usize);
         };
         let Slot { guard, waker, .. } = slot;
         drop(guard);

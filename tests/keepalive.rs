@@ -399,14 +399,13 @@ both_engines! {
         });
     }
 
-    // At a connection limit with no idle connection, a close in stages makes room
-    // (crate::reclaim): its response is complete, so the close ends at once, as it went
-    // before it was staged, and the new client is served (it was refused at accept while the
-    // old one lingered, for up to `lingering_timeout`: 60 s here). The shard's bound and the
-    // process's (a second path in `worker::admit`: the guard's place in the process's count
-    // is given back with it). The reclaimed close loses nothing: its client had sent nothing
-    // more, so the kernel still delivers the whole response, then the orderly end.
-    fn a_closing_connection_makes_room_at_the_connection_limit(engine) {
+    // At a connection limit with no idle connection, a close in stages whose response is
+    // still in flight keeps its place, as any connection with a response in flight does
+    // (crate::reclaim): reclaimed, a byte its client then sent would draw the reset that
+    // destroys the end of the response. The new client is closed at accept; once the
+    // closing client has taken its response, the close ends and the next client is served.
+    // The shard's bound and the process's (a second path in `worker::admit`).
+    fn a_close_in_flight_keeps_its_place_at_the_connection_limit(engine) {
         for limit in ["max_connections_per_shard", "max_connections"] {
             let limits = [(limit, "1")];
             let (_origin, proxy, mut s) = closing_with_the_response_in_flight(engine, "60s", "60s", &limits);
@@ -414,13 +413,19 @@ both_engines! {
             let m = scrape(proxy.admin_addr(), None);
             assert_eq!(m.value("edgeshard_connections_closing", &[]), 1.0, "{limit}: the close in its register");
             let mut c = Client::connect(proxy.addr());
+            c.send(&get("t", "/refused"));
+            let raw = c.read_until_closed(Duration::from_secs(10));
+            assert!(matches!(&raw, Ok(b) if b.is_empty()) || raw.is_err(), "{limit}: {raw:?}");
+            let m = scrape(proxy.admin_addr(), None);
+            assert_eq!(m.value("edgeshard_connections_rejected_total", &[("reason", limit)]), 1.0, "{limit}");
+            assert_eq!(m.value("edgeshard_connections_reclaimed_total", &[]), 0.0, "{limit}");
+            read_whole_response(&mut s, LEN, limit);
+            scrape_until(proxy.admin_addr(), None, Duration::from_secs(20), "the close ended", |m| {
+                m.value("edgeshard_connections_closing", &[]) == 0.0
+            });
+            let mut c = Client::connect(proxy.addr());
             c.send(&get("t", "/next"));
             assert_eq!(c.read_response().status(), 200, "{limit}");
-            let m = scrape(proxy.admin_addr(), None);
-            assert_eq!(m.value("edgeshard_connections_closing", &[]), 0.0, "{limit}");
-            assert_eq!(m.value("edgeshard_connections_reclaimed_total", &[]), 1.0, "{limit}");
-            assert_eq!(m.value("edgeshard_connections_rejected_total", &[("reason", limit)]), 0.0, "{limit}");
-            read_whole_response(&mut s, LEN, limit);
         }
     }
 }
