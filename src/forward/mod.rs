@@ -394,11 +394,10 @@ impl<'a> Forward<'a> {
                         req.tries.resending = true;
                         req.ubuf.clear();
                         // `req.prepared.out` still holds the head to resend.
-                        drop(guards);
                         Step::Connect {
                             backend,
                             fresh: true,
-                            guards: self.regain(backend)?,
+                            guards: self.regain(backend, guards),
                         }
                     } else {
                         let o = t.outcome;

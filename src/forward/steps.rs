@@ -90,18 +90,16 @@ impl<'a> Forward<'a> {
         }
     }
 
-    /// The guards of a resend to the same backend (the previous ones were released first).
-    pub(super) fn regain(&self, backend: usize) -> Result<TryGuards<'a>, ProxyError> {
+    /// The guards of a resend to the same backend: its in-flight count starts again (the
+    /// previous one ends first), and it keeps its breaker place. Given back, the place would
+    /// go straight to a request waiting in the backend's queue, and the resend get the 503.
+    pub(super) fn regain(&self, backend: usize, guards: TryGuards<'a>) -> TryGuards<'a> {
+        let TryGuards { in_flight, _permit } = guards;
+        drop(in_flight);
         let in_flight =
             self.backends()
                 .forwarding(self.shared(), &self.stats().backends[backend], backend);
-        let permit = self.backends().breakers[backend]
-            .try_acquire(Resource::Requests)
-            .map_err(|open| self.breaker_open(backend, open))?;
-        Ok(TryGuards {
-            in_flight,
-            _permit: permit,
-        })
+        TryGuards { in_flight, _permit }
     }
 
     /// The one retry rule, with this request's facts. `(any_response_byte, responded)`: some

@@ -253,3 +253,46 @@ both_engines! {
         }
     }
 }
+
+
+both_engines! {
+    fn breaker_queue_a_resend_after_a_stale_pooled_connection_keeps_its_place(engine) {
+        // A request holds the one place on a pooled connection that dies unanswered (the
+        // keep-alive race): it is resent on a fresh connection (HEALTH.md, Retries 2.). Its
+        // place must not go to a request waiting in the queue meanwhile: that turned the
+        // resend into the proxy's 503 whenever anything waited.
+        let lock = LockStep::bind();
+        let up = format!(
+            "{}\n[upstream.breaker]\nmax_requests = 1\nqueue = 2\nqueue_timeout = \"60s\"\n",
+            backends(&[lock.addr()])
+        );
+        let proxy = Proxy::start(&config(true, &up), engine);
+        let mut c0 = Client::connect(proxy.addr());
+        c0.send(&get_req("/warm"));
+        let mut pooled = lock.accept();
+        assert!(pooled.read_head().starts_with("GET /warm "));
+        pooled.write(OK_KEEP);
+        assert_eq!(served_by(&c0.read_response()), "lock");
+        let mut c1 = Client::connect(proxy.addr());
+        c1.send(&get_req("/one"));
+        assert!(pooled.read_head().starts_with("GET /one "));
+        let mut c2 = Client::connect(proxy.addr());
+        c2.send(&get_req("/two"));
+        wait_metric(&proxy, "edgeshard_breaker_queued_total", lock.addr(), 1.0);
+        pooled.close();
+        let mut fresh = lock.accept();
+        let head = fresh.read_head();
+        assert!(head.starts_with("GET /one "), "the resend keeps its place; the backend got: {head}");
+        fresh.write(OK_CLOSE);
+        fresh.close();
+        assert_eq!(served_by(&c1.read_response()), "lock");
+        let mut conn = lock.accept();
+        assert!(conn.read_head().starts_with("GET /two "));
+        conn.write(OK_CLOSE);
+        conn.close();
+        assert_eq!(served_by(&c2.read_response()), "lock");
+        let b = lock.addr().to_string();
+        let labels = [("upstream", "app"), ("backend", b.as_str())];
+        assert_eq!(metric(&proxy, "edgeshard_breaker_rejected_total", &labels), 0.0);
+    }
+}
