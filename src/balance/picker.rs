@@ -128,6 +128,26 @@ impl ShardBalancer {
             .or_else(|| self.pick_tier(table, BACKUP, key, &usable))
     }
 
+    /// [`pick`](Self::pick) preferring, within the tier it picks from, a member for which
+    /// `room` holds as well (a breaker queue passes over full backends): the backup tier is
+    /// still tried only when no primary is usable, full or not.
+    pub fn pick_preferring(
+        &mut self,
+        table: &Table,
+        key: Option<u32>,
+        usable: impl Fn(usize) -> bool,
+        room: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        if table.len != self.len {
+            return None;
+        }
+        let with_room = |i: usize| usable(i) && room(i);
+        [PRIMARY, BACKUP].into_iter().find_map(|t| {
+            self.pick_tier(table, t, key, &with_room)
+                .or_else(|| self.pick_tier(table, t, key, &usable))
+        })
+    }
+
     /// Runs `f`'s picks aside from the rotation: the cursors are as before it afterwards
     /// (random draws still advance the generator), and round robin and weighted picks (and
     /// a hash algorithm's for a request without a key) are (weighted) random draws among the

@@ -491,6 +491,49 @@ fn backups_only_when_no_primary_is_usable() {
 }
 
 #[test]
+fn a_preferred_pick_keeps_within_the_tier_a_plain_pick_uses() {
+    // A breaker queue's pass-over of full backends: members with room first, but a full
+    // primary is still usable, so the backups stay out while one is.
+    let mut ms = members(&[1, 2, 1, 1]);
+    ms[2].backup = true;
+    ms[3].backup = true;
+    for algorithm in [
+        Algorithm::RoundRobin,
+        Algorithm::Weighted,
+        Algorithm::Random,
+        Algorithm::LeastConn,
+        Algorithm::P2c,
+    ] {
+        let s = spec(algorithm);
+        let table = Table::build(&s, &ms);
+        let mut b = ShardBalancer::new(&s, &ms, 1);
+        for _ in 0..1_000 {
+            let all = |_: usize| true;
+            // Member 0 full: 1 has room.
+            assert_eq!(
+                b.pick_preferring(&table, None, all, |m| m != 0),
+                Some(1),
+                "{algorithm:?}"
+            );
+            // Both primaries full: one of them, not a backup with room.
+            let p = b.pick_preferring(&table, None, all, |m| m >= 2).unwrap();
+            assert!(
+                p < 2,
+                "{algorithm:?}: backup {p} picked with a full primary usable"
+            );
+            // No primary usable: the backups, those with room first.
+            let p = b.pick_preferring(&table, None, |m| m >= 2, |m| m == 3);
+            assert_eq!(p, Some(3), "{algorithm:?}");
+            assert_eq!(
+                b.pick_preferring(&table, None, |_| false, all),
+                None,
+                "{algorithm:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn sticky_cookie_round_trips() {
     let ms = members(&[1; 20]);
     let s = Spec {

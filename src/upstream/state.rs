@@ -231,7 +231,7 @@ impl Backends {
         let usable = |i: usize| usable(shared, outlier, range.start, tried, now, i);
         let table = &shared.tables[upstream];
         let balancer = &mut self.loads.balancers.borrow_mut()[upstream];
-        let first = |b: &mut ShardBalancer, usable: &dyn Fn(usize) -> bool| {
+        let first = |b: &mut ShardBalancer| {
             if table.sticky().is_some() {
                 let cookie = key.sticky.map(|i| table.sticky_value(i).as_bytes());
                 b.pick_sticky(table, cookie, key.hash, usable)
@@ -241,9 +241,10 @@ impl Backends {
             }
         };
         // With a breaker queue, a backend at its `max_requests` is passed over while another
-        // has room (HAProxy's full servers); only when all are full does the request wait,
-        // at the backend picked as usual. Hash algorithms and sticky cookies keep their
-        // backend, and wait for it.
+        // of its tier has room (HAProxy's full servers; a full primary is still usable, so
+        // the backups stay out); only when all are full does the request wait, at the
+        // backend picked as usual. Hash algorithms and sticky cookies keep their backend,
+        // and wait for it.
         let queues = shared.config.upstreams[upstream]
             .resilience
             .breaker
@@ -251,10 +252,12 @@ impl Backends {
             .is_some()
             && !table.algorithm().is_hash()
             && table.sticky().is_none();
-        let room = |i: usize| usable(i) && self.breakers[range.start + i].has_request_room();
+        let room = |i: usize| self.breakers[range.start + i].has_request_room();
         let pick = |b: &mut ShardBalancer| match queues {
-            true => first(b, &room).or_else(|| first(b, &usable)),
-            false => first(b, &usable),
+            true => b
+                .pick_preferring(table, key.hash, usable, room)
+                .map(|i| (i, false)),
+            false => first(b),
         };
         // A request's later picks (a retry, a connect failover) leave the rotation where its
         // first pick put it ([`ShardBalancer::aside`]).

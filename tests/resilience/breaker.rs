@@ -295,4 +295,42 @@ both_engines! {
         let labels = [("upstream", "app"), ("backend", b.as_str())];
         assert_eq!(metric(&proxy, "edgeshard_breaker_rejected_total", &labels), 0.0);
     }
+
+    fn breaker_queue_keeps_a_backup_out_while_a_primary_is_usable(engine) {
+        // `backup`: "Used only when no primary backend is usable" (CONFIG.md). A primary at
+        // its max_requests is usable (its request waits); the full-backend pass-over of the
+        // queue must not spill requests onto the backup.
+        let (a, b) = (LockStep::bind(), LockStep::bind());
+        let up = format!(
+            "backends = [{{ address = \"{}\" }}, {{ address = \"{}\", backup = true }}]\n\
+             [upstream.breaker]\nmax_requests = 1\nqueue = 2\nqueue_timeout = \"60s\"\n",
+            a.addr(),
+            b.addr()
+        );
+        let proxy = Proxy::start(&config(true, &up), engine);
+        let mut c1 = Client::connect(proxy.addr());
+        c1.send(&get_req("/held"));
+        let mut held = a.accept();
+        assert!(held.read_head().starts_with("GET /held "));
+        let mut c2 = Client::connect(proxy.addr());
+        c2.send(&get_req("/two"));
+        // It waits at the primary, or (the spill) goes to the backup.
+        let s = a.addr().to_string();
+        let labels = [("upstream", "app"), ("backend", s.as_str())];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metric(&proxy, "edgeshard_breaker_queued_total", &labels) != 1.0 && b.accepted() == 0 {
+            assert!(Instant::now() < deadline, "/two neither waited nor reached a backend");
+            thread::yield_now();
+        }
+        assert_eq!(b.accepted(), 0, "the backup got a request while the primary is usable");
+        held.write(OK_CLOSE);
+        held.close();
+        assert_eq!(served_by(&c1.read_response()), "lock");
+        let mut conn = a.accept();
+        assert!(conn.read_head().starts_with("GET /two "));
+        conn.write(OK_CLOSE);
+        conn.close();
+        assert_eq!(served_by(&c2.read_response()), "lock");
+        assert_eq!(b.accepted(), 0);
+    }
 }
