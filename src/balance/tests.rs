@@ -506,7 +506,7 @@ fn a_preferred_pick_keeps_within_the_tier_a_plain_pick_uses() {
     ] {
         let s = spec(algorithm);
         let table = Table::build(&s, &ms);
-        let mut b = ShardBalancer::new(&s, &ms, 1);
+        let mut b = balancer(&s, &ms, 1);
         for _ in 0..1_000 {
             let all = |_: usize| true;
             // Member 0 full: 1 has room.
