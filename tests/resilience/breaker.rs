@@ -254,7 +254,6 @@ both_engines! {
     }
 }
 
-
 both_engines! {
     fn breaker_queue_a_resend_after_a_stale_pooled_connection_keeps_its_place(engine) {
         // A request holds the one place on a pooled connection that dies unanswered (the
