@@ -144,6 +144,8 @@ max_ejection_percent = 50
 max_connections = 1000
 max_pending = 100
 max_requests = 1000
+queue = 500
+queue_timeout = "2s"
 
 [upstream.retry]
 attempts = 2
