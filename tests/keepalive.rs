@@ -168,10 +168,15 @@ both_engines! {
                 c
             })
             .collect();
+        // Every connection past its 200 ms hot window, parked: what the proxy reports, not a
+        // sleep (a late timer would send the requests on hot connections and test nothing).
+        let all_parked = || {
+            scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "all parked", |m| {
+                m.value("edgeshard_connections_idle", &[]) == N as f64
+            })
+        };
         for round in 0..2 {
-            // Past the 200 ms hot window: every connection is parked. (A deadline, not a
-            // readiness signal, is what is being exercised here.)
-            std::thread::park_timeout(Duration::from_millis(300));
+            all_parked();
             for i in (0..N).rev() {
                 clients[i].send(&get("example.com", &format!("/b{round}-{i}")));
             }
@@ -184,7 +189,7 @@ both_engines! {
         let paths: std::collections::HashSet<String> =
             origin.requests().iter().map(|r| r.path().to_string()).collect();
         assert_eq!(paths.len(), 3 * N, "every request reached the origin once");
-        std::thread::park_timeout(Duration::from_millis(300));
+        all_parked();
         clients.truncate(N / 2);
         scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "closed parked connections freed", |m| {
             m.value("edgeshard_connections_active", &[]) == (N / 2) as f64
