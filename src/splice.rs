@@ -658,40 +658,39 @@ mod tests {
 
     #[test]
     fn a_source_that_closes_early_is_an_error() {
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let pipe = Pipe::new(65536).unwrap();
-            let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
-            std::thread::spawn(move || {
-                use std::io::Write;
-                let (mut s, _) = a.accept().unwrap();
-                s.write_all(&[7u8; 1000]).unwrap();
+        for engine in crate::test_engines::engines() {
+            crate::test_engines::block_on(engine, async {
+                let pipe = Pipe::new(65536).unwrap();
+                let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    let (mut s, _) = a.accept().unwrap();
+                    s.write_all(&[7u8; 1000]).unwrap();
+                });
+                let _keep = std::thread::spawn(move || {
+                    use std::io::Read;
+                    let (mut s, _) = b.accept().unwrap();
+                    let mut v = Vec::new();
+                    let _ = s.read_to_end(&mut v);
+                });
+                let src = TcpStream::connect_addr(aa).await.unwrap();
+                let mut dst = TcpStream::connect_addr(ba).await.unwrap();
+                let mut dl = Deadline::new();
+                let mut w = false;
+                let mut out = Vec::new();
+                let mut pos = 0;
+                let plan = SplicePlan {
+                    body: SplicedBody::Length(5000),
+                    pipe: &pipe,
+                };
+                let t = Duration::from_secs(5);
+                let mut leg = Leg::new(&mut dl, t, t, &mut w);
+                let r =
+                    relay_spliced(&src, b"", &mut pos, &mut dst, &mut out, plan, &mut leg).await;
+                assert!(matches!(r, Err(RelayError::Read(IoFail::Eof))), "{r:?}");
             });
-            let _keep = std::thread::spawn(move || {
-                use std::io::Read;
-                let (mut s, _) = b.accept().unwrap();
-                let mut v = Vec::new();
-                let _ = s.read_to_end(&mut v);
-            });
-            let src = TcpStream::connect_addr(aa).await.unwrap();
-            let mut dst = TcpStream::connect_addr(ba).await.unwrap();
-            let mut dl = Deadline::new();
-            let mut w = false;
-            let mut out = Vec::new();
-            let mut pos = 0;
-            let plan = SplicePlan {
-                body: SplicedBody::Length(5000),
-                pipe: &pipe,
-            };
-            let t = Duration::from_secs(5);
-            let mut leg = Leg::new(&mut dl, t, t, &mut w);
-            let r = relay_spliced(&src, b"", &mut pos, &mut dst, &mut out, plan, &mut leg).await;
-            assert!(matches!(r, Err(RelayError::Read(IoFail::Eof))), "{r:?}");
-        });
+        }
     }
 }
