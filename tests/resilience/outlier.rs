@@ -79,7 +79,9 @@ both_engines! {
             assert_ne!(served_by(&ask(&mut c, &format!("/b/{n}"))), "bad");
             n += 1;
         }
-        assert!(n >= 10, "the machine is too slow to check the ejection window ({n} requests)");
+        // One round-robin cycle (3 requests) would reach `bad` were it not ejected: that is
+        // all the window needs to hold, however slow the host.
+        assert!(n >= 3, "only {n} requests fit in the ejection window");
         assert_eq!(bad.request_count(), 3, "an ejected backend gets no requests");
         // After base_ejection it is picked again (and answers 503 again).
         let mut i = 0;
