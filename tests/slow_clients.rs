@@ -119,15 +119,18 @@ both_engines! {
         // cut when t = 1 + 10 t / 100, at 1.11 s (each wait of 100 ms is far inside the
         // per-read `client_body` of 1 s, which alone would never cut it).
         trickle(s.try_clone().unwrap(), 1000, Duration::from_millis(100), stop.clone());
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let head = read_head_bytes(&mut s);
         let took = started.elapsed();
         stop.store(true, Ordering::SeqCst);
         let head = String::from_utf8_lossy(head.as_ref().unwrap_or_else(|h| h)).into_owned();
         assert!(head.starts_with("HTTP/1.1 408 "), "{head:?} after {took:?}");
         eprintln!("trickled body cut after {took:?} (deadline 1.11 s)");
+        // Not before its deadline (a timer does not fire early), and seconds from both the
+        // deadline and a body never cut (the 10 s read timeout); the arithmetic of the cut
+        // is unit-tested in relay/pace.rs.
         assert!(took >= Duration::from_millis(1000), "cut before its deadline: {took:?}");
-        assert!(took < Duration::from_millis(2000), "cut long after its deadline: {took:?}");
+        assert!(took < Duration::from_secs(4), "cut long after its deadline: {took:?}");
         assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
         expect_eof(&mut s, Duration::from_secs(5));
         wait_slow_count(proxy.admin_addr(), "request_body", 1.0);
