@@ -73,8 +73,11 @@ both_engines! {
         let r = waiter.read_head().expect("the waiter's head");
         let waited = asked.elapsed();
         assert_eq!(r.status, 200);
-        // Hundreds of milliseconds; the lock's bound is 5 s.
-        assert!(waited < Duration::from_secs(4), "the waiter waited for the leader's client: {waited:?}");
+        // Hundreds of milliseconds; the lock's bound is a fixed 5 s (no config key sets it),
+        // and either way the waiter fetches for itself: only the clock tells them apart. The
+        // bound lies halfway, seconds from both.
+        let bound = Duration::from_millis(2500);
+        assert!(waited < bound, "the waiter waited for the leader's client: {waited:?}");
         assert_eq!(origin.request_count(), 2, "the waiter fetched for itself");
         drop(leader);
     }
@@ -126,8 +129,10 @@ both_engines! {
         let r = waiter.read_response();
         let waited = asked.elapsed();
         assert_eq!((r.status(), r.body_str()), (200, "second".into()));
-        // Milliseconds when it goes on at once; the lock's bound is 5 s.
-        assert!(waited < Duration::from_secs(4), "the waiter waited for the leader's relay: {waited:?}");
+        // Milliseconds when it goes on at once; the lock's bound is a fixed 5 s (as above:
+        // the bound lies halfway).
+        let bound = Duration::from_millis(2500);
+        assert!(waited < bound, "the waiter waited for the leader's relay: {waited:?}");
         gate.open();
         let body = leader.read_body("GET", &head).expect("the big body");
         assert_eq!(body.len(), 20_000);
