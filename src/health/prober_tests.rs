@@ -4,9 +4,10 @@
 //! never on fixed sleeps; intervals are 50 ms so that each test takes well under a second
 //! when the machine is idle.
 //!
-//! Timing bounds: a backend that dies is Unhealthy within `fall` jittered intervals plus
-//! `fall` probe durations (each at most `timeout`), and comes back within `rise` jittered
-//! intervals; the assertions add [`MARGIN`] for a loaded two-core machine.
+//! What the tests assert is counted, not timed: a transition's cause says how many probes
+//! in a row made it (`Cause::Fall { failures }`, `Cause::Rise { successes }`). The only
+//! bounds are deadlines far from what they guard: [`WAIT`] for an event, [`STOP`] for a
+//! stop (against a 30 s interval it must not wait out).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -23,10 +24,11 @@ use super::HealthBoard;
 
 const INTERVAL: Duration = Duration::from_millis(50);
 const JITTER: f64 = 0.1;
-/// Scheduling slack allowed on top of the computed bound.
-const MARGIN: Duration = Duration::from_millis(750);
 /// How long a test waits for an event before failing.
 const WAIT: Duration = Duration::from_secs(5);
+/// How long a stop (or a retarget to nothing) may take: milliseconds when prompt, the
+/// interval (30 s in `stop_is_prompt_with_a_long_interval`) when not.
+const STOP: Duration = Duration::from_secs(5);
 
 fn spec(kind: CheckKind, timeout_ms: u64, rise: u32, fall: u32) -> Arc<CheckSpec> {
     Arc::new(CheckSpec {
@@ -71,25 +73,19 @@ fn start(
     (board, rx, handle)
 }
 
-/// Waits for backend `backend` to be published as `to`; returns the event and the wait.
-fn wait_for(rx: &Receiver<HealthEvent>, backend: usize, to: Health) -> (HealthEvent, Duration) {
-    let start = Instant::now();
-    let deadline = start + WAIT;
+/// Waits for backend `backend` to be published as `to`; returns the event.
+fn wait_for(rx: &Receiver<HealthEvent>, backend: usize, to: Health) -> HealthEvent {
+    let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(ev) if ev.backend == backend && ev.transition.to == to => {
-                return (ev, start.elapsed());
+                return ev;
             }
             Ok(_) => {}
             Err(e) => panic!("backend {backend} did not become {to} within {WAIT:?}: {e}"),
         }
     }
-}
-
-/// The bound for `n` consecutive probes: `n` jittered intervals and `n` probe timeouts.
-fn bound(n: u32, timeout: Duration) -> Duration {
-    (INTERVAL.mul_f64(1.0 + JITTER) + timeout) * n + MARGIN
 }
 
 fn listen() -> TcpListener {
@@ -184,22 +180,20 @@ fn tcp_backend_killed_and_restarted_on_the_same_port() {
     let (board, rx, handle) = start(1, vec![target(0, addr, &s)]);
 
     // The kernel completes the handshake on a listening socket: no accept needed.
-    let (ev, _) = wait_for(&rx, 0, Health::Healthy);
+    let ev = wait_for(&rx, 0, Health::Healthy);
     assert_eq!(ev.transition.from, Health::Unknown);
     assert_eq!(ev.transition.cause, Cause::Rise { successes: 1 });
     assert_eq!(board.state(0), Health::Healthy);
     assert_eq!(ev.generation, board.generation());
 
     drop(listener);
-    let (ev, waited) = wait_for(&rx, 0, Health::Unhealthy);
-    assert!(waited <= bound(2, s.timeout), "unhealthy after {waited:?}");
+    let ev = wait_for(&rx, 0, Health::Unhealthy);
     assert_eq!(ev.transition.cause, Cause::Fall { failures: 2 });
     assert!(ev.reason.contains("connect failed"), "{}", ev.reason);
     assert!(!board.is_usable(0));
 
     let listener = rebind(addr);
-    let (ev, waited) = wait_for(&rx, 0, Health::Healthy);
-    assert!(waited <= bound(2, s.timeout), "healthy after {waited:?}");
+    let ev = wait_for(&rx, 0, Health::Healthy);
     assert_eq!(ev.transition.from, Health::Unhealthy);
     assert_eq!(ev.transition.cause, Cause::Rise { successes: 2 });
     assert_eq!(ev.reason, "check passed");
@@ -208,7 +202,7 @@ fn tcp_backend_killed_and_restarted_on_the_same_port() {
     let view = board.slot(0).unwrap();
     assert_eq!(view.transitions, 3);
     assert!(view.checks_ok >= 3 && view.checks_failed >= 2);
-    stop_within_margin(handle);
+    stop_promptly(handle);
     drop(listener);
 }
 
@@ -223,14 +217,14 @@ fn http_status_outside_the_range_is_unhealthy() {
     let s = spec(http("200-399", None), 500, 2, 2);
     // Both backends are probed concurrently by the same prober.
     let (board, rx, handle) = start(2, vec![target(0, ok.addr, &s), target(1, down.addr, &s)]);
-    let (ev, waited) = wait_for(&rx, 1, Health::Unhealthy);
-    assert!(waited <= bound(2, s.timeout), "unhealthy after {waited:?}");
+    let ev = wait_for(&rx, 1, Health::Unhealthy);
+    assert_eq!(ev.transition.cause, Cause::Fall { failures: 2 });
     assert!(ev.reason.contains("unexpected status 503"), "{}", ev.reason);
     assert_eq!(ev.upstream, "app");
     assert_eq!(ev.address, down.addr);
     wait_for_state(&board, 0, Health::Healthy, &rx);
     assert_eq!(board.state(1), Health::Unhealthy);
-    stop_within_margin(handle);
+    stop_promptly(handle);
 }
 
 #[test]
@@ -238,12 +232,12 @@ fn http_backend_that_never_answers_times_out() {
     let hang = TestBackend::start(Behaviour::Hang);
     let s = spec(http("200-399", None), 100, 1, 2);
     let (board, rx, handle) = start(1, vec![target(0, hang.addr, &s)]);
-    let (ev, waited) = wait_for(&rx, 0, Health::Unhealthy);
-    assert!(waited <= bound(2, s.timeout), "unhealthy after {waited:?}");
+    let ev = wait_for(&rx, 0, Health::Unhealthy);
+    assert_eq!(ev.transition.cause, Cause::Fall { failures: 2 });
     assert!(ev.reason.contains("no answer within"), "{}", ev.reason);
     assert_eq!(board.state(0), Health::Unhealthy);
     // Stopping cancels a probe that is waiting on the hanging backend.
-    stop_within_margin(handle);
+    stop_promptly(handle);
 }
 
 /// A reload's retarget keeps the task of a backend probed as before: its probe in flight
@@ -290,7 +284,7 @@ fn retargets_faster_than_the_timeout_still_take_a_hung_backend_out() {
     assert!(board.slot(slot).unwrap().checks_failed >= 2);
     // The other backend was probed all along, on its own moving slot.
     wait_for_state(&board, 1 - slot, Health::Healthy, &rx);
-    stop_within_margin(handle);
+    stop_promptly(handle);
     drop(up);
 }
 
@@ -312,9 +306,9 @@ fn retarget_starts_and_stops_the_thread() {
         let _ = done_tx.send(handle);
     });
     let handle = done_rx
-        .recv_timeout(MARGIN)
+        .recv_timeout(STOP)
         .expect("retarget to nothing took too long");
-    stop_within_margin(handle);
+    stop_promptly(handle);
 }
 
 #[test]
@@ -327,11 +321,11 @@ fn http_body_substring_mismatch_is_unhealthy() {
     ));
     let s = spec(http("200", Some("\"ok\":true")), 500, 1, 1);
     let (board, rx, handle) = start(2, vec![target(0, good.addr, &s), target(1, bad.addr, &s)]);
-    let (ev, waited) = wait_for(&rx, 1, Health::Unhealthy);
-    assert!(waited <= bound(1, s.timeout), "unhealthy after {waited:?}");
+    let ev = wait_for(&rx, 1, Health::Unhealthy);
+    assert_eq!(ev.transition.cause, Cause::Fall { failures: 1 });
     assert!(ev.reason.contains("body does not contain"), "{}", ev.reason);
     wait_for_state(&board, 0, Health::Healthy, &rx);
-    stop_within_margin(handle);
+    stop_promptly(handle);
 }
 
 #[test]
@@ -343,12 +337,12 @@ fn mandatory_initial_state_waits_for_rise() {
         ..(*spec(CheckKind::Tcp, 200, 3, 1)).clone()
     });
     let (board, rx, handle) = start(1, vec![target(0, addr, &s)]);
-    let (ev, _) = wait_for(&rx, 0, Health::Healthy);
+    let ev = wait_for(&rx, 0, Health::Healthy);
     assert_eq!(ev.transition.from, Health::Unhealthy);
     assert_eq!(ev.transition.cause, Cause::Rise { successes: 3 });
     assert!(board.slot(0).unwrap().checks_ok >= 3);
     assert!(board.ramp_from(0).is_some());
-    stop_within_margin(handle);
+    stop_promptly(handle);
 }
 
 #[test]
@@ -362,7 +356,7 @@ fn stop_is_prompt_with_a_long_interval() {
     let (_board, rx, handle) = start(1, vec![target(0, listener.local_addr().unwrap(), &s)]);
     // jitter 0: the first probe runs at once.
     wait_for(&rx, 0, Health::Healthy);
-    stop_within_margin(handle);
+    stop_promptly(handle);
 }
 
 #[test]
@@ -395,17 +389,15 @@ fn wait_for_state(board: &HealthBoard, backend: usize, to: Health, rx: &Receiver
 }
 
 /// Stops the prober on a helper thread and fails (instead of hanging) if that takes longer
-/// than [`MARGIN`].
-fn stop_within_margin(handle: ProberHandle) {
+/// than [`STOP`].
+fn stop_promptly(handle: ProberHandle) {
     let (tx, rx) = mpsc::channel();
-    let t = Instant::now();
     std::thread::spawn(move || {
         handle.stop();
         let _ = tx.send(());
     });
     assert!(
-        rx.recv_timeout(MARGIN).is_ok(),
-        "stop took longer than {MARGIN:?}"
+        rx.recv_timeout(STOP).is_ok(),
+        "stop took longer than {STOP:?}"
     );
-    assert!(t.elapsed() < MARGIN);
 }
