@@ -365,7 +365,7 @@ pub fn render(
             let _ = writeln!(o, "edgeshard_upstream_responses_total{{upstream=\"{u}\",backend=\"{a}\",class=\"{c}\"}} {n}");
         }
     }
-    let per_backend: [BackendFamily; 8] = [
+    let per_backend: [BackendFamily; 12] = [
         (
             "edgeshard_upstream_bytes_sent_total",
             "counter",
@@ -413,6 +413,30 @@ pub fn render(
             "gauge",
             "Open connections to the backend: in use plus idle.",
             |b| b.in_flight + b.idle,
+        ),
+        (
+            "edgeshard_backend_ejections_suppressed_total",
+            "counter",
+            "Ejections not done because max_ejection_percent was reached.",
+            |b| b.ejections_suppressed,
+        ),
+        (
+            "edgeshard_breaker_rejected_total",
+            "counter",
+            "Requests answered 503 because a circuit-breaker limit of the backend was reached.",
+            |b| b.breaker_rejected,
+        ),
+        (
+            "edgeshard_breaker_queued_total",
+            "counter",
+            "Requests that waited in the backend's breaker queue for a max_requests place.",
+            |b| b.breaker_queued,
+        ),
+        (
+            "edgeshard_breaker_waiting",
+            "gauge",
+            "Requests waiting in the backend's breaker queue now.",
+            |b| b.breaker_waiting,
         ),
     ];
     for (name, kind, help, get) in per_backend {
@@ -465,45 +489,6 @@ pub fn render(
             let _ = writeln!(o, "edgeshard_health_checks_total{{upstream=\"{u}\",backend=\"{a}\",result=\"ok\"}} {}", slot.checks_ok);
             let _ = writeln!(o, "edgeshard_health_checks_total{{upstream=\"{u}\",backend=\"{a}\",result=\"failed\"}} {}", slot.checks_failed);
         }
-    }
-    family(
-        &mut o,
-        "edgeshard_backend_ejections_suppressed_total",
-        "counter",
-        "Ejections not done because max_ejection_percent was reached.",
-    );
-    for ((u, a), b) in backends.iter().zip(&all.backends) {
-        let _ = writeln!(
-            o,
-            "edgeshard_backend_ejections_suppressed_total{{upstream=\"{u}\",backend=\"{a}\"}} {}",
-            b.ejections_suppressed
-        );
-    }
-    family(
-        &mut o,
-        "edgeshard_breaker_rejected_total",
-        "counter",
-        "Requests answered 503 because a circuit-breaker limit of the backend was reached.",
-    );
-    for ((u, a), b) in backends.iter().zip(&all.backends) {
-        let _ = writeln!(
-            o,
-            "edgeshard_breaker_rejected_total{{upstream=\"{u}\",backend=\"{a}\"}} {}",
-            b.breaker_rejected
-        );
-    }
-    family(
-        &mut o,
-        "edgeshard_breaker_queued_total",
-        "counter",
-        "Requests that waited in the backend's breaker queue for a max_requests place.",
-    );
-    for ((u, a), b) in backends.iter().zip(&all.backends) {
-        let q = b.breaker_queued;
-        let _ = writeln!(
-            o,
-            "edgeshard_breaker_queued_total{{upstream=\"{u}\",backend=\"{a}\"}} {q}"
-        );
     }
     family(
         &mut o,

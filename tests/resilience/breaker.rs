@@ -164,6 +164,7 @@ both_engines! {
             wait_metric(&proxy, "edgeshard_breaker_queued_total", lock.addr(), i as f64 + 1.0);
             waiting.push(c);
         }
+        wait_metric(&proxy, "edgeshard_breaker_waiting", lock.addr(), 2.0);
         // The queue is full: the next gets the proxy's 503, and nothing reached the backend.
         assert_own_503(&ask_new(proxy.addr(), "/four"), "max_requests = 1 and a queue of 2, full");
         assert_eq!(lock.accepted(), 1);
@@ -183,6 +184,7 @@ both_engines! {
         let labels = [("upstream", "app"), ("backend", b.as_str())];
         assert_eq!(metric(&proxy, "edgeshard_breaker_rejected_total", &labels), 1.0);
         assert_eq!(metric(&proxy, "edgeshard_breaker_queued_total", &labels), 2.0);
+        assert_eq!(metric(&proxy, "edgeshard_breaker_waiting", &labels), 0.0);
     }
 
     fn breaker_queue_answers_503_when_the_wait_ends(engine) {
@@ -216,6 +218,8 @@ both_engines! {
         let labels = [("upstream", "app"), ("backend", b.as_str())];
         assert_eq!(metric(&proxy, "edgeshard_breaker_rejected_total", &labels), 1.0);
         assert_eq!(metric(&proxy, "edgeshard_breaker_queued_total", &labels), 1.0);
+        // The wait that ended is no longer counted as waiting.
+        assert_eq!(metric(&proxy, "edgeshard_breaker_waiting", &labels), 0.0);
     }
 
     fn breaker_queue_passes_a_full_backend_over_while_another_has_room(engine) {
