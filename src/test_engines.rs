@@ -67,6 +67,14 @@ pub fn engines() -> Vec<TestEngine> {
         .collect()
 }
 
+/// Runs the future `f` makes on a fresh runtime of each engine this run exercises
+/// ([`engines`], [`block_on`]).
+pub fn on_both_drivers(f: fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>) {
+    for engine in engines() {
+        block_on(engine, f());
+    }
+}
+
 /// Blocks on `fut` on a fresh monoio runtime (with timers) of `engine`'s driver.
 pub fn block_on<F: std::future::Future>(engine: TestEngine, fut: F) -> F::Output {
     match engine {

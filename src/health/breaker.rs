@@ -417,11 +417,7 @@ mod tests {
         })
     }
 
-    fn on_both_drivers(f: fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>) {
-        for engine in crate::test_engines::engines() {
-            crate::test_engines::block_on(engine, f());
-        }
-    }
+    use crate::test_engines::on_both_drivers;
 
     #[test]
     fn a_finishing_request_hands_its_unit_to_the_first_waiter() {

@@ -6,11 +6,7 @@ use super::*;
 use crate::bufring::{Receive, Received};
 use std::io::Write;
 
-fn on_both_drivers(f: fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>) {
-    for engine in crate::test_engines::engines() {
-        crate::test_engines::block_on(engine, f());
-    }
-}
+use crate::test_engines::on_both_drivers;
 
 #[test]
 fn probe_tells_alive_from_closed_and_from_stray_bytes() {

@@ -13,10 +13,7 @@ both_engines! {
         let proxy = Proxy::start(&config(true, &up), engine);
 
         // Request 1 is held at the backend: the one allowed request is in flight.
-        let mut c1 = Client::connect(proxy.addr());
-        c1.send(&get_req("/one"));
-        let mut conn = lock.accept();
-        assert!(conn.read_head().starts_with("GET /one "));
+        let (mut c1, mut conn) = hold(&proxy, &lock, "/one");
 
         // Request 2 is over the limit: 503 at once, nothing reaches the backend.
         let t = Instant::now();
@@ -55,10 +52,7 @@ both_engines! {
         let lock = LockStep::bind();
         let up = format!("{}\n[upstream.breaker]\nmax_connections = 1\n", backends(&[lock.addr()]));
         let proxy = Proxy::start(&config(true, &up), engine);
-        let mut c1 = Client::connect(proxy.addr());
-        c1.send(&get_req("/one"));
-        let mut conn = lock.accept();
-        assert!(conn.read_head().starts_with("GET /one "));
+        let (mut c1, mut conn) = hold(&proxy, &lock, "/one");
         let r = ask_new(proxy.addr(), "/two");
         assert_own_503(&r, "a second connection is over max_connections = 1");
         assert_eq!(lock.accepted(), 1);
@@ -120,15 +114,28 @@ both_engines! {
         scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "the tunnel ended", |m| {
             m.value("edgeshard_upstream_connections_active", &labels) == 0.0
         });
-        let mut c = Client::connect(proxy.addr());
-        c.send(&get_req("/three"));
-        let mut conn = lock.accept();
-        assert!(conn.read_head().starts_with("GET /three "));
+        let (mut c, mut conn) = hold(&proxy, &lock, "/three");
         conn.write(OK_CLOSE);
         conn.close();
         assert_eq!(served_by(&c.read_response()), "lock");
         assert_eq!(metric(&proxy, "edgeshard_breaker_rejected_total", &labels), 1.0);
     }
+}
+
+/// The upstream "app" over `addrs` with one request at a time per backend and a queue of
+/// `queue` that waits `wait`.
+fn queueing(addrs: &[SocketAddr], queue: u32, wait: &str) -> String {
+    let breaker = format!("max_requests = 1\nqueue = {queue}\nqueue_timeout = \"{wait}\"");
+    format!("{}\n[upstream.breaker]\n{breaker}\n", backends(addrs))
+}
+
+/// GET `path` from a new client, taken at `lock`: the request holds a place there.
+fn hold(proxy: &Proxy, lock: &LockStep, path: &str) -> (Client, LockConn) {
+    let mut c = Client::connect(proxy.addr());
+    c.send(&get_req(path));
+    let mut conn = lock.accept();
+    assert!(conn.read_head().starts_with(&format!("GET {path} ")));
+    (c, conn)
 }
 
 /// Polls `name{upstream="app",backend=b}` on the admin listener until it reads `want`, for
@@ -148,15 +155,9 @@ both_engines! {
         // HAProxy's maxconn and queue: over max_requests, requests wait for a place instead
         // of the 503, in the order they came, up to `queue` of them; one more gets the 503.
         let lock = LockStep::bind();
-        let up = format!(
-            "{}\n[upstream.breaker]\nmax_requests = 1\nqueue = 2\nqueue_timeout = \"60s\"\n",
-            backends(&[lock.addr()])
-        );
+        let up = queueing(&[lock.addr()], 2, "60s");
         let proxy = Proxy::start(&config(true, &up), engine);
-        let mut c1 = Client::connect(proxy.addr());
-        c1.send(&get_req("/one"));
-        let mut conn = lock.accept();
-        assert!(conn.read_head().starts_with("GET /one "));
+        let (mut c1, mut conn) = hold(&proxy, &lock, "/one");
         let mut waiting = Vec::new();
         for (i, path) in ["/two", "/three"].into_iter().enumerate() {
             let mut c = Client::connect(proxy.addr());
@@ -189,15 +190,9 @@ both_engines! {
 
     fn breaker_queue_answers_503_when_the_wait_ends(engine) {
         let lock = LockStep::bind();
-        let up = format!(
-            "{}\n[upstream.breaker]\nmax_requests = 1\nqueue = 1\nqueue_timeout = \"300ms\"\n",
-            backends(&[lock.addr()])
-        );
+        let up = queueing(&[lock.addr()], 1, "300ms");
         let proxy = Proxy::start(&config(true, &up), engine);
-        let mut c1 = Client::connect(proxy.addr());
-        c1.send(&get_req("/one"));
-        let mut conn = lock.accept();
-        assert!(conn.read_head().starts_with("GET /one "));
+        let (mut c1, mut conn) = hold(&proxy, &lock, "/one");
         // Not a speed bound: the 503 comes only after the request waited queue_timeout.
         let t = Instant::now();
         assert_own_503(&ask_new(proxy.addr(), "/two"), "a queued request past queue_timeout");
@@ -207,10 +202,7 @@ both_engines! {
         conn.close();
         assert_eq!(served_by(&c1.read_response()), "lock");
         // The place the ended wait held in the queue is free again.
-        let mut c = Client::connect(proxy.addr());
-        c.send(&get_req("/three"));
-        let mut conn = lock.accept();
-        assert!(conn.read_head().starts_with("GET /three "));
+        let (mut c, mut conn) = hold(&proxy, &lock, "/three");
         conn.write(OK_CLOSE);
         conn.close();
         assert_eq!(served_by(&c.read_response()), "lock");
@@ -227,16 +219,10 @@ both_engines! {
         // the next requests all go to the other instead of waiting their turn at the busy
         // one (which would hold them here for the 60 s wait).
         let (a, b) = (LockStep::bind(), LockStep::bind());
-        let up = format!(
-            "{}\n[upstream.breaker]\nmax_requests = 1\nqueue = 4\nqueue_timeout = \"60s\"\n",
-            backends(&[a.addr(), b.addr()])
-        );
+        let up = queueing(&[a.addr(), b.addr()], 4, "60s");
         let proxy = Proxy::start(&config(true, &up), engine);
         // One shard's cursor starts at the first backend.
-        let mut c1 = Client::connect(proxy.addr());
-        c1.send(&get_req("/held"));
-        let mut held = a.accept();
-        assert!(held.read_head().starts_with("GET /held "));
+        let (mut c1, mut held) = hold(&proxy, &a, "/held");
         for i in 0..3 {
             let mut c = Client::connect(proxy.addr());
             c.send(&get_req(&format!("/next/{i}")));
@@ -265,15 +251,9 @@ both_engines! {
         // place must not go to a request waiting in the queue meanwhile: that turned the
         // resend into the proxy's 503 whenever anything waited.
         let lock = LockStep::bind();
-        let up = format!(
-            "{}\n[upstream.breaker]\nmax_requests = 1\nqueue = 2\nqueue_timeout = \"60s\"\n",
-            backends(&[lock.addr()])
-        );
+        let up = queueing(&[lock.addr()], 2, "60s");
         let proxy = Proxy::start(&config(true, &up), engine);
-        let mut c0 = Client::connect(proxy.addr());
-        c0.send(&get_req("/warm"));
-        let mut pooled = lock.accept();
-        assert!(pooled.read_head().starts_with("GET /warm "));
+        let (mut c0, mut pooled) = hold(&proxy, &lock, "/warm");
         pooled.write(OK_KEEP);
         assert_eq!(served_by(&c0.read_response()), "lock");
         let mut c1 = Client::connect(proxy.addr());
@@ -311,10 +291,7 @@ both_engines! {
             b.addr()
         );
         let proxy = Proxy::start(&config(true, &up), engine);
-        let mut c1 = Client::connect(proxy.addr());
-        c1.send(&get_req("/held"));
-        let mut held = a.accept();
-        assert!(held.read_head().starts_with("GET /held "));
+        let (mut c1, mut held) = hold(&proxy, &a, "/held");
         let mut c2 = Client::connect(proxy.addr());
         c2.send(&get_req("/two"));
         // It waits at the primary, or (the spill) goes to the backup.
