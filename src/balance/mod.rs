@@ -56,6 +56,8 @@ mod sticky;
 #[cfg(test)]
 mod golden;
 #[cfg(test)]
+mod hash_tests;
+#[cfg(test)]
 mod tests;
 
 use std::time::Duration;
