@@ -428,7 +428,7 @@ impl Drop for PooledBuf<'_> {
 
 impl ShardCtx {
     /// This shard's counters, with the gauges only the shard can read (pool, backoff, the
-    /// parking lot).
+    /// parking lot, the breakers' queues).
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = self.stats.snapshot();
         snap.snapshot_id = Arc::as_ptr(&self.shared) as usize;
@@ -469,6 +469,7 @@ impl ShardCtx {
             b.idle = pool.idle_for(i) as u64;
             let info = &self.shared.backends[i];
             b.failing = u64::from(self.backends.is_ejected(info.upstream, info.local, now));
+            b.breaker_waiting = self.backends.breakers[i].waiting() as u64;
         }
         snap.upstreams = self
             .backends

@@ -42,8 +42,6 @@ pub struct BackendStats {
     pub breaker_rejected: Cell<u64>,
     /// Requests that waited in its breaker's queue (`queue`), served or not.
     pub breaker_queued: Cell<u64>,
-    /// Requests waiting in its breaker's queue now (a gauge).
-    pub breaker_waiting: Cell<u64>,
     /// Requests now being forwarded to it (a gauge).
     pub in_flight: Cell<u64>,
     /// Whether this shard currently skips it after a failed connect (a gauge, 0 or 1).
@@ -217,36 +215,6 @@ pub const AUTH_SLOTS: usize = crate::auth::Mode::ALL.len() * crate::auth::Verdic
 #[inline]
 pub fn bump(c: &Cell<u64>) {
     c.set(c.get() + 1);
-}
-
-/// A gauge raised while something lasts: [`Raised::raise`] raises it (once), and the drop
-/// lowers it again, on every path that ends it (a request dropped mid-wait included).
-pub struct Raised<'a> {
-    gauge: &'a Cell<u64>,
-    up: Cell<bool>,
-}
-
-impl<'a> Raised<'a> {
-    pub fn new(gauge: &'a Cell<u64>) -> Raised<'a> {
-        Raised {
-            gauge,
-            up: Cell::new(false),
-        }
-    }
-
-    pub fn raise(&self) {
-        if !self.up.replace(true) {
-            bump(self.gauge);
-        }
-    }
-}
-
-impl Drop for Raised<'_> {
-    fn drop(&mut self) {
-        if self.up.get() {
-            self.gauge.set(self.gauge.get().saturating_sub(1));
-        }
-    }
 }
 
 #[inline]
@@ -468,7 +436,7 @@ impl Stats {
                     ejections_suppressed: b.ejections_suppressed.get(),
                     breaker_rejected: b.breaker_rejected.get(),
                     breaker_queued: b.breaker_queued.get(),
-                    breaker_waiting: b.breaker_waiting.get(),
+                    breaker_waiting: 0,
                     in_flight: b.in_flight.get(),
                     failing: b.failing.get(),
                     idle: 0,
@@ -522,6 +490,7 @@ pub struct BackendSnap {
     pub ejections_suppressed: u64,
     pub breaker_rejected: u64,
     pub breaker_queued: u64,
+    /// Requests waiting in its breaker's queue (a gauge the shard fills).
     pub breaker_waiting: u64,
     pub in_flight: u64,
     pub failing: u64,

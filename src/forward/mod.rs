@@ -31,7 +31,7 @@ use crate::relay::{head_read_size, read_response_head, HeadFail, HeadRead, Inter
 use crate::shard::{Buffers, PooledBuf, ShardCtx};
 use crate::snapshot::Shared;
 use crate::splice::PipePool;
-use crate::stats::{bump, Raised, Stats};
+use crate::stats::{bump, Stats};
 use crate::trace::{saturating_u32, Trace};
 use crate::transport::Transport;
 use crate::upstream::connect::{Connector, Refused};
@@ -297,16 +297,11 @@ impl<'a> Forward<'a> {
                     // The breaker's request permit is this shard's share; over it, a
                     // backend with a queue has the request wait for a place (boxed: only
                     // then is the wait's state needed).
-                    let breaker = self.backends().breakers[backend].clone();
+                    let breaker = &self.backends().breakers[backend];
                     let permit = match breaker.try_acquire(Resource::Requests) {
                         Err(_) if breaker.queues() => {
-                            let stats = &self.stats().backends[backend];
-                            let waiting = Raised::new(&stats.breaker_waiting);
-                            let entered = || {
-                                bump(&stats.breaker_queued);
-                                waiting.raise();
-                            };
-                            Box::pin(breaker.wait_request(entered)).await
+                            let queued = &self.stats().backends[backend].breaker_queued;
+                            Box::pin(breaker.wait_request(|| bump(queued))).await
                         }
                         got => got,
                     }

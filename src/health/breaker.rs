@@ -186,6 +186,11 @@ impl Breaker {
         self.limits.queue.is_some() && self.limits.max_requests.is_some()
     }
 
+    /// Requests waiting in the queue now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.borrow().len()
+    }
+
     /// Whether a request would get a `max_requests` unit now, without waiting.
     pub fn has_request_room(&self) -> bool {
         self.limits
