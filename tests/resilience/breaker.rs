@@ -38,9 +38,8 @@ both_engines! {
             conn.close();
             assert_eq!(served_by(&c.read_response()), "lock", "after the release, request {i} succeeds");
         }
-        let b = lock.addr().to_string();
-        let labels = [("upstream", "app"), ("backend", b.as_str())];
-        assert_eq!(metric(&proxy, "edgeshard_breaker_rejected_total", &labels), 1.0);
+        let b = lock.addr();
+        assert_eq!(backend_metric(&proxy, "edgeshard_breaker_rejected_total", b), 1.0);
     }
 }
 
@@ -78,9 +77,8 @@ both_engines! {
         conn.close();
         assert_eq!(served_by(&c1.read_response()), "lock");
         assert_eq!(lock.accepted(), 1);
-        let b = lock.addr().to_string();
-        let labels = [("upstream", "app"), ("backend", b.as_str())];
-        assert_eq!(metric(&proxy, "edgeshard_breaker_rejected_total", &labels), 2.0);
+        let b = lock.addr();
+        assert_eq!(backend_metric(&proxy, "edgeshard_breaker_rejected_total", b), 2.0);
     }
 }
 
@@ -102,9 +100,8 @@ both_engines! {
         // Bytes through the tunnel: it runs.
         c1.send(b"ping");
         assert_eq!(conn.read_exact(4), b"ping");
-        let b = lock.addr().to_string();
-        let labels = [("upstream", "app"), ("backend", b.as_str())];
-        assert_eq!(metric(&proxy, "edgeshard_upstream_connections_active", &labels), 1.0);
+        let b = lock.addr();
+        assert_eq!(backend_metric(&proxy, "edgeshard_upstream_connections_active", b), 1.0);
         assert_own_503(&ask_new(proxy.addr(), "/two"), "the one connection is a tunnel");
         assert_eq!(lock.accepted(), 1);
         // The tunnel ends (both sides close it): the next request opens the connection.
@@ -112,13 +109,13 @@ both_engines! {
         c1.expect_closed();
         drop(c1);
         scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "the tunnel ended", |m| {
-            m.value("edgeshard_upstream_connections_active", &labels) == 0.0
+            m.value("edgeshard_upstream_connections_active", &[("upstream", "app"), ("backend", &b.to_string())]) == 0.0
         });
         let (mut c, mut conn) = hold(&proxy, &lock, "/three");
         conn.write(OK_CLOSE);
         conn.close();
         assert_eq!(served_by(&c.read_response()), "lock");
-        assert_eq!(metric(&proxy, "edgeshard_breaker_rejected_total", &labels), 1.0);
+        assert_eq!(backend_metric(&proxy, "edgeshard_breaker_rejected_total", b), 1.0);
     }
 }
 
@@ -138,13 +135,17 @@ fn hold(proxy: &Proxy, lock: &LockStep, path: &str) -> (Client, LockConn) {
     (c, conn)
 }
 
+/// `name{upstream="app",backend=b}` on the admin listener's `/metrics`.
+fn backend_metric(proxy: &Proxy, name: &str, b: SocketAddr) -> f64 {
+    let b = b.to_string();
+    metric(proxy, name, &[("upstream", "app"), ("backend", b.as_str())])
+}
+
 /// Polls `name{upstream="app",backend=b}` on the admin listener until it reads `want`, for
 /// at most 10 s (the proxy counts a queued request as it enters the queue).
 fn wait_metric(proxy: &Proxy, name: &str, b: SocketAddr, want: f64) {
-    let b = b.to_string();
-    let labels = [("upstream", "app"), ("backend", b.as_str())];
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(proxy, name, &labels) != want {
+    while backend_metric(proxy, name, b) != want {
         assert!(Instant::now() < deadline, "{name} never reached {want}");
         thread::yield_now();
     }
@@ -181,11 +182,10 @@ both_engines! {
             conn.close();
             assert_eq!(served_by(&c.read_response()), "lock");
         }
-        let b = lock.addr().to_string();
-        let labels = [("upstream", "app"), ("backend", b.as_str())];
-        assert_eq!(metric(&proxy, "edgeshard_breaker_rejected_total", &labels), 1.0);
-        assert_eq!(metric(&proxy, "edgeshard_breaker_queued_total", &labels), 2.0);
-        assert_eq!(metric(&proxy, "edgeshard_breaker_waiting", &labels), 0.0);
+        let b = lock.addr();
+        assert_eq!(backend_metric(&proxy, "edgeshard_breaker_rejected_total", b), 1.0);
+        assert_eq!(backend_metric(&proxy, "edgeshard_breaker_queued_total", b), 2.0);
+        assert_eq!(backend_metric(&proxy, "edgeshard_breaker_waiting", b), 0.0);
     }
 
     fn breaker_queue_answers_503_when_the_wait_ends(engine) {
@@ -206,12 +206,11 @@ both_engines! {
         conn.write(OK_CLOSE);
         conn.close();
         assert_eq!(served_by(&c.read_response()), "lock");
-        let b = lock.addr().to_string();
-        let labels = [("upstream", "app"), ("backend", b.as_str())];
-        assert_eq!(metric(&proxy, "edgeshard_breaker_rejected_total", &labels), 1.0);
-        assert_eq!(metric(&proxy, "edgeshard_breaker_queued_total", &labels), 1.0);
+        let b = lock.addr();
+        assert_eq!(backend_metric(&proxy, "edgeshard_breaker_rejected_total", b), 1.0);
+        assert_eq!(backend_metric(&proxy, "edgeshard_breaker_queued_total", b), 1.0);
         // The wait that ended is no longer counted as waiting.
-        assert_eq!(metric(&proxy, "edgeshard_breaker_waiting", &labels), 0.0);
+        assert_eq!(backend_metric(&proxy, "edgeshard_breaker_waiting", b), 0.0);
     }
 
     fn breaker_queue_passes_a_full_backend_over_while_another_has_room(engine) {
@@ -237,9 +236,8 @@ both_engines! {
         held.close();
         assert_eq!(served_by(&c1.read_response()), "lock");
         for l in [&a, &b] {
-            let s = l.addr().to_string();
-            let labels = [("upstream", "app"), ("backend", s.as_str())];
-            assert_eq!(metric(&proxy, "edgeshard_breaker_queued_total", &labels), 0.0);
+            let s = l.addr();
+            assert_eq!(backend_metric(&proxy, "edgeshard_breaker_queued_total", s), 0.0);
         }
     }
 }
@@ -274,9 +272,8 @@ both_engines! {
         conn.write(OK_CLOSE);
         conn.close();
         assert_eq!(served_by(&c2.read_response()), "lock");
-        let b = lock.addr().to_string();
-        let labels = [("upstream", "app"), ("backend", b.as_str())];
-        assert_eq!(metric(&proxy, "edgeshard_breaker_rejected_total", &labels), 0.0);
+        let b = lock.addr();
+        assert_eq!(backend_metric(&proxy, "edgeshard_breaker_rejected_total", b), 0.0);
     }
 
     fn breaker_queue_keeps_a_backup_out_while_a_primary_is_usable(engine) {
@@ -295,10 +292,9 @@ both_engines! {
         let mut c2 = Client::connect(proxy.addr());
         c2.send(&get_req("/two"));
         // It waits at the primary, or (the spill) goes to the backup.
-        let s = a.addr().to_string();
-        let labels = [("upstream", "app"), ("backend", s.as_str())];
+        let s = a.addr();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while metric(&proxy, "edgeshard_breaker_queued_total", &labels) != 1.0 && b.accepted() == 0 {
+        while backend_metric(&proxy, "edgeshard_breaker_queued_total", s) != 1.0 && b.accepted() == 0 {
             assert!(Instant::now() < deadline, "/two neither waited nor reached a backend");
             thread::yield_now();
         }
