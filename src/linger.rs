@@ -44,11 +44,10 @@ pub async fn close(ctx: &ShardCtx, client: &mut Client, guard: ActiveGuard, unre
         drop(guard);
         return;
     }
-    if matches!(client.stream, Transport::Plain(_)) && unsent(client.stream.tcp().as_raw_fd()) == 0
-    {
+    let fd = client.stream.tcp().as_raw_fd();
+    if matches!(client.stream, Transport::Plain(_)) && unsent(fd) == 0 {
         return;
     }
-    let fd = client.stream.tcp().as_raw_fd();
     let closing = ctx.closing.enter_close(guard, Instant::now(), fd);
     monoio::select! {
         _ = close_after_response(ctx, client) => {}
