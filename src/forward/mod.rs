@@ -298,12 +298,12 @@ impl<'a> Forward<'a> {
                     // backend with a queue has the request wait for a place (boxed: only
                     // then is the wait's state needed).
                     let breaker = &self.backends().breakers[backend];
-                    let permit = match breaker.try_acquire(Resource::Requests) {
+                    let (backend, permit) = match breaker.try_acquire(Resource::Requests) {
+                        Ok(permit) => Ok((backend, permit)),
                         Err(_) if breaker.queues() => {
-                            let queued = &self.stats().backends[backend].breaker_queued;
-                            Box::pin(breaker.wait_request(|| bump(queued))).await
+                            Box::pin(self.queue(backend, &req.tries)).await
                         }
-                        got => got,
+                        Err(open) => Err(open),
                     }
                     .map_err(|open| {
                         trace.last_try_was_listed();

@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use super::*;
+use crate::health::breaker::Turn;
 
 impl<'a> Forward<'a> {
     /// A try as the access log lists it: the backend's status (or the 502 or 504 nginx
@@ -87,6 +88,39 @@ impl<'a> Forward<'a> {
             Pick::Backend(b) => Ok(b),
             Pick::NoneUsable => Err(ProxyError::upstream(Kind::NoneUsable, Stage::Connect)),
             Pick::Exhausted => Err(ProxyError::upstream(Kind::Exhausted, Stage::Connect)),
+        }
+    }
+
+    /// The breaker's queue (every usable backend of the tier at its `max_requests`): waits
+    /// for a place, the request counted at `home`, the backend picked for it. The place may
+    /// come from another backend of the tier (their queues serve each other's,
+    /// `Breaker::link`); one at a backend it cannot use now (tried, or drained, failing or
+    /// ejected meanwhile) is passed on and the request waits on, keeping its turn. Only a
+    /// pinned request (hash, sticky cookie: no linked backends) takes its own backend's place
+    /// whatever its state, as it waited for that one.
+    pub(super) async fn queue(&self, home: usize, tries: &Tries) -> Result<(usize, Permit), Open> {
+        let breakers = &self.backends().breakers;
+        let mut turn = Turn::new(tries.tried.iter().map(|&t| &breakers[t]));
+        // Counted once, when it first waits (`wait_request` runs `entered` only then).
+        let queued = &self.stats().backends[home].breaker_queued;
+        loop {
+            let permit = breakers[home]
+                .wait_request(&mut turn, || bump(queued))
+                .await?;
+            let at = breakers.iter().position(|b| permit.is_at(b));
+            let pinned = at == Some(home) && !breakers[home].is_linked();
+            let now = crate::clock::now();
+            match at {
+                Some(b)
+                    if pinned
+                        || self
+                            .backends()
+                            .is_usable(self.shared(), b, &tries.tried, now) =>
+                {
+                    return Ok((b, permit))
+                }
+                _ => turn.refuse(permit),
+            }
         }
     }
 

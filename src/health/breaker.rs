@@ -17,8 +17,12 @@
 //! **The queue** (HAProxy's `maxconn` and `timeout queue`): with `queue` set, a request over
 //! `max_requests` waits, first come first served, for a request to the backend to finish,
 //! up to `queue_timeout`, instead of the `503` (which it still gets when the queue is full or
-//! the wait ends). A finishing request hands its unit straight to the first waiter
-//! ([`Breaker::wait_request`]), so a request arriving meanwhile cannot take it first.
+//! the wait ends). A finishing request hands its unit straight to the oldest waiter that takes
+//! it ([`Breaker::wait_request`]), so a request arriving meanwhile cannot take it first. The
+//! backends of one tier of an upstream that is not pinned (no hash, no sticky cookie) serve
+//! each other's queues ([`Breaker::link`]): as HAProxy's backend queue, a place freed at any
+//! of them goes to the oldest request waiting at any of them. Each backend's queue still holds
+//! its own share of `queue` (the backend the request was picked for).
 //!
 //! Single-threaded by construction (`Rc`, `Cell`): a [`Permit`] gives its unit back when
 //! dropped, so a permit can live as long as what it counts (a pooled connection, a request
@@ -28,9 +32,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What a breaker limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,14 +140,57 @@ pub struct Breaker {
     in_use: [Cell<u32>; 3],
     /// Requests waiting for a `max_requests` unit, first come first.
     waiting: RefCell<VecDeque<Rc<Waiter>>>,
+    /// The breakers whose queues a unit freed here also serves, and that serve this one's
+    /// ([`Breaker::link`]).
+    siblings: RefCell<Vec<Weak<Breaker>>>,
 }
 
 /// One request in a breaker's queue.
 #[derive(Debug, Default)]
 struct Waiter {
-    /// A finishing request handed it its unit.
-    granted: Cell<bool>,
+    /// Its order among the waiters of the shard: lower came first (0 until it first waits).
+    seq: Cell<u64>,
+    /// The breaker whose unit a finishing request handed it.
+    granted: RefCell<Option<Rc<Breaker>>>,
     waker: RefCell<Option<Waker>>,
+    /// Breakers it takes no unit from (compared by address only).
+    avoid: RefCell<Vec<*const Breaker>>,
+}
+
+thread_local! {
+    /// The last [`Waiter::seq`] given out on this thread (a shard's, or a test's).
+    static LAST_SEQ: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A request's turn in the queues: kept across its waits, so a request that refuses a unit
+/// ([`Turn::refuse`]) keeps its order and its deadline.
+#[derive(Debug)]
+pub struct Turn {
+    me: Rc<Waiter>,
+    /// Set when it first waits: `queue_timeout` from then.
+    until: Option<Instant>,
+}
+
+impl Turn {
+    /// A turn that takes no unit at `avoid` (the backends the request tried already).
+    pub fn new<'b>(avoid: impl IntoIterator<Item = &'b Rc<Breaker>>) -> Turn {
+        let me = Waiter::default();
+        me.avoid
+            .borrow_mut()
+            .extend(avoid.into_iter().map(Rc::as_ptr));
+        Turn {
+            me: Rc::new(me),
+            until: None,
+        }
+    }
+
+    /// Gives back `permit`, a unit at a backend the request cannot use now (drained, failing
+    /// or ejected meanwhile): it goes to the next waiter that takes it, or to the pool. This
+    /// request takes no unit there again, so a unit no one takes ends in the pool.
+    pub fn refuse(&mut self, permit: Permit) {
+        self.me.avoid.borrow_mut().push(Rc::as_ptr(&permit.breaker));
+        drop(permit);
+    }
 }
 
 impl Breaker {
@@ -186,6 +233,21 @@ impl Breaker {
         self.limits.queue.is_some() && self.limits.max_requests.is_some()
     }
 
+    /// Has the breakers of `group` (one tier of an upstream that is not pinned) serve each
+    /// other's queues: a unit freed at one goes to the oldest request waiting at any of them
+    /// that takes it. Set again on every reload, for the backends of the new snapshot.
+    pub fn link(group: &[&Rc<Breaker>]) {
+        for b in group {
+            let others = group.iter().filter(|o| !Rc::ptr_eq(o, b));
+            *b.siblings.borrow_mut() = others.map(|o| Rc::downgrade(o)).collect();
+        }
+    }
+
+    /// Whether other breakers serve this one's queue ([`Breaker::link`]).
+    pub fn is_linked(&self) -> bool {
+        !self.siblings.borrow().is_empty()
+    }
+
     /// Requests waiting in the queue now.
     pub fn waiting(&self) -> usize {
         self.waiting.borrow().len()
@@ -198,61 +260,133 @@ impl Breaker {
             .is_none_or(|l| self.in_use[Resource::Requests as usize].get() < l)
     }
 
-    /// A `max_requests` unit: at once when one is free, else after waiting in the queue
-    /// (first come first served) for a finishing request to hand its unit over, for at most
-    /// `queue_timeout`. Open when the queue is full, or the wait ends with no unit.
+    /// A `max_requests` unit: at once when one is free here or at a linked breaker the
+    /// request does not avoid, else after waiting in this breaker's queue (first come first
+    /// served) for a finishing request to hand it one, up to `queue_timeout` from its first
+    /// wait. Open when the queue is full at its first wait, or the wait ends with no unit.
     /// Dropping the future leaves the queue (and passes on a unit it was handed meanwhile).
-    /// `entered` runs when the request takes its place in the queue.
-    pub async fn wait_request(self: &Rc<Self>, entered: impl FnOnce()) -> Result<Permit, Open> {
-        let open = match self.try_acquire(Resource::Requests) {
-            Ok(p) => return Ok(p),
-            Err(open) => open,
+    /// `entered` runs when the request first takes its place in the queue. The permit may be
+    /// at a linked breaker: see [`Permit::is_at`].
+    pub async fn wait_request(
+        self: &Rc<Self>,
+        turn: &mut Turn,
+        entered: impl FnOnce(),
+    ) -> Result<Permit, Open> {
+        // A breaker the request avoids is full to it.
+        let avoided = turn.me.avoid.borrow().contains(&Rc::as_ptr(self));
+        let open = match avoided {
+            true => Open {
+                resource: Resource::Requests,
+                limit: self.limits.max_requests.unwrap_or(0),
+                queue: None,
+            },
+            false => match self.try_acquire(Resource::Requests) {
+                Ok(p) => return Ok(p),
+                Err(open) => open,
+            },
         };
+        if let Some(p) = self.free_sibling(&turn.me) {
+            return Ok(p);
+        }
         let Some(cap) = self.limits.queue else {
             return Err(open);
         };
-        if self.waiting.borrow().len() >= cap as usize {
-            return Err(Open {
-                queue: Some(Queued::Full(cap)),
-                ..open
-            });
-        }
-        let me = Rc::new(Waiter::default());
-        self.waiting.borrow_mut().push_back(me.clone());
-        entered();
-        let place = Place {
-            breaker: self,
-            me: &me,
+        let me = &turn.me;
+        let until = match turn.until {
+            Some(until) => until,
+            None => {
+                if self.waiting.borrow().len() >= cap as usize {
+                    return Err(Open {
+                        queue: Some(Queued::Full(cap)),
+                        ..open
+                    });
+                }
+                me.seq.set(LAST_SEQ.with(|l| {
+                    l.set(l.get() + 1);
+                    l.get()
+                }));
+                entered();
+                *turn
+                    .until
+                    .insert(Instant::now() + self.limits.queue_timeout)
+            }
         };
+        // After a refusal it keeps its order: behind those that came before it.
+        {
+            let mut waiting = self.waiting.borrow_mut();
+            let at = waiting.partition_point(|w| w.seq.get() < me.seq.get());
+            waiting.insert(at, me.clone());
+        }
+        let place = Place { breaker: self, me };
         let granted = poll_fn(|cx| {
-            if me.granted.get() {
+            if me.granted.borrow().is_some() {
                 return Poll::Ready(());
             }
             *me.waker.borrow_mut() = Some(cx.waker().clone());
             Poll::Pending
         });
-        let wait = self.limits.queue_timeout;
-        match monoio::time::timeout(wait, granted).await {
-            Ok(()) => {
+        let left = until.saturating_duration_since(Instant::now());
+        let timed_out = monoio::time::timeout(left, granted).await.is_err();
+        let granted = me.granted.borrow_mut().take();
+        match granted {
+            Some(breaker) => {
                 std::mem::forget(place);
                 Ok(Permit {
-                    breaker: self.clone(),
+                    breaker,
                     resource: Resource::Requests,
                 })
             }
-            Err(_) => Err(Open {
-                queue: Some(Queued::TimedOut(wait)),
-                ..open
-            }),
+            None => {
+                debug_assert!(timed_out);
+                Err(Open {
+                    queue: Some(Queued::TimedOut(self.limits.queue_timeout)),
+                    ..open
+                })
+            }
         }
     }
 
-    /// A `max_requests` unit given back: to the first waiter, else to the pool.
-    fn release_request(&self) {
-        let next = self.waiting.borrow_mut().pop_front();
+    /// A unit at a linked breaker `me` does not avoid, if one is free.
+    fn free_sibling(&self, me: &Waiter) -> Option<Permit> {
+        let siblings = self.siblings.borrow();
+        let avoid = me.avoid.borrow();
+        siblings.iter().filter_map(Weak::upgrade).find_map(|b| {
+            let skip = avoid.contains(&Rc::as_ptr(&b)) || !b.has_request_room();
+            if skip {
+                return None;
+            }
+            b.try_acquire(Resource::Requests).ok()
+        })
+    }
+
+    /// A `max_requests` unit given back: to the oldest waiter, here or at a linked breaker,
+    /// that takes a unit here; else to the pool.
+    fn release_request(self: &Rc<Self>) {
+        let here = Rc::as_ptr(self);
+        let takes = |w: &Rc<Waiter>| !w.avoid.borrow().contains(&here);
+        let first = |b: &Breaker| {
+            let waiting = b.waiting.borrow();
+            let at = waiting.iter().position(takes)?;
+            Some((at, waiting[at].seq.get()))
+        };
+        let mut best = first(self).map(|(at, seq)| (None, at, seq));
+        let siblings = self.siblings.borrow();
+        for (i, s) in siblings.iter().enumerate() {
+            let Some(b) = s.upgrade() else { continue };
+            if let Some((at, seq)) = first(&b) {
+                if best.as_ref().is_none_or(|&(_, _, best)| seq < best) {
+                    best = Some((Some(i), at, seq));
+                }
+            }
+        }
+        let next = best.and_then(|(from, at, _)| match from {
+            None => self.waiting.borrow_mut().remove(at),
+            Some(i) => siblings[i].upgrade()?.waiting.borrow_mut().remove(at),
+        });
+        drop(siblings);
         match next {
             Some(w) => {
-                w.granted.set(true);
+                *w.granted.borrow_mut() = Some(self.clone());
                 if let Some(waker) = w.waker.borrow_mut().take() {
                     waker.wake();
                 }
@@ -277,6 +411,13 @@ pub struct Permit {
     resource: Resource,
 }
 
+impl Permit {
+    /// Whether this is a unit of `breaker` (a queued request's may be a linked one's).
+    pub fn is_at(&self, breaker: &Rc<Breaker>) -> bool {
+        Rc::ptr_eq(&self.breaker, breaker)
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         if self.resource == Resource::Requests {
@@ -289,8 +430,8 @@ impl Drop for Permit {
 }
 
 /// A waiter's place in the queue while [`Breaker::wait_request`] waits; dropped (the wait
-/// ended or was dropped) without the unit being taken, it leaves the queue, and passes on a
-/// unit it was handed.
+/// was dropped) without the unit being taken, it leaves the queue, and passes on a unit it
+/// was handed.
 struct Place<'a> {
     breaker: &'a Breaker,
     me: &'a Rc<Waiter>,
@@ -298,8 +439,9 @@ struct Place<'a> {
 
 impl Drop for Place<'_> {
     fn drop(&mut self) {
-        if self.me.granted.get() {
-            self.breaker.release_request();
+        let granted = self.me.granted.borrow_mut().take();
+        if let Some(b) = granted {
+            b.release_request();
         } else {
             self.breaker
                 .waiting
@@ -310,215 +452,5 @@ impl Drop for Place<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    impl Breaker {
-        /// Whether `try_acquire(resource)` fails now (the unit it takes, if any, given back).
-        fn is_open(self: &Rc<Self>, resource: Resource) -> bool {
-            self.try_acquire(resource).is_err()
-        }
-    }
-
-    #[test]
-    fn shares_add_up_to_the_limit() {
-        for limit in [1u32, 3, 7, 8, 100, 1024, 1025] {
-            for shards in 1..=16usize {
-                let shares: Vec<u32> = (0..shards).map(|k| shard_share(limit, shards, k)).collect();
-                assert!(shares.iter().all(|&s| s >= 1));
-                let total: u32 = shares.iter().sum();
-                if limit as usize >= shards {
-                    assert_eq!(total, limit, "limit {limit} shards {shards}");
-                    let (lo, hi) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
-                    assert!(hi - lo <= 1);
-                } else {
-                    assert_eq!(total as usize, shards);
-                }
-            }
-        }
-        assert_eq!(shard_share(10, 0, 0), 10);
-        assert_eq!(shard_share(0, 4, 0), 1);
-        let wait = Duration::from_secs(3);
-        let l = BreakerLimits {
-            max_connections: Some(10),
-            max_pending: None,
-            max_requests: Some(4),
-            queue: Some(9),
-            queue_timeout: wait,
-        };
-        assert_eq!(
-            l.shard_share(4, 1),
-            BreakerLimits {
-                max_connections: Some(3),
-                max_pending: None,
-                max_requests: Some(1),
-                queue: Some(2),
-                queue_timeout: wait,
-            }
-        );
-    }
-
-    #[test]
-    fn opens_at_limit_and_closes_on_release() {
-        let b = Breaker::new(BreakerLimits {
-            max_requests: Some(2),
-            ..BreakerLimits::default()
-        });
-        let p1 = b.try_acquire(Resource::Requests).unwrap();
-        let p2 = b.try_acquire(Resource::Requests).unwrap();
-        assert!(b.is_open(Resource::Requests));
-        assert_eq!(
-            b.try_acquire(Resource::Requests).unwrap_err(),
-            Open {
-                resource: Resource::Requests,
-                limit: 2,
-                queue: None
-            }
-        );
-        drop(p1);
-        assert!(!b.is_open(Resource::Requests));
-        assert_eq!(b.in_use(Resource::Requests), 1);
-        let _p3 = b.try_acquire(Resource::Requests).unwrap();
-        drop(p2);
-        assert_eq!(b.in_use(Resource::Requests), 1);
-        // Unlimited resources never open; resources are independent.
-        let many: Vec<_> = (0..1000)
-            .map(|_| b.try_acquire(Resource::Pending).unwrap())
-            .collect();
-        assert_eq!(b.in_use(Resource::Pending), 1000);
-        assert!(!b.is_open(Resource::Pending));
-        drop(many);
-        assert_eq!(b.in_use(Resource::Pending), 0);
-        assert!(b.limits().max_pending.is_none());
-        assert!(Open {
-            resource: Resource::Pending,
-            limit: 3,
-            queue: None
-        }
-        .to_string()
-        .contains("pending requests"));
-    }
-
-    #[test]
-    fn permits_outlive_borrows() {
-        let b = Breaker::new(BreakerLimits {
-            max_requests: Some(1),
-            ..BreakerLimits::default()
-        });
-        // A permit is held by the request across its awaits, away from the breaker's owner.
-        let held: Vec<Permit> = vec![b.try_acquire(Resource::Requests).unwrap()];
-        drop(b.clone());
-        assert!(b.is_open(Resource::Requests));
-        drop(held);
-        assert!(!b.is_open(Resource::Requests));
-    }
-
-    fn queued(max_requests: u32, queue: u32, wait_ms: u64) -> Rc<Breaker> {
-        Breaker::new(BreakerLimits {
-            max_requests: Some(max_requests),
-            queue: Some(queue),
-            queue_timeout: Duration::from_millis(wait_ms),
-            ..BreakerLimits::default()
-        })
-    }
-
-    use crate::test_engines::on_both_drivers;
-
-    #[test]
-    fn a_finishing_request_hands_its_unit_to_the_first_waiter() {
-        on_both_drivers(|| {
-            Box::pin(async {
-                let b = queued(1, 2, 60_000);
-                let first = b.try_acquire(Resource::Requests).unwrap();
-                assert!(!b.has_request_room() && b.queues());
-                let order = Rc::new(RefCell::new(Vec::new()));
-                let waiter = |n: u32| {
-                    let (b, order) = (b.clone(), order.clone());
-                    monoio::spawn(async move {
-                        let p = b.wait_request(|| {}).await.unwrap();
-                        order.borrow_mut().push(n);
-                        p
-                    })
-                };
-                let (w1, w2) = (waiter(1), waiter(2));
-                // Both are queued before anything is released.
-                monoio::task::yield_to_others().await;
-                assert_eq!(b.waiting.borrow().len(), 2);
-                // The queue is full: a third is refused at once.
-                let full = b.wait_request(|| {}).await.unwrap_err();
-                assert_eq!(full.queue, Some(Queued::Full(2)));
-                assert!(full.to_string().contains("its queue of 2 full"), "{full}");
-                drop(first);
-                // The unit went to the first waiter, not back to the pool.
-                assert!(b.try_acquire(Resource::Requests).is_err());
-                let p1 = w1.await;
-                drop(p1);
-                let p2 = w2.await;
-                assert_eq!(*order.borrow(), vec![1, 2]);
-                assert_eq!(b.in_use(Resource::Requests), 1);
-                drop(p2);
-                assert_eq!(b.in_use(Resource::Requests), 0);
-                assert!(b.has_request_room());
-            })
-        });
-    }
-
-    #[test]
-    fn a_wait_ends_at_the_queue_timeout_and_leaves_the_queue() {
-        on_both_drivers(|| {
-            Box::pin(async {
-                let b = queued(1, 4, 50);
-                let held = b.try_acquire(Resource::Requests).unwrap();
-                let open = b.wait_request(|| {}).await.unwrap_err();
-                assert_eq!(
-                    open.queue,
-                    Some(Queued::TimedOut(Duration::from_millis(50)))
-                );
-                assert!(b.waiting.borrow().is_empty());
-                // A waiter dropped while it waits leaves the queue too; the unit released
-                // after it goes back to the pool.
-                let b2 = b.clone();
-                let gone = monoio::spawn(async move {
-                    let wait = b2.wait_request(|| {});
-                    monoio::select! {
-                        _ = wait => false,
-                        _ = monoio::task::yield_to_others() => true,
-                    }
-                });
-                assert!(gone.await);
-                assert!(b.waiting.borrow().is_empty());
-                drop(held);
-                assert_eq!(b.in_use(Resource::Requests), 0);
-            })
-        });
-    }
-
-    #[test]
-    fn a_unit_handed_to_a_waiter_that_is_gone_passes_on() {
-        on_both_drivers(|| {
-            Box::pin(async {
-                let b = queued(1, 4, 60_000);
-                let held = b.try_acquire(Resource::Requests).unwrap();
-                // Queued (polled once), then handed the unit, then dropped before it takes
-                // it (its client went away): the unit goes to the next waiter.
-                let mut gone = Box::pin(b.wait_request(|| {}));
-                poll_fn(|cx| {
-                    assert!(std::future::Future::poll(gone.as_mut(), cx).is_pending());
-                    Poll::Ready(())
-                })
-                .await;
-                let b2 = b.clone();
-                let next = monoio::spawn(async move { b2.wait_request(|| {}).await });
-                monoio::task::yield_to_others().await;
-                assert_eq!(b.waiting.borrow().len(), 2);
-                drop(held);
-                assert_eq!(b.waiting.borrow().len(), 1, "handed to the first");
-                drop(gone);
-                let p = next.await.unwrap();
-                assert_eq!(b.in_use(Resource::Requests), 1);
-                drop(p);
-                assert_eq!(b.in_use(Resource::Requests), 0);
-            })
-        });
-    }
-}
+#[path = "breaker_tests.rs"]
+mod tests;

@@ -44,6 +44,42 @@ fn outliers(shared: &Shared) -> Vec<OutlierDetector> {
         .collect()
 }
 
+/// Whether `upstream` has a breaker queue and its requests are not pinned to a backend (no
+/// hash algorithm, no sticky cookie): then a pick passes over full backends, and the
+/// backends of a tier serve each other's queues ([`link_queues`]).
+fn queues_unpinned(shared: &Shared, upstream: usize) -> bool {
+    let table = &shared.tables[upstream];
+    shared.config.upstreams[upstream]
+        .resilience
+        .breaker
+        .queue
+        .is_some()
+        && !table.algorithm().is_hash()
+        && table.sticky().is_none()
+}
+
+/// Links the breakers of each tier (primaries, backups) of every upstream whose queues are
+/// unpinned ([`Breaker::link`]), and unlinks the others' (a carried breaker's upstream may have
+/// become pinned).
+fn link_queues(shared: &Shared, breakers: &[Rc<Breaker>]) {
+    for (u, up) in shared.config.upstreams.iter().enumerate() {
+        let range = shared.upstream_backends[u].clone();
+        if !queues_unpinned(shared, u) {
+            range.for_each(|g| Breaker::link(&[&breakers[g]]));
+            continue;
+        }
+        for backup in [false, true] {
+            let in_tier = |g: &usize| up.backends[shared.backends[*g].local].backup == backup;
+            let tier: Vec<&Rc<Breaker>> = range
+                .clone()
+                .filter(in_tier)
+                .map(|g| &breakers[g])
+                .collect();
+            Breaker::link(&tier);
+        }
+    }
+}
+
 /// The outcome of choosing a backend for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pick {
@@ -102,17 +138,19 @@ impl Backends {
         let shards = shared.accepting.len().max(1);
         let now = Instant::now();
         let upstreams = &shared.config.upstreams;
+        let breakers: Vec<Rc<Breaker>> = shared
+            .backends
+            .iter()
+            .map(|b| {
+                let limits: BreakerLimits = upstreams[b.upstream].resilience.breaker;
+                Breaker::new(limits.shard_share(shards, shard))
+            })
+            .collect();
+        link_queues(shared, &breakers);
         Backends {
             loads: Loads::new(balancers(shared, shard), shared, None),
             outliers: RefCell::new(outliers(shared)),
-            breakers: shared
-                .backends
-                .iter()
-                .map(|b| {
-                    let limits: BreakerLimits = upstreams[b.upstream].resilience.breaker;
-                    Breaker::new(limits.shard_share(shards, shard))
-                })
-                .collect(),
+            breakers,
             budgets: RefCell::new(
                 upstreams
                     .iter()
@@ -180,7 +218,8 @@ impl Backends {
                     _ => Breaker::new(limits),
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        link_queues(shared, &breakers);
         let hint = |of: &[Cell<bool>], fresh: bool| -> Vec<Cell<bool>> {
             map.iter()
                 .map(|m| Cell::new(m.and_then(|j| of.get(j)).map_or(fresh, Cell::get)))
@@ -245,13 +284,7 @@ impl Backends {
         // the backups stay out); only when all are full does the request wait, at the
         // backend picked as usual. Hash algorithms and sticky cookies keep their backend,
         // and wait for it.
-        let queues = shared.config.upstreams[upstream]
-            .resilience
-            .breaker
-            .queue
-            .is_some()
-            && !table.algorithm().is_hash()
-            && table.sticky().is_none();
+        let queues = queues_unpinned(shared, upstream);
         let room = |i: usize| self.breakers[range.start + i].has_request_room();
         let pick = |b: &mut ShardBalancer| match queues {
             true => b
@@ -398,6 +431,17 @@ fn usable(
         && !shared.is_drained(g)
         && shared.board.is_usable(g)
         && !outlier.is_ejected(i, now)
+}
+
+impl Backends {
+    /// Whether backend `g` (global index) may take a request that tried `tried`: not tried,
+    /// drained, unhealthy or ejected on this shard (what a pick asks of it).
+    pub fn is_usable(&self, shared: &Shared, g: usize, tried: &[usize], now: Instant) -> bool {
+        let b = &shared.backends[g];
+        let start = shared.upstream_backends[b.upstream].start;
+        let outlier = &self.outliers.borrow()[b.upstream];
+        usable(shared, outlier, start, tried, now, b.local)
+    }
 }
 
 /// See [`Backends::forwarding`].

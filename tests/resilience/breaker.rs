@@ -310,3 +310,88 @@ both_engines! {
         assert_eq!(b.accepted(), 0);
     }
 }
+
+/// Polls until `edgeshard_breaker_queued_total` summed over `locks` reads `want`, for at most
+/// 10 s (which backend a request waits at is the balancer's pick).
+fn wait_queued(proxy: &Proxy, locks: &[&LockStep], want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let total = || -> f64 {
+        let queued =
+            |l: &&LockStep| backend_metric(proxy, "edgeshard_breaker_queued_total", l.addr());
+        locks.iter().map(queued).sum()
+    };
+    while total() != want {
+        assert!(
+            Instant::now() < deadline,
+            "queued requests never reached {want}"
+        );
+        thread::yield_now();
+    }
+}
+
+both_engines! {
+    fn breaker_queue_a_place_freed_at_any_backend_serves_the_oldest_waiter(engine) {
+        // HAProxy's queue is the backend's: whichever server frees a place first serves the
+        // oldest waiting request. Round robin holds /one at a and /two at b; /w1 then waits
+        // at a (the cursor's turn), /w2 at b. When b frees first, /w1 goes there, not /w2.
+        let (a, b) = (LockStep::bind(), LockStep::bind());
+        let up = queueing(&[a.addr(), b.addr()], 4, "60s");
+        let proxy = Proxy::start(&config(true, &up), engine);
+        let (mut c1, mut held_a) = hold(&proxy, &a, "/one");
+        let (mut c2, mut held_b) = hold(&proxy, &b, "/two");
+        let mut w1 = Client::connect(proxy.addr());
+        w1.send(&get_req("/w1"));
+        wait_queued(&proxy, &[&a, &b], 1.0);
+        let mut w2 = Client::connect(proxy.addr());
+        w2.send(&get_req("/w2"));
+        wait_queued(&proxy, &[&a, &b], 2.0);
+        held_b.write(OK_CLOSE);
+        held_b.close();
+        assert_eq!(served_by(&c2.read_response()), "lock");
+        let mut at_b = b.accept();
+        let head = at_b.read_head();
+        assert!(head.starts_with("GET /w1 "), "the oldest waiter takes b's place; b got: {head}");
+        held_a.write(OK_CLOSE);
+        held_a.close();
+        assert_eq!(served_by(&c1.read_response()), "lock");
+        let mut at_a = a.accept();
+        assert!(at_a.read_head().starts_with("GET /w2 "));
+        for (mut conn, c) in [(at_b, &mut w1), (at_a, &mut w2)] {
+            conn.write(OK_CLOSE);
+            conn.close();
+            assert_eq!(served_by(&c.read_response()), "lock");
+        }
+        for l in [&a, &b] {
+            assert_eq!(backend_metric(&proxy, "edgeshard_breaker_rejected_total", l.addr()), 0.0);
+            assert_eq!(backend_metric(&proxy, "edgeshard_breaker_waiting", l.addr()), 0.0);
+        }
+    }
+
+    fn breaker_queue_a_waiter_is_not_sent_to_a_backend_drained_while_it_waits(engine) {
+        // /w waits at a (both backends full); a is drained meanwhile. The place a frees is
+        // passed on (nothing else waits, so it goes unused) and /w waits on for b's.
+        let (a, b) = (LockStep::bind(), LockStep::bind());
+        let up = queueing(&[a.addr(), b.addr()], 4, "60s");
+        let proxy = Proxy::start(&config(true, &up), engine);
+        let (mut c1, mut held_a) = hold(&proxy, &a, "/one");
+        let (mut c2, mut held_b) = hold(&proxy, &b, "/two");
+        let mut w = Client::connect(proxy.addr());
+        w.send(&get_req("/w"));
+        wait_queued(&proxy, &[&a, &b], 1.0);
+        let drain = format!("/upstreams/app/backends/{}/drain", a.addr());
+        assert_eq!(admin_post(proxy.admin_addr(), &drain, None).status, 200);
+        held_a.write(OK_CLOSE);
+        held_a.close();
+        assert_eq!(served_by(&c1.read_response()), "lock");
+        held_b.write(OK_CLOSE);
+        held_b.close();
+        assert_eq!(served_by(&c2.read_response()), "lock");
+        let mut at_b = b.accept();
+        let head = at_b.read_head();
+        assert!(head.starts_with("GET /w "), "the waiter goes to b; b got: {head}");
+        at_b.write(OK_CLOSE);
+        at_b.close();
+        assert_eq!(served_by(&w.read_response()), "lock");
+        assert_eq!(a.accepted(), 1, "nothing was sent to the drained backend");
+    }
+}
