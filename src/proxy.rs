@@ -112,7 +112,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 close,
                 head_only,
                 &fields[..n],
-                route_pages(ctx, trace.route),
+                route_pages(ctx, trace.route()),
             ))
             .await;
             trace.bytes_out = own.body;
@@ -140,7 +140,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
             let close = !facts.keep_alive || facts.minor == 0 || body_unread || ctx.draining();
             trace.status = Some(denial.status());
             trace.error = Some(denial.reason());
-            let route = trace.route.map(|i| &ctx.shared.config.routes[i]);
+            let route = trace.route().map(|i| &ctx.shared.config.routes[i]);
             let answer = auth::answer(ctx, client, &denial, close, &facts, &rid, route);
             let own = Box::pin(answer).await;
             trace.bytes_out = own.body;
@@ -255,7 +255,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                     close,
                     facts.method == Method::Head,
                     rid_header.as_slice(),
-                    route_pages(ctx, trace.route),
+                    route_pages(ctx, trace.route()),
                 ))
                 .await;
                 trace.bytes_out = own.body;
@@ -269,7 +269,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
     };
     let total_us = micros_total(started);
     ctx.stats.finish_request(
-        trace.route,
+        trace.route(),
         if trace.aborted { None } else { trace.status },
         total_us,
     );
@@ -277,7 +277,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
     let logged = |r: usize| cfg.routes[r].access_log;
     if let (Some(log), Some(fields)) = (&ctx.access, log_fields) {
         let status = if trace.aborted { None } else { trace.status };
-        if !trace.route.is_none_or(logged) || !log.writes(fields.sampled, status, total_us) {
+        if !trace.route().is_none_or(logged) || !log.writes(fields.sampled, status, total_us) {
             return outcome;
         }
         log.push(
@@ -289,7 +289,7 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                 bytes_out: trace.bytes_out,
                 total_us,
                 upstream_us: trace.upstream_us,
-                route: trace.route.map(|r| cfg.routes[r].name.as_str()),
+                route: trace.route().map(|r| cfg.routes[r].name.as_str()),
                 upstream: trace
                     .upstream
                     .map(|u| cfg.upstreams[u as usize].name.as_str()),
@@ -298,6 +298,11 @@ pub async fn serve_request(ctx: &ShardCtx, client: &mut Client, head: &RequestHe
                     .map(|b| ctx.shared.backends[b as usize].address),
                 upstream_connect_us: trace.upstream_connect_us.map(u64::from),
                 upstream_header_us: trace.upstream_header_us.map(u64::from),
+                // A request sent to a backend that did not wait waited 0 (HAProxy's `Tw`).
+                upstream_queue_us: match (trace.queued_us, trace.backend) {
+                    (0, None) => None,
+                    (us, _) => Some(u64::from(us)),
+                },
                 cache: trace.cache,
                 tls: crate::tls::log_facts(client),
                 connection_requests: client.served.requests(),
@@ -525,7 +530,7 @@ fn route<'b>(
         return Err(Canned::NotFound);
     };
     // Set before the access check: a refusal is this route's (its label, its error pages).
-    trace.route = Some(route.index);
+    trace.set_route(route.index);
     let access = &shared.config.routes[route.index].access;
     if !access.is_open() && !access.admits(facts.client_ip) {
         bump(&ctx.stats.denied_route);

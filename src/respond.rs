@@ -113,7 +113,7 @@ pub async fn relay_response(
     n_set = proxy_fields(cfg, &listener, rid, &mut set, n_set);
     // The listener's and route's `response_headers` (variables known after the request
     // head is gone: no host, path or query).
-    let route = trace.route.map(|i| &cfg.routes[i]);
+    let route = trace.route().map(|i| &cfg.routes[i]);
     let vars = response_vars(facts, rid, crate::tls::client_facts(client).0, route);
     let rw = response_rewrite(cfg, r.date, &listener, route, &set[..n_set], &vars);
     // `out` still holds the head sent upstream, with the protocols the client offered.
@@ -140,7 +140,7 @@ pub async fn relay_response(
     // for a client that accepts one of its codings, coded, chunked (or close-delimited for
     // HTTP/1.0), never spliced.
     let codable = trace
-        .route
+        .route()
         .and_then(|i| cfg.routes[i].compress.as_deref())
         .filter(|cc| compress::applies(cc, &ubuf, &head, in_framing));
     // The encoder's memory, within the shard's `limits.compress_memory`; beyond it the

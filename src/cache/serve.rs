@@ -85,7 +85,7 @@ pub async fn serve(
                 trace.status = Some(502);
                 let close = !facts.keep_alive || ctx.draining();
                 let rid = cfg_rid_header(ctx, rid);
-                let pages = route_pages(ctx, trace.route);
+                let pages = route_pages(ctx, trace.route());
                 let answer = respond_canned_with(
                     ctx,
                     client,
@@ -119,7 +119,7 @@ pub async fn serve(
     }
     let listener = client.listener.clone();
     let n_set = proxy_fields(cfg, &listener, rid, &mut set, n_set);
-    let route = trace.route.map(|i| &cfg.routes[i]);
+    let route = trace.route().map(|i| &cfg.routes[i]);
     let vars = response_vars(facts, rid, crate::tls::client_facts(client).0, route);
     let rw = response_rewrite(cfg, &ctx.date, &listener, route, &set[..n_set], &vars);
     // What of the body goes out: all of it, a range, or nothing (a 416).
@@ -242,7 +242,7 @@ fn codable<'c>(
         .shared
         .config
         .routes
-        .get(trace.route?)?
+        .get(trace.route()?)?
         .compress
         .as_deref()?;
     compress::applies(cc, source, head, BodyFraming::Length(len)).then_some(cc)

@@ -258,7 +258,7 @@ impl<'a> Forward<'a> {
             _buffered = Box::pin(self.buffer_body(client, &mut facts, &mut prepared)).await?;
         }
         // The route's `mirror`: a copy now, with the body if it is in hand.
-        if let Some(route) = trace.route {
+        if let Some(route) = trace.route() {
             crate::mirror::copy(self.ctx, route, &prepared, &facts, &client.buf);
         }
         // `proxy_protocol` upstreams: whom the header on a new connection names.
@@ -301,7 +301,7 @@ impl<'a> Forward<'a> {
                     let (backend, permit) = match breaker.try_acquire(Resource::Requests) {
                         Ok(permit) => Ok((backend, permit)),
                         Err(_) if breaker.queues() => {
-                            Box::pin(self.queue(backend, &req.tries)).await
+                            Box::pin(self.queue(backend, &req.tries, &mut trace.queued_us)).await
                         }
                         Err(open) => Err(open),
                     }

@@ -97,16 +97,29 @@ impl<'a> Forward<'a> {
     /// `Breaker::link`); one at a backend it cannot use now (tried, or drained, failing or
     /// ejected meanwhile) is passed on and the request waits on, keeping its turn. Only a
     /// pinned request (hash, sticky cookie: no linked backends) takes its own backend's place
-    /// whatever its state, as it waited for that one.
-    pub(super) async fn queue(&self, home: usize, tries: &Tries) -> Result<(usize, Permit), Open> {
+    /// whatever its state, as it waited for that one. A wait adds its time to `queued_us`
+    /// (`$upstream_queue_time`).
+    pub(super) async fn queue(
+        &self,
+        home: usize,
+        tries: &Tries,
+        queued_us: &mut u32,
+    ) -> Result<(usize, Permit), Open> {
         let breakers = &self.backends().breakers;
         let mut turn = Turn::new(tries.tried.iter().map(|&t| &breakers[t]));
-        // Counted once, when it first waits (`wait_request` runs `entered` only then).
         let queued = &self.stats().backends[home].breaker_queued;
-        loop {
-            let permit = breakers[home]
-                .wait_request(&mut turn, || bump(queued))
-                .await?;
+        // Set (and counted) once, when it first waits: `wait_request` runs `entered` only
+        // then. Read afresh: the shard's clock is the poll's.
+        let mut since = None;
+        let got = loop {
+            let entered = || {
+                bump(queued);
+                since = Some(Instant::now());
+            };
+            let permit = match breakers[home].wait_request(&mut turn, entered).await {
+                Ok(permit) => permit,
+                Err(open) => break Err(open),
+            };
             let at = breakers.iter().position(|b| permit.is_at(b));
             let pinned = at == Some(home) && !breakers[home].is_linked();
             let now = crate::clock::now();
@@ -117,11 +130,17 @@ impl<'a> Forward<'a> {
                             .backends()
                             .is_usable(self.shared(), b, &tries.tried, now) =>
                 {
-                    return Ok((b, permit))
+                    break Ok((b, permit))
                 }
                 _ => turn.refuse(permit),
             }
+        };
+        if let Some(since) = since {
+            let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let waited = u64::from(*queued_us).saturating_add(us);
+            *queued_us = saturating_u32(waited).max(1);
         }
+        got
     }
 
     /// The guards of a resend to the same backend: its in-flight count starts again (the

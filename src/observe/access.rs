@@ -163,6 +163,9 @@ pub struct Outcome<'a> {
     /// The last try's connect (0 when pooled) and response head times.
     pub upstream_connect_us: Option<u64>,
     pub upstream_header_us: Option<u64>,
+    /// The time it waited in breaker queues (0 for a request sent without waiting; None
+    /// when none was picked and none waited).
+    pub upstream_queue_us: Option<u64>,
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
     pub backend: Option<SocketAddr>,
@@ -603,6 +606,7 @@ pub(super) mod tests {
             upstream_us: Some(1_000),
             upstream_connect_us: Some(0),
             upstream_header_us: Some(1_000),
+            upstream_queue_us: Some(12_000),
             route: Some("api"),
             upstream: Some("app"),
             backend: Some("127.0.0.1:9000".parse().unwrap()),

@@ -145,7 +145,7 @@ pub fn upstream_failed(ctx: &ShardCtx, e: &ProxyError, trace: &Trace) {
     let shared = &ctx.shared;
     let backend = trace.backend.and_then(|b| shared.backends.get(b as usize));
     let route = trace
-        .route
+        .route()
         .map_or("", |r| shared.config.routes[r].name.as_str());
     match backend {
         Some(b) => tracing::warn!(backend = %b.address, route, "upstream {what} {step}"),

@@ -44,6 +44,7 @@ pub enum Var {
     UpstreamResponseTime,
     UpstreamConnectTime,
     UpstreamHeaderTime,
+    UpstreamQueueTime,
     UpstreamAddr,
     UpstreamStatus,
     UpstreamName,
@@ -89,6 +90,7 @@ const VARS: &[(&str, Var)] = &[
     ("upstream_response_time", Var::UpstreamResponseTime),
     ("upstream_connect_time", Var::UpstreamConnectTime),
     ("upstream_header_time", Var::UpstreamHeaderTime),
+    ("upstream_queue_time", Var::UpstreamQueueTime),
     ("upstream_addr", Var::UpstreamAddr),
     ("upstream_status", Var::UpstreamStatus),
     ("upstream_name", Var::UpstreamName),
@@ -368,6 +370,7 @@ impl Template {
             Var::UpstreamResponseTime => out.upstream_us.map_or(Value::Unset, Value::Secs),
             Var::UpstreamConnectTime => out.upstream_connect_us.map_or(Value::Unset, Value::Secs),
             Var::UpstreamHeaderTime => out.upstream_header_us.map_or(Value::Unset, Value::Secs),
+            Var::UpstreamQueueTime => out.upstream_queue_us.map_or(Value::Unset, Value::Secs),
             Var::UpstreamName => text(out.upstream),
             Var::Route => text(out.route),
             Var::UpstreamCacheStatus => out.cache.map_or(Value::Unset, Value::Bytes),
@@ -631,7 +634,7 @@ mod tests {
              request_uri=/a?\\x22q\\x22 uri=/a args=\\x22q\\x22 query_string=\\x22q\\x22 \
              server_protocol=HTTP/1.1 host=example.com status=200 body_bytes_sent=1234 \
              request_length=40 request_time=0.001 upstream_response_time=0.001 \
-             upstream_connect_time=0.000 upstream_header_time=0.001 upstream_addr=127.0.0.1:9000 upstream_status=200 upstream_name=app upstream_cache_status=HIT \
+             upstream_connect_time=0.000 upstream_header_time=0.001 upstream_queue_time=0.012 upstream_addr=127.0.0.1:9000 upstream_status=200 upstream_name=app upstream_cache_status=HIT \
              request_id=abc route=api ssl_protocol=TLSv1.3 \
              ssl_cipher=TLS13_AES_128_GCM_SHA256 ssl_server_name=a.test shard=1 \
              connection_requests=3 error_reason=upstream_closed h=v\\x0A1 g=- ua=curl/8 \\xFF r=-\n"

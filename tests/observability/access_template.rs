@@ -244,4 +244,51 @@ access_escape = "json""#;
         let f: Vec<&str> = l[1].split(' ').collect();
         assert_eq!((f[0], f[1]), ("/fast", "0.000"), "a pooled connection: {}", l[1]);
     }
+
+    // `$upstream_queue_time`, HAProxy's `Tw`: the time in the breaker's queue. A request
+    // refused when its wait ended waited at least queue_timeout; one sent without waiting
+    // waited 0; one refused with the queue full, never picked, has none. (The wait is 3 s
+    // so that /three, sent once the scrape shows /two queued, finds it still waiting: the
+    // shard's counters reach the admin listener on a schedule, not at once.)
+    fn queue_time_is_logged(engine) {
+        let dir = TempDir::new("queue");
+        let log = dir.path("access.log");
+        let lock = LockStep::bind();
+        let breaker = "[upstream.breaker]\nmax_requests = 1\nqueue = 1\nqueue_timeout = \"3s\"\n";
+        let format = r#"access_format = '$uri $status $upstream_queue_time'"#;
+        let proxy = Config::new()
+            .upstream_with("web", &[lock.addr()], breaker)
+            .route("web", "")
+            .admin("")
+            .section("log", &access_log_section(&log, format))
+            .start(engine);
+        let mut c1 = Client::connect(proxy.addr());
+        c1.send(&request("GET", "/one", &[("Host", "t")], b""));
+        let mut held = lock.accept();
+        assert!(held.read_head().starts_with("GET /one "));
+        let mut c2 = Client::connect(proxy.addr());
+        c2.send(&request("GET", "/two", &[("Host", "t")], b""));
+        let b = lock.addr().to_string();
+        let labels = [("upstream", "web"), ("backend", b.as_str())];
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "/two queued", |m| {
+            m.value("edgeshard_breaker_queued_total", &labels) == 1.0
+        });
+        let mut c3 = Client::connect(proxy.addr());
+        c3.send(&request("GET", "/three", &[("Host", "t")], b""));
+        assert_eq!(c3.read_response().status(), 503);
+        assert_eq!(c2.read_response().status(), 503);
+        held.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        held.close();
+        assert_eq!(c1.read_response().status(), 200);
+        let l = lines(&dir, &log, 3);
+        let of = |uri: &str| -> Vec<String> {
+            let line = l.iter().find(|l| l.starts_with(&format!("{uri} "))).unwrap();
+            line.split(' ').map(str::to_string).collect()
+        };
+        assert_eq!(of("/three")[1..], ["503", "-"], "refused at once, never picked");
+        let two = of("/two");
+        assert_eq!(two[1], "503");
+        assert!(two[2].parse::<f64>().unwrap() >= 3.0, "waited its queue_timeout: {two:?}");
+        assert_eq!(of("/one")[1..], ["200", "0.000"], "sent without waiting");
+    }
 }
