@@ -21,6 +21,10 @@ const UNAUTHORIZED: &[u8] = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n
 const ANSWER: &[u8] =
     b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large";
 
+/// The proxy's debug line once the watch on a body's relay has looked at the backend's early
+/// bytes (`forward::body::watched`), followed by `stops=true` or `stops=false`.
+const WATCHED: &str = "the backend sent bytes before the request body's end";
+
 /// A backend that reads one request head, answers 413 at once and closes without reading
 /// the body (the kernel resets the connection: unread bytes were pending). Reports each
 /// request head it read.
@@ -525,7 +529,6 @@ both_engines! {
     fn a_2xx_sent_before_the_body_is_read_does_not_stop_the_body(engine) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let (answered, heard) = mpsc::channel();
         thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(mut s) = s else { return };
@@ -533,7 +536,6 @@ both_engines! {
                 while let Ok(head) = read_head_bytes(&mut s) {
                     let len = content_length(&head);
                     let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
-                    let _ = answered.send(());
                     let mut body = vec![0u8; len];
                     if std::io::Read::read_exact(&mut s, &mut body).is_err() {
                         return;
@@ -544,17 +546,21 @@ both_engines! {
                 }
             }
         });
-        let proxy = Config::single(addr).limit("max_body_bytes", "\"64MiB\"").start(engine);
+        // The watch on the body's relay logs (at debug) each time it has looked at what the
+        // backend sent, and whether that stops the body.
+        let proxy = Config::single(addr)
+            .limit("max_body_bytes", "\"64MiB\"")
+            .section("log", "level = \"info,edgeshard::forward::body=debug\"")
+            .start(engine);
         let mut c = Client::connect(proxy.addr());
-        for len in [64 << 10, 1 << 20, 64 << 10] {
+        for (i, len) in [64 << 10, 1 << 20, 64 << 10].into_iter().enumerate() {
             let body = letters(len);
             let head = format!("POST /echo HTTP/1.1\r\nHost: example.com\r\nContent-Length: {len}\r\n\r\n");
-            // The head and the body's first bytes; the rest once the backend has answered
-            // (and a moment more, for the proxy to see the answer while it waits for the
-            // body: the moment only lets the old behaviour show, nothing here waits on it).
+            // The head and the body's first bytes; the rest once the proxy has looked at the
+            // backend's 200 while it waits for the body: the 200 is always judged before the
+            // body can end, so a rule that lets a 2xx stop the body fails here every time.
             c.send([head.as_bytes(), &body[..1024]].concat().as_slice());
-            heard.recv_timeout(Duration::from_secs(10)).expect("the backend got the head");
-            thread::park_timeout(Duration::from_millis(300));
+            proxy.wait_for_output(WATCHED, i + 1, Duration::from_secs(10));
             let mut w: TcpStream = c.stream().try_clone().unwrap();
             let rest = body[1024..].to_vec();
             let writer = thread::spawn(move || {
@@ -566,6 +572,8 @@ both_engines! {
             assert_eq!((r.status(), r.body_str()), (200, format!("{len} {sum}")), "{len}: {}", r.head.raw);
             assert!(r.header("connection").is_none_or(|v| !v.eq_ignore_ascii_case("close")), "{len}: kept alive");
         }
+        let out = proxy.output();
+        assert_eq!(out.matches(&format!("{WATCHED} stops=false")).count(), 3, "{out}");
     }
 
     // A backend that sends `100 Continue` unasked, then reads the whole body and answers:

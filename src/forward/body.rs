@@ -53,7 +53,9 @@ where
         r = &mut body => return r,
         _ = watch.readable(false) => {}
     }
-    if final_answer_waiting(watch.as_raw_fd()) {
+    let stops = final_answer_waiting(watch.as_raw_fd());
+    watched(stops);
+    if stops {
         let e = std::io::Error::other("the backend answered before the body's end");
         return Ok(Err(IoFail::Io(e)));
     }
@@ -85,11 +87,23 @@ where
         Ok(Received::NoBuffer) => final_answer_waiting(fd),
         _ => false,
     };
+    watched(answered);
     if answered {
         let e = std::io::Error::other("the backend answered before the body's end");
         return (Ok(Err(IoFail::Io(e))), Some(got));
     }
     (body.await, Some(got))
+}
+
+/// Logs, at debug level, that the watch on a body's relay found the backend's bytes before
+/// the body's end, and whether they stop it. Only then: a body relayed to its end logs
+/// nothing. The moment the early-answer rule was applied, which tests/early_answer.rs waits
+/// for before it sends the rest of a body.
+fn watched(stops: bool) {
+    tracing::debug!(
+        stops,
+        "the backend sent bytes before the request body's end"
+    );
 }
 
 /// How much of what waits on a backend socket a look at it takes in (interim heads first).
