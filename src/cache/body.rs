@@ -270,8 +270,9 @@ impl Setup {
 /// Why shared memory may use pages larger than the base page, or `None`: the transparent
 /// huge page settings for shmem (the top one and each per-size one) are all `never`,
 /// `advise` or `deny` (the body file is never mapped, so `advise` gives it none), or the
-/// kernel has no such settings.
-fn large_shmem_pages() -> Option<String> {
+/// kernel has no such settings. Public for tests/cache_file.rs, whose tests of the file need
+/// a host where it is used.
+pub fn large_shmem_pages() -> Option<String> {
     large_pages_in(std::path::Path::new("/sys/kernel/mm/transparent_hugepage"))
 }
 
