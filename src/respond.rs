@@ -27,6 +27,7 @@ use crate::http::encode::{
 };
 use crate::http::parse::{BodyFraming, Method, ParseError, ResponseHead};
 use crate::io::{write_from, Deadline, IoFail};
+use crate::observe::errors::ErrorLimiter;
 use crate::relay::{relay_body, BodyPlan, Leg, RelayError};
 use crate::rules::{Fields, Vars};
 use crate::shard::ShardCtx;
@@ -39,15 +40,17 @@ use crate::tunnel::{offered_upgrade, switch_agreed};
 use crate::upstream::pool::{end_exchange, Pool};
 use crate::upstream::state::Backends;
 
-/// What relaying a response uses from the shard.
+/// What relaying a response uses from the shard (its configuration is `shared.config`: a
+/// field of its own would make every request's future a word larger).
 pub struct Respond<'a> {
     pub shared: &'a Shared,
-    pub cfg: &'a Config,
     pub stats: &'a Stats,
     pub pool: &'a RefCell<Pool>,
     pub pipes: &'a PipePool,
     pub backends: &'a Backends,
     pub date: &'a DateCache,
+    /// The error log's budget (`log.error_rate`), for a backend that breaks a body off.
+    pub errors: &'a ErrorLimiter,
     /// The shard is draining: the client connection closes after this response.
     pub draining: bool,
 }
@@ -56,12 +59,12 @@ impl<'a> Respond<'a> {
     pub fn new(ctx: &'a ShardCtx) -> Respond<'a> {
         Respond {
             shared: &ctx.shared,
-            cfg: &ctx.shared.config,
             stats: &ctx.stats,
             pool: &ctx.pool,
             pipes: &ctx.pipes,
             backends: &ctx.backends,
             date: &ctx.date,
+            errors: &ctx.errors,
             draining: ctx.draining(),
         }
     }
@@ -80,7 +83,7 @@ pub async fn relay_response(
     trace: &mut Trace,
     mut fill: Option<&mut Fill<'_>>,
 ) -> Result<Outcome, ProxyError> {
-    let cfg = r.cfg;
+    let cfg = &r.shared.config;
     let Answered {
         mut upstream,
         backend,
@@ -145,7 +148,7 @@ pub async fn relay_response(
         .filter(|cc| compress::applies(cc, &ubuf, &head, in_framing));
     // The encoder's memory, within the shard's `limits.compress_memory`; beyond it the
     // response goes as it came (and may be stored). The loan moves into the (boxed) relay.
-    let limit = r.cfg.limits.compress_memory;
+    let limit = r.shared.config.limits.compress_memory;
     let loan = trace
         .compress
         .zip(codable)
@@ -318,6 +321,11 @@ pub async fn relay_response(
             })
         }
         Err(e) => {
+            if let RelayError::Read(IoFail::Io(why)) = &e {
+                let route = trace.route().map_or("", |i| cfg.routes[i].name.as_str());
+                let at = r.shared.backends[backend].address;
+                crate::observe::errors::body_failed(r.errors, r.stats, at, route, why);
+            }
             let (side, kind) = match e {
                 RelayError::Write(_) => (Side::Client, Kind::Closed),
                 RelayError::TooSlow => (Side::Client, Kind::TooSlow),
@@ -613,8 +621,8 @@ async fn compressed_response(
     written: &mut bool,
 ) -> Result<compress::stream::Coded, RelayError> {
     let enc = Encoder::new(alg, cc).map_err(|e| RelayError::Read(IoFail::Io(e)))?;
-    let framing = (in_framing, chunked, r.cfg.limits.max_header_bytes);
-    let mut leg = Leg::response(&mut client.deadline, r.cfg, up.wait, written);
+    let framing = (in_framing, chunked, r.shared.config.limits.max_header_bytes);
+    let mut leg = Leg::response(&mut client.deadline, &r.shared.config, up.wait, written);
     leg.tee = tee;
     let coded = relay_compressed(
         up.conn,
@@ -642,7 +650,7 @@ fn splice_choice<'p>(
     in_framing: BodyFraming,
     resp_framing: OutFraming,
 ) -> Option<(PipeLoan<'p>, SplicedBody)> {
-    let cfg = r.cfg;
+    let cfg = &r.shared.config;
     let spliced = match (in_framing, resp_framing) {
         (BodyFraming::Length(n), OutFraming::Length(_)) if n >= cfg.splice.min_bytes => {
             Some(SplicedBody::Length(n))
@@ -685,7 +693,7 @@ async fn splice_response(
             body,
             pipe: pipe.pipe(),
         },
-        &mut Leg::response(&mut client.deadline, r.cfg, up.wait, written),
+        &mut Leg::response(&mut client.deadline, &r.shared.config, up.wait, written),
     )
     .await;
     if let Ok(total) = res {

@@ -2,7 +2,8 @@
 //! backends can cause (bad requests, failed connects), so a flood of bad input cannot flood
 //! the log. What is held back is counted (`edgeshard_log_suppressed_total`) and summarised in
 //! one line per second. The lines themselves where no stage logs them: a backend's failure
-//! behind a `502` or `504` ([`upstream_failed`]).
+//! behind a `502` or `504` ([`upstream_failed`]), and one that broke a response body off on
+//! an IO error ([`body_failed`]).
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -150,6 +151,23 @@ pub fn upstream_failed(ctx: &ShardCtx, e: &ProxyError, trace: &Trace) {
     match backend {
         Some(b) => tracing::warn!(backend = %b.address, route, "upstream {what} {step}"),
         None => tracing::warn!(route, "upstream {what} {step}"),
+    }
+}
+
+/// Logs, within `log.error_rate`, a backend whose response body broke off on an IO error, with
+/// the system's reason (`error=Connection reset by peer (os error 104)`), as nginx's "recv()
+/// failed (104: Connection reset by peer) while reading upstream". The client's response is
+/// cut (or, with nothing relayed yet, a `502`: not logged again by [`upstream_failed`]).
+/// Called on that error only: a body relayed whole formats nothing.
+pub fn body_failed(
+    errors: &ErrorLimiter,
+    stats: &Stats,
+    backend: std::net::SocketAddr,
+    route: &str,
+    e: &std::io::Error,
+) {
+    if errors.allow(stats) {
+        tracing::warn!(%backend, route, error = %e, "upstream failed while the response body was relayed");
     }
 }
 
