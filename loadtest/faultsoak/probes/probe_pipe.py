@@ -34,7 +34,7 @@ async def main(eng):
                 echo=hdr.get("x-req-echo")
                 if echo is not None and echo!=rid: bad.append(("FOREIGN",rid,echo,pl))
                 if st==200 and pl["method"]!="HEAD" and bs_=="complete" and body!=gen(rid,pl["n"]): bad.append(("CORRUPT",rid,pl))
-                if st not in (200,413,502,503,504): bad.append(("status",st,rid,pl))
+                if st not in (200,204,413,502,503,504): bad.append(("status",st,rid,pl))
                 if closed: break
             soak.rst(w)
     finally:
