@@ -44,18 +44,25 @@ fn outliers(shared: &Shared) -> Vec<OutlierDetector> {
         .collect()
 }
 
-/// Whether `upstream` has a breaker queue and its requests are not pinned to a backend (no
-/// hash algorithm, no sticky cookie): then a pick passes over full backends, and the
-/// backends of a tier serve each other's queues ([`link_queues`]).
-fn queues_unpinned(shared: &Shared, upstream: usize) -> bool {
+/// Whether `upstream`'s requests are free to go to any of its backends: no hash algorithm,
+/// no sticky cookie pins them to one.
+fn unpinned(shared: &Shared, upstream: usize) -> bool {
     let table = &shared.tables[upstream];
-    shared.config.upstreams[upstream]
-        .resilience
-        .breaker
-        .queue
-        .is_some()
-        && !table.algorithm().is_hash()
-        && table.sticky().is_none()
+    !table.algorithm().is_hash() && table.sticky().is_none()
+}
+
+/// Whether `upstream`'s picks pass over backends at their `max_requests` (nginx's
+/// `max_conns`, HAProxy's full servers): it sets that limit, and its requests are unpinned.
+fn passes_over_full(shared: &Shared, upstream: usize) -> bool {
+    let breaker = &shared.config.upstreams[upstream].resilience.breaker;
+    breaker.max_requests.is_some() && unpinned(shared, upstream)
+}
+
+/// Whether `upstream` has a breaker queue and its requests are unpinned: then the backends
+/// of a tier serve each other's queues ([`link_queues`]).
+fn queues_unpinned(shared: &Shared, upstream: usize) -> bool {
+    let breaker = &shared.config.upstreams[upstream].resilience.breaker;
+    breaker.queue.is_some() && unpinned(shared, upstream)
 }
 
 /// Links the breakers of each tier (primaries, backups) of every upstream whose queues are
@@ -279,14 +286,14 @@ impl Backends {
                 b.pick(table, key.hash, usable).map(|i| (i, false))
             }
         };
-        // With a breaker queue, a backend at its `max_requests` is passed over while another
-        // of its tier has room (HAProxy's full servers; a full primary is still usable, so
-        // the backups stay out); only when all are full does the request wait, at the
-        // backend picked as usual. Hash algorithms and sticky cookies keep their backend,
-        // and wait for it.
-        let queues = queues_unpinned(shared, upstream);
+        // A backend at its `max_requests` is passed over while another of its tier has room
+        // (nginx's `max_conns`, HAProxy's full servers; a full primary is still usable, so
+        // the backups stay out); only when all are full is the backend picked as usual, and
+        // its breaker refuses the request or queues it. Hash algorithms and sticky cookies
+        // keep their backend.
+        let passes = passes_over_full(shared, upstream);
         let room = |i: usize| self.breakers[range.start + i].has_request_room();
-        let pick = |b: &mut ShardBalancer| match queues {
+        let pick = |b: &mut ShardBalancer| match passes {
             true => b
                 .pick_preferring(table, key.hash, usable, room)
                 .map(|i| (i, false)),

@@ -395,3 +395,38 @@ both_engines! {
         assert_eq!(a.accepted(), 1, "nothing was sent to the drained backend");
     }
 }
+
+both_engines! {
+    fn breaker_max_requests_passes_a_full_backend_over_while_another_has_room(engine) {
+        // nginx's max_conns ("the server is skipped"), HAProxy's full servers: without a
+        // queue too, a backend at its max_requests is not picked while another has room, so
+        // a request that another backend can serve is not refused. Only when every backend
+        // is full does the request get the 503.
+        let (a, b) = (LockStep::bind(), LockStep::bind());
+        let up = format!("{}\n[upstream.breaker]\nmax_requests = 1\n", backends(&[a.addr(), b.addr()]));
+        let proxy = Proxy::start(&config(true, &up), engine);
+        // One shard's cursor starts at the first backend.
+        let (mut c1, held) = hold(&proxy, &a, "/held");
+        for i in 0..3 {
+            let mut c = Client::connect(proxy.addr());
+            c.send(&get_req(&format!("/next/{i}")));
+            let mut conn = b.accept();
+            assert!(conn.read_head().starts_with(&format!("GET /next/{i} ")));
+            conn.write(OK_CLOSE);
+            conn.close();
+            assert_eq!(served_by(&c.read_response()), "lock", "request {i} goes to b");
+        }
+        assert_eq!(a.accepted(), 1);
+        for l in [&a, &b] {
+            assert_eq!(backend_metric(&proxy, "edgeshard_breaker_rejected_total", l.addr()), 0.0);
+        }
+        // Both full: the 503.
+        let (mut c2, held_b) = hold(&proxy, &b, "/held-b");
+        assert_own_503(&ask_new(proxy.addr(), "/over"), "both backends at max_requests = 1");
+        for (mut conn, c) in [(held, &mut c1), (held_b, &mut c2)] {
+            conn.write(OK_CLOSE);
+            conn.close();
+            assert_eq!(served_by(&c.read_response()), "lock");
+        }
+    }
+}
