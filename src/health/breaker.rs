@@ -136,7 +136,8 @@ impl fmt::Display for Open {
 /// The shard-local breaker of one backend.
 #[derive(Debug, Default)]
 pub struct Breaker {
-    limits: BreakerLimits,
+    /// Replaced by a reload that changes them ([`Breaker::set_limits`]).
+    limits: Cell<BreakerLimits>,
     in_use: [Cell<u32>; 3],
     /// Requests waiting for a `max_requests` unit, first come first.
     waiting: RefCell<VecDeque<Rc<Waiter>>>,
@@ -197,20 +198,33 @@ impl Breaker {
     /// `limits` are this shard's share (see [`BreakerLimits::shard_share`]).
     pub fn new(limits: BreakerLimits) -> Rc<Breaker> {
         Rc::new(Breaker {
-            limits,
+            limits: Cell::new(limits),
             ..Breaker::default()
         })
     }
 
     pub fn limits(&self) -> BreakerLimits {
-        self.limits
+        self.limits.get()
+    }
+
+    /// A reload's new limits for a backend that remains: what is in use and waiting stays
+    /// counted against them. Where they leave room (a raised `max_requests`), the requests
+    /// already waiting take it first.
+    pub fn set_limits(self: &Rc<Self>, limits: BreakerLimits) {
+        self.limits.set(limits);
+        while self.has_request_room() {
+            let Some(w) = self.next_waiter() else { break };
+            let c = &self.in_use[Resource::Requests as usize];
+            c.set(c.get().saturating_add(1));
+            self.grant(&w);
+        }
     }
 
     /// Takes one unit of `resource`, or reports the breaker open.
     pub fn try_acquire(self: &Rc<Self>, resource: Resource) -> Result<Permit, Open> {
         let r = resource as usize;
         let used = self.in_use[r].get();
-        if let Some(limit) = self.limits.get(resource) {
+        if let Some(limit) = self.limits().get(resource) {
             // While a request waits for a unit, all are in use (a finishing request's unit
             // goes to the waiter: `release_request`).
             if used >= limit {
@@ -230,7 +244,8 @@ impl Breaker {
 
     /// Whether requests over `max_requests` wait for a unit here (`queue` is set).
     pub fn queues(&self) -> bool {
-        self.limits.queue.is_some() && self.limits.max_requests.is_some()
+        let limits = self.limits();
+        limits.queue.is_some() && limits.max_requests.is_some()
     }
 
     /// Has the breakers of `group` (one tier of an upstream that is not pinned) serve each
@@ -255,7 +270,7 @@ impl Breaker {
 
     /// Whether a request would get a `max_requests` unit now, without waiting.
     pub fn has_request_room(&self) -> bool {
-        self.limits
+        self.limits()
             .max_requests
             .is_none_or(|l| self.in_use[Resource::Requests as usize].get() < l)
     }
@@ -277,7 +292,7 @@ impl Breaker {
         let open = match avoided {
             true => Open {
                 resource: Resource::Requests,
-                limit: self.limits.max_requests.unwrap_or(0),
+                limit: self.limits().max_requests.unwrap_or(0),
                 queue: None,
             },
             false => match self.try_acquire(Resource::Requests) {
@@ -288,7 +303,7 @@ impl Breaker {
         if let Some(p) = self.free_sibling(&turn.me) {
             return Ok(p);
         }
-        let Some(cap) = self.limits.queue else {
+        let Some(cap) = self.limits().queue else {
             return Err(open);
         };
         let me = &turn.me;
@@ -308,7 +323,7 @@ impl Breaker {
                 entered();
                 *turn
                     .until
-                    .insert(Instant::now() + self.limits.queue_timeout)
+                    .insert(Instant::now() + self.limits().queue_timeout)
             }
         };
         // After a refusal it keeps its order: behind those that came before it.
@@ -339,7 +354,7 @@ impl Breaker {
             None => {
                 debug_assert!(timed_out);
                 Err(Open {
-                    queue: Some(Queued::TimedOut(self.limits.queue_timeout)),
+                    queue: Some(Queued::TimedOut(self.limits().queue_timeout)),
                     ..open
                 })
             }
@@ -362,7 +377,19 @@ impl Breaker {
     /// A `max_requests` unit given back: to the oldest waiter, here or at a linked breaker,
     /// that takes a unit here; else to the pool.
     fn release_request(self: &Rc<Self>) {
-        let here = Rc::as_ptr(self);
+        match self.next_waiter() {
+            Some(w) => self.grant(&w),
+            None => {
+                let c = &self.in_use[Resource::Requests as usize];
+                c.set(c.get().saturating_sub(1));
+            }
+        }
+    }
+
+    /// Takes out of its queue the oldest waiter, here or at a linked breaker, that takes a
+    /// unit here.
+    fn next_waiter(&self) -> Option<Rc<Waiter>> {
+        let here = self as *const Breaker;
         let takes = |w: &Rc<Waiter>| !w.avoid.borrow().contains(&here);
         let first = |b: &Breaker| {
             let waiting = b.waiting.borrow();
@@ -379,22 +406,17 @@ impl Breaker {
                 }
             }
         }
-        let next = best.and_then(|(from, at, _)| match from {
+        best.and_then(|(from, at, _)| match from {
             None => self.waiting.borrow_mut().remove(at),
             Some(i) => siblings[i].upgrade()?.waiting.borrow_mut().remove(at),
-        });
-        drop(siblings);
-        match next {
-            Some(w) => {
-                *w.granted.borrow_mut() = Some(self.clone());
-                if let Some(waker) = w.waker.borrow_mut().take() {
-                    waker.wake();
-                }
-            }
-            None => {
-                let c = &self.in_use[Resource::Requests as usize];
-                c.set(c.get().saturating_sub(1));
-            }
+        })
+    }
+
+    /// Hands `w` a unit here (already counted in use) and wakes it.
+    fn grant(self: &Rc<Self>, w: &Waiter) {
+        *w.granted.borrow_mut() = Some(self.clone());
+        if let Some(waker) = w.waker.borrow_mut().take() {
+            waker.wake();
         }
     }
 

@@ -345,3 +345,42 @@ fn a_refused_unit_passes_on_and_the_refuser_keeps_its_turn() {
         })
     });
 }
+
+#[test]
+fn new_limits_count_what_is_in_use_and_a_raised_limit_serves_the_waiters_first() {
+    on_both_drivers(|| {
+        Box::pin(async {
+            // A reload changes a remaining backend's limits (`Breaker::set_limits`).
+            let b = queued(1, 4, 60_000);
+            let held = b.try_acquire(Resource::Requests).unwrap();
+            let (w1, w2) = (waiter(&b, None), waiter(&b, None));
+            monoio::task::yield_to_others().await;
+            assert_eq!(b.waiting(), 2);
+            // Another queue_timeout: the request in flight still fills the one place.
+            b.set_limits(BreakerLimits {
+                queue_timeout: Duration::from_secs(30),
+                ..b.limits()
+            });
+            assert!(b.try_acquire(Resource::Requests).is_err());
+            assert_eq!(b.waiting(), 2);
+            // Room for two more: the waiters take it, in order, before any newcomer.
+            b.set_limits(BreakerLimits {
+                max_requests: Some(3),
+                ..b.limits()
+            });
+            assert_eq!((b.waiting(), b.in_use(Resource::Requests)), (0, 3));
+            assert!(b.try_acquire(Resource::Requests).is_err());
+            let (p1, p2) = (w1.await, w2.await);
+            // Lowered below what is in use: nothing new until enough finish.
+            b.set_limits(BreakerLimits {
+                max_requests: Some(1),
+                ..b.limits()
+            });
+            drop((p1, p2));
+            assert!(b.try_acquire(Resource::Requests).is_err());
+            drop(held);
+            assert_eq!(b.in_use(Resource::Requests), 0);
+            assert!(b.has_request_room());
+        })
+    });
+}

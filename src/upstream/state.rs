@@ -174,8 +174,8 @@ impl Backends {
     /// `old_shared`) knew of the backends that remain: `carry` says where each was in
     /// `old_shared` (matched by [`crate::snapshot::BackendId`]; `Shared::carry_from`). Kept:
     /// passive-check state (failure counts, ejections), the breaker (the same object, so
-    /// requests still in flight on the old snapshot release what they hold) when its limits
-    /// are unchanged, the retry budget of an upstream of the same name and retry settings,
+    /// requests still in flight on the old snapshot release what they hold, and those in
+    /// flight or waiting count against changed limits: `Breaker::set_limits`), the retry budget of an upstream of the same name and retry settings,
     /// the splice hint, and each backend's requests in flight (the old balancers pass on
     /// every start and end: `loads.rs`). Balancer cursors start afresh (the tables may have
     /// changed). This runs on the shard while it switches: what is carried is taken as it
@@ -221,8 +221,13 @@ impl Backends {
                     .breaker
                     .shard_share(shards, shard);
                 match m.and_then(|j| old.breakers.get(j)) {
-                    Some(was) if was.limits() == limits => was.clone(),
-                    _ => Breaker::new(limits),
+                    Some(was) => {
+                        if was.limits() != limits {
+                            was.set_limits(limits);
+                        }
+                        was.clone()
+                    }
+                    None => Breaker::new(limits),
                 }
             })
             .collect::<Vec<_>>();

@@ -430,3 +430,27 @@ both_engines! {
         }
     }
 }
+
+both_engines! {
+    fn breaker_counts_survive_a_reload_that_changes_its_keys(engine) {
+        // A reload that changes a remaining backend's breaker keys keeps what is in flight
+        // counted against the new limits. Before, the breaker started afresh: the request
+        // held at the backend was forgotten, and max_requests = 1 let a second one through.
+        let lock = LockStep::bind();
+        let up = |extra: &str| {
+            format!("{}\n[upstream.breaker]\nmax_requests = 1\n{extra}", backends(&[lock.addr()]))
+        };
+        let proxy = Proxy::start(&config(true, &up("")), engine);
+        let (mut c1, mut held) = hold(&proxy, &lock, "/one");
+        std::fs::write(proxy.config_path(), config(true, &up("max_pending = 100\n"))).unwrap();
+        let r = admin_post(proxy.admin_addr(), "/reload", None);
+        assert_eq!(r.status, 200, "POST /reload: {}", r.body);
+        assert_own_503(&ask_new(proxy.addr(), "/two"), "the request in flight still holds the place");
+        assert_eq!(lock.accepted(), 1);
+        held.write(OK_CLOSE);
+        held.close();
+        assert_eq!(served_by(&c1.read_response()), "lock");
+        let b = lock.addr();
+        assert_eq!(backend_metric(&proxy, "edgeshard_breaker_rejected_total", b), 1.0);
+    }
+}
