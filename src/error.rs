@@ -70,6 +70,10 @@ pub struct ProxyError {
     pub sent: bool,
     /// Some response byte reached the client: no status can be sent any more.
     pub responded: bool,
+    /// The system's reason (errno) of the IO error behind it, for the error log
+    /// (`observe::errors::upstream_failed`); 0 for an end of stream, a timeout or a protocol
+    /// error. Two bytes (errnos are below 4096): the error lives in every request's future.
+    pub os_error: u16,
 }
 
 impl ProxyError {
@@ -141,6 +145,7 @@ impl ProxyError {
             reused: false,
             sent: false,
             responded: false,
+            os_error: 0,
         }
     }
 

@@ -218,9 +218,14 @@ impl TryResult {
         };
         // Interim heads relayed (`self.responded`) still leave the final response to send: the
         // client gets the 502 or 504, as HAProxy sends it after a 103 (nothing is retried).
+        let os_error = match fail {
+            HeadFail::Io(IoFail::Io(e)) => e.raw_os_error().and_then(|c| u16::try_from(c).ok()),
+            _ => None,
+        };
         ProxyError {
             reused,
             sent: true,
+            os_error: os_error.unwrap_or(0),
             ..ProxyError::upstream(kind, stage)
         }
     }

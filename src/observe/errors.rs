@@ -148,9 +148,14 @@ pub fn upstream_failed(ctx: &ShardCtx, e: &ProxyError, trace: &Trace) {
     let route = trace
         .route()
         .map_or("", |r| shared.config.routes[r].name.as_str());
+    // The system's reason, where an IO error was behind it (nginx's "recv() failed (104:
+    // Connection reset by peer)"); `-` for an end of stream, a timeout or a bad head.
+    let error = (e.os_error != 0).then(|| std::io::Error::from_raw_os_error(e.os_error.into()));
+    let error =
+        tracing::field::display(error.as_ref().map_or(&"-" as &dyn std::fmt::Display, |e| e));
     match backend {
-        Some(b) => tracing::warn!(backend = %b.address, route, "upstream {what} {step}"),
-        None => tracing::warn!(route, "upstream {what} {step}"),
+        Some(b) => tracing::warn!(backend = %b.address, route, error, "upstream {what} {step}"),
+        None => tracing::warn!(route, error, "upstream {what} {step}"),
     }
 }
 

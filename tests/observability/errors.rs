@@ -170,6 +170,36 @@ both_engines! {
     }
 }
 
+both_engines! {
+    // A backend that resets its connection instead of answering: the error line of the 502
+    // gives the system's reason (nginx: "recv() failed (104: Connection reset by peer) while
+    // reading response header from upstream"); one that closes it cleanly has none (`-`).
+    fn a_backend_reset_before_its_head_is_logged_with_its_reason(engine) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let backend = l.local_addr().unwrap();
+        thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let Ok(head) = read_head_bytes(&mut s) else { continue };
+                if head.starts_with(b"GET /reset ") {
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                }
+            }
+        });
+        let proxy = Config::single(backend).start(engine);
+        let line = format!("upstream closed the connection while the response head was awaited backend={backend} route=");
+        for (path, why) in [("/reset", "error=Connection reset by peer (os error 104)"), ("/close", "error=-")] {
+            let mut c = Client::connect(proxy.addr());
+            c.send(&request("GET", path, &[("Host", "a")], b""));
+            assert_eq!(c.read_response().status(), 502, "{path}");
+            proxy.wait_for_output_where(&format!("{path}: {why}"), Duration::from_secs(10), |out| {
+                strip_ansi(out).lines().any(|l| l.contains(&line) && l.contains(why))
+            });
+        }
+    }
+}
+
 /// A valid base config plus `extra` top-level sections.
 fn with_sections(extra: &[(&str, &str)]) -> String {
     let mut c = Config::single("127.0.0.1:9".parse().unwrap());
