@@ -595,24 +595,44 @@ fn carry_tls(
     old: &Shared,
     config: &Config,
 ) -> Result<(TlsListeners, Vec<Arc<TlsListener>>), ReloadError> {
-    let kept: Vec<Option<Arc<TlsListener>>> = ListenerId::all(&config.listeners)
+    // Each new listener's TLS in force now (same address and position), and whether its
+    // settings are unchanged.
+    let prev: Vec<Option<(Arc<TlsListener>, bool)>> = ListenerId::all(&config.listeners)
         .into_iter()
         .zip(&config.listeners)
         .map(|(id, l)| {
             let j = old.listener(id)?;
             // The Debug text holds the key paths too: a moved listener differs.
             let same = format!("{:?}", old.config.listeners[j].tls) == format!("{:?}", l.tls);
-            same.then(|| old.tls.get(j).cloned()).flatten()
+            old.tls.get(j).cloned().map(|t| (t, same))
         })
         .collect();
     let built = TlsListeners::build_with(config, old.tls.ticketer.clone())?;
     // A client CA file that changed under the same path changes the policy: rebuilt (with
     // the new CA, and a new ticket scope, so sessions made under the old CA end).
-    let kept: Vec<Option<Arc<TlsListener>>> = kept
-        .into_iter()
+    let kept: Vec<Option<Arc<TlsListener>>> = prev
+        .iter()
         .zip(&built.listeners)
-        .map(|(kept, fresh)| kept.filter(|k| fresh.as_ref().is_some_and(|f| f.scope == k.scope)))
+        .map(|(prev, fresh)| {
+            let (k, same) = prev.as_ref()?;
+            let keep = *same && fresh.as_ref().is_some_and(|f| f.scope == k.scope);
+            keep.then(|| k.clone())
+        })
         .collect();
+    // A listener rebuilt in place (same address and position, so the same metric labels)
+    // keeps its series: its certificate reload counts go on from the old one's, the rebuild
+    // (which read its certificates) one more `ok`, rather than dropping back to 0.
+    for ((prev, fresh), kept) in prev.iter().zip(&built.listeners).zip(&kept) {
+        if let (Some((p, _)), Some(f), None) = (prev, fresh, kept) {
+            if p.key_path == f.key_path {
+                use std::sync::atomic::Ordering::Relaxed;
+                let ok = p.store.reloads_ok.load(Relaxed) + 1;
+                f.store.reloads_ok.store(ok, Relaxed);
+                let failed = p.store.reloads_failed.load(Relaxed);
+                f.store.reloads_failed.store(failed, Relaxed);
+            }
+        }
+    }
     let reread = kept.iter().flatten().cloned().collect();
     let listeners = built
         .listeners

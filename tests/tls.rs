@@ -286,6 +286,49 @@ both_engines! {
         assert!(get_on_open(&mut open).starts_with("HTTP/1.1 200"));
     }
 
+    fn a_reload_that_rebuilds_a_listener_keeps_its_certificate_reload_counts(engine) {
+        // Found by loadtest/tlssoak: a reload that changes a listener's `tls` settings built a
+        // new certificate store whose counters started at 0, so the failures the watcher had
+        // counted (what an alert on `result="failed"` watches) vanished from the metrics.
+        let ca = TestCa::new("test ca");
+        let dir = CertDir::new("reload-counts");
+        let (cert, key) = dir.write_leaf("a", &ca.leaf(&["a.test"]));
+        let origin = Origin::start("origin");
+        let config = |extra: &str| {
+            Config::single(origin.addr())
+                .only_listener(&tls_listener(&[(&cert, &key)], extra))
+                .admin("")
+        };
+        let mut proxy = config("").start(engine);
+        let counts = |proxy: &Proxy| {
+            let m = scrape(proxy.admin_addr(), None);
+            let of = |r| m.value("edgeshard_tls_certificate_reloads_total", &[("listener", "listener[0].tls"), ("result", r)]);
+            (of("ok"), of("failed"))
+        };
+        // The watcher takes a new pair, then refuses a key that does not match.
+        dir.write_leaf("a", &ca.leaf(&["a.test"]));
+        proxy.wait_for_output("certificates reloaded", 1, Duration::from_secs(10));
+        let good = ca.leaf(&["a.test"]);
+        dir.write("a.key", &ca.leaf(&["a.test"]).key_pem);
+        proxy.wait_for_output("certificate reload failed", 1, Duration::from_secs(10));
+        // Made good again, then a SIGHUP-style reload of the same settings: counted too.
+        dir.write_leaf("a", &good);
+        proxy.wait_for_output("certificates reloaded", 2, Duration::from_secs(10));
+        assert_eq!(counts(&proxy), (2.0, 1.0));
+        // A reload that changes the listener's TLS settings rebuilds it in place.
+        std::fs::write(proxy.config_path(), config("handshake_timeout = \"5s\"").render()).unwrap();
+        let r = admin_post(proxy.admin_addr(), "/reload", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let (ok, failed) = counts(&proxy);
+        assert_eq!(failed, 1.0, "the failed reload the watcher counted is still counted");
+        assert!(ok >= 2.0, "ok reloads went back from 2 to {ok}");
+        let seen = tls_get(proxy.addr(), &Arc::new(ca.client_config()), "a.test", "/").unwrap();
+        assert!(seen.leaf == good.der, "the rebuilt listener serves the pair in force");
+        proxy.signal(libc::SIGHUP);
+        proxy.wait_for_output("configuration reloaded", 2, Duration::from_secs(10));
+        assert_eq!(counts(&proxy).1, 1.0);
+    }
+
     fn mtls_requires_a_certificate_and_passes_an_unspoofable_subject(engine) {
         let ca = TestCa::new("test ca");
         let client_ca = TestCa::new("client ca");
