@@ -1057,6 +1057,10 @@ class Soak:
         tot = rec["handshakes_full"] + rec["handshakes_resumed"]
         if tot < rec["client_hs_ok"]:
             self.r.bad("metric_handshakes", f"metric {tot} < clients {rec['client_hs_ok']}")
+        # every listener reads live-a.*: each broken replacement is one failure on each
+        for k, v in rec["cert_reloads"].items():
+            if 'result="failed"' in k and v != c["expect_cert_failed"]:
+                self.r.bad("metric_cert_reload_failed", f"{k} = {v}, broken replacements: {c['expect_cert_failed']}")
         if rec["in_progress_after_idle"]:
             self.r.bad("metric_in_progress", rec["in_progress_after_idle"])
         return {"reconcile": rec}
