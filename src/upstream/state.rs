@@ -319,7 +319,16 @@ impl Backends {
             if !slow.is_zero() && !table.algorithm().is_hash() && (key.sticky != Some(i) || set) {
                 let share = kept_share(board.ramp_from(range.start + i), slow, now);
                 if share < 1.0 && self.rng.unit() >= share {
-                    let others = |j: usize| j != i && usable(j);
+                    // Passing over full backends, a ramping backend with room is traded only
+                    // for another of its tier with room: a full one would refuse (or queue)
+                    // the request, and a backup is not used while a primary is usable.
+                    let members = &shared.config.upstreams[upstream].backends;
+                    let keep_room = passes && room(i);
+                    let others = |j: usize| {
+                        j != i
+                            && usable(j)
+                            && (!keep_room || room(j) && members[j].backup == members[i].backup)
+                    };
                     if let Some(j) = balancer.aside(|b| b.pick(table, key.hash, others)) {
                         picked = Some((j, set));
                     }

@@ -175,3 +175,39 @@ fn requests_in_flight_on_a_replaced_snapshot_count_on_the_next() {
     drop(g4);
     assert_eq!(in_flight(&last, 0), 0);
 }
+
+// Passing over full backends (`max_requests`), slow start does not trade a ramping backend
+// that has room for a full one (whose breaker would refuse the request, or queue it): found
+// in review, 90 % of the picks 1 s into a 10 s ramp went to the full
+// backend and got the 503 while the ramping one had room.
+#[test]
+fn slow_start_does_not_redirect_a_pick_to_a_full_backend() {
+    let c = ctx(
+        "slow_start = \"10s\"\n[upstream.health_check]\ninterval = \"1s\"\n\
+         [upstream.breaker]\nmax_requests = 1",
+    );
+    let board = &c.shared.board;
+    let t0 = Instant::now();
+    board.publish(1, Health::Unhealthy, t0);
+    board.publish(1, Health::Healthy, t0);
+    let held = c.backends.breakers[0]
+        .try_acquire(crate::health::breaker::Resource::Requests)
+        .unwrap();
+    let early = t0 + Duration::from_secs(1);
+    assert_eq!(share_of_second(&c, early), 1.0, "backend 0 is full");
+    // Both full: the ramp applies as before (the request waits or is refused either way).
+    let other = c.backends.breakers[1]
+        .try_acquire(crate::health::breaker::Resource::Requests)
+        .unwrap();
+    let both = share_of_second(&c, early);
+    assert!(
+        (both - 0.05).abs() < 0.03,
+        "both full, 1s into a 10s ramp: {both}"
+    );
+    drop((held, other));
+    let free = share_of_second(&c, early);
+    assert!(
+        (free - 0.05).abs() < 0.03,
+        "none full, 1s into a 10s ramp: {free}"
+    );
+}
