@@ -292,7 +292,7 @@ impl<'a> Forward<'a> {
         let mut step = Step::Pick { chosen: None };
         loop {
             step = match step {
-                Step::Pick { chosen } => {
+                Step::Pick { chosen } => 'pick: {
                     // No backend left, or its breaker refuses: the last try listed is the
                     // request's last.
                     let key = req.prepared.key;
@@ -303,8 +303,8 @@ impl<'a> Forward<'a> {
                     // backend with a queue has the request wait for a place (boxed: only
                     // then is the wait's state needed).
                     let breaker = &self.backends().breakers[backend];
-                    let (backend, permit) = match breaker.try_acquire(Resource::Requests) {
-                        Ok(permit) => Ok((backend, permit)),
+                    let got = match breaker.try_acquire(Resource::Requests) {
+                        Ok(permit) => Ok(Some((backend, permit))),
                         Err(_) if breaker.queues() => {
                             Box::pin(self.queue(backend, &req.tries, &mut trace.queued_us)).await
                         }
@@ -314,6 +314,10 @@ impl<'a> Forward<'a> {
                         trace.last_try_was_listed();
                         self.breaker_open(backend, open)
                     })?;
+                    // Its whole tier became unusable while it waited: picked again.
+                    let Some((backend, permit)) = got else {
+                        break 'pick Step::Pick { chosen: None };
+                    };
                     // Counted against the backend from here on (load-aware balancers see
                     // it; its latency sample leaves the wait out).
                     let in_flight = self.backends().forwarding(

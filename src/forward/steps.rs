@@ -6,7 +6,8 @@
 use std::time::Instant;
 
 use super::*;
-use crate::health::breaker::Turn;
+use crate::health::breaker::{Breaker, Turn};
+use std::rc::Rc;
 
 impl<'a> Forward<'a> {
     /// A try as the access log lists it: the backend's status (or the 502 or 504 nginx
@@ -95,17 +96,27 @@ impl<'a> Forward<'a> {
     /// for a place, the request counted at `home`, the backend picked for it. The place may
     /// come from another backend of the tier (their queues serve each other's,
     /// `Breaker::link`); one at a backend it cannot use now (tried, or drained, failing or
-    /// ejected meanwhile) is passed on and the request waits on, keeping its turn. Only a
-    /// pinned request (hash, sticky cookie: no linked backends) takes its own backend's place
-    /// whatever its state, as it waited for that one. A wait adds its time to `queued_us`
-    /// (`$upstream_queue_time`).
+    /// ejected meanwhile) is passed on and the request waits on, keeping its turn, while one
+    /// of the tier is left that it may use; `None` when none is: pick again. Only a pinned
+    /// request (hash, sticky cookie) takes its own backend's place whatever its state, as it
+    /// waited for that one. A wait adds its time to `queued_us` (`$upstream_queue_time`).
     pub(super) async fn queue(
         &self,
         home: usize,
         tries: &Tries,
         queued_us: &mut u32,
-    ) -> Result<(usize, Permit), Open> {
+    ) -> Result<Option<(usize, Permit)>, Open> {
         let breakers = &self.backends().breakers;
+        let pinned = !crate::upstream::state::unpinned(self.shared(), tries.upstream);
+        // Whether the request may use `b` now (as a pick would choose it).
+        let usable = |b: &Rc<Breaker>| {
+            let now = crate::clock::now();
+            let at = breakers.iter().position(|x| Rc::ptr_eq(x, b));
+            at.is_some_and(|g| {
+                self.backends()
+                    .is_usable(self.shared(), g, &tries.tried, now)
+            })
+        };
         let mut turn = Turn::new(tries.tried.iter().map(|&t| &breakers[t]));
         let queued = &self.stats().backends[home].breaker_queued;
         // Set (and counted) once, when it first waits: `wait_request` runs `entered` only
@@ -116,23 +127,24 @@ impl<'a> Forward<'a> {
                 bump(queued);
                 since = Some(Instant::now());
             };
-            let permit = match breakers[home].wait_request(&mut turn, entered).await {
+            let permit = match breakers[home]
+                .wait_request(&mut turn, entered, usable)
+                .await
+            {
                 Ok(permit) => permit,
                 Err(open) => break Err(open),
             };
             let at = breakers.iter().position(|b| permit.is_at(b));
-            let pinned = at == Some(home) && !breakers[home].is_linked();
-            let now = crate::clock::now();
             match at {
-                Some(b)
-                    if pinned
-                        || self
-                            .backends()
-                            .is_usable(self.shared(), b, &tries.tried, now) =>
-                {
-                    break Ok((b, permit))
+                Some(b) if pinned && b == home || usable(&breakers[b]) => {
+                    break Ok(Some((b, permit)));
                 }
                 _ => turn.refuse(permit),
+            }
+            // No backend of its tier left that it may use (all drained, failing or ejected
+            // while it waited): it is picked again (a backup, or the 503 of none usable).
+            if !usable(&breakers[home]) && !breakers[home].any_linked(usable) {
+                break Ok(None);
             }
         };
         if let Some(since) = since {

@@ -258,9 +258,13 @@ impl Breaker {
         }
     }
 
-    /// Whether other breakers serve this one's queue ([`Breaker::link`]).
-    pub fn is_linked(&self) -> bool {
-        !self.siblings.borrow().is_empty()
+    /// Whether `f` holds for a breaker linked to this one ([`Breaker::link`]).
+    pub fn any_linked(&self, f: impl Fn(&Rc<Breaker>) -> bool) -> bool {
+        self.siblings
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .any(|b| f(&b))
     }
 
     /// Requests waiting in the queue now.
@@ -281,11 +285,14 @@ impl Breaker {
     /// wait. Open when the queue is full at its first wait, or the wait ends with no unit.
     /// Dropping the future leaves the queue (and passes on a unit it was handed meanwhile).
     /// `entered` runs when the request first takes its place in the queue. The permit may be
-    /// at a linked breaker: see [`Permit::is_at`].
+    /// at a linked breaker (see [`Permit::is_at`]), one that `usable` says the request may
+    /// use now when it is free at once, any when it is handed over (the request may refuse
+    /// it: [`Turn::refuse`]).
     pub async fn wait_request(
         self: &Rc<Self>,
         turn: &mut Turn,
         entered: impl FnOnce(),
+        usable: impl Fn(&Rc<Breaker>) -> bool,
     ) -> Result<Permit, Open> {
         // A breaker the request avoids is full to it.
         let avoided = turn.me.avoid.borrow().contains(&Rc::as_ptr(self));
@@ -300,7 +307,7 @@ impl Breaker {
                 Err(open) => open,
             },
         };
-        if let Some(p) = self.free_sibling(&turn.me) {
+        if let Some(p) = self.free_sibling(&turn.me, usable) {
             return Ok(p);
         }
         let Some(cap) = self.limits().queue else {
@@ -361,12 +368,14 @@ impl Breaker {
         }
     }
 
-    /// A unit at a linked breaker `me` does not avoid, if one is free.
-    fn free_sibling(&self, me: &Waiter) -> Option<Permit> {
+    /// A unit at a linked breaker `me` does not avoid and may use now, if one is free (a
+    /// backend that is down has room: taking its unit would only end in a refusal, and the
+    /// request would avoid it once it is back).
+    fn free_sibling(&self, me: &Waiter, usable: impl Fn(&Rc<Breaker>) -> bool) -> Option<Permit> {
         let siblings = self.siblings.borrow();
         let avoid = me.avoid.borrow();
         siblings.iter().filter_map(Weak::upgrade).find_map(|b| {
-            let skip = avoid.contains(&Rc::as_ptr(&b)) || !b.has_request_room();
+            let skip = avoid.contains(&Rc::as_ptr(&b)) || !b.has_request_room() || !usable(&b);
             if skip {
                 return None;
             }

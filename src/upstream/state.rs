@@ -46,7 +46,7 @@ fn outliers(shared: &Shared) -> Vec<OutlierDetector> {
 
 /// Whether `upstream`'s requests are free to go to any of its backends: no hash algorithm,
 /// no sticky cookie pins them to one.
-fn unpinned(shared: &Shared, upstream: usize) -> bool {
+pub fn unpinned(shared: &Shared, upstream: usize) -> bool {
     let table = &shared.tables[upstream];
     !table.algorithm().is_hash() && table.sticky().is_none()
 }

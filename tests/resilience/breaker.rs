@@ -454,3 +454,35 @@ both_engines! {
         assert_eq!(backend_metric(&proxy, "edgeshard_breaker_rejected_total", b), 1.0);
     }
 }
+
+both_engines! {
+    fn breaker_queue_a_waiter_whose_tier_becomes_unusable_is_picked_again(engine) {
+        // /w waits at the one primary, which is drained while it waits: the place it frees
+        // is refused, no primary is left that /w may use, and /w is picked again, to the
+        // backup (used once no primary is), instead of waiting out its 60 s queue_timeout.
+        let (a, b) = (LockStep::bind(), LockStep::bind());
+        let up = format!(
+            "backends = [{{ address = \"{}\" }}, {{ address = \"{}\", backup = true }}]\n\
+             [upstream.breaker]\nmax_requests = 1\nqueue = 2\nqueue_timeout = \"60s\"\n",
+            a.addr(),
+            b.addr()
+        );
+        let proxy = Proxy::start(&config(true, &up), engine);
+        let (mut c1, mut held) = hold(&proxy, &a, "/one");
+        let mut w = Client::connect(proxy.addr());
+        w.send(&get_req("/w"));
+        wait_metric(&proxy, "edgeshard_breaker_queued_total", a.addr(), 1.0);
+        let drain = format!("/upstreams/app/backends/{}/drain", a.addr());
+        assert_eq!(admin_post(proxy.admin_addr(), &drain, None).status, 200);
+        held.write(OK_CLOSE);
+        held.close();
+        assert_eq!(served_by(&c1.read_response()), "lock");
+        let mut at_b = b.accept();
+        let head = at_b.read_head();
+        assert!(head.starts_with("GET /w "), "the waiter goes to the backup; it got: {head}");
+        at_b.write(OK_CLOSE);
+        at_b.close();
+        assert_eq!(served_by(&w.read_response()), "lock");
+        assert_eq!(a.accepted(), 1, "nothing was sent to the drained primary");
+    }
+}
