@@ -126,6 +126,30 @@ fn queueing(addrs: &[SocketAddr], queue: u32, wait: &str) -> String {
     format!("{}\n[upstream.breaker]\n{breaker}\n", backends(addrs))
 }
 
+/// The upstream "app": primary `a`, backup `b`, one request at a time each and a queue of 2
+/// that waits 60 s.
+fn primary_and_backup(a: &LockStep, b: &LockStep) -> String {
+    format!(
+        "backends = [{{ address = \"{}\" }}, {{ address = \"{}\", backup = true }}]\n\
+         [upstream.breaker]\nmax_requests = 1\nqueue = 2\nqueue_timeout = \"60s\"\n",
+        a.addr(),
+        b.addr()
+    )
+}
+
+/// Answers the request held on `conn` (and closes it): `c` gets the backend's 200.
+fn answer(mut conn: LockConn, c: &mut Client) {
+    conn.write(OK_CLOSE);
+    conn.close();
+    assert_eq!(served_by(&c.read_response()), "lock");
+}
+
+/// Drains backend `b` of "app" through the admin API.
+fn drain(proxy: &Proxy, b: SocketAddr) {
+    let path = format!("/upstreams/app/backends/{b}/drain");
+    assert_eq!(admin_post(proxy.admin_addr(), &path, None).status, 200);
+}
+
 /// GET `path` from a new client, taken at `lock`: the request holds a place there.
 fn hold(proxy: &Proxy, lock: &LockStep, path: &str) -> (Client, LockConn) {
     let mut c = Client::connect(proxy.addr());
@@ -281,12 +305,7 @@ both_engines! {
         // its max_requests is usable (its request waits); the full-backend pass-over of the
         // queue must not spill requests onto the backup.
         let (a, b) = (LockStep::bind(), LockStep::bind());
-        let up = format!(
-            "backends = [{{ address = \"{}\" }}, {{ address = \"{}\", backup = true }}]\n\
-             [upstream.breaker]\nmax_requests = 1\nqueue = 2\nqueue_timeout = \"60s\"\n",
-            a.addr(),
-            b.addr()
-        );
+        let up = primary_and_backup(&a, &b);
         let proxy = Proxy::start(&config(true, &up), engine);
         let (mut c1, mut held) = hold(&proxy, &a, "/held");
         let mut c2 = Client::connect(proxy.addr());
@@ -337,29 +356,23 @@ both_engines! {
         let (a, b) = (LockStep::bind(), LockStep::bind());
         let up = queueing(&[a.addr(), b.addr()], 4, "60s");
         let proxy = Proxy::start(&config(true, &up), engine);
-        let (mut c1, mut held_a) = hold(&proxy, &a, "/one");
-        let (mut c2, mut held_b) = hold(&proxy, &b, "/two");
+        let (mut c1, held_a) = hold(&proxy, &a, "/one");
+        let (mut c2, held_b) = hold(&proxy, &b, "/two");
         let mut w1 = Client::connect(proxy.addr());
         w1.send(&get_req("/w1"));
         wait_queued(&proxy, &[&a, &b], 1.0);
         let mut w2 = Client::connect(proxy.addr());
         w2.send(&get_req("/w2"));
         wait_queued(&proxy, &[&a, &b], 2.0);
-        held_b.write(OK_CLOSE);
-        held_b.close();
-        assert_eq!(served_by(&c2.read_response()), "lock");
+        answer(held_b, &mut c2);
         let mut at_b = b.accept();
         let head = at_b.read_head();
         assert!(head.starts_with("GET /w1 "), "the oldest waiter takes b's place; b got: {head}");
-        held_a.write(OK_CLOSE);
-        held_a.close();
-        assert_eq!(served_by(&c1.read_response()), "lock");
+        answer(held_a, &mut c1);
         let mut at_a = a.accept();
         assert!(at_a.read_head().starts_with("GET /w2 "));
-        for (mut conn, c) in [(at_b, &mut w1), (at_a, &mut w2)] {
-            conn.write(OK_CLOSE);
-            conn.close();
-            assert_eq!(served_by(&c.read_response()), "lock");
+        for (conn, c) in [(at_b, &mut w1), (at_a, &mut w2)] {
+            answer(conn, c);
         }
         for l in [&a, &b] {
             assert_eq!(backend_metric(&proxy, "edgeshard_breaker_rejected_total", l.addr()), 0.0);
@@ -373,25 +386,18 @@ both_engines! {
         let (a, b) = (LockStep::bind(), LockStep::bind());
         let up = queueing(&[a.addr(), b.addr()], 4, "60s");
         let proxy = Proxy::start(&config(true, &up), engine);
-        let (mut c1, mut held_a) = hold(&proxy, &a, "/one");
-        let (mut c2, mut held_b) = hold(&proxy, &b, "/two");
+        let (mut c1, held_a) = hold(&proxy, &a, "/one");
+        let (mut c2, held_b) = hold(&proxy, &b, "/two");
         let mut w = Client::connect(proxy.addr());
         w.send(&get_req("/w"));
         wait_queued(&proxy, &[&a, &b], 1.0);
-        let drain = format!("/upstreams/app/backends/{}/drain", a.addr());
-        assert_eq!(admin_post(proxy.admin_addr(), &drain, None).status, 200);
-        held_a.write(OK_CLOSE);
-        held_a.close();
-        assert_eq!(served_by(&c1.read_response()), "lock");
-        held_b.write(OK_CLOSE);
-        held_b.close();
-        assert_eq!(served_by(&c2.read_response()), "lock");
+        drain(&proxy, a.addr());
+        answer(held_a, &mut c1);
+        answer(held_b, &mut c2);
         let mut at_b = b.accept();
         let head = at_b.read_head();
         assert!(head.starts_with("GET /w "), "the waiter goes to b; b got: {head}");
-        at_b.write(OK_CLOSE);
-        at_b.close();
-        assert_eq!(served_by(&w.read_response()), "lock");
+        answer(at_b, &mut w);
         assert_eq!(a.accepted(), 1, "nothing was sent to the drained backend");
     }
 }
@@ -423,10 +429,8 @@ both_engines! {
         // Both full: the 503.
         let (mut c2, held_b) = hold(&proxy, &b, "/held-b");
         assert_own_503(&ask_new(proxy.addr(), "/over"), "both backends at max_requests = 1");
-        for (mut conn, c) in [(held, &mut c1), (held_b, &mut c2)] {
-            conn.write(OK_CLOSE);
-            conn.close();
-            assert_eq!(served_by(&c.read_response()), "lock");
+        for (conn, c) in [(held, &mut c1), (held_b, &mut c2)] {
+            answer(conn, c);
         }
     }
 }
@@ -441,15 +445,13 @@ both_engines! {
             format!("{}\n[upstream.breaker]\nmax_requests = 1\n{extra}", backends(&[lock.addr()]))
         };
         let proxy = Proxy::start(&config(true, &up("")), engine);
-        let (mut c1, mut held) = hold(&proxy, &lock, "/one");
+        let (mut c1, held) = hold(&proxy, &lock, "/one");
         std::fs::write(proxy.config_path(), config(true, &up("max_pending = 100\n"))).unwrap();
         let r = admin_post(proxy.admin_addr(), "/reload", None);
         assert_eq!(r.status, 200, "POST /reload: {}", r.body);
         assert_own_503(&ask_new(proxy.addr(), "/two"), "the request in flight still holds the place");
         assert_eq!(lock.accepted(), 1);
-        held.write(OK_CLOSE);
-        held.close();
-        assert_eq!(served_by(&c1.read_response()), "lock");
+        answer(held, &mut c1);
         let b = lock.addr();
         assert_eq!(backend_metric(&proxy, "edgeshard_breaker_rejected_total", b), 1.0);
     }
@@ -461,28 +463,18 @@ both_engines! {
         // is refused, no primary is left that /w may use, and /w is picked again, to the
         // backup (used once no primary is), instead of waiting out its 60 s queue_timeout.
         let (a, b) = (LockStep::bind(), LockStep::bind());
-        let up = format!(
-            "backends = [{{ address = \"{}\" }}, {{ address = \"{}\", backup = true }}]\n\
-             [upstream.breaker]\nmax_requests = 1\nqueue = 2\nqueue_timeout = \"60s\"\n",
-            a.addr(),
-            b.addr()
-        );
+        let up = primary_and_backup(&a, &b);
         let proxy = Proxy::start(&config(true, &up), engine);
-        let (mut c1, mut held) = hold(&proxy, &a, "/one");
+        let (mut c1, held) = hold(&proxy, &a, "/one");
         let mut w = Client::connect(proxy.addr());
         w.send(&get_req("/w"));
         wait_metric(&proxy, "edgeshard_breaker_queued_total", a.addr(), 1.0);
-        let drain = format!("/upstreams/app/backends/{}/drain", a.addr());
-        assert_eq!(admin_post(proxy.admin_addr(), &drain, None).status, 200);
-        held.write(OK_CLOSE);
-        held.close();
-        assert_eq!(served_by(&c1.read_response()), "lock");
+        drain(&proxy, a.addr());
+        answer(held, &mut c1);
         let mut at_b = b.accept();
         let head = at_b.read_head();
         assert!(head.starts_with("GET /w "), "the waiter goes to the backup; it got: {head}");
-        at_b.write(OK_CLOSE);
-        at_b.close();
-        assert_eq!(served_by(&w.read_response()), "lock");
+        answer(at_b, &mut w);
         assert_eq!(a.accepted(), 1, "nothing was sent to the drained primary");
     }
 }
