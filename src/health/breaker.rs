@@ -209,7 +209,9 @@ impl Breaker {
 
     /// A reload's new limits for a backend that remains: what is in use and waiting stays
     /// counted against them. Where they leave room (a raised `max_requests`), the requests
-    /// already waiting take it first.
+    /// already waiting take it first; below what is in use (a lowered one), finishing
+    /// requests free their units until it fits, and only then serve the waiters
+    /// ([`Breaker::release_request`]).
     pub fn set_limits(self: &Rc<Self>, limits: BreakerLimits) {
         self.limits.set(limits);
         while self.has_request_room() {
@@ -384,14 +386,15 @@ impl Breaker {
     }
 
     /// A `max_requests` unit given back: to the oldest waiter, here or at a linked breaker,
-    /// that takes a unit here; else to the pool.
+    /// that takes a unit here; else to the pool. Over a limit a reload lowered
+    /// ([`Breaker::set_limits`]), to the pool until what is in use fits it: handed on, the
+    /// unit would keep the old limit for as long as requests wait.
     fn release_request(self: &Rc<Self>) {
-        match self.next_waiter() {
+        let c = &self.in_use[Resource::Requests as usize];
+        let over = self.limits().max_requests.is_some_and(|l| c.get() > l);
+        match (!over).then(|| self.next_waiter()).flatten() {
             Some(w) => self.grant(&w),
-            None => {
-                let c = &self.in_use[Resource::Requests as usize];
-                c.set(c.get().saturating_sub(1));
-            }
+            None => c.set(c.get().saturating_sub(1)),
         }
     }
 

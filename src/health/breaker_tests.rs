@@ -419,3 +419,69 @@ fn a_free_unit_at_a_linked_backend_the_request_may_not_use_is_left_alone() {
         })
     });
 }
+
+#[test]
+fn a_lowered_limit_holds_while_requests_wait() {
+    on_both_drivers(|| {
+        Box::pin(async {
+            // Three in flight under max_requests = 3, two waiting; a reload lowers the limit
+            // to 1. A finishing request's unit is not handed on while more than the new
+            // limit are in use: a queue that never empties would otherwise keep the old one.
+            let b = queued(3, 4, 60_000);
+            let held: Vec<Permit> = (0..3)
+                .map(|_| b.try_acquire(Resource::Requests).unwrap())
+                .collect();
+            let (w1, w2) = (waiter(&b, None), waiter(&b, None));
+            monoio::task::yield_to_others().await;
+            assert_eq!(b.waiting(), 2);
+            b.set_limits(BreakerLimits {
+                max_requests: Some(1),
+                ..b.limits()
+            });
+            let mut held = held.into_iter();
+            drop(held.next());
+            assert_eq!((b.waiting(), b.in_use(Resource::Requests)), (2, 2));
+            drop(held.next());
+            assert_eq!((b.waiting(), b.in_use(Resource::Requests)), (2, 1));
+            // At the limit: the last one's unit goes to the first waiter, as before.
+            drop(held.next());
+            assert_eq!((b.waiting(), b.in_use(Resource::Requests)), (1, 1));
+            drop(w1.await);
+            assert_eq!((b.waiting(), b.in_use(Resource::Requests)), (0, 1));
+            drop(w2.await);
+            assert_eq!(b.in_use(Resource::Requests), 0);
+        })
+    });
+}
+
+#[test]
+fn a_lowered_limit_holds_for_the_waiters_of_a_linked_breaker() {
+    on_both_drivers(|| {
+        Box::pin(async {
+            // The same at a linked breaker: a's units do not go to b's waiter while a is
+            // over its new limit.
+            let (a, b, pa, pb) = linked_and_full();
+            a.set_limits(BreakerLimits {
+                max_requests: Some(2),
+                ..a.limits()
+            });
+            let pa2 = a.try_acquire(Resource::Requests).unwrap();
+            let w = waiter(&b, None);
+            monoio::task::yield_to_others().await;
+            a.set_limits(BreakerLimits {
+                max_requests: Some(1),
+                ..a.limits()
+            });
+            drop(pa);
+            assert_eq!((b.waiting(), a.in_use(Resource::Requests)), (1, 1));
+            drop(pa2);
+            let p = w.await;
+            assert!(p.is_at(&a));
+            drop((p, pb));
+            assert_eq!(
+                (a.in_use(Resource::Requests), b.in_use(Resource::Requests)),
+                (0, 0)
+            );
+        })
+    });
+}
