@@ -97,7 +97,8 @@ impl<'a> Forward<'a> {
     /// come from another backend of the tier (their queues serve each other's,
     /// `Breaker::link`); one at a backend it cannot use now (tried, or drained, failing or
     /// ejected meanwhile) is passed on and the request waits on, keeping its turn, while one
-    /// of the tier is left that it may use; `None` when none is: pick again. Only a pinned
+    /// of the tier is left that it may use (one it refused that is back serves it again:
+    /// `Turn::reconsider`); `None` when none is: pick again. Only a pinned
     /// request (hash, sticky cookie) takes its own backend's place whatever its state, as it
     /// waited for that one. A wait adds its time to `queued_us` (`$upstream_queue_time`).
     pub(super) async fn queue(
@@ -123,6 +124,8 @@ impl<'a> Forward<'a> {
         // then. Read afresh: the shard's clock is the poll's.
         let mut since = None;
         let got = loop {
+            // A backend it refused a place at that is back meanwhile serves it again.
+            turn.reconsider(usable);
             let entered = || {
                 bump(queued);
                 since = Some(Instant::now());

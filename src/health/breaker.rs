@@ -170,6 +170,9 @@ pub struct Turn {
     me: Rc<Waiter>,
     /// Set when it first waits: `queue_timeout` from then.
     until: Option<Instant>,
+    /// The backends it refused a unit at (and avoids), until it may use one again
+    /// ([`Turn::reconsider`]).
+    refused: Vec<Weak<Breaker>>,
 }
 
 impl Turn {
@@ -182,15 +185,36 @@ impl Turn {
         Turn {
             me: Rc::new(me),
             until: None,
+            refused: Vec::new(),
         }
     }
 
     /// Gives back `permit`, a unit at a backend the request cannot use now (drained, failing
     /// or ejected meanwhile): it goes to the next waiter that takes it, or to the pool. This
-    /// request takes no unit there again, so a unit no one takes ends in the pool.
+    /// request takes no unit there again until [`Turn::reconsider`] finds it usable, so a
+    /// unit no one takes ends in the pool.
     pub fn refuse(&mut self, permit: Permit) {
         self.me.avoid.borrow_mut().push(Rc::as_ptr(&permit.breaker));
+        self.refused.push(Rc::downgrade(&permit.breaker));
         drop(permit);
+    }
+
+    /// Takes units again at the backends it refused that `usable` says it may use now (back
+    /// while it waited: enabled, passing its checks, its ejection over). Run before it waits
+    /// again, so a place free there is taken at once.
+    pub fn reconsider(&mut self, usable: impl Fn(&Rc<Breaker>) -> bool) {
+        let mut back = Vec::new();
+        self.refused.retain(|w| match w.upgrade() {
+            Some(b) if usable(&b) => {
+                back.push(Rc::as_ptr(&b));
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
+        if !back.is_empty() {
+            self.me.avoid.borrow_mut().retain(|p| !back.contains(p));
+        }
     }
 }
 

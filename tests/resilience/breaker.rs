@@ -478,3 +478,47 @@ both_engines! {
         assert_eq!(a.accepted(), 1, "nothing was sent to the drained primary");
     }
 }
+
+both_engines! {
+    fn breaker_queue_a_backend_refused_while_drained_serves_the_waiter_once_back(engine) {
+        // A rolling restart: /w waits at a and b (both full); a is drained, so /w refuses the
+        // place a frees; a is enabled again (with room), then b is drained and /w refuses b's
+        // place too. a is usable and free: /w goes there, rather than waiting out its
+        // queue_timeout avoiding the one backend it may use.
+        let (a, b) = (LockStep::bind(), LockStep::bind());
+        let up = queueing(&[a.addr(), b.addr()], 4, "60s");
+        let proxy = Proxy::start(&config(true, &up), engine);
+        let (mut c1, mut held_a) = hold(&proxy, &a, "/one");
+        let (mut c2, mut held_b) = hold(&proxy, &b, "/two");
+        let mut w = Client::connect(proxy.addr());
+        w.send(&get_req("/w"));
+        wait_queued(&proxy, &[&a, &b], 1.0);
+        let action = |l: &LockStep, what: &str| {
+            let path = format!("/upstreams/app/backends/{}/{what}", l.addr());
+            assert_eq!(admin_post(proxy.admin_addr(), &path, None).status, 200);
+        };
+        action(&a, "drain");
+        held_a.write(OK_CLOSE);
+        held_a.close();
+        assert_eq!(served_by(&c1.read_response()), "lock");
+        // a's place was handed to /w, refused, and /w waits again (one shard's snapshot).
+        let (sa, sb) = (a.addr().to_string(), b.addr().to_string());
+        scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "/w waiting again", |m| {
+            let at = |name: &str, s: &str| m.sum(name, &[("upstream", "app"), ("backend", s)]);
+            at("edgeshard_upstream_requests_in_flight", &sa) == 0.0
+                && at("edgeshard_breaker_waiting", &sa) + at("edgeshard_breaker_waiting", &sb) == 1.0
+        });
+        action(&a, "enable");
+        action(&b, "drain");
+        held_b.write(OK_CLOSE);
+        held_b.close();
+        assert_eq!(served_by(&c2.read_response()), "lock");
+        let mut at_a = a.accept();
+        let head = at_a.read_head();
+        assert!(head.starts_with("GET /w "), "the waiter goes to a, back with room; a got: {head}");
+        at_a.write(OK_CLOSE);
+        at_a.close();
+        assert_eq!(served_by(&w.read_response()), "lock");
+        assert_eq!(b.accepted(), 1, "nothing was sent to the drained b");
+    }
+}
