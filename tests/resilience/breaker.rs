@@ -13,7 +13,7 @@ both_engines! {
         let proxy = Proxy::start(&config(true, &up), engine);
 
         // Request 1 is held at the backend: the one allowed request is in flight.
-        let (mut c1, mut conn) = hold(&proxy, &lock, "/one");
+        let (mut c1, conn) = hold(&proxy, &lock, "/one");
 
         // Request 2 is over the limit: 503 at once, nothing reaches the backend.
         let t = Instant::now();
@@ -26,9 +26,7 @@ both_engines! {
         assert_eq!(lock.accepted(), 1, "the rejected request must not reach the backend");
 
         // Release request 1; the next requests succeed again.
-        conn.write(OK_CLOSE);
-        conn.close();
-        assert_eq!(served_by(&c1.read_response()), "lock");
+        answer(conn, &mut c1);
         for i in 0..3 {
             let mut c = Client::connect(proxy.addr());
             c.send(&get_req(&format!("/again/{i}")));
@@ -73,9 +71,7 @@ both_engines! {
         c1.send(&get_req("/held"));
         assert!(conn.read_head().starts_with("GET /held "));
         assert_own_503(&ask_new(proxy.addr(), "/three"), "the one connection is busy");
-        conn.write(OK_CLOSE);
-        conn.close();
-        assert_eq!(served_by(&c1.read_response()), "lock");
+        answer(conn, &mut c1);
         assert_eq!(lock.accepted(), 1);
         let b = lock.addr();
         assert_eq!(backend_metric(&proxy, "edgeshard_breaker_rejected_total", b), 2.0);
@@ -93,8 +89,7 @@ both_engines! {
         let proxy = Proxy::start(&config(true, &up), engine);
         let mut c1 = Client::connect(proxy.addr());
         c1.send(b"GET /chat HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
-        let mut conn = lock.accept();
-        assert!(conn.read_head().starts_with("GET /chat "));
+        let mut conn = taken(&lock, "/chat");
         conn.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n");
         assert_eq!(c1.read_head().unwrap().status, 101);
         // Bytes through the tunnel: it runs.
@@ -111,10 +106,8 @@ both_engines! {
         scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "the tunnel ended", |m| {
             m.value("edgeshard_upstream_connections_active", &[("upstream", "app"), ("backend", &b.to_string())]) == 0.0
         });
-        let (mut c, mut conn) = hold(&proxy, &lock, "/three");
-        conn.write(OK_CLOSE);
-        conn.close();
-        assert_eq!(served_by(&c.read_response()), "lock");
+        let (mut c, conn) = hold(&proxy, &lock, "/three");
+        answer(conn, &mut c);
         assert_eq!(backend_metric(&proxy, "edgeshard_breaker_rejected_total", b), 1.0);
     }
 }
@@ -146,7 +139,12 @@ fn answer(mut conn: LockConn, c: &mut Client) {
 
 /// Drains backend `b` of "app" through the admin API.
 fn drain(proxy: &Proxy, b: SocketAddr) {
-    let path = format!("/upstreams/app/backends/{b}/drain");
+    backend_action(proxy, b, "drain");
+}
+
+/// `POST /upstreams/app/backends/b/what` on the admin API (`drain`, `enable`).
+fn backend_action(proxy: &Proxy, b: SocketAddr, what: &str) {
+    let path = format!("/upstreams/app/backends/{b}/{what}");
     assert_eq!(admin_post(proxy.admin_addr(), &path, None).status, 200);
 }
 
@@ -154,9 +152,18 @@ fn drain(proxy: &Proxy, b: SocketAddr) {
 fn hold(proxy: &Proxy, lock: &LockStep, path: &str) -> (Client, LockConn) {
     let mut c = Client::connect(proxy.addr());
     c.send(&get_req(path));
+    (c, taken(lock, path))
+}
+
+/// The next connection `lock` accepts, whose request must be `GET path`.
+fn taken(lock: &LockStep, path: &str) -> LockConn {
     let mut conn = lock.accept();
-    assert!(conn.read_head().starts_with(&format!("GET {path} ")));
-    (c, conn)
+    let head = conn.read_head();
+    assert!(
+        head.starts_with(&format!("GET {path} ")),
+        "expected GET {path}; the backend got: {head}"
+    );
+    conn
 }
 
 /// `name{upstream="app",backend=b}` on the admin listener's `/metrics`.
@@ -182,7 +189,7 @@ both_engines! {
         let lock = LockStep::bind();
         let up = queueing(&[lock.addr()], 2, "60s");
         let proxy = Proxy::start(&config(true, &up), engine);
-        let (mut c1, mut conn) = hold(&proxy, &lock, "/one");
+        let (mut c1, conn) = hold(&proxy, &lock, "/one");
         let mut waiting = Vec::new();
         for (i, path) in ["/two", "/three"].into_iter().enumerate() {
             let mut c = Client::connect(proxy.addr());
@@ -195,16 +202,9 @@ both_engines! {
         assert_own_503(&ask_new(proxy.addr(), "/four"), "max_requests = 1 and a queue of 2, full");
         assert_eq!(lock.accepted(), 1);
         // Each finishing request lets the next waiting one through, in order.
-        conn.write(OK_CLOSE);
-        conn.close();
-        assert_eq!(served_by(&c1.read_response()), "lock");
+        answer(conn, &mut c1);
         for (c, path) in waiting.iter_mut().zip(["/two", "/three"]) {
-            let mut conn = lock.accept();
-            let head = conn.read_head();
-            assert!(head.starts_with(&format!("GET {path} ")), "{path} next: {head}");
-            conn.write(OK_CLOSE);
-            conn.close();
-            assert_eq!(served_by(&c.read_response()), "lock");
+            answer(taken(&lock, path), c);
         }
         let b = lock.addr();
         assert_eq!(backend_metric(&proxy, "edgeshard_breaker_rejected_total", b), 1.0);
@@ -216,20 +216,16 @@ both_engines! {
         let lock = LockStep::bind();
         let up = queueing(&[lock.addr()], 1, "300ms");
         let proxy = Proxy::start(&config(true, &up), engine);
-        let (mut c1, mut conn) = hold(&proxy, &lock, "/one");
+        let (mut c1, conn) = hold(&proxy, &lock, "/one");
         // Not a speed bound: the 503 comes only after the request waited queue_timeout.
         let t = Instant::now();
         assert_own_503(&ask_new(proxy.addr(), "/two"), "a queued request past queue_timeout");
         assert!(t.elapsed() >= Duration::from_millis(300), "answered after {:?}", t.elapsed());
         assert_eq!(lock.accepted(), 1);
-        conn.write(OK_CLOSE);
-        conn.close();
-        assert_eq!(served_by(&c1.read_response()), "lock");
+        answer(conn, &mut c1);
         // The place the ended wait held in the queue is free again.
-        let (mut c, mut conn) = hold(&proxy, &lock, "/three");
-        conn.write(OK_CLOSE);
-        conn.close();
-        assert_eq!(served_by(&c.read_response()), "lock");
+        let (mut c, conn) = hold(&proxy, &lock, "/three");
+        answer(conn, &mut c);
         let b = lock.addr();
         assert_eq!(backend_metric(&proxy, "edgeshard_breaker_rejected_total", b), 1.0);
         assert_eq!(backend_metric(&proxy, "edgeshard_breaker_queued_total", b), 1.0);
@@ -245,20 +241,16 @@ both_engines! {
         let up = queueing(&[a.addr(), b.addr()], 4, "60s");
         let proxy = Proxy::start(&config(true, &up), engine);
         // One shard's cursor starts at the first backend.
-        let (mut c1, mut held) = hold(&proxy, &a, "/held");
+        let (mut c1, held) = hold(&proxy, &a, "/held");
         for i in 0..3 {
             let mut c = Client::connect(proxy.addr());
             c.send(&get_req(&format!("/next/{i}")));
             let mut conn = b.accept();
             assert!(conn.read_head().starts_with(&format!("GET /next/{i} ")));
-            conn.write(OK_CLOSE);
-            conn.close();
-            assert_eq!(served_by(&c.read_response()), "lock");
+            answer(conn, &mut c);
         }
         assert_eq!(a.accepted(), 1);
-        held.write(OK_CLOSE);
-        held.close();
-        assert_eq!(served_by(&c1.read_response()), "lock");
+        answer(held, &mut c1);
         for l in [&a, &b] {
             let s = l.addr();
             assert_eq!(backend_metric(&proxy, "edgeshard_breaker_queued_total", s), 0.0);
@@ -285,17 +277,11 @@ both_engines! {
         c2.send(&get_req("/two"));
         wait_metric(&proxy, "edgeshard_breaker_queued_total", lock.addr(), 1.0);
         pooled.close();
-        let mut fresh = lock.accept();
-        let head = fresh.read_head();
-        assert!(head.starts_with("GET /one "), "the resend keeps its place; the backend got: {head}");
-        fresh.write(OK_CLOSE);
-        fresh.close();
-        assert_eq!(served_by(&c1.read_response()), "lock");
-        let mut conn = lock.accept();
-        assert!(conn.read_head().starts_with("GET /two "));
-        conn.write(OK_CLOSE);
-        conn.close();
-        assert_eq!(served_by(&c2.read_response()), "lock");
+        // The resend keeps its place.
+        let fresh = taken(&lock, "/one");
+        answer(fresh, &mut c1);
+        let conn = taken(&lock, "/two");
+        answer(conn, &mut c2);
         let b = lock.addr();
         assert_eq!(backend_metric(&proxy, "edgeshard_breaker_rejected_total", b), 0.0);
     }
@@ -307,7 +293,7 @@ both_engines! {
         let (a, b) = (LockStep::bind(), LockStep::bind());
         let up = primary_and_backup(&a, &b);
         let proxy = Proxy::start(&config(true, &up), engine);
-        let (mut c1, mut held) = hold(&proxy, &a, "/held");
+        let (mut c1, held) = hold(&proxy, &a, "/held");
         let mut c2 = Client::connect(proxy.addr());
         c2.send(&get_req("/two"));
         // It waits at the primary, or (the spill) goes to the backup.
@@ -318,14 +304,9 @@ both_engines! {
             thread::yield_now();
         }
         assert_eq!(b.accepted(), 0, "the backup got a request while the primary is usable");
-        held.write(OK_CLOSE);
-        held.close();
-        assert_eq!(served_by(&c1.read_response()), "lock");
-        let mut conn = a.accept();
-        assert!(conn.read_head().starts_with("GET /two "));
-        conn.write(OK_CLOSE);
-        conn.close();
-        assert_eq!(served_by(&c2.read_response()), "lock");
+        answer(held, &mut c1);
+        let conn = taken(&a, "/two");
+        answer(conn, &mut c2);
         assert_eq!(b.accepted(), 0);
     }
 }
@@ -365,12 +346,10 @@ both_engines! {
         w2.send(&get_req("/w2"));
         wait_queued(&proxy, &[&a, &b], 2.0);
         answer(held_b, &mut c2);
-        let mut at_b = b.accept();
-        let head = at_b.read_head();
-        assert!(head.starts_with("GET /w1 "), "the oldest waiter takes b's place; b got: {head}");
+        // The oldest waiter takes b's place.
+        let at_b = taken(&b, "/w1");
         answer(held_a, &mut c1);
-        let mut at_a = a.accept();
-        assert!(at_a.read_head().starts_with("GET /w2 "));
+        let at_a = taken(&a, "/w2");
         for (conn, c) in [(at_b, &mut w1), (at_a, &mut w2)] {
             answer(conn, c);
         }
@@ -394,9 +373,8 @@ both_engines! {
         drain(&proxy, a.addr());
         answer(held_a, &mut c1);
         answer(held_b, &mut c2);
-        let mut at_b = b.accept();
-        let head = at_b.read_head();
-        assert!(head.starts_with("GET /w "), "the waiter goes to b; b got: {head}");
+        // The waiter goes to b.
+        let at_b = taken(&b, "/w");
         answer(at_b, &mut w);
         assert_eq!(a.accepted(), 1, "nothing was sent to the drained backend");
     }
@@ -471,9 +449,8 @@ both_engines! {
         wait_metric(&proxy, "edgeshard_breaker_queued_total", a.addr(), 1.0);
         drain(&proxy, a.addr());
         answer(held, &mut c1);
-        let mut at_b = b.accept();
-        let head = at_b.read_head();
-        assert!(head.starts_with("GET /w "), "the waiter goes to the backup; it got: {head}");
+        // The waiter goes to the backup.
+        let at_b = taken(&b, "/w");
         answer(at_b, &mut w);
         assert_eq!(a.accepted(), 1, "nothing was sent to the drained primary");
     }
@@ -488,19 +465,13 @@ both_engines! {
         let (a, b) = (LockStep::bind(), LockStep::bind());
         let up = queueing(&[a.addr(), b.addr()], 4, "60s");
         let proxy = Proxy::start(&config(true, &up), engine);
-        let (mut c1, mut held_a) = hold(&proxy, &a, "/one");
-        let (mut c2, mut held_b) = hold(&proxy, &b, "/two");
+        let (mut c1, held_a) = hold(&proxy, &a, "/one");
+        let (mut c2, held_b) = hold(&proxy, &b, "/two");
         let mut w = Client::connect(proxy.addr());
         w.send(&get_req("/w"));
         wait_queued(&proxy, &[&a, &b], 1.0);
-        let action = |l: &LockStep, what: &str| {
-            let path = format!("/upstreams/app/backends/{}/{what}", l.addr());
-            assert_eq!(admin_post(proxy.admin_addr(), &path, None).status, 200);
-        };
-        action(&a, "drain");
-        held_a.write(OK_CLOSE);
-        held_a.close();
-        assert_eq!(served_by(&c1.read_response()), "lock");
+        drain(&proxy, a.addr());
+        answer(held_a, &mut c1);
         // a's place was handed to /w, refused, and /w waits again (one shard's snapshot).
         let (sa, sb) = (a.addr().to_string(), b.addr().to_string());
         scrape_until(proxy.admin_addr(), None, Duration::from_secs(10), "/w waiting again", |m| {
@@ -508,17 +479,12 @@ both_engines! {
             at("edgeshard_upstream_requests_in_flight", &sa) == 0.0
                 && at("edgeshard_breaker_waiting", &sa) + at("edgeshard_breaker_waiting", &sb) == 1.0
         });
-        action(&a, "enable");
-        action(&b, "drain");
-        held_b.write(OK_CLOSE);
-        held_b.close();
-        assert_eq!(served_by(&c2.read_response()), "lock");
-        let mut at_a = a.accept();
-        let head = at_a.read_head();
-        assert!(head.starts_with("GET /w "), "the waiter goes to a, back with room; a got: {head}");
-        at_a.write(OK_CLOSE);
-        at_a.close();
-        assert_eq!(served_by(&w.read_response()), "lock");
+        backend_action(&proxy, a.addr(), "enable");
+        drain(&proxy, b.addr());
+        answer(held_b, &mut c2);
+        // The waiter goes to a, back with room.
+        let at_a = taken(&a, "/w");
+        answer(at_a, &mut w);
         assert_eq!(b.accepted(), 1, "nothing was sent to the drained b");
     }
 }
