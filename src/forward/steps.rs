@@ -109,11 +109,14 @@ impl<'a> Forward<'a> {
     ) -> Result<Option<(usize, Permit)>, Open> {
         let breakers = &self.backends().breakers;
         let pinned = !crate::upstream::state::unpinned(self.shared(), tries.upstream);
+        // The backend (global index) of a breaker: one of this upstream's, as every breaker
+        // linked to `home` is (None for one of an older snapshot's).
+        let range = self.shared().upstream_backends[tries.upstream].clone();
+        let backend_of = |b: &Rc<Breaker>| range.clone().find(|&g| Rc::ptr_eq(&breakers[g], b));
         // Whether the request may use `b` now (as a pick would choose it).
         let usable = |b: &Rc<Breaker>| {
             let now = crate::clock::now();
-            let at = breakers.iter().position(|x| Rc::ptr_eq(x, b));
-            at.is_some_and(|g| {
+            backend_of(b).is_some_and(|g| {
                 self.backends()
                     .is_usable(self.shared(), g, &tries.tried, now)
             })
@@ -137,7 +140,7 @@ impl<'a> Forward<'a> {
                 Ok(permit) => permit,
                 Err(open) => break Err(open),
             };
-            let at = breakers.iter().position(|b| permit.is_at(b));
+            let at = range.clone().find(|&g| permit.is_at(&breakers[g]));
             match at {
                 Some(b) if pinned && b == home || usable(&breakers[b]) => {
                     break Ok(Some((b, permit)));

@@ -175,8 +175,8 @@ impl Backends {
     /// `old_shared` (matched by [`crate::snapshot::BackendId`]; `Shared::carry_from`). Kept:
     /// passive-check state (failure counts, ejections), the breaker (the same object, so
     /// requests still in flight on the old snapshot release what they hold, and those in
-    /// flight or waiting count against changed limits: `Breaker::set_limits`), the retry budget of an upstream of the same name and retry settings,
-    /// the splice hint, and each backend's requests in flight (the old balancers pass on
+    /// flight or waiting count against changed limits: `Breaker::set_limits`), the retry
+    /// budget of an upstream of the same name and retry settings, the splice hint, and each backend's requests in flight (the old balancers pass on
     /// every start and end: `loads.rs`). Balancer cursors start afresh (the tables may have
     /// changed). This runs on the shard while it switches: what is carried is taken as it
     /// is, not built and then replaced.
